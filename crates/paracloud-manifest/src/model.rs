@@ -1,0 +1,161 @@
+//! The normalised manifest: plain data, the same for every source format, free of I/O.
+//!
+//! Every path in here is absolute (resolved against the manifest's directory), every duration and
+//! size is parsed, and every cross-reference (depends_on, volumes) has been checked. The control
+//! plane stores these values as JSON, so every type is serde round-trippable.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole application: the services of one manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Application name: a DNS label (lower-case letters, digits, '-'), at most 32 characters.
+    pub app: String,
+    /// Services by name (DNS labels as well), in name order.
+    pub services: BTreeMap<String, Service>,
+    /// Named volumes the services use, by name.
+    pub volumes: BTreeMap<String, Volume>,
+}
+
+/// One role of the application and how to run its instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub image: Image,
+    /// Overrides the image's entrypoint when not empty.
+    pub entrypoint: Vec<String>,
+    /// Arguments (or the whole command when `entrypoint` is empty).
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<Port>,
+    pub health: Option<HealthCheck>,
+    pub resources: Resources,
+    /// Instances wanted when the application comes up; `paracloud scale` overrides it.
+    pub replicas: u32,
+    pub restart: RestartPolicy,
+    /// Services that must be started (or healthy) before this one starts.
+    pub depends_on: BTreeMap<String, DependsCondition>,
+    pub volumes: Vec<VolumeMount>,
+    pub labels: BTreeMap<String, String>,
+    /// `uid`, `uid:gid`, `name` or `name:group`, resolved inside the instance's root filesystem.
+    pub user: Option<String>,
+    pub working_dir: Option<String>,
+    /// Signal name, such as `SIGTERM`.
+    pub stop_signal: String,
+    pub stop_grace_period: Duration,
+    /// Capabilities kept (all others are dropped), names like `CAP_NET_BIND_SERVICE`.
+    pub cap_add: Vec<String>,
+}
+
+impl Service {
+    /// The full argv the instance's first process runs: entrypoint then command.
+    pub fn argv(&self) -> Vec<String> {
+        self.entrypoint.iter().chain(self.command.iter()).cloned().collect()
+    }
+}
+
+/// Where an instance's root filesystem comes from. The OCI image store will add variants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Image {
+    /// The host's /usr, /bin, /lib*, /etc shared read-only, plus `paths` (absolute host paths,
+    /// mounted read-only at the same place and prepended to PATH when they are directories).
+    Host { paths: Vec<PathBuf> },
+    /// A directory used as the read-only lower layer of the root filesystem.
+    Dir { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Http,
+}
+
+/// A port the service listens on inside its instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Port {
+    /// Port number inside the instance, also the port of the stable service address.
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Host address published to, forwarded to the service (127.0.0.1 unless an address is given).
+    pub publish: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures before the instance is unhealthy.
+    pub retries: u32,
+    /// Failures during this period after start do not count.
+    pub start_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Probe {
+    /// Runs the command inside the instance; exit status 0 is healthy.
+    Exec { command: Vec<String> },
+    /// A TCP connect to the instance's port succeeds.
+    Tcp { port: u16 },
+    /// `GET path` on the instance's port answers 2xx or 3xx.
+    Http { port: u16, path: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU as a fraction of cores (0.5 = half a core).
+    pub cpu: Option<f64>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// Maximum number of processes and threads.
+    pub pids: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    /// Give up after this many restarts in a row (on-failure only); `None` is unlimited.
+    pub max_retries: Option<u32>,
+    /// First delay between an exit and the restart; doubled on each restart in a row.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    Always,
+    OnFailure,
+    No,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependsCondition {
+    /// Some instance of the dependency has been started.
+    Started,
+    /// Some instance of the dependency passes its health check.
+    Healthy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum VolumeMount {
+    /// A named volume of the application, kept across `down` unless removed explicitly.
+    Named { name: String, target: String, read_only: bool },
+    /// A host path (absolute) mounted into the instance.
+    Bind { source: PathBuf, target: String, read_only: bool },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    pub labels: BTreeMap<String, String>,
+}
