@@ -1,1 +1,131 @@
-//! paracloud-api
+//! The daemon's HTTP/JSON API: the types on the wire, and a client over the daemon's Unix socket.
+//!
+//! Routes (all under `/v1`, JSON bodies; errors are [`ErrorBody`] with a 4xx or 5xx status):
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `GET /v1/health` | | [`Health`] |
+//! | `POST /v1/apps` | [`UpRequest`] | [`UpResponse`] |
+//! | `GET /v1/apps` | | `[AppView]` |
+//! | `GET /v1/apps/{app}` | | [`AppView`] |
+//! | `DELETE /v1/apps/{app}?volumes=true` | | [`AppView`] |
+//! | `GET /v1/instances?app=APP` | | `[InstanceView]` |
+//! | `GET /v1/apps/{app}/services/{service}` | | [`ServiceView`] |
+//! | `PUT /v1/apps/{app}/services/{service}/replicas` | [`ScaleRequest`] | [`ServiceView`] |
+//! | `POST /v1/apps/{app}/services/{service}/restart` | | [`ServiceView`] |
+//! | `GET /v1/apps/{app}/logs?target=web&tail=100&follow=true` | | text, streamed when following |
+//! | `GET /v1/events?app=APP&after=ID` | | `[Event]` |
+
+mod client;
+
+use std::path::PathBuf;
+
+pub use client::{Client, ClientError};
+use paracloud_manifest::{Diagnostic, Service};
+use paracloud_reconcile::ExitInfo;
+use serde::{Deserialize, Serialize};
+
+/// The name of the API socket inside the state root.
+pub const SOCKET_NAME: &str = "paracloud.sock";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub pid: u32,
+    pub version: String,
+    pub root: PathBuf,
+}
+
+/// Deploy (create or update) an application from manifest text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpRequest {
+    /// The manifest text.
+    pub source: String,
+    /// The file name shown in error messages.
+    pub origin: String,
+    /// The absolute directory that relative paths in the manifest resolve against.
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpResponse {
+    pub app: String,
+    /// Services whose spec changed (their instances are being replaced).
+    pub changed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub replicas: u32,
+}
+
+/// An error answer: what went wrong, and for manifests, each problem with its place.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// One instance as `ps` shows it. Scripts rely on these field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub app: String,
+    pub service: String,
+    /// `service.index`, e.g. `api.2`.
+    pub instance: String,
+    /// `starting`, `running` (ready), `unready`, `unhealthy`, `stopping`, `exited`, `failed`, `oom-killed`.
+    pub state: String,
+    /// Host pid of the instance's first process.
+    pub pid: Option<i32>,
+    /// Address on the application network.
+    pub address: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub restarts: u32,
+    pub revision: u64,
+    /// How the last process ended, when it has.
+    pub exit: Option<ExitInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub app: String,
+    pub name: String,
+    /// Instances wanted.
+    pub replicas: u32,
+    /// Instances ready for traffic.
+    pub ready: u32,
+    pub revision: u64,
+    /// The stable service address on the application network.
+    pub address: String,
+    /// Published host addresses, e.g. `127.0.0.1:8080 -> 8080/http`.
+    pub published: Vec<String>,
+    pub spec: Service,
+    pub instances: Vec<InstanceView>,
+    /// Why instances are not started yet, if they wait.
+    pub waiting: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppView {
+    pub name: String,
+    /// The manifest file it came from.
+    pub origin: String,
+    pub subnet: String,
+    pub bridge: String,
+    /// Being removed by `down`.
+    pub removing: bool,
+    pub services: Vec<ServiceView>,
+}
+
+pub use paracloud_reconcile::InstanceKey;
+
+/// A line of the event log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    /// Milliseconds since the Unix epoch.
+    pub at: u64,
+    pub app: String,
+    pub subject: String,
+    pub message: String,
+}

@@ -1,1 +1,18 @@
-fn main() {}
+//! The `paracloud` binary: the command line, and the hidden entry points of the processes it
+//! re-executes (the daemon, the data plane, sandbox-init and nsexec).
+
+mod cli;
+mod commands;
+mod output;
+
+use clap::Parser;
+
+fn main() {
+    // Sandbox-init and nsexec run in fresh single-threaded processes: before anything else.
+    paracloud_runtime::run_hidden_command_if_requested();
+    let cli = cli::Cli::parse();
+    if let Err(e) = commands::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

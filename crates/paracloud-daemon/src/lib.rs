@@ -1,1 +1,105 @@
-//! paracloud-daemon
+//! The daemon: HTTP API on a Unix socket, the reconcile loop, and supervision of instances and of
+//! the data-plane process. Crash-only: start-up is recovery from the state database.
+
+pub mod addressing;
+pub mod api;
+pub mod dataplane;
+pub mod driver;
+pub mod engine;
+pub mod health;
+pub mod logs;
+pub mod routes;
+pub mod views;
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use dataplane::DATAPLANE_COMMAND;
+pub use engine::{DaemonConfig, Engine};
+use nix::fcntl::{Flock, FlockArg};
+use paracloud_runtime::{Runtime, RuntimeConfig};
+use paracloud_state::Store;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot use the state root {path}: {source}")]
+    Root { path: String, source: io::Error },
+    #[error("another daemon already runs for the state root {0} (see its daemon.pid); stop it, or use another --root")]
+    AlreadyRunning(String),
+    #[error(transparent)]
+    State(#[from] paracloud_state::Error),
+    #[error("the runtime cannot start: {0}")]
+    Runtime(#[from] paracloud_runtime::Error),
+    #[error("cannot listen on {path}: {source}")]
+    Listen { path: String, source: io::Error },
+}
+
+fn root_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Root { path: path.display().to_string(), source }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Instances and the data plane keep running after it
+/// ends; the next daemon for the same root re-adopts them.
+pub async fn run(config: DaemonConfig) -> Result<(), Error> {
+    let root = config.root.clone();
+    fs::create_dir_all(&root).map_err(root_error(&root))?;
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("daemon.lock"))
+        .map_err(root_error(&root))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| Error::AlreadyRunning(root.display().to_string()))?;
+    fs::write(root.join("daemon.pid"), format!("{}\n", std::process::id())).map_err(root_error(&root))?;
+
+    let store = Store::open(&root.join("state.db"))?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cgroup_root: "/sys/fs/cgroup".into(),
+        cgroup_parent: config.cgroup_parent.clone(),
+        helper_exe: config.exe.clone(),
+    })?;
+    let engine = Engine::new(config.clone(), store, runtime);
+    engine.recover()?;
+    engine.start_dataplane();
+
+    let socket = config.socket_path();
+    let _ = fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .map_err(|source| Error::Listen { path: socket.display().to_string(), source })?;
+    tracing::info!("paracloud daemon {} listening on {}", std::process::id(), socket.display());
+
+    let reconcile = tokio::spawn(engine.clone().run());
+    let rotation = tokio::spawn(rotate_logs(engine.clone()));
+    let mut term = signal(SignalKind::terminate()).map_err(root_error(&root))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(root_error(&root))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("daemon stopping; instances and the data plane keep running");
+    };
+    let served = axum::serve(listener, api::router(engine.clone())).with_graceful_shutdown(shutdown).await;
+    reconcile.abort();
+    rotation.abort();
+    let _ = fs::remove_file(&socket);
+    served.map_err(|source| Error::Listen { path: socket.display().to_string(), source })
+}
+
+async fn rotate_logs<D: driver::Driver>(engine: Arc<Engine<D>>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for key in engine.live_keys() {
+            let path = engine.config.log_path(&key);
+            if let Err(e) = logs::rotate_if_needed(&path, logs::MAX_LOG_BYTES, logs::KEEP_ROTATED) {
+                tracing::warn!("cannot rotate {}: {e}", path.display());
+            }
+        }
+    }
+}

@@ -1,1 +1,421 @@
-//! paracloud-state
+//! Desired and observed state in SQLite: WAL journal, one transaction per change.
+//!
+//! The daemon is crash-only: every change it makes is one transaction here, and start-up reads it
+//! all back ([`Store::load`]) to re-adopt instances and carry on. Domain values (manifests,
+//! instance states) are stored as JSON columns; rows never leave this crate.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use paracloud_manifest::Manifest;
+use paracloud_reconcile::{InstanceKey, InstanceState, Millis};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state database holds a value it cannot read: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("no application named {0}")]
+    NoApp(String),
+    #[error("application {app} has no service named {service} (it has: {known})")]
+    NoService { app: String, service: String, known: String },
+    #[error("every service address of {app} is taken ({max} services at most)")]
+    AddressesExhausted { app: String, max: u32 },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Service address slots per application (host part .2 to .15 of its subnet).
+pub const SERVICE_SLOTS: u32 = 14;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRecord {
+    pub name: String,
+    pub manifest: Manifest,
+    /// The manifest text as the user wrote it, and the file it came from.
+    pub source: String,
+    pub origin: String,
+    /// Which subnet of the daemon's pool the application's network uses.
+    pub subnet_index: u32,
+    /// Being removed by `down`: Some(remove volumes too).
+    pub removing: Option<bool>,
+    pub services: BTreeMap<String, ServiceRecord>,
+    pub created: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecord {
+    pub replicas: u32,
+    pub revision: u64,
+    /// Service address slot: the stable address is the subnet's host number 2 + slot.
+    pub slot: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub key: InstanceKey,
+    pub revision: u64,
+    pub state: InstanceState,
+    pub restarts: u32,
+    pub since: Millis,
+    /// When its current (or last) process started.
+    pub started: Millis,
+    pub pid: Option<i32>,
+    /// Process start time in clock ticks, to tell the pid from a reused one.
+    pub start_time: Option<u64>,
+    /// Address slot: the instance's address is the subnet's host number 16 + slot.
+    pub slot: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at: Millis,
+    pub app: String,
+    /// What it is about: a service, an instance (`api.2`) or the app itself.
+    pub subject: String,
+    pub message: String,
+}
+
+/// Everything in the store, read in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub apps: Vec<AppRecord>,
+    pub instances: Vec<InstanceRecord>,
+    pub networks: BTreeSet<String>,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS apps (
+    name TEXT PRIMARY KEY,
+    manifest TEXT NOT NULL,
+    source TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    subnet_index INTEGER NOT NULL UNIQUE,
+    removing INTEGER,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS services (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    replicas INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    PRIMARY KEY (app, name)
+);
+CREATE TABLE IF NOT EXISTS instances (
+    app TEXT NOT NULL,
+    service TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    PRIMARY KEY (app, service, idx),
+    UNIQUE (app, slot)
+);
+CREATE TABLE IF NOT EXISTS networks (app TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    app TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+";
+
+impl Store {
+    /// Opens (creating when needed) the database at `path`, in WAL mode.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (the transaction rolls back).
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates or updates an application from a validated manifest. Services whose spec changed get
+    /// a new revision (their instances are replaced); replica counts return to the manifest's.
+    /// Returns the names of the services whose revision changed.
+    pub fn put_app(&self, manifest: &Manifest, source: &str, origin: &str, now: Millis) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: bool =
+            tx.query_row("SELECT 1 FROM apps WHERE name = ?1", [&manifest.app], |_| Ok(())).optional()?.is_some();
+        let manifest_json = serde_json::to_string(manifest)?;
+        if exists {
+            tx.execute(
+                "UPDATE apps SET manifest = ?2, source = ?3, origin = ?4, removing = NULL WHERE name = ?1",
+                params![manifest.app, manifest_json, source, origin],
+            )?;
+        } else {
+            let used: BTreeSet<u32> = collect(&tx, "SELECT subnet_index FROM apps", [])?;
+            let index = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+            tx.execute(
+                "INSERT INTO apps (name, manifest, source, origin, subnet_index, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![manifest.app, manifest_json, source, origin, index, now as i64],
+            )?;
+        }
+        let mut changed = Vec::new();
+        let old: BTreeMap<String, (String, u64)> = {
+            let mut stmt = tx.prepare("SELECT name, spec, revision FROM services WHERE app = ?1")?;
+            let rows = stmt.query_map([&manifest.app], |r| Ok((r.get(0)?, (r.get(1)?, r.get::<_, i64>(2)? as u64))))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for name in old.keys().filter(|n| !manifest.services.contains_key(*n)) {
+            tx.execute("DELETE FROM services WHERE app = ?1 AND name = ?2", params![manifest.app, name])?;
+        }
+        for (name, service) in &manifest.services {
+            let spec = serde_json::to_string(service)?;
+            match old.get(name) {
+                Some((old_spec, revision)) => {
+                    let revision = if *old_spec == spec {
+                        *revision
+                    } else {
+                        changed.push(name.clone());
+                        revision + 1
+                    };
+                    tx.execute(
+                        "UPDATE services SET replicas = ?3, revision = ?4, spec = ?5 WHERE app = ?1 AND name = ?2",
+                        params![manifest.app, name, service.replicas, revision as i64, spec],
+                    )?;
+                }
+                None => {
+                    let used: BTreeSet<u32> =
+                        collect(&tx, "SELECT slot FROM services WHERE app = ?1", [&manifest.app])?;
+                    let slot = (0..SERVICE_SLOTS).find(|s| !used.contains(s)).ok_or_else(|| {
+                        Error::AddressesExhausted { app: manifest.app.clone(), max: SERVICE_SLOTS }
+                    })?;
+                    tx.execute(
+                        "INSERT INTO services (app, name, replicas, revision, slot, spec) VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+                        params![manifest.app, name, service.replicas, slot, spec],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// Marks an application for removal; the daemon stops its instances, then forgets it.
+    pub fn mark_removing(&self, app: &str, volumes: bool) -> Result<()> {
+        let n = self.conn().execute("UPDATE apps SET removing = ?2 WHERE name = ?1", params![app, volumes])?;
+        if n == 0 {
+            return Err(Error::NoApp(app.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Deletes an application and its services (its instances must already be gone).
+    pub fn forget_app(&self, app: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM services WHERE app = ?1", [app])?;
+        tx.execute("DELETE FROM apps WHERE name = ?1", [app])?;
+        tx.execute("DELETE FROM networks WHERE app = ?1", [app])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn check_service(tx: &Transaction<'_>, app: &str, service: &str) -> Result<()> {
+        let known: BTreeSet<String> = collect(tx, "SELECT name FROM services WHERE app = ?1", [app])?;
+        if known.is_empty() {
+            let app_exists = tx.query_row("SELECT 1 FROM apps WHERE name = ?1", [app], |_| Ok(())).optional()?;
+            if app_exists.is_none() {
+                return Err(Error::NoApp(app.to_string()));
+            }
+        }
+        if !known.contains(service) {
+            let known = known.into_iter().collect::<Vec<_>>().join(", ");
+            return Err(Error::NoService { app: app.into(), service: service.into(), known });
+        }
+        Ok(())
+    }
+
+    pub fn set_replicas(&self, app: &str, service: &str, replicas: u32) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        Self::check_service(&tx, app, service)?;
+        tx.execute(
+            "UPDATE services SET replicas = ?3 WHERE app = ?1 AND name = ?2",
+            params![app, service, replicas],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Raises a service's revision so that its instances are replaced one by one.
+    pub fn bump_revision(&self, app: &str, service: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        Self::check_service(&tx, app, service)?;
+        tx.execute("UPDATE services SET revision = revision + 1 WHERE app = ?1 AND name = ?2", params![app, service])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Picks the lowest free address slot of the application for a new instance.
+    pub fn free_instance_slot(&self, app: &str) -> Result<u32> {
+        let conn = self.conn();
+        let used: BTreeSet<u32> = {
+            let mut stmt = conn.prepare("SELECT slot FROM instances WHERE app = ?1")?;
+            let rows = stmt.query_map([app], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        Ok((0..).find(|s| !used.contains(s)).unwrap_or(0))
+    }
+
+    pub fn put_instance(&self, record: &InstanceRecord) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO instances (app, service, idx, record, slot) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (app, service, idx) DO UPDATE SET record = excluded.record, slot = excluded.slot",
+            params![record.key.app, record.key.service, record.key.index, serde_json::to_string(record)?, record.slot],
+        )?;
+        Ok(())
+    }
+
+    pub fn instance(&self, key: &InstanceKey) -> Result<Option<InstanceRecord>> {
+        let json: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT record FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
+                params![key.app, key.service, key.index],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
+    pub fn delete_instance(&self, key: &InstanceKey) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
+            params![key.app, key.service, key.index],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_network(&self, app: &str, present: bool) -> Result<()> {
+        let conn = self.conn();
+        if present {
+            conn.execute("INSERT OR IGNORE INTO networks (app) VALUES (?1)", [app])?;
+        } else {
+            conn.execute("DELETE FROM networks WHERE app = ?1", [app])?;
+        }
+        Ok(())
+    }
+
+    pub fn add_event(&self, at: Millis, app: &str, subject: &str, message: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO events (at, app, subject, message) VALUES (?1, ?2, ?3, ?4)",
+            params![at as i64, app, subject, message],
+        )?;
+        Ok(())
+    }
+
+    /// Events after `after` (an event id), oldest first, optionally of one application.
+    pub fn events(&self, app: Option<&str>, after: i64, limit: u32) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, at, app, subject, message FROM (
+                SELECT * FROM events WHERE id > ?1 AND (?2 IS NULL OR app = ?2) ORDER BY id DESC LIMIT ?3
+             ) ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![after, app, limit], |r| {
+            Ok(Event {
+                id: r.get(0)?,
+                at: r.get::<_, i64>(1)? as u64,
+                app: r.get(2)?,
+                subject: r.get(3)?,
+                message: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Reads everything in one transaction.
+    pub fn load(&self) -> Result<Snapshot> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut apps = Vec::new();
+        {
+            let mut stmt =
+                tx.prepare("SELECT name, manifest, source, origin, subnet_index, removing, created FROM apps ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, Option<bool>>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
+            })?;
+            for row in rows {
+                let (name, manifest, source, origin, subnet_index, removing, created) = row?;
+                apps.push(AppRecord {
+                    name,
+                    manifest: serde_json::from_str(&manifest)?,
+                    source,
+                    origin,
+                    subnet_index,
+                    removing,
+                    services: BTreeMap::new(),
+                    created: created as u64,
+                });
+            }
+        }
+        {
+            let mut stmt = tx.prepare("SELECT app, name, replicas, revision, slot FROM services")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    ServiceRecord { replicas: r.get(2)?, revision: r.get::<_, i64>(3)? as u64, slot: r.get(4)? },
+                ))
+            })?;
+            for row in rows {
+                let (app, name, record) = row?;
+                if let Some(a) = apps.iter_mut().find(|a| a.name == app) {
+                    a.services.insert(name, record);
+                }
+            }
+        }
+        let instances = {
+            let mut stmt = tx.prepare("SELECT record FROM instances ORDER BY app, service, idx")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row?)?);
+            }
+            out
+        };
+        let networks = collect(&tx, "SELECT app FROM networks", [])?;
+        tx.commit()?;
+        Ok(Snapshot { apps, instances, networks })
+    }
+}
+
+fn collect<T: rusqlite::types::FromSql + Ord, P: rusqlite::Params>(
+    tx: &Connection,
+    sql: &str,
+    params: P,
+) -> Result<BTreeSet<T>> {
+    let mut stmt = tx.prepare(sql)?;
+    let rows = stmt.query_map(params, |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

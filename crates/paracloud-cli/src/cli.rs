@@ -1,0 +1,123 @@
+//! The command-line grammar (clap structs only).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "paracloud", version, about = "Run multi-service applications as sandboxed, elastic instances")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// State root: database, instances, volumes, logs and the API socket
+    #[arg(long, env = "PARACLOUD_ROOT", default_value = "/var/lib/paracloud", global = true)]
+    pub root: PathBuf,
+    /// Application to act on (default: the manifest's, or the only one running)
+    #[arg(short = 'a', long, env = "PARACLOUD_APP", global = true)]
+    pub app: Option<String>,
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// Settings of the daemon; `up` passes them on when it starts one.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// cgroup path (in each hierarchy) under which instance cgroups are made
+    #[arg(long, env = "PARACLOUD_CGROUP_PARENT", default_value = "paracloud", global = true)]
+    pub cgroup_parent: String,
+    /// Address pool for application networks (one /24 per application)
+    #[arg(long, env = "PARACLOUD_SUBNET", default_value = "10.213.0.0/16", global = true)]
+    pub subnet: ipnet::Ipv4Net,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy an application from its manifest and wait until every service is ready
+    Up {
+        /// Manifest file
+        #[arg(short = 'f', long = "file", default_value = "paracloud.toml")]
+        file: PathBuf,
+        /// Return once the manifest is accepted, without waiting for readiness
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// How long to wait for readiness
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Stop and remove an application (volumes are kept unless --volumes)
+    Down {
+        /// Manifest file naming the application
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Remove the application's named volumes too
+        #[arg(long, short = 'v')]
+        volumes: bool,
+    },
+    /// List instances: app, service, instance, state, pid, address, uptime
+    Ps {
+        /// Manifest file naming the application
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Instances of every application
+        #[arg(long, short = 'A')]
+        all_apps: bool,
+    },
+    /// Show the output of a service's instances (web) or of one instance (web.2)
+    Logs {
+        /// Service or instance; all services when omitted
+        target: Option<String>,
+        /// Keep printing new lines
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines to show from the end of each log
+        #[arg(short = 'n', long = "tail", default_value_t = 100)]
+        tail: usize,
+    },
+    /// Set the number of instances of services: paracloud scale api=3 web=2
+    Scale {
+        /// SERVICE=COUNT pairs
+        #[arg(required = true, value_name = "SERVICE=COUNT")]
+        services: Vec<String>,
+        /// Return without waiting for the instances
+        #[arg(short = 'd', long)]
+        detach: bool,
+    },
+    /// Replace the instances of services one by one (all services when none is named)
+    Restart {
+        services: Vec<String>,
+    },
+    /// Show a service in detail: spec, address, instances, recent events
+    Describe {
+        service: String,
+    },
+    /// Show the event log
+    Events {
+        /// Keep printing new events
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Run the daemon in the foreground
+    Daemon,
+    /// The data-plane process (started by the daemon)
+    #[command(name = "__dataplane", hide = true)]
+    Dataplane {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}

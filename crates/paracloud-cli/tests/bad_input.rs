@@ -1,0 +1,81 @@
+//! Bad input at every entry point gets a precise error and leaves what runs untouched.
+
+mod common;
+
+use common::*;
+
+const GOOD: &str = r#"
+app = "good"
+[services.one]
+image = "host"
+command = ["/bin/sleep", "100000"]
+ports = [{ port = 9000, publish = PUBLISH }]
+"#;
+
+#[test]
+fn broken_manifests_get_precise_errors_and_leave_running_apps_untouched() {
+    let p = Platform::new();
+    let good = p.manifest("good", &GOOD.replace("PUBLISH", &p.port(1).to_string()));
+    p.ok(&["up", "-f", good.to_str().unwrap()]);
+    let before = pids(&p.ps("good"));
+
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("syntax", "app = \"bad\"\n[services.x\nimage = \"host\"\n".into(), vec!["paracloud.toml:2:"]),
+        (
+            "unknown-key",
+            "app = \"bad\"\n[services.x]\nimage = \"host\"\ncommand = [\"true\"]\nreplica = 2\n".into(),
+            vec!["paracloud.toml:5:1", "replica", "replicas"],
+        ),
+        (
+            "wrong-type",
+            "app = \"bad\"\n[services.x]\nimage = \"host\"\ncommand = [\"true\"]\nreplicas = \"three\"\n".into(),
+            vec!["paracloud.toml:5:12", "services.x.replicas"],
+        ),
+        (
+            "cycle",
+            "app = \"bad\"\n[services.a]\nimage = \"host\"\ncommand = [\"true\"]\ndepends_on = [\"b\"]\n[services.b]\nimage = \"host\"\ncommand = [\"true\"]\ndepends_on = [\"a\"]\n".into(),
+            vec!["paracloud.toml:", "cycle", "a -> b -> a"],
+        ),
+        (
+            "port-clash",
+            "app = \"bad\"\n[services.a]\nimage = \"host\"\ncommand = [\"true\"]\nports = [{ port = 1, publish = 7 }]\n[services.b]\nimage = \"host\"\ncommand = [\"true\"]\nports = [{ port = 2, publish = 7 }]\n".into(),
+            vec!["paracloud.toml:9:", "127.0.0.1:7"],
+        ),
+        (
+            "missing-image-path",
+            "app = \"bad\"\n[services.a]\nimage = \"dir:./no-such-rootfs\"\ncommand = [\"true\"]\n".into(),
+            vec!["paracloud.toml:3:", "no-such-rootfs"],
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = p.manifest(name, &text);
+        let err = p.fails(&["up", "-f", path.to_str().unwrap()]);
+        for e in expected {
+            assert!(err.contains(e), "{name}: {e:?} missing from:\n{err}");
+        }
+        assert!(err.contains("hint:") || name == "syntax", "{name}: every semantic error says how to fix it:\n{err}");
+    }
+
+    // A port already published by another application is refused by the daemon.
+    let clash = p.manifest("clash", &GOOD.replace("good", "other").replace("PUBLISH", &p.port(1).to_string()));
+    let err = p.fails(&["up", "-f", clash.to_str().unwrap()]);
+    assert!(err.contains("port clash") && err.contains("application good"), "{err}");
+
+    assert_eq!(pids(&p.ps("good")), before, "the running app was not touched");
+    assert!(p.ok(&["ps", "-A", "-o", "json"]).matches("\"app\"").count() == 1);
+}
+
+#[test]
+fn command_line_mistakes_say_how_to_fix_them() {
+    let p = Platform::new();
+    let good = p.manifest("good", &GOOD.replace("PUBLISH", &p.port(2).to_string()));
+    p.ok(&["up", "-f", good.to_str().unwrap()]);
+    assert!(p.fails(&["scale", "-a", "good", "one"]).contains("write for example api=3"));
+    assert!(p.fails(&["scale", "-a", "good", "one=-2"]).contains("whole number"));
+    assert!(p.fails(&["scale", "-a", "good", "two=1"]).contains("has no service named two (it has: one)"));
+    assert!(p.fails(&["scale", "-a", "good", "one=100000"]).contains("more than"));
+    assert!(p.fails(&["logs", "-a", "good", "nope"]).contains("no service or instance named nope"));
+    assert!(p.fails(&["ps", "-a", "nope"]).contains("no application named nope (running: good)"));
+    assert!(p.fails(&["up", "-f", "/no/such/file.toml"]).contains("cannot read the manifest /no/such/file.toml"));
+    assert_eq!(p.ps("good").len(), 1);
+}

@@ -1,0 +1,239 @@
+//! A platform of its own for each test: state root, cgroup parent, subnet pool and host ports,
+//! driven through the real `paracloud` binary against a real daemon.
+//!
+//! Tests run in parallel (one process each under nextest): a test claims a numbered slot by
+//! holding an exclusive lock on a file, and derives everything it uses from that number.
+
+#![allow(dead_code, reason = "each test file uses its own part of the harness")]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde_json::Value;
+
+pub const SLOTS: u32 = 100;
+
+pub struct Platform {
+    pub root: tempfile::TempDir,
+    pub slot: u32,
+    _lock: Flock<File>,
+}
+
+/// The directory of the workspace's built binaries (paracloud, shop-web, shop-api, shop-kv).
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_paracloud")).parent().unwrap().to_path_buf()
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+impl Platform {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join("paracloud-test-slots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let start = std::process::id() % SLOTS;
+        for i in 0..SLOTS {
+            let slot = (start + i) % SLOTS;
+            let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(slot.to_string())).unwrap();
+            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                let root = tempfile::Builder::new().prefix("paracloud-test-").tempdir().unwrap();
+                return Self { root, slot, _lock: lock };
+            }
+        }
+        panic!("all {SLOTS} test slots are taken");
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// A /16 address pool of its own: 10.(100+slot).0.0/16.
+    pub fn subnet(&self) -> String {
+        format!("10.{}.0.0/16", 100 + self.slot)
+    }
+
+    /// A host port of its own (`n` < 20).
+    pub fn port(&self, n: u16) -> u16 {
+        21000 + self.slot as u16 * 20 + n
+    }
+
+    pub fn cgroup_parent(&self) -> String {
+        format!("paracloud-test-{}", self.slot)
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paracloud"));
+        cmd.env("PARACLOUD_ROOT", self.root())
+            .env("PARACLOUD_CGROUP_PARENT", self.cgroup_parent())
+            .env("PARACLOUD_SUBNET", self.subnet())
+            .env_remove("PARACLOUD_APP")
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
+    /// Runs `paracloud ARGS` and returns its output, whatever its status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Runs `paracloud ARGS`, fails the test unless it succeeds, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "paracloud {} failed ({}):\nstdout: {}\nstderr: {}\n--- daemon log ---\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.daemon_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `paracloud ARGS`, expects it to fail, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "paracloud {} should have failed but printed {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn daemon_log(&self) -> String {
+        let log = std::fs::read_to_string(self.root().join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Writes a manifest into the test's root and returns its path.
+    pub fn manifest(&self, name: &str, text: &str) -> PathBuf {
+        let dir = self.root().join("manifests").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("paracloud.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The shop example's manifest, pointed at this build's binaries and this test's web port.
+    pub fn shop(&self) -> PathBuf {
+        let text = std::fs::read_to_string(workspace().join("examples/shop/paracloud.toml")).unwrap();
+        let text = text
+            .replace("\"../../target/release\"", &format!("{:?}", bin_dir().display().to_string()))
+            .replace("publish = 8080", &format!("publish = {}", self.port(0)));
+        assert!(text.contains(&bin_dir().display().to_string()), "the example manifest changed shape");
+        self.manifest("shop", &text)
+    }
+
+    /// `ps -o json` as parsed JSON objects.
+    pub fn ps(&self, app: &str) -> Vec<Value> {
+        let out = self.ok(&["ps", "-a", app, "-o", "json"]);
+        serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("ps -o json is not JSON ({e}): {out}"))
+    }
+
+    /// Waits until `check` holds for `ps`, or fails the test after `timeout`.
+    pub fn wait_ps(&self, app: &str, timeout: Duration, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ps = self.ps(app);
+            if check(&ps) {
+                return ps;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; ps: {ps:#?}\n--- daemon log ---\n{}", self.daemon_log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pid_file(&self, name: &str) -> Option<i32> {
+        std::fs::read_to_string(self.root().join(name)).ok()?.split_whitespace().next()?.parse().ok()
+    }
+
+    pub fn daemon_pid(&self) -> Option<i32> {
+        self.pid_file("daemon.pid")
+    }
+
+    pub fn dataplane_pid(&self) -> Option<i32> {
+        self.pid_file("dataplane.pid")
+    }
+}
+
+impl Drop for Platform {
+    /// Takes every application down, then ends the daemon and the data plane this test started.
+    fn drop(&mut self) {
+        if let Some(pid) = self.daemon_pid() {
+            if alive(pid) {
+                let out = self.run(&["ps", "-A", "-o", "json"]);
+                let apps: Vec<String> = serde_json::from_slice::<Vec<Value>>(&out.stdout)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|i| i["app"].as_str().map(str::to_string))
+                    .collect();
+                let mut apps = apps;
+                apps.sort();
+                apps.dedup();
+                for app in apps {
+                    let _ = self.run(&["down", "-a", &app, "--volumes"]);
+                }
+                terminate(pid);
+            }
+        }
+        if let Some(pid) = self.dataplane_pid() {
+            terminate(pid);
+        }
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+pub fn terminate(pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    for _ in 0..50 {
+        if kill(pid, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+}
+
+pub fn kill9(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1:port; returns (status, body), or an error text.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn field<'a>(instance: &'a Value, name: &str) -> &'a str {
+    instance[name].as_str().unwrap_or_else(|| panic!("no string field {name} in {instance}"))
+}
+
+pub fn pids(ps: &[Value]) -> Vec<(String, i64)> {
+    let mut v: Vec<(String, i64)> =
+        ps.iter().map(|i| (field(i, "instance").to_string(), i["pid"].as_i64().unwrap_or(-1))).collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,101 @@
+//! Sandboxing as a user meets it: what an instance can see and how far it can go.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn logs_until(p: &Platform, target: &str, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = p.ok(&["logs", "-a", "iso", target]);
+        if logs.contains(needle) {
+            return logs;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("no {needle:?} in the logs of {target}: {logs}\n{}", p.daemon_log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_instance_sees_only_its_own_processes_and_files() {
+    let p = Platform::new();
+    let manifest = p.manifest(
+        "iso",
+        r#"
+app = "iso"
+[services.a]
+image = "host"
+command = ["/bin/sh", "-c", "echo mine > /tmp/mine; echo mine > /mine; echo pids: $(ls -d /proc/[0-9]* | wc -l); echo host: $(hostname); exec sleep 100000"]
+[services.b]
+image = "host"
+depends_on = ["a"]
+command = ["/bin/sh", "-c", "sleep 0.5; for f in /tmp/mine /mine; do test -e $f && echo VISIBLE $f || echo hidden $f; done; echo done; exec sleep 100000"]
+"#,
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let a = logs_until(&p, "a", "host:");
+    assert!(a.contains("pids: 1"), "only its own process (pid 1 listing itself): {a}");
+    assert!(a.contains("host: a.1"), "{a}");
+    let b = logs_until(&p, "b", "done");
+    assert!(b.contains("hidden /tmp/mine") && b.contains("hidden /mine"), "{b}");
+    assert!(!b.contains("VISIBLE"), "{b}");
+    // The sandbox has no capabilities: mounting fails even as uid 0.
+    let ps = p.ps("iso");
+    let a_pid = ps.iter().find(|i| field(i, "instance") == "a.1").unwrap()["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{a_pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "CapEff:\t0000000000000000"), "{status}");
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+}
+
+#[test]
+fn the_memory_limit_is_enforced_and_reported_as_oom_then_restarted() {
+    let p = Platform::new();
+    let manifest = p.manifest(
+        "oom",
+        r#"
+app = "iso"
+[services.hog]
+image = "host"
+command = ["/usr/bin/python3", "-c", "import time; print('allocating', flush=True); b = bytearray(300 * 1024 * 1024); print('survived', flush=True); time.sleep(1000)"]
+resources = { memory = "32M" }
+restart = { condition = "on-failure", backoff = "200ms" }
+"#,
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap(), "--detach"]);
+    p.wait_ps("iso", Duration::from_secs(30), "hog to be restarted after an OOM kill", |ps| {
+        ps.iter().any(|i| i["restarts"].as_u64().unwrap_or(0) >= 1)
+    });
+    let events = p.ok(&["events", "-a", "iso"]);
+    assert!(events.contains("out of memory"), "{events}");
+    let logs = p.ok(&["logs", "-a", "iso", "hog"]);
+    assert!(logs.contains("allocating") && !logs.contains("survived"), "{logs}");
+    // The host is fine: this test process and the daemon still answer.
+    p.ok(&["ps", "-a", "iso"]);
+}
+
+#[test]
+fn the_pids_limit_stops_a_fork_loop() {
+    let p = Platform::new();
+    let manifest = p.manifest(
+        "pids",
+        r#"
+app = "iso"
+[services.forker]
+image = "host"
+command = ["/bin/sh", "-c", "n=0; for i in $(seq 60); do sleep 1000 & n=$((n+1)); done; echo started $n; exec sleep 100000"]
+resources = { pids = 16 }
+"#,
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let logs = logs_until(&p, "forker", "started");
+    assert!(logs.to_lowercase().contains("fork"), "forks beyond the limit fail: {logs}");
+    let ps = p.ps("iso");
+    let pid = ps[0]["pid"].as_i64().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let n = children.split_whitespace().count();
+    assert!(n < 16, "at most the limit: {n} children");
+}

@@ -1,0 +1,159 @@
+//! The shop example end to end: the real CLI, a real daemon, sandboxed instances, real requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const UP: Duration = Duration::from_secs(60);
+
+fn visits(body: &str) -> u64 {
+    let start = body.find("id=\"visits\">").expect("the page shows visits") + "id=\"visits\">".len();
+    body[start..].split('<').next().unwrap().parse().unwrap()
+}
+
+/// GET / through the published port until it answers 200 (the data plane may still be binding).
+fn page(p: &Platform) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match http_get(p.port(0), "/") {
+            Ok((200, body)) => return body,
+            other if Instant::now() > deadline => panic!("the shop does not answer: {other:?}\n{}", p.daemon_log()),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn count(ps: &[serde_json::Value], service: &str, state: &str) -> usize {
+    ps.iter().filter(|i| field(i, "service") == service && field(i, "state") == state).count()
+}
+
+#[test]
+fn the_shop_comes_up_serves_all_tiers_scales_logs_restarts_and_goes_down() {
+    let p = Platform::new();
+    let manifest = p.shop();
+    let manifest = manifest.to_str().unwrap();
+    p.ok(&["up", "-f", manifest]);
+
+    let body = page(&p);
+    assert!(body.contains("Paracloud shop"), "{body}");
+    assert!(body.contains("web: web.") && body.contains("api: api.") && body.contains("kv: ok"), "all three tiers: {body}");
+
+    let ps = p.ps("shop");
+    assert_eq!(ps.len(), 5, "kv 1 + api 2 + web 2: {ps:#?}");
+    for i in &ps {
+        assert_eq!(field(i, "app"), "shop");
+        assert_eq!(field(i, "state"), "running");
+        assert!(i["pid"].as_i64().unwrap() > 1);
+        assert!(field(i, "address").starts_with(&format!("10.{}.", 100 + p.slot)));
+        assert!(field(i, "instance").contains('.'));
+    }
+    let table = p.ok(&["ps", "-a", "shop"]);
+    assert!(table.starts_with("APP") && table.contains("api.2"), "{table}");
+    let yaml = p.ok(&["ps", "-a", "shop", "-o", "yaml"]);
+    assert!(yaml.contains("instance: kv.1"), "{yaml}");
+
+    // Scale out, to zero, and back.
+    p.ok(&["scale", "-a", "shop", "api=3"]);
+    let ps = p.ps("shop");
+    assert_eq!(count(&ps, "api", "running"), 3);
+    p.ok(&["scale", "-a", "shop", "api=0"]);
+    assert_eq!(p.ps("shop").iter().filter(|i| field(i, "service") == "api").count(), 0);
+    p.ok(&["scale", "-a", "shop", "api=1"]);
+    assert!(page(&p).contains("api: api.1"));
+
+    // Logs per service and per instance.
+    let logs = p.ok(&["logs", "-a", "shop", "web"]);
+    assert!(logs.lines().all(|l| l.starts_with("web.")), "{logs}");
+    assert!(!logs.is_empty(), "the web instances log their start");
+    let one = p.ok(&["logs", "-a", "shop", "kv.1", "-n", "5"]);
+    assert!(!one.is_empty() && !one.contains("kv.1 |"), "{one}");
+
+    // Restart replaces every instance: new pids, same count.
+    let before = pids(&p.ps("shop"));
+    p.ok(&["restart", "-a", "shop", "web"]);
+    let after = pids(&p.ps("shop"));
+    let web_before: Vec<_> = before.iter().filter(|(n, _)| n.starts_with("web.")).collect();
+    let web_after: Vec<_> = after.iter().filter(|(n, _)| n.starts_with("web.")).collect();
+    assert_eq!(web_before.len(), web_after.len());
+    for (b, a) in web_before.iter().zip(&web_after) {
+        assert_eq!(b.0, a.0);
+        assert_ne!(b.1, a.1, "{} got a new process", a.0);
+    }
+    assert!(page(&p).contains("kv: ok"));
+
+    let describe = p.ok(&["describe", "-a", "shop", "api"]);
+    assert!(describe.contains("Replicas:") && describe.contains("1 wanted, 1 ready"), "{describe}");
+    assert!(describe.contains("scaled to 3"), "recent events: {describe}");
+
+    p.ok(&["down", "-a", "shop"]);
+    assert!(p.ok(&["ps", "-A", "-o", "json"]).trim() == "[]");
+    assert!(http_get(p.port(0), "/").is_err(), "nothing listens once the app is down");
+}
+
+#[test]
+fn an_instance_killed_from_outside_is_restarted() {
+    let p = Platform::new();
+    let manifest = p.shop();
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let ps = p.ps("shop");
+    let web1 = ps.iter().find(|i| field(i, "instance") == "web.1").unwrap();
+    let pid = web1["pid"].as_i64().unwrap() as i32;
+    kill9(pid);
+    let ps = p.wait_ps("shop", UP, "web.1 to run again", |ps| {
+        ps.iter().any(|i| {
+            field(i, "instance") == "web.1" && field(i, "state") == "running" && i["pid"].as_i64() != Some(pid as i64)
+        })
+    });
+    let web1 = ps.iter().find(|i| field(i, "instance") == "web.1").unwrap();
+    assert_eq!(web1["restarts"].as_u64(), Some(1));
+    let events = p.ok(&["events", "-a", "shop"]);
+    assert!(events.contains("killed by SIGKILL"), "{events}");
+    assert!(page(&p).contains("kv: ok"));
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_readopts_its_instances_and_the_shop_keeps_answering() {
+    let p = Platform::new();
+    let manifest = p.shop();
+    let manifest = manifest.to_str().unwrap();
+    p.ok(&["up", "-f", manifest]);
+    let before = pids(&p.ps("shop"));
+    let daemon = p.daemon_pid().unwrap();
+    kill9(daemon);
+    while alive(daemon) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // No daemon: the instances and the data plane still serve.
+    for _ in 0..20 {
+        assert!(page(&p).contains("kv: ok"));
+    }
+    assert!(p.fails(&["ps", "-a", "shop"]).contains("no paracloud daemon runs"));
+    // A new daemon (started by up) adopts what runs: same pids, no duplicates.
+    p.ok(&["up", "-f", manifest]);
+    let after = pids(&p.ps("shop"));
+    assert_eq!(before, after);
+    assert_ne!(p.daemon_pid().unwrap(), daemon);
+    let events = p.ok(&["events", "-a", "shop"]);
+    assert_eq!(events.matches("re-adopted").count(), 5, "{events}");
+    assert!(page(&p).contains("kv: ok"));
+}
+
+#[test]
+fn kv_data_survives_down_and_up_and_goes_with_down_volumes() {
+    let p = Platform::new();
+    let manifest = p.shop();
+    let manifest = manifest.to_str().unwrap();
+    p.ok(&["up", "-f", manifest]);
+    let first = visits(&page(&p));
+    let second = visits(&page(&p));
+    assert_eq!(second, first + 1);
+    p.ok(&["down", "-a", "shop"]);
+    p.ok(&["up", "-f", manifest]);
+    assert_eq!(visits(&page(&p)), second + 1, "the kvdata volume kept the count");
+    p.ok(&["down", "-a", "shop", "--volumes"]);
+    assert!(!p.root().join("volumes/shop").exists());
+    p.ok(&["up", "-f", manifest]);
+    assert_eq!(visits(&page(&p)), 1, "a fresh volume starts from zero");
+}

@@ -1,0 +1,93 @@
+//! Addresses and names on an application's network, derived from the daemon's subnet pool.
+//!
+//! Each application gets the `index`-th /24 of the pool. In it, host 1 is the bridge (gateway),
+//! hosts 2 to 15 are the stable service addresses, and hosts 16 and up are instances.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// Host number of the first service address and of the first instance address in an app subnet.
+const FIRST_SERVICE_HOST: u32 = 2;
+const FIRST_INSTANCE_HOST: u32 = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AddressError {
+    #[error("the subnet pool {pool} has no subnet number {index}: give the daemon a larger pool with --subnet")]
+    PoolExhausted { pool: Ipv4Net, index: u32 },
+    #[error("the application's subnet {subnet} has no room for instance slot {slot}")]
+    SubnetFull { subnet: Ipv4Net, slot: u32 },
+}
+
+/// The addressing plan of one application's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppNetwork {
+    pub subnet: Ipv4Net,
+}
+
+impl AppNetwork {
+    /// The `index`-th /24 (or the pool itself when it is smaller) of the pool.
+    pub fn new(pool: Ipv4Net, index: u32) -> Result<Self, AddressError> {
+        let prefix = pool.prefix_len().max(24);
+        let subnet = pool
+            .subnets(prefix)
+            .ok()
+            .and_then(|mut s| s.nth(index as usize))
+            .ok_or(AddressError::PoolExhausted { pool, index })?;
+        Ok(Self { subnet })
+    }
+
+    fn host(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet.network()) + n)
+    }
+
+    /// The bridge's own address with the subnet's prefix.
+    pub fn gateway(&self) -> Ipv4Net {
+        Ipv4Net::new(self.host(1), self.subnet.prefix_len()).unwrap_or(self.subnet)
+    }
+
+    pub fn service_address(&self, slot: u32) -> Ipv4Addr {
+        self.host(FIRST_SERVICE_HOST + slot)
+    }
+
+    pub fn instance_address(&self, slot: u32) -> Result<Ipv4Net, AddressError> {
+        let host = FIRST_INSTANCE_HOST + slot;
+        let size = 1u32 << (32 - self.subnet.prefix_len());
+        if host >= size - 1 {
+            return Err(AddressError::SubnetFull { subnet: self.subnet, slot });
+        }
+        Ok(Ipv4Net::new(self.host(host), self.subnet.prefix_len()).unwrap_or(self.subnet))
+    }
+
+    /// The bridge's interface name: unique on the machine because subnets must be.
+    pub fn bridge(&self) -> String {
+        format!("pc{:08x}", u32::from(self.subnet.network()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_subnet_is_laid_out_gateway_services_instances() {
+        let net = AppNetwork::new("10.213.0.0/16".parse().unwrap(), 5).unwrap();
+        assert_eq!(net.subnet.to_string(), "10.213.5.0/24");
+        assert_eq!(net.gateway().to_string(), "10.213.5.1/24");
+        assert_eq!(net.service_address(0).to_string(), "10.213.5.2");
+        assert_eq!(net.instance_address(0).unwrap().to_string(), "10.213.5.16/24");
+        assert_eq!(net.bridge(), "pc0ad50500");
+        assert!(net.bridge().len() <= 15);
+        assert!(net.instance_address(238).is_ok());
+        assert!(net.instance_address(239).is_err(), ".255 is the broadcast address");
+    }
+
+    #[test]
+    fn a_pool_runs_out_with_a_clear_error() {
+        let err = AppNetwork::new("10.1.2.0/24".parse().unwrap(), 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the subnet pool 10.1.2.0/24 has no subnet number 1: give the daemon a larger pool with --subnet"
+        );
+    }
+}

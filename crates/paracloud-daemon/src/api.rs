@@ -1,0 +1,377 @@
+//! The HTTP/JSON API on the daemon's Unix socket (routes listed in the paracloud-api crate).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use paracloud_api::{
+    AppView, ErrorBody, Event, Health, InstanceView, ScaleRequest, ServiceView, UpRequest, UpResponse,
+};
+use paracloud_manifest::{parse, FileSystem, Origin};
+use paracloud_state::{AppRecord, Snapshot};
+use serde::Deserialize;
+
+use crate::driver::Driver;
+use crate::engine::{now_ms, Engine};
+use crate::logs;
+use crate::views::{app_view, instance_view, service_view};
+
+/// The most instances one service may be scaled to.
+pub const MAX_REPLICAS: u32 = 200;
+
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self { status, body: ErrorBody { error: error.into(), diagnostics: vec![] } }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<paracloud_state::Error> for ApiError {
+    fn from(e: paracloud_state::Error) -> Self {
+        let status = match e {
+            paracloud_state::Error::NoApp(_) | paracloud_state::Error::NoService { .. } => StatusCode::NOT_FOUND,
+            paracloud_state::Error::AddressesExhausted { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("the request body is not valid: {}", e.body_text()))
+    }
+}
+
+/// The real filesystem, for the manifest's path checks.
+pub struct HostFs;
+
+impl FileSystem for HostFs {
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+}
+
+type Shared<D> = State<Arc<Engine<D>>>;
+
+pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health::<D>))
+        .route("/v1/apps", post(up::<D>).get(list_apps::<D>))
+        .route("/v1/apps/{app}", get(get_app::<D>).delete(down::<D>))
+        .route("/v1/instances", get(instances::<D>))
+        .route("/v1/apps/{app}/services/{service}", get(describe::<D>))
+        .route("/v1/apps/{app}/services/{service}/replicas", put(scale::<D>))
+        .route("/v1/apps/{app}/services/{service}/restart", post(restart::<D>))
+        .route("/v1/apps/{app}/logs", get(logs_of::<D>))
+        .route("/v1/events", get(events::<D>))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route: see the paracloud-api crate for the routes") })
+        .with_state(engine)
+}
+
+async fn health<D: Driver>(State(engine): Shared<D>) -> Json<Health> {
+    Json(Health {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        root: engine.config.root.clone(),
+    })
+}
+
+fn find_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, ApiError> {
+    snapshot.apps.iter().find(|a| a.name == app).ok_or_else(|| {
+        let known: Vec<&str> = snapshot.apps.iter().map(|a| a.name.as_str()).collect();
+        let hint = if known.is_empty() { "none runs".to_string() } else { format!("running: {}", known.join(", ")) };
+        ApiError::new(StatusCode::NOT_FOUND, format!("no application named {app} ({hint})"))
+    })
+}
+
+async fn up<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<UpRequest>, JsonRejection>,
+) -> Result<Json<UpResponse>, ApiError> {
+    let Json(request) = body?;
+    if !request.base_dir.is_absolute() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "base_dir must be an absolute path"));
+    }
+    let origin = Origin { file: request.origin.clone(), base_dir: request.base_dir.clone() };
+    let manifest = parse(&request.source, &origin, &HostFs).map_err(|e| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body: ErrorBody { error: e.to_string(), diagnostics: e.diagnostics.clone() },
+    })?;
+    let snapshot = engine.store.load()?;
+    let ours: BTreeSet<_> =
+        manifest.services.values().flat_map(|s| s.ports.iter().filter_map(|p| p.publish)).collect();
+    for other in snapshot.apps.iter().filter(|a| a.name != manifest.app && a.removing.is_none()) {
+        for (name, service) in &other.manifest.services {
+            for port in service.ports.iter().filter_map(|p| p.publish) {
+                if ours.contains(&port) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "{}: port clash: {port} is already published by service {name} of application {}; \
+                             publish another host port, or take {} down first",
+                            request.origin, other.name, other.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let changed = engine.store.put_app(&manifest, &request.source, &request.origin, now_ms())?;
+    // Make sure the network has the addresses of any new service.
+    engine.store.set_network(&manifest.app, false)?;
+    let what = if changed.is_empty() { "deployed".to_string() } else { format!("deployed; changed: {}", changed.join(", ")) };
+    engine.store.add_event(now_ms(), &manifest.app, &manifest.app, &what)?;
+    engine.wake();
+    Ok(Json(UpResponse { app: manifest.app, changed }))
+}
+
+async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppView>>, ApiError> {
+    let snapshot = engine.store.load()?;
+    let waiting = engine.waiting();
+    let now = now_ms();
+    Ok(Json(snapshot.apps.iter().map(|a| app_view(a, &snapshot, engine.config.subnet_pool, now, &waiting)).collect()))
+}
+
+async fn get_app<D: Driver>(State(engine): Shared<D>, UrlPath(app): UrlPath<String>) -> Result<Json<AppView>, ApiError> {
+    let snapshot = engine.store.load()?;
+    let record = find_app(&snapshot, &app)?;
+    Ok(Json(app_view(record, &snapshot, engine.config.subnet_pool, now_ms(), &engine.waiting())))
+}
+
+#[derive(Deserialize)]
+struct DownQuery {
+    #[serde(default)]
+    volumes: bool,
+}
+
+async fn down<D: Driver>(
+    State(engine): Shared<D>,
+    UrlPath(app): UrlPath<String>,
+    Query(query): Query<DownQuery>,
+) -> Result<Json<AppView>, ApiError> {
+    let snapshot = engine.store.load()?;
+    find_app(&snapshot, &app)?;
+    engine.store.mark_removing(&app, query.volumes)?;
+    engine.store.add_event(now_ms(), &app, &app, "down requested")?;
+    engine.wake();
+    let snapshot = engine.store.load()?;
+    let record = find_app(&snapshot, &app)?;
+    Ok(Json(app_view(record, &snapshot, engine.config.subnet_pool, now_ms(), &engine.waiting())))
+}
+
+#[derive(Deserialize)]
+struct AppQuery {
+    app: Option<String>,
+}
+
+async fn instances<D: Driver>(
+    State(engine): Shared<D>,
+    Query(query): Query<AppQuery>,
+) -> Result<Json<Vec<InstanceView>>, ApiError> {
+    let snapshot = engine.store.load()?;
+    if let Some(app) = &query.app {
+        find_app(&snapshot, app)?;
+    }
+    let now = now_ms();
+    let views = snapshot
+        .instances
+        .iter()
+        .filter(|i| query.app.as_ref().is_none_or(|a| &i.key.app == a))
+        .filter_map(|i| {
+            let app = snapshot.apps.iter().find(|a| a.name == i.key.app)?;
+            Some(instance_view(app, i, engine.config.subnet_pool, now))
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+fn service_or_404<D: Driver>(engine: &Engine<D>, app: &str, service: &str) -> Result<ServiceView, ApiError> {
+    let snapshot = engine.store.load()?;
+    let record = find_app(&snapshot, app)?;
+    service_view(record, service, &snapshot, engine.config.subnet_pool, now_ms(), &engine.waiting()).ok_or_else(|| {
+        let known: Vec<&str> = record.manifest.services.keys().map(String::as_str).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("application {app} has no service named {service} (it has: {})", known.join(", ")),
+        )
+    })
+}
+
+async fn describe<D: Driver>(
+    State(engine): Shared<D>,
+    UrlPath((app, service)): UrlPath<(String, String)>,
+) -> Result<Json<ServiceView>, ApiError> {
+    Ok(Json(service_or_404(&engine, &app, &service)?))
+}
+
+async fn scale<D: Driver>(
+    State(engine): Shared<D>,
+    UrlPath((app, service)): UrlPath<(String, String)>,
+    body: Result<Json<ScaleRequest>, JsonRejection>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let Json(request) = body?;
+    if request.replicas > MAX_REPLICAS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("replicas {} is more than the {MAX_REPLICAS} a service may have", request.replicas),
+        ));
+    }
+    service_or_404(&engine, &app, &service)?;
+    engine.store.set_replicas(&app, &service, request.replicas)?;
+    engine.store.add_event(now_ms(), &app, &service, &format!("scaled to {}", request.replicas))?;
+    engine.wake();
+    Ok(Json(service_or_404(&engine, &app, &service)?))
+}
+
+async fn restart<D: Driver>(
+    State(engine): Shared<D>,
+    UrlPath((app, service)): UrlPath<(String, String)>,
+) -> Result<Json<ServiceView>, ApiError> {
+    service_or_404(&engine, &app, &service)?;
+    engine.store.bump_revision(&app, &service)?;
+    engine.store.add_event(now_ms(), &app, &service, "restart requested")?;
+    engine.wake();
+    Ok(Json(service_or_404(&engine, &app, &service)?))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    target: Option<String>,
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The log files a logs request covers, with the prefix shown before their lines.
+fn log_files<D: Driver>(engine: &Engine<D>, app: &str, target: Option<&str>) -> Result<Vec<(String, PathBuf)>, ApiError> {
+    let snapshot = engine.store.load()?;
+    let record = find_app(&snapshot, app)?;
+    if let Some(target) = target {
+        let known_service = record.manifest.services.contains_key(target);
+        let known_instance = snapshot.instances.iter().any(|i| i.key.app == app && i.key.name() == target);
+        if !known_service && !known_instance {
+            let services: Vec<&str> = record.manifest.services.keys().map(String::as_str).collect();
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "application {app} has no service or instance named {target} (services: {}; instances are named like web.1)",
+                    services.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(snapshot
+        .instances
+        .iter()
+        .filter(|i| i.key.app == app)
+        .filter(|i| target.is_none_or(|t| i.key.service == t || i.key.name() == t))
+        .map(|i| (i.key.name(), engine.config.log_path(&i.key)))
+        .collect())
+}
+
+async fn logs_of<D: Driver>(
+    State(engine): Shared<D>,
+    UrlPath(app): UrlPath<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let files = log_files(&engine, &app, query.target.as_deref())?;
+    let prefix = files.len() > 1 || query.target.as_deref().is_none_or(|t| !t.contains('.'));
+    let mut text = String::new();
+    for (name, path) in &files {
+        let lines = logs::tail(path, query.tail.unwrap_or(100))
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {}: {e}", path.display())))?;
+        for line in lines {
+            if prefix {
+                text.push_str(&format!("{name} | {line}\n"));
+            } else {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+    }
+    if !query.follow {
+        return Ok(text.into_response());
+    }
+    let offsets: Vec<(String, PathBuf, u64)> = files
+        .into_iter()
+        .map(|(name, path)| {
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            (name, path, len)
+        })
+        .collect();
+    let target = query.target.clone();
+    let state = (engine, app, target, offsets, Some(text));
+    let stream = futures::stream::unfold(state, move |(engine, app, target, mut offsets, first)| async move {
+        if let Some(first) = first {
+            return Some((Ok::<Bytes, std::io::Error>(Bytes::from(first)), (engine, app, target, offsets, None)));
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Instances that appeared since (scale-out, restarts) are followed from their start.
+            let files = log_files(&engine, &app, target.as_deref()).ok()?;
+            for (name, path) in files {
+                if !offsets.iter().any(|(n, _, _)| *n == name) {
+                    offsets.push((name, path, 0));
+                }
+            }
+            let mut out = String::new();
+            for (name, path, offset) in offsets.iter_mut() {
+                if let Ok((lines, next)) = logs::read_new_lines(path, *offset) {
+                    *offset = next;
+                    for line in lines {
+                        if prefix {
+                            out.push_str(&format!("{name} | {line}\n"));
+                        } else {
+                            out.push_str(&line);
+                            out.push('\n');
+                        }
+                    }
+                }
+            }
+            if !out.is_empty() {
+                return Some((Ok(Bytes::from(out)), (engine, app, target, offsets, None)));
+            }
+        }
+    });
+    Ok(Body::from_stream(stream).into_response())
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    app: Option<String>,
+    #[serde(default)]
+    after: i64,
+    limit: Option<u32>,
+}
+
+async fn events<D: Driver>(State(engine): Shared<D>, Query(query): Query<EventQuery>) -> Result<Json<Vec<Event>>, ApiError> {
+    let events = engine.store.events(query.app.as_deref(), query.after, query.limit.unwrap_or(100))?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| Event { id: e.id, at: e.at, app: e.app, subject: e.subject, message: e.message })
+            .collect(),
+    ))
+}

@@ -1,0 +1,62 @@
+//! The seam between the reconcile loop and where instances run.
+//!
+//! The loop speaks to a [`Driver`]; the local driver is the embedded runtime (namespaces, cgroups,
+//! overlayfs on this machine). A Kubernetes driver will implement the same trait.
+
+use std::future::Future;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use paracloud_runtime::{Exit, InstanceConfig, NetworkConfig, Process, Result, Runtime};
+
+pub trait Driver: Send + Sync + 'static {
+    fn ensure_network(&self, network: &NetworkConfig) -> impl Future<Output = Result<()>> + Send;
+    fn remove_network(&self, bridge: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Starts an instance; returns once its command runs.
+    fn start(&self, config: &InstanceConfig) -> impl Future<Output = Result<Process>> + Send;
+    /// Finds a process started by an earlier daemon; None when it is gone.
+    fn adopt(&self, pid: i32, start_time: u64) -> Result<Option<Process>>;
+    fn wait<'a>(&'a self, id: &'a str, process: &'a Process) -> impl Future<Output = Result<Exit>> + Send + 'a;
+    fn signal(&self, process: &Process, signal: Signal) -> Result<()>;
+    /// Removes whatever is left of an instance (processes, cgroup, interfaces).
+    fn cleanup(&self, id: &str) -> Result<()>;
+    fn exec<'a>(
+        &'a self,
+        process: &'a Process,
+        argv: &'a [String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<i32>> + Send + 'a;
+}
+
+/// The local driver: the embedded runtime.
+impl Driver for Runtime {
+    fn ensure_network(&self, network: &NetworkConfig) -> impl Future<Output = Result<()>> + Send {
+        Runtime::ensure_network(self, network)
+    }
+    fn remove_network(&self, bridge: &str) -> impl Future<Output = Result<()>> + Send {
+        Runtime::remove_network(self, bridge)
+    }
+    fn start(&self, config: &InstanceConfig) -> impl Future<Output = Result<Process>> + Send {
+        Runtime::spawn(self, config)
+    }
+    fn adopt(&self, pid: i32, start_time: u64) -> Result<Option<Process>> {
+        Runtime::adopt(self, pid, start_time)
+    }
+    fn wait<'a>(&'a self, id: &'a str, process: &'a Process) -> impl Future<Output = Result<Exit>> + Send + 'a {
+        Runtime::wait(self, id, process)
+    }
+    fn signal(&self, process: &Process, signal: Signal) -> Result<()> {
+        Runtime::signal(self, process, signal)
+    }
+    fn cleanup(&self, id: &str) -> Result<()> {
+        Runtime::cleanup(self, id)
+    }
+    fn exec<'a>(
+        &'a self,
+        process: &'a Process,
+        argv: &'a [String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<i32>> + Send + 'a {
+        Runtime::exec(self, process, argv, timeout)
+    }
+}

@@ -1,0 +1,611 @@
+//! The reconcile loop and the thin layer that executes its plans through a [`Driver`].
+//!
+//! Each turn reads the store, computes `plan(desired, observed, now)`, runs the actions, and pushes
+//! the data plane's routes. Instance processes are watched by one waiter task each (a pidfd, no
+//! helper process); every change of state is written to the store before anything else looks at it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::Ipv4Net;
+use nix::sys::signal::Signal;
+use paracloud_manifest::{Image, Service, VolumeMount};
+use paracloud_reconcile::{
+    plan, restarts_after_exit, Action, Desired, DesiredApp, ExitInfo, Health, InstanceKey, InstanceState,
+    Millis, Observed, ObservedInstance, StopReason,
+};
+use paracloud_runtime::{InstanceConfig, Limits, Mount, NetworkAttachment, NetworkConfig, Process, Rootfs};
+use paracloud_state::{AppRecord, InstanceRecord, Snapshot, Store};
+use tokio::sync::{watch, Notify};
+use tokio::task::AbortHandle;
+
+use crate::addressing::AppNetwork;
+use crate::dataplane::DataplaneSupervisor;
+use crate::driver::Driver;
+use crate::health;
+use crate::routes::dataplane_config;
+
+/// Where the daemon keeps its state and which kernel objects it may use.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// State root: database, instance directories, volumes, logs, API socket.
+    pub root: PathBuf,
+    /// cgroup path (relative to each hierarchy) under which instance cgroups are made.
+    pub cgroup_parent: String,
+    /// The pool application subnets are taken from.
+    pub subnet_pool: Ipv4Net,
+    /// The paracloud binary (sandbox-init, nsexec and the data plane run from it).
+    pub exe: PathBuf,
+}
+
+impl DaemonConfig {
+    pub fn instance_dir(&self, key: &InstanceKey) -> PathBuf {
+        self.root.join("instances").join(&key.app).join(key.name())
+    }
+
+    pub fn log_path(&self, key: &InstanceKey) -> PathBuf {
+        self.instance_dir(key).join("output.log")
+    }
+
+    pub fn volume_dir(&self, app: &str, volume: &str) -> PathBuf {
+        self.root.join("volumes").join(app).join(volume)
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.root.join(paracloud_api::SOCKET_NAME)
+    }
+}
+
+pub fn now_ms() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+/// A running instance process the daemon watches.
+struct Live {
+    process: Arc<Process>,
+    /// Turns true when the waiter has recorded the exit.
+    exited: watch::Receiver<bool>,
+    health: Option<AbortHandle>,
+}
+
+pub struct Engine<D: Driver> {
+    pub config: DaemonConfig,
+    pub store: Store,
+    pub driver: D,
+    live: Mutex<HashMap<InstanceKey, Live>>,
+    wake: Notify,
+    /// Why instances wait, from the last plan (for `describe`).
+    waiting: Mutex<Vec<(InstanceKey, String)>>,
+    dataplane: DataplaneSupervisor,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here only moves plain values; a poisoned lock holds consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<D: Driver> Engine<D> {
+    pub fn new(config: DaemonConfig, store: Store, driver: D) -> Arc<Self> {
+        let dataplane = DataplaneSupervisor::new(&config.root, &config.exe);
+        Arc::new(Self {
+            config,
+            store,
+            driver,
+            live: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            waiting: Mutex::new(Vec::new()),
+            dataplane,
+        })
+    }
+
+    /// Asks the loop to run a turn now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn waiting(&self) -> Vec<(InstanceKey, String)> {
+        lock(&self.waiting).clone()
+    }
+
+    fn event(&self, app: &str, subject: &str, message: &str) {
+        tracing::info!(app, subject, "{message}");
+        if let Err(e) = self.store.add_event(now_ms(), app, subject, message) {
+            tracing::warn!("cannot record an event: {e}");
+        }
+    }
+
+    /// Start-up is recovery: re-adopt the instances an earlier daemon left running, settle the
+    /// ones caught half-way, and make sure the data plane runs.
+    pub fn recover(self: &Arc<Self>) -> Result<(), paracloud_state::Error> {
+        let snapshot = self.store.load()?;
+        let apps: BTreeMap<&str, &AppRecord> = snapshot.apps.iter().map(|a| (a.name.as_str(), a)).collect();
+        for mut record in snapshot.instances.clone() {
+            let id = record.key.id();
+            let alive = match (&record.state, record.pid, record.start_time) {
+                (InstanceState::Running { .. } | InstanceState::Stopping { .. }, Some(pid), Some(start)) => {
+                    self.driver.adopt(pid, start).ok().flatten()
+                }
+                _ => None,
+            };
+            match alive {
+                Some(process) => {
+                    let service = apps
+                        .get(record.key.app.as_str())
+                        .and_then(|a| a.manifest.services.get(&record.key.service))
+                        .cloned();
+                    let address = apps.get(record.key.app.as_str()).and_then(|a| self.instance_address(a, record.slot));
+                    self.event(&record.key.app, &record.key.name(), &format!("re-adopted pid {}", process.pid));
+                    let process = Arc::new(process);
+                    self.watch(record.key.clone(), process.clone(), record.started);
+                    if let (Some(service), Some(address)) = (service, address) {
+                        if matches!(record.state, InstanceState::Running { .. }) {
+                            self.start_health(&record.key, &service, address, process, record.started);
+                        }
+                    }
+                    if let InstanceState::Stopping { reason } = record.state {
+                        self.stop(&record.key, reason);
+                    }
+                }
+                None => {
+                    if matches!(record.state, InstanceState::Exited { .. }) {
+                        continue;
+                    }
+                    let _ = self.driver.cleanup(&id);
+                    let requested = match record.state {
+                        InstanceState::Stopping { reason } => Some(reason),
+                        _ => None,
+                    };
+                    let error = match record.state {
+                        InstanceState::Starting => "the daemon restarted while the instance was starting",
+                        _ => "the instance ended while the daemon was away (exit status unknown)",
+                    };
+                    let exit = ExitInfo {
+                        requested,
+                        error: Some(error.to_string()),
+                        ran_ms: now_ms().saturating_sub(record.started),
+                        ..ExitInfo::default()
+                    };
+                    record.restarts = restarts_after_exit(record.restarts, &exit);
+                    record.state = InstanceState::Exited { exit };
+                    record.since = now_ms();
+                    record.pid = None;
+                    self.store.put_instance(&record)?;
+                    self.event(&record.key.app, &record.key.name(), error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The reconcile loop; runs until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let next = match self.turn().await {
+                Ok(wake_at) => wake_at,
+                Err(e) => {
+                    tracing::error!("reconcile turn failed: {e}");
+                    None
+                }
+            };
+            let delay = next.map(|at| Duration::from_millis(at.saturating_sub(now_ms()))).unwrap_or(Duration::from_secs(1));
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(delay.min(Duration::from_secs(1))) => {}
+            }
+        }
+    }
+
+    async fn turn(self: &Arc<Self>) -> Result<Option<Millis>, paracloud_state::Error> {
+        let snapshot = self.store.load()?;
+        let (desired, observed) = views(&snapshot);
+        let plan = plan(&desired, &observed, now_ms());
+        *lock(&self.waiting) = plan.waiting.clone();
+        for action in plan.actions {
+            self.execute(&snapshot, action).await;
+        }
+        self.dataplane.ensure_running();
+        let snapshot = self.store.load()?;
+        self.dataplane.push(&dataplane_config(&snapshot, self.config.subnet_pool));
+        Ok(plan.wake_at)
+    }
+
+    fn network_of(&self, app: &AppRecord) -> Option<AppNetwork> {
+        AppNetwork::new(self.config.subnet_pool, app.subnet_index).ok()
+    }
+
+    fn instance_address(&self, app: &AppRecord, slot: u32) -> Option<Ipv4Net> {
+        self.network_of(app)?.instance_address(slot).ok()
+    }
+
+    async fn execute(self: &Arc<Self>, snapshot: &Snapshot, action: Action) {
+        let app_of = |name: &str| snapshot.apps.iter().find(|a| a.name == name);
+        match action {
+            Action::EnsureNetwork { app } => {
+                let Some(record) = app_of(&app) else { return };
+                let network = match AppNetwork::new(self.config.subnet_pool, record.subnet_index) {
+                    Ok(n) => n,
+                    Err(e) => return self.event(&app, &app, &e.to_string()),
+                };
+                let config = NetworkConfig {
+                    bridge: network.bridge(),
+                    gateway: network.gateway(),
+                    service_addresses: record.services.values().map(|s| network.service_address(s.slot)).collect(),
+                };
+                match self.driver.ensure_network(&config).await {
+                    Ok(()) => {
+                        let _ = self.store.set_network(&app, true);
+                    }
+                    Err(e) => self.event(&app, &app, &format!("cannot set up the network: {e}")),
+                }
+            }
+            Action::RemoveNetwork { app } => {
+                if let Some(network) = app_of(&app).and_then(|a| self.network_of(a)) {
+                    if let Err(e) = self.driver.remove_network(&network.bridge()).await {
+                        return self.event(&app, &app, &format!("cannot remove the network: {e}"));
+                    }
+                }
+                let _ = self.store.set_network(&app, false);
+            }
+            Action::Start { key, restart } => {
+                let Some(app) = app_of(&key.app) else { return };
+                if let Err(e) = self.start(app, &key, restart, snapshot) {
+                    self.event(&key.app, &key.name(), &format!("cannot start: {e}"));
+                }
+            }
+            Action::Stop { key, reason } => {
+                if let Ok(Some(mut record)) = self.store.instance(&key) {
+                    record.state = InstanceState::Stopping { reason };
+                    record.since = now_ms();
+                    if self.store.put_instance(&record).is_ok() {
+                        self.stop(&key, reason);
+                    }
+                }
+            }
+            Action::Remove { key } => {
+                let _ = self.driver.cleanup(&key.id());
+                let dir = self.config.instance_dir(&key);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!("cannot remove {}: {e}", dir.display());
+                    }
+                }
+                let _ = self.store.delete_instance(&key);
+            }
+            Action::Forget { app, volumes } => {
+                let _ = std::fs::remove_dir_all(self.config.root.join("instances").join(&app));
+                if volumes {
+                    let _ = std::fs::remove_dir_all(self.config.root.join("volumes").join(&app));
+                }
+                if self.store.forget_app(&app).is_ok() {
+                    let what = if volumes { "removed with its volumes" } else { "removed (volumes kept)" };
+                    self.event(&app, &app, what);
+                }
+            }
+        }
+    }
+
+    /// Records the instance as starting, then creates it in a task of its own.
+    fn start(
+        self: &Arc<Self>,
+        app: &AppRecord,
+        key: &InstanceKey,
+        restart: bool,
+        snapshot: &Snapshot,
+    ) -> Result<(), String> {
+        let service = app.manifest.services.get(&key.service).ok_or("no such service")?.clone();
+        let revision = app.services.get(&key.service).map(|s| s.revision).unwrap_or(0);
+        let previous = self.store.instance(key).map_err(|e| e.to_string())?;
+        let slot = match &previous {
+            Some(p) => p.slot,
+            None => self.store.free_instance_slot(&key.app).map_err(|e| e.to_string())?,
+        };
+        let network = self.network_of(app).ok_or("the application has no subnet")?;
+        let address = network.instance_address(slot).map_err(|e| e.to_string())?;
+        let now = now_ms();
+        let record = InstanceRecord {
+            key: key.clone(),
+            revision,
+            state: InstanceState::Starting,
+            restarts: match (&previous, restart) {
+                (Some(p), true) => p.restarts + 1,
+                _ => 0,
+            },
+            since: now,
+            started: now,
+            pid: None,
+            start_time: None,
+            slot,
+        };
+        self.store.put_instance(&record).map_err(|e| e.to_string())?;
+        let hosts: Vec<(String, Ipv4Addr)> = app
+            .services
+            .iter()
+            .map(|(name, s)| (name.clone(), network.service_address(s.slot)))
+            .collect();
+        let config = self.instance_config(app, &service, key, address, &network, hosts);
+        let engine = self.clone();
+        let _ = snapshot;
+        tokio::spawn(async move {
+            let result = engine.driver.start(&config).await;
+            let mut record = record;
+            let now = now_ms();
+            match result {
+                Ok(process) => {
+                    record.pid = Some(process.pid);
+                    record.start_time = Some(process.start_time);
+                    record.started = now;
+                    record.since = now;
+                    record.state = InstanceState::Running {
+                        health: if service.health.is_some() { Health::Unknown } else { Health::None },
+                    };
+                    let pid = process.pid;
+                    if let Err(e) = engine.store.put_instance(&record) {
+                        tracing::error!("cannot record the start of {}: {e}", record.key);
+                    }
+                    engine.event(&record.key.app, &record.key.name(), &format!("started, pid {pid}"));
+                    let process = Arc::new(process);
+                    engine.watch(record.key.clone(), process.clone(), now);
+                    engine.start_health(&record.key, &service, address, process, now);
+                }
+                Err(e) => {
+                    let _ = engine.driver.cleanup(&record.key.id());
+                    let exit = ExitInfo { error: Some(e.to_string()), ..ExitInfo::default() };
+                    record.state = InstanceState::Exited { exit };
+                    record.since = now;
+                    if let Err(e) = engine.store.put_instance(&record) {
+                        tracing::error!("cannot record the failed start of {}: {e}", record.key);
+                    }
+                    engine.event(&record.key.app, &record.key.name(), &format!("failed to start: {e}"));
+                }
+            }
+            engine.wake();
+        });
+        Ok(())
+    }
+
+    fn instance_config(
+        &self,
+        app: &AppRecord,
+        service: &Service,
+        key: &InstanceKey,
+        address: Ipv4Net,
+        network: &AppNetwork,
+        hosts: Vec<(String, Ipv4Addr)>,
+    ) -> InstanceConfig {
+        let rootfs = match &service.image {
+            Image::Host { paths } => Rootfs::Host { extra_paths: paths.clone() },
+            Image::Dir { path } => Rootfs::Dir { path: path.clone() },
+        };
+        let mounts = service
+            .volumes
+            .iter()
+            .map(|v| match v {
+                VolumeMount::Named { name, target, read_only } => {
+                    let source = self.config.volume_dir(&app.name, name);
+                    if let Err(e) = std::fs::create_dir_all(&source) {
+                        tracing::warn!("cannot create volume {}: {e}", source.display());
+                    }
+                    Mount { source, target: target.clone(), read_only: *read_only }
+                }
+                VolumeMount::Bind { source, target, read_only } => {
+                    Mount { source: source.clone(), target: target.clone(), read_only: *read_only }
+                }
+            })
+            .collect();
+        let mut env = service.env.clone();
+        env.insert("PARACLOUD_APP".into(), app.name.clone());
+        env.insert("PARACLOUD_SERVICE".into(), key.service.clone());
+        env.insert("PARACLOUD_INSTANCE".into(), key.name());
+        env.insert("PARACLOUD_INDEX".into(), key.index.to_string());
+        InstanceConfig {
+            id: key.id(),
+            hostname: key.name(),
+            dir: self.config.instance_dir(key),
+            rootfs,
+            argv: service.argv(),
+            env,
+            working_dir: service.working_dir.clone(),
+            user: service.user.clone(),
+            mounts,
+            hosts,
+            network: Some(NetworkAttachment { bridge: network.bridge(), address }),
+            limits: Limits {
+                cpu: service.resources.cpu,
+                memory: service.resources.memory,
+                pids: service.resources.pids,
+            },
+            capabilities: service.cap_add.clone(),
+            log_path: self.config.log_path(key),
+        }
+    }
+
+    /// One waiter task per process: records its exit and wakes the loop.
+    fn watch(self: &Arc<Self>, key: InstanceKey, process: Arc<Process>, started: Millis) {
+        let (tx, rx) = watch::channel(false);
+        lock(&self.live).insert(key.clone(), Live { process: process.clone(), exited: rx, health: None });
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let id = key.id();
+            let exit = engine.driver.wait(&id, &process).await;
+            if let Some(live) = lock(&engine.live).remove(&key) {
+                if let Some(h) = live.health {
+                    h.abort();
+                }
+            }
+            let _ = engine.driver.cleanup(&id);
+            let now = now_ms();
+            let Ok(Some(mut record)) = engine.store.instance(&key) else {
+                let _ = tx.send(true);
+                return;
+            };
+            let requested = match record.state {
+                InstanceState::Stopping { reason } => Some(reason),
+                _ => None,
+            };
+            let mut info = ExitInfo { requested, ran_ms: now.saturating_sub(started), ..ExitInfo::default() };
+            match exit {
+                Ok(exit) => {
+                    info.code = exit.code;
+                    info.signal = exit.signal;
+                    info.oom_killed = exit.oom_killed;
+                }
+                Err(e) => info.error = Some(format!("its end could not be observed: {e}")),
+            }
+            let message = describe_exit(&info);
+            record.restarts = restarts_after_exit(record.restarts, &info);
+            record.state = InstanceState::Exited { exit: info };
+            record.since = now;
+            record.pid = None;
+            if let Err(e) = engine.store.put_instance(&record) {
+                tracing::error!("cannot record the exit of {key}: {e}");
+            }
+            engine.event(&key.app, &key.name(), &message);
+            let _ = tx.send(true);
+            engine.wake();
+        });
+    }
+
+    fn start_health(
+        self: &Arc<Self>,
+        key: &InstanceKey,
+        service: &Service,
+        address: Ipv4Net,
+        process: Arc<Process>,
+        started: Millis,
+    ) {
+        let Some(check) = service.health.clone() else { return };
+        let engine = self.clone();
+        let task_key = key.clone();
+        let handle = tokio::spawn(async move {
+            health::run(check, address.addr(), process, started, &engine.driver, |health| {
+                engine.set_health(&task_key, health)
+            })
+            .await
+        });
+        if let Some(live) = lock(&self.live).get_mut(key) {
+            live.health = Some(handle.abort_handle());
+        }
+    }
+
+    fn set_health(&self, key: &InstanceKey, health: Health) {
+        let Ok(Some(mut record)) = self.store.instance(key) else { return };
+        if !matches!(record.state, InstanceState::Running { .. }) {
+            return;
+        }
+        record.state = InstanceState::Running { health };
+        if self.store.put_instance(&record).is_ok() {
+            let word = match health {
+                Health::Healthy => "healthy",
+                Health::Unhealthy => "unhealthy",
+                Health::Unknown | Health::None => "health unknown",
+            };
+            self.event(&key.app, &key.name(), word);
+            self.wake();
+        }
+    }
+
+    /// Sends the stop signal, waits the grace period, then kills.
+    fn stop(self: &Arc<Self>, key: &InstanceKey, reason: StopReason) {
+        let Some((process, mut exited)) =
+            lock(&self.live).get(key).map(|l| (l.process.clone(), l.exited.clone()))
+        else {
+            return;
+        };
+        let (signal, grace) = self
+            .store
+            .load()
+            .ok()
+            .and_then(|s| {
+                let app = s.apps.into_iter().find(|a| a.name == key.app)?;
+                let service = app.manifest.services.get(&key.service)?;
+                Some((service.stop_signal.clone(), service.stop_grace_period))
+            })
+            .unwrap_or_else(|| ("SIGTERM".to_string(), Duration::from_secs(10)));
+        let signal = signal.parse::<Signal>().unwrap_or(Signal::SIGTERM);
+        let engine = self.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let why = match reason {
+                StopReason::ScaleIn => "scale-in",
+                StopReason::Down => "down",
+                StopReason::Replace => "replaced by a new revision",
+                StopReason::Unhealthy => "unhealthy",
+            };
+            engine.event(&key.app, &key.name(), &format!("stopping ({why}): {signal}"));
+            let _ = engine.driver.signal(&process, signal);
+            let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_ok();
+            if !ended {
+                engine.event(&key.app, &key.name(), "grace period over: SIGKILL");
+                let _ = engine.driver.signal(&process, Signal::SIGKILL);
+            }
+        });
+    }
+
+    /// Publishes routes and makes sure the data plane runs (called once at start-up).
+    pub fn start_dataplane(&self) {
+        self.dataplane.ensure_running();
+        if let Ok(snapshot) = self.store.load() {
+            self.dataplane.push(&dataplane_config(&snapshot, self.config.subnet_pool));
+        }
+    }
+
+    /// Processes of running instances, for log rotation.
+    pub fn live_keys(&self) -> Vec<InstanceKey> {
+        lock(&self.live).keys().cloned().collect()
+    }
+}
+
+fn describe_exit(info: &ExitInfo) -> String {
+    if info.oom_killed {
+        return "killed by the kernel: out of memory (memory limit reached)".into();
+    }
+    if let Some(e) = &info.error {
+        return format!("exited: {e}");
+    }
+    match (info.code, info.signal) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => {
+            let name = Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| signal.to_string());
+            format!("killed by {name}")
+        }
+        (None, None) => "exited".into(),
+    }
+}
+
+/// Splits a snapshot into the planner's desired and observed views.
+pub fn views(snapshot: &Snapshot) -> (Desired, Observed) {
+    let mut desired = Desired::default();
+    let mut observed = Observed { networks: snapshot.networks.clone(), ..Observed::default() };
+    for app in &snapshot.apps {
+        match app.removing {
+            Some(volumes) => {
+                observed.removing.insert(app.name.clone(), volumes);
+            }
+            None => {
+                desired.apps.insert(
+                    app.name.clone(),
+                    DesiredApp {
+                        manifest: app.manifest.clone(),
+                        replicas: app.services.iter().map(|(n, s)| (n.clone(), s.replicas)).collect(),
+                        revisions: app.services.iter().map(|(n, s)| (n.clone(), s.revision)).collect(),
+                    },
+                );
+            }
+        }
+    }
+    observed.instances = snapshot
+        .instances
+        .iter()
+        .map(|i| ObservedInstance {
+            key: i.key.clone(),
+            revision: i.revision,
+            state: i.state.clone(),
+            restarts: i.restarts,
+            since: i.since,
+        })
+        .collect();
+    (desired, observed)
+}

@@ -1,0 +1,106 @@
+//! What the API shows: application, service and instance views built from a state snapshot.
+
+use paracloud_api::{AppView, InstanceView, ServiceView};
+use paracloud_reconcile::{InstanceKey, InstanceState, Millis};
+use paracloud_state::{AppRecord, InstanceRecord, Snapshot};
+
+use crate::addressing::AppNetwork;
+
+pub fn instance_view(app: &AppRecord, record: &InstanceRecord, pool: ipnet::Ipv4Net, now: Millis) -> InstanceView {
+    let address = AppNetwork::new(pool, app.subnet_index)
+        .ok()
+        .and_then(|n| n.instance_address(record.slot).ok())
+        .map(|a| a.addr().to_string());
+    let running = matches!(record.state, InstanceState::Running { .. } | InstanceState::Stopping { .. });
+    InstanceView {
+        app: record.key.app.clone(),
+        service: record.key.service.clone(),
+        instance: record.key.name(),
+        state: record.state.label().to_string(),
+        pid: record.pid,
+        address,
+        uptime_seconds: running.then(|| now.saturating_sub(record.started) / 1000),
+        restarts: record.restarts,
+        revision: record.revision,
+        exit: match &record.state {
+            InstanceState::Exited { exit } => Some(exit.clone()),
+            _ => None,
+        },
+    }
+}
+
+pub fn service_view(
+    app: &AppRecord,
+    name: &str,
+    snapshot: &Snapshot,
+    pool: ipnet::Ipv4Net,
+    now: Millis,
+    waiting: &[(InstanceKey, String)],
+) -> Option<ServiceView> {
+    let spec = app.manifest.services.get(name)?.clone();
+    let record = app.services.get(name)?;
+    let instances: Vec<InstanceView> = snapshot
+        .instances
+        .iter()
+        .filter(|i| i.key.app == app.name && i.key.service == name)
+        .map(|i| instance_view(app, i, pool, now))
+        .collect();
+    let ready = snapshot
+        .instances
+        .iter()
+        .filter(|i| i.key.app == app.name && i.key.service == name && i.state.is_ready())
+        .count() as u32;
+    let address = AppNetwork::new(pool, app.subnet_index)
+        .map(|n| n.service_address(record.slot).to_string())
+        .unwrap_or_default();
+    let published = spec
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let protocol = match p.protocol {
+                paracloud_manifest::Protocol::Tcp => "tcp",
+                paracloud_manifest::Protocol::Http => "http",
+            };
+            p.publish.map(|addr| format!("{addr} -> {}/{protocol}", p.port))
+        })
+        .collect();
+    Some(ServiceView {
+        app: app.name.clone(),
+        name: name.to_string(),
+        replicas: record.replicas,
+        ready,
+        revision: record.revision,
+        address,
+        published,
+        spec,
+        instances,
+        waiting: waiting
+            .iter()
+            .filter(|(k, _)| k.app == app.name && k.service == name)
+            .map(|(k, why)| format!("{}: {why}", k.name()))
+            .collect(),
+    })
+}
+
+pub fn app_view(
+    app: &AppRecord,
+    snapshot: &Snapshot,
+    pool: ipnet::Ipv4Net,
+    now: Millis,
+    waiting: &[(InstanceKey, String)],
+) -> AppView {
+    let network = AppNetwork::new(pool, app.subnet_index).ok();
+    AppView {
+        name: app.name.clone(),
+        origin: app.origin.clone(),
+        subnet: network.map(|n| n.subnet.to_string()).unwrap_or_default(),
+        bridge: network.map(|n| n.bridge()).unwrap_or_default(),
+        removing: app.removing.is_some(),
+        services: app
+            .manifest
+            .services
+            .keys()
+            .filter_map(|name| service_view(app, name, snapshot, pool, now, waiting))
+            .collect(),
+    }
+}

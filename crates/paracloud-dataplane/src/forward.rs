@@ -1,0 +1,322 @@
+//! One client connection: pick a backend, connect with timeout and retries, then copy both ways.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::{debug, warn};
+
+use crate::pick::{pick, Candidate};
+use crate::stats::{BackendSnapshot, Counters, ListenerSnapshot};
+use crate::{Listener, Tuning};
+
+/// A backend as the forwarder sees it; kept across reloads while its id and address stay.
+#[derive(Debug)]
+pub(crate) struct BackendState {
+    pub(crate) id: String,
+    pub(crate) addr: SocketAddr,
+    weight: AtomicU32,
+    pub(crate) counters: Counters,
+    failed_until: Mutex<Option<Instant>>,
+}
+
+impl BackendState {
+    fn new(id: String, addr: SocketAddr, weight: u32) -> Self {
+        Self {
+            id,
+            addr,
+            weight: AtomicU32::new(weight),
+            counters: Counters::default(),
+            failed_until: Mutex::new(None),
+        }
+    }
+
+    fn failed_recently(&self, now: Instant) -> bool {
+        self.failed_until
+            .lock()
+            .map(|until| until.is_some_and(|t| now < t))
+            .unwrap_or(false)
+    }
+
+    fn mark_failed(&self, until: Instant) {
+        if let Ok(mut slot) = self.failed_until.lock() {
+            *slot = Some(until);
+        }
+    }
+
+    fn candidate(&self, now: Instant, tried: &[Arc<BackendState>]) -> Candidate {
+        Candidate {
+            active: Counters::get(&self.counters.active),
+            weight: self.weight.load(Ordering::Relaxed),
+            available: !self.failed_recently(now)
+                && !tried.iter().any(|t| std::ptr::eq(Arc::as_ptr(t), self)),
+        }
+    }
+}
+
+/// What a listener forwards to; replaced as a whole on reload so a connection sees one version.
+#[derive(Debug, Default)]
+pub(crate) struct Route {
+    pub(crate) name: String,
+    pub(crate) backends: Vec<Arc<BackendState>>,
+}
+
+/// A configured listener, bound or not, shared by its accept loop and its connections.
+#[derive(Debug)]
+pub(crate) struct ListenerState {
+    pub(crate) bind: SocketAddr,
+    pub(crate) counters: Counters,
+    pub(crate) route: watch::Sender<Arc<Route>>,
+    pub(crate) bound: std::sync::atomic::AtomicBool,
+}
+
+impl ListenerState {
+    pub(crate) fn new(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            counters: Counters::default(),
+            route: watch::Sender::new(Arc::new(Route::default())),
+            bound: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn name(&self) -> String {
+        self.route.borrow().name.clone()
+    }
+
+    /// Installs the listener's new name and backends, keeping the state (counters, recent
+    /// failures) of backends whose id and address are unchanged.
+    pub(crate) fn update(&self, listener: &Listener) {
+        let old = self.route.borrow().clone();
+        let backends = listener
+            .backends
+            .iter()
+            .map(|b| {
+                match old
+                    .backends
+                    .iter()
+                    .find(|o| o.id == b.id && o.addr == b.addr)
+                {
+                    Some(existing) => {
+                        existing.weight.store(b.weight, Ordering::Relaxed);
+                        existing.clone()
+                    }
+                    None => Arc::new(BackendState::new(b.id.clone(), b.addr, b.weight)),
+                }
+            })
+            .collect();
+        self.route.send_replace(Arc::new(Route {
+            name: listener.name.clone(),
+            backends,
+        }));
+    }
+
+    pub(crate) fn snapshot(&self) -> ListenerSnapshot {
+        let route = self.route.borrow().clone();
+        ListenerSnapshot {
+            name: route.name.clone(),
+            bind: self.bind,
+            bound: self.bound.load(Ordering::Relaxed),
+            counters: self.counters.read(),
+            backends: route
+                .backends
+                .iter()
+                .map(|b| BackendSnapshot {
+                    id: b.id.clone(),
+                    addr: b.addr,
+                    counters: b.counters.read(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Serves one accepted client connection to its end.
+pub(crate) async fn serve(client: TcpStream, listener: &ListenerState, tuning: &Tuning) {
+    let _active = listener.counters.open();
+    let peer = client.peer_addr().ok();
+    let Some((backend, upstream)) = connect(listener, tuning).await else {
+        debug!(bind = %listener.bind, ?peer, "closing client: no backend could be reached");
+        return;
+    };
+    let _backend_active = backend.counters.open();
+    let mut client = Counted::new(client, |n| {
+        Counters::add(&listener.counters.bytes_in, n);
+        Counters::add(&backend.counters.bytes_in, n);
+    });
+    let mut upstream = Counted::new(upstream, |n| {
+        Counters::add(&listener.counters.bytes_out, n);
+        Counters::add(&backend.counters.bytes_out, n);
+    });
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        debug!(bind = %listener.bind, backend = %backend.id, ?peer, %error, "connection ended with an error");
+    }
+}
+
+/// Connects to a backend: waits for one to exist, then tries up to `tuning.tries` of them.
+async fn connect(
+    listener: &ListenerState,
+    tuning: &Tuning,
+) -> Option<(Arc<BackendState>, TcpStream)> {
+    let mut routes = listener.route.subscribe();
+    let wait_until = Instant::now() + tuning.backend_wait;
+    let mut tried: Vec<Arc<BackendState>> = Vec::new();
+    for _ in 0..tuning.tries {
+        let route = {
+            let waited = timeout_at(wait_until, routes.wait_for(|r| !r.backends.is_empty())).await;
+            match waited {
+                Ok(Ok(route)) => Arc::clone(&route),
+                _ => {
+                    warn!(bind = %listener.bind, "no backend became ready in time; closing client");
+                    return None;
+                }
+            }
+        };
+        let now = Instant::now();
+        let candidates: Vec<Candidate> = route
+            .backends
+            .iter()
+            .map(|b| b.candidate(now, &tried))
+            .collect();
+        let backend = Arc::clone(&route.backends[pick(&candidates, &mut rand::rng())?]);
+        let error = match timeout(tuning.connect_timeout, TcpStream::connect(backend.addr)).await {
+            Ok(Ok(stream)) => {
+                // Nagle only adds latency to a byte pipe; failure to disable it is harmless.
+                let _ = stream.set_nodelay(true);
+                Counters::add(&backend.counters.accepted, 1);
+                return Some((backend, stream));
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {:?}", tuning.connect_timeout),
+        };
+        warn!(listener = %route.name, backend = %backend.id, addr = %backend.addr, %error,
+            "connect to backend failed; trying another");
+        Counters::add(&backend.counters.failed_connects, 1);
+        Counters::add(&listener.counters.failed_connects, 1);
+        backend.mark_failed(Instant::now() + tuning.failure_hold);
+        tried.push(backend);
+    }
+    None
+}
+
+/// A stream that reports every successful read to a callback, so counters move while data flows.
+struct Counted<S, F> {
+    inner: S,
+    on_read: F,
+}
+
+impl<S, F> Counted<S, F> {
+    fn new(inner: S, on_read: F) -> Self {
+        Self { inner, on_read }
+    }
+}
+
+impl<S: AsyncRead + Unpin, F: Fn(u64) + Unpin> AsyncRead for Counted<S, F> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            (this.on_read)((buf.filled().len() - before) as u64);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin, F: Unpin> AsyncWrite for Counted<S, F> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Backend;
+
+    fn listener(backends: &[(&str, u16, u32)]) -> Listener {
+        Listener {
+            name: "test".into(),
+            bind: "127.0.0.1:1".parse().unwrap(),
+            protocol: crate::Protocol::Tcp,
+            backends: backends
+                .iter()
+                .map(|&(id, port, weight)| Backend {
+                    id: id.into(),
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    weight,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn update_keeps_state_of_unchanged_backends() {
+        let state = ListenerState::new("127.0.0.1:1".parse().unwrap());
+        state.update(&listener(&[("a.1", 10, 1), ("a.2", 11, 1)]));
+        let first = state.route.borrow().backends[0].clone();
+        Counters::add(&first.counters.accepted, 5);
+        state.update(&listener(&[("a.1", 10, 3), ("a.3", 12, 1)]));
+        let route = state.route.borrow().clone();
+        assert!(Arc::ptr_eq(&route.backends[0], &first));
+        assert_eq!(route.backends[0].weight.load(Ordering::Relaxed), 3);
+        assert_eq!(route.backends[1].id, "a.3");
+        assert_eq!(state.snapshot().backends[0].counters.accepted, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_backend_is_skipped_for_the_hold_time() {
+        let backend = BackendState::new("a.1".into(), "127.0.0.1:1".parse().unwrap(), 1);
+        let hold = Duration::from_secs(2);
+        backend.mark_failed(Instant::now() + hold);
+        assert!(!backend.candidate(Instant::now(), &[]).available);
+        tokio::time::advance(hold).await;
+        assert!(backend.candidate(Instant::now(), &[]).available);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_gives_up_when_no_backend_appears() {
+        let state = ListenerState::new("127.0.0.1:1".parse().unwrap());
+        let tuning = Tuning::default();
+        let started = Instant::now();
+        assert!(connect(&state, &tuning).await.is_none());
+        assert_eq!(started.elapsed(), tuning.backend_wait);
+    }
+}

@@ -1,0 +1,267 @@
+//! The data-plane process body: listeners diffed on reload, accept loops, graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::forward::{self, ListenerState};
+use crate::stats::{Counters, Snapshot};
+use crate::{load_config, Config, Error, Listener, Tuning};
+
+/// Runs the data plane until SIGTERM: loads `config_path` (a missing file is an empty config),
+/// serves its listeners, and re-reads the file on every SIGHUP.
+pub async fn run(config_path: PathBuf) -> Result<(), Error> {
+    let mut hangup = signal(SignalKind::hangup()).map_err(Error::Signal)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let (reload_tx, reload_rx) = watch::channel(());
+    let relay = tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if reload_tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let result = Dataplane::new(config_path, Tuning::default())
+        .run_with_reload(reload_rx, async move {
+            terminate.recv().await;
+            info!("SIGTERM received; stopping");
+        })
+        .await;
+    relay.abort();
+    result
+}
+
+/// A data plane reading its configuration from one file; see [`run`] for the process entry point.
+#[derive(Debug)]
+pub struct Dataplane {
+    config_path: PathBuf,
+    tuning: Tuning,
+    stats: Stats,
+}
+
+/// A handle on the live counters of a running [`Dataplane`].
+#[derive(Debug, Clone, Default)]
+pub struct Stats(Arc<Mutex<Vec<Arc<ListenerState>>>>);
+
+impl Stats {
+    /// The counters of every configured listener and of its current backends.
+    pub fn snapshot(&self) -> Snapshot {
+        let listeners = self.0.lock().map(|l| l.clone()).unwrap_or_default();
+        Snapshot {
+            listeners: listeners.iter().map(|l| l.snapshot()).collect(),
+        }
+    }
+
+    fn publish(&self, slots: &BTreeMap<SocketAddr, Slot>) {
+        if let Ok(mut listeners) = self.0.lock() {
+            *listeners = slots.values().map(|s| s.state.clone()).collect();
+        }
+    }
+}
+
+/// A configured listener and, when bound, its accept loop.
+struct Slot {
+    state: Arc<ListenerState>,
+    accepting: Option<Accepting>,
+}
+
+struct Accepting {
+    /// Dropping or firing it stops the accept loop, which then closes the socket.
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Dataplane {
+    pub fn new(config_path: PathBuf, tuning: Tuning) -> Self {
+        Self {
+            config_path,
+            tuning,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.clone()
+    }
+
+    /// Serves until `shutdown` completes, re-reading the configuration whenever `reload` changes.
+    ///
+    /// An unreadable file at start is an error; at a reload it is logged and the previous
+    /// configuration stays. On shutdown the listeners close at once and open connections get
+    /// `tuning.drain` to finish.
+    pub async fn run_with_reload(
+        self,
+        mut reload: watch::Receiver<()>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let config = load_config(&self.config_path)?;
+        // Every connection holds a clone of `in_flight`; the channel closes when the last ends.
+        let (in_flight, mut all_done) = mpsc::channel::<()>(1);
+        let mut slots = BTreeMap::new();
+        self.apply(&mut slots, &config, &in_flight).await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                changed = reload.changed() => {
+                    if changed.is_err() {
+                        // Nobody can ask for a reload any more; serve on until shutdown.
+                        (&mut shutdown).await;
+                        break;
+                    }
+                    match load_config(&self.config_path) {
+                        Ok(config) => self.apply(&mut slots, &config, &in_flight).await,
+                        Err(error) => error!(%error, "reload failed; keeping the previous configuration"),
+                    }
+                }
+            }
+        }
+        let stopping: Vec<_> = slots
+            .into_values()
+            .filter_map(|slot| slot.accepting)
+            .collect();
+        for accepting in stopping {
+            drop(accepting.stop);
+            let _ = accepting.task.await;
+        }
+        drop(in_flight);
+        if tokio::time::timeout(self.tuning.drain, all_done.recv())
+            .await
+            .is_err()
+        {
+            warn!(drain = ?self.tuning.drain, "connections still open after the drain period; closing them");
+        }
+        Ok(())
+    }
+
+    /// Moves the running listeners to `config`: removed ones stop accepting, kept ones take their
+    /// new backends, new ones (and ones that failed to bind before) are bound.
+    async fn apply(
+        &self,
+        slots: &mut BTreeMap<SocketAddr, Slot>,
+        config: &Config,
+        in_flight: &mpsc::Sender<()>,
+    ) {
+        let mut wanted: BTreeMap<SocketAddr, &Listener> = BTreeMap::new();
+        for listener in &config.listeners {
+            if wanted.insert(listener.bind, listener).is_some() {
+                warn!(bind = %listener.bind, "address listed twice in the config; the last entry wins");
+            }
+        }
+        let removed: Vec<SocketAddr> = slots
+            .keys()
+            .filter(|bind| !wanted.contains_key(bind))
+            .copied()
+            .collect();
+        for bind in removed {
+            if let Some(slot) = slots.remove(&bind) {
+                info!(listener = %slot.state.name(), %bind, "listener removed; open connections continue");
+                if let Some(accepting) = slot.accepting {
+                    drop(accepting.stop);
+                    // Wait for the socket to close so the address can be bound again right away.
+                    let _ = accepting.task.await;
+                }
+            }
+        }
+        for (bind, listener) in wanted {
+            let slot = slots.entry(bind).or_insert_with(|| Slot {
+                state: Arc::new(ListenerState::new(bind)),
+                accepting: None,
+            });
+            slot.state.update(listener);
+            if slot.accepting.is_some() {
+                continue;
+            }
+            match bind_listener(bind) {
+                Ok(socket) => {
+                    info!(listener = %listener.name, %bind, backends = listener.backends.len(), "listening");
+                    slot.state.bound.store(true, Ordering::Relaxed);
+                    let (stop, stopped) = oneshot::channel();
+                    let task = tokio::spawn(accept_loop(
+                        socket,
+                        slot.state.clone(),
+                        self.tuning,
+                        stopped,
+                        in_flight.clone(),
+                    ));
+                    slot.accepting = Some(Accepting { stop, task });
+                }
+                Err(error) => {
+                    error!(listener = %listener.name, %bind, %error,
+                        "cannot bind listener; will retry on the next reload");
+                }
+            }
+        }
+        self.stats.publish(slots);
+    }
+}
+
+/// Binds a listening socket that may precede its address: IP_FREEBIND lets a service address be
+/// bound before the bridge carries it, SO_REUSEADDR lets a restarted data plane rebind at once.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    match addr {
+        SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+        SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    state: Arc<ListenerState>,
+    tuning: Tuning,
+    mut stop: oneshot::Receiver<()>,
+    in_flight: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            accepted = socket.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, _peer)) => spawn_connection(client, &state, tuning, &in_flight),
+            Err(error) => {
+                // Typically EMFILE: pause instead of spinning until descriptors free up.
+                warn!(bind = %state.bind, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    state.bound.store(false, Ordering::Relaxed);
+}
+
+fn spawn_connection(
+    client: TcpStream,
+    state: &Arc<ListenerState>,
+    tuning: Tuning,
+    in_flight: &mpsc::Sender<()>,
+) {
+    Counters::add(&state.counters.accepted, 1);
+    let state = state.clone();
+    let in_flight = in_flight.clone();
+    tokio::spawn(async move {
+        forward::serve(client, &state, &tuning).await;
+        drop(in_flight);
+    });
+}

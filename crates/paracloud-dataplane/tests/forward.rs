@@ -1,0 +1,415 @@
+//! Forwarding over real loopback sockets: spread, retries, reloads, removal and shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use paracloud_dataplane::{write_config, Backend, Config, Dataplane, Listener, Protocol, Tuning};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// A backend that greets each connection with its id on one line, then echoes.
+async fn echo_backend(id: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if stream
+                    .write_all(format!("{id}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on (bound, then released).
+fn free_addr() -> SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+fn listener(bind: SocketAddr, backends: &[(&str, SocketAddr)]) -> Listener {
+    Listener {
+        name: format!("test/{bind}"),
+        bind,
+        protocol: Protocol::Tcp,
+        backends: backends
+            .iter()
+            .map(|&(id, addr)| Backend {
+                id: id.into(),
+                addr,
+                weight: 1,
+            })
+            .collect(),
+    }
+}
+
+/// A client connection through the data plane, knowing which backend answered.
+struct Client {
+    backend: String,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let mut reader = BufReader::new(TcpStream::connect(addr).await?);
+        let mut backend = String::new();
+        reader.read_line(&mut backend).await?;
+        if backend.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut client = Self {
+            backend: backend.trim().to_owned(),
+            reader,
+        };
+        client.echo("hello").await?;
+        Ok(client)
+    }
+
+    async fn echo(&mut self, text: &str) -> std::io::Result<()> {
+        self.reader
+            .get_mut()
+            .write_all(format!("{text}\n").as_bytes())
+            .await?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).await?;
+        assert_eq!(line, format!("{text}\n"));
+        Ok(())
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    reload: watch::Sender<()>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), paracloud_dataplane::Error>>,
+    stats: paracloud_dataplane::Stats,
+}
+
+impl Harness {
+    fn start(config: Option<&Config>, tuning: Tuning) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dataplane.json");
+        if let Some(config) = config {
+            write_config(&path, config).unwrap();
+        }
+        let (reload, reload_rx) = watch::channel(());
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let dataplane = Dataplane::new(path.clone(), tuning);
+        let stats = dataplane.stats();
+        let task = tokio::spawn(dataplane.run_with_reload(reload_rx, async move {
+            let _ = shutdown_rx.await;
+        }));
+        Self {
+            _dir: dir,
+            path,
+            reload,
+            shutdown: Some(shutdown),
+            task,
+            stats,
+        }
+    }
+
+    fn reconfigure(&self, config: &Config) {
+        write_config(&self.path, config).unwrap();
+        self.reload.send(()).unwrap();
+    }
+
+    fn bound(&self, bind: SocketAddr) -> bool {
+        self.stats
+            .snapshot()
+            .listener(bind)
+            .is_some_and(|l| l.bound)
+    }
+
+    async fn wait_bound(&self, bind: SocketAddr) {
+        eventually("listener bound", || async { self.bound(bind) }).await;
+    }
+}
+
+/// Polls `check` every 20 ms for up to 5 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..250 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test]
+async fn connections_spread_over_both_backends() {
+    let (a, b) = (echo_backend("a").await, echo_backend("b").await);
+    let bind = free_addr();
+    let dp = Harness::start(
+        Some(&Config {
+            listeners: vec![listener(bind, &[("a", a), ("b", b)])],
+        }),
+        Tuning::default(),
+    );
+    dp.wait_bound(bind).await;
+    let mut served: HashMap<String, usize> = HashMap::new();
+    let mut open = Vec::new();
+    for _ in 0..100 {
+        let client = Client::connect(bind).await.unwrap();
+        *served.entry(client.backend.clone()).or_default() += 1;
+        open.push(client);
+    }
+    assert!(served["a"] >= 20 && served["b"] >= 20, "{served:?}");
+    let snapshot = dp.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    assert_eq!(listener.counters.accepted, 100);
+    assert_eq!(listener.counters.active, 100);
+    assert_eq!(
+        listener.backend("a").unwrap().counters.accepted as usize,
+        served["a"]
+    );
+    assert!(listener.counters.bytes_in >= 100 * "hello\n".len() as u64);
+}
+
+#[tokio::test]
+async fn a_dead_backend_is_retried_elsewhere() {
+    let (a, b) = (echo_backend("a").await, echo_backend("b").await);
+    let dead = free_addr();
+    let bind = free_addr();
+    let dp = Harness::start(
+        Some(&Config {
+            listeners: vec![listener(bind, &[("a", a), ("dead", dead), ("b", b)])],
+        }),
+        Tuning::default(),
+    );
+    dp.wait_bound(bind).await;
+    for _ in 0..60 {
+        let client = Client::connect(bind).await.unwrap();
+        assert_ne!(client.backend, "dead");
+    }
+    let snapshot = dp.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    assert!(listener.backend("dead").unwrap().counters.failed_connects >= 1);
+    assert_eq!(listener.backend("dead").unwrap().counters.accepted, 0);
+}
+
+#[tokio::test]
+async fn reload_swaps_backends_and_keeps_open_connections() {
+    let (a, b) = (echo_backend("a").await, echo_backend("b").await);
+    let bind = free_addr();
+    let dp = Harness::start(
+        Some(&Config {
+            listeners: vec![listener(bind, &[("a", a)])],
+        }),
+        Tuning::default(),
+    );
+    dp.wait_bound(bind).await;
+    let mut old = Client::connect(bind).await.unwrap();
+    assert_eq!(old.backend, "a");
+
+    dp.reconfigure(&Config {
+        listeners: vec![listener(bind, &[("b", b)])],
+    });
+    eventually("new connections reach b", || async {
+        Client::connect(bind).await.unwrap().backend == "b"
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(Client::connect(bind).await.unwrap().backend, "b");
+    }
+    old.echo("still here").await.unwrap();
+    // The socket was kept: the counters carried over.
+    assert!(
+        dp.stats
+            .snapshot()
+            .listener(bind)
+            .unwrap()
+            .counters
+            .accepted
+            >= 12
+    );
+}
+
+#[tokio::test]
+async fn a_removed_listener_stops_accepting() {
+    let a = echo_backend("a").await;
+    let (kept, removed) = (free_addr(), free_addr());
+    let dp = Harness::start(
+        Some(&Config {
+            listeners: vec![listener(kept, &[("a", a)]), listener(removed, &[("a", a)])],
+        }),
+        Tuning::default(),
+    );
+    dp.wait_bound(kept).await;
+    dp.wait_bound(removed).await;
+    let mut in_flight = Client::connect(removed).await.unwrap();
+
+    dp.reconfigure(&Config {
+        listeners: vec![listener(kept, &[("a", a)])],
+    });
+    eventually("removed listener refuses", || async {
+        TcpStream::connect(removed).await.is_err()
+    })
+    .await;
+    assert!(dp.stats.snapshot().listener(removed).is_none());
+    in_flight.echo("in flight").await.unwrap();
+    assert_eq!(Client::connect(kept).await.unwrap().backend, "a");
+}
+
+#[tokio::test]
+async fn a_client_waits_for_a_backend_to_appear() {
+    let a = echo_backend("a").await;
+    let bind = free_addr();
+    let dp = Harness::start(
+        Some(&Config {
+            listeners: vec![listener(bind, &[])],
+        }),
+        Tuning::default(),
+    );
+    dp.wait_bound(bind).await;
+    let waiting = tokio::spawn(Client::connect(bind));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+    dp.reconfigure(&Config {
+        listeners: vec![listener(bind, &[("a", a)])],
+    });
+    let client = waiting.await.unwrap().unwrap();
+    assert_eq!(client.backend, "a");
+}
+
+#[tokio::test]
+async fn a_client_is_closed_when_no_backend_appears() {
+    let bind = free_addr();
+    let tuning = Tuning {
+        backend_wait: Duration::from_millis(200),
+        ..Tuning::default()
+    };
+    let dp = Harness::start(
+        Some(&Config {
+            listeners: vec![listener(bind, &[])],
+        }),
+        tuning,
+    );
+    dp.wait_bound(bind).await;
+    let error = Client::connect(bind).await.err().unwrap();
+    assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+}
+
+#[tokio::test]
+async fn a_listener_that_cannot_bind_is_retried_on_the_next_reload() {
+    let a = echo_backend("a").await;
+    let occupant = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = occupant.local_addr().unwrap();
+    let free = free_addr();
+    let config = Config {
+        listeners: vec![listener(busy, &[("a", a)]), listener(free, &[("a", a)])],
+    };
+    let dp = Harness::start(Some(&config), Tuning::default());
+    dp.wait_bound(free).await;
+    assert!(!dp.bound(busy));
+    assert_eq!(Client::connect(free).await.unwrap().backend, "a");
+
+    drop(occupant);
+    dp.reconfigure(&config);
+    dp.wait_bound(busy).await;
+    assert_eq!(Client::connect(busy).await.unwrap().backend, "a");
+}
+
+#[tokio::test]
+async fn a_missing_config_file_starts_empty_and_a_reload_fills_it() {
+    let a = echo_backend("a").await;
+    let bind = free_addr();
+    let dp = Harness::start(None, Tuning::default());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(dp.stats.snapshot().listeners.is_empty());
+    assert!(!dp.task.is_finished());
+    dp.reconfigure(&Config {
+        listeners: vec![listener(bind, &[("a", a)])],
+    });
+    dp.wait_bound(bind).await;
+    assert_eq!(Client::connect(bind).await.unwrap().backend, "a");
+}
+
+#[tokio::test]
+async fn an_invalid_config_at_reload_keeps_the_previous_one() {
+    let a = echo_backend("a").await;
+    let bind = free_addr();
+    let dp = Harness::start(
+        Some(&Config {
+            listeners: vec![listener(bind, &[("a", a)])],
+        }),
+        Tuning::default(),
+    );
+    dp.wait_bound(bind).await;
+    std::fs::write(&dp.path, "{ broken").unwrap();
+    dp.reload.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(Client::connect(bind).await.unwrap().backend, "a");
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_lets_open_connections_finish() {
+    let a = echo_backend("a").await;
+    let bind = free_addr();
+    let mut dp = Harness::start(
+        Some(&Config {
+            listeners: vec![listener(bind, &[("a", a)])],
+        }),
+        Tuning::default(),
+    );
+    dp.wait_bound(bind).await;
+    let mut open = Client::connect(bind).await.unwrap();
+    dp.shutdown.take().unwrap().send(()).unwrap();
+    eventually("listener closed", || async {
+        TcpStream::connect(bind).await.is_err()
+    })
+    .await;
+    open.echo("draining").await.unwrap();
+    assert!(!dp.task.is_finished());
+    drop(open);
+    tokio::time::timeout(Duration::from_secs(2), &mut dp.task)
+        .await
+        .expect("run returns once the last connection ends")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_connections_after_the_drain_period() {
+    let a = echo_backend("a").await;
+    let bind = free_addr();
+    let mut dp = Harness::start(
+        Some(&Config {
+            listeners: vec![listener(bind, &[("a", a)])],
+        }),
+        Tuning {
+            drain: Duration::from_millis(200),
+            ..Tuning::default()
+        },
+    );
+    dp.wait_bound(bind).await;
+    let _open = Client::connect(bind).await.unwrap();
+    dp.shutdown.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), &mut dp.task)
+        .await
+        .expect("run returns after the drain period")
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,202 @@
+//! Desired and observed state, and the actions of a plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use paracloud_manifest::{Manifest, Service};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// What the user asked for: the applications that should run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    pub apps: BTreeMap<String, DesiredApp>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredApp {
+    pub manifest: Manifest,
+    /// Per service: instances wanted (the manifest's replicas until `scale` says otherwise).
+    pub replicas: BTreeMap<String, u32>,
+    /// Per service: the revision instances must run; raised when the spec changes or on restart.
+    pub revisions: BTreeMap<String, u64>,
+}
+
+impl DesiredApp {
+    pub fn replicas_of(&self, service: &str) -> u32 {
+        self.replicas
+            .get(service)
+            .copied()
+            .or_else(|| self.manifest.services.get(service).map(|s| s.replicas))
+            .unwrap_or(0)
+    }
+
+    pub fn revision_of(&self, service: &str) -> u64 {
+        self.revisions.get(service).copied().unwrap_or(0)
+    }
+}
+
+/// What the daemon sees: instances, and the applications whose network exists.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub instances: Vec<ObservedInstance>,
+    pub networks: BTreeSet<String>,
+    /// Applications being removed (`down`), with whether their volumes go too.
+    pub removing: BTreeMap<String, bool>,
+}
+
+/// Names one instance: `api.2` of application `shop`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InstanceKey {
+    pub app: String,
+    pub service: String,
+    pub index: u32,
+}
+
+impl InstanceKey {
+    pub fn new(app: &str, service: &str, index: u32) -> Self {
+        Self { app: app.to_string(), service: service.to_string(), index }
+    }
+
+    /// The name users see and the instance's hostname, e.g. `api.2`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.service, self.index)
+    }
+
+    /// A name safe for files, cgroups and interfaces, e.g. `shop-api-2`.
+    pub fn id(&self) -> String {
+        format!("{}-{}-{}", self.app, self.service, self.index)
+    }
+}
+
+impl std::fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.app, self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedInstance {
+    pub key: InstanceKey,
+    /// The service revision this instance was started with.
+    pub revision: u64,
+    pub state: InstanceState,
+    /// Restarts in a row without a stable run in between (drives the backoff).
+    pub restarts: u32,
+    /// When the instance entered its current state.
+    pub since: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum InstanceState {
+    /// The sandbox is being created.
+    Starting,
+    /// The first process runs.
+    Running { health: Health },
+    /// The stop signal was sent; waiting for the exit.
+    Stopping { reason: StopReason },
+    /// The first process ended (or never started).
+    Exited { exit: ExitInfo },
+}
+
+impl InstanceState {
+    /// Ready for traffic: running, and healthy when the service has a health check.
+    pub fn is_ready(&self) -> bool {
+        matches!(self, InstanceState::Running { health: Health::Healthy | Health::None })
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self, InstanceState::Running { .. })
+    }
+
+    /// The word `ps` shows.
+    pub fn label(&self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Running { health: Health::Healthy | Health::None } => "running",
+            InstanceState::Running { health: Health::Unknown } => "unready",
+            InstanceState::Running { health: Health::Unhealthy } => "unhealthy",
+            InstanceState::Stopping { .. } => "stopping",
+            InstanceState::Exited { exit } if exit.oom_killed => "oom-killed",
+            InstanceState::Exited { exit } if exit.error.is_some() => "failed",
+            InstanceState::Exited { .. } => "exited",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// The service has no health check: running means ready.
+    None,
+    /// Not yet checked, or still within the start period.
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// Fewer instances wanted.
+    ScaleIn,
+    /// The application is being removed.
+    Down,
+    /// A newer revision (restart or changed spec) replaces it.
+    Replace,
+    /// Its health check failed.
+    Unhealthy,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    /// The platform stopped it (scale-in, restart, down), as opposed to a crash.
+    pub requested: Option<StopReason>,
+    /// It could not be started at all, or its end was not seen.
+    pub error: Option<String>,
+    /// How long it ran.
+    pub ran_ms: Millis,
+}
+
+impl ExitInfo {
+    /// A failure for the on-failure restart policy: anything but a clean exit 0.
+    pub fn is_failure(&self) -> bool {
+        self.code != Some(0) || self.oom_killed || self.error.is_some()
+    }
+}
+
+/// What the daemon must do to move the observed state toward the desired one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the application's bridge and service addresses.
+    EnsureNetwork { app: String },
+    /// Start (or restart) an instance at the service's current revision.
+    Start { key: InstanceKey, restart: bool },
+    /// Send the stop signal, wait the grace period, then kill.
+    Stop { key: InstanceKey, reason: StopReason },
+    /// Forget an exited instance and delete its private files.
+    Remove { key: InstanceKey },
+    /// Delete the application's bridge.
+    RemoveNetwork { app: String },
+    /// The application is gone: delete its records (and its volumes when asked).
+    Forget { app: String, volumes: bool },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// The earliest time something waits for (a restart backoff); the loop wakes by then.
+    pub wake_at: Option<Millis>,
+    /// Why instances wait, for `describe` and events: (instance, reason).
+    pub waiting: Vec<(InstanceKey, String)>,
+}
+
+/// The service spec of an instance, if its app and service are desired.
+pub fn service_of<'a>(desired: &'a Desired, key: &InstanceKey) -> Option<&'a Service> {
+    desired.apps.get(&key.app)?.manifest.services.get(&key.service)
+}

@@ -1,0 +1,196 @@
+//! The planner: compares desired and observed state and says what to do next.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use paracloud_manifest::{DependsCondition, RestartCondition, RestartPolicy, Service};
+
+use crate::model::*;
+
+/// A run at least this long resets the restart backoff.
+pub const STABLE_RUN_MS: Millis = 10_000;
+
+/// The delay before the next restart of an instance that has restarted `restarts` times in a row.
+pub fn restart_delay(policy: &RestartPolicy, restarts: u32) -> Millis {
+    let initial = policy.backoff_initial.as_millis() as u64;
+    let max = policy.backoff_max.as_millis() as u64;
+    let factor = 1u64.checked_shl(restarts.min(32)).unwrap_or(u64::MAX);
+    initial.saturating_mul(factor).min(max.max(initial))
+}
+
+/// The restart count to keep after an exit: planned stops and stable runs start the count afresh.
+pub fn restarts_after_exit(previous: u32, exit: &ExitInfo) -> u32 {
+    if exit.requested.is_some() || exit.ran_ms >= STABLE_RUN_MS {
+        0
+    } else {
+        previous
+    }
+}
+
+fn should_restart(policy: &RestartPolicy, exit: &ExitInfo, restarts: u32) -> bool {
+    match policy.condition {
+        RestartCondition::Always => true,
+        RestartCondition::OnFailure => {
+            exit.is_failure() && policy.max_retries.is_none_or(|max| restarts < max)
+        }
+        RestartCondition::No => false,
+    }
+}
+
+/// Computes the next actions. Pure: the same inputs always give the same plan.
+pub fn plan(desired: &Desired, observed: &Observed, now: Millis) -> Plan {
+    let mut plan = Plan::default();
+    let mut by_app: BTreeMap<&str, Vec<&ObservedInstance>> = BTreeMap::new();
+    for instance in &observed.instances {
+        by_app.entry(instance.key.app.as_str()).or_default().push(instance);
+    }
+
+    for (name, app) in &desired.apps {
+        if !observed.networks.contains(name) {
+            plan.actions.push(Action::EnsureNetwork { app: name.clone() });
+        }
+        let instances = by_app.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        for service in app.manifest.services.values() {
+            plan_service(&mut plan, app, service, instances, now);
+        }
+        // Instances of services the manifest no longer has.
+        for instance in instances {
+            if !app.manifest.services.contains_key(&instance.key.service) {
+                retire(&mut plan, instance, StopReason::ScaleIn);
+            }
+        }
+    }
+
+    let mut gone: BTreeSet<&str> = observed.networks.iter().map(String::as_str).collect();
+    gone.extend(by_app.keys().copied());
+    gone.extend(observed.removing.keys().map(String::as_str));
+    for app in gone {
+        if desired.apps.contains_key(app) {
+            continue;
+        }
+        let instances = by_app.get(app).map(Vec::as_slice).unwrap_or(&[]);
+        for instance in instances {
+            retire(&mut plan, instance, StopReason::Down);
+        }
+        if instances.is_empty() {
+            if observed.networks.contains(app) {
+                plan.actions.push(Action::RemoveNetwork { app: app.to_string() });
+            }
+            if let Some(&volumes) = observed.removing.get(app) {
+                plan.actions.push(Action::Forget { app: app.to_string(), volumes });
+            }
+        }
+    }
+
+    // Network first, then stops, starts and removals, in that order.
+    plan.actions.sort_by_key(|action| match action {
+        Action::EnsureNetwork { .. } => 0,
+        Action::Stop { .. } => 1,
+        Action::Start { .. } => 2,
+        Action::Remove { .. } => 3,
+        Action::RemoveNetwork { .. } => 4,
+        Action::Forget { .. } => 5,
+    });
+    plan
+}
+
+/// Stops a running instance that is no longer wanted, or removes it once it has exited.
+fn retire(plan: &mut Plan, instance: &ObservedInstance, reason: StopReason) {
+    match instance.state {
+        InstanceState::Running { .. } => {
+            plan.actions.push(Action::Stop { key: instance.key.clone(), reason })
+        }
+        InstanceState::Exited { .. } => plan.actions.push(Action::Remove { key: instance.key.clone() }),
+        // A start or a stop under way finishes first.
+        InstanceState::Starting | InstanceState::Stopping { .. } => {}
+    }
+}
+
+fn plan_service(
+    plan: &mut Plan,
+    app: &DesiredApp,
+    service: &Service,
+    app_instances: &[&ObservedInstance],
+    now: Millis,
+) {
+    let wanted = app.replicas_of(&service.name);
+    let revision = app.revision_of(&service.name);
+    let instances: BTreeMap<u32, &ObservedInstance> = app_instances
+        .iter()
+        .filter(|i| i.key.service == service.name)
+        .map(|i| (i.key.index, *i))
+        .collect();
+    let blocked_by = unmet_dependency(service, app_instances);
+    // Replace one instance at a time, and only while none is starting or being replaced.
+    let mut replacing = instances.values().any(|i| {
+        matches!(
+            &i.state,
+            InstanceState::Starting | InstanceState::Stopping { reason: StopReason::Replace }
+        ) || matches!(&i.state, InstanceState::Exited { exit } if exit.requested == Some(StopReason::Replace))
+    });
+
+    for index in 1..=wanted {
+        let key = InstanceKey::new(&app.manifest.app, &service.name, index);
+        let Some(instance) = instances.get(&index) else {
+            match &blocked_by {
+                None => plan.actions.push(Action::Start { key, restart: false }),
+                Some(why) => plan.waiting.push((key, why.clone())),
+            }
+            continue;
+        };
+        match &instance.state {
+            InstanceState::Starting | InstanceState::Stopping { .. } => {}
+            InstanceState::Running { health } => {
+                if instance.revision < revision && !replacing {
+                    replacing = true;
+                    plan.actions.push(Action::Stop { key, reason: StopReason::Replace });
+                } else if *health == Health::Unhealthy
+                    && service.restart.condition != RestartCondition::No
+                {
+                    plan.actions.push(Action::Stop { key, reason: StopReason::Unhealthy });
+                }
+            }
+            InstanceState::Exited { exit } => match exit.requested {
+                Some(StopReason::Replace) => plan.actions.push(Action::Start { key, restart: true }),
+                // Stopped by scale-in or down, and wanted again: a fresh start.
+                Some(StopReason::ScaleIn | StopReason::Down) => {
+                    plan.actions.push(Action::Start { key, restart: false })
+                }
+                Some(StopReason::Unhealthy) | None => {
+                    if !should_restart(&service.restart, exit, instance.restarts) {
+                        continue;
+                    }
+                    let due = instance.since + restart_delay(&service.restart, instance.restarts);
+                    if now >= due {
+                        plan.actions.push(Action::Start { key, restart: true });
+                    } else {
+                        plan.wake_at = Some(plan.wake_at.map_or(due, |w| w.min(due)));
+                        plan.waiting.push((key, format!("restarting in {} ms (backoff)", due - now)));
+                    }
+                }
+            },
+        }
+    }
+    for (index, instance) in instances.range(wanted + 1..) {
+        let _ = index;
+        retire(plan, instance, StopReason::ScaleIn);
+    }
+}
+
+/// The first dependency of `service` that does not yet meet its condition, as a reason to wait.
+fn unmet_dependency(service: &Service, app_instances: &[&ObservedInstance]) -> Option<String> {
+    for (dependency, condition) in &service.depends_on {
+        let mut of_dependency = app_instances.iter().filter(|i| &i.key.service == dependency);
+        let met = match condition {
+            DependsCondition::Started => of_dependency.any(|i| i.state.is_running()),
+            DependsCondition::Healthy => of_dependency.any(|i| i.state.is_ready()),
+        };
+        if !met {
+            let word = match condition {
+                DependsCondition::Started => "started",
+                DependsCondition::Healthy => "healthy",
+            };
+            return Some(format!("waiting for {dependency} to be {word}"));
+        }
+    }
+    None
+}

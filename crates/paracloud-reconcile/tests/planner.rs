@@ -1,0 +1,265 @@
+//! The planner against a simulated executor that applies every action at once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use paracloud_manifest::*;
+use paracloud_reconcile::*;
+use proptest::prelude::*;
+
+fn service(name: &str, replicas: u32) -> Service {
+    Service {
+        name: name.to_string(),
+        image: Image::Host { paths: vec![] },
+        entrypoint: vec![],
+        command: vec!["true".into()],
+        env: BTreeMap::new(),
+        ports: vec![],
+        health: None,
+        resources: Resources::default(),
+        replicas,
+        restart: RestartPolicy {
+            condition: RestartCondition::Always,
+            max_retries: None,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+        },
+        depends_on: BTreeMap::new(),
+        volumes: vec![],
+        labels: BTreeMap::new(),
+        user: None,
+        working_dir: None,
+        stop_signal: "SIGTERM".into(),
+        stop_grace_period: Duration::from_secs(10),
+        cap_add: vec![],
+    }
+}
+
+fn app(services: Vec<Service>) -> DesiredApp {
+    DesiredApp {
+        manifest: Manifest {
+            app: "shop".into(),
+            services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            volumes: BTreeMap::new(),
+        },
+        replicas: BTreeMap::new(),
+        revisions: BTreeMap::new(),
+    }
+}
+
+fn desired(app: DesiredApp) -> Desired {
+    Desired { apps: [("shop".to_string(), app)].into() }
+}
+
+/// Applies a plan the way a perfect driver would: every start succeeds and every stop ends.
+fn apply(observed: &mut Observed, desired: &Desired, plan: &Plan, now: Millis) {
+    for action in &plan.actions {
+        match action {
+            Action::EnsureNetwork { app } => {
+                observed.networks.insert(app.clone());
+            }
+            Action::RemoveNetwork { app } => {
+                observed.networks.remove(app);
+            }
+            Action::Start { key, .. } => {
+                let revision = desired.apps[&key.app].revision_of(&key.service);
+                observed.instances.retain(|i| &i.key != key);
+                observed.instances.push(ObservedInstance {
+                    key: key.clone(),
+                    revision,
+                    state: InstanceState::Running { health: Health::None },
+                    restarts: 0,
+                    since: now,
+                });
+            }
+            Action::Stop { key, reason } => {
+                let instance = observed.instances.iter_mut().find(|i| &i.key == key).unwrap();
+                instance.state = InstanceState::Exited {
+                    exit: ExitInfo { requested: Some(*reason), ..ExitInfo::default() },
+                };
+            }
+            Action::Remove { key } => observed.instances.retain(|i| &i.key != key),
+            Action::Forget { app, .. } => {
+                observed.removing.remove(app);
+            }
+        }
+    }
+}
+
+fn converge(desired: &Desired, observed: &mut Observed) -> usize {
+    for round in 0..50 {
+        let plan = plan(desired, observed, 1_000);
+        if plan.actions.is_empty() {
+            return round;
+        }
+        apply(observed, desired, &plan, 1_000);
+    }
+    panic!("the plan did not converge: {observed:#?}");
+}
+
+fn running(observed: &Observed, service: &str) -> usize {
+    observed
+        .instances
+        .iter()
+        .filter(|i| i.key.service == service && i.state.is_running())
+        .count()
+}
+
+#[test]
+fn a_new_app_gets_its_network_before_its_instances() {
+    let desired = desired(app(vec![service("web", 2)]));
+    let plan = plan(&desired, &Observed::default(), 0);
+    assert_eq!(plan.actions[0], Action::EnsureNetwork { app: "shop".into() });
+    assert_eq!(
+        &plan.actions[1..],
+        &[
+            Action::Start { key: InstanceKey::new("shop", "web", 1), restart: false },
+            Action::Start { key: InstanceKey::new("shop", "web", 2), restart: false },
+        ]
+    );
+}
+
+#[test]
+fn depends_on_healthy_waits_for_a_ready_instance() {
+    let mut api = service("api", 1);
+    api.depends_on.insert("kv".into(), DependsCondition::Healthy);
+    let desired = desired(app(vec![api, service("kv", 1)]));
+    let mut observed = Observed { networks: ["shop".to_string()].into(), ..Default::default() };
+    observed.instances.push(ObservedInstance {
+        key: InstanceKey::new("shop", "kv", 1),
+        revision: 0,
+        state: InstanceState::Running { health: Health::Unknown },
+        restarts: 0,
+        since: 0,
+    });
+    let first = plan(&desired, &observed, 0);
+    assert!(first.actions.is_empty(), "{first:?}");
+    assert_eq!(first.waiting[0].1, "waiting for kv to be healthy");
+    observed.instances[0].state = InstanceState::Running { health: Health::Healthy };
+    let second = plan(&desired, &observed, 0);
+    assert_eq!(
+        second.actions,
+        vec![Action::Start { key: InstanceKey::new("shop", "api", 1), restart: false }]
+    );
+}
+
+#[test]
+fn a_crash_restarts_after_an_exponential_backoff() {
+    let desired = desired(app(vec![service("web", 1)]));
+    let mut observed = Observed { networks: ["shop".to_string()].into(), ..Default::default() };
+    observed.instances.push(ObservedInstance {
+        key: InstanceKey::new("shop", "web", 1),
+        revision: 0,
+        state: InstanceState::Exited { exit: ExitInfo { code: Some(1), ..Default::default() } },
+        restarts: 3,
+        since: 10_000,
+    });
+    let early = plan(&desired, &observed, 10_500);
+    assert!(early.actions.is_empty());
+    assert_eq!(early.wake_at, Some(10_800), "100 ms doubled three times");
+    let due = plan(&desired, &observed, 10_800);
+    assert_eq!(
+        due.actions,
+        vec![Action::Start { key: InstanceKey::new("shop", "web", 1), restart: true }]
+    );
+}
+
+#[test]
+fn on_failure_leaves_a_clean_exit_alone_and_gives_up_after_max_retries() {
+    let mut web = service("web", 1);
+    web.restart.condition = RestartCondition::OnFailure;
+    web.restart.max_retries = Some(2);
+    let desired = desired(app(vec![web]));
+    let exited = |code, restarts| Observed {
+        networks: ["shop".to_string()].into(),
+        instances: vec![ObservedInstance {
+            key: InstanceKey::new("shop", "web", 1),
+            revision: 0,
+            state: InstanceState::Exited { exit: ExitInfo { code: Some(code), ..Default::default() } },
+            restarts,
+            since: 0,
+        }],
+        ..Default::default()
+    };
+    assert!(plan(&desired, &exited(0, 0), 60_000).actions.is_empty());
+    assert_eq!(plan(&desired, &exited(1, 1), 60_000).actions.len(), 1);
+    assert!(plan(&desired, &exited(1, 2), 60_000).actions.is_empty());
+}
+
+#[test]
+fn a_new_revision_replaces_instances_one_at_a_time() {
+    let mut app = app(vec![service("api", 3)]);
+    let desired_before = desired(app.clone());
+    let mut observed = Observed::default();
+    converge(&desired_before, &mut observed);
+    app.revisions.insert("api".into(), 1);
+    let desired = desired(app);
+    let plan = plan(&desired, &observed, 0);
+    let stops = plan.actions.iter().filter(|a| matches!(a, Action::Stop { .. })).count();
+    assert_eq!(stops, 1);
+    converge(&desired, &mut observed);
+    assert!(observed.instances.iter().all(|i| i.revision == 1 && i.state.is_running()));
+}
+
+#[test]
+fn down_stops_everything_then_removes_the_network_and_forgets_the_app() {
+    let desired_up = desired(app(vec![service("web", 2), service("kv", 1)]));
+    let mut observed = Observed::default();
+    converge(&desired_up, &mut observed);
+    observed.removing.insert("shop".into(), true);
+    let none = Desired::default();
+    let rounds = converge(&none, &mut observed);
+    assert!(rounds >= 3, "stop, remove, then network and forget");
+    assert!(observed.instances.is_empty());
+    assert!(observed.networks.is_empty());
+    assert!(observed.removing.is_empty());
+}
+
+#[test]
+fn regression_an_unhealthy_instance_with_restart_no_is_left_running() {
+    let mut web = service("web", 1);
+    web.restart.condition = RestartCondition::No;
+    let desired = desired(app(vec![web]));
+    let observed = Observed {
+        networks: ["shop".to_string()].into(),
+        instances: vec![ObservedInstance {
+            key: InstanceKey::new("shop", "web", 1),
+            revision: 0,
+            state: InstanceState::Running { health: Health::Unhealthy },
+            restarts: 0,
+            since: 0,
+        }],
+        ..Default::default()
+    };
+    assert!(plan(&desired, &observed, 0).actions.is_empty());
+}
+
+proptest! {
+    /// Whatever the replica counts and the order of scaling, a perfect driver ends with exactly
+    /// the wanted number of running instances, indices 1..=n, and the plan then stays empty.
+    #[test]
+    fn scaling_converges_to_the_wanted_counts(steps in prop::collection::vec((0u32..6, 0u32..6), 1..6)) {
+        let mut observed = Observed::default();
+        for (web, api) in steps {
+            let mut app = app(vec![service("web", 1), service("api", 1)]);
+            app.replicas.insert("web".into(), web);
+            app.replicas.insert("api".into(), api);
+            let desired = desired(app);
+            converge(&desired, &mut observed);
+            prop_assert_eq!(running(&observed, "web"), web as usize);
+            prop_assert_eq!(running(&observed, "api"), api as usize);
+            let max_index = observed.instances.iter().filter(|i| i.key.service == "web").map(|i| i.key.index).max().unwrap_or(0);
+            prop_assert_eq!(max_index, web);
+        }
+    }
+
+    #[test]
+    fn restart_delay_is_monotonic_and_capped(restarts in 0u32..80) {
+        let policy = service("x", 1).restart;
+        let a = restart_delay(&policy, restarts);
+        let b = restart_delay(&policy, restarts + 1);
+        prop_assert!(a <= b);
+        prop_assert!(b <= 30_000);
+        prop_assert!(a >= 100);
+    }
+}

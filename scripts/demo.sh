@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds Paracloud and the shop example, brings the shop up on this machine (as root: instances
+# are real namespaces and cgroups) and asks it for its page through the published port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace --quiet
+./target/release/paracloud up -f examples/shop/paracloud.toml
+./target/release/paracloud ps -a shop
+echo
+echo "GET http://127.0.0.1:8080/"
+exec 3<>/dev/tcp/127.0.0.1/8080
+printf 'GET / HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+cat <&3
+exec 3<&-
+echo
+echo "The shop stays up. Try: ./target/release/paracloud scale api=3; ./target/release/paracloud logs web"
+echo "Take it down with: ./target/release/paracloud down -a shop"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: every test of the workspace, including those that need root and a real kernel
+# (namespaces, cgroups, bridges). Each test takes its own state root, cgroup parent, subnet and
+# ports, so they run in parallel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --workspace --locked --bins
+cargo nextest run --workspace --locked --no-fail-fast "$@"
