@@ -55,7 +55,11 @@ pub struct Service {
 impl Service {
     /// The full argv the instance's first process runs: entrypoint then command.
     pub fn argv(&self) -> Vec<String> {
-        self.entrypoint.iter().chain(self.command.iter()).cloned().collect()
+        self.entrypoint
+            .iter()
+            .chain(self.command.iter())
+            .cloned()
+            .collect()
     }
 }
 
@@ -150,9 +154,17 @@ pub enum DependsCondition {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum VolumeMount {
     /// A named volume of the application, kept across `down` unless removed explicitly.
-    Named { name: String, target: String, read_only: bool },
+    Named {
+        name: String,
+        target: String,
+        read_only: bool,
+    },
     /// A host path (absolute) mounted into the instance.
-    Bind { source: PathBuf, target: String, read_only: bool },
+    Bind {
+        source: PathBuf,
+        target: String,
+        read_only: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

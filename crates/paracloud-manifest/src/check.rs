@@ -1,0 +1,271 @@
+//! Checks a whole manifest: the top-level keys, every service, and the rules that span services
+//! (dependencies, dependency cycles, published port clashes).
+
+use std::collections::BTreeMap;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::model::{DependsCondition, Manifest, Volume, VolumeMount};
+use crate::reader::{child, Checker, Span};
+use crate::service::{Draft, Published};
+use crate::units;
+
+const TOP_KEYS: &[&str] = &["app", "services", "volumes"];
+const VOLUME_DECLARATION_KEYS: &[&str] = &["labels"];
+
+impl Checker<'_> {
+    /// Checks the whole document; the manifest is meaningful only when no diagnostic was recorded.
+    pub(crate) fn manifest(&mut self, root: &Spanned<DeTable<'_>>) -> Option<Manifest> {
+        let table = root.get_ref();
+        self.check_keys(table, "", TOP_KEYS);
+
+        let app = match table.get("app") {
+            Some(v) => self.string(v, "app").and_then(|name| {
+                self.name(name, v.span(), "app", "application name")
+                    .then(|| name.to_owned())
+            }),
+            None => {
+                self.missing(
+                    0..0,
+                    "app",
+                    "add `app = \"NAME\"` at the top of the file, with a lower-case name such as \"shop\"",
+                );
+                None
+            }
+        };
+
+        let mut volumes = BTreeMap::new();
+        if let Some(v) = table.get("volumes") {
+            if let Some(declared) = self.table(v, "volumes") {
+                for (key, value) in declared {
+                    if let Some(volume) = self.volume_declaration(key, value) {
+                        volumes.insert(key.get_ref().to_string(), volume);
+                    }
+                }
+            }
+        }
+
+        let mut drafts = BTreeMap::new();
+        let no_services = Some(
+            "add a service, such as `[services.web]` with `image = \"host\"` and a `command`"
+                .into(),
+        );
+        match table.get("services") {
+            None => self.error(
+                0..0,
+                "services",
+                "the application has no services",
+                no_services,
+            ),
+            Some(v) => {
+                if let Some(services) = self.table(v, "services") {
+                    if services.is_empty() {
+                        let message = "the application has no services";
+                        self.error(v.span(), "services", message, no_services);
+                    }
+                    for (key, value) in services {
+                        let name: &str = key.get_ref();
+                        self.name(name, key.span(), &child("services", name), "service name");
+                        if let Some(draft) = self.service(name, value) {
+                            drafts.insert(name.to_owned(), draft);
+                        }
+                    }
+                }
+            }
+        }
+
+        self.dependencies(&drafts);
+        self.port_clashes(&drafts);
+
+        for draft in drafts.values() {
+            for mount in &draft.service.volumes {
+                if let VolumeMount::Named { name, .. } = mount {
+                    volumes.entry(name.clone()).or_default();
+                }
+            }
+        }
+        Some(Manifest {
+            app: app?,
+            services: drafts
+                .into_iter()
+                .map(|(name, d)| (name, d.service))
+                .collect(),
+            volumes,
+        })
+    }
+
+    /// Reports an invalid name; true when the name is fine.
+    fn name(&mut self, name: &str, span: Span, field: &str, what: &str) -> bool {
+        match units::check_name(name) {
+            Ok(()) => true,
+            Err(problem) => {
+                self.error(
+                    span,
+                    field,
+                    format!("invalid {what} {name:?}: {problem}"),
+                    Some(format!(
+                        "use lower-case letters, digits and '-', starting with a letter, at most {} characters, such as \"web-2\"",
+                        units::MAX_NAME_LEN
+                    )),
+                );
+                false
+            }
+        }
+    }
+
+    fn volume_declaration(
+        &mut self,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<Volume> {
+        let name: &str = key.get_ref();
+        let field = child("volumes", name);
+        let name_ok = self.name(name, key.span(), &field, "volume name");
+        let table = self.table(value, &field)?;
+        self.check_keys(table, &field, VOLUME_DECLARATION_KEYS);
+        let labels = match table.get("labels") {
+            Some(v) => self.scalar_map(v, &child(&field, "labels"))?,
+            None => BTreeMap::new(),
+        };
+        name_ok.then_some(Volume { labels })
+    }
+
+    /// Dependencies name other services, `healthy` ones have a health check, and none loops.
+    fn dependencies(&mut self, drafts: &BTreeMap<String, Draft>) {
+        let mut graph: BTreeMap<&str, Vec<(&str, Span, &str)>> = BTreeMap::new();
+        for (name, draft) in drafts {
+            let edges = graph.entry(name.as_str()).or_default();
+            for (dep, condition) in &draft.service.depends_on {
+                let (span, dep_field) = match draft.depends_spans.get(dep) {
+                    Some((span, field)) => (span.clone(), field.as_str()),
+                    None => (0..0, "depends_on"),
+                };
+                if dep == name {
+                    self.error(
+                        span.clone(),
+                        dep_field,
+                        format!("service `{name}` depends on itself"),
+                        Some(format!("remove `{dep}` from its `depends_on`")),
+                    );
+                    continue;
+                }
+                let Some(target) = drafts.get(dep) else {
+                    let hint = match units::suggest(dep, drafts.keys().map(String::as_str)) {
+                        Some(close) => format!("did you mean `{close}`?"),
+                        None => format!(
+                            "the services are: {}",
+                            drafts.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    };
+                    self.error(
+                        span.clone(),
+                        dep_field,
+                        format!("`{dep}` is not a service of this application"),
+                        Some(hint),
+                    );
+                    continue;
+                };
+                if *condition == DependsCondition::Healthy && !target.has_health {
+                    self.error(
+                        span.clone(),
+                        dep_field,
+                        format!("`{dep}` has no health check, so it can never be healthy"),
+                        Some(format!(
+                            "add a `health` check to `{dep}`, or depend on it with \"started\""
+                        )),
+                    );
+                }
+                edges.push((dep.as_str(), span, dep_field));
+            }
+        }
+        for (cycle, span, field) in find_cycles(&graph) {
+            self.error(
+                span,
+                field,
+                format!("dependency cycle: {}", cycle.join(" -> ")),
+                Some(
+                    "remove one of these dependencies: services in a cycle can never start".into(),
+                ),
+            );
+        }
+    }
+
+    /// Two published addresses on the same host port clash when their IPs are equal or one of
+    /// them is a wildcard (0.0.0.0 or ::), since both cannot be bound.
+    fn port_clashes(&mut self, drafts: &BTreeMap<String, Draft>) {
+        let mut published: Vec<(&Published, &str)> = drafts
+            .iter()
+            .flat_map(|(name, draft)| draft.publishes.iter().map(move |p| (p, name.as_str())))
+            .collect();
+        published.sort_by_key(|(p, _)| p.span.start);
+        for (i, (this, _)) in published.iter().enumerate() {
+            let (addr, other) = (this.addr, &published[..i]);
+            let earlier = other.iter().find(|(other, _)| {
+                other.addr.port() == addr.port()
+                    && (other.addr.ip() == addr.ip()
+                        || other.addr.ip().is_unspecified()
+                        || addr.ip().is_unspecified())
+            });
+            if let Some((other, owner)) = earlier {
+                let line = self.line_of(other.span.start);
+                self.error(
+                    this.span.clone(),
+                    &this.field,
+                    format!(
+                        "port clash: {addr} is already published by service `{owner}` as {}",
+                        other.addr
+                    ),
+                    Some(format!(
+                        "publish on another host port, or remove the entry on line {line}"
+                    )),
+                );
+            }
+        }
+    }
+}
+
+/// Every cycle in the dependency graph, each as the path of names from its first service back to
+/// it, with the span and field of the entry closing it.
+fn find_cycles<'g>(
+    graph: &BTreeMap<&'g str, Vec<(&'g str, Span, &'g str)>>,
+) -> Vec<(Vec<&'g str>, Span, &'g str)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    fn visit<'g>(
+        node: &'g str,
+        graph: &BTreeMap<&'g str, Vec<(&'g str, Span, &'g str)>>,
+        marks: &mut BTreeMap<&'g str, Mark>,
+        path: &mut Vec<&'g str>,
+        cycles: &mut Vec<(Vec<&'g str>, Span, &'g str)>,
+    ) {
+        marks.insert(node, Mark::OnPath);
+        path.push(node);
+        for (next, span, field) in graph.get(node).map(Vec::as_slice).unwrap_or_default() {
+            match marks.get(next).copied().unwrap_or(Mark::New) {
+                Mark::New => visit(next, graph, marks, path, cycles),
+                Mark::OnPath => {
+                    let start = path.iter().position(|n| n == next).unwrap_or(0);
+                    let mut cycle = path[start..].to_vec();
+                    cycle.push(next);
+                    cycles.push((cycle, span.clone(), field));
+                }
+                Mark::Done => {}
+            }
+        }
+        path.pop();
+        marks.insert(node, Mark::Done);
+    }
+    let mut marks = BTreeMap::new();
+    let mut cycles = Vec::new();
+    for node in graph.keys() {
+        if marks.get(node).copied().unwrap_or(Mark::New) == Mark::New {
+            visit(node, graph, &mut marks, &mut Vec::new(), &mut cycles);
+        }
+    }
+    cycles
+}

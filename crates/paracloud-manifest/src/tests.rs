@@ -1,0 +1,804 @@
+//! Data-driven tests: manifests in, the manifest or the exact diagnostics out.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::*;
+
+/// Directories and files that exist for the tests, under the manifest's directory `/srv/shop`.
+struct FakeFs;
+
+const DIRS: &[&str] = &[
+    "/srv/shop",
+    "/srv/target/release",
+    "/srv/shop/rootfs",
+    "/srv/shop/conf",
+];
+const FILES: &[&str] = &["/srv/shop/app.env"];
+
+impl FileSystem for FakeFs {
+    fn exists(&self, path: &Path) -> bool {
+        self.is_dir(path) || FILES.iter().any(|f| Path::new(f) == path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        DIRS.iter().any(|d| Path::new(d) == path)
+    }
+}
+
+fn origin() -> Origin {
+    Origin {
+        file: "paracloud.toml".into(),
+        base_dir: PathBuf::from("/srv/shop"),
+    }
+}
+
+/// Parses `source` and compares the outcome, rendered as text, with `expected`: the diagnostics
+/// as the CLI prints them, or "ok" for a valid manifest.
+#[track_caller]
+fn check(source: &str, expected: &str) {
+    let actual = match parse(source, &origin(), &FakeFs) {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        actual.trim(),
+        expected.trim(),
+        "\n--- actual ---\n{actual}\n"
+    );
+}
+
+#[track_caller]
+fn valid(source: &str) -> Manifest {
+    match parse(source, &origin(), &FakeFs) {
+        Ok(manifest) => manifest,
+        Err(e) => panic!("expected a valid manifest, got:\n{e}"),
+    }
+}
+
+/// A manifest using every key, shared with the property tests.
+const FULL: &str = include_str!("../tests/data/full.toml");
+
+#[test]
+fn full_manifest_covers_every_key() {
+    let manifest = valid(FULL);
+    let strings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let local = |port| Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let kv = Service {
+        name: "kv".into(),
+        image: Image::Host {
+            paths: vec![PathBuf::from("/srv/target/release")],
+        },
+        entrypoint: vec!["shop-kv".into(), "--data".into(), "/data dir".into()],
+        command: vec!["--listen".into(), "0.0.0.0:7000".into()],
+        env: strings(&[
+            ("RUST_LOG", "info"),
+            ("N", "3"),
+            ("RATIO", "0.5"),
+            ("DEBUG", "false"),
+        ]),
+        ports: vec![Port {
+            port: 7000,
+            protocol: Protocol::Tcp,
+            publish: None,
+        }],
+        health: Some(HealthCheck {
+            probe: Probe::Tcp { port: 7000 },
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(1),
+            retries: 5,
+            start_period: Duration::from_secs(2),
+        }),
+        resources: Resources {
+            cpu: Some(0.5),
+            memory: Some(256 << 20),
+            pids: Some(128),
+        },
+        replicas: 1,
+        restart: RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            max_retries: Some(5),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(60),
+        },
+        depends_on: BTreeMap::new(),
+        volumes: vec![
+            VolumeMount::Named {
+                name: "kvdata".into(),
+                target: "/data".into(),
+                read_only: false,
+            },
+            VolumeMount::Named {
+                name: "cache".into(),
+                target: "/cache".into(),
+                read_only: true,
+            },
+        ],
+        labels: strings(&[("tier", "backend")]),
+        user: Some("1000".into()),
+        working_dir: Some("/data".into()),
+        stop_signal: "SIGINT".into(),
+        stop_grace_period: Duration::from_secs(5),
+        cap_add: vec!["CAP_NET_BIND_SERVICE".into(), "CAP_CHOWN".into()],
+    };
+    assert_eq!(manifest.services["kv"], kv);
+
+    let api = &manifest.services["api"];
+    assert_eq!(
+        api.image,
+        Image::Dir {
+            path: PathBuf::from("/srv/shop/rootfs")
+        }
+    );
+    assert!(
+        api.argv().is_empty(),
+        "a dir: image may use its own entrypoint"
+    );
+    assert_eq!(
+        api.ports,
+        vec![
+            Port {
+                port: 8080,
+                protocol: Protocol::Http,
+                publish: local(9000)
+            },
+            Port {
+                port: 8081,
+                protocol: Protocol::Tcp,
+                publish: local(9001)
+            },
+            Port {
+                port: 8082,
+                protocol: Protocol::Http,
+                publish: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 8082))),
+            },
+        ]
+    );
+    assert_eq!(
+        api.health.as_ref().map(|h| &h.probe),
+        Some(&Probe::Http {
+            port: 8080,
+            path: "/healthz".into()
+        }),
+        "the port defaults to the first port"
+    );
+    assert_eq!(
+        api.health
+            .as_ref()
+            .map(|h| (h.interval, h.timeout, h.retries, h.start_period)),
+        Some((
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+            3,
+            Duration::ZERO
+        ))
+    );
+    assert_eq!(
+        api.depends_on,
+        BTreeMap::from([("kv".into(), DependsCondition::Healthy)])
+    );
+    assert_eq!(api.restart.condition, RestartCondition::No);
+    assert_eq!(
+        api.volumes,
+        vec![
+            VolumeMount::Bind {
+                source: "/srv/shop/conf".into(),
+                target: "/etc/app".into(),
+                read_only: true
+            },
+            VolumeMount::Bind {
+                source: "/srv/shop/app.env".into(),
+                target: "/etc/app.env".into(),
+                read_only: false
+            },
+        ]
+    );
+    assert_eq!(api.user.as_deref(), Some("1000:1000"));
+
+    let web = &manifest.services["web"];
+    assert_eq!(web.argv(), vec!["shop-web"]);
+    assert_eq!(web.replicas, 0);
+    assert_eq!(web.ports[0].publish, local(8080));
+    assert_eq!(
+        web.depends_on,
+        BTreeMap::from([("api".into(), DependsCondition::Started)])
+    );
+    assert_eq!(
+        web.health.as_ref().map(|h| &h.probe),
+        Some(&Probe::Exec {
+            command: vec!["true".into()]
+        })
+    );
+
+    assert_eq!(manifest.app, "shop");
+    assert_eq!(
+        manifest.volumes,
+        BTreeMap::from([
+            ("cache".into(), Volume::default()),
+            (
+                "kvdata".into(),
+                Volume {
+                    labels: strings(&[("backup", "daily")])
+                }
+            ),
+        ]),
+        "used volumes are implicit, declared ones keep their labels"
+    );
+}
+
+#[test]
+fn defaults() {
+    let manifest = valid("app = \"a\"\n[services.s]\nimage = \"host\"\ncommand = \"sleep 1\"\n");
+    let s = &manifest.services["s"];
+    assert_eq!(s.replicas, 1);
+    assert_eq!(s.restart, crate::service::default_restart());
+    assert_eq!(s.stop_signal, "SIGTERM");
+    assert_eq!(s.stop_grace_period, Duration::from_secs(10));
+    assert_eq!(s.resources, Resources::default());
+    assert_eq!(s.health, None);
+    assert!(manifest.volumes.is_empty());
+}
+
+#[test]
+fn errors_serialize_to_json_and_back() {
+    let Err(error) = parse("app = 3", &origin(), &FakeFs) else {
+        panic!("app = 3 is not a valid manifest");
+    };
+    let json = serde_json::to_string(&error).expect("diagnostics serialize");
+    let back: ManifestError = serde_json::from_str(&json).expect("diagnostics deserialize");
+    assert_eq!(back, error);
+}
+
+#[test]
+fn diagnostics_carry_position_field_and_hint() {
+    let source = format!("{HEAD}replics = 2\n");
+    let Err(error) = parse(&source, &origin(), &FakeFs) else {
+        panic!("a typo in a key is an error");
+    };
+    assert_eq!(
+        error.diagnostics,
+        vec![Diagnostic {
+            file: "paracloud.toml".into(),
+            line: 5,
+            column: 1,
+            field: "services.kv.replics".into(),
+            message: "unknown key `replics`".into(),
+            hint: Some("did you mean `replicas`?".into()),
+        }]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_in_source_order() {
+    let source = "app = \"shop\"\n\
+        [services.web]\nimage = \"host\"\ncommand = \"web\"\nreplicas = \"2\"\n\
+        [services.api]\nimage = \"host\"\ncommand = \"api\"\nstop_signal = \"HUP2\"\n";
+    let Err(error) = parse(source, &origin(), &FakeFs) else {
+        panic!("two broken services");
+    };
+    let fields: Vec<(usize, &str)> = error
+        .diagnostics
+        .iter()
+        .map(|d| (d.line, d.field.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            (5, "services.web.replicas"),
+            (9, "services.api.stop_signal")
+        ]
+    );
+}
+
+/// A minimal valid service to build broken manifests around.
+const HEAD: &str = "app = \"shop\"\n[services.kv]\nimage = \"host\"\ncommand = \"kv\"\n";
+
+// One test per broken manifest, named after the mistake it makes.
+
+#[test]
+fn syntax_error() {
+    check(
+        "app = \"shop\"\n[services.kv\nimage = \"host\"\n",
+        r#"
+paracloud.toml:2:13: invalid TOML: unclosed table, expected `]`
+"#,
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    check(
+        &format!("{HEAD}image = \"host\"\n"),
+        r#"
+paracloud.toml:5:1: invalid TOML: duplicate key
+  hint: a key may be set only once in a table
+"#,
+    );
+}
+
+#[test]
+fn unknown_key() {
+    check(
+        &format!("{HEAD}replics = 2\n"),
+        r#"
+paracloud.toml:5:1: services.kv.replics: unknown key `replics`
+  hint: did you mean `replicas`?
+"#,
+    );
+}
+
+#[test]
+fn unknown_key_far() {
+    check(
+        &format!("{HEAD}colour = \"red\"\n"),
+        r#"
+paracloud.toml:5:1: services.kv.colour: unknown key `colour`
+  hint: allowed keys here: image, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add
+"#,
+    );
+}
+
+#[test]
+fn unknown_top_key() {
+    check(
+        "ap = \"x\"\n[services.kv]\nimage = \"host\"\ncommand = \"kv\"\n",
+        r#"
+paracloud.toml:1:1: ap: unknown key `ap`
+  hint: did you mean `app`?
+paracloud.toml:1:1: app: missing required key `app`
+  hint: add `app = "NAME"` at the top of the file, with a lower-case name such as "shop"
+"#,
+    );
+}
+
+#[test]
+fn wrong_type() {
+    check(
+        &format!("{HEAD}replicas = \"three\"\n"),
+        r#"
+paracloud.toml:5:12: services.kv.replicas: expected a whole number, found string "three"
+  hint: for example `replicas = 2`
+"#,
+    );
+}
+
+#[test]
+fn negative() {
+    check(
+        &format!("{HEAD}replicas = -1\n"),
+        r#"
+paracloud.toml:5:12: services.kv.replicas: must be at least 0, found -1
+  hint: for example `replicas = 2`
+"#,
+    );
+}
+
+#[test]
+fn missing_app() {
+    check(
+        "[services.kv]\nimage = \"host\"\ncommand = \"kv\"\n",
+        r#"
+paracloud.toml:1:1: app: missing required key `app`
+  hint: add `app = "NAME"` at the top of the file, with a lower-case name such as "shop"
+"#,
+    );
+}
+
+#[test]
+fn missing_image() {
+    check(
+        "app = \"shop\"\n[services.kv]\ncommand = \"kv\"\n",
+        r#"
+paracloud.toml:2:1: services.kv.image: missing required key `image`
+  hint: add `image = "host"` to run host programs, or `image = "dir:PATH"` to use a directory as the root filesystem
+"#,
+    );
+}
+
+#[test]
+fn bad_names() {
+    check(
+        "app = \"Shop\"\n[services.k_v]\nimage = \"host\"\ncommand = \"kv\"\n",
+        r#"
+paracloud.toml:1:7: app: invalid application name "Shop": must start with a lower-case letter, found 'S'
+  hint: use lower-case letters, digits and '-', starting with a letter, at most 32 characters, such as "web-2"
+paracloud.toml:2:11: services.k_v: invalid service name "k_v": may contain only lower-case letters, digits and '-', found '_'
+  hint: use lower-case letters, digits and '-', starting with a letter, at most 32 characters, such as "web-2"
+"#,
+    );
+}
+
+#[test]
+fn cycle() {
+    check(
+        "app = \"shop\"\n[services.api]\nimage = \"host\"\ncommand = \"api\"\ndepends_on = [\"kv\"]\n[services.kv]\nimage = \"host\"\ncommand = \"kv\"\ndepends_on = [\"api\"]\n",
+        r#"
+paracloud.toml:9:15: services.kv.depends_on[0]: dependency cycle: api -> kv -> api
+  hint: remove one of these dependencies: services in a cycle can never start
+"#,
+    );
+}
+
+#[test]
+fn self_dep() {
+    check(
+        &format!("{HEAD}depends_on = [\"kv\"]\n"),
+        r#"
+paracloud.toml:5:15: services.kv.depends_on[0]: service `kv` depends on itself
+  hint: remove `kv` from its `depends_on`
+"#,
+    );
+}
+
+#[test]
+fn unknown_dep() {
+    check(
+        &format!("{HEAD}depends_on = {{ kb = \"started\", web = \"healthy\" }}\n"),
+        r#"
+paracloud.toml:5:16: services.kv.depends_on.kb: `kb` is not a service of this application
+  hint: the services are: kv
+paracloud.toml:5:32: services.kv.depends_on.web: `web` is not a service of this application
+  hint: the services are: kv
+"#,
+    );
+}
+
+#[test]
+fn port_clash() {
+    check(
+        &format!("{HEAD}ports = [\"8080:80\"]\n[services.web]\nimage = \"host\"\ncommand = \"web\"\nports = [{{ port = 81, publish = \"0.0.0.0:8080\" }}]\n"),
+        r#"
+paracloud.toml:9:33: services.web.ports[0].publish: port clash: 0.0.0.0:8080 is already published by service `kv` as 127.0.0.1:8080
+  hint: publish on another host port, or remove the entry on line 5
+"#,
+    );
+}
+
+#[test]
+fn same_port() {
+    check(
+        &format!("{HEAD}ports = [80, \"9000:80/http\"]\n"),
+        r#"
+paracloud.toml:5:14: services.kv.ports[1]: port 80 is listed twice
+  hint: remove this entry or the one on line 5
+"#,
+    );
+}
+
+#[test]
+fn missing_image_dir() {
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"dir:./nope\"\n",
+        r#"
+paracloud.toml:3:9: services.kv.image: image directory /srv/shop/nope does not exist
+  hint: create it or fix the path; relative paths are resolved against /srv/shop
+"#,
+    );
+}
+
+#[test]
+fn image_not_dir() {
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"dir:app.env\"\n",
+        r#"
+paracloud.toml:3:9: services.kv.image: image path /srv/shop/app.env is not a directory
+  hint: a "dir:" image is a directory holding a root filesystem
+"#,
+    );
+}
+
+#[test]
+fn missing_paths_entry() {
+    check(
+        &format!("{HEAD}paths = [\"../target/release\", \"../target/debug\"]\n"),
+        r#"
+paracloud.toml:5:31: services.kv.paths[1]: host path /srv/target/debug does not exist
+  hint: create it or fix the path; relative paths are resolved against /srv/shop
+"#,
+    );
+}
+
+#[test]
+fn paths_with_dir() {
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"dir:rootfs\"\npaths = [\"/\"]\n",
+        r#"
+paracloud.toml:4:9: services.kv.paths: `paths` is only allowed with `image = "host"`
+  hint: remove `paths`: a "dir:" image already holds its programs
+"#,
+    );
+}
+
+#[test]
+fn bad_duration() {
+    check(
+        &format!("{HEAD}stop_grace_period = \"10 parsecs\"\n"),
+        r#"
+paracloud.toml:5:21: services.kv.stop_grace_period: invalid duration "10 parsecs": unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)
+  hint: write a number and a unit, such as "500ms", "2s" or "1m"
+"#,
+    );
+}
+
+#[test]
+fn int_duration() {
+    check(
+        &format!("{HEAD}stop_grace_period = 10\n"),
+        r#"
+paracloud.toml:5:21: services.kv.stop_grace_period: expected a duration string such as "2s", found integer 10
+  hint: for example `stop_grace_period = "10s"`
+"#,
+    );
+}
+
+#[test]
+fn bad_memory() {
+    check(
+        &format!("{HEAD}resources = {{ memory = \"256Q\" }}\n"),
+        r#"
+paracloud.toml:5:24: services.kv.resources.memory: invalid memory size "256Q": unknown unit "Q"
+  hint: write bytes, or a number with K, M, G or T (powers of 1024) or KB, MB, GB (powers of 1000), such as "256M"
+"#,
+    );
+}
+
+#[test]
+fn small_memory() {
+    check(
+        &format!("{HEAD}resources = {{ memory = 256, cpu = 0 }}\n"),
+        r#"
+paracloud.toml:5:24: services.kv.resources.memory: 256 bytes is below the minimum of 4M
+  hint: give at least "4M"; did you forget the unit?
+paracloud.toml:5:35: services.kv.resources.cpu: must be more than 0, found 0
+  hint: for example `cpu = 0.5`
+"#,
+    );
+}
+
+#[test]
+fn unknown_signal() {
+    check(
+        &format!("{HEAD}stop_signal = \"SIGTREM\"\n"),
+        r#"
+paracloud.toml:5:15: services.kv.stop_signal: unknown signal "SIGTREM"
+  hint: did you mean "SIGTERM"?
+"#,
+    );
+}
+
+#[test]
+fn unknown_capability() {
+    check(
+        &format!("{HEAD}cap_add = [\"NET_BIND_SERVICES\", \"FLY\"]\n"),
+        r#"
+paracloud.toml:5:12: services.kv.cap_add[0]: unknown capability "NET_BIND_SERVICES"
+  hint: did you mean "CAP_NET_BIND_SERVICE"?
+paracloud.toml:5:33: services.kv.cap_add[1]: unknown capability "FLY"
+  hint: use a Linux capability name such as "NET_BIND_SERVICE" (see capabilities(7))
+"#,
+    );
+}
+
+#[test]
+fn nothing_to_run() {
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"host\"\n",
+        r#"
+paracloud.toml:2:1: services.kv.command: nothing to run: `image = "host"` needs a `command` or an `entrypoint`
+  hint: add the program to run, such as `command = ["my-server", "--port", "8080"]`
+"#,
+    );
+}
+
+#[test]
+fn empty_command() {
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"host\"\ncommand = []\n",
+        r#"
+paracloud.toml:4:11: services.kv.command: nothing to run: `image = "host"` needs a `command` or an `entrypoint`
+  hint: add the program to run, such as `command = ["my-server", "--port", "8080"]`
+"#,
+    );
+}
+
+#[test]
+fn health_no_port() {
+    check(
+        &format!("{HEAD}health = {{ http = \"/healthz\" }}\n"),
+        r#"
+paracloud.toml:5:19: services.kv.health.port: an http health check needs a port, and the service has no ports
+  hint: add `port = PORT` to the health check, or declare the service's `ports`
+"#,
+    );
+}
+
+#[test]
+fn health_two_probes() {
+    check(
+        &format!("{HEAD}health = {{ tcp = 80, http = \"/\" }}\n"),
+        r#"
+paracloud.toml:5:29: services.kv.health.http: a health check has one probe, found `tcp` and `http`
+  hint: keep only one: use one of `exec = ["COMMAND", "ARG"]`, `tcp = PORT` or `http = "/PATH"`
+"#,
+    );
+}
+
+#[test]
+fn health_no_probe() {
+    check(
+        &format!("{HEAD}health = {{ interval = \"1s\" }}\n"),
+        r#"
+paracloud.toml:5:10: services.kv.health: a health check needs a probe
+  hint: use one of `exec = ["COMMAND", "ARG"]`, `tcp = PORT` or `http = "/PATH"`
+"#,
+    );
+}
+
+#[test]
+fn restart() {
+    check(
+        &format!("{HEAD}restart = {{ condition = \"always\", max_retries = 3 }}\n"),
+        r#"
+paracloud.toml:5:49: services.kv.restart.max_retries: `max_retries` is only allowed with `condition = "on-failure"`
+  hint: set `condition = "on-failure"` or remove `max_retries`
+"#,
+    );
+}
+
+#[test]
+fn restart_cond() {
+    check(
+        &format!("{HEAD}restart = \"on_failure\"\n"),
+        r#"
+paracloud.toml:5:11: services.kv.restart: unknown restart condition "on_failure"
+  hint: did you mean "on-failure"?
+"#,
+    );
+}
+
+#[test]
+fn volumes() {
+    check(
+        &format!("{HEAD}volumes = [\"data\", \"Data:/x\", \"./missing:/y\", \"data:rel\", {{ source = \"d\" }}]\n"),
+        r#"
+paracloud.toml:5:12: services.kv.volumes[0]: invalid volume "data": expected SOURCE:TARGET[:ro|:rw]
+  hint: write "NAME:/TARGET" for a named volume or "./HOST_PATH:/TARGET" for a bind mount, optionally ending in ":ro"
+paracloud.toml:5:20: services.kv.volumes[1]: invalid volume name "Data": must start with a lower-case letter, found 'D'
+  hint: a named volume is a lower-case name such as "data"; start a host path with "/" or "./" to bind-mount it
+paracloud.toml:5:31: services.kv.volumes[2]: bind mount source /srv/shop/missing does not exist
+  hint: create it or fix the path; relative paths are resolved against /srv/shop
+paracloud.toml:5:47: services.kv.volumes[3]: the mount target must be an absolute path, found "rel"
+  hint: write it from the root, such as "/rel"
+paracloud.toml:5:59: services.kv.volumes[4].target: missing required key `target`
+  hint: add the absolute path inside the instance, such as `target = "/data"`
+"#,
+    );
+}
+
+#[test]
+fn bad_port() {
+    check(
+        &format!("{HEAD}ports = [70000, \"80/udp\", {{ port = 1, protocol = \"udp\" }}, true]\n"),
+        r#"
+paracloud.toml:5:10: services.kv.ports[0]: must be between 1 and 65535, found 70000
+  hint: for example `ports = [8080, "9000:8080/http"]`
+paracloud.toml:5:17: services.kv.ports[1]: unknown protocol "udp"
+  hint: write a port as PORT, "HOST_PORT:PORT" or "HOST_IP:HOST_PORT:PORT", optionally ending in "/tcp" or "/http"
+paracloud.toml:5:50: services.kv.ports[2].protocol: unknown protocol "udp"
+  hint: use "tcp" or "http"
+paracloud.toml:5:59: services.kv.ports[3]: expected a port number, a port string or a table, found boolean true
+  hint: for example `ports = [8080, "9000:8080/http"]`
+"#,
+    );
+}
+
+#[test]
+fn bad_shell() {
+    check(
+        &format!("{HEAD}entrypoint = \"kv 'oops\"\n"),
+        r#"
+paracloud.toml:5:14: services.kv.entrypoint: cannot split "kv 'oops" into words: missing closing quote
+  hint: close the quote, or write the command as an array of strings
+"#,
+    );
+}
+
+#[test]
+fn env() {
+    check(
+        &format!("{HEAD}env = {{ A = [1], B = 1979-05-27 }}\n"),
+        r#"
+paracloud.toml:5:13: services.kv.env.A: expected a string, number or boolean, found an array
+  hint: write it as a string: `A = "..."`
+paracloud.toml:5:22: services.kv.env.B: expected a string, number or boolean, found datetime 1979-05-27
+  hint: write it as a string: `B = "..."`
+"#,
+    );
+}
+
+#[test]
+fn services_not_a_table() {
+    check(
+        "app = \"shop\"\nservices = 3\n",
+        r#"
+paracloud.toml:2:12: services: expected a table, found integer 3
+  hint: for example `[services.web]`
+"#,
+    );
+}
+
+#[test]
+fn no_services() {
+    check(
+        "app = \"shop\"\n",
+        r#"
+paracloud.toml:1:1: services: the application has no services
+  hint: add a service, such as `[services.web]` with `image = "host"` and a `command`
+"#,
+    );
+}
+
+#[test]
+fn array_of_tables() {
+    check(
+        "app = \"shop\"\n[[services.kv]]\nimage = \"host\"\n",
+        r#"
+paracloud.toml:2:1: services.kv: expected a table, found an array of tables
+  hint: write the header with single brackets, `[...]`: double brackets `[[...]]` make an array
+"#,
+    );
+}
+
+#[test]
+fn working_dir() {
+    check(
+        &format!("{HEAD}working_dir = \"srv\"\n"),
+        r#"
+paracloud.toml:5:15: services.kv.working_dir: must be an absolute path, found "srv"
+  hint: write it from the root, such as "/srv"
+"#,
+    );
+}
+
+#[test]
+fn empty() {
+    check(
+        "",
+        r#"
+paracloud.toml:1:1: app: missing required key `app`
+  hint: add `app = "NAME"` at the top of the file, with a lower-case name such as "shop"
+paracloud.toml:1:1: services: the application has no services
+  hint: add a service, such as `[services.web]` with `image = "host"` and a `command`
+"#,
+    );
+}
+
+/// The user reference's full example stays valid: the documentation cannot drift from the code.
+#[test]
+fn documented_example_is_valid() {
+    struct Everything;
+    impl FileSystem for Everything {
+        fn exists(&self, _: &Path) -> bool {
+            true
+        }
+        fn is_dir(&self, _: &Path) -> bool {
+            true
+        }
+    }
+    let doc = include_str!("../../../docs/manifest.md");
+    let example = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap_or_default();
+    let manifest = match parse(example, &origin(), &Everything) {
+        Ok(manifest) => manifest,
+        Err(e) => panic!("docs/manifest.md's example is broken:\n{e}"),
+    };
+    assert_eq!(manifest.services.len(), 3);
+}
