@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "paracloud", version, about = "Run multi-service applications as sandboxed, elastic instances")]
+#[command(
+    name = "paracloud",
+    version,
+    about = "Run multi-service applications as sandboxed, elastic instances"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -16,7 +20,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// State root: database, instances, volumes, logs and the API socket
-    #[arg(long, env = "PARACLOUD_ROOT", default_value = "/var/lib/paracloud", global = true)]
+    #[arg(
+        long,
+        env = "PARACLOUD_ROOT",
+        default_value = "/var/lib/paracloud",
+        global = true
+    )]
     pub root: PathBuf,
     /// Application to act on (default: the manifest's, or the only one running)
     #[arg(short = 'a', long, env = "PARACLOUD_APP", global = true)]
@@ -32,10 +41,20 @@ pub struct Global {
 #[derive(Debug, Clone, Args)]
 pub struct DaemonArgs {
     /// cgroup path (in each hierarchy) under which instance cgroups are made
-    #[arg(long, env = "PARACLOUD_CGROUP_PARENT", default_value = "paracloud", global = true)]
+    #[arg(
+        long,
+        env = "PARACLOUD_CGROUP_PARENT",
+        default_value = "paracloud",
+        global = true
+    )]
     pub cgroup_parent: String,
     /// Address pool for application networks (one /24 per application)
-    #[arg(long, env = "PARACLOUD_SUBNET", default_value = "10.213.0.0/16", global = true)]
+    #[arg(
+        long,
+        env = "PARACLOUD_SUBNET",
+        default_value = "10.213.0.0/16",
+        global = true
+    )]
     pub subnet: ipnet::Ipv4Net,
 }
 
@@ -99,13 +118,9 @@ pub enum Command {
         detach: bool,
     },
     /// Replace the instances of services one by one (all services when none is named)
-    Restart {
-        services: Vec<String>,
-    },
+    Restart { services: Vec<String> },
     /// Show a service in detail: spec, address, instances, recent events
-    Describe {
-        service: String,
-    },
+    Describe { service: String },
     /// Show the event log
     Events {
         /// Keep printing new events
@@ -114,6 +129,8 @@ pub enum Command {
     },
     /// Run the daemon in the foreground
     Daemon,
+    /// Print a shell completion script: paracloud completion bash > /etc/bash_completion.d/paracloud
+    Completion { shell: clap_complete::Shell },
     /// The data-plane process (started by the daemon)
     #[command(name = "__dataplane", hide = true)]
     Dataplane {

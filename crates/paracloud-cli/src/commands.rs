@@ -12,7 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use hyper::Method;
 use paracloud_api::{
-    AppView, Client, ClientError, Event, InstanceView, ScaleRequest, ServiceView, UpRequest, UpResponse,
+    AppView, Client, ClientError, Event, InstanceView, ScaleRequest, ServiceView, UpRequest,
+    UpResponse,
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 
@@ -23,13 +24,24 @@ pub fn run(cli: Cli) -> Result<()> {
     let Cli { global, command } = cli;
     match command {
         Command::Daemon => run_daemon(&global),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "paracloud", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Dataplane { config } => {
             init_tracing();
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(paracloud_dataplane::run(config)).map_err(|e| anyhow!("data plane: {e}"))
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime
+                .block_on(paracloud_dataplane::run(config))
+                .map_err(|e| anyhow!("data plane: {e}"))
         }
         command => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(client_command(&global, command))
         }
     }
@@ -38,7 +50,10 @@ pub fn run(cli: Cli) -> Result<()> {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn run_daemon(global: &Global) -> Result<()> {
@@ -51,7 +66,9 @@ fn run_daemon(global: &Global) -> Result<()> {
         subnet_pool: global.daemon.subnet,
         exe,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(paracloud_daemon::run(config))?;
     Ok(())
 }
@@ -81,15 +98,30 @@ struct LoadedManifest {
 }
 
 fn load_manifest(file: &Path) -> Result<LoadedManifest> {
-    let source = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read the manifest {}: check the path, or pass one with -f", file.display()))?;
+    let source = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "cannot read the manifest {}: check the path, or pass one with -f",
+            file.display()
+        )
+    })?;
     let absolute = absolute(file)?;
-    let base_dir = absolute.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-    let origin = Origin { file: file.display().to_string(), base_dir: base_dir.clone() };
-    let manifest = parse(&source, &origin, &HostFs).map_err(|e| anyhow!("the manifest is not valid:\n{e}"))?;
+    let base_dir = absolute
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let origin = Origin {
+        file: file.display().to_string(),
+        base_dir: base_dir.clone(),
+    };
+    let manifest =
+        parse(&source, &origin, &HostFs).map_err(|e| anyhow!("the manifest is not valid:\n{e}"))?;
     Ok(LoadedManifest {
         app: manifest.app,
-        request: UpRequest { source, origin: file.display().to_string(), base_dir },
+        request: UpRequest {
+            source,
+            origin: file.display().to_string(),
+            base_dir,
+        },
     })
 }
 
@@ -115,10 +147,16 @@ async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> R
     let apps: Vec<AppView> = client.get("/v1/apps").await.map_err(explain)?;
     match apps.as_slice() {
         [only] => Ok(only.name.clone()),
-        [] => bail!("no application runs here (root {}): start one with `paracloud up -f FILE`", global.root.display()),
+        [] => bail!(
+            "no application runs here (root {}): start one with `paracloud up -f FILE`",
+            global.root.display()
+        ),
         many => bail!(
             "several applications run ({}): say which with -a APP",
-            many.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -138,15 +176,26 @@ fn explain(e: ClientError) -> anyhow::Error {
 /// Connects to the daemon of this root, starting one in the background when none answers.
 async fn ensure_daemon(global: &Global) -> Result<Client> {
     let client = client(global);
-    if client.get::<paracloud_api::Health>("/v1/health").await.is_ok() {
+    if client
+        .get::<paracloud_api::Health>("/v1/health")
+        .await
+        .is_ok()
+    {
         return Ok(client);
     }
     let root = absolute(&global.root)?;
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create the state root {}", root.display()))?;
+    std::fs::create_dir_all(&root)
+        .with_context(|| format!("cannot create the state root {}", root.display()))?;
     let log_path = root.join("daemon.log");
-    let log = OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
     let exe = std::env::current_exe()?;
-    let DaemonArgs { cgroup_parent, subnet } = &global.daemon;
+    let DaemonArgs {
+        cgroup_parent,
+        subnet,
+    } = &global.daemon;
     let mut child = std::process::Command::new(exe)
         .arg("daemon")
         .arg("--root")
@@ -161,10 +210,18 @@ async fn ensure_daemon(global: &Global) -> Result<Client> {
         .process_group(0)
         .spawn()
         .context("cannot start the daemon")?;
-    eprintln!("started the paracloud daemon (pid {}, root {})", child.id(), root.display());
+    eprintln!(
+        "started the paracloud daemon (pid {}, root {})",
+        child.id(),
+        root.display()
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if client.get::<paracloud_api::Health>("/v1/health").await.is_ok() {
+        if client
+            .get::<paracloud_api::Health>("/v1/health")
+            .await
+            .is_ok()
+        {
             return Ok(client);
         }
         if let Some(status) = child.try_wait()? {
@@ -177,7 +234,10 @@ async fn ensure_daemon(global: &Global) -> Result<Client> {
             );
         }
         if Instant::now() > deadline {
-            bail!("the daemon did not answer within 15 s; see {}", log_path.display());
+            bail!(
+                "the daemon did not answer within 15 s; see {}",
+                log_path.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -185,31 +245,50 @@ async fn ensure_daemon(global: &Global) -> Result<Client> {
 
 async fn client_command(global: &Global, command: Command) -> Result<()> {
     match command {
-        Command::Up { file, detach, timeout } => up(global, &file, detach, timeout).await,
+        Command::Up {
+            file,
+            detach,
+            timeout,
+        } => up(global, &file, detach, timeout).await,
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,
-        Command::Logs { target, follow, tail } => logs(global, target, follow, tail).await,
+        Command::Logs {
+            target,
+            follow,
+            tail,
+        } => logs(global, target, follow, tail).await,
         Command::Scale { services, detach } => scale(global, &services, detach).await,
         Command::Restart { services } => restart(global, services).await,
         Command::Describe { service } => describe(global, &service).await,
         Command::Events { follow } => events(global, follow).await,
-        Command::Daemon | Command::Dataplane { .. } => unreachable!("handled before the client runtime"),
+        Command::Daemon | Command::Dataplane { .. } | Command::Completion { .. } => {
+            unreachable!("handled before the client runtime")
+        }
     }
 }
 
 async fn up(global: &Global, file: &Path, detach: bool, timeout: Duration) -> Result<()> {
     let manifest = load_manifest(file)?;
     let client = ensure_daemon(global).await?;
-    let response: UpResponse = client.post("/v1/apps", &manifest.request).await.map_err(explain)?;
+    let response: UpResponse = client
+        .post("/v1/apps", &manifest.request)
+        .await
+        .map_err(explain)?;
     if !response.changed.is_empty() {
-        eprintln!("changed: {} (instances are replaced one by one)", response.changed.join(", "));
+        eprintln!(
+            "changed: {} (instances are replaced one by one)",
+            response.changed.join(", ")
+        );
     }
     if detach {
         eprintln!("{} deployed", response.app);
         return Ok(());
     }
     wait_ready(&client, &response.app, None, timeout).await?;
-    let app: AppView = client.get(&format!("/v1/apps/{}", response.app)).await.map_err(explain)?;
+    let app: AppView = client
+        .get(&format!("/v1/apps/{}", response.app))
+        .await
+        .map_err(explain)?;
     for service in &app.services {
         for published in &service.published {
             eprintln!("{}: {published}", service.name);
@@ -222,24 +301,45 @@ async fn up(global: &Global, file: &Path, detach: bool, timeout: Duration) -> Re
 /// A service is settled when it has exactly its wanted instances, all ready at its revision.
 fn settled(service: &ServiceView) -> bool {
     service.instances.len() as u32 == service.replicas
-        && service.instances.iter().all(|i| i.state == "running" && i.revision == service.revision)
+        && service
+            .instances
+            .iter()
+            .all(|i| i.state == "running" && i.revision == service.revision)
 }
 
 /// Waits until every service (or `only` these) is settled, printing progress as it changes.
-async fn wait_ready(client: &Client, app: &str, only: Option<&[String]>, timeout: Duration) -> Result<()> {
+async fn wait_ready(
+    client: &Client,
+    app: &str,
+    only: Option<&[String]>,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     loop {
-        let view: AppView = client.get(&format!("/v1/apps/{app}")).await.map_err(explain)?;
-        let services: Vec<&ServiceView> =
-            view.services.iter().filter(|s| only.is_none_or(|o| o.contains(&s.name))).collect();
+        let view: AppView = client
+            .get(&format!("/v1/apps/{app}"))
+            .await
+            .map_err(explain)?;
+        let services: Vec<&ServiceView> = view
+            .services
+            .iter()
+            .filter(|s| only.is_none_or(|o| o.contains(&s.name)))
+            .collect();
         for service in &services {
-            let line = format!("{} {}/{} ready", service.name, service.ready, service.replicas);
+            let line = format!(
+                "{} {}/{} ready",
+                service.name, service.ready, service.replicas
+            );
             if shown.get(&service.name) != Some(&line) {
                 eprintln!("  {line}");
                 shown.insert(service.name.clone(), line);
             }
-            if let Some(bad) = service.instances.iter().find(|i| i.restarts >= 3 && i.state != "running") {
+            if let Some(bad) = service
+                .instances
+                .iter()
+                .find(|i| i.restarts >= 3 && i.state != "running")
+            {
                 let logs = instance_log_tail(client, app, &bad.instance).await;
                 let why = bad
                     .exit
@@ -263,7 +363,11 @@ async fn wait_ready(client: &Client, app: &str, only: Option<&[String]>, timeout
             bail!(
                 "not ready after {} s{}; see `paracloud ps` and `paracloud logs`",
                 timeout.as_secs(),
-                if waiting.is_empty() { String::new() } else { format!(" ({})", waiting.join("; ")) }
+                if waiting.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", waiting.join("; "))
+                }
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -284,8 +388,10 @@ async fn instance_log_tail(client: &Client, app: &str, instance: &str) -> String
 async fn down(global: &Global, file: Option<&Path>, volumes: bool) -> Result<()> {
     let client = client(global);
     let app = resolve_app(global, &client, file).await?;
-    let view: AppView =
-        client.delete(&format!("/v1/apps/{app}?volumes={volumes}")).await.map_err(explain)?;
+    let view: AppView = client
+        .delete(&format!("/v1/apps/{app}?volumes={volumes}"))
+        .await
+        .map_err(explain)?;
     let count: usize = view.services.iter().map(|s| s.instances.len()).sum();
     eprintln!("stopping {count} instances of {app}");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -293,11 +399,20 @@ async fn down(global: &Global, file: Option<&Path>, volumes: bool) -> Result<()>
         match client.get::<AppView>(&format!("/v1/apps/{app}")).await {
             Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => break,
             Err(e) => return Err(explain(e)),
-            Ok(_) if Instant::now() > deadline => bail!("{app} is still being removed after 120 s; see `paracloud events`"),
+            Ok(_) if Instant::now() > deadline => {
+                bail!("{app} is still being removed after 120 s; see `paracloud events`")
+            }
             Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    eprintln!("{app} removed{}", if volumes { " with its volumes" } else { " (volumes kept; --volumes removes them)" });
+    eprintln!(
+        "{app} removed{}",
+        if volumes {
+            " with its volumes"
+        } else {
+            " (volumes kept; --volumes removes them)"
+        }
+    );
     Ok(())
 }
 
@@ -330,7 +445,12 @@ async fn ps(global: &Global, file: Option<&Path>, all_apps: bool) -> Result<()> 
                 ]
             })
             .collect();
-        table(&["APP", "SERVICE", "INSTANCE", "STATE", "PID", "ADDRESS", "UPTIME", "RESTARTS"], &rows)
+        table(
+            &[
+                "APP", "SERVICE", "INSTANCE", "STATE", "PID", "ADDRESS", "UPTIME", "RESTARTS",
+            ],
+            &rows,
+        )
     })
 }
 
@@ -341,7 +461,10 @@ async fn logs(global: &Global, target: Option<String>, follow: bool, tail: usize
     if let Some(target) = &target {
         path.push_str(&format!("&target={target}"));
     }
-    let response = client.send(Method::GET, &path, None).await.map_err(explain)?;
+    let response = client
+        .send(Method::GET, &path, None)
+        .await
+        .map_err(explain)?;
     let mut body = response.into_body();
     let mut stdout = std::io::stdout();
     while let Some(frame) = body.frame().await {
@@ -361,19 +484,29 @@ fn parse_scale(spec: &str) -> Result<(String, u32)> {
     if service.is_empty() {
         bail!("`{spec}` names no service: write for example api=3");
     }
-    let count = count
-        .parse::<u32>()
-        .map_err(|_| anyhow!("`{spec}`: the count must be a whole number of instances, 0 or more (e.g. {service}=3)"))?;
+    let count = count.parse::<u32>().map_err(|_| {
+        anyhow!(
+            "`{spec}`: the count must be a whole number of instances, 0 or more (e.g. {service}=3)"
+        )
+    })?;
     Ok((service.to_string(), count))
 }
 
 async fn scale(global: &Global, specs: &[String], detach: bool) -> Result<()> {
-    let pairs = specs.iter().map(|s| parse_scale(s)).collect::<Result<Vec<_>>>()?;
+    let pairs = specs
+        .iter()
+        .map(|s| parse_scale(s))
+        .collect::<Result<Vec<_>>>()?;
     let client = client(global);
     let app = resolve_app(global, &client, None).await?;
     for (service, replicas) in &pairs {
         let _: ServiceView = client
-            .put(&format!("/v1/apps/{app}/services/{service}/replicas"), &ScaleRequest { replicas: *replicas })
+            .put(
+                &format!("/v1/apps/{app}/services/{service}/replicas"),
+                &ScaleRequest {
+                    replicas: *replicas,
+                },
+            )
             .await
             .map_err(explain)?;
     }
@@ -391,14 +524,19 @@ async fn restart(global: &Global, services: Vec<String>) -> Result<()> {
     let client = client(global);
     let app = resolve_app(global, &client, None).await?;
     let services = if services.is_empty() {
-        let view: AppView = client.get(&format!("/v1/apps/{app}")).await.map_err(explain)?;
+        let view: AppView = client
+            .get(&format!("/v1/apps/{app}"))
+            .await
+            .map_err(explain)?;
         view.services.into_iter().map(|s| s.name).collect()
     } else {
         services
     };
     for service in &services {
-        let _: ServiceView =
-            client.post(&format!("/v1/apps/{app}/services/{service}/restart"), &()).await.map_err(explain)?;
+        let _: ServiceView = client
+            .post(&format!("/v1/apps/{app}/services/{service}/restart"), &())
+            .await
+            .map_err(explain)?;
     }
     wait_ready(&client, &app, Some(&services), Duration::from_secs(120)).await?;
     eprintln!("restarted {}", services.join(", "));
@@ -408,33 +546,64 @@ async fn restart(global: &Global, services: Vec<String>) -> Result<()> {
 async fn describe(global: &Global, service: &str) -> Result<()> {
     let client = client(global);
     let app = resolve_app(global, &client, None).await?;
-    let view: ServiceView = client.get(&format!("/v1/apps/{app}/services/{service}")).await.map_err(explain)?;
-    let events: Vec<Event> = client.get(&format!("/v1/events?app={app}&limit=500")).await.map_err(explain)?;
+    let view: ServiceView = client
+        .get(&format!("/v1/apps/{app}/services/{service}"))
+        .await
+        .map_err(explain)?;
+    let events: Vec<Event> = client
+        .get(&format!("/v1/events?app={app}&limit=500"))
+        .await
+        .map_err(explain)?;
     print(global.output, &view, |v| {
         let spec = &v.spec;
         let mut out = String::new();
         let mut field = |name: &str, value: String| out.push_str(&format!("{name:<14}{value}\n"));
         field("Service:", format!("{} (app {})", v.name, v.app));
         field("Address:", v.address.clone());
-        field("Published:", if v.published.is_empty() { "-".into() } else { v.published.join(", ") });
-        field("Replicas:", format!("{} wanted, {} ready", v.replicas, v.ready));
+        field(
+            "Published:",
+            if v.published.is_empty() {
+                "-".into()
+            } else {
+                v.published.join(", ")
+            },
+        );
+        field(
+            "Replicas:",
+            format!("{} wanted, {} ready", v.replicas, v.ready),
+        );
         field("Revision:", v.revision.to_string());
         field("Image:", format!("{:?}", spec.image));
         field("Command:", spec.argv().join(" "));
-        let ports: Vec<String> = spec.ports.iter().map(|p| format!("{}/{:?}", p.port, p.protocol).to_lowercase()).collect();
+        let ports: Vec<String> = spec
+            .ports
+            .iter()
+            .map(|p| format!("{}/{:?}", p.port, p.protocol).to_lowercase())
+            .collect();
         field("Ports:", ports.join(", "));
-        field("Health:", spec.health.as_ref().map(|h| format!("{:?} every {:?}", h.probe, h.interval)).unwrap_or("-".into()));
+        field(
+            "Health:",
+            spec.health
+                .as_ref()
+                .map(|h| format!("{:?} every {:?}", h.probe, h.interval))
+                .unwrap_or("-".into()),
+        );
         let r = &spec.resources;
         field(
             "Resources:",
             format!(
                 "cpu {}, memory {}, pids {}",
                 r.cpu.map(|c| c.to_string()).unwrap_or("unlimited".into()),
-                r.memory.map(|m| format!("{} MiB", m / (1024 * 1024))).unwrap_or("unlimited".into()),
+                r.memory
+                    .map(|m| format!("{} MiB", m / (1024 * 1024)))
+                    .unwrap_or("unlimited".into()),
                 r.pids.map(|p| p.to_string()).unwrap_or("unlimited".into())
             ),
         );
-        field("Restart:", format!("{:?}", spec.restart.condition).to_lowercase());
+        field(
+            "Restart:",
+            format!("{:?}", spec.restart.condition).to_lowercase(),
+        );
         let rows: Vec<Vec<String>> = v
             .instances
             .iter()
@@ -450,16 +619,26 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
             })
             .collect();
         out.push_str("\nInstances:\n");
-        out.push_str(&table(&["INSTANCE", "STATE", "PID", "ADDRESS", "UPTIME", "RESTARTS"], &rows));
+        out.push_str(&table(
+            &["INSTANCE", "STATE", "PID", "ADDRESS", "UPTIME", "RESTARTS"],
+            &rows,
+        ));
         for w in &v.waiting {
             out.push_str(&format!("waiting: {w}\n"));
         }
         let prefix = format!("{}.", v.name);
-        let recent: Vec<&Event> =
-            events.iter().filter(|e| e.subject == v.name || e.subject.starts_with(&prefix)).collect();
+        let recent: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.subject == v.name || e.subject.starts_with(&prefix))
+            .collect();
         out.push_str("\nEvents:\n");
         for e in recent.iter().rev().take(15).rev() {
-            out.push_str(&format!("  {}  {:<8} {}\n", format_time(e.at), e.subject, e.message));
+            out.push_str(&format!(
+                "  {}  {:<8} {}\n",
+                format_time(e.at),
+                e.subject,
+                e.message
+            ));
         }
         out
     })
@@ -481,7 +660,13 @@ async fn events(global: &Global, follow: bool) -> Result<()> {
         let events: Vec<Event> = client.get(&path).await.map_err(explain)?;
         if global.output == Output::Table {
             for e in &events {
-                println!("{}  {:<10} {:<10} {}", format_time(e.at), e.app, e.subject, e.message);
+                println!(
+                    "{}  {:<10} {:<10} {}",
+                    format_time(e.at),
+                    e.app,
+                    e.subject,
+                    e.message
+                );
             }
         } else {
             for e in &events {
@@ -504,8 +689,17 @@ mod tests {
     fn scale_arguments_say_what_is_wrong() {
         assert_eq!(parse_scale("api=3").unwrap(), ("api".to_string(), 3));
         assert_eq!(parse_scale("api=0").unwrap(), ("api".to_string(), 0));
-        assert_eq!(parse_scale("api").unwrap_err().to_string(), "`api` is not SERVICE=COUNT: write for example api=3");
-        assert!(parse_scale("api=-1").unwrap_err().to_string().contains("whole number"));
-        assert!(parse_scale("=2").unwrap_err().to_string().contains("names no service"));
+        assert_eq!(
+            parse_scale("api").unwrap_err().to_string(),
+            "`api` is not SERVICE=COUNT: write for example api=3"
+        );
+        assert!(parse_scale("api=-1")
+            .unwrap_err()
+            .to_string()
+            .contains("whole number"));
+        assert!(parse_scale("=2")
+            .unwrap_err()
+            .to_string()
+            .contains("names no service"));
     }
 }

@@ -5,7 +5,11 @@ use serde::Serialize;
 use crate::cli::Output;
 
 /// Prints `value` as JSON or YAML, or calls `table` for the human form.
-pub fn print<T: Serialize>(format: Output, value: &T, table: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+pub fn print<T: Serialize>(
+    format: Output,
+    value: &T,
+    table: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
     match format {
         Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Output::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
@@ -60,7 +64,13 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
+        let t = table(
+            &["A", "BB"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
         assert_eq!(t, "A     BB\nxyz   1\nq     22\n");
     }
 

@@ -9,6 +9,7 @@ app = "good"
 [services.one]
 image = "host"
 command = ["/bin/sleep", "100000"]
+stop_grace_period = "1s"
 ports = [{ port = 9000, publish = PUBLISH }]
 "#;
 
@@ -53,15 +54,30 @@ fn broken_manifests_get_precise_errors_and_leave_running_apps_untouched() {
         for e in expected {
             assert!(err.contains(e), "{name}: {e:?} missing from:\n{err}");
         }
-        assert!(err.contains("hint:") || name == "syntax", "{name}: every semantic error says how to fix it:\n{err}");
+        assert!(
+            err.contains("hint:") || name == "syntax",
+            "{name}: every semantic error says how to fix it:\n{err}"
+        );
     }
 
     // A port already published by another application is refused by the daemon.
-    let clash = p.manifest("clash", &GOOD.replace("good", "other").replace("PUBLISH", &p.port(1).to_string()));
+    let clash = p.manifest(
+        "clash",
+        &GOOD
+            .replace("good", "other")
+            .replace("PUBLISH", &p.port(1).to_string()),
+    );
     let err = p.fails(&["up", "-f", clash.to_str().unwrap()]);
-    assert!(err.contains("port clash") && err.contains("application good"), "{err}");
+    assert!(
+        err.contains("port clash") && err.contains("application good"),
+        "{err}"
+    );
 
-    assert_eq!(pids(&p.ps("good")), before, "the running app was not touched");
+    assert_eq!(
+        pids(&p.ps("good")),
+        before,
+        "the running app was not touched"
+    );
     assert!(p.ok(&["ps", "-A", "-o", "json"]).matches("\"app\"").count() == 1);
 }
 
@@ -70,12 +86,26 @@ fn command_line_mistakes_say_how_to_fix_them() {
     let p = Platform::new();
     let good = p.manifest("good", &GOOD.replace("PUBLISH", &p.port(2).to_string()));
     p.ok(&["up", "-f", good.to_str().unwrap()]);
-    assert!(p.fails(&["scale", "-a", "good", "one"]).contains("write for example api=3"));
-    assert!(p.fails(&["scale", "-a", "good", "one=-2"]).contains("whole number"));
-    assert!(p.fails(&["scale", "-a", "good", "two=1"]).contains("has no service named two (it has: one)"));
-    assert!(p.fails(&["scale", "-a", "good", "one=100000"]).contains("more than"));
-    assert!(p.fails(&["logs", "-a", "good", "nope"]).contains("no service or instance named nope"));
-    assert!(p.fails(&["ps", "-a", "nope"]).contains("no application named nope (running: good)"));
-    assert!(p.fails(&["up", "-f", "/no/such/file.toml"]).contains("cannot read the manifest /no/such/file.toml"));
+    assert!(p
+        .fails(&["scale", "-a", "good", "one"])
+        .contains("write for example api=3"));
+    assert!(p
+        .fails(&["scale", "-a", "good", "one=-2"])
+        .contains("whole number"));
+    assert!(p
+        .fails(&["scale", "-a", "good", "two=1"])
+        .contains("has no service named two (it has: one)"));
+    assert!(p
+        .fails(&["scale", "-a", "good", "one=100000"])
+        .contains("more than"));
+    assert!(p
+        .fails(&["logs", "-a", "good", "nope"])
+        .contains("no service or instance named nope"));
+    assert!(p
+        .fails(&["ps", "-a", "nope"])
+        .contains("no application named nope (running: good)"));
+    assert!(p
+        .fails(&["up", "-f", "/no/such/file.toml"])
+        .contains("cannot read the manifest /no/such/file.toml"));
     assert_eq!(p.ps("good").len(), 1);
 }

@@ -14,7 +14,10 @@ fn logs_until(p: &Platform, target: &str, needle: &str) -> String {
             return logs;
         }
         if std::time::Instant::now() > deadline {
-            panic!("no {needle:?} in the logs of {target}: {logs}\n{}", p.daemon_log());
+            panic!(
+                "no {needle:?} in the logs of {target}: {logs}\n{}",
+                p.daemon_log()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -29,25 +32,40 @@ fn an_instance_sees_only_its_own_processes_and_files() {
 app = "iso"
 [services.a]
 image = "host"
-command = ["/bin/sh", "-c", "echo mine > /tmp/mine; echo mine > /mine; echo pids: $(ls -d /proc/[0-9]* | wc -l); echo host: $(hostname); exec sleep 100000"]
+stop_grace_period = "1s"
+command = ["/bin/sh", "-c", "echo mine > /tmp/mine; echo mine > /mine; ls -d /proc/[0-9]* > /tmp/pids; echo pids: $(wc -l < /tmp/pids); echo init: $(tr '\\0' ' ' < /proc/1/cmdline); echo host: $(hostname); exec sleep 100000"]
 [services.b]
 image = "host"
+stop_grace_period = "1s"
 depends_on = ["a"]
 command = ["/bin/sh", "-c", "sleep 0.5; for f in /tmp/mine /mine; do test -e $f && echo VISIBLE $f || echo hidden $f; done; echo done; exec sleep 100000"]
 "#,
     );
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
     let a = logs_until(&p, "a", "host:");
-    assert!(a.contains("pids: 1"), "only its own process (pid 1 listing itself): {a}");
+    // The shell's glob, expanded by pid 1 itself, finds only pid 1: none of the host's processes.
+    assert!(a.contains("pids: 1\n"), "only its own processes: {a}");
+    assert!(
+        a.contains("init: /bin/sh -c"),
+        "its first process is pid 1: {a}"
+    );
     assert!(a.contains("host: a.1"), "{a}");
     let b = logs_until(&p, "b", "done");
-    assert!(b.contains("hidden /tmp/mine") && b.contains("hidden /mine"), "{b}");
+    assert!(
+        b.contains("hidden /tmp/mine") && b.contains("hidden /mine"),
+        "{b}"
+    );
     assert!(!b.contains("VISIBLE"), "{b}");
     // The sandbox has no capabilities: mounting fails even as uid 0.
     let ps = p.ps("iso");
-    let a_pid = ps.iter().find(|i| field(i, "instance") == "a.1").unwrap()["pid"].as_i64().unwrap();
+    let a_pid = ps.iter().find(|i| field(i, "instance") == "a.1").unwrap()["pid"]
+        .as_i64()
+        .unwrap();
     let status = std::fs::read_to_string(format!("/proc/{a_pid}/status")).unwrap();
-    assert!(status.lines().any(|l| l == "CapEff:\t0000000000000000"), "{status}");
+    assert!(
+        status.lines().any(|l| l == "CapEff:\t0000000000000000"),
+        "{status}"
+    );
     assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
 }
 
@@ -66,13 +84,19 @@ restart = { condition = "on-failure", backoff = "200ms" }
 "#,
     );
     p.ok(&["up", "-f", manifest.to_str().unwrap(), "--detach"]);
-    p.wait_ps("iso", Duration::from_secs(30), "hog to be restarted after an OOM kill", |ps| {
-        ps.iter().any(|i| i["restarts"].as_u64().unwrap_or(0) >= 1)
-    });
+    p.wait_ps(
+        "iso",
+        Duration::from_secs(30),
+        "hog to be restarted after an OOM kill",
+        |ps| ps.iter().any(|i| i["restarts"].as_u64().unwrap_or(0) >= 1),
+    );
     let events = p.ok(&["events", "-a", "iso"]);
     assert!(events.contains("out of memory"), "{events}");
     let logs = p.ok(&["logs", "-a", "iso", "hog"]);
-    assert!(logs.contains("allocating") && !logs.contains("survived"), "{logs}");
+    assert!(
+        logs.contains("allocating") && !logs.contains("survived"),
+        "{logs}"
+    );
     // The host is fine: this test process and the daemon still answer.
     p.ok(&["ps", "-a", "iso"]);
 }
@@ -86,13 +110,31 @@ fn the_pids_limit_stops_a_fork_loop() {
 app = "iso"
 [services.forker]
 image = "host"
-command = ["/bin/sh", "-c", "n=0; for i in $(seq 60); do sleep 1000 & n=$((n+1)); done; echo started $n; exec sleep 100000"]
+stop_grace_period = "1s"
+command = ["/usr/bin/python3", "-c", """
+import os, time
+started = 0
+for _ in range(60):
+    try:
+        if os.fork() == 0:
+            time.sleep(1000)
+            os._exit(0)
+        started += 1
+    except OSError as e:
+        print('fork failed:', e, flush=True)
+        break
+print('started', started, flush=True)
+time.sleep(100000)
+"""]
 resources = { pids = 16 }
 "#,
     );
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
     let logs = logs_until(&p, "forker", "started");
-    assert!(logs.to_lowercase().contains("fork"), "forks beyond the limit fail: {logs}");
+    assert!(
+        logs.contains("fork failed: [Errno 11]"),
+        "forks beyond the limit fail with EAGAIN: {logs}"
+    );
     let ps = p.ps("iso");
     let pid = ps[0]["pid"].as_i64().unwrap();
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();

@@ -9,7 +9,8 @@ use common::*;
 const UP: Duration = Duration::from_secs(60);
 
 fn visits(body: &str) -> u64 {
-    let start = body.find("id=\"visits\">").expect("the page shows visits") + "id=\"visits\">".len();
+    let start =
+        body.find("id=\"visits\">").expect("the page shows visits") + "id=\"visits\">".len();
     body[start..].split('<').next().unwrap().parse().unwrap()
 }
 
@@ -19,14 +20,18 @@ fn page(p: &Platform) -> String {
     loop {
         match http_get(p.port(0), "/") {
             Ok((200, body)) => return body,
-            other if Instant::now() > deadline => panic!("the shop does not answer: {other:?}\n{}", p.daemon_log()),
+            other if Instant::now() > deadline => {
+                panic!("the shop does not answer: {other:?}\n{}", p.daemon_log())
+            }
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
 }
 
 fn count(ps: &[serde_json::Value], service: &str, state: &str) -> usize {
-    ps.iter().filter(|i| field(i, "service") == service && field(i, "state") == state).count()
+    ps.iter()
+        .filter(|i| field(i, "service") == service && field(i, "state") == state)
+        .count()
 }
 
 #[test]
@@ -38,7 +43,10 @@ fn the_shop_comes_up_serves_all_tiers_scales_logs_restarts_and_goes_down() {
 
     let body = page(&p);
     assert!(body.contains("Paracloud shop"), "{body}");
-    assert!(body.contains("web: web.") && body.contains("api: api.") && body.contains("kv: ok"), "all three tiers: {body}");
+    assert!(
+        body.contains("web: web.") && body.contains("api: api.") && body.contains("kv: ok"),
+        "all three tiers: {body}"
+    );
 
     let ps = p.ps("shop");
     assert_eq!(ps.len(), 5, "kv 1 + api 2 + web 2: {ps:#?}");
@@ -50,7 +58,10 @@ fn the_shop_comes_up_serves_all_tiers_scales_logs_restarts_and_goes_down() {
         assert!(field(i, "instance").contains('.'));
     }
     let table = p.ok(&["ps", "-a", "shop"]);
-    assert!(table.starts_with("APP") && table.contains("api.2"), "{table}");
+    assert!(
+        table.starts_with("APP") && table.contains("api.2"),
+        "{table}"
+    );
     let yaml = p.ok(&["ps", "-a", "shop", "-o", "yaml"]);
     assert!(yaml.contains("instance: kv.1"), "{yaml}");
 
@@ -59,7 +70,13 @@ fn the_shop_comes_up_serves_all_tiers_scales_logs_restarts_and_goes_down() {
     let ps = p.ps("shop");
     assert_eq!(count(&ps, "api", "running"), 3);
     p.ok(&["scale", "-a", "shop", "api=0"]);
-    assert_eq!(p.ps("shop").iter().filter(|i| field(i, "service") == "api").count(), 0);
+    assert_eq!(
+        p.ps("shop")
+            .iter()
+            .filter(|i| field(i, "service") == "api")
+            .count(),
+        0
+    );
     p.ok(&["scale", "-a", "shop", "api=1"]);
     assert!(page(&p).contains("api: api.1"));
 
@@ -74,8 +91,14 @@ fn the_shop_comes_up_serves_all_tiers_scales_logs_restarts_and_goes_down() {
     let before = pids(&p.ps("shop"));
     p.ok(&["restart", "-a", "shop", "web"]);
     let after = pids(&p.ps("shop"));
-    let web_before: Vec<_> = before.iter().filter(|(n, _)| n.starts_with("web.")).collect();
-    let web_after: Vec<_> = after.iter().filter(|(n, _)| n.starts_with("web.")).collect();
+    let web_before: Vec<_> = before
+        .iter()
+        .filter(|(n, _)| n.starts_with("web."))
+        .collect();
+    let web_after: Vec<_> = after
+        .iter()
+        .filter(|(n, _)| n.starts_with("web."))
+        .collect();
     assert_eq!(web_before.len(), web_after.len());
     for (b, a) in web_before.iter().zip(&web_after) {
         assert_eq!(b.0, a.0);
@@ -84,12 +107,21 @@ fn the_shop_comes_up_serves_all_tiers_scales_logs_restarts_and_goes_down() {
     assert!(page(&p).contains("kv: ok"));
 
     let describe = p.ok(&["describe", "-a", "shop", "api"]);
-    assert!(describe.contains("Replicas:") && describe.contains("1 wanted, 1 ready"), "{describe}");
-    assert!(describe.contains("scaled to 3"), "recent events: {describe}");
+    assert!(
+        describe.contains("Replicas:") && describe.contains("1 wanted, 1 ready"),
+        "{describe}"
+    );
+    assert!(
+        describe.contains("scaled to 3"),
+        "recent events: {describe}"
+    );
 
     p.ok(&["down", "-a", "shop"]);
     assert!(p.ok(&["ps", "-A", "-o", "json"]).trim() == "[]");
-    assert!(http_get(p.port(0), "/").is_err(), "nothing listens once the app is down");
+    assert!(
+        http_get(p.port(0), "/").is_err(),
+        "nothing listens once the app is down"
+    );
 }
 
 #[test]
@@ -103,7 +135,9 @@ fn an_instance_killed_from_outside_is_restarted() {
     kill9(pid);
     let ps = p.wait_ps("shop", UP, "web.1 to run again", |ps| {
         ps.iter().any(|i| {
-            field(i, "instance") == "web.1" && field(i, "state") == "running" && i["pid"].as_i64() != Some(pid as i64)
+            field(i, "instance") == "web.1"
+                && field(i, "state") == "running"
+                && i["pid"].as_i64() != Some(pid as i64)
         })
     });
     let web1 = ps.iter().find(|i| field(i, "instance") == "web.1").unwrap();
@@ -129,7 +163,9 @@ fn a_daemon_killed_with_sigkill_readopts_its_instances_and_the_shop_keeps_answer
     for _ in 0..20 {
         assert!(page(&p).contains("kv: ok"));
     }
-    assert!(p.fails(&["ps", "-a", "shop"]).contains("no paracloud daemon runs"));
+    assert!(p
+        .fails(&["ps", "-a", "shop"])
+        .contains("no paracloud daemon runs"));
     // A new daemon (started by up) adopts what runs: same pids, no duplicates.
     p.ok(&["up", "-f", manifest]);
     let after = pids(&p.ps("shop"));
@@ -151,7 +187,11 @@ fn kv_data_survives_down_and_up_and_goes_with_down_volumes() {
     assert_eq!(second, first + 1);
     p.ok(&["down", "-a", "shop"]);
     p.ok(&["up", "-f", manifest]);
-    assert_eq!(visits(&page(&p)), second + 1, "the kvdata volume kept the count");
+    assert_eq!(
+        visits(&page(&p)),
+        second + 1,
+        "the kvdata volume kept the count"
+    );
     p.ok(&["down", "-a", "shop", "--volumes"]);
     assert!(!p.root().join("volumes/shop").exists());
     p.ok(&["up", "-f", manifest]);

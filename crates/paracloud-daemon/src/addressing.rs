@@ -54,7 +54,10 @@ impl AppNetwork {
         let host = FIRST_INSTANCE_HOST + slot;
         let size = 1u32 << (32 - self.subnet.prefix_len());
         if host >= size - 1 {
-            return Err(AddressError::SubnetFull { subnet: self.subnet, slot });
+            return Err(AddressError::SubnetFull {
+                subnet: self.subnet,
+                slot,
+            });
         }
         Ok(Ipv4Net::new(self.host(host), self.subnet.prefix_len()).unwrap_or(self.subnet))
     }
@@ -75,11 +78,17 @@ mod tests {
         assert_eq!(net.subnet.to_string(), "10.213.5.0/24");
         assert_eq!(net.gateway().to_string(), "10.213.5.1/24");
         assert_eq!(net.service_address(0).to_string(), "10.213.5.2");
-        assert_eq!(net.instance_address(0).unwrap().to_string(), "10.213.5.16/24");
+        assert_eq!(
+            net.instance_address(0).unwrap().to_string(),
+            "10.213.5.16/24"
+        );
         assert_eq!(net.bridge(), "pc0ad50500");
         assert!(net.bridge().len() <= 15);
         assert!(net.instance_address(238).is_ok());
-        assert!(net.instance_address(239).is_err(), ".255 is the broadcast address");
+        assert!(
+            net.instance_address(239).is_err(),
+            ".255 is the broadcast address"
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use paracloud_api::{
-    AppView, ErrorBody, Event, Health, InstanceView, ScaleRequest, ServiceView, UpRequest, UpResponse,
+    AppView, ErrorBody, Event, Health, InstanceView, ScaleRequest, ServiceView, UpRequest,
+    UpResponse,
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 use paracloud_state::{AppRecord, Snapshot};
@@ -34,7 +35,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        Self { status, body: ErrorBody { error: error.into(), diagnostics: vec![] } }
+        Self {
+            status,
+            body: ErrorBody {
+                error: error.into(),
+                diagnostics: vec![],
+            },
+        }
     }
 }
 
@@ -47,7 +54,9 @@ impl IntoResponse for ApiError {
 impl From<paracloud_state::Error> for ApiError {
     fn from(e: paracloud_state::Error) -> Self {
         let status = match e {
-            paracloud_state::Error::NoApp(_) | paracloud_state::Error::NoService { .. } => StatusCode::NOT_FOUND,
+            paracloud_state::Error::NoApp(_) | paracloud_state::Error::NoService { .. } => {
+                StatusCode::NOT_FOUND
+            }
             paracloud_state::Error::AddressesExhausted { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -57,7 +66,10 @@ impl From<paracloud_state::Error> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("the request body is not valid: {}", e.body_text()))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not valid: {}", e.body_text()),
+        )
     }
 }
 
@@ -82,11 +94,22 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .route("/v1/apps/{app}", get(get_app::<D>).delete(down::<D>))
         .route("/v1/instances", get(instances::<D>))
         .route("/v1/apps/{app}/services/{service}", get(describe::<D>))
-        .route("/v1/apps/{app}/services/{service}/replicas", put(scale::<D>))
-        .route("/v1/apps/{app}/services/{service}/restart", post(restart::<D>))
+        .route(
+            "/v1/apps/{app}/services/{service}/replicas",
+            put(scale::<D>),
+        )
+        .route(
+            "/v1/apps/{app}/services/{service}/restart",
+            post(restart::<D>),
+        )
         .route("/v1/apps/{app}/logs", get(logs_of::<D>))
         .route("/v1/events", get(events::<D>))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route: see the paracloud-api crate for the routes") })
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such API route: see the paracloud-api crate for the routes",
+            )
+        })
         .with_state(engine)
 }
 
@@ -101,8 +124,15 @@ async fn health<D: Driver>(State(engine): Shared<D>) -> Json<Health> {
 fn find_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, ApiError> {
     snapshot.apps.iter().find(|a| a.name == app).ok_or_else(|| {
         let known: Vec<&str> = snapshot.apps.iter().map(|a| a.name.as_str()).collect();
-        let hint = if known.is_empty() { "none runs".to_string() } else { format!("running: {}", known.join(", ")) };
-        ApiError::new(StatusCode::NOT_FOUND, format!("no application named {app} ({hint})"))
+        let hint = if known.is_empty() {
+            "none runs".to_string()
+        } else {
+            format!("running: {}", known.join(", "))
+        };
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no application named {app} ({hint})"),
+        )
     })
 }
 
@@ -112,17 +142,33 @@ async fn up<D: Driver>(
 ) -> Result<Json<UpResponse>, ApiError> {
     let Json(request) = body?;
     if !request.base_dir.is_absolute() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "base_dir must be an absolute path"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "base_dir must be an absolute path",
+        ));
     }
-    let origin = Origin { file: request.origin.clone(), base_dir: request.base_dir.clone() };
+    let origin = Origin {
+        file: request.origin.clone(),
+        base_dir: request.base_dir.clone(),
+    };
     let manifest = parse(&request.source, &origin, &HostFs).map_err(|e| ApiError {
         status: StatusCode::UNPROCESSABLE_ENTITY,
-        body: ErrorBody { error: e.to_string(), diagnostics: e.diagnostics.clone() },
+        body: ErrorBody {
+            error: e.to_string(),
+            diagnostics: e.diagnostics.clone(),
+        },
     })?;
     let snapshot = engine.store.load()?;
-    let ours: BTreeSet<_> =
-        manifest.services.values().flat_map(|s| s.ports.iter().filter_map(|p| p.publish)).collect();
-    for other in snapshot.apps.iter().filter(|a| a.name != manifest.app && a.removing.is_none()) {
+    let ours: BTreeSet<_> = manifest
+        .services
+        .values()
+        .flat_map(|s| s.ports.iter().filter_map(|p| p.publish))
+        .collect();
+    for other in snapshot
+        .apps
+        .iter()
+        .filter(|a| a.name != manifest.app && a.removing.is_none())
+    {
         for (name, service) in &other.manifest.services {
             for port in service.ports.iter().filter_map(|p| p.publish) {
                 if ours.contains(&port) {
@@ -138,26 +184,52 @@ async fn up<D: Driver>(
             }
         }
     }
-    let changed = engine.store.put_app(&manifest, &request.source, &request.origin, now_ms())?;
+    let changed = engine
+        .store
+        .put_app(&manifest, &request.source, &request.origin, now_ms())?;
     // Make sure the network has the addresses of any new service.
     engine.store.set_network(&manifest.app, false)?;
-    let what = if changed.is_empty() { "deployed".to_string() } else { format!("deployed; changed: {}", changed.join(", ")) };
-    engine.store.add_event(now_ms(), &manifest.app, &manifest.app, &what)?;
+    let what = if changed.is_empty() {
+        "deployed".to_string()
+    } else {
+        format!("deployed; changed: {}", changed.join(", "))
+    };
+    engine
+        .store
+        .add_event(now_ms(), &manifest.app, &manifest.app, &what)?;
     engine.wake();
-    Ok(Json(UpResponse { app: manifest.app, changed }))
+    Ok(Json(UpResponse {
+        app: manifest.app,
+        changed,
+    }))
 }
 
 async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppView>>, ApiError> {
     let snapshot = engine.store.load()?;
     let waiting = engine.waiting();
     let now = now_ms();
-    Ok(Json(snapshot.apps.iter().map(|a| app_view(a, &snapshot, engine.config.subnet_pool, now, &waiting)).collect()))
+    Ok(Json(
+        snapshot
+            .apps
+            .iter()
+            .map(|a| app_view(a, &snapshot, engine.config.subnet_pool, now, &waiting))
+            .collect(),
+    ))
 }
 
-async fn get_app<D: Driver>(State(engine): Shared<D>, UrlPath(app): UrlPath<String>) -> Result<Json<AppView>, ApiError> {
+async fn get_app<D: Driver>(
+    State(engine): Shared<D>,
+    UrlPath(app): UrlPath<String>,
+) -> Result<Json<AppView>, ApiError> {
     let snapshot = engine.store.load()?;
     let record = find_app(&snapshot, &app)?;
-    Ok(Json(app_view(record, &snapshot, engine.config.subnet_pool, now_ms(), &engine.waiting())))
+    Ok(Json(app_view(
+        record,
+        &snapshot,
+        engine.config.subnet_pool,
+        now_ms(),
+        &engine.waiting(),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -174,11 +246,19 @@ async fn down<D: Driver>(
     let snapshot = engine.store.load()?;
     find_app(&snapshot, &app)?;
     engine.store.mark_removing(&app, query.volumes)?;
-    engine.store.add_event(now_ms(), &app, &app, "down requested")?;
+    engine
+        .store
+        .add_event(now_ms(), &app, &app, "down requested")?;
     engine.wake();
     let snapshot = engine.store.load()?;
     let record = find_app(&snapshot, &app)?;
-    Ok(Json(app_view(record, &snapshot, engine.config.subnet_pool, now_ms(), &engine.waiting())))
+    Ok(Json(app_view(
+        record,
+        &snapshot,
+        engine.config.subnet_pool,
+        now_ms(),
+        &engine.waiting(),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -207,14 +287,34 @@ async fn instances<D: Driver>(
     Ok(Json(views))
 }
 
-fn service_or_404<D: Driver>(engine: &Engine<D>, app: &str, service: &str) -> Result<ServiceView, ApiError> {
+fn service_or_404<D: Driver>(
+    engine: &Engine<D>,
+    app: &str,
+    service: &str,
+) -> Result<ServiceView, ApiError> {
     let snapshot = engine.store.load()?;
     let record = find_app(&snapshot, app)?;
-    service_view(record, service, &snapshot, engine.config.subnet_pool, now_ms(), &engine.waiting()).ok_or_else(|| {
-        let known: Vec<&str> = record.manifest.services.keys().map(String::as_str).collect();
+    service_view(
+        record,
+        service,
+        &snapshot,
+        engine.config.subnet_pool,
+        now_ms(),
+        &engine.waiting(),
+    )
+    .ok_or_else(|| {
+        let known: Vec<&str> = record
+            .manifest
+            .services
+            .keys()
+            .map(String::as_str)
+            .collect();
         ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("application {app} has no service named {service} (it has: {})", known.join(", ")),
+            format!(
+                "application {app} has no service named {service} (it has: {})",
+                known.join(", ")
+            ),
         )
     })
 }
@@ -235,12 +335,22 @@ async fn scale<D: Driver>(
     if request.replicas > MAX_REPLICAS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("replicas {} is more than the {MAX_REPLICAS} a service may have", request.replicas),
+            format!(
+                "replicas {} is more than the {MAX_REPLICAS} a service may have",
+                request.replicas
+            ),
         ));
     }
     service_or_404(&engine, &app, &service)?;
-    engine.store.set_replicas(&app, &service, request.replicas)?;
-    engine.store.add_event(now_ms(), &app, &service, &format!("scaled to {}", request.replicas))?;
+    engine
+        .store
+        .set_replicas(&app, &service, request.replicas)?;
+    engine.store.add_event(
+        now_ms(),
+        &app,
+        &service,
+        &format!("scaled to {}", request.replicas),
+    )?;
     engine.wake();
     Ok(Json(service_or_404(&engine, &app, &service)?))
 }
@@ -251,7 +361,9 @@ async fn restart<D: Driver>(
 ) -> Result<Json<ServiceView>, ApiError> {
     service_or_404(&engine, &app, &service)?;
     engine.store.bump_revision(&app, &service)?;
-    engine.store.add_event(now_ms(), &app, &service, "restart requested")?;
+    engine
+        .store
+        .add_event(now_ms(), &app, &service, "restart requested")?;
     engine.wake();
     Ok(Json(service_or_404(&engine, &app, &service)?))
 }
@@ -265,14 +377,26 @@ struct LogQuery {
 }
 
 /// The log files a logs request covers, with the prefix shown before their lines.
-fn log_files<D: Driver>(engine: &Engine<D>, app: &str, target: Option<&str>) -> Result<Vec<(String, PathBuf)>, ApiError> {
+fn log_files<D: Driver>(
+    engine: &Engine<D>,
+    app: &str,
+    target: Option<&str>,
+) -> Result<Vec<(String, PathBuf)>, ApiError> {
     let snapshot = engine.store.load()?;
     let record = find_app(&snapshot, app)?;
     if let Some(target) = target {
         let known_service = record.manifest.services.contains_key(target);
-        let known_instance = snapshot.instances.iter().any(|i| i.key.app == app && i.key.name() == target);
+        let known_instance = snapshot
+            .instances
+            .iter()
+            .any(|i| i.key.app == app && i.key.name() == target);
         if !known_service && !known_instance {
-            let services: Vec<&str> = record.manifest.services.keys().map(String::as_str).collect();
+            let services: Vec<&str> = record
+                .manifest
+                .services
+                .keys()
+                .map(String::as_str)
+                .collect();
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
@@ -300,8 +424,12 @@ async fn logs_of<D: Driver>(
     let prefix = files.len() > 1 || query.target.as_deref().is_none_or(|t| !t.contains('.'));
     let mut text = String::new();
     for (name, path) in &files {
-        let lines = logs::tail(path, query.tail.unwrap_or(100))
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {}: {e}", path.display())))?;
+        let lines = logs::tail(path, query.tail.unwrap_or(100)).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
         for line in lines {
             if prefix {
                 text.push_str(&format!("{name} | {line}\n"));
@@ -323,38 +451,44 @@ async fn logs_of<D: Driver>(
         .collect();
     let target = query.target.clone();
     let state = (engine, app, target, offsets, Some(text));
-    let stream = futures::stream::unfold(state, move |(engine, app, target, mut offsets, first)| async move {
-        if let Some(first) = first {
-            return Some((Ok::<Bytes, std::io::Error>(Bytes::from(first)), (engine, app, target, offsets, None)));
-        }
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            // Instances that appeared since (scale-out, restarts) are followed from their start.
-            let files = log_files(&engine, &app, target.as_deref()).ok()?;
-            for (name, path) in files {
-                if !offsets.iter().any(|(n, _, _)| *n == name) {
-                    offsets.push((name, path, 0));
-                }
+    let stream = futures::stream::unfold(
+        state,
+        move |(engine, app, target, mut offsets, first)| async move {
+            if let Some(first) = first {
+                return Some((
+                    Ok::<Bytes, std::io::Error>(Bytes::from(first)),
+                    (engine, app, target, offsets, None),
+                ));
             }
-            let mut out = String::new();
-            for (name, path, offset) in offsets.iter_mut() {
-                if let Ok((lines, next)) = logs::read_new_lines(path, *offset) {
-                    *offset = next;
-                    for line in lines {
-                        if prefix {
-                            out.push_str(&format!("{name} | {line}\n"));
-                        } else {
-                            out.push_str(&line);
-                            out.push('\n');
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Instances that appeared since (scale-out, restarts) are followed from their start.
+                let files = log_files(&engine, &app, target.as_deref()).ok()?;
+                for (name, path) in files {
+                    if !offsets.iter().any(|(n, _, _)| *n == name) {
+                        offsets.push((name, path, 0));
+                    }
+                }
+                let mut out = String::new();
+                for (name, path, offset) in offsets.iter_mut() {
+                    if let Ok((lines, next)) = logs::read_new_lines(path, *offset) {
+                        *offset = next;
+                        for line in lines {
+                            if prefix {
+                                out.push_str(&format!("{name} | {line}\n"));
+                            } else {
+                                out.push_str(&line);
+                                out.push('\n');
+                            }
                         }
                     }
                 }
+                if !out.is_empty() {
+                    return Some((Ok(Bytes::from(out)), (engine, app, target, offsets, None)));
+                }
             }
-            if !out.is_empty() {
-                return Some((Ok(Bytes::from(out)), (engine, app, target, offsets, None)));
-            }
-        }
-    });
+        },
+    );
     Ok(Body::from_stream(stream).into_response())
 }
 
@@ -366,12 +500,25 @@ struct EventQuery {
     limit: Option<u32>,
 }
 
-async fn events<D: Driver>(State(engine): Shared<D>, Query(query): Query<EventQuery>) -> Result<Json<Vec<Event>>, ApiError> {
-    let events = engine.store.events(query.app.as_deref(), query.after, query.limit.unwrap_or(100))?;
+async fn events<D: Driver>(
+    State(engine): Shared<D>,
+    Query(query): Query<EventQuery>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let events = engine.store.events(
+        query.app.as_deref(),
+        query.after,
+        query.limit.unwrap_or(100),
+    )?;
     Ok(Json(
         events
             .into_iter()
-            .map(|e| Event { id: e.id, at: e.at, app: e.app, subject: e.subject, message: e.message })
+            .map(|e| Event {
+                id: e.id,
+                at: e.at,
+                app: e.app,
+                subject: e.subject,
+                message: e.message,
+            })
             .collect(),
     ))
 }

@@ -44,7 +44,10 @@ pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
 
 impl DataplaneSupervisor {
     pub fn new(root: &Path, exe: &Path) -> Self {
-        let state = State { process: read_pid_file(&root.join("dataplane.pid")), pushed: None };
+        let state = State {
+            process: read_pid_file(&root.join("dataplane.pid")),
+            pushed: None,
+        };
         Self {
             exe: exe.to_path_buf(),
             config_path: root.join("dataplane.json"),
@@ -83,7 +86,10 @@ impl DataplaneSupervisor {
     }
 
     fn spawn(&self) -> std::io::Result<(i32, u64)> {
-        let log = OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
         if !self.config_path.exists() {
             write_config(&self.config_path, &Config::default())?;
         }

@@ -16,7 +16,11 @@ pub trait Driver: Send + Sync + 'static {
     fn start(&self, config: &InstanceConfig) -> impl Future<Output = Result<Process>> + Send;
     /// Finds a process started by an earlier daemon; None when it is gone.
     fn adopt(&self, pid: i32, start_time: u64) -> Result<Option<Process>>;
-    fn wait<'a>(&'a self, id: &'a str, process: &'a Process) -> impl Future<Output = Result<Exit>> + Send + 'a;
+    fn wait<'a>(
+        &'a self,
+        id: &'a str,
+        process: &'a Process,
+    ) -> impl Future<Output = Result<Exit>> + Send + 'a;
     fn signal(&self, process: &Process, signal: Signal) -> Result<()>;
     /// Removes whatever is left of an instance (processes, cgroup, interfaces).
     fn cleanup(&self, id: &str) -> Result<()>;
@@ -42,7 +46,11 @@ impl Driver for Runtime {
     fn adopt(&self, pid: i32, start_time: u64) -> Result<Option<Process>> {
         Runtime::adopt(self, pid, start_time)
     }
-    fn wait<'a>(&'a self, id: &'a str, process: &'a Process) -> impl Future<Output = Result<Exit>> + Send + 'a {
+    fn wait<'a>(
+        &'a self,
+        id: &'a str,
+        process: &'a Process,
+    ) -> impl Future<Output = Result<Exit>> + Send + 'a {
         Runtime::wait(self, id, process)
     }
     fn signal(&self, process: &Process, signal: Signal) -> Result<()> {

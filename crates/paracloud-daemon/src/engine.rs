@@ -14,10 +14,12 @@ use ipnet::Ipv4Net;
 use nix::sys::signal::Signal;
 use paracloud_manifest::{Image, Service, VolumeMount};
 use paracloud_reconcile::{
-    plan, restarts_after_exit, Action, Desired, DesiredApp, ExitInfo, Health, InstanceKey, InstanceState,
-    Millis, Observed, ObservedInstance, StopReason,
+    plan, restarts_after_exit, Action, Desired, DesiredApp, ExitInfo, Health, InstanceKey,
+    InstanceState, Millis, Observed, ObservedInstance, StopReason,
 };
-use paracloud_runtime::{InstanceConfig, Limits, Mount, NetworkAttachment, NetworkConfig, Process, Rootfs};
+use paracloud_runtime::{
+    InstanceConfig, Limits, Mount, NetworkAttachment, NetworkConfig, Process, Rootfs,
+};
 use paracloud_state::{AppRecord, InstanceRecord, Snapshot, Store};
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
@@ -60,7 +62,10 @@ impl DaemonConfig {
 }
 
 pub fn now_ms() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
 }
 
 /// A running instance process the daemon watches.
@@ -101,6 +106,16 @@ impl<D: Driver> Engine<D> {
         })
     }
 
+    /// Removes what is left of an instance; blocks while the kernel finishes kills, so off the
+    /// async threads.
+    async fn cleanup(self: &Arc<Self>, id: String) {
+        let engine = self.clone();
+        let result = tokio::task::spawn_blocking(move || engine.driver.cleanup(&id)).await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!("cleanup: {e}");
+        }
+    }
+
     /// Asks the loop to run a turn now.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -121,13 +136,16 @@ impl<D: Driver> Engine<D> {
     /// ones caught half-way, and make sure the data plane runs.
     pub fn recover(self: &Arc<Self>) -> Result<(), paracloud_state::Error> {
         let snapshot = self.store.load()?;
-        let apps: BTreeMap<&str, &AppRecord> = snapshot.apps.iter().map(|a| (a.name.as_str(), a)).collect();
+        let apps: BTreeMap<&str, &AppRecord> =
+            snapshot.apps.iter().map(|a| (a.name.as_str(), a)).collect();
         for mut record in snapshot.instances.clone() {
             let id = record.key.id();
             let alive = match (&record.state, record.pid, record.start_time) {
-                (InstanceState::Running { .. } | InstanceState::Stopping { .. }, Some(pid), Some(start)) => {
-                    self.driver.adopt(pid, start).ok().flatten()
-                }
+                (
+                    InstanceState::Running { .. } | InstanceState::Stopping { .. },
+                    Some(pid),
+                    Some(start),
+                ) => self.driver.adopt(pid, start).ok().flatten(),
                 _ => None,
             };
             match alive {
@@ -136,13 +154,25 @@ impl<D: Driver> Engine<D> {
                         .get(record.key.app.as_str())
                         .and_then(|a| a.manifest.services.get(&record.key.service))
                         .cloned();
-                    let address = apps.get(record.key.app.as_str()).and_then(|a| self.instance_address(a, record.slot));
-                    self.event(&record.key.app, &record.key.name(), &format!("re-adopted pid {}", process.pid));
+                    let address = apps
+                        .get(record.key.app.as_str())
+                        .and_then(|a| self.instance_address(a, record.slot));
+                    self.event(
+                        &record.key.app,
+                        &record.key.name(),
+                        &format!("re-adopted pid {}", process.pid),
+                    );
                     let process = Arc::new(process);
                     self.watch(record.key.clone(), process.clone(), record.started);
                     if let (Some(service), Some(address)) = (service, address) {
                         if matches!(record.state, InstanceState::Running { .. }) {
-                            self.start_health(&record.key, &service, address, process, record.started);
+                            self.start_health(
+                                &record.key,
+                                &service,
+                                address,
+                                process,
+                                record.started,
+                            );
                         }
                     }
                     if let InstanceState::Stopping { reason } = record.state {
@@ -159,7 +189,9 @@ impl<D: Driver> Engine<D> {
                         _ => None,
                     };
                     let error = match record.state {
-                        InstanceState::Starting => "the daemon restarted while the instance was starting",
+                        InstanceState::Starting => {
+                            "the daemon restarted while the instance was starting"
+                        }
                         _ => "the instance ended while the daemon was away (exit status unknown)",
                     };
                     let exit = ExitInfo {
@@ -190,7 +222,9 @@ impl<D: Driver> Engine<D> {
                     None
                 }
             };
-            let delay = next.map(|at| Duration::from_millis(at.saturating_sub(now_ms()))).unwrap_or(Duration::from_secs(1));
+            let delay = next
+                .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+                .unwrap_or(Duration::from_secs(1));
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(delay.min(Duration::from_secs(1))) => {}
@@ -208,7 +242,8 @@ impl<D: Driver> Engine<D> {
         }
         self.dataplane.ensure_running();
         let snapshot = self.store.load()?;
-        self.dataplane.push(&dataplane_config(&snapshot, self.config.subnet_pool));
+        self.dataplane
+            .push(&dataplane_config(&snapshot, self.config.subnet_pool));
         Ok(plan.wake_at)
     }
 
@@ -232,7 +267,11 @@ impl<D: Driver> Engine<D> {
                 let config = NetworkConfig {
                     bridge: network.bridge(),
                     gateway: network.gateway(),
-                    service_addresses: record.services.values().map(|s| network.service_address(s.slot)).collect(),
+                    service_addresses: record
+                        .services
+                        .values()
+                        .map(|s| network.service_address(s.slot))
+                        .collect(),
                 };
                 match self.driver.ensure_network(&config).await {
                     Ok(()) => {
@@ -265,7 +304,7 @@ impl<D: Driver> Engine<D> {
                 }
             }
             Action::Remove { key } => {
-                let _ = self.driver.cleanup(&key.id());
+                self.cleanup(key.id()).await;
                 let dir = self.config.instance_dir(&key);
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -280,7 +319,11 @@ impl<D: Driver> Engine<D> {
                     let _ = std::fs::remove_dir_all(self.config.root.join("volumes").join(&app));
                 }
                 if self.store.forget_app(&app).is_ok() {
-                    let what = if volumes { "removed with its volumes" } else { "removed (volumes kept)" };
+                    let what = if volumes {
+                        "removed with its volumes"
+                    } else {
+                        "removed (volumes kept)"
+                    };
                     self.event(&app, &app, what);
                 }
             }
@@ -295,14 +338,28 @@ impl<D: Driver> Engine<D> {
         restart: bool,
         snapshot: &Snapshot,
     ) -> Result<(), String> {
-        let service = app.manifest.services.get(&key.service).ok_or("no such service")?.clone();
-        let revision = app.services.get(&key.service).map(|s| s.revision).unwrap_or(0);
+        let service = app
+            .manifest
+            .services
+            .get(&key.service)
+            .ok_or("no such service")?
+            .clone();
+        let revision = app
+            .services
+            .get(&key.service)
+            .map(|s| s.revision)
+            .unwrap_or(0);
         let previous = self.store.instance(key).map_err(|e| e.to_string())?;
         let slot = match &previous {
             Some(p) => p.slot,
-            None => self.store.free_instance_slot(&key.app).map_err(|e| e.to_string())?,
+            None => self
+                .store
+                .free_instance_slot(&key.app)
+                .map_err(|e| e.to_string())?,
         };
-        let network = self.network_of(app).ok_or("the application has no subnet")?;
+        let network = self
+            .network_of(app)
+            .ok_or("the application has no subnet")?;
         let address = network.instance_address(slot).map_err(|e| e.to_string())?;
         let now = now_ms();
         let record = InstanceRecord {
@@ -319,7 +376,9 @@ impl<D: Driver> Engine<D> {
             start_time: None,
             slot,
         };
-        self.store.put_instance(&record).map_err(|e| e.to_string())?;
+        self.store
+            .put_instance(&record)
+            .map_err(|e| e.to_string())?;
         let hosts: Vec<(String, Ipv4Addr)> = app
             .services
             .iter()
@@ -339,26 +398,41 @@ impl<D: Driver> Engine<D> {
                     record.started = now;
                     record.since = now;
                     record.state = InstanceState::Running {
-                        health: if service.health.is_some() { Health::Unknown } else { Health::None },
+                        health: if service.health.is_some() {
+                            Health::Unknown
+                        } else {
+                            Health::None
+                        },
                     };
                     let pid = process.pid;
                     if let Err(e) = engine.store.put_instance(&record) {
                         tracing::error!("cannot record the start of {}: {e}", record.key);
                     }
-                    engine.event(&record.key.app, &record.key.name(), &format!("started, pid {pid}"));
+                    engine.event(
+                        &record.key.app,
+                        &record.key.name(),
+                        &format!("started, pid {pid}"),
+                    );
                     let process = Arc::new(process);
                     engine.watch(record.key.clone(), process.clone(), now);
                     engine.start_health(&record.key, &service, address, process, now);
                 }
                 Err(e) => {
-                    let _ = engine.driver.cleanup(&record.key.id());
-                    let exit = ExitInfo { error: Some(e.to_string()), ..ExitInfo::default() };
+                    engine.cleanup(record.key.id()).await;
+                    let exit = ExitInfo {
+                        error: Some(e.to_string()),
+                        ..ExitInfo::default()
+                    };
                     record.state = InstanceState::Exited { exit };
                     record.since = now;
                     if let Err(e) = engine.store.put_instance(&record) {
                         tracing::error!("cannot record the failed start of {}: {e}", record.key);
                     }
-                    engine.event(&record.key.app, &record.key.name(), &format!("failed to start: {e}"));
+                    engine.event(
+                        &record.key.app,
+                        &record.key.name(),
+                        &format!("failed to start: {e}"),
+                    );
                 }
             }
             engine.wake();
@@ -376,23 +450,39 @@ impl<D: Driver> Engine<D> {
         hosts: Vec<(String, Ipv4Addr)>,
     ) -> InstanceConfig {
         let rootfs = match &service.image {
-            Image::Host { paths } => Rootfs::Host { extra_paths: paths.clone() },
+            Image::Host { paths } => Rootfs::Host {
+                extra_paths: paths.clone(),
+            },
             Image::Dir { path } => Rootfs::Dir { path: path.clone() },
         };
         let mounts = service
             .volumes
             .iter()
             .map(|v| match v {
-                VolumeMount::Named { name, target, read_only } => {
+                VolumeMount::Named {
+                    name,
+                    target,
+                    read_only,
+                } => {
                     let source = self.config.volume_dir(&app.name, name);
                     if let Err(e) = std::fs::create_dir_all(&source) {
                         tracing::warn!("cannot create volume {}: {e}", source.display());
                     }
-                    Mount { source, target: target.clone(), read_only: *read_only }
+                    Mount {
+                        source,
+                        target: target.clone(),
+                        read_only: *read_only,
+                    }
                 }
-                VolumeMount::Bind { source, target, read_only } => {
-                    Mount { source: source.clone(), target: target.clone(), read_only: *read_only }
-                }
+                VolumeMount::Bind {
+                    source,
+                    target,
+                    read_only,
+                } => Mount {
+                    source: source.clone(),
+                    target: target.clone(),
+                    read_only: *read_only,
+                },
             })
             .collect();
         let mut env = service.env.clone();
@@ -411,7 +501,10 @@ impl<D: Driver> Engine<D> {
             user: service.user.clone(),
             mounts,
             hosts,
-            network: Some(NetworkAttachment { bridge: network.bridge(), address }),
+            network: Some(NetworkAttachment {
+                bridge: network.bridge(),
+                address,
+            }),
             limits: Limits {
                 cpu: service.resources.cpu,
                 memory: service.resources.memory,
@@ -425,7 +518,14 @@ impl<D: Driver> Engine<D> {
     /// One waiter task per process: records its exit and wakes the loop.
     fn watch(self: &Arc<Self>, key: InstanceKey, process: Arc<Process>, started: Millis) {
         let (tx, rx) = watch::channel(false);
-        lock(&self.live).insert(key.clone(), Live { process: process.clone(), exited: rx, health: None });
+        lock(&self.live).insert(
+            key.clone(),
+            Live {
+                process: process.clone(),
+                exited: rx,
+                health: None,
+            },
+        );
         let engine = self.clone();
         tokio::spawn(async move {
             let id = key.id();
@@ -435,7 +535,7 @@ impl<D: Driver> Engine<D> {
                     h.abort();
                 }
             }
-            let _ = engine.driver.cleanup(&id);
+            engine.cleanup(id).await;
             let now = now_ms();
             let Ok(Some(mut record)) = engine.store.instance(&key) else {
                 let _ = tx.send(true);
@@ -445,7 +545,11 @@ impl<D: Driver> Engine<D> {
                 InstanceState::Stopping { reason } => Some(reason),
                 _ => None,
             };
-            let mut info = ExitInfo { requested, ran_ms: now.saturating_sub(started), ..ExitInfo::default() };
+            let mut info = ExitInfo {
+                requested,
+                ran_ms: now.saturating_sub(started),
+                ..ExitInfo::default()
+            };
             match exit {
                 Ok(exit) => {
                     info.code = exit.code;
@@ -476,13 +580,20 @@ impl<D: Driver> Engine<D> {
         process: Arc<Process>,
         started: Millis,
     ) {
-        let Some(check) = service.health.clone() else { return };
+        let Some(check) = service.health.clone() else {
+            return;
+        };
         let engine = self.clone();
         let task_key = key.clone();
         let handle = tokio::spawn(async move {
-            health::run(check, address.addr(), process, started, &engine.driver, |health| {
-                engine.set_health(&task_key, health)
-            })
+            health::run(
+                check,
+                address.addr(),
+                process,
+                started,
+                &engine.driver,
+                |health| engine.set_health(&task_key, health),
+            )
             .await
         });
         if let Some(live) = lock(&self.live).get_mut(key) {
@@ -491,7 +602,9 @@ impl<D: Driver> Engine<D> {
     }
 
     fn set_health(&self, key: &InstanceKey, health: Health) {
-        let Ok(Some(mut record)) = self.store.instance(key) else { return };
+        let Ok(Some(mut record)) = self.store.instance(key) else {
+            return;
+        };
         if !matches!(record.state, InstanceState::Running { .. }) {
             return;
         }
@@ -509,8 +622,9 @@ impl<D: Driver> Engine<D> {
 
     /// Sends the stop signal, waits the grace period, then kills.
     fn stop(self: &Arc<Self>, key: &InstanceKey, reason: StopReason) {
-        let Some((process, mut exited)) =
-            lock(&self.live).get(key).map(|l| (l.process.clone(), l.exited.clone()))
+        let Some((process, mut exited)) = lock(&self.live)
+            .get(key)
+            .map(|l| (l.process.clone(), l.exited.clone()))
         else {
             return;
         };
@@ -534,9 +648,15 @@ impl<D: Driver> Engine<D> {
                 StopReason::Replace => "replaced by a new revision",
                 StopReason::Unhealthy => "unhealthy",
             };
-            engine.event(&key.app, &key.name(), &format!("stopping ({why}): {signal}"));
+            engine.event(
+                &key.app,
+                &key.name(),
+                &format!("stopping ({why}): {signal}"),
+            );
             let _ = engine.driver.signal(&process, signal);
-            let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_ok();
+            let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e))
+                .await
+                .is_ok();
             if !ended {
                 engine.event(&key.app, &key.name(), "grace period over: SIGKILL");
                 let _ = engine.driver.signal(&process, Signal::SIGKILL);
@@ -548,7 +668,8 @@ impl<D: Driver> Engine<D> {
     pub fn start_dataplane(&self) {
         self.dataplane.ensure_running();
         if let Ok(snapshot) = self.store.load() {
-            self.dataplane.push(&dataplane_config(&snapshot, self.config.subnet_pool));
+            self.dataplane
+                .push(&dataplane_config(&snapshot, self.config.subnet_pool));
         }
     }
 
@@ -568,7 +689,9 @@ fn describe_exit(info: &ExitInfo) -> String {
     match (info.code, info.signal) {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(signal)) => {
-            let name = Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| signal.to_string());
+            let name = Signal::try_from(signal)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| signal.to_string());
             format!("killed by {name}")
         }
         (None, None) => "exited".into(),
@@ -578,7 +701,10 @@ fn describe_exit(info: &ExitInfo) -> String {
 /// Splits a snapshot into the planner's desired and observed views.
 pub fn views(snapshot: &Snapshot) -> (Desired, Observed) {
     let mut desired = Desired::default();
-    let mut observed = Observed { networks: snapshot.networks.clone(), ..Observed::default() };
+    let mut observed = Observed {
+        networks: snapshot.networks.clone(),
+        ..Observed::default()
+    };
     for app in &snapshot.apps {
         match app.removing {
             Some(volumes) => {
@@ -589,8 +715,16 @@ pub fn views(snapshot: &Snapshot) -> (Desired, Observed) {
                     app.name.clone(),
                     DesiredApp {
                         manifest: app.manifest.clone(),
-                        replicas: app.services.iter().map(|(n, s)| (n.clone(), s.replicas)).collect(),
-                        revisions: app.services.iter().map(|(n, s)| (n.clone(), s.revision)).collect(),
+                        replicas: app
+                            .services
+                            .iter()
+                            .map(|(n, s)| (n.clone(), s.replicas))
+                            .collect(),
+                        revisions: app
+                            .services
+                            .iter()
+                            .map(|(n, s)| (n.clone(), s.revision))
+                            .collect(),
                     },
                 );
             }

@@ -16,20 +16,34 @@ use crate::driver::Driver;
 use crate::engine::now_ms;
 
 /// Runs one probe; true when it passes within the timeout.
-pub async fn probe<D: Driver>(driver: &D, process: &Process, address: Ipv4Addr, probe: &Probe, timeout: Duration) -> bool {
+pub async fn probe<D: Driver>(
+    driver: &D,
+    process: &Process,
+    address: Ipv4Addr,
+    probe: &Probe,
+    timeout: Duration,
+) -> bool {
     let attempt = async {
         match probe {
             Probe::Tcp { port } => TcpStream::connect((address, *port)).await.is_ok(),
             Probe::Http { port, path } => http_ok(address, *port, path).await,
-            Probe::Exec { command } => matches!(driver.exec(process, command, timeout).await, Ok(0)),
+            Probe::Exec { command } => {
+                matches!(driver.exec(process, command, timeout).await, Ok(0))
+            }
         }
     };
-    tokio::time::timeout(timeout, attempt).await.unwrap_or(false)
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(false)
 }
 
 async fn http_ok(address: Ipv4Addr, port: u16, path: &str) -> bool {
-    let Ok(stream) = TcpStream::connect((address, port)).await else { return false };
-    let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+    let Ok(stream) = TcpStream::connect((address, port)).await else {
+        return false;
+    };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
         return false;
     };
     tokio::spawn(connection);
@@ -47,8 +61,8 @@ async fn http_ok(address: Ipv4Addr, port: u16, path: &str) -> bool {
 }
 
 /// Probes until aborted. The first probes come quickly (so that a fresh instance becomes ready in
-/// milliseconds, not after a whole interval), then once per interval. Failures inside the start
-/// period do not count; `retries` failures in a row make the instance unhealthy; one success makes
+/// milliseconds, not after a whole interval), then once per interval. Failures of the quick first
+/// probes and inside the start period do not count; `retries` failures in a row make the instance unhealthy; one success makes
 /// it healthy again.
 pub async fn run<D: Driver>(
     check: HealthCheck,
@@ -68,8 +82,11 @@ pub async fn run<D: Driver>(
             failures = 0;
             Health::Healthy
         } else {
-            let in_start_period = now_ms().saturating_sub(started) < check.start_period.as_millis() as u64;
-            if !in_start_period {
+            // The quick first probes only look for the first success; failures count at the
+            // regular interval, outside the start period.
+            let in_start_period =
+                now_ms().saturating_sub(started) < check.start_period.as_millis() as u64;
+            if !in_start_period && delay >= check.interval {
                 failures += 1;
             }
             if failures >= check.retries.max(1) {
@@ -82,6 +99,10 @@ pub async fn run<D: Driver>(
             current = next;
             report(current);
         }
-        delay = if current == Health::Unknown { (delay * 2).min(check.interval) } else { check.interval };
+        delay = if current == Health::Unknown {
+            (delay * 2).min(check.interval)
+        } else {
+            check.interval
+        };
     }
 }

@@ -40,7 +40,10 @@ pub enum Error {
 }
 
 fn root_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Root { path: path.display().to_string(), source }
+    move |source| Error::Root {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Instances and the data plane keep running after it
@@ -56,7 +59,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
         .map_err(root_error(&root))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
         .map_err(|_| Error::AlreadyRunning(root.display().to_string()))?;
-    fs::write(root.join("daemon.pid"), format!("{}\n", std::process::id())).map_err(root_error(&root))?;
+    fs::write(root.join("daemon.pid"), format!("{}\n", std::process::id()))
+        .map_err(root_error(&root))?;
 
     let store = Store::open(&root.join("state.db"))?;
     let runtime = Runtime::new(RuntimeConfig {
@@ -70,9 +74,15 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
 
     let socket = config.socket_path();
     let _ = fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
-        .map_err(|source| Error::Listen { path: socket.display().to_string(), source })?;
-    tracing::info!("paracloud daemon {} listening on {}", std::process::id(), socket.display());
+    let listener = UnixListener::bind(&socket).map_err(|source| Error::Listen {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    tracing::info!(
+        "paracloud daemon {} listening on {}",
+        std::process::id(),
+        socket.display()
+    );
 
     let reconcile = tokio::spawn(engine.clone().run());
     let rotation = tokio::spawn(rotate_logs(engine.clone()));
@@ -85,11 +95,16 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
         }
         tracing::info!("daemon stopping; instances and the data plane keep running");
     };
-    let served = axum::serve(listener, api::router(engine.clone())).with_graceful_shutdown(shutdown).await;
+    let served = axum::serve(listener, api::router(engine.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await;
     reconcile.abort();
     rotation.abort();
     let _ = fs::remove_file(&socket);
-    served.map_err(|source| Error::Listen { path: socket.display().to_string(), source })
+    served.map_err(|source| Error::Listen {
+        path: socket.display().to_string(),
+        source,
+    })
 }
 
 async fn rotate_logs<D: driver::Driver>(engine: Arc<Engine<D>>) {

@@ -50,7 +50,10 @@ pub fn tail(path: &Path, lines: usize) -> io::Result<Vec<String>> {
         }
     }
     let all: Vec<&str> = text.lines().collect();
-    Ok(all[all.len().saturating_sub(lines)..].iter().map(|s| s.to_string()).collect())
+    Ok(all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect())
 }
 
 /// Follows a file from an offset: returns complete new lines and the new offset. A file shorter
@@ -66,9 +69,16 @@ pub fn read_new_lines(path: &Path, offset: u64) -> io::Result<(Vec<String>, u64)
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+    let complete = bytes
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
     let text = String::from_utf8_lossy(&bytes[..complete]);
-    Ok((text.lines().map(str::to_string).collect(), start + complete as u64))
+    Ok((
+        text.lines().map(str::to_string).collect(),
+        start + complete as u64,
+    ))
 }
 
 #[cfg(test)]
@@ -81,15 +91,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("paracloud-logs-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("output.log");
-        let mut writer = File::options().create(true).append(true).open(&path).unwrap();
+        let mut writer = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
         for round in 0..5 {
             writeln!(writer, "round {round} {}", "x".repeat(100)).unwrap();
             assert!(rotate_if_needed(&path, 50, 3).unwrap());
         }
         writeln!(writer, "after").unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "after\n", "the O_APPEND writer writes at the new end");
-        assert!(fs::read_to_string(rotated(&path, 1)).unwrap().starts_with("round 4"));
-        assert!(fs::read_to_string(rotated(&path, 3)).unwrap().starts_with("round 2"));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "after\n",
+            "the O_APPEND writer writes at the new end"
+        );
+        assert!(fs::read_to_string(rotated(&path, 1))
+            .unwrap()
+            .starts_with("round 4"));
+        assert!(fs::read_to_string(rotated(&path, 3))
+            .unwrap()
+            .starts_with("round 2"));
         assert!(!rotated(&path, 4).exists());
         assert_eq!(tail(&path, 2).unwrap()[1], "after");
         fs::remove_dir_all(&dir).unwrap();

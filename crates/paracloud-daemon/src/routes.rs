@@ -14,9 +14,13 @@ use crate::addressing::AppNetwork;
 pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
     let mut listeners = Vec::new();
     for app in snapshot.apps.iter().filter(|a| a.removing.is_none()) {
-        let Ok(network) = AppNetwork::new(pool, app.subnet_index) else { continue };
+        let Ok(network) = AppNetwork::new(pool, app.subnet_index) else {
+            continue;
+        };
         for (name, service) in &app.manifest.services {
-            let Some(record) = app.services.get(name) else { continue };
+            let Some(record) = app.services.get(name) else {
+                continue;
+            };
             let ready: Vec<_> = snapshot
                 .instances
                 .iter()
@@ -38,7 +42,8 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
                         })
                     })
                     .collect();
-                let service_address = SocketAddr::new(IpAddr::V4(network.service_address(record.slot)), port.port);
+                let service_address =
+                    SocketAddr::new(IpAddr::V4(network.service_address(record.slot)), port.port);
                 listeners.push(Listener {
                     name: format!("{}/{}:{}", app.name, name, port.port),
                     bind: service_address,

@@ -6,12 +6,20 @@ use paracloud_state::{AppRecord, InstanceRecord, Snapshot};
 
 use crate::addressing::AppNetwork;
 
-pub fn instance_view(app: &AppRecord, record: &InstanceRecord, pool: ipnet::Ipv4Net, now: Millis) -> InstanceView {
+pub fn instance_view(
+    app: &AppRecord,
+    record: &InstanceRecord,
+    pool: ipnet::Ipv4Net,
+    now: Millis,
+) -> InstanceView {
     let address = AppNetwork::new(pool, app.subnet_index)
         .ok()
         .and_then(|n| n.instance_address(record.slot).ok())
         .map(|a| a.addr().to_string());
-    let running = matches!(record.state, InstanceState::Running { .. } | InstanceState::Stopping { .. });
+    let running = matches!(
+        record.state,
+        InstanceState::Running { .. } | InstanceState::Stopping { .. }
+    );
     InstanceView {
         app: record.key.app.clone(),
         service: record.key.service.clone(),
@@ -61,7 +69,8 @@ pub fn service_view(
                 paracloud_manifest::Protocol::Tcp => "tcp",
                 paracloud_manifest::Protocol::Http => "http",
             };
-            p.publish.map(|addr| format!("{addr} -> {}/{protocol}", p.port))
+            p.publish
+                .map(|addr| format!("{addr} -> {}/{protocol}", p.port))
         })
         .collect();
     Some(ServiceView {

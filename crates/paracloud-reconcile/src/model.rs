@@ -56,7 +56,11 @@ pub struct InstanceKey {
 
 impl InstanceKey {
     pub fn new(app: &str, service: &str, index: u32) -> Self {
-        Self { app: app.to_string(), service: service.to_string(), index }
+        Self {
+            app: app.to_string(),
+            service: service.to_string(),
+            index,
+        }
     }
 
     /// The name users see and the instance's hostname, e.g. `api.2`.
@@ -104,7 +108,12 @@ pub enum InstanceState {
 impl InstanceState {
     /// Ready for traffic: running, and healthy when the service has a health check.
     pub fn is_ready(&self) -> bool {
-        matches!(self, InstanceState::Running { health: Health::Healthy | Health::None })
+        matches!(
+            self,
+            InstanceState::Running {
+                health: Health::Healthy | Health::None
+            }
+        )
     }
 
     pub fn is_running(&self) -> bool {
@@ -115,9 +124,15 @@ impl InstanceState {
     pub fn label(&self) -> &'static str {
         match self {
             InstanceState::Starting => "starting",
-            InstanceState::Running { health: Health::Healthy | Health::None } => "running",
-            InstanceState::Running { health: Health::Unknown } => "unready",
-            InstanceState::Running { health: Health::Unhealthy } => "unhealthy",
+            InstanceState::Running {
+                health: Health::Healthy | Health::None,
+            } => "running",
+            InstanceState::Running {
+                health: Health::Unknown,
+            } => "unready",
+            InstanceState::Running {
+                health: Health::Unhealthy,
+            } => "unhealthy",
             InstanceState::Stopping { .. } => "stopping",
             InstanceState::Exited { exit } if exit.oom_killed => "oom-killed",
             InstanceState::Exited { exit } if exit.error.is_some() => "failed",
@@ -175,10 +190,14 @@ impl ExitInfo {
 pub enum Action {
     /// Create the application's bridge and service addresses.
     EnsureNetwork { app: String },
-    /// Start (or restart) an instance at the service's current revision.
+    /// Start an instance at the service's current revision; `restart` when the restart policy brings
+    /// it back after a failure (it counts toward the backoff).
     Start { key: InstanceKey, restart: bool },
     /// Send the stop signal, wait the grace period, then kill.
-    Stop { key: InstanceKey, reason: StopReason },
+    Stop {
+        key: InstanceKey,
+        reason: StopReason,
+    },
     /// Forget an exited instance and delete its private files.
     Remove { key: InstanceKey },
     /// Delete the application's bridge.
@@ -198,5 +217,10 @@ pub struct Plan {
 
 /// The service spec of an instance, if its app and service are desired.
 pub fn service_of<'a>(desired: &'a Desired, key: &InstanceKey) -> Option<&'a Service> {
-    desired.apps.get(&key.app)?.manifest.services.get(&key.service)
+    desired
+        .apps
+        .get(&key.app)?
+        .manifest
+        .services
+        .get(&key.service)
 }

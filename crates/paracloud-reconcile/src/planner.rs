@@ -41,12 +41,16 @@ pub fn plan(desired: &Desired, observed: &Observed, now: Millis) -> Plan {
     let mut plan = Plan::default();
     let mut by_app: BTreeMap<&str, Vec<&ObservedInstance>> = BTreeMap::new();
     for instance in &observed.instances {
-        by_app.entry(instance.key.app.as_str()).or_default().push(instance);
+        by_app
+            .entry(instance.key.app.as_str())
+            .or_default()
+            .push(instance);
     }
 
     for (name, app) in &desired.apps {
         if !observed.networks.contains(name) {
-            plan.actions.push(Action::EnsureNetwork { app: name.clone() });
+            plan.actions
+                .push(Action::EnsureNetwork { app: name.clone() });
         }
         let instances = by_app.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         for service in app.manifest.services.values() {
@@ -73,10 +77,15 @@ pub fn plan(desired: &Desired, observed: &Observed, now: Millis) -> Plan {
         }
         if instances.is_empty() {
             if observed.networks.contains(app) {
-                plan.actions.push(Action::RemoveNetwork { app: app.to_string() });
+                plan.actions.push(Action::RemoveNetwork {
+                    app: app.to_string(),
+                });
             }
             if let Some(&volumes) = observed.removing.get(app) {
-                plan.actions.push(Action::Forget { app: app.to_string(), volumes });
+                plan.actions.push(Action::Forget {
+                    app: app.to_string(),
+                    volumes,
+                });
             }
         }
     }
@@ -96,10 +105,13 @@ pub fn plan(desired: &Desired, observed: &Observed, now: Millis) -> Plan {
 /// Stops a running instance that is no longer wanted, or removes it once it has exited.
 fn retire(plan: &mut Plan, instance: &ObservedInstance, reason: StopReason) {
     match instance.state {
-        InstanceState::Running { .. } => {
-            plan.actions.push(Action::Stop { key: instance.key.clone(), reason })
-        }
-        InstanceState::Exited { .. } => plan.actions.push(Action::Remove { key: instance.key.clone() }),
+        InstanceState::Running { .. } => plan.actions.push(Action::Stop {
+            key: instance.key.clone(),
+            reason,
+        }),
+        InstanceState::Exited { .. } => plan.actions.push(Action::Remove {
+            key: instance.key.clone(),
+        }),
         // A start or a stop under way finishes first.
         InstanceState::Starting | InstanceState::Stopping { .. } => {}
     }
@@ -132,7 +144,10 @@ fn plan_service(
         let key = InstanceKey::new(&app.manifest.app, &service.name, index);
         let Some(instance) = instances.get(&index) else {
             match &blocked_by {
-                None => plan.actions.push(Action::Start { key, restart: false }),
+                None => plan.actions.push(Action::Start {
+                    key,
+                    restart: false,
+                }),
                 Some(why) => plan.waiting.push((key, why.clone())),
             }
             continue;
@@ -142,18 +157,27 @@ fn plan_service(
             InstanceState::Running { health } => {
                 if instance.revision < revision && !replacing {
                     replacing = true;
-                    plan.actions.push(Action::Stop { key, reason: StopReason::Replace });
+                    plan.actions.push(Action::Stop {
+                        key,
+                        reason: StopReason::Replace,
+                    });
                 } else if *health == Health::Unhealthy
                     && service.restart.condition != RestartCondition::No
                 {
-                    plan.actions.push(Action::Stop { key, reason: StopReason::Unhealthy });
+                    plan.actions.push(Action::Stop {
+                        key,
+                        reason: StopReason::Unhealthy,
+                    });
                 }
             }
             InstanceState::Exited { exit } => match exit.requested {
-                Some(StopReason::Replace) => plan.actions.push(Action::Start { key, restart: true }),
-                // Stopped by scale-in or down, and wanted again: a fresh start.
-                Some(StopReason::ScaleIn | StopReason::Down) => {
-                    plan.actions.push(Action::Start { key, restart: false })
+                // Replaced by a new revision, or stopped by scale-in or down and wanted again: a
+                // planned start, not a restart by policy.
+                Some(StopReason::Replace | StopReason::ScaleIn | StopReason::Down) => {
+                    plan.actions.push(Action::Start {
+                        key,
+                        restart: false,
+                    })
                 }
                 Some(StopReason::Unhealthy) | None => {
                     if !should_restart(&service.restart, exit, instance.restarts) {
@@ -164,7 +188,8 @@ fn plan_service(
                         plan.actions.push(Action::Start { key, restart: true });
                     } else {
                         plan.wake_at = Some(plan.wake_at.map_or(due, |w| w.min(due)));
-                        plan.waiting.push((key, format!("restarting in {} ms (backoff)", due - now)));
+                        plan.waiting
+                            .push((key, format!("restarting in {} ms (backoff)", due - now)));
                     }
                 }
             },
@@ -179,7 +204,9 @@ fn plan_service(
 /// The first dependency of `service` that does not yet meet its condition, as a reason to wait.
 fn unmet_dependency(service: &Service, app_instances: &[&ObservedInstance]) -> Option<String> {
     for (dependency, condition) in &service.depends_on {
-        let mut of_dependency = app_instances.iter().filter(|i| &i.key.service == dependency);
+        let mut of_dependency = app_instances
+            .iter()
+            .filter(|i| &i.key.service == dependency);
         let met = match condition {
             DependsCondition::Started => of_dependency.any(|i| i.state.is_running()),
             DependsCondition::Healthy => of_dependency.any(|i| i.state.is_ready()),

@@ -48,7 +48,9 @@ fn app(services: Vec<Service>) -> DesiredApp {
 }
 
 fn desired(app: DesiredApp) -> Desired {
-    Desired { apps: [("shop".to_string(), app)].into() }
+    Desired {
+        apps: [("shop".to_string(), app)].into(),
+    }
 }
 
 /// Applies a plan the way a perfect driver would: every start succeeds and every stop ends.
@@ -67,15 +69,24 @@ fn apply(observed: &mut Observed, desired: &Desired, plan: &Plan, now: Millis) {
                 observed.instances.push(ObservedInstance {
                     key: key.clone(),
                     revision,
-                    state: InstanceState::Running { health: Health::None },
+                    state: InstanceState::Running {
+                        health: Health::None,
+                    },
                     restarts: 0,
                     since: now,
                 });
             }
             Action::Stop { key, reason } => {
-                let instance = observed.instances.iter_mut().find(|i| &i.key == key).unwrap();
+                let instance = observed
+                    .instances
+                    .iter_mut()
+                    .find(|i| &i.key == key)
+                    .unwrap();
                 instance.state = InstanceState::Exited {
-                    exit: ExitInfo { requested: Some(*reason), ..ExitInfo::default() },
+                    exit: ExitInfo {
+                        requested: Some(*reason),
+                        ..ExitInfo::default()
+                    },
                 };
             }
             Action::Remove { key } => observed.instances.retain(|i| &i.key != key),
@@ -109,12 +120,21 @@ fn running(observed: &Observed, service: &str) -> usize {
 fn a_new_app_gets_its_network_before_its_instances() {
     let desired = desired(app(vec![service("web", 2)]));
     let plan = plan(&desired, &Observed::default(), 0);
-    assert_eq!(plan.actions[0], Action::EnsureNetwork { app: "shop".into() });
+    assert_eq!(
+        plan.actions[0],
+        Action::EnsureNetwork { app: "shop".into() }
+    );
     assert_eq!(
         &plan.actions[1..],
         &[
-            Action::Start { key: InstanceKey::new("shop", "web", 1), restart: false },
-            Action::Start { key: InstanceKey::new("shop", "web", 2), restart: false },
+            Action::Start {
+                key: InstanceKey::new("shop", "web", 1),
+                restart: false
+            },
+            Action::Start {
+                key: InstanceKey::new("shop", "web", 2),
+                restart: false
+            },
         ]
     );
 }
@@ -122,35 +142,54 @@ fn a_new_app_gets_its_network_before_its_instances() {
 #[test]
 fn depends_on_healthy_waits_for_a_ready_instance() {
     let mut api = service("api", 1);
-    api.depends_on.insert("kv".into(), DependsCondition::Healthy);
+    api.depends_on
+        .insert("kv".into(), DependsCondition::Healthy);
     let desired = desired(app(vec![api, service("kv", 1)]));
-    let mut observed = Observed { networks: ["shop".to_string()].into(), ..Default::default() };
+    let mut observed = Observed {
+        networks: ["shop".to_string()].into(),
+        ..Default::default()
+    };
     observed.instances.push(ObservedInstance {
         key: InstanceKey::new("shop", "kv", 1),
         revision: 0,
-        state: InstanceState::Running { health: Health::Unknown },
+        state: InstanceState::Running {
+            health: Health::Unknown,
+        },
         restarts: 0,
         since: 0,
     });
     let first = plan(&desired, &observed, 0);
     assert!(first.actions.is_empty(), "{first:?}");
     assert_eq!(first.waiting[0].1, "waiting for kv to be healthy");
-    observed.instances[0].state = InstanceState::Running { health: Health::Healthy };
+    observed.instances[0].state = InstanceState::Running {
+        health: Health::Healthy,
+    };
     let second = plan(&desired, &observed, 0);
     assert_eq!(
         second.actions,
-        vec![Action::Start { key: InstanceKey::new("shop", "api", 1), restart: false }]
+        vec![Action::Start {
+            key: InstanceKey::new("shop", "api", 1),
+            restart: false
+        }]
     );
 }
 
 #[test]
 fn a_crash_restarts_after_an_exponential_backoff() {
     let desired = desired(app(vec![service("web", 1)]));
-    let mut observed = Observed { networks: ["shop".to_string()].into(), ..Default::default() };
+    let mut observed = Observed {
+        networks: ["shop".to_string()].into(),
+        ..Default::default()
+    };
     observed.instances.push(ObservedInstance {
         key: InstanceKey::new("shop", "web", 1),
         revision: 0,
-        state: InstanceState::Exited { exit: ExitInfo { code: Some(1), ..Default::default() } },
+        state: InstanceState::Exited {
+            exit: ExitInfo {
+                code: Some(1),
+                ..Default::default()
+            },
+        },
         restarts: 3,
         since: 10_000,
     });
@@ -160,7 +199,10 @@ fn a_crash_restarts_after_an_exponential_backoff() {
     let due = plan(&desired, &observed, 10_800);
     assert_eq!(
         due.actions,
-        vec![Action::Start { key: InstanceKey::new("shop", "web", 1), restart: true }]
+        vec![Action::Start {
+            key: InstanceKey::new("shop", "web", 1),
+            restart: true
+        }]
     );
 }
 
@@ -175,7 +217,12 @@ fn on_failure_leaves_a_clean_exit_alone_and_gives_up_after_max_retries() {
         instances: vec![ObservedInstance {
             key: InstanceKey::new("shop", "web", 1),
             revision: 0,
-            state: InstanceState::Exited { exit: ExitInfo { code: Some(code), ..Default::default() } },
+            state: InstanceState::Exited {
+                exit: ExitInfo {
+                    code: Some(code),
+                    ..Default::default()
+                },
+            },
             restarts,
             since: 0,
         }],
@@ -195,10 +242,17 @@ fn a_new_revision_replaces_instances_one_at_a_time() {
     app.revisions.insert("api".into(), 1);
     let desired = desired(app);
     let plan = plan(&desired, &observed, 0);
-    let stops = plan.actions.iter().filter(|a| matches!(a, Action::Stop { .. })).count();
+    let stops = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Stop { .. }))
+        .count();
     assert_eq!(stops, 1);
     converge(&desired, &mut observed);
-    assert!(observed.instances.iter().all(|i| i.revision == 1 && i.state.is_running()));
+    assert!(observed
+        .instances
+        .iter()
+        .all(|i| i.revision == 1 && i.state.is_running()));
 }
 
 #[test]
@@ -225,7 +279,9 @@ fn regression_an_unhealthy_instance_with_restart_no_is_left_running() {
         instances: vec![ObservedInstance {
             key: InstanceKey::new("shop", "web", 1),
             revision: 0,
-            state: InstanceState::Running { health: Health::Unhealthy },
+            state: InstanceState::Running {
+                health: Health::Unhealthy,
+            },
             restarts: 0,
             since: 0,
         }],

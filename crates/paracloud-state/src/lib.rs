@@ -22,7 +22,11 @@ pub enum Error {
     #[error("no application named {0}")]
     NoApp(String),
     #[error("application {app} has no service named {service} (it has: {known})")]
-    NoService { app: String, service: String, known: String },
+    NoService {
+        app: String,
+        service: String,
+        known: String,
+    },
     #[error("every service address of {app} is taken ({max} services at most)")]
     AddressesExhausted { app: String, max: u32 },
 }
@@ -140,22 +144,38 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (the transaction rolls back).
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Creates or updates an application from a validated manifest. Services whose spec changed get
     /// a new revision (their instances are replaced); replica counts return to the manifest's.
     /// Returns the names of the services whose revision changed.
-    pub fn put_app(&self, manifest: &Manifest, source: &str, origin: &str, now: Millis) -> Result<Vec<String>> {
+    pub fn put_app(
+        &self,
+        manifest: &Manifest,
+        source: &str,
+        origin: &str,
+        now: Millis,
+    ) -> Result<Vec<String>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let exists: bool =
-            tx.query_row("SELECT 1 FROM apps WHERE name = ?1", [&manifest.app], |_| Ok(())).optional()?.is_some();
+        let exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM apps WHERE name = ?1",
+                [&manifest.app],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
         let manifest_json = serde_json::to_string(manifest)?;
         if exists {
             tx.execute(
@@ -172,12 +192,18 @@ impl Store {
         }
         let mut changed = Vec::new();
         let old: BTreeMap<String, (String, u64)> = {
-            let mut stmt = tx.prepare("SELECT name, spec, revision FROM services WHERE app = ?1")?;
-            let rows = stmt.query_map([&manifest.app], |r| Ok((r.get(0)?, (r.get(1)?, r.get::<_, i64>(2)? as u64))))?;
+            let mut stmt =
+                tx.prepare("SELECT name, spec, revision FROM services WHERE app = ?1")?;
+            let rows = stmt.query_map([&manifest.app], |r| {
+                Ok((r.get(0)?, (r.get(1)?, r.get::<_, i64>(2)? as u64)))
+            })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         for name in old.keys().filter(|n| !manifest.services.contains_key(*n)) {
-            tx.execute("DELETE FROM services WHERE app = ?1 AND name = ?2", params![manifest.app, name])?;
+            tx.execute(
+                "DELETE FROM services WHERE app = ?1 AND name = ?2",
+                params![manifest.app, name],
+            )?;
         }
         for (name, service) in &manifest.services {
             let spec = serde_json::to_string(service)?;
@@ -195,11 +221,17 @@ impl Store {
                     )?;
                 }
                 None => {
-                    let used: BTreeSet<u32> =
-                        collect(&tx, "SELECT slot FROM services WHERE app = ?1", [&manifest.app])?;
-                    let slot = (0..SERVICE_SLOTS).find(|s| !used.contains(s)).ok_or_else(|| {
-                        Error::AddressesExhausted { app: manifest.app.clone(), max: SERVICE_SLOTS }
-                    })?;
+                    let used: BTreeSet<u32> = collect(
+                        &tx,
+                        "SELECT slot FROM services WHERE app = ?1",
+                        [&manifest.app],
+                    )?;
+                    let slot = (0..SERVICE_SLOTS)
+                        .find(|s| !used.contains(s))
+                        .ok_or_else(|| Error::AddressesExhausted {
+                            app: manifest.app.clone(),
+                            max: SERVICE_SLOTS,
+                        })?;
                     tx.execute(
                         "INSERT INTO services (app, name, replicas, revision, slot, spec) VALUES (?1, ?2, ?3, 0, ?4, ?5)",
                         params![manifest.app, name, service.replicas, slot, spec],
@@ -213,7 +245,10 @@ impl Store {
 
     /// Marks an application for removal; the daemon stops its instances, then forgets it.
     pub fn mark_removing(&self, app: &str, volumes: bool) -> Result<()> {
-        let n = self.conn().execute("UPDATE apps SET removing = ?2 WHERE name = ?1", params![app, volumes])?;
+        let n = self.conn().execute(
+            "UPDATE apps SET removing = ?2 WHERE name = ?1",
+            params![app, volumes],
+        )?;
         if n == 0 {
             return Err(Error::NoApp(app.to_string()));
         }
@@ -232,16 +267,23 @@ impl Store {
     }
 
     fn check_service(tx: &Transaction<'_>, app: &str, service: &str) -> Result<()> {
-        let known: BTreeSet<String> = collect(tx, "SELECT name FROM services WHERE app = ?1", [app])?;
+        let known: BTreeSet<String> =
+            collect(tx, "SELECT name FROM services WHERE app = ?1", [app])?;
         if known.is_empty() {
-            let app_exists = tx.query_row("SELECT 1 FROM apps WHERE name = ?1", [app], |_| Ok(())).optional()?;
+            let app_exists = tx
+                .query_row("SELECT 1 FROM apps WHERE name = ?1", [app], |_| Ok(()))
+                .optional()?;
             if app_exists.is_none() {
                 return Err(Error::NoApp(app.to_string()));
             }
         }
         if !known.contains(service) {
             let known = known.into_iter().collect::<Vec<_>>().join(", ");
-            return Err(Error::NoService { app: app.into(), service: service.into(), known });
+            return Err(Error::NoService {
+                app: app.into(),
+                service: service.into(),
+                known,
+            });
         }
         Ok(())
     }
@@ -263,7 +305,10 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         Self::check_service(&tx, app, service)?;
-        tx.execute("UPDATE services SET revision = revision + 1 WHERE app = ?1 AND name = ?2", params![app, service])?;
+        tx.execute(
+            "UPDATE services SET revision = revision + 1 WHERE app = ?1 AND name = ?2",
+            params![app, service],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -380,12 +425,17 @@ impl Store {
             }
         }
         {
-            let mut stmt = tx.prepare("SELECT app, name, replicas, revision, slot FROM services")?;
+            let mut stmt =
+                tx.prepare("SELECT app, name, replicas, revision, slot FROM services")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
-                    ServiceRecord { replicas: r.get(2)?, revision: r.get::<_, i64>(3)? as u64, slot: r.get(4)? },
+                    ServiceRecord {
+                        replicas: r.get(2)?,
+                        revision: r.get::<_, i64>(3)? as u64,
+                        slot: r.get(4)?,
+                    },
                 ))
             })?;
             for row in rows {
@@ -406,7 +456,11 @@ impl Store {
         };
         let networks = collect(&tx, "SELECT app FROM networks", [])?;
         tx.commit()?;
-        Ok(Snapshot { apps, instances, networks })
+        Ok(Snapshot {
+            apps,
+            instances,
+            networks,
+        })
     }
 }
 

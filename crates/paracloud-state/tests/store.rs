@@ -35,7 +35,11 @@ fn manifest(command: &str, replicas: u32) -> Manifest {
     };
     Manifest {
         app: "shop".into(),
-        services: [("web".to_string(), service("web")), ("api".to_string(), service("api"))].into(),
+        services: [
+            ("web".to_string(), service("web")),
+            ("api".to_string(), service("api")),
+        ]
+        .into(),
         volumes: BTreeMap::new(),
     }
 }
@@ -46,29 +50,48 @@ fn an_app_survives_reopening_and_a_changed_spec_gets_a_new_revision() {
     let path = dir.path().join("state.db");
     {
         let store = Store::open(&path).unwrap();
-        assert!(store.put_app(&manifest("a", 2), "src", "paracloud.toml", 1).unwrap().is_empty());
+        assert!(store
+            .put_app(&manifest("a", 2), "src", "paracloud.toml", 1)
+            .unwrap()
+            .is_empty());
         store.set_replicas("shop", "web", 5).unwrap();
     }
     let store = Store::open(&path).unwrap();
     let snapshot = store.load().unwrap();
     assert_eq!(snapshot.apps.len(), 1);
     assert_eq!(snapshot.apps[0].services["web"].replicas, 5);
-    assert_ne!(snapshot.apps[0].services["web"].slot, snapshot.apps[0].services["api"].slot);
+    assert_ne!(
+        snapshot.apps[0].services["web"].slot,
+        snapshot.apps[0].services["api"].slot
+    );
 
-    let changed = store.put_app(&manifest("b", 2), "src", "paracloud.toml", 2).unwrap();
+    let changed = store
+        .put_app(&manifest("b", 2), "src", "paracloud.toml", 2)
+        .unwrap();
     assert_eq!(changed, vec!["api".to_string(), "web".to_string()]);
     let snapshot = store.load().unwrap();
     assert_eq!(snapshot.apps[0].services["web"].revision, 1);
-    assert_eq!(snapshot.apps[0].services["web"].replicas, 2, "up resets the scale to the manifest");
+    assert_eq!(
+        snapshot.apps[0].services["web"].replicas, 2,
+        "up resets the scale to the manifest"
+    );
 }
 
 #[test]
 fn unknown_apps_and_services_are_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state.db")).unwrap();
-    store.put_app(&manifest("a", 1), "src", "paracloud.toml", 1).unwrap();
-    let err = store.set_replicas("shop", "wbe", 2).unwrap_err().to_string();
-    assert_eq!(err, "application shop has no service named wbe (it has: api, web)");
+    store
+        .put_app(&manifest("a", 1), "src", "paracloud.toml", 1)
+        .unwrap();
+    let err = store
+        .set_replicas("shop", "wbe", 2)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "application shop has no service named wbe (it has: api, web)"
+    );
     let err = store.bump_revision("nope", "web").unwrap_err().to_string();
     assert_eq!(err, "no application named nope");
 }
@@ -80,7 +103,9 @@ fn instances_round_trip_and_slots_are_reused() {
     let record = |index, slot| InstanceRecord {
         key: InstanceKey::new("shop", "web", index),
         revision: 0,
-        state: InstanceState::Running { health: Health::Healthy },
+        state: InstanceState::Running {
+            health: Health::Healthy,
+        },
         restarts: 0,
         since: 5,
         started: 5,
@@ -92,7 +117,9 @@ fn instances_round_trip_and_slots_are_reused() {
     store.put_instance(&record(1, 0)).unwrap();
     store.put_instance(&record(2, 1)).unwrap();
     assert_eq!(store.free_instance_slot("shop").unwrap(), 2);
-    store.delete_instance(&InstanceKey::new("shop", "web", 1)).unwrap();
+    store
+        .delete_instance(&InstanceKey::new("shop", "web", 1))
+        .unwrap();
     assert_eq!(store.free_instance_slot("shop").unwrap(), 0);
     let loaded = store.load().unwrap().instances;
     assert_eq!(loaded, vec![record(2, 1)]);
@@ -103,10 +130,18 @@ fn events_are_read_in_order_after_an_id() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state.db")).unwrap();
     for i in 0..5 {
-        store.add_event(i, "shop", "web.1", &format!("event {i}")).unwrap();
+        store
+            .add_event(i, "shop", "web.1", &format!("event {i}"))
+            .unwrap();
     }
     store.add_event(9, "other", "x", "elsewhere").unwrap();
     let events = store.events(Some("shop"), 2, 100).unwrap();
-    assert_eq!(events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["event 2", "event 3", "event 4"]);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>(),
+        ["event 2", "event 3", "event 4"]
+    );
     assert_eq!(store.events(None, 0, 2).unwrap().len(), 2, "the newest two");
 }

@@ -26,11 +26,17 @@ pub struct Platform {
 
 /// The directory of the workspace's built binaries (paracloud, shop-web, shop-api, shop-kv).
 pub fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_paracloud")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_paracloud"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 impl Platform {
@@ -40,10 +46,22 @@ impl Platform {
         let start = std::process::id() % SLOTS;
         for i in 0..SLOTS {
             let slot = (start + i) % SLOTS;
-            let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(slot.to_string())).unwrap();
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(slot.to_string()))
+                .unwrap();
             if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                let root = tempfile::Builder::new().prefix("paracloud-test-").tempdir().unwrap();
-                return Self { root, slot, _lock: lock };
+                let root = tempfile::Builder::new()
+                    .prefix("paracloud-test-")
+                    .tempdir()
+                    .unwrap();
+                return Self {
+                    root,
+                    slot,
+                    _lock: lock,
+                };
             }
         }
         panic!("all {SLOTS} test slots are taken");
@@ -100,7 +118,12 @@ impl Platform {
     /// Runs `paracloud ARGS`, expects it to fail, returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(!out.status.success(), "paracloud {} should have failed but printed {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "paracloud {} should have failed but printed {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -121,22 +144,36 @@ impl Platform {
 
     /// The shop example's manifest, pointed at this build's binaries and this test's web port.
     pub fn shop(&self) -> PathBuf {
-        let text = std::fs::read_to_string(workspace().join("examples/shop/paracloud.toml")).unwrap();
+        let text =
+            std::fs::read_to_string(workspace().join("examples/shop/paracloud.toml")).unwrap();
         let text = text
-            .replace("\"../../target/release\"", &format!("{:?}", bin_dir().display().to_string()))
+            .replace(
+                "\"../../target/release\"",
+                &format!("{:?}", bin_dir().display().to_string()),
+            )
             .replace("publish = 8080", &format!("publish = {}", self.port(0)));
-        assert!(text.contains(&bin_dir().display().to_string()), "the example manifest changed shape");
+        assert!(
+            text.contains(&bin_dir().display().to_string()),
+            "the example manifest changed shape"
+        );
         self.manifest("shop", &text)
     }
 
     /// `ps -o json` as parsed JSON objects.
     pub fn ps(&self, app: &str) -> Vec<Value> {
         let out = self.ok(&["ps", "-a", app, "-o", "json"]);
-        serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("ps -o json is not JSON ({e}): {out}"))
+        serde_json::from_str::<Vec<Value>>(&out)
+            .unwrap_or_else(|e| panic!("ps -o json is not JSON ({e}): {out}"))
     }
 
     /// Waits until `check` holds for `ps`, or fails the test after `timeout`.
-    pub fn wait_ps(&self, app: &str, timeout: Duration, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub fn wait_ps(
+        &self,
+        app: &str,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let ps = self.ps(app);
@@ -144,14 +181,22 @@ impl Platform {
                 return ps;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; ps: {ps:#?}\n--- daemon log ---\n{}", self.daemon_log());
+                panic!(
+                    "timed out waiting for {what}; ps: {ps:#?}\n--- daemon log ---\n{}",
+                    self.daemon_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     fn pid_file(&self, name: &str) -> Option<i32> {
-        std::fs::read_to_string(self.root().join(name)).ok()?.split_whitespace().next()?.parse().ok()
+        std::fs::read_to_string(self.root().join(name))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     pub fn daemon_pid(&self) -> Option<i32> {
@@ -191,7 +236,9 @@ impl Drop for Platform {
 
 pub fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }
 
 pub fn terminate(pid: i32) {
@@ -208,32 +255,52 @@ pub fn terminate(pid: i32) {
 }
 
 pub fn kill9(pid: i32) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1:port; returns (status, body), or an error text.
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
     let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 pub fn field<'a>(instance: &'a Value, name: &str) -> &'a str {
-    instance[name].as_str().unwrap_or_else(|| panic!("no string field {name} in {instance}"))
+    instance[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string field {name} in {instance}"))
 }
 
 pub fn pids(ps: &[Value]) -> Vec<(String, i64)> {
-    let mut v: Vec<(String, i64)> =
-        ps.iter().map(|i| (field(i, "instance").to_string(), i["pid"].as_i64().unwrap_or(-1))).collect();
+    let mut v: Vec<(String, i64)> = ps
+        .iter()
+        .map(|i| {
+            (
+                field(i, "instance").to_string(),
+                i["pid"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
     v.sort();
     v
 }

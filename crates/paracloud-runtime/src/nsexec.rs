@@ -1,0 +1,413 @@
+//! exec into a running instance: the daemon side runs `helper __nsexec PID START -- ARGV`; that
+//! hidden command joins the instance's cgroups and namespaces, forks into its pid namespace and
+//! execs ARGV there as the instance's first process runs (user, capabilities, environment).
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::os::fd::AsFd;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::identity::{self, Identity};
+use crate::sys::{self, Forked};
+use crate::{procfs, Error, ExecOutput, Process, Result};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+
+pub(crate) const COMMAND: &str = "__nsexec";
+/// Marks nsexec's own failures on stderr, as opposed to the command's.
+const FAILURE_PREFIX: &str = "paracloud nsexec: ";
+/// nsexec's exit code when it failed before the command ran.
+const SETUP_FAILED: i32 = 125;
+/// How long nsexec gets to kill and reap the command after a timeout.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// Namespaces joined, in this order (mnt last: after it /proc is the instance's).
+const NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+pub(crate) async fn run(
+    helper: &std::path::Path,
+    process: &Process,
+    argv: &[String],
+    timeout: Duration,
+) -> Result<ExecOutput> {
+    let pid = process.pid;
+    let sandbox = |message: String| Error::Sandbox {
+        id: format!("pid {pid}"),
+        message,
+    };
+    if argv.is_empty() {
+        return Err(sandbox("exec of an empty command".into()));
+    }
+    let mut child = tokio::process::Command::new(helper)
+        .arg(COMMAND)
+        .arg(pid.to_string())
+        .arg(process.start_time.to_string())
+        .arg("--")
+        .args(argv)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::sys(format!("starting {} {COMMAND}", helper.display()), e))?;
+    let stdout = tokio::spawn(read_all(child.stdout.take()));
+    let stderr = tokio::spawn(read_all(child.stderr.take()));
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => {
+            status.map_err(|e| Error::sys(format!("waiting for exec in pid {pid}"), e))?
+        }
+        Err(_) => {
+            // SIGTERM lets nsexec kill and reap the command: killed outright, the command would
+            // be left as a zombie to the instance's pid 1, which may never reap it. SIGKILL
+            // (kill_on_drop) if it does not comply at once.
+            if let Some(id) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(id as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let _ = tokio::time::timeout(TERM_GRACE, child.wait()).await;
+            return Err(Error::Sys {
+                context: format!("exec of {argv:?} in pid {pid} did not finish within {timeout:?}"),
+                source: nix::Error::ETIMEDOUT,
+            });
+        }
+    };
+    let output = std::process::Output {
+        status,
+        stdout: stdout.await.unwrap_or_default(),
+        stderr: stderr.await.unwrap_or_default(),
+    };
+    let code = match (
+        output.status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&output.status),
+    ) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => -1,
+    };
+    if code == SETUP_FAILED {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if let Some(message) = stderr.trim().strip_prefix(FAILURE_PREFIX) {
+            return Err(sandbox(message.to_string()));
+        }
+    }
+    Ok(ExecOutput {
+        code,
+        stdout: output.stdout,
+        stderr: output.stderr,
+    })
+}
+
+async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut out).await;
+    }
+    out
+}
+
+/// Entry point of the hidden command: argv is [PID, START_TIME, "--", ARGV...].
+pub(crate) fn main(args: Vec<OsString>) -> ! {
+    let message = match enter(args) {
+        Ok(never) => match never {},
+        Err(message) => message,
+    };
+    eprintln!("{FAILURE_PREFIX}{message}");
+    std::process::exit(SETUP_FAILED);
+}
+
+/// What is read of the target before joining it (its /proc is out of reach afterwards).
+struct Target {
+    env: Vec<(String, String)>,
+    identity: Identity,
+    kept: caps::CapsHashSet,
+}
+
+fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, String> {
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| format!("argument {a:?} is not UTF-8"))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let (pid, start_time, argv) = match &args[..] {
+        [pid, start, dashes, argv @ ..] if dashes == "--" && !argv.is_empty() => (
+            pid.parse::<i32>()
+                .map_err(|_| format!("invalid pid {pid:?}"))?,
+            start
+                .parse::<u64>()
+                .map_err(|_| format!("invalid start time {start:?}"))?,
+            argv.to_vec(),
+        ),
+        _ => return Err(format!("usage: {COMMAND} PID START_TIME -- COMMAND...")),
+    };
+    let single = sys::single_threaded().map_err(|e| e.to_string())?;
+    let pidfd = match procfs::adopt(pid, start_time) {
+        Ok(Some(p)) => p.pidfd,
+        Ok(None) => return Err(format!("instance process {pid} is gone")),
+        Err(e) => return Err(e.to_string()),
+    };
+    let target = read_target(pid)?;
+    let unified = join_cgroups(pid)?;
+    let open = |what: &str| {
+        File::open(format!("/proc/{pid}/{what}"))
+            .map_err(|e| format!("cannot open /proc/{pid}/{what}: {e}"))
+    };
+    let namespaces = NAMESPACES
+        .iter()
+        .map(|(name, flag)| Ok((open(&format!("ns/{name}"))?, *flag)))
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let root = open("root")?;
+    let cwd = open("cwd")?;
+    // Still the same process? (the fds above pin whatever pid names now)
+    if !matches!(procfs::adopt(pid, start_time), Ok(Some(_))) {
+        return Err(format!("instance process {pid} is gone"));
+    }
+    drop(pidfd);
+    for (fd, flag) in &namespaces {
+        setns(fd.as_fd(), *flag)
+            .map_err(|e| format!("cannot join the {flag:?} of pid {pid}: {e}"))?;
+    }
+    nix::unistd::fchdir(&root).map_err(|e| format!("cannot enter the instance root: {e}"))?;
+    nix::unistd::chroot(".").map_err(|e| format!("cannot chroot into the instance root: {e}"))?;
+    nix::unistd::fchdir(&cwd).map_err(|e| format!("cannot enter the instance's cwd: {e}"))?;
+    drop((namespaces, root, cwd));
+
+    // SIGTERM (the daemon's timeout) and SIGCHLD are taken synchronously by the parent; the
+    // child's mask is reset before its exec.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGCHLD);
+    signals
+        .thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+    // A hidden command runs first in main, so this process has a single thread.
+    let child = match sys::fork(&single, unified.as_ref().map(|f| f.as_fd()))
+        .map_err(|e| format!("cannot fork into pid {pid}'s namespace: {e}"))?
+    {
+        Forked::Child => {
+            let message = run_command(&target, &argv);
+            eprintln!("{message}");
+            std::process::exit(127);
+        }
+        Forked::Parent(child) => child,
+    };
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => std::process::exit(128 + signal as i32),
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(format!("cannot wait for the command: {e}")),
+        }
+        if let Ok(Signal::SIGTERM) = signals.wait() {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            std::process::exit(128 + Signal::SIGTERM as i32);
+        }
+    }
+}
+
+/// In the forked child, inside every namespace: become the instance's user and exec.
+fn run_command(target: &Target, argv: &[String]) -> String {
+    if let Err(e) = sys::kill_me_with_parent() {
+        return format!("cannot set the parent-death signal: {e}");
+    }
+    identity::reset_signals();
+    if let Err(e) = identity::switch_identity(&target.identity, &target.kept) {
+        return e;
+    }
+    if let Err(e) = crate::seccomp::apply_default(&target.kept) {
+        return e;
+    }
+    identity::exec(argv, &target.env)
+}
+
+fn read_target(pid: i32) -> std::result::Result<Target, String> {
+    let read = |what: &str| {
+        fs::read(format!("/proc/{pid}/{what}"))
+            .map_err(|e| format!("cannot read /proc/{pid}/{what}: {e}"))
+    };
+    let env = read("environ")?
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let status = String::from_utf8_lossy(&read("status")?).into_owned();
+    let (identity, kept) =
+        parse_status(&status).ok_or_else(|| format!("unexpected content of /proc/{pid}/status"))?;
+    Ok(Target {
+        env,
+        identity,
+        kept,
+    })
+}
+
+/// The effective uid and gid, groups and bounding capabilities of a /proc/PID/status.
+fn parse_status(status: &str) -> Option<(Identity, caps::CapsHashSet)> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+            .map(str::trim)
+    };
+    let second =
+        |name: &str| -> Option<u32> { field(name)?.split_whitespace().nth(1)?.parse().ok() };
+    let uid = second("Uid")?;
+    let gid = second("Gid")?;
+    let groups = field("Groups")?
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    let bounding = u64::from_str_radix(field("CapBnd")?, 16).ok()?;
+    Some((
+        Identity {
+            uid,
+            gid,
+            groups,
+            home: None,
+        },
+        identity::capabilities_from_mask(bounding),
+    ))
+}
+
+/// Joins every v1 cgroup of `pid` that differs from ours (writing "0" to its `tasks` file: a
+/// single-threaded process moving itself skips the kernel's global threadgroup lock) and opens
+/// its cgroup2 directory, where the command is then forked (CLONE_INTO_CGROUP) for the same
+/// reason. Mount points come from /proc/self/mountinfo.
+fn join_cgroups(pid: i32) -> std::result::Result<Option<File>, String> {
+    let theirs = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("cannot read /proc/{pid}/cgroup: {e}"))?;
+    let ours = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let mounts = cgroup_mounts(&mountinfo);
+    let mut unified = None;
+    for line in theirs.lines() {
+        if ours.lines().any(|l| l == line) {
+            continue;
+        }
+        let Some((controllers, path)) = line
+            .split_once(':')
+            .and_then(|(_, rest)| rest.split_once(':'))
+        else {
+            continue;
+        };
+        let Some(dir) = hierarchy_dir(&mounts, controllers, path) else {
+            continue;
+        };
+        if controllers.is_empty() {
+            let file = File::open(&dir).map_err(|e| format!("cannot open cgroup {dir}: {e}"))?;
+            unified = Some(file);
+        } else {
+            let tasks = format!("{dir}/tasks");
+            fs::write(&tasks, "0").map_err(|e| format!("cannot join cgroup {tasks}: {e}"))?;
+        }
+    }
+    Ok(unified)
+}
+
+/// (controllers, mount root, mount point) of each cgroup mount; controllers is empty for cgroup2.
+fn cgroup_mounts(mountinfo: &str) -> Vec<(Vec<String>, String, String)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            let (root, point) = (*left.get(3)?, *left.get(4)?);
+            match *right.first()? {
+                "cgroup2" => Some((Vec::new(), root.to_string(), point.to_string())),
+                "cgroup" => {
+                    let options = right.get(2)?.split(',').map(str::to_string).collect();
+                    Some((options, root.to_string(), point.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Where the cgroup `path` of the hierarchy with `controllers` ("" for cgroup2) is mounted.
+fn hierarchy_dir(
+    mounts: &[(Vec<String>, String, String)],
+    controllers: &str,
+    path: &str,
+) -> Option<String> {
+    let (_, root, point) = mounts.iter().find(|(options, _, _)| {
+        if controllers.is_empty() {
+            options.is_empty()
+        } else {
+            !options.is_empty()
+                && controllers
+                    .split(',')
+                    .all(|c| options.iter().any(|o| o == c))
+        }
+    })?;
+    let relative = if root == "/" {
+        path
+    } else {
+        path.strip_prefix(root.as_str())?
+    };
+    Some(
+        format!("{point}{relative}")
+            .trim_end_matches('/')
+            .to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+30 23 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 30 0:29 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+34 30 0:30 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+35 30 0:31 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn cgroup_paths_map_to_their_mount_points() {
+        let mounts = cgroup_mounts(MOUNTINFO);
+        assert_eq!(mounts.len(), 4);
+        assert_eq!(
+            hierarchy_dir(&mounts, "memory", "/pc/a").as_deref(),
+            Some("/sys/fs/cgroup/memory/pc/a")
+        );
+        assert_eq!(
+            hierarchy_dir(&mounts, "", "/pc/a").as_deref(),
+            Some("/sys/fs/cgroup/unified/pc/a")
+        );
+        assert_eq!(
+            hierarchy_dir(&mounts, "name=systemd", "/").as_deref(),
+            Some("/sys/fs/cgroup/systemd")
+        );
+        assert_eq!(hierarchy_dir(&mounts, "pids", "/pc/a"), None);
+    }
+
+    #[test]
+    fn status_gives_the_effective_ids_and_bounding_set() {
+        let status = "Name:\tsh\nUid:\t1000\t1001\t1001\t1001\nGid:\t50\t51\t51\t51\n\
+                      Groups:\t51 4 \nCapBnd:\t0000000000000400\n";
+        let (id, kept) = parse_status(status).unwrap();
+        assert_eq!((id.uid, id.gid, id.groups), (1001, 51, vec![51, 4]));
+        assert_eq!(kept.len(), 1);
+        assert!(parse_status("Name:\tx\n").is_none());
+    }
+}

@@ -1,0 +1,459 @@
+//! sandbox-init: what a new instance runs as pid 1 of its namespaces until it execs the command.
+//!
+//! It builds the root filesystem (overlayfs, read-only host paths, /proc, /dev, /sys, /tmp,
+//! mounts) while the daemon prepares cgroups, veth and files; on the daemon's "go" it joins its
+//! v1 cgroups, binds the generated /etc files, pivots, configures the network, switches user and
+//! capabilities, installs seccomp and execs. Errors go to the daemon through the error pipe.
+//! **Invariant:** nothing of sandbox-init survives the exec (the pid is the command's).
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::identity;
+use crate::mounts::{bind, make_mount_point, make_mount_point_kind, mount_fs, under, BindMode};
+use crate::netlink::{self, Netlink, INSTANCE_IFACE};
+use crate::protocol::{read_message, ToInit};
+use crate::{sys, EtcFile, InstanceConfig, Rootfs};
+
+pub(crate) const COMMAND: &str = "__sandbox-init";
+
+type InitResult<T> = std::result::Result<T, String>;
+
+/// Empty directories of the Host rootfs' lower layer (mount points and writable places).
+const SKELETON_DIRS: &[&str] = &[
+    "etc", "usr", "proc", "dev", "sys", "tmp", "run", "var", "home", "root", "mnt", "opt", "srv",
+];
+/// Top-level host entries that are either symlinks into /usr (merged-usr) or real directories.
+const HOST_LIB_DIRS: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+/// Host device nodes bound into the instance's /dev.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// /proc entries made read-only, and entries hidden under /dev/null, as container runtimes do.
+const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus"];
+const PROC_MASKED: &[&str] = &["kcore", "keys", "timer_list", "sched_debug"];
+
+/// The error pipe (also for the panic hook).
+static REPORT: OnceLock<File> = OnceLock::new();
+
+pub(crate) fn etc_file_path(instance_dir: &Path, file: EtcFile) -> PathBuf {
+    instance_dir.join(match file {
+        EtcFile::Hosts => "etc-hosts",
+        EtcFile::Hostname => "etc-hostname",
+        EtcFile::ResolvConf => "etc-resolv.conf",
+    })
+}
+
+pub(crate) fn render_hosts(cfg: &InstanceConfig) -> String {
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(net) = &cfg.network {
+        hosts.push_str(&format!("{}\t{}\n", net.address.addr(), cfg.hostname));
+    } else {
+        hosts.push_str(&format!("127.0.1.1\t{}\n", cfg.hostname));
+    }
+    for (name, address) in &cfg.hosts {
+        hosts.push_str(&format!("{address}\t{name}\n"));
+    }
+    hosts
+}
+
+/// Entry point: argv is [fd of the config pipe, fd of the error pipe].
+pub(crate) fn main(args: Vec<OsString>) -> ! {
+    let fds: Vec<RawFd> = args
+        .iter()
+        .filter_map(|a| a.to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    let [config_fd, report_fd] = fds[..] else {
+        eprintln!("{COMMAND}: expected two file descriptors, got {args:?}");
+        std::process::exit(125);
+    };
+    let (config, report_pipe) = match (sys::inherited_fd(config_fd), sys::inherited_fd(report_fd)) {
+        (Ok(c), Ok(r)) => (c, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{COMMAND}: {e}");
+            std::process::exit(125);
+        }
+    };
+    let _ = REPORT.set(File::from(report_pipe));
+    std::panic::set_hook(Box::new(|info| {
+        report(&format!("sandbox-init panicked: {info}"))
+    }));
+    let message = match run(config) {
+        Ok(never) => match never {},
+        Err(message) => message,
+    };
+    report(&message);
+    std::process::exit(1);
+}
+
+fn report(message: &str) {
+    if let Some(mut pipe) = REPORT.get() {
+        let _ = pipe.write_all(message.as_bytes());
+    }
+}
+
+fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
+    // Every inherited fd, the two pipes included, closes at exec: the error pipe's EOF is the
+    // daemon's sign that the command runs.
+    sys::close_range_cloexec(3)
+        .map_err(|e| format!("cannot mark inherited fds close-on-exec: {e}"))?;
+    let mut from_daemon = File::from(config);
+    let (cfg, join_cgroups) = match read_message(&mut from_daemon) {
+        Ok(ToInit::Config {
+            config,
+            join_cgroups,
+        }) => (*config, join_cgroups),
+        Ok(other) => return Err(format!("expected the instance config, got {other:?}")),
+        Err(e) => return Err(format!("cannot read the instance config: {e}")),
+    };
+    let root = build_rootfs(&cfg)?;
+
+    // Go: the cgroups, the veth and the files of the instance directory are ready.
+    match read_message(&mut from_daemon) {
+        Ok(ToInit::Go) => {}
+        Ok(other) => return Err(format!("expected go, got {other:?}")),
+        Err(e) => return Err(format!("the daemon went away before go: {e}")),
+    }
+    for file in join_cgroups {
+        fs::write(&file, "0").map_err(|e| format!("cannot join cgroup {}: {e}", file.display()))?;
+    }
+    bind_etc_files(&cfg, &root)?;
+    let log = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&cfg.log_path)
+        .map_err(|e| format!("cannot open log file {}: {e}", cfg.log_path.display()))?;
+    nix::unistd::sethostname(&cfg.hostname)
+        .map_err(|e| format!("cannot set hostname {:?}: {e}", cfg.hostname))?;
+    pivot_into(&root)?;
+    configure_network(&cfg)?;
+
+    let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    let user = identity::resolve_user(cfg.user.as_deref(), &passwd, &group)?;
+    let kept = identity::parse_capabilities(&cfg.capabilities)?;
+    let env = identity::build_env(
+        &cfg.env,
+        &path_prefix(&cfg),
+        &cfg.hostname,
+        user.home.as_deref(),
+    );
+    let working_dir = cfg.working_dir.clone().unwrap_or_else(|| "/".into());
+    if !Path::new(&working_dir).exists() {
+        // As a container runtime does for WORKDIR; a read-only place fails at chdir below.
+        let _ = fs::create_dir_all(&working_dir);
+    }
+    identity::reset_signals();
+    for (fd, target) in [(null.as_fd(), 0), (log.as_fd(), 1), (log.as_fd(), 2)] {
+        sys::dup_onto_stdio(fd, target).map_err(|e| format!("cannot redirect fd {target}: {e}"))?;
+    }
+    identity::switch_identity(&user, &kept)?;
+    crate::seccomp::apply_default(&kept)?;
+    std::env::set_current_dir(&working_dir)
+        .map_err(|e| format!("cannot enter working directory {working_dir}: {e}"))?;
+    Err(identity::exec(&cfg.argv, &env))
+}
+
+/// The directories of the instance directory that must exist before sandbox-init starts
+/// (created by the daemon while sandbox-init is being exec'd).
+pub(crate) fn instance_dirs(cfg: &InstanceConfig) -> [PathBuf; 3] {
+    [
+        cfg.dir.join("rootfs"),
+        cfg.dir.join("upper"),
+        cfg.dir.join("work"),
+    ]
+}
+
+/// Writes the generated /etc files into the instance directory (done by the daemon).
+pub(crate) fn write_etc_files(cfg: &InstanceConfig) -> std::io::Result<()> {
+    for (file, content) in etc_contents(cfg) {
+        fs::write(etc_file_path(&cfg.dir, file), content)?;
+    }
+    Ok(())
+}
+
+fn etc_contents(cfg: &InstanceConfig) -> [(EtcFile, String); 3] {
+    [
+        (EtcFile::Hosts, render_hosts(cfg)),
+        (EtcFile::Hostname, format!("{}\n", cfg.hostname)),
+        (EtcFile::ResolvConf, String::new()),
+    ]
+}
+
+/// For a Host rootfs: its extra paths that are directories, searched before the default PATH.
+fn path_prefix(cfg: &InstanceConfig) -> Vec<String> {
+    match &cfg.rootfs {
+        Rootfs::Host { extra_paths } => extra_paths
+            .iter()
+            .filter(|p| p.is_dir())
+            .map(|p| p.display().to_string())
+            .collect(),
+        Rootfs::Dir { .. } => Vec::new(),
+    }
+}
+
+fn create_dir(dir: &Path) -> InitResult<()> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Mounts the instance's root and everything below it; returns where the root is mounted.
+///
+/// `dir/rootfs` gets a small tmpfs holding the Host rootfs' lower skeleton and the overlay's
+/// mount point: the skeleton costs no disk writes (on some hosts a mkdir on disk takes 0.25 ms)
+/// and the mount namespace drops it all when the instance ends.
+fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make the mount tree private: {e}"))?;
+
+    let [scratch, upper, work] = instance_dirs(cfg);
+    mount_fs(
+        "tmpfs",
+        &scratch,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=755,size=1m"),
+    )?;
+    let rootfs = scratch.join("merged");
+    create_dir(&rootfs)?;
+    let (lower, host_dirs) = match &cfg.rootfs {
+        Rootfs::Host { .. } => {
+            let lower = scratch.join("lower");
+            let host_dirs = host_skeleton(&lower)?;
+            (lower, host_dirs)
+        }
+        Rootfs::Dir { path } => (path.clone(), Vec::new()),
+    };
+    for path in [&lower, &upper, &work] {
+        let s = path.to_string_lossy();
+        if s.contains(',') || s.contains(':') {
+            return Err(format!(
+                "overlay layer path {s} contains ',' or ':', which overlayfs cannot take"
+            ));
+        }
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot mount the overlay root on {} ({data}): {e}",
+            rootfs.display()
+        )
+    })?;
+    let rootfs = rootfs.as_path();
+
+    for dir in host_dirs {
+        let source = Path::new("/").join(dir);
+        bind(&source, &rootfs.join(dir), BindMode::ReadOnly)?;
+    }
+    for dir in ["proc", "dev", "sys", "tmp", "etc"] {
+        make_mount_point_kind(&rootfs.join(dir), true)?;
+    }
+    mount_proc(&rootfs.join("proc"))?;
+    mount_dev(&rootfs.join("dev"))?;
+    mount_fs(
+        "sysfs",
+        &rootfs.join("sys"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mount_fs(
+        "tmpfs",
+        &rootfs.join("tmp"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    // After /tmp and the others, so that paths below them are not hidden.
+    if let Rootfs::Host { extra_paths } = &cfg.rootfs {
+        for path in extra_paths {
+            if !path.is_absolute() {
+                return Err(format!(
+                    "extra host path {} is not absolute",
+                    path.display()
+                ));
+            }
+            let target = under(rootfs, path);
+            make_mount_point(path, &target)?;
+            bind(path, &target, BindMode::ReadOnly)?;
+        }
+    }
+    for m in &cfg.mounts {
+        let target = under(rootfs, Path::new(&m.target));
+        make_mount_point(&m.source, &target)?;
+        let mode = if m.read_only {
+            BindMode::ReadOnly
+        } else {
+            BindMode::ReadWrite
+        };
+        bind(&m.source, &target, mode)?;
+    }
+    Ok(rootfs.to_path_buf())
+}
+
+/// Creates the Host rootfs' lower layer; returns the host directories to bind read-only.
+fn host_skeleton(lower: &Path) -> InitResult<Vec<&'static str>> {
+    for dir in SKELETON_DIRS {
+        create_dir(&lower.join(dir))?;
+    }
+    let mut binds = vec!["usr", "etc"];
+    for name in HOST_LIB_DIRS {
+        let host = Path::new("/").join(name);
+        let ours = lower.join(name);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() && fs::symlink_metadata(&ours).is_err() => {
+                let target = fs::read_link(&host)
+                    .map_err(|e| format!("cannot read link {}: {e}", host.display()))?;
+                symlink(&target, &ours)
+                    .map_err(|e| format!("cannot create link {}: {e}", ours.display()))?;
+            }
+            Ok(m) if m.file_type().is_symlink() => {}
+            Ok(m) if m.is_dir() => {
+                create_dir(&ours)?;
+                binds.push(name);
+            }
+            _ => {}
+        }
+    }
+    Ok(binds)
+}
+
+fn mount_proc(proc: &Path) -> InitResult<()> {
+    mount_fs(
+        "proc",
+        proc,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    for entry in PROC_READ_ONLY {
+        let path = proc.join(entry);
+        if path.exists() {
+            bind(&path, &path, BindMode::ReadOnly)?;
+        }
+    }
+    for entry in PROC_MASKED {
+        let path = proc.join(entry);
+        if path.exists() {
+            bind(Path::new("/dev/null"), &path, BindMode::ReadOnly)?;
+        }
+    }
+    Ok(())
+}
+
+fn mount_dev(dev: &Path) -> InitResult<()> {
+    mount_fs(
+        "tmpfs",
+        dev,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=65536k"),
+    )?;
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        if host.exists() {
+            let target = dev.join(name);
+            make_mount_point_kind(&target, false)?;
+            bind(&host, &target, BindMode::Device)?;
+        }
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        symlink(target, dev.join(link))
+            .map_err(|e| format!("cannot create link {}: {e}", dev.join(link).display()))?;
+    }
+    let pts = dev.join("pts");
+    create_dir(&pts)?;
+    mount_fs(
+        "devpts",
+        &pts,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    create_dir(&shm)?;
+    mount_fs(
+        "tmpfs",
+        &shm,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+}
+
+/// Binds the generated /etc/hosts, /etc/hostname and /etc/resolv.conf (written by the daemon
+/// into the instance directory) over the (possibly read-only) /etc of the root.
+fn bind_etc_files(cfg: &InstanceConfig, rootfs: &Path) -> InitResult<()> {
+    for (file, name) in [
+        (EtcFile::Hosts, "hosts"),
+        (EtcFile::Hostname, "hostname"),
+        (EtcFile::ResolvConf, "resolv.conf"),
+    ] {
+        let source = etc_file_path(&cfg.dir, file);
+        let target = rootfs.join("etc").join(name);
+        if fs::symlink_metadata(&target).is_err() && make_mount_point_kind(&target, false).is_err()
+        {
+            // A read-only host /etc without this file: the instance goes without it.
+            continue;
+        }
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+            // A symlink would be followed out of the instance's /etc (e.g. resolv.conf into /run).
+            continue;
+        }
+        bind(&source, &target, BindMode::ReadOnly)?;
+    }
+    Ok(())
+}
+
+fn pivot_into(rootfs: &Path) -> InitResult<()> {
+    std::env::set_current_dir(rootfs)
+        .map_err(|e| format!("cannot enter {}: {e}", rootfs.display()))?;
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only the new.
+    nix::unistd::pivot_root(".", ".")
+        .map_err(|e| format!("cannot pivot_root into {}: {e}", rootfs.display()))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("cannot detach the old root: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("cannot enter the new root: {e}"))
+}
+
+/// lo up; eth0 (created by the daemon in our netns) gets the instance's address and goes up. No
+/// default route: nothing leaves the machine.
+fn configure_network(cfg: &InstanceConfig) -> InitResult<()> {
+    let mut nl = Netlink::open().map_err(|e| format!("cannot open a netlink socket: {e}"))?;
+    let lo = netlink::link_index("lo").map_err(|e| format!("cannot find lo: {e}"))?;
+    nl.set_up(lo)
+        .map_err(|e| format!("cannot set lo up: {e}"))?;
+    if let Some(net) = &cfg.network {
+        let index = netlink::link_index(INSTANCE_IFACE)
+            .map_err(|e| format!("cannot find {INSTANCE_IFACE}: {e}"))?;
+        nl.add_address(index, net.address.addr(), net.address.prefix_len())
+            .map_err(|e| format!("cannot add {} to {INSTANCE_IFACE}: {e}", net.address))?;
+        nl.set_up(index)
+            .map_err(|e| format!("cannot set {INSTANCE_IFACE} up: {e}"))?;
+    }
+    Ok(())
+}

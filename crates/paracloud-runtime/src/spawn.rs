@@ -1,0 +1,325 @@
+//! Starting an instance, daemon side: clone3 into new namespaces (the child only execs
+//! sandbox-init), cgroups and veth while sandbox-init builds the root, then the handshake.
+//!
+//! **Invariant:** between clone3 and execve the child runs only async-signal-safe code on memory
+//! prepared before the clone: the daemon is multi-threaded.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use tokio::io::Interest;
+
+use crate::cgroups::CgroupManager;
+use crate::netlink::{self, Netlink};
+use crate::network::{check_ifname, instance_mac, veth_host_name};
+use crate::protocol::{write_message, ToInit};
+use crate::{
+    identity, procfs, sandbox_init, sys, Error, InstanceConfig, Process, Result, RuntimeConfig,
+};
+
+/// sandbox-init normally execs within milliseconds; past this the spawn is abandoned.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most of a failure report that is kept.
+const MAX_REPORT: usize = 64 * 1024;
+
+pub(crate) async fn spawn(
+    config: &RuntimeConfig,
+    cgroups: &dyn CgroupManager,
+    cfg: &InstanceConfig,
+) -> Result<Process> {
+    validate(cfg)?;
+    let mut guard = Guard {
+        cgroups,
+        cfg,
+        child: None,
+        armed: true,
+    };
+    cgroups.create(&cfg.id, &cfg.limits)?;
+    let (pid, pidfd, to_init, from_init) = clone_sandbox_init(config, cgroups, cfg)?;
+    guard.child = Some(pidfd);
+    let setup = prepare_child(cgroups, cfg, pid, to_init);
+    let start_time = match setup {
+        Ok(start_time) => start_time,
+        Err(e) => {
+            // The child may have said why (e.g. the helper could not be executed).
+            guard.kill_child();
+            let report = read_report_blocking(File::from(from_init));
+            return Err(if report.is_empty() {
+                e
+            } else {
+                sandbox_error(cfg, report)
+            });
+        }
+    };
+    let report = match tokio::time::timeout(EXEC_TIMEOUT, read_report(from_init)).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            return Err(Error::sys(
+                format!("reading the error pipe of {}", cfg.id),
+                e,
+            ))
+        }
+        Err(_) => {
+            return Err(sandbox_error(
+                cfg,
+                format!("sandbox-init did not exec the command within {EXEC_TIMEOUT:?}"),
+            ))
+        }
+    };
+    if !report.is_empty() {
+        return Err(sandbox_error(cfg, report));
+    }
+    let pidfd = guard.child.take().expect("the child was stored above");
+    guard.armed = false;
+    Ok(Process {
+        pid,
+        start_time,
+        pidfd,
+        is_child: true,
+    })
+}
+
+fn sandbox_error(cfg: &InstanceConfig, message: String) -> Error {
+    Error::Sandbox {
+        id: cfg.id.clone(),
+        message,
+    }
+}
+
+/// Undoes a spawn that did not finish (error or cancelled future): kills and reaps the child,
+/// removes the cgroup and the veth.
+struct Guard<'a> {
+    cgroups: &'a dyn CgroupManager,
+    cfg: &'a InstanceConfig,
+    child: Option<OwnedFd>,
+    armed: bool,
+}
+
+impl Guard<'_> {
+    fn kill_child(&mut self) {
+        if let Some(pidfd) = self.child.take() {
+            procfs::kill_and_reap(&pidfd);
+        }
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.kill_child();
+        if let Err(e) = self.cgroups.destroy(&self.cfg.id) {
+            tracing::warn!(id = %self.cfg.id, "cleanup after a failed spawn: {e}");
+        }
+        if self.cfg.network.is_some() {
+            if let Err(e) = netlink::delete_link_if_exists(&veth_host_name(&self.cfg.id)) {
+                tracing::warn!(id = %self.cfg.id, "cleanup after a failed spawn: {e}");
+            }
+        }
+    }
+}
+
+/// Checks what can be checked before any kernel object exists.
+fn validate(cfg: &InstanceConfig) -> Result<()> {
+    let invalid = |message: String| Err(sandbox_error(cfg, message));
+    if cfg.id.is_empty() || cfg.id.contains('/') || cfg.id == "." || cfg.id == ".." {
+        return invalid(format!(
+            "invalid instance id {:?}: use a single file-name safe component",
+            cfg.id
+        ));
+    }
+    if cfg.argv.is_empty() {
+        return invalid("the command is empty".into());
+    }
+    if cfg.hostname.is_empty() || cfg.hostname.len() > 64 {
+        return invalid(format!(
+            "invalid hostname {:?}: use 1 to 64 bytes",
+            cfg.hostname
+        ));
+    }
+    if !cfg.dir.is_absolute() {
+        return invalid(format!(
+            "instance directory {} is not absolute",
+            cfg.dir.display()
+        ));
+    }
+    if let Err(e) = identity::parse_capabilities(&cfg.capabilities) {
+        return invalid(e);
+    }
+    if let Some(m) = cfg.mounts.iter().find(|m| !m.target.starts_with('/')) {
+        return invalid(format!("mount target {:?} is not absolute", m.target));
+    }
+    if let Some(net) = &cfg.network {
+        check_ifname(&net.bridge)?;
+    }
+    Ok(())
+}
+
+/// clone3 with new mount, pid, net, uts and ipc namespaces and a pidfd, placed in the cgroup2
+/// directory at once when there is one; the child execs `helper_exe __sandbox-init CFG ERR`.
+/// Returns (pid, pidfd, config pipe writer, error pipe reader).
+fn clone_sandbox_init(
+    config: &RuntimeConfig,
+    cgroups: &dyn CgroupManager,
+    cfg: &InstanceConfig,
+) -> Result<(i32, OwnedFd, File, OwnedFd)> {
+    let pipe = || {
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Sys {
+            context: format!("creating a pipe for {}", cfg.id),
+            source: e,
+        })
+    };
+    // Both pipes are close-on-exec here, so children that other threads start concurrently
+    // never keep them past their own exec; our child clears the flag on its two ends alone.
+    let (init_reads, to_init) = pipe()?;
+    let (from_init, init_reports) = pipe()?;
+
+    let exe = CString::new(config.helper_exe.as_os_str().as_bytes()).map_err(|_| {
+        sandbox_error(
+            cfg,
+            format!("helper path {} has a NUL byte", config.helper_exe.display()),
+        )
+    })?;
+    let number = |fd: &OwnedFd| CString::new(fd.as_raw_fd().to_string()).expect("digits");
+    let args = vec![
+        exe.clone(),
+        CString::new(sandbox_init::COMMAND).expect("no NUL"),
+        number(&init_reads),
+        number(&init_reports),
+    ];
+    let failure = format!(
+        "cannot execute the sandbox helper {}: os error ",
+        config.helper_exe.display()
+    );
+    let plan = sys::ExecPlan::new(exe, args, failure);
+
+    let cgroup_dir = match cgroups.clone_into_dir(&cfg.id) {
+        Some(dir) => Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(&dir)
+                .map_err(|e| Error::sys(format!("opening cgroup {}", dir.display()), e))?,
+        ),
+        None => None,
+    };
+    let namespaces = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC;
+    let (pid, pidfd) = sys::clone_exec(
+        namespaces,
+        cgroup_dir.as_ref().map(|d| d.as_fd()),
+        &plan,
+        [init_reads.as_fd(), init_reports.as_fd()],
+        init_reports.as_fd(),
+    )
+    .map_err(|e| Error::sys(format!("clone3 of the sandbox of {}", cfg.id), e))?;
+    // Drop our copies of the child's ends: the error pipe reaches EOF only when all writers close.
+    drop(init_reads);
+    drop(init_reports);
+    Ok((pid, pidfd, File::from(to_init), from_init))
+}
+
+/// While the child execs sandbox-init: creates the instance directories and sends the config
+/// (the child builds the root meanwhile), writes the /etc files and the log, puts the child on
+/// its bridge, then says go. Returns the child's start time.
+fn prepare_child(
+    cgroups: &dyn CgroupManager,
+    cfg: &InstanceConfig,
+    pid: i32,
+    mut to_init: File,
+) -> Result<u64> {
+    let start_time = procfs::read_stat(pid)
+        .map_err(|e| Error::sys(format!("reading /proc/{pid}/stat"), e))?
+        .start_time;
+    let send = |to_init: &mut File, message: &ToInit| {
+        write_message(to_init, message)
+            .map_err(|e| Error::sys(format!("sending {} to sandbox-init", cfg.id), e))
+    };
+    for dir in sandbox_init::instance_dirs(cfg) {
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::sys(format!("creating {}", dir.display()), e))?;
+        }
+    }
+    let config = ToInit::Config {
+        config: Box::new(cfg.clone()),
+        join_cgroups: cgroups.join_files(&cfg.id),
+    };
+    send(&mut to_init, &config)?;
+    sandbox_init::write_etc_files(cfg)
+        .map_err(|e| Error::sys(format!("writing the /etc files of {}", cfg.id), e))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(&cfg.log_path)
+        .map_err(|e| Error::sys(format!("creating log file {}", cfg.log_path.display()), e))?;
+    if let Some(net) = &cfg.network {
+        attach_veth(&cfg.id, &net.bridge, net.address.addr(), pid)?;
+    }
+    send(&mut to_init, &ToInit::Go)?;
+    Ok(start_time)
+}
+
+fn attach_veth(id: &str, bridge: &str, address: Ipv4Addr, pid: i32) -> Result<()> {
+    let host = veth_host_name(id);
+    let bridge_index = netlink::link_index(bridge).map_err(|e| {
+        Error::Network(format!(
+            "bridge {bridge} of {id}: {e} (create it with ensure_network first)"
+        ))
+    })?;
+    let failed = |e: io::Error| Error::Network(format!("cannot create veth {host} for {id}: {e}"));
+    let mut nl = Netlink::open().map_err(failed)?;
+    let mac = instance_mac(address);
+    match nl.create_veth(&host, bridge_index, pid, mac.clone()) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            // Left by an earlier instance of this id whose netns the kernel has not freed yet.
+            nl.delete_link(&host).map_err(failed)?;
+            nl.create_veth(&host, bridge_index, pid, mac)
+                .map_err(failed)
+        }
+        other => other.map_err(failed),
+    }
+}
+
+/// Reads the error pipe to EOF: empty means the command was exec'd.
+async fn read_report(from_init: OwnedFd) -> io::Result<String> {
+    nix::fcntl::fcntl(&from_init, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let pipe = sys::async_fd(from_init, Interest::READABLE)?;
+    let mut report = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut ready = pipe.readable().await?;
+        match ready.try_io(|p| nix::unistd::read(p.get_ref(), &mut chunk).map_err(io::Error::from))
+        {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                if report.len() < MAX_REPORT {
+                    report.extend_from_slice(&chunk[..n]);
+                }
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
+        }
+    }
+    Ok(String::from_utf8_lossy(&report).into_owned())
+}
+
+/// For error paths once the child is dead: what it wrote before dying.
+fn read_report_blocking(from_init: File) -> String {
+    let mut report = Vec::new();
+    let _ = from_init.take(MAX_REPORT as u64).read_to_end(&mut report);
+    String::from_utf8_lossy(&report).into_owned()
+}

@@ -1,0 +1,371 @@
+//! The crate's only unsafe code: thin safe wrappers over the syscalls that nix and std lack.
+//!
+//! **Invariant:** every other module is free of `unsafe`; each block here says why it is sound.
+#![allow(
+    unsafe_code,
+    reason = "the syscall boundary of the runtime; each block has a SAFETY note"
+)]
+
+use std::ffi::{c_char, CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// CLONE_INTO_CGROUP (Linux 5.7); libc's constant is an overflowing c_int.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: the pidfd is open for the call; a null siginfo is allowed and means "as kill(2)".
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// Registers an owned fd with tokio's reactor.
+pub(crate) fn async_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd keeps its fd open and returns the same number until it is dropped,
+    // which only happens when the AsyncFd is dropped.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into())
+}
+
+fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the options used here take integer arguments only.
+    if unsafe { libc::prctl(option, arg, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Keeps the permitted capabilities across setuid to a non-root user.
+pub(crate) fn set_keep_capabilities() -> io::Result<()> {
+    prctl(libc::PR_SET_KEEPCAPS, 1)
+}
+
+pub(crate) fn set_no_new_privileges() -> io::Result<()> {
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
+}
+
+/// SIGKILL when the parent (thread) dies.
+pub(crate) fn kill_me_with_parent() -> io::Result<()> {
+    prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
+}
+
+/// Marks every fd from `first` on close-on-exec.
+pub(crate) fn close_range_cloexec(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with integer arguments only; it only sets flags, closing nothing.
+    if unsafe { libc::close_range(first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// dup2 onto a standard stream (0, 1 or 2), which is not owned by any Rust object.
+pub(crate) fn dup_onto_stdio(fd: BorrowedFd<'_>, stdio: RawFd) -> io::Result<()> {
+    assert!((0..=2).contains(&stdio), "only standard streams");
+    // SAFETY: `fd` is open for the call; replacing a standard stream invalidates no OwnedFd.
+    if unsafe { libc::dup2(fd.as_raw_fd(), stdio) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Claims an fd that the parent passed on the command line. Only for fds named in our argv at
+/// process start (before anything could have opened or closed them).
+pub(crate) fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only checks that the fd is open.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} was not passed to us"),
+        ));
+    }
+    // SAFETY: the fd is open, was handed to this process for its exclusive use, and no other
+    // object of this fresh process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub(crate) fn if_nametoindex(name: &str) -> io::Result<u32> {
+    let c = CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr(2) (Linux 5.12) setting `attr_set` on the mount at `path` and every mount
+/// below it.
+pub(crate) fn mount_setattr_recursive(path: &Path, attr_set: u64) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `path` is NUL-terminated and `attr` is a mount_attr as the kernel defines it; both
+    // outlive the call and the kernel only reads them.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
+/// Sets every catchable signal to its default action: ignored signals survive execve.
+pub(crate) fn default_signal_dispositions() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        let _ = unsafe { sigaction(signal, &default) };
+    }
+}
+
+/// The result of [`fork`].
+pub(crate) enum Forked {
+    Child,
+    Parent(nix::unistd::Pid),
+}
+
+/// Proof that the process had a single thread when it was made; the holder promises to start
+/// none (the hidden commands never do).
+pub(crate) struct SingleThreaded(());
+
+/// Checks /proc/self/status (read it while /proc is still the host's).
+pub(crate) fn single_threaded() -> io::Result<SingleThreaded> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .map(str::trim);
+    if threads != Some("1") {
+        return Err(io::Error::other(format!(
+            "fork refused: the process has {} threads",
+            threads.unwrap_or("unknown")
+        )));
+    }
+    Ok(SingleThreaded(()))
+}
+
+/// fork(2) of a single-threaded process (then the child may run any code), through clone3 so
+/// that the child starts in the cgroup2 directory `cgroup` when one is given.
+pub(crate) fn fork(_proof: &SingleThreaded, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+    let mut args = libc::clone_args {
+        flags: if cgroup.is_some() {
+            CLONE_INTO_CGROUP
+        } else {
+            0
+        },
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
+    };
+    // SAFETY: clone3 without a stack or CLONE_VM behaves like fork. With one thread there is no
+    // lock held by another thread that the child could inherit locked, so the child may
+    // allocate and run ordinary code; `args` is valid for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    match check(ret)? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(nix::unistd::Pid::from_raw(pid as i32))),
+    }
+}
+
+/// What the child of [`clone_exec`] execs, prepared before the clone (the child must not
+/// allocate).
+pub(crate) struct ExecPlan {
+    exe: CString,
+    args: Vec<CString>,
+    argv: Vec<*const c_char>,
+    envp: [*const c_char; 1],
+    failure: Vec<u8>,
+}
+
+impl ExecPlan {
+    /// `exe` with `args` (argv[0] included) and an empty environment; if execve fails the child
+    /// writes `failure` and the errno in decimal to the report fd.
+    pub(crate) fn new(exe: CString, args: Vec<CString>, failure: String) -> Self {
+        let argv = args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        Self {
+            exe,
+            args,
+            argv,
+            envp: [std::ptr::null()],
+            failure: failure.into_bytes(),
+        }
+    }
+}
+
+/// clone3 with `namespaces` (CLONE_NEW* flags) and a pidfd, into the cgroup2 directory `cgroup`
+/// if given; the child clears close-on-exec on `keep` and execs `plan`. Returns (pid, pidfd).
+pub(crate) fn clone_exec(
+    namespaces: libc::c_int,
+    cgroup: Option<BorrowedFd<'_>>,
+    plan: &ExecPlan,
+    keep: [BorrowedFd<'_>; 2],
+    report: BorrowedFd<'_>,
+) -> io::Result<(i32, OwnedFd)> {
+    debug_assert_eq!(plan.args.len() + 1, plan.argv.len());
+    let mut flags = (namespaces | libc::CLONE_PIDFD) as u64;
+    if cgroup.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    let mut pidfd: libc::c_int = -1;
+    let mut args = libc::clone_args {
+        flags,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
+    };
+    let keep = keep.map(|fd| fd.as_raw_fd());
+    let report = report.as_raw_fd();
+    // SAFETY: clone3 without a stack behaves like fork: the child continues here on a copy of
+    // this thread's stack; `args` and `pidfd` are valid for the call. The child only runs
+    // `exec_child`, which is async-signal-safe (the daemon is multi-threaded) and uses memory
+    // prepared before the clone.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if ret == 0 {
+        exec_child(plan, keep, report);
+    }
+    let pid = check(ret)? as i32;
+    // SAFETY: CLONE_PIDFD stored a new fd, owned by nobody else, in `pidfd`.
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// The child between clone3 and execve: async-signal-safe calls only, no allocation, no locks.
+fn exec_child(plan: &ExecPlan, keep: [RawFd; 2], report: RawFd) -> ! {
+    let exe: &CStr = &plan.exe;
+    // SAFETY: fcntl, execve, write and _exit are async-signal-safe; every pointer refers to
+    // memory prepared before the clone (argv and envp are NULL-terminated arrays of C strings
+    // kept alive by `plan`).
+    unsafe {
+        for fd in keep {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+        }
+        libc::execve(exe.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+        let errno = *libc::__errno_location();
+        libc::write(report, plan.failure.as_ptr().cast(), plan.failure.len());
+        let mut digits = [0u8; 12];
+        let len = decimal(errno, &mut digits);
+        libc::write(report, digits.as_ptr().cast(), len);
+        libc::_exit(127);
+    }
+}
+
+/// Writes `n` in decimal (sign dropped) at the start of `buf`, without allocating.
+fn decimal(n: i32, buf: &mut [u8; 12]) -> usize {
+    let mut n = n.unsigned_abs();
+    let mut tmp = [0u8; 12];
+    let mut len = 0;
+    loop {
+        tmp[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 || len == tmp.len() {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[i] = tmp[len - 1 - i];
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_formats_without_allocating() {
+        let mut buf = [0u8; 12];
+        let n = decimal(0, &mut buf);
+        assert_eq!(&buf[..n], b"0");
+        let n = decimal(2, &mut buf);
+        assert_eq!(&buf[..n], b"2");
+        let n = decimal(i32::MAX, &mut buf);
+        assert_eq!(&buf[..n], b"2147483647");
+    }
+
+    #[test]
+    fn fork_is_refused_with_threads() {
+        // The test harness runs tests on threads of a multi-threaded process.
+        let _other =
+            std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        assert!(single_threaded().is_err());
+    }
+}
