@@ -289,6 +289,7 @@ async fn up(global: &Global, file: &Path, detach: bool, timeout: Duration) -> Re
         .get(&format!("/v1/apps/{}", response.app))
         .await
         .map_err(explain)?;
+    wait_published(&app, timeout).await?;
     for service in &app.services {
         for published in &service.published {
             eprintln!("{}: {published}", service.name);
@@ -299,12 +300,35 @@ async fn up(global: &Global, file: &Path, detach: bool, timeout: Duration) -> Re
 }
 
 /// A service is settled when it has exactly its wanted instances, all ready at its revision.
+/// Without a health check, an instance must also have stayed up for a second, so that a command
+/// that exits at once is reported rather than taken for ready.
 fn settled(service: &ServiceView) -> bool {
+    let min_uptime = if service.spec.health.is_some() { 0 } else { 1 };
     service.instances.len() as u32 == service.replicas
-        && service
-            .instances
-            .iter()
-            .all(|i| i.state == "running" && i.revision == service.revision)
+        && service.instances.iter().all(|i| {
+            i.state == "running"
+                && i.revision == service.revision
+                && i.uptime_seconds.unwrap_or(0) >= min_uptime
+        })
+}
+
+/// Waits until the data plane listens on every published address of services with instances.
+async fn wait_published(app: &AppView, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for service in app.services.iter().filter(|s| s.replicas > 0) {
+        for address in service.spec.ports.iter().filter_map(|p| p.publish) {
+            while tokio::net::TcpStream::connect(address).await.is_err() {
+                if Instant::now() > deadline {
+                    bail!(
+                        "{}: nothing listens on {address} yet; see `paracloud events`",
+                        service.name
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits until every service (or `only` these) is settled, printing progress as it changes.
@@ -335,21 +359,18 @@ async fn wait_ready(
                 eprintln!("  {line}");
                 shown.insert(service.name.clone(), line);
             }
-            if let Some(bad) = service
+            let crash_looping = service
                 .instances
                 .iter()
-                .find(|i| i.restarts >= 3 && i.state != "running")
-            {
+                .find(|i| i.restarts >= 3 && i.exit.is_some());
+            if let Some(bad) = crash_looping {
                 let logs = instance_log_tail(client, app, &bad.instance).await;
-                let why = bad
-                    .exit
-                    .as_ref()
-                    .and_then(|e| e.error.clone())
-                    .unwrap_or_else(|| format!("it keeps exiting ({} restarts)", bad.restarts));
+                let why = bad.exit.as_ref().map(describe_exit).unwrap_or_default();
                 bail!(
-                    "service {} does not come up: {} {why}\nlast lines of its output:\n{logs}\n(see `paracloud logs {}` and `paracloud describe {}`)",
+                    "service {} does not come up: {} {why} ({} restarts)\nlast lines of its output:\n{logs}\n(see `paracloud logs {}` and `paracloud describe {}`)",
                     service.name,
                     bad.instance,
+                    bad.restarts,
                     bad.instance,
                     service.name
                 );
@@ -371,6 +392,21 @@ async fn wait_ready(
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How an instance's last process ended, in words.
+fn describe_exit(exit: &paracloud_reconcile::ExitInfo) -> String {
+    if let Some(error) = &exit.error {
+        return format!("failed: {error}");
+    }
+    if exit.oom_killed {
+        return "was killed: out of memory (raise resources.memory)".to_string();
+    }
+    match (exit.code, exit.signal) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "exited".to_string(),
     }
 }
 

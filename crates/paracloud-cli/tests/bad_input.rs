@@ -109,3 +109,26 @@ fn command_line_mistakes_say_how_to_fix_them() {
         .contains("cannot read the manifest /no/such/file.toml"));
     assert_eq!(p.ps("good").len(), 1);
 }
+
+#[test]
+fn a_command_that_cannot_run_fails_up_with_the_reason_and_the_output() {
+    let p = Platform::new();
+    let manifest = p.manifest(
+        "nocmd",
+        "app = \"nocmd\"\n[services.x]\nimage = \"host\"\ncommand = [\"no-such-program\", \"--flag\"]\n",
+    );
+    let err = p.fails(&["up", "-f", manifest.to_str().unwrap()]);
+    assert!(err.contains("service x does not come up"), "{err}");
+    assert!(err.contains("no-such-program"), "names the command: {err}");
+    let crash = p.manifest(
+        "crash",
+        "app = \"crash\"\n[services.y]\nimage = \"host\"\ncommand = [\"/bin/sh\", \"-c\", \"echo config missing >&2; exit 3\"]\n",
+    );
+    let err = p.fails(&["up", "-f", crash.to_str().unwrap()]);
+    assert!(
+        err.contains("config missing"),
+        "shows the last output: {err}"
+    );
+    let ps = p.ps("crash");
+    assert_eq!(ps[0]["exit"]["code"].as_i64(), Some(3), "{ps:?}");
+}

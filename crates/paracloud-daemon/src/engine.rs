@@ -215,16 +215,21 @@ impl<D: Driver> Engine<D> {
     /// The reconcile loop; runs until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         loop {
-            let next = match self.turn().await {
-                Ok(wake_at) => wake_at,
+            let (next, acted) = match self.turn().await {
+                Ok(turn) => turn,
                 Err(e) => {
                     tracing::error!("reconcile turn failed: {e}");
-                    None
+                    (None, false)
                 }
             };
-            let delay = next
+            let mut delay = next
                 .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
                 .unwrap_or(Duration::from_secs(1));
+            if acted {
+                // What was just done may unlock the next step (removed instances let the network
+                // go): look again soon rather than at the next tick.
+                delay = delay.min(Duration::from_millis(10));
+            }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(delay.min(Duration::from_secs(1))) => {}
@@ -232,11 +237,13 @@ impl<D: Driver> Engine<D> {
         }
     }
 
-    async fn turn(self: &Arc<Self>) -> Result<Option<Millis>, paracloud_state::Error> {
+    /// One reconcile step; returns when to wake for a backoff, and whether it did anything.
+    async fn turn(self: &Arc<Self>) -> Result<(Option<Millis>, bool), paracloud_state::Error> {
         let snapshot = self.store.load()?;
         let (desired, observed) = views(&snapshot);
         let plan = plan(&desired, &observed, now_ms());
         *lock(&self.waiting) = plan.waiting.clone();
+        let acted = !plan.actions.is_empty();
         for action in plan.actions {
             self.execute(&snapshot, action).await;
         }
@@ -244,7 +251,7 @@ impl<D: Driver> Engine<D> {
         let snapshot = self.store.load()?;
         self.dataplane
             .push(&dataplane_config(&snapshot, self.config.subnet_pool));
-        Ok(plan.wake_at)
+        Ok((plan.wake_at, acted))
     }
 
     fn network_of(&self, app: &AppRecord) -> Option<AppNetwork> {

@@ -231,6 +231,13 @@ impl Drop for Platform {
         if let Some(pid) = self.dataplane_pid() {
             terminate(pid);
         }
+        // The instances' cgroups are gone with them; their parent is this test's to remove.
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for hierarchy in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(hierarchy.path().join(self.cgroup_parent()));
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(self.cgroup_parent()));
     }
 }
 
