@@ -217,19 +217,25 @@ async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppVi
     ))
 }
 
+/// The current view of one application.
+fn app_answer<D: Driver>(engine: &Engine<D>, app: &str) -> Result<Json<AppView>, ApiError> {
+    let snapshot = engine.store.load()?;
+    let record = find_app(&snapshot, app)?;
+    let pool = engine.config.subnet_pool;
+    Ok(Json(app_view(
+        record,
+        &snapshot,
+        pool,
+        now_ms(),
+        &engine.waiting(),
+    )))
+}
+
 async fn get_app<D: Driver>(
     State(engine): Shared<D>,
     UrlPath(app): UrlPath<String>,
 ) -> Result<Json<AppView>, ApiError> {
-    let snapshot = engine.store.load()?;
-    let record = find_app(&snapshot, &app)?;
-    Ok(Json(app_view(
-        record,
-        &snapshot,
-        engine.config.subnet_pool,
-        now_ms(),
-        &engine.waiting(),
-    )))
+    app_answer(&engine, &app)
 }
 
 #[derive(Deserialize)]
@@ -250,15 +256,7 @@ async fn down<D: Driver>(
         .store
         .add_event(now_ms(), &app, &app, "down requested")?;
     engine.wake();
-    let snapshot = engine.store.load()?;
-    let record = find_app(&snapshot, &app)?;
-    Ok(Json(app_view(
-        record,
-        &snapshot,
-        engine.config.subnet_pool,
-        now_ms(),
-        &engine.waiting(),
-    )))
+    app_answer(&engine, &app)
 }
 
 #[derive(Deserialize)]

@@ -1,38 +1,34 @@
 //! The planner against a simulated executor that applies every action at once.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use paracloud_manifest::*;
 use paracloud_reconcile::*;
 use proptest::prelude::*;
 
-fn service(name: &str, replicas: u32) -> Service {
-    Service {
-        name: name.to_string(),
-        image: Image::Host { paths: vec![] },
-        entrypoint: vec![],
-        command: vec!["true".into()],
-        env: BTreeMap::new(),
-        ports: vec![],
-        health: None,
-        resources: Resources::default(),
-        replicas,
-        restart: RestartPolicy {
-            condition: RestartCondition::Always,
-            max_retries: None,
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(30),
-        },
-        depends_on: BTreeMap::new(),
-        volumes: vec![],
-        labels: BTreeMap::new(),
-        user: None,
-        working_dir: None,
-        stop_signal: "SIGTERM".into(),
-        stop_grace_period: Duration::from_secs(10),
-        cap_add: vec![],
+/// Everything exists, for manifests that name no paths.
+struct AnyFs;
+
+impl FileSystem for AnyFs {
+    fn exists(&self, _: &std::path::Path) -> bool {
+        true
     }
+    fn is_dir(&self, _: &std::path::Path) -> bool {
+        true
+    }
+}
+
+/// A service with the manifest's defaults (restart always, 100 ms backoff), by the real parser.
+fn service(name: &str, replicas: u32) -> Service {
+    let source = format!(
+        "app = \"shop\"\n[services.{name}]\nimage = \"host\"\ncommand = [\"true\"]\nreplicas = {replicas}\n"
+    );
+    let origin = Origin {
+        file: "paracloud.toml".into(),
+        base_dir: "/".into(),
+    };
+    let mut manifest = parse(&source, &origin, &AnyFs).unwrap();
+    manifest.services.remove(name).unwrap()
 }
 
 fn app(services: Vec<Service>) -> DesiredApp {

@@ -1,47 +1,32 @@
 //! The store against a real SQLite file.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use paracloud_manifest::*;
 use paracloud_reconcile::{Health, InstanceKey, InstanceState};
 use paracloud_state::*;
 
-fn manifest(command: &str, replicas: u32) -> Manifest {
-    let service = |name: &str| Service {
-        name: name.to_string(),
-        image: Image::Host { paths: vec![] },
-        entrypoint: vec![],
-        command: vec![command.to_string()],
-        env: BTreeMap::new(),
-        ports: vec![],
-        health: None,
-        resources: Resources::default(),
-        replicas,
-        restart: RestartPolicy {
-            condition: RestartCondition::Always,
-            max_retries: None,
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(30),
-        },
-        depends_on: BTreeMap::new(),
-        volumes: vec![],
-        labels: BTreeMap::new(),
-        user: None,
-        working_dir: None,
-        stop_signal: "SIGTERM".into(),
-        stop_grace_period: Duration::from_secs(10),
-        cap_add: vec![],
-    };
-    Manifest {
-        app: "shop".into(),
-        services: [
-            ("web".to_string(), service("web")),
-            ("api".to_string(), service("api")),
-        ]
-        .into(),
-        volumes: BTreeMap::new(),
+/// Everything exists, for manifests that name no paths.
+struct AnyFs;
+
+impl FileSystem for AnyFs {
+    fn exists(&self, _: &std::path::Path) -> bool {
+        true
     }
+    fn is_dir(&self, _: &std::path::Path) -> bool {
+        true
+    }
+}
+
+/// The shop with two services, built by the real parser.
+fn manifest(command: &str, replicas: u32) -> Manifest {
+    let source = format!(
+        "app = \"shop\"\n[services.web]\nimage = \"host\"\ncommand = [\"{command}\"]\nreplicas = {replicas}\n\
+         [services.api]\nimage = \"host\"\ncommand = [\"{command}\"]\nreplicas = {replicas}\n"
+    );
+    let origin = Origin {
+        file: "paracloud.toml".into(),
+        base_dir: "/".into(),
+    };
+    parse(&source, &origin, &AnyFs).unwrap()
 }
 
 #[test]
