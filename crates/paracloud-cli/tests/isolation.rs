@@ -141,3 +141,45 @@ resources = { pids = 16 }
     let n = children.split_whitespace().count();
     assert!(n < 16, "at most the limit: {n} children");
 }
+
+#[test]
+fn logs_follow_new_lines_as_they_come() {
+    let p = Platform::new();
+    let manifest = p.manifest(
+        "ticker",
+        r#"
+app = "iso"
+[services.ticker]
+image = "host"
+stop_grace_period = "1s"
+command = ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"]
+"#,
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let mut follower = p
+        .command()
+        .args(["logs", "-a", "iso", "ticker", "-f", "-n", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        seen.push(lines.next().expect("the follower keeps printing").unwrap());
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let numbers: Vec<u64> = seen
+        .iter()
+        .map(|l| {
+            l.trim_start_matches("ticker.1 | tick ")
+                .parse()
+                .unwrap_or_else(|_| panic!("{l:?}"))
+        })
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, none lost or repeated: {numbers:?}"
+    );
+}

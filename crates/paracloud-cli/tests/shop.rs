@@ -174,6 +174,41 @@ fn a_daemon_killed_with_sigkill_readopts_its_instances_and_the_shop_keeps_answer
     let events = p.ok(&["events", "-a", "shop"]);
     assert_eq!(events.matches("re-adopted").count(), 5, "{events}");
     assert!(page(&p).contains("kv: ok"));
+
+    // An adopted instance is no longer the daemon's child: its end is still seen (by its pidfd)
+    // and it is restarted by policy.
+    let (_, kv_pid) = after.iter().find(|(n, _)| n == "kv.1").unwrap().clone();
+    kill9(kv_pid as i32);
+    p.wait_ps("shop", UP, "kv.1 to run again", |ps| {
+        ps.iter().any(|i| {
+            field(i, "instance") == "kv.1"
+                && field(i, "state") == "running"
+                && i["pid"].as_i64() != Some(kv_pid)
+        })
+    });
+    assert!(page(&p).contains("kv: ok"));
+}
+
+#[test]
+fn a_killed_data_plane_is_started_again_by_the_daemon() {
+    let p = Platform::new();
+    let manifest = p.shop();
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let first = p.dataplane_pid().unwrap();
+    kill9(first);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.dataplane_pid() == Some(first) || !p.dataplane_pid().is_some_and(alive) {
+        assert!(
+            Instant::now() < deadline,
+            "no new data plane:\n{}",
+            p.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        page(&p).contains("kv: ok"),
+        "the new data plane has the routes"
+    );
 }
 
 #[test]
