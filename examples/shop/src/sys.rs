@@ -106,6 +106,19 @@ pub async fn serve_http(
     }
 }
 
+/// The body of each shop binary's `main`: logs, args, a small runtime, `serve` until it returns,
+/// then exit promptly without waiting for CPU work still running on blocking threads.
+pub fn main_with<A: clap::Parser, F: std::future::Future<Output = anyhow::Result<()>>>(
+    serve: impl FnOnce(A) -> F,
+) -> anyhow::Result<()> {
+    init_tracing();
+    let args = A::parse();
+    let runtime = runtime().map_err(|e| anyhow::anyhow!("cannot start the tokio runtime: {e}"))?;
+    let result = runtime.block_on(serve(args));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use shop::client::{KvClient, KvError};
 use shop::kv::{valid_key, valid_value};
 use shop::model::{catalogue, ErrorBody, KeyValue, Products};
-use shop::sys::{hostname, init_tracing, runtime, serve_http, Shutdown};
+use shop::sys::{hostname, serve_http, Shutdown};
 use shop::work::{cpu_work, DEFAULT_WORK, MAX_WORK};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -38,13 +38,7 @@ struct App {
 type Shared = State<Arc<App>>;
 
 fn main() -> anyhow::Result<()> {
-    init_tracing();
-    let args = Args::parse();
-    let runtime = runtime().context("cannot start the tokio runtime")?;
-    let result = runtime.block_on(serve_until_signal(args));
-    // Do not wait for long CPU work still running on blocking threads: exit promptly.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    result
+    shop::sys::main_with(serve_until_signal)
 }
 
 async fn serve_until_signal(args: Args) -> anyhow::Result<()> {

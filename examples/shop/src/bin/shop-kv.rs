@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use shop::kv::{Command, Reply};
 use shop::store::Store;
-use shop::sys::{init_tracing, runtime, Shutdown};
+use shop::sys::Shutdown;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
@@ -28,13 +28,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    init_tracing();
-    let args = Args::parse();
-    let runtime = runtime().context("cannot start the tokio runtime")?;
-    let result = runtime.block_on(serve_until_signal(args));
-    // Do not wait for long CPU work still running on blocking threads: exit promptly.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    result
+    shop::sys::main_with(serve_until_signal)
 }
 
 async fn serve_until_signal(args: Args) -> anyhow::Result<()> {

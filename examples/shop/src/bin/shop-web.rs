@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use shop::model::{ErrorBody, Products};
 use shop::page;
-use shop::sys::{hostname, init_tracing, runtime, serve_http, Shutdown};
+use shop::sys::{hostname, serve_http, Shutdown};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -43,13 +43,7 @@ struct App {
 }
 
 fn main() -> anyhow::Result<()> {
-    init_tracing();
-    let args = Args::parse();
-    let runtime = runtime().context("cannot start the tokio runtime")?;
-    let result = runtime.block_on(serve_until_signal(args));
-    // Do not wait for long CPU work still running on blocking threads: exit promptly.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    result
+    shop::sys::main_with(serve_until_signal)
 }
 
 async fn serve_until_signal(args: Args) -> anyhow::Result<()> {
