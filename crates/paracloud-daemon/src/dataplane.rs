@@ -121,6 +121,11 @@ impl DataplaneSupervisor {
             return;
         }
         if let Some((pid, _)) = state.process {
+            // A data plane that has not yet installed its SIGHUP handler would die of the signal;
+            // it reads the file we just wrote when it starts, and the next turn signals it again.
+            if !catches_sighup(pid) {
+                return;
+            }
             if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGHUP) {
                 tracing::warn!("cannot signal the data plane: {e}");
                 return;
@@ -130,8 +135,45 @@ impl DataplaneSupervisor {
     }
 }
 
+/// Whether the process has a handler for SIGHUP (bit 0 of SigCgt in /proc/PID/status).
+fn catches_sighup(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 == 1)
+}
+
 fn read_pid_file(path: &Path) -> Option<(i32, u64)> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut parts = text.split_whitespace();
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_process_catches_sighup_once_it_has_a_handler() {
+        let me = std::process::id() as i32;
+        assert!(
+            !catches_sighup(me),
+            "a test process leaves SIGHUP to its default action"
+        );
+        let _hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
+        assert!(catches_sighup(me));
+        assert!(!catches_sighup(i32::MAX), "no such process");
+    }
+
+    #[test]
+    fn proc_stat_reads_state_and_start_time_past_odd_command_names() {
+        let (state, start) = proc_stat(std::process::id() as i32).unwrap();
+        assert!(matches!(state, 'R' | 'S'));
+        assert!(start > 0);
+    }
 }

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
 
 use crate::{Error, NetworkConfig, Result};
 
@@ -109,6 +109,7 @@ pub(crate) async fn ensure_network(net: &NetworkConfig) -> Result<()> {
             .execute()
             .await
             .map_err(nl_error(format!("cannot set bridge {name} up")))?;
+        keep_carrier(&handle, &name, index).await?;
         let mut addresses = vec![(net.gateway.addr(), net.gateway.prefix_len())];
         addresses.extend(
             net.service_addresses
@@ -137,7 +138,57 @@ pub(crate) async fn ensure_network(net: &NetworkConfig) -> Result<()> {
     .await
 }
 
+/// The always-up port of a bridge (and its peer): see [`keep_carrier`].
+fn keeper_names(bridge: &str) -> (String, String) {
+    (format!("{bridge}k"), format!("{bridge}q"))
+}
+
+/// Gives the bridge a port that is always up. A bridge without a running port has no carrier; the
+/// first instance attached then waits for the carrier to come back, and a packet sent meanwhile
+/// (a first SYN) is lost and retried only after a second. With this port, the bridge keeps its
+/// carrier whether instances come and go.
+async fn keep_carrier(handle: &Handle, bridge: &str, bridge_index: u32) -> Result<()> {
+    let (port, peer) = keeper_names(bridge);
+    check_ifname(&port).map_err(|_| {
+        Error::Network(format!("bridge name {bridge:?} is too long: at most 14 bytes (one is kept for its carrier port)"))
+    })?;
+    let created = handle
+        .link()
+        .add(
+            LinkVeth::new(&port, &peer)
+                .controller(bridge_index)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await;
+    match created {
+        Ok(()) => {}
+        Err(e) if is_errno(&e, libc::EEXIST) => {}
+        Err(e) => {
+            return Err(nl_error(format!(
+                "cannot create the carrier port {port} of bridge {bridge}"
+            ))(e))
+        }
+    }
+    for name in [&port, &peer] {
+        let index = link_index(handle, name)
+            .await
+            .map_err(nl_error(format!("cannot find {name}")))?
+            .ok_or_else(|| Error::Network(format!("{name} vanished after creation")))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(nl_error(format!("cannot set {name} up")))?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn remove_network(bridge: &str) -> Result<()> {
+    check_ifname(bridge)?;
+    crate::netlink::delete_link_if_exists(&keeper_names(bridge).0)?;
     check_ifname(bridge)?;
     let name = bridge.to_string();
     with_handle(&format!("bridge {name}"), |handle| async move {
