@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -61,6 +61,15 @@ impl From<paracloud_state::Error> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the query string is not valid: {}", e.body_text()),
+        )
     }
 }
 
@@ -247,8 +256,9 @@ struct DownQuery {
 async fn down<D: Driver>(
     State(engine): Shared<D>,
     UrlPath(app): UrlPath<String>,
-    Query(query): Query<DownQuery>,
+    query: Result<Query<DownQuery>, QueryRejection>,
 ) -> Result<Json<AppView>, ApiError> {
+    let Query(query) = query?;
     let snapshot = engine.store.load()?;
     find_app(&snapshot, &app)?;
     engine.store.mark_removing(&app, query.volumes)?;
@@ -266,8 +276,9 @@ struct AppQuery {
 
 async fn instances<D: Driver>(
     State(engine): Shared<D>,
-    Query(query): Query<AppQuery>,
+    query: Result<Query<AppQuery>, QueryRejection>,
 ) -> Result<Json<Vec<InstanceView>>, ApiError> {
+    let Query(query) = query?;
     let snapshot = engine.store.load()?;
     if let Some(app) = &query.app {
         find_app(&snapshot, app)?;
@@ -416,8 +427,9 @@ fn log_files<D: Driver>(
 async fn logs_of<D: Driver>(
     State(engine): Shared<D>,
     UrlPath(app): UrlPath<String>,
-    Query(query): Query<LogQuery>,
+    query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query?;
     let files = log_files(&engine, &app, query.target.as_deref())?;
     let prefix = files.len() > 1 || query.target.as_deref().is_none_or(|t| !t.contains('.'));
     let mut text = String::new();
@@ -500,8 +512,9 @@ struct EventQuery {
 
 async fn events<D: Driver>(
     State(engine): Shared<D>,
-    Query(query): Query<EventQuery>,
+    query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
+    let Query(query) = query?;
     let events = engine.store.events(
         query.app.as_deref(),
         query.after,
