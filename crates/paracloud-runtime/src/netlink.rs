@@ -6,10 +6,15 @@ use std::io;
 use std::net::Ipv4Addr;
 
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
-use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::RouteType;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use rtnetlink::{AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
@@ -98,6 +103,34 @@ impl Netlink {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         self.new_link(message)
+    }
+
+    /// Tells the host the link-layer address of `address` on interface `index`, so that its first
+    /// packet to a new instance needs no ARP round trip, and a packet that asked while the
+    /// instance was not yet up is sent at once rather than at the next ARP retry a second later.
+    pub(crate) fn set_neighbour(
+        &mut self,
+        index: u32,
+        address: Ipv4Addr,
+        mac: &[u8],
+    ) -> io::Result<()> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.ifindex = index;
+        message.header.state = NeighbourState::Reachable;
+        message.header.kind = RouteType::Unspec;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                address,
+            )));
+        message
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(message),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
     }
 
     pub(crate) fn set_up(&mut self, index: u32) -> io::Result<()> {

@@ -286,11 +286,16 @@ fn attach_veth(id: &str, bridge: &str, address: Ipv4Addr, pid: i32) -> Result<()
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             // Left by an earlier instance of this id whose netns the kernel has not freed yet.
             nl.delete_link(&host).map_err(failed)?;
-            nl.create_veth(&host, bridge_index, pid, mac)
-                .map_err(failed)
+            nl.create_veth(&host, bridge_index, pid, mac.clone())
+                .map_err(failed)?;
         }
-        other => other.map_err(failed),
+        other => other.map_err(failed)?,
     }
+    nl.set_neighbour(bridge_index, address, &mac).map_err(|e| {
+        Error::Network(format!(
+            "cannot set the neighbour entry of {address} on {bridge}: {e}"
+        ))
+    })
 }
 
 /// Reads the error pipe to EOF: empty means the command was exec'd.
