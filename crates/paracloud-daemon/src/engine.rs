@@ -61,6 +61,10 @@ impl DaemonConfig {
     }
 }
 
+/// How long a stopping instance keeps accepting after it left the routes, so that the data plane
+/// has applied the change before the stop signal.
+const ROUTE_PROPAGATION: Duration = Duration::from_millis(100);
+
 pub fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -248,9 +252,7 @@ impl<D: Driver> Engine<D> {
             self.execute(&snapshot, action).await;
         }
         self.dataplane.ensure_running();
-        let snapshot = self.store.load()?;
-        self.dataplane
-            .push(&dataplane_config(&snapshot, self.config.subnet_pool));
+        self.push_routes();
         Ok((plan.wake_at, acted))
     }
 
@@ -306,6 +308,8 @@ impl<D: Driver> Engine<D> {
                     record.state = InstanceState::Stopping { reason };
                     record.since = now_ms();
                     if self.store.put_instance(&record).is_ok() {
+                        // Out of the data plane's routes first, then stopped (see `stop`).
+                        self.push_routes();
                         self.stop(&key, reason);
                     }
                 }
@@ -660,6 +664,9 @@ impl<D: Driver> Engine<D> {
                 &key.name(),
                 &format!("stopping ({why}): {signal}"),
             );
+            // Let the data plane apply the routes without this instance before it stops
+            // accepting: new requests go elsewhere, requests in flight finish in the grace period.
+            tokio::time::sleep(ROUTE_PROPAGATION).await;
             let _ = engine.driver.signal(&process, signal);
             let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e))
                 .await
@@ -674,9 +681,16 @@ impl<D: Driver> Engine<D> {
     /// Publishes routes and makes sure the data plane runs (called once at start-up).
     pub fn start_dataplane(&self) {
         self.dataplane.ensure_running();
-        if let Ok(snapshot) = self.store.load() {
-            self.dataplane
-                .push(&dataplane_config(&snapshot, self.config.subnet_pool));
+        self.push_routes();
+    }
+
+    /// Tells the data plane the current routes (only when they changed).
+    fn push_routes(&self) {
+        match self.store.load() {
+            Ok(snapshot) => self
+                .dataplane
+                .push(&dataplane_config(&snapshot, self.config.subnet_pool)),
+            Err(e) => tracing::error!("cannot read the state for the routes: {e}"),
         }
     }
 
