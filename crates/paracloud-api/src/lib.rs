@@ -15,6 +15,7 @@
 //! | `POST /v1/apps/{app}/services/{service}/restart` | | [`ServiceView`] |
 //! | `GET /v1/apps/{app}/logs?target=web&tail=100&follow=true` | | text, streamed when following |
 //! | `GET /v1/events?app=APP&after=ID` | | `[Event]` |
+//! | `GET /v1/stats?app=APP` | | the data plane's live figures (`paracloud_dataplane::Snapshot`) |
 
 mod client;
 

@@ -127,6 +127,12 @@ pub enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Live traffic per service and instance: requests per second, errors, latency, in flight
+    Top {
+        /// Print once and exit (the default refreshes every second)
+        #[arg(long)]
+        once: bool,
+    },
     /// Run the daemon in the foreground
     Daemon,
     /// Print a shell completion script: paracloud completion bash > /etc/bash_completion.d/paracloud
@@ -136,5 +142,8 @@ pub enum Command {
     Dataplane {
         #[arg(long)]
         config: PathBuf,
+        /// Unix socket serving GET /stats (JSON) and GET /metrics (Prometheus)
+        #[arg(long)]
+        stats: Option<PathBuf>,
     },
 }

@@ -29,13 +29,13 @@ pub fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut command, "paracloud", &mut std::io::stdout());
             Ok(())
         }
-        Command::Dataplane { config } => {
+        Command::Dataplane { config, stats } => {
             init_tracing();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime
-                .block_on(paracloud_dataplane::run(config))
+                .block_on(paracloud_dataplane::run(config, stats))
                 .map_err(|e| anyhow!("data plane: {e}"))
         }
         command => {
@@ -261,6 +261,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Restart { services } => restart(global, services).await,
         Command::Describe { service } => describe(global, &service).await,
         Command::Events { follow } => events(global, follow).await,
+        Command::Top { once } => top(global, once).await,
         Command::Daemon | Command::Dataplane { .. } | Command::Completion { .. } => {
             unreachable!("handled before the client runtime")
         }
@@ -714,6 +715,84 @@ async fn events(global: &Global, follow: bool) -> Result<()> {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One row of `top`: a listener (a service's address or published port) or one of its instances.
+fn top_row(
+    name: String,
+    counters: &paracloud_dataplane::CounterValues,
+    second: &paracloud_dataplane::LastSecond,
+) -> Vec<String> {
+    let ms = |v: f64| {
+        if second.requests == 0 {
+            "-".to_string()
+        } else {
+            format!("{v:.1}")
+        }
+    };
+    vec![
+        name,
+        second.requests.to_string(),
+        second.errors.to_string(),
+        ms(second.p50_ms),
+        ms(second.p95_ms),
+        ms(second.p99_ms),
+        counters.in_flight.max(counters.active).to_string(),
+        counters.requests.to_string(),
+        counters.accepted.to_string(),
+    ]
+}
+
+async fn top(global: &Global, once: bool) -> Result<()> {
+    let client = client(global);
+    let app = resolve_app(global, &client, None).await.ok();
+    let path = match &app {
+        Some(app) => format!("/v1/stats?app={app}"),
+        None => "/v1/stats".to_string(),
+    };
+    loop {
+        let snapshot: paracloud_dataplane::Snapshot = client.get(&path).await.map_err(explain)?;
+        if !once && global.output == Output::Table {
+            // Clear the screen and go home, as top does.
+            print!("\x1b[2J\x1b[H");
+        }
+        print(global.output, &snapshot, |snapshot| {
+            let mut rows = Vec::new();
+            for listener in &snapshot.listeners {
+                rows.push(top_row(
+                    listener.name.clone(),
+                    &listener.counters,
+                    &listener.last_second,
+                ));
+                for backend in &listener.backends {
+                    let name = format!(
+                        "  {}{}",
+                        backend.id,
+                        if backend.ejected { " (ejected)" } else { "" }
+                    );
+                    rows.push(top_row(name, &backend.counters, &backend.last_second));
+                }
+            }
+            table(
+                &[
+                    "LISTENER / INSTANCE",
+                    "REQ/S",
+                    "ERR/S",
+                    "P50 MS",
+                    "P95 MS",
+                    "P99 MS",
+                    "ACTIVE",
+                    "REQUESTS",
+                    "CONNECTIONS",
+                ],
+                &rows,
+            )
+        })?;
+        if once {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

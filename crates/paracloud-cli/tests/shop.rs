@@ -232,3 +232,102 @@ fn kv_data_survives_down_and_up_and_goes_with_down_volumes() {
     p.ok(&["up", "-f", manifest]);
     assert_eq!(visits(&page(&p)), 1, "a fresh volume starts from zero");
 }
+
+#[test]
+fn scaling_in_and_out_under_load_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let p = Platform::new();
+    let manifest = p.shop();
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = p.port(0);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match http_get(port, "/") {
+                        Ok((200, body)) if body.contains("kv: ok") => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => failed.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    for scale in [
+        "web=4", "web=1", "web=3", "api=3", "web=1", "api=1", "web=2",
+    ] {
+        p.ok(&["scale", "-a", "shop", scale]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failed = failed.lock().unwrap();
+    let ok = ok.load(Ordering::Relaxed);
+    eprintln!(
+        "scaling under load: {ok} requests served, {} failed",
+        failed.len()
+    );
+    assert!(ok > 100, "the load ran: {ok}");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+#[test]
+fn top_counts_exactly_what_was_sent_per_service() {
+    let p = Platform::new();
+    let manifest = p.shop();
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    for _ in 0..25 {
+        let (status, _) = http_get(p.port(0), "/").unwrap();
+        assert_eq!(status, 200);
+    }
+    let (status, _) = http_get(p.port(0), "/no-such-page").unwrap();
+    assert_eq!(status, 404);
+    let json = p.ok(&["top", "-a", "shop", "--once", "-o", "json"]);
+    let snapshot: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let listener = |name: &str| {
+        snapshot["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no listener {name} in {json}"))
+            .clone()
+    };
+    let web = listener("shop/web:8080 published");
+    assert_eq!(web["requests"], 26);
+    assert_eq!(web["responses_2xx"], 25);
+    assert_eq!(web["responses_4xx"], 1);
+    let per_instance: u64 = web["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        per_instance, 26,
+        "every request reached exactly one instance"
+    );
+    // Each page asks the api once: the api's service address saw exactly as many requests.
+    let api = listener("shop/api:8000");
+    assert_eq!(api["requests"], 25);
+    let table = p.ok(&["top", "-a", "shop", "--once"]);
+    assert!(
+        table.starts_with("LISTENER / INSTANCE") && table.contains("  web.1"),
+        "{table}"
+    );
+}

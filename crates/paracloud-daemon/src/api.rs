@@ -113,6 +113,7 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         )
         .route("/v1/apps/{app}/logs", get(logs_of::<D>))
         .route("/v1/events", get(events::<D>))
+        .route("/v1/stats", get(stats::<D>))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -532,4 +533,32 @@ async fn events<D: Driver>(
             })
             .collect(),
     ))
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    app: Option<String>,
+}
+
+/// The data plane's live figures (its `GET /stats`), optionally only the listeners of one app.
+async fn stats<D: Driver>(
+    State(engine): Shared<D>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Json<paracloud_dataplane::Snapshot>, ApiError> {
+    let Query(query) = query?;
+    if let Some(app) = &query.app {
+        find_app(&engine.store.load()?, app)?;
+    }
+    let client = paracloud_api::Client::new(engine.dataplane_stats_path());
+    let mut snapshot: paracloud_dataplane::Snapshot = client.get("/stats").await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the data plane does not answer for its figures: {e}; it is restarted within a second, try again"),
+        )
+    })?;
+    if let Some(app) = &query.app {
+        let prefix = format!("{app}/");
+        snapshot.listeners.retain(|l| l.name.starts_with(&prefix));
+    }
+    Ok(Json(snapshot))
 }

@@ -18,6 +18,8 @@ pub const DATAPLANE_COMMAND: &str = "__dataplane";
 pub struct DataplaneSupervisor {
     exe: PathBuf,
     config_path: PathBuf,
+    /// The data plane's stats socket (GET /stats, GET /metrics).
+    pub stats_path: PathBuf,
     pid_path: PathBuf,
     log_path: PathBuf,
     state: Mutex<State>,
@@ -51,6 +53,7 @@ impl DataplaneSupervisor {
         Self {
             exe: exe.to_path_buf(),
             config_path: root.join("dataplane.json"),
+            stats_path: root.join("dataplane-stats.sock"),
             pid_path: root.join("dataplane.pid"),
             log_path: root.join("dataplane.log"),
             state: Mutex::new(state),
@@ -97,6 +100,8 @@ impl DataplaneSupervisor {
             .arg(DATAPLANE_COMMAND)
             .arg("--config")
             .arg(&self.config_path)
+            .arg("--stats")
+            .arg(&self.stats_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -694,6 +694,11 @@ impl<D: Driver> Engine<D> {
         }
     }
 
+    /// The data plane's stats socket.
+    pub fn dataplane_stats_path(&self) -> &std::path::Path {
+        &self.dataplane.stats_path
+    }
+
     /// Processes of running instances, for log rotation.
     pub fn live_keys(&self) -> Vec<InstanceKey> {
         lock(&self.live).keys().cloned().collect()

@@ -13,9 +13,16 @@ use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, warn};
 
+use crate::budget::RetryBudget;
 use crate::pick::{pick, Candidate};
 use crate::stats::{BackendSnapshot, Counters, ListenerSnapshot};
-use crate::{Listener, Tuning};
+use crate::{Listener, Protocol, Tuning};
+
+/// How fast an unrefreshed latency estimate fades (e-folding time), so a backend that once was
+/// slow is tried again and measured anew.
+const EWMA_DECAY: f64 = 10.0;
+/// Weight of a new measurement in the latency EWMA.
+const EWMA_ALPHA: f64 = 0.3;
 
 /// A backend as the forwarder sees it; kept across reloads while its id and address stay.
 #[derive(Debug)]
@@ -25,6 +32,10 @@ pub(crate) struct BackendState {
     weight: AtomicU32,
     pub(crate) counters: Counters,
     failed_until: Mutex<Option<Instant>>,
+    /// Failed requests in a row; reset by any answer.
+    consecutive_failures: AtomicU32,
+    /// Latency EWMA in microseconds and when it was last updated.
+    ewma: Mutex<Option<(f64, Instant)>>,
 }
 
 impl BackendState {
@@ -35,25 +46,67 @@ impl BackendState {
             weight: AtomicU32::new(weight),
             counters: Counters::default(),
             failed_until: Mutex::new(None),
+            consecutive_failures: AtomicU32::new(0),
+            ewma: Mutex::new(None),
         }
     }
 
-    fn failed_recently(&self, now: Instant) -> bool {
+    /// The latency estimate in microseconds, decayed by the time since it was last updated;
+    /// 0 when unknown.
+    pub(crate) fn latency_us(&self, now: Instant) -> u64 {
+        self.ewma
+            .lock()
+            .map_or(0, |ewma| decayed(&ewma, now) as u64)
+    }
+
+    /// Records an answer that took `latency_us`: updates the estimate and ends a failure streak.
+    pub(crate) fn succeeded(&self, now: Instant, latency_us: u64) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        let sample = latency_us.max(1) as f64;
+        if let Ok(mut ewma) = self.ewma.lock() {
+            let next = match *ewma {
+                None => sample,
+                Some(_) => {
+                    let current = decayed(&ewma, now);
+                    current + EWMA_ALPHA * (sample - current)
+                }
+            };
+            *ewma = Some((next, now));
+        }
+    }
+
+    /// Records a failed request; `tuning.eject_after` of them in a row skip the backend for
+    /// `tuning.eject_for`.
+    pub(crate) fn failed(&self, now: Instant, tuning: &Tuning) {
+        let streak = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak >= tuning.eject_after {
+            if streak == tuning.eject_after {
+                warn!(backend = %self.id, addr = %self.addr, streak, "ejecting backend after consecutive failures");
+            }
+            self.mark_failed(now + tuning.eject_for);
+        }
+    }
+
+    pub(crate) fn failed_recently(&self, now: Instant) -> bool {
         self.failed_until
             .lock()
             .map(|until| until.is_some_and(|t| now < t))
             .unwrap_or(false)
     }
 
-    fn mark_failed(&self, until: Instant) {
+    /// Skips the backend until `until` (a later deadline already set stays).
+    pub(crate) fn mark_failed(&self, until: Instant) {
         if let Ok(mut slot) = self.failed_until.lock() {
-            *slot = Some(until);
+            if slot.is_none_or(|t| t < until) {
+                *slot = Some(until);
+            }
         }
     }
 
-    fn candidate(&self, now: Instant, tried: &[Arc<BackendState>]) -> Candidate {
+    pub(crate) fn candidate(&self, now: Instant, tried: &[Arc<BackendState>]) -> Candidate {
         Candidate {
-            active: Counters::get(&self.counters.active),
+            active: Counters::get(&self.counters.active) + Counters::get(&self.counters.in_flight),
+            latency_us: self.latency_us(now),
             weight: self.weight.load(Ordering::Relaxed),
             available: !self.failed_recently(now)
                 && !tried.iter().any(|t| std::ptr::eq(Arc::as_ptr(t), self)),
@@ -61,10 +114,19 @@ impl BackendState {
     }
 }
 
+/// An EWMA value as of `now`, having faded since its last update.
+fn decayed(ewma: &Option<(f64, Instant)>, now: Instant) -> f64 {
+    ewma.map_or(0.0, |(value, at)| {
+        let age = now.saturating_duration_since(at).as_secs_f64();
+        value * (-age / EWMA_DECAY).exp()
+    })
+}
+
 /// What a listener forwards to; replaced as a whole on reload so a connection sees one version.
 #[derive(Debug, Default)]
 pub(crate) struct Route {
     pub(crate) name: String,
+    pub(crate) protocol: Option<Protocol>,
     pub(crate) backends: Vec<Arc<BackendState>>,
 }
 
@@ -75,11 +137,16 @@ pub(crate) struct ListenerState {
     pub(crate) counters: Counters,
     pub(crate) route: watch::Sender<Arc<Route>>,
     pub(crate) bound: std::sync::atomic::AtomicBool,
+    pub(crate) retry_budget: Mutex<RetryBudget>,
 }
 
 impl ListenerState {
-    pub(crate) fn new(bind: SocketAddr) -> Self {
+    pub(crate) fn new(bind: SocketAddr, tuning: &Tuning) -> Self {
         Self {
+            retry_budget: Mutex::new(RetryBudget::new(
+                tuning.retry_budget_percent,
+                tuning.retry_budget_floor,
+            )),
             bind,
             counters: Counters::default(),
             route: watch::Sender::new(Arc::new(Route::default())),
@@ -114,17 +181,21 @@ impl ListenerState {
             .collect();
         self.route.send_replace(Arc::new(Route {
             name: listener.name.clone(),
+            protocol: Some(listener.protocol),
             backends,
         }));
     }
 
     pub(crate) fn snapshot(&self) -> ListenerSnapshot {
         let route = self.route.borrow().clone();
+        let now = Instant::now();
         ListenerSnapshot {
             name: route.name.clone(),
             bind: self.bind,
             bound: self.bound.load(Ordering::Relaxed),
             counters: self.counters.read(),
+            latency: self.counters.latency(),
+            last_second: self.counters.last_second(now),
             backends: route
                 .backends
                 .iter()
@@ -132,6 +203,10 @@ impl ListenerState {
                     id: b.id.clone(),
                     addr: b.addr,
                     counters: b.counters.read(),
+                    latency: b.counters.latency(),
+                    last_second: b.counters.last_second(now),
+                    ewma_ms: b.latency_us(now) as f64 / 1000.0,
+                    ejected: b.failed_recently(now),
                 })
                 .collect(),
         }
@@ -289,7 +364,7 @@ mod tests {
 
     #[test]
     fn update_keeps_state_of_unchanged_backends() {
-        let state = ListenerState::new("127.0.0.1:1".parse().unwrap());
+        let state = ListenerState::new("127.0.0.1:1".parse().unwrap(), &Tuning::default());
         state.update(&listener(&[("a.1", 10, 1), ("a.2", 11, 1)]));
         let first = state.route.borrow().backends[0].clone();
         Counters::add(&first.counters.accepted, 5);
@@ -313,7 +388,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_gives_up_when_no_backend_appears() {
-        let state = ListenerState::new("127.0.0.1:1".parse().unwrap());
+        let state = ListenerState::new("127.0.0.1:1".parse().unwrap(), &Tuning::default());
         let tuning = Tuning::default();
         let started = Instant::now();
         assert!(connect(&state, &tuning).await.is_none());

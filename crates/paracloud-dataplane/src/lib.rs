@@ -1,15 +1,20 @@
-//! The data plane: TCP forwarding from published ports and stable service addresses to ready instances.
-
+//! The data plane: HTTP and TCP load balancing from published ports and stable service addresses to ready instances.
 //!
 //! The control plane writes a [`Config`] with [`write_config`] and signals the data-plane process
-//! (which runs [`run`]) with SIGHUP; the process diffs its listeners by bind address and forwards
-//! each accepted TCP connection to a backend picked by power of two choices ([`pick`]).
+//! (which runs [`run`]) with SIGHUP; the process diffs its listeners by bind address. A TCP
+//! listener forwards each accepted connection to a backend picked by power of two choices
+//! ([`pick`]); an HTTP listener serves HTTP/1.1 and HTTP/2 and picks a backend per request, over
+//! pooled keep-alive connections. Counters are read through [`Stats`] and, when asked, served on a
+//! Unix socket as JSON (`GET /stats`) and Prometheus text (`GET /metrics`).
 
+mod budget;
 mod file;
 mod forward;
+mod http;
 pub mod pick;
 mod server;
 mod stats;
+mod stats_server;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +24,11 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{load_config, write_config};
 pub use server::{run, Dataplane, Stats};
-pub use stats::{BackendSnapshot, CounterValues, ListenerSnapshot, Snapshot};
+pub use stats::{
+    bucket_bound_us, bucket_index, quantile_ms, BackendSnapshot, CounterValues, LastSecond,
+    LatencySnapshot, ListenerSnapshot, Snapshot, LATENCY_BUCKETS,
+};
+pub use stats_server::{bind_stats_socket, serve_stats};
 
 /// The whole configuration the control plane hands to the data-plane process.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -59,11 +68,22 @@ pub struct Backend {
 pub struct Tuning {
     /// How long one connect to a backend may take before the next backend is tried.
     pub connect_timeout: Duration,
-    /// Connect attempts per client connection, each on a different backend while one is left.
+    /// Connect attempts per client connection (TCP) or request (HTTP), each on a different
+    /// backend while one is left.
     pub tries: u32,
     /// How long a backend that failed to connect is skipped (unless every backend is).
     pub failure_hold: Duration,
-    /// How long a client waits for a backend when the listener has none (one may be starting).
+    /// Failed HTTP requests in a row after which a backend is ejected (passive health check).
+    pub eject_after: u32,
+    /// How long an ejected backend is skipped (unless every backend is).
+    pub eject_for: Duration,
+    /// Retries of idempotent HTTP requests may add this share (percent) of the requests of the
+    /// last ten seconds...
+    pub retry_budget_percent: u32,
+    /// ...plus this many.
+    pub retry_budget_floor: u32,
+    /// How long a client (TCP) or request (HTTP) waits for a backend when the listener has none
+    /// (one may be starting); an HTTP request then gets 503 with `Retry-After: 1`.
     pub backend_wait: Duration,
     /// How long open connections may go on after shutdown begins.
     pub drain: Duration,
@@ -75,6 +95,10 @@ impl Default for Tuning {
             connect_timeout: Duration::from_secs(1),
             tries: 3,
             failure_hold: Duration::from_secs(2),
+            eject_after: 5,
+            eject_for: Duration::from_secs(5),
+            retry_budget_percent: 20,
+            retry_budget_floor: 10,
             backend_wait: Duration::from_secs(5),
             drain: Duration::from_secs(5),
         }
@@ -96,4 +120,9 @@ pub enum Error {
     },
     #[error("cannot install the data plane's signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error("cannot listen on the stats socket {path}: {source}; check that its directory exists and is writable")]
+    StatsSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }

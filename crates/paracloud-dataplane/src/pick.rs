@@ -1,4 +1,4 @@
-//! Backend picking: power of two choices by active connections per unit of weight, as a pure function.
+//! Backend picking: power of two choices by load (active work × measured latency) per unit of weight, as a pure function.
 
 use std::cmp::Ordering;
 
@@ -7,8 +7,10 @@ use rand::Rng;
 /// What the picker needs to know about one backend at the moment of the pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
-    /// Connections currently open to this backend.
+    /// Connections (TCP) or requests (HTTP) currently open to this backend.
     pub active: u64,
+    /// Latency estimate (an EWMA, in microseconds); 0 while unknown, as for TCP backends.
+    pub latency_us: u64,
     /// Relative weight; a weight of 0 is only picked when every candidate has weight 0.
     pub weight: u32,
     /// False while the backend recently failed to connect, or was already tried for this
@@ -18,11 +20,16 @@ pub struct Candidate {
 
 /// Picks a backend index, or `None` when `candidates` is empty.
 ///
-/// Two candidates are drawn without replacement with probability proportional to their weight and
-/// the one with fewer active connections per unit of weight wins (ties go to the first draw), so
-/// weights shape the spread both when idle and under load. The pool is narrowed first to available
-/// backends with a weight, then to any backend with a weight, then to all: a pick is always made
-/// when a backend exists, because trying a doubtful backend beats refusing the client.
+/// Two candidates are drawn without replacement with probability proportional to their weight.
+/// When both latencies are known, each has the cost `(active + 1) × latency / weight` and the
+/// cheaper one wins with probability `higher / (lower + higher)`: a backend ten times cheaper gets
+/// about 91% of the contested picks, while a backend whose estimate is stale-high (say from a
+/// cold first request) still gets a share and is measured again instead of being locked out.
+/// Otherwise (TCP, or a backend not yet measured) the one with fewer active connections per unit
+/// of weight wins outright, ties going to the first draw. Weights shape the spread both when idle
+/// and under load. The pool is narrowed first to available backends with a weight, then to any
+/// backend with a weight, then to all: a pick is always made when a backend exists, because trying
+/// a doubtful backend beats refusing the client.
 pub fn pick<R: Rng + ?Sized>(candidates: &[Candidate], rng: &mut R) -> Option<usize> {
     let tiers: [&dyn Fn(&Candidate) -> bool; 3] =
         [&|c| c.available && c.weight > 0, &|c| c.weight > 0, &|_| {
@@ -39,10 +46,23 @@ pub fn pick<R: Rng + ?Sized>(candidates: &[Candidate], rng: &mut R) -> Option<us
     }
     let first = draw(candidates, &pool, None, rng);
     let second = draw(candidates, &pool, Some(first), rng);
-    match compare_load(&candidates[second], &candidates[first]) {
+    let (a, b) = (&candidates[first], &candidates[second]);
+    if a.latency_us > 0 && b.latency_us > 0 {
+        let (cost_a, cost_b) = (cost(a), cost(b));
+        // The ticket falls below `cost_b` (and `a` wins) with probability cost_b / total.
+        let ticket = rng.random_range(0..cost_a + cost_b);
+        return Some(if ticket < cost_b { first } else { second });
+    }
+    match compare_load(b, a) {
         Ordering::Less => Some(second),
         _ => Some(first),
     }
+}
+
+/// `(active + 1) × latency / weight`, scaled to stay an integer; at least 1.
+fn cost(c: &Candidate) -> u128 {
+    let scaled = u128::from(c.active + 1) * u128::from(c.latency_us) * 1_000;
+    (scaled / u128::from(effective_weight(c))).max(1)
 }
 
 /// The weight used for drawing and for load: at least 1, so all-zero pools still work.
@@ -87,16 +107,20 @@ mod tests {
     use super::*;
 
     fn candidate() -> impl Strategy<Value = Candidate> {
-        (0u64..1_000, 0u32..10, any::<bool>()).prop_map(|(active, weight, available)| Candidate {
-            active,
-            weight,
-            available,
-        })
+        (0u64..1_000, 0u64..100_000, 0u32..10, any::<bool>()).prop_map(
+            |(active, latency_us, weight, available)| Candidate {
+                active,
+                latency_us,
+                weight,
+                available,
+            },
+        )
     }
 
     fn idle(weight: u32) -> Candidate {
         Candidate {
             active: 0,
+            latency_us: 0,
             weight,
             available: true,
         }
@@ -178,6 +202,50 @@ mod tests {
             for _ in 0..20 {
                 prop_assert_eq!(pick(&list, &mut rng), Some(1));
             }
+        }
+
+        #[test]
+        fn much_lower_latency_times_in_flight_is_preferred(
+            active in 0u64..50,
+            latency in 1u64..10_000,
+            factor in 10u64..100,
+            seed: u64,
+        ) {
+            // The slow backend has the same in-flight count but `factor` times the latency:
+            // the fast one should get at least 10/11 of the picks (bar six standard deviations).
+            let mut rng = StdRng::seed_from_u64(seed);
+            let fast = Candidate { active, latency_us: latency, ..idle(1) };
+            let slow = Candidate { active, latency_us: latency * factor, ..idle(1) };
+            for list in [[fast, slow], [slow, fast]] {
+                let want = if list[0] == fast { 0 } else { 1 };
+                let wins = (0..400).filter(|_| pick(&list, &mut rng) == Some(want)).count();
+                prop_assert!(wins >= 325, "fast picked {} of 400", wins);
+            }
+        }
+
+        #[test]
+        fn in_flight_offsets_latency(latency in 1u64..10_000, seed: u64) {
+            // Twice as fast but with five requests waiting (cost 6 against 2) loses three times
+            // out of four to an idle peer.
+            let mut rng = StdRng::seed_from_u64(seed);
+            let busy = Candidate { active: 5, latency_us: latency, ..idle(1) };
+            let idle_slow = Candidate { latency_us: latency * 2, ..idle(1) };
+            let wins = (0..400).filter(|_| pick(&[busy, idle_slow], &mut rng) == Some(1)).count();
+            prop_assert!(wins >= 245, "idle peer picked {} of 400", wins);
+        }
+
+        #[test]
+        fn similar_latencies_share_the_load(
+            latency in 100u64..10_000,
+            jitter in 0u64..10,
+            seed: u64,
+        ) {
+            // Costs within 10% of each other: both backends get close to half.
+            let mut rng = StdRng::seed_from_u64(seed);
+            let a = Candidate { latency_us: latency, ..idle(1) };
+            let b = Candidate { latency_us: latency + latency * jitter / 100, ..idle(1) };
+            let firsts = (0..400).filter(|_| pick(&[a, b], &mut rng) == Some(0)).count();
+            prop_assert!((100..=300).contains(&firsts), "first picked {} of 400", firsts);
         }
 
         #[test]

@@ -16,12 +16,16 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::forward::{self, ListenerState};
+use crate::http::{self, Upstream};
 use crate::stats::{Counters, Snapshot};
-use crate::{load_config, Config, Error, Listener, Tuning};
+use crate::{
+    bind_stats_socket, load_config, serve_stats, Config, Error, Listener, Protocol, Tuning,
+};
 
 /// Runs the data plane until SIGTERM: loads `config_path` (a missing file is an empty config),
-/// serves its listeners, and re-reads the file on every SIGHUP.
-pub async fn run(config_path: PathBuf) -> Result<(), Error> {
+/// serves its listeners, and re-reads the file on every SIGHUP. With `stats_socket`, serves
+/// `GET /stats` and `GET /metrics` on that Unix socket (a stale file there is replaced).
+pub async fn run(config_path: PathBuf, stats_socket: Option<PathBuf>) -> Result<(), Error> {
     let mut hangup = signal(SignalKind::hangup()).map_err(Error::Signal)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let (reload_tx, reload_rx) = watch::channel(());
@@ -32,13 +36,28 @@ pub async fn run(config_path: PathBuf) -> Result<(), Error> {
             }
         }
     });
-    let result = Dataplane::new(config_path, Tuning::default())
+    let dataplane = Dataplane::new(config_path, Tuning::default());
+    let stats_task = match &stats_socket {
+        Some(path) => Some(tokio::spawn(serve_stats(
+            bind_stats_socket(path)?,
+            dataplane.stats(),
+        ))),
+        None => None,
+    };
+    let result = dataplane
         .run_with_reload(reload_rx, async move {
             terminate.recv().await;
             info!("SIGTERM received; stopping");
         })
         .await;
     relay.abort();
+    if let Some(task) = stats_task {
+        task.abort();
+    }
+    if let Some(path) = stats_socket {
+        // Best effort: the file only misleads a later reader.
+        let _ = std::fs::remove_file(path);
+    }
     result
 }
 
@@ -109,6 +128,8 @@ impl Dataplane {
         // Every connection holds a clone of `in_flight`; the channel closes when the last ends.
         let (in_flight, mut all_done) = mpsc::channel::<()>(1);
         let mut slots = BTreeMap::new();
+        let upstream = http::upstream(&self.tuning);
+        let in_flight = (in_flight, upstream);
         self.apply(&mut slots, &config, &in_flight).await;
         tokio::pin!(shutdown);
         loop {
@@ -136,6 +157,7 @@ impl Dataplane {
             let _ = accepting.task.await;
         }
         drop(in_flight);
+        // HTTP keep-alive connections idle at shutdown also wait out the drain period.
         if tokio::time::timeout(self.tuning.drain, all_done.recv())
             .await
             .is_err()
@@ -151,7 +173,7 @@ impl Dataplane {
         &self,
         slots: &mut BTreeMap<SocketAddr, Slot>,
         config: &Config,
-        in_flight: &mpsc::Sender<()>,
+        in_flight: &(mpsc::Sender<()>, Upstream),
     ) {
         let mut wanted: BTreeMap<SocketAddr, &Listener> = BTreeMap::new();
         for listener in &config.listeners {
@@ -176,7 +198,7 @@ impl Dataplane {
         }
         for (bind, listener) in wanted {
             let slot = slots.entry(bind).or_insert_with(|| Slot {
-                state: Arc::new(ListenerState::new(bind)),
+                state: Arc::new(ListenerState::new(bind, &self.tuning)),
                 accepting: None,
             });
             slot.state.update(listener);
@@ -232,7 +254,7 @@ async fn accept_loop(
     state: Arc<ListenerState>,
     tuning: Tuning,
     mut stop: oneshot::Receiver<()>,
-    in_flight: mpsc::Sender<()>,
+    in_flight: (mpsc::Sender<()>, Upstream),
 ) {
     loop {
         let accepted = tokio::select! {
@@ -251,17 +273,23 @@ async fn accept_loop(
     state.bound.store(false, Ordering::Relaxed);
 }
 
+/// Serves one accepted connection by the listener's protocol; `in_flight` holds the drain
+/// channel open and carries the shared pooled HTTP client.
 fn spawn_connection(
     client: TcpStream,
     state: &Arc<ListenerState>,
     tuning: Tuning,
-    in_flight: &mpsc::Sender<()>,
+    in_flight: &(mpsc::Sender<()>, Upstream),
 ) {
     Counters::add(&state.counters.accepted, 1);
     let state = state.clone();
-    let in_flight = in_flight.clone();
+    let (in_flight, upstream) = in_flight.clone();
+    let protocol = state.route.borrow().protocol;
     tokio::spawn(async move {
-        forward::serve(client, &state, &tuning).await;
+        match protocol {
+            Some(Protocol::Http) => http::serve(client, state, upstream, tuning).await,
+            Some(Protocol::Tcp) | None => forward::serve(client, &state, &tuning).await,
+        }
         drop(in_flight);
     });
 }

@@ -1,18 +1,151 @@
-//! In-memory traffic counters per listener and per backend, and their serializable snapshot.
+//! In-memory traffic counters per listener and per backend, their serializable snapshot, and the Prometheus text form.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
-/// Live counters, updated with relaxed atomics from the connection tasks.
-#[derive(Debug, Default)]
+/// Buckets of the latency histogram: bucket `i` holds latencies up to `BASE_US × 2^(i/4)`
+/// (about 19% wide), the last one everything above.
+pub const LATENCY_BUCKETS: usize = 81;
+const BASE_US: f64 = 50.0;
+const PER_OCTAVE: f64 = 4.0;
+
+/// Upper bound of bucket `i` in microseconds (infinite for the last).
+pub fn bucket_bound_us(i: usize) -> f64 {
+    if i + 1 >= LATENCY_BUCKETS {
+        f64::INFINITY
+    } else {
+        BASE_US * (i as f64 / PER_OCTAVE).exp2()
+    }
+}
+
+/// The bucket a latency of `us` microseconds falls in.
+pub fn bucket_index(us: u64) -> usize {
+    let us = us as f64;
+    if us <= BASE_US {
+        return 0;
+    }
+    // The small epsilon keeps exact bounds in their own bucket despite rounding in log2.
+    let i = ((us / BASE_US).log2() * PER_OCTAVE - 1e-9).ceil();
+    (i as usize).min(LATENCY_BUCKETS - 1)
+}
+
+/// The latency (in milliseconds) under which a fraction `q` of the counted requests fall, to the
+/// precision of a bucket (its upper bound; the last bucket reports its lower bound); 0 when empty.
+pub fn quantile_ms(buckets: &[u64], q: f64) -> f64 {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (i, &n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            let bound = bucket_bound_us(i.min(LATENCY_BUCKETS - 2));
+            return bound / 1000.0;
+        }
+    }
+    bucket_bound_us(LATENCY_BUCKETS - 2) / 1000.0
+}
+
+/// The second (since the first call in this process) that `now` falls in, on tokio's clock.
+fn second_of(now: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    now.saturating_duration_since(epoch).as_secs()
+}
+
+/// Requests, errors and latencies of one whole second.
+#[derive(Debug, Clone)]
+struct Second {
+    index: u64,
+    requests: u64,
+    errors: u64,
+    buckets: Vec<u64>,
+}
+
+impl Second {
+    fn empty(index: u64) -> Self {
+        Self {
+            index,
+            requests: 0,
+            errors: 0,
+            buckets: vec![0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+/// The second being filled and the one before it, which is what `last_second` reports.
+#[derive(Debug)]
+struct Seconds {
+    current: Second,
+    previous: Second,
+}
+
+impl Seconds {
+    fn at(&mut self, index: u64) -> &mut Second {
+        if self.current.index != index {
+            let current = std::mem::replace(&mut self.current, Second::empty(index));
+            self.previous = if current.index + 1 == index {
+                current
+            } else {
+                Second::empty(index.saturating_sub(1))
+            };
+        }
+        &mut self.current
+    }
+}
+
+impl Default for Seconds {
+    fn default() -> Self {
+        Self {
+            current: Second::empty(0),
+            previous: Second::empty(0),
+        }
+    }
+}
+
+/// Live counters, updated with relaxed atomics from the connection and request tasks.
+#[derive(Debug)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
     pub(crate) active: AtomicU64,
     pub(crate) failed_connects: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    responses: [AtomicU64; 4],
+    pub(crate) errors: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    latency: Vec<AtomicU64>,
+    latency_sum_us: AtomicU64,
+    seconds: Mutex<Seconds>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            accepted: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            failed_connects: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            responses: Default::default(),
+            errors: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            latency_sum_us: AtomicU64::new(0),
+            seconds: Mutex::new(Seconds::default()),
+        }
+    }
 }
 
 impl Counters {
@@ -30,13 +163,76 @@ impl Counters {
         ActiveGuard(&self.active)
     }
 
+    /// Counts the arrival of one request (the caller tracks `in_flight` with an owned guard).
+    pub(crate) fn request(&self, now: Instant) {
+        Self::add(&self.requests, 1);
+        Self::add(&self.in_flight, 1);
+        if let Ok(mut seconds) = self.seconds.lock() {
+            seconds.at(second_of(now)).requests += 1;
+        }
+    }
+
+    /// Ends one request counted by [`Counters::request`].
+    pub(crate) fn request_done(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a response with `status`, `latency_us` after its request arrived.
+    pub(crate) fn response(&self, now: Instant, status: u16, latency_us: u64) {
+        let class = usize::from(status / 100).clamp(2, 5) - 2;
+        Self::add(&self.responses[class], 1);
+        let bucket = bucket_index(latency_us);
+        Self::add(&self.latency[bucket], 1);
+        Self::add(&self.latency_sum_us, latency_us);
+        if let Ok(mut seconds) = self.seconds.lock() {
+            seconds.at(second_of(now)).buckets[bucket] += 1;
+        }
+    }
+
+    /// Counts a request that failed (no usable answer from a backend).
+    pub(crate) fn error(&self, now: Instant) {
+        Self::add(&self.errors, 1);
+        if let Ok(mut seconds) = self.seconds.lock() {
+            seconds.at(second_of(now)).errors += 1;
+        }
+    }
+
     pub(crate) fn read(&self) -> CounterValues {
+        let responses = |i: usize| Self::get(&self.responses[i]);
         CounterValues {
             accepted: Self::get(&self.accepted),
             active: Self::get(&self.active),
             failed_connects: Self::get(&self.failed_connects),
             bytes_in: Self::get(&self.bytes_in),
             bytes_out: Self::get(&self.bytes_out),
+            requests: Self::get(&self.requests),
+            responses_2xx: responses(0),
+            responses_3xx: responses(1),
+            responses_4xx: responses(2),
+            responses_5xx: responses(3),
+            errors: Self::get(&self.errors),
+            in_flight: Self::get(&self.in_flight),
+            retries: Self::get(&self.retries),
+        }
+    }
+
+    pub(crate) fn latency(&self) -> LatencySnapshot {
+        let buckets: Vec<u64> = self.latency.iter().map(Self::get).collect();
+        LatencySnapshot::of(buckets, Self::get(&self.latency_sum_us))
+    }
+
+    pub(crate) fn last_second(&self, now: Instant) -> LastSecond {
+        let Ok(mut seconds) = self.seconds.lock() else {
+            return LastSecond::default();
+        };
+        seconds.at(second_of(now));
+        let last = &seconds.previous;
+        LastSecond {
+            requests: last.requests,
+            errors: last.errors,
+            p50_ms: quantile_ms(&last.buckets, 0.50),
+            p95_ms: quantile_ms(&last.buckets, 0.95),
+            p99_ms: quantile_ms(&last.buckets, 0.99),
         }
     }
 }
@@ -50,24 +246,82 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-/// Counter values at one moment. `bytes_in` flows from clients to backends, `bytes_out` back.
+/// Counter values at one moment. `bytes_in` flows from clients to backends, `bytes_out` back
+/// (for HTTP listeners: body bytes only).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterValues {
-    /// Connections accepted (listener) or successfully connected (backend).
+    /// Connections accepted (listener) or successfully connected (TCP backend).
     pub accepted: u64,
+    /// Client connections open (listener) or forwarded TCP connections open (backend).
     pub active: u64,
     pub failed_connects: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// HTTP requests received (listener) or sent, retries included (backend).
+    #[serde(default)]
+    pub requests: u64,
+    #[serde(default)]
+    pub responses_2xx: u64,
+    #[serde(default)]
+    pub responses_3xx: u64,
+    #[serde(default)]
+    pub responses_4xx: u64,
+    /// At a listener this includes the data plane's own 502 and 503 answers.
+    #[serde(default)]
+    pub responses_5xx: u64,
+    /// Requests that got no usable answer: from this backend (backend), or at all (listener).
+    #[serde(default)]
+    pub errors: u64,
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Requests sent again to another backend.
+    #[serde(default)]
+    pub retries: u64,
+}
+
+/// Cumulative latency histogram from request arrival to response headers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySnapshot {
+    pub count: u64,
+    pub sum_us: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// Count per bucket (see [`bucket_bound_us`]); left out of the JSON form.
+    #[serde(skip)]
+    pub buckets: Vec<u64>,
+}
+
+impl LatencySnapshot {
+    fn of(buckets: Vec<u64>, sum_us: u64) -> Self {
+        Self {
+            count: buckets.iter().sum(),
+            sum_us,
+            p50_ms: quantile_ms(&buckets, 0.50),
+            p95_ms: quantile_ms(&buckets, 0.95),
+            p99_ms: quantile_ms(&buckets, 0.99),
+            buckets,
+        }
+    }
+}
+
+/// Figures of the last whole second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LastSecond {
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
 }
 
 /// Counters of every listener currently configured.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub listeners: Vec<ListenerSnapshot>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListenerSnapshot {
     pub name: String,
     pub bind: SocketAddr,
@@ -75,15 +329,29 @@ pub struct ListenerSnapshot {
     pub bound: bool,
     #[serde(flatten)]
     pub counters: CounterValues,
+    #[serde(default)]
+    pub latency: LatencySnapshot,
+    #[serde(default)]
+    pub last_second: LastSecond,
     pub backends: Vec<BackendSnapshot>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendSnapshot {
     pub id: String,
     pub addr: SocketAddr,
     #[serde(flatten)]
     pub counters: CounterValues,
+    #[serde(default)]
+    pub latency: LatencySnapshot,
+    #[serde(default)]
+    pub last_second: LastSecond,
+    /// The picker's latency estimate (decaying EWMA), 0 while unknown.
+    #[serde(default)]
+    pub ewma_ms: f64,
+    /// True while skipped after failures.
+    #[serde(default)]
+    pub ejected: bool,
 }
 
 impl Snapshot {
@@ -91,11 +359,227 @@ impl Snapshot {
     pub fn listener(&self, bind: SocketAddr) -> Option<&ListenerSnapshot> {
         self.listeners.iter().find(|l| l.bind == bind)
     }
+
+    /// The snapshot in Prometheus text exposition format (version 0.0.4).
+    pub fn to_prometheus(&self) -> String {
+        let mut series: Vec<(String, &CounterValues, &LatencySnapshot)> = Vec::new();
+        for l in &self.listeners {
+            let name = escape(&l.name);
+            series.push((format!("listener=\"{name}\""), &l.counters, &l.latency));
+            for b in &l.backends {
+                let labels = format!("listener=\"{name}\",backend=\"{}\"", escape(&b.id));
+                series.push((labels, &b.counters, &b.latency));
+            }
+        }
+        let mut out = String::new();
+        type Field = fn(&CounterValues) -> u64;
+        let simple: [(&str, &str, &str, Field); 7] = [
+            (
+                "paracloud_requests_total",
+                "counter",
+                "HTTP requests received by a listener or sent to a backend.",
+                |c| c.requests,
+            ),
+            (
+                "paracloud_errors_total",
+                "counter",
+                "HTTP requests that got no usable answer.",
+                |c| c.errors,
+            ),
+            (
+                "paracloud_retries_total",
+                "counter",
+                "HTTP requests sent again to another backend.",
+                |c| c.retries,
+            ),
+            (
+                "paracloud_in_flight",
+                "gauge",
+                "HTTP requests under way.",
+                |c| c.in_flight,
+            ),
+            (
+                "paracloud_connections_total",
+                "counter",
+                "Connections accepted by a listener or made to a backend.",
+                |c| c.accepted,
+            ),
+            (
+                "paracloud_active_connections",
+                "gauge",
+                "Connections open.",
+                |c| c.active,
+            ),
+            (
+                "paracloud_failed_connects_total",
+                "counter",
+                "Connects to backends that failed.",
+                |c| c.failed_connects,
+            ),
+        ];
+        for (family, kind, help, field) in simple {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+            for (labels, c, _) in &series {
+                let _ = writeln!(out, "{family}{{{labels}}} {}", field(c));
+            }
+        }
+        let family = "paracloud_responses_total";
+        let _ = writeln!(
+            out,
+            "# HELP {family} HTTP responses by status class.\n# TYPE {family} counter"
+        );
+        for (labels, c, _) in &series {
+            let classes = [
+                ("2xx", c.responses_2xx),
+                ("3xx", c.responses_3xx),
+                ("4xx", c.responses_4xx),
+                ("5xx", c.responses_5xx),
+            ];
+            for (class, n) in classes {
+                let _ = writeln!(out, "{family}{{{labels},class=\"{class}\"}} {n}");
+            }
+        }
+        let family = "paracloud_bytes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {family} Bytes forwarded; in is client to backend.\n# TYPE {family} counter"
+        );
+        for (labels, c, _) in &series {
+            let _ = writeln!(out, "{family}{{{labels},direction=\"in\"}} {}", c.bytes_in);
+            let _ = writeln!(
+                out,
+                "{family}{{{labels},direction=\"out\"}} {}",
+                c.bytes_out
+            );
+        }
+        let family = "paracloud_request_duration_seconds";
+        let _ = writeln!(out, "# HELP {family} Time from request arrival to response headers.\n# TYPE {family} histogram");
+        for (labels, _, latency) in &series {
+            let mut cumulative = 0;
+            for (i, n) in latency.buckets.iter().enumerate() {
+                cumulative += n;
+                // Every fourth bound (a doubling) is exposed; the counts stay exact.
+                if i % 4 == 0 && i + 1 < LATENCY_BUCKETS {
+                    let le = bucket_bound_us(i) / 1e6;
+                    let _ = writeln!(out, "{family}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+                }
+            }
+            let _ = writeln!(
+                out,
+                "{family}_bucket{{{labels},le=\"+Inf\"}} {}",
+                latency.count
+            );
+            let _ = writeln!(
+                out,
+                "{family}_sum{{{labels}}} {}",
+                latency.sum_us as f64 / 1e6
+            );
+            let _ = writeln!(out, "{family}_count{{{labels}}} {}", latency.count);
+        }
+        out
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl ListenerSnapshot {
     /// The backend with instance name `id`, if in the current list.
     pub fn backend(&self, id: &str) -> Option<&BackendSnapshot> {
         self.backends.iter().find(|b| b.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn bounds_fall_in_their_own_bucket() {
+        for i in 0..LATENCY_BUCKETS - 1 {
+            let bound = bucket_bound_us(i) as u64;
+            assert!(bucket_index(bound) <= i, "bound {bound} of bucket {i}");
+            assert!(
+                bucket_index(bound + 1) >= i,
+                "{} after bucket {i}",
+                bound + 1
+            );
+        }
+        assert_eq!(bucket_index(0), 0);
+        assert_eq!(bucket_index(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_are_within_one_bucket() {
+        let mut buckets = vec![0; LATENCY_BUCKETS];
+        for us in 1..=1000u64 {
+            buckets[bucket_index(us * 10)] += 1;
+        }
+        let p50 = quantile_ms(&buckets, 0.5);
+        assert!((5.0..=5.0 * 1.2).contains(&p50), "{p50}");
+        let p99 = quantile_ms(&buckets, 0.99);
+        assert!((9.9..=9.9 * 1.2).contains(&p99), "{p99}");
+        assert_eq!(quantile_ms(&vec![0; LATENCY_BUCKETS], 0.5), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn last_second_reports_the_previous_whole_second() {
+        let counters = Counters::default();
+        // Whatever the alignment of the seconds, one second later the previous one is this one.
+        let now = Instant::now();
+        for _ in 0..3 {
+            counters.request(now);
+            counters.response(now, 200, 2_000);
+        }
+        counters.error(now);
+        assert_eq!(counters.last_second(now).requests, 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let last = counters.last_second(Instant::now());
+        assert_eq!((last.requests, last.errors), (3, 1));
+        assert!(last.p50_ms >= 2.0 && last.p50_ms <= 2.4, "{last:?}");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(counters.last_second(Instant::now()), LastSecond::default());
+    }
+
+    #[test]
+    fn prometheus_has_one_type_line_per_family_and_exact_counts() {
+        let counters = Counters::default();
+        let now = Instant::now();
+        for _ in 0..7 {
+            counters.request(now);
+            counters.response(now, 204, 300);
+        }
+        let snapshot = Snapshot {
+            listeners: vec![ListenerSnapshot {
+                name: "shop/\"web\"".into(),
+                bind: "127.0.0.1:1".parse().unwrap(),
+                bound: true,
+                counters: counters.read(),
+                latency: counters.latency(),
+                last_second: LastSecond::default(),
+                backends: vec![],
+            }],
+        };
+        let text = snapshot.to_prometheus();
+        assert!(
+            text.contains("paracloud_requests_total{listener=\"shop/\\\"web\\\"\"} 7\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "paracloud_request_duration_seconds_count{listener=\"shop/\\\"web\\\"\"} 7\n"
+        ));
+        assert!(text.contains("le=\"+Inf\"} 7\n"));
+        let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let mut unique = types.clone();
+        unique.dedup();
+        assert_eq!(types.len(), unique.len());
+        assert_eq!(types.len(), 10);
     }
 }

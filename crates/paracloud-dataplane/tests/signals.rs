@@ -55,10 +55,12 @@ async fn sighup_reloads_and_sigterm_stops() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dataplane.json");
+    let stats_socket = dir.path().join("stats.sock");
     // No file yet: the data plane starts empty.
-    let task = tokio::spawn(run(path.clone()));
+    let task = tokio::spawn(run(path.clone(), Some(stats_socket.clone())));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(TcpStream::connect(bind).await.is_err());
+    assert!(tokio::net::UnixStream::connect(&stats_socket).await.is_ok());
 
     write_config(&path, &config(bind, backend_addr)).unwrap();
     signal_self("HUP");
@@ -79,4 +81,8 @@ async fn sighup_reloads_and_sigterm_stops() {
         .unwrap()
         .unwrap();
     assert!(TcpStream::connect(bind).await.is_err());
+    assert!(
+        !stats_socket.exists(),
+        "the stats socket is removed at exit"
+    );
 }

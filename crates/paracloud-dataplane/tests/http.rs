@@ -1,0 +1,485 @@
+//! HTTP load balancing over real loopback sockets: per-request picking on kept-alive and HTTP/2
+//! connections, retries, 503 when no backend appears, exact counters and the stats socket.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use paracloud_dataplane::{
+    bind_stats_socket, serve_stats, write_config, Backend, Config, Dataplane, Listener, Protocol,
+    Snapshot, Stats, Tuning,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// An HTTP/1.1 backend answering every request with its id, and echoing the forwarding headers.
+async fn http_backend(id: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                        let seen = |name: &str| {
+                            request
+                                .headers()
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        let response = Response::builder()
+                            .header("x-backend", id)
+                            .header("x-seen-for", seen("x-forwarded-for"))
+                            .header("x-seen-proto", seen("x-forwarded-proto"))
+                            .header("x-seen-host", seen("host"))
+                            .body(Full::new(Bytes::from(id)))
+                            .unwrap();
+                        Ok::<_, Infallible>(response)
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that reads a request and closes the connection without answering.
+async fn rude_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+fn free_addr() -> SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+fn http_listener(bind: SocketAddr, backends: &[(&str, SocketAddr)]) -> Listener {
+    Listener {
+        name: format!("test/{bind}"),
+        bind,
+        protocol: Protocol::Http,
+        backends: backends
+            .iter()
+            .map(|&(id, addr)| Backend {
+                id: id.into(),
+                addr,
+                weight: 1,
+            })
+            .collect(),
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    _reload: watch::Sender<()>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), paracloud_dataplane::Error>>,
+    stats: Stats,
+}
+
+impl Harness {
+    async fn start(listener: Listener, tuning: Tuning) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dataplane.json");
+        let bind = listener.bind;
+        write_config(
+            &path,
+            &Config {
+                listeners: vec![listener],
+            },
+        )
+        .unwrap();
+        let (reload, reload_rx) = watch::channel(());
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let dataplane = Dataplane::new(path, tuning);
+        let stats = dataplane.stats();
+        let task = tokio::spawn(dataplane.run_with_reload(reload_rx, async move {
+            let _ = shutdown_rx.await;
+        }));
+        let harness = Self {
+            _dir: dir,
+            _reload: reload,
+            shutdown: Some(shutdown),
+            task,
+            stats,
+        };
+        for _ in 0..200 {
+            if harness
+                .stats
+                .snapshot()
+                .listener(bind)
+                .is_some_and(|l| l.bound)
+            {
+                return harness;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("listener {bind} never bound");
+    }
+
+    async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("data plane stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn quick() -> Tuning {
+    Tuning {
+        backend_wait: Duration::from_millis(300),
+        drain: Duration::from_millis(100),
+        ..Tuning::default()
+    }
+}
+
+/// One HTTP/1.1 client connection (kept alive across requests).
+async fn http1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+fn request(method: &str, bind: SocketAddr, body: &'static str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri("/hello?x=1")
+        .header("host", format!("app.test:{}", bind.port()))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> (StatusCode, hyper::HeaderMap, Bytes) {
+    sender.ready().await.unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_kept_alive_connection_spreads_requests_and_counts_exactly() {
+    let a = http_backend("a").await;
+    let b = http_backend("b").await;
+    let bind = free_addr();
+    let harness = Harness::start(http_listener(bind, &[("a", a), ("b", b)]), quick()).await;
+    let mut client = http1_client(bind).await;
+    let n = 100;
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    for _ in 0..n {
+        let (status, headers, body) = send(&mut client, request("GET", bind, "")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-seen-for"], "127.0.0.1");
+        assert_eq!(headers["x-seen-proto"], "http");
+        assert_eq!(
+            headers["x-seen-host"].to_str().unwrap(),
+            format!("app.test:{}", bind.port())
+        );
+        *seen
+            .entry(String::from_utf8(body.to_vec()).unwrap())
+            .or_default() += 1;
+    }
+    assert!(
+        seen.get("a").copied().unwrap_or(0) >= 10 && seen.get("b").copied().unwrap_or(0) >= 10,
+        "per-request picking should use both backends: {seen:?}"
+    );
+    let snapshot = harness.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    assert_eq!(listener.counters.accepted, 1, "one client connection");
+    assert_eq!(listener.counters.requests, n);
+    assert_eq!(listener.counters.responses_2xx, n);
+    assert_eq!(listener.counters.errors, 0);
+    assert_eq!(listener.latency.count, n);
+    assert_eq!(listener.counters.bytes_out, n, "one body byte per response");
+    for id in ["a", "b"] {
+        let backend = listener.backend(id).unwrap();
+        assert_eq!(backend.counters.requests, seen[id], "{id}");
+        assert_eq!(backend.counters.responses_2xx, seen[id], "{id}");
+        assert_eq!(backend.latency.count, seen[id], "{id}");
+    }
+    drop(client);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_clients_are_served() {
+    let a = http_backend("a").await;
+    let bind = free_addr();
+    let harness = Harness::start(http_listener(bind, &[("a", a)]), quick()).await;
+    let stream = TcpStream::connect(bind).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        let request = Request::builder()
+            .uri(format!("http://app.test:{}/h2", bind.port()))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        answers.push(sender.send_request(request));
+    }
+    for answer in answers {
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        assert_eq!(
+            response.headers()["x-seen-host"].to_str().unwrap(),
+            format!("app.test:{}", bind.port())
+        );
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "a"
+        );
+    }
+    assert_eq!(
+        harness
+            .stats
+            .snapshot()
+            .listener(bind)
+            .unwrap()
+            .counters
+            .requests,
+        10
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_is_retried_on_another_backend() {
+    let rude = rude_backend().await;
+    let good = http_backend("good").await;
+    let bind = free_addr();
+    let harness = Harness::start(
+        http_listener(bind, &[("rude", rude), ("good", good)]),
+        quick(),
+    )
+    .await;
+    let mut client = http1_client(bind).await;
+    for _ in 0..20 {
+        let (status, _, body) = send(&mut client, request("GET", bind, "")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "good");
+    }
+    let snapshot = harness.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    let rude = listener.backend("rude").unwrap();
+    assert!(rude.counters.errors > 0, "the rude backend was never tried");
+    assert_eq!(listener.counters.retries, rude.counters.errors);
+    assert_eq!(listener.counters.responses_2xx, 20);
+    assert_eq!(listener.counters.errors, 0);
+    assert_eq!(listener.backend("good").unwrap().counters.requests, 20);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_not_retried_and_gets_502() {
+    let rude = rude_backend().await;
+    let good = http_backend("good").await;
+    let bind = free_addr();
+    let tuning = Tuning {
+        // Keep the rude backend in play for every request.
+        eject_after: u32::MAX,
+        ..quick()
+    };
+    let harness = Harness::start(
+        http_listener(bind, &[("rude", rude), ("good", good)]),
+        tuning,
+    )
+    .await;
+    let mut bad_gateways = 0;
+    for _ in 0..20 {
+        // A fresh connection each time: after a 502 the proxy may still keep the client's.
+        let mut client = http1_client(bind).await;
+        let (status, _, _) = send(&mut client, request("POST", bind, "order=1")).await;
+        match status {
+            StatusCode::OK => {}
+            StatusCode::BAD_GATEWAY => bad_gateways += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let snapshot = harness.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    assert!(bad_gateways > 0, "the rude backend was never picked");
+    assert_eq!(
+        listener.backend("rude").unwrap().counters.requests,
+        bad_gateways
+    );
+    assert_eq!(
+        listener.backend("good").unwrap().counters.requests,
+        20 - bad_gateways
+    );
+    assert_eq!(listener.counters.retries, 0);
+    assert_eq!(listener.counters.responses_5xx, bad_gateways);
+    assert_eq!(listener.counters.errors, bad_gateways);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backend_in_time_gets_503_with_retry_after() {
+    let bind = free_addr();
+    let harness = Harness::start(http_listener(bind, &[]), quick()).await;
+    let mut client = http1_client(bind).await;
+    let started = std::time::Instant::now();
+    let (status, headers, _) = send(&mut client, request("GET", bind, "")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let snapshot = harness.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    assert_eq!(
+        (
+            listener.counters.requests,
+            listener.counters.responses_5xx,
+            listener.counters.errors
+        ),
+        (1, 1, 1)
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_failure_is_retried_even_for_a_post() {
+    let dead = free_addr();
+    let good = http_backend("good").await;
+    let bind = free_addr();
+    let harness = Harness::start(
+        http_listener(bind, &[("dead", dead), ("good", good)]),
+        quick(),
+    )
+    .await;
+    let mut client = http1_client(bind).await;
+    for _ in 0..10 {
+        let (status, _, body) = send(&mut client, request("POST", bind, "x")).await;
+        assert_eq!((status, body), (StatusCode::OK, Bytes::from("good")));
+    }
+    let snapshot = harness.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    assert_eq!(listener.counters.failed_connects, listener.counters.retries);
+    harness.stop().await;
+}
+
+/// Sends one GET over the Unix socket and returns the status and body.
+async fn unix_get(path: &PathBuf, uri: &str) -> (StatusCode, String) {
+    let stream = UnixStream::connect(path).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .uri(uri)
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_metrics_are_served_on_the_unix_socket() {
+    let a = http_backend("a").await;
+    let bind = free_addr();
+    let harness = Harness::start(http_listener(bind, &[("a", a)]), quick()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("stats.sock");
+    std::fs::write(&socket_path, "stale").unwrap();
+    let server = tokio::spawn(serve_stats(
+        bind_stats_socket(&socket_path).unwrap(),
+        harness.stats.clone(),
+    ));
+    let mut client = http1_client(bind).await;
+    let n = 37;
+    for _ in 0..n {
+        assert_eq!(
+            send(&mut client, request("GET", bind, "")).await.0,
+            StatusCode::OK
+        );
+    }
+    let (status, json) = unix_get(&socket_path, "/stats").await;
+    assert_eq!(status, StatusCode::OK);
+    let snapshot: Snapshot = serde_json::from_str(&json).unwrap();
+    let listener = snapshot.listener(bind).unwrap();
+    assert_eq!(listener.counters.requests, n);
+    assert_eq!(listener.counters.responses_2xx, n);
+    assert_eq!(listener.backend("a").unwrap().counters.requests, n);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let first = &value["listeners"][0];
+    for key in [
+        "requests",
+        "responses_2xx",
+        "responses_5xx",
+        "in_flight",
+        "errors",
+        "bytes_in",
+    ] {
+        assert!(first[key].is_u64(), "{key} missing in {first}");
+    }
+    for key in ["requests", "errors", "p50_ms", "p95_ms", "p99_ms"] {
+        assert!(
+            !first["last_second"][key].is_null(),
+            "last_second.{key} missing"
+        );
+    }
+    let (status, metrics) = unix_get(&socket_path, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let name = format!("test/{bind}");
+    assert!(
+        metrics.contains(&format!(
+            "paracloud_requests_total{{listener=\"{name}\"}} {n}\n"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "paracloud_requests_total{{listener=\"{name}\",backend=\"a\"}} {n}\n"
+    )));
+    assert!(metrics.contains(&format!(
+        "paracloud_request_duration_seconds_count{{listener=\"{name}\"}} {n}\n"
+    )));
+    assert!(metrics.contains(&format!(
+        "paracloud_bytes_total{{listener=\"{name}\",direction=\"out\"}} {n}\n"
+    )));
+    assert!(metrics.contains("# TYPE paracloud_in_flight gauge\n"));
+    assert_eq!(
+        unix_get(&socket_path, "/nothing").await.0,
+        StatusCode::NOT_FOUND
+    );
+    server.abort();
+    harness.stop().await;
+}
