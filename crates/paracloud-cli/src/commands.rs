@@ -774,7 +774,7 @@ async fn top(global: &Global, once: bool) -> Result<()> {
                     rows.push(top_row(name, &backend.counters, &backend.last_second));
                 }
             }
-            table(
+            let mut out = table(
                 &[
                     "LISTENER / INSTANCE",
                     "REQ/S",
@@ -787,7 +787,23 @@ async fn top(global: &Global, once: bool) -> Result<()> {
                     "CONNECTIONS",
                 ],
                 &rows,
-            )
+            );
+            if !snapshot.calls.is_empty() {
+                let calls: Vec<Vec<String>> = snapshot
+                    .calls
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            format!("{} -> {}", c.from, c.to),
+                            c.last_second.to_string(),
+                            c.requests.to_string(),
+                        ]
+                    })
+                    .collect();
+                out.push('\n');
+                out.push_str(&table(&["CALLS", "PER SECOND", "TOTAL"], &calls));
+            }
+            out
         })?;
         if once {
             return Ok(());

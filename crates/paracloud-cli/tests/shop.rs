@@ -325,6 +325,21 @@ fn top_counts_exactly_what_was_sent_per_service() {
     // Each page asks the api once: the api's service address saw exactly as many requests.
     let api = listener("shop/api:8000");
     assert_eq!(api["requests"], 25);
+    // The call graph: every page request came from outside, and each made one call web -> api
+    // and one api -> kv connection at most (kv is TCP: connections, pooled by api).
+    let calls = snapshot["calls"].as_array().unwrap();
+    let call = |from: &str, to: &str| {
+        calls
+            .iter()
+            .find(|c| c["from"] == from && c["to"] == to)
+            .map(|c| c["requests"].as_u64().unwrap())
+    };
+    assert_eq!(call("external", "shop/web"), Some(26));
+    assert_eq!(call("shop/web", "shop/api"), Some(25));
+    assert!(
+        call("shop/api", "shop/kv").is_some_and(|n| n >= 1),
+        "{calls:?}"
+    );
     let table = p.ok(&["top", "-a", "shop", "--once"]);
     assert!(
         table.starts_with("LISTENER / INSTANCE") && table.contains("  web.1"),

@@ -559,6 +559,7 @@ async fn stats<D: Driver>(
     if let Some(app) = &query.app {
         let prefix = format!("{app}/");
         snapshot.listeners.retain(|l| l.name.starts_with(&prefix));
+        snapshot.calls.retain(|c| c.to.starts_with(&prefix));
     }
     Ok(Json(snapshot))
 }

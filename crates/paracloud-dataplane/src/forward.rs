@@ -126,6 +126,8 @@ fn decayed(ewma: &Option<(f64, Instant)>, now: Instant) -> f64 {
 #[derive(Debug, Default)]
 pub(crate) struct Route {
     pub(crate) name: String,
+    /// The "app/service" part of the name: the callee in the call graph.
+    pub(crate) service: Arc<str>,
     pub(crate) protocol: Option<Protocol>,
     pub(crate) backends: Vec<Arc<BackendState>>,
 }
@@ -181,6 +183,7 @@ impl ListenerState {
             .collect();
         self.route.send_replace(Arc::new(Route {
             name: listener.name.clone(),
+            service: Arc::from(crate::calls::service_of(&listener.name)),
             protocol: Some(listener.protocol),
             backends,
         }));

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
+use crate::calls::CallGraph;
 use crate::forward::{BackendState, ListenerState};
 use crate::pick::{pick, Candidate};
 use crate::stats::Counters;
@@ -60,19 +61,21 @@ struct Ctx {
     listener: Arc<ListenerState>,
     upstream: Upstream,
     tuning: Tuning,
-    peer: Option<SocketAddr>,
+    peer: SocketAddr,
+    calls: Arc<CallGraph>,
 }
 
 /// Serves one accepted client connection (HTTP/1.1 with keep-alive, or HTTP/2 with prior
 /// knowledge) to its end.
 pub(crate) async fn serve(
     client: TcpStream,
+    peer: SocketAddr,
     listener: Arc<ListenerState>,
     upstream: Upstream,
+    calls: Arc<CallGraph>,
     tuning: Tuning,
 ) {
     let _active = listener.counters.open();
-    let peer = client.peer_addr().ok();
     // Nagle only adds latency to small responses; failure to disable it is harmless.
     let _ = client.set_nodelay(true);
     let ctx = Arc::new(Ctx {
@@ -80,6 +83,7 @@ pub(crate) async fn serve(
         upstream,
         tuning,
         peer,
+        calls,
     });
     let service = hyper::service::service_fn(move |request| {
         let ctx = ctx.clone();
@@ -89,7 +93,7 @@ pub(crate) async fn serve(
         .serve_connection(TokioIo::new(client), service)
         .await
     {
-        debug!(bind = %listener.bind, ?peer, %error, "HTTP connection ended with an error");
+        debug!(bind = %listener.bind, %peer, %error, "HTTP connection ended with an error");
     }
 }
 
@@ -125,6 +129,8 @@ async fn proxy(request: Request<Incoming>, ctx: &Ctx) -> Response<ProxyBody> {
     let started = Instant::now();
     let listener = &ctx.listener;
     listener.counters.request(started);
+    let callee = listener.route.borrow().service.clone();
+    ctx.calls.count(ctx.peer.ip(), &callee, started);
     let mut in_flight = InFlight {
         listener: listener.clone(),
         backend: None,
@@ -141,7 +147,7 @@ async fn proxy(request: Request<Incoming>, ctx: &Ctx) -> Response<ProxyBody> {
         }
     };
     Counters::add(&listener.counters.bytes_in, body.len() as u64);
-    let headers = forwarded_headers(&parts.headers, parts.uri.authority(), ctx.peer);
+    let headers = forwarded_headers(&parts.headers, parts.uri.authority(), Some(ctx.peer));
     let path = parts
         .uri
         .path_and_query()

@@ -6,8 +6,23 @@
 //! ([`pick`]); an HTTP listener serves HTTP/1.1 and HTTP/2 and picks a backend per request, over
 //! pooled keep-alive connections. Counters are read through [`Stats`] and, when asked, served on a
 //! Unix socket as JSON (`GET /stats`) and Prometheus text (`GET /metrics`).
+//!
+//! # Call graph
+//!
+//! Instances of one app call each other through the listeners on service addresses, so the client
+//! address of a connection is, inside an app, an instance address. The data plane counts who
+//! called which service: per HTTP request, or per TCP connection, it maps the client's IP address
+//! to the service whose listeners list it as a backend address (the port is ignored; the service
+//! is the "app/service" part of the listener name, see [`service_of`]) and counts the pair
+//! (caller, callee), the callee being the service of the listener that received the call. A client
+//! address that no configured backend has counts as [`EXTERNAL_CALLER`] (`"external"`): clients of
+//! published ports, and instances not (yet) listed as backends, e.g. before they are ready or of
+//! services no listener forwards to. The address table is rebuilt at each config load and reload.
+//! The counts are [`Snapshot::calls`] ([`CallSnapshot`]: `from`, `to`, `requests`, `last_second`)
+//! and, in Prometheus, `paracloud_calls_total{from="...",to="..."}`.
 
 mod budget;
+mod calls;
 mod file;
 mod forward;
 mod http;
@@ -22,11 +37,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use calls::{service_of, EXTERNAL_CALLER};
 pub use file::{load_config, write_config};
 pub use server::{run, Dataplane, Stats};
 pub use stats::{
-    bucket_bound_us, bucket_index, quantile_ms, BackendSnapshot, CounterValues, LastSecond,
-    LatencySnapshot, ListenerSnapshot, Snapshot, LATENCY_BUCKETS,
+    bucket_bound_us, bucket_index, quantile_ms, BackendSnapshot, CallSnapshot, CounterValues,
+    LastSecond, LatencySnapshot, ListenerSnapshot, Snapshot, LATENCY_BUCKETS,
 };
 pub use stats_server::{bind_stats_socket, serve_stats};
 

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::calls::CallGraph;
 use crate::forward::{self, ListenerState};
 use crate::http::{self, Upstream};
 use crate::stats::{Counters, Snapshot};
@@ -71,19 +72,24 @@ pub struct Dataplane {
 
 /// A handle on the live counters of a running [`Dataplane`].
 #[derive(Debug, Clone, Default)]
-pub struct Stats(Arc<Mutex<Vec<Arc<ListenerState>>>>);
+pub struct Stats {
+    listeners: Arc<Mutex<Vec<Arc<ListenerState>>>>,
+    calls: Arc<CallGraph>,
+}
 
 impl Stats {
-    /// The counters of every configured listener and of its current backends.
+    /// The counters of every configured listener and of its current backends, and the call
+    /// graph.
     pub fn snapshot(&self) -> Snapshot {
-        let listeners = self.0.lock().map(|l| l.clone()).unwrap_or_default();
+        let listeners = self.listeners.lock().map(|l| l.clone()).unwrap_or_default();
         Snapshot {
             listeners: listeners.iter().map(|l| l.snapshot()).collect(),
+            calls: self.calls.snapshot(tokio::time::Instant::now()),
         }
     }
 
     fn publish(&self, slots: &BTreeMap<SocketAddr, Slot>) {
-        if let Ok(mut listeners) = self.0.lock() {
+        if let Ok(mut listeners) = self.listeners.lock() {
             *listeners = slots.values().map(|s| s.state.clone()).collect();
         }
     }
@@ -181,6 +187,7 @@ impl Dataplane {
                 warn!(bind = %listener.bind, "address listed twice in the config; the last entry wins");
             }
         }
+        self.stats.calls.rebuild(wanted.values().copied());
         let removed: Vec<SocketAddr> = slots
             .keys()
             .filter(|bind| !wanted.contains_key(bind))
@@ -216,6 +223,7 @@ impl Dataplane {
                         self.tuning,
                         stopped,
                         in_flight.clone(),
+                        self.stats.calls.clone(),
                     ));
                     slot.accepting = Some(Accepting { stop, task });
                 }
@@ -255,6 +263,7 @@ async fn accept_loop(
     tuning: Tuning,
     mut stop: oneshot::Receiver<()>,
     in_flight: (mpsc::Sender<()>, Upstream),
+    calls: Arc<CallGraph>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -262,7 +271,9 @@ async fn accept_loop(
             accepted = socket.accept() => accepted,
         };
         match accepted {
-            Ok((client, _peer)) => spawn_connection(client, &state, tuning, &in_flight),
+            Ok((client, peer)) => {
+                spawn_connection(client, peer, &state, tuning, &in_flight, &calls);
+            }
             Err(error) => {
                 // Typically EMFILE: pause instead of spinning until descriptors free up.
                 warn!(bind = %state.bind, %error, "accept failed");
@@ -274,20 +285,30 @@ async fn accept_loop(
 }
 
 /// Serves one accepted connection by the listener's protocol; `in_flight` holds the drain
-/// channel open and carries the shared pooled HTTP client.
+/// channel open and carries the shared pooled HTTP client. A TCP connection counts as one call
+/// in `calls` here; an HTTP one counts each of its requests.
 fn spawn_connection(
     client: TcpStream,
+    peer: SocketAddr,
     state: &Arc<ListenerState>,
     tuning: Tuning,
     in_flight: &(mpsc::Sender<()>, Upstream),
+    calls: &Arc<CallGraph>,
 ) {
     Counters::add(&state.counters.accepted, 1);
     let state = state.clone();
     let (in_flight, upstream) = in_flight.clone();
-    let protocol = state.route.borrow().protocol;
+    let (protocol, service) = {
+        let route = state.route.borrow();
+        (route.protocol, route.service.clone())
+    };
+    if protocol != Some(Protocol::Http) {
+        calls.count(peer.ip(), &service, tokio::time::Instant::now());
+    }
+    let calls = calls.clone();
     tokio::spawn(async move {
         match protocol {
-            Some(Protocol::Http) => http::serve(client, state, upstream, tuning).await,
+            Some(Protocol::Http) => http::serve(client, peer, state, upstream, calls, tuning).await,
             Some(Protocol::Tcp) | None => forward::serve(client, &state, &tuning).await,
         }
         drop(in_flight);

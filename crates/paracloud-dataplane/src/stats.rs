@@ -54,7 +54,7 @@ pub fn quantile_ms(buckets: &[u64], q: f64) -> f64 {
 }
 
 /// The second (since the first call in this process) that `now` falls in, on tokio's clock.
-fn second_of(now: Instant) -> u64 {
+pub(crate) fn second_of(now: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     now.saturating_duration_since(epoch).as_secs()
@@ -315,10 +315,30 @@ pub struct LastSecond {
     pub p99_ms: f64,
 }
 
-/// Counters of every listener currently configured.
+/// Counters of every listener currently configured, and the call graph.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub listeners: Vec<ListenerSnapshot>,
+    /// Calls per (caller, callee) service pair since the data plane started, sorted by `from`
+    /// then `to`; absent from figures of older data planes.
+    #[serde(default)]
+    pub calls: Vec<CallSnapshot>,
+}
+
+/// Calls from one caller to one service: HTTP requests, or TCP connections, that arrived at any
+/// listener of the callee.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CallSnapshot {
+    /// The calling service ("app/service"): the service whose instance owns the client's IP
+    /// address (an address of a backend of some configured listener, port ignored), or
+    /// `"external"` ([`crate::EXTERNAL_CALLER`]) when no configured backend has that address.
+    pub from: String,
+    /// The called service: the "app/service" part of the listener's name.
+    pub to: String,
+    /// Calls counted since the data plane started.
+    pub requests: u64,
+    /// Calls counted in the last whole second.
+    pub last_second: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -358,6 +378,12 @@ impl Snapshot {
     /// The listener bound to `bind`, if configured.
     pub fn listener(&self, bind: SocketAddr) -> Option<&ListenerSnapshot> {
         self.listeners.iter().find(|l| l.bind == bind)
+    }
+
+    /// The call counters from service `from` (or `"external"`) to service `to`, if any call was
+    /// counted.
+    pub fn call(&self, from: &str, to: &str) -> Option<&CallSnapshot> {
+        self.calls.iter().find(|c| c.from == from && c.to == to)
     }
 
     /// The snapshot in Prometheus text exposition format (version 0.0.4).
@@ -476,6 +502,20 @@ impl Snapshot {
             );
             let _ = writeln!(out, "{family}_count{{{labels}}} {}", latency.count);
         }
+        let family = "paracloud_calls_total";
+        let _ = writeln!(
+            out,
+            "# HELP {family} HTTP requests or TCP connections from a caller service (or external) to a service.\n# TYPE {family} counter"
+        );
+        for call in &self.calls {
+            let _ = writeln!(
+                out,
+                "{family}{{from=\"{}\",to=\"{}\"}} {}",
+                escape(&call.from),
+                escape(&call.to),
+                call.requests
+            );
+        }
         out
     }
 }
@@ -549,6 +589,12 @@ mod tests {
     }
 
     #[test]
+    fn figures_without_calls_still_parse() {
+        let old: Snapshot = serde_json::from_str(r#"{"listeners":[]}"#).unwrap();
+        assert!(old.calls.is_empty());
+    }
+
+    #[test]
     fn prometheus_has_one_type_line_per_family_and_exact_counts() {
         let counters = Counters::default();
         let now = Instant::now();
@@ -566,8 +612,18 @@ mod tests {
                 last_second: LastSecond::default(),
                 backends: vec![],
             }],
+            calls: vec![CallSnapshot {
+                from: "app/web".into(),
+                to: "app/api".into(),
+                requests: 3,
+                last_second: 1,
+            }],
         };
         let text = snapshot.to_prometheus();
+        assert!(
+            text.contains("paracloud_calls_total{from=\"app/web\",to=\"app/api\"} 3\n"),
+            "{text}"
+        );
         assert!(
             text.contains("paracloud_requests_total{listener=\"shop/\\\"web\\\"\"} 7\n"),
             "{text}"
@@ -580,6 +636,6 @@ mod tests {
         let mut unique = types.clone();
         unique.dedup();
         assert_eq!(types.len(), unique.len());
-        assert_eq!(types.len(), 10);
+        assert_eq!(types.len(), 11);
     }
 }

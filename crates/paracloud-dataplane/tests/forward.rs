@@ -413,3 +413,59 @@ async fn shutdown_gives_up_on_connections_after_the_drain_period() {
         .unwrap()
         .unwrap();
 }
+
+/// A client connection from source address `ip` (any port), through the data plane.
+async fn connect_from(ip: [u8; 4], addr: SocketAddr) -> BufReader<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((ip, 0))).unwrap();
+    let mut reader = BufReader::new(socket.connect(addr).await.unwrap());
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).await.unwrap();
+    assert!(!greeting.is_empty());
+    reader
+}
+
+#[tokio::test]
+async fn each_connection_counts_as_a_call_from_its_callers_service() {
+    let kv_backend = echo_backend("kv.1").await;
+    let (web_bind, kv_bind) = (free_addr(), free_addr());
+    let mut web = listener(web_bind, &[("web.1", "127.0.0.2:80".parse().unwrap())]);
+    web.name = "app/web:80".into();
+    let mut kv = listener(kv_bind, &[("kv.1", kv_backend)]);
+    kv.name = "app/kv:6379".into();
+    let dp = Harness::start(
+        Some(&Config {
+            listeners: vec![web, kv.clone()],
+        }),
+        Tuning::default(),
+    );
+    dp.wait_bound(kv_bind).await;
+    const N: u64 = 12;
+    for _ in 0..N {
+        connect_from([127, 0, 0, 2], kv_bind).await;
+    }
+    connect_from([127, 0, 0, 3], kv_bind).await;
+    let snapshot = dp.stats.snapshot();
+    assert_eq!(
+        snapshot.call("app/web", "app/kv").map(|c| c.requests),
+        Some(N),
+        "{:?}",
+        snapshot.calls
+    );
+    assert_eq!(
+        snapshot.call("external", "app/kv").map(|c| c.requests),
+        Some(1)
+    );
+    // Once web's listener is gone, its address belongs to no instance any more.
+    dp.reconfigure(&Config {
+        listeners: vec![kv],
+    });
+    eventually("web's listener removed", || async {
+        dp.stats.snapshot().listener(web_bind).is_none()
+    })
+    .await;
+    connect_from([127, 0, 0, 2], kv_bind).await;
+    let snapshot = dp.stats.snapshot();
+    assert_eq!(snapshot.call("app/web", "app/kv").unwrap().requests, N);
+    assert_eq!(snapshot.call("external", "app/kv").unwrap().requests, 2);
+}

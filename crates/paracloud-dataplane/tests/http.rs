@@ -100,16 +100,15 @@ struct Harness {
 
 impl Harness {
     async fn start(listener: Listener, tuning: Tuning) -> Self {
+        Self::start_all(vec![listener], tuning).await
+    }
+
+    /// Starts a data plane serving `listeners`, once the last of them is bound.
+    async fn start_all(listeners: Vec<Listener>, tuning: Tuning) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dataplane.json");
-        let bind = listener.bind;
-        write_config(
-            &path,
-            &Config {
-                listeners: vec![listener],
-            },
-        )
-        .unwrap();
+        let bind = listeners.last().expect("a listener").bind;
+        write_config(&path, &Config { listeners }).unwrap();
         let (reload, reload_rx) = watch::channel(());
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let dataplane = Dataplane::new(path, tuning);
@@ -395,6 +394,67 @@ async fn a_connect_failure_is_retried_even_for_a_post() {
 }
 
 /// Sends one GET over the Unix socket and returns the status and body.
+/// An HTTP/1.1 client connection from source address `ip` (any port).
+async fn http1_client_from(
+    ip: [u8; 4],
+    addr: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((ip, 0))).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_counted_per_caller_service_and_unknown_callers_are_external() {
+    let api = http_backend("api.1").await;
+    let web_bind = free_addr();
+    let api_bind = free_addr();
+    let mut web = http_listener(web_bind, &[("web.1", "127.0.0.2:80".parse().unwrap())]);
+    web.name = "app/web:80".into();
+    let mut api_listener = http_listener(api_bind, &[("api.1", api)]);
+    api_listener.name = "app/api:8000".into();
+    let harness = Harness::start_all(vec![web, api_listener], quick()).await;
+    const N: u64 = 25;
+    // Two kept-alive connections from web's instance address: every request counts.
+    for _ in 0..2 {
+        let mut client = http1_client_from([127, 0, 0, 2], api_bind).await;
+        for _ in 0..N {
+            let (status, _, _) = send(&mut client, request("GET", api_bind, "")).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    let mut stranger = http1_client_from([127, 0, 0, 3], api_bind).await;
+    for _ in 0..3 {
+        send(&mut stranger, request("GET", api_bind, "")).await;
+    }
+    let snapshot = harness.stats.snapshot();
+    assert_eq!(
+        snapshot.call("app/web", "app/api").map(|c| c.requests),
+        Some(2 * N),
+        "{:?}",
+        snapshot.calls
+    );
+    assert_eq!(
+        snapshot.call("external", "app/api").map(|c| c.requests),
+        Some(3)
+    );
+    assert_eq!(snapshot.calls.len(), 2, "{:?}", snapshot.calls);
+    let text = snapshot.to_prometheus();
+    assert!(
+        text.contains(&format!(
+            "paracloud_calls_total{{from=\"app/web\",to=\"app/api\"}} {}\n",
+            2 * N
+        )),
+        "{text}"
+    );
+    harness.stop().await;
+}
+
 async fn unix_get(path: &PathBuf, uri: &str) -> (StatusCode, String) {
     let stream = UnixStream::connect(path).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
