@@ -227,12 +227,6 @@ pub fn run_hidden_command_if_requested() {
     }
 }
 
-/// Name of the host side of an instance's veth pair: at most 15 bytes, stable for an id (so a
-/// restarted daemon finds it) and distinct between ids.
-pub fn veth_name(id: &str) -> String {
-    network::veth_host_name(id)
-}
-
 /// The files sandbox-init writes into the instance directory and bind-mounts over the instance's
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf. Rewrite them in place (not by rename) to change
 /// what a running instance sees.
@@ -324,11 +318,18 @@ impl Runtime {
     ///
     /// Blocks while the kernel finishes the kills (usually a few milliseconds, at most about
     /// 5 s before it gives up with an error); from async code prefer `spawn_blocking`.
+    /// Name of the host side of an instance's veth pair: at most 15 bytes, stable for an id (so a
+    /// restarted daemon finds it), distinct between ids and between runtimes of other cgroup
+    /// parents.
+    pub fn veth_name(&self, id: &str) -> String {
+        network::veth_host_name(&self.config.cgroup_parent, id)
+    }
+
     pub fn cleanup(&self, id: &str) -> Result<()> {
         let cgroup = self.cgroups.destroy(id);
         // The veth pair dies with the instance's netns, but the kernel tears a netns down
         // asynchronously: delete the host side now so the name is free and nothing lingers.
-        let veth = netlink::delete_link_if_exists(&network::veth_host_name(id));
+        let veth = netlink::delete_link_if_exists(&self.veth_name(id));
         cgroup?;
         veth
     }

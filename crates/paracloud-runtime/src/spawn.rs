@@ -37,6 +37,7 @@ pub(crate) async fn spawn(
     validate(cfg)?;
     let mut guard = Guard {
         cgroups,
+        scope: &config.cgroup_parent,
         cfg,
         child: None,
         armed: true,
@@ -44,7 +45,7 @@ pub(crate) async fn spawn(
     cgroups.create(&cfg.id, &cfg.limits)?;
     let (pid, pidfd, to_init, from_init) = clone_sandbox_init(config, cgroups, cfg)?;
     guard.child = Some(pidfd);
-    let setup = prepare_child(cgroups, cfg, pid, to_init);
+    let setup = prepare_child(&config.cgroup_parent, cgroups, cfg, pid, to_init);
     let start_time = match setup {
         Ok(start_time) => start_time,
         Err(e) => {
@@ -97,6 +98,8 @@ fn sandbox_error(cfg: &InstanceConfig, message: String) -> Error {
 /// removes the cgroup and the veth.
 struct Guard<'a> {
     cgroups: &'a dyn CgroupManager,
+    /// The runtime's cgroup parent, which scopes veth names.
+    scope: &'a str,
     cfg: &'a InstanceConfig,
     child: Option<OwnedFd>,
     armed: bool,
@@ -120,7 +123,9 @@ impl Drop for Guard<'_> {
             tracing::warn!(id = %self.cfg.id, "cleanup after a failed spawn: {e}");
         }
         if self.cfg.network.is_some() {
-            if let Err(e) = netlink::delete_link_if_exists(&veth_host_name(&self.cfg.id)) {
+            if let Err(e) =
+                netlink::delete_link_if_exists(&veth_host_name(self.scope, &self.cfg.id))
+            {
                 tracing::warn!(id = %self.cfg.id, "cleanup after a failed spawn: {e}");
             }
         }
@@ -234,6 +239,7 @@ fn clone_sandbox_init(
 /// (the child builds the root meanwhile), writes the /etc files and the log, puts the child on
 /// its bridge, then says go. Returns the child's start time.
 fn prepare_child(
+    scope: &str,
     cgroups: &dyn CgroupManager,
     cfg: &InstanceConfig,
     pid: i32,
@@ -266,14 +272,14 @@ fn prepare_child(
         .open(&cfg.log_path)
         .map_err(|e| Error::sys(format!("creating log file {}", cfg.log_path.display()), e))?;
     if let Some(net) = &cfg.network {
-        attach_veth(&cfg.id, &net.bridge, net.address.addr(), pid)?;
+        attach_veth(scope, &cfg.id, &net.bridge, net.address.addr(), pid)?;
     }
     send(&mut to_init, &ToInit::Go)?;
     Ok(start_time)
 }
 
-fn attach_veth(id: &str, bridge: &str, address: Ipv4Addr, pid: i32) -> Result<()> {
-    let host = veth_host_name(id);
+fn attach_veth(scope: &str, id: &str, bridge: &str, address: Ipv4Addr, pid: i32) -> Result<()> {
+    let host = veth_host_name(scope, id);
     let bridge_index = netlink::link_index(bridge).map_err(|e| {
         Error::Network(format!(
             "bridge {bridge} of {id}: {e} (create it with ensure_network first)"

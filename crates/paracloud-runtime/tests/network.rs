@@ -54,7 +54,7 @@ async fn host_reaches_a_server_in_the_instance_over_the_bridge() {
     .unwrap();
     assert!(hosts.contains(&format!("{address}\tweb.host")), "{hosts}");
 
-    let veth = paracloud_runtime::veth_name(&cfg.id);
+    let veth = f.runtime.veth_name(&cfg.id);
     assert!(Path::new("/sys/class/net").join(&veth).exists());
     f.runtime.cleanup(&cfg.id).unwrap();
     let exit = f.wait(&cfg, &process).await;
