@@ -7,6 +7,7 @@
 mod host;
 mod oci;
 mod probe;
+mod proxy;
 mod report;
 mod rootfs;
 mod scale;
@@ -46,12 +47,19 @@ enum Command {
     Start(StartArgs),
     /// Time `paracloud up` of N instances; memory and processes per idle instance
     Scale(ScaleArgs),
-    /// `start` then `scale`
+    /// wrk directly, through Paracloud's data plane, HAProxy and nginx (HTTP and TCP)
+    Proxy(ProxyArgs),
+    /// `start` then `scale` (then `proxy` with --with-proxy)
     All {
         #[command(flatten)]
         start: StartArgs,
         #[command(flatten)]
         scale: ScaleArgs,
+        /// Also run the proxy benchmark (about 90 s more)
+        #[arg(long)]
+        with_proxy: bool,
+        #[command(flatten)]
+        proxy: ProxyArgs,
     },
     /// crun and runc runs inside a private mount namespace (started by `start`)
     #[command(name = oci::WORKER_COMMAND, hide = true)]
@@ -106,6 +114,41 @@ struct ScaleArgs {
     scale_subnet: Ipv4Net,
 }
 
+#[derive(Debug, Args)]
+struct ProxyArgs {
+    /// Seconds of each measured wrk run
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Seconds of the warm-up wrk run before each measured one (not counted)
+    #[arg(long, default_value_t = 1)]
+    proxy_warmup: u64,
+    /// wrk connection counts
+    #[arg(long, value_delimiter = ',', default_value = "64,256")]
+    connections: Vec<u32>,
+    /// Rounds over all targets per connection count (the median is shown)
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// First of 7 loopback ports: the backend, then the proxies' listeners
+    #[arg(long, default_value_t = 21080)]
+    proxy_port_base: u16,
+    /// The paracloud binary (default: `paracloud` beside this one)
+    #[arg(long, value_name = "FILE")]
+    paracloud: Option<PathBuf>,
+}
+
+impl ProxyArgs {
+    fn options(&self) -> proxy::ProxyOptions {
+        proxy::ProxyOptions {
+            duration: self.duration,
+            warmup: self.proxy_warmup,
+            connections: self.connections.clone(),
+            rounds: self.rounds.max(1),
+            port_base: self.proxy_port_base,
+            paracloud: self.paracloud.clone(),
+        }
+    }
+}
+
 /// Set by SIGINT or SIGTERM: the benchmarks stop at the next check and clean up on the way out.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -154,7 +197,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let (start, scale) = match cli.command {
+    let (start, scale, proxy) = match cli.command {
         Command::OciWorker {
             rootfs,
             workdir,
@@ -166,9 +209,15 @@ fn run(cli: Cli) -> Result<()> {
                 cgroup_parent,
             })
         }
-        Command::Start(start) => (Some(start), None),
-        Command::Scale(scale) => (None, Some(scale)),
-        Command::All { start, scale } => (Some(start), Some(scale)),
+        Command::Start(start) => (Some(start), None, None),
+        Command::Scale(scale) => (None, Some(scale), None),
+        Command::Proxy(proxy) => (None, None, Some(proxy)),
+        Command::All {
+            start,
+            scale,
+            with_proxy,
+            proxy,
+        } => (Some(start), Some(scale), with_proxy.then_some(proxy)),
     };
     ensure!(
         nix::unistd::geteuid().is_root(),
@@ -226,10 +275,26 @@ fn run(cli: Cli) -> Result<()> {
         };
         report.scale = Some(scale::run(&opts, scratch.path())?);
     }
-    print!("{}", report::markdown(&report));
+    let proxy_report = match proxy {
+        Some(args) => {
+            eprintln!("proxy: wrk through Paracloud, HAProxy and nginx ...");
+            Some(proxy::run(&args.options(), scratch.path())?)
+        }
+        None => None,
+    };
+    if report.start.is_some() || report.scale.is_some() {
+        print!("{}", report::markdown(&report));
+    }
+    if let Some(p) = &proxy_report {
+        print!("{}", proxy::markdown(p));
+    }
 
     if let Some(path) = cli.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+        let mut json = serde_json::to_value(&report)?;
+        if let (Some(p), Some(map)) = (&proxy_report, json.as_object_mut()) {
+            map.insert("proxy".to_string(), serde_json::to_value(p)?);
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())

@@ -1,0 +1,897 @@
+//! `proxy`: wrk against one fast backend directly, through Paracloud's data plane, through
+//! HAProxy and through nginx, in HTTP and in TCP mode, at several connection counts (issue 3).
+//!
+//! Every process runs in the foreground from config files the bench writes into its temp dir,
+//! on loopback ports only, pinned with `taskset`: the proxies on CPU 0, wrk and the backend on
+//! CPU 1. Everything started here is stopped by its pid when the [`Fleet`] is dropped.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::json;
+
+/// Goal of issue 3: Paracloud at this many times the better peer's requests per second.
+const GOAL_RATIO: f64 = 1.15;
+/// The CPU of the proxies; wrk and the backend share the other one.
+const PROXY_CPU: &str = "0";
+const CLIENT_CPU: &str = "1";
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub duration: u64,
+    pub warmup: u64,
+    pub connections: Vec<u32>,
+    pub rounds: usize,
+    pub port_base: u16,
+    pub paracloud: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    Direct,
+    Paracloud,
+    Haproxy,
+    Nginx,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Direct => "direct (no proxy)",
+            Peer::Paracloud => "paracloud",
+            Peer::Haproxy => "haproxy",
+            Peer::Nginx => "nginx",
+        }
+    }
+}
+
+/// One wrk run, as parsed from its output.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WrkResult {
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub requests: u64,
+    /// Socket errors (connect + read + write + timeout) plus non-2xx/3xx answers.
+    pub errors: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub mode: Mode,
+    pub peer: Peer,
+    pub connections: u32,
+    /// Every measured round, in order.
+    pub samples: Vec<WrkResult>,
+    /// Medians over the rounds (each figure on its own).
+    pub median: Option<WrkResult>,
+    /// Why there is no figure (the proxy did not start, wrk failed, ...).
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProxyReport {
+    pub date: String,
+    pub kernel: String,
+    pub cores: usize,
+    pub load_average: String,
+    pub versions: Vec<(String, String)>,
+    pub duration_s: u64,
+    pub warmup_s: u64,
+    pub rounds: usize,
+    pub rows: Vec<Row>,
+    /// Targets left out, with the reason.
+    pub skipped: Vec<String>,
+    pub method: String,
+}
+
+/// A target wrk can hit: who serves it, in which mode, on which port.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    peer: Peer,
+    mode: Mode,
+    port: u16,
+}
+
+/// The processes the bench started; stopped (SIGTERM, then SIGKILL) by pid on drop.
+#[derive(Default)]
+struct Fleet {
+    children: Vec<(String, Child)>,
+}
+
+impl Fleet {
+    fn spawn(&mut self, name: &str, cmd: &mut Command, log: &Path) -> Result<()> {
+        let out = fs::File::create(log)?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({cmd:?})"))?;
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    /// Fails with the log's tail when `name` has exited already.
+    fn check_alive(&mut self, name: &str, log: &Path) -> Result<()> {
+        if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name) {
+            if let Some(status) = child.try_wait()? {
+                let text = fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                bail!(
+                    "{name} exited ({status}): {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for (_, child) in &self.children {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for (name, child) in &mut self.children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        eprintln!("proxy: {name} did not stop on SIGTERM, killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pinned(cpu: &str, program: &str) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpu, program]);
+    cmd
+}
+
+/// Ports: base = backend, +1/+2/+3 = Paracloud/HAProxy/nginx in HTTP, +4/+5/+6 the same in TCP.
+fn port_of(base: u16, peer: Peer, mode: Mode) -> u16 {
+    let offset = match (peer, mode) {
+        (Peer::Direct, _) => 0,
+        (Peer::Paracloud, Mode::Http) => 1,
+        (Peer::Haproxy, Mode::Http) => 2,
+        (Peer::Nginx, Mode::Http) => 3,
+        (Peer::Paracloud, Mode::Tcp) => 4,
+        (Peer::Haproxy, Mode::Tcp) => 5,
+        (Peer::Nginx, Mode::Tcp) => 6,
+    };
+    base + offset
+}
+
+fn nginx_temp_paths(dir: &Path) -> String {
+    [
+        "client_body_temp_path",
+        "proxy_temp_path",
+        "fastcgi_temp_path",
+        "uwsgi_temp_path",
+        "scgi_temp_path",
+    ]
+    .iter()
+    .map(|d| format!("    {d} {};\n", dir.join(d).display()))
+    .collect()
+}
+
+pub fn backend_nginx_conf(dir: &Path, port: u16) -> String {
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 16384;\n\
+         pid {dir}/backend.pid;\nerror_log {dir}/backend.err warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n    access_log off;\n    keepalive_requests 1000000;\n    keepalive_timeout 300s;\n\
+         {temps}    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n\
+         location / {{ default_type text/plain; return 200 \"ok\"; }}\n    }}\n}}\n",
+        dir = dir.display(),
+        temps = nginx_temp_paths(&dir.join("backend")),
+    )
+}
+
+pub fn proxy_nginx_conf(
+    dir: &Path,
+    backend: u16,
+    http_port: u16,
+    stream_port: Option<u16>,
+) -> String {
+    let mut conf = String::new();
+    if stream_port.is_some() {
+        let _ = writeln!(conf, "load_module {NGINX_STREAM_MODULE};");
+    }
+    let _ = write!(
+        conf,
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 16384;\n\
+         pid {dir}/nginx.pid;\nerror_log {dir}/nginx.err warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n    access_log off;\n    keepalive_requests 1000000;\n    keepalive_timeout 300s;\n\
+         {temps}    upstream backend {{\n        server 127.0.0.1:{backend};\n        keepalive 64;\n\
+         keepalive_requests 1000000;\n        keepalive_timeout 300s;\n    }}\n\
+         server {{\n        listen 127.0.0.1:{http_port} backlog=4096;\n        location / {{\n\
+         proxy_pass http://backend;\n            proxy_http_version 1.1;\n\
+         proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n",
+        dir = dir.display(),
+        temps = nginx_temp_paths(&dir.join("nginx")),
+    );
+    if let Some(port) = stream_port {
+        let _ = write!(
+            conf,
+            "stream {{\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n\
+             proxy_pass 127.0.0.1:{backend};\n    }}\n}}\n"
+        );
+    }
+    conf
+}
+
+pub fn haproxy_conf(backend: u16, http_port: u16, tcp_port: u16) -> String {
+    format!(
+        "global\n    nbthread 1\n    maxconn 4096\n\n\
+         defaults\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n\
+         timeout http-keep-alive 300s\n\n\
+         frontend fe_http\n    mode http\n    bind 127.0.0.1:{http_port}\n    option http-keep-alive\n\
+         default_backend be_http\n\n\
+         backend be_http\n    mode http\n    http-reuse always\n    option http-keep-alive\n\
+         server s1 127.0.0.1:{backend}\n\n\
+         frontend fe_tcp\n    mode tcp\n    bind 127.0.0.1:{tcp_port}\n    default_backend be_tcp\n\n\
+         backend be_tcp\n    mode tcp\n    server s1 127.0.0.1:{backend}\n"
+    )
+}
+
+/// The data plane's configuration (`paracloud_dataplane::Config` as JSON): one HTTP and one TCP
+/// listener, both to the backend.
+pub fn dataplane_config(backend: u16, http_port: u16, tcp_port: u16) -> serde_json::Value {
+    let backends =
+        json!([{ "id": "backend.1", "addr": format!("127.0.0.1:{backend}"), "weight": 1 }]);
+    json!({
+        "listeners": [
+            { "name": "bench/http", "bind": format!("127.0.0.1:{http_port}"),
+              "protocol": "http", "backends": backends },
+            { "name": "bench/tcp", "bind": format!("127.0.0.1:{tcp_port}"),
+              "protocol": "tcp", "backends": backends },
+        ]
+    })
+}
+
+/// Waits until `port` answers `GET /` with 200 and the body "ok".
+fn wait_ok(port: u16, limit: Duration) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match get_once(addr) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("127.0.0.1:{port} did not answer 200 \"ok\" within {limit:?}: {last}")
+}
+
+fn get_once(addr: SocketAddr) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    if !text.starts_with("HTTP/1.1 200") || !text.ends_with("ok") {
+        bail!(
+            "unexpected answer: {:?}",
+            text.chars().take(80).collect::<String>()
+        );
+    }
+    Ok(())
+}
+
+/// Parses a wrk latency figure ("812.00us", "1.23ms", "2.01s") into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, factor) = if let Some(n) = s.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|v| v * factor)
+}
+
+/// Requests/sec, the 50% and 99% lines of `--latency`, the request count and the errors.
+pub fn parse_wrk(out: &str) -> Result<WrkResult> {
+    let mut rps = None;
+    let mut p50 = None;
+    let mut p99 = None;
+    let mut requests = 0;
+    let mut errors = 0;
+    for line in out.lines() {
+        let line = line.trim();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if fields.len() == 2 && fields[0] == "50%" {
+            p50 = parse_duration_ms(fields[1]);
+        } else if fields.len() == 2 && fields[0] == "99%" {
+            p99 = parse_duration_ms(fields[1]);
+        } else if fields.len() > 2 && fields[1] == "requests" && fields[2] == "in" {
+            requests = fields[0].parse().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            errors += v
+                .split(',')
+                .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += v.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    match (rps, p50, p99) {
+        (Some(requests_per_sec), Some(p50_ms), Some(p99_ms)) => Ok(WrkResult {
+            requests_per_sec,
+            p50_ms,
+            p99_ms,
+            requests,
+            errors,
+        }),
+        _ => bail!("cannot read wrk's output: {out}"),
+    }
+}
+
+fn run_wrk(port: u16, connections: u32, seconds: u64) -> Result<WrkResult> {
+    let out = pinned(CLIENT_CPU, "wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_wrk(&text)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn median_result(samples: &[WrkResult]) -> Option<WrkResult> {
+    if samples.is_empty() {
+        return None;
+    }
+    let m = |f: fn(&WrkResult) -> f64| median(samples.iter().map(f).collect());
+    Some(WrkResult {
+        requests_per_sec: m(|r| r.requests_per_sec),
+        p50_ms: m(|r| r.p50_ms),
+        p99_ms: m(|r| r.p99_ms),
+        requests: m(|r| r.requests as f64) as u64,
+        errors: samples.iter().map(|r| r.errors).sum(),
+    })
+}
+
+fn paracloud_binary(opts: &ProxyOptions) -> Result<PathBuf> {
+    let path = match &opts.paracloud {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the bench binary has no directory")?
+            .join("paracloud"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no paracloud binary at {} (build the workspace, or pass --paracloud)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
+    let dir = scratch.join("proxy");
+    for sub in ["backend", "nginx"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let mut versions = vec![];
+    for (name, args) in [
+        ("wrk", &["-v"][..]),
+        ("nginx", &["-v"][..]),
+        ("haproxy", &["-v"][..]),
+        ("taskset", &["--version"][..]),
+    ] {
+        let out = Command::new(name)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {name}: apt-get install {name}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        versions.push((
+            name.to_string(),
+            text.lines().next().unwrap_or_default().trim().to_string(),
+        ));
+    }
+    for port in 0..=6 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], opts.port_base + port));
+        if crate::probe::is_listening(addr) {
+            bail!("{addr} is in use already: pick another --proxy-port-base");
+        }
+    }
+
+    let base = opts.port_base;
+    let mut fleet = Fleet::default();
+    let mut skipped = vec![];
+    let mut targets = vec![Target {
+        peer: Peer::Direct,
+        mode: Mode::Http,
+        port: base,
+    }];
+
+    // The backend: nginx, one process, on the client's CPU.
+    let conf = dir.join("backend.conf");
+    fs::write(&conf, backend_nginx_conf(&dir, base))?;
+    let log = dir.join("backend.log");
+    fleet.spawn(
+        "backend nginx",
+        pinned(CLIENT_CPU, "nginx")
+            .arg("-e")
+            .arg(dir.join("backend.err"))
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf),
+        &log,
+    )?;
+    wait_ok(base, Duration::from_secs(5))
+        .and_then(|()| fleet.check_alive("backend nginx", &log))
+        .context("the backend did not start")?;
+
+    // Paracloud's data plane: one process, both listeners; tokio sizes its worker pool from the
+    // CPU affinity (1), and TOKIO_WORKER_THREADS says so explicitly.
+    let http_p = port_of(base, Peer::Paracloud, Mode::Http);
+    let tcp_p = port_of(base, Peer::Paracloud, Mode::Tcp);
+    let started = (|| -> Result<()> {
+        let bin = paracloud_binary(opts)?;
+        let conf = dir.join("dataplane.json");
+        fs::write(
+            &conf,
+            serde_json::to_vec_pretty(&dataplane_config(base, http_p, tcp_p))?,
+        )?;
+        let log = dir.join("dataplane.log");
+        fleet.spawn(
+            "paracloud data plane",
+            pinned(PROXY_CPU, &bin.to_string_lossy())
+                .arg("__dataplane")
+                .arg("--config")
+                .arg(&conf)
+                .env("TOKIO_WORKER_THREADS", "1")
+                .env("RUST_LOG", "warn"),
+            &log,
+        )?;
+        wait_ok(http_p, Duration::from_secs(5))?;
+        wait_ok(tcp_p, Duration::from_secs(5))?;
+        fleet.check_alive("paracloud data plane", &log)
+    })();
+    match started {
+        Ok(()) => targets.extend([
+            Target {
+                peer: Peer::Paracloud,
+                mode: Mode::Http,
+                port: http_p,
+            },
+            Target {
+                peer: Peer::Paracloud,
+                mode: Mode::Tcp,
+                port: tcp_p,
+            },
+        ]),
+        Err(e) => skipped.push(format!("paracloud: {e:#}")),
+    }
+
+    // HAProxy.
+    let http_p = port_of(base, Peer::Haproxy, Mode::Http);
+    let tcp_p = port_of(base, Peer::Haproxy, Mode::Tcp);
+    let started = (|| -> Result<()> {
+        let conf = dir.join("haproxy.cfg");
+        fs::write(&conf, haproxy_conf(base, http_p, tcp_p))?;
+        let log = dir.join("haproxy.log");
+        fleet.spawn(
+            "haproxy",
+            pinned(PROXY_CPU, "haproxy").arg("-db").arg("-f").arg(&conf),
+            &log,
+        )?;
+        wait_ok(http_p, Duration::from_secs(5))?;
+        wait_ok(tcp_p, Duration::from_secs(5))?;
+        fleet.check_alive("haproxy", &log)
+    })();
+    match started {
+        Ok(()) => targets.extend([
+            Target {
+                peer: Peer::Haproxy,
+                mode: Mode::Http,
+                port: http_p,
+            },
+            Target {
+                peer: Peer::Haproxy,
+                mode: Mode::Tcp,
+                port: tcp_p,
+            },
+        ]),
+        Err(e) => skipped.push(format!("haproxy: {e:#}")),
+    }
+
+    // nginx as reverse proxy (and `stream` for TCP when the module is installed).
+    let http_p = port_of(base, Peer::Nginx, Mode::Http);
+    let stream_p = Path::new(NGINX_STREAM_MODULE)
+        .is_file()
+        .then(|| port_of(base, Peer::Nginx, Mode::Tcp));
+    if stream_p.is_none() {
+        skipped.push(format!(
+            "nginx tcp: no stream module at {NGINX_STREAM_MODULE} (apt-get install libnginx-mod-stream)"
+        ));
+    }
+    let started = (|| -> Result<()> {
+        let conf = dir.join("nginx.conf");
+        fs::write(&conf, proxy_nginx_conf(&dir, base, http_p, stream_p))?;
+        let log = dir.join("nginx.log");
+        fleet.spawn(
+            "nginx",
+            pinned(PROXY_CPU, "nginx")
+                .arg("-e")
+                .arg(dir.join("nginx.err"))
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(&conf),
+            &log,
+        )?;
+        wait_ok(http_p, Duration::from_secs(5))?;
+        if let Some(p) = stream_p {
+            wait_ok(p, Duration::from_secs(5))?;
+        }
+        fleet.check_alive("nginx", &log)
+    })();
+    match started {
+        Ok(()) => {
+            targets.push(Target {
+                peer: Peer::Nginx,
+                mode: Mode::Http,
+                port: http_p,
+            });
+            if let Some(port) = stream_p {
+                targets.push(Target {
+                    peer: Peer::Nginx,
+                    mode: Mode::Tcp,
+                    port,
+                });
+            }
+        }
+        Err(e) => skipped.push(format!("nginx: {e:#}")),
+    }
+    for s in &skipped {
+        eprintln!("proxy: skipped {s}");
+    }
+
+    // Order of a round: direct, then HTTP and TCP targets; the first rotates from round to round.
+    targets.sort_by_key(|t| (t.mode == Mode::Tcp, t.peer as u8));
+    let mut rows: Vec<Row> = vec![];
+    for &connections in &opts.connections {
+        for t in &targets {
+            rows.push(Row {
+                mode: t.mode,
+                peer: t.peer,
+                connections,
+                samples: vec![],
+                median: None,
+                failure: None,
+            });
+        }
+        for round in 0..opts.rounds {
+            for i in 0..targets.len() {
+                crate::check_interrupted()?;
+                let t = targets[(i + round) % targets.len()];
+                let row = rows
+                    .iter_mut()
+                    .find(|r| r.connections == connections && r.mode == t.mode && r.peer == t.peer)
+                    .expect("a row per target");
+                if row.failure.is_some() {
+                    continue;
+                }
+                eprintln!(
+                    "proxy: {} {} at {connections} connections (round {}/{}) ...",
+                    t.peer.name(),
+                    t.mode.name(),
+                    round + 1,
+                    opts.rounds
+                );
+                let result = (|| {
+                    if opts.warmup > 0 {
+                        run_wrk(t.port, connections, opts.warmup)?;
+                    }
+                    run_wrk(t.port, connections, opts.duration)
+                })();
+                match result {
+                    Ok(r) => row.samples.push(r),
+                    Err(e) => row.failure = Some(format!("{e:#}")),
+                }
+            }
+        }
+    }
+    for row in &mut rows {
+        row.median = median_result(&row.samples);
+    }
+    drop(fleet);
+
+    Ok(ProxyReport {
+        date: crate::host::utc_date(),
+        kernel: crate::host::kernel(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average: crate::host::load_average(),
+        versions,
+        duration_s: opts.duration,
+        warmup_s: opts.warmup,
+        rounds: opts.rounds,
+        rows,
+        skipped,
+        method: METHOD.to_string(),
+    })
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else if v >= 10.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+fn find(report: &ProxyReport, mode: Mode, peer: Peer, c: u32) -> Option<&WrkResult> {
+    report
+        .rows
+        .iter()
+        .find(|r| r.mode == mode && r.peer == peer && r.connections == c)
+        .and_then(|r| r.median.as_ref())
+}
+
+pub fn markdown(report: &ProxyReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Proxy: wrk through Paracloud, HAProxy and nginx ({}, kernel {}, {} cores, load average {} at the start)\n",
+        report.date, report.kernel, report.cores, report.load_average
+    );
+    let _ = writeln!(
+        out,
+        "wrk -t1, {} s measured after {} s of warm-up, {} round(s), median shown. {}\n",
+        report.duration_s,
+        report.warmup_s,
+        report.rounds,
+        report
+            .versions
+            .iter()
+            .map(|(n, v)| format!("{n}: `{v}`"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let mut conns: Vec<u32> = report.rows.iter().map(|r| r.connections).collect();
+    conns.dedup();
+    for mode in [Mode::Http, Mode::Tcp] {
+        let _ = writeln!(
+            out,
+            "### {} proxying\n\n| connections | target | req/s | p50 | p99 | errors | Paracloud ÷ this (req/s) | Paracloud ÷ this (p99) |\n|---:|---|---:|---:|---:|---:|---:|---:|",
+            mode.name().to_uppercase()
+        );
+        for &c in &conns {
+            let pc = find(report, mode, Peer::Paracloud, c);
+            for row in report
+                .rows
+                .iter()
+                .filter(|r| r.connections == c && (r.mode == mode || r.peer == Peer::Direct))
+            {
+                let name = if row.peer == Peer::Direct {
+                    row.peer.name().to_string()
+                } else {
+                    format!("{} ({})", row.peer.name(), mode.name())
+                };
+                match (&row.median, &row.failure) {
+                    (Some(m), _) => {
+                        let (rr, rp) = match pc {
+                            Some(p) => (
+                                format!("{:.2}×", p.requests_per_sec / m.requests_per_sec),
+                                format!("{:.2}×", p.p99_ms / m.p99_ms),
+                            ),
+                            None => ("–".into(), "–".into()),
+                        };
+                        let _ = writeln!(
+                            out,
+                            "| {c} | {name} | {:.0} | {} | {} | {} | {rr} | {rp} |",
+                            m.requests_per_sec,
+                            fmt_ms(m.p50_ms),
+                            fmt_ms(m.p99_ms),
+                            m.errors
+                        );
+                    }
+                    (None, failure) => {
+                        let _ = writeln!(
+                            out,
+                            "| {c} | {name} | failed: {} | | | | | |",
+                            failure.as_deref().unwrap_or("no sample")
+                        );
+                    }
+                }
+            }
+        }
+        let _ = writeln!(out);
+        for &c in &conns {
+            let Some(pc) = find(report, mode, Peer::Paracloud, c) else {
+                continue;
+            };
+            let best = [Peer::Haproxy, Peer::Nginx]
+                .into_iter()
+                .filter_map(|p| find(report, mode, p, c).map(|r| (p, r)))
+                .max_by(|a, b| a.1.requests_per_sec.total_cmp(&b.1.requests_per_sec));
+            if let Some((peer, b)) = best {
+                let ratio = pc.requests_per_sec / b.requests_per_sec;
+                let met = ratio >= GOAL_RATIO && pc.p99_ms <= b.p99_ms;
+                let _ = writeln!(
+                    out,
+                    "- {} at {c} connections: Paracloud {ratio:.2}× the better peer ({}), p99 {} vs {}; goal (≥ {GOAL_RATIO}× and p99 no worse): **{}**",
+                    mode.name().to_uppercase(),
+                    peer.name(),
+                    fmt_ms(pc.p99_ms),
+                    fmt_ms(b.p99_ms),
+                    if met { "met" } else { "not met" }
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
+    for s in &report.skipped {
+        let _ = writeln!(out, "- skipped: {s}");
+    }
+    let _ = writeln!(out, "\n### Method\n\n{}", report.method);
+    out
+}
+
+pub const METHOD: &str = "\
+- Backend: nginx (Debian) with `daemon off`, `master_process off` (one process), `return 200 \"ok\"`, \
+access log off, `keepalive_requests 1000000`, pinned to CPU 1; the same backend for every target.
+- Client: `wrk -t1 -cN -dD --latency`, pinned to CPU 1 beside the backend (the machine has 2 cores: \
+the client and the backend share one, the proxy under test has the other to itself). A warm-up run \
+precedes each measured run and is not counted. Targets are interleaved per connection count, the \
+first rotating from round to round.
+- Proxies, pinned to CPU 0, one worker each, keep-alive to the backend, logs off; all run from \
+config files in the bench's temp dir, in the foreground, on loopback ports: \
+HAProxy `nbthread 1`, `mode http`, `option http-keep-alive`, `http-reuse always` (and `mode tcp`); \
+nginx `worker_processes 1` (`master_process off`), an upstream with `keepalive 64`, \
+`proxy_http_version 1.1`, `proxy_set_header Connection \"\"`, `access_log off` (and `stream` \
+`proxy_pass` for TCP); Paracloud: `paracloud __dataplane --config FILE` with one `http` and one \
+`tcp` listener, `TOKIO_WORKER_THREADS=1`, `RUST_LOG=warn`.
+- Figures: wrk's Requests/sec and the 50% and 99% lines of its latency distribution; errors are \
+wrk's socket errors plus non-2xx answers. Ratios are Paracloud's figure ÷ the row's (above 1 is \
+better for req/s, below 1 is better for p99). The goal of issue 3: Paracloud at 1.15× the better \
+peer's req/s or more, with p99 no worse than that peer's.
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 5s test @ http://127.0.0.1:21080/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.25ms  204.51us   7.81ms   91.02%
+    Req/Sec    51.36k     1.90k   53.90k    84.00%
+  Latency Distribution
+     50%    1.21ms
+     75%    1.30ms
+     90%    1.42ms
+     99%  812.00us
+  255546 requests in 5.00s, 38.99MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  51109.12
+Transfer/sec:      7.80MB
+";
+
+    #[test]
+    fn parses_wrk_output() {
+        let r = parse_wrk(WRK).unwrap();
+        assert_eq!(r.requests_per_sec, 51109.12);
+        assert!((r.p50_ms - 1.21).abs() < 1e-9);
+        assert!((r.p99_ms - 0.812).abs() < 1e-9);
+        assert_eq!(r.requests, 255_546);
+        assert_eq!(r.errors, 7);
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration_ms("2.00s"), Some(2000.0));
+        assert_eq!(parse_duration_ms("3.5ms"), Some(3.5));
+        assert_eq!(parse_duration_ms("bogus"), None);
+        assert!(parse_wrk("nothing").is_err());
+    }
+
+    #[test]
+    fn dataplane_config_has_both_listeners() {
+        let v = dataplane_config(1, 2, 3);
+        assert_eq!(v["listeners"][0]["protocol"], "http");
+        assert_eq!(v["listeners"][1]["protocol"], "tcp");
+        assert_eq!(v["listeners"][1]["backends"][0]["addr"], "127.0.0.1:1");
+    }
+
+    #[test]
+    fn medians_per_figure() {
+        let s = |rps, p99| WrkResult {
+            requests_per_sec: rps,
+            p50_ms: 1.0,
+            p99_ms: p99,
+            requests: 10,
+            errors: 1,
+        };
+        let m = median_result(&[s(3.0, 9.0), s(1.0, 1.0), s(2.0, 5.0)]).unwrap();
+        assert_eq!((m.requests_per_sec, m.p99_ms, m.errors), (2.0, 5.0, 3));
+    }
+}
