@@ -491,15 +491,13 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
     let conf = dir.join("backend.conf");
     fs::write(&conf, backend_nginx_conf(&dir, base))?;
     let log = dir.join("backend.log");
-    fleet.spawn(
+    spawn_nginx(
+        &mut fleet,
         "backend nginx",
-        pinned(CLIENT_CPU, "nginx")
-            .arg("-e")
-            .arg(dir.join("backend.err"))
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf),
+        CLIENT_CPU,
+        &dir,
+        "backend",
+        &conf,
         &log,
     )?;
     wait_ok(base, Duration::from_secs(5))
@@ -594,17 +592,7 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
         let conf = dir.join("nginx.conf");
         fs::write(&conf, proxy_nginx_conf(&dir, base, http_p, stream_p))?;
         let log = dir.join("nginx.log");
-        fleet.spawn(
-            "nginx",
-            pinned(PROXY_CPU, "nginx")
-                .arg("-e")
-                .arg(dir.join("nginx.err"))
-                .arg("-p")
-                .arg(&dir)
-                .arg("-c")
-                .arg(&conf),
-            &log,
-        )?;
+        spawn_nginx(&mut fleet, "nginx", PROXY_CPU, &dir, "nginx", &conf, &log)?;
         wait_ok(http_p, Duration::from_secs(5))?;
         if let Some(p) = stream_p {
             wait_ok(p, Duration::from_secs(5))?;
@@ -834,6 +822,30 @@ wrk's socket errors plus non-2xx answers. Ratios are Paracloud's figure ÷ the r
 better for req/s, below 1 is better for p99). The goal of issue 3: Paracloud at 1.15× the better \
 peer's req/s or more, with p99 no worse than that peer's.
 ";
+
+/// Starts an nginx of the bench's own on `cpu`, its error log beside the config as `NAME.err`.
+fn spawn_nginx(
+    fleet: &mut Fleet,
+    what: &str,
+    cpu: &str,
+    dir: &Path,
+    name: &str,
+    conf: &Path,
+    log: &Path,
+) -> Result<()> {
+    fleet.spawn(
+        what,
+        pinned(cpu, "nginx")
+            .arg("-e")
+            .arg(dir.join(format!("{name}.err")))
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(conf),
+        log,
+    )?;
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
