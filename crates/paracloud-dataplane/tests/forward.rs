@@ -1,16 +1,15 @@
 //! Forwarding over real loopback sockets: spread, retries, reloads, removal and shutdown.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use paracloud_dataplane::{write_config, Backend, Config, Dataplane, Listener, Protocol, Tuning};
+mod common;
+
+use common::*;
+use paracloud_dataplane::{Config, Listener, Protocol, Tuning};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 
 /// A backend that greets each connection with its id on one line, then echoes.
 async fn echo_backend(id: &'static str) -> SocketAddr {
@@ -37,26 +36,8 @@ async fn echo_backend(id: &'static str) -> SocketAddr {
     addr
 }
 
-/// An address nothing listens on (bound, then released).
-fn free_addr() -> SocketAddr {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap()
-}
-
 fn listener(bind: SocketAddr, backends: &[(&str, SocketAddr)]) -> Listener {
-    Listener {
-        name: format!("test/{bind}"),
-        bind,
-        protocol: Protocol::Tcp,
-        backends: backends
-            .iter()
-            .map(|&(id, addr)| Backend {
-                id: id.into(),
-                addr,
-                weight: 1,
-            })
-            .collect(),
-    }
+    listener_of(bind, Protocol::Tcp, backends)
 }
 
 /// A client connection through the data plane, knowing which backend answered.
@@ -91,71 +72,6 @@ impl Client {
         assert_eq!(line, format!("{text}\n"));
         Ok(())
     }
-}
-
-struct Harness {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    reload: watch::Sender<()>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), paracloud_dataplane::Error>>,
-    stats: paracloud_dataplane::Stats,
-}
-
-impl Harness {
-    fn start(config: Option<&Config>, tuning: Tuning) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dataplane.json");
-        if let Some(config) = config {
-            write_config(&path, config).unwrap();
-        }
-        let (reload, reload_rx) = watch::channel(());
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let dataplane = Dataplane::new(path.clone(), tuning);
-        let stats = dataplane.stats();
-        let task = tokio::spawn(dataplane.run_with_reload(reload_rx, async move {
-            let _ = shutdown_rx.await;
-        }));
-        Self {
-            _dir: dir,
-            path,
-            reload,
-            shutdown: Some(shutdown),
-            task,
-            stats,
-        }
-    }
-
-    fn reconfigure(&self, config: &Config) {
-        write_config(&self.path, config).unwrap();
-        self.reload.send(()).unwrap();
-    }
-
-    fn bound(&self, bind: SocketAddr) -> bool {
-        self.stats
-            .snapshot()
-            .listener(bind)
-            .is_some_and(|l| l.bound)
-    }
-
-    async fn wait_bound(&self, bind: SocketAddr) {
-        eventually("listener bound", || async { self.bound(bind) }).await;
-    }
-}
-
-/// Polls `check` every 20 ms for up to 5 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..250 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test]

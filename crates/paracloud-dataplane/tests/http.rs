@@ -10,14 +10,12 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use paracloud_dataplane::{
-    bind_stats_socket, serve_stats, write_config, Backend, Config, Dataplane, Listener, Protocol,
-    Snapshot, Stats, Tuning,
-};
+mod common;
+
+use common::*;
+use paracloud_dataplane::{bind_stats_socket, serve_stats, Listener, Protocol, Snapshot, Tuning};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 
 /// An HTTP/1.1 backend answering every request with its id, and echoing the forwarding headers.
 async fn http_backend(id: &'static str) -> SocketAddr {
@@ -69,84 +67,8 @@ async fn rude_backend() -> SocketAddr {
     addr
 }
 
-fn free_addr() -> SocketAddr {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap()
-}
-
 fn http_listener(bind: SocketAddr, backends: &[(&str, SocketAddr)]) -> Listener {
-    Listener {
-        name: format!("test/{bind}"),
-        bind,
-        protocol: Protocol::Http,
-        backends: backends
-            .iter()
-            .map(|&(id, addr)| Backend {
-                id: id.into(),
-                addr,
-                weight: 1,
-            })
-            .collect(),
-    }
-}
-
-struct Harness {
-    _dir: tempfile::TempDir,
-    _reload: watch::Sender<()>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), paracloud_dataplane::Error>>,
-    stats: Stats,
-}
-
-impl Harness {
-    async fn start(listener: Listener, tuning: Tuning) -> Self {
-        Self::start_all(vec![listener], tuning).await
-    }
-
-    /// Starts a data plane serving `listeners`, once the last of them is bound.
-    async fn start_all(listeners: Vec<Listener>, tuning: Tuning) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dataplane.json");
-        let bind = listeners.last().expect("a listener").bind;
-        write_config(&path, &Config { listeners }).unwrap();
-        let (reload, reload_rx) = watch::channel(());
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let dataplane = Dataplane::new(path, tuning);
-        let stats = dataplane.stats();
-        let task = tokio::spawn(dataplane.run_with_reload(reload_rx, async move {
-            let _ = shutdown_rx.await;
-        }));
-        let harness = Self {
-            _dir: dir,
-            _reload: reload,
-            shutdown: Some(shutdown),
-            task,
-            stats,
-        };
-        for _ in 0..200 {
-            if harness
-                .stats
-                .snapshot()
-                .listener(bind)
-                .is_some_and(|l| l.bound)
-            {
-                return harness;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("listener {bind} never bound");
-    }
-
-    async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("data plane stops")
-            .unwrap()
-            .unwrap();
-    }
+    listener_of(bind, Protocol::Http, backends)
 }
 
 fn quick() -> Tuning {
@@ -195,7 +117,7 @@ async fn one_kept_alive_connection_spreads_requests_and_counts_exactly() {
     let a = http_backend("a").await;
     let b = http_backend("b").await;
     let bind = free_addr();
-    let harness = Harness::start(http_listener(bind, &[("a", a), ("b", b)]), quick()).await;
+    let harness = Harness::serving(vec![http_listener(bind, &[("a", a), ("b", b)])], quick()).await;
     let mut client = http1_client(bind).await;
     let n = 100;
     let mut seen = std::collections::HashMap::<String, u64>::new();
@@ -238,7 +160,7 @@ async fn one_kept_alive_connection_spreads_requests_and_counts_exactly() {
 async fn http2_prior_knowledge_clients_are_served() {
     let a = http_backend("a").await;
     let bind = free_addr();
-    let harness = Harness::start(http_listener(bind, &[("a", a)]), quick()).await;
+    let harness = Harness::serving(vec![http_listener(bind, &[("a", a)])], quick()).await;
     let stream = TcpStream::connect(bind).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -284,8 +206,8 @@ async fn an_idempotent_request_is_retried_on_another_backend() {
     let rude = rude_backend().await;
     let good = http_backend("good").await;
     let bind = free_addr();
-    let harness = Harness::start(
-        http_listener(bind, &[("rude", rude), ("good", good)]),
+    let harness = Harness::serving(
+        vec![http_listener(bind, &[("rude", rude), ("good", good)])],
         quick(),
     )
     .await;
@@ -316,8 +238,8 @@ async fn a_post_is_not_retried_and_gets_502() {
         eject_after: u32::MAX,
         ..quick()
     };
-    let harness = Harness::start(
-        http_listener(bind, &[("rude", rude), ("good", good)]),
+    let harness = Harness::serving(
+        vec![http_listener(bind, &[("rude", rude), ("good", good)])],
         tuning,
     )
     .await;
@@ -352,7 +274,7 @@ async fn a_post_is_not_retried_and_gets_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_backend_in_time_gets_503_with_retry_after() {
     let bind = free_addr();
-    let harness = Harness::start(http_listener(bind, &[]), quick()).await;
+    let harness = Harness::serving(vec![http_listener(bind, &[])], quick()).await;
     let mut client = http1_client(bind).await;
     let started = std::time::Instant::now();
     let (status, headers, _) = send(&mut client, request("GET", bind, "")).await;
@@ -377,8 +299,8 @@ async fn a_connect_failure_is_retried_even_for_a_post() {
     let dead = free_addr();
     let good = http_backend("good").await;
     let bind = free_addr();
-    let harness = Harness::start(
-        http_listener(bind, &[("dead", dead), ("good", good)]),
+    let harness = Harness::serving(
+        vec![http_listener(bind, &[("dead", dead), ("good", good)])],
         quick(),
     )
     .await;
@@ -418,7 +340,7 @@ async fn calls_are_counted_per_caller_service_and_unknown_callers_are_external()
     web.name = "app/web:80".into();
     let mut api_listener = http_listener(api_bind, &[("api.1", api)]);
     api_listener.name = "app/api:8000".into();
-    let harness = Harness::start_all(vec![web, api_listener], quick()).await;
+    let harness = Harness::serving(vec![web, api_listener], quick()).await;
     const N: u64 = 25;
     // Two kept-alive connections from web's instance address: every request counts.
     for _ in 0..2 {
@@ -476,7 +398,7 @@ async fn unix_get(path: &PathBuf, uri: &str) -> (StatusCode, String) {
 async fn stats_and_metrics_are_served_on_the_unix_socket() {
     let a = http_backend("a").await;
     let bind = free_addr();
-    let harness = Harness::start(http_listener(bind, &[("a", a)]), quick()).await;
+    let harness = Harness::serving(vec![http_listener(bind, &[("a", a)])], quick()).await;
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("stats.sock");
     std::fs::write(&socket_path, "stale").unwrap();
