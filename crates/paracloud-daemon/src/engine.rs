@@ -276,10 +276,14 @@ impl<D: Driver> Engine<D> {
                 let config = NetworkConfig {
                     bridge: network.bridge(),
                     gateway: network.gateway(),
+                    // Revisions share their service's slot: one address per slot.
                     service_addresses: record
                         .services
                         .values()
-                        .map(|s| network.service_address(s.slot))
+                        .map(|s| s.slot)
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .map(|slot| network.service_address(slot))
                         .collect(),
                 };
                 match self.driver.ensure_network(&config).await {
@@ -390,9 +394,11 @@ impl<D: Driver> Engine<D> {
         self.store
             .put_instance(&record)
             .map_err(|e| e.to_string())?;
+        // Revisions (`api@canary`) are reached through their service's name.
         let hosts: Vec<(String, Ipv4Addr)> = app
             .services
             .iter()
+            .filter(|(name, _)| !name.contains(paracloud_manifest::REVISION_SEPARATOR))
             .map(|(name, s)| (name.clone(), network.service_address(s.slot)))
             .collect();
         let config = self.instance_config(app, &service, key, address, &network, hosts);

@@ -3,45 +3,58 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use paracloud_dataplane::{Backend, Config, Listener, Protocol};
+use paracloud_dataplane::{Backend, Config, Listener, Protocol, Revision};
 use paracloud_manifest::Protocol as PortProtocol;
-use paracloud_state::Snapshot;
+use paracloud_state::{AppRecord, Snapshot};
 
 use crate::addressing::AppNetwork;
 
 /// Listeners for every port of every service: on its stable service address, and on the host
-/// address it is published to.
+/// address it is published to. The revisions running beside a service are behind its listeners
+/// (with their weights), not on listeners of their own.
 pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
     let mut listeners = Vec::new();
     for app in snapshot.apps.iter().filter(|a| a.removing.is_none()) {
         let Ok(network) = AppNetwork::new(pool, app.subnet_index) else {
             continue;
         };
-        for (name, service) in &app.manifest.services {
+        let ready_backends = |service: &str, port: u16| -> Vec<Backend> {
+            snapshot
+                .instances
+                .iter()
+                .filter(|i| i.key.app == app.name && i.key.service == service && i.state.is_ready())
+                .filter_map(|i| {
+                    let address = network.instance_address(i.slot).ok()?;
+                    Some(Backend {
+                        id: i.key.name(),
+                        addr: SocketAddr::new(IpAddr::V4(address.addr()), port),
+                        weight: 1,
+                    })
+                })
+                .collect()
+        };
+        let services = app
+            .manifest
+            .services
+            .iter()
+            .filter(|(_, s)| s.revision_of.is_none());
+        for (name, service) in services {
             let Some(record) = app.services.get(name) else {
                 continue;
             };
-            let ready: Vec<_> = snapshot
-                .instances
-                .iter()
-                .filter(|i| i.key.app == app.name && &i.key.service == name && i.state.is_ready())
-                .collect();
             for port in &service.ports {
                 let protocol = match port.protocol {
                     PortProtocol::Tcp => Protocol::Tcp,
                     PortProtocol::Http => Protocol::Http,
                 };
-                let backends: Vec<Backend> = ready
-                    .iter()
-                    .filter_map(|i| {
-                        let address = network.instance_address(i.slot).ok()?;
-                        Some(Backend {
-                            id: i.key.name(),
-                            addr: SocketAddr::new(IpAddr::V4(address.addr()), port.port),
-                            weight: 1,
-                        })
+                let revisions: Vec<Revision> = revisions_of(app, name)
+                    .map(|(service_name, revision, weight)| Revision {
+                        name: revision.to_owned(),
+                        weight,
+                        backends: ready_backends(service_name, port.port),
                     })
                     .collect();
+                let backends = ready_backends(name, port.port);
                 let service_address =
                     SocketAddr::new(IpAddr::V4(network.service_address(record.slot)), port.port);
                 listeners.push(Listener {
@@ -49,6 +62,7 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
                     bind: service_address,
                     protocol,
                     backends: backends.clone(),
+                    revisions: revisions.clone(),
                 });
                 if let Some(publish) = port.publish {
                     listeners.push(Listener {
@@ -56,10 +70,28 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
                         bind: publish,
                         protocol,
                         backends,
+                        revisions,
                     });
                 }
             }
         }
     }
     Config { listeners }
+}
+
+/// The revisions running beside `service`: their service name (`api@canary`), revision name and
+/// current weight (the one `paracloud traffic` set, else the manifest's).
+pub fn revisions_of<'a>(
+    app: &'a AppRecord,
+    service: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a str, u32)> + 'a {
+    app.manifest.services.iter().filter_map(move |(name, s)| {
+        let of = s.revision_of.as_ref().filter(|of| of.service == service)?;
+        let weight = app
+            .services
+            .get(name)
+            .and_then(|r| r.weight)
+            .unwrap_or(of.weight);
+        Some((name.as_str(), of.revision.as_str(), weight))
+    })
 }

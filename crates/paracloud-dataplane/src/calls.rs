@@ -91,7 +91,9 @@ impl CallGraph {
         let mut owners: HashMap<IpAddr, Arc<str>> = HashMap::new();
         for listener in listeners {
             let service: Arc<str> = Arc::from(service_of(&listener.name));
-            for backend in &listener.backends {
+            // A revision's instances call as their service does.
+            let revision_backends = listener.revisions.iter().flat_map(|r| &r.backends);
+            for backend in listener.backends.iter().chain(revision_backends) {
                 let ip = backend.addr.ip().to_canonical();
                 match owners.get_mut(&ip) {
                     Some(owner) if **owner != *service => {
@@ -194,6 +196,7 @@ mod tests {
                     weight: 1,
                 })
                 .collect(),
+            revisions: Vec::new(),
         }
     }
 

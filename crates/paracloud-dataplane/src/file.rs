@@ -91,6 +91,7 @@ mod tests {
                     addr: "10.0.0.2:8080".parse().unwrap(),
                     weight: 1,
                 }],
+                revisions: Vec::new(),
             }],
         };
         write_config(&path, &config).unwrap();

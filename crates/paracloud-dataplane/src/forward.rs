@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use crate::budget::RetryBudget;
 use crate::pick::{pick, Candidate};
+use crate::split::{self, Side, SmoothWeighted};
 use crate::stats::{BackendSnapshot, Counters, ListenerSnapshot};
 use crate::{Listener, Protocol, Tuning};
 
@@ -129,7 +130,35 @@ pub(crate) struct Route {
     /// The "app/service" part of the name: the callee in the call graph.
     pub(crate) service: Arc<str>,
     pub(crate) protocol: Option<Protocol>,
+    /// The service's own ready instances.
     pub(crate) backends: Vec<Arc<BackendState>>,
+    /// Revisions running beside it.
+    pub(crate) revisions: Vec<RevisionRoute>,
+}
+
+/// A revision of a listener's service and its ready instances.
+#[derive(Debug)]
+pub(crate) struct RevisionRoute {
+    pub(crate) name: String,
+    pub(crate) weight: u32,
+    pub(crate) backends: Vec<Arc<BackendState>>,
+}
+
+impl Route {
+    /// The backends of one side of the split.
+    pub(crate) fn side(&self, side: Side) -> &[Arc<BackendState>] {
+        match side {
+            Side::Main => &self.backends,
+            Side::Revision(i) => self.revisions.get(i).map_or(&[], |r| &r.backends),
+        }
+    }
+
+    /// Every backend, the service's and its revisions'.
+    pub(crate) fn all_backends(&self) -> impl Iterator<Item = &Arc<BackendState>> {
+        self.backends
+            .iter()
+            .chain(self.revisions.iter().flat_map(|r| &r.backends))
+    }
 }
 
 /// A configured listener, bound or not, shared by its accept loop and its connections.
@@ -140,6 +169,8 @@ pub(crate) struct ListenerState {
     pub(crate) route: watch::Sender<Arc<Route>>,
     pub(crate) bound: std::sync::atomic::AtomicBool,
     pub(crate) retry_budget: Mutex<RetryBudget>,
+    /// The weighted split between the service and its revisions.
+    smooth: Mutex<SmoothWeighted>,
 }
 
 impl ListenerState {
@@ -153,6 +184,45 @@ impl ListenerState {
             counters: Counters::default(),
             route: watch::Sender::new(Arc::new(Route::default())),
             bound: std::sync::atomic::AtomicBool::new(false),
+            smooth: Mutex::new(SmoothWeighted::default()),
+        }
+    }
+
+    /// Waits until `deadline` for the route to have a backend on the side a request goes to
+    /// (`revision`: its `x-paracloud-revision` header; see [`crate::split`]), and returns that
+    /// route and side; `None` when none appears in time.
+    pub(crate) async fn wait_for_backend(
+        &self,
+        routes: &mut watch::Receiver<Arc<Route>>,
+        revision: Option<&str>,
+        deadline: Instant,
+    ) -> Option<(Arc<Route>, Side)> {
+        loop {
+            let route = routes.borrow_and_update().clone();
+            let side = self.choose_side(&route, revision);
+            if !route.side(side).is_empty() {
+                return Some((route, side));
+            }
+            match timeout_at(deadline, routes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    fn choose_side(&self, route: &Route, revision: Option<&str>) -> Side {
+        if route.revisions.is_empty() {
+            return Side::Main;
+        }
+        let revisions: Vec<(&str, u32)> = route
+            .revisions
+            .iter()
+            .map(|r| (r.name.as_str(), r.weight))
+            .collect();
+        let ready = |side: Side| !route.side(side).is_empty();
+        match self.smooth.lock() {
+            Ok(mut smooth) => split::choose(revision, &revisions, ready, &mut smooth),
+            Err(_) => Side::Main,
         }
     }
 
@@ -164,21 +234,31 @@ impl ListenerState {
     /// failures) of backends whose id and address are unchanged.
     pub(crate) fn update(&self, listener: &Listener) {
         let old = self.route.borrow().clone();
-        let backends = listener
-            .backends
-            .iter()
-            .map(|b| {
-                match old
-                    .backends
-                    .iter()
-                    .find(|o| o.id == b.id && o.addr == b.addr)
-                {
-                    Some(existing) => {
-                        existing.weight.store(b.weight, Ordering::Relaxed);
-                        existing.clone()
+        let keep = |backends: &[crate::Backend]| -> Vec<Arc<BackendState>> {
+            backends
+                .iter()
+                .map(|b| {
+                    match old
+                        .all_backends()
+                        .find(|o| o.id == b.id && o.addr == b.addr)
+                    {
+                        Some(existing) => {
+                            existing.weight.store(b.weight, Ordering::Relaxed);
+                            existing.clone()
+                        }
+                        None => Arc::new(BackendState::new(b.id.clone(), b.addr, b.weight)),
                     }
-                    None => Arc::new(BackendState::new(b.id.clone(), b.addr, b.weight)),
-                }
+                })
+                .collect()
+        };
+        let backends = keep(&listener.backends);
+        let revisions = listener
+            .revisions
+            .iter()
+            .map(|r| RevisionRoute {
+                name: r.name.clone(),
+                weight: r.weight,
+                backends: keep(&r.backends),
             })
             .collect();
         self.route.send_replace(Arc::new(Route {
@@ -186,6 +266,7 @@ impl ListenerState {
             service: Arc::from(crate::calls::service_of(&listener.name)),
             protocol: Some(listener.protocol),
             backends,
+            revisions,
         }));
     }
 
@@ -200,8 +281,7 @@ impl ListenerState {
             latency: self.counters.latency(),
             last_second: self.counters.last_second(now),
             backends: route
-                .backends
-                .iter()
+                .all_backends()
                 .map(|b| BackendSnapshot {
                     id: b.id.clone(),
                     addr: b.addr,
@@ -247,23 +327,18 @@ async fn connect(
     let wait_until = Instant::now() + tuning.backend_wait;
     let mut tried: Vec<Arc<BackendState>> = Vec::new();
     for _ in 0..tuning.tries {
-        let route = {
-            let waited = timeout_at(wait_until, routes.wait_for(|r| !r.backends.is_empty())).await;
-            match waited {
-                Ok(Ok(route)) => Arc::clone(&route),
-                _ => {
-                    warn!(bind = %listener.bind, "no backend became ready in time; closing client");
-                    return None;
-                }
-            }
+        let Some((route, side)) = listener
+            .wait_for_backend(&mut routes, None, wait_until)
+            .await
+        else {
+            warn!(bind = %listener.bind, "no backend became ready in time; closing client");
+            return None;
         };
         let now = Instant::now();
-        let candidates: Vec<Candidate> = route
-            .backends
-            .iter()
-            .map(|b| b.candidate(now, &tried))
-            .collect();
-        let backend = Arc::clone(&route.backends[pick(&candidates, &mut rand::rng())?]);
+        let backends = route.side(side);
+        let candidates: Vec<Candidate> =
+            backends.iter().map(|b| b.candidate(now, &tried)).collect();
+        let backend = Arc::clone(&backends[pick(&candidates, &mut rand::rng())?]);
         let error = match timeout(tuning.connect_timeout, TcpStream::connect(backend.addr)).await {
             Ok(Ok(stream)) => {
                 // Nagle only adds latency to a byte pipe; failure to disable it is harmless.
@@ -362,6 +437,7 @@ mod tests {
                     weight,
                 })
                 .collect(),
+            revisions: Vec::new(),
         }
     }
 

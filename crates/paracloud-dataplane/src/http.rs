@@ -17,12 +17,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::calls::CallGraph;
 use crate::forward::{BackendState, ListenerState};
 use crate::pick::{pick, Candidate};
+use crate::split::REVISION_HEADER;
 use crate::stats::Counters;
 use crate::Tuning;
 
@@ -157,25 +158,26 @@ async fn proxy(request: Request<Incoming>, ctx: &Ctx) -> Response<ProxyBody> {
     let wait_until = started + ctx.tuning.backend_wait;
     let mut routes = listener.route.subscribe();
     let mut tried: Vec<Arc<BackendState>> = Vec::new();
+    let revision = parts
+        .headers
+        .get(REVISION_HEADER)
+        .and_then(|v| v.to_str().ok());
     for attempt in 1..=ctx.tuning.tries.max(1) {
-        let route = match timeout_at(wait_until, routes.wait_for(|r| !r.backends.is_empty())).await
-        {
-            Ok(Ok(route)) => Arc::clone(&route),
-            _ => {
-                warn!(bind = %listener.bind, "no backend became ready in time; answering 503");
-                return own_response(listener, started, StatusCode::SERVICE_UNAVAILABLE, true);
-            }
+        let Some((route, side)) = listener
+            .wait_for_backend(&mut routes, revision, wait_until)
+            .await
+        else {
+            warn!(bind = %listener.bind, "no backend became ready in time; answering 503");
+            return own_response(listener, started, StatusCode::SERVICE_UNAVAILABLE, true);
         };
         let now = Instant::now();
-        let candidates: Vec<Candidate> = route
-            .backends
-            .iter()
-            .map(|b| b.candidate(now, &tried))
-            .collect();
+        let backends = route.side(side);
+        let candidates: Vec<Candidate> =
+            backends.iter().map(|b| b.candidate(now, &tried)).collect();
         let Some(index) = pick(&candidates, &mut rand::rng()) else {
             continue;
         };
-        let backend = Arc::clone(&route.backends[index]);
+        let backend = Arc::clone(&backends[index]);
         let Some(outbound) = outbound(&parts.method, &path, &headers, &body, backend.addr) else {
             return own_response(listener, started, StatusCode::BAD_REQUEST, false);
         };

@@ -28,6 +28,7 @@ mod forward;
 mod http;
 pub mod pick;
 mod server;
+pub mod split;
 mod stats;
 mod stats_server;
 
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use calls::{service_of, EXTERNAL_CALLER};
 pub use file::{load_config, write_config};
 pub use server::{run, Dataplane, Stats};
+pub use split::REVISION_HEADER;
 pub use stats::{
     bucket_bound_us, bucket_index, quantile_ms, BackendSnapshot, CallSnapshot, CounterValues,
     LastSecond, LatencySnapshot, ListenerSnapshot, Snapshot, LATENCY_BUCKETS,
@@ -60,6 +62,22 @@ pub struct Listener {
     pub bind: SocketAddr,
     pub protocol: Protocol,
     /// Ready instances of the service; empty while none is ready.
+    pub backends: Vec<Backend>,
+    /// Revisions of the service running beside it, which take a share of its requests by weight
+    /// and the requests whose `x-paracloud-revision` header names them (see [`split`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<Revision>,
+}
+
+/// A revision running beside a listener's service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    /// The name requests ask for in the `x-paracloud-revision` header, such as "canary".
+    pub name: String,
+    /// Percent of the requests not routed by header (0 to 100, all revisions together at most
+    /// 100); the service itself gets the rest.
+    pub weight: u32,
+    /// Its ready instances.
     pub backends: Vec<Backend>,
 }
 

@@ -13,7 +13,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 mod common;
 
 use common::*;
-use paracloud_dataplane::{bind_stats_socket, serve_stats, Listener, Protocol, Snapshot, Tuning};
+use paracloud_dataplane::{
+    bind_stats_socket, serve_stats, Listener, Protocol, Revision, Snapshot, Tuning,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
@@ -463,5 +465,114 @@ async fn stats_and_metrics_are_served_on_the_unix_socket() {
         StatusCode::NOT_FOUND
     );
     server.abort();
+    harness.stop().await;
+}
+
+/// A listener whose service has a canary revision taking `weight` percent and a `test` revision
+/// reached only by header.
+fn split_listener(
+    bind: SocketAddr,
+    main: &[(&str, SocketAddr)],
+    canary: &[(&str, SocketAddr)],
+    weight: u32,
+    test: &[(&str, SocketAddr)],
+) -> Listener {
+    let revision = |name: &str, weight: u32, backends: &[(&str, SocketAddr)]| Revision {
+        name: name.into(),
+        weight,
+        backends: listener_of(bind, Protocol::Http, backends).backends,
+    };
+    Listener {
+        revisions: vec![
+            revision("canary", weight, canary),
+            revision("test", 0, test),
+        ],
+        ..http_listener(bind, main)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_split_requests_exactly_and_the_header_picks_a_revision() {
+    let (v1a, v1b) = (http_backend("v1").await, http_backend("v1").await);
+    let v2 = http_backend("v2").await;
+    let test = http_backend("test").await;
+    let bind = free_addr();
+    let listener = split_listener(
+        bind,
+        &[("api.1", v1a), ("api.2", v1b)],
+        &[("api@canary.1", v2)],
+        10,
+        &[("api@test.1", test)],
+    );
+    let harness = Harness::serving(vec![listener], quick()).await;
+    let mut client = http1_client(bind).await;
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..1000 {
+        let (status, _, body) = send(&mut client, request("GET", bind, "")).await;
+        assert_eq!(status, StatusCode::OK);
+        *seen
+            .entry(String::from_utf8(body.to_vec()).unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        seen,
+        [("v1".to_string(), 900), ("v2".to_string(), 100)].into(),
+        "a 10% canary gets 100 of 1000 requests and the header-only revision none"
+    );
+    for (header, expected) in [("test", "test"), ("canary", "v2"), ("nope", "v1")] {
+        for _ in 0..20 {
+            let mut routed = request("GET", bind, "");
+            routed.headers_mut().insert(
+                paracloud_dataplane::REVISION_HEADER,
+                header.parse().unwrap(),
+            );
+            let (status, _, body) = send(&mut client, routed).await;
+            assert_eq!(status, StatusCode::OK);
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            // An unknown revision name is an ordinary request: v1 or, by weight, v2.
+            if header == "nope" {
+                assert!(body == "v1" || body == "v2", "{body}");
+            } else {
+                assert_eq!(body, expected, "x-paracloud-revision: {header}");
+            }
+        }
+    }
+    let snapshot = harness.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    let test_backend = listener
+        .backends
+        .iter()
+        .find(|b| b.id == "api@test.1")
+        .unwrap();
+    assert_eq!(
+        test_backend.counters.requests, 20,
+        "revision backends are counted"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_without_instances_leaves_its_share_to_the_others() {
+    let v1 = http_backend("v1").await;
+    let bind = free_addr();
+    let harness = Harness::serving(
+        vec![split_listener(bind, &[("api.1", v1)], &[], 50, &[])],
+        quick(),
+    )
+    .await;
+    let mut client = http1_client(bind).await;
+    for _ in 0..50 {
+        let (status, _, body) = send(&mut client, request("GET", bind, "")).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"v1"[..]));
+    }
+    // Asked for by name, it is waited for like a service at zero, then 503.
+    let mut routed = request("GET", bind, "");
+    routed.headers_mut().insert(
+        paracloud_dataplane::REVISION_HEADER,
+        "canary".parse().unwrap(),
+    );
+    let (status, headers, _) = send(&mut client, routed).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
     harness.stop().await;
 }

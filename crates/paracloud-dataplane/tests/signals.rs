@@ -28,6 +28,7 @@ fn config(bind: SocketAddr, backend: SocketAddr) -> Config {
                 addr: backend,
                 weight: 1,
             }],
+            revisions: Vec::new(),
         }],
     }
 }

@@ -70,6 +70,9 @@ impl Checker<'_> {
                         if let Some(draft) = self.service(name, value) {
                             drafts.insert(name.to_owned(), draft);
                         }
+                        for draft in self.revisions(name, value) {
+                            drafts.insert(draft.service.name.clone(), draft);
+                        }
                     }
                 }
             }

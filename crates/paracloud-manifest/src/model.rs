@@ -50,6 +50,36 @@ pub struct Service {
     pub stop_grace_period: Duration,
     /// Capabilities kept (all others are dropped), names like `CAP_NET_BIND_SERVICE`.
     pub cap_add: Vec<String>,
+    /// After this long without a request the service is scaled to zero, and the next request
+    /// starts it again (held by the data plane meanwhile); `None` keeps it running.
+    #[serde(default)]
+    pub scale_to_zero: Option<Duration>,
+    /// Set when this is a revision running beside its service (`[services.api.revisions.NAME]`,
+    /// named `api@NAME` in the manifest's services): it serves the service's ports and gets a
+    /// share of its traffic.
+    #[serde(default)]
+    pub revision_of: Option<RevisionOf>,
+}
+
+/// What a revision running beside its service (see [`Service::revision_of`]) gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionOf {
+    /// The service it is a revision of, such as `api`.
+    pub service: String,
+    /// Its name, such as `canary`: requests with the header `x-paracloud-revision: canary` go to
+    /// it.
+    pub revision: String,
+    /// Percent of the service's other requests it gets (0 to 100); the service itself gets what
+    /// its revisions leave.
+    pub weight: u32,
+}
+
+/// The character between a service name and a revision name, as in `api@canary`.
+pub const REVISION_SEPARATOR: char = '@';
+
+/// The name of a service's revision in [`Manifest::services`], such as `api@canary`.
+pub fn revision_service_name(service: &str, revision: &str) -> String {
+    format!("{service}{REVISION_SEPARATOR}{revision}")
 }
 
 impl Service {

@@ -53,6 +53,16 @@ impl<'a> Checker<'a> {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
+        let message = message.into();
+        // A revision's table is checked merged over its service's, so a problem in a key it
+        // inherits is found twice: report it once, where the service says it.
+        if self
+            .diagnostics
+            .iter()
+            .any(|(offset, d)| *offset == span.start && d.message == message)
+        {
+            return;
+        }
         let (line, column) = self.lines.position(self.src, span.start);
         self.diagnostics.push((
             span.start,
@@ -61,7 +71,7 @@ impl<'a> Checker<'a> {
                 line,
                 column,
                 field: field.to_owned(),
-                message: message.into(),
+                message,
                 hint,
             },
         ));
@@ -437,6 +447,9 @@ fn example(field: &str) -> Option<&'static str> {
         "stop_signal" => "stop_signal = \"SIGTERM\"",
         "stop_grace_period" => "stop_grace_period = \"10s\"",
         "cap_add" => "cap_add = [\"NET_BIND_SERVICE\"]",
+        "scale_to_zero" => "scale_to_zero = \"5m\"",
+        "revisions" => "[services.api.revisions.canary]",
+        "weight" => "weight = 10",
         _ => return None,
     })
 }

@@ -34,6 +34,32 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "stop_signal",
     "stop_grace_period",
     "cap_add",
+    "scale_to_zero",
+    "revisions",
+];
+
+/// Keys of a `[services.NAME.revisions.REVISION]` table: what a revision may change, and its
+/// traffic share. It serves its service's ports, so it may not set its own.
+pub(crate) const REVISION_KEYS: &[&str] = &[
+    "weight",
+    "image",
+    "paths",
+    "entrypoint",
+    "command",
+    "env",
+    "health",
+    "resources",
+    "replicas",
+    "restart",
+    "depends_on",
+    "volumes",
+    "labels",
+    "user",
+    "working_dir",
+    "stop_signal",
+    "stop_grace_period",
+    "cap_add",
+    "scale_to_zero",
 ];
 
 const HEALTH_KEYS: &[&str] = &[
@@ -75,6 +101,109 @@ impl Checker<'_> {
         let path = child("services", name);
         let table = self.table(value, &path)?;
         self.check_keys(table, &path, SERVICE_KEYS);
+        self.service_fields(name, &path, table, value)
+    }
+
+    /// The revisions of service `name` (its `revisions` table), each as a service of its own
+    /// named `name@REVISION`: the service's table with the revision's keys over it, except
+    /// `replicas` (1 unless the revision says otherwise) and the published ports (the service's
+    /// listeners serve both).
+    pub(crate) fn revisions(&mut self, name: &str, value: &Value<'_>) -> Vec<Draft> {
+        let DeValue::Table(service) = value.get_ref() else {
+            return Vec::new();
+        };
+        let Some(revisions) = service.get("revisions") else {
+            return Vec::new();
+        };
+        let path = child(&child("services", name), "revisions");
+        let Some(revisions) = self.table(revisions, &path) else {
+            return Vec::new();
+        };
+        let mut drafts = Vec::new();
+        let mut total_weight = 0;
+        for (key, revision_value) in revisions {
+            let revision: &str = key.get_ref();
+            let revision_path = child(&path, revision);
+            if let Err(problem) = units::check_name(revision) {
+                self.error(
+                    key.span(),
+                    &revision_path,
+                    format!("invalid revision name {revision:?}: {problem}"),
+                    Some("use lower-case letters, digits and '-', starting with a letter, such as \"canary\"".into()),
+                );
+                continue;
+            }
+            let Some(table) = self.table(revision_value, &revision_path) else {
+                continue;
+            };
+            self.check_keys(table, &revision_path, REVISION_KEYS);
+            let weight = match table.get("weight") {
+                Some(v) => match self.whole(v, &child(&revision_path, "weight"), 0, 100) {
+                    Some(w) => {
+                        total_weight += w;
+                        if total_weight > 100 {
+                            self.error(
+                                v.span(),
+                                &child(&revision_path, "weight"),
+                                format!("the revisions of `{name}` get {total_weight}% of its traffic together, more than 100%"),
+                                Some("lower the weights so that they add up to 100 or less; the service keeps the rest".into()),
+                            );
+                        }
+                        w as u32
+                    }
+                    None => 0,
+                },
+                None => 0,
+            };
+            let mut merged = DeTable::new();
+            for (k, v) in service {
+                let k_name: &str = k.get_ref();
+                let inherited =
+                    !matches!(k_name, "revisions" | "replicas") && !table.contains_key(k_name);
+                if inherited {
+                    merged.insert(k.clone(), v.clone());
+                }
+            }
+            for (k, v) in table {
+                let k_name: &str = k.get_ref();
+                if k_name != "weight" && REVISION_KEYS.contains(&k_name) {
+                    merged.insert(k.clone(), v.clone());
+                }
+            }
+            let merged = Value::new(revision_value.span(), DeValue::Table(merged));
+            let full_name = crate::model::revision_service_name(name, revision);
+            let DeValue::Table(merged_table) = merged.get_ref() else {
+                continue;
+            };
+            let Some(mut draft) =
+                self.service_fields(&full_name, &revision_path, merged_table, &merged)
+            else {
+                continue;
+            };
+            for port in &mut draft.service.ports {
+                port.publish = None;
+            }
+            draft.publishes.clear();
+            draft.service.revision_of = Some(crate::model::RevisionOf {
+                service: name.to_owned(),
+                revision: revision.to_owned(),
+                weight,
+            });
+            drafts.push(draft);
+        }
+        drafts
+    }
+
+    /// Checks the fields of a service table (or of a revision's table merged over its
+    /// service's) found at `path`.
+    fn service_fields(
+        &mut self,
+        name: &str,
+        path: &str,
+        table: &DeTable<'_>,
+        value: &Value<'_>,
+    ) -> Option<Draft> {
+        let path = path.to_owned();
         let field = |key: &str| child(&path, key);
         let get = |key: &str| table.get(key);
 
@@ -167,6 +296,8 @@ impl Checker<'_> {
         let stop_grace_period =
             get("stop_grace_period").and_then(|v| self.duration(v, &field("stop_grace_period")));
         let cap_add = get("cap_add").and_then(|v| self.capabilities(v, &field("cap_add")));
+        let scale_to_zero =
+            get("scale_to_zero").and_then(|v| self.positive_duration(v, &field("scale_to_zero")));
 
         let service = Service {
             name: name.to_owned(),
@@ -189,6 +320,8 @@ impl Checker<'_> {
             stop_signal: stop_signal.unwrap_or_else(|| "SIGTERM".into()),
             stop_grace_period: stop_grace_period.unwrap_or(Duration::from_secs(10)),
             cap_add: cap_add.unwrap_or_default(),
+            scale_to_zero,
+            revision_of: None,
         };
         Some(Draft {
             service,

@@ -125,6 +125,8 @@ fn full_manifest_covers_every_key() {
         stop_signal: "SIGINT".into(),
         stop_grace_period: Duration::from_secs(5),
         cap_add: vec!["CAP_NET_BIND_SERVICE".into(), "CAP_CHOWN".into()],
+        scale_to_zero: None,
+        revision_of: None,
     };
     assert_eq!(manifest.services["kv"], kv);
 
@@ -338,7 +340,7 @@ fn unknown_key_far() {
         &format!("{HEAD}colour = \"red\"\n"),
         r#"
 paracloud.toml:5:1: services.kv.colour: unknown key `colour`
-  hint: allowed keys here: image, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add
+  hint: allowed keys here: image, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, revisions
 "#,
     );
 }
@@ -801,4 +803,88 @@ fn documented_example_is_valid() {
         Err(e) => panic!("docs/manifest.md's example is broken:\n{e}"),
     };
     assert_eq!(manifest.services.len(), 3);
+}
+
+const API: &str = r#"app = "shop"
+[services.api]
+image = "host"
+command = "api --greeting v1"
+env = { MODE = "prod" }
+ports = [{ port = 8000, protocol = "http", publish = 8000 }]
+replicas = 3
+scale_to_zero = "5m"
+"#;
+
+#[test]
+fn a_revision_is_its_service_with_its_own_keys_over_it() {
+    let manifest = valid(&format!(
+        "{API}[services.api.revisions.canary]\ncommand = \"api --greeting v2\"\nweight = 10\n\
+         [services.api.revisions.test]\nreplicas = 2\n"
+    ));
+    let api = &manifest.services["api"];
+    assert_eq!(api.revision_of, None);
+    assert_eq!(api.scale_to_zero, Some(Duration::from_secs(300)));
+    let canary = &manifest.services["api@canary"];
+    assert_eq!(canary.name, "api@canary");
+    assert_eq!(canary.command, ["api", "--greeting", "v2"]);
+    assert_eq!(canary.env, api.env, "inherited");
+    assert_eq!(canary.replicas, 1, "a revision starts with one instance");
+    assert_eq!(canary.ports.len(), 1);
+    assert_eq!(canary.ports[0].port, 8000);
+    assert_eq!(
+        canary.ports[0].publish, None,
+        "the service's listeners serve it"
+    );
+    assert_eq!(
+        canary.revision_of,
+        Some(RevisionOf {
+            service: "api".into(),
+            revision: "canary".into(),
+            weight: 10
+        })
+    );
+    let test = &manifest.services["api@test"];
+    assert_eq!(test.command, api.command);
+    assert_eq!(test.replicas, 2);
+    assert_eq!(test.revision_of.as_ref().map(|r| r.weight), Some(0));
+}
+
+#[test]
+fn revision_mistakes_are_located() {
+    check(
+        &format!(
+            "{API}[services.api.revisions.canary]\nweight = 70\nports = []\n\
+             [services.api.revisions.Blue]\n[services.api.revisions.green]\nweight = 40\n"
+        ),
+        r#"
+paracloud.toml:11:1: services.api.revisions.canary.ports: unknown key `ports`
+  hint: allowed keys here: weight, image, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero
+paracloud.toml:12:25: services.api.revisions.Blue: invalid revision name "Blue": must start with a lower-case letter, found 'B'
+  hint: use lower-case letters, digits and '-', starting with a letter, such as "canary"
+paracloud.toml:14:10: services.api.revisions.green.weight: the revisions of `api` get 110% of its traffic together, more than 100%
+  hint: lower the weights so that they add up to 100 or less; the service keeps the rest
+"#,
+    );
+}
+
+#[test]
+fn a_problem_a_revision_inherits_is_reported_once() {
+    check(
+        &format!("{API}stop_signal = \"SIGNOPE\"\n[services.api.revisions.canary]\nweight = 5\n"),
+        r#"
+paracloud.toml:9:15: services.api.stop_signal: unknown signal "SIGNOPE"
+  hint: use a Linux signal name such as "SIGTERM", "SIGINT" or "SIGQUIT"
+"#,
+    );
+}
+
+#[test]
+fn scale_to_zero_is_a_positive_duration() {
+    check(
+        &format!("{HEAD}scale_to_zero = \"0s\"\n"),
+        r#"
+paracloud.toml:5:17: services.kv.scale_to_zero: must be more than 0
+  hint: for example `scale_to_zero = "5m"`
+"#,
+    );
 }

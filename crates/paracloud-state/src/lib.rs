@@ -55,8 +55,12 @@ pub struct AppRecord {
 pub struct ServiceRecord {
     pub replicas: u32,
     pub revision: u64,
-    /// Service address slot: the stable address is the subnet's host number 2 + slot.
+    /// Service address slot: the stable address is the subnet's host number 2 + slot. A revision
+    /// running beside its service has its service's slot.
     pub slot: u32,
+    /// For a revision running beside its service: the share of traffic `paracloud traffic` set,
+    /// overriding the manifest's weight until the next `up`.
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +148,13 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Columns added after the first release of the schema.
+        let has_weight = conn
+            .prepare("SELECT 1 FROM pragma_table_info('services') WHERE name = 'weight'")?
+            .exists([])?;
+        if !has_weight {
+            conn.execute_batch("ALTER TABLE services ADD COLUMN weight INTEGER")?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -216,7 +227,7 @@ impl Store {
                         revision + 1
                     };
                     tx.execute(
-                        "UPDATE services SET replicas = ?3, revision = ?4, spec = ?5 WHERE app = ?1 AND name = ?2",
+                        "UPDATE services SET replicas = ?3, revision = ?4, spec = ?5, weight = NULL WHERE app = ?1 AND name = ?2",
                         params![manifest.app, name, service.replicas, revision as i64, spec],
                     )?;
                 }
@@ -226,12 +237,29 @@ impl Store {
                         "SELECT slot FROM services WHERE app = ?1",
                         [&manifest.app],
                     )?;
-                    let slot = (0..SERVICE_SLOTS)
-                        .find(|s| !used.contains(s))
-                        .ok_or_else(|| Error::AddressesExhausted {
-                            app: manifest.app.clone(),
-                            max: SERVICE_SLOTS,
-                        })?;
+                    // A revision shares its service's address; services sort before their
+                    // revisions ("api" < "api@canary"), so the service's row exists.
+                    let parent_slot: Option<u32> = match &service.revision_of {
+                        Some(of) => tx
+                            .query_row(
+                                "SELECT slot FROM services WHERE app = ?1 AND name = ?2",
+                                params![manifest.app, of.service],
+                                |r| r.get(0),
+                            )
+                            .optional()?,
+                        None => None,
+                    };
+                    let slot = match parent_slot {
+                        Some(slot) => slot,
+                        None => {
+                            (0..SERVICE_SLOTS)
+                                .find(|s| !used.contains(s))
+                                .ok_or_else(|| Error::AddressesExhausted {
+                                    app: manifest.app.clone(),
+                                    max: SERVICE_SLOTS,
+                                })?
+                        }
+                    };
                     tx.execute(
                         "INSERT INTO services (app, name, replicas, revision, slot, spec) VALUES (?1, ?2, ?3, 0, ?4, ?5)",
                         params![manifest.app, name, service.replicas, slot, spec],
@@ -295,6 +323,19 @@ impl Store {
         tx.execute(
             "UPDATE services SET replicas = ?3 WHERE app = ?1 AND name = ?2",
             params![app, service, replicas],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets the traffic share of a revision running beside its service (`None`: the manifest's).
+    pub fn set_weight(&self, app: &str, service: &str, weight: Option<u32>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        Self::check_service(&tx, app, service)?;
+        tx.execute(
+            "UPDATE services SET weight = ?3 WHERE app = ?1 AND name = ?2",
+            params![app, service, weight],
         )?;
         tx.commit()?;
         Ok(())
@@ -426,7 +467,7 @@ impl Store {
         }
         {
             let mut stmt =
-                tx.prepare("SELECT app, name, replicas, revision, slot FROM services")?;
+                tx.prepare("SELECT app, name, replicas, revision, slot, weight FROM services")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -435,6 +476,7 @@ impl Store {
                         replicas: r.get(2)?,
                         revision: r.get::<_, i64>(3)? as u64,
                         slot: r.get(4)?,
+                        weight: r.get(5)?,
                     },
                 ))
             })?;

@@ -130,3 +130,38 @@ fn events_are_read_in_order_after_an_id() {
     );
     assert_eq!(store.events(None, 0, 2).unwrap().len(), 2, "the newest two");
 }
+
+#[test]
+fn a_revision_shares_its_service_address_and_keeps_a_set_weight_until_the_next_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    let source = "app = \"shop\"\n[services.web]\nimage = \"host\"\ncommand = \"w\"\n\
+                  [services.api]\nimage = \"host\"\ncommand = \"a\"\n\
+                  [services.api.revisions.canary]\ncommand = \"b\"\nweight = 10\n";
+    let origin = Origin {
+        file: "paracloud.toml".into(),
+        base_dir: "/".into(),
+    };
+    let manifest = parse(source, &origin, &AnyFs).unwrap();
+    store
+        .put_app(&manifest, "src", "paracloud.toml", 1)
+        .unwrap();
+    let services = &store.load().unwrap().apps[0].services;
+    assert_eq!(services["api@canary"].slot, services["api"].slot);
+    assert_ne!(services["web"].slot, services["api"].slot);
+    assert_eq!(services["api@canary"].weight, None);
+
+    store.set_weight("shop", "api@canary", Some(30)).unwrap();
+    assert_eq!(
+        store.load().unwrap().apps[0].services["api@canary"].weight,
+        Some(30)
+    );
+    store
+        .put_app(&manifest, "src", "paracloud.toml", 2)
+        .unwrap();
+    assert_eq!(
+        store.load().unwrap().apps[0].services["api@canary"].weight,
+        None,
+        "up returns to the manifest's weight"
+    );
+}

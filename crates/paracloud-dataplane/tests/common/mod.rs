@@ -36,6 +36,7 @@ pub fn listener_of(
                 weight: 1,
             })
             .collect(),
+        revisions: Vec::new(),
     }
 }
 
