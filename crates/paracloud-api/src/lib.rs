@@ -13,6 +13,7 @@
 //! | `GET /v1/apps/{app}/services/{service}` | | [`ServiceView`] |
 //! | `PUT /v1/apps/{app}/services/{service}/replicas` | [`ScaleRequest`] | [`ServiceView`] |
 //! | `POST /v1/apps/{app}/services/{service}/restart` | | [`ServiceView`] |
+//! | `PUT /v1/apps/{app}/services/{service}/traffic` | [`TrafficRequest`] | [`ServiceView`] |
 //! | `GET /v1/apps/{app}/logs?target=web&tail=100&follow=true` | | text, streamed when following |
 //! | `GET /v1/events?app=APP&after=ID` | | `[Event]` |
 //! | `GET /v1/stats?app=APP` | | the data plane's live figures (`paracloud_dataplane::Snapshot`) |
@@ -57,6 +58,26 @@ pub struct UpResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScaleRequest {
     pub replicas: u32,
+}
+
+/// New traffic shares for revisions of a service, by revision name, in percent; revisions not
+/// named keep theirs, and the service itself gets what its revisions leave.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrafficRequest {
+    pub weights: std::collections::BTreeMap<String, u32>,
+}
+
+/// One side of a service's traffic split: the service itself or one of its revisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficShare {
+    /// The revision's name, such as `canary`; `None` for the service itself.
+    pub revision: Option<String>,
+    /// The service running it, such as `api@canary`.
+    pub service: String,
+    /// Percent of the requests the `x-paracloud-revision` header does not route.
+    pub weight: u32,
+    /// Its instances ready for traffic.
+    pub ready: u32,
 }
 
 /// An error answer: what went wrong, and for manifests, each problem with its place.
@@ -104,6 +125,9 @@ pub struct ServiceView {
     pub instances: Vec<InstanceView>,
     /// Why instances are not started yet, if they wait.
     pub waiting: Vec<String>,
+    /// How its requests are split with the revisions running beside it (empty without any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficShare>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

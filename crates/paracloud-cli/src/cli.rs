@@ -117,6 +117,15 @@ pub enum Command {
         #[arg(short = 'd', long)]
         detach: bool,
     },
+    /// Show or set how a service's requests are split with its revisions:
+    /// paracloud traffic api canary=20 (requests with the header `x-paracloud-revision: canary`
+    /// always go to canary)
+    Traffic {
+        service: String,
+        /// REVISION=PERCENT pairs; none shows the split
+        #[arg(value_name = "REVISION=PERCENT")]
+        shares: Vec<String>,
+    },
     /// Replace the instances of services one by one (all services when none is named)
     Restart { services: Vec<String> },
     /// Show a service in detail: spec, address, instances, recent events

@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use hyper::Method;
 use paracloud_api::{
-    AppView, Client, ClientError, Event, InstanceView, ScaleRequest, ServiceView, UpRequest,
-    UpResponse,
+    AppView, Client, ClientError, Event, InstanceView, ScaleRequest, ServiceView, TrafficRequest,
+    UpRequest, UpResponse,
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 
@@ -259,6 +259,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         } => logs(global, target, follow, tail).await,
         Command::Scale { services, detach } => scale(global, &services, detach).await,
         Command::Restart { services } => restart(global, services).await,
+        Command::Traffic { service, shares } => traffic(global, &service, &shares).await,
         Command::Describe { service } => describe(global, &service).await,
         Command::Events { follow } => events(global, follow).await,
         Command::Top { once } => top(global, once).await,
@@ -557,6 +558,63 @@ async fn scale(global: &Global, specs: &[String], detach: bool) -> Result<()> {
     Ok(())
 }
 
+/// Parses `canary=20` into (revision, percent).
+fn parse_share(spec: &str) -> Result<(String, u32)> {
+    let (revision, percent) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("`{spec}` is not REVISION=PERCENT: write for example canary=20"))?;
+    if revision.is_empty() {
+        bail!("`{spec}` names no revision: write for example canary=20");
+    }
+    let percent = percent
+        .trim_end_matches('%')
+        .parse::<u32>()
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| {
+            anyhow!("`{spec}`: the share is a percent from 0 to 100 (e.g. {revision}=20)")
+        })?;
+    Ok((revision.to_string(), percent))
+}
+
+async fn traffic(global: &Global, service: &str, shares: &[String]) -> Result<()> {
+    let weights = shares
+        .iter()
+        .map(|s| parse_share(s))
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    let client = client(global);
+    let app = resolve_app(global, &client, None).await?;
+    let path = format!("/v1/apps/{app}/services/{service}");
+    let view: ServiceView = if weights.is_empty() {
+        client.get(&path).await.map_err(explain)?
+    } else {
+        client
+            .put(&format!("{path}/traffic"), &TrafficRequest { weights })
+            .await
+            .map_err(explain)?
+    };
+    print(global.output, &view.traffic, |traffic| {
+        if traffic.is_empty() {
+            return format!(
+                "{service} has no revisions: all its requests go to it \
+                 (declare one under [services.{service}.revisions.NAME])\n"
+            );
+        }
+        let rows: Vec<Vec<String>> = traffic
+            .iter()
+            .map(|t| {
+                vec![
+                    t.service.clone(),
+                    t.revision.clone().unwrap_or_else(|| "-".into()),
+                    format!("{}%", t.weight),
+                    t.ready.to_string(),
+                ]
+            })
+            .collect();
+        table(&["SERVICE", "REVISION", "SHARE", "READY"], &rows)
+    })
+}
+
 async fn restart(global: &Global, services: Vec<String>) -> Result<()> {
     let client = client(global);
     let app = resolve_app(global, &client, None).await?;
@@ -610,6 +668,29 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
             format!("{} wanted, {} ready", v.replicas, v.ready),
         );
         field("Revision:", v.revision.to_string());
+        if let Some(of) = &spec.revision_of {
+            field(
+                "Revision of:",
+                format!(
+                    "{} as `{}`, {}% of its traffic",
+                    of.service, of.revision, of.weight
+                ),
+            );
+        }
+        if !v.traffic.is_empty() {
+            let split: Vec<String> = v
+                .traffic
+                .iter()
+                .map(|t| format!("{} {}% ({} ready)", t.service, t.weight, t.ready))
+                .collect();
+            field("Traffic:", split.join(", "));
+        }
+        if let Some(idle) = spec.scale_to_zero {
+            field(
+                "Scale to 0:",
+                format!("after {} idle", humantime::format_duration(idle)),
+            );
+        }
         field("Image:", format!("{:?}", spec.image));
         field("Command:", spec.argv().join(" "));
         let ports: Vec<String> = spec

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use paracloud_api::{
-    AppView, ErrorBody, Event, Health, InstanceView, ScaleRequest, ServiceView, UpRequest,
-    UpResponse,
+    AppView, ErrorBody, Event, Health, InstanceView, ScaleRequest, ServiceView, TrafficRequest,
+    UpRequest, UpResponse,
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 use paracloud_state::{AppRecord, Snapshot};
@@ -110,6 +110,10 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .route(
             "/v1/apps/{app}/services/{service}/restart",
             post(restart::<D>),
+        )
+        .route(
+            "/v1/apps/{app}/services/{service}/traffic",
+            put(traffic::<D>),
         )
         .route("/v1/apps/{app}/logs", get(logs_of::<D>))
         .route("/v1/events", get(events::<D>))
@@ -363,6 +367,87 @@ async fn scale<D: Driver>(
     )?;
     engine.wake();
     Ok(Json(service_or_404(&engine, &app, &service)?))
+}
+
+async fn traffic<D: Driver>(
+    State(engine): Shared<D>,
+    UrlPath((app, service)): UrlPath<(String, String)>,
+    body: Result<Json<TrafficRequest>, JsonRejection>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let Json(request) = body?;
+    let view = service_or_404(&engine, &app, &service)?;
+    if let Some(of) = &view.spec.revision_of {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{service} is revision {} of {}: set its share on {}, as in `paracloud traffic {} {}=10`",
+                of.revision, of.service, of.service, of.service, of.revision
+            ),
+        ));
+    }
+    let revisions: Vec<&str> = view
+        .traffic
+        .iter()
+        .filter_map(|t| t.revision.as_deref())
+        .collect();
+    let mut total = 0;
+    for share in &view.traffic {
+        let Some(revision) = &share.revision else {
+            continue;
+        };
+        total += request
+            .weights
+            .get(revision)
+            .copied()
+            .unwrap_or(share.weight);
+    }
+    for (revision, weight) in &request.weights {
+        if !revisions.contains(&revision.as_str()) {
+            let known = if revisions.is_empty() {
+                "it has none; declare one in the manifest under [services.NAME.revisions.REVISION]"
+                    .to_string()
+            } else {
+                format!("its revisions: {}", revisions.join(", "))
+            };
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{service} has no revision named {revision} ({known})"),
+            ));
+        }
+        if *weight > 100 {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{revision}={weight}: a share is a percent, from 0 to 100"),
+            ));
+        }
+    }
+    if total > 100 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the revisions of {service} would get {total}% of its traffic together, more than 100%; \
+                 lower some shares (a revision not named keeps its share; set it to 0 to take it out)"
+            ),
+        ));
+    }
+    for (revision, weight) in &request.weights {
+        let name = paracloud_manifest::revision_service_name(&service, revision);
+        engine.store.set_weight(&app, &name, Some(*weight))?;
+    }
+    let view = service_or_404(&engine, &app, &service)?;
+    let split: Vec<String> = view
+        .traffic
+        .iter()
+        .map(|t| format!("{} {}%", t.service, t.weight))
+        .collect();
+    engine.store.add_event(
+        now_ms(),
+        &app,
+        &service,
+        &format!("traffic: {}", split.join(", ")),
+    )?;
+    engine.wake();
+    Ok(Json(view))
 }
 
 async fn restart<D: Driver>(

@@ -1,6 +1,6 @@
 //! What the API shows: application, service and instance views built from a state snapshot.
 
-use paracloud_api::{AppView, InstanceView, ServiceView};
+use paracloud_api::{AppView, InstanceView, ServiceView, TrafficShare};
 use paracloud_reconcile::{InstanceKey, InstanceState, Millis};
 use paracloud_state::{AppRecord, InstanceRecord, Snapshot};
 
@@ -53,11 +53,35 @@ pub fn service_view(
         .filter(|i| i.key.app == app.name && i.key.service == name)
         .map(|i| instance_view(app, i, pool, now))
         .collect();
-    let ready = snapshot
-        .instances
-        .iter()
-        .filter(|i| i.key.app == app.name && i.key.service == name && i.state.is_ready())
-        .count() as u32;
+    let ready_of = |service: &str| {
+        snapshot
+            .instances
+            .iter()
+            .filter(|i| i.key.app == app.name && i.key.service == service && i.state.is_ready())
+            .count() as u32
+    };
+    let ready = ready_of(name);
+    let revisions: Vec<TrafficShare> = crate::routes::revisions_of(app, name)
+        .map(|(service, revision, weight)| TrafficShare {
+            revision: Some(revision.to_owned()),
+            service: service.to_owned(),
+            weight,
+            ready: ready_of(service),
+        })
+        .collect();
+    let traffic = if revisions.is_empty() {
+        Vec::new()
+    } else {
+        let taken: u32 = revisions.iter().map(|r| r.weight).sum();
+        std::iter::once(TrafficShare {
+            revision: None,
+            service: name.to_owned(),
+            weight: 100u32.saturating_sub(taken),
+            ready,
+        })
+        .chain(revisions)
+        .collect()
+    };
     let address = AppNetwork::new(pool, app.subnet_index)
         .map(|n| n.service_address(record.slot).to_string())
         .unwrap_or_default();
@@ -88,6 +112,7 @@ pub fn service_view(
             .filter(|(k, _)| k.app == app.name && k.service == name)
             .map(|(k, why)| format!("{}: {why}", k.name()))
             .collect(),
+        traffic,
     })
 }
 
