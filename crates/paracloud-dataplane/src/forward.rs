@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, warn};
 
@@ -17,11 +17,15 @@ use crate::budget::RetryBudget;
 use crate::pick::{pick, Candidate};
 use crate::split::{self, Side, SmoothWeighted};
 use crate::stats::{BackendSnapshot, Counters, ListenerSnapshot};
+use crate::Waiting;
 use crate::{Listener, Protocol, Tuning};
 
 /// How fast an unrefreshed latency estimate fades (e-folding time), so a backend that once was
 /// slow is tried again and measured anew.
 const EWMA_DECAY: f64 = 10.0;
+/// How often a request waiting for a backend announces it again, in case the first announcement
+/// was missed (the control plane was restarting, say).
+const WAITING_ANNOUNCE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Weight of a new measurement in the latency EWMA.
 const EWMA_ALPHA: f64 = 0.3;
 
@@ -171,11 +175,24 @@ pub(crate) struct ListenerState {
     pub(crate) retry_budget: Mutex<RetryBudget>,
     /// The weighted split between the service and its revisions.
     smooth: Mutex<SmoothWeighted>,
+    /// Where requests waiting for a backend are announced (see [`crate::Waiting`]).
+    waiting: broadcast::Sender<Waiting>,
 }
 
 impl ListenerState {
+    #[cfg(test)]
     pub(crate) fn new(bind: SocketAddr, tuning: &Tuning) -> Self {
+        Self::announcing(bind, tuning, broadcast::channel(1).0)
+    }
+
+    /// A listener that announces requests waiting for a backend on `waiting`.
+    pub(crate) fn announcing(
+        bind: SocketAddr,
+        tuning: &Tuning,
+        waiting: broadcast::Sender<Waiting>,
+    ) -> Self {
         Self {
+            waiting,
             retry_budget: Mutex::new(RetryBudget::new(
                 tuning.retry_budget_percent,
                 tuning.retry_budget_floor,
@@ -190,24 +207,53 @@ impl ListenerState {
 
     /// Waits until `deadline` for the route to have a backend on the side a request goes to
     /// (`revision`: its `x-paracloud-revision` header; see [`crate::split`]), and returns that
-    /// route and side; `None` when none appears in time.
+    /// route and side; `None` when none appears in time. While it waits it announces so every
+    /// second (the control plane starts an instance of a service scaled to zero), and a wait
+    /// that ends with a backend counts as held (a cold start).
     pub(crate) async fn wait_for_backend(
         &self,
         routes: &mut watch::Receiver<Arc<Route>>,
         revision: Option<&str>,
         deadline: Instant,
     ) -> Option<(Arc<Route>, Side)> {
+        let mut waiting_since: Option<Instant> = None;
+        let mut announce_at = Instant::now();
         loop {
             let route = routes.borrow_and_update().clone();
             let side = self.choose_side(&route, revision);
+            let now = Instant::now();
             if !route.side(side).is_empty() {
+                if let Some(since) = waiting_since {
+                    let waited = now.saturating_duration_since(since).as_micros() as u64;
+                    self.counters.held(waited);
+                }
                 return Some((route, side));
             }
-            match timeout_at(deadline, routes.changed()).await {
+            waiting_since.get_or_insert(now);
+            if now >= announce_at {
+                self.announce(&route, side);
+                announce_at = now + WAITING_ANNOUNCE_EVERY;
+            }
+            match timeout_at(deadline.min(announce_at), routes.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return None,
+                Ok(Err(_)) => return None,
+                Err(_) if Instant::now() >= deadline => return None,
+                Err(_) => continue,
             }
         }
+    }
+
+    fn announce(&self, route: &Route, side: Side) {
+        let revision = match side {
+            Side::Main => None,
+            Side::Revision(i) => route.revisions.get(i).map(|r| r.name.clone()),
+        };
+        // Nobody listening is fine: a data plane may run without a control plane.
+        let _ = self.waiting.send(Waiting {
+            service: route.service.to_string(),
+            revision,
+            listener: route.name.clone(),
+        });
     }
 
     fn choose_side(&self, route: &Route, revision: Option<&str>) -> Side {

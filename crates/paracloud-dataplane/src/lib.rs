@@ -97,6 +97,28 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// A request (HTTP) or connection (TCP) waiting because its side of a listener has no ready
+/// instance: announced on the stats socket's `GET /watch` stream, so that the control plane can
+/// start an instance of a service scaled to zero.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// The service ("app/service", from the listener's name).
+    pub service: String,
+    /// The revision asked for by the `x-paracloud-revision` header, if that side is waiting.
+    pub revision: Option<String>,
+    /// The listener's name.
+    pub listener: String,
+}
+
+/// One line of the `GET /watch` stream (newline-delimited JSON): a [`Waiting`] as soon as it
+/// happens, and a [`Snapshot`] of every counter once a second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchEvent {
+    Waiting(Waiting),
+    Snapshot(Snapshot),
+}
+
 /// Timing and retry limits of the forwarder; [`Tuning::default`] is what [`run`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {

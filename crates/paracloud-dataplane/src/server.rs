@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -20,7 +20,7 @@ use crate::forward::{self, ListenerState};
 use crate::http::{self, Upstream};
 use crate::stats::{Counters, Snapshot};
 use crate::{
-    bind_stats_socket, load_config, serve_stats, Config, Error, Listener, Protocol, Tuning,
+    bind_stats_socket, load_config, serve_stats, Config, Error, Listener, Protocol, Tuning, Waiting,
 };
 
 /// Runs the data plane until SIGTERM: loads `config_path` (a missing file is an empty config),
@@ -70,12 +70,28 @@ pub struct Dataplane {
     stats: Stats,
 }
 
-/// A handle on the live counters of a running [`Dataplane`].
-#[derive(Debug, Clone, Default)]
+/// A handle on the live counters of a running [`Dataplane`], and on the requests waiting for a
+/// backend.
+#[derive(Debug, Clone)]
 pub struct Stats {
     listeners: Arc<Mutex<Vec<Arc<ListenerState>>>>,
     calls: Arc<CallGraph>,
+    waiting: broadcast::Sender<Waiting>,
 }
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            listeners: Arc::default(),
+            calls: Arc::default(),
+            waiting: broadcast::channel(WAITING_QUEUE).0,
+        }
+    }
+}
+
+/// Announcements of waiting requests kept for a slow reader (which then misses the oldest; they
+/// are repeated while the requests wait).
+const WAITING_QUEUE: usize = 256;
 
 impl Stats {
     /// The counters of every configured listener and of its current backends, and the call
@@ -86,6 +102,11 @@ impl Stats {
             listeners: listeners.iter().map(|l| l.snapshot()).collect(),
             calls: self.calls.snapshot(tokio::time::Instant::now()),
         }
+    }
+
+    /// Announcements of requests and connections waiting for a backend, from now on.
+    pub fn waiting(&self) -> broadcast::Receiver<Waiting> {
+        self.waiting.subscribe()
     }
 
     fn publish(&self, slots: &BTreeMap<SocketAddr, Slot>) {
@@ -205,7 +226,11 @@ impl Dataplane {
         }
         for (bind, listener) in wanted {
             let slot = slots.entry(bind).or_insert_with(|| Slot {
-                state: Arc::new(ListenerState::new(bind, &self.tuning)),
+                state: Arc::new(ListenerState::announcing(
+                    bind,
+                    &self.tuning,
+                    self.stats.waiting.clone(),
+                )),
                 accepting: None,
             });
             slot.state.update(listener);

@@ -123,6 +123,9 @@ pub(crate) struct Counters {
     pub(crate) errors: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) retries: AtomicU64,
+    held: AtomicU64,
+    held_us: AtomicU64,
+    held_max_us: AtomicU64,
     latency: Vec<AtomicU64>,
     latency_sum_us: AtomicU64,
     seconds: Mutex<Seconds>,
@@ -141,6 +144,9 @@ impl Default for Counters {
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            held_us: AtomicU64::new(0),
+            held_max_us: AtomicU64::new(0),
             latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             latency_sum_us: AtomicU64::new(0),
             seconds: Mutex::new(Seconds::default()),
@@ -189,6 +195,14 @@ impl Counters {
         }
     }
 
+    /// Counts a request (or TCP connection) that waited `us` microseconds for a backend to
+    /// become ready (a cold start) and then got one.
+    pub(crate) fn held(&self, us: u64) {
+        Self::add(&self.held, 1);
+        Self::add(&self.held_us, us);
+        self.held_max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
     /// Counts a request that failed (no usable answer from a backend).
     pub(crate) fn error(&self, now: Instant) {
         Self::add(&self.errors, 1);
@@ -213,6 +227,9 @@ impl Counters {
             errors: Self::get(&self.errors),
             in_flight: Self::get(&self.in_flight),
             retries: Self::get(&self.retries),
+            held: Self::get(&self.held),
+            held_us: Self::get(&self.held_us),
+            held_max_us: Self::get(&self.held_max_us),
         }
     }
 
@@ -277,6 +294,17 @@ pub struct CounterValues {
     /// Requests sent again to another backend.
     #[serde(default)]
     pub retries: u64,
+    /// Requests (HTTP) or connections (TCP) that arrived while their side of the listener had no
+    /// ready instance, waited for one (a cold start, e.g. of a service scaled to zero), and got
+    /// one.
+    #[serde(default)]
+    pub held: u64,
+    /// Their total wait, in microseconds.
+    #[serde(default)]
+    pub held_us: u64,
+    /// The longest of their waits, in microseconds: the worst cold start seen.
+    #[serde(default)]
+    pub held_max_us: u64,
 }
 
 /// Cumulative latency histogram from request arrival to response headers.
@@ -399,7 +427,7 @@ impl Snapshot {
         }
         let mut out = String::new();
         type Field = fn(&CounterValues) -> u64;
-        let simple: [(&str, &str, &str, Field); 7] = [
+        let simple: [(&str, &str, &str, Field); 10] = [
             (
                 "paracloud_requests_total",
                 "counter",
@@ -441,6 +469,24 @@ impl Snapshot {
                 "counter",
                 "Connects to backends that failed.",
                 |c| c.failed_connects,
+            ),
+            (
+                "paracloud_held_total",
+                "counter",
+                "Requests or connections that waited for an instance to become ready (cold starts).",
+                |c| c.held,
+            ),
+            (
+                "paracloud_held_microseconds_total",
+                "counter",
+                "Total time requests or connections waited for an instance to become ready.",
+                |c| c.held_us,
+            ),
+            (
+                "paracloud_held_max_microseconds",
+                "gauge",
+                "The longest wait of a request or connection for an instance to become ready.",
+                |c| c.held_max_us,
             ),
         ];
         for (family, kind, help, field) in simple {
@@ -636,6 +682,6 @@ mod tests {
         let mut unique = types.clone();
         unique.dedup();
         assert_eq!(types.len(), unique.len());
-        assert_eq!(types.len(), 11);
+        assert_eq!(types.len(), 14);
     }
 }

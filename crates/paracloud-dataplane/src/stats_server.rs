@@ -1,19 +1,26 @@
-//! The stats endpoint on a Unix socket: `GET /stats` (JSON snapshot) and `GET /metrics` (Prometheus text).
+//! The stats endpoint on a Unix socket: `GET /stats` (JSON snapshot), `GET /metrics` (Prometheus
+//! text) and `GET /watch` (a stream of [`WatchEvent`]s: waiting requests at once, a snapshot each
+//! second), which is how the control plane follows the data plane.
 
 use std::convert::Infallible;
 use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
-use crate::{Error, Stats};
+use crate::{Error, Stats, WatchEvent};
 
 /// Binds the stats socket at `path`, removing a stale socket file first. Must be called inside a
 /// tokio runtime.
@@ -57,7 +64,17 @@ pub async fn serve_stats(socket: UnixListener, stats: Stats) {
     }
 }
 
-fn answer(request: &Request<Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
+type AnswerBody = UnsyncBoxBody<Bytes, Infallible>;
+
+fn answer(request: &Request<Incoming>, stats: &Stats) -> Response<AnswerBody> {
+    if (request.method(), request.uri().path()) == (&Method::GET, "/watch") {
+        let mut response = Response::new(watch_stream(stats.clone()).boxed_unsync());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        return response;
+    }
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/stats") => match serde_json::to_vec(&stats.snapshot()) {
             Ok(json) => (StatusCode::OK, "application/json", json),
@@ -75,13 +92,60 @@ fn answer(request: &Request<Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            b"not found; try GET /stats or GET /metrics\n".to_vec(),
+            b"not found; try GET /stats, GET /metrics or GET /watch\n".to_vec(),
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// The body of `GET /watch`: one JSON line per [`WatchEvent`], until the reader goes away.
+fn watch_stream(stats: Stats) -> ChannelBody {
+    let (lines, body) = mpsc::channel::<Bytes>(64);
+    let mut waiting = stats.waiting();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                received = waiting.recv() => match received {
+                    Ok(w) => WatchEvent::Waiting(w),
+                    // Missed announcements are repeated while their requests wait.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = tick.tick() => WatchEvent::Snapshot(stats.snapshot()),
+            };
+            let Ok(mut line) = serde_json::to_vec(&event) else {
+                continue;
+            };
+            line.push(b'\n');
+            if lines.send(Bytes::from(line)).await.is_err() {
+                break;
+            }
+        }
+    });
+    ChannelBody(body)
+}
+
+/// A response body fed line by line from a channel.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|line| line.map(|l| Ok(Frame::data(l))))
+    }
 }

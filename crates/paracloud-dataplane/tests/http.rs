@@ -14,7 +14,7 @@ mod common;
 
 use common::*;
 use paracloud_dataplane::{
-    bind_stats_socket, serve_stats, Listener, Protocol, Revision, Snapshot, Tuning,
+    bind_stats_socket, serve_stats, Listener, Protocol, Revision, Snapshot, Tuning, WatchEvent,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
@@ -574,5 +574,86 @@ async fn a_revision_without_instances_leaves_its_share_to_the_others() {
     let (status, headers, _) = send(&mut client, routed).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "1");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_service_at_zero_is_announced_held_and_served_once_one_is_ready() {
+    let bind = free_addr();
+    let tuning = Tuning {
+        backend_wait: Duration::from_secs(10),
+        ..quick()
+    };
+    let harness = Harness::serving(vec![http_listener(bind, &[])], tuning).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("stats.sock");
+    let server = tokio::spawn(serve_stats(
+        bind_stats_socket(&socket_path).unwrap(),
+        harness.stats.clone(),
+    ));
+    // Follow the stream the control plane follows.
+    let stream = UnixStream::connect(&socket_path).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let watch = Request::builder()
+        .uri("/watch")
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let mut events = sender.send_request(watch).await.unwrap().into_body();
+
+    let request = tokio::spawn(async move {
+        let mut client = http1_client(bind).await;
+        send(&mut client, request("GET", bind, "")).await
+    });
+    let mut seen = String::new();
+    let waiting = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), events.frame())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(frame.data_ref().unwrap()).unwrap());
+        let line = seen
+            .lines()
+            .filter_map(|l| serde_json::from_str::<WatchEvent>(l).ok())
+            .find_map(|e| match e {
+                WatchEvent::Waiting(w) => Some(w),
+                WatchEvent::Snapshot(_) => None,
+            });
+        if let Some(waiting) = line {
+            break waiting;
+        }
+    };
+    assert_eq!(waiting.listener, format!("test/{bind}"));
+    assert_eq!(
+        waiting.service,
+        paracloud_dataplane::service_of(&waiting.listener)
+    );
+    assert_eq!(waiting.revision, None);
+    assert!(!request.is_finished(), "the request is held");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let a = http_backend("a").await;
+    harness.reconfigure(&paracloud_dataplane::Config {
+        listeners: vec![http_listener(bind, &[("a", a)])],
+    });
+    let (status, _, body) = request.await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"a"[..]));
+    let snapshot = harness.stats.snapshot();
+    let counters = snapshot.listener(bind).unwrap().counters;
+    assert_eq!(counters.held, 1);
+    assert!(
+        counters.held_max_us >= 200_000 && counters.held_us == counters.held_max_us,
+        "the cold start is measured: {counters:?}"
+    );
+    let (_, metrics) = unix_get(&socket_path, "/metrics").await;
+    assert!(
+        metrics.contains("paracloud_held_total{listener="),
+        "{metrics}"
+    );
+    server.abort();
     harness.stop().await;
 }
