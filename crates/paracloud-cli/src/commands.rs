@@ -822,6 +822,15 @@ fn top_row(
         counters.in_flight.max(counters.active).to_string(),
         counters.requests.to_string(),
         counters.accepted.to_string(),
+        if counters.held == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "{} (max {:.0} ms)",
+                counters.held,
+                counters.held_max_us as f64 / 1000.0
+            )
+        },
     ]
 }
 
@@ -866,6 +875,7 @@ async fn top(global: &Global, once: bool) -> Result<()> {
                     "ACTIVE",
                     "REQUESTS",
                     "CONNECTIONS",
+                    "COLD STARTS",
                 ],
                 &rows,
             );

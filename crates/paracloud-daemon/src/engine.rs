@@ -129,7 +129,7 @@ impl<D: Driver> Engine<D> {
         lock(&self.waiting).clone()
     }
 
-    fn event(&self, app: &str, subject: &str, message: &str) {
+    pub fn event(&self, app: &str, subject: &str, message: &str) {
         tracing::info!(app, subject, "{message}");
         if let Err(e) = self.store.add_event(now_ms(), app, subject, message) {
             tracing::warn!("cannot record an event: {e}");

@@ -6,6 +6,7 @@ pub mod api;
 pub mod dataplane;
 pub mod driver;
 pub mod engine;
+pub mod follow;
 pub mod health;
 pub mod logs;
 pub mod routes;
@@ -86,6 +87,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
 
     let reconcile = tokio::spawn(engine.clone().run());
     let rotation = tokio::spawn(rotate_logs(engine.clone()));
+    let following = tokio::spawn(follow::follow(engine.clone()));
     let mut term = signal(SignalKind::terminate()).map_err(root_error(&root))?;
     let mut int = signal(SignalKind::interrupt()).map_err(root_error(&root))?;
     let shutdown = async move {
@@ -100,6 +102,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
         .await;
     reconcile.abort();
     rotation.abort();
+    following.abort();
     let _ = fs::remove_file(&socket);
     served.map_err(|source| Error::Listen {
         path: socket.display().to_string(),

@@ -1,0 +1,262 @@
+//! Following the data plane's `GET /watch` stream: a request waiting for a service scaled to zero
+//! starts it again, and a service with `scale_to_zero` that got no request for that long is
+//! scaled to zero.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::Method;
+use paracloud_dataplane::{service_of, Snapshot, Waiting, WatchEvent};
+use paracloud_reconcile::Millis;
+
+use crate::driver::Driver;
+use crate::engine::{now_ms, Engine};
+
+/// How long to wait before following the stream again after it ended (the data plane restarts).
+const RECONNECT_AFTER: Duration = Duration::from_millis(200);
+
+/// Follows the data plane for as long as the daemon runs.
+pub async fn follow<D: Driver>(engine: Arc<Engine<D>>) {
+    let mut idle = IdleTracker::default();
+    loop {
+        if let Err(e) = follow_once(&engine, &mut idle).await {
+            tracing::debug!("following the data plane: {e}");
+        }
+        tokio::time::sleep(RECONNECT_AFTER).await;
+    }
+}
+
+async fn follow_once<D: Driver>(engine: &Engine<D>, idle: &mut IdleTracker) -> Result<(), String> {
+    let client = paracloud_api::Client::new(engine.dataplane_stats_path());
+    let response = client
+        .send(Method::GET, "/watch", None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut body = response.into_body();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        pending.extend_from_slice(data);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            match serde_json::from_slice::<WatchEvent>(&line) {
+                Ok(WatchEvent::Waiting(waiting)) => {
+                    idle.touch(&waiting.service, now_ms());
+                    wake(engine, &waiting);
+                }
+                Ok(WatchEvent::Snapshot(snapshot)) => {
+                    let idle_for = idle.observe(&snapshot, now_ms());
+                    scale_idle_to_zero(engine, &idle_for);
+                }
+                Err(e) => tracing::warn!("unreadable line from the data plane: {e}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts a service scaled to zero (with `scale_to_zero`) that a request waits for.
+fn wake<D: Driver>(engine: &Engine<D>, waiting: &Waiting) {
+    let Some((app, service)) = waiting.service.split_once('/') else {
+        return;
+    };
+    let name = match &waiting.revision {
+        Some(revision) => paracloud_manifest::revision_service_name(service, revision),
+        None => service.to_owned(),
+    };
+    let Ok(snapshot) = engine.store.load() else {
+        return;
+    };
+    let Some(record) = snapshot.apps.iter().find(|a| a.name == app) else {
+        return;
+    };
+    let (Some(spec), Some(current)) = (
+        record.manifest.services.get(&name),
+        record.services.get(&name),
+    ) else {
+        return;
+    };
+    if spec.scale_to_zero.is_none() || current.replicas > 0 || record.removing.is_some() {
+        return;
+    }
+    let replicas = spec.replicas.max(1);
+    if let Err(e) = engine.store.set_replicas(app, &name, replicas) {
+        tracing::error!("cannot wake {app}/{name}: {e}");
+        return;
+    }
+    engine.event(
+        app,
+        &name,
+        &format!("a request is waiting: starting {replicas} instance(s) (scale_to_zero)"),
+    );
+    engine.wake();
+}
+
+/// Scales to zero each service with `scale_to_zero` whose listeners had no traffic for that long.
+fn scale_idle_to_zero<D: Driver>(engine: &Engine<D>, idle_for: &BTreeMap<String, Millis>) {
+    let Ok(snapshot) = engine.store.load() else {
+        return;
+    };
+    let mut changed = false;
+    for app in snapshot.apps.iter().filter(|a| a.removing.is_none()) {
+        for (name, spec) in &app.manifest.services {
+            let Some(after) = spec.scale_to_zero else {
+                continue;
+            };
+            // A revision is reached through its service's listeners.
+            let listened = spec
+                .revision_of
+                .as_ref()
+                .map_or(name.as_str(), |of| of.service.as_str());
+            let Some(&quiet) = idle_for.get(&format!("{}/{listened}", app.name)) else {
+                continue;
+            };
+            let replicas = app.services.get(name).map_or(0, |s| s.replicas);
+            if replicas == 0 || u128::from(quiet) < after.as_millis() {
+                continue;
+            }
+            if let Err(e) = engine.store.set_replicas(&app.name, name, 0) {
+                tracing::error!("cannot scale {}/{name} to zero: {e}", app.name);
+                continue;
+            }
+            engine.event(
+                &app.name,
+                name,
+                &format!(
+                    "no request for {}: scaled to zero (scale_to_zero); the next request starts it",
+                    humantime::format_duration(Duration::from_millis(quiet / 1000 * 1000))
+                ),
+            );
+            changed = true;
+        }
+    }
+    if changed {
+        engine.wake();
+    }
+}
+
+/// When each service ("app/service") last had traffic, from the data plane's snapshots.
+#[derive(Debug, Default)]
+pub struct IdleTracker {
+    services: BTreeMap<String, Activity>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    /// Requests, connections and held requests counted so far, over all its listeners.
+    seen: u64,
+    /// When `seen` last changed, or something was open or in flight.
+    at: Millis,
+}
+
+impl IdleTracker {
+    /// Takes in one snapshot at `now`; returns how long each service has been without traffic.
+    /// A service first seen counts as active now; so does one whose counters went back (the
+    /// data plane restarted).
+    pub fn observe(&mut self, snapshot: &Snapshot, now: Millis) -> BTreeMap<String, Millis> {
+        let mut totals: BTreeMap<String, (u64, bool)> = BTreeMap::new();
+        for listener in &snapshot.listeners {
+            let c = &listener.counters;
+            let entry = totals
+                .entry(service_of(&listener.name).to_owned())
+                .or_default();
+            entry.0 += c.requests + c.accepted + c.held;
+            entry.1 |= c.active > 0 || c.in_flight > 0;
+        }
+        self.services
+            .retain(|service, _| totals.contains_key(service));
+        let mut idle_for = BTreeMap::new();
+        for (service, (seen, busy)) in totals {
+            let activity = self
+                .services
+                .entry(service.clone())
+                .or_insert(Activity { seen, at: now });
+            if busy || seen != activity.seen {
+                *activity = Activity { seen, at: now };
+            }
+            idle_for.insert(service, now.saturating_sub(activity.at));
+        }
+        idle_for
+    }
+
+    /// Counts traffic for `service` now (a request is waiting for it).
+    pub fn touch(&mut self, service: &str, now: Millis) {
+        if let Some(activity) = self.services.get_mut(service) {
+            activity.at = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paracloud_dataplane::{CounterValues, ListenerSnapshot};
+
+    use super::*;
+
+    fn snapshot(listeners: &[(&str, CounterValues)]) -> Snapshot {
+        Snapshot {
+            listeners: listeners
+                .iter()
+                .map(|(name, counters)| ListenerSnapshot {
+                    name: (*name).into(),
+                    bind: "127.0.0.1:1".parse().unwrap(),
+                    bound: true,
+                    counters: *counters,
+                    latency: Default::default(),
+                    last_second: Default::default(),
+                    backends: Vec::new(),
+                })
+                .collect(),
+            calls: Vec::new(),
+        }
+    }
+
+    fn requests(n: u64) -> CounterValues {
+        CounterValues {
+            requests: n,
+            ..CounterValues::default()
+        }
+    }
+
+    #[test]
+    fn a_service_is_idle_from_its_last_request_over_all_its_listeners() {
+        let mut idle = IdleTracker::default();
+        let both = |a, b| {
+            snapshot(&[
+                ("shop/web:8080", requests(a)),
+                ("shop/web:8080 published", requests(b)),
+            ])
+        };
+        assert_eq!(idle.observe(&both(0, 0), 1_000)["shop/web"], 0);
+        assert_eq!(idle.observe(&both(0, 0), 5_000)["shop/web"], 4_000);
+        assert_eq!(idle.observe(&both(0, 3), 6_000)["shop/web"], 0);
+        assert_eq!(idle.observe(&both(0, 3), 9_000)["shop/web"], 3_000);
+        idle.touch("shop/web", 9_500);
+        assert_eq!(idle.observe(&both(0, 3), 10_000)["shop/web"], 500);
+    }
+
+    #[test]
+    fn open_connections_and_a_restarted_data_plane_count_as_traffic() {
+        let mut idle = IdleTracker::default();
+        idle.observe(&snapshot(&[("shop/kv:7000", requests(9))]), 0);
+        let open = CounterValues {
+            requests: 9,
+            active: 1,
+            ..CounterValues::default()
+        };
+        assert_eq!(
+            idle.observe(&snapshot(&[("shop/kv:7000", open)]), 60_000)["shop/kv"],
+            0
+        );
+        assert_eq!(
+            idle.observe(&snapshot(&[("shop/kv:7000", requests(0))]), 70_000)["shop/kv"],
+            0,
+            "counters that went back are a new data plane"
+        );
+    }
+}
