@@ -234,7 +234,7 @@ fn kv_data_survives_down_and_up_and_goes_with_down_volumes() {
 }
 
 #[test]
-fn scaling_in_and_out_under_load_fails_no_request() {
+fn scaling_restarting_and_replacing_under_load_fails_no_request() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -266,6 +266,24 @@ fn scaling_in_and_out_under_load_fails_no_request() {
         p.ok(&["scale", "-a", "shop", scale]);
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Restart: every api instance replaced one by one.
+    p.ok(&["restart", "-a", "shop", "api"]);
+    // A new spec: every web instance replaced one by one by `up`.
+    let changed = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("\"http://api:8000\"]", "\"http://api:8000/\"]");
+    assert!(
+        changed.contains("api:8000/"),
+        "the example manifest changed shape"
+    );
+    let changed = p.manifest("shop-changed", &changed);
+    let out = p.run(&["up", "-f", changed.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("changed: web"),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -273,7 +291,7 @@ fn scaling_in_and_out_under_load_fails_no_request() {
     let failed = failed.lock().unwrap();
     let ok = ok.load(Ordering::Relaxed);
     eprintln!(
-        "scaling under load: {ok} requests served, {} failed",
+        "scaling, restarting and replacing under load: {ok} requests served, {} failed",
         failed.len()
     );
     assert!(ok > 100, "the load ran: {ok}");
