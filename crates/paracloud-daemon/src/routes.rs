@@ -9,6 +9,21 @@ use paracloud_state::{AppRecord, Snapshot};
 
 use crate::addressing::AppNetwork;
 
+/// The weight of an instance with no CPU limit: one core.
+const CORE_WEIGHT: u32 = 1000;
+
+/// An instance's weight in the data plane's picking: its CPU capacity in thousandths of a core
+/// (a whole core when unlimited), so that an instance given more CPU gets more of the requests
+/// (instances of one side have one spec today; CPU per instance will vary once the autoscaler
+/// sets it). The picker's latency EWMA corrects what the limit does not tell.
+pub fn capacity_weight(cpu: Option<f64>) -> u32 {
+    cpu.map_or(CORE_WEIGHT, |cores| {
+        (cores * f64::from(CORE_WEIGHT))
+            .round()
+            .clamp(1.0, f64::from(u32::MAX)) as u32
+    })
+}
+
 /// Listeners for every port of every service: on its stable service address, and on the host
 /// address it is published to. The revisions running beside a service are behind its listeners
 /// (with their weights), not on listeners of their own.
@@ -19,6 +34,11 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
             continue;
         };
         let ready_backends = |service: &str, port: u16| -> Vec<Backend> {
+            let weight = app
+                .manifest
+                .services
+                .get(service)
+                .map_or(CORE_WEIGHT, |s| capacity_weight(s.resources.cpu));
             snapshot
                 .instances
                 .iter()
@@ -28,7 +48,7 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
                     Some(Backend {
                         id: i.key.name(),
                         addr: SocketAddr::new(IpAddr::V4(address.addr()), port),
-                        weight: 1,
+                        weight,
                     })
                 })
                 .collect()
@@ -94,4 +114,17 @@ pub fn revisions_of<'a>(
             .unwrap_or(of.weight);
         Some((name.as_str(), of.revision.as_str(), weight))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_weighs_its_cpu_in_thousandths_of_a_core() {
+        assert_eq!(capacity_weight(None), 1000);
+        assert_eq!(capacity_weight(Some(0.5)), 500);
+        assert_eq!(capacity_weight(Some(2.0)), 2000);
+        assert_eq!(capacity_weight(Some(0.0001)), 1, "never zero");
+    }
 }
