@@ -362,6 +362,44 @@ fn wait_held(p: &Platform) {
     }
 }
 
+/// Socket inodes of the host's listening TCP sockets on `port` (from /proc/net/tcp and tcp6).
+fn listening_inodes(port: u16) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && fields.get(3) == Some(&"0A") {
+                inodes.push(fields[9].to_string());
+            }
+        }
+    }
+    inodes
+}
+
+/// Instances (and the processes they started) holding an fd of one of the sockets `inodes`.
+fn instances_holding(p: &Platform, inodes: &[String]) -> Vec<String> {
+    let mut holders = Vec::new();
+    for instance in p.ps("shop") {
+        let pid = instance["pid"].as_i64().unwrap();
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let link = std::fs::read_link(fd.path()).unwrap_or_default();
+            let link = link.to_string_lossy();
+            if inodes.iter().any(|i| *link == format!("socket:[{i}]")) {
+                holders.push(format!("{} fd {link}", field(&instance, "instance")));
+            }
+        }
+    }
+    holders
+}
+
 #[test]
 fn the_data_plane_killed_with_sigkill_under_load_comes_back_and_refuses_no_connection() {
     let p = Platform::new();
@@ -369,6 +407,30 @@ fn the_data_plane_killed_with_sigkill_under_load_comes_back_and_refuses_no_conne
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
     wait_held(&p);
     sigkill_under_load(&p, "data plane SIGKILL under load");
+
+    // Instances started while the daemon holds the sockets do not inherit them.
+    p.ok(&["scale", "-a", "shop", "web=4"]);
+    let inodes = listening_inodes(p.port(0));
+    assert_eq!(
+        inodes.len(),
+        1,
+        "one listening socket on the published port"
+    );
+    assert_eq!(instances_holding(&p, &inodes), Vec::<String>::new());
+
+    // A listener that leaves the configuration closes: the daemon let go of its duplicate.
+    p.ok(&["down", "-a", "shop"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(("127.0.0.1", p.port(0))) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the published port still accepts after down: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
