@@ -30,12 +30,14 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Dataplane { config, stats } => {
+            // Before any thread starts: it reads and clears LISTEN_FDS.
+            let inherited = paracloud_runtime::handover::take_listen_fds();
             init_tracing();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime
-                .block_on(paracloud_dataplane::run(config, stats))
+                .block_on(paracloud_dataplane::run(config, stats, inherited))
                 .map_err(|e| anyhow!("data plane: {e}"))
         }
         command => {

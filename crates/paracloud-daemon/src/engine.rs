@@ -88,7 +88,7 @@ pub struct Engine<D: Driver> {
     wake: Notify,
     /// Why instances wait, from the last plan (for `describe`).
     waiting: Mutex<Vec<(InstanceKey, String)>>,
-    dataplane: DataplaneSupervisor,
+    dataplane: Arc<DataplaneSupervisor>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,7 +98,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl<D: Driver> Engine<D> {
     pub fn new(config: DaemonConfig, store: Store, driver: D) -> Arc<Self> {
-        let dataplane = DataplaneSupervisor::new(&config.root, &config.exe);
+        let dataplane = Arc::new(DataplaneSupervisor::new(&config.root, &config.exe));
         Arc::new(Self {
             config,
             store,
@@ -684,10 +684,14 @@ impl<D: Driver> Engine<D> {
         });
     }
 
-    /// Publishes routes and makes sure the data plane runs (called once at start-up).
+    /// Publishes routes and makes sure the data plane runs (called once at start-up, in the
+    /// runtime): from then on its end is noticed at once through its pidfd, and its listening
+    /// sockets are collected after every push (see the `dataplane` module).
     pub fn start_dataplane(&self) {
         self.dataplane.ensure_running();
         self.push_routes();
+        tokio::spawn(self.dataplane.clone().watch_loop());
+        tokio::spawn(self.dataplane.clone().collect_loop());
     }
 
     /// Tells the data plane the current routes (only when they changed).

@@ -7,6 +7,15 @@
 //! pooled keep-alive connections. Counters are read through [`Stats`] and, when asked, served on a
 //! Unix socket as JSON (`GET /stats`) and Prometheus text (`GET /metrics`).
 //!
+//! # Restarts without refused connections
+//!
+//! The process may inherit listening sockets ([`run`]'s `inherited`, fds passed by socket
+//! activation): a configured listener whose `bind` equals an inherited socket's bound address
+//! serves that socket instead of binding a new one, and inherited sockets no listener wants are
+//! closed once the first configuration is applied. The daemon keeps a duplicate of every listening
+//! socket and passes them to the data plane it starts after one died, so the sockets, and the
+//! connections the kernel queued on them meanwhile, outlive any one data-plane process.
+//!
 //! # Call graph
 //!
 //! Instances of one app call each other through the listeners on service addresses, so the client
@@ -40,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 pub use calls::{service_of, EXTERNAL_CALLER};
 pub use file::{load_config, write_config};
-pub use server::{run, Dataplane, Stats};
+pub use server::{run, Dataplane, Stats, LISTEN_BACKLOG};
 pub use split::REVISION_HEADER;
 pub use stats::{
     bucket_bound_us, bucket_index, quantile_ms, BackendSnapshot, CallSnapshot, CounterValues,

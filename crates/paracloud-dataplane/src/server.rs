@@ -1,9 +1,14 @@
 //! The data-plane process body: listeners diffed on reload, accept loops, graceful shutdown.
+//!
+//! Listening sockets may be inherited (socket activation, see [`Dataplane::inherit`]): a listener
+//! whose bind address equals an inherited socket's adopts it instead of binding anew, so that a
+//! restarted data plane serves the very sockets (and their queued connections) of the one before.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -23,10 +28,20 @@ use crate::{
     bind_stats_socket, load_config, serve_stats, Config, Error, Listener, Protocol, Tuning, Waiting,
 };
 
+/// How many connections the kernel completes and queues on a listener that nobody accepts from
+/// (capped by net.core.somaxconn): while a data plane restarts, they wait there.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
 /// Runs the data plane until SIGTERM: loads `config_path` (a missing file is an empty config),
 /// serves its listeners, and re-reads the file on every SIGHUP. With `stats_socket`, serves
 /// `GET /stats` and `GET /metrics` on that Unix socket (a stale file there is replaced).
-pub async fn run(config_path: PathBuf, stats_socket: Option<PathBuf>) -> Result<(), Error> {
+/// `inherited` are listening sockets passed by the process that started this one (see
+/// [`Dataplane::inherit`]); empty when run standalone.
+pub async fn run(
+    config_path: PathBuf,
+    stats_socket: Option<PathBuf>,
+    inherited: Vec<OwnedFd>,
+) -> Result<(), Error> {
     let mut hangup = signal(SignalKind::hangup()).map_err(Error::Signal)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let (reload_tx, reload_rx) = watch::channel(());
@@ -37,7 +52,7 @@ pub async fn run(config_path: PathBuf, stats_socket: Option<PathBuf>) -> Result<
             }
         }
     });
-    let dataplane = Dataplane::new(config_path, Tuning::default());
+    let dataplane = Dataplane::new(config_path, Tuning::default()).inherit(inherited);
     let stats_task = match &stats_socket {
         Some(path) => Some(tokio::spawn(serve_stats(
             bind_stats_socket(path)?,
@@ -68,6 +83,8 @@ pub struct Dataplane {
     config_path: PathBuf,
     tuning: Tuning,
     stats: Stats,
+    /// Inherited listening sockets by bound address, until the first configuration is applied.
+    inherited: BTreeMap<SocketAddr, std::net::TcpListener>,
 }
 
 /// A handle on the live counters of a running [`Dataplane`], and on the requests waiting for a
@@ -134,7 +151,31 @@ impl Dataplane {
             config_path,
             tuning,
             stats: Stats::default(),
+            inherited: BTreeMap::new(),
         }
+    }
+
+    /// Listening sockets to adopt: the first configuration's listener whose bind address equals a
+    /// socket's bound address (getsockname) takes it over instead of binding anew; sockets no
+    /// listener wants are closed once that configuration is applied. Fds that are not TCP sockets
+    /// are closed at once.
+    pub fn inherit(mut self, sockets: Vec<OwnedFd>) -> Self {
+        for fd in sockets {
+            let socket = socket2::Socket::from(fd);
+            let bound = match (socket.r#type(), socket.local_addr()) {
+                (Ok(socket2::Type::STREAM), Ok(addr)) => addr.as_socket(),
+                _ => None,
+            };
+            match bound {
+                Some(addr) => {
+                    if self.inherited.insert(addr, socket.into()).is_some() {
+                        warn!(%addr, "two inherited sockets have the same address; keeping the last");
+                    }
+                }
+                None => warn!("an inherited fd is not a bound TCP socket; closing it"),
+            }
+        }
+        self
     }
 
     pub fn stats(&self) -> Stats {
@@ -147,7 +188,7 @@ impl Dataplane {
     /// configuration stays. On shutdown the listeners close at once and open connections get
     /// `tuning.drain` to finish.
     pub async fn run_with_reload(
-        self,
+        mut self,
         mut reload: watch::Receiver<()>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
@@ -157,7 +198,12 @@ impl Dataplane {
         let mut slots = BTreeMap::new();
         let upstream = http::upstream(&self.tuning);
         let in_flight = (in_flight, upstream);
-        self.apply(&mut slots, &config, &in_flight).await;
+        let mut inherited = std::mem::take(&mut self.inherited);
+        self.apply(&mut slots, &config, &in_flight, &mut inherited)
+            .await;
+        for addr in inherited.into_keys() {
+            info!(%addr, "inherited listening socket not in the configuration; closed");
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -169,7 +215,10 @@ impl Dataplane {
                         break;
                     }
                     match load_config(&self.config_path) {
-                        Ok(config) => self.apply(&mut slots, &config, &in_flight).await,
+                        Ok(config) => {
+                            self.apply(&mut slots, &config, &in_flight, &mut BTreeMap::new())
+                                .await
+                        }
                         Err(error) => error!(%error, "reload failed; keeping the previous configuration"),
                     }
                 }
@@ -195,12 +244,14 @@ impl Dataplane {
     }
 
     /// Moves the running listeners to `config`: removed ones stop accepting, kept ones take their
-    /// new backends, new ones (and ones that failed to bind before) are bound.
+    /// new backends, new ones (and ones that failed to bind before) adopt the `inherited` socket
+    /// of their address, or are bound.
     async fn apply(
         &self,
         slots: &mut BTreeMap<SocketAddr, Slot>,
         config: &Config,
         in_flight: &(mpsc::Sender<()>, Upstream),
+        inherited: &mut BTreeMap<SocketAddr, std::net::TcpListener>,
     ) {
         let mut wanted: BTreeMap<SocketAddr, &Listener> = BTreeMap::new();
         for listener in &config.listeners {
@@ -237,9 +288,13 @@ impl Dataplane {
             if slot.accepting.is_some() {
                 continue;
             }
-            match bind_listener(bind) {
+            let (socket, how) = match inherited.remove(&bind) {
+                Some(socket) => (adopt_listener(socket), "inherited"),
+                None => (bind_listener(bind), "bound"),
+            };
+            match socket {
                 Ok(socket) => {
-                    info!(listener = %listener.name, %bind, backends = listener.backends.len(), "listening");
+                    info!(listener = %listener.name, %bind, backends = listener.backends.len(), socket = how, "listening");
                     slot.state.bound.store(true, Ordering::Relaxed);
                     let (stop, stopped) = oneshot::channel();
                     let task = tokio::spawn(accept_loop(
@@ -278,7 +333,16 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Serves an inherited socket. listen() again: a socket passed bound but not yet listening starts
+/// listening, a listening one keeps its queue and takes our backlog.
+fn adopt_listener(socket: std::net::TcpListener) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::from(socket);
+    socket.set_nonblocking(true)?;
+    socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 

@@ -13,6 +13,8 @@
 //!   path; `procfs`: pids, pidfds, adoption, waiting; `nsexec`: [`Runtime::exec`].
 //! - `network` (bridges, async rtnetlink) and `netlink` (blocking requests with rtnetlink's
 //!   message builders); `mounts`, `identity` (user, capabilities, env, exec), `seccomp`.
+//! - `handover`: listening sockets duplicated out of a process and passed to its successor
+//!   (socket activation), for the daemon's supervision of the data plane.
 //! - `sys`: **Architecture Invariant:** the only module with `unsafe`.
 //!
 //! # Spawn, step by step
@@ -42,6 +44,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub mod cgroups;
+pub mod handover;
 mod identity;
 mod mounts;
 mod netlink;
@@ -139,6 +142,17 @@ pub struct Process {
     pub pidfd: OwnedFd,
     /// Whether this process is our child (only children give their exit status).
     pub is_child: bool,
+}
+
+/// Pins any process (not only an instance) by pid and start time through a pidfd, as
+/// [`Runtime::adopt`] does: None if it is gone.
+pub fn adopt_process(pid: i32, start_time: u64) -> Result<Option<Process>> {
+    procfs::adopt(pid, start_time)
+}
+
+/// Waits until the process exits; for a child, reaps it and returns (exit code, signal number).
+pub async fn wait_process(process: &Process) -> Result<(Option<i32>, Option<i32>)> {
+    procfs::wait_exit(process).await
 }
 
 /// How an instance process ended.

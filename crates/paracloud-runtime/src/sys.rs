@@ -9,7 +9,9 @@
 use std::ffi::{c_char, CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::Command;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -43,6 +45,57 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Resul
             0,
         )
     })?;
+    Ok(())
+}
+
+/// pidfd_getfd(2) (Linux 5.6): a duplicate, in this process, of the fd `target` of the process
+/// behind `pidfd`. Needs ptrace rights over it (root has them). The kernel sets close-on-exec on
+/// the new fd.
+pub(crate) fn pidfd_getfd(pidfd: BorrowedFd<'_>, target: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: integers only; returns a new fd or -1.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) })?;
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above.
+pub(crate) fn dup_cloexec_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an integer argument and returns a new fd or -1.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Makes the child of `command` start with `fds` as its fds 3, 4, ... (without close-on-exec
+/// there); in this process they keep close-on-exec, so no other child (an instance spawned at the
+/// same time) inherits them. The duplicates the mapping uses live as long as `command`.
+pub(crate) fn map_fds_from_3(command: &mut Command, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let first_free = 3 + RawFd::try_from(fds.len()).map_err(io::Error::other)?;
+    // Sources above the target range: mapping one never overwrites another, and dup2 onto a
+    // different number always yields a fresh fd without close-on-exec.
+    let sources = fds
+        .iter()
+        .map(|fd| dup_cloexec_at_least(*fd, first_free))
+        .collect::<io::Result<Vec<OwnedFd>>>()?;
+    let raw: Vec<RawFd> = sources.iter().map(AsRawFd::as_raw_fd).collect();
+    let map = move || -> io::Result<()> {
+        let _owned = &sources;
+        for (target, fd) in (3..).zip(raw.iter()) {
+            // SAFETY: dup2 is async-signal-safe and takes integers; only memory allocated before
+            // the fork is read.
+            if unsafe { libc::dup2(*fd, target) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: it calls dup2 and allocates nothing (io::Error from an errno does not
+    // allocate).
+    unsafe { command.pre_exec(map) };
     Ok(())
 }
 
