@@ -516,14 +516,20 @@ async fn logs(global: &Global, target: Option<String>, follow: bool, tail: usize
     Ok(())
 }
 
+/// Splits `NAME=VALUE`; `what` names both parts (`SERVICE=COUNT`), `example` is a correct one.
+fn split_assignment<'a>(spec: &'a str, what: &str, example: &str) -> Result<(&'a str, &'a str)> {
+    let (name, value) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("`{spec}` is not {what}: write for example {example}"))?;
+    if name.is_empty() {
+        bail!("`{spec}` names nothing before `=`: write for example {example}");
+    }
+    Ok((name, value))
+}
+
 /// Parses `api=3` into (service, count).
 fn parse_scale(spec: &str) -> Result<(String, u32)> {
-    let (service, count) = spec
-        .split_once('=')
-        .ok_or_else(|| anyhow!("`{spec}` is not SERVICE=COUNT: write for example api=3"))?;
-    if service.is_empty() {
-        bail!("`{spec}` names no service: write for example api=3");
-    }
+    let (service, count) = split_assignment(spec, "SERVICE=COUNT", "api=3")?;
     let count = count.parse::<u32>().map_err(|_| {
         anyhow!(
             "`{spec}`: the count must be a whole number of instances, 0 or more (e.g. {service}=3)"
@@ -562,12 +568,7 @@ async fn scale(global: &Global, specs: &[String], detach: bool) -> Result<()> {
 
 /// Parses `canary=20` into (revision, percent).
 fn parse_share(spec: &str) -> Result<(String, u32)> {
-    let (revision, percent) = spec
-        .split_once('=')
-        .ok_or_else(|| anyhow!("`{spec}` is not REVISION=PERCENT: write for example canary=20"))?;
-    if revision.is_empty() {
-        bail!("`{spec}` names no revision: write for example canary=20");
-    }
+    let (revision, percent) = split_assignment(spec, "REVISION=PERCENT", "canary=20")?;
     let percent = percent
         .trim_end_matches('%')
         .parse::<u32>()

@@ -38,29 +38,18 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "revisions",
 ];
 
-/// Keys of a `[services.NAME.revisions.REVISION]` table: what a revision may change, and its
-/// traffic share. It serves its service's ports, so it may not set its own.
-pub(crate) const REVISION_KEYS: &[&str] = &[
-    "weight",
-    "image",
-    "paths",
-    "entrypoint",
-    "command",
-    "env",
-    "health",
-    "resources",
-    "replicas",
-    "restart",
-    "depends_on",
-    "volumes",
-    "labels",
-    "user",
-    "working_dir",
-    "stop_signal",
-    "stop_grace_period",
-    "cap_add",
-    "scale_to_zero",
-];
+/// Keys of a `[services.NAME.revisions.REVISION]` table: its traffic share, and the service keys
+/// a revision may change. It serves its service's ports, so it may not set its own.
+pub(crate) fn revision_keys() -> Vec<&'static str> {
+    std::iter::once("weight")
+        .chain(
+            SERVICE_KEYS
+                .iter()
+                .copied()
+                .filter(|k| !matches!(*k, "ports" | "revisions")),
+        )
+        .collect()
+}
 
 const HEALTH_KEYS: &[&str] = &[
     "exec",
@@ -136,7 +125,8 @@ impl Checker<'_> {
             let Some(table) = self.table(revision_value, &revision_path) else {
                 continue;
             };
-            self.check_keys(table, &revision_path, REVISION_KEYS);
+            let allowed = revision_keys();
+            self.check_keys(table, &revision_path, &allowed);
             let weight = match table.get("weight") {
                 Some(v) => match self.whole(v, &child(&revision_path, "weight"), 0, 100) {
                     Some(w) => {
@@ -166,7 +156,7 @@ impl Checker<'_> {
             }
             for (k, v) in table {
                 let k_name: &str = k.get_ref();
-                if k_name != "weight" && REVISION_KEYS.contains(&k_name) {
+                if k_name != "weight" && allowed.contains(&k_name) {
                     merged.insert(k.clone(), v.clone());
                 }
             }
