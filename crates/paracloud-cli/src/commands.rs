@@ -31,7 +31,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Dataplane { config, stats } => {
             init_tracing();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            // One thread: every connection is served in its own task without cross-thread
+            // wake-ups (see ARCHITECTURE.md, "Data-plane runtime").
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime

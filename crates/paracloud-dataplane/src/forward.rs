@@ -36,6 +36,8 @@ pub(crate) struct BackendState {
     consecutive_failures: AtomicU32,
     /// Latency EWMA in microseconds and when it was last updated.
     ewma: Mutex<Option<(f64, Instant)>>,
+    /// Idle keep-alive HTTP/1.1 connections to this backend (see [`crate::h1`]).
+    pub(crate) idle: crate::pool::Idle,
 }
 
 impl BackendState {
@@ -48,6 +50,7 @@ impl BackendState {
             failed_until: Mutex::new(None),
             consecutive_failures: AtomicU32::new(0),
             ewma: Mutex::new(None),
+            idle: crate::pool::Idle::default(),
         }
     }
 
@@ -120,6 +123,36 @@ fn decayed(ewma: &Option<(f64, Instant)>, now: Instant) -> f64 {
         let age = now.saturating_duration_since(at).as_secs_f64();
         value * (-age / EWMA_DECAY).exp()
     })
+}
+
+/// The header naming the revision a request wants (for revisions served side by side).
+pub(crate) const REVISION_HEADER: &str = "x-paracloud-revision";
+
+/// Chooses the backend of a TCP connection or an HTTP request: the one place where a backend
+/// is chosen, given the listener's current `route` and the request's `x-paracloud-revision`
+/// (`None` for TCP and for requests without it). Backends in `tried` already failed this
+/// request. `None` when the route has no backend.
+///
+/// Revisions served side by side are not modelled yet: `revision` is passed through so that
+/// selecting among them is added here alone.
+pub(crate) fn choose(
+    route: &Route,
+    revision: Option<&[u8]>,
+    now: Instant,
+    tried: &[Arc<BackendState>],
+) -> Option<Arc<BackendState>> {
+    let _ = revision;
+    match route.backends.as_slice() {
+        [] => None,
+        // One backend: nothing to compare, skip gathering the candidates.
+        [only] => Some(only.clone()),
+        backends => {
+            let candidates: Vec<Candidate> =
+                backends.iter().map(|b| b.candidate(now, tried)).collect();
+            let index = pick(&candidates, &mut rand::rng())?;
+            Some(backends[index].clone())
+        }
+    }
 }
 
 /// What a listener forwards to; replaced as a whole on reload so a connection sees one version.
@@ -257,13 +290,7 @@ async fn connect(
                 }
             }
         };
-        let now = Instant::now();
-        let candidates: Vec<Candidate> = route
-            .backends
-            .iter()
-            .map(|b| b.candidate(now, &tried))
-            .collect();
-        let backend = Arc::clone(&route.backends[pick(&candidates, &mut rand::rng())?]);
+        let backend = choose(&route, None, Instant::now(), &tried)?;
         let error = match timeout(tuning.connect_timeout, TcpStream::connect(backend.addr)).await {
             Ok(Ok(stream)) => {
                 // Nagle only adds latency to a byte pipe; failure to disable it is harmless.
