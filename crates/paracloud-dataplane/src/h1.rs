@@ -11,7 +11,8 @@
 //! the backend closes. Request bodies of at most [`BUFFER_BODY`] bytes whose end is at hand are
 //! read whole before the request goes out, so that an idempotent request can be sent again on
 //! another backend; larger bodies, and chunked ones not yet received in full, are streamed and
-//! their requests are retried only when the connect failed (nothing was sent).
+//! their requests are retried only when the connect failed (nothing was sent). A client that
+//! leaves within a streamed body counts as an error of the listener, never of the backend.
 //!
 //! What this path does not serve is handed, with the bytes already read, to the hyper server of
 //! [`crate::http`]: HTTP/2 (the connection starts with the HTTP/2 preface), HTTP/1.0 clients,
@@ -150,6 +151,12 @@ pub(crate) enum Next {
 struct Failure {
     connect: bool,
     error: io::Error,
+}
+
+/// Which side broke off sending a request.
+enum SendError {
+    Backend(io::Error),
+    Client(io::Error),
 }
 
 /// One client connection on the fast path.
@@ -438,14 +445,24 @@ impl Conn {
     ) -> Result<Next, Failure> {
         let mut pooled = true;
         let (mut up, response, sent) = loop {
-            let sent = Instant::now();
-            let (mut up, reused) = match pooled.then(|| backend.idle.take(sent)).flatten() {
+            let (mut up, reused) = match pooled.then(|| backend.idle.take(Instant::now())).flatten()
+            {
                 Some(up) => (up, true),
                 None => (self.connect(backend.addr).await?, false),
             };
+            // The backend's latency is measured from here: a connect is paid once per pooled
+            // connection and would make a backend look slow for its first request.
+            let sent = Instant::now();
             let result = match self.send(&mut up, head, streamed, backend, body_sent).await {
                 Ok(()) => self.read_head(&mut up, head.is_head).await,
-                Err(error) => Err(error),
+                Err(SendError::Backend(error)) => Err(error),
+                Err(SendError::Client(error)) => {
+                    // Not the backend's fault: no failure counted against it, nothing to answer.
+                    debug!(bind = %self.listener.bind, %error, "client broke off within the request body");
+                    self.listener.counters.error(Instant::now());
+                    in_flight.backend = Some(backend.clone());
+                    return Ok(Next::Close);
+                }
             };
             match result {
                 Ok(response) => break (up, response, sent),
@@ -521,8 +538,8 @@ impl Conn {
         streamed: bool,
         backend: &BackendState,
         body_sent: &mut bool,
-    ) -> io::Result<()> {
-        up.write_all(&self.out).await?;
+    ) -> Result<(), SendError> {
+        up.write_all(&self.out).await.map_err(SendError::Backend)?;
         if !streamed {
             return Ok(());
         }
@@ -540,7 +557,9 @@ impl Conn {
             let bytes = self.inbuf.bytes();
             let (take, done, payload) = if head.body == Framing::Chunked {
                 let before = tracker.data_bytes();
-                let end = tracker.feed(bytes).map_err(invalid)?;
+                let end = tracker
+                    .feed(bytes)
+                    .map_err(|e| SendError::Client(invalid(e)))?;
                 let take = end.unwrap_or(bytes.len());
                 (take, end.is_some(), tracker.data_bytes() - before)
             } else {
@@ -549,18 +568,24 @@ impl Conn {
                 (take as usize, left == 0, take)
             };
             if take > 0 {
-                up.write_all(&bytes[..take]).await?;
+                up.write_all(&bytes[..take])
+                    .await
+                    .map_err(SendError::Backend)?;
             }
             self.inbuf.consume(take);
             count(payload);
             if done {
                 return Ok(());
             }
-            if self.inbuf.fill(&mut self.client).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "client closed the connection within the request body",
-                ));
+            match self.inbuf.fill(&mut self.client).await {
+                Ok(0) => {
+                    return Err(SendError::Client(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "client closed the connection within the request body",
+                    )))
+                }
+                Ok(_) => {}
+                Err(error) => return Err(SendError::Client(error)),
             }
         }
     }

@@ -657,3 +657,42 @@ async fn malformed_requests_get_400_and_http10_clients_are_served() {
     );
     harness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_within_a_streamed_body_is_not_held_against_the_backend() {
+    let (echo, _) = echo_backend().await;
+    let bind = free_addr();
+    let tuning = Tuning {
+        eject_after: 1,
+        ..quick()
+    };
+    let harness = Harness::serving(vec![http_listener(bind, &[("e", echo)])], tuning).await;
+    let mut stream = TcpStream::connect(bind).await.unwrap();
+    // A body far above what is buffered, of which only a part is sent.
+    stream
+        .write_all(b"PUT /big HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[7u8; 100_000]).await.unwrap();
+    drop(stream);
+    eventually("the request ends", || async {
+        let snapshot = harness.stats.snapshot();
+        let listener = snapshot.listener(bind).unwrap();
+        listener.counters.in_flight == 0 && listener.counters.errors == 1
+    })
+    .await;
+    let snapshot = harness.stats.snapshot();
+    let backend = snapshot
+        .listener(bind)
+        .unwrap()
+        .backend("e")
+        .unwrap()
+        .clone();
+    assert_eq!((backend.counters.errors, backend.ejected), (0, false));
+    assert_eq!(backend.counters.in_flight, 0);
+    // The backend still serves.
+    let mut client = http1_client(bind).await;
+    let (status, _, body) = send(&mut client, request("POST", bind, "still here")).await;
+    assert_eq!((status, body), (StatusCode::OK, Bytes::from("still here")));
+    harness.stop().await;
+}
