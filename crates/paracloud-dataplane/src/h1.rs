@@ -943,3 +943,115 @@ fn parse_response(
         reusable,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &[u8]) -> (Parsed, String) {
+        let mut out = Vec::new();
+        let parsed = parse_request(raw, b"10.0.0.9", &mut out);
+        (parsed, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn the_forwarded_head_drops_hop_by_hop_headers_and_appends_the_client() {
+        let raw =
+            b"GET /a?b=1 HTTP/1.1\r\nHost: shop.local\r\nConnection: keep-alive, X-Secret\r\n\
+            Keep-Alive: timeout=5\r\nX-Secret: 1\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\n\
+            X-Forwarded-Proto: https\r\nX-Paracloud-Revision: 7\r\nAccept: */*\r\n\r\nnext";
+        let (parsed, out) = request(raw);
+        let Parsed::Request(head) = parsed else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(head.len, raw.len() - 4);
+        assert_eq!(
+            out,
+            "GET /a?b=1 HTTP/1.1\r\nHost: shop.local\r\nX-Paracloud-Revision: 7\r\nAccept: */*\r\n\
+             x-forwarded-for: 10.0.0.1, 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        assert_eq!(head.revision.as_deref(), Some(&b"7"[..]));
+        assert!(head.keep_alive && head.idempotent && !head.is_head);
+        assert_eq!(head.body, Framing::Empty);
+    }
+
+    #[test]
+    fn request_framing_is_read_strictly() {
+        let framing = |raw: &[u8]| match request(raw).0 {
+            Parsed::Request(head) => Some((head.body, head.keep_alive)),
+            _ => None,
+        };
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\ncontent-length: 12\r\nconnection: close\r\n\r\n"),
+            Some((Framing::Length(12), false))
+        );
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            Some((Framing::Chunked, true))
+        );
+        for bad in [
+            &b"POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(request(bad).0, Parsed::Bad), "{bad:?}");
+        }
+        for hyper in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(request(hyper).0, Parsed::Hyper), "{hyper:?}");
+        }
+        assert!(matches!(
+            request(b"GET / HTTP/1.1\r\nhost").0,
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let response = |raw: &[u8], head: bool| {
+            let mut out = Vec::new();
+            let parsed = parse_response(raw, head, &mut out).unwrap().unwrap();
+            (
+                parsed.framing,
+                parsed.reusable,
+                String::from_utf8(out).unwrap(),
+            )
+        };
+        let (framing, reusable, out) = response(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n",
+            false,
+        );
+        assert_eq!((framing, reusable), (Framing::Chunked, true));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n");
+        assert_eq!(
+            response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true).0,
+            Framing::Empty
+        );
+        assert_eq!(
+            response(
+                b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+                false
+            )
+            .0,
+            Framing::Empty
+        );
+        let (framing, reusable, _) = response(b"HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!((framing, reusable), (Framing::Close, false));
+        let (framing, reusable, _) = response(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n",
+            false,
+        );
+        assert_eq!((framing, reusable), (Framing::Length(2), false));
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            false,
+            &mut Vec::new()
+        )
+        .is_err());
+    }
+}
