@@ -33,7 +33,9 @@ pub fn run(cli: Cli) -> Result<()> {
             // Before any thread starts: it reads and clears LISTEN_FDS.
             let inherited = paracloud_runtime::handover::take_listen_fds();
             init_tracing();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            // One thread: every connection is served in its own task without cross-thread
+            // wake-ups (see ARCHITECTURE.md, "Data-plane runtime").
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime
@@ -516,20 +518,27 @@ async fn logs(global: &Global, target: Option<String>, follow: bool, tail: usize
     Ok(())
 }
 
-/// Splits `NAME=VALUE`; `what` names both parts (`SERVICE=COUNT`), `example` is a correct one.
-fn split_assignment<'a>(spec: &'a str, what: &str, example: &str) -> Result<(&'a str, &'a str)> {
-    let (name, value) = spec
+/// Splits `NAME=VALUE`, where `name` and `value` say what they are (`service`, `count`) and
+/// `example` is a correct one.
+fn split_assignment<'a>(
+    spec: &'a str,
+    name: &str,
+    value: &str,
+    example: &str,
+) -> Result<(&'a str, &'a str)> {
+    let what = format!("{}={}", name.to_uppercase(), value.to_uppercase());
+    let (left, right) = spec
         .split_once('=')
         .ok_or_else(|| anyhow!("`{spec}` is not {what}: write for example {example}"))?;
-    if name.is_empty() {
-        bail!("`{spec}` names nothing before `=`: write for example {example}");
+    if left.is_empty() {
+        bail!("`{spec}` names no {name}: write for example {example}");
     }
-    Ok((name, value))
+    Ok((left, right))
 }
 
 /// Parses `api=3` into (service, count).
 fn parse_scale(spec: &str) -> Result<(String, u32)> {
-    let (service, count) = split_assignment(spec, "SERVICE=COUNT", "api=3")?;
+    let (service, count) = split_assignment(spec, "service", "count", "api=3")?;
     let count = count.parse::<u32>().map_err(|_| {
         anyhow!(
             "`{spec}`: the count must be a whole number of instances, 0 or more (e.g. {service}=3)"
@@ -568,7 +577,7 @@ async fn scale(global: &Global, specs: &[String], detach: bool) -> Result<()> {
 
 /// Parses `canary=20` into (revision, percent).
 fn parse_share(spec: &str) -> Result<(String, u32)> {
-    let (revision, percent) = split_assignment(spec, "REVISION=PERCENT", "canary=20")?;
+    let (revision, percent) = split_assignment(spec, "revision", "percent", "canary=20")?;
     let percent = percent
         .trim_end_matches('%')
         .parse::<u32>()
@@ -926,5 +935,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("names no service"));
+    }
+
+    #[test]
+    fn traffic_shares_are_percents() {
+        assert_eq!(parse_share("canary=20").unwrap(), ("canary".into(), 20));
+        assert_eq!(parse_share("canary=5%").unwrap(), ("canary".into(), 5));
+        assert_eq!(
+            parse_share("canary").unwrap_err().to_string(),
+            "`canary` is not REVISION=PERCENT: write for example canary=20"
+        );
+        assert!(parse_share("=2")
+            .unwrap_err()
+            .to_string()
+            .contains("names no revision"));
+        assert!(parse_share("canary=101")
+            .unwrap_err()
+            .to_string()
+            .contains("a percent from 0 to 100"));
     }
 }

@@ -41,6 +41,8 @@ pub(crate) struct BackendState {
     consecutive_failures: AtomicU32,
     /// Latency EWMA in microseconds and when it was last updated.
     ewma: Mutex<Option<(f64, Instant)>>,
+    /// Idle keep-alive HTTP/1.1 connections to this backend (see [`crate::h1`]).
+    pub(crate) idle: crate::pool::Idle,
 }
 
 impl BackendState {
@@ -53,6 +55,7 @@ impl BackendState {
             failed_until: Mutex::new(None),
             consecutive_failures: AtomicU32::new(0),
             ewma: Mutex::new(None),
+            idle: crate::pool::Idle::default(),
         }
     }
 
@@ -125,6 +128,30 @@ fn decayed(ewma: &Option<(f64, Instant)>, now: Instant) -> f64 {
         let age = now.saturating_duration_since(at).as_secs_f64();
         value * (-age / EWMA_DECAY).exp()
     })
+}
+
+/// Chooses the backend of a TCP connection or an HTTP request: the one place where a backend
+/// is chosen, among the backends of the `side` of the listener's current `route` that
+/// [`ListenerState::wait_for_backend`] chose for it (the service itself or one of its revisions,
+/// by weight or by the request's `x-paracloud-revision` header). Backends in `tried` already
+/// failed this request. `None` when that side has no backend.
+pub(crate) fn choose(
+    route: &Route,
+    side: Side,
+    now: Instant,
+    tried: &[Arc<BackendState>],
+) -> Option<Arc<BackendState>> {
+    match route.side(side) {
+        [] => None,
+        // One backend: nothing to compare, skip gathering the candidates.
+        [only] => Some(only.clone()),
+        backends => {
+            let candidates: Vec<Candidate> =
+                backends.iter().map(|b| b.candidate(now, tried)).collect();
+            let index = pick(&candidates, &mut rand::rng())?;
+            Some(backends[index].clone())
+        }
+    }
 }
 
 /// What a listener forwards to; replaced as a whole on reload so a connection sees one version.
@@ -380,11 +407,7 @@ async fn connect(
             warn!(bind = %listener.bind, "no backend became ready in time; closing client");
             return None;
         };
-        let now = Instant::now();
-        let backends = route.side(side);
-        let candidates: Vec<Candidate> =
-            backends.iter().map(|b| b.candidate(now, &tried)).collect();
-        let backend = Arc::clone(&backends[pick(&candidates, &mut rand::rng())?]);
+        let backend = choose(&route, side, Instant::now(), &tried)?;
         let error = match timeout(tuning.connect_timeout, TcpStream::connect(backend.addr)).await {
             Ok(Ok(stream)) => {
                 // Nagle only adds latency to a byte pipe; failure to disable it is harmless.

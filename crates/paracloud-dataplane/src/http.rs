@@ -1,4 +1,7 @@
-//! One HTTP client connection: HTTP/1.1 or HTTP/2 served by hyper, each request forwarded to a backend picked per request over pooled keep-alive connections.
+//! One HTTP client connection: the HTTP/1.1 fast path of [`crate::h1`] first, hyper for the rest (HTTP/2, HTTP/1.0, Upgrade, CONNECT), each request forwarded to a backend picked per request over pooled keep-alive connections.
+//!
+//! The hyper path collects request bodies whole (up to [`MAX_REQUEST_BODY`]) so that a request
+//! can be sent again on a retry, and reaches backends through hyper's pooled HTTP/1.1 client.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,13 +19,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::calls::CallGraph;
-use crate::forward::{BackendState, ListenerState};
-use crate::pick::{pick, Candidate};
+use crate::forward::{self, BackendState, ListenerState};
+use crate::h1;
 use crate::split::REVISION_HEADER;
 use crate::stats::Counters;
 use crate::Tuning;
@@ -79,6 +83,15 @@ pub(crate) async fn serve(
     let _active = listener.counters.open();
     // Nagle only adds latency to small responses; failure to disable it is harmless.
     let _ = client.set_nodelay(true);
+    let mut conn = h1::Conn::new(client, peer, listener.clone(), calls.clone(), tuning);
+    if conn.serve().await != h1::Next::Hyper {
+        return;
+    }
+    let client = Prefixed {
+        prefix: conn.inbuf.into_vec(),
+        pos: 0,
+        inner: conn.client,
+    };
     let ctx = Arc::new(Ctx {
         listener: listener.clone(),
         upstream,
@@ -130,7 +143,11 @@ async fn proxy(request: Request<Incoming>, ctx: &Ctx) -> Response<ProxyBody> {
     let started = Instant::now();
     let listener = &ctx.listener;
     listener.counters.request(started);
-    let callee = listener.route.borrow().service.clone();
+    let (callee, mut routes) = {
+        let routes = listener.route.subscribe();
+        let callee = routes.borrow().service.clone();
+        (callee, routes)
+    };
     ctx.calls.count(ctx.peer.ip(), &callee, started);
     let mut in_flight = InFlight {
         listener: listener.clone(),
@@ -156,7 +173,6 @@ async fn proxy(request: Request<Incoming>, ctx: &Ctx) -> Response<ProxyBody> {
         .to_owned();
     let idempotent = is_idempotent(&parts.method);
     let wait_until = started + ctx.tuning.backend_wait;
-    let mut routes = listener.route.subscribe();
     let mut tried: Vec<Arc<BackendState>> = Vec::new();
     let revision = parts
         .headers
@@ -171,13 +187,9 @@ async fn proxy(request: Request<Incoming>, ctx: &Ctx) -> Response<ProxyBody> {
             return own_response(listener, started, StatusCode::SERVICE_UNAVAILABLE, true);
         };
         let now = Instant::now();
-        let backends = route.side(side);
-        let candidates: Vec<Candidate> =
-            backends.iter().map(|b| b.candidate(now, &tried)).collect();
-        let Some(index) = pick(&candidates, &mut rand::rng()) else {
+        let Some(backend) = forward::choose(&route, side, now, &tried) else {
             continue;
         };
-        let backend = Arc::clone(&backends[index]);
         let Some(outbound) = outbound(&parts.method, &path, &headers, &body, backend.addr) else {
             return own_response(listener, started, StatusCode::BAD_REQUEST, false);
         };
@@ -347,6 +359,65 @@ fn outbound(
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers.clone();
     Some(request)
+}
+
+/// A client connection whose first bytes were already read (by the fast path), served again
+/// from the start.
+struct Prefixed {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// A backend's response body that counts the bytes it passes and holds the request in flight.

@@ -4,7 +4,11 @@
 //! (which runs [`run`]) with SIGHUP; the process diffs its listeners by bind address. A TCP
 //! listener forwards each accepted connection to a backend picked by power of two choices
 //! ([`pick`]); an HTTP listener serves HTTP/1.1 and HTTP/2 and picks a backend per request, over
-//! pooled keep-alive connections. Counters are read through [`Stats`] and, when asked, served on a
+//! pooled keep-alive connections. HTTP/1.1 takes a fast path in the client connection's own task
+//! (heads parsed with httparse, bodies relayed as raw bytes with their framing); HTTP/2, HTTP/1.0,
+//! Upgrade and CONNECT go through hyper. Every backend is chosen by one function, which also
+//! receives the request's `x-paracloud-revision` header for revisions served side by side. The
+//! process is meant to run on a current-thread tokio runtime. Counters are read through [`Stats`] and, when asked, served on a
 //! Unix socket as JSON (`GET /stats`) and Prometheus text (`GET /metrics`).
 //!
 //! # Restarts without refused connections
@@ -32,10 +36,13 @@
 
 mod budget;
 mod calls;
+mod chunked;
 mod file;
 mod forward;
+mod h1;
 mod http;
 pub mod pick;
+mod pool;
 mod server;
 pub mod split;
 mod stats;

@@ -4,6 +4,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Full};
@@ -16,7 +18,7 @@ use common::*;
 use paracloud_dataplane::{
     bind_stats_socket, serve_stats, Listener, Protocol, Revision, Snapshot, Tuning, WatchEvent,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 /// An HTTP/1.1 backend answering every request with its id, and echoing the forwarding headers.
@@ -655,5 +657,234 @@ async fn a_request_to_a_service_at_zero_is_announced_held_and_served_once_one_is
         "{metrics}"
     );
     server.abort();
+    harness.stop().await;
+}
+
+/// A response body of unknown length: hyper sends it chunked.
+struct Unsized(Option<Bytes>);
+
+impl hyper::body::Body for Unsized {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(
+            self.get_mut()
+                .0
+                .take()
+                .map(|b| Ok(hyper::body::Frame::data(b))),
+        )
+    }
+}
+
+/// An HTTP/1.1 backend echoing each request body in a chunked response, saying which of the
+/// `x-secret` and `x-kept` headers it saw; counts the connections it accepted.
+async fn echo_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                        let has = |name: &str| request.headers().contains_key(name).to_string();
+                        let seen = format!("secret={} kept={}", has("x-secret"), has("x-kept"));
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        let response = Response::builder()
+                            .header("x-seen", seen)
+                            .body(Unsized(Some(body)))
+                            .unwrap();
+                        Ok::<_, Infallible>(response)
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Writes `request` on a raw connection and reads until the data plane closes it.
+async fn raw_exchange(bind: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(bind).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the data plane closes the connection")
+        .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_and_large_bodies_are_relayed_over_one_reused_backend_connection() {
+    let (echo, accepted) = echo_backend().await;
+    let bind = free_addr();
+    let harness = Harness::serving(vec![http_listener(bind, &[("e", echo)])], quick()).await;
+    let mut client = http1_client(bind).await;
+    // Chunked request bodies (hyper's client sends a body of unknown size chunked).
+    let stream = TcpStream::connect(bind).await.unwrap();
+    let (mut chunked, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..3 {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .header("host", "app.test")
+            .body(Unsized(Some(Bytes::from_static(b"hello chunks"))))
+            .unwrap();
+        chunked.ready().await.unwrap();
+        let response = chunked.send_request(request).await.unwrap();
+        assert_eq!(response.headers()["transfer-encoding"], "chunked");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello chunks");
+    }
+    // Bodies larger than what is buffered for retries are streamed, both ways.
+    let large: Bytes = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    for _ in 0..2 {
+        let request = Request::builder()
+            .method("PUT")
+            .uri("/large")
+            .header("host", "app.test")
+            .body(Full::new(large.clone()))
+            .unwrap();
+        let (status, _, body) = send(&mut client, request).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body == large, "the large body came back altered");
+    }
+    let snapshot = harness.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    let payload = 3 * 12 + 2 * 1_000_000;
+    assert_eq!(listener.counters.requests, 5);
+    assert_eq!(listener.counters.responses_2xx, 5);
+    assert_eq!(listener.counters.bytes_in, payload);
+    assert_eq!(listener.counters.bytes_out, payload);
+    assert_eq!(listener.counters.in_flight, 0);
+    assert_eq!(listener.backend("e").unwrap().counters.bytes_out, payload);
+    // Sequential requests, even over two client connections, share one backend connection.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_is_honoured_and_headers_it_names_are_not_forwarded() {
+    let (echo, _) = echo_backend().await;
+    let bind = free_addr();
+    let harness = Harness::serving(vec![http_listener(bind, &[("e", echo)])], quick()).await;
+    let answer = raw_exchange(
+        bind,
+        b"GET / HTTP/1.1\r\nhost: app.test\r\nconnection: close, x-secret\r\nx-secret: 1\r\nx-kept: 2\r\nkeep-alive: timeout=5\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nx-seen: secret=false kept=true\r\n"),
+        "{answer}"
+    );
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("0\r\n\r\n"),
+        "the chunked body ends: {answer}"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let a = http_backend("a").await;
+    let bind = free_addr();
+    let harness = Harness::serving(vec![http_listener(bind, &[("a", a)])], quick()).await;
+    let answer = raw_exchange(
+        bind,
+        b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\nPOST /2 HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{answer}");
+    let snapshot = harness.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    assert_eq!(
+        (listener.counters.requests, listener.counters.bytes_in),
+        (3, 3)
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_and_http10_clients_are_served() {
+    let a = http_backend("a").await;
+    let bind = free_addr();
+    let harness = Harness::serving(vec![http_listener(bind, &[("a", a)])], quick()).await;
+    for bad in [
+        &b"GET / HTTP/1.1\r\nbad header\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ] {
+        let answer = raw_exchange(bind, bad).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    }
+    // HTTP/1.0 goes through hyper: the answer comes, then the connection closes.
+    let answer = raw_exchange(bind, b"GET / HTTP/1.0\r\nhost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\na"), "{answer}");
+    let snapshot = harness.stats.snapshot();
+    let listener = snapshot.listener(bind).unwrap();
+    assert_eq!(
+        (
+            listener.counters.requests,
+            listener.counters.responses_4xx,
+            listener.counters.responses_2xx,
+            listener.counters.errors
+        ),
+        (4, 3, 1, 3)
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_within_a_streamed_body_is_not_held_against_the_backend() {
+    let (echo, _) = echo_backend().await;
+    let bind = free_addr();
+    let tuning = Tuning {
+        eject_after: 1,
+        ..quick()
+    };
+    let harness = Harness::serving(vec![http_listener(bind, &[("e", echo)])], tuning).await;
+    let mut stream = TcpStream::connect(bind).await.unwrap();
+    // A body far above what is buffered, of which only a part is sent.
+    stream
+        .write_all(b"PUT /big HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[7u8; 100_000]).await.unwrap();
+    drop(stream);
+    eventually("the request ends", || async {
+        let snapshot = harness.stats.snapshot();
+        let listener = snapshot.listener(bind).unwrap();
+        listener.counters.in_flight == 0 && listener.counters.errors == 1
+    })
+    .await;
+    let snapshot = harness.stats.snapshot();
+    let backend = snapshot
+        .listener(bind)
+        .unwrap()
+        .backend("e")
+        .unwrap()
+        .clone();
+    assert_eq!((backend.counters.errors, backend.ejected), (0, false));
+    assert_eq!(backend.counters.in_flight, 0);
+    // The backend still serves.
+    let mut client = http1_client(bind).await;
+    let (status, _, body) = send(&mut client, request("POST", bind, "still here")).await;
+    assert_eq!((status, body), (StatusCode::OK, Bytes::from("still here")));
     harness.stop().await;
 }
