@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 use crate::calls::CallGraph;
 use crate::chunked::ChunkedTracker;
 use crate::forward::{self, BackendState, ListenerState, Route};
+use crate::http::InFlight;
 use crate::split::REVISION_HEADER;
 use crate::stats::Counters;
 use crate::Tuning;
@@ -175,21 +176,6 @@ pub(crate) struct Conn {
     routes: watch::Receiver<Arc<Route>>,
     calls: Arc<CallGraph>,
     tuning: Tuning,
-}
-
-/// Counts a request in flight at its listener (and backend, once one answers) until dropped.
-struct InFlight {
-    listener: Arc<ListenerState>,
-    backend: Option<Arc<BackendState>>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.listener.counters.request_done();
-        if let Some(backend) = &self.backend {
-            backend.counters.request_done();
-        }
-    }
 }
 
 impl Conn {

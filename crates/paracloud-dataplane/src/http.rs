@@ -113,9 +113,9 @@ pub(crate) async fn serve(
 
 /// Counts a request in flight at its listener (and backend, once one answers) until dropped,
 /// which is when the response body has been sent or abandoned.
-struct InFlight {
-    listener: Arc<ListenerState>,
-    backend: Option<Arc<BackendState>>,
+pub(crate) struct InFlight {
+    pub(crate) listener: Arc<ListenerState>,
+    pub(crate) backend: Option<Arc<BackendState>>,
 }
 
 impl Drop for InFlight {
