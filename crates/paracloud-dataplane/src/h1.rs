@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 use crate::calls::CallGraph;
 use crate::chunked::ChunkedTracker;
 use crate::forward::{self, BackendState, ListenerState, Route};
-use crate::http::InFlight;
+use crate::http::{InFlight, HOP_BY_HOP};
 use crate::split::REVISION_HEADER;
 use crate::stats::Counters;
 use crate::Tuning;
@@ -47,19 +47,6 @@ const MAX_HEADERS: usize = 100;
 const READ_SIZE: usize = 8 << 10;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// Headers that describe one hop, never forwarded (RFC 9110, section 7.6.1). The
-/// `transfer-encoding` header is kept: bodies are relayed with their framing unchanged.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
 
 /// A read buffer: bytes from `pos` on are unread.
 #[derive(Debug, Default)]
@@ -800,8 +787,11 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether a header describes one hop ([`HOP_BY_HOP`]); `transfer-encoding` is kept here, as
+/// bodies are relayed with their framing unchanged.
 fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+    !name.eq_ignore_ascii_case("transfer-encoding")
+        && HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Whether a `Connection` header names `name` (framing headers are never taken away).

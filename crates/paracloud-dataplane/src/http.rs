@@ -40,7 +40,7 @@ type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 const MAX_REQUEST_BODY: usize = 16 << 20;
 
 /// Headers that describe one hop, never forwarded (RFC 9110, section 7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
+pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
