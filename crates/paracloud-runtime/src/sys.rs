@@ -246,16 +246,12 @@ pub(crate) fn single_threaded() -> io::Result<SingleThreaded> {
     Ok(SingleThreaded(()))
 }
 
-/// fork(2) of a single-threaded process (then the child may run any code), through clone3 so
-/// that the child starts in the cgroup2 directory `cgroup` when one is given.
-pub(crate) fn fork(_proof: &SingleThreaded, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
-    let mut args = libc::clone_args {
-        flags: if cgroup.is_some() {
-            CLONE_INTO_CGROUP
-        } else {
-            0
-        },
-        pidfd: 0,
+/// The arguments of a fork-like clone3 (no stack, no CLONE_VM) with `flags`, the address to store
+/// a pidfd at (0 for none) and the cgroup2 directory to start the child in.
+fn clone_args(flags: u64, pidfd: u64, cgroup: Option<BorrowedFd<'_>>) -> libc::clone_args {
+    libc::clone_args {
+        flags,
+        pidfd,
         child_tid: 0,
         parent_tid: 0,
         exit_signal: libc::SIGCHLD as u64,
@@ -265,7 +261,18 @@ pub(crate) fn fork(_proof: &SingleThreaded, cgroup: Option<BorrowedFd<'_>>) -> i
         set_tid: 0,
         set_tid_size: 0,
         cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
+    }
+}
+
+/// fork(2) of a single-threaded process (then the child may run any code), through clone3 so
+/// that the child starts in the cgroup2 directory `cgroup` when one is given.
+pub(crate) fn fork(_proof: &SingleThreaded, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+    let flags = if cgroup.is_some() {
+        CLONE_INTO_CGROUP
+    } else {
+        0
     };
+    let mut args = clone_args(flags, 0, cgroup);
     // SAFETY: clone3 without a stack or CLONE_VM behaves like fork. With one thread there is no
     // lock held by another thread that the child could inherit locked, so the child may
     // allocate and run ordinary code; `args` is valid for the call.
@@ -326,19 +333,7 @@ pub(crate) fn clone_exec(
         flags |= CLONE_INTO_CGROUP;
     }
     let mut pidfd: libc::c_int = -1;
-    let mut args = libc::clone_args {
-        flags,
-        pidfd: &mut pidfd as *mut libc::c_int as u64,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: 0,
-        set_tid_size: 0,
-        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
-    };
+    let mut args = clone_args(flags, &mut pidfd as *mut libc::c_int as u64, cgroup);
     let keep = keep.map(|fd| fd.as_raw_fd());
     let report = report.as_raw_fd();
     // SAFETY: clone3 without a stack behaves like fork: the child continues here on a copy of

@@ -317,38 +317,33 @@ impl Store {
     }
 
     pub fn set_replicas(&self, app: &str, service: &str, replicas: u32) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        Self::check_service(&tx, app, service)?;
-        tx.execute(
-            "UPDATE services SET replicas = ?3 WHERE app = ?1 AND name = ?2",
-            params![app, service, replicas],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.update_service(app, service, "replicas = ?3", replicas)
     }
 
     /// Sets the traffic share of a revision running beside its service (`None`: the manifest's).
     pub fn set_weight(&self, app: &str, service: &str, weight: Option<u32>) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        Self::check_service(&tx, app, service)?;
-        tx.execute(
-            "UPDATE services SET weight = ?3 WHERE app = ?1 AND name = ?2",
-            params![app, service, weight],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.update_service(app, service, "weight = ?3", weight)
     }
 
     /// Raises a service's revision so that its instances are replaced one by one.
     pub fn bump_revision(&self, app: &str, service: &str) -> Result<()> {
+        self.update_service(app, service, "revision = revision + ?3", 1)
+    }
+
+    /// Applies `assignment` (SQL whose `?3` is `value`) to one service, which must exist.
+    fn update_service(
+        &self,
+        app: &str,
+        service: &str,
+        assignment: &str,
+        value: impl rusqlite::ToSql,
+    ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         Self::check_service(&tx, app, service)?;
         tx.execute(
-            "UPDATE services SET revision = revision + 1 WHERE app = ?1 AND name = ?2",
-            params![app, service],
+            &format!("UPDATE services SET {assignment} WHERE app = ?1 AND name = ?2"),
+            params![app, service, value],
         )?;
         tx.commit()?;
         Ok(())
