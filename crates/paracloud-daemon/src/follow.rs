@@ -17,18 +17,27 @@ use crate::engine::{now_ms, Engine};
 /// How long to wait before following the stream again after it ended (the data plane restarts).
 const RECONNECT_AFTER: Duration = Duration::from_millis(200);
 
+/// A waiting service is looked at once per this period at most: every request waiting for it
+/// announces it, and one look at the state starts it.
+const WAKE_AT_MOST_EVERY: Millis = 500;
+
 /// Follows the data plane for as long as the daemon runs.
 pub async fn follow<D: Driver>(engine: Arc<Engine<D>>) {
     let mut idle = IdleTracker::default();
+    let mut woken: BTreeMap<Waiting, Millis> = BTreeMap::new();
     loop {
-        if let Err(e) = follow_once(&engine, &mut idle).await {
+        if let Err(e) = follow_once(&engine, &mut idle, &mut woken).await {
             tracing::debug!("following the data plane: {e}");
         }
         tokio::time::sleep(RECONNECT_AFTER).await;
     }
 }
 
-async fn follow_once<D: Driver>(engine: &Engine<D>, idle: &mut IdleTracker) -> Result<(), String> {
+async fn follow_once<D: Driver>(
+    engine: &Engine<D>,
+    idle: &mut IdleTracker,
+    woken: &mut BTreeMap<Waiting, Millis>,
+) -> Result<(), String> {
     let client = paracloud_api::Client::new(engine.dataplane_stats_path());
     let response = client
         .send(Method::GET, "/watch", None)
@@ -46,8 +55,14 @@ async fn follow_once<D: Driver>(engine: &Engine<D>, idle: &mut IdleTracker) -> R
             let line: Vec<u8> = pending.drain(..=end).collect();
             match serde_json::from_slice::<WatchEvent>(&line) {
                 Ok(WatchEvent::Waiting(waiting)) => {
-                    idle.touch(&waiting.service, now_ms());
-                    wake(engine, &waiting);
+                    let now = now_ms();
+                    idle.touch(&waiting.service, now);
+                    woken.retain(|_, at| now.saturating_sub(*at) < WAKE_AT_MOST_EVERY);
+                    if let std::collections::btree_map::Entry::Vacant(entry) = woken.entry(waiting)
+                    {
+                        wake(engine, entry.key());
+                        entry.insert(now);
+                    }
                 }
                 Ok(WatchEvent::Snapshot(snapshot)) => {
                     let idle_for = idle.observe(&snapshot, now_ms());

@@ -116,7 +116,7 @@ pub struct Backend {
 /// A request (HTTP) or connection (TCP) waiting because its side of a listener has no ready
 /// instance: announced on the stats socket's `GET /watch` stream, so that the control plane can
 /// start an instance of a service scaled to zero.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Waiting {
     /// The service ("app/service", from the listener's name).
     pub service: String,
