@@ -1,0 +1,170 @@
+//! What a policy sees: one observation per second of every service, kept in a bounded history.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Millis;
+
+/// The caller of requests that come from outside the application (the data plane's name).
+pub const EXTERNAL: &str = "external";
+
+/// One second of the application, observed at its end (`at`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub at: Millis,
+    pub services: BTreeMap<String, ServiceSample>,
+    /// Calls made in this second, per (caller, callee); the caller is [`EXTERNAL`] for requests
+    /// from outside the application.
+    pub calls: Vec<Call>,
+}
+
+/// One service during one second.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSample {
+    /// Requests that arrived (including those held while no instance was ready).
+    pub arrivals: u64,
+    /// Requests answered.
+    pub completions: u64,
+    /// Requests refused or given up on (no instance in time, queue full).
+    pub dropped: u64,
+    /// Response time of the requests answered in this second, as their callers saw it (so it
+    /// includes the time spent in the services this one calls).
+    pub latency: LatencySummary,
+    /// In-flight requests averaged over the second (what Knative's queue-proxy reports).
+    pub concurrency: f64,
+    /// In-flight requests at the end of the second.
+    pub in_flight: u32,
+    /// Every instance that exists: starting, ready or draining.
+    pub instances: Vec<InstanceSample>,
+}
+
+/// Response-time figures of one second, in milliseconds; all zero when nothing was answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// One instance during one second.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSample {
+    pub id: String,
+    /// Passing its readiness check and receiving traffic.
+    pub ready: bool,
+    /// Time since the instance was created.
+    pub age_ms: Millis,
+    /// Cores used, averaged over the second (CPU-seconds per second).
+    pub cpu_used: f64,
+    /// Its CPU limit in cores (the cgroup quota).
+    pub cpu_limit: f64,
+    /// Requests it answered in this second.
+    pub completions: u64,
+    /// Its in-flight requests averaged over the second.
+    pub concurrency: f64,
+}
+
+/// Calls from one service (or [`EXTERNAL`]) to another during one second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    pub from: String,
+    pub to: String,
+    pub count: u64,
+}
+
+impl ServiceSample {
+    pub fn ready_instances(&self) -> usize {
+        self.instances.iter().filter(|i| i.ready).count()
+    }
+
+    /// CPU-seconds used by all instances in this second.
+    pub fn cpu_used(&self) -> f64 {
+        self.instances.iter().map(|i| i.cpu_used).sum()
+    }
+}
+
+/// The last observations, oldest first, at most `capacity` of them.
+#[derive(Debug, Clone)]
+pub struct History {
+    observations: VecDeque<Observation>,
+    capacity: usize,
+}
+
+impl Default for History {
+    /// Ten minutes of seconds: more than any policy here looks back (HPA: 5 min).
+    fn default() -> Self {
+        Self::with_capacity(600)
+    }
+}
+
+impl History {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            observations: VecDeque::with_capacity(capacity.min(4096)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn push(&mut self, observation: Observation) {
+        if self.observations.len() == self.capacity {
+            self.observations.pop_front();
+        }
+        self.observations.push_back(observation);
+    }
+
+    pub fn latest(&self) -> Option<&Observation> {
+        self.observations.back()
+    }
+
+    pub fn len(&self) -> usize {
+        self.observations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.observations.is_empty()
+    }
+
+    /// The observations of the last `seconds` seconds (fewer at the start), oldest first.
+    pub fn last(&self, seconds: usize) -> impl DoubleEndedIterator<Item = &Observation> + '_ {
+        let skip = self.observations.len().saturating_sub(seconds);
+        self.observations.iter().skip(skip)
+    }
+
+    /// One service's samples over the last `seconds` seconds, oldest first; seconds in which
+    /// the service was not observed are left out.
+    pub fn service<'a>(
+        &'a self,
+        service: &'a str,
+        seconds: usize,
+    ) -> impl DoubleEndedIterator<Item = &'a ServiceSample> + 'a {
+        self.last(seconds)
+            .filter_map(move |observation| observation.services.get(service))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(at: Millis) -> Observation {
+        Observation {
+            at,
+            ..Observation::default()
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_newest_up_to_its_capacity() {
+        let mut history = History::with_capacity(3);
+        for second in 1..=5 {
+            history.push(at(second * 1000));
+        }
+        let kept: Vec<Millis> = history.last(10).map(|o| o.at).collect();
+        assert_eq!(kept, [3000, 4000, 5000]);
+        let last_two: Vec<Millis> = history.last(2).map(|o| o.at).collect();
+        assert_eq!(last_two, [4000, 5000]);
+        assert_eq!(history.latest().map(|o| o.at), Some(5000));
+    }
+}

@@ -1,0 +1,1 @@
+//! Queueing formulas (being written now).
