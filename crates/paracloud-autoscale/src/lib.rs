@@ -16,6 +16,7 @@ pub mod hpa;
 pub mod kpa;
 pub mod model;
 pub mod observe;
+pub mod plan;
 pub mod queueing;
 
 pub use config::{Bounds, ScalingConfig, Slo};

@@ -35,7 +35,8 @@ pub struct ServiceSample {
     pub concurrency: f64,
     /// In-flight requests at the end of the second.
     pub in_flight: u32,
-    /// Every instance that exists: starting, ready or draining.
+    /// Every instance that exists and is not on its way out: starting or ready. Instances being
+    /// drained are left out (as Kubernetes leaves terminating pods out of a workload's count).
     pub instances: Vec<InstanceSample>,
 }
 
