@@ -4,6 +4,7 @@
 //! Paracloud runtime, crun, runc and plain unshare; `scale` brings N instances up through the
 //! real CLI and daemon and measures what the platform adds per idle instance. See README.md.
 
+mod autoscale;
 mod host;
 mod oci;
 mod probe;
@@ -49,6 +50,9 @@ enum Command {
     Scale(ScaleArgs),
     /// wrk directly, through Paracloud's data plane, HAProxy and nginx (HTTP and TCP)
     Proxy(ProxyArgs),
+    /// The autoscaling report: every trace under the model, HPA and KPA policies, simulated
+    /// (no root needed)
+    Autoscale(AutoscaleArgs),
     /// `start` then `scale` (then `proxy` with --with-proxy)
     All {
         #[command(flatten)]
@@ -71,6 +75,25 @@ enum Command {
         #[arg(long)]
         cgroup_parent: String,
     },
+}
+
+#[derive(Debug, Args)]
+struct AutoscaleArgs {
+    /// The folder of real traces (worldcup98/, nasa95/, azure-llm-2023/)
+    #[arg(long, value_name = "DIR", default_value = "../shared/traces")]
+    traces: PathBuf,
+    /// Where the report (report.md, results.json, one SVG per scenario) goes
+    #[arg(long, value_name = "DIR", default_value = "bench/results/autoscale")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Only this scenario (step, ramp, diurnal, flash-crowd, worldcup98, nasa95, azure-code,
+    /// azure-conv, moving-bottleneck)
+    #[arg(long, value_name = "NAME")]
+    only: Option<String>,
+    /// Also write every run's per-second timeline and decisions as `<scenario>.json`
+    #[arg(long)]
+    timelines: bool,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +231,15 @@ fn run(cli: Cli) -> Result<()> {
                 workdir,
                 cgroup_parent,
             })
+        }
+        Command::Autoscale(args) => {
+            return autoscale::run(
+                &args.traces,
+                &args.out,
+                args.seed,
+                args.only.as_deref(),
+                args.timelines,
+            )
         }
         Command::Start(start) => (Some(start), None, None),
         Command::Scale(scale) => (None, Some(scale), None),

@@ -2,12 +2,14 @@
 //! predicted end-to-end response time meets the SLO, by branch and bound over per-service
 //! options.
 //!
-//! Each instance with `k` cores is modelled as `max(1, ⌊k⌋)` servers sharing those cores (one
-//! request uses at most one core), so a service of `c` instances is an M/M/(c·s) queue. A
-//! request visits service `s` `V_s` times on average; the end-to-end time is the sum of those
-//! visits, whose means and variances add up, and its percentile is read from a gamma fit.
+//! Each instance is a processor-sharing server: its `k` cores are shared by the requests in
+//! progress, one request using at most one core, and it gets `1/c` of the service's requests
+//! (the data plane's least-loaded picking does better than that split, so the model errs on the
+//! safe side; its calibration takes the rest). A request visits service `s` `V_s` times on
+//! average; the end-to-end time is the sum of those visits, whose means and variances add up,
+//! and its percentile is read from a gamma fit.
 
-use crate::queueing::{gamma_quantile, Mmc};
+use crate::queueing::{gamma_quantile, processor_sharing};
 
 /// One service as the planner sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,11 +73,10 @@ pub fn visit_time(service: &ServiceLoad, allocation: Allocation) -> Option<(f64,
             None
         };
     }
-    let servers_per_instance = allocation.cpu.floor().max(1.0);
-    let service_rate = allocation.cpu / servers_per_instance / service.demand;
-    let servers = allocation.instances * servers_per_instance as u32;
-    let queue = Mmc::new(servers, service.arrival_rate, service_rate)?;
-    Some((queue.mean(), queue.variance()))
+    let per_instance = service.arrival_rate / f64::from(allocation.instances);
+    let utilisation = per_instance * service.demand / allocation.cpu;
+    let alone = service.demand / allocation.cpu.min(1.0);
+    processor_sharing(alone, utilisation)
 }
 
 /// Utilisation of one service under one allocation.
@@ -101,6 +102,21 @@ pub fn predict(services: &[ServiceLoad], allocations: &[Allocation], percentile:
                 variance += service.visits * v;
             }
             None => return f64::INFINITY,
+        }
+    }
+    end_to_end(mean, variance, percentile)
+}
+
+/// The end-to-end percentile with nothing waiting anywhere: every visit alone on an instance of
+/// the largest size. No allocation does better; an SLO below it cannot be met by scaling.
+pub fn floor(services: &[ServiceLoad], percentile: f64) -> f64 {
+    let mut mean = 0.0;
+    let mut variance = 0.0;
+    for service in services.iter().filter(|s| s.arrival_rate > 0.0 && s.demand > 0.0) {
+        let largest = service.cpu_sizes.last().copied().unwrap_or(1.0);
+        if let Some((m, v)) = processor_sharing(service.demand / largest.min(1.0), 0.0) {
+            mean += service.visits * m;
+            variance += service.visits * v;
         }
     }
     end_to_end(mean, variance, percentile)
@@ -162,10 +178,8 @@ fn options(service: &ServiceLoad, target: &PlanTarget) -> Vec<Option_> {
                 mean: service.visits * mean,
                 variance: service.visits * variance,
             });
-            let servers = instances * cpu.floor().max(1.0) as u32;
-            let load = service.arrival_rate * service.demand / (cpu / cpu.floor().max(1.0));
             if service.arrival_rate <= 0.0
-                || crate::queueing::erlang_c(servers, load) < NEGLIGIBLE_WAIT
+                || utilisation(service, allocation) < NEGLIGIBLE_UTILISATION
             {
                 break;
             }
@@ -185,8 +199,9 @@ fn options(service: &ServiceLoad, target: &PlanTarget) -> Vec<Option_> {
     kept
 }
 
-/// Below this probability of waiting, another instance buys nothing worth its cost.
-const NEGLIGIBLE_WAIT: f64 = 1e-4;
+/// Below this utilisation, another instance buys nothing worth its cost (the time is within 5%
+/// of the service time alone).
+const NEGLIGIBLE_UTILISATION: f64 = 0.05;
 
 /// Nodes the search may visit before it settles for the best plan found so far.
 const SEARCH_BUDGET: usize = 200_000;
@@ -390,8 +405,8 @@ mod tests {
 
     #[test]
     fn one_service_at_half_load_needs_one_instance() {
-        // 50 req/s × 10 ms = 0.5 cores: one 1-core instance is at 50%; M/M/1 p95 = ln 20 / 50 s
-        // = 60 ms, under 100 ms. Half a core would be at 100%: not allowed.
+        // 50 req/s × 10 ms = 0.5 cores: one 1-core instance is at 50%, its p95 well under 100 ms.
+        // Half a core would be at 100%: not allowed.
         let services = [service("api", 50.0, 0.010, 1.0, 10)];
         let plan = plan(&services, &target(0.100));
         assert!(plan.feasible);
@@ -402,7 +417,9 @@ mod tests {
                 cpu: 1.0
             }]
         );
-        assert!((plan.predicted - 20f64.ln() / 50.0).abs() < 0.002);
+        // Processor sharing at ρ = 0.5: mean 20 ms, variance 20² × 2.5 / 1.5 ms².
+        let expected = gamma_quantile(0.020, 0.0004 * 2.5 / 1.5, 0.95);
+        assert!((plan.predicted - expected).abs() < 1e-9, "{}", plan.predicted);
     }
 
     /// The ConPaaS argument: the bottleneck is the service with the most work per request, not

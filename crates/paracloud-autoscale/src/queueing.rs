@@ -98,6 +98,21 @@ impl Mmc {
     }
 }
 
+/// Mean and variance (seconds, seconds²) of the time a request spends in an M/M/1
+/// processor-sharing server: a CPU shared by the requests in progress, which is how an instance
+/// with a CPU quota serves concurrent requests. `service_time` is the mean time alone on the
+/// server; `utilisation` below 1. The mean is that of FCFS, s/(1−ρ); the variance is larger by
+/// (2+ρ)/(2−ρ) (from the conditional variance of Coffman, Muntz and Trotter, 1970, averaged over
+/// exponential sizes): the long requests are the ones slowed down most.
+pub fn processor_sharing(service_time: f64, utilisation: f64) -> Option<(f64, f64)> {
+    if !(0.0..1.0).contains(&utilisation) || service_time <= 0.0 {
+        return None;
+    }
+    let mean = service_time / (1.0 - utilisation);
+    let variance = mean * mean * (2.0 + utilisation) / (2.0 - utilisation);
+    Some((mean, variance))
+}
+
 /// The `p` quantile of the standard normal distribution (Acklam's rational approximation,
 /// relative error below 1.2e-9).
 pub fn normal_quantile(p: f64) -> f64 {
@@ -208,6 +223,19 @@ mod tests {
     fn an_unstable_queue_has_no_response_time() {
         assert!(Mmc::new(2, 200.0, 100.0).is_none());
         assert!(Mmc::new(0, 1.0, 100.0).is_none());
+    }
+
+    /// M/M/1-PS: E[T] = s/(1−ρ) and E[T²] = 4s²/((2−ρ)(1−ρ)²); alone on the server the time is
+    /// the exponential service itself.
+    #[test]
+    fn processor_sharing_moments() {
+        let (mean, variance) = processor_sharing(0.010, 0.5).unwrap();
+        close(mean, 0.020, 1e-12);
+        close(variance + mean * mean, 4.0 * 0.0001 / (1.5 * 0.25), 1e-12);
+        let (mean, variance) = processor_sharing(0.010, 0.0).unwrap();
+        close(mean, 0.010, 1e-12);
+        close(variance, 0.0001, 1e-12);
+        assert!(processor_sharing(0.010, 1.0).is_none());
     }
 
     #[test]
