@@ -142,6 +142,9 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Simulate the application under a trace with an autoscaling policy, faster than real time
+    /// (no daemon needed): paracloud sim --model sim.toml --trace load.csv --policy model
+    Sim(SimArgs),
     /// Run the daemon in the foreground
     Daemon,
     /// Print a shell completion script: paracloud completion bash > /etc/bash_completion.d/paracloud
@@ -155,4 +158,50 @@ pub enum Command {
         #[arg(long)]
         stats: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// The application model (services, CPU demands, calls, bounds): see docs/sim.md
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// The load: counts per bucket (numbers, or CSV `time,count`), or the Azure LLM CSV
+    #[arg(long, value_name = "FILE")]
+    pub trace: PathBuf,
+    /// The autoscaling policy deciding every simulated second
+    #[arg(long, value_parser = parse_policy, value_name = "model|hpa|kpa")]
+    pub policy: paracloud_autoscale::PolicyKind,
+    /// Seed of every random draw: the same seed gives the same result
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seconds each number of a plain list of counts covers
+    #[arg(long, value_name = "SECONDS", value_parser = positive)]
+    pub bucket: Option<f64>,
+    /// Multiply the trace's rates
+    #[arg(long, value_name = "F", value_parser = positive)]
+    pub scale: Option<f64>,
+    /// Play the trace F times faster (after --start and --duration)
+    #[arg(long, value_name = "F", value_parser = positive)]
+    pub speedup: Option<f64>,
+    /// Start this far into the trace (as in the trace's own time)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub start: Option<std::time::Duration>,
+    /// Keep only this much of the trace (as in the trace's own time)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Also write the whole outcome as JSON, with the per-second timeline and every decision
+    /// with its reason
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<PathBuf>,
+}
+
+fn parse_policy(s: &str) -> Result<paracloud_autoscale::PolicyKind, String> {
+    s.parse()
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a number above 0 (such as 2 or 0.5)")),
+    }
 }

@@ -17,13 +17,14 @@ use paracloud_api::{
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 
-use crate::cli::{Cli, Command, DaemonArgs, Global, Output};
+use crate::cli::{Cli, Command, DaemonArgs, Global, Output, SimArgs};
 use crate::output::{age, print, table};
 
 pub fn run(cli: Cli) -> Result<()> {
     let Cli { global, command } = cli;
     match command {
         Command::Daemon => run_daemon(&global),
+        Command::Sim(args) => sim(&global, &args),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "paracloud", &mut std::io::stdout());
@@ -49,6 +50,137 @@ pub fn run(cli: Cli) -> Result<()> {
             runtime.block_on(client_command(&global, command))
         }
     }
+}
+
+/// What `paracloud sim` prints: the figures policies are compared on.
+#[derive(Debug, serde::Serialize)]
+struct SimSummary {
+    policy: String,
+    seed: u64,
+    requests: u64,
+    slo_violation_seconds: u64,
+    instance_seconds: f64,
+    cpu_seconds: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    dropped: u64,
+    actions: u64,
+}
+
+/// Runs one simulation: no daemon, no instances, only the model, the trace and the policy.
+fn sim(global: &Global, args: &SimArgs) -> Result<()> {
+    let model_file = args.model.display().to_string();
+    let source = std::fs::read_to_string(&args.model).with_context(|| {
+        format!("cannot read the model {model_file}: check the path given to --model")
+    })?;
+    let model = paracloud_sim::Model::parse(&source, &model_file)
+        .map_err(|e| anyhow!("the model is not valid:\n{e}"))?;
+    let trace_file = args.trace.display().to_string();
+    let text = std::fs::read_to_string(&args.trace).with_context(|| {
+        format!("cannot read the trace {trace_file}: check the path given to --trace")
+    })?;
+    let bucket = match args.bucket {
+        Some(seconds) => Some(Duration::try_from_secs_f64(seconds).map_err(|_| {
+            anyhow!("--bucket {seconds:?} is too long: give the seconds each count covers")
+        })?),
+        None => None,
+    };
+    let options = paracloud_sim::ParseOptions { bucket };
+    let mut trace = paracloud_sim::Trace::parse(&text, &options)
+        .map_err(|e| anyhow!("the trace is not valid:\n{}", e.in_file(&trace_file)))?;
+    if args.start.is_some() || args.duration.is_some() {
+        let start = args.start.unwrap_or_default();
+        let len = args
+            .duration
+            .unwrap_or_else(|| trace.duration().saturating_sub(start));
+        trace = trace.window(start, len);
+    }
+    if let Some(factor) = args.speedup {
+        trace = trace.speedup(factor);
+    }
+    if let Some(factor) = args.scale {
+        trace = trace.scale(factor);
+    }
+    if trace.total() <= 0.0 {
+        bail!(
+            "the trace {trace_file} has no requests{}: check --start and --duration, or the file",
+            if args.start.is_some() || args.duration.is_some() {
+                " in the chosen window"
+            } else {
+                ""
+            }
+        );
+    }
+    let mut policy = args.policy.build();
+    let started = Instant::now();
+    let outcome = paracloud_sim::simulate(&model, &trace, policy.as_mut(), args.seed);
+    eprintln!(
+        "simulated {} ({trace}) in {:.1} s",
+        humantime::format_duration(Duration::from_secs(outcome.seconds)),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.timeline {
+        let json = serde_json::to_string(&outcome)?;
+        std::fs::write(path, json).with_context(|| {
+            format!(
+                "cannot write the timeline to {}: check the directory",
+                path.display()
+            )
+        })?;
+    }
+    let summary = SimSummary {
+        policy: outcome.policy.clone(),
+        seed: outcome.seed,
+        requests: outcome.requests,
+        slo_violation_seconds: outcome.slo_violation_seconds,
+        instance_seconds: outcome.instance_seconds,
+        cpu_seconds: outcome.cpu_seconds,
+        p95_ms: outcome.p95_ms,
+        p99_ms: outcome.p99_ms,
+        dropped: outcome.dropped,
+        actions: outcome.actions,
+    };
+    let slo = model.slo;
+    print(global.output, &summary, |s| {
+        let percentile = format!("p{}", (slo.percentile * 100.0 * 10.0).round() / 10.0);
+        let mut out = String::new();
+        let mut field = |name: &str, value: String| out.push_str(&format!("{name:<10}{value}\n"));
+        field("Policy:", format!("{} (seed {})", s.policy, s.seed));
+        field(
+            "Requests:",
+            format!(
+                "{} ({} answered, {} dropped{})",
+                s.requests,
+                outcome.answered,
+                s.dropped,
+                if outcome.in_flight > 0 {
+                    format!(", {} unfinished at the end", outcome.in_flight)
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        field(
+            "SLO:",
+            format!(
+                "{percentile} <= {} ms missed in {} of {} seconds with requests",
+                slo.latency_ms, s.slo_violation_seconds, outcome.seconds_with_arrivals
+            ),
+        );
+        field(
+            "Latency:",
+            format!("p95 {:.1} ms, p99 {:.1} ms", s.p95_ms, s.p99_ms),
+        );
+        field(
+            "Cost:",
+            format!(
+                "{:.0} instance-seconds, {:.0} CPU-seconds",
+                s.instance_seconds, s.cpu_seconds
+            ),
+        );
+        field("Actions:", s.actions.to_string());
+        out
+    })
 }
 
 fn init_tracing() {
@@ -267,7 +399,10 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Describe { service } => describe(global, &service).await,
         Command::Events { follow } => events(global, follow).await,
         Command::Top { once } => top(global, once).await,
-        Command::Daemon | Command::Dataplane { .. } | Command::Completion { .. } => {
+        Command::Daemon
+        | Command::Dataplane { .. }
+        | Command::Completion { .. }
+        | Command::Sim(_) => {
             unreachable!("handled before the client runtime")
         }
     }

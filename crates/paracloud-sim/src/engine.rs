@@ -494,7 +494,7 @@ impl<'a> Engine<'a> {
         }
         match chosen {
             Some(instance) => self.assign(id, instance),
-            None => self.drop_request(id),
+            None => self.give_up(id),
         }
     }
 
@@ -701,12 +701,8 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// A request never reached an instance (held too long, or every instance full).
-    fn drop_request(&mut self, id: u32) {
-        self.give_up(id);
-    }
-
-    /// A request ends without an answer; its caller fails with it.
+    /// A request ends without an answer (held too long, every instance full, or a call of its
+    /// own failed); its caller fails with it, and so on up to the entry.
     fn give_up(&mut self, id: u32) {
         let mut id = id;
         loop {
@@ -742,7 +738,7 @@ impl<'a> Engine<'a> {
                 return;
             }
             self.services[s].held.pop_front();
-            self.drop_request(id);
+            self.give_up(id);
         }
     }
 

@@ -862,6 +862,48 @@ fn visit<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(text in "\\PC{0,200}") {
+            let _ = Model::parse(&text, "fuzz.toml");
+        }
+
+        #[test]
+        fn parsing_model_like_input_never_panics(
+            lines in proptest::collection::vec(
+                "(\\[services\\.[a-c]\\]|slo = \\{ p[0-9]{1,3} = \"[0-9]{1,3}(ms|s|x)\" \\}|(demand|startup|scale_to_zero) = \"-?[0-9]{1,2}(ms|s)\"|(cpu|min|max|instances|cpu_min|cpu_max|max_in_flight|cv) = -?[0-9]{1,2}(\\.5)?|calls = \\{ [a-c] = [0-9] \\}|phases = \\[\\{ at = \"[0-9]s\", demand = \"[0-9]ms\" \\}\\]|distribution = \"(constant|lognormal|x)\")",
+                0..12,
+            ),
+        ) {
+            // Whatever is accepted also simulates.
+            let text = format!("entry = \"a\"\n[services.a]\ndemand = \"1ms\"\n{}", lines.join("\n"));
+            if let Ok(model) = Model::parse(&text, "fuzz.toml") {
+                let trace = crate::Trace::Counts { bucket_us: 1_000_000, counts: vec![20.0; 3] };
+                let out = crate::simulate(&model, &trace, &mut Idle, 1);
+                prop_assert_eq!(out.requests, out.answered + out.dropped + out.in_flight);
+            }
+        }
+    }
+
+    /// A policy that never acts.
+    struct Idle;
+
+    impl paracloud_autoscale::Policy for Idle {
+        fn name(&self) -> &'static str {
+            "idle"
+        }
+
+        fn decide(
+            &mut self,
+            _: u64,
+            _: &paracloud_autoscale::History,
+            _: &ScalingConfig,
+        ) -> Vec<paracloud_autoscale::Decision> {
+            Vec::new()
+        }
+    }
 
     fn parse(src: &str) -> Result<Model, ModelError> {
         Model::parse(src, "sim.toml")

@@ -131,7 +131,8 @@ impl Trace {
     /// The number of requests expected (exact for explicit requests).
     pub fn total(&self) -> f64 {
         match self {
-            Trace::Counts { counts, .. } => counts.iter().sum(),
+            // Plus 0 turns the -0 of an empty sum into 0.
+            Trace::Counts { counts, .. } => counts.iter().sum::<f64>() + 0.0,
             Trace::Requests { requests, .. } => requests.len() as f64,
         }
     }
@@ -569,9 +570,13 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 impl fmt::Display for Trace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let expected = match self {
+            Trace::Counts { .. } => " expected",
+            Trace::Requests { .. } => "",
+        };
         write!(
             f,
-            "{} requests over {}, peak {:.1}/s",
+            "{} requests{expected} over {}, peak {:.1}/s",
             self.total().round(),
             humantime::format_duration(Duration::from_secs(self.duration().as_secs())),
             self.peak()
