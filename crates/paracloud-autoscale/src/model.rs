@@ -50,19 +50,22 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             slo_fraction: 0.8,
-            tail_tightening: 4.0,
+            tail_tightening: 16.0,
             floor_margin: 1.3,
             max_utilisation: 0.85,
-            instance_cost: 0.25,
-            cpu_sizes: vec![0.25, 0.5, 1.0, 1.5, 2.0],
+            instance_cost: 0.5,
+            cpu_sizes: vec![0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0],
             estimate_window: 10,
             scale_in_delay: 30,
-            cpu_down_delay: 5,
+            cpu_down_delay: 20,
             burst_factor: 1.5,
             default_startup_ms: 1000,
         }
     }
 }
+
+/// Seconds over which observed and predicted times are compared.
+const CALIBRATION_SECONDS: usize = 60;
 
 /// The model policy. See the module documentation.
 #[derive(Debug, Default)]
@@ -74,8 +77,9 @@ pub struct ModelPolicy {
     /// Observed ÷ predicted end-to-end percentile, smoothed: corrects what the queueing model
     /// gets wrong about this application (load balancing, service-time shapes).
     calibration: Option<f64>,
-    /// When the last decision changed anything (calibration waits for things to settle).
-    last_change: Millis,
+    /// Per second of the last minute: (predicted, observed) mean end-to-end time, each times
+    /// the requests answered, and those requests.
+    calibration_window: VecDeque<(f64, f64, u64)>,
 }
 
 /// What the policy remembers about one service.
@@ -106,7 +110,7 @@ impl Policy for ModelPolicy {
         let loads = self.loads(history, config);
         let target = self.target(config, &loads);
         let plan = plan::plan(&loads, &target);
-        self.calibrate(now, history, &loads, config);
+        self.calibrate(history, &loads, config);
         let bottleneck = bottleneck(&loads, &plan.allocations);
 
         let mut decisions = Vec::new();
@@ -166,7 +170,6 @@ impl Policy for ModelPolicy {
                 continue;
             }
             tracked.decided = Some((instances, cpu));
-            self.last_change = now;
             decisions.push(Decision {
                 service: name.clone(),
                 instances,
@@ -313,56 +316,51 @@ impl ModelPolicy {
         }
     }
 
-    /// Compares the observed end-to-end percentile with what the model predicts for what runs
-    /// now, in calm seconds only (nothing changed for a while, enough requests answered).
-    fn calibrate(
-        &mut self,
-        now: Millis,
-        history: &History,
-        loads: &[ServiceLoad],
-        config: &ScalingConfig,
-    ) {
+    /// Compares, over the last minute, the mean end-to-end time observed at the entry with what
+    /// the model predicts for each second's arrivals and what ran in it. The mean is used rather
+    /// than the percentile because it is steady even at a few requests a second.
+    fn calibrate(&mut self, history: &History, loads: &[ServiceLoad], config: &ScalingConfig) {
         let Some(latest) = history.latest() else {
             return;
         };
         let Some(entry) = latest.services.get(&config.entry) else {
             return;
         };
-        if now.saturating_sub(self.last_change) < 10_000 || entry.completions < 50 {
-            return;
-        }
-        let mut current = Vec::with_capacity(loads.len());
-        let mut observed_loads = Vec::with_capacity(loads.len());
+        let mut running = Vec::with_capacity(loads.len());
+        let mut seen = Vec::with_capacity(loads.len());
         for load in loads {
-            let Some(sample) = latest.services.get(&load.name) else {
-                return;
-            };
+            let sample = latest.services.get(&load.name).cloned().unwrap_or_default();
             let ready = sample.ready_instances() as u32;
             let cpu = sample
                 .instances
                 .iter()
                 .find(|i| i.ready)
                 .map_or(0.0, |i| i.cpu_limit);
-            if ready as usize != sample.instances.len() {
-                return;
-            }
-            current.push(Allocation {
-                instances: ready,
-                cpu,
-            });
-            observed_loads.push(ServiceLoad {
+            running.push(Allocation { instances: ready, cpu });
+            seen.push(ServiceLoad {
                 arrival_rate: sample.arrivals as f64,
                 ..load.clone()
             });
         }
-        let predicted = plan::predict(&observed_loads, &current, config.slo.percentile);
-        let observed = entry.latency.p95_ms / 1000.0;
-        if !predicted.is_finite() || predicted <= 0.0 || observed <= 0.0 {
-            return;
+        let predicted = plan::mean_time(&seen, &running);
+        let observed = entry.latency.mean_ms / 1000.0;
+        if entry.completions > 0 && predicted.is_finite() && predicted > 0.0 && observed > 0.0 {
+            let weight = entry.completions as f64;
+            self.calibration_window
+                .push_back((predicted * weight, observed * weight, entry.completions));
+        } else {
+            self.calibration_window.push_back((0.0, 0.0, 0));
         }
-        let ratio = (observed / predicted).clamp(0.5, 3.0);
-        let old = self.calibration.unwrap_or(1.0);
-        self.calibration = Some((0.95 * old + 0.05 * ratio).clamp(0.8, 2.5));
+        while self.calibration_window.len() > CALIBRATION_SECONDS {
+            self.calibration_window.pop_front();
+        }
+        let (predicted, observed, answered) = self
+            .calibration_window
+            .iter()
+            .fold((0.0, 0.0, 0), |(p, o, n), s| (p + s.0, o + s.1, n + s.2));
+        if answered >= 30 && predicted > 0.0 {
+            self.calibration = Some((observed / predicted).clamp(0.7, 3.0));
+        }
     }
 }
 
@@ -408,7 +406,7 @@ fn predict_rate(history: &History, service: &str, horizon: f64, burst_factor: f6
     let burst = last > burst_factor * mean && last - mean > 3.0 * mean.sqrt();
     // Arrivals burstier than Poisson (a spread beyond √mean) need room for their usual peaks.
     let spread = (series.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let usual_peak = mean + 2.0 * (spread - mean.sqrt()).max(0.0);
+    let usual_peak = mean + 3.0 * (spread - mean.sqrt()).max(0.0);
     let base = if burst { last } else { level.max(last).max(usual_peak) };
     base + slope.max(0.0) * horizon
 }

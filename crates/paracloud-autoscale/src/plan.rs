@@ -9,7 +9,7 @@
 //! average; the end-to-end time is the sum of those visits, whose means and variances add up,
 //! and its percentile is read from a gamma fit.
 
-use crate::queueing::{gamma_quantile, processor_sharing};
+use crate::queueing::{gamma_quantile, processor_sharing, Mmc};
 
 /// One service as the planner sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,8 +75,16 @@ pub fn visit_time(service: &ServiceLoad, allocation: Allocation) -> Option<(f64,
     }
     let per_instance = service.arrival_rate / f64::from(allocation.instances);
     let utilisation = per_instance * service.demand / allocation.cpu;
-    let alone = service.demand / allocation.cpu.min(1.0);
-    processor_sharing(alone, utilisation)
+    let cores = allocation.cpu.floor();
+    if cores < 2.0 {
+        let alone = service.demand / allocation.cpu.min(1.0);
+        return processor_sharing(alone, utilisation);
+    }
+    // Several whole cores: requests run side by side until the cores are taken, like the
+    // servers of an M/M/s queue; sharing a core beyond that spreads the times as PS does.
+    let queue = Mmc::new(cores as u32, per_instance, cores / allocation.cpu / service.demand)?;
+    let spread = (2.0 + utilisation) / (2.0 - utilisation);
+    Some((queue.mean(), queue.variance() * spread))
 }
 
 /// Utilisation of one service under one allocation.
@@ -105,6 +113,18 @@ pub fn predict(services: &[ServiceLoad], allocations: &[Allocation], percentile:
         }
     }
     end_to_end(mean, variance, percentile)
+}
+
+/// The mean end-to-end time (seconds) of an allocation of every service.
+pub fn mean_time(services: &[ServiceLoad], allocations: &[Allocation]) -> f64 {
+    let mut mean = 0.0;
+    for (service, allocation) in services.iter().zip(allocations) {
+        match visit_time(service, *allocation) {
+            Some((m, _)) => mean += service.visits * m,
+            None => return f64::INFINITY,
+        }
+    }
+    mean
 }
 
 /// The end-to-end percentile with nothing waiting anywhere: every visit alone on an instance of
