@@ -37,8 +37,10 @@ fn model(source: &str, file: &str) -> Result<Model> {
 }
 
 fn read_trace(path: &Path, options: &ParseOptions) -> Result<Trace> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Trace::parse(&text, options).map_err(|e| anyhow::anyhow!("{}", e.in_file(&path.display().to_string())))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Trace::parse(&text, options)
+        .map_err(|e| anyhow::anyhow!("{}", e.in_file(&path.display().to_string())))
 }
 
 /// The NASA trace ships compressed; `tar` unpacks it into a scratch directory.
@@ -96,22 +98,46 @@ pub fn scenarios(traces: &Path, scratch: &Path, seed: u64) -> Result<Vec<Scenari
     all.push(synthetic(
         "step",
         "50 → 300 req/s at 5 min, 15 min",
-        Shape::Step { before: 50.0, after: 300.0, at: 300.0, seconds: 900 },
+        Shape::Step {
+            before: 50.0,
+            after: 300.0,
+            at: 300.0,
+            seconds: 900,
+        },
     ));
     all.push(synthetic(
         "ramp",
         "20 → 400 req/s over 10 min from 2 min, 20 min",
-        Shape::Ramp { from: 20.0, to: 400.0, start: 120.0, len: 600.0, seconds: 1200 },
+        Shape::Ramp {
+            from: 20.0,
+            to: 400.0,
+            start: 120.0,
+            len: 600.0,
+            seconds: 1200,
+        },
     ));
     all.push(synthetic(
         "diurnal",
         "200 ± 180 req/s, a 30-minute day, 10% noise, 1 h",
-        Shape::Diurnal { mean: 200.0, amplitude: 180.0, period: 1800.0, noise: 0.1, seconds: 3600 },
+        Shape::Diurnal {
+            mean: 200.0,
+            amplitude: 180.0,
+            period: 1800.0,
+            noise: 0.1,
+            seconds: 3600,
+        },
     ));
     all.push(synthetic(
         "flash-crowd",
         "60 req/s, ×7 within 20 s at 10 min, decaying over 5 min, 30 min",
-        Shape::FlashCrowd { base: 60.0, factor: 7.0, at: 600.0, rise: 20.0, decay: 300.0, seconds: 1800 },
+        Shape::FlashCrowd {
+            base: 60.0,
+            factor: 7.0,
+            at: 600.0,
+            rise: 20.0,
+            decay: 300.0,
+            seconds: 1800,
+        },
     ));
 
     let worldcup = read_trace(
@@ -136,7 +162,9 @@ pub fn scenarios(traces: &Path, scratch: &Path, seed: u64) -> Result<Vec<Scenari
         name: "nasa95",
         what: "2 h from day 3 13:00, per second, real time, ×20".into(),
         model: shop.clone(),
-        trace: nasa.window(Duration::from_secs(3 * 86_400 + 13 * 3600), hours(2.0)).scale(20.0),
+        trace: nasa
+            .window(Duration::from_secs(3 * 86_400 + 13 * 3600), hours(2.0))
+            .scale(20.0),
     });
 
     let llm = model(LLM, "bench/autoscale/llm.toml")?;
@@ -144,7 +172,10 @@ pub fn scenarios(traces: &Path, scratch: &Path, seed: u64) -> Result<Vec<Scenari
         ("azure-code", "AzureLLMInferenceTrace_code.csv"),
         ("azure-conv", "AzureLLMInferenceTrace_conv.csv"),
     ] {
-        let trace = read_trace(&traces.join("azure-llm-2023").join(file), &ParseOptions::default())?;
+        let trace = read_trace(
+            &traces.join("azure-llm-2023").join(file),
+            &ParseOptions::default(),
+        )?;
         all.push(Scenario {
             name,
             what: format!("{file}: one hour, each request's tokens as its work size, real time"),
@@ -158,14 +189,26 @@ pub fn scenarios(traces: &Path, scratch: &Path, seed: u64) -> Result<Vec<Scenari
         what: "the shop at a steady 200 req/s (±10%) whose store gets 8× slower at 10 min, 25 min"
             .into(),
         model: model(BOTTLENECK, "bench/autoscale/bottleneck.toml")?,
-        trace: Shape::Diurnal { mean: 200.0, amplitude: 20.0, period: 600.0, noise: 0.05, seconds: 1500 }
-            .trace(seed),
+        trace: Shape::Diurnal {
+            mean: 200.0,
+            amplitude: 20.0,
+            period: 600.0,
+            noise: 0.05,
+            seconds: 1500,
+        }
+        .trace(seed),
     });
     Ok(all)
 }
 
 /// Runs every scenario under every policy (two scenarios at a time) and writes the report.
-pub fn run(traces: &Path, out: &Path, seed: u64, only: Option<&str>, timelines: bool) -> Result<()> {
+pub fn run(
+    traces: &Path,
+    out: &Path,
+    seed: u64,
+    only: Option<&str>,
+    timelines: bool,
+) -> Result<()> {
     let scratch = tempfile::tempdir()?;
     let mut scenarios = scenarios(traces, scratch.path(), seed)?;
     if let Some(only) = only {
@@ -178,19 +221,28 @@ pub fn run(traces: &Path, out: &Path, seed: u64, only: Option<&str>, timelines: 
     let started = Instant::now();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<ScenarioResult>>> =
-        scenarios.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let results: Vec<std::sync::Mutex<Option<ScenarioResult>>> = scenarios
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(scenario) = scenarios.get(i) else { break };
+                let Some(scenario) = scenarios.get(i) else {
+                    break;
+                };
                 let began = Instant::now();
                 let outcomes: Vec<Outcome> = PolicyKind::ALL
                     .into_iter()
                     .map(|kind| {
                         let mut policy = kind.build();
-                        paracloud_sim::simulate(&scenario.model, &scenario.trace, policy.as_mut(), seed)
+                        paracloud_sim::simulate(
+                            &scenario.model,
+                            &scenario.trace,
+                            policy.as_mut(),
+                            seed,
+                        )
                     })
                     .collect();
                 eprintln!(
@@ -229,7 +281,10 @@ pub fn run(traces: &Path, out: &Path, seed: u64, only: Option<&str>, timelines: 
             "outcomes": result.outcomes.iter().map(summary).collect::<Vec<_>>(),
         }));
     }
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&compact)?)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&compact)?,
+    )?;
     print!("{markdown}");
     Ok(())
 }
@@ -292,13 +347,25 @@ fn report(results: &[ScenarioResult], seed: u64, took: Duration) -> String {
     for result in results {
         let model = &result.outcomes[0];
         let baselines = &result.outcomes[1..];
-        let best_violations = baselines.iter().map(|o| o.slo_violation_seconds).min().unwrap_or(0);
-        let best_instances = baselines.iter().map(|o| o.instance_seconds).fold(f64::INFINITY, f64::min);
-        let best_cpu = baselines.iter().map(|o| o.cpu_seconds).fold(f64::INFINITY, f64::min);
+        let best_violations = baselines
+            .iter()
+            .map(|o| o.slo_violation_seconds)
+            .min()
+            .unwrap_or(0);
+        let best_instances = baselines
+            .iter()
+            .map(|o| o.instance_seconds)
+            .fold(f64::INFINITY, f64::min);
+        let best_cpu = baselines
+            .iter()
+            .map(|o| o.cpu_seconds)
+            .fold(f64::INFINITY, f64::min);
         let wins = baselines.iter().all(|b| {
             model.slo_violation_seconds < b.slo_violation_seconds
                 || (model.slo_violation_seconds == 0 && b.slo_violation_seconds == 0)
-        }) && baselines.iter().all(|b| model.instance_seconds <= b.instance_seconds);
+        }) && baselines
+            .iter()
+            .all(|b| model.instance_seconds <= b.instance_seconds);
         let _ = writeln!(
             md,
             "| {} | {} / {} | {:.2} | {:.2} | {} |",
@@ -317,17 +384,30 @@ fn report(results: &[ScenarioResult], seed: u64, took: Duration) -> String {
     md
 }
 
-const COLOURS: [RGBColor; 3] = [RGBColor(0, 114, 178), RGBColor(213, 94, 0), RGBColor(0, 158, 115)];
+const COLOURS: [RGBColor; 3] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+];
+
+/// One figure of a simulated second, as a plot shows it.
+type Measure = dyn Fn(&paracloud_sim::Second) -> f64;
 
 /// Load, p95 latency and instances over time, one line per policy, in three panels.
 fn plot(path: &Path, result: &ScenarioResult) -> Result<()> {
     let root = SVGBackend::new(path, (1100, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let panels = root.split_evenly((3, 1));
-    let seconds = result.outcomes.iter().map(|o| o.timeline.len()).max().unwrap_or(1).max(1) as f64;
+    let seconds = result
+        .outcomes
+        .iter()
+        .map(|o| o.timeline.len())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     // Averages over windows keep the SVG small and the lines readable.
     let step = (seconds / 600.0).ceil().max(1.0) as usize;
-    let series = |o: &Outcome, value: &dyn Fn(&paracloud_sim::Second) -> f64| -> Vec<(f64, f64)> {
+    let series = |o: &Outcome, value: &Measure| -> Vec<(f64, f64)> {
         o.timeline
             .chunks(step)
             .map(|chunk| {
@@ -337,19 +417,25 @@ fn plot(path: &Path, result: &ScenarioResult) -> Result<()> {
             })
             .collect()
     };
-    let panels_spec: [(&str, &dyn Fn(&paracloud_sim::Second) -> f64); 3] = [
+    let panels_spec: [(&str, &Measure); 3] = [
         ("entry requests per second", &|s| s.arrivals as f64),
-        ("p95 latency (ms, answered in the second; dropped seconds at the top)", &|s| {
-            if s.dropped > 0 {
-                f64::INFINITY
-            } else {
-                s.p95_ms
-            }
+        (
+            "p95 latency (ms, answered in the second; dropped seconds at the top)",
+            &|s| {
+                if s.dropped > 0 {
+                    f64::INFINITY
+                } else {
+                    s.p95_ms
+                }
+            },
+        ),
+        ("instances (all services)", &|s| {
+            s.instances.iter().map(|&i| f64::from(i)).sum()
         }),
-        ("instances (all services)", &|s| s.instances.iter().map(|&i| f64::from(i)).sum()),
     ];
     for (index, (title, value)) in panels_spec.iter().enumerate() {
-        let lines: Vec<Vec<(f64, f64)>> = result.outcomes.iter().map(|o| series(o, *value)).collect();
+        let lines: Vec<Vec<(f64, f64)>> =
+            result.outcomes.iter().map(|o| series(o, value)).collect();
         let cap = if index == 1 { 2000.0 } else { f64::INFINITY };
         let top = lines
             .iter()
@@ -358,19 +444,37 @@ fn plot(path: &Path, result: &ScenarioResult) -> Result<()> {
             .fold(1.0f64, f64::max)
             * 1.05;
         let mut chart = ChartBuilder::on(&panels[index])
-            .caption(format!("{} — {}", result.scenario, title), ("sans-serif", 15))
+            .caption(
+                format!("{} — {}", result.scenario, title),
+                ("sans-serif", 15),
+            )
             .margin(8)
             .x_label_area_size(28)
             .y_label_area_size(55)
             .build_cartesian_2d(0f64..seconds, 0f64..top)
             .map_err(plot_error)?;
-        chart.configure_mesh().x_desc("seconds").draw().map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .draw()
+            .map_err(plot_error)?;
         let shown = if index == 0 { 1 } else { lines.len() };
         for (i, line) in lines.iter().take(shown).enumerate() {
-            let colour = if index == 0 { BLACK } else { COLOURS[i % COLOURS.len()] };
-            let label = if index == 0 { "load".to_string() } else { result.outcomes[i].policy.clone() };
+            let colour = if index == 0 {
+                BLACK
+            } else {
+                COLOURS[i % COLOURS.len()]
+            };
+            let label = if index == 0 {
+                "load".to_string()
+            } else {
+                result.outcomes[i].policy.clone()
+            };
             chart
-                .draw_series(LineSeries::new(line.iter().map(|&(t, v)| (t, v.min(cap))), &colour))
+                .draw_series(LineSeries::new(
+                    line.iter().map(|&(t, v)| (t, v.min(cap))),
+                    &colour,
+                ))
                 .map_err(plot_error)?
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour));

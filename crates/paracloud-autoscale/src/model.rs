@@ -305,8 +305,8 @@ impl ModelPolicy {
     /// it: the plan aims a margin above that floor instead of asking for every instance there is.
     fn target(&self, config: &ScalingConfig, loads: &[ServiceLoad]) -> PlanTarget {
         let percentile = 1.0 - (1.0 - config.slo.percentile) / self.config.tail_tightening;
-        let wanted =
-            config.slo.latency_ms / 1000.0 * self.config.slo_fraction / self.calibration.unwrap_or(1.0);
+        let wanted = config.slo.latency_ms / 1000.0 * self.config.slo_fraction
+            / self.calibration.unwrap_or(1.0);
         let reachable = plan::floor(loads, percentile) * self.config.floor_margin;
         PlanTarget {
             latency: wanted.max(reachable),
@@ -336,7 +336,10 @@ impl ModelPolicy {
                 .iter()
                 .find(|i| i.ready)
                 .map_or(0.0, |i| i.cpu_limit);
-            running.push(Allocation { instances: ready, cpu });
+            running.push(Allocation {
+                instances: ready,
+                cpu,
+            });
             seen.push(ServiceLoad {
                 arrival_rate: sample.arrivals as f64,
                 ..load.clone()
@@ -346,8 +349,11 @@ impl ModelPolicy {
         let observed = entry.latency.mean_ms / 1000.0;
         if entry.completions > 0 && predicted.is_finite() && predicted > 0.0 && observed > 0.0 {
             let weight = entry.completions as f64;
-            self.calibration_window
-                .push_back((predicted * weight, observed * weight, entry.completions));
+            self.calibration_window.push_back((
+                predicted * weight,
+                observed * weight,
+                entry.completions,
+            ));
         } else {
             self.calibration_window.push_back((0.0, 0.0, 0));
         }
@@ -407,7 +413,11 @@ fn predict_rate(history: &History, service: &str, horizon: f64, burst_factor: f6
     // Arrivals burstier than Poisson (a spread beyond √mean) need room for their usual peaks.
     let spread = (series.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / n).sqrt();
     let usual_peak = mean + 3.0 * (spread - mean.sqrt()).max(0.0);
-    let base = if burst { last } else { level.max(last).max(usual_peak) };
+    let base = if burst {
+        last
+    } else {
+        level.max(last).max(usual_peak)
+    };
     base + slope.max(0.0) * horizon
 }
 

@@ -82,7 +82,11 @@ pub fn visit_time(service: &ServiceLoad, allocation: Allocation) -> Option<(f64,
     }
     // Several whole cores: requests run side by side until the cores are taken, like the
     // servers of an M/M/s queue; sharing a core beyond that spreads the times as PS does.
-    let queue = Mmc::new(cores as u32, per_instance, cores / allocation.cpu / service.demand)?;
+    let queue = Mmc::new(
+        cores as u32,
+        per_instance,
+        cores / allocation.cpu / service.demand,
+    )?;
     let spread = (2.0 + utilisation) / (2.0 - utilisation);
     Some((queue.mean(), queue.variance() * spread))
 }
@@ -132,7 +136,10 @@ pub fn mean_time(services: &[ServiceLoad], allocations: &[Allocation]) -> f64 {
 pub fn floor(services: &[ServiceLoad], percentile: f64) -> f64 {
     let mut mean = 0.0;
     let mut variance = 0.0;
-    for service in services.iter().filter(|s| s.arrival_rate > 0.0 && s.demand > 0.0) {
+    for service in services
+        .iter()
+        .filter(|s| s.arrival_rate > 0.0 && s.demand > 0.0)
+    {
         let largest = service.cpu_sizes.last().copied().unwrap_or(1.0);
         if let Some((m, v)) = processor_sharing(service.demand / largest.min(1.0), 0.0) {
             mean += service.visits * m;
@@ -439,7 +446,11 @@ mod tests {
         );
         // Processor sharing at ρ = 0.5: mean 20 ms, variance 20² × 2.5 / 1.5 ms².
         let expected = gamma_quantile(0.020, 0.0004 * 2.5 / 1.5, 0.95);
-        assert!((plan.predicted - expected).abs() < 1e-9, "{}", plan.predicted);
+        assert!(
+            (plan.predicted - expected).abs() < 1e-9,
+            "{}",
+            plan.predicted
+        );
     }
 
     /// The ConPaaS argument: the bottleneck is the service with the most work per request, not
