@@ -1,7 +1,6 @@
 //! The application model file (TOML): services, their CPU demands, calls and bounds, as plain data.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::ops::Range;
 
 use paracloud_autoscale::{Bounds, ScalingConfig, Slo};
@@ -140,32 +139,9 @@ impl Model {
     }
 }
 
-/// One problem in a model file: where, what, and how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Diagnostic {
-    pub file: String,
-    /// 1-based line and column (in characters) of the offending key or value.
-    pub line: usize,
-    pub column: usize,
-    /// Dotted path of the field, such as `services.api.demand`; empty for TOML syntax errors.
-    pub field: String,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        f.write_str(&self.message)?;
-        if let Some(hint) = &self.hint {
-            write!(f, "\n  hint: {hint}")?;
-        }
-        Ok(())
-    }
-}
+/// One problem in a model file: where, what, and how to fix it (the manifest's own type, so
+/// both files' errors read alike).
+pub use paracloud_manifest::Diagnostic;
 
 /// A model file that cannot be used: every problem found, in source order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
