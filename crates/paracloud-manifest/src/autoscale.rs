@@ -278,11 +278,11 @@ impl Checker<'_> {
         let max_written = written(|s| s.max.clone());
         let idles = service.scale_to_zero.is_some();
         let replicas = service.replicas;
-        let min = value(min_written.clone()).unwrap_or(if idles { 0 } else { replicas.min(1) });
+        let min = value(min_written.clone()).unwrap_or(if idles { 0 } else { 1 });
         let max = value(max_written.clone()).unwrap_or(DEFAULT_MAX.max(replicas).max(min));
         let mut ok = true;
-        if let (Some((n, span)), true) = (&min_written, idles) {
-            if *n > 0 {
+        match (&min_written, idles) {
+            (Some((n, span)), true) if *n > 0 => {
                 self.error(
                     span.clone(),
                     &field("min"),
@@ -294,6 +294,16 @@ impl Checker<'_> {
                 );
                 ok = false;
             }
+            (Some((0, span)), false) => {
+                self.error(
+                    span.clone(),
+                    &field("min"),
+                    "`min` is 0, but the service has no `scale_to_zero`",
+                    Some("add `scale_to_zero = \"5m\"` (how long idle before it may go to zero; the next request starts it again), or set `min = 1`".into()),
+                );
+                ok = false;
+            }
+            _ => {}
         }
         if min > max {
             let (span, key) = match (&min_written, &max_written) {

@@ -162,7 +162,7 @@ fn full_manifest_covers_every_key() {
                 (
                     "web".into(),
                     ServiceScaling {
-                        min: 0,
+                        min: 1,
                         max: 10,
                         cpu: 1.0,
                         cpu_min: 0.25,
@@ -1145,6 +1145,16 @@ fn autoscale_bounds_need_the_table_and_a_service() {
         r#"
 paracloud.toml:13:13: services.web.autoscale: `autoscale` bounds need the application's `[autoscale]` table
   hint: add `[autoscale]` with `policy = "model"` (or "hpa", "kpa") at the top level, or remove this key
+"#,
+    );
+    check(
+        &(SCALED.replace("replicas = 2\n", "autoscale = { min = 0 }\n")
+            + "autoscale = { min = 1 }\n[autoscale]\n"),
+        r#"
+paracloud.toml:7:21: services.api.autoscale.min: `min` is 0, but the service has no `scale_to_zero`
+  hint: add `scale_to_zero = "5m"` (how long idle before it may go to zero; the next request starts it again), or set `min = 1`
+paracloud.toml:13:21: services.web.autoscale.min: `min` is 1, but the service has `scale_to_zero`
+  hint: set `min = 0` to let it go to zero when idle, or remove `scale_to_zero`
 "#,
     );
     check(
