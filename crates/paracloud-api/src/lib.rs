@@ -12,6 +12,7 @@
 //! | `GET /v1/instances?app=APP` | | `[InstanceView]` |
 //! | `GET /v1/apps/{app}/services/{service}` | | [`ServiceView`] |
 //! | `PUT /v1/apps/{app}/services/{service}/replicas` | [`ScaleRequest`] | [`ServiceView`] |
+//! | `PUT /v1/apps/{app}/services/{service}/cpu` | [`CpuRequest`] | [`ServiceView`] |
 //! | `POST /v1/apps/{app}/services/{service}/restart` | | [`ServiceView`] |
 //! | `PUT /v1/apps/{app}/services/{service}/traffic` | [`TrafficRequest`] | [`ServiceView`] |
 //! | `GET /v1/apps/{app}/logs?target=web&tail=100&follow=true` | | text, streamed when following |
@@ -58,6 +59,13 @@ pub struct UpResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScaleRequest {
     pub replicas: u32,
+}
+
+/// CPU per instance of a service, in cores: applied to its running instances at once and to
+/// every instance started after, until the next `up`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CpuRequest {
+    pub cpu: f64,
 }
 
 /// New traffic shares for revisions of a service, by revision name, in percent; revisions not
@@ -117,6 +125,10 @@ pub struct ServiceView {
     /// Instances ready for traffic.
     pub ready: u32,
     pub revision: u64,
+    /// CPU limit per instance in cores (the manifest's `resources.cpu` unless `scale --cpu` or
+    /// the autoscaler changed it); `None`: unlimited.
+    #[serde(default)]
+    pub cpu: Option<f64>,
     /// The stable service address on the application network.
     pub address: String,
     /// Published host addresses, e.g. `127.0.0.1:8080 -> 8080/http`.

@@ -108,11 +108,16 @@ pub enum Command {
         #[arg(short = 'n', long = "tail", default_value_t = 100)]
         tail: usize,
     },
-    /// Set the number of instances of services: paracloud scale api=3 web=2
+    /// Set the number of instances of services, or their CPU per instance:
+    /// paracloud scale api=3 web=2, paracloud scale api --cpu 1.5
     Scale {
-        /// SERVICE=COUNT pairs
+        /// SERVICE=COUNT pairs; with --cpu, a SERVICE alone keeps its count
         #[arg(required = true, value_name = "SERVICE=COUNT")]
         services: Vec<String>,
+        /// CPU per instance, in cores (such as 0.5 or 2), for every service named: running
+        /// instances get it at once, until the next `up`
+        #[arg(long, value_name = "CORES")]
+        cpu: Option<String>,
         /// Return without waiting for the instances
         #[arg(short = 'd', long)]
         detach: bool,

@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use hyper::Method;
 use paracloud_api::{
-    AppView, Client, ClientError, Event, InstanceView, ScaleRequest, ServiceView, TrafficRequest,
-    UpRequest, UpResponse,
+    AppView, Client, ClientError, CpuRequest, Event, InstanceView, ScaleRequest, ServiceView,
+    TrafficRequest, UpRequest, UpResponse,
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 
@@ -393,7 +393,11 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             follow,
             tail,
         } => logs(global, target, follow, tail).await,
-        Command::Scale { services, detach } => scale(global, &services, detach).await,
+        Command::Scale {
+            services,
+            cpu,
+            detach,
+        } => scale(global, &services, cpu.as_deref(), detach).await,
         Command::Restart { services } => restart(global, services).await,
         Command::Traffic { service, shares } => traffic(global, &service, &shares).await,
         Command::Describe { service } => describe(global, &service).await,
@@ -671,41 +675,77 @@ fn split_assignment<'a>(
     Ok((left, right))
 }
 
-/// Parses `api=3` into (service, count).
-fn parse_scale(spec: &str) -> Result<(String, u32)> {
-    let (service, count) = split_assignment(spec, "service", "count", "api=3")?;
+/// Parses `api=3` into (service, count); with `--cpu`, `api` alone is (service, no count).
+fn parse_scale(spec: &str, with_cpu: bool) -> Result<(String, Option<u32>)> {
+    if with_cpu && !spec.contains('=') && !spec.is_empty() {
+        return Ok((spec.to_string(), None));
+    }
+    let (service, count) = split_assignment(spec, "service", "count", "api=3").map_err(|e| {
+        if with_cpu {
+            e
+        } else {
+            anyhow!("{e} (or name it alone with --cpu CORES to change its CPU per instance)")
+        }
+    })?;
     let count = count.parse::<u32>().map_err(|_| {
         anyhow!(
             "`{spec}`: the count must be a whole number of instances, 0 or more (e.g. {service}=3)"
         )
     })?;
-    Ok((service.to_string(), count))
+    Ok((service.to_string(), Some(count)))
 }
 
-async fn scale(global: &Global, specs: &[String], detach: bool) -> Result<()> {
+/// Parses `--cpu 1.5`: cores per instance, a number above 0 (the daemon checks the machine's).
+fn parse_cores(text: &str) -> Result<f64> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|c| c.is_finite() && *c > 0.0)
+        .ok_or_else(|| {
+            anyhow!("--cpu {text}: the CPU per instance is a number of cores above 0, such as --cpu 0.5 or --cpu 2")
+        })
+}
+
+async fn scale(global: &Global, specs: &[String], cpu: Option<&str>, detach: bool) -> Result<()> {
+    let cpu = cpu.map(parse_cores).transpose()?;
     let pairs = specs
         .iter()
-        .map(|s| parse_scale(s))
+        .map(|s| parse_scale(s, cpu.is_some()))
         .collect::<Result<Vec<_>>>()?;
     let client = client(global);
     let app = resolve_app(global, &client, None).await?;
     for (service, replicas) in &pairs {
-        let _: ServiceView = client
-            .put(
-                &format!("/v1/apps/{app}/services/{service}/replicas"),
-                &ScaleRequest {
-                    replicas: *replicas,
-                },
-            )
-            .await
-            .map_err(explain)?;
+        if let Some(cpu) = cpu {
+            let _: ServiceView = client
+                .put(
+                    &format!("/v1/apps/{app}/services/{service}/cpu"),
+                    &CpuRequest { cpu },
+                )
+                .await
+                .map_err(explain)?;
+        }
+        if let Some(replicas) = replicas {
+            let _: ServiceView = client
+                .put(
+                    &format!("/v1/apps/{app}/services/{service}/replicas"),
+                    &ScaleRequest {
+                        replicas: *replicas,
+                    },
+                )
+                .await
+                .map_err(explain)?;
+        }
     }
     if !detach {
         let names: Vec<String> = pairs.iter().map(|(s, _)| s.clone()).collect();
         wait_ready(&client, &app, Some(&names), Duration::from_secs(120)).await?;
     }
     for (service, replicas) in &pairs {
-        eprintln!("{service}: {replicas} instances");
+        if let Some(replicas) = replicas {
+            eprintln!("{service}: {replicas} instances");
+        }
+        if let Some(cpu) = cpu {
+            eprintln!("{service}: {cpu} CPU per instance");
+        }
     }
     Ok(())
 }
@@ -857,8 +897,14 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
         field(
             "Resources:",
             format!(
-                "cpu {}, memory {}, pids {}",
-                r.cpu.map(|c| c.to_string()).unwrap_or("unlimited".into()),
+                "cpu {}{}, memory {}, pids {}",
+                v.cpu.map(|c| c.to_string()).unwrap_or("unlimited".into()),
+                if v.cpu == r.cpu {
+                    String::new()
+                } else {
+                    let manifest = r.cpu.map(|c| c.to_string()).unwrap_or("unlimited".into());
+                    format!(" (changed since `up`; the manifest says {manifest})")
+                },
                 r.memory
                     .map(|m| format!("{} MiB", m / (1024 * 1024)))
                     .unwrap_or("unlimited".into()),
@@ -1056,20 +1102,38 @@ mod tests {
 
     #[test]
     fn scale_arguments_say_what_is_wrong() {
-        assert_eq!(parse_scale("api=3").unwrap(), ("api".to_string(), 3));
-        assert_eq!(parse_scale("api=0").unwrap(), ("api".to_string(), 0));
         assert_eq!(
-            parse_scale("api").unwrap_err().to_string(),
-            "`api` is not SERVICE=COUNT: write for example api=3"
+            parse_scale("api=3", false).unwrap(),
+            ("api".into(), Some(3))
         );
-        assert!(parse_scale("api=-1")
+        assert_eq!(
+            parse_scale("api=0", false).unwrap(),
+            ("api".into(), Some(0))
+        );
+        assert_eq!(
+            parse_scale("api", false).unwrap_err().to_string(),
+            "`api` is not SERVICE=COUNT: write for example api=3 \
+             (or name it alone with --cpu CORES to change its CPU per instance)"
+        );
+        assert!(parse_scale("api=-1", false)
             .unwrap_err()
             .to_string()
             .contains("whole number"));
-        assert!(parse_scale("=2")
+        assert!(parse_scale("=2", false)
             .unwrap_err()
             .to_string()
             .contains("names no service"));
+    }
+
+    #[test]
+    fn with_cpu_a_service_may_be_named_alone() {
+        assert_eq!(parse_scale("api", true).unwrap(), ("api".into(), None));
+        assert_eq!(parse_scale("api=2", true).unwrap(), ("api".into(), Some(2)));
+        assert_eq!(parse_cores("1.5").unwrap(), 1.5);
+        for bad in ["0", "-1", "abc", "inf", "NaN"] {
+            let err = parse_cores(bad).unwrap_err().to_string();
+            assert!(err.contains("such as --cpu 0.5"), "{bad}: {err}");
+        }
     }
 
     #[test]

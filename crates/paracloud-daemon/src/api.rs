@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use paracloud_api::{
-    AppView, ErrorBody, Event, Health, InstanceView, ScaleRequest, ServiceView, TrafficRequest,
-    UpRequest, UpResponse,
+    AppView, CpuRequest, ErrorBody, Event, Health, InstanceView, ScaleRequest, ServiceView,
+    TrafficRequest, UpRequest, UpResponse,
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 use paracloud_state::{AppRecord, Snapshot};
@@ -107,6 +107,7 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
             "/v1/apps/{app}/services/{service}/replicas",
             put(scale::<D>),
         )
+        .route("/v1/apps/{app}/services/{service}/cpu", put(cpu::<D>))
         .route(
             "/v1/apps/{app}/services/{service}/restart",
             post(restart::<D>),
@@ -364,6 +365,51 @@ async fn scale<D: Driver>(
         &app,
         &service,
         &format!("scaled to {}", request.replicas),
+    )?;
+    engine.wake();
+    Ok(Json(service_or_404(&engine, &app, &service)?))
+}
+
+/// The cores of this machine: more CPU per instance than that is never used.
+pub fn machine_cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// Checks a CPU per instance asked for by hand: within [`paracloud_manifest::MIN_CPU`] and the
+/// machine's cores.
+pub fn check_cpu(cpu: f64, cores: f64) -> Result<f64, String> {
+    let min = paracloud_manifest::MIN_CPU;
+    if !cpu.is_finite() || cpu < min {
+        return Err(format!(
+            "cpu {cpu} is too small: an instance gets at least {min} of a core (a number such as 0.5 or 2)"
+        ));
+    }
+    if cpu > cores {
+        return Err(format!(
+            "cpu {cpu} is more than the {cores} cores of this machine: ask for {cores} at most"
+        ));
+    }
+    Ok(cpu)
+}
+
+async fn cpu<D: Driver>(
+    State(engine): Shared<D>,
+    UrlPath((app, service)): UrlPath<(String, String)>,
+    body: Result<Json<CpuRequest>, JsonRejection>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let Json(request) = body?;
+    let cpu = check_cpu(request.cpu, machine_cores())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let before = service_or_404(&engine, &app, &service)?.cpu;
+    engine.store.set_cpu(&app, &service, Some(cpu))?;
+    engine.store.add_event(
+        now_ms(),
+        &app,
+        &service,
+        &format!(
+            "cpu per instance set to {cpu} (was {})",
+            crate::views::cores(before)
+        ),
     )?;
     engine.wake();
     Ok(Json(service_or_404(&engine, &app, &service)?))
@@ -647,4 +693,20 @@ async fn stats<D: Driver>(
         snapshot.calls.retain(|c| c.to.starts_with(&prefix));
     }
     Ok(Json(snapshot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_by_hand_stays_within_a_hundredth_and_the_machine() {
+        assert_eq!(check_cpu(1.5, 2.0), Ok(1.5));
+        assert_eq!(check_cpu(0.01, 2.0), Ok(0.01));
+        assert!(check_cpu(0.001, 2.0).unwrap_err().contains("at least 0.01"));
+        assert!(check_cpu(f64::NAN, 2.0).unwrap_err().contains("too small"));
+        assert!(check_cpu(3.0, 2.0)
+            .unwrap_err()
+            .contains("more than the 2 cores of this machine"));
+    }
 }

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use paracloud_runtime::{Exit, InstanceConfig, NetworkConfig, Process, Result, Runtime};
+use paracloud_runtime::{Exit, InstanceConfig, NetworkConfig, Process, Result, Runtime, Usage};
 
 pub trait Driver: Send + Sync + 'static {
     fn ensure_network(&self, network: &NetworkConfig) -> impl Future<Output = Result<()>> + Send;
@@ -24,6 +24,10 @@ pub trait Driver: Send + Sync + 'static {
     fn signal(&self, process: &Process, signal: Signal) -> Result<()>;
     /// Removes whatever is left of an instance (processes, cgroup, interfaces).
     fn cleanup(&self, id: &str) -> Result<()>;
+    /// Changes the CPU limit of a running instance, in cores (`None`: unlimited), at once.
+    fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()>;
+    /// What an instance has used so far (its cgroup's counters).
+    fn usage(&self, id: &str) -> Result<Usage>;
     fn exec<'a>(
         &'a self,
         process: &'a Process,
@@ -58,6 +62,12 @@ impl Driver for Runtime {
     }
     fn cleanup(&self, id: &str) -> Result<()> {
         Runtime::cleanup(self, id)
+    }
+    fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()> {
+        Runtime::set_cpu(self, id, cpu)
+    }
+    fn usage(&self, id: &str) -> Result<Usage> {
+        Runtime::usage(self, id)
     }
     fn exec<'a>(
         &'a self,

@@ -88,6 +88,9 @@ pub struct Engine<D: Driver> {
     wake: Notify,
     /// Why instances wait, from the last plan (for `describe`).
     waiting: Mutex<Vec<(InstanceKey, String)>>,
+    /// The CPU limit last written to each live instance's cgroup, so that a changed one is
+    /// written once (and all of them once after a daemon restart).
+    applied_cpu: Mutex<HashMap<InstanceKey, Option<f64>>>,
     dataplane: Arc<DataplaneSupervisor>,
 }
 
@@ -106,6 +109,7 @@ impl<D: Driver> Engine<D> {
             live: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             waiting: Mutex::new(Vec::new()),
+            applied_cpu: Mutex::new(HashMap::new()),
             dataplane,
         })
     }
@@ -251,9 +255,40 @@ impl<D: Driver> Engine<D> {
         for action in plan.actions {
             self.execute(&snapshot, action).await;
         }
+        self.apply_cpu(&snapshot);
         self.dataplane.ensure_running();
         self.push_routes();
         Ok((plan.wake_at, acted))
+    }
+
+    /// Writes the CPU limit of every live instance whose service's CPU changed since it was
+    /// last written (by `paracloud scale --cpu`, the autoscaler or `up`).
+    fn apply_cpu(&self, snapshot: &Snapshot) {
+        let live: Vec<InstanceKey> = lock(&self.live).keys().cloned().collect();
+        let mut applied = lock(&self.applied_cpu);
+        applied.retain(|key, _| live.contains(key));
+        for key in live {
+            let Some(app) = snapshot.apps.iter().find(|a| a.name == key.app) else {
+                continue;
+            };
+            let (Some(spec), Some(record)) = (
+                app.manifest.services.get(&key.service),
+                app.services.get(&key.service),
+            ) else {
+                continue;
+            };
+            let cpu = record.cpu(spec);
+            if applied.get(&key) == Some(&cpu) {
+                continue;
+            }
+            match self.driver.set_cpu(&key.id(), cpu) {
+                Ok(()) => {
+                    applied.insert(key, cpu);
+                }
+                // The instance may be ending: its waiter removes it from `live`.
+                Err(e) => tracing::warn!("cannot set the cpu limit of {key}: {e}"),
+            }
+        }
     }
 
     fn network_of(&self, app: &AppRecord) -> Option<AppNetwork> {
@@ -410,6 +445,7 @@ impl<D: Driver> Engine<D> {
             let now = now_ms();
             match result {
                 Ok(process) => {
+                    lock(&engine.applied_cpu).insert(record.key.clone(), config.limits.cpu);
                     record.pid = Some(process.pid);
                     record.start_time = Some(process.start_time);
                     record.started = now;
@@ -523,7 +559,11 @@ impl<D: Driver> Engine<D> {
                 address,
             }),
             limits: Limits {
-                cpu: service.resources.cpu,
+                // `paracloud scale --cpu` and the autoscaler may have changed it since `up`.
+                cpu: app
+                    .services
+                    .get(&key.service)
+                    .map_or(service.resources.cpu, |record| record.cpu(service)),
                 memory: service.resources.memory,
                 pids: service.resources.pids,
             },

@@ -1,8 +1,11 @@
 //! Following the data plane's `GET /watch` stream: a request waiting for a service scaled to zero
-//! starts it again, and a service with `scale_to_zero` that got no request for that long is
-//! scaled to zero.
+//! starts it again, a service with `scale_to_zero` that got no request for that long is scaled to
+//! zero, and each second's snapshot feeds the autoscaler.
+//!
+//! In an application with an autoscaler, its policy decides when a service goes to zero (after
+//! `scale_to_zero` idle, its `idle_ms`); a waiting request still starts a service at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use hyper::Method;
 use paracloud_dataplane::{service_of, Snapshot, Waiting, WatchEvent};
 use paracloud_reconcile::Millis;
 
+use crate::autoscale::Autoscaler;
 use crate::driver::Driver;
 use crate::engine::{now_ms, Engine};
 
@@ -25,8 +29,9 @@ const WAKE_AT_MOST_EVERY: Millis = 500;
 pub async fn follow<D: Driver>(engine: Arc<Engine<D>>) {
     let mut idle = IdleTracker::default();
     let mut woken: BTreeMap<Waiting, Millis> = BTreeMap::new();
+    let mut autoscaler = Autoscaler::new(crate::api::machine_cores());
     loop {
-        if let Err(e) = follow_once(&engine, &mut idle, &mut woken).await {
+        if let Err(e) = follow_once(&engine, &mut idle, &mut woken, &mut autoscaler).await {
             tracing::debug!("following the data plane: {e}");
         }
         tokio::time::sleep(RECONNECT_AFTER).await;
@@ -37,6 +42,7 @@ async fn follow_once<D: Driver>(
     engine: &Engine<D>,
     idle: &mut IdleTracker,
     woken: &mut BTreeMap<Waiting, Millis>,
+    autoscaler: &mut Autoscaler,
 ) -> Result<(), String> {
     let client = paracloud_api::Client::new(engine.dataplane_stats_path());
     let response = client
@@ -67,6 +73,7 @@ async fn follow_once<D: Driver>(
                 Ok(WatchEvent::Snapshot(snapshot)) => {
                     let idle_for = idle.observe(&snapshot, now_ms());
                     scale_idle_to_zero(engine, &idle_for);
+                    autoscale(engine, autoscaler, snapshot);
                 }
                 Err(e) => tracing::warn!("unreadable line from the data plane: {e}"),
             }
@@ -112,13 +119,40 @@ fn wake<D: Driver>(engine: &Engine<D>, waiting: &Waiting) {
     engine.wake();
 }
 
-/// Scales to zero each service with `scale_to_zero` whose listeners had no traffic for that long.
+/// One second of the autoscaler: the instances' CPU counters read, its policies run, their
+/// changes stored.
+fn autoscale<D: Driver>(engine: &Engine<D>, autoscaler: &mut Autoscaler, snapshot: Snapshot) {
+    let Ok(state) = engine.store.load() else {
+        return;
+    };
+    let now = now_ms();
+    let cpu_ns: HashMap<String, u64> = Autoscaler::measured(&state)
+        .into_iter()
+        .filter_map(|id| {
+            let usage = engine.driver.usage(&id).ok()?;
+            Some((id, usage.cpu_usage_ns))
+        })
+        .collect();
+    let step = autoscaler.step(now, &state, snapshot, &cpu_ns);
+    match crate::autoscale::apply(&engine.store, &step, now) {
+        Ok(true) => engine.wake(),
+        Ok(false) => {}
+        Err(e) => tracing::error!("cannot apply the autoscaler's decisions: {e}"),
+    }
+}
+
+/// Scales to zero each service with `scale_to_zero` whose listeners had no traffic for that long
+/// (in applications without an autoscaler: with one, its policy decides).
 fn scale_idle_to_zero<D: Driver>(engine: &Engine<D>, idle_for: &BTreeMap<String, Millis>) {
     let Ok(snapshot) = engine.store.load() else {
         return;
     };
     let mut changed = false;
-    for app in snapshot.apps.iter().filter(|a| a.removing.is_none()) {
+    let followed = snapshot
+        .apps
+        .iter()
+        .filter(|a| a.removing.is_none() && a.manifest.autoscale.is_none());
+    for app in followed {
         for (name, spec) in &app.manifest.services {
             let Some(after) = spec.scale_to_zero else {
                 continue;

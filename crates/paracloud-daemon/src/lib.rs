@@ -3,12 +3,14 @@
 
 pub mod addressing;
 pub mod api;
+pub mod autoscale;
 pub mod dataplane;
 pub mod driver;
 pub mod engine;
 pub mod follow;
 pub mod health;
 pub mod logs;
+pub mod observation;
 pub mod routes;
 pub mod views;
 

@@ -14,8 +14,8 @@ const CORE_WEIGHT: u32 = 1000;
 
 /// An instance's weight in the data plane's picking: its CPU capacity in thousandths of a core
 /// (a whole core when unlimited), so that an instance given more CPU gets more of the requests
-/// (instances of one side have one spec today; CPU per instance will vary once the autoscaler
-/// sets it). The picker's latency EWMA corrects what the limit does not tell.
+/// (the instances of one side share their CPU, set by the manifest, `paracloud scale --cpu` or
+/// the autoscaler). The picker's latency EWMA corrects what the limit does not tell.
 pub fn capacity_weight(cpu: Option<f64>) -> u32 {
     cpu.map_or(CORE_WEIGHT, |cores| {
         (cores * f64::from(CORE_WEIGHT))
@@ -34,11 +34,14 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
             continue;
         };
         let ready_backends = |service: &str, port: u16| -> Vec<Backend> {
-            let weight = app
-                .manifest
-                .services
-                .get(service)
-                .map_or(CORE_WEIGHT, |s| capacity_weight(s.resources.cpu));
+            let weight = match (
+                app.manifest.services.get(service),
+                app.services.get(service),
+            ) {
+                (Some(spec), Some(record)) => capacity_weight(record.cpu(spec)),
+                (Some(spec), None) => capacity_weight(spec.resources.cpu),
+                _ => CORE_WEIGHT,
+            };
             snapshot
                 .instances
                 .iter()

@@ -6,6 +6,11 @@ use paracloud_state::{AppRecord, InstanceRecord, Snapshot};
 
 use crate::addressing::AppNetwork;
 
+/// A CPU limit in words: "1.5" cores, or "unlimited".
+pub fn cores(cpu: Option<f64>) -> String {
+    cpu.map_or_else(|| "unlimited".to_owned(), |c| c.to_string())
+}
+
 pub fn instance_view(
     app: &AppRecord,
     record: &InstanceRecord,
@@ -103,6 +108,7 @@ pub fn service_view(
         replicas: record.replicas,
         ready,
         revision: record.revision,
+        cpu: record.cpu(&spec),
         address,
         published,
         spec,

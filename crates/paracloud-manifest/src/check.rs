@@ -1,5 +1,5 @@
 //! Checks a whole manifest: the top-level keys, every service, and the rules that span services
-//! (dependencies, dependency cycles, published port clashes).
+//! (dependencies, dependency cycles, published port clashes, the autoscaler's entry and bounds).
 
 use std::collections::BTreeMap;
 
@@ -11,7 +11,7 @@ use crate::reader::{child, Checker, Span};
 use crate::service::{Draft, Published};
 use crate::units;
 
-const TOP_KEYS: &[&str] = &["app", "services", "volumes"];
+const TOP_KEYS: &[&str] = &["app", "services", "volumes", "autoscale"];
 const VOLUME_DECLARATION_KEYS: &[&str] = &["labels"];
 
 impl Checker<'_> {
@@ -80,6 +80,11 @@ impl Checker<'_> {
 
         self.dependencies(&drafts);
         self.port_clashes(&drafts);
+        let autoscale = self.autoscale(table.get("autoscale"), &mut drafts);
+        if table.contains_key("autoscale") && autoscale.is_none() {
+            // Every problem is reported; `finish` turns them into the error.
+            return None;
+        }
 
         for draft in drafts.values() {
             for mount in &draft.service.volumes {
@@ -95,6 +100,7 @@ impl Checker<'_> {
                 .map(|(name, d)| (name, d.service))
                 .collect(),
             volumes,
+            autoscale,
         })
     }
 

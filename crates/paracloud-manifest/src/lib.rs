@@ -3,6 +3,7 @@
 //! **Architecture Invariant:** this crate does no I/O. The caller reads the file and answers path
 //! questions through [`FileSystem`], so parsing is a pure function of its inputs and can be fuzzed.
 
+mod autoscale;
 mod check;
 mod error;
 mod location;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
+pub use autoscale::{scaling_config, MAX_INSTANCES, MIN_CPU};
 pub use error::{Diagnostic, ManifestError};
 pub use model::*;
 

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use paracloud_autoscale::PolicyKind;
 use serde::{Deserialize, Serialize};
 
 /// A whole application: the services of one manifest.
@@ -20,6 +21,42 @@ pub struct Manifest {
     pub services: BTreeMap<String, Service>,
     /// Named volumes the services use, by name.
     pub volumes: BTreeMap<String, Volume>,
+    /// The application's autoscaler (`[autoscale]`); `None`: instance counts and CPU change only
+    /// by hand (`paracloud scale`) and by `scale_to_zero`.
+    #[serde(default)]
+    pub autoscale: Option<Autoscale>,
+}
+
+/// The application's autoscaler: which policy, where the SLO is measured, and each service's
+/// bounds. Kept apart from the services' specs, so that adding or tuning it replaces no instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Autoscale {
+    pub policy: PolicyKind,
+    /// The service clients call: the SLO is measured on its listeners, end to end.
+    pub entry: String,
+    pub slo: LatencySlo,
+    /// Bounds of every service (revisions are not autoscaled), defaults filled in.
+    pub services: BTreeMap<String, ServiceScaling>,
+}
+
+/// A response-time objective: the `percentile` of the entry's latency stays under `latency`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LatencySlo {
+    /// As a fraction: 0.95 for `p95`.
+    pub percentile: f64,
+    pub latency: Duration,
+}
+
+/// What the autoscaler may do to one service: instances within `min..=max`, CPU per instance
+/// within `cpu_min..=cpu_max`, starting from `cpu`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ServiceScaling {
+    pub min: u32,
+    pub max: u32,
+    /// CPU per instance the service starts with, in cores: `resources.cpu`, else 1.
+    pub cpu: f64,
+    pub cpu_min: f64,
+    pub cpu_max: f64,
 }
 
 /// One role of the application and how to run its instances.

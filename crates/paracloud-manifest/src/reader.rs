@@ -93,9 +93,21 @@ impl<'a> Checker<'a> {
 
     /// Reports every key of `table` not in `allowed`, suggesting the closest allowed key.
     pub(crate) fn check_keys(&mut self, table: &DeTable<'_>, path: &str, allowed: &[&str]) {
+        self.check_keys_except(table, path, allowed, &[]);
+    }
+
+    /// [`Checker::check_keys`], leaving alone the keys in `reported` (the caller says what is
+    /// wrong with them more precisely).
+    pub(crate) fn check_keys_except(
+        &mut self,
+        table: &DeTable<'_>,
+        path: &str,
+        allowed: &[&str],
+        reported: &[&str],
+    ) {
         for key in table.keys() {
             let name: &str = key.get_ref();
-            if allowed.contains(&name) {
+            if allowed.contains(&name) || reported.contains(&name) {
                 continue;
             }
             let hint = match units::suggest(name, allowed.iter().copied()) {
@@ -450,6 +462,15 @@ fn example(field: &str) -> Option<&'static str> {
         "scale_to_zero" => "scale_to_zero = \"5m\"",
         "revisions" => "[services.api.revisions.canary]",
         "weight" => "weight = 10",
+        "autoscale" => "autoscale = { min = 1, max = 10, cpu_min = 0.25, cpu_max = 2 }",
+        "policy" => "policy = \"model\"",
+        "entry" => "entry = \"web\"",
+        "slo" => "slo = { p95 = \"200ms\" }",
+        "p50" | "p90" | "p95" | "p99" => "p95 = \"200ms\"",
+        "min" => "min = 1",
+        "max" => "max = 10",
+        "cpu_min" => "cpu_min = 0.25",
+        "cpu_max" => "cpu_max = 2",
         _ => return None,
     })
 }

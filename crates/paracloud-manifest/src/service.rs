@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
+use crate::autoscale::ScalingDraft;
 use crate::model::{
     DependsCondition, HealthCheck, Image, Port, Probe, Protocol, Resources, RestartCondition,
     RestartPolicy, Service, VolumeMount,
@@ -35,18 +36,20 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "stop_grace_period",
     "cap_add",
     "scale_to_zero",
+    "autoscale",
     "revisions",
 ];
 
 /// Keys of a `[services.NAME.revisions.REVISION]` table: its traffic share, and the service keys
-/// a revision may change. It serves its service's ports, so it may not set its own.
+/// a revision may change. It serves its service's ports, so it may not set its own, and it is not
+/// autoscaled.
 pub(crate) fn revision_keys() -> Vec<&'static str> {
     std::iter::once("weight")
         .chain(
             SERVICE_KEYS
                 .iter()
                 .copied()
-                .filter(|k| !matches!(*k, "ports" | "revisions")),
+                .filter(|k| !matches!(*k, "ports" | "revisions" | "autoscale")),
         )
         .collect()
 }
@@ -76,6 +79,10 @@ pub(crate) struct Draft {
     pub(crate) depends_spans: BTreeMap<String, (Span, String)>,
     /// Each published host address with where it is written.
     pub(crate) publishes: Vec<Published>,
+    /// Its `autoscale` bounds as written, checked against the application's `[autoscale]` later.
+    pub(crate) autoscale: Option<ScalingDraft>,
+    /// Whether `replicas` is written (else an autoscaled service starts within its bounds).
+    pub(crate) replicas_written: bool,
 }
 
 /// A host address a port is published on, and where the manifest says so.
@@ -126,7 +133,17 @@ impl Checker<'_> {
                 continue;
             };
             let allowed = revision_keys();
-            self.check_keys(table, &revision_path, &allowed);
+            if let Some(key) = table.keys().find(|k| *k.get_ref() == "autoscale") {
+                self.error(
+                    key.span(),
+                    &child(&revision_path, "autoscale"),
+                    "a revision is not autoscaled: `autoscale` applies to services",
+                    Some(format!(
+                        "remove it; the revision keeps its `replicas` (1 unless it says otherwise; `paracloud scale {name}@{revision}=N` changes it)"
+                    )),
+                );
+            }
+            self.check_keys_except(table, &revision_path, &allowed, &["autoscale"]);
             let weight = match table.get("weight") {
                 Some(v) => match self.whole(v, &child(&revision_path, "weight"), 0, 100) {
                     Some(w) => {
@@ -148,8 +165,8 @@ impl Checker<'_> {
             let mut merged = DeTable::new();
             for (k, v) in service {
                 let k_name: &str = k.get_ref();
-                let inherited =
-                    !matches!(k_name, "revisions" | "replicas") && !table.contains_key(k_name);
+                let inherited = !matches!(k_name, "revisions" | "replicas" | "autoscale")
+                    && !table.contains_key(k_name);
                 if inherited {
                     merged.insert(k.clone(), v.clone());
                 }
@@ -288,6 +305,7 @@ impl Checker<'_> {
         let cap_add = get("cap_add").and_then(|v| self.capabilities(v, &field("cap_add")));
         let scale_to_zero =
             get("scale_to_zero").and_then(|v| self.positive_duration(v, &field("scale_to_zero")));
+        let autoscale = get("autoscale").and_then(|v| self.scaling_draft(v, &field("autoscale")));
 
         let service = Service {
             name: name.to_owned(),
@@ -318,6 +336,8 @@ impl Checker<'_> {
             has_health: get("health").is_some(),
             depends_spans,
             publishes,
+            autoscale,
+            replicas_written: get("replicas").is_some(),
         })
     }
 

@@ -129,6 +129,49 @@ fn full_manifest_covers_every_key() {
         revision_of: None,
     };
     assert_eq!(manifest.services["kv"], kv);
+    assert_eq!(
+        manifest.autoscale,
+        Some(Autoscale {
+            policy: PolicyKind::Hpa,
+            entry: "api".into(),
+            slo: LatencySlo {
+                percentile: 0.99,
+                latency: Duration::from_millis(150)
+            },
+            services: BTreeMap::from([
+                (
+                    "api".into(),
+                    ServiceScaling {
+                        min: 1,
+                        max: 10,
+                        cpu: 1.0,
+                        cpu_min: 0.25,
+                        cpu_max: 2.0
+                    }
+                ),
+                (
+                    "kv".into(),
+                    ServiceScaling {
+                        min: 1,
+                        max: 4,
+                        cpu: 0.5,
+                        cpu_min: 0.25,
+                        cpu_max: 1.0
+                    }
+                ),
+                (
+                    "web".into(),
+                    ServiceScaling {
+                        min: 1,
+                        max: 10,
+                        cpu: 1.0,
+                        cpu_min: 0.25,
+                        cpu_max: 2.0
+                    }
+                ),
+            ])
+        })
+    );
 
     let api = &manifest.services["api"];
     assert_eq!(
@@ -340,7 +383,7 @@ fn unknown_key_far() {
         &format!("{HEAD}colour = \"red\"\n"),
         r#"
 paracloud.toml:5:1: services.kv.colour: unknown key `colour`
-  hint: allowed keys here: image, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, revisions
+  hint: allowed keys here: image, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, autoscale, revisions
 "#,
     );
 }
@@ -885,6 +928,242 @@ fn scale_to_zero_is_a_positive_duration() {
         r#"
 paracloud.toml:5:17: services.kv.scale_to_zero: must be more than 0
   hint: for example `scale_to_zero = "5m"`
+"#,
+    );
+}
+
+/// Two services, `web` publishing a port: the entry the autoscaler guesses.
+const SCALED: &str = r#"app = "shop"
+[services.api]
+image = "host"
+command = "api"
+ports = [8000]
+resources = { cpu = 0.5 }
+replicas = 2
+[services.web]
+image = "host"
+command = "web"
+ports = [{ port = 8080, protocol = "http", publish = 8080 }]
+scale_to_zero = "5m"
+"#;
+
+#[test]
+fn an_autoscale_table_fills_in_every_bound() {
+    let manifest = valid(&format!("{SCALED}[autoscale]\n"));
+    let autoscale = manifest.autoscale.clone().unwrap();
+    assert_eq!(autoscale.policy, PolicyKind::Model, "the platform's own");
+    assert_eq!(
+        autoscale.entry, "web",
+        "the only service with a published port"
+    );
+    assert_eq!(
+        autoscale.slo,
+        LatencySlo {
+            percentile: 0.95,
+            latency: Duration::from_millis(200)
+        }
+    );
+    assert_eq!(
+        autoscale.services["api"],
+        ServiceScaling {
+            min: 1,
+            max: 10,
+            cpu: 0.5,
+            cpu_min: 0.25,
+            cpu_max: 2.0
+        }
+    );
+    assert_eq!(
+        autoscale.services["web"],
+        ServiceScaling {
+            min: 0,
+            max: 10,
+            cpu: 1.0,
+            cpu_min: 0.25,
+            cpu_max: 2.0
+        },
+        "scale_to_zero lets it go to 0; no resources.cpu counts as one core"
+    );
+    assert_eq!(valid(SCALED).autoscale, None, "no table, no autoscaler");
+}
+
+#[test]
+fn written_bounds_are_kept_and_replicas_left_out_start_within_them() {
+    let manifest = valid(&format!(
+        "{SCALED}[services.db]\nimage = \"host\"\ncommand = \"db\"\nresources = {{ cpu = 4 }}\n\
+         autoscale = {{ min = 3, max = 5, cpu_min = 1 }}\n\
+         [autoscale]\npolicy = \"hpa\"\nentry = \"web\"\nslo = {{ p99 = \"1s\" }}\n"
+    ));
+    let autoscale = manifest.autoscale.unwrap();
+    assert_eq!(autoscale.policy, PolicyKind::Hpa);
+    assert_eq!(autoscale.slo.percentile, 0.99);
+    assert_eq!(autoscale.slo.latency, Duration::from_secs(1));
+    assert_eq!(
+        autoscale.services["db"],
+        ServiceScaling {
+            min: 3,
+            max: 5,
+            cpu: 4.0,
+            cpu_min: 1.0,
+            cpu_max: 4.0
+        },
+        "the CPU range holds resources.cpu"
+    );
+    assert_eq!(manifest.services["db"].replicas, 3, "starts at min");
+    assert_eq!(manifest.services["api"].replicas, 2, "written: kept");
+}
+
+#[test]
+fn revisions_are_not_autoscaled() {
+    let manifest = valid(&format!(
+        "{SCALED}autoscale = {{ max = 4 }}\n[services.web.revisions.canary]\nweight = 10\n[autoscale]\n"
+    ));
+    let autoscale = manifest.autoscale.unwrap();
+    assert_eq!(
+        autoscale.services.keys().collect::<Vec<_>>(),
+        ["api", "web"]
+    );
+    assert_eq!(autoscale.services["web"].max, 4);
+    assert_eq!(manifest.services["web@canary"].replicas, 1);
+}
+
+#[test]
+fn the_scaling_config_is_what_the_manifest_says() {
+    let manifest = valid(&format!(
+        "{SCALED}[autoscale]\npolicy = \"kpa\"\nslo = {{ p90 = \"50ms\" }}\n"
+    ));
+    let config = scaling_config(&manifest).unwrap();
+    assert_eq!(config.entry, "web");
+    assert_eq!(config.slo.latency_ms, 50.0);
+    assert_eq!(config.slo.percentile, 0.9);
+    let web = &config.services["web"];
+    assert_eq!((web.min_instances, web.max_instances), (0, 10));
+    assert_eq!(web.idle_ms, 300_000, "scale_to_zero is the idle time");
+    let api = &config.services["api"];
+    assert_eq!((api.min_instances, api.max_instances), (1, 10));
+    assert_eq!((api.cpu, api.cpu_min, api.cpu_max), (0.5, 0.25, 2.0));
+    assert_eq!(
+        api.idle_ms,
+        paracloud_autoscale::Bounds::default().idle_ms,
+        "never idles: min is 1"
+    );
+    assert_eq!(scaling_config(&valid(SCALED)), None);
+}
+
+#[test]
+fn autoscale_mistakes_are_located() {
+    check(
+        &format!("{SCALED}[autoscale]\npolicy = \"hpas\"\nentry = \"webb\"\nslo = {{ p95 = \"fast\" }}\n"),
+        r#"
+paracloud.toml:14:10: autoscale.policy: unknown policy "hpas"
+  hint: did you mean "hpa"?
+paracloud.toml:15:9: autoscale.entry: `webb` is not a service of this application
+  hint: did you mean `web`?
+paracloud.toml:16:15: autoscale.slo.p95: invalid duration "fast": expected number at 0
+  hint: write a number and a unit, such as "500ms", "2s" or "1m"
+"#,
+    );
+    check(
+        &format!("{SCALED}[autoscale]\npolicy = \"magic\"\nentry = \"db\"\nslo = {{ p95 = \"1s\", p99 = \"2s\" }}\n"),
+        r#"
+paracloud.toml:14:10: autoscale.policy: unknown policy "magic"
+  hint: use "model" (the platform's model of the whole application), "hpa" (Kubernetes' HorizontalPodAutoscaler) or "kpa" (Knative's autoscaler)
+paracloud.toml:15:9: autoscale.entry: `db` is not a service of this application
+  hint: the services are: api, web
+paracloud.toml:16:27: autoscale.slo.p99: an SLO has one percentile, found `p95` and `p99`
+  hint: keep only one: write one percentile and its latency, such as `slo = { p95 = "200ms" }` (p50, p90, p95 or p99)
+"#,
+    );
+}
+
+#[test]
+fn the_entry_must_be_a_service_with_a_port() {
+    check(
+        &format!("{SCALED}[services.worker]\nimage = \"host\"\ncommand = \"w\"\n[autoscale]\nentry = \"worker\"\n"),
+        r#"
+paracloud.toml:17:9: autoscale.entry: `worker` has no port, so no request to it can be measured
+  hint: name the service clients call, the one with a published port
+"#,
+    );
+    let two = SCALED.replace(
+        "ports = [8000]",
+        "ports = [{ port = 8000, publish = 8000 }]",
+    );
+    check(
+        &format!("{two}[autoscale]\n"),
+        r#"
+paracloud.toml:13:1: autoscale.entry: missing required key `entry`
+  hint: several services publish a port (api, web): name the one clients call, such as `entry = "api"`
+"#,
+    );
+}
+
+#[test]
+fn bounds_that_contradict_each_other_are_located() {
+    check(
+        &(SCALED
+            .replace(
+                "replicas = 2\n",
+                "replicas = 2\nautoscale = { min = 4, max = 3, cpu_min = 2, cpu_max = 1 }\n",
+            )
+            .replace(
+                "[services.web]",
+                "[services.web]\nautoscale = { min = 1, max = 300 }",
+            )
+            + "[autoscale]\n"),
+        r#"
+paracloud.toml:8:21: services.api.autoscale.min: `min` (4) is more than `max` (3)
+  hint: lower `min` or raise `max`
+paracloud.toml:8:43: services.api.autoscale.cpu_min: `cpu_min` (2) is more than `cpu_max` (1)
+  hint: lower `cpu_min` or raise `cpu_max`
+paracloud.toml:10:30: services.web.autoscale.max: must be between 1 and 200, found 300
+  hint: for example `max = 10`
+"#,
+    );
+    check(
+        &(SCALED.replace(
+            "replicas = 2\n",
+            "replicas = 2\nautoscale = { min = 3, cpu_min = 1 }\n",
+        ) + "[services.db]\nimage = \"host\"\ncommand = \"db\"\nreplicas = 5\nresources = { cpu = 4 }\nautoscale = { max = 4, cpu_max = 2 }\n[autoscale]\n"),
+        r#"
+paracloud.toml:8:21: services.api.autoscale.min: `min` (3) is more than the service's `replicas` (2)
+  hint: `replicas` is how many instances start: keep it between `min` and `max`, or leave it out to start with `min`
+paracloud.toml:8:34: services.api.autoscale.cpu_min: `cpu_min` (1) is more than the service's `resources.cpu` (0.5)
+  hint: instances start with `resources.cpu`: keep it between `cpu_min` and `cpu_max`
+paracloud.toml:19:21: services.db.autoscale.max: `max` (4) is less than the service's `replicas` (5)
+  hint: `replicas` is how many instances start: keep it between `min` and `max`, or leave it out to start with `min`
+paracloud.toml:19:34: services.db.autoscale.cpu_max: `cpu_max` (2) is less than the service's `resources.cpu` (4)
+  hint: instances start with `resources.cpu`: keep it between `cpu_min` and `cpu_max`
+"#,
+    );
+}
+
+#[test]
+fn autoscale_bounds_need_the_table_and_a_service() {
+    check(
+        &format!("{SCALED}autoscale = {{ max = 4 }}\n"),
+        r#"
+paracloud.toml:13:13: services.web.autoscale: `autoscale` bounds need the application's `[autoscale]` table
+  hint: add `[autoscale]` with `policy = "model"` (or "hpa", "kpa") at the top level, or remove this key
+"#,
+    );
+    check(
+        &(SCALED.replace("replicas = 2\n", "autoscale = { min = 0 }\n")
+            + "autoscale = { min = 1 }\n[autoscale]\n"),
+        r#"
+paracloud.toml:7:21: services.api.autoscale.min: `min` is 0, but the service has no `scale_to_zero`
+  hint: add `scale_to_zero = "5m"` (how long idle before it may go to zero; the next request starts it again), or set `min = 1`
+paracloud.toml:13:21: services.web.autoscale.min: `min` is 1, but the service has `scale_to_zero`
+  hint: set `min = 0` to let it go to zero when idle, or remove `scale_to_zero`
+"#,
+    );
+    check(
+        &format!(
+            "{SCALED}[services.web.revisions.canary]\nautoscale = {{ max = 2 }}\n[autoscale]\n"
+        ),
+        r#"
+paracloud.toml:14:1: services.web.revisions.canary.autoscale: a revision is not autoscaled: `autoscale` applies to services
+  hint: remove it; the revision keeps its `replicas` (1 unless it says otherwise; `paracloud scale web@canary=N` changes it)
 "#,
     );
 }

@@ -37,6 +37,7 @@ fn app(services: Vec<Service>) -> DesiredApp {
             app: "shop".into(),
             services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
             volumes: BTreeMap::new(),
+            autoscale: None,
         },
         replicas: BTreeMap::new(),
         revisions: BTreeMap::new(),

@@ -1,4 +1,5 @@
-//! Instance cgroups on v1 (hybrid included) and v2 hosts: creation, limits, usage, OOM count, kill.
+//! Instance cgroups on v1 (hybrid included) and v2 hosts: creation, limits and their changes,
+//! usage, OOM count, kill.
 //!
 //! Every manager takes the cgroup filesystem root as a parameter, so tests run them over fixture
 //! directories. **Invariant:** a manager never fails because the host is a v1/v2 hybrid; the
@@ -44,6 +45,9 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     /// How many processes of the instance the OOM killer has ended.
     fn oom_kills(&self, id: &str) -> Result<u64>;
     fn usage(&self, id: &str) -> Result<Usage>;
+    /// Changes the CPU limit of a running instance (`None`: unlimited); its processes get the
+    /// new quota from the next CFS period on.
+    fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()>;
     /// Kills every process in the instance's cgroup and removes it; idempotent.
     fn destroy(&self, id: &str) -> Result<()>;
 }
@@ -141,14 +145,8 @@ impl CgroupManager for V1Manager {
         }
         // A new cgroup starts unlimited; one left over from an earlier instance of the id is
         // reused, so its limits are reset to unlimited where none is asked.
-        if let Some(dir) = self.controller_dir("cpu", id) {
-            if limits.cpu.is_some() || !fresh {
-                let quota = limits.cpu.map_or(-1, |cpu| cpu_quota_us(cpu) as i64);
-                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
-            }
-        } else if limits.cpu.is_some() {
-            return Err(missing_hierarchy("a cpu limit", id, "cpu"));
+        if limits.cpu.is_some() || !fresh {
+            self.set_cpu(id, limits.cpu)?;
         }
         if let Some(dir) = self
             .controller_dir("memory", id)
@@ -217,6 +215,19 @@ impl CgroupManager for V1Manager {
             cpu_usage_ns: number("cpuacct", "cpuacct.usage")?,
             pids: number("pids", "pids.current")?,
         })
+    }
+
+    fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()> {
+        check_relative("instance id", id)?;
+        match self.controller_dir("cpu", id) {
+            Some(dir) => {
+                let quota = cpu.map_or(-1, |cpu| cpu_quota_us(cpu) as i64);
+                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())
+            }
+            None if cpu.is_some() => Err(missing_hierarchy("a cpu limit", id, "cpu")),
+            None => Ok(()),
+        }
     }
 
     fn destroy(&self, id: &str) -> Result<()> {
@@ -301,10 +312,12 @@ impl CgroupManager for V2Manager {
                 ))),
             }
         };
-        let cpu = limits
-            .cpu
-            .map(|cpu| format!("{} {CPU_PERIOD_US}", cpu_quota_us(cpu)));
-        set("cpu.max", cpu, "max", "a cpu limit")?;
+        set(
+            "cpu.max",
+            limits.cpu.map(|c| cpu_max(Some(c))),
+            "max",
+            "a cpu limit",
+        )?;
         set(
             "memory.max",
             limits.memory.map(|m| m.to_string()),
@@ -364,6 +377,29 @@ impl CgroupManager for V2Manager {
         })
     }
 
+    fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()> {
+        check_relative("instance id", id)?;
+        let dir = self.dir(id);
+        if !dir.is_dir() {
+            return Err(Error::Cgroup(format!(
+                "no cgroup {}: the instance {id} is gone",
+                dir.display()
+            )));
+        }
+        let path = dir.join("cpu.max");
+        if !path.exists() {
+            return match cpu {
+                Some(_) => Err(Error::Cgroup(format!(
+                    "a cpu limit requested for {id} but {} is missing: enable the cpu controller in {}",
+                    path.display(),
+                    self.root.join("cgroup.subtree_control").display()
+                ))),
+                None => Ok(()),
+            };
+        }
+        write(&path, &cpu_max(cpu))
+    }
+
     fn destroy(&self, id: &str) -> Result<()> {
         check_relative("instance id", id)?;
         let dir = self.dir(id);
@@ -376,6 +412,14 @@ fn missing_hierarchy(what: &str, id: &str, controller: &str) -> Error {
     Error::Cgroup(format!(
         "{what} requested for {id} but no {controller} cgroup hierarchy is mounted"
     ))
+}
+
+/// The content of cgroup2's cpu.max for a limit in cores (`None`: unlimited).
+fn cpu_max(cpu: Option<f64>) -> String {
+    match cpu {
+        Some(cpu) => format!("{} {CPU_PERIOD_US}", cpu_quota_us(cpu)),
+        None => "max".to_owned(),
+    }
 }
 
 /// cpu.cfs_quota_us (and the quota of cpu.max) for a fraction of cores; at least 1 ms.
@@ -645,6 +689,13 @@ mod tests {
             .collect();
         assert_eq!(m.join_files("a"), joins);
 
+        // Changed while it runs, then lifted.
+        m.set_cpu("a", Some(1.5)).unwrap();
+        assert_eq!(content(r.join("cpu/pc/a/cpu.cfs_quota_us")), "150000");
+        m.set_cpu("a", None).unwrap();
+        assert_eq!(content(r.join("cpu/pc/a/cpu.cfs_quota_us")), "-1");
+        m.set_cpu("a", Some(0.5)).unwrap();
+
         // Reused for a later instance without limits: everything back to unlimited.
         m.create("a", &Limits::default()).unwrap();
         assert_eq!(content(r.join("cpu/pc/a/cpu.cfs_quota_us")), "-1");
@@ -739,6 +790,18 @@ mod tests {
         assert_eq!(content(r.join("pc/i1/memory.swap.max")), "0");
         assert_eq!(content(r.join("pc/i1/pids.max")), "100");
         assert_eq!(m.clone_into_dir("i1"), Some(r.join("pc/i1")));
+        m.set_cpu("i1", Some(0.25)).unwrap();
+        assert_eq!(content(r.join("pc/i1/cpu.max")), "25000 100000");
+        m.set_cpu("i1", None).unwrap();
+        assert_eq!(content(r.join("pc/i1/cpu.max")), "max");
+        let err = |id| m.set_cpu(id, Some(1.0)).unwrap_err().to_string();
+        assert!(err("gone").contains("the instance gone is gone"));
+        fs::create_dir_all(r.join("pc/no-cpu")).unwrap();
+        assert!(
+            err("no-cpu").contains("enable the cpu controller"),
+            "a cgroup without cpu.max cannot take a limit"
+        );
+        m.set_cpu("i1", Some(1.5)).unwrap();
 
         m.create("i1", &Limits::default()).unwrap();
         assert_eq!(content(r.join("pc/i1/cpu.max")), "max");

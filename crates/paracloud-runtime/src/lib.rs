@@ -350,6 +350,10 @@ impl Runtime {
     pub fn usage(&self, id: &str) -> Result<Usage> {
         self.cgroups.usage(id)
     }
+    /// Changes the CPU limit of a running instance in cores (`None`: unlimited), at once.
+    pub fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()> {
+        self.cgroups.set_cpu(id, cpu)
+    }
     /// Runs a command inside a running instance (its namespaces, root and cgroup), for exec health
     /// checks; returns the exit code, or an error after the timeout.
     pub async fn exec(&self, process: &Process, argv: &[String], timeout: Duration) -> Result<i32> {

@@ -51,7 +51,7 @@ pub struct AppRecord {
     pub created: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRecord {
     pub replicas: u32,
     pub revision: u64,
@@ -61,6 +61,17 @@ pub struct ServiceRecord {
     /// For a revision running beside its service: the share of traffic `paracloud traffic` set,
     /// overriding the manifest's weight until the next `up`.
     pub weight: Option<u32>,
+    /// CPU per instance in cores set by `paracloud scale --cpu` or the autoscaler, overriding
+    /// the manifest's `resources.cpu` until the next `up`.
+    pub cpu: Option<f64>,
+}
+
+impl ServiceRecord {
+    /// The CPU limit of its instances in cores: the override, else the manifest's (`None`:
+    /// unlimited).
+    pub fn cpu(&self, spec: &paracloud_manifest::Service) -> Option<f64> {
+        self.cpu.or(spec.resources.cpu)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,11 +160,13 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         // Columns added after the first release of the schema.
-        let has_weight = conn
-            .prepare("SELECT 1 FROM pragma_table_info('services') WHERE name = 'weight'")?
-            .exists([])?;
-        if !has_weight {
-            conn.execute_batch("ALTER TABLE services ADD COLUMN weight INTEGER")?;
+        for (column, kind) in [("weight", "INTEGER"), ("cpu", "REAL")] {
+            let present = conn
+                .prepare("SELECT 1 FROM pragma_table_info('services') WHERE name = ?1")?
+                .exists([column])?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE services ADD COLUMN {column} {kind}"))?;
+            }
         }
         Ok(Self {
             conn: Mutex::new(conn),
@@ -227,7 +240,7 @@ impl Store {
                         revision + 1
                     };
                     tx.execute(
-                        "UPDATE services SET replicas = ?3, revision = ?4, spec = ?5, weight = NULL WHERE app = ?1 AND name = ?2",
+                        "UPDATE services SET replicas = ?3, revision = ?4, spec = ?5, weight = NULL, cpu = NULL WHERE app = ?1 AND name = ?2",
                         params![manifest.app, name, service.replicas, revision as i64, spec],
                     )?;
                 }
@@ -323,6 +336,11 @@ impl Store {
     /// Sets the traffic share of a revision running beside its service (`None`: the manifest's).
     pub fn set_weight(&self, app: &str, service: &str, weight: Option<u32>) -> Result<()> {
         self.update_service(app, service, "weight = ?3", weight)
+    }
+
+    /// Sets the CPU per instance of a service in cores (`None`: the manifest's).
+    pub fn set_cpu(&self, app: &str, service: &str, cpu: Option<f64>) -> Result<()> {
+        self.update_service(app, service, "cpu = ?3", cpu)
     }
 
     /// Raises a service's revision so that its instances are replaced one by one.
@@ -461,8 +479,8 @@ impl Store {
             }
         }
         {
-            let mut stmt =
-                tx.prepare("SELECT app, name, replicas, revision, slot, weight FROM services")?;
+            let mut stmt = tx
+                .prepare("SELECT app, name, replicas, revision, slot, weight, cpu FROM services")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -472,6 +490,7 @@ impl Store {
                         revision: r.get::<_, i64>(3)? as u64,
                         slot: r.get(4)?,
                         weight: r.get(5)?,
+                        cpu: r.get(6)?,
                     },
                 ))
             })?;

@@ -165,3 +165,53 @@ fn a_revision_shares_its_service_address_and_keeps_a_set_weight_until_the_next_u
         "up returns to the manifest's weight"
     );
 }
+
+#[test]
+fn a_set_cpu_holds_until_the_next_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    let mut m = manifest("a", 1);
+    m.services.get_mut("api").unwrap().resources.cpu = Some(0.5);
+    store.put_app(&m, "src", "paracloud.toml", 1).unwrap();
+    let cpu = |store: &Store| {
+        let app = &store.load().unwrap().apps[0];
+        let api = &app.services["api"];
+        (api.cpu, api.cpu(&app.manifest.services["api"]))
+    };
+    assert_eq!(cpu(&store), (None, Some(0.5)), "the manifest's");
+    store.set_cpu("shop", "api", Some(1.5)).unwrap();
+    assert_eq!(cpu(&store), (Some(1.5), Some(1.5)));
+    assert!(matches!(
+        store.set_cpu("shop", "nope", Some(1.0)),
+        Err(Error::NoService { .. })
+    ));
+    store.put_app(&m, "src", "paracloud.toml", 2).unwrap();
+    assert_eq!(
+        cpu(&store),
+        (None, Some(0.5)),
+        "up returns to the manifest's"
+    );
+}
+
+#[test]
+fn a_database_from_before_the_override_columns_gains_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE services (app TEXT NOT NULL, name TEXT NOT NULL, replicas INTEGER NOT NULL,
+             revision INTEGER NOT NULL, slot INTEGER NOT NULL, spec TEXT NOT NULL,
+             PRIMARY KEY (app, name));",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    store
+        .put_app(&manifest("a", 1), "src", "paracloud.toml", 1)
+        .unwrap();
+    store.set_cpu("shop", "web", Some(2.0)).unwrap();
+    store.set_weight("shop", "web", Some(5)).unwrap();
+    let web = &store.load().unwrap().apps[0].services["web"];
+    assert_eq!((web.cpu, web.weight), (Some(2.0), Some(5)));
+}
