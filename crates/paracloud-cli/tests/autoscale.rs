@@ -110,10 +110,9 @@ fn the_daemon_follows_an_autoscaled_app_and_mistakes_are_located() {
     assert_eq!(view["cpu"], 0.5);
 }
 
-/// Kubernetes' HPA scales out a service whose CPU use is above its target (80% of the CPU it
+/// Kubernetes' HPA scales out a service whose CPU use is above its target (70% of the CPU it
 /// asks for) at its next sync (every 15 s). `api` gets as much work as its half core can do.
 #[test]
-#[ignore = "needs the HPA policy of paracloud-autoscale, which is a placeholder that decides nothing yet"]
 fn hpa_scales_out_a_cpu_saturated_service() {
     let p = Platform::new();
     let manifest = autoscaled_shop(&p, "hpa");
