@@ -19,6 +19,7 @@ use toml::de::DeTable;
 pub use autoscale::{scaling_config, MAX_INSTANCES, MIN_CPU};
 pub use error::{Diagnostic, ManifestError};
 pub use model::*;
+pub use units::suggest;
 
 /// Where a manifest comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -302,10 +302,7 @@ pub(crate) fn normalise_capability(text: &str) -> Result<String, Option<String>>
 }
 
 /// The candidate most like `word`, when one is close enough to be a likely typo.
-pub(crate) fn suggest<'c>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'c str>,
-) -> Option<&'c str> {
+pub fn suggest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
     candidates
         .into_iter()
         .map(|candidate| (strsim::jaro_winkler(word, candidate), candidate))
