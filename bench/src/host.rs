@@ -170,6 +170,13 @@ fn parse_ppid(stat: &str) -> Option<i32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Milliseconds since the Unix epoch (the clock of the daemon's events).
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Today's date in UTC, `YYYY-MM-DD`.
 pub fn utc_date() -> String {
     let secs = std::time::SystemTime::now()

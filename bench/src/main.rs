@@ -2,11 +2,17 @@
 //!
 //! `start` times "create instance" to "HTTP port answers" for the same busybox httpd under the
 //! Paracloud runtime, crun, runc and plain unshare; `scale` brings N instances up through the
-//! real CLI and daemon and measures what the platform adds per idle instance. See README.md.
+//! real CLI and daemon and measures what the platform adds per idle instance; `load` replays a
+//! request trace against a URL, and `autoscale-live` against the shop run by an autoscaler. See
+//! README.md.
 
 mod autoscale;
+mod autoscale_live;
 mod host;
+mod latency;
+mod load;
 mod oci;
+mod platform;
 mod probe;
 mod proxy;
 mod report;
@@ -53,6 +59,17 @@ enum Command {
     /// The autoscaling report: every trace under the model, HPA and KPA policies, simulated
     /// (no root needed)
     Autoscale(AutoscaleArgs),
+    /// Replay a request trace against a URL, open loop; print the latency and SLO figures as JSON
+    Load {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Where the requests go: http://IP:PORT/PATH
+        #[arg(long)]
+        url: String,
+    },
+    /// The shop with an autoscaler on a daemon of its own, under a replayed trace: SLO
+    /// violations, instance- and CPU-seconds, actions, as JSON
+    AutoscaleLive(LiveArgs),
     /// `start` then `scale` (then `proxy` with --with-proxy)
     All {
         #[command(flatten)]
@@ -172,6 +189,159 @@ impl ProxyArgs {
     }
 }
 
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// Requests per bucket: numbers (one per line or separated by spaces), CSV `time,count`
+    /// (seconds or `YYYY-MM-DD HH:MM:SS`), or the Azure LLM CSV (one request per row)
+    #[arg(long, value_name = "FILE")]
+    trace: PathBuf,
+    /// Seconds each number of a plain trace covers (CSV traces carry their times)
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    bucket: f64,
+    /// Trace time to start from, in seconds
+    #[arg(long = "from", default_value_t = 0.0, value_name = "SECONDS")]
+    from: f64,
+    /// Trace time to replay, in seconds (default: to its end)
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Play the trace this many times faster (its rates go up as much)
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    speedup: f64,
+    /// Multiply every rate by this
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    scale: f64,
+    /// Seed of the Poisson arrivals
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// SLO latency in milliseconds
+    #[arg(long, default_value_t = 200.0)]
+    slo_ms: f64,
+    /// SLO percentile: 50, 90, 95 or 99
+    #[arg(long, default_value_t = 95.0)]
+    slo_percentile: f64,
+    /// A request without an answer after this many milliseconds failed
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Most connections open at once (a request that needs one more fails)
+    #[arg(long, default_value_t = 20_000)]
+    max_connections: usize,
+}
+
+impl LoadArgs {
+    /// The options of a replay against `target`, checked, with what it will send on stderr.
+    fn options(&self, target: load::Target) -> Result<load::LoadOptions> {
+        ensure!(
+            self.speedup.is_finite() && self.speedup > 0.0,
+            "--speedup {} must be a number above 0, such as 60 (an hour in a minute)",
+            self.speedup
+        );
+        ensure!(
+            self.scale.is_finite() && self.scale >= 0.0,
+            "--scale {} must be a number, 0 or more, such as 0.5",
+            self.scale
+        );
+        ensure!(
+            self.slo_ms.is_finite() && self.slo_ms > 0.0,
+            "--slo-ms {} must be above 0, such as 200",
+            self.slo_ms
+        );
+        ensure!(
+            [50.0, 90.0, 95.0, 99.0].contains(&self.slo_percentile),
+            "--slo-percentile {} must be 50, 90, 95 or 99",
+            self.slo_percentile
+        );
+        ensure!(
+            self.bucket.is_finite() && self.bucket > 0.0,
+            "--bucket {} must be a number of seconds above 0, such as 60 for a per-minute trace",
+            self.bucket
+        );
+        let seconds = |s: f64| s.is_finite() && (0.0..1e12).contains(&s);
+        ensure!(
+            seconds(self.from) && self.duration.is_none_or(|d| seconds(d) && d > 0.0),
+            "--from must be 0 or more and --duration above 0 (seconds of trace time)"
+        );
+        let text = std::fs::read_to_string(&self.trace).with_context(|| {
+            format!(
+                "cannot read the trace {}: check the path (compressed traces must be unpacked first)",
+                self.trace.display()
+            )
+        })?;
+        let options = paracloud_sim::ParseOptions {
+            bucket: Some(Duration::from_secs_f64(self.bucket)),
+        };
+        let trace = paracloud_sim::Trace::parse(&text, &options)
+            .map_err(|e| anyhow::anyhow!(e.in_file(&self.trace.display().to_string())))?;
+        let window = trace.window(
+            Duration::from_secs_f64(self.from),
+            self.duration.map_or(Duration::MAX, Duration::from_secs_f64),
+        );
+        ensure!(
+            !window.duration().is_zero(),
+            "the trace {} holds {:.0} s; --from {} is past its end",
+            self.trace.display(),
+            trace.duration().as_secs_f64(),
+            self.from
+        );
+        let replay = window.speedup(self.speedup).scale(self.scale);
+        eprintln!(
+            "replaying {:.0} requests over {:.0} s (trace {:.0} s from {:.0} s; peak {:.0}/s)",
+            replay.total(),
+            replay.duration().as_secs_f64(),
+            window.duration().as_secs_f64(),
+            self.from,
+            replay.peak()
+        );
+        Ok(load::LoadOptions {
+            target,
+            replay,
+            seed: self.seed,
+            slo_ms: self.slo_ms,
+            slo_percentile: self.slo_percentile / 100.0,
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_connections: self.max_connections,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct LiveArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// The autoscaling policy: model, hpa or kpa
+    #[arg(long)]
+    policy: String,
+    /// CPU work per page, passed on to the api (`/?work=N`)
+    #[arg(long, default_value_t = 20_000)]
+    work: u64,
+    /// Host port the shop is published on (127.0.0.1)
+    #[arg(long, default_value_t = 21280)]
+    port: u16,
+    /// Address pool of the run's daemon
+    #[arg(long, default_value = "10.250.0.0/16")]
+    live_subnet: Ipv4Net,
+    /// The paracloud binary (default: `paracloud` beside this one)
+    #[arg(long, value_name = "FILE")]
+    paracloud: Option<PathBuf>,
+}
+
+/// Lets the generator open as many connections as the process may.
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Prints `value` as JSON on stdout, and into `file` when asked.
+fn print_json(value: &impl serde::Serialize, file: Option<&PathBuf>) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    println!("{text}");
+    if let Some(path) = file {
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Set by SIGINT or SIGTERM: the benchmarks stop at the next check and clean up on the way out.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -209,6 +379,45 @@ fn catch_interrupts() -> Result<()> {
     Ok(())
 }
 
+fn autoscale_live(args: &LiveArgs, json: Option<&PathBuf>, keep: bool) -> Result<()> {
+    args.policy
+        .parse::<paracloud_autoscale::PolicyKind>()
+        .map_err(anyhow::Error::msg)?;
+    // Checked here, so that a bad trace is reported before any daemon starts.
+    let load = args
+        .load
+        .options(load::Target::parse("http://127.0.0.1/")?)?;
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "autoscale-live needs root (the daemon makes namespaces, cgroups, a bridge): run it with sudo"
+    );
+    let paracloud = match &args.paracloud {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("paracloud"),
+    };
+    ensure!(
+        paracloud.is_file(),
+        "no paracloud binary at {}: build the workspace (cargo build --release --workspace) or pass --paracloud",
+        paracloud.display()
+    );
+    raise_open_files();
+    catch_interrupts()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("paracloud-bench-")
+        .disable_cleanup(keep)
+        .tempdir()
+        .context("cannot create a temp dir")?;
+    let options = autoscale_live::LiveOptions {
+        policy: args.policy.clone(),
+        load,
+        work: args.work,
+        port: args.port,
+        subnet: args.live_subnet,
+    };
+    let report = autoscale_live::run(&options, &paracloud, scratch.path())?;
+    print_json(&report, json)
+}
+
 fn main() {
     // The runtime re-executes this binary as sandbox-init: before anything else.
     paracloud_runtime::run_hidden_command_if_requested();
@@ -220,6 +429,19 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Load { load, url } = &cli.command {
+        let options = load.options(load::Target::parse(url)?)?;
+        raise_open_files();
+        catch_interrupts()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let report = runtime.block_on(async {
+            let start = tokio::time::Instant::now() + Duration::from_millis(100);
+            load::run(&options, start).await
+        })?;
+        return print_json(&report, cli.json.as_ref());
+    }
     let (start, scale, proxy) = match cli.command {
         Command::OciWorker {
             rootfs,
@@ -244,6 +466,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Start(start) => (Some(start), None, None),
         Command::Scale(scale) => (None, Some(scale), None),
         Command::Proxy(proxy) => (None, None, Some(proxy)),
+        Command::AutoscaleLive(live) => return autoscale_live(&live, cli.json.as_ref(), cli.keep),
+        Command::Load { .. } => unreachable!("answered above"),
         Command::All {
             start,
             scale,

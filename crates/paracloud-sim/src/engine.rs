@@ -24,7 +24,6 @@ const NONE: u32 = u32::MAX;
 
 /// Random streams, kept apart so that a change in one part (say, a policy starting more
 /// instances) does not shift the arrivals or the demands drawn elsewhere.
-const STREAM_ARRIVALS: u64 = 1;
 const STREAM_BALANCE: u64 = 2;
 const STREAM_STARTUP: u64 = 3;
 const STREAM_SERVICE: u64 = 100;
@@ -328,7 +327,7 @@ impl<'a> Engine<'a> {
             instances,
             requests: Vec::new(),
             free: Vec::new(),
-            arrivals: trace.arrivals(rng(seed, STREAM_ARRIVALS)),
+            arrivals: trace.arrivals(seed),
             pending_arrival: None,
             balance: rng(seed, STREAM_BALANCE),
             startup: rng(seed, STREAM_STARTUP),

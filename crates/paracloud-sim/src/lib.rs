@@ -23,7 +23,7 @@ use paracloud_autoscale::Policy;
 pub use model::{Distribution, Model, ModelError, Phase, ServiceModel};
 pub use outcome::{DecisionRecord, Histogram, Outcome, Second};
 pub use synthetic::Shape;
-pub use trace::{ParseOptions, Trace, TraceError, TracedRequest};
+pub use trace::{Arrivals, ParseOptions, Trace, TraceError, TracedRequest};
 
 /// How to run a simulation.
 #[derive(Debug, Clone, PartialEq)]

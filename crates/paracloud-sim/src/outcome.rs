@@ -121,6 +121,19 @@ impl Histogram {
         self.sum_us += us;
     }
 
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &Histogram) {
+        if other.low <= other.high {
+            for i in other.low..=other.high {
+                self.counts[i] = self.counts[i].saturating_add(other.counts[i]);
+            }
+            self.low = self.low.min(other.low);
+            self.high = self.high.max(other.high);
+        }
+        self.total += other.total;
+        self.sum_us += other.sum_us;
+    }
+
     pub fn count(&self) -> u64 {
         self.total
     }
@@ -181,6 +194,13 @@ mod tests {
             assert!((got / want - 1.0).abs() < 0.01, "q{q}: {got} vs {want}");
         }
         assert!((h.mean_ms() - 500.5).abs() < 1e-9);
+        let mut other = Histogram::default();
+        other.record(5_000_000);
+        let mut merged = h.clone();
+        merged.merge(&other);
+        assert_eq!(merged.count(), 1001);
+        assert!((merged.quantile_ms(1.0) / 5000.0 - 1.0).abs() < 0.01);
+        assert!((merged.quantile_ms(0.5) / 500.0 - 1.0).abs() < 0.01);
         h.clear();
         assert_eq!((h.count(), h.quantile_ms(0.5)), (0, 0.0));
         h.record(0);

@@ -12,6 +12,8 @@ const SECOND_US: u64 = 1_000_000;
 /// The most buckets a CSV trace may spread over (80 MB of counts), so that a stray time cannot
 /// ask for all the memory.
 const MAX_BUCKETS: usize = 10_000_000;
+/// The random stream of the arrivals, apart from the simulator's other streams.
+pub(crate) const STREAM_ARRIVALS: u64 = 1;
 
 /// How much more a generated token costs than a context token in the Azure LLM traces' work size
 /// (`ContextTokens + GENERATED_TOKEN_WEIGHT * GeneratedTokens`): the context is processed in one
@@ -272,11 +274,12 @@ impl Trace {
         }
     }
 
-    /// The arrivals this trace makes, in time order, drawn with `rng` where the trace gives rates.
-    pub(crate) fn arrivals(&self, rng: StdRng) -> Arrivals<'_> {
+    /// The arrivals this trace makes for `seed`, in time order: the same ones the simulator
+    /// replays for that seed, so a live replay and a simulated run see the same requests.
+    pub fn arrivals(&self, seed: u64) -> Arrivals<'_> {
         Arrivals {
             trace: self,
-            rng,
+            rng: rng(seed, STREAM_ARRIVALS),
             index: 0,
             clock: 0.0,
         }
@@ -284,7 +287,7 @@ impl Trace {
 }
 
 /// The arrivals of a trace, produced one at a time: (time in µs, work size).
-pub(crate) struct Arrivals<'t> {
+pub struct Arrivals<'t> {
     trace: &'t Trace,
     rng: StdRng,
     /// The current bucket (counts) or request (explicit).
@@ -772,13 +775,13 @@ mod tests {
             bucket_us: SECOND_US,
             counts: vec![1000.0, 0.0, 3000.0],
         };
-        let arrivals: Vec<(u64, f64)> = trace.arrivals(rng(7, 0)).collect();
+        let arrivals: Vec<(u64, f64)> = trace.arrivals(7).collect();
         let in_second = |s: u64| arrivals.iter().filter(|(t, _)| t / SECOND_US == s).count() as f64;
         assert!((in_second(0) - 1000.0).abs() < 150.0, "{}", in_second(0));
         assert_eq!(in_second(1), 0.0);
         assert!((in_second(2) - 3000.0).abs() < 250.0, "{}", in_second(2));
         assert!(arrivals.windows(2).all(|w| w[0].0 <= w[1].0));
-        let again: Vec<(u64, f64)> = trace.arrivals(rng(7, 0)).collect();
+        let again: Vec<(u64, f64)> = trace.arrivals(7).collect();
         assert_eq!(arrivals, again);
     }
 
