@@ -19,6 +19,8 @@ use crate::platform::Platform;
 const APP: &str = "shop";
 /// The example, as the repository has it; its binaries come from beside the bench.
 const SHOP: &str = include_str!("../../examples/shop/paracloud.toml");
+/// The shop as the simulator sees it: its services' demands and calls.
+const SHOP_SIM: &str = include_str!("../../examples/shop/sim.toml");
 
 #[derive(Debug, Clone)]
 pub struct LiveOptions {
@@ -57,8 +59,148 @@ pub struct LiveReport {
     pub timeline: Vec<LiveSecond>,
     /// Every change, with its reason, as `paracloud events` shows it.
     pub decisions: Vec<LiveDecision>,
+    /// What the simulator predicts for the same trace, seed and policy (see [`sim_model`]).
+    pub simulated: Predicted,
     /// The load generator's own figures (failures by reason, lateness, connections).
     pub load: LoadReport,
+}
+
+/// The simulator's figures for a run, under the same keys as the live ones.
+#[derive(Debug, Clone, Serialize)]
+pub struct Predicted {
+    /// The api's CPU time per request the model was given, measured on this machine.
+    pub api_demand_ms: f64,
+    pub slo_violation_seconds: u64,
+    pub instance_seconds: f64,
+    pub cpu_seconds: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub dropped: u64,
+    pub actions: u64,
+}
+
+/// The paths of a manifest are not checked here: the live run's daemon checks them.
+struct AnyPathExists;
+
+impl paracloud_manifest::FileSystem for AnyPathExists {
+    fn exists(&self, _: &Path) -> bool {
+        true
+    }
+    fn is_dir(&self, _: &Path) -> bool {
+        true
+    }
+}
+
+/// The runs side by side, live and as the simulator predicted them, as a Markdown table.
+pub fn table(reports: &[LiveReport]) -> String {
+    let mut out = String::from(
+        "| policy | requests | SLO-violation s live / sim | instance-s live / sim | \
+         CPU-s live / sim | p95 ms live / sim | p99 ms live / sim | dropped live / sim | \
+         actions live / sim |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in reports {
+        let p = &r.simulated;
+        out.push_str(&format!(
+            "| {} | {} | {} / {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} / {} | {} / {} |\n",
+            r.policy,
+            r.requests,
+            r.slo_violation_seconds,
+            p.slo_violation_seconds,
+            r.instance_seconds,
+            p.instance_seconds,
+            r.cpu_seconds,
+            p.cpu_seconds,
+            r.p95_ms,
+            p.p95_ms,
+            r.p99_ms,
+            p.p99_ms,
+            r.dropped,
+            p.dropped,
+            r.actions,
+            p.actions,
+        ));
+    }
+    out
+}
+
+/// CPU time of the api's work for one page of `work` rounds, on this machine, in milliseconds:
+/// the thread's own CPU time over repeated runs, so other load on the machine does not count.
+pub fn api_demand_ms(work: u64) -> Result<f64> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let cpu_us = || -> Result<i64> {
+        let usage = getrusage(UsageWho::RUSAGE_THREAD)?;
+        let (user, system) = (usage.user_time(), usage.system_time());
+        Ok((user.tv_sec() + system.tv_sec()) * 1_000_000 + user.tv_usec() + system.tv_usec())
+    };
+    let before = cpu_us()?;
+    let mut runs = 0u64;
+    let mut checksum = 0u64;
+    // At least 20 runs and 200 ms of CPU: the clock ticks in microseconds.
+    while runs < 20 || cpu_us()? - before < 200_000 {
+        checksum ^= shop::work::cpu_work(std::hint::black_box(work));
+        runs += 1;
+    }
+    std::hint::black_box(checksum);
+    Ok((cpu_us()? - before) as f64 / runs as f64 / 1000.0)
+}
+
+/// The model the simulator runs for a live run: the services, demands and calls of the shop's
+/// `sim.toml`, the api's demand replaced by `api_demand_ms`, and the SLO, bounds, starting
+/// instances and CPU of the manifest the live run deploys (`manifest_text`).
+pub fn sim_model(manifest_text: &str, api_demand_ms: f64) -> Result<paracloud_sim::Model> {
+    let origin = paracloud_manifest::Origin {
+        file: "paracloud.toml".into(),
+        base_dir: "/".into(),
+    };
+    let manifest = paracloud_manifest::parse(manifest_text, &origin, &AnyPathExists)
+        .map_err(|e| anyhow::anyhow!("the shop's manifest: {e}"))?;
+    let config = paracloud_manifest::scaling_config(&manifest)
+        .context("the shop's manifest has no [autoscale] table")?;
+    let mut model = paracloud_sim::Model::parse(SHOP_SIM, "examples/shop/sim.toml")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    model.slo = config.slo;
+    for (name, service) in &mut model.services {
+        let live = manifest
+            .services
+            .get(name)
+            .with_context(|| format!("sim.toml's service {name} is not in the manifest"))?;
+        let bounds = config.bounds(name);
+        service.instances = live.replicas;
+        service.cpu = bounds.cpu;
+        service.min = bounds.min_instances;
+        service.max = bounds.max_instances;
+        service.cpu_min = bounds.cpu_min;
+        service.cpu_max = bounds.cpu_max;
+        if name == "api" {
+            service.demand_ms = api_demand_ms;
+        }
+    }
+    Ok(model)
+}
+
+/// What the simulator predicts for `opts`'s trace, seed and policy.
+pub fn predict(
+    opts: &LiveOptions,
+    model: &paracloud_sim::Model,
+    api_demand_ms: f64,
+) -> Result<Predicted> {
+    let mut policy = opts
+        .policy
+        .parse::<paracloud_autoscale::PolicyKind>()
+        .map_err(anyhow::Error::msg)?
+        .build();
+    let outcome =
+        paracloud_sim::simulate(model, &opts.load.replay, policy.as_mut(), opts.load.seed);
+    Ok(Predicted {
+        api_demand_ms,
+        slo_violation_seconds: outcome.slo_violation_seconds,
+        instance_seconds: outcome.instance_seconds,
+        cpu_seconds: outcome.cpu_seconds,
+        p95_ms: outcome.p95_ms,
+        p99_ms: outcome.p99_ms,
+        dropped: outcome.dropped,
+        actions: outcome.actions,
+    })
 }
 
 /// One second of the run: the load's figures and, per service (in `services` order), the
@@ -141,6 +283,8 @@ pub fn run(opts: &LiveOptions, paracloud: &Path, scratch: &Path) -> Result<LiveR
         &opts.policy,
         (percentile, opts.load.slo_ms),
     )?;
+    let api_demand_ms = api_demand_ms(opts.work)?;
+    let simulated = predict(opts, &sim_model(&text, api_demand_ms)?, api_demand_ms)?;
     let manifest_path = dir.join("paracloud.toml");
     std::fs::write(&manifest_path, text)?;
     let root = dir.join("root");
@@ -171,7 +315,9 @@ pub fn run(opts: &LiveOptions, paracloud: &Path, scratch: &Path) -> Result<LiveR
         let samples = sampler.await.context("the sampler failed")?;
         let measured = measured?;
         let changes = events(&client, last_event).await?;
-        Ok::<_, anyhow::Error>(report(opts, services, measured, &samples, &changes, start))
+        Ok::<_, anyhow::Error>(report(
+            opts, services, measured, &samples, &changes, start, simulated,
+        ))
     })?;
     Ok(report)
 }
@@ -235,6 +381,7 @@ fn report(
     samples: &[Sample],
     events: &[Event],
     start: Instant,
+    simulated: Predicted,
 ) -> LiveReport {
     let started_ms = crate::host::epoch_ms() as i64
         - Instant::now().saturating_duration_since(start).as_millis() as i64;
@@ -297,6 +444,7 @@ fn report(
         actions: decisions.len() as u64,
         timeline,
         decisions,
+        simulated,
         load,
     }
 }
@@ -304,17 +452,6 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct AnyPathExists;
-
-    impl paracloud_manifest::FileSystem for AnyPathExists {
-        fn exists(&self, _: &Path) -> bool {
-            true
-        }
-        fn is_dir(&self, _: &Path) -> bool {
-            true
-        }
-    }
 
     #[test]
     fn the_shop_gets_the_policy_the_slo_and_this_build() {
@@ -332,5 +469,36 @@ mod tests {
         let web = &parsed.services["web"];
         assert_eq!(web.ports[0].publish.map(|a| a.port()), Some(21280));
         assert!(text.contains("\"/opt/bench bin\""), "{text}");
+    }
+
+    #[test]
+    fn the_simulated_shop_has_the_live_bounds_and_the_measured_demand() {
+        let text = manifest(Path::new("/opt/bin"), 21280, "model", (0.95, 200.0)).unwrap();
+        let model = sim_model(&text, 3.5).unwrap();
+        assert_eq!(model.slo.latency_ms, 200.0);
+        let api = &model.services["api"];
+        assert_eq!(api.demand_ms, 3.5);
+        assert_eq!(
+            (api.instances, api.cpu),
+            (2, 1.0),
+            "as the manifest starts it"
+        );
+        assert_eq!(
+            (api.min, api.max, api.cpu_min, api.cpu_max),
+            (1, 10, 0.25, 2.0),
+            "the manifest's default bounds"
+        );
+        assert_eq!(model.services["kv"].demand_ms, 1.0, "sim.toml's own");
+    }
+
+    #[test]
+    fn the_api_demand_grows_with_its_work() {
+        let small = api_demand_ms(100_000).unwrap();
+        let large = api_demand_ms(1_000_000).unwrap();
+        assert!(small > 0.0);
+        assert!(
+            large > 4.0 * small,
+            "ten times the rounds, {large} ms against {small} ms"
+        );
     }
 }

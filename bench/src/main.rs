@@ -307,7 +307,8 @@ impl LoadArgs {
 struct LiveArgs {
     #[command(flatten)]
     load: LoadArgs,
-    /// The autoscaling policy: model, hpa or kpa
+    /// The autoscaling policy: model, hpa or kpa; several, comma-separated (model,hpa,kpa), run
+    /// one after the other on the same trace and seed
     #[arg(long)]
     policy: String,
     /// CPU work per page, passed on to the api (`/?work=N`)
@@ -380,9 +381,12 @@ fn catch_interrupts() -> Result<()> {
 }
 
 fn autoscale_live(args: &LiveArgs, json: Option<&PathBuf>, keep: bool) -> Result<()> {
-    args.policy
-        .parse::<paracloud_autoscale::PolicyKind>()
-        .map_err(anyhow::Error::msg)?;
+    let policies: Vec<&str> = args.policy.split(',').map(str::trim).collect();
+    for policy in &policies {
+        policy
+            .parse::<paracloud_autoscale::PolicyKind>()
+            .map_err(|e| anyhow::anyhow!("--policy {}: {e}", args.policy))?;
+    }
     // Checked here, so that a bad trace is reported before any daemon starts.
     let load = args
         .load
@@ -407,15 +411,25 @@ fn autoscale_live(args: &LiveArgs, json: Option<&PathBuf>, keep: bool) -> Result
         .disable_cleanup(keep)
         .tempdir()
         .context("cannot create a temp dir")?;
-    let options = autoscale_live::LiveOptions {
-        policy: args.policy.clone(),
-        load,
-        work: args.work,
-        port: args.port,
-        subnet: args.live_subnet,
-    };
-    let report = autoscale_live::run(&options, &paracloud, scratch.path())?;
-    print_json(&report, json)
+    let mut reports = Vec::new();
+    for policy in policies {
+        eprintln!("policy {policy}: the shop on a daemon of its own");
+        let options = autoscale_live::LiveOptions {
+            policy: policy.to_owned(),
+            load: load.clone(),
+            work: args.work,
+            port: args.port,
+            subnet: args.live_subnet,
+        };
+        let dir = scratch.path().join(policy);
+        std::fs::create_dir_all(&dir)?;
+        reports.push(autoscale_live::run(&options, &paracloud, &dir)?);
+    }
+    eprintln!("{}", autoscale_live::table(&reports));
+    match reports.as_slice() {
+        [one] => print_json(one, json),
+        all => print_json(&all, json),
+    }
 }
 
 fn main() {
