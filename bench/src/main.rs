@@ -174,6 +174,10 @@ struct ProxyArgs {
     /// The paracloud binary (default: `paracloud` beside this one)
     #[arg(long, value_name = "FILE")]
     paracloud: Option<PathBuf>,
+    /// Also write DIR/report.md (the live and simulated figures side by side, with the run's
+    /// parameters) and DIR/results.json
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 impl ProxyArgs {
@@ -315,14 +319,18 @@ struct LiveArgs {
     #[arg(long, default_value_t = 20_000)]
     work: u64,
     /// Host port the shop is published on (127.0.0.1)
-    #[arg(long, default_value_t = 21280)]
+    #[arg(long, default_value_t = 23280)]
     port: u16,
     /// Address pool of the run's daemon
-    #[arg(long, default_value = "10.250.0.0/16")]
+    #[arg(long, default_value = "10.253.0.0/16")]
     live_subnet: Ipv4Net,
     /// The paracloud binary (default: `paracloud` beside this one)
     #[arg(long, value_name = "FILE")]
     paracloud: Option<PathBuf>,
+    /// Also write DIR/report.md (the live and simulated figures side by side, with the run's
+    /// parameters) and DIR/results.json
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 /// Lets the generator open as many connections as the process may.
@@ -425,7 +433,26 @@ fn autoscale_live(args: &LiveArgs, json: Option<&PathBuf>, keep: bool) -> Result
         std::fs::create_dir_all(&dir)?;
         reports.push(autoscale_live::run(&options, &paracloud, &dir)?);
     }
-    eprintln!("{}", autoscale_live::table(&reports));
+    let table = autoscale_live::table(&reports);
+    eprintln!("{table}");
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create --out {}", dir.display()))?;
+        let command: Vec<String> = std::env::args().skip(1).collect();
+        let report = format!(
+            "# Autoscaling on the live platform, beside the simulator's prediction\n\n\
+             `paracloud-bench {}`\n\nGenerated {} on {} cores (load average {}).\n\n{table}",
+            command.join(" "),
+            host::utc_date(),
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            host::load_average(),
+        );
+        std::fs::write(dir.join("report.md"), report)?;
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&reports)?,
+        )?;
+    }
     match reports.as_slice() {
         [one] => print_json(one, json),
         all => print_json(&all, json),
