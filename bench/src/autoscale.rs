@@ -313,7 +313,10 @@ fn report(results: &[ScenarioResult], seed: u64, took: Duration) -> String {
          policy: seconds whose p95 end-to-end latency missed the SLO (dropped requests count as \
          infinitely slow), instance-seconds and CPU-seconds allocated, p95 and p99 of the answered \
          requests, dropped requests and scaling actions. The ratios compare the model with the \
-         better baseline on each figure (lower is better). Plots: `<scenario>.svg`.\n",
+         better baseline on each figure (lower is better). Plots: `<scenario>.svg`. The same \
+         policies on the live platform, beside the simulator's predictions for those runs: \
+         [../autoscale-live/report.md](../autoscale-live/report.md) \
+         (`paracloud-bench autoscale-live`).\n",
         took.as_secs_f64()
     );
     let _ = writeln!(
