@@ -70,17 +70,12 @@ pub struct LiveReport {
 pub struct Predicted {
     /// The api's CPU time per request the model was given, measured on this machine.
     pub api_demand_ms: f64,
-    pub slo_violation_seconds: u64,
-    pub instance_seconds: f64,
-    pub cpu_seconds: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub dropped: u64,
-    pub actions: u64,
+    #[serde(flatten)]
+    pub figures: paracloud_sim::Summary,
 }
 
 /// The paths of a manifest are not checked here: the live run's daemon checks them.
-struct AnyPathExists;
+pub(crate) struct AnyPathExists;
 
 impl paracloud_manifest::FileSystem for AnyPathExists {
     fn exists(&self, _: &Path) -> bool {
@@ -99,7 +94,7 @@ pub fn table(reports: &[LiveReport]) -> String {
          actions live / sim |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in reports {
-        let p = &r.simulated;
+        let p = &r.simulated.figures;
         out.push_str(&format!(
             "| {} | {} | {} / {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} / {} | {} / {} |\n",
             r.policy,
@@ -193,13 +188,7 @@ pub fn predict(
         paracloud_sim::simulate(model, &opts.load.replay, policy.as_mut(), opts.load.seed);
     Ok(Predicted {
         api_demand_ms,
-        slo_violation_seconds: outcome.slo_violation_seconds,
-        instance_seconds: outcome.instance_seconds,
-        cpu_seconds: outcome.cpu_seconds,
-        p95_ms: outcome.p95_ms,
-        p99_ms: outcome.p99_ms,
-        dropped: outcome.dropped,
-        actions: outcome.actions,
+        figures: outcome.summary(),
     })
 }
 

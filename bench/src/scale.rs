@@ -279,17 +279,7 @@ fn describe(pid: i32) -> String {
 mod tests {
     use super::*;
 
-    /// The manifest's checks of host paths, answered yes.
-    struct AnyPathExists;
-
-    impl paracloud_manifest::FileSystem for AnyPathExists {
-        fn exists(&self, _: &Path) -> bool {
-            true
-        }
-        fn is_dir(&self, _: &Path) -> bool {
-            true
-        }
-    }
+    use crate::autoscale_live::AnyPathExists;
 
     #[test]
     fn the_manifest_names_the_rootfs_and_the_replicas() {

@@ -52,21 +52,6 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// What `paracloud sim` prints: the figures policies are compared on.
-#[derive(Debug, serde::Serialize)]
-struct SimSummary {
-    policy: String,
-    seed: u64,
-    requests: u64,
-    slo_violation_seconds: u64,
-    instance_seconds: f64,
-    cpu_seconds: f64,
-    p95_ms: f64,
-    p99_ms: f64,
-    dropped: u64,
-    actions: u64,
-}
-
 /// Runs one simulation: no daemon, no instances, only the model, the trace and the policy.
 fn sim(global: &Global, args: &SimArgs) -> Result<()> {
     let model_file = args.model.display().to_string();
@@ -128,18 +113,7 @@ fn sim(global: &Global, args: &SimArgs) -> Result<()> {
             )
         })?;
     }
-    let summary = SimSummary {
-        policy: outcome.policy.clone(),
-        seed: outcome.seed,
-        requests: outcome.requests,
-        slo_violation_seconds: outcome.slo_violation_seconds,
-        instance_seconds: outcome.instance_seconds,
-        cpu_seconds: outcome.cpu_seconds,
-        p95_ms: outcome.p95_ms,
-        p99_ms: outcome.p99_ms,
-        dropped: outcome.dropped,
-        actions: outcome.actions,
-    };
+    let summary = outcome.summary();
     let slo = model.slo;
     print(global.output, &summary, |s| {
         let percentile = format!("p{}", (slo.percentile * 100.0 * 10.0).round() / 10.0);

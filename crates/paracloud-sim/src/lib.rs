@@ -21,7 +21,7 @@ use std::time::Duration;
 use paracloud_autoscale::Policy;
 
 pub use model::{Distribution, Model, ModelError, Phase, ServiceModel};
-pub use outcome::{DecisionRecord, Histogram, Outcome, Second};
+pub use outcome::{DecisionRecord, Histogram, Outcome, Second, Summary};
 pub use synthetic::Shape;
 pub use trace::{Arrivals, ParseOptions, Trace, TraceError, TracedRequest};
 

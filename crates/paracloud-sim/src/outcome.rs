@@ -44,6 +44,39 @@ pub struct Outcome {
     pub decisions: Vec<DecisionRecord>,
 }
 
+/// The figures policies are compared on, without the timeline and decisions: what
+/// `paracloud sim` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub policy: String,
+    pub seed: u64,
+    pub requests: u64,
+    pub slo_violation_seconds: u64,
+    pub instance_seconds: f64,
+    pub cpu_seconds: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub dropped: u64,
+    pub actions: u64,
+}
+
+impl Outcome {
+    pub fn summary(&self) -> Summary {
+        Summary {
+            policy: self.policy.clone(),
+            seed: self.seed,
+            requests: self.requests,
+            slo_violation_seconds: self.slo_violation_seconds,
+            instance_seconds: self.instance_seconds,
+            cpu_seconds: self.cpu_seconds,
+            p95_ms: self.p95_ms,
+            p99_ms: self.p99_ms,
+            dropped: self.dropped,
+            actions: self.actions,
+        }
+    }
+}
+
 /// One second of the run, observed at its end (`t` seconds after the start).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Second {
