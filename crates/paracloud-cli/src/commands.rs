@@ -17,7 +17,7 @@ use paracloud_api::{
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 
-use crate::cli::{Cli, Command, DaemonArgs, Global, Output, SimArgs};
+use crate::cli::{Cli, Command, DaemonArgs, Global, ImageCommand, Output, SimArgs};
 use crate::output::{age, print, table};
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -403,6 +403,8 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Describe { service } => describe(global, &service).await,
         Command::Events { follow } => events(global, follow).await,
         Command::Top { once } => top(global, once).await,
+        Command::Images => image_command(global, ImageCommand::Ls).await,
+        Command::Image(command) => image_command(global, command).await,
         Command::Daemon
         | Command::Dataplane { .. }
         | Command::Completion { .. }
@@ -1093,6 +1095,165 @@ async fn top(global: &Global, once: bool) -> Result<()> {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A query-string value: everything but unreserved characters percent-encoded.
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Bytes as docker shows sizes: 7.5MB, 812kB.
+fn human_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2}GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1}MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.0}kB", b / 1e3)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
+fn image_refs_table(refs: &[paracloud_api::ImageRef]) -> String {
+    let rows: Vec<Vec<String>> = refs
+        .iter()
+        .map(|r| {
+            vec![
+                r.reference.clone().unwrap_or_else(|| "<none>".into()),
+                r.digest.clone(),
+            ]
+        })
+        .collect();
+    table(&["IMAGE", "DIGEST"], &rows)
+}
+
+async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
+    // The daemon owns the store; as `up` does, the command starts one when none runs.
+    let client = ensure_daemon(global).await?;
+    match command {
+        ImageCommand::Ls => {
+            let images: Vec<paracloud_api::ImageView> =
+                client.get("/v1/images").await.map_err(explain)?;
+            print(global.output, &images, |images| {
+                let rows: Vec<Vec<String>> = images
+                    .iter()
+                    .map(|i| {
+                        let (name, tag) = i
+                            .reference
+                            .rsplit_once(':')
+                            .filter(|(_, t)| !t.contains('/'))
+                            .unwrap_or((&i.reference, ""));
+                        vec![
+                            name.to_owned(),
+                            tag.to_owned(),
+                            i.digest
+                                .trim_start_matches("sha256:")
+                                .chars()
+                                .take(12)
+                                .collect(),
+                            i.layers.to_string(),
+                            human_size(i.size),
+                        ]
+                    })
+                    .collect();
+                table(&["REPOSITORY", "TAG", "IMAGE ID", "LAYERS", "SIZE"], &rows)
+            })
+        }
+        ImageCommand::Build {
+            from_binary,
+            add,
+            tag,
+        } => {
+            let request = paracloud_api::MicroImageRequest {
+                binary: absolute(&from_binary)?,
+                add: add.iter().map(|a| absolute(a)).collect::<Result<_>>()?,
+                tag,
+            };
+            let built: paracloud_api::BuiltImage = client
+                .post("/v1/images/micro", &request)
+                .await
+                .map_err(explain)?;
+            print(global.output, &built, |b| {
+                format!(
+                    "built {} ({}): {} in one layer, {} entries\n",
+                    b.reference,
+                    b.digest,
+                    human_size(b.size),
+                    b.files
+                )
+            })
+        }
+        ImageCommand::Inspect { name } => {
+            let detail: paracloud_api::ImageDetail = client
+                .get(&format!("/v1/images/inspect?name={}", query_value(&name)))
+                .await
+                .map_err(explain)?;
+            // The table form is YAML: a nested record reads best so.
+            let format = match global.output {
+                Output::Table => Output::Yaml,
+                other => other,
+            };
+            print(format, &detail, |_| String::new())
+        }
+        ImageCommand::Rm { names } => {
+            let mut removed = Vec::new();
+            for name in &names {
+                let r: paracloud_api::RemovedImages = client
+                    .delete(&format!("/v1/images?name={}", query_value(name)))
+                    .await
+                    .map_err(explain)?;
+                removed.extend(r.removed);
+            }
+            print(global.output, &removed, |removed| {
+                removed.iter().map(|r| format!("untagged {r}\n")).collect()
+            })
+        }
+        ImageCommand::Prune => {
+            let pruned: paracloud_api::PruneView = client
+                .post("/v1/images/prune", &())
+                .await
+                .map_err(explain)?;
+            print(global.output, &pruned, |p| {
+                format!(
+                    "removed {} blobs and {} unpacked layers, {} freed\n",
+                    p.blobs,
+                    p.layers,
+                    human_size(p.bytes)
+                )
+            })
+        }
+        ImageCommand::Import { path, tag } => {
+            let request = paracloud_api::ImportRequest {
+                path: absolute(&path)?,
+                tag,
+            };
+            let imported: Vec<paracloud_api::ImageRef> = client
+                .post("/v1/images/import", &request)
+                .await
+                .map_err(explain)?;
+            print(global.output, &imported, |r| image_refs_table(r))
+        }
+        ImageCommand::Export { names, to } => {
+            let request = paracloud_api::ExportRequest {
+                names,
+                path: absolute(&to)?,
+            };
+            let exported: Vec<paracloud_api::ImageRef> = client
+                .post("/v1/images/export", &request)
+                .await
+                .map_err(explain)?;
+            print(global.output, &exported, |r| image_refs_table(r))
+        }
     }
 }
 

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use paracloud_api::{
-    AppView, CpuRequest, ErrorBody, Event, Health, InstanceView, ScaleRequest, ServiceView,
-    TrafficRequest, UpRequest, UpResponse,
+    AppView, BuiltImage, CpuRequest, ErrorBody, Event, ExportRequest, Health, ImageDetail,
+    ImageRef, ImageView, ImportRequest, InstanceView, MicroImageRequest, PruneView, RemovedImages,
+    ScaleRequest, ServiceView, TrafficRequest, UpRequest, UpResponse,
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 use paracloud_state::{AppRecord, Snapshot};
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 use crate::driver::Driver;
 use crate::engine::{now_ms, Engine};
+use crate::images::{self, ImageError, Images};
 use crate::logs;
 use crate::views::{app_view, instance_view, service_view};
 
@@ -119,6 +121,15 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .route("/v1/apps/{app}/logs", get(logs_of::<D>))
         .route("/v1/events", get(events::<D>))
         .route("/v1/stats", get(stats::<D>))
+        .route(
+            "/v1/images",
+            get(list_images::<D>).delete(remove_image::<D>),
+        )
+        .route("/v1/images/inspect", get(inspect_image::<D>))
+        .route("/v1/images/prune", post(prune_images::<D>))
+        .route("/v1/images/micro", post(build_micro::<D>))
+        .route("/v1/images/import", post(import_images::<D>))
+        .route("/v1/images/export", post(export_images::<D>))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -173,6 +184,24 @@ async fn up<D: Driver>(
             diagnostics: e.diagnostics.clone(),
         },
     })?;
+    // Images of the store: pinned to a digest, their config's defaults filled in.
+    let manifest = engine
+        .images
+        .with(move |store| {
+            let mut manifest = manifest;
+            Images::resolve_manifest(store, &mut manifest).map(|()| manifest)
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                if e.not_found {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                },
+                format!("{}: {}", request.origin, e.message),
+            )
+        })?;
     let snapshot = engine.store.load()?;
     let ours: BTreeSet<_> = manifest
         .services
@@ -709,4 +738,104 @@ mod tests {
             .unwrap_err()
             .contains("more than the 2 cores of this machine"));
     }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        let status = if e.not_found {
+            StatusCode::NOT_FOUND
+        } else if e.bad_request {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError::new(status, e.message)
+    }
+}
+
+#[derive(Deserialize)]
+struct ImageName {
+    name: String,
+}
+
+async fn list_images<D: Driver>(
+    State(engine): Shared<D>,
+) -> Result<Json<Vec<ImageView>>, ApiError> {
+    Ok(Json(engine.images.with(images::list).await?))
+}
+
+async fn inspect_image<D: Driver>(
+    State(engine): Shared<D>,
+    query: Result<Query<ImageName>, QueryRejection>,
+) -> Result<Json<ImageDetail>, ApiError> {
+    let Query(q) = query?;
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::inspect(store, &q.name))
+            .await?,
+    ))
+}
+
+async fn remove_image<D: Driver>(
+    State(engine): Shared<D>,
+    query: Result<Query<ImageName>, QueryRejection>,
+) -> Result<Json<RemovedImages>, ApiError> {
+    let Query(q) = query?;
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::remove(store, &q.name))
+            .await?,
+    ))
+}
+
+async fn prune_images<D: Driver>(State(engine): Shared<D>) -> Result<Json<PruneView>, ApiError> {
+    // What services use stays, named or not: their instances may start again at any time.
+    let pinned = Images::pinned(&engine.store.load()?);
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::prune(store, &pinned))
+            .await?,
+    ))
+}
+
+async fn build_micro<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<MicroImageRequest>, JsonRejection>,
+) -> Result<Json<BuiltImage>, ApiError> {
+    let Json(r) = body?;
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::build_micro(store, &r.binary, &r.add, &r.tag))
+            .await?,
+    ))
+}
+
+async fn import_images<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<ImportRequest>, JsonRejection>,
+) -> Result<Json<Vec<ImageRef>>, ApiError> {
+    let Json(r) = body?;
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::import(store, &r.path, r.tag.as_deref()))
+            .await?,
+    ))
+}
+
+async fn export_images<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<ExportRequest>, JsonRejection>,
+) -> Result<Json<Vec<ImageRef>>, ApiError> {
+    let Json(r) = body?;
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::export(store, &r.names, &r.path))
+            .await?,
+    ))
 }

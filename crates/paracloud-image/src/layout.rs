@@ -40,12 +40,28 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
-/// Imports every image of a layout or archive at `path`. `name`, when given, names the image
-/// (the source must then hold exactly one).
+/// How imported images are named.
+#[derive(Debug, Clone, Copy)]
+pub enum Naming<'a> {
+    /// This name (the source must hold exactly one image).
+    Given(&'a Reference),
+    /// The names the source gives (an error for an image named by a bare tag).
+    FromSource,
+    /// None: the caller keeps the digests (as a service's `oci:PATH` image does).
+    Untagged,
+}
+
+/// Imports every image of a layout or archive at `path`, named by `name` when given (the
+/// source must then hold exactly one), else by the names the source gives.
 pub fn import(store: &Store, path: &Path, name: Option<&Reference>) -> Result<Vec<Imported>> {
+    import_as(store, path, name.map_or(Naming::FromSource, Naming::Given))
+}
+
+/// Imports as [`import`] does, with the naming chosen.
+pub fn import_as(store: &Store, path: &Path, naming: Naming<'_>) -> Result<Vec<Imported>> {
     let meta = fs::metadata(path).map_err(io_at(path))?;
     if meta.is_dir() {
-        return import_dir(store, path, name);
+        return import_dir(store, path, naming);
     }
     // An archive: unpacked (as plain files) into the store's tmp/, then imported from there.
     let temp = store.temp_path("import");
@@ -57,7 +73,7 @@ pub fn import(store: &Store, path: &Path, name: Option<&Reference>) -> Result<Ve
         archive
             .unpack(&temp)
             .map_err(|e| invalid(format!("{} is not a tar archive: {e}", path.display())))?;
-        import_dir(store, &temp, name)
+        import_dir(store, &temp, naming)
     })();
     let _ = fs::remove_dir_all(&temp);
     result
@@ -73,11 +89,11 @@ fn maybe_gunzip(file: File) -> io::Result<Box<dyn Read>> {
     })
 }
 
-fn import_dir(store: &Store, dir: &Path, name: Option<&Reference>) -> Result<Vec<Imported>> {
+fn import_dir(store: &Store, dir: &Path, naming: Naming<'_>) -> Result<Vec<Imported>> {
     if dir.join("manifest.json").is_file() {
-        import_docker_save(store, dir, name)
+        import_docker_save(store, dir, naming)
     } else if dir.join("index.json").is_file() {
-        import_oci_layout(store, dir, name)
+        import_oci_layout(store, dir, naming)
     } else {
         Err(invalid(format!(
             "{} is neither an OCI image layout (no index.json) nor a `docker save` archive (no manifest.json)",
@@ -124,7 +140,7 @@ fn platform_matches(descriptor: &Value) -> bool {
     p.is_null() || (p["os"] == "linux" && p["architecture"] == this_architecture())
 }
 
-fn import_oci_layout(store: &Store, dir: &Path, name: Option<&Reference>) -> Result<Vec<Imported>> {
+fn import_oci_layout(store: &Store, dir: &Path, naming: Naming<'_>) -> Result<Vec<Imported>> {
     let index = read_json(&dir.join("index.json"))?;
     let manifests = index["manifests"]
         .as_array()
@@ -146,7 +162,7 @@ fn import_oci_layout(store: &Store, dir: &Path, name: Option<&Reference>) -> Res
             this_architecture()
         )));
     }
-    if name.is_some() && found.len() > 1 {
+    if !matches!(naming, Naming::FromSource) && found.len() > 1 {
         return Err(invalid(format!(
             "the layout holds {} images; a name can be given to one only (import without a name to keep theirs)",
             found.len()
@@ -154,19 +170,20 @@ fn import_oci_layout(store: &Store, dir: &Path, name: Option<&Reference>) -> Res
     }
     let mut out = Vec::new();
     for (label, digest) in found {
-        let reference = match (name, label) {
-            (Some(name), _) => Some(name.clone()),
-            (None, Some(label)) if label.contains(':') || label.contains('/') => {
+        let reference = match (naming, label) {
+            (Naming::Given(name), _) => Some(name.clone()),
+            (Naming::Untagged, _) => None,
+            (Naming::FromSource, Some(label)) if label.contains(':') || label.contains('/') => {
                 Some(label.parse::<Reference>().map_err(|e| {
                     invalid(format!("the layout names an image {label:?}, which is not a reference: {e}"))
                 })?)
             }
-            (None, Some(label)) => {
+            (Naming::FromSource, Some(label)) => {
                 return Err(invalid(format!(
                     "the layout names its image only by the tag {label:?}; give it a full name (such as `-t web:{label}`)"
                 )))
             }
-            (None, None) => None,
+            (Naming::FromSource, None) => None,
         };
         if let Some(reference) = &reference {
             store.tag(reference, &digest)?;
@@ -243,14 +260,10 @@ fn put_archive_file(store: &Store, dir: &Path, name: &str) -> Result<(Digest, u6
     store.put_blob(file, expected.as_ref())
 }
 
-fn import_docker_save(
-    store: &Store,
-    dir: &Path,
-    name: Option<&Reference>,
-) -> Result<Vec<Imported>> {
+fn import_docker_save(store: &Store, dir: &Path, naming: Naming<'_>) -> Result<Vec<Imported>> {
     let entries: Vec<SaveEntry> = serde_json::from_value(read_json(&dir.join("manifest.json"))?)
         .map_err(|e| invalid(format!("manifest.json: {e}")))?;
-    if name.is_some() && entries.len() > 1 {
+    if !matches!(naming, Naming::FromSource) && entries.len() > 1 {
         return Err(invalid(format!(
             "the archive holds {} images; a name can be given to one only",
             entries.len()
@@ -287,9 +300,10 @@ fn import_docker_save(
         });
         let bytes = serde_json::to_vec(&manifest).map_err(|e| invalid(e.to_string()))?;
         let digest = store.add_image(&bytes)?;
-        let names: Vec<Reference> = match name {
-            Some(name) => vec![name.clone()],
-            None => entry
+        let names: Vec<Reference> = match naming {
+            Naming::Given(name) => vec![name.clone()],
+            Naming::Untagged => Vec::new(),
+            Naming::FromSource => entry
                 .repo_tags
                 .unwrap_or_default()
                 .iter()

@@ -440,7 +440,7 @@ fn missing_image() {
         "app = \"shop\"\n[services.kv]\ncommand = \"kv\"\n",
         r#"
 paracloud.toml:2:1: services.kv.image: missing required key `image`
-  hint: add `image = "host"` to run host programs, or `image = "dir:PATH"` to use a directory as the root filesystem
+  hint: add `image = "host"` to run host programs, `image = "NAME:TAG"` for an image of the store, `image = "oci:PATH"` for an OCI image layout, or `image = "dir:PATH"` to use a directory as the root filesystem
 "#,
     );
 }
@@ -554,7 +554,58 @@ fn paths_with_dir() {
         "app = \"shop\"\n[services.kv]\nimage = \"dir:rootfs\"\npaths = [\"/\"]\n",
         r#"
 paracloud.toml:4:9: services.kv.paths: `paths` is only allowed with `image = "host"`
-  hint: remove `paths`: a "dir:" image already holds its programs
+  hint: remove `paths`: the image already holds its programs
+"#,
+    );
+}
+
+#[test]
+fn stored_images_are_references_normalised_and_need_no_command() {
+    let manifest = valid("app = \"shop\"\n[services.kv]\nimage = \"shop-kv\"\n");
+    assert_eq!(
+        manifest.services["kv"].image,
+        Image::Stored {
+            reference: "shop-kv:latest".into(),
+            digest: None
+        }
+    );
+    let manifest = valid(
+        "app = \"shop\"\n[services.kv]\nimage = \"127.0.0.1:5000/team/kv:2\"\ncommand = [\"--port\", \"7000\"]\n",
+    );
+    assert_eq!(
+        manifest.services["kv"].image,
+        Image::Stored {
+            reference: "127.0.0.1:5000/team/kv:2".into(),
+            digest: None
+        }
+    );
+}
+
+#[test]
+fn bad_image_reference() {
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"Shop/KV:1\"\n",
+        r#"
+paracloud.toml:3:9: services.kv.image: image "Shop/KV:1" is not a valid image reference: "Shop/KV:1": name component "Shop" must start with a lower-case letter or a digit
+  hint: write an image as `name[:tag]` with lower-case letters, digits and `._-/` in the name, such as `shop-api:1.0` or `127.0.0.1:5000/team/web:latest`; or use `image = "host"`, `image = "oci:PATH"` or `image = "dir:PATH"`
+"#,
+    );
+}
+
+#[test]
+fn oci_layout_image_must_be_a_layout() {
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"oci:conf\"\n",
+        r#"
+paracloud.toml:3:9: services.kv.image: /srv/shop/conf has no index.json, so it is not an OCI image layout
+  hint: export one with `paracloud image export NAME DIR` or `skopeo copy ... oci:DIR`
+"#,
+    );
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"oci:./nope\"\n",
+        r#"
+paracloud.toml:3:9: services.kv.image: OCI image layout /srv/shop/nope is not a directory
+  hint: create it or fix the path; relative paths are resolved against /srv/shop
 "#,
     );
 }

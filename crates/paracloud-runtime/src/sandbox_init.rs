@@ -197,7 +197,7 @@ fn path_prefix(cfg: &InstanceConfig) -> Vec<String> {
             .filter(|p| p.is_dir())
             .map(|p| p.display().to_string())
             .collect(),
-        Rootfs::Dir { .. } => Vec::new(),
+        Rootfs::Dir { .. } | Rootfs::Layers { .. } => Vec::new(),
     }
 }
 
@@ -229,15 +229,22 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
     )?;
     let rootfs = scratch.join("merged");
     create_dir(&rootfs)?;
-    let (lower, host_dirs) = match &cfg.rootfs {
+    let (lowers, host_dirs) = match &cfg.rootfs {
         Rootfs::Host { .. } => {
             let lower = scratch.join("lower");
             let host_dirs = host_skeleton(&lower)?;
-            (lower, host_dirs)
+            (vec![lower], host_dirs)
         }
-        Rootfs::Dir { path } => (path.clone(), Vec::new()),
+        Rootfs::Dir { path } => (vec![path.clone()], Vec::new()),
+        // overlayfs lists the top layer first; an image without layers (scratch) gets an empty one.
+        Rootfs::Layers { layers } if layers.is_empty() => {
+            let empty = scratch.join("empty");
+            create_dir(&empty)?;
+            (vec![empty], Vec::new())
+        }
+        Rootfs::Layers { layers } => (layers.iter().rev().cloned().collect(), Vec::new()),
     };
-    for path in [&lower, &upper, &work] {
+    for path in lowers.iter().chain([&upper, &work]) {
         let s = path.to_string_lossy();
         if s.contains(',') || s.contains(':') {
             return Err(format!(
@@ -245,9 +252,13 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
             ));
         }
     }
+    let lower = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+        "lowerdir={lower},upperdir={},workdir={}",
         upper.display(),
         work.display()
     );
