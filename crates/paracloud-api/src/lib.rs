@@ -25,6 +25,8 @@
 //! | `POST /v1/images/micro` | [`MicroImageRequest`] | [`BuiltImage`] |
 //! | `POST /v1/images/import` | [`ImportRequest`] | `[ImageRef]` |
 //! | `POST /v1/images/export` | [`ExportRequest`] | `[ImageRef]` |
+//! | `POST /v1/images/pull` | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
+//! | `POST /v1/images/push` | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 
 mod client;
 
@@ -273,4 +275,33 @@ pub struct ExportRequest {
 pub struct ImageRef {
     pub reference: Option<String>,
     pub digest: String,
+}
+
+/// Pull an image from a registry (`reference` names it, registry included), or push the
+/// store's image `reference` to `target` (default: `reference` itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferRequest {
+    pub reference: String,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A line of a pull's or push's answer stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum TransferEvent {
+    /// A layer (or the config) starts moving.
+    Started { digest: String, size: u64 },
+    /// Bytes of it moved so far.
+    Bytes { digest: String, done: u64 },
+    /// It is complete (unpacked, when pulling).
+    Done { digest: String },
+    /// The whole image is done: the last line of a transfer that worked.
+    Finished { reference: String, digest: String },
+    /// The transfer failed: the last line of one that did not.
+    Failed { error: String },
 }

@@ -186,6 +186,22 @@ pub enum ImageCommand {
         #[arg(short = 't', long = "tag", value_name = "NAME")]
         tag: String,
     },
+    /// Pull an image from a registry: paracloud image pull 127.0.0.1:5000/team/web:1
+    Pull {
+        /// HOST:PORT/NAME[:TAG] or HOST:PORT/NAME@sha256:...
+        reference: String,
+        #[command(flatten)]
+        auth: RegistryAuth,
+    },
+    /// Push an image of the store to a registry: paracloud image push web:1 127.0.0.1:5000/team/web:1
+    Push {
+        /// The image in the store
+        name: String,
+        /// Where to push it (HOST:PORT/NAME[:TAG]); default: NAME itself, when it names a registry
+        target: Option<String>,
+        #[command(flatten)]
+        auth: RegistryAuth,
+    },
     /// List the images of the store (as `paracloud images`)
     Ls,
     /// Show an image: digest, layers, entrypoint, cmd, env, user, ports, history
@@ -213,6 +229,17 @@ pub enum ImageCommand {
         #[arg(long = "to", value_name = "PATH")]
         to: PathBuf,
     },
+}
+
+/// Credentials for a registry that asks for them (basic auth, or its token service's).
+#[derive(Debug, Args)]
+pub struct RegistryAuth {
+    /// User name at the registry
+    #[arg(long, value_name = "USER")]
+    pub username: Option<String>,
+    /// Read the password from standard input (else PARACLOUD_REGISTRY_PASSWORD is used)
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 #[derive(Debug, Args)]

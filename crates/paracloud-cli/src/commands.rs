@@ -1098,6 +1098,95 @@ async fn top(global: &Global, once: bool) -> Result<()> {
     }
 }
 
+fn password(auth: &crate::cli::RegistryAuth) -> Result<Option<String>> {
+    if auth.password_stdin {
+        let mut text = String::new();
+        std::io::stdin().read_line(&mut text)?;
+        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Ok(std::env::var("PARACLOUD_REGISTRY_PASSWORD").ok())
+}
+
+/// Sends a pull or push and follows its progress: a bar per layer when stderr is a terminal.
+async fn transfer(
+    global: &Global,
+    client: &Client,
+    path: &str,
+    request: &paracloud_api::TransferRequest,
+) -> Result<()> {
+    use paracloud_api::TransferEvent;
+    use std::io::IsTerminal;
+
+    let body = serde_json::to_vec(request)?;
+    let response = client
+        .send(hyper::Method::POST, path, Some(body))
+        .await
+        .map_err(explain)?;
+    let bars = std::io::stderr()
+        .is_terminal()
+        .then(indicatif::MultiProgress::new);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let mut by_digest: std::collections::HashMap<String, indicatif::ProgressBar> =
+        std::collections::HashMap::new();
+    let mut body = response.into_body();
+    let mut pending = Vec::new();
+    let mut outcome = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let event: TransferEvent = serde_json::from_slice(&line)
+                .with_context(|| format!("the daemon sent {}", String::from_utf8_lossy(&line)))?;
+            match (&event, &bars) {
+                (TransferEvent::Started { digest, size }, Some(bars)) => {
+                    let bar = bars.add(indicatif::ProgressBar::new(*size));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(digest.trim_start_matches("sha256:")[..12].to_owned());
+                    by_digest.insert(digest.clone(), bar);
+                }
+                (TransferEvent::Bytes { digest, done }, Some(_)) => {
+                    if let Some(bar) = by_digest.get(digest) {
+                        bar.set_position(*done);
+                    }
+                }
+                (TransferEvent::Done { digest }, Some(_)) => {
+                    if let Some(bar) = by_digest.get(digest) {
+                        bar.finish();
+                    }
+                }
+                (TransferEvent::Finished { .. } | TransferEvent::Failed { .. }, _) => {
+                    outcome = Some(event.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    match outcome {
+        Some(TransferEvent::Finished { reference, digest }) => {
+            let done = paracloud_api::ImageRef {
+                reference: Some(reference),
+                digest,
+            };
+            print(global.output, &done, |d| {
+                format!(
+                    "{} {}\n",
+                    d.reference.as_deref().unwrap_or_default(),
+                    d.digest
+                )
+            })
+        }
+        Some(TransferEvent::Failed { error }) => bail!("{error}"),
+        _ => bail!("the daemon ended the transfer without saying how it went; see its log"),
+    }
+}
+
 /// A query-string value: everything but unreserved characters percent-encoded.
 fn query_value(s: &str) -> String {
     s.bytes()
@@ -1141,6 +1230,24 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
     // The daemon owns the store; as `up` does, the command starts one when none runs.
     let client = ensure_daemon(global).await?;
     match command {
+        ImageCommand::Pull { reference, auth } => {
+            let request = paracloud_api::TransferRequest {
+                reference,
+                target: None,
+                username: auth.username.clone(),
+                password: password(&auth)?,
+            };
+            transfer(global, &client, "/v1/images/pull", &request).await
+        }
+        ImageCommand::Push { name, target, auth } => {
+            let request = paracloud_api::TransferRequest {
+                reference: name,
+                target,
+                username: auth.username.clone(),
+                password: password(&auth)?,
+            };
+            transfer(global, &client, "/v1/images/push", &request).await
+        }
         ImageCommand::Ls => {
             let images: Vec<paracloud_api::ImageView> =
                 client.get("/v1/images").await.map_err(explain)?;

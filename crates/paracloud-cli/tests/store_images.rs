@@ -3,6 +3,8 @@
 //! removed and pruned while a service still uses it.
 
 mod common;
+#[path = "../../paracloud-image/tests/common/registry.rs"]
+mod registry_server;
 
 use std::path::Path;
 
@@ -186,4 +188,117 @@ fn images_export_and_import_through_the_daemon_and_bad_input_is_explained() {
         e.contains("service s: image absent:3: no image absent:3 in the store"),
         "{e}"
     );
+}
+
+#[test]
+fn an_image_pushed_to_a_registry_is_pulled_by_another_daemon_and_deployed_from_there() {
+    let registry = registry_server::RegistryServer::start(Some(("ci", "pw")));
+    let outside_tmp = tempfile::Builder::new()
+        .prefix("paracloud-test-nginx-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let files = outside_tmp.path().to_owned();
+    nginx_files(&files);
+    let builder = Platform::new();
+    let built = json(&builder.ok(&[
+        "image",
+        "build",
+        "--from-binary",
+        "/usr/sbin/nginx",
+        "--add",
+        files.to_str().unwrap(),
+        "-t",
+        "web:2",
+        "-o",
+        "json",
+    ]));
+    let target = format!("{}/team/web:2", registry.host());
+    let e = builder.fails(&["image", "push", "web:2", &target]);
+    assert!(e.contains("asks for a user name and password"), "{e}");
+    let pushed = json(
+        &builder
+            .command()
+            .args([
+                "image",
+                "push",
+                "web:2",
+                &target,
+                "--username",
+                "ci",
+                "-o",
+                "json",
+            ])
+            .env("PARACLOUD_REGISTRY_PASSWORD", "pw")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap(),
+    );
+    assert_eq!(pushed["digest"], built["digest"]);
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--creds", "ci:pw"])
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspected = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(inspected["Digest"], built["digest"]);
+
+    // Another daemon, another store: pulled by hand, then deployed by reference.
+    let user = Platform::new();
+    let pulled = json(
+        &user
+            .command()
+            .args([
+                "image",
+                "pull",
+                &target,
+                "--username",
+                "ci",
+                "--password-stdin",
+                "-o",
+                "json",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(b"pw\n")?;
+                child.wait_with_output()
+            })
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap(),
+    );
+    assert_eq!(pulled["digest"], built["digest"]);
+    // A registry without auth: `up` pulls what the store lacks, as compose does.
+    let open = registry_server::RegistryServer::start(None);
+    let open_target = format!("{}/team/web:2", open.host());
+    builder.ok(&["image", "push", "web:2", &open_target]);
+    let manifest = user.manifest(
+        "pulled",
+        &format!(
+            r#"
+app = "pulled"
+[services.web]
+image = "{open_target}"
+command = ["-c", "{conf}"]
+ports = [{{ port = 8080, protocol = "http", publish = {port} }}]
+health = {{ http = "/", interval = "1s" }}
+"#,
+            conf = files.join("nginx.conf").display(),
+            port = user.port(2)
+        ),
+    );
+    user.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let (status, body) = http_get(user.port(2), "/index.html").unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello from a micro-image\n"));
+    let listed = json(&user.ok(&["images", "-o", "json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    user.ok(&["down", "-a", "pulled"]);
+    let e = user.fails(&["image", "pull", "web:2"]);
+    assert!(e.contains("names no registry"), "{e}");
 }

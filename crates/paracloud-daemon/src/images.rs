@@ -12,6 +12,7 @@ use paracloud_api::{
 };
 use paracloud_image::layout::{self, Naming};
 use paracloud_image::micro::{build_micro_image, MicroImageSpec};
+use paracloud_image::registry::{self, ProgressFn};
 use paracloud_image::{Digest, ImageDefaults, Reference, Store, StoreError};
 use paracloud_manifest::{Image, Manifest, Port, Protocol, Service};
 use paracloud_runtime::Rootfs;
@@ -22,6 +23,9 @@ use paracloud_state::Snapshot;
 pub struct Images {
     store: Store,
     lock: Arc<Mutex<()>>,
+    /// Registry transfers run side by side (read); prune waits for them (write), so that it
+    /// never removes a blob a pull has written but not yet named.
+    pub transfers: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// An image error and whether the caller asked for something that is not there.
@@ -62,6 +66,7 @@ impl Images {
         Ok(Self {
             store: Store::open(root.join("images"))?,
             lock: Arc::new(Mutex::new(())),
+            transfers: Arc::new(tokio::sync::RwLock::new(())),
         })
     }
 
@@ -87,9 +92,34 @@ impl Images {
     pub fn resolve_manifest(store: &Store, manifest: &mut Manifest) -> Result<()> {
         for (name, service) in manifest.services.iter_mut() {
             let digest = match &service.image {
-                Image::Stored { reference, .. } => store.lookup(reference).map_err(|e| {
-                    ImageError::bad(format!("service {name}: image {reference}: {e}"))
-                })?,
+                Image::Stored { reference, .. } => match store.lookup(reference) {
+                    Ok(digest) => digest,
+                    // An image of a registry the store lacks is pulled, as compose does.
+                    Err(StoreError::NotFound(_))
+                        if reference
+                            .parse::<Reference>()
+                            .is_ok_and(|r| r.registry.is_some()) =>
+                    {
+                        let parsed: Reference = reference.parse().map_err(|e| {
+                            ImageError::bad(format!("service {name}: image {reference}: {e}"))
+                        })?;
+                        let quiet: ProgressFn = Arc::new(|_| {});
+                        tokio::runtime::Handle::current()
+                            .block_on(registry::pull(store, &parsed, None, quiet))
+                            .map_err(|e| {
+                                ImageError::bad(format!(
+                                    "service {name}: image {reference} is not in the store and cannot be pulled: {e}"
+                                ))
+                            })?
+                    }
+                    Err(e) => {
+                        return Err(ImageError {
+                            not_found: matches!(e, StoreError::NotFound(_)),
+                            bad_request: true,
+                            message: format!("service {name}: image {reference}: {e}"),
+                        })
+                    }
+                },
                 Image::Layout { path, .. } => {
                     let imported =
                         layout::import_as(store, path, Naming::Untagged).map_err(|e| {

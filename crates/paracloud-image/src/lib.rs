@@ -11,6 +11,7 @@ pub mod digest;
 pub mod layout;
 pub mod micro;
 pub mod reference;
+pub mod registry;
 pub mod store;
 pub mod unpack;
 
