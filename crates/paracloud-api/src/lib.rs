@@ -25,6 +25,7 @@
 //! | `POST /v1/images/micro` | [`MicroImageRequest`] | [`BuiltImage`] |
 //! | `POST /v1/images/import` | [`ImportRequest`] | `[ImageRef]` |
 //! | `POST /v1/images/export` | [`ExportRequest`] | `[ImageRef]` |
+//! | `POST /v1/images/build` | [`BuildRequest`] | [`BuildResponse`] |
 //! | `POST /v1/images/pull` | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 //! | `POST /v1/images/push` | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 
@@ -304,4 +305,37 @@ pub enum TransferEvent {
     Finished { reference: String, digest: String },
     /// The transfer failed: the last line of one that did not.
     Failed { error: String },
+}
+
+/// Build an image from a Containerfile (a subset of the Dockerfile syntax).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// The build context: an absolute directory; COPY and ADD sources are inside it.
+    pub context: PathBuf,
+    /// The Containerfile (default: `Containerfile`, else `Dockerfile`, in the context).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    pub tag: String,
+    /// `--build-arg NAME=VALUE`.
+    #[serde(default)]
+    pub build_args: std::collections::BTreeMap<String, String>,
+}
+
+/// One step of a build, as it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildStepView {
+    pub line: usize,
+    pub instruction: String,
+    /// Taken from the cache of an earlier build instead of done again.
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildResponse {
+    pub reference: String,
+    pub digest: String,
+    pub layers: usize,
+    /// Bytes of its layer blobs.
+    pub size: u64,
+    pub steps: Vec<BuildStepView>,
 }

@@ -147,6 +147,21 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Build an image from a Containerfile (FROM, ARG, ENV, WORKDIR, USER, COPY, ADD, RUN,
+    /// LABEL, EXPOSE, CMD, ENTRYPOINT): paracloud build -t web:1 ./web
+    Build {
+        /// The build context: COPY and ADD sources are inside it
+        context: PathBuf,
+        /// The image's name, such as web:1
+        #[arg(short = 't', long = "tag", value_name = "NAME")]
+        tag: String,
+        /// The Containerfile (default: Containerfile, else Dockerfile, in the context)
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// NAME=VALUE for an ARG (repeatable)
+        #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+        build_args: Vec<String>,
+    },
     /// List the images of the store
     Images,
     /// Images: build a micro-image from a host program, inspect, remove, prune, import, export

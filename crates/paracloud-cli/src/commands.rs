@@ -404,6 +404,12 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Events { follow } => events(global, follow).await,
         Command::Top { once } => top(global, once).await,
         Command::Images => image_command(global, ImageCommand::Ls).await,
+        Command::Build {
+            context,
+            tag,
+            file,
+            build_args,
+        } => build(global, &context, tag, file, &build_args).await,
         Command::Image(command) => image_command(global, command).await,
         Command::Daemon
         | Command::Dataplane { .. }
@@ -1185,6 +1191,54 @@ async fn transfer(
         Some(TransferEvent::Failed { error }) => bail!("{error}"),
         _ => bail!("the daemon ended the transfer without saying how it went; see its log"),
     }
+}
+
+async fn build(
+    global: &Global,
+    context: &Path,
+    tag: String,
+    file: Option<PathBuf>,
+    build_args: &[String],
+) -> Result<()> {
+    let mut args = std::collections::BTreeMap::new();
+    for pair in build_args {
+        let (name, value) = pair.split_once('=').ok_or_else(|| {
+            anyhow!("--build-arg {pair:?} is not NAME=VALUE (such as --build-arg VERSION=2)")
+        })?;
+        args.insert(name.to_owned(), value.to_owned());
+    }
+    let request = paracloud_api::BuildRequest {
+        context: absolute(context)?,
+        file: file.map(|f| absolute(&f)).transpose()?,
+        tag,
+        build_args: args,
+    };
+    let client = ensure_daemon(global).await?;
+    let built: paracloud_api::BuildResponse = client
+        .post("/v1/images/build", &request)
+        .await
+        .map_err(explain)?;
+    print(global.output, &built, |b| {
+        let mut out = String::new();
+        for (i, step) in b.steps.iter().enumerate() {
+            out.push_str(&format!(
+                "step {}/{} (line {}){} {}\n",
+                i + 1,
+                b.steps.len(),
+                step.line,
+                if step.cached { " CACHED" } else { "" },
+                step.instruction
+            ));
+        }
+        out.push_str(&format!(
+            "built {} ({}): {} layers, {}\n",
+            b.reference,
+            b.digest,
+            b.layers,
+            human_size(b.size)
+        ));
+        out
+    })
 }
 
 /// A query-string value: everything but unreserved characters percent-encoded.

@@ -130,6 +130,7 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .route("/v1/images/micro", post(build_micro::<D>))
         .route("/v1/images/import", post(import_images::<D>))
         .route("/v1/images/export", post(export_images::<D>))
+        .route("/v1/images/build", post(build_image::<D>))
         .route("/v1/images/pull", post(pull_image::<D>))
         .route("/v1/images/push", post(push_image::<D>))
         .fallback(|| async {
@@ -186,6 +187,27 @@ async fn up<D: Driver>(
             diagnostics: e.diagnostics.clone(),
         },
     })?;
+    // `build = "DIR"`: built first (from the step cache when nothing changed), named
+    // APP-SERVICE:latest.
+    let mut manifest = manifest;
+    let app_name = manifest.app.clone();
+    for (name, service) in manifest.services.iter_mut() {
+        if let paracloud_manifest::Image::Build { context, digest } = &mut service.image {
+            let request = paracloud_api::BuildRequest {
+                context: context.clone(),
+                file: None,
+                tag: format!("{app_name}-{}:latest", name.replace('@', "-")),
+                build_args: Default::default(),
+            };
+            let built = crate::build::build(&engine, request).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{}: service {name}: {}", origin.file, e.message),
+                )
+            })?;
+            *digest = Some(built.digest);
+        }
+    }
     // Images of the store: pinned to a digest, their config's defaults filled in.
     let manifest = engine
         .images
@@ -962,4 +984,12 @@ async fn push_image<D: Driver>(
 ) -> Result<Response, ApiError> {
     let Json(r) = body?;
     transfer_stream(engine.images.clone(), r, true)
+}
+
+async fn build_image<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<paracloud_api::BuildRequest>, JsonRejection>,
+) -> Result<Json<paracloud_api::BuildResponse>, ApiError> {
+    let Json(r) = body?;
+    Ok(Json(crate::build::build(&engine, r).await?))
 }

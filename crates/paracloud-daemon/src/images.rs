@@ -139,6 +139,15 @@ impl Images {
                         }
                     }
                 }
+                Image::Build { digest, context } => digest
+                    .as_deref()
+                    .and_then(|d| d.parse().ok())
+                    .ok_or_else(|| {
+                        ImageError::bad(format!(
+                            "service {name}: the image of {} was not built",
+                            context.display()
+                        ))
+                    })?,
                 Image::Host { .. } | Image::Dir { .. } => continue,
             };
             let image = store
@@ -147,7 +156,9 @@ impl Images {
             apply_defaults(service, &ImageDefaults::from_config(&image.config))
                 .map_err(|e| ImageError::bad(format!("service {name}: {e}")))?;
             match &mut service.image {
-                Image::Stored { digest: d, .. } | Image::Layout { digest: d, .. } => {
+                Image::Stored { digest: d, .. }
+                | Image::Layout { digest: d, .. }
+                | Image::Build { digest: d, .. } => {
                     *d = Some(digest.to_string());
                 }
                 Image::Host { .. } | Image::Dir { .. } => {}
@@ -165,7 +176,9 @@ impl Images {
                 })
             }
             Image::Dir { path } => return Ok(Rootfs::Dir { path: path.clone() }),
-            Image::Stored { digest, .. } | Image::Layout { digest, .. } => digest,
+            Image::Stored { digest, .. }
+            | Image::Layout { digest, .. }
+            | Image::Build { digest, .. } => digest,
         };
         let digest: Digest = digest
             .as_deref()
@@ -189,7 +202,9 @@ impl Images {
             .iter()
             .flat_map(|a| a.manifest.services.values())
             .filter_map(|s| match &s.image {
-                Image::Stored { digest, .. } | Image::Layout { digest, .. } => digest.as_deref(),
+                Image::Stored { digest, .. }
+                | Image::Layout { digest, .. }
+                | Image::Build { digest, .. } => digest.as_deref(),
                 _ => None,
             })
             .filter_map(|d| d.parse().ok())

@@ -4,6 +4,7 @@
 pub mod addressing;
 pub mod api;
 pub mod autoscale;
+pub mod build;
 pub mod dataplane;
 pub mod driver;
 pub mod engine;
@@ -75,6 +76,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
         helper_exe: config.exe.clone(),
     })?;
     let images = images::Images::open(&root).map_err(|e| Error::Images(e.to_string()))?;
+    // What RUN steps of builds cut short by a crash left (their sandboxes died with the daemon's
+    // children or were never adopted).
+    let _ = fs::remove_dir_all(root.join("builds"));
     let engine = Engine::new(config.clone(), store, runtime, images);
     engine.recover()?;
     engine.start_dataplane();

@@ -6,7 +6,9 @@
 //! [`micro::elf_needs`]. The store ([`store`]) and what writes to it do I/O.
 
 pub mod assemble;
+pub mod build;
 pub mod config;
+pub mod containerfile;
 pub mod digest;
 pub mod layout;
 pub mod micro;

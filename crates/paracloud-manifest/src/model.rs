@@ -158,12 +158,23 @@ pub enum Image {
         #[serde(default)]
         digest: Option<String>,
     },
+    /// An image built at `up` from the Containerfile (or Dockerfile) in `context`, named
+    /// `APP-SERVICE:latest` in the store.
+    Build {
+        context: PathBuf,
+        /// As for `Stored`: filled in by the daemon at `up`.
+        #[serde(default)]
+        digest: Option<String>,
+    },
 }
 
 impl Image {
     /// Whether the image is one of the store's (its config supplies defaults).
     pub fn is_stored(&self) -> bool {
-        matches!(self, Image::Stored { .. } | Image::Layout { .. })
+        matches!(
+            self,
+            Image::Stored { .. } | Image::Layout { .. } | Image::Build { .. }
+        )
     }
 }
 

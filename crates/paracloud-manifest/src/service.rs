@@ -18,6 +18,7 @@ use crate::units;
 /// Keys of a service table, in the order the documentation lists them.
 pub(crate) const SERVICE_KEYS: &[&str] = &[
     "image",
+    "build",
     "paths",
     "entrypoint",
     "command",
@@ -214,9 +215,21 @@ impl Checker<'_> {
         let field = |key: &str| child(&path, key);
         let get = |key: &str| table.get(key);
 
-        let image = match get("image") {
-            Some(v) => self.image(v, &field("image")),
-            None => {
+        let image = match (get("image"), get("build")) {
+            (Some(_), Some(b)) => {
+                self.error(
+                    b.span(),
+                    &field("build"),
+                    "a service has either `image` or `build`, not both",
+                    Some(
+                        "remove one: `build` makes the service's image from a Containerfile".into(),
+                    ),
+                );
+                None
+            }
+            (None, Some(b)) => self.build_image(b, &field("build")),
+            (Some(v), None) => self.image(v, &field("image")),
+            (None, None) => {
                 self.missing(
                     value.span(),
                     &field("image"),
@@ -412,6 +425,49 @@ impl Checker<'_> {
             return None;
         }
         Some(Image::Dir { path })
+    }
+
+    /// `build = "DIR"`: a build context holding a Containerfile or Dockerfile.
+    fn build_image(&mut self, value: &Value<'_>, field: &str) -> Option<Image> {
+        let text = self.string(value, field)?;
+        if text.is_empty() {
+            self.error(
+                value.span(),
+                field,
+                "the build directory is empty",
+                Some(
+                    "write the directory holding the Containerfile, such as `build = \"./web\"`"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+        let context = units::resolve(self.base_dir(), text);
+        if !self.fs.is_dir(&context) {
+            let hint = self.relative_hint();
+            self.error(
+                value.span(),
+                field,
+                format!("build directory {} is not a directory", context.display()),
+                Some(hint),
+            );
+            return None;
+        }
+        if !self.fs.exists(&context.join("Containerfile"))
+            && !self.fs.exists(&context.join("Dockerfile"))
+        {
+            self.error(
+                value.span(),
+                field,
+                format!("{} has no Containerfile or Dockerfile", context.display()),
+                Some("write one there (FROM, COPY, RUN, CMD, ...): see docs/images.md".into()),
+            );
+            return None;
+        }
+        Some(Image::Build {
+            context,
+            digest: None,
+        })
     }
 
     fn layout_image(&mut self, value: &Value<'_>, field: &str, layout: &str) -> Option<Image> {

@@ -383,7 +383,7 @@ fn unknown_key_far() {
         &format!("{HEAD}colour = \"red\"\n"),
         r#"
 paracloud.toml:5:1: services.kv.colour: unknown key `colour`
-  hint: allowed keys here: image, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, autoscale, revisions
+  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, autoscale, revisions
 "#,
     );
 }
@@ -578,6 +578,24 @@ fn stored_images_are_references_normalised_and_need_no_command() {
             reference: "127.0.0.1:5000/team/kv:2".into(),
             digest: None
         }
+    );
+}
+
+#[test]
+fn build_needs_a_containerfile_and_excludes_image() {
+    check(
+        "app = \"shop\"\n[services.kv]\nbuild = \"conf\"\n",
+        r#"
+paracloud.toml:3:9: services.kv.build: /srv/shop/conf has no Containerfile or Dockerfile
+  hint: write one there (FROM, COPY, RUN, CMD, ...): see docs/images.md
+"#,
+    );
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"kv\"\nbuild = \"conf\"\n",
+        r#"
+paracloud.toml:4:9: services.kv.build: a service has either `image` or `build`, not both
+  hint: remove one: `build` makes the service's image from a Containerfile
+"#,
     );
 }
 
@@ -952,7 +970,7 @@ fn revision_mistakes_are_located() {
         ),
         r#"
 paracloud.toml:11:1: services.api.revisions.canary.ports: unknown key `ports`
-  hint: allowed keys here: weight, image, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero
+  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero
 paracloud.toml:12:25: services.api.revisions.Blue: invalid revision name "Blue": must start with a lower-case letter, found 'B'
   hint: use lower-case letters, digits and '-', starting with a letter, such as "canary"
 paracloud.toml:14:10: services.api.revisions.green.weight: the revisions of `api` get 110% of its traffic together, more than 100%
