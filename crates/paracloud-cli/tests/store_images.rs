@@ -302,3 +302,46 @@ health = {{ http = "/", interval = "1s" }}
     let e = user.fails(&["image", "pull", "web:2"]);
     assert!(e.contains("names no registry"), "{e}");
 }
+
+#[test]
+fn the_shop_runs_from_micro_images_of_its_programs() {
+    let p = Platform::new();
+    for service in ["kv", "api", "web"] {
+        let binary = bin_dir().join(format!("shop-{service}"));
+        let built = json(&p.ok(&[
+            "image",
+            "build",
+            "--from-binary",
+            binary.to_str().unwrap(),
+            "-t",
+            &format!("shop-{service}:latest"),
+            "-o",
+            "json",
+        ]));
+        // The program and libc, not a distribution: a few MB beside the program.
+        let program = std::fs::metadata(&binary).unwrap().len();
+        assert!(
+            built["size"].as_u64().unwrap() < program + 10_000_000,
+            "{built}"
+        );
+    }
+    let text = std::fs::read_to_string(workspace().join("examples/shop/paracloud.micro.toml"))
+        .unwrap()
+        .replace("publish = 8080", &format!("publish = {}", p.port(6)));
+    let manifest = p.manifest("shop-micro", &text);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let (status, body) = http_get(p.port(6), "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("web: web.") && body.contains("api: api.") && body.contains("kv: ok"),
+        "all three tiers: {body}"
+    );
+    for instance in p.ps("shop") {
+        let pid = instance["pid"].as_i64().unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}/root/bin/sh")).exists(),
+            "no shell in a micro-image"
+        );
+    }
+    p.ok(&["down", "-a", "shop"]);
+}
