@@ -410,3 +410,176 @@ fn an_interrupted_download_resumes_and_a_wrong_partial_is_thrown_away() {
         digest
     );
 }
+
+/// base64url without padding, as JWTs are written.
+fn b64url(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+        }
+    }
+    out
+}
+
+fn openssl(args: &[&str], dir: &std::path::Path) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A token service as registries use them: basic credentials in, a JWT signed with the key whose
+/// certificate the registry trusts out, granting the scope asked for.
+fn token_service(dir: std::path::PathBuf) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut authorized = false;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                // "alice:s3cret"
+                if line
+                    .to_ascii_lowercase()
+                    .starts_with("authorization: basic ywxpy2u6cznjcmv0")
+                {
+                    authorized = true;
+                }
+            }
+            if !authorized {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            let target = request_line.split_whitespace().nth(1).unwrap_or("");
+            let scope = target
+                .split(['?', '&'])
+                .find_map(|p| p.strip_prefix("scope="))
+                .unwrap_or("")
+                .replace("%3A", ":")
+                .replace("%2C", ",")
+                .replace("%2F", "/");
+            let parts: Vec<&str> = scope.split(':').collect();
+            let (name, actions) = (parts[1], parts[2].split(',').collect::<Vec<_>>());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let der = openssl(&["x509", "-in", "cert.pem", "-outform", "DER"], &dir);
+            let x5c = {
+                // Standard base64 for x5c.
+                b64url(&der).replace('-', "+").replace('_', "/") + ["", "==", "="][der.len() % 3]
+            };
+            let header = serde_json::json!({ "typ": "JWT", "alg": "RS256", "x5c": [x5c] });
+            let claims = serde_json::json!({
+                "iss": "test-issuer", "sub": "alice", "aud": "test-registry",
+                "exp": now + 300, "nbf": now - 10, "iat": now - 10, "jti": format!("t{now}"),
+                "access": [{ "type": "repository", "name": name, "actions": actions }],
+            });
+            let signing_input = format!(
+                "{}.{}",
+                b64url(&serde_json::to_vec(&header).unwrap()),
+                b64url(&serde_json::to_vec(&claims).unwrap())
+            );
+            std::fs::write(dir.join("input"), &signing_input).unwrap();
+            let signature = openssl(&["dgst", "-sha256", "-sign", "key.pem", "input"], &dir);
+            let token = format!("{signing_input}.{}", b64url(&signature));
+            let body = serde_json::json!({ "token": token }).to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn bearer_tokens_are_fetched_from_the_token_service_and_used() {
+    let dir = tempfile::Builder::new()
+        .prefix("paracloud-test-registry-")
+        .tempdir()
+        .unwrap();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=token-issuer",
+        ],
+        dir.path(),
+    );
+    let (token_port, served) = token_service(dir.path().to_owned());
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+        dir.path().join("cert.pem").display()
+    );
+    let registry = RegistryServer::start_in(dir, auth);
+    let (_a, source) = new_store();
+    let digest = image(&source, "app:1", 2, 20_000);
+    let target = reference(&format!("{}/app:1", registry.host()));
+    let rt = rt();
+    let e = rt
+        .block_on(push(&source, "app:1", &target, None, quiet()))
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
+    let alice = Credentials {
+        username: "alice".into(),
+        password: "s3cret".into(),
+    };
+    rt.block_on(push(
+        &source,
+        "app:1",
+        &target,
+        Some(alice.clone()),
+        quiet(),
+    ))
+    .unwrap();
+    let (_b, dest) = new_store();
+    assert_eq!(
+        rt.block_on(pull(&dest, &target, Some(alice), quiet()))
+            .unwrap(),
+        digest
+    );
+    assert!(
+        served.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "tokens for push and pull"
+    );
+}

@@ -43,6 +43,11 @@ impl RegistryServer {
             }
             None => String::new(),
         };
+        Self::start_in(dir, auth)
+    }
+
+    /// Starts a registry with the `auth:` section given (YAML, may be empty) in `dir`.
+    pub fn start_in(dir: tempfile::TempDir, auth: String) -> Self {
         // A port the kernel just handed out; a clash with another test's is retried.
         for _ in 0..10 {
             let port = TcpListener::bind("127.0.0.1:0")
