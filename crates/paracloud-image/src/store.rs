@@ -5,6 +5,8 @@
 //! images/layers/<diff-id hex> each layer unpacked once, shared read-only by every instance
 //! images/refs/<reference>     the digest of the manifest a name points at ('/' written %2F)
 //! images/tmp/                 work in progress, emptied when the store is opened
+//! images/partial/<hex>        downloads cut short, resumed by the next pull (see `registry`)
+//! images/build-cache/<key>    the state after each build step (see `build`)
 //! ```
 //!
 //! Crash safety: a blob is written to `tmp/`, its digest checked, fsynced and only then renamed to
@@ -442,7 +444,8 @@ impl Store {
     }
 
     /// Removes every blob and unpacked layer that no reference and no manifest in `pinned` (the
-    /// images services use) needs, and whatever is left in `tmp/`.
+    /// images services use) needs, downloads cut short (`partial/`), and the build cache
+    /// entries whose layers are gone.
     pub fn prune(&self, pinned: &[Digest]) -> Result<PruneReport> {
         let mut keep_blobs = BTreeSet::new();
         let mut keep_layers = BTreeSet::new();
@@ -487,6 +490,28 @@ impl Store {
             report.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
             fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
             report.blobs += 1;
+        }
+        let partial = self.root.join("partial");
+        if partial.exists() {
+            for entry in fs::read_dir(&partial).map_err(io_err(&partial))? {
+                let entry = entry.map_err(io_err(&partial))?;
+                report.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+            }
+        }
+        let cache = self.root.join("build-cache");
+        if cache.exists() {
+            for entry in fs::read_dir(&cache).map_err(io_err(&cache))? {
+                let entry = entry.map_err(io_err(&cache))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let alive = Digest::from_hex(&name)
+                    .ok()
+                    .and_then(|key| crate::build::cache_get(self, &key))
+                    .is_some();
+                if !alive {
+                    fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                }
+            }
         }
         let layers = self.root.join("layers");
         for entry in fs::read_dir(&layers).map_err(io_err(&layers))? {

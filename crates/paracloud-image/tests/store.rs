@@ -211,9 +211,16 @@ fn prune_keeps_what_references_and_pins_need_and_removes_the_rest() {
     };
     let stray = store.put_blob_bytes(b"nobody needs me").unwrap();
     assert_eq!(blobs(), 5);
+    // A download cut short is garbage too once the user asks for space.
+    fs::create_dir_all(store.root().join("partial")).unwrap();
+    fs::write(store.root().join("partial").join(stray.hex()), b"half").unwrap();
     let report = store.prune(&[]).unwrap();
     assert_eq!((report.blobs, report.layers), (1, 0));
     assert!(!store.has_blob(&stray));
+    assert_eq!(
+        fs::read_dir(store.root().join("partial")).unwrap().count(),
+        0
+    );
     assert_eq!(store.remove("layered:1").unwrap(), ["layered:1"]);
     // Pinned by a service: kept though no name points at it.
     assert_eq!(store.prune(std::slice::from_ref(&digest)).unwrap().blobs, 0);
