@@ -262,6 +262,14 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
         upper.display(),
         work.display()
     );
+    // The kernel takes mount options of at most one page.
+    if data.len() >= 4096 {
+        return Err(format!(
+            "the image's {} layers make an overlay mount option of {} bytes, more than the kernel's 4096: use an image with fewer layers, or a shorter state root",
+            lowers.len(),
+            data.len()
+        ));
+    }
     mount(
         Some("overlay"),
         &rootfs,
