@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::assemble::{
-    this_architecture, CONFIG_MEDIA_TYPE, LAYER_TAR, LAYER_TAR_GZIP, MANIFEST_MEDIA_TYPE,
+    this_architecture, CONFIG_MEDIA_TYPE, LAYER_TAR, LAYER_TAR_GZIP, LAYER_TAR_ZSTD,
+    MANIFEST_MEDIA_TYPE,
 };
 use crate::digest::Digest;
 use crate::reference::Reference;
@@ -275,18 +276,12 @@ fn import_docker_save(store: &Store, dir: &Path, naming: Naming<'_>) -> Result<V
         let mut layers = Vec::new();
         for layer in &entry.layers {
             let (digest, size) = put_archive_file(store, dir, layer)?;
-            let gz = {
-                let mut magic = [0u8; 2];
-                store
-                    .open_blob(&digest)?
-                    .read_exact(&mut magic)
-                    .is_ok_and(|()| magic == [0x1f, 0x8b])
-                    .then_some(())
-            };
-            let media_type = if gz.is_some() {
-                LAYER_TAR_GZIP
-            } else {
-                LAYER_TAR
+            let mut magic = [0u8; 4];
+            let read = store.open_blob(&digest)?.read(&mut magic).unwrap_or(0);
+            let media_type = match &magic[..read.min(4)] {
+                [0x1f, 0x8b, ..] => LAYER_TAR_GZIP,
+                [0x28, 0xb5, 0x2f, 0xfd] => LAYER_TAR_ZSTD,
+                _ => LAYER_TAR,
             };
             layers.push(
                 json!({ "mediaType": media_type, "digest": digest.to_string(), "size": size }),

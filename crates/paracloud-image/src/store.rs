@@ -537,16 +537,13 @@ pub fn descriptor_digest(d: &oci_spec::image::Digest) -> Result<Digest> {
 
 fn check_layer_media_type(media_type: &MediaType) -> Result<()> {
     match media_type {
-        MediaType::ImageLayer | MediaType::ImageLayerGzip => Ok(()),
+        MediaType::ImageLayer | MediaType::ImageLayerGzip | MediaType::ImageLayerZstd => Ok(()),
         MediaType::Other(s)
             if s == "application/vnd.docker.image.rootfs.diff.tar.gzip"
                 || s == "application/vnd.docker.image.rootfs.diff.tar" =>
         {
             Ok(())
         }
-        MediaType::ImageLayerZstd => Err(StoreError::Invalid(
-            "zstd-compressed layers are not supported yet; use gzip or uncompressed layers".into(),
-        )),
         other => Err(StoreError::Invalid(format!(
             "layer media type {other} is not an image layer this store can unpack"
         ))),

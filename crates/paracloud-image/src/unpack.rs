@@ -1,4 +1,4 @@
-//! Unpacking a layer (a tar, gzip-compressed or not) into a directory that overlayfs stacks as
+//! Unpacking a layer (a tar: uncompressed, gzip or zstd) into a directory that overlayfs stacks as
 //! a lower layer: OCI whiteouts become overlay whiteouts (`.wh.NAME` a 0/0 character device,
 //! `.wh..wh..opq` the `trusted.overlay.opaque` attribute), and the uncompressed stream's digest
 //! (the diff id) is checked against what the image's config says.
@@ -25,8 +25,6 @@ pub enum UnpackError {
     Write { path: PathBuf, source: io::Error },
     #[error("layer entry {0:?} leaves the layer (absolute or with '..')")]
     Escapes(String),
-    #[error("the layer is zstd-compressed, which this store does not unpack yet; use gzip or uncompressed layers")]
-    Zstd,
     #[error("the layer's content has digest {actual}, but the image says {expected}: the blob is corrupt or not this image's")]
     DiffId { expected: Digest, actual: Digest },
 }
@@ -51,7 +49,7 @@ pub fn unpack_layer(
     let stream: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(GzDecoder::new(reader))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(UnpackError::Zstd);
+        Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(UnpackError::Read)?)
     } else {
         Box::new(reader)
     };

@@ -441,3 +441,35 @@ fn docker_save_archives_old_and_new_and_oci_archives_round_trip() {
 fn listing_of_layers(layers: &[PathBuf]) -> Vec<Vec<String>> {
     layers.iter().map(|l| listing(l)).collect()
 }
+
+#[test]
+fn zstd_layers_made_by_skopeo_import_and_unpack() {
+    assert!(have("skopeo"), "skopeo is installed (.ci/run installs it)");
+    let (_dir, source) = new_store();
+    two_layer_image(&source);
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain");
+    layout::export(&source, &["layered:1".into()], &plain).unwrap();
+    let zstd = tmp.path().join("zstd");
+    run(Command::new("skopeo").args([
+        "copy",
+        "--dest-compress-format",
+        "zstd",
+        &format!("oci:{}:1", plain.display()),
+        &format!("oci:{}:1", zstd.display()),
+    ]));
+    let raw = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        &format!("oci:{}:1", zstd.display()),
+    ]));
+    assert!(raw.contains("tar+zstd"), "{raw}");
+    check_layout_digests(&zstd);
+    let (_d2, store) = new_store();
+    layout::import(&store, &zstd, Some(&reference("zstd:1"))).unwrap();
+    let image = store.image("zstd:1").unwrap();
+    assert_eq!(
+        listing_of_layers(&image.layers),
+        listing_of_layers(&source.image("layered:1").unwrap().layers)
+    );
+}
