@@ -712,12 +712,19 @@ fn commit_partial(store: &Store, partial: &Path, digest: &Digest) -> Result<()> 
 }
 
 fn registry_of(reference: &Reference) -> Result<&str> {
-    reference.registry.as_deref().ok_or_else(|| {
+    let host = reference.registry.as_deref().ok_or_else(|| {
         RegistryError::Invalid(format!(
             "{reference} names no registry: write it as HOST:PORT/NAME[:TAG], such as 127.0.0.1:5000/{}",
             reference.repository
         ))
-    })
+    })?;
+    // Without a port a registry is HTTPS on 443 (as Docker has it), which is not spoken yet.
+    match host.rsplit_once(':') {
+        Some((_, port)) if port != "443" => Ok(host),
+        _ => Err(RegistryError::Invalid(format!(
+            "{reference}: registry {host} is reached over HTTPS, which Paracloud does not speak yet; use a registry served over plain HTTP and name its port (HOST:PORT/NAME), or copy the image with `skopeo copy docker://... oci:DIR` and `paracloud image import DIR`"
+        ))),
+    }
 }
 
 fn platform_matches(descriptor: &Value) -> bool {
@@ -969,6 +976,18 @@ mod tests {
         assert_eq!(p["service"], "registry");
         assert_eq!(p["scope"], "repository:a/b:pull,push");
         assert_eq!(challenge(r#"Basic realm="x""#).0, "basic");
+    }
+
+    #[test]
+    fn a_registry_without_a_port_is_https_and_refused_with_a_way_out() {
+        let r: Reference = "ghcr.io/team/app:1".parse().unwrap();
+        let e = registry_of(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("HTTPS") && e.contains("paracloud image import"),
+            "{e}"
+        );
+        let r: Reference = "127.0.0.1:5000/app".parse().unwrap();
+        assert_eq!(registry_of(&r).unwrap(), "127.0.0.1:5000");
     }
 
     #[test]
