@@ -893,7 +893,7 @@ fn transfer_stream(
     for r in source.iter().chain(target.iter()) {
         if r.registry.is_none() {
             return Err(bad(format!(
-                "{r} names no registry: write HOST:PORT/NAME[:TAG], such as 127.0.0.1:5000/{}",
+                "{r} names no registry: write HOST[:PORT]/NAME[:TAG], such as 127.0.0.1:5000/{}",
                 r.repository
             )));
         }

@@ -3,8 +3,10 @@
 //! chosen), layers downloaded in parallel and resumed where an interrupted transfer stopped, each
 //! unpacked as soon as it is complete; monolithic and chunked uploads.
 //!
-//! Registries are reached over plain HTTP (a registry on this machine or a trusted network);
-//! `https` is not spoken yet.
+//! Registries are reached over HTTPS (the web's certificate authorities, and those given in a
+//! [`Transport`]); a registry named with a port that answers a TLS hello with something that is
+//! not TLS is spoken to over plain HTTP, as Docker does for its insecure registries. A
+//! certificate that does not verify is an error, never a reason to fall back.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -19,6 +21,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
 
 use crate::assemble::this_architecture;
 use crate::digest::Digest;
@@ -45,6 +51,13 @@ pub enum RegistryError {
     Http { host: String, message: String },
     #[error("registry {host} refused the credentials for {what} (401): check --username and the password")]
     Unauthorized { host: String, what: String },
+    #[error("registry {host}: TLS: {message}{}", if *.certificate { " (the registry's certificate is not trusted: give its certificate authority)" } else { "" })]
+    Tls {
+        host: String,
+        /// The certificate did not verify (as opposed to no TLS at all).
+        certificate: bool,
+        message: String,
+    },
     #[error("registry {host} has no {what} (404)")]
     NotFound { host: String, what: String },
     #[error("{0}")]
@@ -73,11 +86,64 @@ pub enum Progress {
 
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// How registries are reached: certificate authorities trusted besides the web's.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// PEM files of certificate authorities (a registry with a certificate of its own CA).
+    pub ca_files: Vec<PathBuf>,
+}
+
+impl Transport {
+    /// The certificate authorities of a registry host kept with the store, as Docker keeps
+    /// them: `<store>/certs.d/<host[:port]>/*.crt`.
+    pub fn for_host(store: &Store, host: &str) -> Self {
+        let dir = store.root().join("certs.d").join(host);
+        let mut ca_files: Vec<PathBuf> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+            .collect();
+        ca_files.sort();
+        Self { ca_files }
+    }
+
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for file in &self.ca_files {
+            let certs = CertificateDer::pem_file_iter(file)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    RegistryError::Invalid(format!(
+                        "certificate authority file {}: {e}",
+                        file.display()
+                    ))
+                })?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    RegistryError::Invalid(format!("certificate in {}: {e}", file.display()))
+                })?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| RegistryError::Invalid(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}
+
 /// A client of one registry host.
 #[derive(Clone)]
 pub struct Registry {
     host: String,
     credentials: Option<Credentials>,
+    tls: Arc<rustls::ClientConfig>,
+    /// Whether the registry speaks TLS, once known.
+    scheme: Arc<Mutex<Option<bool>>>,
     /// The Authorization header that worked last, by scope.
     auth: Arc<Mutex<BTreeMap<String, String>>>,
 }
@@ -97,14 +163,59 @@ fn http_err(host: &str, message: impl Into<String>) -> RegistryError {
     }
 }
 
-/// The parts of an `http://host[:port]/path?query` URL.
-fn split_url(url: &str) -> Option<(String, String)> {
-    let rest = url.strip_prefix("http://")?;
+/// Where a request goes: a host (as in the Host header, port optional) and whether over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    tls: bool,
+    host: String,
+}
+
+impl Endpoint {
+    /// The address to connect to: the host with its port, or the scheme's.
+    fn addr(&self) -> String {
+        if has_port(&self.host) {
+            self.host.clone()
+        } else if self.tls {
+            format!("{}:443", self.host)
+        } else {
+            format!("{}:80", self.host)
+        }
+    }
+
+    /// The name the certificate must be for: the host without its port (or brackets).
+    fn server_name(&self) -> String {
+        let name = match self.host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => &self.host,
+        };
+        name.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    }
+}
+
+fn has_port(host: &str) -> bool {
+    host.rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The endpoint and path of an `http(s)://host[:port]/path?query` URL.
+fn split_url(url: &str) -> Option<(Endpoint, String)> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://")?),
+    };
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    Some((host.to_owned(), path.to_owned()))
+    Some((
+        Endpoint {
+            tls,
+            host: host.to_owned(),
+        },
+        path.to_owned(),
+    ))
 }
 
 fn base64(input: &[u8]) -> String {
@@ -172,38 +283,101 @@ fn empty() -> Body {
 }
 
 impl Registry {
-    pub fn new(host: impl Into<String>, credentials: Option<Credentials>) -> Self {
-        Self {
+    pub fn new(
+        host: impl Into<String>,
+        credentials: Option<Credentials>,
+        transport: &Transport,
+    ) -> Result<Self> {
+        Ok(Self {
             host: host.into(),
             credentials,
+            tls: transport.tls_config()?,
+            scheme: Arc::new(Mutex::new(None)),
             auth: Arc::new(Mutex::new(BTreeMap::new())),
-        }
+        })
     }
 
-    /// One request on a connection of its own (`host` may differ from the registry's for a
-    /// token service or a redirect).
+    /// The registry's endpoint: HTTPS, or plain HTTP when it has a port and what answers there
+    /// is not TLS (a certificate that does not verify is an error, not a reason to fall back).
+    async fn endpoint(&self) -> Result<Endpoint> {
+        let known = *self.scheme.lock().unwrap_or_else(|e| e.into_inner());
+        let tls = match known {
+            Some(tls) => tls,
+            None if !has_port(&self.host) => true,
+            None => {
+                let probe = Endpoint {
+                    tls: true,
+                    host: self.host.clone(),
+                };
+                match self.connect_tls(&probe).await {
+                    Ok(_) => true,
+                    Err(RegistryError::Tls {
+                        certificate: false, ..
+                    }) => false,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        *self.scheme.lock().unwrap_or_else(|e| e.into_inner()) = Some(tls);
+        Ok(Endpoint {
+            tls,
+            host: self.host.clone(),
+        })
+    }
+
+    async fn connect_tcp(&self, endpoint: &Endpoint) -> Result<TcpStream> {
+        let stream = TcpStream::connect(endpoint.addr())
+            .await
+            .map_err(|source| RegistryError::Connect {
+                host: endpoint.host.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect_tls(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let stream = self.connect_tcp(endpoint).await?;
+        let name = ServerName::try_from(endpoint.server_name()).map_err(|e| {
+            RegistryError::Invalid(format!("{} is not a host name: {e}", endpoint.host))
+        })?;
+        TlsConnector::from(self.tls.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|e| {
+                let certificate = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|r| {
+                        matches!(
+                            r,
+                            rustls::Error::InvalidCertificate(_)
+                                | rustls::Error::NoCertificatesPresented
+                                | rustls::Error::UnsupportedNameType
+                        )
+                    });
+                RegistryError::Tls {
+                    host: endpoint.host.clone(),
+                    certificate,
+                    message: e.to_string(),
+                }
+            })
+    }
+
+    /// One request on a connection of its own (the endpoint may be the registry's, its token
+    /// service's or where it redirects to).
     async fn send_to(
         &self,
-        host: &str,
+        endpoint: &Endpoint,
         method: Method,
         path: &str,
         headers: &[(&str, String)],
         body: Body,
     ) -> Result<Response<hyper::body::Incoming>> {
-        let stream = TcpStream::connect(host)
-            .await
-            .map_err(|source| RegistryError::Connect {
-                host: host.into(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| http_err(host, e.to_string()))?;
-        tokio::spawn(async move {
-            // The connection's error is the request's.
-            let _ = connection.await;
-        });
+        let host = endpoint.host.as_str();
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -218,10 +392,13 @@ impl Registry {
         let request = request
             .body(body)
             .map_err(|e| http_err(host, e.to_string()))?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| http_err(host, e.to_string()))
+        if endpoint.tls {
+            let stream = self.connect_tls(endpoint).await?;
+            exchange(host, TokioIo::new(stream), request).await
+        } else {
+            let stream = self.connect_tcp(endpoint).await?;
+            exchange(host, TokioIo::new(stream), request).await
+        }
     }
 
     /// A request to the registry with authentication: on a 401 it answers the challenge
@@ -245,8 +422,9 @@ impl Registry {
         if let Some(auth) = &cached {
             headers.push(("authorization", auth.clone()));
         }
+        let endpoint = self.endpoint().await?;
         let response = self
-            .send_to(&self.host, method.clone(), path, &headers, body())
+            .send_to(&endpoint, method.clone(), path, &headers, body())
             .await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -261,7 +439,7 @@ impl Registry {
         headers.retain(|(k, _)| *k != "authorization");
         headers.push(("authorization", auth.clone()));
         let response = self
-            .send_to(&self.host, method, path, &headers, body())
+            .send_to(&endpoint, method, path, &headers, body())
             .await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             return Err(RegistryError::Unauthorized {
@@ -296,10 +474,10 @@ impl Registry {
                 let realm = params
                     .get("realm")
                     .ok_or_else(|| http_err(&self.host, "sent a bearer challenge without a realm"))?;
-                let (token_host, token_path) = split_url(realm).ok_or_else(|| {
+                let (token_endpoint, token_path) = split_url(realm).ok_or_else(|| {
                     http_err(
                         &self.host,
-                        format!("sends us for tokens to {realm}, which is not an http:// URL (https is not spoken yet)"),
+                        format!("sends us for tokens to {realm}, which is not an http:// or https:// URL"),
                     )
                 })?;
                 let mut query = Vec::new();
@@ -315,7 +493,7 @@ impl Registry {
                 let headers: Vec<(&str, String)> =
                     basic.into_iter().map(|b| ("authorization", b)).collect();
                 let response = self
-                    .send_to(&token_host, Method::GET, &path, &headers, empty())
+                    .send_to(&token_endpoint, Method::GET, &path, &headers, empty())
                     .await?;
                 let status = response.status();
                 let bytes = collect(&self.host, response).await?;
@@ -326,14 +504,14 @@ impl Registry {
                     });
                 }
                 if !status.is_success() {
-                    return Err(http_err(&token_host, format!("the token service answered {status}")));
+                    return Err(http_err(&token_endpoint.host, format!("the token service answered {status}")));
                 }
                 let v: Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| http_err(&token_host, format!("the token is not JSON: {e}")))?;
+                    .map_err(|e| http_err(&token_endpoint.host, format!("the token is not JSON: {e}")))?;
                 let token = v["token"]
                     .as_str()
                     .or(v["access_token"].as_str())
-                    .ok_or_else(|| http_err(&token_host, "the token service sent no token"))?;
+                    .ok_or_else(|| http_err(&token_endpoint.host, "the token service sent no token"))?;
                 Ok(format!("Bearer {token}"))
             }
             _ => Err(http_err(
@@ -434,15 +612,15 @@ impl Registry {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_owned();
-                let (host, path) = if location.starts_with('/') {
-                    (self.host.clone(), location)
+                let (endpoint, path) = if location.starts_with('/') {
+                    (self.endpoint().await?, location)
                 } else {
                     split_url(&location).ok_or_else(|| {
-                        http_err(&self.host, format!("redirects blob {digest} to {location}, which is not http:// (https is not spoken yet)"))
+                        http_err(&self.host, format!("redirects blob {digest} to {location}, which is not an http:// or https:// URL"))
                     })?
                 };
                 response = self
-                    .send_to(&host, Method::GET, &path, &headers, empty())
+                    .send_to(&endpoint, Method::GET, &path, &headers, empty())
                     .await?;
             }
             let status = response.status();
@@ -657,6 +835,28 @@ impl Registry {
     }
 }
 
+/// Sends a request over a fresh connection and returns the response.
+async fn exchange<I>(
+    host: &str,
+    io: I,
+    request: Request<Body>,
+) -> Result<Response<hyper::body::Incoming>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| http_err(host, e.to_string()))?;
+    tokio::spawn(async move {
+        // The connection's error is the request's.
+        let _ = connection.await;
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| http_err(host, e.to_string()))
+}
+
 fn location_of(host: &str, response: &Response<hyper::body::Incoming>) -> Result<String> {
     let location = response
         .headers()
@@ -712,19 +912,12 @@ fn commit_partial(store: &Store, partial: &Path, digest: &Digest) -> Result<()> 
 }
 
 fn registry_of(reference: &Reference) -> Result<&str> {
-    let host = reference.registry.as_deref().ok_or_else(|| {
+    reference.registry.as_deref().ok_or_else(|| {
         RegistryError::Invalid(format!(
-            "{reference} names no registry: write it as HOST:PORT/NAME[:TAG], such as 127.0.0.1:5000/{}",
+            "{reference} names no registry: write it as HOST[:PORT]/NAME[:TAG], such as 127.0.0.1:5000/{}",
             reference.repository
         ))
-    })?;
-    // Without a port a registry is HTTPS on 443 (as Docker has it), which is not spoken yet.
-    match host.rsplit_once(':') {
-        Some((_, port)) if port != "443" => Ok(host),
-        _ => Err(RegistryError::Invalid(format!(
-            "{reference}: registry {host} is reached over HTTPS, which Paracloud does not speak yet; use a registry served over plain HTTP and name its port (HOST:PORT/NAME), or copy the image with `skopeo copy docker://... oci:DIR` and `paracloud image import DIR`"
-        ))),
-    }
+    })
 }
 
 fn platform_matches(descriptor: &Value) -> bool {
@@ -740,11 +933,24 @@ pub async fn pull(
     credentials: Option<Credentials>,
     progress: ProgressFn,
 ) -> Result<Digest> {
+    let transport = Transport::for_host(store, registry_of(reference)?);
+    pull_with(store, reference, credentials, &transport, progress).await
+}
+
+/// [`pull`] with the certificate authorities of `transport` trusted besides the web's (`pull`
+/// takes those of the store's `certs.d/<host>/`).
+pub async fn pull_with(
+    store: &Store,
+    reference: &Reference,
+    credentials: Option<Credentials>,
+    transport: &Transport,
+    progress: ProgressFn,
+) -> Result<Digest> {
     fs::create_dir_all(store.root().join("partial")).map_err(|source| StoreError::Io {
         path: store.root().join("partial"),
         source,
     })?;
-    let registry = Registry::new(registry_of(reference)?, credentials);
+    let registry = Registry::new(registry_of(reference)?, credentials, transport)?;
     let repository = &reference.repository;
     let scope = format!("repository:{repository}:pull");
     let wanted = reference.clone().normalized();
@@ -869,11 +1075,24 @@ pub async fn push(
     credentials: Option<Credentials>,
     progress: ProgressFn,
 ) -> Result<Digest> {
+    let transport = Transport::for_host(store, registry_of(target)?);
+    push_with(store, name, target, credentials, &transport, progress).await
+}
+
+/// [`push`] with the certificate authorities of `transport` trusted besides the web's.
+pub async fn push_with(
+    store: &Store,
+    name: &str,
+    target: &Reference,
+    credentials: Option<Credentials>,
+    transport: &Transport,
+    progress: ProgressFn,
+) -> Result<Digest> {
     let digest = store.lookup(name)?;
     let bytes = store.read_blob(&digest)?;
     let manifest: oci_spec::image::ImageManifest = serde_json::from_slice(&bytes)
         .map_err(|e| RegistryError::Invalid(format!("{digest} is not an image manifest: {e}")))?;
-    let registry = Registry::new(registry_of(target)?, credentials);
+    let registry = Registry::new(registry_of(target)?, credentials, transport)?;
     let repository = &target.repository;
     let scope = format!("repository:{repository}:pull,push");
     let mut blobs: Vec<(Digest, u64)> = Vec::new();
@@ -979,23 +1198,48 @@ mod tests {
     }
 
     #[test]
-    fn a_registry_without_a_port_is_https_and_refused_with_a_way_out() {
-        let r: Reference = "ghcr.io/team/app:1".parse().unwrap();
-        let e = registry_of(&r).unwrap_err().to_string();
-        assert!(
-            e.contains("HTTPS") && e.contains("paracloud image import"),
-            "{e}"
+    fn endpoints_know_their_address_and_certificate_name() {
+        let e = Endpoint {
+            tls: true,
+            host: "ghcr.io".into(),
+        };
+        assert_eq!(
+            (e.addr(), e.server_name()),
+            ("ghcr.io:443".into(), "ghcr.io".into())
         );
-        let r: Reference = "127.0.0.1:5000/app".parse().unwrap();
-        assert_eq!(registry_of(&r).unwrap(), "127.0.0.1:5000");
+        let e = Endpoint {
+            tls: false,
+            host: "127.0.0.1:5000".into(),
+        };
+        assert_eq!(
+            (e.addr(), e.server_name()),
+            ("127.0.0.1:5000".into(), "127.0.0.1".into())
+        );
+        assert!(!has_port("ghcr.io") && has_port("h:5000"));
     }
 
     #[test]
     fn urls_split_into_host_and_path() {
         assert_eq!(
             split_url("http://h:5000/v2/x?y=1"),
-            Some(("h:5000".into(), "/v2/x?y=1".into()))
+            Some((
+                Endpoint {
+                    tls: false,
+                    host: "h:5000".into()
+                },
+                "/v2/x?y=1".into()
+            ))
         );
-        assert_eq!(split_url("https://h/x"), None);
+        assert_eq!(
+            split_url("https://auth.h/token"),
+            Some((
+                Endpoint {
+                    tls: true,
+                    host: "auth.h".into()
+                },
+                "/token".into()
+            ))
+        );
+        assert_eq!(split_url("ftp://h/x"), None);
     }
 }

@@ -583,3 +583,111 @@ fn bearer_tokens_are_fetched_from_the_token_service_and_used() {
         "tokens for push and pull"
     );
 }
+
+#[test]
+fn a_registry_over_tls_is_trusted_through_the_stores_certs_d_and_never_downgraded() {
+    let dir = tempfile::Builder::new()
+        .prefix("paracloud-test-registry-")
+        .tempdir()
+        .unwrap();
+    let p = dir.path();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=paracloud-test-ca",
+        ],
+        p,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        p,
+    );
+    fs::write(
+        p.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "req.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
+        p,
+    );
+    let tls = format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        p.join("cert.pem").display(),
+        p.join("key.pem").display()
+    );
+    let ca = p.join("ca.crt");
+    let registry = RegistryServer::start_with(dir, &tls, String::new());
+    let (_a, source) = new_store();
+    let digest = image(&source, "app:1", 2, 30_000);
+    let target = reference(&format!("{}/secure/app:1", registry.host()));
+    let rt = rt();
+    // Not trusted yet: an error, not a fall back to plain HTTP.
+    let e = rt
+        .block_on(push(&source, "app:1", &target, None, quiet()))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RegistryError::Tls {
+                certificate: true,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let trust = |store: &Store| {
+        let certs = store.root().join("certs.d").join(registry.host());
+        fs::create_dir_all(&certs).unwrap();
+        fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    };
+    trust(&source);
+    rt.block_on(push(&source, "app:1", &target, None, quiet()))
+        .unwrap();
+    let inspected = skopeo_inspect(&format!("docker://{target}"), None);
+    assert_eq!(inspected["Digest"], digest.to_string());
+    let (_b, dest) = new_store();
+    trust(&dest);
+    assert_eq!(
+        rt.block_on(pull(&dest, &target, None, quiet())).unwrap(),
+        digest
+    );
+}

@@ -48,6 +48,12 @@ impl RegistryServer {
 
     /// Starts a registry with the `auth:` section given (YAML, may be empty) in `dir`.
     pub fn start_in(dir: tempfile::TempDir, auth: String) -> Self {
+        Self::start_with(dir, "", auth)
+    }
+
+    /// As [`RegistryServer::start_in`], with more lines of the `http:` section (indented by
+    /// two spaces), such as its `tls:`.
+    pub fn start_with(dir: tempfile::TempDir, http_extra: &str, auth: String) -> Self {
         // A port the kernel just handed out; a clash with another test's is retried.
         for _ in 0..10 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -59,7 +65,7 @@ impl RegistryServer {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{http_extra}{auth}",
                     dir.path().join("storage").display()
                 ),
             )
