@@ -236,13 +236,16 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
             (vec![lower], host_dirs)
         }
         Rootfs::Dir { path } => (vec![path.clone()], Vec::new()),
-        // overlayfs lists the top layer first; an image without layers (scratch) gets an empty one.
-        Rootfs::Layers { layers } if layers.is_empty() => {
-            let empty = scratch.join("empty");
-            create_dir(&empty)?;
-            (vec![empty], Vec::new())
+        // overlayfs lists the top layer first. On top of the image's layers, a layer on the
+        // scratch tmpfs holds the mount points and the /etc files bound below, so that none is
+        // created on disk in the instance's upper layer (as the host form's skeleton does).
+        Rootfs::Layers { layers } => {
+            let stubs = scratch.join("stubs");
+            mount_point_stubs(&stubs, layers)?;
+            let mut lowers = vec![stubs];
+            lowers.extend(layers.iter().rev().cloned());
+            (lowers, Vec::new())
         }
-        Rootfs::Layers { layers } => (layers.iter().rev().cloned().collect(), Vec::new()),
     };
     for path in lowers.iter().chain([&upper, &work]) {
         let s = path.to_string_lossy();
@@ -331,6 +334,30 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
         bind(&m.source, &target, mode)?;
     }
     Ok(rootfs.to_path_buf())
+}
+
+/// The mount points an image's root needs (/proc, /dev, /sys, /tmp) and the /etc files bound
+/// over it, empty, in `dir`; none where a layer has something other than a directory (a
+/// symlink to follow), which a directory above would hide.
+fn mount_point_stubs(dir: &Path, layers: &[PathBuf]) -> InitResult<()> {
+    create_dir(dir)?;
+    let not_a_dir = |rel: &str| {
+        layers
+            .iter()
+            .any(|l| fs::symlink_metadata(l.join(rel)).is_ok_and(|m| !m.is_dir()))
+    };
+    for sub in ["proc", "dev", "sys", "tmp", "etc"] {
+        if !not_a_dir(sub) {
+            create_dir(&dir.join(sub))?;
+        }
+    }
+    if dir.join("etc").is_dir() {
+        for file in ["hosts", "hostname", "resolv.conf"] {
+            let path = dir.join("etc").join(file);
+            fs::write(&path, b"").map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the Host rootfs' lower layer; returns the host directories to bind read-only.
