@@ -4,7 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --quiet
-./target/release/paracloud up -f examples/shop/paracloud.toml
+# Each service runs from a micro-image of its program: the binary, its shared libraries and a
+# minimal /etc. (examples/shop/paracloud.toml runs the same programs from `image = "host"`.)
+for service in kv api web; do
+  ./target/release/paracloud image build --from-binary "$PWD/target/release/shop-$service" \
+    -t "shop-$service:latest"
+done
+./target/release/paracloud images
+./target/release/paracloud up -f examples/shop/paracloud.micro.toml
 ./target/release/paracloud ps -a shop
 echo
 echo "GET http://127.0.0.1:8080/"

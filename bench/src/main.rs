@@ -9,6 +9,7 @@
 mod autoscale;
 mod autoscale_live;
 mod host;
+mod images;
 mod latency;
 mod load;
 mod oci;
@@ -56,6 +57,9 @@ enum Command {
     Scale(ScaleArgs),
     /// wrk directly, through Paracloud's data plane, HAProxy and nginx (HTTP and TCP)
     Proxy(ProxyArgs),
+    /// Pull + unpack of a ~100 MB layered image from a local registry against skopeo + umoci,
+    /// and instance start from that image against from `host`
+    Images(ImagesArgs),
     /// The autoscaling report: every trace under the model, HPA and KPA policies, simulated
     /// (no root needed)
     Autoscale(AutoscaleArgs),
@@ -111,6 +115,22 @@ struct AutoscaleArgs {
     /// Also write every run's per-second timeline and decisions as `<scenario>.json`
     #[arg(long)]
     timelines: bool,
+}
+
+#[derive(Debug, Args)]
+struct ImagesArgs {
+    /// Layers of the image (plus one holding busybox)
+    #[arg(long, default_value_t = 5)]
+    layers: usize,
+    /// Megabytes of the image, unpacked
+    #[arg(long, default_value_t = 100)]
+    megabytes: usize,
+    /// Pull rounds (one Paracloud pull and one skopeo + umoci each, order alternating)
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Instance starts per root filesystem
+    #[arg(long, default_value_t = 20)]
+    starts: usize,
 }
 
 #[derive(Debug, Args)]
@@ -503,6 +523,33 @@ fn run(cli: Cli) -> Result<()> {
                 args.only.as_deref(),
                 args.timelines,
             )
+        }
+        Command::Images(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench images needs root (overlay mounts, namespaces, cgroups)"
+            );
+            catch_interrupts()?;
+            let scratch = tempfile::Builder::new()
+                .prefix("paracloud-bench-")
+                .disable_cleanup(cli.keep)
+                .tempdir_in("/var/tmp")
+                .context("cannot create a temp dir")?;
+            let report = images::run(
+                &images::ImagesOptions {
+                    layers: args.layers.max(1),
+                    megabytes: args.megabytes.max(1),
+                    rounds: args.rounds.max(1),
+                    starts: args.starts.max(1),
+                },
+                scratch.path(),
+            )?;
+            print!("{}", images::markdown(&report));
+            if let Some(path) = cli.json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            return Ok(());
         }
         Command::Start(start) => (Some(start), None, None),
         Command::Scale(scale) => (None, Some(scale), None),

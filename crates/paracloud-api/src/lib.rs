@@ -18,6 +18,16 @@
 //! | `GET /v1/apps/{app}/logs?target=web&tail=100&follow=true` | | text, streamed when following |
 //! | `GET /v1/events?app=APP&after=ID` | | `[Event]` |
 //! | `GET /v1/stats?app=APP` | | the data plane's live figures (`paracloud_dataplane::Snapshot`) |
+//! | `GET /v1/images` | | `[ImageView]` |
+//! | `GET /v1/images/inspect?name=NAME` | | [`ImageDetail`] |
+//! | `DELETE /v1/images?name=NAME` | | [`RemovedImages`] |
+//! | `POST /v1/images/prune` | | [`PruneView`] |
+//! | `POST /v1/images/micro` | [`MicroImageRequest`] | [`BuiltImage`] |
+//! | `POST /v1/images/import` | [`ImportRequest`] | `[ImageRef]` |
+//! | `POST /v1/images/export` | [`ExportRequest`] | `[ImageRef]` |
+//! | `POST /v1/images/build` | [`BuildRequest`] | [`BuildResponse`] |
+//! | `POST /v1/images/pull` | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
+//! | `POST /v1/images/push` | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 
 mod client;
 
@@ -165,4 +175,167 @@ pub struct Event {
     pub app: String,
     pub subject: String,
     pub message: String,
+}
+
+/// One image of the store, as `paracloud images` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageView {
+    /// `name:tag`.
+    pub reference: String,
+    /// The manifest's digest (`sha256:...`).
+    pub digest: String,
+    pub layers: usize,
+    /// Bytes of its layer blobs.
+    pub size: u64,
+    pub created: Option<String>,
+}
+
+/// A layer of an image, as `image inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerView {
+    pub digest: String,
+    pub diff_id: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// What the store knows of one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageDetail {
+    /// The references naming it.
+    pub references: Vec<String>,
+    pub digest: String,
+    pub architecture: String,
+    pub os: String,
+    pub size: u64,
+    pub layers: Vec<LayerView>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub exposed_ports: Vec<String>,
+    /// The config's history: how each layer was made.
+    pub history: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemovedImages {
+    /// The references removed; blobs stay until `image prune`.
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneView {
+    pub blobs: usize,
+    pub layers: usize,
+    /// Bytes of the blobs removed.
+    pub bytes: u64,
+}
+
+/// Build a micro-image from a host program (absolute paths on the daemon's machine).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MicroImageRequest {
+    pub binary: PathBuf,
+    /// Files or directories added as they are on the host (and the libraries of ELF files in them).
+    #[serde(default)]
+    pub add: Vec<PathBuf>,
+    /// The name to give it, such as `web:1`.
+    pub tag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuiltImage {
+    pub reference: String,
+    pub digest: String,
+    /// Bytes of its one layer (an uncompressed tar).
+    pub size: u64,
+    /// Entries of the layer (files, directories, links).
+    pub files: usize,
+}
+
+/// Import an OCI image layout (directory or archive) or a `docker save` archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    pub path: PathBuf,
+    /// The name to give the image (the source must hold one); without it, the names the source
+    /// gives are kept.
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// Export images as an OCI layout that is also a `docker save` archive: a directory, or a tar
+/// archive when `path` ends in `.tar`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportRequest {
+    pub names: Vec<String>,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRef {
+    pub reference: Option<String>,
+    pub digest: String,
+}
+
+/// Pull an image from a registry (`reference` names it, registry included), or push the
+/// store's image `reference` to `target` (default: `reference` itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferRequest {
+    pub reference: String,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A line of a pull's or push's answer stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum TransferEvent {
+    /// A layer (or the config) starts moving.
+    Started { digest: String, size: u64 },
+    /// Bytes of it moved so far.
+    Bytes { digest: String, done: u64 },
+    /// It is complete (unpacked, when pulling).
+    Done { digest: String },
+    /// The whole image is done: the last line of a transfer that worked.
+    Finished { reference: String, digest: String },
+    /// The transfer failed: the last line of one that did not.
+    Failed { error: String },
+}
+
+/// Build an image from a Containerfile (a subset of the Dockerfile syntax).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// The build context: an absolute directory; COPY and ADD sources are inside it.
+    pub context: PathBuf,
+    /// The Containerfile (default: `Containerfile`, else `Dockerfile`, in the context).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    pub tag: String,
+    /// `--build-arg NAME=VALUE`.
+    #[serde(default)]
+    pub build_args: std::collections::BTreeMap<String, String>,
+}
+
+/// One step of a build, as it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildStepView {
+    pub line: usize,
+    pub instruction: String,
+    /// Taken from the cache of an earlier build instead of done again.
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildResponse {
+    pub reference: String,
+    pub digest: String,
+    pub layers: usize,
+    /// Bytes of its layer blobs.
+    pub size: u64,
+    pub steps: Vec<BuildStepView>,
 }

@@ -147,6 +147,26 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Build an image from a Containerfile (FROM, ARG, ENV, WORKDIR, USER, COPY, ADD, RUN,
+    /// LABEL, EXPOSE, CMD, ENTRYPOINT): paracloud build -t web:1 ./web
+    Build {
+        /// The build context: COPY and ADD sources are inside it
+        context: PathBuf,
+        /// The image's name, such as web:1
+        #[arg(short = 't', long = "tag", value_name = "NAME")]
+        tag: String,
+        /// The Containerfile (default: Containerfile, else Dockerfile, in the context)
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// NAME=VALUE for an ARG (repeatable)
+        #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+        build_args: Vec<String>,
+    },
+    /// List the images of the store
+    Images,
+    /// Images: build a micro-image from a host program, inspect, remove, prune, import, export
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Simulate the application under a trace with an autoscaling policy, faster than real time
     /// (no daemon needed): paracloud sim --model sim.toml --trace load.csv --policy model
     Sim(SimArgs),
@@ -163,6 +183,78 @@ pub enum Command {
         #[arg(long)]
         stats: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a micro-image: a host program, its ELF interpreter and shared libraries, the paths
+    /// added, and a minimal /etc, as one layer (paracloud image build --from-binary
+    /// /usr/sbin/nginx --add /etc/nginx -t web:1)
+    Build {
+        /// The program: the image's entrypoint
+        #[arg(long = "from-binary", value_name = "PATH")]
+        from_binary: PathBuf,
+        /// A file or directory to add as it is on this machine (repeatable)
+        #[arg(long, value_name = "PATH")]
+        add: Vec<PathBuf>,
+        /// The image's name, such as web:1
+        #[arg(short = 't', long = "tag", value_name = "NAME")]
+        tag: String,
+    },
+    /// Pull an image from a registry: paracloud image pull 127.0.0.1:5000/team/web:1
+    Pull {
+        /// HOST:PORT/NAME[:TAG] or HOST:PORT/NAME@sha256:...
+        reference: String,
+        #[command(flatten)]
+        auth: RegistryAuth,
+    },
+    /// Push an image of the store to a registry: paracloud image push web:1 127.0.0.1:5000/team/web:1
+    Push {
+        /// The image in the store
+        name: String,
+        /// Where to push it (HOST:PORT/NAME[:TAG]); default: NAME itself, when it names a registry
+        target: Option<String>,
+        #[command(flatten)]
+        auth: RegistryAuth,
+    },
+    /// List the images of the store (as `paracloud images`)
+    Ls,
+    /// Show an image: digest, layers, entrypoint, cmd, env, user, ports, history
+    Inspect { name: String },
+    /// Remove image names (a digest removes every name of its image); `prune` frees the space
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every blob and layer that no image name and no service needs
+    Prune,
+    /// Import an OCI image layout (directory or .tar) or a `docker save` archive
+    Import {
+        path: PathBuf,
+        /// Name the image so (the source must hold one); without it the source's names are kept
+        #[arg(short = 't', long = "tag", value_name = "NAME")]
+        tag: Option<String>,
+    },
+    /// Export images as an OCI image layout that is also a `docker save` archive: a directory,
+    /// or a tar archive when PATH ends in .tar
+    Export {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Where to write it
+        #[arg(long = "to", value_name = "PATH")]
+        to: PathBuf,
+    },
+}
+
+/// Credentials for a registry that asks for them (basic auth, or its token service's).
+#[derive(Debug, Args)]
+pub struct RegistryAuth {
+    /// User name at the registry
+    #[arg(long, value_name = "USER")]
+    pub username: Option<String>,
+    /// Read the password from standard input (else PARACLOUD_REGISTRY_PASSWORD is used)
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 #[derive(Debug, Args)]

@@ -17,7 +17,7 @@ use paracloud_api::{
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 
-use crate::cli::{Cli, Command, DaemonArgs, Global, Output, SimArgs};
+use crate::cli::{Cli, Command, DaemonArgs, Global, ImageCommand, Output, SimArgs};
 use crate::output::{age, print, table};
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -377,6 +377,14 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Describe { service } => describe(global, &service).await,
         Command::Events { follow } => events(global, follow).await,
         Command::Top { once } => top(global, once).await,
+        Command::Images => image_command(global, ImageCommand::Ls).await,
+        Command::Build {
+            context,
+            tag,
+            file,
+            build_args,
+        } => build(global, &context, tag, file, &build_args).await,
+        Command::Image(command) => image_command(global, command).await,
         Command::Daemon
         | Command::Dataplane { .. }
         | Command::Completion { .. }
@@ -1067,6 +1075,320 @@ async fn top(global: &Global, once: bool) -> Result<()> {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn password(auth: &crate::cli::RegistryAuth) -> Result<Option<String>> {
+    if auth.password_stdin {
+        let mut text = String::new();
+        std::io::stdin().read_line(&mut text)?;
+        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Ok(std::env::var("PARACLOUD_REGISTRY_PASSWORD").ok())
+}
+
+/// Sends a pull or push and follows its progress: a bar per layer when stderr is a terminal.
+async fn transfer(
+    global: &Global,
+    client: &Client,
+    path: &str,
+    request: &paracloud_api::TransferRequest,
+) -> Result<()> {
+    use paracloud_api::TransferEvent;
+    use std::io::IsTerminal;
+
+    let body = serde_json::to_vec(request)?;
+    let response = client
+        .send(hyper::Method::POST, path, Some(body))
+        .await
+        .map_err(explain)?;
+    let bars = std::io::stderr()
+        .is_terminal()
+        .then(indicatif::MultiProgress::new);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let mut by_digest: std::collections::HashMap<String, indicatif::ProgressBar> =
+        std::collections::HashMap::new();
+    let mut body = response.into_body();
+    let mut pending = Vec::new();
+    let mut outcome = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let event: TransferEvent = serde_json::from_slice(&line)
+                .with_context(|| format!("the daemon sent {}", String::from_utf8_lossy(&line)))?;
+            match (&event, &bars) {
+                (TransferEvent::Started { digest, size }, Some(bars)) => {
+                    let bar = bars.add(indicatif::ProgressBar::new(*size));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(digest.trim_start_matches("sha256:")[..12].to_owned());
+                    by_digest.insert(digest.clone(), bar);
+                }
+                (TransferEvent::Bytes { digest, done }, Some(_)) => {
+                    if let Some(bar) = by_digest.get(digest) {
+                        bar.set_position(*done);
+                    }
+                }
+                (TransferEvent::Done { digest }, Some(_)) => {
+                    if let Some(bar) = by_digest.get(digest) {
+                        bar.finish();
+                    }
+                }
+                (TransferEvent::Finished { .. } | TransferEvent::Failed { .. }, _) => {
+                    outcome = Some(event.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    match outcome {
+        Some(TransferEvent::Finished { reference, digest }) => {
+            let done = paracloud_api::ImageRef {
+                reference: Some(reference),
+                digest,
+            };
+            print(global.output, &done, |d| {
+                format!(
+                    "{} {}\n",
+                    d.reference.as_deref().unwrap_or_default(),
+                    d.digest
+                )
+            })
+        }
+        Some(TransferEvent::Failed { error }) => bail!("{error}"),
+        _ => bail!("the daemon ended the transfer without saying how it went; see its log"),
+    }
+}
+
+async fn build(
+    global: &Global,
+    context: &Path,
+    tag: String,
+    file: Option<PathBuf>,
+    build_args: &[String],
+) -> Result<()> {
+    let mut args = std::collections::BTreeMap::new();
+    for pair in build_args {
+        let (name, value) = pair.split_once('=').ok_or_else(|| {
+            anyhow!("--build-arg {pair:?} is not NAME=VALUE (such as --build-arg VERSION=2)")
+        })?;
+        args.insert(name.to_owned(), value.to_owned());
+    }
+    let request = paracloud_api::BuildRequest {
+        context: absolute(context)?,
+        file: file.map(|f| absolute(&f)).transpose()?,
+        tag,
+        build_args: args,
+    };
+    let client = ensure_daemon(global).await?;
+    let built: paracloud_api::BuildResponse = client
+        .post("/v1/images/build", &request)
+        .await
+        .map_err(explain)?;
+    print(global.output, &built, |b| {
+        let mut out = String::new();
+        for (i, step) in b.steps.iter().enumerate() {
+            out.push_str(&format!(
+                "step {}/{} (line {}){} {}\n",
+                i + 1,
+                b.steps.len(),
+                step.line,
+                if step.cached { " CACHED" } else { "" },
+                step.instruction
+            ));
+        }
+        out.push_str(&format!(
+            "built {} ({}): {} layers, {}\n",
+            b.reference,
+            b.digest,
+            b.layers,
+            human_size(b.size)
+        ));
+        out
+    })
+}
+
+/// A query-string value: everything but unreserved characters percent-encoded.
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Bytes as docker shows sizes: 7.5MB, 812kB.
+fn human_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2}GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1}MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.0}kB", b / 1e3)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
+fn image_refs_table(refs: &[paracloud_api::ImageRef]) -> String {
+    let rows: Vec<Vec<String>> = refs
+        .iter()
+        .map(|r| {
+            vec![
+                r.reference.clone().unwrap_or_else(|| "<none>".into()),
+                r.digest.clone(),
+            ]
+        })
+        .collect();
+    table(&["IMAGE", "DIGEST"], &rows)
+}
+
+async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
+    // The daemon owns the store; as `up` does, the command starts one when none runs.
+    let client = ensure_daemon(global).await?;
+    match command {
+        ImageCommand::Pull { reference, auth } => {
+            let request = paracloud_api::TransferRequest {
+                reference,
+                target: None,
+                username: auth.username.clone(),
+                password: password(&auth)?,
+            };
+            transfer(global, &client, "/v1/images/pull", &request).await
+        }
+        ImageCommand::Push { name, target, auth } => {
+            let request = paracloud_api::TransferRequest {
+                reference: name,
+                target,
+                username: auth.username.clone(),
+                password: password(&auth)?,
+            };
+            transfer(global, &client, "/v1/images/push", &request).await
+        }
+        ImageCommand::Ls => {
+            let images: Vec<paracloud_api::ImageView> =
+                client.get("/v1/images").await.map_err(explain)?;
+            print(global.output, &images, |images| {
+                let rows: Vec<Vec<String>> = images
+                    .iter()
+                    .map(|i| {
+                        let (name, tag) = i
+                            .reference
+                            .rsplit_once(':')
+                            .filter(|(_, t)| !t.contains('/'))
+                            .unwrap_or((&i.reference, ""));
+                        vec![
+                            name.to_owned(),
+                            tag.to_owned(),
+                            i.digest
+                                .trim_start_matches("sha256:")
+                                .chars()
+                                .take(12)
+                                .collect(),
+                            i.layers.to_string(),
+                            human_size(i.size),
+                        ]
+                    })
+                    .collect();
+                table(&["REPOSITORY", "TAG", "IMAGE ID", "LAYERS", "SIZE"], &rows)
+            })
+        }
+        ImageCommand::Build {
+            from_binary,
+            add,
+            tag,
+        } => {
+            let request = paracloud_api::MicroImageRequest {
+                binary: absolute(&from_binary)?,
+                add: add.iter().map(|a| absolute(a)).collect::<Result<_>>()?,
+                tag,
+            };
+            let built: paracloud_api::BuiltImage = client
+                .post("/v1/images/micro", &request)
+                .await
+                .map_err(explain)?;
+            print(global.output, &built, |b| {
+                format!(
+                    "built {} ({}): {} in one layer, {} entries\n",
+                    b.reference,
+                    b.digest,
+                    human_size(b.size),
+                    b.files
+                )
+            })
+        }
+        ImageCommand::Inspect { name } => {
+            let detail: paracloud_api::ImageDetail = client
+                .get(&format!("/v1/images/inspect?name={}", query_value(&name)))
+                .await
+                .map_err(explain)?;
+            // The table form is YAML: a nested record reads best so.
+            let format = match global.output {
+                Output::Table => Output::Yaml,
+                other => other,
+            };
+            print(format, &detail, |_| String::new())
+        }
+        ImageCommand::Rm { names } => {
+            let mut removed = Vec::new();
+            for name in &names {
+                let r: paracloud_api::RemovedImages = client
+                    .delete(&format!("/v1/images?name={}", query_value(name)))
+                    .await
+                    .map_err(explain)?;
+                removed.extend(r.removed);
+            }
+            print(global.output, &removed, |removed| {
+                removed.iter().map(|r| format!("untagged {r}\n")).collect()
+            })
+        }
+        ImageCommand::Prune => {
+            let pruned: paracloud_api::PruneView = client
+                .post("/v1/images/prune", &())
+                .await
+                .map_err(explain)?;
+            print(global.output, &pruned, |p| {
+                format!(
+                    "removed {} blobs and {} unpacked layers, {} freed\n",
+                    p.blobs,
+                    p.layers,
+                    human_size(p.bytes)
+                )
+            })
+        }
+        ImageCommand::Import { path, tag } => {
+            let request = paracloud_api::ImportRequest {
+                path: absolute(&path)?,
+                tag,
+            };
+            let imported: Vec<paracloud_api::ImageRef> = client
+                .post("/v1/images/import", &request)
+                .await
+                .map_err(explain)?;
+            print(global.output, &imported, |r| image_refs_table(r))
+        }
+        ImageCommand::Export { names, to } => {
+            let request = paracloud_api::ExportRequest {
+                names,
+                path: absolute(&to)?,
+            };
+            let exported: Vec<paracloud_api::ImageRef> = client
+                .post("/v1/images/export", &request)
+                .await
+                .map_err(explain)?;
+            print(global.output, &exported, |r| image_refs_table(r))
+        }
     }
 }
 

@@ -110,3 +110,114 @@ fn bad_requests_get_json_errors_and_change_nothing() {
     });
     assert_eq!(pids(&p.ps("api")), before, "nothing changed");
 }
+
+#[test]
+fn bad_image_requests_get_json_errors_and_leave_the_store_as_it_was() {
+    let p = Platform::new();
+    p.ok(&[
+        "image",
+        "build",
+        "--from-binary",
+        "/bin/true",
+        "-t",
+        "kept:1",
+    ]);
+    let client = Client::new(p.root().join(paracloud_api::SOCKET_NAME));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let cases: &[(Method, &str, &str, StatusCode, &str)] = &[
+            (
+                Method::POST,
+                "/v1/images/micro",
+                r#"{"binary":"true","tag":"x:1"}"#,
+                StatusCode::BAD_REQUEST,
+                "the program true must be an absolute path",
+            ),
+            (
+                Method::POST,
+                "/v1/images/micro",
+                r#"{"binary":"/bin/true","tag":"X"}"#,
+                StatusCode::BAD_REQUEST,
+                "must start with a lower-case letter",
+            ),
+            (
+                Method::POST,
+                "/v1/images/micro",
+                "{}",
+                StatusCode::BAD_REQUEST,
+                "the request body is not valid",
+            ),
+            (
+                Method::POST,
+                "/v1/images/import",
+                r#"{"path":"relative.tar"}"#,
+                StatusCode::BAD_REQUEST,
+                "must be an absolute path",
+            ),
+            (
+                Method::POST,
+                "/v1/images/export",
+                r#"{"names":[],"path":"/tmp/x"}"#,
+                StatusCode::BAD_REQUEST,
+                "name at least one image",
+            ),
+            (
+                Method::GET,
+                "/v1/images/inspect?name=absent:1",
+                "",
+                StatusCode::NOT_FOUND,
+                "no image absent:1 in the store",
+            ),
+            (
+                Method::DELETE,
+                "/v1/images?name=absent:1",
+                "",
+                StatusCode::NOT_FOUND,
+                "no image absent:1 in the store",
+            ),
+            (
+                Method::GET,
+                "/v1/images/inspect",
+                "",
+                StatusCode::BAD_REQUEST,
+                "the query string is not valid",
+            ),
+            (
+                Method::POST,
+                "/v1/images/build",
+                r#"{"context":"/nonexistent","tag":"b:1"}"#,
+                StatusCode::BAD_REQUEST,
+                "the build context /nonexistent is not a directory",
+            ),
+            (
+                Method::POST,
+                "/v1/images/pull",
+                r#"{"reference":"app:1"}"#,
+                StatusCode::BAD_REQUEST,
+                "names no registry",
+            ),
+            (
+                Method::POST,
+                "/v1/images/push",
+                r#"{"reference":"kept:1","target":"127.0.0.1:1/x","password":"p"}"#,
+                StatusCode::BAD_REQUEST,
+                "a password needs a --username",
+            ),
+        ];
+        for (method, path, body, status, message) in cases {
+            let (got, error) = call(&client, method.clone(), path, body).await;
+            assert_eq!(got, *status, "{method} {path}: {}", error.error);
+            assert!(
+                error.error.contains(message),
+                "{method} {path}: {}",
+                error.error
+            );
+        }
+    });
+    let listed = p.ok(&["images", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use paracloud_api::{
-    AppView, CpuRequest, ErrorBody, Event, Health, InstanceView, ScaleRequest, ServiceView,
-    TrafficRequest, UpRequest, UpResponse,
+    AppView, BuiltImage, CpuRequest, ErrorBody, Event, ExportRequest, Health, ImageDetail,
+    ImageRef, ImageView, ImportRequest, InstanceView, MicroImageRequest, PruneView, RemovedImages,
+    ScaleRequest, ServiceView, TrafficRequest, UpRequest, UpResponse,
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 use paracloud_state::{AppRecord, Snapshot};
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 use crate::driver::Driver;
 use crate::engine::{now_ms, Engine};
+use crate::images::{self, ImageError, Images};
 use crate::logs;
 use crate::views::{app_view, instance_view, service_view};
 
@@ -119,6 +121,18 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .route("/v1/apps/{app}/logs", get(logs_of::<D>))
         .route("/v1/events", get(events::<D>))
         .route("/v1/stats", get(stats::<D>))
+        .route(
+            "/v1/images",
+            get(list_images::<D>).delete(remove_image::<D>),
+        )
+        .route("/v1/images/inspect", get(inspect_image::<D>))
+        .route("/v1/images/prune", post(prune_images::<D>))
+        .route("/v1/images/micro", post(build_micro::<D>))
+        .route("/v1/images/import", post(import_images::<D>))
+        .route("/v1/images/export", post(export_images::<D>))
+        .route("/v1/images/build", post(build_image::<D>))
+        .route("/v1/images/pull", post(pull_image::<D>))
+        .route("/v1/images/push", post(push_image::<D>))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -173,6 +187,45 @@ async fn up<D: Driver>(
             diagnostics: e.diagnostics.clone(),
         },
     })?;
+    // `build = "DIR"`: built first (from the step cache when nothing changed), named
+    // APP-SERVICE:latest.
+    let mut manifest = manifest;
+    let app_name = manifest.app.clone();
+    for (name, service) in manifest.services.iter_mut() {
+        if let paracloud_manifest::Image::Build { context, digest } = &mut service.image {
+            let request = paracloud_api::BuildRequest {
+                context: context.clone(),
+                file: None,
+                tag: format!("{app_name}-{}:latest", name.replace('@', "-")),
+                build_args: Default::default(),
+            };
+            let built = crate::build::build(&engine, request).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{}: service {name}: {}", origin.file, e.message),
+                )
+            })?;
+            *digest = Some(built.digest);
+        }
+    }
+    // Images of the store: pinned to a digest, their config's defaults filled in.
+    let manifest = engine
+        .images
+        .with(move |store| {
+            let mut manifest = manifest;
+            Images::resolve_manifest(store, &mut manifest).map(|()| manifest)
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                if e.not_found {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                },
+                format!("{}: {}", request.origin, e.message),
+            )
+        })?;
     let snapshot = engine.store.load()?;
     let ours: BTreeSet<_> = manifest
         .services
@@ -709,4 +762,234 @@ mod tests {
             .unwrap_err()
             .contains("more than the 2 cores of this machine"));
     }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        let status = if e.not_found {
+            StatusCode::NOT_FOUND
+        } else if e.bad_request {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError::new(status, e.message)
+    }
+}
+
+#[derive(Deserialize)]
+struct ImageName {
+    name: String,
+}
+
+async fn list_images<D: Driver>(
+    State(engine): Shared<D>,
+) -> Result<Json<Vec<ImageView>>, ApiError> {
+    Ok(Json(engine.images.with(images::list).await?))
+}
+
+async fn inspect_image<D: Driver>(
+    State(engine): Shared<D>,
+    query: Result<Query<ImageName>, QueryRejection>,
+) -> Result<Json<ImageDetail>, ApiError> {
+    let Query(q) = query?;
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::inspect(store, &q.name))
+            .await?,
+    ))
+}
+
+async fn remove_image<D: Driver>(
+    State(engine): Shared<D>,
+    query: Result<Query<ImageName>, QueryRejection>,
+) -> Result<Json<RemovedImages>, ApiError> {
+    let Query(q) = query?;
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::remove(store, &q.name))
+            .await?,
+    ))
+}
+
+async fn prune_images<D: Driver>(State(engine): Shared<D>) -> Result<Json<PruneView>, ApiError> {
+    let _no_transfer = engine.images.transfers.clone().write_owned().await;
+    // What services use stays, named or not: their instances may start again at any time.
+    let pinned = Images::pinned(&engine.store.load()?);
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::prune(store, &pinned))
+            .await?,
+    ))
+}
+
+async fn build_micro<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<MicroImageRequest>, JsonRejection>,
+) -> Result<Json<BuiltImage>, ApiError> {
+    let Json(r) = body?;
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::build_micro(store, &r.binary, &r.add, &r.tag))
+            .await?,
+    ))
+}
+
+async fn import_images<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<ImportRequest>, JsonRejection>,
+) -> Result<Json<Vec<ImageRef>>, ApiError> {
+    let Json(r) = body?;
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::import(store, &r.path, r.tag.as_deref()))
+            .await?,
+    ))
+}
+
+async fn export_images<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<ExportRequest>, JsonRejection>,
+) -> Result<Json<Vec<ImageRef>>, ApiError> {
+    let Json(r) = body?;
+    Ok(Json(
+        engine
+            .images
+            .with(move |store| images::export(store, &r.names, &r.path))
+            .await?,
+    ))
+}
+
+/// Runs a pull or push, answering with its progress as JSON lines; the last line says how it
+/// ended. Byte counts are sent at most once per MiB of each blob.
+fn transfer_stream(
+    engine_images: Images,
+    request: paracloud_api::TransferRequest,
+    push: bool,
+) -> Result<Response, ApiError> {
+    use paracloud_api::TransferEvent;
+    use paracloud_image::registry::{self, Credentials, Progress, ProgressFn};
+
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let parse = |s: &str| -> Result<paracloud_image::Reference, ApiError> {
+        s.parse::<paracloud_image::Reference>()
+            .map_err(|e| bad(format!("{e}; {}", e.hint())))
+    };
+    let source = if push {
+        None
+    } else {
+        Some(parse(&request.reference)?)
+    };
+    let target = match (&request.target, push) {
+        (Some(t), true) => Some(parse(t)?),
+        (None, true) => Some(parse(&request.reference)?),
+        (_, false) => None,
+    };
+    for r in source.iter().chain(target.iter()) {
+        if r.registry.is_none() {
+            return Err(bad(format!(
+                "{r} names no registry: write HOST[:PORT]/NAME[:TAG], such as 127.0.0.1:5000/{}",
+                r.repository
+            )));
+        }
+    }
+    let credentials = match (request.username.clone(), request.password.clone()) {
+        (Some(username), password) => Some(Credentials {
+            username,
+            password: password.unwrap_or_default(),
+        }),
+        (None, Some(_)) => return Err(bad("a password needs a --username".into())),
+        (None, None) => None,
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<TransferEvent>();
+    let reported = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        u64,
+    >::new()));
+    let progress_tx = tx.clone();
+    let progress: ProgressFn = Arc::new(move |p| {
+        let event = match p {
+            Progress::Started { digest, size } => TransferEvent::Started {
+                digest: digest.to_string(),
+                size,
+            },
+            Progress::Bytes { digest, done } => {
+                let mut last = reported.lock().unwrap_or_else(|e| e.into_inner());
+                let seen = last.entry(digest.to_string()).or_insert(0);
+                if done < *seen + (1 << 20) {
+                    return;
+                }
+                *seen = done;
+                TransferEvent::Bytes {
+                    digest: digest.to_string(),
+                    done,
+                }
+            }
+            Progress::Done { digest } => TransferEvent::Done {
+                digest: digest.to_string(),
+            },
+        };
+        let _ = progress_tx.send(event);
+    });
+    tokio::spawn(async move {
+        let _shared = engine_images.transfers.clone().read_owned().await;
+        let store = engine_images.store().clone();
+        let result = match (source, target) {
+            (Some(source), _) => registry::pull(&store, &source, credentials, progress)
+                .await
+                .map(|d| (source.normalized().to_string(), d)),
+            (None, Some(target)) => {
+                registry::push(&store, &request.reference, &target, credentials, progress)
+                    .await
+                    .map(|d| (target.normalized().to_string(), d))
+            }
+            (None, None) => unreachable!("a transfer has a source or a target"),
+        };
+        let last = match result {
+            Ok((reference, digest)) => TransferEvent::Finished {
+                reference,
+                digest: digest.to_string(),
+            },
+            Err(e) => TransferEvent::Failed {
+                error: e.to_string(),
+            },
+        };
+        let _ = tx.send(last);
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
+    });
+    Ok(Body::from_stream(stream).into_response())
+}
+
+async fn pull_image<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<paracloud_api::TransferRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(r) = body?;
+    transfer_stream(engine.images.clone(), r, false)
+}
+
+async fn push_image<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<paracloud_api::TransferRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(r) = body?;
+    transfer_stream(engine.images.clone(), r, true)
+}
+
+async fn build_image<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<paracloud_api::BuildRequest>, JsonRejection>,
+) -> Result<Json<paracloud_api::BuildResponse>, ApiError> {
+    let Json(r) = body?;
+    Ok(Json(crate::build::build(&engine, r).await?))
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::Ipv4Net;
 use nix::sys::signal::Signal;
-use paracloud_manifest::{Image, Service, VolumeMount};
+use paracloud_manifest::{Service, VolumeMount};
 use paracloud_reconcile::{
     plan, restarts_after_exit, Action, Desired, DesiredApp, ExitInfo, Health, InstanceKey,
     InstanceState, Millis, Observed, ObservedInstance, StopReason,
@@ -84,6 +84,8 @@ pub struct Engine<D: Driver> {
     pub config: DaemonConfig,
     pub store: Store,
     pub driver: D,
+    /// The image store (`<root>/images`).
+    pub images: crate::images::Images,
     live: Mutex<HashMap<InstanceKey, Live>>,
     wake: Notify,
     /// Why instances wait, from the last plan (for `describe`).
@@ -100,12 +102,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<D: Driver> Engine<D> {
-    pub fn new(config: DaemonConfig, store: Store, driver: D) -> Arc<Self> {
+    pub fn new(
+        config: DaemonConfig,
+        store: Store,
+        driver: D,
+        images: crate::images::Images,
+    ) -> Arc<Self> {
         let dataplane = Arc::new(DataplaneSupervisor::new(&config.root, &config.exe));
         Arc::new(Self {
             config,
             store,
             driver,
+            images,
             live: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             waiting: Mutex::new(Vec::new()),
@@ -411,6 +419,7 @@ impl<D: Driver> Engine<D> {
             .network_of(app)
             .ok_or("the application has no subnet")?;
         let address = network.instance_address(slot).map_err(|e| e.to_string())?;
+        let rootfs = self.images.rootfs(&service.image)?;
         let now = now_ms();
         let record = InstanceRecord {
             key: key.clone(),
@@ -429,14 +438,7 @@ impl<D: Driver> Engine<D> {
         self.store
             .put_instance(&record)
             .map_err(|e| e.to_string())?;
-        // Revisions (`api@canary`) are reached through their service's name.
-        let hosts: Vec<(String, Ipv4Addr)> = app
-            .services
-            .iter()
-            .filter(|(name, _)| !name.contains(paracloud_manifest::REVISION_SEPARATOR))
-            .map(|(name, s)| (name.clone(), network.service_address(s.slot)))
-            .collect();
-        let config = self.instance_config(app, &service, key, address, &network, hosts);
+        let config = self.instance_config(app, &service, key, address, &network, rootfs);
         let engine = self.clone();
         let _ = snapshot;
         tokio::spawn(async move {
@@ -500,14 +502,15 @@ impl<D: Driver> Engine<D> {
         key: &InstanceKey,
         address: Ipv4Net,
         network: &AppNetwork,
-        hosts: Vec<(String, Ipv4Addr)>,
+        rootfs: Rootfs,
     ) -> InstanceConfig {
-        let rootfs = match &service.image {
-            Image::Host { paths } => Rootfs::Host {
-                extra_paths: paths.clone(),
-            },
-            Image::Dir { path } => Rootfs::Dir { path: path.clone() },
-        };
+        // Revisions (`api@canary`) are reached through their service's name.
+        let hosts: Vec<(String, Ipv4Addr)> = app
+            .services
+            .iter()
+            .filter(|(name, _)| !name.contains(paracloud_manifest::REVISION_SEPARATOR))
+            .map(|(name, s)| (name.clone(), network.service_address(s.slot)))
+            .collect();
         let mounts = service
             .volumes
             .iter()

@@ -4,11 +4,13 @@
 pub mod addressing;
 pub mod api;
 pub mod autoscale;
+pub mod build;
 pub mod dataplane;
 pub mod driver;
 pub mod engine;
 pub mod follow;
 pub mod health;
+pub mod images;
 pub mod logs;
 pub mod observation;
 pub mod routes;
@@ -38,6 +40,8 @@ pub enum Error {
     State(#[from] paracloud_state::Error),
     #[error("the runtime cannot start: {0}")]
     Runtime(#[from] paracloud_runtime::Error),
+    #[error("cannot open the image store: {0}")]
+    Images(String),
     #[error("cannot listen on {path}: {source}")]
     Listen { path: String, source: io::Error },
 }
@@ -71,7 +75,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
         cgroup_parent: config.cgroup_parent.clone(),
         helper_exe: config.exe.clone(),
     })?;
-    let engine = Engine::new(config.clone(), store, runtime);
+    let images = images::Images::open(&root).map_err(|e| Error::Images(e.to_string()))?;
+    // What RUN steps of builds cut short by a crash left (their sandboxes died with the daemon's
+    // children or were never adopted).
+    let _ = fs::remove_dir_all(root.join("builds"));
+    let engine = Engine::new(config.clone(), store, runtime, images);
     engine.recover()?;
     engine.start_dataplane();
 

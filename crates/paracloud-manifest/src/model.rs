@@ -130,7 +130,7 @@ impl Service {
     }
 }
 
-/// Where an instance's root filesystem comes from. The OCI image store will add variants.
+/// Where an instance's root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Image {
@@ -139,6 +139,43 @@ pub enum Image {
     Host { paths: Vec<PathBuf> },
     /// A directory used as the read-only lower layer of the root filesystem.
     Dir { path: PathBuf },
+    /// An image of the daemon's store by reference (`name:tag`, normalised: `web` is
+    /// `web:latest`). Its layers are stacked read-only under each instance's private layer, and
+    /// its config's entrypoint, cmd, env, working directory, user and exposed ports apply where
+    /// the service sets none.
+    Stored {
+        reference: String,
+        /// The manifest digest the reference meant when the application was deployed (filled
+        /// in by the daemon at `up`): instances started later run the same image.
+        #[serde(default)]
+        digest: Option<String>,
+    },
+    /// An OCI image layout directory holding one image for this machine, imported into the
+    /// store at `up`.
+    Layout {
+        path: PathBuf,
+        /// As for `Stored`: filled in by the daemon at `up`.
+        #[serde(default)]
+        digest: Option<String>,
+    },
+    /// An image built at `up` from the Containerfile (or Dockerfile) in `context`, named
+    /// `APP-SERVICE:latest` in the store.
+    Build {
+        context: PathBuf,
+        /// As for `Stored`: filled in by the daemon at `up`.
+        #[serde(default)]
+        digest: Option<String>,
+    },
+}
+
+impl Image {
+    /// Whether the image is one of the store's (its config supplies defaults).
+    pub fn is_stored(&self) -> bool {
+        matches!(
+            self,
+            Image::Stored { .. } | Image::Layout { .. } | Image::Build { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

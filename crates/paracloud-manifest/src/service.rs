@@ -18,6 +18,7 @@ use crate::units;
 /// Keys of a service table, in the order the documentation lists them.
 pub(crate) const SERVICE_KEYS: &[&str] = &[
     "image",
+    "build",
     "paths",
     "entrypoint",
     "command",
@@ -214,13 +215,25 @@ impl Checker<'_> {
         let field = |key: &str| child(&path, key);
         let get = |key: &str| table.get(key);
 
-        let image = match get("image") {
-            Some(v) => self.image(v, &field("image")),
-            None => {
+        let image = match (get("image"), get("build")) {
+            (Some(_), Some(b)) => {
+                self.error(
+                    b.span(),
+                    &field("build"),
+                    "a service has either `image` or `build`, not both",
+                    Some(
+                        "remove one: `build` makes the service's image from a Containerfile".into(),
+                    ),
+                );
+                None
+            }
+            (None, Some(b)) => self.build_image(b, &field("build")),
+            (Some(v), None) => self.image(v, &field("image")),
+            (None, None) => {
                 self.missing(
                     value.span(),
                     &field("image"),
-                    "add `image = \"host\"` to run host programs, or `image = \"dir:PATH\"` to use a directory as the root filesystem",
+                    "add `image = \"host\"` to run host programs, `image = \"NAME:TAG\"` for an image of the store, `image = \"oci:PATH\"` for an OCI image layout, or `image = \"dir:PATH\"` to use a directory as the root filesystem",
                 );
                 None
             }
@@ -229,12 +242,12 @@ impl Checker<'_> {
             (Some(Image::Host { .. }), Some(v)) => self
                 .host_paths(v, &field("paths"))
                 .map(|paths| Image::Host { paths }),
-            (Some(Image::Dir { .. }), Some(v)) => {
+            (Some(_), Some(v)) => {
                 self.error(
                     v.span(),
                     &field("paths"),
                     "`paths` is only allowed with `image = \"host\"`",
-                    Some("remove `paths`: a \"dir:\" image already holds its programs".into()),
+                    Some("remove `paths`: the image already holds its programs".into()),
                 );
                 None
             }
@@ -346,14 +359,39 @@ impl Checker<'_> {
         if text == "host" {
             return Some(Image::Host { paths: Vec::new() });
         }
+        if let Some(layout) = text.strip_prefix("oci:") {
+            return self.layout_image(value, field, layout);
+        }
         let Some(dir) = text.strip_prefix("dir:") else {
-            self.error(
-                value.span(),
-                field,
-                format!("unknown image {text:?}"),
-                Some("use `image = \"host\"` or `image = \"dir:PATH\"`".into()),
-            );
-            return None;
+            return match text.parse::<paracloud_image::Reference>() {
+                Ok(reference) if reference.digest.is_none() || reference.tag.is_none() => {
+                    Some(Image::Stored {
+                        reference: reference.normalized().to_string(),
+                        digest: None,
+                    })
+                }
+                Ok(_) => {
+                    self.error(
+                        value.span(),
+                        field,
+                        format!("image {text:?} has both a tag and a digest"),
+                        Some("keep one: `name:tag` or `name@sha256:...`".into()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.error(
+                        value.span(),
+                        field,
+                        format!("image {text:?} is not a valid image reference: {e}"),
+                        Some(format!(
+                            "{}; or use `image = \"host\"`, `image = \"oci:PATH\"` or `image = \"dir:PATH\"`",
+                            e.hint()
+                        )),
+                    );
+                    None
+                }
+            };
         };
         if dir.is_empty() {
             self.error(
@@ -387,6 +425,82 @@ impl Checker<'_> {
             return None;
         }
         Some(Image::Dir { path })
+    }
+
+    /// `build = "DIR"`: a build context holding a Containerfile or Dockerfile.
+    fn build_image(&mut self, value: &Value<'_>, field: &str) -> Option<Image> {
+        let text = self.string(value, field)?;
+        if text.is_empty() {
+            self.error(
+                value.span(),
+                field,
+                "the build directory is empty",
+                Some(
+                    "write the directory holding the Containerfile, such as `build = \"./web\"`"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+        let context = units::resolve(self.base_dir(), text);
+        if !self.fs.is_dir(&context) {
+            let hint = self.relative_hint();
+            self.error(
+                value.span(),
+                field,
+                format!("build directory {} is not a directory", context.display()),
+                Some(hint),
+            );
+            return None;
+        }
+        if !self.fs.exists(&context.join("Containerfile"))
+            && !self.fs.exists(&context.join("Dockerfile"))
+        {
+            self.error(
+                value.span(),
+                field,
+                format!("{} has no Containerfile or Dockerfile", context.display()),
+                Some("write one there (FROM, COPY, RUN, CMD, ...): see docs/images.md".into()),
+            );
+            return None;
+        }
+        Some(Image::Build {
+            context,
+            digest: None,
+        })
+    }
+
+    fn layout_image(&mut self, value: &Value<'_>, field: &str, layout: &str) -> Option<Image> {
+        if layout.is_empty() {
+            self.error(
+                value.span(),
+                field,
+                "the directory of an \"oci:\" image is empty",
+                Some("write the OCI image layout's directory after \"oci:\", such as `image = \"oci:./web-image\"`".into()),
+            );
+            return None;
+        }
+        let path = units::resolve(self.base_dir(), layout);
+        if !self.fs.is_dir(&path) {
+            let hint = self.relative_hint();
+            self.error(
+                value.span(),
+                field,
+                format!("OCI image layout {} is not a directory", path.display()),
+                Some(hint),
+            );
+            return None;
+        }
+        if !self.fs.exists(&path.join("index.json")) {
+            self.error(
+                value.span(),
+                field,
+                format!("{} has no index.json, so it is not an OCI image layout", path.display()),
+                Some("export one with `paracloud image export NAME DIR` or `skopeo copy ... oci:DIR`".into()),
+            );
+            return None;
+        }
+        Some(Image::Layout { path, digest: None })
     }
 
     fn relative_hint(&self) -> String {

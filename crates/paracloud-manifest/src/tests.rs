@@ -383,7 +383,7 @@ fn unknown_key_far() {
         &format!("{HEAD}colour = \"red\"\n"),
         r#"
 paracloud.toml:5:1: services.kv.colour: unknown key `colour`
-  hint: allowed keys here: image, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, autoscale, revisions
+  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, autoscale, revisions
 "#,
     );
 }
@@ -440,7 +440,7 @@ fn missing_image() {
         "app = \"shop\"\n[services.kv]\ncommand = \"kv\"\n",
         r#"
 paracloud.toml:2:1: services.kv.image: missing required key `image`
-  hint: add `image = "host"` to run host programs, or `image = "dir:PATH"` to use a directory as the root filesystem
+  hint: add `image = "host"` to run host programs, `image = "NAME:TAG"` for an image of the store, `image = "oci:PATH"` for an OCI image layout, or `image = "dir:PATH"` to use a directory as the root filesystem
 "#,
     );
 }
@@ -554,7 +554,76 @@ fn paths_with_dir() {
         "app = \"shop\"\n[services.kv]\nimage = \"dir:rootfs\"\npaths = [\"/\"]\n",
         r#"
 paracloud.toml:4:9: services.kv.paths: `paths` is only allowed with `image = "host"`
-  hint: remove `paths`: a "dir:" image already holds its programs
+  hint: remove `paths`: the image already holds its programs
+"#,
+    );
+}
+
+#[test]
+fn stored_images_are_references_normalised_and_need_no_command() {
+    let manifest = valid("app = \"shop\"\n[services.kv]\nimage = \"shop-kv\"\n");
+    assert_eq!(
+        manifest.services["kv"].image,
+        Image::Stored {
+            reference: "shop-kv:latest".into(),
+            digest: None
+        }
+    );
+    let manifest = valid(
+        "app = \"shop\"\n[services.kv]\nimage = \"127.0.0.1:5000/team/kv:2\"\ncommand = [\"--port\", \"7000\"]\n",
+    );
+    assert_eq!(
+        manifest.services["kv"].image,
+        Image::Stored {
+            reference: "127.0.0.1:5000/team/kv:2".into(),
+            digest: None
+        }
+    );
+}
+
+#[test]
+fn build_needs_a_containerfile_and_excludes_image() {
+    check(
+        "app = \"shop\"\n[services.kv]\nbuild = \"conf\"\n",
+        r#"
+paracloud.toml:3:9: services.kv.build: /srv/shop/conf has no Containerfile or Dockerfile
+  hint: write one there (FROM, COPY, RUN, CMD, ...): see docs/images.md
+"#,
+    );
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"kv\"\nbuild = \"conf\"\n",
+        r#"
+paracloud.toml:4:9: services.kv.build: a service has either `image` or `build`, not both
+  hint: remove one: `build` makes the service's image from a Containerfile
+"#,
+    );
+}
+
+#[test]
+fn bad_image_reference() {
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"Shop/KV:1\"\n",
+        r#"
+paracloud.toml:3:9: services.kv.image: image "Shop/KV:1" is not a valid image reference: "Shop/KV:1": name component "Shop" must start with a lower-case letter or a digit
+  hint: write an image as `name[:tag]` with lower-case letters, digits and `._-/` in the name, such as `shop-api:1.0` or `127.0.0.1:5000/team/web:latest`; or use `image = "host"`, `image = "oci:PATH"` or `image = "dir:PATH"`
+"#,
+    );
+}
+
+#[test]
+fn oci_layout_image_must_be_a_layout() {
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"oci:conf\"\n",
+        r#"
+paracloud.toml:3:9: services.kv.image: /srv/shop/conf has no index.json, so it is not an OCI image layout
+  hint: export one with `paracloud image export NAME DIR` or `skopeo copy ... oci:DIR`
+"#,
+    );
+    check(
+        "app = \"shop\"\n[services.kv]\nimage = \"oci:./nope\"\n",
+        r#"
+paracloud.toml:3:9: services.kv.image: OCI image layout /srv/shop/nope is not a directory
+  hint: create it or fix the path; relative paths are resolved against /srv/shop
 "#,
     );
 }
@@ -901,7 +970,7 @@ fn revision_mistakes_are_located() {
         ),
         r#"
 paracloud.toml:11:1: services.api.revisions.canary.ports: unknown key `ports`
-  hint: allowed keys here: weight, image, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero
+  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero
 paracloud.toml:12:25: services.api.revisions.Blue: invalid revision name "Blue": must start with a lower-case letter, found 'B'
   hint: use lower-case letters, digits and '-', starting with a letter, such as "canary"
 paracloud.toml:14:10: services.api.revisions.green.weight: the revisions of `api` get 110% of its traffic together, more than 100%

@@ -104,6 +104,9 @@ pub enum Rootfs {
     Host { extra_paths: Vec<PathBuf> },
     /// A directory as the read-only lower layer.
     Dir { path: PathBuf },
+    /// Image layers (unpacked directories, bottom first) stacked read-only as overlayfs lower
+    /// layers, shared by every instance of the image.
+    Layers { layers: Vec<PathBuf> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

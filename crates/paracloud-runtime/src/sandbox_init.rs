@@ -197,7 +197,7 @@ fn path_prefix(cfg: &InstanceConfig) -> Vec<String> {
             .filter(|p| p.is_dir())
             .map(|p| p.display().to_string())
             .collect(),
-        Rootfs::Dir { .. } => Vec::new(),
+        Rootfs::Dir { .. } | Rootfs::Layers { .. } => Vec::new(),
     }
 }
 
@@ -229,15 +229,25 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
     )?;
     let rootfs = scratch.join("merged");
     create_dir(&rootfs)?;
-    let (lower, host_dirs) = match &cfg.rootfs {
+    let (lowers, host_dirs) = match &cfg.rootfs {
         Rootfs::Host { .. } => {
             let lower = scratch.join("lower");
             let host_dirs = host_skeleton(&lower)?;
-            (lower, host_dirs)
+            (vec![lower], host_dirs)
         }
-        Rootfs::Dir { path } => (path.clone(), Vec::new()),
+        Rootfs::Dir { path } => (vec![path.clone()], Vec::new()),
+        // overlayfs lists the top layer first. On top of the image's layers, a layer on the
+        // scratch tmpfs holds the mount points and the /etc files bound below, so that none is
+        // created on disk in the instance's upper layer (as the host form's skeleton does).
+        Rootfs::Layers { layers } => {
+            let stubs = scratch.join("stubs");
+            mount_point_stubs(&stubs, layers)?;
+            let mut lowers = vec![stubs];
+            lowers.extend(layers.iter().rev().cloned());
+            (lowers, Vec::new())
+        }
     };
-    for path in [&lower, &upper, &work] {
+    for path in lowers.iter().chain([&upper, &work]) {
         let s = path.to_string_lossy();
         if s.contains(',') || s.contains(':') {
             return Err(format!(
@@ -245,12 +255,24 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
             ));
         }
     }
+    let lower = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+        "lowerdir={lower},upperdir={},workdir={}",
         upper.display(),
         work.display()
     );
+    // The kernel takes mount options of at most one page.
+    if data.len() >= 4096 {
+        return Err(format!(
+            "the image's {} layers make an overlay mount option of {} bytes, more than the kernel's 4096: use an image with fewer layers, or a shorter state root",
+            lowers.len(),
+            data.len()
+        ));
+    }
     mount(
         Some("overlay"),
         &rootfs,
@@ -312,6 +334,30 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
         bind(&m.source, &target, mode)?;
     }
     Ok(rootfs.to_path_buf())
+}
+
+/// The mount points an image's root needs (/proc, /dev, /sys, /tmp) and the /etc files bound
+/// over it, empty, in `dir`; none where a layer has something other than a directory (a
+/// symlink to follow), which a directory above would hide.
+fn mount_point_stubs(dir: &Path, layers: &[PathBuf]) -> InitResult<()> {
+    create_dir(dir)?;
+    let not_a_dir = |rel: &str| {
+        layers
+            .iter()
+            .any(|l| fs::symlink_metadata(l.join(rel)).is_ok_and(|m| !m.is_dir()))
+    };
+    for sub in ["proc", "dev", "sys", "tmp", "etc"] {
+        if !not_a_dir(sub) {
+            create_dir(&dir.join(sub))?;
+        }
+    }
+    if dir.join("etc").is_dir() {
+        for file in ["hosts", "hostname", "resolv.conf"] {
+            let path = dir.join("etc").join(file);
+            fs::write(&path, b"").map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the Host rootfs' lower layer; returns the host directories to bind read-only.

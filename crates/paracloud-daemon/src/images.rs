@@ -1,0 +1,473 @@
+//! The daemon's side of images: it owns the store (`<root>/images`), resolves the images of a
+//! manifest at `up` (pinning each to a digest and filling in the image config's defaults), gives
+//! the runtime an instance's layers, and serves the image commands. Store work is blocking file
+//! I/O, done on blocking threads one operation at a time.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use paracloud_api::{
+    BuiltImage, ImageDetail, ImageRef, ImageView, LayerView, PruneView, RemovedImages,
+};
+use paracloud_image::layout::{self, Naming};
+use paracloud_image::micro::{build_micro_image, MicroImageSpec};
+use paracloud_image::registry::{self, ProgressFn};
+use paracloud_image::{Digest, ImageDefaults, Reference, Store, StoreError};
+use paracloud_manifest::{Image, Manifest, Port, Protocol, Service};
+use paracloud_runtime::Rootfs;
+use paracloud_state::Snapshot;
+
+/// The image store and the lock that keeps its writers (and prune) one at a time.
+#[derive(Debug, Clone)]
+pub struct Images {
+    store: Store,
+    lock: Arc<Mutex<()>>,
+    /// Registry transfers run side by side (read); prune waits for them (write), so that it
+    /// never removes a blob a pull has written but not yet named.
+    pub transfers: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// An image error and whether the caller asked for something that is not there.
+#[derive(Debug)]
+pub struct ImageError {
+    pub not_found: bool,
+    pub bad_request: bool,
+    pub message: String,
+}
+
+impl From<StoreError> for ImageError {
+    fn from(e: StoreError) -> Self {
+        Self {
+            not_found: matches!(e, StoreError::NotFound(_)),
+            bad_request: matches!(
+                e,
+                StoreError::Invalid(_) | StoreError::DigestMismatch { .. }
+            ),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl ImageError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self {
+            not_found: false,
+            bad_request: true,
+            message: message.into(),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ImageError>;
+
+impl Images {
+    pub fn open(root: &Path) -> std::result::Result<Self, StoreError> {
+        Ok(Self {
+            store: Store::open(root.join("images"))?,
+            lock: Arc::new(Mutex::new(())),
+            transfers: Arc::new(tokio::sync::RwLock::new(())),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs `f` with the store locked, on a blocking thread.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let images = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = images.lock.lock().unwrap_or_else(|e| e.into_inner());
+            f(&images.store)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ImageError::bad(format!("the image task failed: {e}"))))
+    }
+
+    /// Pins every store image of `manifest` to a digest and fills in its config's defaults.
+    pub fn resolve_manifest(store: &Store, manifest: &mut Manifest) -> Result<()> {
+        for (name, service) in manifest.services.iter_mut() {
+            let digest = match &service.image {
+                Image::Stored { reference, .. } => match store.lookup(reference) {
+                    Ok(digest) => digest,
+                    // An image of a registry the store lacks is pulled, as compose does.
+                    Err(StoreError::NotFound(_))
+                        if reference
+                            .parse::<Reference>()
+                            .is_ok_and(|r| r.registry.is_some()) =>
+                    {
+                        let parsed: Reference = reference.parse().map_err(|e| {
+                            ImageError::bad(format!("service {name}: image {reference}: {e}"))
+                        })?;
+                        let quiet: ProgressFn = Arc::new(|_| {});
+                        tokio::runtime::Handle::current()
+                            .block_on(registry::pull(store, &parsed, None, quiet))
+                            .map_err(|e| {
+                                ImageError::bad(format!(
+                                    "service {name}: image {reference} is not in the store and cannot be pulled: {e}"
+                                ))
+                            })?
+                    }
+                    Err(e) => {
+                        return Err(ImageError {
+                            not_found: matches!(e, StoreError::NotFound(_)),
+                            bad_request: true,
+                            message: format!("service {name}: image {reference}: {e}"),
+                        })
+                    }
+                },
+                Image::Layout { path, .. } => {
+                    let imported =
+                        layout::import_as(store, path, Naming::Untagged).map_err(|e| {
+                            ImageError::bad(format!(
+                                "service {name}: OCI image layout {}: {e}",
+                                path.display()
+                            ))
+                        })?;
+                    match imported.as_slice() {
+                        [one] => one.digest.clone(),
+                        _ => {
+                            return Err(ImageError::bad(format!(
+                                "service {name}: OCI image layout {} holds {} images for this machine; a service needs one",
+                                path.display(),
+                                imported.len()
+                            )))
+                        }
+                    }
+                }
+                Image::Build { digest, context } => digest
+                    .as_deref()
+                    .and_then(|d| d.parse().ok())
+                    .ok_or_else(|| {
+                        ImageError::bad(format!(
+                            "service {name}: the image of {} was not built",
+                            context.display()
+                        ))
+                    })?,
+                Image::Host { .. } | Image::Dir { .. } => continue,
+            };
+            let image = store
+                .image_by_digest(&digest)
+                .map_err(|e| ImageError::bad(format!("service {name}: image {digest}: {e}")))?;
+            apply_defaults(service, &ImageDefaults::from_config(&image.config))
+                .map_err(|e| ImageError::bad(format!("service {name}: {e}")))?;
+            match &mut service.image {
+                Image::Stored { digest: d, .. }
+                | Image::Layout { digest: d, .. }
+                | Image::Build { digest: d, .. } => {
+                    *d = Some(digest.to_string());
+                }
+                Image::Host { .. } | Image::Dir { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The root filesystem of an instance of `image`; layers pruned meanwhile are unpacked again.
+    pub fn rootfs(&self, image: &Image) -> std::result::Result<Rootfs, String> {
+        let digest = match image {
+            Image::Host { paths } => {
+                return Ok(Rootfs::Host {
+                    extra_paths: paths.clone(),
+                })
+            }
+            Image::Dir { path } => return Ok(Rootfs::Dir { path: path.clone() }),
+            Image::Stored { digest, .. }
+            | Image::Layout { digest, .. }
+            | Image::Build { digest, .. } => digest,
+        };
+        let digest: Digest = digest
+            .as_deref()
+            .ok_or("the image was not resolved at deploy time; run `paracloud up` again")?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let image = self
+            .store
+            .image_by_digest(&digest)
+            .map_err(|e| format!("image {digest}: {e}"))?;
+        Ok(Rootfs::Layers {
+            layers: image.layers,
+        })
+    }
+
+    /// The images services of any application use: prune keeps them.
+    pub fn pinned(snapshot: &Snapshot) -> Vec<Digest> {
+        snapshot
+            .apps
+            .iter()
+            .flat_map(|a| a.manifest.services.values())
+            .filter_map(|s| match &s.image {
+                Image::Stored { digest, .. }
+                | Image::Layout { digest, .. }
+                | Image::Build { digest, .. } => digest.as_deref(),
+                _ => None,
+            })
+            .filter_map(|d| d.parse().ok())
+            .collect()
+    }
+}
+
+/// Fills in what the service leaves to its image: the entrypoint (unless the service sets one),
+/// the command (the image's cmd, unless the service sets a command or its own entrypoint, as
+/// Docker does), the environment under the service's, the working directory, the user, and the
+/// exposed TCP ports when the service lists none.
+pub fn apply_defaults(
+    service: &mut Service,
+    defaults: &ImageDefaults,
+) -> std::result::Result<(), String> {
+    let own_entrypoint = !service.entrypoint.is_empty();
+    if !own_entrypoint {
+        service.entrypoint = defaults.entrypoint.clone();
+    }
+    if service.command.is_empty() && !own_entrypoint {
+        service.command = defaults.cmd.clone();
+    }
+    if service.entrypoint.is_empty() && service.command.is_empty() {
+        return Err(
+            "nothing to run: the image has no entrypoint or cmd; add a `command` to the service"
+                .into(),
+        );
+    }
+    let mut env: BTreeMap<String, String> = defaults.env_map();
+    env.extend(std::mem::take(&mut service.env));
+    service.env = env;
+    if service.working_dir.is_none() {
+        service.working_dir = defaults.working_dir.clone();
+    }
+    if service.user.is_none() {
+        service.user = defaults.user.clone();
+    }
+    if service.ports.is_empty() {
+        service.ports = defaults
+            .tcp_ports()
+            .into_iter()
+            .map(|port| Port {
+                port,
+                protocol: Protocol::Tcp,
+                publish: None,
+            })
+            .collect();
+    }
+    Ok(())
+}
+
+pub fn list(store: &Store) -> Result<Vec<ImageView>> {
+    Ok(store
+        .list()?
+        .into_iter()
+        .map(|s| ImageView {
+            reference: s.reference.unwrap_or_default(),
+            digest: s.digest.to_string(),
+            layers: s.layers,
+            size: s.size,
+            created: s.created,
+        })
+        .collect())
+}
+
+pub fn inspect(store: &Store, name: &str) -> Result<ImageDetail> {
+    let image = store.image(name)?;
+    let defaults = ImageDefaults::from_config(&image.config);
+    let references = store
+        .refs()?
+        .into_iter()
+        .filter(|(_, d)| *d == image.digest)
+        .map(|(r, _)| r)
+        .collect();
+    let layers = image
+        .manifest
+        .layers()
+        .iter()
+        .zip(image.config.rootfs().diff_ids())
+        .map(|(l, diff_id)| LayerView {
+            digest: l.digest().to_string(),
+            diff_id: diff_id.clone(),
+            media_type: l.media_type().to_string(),
+            size: l.size(),
+        })
+        .collect();
+    Ok(ImageDetail {
+        references,
+        digest: image.digest.to_string(),
+        architecture: image.config.architecture().to_string(),
+        os: image.config.os().to_string(),
+        size: image.size(),
+        layers,
+        entrypoint: defaults.entrypoint,
+        cmd: defaults.cmd,
+        env: defaults.env,
+        working_dir: defaults.working_dir,
+        user: defaults.user,
+        exposed_ports: defaults.exposed_ports,
+        history: image
+            .config
+            .history()
+            .iter()
+            .flatten()
+            .map(|h| h.created_by().clone().unwrap_or_default())
+            .collect(),
+    })
+}
+
+pub fn remove(store: &Store, name: &str) -> Result<RemovedImages> {
+    Ok(RemovedImages {
+        removed: store.remove(name)?,
+    })
+}
+
+pub fn prune(store: &Store, pinned: &[Digest]) -> Result<PruneView> {
+    let r = store.prune(pinned)?;
+    Ok(PruneView {
+        blobs: r.blobs,
+        layers: r.layers,
+        bytes: r.bytes,
+    })
+}
+
+fn parse_tag(tag: &str) -> Result<Reference> {
+    let reference: Reference = tag.parse().map_err(|e: paracloud_image::ReferenceError| {
+        ImageError::bad(format!("{e}; {}", e.hint()))
+    })?;
+    if reference.digest.is_some() {
+        return Err(ImageError::bad(format!(
+            "{tag:?} names a digest; a new image is named by `name:tag`"
+        )));
+    }
+    Ok(reference.normalized())
+}
+
+fn absolute(path: &Path, what: &str) -> Result<()> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(ImageError::bad(format!(
+            "{what} {} must be an absolute path",
+            path.display()
+        )))
+    }
+}
+
+pub fn build_micro(
+    store: &Store,
+    binary: &Path,
+    add: &[std::path::PathBuf],
+    tag: &str,
+) -> Result<BuiltImage> {
+    let reference = parse_tag(tag)?;
+    absolute(binary, "the program")?;
+    for a in add {
+        absolute(a, "the added path")?;
+    }
+    let built = build_micro_image(
+        store,
+        &MicroImageSpec {
+            binary: binary.to_owned(),
+            add: add.to_vec(),
+            host_root: "/".into(),
+        },
+    )?;
+    store.tag(&reference, &built.digest)?;
+    Ok(BuiltImage {
+        reference: reference.to_string(),
+        digest: built.digest.to_string(),
+        size: built.layer.size,
+        files: built.files,
+    })
+}
+
+fn refs(imported: Vec<layout::Imported>) -> Vec<ImageRef> {
+    imported
+        .into_iter()
+        .map(|i| ImageRef {
+            reference: i.reference,
+            digest: i.digest.to_string(),
+        })
+        .collect()
+}
+
+pub fn import(store: &Store, path: &Path, tag: Option<&str>) -> Result<Vec<ImageRef>> {
+    absolute(path, "the import source")?;
+    let reference = tag.map(parse_tag).transpose()?;
+    Ok(refs(layout::import(store, path, reference.as_ref())?))
+}
+
+pub fn export(store: &Store, names: &[String], path: &Path) -> Result<Vec<ImageRef>> {
+    absolute(path, "the export destination")?;
+    if names.is_empty() {
+        return Err(ImageError::bad("name at least one image to export"));
+    }
+    Ok(refs(layout::export(store, names, path)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(entrypoint: &[&str], command: &[&str]) -> Service {
+        let source = format!(
+            "app = \"a\"\n[services.s]\nimage = \"img\"\nentrypoint = {entrypoint:?}\ncommand = {command:?}\nenv = {{ MINE = \"1\", SHARED = \"service\" }}\n"
+        );
+        let origin = paracloud_manifest::Origin {
+            file: "paracloud.toml".into(),
+            base_dir: "/".into(),
+        };
+        struct NoFs;
+        impl paracloud_manifest::FileSystem for NoFs {
+            fn exists(&self, _: &Path) -> bool {
+                false
+            }
+            fn is_dir(&self, _: &Path) -> bool {
+                false
+            }
+        }
+        let mut m = paracloud_manifest::parse(&source, &origin, &NoFs).unwrap();
+        m.services.remove("s").unwrap()
+    }
+
+    fn defaults() -> ImageDefaults {
+        ImageDefaults {
+            entrypoint: vec!["/bin/server".into()],
+            cmd: vec!["--default".into()],
+            env: vec!["SHARED=image".into(), "PATH=/bin".into()],
+            working_dir: Some("/srv".into()),
+            user: Some("nobody".into()),
+            exposed_ports: vec!["8080/tcp".into(), "53/udp".into()],
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_image_fills_in_what_the_service_leaves_out() {
+        let mut s = service(&[], &[]);
+        apply_defaults(&mut s, &defaults()).unwrap();
+        assert_eq!(s.argv(), ["/bin/server", "--default"]);
+        assert_eq!(s.env["SHARED"], "service");
+        assert_eq!(s.env["PATH"], "/bin");
+        assert_eq!(s.env["MINE"], "1");
+        assert_eq!(s.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(s.user.as_deref(), Some("nobody"));
+        assert_eq!(s.ports.iter().map(|p| p.port).collect::<Vec<_>>(), [8080]);
+    }
+
+    #[test]
+    fn a_command_replaces_cmd_and_an_entrypoint_drops_it() {
+        let mut s = service(&[], &["--port", "9"]);
+        apply_defaults(&mut s, &defaults()).unwrap();
+        assert_eq!(s.argv(), ["/bin/server", "--port", "9"]);
+        let mut s = service(&["/bin/other"], &[]);
+        apply_defaults(&mut s, &defaults()).unwrap();
+        assert_eq!(s.argv(), ["/bin/other"]);
+    }
+
+    #[test]
+    fn an_image_with_nothing_to_run_needs_a_command() {
+        let mut s = service(&[], &[]);
+        let e = apply_defaults(&mut s, &ImageDefaults::default()).unwrap_err();
+        assert!(e.contains("add a `command`"), "{e}");
+    }
+}

@@ -1,0 +1,448 @@
+//! The file work of `paracloud build`: the state a build carries from step to step, the step
+//! cache (keyed by the digest of the step and everything it reads), COPY and ADD layers from
+//! the build context, and a layer from the upper directory a RUN step left (overlay whiteouts
+//! and opaque directories back into OCI ones). Running RUN steps is the daemon's: it owns the
+//! sandbox.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::assemble::{write_layer, LayerBlob, LAYER_TAR};
+use crate::config::ImageDefaults;
+use crate::digest::{Digest, HashingWriter};
+use crate::store::{descriptor_digest, Result, Store, StoreError};
+use crate::unpack::{is_whiteout, OPAQUE_XATTR};
+
+/// What a build has made so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildState {
+    pub layers: Vec<CachedLayer>,
+    pub defaults: ImageDefaults,
+    pub history: Vec<String>,
+    /// The cache key of the steps so far (a chain: each step's key covers every earlier one).
+    pub key: Digest,
+}
+
+/// A layer as the cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedLayer {
+    pub blob: Digest,
+    pub size: u64,
+    pub diff_id: Digest,
+    pub media_type: String,
+}
+
+impl From<LayerBlob> for CachedLayer {
+    fn from(l: LayerBlob) -> Self {
+        Self {
+            blob: l.blob,
+            size: l.size,
+            diff_id: l.diff_id,
+            media_type: l.media_type,
+        }
+    }
+}
+
+impl From<&CachedLayer> for LayerBlob {
+    fn from(l: &CachedLayer) -> Self {
+        LayerBlob {
+            blob: l.blob.clone(),
+            size: l.size,
+            diff_id: l.diff_id.clone(),
+            media_type: l.media_type.clone(),
+        }
+    }
+}
+
+fn invalid(m: impl Into<String>) -> StoreError {
+    StoreError::Invalid(m.into())
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl BuildState {
+    /// `FROM scratch`, or `FROM` an image of the store (builds do not reach registries).
+    pub fn from_image(store: &Store, image: &str) -> Result<Self> {
+        if image == "scratch" {
+            return Ok(Self {
+                layers: Vec::new(),
+                defaults: ImageDefaults::default(),
+                history: Vec::new(),
+                key: Digest::of(b"FROM scratch"),
+            });
+        }
+        let stored = store.image(image).map_err(|e| match e {
+            StoreError::NotFound(_) => invalid(format!(
+                "FROM {image}: not in the store; builds do not reach registries: `paracloud image pull` or `image import` it first"
+            )),
+            other => other,
+        })?;
+        let mut layers = Vec::new();
+        for (l, diff_id) in stored
+            .manifest
+            .layers()
+            .iter()
+            .zip(stored.config.rootfs().diff_ids())
+        {
+            layers.push(CachedLayer {
+                blob: descriptor_digest(l.digest())?,
+                size: l.size(),
+                diff_id: diff_id
+                    .parse()
+                    .map_err(|e| invalid(format!("a diff id: {e}")))?,
+                media_type: l.media_type().to_string(),
+            });
+        }
+        Ok(Self {
+            layers,
+            defaults: ImageDefaults::from_config(&stored.config),
+            history: Vec::new(),
+            key: Digest::of(format!("FROM {}", stored.digest).as_bytes()),
+        })
+    }
+
+    /// The key of the next step: the chain so far, the step as written after substitution,
+    /// and the digest of what it reads.
+    pub fn next_key(&self, step: &str, inputs: Option<&Digest>) -> Digest {
+        let inputs = inputs.map(|d| d.to_string()).unwrap_or_default();
+        Digest::of(format!("{}\n{step}\n{inputs}", self.key).as_bytes())
+    }
+
+    /// Unpacked layer directories, bottom first (unpacked again when pruned meanwhile).
+    pub fn layer_dirs(&self, store: &Store) -> Result<Vec<PathBuf>> {
+        self.layers
+            .iter()
+            .map(|l| store.ensure_layer(&l.blob, &l.diff_id))
+            .collect()
+    }
+}
+
+fn cache_path(store: &Store, key: &Digest) -> PathBuf {
+    store.root().join("build-cache").join(key.hex())
+}
+
+/// The state after a step, if a build made it before and its layers are still in the store.
+pub fn cache_get(store: &Store, key: &Digest) -> Option<BuildState> {
+    let bytes = fs::read(cache_path(store, key)).ok()?;
+    let state: BuildState = serde_json::from_slice(&bytes).ok()?;
+    state
+        .layers
+        .iter()
+        .all(|l| store.has_blob(&l.blob))
+        .then_some(state)
+}
+
+pub fn cache_put(store: &Store, state: &BuildState) -> Result<()> {
+    let dir = store.root().join("build-cache");
+    fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+    let temp = store.temp_path("cache");
+    let bytes = serde_json::to_vec(state).map_err(|e| invalid(e.to_string()))?;
+    fs::write(&temp, bytes).map_err(io_at(&temp))?;
+    let path = cache_path(store, &state.key);
+    fs::rename(&temp, &path).map_err(io_at(&path))
+}
+
+/// A path of the build context, which must stay inside it.
+fn in_context(context: &Path, source: &str) -> Result<PathBuf> {
+    let mut out = context.to_owned();
+    for c in Path::new(source).components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(invalid(format!(
+                    "{source}: sources must be inside the build context {}",
+                    context.display()
+                )))
+            }
+        }
+    }
+    if !out.exists() {
+        return Err(invalid(format!(
+            "{source}: no such file in the build context {}",
+            context.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// Every file under `path` (itself when a file), sorted, as (path, name relative to `path`).
+fn walk(path: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut out = Vec::new();
+    fn go(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, PathBuf)>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(io_at(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_owned();
+            let meta = fs::symlink_metadata(&p).map_err(io_at(&p))?;
+            out.push((p.clone(), rel));
+            if meta.is_dir() {
+                go(root, &p, out)?;
+            }
+        }
+        Ok(())
+    }
+    let meta = fs::symlink_metadata(path).map_err(io_at(path))?;
+    if meta.is_dir() {
+        go(path, path, &mut out)?;
+    } else {
+        out.push((path.to_owned(), PathBuf::new()));
+    }
+    Ok(out)
+}
+
+/// The digest of the sources a COPY or ADD reads: names, kinds, modes, link targets, contents.
+pub fn inputs_digest(context: &Path, sources: &[String]) -> Result<Digest> {
+    let mut hasher = HashingWriter::new(io::sink());
+    for source in sources {
+        let path = in_context(context, source)?;
+        for (file, rel) in walk(&path)? {
+            let meta = fs::symlink_metadata(&file).map_err(io_at(&file))?;
+            let _ = writeln!(hasher, "{source}\0{}\0{:o}", rel.display(), meta.mode());
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&file).map_err(io_at(&file))?;
+                let _ = writeln!(hasher, "-> {}", target.display());
+            } else if meta.is_file() {
+                let mut f = File::open(&file).map_err(io_at(&file))?;
+                io::copy(&mut f, &mut hasher).map_err(io_at(&file))?;
+            }
+        }
+    }
+    Ok(hasher.finish().1)
+}
+
+fn owner(chown: Option<&str>) -> Result<(u64, u64)> {
+    let Some(chown) = chown else {
+        return Ok((0, 0));
+    };
+    let (u, g) = chown.split_once(':').unwrap_or((chown, chown));
+    match (u.parse(), g.parse()) {
+        (Ok(u), Ok(g)) => Ok((u, g)),
+        _ => Err(invalid(format!(
+            "--chown={chown}: give numeric ids (UID or UID:GID); names need the image's /etc/passwd, which builds do not read"
+        ))),
+    }
+}
+
+fn is_archive(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.ends_with(".tar") || name.ends_with(".tar.gz") || name.ends_with(".tgz")
+}
+
+/// The layer of a COPY (or ADD: local archives are unpacked at the destination; URLs cannot be
+/// fetched offline). `dest` is relative to `workdir` unless absolute.
+pub fn copy_layer(
+    store: &Store,
+    context: &Path,
+    sources: &[String],
+    dest: &str,
+    workdir: Option<&str>,
+    chown: Option<&str>,
+    add: bool,
+) -> Result<LayerBlob> {
+    for s in sources {
+        if s.contains("://") {
+            return Err(invalid(format!(
+                "ADD {s}: builds run offline and cannot download; fetch it into the build context and COPY it"
+            )));
+        }
+    }
+    let (uid, gid) = owner(chown)?;
+    let dest_abs = if dest.starts_with('/') {
+        PathBuf::from(dest)
+    } else {
+        Path::new(workdir.unwrap_or("/")).join(dest)
+    };
+    let into_dir = dest.ends_with('/') || sources.len() > 1;
+    let mut plan: Vec<(PathBuf, PathBuf)> = Vec::new(); // (host path, path in image)
+    let mut archives: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for source in sources {
+        let path = in_context(context, source)?;
+        let meta = fs::metadata(&path).map_err(io_at(&path))?;
+        if add && meta.is_file() && is_archive(&path) {
+            archives.push((path, dest_abs.clone()));
+            continue;
+        }
+        if meta.is_dir() {
+            for (file, rel) in walk(&path)? {
+                plan.push((file, dest_abs.join(rel)));
+            }
+        } else {
+            let target = if into_dir {
+                dest_abs.join(path.file_name().unwrap_or_default())
+            } else {
+                dest_abs.clone()
+            };
+            plan.push((path, target));
+        }
+    }
+    write_layer(store, |tar| {
+        // The destination's parents, so that the layer stands on its own.
+        let mut dirs: BTreeMap<PathBuf, ()> = BTreeMap::new();
+        for (_, target) in plan.iter().chain(archives.iter()) {
+            for a in target.ancestors().skip(1) {
+                if a != Path::new("/") {
+                    dirs.insert(a.to_owned(), ());
+                }
+            }
+        }
+        for (_, target) in &archives {
+            dirs.insert(target.clone(), ());
+        }
+        for dir in dirs.keys() {
+            if plan.iter().any(|(_, t)| t == dir) {
+                continue;
+            }
+            let mut h = header(tar::EntryType::Directory, 0o755, uid, gid, 0);
+            tar.append_data(&mut h, rel(dir), io::empty())?;
+        }
+        for (host, target) in &plan {
+            let meta = fs::symlink_metadata(host)?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let mut h = header(tar::EntryType::Symlink, 0o777, uid, gid, 0);
+                tar.append_link(&mut h, rel(target), fs::read_link(host)?)?;
+            } else if meta.is_dir() {
+                let mut h = header(tar::EntryType::Directory, mode, uid, gid, 0);
+                tar.append_data(&mut h, rel(target), io::empty())?;
+            } else {
+                let mut h = header(tar::EntryType::Regular, mode, uid, gid, meta.len());
+                tar.append_data(&mut h, rel(target), File::open(host)?)?;
+            }
+        }
+        for (archive, target) in &archives {
+            let file = File::open(archive)?;
+            let mut reader = io::BufReader::new(file);
+            let gz = io::BufRead::fill_buf(&mut reader)?.starts_with(&[0x1f, 0x8b]);
+            let stream: Box<dyn Read> = if gz {
+                Box::new(flate2::read::GzDecoder::new(reader))
+            } else {
+                Box::new(reader)
+            };
+            let mut inner = tar::Archive::new(stream);
+            for entry in inner.entries()? {
+                let mut entry = entry?;
+                let path = entry.path()?.into_owned();
+                let mut clean = PathBuf::new();
+                for c in path.components() {
+                    match c {
+                        Component::Normal(p) => clean.push(p),
+                        Component::ParentDir => {
+                            return Err(io::Error::other(format!(
+                                "{}: entry {} leaves the archive",
+                                archive.display(),
+                                path.display()
+                            )))
+                        }
+                        _ => {}
+                    }
+                }
+                if clean.as_os_str().is_empty() {
+                    continue;
+                }
+                let mut h = entry.header().clone();
+                h.set_uid(uid);
+                h.set_gid(gid);
+                let name = rel(&target.join(&clean)).to_owned();
+                match h.entry_type() {
+                    tar::EntryType::Symlink | tar::EntryType::Link => {
+                        let link = entry.link_name()?.unwrap_or_default().into_owned();
+                        tar.append_link(&mut h, &name, link)?;
+                    }
+                    _ => tar.append_data(&mut h, &name, &mut entry)?,
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn rel(path: &Path) -> &Path {
+    path.strip_prefix("/").unwrap_or(path)
+}
+
+fn header(kind: tar::EntryType, mode: u32, uid: u64, gid: u64, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(uid);
+    h.set_gid(gid);
+    h.set_mtime(0);
+    h.set_size(size);
+    h
+}
+
+/// Paths the sandbox itself creates in an instance's upper layer (mount points and the /etc
+/// files it binds): not the step's doing, so not in its layer when they are empty.
+const SANDBOX_MADE: &[&str] = &[
+    "proc",
+    "dev",
+    "sys",
+    "tmp",
+    "etc",
+    "etc/hosts",
+    "etc/hostname",
+    "etc/resolv.conf",
+];
+
+/// The layer of what a RUN step changed: its sandbox's upper directory, with overlay
+/// whiteouts as `.wh.NAME` and opaque directories as `.wh..wh..opq`.
+pub fn upper_layer(store: &Store, upper: &Path) -> Result<LayerBlob> {
+    let entries = walk(upper)?;
+    write_layer(store, |tar| {
+        for (path, relative) in &entries {
+            let meta = fs::symlink_metadata(path)?;
+            let rel_str = relative.to_string_lossy();
+            if SANDBOX_MADE.contains(&rel_str.as_ref())
+                && ((meta.is_dir() && fs::read_dir(path)?.next().is_none())
+                    || (meta.is_file() && meta.len() == 0))
+            {
+                continue;
+            }
+            let (uid, gid) = (u64::from(meta.uid()), u64::from(meta.gid()));
+            let mode = meta.permissions().mode() & 0o7777;
+            if is_whiteout(path) {
+                let name = relative.parent().unwrap_or(Path::new("")).join(format!(
+                    ".wh.{}",
+                    relative.file_name().unwrap_or_default().to_string_lossy()
+                ));
+                let mut h = header(tar::EntryType::Regular, 0o644, 0, 0, 0);
+                tar.append_data(&mut h, name, io::empty())?;
+            } else if meta.file_type().is_symlink() {
+                let mut h = header(tar::EntryType::Symlink, 0o777, uid, gid, 0);
+                tar.append_link(&mut h, relative, fs::read_link(path)?)?;
+            } else if meta.is_dir() {
+                let mut h = header(tar::EntryType::Directory, mode, uid, gid, 0);
+                tar.append_data(&mut h, relative, io::empty())?;
+                if xattr::get(path, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y") {
+                    let mut h = header(tar::EntryType::Regular, 0o644, 0, 0, 0);
+                    tar.append_data(&mut h, relative.join(".wh..wh..opq"), io::empty())?;
+                }
+            } else if meta.is_file() {
+                let mut h = header(tar::EntryType::Regular, mode, uid, gid, meta.len());
+                tar.append_data(&mut h, relative, File::open(path)?)?;
+            }
+            // Sockets and fifos a step left behind are not image content.
+        }
+        Ok(())
+    })
+}
+
+/// The media type of the layers builds write.
+pub const BUILD_LAYER_MEDIA_TYPE: &str = LAYER_TAR;
