@@ -14,7 +14,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
@@ -1021,8 +1021,7 @@ pub async fn pull_with(
             .map_err(|e| RegistryError::Invalid(format!("a diff id: {e}")))?;
         pending.push((blob, layer.size(), diff_id));
     }
-    let mut queue = pending.into_iter();
-    let mut running = FuturesUnordered::new();
+    let queue = pending.into_iter();
     let launch = |(blob, size, diff_id): (Digest, u64, Digest)| {
         let registry = registry.clone();
         let store = store.clone();
@@ -1048,15 +1047,10 @@ pub async fn pull_with(
             Ok::<(), RegistryError>(())
         }
     };
-    for item in queue.by_ref().take(PARALLEL) {
-        running.push(launch(item));
-    }
-    while let Some(result) = running.next().await {
-        result?;
-        if let Some(item) = queue.next() {
-            running.push(launch(item));
-        }
-    }
+    futures::stream::iter(queue.map(launch))
+        .buffer_unordered(PARALLEL)
+        .try_collect::<()>()
+        .await?;
     let store2 = store.clone();
     let manifest_digest = tokio::task::spawn_blocking(move || store2.add_image(&bytes))
         .await
@@ -1103,8 +1097,7 @@ pub async fn push_with(
         descriptor_digest(manifest.config().digest())?,
         manifest.config().size(),
     ));
-    let mut running = FuturesUnordered::new();
-    let mut queue = blobs.into_iter();
+    let queue = blobs.into_iter();
     let launch = |(blob, size): (Digest, u64)| {
         let registry = registry.clone();
         let store = store.clone();
@@ -1125,15 +1118,10 @@ pub async fn push_with(
             Ok::<(), RegistryError>(())
         }
     };
-    for item in queue.by_ref().take(PARALLEL) {
-        running.push(launch(item));
-    }
-    while let Some(result) = running.next().await {
-        result?;
-        if let Some(item) = queue.next() {
-            running.push(launch(item));
-        }
-    }
+    futures::stream::iter(queue.map(launch))
+        .buffer_unordered(PARALLEL)
+        .try_collect::<()>()
+        .await?;
     let tag = target
         .clone()
         .normalized()
