@@ -65,6 +65,9 @@ impl DaemonConfig {
 /// has applied the change before the stop signal.
 const ROUTE_PROPAGATION: Duration = Duration::from_millis(100);
 
+/// How long a resize event waits for its (optional) answer.
+const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
+
 pub fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -92,6 +95,8 @@ pub struct Engine<D: Driver> {
     /// written once (and all of them once after a daemon restart).
     applied_cpu: Mutex<HashMap<InstanceKey, Option<f64>>>,
     dataplane: Arc<DataplaneSupervisor>,
+    /// Every instance's PaCI: servers, events waiting for answers, reported load.
+    pub paci: Arc<crate::paci::Hub>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -111,6 +116,7 @@ impl<D: Driver> Engine<D> {
             waiting: Mutex::new(Vec::new()),
             applied_cpu: Mutex::new(HashMap::new()),
             dataplane,
+            paci: Arc::new(crate::paci::Hub::default()),
         })
     }
 
@@ -148,6 +154,9 @@ impl<D: Driver> Engine<D> {
             snapshot.apps.iter().map(|a| (a.name.as_str(), a)).collect();
         for mut record in snapshot.instances.clone() {
             let id = record.key.id();
+            if let Err(e) = crate::paci::serve(self, &record.key) {
+                tracing::warn!("cannot serve PaCI for {}: {e}", record.key);
+            }
             let alive = match (&record.state, record.pid, record.start_time) {
                 (
                     InstanceState::Running { .. } | InstanceState::Stopping { .. },
@@ -283,6 +292,18 @@ impl<D: Driver> Engine<D> {
             }
             match self.driver.set_cpu(&key.id(), cpu) {
                 Ok(()) => {
+                    // A change under a running instance (not the first write after a daemon
+                    // restart): tell it, so that it can size its thread pools.
+                    if applied.contains_key(&key) {
+                        self.paci.notify(
+                            &key,
+                            paracloud_paci::EventKind::Resize {
+                                cpu,
+                                memory: spec.resources.memory,
+                            },
+                            RESIZE_DEADLINE,
+                        );
+                    }
                     applied.insert(key, cpu);
                 }
                 // The instance may be ending: its waiter removes it from `live`.
@@ -355,6 +376,8 @@ impl<D: Driver> Engine<D> {
             }
             Action::Remove { key } => {
                 self.cleanup(key.id()).await;
+                self.paci.forget(&key);
+                let _ = std::fs::remove_dir_all(crate::paci::socket_dir(&self.config.root, &key));
                 let dir = self.config.instance_dir(&key);
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -425,6 +448,7 @@ impl<D: Driver> Engine<D> {
             pid: None,
             start_time: None,
             slot,
+            weight: None,
         };
         self.store
             .put_instance(&record)
@@ -436,7 +460,18 @@ impl<D: Driver> Engine<D> {
             .filter(|(name, _)| !name.contains(paracloud_manifest::REVISION_SEPARATOR))
             .map(|(name, s)| (name.clone(), network.service_address(s.slot)))
             .collect();
-        let config = self.instance_config(app, &service, key, address, &network, hosts);
+        let paci_dir = crate::paci::serve(self, key)
+            .map_err(|e| format!("cannot create its PaCI socket: {e}"))?;
+        let mut config = self.instance_config(app, &service, key, address, &network, hosts);
+        config.mounts.push(Mount {
+            source: paci_dir,
+            target: paracloud_paci::SOCKET_DIR.to_string(),
+            read_only: true,
+        });
+        config.env.insert(
+            paracloud_paci::ENV.into(),
+            paracloud_paci::SOCKET_PATH.into(),
+        );
         let engine = self.clone();
         let _ = snapshot;
         tokio::spawn(async move {
@@ -710,9 +745,23 @@ impl<D: Driver> Engine<D> {
                 &key.name(),
                 &format!("stopping ({why}): {signal}"),
             );
+            let asked = std::time::Instant::now();
+            // An instance that follows its PaCI events is asked to drain first, and gets its
+            // stop signal once it answers or when the grace period is over.
+            if engine.paci.listening(&key) {
+                let drain = paracloud_paci::EventKind::Drain {
+                    reason: why.to_string(),
+                };
+                let answer = engine.paci.send(&key, drain, grace).await;
+                engine.event(
+                    &key.app,
+                    &key.name(),
+                    &describe_answer("drain", &answer, asked.elapsed()),
+                );
+            }
             // Let the data plane apply the routes without this instance before it stops
             // accepting: new requests go elsewhere, requests in flight finish in the grace period.
-            tokio::time::sleep(ROUTE_PROPAGATION).await;
+            tokio::time::sleep(ROUTE_PROPAGATION.saturating_sub(asked.elapsed())).await;
             let _ = engine.driver.signal(&process, signal);
             let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e))
                 .await
@@ -734,8 +783,15 @@ impl<D: Driver> Engine<D> {
         tokio::spawn(self.dataplane.clone().collect_loop());
     }
 
-    /// Tells the data plane the current routes (only when they changed).
+    /// The routes changed outside a reconcile turn (a weight set through PaCI): push them now.
+    pub fn routes_changed(&self) {
+        self.push_routes();
+    }
+
+    /// Tells the data plane the current routes (only when they changed), and PaCI's peer
+    /// streams that something may have changed.
     fn push_routes(&self) {
+        self.paci.changed();
         match self.store.load() {
             Ok(snapshot) => self
                 .dataplane
@@ -752,6 +808,20 @@ impl<D: Driver> Engine<D> {
     /// Processes of running instances, for log rotation.
     pub fn live_keys(&self) -> Vec<InstanceKey> {
         lock(&self.live).keys().cloned().collect()
+    }
+}
+
+/// An instance's answer to a PaCI event, for the event log.
+pub fn describe_answer(what: &str, answer: &crate::paci::Answer, took: Duration) -> String {
+    use crate::paci::Answer;
+    let ms = took.as_millis();
+    match answer {
+        Answer::Acked(_) => format!("{what}: acknowledged in {ms} ms"),
+        Answer::Refused(error) => format!("{what}: refused after {ms} ms: {error}"),
+        Answer::NotListening => format!("{what}: the instance does not follow its PaCI events"),
+        Answer::NoAnswer => {
+            format!("{what}: no answer by its deadline ({ms} ms); the platform went on without it")
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod follow;
 pub mod health;
 pub mod logs;
 pub mod observation;
+pub mod paci;
 pub mod routes;
 pub mod views;
 

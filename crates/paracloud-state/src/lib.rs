@@ -88,6 +88,10 @@ pub struct InstanceRecord {
     pub start_time: Option<u64>,
     /// Address slot: the instance's address is the subnet's host number 16 + slot.
     pub slot: u32,
+    /// Its load-balancing weight in percent of its full share, set by the instance through PaCI
+    /// (`None`: the full share). Kept across a restart of the instance under the same name.
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
