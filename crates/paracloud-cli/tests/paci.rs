@@ -290,7 +290,19 @@ time.sleep(100000)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_the_instance_and_deadlines_behave_as_documented() {
     let p = Platform::new();
-    up(&p);
+    // No autoscaler here: the CPU changes only when the test says so.
+    let manifest = p.manifest(
+        "paci",
+        &APP.replace("[autoscale]\npolicy = \"hpa\"\nentry = \"one\"\n", "")
+            .replace(
+                "autoscale = { min = 1, max = 3, cpu_min = 0.5, cpu_max = 1 }\n",
+                "",
+            ),
+    );
+    assert!(!std::fs::read_to_string(&manifest)
+        .unwrap()
+        .contains("autoscale"));
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
 
     // resize: sent when the CPU of a running instance changes; nothing waits for it.
     let mut events = paci(&p, "one.1").events().await.unwrap();

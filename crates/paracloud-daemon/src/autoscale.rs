@@ -418,6 +418,8 @@ scale_to_zero = "1m"
                     start_time: Some(1),
                     slot,
                     weight: None,
+                    held: false,
+                    cpu: None,
                 })
                 .unwrap();
         }

@@ -75,6 +75,15 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// How an instance is started beyond its service's spec (by a migration).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartAs {
+    /// Kept out of the routes until it takes over.
+    pub held: bool,
+    /// Its own CPU limit in cores.
+    pub cpu: Option<f64>,
+}
+
 /// A running instance process the daemon watches.
 struct Live {
     process: Arc<Process>,
@@ -97,6 +106,8 @@ pub struct Engine<D: Driver> {
     dataplane: Arc<DataplaneSupervisor>,
     /// Every instance's PaCI: servers, events waiting for answers, reported load.
     pub paci: Arc<crate::paci::Hub>,
+    /// Services (app, service) with a migration under way; the planner leaves them alone.
+    pub(crate) migrating: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,6 +128,7 @@ impl<D: Driver> Engine<D> {
             applied_cpu: Mutex::new(HashMap::new()),
             dataplane,
             paci: Arc::new(crate::paci::Hub::default()),
+            migrating: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -257,7 +269,8 @@ impl<D: Driver> Engine<D> {
     /// One reconcile step; returns when to wake for a backoff, and whether it did anything.
     async fn turn(self: &Arc<Self>) -> Result<(Option<Millis>, bool), paracloud_state::Error> {
         let snapshot = self.store.load()?;
-        let (desired, observed) = views(&snapshot);
+        let (desired, mut observed) = views(&snapshot);
+        observed.migrating = lock(&self.migrating).clone();
         let plan = plan(&desired, &observed, now_ms());
         *lock(&self.waiting) = plan.waiting.clone();
         let acted = !plan.actions.is_empty();
@@ -286,7 +299,8 @@ impl<D: Driver> Engine<D> {
             ) else {
                 continue;
             };
-            let cpu = record.cpu(spec);
+            let own = snapshot.instances.iter().find(|i| i.key == key);
+            let cpu = own.map_or_else(|| record.cpu(spec), |i| i.cpu(Some(record), spec));
             if applied.get(&key) == Some(&cpu) {
                 continue;
             }
@@ -357,9 +371,18 @@ impl<D: Driver> Engine<D> {
                 }
                 let _ = self.store.set_network(&app, false);
             }
+            Action::Migrate { key } => {
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    let options = crate::migrate::Options::default();
+                    if let Err(e) = engine.migrate(&key, options).await {
+                        engine.event(&key.app, &key.name(), &format!("update: {e}"));
+                    }
+                });
+            }
             Action::Start { key, restart } => {
                 let Some(app) = app_of(&key.app) else { return };
-                if let Err(e) = self.start(app, &key, restart, snapshot) {
+                if let Err(e) = self.start(app, &key, restart, StartAs::default()) {
                     self.event(&key.app, &key.name(), &format!("cannot start: {e}"));
                 }
             }
@@ -404,12 +427,12 @@ impl<D: Driver> Engine<D> {
     }
 
     /// Records the instance as starting, then creates it in a task of its own.
-    fn start(
+    pub(crate) fn start(
         self: &Arc<Self>,
         app: &AppRecord,
         key: &InstanceKey,
         restart: bool,
-        snapshot: &Snapshot,
+        start_as: StartAs,
     ) -> Result<(), String> {
         let service = app
             .manifest
@@ -449,6 +472,8 @@ impl<D: Driver> Engine<D> {
             start_time: None,
             slot,
             weight: None,
+            held: start_as.held,
+            cpu: start_as.cpu,
         };
         self.store
             .put_instance(&record)
@@ -472,8 +497,10 @@ impl<D: Driver> Engine<D> {
             paracloud_paci::ENV.into(),
             paracloud_paci::SOCKET_PATH.into(),
         );
+        if start_as.cpu.is_some() {
+            config.limits.cpu = start_as.cpu;
+        }
         let engine = self.clone();
-        let _ = snapshot;
         tokio::spawn(async move {
             let result = engine.driver.start(&config).await;
             let mut record = record;
@@ -712,8 +739,18 @@ impl<D: Driver> Engine<D> {
         }
     }
 
+    /// Waits until the instance's process has ended, at most `timeout`; true when it has (or
+    /// was not running).
+    pub(crate) async fn wait_exit(&self, key: &InstanceKey, timeout: Duration) -> bool {
+        let Some(mut exited) = lock(&self.live).get(key).map(|l| l.exited.clone()) else {
+            return true;
+        };
+        let result = tokio::time::timeout(timeout, exited.wait_for(|e| *e)).await;
+        result.is_ok()
+    }
+
     /// Sends the stop signal, waits the grace period, then kills.
-    fn stop(self: &Arc<Self>, key: &InstanceKey, reason: StopReason) {
+    pub(crate) fn stop(self: &Arc<Self>, key: &InstanceKey, reason: StopReason) {
         let Some((process, mut exited)) = lock(&self.live)
             .get(key)
             .map(|l| (l.process.clone(), l.exited.clone()))
@@ -790,7 +827,7 @@ impl<D: Driver> Engine<D> {
 
     /// Tells the data plane the current routes (only when they changed), and PaCI's peer
     /// streams that something may have changed.
-    fn push_routes(&self) {
+    pub(crate) fn push_routes(&self) {
         self.paci.changed();
         match self.store.load() {
             Ok(snapshot) => self

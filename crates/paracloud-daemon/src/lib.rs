@@ -4,12 +4,14 @@
 pub mod addressing;
 pub mod api;
 pub mod autoscale;
+pub mod criu;
 pub mod dataplane;
 pub mod driver;
 pub mod engine;
 pub mod follow;
 pub mod health;
 pub mod logs;
+pub mod migrate;
 pub mod observation;
 pub mod paci;
 pub mod routes;

@@ -435,7 +435,7 @@ async fn whoami<D: Driver>(State(ctx): Shared<D>) -> Result<Json<Whoami>, PaciEr
         index: ctx.key.index,
         revision: record.revision,
         resources: Resources {
-            cpu: service.cpu(spec),
+            cpu: record.cpu(Some(service), spec),
             memory: spec.resources.memory,
             pids: spec.resources.pids,
         },

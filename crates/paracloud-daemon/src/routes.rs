@@ -41,19 +41,17 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
             continue;
         };
         let ready_backends = |service: &str, port: u16| -> Vec<Backend> {
-            let weight = match (
-                app.manifest.services.get(service),
-                app.services.get(service),
-            ) {
-                (Some(spec), Some(record)) => capacity_weight(record.cpu(spec)),
-                (Some(spec), None) => capacity_weight(spec.resources.cpu),
-                _ => CORE_WEIGHT,
-            };
+            let spec = app.manifest.services.get(service);
+            let record = app.services.get(service);
             snapshot
                 .instances
                 .iter()
                 .filter(|i| i.key.app == app.name && i.key.service == service && i.state.is_ready())
+                // An instance a migration started joins the routes when it takes over.
+                .filter(|i| !i.held)
                 .filter_map(|i| {
+                    let weight =
+                        spec.map_or(CORE_WEIGHT, |spec| capacity_weight(i.cpu(record, spec)));
                     let address = network.instance_address(i.slot).ok()?;
                     Some(Backend {
                         id: i.key.name(),

@@ -98,6 +98,8 @@ fn instances_round_trip_and_slots_are_reused() {
         start_time: Some(7),
         slot,
         weight: None,
+        held: false,
+        cpu: None,
     };
     assert_eq!(store.free_instance_slot("shop").unwrap(), 0);
     store.put_instance(&record(1, 0)).unwrap();
