@@ -6,6 +6,7 @@
 
 mod autoscale;
 mod host;
+mod migrate;
 mod oci;
 mod probe;
 mod proxy;
@@ -50,6 +51,9 @@ enum Command {
     Scale(ScaleArgs),
     /// wrk directly, through Paracloud's data plane, HAProxy and nginx (HTTP and TCP)
     Proxy(ProxyArgs),
+    /// The same stateful service moved under a constant request rate: PaCI handover,
+    /// stop-and-start, and CRIU alone
+    Migrate(MigrateArgs),
     /// The autoscaling report: every trace under the model, HPA and KPA policies, simulated
     /// (no root needed)
     Autoscale(AutoscaleArgs),
@@ -75,6 +79,25 @@ enum Command {
         #[arg(long)]
         cgroup_parent: String,
     },
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// Requests per second, on schedule (open loop)
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Host port the service is published on (the CRIU peer takes the next one)
+    #[arg(long, default_value_t = 21190)]
+    migrate_port: u16,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.250.0.0/16")]
+    migrate_subnet: Ipv4Net,
+    /// Seconds of load before and after each move
+    #[arg(long, default_value_t = 1)]
+    settle: u64,
+    /// MiB of memory of the heavier CRIU peer (0: only the small one)
+    #[arg(long, default_value_t = 256)]
+    ballast: u32,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +263,36 @@ fn run(cli: Cli) -> Result<()> {
                 args.only.as_deref(),
                 args.timelines,
             )
+        }
+        Command::Migrate(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench needs root (namespaces, cgroups, bridges, CRIU): run it with sudo"
+            );
+            catch_interrupts()?;
+            let scratch = tempfile::Builder::new()
+                .prefix("paracloud-bench-")
+                .disable_cleanup(cli.keep)
+                .tempdir()
+                .context("cannot create a temp dir")?;
+            let opts = migrate::MigrateOptions {
+                rate: args.rate,
+                port: args.migrate_port,
+                subnet: args.migrate_subnet,
+                settle: Duration::from_secs(args.settle),
+                ballast_mib: args.ballast,
+            };
+            eprintln!(
+                "migrate: {} requests/s, PaCI handover, stop and start, CRIU alone ...",
+                opts.rate
+            );
+            let report = migrate::run(&opts, scratch.path())?;
+            print!("{}", migrate::markdown(&report));
+            if let Some(path) = cli.json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            return Ok(());
         }
         Command::Start(start) => (Some(start), None, None),
         Command::Scale(scale) => (None, Some(scale), None),

@@ -20,7 +20,7 @@ use crate::host;
 use crate::probe;
 use crate::rootfs;
 
-const APP: &str = "bench";
+pub(crate) const APP: &str = "bench";
 /// How long the daemon and the instances are left alone before memory is read.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -289,7 +289,7 @@ fn describe(pid: i32) -> String {
 
 /// A daemon of the bench's own, on its own state root, cgroup parent and address pool; Drop
 /// takes the application down, stops the daemon and its data plane, and removes what is left.
-struct Platform {
+pub(crate) struct Platform {
     paracloud: PathBuf,
     root: PathBuf,
     subnet: Ipv4Net,
@@ -301,12 +301,12 @@ struct Platform {
     dataplane_pids: Vec<i32>,
     started_in: Duration,
     /// An application may be deployed (Drop runs `down`).
-    up: bool,
+    pub(crate) up: bool,
     bridge: Option<String>,
 }
 
 impl Platform {
-    fn start(paracloud: &Path, root: &Path, subnet: Ipv4Net) -> Result<Self> {
+    pub(crate) fn start(paracloud: &Path, root: &Path, subnet: Ipv4Net) -> Result<Self> {
         fs::create_dir_all(root)?;
         let log = File::create(root.join("bench-daemon.log"))?;
         let cgroup_parent = format!("paracloud-bench-scale-{}", std::process::id());
@@ -363,7 +363,7 @@ impl Platform {
     }
 
     /// Runs `paracloud ARGS [FILE]` for this root; fails with its output when it fails.
-    fn cli(&self, args: &[&str], file: Option<&Path>) -> Result<Output> {
+    pub(crate) fn cli(&self, args: &[&str], file: Option<&Path>) -> Result<Output> {
         let mut command = Command::new(&self.paracloud);
         command.args(args);
         if let Some(file) = file {

@@ -11,6 +11,9 @@ reports its load every second and answers `drain` at once.
 
     python3 counter.py [PORT [BALLAST_MIB]]
 
+PORT may be a path: the service then listens on a Unix socket there (so that CRIU, whose 4.1
+cannot dump TCP sockets on kernels from 6.16 on, can checkpoint it as a peer in the benchmark).
+
 Outside Paracloud (no PARACLOUD_PACI) it serves without PaCI. BALLAST_MIB holds that much memory
 touched, to weigh the process for a checkpoint.
 """
@@ -19,6 +22,7 @@ import http.client
 import http.server
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -34,6 +38,9 @@ in_flight = [0]
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without this, Nagle's algorithm holds the body
+    # until the peer's delayed acknowledgement (40 ms) on a kept-alive connection.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
@@ -122,17 +129,33 @@ def report_load(paci):
 
 
 pending_target = [None]
-port = int(sys.argv[1]) if len(sys.argv) > 1 else 8000
+listen = sys.argv[1] if len(sys.argv) > 1 else "8000"
+port = int(listen) if not listen.startswith("/") else 0
 
 ballast = bytearray(int(sys.argv[2]) << 20) if len(sys.argv) > 2 else b""
 for offset in range(0, len(ballast), 4096):
     ballast[offset] = 1
 
 if __name__ == "__main__":
+    # As the first process of its instance, the default action of SIGTERM would be to ignore it.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     if "PARACLOUD_PACI" in os.environ:
         paci = Paci()
         threading.Thread(target=follow_events, args=(paci,), daemon=True).start()
         threading.Thread(target=report_load, args=(paci,), daemon=True).start()
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    server.daemon_threads = True
+    if listen.startswith("/"):
+        import socketserver
+
+        class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+        if os.path.exists(listen):
+            os.unlink(listen)
+        # A Unix peer has no address; the handler only logs it, and logging is off.
+        Handler.address_string = lambda self: "unix"
+        Handler.disable_nagle_algorithm = False
+        server = UnixServer(listen, Handler)
+    else:
+        server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        server.daemon_threads = True
     server.serve_forever()
