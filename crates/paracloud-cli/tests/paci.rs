@@ -156,6 +156,13 @@ async fn every_paci_call_answers_good_and_bad_input() {
     assert_eq!(one.set_weight(None).await.unwrap(), 100);
     wait_weight(&p, "one.1", 1000);
 
+    // peers, as a stream: the list now, then again when it changes (the next request scales out)
+    let mut watching = one.watch_peers(Some("one")).await.unwrap();
+    let first = watching.next().await.unwrap().unwrap();
+    assert_eq!(first.peers.len(), 2);
+    let (status, body) = unix_http(&socket, "GET", "/v1/peers?watch=maybe", "");
+    assert_eq!(status, 400, "{body}");
+
     // replicas, within the manifest's bounds
     let answer = one
         .ask_replicas("one", 3, Some("queue growing"))
@@ -173,6 +180,21 @@ async fn every_paci_call_answers_good_and_bad_input() {
                 == 3
         },
     );
+    // The stream saw the third instance come, and become ready.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), watching.next())
+            .await
+            .expect("a change of the peers came")
+            .unwrap()
+            .unwrap();
+        if next.peers.len() == 3 && next.peers.iter().all(|p| p.ready) {
+            assert_eq!(next.peers[2].instance, "one.3");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{next:?}");
+    }
+    drop(watching);
     let (status, message) = refused(one.ask_replicas("one", 9, None).await);
     assert_eq!(status, 409);
     assert!(message.contains("outside its bounds 1..=3"), "{message}");
