@@ -91,7 +91,9 @@ pub struct Hub {
 impl Default for Hub {
     fn default() -> Self {
         Self {
-            next_id: AtomicU64::new(1),
+            // Ids start from the clock, so that an id an instance kept from before a daemon
+            // restart never names a new event (a thousand ids a millisecond to spare).
+            next_id: AtomicU64::new(now_ms().saturating_mul(1000)),
             channels: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
         }
