@@ -193,19 +193,10 @@ fn migrate_refuses_what_it_cannot_do_and_loses_nothing() {
         let err = p.fails(&full);
         assert!(err.contains(wanted), "{args:?}: {err}");
     }
-    // The failed PaCI migration of plain.1 removed its successor; nothing else moved.
-    p.wait_ps(
-        "mig",
-        Duration::from_secs(10),
-        "the successor removed",
-        |ps| ps.len() == 2,
-    );
+    // Every refusal came before anything started: the same instances, the same processes.
     assert_eq!(pids(&p.ps("mig")), before);
     let events = p.events("mig");
-    assert!(
-        events.contains("migration to plain.2 abandoned"),
-        "{events}"
-    );
+    assert!(!events.contains("plain.2"), "{events}");
 }
 
 #[test]
@@ -243,4 +234,57 @@ fn a_restart_migration_moves_a_stateless_instance_to_other_cpus() {
         ps.iter().any(|i| field(i, "instance") == "plain.2")
             && !ps.iter().any(|i| field(i, "instance") == "plain.1")
     });
+}
+
+#[test]
+fn a_handover_the_successor_refuses_is_abandoned_and_the_old_instance_serves_on() {
+    let p = Platform::new();
+    let dir = workspace().join("examples/paci-python");
+    // Hands its state over when asked, but takes none from another instance.
+    let script = format!(
+        "import sys\nsys.path.insert(0, {dir:?})\nfrom paci import Paci\np = Paci()\nme = p.whoami()['instance']\nprint('following', me, flush=True)\nfor e in p.events():\n    if e['kind'] == 'migrate':\n        p.ack(e['id'], state={{'n': 41}})\n    elif e['kind'] == 'restore' and e['from'] != me:\n        p.ack(e['id'], error='this instance takes no state from ' + e['from'])\n    else:\n        print('got', e['kind'], e.get('state'), flush=True)\n        p.ack(e['id'])\n",
+        dir = dir.display().to_string()
+    );
+    let manifest = p.manifest(
+        "mig",
+        &format!(
+            "app = \"mig\"\n[services.picky]\nimage = \"host\"\npaths = [{:?}]\ncommand = [\"/usr/bin/python3\", \"-c\", {script:?}]\nstop_signal = \"KILL\"\nmigrate = \"paci\"\n",
+            dir.display().to_string()
+        ),
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p
+        .ok(&["logs", "-a", "mig", "picky.1"])
+        .contains("following")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "picky.1 never followed its events"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = pids(&p.ps("mig"));
+    let err = p.fails(&["migrate", "-a", "mig", "picky.1"]);
+    assert!(
+        err.contains("restore: refused")
+            && err.contains("this instance takes no state from picky.1"),
+        "{err}"
+    );
+    assert!(err.contains("picky.1 keeps serving"), "{err}");
+    p.wait_ps(
+        "mig",
+        Duration::from_secs(10),
+        "the successor removed",
+        |ps| ps.len() == 1,
+    );
+    assert_eq!(pids(&p.ps("mig")), before);
+    let events = p.events("mig");
+    assert!(
+        events.contains("migration to picky.2 abandoned"),
+        "{events}"
+    );
+    // The old instance got its own state back, so that it serves on as before.
+    let log = p.ok(&["logs", "-a", "mig", "picky.1"]);
+    assert!(log.contains("got restore {'n': 41}"), "{log}");
 }

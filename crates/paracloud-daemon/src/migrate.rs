@@ -84,6 +84,13 @@ impl<D: Driver> Drop for Migrating<'_, D> {
     }
 }
 
+fn not_listening(key: &InstanceKey) -> String {
+    format!(
+        "{} does not follow its PaCI events, so it cannot hand its state over; migrate it with --via restart (its state is not kept), or set the service's `migrate`",
+        key.name()
+    )
+}
+
 impl<D: Driver> Engine<D> {
     /// Moves `key` to a new instance of its service's current revision; returns when the old
     /// one has ended.
@@ -141,6 +148,9 @@ impl<D: Driver> Engine<D> {
                 criu.path.display(),
                 key.name()
             )));
+        }
+        if via == MigrateMethod::Paci && !self.paci.listening(key) {
+            return Err(MigrateError::Refused(not_listening(key)));
         }
         let service = (key.app.clone(), key.service.clone());
         if !self
@@ -285,10 +295,7 @@ impl<D: Driver> Engine<D> {
     /// Asks `old` for its state and gives it to `new`; returns the time it took and its size.
     async fn hand_over(&self, old: &InstanceKey, new: &InstanceKey) -> Result<(u64, u64), String> {
         if !self.paci.listening(old) {
-            return Err(format!(
-                "{} does not follow its PaCI events, so it cannot hand its state over; migrate it with --via criu or --via restart, or set the service's `migrate`",
-                old.name()
-            ));
+            return Err(not_listening(old));
         }
         if !self.paci.wait_listening(new, LISTEN_WAIT).await {
             return Err(format!(
