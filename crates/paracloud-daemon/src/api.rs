@@ -583,7 +583,14 @@ async fn migrate<D: Driver>(
     }
     let key = paracloud_reconcile::InstanceKey::new(&app, &service, index);
     let outcome = engine
-        .migrate(&key, crate::migrate::Options { via, cpu })
+        .migrate(
+            &key,
+            crate::migrate::Options {
+                via,
+                cpu,
+                reserved: false,
+            },
+        )
         .await
         .map_err(|e| {
             let status = match e {

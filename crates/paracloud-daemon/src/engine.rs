@@ -65,6 +65,9 @@ impl DaemonConfig {
 /// has applied the change before the stop signal.
 const ROUTE_PROPAGATION: Duration = Duration::from_millis(100);
 
+/// How long a failed update waits before the planner asks to migrate the instance again.
+const UPDATE_RETRY: Duration = Duration::from_secs(2);
+
 /// How long a resize event waits for its (optional) answer.
 const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -372,11 +375,26 @@ impl<D: Driver> Engine<D> {
                 let _ = self.store.set_network(&app, false);
             }
             Action::Migrate { key } => {
+                // Marked at once, so that the next turn (10 ms on) does not ask again.
+                let service = (key.app.clone(), key.service.clone());
+                if !lock(&self.migrating).insert(service.clone()) {
+                    return;
+                }
                 let engine = self.clone();
                 tokio::spawn(async move {
-                    let options = crate::migrate::Options::default();
+                    let options = crate::migrate::Options {
+                        reserved: true,
+                        ..Default::default()
+                    };
                     if let Err(e) = engine.migrate(&key, options).await {
                         engine.event(&key.app, &key.name(), &format!("update: {e}"));
+                        // The old instance serves on; try again after a pause rather than at
+                        // once (a successor that cannot start would otherwise be started
+                        // again and again).
+                        lock(&engine.migrating).insert(service.clone());
+                        tokio::time::sleep(UPDATE_RETRY).await;
+                        lock(&engine.migrating).remove(&service);
+                        engine.wake();
                     }
                 });
             }

@@ -32,6 +32,9 @@ pub struct Options {
     pub via: Option<MigrateMethod>,
     /// CPU of the successor in cores; the service's when `None`.
     pub cpu: Option<f64>,
+    /// The caller has already marked the service as migrating (the reconcile loop does, so
+    /// that its next turn does not ask again); the mark is removed at the end all the same.
+    pub reserved: bool,
 }
 
 /// A migration done.
@@ -153,12 +156,12 @@ impl<D: Driver> Engine<D> {
             return Err(MigrateError::Refused(not_listening(key)));
         }
         let service = (key.app.clone(), key.service.clone());
-        if !self
+        let inserted = self
             .migrating
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(service.clone())
-        {
+            .insert(service.clone());
+        if !inserted && !options.reserved {
             return Err(MigrateError::Refused(format!(
                 "a migration of {} is under way; wait for it to end (paracloud events shows its steps)",
                 key.service

@@ -167,7 +167,15 @@ fn plan_service(
             InstanceState::Running { health } => {
                 if instance.revision < revision && !replacing {
                     replacing = true;
-                    plan.actions.push(Action::Migrate { key });
+                    if instance.state.is_ready() {
+                        plan.actions.push(Action::Migrate { key });
+                    } else {
+                        // It takes no traffic: nothing to hand over or keep serving.
+                        plan.actions.push(Action::Stop {
+                            key,
+                            reason: StopReason::Replace,
+                        });
+                    }
                 } else if *health == Health::Unhealthy
                     && service.restart.condition != RestartCondition::No
                 {

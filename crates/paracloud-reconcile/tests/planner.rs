@@ -284,6 +284,26 @@ fn a_new_revision_replaces_instances_one_at_a_time() {
 }
 
 #[test]
+fn regression_an_out_of_date_instance_not_yet_ready_is_replaced_not_migrated() {
+    // Migrating it was refused (only ready instances migrate) and asked again every turn.
+    let mut app = app(vec![service("api", 1)]);
+    let mut observed = Observed::default();
+    converge(&desired(app.clone()), &mut observed);
+    observed.instances[0].state = InstanceState::Running {
+        health: Health::Unknown,
+    };
+    app.revisions.insert("api".into(), 1);
+    let plan = plan(&desired(app), &observed, 0);
+    assert_eq!(
+        plan.actions,
+        [Action::Stop {
+            key: InstanceKey::new("shop", "api", 1),
+            reason: StopReason::Replace
+        }]
+    );
+}
+
+#[test]
 fn a_service_under_migration_is_left_alone_and_keeps_its_new_numbers() {
     let desired = desired(app(vec![service("api", 2)]));
     let mut observed = Observed::default();
