@@ -12,6 +12,7 @@ mod host;
 mod images;
 mod latency;
 mod load;
+mod migrate;
 mod oci;
 mod platform;
 mod probe;
@@ -60,6 +61,9 @@ enum Command {
     /// Pull + unpack of a ~100 MB layered image from a local registry against skopeo + umoci,
     /// and instance start from that image against from `host`
     Images(ImagesArgs),
+    /// The same stateful service moved under a constant request rate: PaCI handover,
+    /// stop-and-start, and CRIU alone
+    Migrate(MigrateArgs),
     /// The autoscaling report: every trace under the model, HPA and KPA policies, simulated
     /// (no root needed)
     Autoscale(AutoscaleArgs),
@@ -115,6 +119,25 @@ struct AutoscaleArgs {
     /// Also write every run's per-second timeline and decisions as `<scenario>.json`
     #[arg(long)]
     timelines: bool,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// Requests per second, on schedule (open loop)
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Host port the service is published on (the CRIU peer takes the next one)
+    #[arg(long, default_value_t = 23190)]
+    migrate_port: u16,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.254.0.0/16")]
+    migrate_subnet: Ipv4Net,
+    /// Seconds of load before and after each move
+    #[arg(long, default_value_t = 1)]
+    settle: u64,
+    /// MiB of memory of the heavier CRIU peer (0: only the small one)
+    #[arg(long, default_value_t = 256)]
+    ballast: u32,
 }
 
 #[derive(Debug, Args)]
@@ -523,6 +546,36 @@ fn run(cli: Cli) -> Result<()> {
                 args.only.as_deref(),
                 args.timelines,
             )
+        }
+        Command::Migrate(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench needs root (namespaces, cgroups, bridges, CRIU): run it with sudo"
+            );
+            catch_interrupts()?;
+            let scratch = tempfile::Builder::new()
+                .prefix("paracloud-bench-")
+                .disable_cleanup(cli.keep)
+                .tempdir()
+                .context("cannot create a temp dir")?;
+            let opts = migrate::MigrateOptions {
+                rate: args.rate,
+                port: args.migrate_port,
+                subnet: args.migrate_subnet,
+                settle: Duration::from_secs(args.settle),
+                ballast_mib: args.ballast,
+            };
+            eprintln!(
+                "migrate: {} requests/s, PaCI handover, stop and start, CRIU alone ...",
+                opts.rate
+            );
+            let report = migrate::run(&opts, scratch.path())?;
+            print!("{}", migrate::markdown(&report));
+            if let Some(path) = cli.json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            return Ok(());
         }
         Command::Images(args) => {
             ensure!(

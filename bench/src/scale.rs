@@ -17,7 +17,7 @@ use crate::platform::Platform;
 use crate::probe;
 use crate::rootfs;
 
-const APP: &str = "bench";
+pub(crate) const APP: &str = "bench";
 /// How long the daemon and the instances are left alone before memory is read.
 const SETTLE: Duration = Duration::from_secs(2);
 

@@ -16,6 +16,7 @@
 //! | `POST /v1/apps/{app}/services/{service}/restart` | | [`ServiceView`] |
 //! | `PUT /v1/apps/{app}/services/{service}/traffic` | [`TrafficRequest`] | [`ServiceView`] |
 //! | `GET /v1/apps/{app}/logs?target=web&tail=100&follow=true` | | text, streamed when following |
+//! | `POST /v1/apps/{app}/instances/{instance}/migrate` | [`MigrateRequest`] | [`MigrateResponse`], once the move is complete |
 //! | `GET /v1/events?app=APP&after=ID` | | `[Event]` |
 //! | `GET /v1/stats?app=APP` | | the data plane's live figures (`paracloud_dataplane::Snapshot`) |
 //! | `GET /v1/images` | | `[ImageView]` |
@@ -64,6 +65,32 @@ pub struct UpResponse {
     pub app: String,
     /// Services whose spec changed (their instances are being replaced).
     pub changed: Vec<String>,
+}
+
+/// Move an instance to a new one, make before break.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// `paci`, `criu` or `restart`; the service's `migrate` when left out.
+    #[serde(default)]
+    pub via: Option<String>,
+    /// The revision to run: the service's current one (a number, or `latest`).
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// CPU of the new instance in cores.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrateResponse {
+    pub from: String,
+    pub to: String,
+    pub via: String,
+    pub took_ms: u64,
+    /// The state handover (PaCI) or checkpoint and restore (CRIU), when there was one.
+    pub handover_ms: Option<u64>,
+    pub state_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

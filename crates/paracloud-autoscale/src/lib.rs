@@ -20,7 +20,7 @@ pub mod plan;
 pub mod queueing;
 
 pub use config::{Bounds, ScalingConfig, Slo};
-pub use observe::{Call, History, InstanceSample, Observation, ServiceSample};
+pub use observe::{Call, History, InstanceSample, Observation, Reported, ServiceSample};
 
 use serde::{Deserialize, Serialize};
 

@@ -227,6 +227,10 @@ impl ModelPolicy {
             let Some(sample) = latest.services.get(name) else {
                 continue;
             };
+            // What the instances say they can serve (PaCI) beats what is inferred from CPU.
+            if let Some(demand) = sample.reported_demand() {
+                tracked.demand = Some(demand);
+            }
             if sample.arrivals > 0 || sample.in_flight > 0 || tracked.last_busy.is_none() {
                 tracked.last_busy = Some(now);
             }
@@ -543,6 +547,7 @@ mod tests {
                     cpu_limit: cpu,
                     completions: rate / u64::from(instances),
                     concurrency: 1.0,
+                    reported: None,
                 })
                 .collect(),
             ..ServiceSample::default()
@@ -589,6 +594,37 @@ mod tests {
             }
         }
         running
+    }
+
+    /// Instances that report their capacity through PaCI are believed over the CPU they use:
+    /// a service whose CPU says 10 ms a request but whose instances say they serve 20 requests
+    /// a second on their core (50 ms each, say a lock or an external limit) is planned on 50 ms.
+    #[test]
+    fn reported_capacity_replaces_the_measured_demand() {
+        let config = config(&["api"]);
+        let mut policy = ModelPolicy::default();
+        let mut history = History::default();
+        for t in 1..=10 {
+            let mut api = sample(40, 0.010, 2, 1.0);
+            for instance in &mut api.instances {
+                instance.reported = Some(crate::Reported {
+                    capacity: Some(20.0),
+                    ..crate::Reported::default()
+                });
+            }
+            history.push(second(t * 1000, vec![("api", api)]));
+            policy.decide(t * 1000, &history, &config);
+        }
+        let demand = policy.services["api"].demand.unwrap();
+        assert!((demand - 0.05).abs() < 1e-9, "{demand}");
+        let mut measured = ModelPolicy::default();
+        let mut history = History::default();
+        for t in 1..=10 {
+            history.push(second(t * 1000, vec![("api", sample(40, 0.010, 2, 1.0))]));
+            measured.decide(t * 1000, &history, &config);
+        }
+        let demand = measured.services["api"].demand.unwrap();
+        assert!((demand - 0.010).abs() < 1e-9, "{demand}");
     }
 
     /// The ConPaaS scenario: the entry is light, the store behind it does the work. When the

@@ -65,6 +65,18 @@ pub struct InstanceSample {
     pub completions: u64,
     /// Its in-flight requests averaged over the second.
     pub concurrency: f64,
+    /// What the instance said about itself through PaCI, when it did lately.
+    #[serde(default)]
+    pub reported: Option<Reported>,
+}
+
+/// An instance's own account of its load (PaCI's load report); what it leaves out is unknown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reported {
+    pub in_flight: Option<u32>,
+    pub queue: Option<u32>,
+    /// Requests per second it can serve with its current CPU.
+    pub capacity: Option<f64>,
 }
 
 /// Calls from one service (or [`EXTERNAL`]) to another during one second.
@@ -83,6 +95,21 @@ impl ServiceSample {
     /// CPU-seconds used by all instances in this second.
     pub fn cpu_used(&self) -> f64 {
         self.instances.iter().map(|i| i.cpu_used).sum()
+    }
+
+    /// The service demand (CPU-seconds per request) its ready instances report: each one's CPU
+    /// limit over the capacity it reported. `None` unless every ready instance reported one.
+    pub fn reported_demand(&self) -> Option<f64> {
+        let ready: Vec<&InstanceSample> = self.instances.iter().filter(|i| i.ready).collect();
+        let demands: Vec<f64> = ready
+            .iter()
+            .filter_map(|i| {
+                let capacity = i.reported.as_ref()?.capacity?;
+                (capacity > 0.0 && i.cpu_limit > 0.0).then(|| i.cpu_limit / capacity)
+            })
+            .collect();
+        (!demands.is_empty() && demands.len() == ready.len())
+            .then(|| demands.iter().sum::<f64>() / demands.len() as f64)
     }
 }
 
@@ -167,5 +194,33 @@ mod tests {
         let last_two: Vec<Millis> = history.last(2).map(|o| o.at).collect();
         assert_eq!(last_two, [4000, 5000]);
         assert_eq!(history.latest().map(|o| o.at), Some(5000));
+    }
+
+    #[test]
+    fn reported_demand_needs_every_ready_instance_to_report() {
+        let instance = |ready: bool, capacity: Option<f64>| InstanceSample {
+            ready,
+            cpu_limit: 0.5,
+            reported: capacity.map(|c| Reported {
+                capacity: Some(c),
+                ..Reported::default()
+            }),
+            ..InstanceSample::default()
+        };
+        let sample = |instances| ServiceSample {
+            instances,
+            ..ServiceSample::default()
+        };
+        let both = sample(vec![
+            instance(true, Some(100.0)),
+            instance(true, Some(50.0)),
+        ]);
+        let demand = both.reported_demand().unwrap();
+        assert!((demand - 0.0075).abs() < 1e-12, "{demand}");
+        let one_silent = sample(vec![instance(true, Some(100.0)), instance(true, None)]);
+        assert_eq!(one_silent.reported_demand(), None);
+        let starting_silent = sample(vec![instance(true, Some(100.0)), instance(false, None)]);
+        assert_eq!(starting_silent.reported_demand(), Some(0.005));
+        assert_eq!(sample(vec![]).reported_demand(), None);
     }
 }

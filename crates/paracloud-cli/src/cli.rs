@@ -133,6 +133,22 @@ pub enum Command {
     },
     /// Replace the instances of services one by one (all services when none is named)
     Restart { services: Vec<String> },
+    /// Move an instance to a new one without failing a request: the new one starts beside it,
+    /// takes its state, then the traffic; returns when the old one has ended
+    Migrate {
+        /// The instance, such as kv.1
+        instance: String,
+        /// How its state moves: paci (the application hands it over), criu (checkpoint and
+        /// restore) or restart (none: stateless); the service's `migrate` by default
+        #[arg(long, value_parser = ["paci", "criu", "restart"])]
+        via: Option<String>,
+        /// The revision to run: the service's current one (a number, or latest)
+        #[arg(long)]
+        revision: Option<String>,
+        /// CPU of the new instance, in cores (such as 0.5 or 2)
+        #[arg(long, value_name = "CORES")]
+        cpus: Option<String>,
+    },
     /// Show a service in detail: spec, address, instances, recent events
     Describe { service: String },
     /// Show the event log

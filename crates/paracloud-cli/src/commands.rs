@@ -373,6 +373,12 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             detach,
         } => scale(global, &services, cpu.as_deref(), detach).await,
         Command::Restart { services } => restart(global, services).await,
+        Command::Migrate {
+            instance,
+            via,
+            revision,
+            cpus,
+        } => migrate(global, &instance, via, revision, cpus.as_deref()).await,
         Command::Traffic { service, shares } => traffic(global, &service, &shares).await,
         Command::Describe { service } => describe(global, &service).await,
         Command::Events { follow } => events(global, follow).await,
@@ -804,6 +810,49 @@ async fn restart(global: &Global, services: Vec<String>) -> Result<()> {
     }
     wait_ready(&client, &app, Some(&services), Duration::from_secs(120)).await?;
     eprintln!("restarted {}", services.join(", "));
+    Ok(())
+}
+
+async fn migrate(
+    global: &Global,
+    instance: &str,
+    via: Option<String>,
+    revision: Option<String>,
+    cpus: Option<&str>,
+) -> Result<()> {
+    let cpus = cpus
+        .map(|c| {
+            c.parse::<f64>().map_err(|_| {
+                anyhow::anyhow!("--cpus {c:?} is not a number of cores: write it like 0.5 or 2")
+            })
+        })
+        .transpose()?;
+    let client = client(global);
+    let app = resolve_app(global, &client, None).await?;
+    let request = paracloud_api::MigrateRequest {
+        via,
+        revision,
+        cpus,
+    };
+    let done: paracloud_api::MigrateResponse = client
+        .post(
+            &format!("/v1/apps/{app}/instances/{instance}/migrate"),
+            &request,
+        )
+        .await
+        .map_err(explain)?;
+    if global.output == Output::Table {
+        let handover = match (done.handover_ms, done.state_bytes) {
+            (Some(ms), Some(bytes)) => format!(" (state of {bytes} bytes handed over in {ms} ms)"),
+            _ => String::new(),
+        };
+        eprintln!(
+            "migrated {} to {} via {} in {} ms{handover}",
+            done.from, done.to, done.via, done.took_ms
+        );
+    } else {
+        println!("{}", serde_json::to_string(&done)?);
+    }
     Ok(())
 }
 

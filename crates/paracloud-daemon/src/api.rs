@@ -14,8 +14,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use paracloud_api::{
     AppView, BuiltImage, CpuRequest, ErrorBody, Event, ExportRequest, Health, ImageDetail,
-    ImageRef, ImageView, ImportRequest, InstanceView, MicroImageRequest, PruneView, RemovedImages,
-    ScaleRequest, ServiceView, TrafficRequest, UpRequest, UpResponse,
+    ImageRef, ImageView, ImportRequest, InstanceView, MicroImageRequest, MigrateRequest,
+    MigrateResponse, PruneView, RemovedImages, ScaleRequest, ServiceView, TrafficRequest,
+    UpRequest, UpResponse,
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
 use paracloud_state::{AppRecord, Snapshot};
@@ -117,6 +118,10 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .route(
             "/v1/apps/{app}/services/{service}/traffic",
             put(traffic::<D>),
+        )
+        .route(
+            "/v1/apps/{app}/instances/{instance}/migrate",
+            post(migrate::<D>),
         )
         .route("/v1/apps/{app}/logs", get(logs_of::<D>))
         .route("/v1/events", get(events::<D>))
@@ -560,6 +565,103 @@ async fn restart<D: Driver>(
         .add_event(now_ms(), &app, &service, "restart requested")?;
     engine.wake();
     Ok(Json(service_or_404(&engine, &app, &service)?))
+}
+
+/// Reads `via` of a migrate request.
+pub fn parse_via(via: &str) -> Result<paracloud_manifest::MigrateMethod, String> {
+    use paracloud_manifest::MigrateMethod;
+    match via {
+        "paci" => Ok(MigrateMethod::Paci),
+        "criu" => Ok(MigrateMethod::Criu),
+        "restart" => Ok(MigrateMethod::Restart),
+        other => Err(format!(
+            "unknown migration method {other:?}: use paci (the application hands its state over), criu (checkpoint and restore) or restart (stateless)"
+        )),
+    }
+}
+
+/// Splits an instance name such as `kv.2` into its service and index.
+pub fn parse_instance(name: &str) -> Result<(String, u32), String> {
+    name.rsplit_once('.')
+        .and_then(|(service, index)| Some((service.to_string(), index.parse().ok()?)))
+        .filter(|(service, _)| !service.is_empty())
+        .ok_or_else(|| {
+            format!("{name:?} is not an instance name: instances are named SERVICE.N, such as kv.1 (see paracloud ps)")
+        })
+}
+
+async fn migrate<D: Driver>(
+    State(engine): Shared<D>,
+    UrlPath((app, instance)): UrlPath<(String, String)>,
+    body: Result<Json<MigrateRequest>, JsonRejection>,
+) -> Result<Json<MigrateResponse>, ApiError> {
+    use crate::migrate::MigrateError;
+    let Json(request) = body?;
+    let (service, index) =
+        parse_instance(&instance).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let via = request
+        .via
+        .as_deref()
+        .map(parse_via)
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let cpu = request
+        .cpus
+        .map(|c| check_cpu(c, machine_cores()))
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("--cpus: {e}")))?;
+    let view = service_or_404(&engine, &app, &service)?;
+    if let Some(revision) = &request.revision {
+        let current = view.revision;
+        let asked: Option<u64> = match revision.as_str() {
+            "latest" => Some(current),
+            n => n.parse().ok(),
+        };
+        match asked {
+            Some(r) if r == current => {}
+            Some(r) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "{service} is at revision {current}: an instance can only be moved to it (the state keeps one spec per service; `up` the manifest of the revision you want, which moves every instance, or run it beside the service as [services.{service}.revisions.NAME]); asked for {r}"
+                    ),
+                ))
+            }
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("--revision {revision:?} is not a revision: give a number such as {current}, or latest"),
+                ))
+            }
+        }
+    }
+    let key = paracloud_reconcile::InstanceKey::new(&app, &service, index);
+    let outcome = engine
+        .migrate(
+            &key,
+            crate::migrate::Options {
+                via,
+                cpu,
+                reserved: false,
+            },
+        )
+        .await
+        .map_err(|e| {
+            let status = match e {
+                MigrateError::NotFound(_) => StatusCode::NOT_FOUND,
+                MigrateError::Refused(_) => StatusCode::CONFLICT,
+                MigrateError::Failed(_) => StatusCode::BAD_GATEWAY,
+            };
+            ApiError::new(status, e.to_string())
+        })?;
+    Ok(Json(MigrateResponse {
+        from: outcome.from,
+        to: outcome.to,
+        via: outcome.via.name().to_string(),
+        took_ms: outcome.took_ms,
+        handover_ms: outcome.handover_ms,
+        state_bytes: outcome.state_bytes,
+    }))
 }
 
 #[derive(Deserialize)]

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use paracloud_autoscale::{Decision, History, Millis, Policy, PolicyKind, ScalingConfig};
+use paracloud_autoscale::{Decision, History, Millis, Policy, PolicyKind, Reported, ScalingConfig};
 use paracloud_dataplane::Snapshot;
 use paracloud_reconcile::InstanceState;
 use paracloud_state::{AppRecord, Snapshot as StateSnapshot, Store};
@@ -129,6 +129,7 @@ impl Autoscaler {
         state: &StateSnapshot,
         snapshot: Snapshot,
         cpu_ns: &HashMap<String, u64>,
+        reports: &HashMap<String, Reported>,
     ) -> Step {
         let mut step = Step::default();
         self.apps.retain(|name, _| {
@@ -166,7 +167,7 @@ impl Autoscaler {
             let Some((elapsed_ms, previous)) = interval else {
                 continue;
             };
-            let facts = self.facts(now, app, state, &config, cpu_ns);
+            let facts = self.facts(now, app, state, &config, cpu_ns, reports);
             let services: Vec<&str> = config.services.keys().map(String::as_str).collect();
             let seen = observation(
                 &app.manifest,
@@ -210,6 +211,7 @@ impl Autoscaler {
         state: &StateSnapshot,
         config: &ScalingConfig,
         cpu_ns: &HashMap<String, u64>,
+        reports: &HashMap<String, Reported>,
     ) -> Vec<InstanceFacts> {
         state
             .instances
@@ -240,6 +242,7 @@ impl Autoscaler {
                     age_ms,
                     cpu_used,
                     cpu_limit: limit.unwrap_or(self.cores),
+                    reported: reports.get(&id).cloned(),
                 }
             })
             .collect()
@@ -414,6 +417,9 @@ scale_to_zero = "1m"
                     pid: Some(1),
                     start_time: Some(1),
                     slot,
+                    weight: None,
+                    held: false,
+                    cpu: None,
                 })
                 .unwrap();
         }
@@ -520,7 +526,13 @@ scale_to_zero = "1m"
             ["shop-idle-1", "shop-web-1"]
         );
 
-        let first = autoscaler.step(2_000, &store.load().unwrap(), snapshot(0, 1), &cpu);
+        let first = autoscaler.step(
+            2_000,
+            &store.load().unwrap(),
+            snapshot(0, 1),
+            &cpu,
+            &HashMap::new(),
+        );
         assert_eq!(
             first.started,
             [(
@@ -532,7 +544,13 @@ scale_to_zero = "1m"
         assert!(!apply(&store, &first, 2_000).unwrap());
 
         let cpu: HashMap<String, u64> = [("shop-web-1".to_owned(), 1_400_000_000)].into();
-        let second = autoscaler.step(3_000, &store.load().unwrap(), snapshot(90, 1), &cpu);
+        let second = autoscaler.step(
+            3_000,
+            &store.load().unwrap(),
+            snapshot(90, 1),
+            &cpu,
+            &HashMap::new(),
+        );
         let observed = seen.lock().unwrap().last().cloned().unwrap();
         let web = &observed.services["web"];
         assert_eq!(web.arrivals, 90);
@@ -577,7 +595,7 @@ scale_to_zero = "1m"
         );
 
         // The same wish again changes nothing; an idle service with nothing open goes to zero.
-        let third = autoscaler.step(4_000, &state, snapshot(180, 0), &cpu);
+        let third = autoscaler.step(4_000, &state, snapshot(180, 0), &cpu, &HashMap::new());
         assert_eq!(third.changes.len(), 1, "{third:?}");
         assert_eq!(
             (third.changes[0].service.as_str(), third.changes[0].replicas),
@@ -592,14 +610,14 @@ scale_to_zero = "1m"
         let (mut autoscaler, seen) = autoscaler();
         let state = store.load().unwrap();
         let none = HashMap::new();
-        autoscaler.step(1_000, &state, snapshot(0, 0), &none);
-        let late = autoscaler.step(60_000, &state, snapshot(5_000, 0), &none);
+        autoscaler.step(1_000, &state, snapshot(0, 0), &none, &HashMap::new());
+        let late = autoscaler.step(60_000, &state, snapshot(5_000, 0), &none, &HashMap::new());
         assert!(
             late.changes.is_empty(),
             "a minute of counts is not a second"
         );
         assert!(seen.lock().unwrap().is_empty());
-        autoscaler.step(61_000, &state, snapshot(5_020, 0), &none);
+        autoscaler.step(61_000, &state, snapshot(5_020, 0), &none, &HashMap::new());
         assert_eq!(seen.lock().unwrap()[0].services["web"].arrivals, 20);
     }
 
@@ -618,7 +636,7 @@ scale_to_zero = "1m"
         let none = HashMap::new();
         for at in [1_000, 2_000] {
             assert_eq!(
-                autoscaler.step(at, &state, snapshot(100, 0), &none),
+                autoscaler.step(at, &state, snapshot(100, 0), &none, &HashMap::new()),
                 Step::default()
             );
         }

@@ -65,11 +65,26 @@ impl DaemonConfig {
 /// has applied the change before the stop signal.
 const ROUTE_PROPAGATION: Duration = Duration::from_millis(100);
 
+/// How long a failed update waits before the planner asks to migrate the instance again.
+const UPDATE_RETRY: Duration = Duration::from_secs(2);
+
+/// How long a resize event waits for its (optional) answer.
+const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
+
 pub fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as Millis)
         .unwrap_or(0)
+}
+
+/// How an instance is started beyond its service's spec (by a migration).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartAs {
+    /// Kept out of the routes until it takes over.
+    pub held: bool,
+    /// Its own CPU limit in cores.
+    pub cpu: Option<f64>,
 }
 
 /// A running instance process the daemon watches.
@@ -94,6 +109,10 @@ pub struct Engine<D: Driver> {
     /// written once (and all of them once after a daemon restart).
     applied_cpu: Mutex<HashMap<InstanceKey, Option<f64>>>,
     dataplane: Arc<DataplaneSupervisor>,
+    /// Every instance's PaCI: servers, events waiting for answers, reported load.
+    pub paci: Arc<crate::paci::Hub>,
+    /// Services (app, service) with a migration under way; the planner leaves them alone.
+    pub(crate) migrating: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,6 +138,8 @@ impl<D: Driver> Engine<D> {
             waiting: Mutex::new(Vec::new()),
             applied_cpu: Mutex::new(HashMap::new()),
             dataplane,
+            paci: Arc::new(crate::paci::Hub::default()),
+            migrating: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -156,6 +177,9 @@ impl<D: Driver> Engine<D> {
             snapshot.apps.iter().map(|a| (a.name.as_str(), a)).collect();
         for mut record in snapshot.instances.clone() {
             let id = record.key.id();
+            if let Err(e) = crate::paci::serve(self, &record.key) {
+                tracing::warn!("cannot serve PaCI for {}: {e}", record.key);
+            }
             let alive = match (&record.state, record.pid, record.start_time) {
                 (
                     InstanceState::Running { .. } | InstanceState::Stopping { .. },
@@ -256,7 +280,8 @@ impl<D: Driver> Engine<D> {
     /// One reconcile step; returns when to wake for a backoff, and whether it did anything.
     async fn turn(self: &Arc<Self>) -> Result<(Option<Millis>, bool), paracloud_state::Error> {
         let snapshot = self.store.load()?;
-        let (desired, observed) = views(&snapshot);
+        let (desired, mut observed) = views(&snapshot);
+        observed.migrating = lock(&self.migrating).clone();
         let plan = plan(&desired, &observed, now_ms());
         *lock(&self.waiting) = plan.waiting.clone();
         let acted = !plan.actions.is_empty();
@@ -285,12 +310,25 @@ impl<D: Driver> Engine<D> {
             ) else {
                 continue;
             };
-            let cpu = record.cpu(spec);
+            let own = snapshot.instances.iter().find(|i| i.key == key);
+            let cpu = own.map_or_else(|| record.cpu(spec), |i| i.cpu(Some(record), spec));
             if applied.get(&key) == Some(&cpu) {
                 continue;
             }
             match self.driver.set_cpu(&key.id(), cpu) {
                 Ok(()) => {
+                    // A change under a running instance (not the first write after a daemon
+                    // restart): tell it, so that it can size its thread pools.
+                    if applied.contains_key(&key) {
+                        self.paci.notify(
+                            &key,
+                            paracloud_paci::EventKind::Resize {
+                                cpu,
+                                memory: spec.resources.memory,
+                            },
+                            RESIZE_DEADLINE,
+                        );
+                    }
                     applied.insert(key, cpu);
                 }
                 // The instance may be ending: its waiter removes it from `live`.
@@ -344,9 +382,33 @@ impl<D: Driver> Engine<D> {
                 }
                 let _ = self.store.set_network(&app, false);
             }
+            Action::Migrate { key } => {
+                // Marked at once, so that the next turn (10 ms on) does not ask again.
+                let service = (key.app.clone(), key.service.clone());
+                if !lock(&self.migrating).insert(service.clone()) {
+                    return;
+                }
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    let options = crate::migrate::Options {
+                        reserved: true,
+                        ..Default::default()
+                    };
+                    if let Err(e) = engine.migrate(&key, options).await {
+                        engine.event(&key.app, &key.name(), &format!("update: {e}"));
+                        // The old instance serves on; try again after a pause rather than at
+                        // once (a successor that cannot start would otherwise be started
+                        // again and again).
+                        lock(&engine.migrating).insert(service.clone());
+                        tokio::time::sleep(UPDATE_RETRY).await;
+                        lock(&engine.migrating).remove(&service);
+                        engine.wake();
+                    }
+                });
+            }
             Action::Start { key, restart } => {
                 let Some(app) = app_of(&key.app) else { return };
-                if let Err(e) = self.start(app, &key, restart, snapshot) {
+                if let Err(e) = self.start(app, &key, restart, StartAs::default()) {
                     self.event(&key.app, &key.name(), &format!("cannot start: {e}"));
                 }
             }
@@ -363,6 +425,8 @@ impl<D: Driver> Engine<D> {
             }
             Action::Remove { key } => {
                 self.cleanup(key.id()).await;
+                self.paci.forget(&key);
+                let _ = std::fs::remove_dir_all(crate::paci::socket_dir(&self.config.root, &key));
                 let dir = self.config.instance_dir(&key);
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -389,12 +453,12 @@ impl<D: Driver> Engine<D> {
     }
 
     /// Records the instance as starting, then creates it in a task of its own.
-    fn start(
+    pub(crate) fn start(
         self: &Arc<Self>,
         app: &AppRecord,
         key: &InstanceKey,
         restart: bool,
-        snapshot: &Snapshot,
+        start_as: StartAs,
     ) -> Result<(), String> {
         let service = app
             .manifest
@@ -434,13 +498,29 @@ impl<D: Driver> Engine<D> {
             pid: None,
             start_time: None,
             slot,
+            weight: None,
+            held: start_as.held,
+            cpu: start_as.cpu,
         };
         self.store
             .put_instance(&record)
             .map_err(|e| e.to_string())?;
-        let config = self.instance_config(app, &service, key, address, &network, rootfs);
+        let paci_dir = crate::paci::serve(self, key)
+            .map_err(|e| format!("cannot create its PaCI socket: {e}"))?;
+        let mut config = self.instance_config(app, &service, key, address, &network, rootfs);
+        config.mounts.push(Mount {
+            source: paci_dir,
+            target: paracloud_paci::SOCKET_DIR.to_string(),
+            read_only: true,
+        });
+        config.env.insert(
+            paracloud_paci::ENV.into(),
+            paracloud_paci::SOCKET_PATH.into(),
+        );
+        if start_as.cpu.is_some() {
+            config.limits.cpu = start_as.cpu;
+        }
         let engine = self.clone();
-        let _ = snapshot;
         tokio::spawn(async move {
             let result = engine.driver.start(&config).await;
             let mut record = record;
@@ -680,8 +760,18 @@ impl<D: Driver> Engine<D> {
         }
     }
 
+    /// Waits until the instance's process has ended, at most `timeout`; true when it has (or
+    /// was not running).
+    pub(crate) async fn wait_exit(&self, key: &InstanceKey, timeout: Duration) -> bool {
+        let Some(mut exited) = lock(&self.live).get(key).map(|l| l.exited.clone()) else {
+            return true;
+        };
+        let result = tokio::time::timeout(timeout, exited.wait_for(|e| *e)).await;
+        result.is_ok()
+    }
+
     /// Sends the stop signal, waits the grace period, then kills.
-    fn stop(self: &Arc<Self>, key: &InstanceKey, reason: StopReason) {
+    pub(crate) fn stop(self: &Arc<Self>, key: &InstanceKey, reason: StopReason) {
         let Some((process, mut exited)) = lock(&self.live)
             .get(key)
             .map(|l| (l.process.clone(), l.exited.clone()))
@@ -713,9 +803,23 @@ impl<D: Driver> Engine<D> {
                 &key.name(),
                 &format!("stopping ({why}): {signal}"),
             );
+            let asked = std::time::Instant::now();
+            // An instance that follows its PaCI events is asked to drain first, and gets its
+            // stop signal once it answers or when the grace period is over.
+            if engine.paci.listening(&key) {
+                let drain = paracloud_paci::EventKind::Drain {
+                    reason: why.to_string(),
+                };
+                let answer = engine.paci.send(&key, drain, grace).await;
+                engine.event(
+                    &key.app,
+                    &key.name(),
+                    &describe_answer("drain", &answer, asked.elapsed()),
+                );
+            }
             // Let the data plane apply the routes without this instance before it stops
             // accepting: new requests go elsewhere, requests in flight finish in the grace period.
-            tokio::time::sleep(ROUTE_PROPAGATION).await;
+            tokio::time::sleep(ROUTE_PROPAGATION.saturating_sub(asked.elapsed())).await;
             let _ = engine.driver.signal(&process, signal);
             let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e))
                 .await
@@ -737,8 +841,15 @@ impl<D: Driver> Engine<D> {
         tokio::spawn(self.dataplane.clone().collect_loop());
     }
 
-    /// Tells the data plane the current routes (only when they changed).
-    fn push_routes(&self) {
+    /// The routes changed outside a reconcile turn (a weight set through PaCI): push them now.
+    pub fn routes_changed(&self) {
+        self.push_routes();
+    }
+
+    /// Tells the data plane the current routes (only when they changed), and PaCI's peer
+    /// streams that something may have changed.
+    pub(crate) fn push_routes(&self) {
+        self.paci.changed();
         match self.store.load() {
             Ok(snapshot) => self
                 .dataplane
@@ -755,6 +866,20 @@ impl<D: Driver> Engine<D> {
     /// Processes of running instances, for log rotation.
     pub fn live_keys(&self) -> Vec<InstanceKey> {
         lock(&self.live).keys().cloned().collect()
+    }
+}
+
+/// An instance's answer to a PaCI event, for the event log.
+pub fn describe_answer(what: &str, answer: &crate::paci::Answer, took: Duration) -> String {
+    use crate::paci::Answer;
+    let ms = took.as_millis();
+    match answer {
+        Answer::Acked(_) => format!("{what}: acknowledged in {ms} ms"),
+        Answer::Refused(error) => format!("{what}: refused after {ms} ms: {error}"),
+        Answer::NotListening => format!("{what}: the instance does not follow its PaCI events"),
+        Answer::NoAnswer => {
+            format!("{what}: no answer by its deadline ({ms} ms); the platform went on without it")
+        }
     }
 }
 

@@ -133,7 +133,23 @@ fn autoscale<D: Driver>(engine: &Engine<D>, autoscaler: &mut Autoscaler, snapsho
             Some((id, usage.cpu_usage_ns))
         })
         .collect();
-    let step = autoscaler.step(now, &state, snapshot, &cpu_ns);
+    // What instances reported through PaCI, by instance id.
+    let reports: HashMap<String, paracloud_autoscale::Reported> = state
+        .instances
+        .iter()
+        .filter_map(|i| {
+            let report = engine.paci.load(&i.key, now)?;
+            Some((
+                i.key.id(),
+                paracloud_autoscale::Reported {
+                    in_flight: report.in_flight,
+                    queue: report.queue,
+                    capacity: report.capacity,
+                },
+            ))
+        })
+        .collect();
+    let step = autoscaler.step(now, &state, snapshot, &cpu_ns, &reports);
     match crate::autoscale::apply(&engine.store, &step, now) {
         Ok(true) => engine.wake(),
         Ok(false) => {}

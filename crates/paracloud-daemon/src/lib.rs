@@ -5,6 +5,7 @@ pub mod addressing;
 pub mod api;
 pub mod autoscale;
 pub mod build;
+pub mod criu;
 pub mod dataplane;
 pub mod driver;
 pub mod engine;
@@ -12,7 +13,9 @@ pub mod follow;
 pub mod health;
 pub mod images;
 pub mod logs;
+pub mod migrate;
 pub mod observation;
+pub mod paci;
 pub mod routes;
 pub mod views;
 

@@ -26,6 +26,8 @@ pub struct InstanceFacts {
     pub cpu_used: f64,
     /// Its CPU limit in cores (the machine's cores when unlimited).
     pub cpu_limit: f64,
+    /// Its latest load report through PaCI, if recent.
+    pub reported: Option<paracloud_autoscale::Reported>,
 }
 
 /// The two snapshots around one interval.
@@ -222,6 +224,7 @@ fn service_sample(
                 cpu_limit: i.cpu_limit,
                 completions,
                 concurrency,
+                reported: i.reported.clone(),
             }
         })
         .collect();
@@ -354,6 +357,7 @@ ports = [7000]
             age_ms: 5_000,
             cpu_used: 0.4,
             cpu_limit: 0.5,
+            reported: None,
         }
     }
 

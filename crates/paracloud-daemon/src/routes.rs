@@ -24,6 +24,13 @@ pub fn capacity_weight(cpu: Option<f64>) -> u32 {
     })
 }
 
+/// An instance's weight: its capacity weight scaled by the percent it set through PaCI (0 keeps it
+/// out of the picking while another backend has a weight).
+pub fn instance_weight(capacity: u32, percent: Option<u32>) -> u32 {
+    let percent = percent.unwrap_or(paracloud_paci::FULL_WEIGHT);
+    (u64::from(capacity) * u64::from(percent) / u64::from(paracloud_paci::FULL_WEIGHT)) as u32
+}
+
 /// Listeners for every port of every service: on its stable service address, and on the host
 /// address it is published to. The revisions running beside a service are behind its listeners
 /// (with their weights), not on listeners of their own.
@@ -34,24 +41,22 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
             continue;
         };
         let ready_backends = |service: &str, port: u16| -> Vec<Backend> {
-            let weight = match (
-                app.manifest.services.get(service),
-                app.services.get(service),
-            ) {
-                (Some(spec), Some(record)) => capacity_weight(record.cpu(spec)),
-                (Some(spec), None) => capacity_weight(spec.resources.cpu),
-                _ => CORE_WEIGHT,
-            };
+            let spec = app.manifest.services.get(service);
+            let record = app.services.get(service);
             snapshot
                 .instances
                 .iter()
                 .filter(|i| i.key.app == app.name && i.key.service == service && i.state.is_ready())
+                // An instance a migration started joins the routes when it takes over.
+                .filter(|i| !i.held)
                 .filter_map(|i| {
+                    let weight =
+                        spec.map_or(CORE_WEIGHT, |spec| capacity_weight(i.cpu(record, spec)));
                     let address = network.instance_address(i.slot).ok()?;
                     Some(Backend {
                         id: i.key.name(),
                         addr: SocketAddr::new(IpAddr::V4(address.addr()), port),
-                        weight,
+                        weight: instance_weight(weight, i.weight),
                     })
                 })
                 .collect()
@@ -129,5 +134,13 @@ mod tests {
         assert_eq!(capacity_weight(Some(0.5)), 500);
         assert_eq!(capacity_weight(Some(2.0)), 2000);
         assert_eq!(capacity_weight(Some(0.0001)), 1, "never zero");
+    }
+
+    #[test]
+    fn a_weight_set_through_paci_scales_the_capacity_weight() {
+        assert_eq!(instance_weight(1000, None), 1000);
+        assert_eq!(instance_weight(1000, Some(20)), 200);
+        assert_eq!(instance_weight(500, Some(0)), 0);
+        assert_eq!(instance_weight(u32::MAX, Some(100)), u32::MAX);
     }
 }

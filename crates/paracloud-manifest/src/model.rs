@@ -91,11 +91,38 @@ pub struct Service {
     /// starts it again (held by the data plane meanwhile); `None` keeps it running.
     #[serde(default)]
     pub scale_to_zero: Option<Duration>,
+    /// How its instances move (`paracloud migrate`, rolling updates): make before break, with
+    /// the state handed over as this says.
+    #[serde(default)]
+    pub migrate: MigrateMethod,
     /// Set when this is a revision running beside its service (`[services.api.revisions.NAME]`,
     /// named `api@NAME` in the manifest's services): it serves the service's ports and gets a
     /// share of its traffic.
     #[serde(default)]
     pub revision_of: Option<RevisionOf>,
+}
+
+/// How an instance's state reaches its successor when it is migrated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrateMethod {
+    /// The application hands its state over through PaCI (migrate, then restore events).
+    Paci,
+    /// The process is checkpointed and restored with CRIU, memory and all.
+    Criu,
+    /// Nothing is handed over: the new instance starts afresh (stateless services).
+    #[default]
+    Restart,
+}
+
+impl MigrateMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            MigrateMethod::Paci => "paci",
+            MigrateMethod::Criu => "criu",
+            MigrateMethod::Restart => "restart",
+        }
+    }
 }
 
 /// What a revision running beside its service (see [`Service::revision_of`]) gets.

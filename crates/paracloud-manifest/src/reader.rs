@@ -460,6 +460,7 @@ fn example(field: &str) -> Option<&'static str> {
         "stop_grace_period" => "stop_grace_period = \"10s\"",
         "cap_add" => "cap_add = [\"NET_BIND_SERVICE\"]",
         "scale_to_zero" => "scale_to_zero = \"5m\"",
+        "migrate" => "migrate = \"paci\"",
         "revisions" => "[services.api.revisions.canary]",
         "weight" => "weight = 10",
         "autoscale" => "autoscale = { min = 1, max = 10, cpu_min = 0.25, cpu_max = 2 }",

@@ -9,8 +9,8 @@ use toml::de::{DeTable, DeValue};
 
 use crate::autoscale::ScalingDraft;
 use crate::model::{
-    DependsCondition, HealthCheck, Image, Port, Probe, Protocol, Resources, RestartCondition,
-    RestartPolicy, Service, VolumeMount,
+    DependsCondition, HealthCheck, Image, MigrateMethod, Port, Probe, Protocol, Resources,
+    RestartCondition, RestartPolicy, Service, VolumeMount,
 };
 use crate::reader::{child, index, Checker, Span, Value};
 use crate::units;
@@ -37,6 +37,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "stop_grace_period",
     "cap_add",
     "scale_to_zero",
+    "migrate",
     "autoscale",
     "revisions",
 ];
@@ -319,6 +320,7 @@ impl Checker<'_> {
         let scale_to_zero =
             get("scale_to_zero").and_then(|v| self.positive_duration(v, &field("scale_to_zero")));
         let autoscale = get("autoscale").and_then(|v| self.scaling_draft(v, &field("autoscale")));
+        let migrate = get("migrate").and_then(|v| self.migrate_method(v, &field("migrate")));
 
         let service = Service {
             name: name.to_owned(),
@@ -342,6 +344,7 @@ impl Checker<'_> {
             stop_grace_period: stop_grace_period.unwrap_or(Duration::from_secs(10)),
             cap_add: cap_add.unwrap_or_default(),
             scale_to_zero,
+            migrate: migrate.unwrap_or_default(),
             revision_of: None,
         };
         Some(Draft {
@@ -951,6 +954,29 @@ impl Checker<'_> {
             }
             _ => {
                 self.type_error(value, field, "a string or a table");
+                None
+            }
+        }
+    }
+
+    fn migrate_method(&mut self, value: &Value<'_>, field: &str) -> Option<MigrateMethod> {
+        const METHODS: &[&str] = &["paci", "criu", "restart"];
+        let text = self.string(value, field)?;
+        match text {
+            "paci" => Some(MigrateMethod::Paci),
+            "criu" => Some(MigrateMethod::Criu),
+            "restart" => Some(MigrateMethod::Restart),
+            other => {
+                let hint = match units::suggest(other, METHODS.iter().copied()) {
+                    Some(close) => format!("did you mean \"{close}\"?"),
+                    None => "use \"paci\" (the application hands its state over), \"criu\" (checkpoint and restore of the process) or \"restart\" (stateless)".into(),
+                };
+                self.error(
+                    value.span(),
+                    field,
+                    format!("unknown migration method {other:?}"),
+                    Some(hint),
+                );
                 None
             }
         }

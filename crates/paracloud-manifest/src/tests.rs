@@ -126,6 +126,7 @@ fn full_manifest_covers_every_key() {
         stop_grace_period: Duration::from_secs(5),
         cap_add: vec!["CAP_NET_BIND_SERVICE".into(), "CAP_CHOWN".into()],
         scale_to_zero: None,
+        migrate: MigrateMethod::Restart,
         revision_of: None,
     };
     assert_eq!(manifest.services["kv"], kv);
@@ -383,7 +384,7 @@ fn unknown_key_far() {
         &format!("{HEAD}colour = \"red\"\n"),
         r#"
 paracloud.toml:5:1: services.kv.colour: unknown key `colour`
-  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, autoscale, revisions
+  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, migrate, autoscale, revisions
 "#,
     );
 }
@@ -776,6 +777,24 @@ paracloud.toml:5:11: services.kv.restart: unknown restart condition "on_failure"
 }
 
 #[test]
+fn migrate_method() {
+    check(
+        &format!("{HEAD}migrate = \"pacy\"\n"),
+        r#"
+paracloud.toml:5:11: services.kv.migrate: unknown migration method "pacy"
+  hint: did you mean "paci"?
+"#,
+    );
+    check(
+        &format!("{HEAD}migrate = 3\n"),
+        r#"
+paracloud.toml:5:11: services.kv.migrate: expected a string, found integer 3
+  hint: for example `migrate = "paci"`
+"#,
+    );
+}
+
+#[test]
 fn volumes() {
     check(
         &format!("{HEAD}volumes = [\"data\", \"Data:/x\", \"./missing:/y\", \"data:rel\", {{ source = \"d\" }}]\n"),
@@ -970,7 +989,7 @@ fn revision_mistakes_are_located() {
         ),
         r#"
 paracloud.toml:11:1: services.api.revisions.canary.ports: unknown key `ports`
-  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero
+  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, migrate
 paracloud.toml:12:25: services.api.revisions.Blue: invalid revision name "Blue": must start with a lower-case letter, found 'B'
   hint: use lower-case letters, digits and '-', starting with a letter, such as "canary"
 paracloud.toml:14:10: services.api.revisions.green.weight: the revisions of `api` get 110% of its traffic together, more than 100%

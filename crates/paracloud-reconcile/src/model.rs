@@ -44,6 +44,8 @@ pub struct Observed {
     pub networks: BTreeSet<String>,
     /// Applications being removed (`down`), with whether their volumes go too.
     pub removing: BTreeMap<String, bool>,
+    /// Services (app, service) with a migration under way: the planner leaves them alone.
+    pub migrating: BTreeSet<(String, String)>,
 }
 
 /// Names one instance: `api.2` of application `shop`.
@@ -198,6 +200,10 @@ pub enum Action {
         key: InstanceKey,
         reason: StopReason,
     },
+    /// Replace a running instance by one of the service's current revision, make before
+    /// break: the new one starts beside it and takes over (state handed over as the service's
+    /// `migrate` method says), then the old one drains and stops.
+    Migrate { key: InstanceKey },
     /// Forget an exited instance and delete its private files.
     Remove { key: InstanceKey },
     /// Delete the application's bridge.

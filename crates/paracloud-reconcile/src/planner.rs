@@ -54,6 +54,13 @@ pub fn plan(desired: &Desired, observed: &Observed, now: Millis) -> Plan {
         }
         let instances = by_app.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         for service in app.manifest.services.values() {
+            // A migration under way owns its service's instances until it is done.
+            if observed
+                .migrating
+                .contains(&(name.clone(), service.name.clone()))
+            {
+                continue;
+            }
             plan_service(&mut plan, app, service, instances, now);
         }
         // Instances of services the manifest no longer has.
@@ -95,6 +102,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now: Millis) -> Plan {
         Action::EnsureNetwork { .. } => 0,
         Action::Stop { .. } => 1,
         Action::Start { .. } => 2,
+        Action::Migrate { .. } => 2,
         Action::Remove { .. } => 3,
         Action::RemoveNetwork { .. } => 4,
         Action::Forget { .. } => 5,
@@ -124,7 +132,7 @@ fn plan_service(
     app_instances: &[&ObservedInstance],
     now: Millis,
 ) {
-    let wanted = app.replicas_of(&service.name);
+    let wanted = app.replicas_of(&service.name) as usize;
     let revision = app.revision_of(&service.name);
     let instances: BTreeMap<u32, &ObservedInstance> = app_instances
         .iter()
@@ -140,27 +148,34 @@ fn plan_service(
         ) || matches!(&i.state, InstanceState::Exited { exit } if exit.requested == Some(StopReason::Replace))
     });
 
-    for index in 1..=wanted {
-        let key = InstanceKey::new(&app.manifest.app, &service.name, index);
-        let Some(instance) = instances.get(&index) else {
-            match &blocked_by {
-                None => plan.actions.push(Action::Start {
-                    key,
-                    restart: false,
-                }),
-                Some(why) => plan.waiting.push((key, why.clone())),
-            }
-            continue;
-        };
+    // The instances that count toward `wanted`: all but those stopping or stopped by the
+    // platform. Names are not fixed: a migration leaves its instance under a new index, so the
+    // lowest-numbered ones are kept and missing ones take the lowest free numbers.
+    let counted: Vec<&ObservedInstance> = instances
+        .values()
+        .copied()
+        .filter(|i| !planned_out(&i.state))
+        .collect();
+    let (kept, extra) = counted.split_at(counted.len().min(wanted));
+    for instance in extra {
+        retire(plan, instance, StopReason::ScaleIn);
+    }
+    for instance in kept {
+        let key = instance.key.clone();
         match &instance.state {
             InstanceState::Starting | InstanceState::Stopping { .. } => {}
             InstanceState::Running { health } => {
                 if instance.revision < revision && !replacing {
                     replacing = true;
-                    plan.actions.push(Action::Stop {
-                        key,
-                        reason: StopReason::Replace,
-                    });
+                    if instance.state.is_ready() {
+                        plan.actions.push(Action::Migrate { key });
+                    } else {
+                        // It takes no traffic: nothing to hand over or keep serving.
+                        plan.actions.push(Action::Stop {
+                            key,
+                            reason: StopReason::Replace,
+                        });
+                    }
                 } else if *health == Health::Unhealthy
                     && service.restart.condition != RestartCondition::No
                 {
@@ -170,34 +185,67 @@ fn plan_service(
                     });
                 }
             }
-            InstanceState::Exited { exit } => match exit.requested {
-                // Replaced by a new revision, or stopped by scale-in or down and wanted again: a
-                // planned start, not a restart by policy.
-                Some(StopReason::Replace | StopReason::ScaleIn | StopReason::Down) => {
-                    plan.actions.push(Action::Start {
-                        key,
-                        restart: false,
-                    })
+            InstanceState::Exited { exit } => {
+                if !should_restart(&service.restart, exit, instance.restarts) {
+                    continue;
                 }
-                Some(StopReason::Unhealthy) | None => {
-                    if !should_restart(&service.restart, exit, instance.restarts) {
-                        continue;
-                    }
-                    let due = instance.since + restart_delay(&service.restart, instance.restarts);
-                    if now >= due {
-                        plan.actions.push(Action::Start { key, restart: true });
-                    } else {
-                        plan.wake_at = Some(plan.wake_at.map_or(due, |w| w.min(due)));
-                        plan.waiting
-                            .push((key, format!("restarting in {} ms (backoff)", due - now)));
-                    }
+                let due = instance.since + restart_delay(&service.restart, instance.restarts);
+                if now >= due {
+                    plan.actions.push(Action::Start { key, restart: true });
+                } else {
+                    plan.wake_at = Some(plan.wake_at.map_or(due, |w| w.min(due)));
+                    plan.waiting
+                        .push((key, format!("restarting in {} ms (backoff)", due - now)));
                 }
-            },
+            }
         }
     }
-    for (index, instance) in instances.range(wanted + 1..) {
-        let _ = index;
-        retire(plan, instance, StopReason::ScaleIn);
+    // Missing instances take the lowest numbers no live instance holds; the record of one the
+    // platform stopped there is reused (a planned start, not a restart by policy).
+    let busy = |index: u32| {
+        instances.get(&index).is_some_and(|i| {
+            !matches!(i.state, InstanceState::Exited { .. }) || !planned_out(&i.state)
+        })
+    };
+    let mut reused = Vec::new();
+    let mut index = 0;
+    for _ in kept.len()..wanted {
+        index += 1;
+        while busy(index) {
+            index += 1;
+        }
+        let key = InstanceKey::new(&app.manifest.app, &service.name, index);
+        reused.push(index);
+        match &blocked_by {
+            None => plan.actions.push(Action::Start {
+                key,
+                restart: false,
+            }),
+            Some(why) => plan.waiting.push((key, why.clone())),
+        }
+    }
+    // Records of instances the platform stopped that no start reuses are removed.
+    for instance in instances.values() {
+        if matches!(instance.state, InstanceState::Exited { .. })
+            && planned_out(&instance.state)
+            && !reused.contains(&instance.key.index)
+        {
+            plan.actions.push(Action::Remove {
+                key: instance.key.clone(),
+            });
+        }
+    }
+}
+
+/// Stopping, or stopped by the platform (scale-in, replacement, down): no longer counted.
+fn planned_out(state: &InstanceState) -> bool {
+    match state {
+        InstanceState::Stopping { .. } => true,
+        InstanceState::Exited { exit } => matches!(
+            exit.requested,
+            Some(StopReason::Replace | StopReason::ScaleIn | StopReason::Down)
+        ),
+        _ => false,
     }
 }
 

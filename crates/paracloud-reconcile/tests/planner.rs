@@ -86,6 +86,29 @@ fn apply(observed: &mut Observed, desired: &Desired, plan: &Plan, now: Millis) {
                     },
                 };
             }
+            Action::Migrate { key } => {
+                // A perfect make-before-break: the successor runs under the next free number,
+                // the old instance is gone.
+                let revision = desired.apps[&key.app].revision_of(&key.service);
+                let next = observed
+                    .instances
+                    .iter()
+                    .filter(|i| i.key.app == key.app && i.key.service == key.service)
+                    .map(|i| i.key.index)
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
+                observed.instances.retain(|i| &i.key != key);
+                observed.instances.push(ObservedInstance {
+                    key: InstanceKey::new(&key.app, &key.service, next),
+                    revision,
+                    state: InstanceState::Running {
+                        health: Health::None,
+                    },
+                    restarts: 0,
+                    since: now,
+                });
+            }
             Action::Remove { key } => observed.instances.retain(|i| &i.key != key),
             Action::Forget { app, .. } => {
                 observed.removing.remove(app);
@@ -239,17 +262,102 @@ fn a_new_revision_replaces_instances_one_at_a_time() {
     app.revisions.insert("api".into(), 1);
     let desired = desired(app);
     let plan = plan(&desired, &observed, 0);
-    let stops = plan
+    let migrations = plan
         .actions
         .iter()
-        .filter(|a| matches!(a, Action::Stop { .. }))
+        .filter(|a| matches!(a, Action::Migrate { .. }))
         .count();
-    assert_eq!(stops, 1);
+    assert_eq!(migrations, 1);
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Stop { .. })),
+        "make before break: nothing is stopped first"
+    );
     converge(&desired, &mut observed);
     assert!(observed
         .instances
         .iter()
         .all(|i| i.revision == 1 && i.state.is_running()));
+    assert_eq!(running(&observed, "api"), 3);
+}
+
+#[test]
+fn regression_an_out_of_date_instance_not_yet_ready_is_replaced_not_migrated() {
+    // Migrating it was refused (only ready instances migrate) and asked again every turn.
+    let mut app = app(vec![service("api", 1)]);
+    let mut observed = Observed::default();
+    converge(&desired(app.clone()), &mut observed);
+    observed.instances[0].state = InstanceState::Running {
+        health: Health::Unknown,
+    };
+    app.revisions.insert("api".into(), 1);
+    let plan = plan(&desired(app), &observed, 0);
+    assert_eq!(
+        plan.actions,
+        [Action::Stop {
+            key: InstanceKey::new("shop", "api", 1),
+            reason: StopReason::Replace
+        }]
+    );
+}
+
+#[test]
+fn a_service_under_migration_is_left_alone_and_keeps_its_new_numbers() {
+    let desired = desired(app(vec![service("api", 2)]));
+    let mut observed = Observed::default();
+    converge(&desired, &mut observed);
+    // A migration of api.1 has started api.3 beside it.
+    observed.instances.push(ObservedInstance {
+        key: InstanceKey::new("shop", "api", 3),
+        revision: 0,
+        state: InstanceState::Starting,
+        restarts: 0,
+        since: 0,
+    });
+    observed.migrating.insert(("shop".into(), "api".into()));
+    assert!(plan(&desired, &observed, 0).actions.is_empty());
+    // Done: api.1 was replaced and has stopped; api.2 and api.3 stay, api.1 is removed.
+    observed.migrating.clear();
+    for instance in &mut observed.instances {
+        match instance.key.index {
+            1 => {
+                instance.state = InstanceState::Exited {
+                    exit: ExitInfo {
+                        requested: Some(StopReason::Replace),
+                        ..ExitInfo::default()
+                    },
+                }
+            }
+            3 => {
+                instance.state = InstanceState::Running {
+                    health: Health::None,
+                }
+            }
+            _ => {}
+        }
+    }
+    let plan = plan(&desired, &observed, 0);
+    assert_eq!(
+        plan.actions,
+        [Action::Remove {
+            key: InstanceKey::new("shop", "api", 1)
+        }]
+    );
+    // Scaling out later fills the lowest free number.
+    apply(&mut observed, &desired, &plan, 0);
+    let mut more = app(vec![service("api", 2)]);
+    more.replicas.insert("api".into(), 3);
+    let more = self::desired(more);
+    let plan = self::plan(&more, &observed, 0);
+    assert_eq!(
+        plan.actions,
+        [Action::Start {
+            key: InstanceKey::new("shop", "api", 1),
+            restart: false
+        }]
+    );
 }
 
 #[test]

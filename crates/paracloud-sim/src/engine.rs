@@ -946,6 +946,7 @@ impl<'a> Engine<'a> {
                     cpu_limit: x.cpu,
                     completions: x.completions,
                     concurrency: x.occupancy / SECOND_US as f64,
+                    reported: None,
                 });
                 x.busy = 0.0;
                 x.occupancy = 0.0;

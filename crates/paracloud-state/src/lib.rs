@@ -88,6 +88,28 @@ pub struct InstanceRecord {
     pub start_time: Option<u64>,
     /// Address slot: the instance's address is the subnet's host number 16 + slot.
     pub slot: u32,
+    /// Its load-balancing weight in percent of its full share, set by the instance through PaCI
+    /// (`None`: the full share). Kept across a restart of the instance under the same name.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Started by a migration and kept out of the routes until it takes over.
+    #[serde(default)]
+    pub held: bool,
+    /// CPU in cores for this instance alone (`paracloud migrate --cpus`), over its service's.
+    #[serde(default)]
+    pub cpu: Option<f64>,
+}
+
+impl InstanceRecord {
+    /// Its CPU limit in cores: its own, else its service's (`None`: unlimited).
+    pub fn cpu(
+        &self,
+        service: Option<&ServiceRecord>,
+        spec: &paracloud_manifest::Service,
+    ) -> Option<f64> {
+        self.cpu
+            .or_else(|| service.map_or(spec.resources.cpu, |s| s.cpu(spec)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

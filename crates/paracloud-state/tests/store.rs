@@ -97,6 +97,9 @@ fn instances_round_trip_and_slots_are_reused() {
         pid: Some(42),
         start_time: Some(7),
         slot,
+        weight: None,
+        held: false,
+        cpu: None,
     };
     assert_eq!(store.free_instance_slot("shop").unwrap(), 0);
     store.put_instance(&record(1, 0)).unwrap();

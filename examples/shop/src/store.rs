@@ -1,6 +1,6 @@
 //! The kv store's data: a map in memory, persisted as an append-only log replayed at start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ pub enum StoreError {
 pub struct Store {
     map: HashMap<String, String>,
     log: File,
+    path: PathBuf,
 }
 
 impl Store {
@@ -52,7 +53,45 @@ impl Store {
             warn!(path = %path.display(), dropped = bytes.len() - complete, "ignoring a torn last line in the kv log");
             log.set_len(complete as u64).map_err(fail)?;
         }
-        Ok(Self { map, log })
+        Ok(Self { map, log, path })
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every key and its value, for handing the store over to a successor.
+    pub fn entries(&self) -> BTreeMap<String, String> {
+        self.map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Replaces the whole content by `entries` (handed over by a predecessor), and the log by a
+    /// compact one holding just them (written aside, then renamed over it).
+    pub fn replace(&mut self, entries: BTreeMap<String, String>) -> io::Result<()> {
+        let fresh = self.path.with_extension("log.new");
+        let mut text = String::new();
+        for (key, value) in &entries {
+            text.push_str(&format!(
+                "{}\n",
+                Command::Set {
+                    key: key.clone(),
+                    value: value.clone()
+                }
+            ));
+        }
+        fs::write(&fresh, text)?;
+        fs::rename(&fresh, &self.path)?;
+        self.log = OpenOptions::new().append(true).open(&self.path)?;
+        self.map = entries.into_iter().collect();
+        Ok(())
     }
 
     /// Runs one command; changes are logged first, so a failed log write leaves the map unchanged.
@@ -197,6 +236,26 @@ mod tests {
             fs::read_to_string(dir.path().join(LOG_FILE)).unwrap(),
             "SET a 1\nSET b 2\nSET d 4\n"
         );
+    }
+
+    #[test]
+    fn a_store_handed_over_replaces_content_and_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = Store::open(dir.path()).unwrap();
+        old.apply(set("a", "1"));
+        old.apply(set("b", "2 3"));
+        let entries = old.entries();
+        let other = tempfile::tempdir().unwrap();
+        let mut new = Store::open(other.path()).unwrap();
+        new.apply(set("stale", "x"));
+        new.replace(entries).unwrap();
+        assert_eq!(new.apply(get("b")), Reply::Value("2 3".into()));
+        assert_eq!(new.apply(get("stale")), Reply::NotFound);
+        new.apply(set("c", "4"));
+        drop(new);
+        let mut reopened = Store::open(other.path()).unwrap();
+        assert_eq!(reopened.apply(Command::Count), Reply::Value("3".into()));
+        assert_eq!(reopened.apply(get("a")), Reply::Value("1".into()));
     }
 
     #[test]

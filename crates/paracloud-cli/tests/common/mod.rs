@@ -328,3 +328,95 @@ pub fn pids(ps: &[Value]) -> Vec<(String, i64)> {
     v.sort();
     v
 }
+
+impl Platform {
+    /// The host side of an instance's PaCI socket (`app`, `instance` such as `one.2`): the very
+    /// socket the instance sees at /run/paracloud/paci.sock.
+    pub fn paci_socket(&self, app: &str, instance: &str) -> PathBuf {
+        self.root()
+            .join("paci")
+            .join(format!("{app}-{}", instance.replace('.', "-")))
+            .join("paci.sock")
+    }
+
+    /// The event log of an application, one `subject: message` line per event.
+    pub fn events(&self, app: &str) -> String {
+        self.ok(&["events", "-a", app])
+    }
+
+    /// Waits until the event log of `app` has a line containing `needle`.
+    pub fn wait_event(&self, app: &str, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.events(app);
+            if events.contains(needle) {
+                return events;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for the event {needle:?}; events:\n{events}\n--- daemon log ---\n{}",
+                    self.daemon_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One HTTP/1.1 request over a Unix socket, written by hand (so that it can be malformed);
+/// returns the status and the body.
+pub fn unix_http(socket: &Path, method: &str, target: &str, body: &str) -> (u16, String) {
+    use std::os::unix::net::UnixStream;
+    let mut stream = UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", socket.display()));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {target} HTTP/1.1\r\nHost: paci\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A plain HTTP/1.0 request with a body on 127.0.0.1:port; returns (status, body).
+pub fn http_send(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

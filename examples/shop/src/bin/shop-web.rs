@@ -24,6 +24,13 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// The share of its requests a new instance takes (percent) while it warms up.
+const WARMING_WEIGHT: u32 = 10;
+/// Pages a new instance serves at its low share before it takes its full one: its pooled
+/// connections to the api are open by then.
+const WARM_UP_PAGES: u64 = 20;
+/// The longest a new instance stays at its low share (it may see no traffic at all).
+const WARM_UP_MAX: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Parser)]
 #[command(about = "The shop's web page")]
@@ -40,6 +47,8 @@ struct App {
     client: Client<HttpConnector, Empty<Bytes>>,
     api: String,
     hostname: String,
+    /// Pages served, for the warm-up.
+    served: std::sync::atomic::AtomicU64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,15 +66,38 @@ async fn serve_until_signal(args: Args) -> anyhow::Result<()> {
             .build_http(),
         api: api.clone(),
         hostname: hostname(),
+        served: std::sync::atomic::AtomicU64::new(0),
     });
+    // Under Paracloud: a small share of the traffic until warmed up, then the full one.
+    let paci = paracloud_paci_sdk::Paci::from_env().ok();
+    if let Some(paci) = &paci {
+        if let Err(error) = paci.set_weight(Some(WARMING_WEIGHT)).await {
+            warn!(%error, "cannot lower the weight while warming up");
+        }
+    }
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/", get(index))
-        .with_state(app);
+        .with_state(app.clone());
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     info!(listen = %args.listen, %api, "web ready");
+    if let Some(paci) = paci {
+        tokio::spawn(async move {
+            let began = std::time::Instant::now();
+            while app.served.load(std::sync::atomic::Ordering::Relaxed) < WARM_UP_PAGES
+                && began.elapsed() < WARM_UP_MAX
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let served = app.served.load(std::sync::atomic::Ordering::Relaxed);
+            info!(served, "warmed up; taking the full share of requests");
+            if let Err(error) = paci.set_weight(None).await {
+                warn!(%error, "cannot restore the full weight");
+            }
+        });
+    }
     serve_http(listener, router, shutdown).await?;
     Ok(())
 }
@@ -77,7 +109,11 @@ struct WorkQuery {
 
 async fn index(State(app): State<Arc<App>>, Query(query): Query<WorkQuery>) -> Response {
     match fetch_products(&app, query.work).await {
-        Ok(products) => Html(page::render(&app.hostname, &products)).into_response(),
+        Ok(products) => {
+            app.served
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Html(page::render(&app.hostname, &products)).into_response()
+        }
         Err((tier, message)) => {
             warn!(tier, %message, "cannot build the page");
             (

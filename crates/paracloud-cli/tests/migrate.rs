@@ -1,0 +1,290 @@
+//! Migration as a user meets it: `paracloud migrate INSTANCE` under a constant load, make before
+//! break, with the state handed over through PaCI by the Python example (standard library only),
+//! and the mistakes a user can make, each refused with what to do instead.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+fn counter_app(p: &Platform, extra: &str) -> std::path::PathBuf {
+    let dir = workspace().join("examples/paci-python");
+    let text = format!(
+        r#"
+app = "mig"
+
+[services.counter]
+image = "host"
+paths = [{dir:?}]
+command = ["/usr/bin/python3", "{script}", "8000"]
+ports = [{{ port = 8000, protocol = "http", publish = {port} }}]
+health = {{ http = "/healthz", interval = "1s" }}
+stop_grace_period = "5s"
+migrate = "paci"
+{extra}
+
+[services.plain]
+image = "host"
+command = ["/usr/bin/python3", "-m", "http.server", "9000"]
+ports = [{{ port = 9000, protocol = "http" }}]
+health = {{ tcp = 9000, interval = "1s" }}
+stop_signal = "KILL"
+"#,
+        dir = dir.display().to_string(),
+        script = dir.join("counter.py").display(),
+        port = p.port(0),
+    );
+    p.manifest("mig", &text)
+}
+
+/// Clients that each count their own counter as fast as they can; returns what each saw
+/// answered and the failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    done: Vec<Arc<AtomicU64>>,
+    failed: Arc<Mutex<Vec<String>>>,
+}
+
+impl Load {
+    fn start(port: u16, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        let mut done = Vec::new();
+        for client in 0..clients {
+            let (stop, failed) = (stop.clone(), failed.clone());
+            let count = Arc::new(AtomicU64::new(0));
+            done.push(count.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match http_get(port, &format!("/incr/c{client}")) {
+                        Ok((200, body)) => {
+                            let seen: u64 = body.trim().parse().unwrap_or(0);
+                            let want = count.load(Ordering::Relaxed) + 1;
+                            if seen != want {
+                                failed
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("c{client}: got {seen}, want {want}"));
+                            }
+                            count.store(seen.max(want), Ordering::Relaxed);
+                        }
+                        other => failed.lock().unwrap().push(format!("c{client}: {other:?}")),
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }));
+        }
+        Self {
+            stop,
+            threads,
+            done,
+            failed,
+        }
+    }
+
+    fn finish(self) -> (Vec<u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let failed = self.failed.lock().unwrap().clone();
+        (
+            self.done
+                .iter()
+                .map(|d| d.load(Ordering::Relaxed))
+                .collect(),
+            failed,
+        )
+    }
+}
+
+#[test]
+fn a_paci_migration_under_load_keeps_every_count_and_fails_no_request() {
+    let p = Platform::new();
+    let manifest = counter_app(&p, "");
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let load = Load::start(p.port(0), 4);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = p.run(&["migrate", "-a", "mig", "counter.1"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}\n{}", p.daemon_log());
+    assert!(
+        said.contains("migrated counter.1 to counter.2 via paci"),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // And once more, from the instance that took over.
+    p.ok(&["migrate", "-a", "mig", "counter.2", "--via", "paci"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (done, failed) = load.finish();
+    eprintln!("counts during two migrations: {done:?}");
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for (client, count) in done.iter().enumerate() {
+        assert!(*count > 20, "client {client} ran: {count}");
+        let (status, body) = http_get(p.port(0), &format!("/get/c{client}")).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body.trim(), count.to_string(), "counter c{client} kept");
+    }
+    let ps = p.ps("mig");
+    let names: Vec<&str> = ps
+        .iter()
+        .filter(|i| field(i, "service") == "counter")
+        .map(|i| field(i, "instance"))
+        .collect();
+    assert_eq!(names, ["counter.3"]);
+    let events = p.events("mig");
+    for step in [
+        "migration to counter.2 via paci: starting counter.2",
+        "counter.2 ready in",
+        "state handed over to counter.2 through PaCI",
+        "switched: counter.2 takes the traffic of counter.1",
+        "drain: acknowledged",
+        "migrated to counter.2 via paci in",
+        "migrated to counter.3 via paci in",
+    ] {
+        assert!(events.contains(step), "no {step:?} in\n{events}");
+    }
+}
+
+#[test]
+fn migrate_refuses_what_it_cannot_do_and_loses_nothing() {
+    let p = Platform::new();
+    let manifest = counter_app(&p, "");
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let before = pids(&p.ps("mig"));
+    for (args, wanted) in [
+        (vec!["nope.1"], "no service named nope"),
+        (
+            vec!["counter.7"],
+            "has no instance counter.7 (it has: counter.1, plain.1)",
+        ),
+        (vec!["counter"], "\"counter\" is not an instance name"),
+        (
+            vec!["counter.1", "--cpus", "lots"],
+            "--cpus \"lots\" is not a number",
+        ),
+        (vec!["counter.1", "--cpus", "0"], "cpu 0 is too small"),
+        (
+            vec!["counter.1", "--revision", "7"],
+            "counter is at revision 0",
+        ),
+        (
+            vec!["counter.1", "--revision", "newest"],
+            "is not a revision",
+        ),
+        (
+            vec!["counter.1", "--via", "teleport"],
+            "invalid value 'teleport'",
+        ),
+        // Whether CRIU is missing, too old, or found: said plainly, and nothing moves.
+        (vec!["counter.1", "--via", "criu"], "CRIU"),
+        (
+            vec!["plain.1", "--via", "paci"],
+            "plain.1 does not follow its PaCI events, so it cannot hand its state over",
+        ),
+    ] {
+        let mut full = vec!["migrate", "-a", "mig"];
+        full.extend(args.iter().copied());
+        let err = p.fails(&full);
+        assert!(err.contains(wanted), "{args:?}: {err}");
+    }
+    // Every refusal came before anything started: the same instances, the same processes.
+    assert_eq!(pids(&p.ps("mig")), before);
+    let events = p.events("mig");
+    assert!(!events.contains("plain.2"), "{events}");
+}
+
+#[test]
+fn a_restart_migration_moves_a_stateless_instance_to_other_cpus() {
+    let p = Platform::new();
+    let manifest = counter_app(&p, "");
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let out = p.ok(&[
+        "migrate", "-a", "mig", "plain.1", "--via", "restart", "--cpus", "0.5", "-o", "json",
+    ]);
+    let done: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(done["to"], "plain.2");
+    assert_eq!(done["via"], "restart");
+    let instance = p.paci_socket("mig", "plain.2");
+    let (status, body) = unix_http(&instance, "GET", "/v1/whoami", "");
+    assert_eq!(status, 200);
+    let me: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(me["resources"]["cpu"], 0.5, "{me}");
+    // And the kernel holds it to that: 50 ms of CPU per 100 ms period.
+    let id = "mig-plain-2";
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let quota = if root.join("cgroup.controllers").exists() {
+        std::fs::read_to_string(root.join(p.cgroup_parent()).join(id).join("cpu.max")).unwrap()
+    } else {
+        std::fs::read_to_string(
+            root.join("cpu")
+                .join(p.cgroup_parent())
+                .join(id)
+                .join("cpu.cfs_quota_us"),
+        )
+        .unwrap()
+    };
+    assert_eq!(quota.split_whitespace().next(), Some("50000"), "{quota}");
+    p.wait_ps("mig", Duration::from_secs(10), "plain.2 alone", |ps| {
+        ps.iter().any(|i| field(i, "instance") == "plain.2")
+            && !ps.iter().any(|i| field(i, "instance") == "plain.1")
+    });
+}
+
+#[test]
+fn a_handover_the_successor_refuses_is_abandoned_and_the_old_instance_serves_on() {
+    let p = Platform::new();
+    let dir = workspace().join("examples/paci-python");
+    // Hands its state over when asked, but takes none from another instance.
+    let script = format!(
+        "import sys\nsys.path.insert(0, {dir:?})\nfrom paci import Paci\np = Paci()\nme = p.whoami()['instance']\nprint('following', me, flush=True)\nfor e in p.events():\n    if e['kind'] == 'migrate':\n        p.ack(e['id'], state={{'n': 41}})\n    elif e['kind'] == 'restore' and e['from'] != me:\n        p.ack(e['id'], error='this instance takes no state from ' + e['from'])\n    else:\n        print('got', e['kind'], e.get('state'), flush=True)\n        p.ack(e['id'])\n",
+        dir = dir.display().to_string()
+    );
+    let manifest = p.manifest(
+        "mig",
+        &format!(
+            "app = \"mig\"\n[services.picky]\nimage = \"host\"\npaths = [{:?}]\ncommand = [\"/usr/bin/python3\", \"-c\", {script:?}]\nstop_signal = \"KILL\"\nmigrate = \"paci\"\n",
+            dir.display().to_string()
+        ),
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p
+        .ok(&["logs", "-a", "mig", "picky.1"])
+        .contains("following")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "picky.1 never followed its events"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = pids(&p.ps("mig"));
+    let err = p.fails(&["migrate", "-a", "mig", "picky.1"]);
+    assert!(
+        err.contains("restore: refused")
+            && err.contains("this instance takes no state from picky.1"),
+        "{err}"
+    );
+    assert!(err.contains("picky.1 keeps serving"), "{err}");
+    p.wait_ps(
+        "mig",
+        Duration::from_secs(10),
+        "the successor removed",
+        |ps| ps.len() == 1,
+    );
+    assert_eq!(pids(&p.ps("mig")), before);
+    let events = p.events("mig");
+    assert!(
+        events.contains("migration to picky.2 abandoned"),
+        "{events}"
+    );
+    // The old instance got its own state back, so that it serves on as before.
+    let log = p.ok(&["logs", "-a", "mig", "picky.1"]);
+    assert!(log.contains("got restore {'n': 41}"), "{log}");
+}

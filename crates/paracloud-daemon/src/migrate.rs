@@ -1,0 +1,376 @@
+//! Migration of one instance, make before break: the successor starts beside it (kept out of the
+//! routes), takes its state (through PaCI, or by CRIU, or not at all), then the routes switch to
+//! it and the old instance drains and stops. `paracloud migrate` and rolling updates both run it.
+//!
+//! Each step is an event of the application (`paracloud events`). A migration that fails before
+//! the switch removes the successor and leaves the old instance serving: nothing is lost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paracloud_manifest::MigrateMethod;
+use paracloud_paci::{EventKind, Target};
+use paracloud_reconcile::{InstanceKey, InstanceState, StopReason};
+
+use crate::driver::Driver;
+use crate::engine::{describe_answer, Engine, StartAs};
+use crate::paci::Answer;
+
+/// How long the successor may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an instance has to answer `migrate` or `restore`.
+pub const HANDOVER_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a restart migration waits for the old instance's checkpoint.
+pub const CHECKPOINT_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the successor has to open its event stream once ready.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
+/// What a migration is asked to do beyond the service's spec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The method; the service's `migrate` when `None`.
+    pub via: Option<MigrateMethod>,
+    /// CPU of the successor in cores; the service's when `None`.
+    pub cpu: Option<f64>,
+    /// The caller has already marked the service as migrating (the reconcile loop does, so
+    /// that its next turn does not ask again); the mark is removed at the end all the same.
+    pub reserved: bool,
+}
+
+/// A migration done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub from: String,
+    pub to: String,
+    pub via: MigrateMethod,
+    /// From the request to the old instance's end.
+    pub took_ms: u64,
+    /// From asking the old instance for its state to the successor having it (PaCI), or from the
+    /// checkpoint to the restore (CRIU).
+    pub handover_ms: Option<u64>,
+    /// The size of the state handed over, in bytes.
+    pub state_bytes: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("{0}")]
+    NotFound(String),
+    /// Not possible now or at all; nothing was started.
+    #[error("{0}")]
+    Refused(String),
+    /// It went wrong on the way; the old instance keeps serving.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<paracloud_state::Error> for MigrateError {
+    fn from(e: paracloud_state::Error) -> Self {
+        MigrateError::Failed(e.to_string())
+    }
+}
+
+/// Takes the service off the planner's hands while it lives.
+struct Migrating<'a, D: Driver> {
+    engine: &'a Engine<D>,
+    service: (String, String),
+}
+
+impl<D: Driver> Drop for Migrating<'_, D> {
+    fn drop(&mut self) {
+        self.engine
+            .migrating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.service);
+        self.engine.wake();
+    }
+}
+
+fn not_listening(key: &InstanceKey) -> String {
+    format!(
+        "{} does not follow its PaCI events, so it cannot hand its state over; migrate it with --via restart (its state is not kept), or set the service's `migrate`",
+        key.name()
+    )
+}
+
+impl<D: Driver> Engine<D> {
+    /// Moves `key` to a new instance of its service's current revision; returns when the old
+    /// one has ended.
+    pub async fn migrate(
+        self: &Arc<Self>,
+        key: &InstanceKey,
+        options: Options,
+    ) -> Result<Outcome, MigrateError> {
+        let begun = Instant::now();
+        let snapshot = self.store.load()?;
+        let app = snapshot
+            .apps
+            .iter()
+            .find(|a| a.name == key.app)
+            .ok_or_else(|| MigrateError::NotFound(format!("no application named {}", key.app)))?;
+        let spec = app.manifest.services.get(&key.service).ok_or_else(|| {
+            MigrateError::NotFound(format!(
+                "application {} has no service named {}",
+                key.app, key.service
+            ))
+        })?;
+        let siblings: Vec<_> = snapshot
+            .instances
+            .iter()
+            .filter(|i| i.key.app == key.app && i.key.service == key.service)
+            .collect();
+        let old = siblings.iter().find(|i| i.key == *key).ok_or_else(|| {
+            let names: Vec<String> = snapshot
+                .instances
+                .iter()
+                .filter(|i| i.key.app == key.app)
+                .map(|i| i.key.name())
+                .collect();
+            MigrateError::NotFound(format!(
+                "application {} has no instance {} (it has: {})",
+                key.app,
+                key.name(),
+                names.join(", ")
+            ))
+        })?;
+        if !old.state.is_ready() || old.held {
+            return Err(MigrateError::Refused(format!(
+                "{} is {}: only a running, ready instance can be migrated",
+                key.name(),
+                old.state.label()
+            )));
+        }
+        let via = options.via.unwrap_or(spec.migrate);
+        if via == MigrateMethod::Criu {
+            let criu =
+                crate::criu::Criu::find().map_err(|e| MigrateError::Refused(e.to_string()))?;
+            return Err(MigrateError::Refused(format!(
+                "migration by checkpoint and restore is not available yet for sandboxed instances (CRIU {} found at {}); migrate {} with --via paci or --via restart",
+                criu.version,
+                criu.path.display(),
+                key.name()
+            )));
+        }
+        if via == MigrateMethod::Paci && !self.paci.listening(key) {
+            return Err(MigrateError::Refused(not_listening(key)));
+        }
+        let service = (key.app.clone(), key.service.clone());
+        let inserted = self
+            .migrating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.clone());
+        if !inserted && !options.reserved {
+            return Err(MigrateError::Refused(format!(
+                "a migration of {} is under way; wait for it to end (paracloud events shows its steps)",
+                key.service
+            )));
+        }
+        let _migrating = Migrating {
+            engine: self.as_ref(),
+            service,
+        };
+        let index = siblings.iter().map(|i| i.key.index).max().unwrap_or(0) + 1;
+        let new = InstanceKey::new(&key.app, &key.service, index);
+        let (from, to) = (key.name(), new.name());
+        let note = |message: String| self.event(&key.app, &from, &message);
+        note(format!(
+            "migration to {to} via {}: starting {to}",
+            via.name()
+        ));
+
+        if via == MigrateMethod::Restart && self.paci.listening(key) {
+            let asked = Instant::now();
+            let checkpoint = EventKind::Checkpoint {
+                reason: format!("replaced by {to} (restart migration)"),
+            };
+            let answer = self.paci.send(key, checkpoint, CHECKPOINT_DEADLINE).await;
+            note(describe_answer("checkpoint", &answer, asked.elapsed()));
+        }
+
+        let mut handover_ms = None;
+        let mut state_bytes = None;
+        let start_as = StartAs {
+            held: true,
+            cpu: options.cpu,
+        };
+        match via {
+            MigrateMethod::Criu | MigrateMethod::Paci | MigrateMethod::Restart => {
+                let started = Instant::now();
+                self.start(app, &new, false, start_as)
+                    .map_err(MigrateError::Failed)?;
+                if let Err(e) = self.wait_ready(&new).await {
+                    self.abandon(&new).await;
+                    note(format!("migration to {to} abandoned: {e}"));
+                    return Err(MigrateError::Failed(format!(
+                        "{to} did not become ready: {e}; {from} keeps serving"
+                    )));
+                }
+                note(format!(
+                    "{to} ready in {} ms",
+                    started.elapsed().as_millis()
+                ));
+            }
+        }
+
+        if via == MigrateMethod::Paci {
+            match self.hand_over(key, &new).await {
+                Ok((ms, bytes)) => {
+                    handover_ms = Some(ms);
+                    state_bytes = Some(bytes);
+                    note(format!(
+                        "state handed over to {to} through PaCI: {bytes} bytes in {ms} ms"
+                    ));
+                }
+                Err(e) => {
+                    self.abandon(&new).await;
+                    note(format!("migration to {to} abandoned: {e}"));
+                    return Err(MigrateError::Failed(format!("{e}; {from} keeps serving")));
+                }
+            }
+        }
+
+        // The switch: the successor joins the routes as the old instance leaves them.
+        let mut successor = self
+            .store
+            .instance(&new)?
+            .ok_or_else(|| MigrateError::Failed(format!("{to} vanished from the state")))?;
+        successor.held = false;
+        self.store.put_instance(&successor)?;
+        if let Some(mut record) = self.store.instance(key)? {
+            record.state = InstanceState::Stopping {
+                reason: StopReason::Replace,
+            };
+            record.since = crate::engine::now_ms();
+            self.store.put_instance(&record)?;
+        }
+        self.push_routes();
+        note(format!("switched: {to} takes the traffic of {from}"));
+        self.stop(key, StopReason::Replace);
+        let grace = spec.stop_grace_period * 2 + Duration::from_secs(5);
+        if !self.wait_exit(key, grace).await {
+            return Err(MigrateError::Failed(format!(
+                "{to} serves, but {from} has not ended after {} s",
+                grace.as_secs()
+            )));
+        }
+        let took_ms = begun.elapsed().as_millis() as u64;
+        note(format!(
+            "migrated to {to} via {} in {took_ms} ms",
+            via.name()
+        ));
+        Ok(Outcome {
+            from,
+            to,
+            via,
+            took_ms,
+            handover_ms,
+            state_bytes,
+        })
+    }
+
+    /// Waits until `key` runs and is ready (still held out of the routes).
+    pub(crate) async fn wait_ready(&self, key: &InstanceKey) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.store.instance(key).map_err(|e| e.to_string())? {
+                Some(record) if record.state.is_ready() => return Ok(()),
+                Some(record) => {
+                    if let InstanceState::Exited { exit } = &record.state {
+                        let why = exit
+                            .error
+                            .clone()
+                            .or_else(|| exit.code.map(|c| format!("exited with code {c}")))
+                            .unwrap_or_else(|| "it ended".into());
+                        return Err(why);
+                    }
+                }
+                None => return Err("its record is gone".into()),
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready after {} s", READY_TIMEOUT.as_secs()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Asks `old` for its state and gives it to `new`; returns the time it took and its size.
+    async fn hand_over(&self, old: &InstanceKey, new: &InstanceKey) -> Result<(u64, u64), String> {
+        if !self.paci.listening(old) {
+            return Err(not_listening(old));
+        }
+        if !self.paci.wait_listening(new, LISTEN_WAIT).await {
+            return Err(format!(
+                "{} did not open its PaCI event stream within {} s of being ready",
+                new.name(),
+                LISTEN_WAIT.as_secs()
+            ));
+        }
+        let address = self
+            .store
+            .load()
+            .ok()
+            .and_then(|s| {
+                let app = s.apps.iter().find(|a| a.name == new.app)?.clone();
+                let record = s.instances.iter().find(|i| i.key == *new)?.clone();
+                crate::addressing::AppNetwork::new(self.config.subnet_pool, app.subnet_index)
+                    .ok()?
+                    .instance_address(record.slot)
+                    .ok()
+            })
+            .ok_or_else(|| format!("{} has no address", new.name()))?;
+        let asked = Instant::now();
+        let migrate = EventKind::Migrate {
+            to: Target {
+                instance: new.name(),
+                address: address.addr(),
+            },
+        };
+        let state = match self.paci.send(old, migrate, HANDOVER_DEADLINE).await {
+            Answer::Acked(ack) => ack.state.unwrap_or(serde_json::Value::Null),
+            other => {
+                return Err(describe_answer("migrate", &other, asked.elapsed()));
+            }
+        };
+        let bytes = serde_json::to_vec(&state).map_or(0, |v| v.len() as u64);
+        let restore = EventKind::Restore {
+            from: old.name(),
+            state: state.clone(),
+        };
+        match self.paci.send(new, restore, HANDOVER_DEADLINE).await {
+            Answer::Acked(_) => Ok((asked.elapsed().as_millis() as u64, bytes)),
+            other => {
+                // The old instance handed its state over and waits: give it back, so that it
+                // serves on as before.
+                let back = EventKind::Restore {
+                    from: old.name(),
+                    state,
+                };
+                let _ = self.paci.send(old, back, HANDOVER_DEADLINE).await;
+                Err(describe_answer("restore", &other, asked.elapsed()))
+            }
+        }
+    }
+
+    /// Stops a successor that will not take over.
+    pub(crate) async fn abandon(self: &Arc<Self>, new: &InstanceKey) {
+        if let Ok(Some(mut record)) = self.store.instance(new) {
+            if matches!(
+                record.state,
+                InstanceState::Running { .. } | InstanceState::Starting
+            ) {
+                // A start under way is recorded as running first, then stopped.
+                let _ = self.wait_exit(new, Duration::ZERO).await;
+                record.state = InstanceState::Stopping {
+                    reason: StopReason::ScaleIn,
+                };
+                record.since = crate::engine::now_ms();
+                let _ = self.store.put_instance(&record);
+                self.push_routes();
+                self.stop(new, StopReason::ScaleIn);
+                let _ = self.wait_exit(new, Duration::from_secs(30)).await;
+            }
+        }
+    }
+}

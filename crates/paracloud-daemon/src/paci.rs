@@ -1,0 +1,670 @@
+//! PaCI: one Unix socket per instance, served by the daemon, through which the instance learns
+//! its environment and takes part in load balancing, scaling and migration.
+//!
+//! The socket lives in `<root>/paci/<instance id>/paci.sock`; that directory is mounted read-only
+//! at `/run/paracloud` inside the instance (and only that instance), so the socket a request comes
+//! through says which instance speaks: there is no name to forge. Events the platform sends an
+//! instance wait in its [`Hub`] until answered or until their deadline, and reach every open
+//! event stream of the instance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use paracloud_paci::{
+    check_replicas, Ack, AckAnswer, Addresses, ErrorBody, EventKind, LoadReport, Peer, Peers,
+    PlatformEvent, ReplicasAnswer, ReplicasRequest, Resources, WeightAnswer, WeightRequest, Whoami,
+    FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
+};
+use paracloud_reconcile::{InstanceKey, Millis};
+use paracloud_state::{AppRecord, Snapshot};
+use serde::Deserialize;
+use tokio::net::UnixListener;
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::task::AbortHandle;
+
+use crate::addressing::AppNetwork;
+use crate::driver::Driver;
+use crate::engine::{now_ms, Engine};
+
+/// A load report older than this is no longer used.
+pub const REPORT_TTL_MS: Millis = 5_000;
+
+/// How an instance answered an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// It acknowledged by the deadline.
+    Acked(Ack),
+    /// It answered with an error: it could not do what was asked.
+    Refused(String),
+    /// No event stream of the instance was open: it does not take part in PaCI (yet).
+    NotListening,
+    /// The deadline passed without an answer.
+    NoAnswer,
+}
+
+struct Pending {
+    event: PlatformEvent,
+    reply: oneshot::Sender<Ack>,
+}
+
+struct Channel {
+    server: Option<AbortHandle>,
+    events: broadcast::Sender<PlatformEvent>,
+    /// Open event streams.
+    listeners: watch::Sender<usize>,
+    pending: BTreeMap<u64, Pending>,
+    load: Option<(Millis, LoadReport)>,
+}
+
+impl Channel {
+    fn new() -> Self {
+        Self {
+            server: None,
+            events: broadcast::channel(64).0,
+            listeners: watch::channel(0).0,
+            pending: BTreeMap::new(),
+            load: None,
+        }
+    }
+}
+
+/// The daemon's side of every instance's PaCI: servers, pending events, reported load.
+pub struct Hub {
+    next_id: AtomicU64,
+    channels: Mutex<HashMap<InstanceKey, Channel>>,
+    /// Bumped whenever the routes are pushed (instances came, went, or changed readiness).
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            // Ids start from the clock, so that an id an instance kept from before a daemon
+            // restart never names a new event (a thousand ids a millisecond to spare).
+            next_id: AtomicU64::new(now_ms().saturating_mul(1000)),
+            channels: Mutex::new(HashMap::new()),
+            changes: watch::channel(0).0,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections only move plain values: a poisoned lock still holds consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where the host side of an instance's socket directory is.
+pub fn socket_dir(root: &std::path::Path, key: &InstanceKey) -> PathBuf {
+    root.join("paci").join(key.id())
+}
+
+impl Hub {
+    /// Something about the instances changed: peer streams look again.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether the instance has a PaCI server already.
+    pub fn serving(&self, key: &InstanceKey) -> bool {
+        lock(&self.channels)
+            .get(key)
+            .is_some_and(|c| c.server.is_some())
+    }
+
+    fn set_server(&self, key: &InstanceKey, server: AbortHandle) {
+        let mut channels = lock(&self.channels);
+        let channel = channels.entry(key.clone()).or_insert_with(Channel::new);
+        if let Some(old) = channel.server.replace(server) {
+            old.abort();
+        }
+    }
+
+    /// Stops serving an instance that is gone; its pending events end unanswered.
+    pub fn forget(&self, key: &InstanceKey) {
+        if let Some(channel) = lock(&self.channels).remove(key) {
+            if let Some(server) = channel.server {
+                server.abort();
+            }
+        }
+    }
+
+    /// The instance's last load report, if recent.
+    pub fn load(&self, key: &InstanceKey, now: Millis) -> Option<LoadReport> {
+        let channels = lock(&self.channels);
+        let (at, report) = channels.get(key)?.load.as_ref()?;
+        (now.saturating_sub(*at) <= REPORT_TTL_MS).then(|| report.clone())
+    }
+
+    fn set_load(&self, key: &InstanceKey, report: LoadReport, now: Millis) {
+        lock(&self.channels)
+            .entry(key.clone())
+            .or_insert_with(Channel::new)
+            .load = Some((now, report));
+    }
+
+    /// Whether an event stream of the instance is open.
+    pub fn listening(&self, key: &InstanceKey) -> bool {
+        lock(&self.channels)
+            .get(key)
+            .is_some_and(|c| *c.listeners.borrow() > 0)
+    }
+
+    /// Waits up to `wait` for the instance to open an event stream.
+    pub async fn wait_listening(&self, key: &InstanceKey, wait: Duration) -> bool {
+        let mut rx = lock(&self.channels)
+            .entry(key.clone())
+            .or_insert_with(Channel::new)
+            .listeners
+            .subscribe();
+        tokio::time::timeout(wait, rx.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Sends an event and waits for its answer until `deadline` has passed.
+    pub async fn send(&self, key: &InstanceKey, kind: EventKind, deadline: Duration) -> Answer {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let event = PlatformEvent {
+            id,
+            deadline: now_ms() + deadline.as_millis() as Millis,
+            kind,
+        };
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut channels = lock(&self.channels);
+            let channel = channels.entry(key.clone()).or_insert_with(Channel::new);
+            if *channel.listeners.borrow() == 0 {
+                return Answer::NotListening;
+            }
+            channel.pending.insert(
+                id,
+                Pending {
+                    event: event.clone(),
+                    reply,
+                },
+            );
+            let _ = channel.events.send(event);
+        }
+        let result = tokio::time::timeout(deadline, answer).await;
+        if let Some(channel) = lock(&self.channels).get_mut(key) {
+            channel.pending.remove(&id);
+        }
+        match result {
+            Ok(Ok(Ack {
+                error: Some(error), ..
+            })) => Answer::Refused(error),
+            Ok(Ok(ack)) => Answer::Acked(ack),
+            Ok(Err(_)) | Err(_) => Answer::NoAnswer,
+        }
+    }
+
+    /// Sends an event nobody waits for (resize): it is answered or expires on its own.
+    pub fn notify(self: &Arc<Self>, key: &InstanceKey, kind: EventKind, deadline: Duration) {
+        if !self.listening(key) {
+            return;
+        }
+        let hub = self.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            hub.send(&key, kind, deadline).await;
+        });
+    }
+
+    fn ack(&self, key: &InstanceKey, id: u64, ack: Ack) -> Result<AckAnswer, PaciError> {
+        let mut channels = lock(&self.channels);
+        let pending = channels.get_mut(key).map(|c| &mut c.pending);
+        let Some(pending) = pending else {
+            return Err(no_event(id));
+        };
+        let Some(entry) = pending.get(&id) else {
+            return Err(no_event(id));
+        };
+        ack.check(&entry.event.kind).map_err(PaciError::bad)?;
+        let entry = pending.remove(&id).ok_or_else(|| no_event(id))?;
+        let before = entry.event.deadline.saturating_sub(now_ms());
+        let _ = entry.reply.send(ack);
+        Ok(AckAnswer {
+            id,
+            before_deadline_ms: before,
+        })
+    }
+
+    /// The instance's pending events and a receiver of the next ones, counted as a listener
+    /// while the returned guard lives.
+    fn subscribe(
+        &self,
+        key: &InstanceKey,
+    ) -> (
+        Vec<PlatformEvent>,
+        broadcast::Receiver<PlatformEvent>,
+        ListenerGuard,
+    ) {
+        let mut channels = lock(&self.channels);
+        let channel = channels.entry(key.clone()).or_insert_with(Channel::new);
+        let receiver = channel.events.subscribe();
+        let now = now_ms();
+        let pending = channel
+            .pending
+            .values()
+            .filter(|p| p.event.deadline > now)
+            .map(|p| p.event.clone())
+            .collect();
+        channel.listeners.send_modify(|n| *n += 1);
+        let guard = ListenerGuard(channel.listeners.clone());
+        (pending, receiver, guard)
+    }
+}
+
+/// Counts an open event stream while it lives.
+struct ListenerGuard(watch::Sender<usize>);
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+fn no_event(id: u64) -> PaciError {
+    PaciError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no event {id} waits for this instance's answer: it was answered already, its deadline passed (the platform went on without the answer), or it was sent to another instance"
+        ),
+    )
+}
+
+/// An error answer of the PaCI.
+pub struct PaciError {
+    status: StatusCode,
+    message: String,
+}
+
+impl PaciError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for PaciError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<JsonRejection> for PaciError {
+    fn from(e: JsonRejection) -> Self {
+        PaciError::bad(format!("the request body is not valid: {}", e.body_text()))
+    }
+}
+
+impl From<QueryRejection> for PaciError {
+    fn from(e: QueryRejection) -> Self {
+        PaciError::bad(format!("the query string is not valid: {}", e.body_text()))
+    }
+}
+
+impl From<PathRejection> for PaciError {
+    fn from(e: PathRejection) -> Self {
+        PaciError::bad(format!("the path is not valid: {}", e.body_text()))
+    }
+}
+
+impl From<paracloud_state::Error> for PaciError {
+    fn from(e: paracloud_state::Error) -> Self {
+        PaciError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+/// The instance a socket belongs to, and the daemon behind it.
+struct Ctx<D: Driver> {
+    engine: Arc<Engine<D>>,
+    key: InstanceKey,
+}
+
+impl<D: Driver> Clone for Ctx<D> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// Binds the instance's socket (replacing a stale one) and serves it until [`Hub::forget`].
+pub fn serve<D: Driver>(engine: &Arc<Engine<D>>, key: &InstanceKey) -> std::io::Result<PathBuf> {
+    let dir = socket_dir(&engine.config.root, key);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let path = dir.join(SOCKET_NAME);
+    if engine.paci.serving(key) && path.exists() {
+        return Ok(dir);
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    // Whatever user the instance runs as may connect; the mount makes it the only one who can.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    let ctx = Ctx {
+        engine: engine.clone(),
+        key: key.clone(),
+    };
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(ctx)).await {
+            tracing::warn!("PaCI server stopped: {e}");
+        }
+    });
+    engine.paci.set_server(key, task.abort_handle());
+    Ok(dir)
+}
+
+fn router<D: Driver>(ctx: Ctx<D>) -> Router {
+    Router::new()
+        .route("/v1/whoami", get(whoami::<D>))
+        .route("/v1/peers", get(peers::<D>))
+        .route("/v1/load", put(load::<D>))
+        .route("/v1/weight", put(weight::<D>))
+        .route("/v1/services/{service}/replicas", put(replicas::<D>))
+        .route("/v1/events", get(events::<D>))
+        .route("/v1/events/{id}/ack", post(ack::<D>))
+        .fallback(|| async {
+            PaciError::new(
+                StatusCode::NOT_FOUND,
+                "no such PaCI route: paths start with /v1 (whoami, peers, load, weight, services/NAME/replicas, events, events/ID/ack); see docs/paci.md",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx)
+}
+
+type Shared<D> = State<Ctx<D>>;
+
+fn app_of<'a>(snapshot: &'a Snapshot, key: &InstanceKey) -> Result<&'a AppRecord, PaciError> {
+    snapshot
+        .apps
+        .iter()
+        .find(|a| a.name == key.app)
+        .ok_or_else(|| PaciError::new(StatusCode::GONE, "this instance's application is gone"))
+}
+
+async fn whoami<D: Driver>(State(ctx): Shared<D>) -> Result<Json<Whoami>, PaciError> {
+    let snapshot = ctx.engine.store.load()?;
+    let app = app_of(&snapshot, &ctx.key)?;
+    let gone = || PaciError::new(StatusCode::GONE, "this instance is no longer in the state");
+    let record = snapshot
+        .instances
+        .iter()
+        .find(|i| i.key == ctx.key)
+        .ok_or_else(gone)?;
+    let spec = app
+        .manifest
+        .services
+        .get(&ctx.key.service)
+        .ok_or_else(gone)?;
+    let service = app.services.get(&ctx.key.service).ok_or_else(gone)?;
+    let network = AppNetwork::new(ctx.engine.config.subnet_pool, app.subnet_index)
+        .map_err(|e| PaciError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let address = network
+        .instance_address(record.slot)
+        .map_err(|e| PaciError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(Whoami {
+        app: ctx.key.app.clone(),
+        service: ctx.key.service.clone(),
+        instance: ctx.key.name(),
+        index: ctx.key.index,
+        revision: record.revision,
+        resources: Resources {
+            cpu: record.cpu(Some(service), spec),
+            memory: spec.resources.memory,
+            pids: spec.resources.pids,
+        },
+        addresses: Addresses {
+            instance: address.addr(),
+            service: network.service_address(service.slot),
+            ports: spec.ports.iter().map(|p| p.port).collect(),
+        },
+        weight: record.weight.unwrap_or(FULL_WEIGHT),
+        paci: paracloud_paci::VERSION.to_string(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersQuery {
+    service: Option<String>,
+    #[serde(default)]
+    watch: bool,
+}
+
+fn peers_of<D: Driver>(ctx: &Ctx<D>, service: &str) -> Result<Peers, PaciError> {
+    let snapshot = ctx.engine.store.load()?;
+    let app = app_of(&snapshot, &ctx.key)?;
+    if !app.manifest.services.contains_key(service) {
+        let known: Vec<&str> = app.manifest.services.keys().map(String::as_str).collect();
+        return Err(PaciError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "application {} has no service named {service} (it has: {})",
+                app.name,
+                known.join(", ")
+            ),
+        ));
+    }
+    let network = AppNetwork::new(ctx.engine.config.subnet_pool, app.subnet_index).ok();
+    let peers = snapshot
+        .instances
+        .iter()
+        .filter(|i| i.key.app == app.name && i.key.service == service)
+        .filter_map(|i| {
+            let address = network.as_ref()?.instance_address(i.slot).ok()?.addr();
+            Some(Peer {
+                instance: i.key.name(),
+                index: i.key.index,
+                address,
+                ready: i.state.is_ready(),
+                state: i.state.label().to_string(),
+                revision: i.revision,
+            })
+        })
+        .collect();
+    Ok(Peers {
+        service: service.to_string(),
+        peers,
+    })
+}
+
+fn json_line<T: serde::Serialize>(value: &T) -> Bytes {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn ndjson(body: Body) -> Response {
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+async fn peers<D: Driver>(
+    State(ctx): Shared<D>,
+    query: Result<Query<PeersQuery>, QueryRejection>,
+) -> Result<Response, PaciError> {
+    let Query(query) = query?;
+    let service = query.service.unwrap_or_else(|| ctx.key.service.clone());
+    let first = peers_of(&ctx, &service)?;
+    if !query.watch {
+        return Ok(Json(first).into_response());
+    }
+    let changes = ctx.engine.paci.changes.subscribe();
+    let state = (ctx, service, changes, None::<Peers>, Some(first));
+    let stream = futures::stream::unfold(
+        state,
+        |(ctx, service, mut changes, last, first)| async move {
+            if let Some(first) = first {
+                let line = json_line(&first);
+                return Some((
+                    Ok::<Bytes, Infallible>(line),
+                    (ctx, service, changes, Some(first), None),
+                ));
+            }
+            loop {
+                changes.changed().await.ok()?;
+                let now = peers_of(&ctx, &service).ok()?;
+                if Some(&now) != last.as_ref() {
+                    let line = json_line(&now);
+                    return Some((Ok(line), (ctx, service, changes, Some(now), None)));
+                }
+            }
+        },
+    );
+    Ok(ndjson(Body::from_stream(stream)))
+}
+
+async fn load<D: Driver>(
+    State(ctx): Shared<D>,
+    body: Result<Json<LoadReport>, JsonRejection>,
+) -> Result<Json<LoadReport>, PaciError> {
+    let Json(report) = body?;
+    report.check().map_err(PaciError::bad)?;
+    ctx.engine.paci.set_load(&ctx.key, report.clone(), now_ms());
+    Ok(Json(report))
+}
+
+async fn weight<D: Driver>(
+    State(ctx): Shared<D>,
+    body: Result<Json<WeightRequest>, JsonRejection>,
+) -> Result<Json<WeightAnswer>, PaciError> {
+    let Json(request) = body?;
+    let weight = request.check().map_err(PaciError::bad)?;
+    let Some(mut record) = ctx.engine.store.instance(&ctx.key)? else {
+        return Err(PaciError::new(
+            StatusCode::GONE,
+            "this instance is no longer in the state",
+        ));
+    };
+    let stored = (weight != FULL_WEIGHT).then_some(weight);
+    if record.weight != stored {
+        record.weight = stored;
+        ctx.engine.store.put_instance(&record)?;
+        ctx.engine.event(
+            &ctx.key.app,
+            &ctx.key.name(),
+            &format!("weight {weight}% (set through PaCI)"),
+        );
+        ctx.engine.routes_changed();
+    }
+    Ok(Json(WeightAnswer { weight }))
+}
+
+async fn replicas<D: Driver>(
+    State(ctx): Shared<D>,
+    path: Result<UrlPath<String>, PathRejection>,
+    body: Result<Json<ReplicasRequest>, JsonRejection>,
+) -> Result<Json<ReplicasAnswer>, PaciError> {
+    let UrlPath(service) = path?;
+    let Json(request) = body?;
+    let snapshot = ctx.engine.store.load()?;
+    let app = app_of(&snapshot, &ctx.key)?;
+    if !app.manifest.services.contains_key(&service) {
+        let known: Vec<&str> = app.manifest.services.keys().map(String::as_str).collect();
+        return Err(PaciError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "application {} has no service named {service} (it has: {})",
+                app.name,
+                known.join(", ")
+            ),
+        ));
+    }
+    let bounds = app
+        .manifest
+        .autoscale
+        .as_ref()
+        .and_then(|a| a.services.get(&service))
+        .map(|s| (s.min, s.max));
+    let (min, max) = check_replicas(&service, request.replicas, bounds)
+        .map_err(|e| PaciError::new(StatusCode::CONFLICT, e))?;
+    ctx.engine
+        .store
+        .set_replicas(&app.name, &service, request.replicas)?;
+    let why = request
+        .reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    ctx.engine.event(
+        &app.name,
+        &service,
+        &format!(
+            "scaled to {} (asked by {} through PaCI{why})",
+            request.replicas,
+            ctx.key.name()
+        ),
+    );
+    ctx.engine.wake();
+    Ok(Json(ReplicasAnswer {
+        service,
+        replicas: request.replicas,
+        min,
+        max,
+    }))
+}
+
+async fn events<D: Driver>(State(ctx): Shared<D>) -> Response {
+    let (pending, receiver, guard) = ctx.engine.paci.subscribe(&ctx.key);
+    let state = (pending.into_iter(), receiver, guard);
+    let stream = futures::stream::unfold(state, |(mut pending, mut receiver, guard)| async move {
+        if let Some(event) = pending.next() {
+            return Some((
+                Ok::<Bytes, Infallible>(json_line(&event)),
+                (pending, receiver, guard),
+            ));
+        }
+        loop {
+            match receiver.recv().await {
+                Ok(event) => {
+                    return Some((Ok(json_line(&event)), (pending, receiver, guard)));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    ndjson(Body::from_stream(stream))
+}
+
+async fn ack<D: Driver>(
+    State(ctx): Shared<D>,
+    path: Result<UrlPath<String>, PathRejection>,
+    body: Result<Json<Ack>, JsonRejection>,
+) -> Result<Json<AckAnswer>, PaciError> {
+    let UrlPath(id) = path?;
+    let id: u64 = id.parse().map_err(|_| {
+        PaciError::bad(format!(
+            "event id {id:?} is not a number: use the `id` of an event from GET /v1/events"
+        ))
+    })?;
+    let Json(ack) = body?;
+    Ok(Json(ctx.engine.paci.ack(&ctx.key, id, ack)?))
+}

@@ -1,0 +1,301 @@
+//! The Rust SDK of the Paracloud interface (PaCI): a typed, async client of the socket every
+//! Paracloud instance has (its path is in `PARACLOUD_PACI`).
+//!
+//! Through it an instance learns who it is and who its peers are, reports its load, sets its
+//! load-balancing weight, asks for more or fewer instances of a service, and answers the
+//! platform's events (drain, migrate, restore, resize, checkpoint) by their deadline. The
+//! protocol itself (paths, bodies, what happens without an answer) is described in the
+//! `paracloud-paci` crate, re-exported here as [`protocol`].
+//!
+//! ```no_run
+//! use paracloud_paci_sdk::{Ack, EventKind, LoadReport, Paci};
+//!
+//! # async fn run() -> Result<(), paracloud_paci_sdk::Error> {
+//! let paci = Paci::from_env()?;
+//! let me = paci.whoami().await?;
+//! println!("{} of {} at {}", me.instance, me.app, me.addresses.instance);
+//!
+//! // Low weight while a cache warms, full share afterwards.
+//! paci.set_weight(Some(10)).await?;
+//! paci.set_weight(None).await?;
+//!
+//! paci.report_load(&LoadReport { in_flight: Some(3), capacity: Some(400.0), ..Default::default() })
+//!     .await?;
+//!
+//! let mut events = paci.events().await?;
+//! while let Some(event) = events.next().await? {
+//!     let ack = match &event.kind {
+//!         EventKind::Migrate { .. } => Ack { state: Some(serde_json::json!({"counter": 41})), ..Default::default() },
+//!         _ => Ack::default(),
+//!     };
+//!     paci.ack(event.id, &ack).await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+pub use paracloud_paci as protocol;
+pub use paracloud_paci::{
+    Ack, AckAnswer, EventKind, LoadReport, Peer, Peers, PlatformEvent, ReplicasAnswer,
+    ReplicasRequest, Target, WeightAnswer, WeightRequest, Whoami,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{} is not set: this process does not run as a Paracloud instance (or PaCI is off)",
+        paracloud_paci::ENV
+    )]
+    NotAnInstance,
+    #[error("cannot reach the PaCI socket {path}: {source}")]
+    Unreachable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the PaCI connection failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// The platform refused the request; `message` says why and how to fix it.
+    #[error("{message} ({status})")]
+    Refused { status: StatusCode, message: String },
+    #[error("PaCI answered something unexpected: {0}")]
+    Decode(String),
+}
+
+/// A client of the instance's PaCI socket; cheap to clone, one connection per request.
+#[derive(Debug, Clone)]
+pub struct Paci {
+    socket: PathBuf,
+}
+
+impl Paci {
+    /// The socket named by `PARACLOUD_PACI`.
+    pub fn from_env() -> Result<Self, Error> {
+        let path = std::env::var_os(paracloud_paci::ENV).ok_or(Error::NotAnInstance)?;
+        Ok(Self::at(path))
+    }
+
+    /// A socket at a given path.
+    pub fn at(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, Error> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| Error::Unreachable {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            // The connection ends with the response; its error is the request's.
+            let _ = connection.await;
+        });
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "paci")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| Error::Decode(e.to_string()))?;
+        let response = sender.send_request(request).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let message = serde_json::from_slice::<paracloud_paci::ErrorBody>(&bytes)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        Err(Error::Refused { status, message })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, Error> {
+        let response = self.send(method, path, body).await?;
+        let bytes = response.into_body().collect().await?.to_bytes();
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+    }
+
+    fn body<B: Serialize>(body: &B) -> Result<Option<Vec<u8>>, Error> {
+        serde_json::to_vec(body)
+            .map(Some)
+            .map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// Who this instance is: app, service, name, index, revision, resources, addresses.
+    pub async fn whoami(&self) -> Result<Whoami, Error> {
+        self.json(Method::GET, "/v1/whoami", None).await
+    }
+
+    /// The instances of a service of this application (this instance's own when `None`).
+    pub async fn peers(&self, service: Option<&str>) -> Result<Peers, Error> {
+        self.json(Method::GET, &peers_path(service, false), None)
+            .await
+    }
+
+    /// The instances of a service now, then again each time they change.
+    pub async fn watch_peers(&self, service: Option<&str>) -> Result<Lines<Peers>, Error> {
+        let response = self
+            .send(Method::GET, &peers_path(service, true), None)
+            .await?;
+        Ok(Lines::new(response))
+    }
+
+    /// Reports this instance's load; the autoscaler uses what is given for five seconds.
+    pub async fn report_load(&self, report: &LoadReport) -> Result<LoadReport, Error> {
+        self.json(Method::PUT, "/v1/load", Self::body(report)?)
+            .await
+    }
+
+    /// Sets this instance's load-balancing weight in percent of its full share (`None`: full).
+    pub async fn set_weight(&self, weight: Option<u32>) -> Result<u32, Error> {
+        let answer: WeightAnswer = self
+            .json(
+                Method::PUT,
+                "/v1/weight",
+                Self::body(&WeightRequest { weight })?,
+            )
+            .await?;
+        Ok(answer.weight)
+    }
+
+    /// Asks for `replicas` instances of `service`, within the manifest's bounds.
+    pub async fn ask_replicas(
+        &self,
+        service: &str,
+        replicas: u32,
+        reason: Option<&str>,
+    ) -> Result<ReplicasAnswer, Error> {
+        let body = ReplicasRequest {
+            replicas,
+            reason: reason.map(str::to_string),
+        };
+        self.json(
+            Method::PUT,
+            &format!("/v1/services/{service}/replicas"),
+            Self::body(&body)?,
+        )
+        .await
+    }
+
+    /// The platform's events for this instance: those waiting for an answer, then each new one.
+    pub async fn events(&self) -> Result<Lines<PlatformEvent>, Error> {
+        let response = self.send(Method::GET, "/v1/events", None).await?;
+        Ok(Lines::new(response))
+    }
+
+    /// Answers event `id`.
+    pub async fn ack(&self, id: u64, ack: &Ack) -> Result<AckAnswer, Error> {
+        self.json(
+            Method::POST,
+            &format!("/v1/events/{id}/ack"),
+            Self::body(ack)?,
+        )
+        .await
+    }
+}
+
+fn peers_path(service: Option<&str>, watch: bool) -> String {
+    let mut query = Vec::new();
+    if let Some(service) = service {
+        query.push(format!("service={service}"));
+    }
+    if watch {
+        query.push("watch=true".into());
+    }
+    if query.is_empty() {
+        "/v1/peers".into()
+    } else {
+        format!("/v1/peers?{}", query.join("&"))
+    }
+}
+
+/// A stream of JSON lines from the platform (events, peer changes).
+pub struct Lines<T> {
+    body: Incoming,
+    buffer: Vec<u8>,
+    _item: std::marker::PhantomData<T>,
+}
+
+impl<T> std::fmt::Debug for Lines<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lines")
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> Lines<T> {
+    fn new(response: Response<Incoming>) -> Self {
+        Self {
+            body: response.into_body(),
+            buffer: Vec::new(),
+            _item: std::marker::PhantomData,
+        }
+    }
+
+    /// The next item; `None` when the platform closed the stream.
+    pub async fn next(&mut self) -> Result<Option<T>, Error> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                let item = serde_json::from_slice(&line[..end]).map_err(|e| {
+                    Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&line)))
+                })?;
+                return Ok(Some(item));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_paths_carry_their_query() {
+        assert_eq!(peers_path(None, false), "/v1/peers");
+        assert_eq!(peers_path(Some("kv"), false), "/v1/peers?service=kv");
+        assert_eq!(
+            peers_path(Some("kv"), true),
+            "/v1/peers?service=kv&watch=true"
+        );
+        assert_eq!(peers_path(None, true), "/v1/peers?watch=true");
+    }
+}
