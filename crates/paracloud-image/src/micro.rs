@@ -53,6 +53,10 @@ enum Entry {
     Symlink { target: PathBuf },
 }
 
+/// Directories every instance gets mounted over (tmpfs, proc, devices): nothing of an image
+/// there can be seen.
+const SHADOWED: &[&str] = &["/tmp", "/var/tmp", "/run", "/proc", "/dev", "/sys"];
+
 /// The files of a micro-image, by their absolute path in the image.
 #[derive(Debug, Default)]
 pub struct Closure {
@@ -99,6 +103,40 @@ impl Closure {
             return Err(not_found(path, "is not a regular file"));
         }
         self.add_libraries_of(&real, path)
+    }
+
+    /// Where `program` (added with [`Closure::add_program`]) runs from in the image: its own
+    /// path, unless that lies under a directory every instance mounts over (/tmp, /run, ...),
+    /// which would hide it; then it moves to /usr/local/bin under its own name.
+    pub fn program_path(&mut self, program: &Path) -> PathBuf {
+        if !SHADOWED.iter().any(|dir| program.starts_with(dir)) {
+            return program.to_owned();
+        }
+        let name = program
+            .file_name()
+            .map_or_else(|| std::ffi::OsString::from("program"), |n| n.to_os_string());
+        let moved = Path::new("/usr/local/bin").join(name);
+        let mut at = program.to_owned();
+        // Follow the image's own symlinks to the file itself.
+        for _ in 0..40 {
+            match self.entries.get(&at) {
+                Some(Entry::Symlink { target }) => {
+                    at = at.parent().unwrap_or(Path::new("/")).join(target);
+                }
+                Some(Entry::File { host, mode }) => {
+                    let file = Entry::File {
+                        host: host.clone(),
+                        mode: *mode,
+                    };
+                    self.entries
+                        .retain(|path, _| !SHADOWED.iter().any(|dir| path.starts_with(dir)));
+                    self.entries.insert(moved.clone(), file);
+                    return moved;
+                }
+                _ => break,
+            }
+        }
+        program.to_owned()
     }
 
     /// Adds a file or a directory tree as it is on the host, and the libraries of any ELF file
@@ -358,6 +396,7 @@ pub fn build_micro_image(store: &Store, spec: &MicroImageSpec) -> Result<MicroIm
     for path in &spec.add {
         closure.add_tree(path)?;
     }
+    let program = closure.program_path(&spec.binary);
     let mut generated = BTreeMap::new();
     closure.add_generated("/etc/passwd", PASSWD, &mut generated);
     closure.add_generated("/etc/group", GROUP, &mut generated);
@@ -423,7 +462,7 @@ pub fn build_micro_image(store: &Store, spec: &MicroImageSpec) -> Result<MicroIm
         Ok(())
     })?;
     let defaults = ImageDefaults {
-        entrypoint: vec![spec.binary.display().to_string()],
+        entrypoint: vec![program.display().to_string()],
         env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
         ..ImageDefaults::default()
     };
@@ -505,6 +544,33 @@ mod tests {
         assert!(needs.interpreter.unwrap().contains("ld-linux"));
         assert!(needs.needed.iter().any(|n| n.starts_with("libc.so")));
         assert_eq!(elf_needs(b"#!/bin/sh\necho hi\n"), None);
+    }
+
+    #[test]
+    fn a_program_under_tmp_moves_to_usr_local_bin_where_instances_see_it() {
+        let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+        let program = dir.path().join("tool");
+        fs::copy("/bin/ls", &program).unwrap();
+        let link = dir.path().join("tool-link");
+        std::os::unix::fs::symlink("tool", &link).unwrap();
+        let mut closure = Closure::new("/");
+        closure.add_program(&link).unwrap();
+        assert_eq!(
+            closure.program_path(&link),
+            Path::new("/usr/local/bin/tool-link")
+        );
+        let paths = closure.paths();
+        assert!(paths.iter().all(|p| !p.starts_with("/tmp")), "{paths:?}");
+        assert!(matches!(
+            closure.entries.get(Path::new("/usr/local/bin/tool-link")),
+            Some(Entry::File { host, .. }) if host.ends_with("tool")
+        ));
+        let mut usual = Closure::new("/");
+        usual.add_program(Path::new("/bin/ls")).unwrap();
+        assert_eq!(
+            usual.program_path(Path::new("/bin/ls")),
+            Path::new("/bin/ls")
+        );
     }
 
     #[test]
