@@ -23,7 +23,7 @@ mod scale;
 mod start;
 mod stats;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -384,14 +384,30 @@ fn raise_open_files() {
     }
 }
 
-/// Prints `value` as JSON on stdout, and into `file` when asked.
-fn print_json(value: &impl serde::Serialize, file: Option<&PathBuf>) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    println!("{text}");
+/// The run's temp dir (under `under`, else the system's), kept afterwards when asked.
+fn scratch_dir(keep: bool, under: Option<&Path>) -> Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("paracloud-bench-").disable_cleanup(keep);
+    match under {
+        Some(dir) => builder.tempdir_in(dir),
+        None => builder.tempdir(),
+    }
+    .context("cannot create a temp dir")
+}
+
+/// Writes `value` as JSON into `file` when asked.
+fn write_json(value: &impl serde::Serialize, file: Option<&PathBuf>) -> Result<()> {
     if let Some(path) = file {
-        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Prints `value` as JSON on stdout, and into `file` when asked.
+fn print_json(value: &impl serde::Serialize, file: Option<&PathBuf>) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    write_json(value, file)
 }
 
 /// Set by SIGINT or SIGTERM: the benchmarks stop at the next check and clean up on the way out.
@@ -457,11 +473,7 @@ fn autoscale_live(args: &LiveArgs, json: Option<&PathBuf>, keep: bool) -> Result
     );
     raise_open_files();
     catch_interrupts()?;
-    let scratch = tempfile::Builder::new()
-        .prefix("paracloud-bench-")
-        .disable_cleanup(keep)
-        .tempdir()
-        .context("cannot create a temp dir")?;
+    let scratch = scratch_dir(keep, None)?;
     let mut reports = Vec::new();
     for policy in policies {
         eprintln!("policy {policy}: the shop on a daemon of its own");
@@ -553,11 +565,7 @@ fn run(cli: Cli) -> Result<()> {
                 "paracloud-bench needs root (namespaces, cgroups, bridges, CRIU): run it with sudo"
             );
             catch_interrupts()?;
-            let scratch = tempfile::Builder::new()
-                .prefix("paracloud-bench-")
-                .disable_cleanup(cli.keep)
-                .tempdir()
-                .context("cannot create a temp dir")?;
+            let scratch = scratch_dir(cli.keep, None)?;
             let opts = migrate::MigrateOptions {
                 rate: args.rate,
                 port: args.migrate_port,
@@ -571,11 +579,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             let report = migrate::run(&opts, scratch.path())?;
             print!("{}", migrate::markdown(&report));
-            if let Some(path) = cli.json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            return Ok(());
+            return write_json(&report, cli.json.as_ref());
         }
         Command::Images(args) => {
             ensure!(
@@ -583,11 +587,8 @@ fn run(cli: Cli) -> Result<()> {
                 "paracloud-bench images needs root (overlay mounts, namespaces, cgroups)"
             );
             catch_interrupts()?;
-            let scratch = tempfile::Builder::new()
-                .prefix("paracloud-bench-")
-                .disable_cleanup(cli.keep)
-                .tempdir_in("/var/tmp")
-                .context("cannot create a temp dir")?;
+            // On disk, as image stores are, rather than on a tmpfs /tmp.
+            let scratch = scratch_dir(cli.keep, Some(Path::new("/var/tmp")))?;
             let report = images::run(
                 &images::ImagesOptions {
                     layers: args.layers.max(1),
@@ -598,11 +599,7 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", images::markdown(&report));
-            if let Some(path) = cli.json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            return Ok(());
+            return write_json(&report, cli.json.as_ref());
         }
         Command::Start(start) => (Some(start), None, None),
         Command::Scale(scale) => (None, Some(scale), None),
@@ -621,11 +618,7 @@ fn run(cli: Cli) -> Result<()> {
         "paracloud-bench needs root (namespaces, cgroups, bridges): run it with sudo"
     );
     catch_interrupts()?;
-    let scratch = tempfile::Builder::new()
-        .prefix("paracloud-bench-")
-        .disable_cleanup(cli.keep)
-        .tempdir()
-        .context("cannot create a temp dir")?;
+    let scratch = scratch_dir(cli.keep, None)?;
     if cli.keep {
         eprintln!("the temp dir {} will be kept", scratch.path().display());
     }
@@ -691,8 +684,7 @@ fn run(cli: Cli) -> Result<()> {
         if let (Some(p), Some(map)) = (&proxy_report, json.as_object_mut()) {
             map.insert("proxy".to_string(), serde_json::to_value(p)?);
         }
-        std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        write_json(&json, Some(&path))?;
     }
     Ok(())
 }
