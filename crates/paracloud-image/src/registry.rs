@@ -727,30 +727,19 @@ impl Registry {
         }
         let blob_path = store.blob_path(digest);
         let read_range = |offset: u64, len: u64| -> Result<Bytes> {
-            let mut f = File::open(&blob_path).map_err(|source| StoreError::Io {
+            let io = |source| StoreError::Io {
                 path: blob_path.clone(),
                 source,
-            })?;
-            f.seek(std::io::SeekFrom::Start(offset))
-                .map_err(|source| StoreError::Io {
-                    path: blob_path.clone(),
-                    source,
-                })?;
+            };
+            let mut f = File::open(&blob_path).map_err(io)?;
+            f.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
             let mut buf = vec![0u8; len as usize];
-            f.read_exact(&mut buf).map_err(|source| StoreError::Io {
-                path: blob_path.clone(),
-                source,
-            })?;
+            f.read_exact(&mut buf).map_err(io)?;
             Ok(Bytes::from(buf))
         };
-        let sep = |l: &str| if l.contains('?') { '&' } else { '?' };
         if size <= CHUNK {
             let bytes = read_range(0, size)?;
-            let put = format!(
-                "{location}{}digest={}",
-                sep(&location),
-                percent(&digest.to_string())
-            );
+            let put = closing_url(&location, digest);
             let response = self
                 .request(
                     Method::PUT,
@@ -808,11 +797,7 @@ impl Registry {
                     done: offset,
                 });
             }
-            let put = format!(
-                "{location}{}digest={}",
-                sep(&location),
-                percent(&digest.to_string())
-            );
+            let put = closing_url(&location, digest);
             let response = self
                 .request(
                     Method::PUT,
@@ -833,6 +818,15 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The upload session's URL with the digest that closes it.
+fn closing_url(location: &str, digest: &Digest) -> String {
+    let separator = if location.contains('?') { '&' } else { '?' };
+    format!(
+        "{location}{separator}digest={}",
+        percent(&digest.to_string())
+    )
 }
 
 /// Sends a request over a fresh connection and returns the response.
