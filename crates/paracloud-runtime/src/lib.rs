@@ -43,6 +43,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub mod capsule;
 pub mod cgroups;
 pub mod handover;
 mod identity;
@@ -57,6 +58,7 @@ mod seccomp;
 mod spawn;
 mod sys;
 
+pub use capsule::CapsuleConfig;
 pub use cgroups::{CgroupManager, CgroupMode};
 
 /// Where the runtime keeps its kernel objects; every test gets its own values.
@@ -241,6 +243,8 @@ pub fn run_hidden_command_if_requested() {
         sandbox_init::main(args.collect());
     } else if command == nsexec::COMMAND {
         nsexec::main(args.collect());
+    } else if command == capsule::COMMAND {
+        capsule::main(args.collect());
     }
 }
 
@@ -370,6 +374,27 @@ impl Runtime {
         timeout: Duration,
     ) -> Result<ExecOutput> {
         nsexec::run(&self.config.helper_exe, process, argv, timeout).await
+    }
+    /// Attaches a capsule to a running instance (see [`capsule`]): returns the running capsule
+    /// (stdout and stderr piped, or all three on `terminal`). Call [`Runtime::detach`] once it
+    /// has exited, whatever happened.
+    pub fn attach(
+        &self,
+        target: &Process,
+        config: &CapsuleConfig,
+        terminal: Option<OwnedFd>,
+    ) -> Result<tokio::process::Child> {
+        capsule::attach(
+            &self.config.helper_exe,
+            self.cgroups.as_ref(),
+            target,
+            config,
+            terminal,
+        )
+    }
+    /// Removes what is left of a capsule (processes, cgroup, scratch directory); idempotent.
+    pub fn detach(&self, config: &CapsuleConfig) -> Result<()> {
+        capsule::detach(self.cgroups.as_ref(), config)
     }
 }
 

@@ -10,10 +10,10 @@ use nix::mount::{mount, MsFlags};
 pub(crate) type InitResult<T> = std::result::Result<T, String>;
 
 // From linux/mount.h; libc does not export them for glibc targets yet.
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub(crate) const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
 pub(crate) fn mount_fs(
     fstype: &str,

@@ -387,7 +387,7 @@ fn host_skeleton(lower: &Path) -> InitResult<Vec<&'static str>> {
     Ok(binds)
 }
 
-fn mount_proc(proc: &Path) -> InitResult<()> {
+pub(crate) fn mount_proc(proc: &Path) -> InitResult<()> {
     mount_fs(
         "proc",
         proc,
@@ -409,7 +409,7 @@ fn mount_proc(proc: &Path) -> InitResult<()> {
     Ok(())
 }
 
-fn mount_dev(dev: &Path) -> InitResult<()> {
+pub(crate) fn mount_dev(dev: &Path) -> InitResult<()> {
     mount_fs(
         "tmpfs",
         dev,

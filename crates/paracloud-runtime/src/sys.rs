@@ -128,6 +128,26 @@ pub(crate) fn kill_me_with_parent() -> io::Result<()> {
     prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
 }
 
+/// `signal` when the parent (thread) dies.
+pub(crate) fn signal_me_with_parent(signal: libc::c_int) -> io::Result<()> {
+    prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong)
+}
+
+/// Makes the terminal `fd` this session's controlling terminal (TIOCSCTTY); the caller leads a
+/// new session.
+pub(crate) fn set_controlling_terminal(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal the terminal).
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Orphaned descendants (of this pid namespace level) are reparented to this process.
+pub(crate) fn set_child_subreaper() -> io::Result<()> {
+    prctl(libc::PR_SET_CHILD_SUBREAPER, 1)
+}
+
 /// Marks every fd from `first` on close-on-exec.
 pub(crate) fn close_range_cloexec(first: u32) -> io::Result<()> {
     // SAFETY: close_range with integer arguments only; it only sets flags, closing nothing.
@@ -202,6 +222,67 @@ pub(crate) fn mount_setattr_recursive(path: &Path, attr_set: u64) -> io::Result<
             libc::AT_RECURSIVE as libc::c_uint,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
+// From linux/mount.h.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// open_tree(2) (Linux 5.2) with OPEN_TREE_CLONE | AT_RECURSIVE: a detached copy of the mount
+/// at `path` and every mount below it, in the caller's current mount namespace, that can be
+/// attached in another one with [`move_mount`].
+pub(crate) fn clone_mount_tree(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: `path` is NUL-terminated and outlives the call; the returned fd is new and ours.
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })?;
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// mount_setattr(2) on a mount fd (such as [`clone_mount_tree`]'s) and every mount below it.
+pub(crate) fn mount_fd_setattr_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the empty path is NUL-terminated, `attr` is a mount_attr as the kernel defines it;
+    // both outlive the call and the kernel only reads them.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
+/// move_mount(2) (Linux 5.2): attaches the detached tree `fd` at `target` in the caller's
+/// current mount namespace.
+pub(crate) fn move_mount(fd: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both paths are NUL-terminated and outlive the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
         )
     })?;
     Ok(())
