@@ -83,6 +83,48 @@ impl Client {
         Err(ClientError::Api { status, body })
     }
 
+    /// Sends a GET that asks to switch the connection to `protocol` (`Upgrade:`); returns the
+    /// raw connection and the 101 answer's headers.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &str,
+    ) -> Result<(TokioIo<hyper::upgrade::Upgraded>, hyper::HeaderMap), ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", "paracloud")
+            .header("connection", "upgrade")
+            .header("upgrade", protocol)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let response = sender.send_request(request).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                error: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+                diagnostics: vec![],
+            });
+            return Err(ClientError::Api { status, body });
+        }
+        let headers = response.headers().clone();
+        let upgraded = hyper::upgrade::on(response).await?;
+        Ok((TokioIo::new(upgraded), headers))
+    }
+
     async fn json<T: DeserializeOwned>(
         &self,
         method: Method,

@@ -29,6 +29,11 @@
 //! | `POST /v1/images/build` | [`BuildRequest`] | [`BuildResponse`] |
 //! | `POST /v1/images/pull` | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 //! | `POST /v1/images/push` | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
+//! | `GET /v1/capsules` | | `[CapsuleView]` |
+//! | `POST /v1/capsules/run` | [`CapsuleRunRequest`] | a stream of [`CapsuleRunEvent`], one JSON per line |
+//! | `GET /v1/capsules/runs/{run}/files/{instance}/{name}` | | the file's bytes |
+//! | `GET /v1/capsules/history?app=APP&limit=N` | | `[CapsuleRunView]` |
+//! | `GET /v1/capsules/debug?app=APP&instance=web.1&command=JSON` with `Upgrade: paracloud-tty` | | 101, then the terminal's bytes both ways |
 
 mod client;
 
@@ -366,3 +371,108 @@ pub struct BuildResponse {
     pub size: u64,
     pub steps: Vec<BuildStepView>,
 }
+
+/// A capsule that can attach to instances, as `paracloud capsule ls` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleView {
+    pub name: String,
+    pub description: String,
+    /// Its arguments, e.g. `PATH...`.
+    pub usage: String,
+    /// `read` or `write`: the access to the target's filesystem it needs.
+    pub access: String,
+    /// Capabilities beyond the default set, e.g. `CAP_SYS_PTRACE`.
+    pub capabilities: Vec<String>,
+    /// Its default deadline in milliseconds.
+    pub timeout_ms: u64,
+    /// The application that defines it (`[capsules.NAME]`); `None` for a built-in one.
+    pub app: Option<String>,
+    /// Host programs it is made of that this machine lacks: it cannot run until they are
+    /// installed.
+    pub missing: Vec<String>,
+}
+
+/// Run a capsule on every running instance the selector matches.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsuleRunRequest {
+    pub capsule: String,
+    /// `KEY=VALUE[,...]`: app, service, instance, or a label.
+    pub selector: String,
+    /// Arguments of the capsule's function.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Overrides the capsule's deadline, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// One line of the stream a capsule run answers with (JSON lines).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CapsuleRunEvent {
+    /// The run is recorded and attaches to these instances.
+    Started { run: i64, targets: Vec<String> },
+    /// Output of the function on one instance (`stream`: `stdout` or `stderr`).
+    Output {
+        instance: String,
+        stream: String,
+        text: String,
+    },
+    /// The capsule on one instance ended and is gone.
+    Exited {
+        instance: String,
+        /// Exit code, 128 + the signal when killed; `None` when it never started.
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        timed_out: bool,
+        /// Files it left in /out, fetched with `GET /v1/capsules/runs/{run}/files/{instance}/{name}`.
+        files: Vec<CapsuleFile>,
+        /// Why it could not run, when it could not.
+        error: Option<String>,
+    },
+    /// Every target is done.
+    Finished {
+        run: i64,
+        status: String,
+        duration_ms: u64,
+        output_bytes: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleFile {
+    pub name: String,
+    pub size: u64,
+}
+
+/// One recorded capsule run, as `paracloud capsule history` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleRunView {
+    pub id: i64,
+    pub who: String,
+    pub capsule: String,
+    pub app: String,
+    pub selector: String,
+    pub args: Vec<String>,
+    pub targets: Vec<CapsuleTargetView>,
+    /// Milliseconds since the Unix epoch.
+    pub started: u64,
+    pub duration_ms: Option<u64>,
+    /// `running`, `ok`, `failed`, `timeout` or `refused`.
+    pub status: String,
+    pub detail: String,
+    pub output_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleTargetView {
+    pub instance: String,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<u64>,
+    pub output_bytes: u64,
+}
+
+/// The protocol name of `paracloud debug`'s upgraded connection: after the 101 answer, the
+/// connection carries the terminal's bytes both ways.
+pub const DEBUG_UPGRADE: &str = "paracloud-tty";

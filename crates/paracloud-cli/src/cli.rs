@@ -183,6 +183,19 @@ pub enum Command {
     /// Images: build a micro-image from a host program, inspect, remove, prune, import, export
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Capsules: functions (checksum, archive, logrotate, scan, metrics, strace, gdb, tcpdump,
+    /// debug) that attach to running instances for as long as they run, then leave nothing
+    #[command(subcommand)]
+    Capsule(CapsuleCommand),
+    /// Open a shell in the debug capsule attached to an instance, like `kubectl debug`
+    /// (paracloud debug api.1, or paracloud debug api.1 -- ps); it detaches on exit
+    Debug {
+        /// The instance, such as api.1
+        instance: String,
+        /// The command to run instead of the interactive shell
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Simulate the application under a trace with an autoscaling policy, faster than real time
     /// (no daemon needed): paracloud sim --model sim.toml --trace load.csv --policy model
     Sim(SimArgs),
@@ -198,6 +211,36 @@ pub enum Command {
         /// Unix socket serving GET /stats (JSON) and GET /metrics (Prometheus)
         #[arg(long)]
         stats: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CapsuleCommand {
+    /// List the capsules: built-in ones and the applications' own
+    Ls,
+    /// Run a capsule on every running instance the selector matches, at once:
+    /// paracloud capsule run checksum --selector service=web -- /srv/www
+    Run {
+        /// The capsule, such as checksum
+        name: String,
+        /// KEY=VALUE[,...]: app, service, instance (web.1) or a label
+        #[arg(short = 'l', long, value_name = "KEY=VALUE[,...]")]
+        selector: String,
+        /// Where files the capsule returns go, as DIR/INSTANCE/FILE
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        /// Deadline (such as 30s or 2m) instead of the capsule's own; it is stopped then
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Arguments of the capsule's function
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// The recorded runs: who, capsule, targets, arguments, start, duration, status, output size
+    History {
+        /// How many of the last runs
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
 }
 

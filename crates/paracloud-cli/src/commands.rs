@@ -235,7 +235,7 @@ fn load_manifest(file: &Path) -> Result<LoadedManifest> {
     })
 }
 
-fn client(global: &Global) -> Client {
+pub(crate) fn client(global: &Global) -> Client {
     Client::new(global.root.join(paracloud_api::SOCKET_NAME))
 }
 
@@ -272,7 +272,7 @@ async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> R
 }
 
 /// Turns a client error into a message that says what to do.
-fn explain(e: ClientError) -> anyhow::Error {
+pub(crate) fn explain(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::Unreachable { path, .. } => anyhow!(
             "no paracloud daemon runs for this root (socket {}): start one with `paracloud up` or `paracloud daemon`",
@@ -391,6 +391,10 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             build_args,
         } => build(global, &context, tag, file, &build_args).await,
         Command::Image(command) => image_command(global, command).await,
+        Command::Capsule(command) => crate::capsule::command(global, command).await,
+        Command::Debug { instance, command } => {
+            crate::capsule::debug(global, &instance, &command).await
+        }
         Command::Daemon
         | Command::Dataplane { .. }
         | Command::Completion { .. }
@@ -986,7 +990,7 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
     })
 }
 
-fn format_time(ms: u64) -> String {
+pub(crate) fn format_time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 

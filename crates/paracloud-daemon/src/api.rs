@@ -37,7 +37,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         Self {
             status,
             body: ErrorBody {
@@ -138,6 +138,14 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .route("/v1/images/build", post(build_image::<D>))
         .route("/v1/images/pull", post(pull_image::<D>))
         .route("/v1/images/push", post(push_image::<D>))
+        .route("/v1/capsules", get(list_capsules::<D>))
+        .route("/v1/capsules/run", post(run_capsule::<D>))
+        .route("/v1/capsules/history", get(capsule_history::<D>))
+        .route(
+            "/v1/capsules/runs/{run}/files/{instance}/{name}",
+            get(capsule_file::<D>),
+        )
+        .route("/v1/capsules/debug", get(crate::debug::debug::<D>))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -1094,4 +1102,133 @@ async fn build_image<D: Driver>(
 ) -> Result<Json<paracloud_api::BuildResponse>, ApiError> {
     let Json(r) = body?;
     Ok(Json(crate::build::build(&engine, r).await?))
+}
+
+/// Who calls the API: the peer credentials of its Unix socket connection.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub uid: Option<u32>,
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for Caller
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        Caller {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+impl Caller {
+    /// The user's name (`root`), or `uid N` when it has none.
+    pub fn who(&self) -> String {
+        match self.uid {
+            None => "unknown".into(),
+            Some(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| format!("uid {uid}")),
+        }
+    }
+}
+
+impl From<crate::capsules::CapsuleError> for ApiError {
+    fn from(e: crate::capsules::CapsuleError) -> Self {
+        use crate::capsules::CapsuleError;
+        let status = match &e {
+            CapsuleError::NotFound(_) => StatusCode::NOT_FOUND,
+            CapsuleError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CapsuleError::Refused(_) => StatusCode::FORBIDDEN,
+            CapsuleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CapsuleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapsuleListQuery {
+    app: Option<String>,
+}
+
+async fn list_capsules<D: Driver>(
+    State(engine): Shared<D>,
+    query: Result<Query<CapsuleListQuery>, QueryRejection>,
+) -> Result<Json<Vec<paracloud_api::CapsuleView>>, ApiError> {
+    let Query(q) = query?;
+    Ok(Json(
+        crate::capsules::catalog(&engine, q.app.as_deref())
+            .iter()
+            .map(crate::capsules::view)
+            .collect(),
+    ))
+}
+
+async fn run_capsule<D: Driver>(
+    State(engine): Shared<D>,
+    axum::extract::ConnectInfo(caller): axum::extract::ConnectInfo<Caller>,
+    body: Result<Json<paracloud_api::CapsuleRunRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let prepared = crate::capsules::prepare(&engine, &caller.who(), &request)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::capsules::execute(engine.clone(), prepared, tx));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
+    });
+    Ok(Body::from_stream(stream).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    app: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn capsule_history<D: Driver>(
+    State(engine): Shared<D>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<paracloud_api::CapsuleRunView>>, ApiError> {
+    let Query(q) = query?;
+    let runs = engine
+        .store
+        .capsule_runs(q.app.as_deref(), q.limit.unwrap_or(50).min(10_000))?;
+    Ok(Json(
+        runs.into_iter()
+            .map(|(id, r)| crate::views::capsule_run_view(id, r))
+            .collect(),
+    ))
+}
+
+async fn capsule_file<D: Driver>(
+    State(engine): Shared<D>,
+    UrlPath((run, instance, name)): UrlPath<(i64, String, String)>,
+) -> Result<Response, ApiError> {
+    let path = crate::capsules::output_file(&engine.config.root, run, &instance, &name)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "run {run} left no file {name:?} on {instance} (the files of the last {} runs are kept)",
+                    crate::capsules::KEPT_RUNS
+                ),
+            )
+        })?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    let stream = tokio_util::io::ReaderStream::new(file);
+    Ok(Body::from_stream(stream).into_response())
 }

@@ -7,7 +7,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use paracloud_runtime::{Exit, InstanceConfig, NetworkConfig, Process, Result, Runtime, Usage};
+use std::os::fd::OwnedFd;
+
+use paracloud_runtime::{
+    CapsuleConfig, Exit, InstanceConfig, NetworkConfig, Process, Result, Runtime, Usage,
+};
 
 pub trait Driver: Send + Sync + 'static {
     fn ensure_network(&self, network: &NetworkConfig) -> impl Future<Output = Result<()>> + Send;
@@ -34,6 +38,16 @@ pub trait Driver: Send + Sync + 'static {
         argv: &'a [String],
         timeout: Duration,
     ) -> impl Future<Output = Result<i32>> + Send + 'a;
+    /// Attaches a capsule to a running instance; `terminal` becomes its stdin, stdout and stderr
+    /// (otherwise stdout and stderr are piped). Call [`Driver::detach`] once it has exited.
+    fn attach(
+        &self,
+        target: &Process,
+        capsule: &CapsuleConfig,
+        terminal: Option<OwnedFd>,
+    ) -> Result<tokio::process::Child>;
+    /// Removes what is left of a capsule; blocks while the kernel finishes kills.
+    fn detach(&self, capsule: &CapsuleConfig) -> Result<()>;
 }
 
 /// The local driver: the embedded runtime.
@@ -76,5 +90,16 @@ impl Driver for Runtime {
         timeout: Duration,
     ) -> impl Future<Output = Result<i32>> + Send + 'a {
         Runtime::exec(self, process, argv, timeout)
+    }
+    fn attach(
+        &self,
+        target: &Process,
+        capsule: &CapsuleConfig,
+        terminal: Option<OwnedFd>,
+    ) -> Result<tokio::process::Child> {
+        Runtime::attach(self, target, capsule, terminal)
+    }
+    fn detach(&self, capsule: &CapsuleConfig) -> Result<()> {
+        Runtime::detach(self, capsule)
     }
 }

@@ -153,6 +153,11 @@ impl<D: Driver> Engine<D> {
         }
     }
 
+    /// The process of a running instance the daemon watches.
+    pub fn live_process(&self, key: &InstanceKey) -> Option<Arc<Process>> {
+        lock(&self.live).get(key).map(|l| l.process.clone())
+    }
+
     /// Asks the loop to run a turn now.
     pub fn wake(&self) {
         self.wake.notify_one();

@@ -5,8 +5,10 @@ pub mod addressing;
 pub mod api;
 pub mod autoscale;
 pub mod build;
+pub mod capsules;
 pub mod criu;
 pub mod dataplane;
+pub mod debug;
 pub mod driver;
 pub mod engine;
 pub mod follow;
@@ -110,9 +112,12 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
         }
         tracing::info!("daemon stopping; instances and the data plane keep running");
     };
-    let served = axum::serve(listener, api::router(engine.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        api::router(engine.clone()).into_make_service_with_connect_info::<api::Caller>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     reconcile.abort();
     rotation.abort();
     following.abort();

@@ -144,3 +144,32 @@ pub fn app_view(
             .collect(),
     }
 }
+
+pub fn capsule_run_view(
+    id: i64,
+    run: paracloud_state::CapsuleRun,
+) -> paracloud_api::CapsuleRunView {
+    paracloud_api::CapsuleRunView {
+        id,
+        who: run.who,
+        capsule: run.capsule,
+        app: run.app,
+        selector: run.selector,
+        args: run.args,
+        targets: run
+            .targets
+            .into_iter()
+            .map(|t| paracloud_api::CapsuleTargetView {
+                instance: t.instance,
+                exit_code: t.exit_code,
+                duration_ms: t.duration_ms,
+                output_bytes: t.output_bytes,
+            })
+            .collect(),
+        started: run.started,
+        duration_ms: run.duration_ms,
+        status: run.status,
+        detail: run.detail,
+        output_bytes: run.output_bytes,
+    }
+}

@@ -95,6 +95,10 @@ pub struct Service {
     /// the state handed over as this says.
     #[serde(default)]
     pub migrate: MigrateMethod,
+    /// `[services.NAME.capsules]`: which capsules may attach to its instances, with which access
+    /// to their files; every other capsule is refused.
+    #[serde(default)]
+    pub capsules: BTreeMap<String, paracloud_capsule::Access>,
     /// Set when this is a revision running beside its service (`[services.api.revisions.NAME]`,
     /// named `api@NAME` in the manifest's services): it serves the service's ports and gets a
     /// share of its traffic.

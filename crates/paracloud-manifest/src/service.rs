@@ -38,6 +38,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "cap_add",
     "scale_to_zero",
     "migrate",
+    "capsules",
     "autoscale",
     "revisions",
 ];
@@ -321,6 +322,7 @@ impl Checker<'_> {
             get("scale_to_zero").and_then(|v| self.positive_duration(v, &field("scale_to_zero")));
         let autoscale = get("autoscale").and_then(|v| self.scaling_draft(v, &field("autoscale")));
         let migrate = get("migrate").and_then(|v| self.migrate_method(v, &field("migrate")));
+        let capsules = get("capsules").and_then(|v| self.capsule_policy(v, &field("capsules")));
 
         let service = Service {
             name: name.to_owned(),
@@ -345,6 +347,7 @@ impl Checker<'_> {
             cap_add: cap_add.unwrap_or_default(),
             scale_to_zero,
             migrate: migrate.unwrap_or_default(),
+            capsules: capsules.unwrap_or_default(),
             revision_of: None,
         };
         Some(Draft {
@@ -980,6 +983,55 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// `[services.NAME.capsules]`: capsule name = "read" | "write".
+    fn capsule_policy(
+        &mut self,
+        value: &Value<'_>,
+        field: &str,
+    ) -> Option<BTreeMap<String, paracloud_capsule::Access>> {
+        let table = self.table(value, field)?;
+        let names = paracloud_capsule::builtin_names();
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (key, item) in table {
+            let name = key.get_ref();
+            let item_field = crate::reader::child(field, name);
+            if !names.iter().any(|n| n == name) {
+                let hint = match units::suggest(name, names.iter().map(String::as_str)) {
+                    Some(close) => format!("did you mean {close:?}?"),
+                    None => format!("the capsules are {}", names.join(", ")),
+                };
+                self.error(
+                    key.span(),
+                    &item_field,
+                    format!("unknown capsule {name:?}"),
+                    Some(hint),
+                );
+                ok = false;
+                continue;
+            }
+            let Some(text) = self.string(item, &item_field) else {
+                ok = false;
+                continue;
+            };
+            match paracloud_capsule::Access::parse(text) {
+                Some(access) => {
+                    out.insert(name.to_string(), access);
+                }
+                None => {
+                    self.error(
+                        item.span(),
+                        &item_field,
+                        format!("unknown access {text:?}"),
+                        Some("use \"read\" (the instance's files read-only) or \"write\"".into()),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     fn restart_condition(&mut self, value: &Value<'_>, field: &str) -> Option<RestartCondition> {

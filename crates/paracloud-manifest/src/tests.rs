@@ -127,6 +127,11 @@ fn full_manifest_covers_every_key() {
         cap_add: vec!["CAP_NET_BIND_SERVICE".into(), "CAP_CHOWN".into()],
         scale_to_zero: None,
         migrate: MigrateMethod::Restart,
+        capsules: [
+            ("archive".to_string(), paracloud_capsule::Access::Read),
+            ("logrotate".to_string(), paracloud_capsule::Access::Write),
+        ]
+        .into(),
         revision_of: None,
     };
     assert_eq!(manifest.services["kv"], kv);
@@ -384,7 +389,7 @@ fn unknown_key_far() {
         &format!("{HEAD}colour = \"red\"\n"),
         r#"
 paracloud.toml:5:1: services.kv.colour: unknown key `colour`
-  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, migrate, autoscale, revisions
+  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, migrate, capsules, autoscale, revisions
 "#,
     );
 }
@@ -795,6 +800,24 @@ paracloud.toml:5:11: services.kv.migrate: expected a string, found integer 3
 }
 
 #[test]
+fn capsule_policy() {
+    check(
+        &format!("{HEAD}[services.kv.capsules]\nchecksun = \"read\"\n"),
+        r#"
+paracloud.toml:6:1: services.kv.capsules.checksun: unknown capsule "checksun"
+  hint: did you mean "checksum"?
+"#,
+    );
+    check(
+        &format!("{HEAD}[services.kv.capsules]\nstrace = \"all\"\n"),
+        r#"
+paracloud.toml:6:10: services.kv.capsules.strace: unknown access "all"
+  hint: use "read" (the instance's files read-only) or "write"
+"#,
+    );
+}
+
+#[test]
 fn volumes() {
     check(
         &format!("{HEAD}volumes = [\"data\", \"Data:/x\", \"./missing:/y\", \"data:rel\", {{ source = \"d\" }}]\n"),
@@ -989,7 +1012,7 @@ fn revision_mistakes_are_located() {
         ),
         r#"
 paracloud.toml:11:1: services.api.revisions.canary.ports: unknown key `ports`
-  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, migrate
+  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, migrate, capsules
 paracloud.toml:12:25: services.api.revisions.Blue: invalid revision name "Blue": must start with a lower-case letter, found 'B'
   hint: use lower-case letters, digits and '-', starting with a letter, such as "canary"
 paracloud.toml:14:10: services.api.revisions.green.weight: the revisions of `api` get 110% of its traffic together, more than 100%

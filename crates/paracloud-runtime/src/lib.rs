@@ -248,6 +248,11 @@ pub fn run_hidden_command_if_requested() {
     }
 }
 
+/// The rows and columns of the terminal `fd`; `None` when it is not a terminal.
+pub fn terminal_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u16, u16)> {
+    sys::terminal_size(fd).ok()
+}
+
 /// The files sandbox-init writes into the instance directory and bind-mounts over the instance's
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf. Rewrite them in place (not by rename) to change
 /// what a running instance sees.

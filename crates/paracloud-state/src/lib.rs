@@ -122,6 +122,38 @@ pub struct Event {
     pub message: String,
 }
 
+/// One run of a capsule, as `paracloud capsule history` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleRun {
+    /// Who asked: the caller's user (API), or `schedule NAME`.
+    pub who: String,
+    pub capsule: String,
+    pub app: String,
+    pub selector: String,
+    pub args: Vec<String>,
+    /// Instances it attached to (`web.1`), with how each ended.
+    pub targets: Vec<CapsuleTarget>,
+    /// Milliseconds since the Unix epoch.
+    pub started: Millis,
+    /// `None` while it runs.
+    pub duration_ms: Option<u64>,
+    /// `running`, `ok`, `failed`, `timeout` or `refused`.
+    pub status: String,
+    /// Why it was refused or failed, empty otherwise.
+    pub detail: String,
+    /// Bytes of stdout, stderr and files returned, over all targets.
+    pub output_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleTarget {
+    pub instance: String,
+    /// Exit code (128 + signal when killed); `None` while it runs or when it never started.
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<u64>,
+    pub output_bytes: u64,
+}
+
 /// Everything in the store, read in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -163,6 +195,10 @@ CREATE TABLE IF NOT EXISTS instances (
     UNIQUE (app, slot)
 );
 CREATE TABLE IF NOT EXISTS networks (app TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS capsule_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    record TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
@@ -465,6 +501,46 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a capsule run (as it starts, or refused); returns its id.
+    pub fn add_capsule_run(&self, run: &CapsuleRun) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO capsule_runs (record) VALUES (?1)",
+            [serde_json::to_string(run)?],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Replaces the record of run `id` (when it ends).
+    pub fn update_capsule_run(&self, id: i64, run: &CapsuleRun) -> Result<()> {
+        self.conn().execute(
+            "UPDATE capsule_runs SET record = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(run)?],
+        )?;
+        Ok(())
+    }
+
+    /// The last `limit` capsule runs, oldest first, optionally of one application.
+    pub fn capsule_runs(&self, app: Option<&str>, limit: u32) -> Result<Vec<(i64, CapsuleRun)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, record FROM (
+                SELECT id, record FROM capsule_runs
+                WHERE ?1 IS NULL OR json_extract(record, '$.app') = ?1
+                ORDER BY id DESC LIMIT ?2
+             ) ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![app, limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut runs = Vec::new();
+        for row in rows {
+            let (id, record) = row?;
+            runs.push((id, serde_json::from_str(&record)?));
+        }
+        Ok(runs)
     }
 
     /// Reads everything in one transaction.

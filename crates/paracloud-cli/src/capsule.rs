@@ -1,0 +1,387 @@
+//! `paracloud capsule ls|run|history` and `paracloud debug`.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use http_body_util::BodyExt;
+use paracloud_api::{CapsuleRunEvent, CapsuleRunRequest, CapsuleRunView, CapsuleView};
+
+use crate::cli::{CapsuleCommand, Global, Output};
+use crate::commands::{client, explain, format_time};
+use crate::output::{print, table};
+
+pub async fn command(global: &Global, command: CapsuleCommand) -> Result<()> {
+    match command {
+        CapsuleCommand::Ls => ls(global).await,
+        CapsuleCommand::Run {
+            name,
+            selector,
+            out,
+            timeout,
+            args,
+        } => {
+            let code = run(global, &name, &selector, &out, timeout.as_deref(), args).await?;
+            if code != 0 {
+                std::io::stdout().flush()?;
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+        CapsuleCommand::History { limit } => history(global, limit).await,
+    }
+}
+
+async fn ls(global: &Global) -> Result<()> {
+    let path = match &global.app {
+        Some(app) => format!("/v1/capsules?app={app}"),
+        None => "/v1/capsules".into(),
+    };
+    let capsules: Vec<CapsuleView> = client(global).get(&path).await.map_err(explain)?;
+    print(global.output, &capsules, |capsules| {
+        let rows: Vec<Vec<String>> = capsules
+            .iter()
+            .map(|c| {
+                let mut needs = vec![c.access.clone()];
+                needs.extend(
+                    c.capabilities
+                        .iter()
+                        .map(|cap| cap.trim_start_matches("CAP_").to_string()),
+                );
+                let source = match (&c.app, c.missing.is_empty()) {
+                    (Some(app), _) => app.clone(),
+                    (None, true) => "built-in".into(),
+                    (None, false) => format!("built-in; needs {}", c.missing.join(", ")),
+                };
+                vec![
+                    c.name.clone(),
+                    needs.join(","),
+                    humantime::format_duration(Duration::from_millis(c.timeout_ms)).to_string(),
+                    source,
+                    format!("{} {}", c.description, c.usage).trim().to_string(),
+                ]
+            })
+            .collect();
+        table(&["NAME", "ACCESS", "TIMEOUT", "FROM", "DESCRIPTION"], &rows)
+    })
+}
+
+/// The selector with `app=` from `-a` when it names none.
+fn selector_with_app(global: &Global, selector: &str) -> String {
+    match &global.app {
+        Some(app) if !selector.split(',').any(|kv| kv.trim().starts_with("app=")) => {
+            format!("app={app},{selector}")
+        }
+        _ => selector.to_string(),
+    }
+}
+
+/// Runs the capsule and prints its output as it comes; returns the exit code to leave with:
+/// 0 when every target's function succeeded, else the first failure's.
+async fn run(
+    global: &Global,
+    name: &str,
+    selector: &str,
+    out: &Path,
+    timeout: Option<&str>,
+    args: Vec<String>,
+) -> Result<i32> {
+    let timeout_ms = timeout
+        .map(|t| {
+            humantime::parse_duration(t)
+                .map(|d| d.as_millis() as u64)
+                .with_context(|| format!("--timeout {t:?} is not a duration: write 30s, 2m or 1h"))
+        })
+        .transpose()?;
+    let request = CapsuleRunRequest {
+        capsule: name.to_string(),
+        selector: selector_with_app(global, selector),
+        args,
+        timeout_ms,
+    };
+    let client = client(global);
+    let response = client
+        .send(
+            hyper::Method::POST,
+            "/v1/capsules/run",
+            Some(serde_json::to_vec(&request)?),
+        )
+        .await
+        .map_err(explain)?;
+    let mut body = response.into_body();
+    let mut pending = Vec::new();
+    let mut targets = 0usize;
+    let mut run_id = 0;
+    let mut code = 0;
+    let mut finished = false;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let event: CapsuleRunEvent = serde_json::from_slice(&line)
+                .with_context(|| format!("the daemon sent {}", String::from_utf8_lossy(&line)))?;
+            if global.output != Output::Table {
+                println!("{}", serde_json::to_string(&event)?);
+            }
+            match event {
+                CapsuleRunEvent::Started { run, targets: t } => {
+                    run_id = run;
+                    targets = t.len();
+                }
+                CapsuleRunEvent::Output {
+                    instance,
+                    stream,
+                    text,
+                } if global.output == Output::Table => {
+                    let text = if targets > 1 {
+                        prefix_lines(&instance, &text)
+                    } else {
+                        text
+                    };
+                    if stream == "stderr" {
+                        eprint!("{text}");
+                    } else {
+                        print!("{text}");
+                    }
+                }
+                CapsuleRunEvent::Output { .. } => {}
+                CapsuleRunEvent::Exited {
+                    instance,
+                    exit_code,
+                    timed_out,
+                    files,
+                    error,
+                    ..
+                } => {
+                    for file in &files {
+                        let dir = out.join(&instance);
+                        std::fs::create_dir_all(&dir)
+                            .with_context(|| format!("cannot create {}", dir.display()))?;
+                        let path = dir.join(&file.name);
+                        download(&client, run_id, &instance, &file.name, &path).await?;
+                        eprintln!("{instance}: {} ({} bytes)", path.display(), file.size);
+                    }
+                    if let Some(error) = &error {
+                        eprintln!("{instance}: {error}");
+                    }
+                    let this = match (exit_code, timed_out) {
+                        (_, true) => 124,
+                        (Some(c), _) => c,
+                        (None, _) => 1,
+                    };
+                    if this != 0 {
+                        if error.is_none() {
+                            eprintln!("{instance}: exit code {this}");
+                        }
+                        if code == 0 {
+                            code = this;
+                        }
+                    }
+                }
+                CapsuleRunEvent::Finished { .. } => finished = true,
+            }
+        }
+    }
+    std::io::stdout().flush()?;
+    if !finished {
+        bail!("the daemon ended capsule run {run_id} before it finished; see `paracloud capsule history`");
+    }
+    Ok(code)
+}
+
+fn prefix_lines(instance: &str, text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| format!("{instance} | {line}"))
+        .collect()
+}
+
+async fn download(
+    client: &paracloud_api::Client,
+    run: i64,
+    instance: &str,
+    name: &str,
+    path: &Path,
+) -> Result<()> {
+    let response = client
+        .send(
+            hyper::Method::GET,
+            &format!("/v1/capsules/runs/{run}/files/{instance}/{name}"),
+            None,
+        )
+        .await
+        .map_err(explain)?;
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            file.write_all(&data)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+async fn history(global: &Global, limit: u32) -> Result<()> {
+    let mut path = format!("/v1/capsules/history?limit={limit}");
+    if let Some(app) = &global.app {
+        path.push_str(&format!("&app={app}"));
+    }
+    let runs: Vec<CapsuleRunView> = client(global).get(&path).await.map_err(explain)?;
+    print(global.output, &runs, |runs| {
+        let rows: Vec<Vec<String>> = runs
+            .iter()
+            .map(|r| {
+                let targets: Vec<String> = r
+                    .targets
+                    .iter()
+                    .map(|t| match t.exit_code {
+                        Some(code) => format!("{}={code}", t.instance),
+                        None => t.instance.clone(),
+                    })
+                    .collect();
+                vec![
+                    r.id.to_string(),
+                    format_time(r.started),
+                    r.who.clone(),
+                    r.capsule.clone(),
+                    targets.join(" "),
+                    r.args.join(" "),
+                    r.duration_ms.map_or("-".into(), |d| format!("{d}ms")),
+                    if r.detail.is_empty() {
+                        r.status.clone()
+                    } else {
+                        format!("{}: {}", r.status, r.detail)
+                    },
+                    r.output_bytes.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "RUN", "STARTED", "WHO", "CAPSULE", "TARGETS", "ARGS", "TOOK", "STATUS", "OUTPUT",
+            ],
+            &rows,
+        )
+    })
+}
+
+/// Puts the terminal in raw mode for as long as it lives.
+struct RawTerminal {
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl RawTerminal {
+    fn enter() -> Self {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return Self { saved: None };
+        }
+        let Ok(saved) = nix::sys::termios::tcgetattr(&stdin) else {
+            return Self { saved: None };
+        };
+        let mut raw = saved.clone();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        let _ = nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &raw);
+        Self { saved: Some(saved) }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
+        }
+    }
+}
+
+/// The size of our terminal, when stdout is one.
+fn terminal_size() -> Option<(u16, u16)> {
+    use std::os::fd::AsFd;
+    paracloud_runtime::terminal_size(std::io::stdout().as_fd())
+}
+
+/// `paracloud debug INSTANCE [-- COMMAND]`: relays this terminal (or stdin and stdout) to the
+/// debug capsule until it exits, then leaves with its exit code.
+pub async fn debug(global: &Global, instance: &str, command: &[String]) -> Result<()> {
+    let mut path = format!("/v1/capsules/debug?instance={}", encode(instance));
+    if let Some(app) = &global.app {
+        path.push_str(&format!("&app={}", encode(app)));
+    }
+    if !command.is_empty() {
+        path.push_str(&format!(
+            "&command={}",
+            encode(&serde_json::to_string(command)?)
+        ));
+    }
+    if let Some((rows, cols)) = terminal_size() {
+        path.push_str(&format!("&rows={rows}&cols={cols}"));
+    }
+    let client = client(global);
+    let (connection, headers) = client
+        .upgrade(&path, paracloud_api::DEBUG_UPGRADE)
+        .await
+        .map_err(explain)?;
+    let run: Option<i64> = headers
+        .get("x-paracloud-run")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let (mut from_daemon, mut to_daemon) = tokio::io::split(connection);
+    let raw = RawTerminal::enter();
+    let input = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let _ = tokio::io::copy(&mut stdin, &mut to_daemon).await;
+        // Stdin ended (a pipe): the shell sees end of input as well.
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut to_daemon, &[4]).await;
+        to_daemon
+    });
+    let mut stdout = tokio::io::stdout();
+    let _ = tokio::io::copy(&mut from_daemon, &mut stdout).await;
+    let _ = tokio::io::AsyncWriteExt::flush(&mut stdout).await;
+    input.abort();
+    drop(raw);
+    // The run is recorded before the daemon closes the connection: its exit code is there.
+    let Some(run) = run else {
+        return Ok(());
+    };
+    let runs: Vec<CapsuleRunView> = client
+        .get("/v1/capsules/history?limit=200")
+        .await
+        .map_err(explain)?;
+    let Some(record) = runs.iter().find(|r| r.id == run) else {
+        return Ok(());
+    };
+    if !record.detail.is_empty() && record.status != "ok" {
+        eprintln!("debug: {}", record.detail);
+    }
+    let code = record
+        .targets
+        .first()
+        .and_then(|t| t.exit_code)
+        .unwrap_or(if record.status == "ok" { 0 } else { 1 });
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

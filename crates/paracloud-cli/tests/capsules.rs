@@ -1,0 +1,471 @@
+//! Capsules as a user meets them: `paracloud capsule run` and `paracloud debug` against the
+//! shop's running instances, each built-in doing its job, and the instance exactly as it was
+//! afterwards.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use common::{bin_dir, field, http_get, workspace, Platform};
+use serde_json::Value;
+use sha2::Digest;
+
+/// Runs `paracloud ARGS`, returns (exit code, stdout, stderr).
+fn run(p: &Platform, args: &[&str]) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = p.run(args);
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn capsule_ok(p: &Platform, args: &[&str]) -> String {
+    let mut all = vec!["capsule", "run"];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = run(p, &all);
+    assert_eq!(
+        code,
+        0,
+        "paracloud {}:\nstdout: {stdout}\nstderr: {stderr}\n--- daemon ---\n{}",
+        all.join(" "),
+        p.daemon_log()
+    );
+    stdout
+}
+
+/// The shop from micro-images of its programs, with the manifest's capsule policy.
+fn micro_shop(p: &Platform) {
+    for service in ["kv", "api", "web"] {
+        let binary = bin_dir().join(format!("shop-{service}"));
+        p.ok(&[
+            "image",
+            "build",
+            "--from-binary",
+            binary.to_str().unwrap(),
+            "-t",
+            &format!("shop-{service}:latest"),
+        ]);
+    }
+    let text = std::fs::read_to_string(workspace().join("examples/shop/paracloud.micro.toml"))
+        .unwrap()
+        .replace("publish = 8080", &format!("publish = {}", p.port(0)));
+    let manifest = p.manifest("shop-micro", &text);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+}
+
+fn pid_of(p: &Platform, instance: &str) -> i64 {
+    p.ps("shop")
+        .iter()
+        .find(|i| field(i, "instance") == instance)
+        .unwrap_or_else(|| panic!("no {instance}"))["pid"]
+        .as_i64()
+        .unwrap()
+}
+
+/// What an instance looks like from the host: its mount table, its processes, and every file
+/// (path, size) of its root except the kernel's.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    mounts: String,
+    processes: Vec<String>,
+    files: BTreeMap<PathBuf, u64>,
+}
+
+fn snapshot(pid: i64) -> Snapshot {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let mut processes: Vec<String> = std::fs::read_dir(root.join("proc"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    processes.sort();
+    let mut files = BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let relative = path.strip_prefix(&root).unwrap().to_path_buf();
+            if ["proc", "sys", "dev"]
+                .iter()
+                .any(|k| relative == Path::new(k))
+            {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(path);
+            }
+            files.insert(relative, if meta.is_file() { meta.len() } else { 0 });
+        }
+    }
+    Snapshot {
+        mounts: std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap(),
+        processes,
+        files,
+    }
+}
+
+/// The test file of anti-virus vendors, put together here so that no file holds it whole.
+fn eicar() -> String {
+    [
+        "X5O!P%@AP[4\\PZX54(P^)7CC)7}$",
+        "EICAR-STANDARD-ANTIVIRUS-",
+        "TEST-FILE!$H+H*",
+    ]
+    .concat()
+}
+
+#[test]
+fn file_capsules_do_their_jobs_on_a_micro_image_and_leave_it_as_it_was() {
+    let p = Platform::new();
+    micro_shop(&p);
+    let pid = pid_of(&p, "web.1");
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    // The application's image holds none of the capsules' tools.
+    for tool in [
+        "bin/sh",
+        "usr/bin/strace",
+        "usr/bin/gdb",
+        "usr/bin/tcpdump",
+        "usr/bin/yara",
+        "usr/bin/zstd",
+        "bin/busybox",
+    ] {
+        assert!(!root.join(tool).exists(), "{tool} in the application image");
+    }
+    let before = snapshot(pid);
+
+    // checksum: every file of /etc, as sha256sum and md5sum of the host see them.
+    let out = capsule_ok(
+        &p,
+        &["checksum", "--selector", "instance=web.1", "--", "/etc"],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() >= 4, "{out}");
+    for line in lines {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [sha, md5, path] = parts[..] else {
+            panic!("unexpected line {line:?}");
+        };
+        let bytes = std::fs::read(root.join(path.trim_start_matches('/'))).unwrap();
+        let expected: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(sha, expected, "{path}");
+        let host_md5 = std::process::Command::new("md5sum")
+            .arg(root.join(path.trim_start_matches('/')))
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&host_md5.stdout).starts_with(md5),
+            "{path}"
+        );
+    }
+
+    // archive: /etc comes back as archive.tar.zst, and unpacks to the same tree.
+    let out_dir = p.root().join("capsule-out");
+    capsule_ok(
+        &p,
+        &[
+            "archive",
+            "-l",
+            "instance=web.1",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--",
+            "/etc",
+        ],
+    );
+    let archive = out_dir.join("web.1/archive.tar.zst");
+    let unpacked = p.root().join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc {} | tar -x -C {}",
+            archive.display(),
+            unpacked.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for entry in std::fs::read_dir(root.join("etc")).unwrap().flatten() {
+        let name = entry.file_name();
+        assert_eq!(
+            std::fs::read(unpacked.join(&name)).ok(),
+            std::fs::read(entry.path()).ok(),
+            "{name:?}"
+        );
+    }
+
+    // scan: the EICAR file is found (exit 1), a clean tree is not.
+    std::fs::write(root.join("tmp/eicar.com"), eicar()).unwrap();
+    let (code, stdout, stderr) = run(
+        &p,
+        &[
+            "capsule",
+            "run",
+            "scan",
+            "-l",
+            "instance=web.1",
+            "--",
+            "/tmp",
+            "/etc",
+        ],
+    );
+    assert_eq!(code, 1, "{stdout} {stderr}");
+    assert!(
+        stdout.contains("EICAR_test_file") && stdout.contains("/tmp/eicar.com"),
+        "{stdout}"
+    );
+    std::fs::remove_file(root.join("tmp/eicar.com")).unwrap();
+    let out = capsule_ok(&p, &["scan", "-l", "instance=web.1", "--", "/"]);
+    assert!(out.contains("0 match(es)"), "{out}");
+
+    // logrotate (write access): the log is copied, compressed and truncated in place.
+    std::fs::write(root.join("tmp/app.log"), "line one\nline two\n").unwrap();
+    let out = capsule_ok(&p, &["logrotate", "-l", "instance=web.1", "--", "/tmp"]);
+    assert!(out.contains("1 log file(s) rotated"), "{out}");
+    assert_eq!(std::fs::read(root.join("tmp/app.log")).unwrap(), b"");
+    let unzipped = std::process::Command::new("gzip")
+        .args(["-dc"])
+        .arg(root.join("tmp/app.log.1.gz"))
+        .output()
+        .unwrap();
+    assert_eq!(unzipped.stdout, b"line one\nline two\n");
+    std::fs::remove_file(root.join("tmp/app.log")).unwrap();
+    std::fs::remove_file(root.join("tmp/app.log.1.gz")).unwrap();
+
+    // Nothing of the capsules stays: the same mounts, processes and files.
+    let after = snapshot(pid);
+    assert_eq!(before.mounts, after.mounts);
+    assert_eq!(before.processes, after.processes);
+    assert_eq!(before.files, after.files);
+    p.ok(&["down", "-a", "shop"]);
+}
+
+/// Sends `n` page requests to the shop while `during` runs.
+fn with_traffic<T>(p: &Platform, during: impl FnOnce() -> T) -> T {
+    let port = p.port(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let load = std::thread::spawn(move || {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = http_get(port, "/");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let result = during();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    result
+}
+
+#[test]
+fn process_and_network_capsules_see_the_target_at_work() {
+    let p = Platform::new();
+    p.ok(&["up", "-f", p.shop().to_str().unwrap()]);
+    let before: Vec<Snapshot> = ["web.1", "web.2", "api.1"]
+        .iter()
+        .map(|i| snapshot(pid_of(&p, i)))
+        .collect();
+
+    // strace sees the requests web.1 reads.
+    let out = with_traffic(&p, || {
+        capsule_ok(&p, &["strace", "-l", "instance=web.1", "--", "3"])
+    });
+    assert!(out.contains("GET /"), "strace saw no request: {out}");
+
+    // tcpdump captures a request in capture.pcap.
+    let out_dir = p.root().join("pcap");
+    with_traffic(&p, || {
+        capsule_ok(
+            &p,
+            &[
+                "tcpdump",
+                "-l",
+                "instance=web.1",
+                "--out",
+                out_dir.to_str().unwrap(),
+                "--",
+                "3",
+                "200",
+                "tcp port 8080",
+            ],
+        )
+    });
+    let pcap = std::fs::read(out_dir.join("web.1/capture.pcap")).unwrap();
+    assert_eq!(&pcap[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "pcap magic");
+    assert!(
+        pcap.windows(5).any(|w| w == b"GET /"),
+        "no request captured"
+    );
+
+    // gdb: a backtrace of every thread of api.1's program.
+    let out = capsule_ok(&p, &["gdb", "-l", "instance=api.1"]);
+    assert!(out.contains("shop-api") && out.contains("#0 "), "{out}");
+
+    // metrics on every web instance at once, as JSON.
+    let out = capsule_ok(&p, &["metrics", "-l", "service=web", "-o", "json"]);
+    // Output comes in pieces as it is written: put each instance's together.
+    let mut texts: BTreeMap<String, String> = BTreeMap::new();
+    for line in out.lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        if event["kind"] == "output" && event["stream"] == "stdout" {
+            texts
+                .entry(event["instance"].as_str().unwrap().to_string())
+                .or_default()
+                .push_str(event["text"].as_str().unwrap());
+        }
+    }
+    assert_eq!(texts.len(), 2, "{out}");
+    for (instance, text) in &texts {
+        let report: Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("metrics of {instance} is not JSON ({e}): {text}"));
+        assert_eq!(report["instance"], instance.as_str(), "{report}");
+        assert_eq!(report["processes"][0]["name"], "shop-web", "{report}");
+        assert_eq!(report["totals"]["processes"], 1, "{report}");
+        assert!(
+            report["connections"]["listening"].as_u64() >= Some(1),
+            "{report}"
+        );
+    }
+
+    let after: Vec<Snapshot> = ["web.1", "web.2", "api.1"]
+        .iter()
+        .map(|i| snapshot(pid_of(&p, i)))
+        .collect();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.mounts, a.mounts);
+        assert_eq!(b.processes, a.processes);
+        assert_eq!(b.files, a.files);
+    }
+    p.ok(&["down", "-a", "shop"]);
+}
+
+#[test]
+fn policy_deadlines_history_and_debug() {
+    let p = Platform::new();
+    p.ok(&["up", "-f", p.shop().to_str().unwrap()]);
+    let pid = pid_of(&p, "api.1");
+    let before = snapshot(pid);
+
+    // The smallest attach, and debug with a command.
+    let out = capsule_ok(
+        &p,
+        &[
+            "debug",
+            "--selector",
+            "instance=api.1",
+            "--",
+            "cat",
+            "/proc/1/comm",
+        ],
+    );
+    assert_eq!(out.trim(), "shop-api");
+    let (code, stdout, stderr) = run(
+        &p,
+        &["debug", "api.1", "--", "sh", "-c", "hostname; exit 3"],
+    );
+    assert_eq!(code, 3, "{stdout} {stderr}");
+    assert!(stdout.contains("api.1"), "{stdout}");
+
+    // Refused by the manifest, with what to add; recorded.
+    let e = p.fails(&[
+        "capsule",
+        "run",
+        "checksum",
+        "-l",
+        "service=api",
+        "--",
+        "/etc",
+    ]);
+    assert!(
+        e.contains("add checksum = \"read\" under [services.api.capsules]"),
+        "{e}"
+    );
+    // Bad input says what is wrong.
+    let e = p.fails(&["capsule", "run", "checksun", "-l", "service=web"]);
+    assert!(e.contains("did you mean \"checksum\""), "{e}");
+    let e = p.fails(&["capsule", "run", "checksum", "-l", "service"]);
+    assert!(e.contains("has no '='"), "{e}");
+    let e = p.fails(&["capsule", "run", "checksum", "-l", "service=nope"]);
+    assert!(e.contains("no running instance of shop matches"), "{e}");
+
+    // A capsule that hangs is stopped at its deadline, and what it started with it.
+    let (code, _, stderr) = run(
+        &p,
+        &[
+            "capsule",
+            "run",
+            "debug",
+            "-l",
+            "instance=api.1",
+            "--timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "sleep 100 & sleep 100",
+        ],
+    );
+    assert_eq!(code, 124, "{stderr}");
+    assert!(stderr.contains("deadline"), "{stderr}");
+
+    let history: Value =
+        serde_json::from_str(&p.ok(&["capsule", "history", "-o", "json"])).unwrap();
+    let runs = history.as_array().unwrap();
+    let statuses: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["capsule"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("debug", "ok"),
+            ("debug", "failed"),
+            ("checksum", "refused"),
+            ("debug", "timeout")
+        ]
+    );
+    let first = &runs[0];
+    assert_eq!(first["who"], "root");
+    assert_eq!(first["targets"][0]["instance"], "api.1");
+    assert_eq!(first["targets"][0]["exit_code"], 0);
+    assert_eq!(first["args"], serde_json::json!(["cat", "/proc/1/comm"]));
+    assert_eq!(first["output_bytes"], 9);
+    let table = p.ok(&["capsule", "history"]);
+    assert!(table.contains("refused: capsule \"checksum\""), "{table}");
+
+    let listed = p.ok(&["capsule", "ls"]);
+    for name in [
+        "archive",
+        "checksum",
+        "debug",
+        "gdb",
+        "logrotate",
+        "metrics",
+        "scan",
+        "strace",
+        "tcpdump",
+    ] {
+        assert!(listed.contains(name), "{listed}");
+    }
+    assert_eq!(before, snapshot(pid), "api.1 changed");
+    p.ok(&["down", "-a", "shop"]);
+}

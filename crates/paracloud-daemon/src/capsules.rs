@@ -1,0 +1,946 @@
+//! Capsules: functions that attach to running instances for as long as they run.
+//!
+//! A run resolves the capsule (built-in or the app's own), matches the selector against the
+//! running instances, checks the manifest's policy for every target (all or nothing), records
+//! the run, then attaches one capsule per target at once through the [`Driver`]. Output streams
+//! back as [`CapsuleRunEvent`]s; files the function leaves in /out are kept under
+//! `<root>/capsules/runs/RUN/INSTANCE/` for the caller to fetch (the last [`KEPT_RUNS`] runs).
+//!
+//! Built-in capsule images are micro-images of host programs (static busybox and the programs
+//! the capsule names, with their libraries), tagged `paracloud-capsule/NAME:KEY` in the image
+//! store, plus a small directory layer with the entry script at /capsule/run and busybox's
+//! applets. KEY digests everything the image is made of, so a changed script or program makes a
+//! new image.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paracloud_api::{CapsuleFile, CapsuleRunEvent, CapsuleView};
+use paracloud_capsule::{Access, CapsuleSpec, Selector, Target};
+use paracloud_reconcile::{InstanceKey, InstanceState};
+use paracloud_runtime::{CapsuleConfig, Limits, Process, Rootfs};
+use paracloud_state::{CapsuleRun, CapsuleTarget};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::driver::Driver;
+use crate::engine::{now_ms, Engine};
+
+/// Output directories of this many last runs are kept.
+pub const KEPT_RUNS: i64 = 50;
+/// At most this many capsules start at once (each is a fork and a few mounts).
+const PARALLEL_ATTACH: usize = 64;
+/// How long a capsule gets between SIGTERM at its deadline and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// PATH inside a built-in capsule: its programs first, busybox's applets last.
+const CAPSULE_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/capsule/bin";
+
+/// Why a run could not start; the API maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum CapsuleError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A capsule that can attach to instances.
+#[derive(Debug, Clone)]
+pub struct Capsule {
+    pub spec: CapsuleSpec,
+}
+
+/// Every capsule that can attach to `app`'s instances: the built-in ones.
+pub fn catalog<D: Driver>(_engine: &Engine<D>, _app: Option<&str>) -> Vec<Capsule> {
+    paracloud_capsule::builtins()
+        .into_iter()
+        .map(|spec| Capsule { spec })
+        .collect()
+}
+
+pub fn view(capsule: &Capsule) -> CapsuleView {
+    let (app, missing) = (None, missing_programs(&capsule.spec));
+    CapsuleView {
+        name: capsule.spec.name.clone(),
+        description: capsule.spec.description.clone(),
+        usage: capsule.spec.usage.clone(),
+        access: access_name(capsule.spec.access).into(),
+        capabilities: capsule.spec.capabilities.clone(),
+        timeout_ms: capsule.spec.timeout.as_millis() as u64,
+        app,
+        missing,
+    }
+}
+
+fn access_name(access: Access) -> &'static str {
+    match access {
+        Access::Read => "read",
+        Access::Write => "write",
+    }
+}
+
+/// `program` on this machine's PATH (or itself when absolute).
+fn which(program: &str) -> Option<PathBuf> {
+    if program.starts_with('/') {
+        return Path::new(program).is_file().then(|| program.into());
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The busybox every built-in capsule is made of, and the capsule's programs, that this machine
+/// lacks.
+fn missing_programs(spec: &CapsuleSpec) -> Vec<String> {
+    std::iter::once("busybox")
+        .chain(spec.programs.iter().map(String::as_str))
+        .filter(|p| which(p).is_none())
+        .map(str::to_string)
+        .collect()
+}
+
+/// One instance a run attaches to.
+struct Attachment {
+    key: InstanceKey,
+    process: Arc<Process>,
+}
+
+/// What a run was asked, checked: the capsule, its targets and its arguments.
+pub struct Prepared {
+    pub run: i64,
+    capsule: Capsule,
+    app: String,
+    access: Access,
+    targets: Vec<Attachment>,
+    args: Vec<String>,
+    timeout: Duration,
+    record: CapsuleRun,
+}
+
+impl Prepared {
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.iter().map(|t| t.key.name()).collect()
+    }
+}
+
+/// Resolves and checks a run, and records it (refusals included); nothing runs yet.
+pub fn prepare<D: Driver>(
+    engine: &Engine<D>,
+    who: &str,
+    request: &paracloud_api::CapsuleRunRequest,
+) -> Result<Prepared, CapsuleError> {
+    let selector = Selector::parse(&request.selector)
+        .map_err(|e| CapsuleError::BadRequest(format!("selector {:?}: {e}", request.selector)))?;
+    let snapshot = engine
+        .store
+        .load()
+        .map_err(|e| CapsuleError::Internal(e.to_string()))?;
+    let apps: Vec<&str> = snapshot
+        .apps
+        .iter()
+        .filter(|a| a.removing.is_none())
+        .map(|a| a.name.as_str())
+        .collect();
+    let app = match (&selector.app, apps.as_slice()) {
+        (Some(app), _) if apps.contains(&app.as_str()) => app.clone(),
+        (Some(app), _) => {
+            return Err(CapsuleError::NotFound(format!(
+                "no application {app:?} is deployed (deployed: {})",
+                list_or_none(&apps)
+            )))
+        }
+        (None, [only]) => only.to_string(),
+        (None, []) => {
+            return Err(CapsuleError::NotFound(
+                "no application is deployed: run `paracloud up` first".into(),
+            ))
+        }
+        (None, _) => {
+            return Err(CapsuleError::BadRequest(format!(
+                "several applications are deployed ({}): add app=NAME to the selector",
+                apps.join(", ")
+            )))
+        }
+    };
+    let record = snapshot
+        .apps
+        .iter()
+        .find(|a| a.name == app)
+        .expect("listed above");
+    let capsules = catalog(engine, Some(&app));
+    let capsule = capsules
+        .iter()
+        .find(|c| c.spec.name == request.capsule)
+        .cloned()
+        .ok_or_else(|| {
+            let names: Vec<&str> = capsules.iter().map(|c| c.spec.name.as_str()).collect();
+            CapsuleError::NotFound(format!(
+                "there is no capsule {:?}{}; `paracloud capsule ls` lists them ({})",
+                request.capsule,
+                did_you_mean(&request.capsule, &names),
+                names.join(", ")
+            ))
+        })?;
+    let mut running = Vec::new();
+    let mut matched = Vec::new();
+    for instance in &snapshot.instances {
+        if instance.key.app != app || !matches!(instance.state, InstanceState::Running { .. }) {
+            continue;
+        }
+        running.push(instance.key.name());
+        let labels = record
+            .manifest
+            .services
+            .get(&instance.key.service)
+            .map(|s| s.labels.clone())
+            .unwrap_or_default();
+        let target = Target {
+            app: app.clone(),
+            service: instance.key.service.clone(),
+            instance: instance.key.name(),
+            labels,
+        };
+        if selector.matches(&target) {
+            matched.push(instance.key.clone());
+        }
+    }
+    if matched.is_empty() {
+        running.sort();
+        return Err(CapsuleError::NotFound(format!(
+            "no running instance of {app} matches {} (running: {})",
+            request.selector,
+            list_or_none(&running.iter().map(String::as_str).collect::<Vec<_>>())
+        )));
+    }
+    matched.sort_by_key(|k| (k.service.clone(), k.index));
+
+    let mut run = CapsuleRun {
+        who: who.to_string(),
+        capsule: capsule.spec.name.clone(),
+        app: app.clone(),
+        selector: request.selector.clone(),
+        args: request.args.clone(),
+        targets: matched
+            .iter()
+            .map(|k| CapsuleTarget {
+                instance: k.name(),
+                exit_code: None,
+                duration_ms: None,
+                output_bytes: 0,
+            })
+            .collect(),
+        started: now_ms(),
+        duration_ms: None,
+        status: "running".into(),
+        detail: String::new(),
+        output_bytes: 0,
+    };
+    // The policy: every target's service must allow the capsule with the access it needs.
+    let access = capsule.spec.access;
+    for service in matched
+        .iter()
+        .map(|k| &k.service)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let allowed = record
+            .manifest
+            .services
+            .get(service)
+            .map(|s| s.capsules.clone())
+            .unwrap_or_default();
+        match paracloud_capsule::check(&capsule.spec, service, &allowed) {
+            Ok(_) => {}
+            Err(refusal) => {
+                run.status = "refused".into();
+                run.detail = refusal.to_string();
+                run.duration_ms = Some(0);
+                let _ = engine.store.add_capsule_run(&run);
+                engine.event(
+                    &app,
+                    &capsule.spec.name,
+                    &format!("capsule refused for {who}: {refusal}"),
+                );
+                return Err(CapsuleError::Refused(refusal.to_string()));
+            }
+        }
+    }
+    {
+        let missing = missing_programs(&capsule.spec);
+        if !missing.is_empty() {
+            return Err(CapsuleError::Unavailable(format!(
+                "capsule {} needs {} on this machine; install {} (on Debian: apt-get install {})",
+                capsule.spec.name,
+                missing.join(", "),
+                if missing.len() == 1 { "it" } else { "them" },
+                missing
+                    .iter()
+                    .map(|m| if m == "busybox" {
+                        "busybox-static"
+                    } else {
+                        m.as_str()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )));
+        }
+    }
+    let targets = matched
+        .into_iter()
+        .filter_map(|key| {
+            let process = engine.live_process(&key)?;
+            Some(Attachment { key, process })
+        })
+        .collect::<Vec<_>>();
+    if targets.is_empty() {
+        return Err(CapsuleError::NotFound(
+            "the matching instances stopped meanwhile".into(),
+        ));
+    }
+    run.targets
+        .retain(|t| targets.iter().any(|a| a.key.name() == t.instance));
+    let timeout = request
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(capsule.spec.timeout);
+    if timeout.is_zero() {
+        return Err(CapsuleError::BadRequest(
+            "the timeout must be more than 0 ms".into(),
+        ));
+    }
+    let id = engine
+        .store
+        .add_capsule_run(&run)
+        .map_err(|e| CapsuleError::Internal(e.to_string()))?;
+    engine.event(
+        &app,
+        &capsule.spec.name,
+        &format!(
+            "capsule run {id} by {who} attaches to {}",
+            run.targets
+                .iter()
+                .map(|t| t.instance.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    Ok(Prepared {
+        run: id,
+        capsule,
+        app,
+        access,
+        targets,
+        args: request.args.clone(),
+        timeout,
+        record: run,
+    })
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn did_you_mean(name: &str, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| (strsim::levenshtein(name, n), *n))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, n)| format!(" (did you mean {n:?}?)"))
+        .unwrap_or_default()
+}
+
+/// Where run `run`'s files from `instance` are kept.
+pub fn output_dir(root: &Path, run: i64, instance: &str) -> PathBuf {
+    root.join("capsules")
+        .join("runs")
+        .join(run.to_string())
+        .join(instance)
+}
+
+/// Runs a prepared run to its end, sending its events; records how it ended.
+pub async fn execute<D: Driver>(
+    engine: Arc<Engine<D>>,
+    prepared: Prepared,
+    events: mpsc::UnboundedSender<CapsuleRunEvent>,
+) {
+    let started = Instant::now();
+    let Prepared {
+        run,
+        capsule,
+        app,
+        access,
+        targets,
+        args,
+        timeout,
+        record,
+    } = prepared;
+    let _ = events.send(CapsuleRunEvent::Started {
+        run,
+        targets: targets.iter().map(|t| t.key.name()).collect(),
+    });
+    let results = match capsule_root(&engine, &capsule).await {
+        Err(message) => targets
+            .iter()
+            .map(|target| {
+                let outcome = Outcome {
+                    error: Some(message.clone()),
+                    ..Outcome::default()
+                };
+                let _ = events.send(CapsuleRunEvent::Exited {
+                    instance: target.key.name(),
+                    exit_code: None,
+                    duration_ms: 0,
+                    timed_out: false,
+                    files: vec![],
+                    error: outcome.error.clone(),
+                });
+                (target.key.name(), outcome)
+            })
+            .collect(),
+        Ok((rootfs, argv)) => {
+            use futures::StreamExt;
+            let attaches: Vec<_> = targets
+                .into_iter()
+                .map(|target| {
+                    let mut command = argv.clone();
+                    command.extend(args.iter().cloned());
+                    let config = config_for(
+                        &engine.config.root,
+                        run,
+                        &target.key,
+                        &capsule,
+                        access,
+                        rootfs.clone(),
+                        command,
+                    );
+                    let (engine, events) = (engine.clone(), events.clone());
+                    async move { attach_one(&engine, &target, config, timeout, &events).await }
+                })
+                .collect();
+            futures::stream::iter(attaches)
+                .buffer_unordered(PARALLEL_ATTACH)
+                .collect::<Vec<_>>()
+                .await
+        }
+    };
+    let finished = conclude(
+        &engine,
+        run,
+        &app,
+        &capsule.spec.name,
+        record,
+        &results,
+        started,
+    );
+    let _ = events.send(finished);
+}
+
+/// Records how a run ended (its targets' outcomes) and says so in the events.
+fn conclude<D: Driver>(
+    engine: &Engine<D>,
+    run: i64,
+    app: &str,
+    capsule: &str,
+    mut record: CapsuleRun,
+    results: &[(String, Outcome)],
+    started: Instant,
+) -> CapsuleRunEvent {
+    let mut status = if results.is_empty() { "failed" } else { "ok" };
+    for (instance, outcome) in results {
+        if let Some(t) = record.targets.iter_mut().find(|t| &t.instance == instance) {
+            t.exit_code = outcome.exit_code;
+            t.duration_ms = Some(outcome.duration_ms);
+            t.output_bytes = outcome.output_bytes;
+        }
+        record.output_bytes += outcome.output_bytes;
+        if outcome.timed_out {
+            status = "timeout";
+        } else if outcome.exit_code != Some(0) && status == "ok" {
+            status = "failed";
+        }
+        if let (Some(error), true) = (&outcome.error, record.detail.is_empty()) {
+            record.detail = format!("{instance}: {error}");
+        }
+    }
+    record.status = status.into();
+    let duration_ms = started.elapsed().as_millis() as u64;
+    record.duration_ms = Some(duration_ms);
+    if let Err(e) = engine.store.update_capsule_run(run, &record) {
+        tracing::warn!("cannot record the end of capsule run {run}: {e}");
+    }
+    engine.event(
+        app,
+        capsule,
+        &format!("capsule run {run} ended: {status} after {duration_ms} ms"),
+    );
+    forget_old_outputs(&engine.config.root, run);
+    CapsuleRunEvent::Finished {
+        run,
+        status: status.into(),
+        duration_ms,
+        output_bytes: record.output_bytes,
+    }
+}
+
+/// Runs a prepared run of one target on a terminal (`paracloud debug`): `terminal` is the
+/// replica side of a pseudo-terminal the caller relays. Returns the exit code once the run is
+/// recorded.
+pub async fn execute_on_terminal<D: Driver>(
+    engine: Arc<Engine<D>>,
+    prepared: Prepared,
+    terminal: std::os::fd::OwnedFd,
+) -> Option<i32> {
+    let started = Instant::now();
+    let Prepared {
+        run,
+        capsule,
+        app,
+        access,
+        targets,
+        args,
+        timeout,
+        record,
+    } = prepared;
+    let target = targets.first()?;
+    let instance = target.key.name();
+    let mut outcome = Outcome::default();
+    match capsule_root(&engine, &capsule).await {
+        Err(message) => outcome.error = Some(message),
+        Ok((rootfs, mut argv)) => {
+            argv.extend(args);
+            let mut config = config_for(
+                &engine.config.root,
+                run,
+                &target.key,
+                &capsule,
+                access,
+                rootfs,
+                argv,
+            );
+            config.tty = true;
+            match engine
+                .driver
+                .attach(&target.process, &config, Some(terminal))
+            {
+                Err(e) => outcome.error = Some(e.to_string()),
+                Ok(mut child) => {
+                    let status = match tokio::time::timeout(timeout, child.wait()).await {
+                        Ok(status) => status.ok(),
+                        Err(_) => {
+                            outcome.timed_out = true;
+                            stop(&mut child).await
+                        }
+                    };
+                    outcome.exit_code = status.map(exit_code);
+                }
+            }
+            detach(&engine, config).await;
+        }
+    }
+    outcome.duration_ms = started.elapsed().as_millis() as u64;
+    let code = outcome.exit_code;
+    conclude(
+        &engine,
+        run,
+        &app,
+        &capsule.spec.name,
+        record,
+        &[(instance, outcome)],
+        started,
+    );
+    code
+}
+
+/// SIGTERM to the capsule's runner (it kills the function and all it started), SIGKILL after
+/// [`STOP_GRACE`].
+async fn stop(child: &mut tokio::process::Child) -> Option<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    }
+}
+
+/// The exit code, or 128 + the signal that ended the process.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+    })
+}
+
+/// The capsule's config for one target.
+fn config_for(
+    root: &Path,
+    run: i64,
+    key: &InstanceKey,
+    capsule: &Capsule,
+    access: Access,
+    rootfs: Rootfs,
+    argv: Vec<String>,
+) -> CapsuleConfig {
+    let dir = root
+        .join("capsules")
+        .join("scratch")
+        .join(format!("{run}-{}", key.id()));
+    let mut env = vec![
+        ("PATH".to_string(), CAPSULE_PATH.to_string()),
+        ("TARGET".into(), "/target".into()),
+        ("OUT".into(), "/out".into()),
+        ("HOME".into(), "/tmp".into()),
+        ("PARACLOUD_APP".into(), key.app.clone()),
+        ("PARACLOUD_SERVICE".into(), key.service.clone()),
+        ("PARACLOUD_INSTANCE".into(), key.name()),
+    ];
+    if let Ok(term) = std::env::var("TERM") {
+        env.push(("TERM".into(), term));
+    }
+    CapsuleConfig {
+        id: format!("cap{run}-{}", key.id()),
+        dir,
+        rootfs,
+        argv,
+        env,
+        out_dir: output_dir(root, run, &key.name()),
+        write_target: access == Access::Write,
+        capabilities: capsule.spec.capabilities.clone(),
+        limits: Limits {
+            cpu: Some(capsule.spec.limits.cpu),
+            memory: Some(capsule.spec.limits.memory),
+            pids: Some(capsule.spec.limits.pids),
+        },
+        tty: false,
+    }
+}
+
+/// How the capsule on one target ended.
+#[derive(Default)]
+struct Outcome {
+    exit_code: Option<i32>,
+    duration_ms: u64,
+    output_bytes: u64,
+    timed_out: bool,
+    error: Option<String>,
+}
+
+async fn attach_one<D: Driver>(
+    engine: &Arc<Engine<D>>,
+    target: &Attachment,
+    config: CapsuleConfig,
+    timeout: Duration,
+    events: &mpsc::UnboundedSender<CapsuleRunEvent>,
+) -> (String, Outcome) {
+    let instance = target.key.name();
+    let started = Instant::now();
+    let mut outcome = Outcome::default();
+    let mut child = match engine.driver.attach(&target.process, &config, None) {
+        Ok(child) => child,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            detach(engine, config.clone()).await;
+            return finish(instance, outcome, started, &config, events);
+        }
+    };
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    // stderr is kept whole as well: the runner's own failure is read from it.
+    let pump = |pipe: Option<tokio::process::ChildStdout>| {
+        let events = events.clone();
+        let instance = instance.clone();
+        async move { forward(pipe, "stdout", &instance, &events).await }
+    };
+    let pump_err = |pipe: Option<tokio::process::ChildStderr>| {
+        let events = events.clone();
+        let instance = instance.clone();
+        async move { forward(pipe, "stderr", &instance, &events).await }
+    };
+    let out_task = tokio::spawn(pump(stdout));
+    let err_task = tokio::spawn(pump_err(stderr));
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            outcome.timed_out = true;
+            stop(&mut child).await
+        }
+    };
+    let (out_bytes, _) = out_task.await.unwrap_or_default();
+    let (err_bytes, err_text) = err_task.await.unwrap_or_default();
+    outcome.output_bytes = out_bytes + err_bytes;
+    let code = status.map(exit_code);
+    if let Some(code) = code {
+        if let Some(failure) = paracloud_runtime::capsule::setup_failure(code, err_text.as_bytes())
+        {
+            outcome.error = Some(failure);
+        }
+    }
+    outcome.exit_code = if outcome.error.is_some() { None } else { code };
+    if outcome.timed_out {
+        outcome.error = Some(format!(
+            "stopped at its deadline of {}",
+            humantime::format_duration(timeout)
+        ));
+    }
+    detach(engine, config.clone()).await;
+    finish(instance, outcome, started, &config, events)
+}
+
+fn finish(
+    instance: String,
+    mut outcome: Outcome,
+    started: Instant,
+    config: &CapsuleConfig,
+    events: &mpsc::UnboundedSender<CapsuleRunEvent>,
+) -> (String, Outcome) {
+    let files = list_files(&config.out_dir);
+    outcome.output_bytes += files.iter().map(|f| f.size).sum::<u64>();
+    outcome.duration_ms = started.elapsed().as_millis() as u64;
+    let _ = events.send(CapsuleRunEvent::Exited {
+        instance: instance.clone(),
+        exit_code: outcome.exit_code,
+        duration_ms: outcome.duration_ms,
+        timed_out: outcome.timed_out,
+        files,
+        error: outcome.error.clone(),
+    });
+    (instance, outcome)
+}
+
+/// Removes the capsule's cgroup (and anything left in it) and scratch, off the async threads.
+async fn detach<D: Driver>(engine: &Arc<Engine<D>>, config: CapsuleConfig) {
+    let engine = engine.clone();
+    let id = config.id.clone();
+    let result = tokio::task::spawn_blocking(move || engine.driver.detach(&config)).await;
+    if let Ok(Err(e)) = result {
+        tracing::warn!("detaching capsule {id}: {e}");
+    }
+}
+
+/// Sends a pipe's output as events; returns the bytes read and the text (for stderr).
+async fn forward(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    stream: &str,
+    instance: &str,
+    events: &mpsc::UnboundedSender<CapsuleRunEvent>,
+) -> (u64, String) {
+    let Some(mut pipe) = pipe else {
+        return (0, String::new());
+    };
+    let mut total = 0u64;
+    let mut kept = String::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        total += n as u64;
+        pending.extend_from_slice(&buffer[..n]);
+        // Whole UTF-8 sequences only; a split character waits for the next read.
+        let cut = match std::str::from_utf8(&pending) {
+            Ok(_) => pending.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => pending.len(),
+        };
+        let text = String::from_utf8_lossy(&pending[..cut]).into_owned();
+        pending.drain(..cut);
+        if stream == "stderr" && kept.len() < 64 * 1024 {
+            kept.push_str(&text);
+        }
+        let _ = events.send(CapsuleRunEvent::Output {
+            instance: instance.to_string(),
+            stream: stream.to_string(),
+            text,
+        });
+    }
+    if !pending.is_empty() {
+        let _ = events.send(CapsuleRunEvent::Output {
+            instance: instance.to_string(),
+            stream: stream.to_string(),
+            text: String::from_utf8_lossy(&pending).into_owned(),
+        });
+    }
+    (total, kept)
+}
+
+fn list_files(dir: &Path) -> Vec<CapsuleFile> {
+    let mut files: Vec<CapsuleFile> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            meta.is_file().then(|| CapsuleFile {
+                name: e.file_name().to_string_lossy().into_owned(),
+                size: meta.len(),
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
+}
+
+/// Removes the output directories of runs older than the last [`KEPT_RUNS`].
+fn forget_old_outputs(root: &Path, latest: i64) {
+    let runs = root.join("capsules").join("runs");
+    for entry in std::fs::read_dir(&runs).into_iter().flatten().flatten() {
+        let old = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i64>().ok())
+            .is_some_and(|n| n <= latest - KEPT_RUNS);
+        if old {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A file run `run` left on `instance`, if it is one (the names come from the caller).
+pub fn output_file(root: &Path, run: i64, instance: &str, name: &str) -> Option<PathBuf> {
+    let plain = |s: &str| !s.is_empty() && !s.contains('/') && s != "." && s != "..";
+    if !plain(instance) || !plain(name) {
+        return None;
+    }
+    let path = output_dir(root, run, instance).join(name);
+    path.is_file().then_some(path)
+}
+
+/// The capsule's root filesystem and the command its arguments follow.
+pub async fn capsule_root<D: Driver>(
+    engine: &Arc<Engine<D>>,
+    capsule: &Capsule,
+) -> Result<(Rootfs, Vec<String>), String> {
+    let engine = engine.clone();
+    let spec = capsule.spec.clone();
+    let rootfs = tokio::task::spawn_blocking(move || builtin_root(&engine, &spec))
+        .await
+        .map_err(|e| e.to_string())??;
+    Ok((rootfs, vec!["/bin/sh".into(), "/capsule/run".into()]))
+}
+
+/// The image of a built-in capsule (built on first use) and its script layer.
+fn builtin_root<D: Driver>(engine: &Engine<D>, spec: &CapsuleSpec) -> Result<Rootfs, String> {
+    let busybox =
+        which("busybox").ok_or("built-in capsules need busybox: apt-get install busybox-static")?;
+    let mut programs = Vec::new();
+    for name in &spec.programs {
+        programs.push(which(name).ok_or_else(|| {
+            format!(
+                "capsule {} needs {name} on this machine; install it",
+                spec.name
+            )
+        })?);
+    }
+    programs.extend(
+        spec.trees
+            .iter()
+            .map(PathBuf::from)
+            .filter(|tree| tree.exists()),
+    );
+    // Everything the image is made of, so a changed script or program makes a new image.
+    let mut hasher = Sha256::new();
+    hasher.update(spec.script.as_bytes());
+    for path in std::iter::once(&busybox).chain(&programs) {
+        hasher.update(path.as_os_str().as_encoded_bytes());
+        if let Ok(meta) = std::fs::metadata(path) {
+            hasher.update(meta.len().to_le_bytes());
+            if let Ok(modified) = meta.modified() {
+                hasher.update(format!("{modified:?}").as_bytes());
+            }
+        }
+    }
+    let key: String = hasher
+        .finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tag = format!("paracloud-capsule/{}:{key}", spec.name);
+    let layers = engine.images.micro_layers(&tag, &busybox, &programs)?;
+    let script_layer = engine
+        .config
+        .root
+        .join("capsules")
+        .join("layers")
+        .join(format!("{}-{key}", spec.name));
+    write_script_layer(&script_layer, &busybox, spec.script)?;
+    let mut all = layers;
+    all.push(script_layer);
+    Ok(Rootfs::Layers { layers: all })
+}
+
+/// The layer with /capsule/run and busybox's applets in /capsule/bin (and /bin/sh), written
+/// once (to a temporary name, then renamed).
+fn write_script_layer(dir: &Path, busybox: &Path, script: &str) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let failed = |what: &str, e: std::io::Error| format!("cannot write capsule layer {what}: {e}");
+    let parent = dir.parent().ok_or("capsule layer without parent")?;
+    std::fs::create_dir_all(parent).map_err(|e| failed("directory", e))?;
+    let temporary = tempfile::Builder::new()
+        .prefix(".layer-")
+        .tempdir_in(parent)
+        .map_err(|e| failed("directory", e))?;
+    let capsule = temporary.path().join("capsule");
+    let bin = capsule.join("bin");
+    std::fs::create_dir_all(&bin).map_err(|e| failed("bin", e))?;
+    std::fs::write(capsule.join("run"), script).map_err(|e| failed("script", e))?;
+    let applets = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(|e| failed("applets", e))?;
+    // busybox sits at its host path in the image (the micro-image keeps paths).
+    let target = busybox.to_string_lossy().into_owned();
+    for applet in String::from_utf8_lossy(&applets.stdout).lines() {
+        let applet = applet.trim();
+        if applet.is_empty() || applet.contains('/') {
+            continue;
+        }
+        std::os::unix::fs::symlink(&target, bin.join(applet)).map_err(|e| failed(applet, e))?;
+    }
+    // Scripts and shells expect /bin/sh: beside busybox, and /bin as on the host (a link to
+    // usr/bin on a merged-/usr system).
+    let real_bin = std::fs::canonicalize("/bin").unwrap_or_else(|_| "/bin".into());
+    let sh_dir = temporary
+        .path()
+        .join(real_bin.strip_prefix("/").unwrap_or(&real_bin));
+    std::fs::create_dir_all(&sh_dir).map_err(|e| failed("/bin", e))?;
+    std::os::unix::fs::symlink(&target, sh_dir.join("sh")).map_err(|e| failed("/bin/sh", e))?;
+    if let Ok(link) = std::fs::read_link("/bin") {
+        std::os::unix::fs::symlink(link, temporary.path().join("bin"))
+            .map_err(|e| failed("/bin", e))?;
+    }
+    let kept = temporary.keep();
+    match std::fs::rename(&kept, dir) {
+        Ok(()) => Ok(()),
+        // Another run wrote it meanwhile.
+        Err(_) if dir.is_dir() => {
+            let _ = std::fs::remove_dir_all(&kept);
+            Ok(())
+        }
+        Err(e) => Err(failed("rename", e)),
+    }
+}
