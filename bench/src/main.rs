@@ -8,6 +8,7 @@
 
 mod autoscale;
 mod autoscale_live;
+mod capsule;
 mod host;
 mod images;
 mod latency;
@@ -64,6 +65,9 @@ enum Command {
     /// The same stateful service moved under a constant request rate: PaCI handover,
     /// stop-and-start, and CRIU alone
     Migrate(MigrateArgs),
+    /// Attach to a running instance: `paracloud capsule run` against nsenter, crun exec and
+    /// runc exec, and one capsule run on 50 instances at once
+    Capsule(CapsuleArgs),
     /// The autoscaling report: every trace under the model, HPA and KPA policies, simulated
     /// (no root needed)
     Autoscale(AutoscaleArgs),
@@ -138,6 +142,19 @@ struct MigrateArgs {
     /// MiB of memory of the heavier CRIU peer (0: only the small one)
     #[arg(long, default_value_t = 256)]
     ballast: u32,
+}
+
+#[derive(Debug, Args)]
+struct CapsuleArgs {
+    /// Rounds of each contender (interleaved)
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// Instances the fan-out run attaches to at once
+    #[arg(long, default_value_t = 50)]
+    fan_out: u32,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.248.0.0/16")]
+    capsule_subnet: Ipv4Net,
 }
 
 #[derive(Debug, Args)]
@@ -579,6 +596,25 @@ fn run(cli: Cli) -> Result<()> {
             );
             let report = migrate::run(&opts, scratch.path())?;
             print!("{}", migrate::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Capsule(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench capsule needs root (namespaces, cgroups, crun, runc)"
+            );
+            capsule::private_mounts()?;
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, None)?;
+            let report = capsule::run(
+                &capsule::CapsuleOptions {
+                    rounds: args.rounds.max(1),
+                    fan_out: args.fan_out.max(1),
+                    subnet: args.capsule_subnet,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", capsule::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Images(args) => {
