@@ -282,7 +282,19 @@ fn process_and_network_capsules_see_the_target_at_work() {
 
     // strace sees the requests web.1 reads.
     let out = with_traffic(&p, || {
-        capsule_ok(&p, &["strace", "-l", "instance=web.1", "--", "3"])
+        let out = p.root().join("strace");
+        capsule_ok(
+            &p,
+            &[
+                "strace",
+                "-l",
+                "instance=web.1",
+                "--out",
+                out.to_str().unwrap(),
+                "--",
+                "3",
+            ],
+        )
     });
     assert!(out.contains("GET /"), "strace saw no request: {out}");
 
@@ -380,6 +392,30 @@ fn policy_deadlines_history_and_debug() {
     assert_eq!(code, 3, "{stdout} {stderr}");
     assert!(stdout.contains("api.1"), "{stdout}");
 
+    // On a terminal: an interactive shell, its exit code passed on.
+    let mut session = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!("{} debug api.1", env!("CARGO_BIN_EXE_paracloud")))
+        .arg("/dev/null")
+        .env("PARACLOUD_ROOT", p.root())
+        .env("PARACLOUD_CGROUP_PARENT", p.cgroup_parent())
+        .env("PARACLOUD_SUBNET", p.subnet())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = session.stdin.take().unwrap();
+        stdin
+            .write_all(b"echo tty-$((6 * 7)) $([ -t 0 ] && echo terminal)\nexit 5\n")
+            .unwrap();
+    }
+    let out = session.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tty-42 terminal"), "{text}");
+    assert_eq!(out.status.code(), Some(5), "{text}");
+
     // Refused by the manifest, with what to add; recorded.
     let e = p.fails(&[
         "capsule",
@@ -438,6 +474,7 @@ fn policy_deadlines_history_and_debug() {
         statuses,
         [
             ("debug", "ok"),
+            ("debug", "failed"),
             ("debug", "failed"),
             ("checksum", "refused"),
             ("debug", "timeout")

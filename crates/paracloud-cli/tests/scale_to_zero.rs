@@ -18,8 +18,14 @@ fn web_instances(ps: &[serde_json::Value], state: &str) -> usize {
 fn an_idle_service_goes_to_zero_and_a_request_brings_it_back() {
     let p = Platform::new();
     let shop = std::fs::read_to_string(p.shop()).unwrap();
-    // The web service is the last table of the shop manifest.
-    let manifest = p.manifest("shop-idle", &format!("{shop}scale_to_zero = \"2s\"\n"));
+    // The key goes into [services.web], before the table of its capsule policy.
+    let idle = shop.replacen(
+        "\n[services.web.capsules]",
+        "\nscale_to_zero = \"2s\"\n[services.web.capsules]",
+        1,
+    );
+    assert!(idle != shop, "the example manifest changed shape");
+    let manifest = p.manifest("shop-idle", &idle);
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
     let (status, _) = http_get(p.port(0), "/").unwrap();
     assert_eq!(status, 200);
