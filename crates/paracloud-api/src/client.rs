@@ -43,13 +43,16 @@ impl Client {
         &self.socket
     }
 
-    /// Sends a request and returns the raw response (for streams).
-    pub async fn send(
+    /// A new HTTP/1 connection to the daemon's socket.
+    async fn connect(
         &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+            hyper::client::conn::http1::Connection<TokioIo<UnixStream>, Full<Bytes>>,
+        ),
+        ClientError,
+    > {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -57,8 +60,17 @@ impl Client {
                     path: self.socket.clone(),
                     source,
                 })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        Ok(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
+    }
+
+    /// Sends a request and returns the raw response (for streams).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let (mut sender, connection) = self.connect().await?;
         tokio::spawn(async move {
             // The connection ends with the response; its error is the request's.
             let _ = connection.await;
@@ -74,13 +86,7 @@ impl Client {
         if response.status().is_success() {
             return Ok(response);
         }
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-            error: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-            diagnostics: vec![],
-        });
-        Err(ClientError::Api { status, body })
+        Err(api_error(response).await)
     }
 
     /// Sends a GET that asks to switch the connection to `protocol` (`Upgrade:`); returns the
@@ -90,15 +96,7 @@ impl Client {
         path: &str,
         protocol: &str,
     ) -> Result<(TokioIo<hyper::upgrade::Upgraded>, hyper::HeaderMap), ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    path: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, connection) = self.connect().await?;
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
         });
@@ -112,13 +110,7 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         let response = sender.send_request(request).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = response.status();
-            let bytes = response.into_body().collect().await?.to_bytes();
-            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-                diagnostics: vec![],
-            });
-            return Err(ClientError::Api { status, body });
+            return Err(api_error(response).await);
         }
         let headers = response.headers().clone();
         let upgraded = hyper::upgrade::on(response).await?;
@@ -162,4 +154,18 @@ impl Client {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
         self.json(Method::PUT, path, Some(body)).await
     }
+}
+
+/// The error a non-success answer carries (its JSON body, or its text).
+async fn api_error(response: Response<Incoming>) -> ClientError {
+    let status = response.status();
+    let bytes = match response.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return ClientError::Http(e),
+    };
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+        error: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+        diagnostics: vec![],
+    });
+    ClientError::Api { status, body }
 }

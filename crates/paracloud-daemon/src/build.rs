@@ -21,22 +21,9 @@ use crate::driver::Driver;
 use crate::engine::Engine;
 use crate::images::ImageError;
 
-/// The capabilities a RUN step keeps: Docker's default set for containers.
-const RUN_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_MKNOD",
-    "CAP_AUDIT_WRITE",
-    "CAP_SETFCAP",
-];
+/// The capabilities a RUN step keeps beyond a capsule's defaults: with them, Docker's default
+/// set for containers.
+const RUN_EXTRA_CAPABILITIES: &[&str] = &["CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP"];
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
@@ -298,7 +285,11 @@ async fn run_step<D: Driver>(
         hosts: Vec::new(),
         network: None,
         limits: Limits::default(),
-        capabilities: RUN_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        capabilities: paracloud_runtime::capsule::DEFAULT_CAPABILITIES
+            .iter()
+            .chain(RUN_EXTRA_CAPABILITIES)
+            .map(|c| (*c).to_owned())
+            .collect(),
         log_path: dir.join("output.log"),
     };
     let result = async {

@@ -253,11 +253,6 @@ fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, S
         serde_json::from_str(plan).map_err(|e| format!("invalid capsule plan: {e}"))?;
     let config = &plan.config;
     let single = sys::single_threaded().map_err(|e| e.to_string())?;
-    let pidfd = match procfs::adopt(pid, start_time) {
-        Ok(Some(p)) => p.pidfd,
-        Ok(None) => return Err(format!("instance process {pid} is gone")),
-        Err(e) => return Err(e.to_string()),
-    };
     let kept = {
         let mut names: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
         names.extend(config.capabilities.iter().cloned());
@@ -275,20 +270,18 @@ fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, S
         .transpose()?;
     let procs = File::open(&plan.procs_file)
         .map_err(|e| format!("cannot open {}: {e}", plan.procs_file.display()))?;
-    let open = |what: &str| {
-        File::open(format!("/proc/{pid}/{what}"))
-            .map_err(|e| format!("cannot open /proc/{pid}/{what}: {e}"))
-    };
-    let namespaces = NAMESPACES
-        .iter()
-        .map(|(name, flag)| Ok((open(&format!("ns/{name}"))?, *flag)))
-        .collect::<std::result::Result<Vec<_>, String>>()?;
-    let target_mnt = open("ns/mnt")?;
-    // Still the same process? (the fds above pin whatever pid names now)
-    if !matches!(procfs::adopt(pid, start_time), Ok(Some(_))) {
-        return Err(format!("instance process {pid} is gone"));
-    }
-    drop(pidfd);
+    let mut entries: Vec<String> = NAMESPACES.iter().map(|(n, _)| format!("ns/{n}")).collect();
+    entries.push("ns/mnt".into());
+    let mut files = procfs::open_pinned(
+        pid,
+        start_time,
+        &entries.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    let target_mnt = files.pop().expect("ns/mnt");
+    let namespaces: Vec<_> = files
+        .into_iter()
+        .zip(NAMESPACES.iter().map(|(_, flag)| *flag))
+        .collect();
 
     unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("cannot unshare a mount namespace: {e}"))?;

@@ -153,28 +153,20 @@ fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, S
         _ => return Err(format!("usage: {COMMAND} PID START_TIME -- COMMAND...")),
     };
     let single = sys::single_threaded().map_err(|e| e.to_string())?;
-    let pidfd = match procfs::adopt(pid, start_time) {
-        Ok(Some(p)) => p.pidfd,
-        Ok(None) => return Err(format!("instance process {pid} is gone")),
-        Err(e) => return Err(e.to_string()),
-    };
     let target = read_target(pid)?;
     let unified = join_cgroups(pid)?;
-    let open = |what: &str| {
-        File::open(format!("/proc/{pid}/{what}"))
-            .map_err(|e| format!("cannot open /proc/{pid}/{what}: {e}"))
-    };
-    let namespaces = NAMESPACES
-        .iter()
-        .map(|(name, flag)| Ok((open(&format!("ns/{name}"))?, *flag)))
-        .collect::<std::result::Result<Vec<_>, String>>()?;
-    let root = open("root")?;
-    let cwd = open("cwd")?;
-    // Still the same process? (the fds above pin whatever pid names now)
-    if !matches!(procfs::adopt(pid, start_time), Ok(Some(_))) {
-        return Err(format!("instance process {pid} is gone"));
-    }
-    drop(pidfd);
+    let mut entries: Vec<String> = NAMESPACES.iter().map(|(n, _)| format!("ns/{n}")).collect();
+    entries.extend(["root".to_string(), "cwd".to_string()]);
+    let mut files = procfs::open_pinned(
+        pid,
+        start_time,
+        &entries.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    let (cwd, root) = (files.pop().expect("cwd"), files.pop().expect("root"));
+    let namespaces: Vec<_> = files
+        .into_iter()
+        .zip(NAMESPACES.iter().map(|(_, flag)| *flag))
+        .collect();
     for (fd, flag) in &namespaces {
         setns(fd.as_fd(), *flag)
             .map_err(|e| format!("cannot join the {flag:?} of pid {pid}: {e}"))?;

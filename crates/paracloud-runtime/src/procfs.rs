@@ -44,6 +44,31 @@ pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> 
     sys::pidfd_send_signal(pidfd.as_fd(), signal)
 }
 
+/// Opens `/proc/PID/ENTRY` for each of `entries` (such as `ns/net`, `root`), checking first and
+/// last that `pid` is still the process started at `start_time`: the files then pin that
+/// process's namespaces whatever the pid names afterwards. Errors are messages naming the entry.
+pub(crate) fn open_pinned(
+    pid: i32,
+    start_time: u64,
+    entries: &[&str],
+) -> std::result::Result<Vec<std::fs::File>, String> {
+    let same = || match adopt(pid, start_time) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!("instance process {pid} is gone")),
+        Err(e) => Err(e.to_string()),
+    };
+    same()?;
+    let files = entries
+        .iter()
+        .map(|entry| {
+            std::fs::File::open(format!("/proc/{pid}/{entry}"))
+                .map_err(|e| format!("cannot open /proc/{pid}/{entry}: {e}"))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    same()?;
+    Ok(files)
+}
+
 pub(crate) fn adopt(pid: i32, start_time: u64) -> Result<Option<Process>> {
     let alive = |stat: io::Result<Stat>| -> Result<Option<Stat>> {
         match stat {
