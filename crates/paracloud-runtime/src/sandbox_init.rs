@@ -153,6 +153,10 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
         let _ = fs::create_dir_all(&working_dir);
     }
     identity::reset_signals();
+    // A session (and process group) of its own, led by the command: otherwise its session is
+    // the daemon's, outside its pid namespace, and CRIU refuses to checkpoint it ("a session
+    // leader is outside of its pid namespace"). A terminal's signals no longer reach it either.
+    nix::unistd::setsid().map_err(|e| format!("cannot start a session of its own: {e}"))?;
     for (fd, target) in [(null.as_fd(), 0), (log.as_fd(), 1), (log.as_fd(), 2)] {
         sys::dup_onto_stdio(fd, target).map_err(|e| format!("cannot redirect fd {target}: {e}"))?;
     }
