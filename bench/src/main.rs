@@ -591,7 +591,7 @@ fn run(cli: Cli) -> Result<()> {
                 ballast_mib: args.ballast,
             };
             eprintln!(
-                "migrate: {} requests/s, PaCI handover, stop and start, CRIU alone ...",
+                "migrate: {} requests/s, PaCI handover, stop and start, CRIU on the platform, CRIU alone ...",
                 opts.rate
             );
             let report = migrate::run(&opts, scratch.path())?;

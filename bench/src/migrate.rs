@@ -5,7 +5,8 @@
 //! socket there, since CRIU 4.1 cannot dump TCP sockets on kernels from 6.16 on: "Can't get 1:16
 //! opt: Operation not supported", SO_PASSCRED on an inet socket). For each: requests,
 //! failed requests, the longest client-visible pause, the total time, and whether the state
-//! survived.
+//! survived. Beside them, CRIU through the platform (`migrate --via criu`) of a program without
+//! sockets, whose pause is the gap in its own output.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -245,12 +246,22 @@ command = ["/usr/bin/python3", "{script}", "8000"]
 ports = [{{ port = 8000, protocol = "http", publish = {port} }}]
 health = {{ http = "/healthz", interval = "1s" }}
 migrate = "paci"
+
+[services.ticker]
+image = "host"
+paths = [{dir:?}]
+command = ["/usr/bin/python3", "{ticker}"]
+stop_signal = "KILL"
+migrate = "criu"
 "#,
             example = example.display().to_string(),
             script = example.join("counter.py").display(),
             port = opts.port,
+            dir = dir.display().to_string(),
+            ticker = dir.join("ticker.py").display(),
         ),
     )?;
+    std::fs::write(dir.join("ticker.py"), TICKER)?;
     let mut platform = Platform::start(paracloud, &dir.join("root"), opts.subnet, "migrate", APP)?;
     platform.up = true;
     platform.cli(&["up", "-f"], Some(&manifest))?;
@@ -280,7 +291,93 @@ migrate = "paci"
     let mut result = summarise("stop and start", &samples, total, counter, detail);
     result.state_kept = counter == before.map(|b| b + answered);
     results.push(result);
+    results.push(criu_on_platform(&platform)?);
     Ok(results)
+}
+
+/// A program that knows nothing of the platform and keeps its state in memory (a token drawn
+/// at start, a counter), printing both with the time every 10 ms: the pause of a CRIU move is
+/// the gap between two of its lines.
+const TICKER: &str = "import os, time\n\
+token = os.urandom(8).hex()\n\
+n = 0\n\
+while True:\n\
+\x20   n += 1\n\
+\x20   print(f'tick {n} {token} {time.time():.4f}', flush=True)\n\
+\x20   time.sleep(0.01)\n";
+
+/// CRIU through the platform (`migrate --via criu`) of the ticker: no requests, since CRIU
+/// cannot checkpoint a TCP socket on current kernels (the counter service has one); the pause
+/// is the longest gap between the program's lines across the move.
+fn criu_on_platform(platform: &Platform) -> Result<MethodResult> {
+    let method = "criu on the platform (no TCP)";
+    let log_of = |instance: &str| {
+        platform
+            .root
+            .join("instances")
+            .join(APP)
+            .join(instance)
+            .join("output.log")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(log_of("ticker.1")).map_or(0, |t| t.lines().count()) < 50 {
+        ensure!(Instant::now() < deadline, "ticker.1 printed nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Held open, the old log can be read after the old instance is removed.
+    let mut old_log = std::fs::File::open(log_of("ticker.1"))?;
+    let began = Instant::now();
+    let out = platform.cli(
+        &[
+            "migrate", "-a", APP, "ticker.1", "--via", "criu", "-o", "json",
+        ],
+        None,
+    )?;
+    let total = began.elapsed();
+    ensure!(
+        out.status.success(),
+        "criu migration failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut before = String::new();
+    old_log.read_to_string(&mut before)?;
+    let after = std::fs::read_to_string(log_of("ticker.2"))?;
+    let parse = |line: &str| -> Option<(u64, String, f64)> {
+        let mut w = line.strip_prefix("tick ")?.split_whitespace();
+        Some((
+            w.next()?.parse().ok()?,
+            w.next()?.to_string(),
+            w.next()?.parse().ok()?,
+        ))
+    };
+    let last = before
+        .lines()
+        .rev()
+        .find_map(parse)
+        .context("no tick before the move")?;
+    let first = after
+        .lines()
+        .find_map(parse)
+        .context("no tick after the move")?;
+    let pause_ms = (first.2 - last.2) * 1000.0;
+    Ok(MethodResult {
+        method: method.to_string(),
+        requests: 0,
+        failed: 0,
+        longest_pause_ms: pause_ms,
+        median_ms: 0.0,
+        total_ms: total.as_secs_f64() * 1000.0,
+        state_kept: first.0 == last.0 + 1 && first.1 == last.1,
+        detail: format!(
+            "checkpoint to ready {} ms, {:.1} MiB of images; pause = gap in the process's 10 ms ticks ({} then {})",
+            done["handover_ms"],
+            done["state_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
+            last.0,
+            first.0
+        ),
+    })
 }
 
 /// Runs `move_it` under the load; returns the samples, the time `move_it` took, and its text.

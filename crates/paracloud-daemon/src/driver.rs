@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 
 use paracloud_runtime::{
-    CapsuleConfig, Exit, InstanceConfig, NetworkConfig, Process, Result, Runtime, Usage,
+    CapsuleConfig, Checkpoint, Exit, InstanceConfig, NetworkConfig, Process, Result, Runtime, Usage,
 };
 
 pub trait Driver: Send + Sync + 'static {
@@ -18,6 +19,22 @@ pub trait Driver: Send + Sync + 'static {
     fn remove_network(&self, bridge: &str) -> impl Future<Output = Result<()>> + Send;
     /// Starts an instance; returns once its command runs.
     fn start(&self, config: &InstanceConfig) -> impl Future<Output = Result<Process>> + Send;
+    /// Checkpoints a running instance with CRIU into `images`, leaving it stopped (SIGCONT
+    /// resumes it, SIGKILL ends it).
+    fn checkpoint<'a>(
+        &'a self,
+        criu: &'a Path,
+        process: &'a Process,
+        config: &'a InstanceConfig,
+        images: &'a Path,
+    ) -> impl Future<Output = Result<Checkpoint>> + Send + 'a;
+    /// Starts an instance from a checkpoint instead of its command.
+    fn restore<'a>(
+        &'a self,
+        criu: &'a Path,
+        config: &'a InstanceConfig,
+        checkpoint: &'a Checkpoint,
+    ) -> impl Future<Output = Result<Process>> + Send + 'a;
     /// Finds a process started by an earlier daemon; None when it is gone.
     fn adopt(&self, pid: i32, start_time: u64) -> Result<Option<Process>>;
     fn wait<'a>(
@@ -60,6 +77,23 @@ impl Driver for Runtime {
     }
     fn start(&self, config: &InstanceConfig) -> impl Future<Output = Result<Process>> + Send {
         Runtime::spawn(self, config)
+    }
+    fn checkpoint<'a>(
+        &'a self,
+        criu: &'a Path,
+        process: &'a Process,
+        config: &'a InstanceConfig,
+        images: &'a Path,
+    ) -> impl Future<Output = Result<Checkpoint>> + Send + 'a {
+        Runtime::checkpoint(self, criu, process, config, images)
+    }
+    fn restore<'a>(
+        &'a self,
+        criu: &'a Path,
+        config: &'a InstanceConfig,
+        checkpoint: &'a Checkpoint,
+    ) -> impl Future<Output = Result<Process>> + Send + 'a {
+        Runtime::restore(self, criu, config, checkpoint)
     }
     fn adopt(&self, pid: i32, start_time: u64) -> Result<Option<Process>> {
         Runtime::adopt(self, pid, start_time)

@@ -56,6 +56,11 @@ impl DaemonConfig {
         self.root.join("volumes").join(app).join(volume)
     }
 
+    /// Where a checkpoint restored as `key` is kept while a CRIU migration runs.
+    pub fn checkpoint_dir(&self, key: &InstanceKey) -> PathBuf {
+        self.root.join("checkpoints").join(key.id())
+    }
+
     pub fn socket_path(&self) -> PathBuf {
         self.root.join(paracloud_api::SOCKET_NAME)
     }
@@ -63,7 +68,7 @@ impl DaemonConfig {
 
 /// How long a stopping instance keeps accepting after it left the routes, so that the data plane
 /// has applied the change before the stop signal.
-const ROUTE_PROPAGATION: Duration = Duration::from_millis(100);
+pub(crate) const ROUTE_PROPAGATION: Duration = Duration::from_millis(100);
 
 /// How long a failed update waits before the planner asks to migrate the instance again.
 const UPDATE_RETRY: Duration = Duration::from_secs(2);
@@ -79,12 +84,14 @@ pub fn now_ms() -> Millis {
 }
 
 /// How an instance is started beyond its service's spec (by a migration).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StartAs {
     /// Kept out of the routes until it takes over.
     pub held: bool,
     /// Its own CPU limit in cores.
     pub cpu: Option<f64>,
+    /// Restored from a checkpoint by this CRIU binary instead of started from its command.
+    pub restore: Option<Arc<(PathBuf, paracloud_runtime::Checkpoint)>>,
 }
 
 /// A running instance process the daemon watches.
@@ -513,21 +520,19 @@ impl<D: Driver> Engine<D> {
         let paci_dir = crate::paci::serve(self, key)
             .map_err(|e| format!("cannot create its PaCI socket: {e}"))?;
         let mut config = self.instance_config(app, &service, key, address, &network, rootfs);
-        config.mounts.push(Mount {
-            source: paci_dir,
-            target: paracloud_paci::SOCKET_DIR.to_string(),
-            read_only: true,
-        });
-        config.env.insert(
-            paracloud_paci::ENV.into(),
-            paracloud_paci::SOCKET_PATH.into(),
-        );
+        with_paci(&mut config, paci_dir);
         if start_as.cpu.is_some() {
             config.limits.cpu = start_as.cpu;
         }
         let engine = self.clone();
         tokio::spawn(async move {
-            let result = engine.driver.start(&config).await;
+            let result = match &start_as.restore {
+                Some(restore) => {
+                    let (criu, checkpoint) = restore.as_ref();
+                    engine.driver.restore(criu, &config, checkpoint).await
+                }
+                None => engine.driver.start(&config).await,
+            };
             let mut record = record;
             let now = now_ms();
             match result {
@@ -548,10 +553,15 @@ impl<D: Driver> Engine<D> {
                     if let Err(e) = engine.store.put_instance(&record) {
                         tracing::error!("cannot record the start of {}: {e}", record.key);
                     }
+                    let how = if start_as.restore.is_some() {
+                        "restored from its checkpoint"
+                    } else {
+                        "started"
+                    };
                     engine.event(
                         &record.key.app,
                         &record.key.name(),
-                        &format!("started, pid {pid}"),
+                        &format!("{how}, pid {pid}"),
                     );
                     let process = Arc::new(process);
                     engine.watch(record.key.clone(), process.clone(), now);
@@ -578,6 +588,39 @@ impl<D: Driver> Engine<D> {
             engine.wake();
         });
         Ok(())
+    }
+
+    /// The config an existing instance was started with (its slot's address, the service's
+    /// current spec), PaCI socket included.
+    pub(crate) fn config_of(
+        &self,
+        app: &AppRecord,
+        record: &InstanceRecord,
+    ) -> Result<InstanceConfig, String> {
+        let key = &record.key;
+        let service = app
+            .manifest
+            .services
+            .get(&key.service)
+            .ok_or("no such service")?;
+        let network = self
+            .network_of(app)
+            .ok_or("the application has no subnet")?;
+        let address = network
+            .instance_address(record.slot)
+            .map_err(|e| e.to_string())?;
+        let rootfs = self.images.rootfs(&service.image)?;
+        let mut config = self.instance_config(app, service, key, address, &network, rootfs);
+        with_paci(&mut config, crate::paci::socket_dir(&self.config.root, key));
+        if record.cpu.is_some() {
+            config.limits.cpu = record.cpu;
+        }
+        Ok(config)
+    }
+
+    /// The process of a live instance.
+    pub(crate) fn process_of(&self, key: &InstanceKey) -> Option<Arc<Process>> {
+        lock(&self.live).get(key).map(|l| l.process.clone())
     }
 
     fn instance_config(
@@ -872,6 +915,19 @@ impl<D: Driver> Engine<D> {
     pub fn live_keys(&self) -> Vec<InstanceKey> {
         lock(&self.live).keys().cloned().collect()
     }
+}
+
+/// Mounts the instance's PaCI socket directory and tells it where the socket is.
+fn with_paci(config: &mut InstanceConfig, paci_dir: PathBuf) {
+    config.mounts.push(Mount {
+        source: paci_dir,
+        target: paracloud_paci::SOCKET_DIR.to_string(),
+        read_only: true,
+    });
+    config.env.insert(
+        paracloud_paci::ENV.into(),
+        paracloud_paci::SOCKET_PATH.into(),
+    );
 }
 
 /// An instance's answer to a PaCI event, for the event log.

@@ -52,6 +52,21 @@ pub struct Outcome {
     pub state_bytes: Option<u64>,
 }
 
+/// The bytes of the files under `dir`.
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("{0}")]
@@ -141,16 +156,30 @@ impl<D: Driver> Engine<D> {
                 old.state.label()
             )));
         }
-        let via = options.via.unwrap_or(spec.migrate);
+        let current = app.services.get(&key.service).map_or(0, |s| s.revision);
+        let mut via = options.via.unwrap_or(spec.migrate);
+        let mut criu = None;
         if via == MigrateMethod::Criu {
-            let criu =
-                crate::criu::Criu::find().map_err(|e| MigrateError::Refused(e.to_string()))?;
-            return Err(MigrateError::Refused(format!(
-                "migration by checkpoint and restore is not available yet for sandboxed instances (CRIU {} found at {}); migrate {} with --via paci or --via restart",
-                criu.version,
-                criu.path.display(),
-                key.name()
-            )));
+            criu =
+                Some(crate::criu::Criu::find().map_err(|e| MigrateError::Refused(e.to_string()))?);
+            if old.revision != current {
+                if options.via.is_some() {
+                    return Err(MigrateError::Refused(format!(
+                        "{} runs revision {} of {}, which is at revision {current}: a checkpoint would bring the old program back; migrate it with --via restart or --via paci",
+                        key.name(),
+                        old.revision,
+                        key.service
+                    )));
+                }
+                // An update: the new revision's program must start, so nothing is restored.
+                self.event(
+                    &key.app,
+                    &key.name(),
+                    &format!("runs revision {} of {current}: replaced by a restart, as a checkpoint would bring the old program back", old.revision),
+                );
+                via = MigrateMethod::Restart;
+                criu = None;
+            }
         }
         if via == MigrateMethod::Paci && !self.paci.listening(key) {
             return Err(MigrateError::Refused(not_listening(key)));
@@ -194,9 +223,16 @@ impl<D: Driver> Engine<D> {
         let start_as = StartAs {
             held: true,
             cpu: options.cpu,
+            restore: None,
         };
         match via {
-            MigrateMethod::Criu | MigrateMethod::Paci | MigrateMethod::Restart => {
+            MigrateMethod::Criu => {
+                let criu = criu.expect("found above for a CRIU migration");
+                let (ms, bytes) = self.criu_move(app, old, &new, start_as, &criu.path).await?;
+                handover_ms = Some(ms);
+                state_bytes = Some(bytes);
+            }
+            MigrateMethod::Paci | MigrateMethod::Restart => {
                 let started = Instant::now();
                 self.start(app, &new, false, start_as)
                     .map_err(MigrateError::Failed)?;
@@ -247,7 +283,17 @@ impl<D: Driver> Engine<D> {
         }
         self.push_routes();
         note(format!("switched: {to} takes the traffic of {from}"));
-        self.stop(key, StopReason::Replace);
+        if via == MigrateMethod::Criu {
+            // Stopped since its checkpoint, and now running as the successor: it must not run
+            // on (a stop signal would wait for SIGCONT).
+            if let Some(process) = self.process_of(key) {
+                let _ = self
+                    .driver
+                    .signal(&process, nix::sys::signal::Signal::SIGKILL);
+            }
+        } else {
+            self.stop(key, StopReason::Replace);
+        }
         let grace = spec.stop_grace_period * 2 + Duration::from_secs(5);
         if !self.wait_exit(key, grace).await {
             return Err(MigrateError::Failed(format!(
@@ -268,6 +314,91 @@ impl<D: Driver> Engine<D> {
             handover_ms,
             state_bytes,
         })
+    }
+
+    /// The CRIU way: `old` leaves the routes and is checkpointed (left stopped), `new` is
+    /// restored from the checkpoint and waited for until ready. On a failure the old instance
+    /// runs on and takes its traffic back. Returns the time from the checkpoint to the
+    /// successor's readiness and the checkpoint's size.
+    async fn criu_move(
+        self: &Arc<Self>,
+        app: &paracloud_state::AppRecord,
+        old: &paracloud_state::InstanceRecord,
+        new: &InstanceKey,
+        mut start_as: StartAs,
+        criu: &std::path::Path,
+    ) -> Result<(u64, u64), MigrateError> {
+        let key = &old.key;
+        let (from, to) = (key.name(), new.name());
+        let note = |message: String| self.event(&key.app, &from, &message);
+        let process = self
+            .process_of(key)
+            .ok_or_else(|| MigrateError::Failed(format!("{from} has no process to checkpoint")))?;
+        let config = self.config_of(app, old).map_err(MigrateError::Failed)?;
+        let images = self.config.checkpoint_dir(new);
+        let _ = std::fs::remove_dir_all(&images);
+
+        // Out of the routes first: requests wait in the data plane rather than in a frozen
+        // process, and none is cut by the checkpoint.
+        self.set_held(key, true)?;
+        tokio::time::sleep(crate::engine::ROUTE_PROPAGATION).await;
+        let begun = Instant::now();
+        let checkpoint = match self
+            .driver
+            .checkpoint(criu, &process, &config, &images)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                // criu dump leaves the tree running when it fails.
+                let _ = self
+                    .driver
+                    .signal(&process, nix::sys::signal::Signal::SIGCONT);
+                let _ = self.set_held(key, false);
+                note(format!("migration to {to} abandoned: {e}"));
+                return Err(MigrateError::Failed(format!("{e}; {from} keeps serving")));
+            }
+        };
+        let bytes = dir_size(&images);
+        note(format!(
+            "checkpointed by CRIU in {} ms ({bytes} bytes of images); restoring it as {to}",
+            checkpoint.took.as_millis()
+        ));
+        start_as.restore = Some(Arc::new((criu.to_path_buf(), checkpoint)));
+        let restored = match self.start(app, new, false, start_as) {
+            Ok(()) => self.wait_ready(new).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = restored {
+            self.abandon(new).await;
+            let _ = self
+                .driver
+                .signal(&process, nix::sys::signal::Signal::SIGCONT);
+            let _ = self.set_held(key, false);
+            note(format!(
+                "migration to {to} abandoned: {e}; {from} resumed (checkpoint kept in {})",
+                images.display()
+            ));
+            return Err(MigrateError::Failed(format!(
+                "{to} was not restored: {e}; {from} resumed and keeps serving"
+            )));
+        }
+        let ms = begun.elapsed().as_millis() as u64;
+        note(format!(
+            "{to} restored and ready, {ms} ms after the checkpoint began"
+        ));
+        let _ = std::fs::remove_dir_all(&images);
+        Ok((ms, bytes))
+    }
+
+    /// Keeps an instance out of the routes (or lets it back in), at once.
+    fn set_held(&self, key: &InstanceKey, held: bool) -> Result<(), MigrateError> {
+        if let Some(mut record) = self.store.instance(key)? {
+            record.held = held;
+            self.store.put_instance(&record)?;
+        }
+        self.push_routes();
+        Ok(())
     }
 
     /// Waits until `key` runs and is ready (still held out of the routes).

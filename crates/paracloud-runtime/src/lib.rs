@@ -15,6 +15,8 @@
 //!   message builders); `mounts`, `identity` (user, capabilities, env, exec), `seccomp`.
 //! - `handover`: listening sockets duplicated out of a process and passed to its successor
 //!   (socket activation), for the daemon's supervision of the data plane.
+//! - `criu`: checkpoint of a running instance and restore into a new slot with CRIU
+//!   ([`Runtime::checkpoint`], [`Runtime::restore`]; the restore's helper is sandbox-init).
 //! - `sys`: **Architecture Invariant:** the only module with `unsafe`.
 //!
 //! # Spawn, step by step
@@ -45,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod capsule;
 pub mod cgroups;
+mod criu;
 pub mod handover;
 mod identity;
 mod mounts;
@@ -60,6 +63,7 @@ mod sys;
 
 pub use capsule::CapsuleConfig;
 pub use cgroups::{CgroupManager, CgroupMode};
+pub use criu::Checkpoint;
 
 /// Where the runtime keeps its kernel objects; every test gets its own values.
 #[derive(Debug, Clone)]
@@ -202,6 +206,12 @@ pub enum Error {
     Cgroup(String),
     #[error("sandbox of {id} failed before the command ran: {message}")]
     Sandbox { id: String, message: String },
+    #[error("{action} of {id} by CRIU failed: {message}")]
+    Criu {
+        id: String,
+        action: &'static str,
+        message: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -316,6 +326,28 @@ impl Runtime {
     /// Starts an instance; returns once its command has been exec'd (or fails with the reason).
     pub async fn spawn(&self, cfg: &InstanceConfig) -> Result<Process> {
         spawn::spawn(&self.config, self.cgroups.as_ref(), cfg).await
+    }
+    /// Checkpoints the running instance `process` (started with `cfg`) into the directory
+    /// `images` with the CRIU binary `criu`; its processes are left stopped: kill them once
+    /// the restore succeeded, or send SIGCONT to let them run on.
+    pub async fn checkpoint(
+        &self,
+        criu: &Path,
+        process: &Process,
+        cfg: &InstanceConfig,
+        images: &Path,
+    ) -> Result<Checkpoint> {
+        criu::checkpoint(criu, process, cfg, images).await
+    }
+    /// Restores a checkpoint as the instance `cfg` (a new slot: its address, cgroup, log, /etc
+    /// files and mounts); returns once the restored processes run.
+    pub async fn restore(
+        &self,
+        criu: &Path,
+        cfg: &InstanceConfig,
+        checkpoint: &Checkpoint,
+    ) -> Result<Process> {
+        spawn::restore(&self.config, self.cgroups.as_ref(), cfg, criu, checkpoint).await
     }
     /// Re-adopts a process started earlier (by this or a previous daemon): None if it is gone.
     pub fn adopt(&self, pid: i32, start_time: u64) -> Result<Option<Process>> {

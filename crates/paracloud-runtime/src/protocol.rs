@@ -19,6 +19,8 @@ pub(crate) enum ToInit {
         /// Cgroup files sandbox-init writes "0" into first, to join the instance's cgroups
         /// that clone3 did not place it in.
         join_cgroups: Vec<PathBuf>,
+        /// Instead of the command, restore a checkpoint into the new namespaces.
+        restore: Option<crate::criu::RestorePlan>,
     },
     Go,
 }

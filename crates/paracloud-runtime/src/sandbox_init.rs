@@ -104,15 +104,20 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
     sys::close_range_cloexec(3)
         .map_err(|e| format!("cannot mark inherited fds close-on-exec: {e}"))?;
     let mut from_daemon = File::from(config);
-    let (cfg, join_cgroups) = match read_message(&mut from_daemon) {
+    let (cfg, join_cgroups, restore) = match read_message(&mut from_daemon) {
         Ok(ToInit::Config {
             config,
             join_cgroups,
-        }) => (*config, join_cgroups),
+            restore,
+        }) => (*config, join_cgroups, restore),
         Ok(other) => return Err(format!("expected the instance config, got {other:?}")),
         Err(e) => return Err(format!("cannot read the instance config: {e}")),
     };
-    let root = build_rootfs(&cfg)?;
+    let root = match &restore {
+        None => build_rootfs(&cfg)?,
+        // CRIU mounts the rest from the checkpoint.
+        Some(_) => mount_root(&cfg)?.0,
+    };
 
     // Go: the cgroups, the veth and the files of the instance directory are ready.
     match read_message(&mut from_daemon) {
@@ -122,6 +127,9 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
     }
     for file in join_cgroups {
         fs::write(&file, "0").map_err(|e| format!("cannot join cgroup {}: {e}", file.display()))?;
+    }
+    if let Some(plan) = restore {
+        return exec_criu_restore(&cfg, &plan, &root);
     }
     bind_etc_files(&cfg, &root)?;
     let log = fs::OpenOptions::new()
@@ -153,6 +161,10 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
         let _ = fs::create_dir_all(&working_dir);
     }
     identity::reset_signals();
+    // A session (and process group) of its own, led by the command: otherwise its session is
+    // the daemon's, outside its pid namespace, and CRIU refuses to checkpoint it ("a session
+    // leader is outside of its pid namespace"). A terminal's signals no longer reach it either.
+    nix::unistd::setsid().map_err(|e| format!("cannot start a session of its own: {e}"))?;
     for (fd, target) in [(null.as_fd(), 0), (log.as_fd(), 1), (log.as_fd(), 2)] {
         sys::dup_onto_stdio(fd, target).map_err(|e| format!("cannot redirect fd {target}: {e}"))?;
     }
@@ -206,11 +218,65 @@ fn create_dir(dir: &Path) -> InitResult<()> {
 }
 
 /// Mounts the instance's root and everything below it; returns where the root is mounted.
+fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
+    let (root, host_dirs) = mount_root(cfg)?;
+    let rootfs = root.as_path();
+
+    for dir in host_dirs {
+        let source = Path::new("/").join(dir);
+        bind(&source, &rootfs.join(dir), BindMode::ReadOnly)?;
+    }
+    for dir in ["proc", "dev", "sys", "tmp", "etc"] {
+        make_mount_point_kind(&rootfs.join(dir), true)?;
+    }
+    mount_proc(&rootfs.join("proc"))?;
+    mount_dev(&rootfs.join("dev"))?;
+    mount_fs(
+        "sysfs",
+        &rootfs.join("sys"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mount_fs(
+        "tmpfs",
+        &rootfs.join("tmp"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    // After /tmp and the others, so that paths below them are not hidden.
+    if let Rootfs::Host { extra_paths } = &cfg.rootfs {
+        for path in extra_paths {
+            if !path.is_absolute() {
+                return Err(format!(
+                    "extra host path {} is not absolute",
+                    path.display()
+                ));
+            }
+            let target = under(rootfs, path);
+            make_mount_point(path, &target)?;
+            bind(path, &target, BindMode::ReadOnly)?;
+        }
+    }
+    for m in &cfg.mounts {
+        let target = under(rootfs, Path::new(&m.target));
+        make_mount_point(&m.source, &target)?;
+        let mode = if m.read_only {
+            BindMode::ReadOnly
+        } else {
+            BindMode::ReadWrite
+        };
+        bind(&m.source, &target, mode)?;
+    }
+    Ok(root)
+}
+
+/// Makes the mount tree private and mounts the bare overlay root (nothing below it); returns
+/// where, and the host directories of a Host rootfs to bind into it.
 ///
 /// `dir/rootfs` gets a small tmpfs holding the Host rootfs' lower skeleton and the overlay's
 /// mount point: the skeleton costs no disk writes (on some hosts a mkdir on disk takes 0.25 ms)
 /// and the mount namespace drops it all when the instance ends.
-fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
+fn mount_root(cfg: &InstanceConfig) -> InitResult<(PathBuf, Vec<&'static str>)> {
     mount(
         None::<&str>,
         "/",
@@ -286,54 +352,60 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
             rootfs.display()
         )
     })?;
-    let rootfs = rootfs.as_path();
+    Ok((rootfs, host_dirs))
+}
 
-    for dir in host_dirs {
-        let source = Path::new("/").join(dir);
-        bind(&source, &rootfs.join(dir), BindMode::ReadOnly)?;
-    }
-    for dir in ["proc", "dev", "sys", "tmp", "etc"] {
-        make_mount_point_kind(&rootfs.join(dir), true)?;
-    }
-    mount_proc(&rootfs.join("proc"))?;
-    mount_dev(&rootfs.join("dev"))?;
-    mount_fs(
-        "sysfs",
-        &rootfs.join("sys"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
+/// Execs `criu restore` of `plan` with `root` (the bare overlay) as the root, in this network
+/// namespace (eth0 configured for the new slot) and with the new log; returns only on failure.
+fn exec_criu_restore(
+    cfg: &InstanceConfig,
+    plan: &crate::criu::RestorePlan,
+    root: &Path,
+) -> InitResult<std::convert::Infallible> {
+    configure_network(cfg)?;
+    let inherit = |file: File| -> InitResult<OwnedFd> {
+        let fd = OwnedFd::from(file);
+        nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map_err(|e| format!("cannot pass a file to criu: {e}"))?;
+        Ok(fd)
+    };
+    let net = inherit(
+        File::open("/proc/self/ns/net")
+            .map_err(|e| format!("cannot open the network namespace: {e}"))?,
     )?;
-    mount_fs(
-        "tmpfs",
-        &rootfs.join("tmp"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
-    // After /tmp and the others, so that paths below them are not hidden.
-    if let Rootfs::Host { extra_paths } = &cfg.rootfs {
-        for path in extra_paths {
-            if !path.is_absolute() {
-                return Err(format!(
-                    "extra host path {} is not absolute",
-                    path.display()
-                ));
-            }
-            let target = under(rootfs, path);
-            make_mount_point(path, &target)?;
-            bind(path, &target, BindMode::ReadOnly)?;
-        }
-    }
-    for m in &cfg.mounts {
-        let target = under(rootfs, Path::new(&m.target));
-        make_mount_point(&m.source, &target)?;
-        let mode = if m.read_only {
-            BindMode::ReadOnly
-        } else {
-            BindMode::ReadWrite
-        };
-        bind(&m.source, &target, mode)?;
-    }
-    Ok(rootfs.to_path_buf())
+    let logs = plan
+        .log_keys
+        .iter()
+        .map(|_| {
+            inherit(
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(&cfg.log_path)
+                    .map_err(|e| format!("cannot open log file {}: {e}", cfg.log_path.display()))?,
+            )
+        })
+        .collect::<InitResult<Vec<OwnedFd>>>()?;
+    use std::os::fd::AsRawFd;
+    let log_fds: Vec<i32> = logs.iter().map(|l| l.as_raw_fd()).collect();
+    let mut argv = vec![plan.criu.display().to_string()];
+    argv.extend(crate::criu::restore_args(
+        plan,
+        root,
+        net.as_raw_fd(),
+        &log_fds,
+    ));
+    // criu runs tar (tmpfs contents) and ip from PATH.
+    let env = [(
+        "PATH".to_string(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+    )];
+    std::env::set_current_dir(&plan.images)
+        .map_err(|e| format!("cannot enter {}: {e}", plan.images.display()))?;
+    let error = identity::exec(&argv, &env);
+    Err(format!("cannot run {}: {error}", plan.criu.display()))
 }
 
 /// The mount points an image's root needs (/proc, /dev, /sys, /tmp) and the /etc files bound

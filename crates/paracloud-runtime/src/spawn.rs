@@ -17,6 +17,7 @@ use nix::fcntl::OFlag;
 use tokio::io::Interest;
 
 use crate::cgroups::CgroupManager;
+use crate::criu::{self, Checkpoint, RestorePlan};
 use crate::netlink::{self, Netlink};
 use crate::network::{check_ifname, instance_mac, veth_host_name};
 use crate::protocol::{write_message, ToInit};
@@ -28,6 +29,17 @@ use crate::{
 const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most of a failure report that is kept.
 const MAX_REPORT: usize = 64 * 1024;
+
+/// The namespaces of a new instance; a restore's helper gets only mount and network ones (CRIU
+/// makes the others from the checkpoint).
+const INSTANCE_NAMESPACES: libc::c_int = libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC;
+const RESTORE_NAMESPACES: libc::c_int = libc::CLONE_NEWNS | libc::CLONE_NEWNET;
+/// How long `criu restore` may take.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) async fn spawn(
     config: &RuntimeConfig,
@@ -43,9 +55,149 @@ pub(crate) async fn spawn(
         armed: true,
     };
     cgroups.create(&cfg.id, &cfg.limits)?;
-    let (pid, pidfd, to_init, from_init) = clone_sandbox_init(config, cgroups, cfg)?;
+    let (pid, start_time) =
+        launch(config, cgroups, cfg, &mut guard, INSTANCE_NAMESPACES, None).await?;
+    let pidfd = guard.child.take().expect("the child was stored by launch");
+    guard.armed = false;
+    Ok(Process {
+        pid,
+        start_time,
+        pidfd,
+        is_child: true,
+    })
+}
+
+/// Restores `checkpoint` as the instance `cfg`: its writable layer becomes a copy of the old
+/// one, then sandbox-init prepares its root and network and execs `criu restore`, whose first
+/// restored process becomes our child (see [`crate::criu`]).
+pub(crate) async fn restore(
+    config: &RuntimeConfig,
+    cgroups: &dyn CgroupManager,
+    cfg: &InstanceConfig,
+    criu_path: &std::path::Path,
+    checkpoint: &Checkpoint,
+) -> Result<Process> {
+    validate(cfg)?;
+    let failed = |message: String| Error::Criu {
+        id: cfg.id.clone(),
+        action: "restore",
+        message,
+    };
+    let binds = criu::successor_sources(&checkpoint.binds, cfg).map_err(failed)?;
+    let plan = RestorePlan {
+        criu: criu_path.to_path_buf(),
+        images: checkpoint.images.clone(),
+        log_keys: checkpoint.log_keys.clone(),
+        binds,
+    };
+    let [_, upper, _] = sandbox_init::instance_dirs(cfg);
+    if upper.exists() {
+        std::fs::remove_dir_all(&upper)
+            .map_err(|e| failed(format!("cannot empty {}: {e}", upper.display())))?;
+    }
+    std::fs::create_dir_all(&cfg.dir)
+        .map_err(|e| failed(format!("cannot create {}: {e}", cfg.dir.display())))?;
+    let old_upper = checkpoint.from_dir.join("upper");
+    criu::copy_tree(&old_upper, &upper).map_err(|e| {
+        failed(format!(
+            "cannot copy the writable layer {} to {}: {e}",
+            old_upper.display(),
+            upper.display()
+        ))
+    })?;
+    let pid_file = checkpoint.images.join(criu::PID_FILE);
+    let _ = std::fs::remove_file(&pid_file);
+
+    let mut guard = Guard {
+        cgroups,
+        scope: &config.cgroup_parent,
+        cfg,
+        child: None,
+        armed: true,
+    };
+    cgroups.create(&cfg.id, &cfg.limits)?;
+    let (criu_pid, criu_start) = launch(
+        config,
+        cgroups,
+        cfg,
+        &mut guard,
+        RESTORE_NAMESPACES,
+        Some(plan),
+    )
+    .await?;
+    // sandbox-init exec'd criu: its exit says whether the restore worked.
+    let criu_process = Process {
+        pid: criu_pid,
+        start_time: criu_start,
+        pidfd: guard
+            .child
+            .as_ref()
+            .expect("the child was stored by launch")
+            .try_clone()
+            .map_err(|e| Error::sys("duplicating the pidfd of criu", e))?,
+        is_child: true,
+    };
+    let status = tokio::time::timeout(RESTORE_TIMEOUT, procfs::wait_exit(&criu_process))
+        .await
+        .map_err(|_| {
+            failed(format!(
+                "criu restore did not end within {RESTORE_TIMEOUT:?}"
+            ))
+        })??;
+    guard.child = None;
+    let log_path = checkpoint.images.join(criu::RESTORE_LOG);
+    if status != (Some(0), None) {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let how = match status {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => format!("signal {signal}"),
+            (None, None) => "an unknown status".into(),
+        };
+        return Err(failed(format!(
+            "criu restore ended with {how}: {} (log: {})",
+            criu::log_errors(&log),
+            log_path.display()
+        )));
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| {
+            failed(format!(
+                "criu restore wrote no pid to {}",
+                pid_file.display()
+            ))
+        })?;
+    let start_time = procfs::read_stat(pid)
+        .map_err(|e| failed(format!("the restored process {pid} is gone: {e}")))?
+        .start_time;
+    let process = procfs::adopt(pid, start_time)?
+        .ok_or_else(|| failed(format!("the restored process {pid} ended at once")))?;
+    if !process.is_child {
+        // Its exit status would be lost; CRIU did not restore it as our child.
+        let _ = procfs::pidfd_send_signal(&process.pidfd, libc::SIGKILL);
+        return Err(failed(format!(
+            "the restored process {pid} is not a child of the daemon (--restore-sibling failed)"
+        )));
+    }
+    guard.armed = false;
+    Ok(process)
+}
+
+/// Clones sandbox-init into `namespaces`, prepares what it needs and waits until it has exec'd
+/// (the command, or criu for a restore); returns its pid and start time. The child's pidfd is
+/// left in `guard`, which undoes everything on an error.
+async fn launch(
+    config: &RuntimeConfig,
+    cgroups: &dyn CgroupManager,
+    cfg: &InstanceConfig,
+    guard: &mut Guard<'_>,
+    namespaces: libc::c_int,
+    restore: Option<RestorePlan>,
+) -> Result<(i32, u64)> {
+    let (pid, pidfd, to_init, from_init) = clone_sandbox_init(config, cgroups, cfg, namespaces)?;
     guard.child = Some(pidfd);
-    let setup = prepare_child(&config.cgroup_parent, cgroups, cfg, pid, to_init);
+    let setup = prepare_child(&config.cgroup_parent, cgroups, cfg, pid, to_init, restore);
     let start_time = match setup {
         Ok(start_time) => start_time,
         Err(e) => {
@@ -77,14 +229,7 @@ pub(crate) async fn spawn(
     if !report.is_empty() {
         return Err(sandbox_error(cfg, report));
     }
-    let pidfd = guard.child.take().expect("the child was stored above");
-    guard.armed = false;
-    Ok(Process {
-        pid,
-        start_time,
-        pidfd,
-        is_child: true,
-    })
+    Ok((pid, start_time))
 }
 
 fn sandbox_error(cfg: &InstanceConfig, message: String) -> Error {
@@ -168,13 +313,14 @@ fn validate(cfg: &InstanceConfig) -> Result<()> {
     Ok(())
 }
 
-/// clone3 with new mount, pid, net, uts and ipc namespaces and a pidfd, placed in the cgroup2
+/// clone3 with new `namespaces` and a pidfd, placed in the cgroup2
 /// directory at once when there is one; the child execs `helper_exe __sandbox-init CFG ERR`.
 /// Returns (pid, pidfd, config pipe writer, error pipe reader).
 fn clone_sandbox_init(
     config: &RuntimeConfig,
     cgroups: &dyn CgroupManager,
     cfg: &InstanceConfig,
+    namespaces: libc::c_int,
 ) -> Result<(i32, OwnedFd, File, OwnedFd)> {
     let pipe = || {
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Sys {
@@ -216,11 +362,6 @@ fn clone_sandbox_init(
         ),
         None => None,
     };
-    let namespaces = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC;
     let (pid, pidfd) = sys::clone_exec(
         namespaces,
         cgroup_dir.as_ref().map(|d| d.as_fd()),
@@ -244,6 +385,7 @@ fn prepare_child(
     cfg: &InstanceConfig,
     pid: i32,
     mut to_init: File,
+    restore: Option<RestorePlan>,
 ) -> Result<u64> {
     let start_time = procfs::read_stat(pid)
         .map_err(|e| Error::sys(format!("reading /proc/{pid}/stat"), e))?
@@ -261,6 +403,7 @@ fn prepare_child(
     let config = ToInit::Config {
         config: Box::new(cfg.clone()),
         join_cgroups: cgroups.join_files(&cfg.id),
+        restore,
     };
     send(&mut to_init, &config)?;
     sandbox_init::write_etc_files(cfg)
