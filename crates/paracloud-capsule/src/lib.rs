@@ -29,6 +29,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod schedule;
+pub use schedule::{Schedule, ScheduleError};
+
 /// The access to the target's filesystem a capsule needs, or a policy grants. Write includes
 /// read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

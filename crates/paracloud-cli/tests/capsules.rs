@@ -506,3 +506,70 @@ fn policy_deadlines_history_and_debug() {
     assert_eq!(before, snapshot(pid), "api.1 changed");
     p.ok(&["down", "-a", "shop"]);
 }
+
+#[test]
+fn a_scheduled_capsule_runs_when_its_time_comes_and_bad_schedules_are_refused() {
+    let p = Platform::new();
+    let app = |schedule: &str| {
+        format!(
+            "app = \"ticks\"\n\n[services.tick]\nimage = \"host\"\ncommand = [\"sleep\", \"3600\"]\n\n\
+             [services.tick.capsules]\nmetrics = \"read\"\n\n{schedule}"
+        )
+    };
+    // Refused at `up`, each with where and why.
+    let bad = p.manifest(
+        "ticks-bad",
+        &app("[schedules.snap]\ncapsule = \"metrics\"\ncron = \"61 * * * *\"\nselector = \"service=tick\"\n"),
+    );
+    let e = p.fails(&["up", "-f", bad.to_str().unwrap()]);
+    assert!(
+        e.contains("schedules.snap.cron: invalid cron expression \"61 * * * *\""),
+        "{e}"
+    );
+    let refused = p.manifest(
+        "ticks-refused",
+        &app("[schedules.trace]\ncapsule = \"strace\"\ncron = \"* * * * *\"\nselector = \"service=tick\"\n"),
+    );
+    let e = p.fails(&["up", "-f", refused.to_str().unwrap()]);
+    assert!(
+        e.contains("add strace = \"read\" under [services.tick.capsules]"),
+        "{e}"
+    );
+    let nowhere = p.manifest(
+        "ticks-nowhere",
+        &app("[schedules.snap]\ncapsule = \"metrics\"\ncron = \"* * * * *\"\nselector = \"service=tock\"\n"),
+    );
+    let e = p.fails(&["up", "-f", nowhere.to_str().unwrap()]);
+    assert!(e.contains("matches no service"), "{e}");
+
+    // Every minute: the first run comes within a minute, recorded as the schedule's.
+    let good = p.manifest(
+        "ticks",
+        &app("[schedules.snap]\ncapsule = \"metrics\"\ncron = \"* * * * *\"\nselector = \"service=tick\"\n"),
+    );
+    p.ok(&["up", "-f", good.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(75);
+    loop {
+        let history: Value =
+            serde_json::from_str(&p.ok(&["capsule", "history", "-o", "json"])).unwrap();
+        let done = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["who"] == "schedule snap" && r["status"] != "running");
+        if let Some(run) = done {
+            assert_eq!(run["status"], "ok", "{run}");
+            assert_eq!(run["capsule"], "metrics");
+            assert_eq!(run["targets"][0]["instance"], "tick.1");
+            assert!(run["output_bytes"].as_u64() > Some(50), "{run}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled run within 75 s: {history}\n{}",
+            p.daemon_log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    p.ok(&["down", "-a", "ticks"]);
+}

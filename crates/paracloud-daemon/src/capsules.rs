@@ -944,3 +944,58 @@ fn write_script_layer(dir: &Path, busybox: &Path, script: &str) -> Result<(), St
         Err(e) => Err(failed("rename", e)),
     }
 }
+
+/// Runs the applications' scheduled capsules (`[schedules.NAME]`): once a second, each schedule
+/// whose next time since the last look has come starts a run, recorded as by `schedule NAME`.
+/// A schedule that cannot run (nothing matches, the policy refuses) says so in the events.
+pub async fn run_schedules<D: Driver>(engine: Arc<Engine<D>>) {
+    let seconds = || (now_ms() / 1000) as i64;
+    let mut last = seconds();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = seconds();
+        if now <= last {
+            continue;
+        }
+        let Ok(snapshot) = engine.store.load() else {
+            continue;
+        };
+        for record in snapshot.apps.iter().filter(|a| a.removing.is_none()) {
+            for (name, schedule) in &record.manifest.schedules {
+                if schedule.cron.next_after(last).is_some_and(|at| at <= now) {
+                    fire(&engine, &record.name, name, schedule);
+                }
+            }
+        }
+        last = now;
+    }
+}
+
+/// Starts one run of a scheduled capsule; its events go nowhere, its record to the history.
+fn fire<D: Driver>(
+    engine: &Arc<Engine<D>>,
+    app: &str,
+    name: &str,
+    schedule: &paracloud_manifest::ScheduledCapsule,
+) {
+    let names_app = Selector::parse(&schedule.selector).is_ok_and(|s| s.app.is_some());
+    let selector = if names_app {
+        schedule.selector.clone()
+    } else {
+        format!("app={app},{}", schedule.selector)
+    };
+    let request = paracloud_api::CapsuleRunRequest {
+        capsule: schedule.capsule.clone(),
+        selector,
+        args: schedule.args.clone(),
+        timeout_ms: schedule.timeout.map(|t| t.as_millis() as u64),
+    };
+    let who = format!("schedule {name}");
+    match prepare(engine, &who, &request) {
+        Ok(prepared) => {
+            let (events, _) = mpsc::unbounded_channel();
+            tokio::spawn(execute(engine.clone(), prepared, events));
+        }
+        Err(e) => engine.event(app, &who, &format!("did not run: {e}")),
+    }
+}

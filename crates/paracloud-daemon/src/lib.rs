@@ -103,6 +103,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
     let reconcile = tokio::spawn(engine.clone().run());
     let rotation = tokio::spawn(rotate_logs(engine.clone()));
     let following = tokio::spawn(follow::follow(engine.clone()));
+    let scheduling = tokio::spawn(capsules::run_schedules(engine.clone()));
     let mut term = signal(SignalKind::terminate()).map_err(root_error(&root))?;
     let mut int = signal(SignalKind::interrupt()).map_err(root_error(&root))?;
     let shutdown = async move {
@@ -121,6 +122,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
     reconcile.abort();
     rotation.abort();
     following.abort();
+    scheduling.abort();
     let _ = fs::remove_file(&socket);
     served.map_err(|source| Error::Listen {
         path: socket.display().to_string(),

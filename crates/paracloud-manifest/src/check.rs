@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::model::{DependsCondition, Manifest, Volume, VolumeMount};
+use crate::model::{DependsCondition, Manifest, ScheduledCapsule, Volume, VolumeMount};
 use crate::reader::{child, Checker, Span};
 use crate::service::{Draft, Published};
 use crate::units;
 
-const TOP_KEYS: &[&str] = &["app", "services", "volumes", "autoscale"];
+const TOP_KEYS: &[&str] = &["app", "services", "volumes", "autoscale", "schedules"];
+const SCHEDULE_KEYS: &[&str] = &["capsule", "cron", "selector", "args", "timeout"];
 const VOLUME_DECLARATION_KEYS: &[&str] = &["labels"];
 
 impl Checker<'_> {
@@ -86,6 +87,11 @@ impl Checker<'_> {
             return None;
         }
 
+        let schedules = match table.get("schedules") {
+            Some(v) => self.schedules(v, app.as_deref(), &drafts)?,
+            None => BTreeMap::new(),
+        };
+
         for draft in drafts.values() {
             for mount in &draft.service.volumes {
                 if let VolumeMount::Named { name, .. } = mount {
@@ -101,6 +107,181 @@ impl Checker<'_> {
                 .collect(),
             volumes,
             autoscale,
+            schedules,
+        })
+    }
+
+    /// `[schedules.NAME]`: a capsule run on a cron schedule on the instances its selector
+    /// matches; it must be allowed on some service the selector can match.
+    fn schedules(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        app: Option<&str>,
+        drafts: &BTreeMap<String, Draft>,
+    ) -> Option<BTreeMap<String, ScheduledCapsule>> {
+        let table = self.table(value, "schedules")?;
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (key, item) in table {
+            let name: &str = key.get_ref();
+            let field = child("schedules", name);
+            ok &= self.name(name, key.span(), &field, "schedule name");
+            match self.schedule(item, &field, app, drafts) {
+                Some(schedule) => {
+                    out.insert(name.to_owned(), schedule);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn schedule(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        field: &str,
+        app: Option<&str>,
+        drafts: &BTreeMap<String, Draft>,
+    ) -> Option<ScheduledCapsule> {
+        let table = self.table(value, field)?;
+        self.check_keys(table, field, SCHEDULE_KEYS);
+        let span = value.span();
+        let required = |this: &mut Self, key: &str, example: &str| {
+            let v = table.get(key);
+            if v.is_none() {
+                this.missing(
+                    span.clone(),
+                    &child(field, key),
+                    format!("add `{key} = {example}`"),
+                );
+            }
+            v
+        };
+        let capsule_v = required(self, "capsule", "\"logrotate\"");
+        let cron_v = required(self, "cron", "\"0 * * * *\" (every hour, UTC)");
+        let selector_v = required(self, "selector", "\"service=web\"");
+        let capsule = capsule_v.and_then(|v| {
+            let name = self.string(v, &child(field, "capsule"))?;
+            match paracloud_capsule::builtin(name) {
+                Some(spec) => Some(spec),
+                None => {
+                    let names = paracloud_capsule::builtin_names();
+                    let hint = match units::suggest(name, names.iter().map(String::as_str)) {
+                        Some(close) => format!("did you mean {close:?}?"),
+                        None => format!("the capsules are {}", names.join(", ")),
+                    };
+                    self.error(
+                        v.span(),
+                        &child(field, "capsule"),
+                        format!("unknown capsule {name:?}"),
+                        Some(hint),
+                    );
+                    None
+                }
+            }
+        });
+        let cron = cron_v.and_then(|v| {
+            let text = self.string(v, &child(field, "cron"))?;
+            match paracloud_capsule::Schedule::parse(text) {
+                Ok(schedule) => Some(schedule),
+                Err(e) => {
+                    let hint = e.hint().to_string();
+                    self.error(v.span(), &child(field, "cron"), e.to_string(), Some(hint));
+                    None
+                }
+            }
+        });
+        let selector = selector_v.and_then(|v| {
+            let text = self.string(v, &child(field, "selector"))?;
+            match paracloud_capsule::Selector::parse(text) {
+                Ok(selector) => Some((v, text.to_owned(), selector)),
+                Err(e) => {
+                    self.error(v.span(), &child(field, "selector"), e.to_string(), None);
+                    None
+                }
+            }
+        });
+        let args = match table.get("args") {
+            Some(v) => Some(
+                self.strings(v, &child(field, "args"))?
+                    .iter()
+                    .map(|(s, _)| s.to_string())
+                    .collect(),
+            ),
+            None => Some(Vec::new()),
+        };
+        let timeout = match table.get("timeout") {
+            Some(v) => Some(Some(self.positive_duration(v, &child(field, "timeout"))?)),
+            None => Some(None),
+        };
+        let (capsule, cron, (selector_value, selector_text, selector), args, timeout) =
+            (capsule?, cron?, selector?, args?, timeout?);
+        let selector_field = child(field, "selector");
+        if let (Some(wanted), Some(app)) = (&selector.app, app) {
+            if wanted != app {
+                self.error(
+                    selector_value.span(),
+                    &selector_field,
+                    format!("the selector names application {wanted:?}, not this one"),
+                    Some(format!("a schedule runs on its own application's instances: write app={app} or leave app= out")),
+                );
+                return None;
+            }
+        }
+        // The services the selector can match, and whether the policy lets the capsule attach.
+        let wanted_service = selector.service.clone().or_else(|| {
+            selector
+                .instance
+                .as_ref()
+                .and_then(|i| i.rsplit_once('.').map(|(s, _)| s.to_string()))
+        });
+        let candidates: Vec<&String> = drafts
+            .keys()
+            .filter(|s| wanted_service.as_ref().is_none_or(|w| w == *s))
+            .filter(|s| {
+                selector
+                    .labels
+                    .iter()
+                    .all(|(k, v)| drafts[*s].service.labels.get(k) == Some(v))
+            })
+            .collect();
+        if candidates.is_empty() {
+            self.error(
+                selector_value.span(),
+                &selector_field,
+                format!("selector {selector_text:?} matches no service of this application"),
+                Some(format!(
+                    "the services are {}",
+                    drafts.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
+            );
+            return None;
+        }
+        let refusals: Vec<String> = candidates
+            .iter()
+            .filter_map(|s| {
+                paracloud_capsule::check(&capsule, s, &drafts[*s].service.capsules).err()
+            })
+            .map(|r| r.0)
+            .collect();
+        if refusals.len() == candidates.len() {
+            self.error(
+                selector_value.span(),
+                &selector_field,
+                format!(
+                    "the policy lets capsule {:?} attach to no service this selector matches",
+                    capsule.name
+                ),
+                refusals.into_iter().next(),
+            );
+            return None;
+        }
+        Some(ScheduledCapsule {
+            capsule: capsule.name,
+            cron,
+            selector: selector_text,
+            args,
+            timeout,
         })
     }
 

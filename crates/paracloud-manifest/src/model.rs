@@ -25,6 +25,22 @@ pub struct Manifest {
     /// by hand (`paracloud scale`) and by `scale_to_zero`.
     #[serde(default)]
     pub autoscale: Option<Autoscale>,
+    /// Capsules run on a cron schedule (`[schedules.NAME]`), by name.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduledCapsule>,
+}
+
+/// A capsule run on the instances its selector matches whenever its cron schedule fires (UTC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledCapsule {
+    /// A built-in capsule's name.
+    pub capsule: String,
+    pub cron: paracloud_capsule::Schedule,
+    /// `KEY=VALUE[,...]`, as `paracloud capsule run --selector` takes it.
+    pub selector: String,
+    pub args: Vec<String>,
+    /// Overrides the capsule's deadline.
+    pub timeout: Option<Duration>,
 }
 
 /// The application's autoscaler: which policy, where the SLO is measured, and each service's

@@ -800,6 +800,38 @@ paracloud.toml:5:11: services.kv.migrate: expected a string, found integer 3
 }
 
 #[test]
+fn schedules() {
+    let policy = "[services.kv.capsules]\nmetrics = \"read\"\n";
+    let manifest = valid(&format!(
+        "{HEAD}{policy}[schedules.snap]\ncapsule = \"metrics\"\ncron = \"@hourly\"\nselector = \"service=kv\"\ntimeout = \"10s\"\n"
+    ));
+    let snap = &manifest.schedules["snap"];
+    assert_eq!(
+        (
+            snap.capsule.as_str(),
+            snap.cron.as_str(),
+            snap.selector.as_str()
+        ),
+        ("metrics", "@hourly", "service=kv")
+    );
+    assert_eq!(snap.timeout, Some(Duration::from_secs(10)));
+    check(
+        &format!("{HEAD}{policy}[schedules.snap]\ncapsule = \"metric\"\ncron = \"* * * * *\"\nselector = \"app=other\"\n"),
+        r#"
+paracloud.toml:8:11: schedules.snap.capsule: unknown capsule "metric"
+  hint: did you mean "metrics"?
+"#,
+    );
+    check(
+        &format!("{HEAD}{policy}[schedules.snap]\ncapsule = \"metrics\"\ncron = \"* * * * *\"\nselector = \"app=other\"\n"),
+        r#"
+paracloud.toml:10:12: schedules.snap.selector: the selector names application "other", not this one
+  hint: a schedule runs on its own application's instances: write app=shop or leave app= out
+"#,
+    );
+}
+
+#[test]
 fn capsule_policy() {
     check(
         &format!("{HEAD}[services.kv.capsules]\nchecksun = \"read\"\n"),

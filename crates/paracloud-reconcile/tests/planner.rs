@@ -38,6 +38,7 @@ fn app(services: Vec<Service>) -> DesiredApp {
             services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
             volumes: BTreeMap::new(),
             autoscale: None,
+            schedules: BTreeMap::new(),
         },
         replicas: BTreeMap::new(),
         revisions: BTreeMap::new(),

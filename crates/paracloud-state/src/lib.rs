@@ -208,6 +208,16 @@ CREATE TABLE IF NOT EXISTS events (
 );
 ";
 
+/// Whether instances of `old_spec` (a stored service spec) run as those of `new` would: every
+/// key but the capsule policy, which says who may attach, not how instances run.
+fn runs_the_same(old_spec: &str, new: &paracloud_manifest::Service) -> bool {
+    let Ok(mut old) = serde_json::from_str::<paracloud_manifest::Service>(old_spec) else {
+        return false;
+    };
+    old.capsules = new.capsules.clone();
+    old == *new
+}
+
 impl Store {
     /// Opens (creating when needed) the database at `path`, in WAL mode.
     pub fn open(path: &Path) -> Result<Self> {
@@ -291,7 +301,7 @@ impl Store {
             let spec = serde_json::to_string(service)?;
             match old.get(name) {
                 Some((old_spec, revision)) => {
-                    let revision = if *old_spec == spec {
+                    let revision = if *old_spec == spec || runs_the_same(old_spec, service) {
                         *revision
                     } else {
                         changed.push(name.clone());

@@ -218,3 +218,30 @@ fn a_database_from_before_the_override_columns_gains_them() {
     let web = &store.load().unwrap().apps[0].services["web"];
     assert_eq!((web.cpu, web.weight), (Some(2.0), Some(5)));
 }
+
+#[test]
+fn a_changed_capsule_policy_replaces_no_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    store
+        .put_app(&manifest("a", 2), "src", "paracloud.toml", 1)
+        .unwrap();
+    let mut with_policy = manifest("a", 2);
+    with_policy
+        .services
+        .get_mut("web")
+        .unwrap()
+        .capsules
+        .insert("strace".into(), paracloud_capsule::Access::Read);
+    let changed = store
+        .put_app(&with_policy, "src", "paracloud.toml", 2)
+        .unwrap();
+    assert!(changed.is_empty(), "{changed:?}");
+    let snapshot = store.load().unwrap();
+    assert_eq!(snapshot.apps[0].services["web"].revision, 0);
+    assert_eq!(
+        snapshot.apps[0].manifest.services["web"].capsules.len(),
+        1,
+        "the new policy is stored"
+    );
+}
