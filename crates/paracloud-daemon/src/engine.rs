@@ -70,6 +70,10 @@ impl DaemonConfig {
 /// has applied the change before the stop signal.
 pub(crate) const ROUTE_PROPAGATION: Duration = Duration::from_millis(100);
 
+/// How long a stopping instance waits at most for the data plane to confirm that it left the
+/// routes.
+const ROUTE_CONFIRMATION: Duration = Duration::from_secs(3);
+
 /// How long a failed update waits before the planner asks to migrate the instance again.
 const UPDATE_RETRY: Duration = Duration::from_secs(2);
 
@@ -867,6 +871,9 @@ impl<D: Driver> Engine<D> {
             }
             // Let the data plane apply the routes without this instance before it stops
             // accepting: new requests go elsewhere, requests in flight finish in the grace period.
+            // A busy machine can take longer than ROUTE_PROPAGATION to reload the routes: wait
+            // until the data plane says the instance is out of them (bounded).
+            engine.wait_out_of_routes(&key, ROUTE_CONFIRMATION).await;
             tokio::time::sleep(ROUTE_PROPAGATION.saturating_sub(asked.elapsed())).await;
             let _ = engine.driver.signal(&process, signal);
             let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e))
@@ -903,6 +910,34 @@ impl<D: Driver> Engine<D> {
                 .dataplane
                 .push(&dataplane_config(&snapshot, self.config.subnet_pool)),
             Err(e) => tracing::error!("cannot read the state for the routes: {e}"),
+        }
+    }
+
+    /// Waits until the data plane's routes no longer hold `key` (its live figures list the
+    /// backends of the routes it applies), at most `timeout`; true when confirmed.
+    pub(crate) async fn wait_out_of_routes(&self, key: &InstanceKey, timeout: Duration) -> bool {
+        let client = paracloud_api::Client::new(self.dataplane_stats_path());
+        let prefix = format!("{}/", key.app);
+        let name = key.name();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(snapshot) = client.get::<paracloud_dataplane::Snapshot>("/stats").await {
+                let routed = snapshot
+                    .listeners
+                    .iter()
+                    .filter(|l| l.name.starts_with(&prefix))
+                    .any(|l| l.backends.iter().any(|b| b.id == name));
+                if !routed {
+                    return true;
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "the data plane did not confirm within {timeout:?} that {key} left its routes"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
