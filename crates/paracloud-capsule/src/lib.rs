@@ -93,6 +93,24 @@ pub struct CapsuleSpec {
     pub trees: Vec<String>,
     /// The entry script, run by busybox sh with the arguments.
     pub script: &'static str,
+    /// Given arguments, the capsule runs them as its command (found on its PATH) instead of its
+    /// script, with no shell in between.
+    pub runs_arguments: bool,
+}
+
+impl CapsuleSpec {
+    /// The command line of a run with `args`, inside the capsule's root (where the script is
+    /// `/capsule/run`).
+    pub fn command(&self, args: &[String]) -> Vec<String> {
+        if self.runs_arguments && !args.is_empty() {
+            return args.to_vec();
+        }
+        ["/bin/sh", "/capsule/run"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(args.iter().cloned())
+            .collect()
+    }
 }
 
 /// A read-only capsule of busybox alone, with the default limits and a five-minute deadline.
@@ -108,6 +126,7 @@ fn spec(name: &str, description: &str, usage: &str, script: &'static str) -> Cap
         programs: Vec::new(),
         trees: Vec::new(),
         script,
+        runs_arguments: false,
     }
 }
 
@@ -140,6 +159,7 @@ pub fn builtins() -> Vec<CapsuleSpec> {
             capabilities: strings(&["CAP_SYS_PTRACE", "CAP_NET_RAW", "CAP_NET_ADMIN"]),
             timeout: 60 * MINUTE,
             programs: strings(&["strace", "tcpdump"]),
+            runs_arguments: true,
             ..spec(
                 "debug",
                 "a shell with busybox, strace and tcpdump in the target's namespaces (or ARGS as a command)",
@@ -569,6 +589,24 @@ exec "$@"
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn debug_runs_its_arguments_and_the_others_their_script() {
+        let args = strings(&["cat", "/proc/1/comm"]);
+        let debug = builtin("debug").unwrap();
+        assert_eq!(debug.command(&args), args);
+        assert_eq!(debug.command(&[]), strings(&["/bin/sh", "/capsule/run"]));
+        assert_eq!(
+            builtin("checksum").unwrap().command(&strings(&["/etc"])),
+            strings(&["/bin/sh", "/capsule/run", "/etc"])
+        );
+        let runs_arguments: Vec<String> = builtins()
+            .into_iter()
+            .filter(|c| c.runs_arguments)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(runs_arguments, ["debug"]);
+    }
 
     fn target(service: &str, index: u32, labels: &[(&str, &str)]) -> Target {
         Target {

@@ -412,13 +412,12 @@ pub async fn execute<D: Driver>(
                 (target.key.name(), outcome)
             })
             .collect(),
-        Ok((rootfs, argv)) => {
+        Ok(rootfs) => {
             use futures::StreamExt;
             let attaches: Vec<_> = targets
                 .into_iter()
                 .map(|target| {
-                    let mut command = argv.clone();
-                    command.extend(args.iter().cloned());
+                    let command = capsule.spec.command(&args);
                     let config = config_for(
                         &engine.config.root,
                         run,
@@ -448,6 +447,7 @@ pub async fn execute<D: Driver>(
         started,
     );
     let _ = events.send(finished);
+    ready_next(&engine);
 }
 
 /// Records how a run ended (its targets' outcomes) and says so in the events.
@@ -521,8 +521,8 @@ pub async fn execute_on_terminal<D: Driver>(
     let mut outcome = Outcome::default();
     match capsule_root(&engine, &capsule).await {
         Err(message) => outcome.error = Some(message),
-        Ok((rootfs, mut argv)) => {
-            argv.extend(args);
+        Ok(rootfs) => {
+            let argv = capsule.spec.command(&args);
             let mut config = config_for(
                 &engine.config.root,
                 run,
@@ -601,10 +601,8 @@ fn config_for(
     rootfs: Rootfs,
     argv: Vec<String>,
 ) -> CapsuleConfig {
-    let dir = root
-        .join("capsules")
-        .join("scratch")
-        .join(format!("{run}-{}", key.id()));
+    // Every capsule mounts its scratch over the same directory, each in its own namespace.
+    let dir = root.join("capsules");
     let mut env = vec![
         ("PATH".to_string(), CAPSULE_PATH.to_string()),
         ("TARGET".into(), "/target".into()),
@@ -727,7 +725,7 @@ fn finish(
     (instance, outcome)
 }
 
-/// Removes the capsule's cgroup (and anything left in it) and scratch, off the async threads.
+/// Removes the capsule's cgroup (and anything left in it), off the async threads.
 async fn detach<D: Driver>(engine: &Arc<Engine<D>>, config: CapsuleConfig) {
     let engine = engine.clone();
     let id = config.id.clone();
@@ -735,6 +733,17 @@ async fn detach<D: Driver>(engine: &Arc<Engine<D>>, config: CapsuleConfig) {
     if let Ok(Err(e)) = result {
         tracing::warn!("detaching capsule {id}: {e}");
     }
+}
+
+/// Readies the next attaches in the background, once a run has ended (so that starting runners
+/// ahead takes no CPU from the run itself).
+fn ready_next<D: Driver>(engine: &Arc<Engine<D>>) {
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = engine.driver.ready_capsules() {
+            tracing::warn!("cannot start capsule runners ahead: {e}");
+        }
+    });
 }
 
 /// Sends a pipe's output as events; returns the bytes read and the text (for stderr).
@@ -827,17 +836,16 @@ pub fn output_file(root: &Path, run: i64, instance: &str, name: &str) -> Option<
     path.is_file().then_some(path)
 }
 
-/// The capsule's root filesystem and the command its arguments follow.
+/// The capsule's root filesystem.
 pub async fn capsule_root<D: Driver>(
     engine: &Arc<Engine<D>>,
     capsule: &Capsule,
-) -> Result<(Rootfs, Vec<String>), String> {
+) -> Result<Rootfs, String> {
     let engine = engine.clone();
     let spec = capsule.spec.clone();
-    let rootfs = tokio::task::spawn_blocking(move || builtin_root(&engine, &spec))
+    tokio::task::spawn_blocking(move || builtin_root(&engine, &spec))
         .await
-        .map_err(|e| e.to_string())??;
-    Ok((rootfs, vec!["/bin/sh".into(), "/capsule/run".into()]))
+        .map_err(|e| e.to_string())?
 }
 
 /// The image of a built-in capsule (built on first use) and its script layer.

@@ -65,6 +65,8 @@ pub trait Driver: Send + Sync + 'static {
     ) -> Result<tokio::process::Child>;
     /// Removes what is left of a capsule; blocks while the kernel finishes kills.
     fn detach(&self, capsule: &CapsuleConfig) -> Result<()>;
+    /// Readies ahead what the next capsule attaches need, off their critical path.
+    fn ready_capsules(&self) -> Result<()>;
 }
 
 /// The local driver: the embedded runtime.
@@ -135,5 +137,8 @@ impl Driver for Runtime {
     }
     fn detach(&self, capsule: &CapsuleConfig) -> Result<()> {
         Runtime::detach(self, capsule)
+    }
+    fn ready_capsules(&self) -> Result<()> {
+        self.keep_capsule_runners_warm()
     }
 }

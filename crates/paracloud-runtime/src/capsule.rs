@@ -1,14 +1,16 @@
 //! Capsules: a process with its own root filesystem that attaches to a running instance for the
 //! duration of one function, then leaves nothing behind.
 //!
-//! The daemon side ([`attach`]) creates the capsule's cgroup and runs
-//! `helper __capsule PID START PLAN_JSON`. That hidden command, single-threaded:
+//! The daemon side ([`attach`]) creates the capsule's cgroup and hands its plan (target,
+//! config, cgroup) to `helper __capsule` on its stdin. For capsules without a terminal, runners
+//! are started ahead ([`WarmRunners`]) and wait for their plan, so that an attach does not wait
+//! for an exec. That hidden command, single-threaded:
 //!
-//! 1. joins the capsule's v1 cgroups and opens its cgroup2 directory (the fork below starts
-//!    there), and opens the target's ipc, uts, net, pid and mnt namespaces;
+//! 1. reads its plan; joins the capsule's v1 cgroups and opens its cgroup2 directory (the fork
+//!    below starts there), and opens the target's ipc, uts, net, pid and mnt namespaces;
 //! 2. unshares a private mount namespace (a copy of the host's) and builds the capsule's root in
-//!    it: an overlay of the capsule image over a scratch tmpfs, with /dev, /tmp, and the caller's
-//!    output directory at /out;
+//!    it: an overlay of the capsule image over a scratch tmpfs (mounted in that namespace only),
+//!    with /dev (device nodes), /tmp, and the caller's output directory at /out;
 //! 3. enters the target's mount namespace just long enough to clone its whole mount tree
 //!    (open_tree), makes the copy read-only unless the capsule may write, returns to its own
 //!    namespace and attaches the copy at /target (move_mount): the target's namespace is never
@@ -20,7 +22,7 @@
 //!    (or on SIGTERM: the deadline) it kills every process left in the capsule cgroup, reaps
 //!    them and exits with the command's status.
 //!
-//! [`detach`] then removes the cgroup (killing anything that escaped) and the scratch directory.
+//! [`detach`] then removes the cgroup (killing anything that escaped).
 //! **Invariant:** nothing of a capsule stays in the target: no process, no mount, no file except
 //! what a capsule allowed to write changed under /target.
 
@@ -75,7 +77,9 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
 pub struct CapsuleConfig {
     /// Unique among instances and capsules (it names the capsule's cgroup), e.g. "cap-12-web-1".
     pub id: String,
-    /// Host directory the runtime creates for the capsule's mount point; [`detach`] removes it.
+    /// Host directory whose `scratch` subdirectory (created once) the runner covers with the
+    /// capsule's scratch tmpfs, in its own mount namespace only: capsules may share it, and it
+    /// stays empty on the host.
     pub dir: PathBuf,
     /// The capsule's image: [`Rootfs::Dir`] or [`Rootfs::Layers`].
     pub rootfs: Rootfs,
@@ -93,9 +97,12 @@ pub struct CapsuleConfig {
     pub tty: bool,
 }
 
-/// What the hidden command gets: the config and where its cgroup is.
+/// What the hidden command reads on its stdin: the target, the config and where its cgroup is.
 #[derive(Debug, Serialize, Deserialize)]
 struct Plan {
+    /// The target instance's first process, and its start time (against pid reuse).
+    target_pid: i32,
+    target_start_time: u64,
     config: CapsuleConfig,
     /// v1 `tasks` files to write "0" to.
     join_files: Vec<PathBuf>,
@@ -105,20 +112,126 @@ struct Plan {
     procs_file: PathBuf,
 }
 
-/// The capsule's root, the scratch tmpfs under which it is built.
+/// Where the runner mounts the scratch tmpfs under which the capsule's root is built.
 fn scratch_dir(config: &CapsuleConfig) -> PathBuf {
     config.dir.join("scratch")
 }
 
-/// Starts a capsule on `target` (the instance's first process). `stdio`: the command's stdin,
-/// stdout and stderr (a terminal's replica, for `tty`); `None` pipes stdout and stderr and
-/// closes stdin. Returns the running capsule; call [`detach`] once it has exited.
+/// Runners kept started ahead, waiting for their plan: an attach takes one instead of waiting
+/// for the exec of the helper binary.
+const WARM_RUNNERS: usize = 2;
+
+/// A started `helper __capsule`, waiting for its plan on its stdin.
+struct Runner {
+    child: tokio::process::Child,
+    /// The write end of the runner's stdin.
+    plan: File,
+}
+
+/// Runners started ahead for capsules without a terminal (stdout and stderr piped).
+#[derive(Default)]
+pub(crate) struct WarmRunners {
+    ready: std::sync::Mutex<Vec<Runner>>,
+    /// Held by the one [`WarmRunners::fill`] at work.
+    filling: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for WarmRunners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ready = self.ready.lock().map(|r| r.len()).unwrap_or(0);
+        f.debug_struct("WarmRunners")
+            .field("ready", &ready)
+            .finish()
+    }
+}
+
+impl WarmRunners {
+    /// A started runner that has not exited, if one is ready.
+    fn take(&self) -> Option<Runner> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(mut runner) = ready.pop() {
+            if matches!(runner.child.try_wait(), Ok(None)) {
+                return Some(runner);
+            }
+        }
+        None
+    }
+
+    /// Starts runners until [`WARM_RUNNERS`] wait. Needs a Tokio runtime (the runners are its
+    /// child processes).
+    pub(crate) fn fill(&self, helper: &Path) -> Result<()> {
+        let Ok(_filling) = self.filling.try_lock() else {
+            return Ok(());
+        };
+        loop {
+            let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).len();
+            if ready >= WARM_RUNNERS {
+                return Ok(());
+            }
+            let runner = start_runner(helper, None)?;
+            self.ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(runner);
+        }
+    }
+}
+
+/// Starts `helper __capsule`: it reads its plan on stdin. `terminal` becomes its stdout and
+/// stderr (and its stdin once the plan is read); `None` pipes stdout and stderr.
+fn start_runner(helper: &Path, terminal: Option<OwnedFd>) -> Result<Runner> {
+    let (plan_out, plan_in) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::sys("creating the capsule plan pipe", e.into()))?;
+    let mut command = tokio::process::Command::new(helper);
+    command
+        .arg(COMMAND)
+        .env_clear()
+        .kill_on_drop(true)
+        .stdin(Stdio::from(plan_out));
+    match terminal {
+        Some(terminal) => {
+            let out = terminal
+                .try_clone()
+                .map_err(|e| Error::sys("duplicating the terminal", e))?;
+            command
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(terminal));
+        }
+        None => {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+    }
+    let child = command
+        .spawn()
+        .map_err(|e| Error::sys(format!("starting {} {COMMAND}", helper.display()), e))?;
+    Ok(Runner {
+        child,
+        plan: File::from(plan_in),
+    })
+}
+
+/// Hands `plan` to `runner` and closes its stdin: the runner goes on from there.
+fn feed(runner: Runner, plan: &[u8]) -> std::io::Result<tokio::process::Child> {
+    use std::io::Write;
+    let Runner {
+        child,
+        plan: mut stdin,
+    } = runner;
+    stdin.write_all(plan)?;
+    Ok(child)
+}
+
+/// Starts a capsule on `target` (the instance's first process). `terminal`: the command's
+/// stdin, stdout and stderr (a terminal's replica); `None` pipes stdout and stderr and gives
+/// the command an empty stdin, from a runner started ahead when one is ready. Returns the
+/// running capsule; call [`detach`] once it has exited.
 pub(crate) fn attach(
     helper: &Path,
+    warm: &WarmRunners,
     cgroups: &dyn CgroupManager,
     target: &Process,
     config: &CapsuleConfig,
-    stdio: Option<OwnedFd>,
+    terminal: Option<OwnedFd>,
 ) -> Result<tokio::process::Child> {
     if config.argv.is_empty() {
         return Err(Error::Sandbox {
@@ -130,6 +243,12 @@ pub(crate) fn attach(
         return Err(Error::Sandbox {
             id: config.id.clone(),
             message: "a capsule's root must be an image (Dir or Layers), not the host".into(),
+        });
+    }
+    if config.tty != terminal.is_some() {
+        return Err(Error::Sandbox {
+            id: config.id.clone(),
+            message: "a capsule has a terminal exactly when its config says tty".into(),
         });
     }
     for dir in [scratch_dir(config), config.out_dir.clone()] {
@@ -150,57 +269,29 @@ pub(crate) fn attach(
         }
     };
     let plan = Plan {
+        target_pid: target.pid,
+        target_start_time: target.start_time,
         config: config.clone(),
         join_files,
         clone_into,
         procs_file,
     };
-    let plan = serde_json::to_string(&plan).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-    let mut command = tokio::process::Command::new(helper);
-    command
-        .arg(COMMAND)
-        .arg(target.pid.to_string())
-        .arg(target.start_time.to_string())
-        .arg(plan)
-        .env_clear()
-        .kill_on_drop(true);
-    match stdio {
-        Some(terminal) => {
-            let out = terminal
-                .try_clone()
-                .map_err(|e| Error::sys("duplicating the terminal", e))?;
-            let err = terminal
-                .try_clone()
-                .map_err(|e| Error::sys("duplicating the terminal", e))?;
-            command
-                .stdin(Stdio::from(terminal))
-                .stdout(Stdio::from(out))
-                .stderr(Stdio::from(err));
-        }
-        None => {
-            command
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-        }
+    let plan = serde_json::to_vec(&plan).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let failed = |e| Error::sys(format!("handing capsule {} its plan", config.id), e);
+    if let Some(terminal) = terminal {
+        return feed(start_runner(helper, Some(terminal))?, &plan).map_err(failed);
     }
-    command
-        .spawn()
-        .map_err(|e| Error::sys(format!("starting {} {COMMAND}", helper.display()), e))
+    if let Some(Ok(child)) = warm.take().map(|runner| feed(runner, &plan)) {
+        return Ok(child);
+    }
+    // None was ready, or the one taken had died since it started: start one now.
+    feed(start_runner(helper, None)?, &plan).map_err(failed)
 }
 
-/// Removes what is left of a capsule: its processes and cgroup, and its scratch directory (its
-/// output directory is the caller's); idempotent.
+/// Removes what is left of a capsule: its processes and cgroup (its mounts died with its mount
+/// namespace, and its output directory is the caller's); idempotent.
 pub(crate) fn detach(cgroups: &dyn CgroupManager, config: &CapsuleConfig) -> Result<()> {
-    let cgroup = cgroups.destroy(&config.id);
-    let scratch = scratch_dir(config);
-    let dir = match fs::remove_dir(&scratch) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::sys(format!("removing {}", scratch.display()), e)),
-    };
-    cgroup?;
-    dir
+    cgroups.destroy(&config.id)
 }
 
 /// The runner's own failure in a finished capsule's stderr: `Some(message)` when it failed
@@ -235,22 +326,13 @@ const NAMESPACES: &[(&str, CloneFlags)] = &[
 ];
 
 fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, String> {
-    let args: Vec<String> = args
-        .into_iter()
-        .map(|a| {
-            a.into_string()
-                .map_err(|a| format!("argument {a:?} is not UTF-8"))
-        })
-        .collect::<std::result::Result<_, _>>()?;
-    let [pid, start_time, plan] = &args[..] else {
-        return Err(format!("usage: {COMMAND} PID START_TIME PLAN_JSON"));
-    };
-    let pid: i32 = pid.parse().map_err(|_| format!("invalid pid {pid:?}"))?;
-    let start_time: u64 = start_time
-        .parse()
-        .map_err(|_| format!("invalid start time {start_time:?}"))?;
-    let plan: Plan =
-        serde_json::from_str(plan).map_err(|e| format!("invalid capsule plan: {e}"))?;
+    if !args.is_empty() {
+        return Err(format!(
+            "usage: {COMMAND} (the plan comes as JSON on stdin, from the daemon)"
+        ));
+    }
+    let plan = read_plan()?;
+    let (pid, start_time) = (plan.target_pid, plan.target_start_time);
     let config = &plan.config;
     let single = sys::single_threaded().map_err(|e| e.to_string())?;
     let kept = {
@@ -353,6 +435,30 @@ fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, S
     }
 }
 
+/// Reads the plan from stdin up to its end, then gives the command its stdin: the terminal
+/// (already our stdout) with a tty, otherwise /dev/null.
+fn read_plan() -> std::result::Result<Plan, String> {
+    let mut plan = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut plan)
+        .map_err(|e| format!("cannot read the capsule plan: {e}"))?;
+    let plan: Plan =
+        serde_json::from_slice(&plan).map_err(|e| format!("invalid capsule plan: {e}"))?;
+    let stdin = if plan.config.tty {
+        std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| format!("cannot duplicate the terminal: {e}"))?
+    } else {
+        File::open("/dev/null")
+            .map_err(|e| format!("cannot open /dev/null: {e}"))?
+            .into()
+    };
+    nix::unistd::dup2_stdin(&stdin).map_err(|e| format!("cannot set the command's stdin: {e}"))?;
+    Ok(plan)
+}
+
 fn blocked_signals() -> std::result::Result<SigSet, String> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
@@ -408,7 +514,7 @@ fn build_root(config: &CapsuleConfig) -> std::result::Result<PathBuf, String> {
     for dir in ["proc", "sys", "dev", "tmp", "out", "target"] {
         make_mount_point_kind(&root.join(dir), true)?;
     }
-    crate::sandbox_init::mount_dev(&root.join("dev"))?;
+    crate::sandbox_init::mount_dev(&root.join("dev"), crate::sandbox_init::DeviceFiles::Nodes)?;
     mount_fs(
         "tmpfs",
         &root.join("tmp"),

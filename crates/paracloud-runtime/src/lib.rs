@@ -286,6 +286,7 @@ pub fn render_hosts(cfg: &InstanceConfig) -> String {
 pub struct Runtime {
     pub config: RuntimeConfig,
     cgroups: Box<dyn CgroupManager>,
+    capsule_runners: capsule::WarmRunners,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -293,6 +294,7 @@ impl std::fmt::Debug for Runtime {
         f.debug_struct("Runtime")
             .field("config", &self.config)
             .field("cgroups", &self.cgroups)
+            .field("capsule_runners", &self.capsule_runners)
             .finish()
     }
 }
@@ -302,12 +304,16 @@ impl Runtime {
     /// unified hierarchy) once, at start.
     pub fn new(config: RuntimeConfig) -> Result<Self> {
         let cgroups = cgroups::detect(&config.cgroup_root, &config.cgroup_parent)?;
-        Ok(Self { config, cgroups })
+        Ok(Self::with_cgroup_manager(config, cgroups))
     }
 
     /// A runtime with a given cgroup manager (tests, other layouts).
     pub fn with_cgroup_manager(config: RuntimeConfig, cgroups: Box<dyn CgroupManager>) -> Self {
-        Self { config, cgroups }
+        Self {
+            config,
+            cgroups,
+            capsule_runners: capsule::WarmRunners::default(),
+        }
     }
 
     /// The cgroup layout found at start.
@@ -423,6 +429,7 @@ impl Runtime {
     ) -> Result<tokio::process::Child> {
         capsule::attach(
             &self.config.helper_exe,
+            &self.capsule_runners,
             self.cgroups.as_ref(),
             target,
             config,
@@ -432,6 +439,12 @@ impl Runtime {
     /// Removes what is left of a capsule (processes, cgroup, scratch directory); idempotent.
     pub fn detach(&self, config: &CapsuleConfig) -> Result<()> {
         capsule::detach(self.cgroups.as_ref(), config)
+    }
+    /// Starts capsule runners ahead (a few, idle until used), so that the next attaches without
+    /// a terminal skip the exec of the helper. Call it from a Tokio runtime, off the critical
+    /// path (e.g. after a detach); a runtime that never calls it starts every runner on attach.
+    pub fn keep_capsule_runners_warm(&self) -> Result<()> {
+        self.capsule_runners.fill(&self.config.helper_exe)
     }
 }
 

@@ -230,7 +230,7 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
         make_mount_point_kind(&rootfs.join(dir), true)?;
     }
     mount_proc(&rootfs.join("proc"))?;
-    mount_dev(&rootfs.join("dev"))?;
+    mount_dev(&rootfs.join("dev"), DeviceFiles::Bind)?;
     mount_fs(
         "sysfs",
         &rootfs.join("sys"),
@@ -481,7 +481,17 @@ pub(crate) fn mount_proc(proc: &Path) -> InitResult<()> {
     Ok(())
 }
 
-pub(crate) fn mount_dev(dev: &Path) -> InitResult<()> {
+/// How /dev gets its device files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeviceFiles {
+    /// Bind mounts of the host's: what works whatever the namespaces.
+    Bind,
+    /// Device nodes made like the host's (mknod), a bind mount where that is refused: a mount
+    /// less per device, for processes with CAP_MKNOD in the initial user namespace.
+    Nodes,
+}
+
+pub(crate) fn mount_dev(dev: &Path, files: DeviceFiles) -> InitResult<()> {
     mount_fs(
         "tmpfs",
         dev,
@@ -490,11 +500,15 @@ pub(crate) fn mount_dev(dev: &Path) -> InitResult<()> {
     )?;
     for name in DEVICES {
         let host = Path::new("/dev").join(name);
-        if host.exists() {
-            let target = dev.join(name);
-            make_mount_point_kind(&target, false)?;
-            bind(&host, &target, BindMode::Device)?;
+        let Ok(meta) = fs::metadata(&host) else {
+            continue;
+        };
+        let target = dev.join(name);
+        if files == DeviceFiles::Nodes && make_device_node(&target, &meta).is_ok() {
+            continue;
         }
+        make_mount_point_kind(&target, false)?;
+        bind(&host, &target, BindMode::Device)?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -522,6 +536,18 @@ pub(crate) fn mount_dev(dev: &Path) -> InitResult<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("mode=1777,size=65536k"),
     )
+}
+
+/// A character device at `target` like the host's `meta` (type, numbers and permissions).
+fn make_device_node(target: &Path, meta: &fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    if !meta.file_type().is_char_device() {
+        return Err(std::io::Error::other("not a character device"));
+    }
+    let mode = nix::sys::stat::Mode::from_bits_truncate(meta.mode() & 0o777);
+    nix::sys::stat::mknod(target, nix::sys::stat::SFlag::S_IFCHR, mode, meta.rdev())?;
+    // mknod applies the umask.
+    fs::set_permissions(target, fs::Permissions::from_mode(meta.mode() & 0o777))
 }
 
 /// Binds the generated /etc/hosts, /etc/hostname and /etc/resolv.conf (written by the daemon

@@ -119,7 +119,14 @@ async fn capsule_sees_the_target_read_only_and_leaves_nothing_behind() {
     // The background sleep was killed with the capsule, not left to the target's pid 1.
     let after = snapshot(target.pid);
     assert_eq!(before, after, "the target changed");
-    assert!(!cfg.dir.join("scratch").exists());
+    // The scratch tmpfs lived in the capsule's mount namespace only.
+    let scratch: Vec<_> = std::fs::read_dir(cfg.dir.join("scratch"))
+        .unwrap()
+        .collect();
+    assert!(
+        scratch.is_empty(),
+        "left in the scratch directory: {scratch:?}"
+    );
     f.runtime
         .signal(&target, nix::sys::signal::Signal::SIGKILL)
         .unwrap();
