@@ -290,8 +290,8 @@ fn a_handover_the_successor_refuses_is_abandoned_and_the_old_instance_serves_on(
 
 /// A process that knows nothing of the platform and keeps its state in memory only: a token
 /// drawn at start, a counter, and a hash of 1 MiB of random bytes (recomputed every 20 ticks);
-/// it prints them with the time every 20 ms.
-fn ticker_app(p: &Platform) -> std::path::PathBuf {
+/// it prints them with the time every 20 ms. Returns its directory and script.
+fn ticker_script(p: &Platform) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = p.root().join("ticker");
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("ticker.py");
@@ -310,6 +310,13 @@ fn ticker_app(p: &Platform) -> std::path::PathBuf {
          \x20   time.sleep(0.02)\n",
     )
     .unwrap();
+    (dir, script)
+}
+
+/// The ticker (`ticker`, and `peek` with the state root bound inside) and a web server that
+/// CRIU cannot move (a listening TCP socket).
+fn ticker_app(p: &Platform) -> std::path::PathBuf {
+    let (dir, script) = ticker_script(p);
     p.manifest(
         "crm",
         &format!(
@@ -486,4 +493,82 @@ fn a_criu_migration_that_cannot_checkpoint_leaves_the_old_instance_serving() {
     assert_eq!(status, 200);
     let events = p.events("crm");
     assert!(events.contains("migration to web.2 abandoned"), "{events}");
+}
+
+#[test]
+fn a_daemon_killed_during_a_criu_migration_resumes_the_old_instance_on_restart() {
+    let p = Platform::new();
+    let (dir, script) = ticker_script(&p);
+    // While `hold` exists the health check fails, so the restored successor never becomes
+    // ready and the move waits, the old instance stopped by its checkpoint, until the test has
+    // killed the daemon. The old instance's next check is a minute away.
+    let hold = dir.join("hold");
+    let manifest = p.manifest(
+        "crm",
+        &format!(
+            "app = \"crm\"\n[services.ticker]\nimage = \"host\"\npaths = [{dir:?}]\ncommand = [\"/usr/bin/python3\", {script:?}]\nhealth = {{ exec = [\"/bin/sh\", \"-c\", \"test ! -e {hold}\"], interval = \"60s\" }}\nstop_signal = \"KILL\"\nmigrate = \"criu\"\n",
+            dir = dir.display().to_string(),
+            script = script.display().to_string(),
+            hold = hold.display(),
+        ),
+    );
+    let manifest = manifest.to_str().unwrap();
+    p.ok(&["up", "-f", manifest]);
+    wait_ticks(&p, "ticker.1", 10);
+    let old_pid = pid_of(&p, "ticker.1");
+    std::fs::write(&hold, "").unwrap();
+
+    let mut migrate = p
+        .command()
+        .args(["migrate", "-a", "crm", "ticker.1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    p.wait_event(
+        "crm",
+        "ticker.2   restored from its checkpoint",
+        Duration::from_secs(30),
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{old_pid}/stat")).unwrap();
+    let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+    assert_eq!(state, 'T', "ticker.1 is stopped by its checkpoint: {stat}");
+    let daemon = p.daemon_pid().unwrap();
+    kill9(daemon);
+    while alive(daemon) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = migrate.wait();
+    // No daemon to ask: the log file itself.
+    let log = p.root().join("instances/crm/ticker.1/output.log");
+    let before = ticks(&std::fs::read_to_string(log).unwrap());
+    let last = before.last().expect("ticker.1 ticked").clone();
+    std::fs::remove_file(&hold).unwrap();
+
+    // A new daemon (started by up): ticker.1 runs on from where it stopped, ticker.2 is gone.
+    p.ok(&["up", "-f", manifest]);
+    let ps = p.wait_ps("crm", Duration::from_secs(20), "ticker.1 alone", |ps| {
+        ps.len() == 1 && field(&ps[0], "instance") == "ticker.1"
+    });
+    assert_eq!(ps[0]["pid"].as_i64(), Some(old_pid as i64));
+    let stat = std::fs::read_to_string(format!("/proc/{old_pid}/stat")).unwrap();
+    let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+    assert_ne!(state, 'T', "ticker.1 was resumed: {stat}");
+    let after = wait_ticks(&p, "ticker.1", before.len() + 10);
+    assert_eq!(
+        after[before.len()].0,
+        last.0 + 1,
+        "ticker.1 went on where it stopped"
+    );
+    assert!(
+        after.iter().all(|t| t.1 == last.1),
+        "the same process, token kept"
+    );
+    let events = p.events("crm");
+    for step in [
+        "ticker.1   resumed: the daemon restarted during its CRIU migration",
+        "ticker.2   stopped: the daemon restarted during the migration that started it",
+    ] {
+        assert!(events.contains(step), "no {step:?} in\n{events}");
+    }
 }

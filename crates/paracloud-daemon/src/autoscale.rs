@@ -419,6 +419,7 @@ scale_to_zero = "1m"
                     slot,
                     weight: None,
                     held: false,
+                    frozen: false,
                     cpu: None,
                 })
                 .unwrap();

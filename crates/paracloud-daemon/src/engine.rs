@@ -226,13 +226,20 @@ impl<D: Driver> Engine<D> {
                                 &record.key,
                                 &service,
                                 address,
-                                process,
+                                process.clone(),
                                 record.started,
                             );
                         }
                     }
                     if let InstanceState::Stopping { reason } = record.state {
-                        self.stop(&record.key, reason);
+                        if record.frozen {
+                            // Checkpointed and taken over by its successor: it must not run on.
+                            let _ = self.driver.signal(&process, Signal::SIGKILL);
+                        } else {
+                            self.stop(&record.key, reason);
+                        }
+                    } else if record.held {
+                        self.settle_interrupted_move(record, &process)?;
                     }
                 }
                 None => {
@@ -264,6 +271,41 @@ impl<D: Driver> Engine<D> {
                     self.event(&record.key.app, &record.key.name(), error);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A running instance held out of the routes by a migration that the daemon's restart cut
+    /// short: the old instance of a CRIU move, stopped by its checkpoint, is resumed and takes
+    /// its traffic back; a successor that never took over is stopped (its predecessor still
+    /// serves).
+    fn settle_interrupted_move(
+        self: &Arc<Self>,
+        record: InstanceRecord,
+        process: &Process,
+    ) -> Result<(), paracloud_state::Error> {
+        let name = record.key.name();
+        if record.frozen {
+            if let Err(e) = self.driver.signal(process, Signal::SIGCONT) {
+                tracing::warn!("cannot resume {name}: {e}");
+            }
+            self.store.update_instance(&record.key, |record| {
+                record.held = false;
+                record.frozen = false;
+            })?;
+            self.push_routes();
+            self.event(
+                &record.key.app,
+                &name,
+                "resumed: the daemon restarted during its CRIU migration, which is abandoned",
+            );
+        } else {
+            self.event(
+                &record.key.app,
+                &name,
+                "stopped: the daemon restarted during the migration that started it, which is abandoned",
+            );
+            self.stop(&record.key, StopReason::Replace);
         }
         Ok(())
     }
@@ -429,14 +471,14 @@ impl<D: Driver> Engine<D> {
                 }
             }
             Action::Stop { key, reason } => {
-                if let Ok(Some(mut record)) = self.store.instance(&key) {
+                let stopping = self.store.update_instance(&key, |record| {
                     record.state = InstanceState::Stopping { reason };
                     record.since = now_ms();
-                    if self.store.put_instance(&record).is_ok() {
-                        // Out of the data plane's routes first, then stopped (see `stop`).
-                        self.push_routes();
-                        self.stop(&key, reason);
-                    }
+                });
+                if let Ok(Some(_)) = stopping {
+                    // Out of the data plane's routes first, then stopped (see `stop`).
+                    self.push_routes();
+                    self.stop(&key, reason);
                 }
             }
             Action::Remove { key } => {
@@ -516,6 +558,7 @@ impl<D: Driver> Engine<D> {
             slot,
             weight: None,
             held: start_as.held,
+            frozen: false,
             cpu: start_as.cpu,
         };
         self.store
@@ -554,7 +597,7 @@ impl<D: Driver> Engine<D> {
                         },
                     };
                     let pid = process.pid;
-                    if let Err(e) = engine.store.put_instance(&record) {
+                    if let Err(e) = engine.record_start_outcome(&record) {
                         tracing::error!("cannot record the start of {}: {e}", record.key);
                     }
                     let how = if start_as.restore.is_some() {
@@ -579,7 +622,7 @@ impl<D: Driver> Engine<D> {
                     };
                     record.state = InstanceState::Exited { exit };
                     record.since = now;
-                    if let Err(e) = engine.store.put_instance(&record) {
+                    if let Err(e) = engine.record_start_outcome(&record) {
                         tracing::error!("cannot record the failed start of {}: {e}", record.key);
                     }
                     engine.event(
@@ -591,6 +634,22 @@ impl<D: Driver> Engine<D> {
             }
             engine.wake();
         });
+        Ok(())
+    }
+
+    /// Stores how a start ended (state, pid, times) over the current record: what the
+    /// instance set meanwhile through PaCI (its weight) stays.
+    fn record_start_outcome(&self, outcome: &InstanceRecord) -> Result<(), paracloud_state::Error> {
+        let updated = self.store.update_instance(&outcome.key, |record| {
+            record.state = outcome.state.clone();
+            record.pid = outcome.pid;
+            record.start_time = outcome.start_time;
+            record.started = outcome.started;
+            record.since = outcome.since;
+        })?;
+        if updated.is_none() {
+            self.store.put_instance(outcome)?;
+        }
         Ok(())
     }
 
@@ -729,34 +788,38 @@ impl<D: Driver> Engine<D> {
             }
             engine.cleanup(id).await;
             let now = now_ms();
-            let Ok(Some(mut record)) = engine.store.instance(&key) else {
-                let _ = tx.send(true);
-                return;
-            };
-            let requested = match record.state {
-                InstanceState::Stopping { reason } => Some(reason),
-                _ => None,
-            };
-            let mut info = ExitInfo {
-                requested,
-                ran_ms: now.saturating_sub(started),
-                ..ExitInfo::default()
-            };
-            match exit {
-                Ok(exit) => {
-                    info.code = exit.code;
-                    info.signal = exit.signal;
-                    info.oom_killed = exit.oom_killed;
+            let mut message = String::new();
+            let recorded = engine.store.update_instance(&key, |record| {
+                let requested = match record.state {
+                    InstanceState::Stopping { reason } => Some(reason),
+                    _ => None,
+                };
+                let mut info = ExitInfo {
+                    requested,
+                    ran_ms: now.saturating_sub(started),
+                    ..ExitInfo::default()
+                };
+                match exit {
+                    Ok(exit) => {
+                        info.code = exit.code;
+                        info.signal = exit.signal;
+                        info.oom_killed = exit.oom_killed;
+                    }
+                    Err(e) => info.error = Some(format!("its end could not be observed: {e}")),
                 }
-                Err(e) => info.error = Some(format!("its end could not be observed: {e}")),
-            }
-            let message = describe_exit(&info);
-            record.restarts = restarts_after_exit(record.restarts, &info);
-            record.state = InstanceState::Exited { exit: info };
-            record.since = now;
-            record.pid = None;
-            if let Err(e) = engine.store.put_instance(&record) {
-                tracing::error!("cannot record the exit of {key}: {e}");
+                message = describe_exit(&info);
+                record.restarts = restarts_after_exit(record.restarts, &info);
+                record.state = InstanceState::Exited { exit: info };
+                record.since = now;
+                record.pid = None;
+            });
+            match recorded {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let _ = tx.send(true);
+                    return;
+                }
+                Err(e) => tracing::error!("cannot record the exit of {key}: {e}"),
             }
             engine.event(&key.app, &key.name(), &message);
             let _ = tx.send(true);
@@ -794,14 +857,14 @@ impl<D: Driver> Engine<D> {
     }
 
     fn set_health(&self, key: &InstanceKey, health: Health) {
-        let Ok(Some(mut record)) = self.store.instance(key) else {
-            return;
-        };
-        if !matches!(record.state, InstanceState::Running { .. }) {
-            return;
-        }
-        record.state = InstanceState::Running { health };
-        if self.store.put_instance(&record).is_ok() {
+        let mut running = false;
+        let updated = self.store.update_instance(key, |record| {
+            running = matches!(record.state, InstanceState::Running { .. });
+            if running {
+                record.state = InstanceState::Running { health };
+            }
+        });
+        if running && matches!(updated, Ok(Some(_))) {
             let word = match health {
                 Health::Healthy => "healthy",
                 Health::Unhealthy => "unhealthy",

@@ -268,19 +268,15 @@ impl<D: Driver> Engine<D> {
         }
 
         // The switch: the successor joins the routes as the old instance leaves them.
-        let mut successor = self
-            .store
-            .instance(&new)?
+        self.store
+            .update_instance(&new, |successor| successor.held = false)?
             .ok_or_else(|| MigrateError::Failed(format!("{to} vanished from the state")))?;
-        successor.held = false;
-        self.store.put_instance(&successor)?;
-        if let Some(mut record) = self.store.instance(key)? {
+        self.store.update_instance(key, |record| {
             record.state = InstanceState::Stopping {
                 reason: StopReason::Replace,
             };
             record.since = crate::engine::now_ms();
-            self.store.put_instance(&record)?;
-        }
+        })?;
         self.push_routes();
         note(format!("switched: {to} takes the traffic of {from}"));
         if via == MigrateMethod::Criu {
@@ -340,7 +336,7 @@ impl<D: Driver> Engine<D> {
 
         // Out of the routes first: requests wait in the data plane rather than in a frozen
         // process, and none is cut by the checkpoint.
-        self.set_held(key, true)?;
+        self.set_held(key, true, true)?;
         tokio::time::sleep(crate::engine::ROUTE_PROPAGATION).await;
         let begun = Instant::now();
         let checkpoint = match self
@@ -354,7 +350,7 @@ impl<D: Driver> Engine<D> {
                 let _ = self
                     .driver
                     .signal(&process, nix::sys::signal::Signal::SIGCONT);
-                let _ = self.set_held(key, false);
+                let _ = self.set_held(key, false, false);
                 note(format!("migration to {to} abandoned: {e}"));
                 return Err(MigrateError::Failed(format!("{e}; {from} keeps serving")));
             }
@@ -374,7 +370,7 @@ impl<D: Driver> Engine<D> {
             let _ = self
                 .driver
                 .signal(&process, nix::sys::signal::Signal::SIGCONT);
-            let _ = self.set_held(key, false);
+            let _ = self.set_held(key, false, false);
             note(format!(
                 "migration to {to} abandoned: {e}; {from} resumed (checkpoint kept in {})",
                 images.display()
@@ -391,12 +387,13 @@ impl<D: Driver> Engine<D> {
         Ok((ms, bytes))
     }
 
-    /// Keeps an instance out of the routes (or lets it back in), at once.
-    fn set_held(&self, key: &InstanceKey, held: bool) -> Result<(), MigrateError> {
-        if let Some(mut record) = self.store.instance(key)? {
+    /// Keeps an instance out of the routes (or lets it back in), at once; `frozen`: it is about
+    /// to be left stopped by a checkpoint (or is running again).
+    fn set_held(&self, key: &InstanceKey, held: bool, frozen: bool) -> Result<(), MigrateError> {
+        self.store.update_instance(key, |record| {
             record.held = held;
-            self.store.put_instance(&record)?;
-        }
+            record.frozen = frozen;
+        })?;
         self.push_routes();
         Ok(())
     }

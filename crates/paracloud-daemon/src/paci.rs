@@ -557,16 +557,19 @@ async fn weight<D: Driver>(
 ) -> Result<Json<WeightAnswer>, PaciError> {
     let Json(request) = body?;
     let weight = request.check().map_err(PaciError::bad)?;
-    let Some(mut record) = ctx.engine.store.instance(&ctx.key)? else {
+    let stored = (weight != FULL_WEIGHT).then_some(weight);
+    let mut changed = false;
+    let updated = ctx.engine.store.update_instance(&ctx.key, |record| {
+        changed = record.weight != stored;
+        record.weight = stored;
+    })?;
+    if updated.is_none() {
         return Err(PaciError::new(
             StatusCode::GONE,
             "this instance is no longer in the state",
         ));
-    };
-    let stored = (weight != FULL_WEIGHT).then_some(weight);
-    if record.weight != stored {
-        record.weight = stored;
-        ctx.engine.store.put_instance(&record)?;
+    }
+    if changed {
         ctx.engine.event(
             &ctx.key.app,
             &ctx.key.name(),

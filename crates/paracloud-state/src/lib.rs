@@ -92,9 +92,14 @@ pub struct InstanceRecord {
     /// (`None`: the full share). Kept across a restart of the instance under the same name.
     #[serde(default)]
     pub weight: Option<u32>,
-    /// Started by a migration and kept out of the routes until it takes over.
+    /// Kept out of the routes: started by a migration until it takes over, or the old
+    /// instance of a CRIU move while it is checkpointed.
     #[serde(default)]
     pub held: bool,
+    /// Left stopped by the checkpoint of a CRIU move under way. A daemon that restarts before
+    /// the move ends resumes it ([`InstanceRecord::held`] too is set).
+    #[serde(default)]
+    pub frozen: bool,
     /// CPU in cores for this instance alone (`paracloud migrate --cpus`), over its service's.
     #[serde(default)]
     pub cpu: Option<f64>,
@@ -453,6 +458,35 @@ impl Store {
             params![record.key.app, record.key.service, record.key.index, serde_json::to_string(record)?, record.slot],
         )?;
         Ok(())
+    }
+
+    /// Changes the stored record of `key` with `change`, read and written under one lock, so
+    /// that writers of different fields (the start of the instance, its PaCI calls, a
+    /// migration) never undo each other. Returns the record as written (`None`: no such
+    /// instance).
+    pub fn update_instance(
+        &self,
+        key: &InstanceKey,
+        change: impl FnOnce(&mut InstanceRecord),
+    ) -> Result<Option<InstanceRecord>> {
+        let conn = self.conn();
+        let json: Option<String> = conn
+            .query_row(
+                "SELECT record FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
+                params![key.app, key.service, key.index],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let mut record: InstanceRecord = serde_json::from_str(&json)?;
+        change(&mut record);
+        conn.execute(
+            "UPDATE instances SET record = ?4, slot = ?5 WHERE app = ?1 AND service = ?2 AND idx = ?3",
+            params![key.app, key.service, key.index, serde_json::to_string(&record)?, record.slot],
+        )?;
+        Ok(Some(record))
     }
 
     pub fn instance(&self, key: &InstanceKey) -> Result<Option<InstanceRecord>> {

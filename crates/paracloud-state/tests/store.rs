@@ -99,6 +99,7 @@ fn instances_round_trip_and_slots_are_reused() {
         slot,
         weight: None,
         held: false,
+        frozen: false,
         cpu: None,
     };
     assert_eq!(store.free_instance_slot("shop").unwrap(), 0);
@@ -111,6 +112,40 @@ fn instances_round_trip_and_slots_are_reused() {
     assert_eq!(store.free_instance_slot("shop").unwrap(), 0);
     let loaded = store.load().unwrap().instances;
     assert_eq!(loaded, vec![record(2, 1)]);
+
+    // Writers of different fields, from many threads at once, undo none of each other's.
+    let store = std::sync::Arc::new(store);
+    let key = InstanceKey::new("shop", "web", 2);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (store, key) = (store.clone(), key.clone());
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    store
+                        .update_instance(&key, |r| {
+                            if t % 2 == 0 {
+                                r.restarts += 1
+                            } else {
+                                r.since += 1
+                            }
+                        })
+                        .unwrap()
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let updated = store.instance(&key).unwrap().unwrap();
+    assert_eq!((updated.restarts, updated.since), (200, 5 + 200));
+    let gone = InstanceKey::new("shop", "web", 9);
+    assert!(store
+        .update_instance(&gone, |r| r.held = true)
+        .unwrap()
+        .is_none());
+    assert!(store.instance(&gone).unwrap().is_none(), "nothing made up");
 }
 
 #[test]
