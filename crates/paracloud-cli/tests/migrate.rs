@@ -493,6 +493,11 @@ fn a_criu_migration_that_cannot_checkpoint_leaves_the_old_instance_serving() {
     assert_eq!(status, 200);
     let events = p.events("crm");
     assert!(events.contains("migration to web.2 abandoned"), "{events}");
+    // What CRIU wrote for the failed move stays for a look until the application goes.
+    let checkpoints = p.root().join("checkpoints/crm");
+    assert!(checkpoints.join("crm-web-2").is_dir(), "{events}");
+    p.ok(&["down", "-a", "crm"]);
+    assert!(!checkpoints.exists(), "down removes the checkpoints");
 }
 
 #[test]

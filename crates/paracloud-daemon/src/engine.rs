@@ -57,8 +57,14 @@ impl DaemonConfig {
     }
 
     /// Where a checkpoint restored as `key` is kept while a CRIU migration runs.
+    /// Where a CRIU move into `key` keeps its checkpoint images (those of a failed move stay
+    /// there for a look until the application is removed).
     pub fn checkpoint_dir(&self, key: &InstanceKey) -> PathBuf {
-        self.root.join("checkpoints").join(key.id())
+        self.checkpoints_of(&key.app).join(key.id())
+    }
+
+    fn checkpoints_of(&self, app: &str) -> PathBuf {
+        self.root.join("checkpoints").join(app)
     }
 
     pub fn socket_path(&self) -> PathBuf {
@@ -495,6 +501,7 @@ impl<D: Driver> Engine<D> {
             }
             Action::Forget { app, volumes } => {
                 let _ = std::fs::remove_dir_all(self.config.root.join("instances").join(&app));
+                let _ = std::fs::remove_dir_all(self.config.checkpoints_of(&app));
                 if volumes {
                     let _ = std::fs::remove_dir_all(self.config.root.join("volumes").join(&app));
                 }
