@@ -2,13 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use paracloud_unix_http::{to_json, UnixHttp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::UnixStream;
 
 use crate::ErrorBody;
 
@@ -27,40 +26,40 @@ pub enum ClientError {
     Decode(String),
 }
 
+impl From<paracloud_unix_http::Error> for ClientError {
+    fn from(e: paracloud_unix_http::Error) -> Self {
+        use paracloud_unix_http::Error;
+        match e {
+            Error::Unreachable { path, source } => Self::Unreachable { path, source },
+            Error::Http(e) => Self::Http(e),
+            // The daemon's refusals are an ErrorBody; anything else is shown as it came.
+            Error::Status { status, body } => Self::Api {
+                status,
+                body: serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
+                    error: format!("{status}: {}", String::from_utf8_lossy(&body)),
+                    diagnostics: vec![],
+                }),
+            },
+            Error::Decode(message) => Self::Decode(message),
+        }
+    }
+}
+
+/// A client of the daemon's API over its Unix socket, one connection per request.
 #[derive(Debug, Clone)]
 pub struct Client {
-    socket: PathBuf,
+    http: UnixHttp,
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
-            socket: socket.into(),
+            http: UnixHttp::new(socket, "paracloud"),
         }
     }
 
     pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// A new HTTP/1 connection to the daemon's socket.
-    async fn connect(
-        &self,
-    ) -> Result<
-        (
-            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-            hyper::client::conn::http1::Connection<TokioIo<UnixStream>, Full<Bytes>>,
-        ),
-        ClientError,
-    > {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    path: self.socket.clone(),
-                    source,
-                })?;
-        Ok(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
+        self.http.socket()
     }
 
     /// Sends a request and returns the raw response (for streams).
@@ -70,23 +69,7 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let (mut sender, connection) = self.connect().await?;
-        tokio::spawn(async move {
-            // The connection ends with the response; its error is the request's.
-            let _ = connection.await;
-        });
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "paracloud")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        let response = sender.send_request(request).await?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        Err(api_error(response).await)
+        Ok(self.http.send(method, path, body).await?)
     }
 
     /// Sends a GET that asks to switch the connection to `protocol` (`Upgrade:`); returns the
@@ -96,45 +79,15 @@ impl Client {
         path: &str,
         protocol: &str,
     ) -> Result<(TokioIo<hyper::upgrade::Upgraded>, hyper::HeaderMap), ClientError> {
-        let (mut sender, connection) = self.connect().await?;
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", "paracloud")
-            .header("connection", "upgrade")
-            .header("upgrade", protocol)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        let response = sender.send_request(request).await?;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(api_error(response).await);
-        }
-        let headers = response.headers().clone();
-        let upgraded = hyper::upgrade::on(response).await?;
-        Ok((TokioIo::new(upgraded), headers))
-    }
-
-    async fn json<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<T, ClientError> {
-        let response = self.send(method, path, body).await?;
-        let bytes = response.into_body().collect().await?.to_bytes();
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+        Ok(self.http.upgrade(path, protocol).await?)
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.json(Method::GET, path, None).await
+        Ok(self.http.json(Method::GET, path, None).await?)
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.json(Method::DELETE, path, None).await
+        Ok(self.http.json(Method::DELETE, path, None).await?)
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(
@@ -142,8 +95,10 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.json(Method::POST, path, Some(body)).await
+        Ok(self
+            .http
+            .json(Method::POST, path, Some(to_json(body)?))
+            .await?)
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(
@@ -151,21 +106,9 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.json(Method::PUT, path, Some(body)).await
+        Ok(self
+            .http
+            .json(Method::PUT, path, Some(to_json(body)?))
+            .await?)
     }
-}
-
-/// The error a non-success answer carries (its JSON body, or its text).
-async fn api_error(response: Response<Incoming>) -> ClientError {
-    let status = response.status();
-    let bytes = match response.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => return ClientError::Http(e),
-    };
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-        error: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-        diagnostics: vec![],
-    });
-    ClientError::Api { status, body }
 }

@@ -36,18 +36,17 @@
 
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Response, StatusCode};
 pub use paracloud_paci as protocol;
 pub use paracloud_paci::{
     Ack, AckAnswer, EventKind, LoadReport, Peer, Peers, PlatformEvent, ReplicasAnswer,
     ReplicasRequest, Target, WeightAnswer, WeightRequest, Whoami,
 };
+use paracloud_unix_http::UnixHttp;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -70,10 +69,28 @@ pub enum Error {
     Decode(String),
 }
 
+impl From<paracloud_unix_http::Error> for Error {
+    fn from(e: paracloud_unix_http::Error) -> Self {
+        use paracloud_unix_http::Error as Http;
+        match e {
+            Http::Unreachable { path, source } => Self::Unreachable { path, source },
+            Http::Http(e) => Self::Http(e),
+            // PaCI's refusals are an ErrorBody; anything else is shown as it came.
+            Http::Status { status, body } => Self::Refused {
+                status,
+                message: serde_json::from_slice::<paracloud_paci::ErrorBody>(&body)
+                    .map(|b| b.error)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned()),
+            },
+            Http::Decode(message) => Self::Decode(message),
+        }
+    }
+}
+
 /// A client of the instance's PaCI socket; cheap to clone, one connection per request.
 #[derive(Debug, Clone)]
 pub struct Paci {
-    socket: PathBuf,
+    http: UnixHttp,
 }
 
 impl Paci {
@@ -86,12 +103,12 @@ impl Paci {
     /// A socket at a given path.
     pub fn at(socket: impl Into<PathBuf>) -> Self {
         Self {
-            socket: socket.into(),
+            http: UnixHttp::new(socket, "paci"),
         }
     }
 
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.http.socket()
     }
 
     async fn send(
@@ -100,36 +117,7 @@ impl Paci {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, Error> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| Error::Unreachable {
-                    path: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            // The connection ends with the response; its error is the request's.
-            let _ = connection.await;
-        });
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "paci")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| Error::Decode(e.to_string()))?;
-        let response = sender.send_request(request).await?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        let message = serde_json::from_slice::<paracloud_paci::ErrorBody>(&bytes)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        Err(Error::Refused { status, message })
+        Ok(self.http.send(method, path, body).await?)
     }
 
     async fn json<T: DeserializeOwned>(
@@ -138,16 +126,11 @@ impl Paci {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, Error> {
-        let response = self.send(method, path, body).await?;
-        let bytes = response.into_body().collect().await?.to_bytes();
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+        Ok(self.http.json(method, path, body).await?)
     }
 
     fn body<B: Serialize>(body: &B) -> Result<Option<Vec<u8>>, Error> {
-        serde_json::to_vec(body)
-            .map(Some)
-            .map_err(|e| Error::Decode(e.to_string()))
+        Ok(Some(paracloud_unix_http::to_json(body)?))
     }
 
     /// Who this instance is: app, service, name, index, revision, resources, addresses.

@@ -1,0 +1,254 @@
+//! HTTP/1.1 over a Unix socket, one connection per request: the transport of the daemon's API
+//! client and of the PaCI SDK. It knows no API types, so the SDK an application links stays
+//! free of the daemon's; each client reads the bodies of refusals its own way.
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing accepts connections at the socket.
+    #[error("nothing answers on {path}: {source}")]
+    Unreachable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the connection failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// An answer other than success: its status and whole body.
+    #[error("{status}: {}", String::from_utf8_lossy(.body))]
+    Status { status: StatusCode, body: Bytes },
+    /// A request that could not be written, or an answer that is not the JSON expected.
+    #[error("{0}")]
+    Decode(String),
+}
+
+/// The server behind one Unix socket.
+#[derive(Debug, Clone)]
+pub struct UnixHttp {
+    socket: PathBuf,
+    /// The `Host:` of every request (the socket names the server; HTTP/1.1 wants one).
+    host: &'static str,
+}
+
+impl UnixHttp {
+    pub fn new(socket: impl Into<PathBuf>, host: &'static str) -> Self {
+        Self {
+            socket: socket.into(),
+            host,
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<
+        (
+            SendRequest<Full<Bytes>>,
+            Connection<TokioIo<UnixStream>, Full<Bytes>>,
+        ),
+        Error,
+    > {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| Error::Unreachable {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        Ok(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
+    }
+
+    /// Sends a request with a JSON body (or none) and returns a successful answer as it comes
+    /// (its body may be a stream); any other answer is [`Error::Status`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, Error> {
+        let (mut sender, connection) = self.connect().await?;
+        tokio::spawn(async move {
+            // The connection ends with the response; its error is the request's.
+            let _ = connection.await;
+        });
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.host)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| Error::Decode(e.to_string()))?;
+        let response = sender.send_request(request).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(refusal(response).await)
+    }
+
+    /// Sends a request and reads its successful answer as JSON.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, Error> {
+        let response = self.send(method, path, body).await?;
+        let bytes = response.into_body().collect().await?.to_bytes();
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+    }
+
+    /// Sends a GET that asks to switch the connection to `protocol` (`Upgrade:`); returns the
+    /// raw connection and the 101 answer's headers.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &str,
+    ) -> Result<(TokioIo<hyper::upgrade::Upgraded>, HeaderMap), Error> {
+        let (mut sender, connection) = self.connect().await?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", self.host)
+            .header("connection", "upgrade")
+            .header("upgrade", protocol)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::Decode(e.to_string()))?;
+        let response = sender.send_request(request).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(refusal(response).await);
+        }
+        let headers = response.headers().clone();
+        let upgraded = hyper::upgrade::on(response).await?;
+        Ok((TokioIo::new(upgraded), headers))
+    }
+}
+
+/// `body` as a JSON request body.
+pub fn to_json<B: Serialize>(body: &B) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(body).map_err(|e| Error::Decode(e.to_string()))
+}
+
+/// The answer that was not the one asked for, with its whole body.
+async fn refusal(response: Response<Incoming>) -> Error {
+    let status = response.status();
+    match response.into_body().collect().await {
+        Ok(collected) => Error::Status {
+            status,
+            body: collected.to_bytes(),
+        },
+        Err(e) => Error::Http(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on `socket` that answers each connection with `answer` once it has read the
+    /// request's head; returns the heads it read.
+    fn serve(socket: &Path, answer: &'static str) -> tokio::task::JoinHandle<Vec<String>> {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        tokio::spawn(async move {
+            let mut heads = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap() == 1 {
+                    head.push(byte[0]);
+                }
+                heads.push(String::from_utf8(head).unwrap());
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                stream.shutdown().await.unwrap();
+                if heads.len() == 2 {
+                    break;
+                }
+            }
+            heads
+        })
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_as_json_and_refusals_keep_their_status_and_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok.sock");
+        let server = serve(
+            &ok,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n{\"a\": 1}\n",
+        );
+        let client = UnixHttp::new(&ok, "test");
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct A {
+            a: u32,
+        }
+        let got: A = client
+            .json(Method::POST, "/v1/x", Some(to_json(&[1, 2]).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(got, A { a: 1 });
+        // Not the JSON asked for: said with the text.
+        let err = client
+            .json::<Vec<u32>>(Method::GET, "/v1/y", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Decode(m) if m.contains("{\"a\": 1}")),
+            "{err}"
+        );
+        let heads = server.await.unwrap();
+        assert!(heads[0].starts_with("POST /v1/x HTTP/1.1\r\n"), "{heads:?}");
+        assert!(
+            heads[0].to_lowercase().contains("host: test\r\n"),
+            "{heads:?}"
+        );
+        assert!(heads[1].starts_with("GET /v1/y HTTP/1.1\r\n"), "{heads:?}");
+
+        let refused = dir.path().join("refused.sock");
+        let _server = serve(
+            &refused,
+            "HTTP/1.1 409 Conflict\r\ncontent-length: 14\r\n\r\n{\"error\":\"no\"}",
+        );
+        let err = UnixHttp::new(&refused, "test")
+            .send(Method::PUT, "/v1/z", None)
+            .await
+            .unwrap_err();
+        match err {
+            Error::Status { status, body } => {
+                assert_eq!(status, StatusCode::CONFLICT);
+                assert_eq!(&body[..], b"{\"error\":\"no\"}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_nobody_serves_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.sock");
+        let err = UnixHttp::new(&path, "test")
+            .send(Method::GET, "/", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Unreachable { path: p, .. } if p == &path),
+            "{err}"
+        );
+        assert!(err.to_string().contains("none.sock"), "{err}");
+    }
+}
