@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use http_body_util::BodyExt;
 use paracloud_api::{CapsuleRunEvent, CapsuleRunRequest, CapsuleRunView, CapsuleView};
+use paracloud_unix_http::JsonLines;
 
 use crate::cli::{CapsuleCommand, Global, Output};
 use crate::commands::{client, explain, format_time};
@@ -109,81 +110,71 @@ async fn run(
         )
         .await
         .map_err(explain)?;
-    let mut body = response.into_body();
-    let mut pending = Vec::new();
+    let mut events = JsonLines::<CapsuleRunEvent>::new(response);
     let mut targets = 0usize;
     let mut run_id = 0;
     let mut code = 0;
     let mut finished = false;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        pending.extend_from_slice(&data);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let event: CapsuleRunEvent = serde_json::from_slice(&line)
-                .with_context(|| format!("the daemon sent {}", String::from_utf8_lossy(&line)))?;
-            if global.output != Output::Table {
-                println!("{}", serde_json::to_string(&event)?);
+    while let Some(event) = events.next().await.context("reading the run's events")? {
+        if global.output != Output::Table {
+            println!("{}", serde_json::to_string(&event)?);
+        }
+        match event {
+            CapsuleRunEvent::Started { run, targets: t } => {
+                run_id = run;
+                targets = t.len();
             }
-            match event {
-                CapsuleRunEvent::Started { run, targets: t } => {
-                    run_id = run;
-                    targets = t.len();
+            CapsuleRunEvent::Output {
+                instance,
+                stream,
+                text,
+            } if global.output == Output::Table => {
+                let text = if targets > 1 {
+                    prefix_lines(&instance, &text)
+                } else {
+                    text
+                };
+                if stream == "stderr" {
+                    eprint!("{text}");
+                } else {
+                    print!("{text}");
                 }
-                CapsuleRunEvent::Output {
-                    instance,
-                    stream,
-                    text,
-                } if global.output == Output::Table => {
-                    let text = if targets > 1 {
-                        prefix_lines(&instance, &text)
-                    } else {
-                        text
-                    };
-                    if stream == "stderr" {
-                        eprint!("{text}");
-                    } else {
-                        print!("{text}");
-                    }
-                }
-                CapsuleRunEvent::Output { .. } => {}
-                CapsuleRunEvent::Exited {
-                    instance,
-                    exit_code,
-                    timed_out,
-                    files,
-                    error,
-                    ..
-                } => {
-                    for file in &files {
-                        let dir = out.join(&instance);
-                        std::fs::create_dir_all(&dir)
-                            .with_context(|| format!("cannot create {}", dir.display()))?;
-                        let path = dir.join(&file.name);
-                        download(&client, run_id, &instance, &file.name, &path).await?;
-                        eprintln!("{instance}: {} ({} bytes)", path.display(), file.size);
-                    }
-                    if let Some(error) = &error {
-                        eprintln!("{instance}: {error}");
-                    }
-                    let this = match (exit_code, timed_out) {
-                        (_, true) => 124,
-                        (Some(c), _) => c,
-                        (None, _) => 1,
-                    };
-                    if this != 0 {
-                        if error.is_none() {
-                            eprintln!("{instance}: exit code {this}");
-                        }
-                        if code == 0 {
-                            code = this;
-                        }
-                    }
-                }
-                CapsuleRunEvent::Finished { .. } => finished = true,
             }
+            CapsuleRunEvent::Output { .. } => {}
+            CapsuleRunEvent::Exited {
+                instance,
+                exit_code,
+                timed_out,
+                files,
+                error,
+                ..
+            } => {
+                for file in &files {
+                    let dir = out.join(&instance);
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    let path = dir.join(&file.name);
+                    download(&client, run_id, &instance, &file.name, &path).await?;
+                    eprintln!("{instance}: {} ({} bytes)", path.display(), file.size);
+                }
+                if let Some(error) = &error {
+                    eprintln!("{instance}: {error}");
+                }
+                let this = match (exit_code, timed_out) {
+                    (_, true) => 124,
+                    (Some(c), _) => c,
+                    (None, _) => 1,
+                };
+                if this != 0 {
+                    if error.is_none() {
+                        eprintln!("{instance}: exit code {this}");
+                    }
+                    if code == 0 {
+                        code = this;
+                    }
+                }
+            }
+            CapsuleRunEvent::Finished { .. } => finished = true,
         }
     }
     std::io::stdout().flush()?;

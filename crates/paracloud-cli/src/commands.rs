@@ -1165,40 +1165,34 @@ async fn transfer(
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     let mut by_digest: std::collections::HashMap<String, indicatif::ProgressBar> =
         std::collections::HashMap::new();
-    let mut body = response.into_body();
-    let mut pending = Vec::new();
+    let mut events = paracloud_unix_http::JsonLines::<TransferEvent>::new(response);
     let mut outcome = None;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        pending.extend_from_slice(&data);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let event: TransferEvent = serde_json::from_slice(&line)
-                .with_context(|| format!("the daemon sent {}", String::from_utf8_lossy(&line)))?;
-            match (&event, &bars) {
-                (TransferEvent::Started { digest, size }, Some(bars)) => {
-                    let bar = bars.add(indicatif::ProgressBar::new(*size));
-                    bar.set_style(style.clone());
-                    bar.set_prefix(digest.trim_start_matches("sha256:")[..12].to_owned());
-                    by_digest.insert(digest.clone(), bar);
-                }
-                (TransferEvent::Bytes { digest, done }, Some(_)) => {
-                    if let Some(bar) = by_digest.get(digest) {
-                        bar.set_position(*done);
-                    }
-                }
-                (TransferEvent::Done { digest }, Some(_)) => {
-                    if let Some(bar) = by_digest.get(digest) {
-                        bar.finish();
-                    }
-                }
-                (TransferEvent::Finished { .. } | TransferEvent::Failed { .. }, _) => {
-                    outcome = Some(event.clone());
-                }
-                _ => {}
+    while let Some(event) = events
+        .next()
+        .await
+        .context("reading the transfer's progress")?
+    {
+        match (&event, &bars) {
+            (TransferEvent::Started { digest, size }, Some(bars)) => {
+                let bar = bars.add(indicatif::ProgressBar::new(*size));
+                bar.set_style(style.clone());
+                bar.set_prefix(digest.trim_start_matches("sha256:")[..12].to_owned());
+                by_digest.insert(digest.clone(), bar);
             }
+            (TransferEvent::Bytes { digest, done }, Some(_)) => {
+                if let Some(bar) = by_digest.get(digest) {
+                    bar.set_position(*done);
+                }
+            }
+            (TransferEvent::Done { digest }, Some(_)) => {
+                if let Some(bar) = by_digest.get(digest) {
+                    bar.finish();
+                }
+            }
+            (TransferEvent::Finished { .. } | TransferEvent::Failed { .. }, _) => {
+                outcome = Some(event.clone());
+            }
+            _ => {}
         }
     }
     match outcome {

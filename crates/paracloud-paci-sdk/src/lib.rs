@@ -36,7 +36,6 @@
 
 use std::path::{Path, PathBuf};
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Response, StatusCode};
 pub use paracloud_paci as protocol;
@@ -222,48 +221,21 @@ fn peers_path(service: Option<&str>, watch: bool) -> String {
 }
 
 /// A stream of JSON lines from the platform (events, peer changes).
+#[derive(Debug)]
 pub struct Lines<T> {
-    body: Incoming,
-    buffer: Vec<u8>,
-    _item: std::marker::PhantomData<T>,
-}
-
-impl<T> std::fmt::Debug for Lines<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lines")
-            .field("buffered", &self.buffer.len())
-            .finish()
-    }
+    lines: paracloud_unix_http::JsonLines<T>,
 }
 
 impl<T: DeserializeOwned> Lines<T> {
     fn new(response: Response<Incoming>) -> Self {
         Self {
-            body: response.into_body(),
-            buffer: Vec::new(),
-            _item: std::marker::PhantomData,
+            lines: paracloud_unix_http::JsonLines::new(response),
         }
     }
 
     /// The next item; `None` when the platform closed the stream.
     pub async fn next(&mut self) -> Result<Option<T>, Error> {
-        loop {
-            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                let item = serde_json::from_slice(&line[..end]).map_err(|e| {
-                    Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&line)))
-                })?;
-                return Ok(Some(item));
-            }
-            match self.body.frame().await {
-                None => return Ok(None),
-                Some(frame) => {
-                    if let Ok(data) = frame?.into_data() {
-                        self.buffer.extend_from_slice(&data);
-                    }
-                }
-            }
-        }
+        Ok(self.lines.next().await?)
     }
 }
 

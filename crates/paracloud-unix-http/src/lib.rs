@@ -139,6 +139,52 @@ impl UnixHttp {
     }
 }
 
+/// A streamed body of JSON lines (events, progress), read one item at a time.
+pub struct JsonLines<T> {
+    body: Incoming,
+    buffer: Vec<u8>,
+    _item: std::marker::PhantomData<T>,
+}
+
+impl<T> std::fmt::Debug for JsonLines<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonLines")
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> JsonLines<T> {
+    pub fn new(response: Response<Incoming>) -> Self {
+        Self {
+            body: response.into_body(),
+            buffer: Vec::new(),
+            _item: std::marker::PhantomData,
+        }
+    }
+
+    /// The next item; `None` once the server has closed the stream.
+    pub async fn next(&mut self) -> Result<Option<T>, Error> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                let item = serde_json::from_slice(&line[..end]).map_err(|e| {
+                    Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&line[..end])))
+                })?;
+                return Ok(Some(item));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `body` as a JSON request body.
 pub fn to_json<B: Serialize>(body: &B) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(body).map_err(|e| Error::Decode(e.to_string()))
@@ -235,6 +281,35 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    #[tokio::test]
+    async fn json_lines_come_one_by_one_across_chunks_and_a_bad_line_is_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("lines.sock");
+        // Chunked: a line split over two chunks, two lines in one, then a line that is not JSON.
+        let _server = serve(
+            &socket,
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+             3\r\n[1,\r\n\
+             9\r\n2]\n[3]\n[4\r\n\
+             7\r\n]\nnope\n\r\n\
+             0\r\n\r\n",
+        );
+        let response = UnixHttp::new(&socket, "test")
+            .send(Method::GET, "/", None)
+            .await
+            .unwrap();
+        let mut lines = JsonLines::<Vec<u32>>::new(response);
+        assert_eq!(lines.next().await.unwrap(), Some(vec![1, 2]));
+        assert_eq!(lines.next().await.unwrap(), Some(vec![3]));
+        assert_eq!(lines.next().await.unwrap(), Some(vec![4]));
+        let err = lines.next().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Decode(m) if m.ends_with(": nope")),
+            "{err}"
+        );
+        assert_eq!(lines.next().await.unwrap(), None);
     }
 
     #[tokio::test]
