@@ -9,9 +9,33 @@ use std::time::{Duration, Instant};
 
 use shop::model::{KeyValue, Products};
 
+/// Ports of this test process: a block of fifty in 24000-24999, held through a lock file for the
+/// process's life. Ports the kernel hands out (bind to port 0) are the ephemeral range, where an
+/// outgoing connection of a test running beside could take one between our look and the
+/// binary's own bind.
 fn free_port() -> u16 {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().port()
+    const BLOCKS: u16 = 20;
+    const SIZE: u16 = 50;
+    static BLOCK: std::sync::OnceLock<(u16, std::fs::File)> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let (block, _lock) = BLOCK.get_or_init(|| {
+        let dir = std::env::temp_dir().join("paracloud-shop-test-ports");
+        std::fs::create_dir_all(&dir).unwrap();
+        let start = (std::process::id() % u32::from(BLOCKS)) as u16;
+        (0..BLOCKS)
+            .map(|i| (start + i) % BLOCKS)
+            .find_map(|block| {
+                let file = std::fs::File::create(dir.join(block.to_string())).unwrap();
+                file.try_lock().is_ok().then_some((block, file))
+            })
+            .expect("all blocks of shop test ports are taken")
+    });
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        n < SIZE,
+        "the shop tests of one process take at most {SIZE} ports"
+    );
+    24000 + block * SIZE + n
 }
 
 /// A running binary, killed when dropped so a failed test leaves nothing behind.
