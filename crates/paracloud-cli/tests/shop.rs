@@ -302,10 +302,12 @@ fn scaling_restarting_and_replacing_under_load_fails_no_request() {
     assert!(ok > 100, "the load ran: {ok}");
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed: {:?}",
+        "{} of {} requests failed: {:?}\n--- daemon log ---\n{}\n--- data plane log ---\n{}",
         failed.len(),
         ok as usize + failed.len(),
-        &failed[..failed.len().min(5)]
+        &failed[..failed.len().min(5)],
+        p.daemon_log(),
+        p.dataplane_log()
     );
 }
 

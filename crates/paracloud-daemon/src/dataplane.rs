@@ -190,9 +190,17 @@ impl DataplaneSupervisor {
         Ok(process)
     }
 
-    /// Writes the configuration and signals the data plane when it differs from the last one.
-    pub fn push(&self, config: &Config) {
+    /// Reads the current configuration with `current` and, when it differs from the last one
+    /// pushed, writes it and signals the data plane.
+    ///
+    /// `current` runs under the supervisor's lock, so pushes from several tasks reach the data
+    /// plane in the order their configurations were read: a configuration read before a change
+    /// (a reconcile turn's) can never land after one read after it (a migration's switch), which
+    /// would put a stopped instance back into the routes until the next change.
+    pub fn push(&self, current: impl FnOnce() -> Option<Config>) {
         let mut state = self.lock();
+        let Some(config) = current() else { return };
+        let config = &config;
         if state.pushed.as_ref() == Some(config) {
             return;
         }
@@ -352,6 +360,43 @@ mod tests {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
         assert!(catches_sighup(me));
         assert!(!catches_sighup(i32::MAX), "no such process");
+    }
+
+    /// Two tasks push at once: the one that read its configuration first (a reconcile turn,
+    /// before a migration's switch) must not land after the one that read it later.
+    #[test]
+    fn pushes_land_in_the_order_their_configurations_were_read() {
+        let root = tempfile::tempdir().unwrap();
+        let supervisor = DataplaneSupervisor::new(root.path(), Path::new("/nonexistent"));
+        let config = |backend: &str| Config {
+            listeners: vec![paracloud_dataplane::Listener {
+                name: "shop/api:8000".into(),
+                bind: "10.0.0.2:8000".parse().unwrap(),
+                protocol: paracloud_dataplane::Protocol::Http,
+                backends: vec![paracloud_dataplane::Backend {
+                    id: backend.into(),
+                    addr: "10.0.0.9:8000".parse().unwrap(),
+                    weight: 1000,
+                }],
+                revisions: Vec::new(),
+            }],
+        };
+        let (read, reading) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                supervisor.push(|| {
+                    let stale = config("api.1");
+                    read.send(()).unwrap();
+                    // The switch happens while this turn still holds what it read.
+                    std::thread::sleep(Duration::from_millis(100));
+                    Some(stale)
+                })
+            });
+            reading.recv().unwrap();
+            supervisor.push(|| Some(config("api.2")));
+        });
+        let landed = load_config(&root.path().join("dataplane.json")).unwrap();
+        assert_eq!(landed, config("api.2"));
     }
 
     #[test]

@@ -975,12 +975,13 @@ impl<D: Driver> Engine<D> {
     /// streams that something may have changed.
     pub(crate) fn push_routes(&self) {
         self.paci.changed();
-        match self.store.load() {
-            Ok(snapshot) => self
-                .dataplane
-                .push(&dataplane_config(&snapshot, self.config.subnet_pool)),
-            Err(e) => tracing::error!("cannot read the state for the routes: {e}"),
-        }
+        self.dataplane.push(|| match self.store.load() {
+            Ok(snapshot) => Some(dataplane_config(&snapshot, self.config.subnet_pool)),
+            Err(e) => {
+                tracing::error!("cannot read the state for the routes: {e}");
+                None
+            }
+        });
     }
 
     /// Waits until the data plane's routes no longer hold `key` (its live figures list the

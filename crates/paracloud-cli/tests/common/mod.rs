@@ -128,9 +128,18 @@ impl Platform {
     }
 
     pub fn daemon_log(&self) -> String {
-        let log = std::fs::read_to_string(self.root().join("daemon.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        self.log_tail("daemon.log", 60)
+    }
+
+    /// The last lines of the data plane's log, where every failed backend exchange is told.
+    pub fn dataplane_log(&self) -> String {
+        self.log_tail("dataplane.log", 60)
+    }
+
+    fn log_tail(&self, name: &str, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.root().join(name)).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Writes a manifest into the test's root and returns its path.
