@@ -1,6 +1,8 @@
 //! `run` driven by real signals: SIGHUP reloads, SIGTERM stops. Its own test binary (process),
 //! since the signals go to the whole process.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
@@ -50,10 +52,7 @@ async fn sighup_reloads_and_sigterm_stops() {
             let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, b"hi").await;
         }
     });
-    let bind = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let bind = common::free_addr();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dataplane.json");
     let stats_socket = dir.path().join("stats.sock");

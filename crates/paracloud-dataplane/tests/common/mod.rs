@@ -12,10 +12,19 @@ use paracloud_dataplane::{write_config, Backend, Config, Dataplane, Listener, Pr
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// An address nothing listens on (bound, then released).
+/// An address nothing listens on (bound, then released), on a loopback address of this test
+/// process's own, 127.X.Y.Z from its pid. On 127.0.0.1 the port would come from the ephemeral
+/// range, where an outgoing connection of a test running beside (whose source address is
+/// 127.0.0.1) could take it before the data plane binds it.
 pub fn free_addr() -> SocketAddr {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let socket = std::net::TcpListener::bind((own_loopback(), 0)).unwrap();
     socket.local_addr().unwrap()
+}
+
+/// This process's own loopback address (pids stay below 2^22, and none here is 1).
+pub fn own_loopback() -> std::net::Ipv4Addr {
+    let [_, x, y, z] = std::process::id().to_be_bytes();
+    std::net::Ipv4Addr::new(127, x, y, z)
 }
 
 /// A listener named after its address, with weight-1 backends.
