@@ -68,7 +68,8 @@ pub struct Limits {
     pub pids: u64,
 }
 
-const DEFAULT_LIMITS: Limits = Limits {
+/// The limits of a capsule that sets none.
+pub const DEFAULT_LIMITS: Limits = Limits {
     cpu: 1.0,
     memory: 256 << 20,
     pids: 256,
@@ -96,12 +97,18 @@ pub struct CapsuleSpec {
     /// Given arguments, the capsule runs them as its command (found on its PATH) instead of its
     /// script, with no shell in between.
     pub runs_arguments: bool,
+    /// The command of a capsule an application defines (`[capsules.NAME]`, made of an image),
+    /// run with the arguments appended; empty for the built-in ones, which run their script.
+    pub entry: Vec<String>,
 }
 
 impl CapsuleSpec {
     /// The command line of a run with `args`, inside the capsule's root (where the script is
     /// `/capsule/run`).
     pub fn command(&self, args: &[String]) -> Vec<String> {
+        if !self.entry.is_empty() {
+            return self.entry.iter().chain(args).cloned().collect();
+        }
         if self.runs_arguments && !args.is_empty() {
             return args.to_vec();
         }
@@ -122,11 +129,12 @@ fn spec(name: &str, description: &str, usage: &str, script: &'static str) -> Cap
         access: Access::Read,
         capabilities: Vec::new(),
         limits: DEFAULT_LIMITS,
-        timeout: 5 * MINUTE,
+        timeout: DEFAULT_TIMEOUT,
         programs: Vec::new(),
         trees: Vec::new(),
         script,
         runs_arguments: false,
+        entry: Vec::new(),
     }
 }
 
@@ -135,6 +143,9 @@ fn strings(items: &[&str]) -> Vec<String> {
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// The deadline of a capsule that sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// The built-in capsules, by name.
 pub fn builtins() -> Vec<CapsuleSpec> {
@@ -599,6 +610,15 @@ mod tests {
         assert_eq!(
             builtin("checksum").unwrap().command(&strings(&["/etc"])),
             strings(&["/bin/sh", "/capsule/run", "/etc"])
+        );
+        let own = CapsuleSpec {
+            entry: strings(&["/bin/dump", "--all"]),
+            ..builtin("checksum").unwrap()
+        };
+        assert_eq!(
+            own.command(&strings(&["users"])),
+            strings(&["/bin/dump", "--all", "users"]),
+            "an application's capsule runs its command with the arguments appended"
         );
         let runs_arguments: Vec<String> = builtins()
             .into_iter()

@@ -573,3 +573,99 @@ fn a_scheduled_capsule_runs_when_its_time_comes_and_bad_schedules_are_refused() 
     }
     p.ok(&["down", "-a", "ticks"]);
 }
+
+/// An application's own capsule (`[capsules.NAME]`): its image built with `paracloud build`, its
+/// entrypoint run with the arguments in the target's namespaces, its files returned; refused
+/// where the policy does not name it, and `up` refused when its image is missing.
+#[test]
+fn an_applications_own_capsule_runs_its_image_where_the_policy_allows_it() {
+    let p = Platform::new();
+    p.ok(&[
+        "image",
+        "build",
+        "--from-binary",
+        "/bin/busybox",
+        "-t",
+        "busybox:1",
+    ]);
+    let context = p.root().join("report-context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(
+        context.join("Containerfile"),
+        "FROM busybox:1\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         COPY report.sh /usr/local/bin/report\nENTRYPOINT [\"/bin/sh\", \"/usr/local/bin/report\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        context.join("report.sh"),
+        "echo \"pid1=$(cat /proc/1/comm) args=$* target=$(ls $TARGET/proc >/dev/null && echo yes)\"\n\
+         echo \"$PARACLOUD_INSTANCE\" > \"$OUT/report.txt\"\n",
+    )
+    .unwrap();
+    p.ok(&["build", "-t", "report:1", context.to_str().unwrap()]);
+
+    let app = |image: &str| {
+        format!(
+            "app = \"tools\"\n\n\
+             [services.tick]\nimage = \"host\"\ncommand = [\"sleep\", \"3600\"]\n\n\
+             [services.tick.capsules]\nreport = \"read\"\n\n\
+             [services.tock]\nimage = \"host\"\ncommand = [\"sleep\", \"3600\"]\n\n\
+             [capsules.report]\nimage = \"{image}\"\ndescription = \"who runs here\"\nusage = \"[WORDS...]\"\n"
+        )
+    };
+    let missing = p.manifest("tools-missing", &app("nope:1"));
+    let e = p.fails(&["up", "-f", missing.to_str().unwrap()]);
+    assert!(e.contains("capsule report: image nope:1"), "{e}");
+
+    let manifest = p.manifest("tools", &app("report:1"));
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let listed = p.ok(&["capsule", "ls", "-a", "tools"]);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("report "))
+        .unwrap_or_else(|| panic!("report is not listed: {listed}"));
+    assert!(
+        line.contains("tools") && line.contains("who runs here"),
+        "{line}"
+    );
+
+    let out = p.root().join("report-out");
+    let said = capsule_ok(
+        &p,
+        &[
+            "report",
+            "--selector",
+            "app=tools,service=tick",
+            "--out",
+            out.to_str().unwrap(),
+            "--",
+            "hello",
+            "world",
+        ],
+    );
+    assert!(
+        said.contains("pid1=sleep args=hello world target=yes"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("tick.1/report.txt")).unwrap(),
+        "tick.1\n"
+    );
+
+    let (code, _, e) = run(
+        &p,
+        &[
+            "capsule",
+            "run",
+            "report",
+            "--selector",
+            "app=tools,service=tock",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        e.contains("add report = \"read\" under [services.tock.capsules]"),
+        "{e}"
+    );
+    p.ok(&["down", "-a", "tools"]);
+}

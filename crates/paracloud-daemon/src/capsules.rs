@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use paracloud_api::{CapsuleFile, CapsuleRunEvent, CapsuleView};
 use paracloud_capsule::{Access, CapsuleSpec, Selector, Target};
+use paracloud_manifest::Image;
 use paracloud_reconcile::{InstanceKey, InstanceState};
 use paracloud_runtime::{CapsuleConfig, Limits, Process, Rootfs};
 use paracloud_state::{CapsuleRun, CapsuleTarget};
@@ -57,18 +58,35 @@ pub enum CapsuleError {
 #[derive(Debug, Clone)]
 pub struct Capsule {
     pub spec: CapsuleSpec,
+    /// For an application's own capsule (`[capsules.NAME]`): the application, and the image
+    /// (pinned at `up`) it is made of. `None` for a built-in one.
+    pub own: Option<(String, Image)>,
 }
 
-/// Every capsule that can attach to `app`'s instances: the built-in ones.
-pub fn catalog<D: Driver>(_engine: &Engine<D>, _app: Option<&str>) -> Vec<Capsule> {
-    paracloud_capsule::builtins()
+/// Every capsule that can attach to `app`'s instances: the built-in ones, then the
+/// application's own (every application's when `app` is `None`).
+pub fn catalog<D: Driver>(engine: &Engine<D>, app: Option<&str>) -> Vec<Capsule> {
+    let builtins = paracloud_capsule::builtins()
         .into_iter()
-        .map(|spec| Capsule { spec })
-        .collect()
+        .map(|spec| Capsule { spec, own: None });
+    let apps = engine.store.load().map(|s| s.apps).unwrap_or_default();
+    let own = apps
+        .into_iter()
+        .filter(|a| a.removing.is_none() && app.is_none_or(|name| a.name == name))
+        .flat_map(|a| {
+            a.manifest.capsules.into_values().map(move |c| Capsule {
+                spec: c.spec(),
+                own: Some((a.name.clone(), c.image)),
+            })
+        });
+    builtins.chain(own).collect()
 }
 
 pub fn view(capsule: &Capsule) -> CapsuleView {
-    let (app, missing) = (None, missing_programs(&capsule.spec));
+    let (app, missing) = match &capsule.own {
+        Some((app, _)) => (Some(app.clone()), Vec::new()),
+        None => (None, missing_programs(&capsule.spec)),
+    };
     CapsuleView {
         name: capsule.spec.name.clone(),
         description: capsule.spec.description.clone(),
@@ -275,7 +293,7 @@ pub fn prepare<D: Driver>(
             }
         }
     }
-    {
+    if capsule.own.is_none() {
         let missing = missing_programs(&capsule.spec);
         if !missing.is_empty() {
             return Err(CapsuleError::Unavailable(format!(
@@ -842,10 +860,13 @@ pub async fn capsule_root<D: Driver>(
     capsule: &Capsule,
 ) -> Result<Rootfs, String> {
     let engine = engine.clone();
-    let spec = capsule.spec.clone();
-    tokio::task::spawn_blocking(move || builtin_root(&engine, &spec))
-        .await
-        .map_err(|e| e.to_string())?
+    let capsule = capsule.clone();
+    tokio::task::spawn_blocking(move || match &capsule.own {
+        Some((_, image)) => engine.images.rootfs(image),
+        None => builtin_root(&engine, &capsule.spec),
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// The image of a built-in capsule (built on first use) and its script layer.

@@ -88,81 +88,43 @@ impl Images {
         .unwrap_or_else(|e| Err(ImageError::bad(format!("the image task failed: {e}"))))
     }
 
-    /// Pins every store image of `manifest` to a digest and fills in its config's defaults.
+    /// Pins every store image of `manifest` (its services' and its own capsules') to a digest
+    /// and fills in its config's defaults.
     pub fn resolve_manifest(store: &Store, manifest: &mut Manifest) -> Result<()> {
         for (name, service) in manifest.services.iter_mut() {
-            let digest = match &service.image {
-                Image::Stored { reference, .. } => match store.lookup(reference) {
-                    Ok(digest) => digest,
-                    // An image of a registry the store lacks is pulled, as compose does.
-                    Err(StoreError::NotFound(_))
-                        if reference
-                            .parse::<Reference>()
-                            .is_ok_and(|r| r.registry.is_some()) =>
-                    {
-                        let parsed: Reference = reference.parse().map_err(|e| {
-                            ImageError::bad(format!("service {name}: image {reference}: {e}"))
-                        })?;
-                        let quiet: ProgressFn = Arc::new(|_| {});
-                        tokio::runtime::Handle::current()
-                            .block_on(registry::pull(store, &parsed, None, quiet))
-                            .map_err(|e| {
-                                ImageError::bad(format!(
-                                    "service {name}: image {reference} is not in the store and cannot be pulled: {e}"
-                                ))
-                            })?
-                    }
-                    Err(e) => {
-                        return Err(ImageError {
-                            not_found: matches!(e, StoreError::NotFound(_)),
-                            bad_request: true,
-                            message: format!("service {name}: image {reference}: {e}"),
-                        })
-                    }
-                },
-                Image::Layout { path, .. } => {
-                    let imported =
-                        layout::import_as(store, path, Naming::Untagged).map_err(|e| {
-                            ImageError::bad(format!(
-                                "service {name}: OCI image layout {}: {e}",
-                                path.display()
-                            ))
-                        })?;
-                    match imported.as_slice() {
-                        [one] => one.digest.clone(),
-                        _ => {
-                            return Err(ImageError::bad(format!(
-                                "service {name}: OCI image layout {} holds {} images for this machine; a service needs one",
-                                path.display(),
-                                imported.len()
-                            )))
-                        }
-                    }
-                }
-                Image::Build { digest, context } => digest
-                    .as_deref()
-                    .and_then(|d| d.parse().ok())
-                    .ok_or_else(|| {
-                        ImageError::bad(format!(
-                            "service {name}: the image of {} was not built",
-                            context.display()
-                        ))
-                    })?,
-                Image::Host { .. } | Image::Dir { .. } => continue,
+            let what = format!("service {name}");
+            let Some(digest) = pin(store, &service.image, &what)? else {
+                continue;
             };
             let image = store
                 .image_by_digest(&digest)
-                .map_err(|e| ImageError::bad(format!("service {name}: image {digest}: {e}")))?;
+                .map_err(|e| ImageError::bad(format!("{what}: image {digest}: {e}")))?;
             apply_defaults(service, &ImageDefaults::from_config(&image.config))
-                .map_err(|e| ImageError::bad(format!("service {name}: {e}")))?;
-            match &mut service.image {
-                Image::Stored { digest: d, .. }
-                | Image::Layout { digest: d, .. }
-                | Image::Build { digest: d, .. } => {
-                    *d = Some(digest.to_string());
-                }
-                Image::Host { .. } | Image::Dir { .. } => {}
+                .map_err(|e| ImageError::bad(format!("{what}: {e}")))?;
+            set_digest(&mut service.image, &digest);
+        }
+        for (name, capsule) in manifest.capsules.iter_mut() {
+            let what = format!("capsule {name}");
+            let Some(digest) = pin(store, &capsule.image, &what)? else {
+                continue;
+            };
+            if capsule.command.is_empty() {
+                let image = store
+                    .image_by_digest(&digest)
+                    .map_err(|e| ImageError::bad(format!("{what}: image {digest}: {e}")))?;
+                let defaults = ImageDefaults::from_config(&image.config);
+                capsule.command = defaults
+                    .entrypoint
+                    .into_iter()
+                    .chain(defaults.cmd)
+                    .collect();
             }
+            set_digest(&mut capsule.image, &digest);
+        }
+        if let Some((name, _)) = manifest.capsules.iter().find(|(_, c)| c.command.is_empty()) {
+            return Err(ImageError::bad(format!(
+                "capsule {name}: neither the manifest nor its image says what to run; set `command = [\"/path/to/program\"]` under [capsules.{name}]"
+            )));
         }
         Ok(())
     }
@@ -226,13 +188,16 @@ impl Images {
             .map_err(|e| e.to_string())
     }
 
-    /// The images services of any application use: prune keeps them.
+    /// The images the services and capsules of any application use: prune keeps them.
     pub fn pinned(snapshot: &Snapshot) -> Vec<Digest> {
         snapshot
             .apps
             .iter()
-            .flat_map(|a| a.manifest.services.values())
-            .filter_map(|s| match &s.image {
+            .flat_map(|a| {
+                let services = a.manifest.services.values().map(|s| &s.image);
+                services.chain(a.manifest.capsules.values().map(|c| &c.image))
+            })
+            .filter_map(|image| match image {
                 Image::Stored { digest, .. }
                 | Image::Layout { digest, .. }
                 | Image::Build { digest, .. } => digest.as_deref(),
@@ -240,6 +205,76 @@ impl Images {
             })
             .filter_map(|d| d.parse().ok())
             .collect()
+    }
+}
+
+/// The digest `image` means now (pulled from its registry, or imported from its layout, when
+/// the store lacks it); `None` for the host and directories, which are no store images. `what`
+/// names its user in errors ("service web").
+fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<Digest>> {
+    let digest = match image {
+        Image::Stored { reference, .. } => match store.lookup(reference) {
+            Ok(digest) => digest,
+            // An image of a registry the store lacks is pulled, as compose does.
+            Err(StoreError::NotFound(_))
+                if reference
+                    .parse::<Reference>()
+                    .is_ok_and(|r| r.registry.is_some()) =>
+            {
+                let parsed: Reference = reference
+                    .parse()
+                    .map_err(|e| ImageError::bad(format!("{what}: image {reference}: {e}")))?;
+                let quiet: ProgressFn = Arc::new(|_| {});
+                tokio::runtime::Handle::current()
+                    .block_on(registry::pull(store, &parsed, None, quiet))
+                    .map_err(|e| {
+                        ImageError::bad(format!(
+                            "{what}: image {reference} is not in the store and cannot be pulled: {e}"
+                        ))
+                    })?
+            }
+            Err(e) => {
+                return Err(ImageError {
+                    not_found: matches!(e, StoreError::NotFound(_)),
+                    bad_request: true,
+                    message: format!("{what}: image {reference}: {e}"),
+                })
+            }
+        },
+        Image::Layout { path, .. } => {
+            let imported = layout::import_as(store, path, Naming::Untagged).map_err(|e| {
+                ImageError::bad(format!("{what}: OCI image layout {}: {e}", path.display()))
+            })?;
+            match imported.as_slice() {
+                [one] => one.digest.clone(),
+                _ => return Err(ImageError::bad(format!(
+                    "{what}: OCI image layout {} holds {} images for this machine; one is needed",
+                    path.display(),
+                    imported.len()
+                ))),
+            }
+        }
+        Image::Build { digest, context } => digest
+            .as_deref()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| {
+                ImageError::bad(format!(
+                    "{what}: the image of {} was not built",
+                    context.display()
+                ))
+            })?,
+        Image::Host { .. } | Image::Dir { .. } => return Ok(None),
+    };
+    Ok(Some(digest))
+}
+
+/// Records in `image` the digest it was pinned to.
+fn set_digest(image: &mut Image, digest: &Digest) {
+    match image {
+        Image::Stored { digest: d, .. }
+        | Image::Layout { digest: d, .. }
+        | Image::Build { digest: d, .. } => *d = Some(digest.to_string()),
+        Image::Host { .. } | Image::Dir { .. } => {}
     }
 }
 

@@ -11,7 +11,14 @@ use crate::reader::{child, Checker, Span};
 use crate::service::{Draft, Published};
 use crate::units;
 
-const TOP_KEYS: &[&str] = &["app", "services", "volumes", "autoscale", "schedules"];
+const TOP_KEYS: &[&str] = &[
+    "app",
+    "services",
+    "volumes",
+    "autoscale",
+    "schedules",
+    "capsules",
+];
 const SCHEDULE_KEYS: &[&str] = &["capsule", "cron", "selector", "args", "timeout"];
 const VOLUME_DECLARATION_KEYS: &[&str] = &["labels"];
 
@@ -46,6 +53,12 @@ impl Checker<'_> {
                 }
             }
         }
+
+        // Before the services: their policies may name the application's own capsules.
+        let capsules = match table.get("capsules") {
+            Some(v) => self.app_capsules(v),
+            None => Some(BTreeMap::new()),
+        };
 
         let mut drafts = BTreeMap::new();
         let no_services = Some(
@@ -108,6 +121,7 @@ impl Checker<'_> {
             volumes,
             autoscale,
             schedules,
+            capsules: capsules?,
         })
     }
 
@@ -162,11 +176,12 @@ impl Checker<'_> {
         let selector_v = required(self, "selector", "\"service=web\"");
         let capsule = capsule_v.and_then(|v| {
             let name = self.string(v, &child(field, "capsule"))?;
-            match paracloud_capsule::builtin(name) {
-                Some(spec) => Some(spec),
+            match self.capsules.get(name) {
+                Some(spec) => Some(spec.clone()),
+                None if self.capsules.is_broken(name) => None,
                 None => {
-                    let names = paracloud_capsule::builtin_names();
-                    let hint = match units::suggest(name, names.iter().map(String::as_str)) {
+                    let names = self.capsules.names();
+                    let hint = match self.capsules.suggest(name) {
                         Some(close) => format!("did you mean {close:?}?"),
                         None => format!("the capsules are {}", names.join(", ")),
                     };
@@ -286,7 +301,7 @@ impl Checker<'_> {
     }
 
     /// Reports an invalid name; true when the name is fine.
-    fn name(&mut self, name: &str, span: Span, field: &str, what: &str) -> bool {
+    pub(crate) fn name(&mut self, name: &str, span: Span, field: &str, what: &str) -> bool {
         match units::check_name(name) {
             Ok(()) => true,
             Err(problem) => {

@@ -4,6 +4,7 @@
 //! questions through [`FileSystem`], so parsing is a pure function of its inputs and can be fuzzed.
 
 mod autoscale;
+mod capsule;
 mod check;
 mod error;
 mod location;

@@ -28,12 +28,55 @@ pub struct Manifest {
     /// Capsules run on a cron schedule (`[schedules.NAME]`), by name.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduledCapsule>,
+    /// The application's own capsules (`[capsules.NAME]`), beside the built-in ones, by name.
+    #[serde(default)]
+    pub capsules: BTreeMap<String, AppCapsule>,
+}
+
+/// A capsule the application defines: an image with its tools, and the command that runs them
+/// against the instance it attaches to (whose files are at `/target`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppCapsule {
+    pub name: String,
+    pub description: String,
+    /// Its arguments, e.g. `TABLE...`.
+    pub usage: String,
+    /// An image of the store, an OCI layout or a directory (never the host).
+    pub image: Image,
+    /// Run with the run's arguments appended; when the manifest sets none, the image's
+    /// entrypoint and cmd (filled in by the daemon at `up`).
+    pub command: Vec<String>,
+    pub access: paracloud_capsule::Access,
+    /// Capabilities beyond the default set, names like `CAP_SYS_PTRACE`.
+    pub capabilities: Vec<String>,
+    pub limits: paracloud_capsule::Limits,
+    pub timeout: Duration,
+}
+
+impl AppCapsule {
+    /// The capsule as the policy, the scheduler and the runtime see it.
+    pub fn spec(&self) -> paracloud_capsule::CapsuleSpec {
+        paracloud_capsule::CapsuleSpec {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            usage: self.usage.clone(),
+            access: self.access,
+            capabilities: self.capabilities.clone(),
+            limits: self.limits,
+            timeout: self.timeout,
+            programs: Vec::new(),
+            trees: Vec::new(),
+            script: "",
+            runs_arguments: false,
+            entry: self.command.clone(),
+        }
+    }
 }
 
 /// A capsule run on the instances its selector matches whenever its cron schedule fires (UTC).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduledCapsule {
-    /// A built-in capsule's name.
+    /// A built-in capsule's name, or one of the application's own.
     pub capsule: String,
     pub cron: paracloud_capsule::Schedule,
     /// `KEY=VALUE[,...]`, as `paracloud capsule run --selector` takes it.

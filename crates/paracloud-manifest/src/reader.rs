@@ -24,6 +24,8 @@ pub(crate) struct Checker<'a> {
     lines: LineIndex,
     /// Diagnostics with the byte offset they point at, to sort them into source order.
     diagnostics: Vec<(usize, Diagnostic)>,
+    /// The capsules policies and schedules may name (the application's own once read).
+    pub(crate) capsules: crate::capsule::KnownCapsules,
 }
 
 impl<'a> Checker<'a> {
@@ -34,6 +36,7 @@ impl<'a> Checker<'a> {
             fs,
             lines: LineIndex::new(src),
             diagnostics: Vec::new(),
+            capsules: Default::default(),
         }
     }
 

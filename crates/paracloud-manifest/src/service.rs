@@ -360,7 +360,7 @@ impl Checker<'_> {
         })
     }
 
-    fn image(&mut self, value: &Value<'_>, field: &str) -> Option<Image> {
+    pub(crate) fn image(&mut self, value: &Value<'_>, field: &str) -> Option<Image> {
         let text = self.string(value, field)?;
         if text == "host" {
             return Some(Image::Host { paths: Vec::new() });
@@ -839,7 +839,7 @@ impl Checker<'_> {
         }
     }
 
-    fn resources(&mut self, value: &Value<'_>, field: &str) -> Option<Resources> {
+    pub(crate) fn resources(&mut self, value: &Value<'_>, field: &str) -> Option<Resources> {
         let table = self.table(value, field)?;
         self.check_keys(table, field, RESOURCE_KEYS);
         let mut ok = true;
@@ -992,14 +992,18 @@ impl Checker<'_> {
         field: &str,
     ) -> Option<BTreeMap<String, paracloud_capsule::Access>> {
         let table = self.table(value, field)?;
-        let names = paracloud_capsule::builtin_names();
+        let names = self.capsules.names();
         let mut out = BTreeMap::new();
         let mut ok = true;
         for (key, item) in table {
             let name = key.get_ref();
             let item_field = crate::reader::child(field, name);
+            if self.capsules.is_broken(name) {
+                ok = false;
+                continue;
+            }
             if !names.iter().any(|n| n == name) {
-                let hint = match units::suggest(name, names.iter().map(String::as_str)) {
+                let hint = match self.capsules.suggest(name) {
                     Some(close) => format!("did you mean {close:?}?"),
                     None => format!("the capsules are {}", names.join(", ")),
                 };
@@ -1315,7 +1319,7 @@ impl Checker<'_> {
         }
     }
 
-    fn capabilities(&mut self, value: &Value<'_>, field: &str) -> Option<Vec<String>> {
+    pub(crate) fn capabilities(&mut self, value: &Value<'_>, field: &str) -> Option<Vec<String>> {
         let entries = self.strings(value, field)?;
         let mut caps: Vec<String> = Vec::new();
         let mut ok = true;

@@ -832,6 +832,72 @@ paracloud.toml:10:12: schedules.snap.selector: the selector names application "o
 }
 
 #[test]
+fn an_applications_own_capsules() {
+    let manifest = valid(&format!(
+        "{HEAD}[services.kv.capsules]\ndump = \"write\"\n\
+         [capsules.dump]\nimage = \"tools:1\"\ncommand = \"/bin/dump --all\"\n\
+         description = \"dump the store\"\nusage = \"[TABLE...]\"\naccess = \"write\"\n\
+         capabilities = [\"SYS_PTRACE\"]\nresources = {{ memory = \"64M\" }}\ntimeout = \"30s\"\n\
+         [capsules.report]\nimage = \"registry.local:5000/report\"\n\
+         [schedules.nightly]\ncapsule = \"dump\"\ncron = \"@daily\"\nselector = \"service=kv\"\n"
+    ));
+    let dump = &manifest.capsules["dump"];
+    assert_eq!(
+        dump.image,
+        Image::Stored {
+            reference: "tools:1".into(),
+            digest: None
+        }
+    );
+    assert_eq!(dump.command, ["/bin/dump", "--all"]);
+    assert_eq!(dump.access, paracloud_capsule::Access::Write);
+    assert_eq!(dump.capabilities, ["CAP_SYS_PTRACE"]);
+    assert_eq!(dump.limits.memory, 64 << 20);
+    assert_eq!(dump.limits.pids, paracloud_capsule::DEFAULT_LIMITS.pids);
+    assert_eq!(dump.timeout, Duration::from_secs(30));
+    assert_eq!(
+        dump.spec().command(&["users".into()]),
+        ["/bin/dump", "--all", "users"]
+    );
+    let report = &manifest.capsules["report"];
+    assert!(
+        report.command.is_empty(),
+        "the image's entrypoint, filled in at up"
+    );
+    assert_eq!(report.access, paracloud_capsule::Access::Read);
+    assert_eq!(report.timeout, paracloud_capsule::DEFAULT_TIMEOUT);
+    assert_eq!(manifest.schedules["nightly"].capsule, "dump");
+}
+
+#[test]
+fn broken_own_capsules() {
+    check(
+        &format!(
+            "{HEAD}[services.kv.capsules]\nchecksum = \"read\"\ndump = \"read\"\nreprot = \"read\"\n\
+             [capsules.checksum]\nimage = \"tools:1\"\n\
+             [capsules.dump]\nimage = \"host\"\naccess = \"all\"\ncommand = []\n\
+             [capsules.report]\nimages = \"tools:1\"\n"
+        ),
+        r#"
+paracloud.toml:8:1: services.kv.capsules.reprot: unknown capsule "reprot"
+  hint: did you mean "report"?
+paracloud.toml:9:11: capsules.checksum: capsule "checksum" is built in
+  hint: give the application's own capsule another name, such as "checksum-app"
+paracloud.toml:12:9: capsules.dump.image: a capsule brings its own image, not the host's programs
+  hint: name an image of the store, such as `image = "tools:1"` (`paracloud build -t tools:1 DIR` makes one), or `image = "dir:PATH"`
+paracloud.toml:13:10: capsules.dump.access: unknown access "all"
+  hint: use "read" (the instance's files read-only, the default) or "write"
+paracloud.toml:14:11: capsules.dump.command: the command is empty
+  hint: name the program to run, such as `command = ["/bin/report"]`, or leave `command` out to run the image's entrypoint
+paracloud.toml:15:1: capsules.report.image: missing required key `image`
+  hint: add `image = "NAME:TAG"` for an image of the store (`paracloud build -t NAME:TAG DIR` makes one), `image = "oci:PATH"` or `image = "dir:PATH"`
+paracloud.toml:16:1: capsules.report.images: unknown key `images`
+  hint: did you mean `image`?
+"#,
+    );
+}
+
+#[test]
 fn capsule_policy() {
     check(
         &format!("{HEAD}[services.kv.capsules]\nchecksun = \"read\"\n"),

@@ -39,6 +39,7 @@ fn app(services: Vec<Service>) -> DesiredApp {
             volumes: BTreeMap::new(),
             autoscale: None,
             schedules: BTreeMap::new(),
+            capsules: BTreeMap::new(),
         },
         replicas: BTreeMap::new(),
         revisions: BTreeMap::new(),
