@@ -593,7 +593,7 @@ fn an_applications_own_capsule_runs_its_image_where_the_policy_allows_it() {
     std::fs::write(
         context.join("Containerfile"),
         "FROM busybox:1\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-         COPY report.sh /usr/local/bin/report\nENTRYPOINT [\"/bin/sh\", \"/usr/local/bin/report\"]\n",
+         COPY report.sh /bin/report\nENTRYPOINT [\"/bin/sh\", \"/bin/report\"]\n",
     )
     .unwrap();
     std::fs::write(
@@ -602,6 +602,8 @@ fn an_applications_own_capsule_runs_its_image_where_the_policy_allows_it() {
          echo \"$PARACLOUD_INSTANCE\" > \"$OUT/report.txt\"\n",
     )
     .unwrap();
+    // The base image's /bin links to usr/bin (as on the host it came from): the COPY lands in
+    // /usr/bin beside busybox's applets rather than hiding them under a new /bin.
     p.ok(&["build", "-t", "report:1", context.to_str().unwrap()]);
 
     let app = |image: &str| {

@@ -227,10 +227,13 @@ async fn apply<D: Driver>(
                 chown.clone(),
             );
             let workdir = d.working_dir.clone();
+            let image = state.clone();
             let layer = blocking(move || {
+                let image = image.layer_dirs(&s)?;
                 let layer = copy_layer(
                     &s,
                     &context,
+                    &image,
                     &sources,
                     &dest,
                     workdir.as_deref(),

@@ -247,11 +247,13 @@ fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<Digest>> {
             })?;
             match imported.as_slice() {
                 [one] => one.digest.clone(),
-                _ => return Err(ImageError::bad(format!(
+                _ => {
+                    return Err(ImageError::bad(format!(
                     "{what}: OCI image layout {} holds {} images for this machine; one is needed",
                     path.display(),
                     imported.len()
-                ))),
+                )))
+                }
             }
         }
         Image::Build { digest, context } => digest

@@ -245,11 +245,92 @@ fn is_archive(path: &Path) -> bool {
     name.ends_with(".tar") || name.ends_with(".tar.gz") || name.ends_with(".tgz")
 }
 
+/// Symbolic links followed while resolving one path in an image, at most (as the kernel's 40).
+const MAX_LINKS: usize = 40;
+
+/// `path` (absolute) as the image made of `layers` (unpacked, lowest first) resolves it: every
+/// symbolic link among its parents followed inside the image, and the last component's too
+/// when `follow_last`. So `/bin/app` is `/usr/bin/app` in an image whose `/bin` links to
+/// `usr/bin`, as it is for Docker; a layer that wrote `/bin/app` as it stands would put a
+/// directory `bin` over the link and hide every program of `/usr/bin`.
+pub fn resolve_in_image(layers: &[PathBuf], path: &Path, follow_last: bool) -> PathBuf {
+    let mut resolved = PathBuf::from("/");
+    let mut rest: std::collections::VecDeque<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(name) = rest.pop_front() {
+        if name == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&name);
+        if rest.is_empty() && !follow_last {
+            return candidate;
+        }
+        let link = top_entry(layers, &candidate)
+            .filter(|entry| entry.is_symlink())
+            .and_then(|entry| fs::read_link(entry).ok());
+        match link {
+            Some(target) if links < MAX_LINKS => {
+                links += 1;
+                if target.is_absolute() {
+                    resolved = PathBuf::from("/");
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => rest.push_front(n.to_owned()),
+                        Component::ParentDir => rest.push_front("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => resolved = candidate,
+        }
+    }
+    resolved
+}
+
+/// Where `path` is in the topmost of `layers` that has it; `None` when none has it or the one
+/// above deleted it (a whiteout).
+fn top_entry(layers: &[PathBuf], path: &Path) -> Option<PathBuf> {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let whiteout = relative.file_name().map(|name| {
+        let mut wh = std::ffi::OsString::from(".wh.");
+        wh.push(name);
+        relative.with_file_name(wh)
+    });
+    for layer in layers.iter().rev() {
+        let entry = layer.join(relative);
+        if entry.symlink_metadata().is_ok() {
+            return Some(entry);
+        }
+        if whiteout
+            .as_ref()
+            .is_some_and(|wh| layer.join(wh).symlink_metadata().is_ok())
+        {
+            return None;
+        }
+    }
+    None
+}
+
 /// The layer of a COPY (or ADD: local archives are unpacked at the destination; URLs cannot be
-/// fetched offline). `dest` is relative to `workdir` unless absolute.
+/// fetched offline). `dest` is relative to `workdir` unless absolute, and resolved through the
+/// symbolic links of the image so far (`image`: its unpacked layers, lowest first).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the fields of one instruction, and the image"
+)]
 pub fn copy_layer(
     store: &Store,
     context: &Path,
+    image: &[PathBuf],
     sources: &[String],
     dest: &str,
     workdir: Option<&str>,
@@ -269,7 +350,19 @@ pub fn copy_layer(
     } else {
         Path::new(workdir.unwrap_or("/")).join(dest)
     };
-    let into_dir = dest.ends_with('/') || sources.len() > 1;
+    // Through the image's links, as Docker does; a destination that is a directory of the image
+    // is copied into, and so is one for a directory's contents or for several sources.
+    let whole = resolve_in_image(image, &dest_abs, true);
+    let is_dir_in_image = top_entry(image, &whole).is_some_and(|entry| entry.is_dir());
+    let into_dir = dest.ends_with('/') || sources.len() > 1 || is_dir_in_image;
+    let of_directory = sources
+        .iter()
+        .any(|s| in_context(context, s).is_ok_and(|p| p.is_dir()));
+    let dest_abs = if into_dir || of_directory {
+        whole
+    } else {
+        resolve_in_image(image, &dest_abs, false)
+    };
     let mut plan: Vec<(PathBuf, PathBuf)> = Vec::new(); // (host path, path in image)
     let mut archives: Vec<(PathBuf, PathBuf)> = Vec::new();
     for source in sources {
@@ -446,3 +539,51 @@ pub fn upper_layer(store: &Store, upper: &Path) -> Result<LayerBlob> {
 
 /// The media type of the layers builds write.
 pub const BUILD_LAYER_MEDIA_TYPE: &str = LAYER_TAR;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A merged-/usr image: /bin and /lib link to usr/bin and usr/lib (one relative link, one
+    /// absolute), and an upper layer that links /opt/tool on and deleted /srv.
+    fn merged_usr() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        for d in ["usr/bin", "usr/lib", "srv", "etc"] {
+            fs::create_dir_all(lower.join(d)).unwrap();
+        }
+        symlink("usr/bin", lower.join("bin")).unwrap();
+        symlink("/usr/lib", lower.join("lib")).unwrap();
+        fs::create_dir_all(upper.join("opt")).unwrap();
+        symlink("../bin/../etc", upper.join("opt/tool")).unwrap();
+        fs::write(upper.join(".wh.srv"), "").unwrap();
+        symlink("loop-b", upper.join("loop-a")).unwrap();
+        symlink("loop-a", upper.join("loop-b")).unwrap();
+        (dir, vec![lower, upper])
+    }
+
+    #[test]
+    fn paths_resolve_through_the_links_of_every_layer() {
+        let (_dir, layers) = merged_usr();
+        let resolve = |p: &str, last: bool| resolve_in_image(&layers, Path::new(p), last);
+        assert_eq!(resolve("/bin/app", false), Path::new("/usr/bin/app"));
+        assert_eq!(resolve("/lib/x/y.so", false), Path::new("/usr/lib/x/y.so"));
+        assert_eq!(resolve("/bin", true), Path::new("/usr/bin"));
+        assert_eq!(resolve("/bin", false), Path::new("/bin"), "the link itself");
+        // ../bin/../etc from /opt: /bin is /usr/bin, whose parent's etc is /usr/etc.
+        assert_eq!(resolve("/opt/tool/conf", false), Path::new("/usr/etc/conf"));
+        assert_eq!(resolve("/srv/www", false), Path::new("/srv/www"));
+        assert_eq!(resolve("/new/dir/file", true), Path::new("/new/dir/file"));
+        assert_eq!(resolve("/../../bin/x", false), Path::new("/usr/bin/x"));
+        assert!(
+            resolve("/loop-a/x", false).starts_with("/"),
+            "a loop of links ends"
+        );
+        assert!(
+            top_entry(&layers, Path::new("/srv")).is_none(),
+            "deleted above"
+        );
+        assert!(top_entry(&layers, Path::new("/usr/bin")).is_some_and(|e| e.is_dir()));
+    }
+}
