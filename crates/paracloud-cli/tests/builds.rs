@@ -56,14 +56,7 @@ fn cached(build: &Value) -> Vec<bool> {
 #[test]
 fn a_containerfile_builds_rebuilds_from_the_cache_and_the_image_serves() {
     let p = Platform::new();
-    p.ok(&[
-        "image",
-        "build",
-        "--from-binary",
-        "/bin/busybox",
-        "-t",
-        "busybox:1",
-    ]);
+    p.busybox_image();
     let dir = p.root().join("site");
     context(&dir);
     let ctx = dir.to_str().unwrap();
@@ -151,14 +144,7 @@ stop_grace_period = "1s"
 #[test]
 fn a_build_step_that_needs_the_network_fails_saying_so() {
     let p = Platform::new();
-    p.ok(&[
-        "image",
-        "build",
-        "--from-binary",
-        "/bin/busybox",
-        "-t",
-        "busybox:1",
-    ]);
+    p.busybox_image();
     let dir = p.root().join("online");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(

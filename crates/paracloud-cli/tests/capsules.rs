@@ -580,14 +580,7 @@ fn a_scheduled_capsule_runs_when_its_time_comes_and_bad_schedules_are_refused() 
 #[test]
 fn an_applications_own_capsule_runs_its_image_where_the_policy_allows_it() {
     let p = Platform::new();
-    p.ok(&[
-        "image",
-        "build",
-        "--from-binary",
-        "/bin/busybox",
-        "-t",
-        "busybox:1",
-    ]);
+    p.busybox_image();
     let context = p.root().join("report-context");
     std::fs::create_dir_all(&context).unwrap();
     std::fs::write(

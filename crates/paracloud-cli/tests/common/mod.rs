@@ -168,6 +168,19 @@ impl Platform {
         self.manifest("shop", &text)
     }
 
+    /// Builds `busybox:1` in this platform's store, a micro-image of the host's static busybox
+    /// (its `/bin` links to `usr/bin`, as on the host), for Containerfiles to start FROM.
+    pub fn busybox_image(&self) {
+        self.ok(&[
+            "image",
+            "build",
+            "--from-binary",
+            "/bin/busybox",
+            "-t",
+            "busybox:1",
+        ]);
+    }
+
     /// `ps -o json` as parsed JSON objects.
     pub fn ps(&self, app: &str) -> Vec<Value> {
         let out = self.ok(&["ps", "-a", app, "-o", "json"]);
