@@ -474,5 +474,14 @@ pub struct CapsuleTargetView {
 }
 
 /// The protocol name of `paracloud debug`'s upgraded connection: after the 101 answer, the
-/// connection carries the terminal's bytes both ways.
+/// connection carries the terminal's bytes both ways. Its size changes through
+/// `POST /v1/capsules/runs/{run}/resize` with a [`TerminalSize`].
 pub const DEBUG_UPGRADE: &str = "paracloud-tty";
+
+/// The new size of a debug session's terminal, as the client's terminal has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub cols: u16,
+}

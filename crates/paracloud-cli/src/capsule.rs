@@ -326,6 +326,9 @@ pub async fn debug(global: &Global, instance: &str, command: &[String]) -> Resul
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let (mut from_daemon, mut to_daemon) = tokio::io::split(connection);
+    let resizer = run
+        .filter(|_| terminal_size().is_some())
+        .map(|run| tokio::spawn(follow_window_size(client.clone(), run)));
     let raw = RawTerminal::enter();
     let input = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
@@ -338,30 +341,56 @@ pub async fn debug(global: &Global, instance: &str, command: &[String]) -> Resul
     let _ = tokio::io::copy(&mut from_daemon, &mut stdout).await;
     let _ = tokio::io::AsyncWriteExt::flush(&mut stdout).await;
     input.abort();
+    if let Some(resizer) = resizer {
+        resizer.abort();
+    }
     drop(raw);
-    // The run is recorded before the daemon closes the connection: its exit code is there.
+    // The reading of a terminal that stays open cannot be cancelled (it is a blocking read on a
+    // thread of the runtime, which would wait for the next key press): leave from here.
+    std::process::exit(session_exit_code(&client, run).await?)
+}
+
+/// The exit code of the debug session's command, from the run's record (written before the
+/// daemon closed the connection).
+async fn session_exit_code(client: &paracloud_api::Client, run: Option<i64>) -> Result<i32> {
     let Some(run) = run else {
-        return Ok(());
+        return Ok(0);
     };
     let runs: Vec<CapsuleRunView> = client
         .get("/v1/capsules/history?limit=200")
         .await
         .map_err(explain)?;
     let Some(record) = runs.iter().find(|r| r.id == run) else {
-        return Ok(());
+        return Ok(0);
     };
     if !record.detail.is_empty() && record.status != "ok" {
         eprintln!("debug: {}", record.detail);
     }
-    let code = record
+    Ok(record
         .targets
         .first()
         .and_then(|t| t.exit_code)
-        .unwrap_or(if record.status == "ok" { 0 } else { 1 });
-    if code != 0 {
-        std::process::exit(code);
+        .unwrap_or(if record.status == "ok" { 0 } else { 1 }))
+}
+
+/// Resizes the session's terminal whenever ours changes size (SIGWINCH), as `kubectl debug`
+/// does; a failed resize leaves the old size.
+async fn follow_window_size(client: paracloud_api::Client, run: i64) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut changes) = signal(SignalKind::window_change()) else {
+        return;
+    };
+    let path = format!("/v1/capsules/runs/{run}/resize");
+    while changes.recv().await.is_some() {
+        let Some((rows, cols)) = terminal_size() else {
+            continue;
+        };
+        let size = paracloud_api::TerminalSize { rows, cols };
+        let Ok(body) = serde_json::to_vec(&size) else {
+            continue;
+        };
+        let _ = client.send(hyper::Method::POST, &path, Some(body)).await;
     }
-    Ok(())
 }
 
 /// Percent-encodes a query value.

@@ -664,3 +664,93 @@ fn an_applications_own_capsule_runs_its_image_where_the_policy_allows_it() {
     );
     p.ok(&["down", "-a", "tools"]);
 }
+
+/// `paracloud debug` on a terminal that changes size: the session's terminal follows (SIGWINCH
+/// to the client, a resize through the API), so full-screen tools draw to the new size.
+#[test]
+fn a_debug_session_follows_the_size_of_the_callers_terminal() {
+    let p = Platform::new();
+    let manifest = p.manifest(
+        "resize",
+        "app = \"resize\"\n\n[services.tick]\nimage = \"host\"\ncommand = [\"sleep\", \"3600\"]\n\n\
+         [services.tick.capsules]\ndebug = \"read\"\n",
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    // A terminal of 24 x 80 for the client; the shell in the capsule says its size for every
+    // line it reads. The terminal becomes 40 x 100 and the client gets SIGWINCH, as a terminal
+    // emulator does it.
+    let driver = p.root().join("resize.py");
+    std::fs::write(
+        &driver,
+        r#"import fcntl, os, select, signal, struct, subprocess, sys, termios, time
+def size(fd, rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+master, replica = os.openpty()
+size(replica, 24, 80)
+client = subprocess.Popen(
+    [sys.argv[1], "debug", "tick.1", "--", "sh", "-c", "stty size; while read line; do stty size; done"],
+    stdin=replica, stdout=replica, stderr=replica)
+os.close(replica)
+seen = b""
+def wait_for(token, seconds):
+    global seen
+    end = time.time() + seconds
+    while token not in seen and time.time() < end:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                seen += os.read(master, 4096)
+            except OSError:
+                break
+    return token in seen
+first = wait_for(b"24 80", 30)
+size(master, 40, 100)
+client.send_signal(signal.SIGWINCH)
+resized = False
+for _ in range(100):
+    os.write(master, b"\r")
+    if wait_for(b"40 100", 0.2):
+        resized = True
+        break
+os.write(master, b"\x04")
+client.wait(timeout=30)
+sys.stdout.write(seen.decode(errors="replace"))
+sys.exit(0 if first and resized else 1)
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&driver)
+        .arg(env!("CARGO_BIN_EXE_paracloud"))
+        .env("PARACLOUD_ROOT", p.root())
+        .env("PARACLOUD_CGROUP_PARENT", p.cgroup_parent())
+        .env("PARACLOUD_SUBNET", p.subnet())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}\n--- daemon ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.daemon_log()
+    );
+    // A session that is not open cannot be resized, and a size must be one.
+    let socket = p.root().join("paracloud.sock");
+    let (status, body) = common::unix_http(
+        &socket,
+        "POST",
+        "/v1/capsules/runs/1/resize",
+        r#"{"rows":40,"cols":100}"#,
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no debug session of run 1 is open"), "{body}");
+    let (status, body) = common::unix_http(
+        &socket,
+        "POST",
+        "/v1/capsules/runs/1/resize",
+        r#"{"rows":0,"cols":100}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("both must be at least 1"), "{body}");
+    p.ok(&["down", "-a", "resize"]);
+}

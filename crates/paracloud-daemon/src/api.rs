@@ -146,6 +146,10 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
             get(capsule_file::<D>),
         )
         .route("/v1/capsules/debug", get(crate::debug::debug::<D>))
+        .route(
+            "/v1/capsules/runs/{run}/resize",
+            post(crate::debug::resize::<D>),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

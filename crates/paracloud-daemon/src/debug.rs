@@ -5,18 +5,20 @@
 //! the debug capsule with the terminal's replica as its stdin, stdout and stderr, answers 101
 //! with the run's id (`x-paracloud-run`), and relays bytes between the upgraded connection and
 //! the terminal until the capsule exits. The run is recorded before the connection closes, so
-//! the client reads the exit code from the history.
+//! the client reads the exit code from the history. While the session is open,
+//! `POST /v1/capsules/runs/{run}/resize` sets its terminal's size (the client's SIGWINCH).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
+use axum::Json;
 use hyper_util::rt::TokioIo;
-use paracloud_api::{CapsuleRunRequest, DEBUG_UPGRADE};
+use paracloud_api::{CapsuleRunRequest, TerminalSize, DEBUG_UPGRADE};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,6 +94,17 @@ pub async fn debug<D: Driver>(
             format!("cannot open a terminal: {e}"),
         )
     })?;
+    let resizer = pty.master.try_clone().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot open a terminal: {e}"),
+        )
+    })?;
+    engine
+        .terminals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(run, resizer);
     let upgraded = hyper::upgrade::on(&mut request);
     tokio::spawn(session(engine, prepared, pty.master, pty.slave, upgraded));
     let mut response = Response::new(Body::empty());
@@ -105,6 +118,23 @@ pub async fn debug<D: Driver>(
 
 /// Relays the terminal until the capsule exits, then closes the connection.
 async fn session<D: Driver>(
+    engine: Arc<Engine<D>>,
+    prepared: crate::capsules::Prepared,
+    master: OwnedFd,
+    replica: OwnedFd,
+    upgraded: hyper::upgrade::OnUpgrade,
+) {
+    let run = prepared.run;
+    let terminals = engine.clone();
+    relay(engine, prepared, master, replica, upgraded).await;
+    terminals
+        .terminals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&run);
+}
+
+async fn relay<D: Driver>(
     engine: Arc<Engine<D>>,
     prepared: crate::capsules::Prepared,
     master: OwnedFd,
@@ -158,4 +188,37 @@ async fn session<D: Driver>(
         let _ = to_client.shutdown().await;
     }
     input.abort();
+}
+
+/// `POST /v1/capsules/runs/{run}/resize`: the client's terminal changed size; so does the
+/// session's, and the programs on it get SIGWINCH.
+pub async fn resize<D: Driver>(
+    State(engine): State<Arc<Engine<D>>>,
+    UrlPath(run): UrlPath<i64>,
+    body: Result<Json<TerminalSize>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(size) = body?;
+    if size.rows == 0 || size.cols == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a terminal of {} rows and {} columns cannot be: both must be at least 1",
+                size.rows, size.cols
+            ),
+        ));
+    }
+    let terminals = engine.terminals.lock().unwrap_or_else(|e| e.into_inner());
+    let terminal = terminals.get(&run).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no debug session of run {run} is open (`paracloud capsule history` lists the runs)"),
+        )
+    })?;
+    paracloud_runtime::set_terminal_size(terminal.as_fd(), size.rows, size.cols).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot resize the terminal of run {run}: {e}"),
+        )
+    })?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -130,6 +130,9 @@ pub struct Engine<D: Driver> {
     pub paci: Arc<crate::paci::Hub>,
     /// Services (app, service) with a migration under way; the planner leaves them alone.
     pub(crate) migrating: Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// The pseudo-terminals of the open `paracloud debug` sessions, by run: resized when the
+    /// client's terminal is.
+    pub(crate) terminals: Mutex<HashMap<i64, std::os::fd::OwnedFd>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -157,6 +160,7 @@ impl<D: Driver> Engine<D> {
             dataplane,
             paci: Arc::new(crate::paci::Hub::default()),
             migrating: Mutex::new(std::collections::BTreeSet::new()),
+            terminals: Mutex::new(HashMap::new()),
         })
     }
 

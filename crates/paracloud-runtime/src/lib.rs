@@ -263,6 +263,15 @@ pub fn terminal_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u16, u16)> {
     sys::terminal_size(fd).ok()
 }
 
+/// Sets the rows and columns of the terminal `fd` (its foreground processes get SIGWINCH).
+pub fn set_terminal_size(
+    fd: std::os::fd::BorrowedFd<'_>,
+    rows: u16,
+    cols: u16,
+) -> std::io::Result<()> {
+    sys::set_terminal_size(fd, rows, cols)
+}
+
 /// The files sandbox-init writes into the instance directory and bind-mounts over the instance's
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf. Rewrite them in place (not by rename) to change
 /// what a running instance sees.
