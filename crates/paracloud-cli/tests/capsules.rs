@@ -586,12 +586,12 @@ fn an_applications_own_capsule_runs_its_image_where_the_policy_allows_it() {
     std::fs::write(
         context.join("Containerfile"),
         "FROM busybox:1\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-         COPY report.sh /bin/report\nENTRYPOINT [\"/bin/sh\", \"/bin/report\"]\n",
+         ENV GREETING=hello WHO=nobody\nCOPY report.sh /bin/report\nENTRYPOINT [\"/bin/sh\", \"/bin/report\"]\n",
     )
     .unwrap();
     std::fs::write(
         context.join("report.sh"),
-        "echo \"pid1=$(cat /proc/1/comm) args=$* target=$(ls $TARGET/proc >/dev/null && echo yes)\"\n\
+        "echo \"pid1=$(cat /proc/1/comm) args=$* target=$(ls $TARGET/proc >/dev/null && echo yes) $GREETING $WHO\"\n\
          echo \"$PARACLOUD_INSTANCE\" > \"$OUT/report.txt\"\n",
     )
     .unwrap();
@@ -605,7 +605,8 @@ fn an_applications_own_capsule_runs_its_image_where_the_policy_allows_it() {
              [services.tick]\nimage = \"host\"\ncommand = [\"sleep\", \"3600\"]\n\n\
              [services.tick.capsules]\nreport = \"read\"\n\n\
              [services.tock]\nimage = \"host\"\ncommand = [\"sleep\", \"3600\"]\n\n\
-             [capsules.report]\nimage = \"{image}\"\ndescription = \"who runs here\"\nusage = \"[WORDS...]\"\n"
+             [capsules.report]\nimage = \"{image}\"\ndescription = \"who runs here\"\nusage = \"[WORDS...]\"\n\
+             env = {{ WHO = \"ops\" }}\n"
         )
     };
     let missing = p.manifest("tools-missing", &app("nope:1"));
@@ -639,7 +640,7 @@ fn an_applications_own_capsule_runs_its_image_where_the_policy_allows_it() {
         ],
     );
     assert!(
-        said.contains("pid1=sleep args=hello world target=yes"),
+        said.contains("pid1=sleep args=hello world target=yes hello ops"),
         "{said}"
     );
     assert_eq!(

@@ -58,9 +58,19 @@ pub enum CapsuleError {
 #[derive(Debug, Clone)]
 pub struct Capsule {
     pub spec: CapsuleSpec,
-    /// For an application's own capsule (`[capsules.NAME]`): the application, and the image
-    /// (pinned at `up`) it is made of. `None` for a built-in one.
-    pub own: Option<(String, Image)>,
+    /// What an application's own capsule (`[capsules.NAME]`) is made of; `None` for a built-in
+    /// one.
+    pub own: Option<OwnCapsule>,
+}
+
+/// An application's own capsule, beyond its spec.
+#[derive(Debug, Clone)]
+pub struct OwnCapsule {
+    pub app: String,
+    /// Pinned at `up`.
+    pub image: Image,
+    /// The environment of its command (the image's, under the manifest's).
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// Every capsule that can attach to `app`'s instances: the built-in ones, then the
@@ -76,7 +86,11 @@ pub fn catalog<D: Driver>(engine: &Engine<D>, app: Option<&str>) -> Vec<Capsule>
         .flat_map(|a| {
             a.manifest.capsules.into_values().map(move |c| Capsule {
                 spec: c.spec(),
-                own: Some((a.name.clone(), c.image)),
+                own: Some(OwnCapsule {
+                    app: a.name.clone(),
+                    image: c.image,
+                    env: c.env,
+                }),
             })
         });
     builtins.chain(own).collect()
@@ -84,7 +98,7 @@ pub fn catalog<D: Driver>(engine: &Engine<D>, app: Option<&str>) -> Vec<Capsule>
 
 pub fn view(capsule: &Capsule) -> CapsuleView {
     let (app, missing) = match &capsule.own {
-        Some((app, _)) => (Some(app.clone()), Vec::new()),
+        Some(own) => (Some(own.app.clone()), Vec::new()),
         None => (None, missing_programs(&capsule.spec)),
     };
     CapsuleView {
@@ -621,18 +635,27 @@ fn config_for(
 ) -> CapsuleConfig {
     // Every capsule mounts its scratch over the same directory, each in its own namespace.
     let dir = root.join("capsules");
-    let mut env = vec![
-        ("PATH".to_string(), CAPSULE_PATH.to_string()),
-        ("TARGET".into(), "/target".into()),
+    // An application's capsule starts from its image's and manifest's variables (PATH
+    // included); the platform's own are set over them.
+    let mut env = capsule
+        .own
+        .as_ref()
+        .map(|own| own.env.clone())
+        .unwrap_or_default();
+    env.entry("PATH".into())
+        .or_insert_with(|| CAPSULE_PATH.into());
+    env.extend([
+        ("TARGET".to_string(), "/target".to_string()),
         ("OUT".into(), "/out".into()),
         ("HOME".into(), "/tmp".into()),
         ("PARACLOUD_APP".into(), key.app.clone()),
         ("PARACLOUD_SERVICE".into(), key.service.clone()),
         ("PARACLOUD_INSTANCE".into(), key.name()),
-    ];
+    ]);
     if let Ok(term) = std::env::var("TERM") {
-        env.push(("TERM".into(), term));
+        env.insert("TERM".into(), term);
     }
+    let env = env.into_iter().collect();
     CapsuleConfig {
         id: format!("cap{run}-{}", key.id()),
         dir,
@@ -862,7 +885,7 @@ pub async fn capsule_root<D: Driver>(
     let engine = engine.clone();
     let capsule = capsule.clone();
     tokio::task::spawn_blocking(move || match &capsule.own {
-        Some((_, image)) => engine.images.rootfs(image),
+        Some(own) => engine.images.rootfs(&own.image),
         None => builtin_root(&engine, &capsule.spec),
     })
     .await

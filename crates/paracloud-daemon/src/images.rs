@@ -108,11 +108,15 @@ impl Images {
             let Some(digest) = pin(store, &capsule.image, &what)? else {
                 continue;
             };
+            let image = store
+                .image_by_digest(&digest)
+                .map_err(|e| ImageError::bad(format!("{what}: image {digest}: {e}")))?;
+            let defaults = ImageDefaults::from_config(&image.config);
+            // The manifest's variables over the image's.
+            let mut env = defaults.env_map();
+            env.append(&mut capsule.env);
+            capsule.env = env;
             if capsule.command.is_empty() {
-                let image = store
-                    .image_by_digest(&digest)
-                    .map_err(|e| ImageError::bad(format!("{what}: image {digest}: {e}")))?;
-                let defaults = ImageDefaults::from_config(&image.config);
                 capsule.command = defaults
                     .entrypoint
                     .into_iter()

@@ -13,6 +13,7 @@ use crate::reader::{child, Checker};
 const CAPSULE_KEYS: &[&str] = &[
     "image",
     "command",
+    "env",
     "description",
     "usage",
     "access",
@@ -147,6 +148,10 @@ impl Checker<'_> {
             },
             None => Some(Vec::new()),
         };
+        let env = match get("env") {
+            Some(v) => self.env(v, &child(field, "env")),
+            None => Some(BTreeMap::new()),
+        };
         let text = |this: &mut Self, key: &str| match get(key) {
             Some(v) => this.string(v, &child(field, key)).map(str::to_owned),
             None => Some(String::new()),
@@ -196,6 +201,7 @@ impl Checker<'_> {
             usage: usage?,
             image: image?,
             command: command?,
+            env: env?,
             access: access?,
             capabilities: capabilities?,
             limits: limits?,

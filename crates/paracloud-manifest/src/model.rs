@@ -46,6 +46,10 @@ pub struct AppCapsule {
     /// Run with the run's arguments appended; when the manifest sets none, the image's
     /// entrypoint and cmd (filled in by the daemon at `up`).
     pub command: Vec<String>,
+    /// The environment of its command, over the image's (filled in at `up`); the platform's
+    /// own variables (`TARGET`, `OUT`, `PARACLOUD_INSTANCE`, ...) are set over both.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     pub access: paracloud_capsule::Access,
     /// Capabilities beyond the default set, names like `CAP_SYS_PTRACE`.
     pub capabilities: Vec<String>,

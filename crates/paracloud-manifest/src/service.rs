@@ -538,7 +538,11 @@ impl Checker<'_> {
         ok.then_some(paths)
     }
 
-    fn env(&mut self, value: &Value<'_>, field: &str) -> Option<BTreeMap<String, String>> {
+    pub(crate) fn env(
+        &mut self,
+        value: &Value<'_>,
+        field: &str,
+    ) -> Option<BTreeMap<String, String>> {
         let env = self.scalar_map(value, field)?;
         let DeValue::Table(table) = value.get_ref() else {
             return Some(env);

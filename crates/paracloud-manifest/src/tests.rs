@@ -838,6 +838,7 @@ fn an_applications_own_capsules() {
          [capsules.dump]\nimage = \"tools:1\"\ncommand = \"/bin/dump --all\"\n\
          description = \"dump the store\"\nusage = \"[TABLE...]\"\naccess = \"write\"\n\
          capabilities = [\"SYS_PTRACE\"]\nresources = {{ memory = \"64M\" }}\ntimeout = \"30s\"\n\
+         env = {{ LEVEL = \"3\" }}\n\
          [capsules.report]\nimage = \"registry.local:5000/report\"\n\
          [schedules.nightly]\ncapsule = \"dump\"\ncron = \"@daily\"\nselector = \"service=kv\"\n"
     ));
@@ -850,6 +851,7 @@ fn an_applications_own_capsules() {
         }
     );
     assert_eq!(dump.command, ["/bin/dump", "--all"]);
+    assert_eq!(dump.env["LEVEL"], "3");
     assert_eq!(dump.access, paracloud_capsule::Access::Write);
     assert_eq!(dump.capabilities, ["CAP_SYS_PTRACE"]);
     assert_eq!(dump.limits.memory, 64 << 20);
