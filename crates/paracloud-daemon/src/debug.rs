@@ -116,6 +116,22 @@ pub async fn debug<D: Driver>(
     Ok(response)
 }
 
+/// A session's terminal, open for resizing until the session ends, however it ends.
+struct OpenTerminal<D: Driver> {
+    engine: Arc<Engine<D>>,
+    run: i64,
+}
+
+impl<D: Driver> Drop for OpenTerminal<D> {
+    fn drop(&mut self) {
+        self.engine
+            .terminals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.run);
+    }
+}
+
 /// Relays the terminal until the capsule exits, then closes the connection.
 async fn session<D: Driver>(
     engine: Arc<Engine<D>>,
@@ -124,23 +140,10 @@ async fn session<D: Driver>(
     replica: OwnedFd,
     upgraded: hyper::upgrade::OnUpgrade,
 ) {
-    let run = prepared.run;
-    let terminals = engine.clone();
-    relay(engine, prepared, master, replica, upgraded).await;
-    terminals
-        .terminals
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&run);
-}
-
-async fn relay<D: Driver>(
-    engine: Arc<Engine<D>>,
-    prepared: crate::capsules::Prepared,
-    master: OwnedFd,
-    replica: OwnedFd,
-    upgraded: hyper::upgrade::OnUpgrade,
-) {
+    let _open = OpenTerminal {
+        engine: engine.clone(),
+        run: prepared.run,
+    };
     let connection = match upgraded.await {
         Ok(upgraded) => TokioIo::new(upgraded),
         Err(e) => {
