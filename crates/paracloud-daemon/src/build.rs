@@ -128,6 +128,11 @@ pub async fn build<D: Driver>(
         };
         let described = match &step.instruction {
             Instruction::Run(_) => format!("{:?} {args:?}", step.instruction),
+            // COPY and ADD resolve their destination through the image's links since layers
+            // cached by earlier versions were made: those are not reused.
+            copy @ (Instruction::Copy { .. } | Instruction::Add { .. }) => {
+                format!("{copy:?} (destination through the image's links)")
+            }
             other => format!("{other:?}"),
         };
         let key = current.next_key(&described, inputs.as_ref());
