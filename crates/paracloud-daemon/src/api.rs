@@ -1165,8 +1165,9 @@ async fn list_capsules<D: Driver>(
     query: Result<Query<CapsuleListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<paracloud_api::CapsuleView>>, ApiError> {
     let Query(q) = query?;
+    let snapshot = engine.store.load()?;
     Ok(Json(
-        crate::capsules::catalog(&engine, q.app.as_deref())
+        crate::capsules::catalog(&snapshot.apps, q.app.as_deref())
             .iter()
             .map(crate::capsules::view)
             .collect(),

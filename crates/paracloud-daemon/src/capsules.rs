@@ -73,23 +73,22 @@ pub struct OwnCapsule {
     pub env: std::collections::BTreeMap<String, String>,
 }
 
-/// Every capsule that can attach to `app`'s instances: the built-in ones, then the
-/// application's own (every application's when `app` is `None`).
-pub fn catalog<D: Driver>(engine: &Engine<D>, app: Option<&str>) -> Vec<Capsule> {
+/// Every capsule that can attach to the instances of `app` among `apps`: the built-in ones,
+/// then the application's own (every application's when `app` is `None`).
+pub fn catalog(apps: &[paracloud_state::AppRecord], app: Option<&str>) -> Vec<Capsule> {
     let builtins = paracloud_capsule::builtins()
         .into_iter()
         .map(|spec| Capsule { spec, own: None });
-    let apps = engine.store.load().map(|s| s.apps).unwrap_or_default();
     let own = apps
-        .into_iter()
+        .iter()
         .filter(|a| a.removing.is_none() && app.is_none_or(|name| a.name == name))
         .flat_map(|a| {
-            a.manifest.capsules.into_values().map(move |c| Capsule {
+            a.manifest.capsules.values().map(move |c| Capsule {
                 spec: c.spec(),
                 own: Some(OwnCapsule {
                     app: a.name.clone(),
-                    image: c.image,
-                    env: c.env,
+                    image: c.image.clone(),
+                    env: c.env.clone(),
                 }),
             })
         });
@@ -210,7 +209,7 @@ pub fn prepare<D: Driver>(
         .iter()
         .find(|a| a.name == app)
         .expect("listed above");
-    let capsules = catalog(engine, Some(&app));
+    let capsules = catalog(&snapshot.apps, Some(&app));
     let capsule = capsules
         .iter()
         .find(|c| c.spec.name == request.capsule)

@@ -93,25 +93,18 @@ impl Images {
     pub fn resolve_manifest(store: &Store, manifest: &mut Manifest) -> Result<()> {
         for (name, service) in manifest.services.iter_mut() {
             let what = format!("service {name}");
-            let Some(digest) = pin(store, &service.image, &what)? else {
+            let Some((digest, defaults)) = pin(store, &service.image, &what)? else {
                 continue;
             };
-            let image = store
-                .image_by_digest(&digest)
-                .map_err(|e| ImageError::bad(format!("{what}: image {digest}: {e}")))?;
-            apply_defaults(service, &ImageDefaults::from_config(&image.config))
+            apply_defaults(service, &defaults)
                 .map_err(|e| ImageError::bad(format!("{what}: {e}")))?;
             set_digest(&mut service.image, &digest);
         }
         for (name, capsule) in manifest.capsules.iter_mut() {
             let what = format!("capsule {name}");
-            let Some(digest) = pin(store, &capsule.image, &what)? else {
+            let Some((digest, defaults)) = pin(store, &capsule.image, &what)? else {
                 continue;
             };
-            let image = store
-                .image_by_digest(&digest)
-                .map_err(|e| ImageError::bad(format!("{what}: image {digest}: {e}")))?;
-            let defaults = ImageDefaults::from_config(&image.config);
             // The manifest's variables over the image's.
             let mut env = defaults.env_map();
             env.append(&mut capsule.env);
@@ -213,9 +206,9 @@ impl Images {
 }
 
 /// The digest `image` means now (pulled from its registry, or imported from its layout, when
-/// the store lacks it); `None` for the host and directories, which are no store images. `what`
-/// names its user in errors ("service web").
-fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<Digest>> {
+/// the store lacks it) and the defaults its config gives; `None` for the host and directories,
+/// which are no store images. `what` names its user in errors ("service web").
+fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<(Digest, ImageDefaults)>> {
     let digest = match image {
         Image::Stored { reference, .. } => match store.lookup(reference) {
             Ok(digest) => digest,
@@ -271,7 +264,10 @@ fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<Digest>> {
             })?,
         Image::Host { .. } | Image::Dir { .. } => return Ok(None),
     };
-    Ok(Some(digest))
+    let pinned = store
+        .image_by_digest(&digest)
+        .map_err(|e| ImageError::bad(format!("{what}: image {digest}: {e}")))?;
+    Ok(Some((digest, ImageDefaults::from_config(&pinned.config))))
 }
 
 /// Records in `image` the digest it was pinned to.
