@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# What the tests need on a fresh Debian 12 machine, installed once: each group is skipped when its
+# programs are already there, so running this again costs a few `command -v`. Needs root (apt-get).
+#
+# - busybox: the base of the test images (FROM busybox:1), python3: the PaCI example's tests;
+# - skopeo, umoci, docker-registry, nginx, htpasswd, openssl: OCI layouts and archives made by other
+#   tools, a local registry to pull from and push to (over TLS and with basic authentication);
+# - strace, gdb, tcpdump, yara, zstd: the host programs the built-in capsules are made of;
+# - CRIU 4 (scripts/criu.sh, built from Debian's newer source once): migration by checkpoint;
+# - cargo-nextest: the test runner.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+need() { # need PACKAGE PROGRAM...: the package when one of its programs is missing
+  local package=$1 program
+  shift
+  for program in "$@"; do
+    if ! command -v "$program" >/dev/null 2>&1; then
+      missing+=("$package")
+      return
+    fi
+  done
+}
+need python3 python3
+need busybox-static busybox
+need skopeo skopeo
+need umoci umoci
+need docker-registry docker-registry
+need nginx nginx
+need apache2-utils htpasswd
+need openssl openssl
+need strace strace
+need gdb gdb
+need tcpdump tcpdump
+need yara yara
+need zstd zstd
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  apt-get update -qq -o DPkg::Lock::Timeout=600
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
+    "${missing[@]}" >/dev/null
+fi
+
+bash scripts/criu.sh
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
