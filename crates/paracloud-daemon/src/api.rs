@@ -1,13 +1,12 @@
 //! The HTTP/JSON API on the daemon's Unix socket (routes listed in the paracloud-api crate).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -22,14 +21,14 @@ use paracloud_manifest::{parse, FileSystem, Origin};
 use paracloud_state::{AppRecord, Snapshot};
 use serde::Deserialize;
 
+use paracloud_command::{Command, Outcome};
+
+use crate::commands::{status_of, CommandError};
 use crate::driver::Driver;
 use crate::engine::{now_ms, Engine};
 use crate::images::{self, ImageError, Images};
 use crate::logs;
 use crate::views::{app_view, instance_view, service_view};
-
-/// The most instances one service may be scaled to.
-pub const MAX_REPLICAS: u32 = 200;
 
 pub struct ApiError {
     status: StatusCode,
@@ -64,6 +63,15 @@ impl From<paracloud_state::Error> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Refused(refusal) => ApiError::new(status_of(&refusal), refusal.message),
+            CommandError::State(e) => e.into(),
+        }
     }
 }
 
@@ -184,6 +192,7 @@ fn find_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, ApiE
 
 async fn up<D: Driver>(
     State(engine): Shared<D>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     body: Result<Json<UpRequest>, JsonRejection>,
 ) -> Result<Json<UpResponse>, ApiError> {
     let Json(request) = body?;
@@ -243,50 +252,17 @@ async fn up<D: Driver>(
                 format!("{}: {}", request.origin, e.message),
             )
         })?;
-    let snapshot = engine.store.load()?;
-    let ours: BTreeSet<_> = manifest
-        .services
-        .values()
-        .flat_map(|s| s.ports.iter().filter_map(|p| p.publish))
-        .collect();
-    for other in snapshot
-        .apps
-        .iter()
-        .filter(|a| a.name != manifest.app && a.removing.is_none())
-    {
-        for (name, service) in &other.manifest.services {
-            for port in service.ports.iter().filter_map(|p| p.publish) {
-                if ours.contains(&port) {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!(
-                            "{}: port clash: {port} is already published by service {name} of application {}; \
-                             publish another host port, or take {} down first",
-                            request.origin, other.name, other.name
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-    let changed = engine
-        .store
-        .put_app(&manifest, &request.source, &request.origin, now_ms())?;
-    // Make sure the network has the addresses of any new service.
-    engine.store.set_network(&manifest.app, false)?;
-    let what = if changed.is_empty() {
-        "deployed".to_string()
-    } else {
-        format!("deployed; changed: {}", changed.join(", "))
+    let app = manifest.app.clone();
+    let command = Command::Up {
+        manifest,
+        source: request.source,
+        origin: request.origin,
     };
-    engine
-        .store
-        .add_event(now_ms(), &manifest.app, &manifest.app, &what)?;
-    engine.wake();
-    Ok(Json(UpResponse {
-        app: manifest.app,
-        changed,
-    }))
+    let changed = match engine.submit(&peer.caller(), &command)?.outcome {
+        Outcome::Deployed { changed } => changed,
+        _ => Vec::new(),
+    };
+    Ok(Json(UpResponse { app, changed }))
 }
 
 async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppView>>, ApiError> {
@@ -331,17 +307,16 @@ struct DownQuery {
 
 async fn down<D: Driver>(
     State(engine): Shared<D>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(app): UrlPath<String>,
     query: Result<Query<DownQuery>, QueryRejection>,
 ) -> Result<Json<AppView>, ApiError> {
     let Query(query) = query?;
-    let snapshot = engine.store.load()?;
-    find_app(&snapshot, &app)?;
-    engine.store.mark_removing(&app, query.volumes)?;
-    engine
-        .store
-        .add_event(now_ms(), &app, &app, "down requested")?;
-    engine.wake();
+    let command = Command::Down {
+        app: app.clone(),
+        volumes: query.volumes,
+    };
+    engine.submit(&peer.caller(), &command)?;
     app_answer(&engine, &app)
 }
 
@@ -413,241 +388,91 @@ async fn describe<D: Driver>(
 
 async fn scale<D: Driver>(
     State(engine): Shared<D>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath((app, service)): UrlPath<(String, String)>,
     body: Result<Json<ScaleRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
     let Json(request) = body?;
-    if request.replicas > MAX_REPLICAS {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "replicas {} is more than the {MAX_REPLICAS} a service may have",
-                request.replicas
-            ),
-        ));
-    }
-    service_or_404(&engine, &app, &service)?;
-    engine
-        .store
-        .set_replicas(&app, &service, request.replicas)?;
-    engine.store.add_event(
-        now_ms(),
-        &app,
-        &service,
-        &format!("scaled to {}", request.replicas),
-    )?;
-    engine.wake();
+    let command = Command::Scale {
+        app: app.clone(),
+        service: service.clone(),
+        replicas: Some(request.replicas),
+        cpu: None,
+        reason: None,
+    };
+    engine.submit(&peer.caller(), &command)?;
     Ok(Json(service_or_404(&engine, &app, &service)?))
-}
-
-/// The cores of this machine: more CPU per instance than that is never used.
-pub fn machine_cores() -> f64 {
-    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
-}
-
-/// Checks a CPU per instance asked for by hand: within [`paracloud_manifest::MIN_CPU`] and the
-/// machine's cores.
-pub fn check_cpu(cpu: f64, cores: f64) -> Result<f64, String> {
-    let min = paracloud_manifest::MIN_CPU;
-    if !cpu.is_finite() || cpu < min {
-        return Err(format!(
-            "cpu {cpu} is too small: an instance gets at least {min} of a core (a number such as 0.5 or 2)"
-        ));
-    }
-    if cpu > cores {
-        return Err(format!(
-            "cpu {cpu} is more than the {cores} cores of this machine: ask for {cores} at most"
-        ));
-    }
-    Ok(cpu)
 }
 
 async fn cpu<D: Driver>(
     State(engine): Shared<D>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath((app, service)): UrlPath<(String, String)>,
     body: Result<Json<CpuRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
     let Json(request) = body?;
-    let cpu = check_cpu(request.cpu, machine_cores())
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let before = service_or_404(&engine, &app, &service)?.cpu;
-    engine.store.set_cpu(&app, &service, Some(cpu))?;
-    engine.store.add_event(
-        now_ms(),
-        &app,
-        &service,
-        &format!(
-            "cpu per instance set to {cpu} (was {})",
-            crate::views::cores(before)
-        ),
-    )?;
-    engine.wake();
+    let command = Command::Scale {
+        app: app.clone(),
+        service: service.clone(),
+        replicas: None,
+        cpu: Some(request.cpu),
+        reason: None,
+    };
+    engine.submit(&peer.caller(), &command)?;
     Ok(Json(service_or_404(&engine, &app, &service)?))
 }
 
 async fn traffic<D: Driver>(
     State(engine): Shared<D>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath((app, service)): UrlPath<(String, String)>,
     body: Result<Json<TrafficRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
     let Json(request) = body?;
-    let view = service_or_404(&engine, &app, &service)?;
-    if let Some(of) = &view.spec.revision_of {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{service} is revision {} of {}: set its share on {}, as in `paracloud traffic {} {}=10`",
-                of.revision, of.service, of.service, of.service, of.revision
-            ),
-        ));
-    }
-    let revisions: Vec<&str> = view
-        .traffic
-        .iter()
-        .filter_map(|t| t.revision.as_deref())
-        .collect();
-    let mut total = 0;
-    for share in &view.traffic {
-        let Some(revision) = &share.revision else {
-            continue;
-        };
-        total += request
-            .weights
-            .get(revision)
-            .copied()
-            .unwrap_or(share.weight);
-    }
-    for (revision, weight) in &request.weights {
-        if !revisions.contains(&revision.as_str()) {
-            let known = if revisions.is_empty() {
-                "it has none; declare one in the manifest under [services.NAME.revisions.REVISION]"
-                    .to_string()
-            } else {
-                format!("its revisions: {}", revisions.join(", "))
-            };
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("{service} has no revision named {revision} ({known})"),
-            ));
-        }
-        if *weight > 100 {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("{revision}={weight}: a share is a percent, from 0 to 100"),
-            ));
-        }
-    }
-    if total > 100 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the revisions of {service} would get {total}% of its traffic together, more than 100%; \
-                 lower some shares (a revision not named keeps its share; set it to 0 to take it out)"
-            ),
-        ));
-    }
-    for (revision, weight) in &request.weights {
-        let name = paracloud_manifest::revision_service_name(&service, revision);
-        engine.store.set_weight(&app, &name, Some(*weight))?;
-    }
-    let view = service_or_404(&engine, &app, &service)?;
-    let split: Vec<String> = view
-        .traffic
-        .iter()
-        .map(|t| format!("{} {}%", t.service, t.weight))
-        .collect();
-    engine.store.add_event(
-        now_ms(),
-        &app,
-        &service,
-        &format!("traffic: {}", split.join(", ")),
-    )?;
-    engine.wake();
-    Ok(Json(view))
+    let command = Command::SetTraffic {
+        app: app.clone(),
+        service: service.clone(),
+        weights: request.weights,
+    };
+    engine.submit(&peer.caller(), &command)?;
+    Ok(Json(service_or_404(&engine, &app, &service)?))
 }
 
 async fn restart<D: Driver>(
     State(engine): Shared<D>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath((app, service)): UrlPath<(String, String)>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    service_or_404(&engine, &app, &service)?;
-    engine.store.bump_revision(&app, &service)?;
-    engine
-        .store
-        .add_event(now_ms(), &app, &service, "restart requested")?;
-    engine.wake();
+    let command = Command::Restart {
+        app: app.clone(),
+        service: service.clone(),
+    };
+    engine.submit(&peer.caller(), &command)?;
     Ok(Json(service_or_404(&engine, &app, &service)?))
-}
-
-/// Reads `via` of a migrate request.
-pub fn parse_via(via: &str) -> Result<paracloud_manifest::MigrateMethod, String> {
-    use paracloud_manifest::MigrateMethod;
-    match via {
-        "paci" => Ok(MigrateMethod::Paci),
-        "criu" => Ok(MigrateMethod::Criu),
-        "restart" => Ok(MigrateMethod::Restart),
-        other => Err(format!(
-            "unknown migration method {other:?}: use paci (the application hands its state over), criu (checkpoint and restore) or restart (stateless)"
-        )),
-    }
-}
-
-/// Splits an instance name such as `kv.2` into its service and index.
-pub fn parse_instance(name: &str) -> Result<(String, u32), String> {
-    name.rsplit_once('.')
-        .and_then(|(service, index)| Some((service.to_string(), index.parse().ok()?)))
-        .filter(|(service, _)| !service.is_empty())
-        .ok_or_else(|| {
-            format!("{name:?} is not an instance name: instances are named SERVICE.N, such as kv.1 (see paracloud ps)")
-        })
 }
 
 async fn migrate<D: Driver>(
     State(engine): Shared<D>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath((app, instance)): UrlPath<(String, String)>,
     body: Result<Json<MigrateRequest>, JsonRejection>,
 ) -> Result<Json<MigrateResponse>, ApiError> {
     use crate::migrate::MigrateError;
     let Json(request) = body?;
-    let (service, index) =
-        parse_instance(&instance).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let via = request
-        .via
-        .as_deref()
-        .map(parse_via)
-        .transpose()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let cpu = request
-        .cpus
-        .map(|c| check_cpu(c, machine_cores()))
-        .transpose()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("--cpus: {e}")))?;
-    let view = service_or_404(&engine, &app, &service)?;
-    if let Some(revision) = &request.revision {
-        let current = view.revision;
-        let asked: Option<u64> = match revision.as_str() {
-            "latest" => Some(current),
-            n => n.parse().ok(),
-        };
-        match asked {
-            Some(r) if r == current => {}
-            Some(r) => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "{service} is at revision {current}: an instance can only be moved to it (the state keeps one spec per service; `up` the manifest of the revision you want, which moves every instance, or run it beside the service as [services.{service}.revisions.NAME]); asked for {r}"
-                    ),
-                ))
-            }
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("--revision {revision:?} is not a revision: give a number such as {current}, or latest"),
-                ))
-            }
-        }
-    }
-    let key = paracloud_reconcile::InstanceKey::new(&app, &service, index);
+    let command = Command::Migrate {
+        app,
+        instance,
+        via: request.via,
+        cpus: request.cpus,
+        revision: request.revision,
+    };
+    let decision = engine.submit(&peer.caller(), &command)?;
+    let Outcome::Migrate { key, via, cpu } = decision.outcome else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the migration was decided without an instance to move",
+        ));
+    };
     let outcome = engine
         .migrate(
             &key,
@@ -860,22 +685,6 @@ async fn stats<D: Driver>(
         snapshot.calls.retain(|c| c.to.starts_with(&prefix));
     }
     Ok(Json(snapshot))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_by_hand_stays_within_a_hundredth_and_the_machine() {
-        assert_eq!(check_cpu(1.5, 2.0), Ok(1.5));
-        assert_eq!(check_cpu(0.01, 2.0), Ok(0.01));
-        assert!(check_cpu(0.001, 2.0).unwrap_err().contains("at least 0.01"));
-        assert!(check_cpu(f64::NAN, 2.0).unwrap_err().contains("too small"));
-        assert!(check_cpu(3.0, 2.0)
-            .unwrap_err()
-            .contains("more than the 2 cores of this machine"));
-    }
 }
 
 impl From<ImageError> for ApiError {
@@ -1110,23 +919,28 @@ async fn build_image<D: Driver>(
 
 /// Who calls the API: the peer credentials of its Unix socket connection.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub struct Peer {
     pub uid: Option<u32>,
 }
 
 impl
     axum::extract::connect_info::Connected<
         axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
-    > for Caller
+    > for Peer
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        Caller {
+        Peer {
             uid: stream.io().peer_cred().ok().map(|c| c.uid()),
         }
     }
 }
 
-impl Caller {
+impl Peer {
+    /// The caller of the commands it sends: a user of this machine.
+    pub fn caller(&self) -> paracloud_command::Caller {
+        paracloud_command::Caller::Local { uid: self.uid }
+    }
+
     /// The user's name (`root`), or `uid N` when it has none.
     pub fn who(&self) -> String {
         match self.uid {
@@ -1176,7 +990,7 @@ async fn list_capsules<D: Driver>(
 
 async fn run_capsule<D: Driver>(
     State(engine): Shared<D>,
-    axum::extract::ConnectInfo(caller): axum::extract::ConnectInfo<Caller>,
+    axum::extract::ConnectInfo(caller): axum::extract::ConnectInfo<Peer>,
     body: Result<Json<paracloud_api::CapsuleRunRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;

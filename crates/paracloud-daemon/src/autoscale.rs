@@ -10,10 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use paracloud_autoscale::{Decision, History, Millis, Policy, PolicyKind, Reported, ScalingConfig};
+use paracloud_command::{decide, Caller, Command, Limits};
 use paracloud_dataplane::Snapshot;
 use paracloud_reconcile::InstanceState;
 use paracloud_state::{AppRecord, Snapshot as StateSnapshot, Store};
 
+use crate::commands::CommandError;
 use crate::observation::{observation, InstanceFacts, Interval};
 
 /// Makes the policy an application's `[autoscale]` table names.
@@ -66,24 +68,15 @@ pub struct Change {
 }
 
 impl Change {
-    /// The event: what changed and why, as the policy put it.
-    pub fn message(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some((from, to)) = self.replicas {
-            parts.push(format!("instances {from} -> {to}"));
+    /// The command that makes the change, as the autoscaler asks for it.
+    pub fn command(&self) -> Command {
+        Command::Scale {
+            app: self.app.clone(),
+            service: self.service.clone(),
+            replicas: self.replicas.map(|(_, to)| to),
+            cpu: self.cpu.map(|(_, to)| to),
+            reason: Some(self.reason.clone()),
         }
-        if let Some((from, to)) = self.cpu {
-            parts.push(format!(
-                "cpu per instance {} -> {to}",
-                crate::views::cores(from)
-            ));
-        }
-        format!(
-            "autoscaler {}: {}: {}",
-            self.policy,
-            parts.join(", "),
-            self.reason
-        )
     }
 }
 
@@ -190,7 +183,7 @@ impl Autoscaler {
                 let busy = latest
                     .and_then(|o| o.services.get(&decision.service))
                     .is_some_and(|s| s.in_flight > 0 || s.arrivals > 0);
-                if let Some(change) = change(app, kind, &config, decision, busy) {
+                if let Some(change) = change(app, kind, &config, decision, busy, self.cores) {
                     step.changes.push(change);
                 }
             }
@@ -283,6 +276,7 @@ fn change(
     config: &ScalingConfig,
     decision: Decision,
     busy: bool,
+    cores: f64,
 ) -> Option<Change> {
     let Some(bounds) = config.services.get(&decision.service) else {
         tracing::warn!(
@@ -305,7 +299,12 @@ fn change(
     }
     let replicas = (instances != record.replicas).then_some((record.replicas, instances));
     let cpu = if decision.cpu.is_finite() {
-        let wanted = decision.cpu.min(bounds.cpu_max).max(bounds.cpu_min);
+        // More CPU than the machine has is never used (nor accepted).
+        let wanted = decision
+            .cpu
+            .min(bounds.cpu_max)
+            .min(cores)
+            .max(bounds.cpu_min);
         let wanted = (wanted * CPU_STEPS_PER_CORE).round() / CPU_STEPS_PER_CORE;
         let current = record.cpu(spec);
         // An unlimited service counts as its nominal size: asking for that is no change.
@@ -327,25 +326,31 @@ fn change(
     })
 }
 
-/// Writes a step to the store: the new replicas and CPU, and an event for each change and each
-/// autoscaler started. Returns whether a service changed (the reconcile loop has work).
-pub fn apply(store: &Store, step: &Step, now: Millis) -> Result<bool, paracloud_state::Error> {
+/// Submits a step's changes as the autoscaler's commands (decided and written as
+/// `paracloud scale` is), and records the autoscalers started. Returns whether a service changed.
+pub fn apply(
+    store: &Store,
+    limits: &Limits,
+    step: &Step,
+    now: Millis,
+) -> Result<bool, CommandError> {
     for (app, message) in &step.started {
         tracing::info!(app, "{message}");
         store.add_event(now, app, app, message)?;
     }
+    let mut changed = false;
     for change in &step.changes {
-        if let Some((_, to)) = change.replicas {
-            store.set_replicas(&change.app, &change.service, to)?;
-        }
-        if let Some((_, to)) = change.cpu {
-            store.set_cpu(&change.app, &change.service, Some(to))?;
-        }
-        let message = change.message();
-        tracing::info!(app = change.app, service = change.service, "{message}");
-        store.add_event(now, &change.app, &change.service, &message)?;
+        let caller = Caller::Autoscaler {
+            policy: change.policy.to_owned(),
+        };
+        let command = change.command();
+        let decision = store.transact(now, |snapshot| {
+            let decision = decide(&caller, &command, snapshot, limits)?;
+            Ok::<_, CommandError>((decision.changes.clone(), decision))
+        })?;
+        changed |= decision.changes_desired_state();
     }
-    Ok(!step.changes.is_empty())
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -359,6 +364,11 @@ mod tests {
     use paracloud_state::InstanceRecord;
 
     use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_replicas: 200,
+        cores: 4.0,
+    };
 
     struct AnyFs;
 
@@ -542,7 +552,7 @@ scale_to_zero = "1m"
             )]
         );
         assert!(first.changes.is_empty(), "one snapshot is no second yet");
-        assert!(!apply(&store, &first, 2_000).unwrap());
+        assert!(!apply(&store, &LIMITS, &first, 2_000).unwrap());
 
         let cpu: HashMap<String, u64> = [("shop-web-1".to_owned(), 1_400_000_000)].into();
         let second = autoscaler.step(
@@ -579,11 +589,7 @@ scale_to_zero = "1m"
             "9 instances and 3 cores asked, 4 and 1 allowed; idle has a connection open, so it \
              stays; the revision is not the policy's to scale"
         );
-        assert_eq!(
-            second.changes[0].message(),
-            "autoscaler hpa: instances 1 -> 4, cpu per instance 0.5 -> 1: 90 requests in the last second"
-        );
-        assert!(apply(&store, &second, 3_000).unwrap());
+        assert!(apply(&store, &LIMITS, &second, 3_000).unwrap());
         let state = store.load().unwrap();
         let web = &state.apps[0].services["web"];
         assert_eq!((web.replicas, web.cpu), (4, Some(1.0)));
@@ -591,7 +597,7 @@ scale_to_zero = "1m"
         let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(
             messages.last(),
-            Some(&second.changes[0].message().as_str()),
+            Some(&"autoscaler hpa: instances 1 -> 4, cpu per instance 0.5 -> 1: 90 requests in the last second"),
             "{messages:?}"
         );
 

@@ -22,7 +22,7 @@ use paracloud_api::{CapsuleRunRequest, TerminalSize, DEBUG_UPGRADE};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api::{ApiError, Caller};
+use crate::api::{ApiError, Peer};
 use crate::driver::Driver;
 use crate::engine::Engine;
 
@@ -43,7 +43,7 @@ pub struct DebugQuery {
 
 pub async fn debug<D: Driver>(
     State(engine): State<Arc<Engine<D>>>,
-    ConnectInfo(caller): ConnectInfo<Caller>,
+    ConnectInfo(caller): ConnectInfo<Peer>,
     query: Result<Query<DebugQuery>, QueryRejection>,
     mut request: Request,
 ) -> Result<Response, ApiError> {

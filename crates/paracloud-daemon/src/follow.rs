@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::Method;
+use paracloud_command::{Caller, Command};
 use paracloud_dataplane::{service_of, Snapshot, Waiting, WatchEvent};
 use paracloud_reconcile::Millis;
 
@@ -29,7 +30,7 @@ const WAKE_AT_MOST_EVERY: Millis = 500;
 pub async fn follow<D: Driver>(engine: Arc<Engine<D>>) {
     let mut idle = IdleTracker::default();
     let mut woken: BTreeMap<Waiting, Millis> = BTreeMap::new();
-    let mut autoscaler = Autoscaler::new(crate::api::machine_cores());
+    let mut autoscaler = Autoscaler::new(crate::commands::machine_cores());
     loop {
         if let Err(e) = follow_once(&engine, &mut idle, &mut woken, &mut autoscaler).await {
             tracing::debug!("following the data plane: {e}");
@@ -107,16 +108,18 @@ fn wake<D: Driver>(engine: &Engine<D>, waiting: &Waiting) {
         return;
     }
     let replicas = spec.replicas.max(1);
-    if let Err(e) = engine.store.set_replicas(app, &name, replicas) {
+    let command = Command::Scale {
+        app: app.to_owned(),
+        service: name.clone(),
+        replicas: Some(replicas),
+        cpu: None,
+        reason: Some(format!(
+            "a request is waiting: starting {replicas} instance(s) (scale_to_zero)"
+        )),
+    };
+    if let Err(e) = engine.submit(&Caller::Follower, &command) {
         tracing::error!("cannot wake {app}/{name}: {e}");
-        return;
     }
-    engine.event(
-        app,
-        &name,
-        &format!("a request is waiting: starting {replicas} instance(s) (scale_to_zero)"),
-    );
-    engine.wake();
 }
 
 /// One second of the autoscaler: the instances' CPU counters read, its policies run, their
@@ -150,7 +153,7 @@ fn autoscale<D: Driver>(engine: &Engine<D>, autoscaler: &mut Autoscaler, snapsho
         })
         .collect();
     let step = autoscaler.step(now, &state, snapshot, &cpu_ns, &reports);
-    match crate::autoscale::apply(&engine.store, &step, now) {
+    match crate::autoscale::apply(&engine.store, &engine.limits(), &step, now) {
         Ok(true) => engine.wake(),
         Ok(false) => {}
         Err(e) => tracing::error!("cannot apply the autoscaler's decisions: {e}"),
@@ -163,7 +166,6 @@ fn scale_idle_to_zero<D: Driver>(engine: &Engine<D>, idle_for: &BTreeMap<String,
     let Ok(snapshot) = engine.store.load() else {
         return;
     };
-    let mut changed = false;
     let followed = snapshot
         .apps
         .iter()
@@ -185,23 +187,20 @@ fn scale_idle_to_zero<D: Driver>(engine: &Engine<D>, idle_for: &BTreeMap<String,
             if replicas == 0 || u128::from(quiet) < after.as_millis() {
                 continue;
             }
-            if let Err(e) = engine.store.set_replicas(&app.name, name, 0) {
-                tracing::error!("cannot scale {}/{name} to zero: {e}", app.name);
-                continue;
-            }
-            engine.event(
-                &app.name,
-                name,
-                &format!(
+            let command = Command::Scale {
+                app: app.name.clone(),
+                service: name.clone(),
+                replicas: Some(0),
+                cpu: None,
+                reason: Some(format!(
                     "no request for {}: scaled to zero (scale_to_zero); the next request starts it",
                     humantime::format_duration(Duration::from_millis(quiet / 1000 * 1000))
-                ),
-            );
-            changed = true;
+                )),
+            };
+            if let Err(e) = engine.submit(&Caller::Follower, &command) {
+                tracing::error!("cannot scale {}/{name} to zero: {e}", app.name);
+            }
         }
-    }
-    if changed {
-        engine.wake();
     }
 }
 

@@ -6,6 +6,7 @@ pub mod api;
 pub mod autoscale;
 pub mod build;
 pub mod capsules;
+pub mod commands;
 pub mod criu;
 pub mod dataplane;
 pub mod debug;
@@ -115,7 +116,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
     };
     let served = axum::serve(
         listener,
-        api::router(engine.clone()).into_make_service_with_connect_info::<api::Caller>(),
+        api::router(engine.clone()).into_make_service_with_connect_info::<api::Peer>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;

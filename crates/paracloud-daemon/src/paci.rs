@@ -23,9 +23,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use paracloud_paci::{
-    check_replicas, Ack, AckAnswer, Addresses, ErrorBody, EventKind, LoadReport, Peer, Peers,
-    PlatformEvent, ReplicasAnswer, ReplicasRequest, Resources, WeightAnswer, WeightRequest, Whoami,
-    FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
+    Ack, AckAnswer, Addresses, ErrorBody, EventKind, LoadReport, Peer, Peers, PlatformEvent,
+    ReplicasAnswer, ReplicasRequest, Resources, WeightAnswer, WeightRequest, Whoami, FULL_WEIGHT,
+    MAX_BODY, SOCKET_NAME,
 };
 use paracloud_reconcile::{InstanceKey, Millis};
 use paracloud_state::{AppRecord, Snapshot};
@@ -34,7 +34,10 @@ use tokio::net::UnixListener;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::AbortHandle;
 
+use paracloud_command::{Caller, Command, Outcome};
+
 use crate::addressing::AppNetwork;
+use crate::commands::{status_of, CommandError};
 use crate::driver::Driver;
 use crate::engine::{now_ms, Engine};
 
@@ -334,6 +337,15 @@ impl From<PathRejection> for PaciError {
     }
 }
 
+impl From<CommandError> for PaciError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Refused(refusal) => PaciError::new(status_of(&refusal), refusal.message),
+            CommandError::State(e) => e.into(),
+        }
+    }
+}
+
 impl From<paracloud_state::Error> for PaciError {
     fn from(e: paracloud_state::Error) -> Self {
         PaciError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -556,28 +568,15 @@ async fn weight<D: Driver>(
     body: Result<Json<WeightRequest>, JsonRejection>,
 ) -> Result<Json<WeightAnswer>, PaciError> {
     let Json(request) = body?;
-    let weight = request.check().map_err(PaciError::bad)?;
-    let stored = (weight != FULL_WEIGHT).then_some(weight);
-    let mut changed = false;
-    let updated = ctx.engine.store.update_instance(&ctx.key, |record| {
-        changed = record.weight != stored;
-        record.weight = stored;
-    })?;
-    if updated.is_none() {
-        return Err(PaciError::new(
-            StatusCode::GONE,
-            "this instance is no longer in the state",
-        ));
-    }
-    if changed {
-        ctx.engine.event(
-            &ctx.key.app,
-            &ctx.key.name(),
-            &format!("weight {weight}% (set through PaCI)"),
-        );
-        ctx.engine.routes_changed();
-    }
-    Ok(Json(WeightAnswer { weight }))
+    let command = Command::SetWeight {
+        instance: ctx.key.clone(),
+        weight: request.weight,
+    };
+    ctx.engine
+        .submit(&Caller::Instance(ctx.key.clone()), &command)?;
+    Ok(Json(WeightAnswer {
+        weight: request.weight.unwrap_or(FULL_WEIGHT),
+    }))
 }
 
 async fn replicas<D: Driver>(
@@ -587,45 +586,20 @@ async fn replicas<D: Driver>(
 ) -> Result<Json<ReplicasAnswer>, PaciError> {
     let UrlPath(service) = path?;
     let Json(request) = body?;
-    let snapshot = ctx.engine.store.load()?;
-    let app = app_of(&snapshot, &ctx.key)?;
-    if !app.manifest.services.contains_key(&service) {
-        let known: Vec<&str> = app.manifest.services.keys().map(String::as_str).collect();
-        return Err(PaciError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "application {} has no service named {service} (it has: {})",
-                app.name,
-                known.join(", ")
-            ),
-        ));
-    }
-    let bounds = app
-        .manifest
-        .autoscale
-        .as_ref()
-        .and_then(|a| a.services.get(&service))
-        .map(|s| (s.min, s.max));
-    let (min, max) = check_replicas(&service, request.replicas, bounds)
-        .map_err(|e| PaciError::new(StatusCode::CONFLICT, e))?;
-    ctx.engine
-        .store
-        .set_replicas(&app.name, &service, request.replicas)?;
-    let why = request
-        .reason
-        .as_deref()
-        .map(|r| format!(": {r}"))
-        .unwrap_or_default();
-    ctx.engine.event(
-        &app.name,
-        &service,
-        &format!(
-            "scaled to {} (asked by {} through PaCI{why})",
-            request.replicas,
-            ctx.key.name()
-        ),
-    );
-    ctx.engine.wake();
+    let command = Command::Scale {
+        app: ctx.key.app.clone(),
+        service: service.clone(),
+        replicas: Some(request.replicas),
+        cpu: None,
+        reason: request.reason,
+    };
+    let decision = ctx
+        .engine
+        .submit(&Caller::Instance(ctx.key.clone()), &command)?;
+    let (min, max) = match decision.outcome {
+        Outcome::Replicas { min, max } => (min, max),
+        _ => (request.replicas, request.replicas),
+    };
     Ok(Json(ReplicasAnswer {
         service,
         replicas: request.replicas,

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use paracloud_dataplane::{Backend, Config, Listener, Protocol, Revision};
 use paracloud_manifest::Protocol as PortProtocol;
-use paracloud_state::{AppRecord, Snapshot};
+use paracloud_state::Snapshot;
 
 use crate::addressing::AppNetwork;
 
@@ -107,22 +107,7 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
     Config { listeners }
 }
 
-/// The revisions running beside `service`: their service name (`api@canary`), revision name and
-/// current weight (the one `paracloud traffic` set, else the manifest's).
-pub fn revisions_of<'a>(
-    app: &'a AppRecord,
-    service: &'a str,
-) -> impl Iterator<Item = (&'a str, &'a str, u32)> + 'a {
-    app.manifest.services.iter().filter_map(move |(name, s)| {
-        let of = s.revision_of.as_ref().filter(|of| of.service == service)?;
-        let weight = app
-            .services
-            .get(name)
-            .and_then(|r| r.weight)
-            .unwrap_or(of.weight);
-        Some((name.as_str(), of.revision.as_str(), weight))
-    })
-}
+pub use paracloud_command::revisions_of;
 
 #[cfg(test)]
 mod tests {

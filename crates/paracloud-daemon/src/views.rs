@@ -6,10 +6,7 @@ use paracloud_state::{AppRecord, InstanceRecord, Snapshot};
 
 use crate::addressing::AppNetwork;
 
-/// A CPU limit in words: "1.5" cores, or "unlimited".
-pub fn cores(cpu: Option<f64>) -> String {
-    cpu.map_or_else(|| "unlimited".to_owned(), |c| c.to_string())
-}
+pub use paracloud_command::cores;
 
 pub fn instance_view(
     app: &AppRecord,

@@ -222,6 +222,15 @@ impl Service {
             .cloned()
             .collect()
     }
+
+    /// Whether instances of `self` run as those of `other` would: every key but the capsule
+    /// policy, which says who may attach, not how instances run. A service whose spec changes
+    /// otherwise gets a new revision (its instances are replaced).
+    pub fn runs_as(&self, other: &Service) -> bool {
+        let mut this = self.clone();
+        this.capsules = other.capsules.clone();
+        this == *other
+    }
 }
 
 /// Where an instance's root filesystem comes from.

@@ -167,6 +167,53 @@ pub struct Snapshot {
     pub networks: BTreeSet<String>,
 }
 
+/// One write to the desired state, as decided by the command layer; [`Store::transact`] writes
+/// a decision's changes in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Creates or updates an application from a validated manifest: services whose spec
+    /// changed get a new revision, replica counts, traffic shares and CPU go back to the
+    /// manifest's.
+    PutApp {
+        manifest: Manifest,
+        source: String,
+        origin: String,
+    },
+    /// Marks an application for removal (`down`), with its volumes or not.
+    MarkRemoving { app: String, volumes: bool },
+    Replicas {
+        app: String,
+        service: String,
+        replicas: u32,
+    },
+    /// CPU per instance of a service in cores (`None`: the manifest's).
+    Cpu {
+        app: String,
+        service: String,
+        cpu: Option<f64>,
+    },
+    /// The traffic share of a revision running beside its service (`None`: the manifest's).
+    TrafficWeight {
+        app: String,
+        service: String,
+        weight: Option<u32>,
+    },
+    /// Raises a service's revision so that its instances are replaced one by one.
+    BumpRevision { app: String, service: String },
+    /// An instance's load-balancing weight in percent of its full share (`None`: full).
+    InstanceWeight {
+        key: InstanceKey,
+        weight: Option<u32>,
+    },
+    /// The application's network is to be set up again (it gains service addresses).
+    NetworkStale { app: String },
+    Event {
+        app: String,
+        subject: String,
+        message: String,
+    },
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
 }
@@ -213,14 +260,9 @@ CREATE TABLE IF NOT EXISTS events (
 );
 ";
 
-/// Whether instances of `old_spec` (a stored service spec) run as those of `new` would: every
-/// key but the capsule policy, which says who may attach, not how instances run.
+/// Whether instances of `old_spec` (a stored service spec) run as those of `new` would.
 fn runs_the_same(old_spec: &str, new: &paracloud_manifest::Service) -> bool {
-    let Ok(mut old) = serde_json::from_str::<paracloud_manifest::Service>(old_spec) else {
-        return false;
-    };
-    old.capsules = new.capsules.clone();
-    old == *new
+    serde_json::from_str::<paracloud_manifest::Service>(old_spec).is_ok_and(|old| old.runs_as(new))
 }
 
 impl Store {
@@ -265,6 +307,18 @@ impl Store {
     ) -> Result<Vec<String>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let changed = Self::put_app_in(&tx, manifest, source, origin, now)?;
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    fn put_app_in(
+        tx: &Transaction<'_>,
+        manifest: &Manifest,
+        source: &str,
+        origin: &str,
+        now: Millis,
+    ) -> Result<Vec<String>> {
         let exists: bool = tx
             .query_row(
                 "SELECT 1 FROM apps WHERE name = ?1",
@@ -280,7 +334,7 @@ impl Store {
                 params![manifest.app, manifest_json, source, origin],
             )?;
         } else {
-            let used: BTreeSet<u32> = collect(&tx, "SELECT subnet_index FROM apps", [])?;
+            let used: BTreeSet<u32> = collect(tx, "SELECT subnet_index FROM apps", [])?;
             let index = (0..).find(|i| !used.contains(i)).unwrap_or(0);
             tx.execute(
                 "INSERT INTO apps (name, manifest, source, origin, subnet_index, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -319,7 +373,7 @@ impl Store {
                 }
                 None => {
                     let used: BTreeSet<u32> = collect(
-                        &tx,
+                        tx,
                         "SELECT slot FROM services WHERE app = ?1",
                         [&manifest.app],
                     )?;
@@ -353,7 +407,6 @@ impl Store {
                 }
             }
         }
-        tx.commit()?;
         Ok(changed)
     }
 
@@ -431,12 +484,23 @@ impl Store {
     ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        Self::check_service(&tx, app, service)?;
+        Self::update_service_in(&tx, app, service, assignment, value)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn update_service_in(
+        tx: &Transaction<'_>,
+        app: &str,
+        service: &str,
+        assignment: &str,
+        value: impl rusqlite::ToSql,
+    ) -> Result<()> {
+        Self::check_service(tx, app, service)?;
         tx.execute(
             &format!("UPDATE services SET {assignment} WHERE app = ?1 AND name = ?2"),
             params![app, service, value],
         )?;
-        tx.commit()?;
         Ok(())
     }
 
@@ -591,6 +655,99 @@ impl Store {
     pub fn load(&self) -> Result<Snapshot> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let snapshot = Self::read(&tx)?;
+        tx.commit()?;
+        Ok(snapshot)
+    }
+
+    /// Reads the state, decides on it with `decide`, and writes the changes it returns, all in
+    /// one transaction: a decision is applied to exactly the state it was made on, and either
+    /// all of its changes are written or none. Events are recorded at `now`.
+    pub fn transact<T, E: From<Error>>(
+        &self,
+        now: Millis,
+        decide: impl FnOnce(&Snapshot) -> std::result::Result<(Vec<Change>, T), E>,
+    ) -> std::result::Result<T, E> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(Error::from)?;
+        let snapshot = Self::read(&tx)?;
+        let (changes, outcome) = decide(&snapshot)?;
+        for change in &changes {
+            Self::write(&tx, change, now)?;
+        }
+        tx.commit().map_err(Error::from)?;
+        Ok(outcome)
+    }
+
+    fn write(tx: &Transaction<'_>, change: &Change, now: Millis) -> Result<()> {
+        match change {
+            Change::PutApp {
+                manifest,
+                source,
+                origin,
+            } => {
+                Self::put_app_in(tx, manifest, source, origin, now)?;
+            }
+            Change::MarkRemoving { app, volumes } => {
+                let n = tx.execute(
+                    "UPDATE apps SET removing = ?2 WHERE name = ?1",
+                    params![app, volumes],
+                )?;
+                if n == 0 {
+                    return Err(Error::NoApp(app.to_string()));
+                }
+            }
+            Change::Replicas {
+                app,
+                service,
+                replicas,
+            } => Self::update_service_in(tx, app, service, "replicas = ?3", replicas)?,
+            Change::Cpu { app, service, cpu } => {
+                Self::update_service_in(tx, app, service, "cpu = ?3", cpu)?
+            }
+            Change::TrafficWeight {
+                app,
+                service,
+                weight,
+            } => Self::update_service_in(tx, app, service, "weight = ?3", weight)?,
+            Change::BumpRevision { app, service } => {
+                Self::update_service_in(tx, app, service, "revision = revision + ?3", 1)?
+            }
+            Change::InstanceWeight { key, weight } => {
+                let json: Option<String> = tx
+                    .query_row(
+                        "SELECT record FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
+                        params![key.app, key.service, key.index],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(json) = json {
+                    let mut record: InstanceRecord = serde_json::from_str(&json)?;
+                    record.weight = *weight;
+                    tx.execute(
+                        "UPDATE instances SET record = ?4 WHERE app = ?1 AND service = ?2 AND idx = ?3",
+                        params![key.app, key.service, key.index, serde_json::to_string(&record)?],
+                    )?;
+                }
+            }
+            Change::NetworkStale { app } => {
+                tx.execute("DELETE FROM networks WHERE app = ?1", [app])?;
+            }
+            Change::Event {
+                app,
+                subject,
+                message,
+            } => {
+                tx.execute(
+                    "INSERT INTO events (at, app, subject, message) VALUES (?1, ?2, ?3, ?4)",
+                    params![now as i64, app, subject, message],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read(tx: &Transaction<'_>) -> Result<Snapshot> {
         let mut apps = Vec::new();
         {
             let mut stmt =
@@ -652,8 +809,7 @@ impl Store {
             }
             out
         };
-        let networks = collect(&tx, "SELECT app FROM networks", [])?;
-        tx.commit()?;
+        let networks = collect(tx, "SELECT app FROM networks", [])?;
         Ok(Snapshot {
             apps,
             instances,

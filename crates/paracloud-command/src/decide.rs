@@ -1,0 +1,531 @@
+//! `decide`: a command checked against a snapshot of the state, and the changes it makes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use paracloud_manifest::{MigrateMethod, MIN_CPU};
+use paracloud_reconcile::InstanceKey;
+use paracloud_state::{AppRecord, Change, Snapshot};
+
+use crate::caller::authorize;
+use crate::{Caller, Command, Decision, Limits, Outcome, Refusal, RefusalKind};
+
+/// Decides `command` asked by `caller` against `snapshot`: who may ask for it, whether it
+/// holds, and what it changes. The same bad request gets the same refusal whoever asks.
+pub fn decide(
+    caller: &Caller,
+    command: &Command,
+    snapshot: &Snapshot,
+    limits: &Limits,
+) -> Result<Decision, Refusal> {
+    authorize(caller, command)?;
+    match command {
+        Command::Up {
+            manifest,
+            source,
+            origin,
+        } => up(manifest, source, origin, snapshot),
+        Command::Down { app, volumes } => {
+            find_app(snapshot, app)?;
+            Ok(Decision::changes(vec![
+                Change::MarkRemoving {
+                    app: app.clone(),
+                    volumes: *volumes,
+                },
+                event(app, app, "down requested"),
+            ]))
+        }
+        Command::Scale {
+            app,
+            service,
+            replicas,
+            cpu,
+            reason,
+        } => scale(
+            caller,
+            snapshot,
+            limits,
+            app,
+            service,
+            *replicas,
+            *cpu,
+            reason.as_deref(),
+        ),
+        Command::SetTraffic {
+            app,
+            service,
+            weights,
+        } => traffic(snapshot, app, service, weights),
+        Command::Restart { app, service } => {
+            let record = live_app(snapshot, app)?;
+            find_service(record, service)?;
+            Ok(Decision::changes(vec![
+                Change::BumpRevision {
+                    app: app.clone(),
+                    service: service.clone(),
+                },
+                event(app, service, "restart requested"),
+            ]))
+        }
+        Command::SetWeight { instance, weight } => set_weight(snapshot, instance, *weight),
+        Command::Migrate {
+            app,
+            instance,
+            via,
+            cpus,
+            revision,
+        } => migrate(
+            snapshot,
+            limits,
+            app,
+            instance,
+            via.as_deref(),
+            *cpus,
+            revision.as_deref(),
+        ),
+        Command::RunCapsule { .. } => Ok(Decision::changes(Vec::new())),
+    }
+}
+
+fn event(app: &str, subject: &str, message: impl Into<String>) -> Change {
+    Change::Event {
+        app: app.to_owned(),
+        subject: subject.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn find_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, Refusal> {
+    snapshot.apps.iter().find(|a| a.name == app).ok_or_else(|| {
+        let known: Vec<&str> = snapshot.apps.iter().map(|a| a.name.as_str()).collect();
+        let hint = if known.is_empty() {
+            "none runs".to_string()
+        } else {
+            format!("running: {}", known.join(", "))
+        };
+        Refusal::new(
+            RefusalKind::NotFound,
+            format!("no application named {app} ({hint})"),
+        )
+    })
+}
+
+/// An application that is not being taken down.
+fn live_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, Refusal> {
+    let record = find_app(snapshot, app)?;
+    if record.removing.is_some() {
+        return Err(Refusal::new(
+            RefusalKind::Conflict,
+            format!("application {app} is being taken down: `paracloud up` it again first"),
+        ));
+    }
+    Ok(record)
+}
+
+fn find_service<'a>(
+    app: &'a AppRecord,
+    service: &str,
+) -> Result<&'a paracloud_manifest::Service, Refusal> {
+    match (
+        app.manifest.services.get(service),
+        app.services.get(service),
+    ) {
+        (Some(spec), Some(_)) => Ok(spec),
+        _ => {
+            let known: Vec<&str> = app.manifest.services.keys().map(String::as_str).collect();
+            Err(Refusal::new(
+                RefusalKind::NotFound,
+                format!(
+                    "application {} has no service named {service} (it has: {})",
+                    app.name,
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+fn up(
+    manifest: &paracloud_manifest::Manifest,
+    source: &str,
+    origin: &str,
+    snapshot: &Snapshot,
+) -> Result<Decision, Refusal> {
+    let ours: BTreeSet<_> = manifest
+        .services
+        .values()
+        .flat_map(|s| s.ports.iter().filter_map(|p| p.publish))
+        .collect();
+    for other in snapshot
+        .apps
+        .iter()
+        .filter(|a| a.name != manifest.app && a.removing.is_none())
+    {
+        for (name, service) in &other.manifest.services {
+            for port in service.ports.iter().filter_map(|p| p.publish) {
+                if ours.contains(&port) {
+                    return Err(Refusal::new(
+                        RefusalKind::Conflict,
+                        format!(
+                            "{origin}: port clash: {port} is already published by service {name} of application {}; \
+                             publish another host port, or take {} down first",
+                            other.name, other.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    // The services whose instances run differently now: they get a new revision.
+    let changed: Vec<String> = match snapshot.apps.iter().find(|a| a.name == manifest.app) {
+        Some(old) => manifest
+            .services
+            .iter()
+            .filter(|(name, new)| {
+                old.manifest
+                    .services
+                    .get(*name)
+                    .is_some_and(|spec| !spec.runs_as(new))
+            })
+            .map(|(name, _)| name.clone())
+            .collect(),
+        None => Vec::new(),
+    };
+    let app = &manifest.app;
+    let what = if changed.is_empty() {
+        "deployed".to_string()
+    } else {
+        format!("deployed; changed: {}", changed.join(", "))
+    };
+    Ok(Decision {
+        changes: vec![
+            Change::PutApp {
+                manifest: manifest.clone(),
+                source: source.to_owned(),
+                origin: origin.to_owned(),
+            },
+            // The network gains the addresses of any new service.
+            Change::NetworkStale { app: app.clone() },
+            event(app, app, what),
+        ],
+        outcome: Outcome::Deployed { changed },
+    })
+}
+
+#[allow(clippy::too_many_arguments, reason = "the fields of one command")]
+fn scale(
+    caller: &Caller,
+    snapshot: &Snapshot,
+    limits: &Limits,
+    app: &str,
+    service: &str,
+    replicas: Option<u32>,
+    cpu: Option<f64>,
+    reason: Option<&str>,
+) -> Result<Decision, Refusal> {
+    let record = live_app(snapshot, app)?;
+    let spec = find_service(record, service)?;
+    if let Some(replicas) = replicas {
+        if replicas > limits.max_replicas {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!(
+                    "replicas {replicas} is more than the {} a service may have",
+                    limits.max_replicas
+                ),
+            ));
+        }
+    }
+    if let Some(cpu) = cpu {
+        check_cpu(cpu, limits.cores).map_err(|e| Refusal::new(RefusalKind::Invalid, e))?;
+    }
+    let current = &record.services[service];
+    let mut outcome = Outcome::Done;
+    if let (Caller::Instance(_), Some(asked)) = (caller, replicas) {
+        let bounds = record
+            .manifest
+            .autoscale
+            .as_ref()
+            .and_then(|a| a.services.get(service))
+            .map(|s| (s.min, s.max));
+        let (min, max) = paracloud_paci::check_replicas(service, asked, bounds)
+            .map_err(|e| Refusal::new(RefusalKind::Conflict, e))?;
+        outcome = Outcome::Replicas { min, max };
+    }
+    let mut changes = Vec::new();
+    if let Some(replicas) = replicas {
+        changes.push(Change::Replicas {
+            app: app.to_owned(),
+            service: service.to_owned(),
+            replicas,
+        });
+    }
+    if let Some(cpu) = cpu {
+        changes.push(Change::Cpu {
+            app: app.to_owned(),
+            service: service.to_owned(),
+            cpu: Some(cpu),
+        });
+    }
+    let was_cpu = current.cpu(spec);
+    let because = |r: Option<&str>| r.map(|r| format!(": {r}")).unwrap_or_default();
+    let messages: Vec<String> = match caller {
+        Caller::Autoscaler { policy } => {
+            let mut parts = Vec::new();
+            if let Some(to) = replicas {
+                parts.push(format!("instances {} -> {to}", current.replicas));
+            }
+            if let Some(to) = cpu {
+                parts.push(format!("cpu per instance {} -> {to}", cores(was_cpu)));
+            }
+            vec![format!(
+                "autoscaler {policy}: {}{}",
+                parts.join(", "),
+                because(reason)
+            )]
+        }
+        Caller::Instance(key) => replicas
+            .map(|n| {
+                format!(
+                    "scaled to {n} (asked by {} through PaCI{})",
+                    key.name(),
+                    because(reason)
+                )
+            })
+            .into_iter()
+            .collect(),
+        Caller::Follower if reason.is_some() => reason.map(str::to_owned).into_iter().collect(),
+        other => {
+            let by = match other {
+                Caller::Token { name, .. } => format!(" (by token {name})"),
+                _ => String::new(),
+            };
+            let mut messages = Vec::new();
+            if let Some(n) = replicas {
+                messages.push(format!("scaled to {n}{by}"));
+            }
+            if let Some(to) = cpu {
+                messages.push(format!(
+                    "cpu per instance set to {to} (was {}){by}",
+                    cores(was_cpu)
+                ));
+            }
+            messages
+        }
+    };
+    changes.extend(messages.into_iter().map(|m| event(app, service, m)));
+    Ok(Decision { changes, outcome })
+}
+
+/// CPU in cores as the event log shows it.
+pub fn cores(cpu: Option<f64>) -> String {
+    cpu.map_or_else(|| "unlimited".to_owned(), |c| c.to_string())
+}
+
+/// Checks a CPU per instance asked for by hand: within [`paracloud_manifest::MIN_CPU`] and the
+/// machine's cores.
+pub fn check_cpu(cpu: f64, cores: f64) -> Result<f64, String> {
+    if !cpu.is_finite() || cpu < MIN_CPU {
+        return Err(format!(
+            "cpu {cpu} is too small: an instance gets at least {MIN_CPU} of a core (a number such as 0.5 or 2)"
+        ));
+    }
+    if cpu > cores {
+        return Err(format!(
+            "cpu {cpu} is more than the {cores} cores of this machine: ask for {cores} at most"
+        ));
+    }
+    Ok(cpu)
+}
+
+/// The revisions running beside `service`: their service name (`api@canary`), revision name and
+/// current weight (the one `paracloud traffic` set, else the manifest's).
+pub fn revisions_of<'a>(
+    app: &'a AppRecord,
+    service: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a str, u32)> + 'a {
+    app.manifest.services.iter().filter_map(move |(name, s)| {
+        let of = s.revision_of.as_ref().filter(|of| of.service == service)?;
+        let weight = app
+            .services
+            .get(name)
+            .and_then(|r| r.weight)
+            .unwrap_or(of.weight);
+        Some((name.as_str(), of.revision.as_str(), weight))
+    })
+}
+
+fn traffic(
+    snapshot: &Snapshot,
+    app: &str,
+    service: &str,
+    weights: &BTreeMap<String, u32>,
+) -> Result<Decision, Refusal> {
+    let record = live_app(snapshot, app)?;
+    let spec = find_service(record, service)?;
+    if let Some(of) = &spec.revision_of {
+        return Err(Refusal::new(
+            RefusalKind::Invalid,
+            format!(
+                "{service} is revision {} of {}: set its share on {}, as in `paracloud traffic {} {}=10`",
+                of.revision, of.service, of.service, of.service, of.revision
+            ),
+        ));
+    }
+    let revisions: Vec<(&str, &str, u32)> = revisions_of(record, service).collect();
+    for (revision, weight) in weights {
+        if !revisions.iter().any(|(_, r, _)| r == revision) {
+            let known = if revisions.is_empty() {
+                "it has none; declare one in the manifest under [services.NAME.revisions.REVISION]"
+                    .to_string()
+            } else {
+                let names: Vec<&str> = revisions.iter().map(|(_, r, _)| *r).collect();
+                format!("its revisions: {}", names.join(", "))
+            };
+            return Err(Refusal::new(
+                RefusalKind::NotFound,
+                format!("{service} has no revision named {revision} ({known})"),
+            ));
+        }
+        if *weight > 100 {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!("{revision}={weight}: a share is a percent, from 0 to 100"),
+            ));
+        }
+    }
+    let after: Vec<(&str, u32)> = revisions
+        .iter()
+        .map(|(name, revision, weight)| (*name, weights.get(*revision).copied().unwrap_or(*weight)))
+        .collect();
+    let total: u32 = after.iter().map(|(_, w)| w).sum();
+    if total > 100 {
+        return Err(Refusal::new(
+            RefusalKind::Invalid,
+            format!(
+                "the revisions of {service} would get {total}% of its traffic together, more than 100%; \
+                 lower some shares (a revision not named keeps its share; set it to 0 to take it out)"
+            ),
+        ));
+    }
+    let mut changes: Vec<Change> = weights
+        .iter()
+        .map(|(revision, weight)| Change::TrafficWeight {
+            app: app.to_owned(),
+            service: paracloud_manifest::revision_service_name(service, revision),
+            weight: Some(*weight),
+        })
+        .collect();
+    let split: Vec<String> = std::iter::once(format!("{service} {}%", 100 - total))
+        .chain(after.iter().map(|(name, w)| format!("{name} {w}%")))
+        .collect();
+    changes.push(event(
+        app,
+        service,
+        format!("traffic: {}", split.join(", ")),
+    ));
+    Ok(Decision::changes(changes))
+}
+
+fn set_weight(
+    snapshot: &Snapshot,
+    key: &InstanceKey,
+    weight: Option<u32>,
+) -> Result<Decision, Refusal> {
+    let weight = paracloud_paci::WeightRequest { weight }
+        .check()
+        .map_err(|e| Refusal::new(RefusalKind::Invalid, e))?;
+    let Some(record) = snapshot.instances.iter().find(|i| i.key == *key) else {
+        return Err(Refusal::new(
+            RefusalKind::Gone,
+            "this instance is no longer in the state",
+        ));
+    };
+    let stored = (weight != paracloud_paci::FULL_WEIGHT).then_some(weight);
+    if record.weight == stored {
+        return Ok(Decision::changes(Vec::new()));
+    }
+    Ok(Decision::changes(vec![
+        Change::InstanceWeight {
+            key: key.clone(),
+            weight: stored,
+        },
+        event(
+            &key.app,
+            &key.name(),
+            format!("weight {weight}% (set through PaCI)"),
+        ),
+    ]))
+}
+
+/// Reads the method of a migration.
+pub fn parse_via(via: &str) -> Result<MigrateMethod, String> {
+    match via {
+        "paci" => Ok(MigrateMethod::Paci),
+        "criu" => Ok(MigrateMethod::Criu),
+        "restart" => Ok(MigrateMethod::Restart),
+        other => Err(format!(
+            "unknown migration method {other:?}: use paci (the application hands its state over), criu (checkpoint and restore) or restart (stateless)"
+        )),
+    }
+}
+
+/// Splits an instance name such as `kv.2` into its service and index.
+pub fn parse_instance(name: &str) -> Result<(String, u32), String> {
+    name.rsplit_once('.')
+        .and_then(|(service, index)| Some((service.to_string(), index.parse().ok()?)))
+        .filter(|(service, _)| !service.is_empty())
+        .ok_or_else(|| {
+            format!("{name:?} is not an instance name: instances are named SERVICE.N, such as kv.1 (see paracloud ps)")
+        })
+}
+
+fn migrate(
+    snapshot: &Snapshot,
+    limits: &Limits,
+    app: &str,
+    instance: &str,
+    via: Option<&str>,
+    cpus: Option<f64>,
+    revision: Option<&str>,
+) -> Result<Decision, Refusal> {
+    let invalid = |e: String| Refusal::new(RefusalKind::Invalid, e);
+    let (service, index) = parse_instance(instance).map_err(invalid)?;
+    let via = via.map(parse_via).transpose().map_err(invalid)?;
+    let cpu = cpus
+        .map(|c| check_cpu(c, limits.cores))
+        .transpose()
+        .map_err(|e| invalid(format!("--cpus: {e}")))?;
+    let record = live_app(snapshot, app)?;
+    find_service(record, &service)?;
+    if let Some(revision) = revision {
+        let current = record.services[&service].revision;
+        let asked: Option<u64> = match revision {
+            "latest" => Some(current),
+            n => n.parse().ok(),
+        };
+        match asked {
+            Some(r) if r == current => {}
+            Some(r) => {
+                return Err(Refusal::new(
+                    RefusalKind::Conflict,
+                    format!(
+                        "{service} is at revision {current}: an instance can only be moved to it (the state keeps one spec per service; `up` the manifest of the revision you want, which moves every instance, or run it beside the service as [services.{service}.revisions.NAME]); asked for {r}"
+                    ),
+                ))
+            }
+            None => {
+                return Err(invalid(format!(
+                    "--revision {revision:?} is not a revision: give a number such as {current}, or latest"
+                )))
+            }
+        }
+    }
+    Ok(Decision {
+        changes: Vec::new(),
+        outcome: Outcome::Migrate {
+            key: InstanceKey::new(app, &service, index),
+            via,
+            cpu,
+        },
+    })
+}

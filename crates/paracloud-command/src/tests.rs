@@ -1,0 +1,591 @@
+//! `decide` on plain data: every caller kind, the same refusal for the same bad request.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use paracloud_manifest::{parse, FileSystem, Origin};
+use paracloud_reconcile::{InstanceKey, InstanceState};
+use paracloud_state::{AppRecord, InstanceRecord, ServiceRecord, Snapshot};
+use proptest::prelude::*;
+
+use super::*;
+
+struct AnyFs;
+
+impl FileSystem for AnyFs {
+    fn exists(&self, _: &Path) -> bool {
+        true
+    }
+    fn is_dir(&self, _: &Path) -> bool {
+        true
+    }
+}
+
+const SHOP: &str = r#"
+app = "shop"
+
+[autoscale]
+policy = "model"
+entry = "web"
+slo = { p95 = "200ms" }
+
+[services.web]
+image = "host"
+command = ["web"]
+ports = [{ port = 80, protocol = "http", publish = 8080 }]
+autoscale = { min = 1, max = 4 }
+
+[services.api]
+image = "host"
+command = ["api"]
+resources = { cpu = 1 }
+
+[services.api.revisions.canary]
+command = ["api", "--canary"]
+weight = 10
+"#;
+
+const LIMITS: Limits = Limits {
+    max_replicas: 200,
+    cores: 4.0,
+};
+
+fn manifest(source: &str) -> paracloud_manifest::Manifest {
+    let origin = Origin {
+        file: "paracloud.toml".into(),
+        base_dir: "/".into(),
+    };
+    parse(source, &origin, &AnyFs).unwrap()
+}
+
+fn app(source: &str) -> AppRecord {
+    let manifest = manifest(source);
+    let services = manifest
+        .services
+        .iter()
+        .enumerate()
+        .map(|(slot, (name, spec))| {
+            let record = ServiceRecord {
+                replicas: spec.replicas,
+                revision: 1,
+                slot: slot as u32,
+                weight: None,
+                cpu: None,
+            };
+            (name.clone(), record)
+        })
+        .collect();
+    AppRecord {
+        name: manifest.app.clone(),
+        manifest,
+        source: source.into(),
+        origin: "paracloud.toml".into(),
+        subnet_index: 0,
+        removing: None,
+        services,
+        created: 0,
+    }
+}
+
+fn shop() -> Snapshot {
+    let web1 = InstanceKey::new("shop", "web", 1);
+    Snapshot {
+        apps: vec![app(SHOP)],
+        instances: vec![InstanceRecord {
+            key: web1,
+            revision: 1,
+            state: InstanceState::Starting,
+            restarts: 0,
+            since: 0,
+            started: 0,
+            pid: None,
+            start_time: None,
+            slot: 0,
+            weight: None,
+            held: false,
+            frozen: false,
+            cpu: None,
+        }],
+        networks: Default::default(),
+    }
+}
+
+fn web1() -> InstanceKey {
+    InstanceKey::new("shop", "web", 1)
+}
+
+/// Every kind of caller that may scale.
+fn scalers() -> Vec<Caller> {
+    vec![
+        Caller::Local { uid: Some(0) },
+        Caller::Token {
+            name: "ci".into(),
+            role: Role::Operator,
+        },
+        Caller::Token {
+            name: "ops".into(),
+            role: Role::Admin,
+        },
+        Caller::Instance(web1()),
+        Caller::Autoscaler {
+            policy: "model".into(),
+        },
+        Caller::Follower,
+    ]
+}
+
+fn scale(service: &str, replicas: u32) -> Command {
+    Command::Scale {
+        app: "shop".into(),
+        service: service.into(),
+        replicas: Some(replicas),
+        cpu: None,
+        reason: None,
+    }
+}
+
+fn refusal(caller: &Caller, command: &Command) -> Refusal {
+    decide(caller, command, &shop(), &LIMITS).unwrap_err()
+}
+
+fn events(decision: &Decision) -> Vec<&str> {
+    decision
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Event { message, .. } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn scaling_an_unknown_service_is_refused_alike_whoever_asks() {
+    for caller in scalers() {
+        let refused = refusal(&caller, &scale("wbe", 2));
+        assert_eq!(refused.kind, RefusalKind::NotFound, "{caller:?}");
+        assert_eq!(
+            refused.message,
+            "application shop has no service named wbe (it has: api, api@canary, web)",
+            "{caller:?}"
+        );
+    }
+}
+
+#[test]
+fn scaling_an_unknown_application_is_refused_alike_whoever_asks() {
+    for caller in scalers() {
+        let command = Command::Scale {
+            app: "shop".into(),
+            service: "web".into(),
+            replicas: Some(1),
+            cpu: None,
+            reason: None,
+        };
+        let empty = Snapshot::default();
+        let refused = decide(&caller, &command, &empty, &LIMITS).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::NotFound, "{caller:?}");
+        assert_eq!(refused.message, "no application named shop (none runs)");
+    }
+}
+
+#[test]
+fn scaling_past_the_machine_limit_is_refused_alike_whoever_asks() {
+    for caller in scalers() {
+        let refused = refusal(&caller, &scale("web", 201));
+        assert_eq!(refused.kind, RefusalKind::Invalid, "{caller:?}");
+        assert_eq!(
+            refused.message,
+            "replicas 201 is more than the 200 a service may have"
+        );
+    }
+}
+
+#[test]
+fn cpu_out_of_bounds_is_refused_alike_whoever_may_set_it() {
+    let callers = scalers()
+        .into_iter()
+        .filter(|c| !matches!(c, Caller::Instance(_)));
+    for caller in callers {
+        for (cpu, says) in [
+            (1e300, "more than the 4 cores"),
+            (f64::NAN, "too small"),
+            (0.001, "too small"),
+        ] {
+            let command = Command::Scale {
+                app: "shop".into(),
+                service: "api".into(),
+                replicas: None,
+                cpu: Some(cpu),
+                reason: None,
+            };
+            let refused = refusal(&caller, &command);
+            assert_eq!(refused.kind, RefusalKind::Invalid, "{caller:?} {cpu}");
+            assert!(refused.message.contains(says), "{}", refused.message);
+        }
+    }
+}
+
+#[test]
+fn traffic_on_a_revision_is_refused_with_where_to_set_it() {
+    let callers = [
+        Caller::Local { uid: Some(0) },
+        Caller::Token {
+            name: "ops".into(),
+            role: Role::Admin,
+        },
+    ];
+    for caller in callers {
+        let command = Command::SetTraffic {
+            app: "shop".into(),
+            service: "api@canary".into(),
+            weights: BTreeMap::from([("canary".into(), 20)]),
+        };
+        let refused = refusal(&caller, &command);
+        assert_eq!(refused.kind, RefusalKind::Invalid);
+        assert_eq!(
+            refused.message,
+            "api@canary is revision canary of api: set its share on api, as in `paracloud traffic api canary=10`"
+        );
+    }
+}
+
+#[test]
+fn traffic_shares_are_written_with_the_whole_split_in_the_event() {
+    let command = Command::SetTraffic {
+        app: "shop".into(),
+        service: "api".into(),
+        weights: BTreeMap::from([("canary".into(), 25)]),
+    };
+    let decision = decide(&Caller::Local { uid: Some(0) }, &command, &shop(), &LIMITS).unwrap();
+    assert_eq!(
+        decision.changes[0],
+        Change::TrafficWeight {
+            app: "shop".into(),
+            service: "api@canary".into(),
+            weight: Some(25)
+        }
+    );
+    assert_eq!(events(&decision), ["traffic: api 75%, api@canary 25%"]);
+    let too_much = Command::SetTraffic {
+        app: "shop".into(),
+        service: "api".into(),
+        weights: BTreeMap::from([("canary".into(), 101)]),
+    };
+    let refused = refusal(&Caller::Local { uid: None }, &too_much);
+    assert_eq!(
+        refused.message,
+        "canary=101: a share is a percent, from 0 to 100"
+    );
+    let unknown = Command::SetTraffic {
+        app: "shop".into(),
+        service: "web".into(),
+        weights: BTreeMap::from([("beta".into(), 5)]),
+    };
+    let refused = refusal(&Caller::Local { uid: None }, &unknown);
+    assert_eq!(refused.kind, RefusalKind::NotFound);
+    assert!(
+        refused.message.contains("it has none"),
+        "{}",
+        refused.message
+    );
+}
+
+#[test]
+fn an_instance_scales_only_within_the_manifest_bounds() {
+    let me = Caller::Instance(web1());
+    let refused = refusal(&me, &scale("web", 5));
+    assert_eq!(refused.kind, RefusalKind::Conflict);
+    assert!(
+        refused.message.contains("outside its bounds 1..=4"),
+        "{}",
+        refused.message
+    );
+    // Services the manifest leaves out of [autoscale] get its default bounds.
+    let refused = refusal(&me, &scale("api", 11));
+    assert!(
+        refused.message.contains("outside its bounds 1..=10"),
+        "{}",
+        refused.message
+    );
+    let mut unbounded = shop();
+    unbounded.apps[0].manifest.autoscale = None;
+    let refused = decide(&me, &scale("web", 2), &unbounded, &LIMITS).unwrap_err();
+    assert_eq!(refused.kind, RefusalKind::Conflict);
+    assert!(
+        refused.message.contains("has no scaling bounds"),
+        "{}",
+        refused.message
+    );
+    let decision = decide(&me, &scale("web", 3), &shop(), &LIMITS).unwrap();
+    assert_eq!(decision.outcome, Outcome::Replicas { min: 1, max: 4 });
+    assert_eq!(
+        events(&decision),
+        ["scaled to 3 (asked by web.1 through PaCI)"]
+    );
+}
+
+#[test]
+fn others_scale_past_the_manifest_bounds_as_by_hand() {
+    for caller in scalers()
+        .into_iter()
+        .filter(|c| !matches!(c, Caller::Instance(_)))
+    {
+        let decision = decide(&caller, &scale("web", 9), &shop(), &LIMITS).unwrap();
+        assert_eq!(
+            decision.changes[0],
+            Change::Replicas {
+                app: "shop".into(),
+                service: "web".into(),
+                replicas: 9
+            }
+        );
+        assert!(decision.changes_desired_state());
+    }
+}
+
+#[test]
+fn an_instance_may_not_act_for_another_or_beyond_its_application() {
+    let me = Caller::Instance(web1());
+    let other = Command::SetWeight {
+        instance: InstanceKey::new("shop", "web", 2),
+        weight: Some(0),
+    };
+    assert_eq!(refusal(&me, &other).kind, RefusalKind::Forbidden);
+    let elsewhere = Command::Scale {
+        app: "bank".into(),
+        service: "web".into(),
+        replicas: Some(1),
+        cpu: None,
+        reason: None,
+    };
+    assert_eq!(refusal(&me, &elsewhere).kind, RefusalKind::Forbidden);
+    for command in [
+        Command::Down {
+            app: "shop".into(),
+            volumes: true,
+        },
+        Command::Restart {
+            app: "shop".into(),
+            service: "web".into(),
+        },
+        Command::Scale {
+            app: "shop".into(),
+            service: "web".into(),
+            replicas: None,
+            cpu: Some(2.0),
+            reason: None,
+        },
+    ] {
+        let refused = refusal(&me, &command);
+        assert_eq!(refused.kind, RefusalKind::Forbidden, "{command:?}");
+        assert!(
+            refused.message.starts_with("web.1 may not"),
+            "{}",
+            refused.message
+        );
+    }
+}
+
+#[test]
+fn an_instance_sets_its_own_weight_once() {
+    let me = Caller::Instance(web1());
+    let set = |weight| Command::SetWeight {
+        instance: web1(),
+        weight,
+    };
+    let decision = decide(&me, &set(Some(20)), &shop(), &LIMITS).unwrap();
+    assert!(decision.changes_routes());
+    assert!(!decision.changes_desired_state());
+    assert_eq!(events(&decision), ["weight 20% (set through PaCI)"]);
+    // The full share is stored as none: asking for it again changes nothing.
+    let decision = decide(&me, &set(Some(100)), &shop(), &LIMITS).unwrap();
+    assert!(decision.changes.is_empty());
+    assert_eq!(refusal(&me, &set(Some(101))).kind, RefusalKind::Invalid);
+    let mut gone = shop();
+    gone.instances.clear();
+    let refused = decide(&me, &set(Some(5)), &gone, &LIMITS).unwrap_err();
+    assert_eq!(refused.kind, RefusalKind::Gone);
+}
+
+#[test]
+fn roles_of_tokens_allow_what_they_say() {
+    let token = |role| Caller::Token {
+        name: "laptop".into(),
+        role,
+    };
+    let down = Command::Down {
+        app: "shop".into(),
+        volumes: false,
+    };
+    let viewer = refusal(&token(Role::Viewer), &scale("web", 2));
+    assert_eq!(viewer.kind, RefusalKind::Forbidden);
+    assert_eq!(
+        viewer.message,
+        "token laptop has the viewer role, which may not scale: ask an admin for a token with the operator role"
+    );
+    let operator = refusal(&token(Role::Operator), &down);
+    assert_eq!(
+        operator.message,
+        "token laptop has the operator role, which may not down: ask an admin for a token with the admin role"
+    );
+    assert!(decide(&token(Role::Admin), &down, &shop(), &LIMITS).is_ok());
+    let read = Command::RunCapsule {
+        app: "shop".into(),
+        capsule: "checksum".into(),
+        writes: false,
+    };
+    let write = Command::RunCapsule {
+        app: "shop".into(),
+        capsule: "archive".into(),
+        writes: true,
+    };
+    assert!(decide(&token(Role::Operator), &read, &shop(), &LIMITS).is_ok());
+    assert_eq!(
+        refusal(&token(Role::Operator), &write).kind,
+        RefusalKind::Forbidden
+    );
+    // A token's name is in the event log of what it changed.
+    let decision = decide(&token(Role::Operator), &scale("web", 2), &shop(), &LIMITS).unwrap();
+    assert_eq!(events(&decision), ["scaled to 2 (by token laptop)"]);
+}
+
+#[test]
+fn the_autoscaler_records_both_moves_and_its_reason_in_one_event() {
+    let command = Command::Scale {
+        app: "shop".into(),
+        service: "api".into(),
+        replicas: Some(3),
+        cpu: Some(1.5),
+        reason: Some("p95 over the SLO".into()),
+    };
+    let caller = Caller::Autoscaler {
+        policy: "model".into(),
+    };
+    let decision = decide(&caller, &command, &shop(), &LIMITS).unwrap();
+    assert_eq!(
+        events(&decision),
+        ["autoscaler model: instances 1 -> 3, cpu per instance 1 -> 1.5: p95 over the SLO"]
+    );
+    assert_eq!(decision.changes.len(), 3);
+}
+
+#[test]
+fn a_taken_down_application_is_not_scaled_or_restarted() {
+    let mut snapshot = shop();
+    snapshot.apps[0].removing = Some(false);
+    for command in [
+        scale("web", 2),
+        Command::Restart {
+            app: "shop".into(),
+            service: "web".into(),
+        },
+    ] {
+        let refused = decide(&Caller::Follower, &command, &snapshot, &LIMITS)
+            .or_else(|_| decide(&Caller::Local { uid: None }, &command, &snapshot, &LIMITS))
+            .unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Conflict);
+        assert!(refused.message.contains("being taken down"));
+    }
+}
+
+#[test]
+fn up_names_the_services_whose_instances_change_and_refuses_a_published_port_in_use() {
+    let local = Caller::Local { uid: Some(0) };
+    let changed = manifest(&SHOP.replace("command = [\"web\"]", "command = [\"web\", \"-v\"]"));
+    let command = Command::Up {
+        manifest: changed,
+        source: String::new(),
+        origin: "paracloud.toml".into(),
+    };
+    let decision = decide(&local, &command, &shop(), &LIMITS).unwrap();
+    assert_eq!(
+        decision.outcome,
+        Outcome::Deployed {
+            changed: vec!["web".into()]
+        }
+    );
+    assert_eq!(events(&decision), ["deployed; changed: web"]);
+    let clash = manifest(&SHOP.replace("app = \"shop\"", "app = \"bank\""));
+    let command = Command::Up {
+        manifest: clash,
+        source: String::new(),
+        origin: "bank.toml".into(),
+    };
+    let refused = refusal(&local, &command);
+    assert_eq!(refused.kind, RefusalKind::Conflict);
+    assert!(
+        refused
+            .message
+            .starts_with("bank.toml: port clash: 127.0.0.1:8080 is already published by service web of application shop"),
+        "{}",
+        refused.message
+    );
+}
+
+#[test]
+fn migrate_checks_the_request_before_the_state() {
+    let local = Caller::Local { uid: Some(0) };
+    let migrate = |instance: &str, via: Option<&str>, revision: Option<&str>| Command::Migrate {
+        app: "shop".into(),
+        instance: instance.into(),
+        via: via.map(Into::into),
+        cpus: None,
+        revision: revision.map(Into::into),
+    };
+    assert_eq!(
+        refusal(&local, &migrate("web", None, None)).kind,
+        RefusalKind::Invalid
+    );
+    assert_eq!(
+        refusal(&local, &migrate("web.1", Some("teleport"), None)).kind,
+        RefusalKind::Invalid
+    );
+    assert_eq!(
+        refusal(&local, &migrate("web.1", None, Some("7"))).kind,
+        RefusalKind::Conflict
+    );
+    let decision = decide(
+        &local,
+        &migrate("web.1", Some("criu"), Some("latest")),
+        &shop(),
+        &LIMITS,
+    )
+    .unwrap();
+    assert_eq!(
+        decision.outcome,
+        Outcome::Migrate {
+            key: web1(),
+            via: Some(paracloud_manifest::MigrateMethod::Criu),
+            cpu: None
+        }
+    );
+    assert!(decision.changes.is_empty());
+}
+
+proptest! {
+    /// Whatever is asked, a refusal changes nothing and a decision's writes name only what the
+    /// snapshot holds.
+    #[test]
+    fn scale_decisions_stay_within_the_limits(replicas in 0u32..400, cpu in -1.0f64..8.0) {
+        for caller in scalers() {
+            let command = Command::Scale {
+                app: "shop".into(),
+                service: "web".into(),
+                replicas: Some(replicas),
+                cpu: (!matches!(caller, Caller::Instance(_))).then_some(cpu),
+                reason: None,
+            };
+            if let Ok(decision) = decide(&caller, &command, &shop(), &LIMITS) {
+                for change in &decision.changes {
+                    match change {
+                        Change::Replicas { replicas, .. } => prop_assert!(*replicas <= 200),
+                        Change::Cpu { cpu: Some(cpu), .. } => prop_assert!((0.01..=4.0).contains(cpu)),
+                        Change::Event { .. } => {}
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The one way in: a [`Command`] from any caller is decided by `paracloud_command::decide`
+//! against the state and written in the transaction that read it; then the loop is woken.
+
+use axum::http::StatusCode;
+use paracloud_command::{
+    decide, Caller, Command, Decision, Limits, Refusal, RefusalKind, MAX_REPLICAS,
+};
+
+use crate::driver::Driver;
+use crate::engine::{now_ms, Engine};
+
+/// Why a command did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    State(#[from] paracloud_state::Error),
+}
+
+/// The HTTP status a refusal is answered with, on the API socket and on PaCI sockets alike.
+pub fn status_of(refusal: &Refusal) -> StatusCode {
+    match refusal.kind {
+        RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+        RefusalKind::NotFound => StatusCode::NOT_FOUND,
+        RefusalKind::Conflict => StatusCode::CONFLICT,
+        RefusalKind::Forbidden => StatusCode::FORBIDDEN,
+        RefusalKind::Gone => StatusCode::GONE,
+    }
+}
+
+/// The cores of this machine: more CPU per instance than that is never used.
+pub fn machine_cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+impl<D: Driver> Engine<D> {
+    /// What this machine allows, whoever asks.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_replicas: MAX_REPLICAS,
+            cores: machine_cores(),
+        }
+    }
+
+    /// Decides `command` for `caller` and writes what it changes, events included, in one
+    /// transaction; wakes the reconcile loop when the desired state changed, and pushes the
+    /// routes when they did.
+    pub fn submit(&self, caller: &Caller, command: &Command) -> Result<Decision, CommandError> {
+        let limits = self.limits();
+        let decision = self.store.transact(now_ms(), |snapshot| {
+            let decision = decide(caller, command, snapshot, &limits)?;
+            Ok::<_, CommandError>((decision.changes.clone(), decision))
+        })?;
+        for change in &decision.changes {
+            if let paracloud_command::Change::Event {
+                app,
+                subject,
+                message,
+            } = change
+            {
+                tracing::info!(app, subject, "{message}");
+            }
+        }
+        if decision.changes_desired_state() {
+            self.wake();
+        }
+        if decision.changes_routes() {
+            self.routes_changed();
+        }
+        Ok(decision)
+    }
+}
