@@ -6,9 +6,21 @@
 //! `paracloud-image-spec`'s, re-exported here under the paths they always had; [`digest`] adds
 //! the hashing of streams. [`micro::elf_needs`] is pure too, but stays with the micro-images that
 //! use it. Everything else does I/O.
+//!
+//! Modules are layered, each importing only from those below it (and from the spec crate, below
+//! them all), so that none needs another that needs it back:
+//!
+//! ```text
+//! layout  micro  registry  build   OCI layouts and archives, micro-images, pull and push, builds
+//! assemble                         new layers and images, written into the store
+//! store                            blobs, unpacked layers, refs, the build cache, prune
+//! unpack  build_cache              a layer tar into a directory; the build cache's entries
+//! digest                           hashing streams
+//! ```
 
 pub mod assemble;
 pub mod build;
+pub mod build_cache;
 pub mod digest;
 pub mod layout;
 pub mod micro;
