@@ -1,8 +1,8 @@
-//! The file work of `paracloud build`: the state a build carries from step to step, the step
-//! cache (keyed by the digest of the step and everything it reads), COPY and ADD layers from
-//! the build context, and a layer from the upper directory a RUN step left (overlay whiteouts
-//! and opaque directories back into OCI ones). Running RUN steps is the daemon's: it owns the
-//! sandbox.
+//! The file work of `paracloud build`: a build's state from its `FROM` image, the digest of
+//! what a step reads (for the step's cache key), COPY and ADD layers from the build context, and
+//! a layer from the upper directory a RUN step left (overlay whiteouts and opaque directories
+//! back into OCI ones). The state itself is plain data in `build_cache`, and the store keeps the
+//! cache. Running RUN steps is the daemon's: it owns the sandbox.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -10,32 +10,13 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::assemble::{write_layer, LayerBlob, LAYER_TAR};
 use crate::config::ImageDefaults;
 use crate::digest::{Digest, HashingWriter};
 use crate::store::{descriptor_digest, Result, Store, StoreError};
 use crate::unpack::{is_whiteout, OPAQUE_XATTR};
 
-/// What a build has made so far.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BuildState {
-    pub layers: Vec<CachedLayer>,
-    pub defaults: ImageDefaults,
-    pub history: Vec<String>,
-    /// The cache key of the steps so far (a chain: each step's key covers every earlier one).
-    pub key: Digest,
-}
-
-/// A layer as the cache keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CachedLayer {
-    pub blob: Digest,
-    pub size: u64,
-    pub diff_id: Digest,
-    pub media_type: String,
-}
+pub use crate::build_cache::{BuildState, CachedLayer};
 
 impl From<LayerBlob> for CachedLayer {
     fn from(l: LayerBlob) -> Self {
@@ -111,13 +92,6 @@ impl BuildState {
         })
     }
 
-    /// The key of the next step: the chain so far, the step as written after substitution,
-    /// and the digest of what it reads.
-    pub fn next_key(&self, step: &str, inputs: Option<&Digest>) -> Digest {
-        let inputs = inputs.map(|d| d.to_string()).unwrap_or_default();
-        Digest::of(format!("{}\n{step}\n{inputs}", self.key).as_bytes())
-    }
-
     /// Unpacked layer directories, bottom first (unpacked again when pruned meanwhile).
     pub fn layer_dirs(&self, store: &Store) -> Result<Vec<PathBuf>> {
         self.layers
@@ -127,29 +101,14 @@ impl BuildState {
     }
 }
 
-fn cache_path(store: &Store, key: &Digest) -> PathBuf {
-    store.root().join("build-cache").join(key.hex())
-}
-
 /// The state after a step, if a build made it before and its layers are still in the store.
 pub fn cache_get(store: &Store, key: &Digest) -> Option<BuildState> {
-    let bytes = fs::read(cache_path(store, key)).ok()?;
-    let state: BuildState = serde_json::from_slice(&bytes).ok()?;
-    state
-        .layers
-        .iter()
-        .all(|l| store.has_blob(&l.blob))
-        .then_some(state)
+    store.build_cache_get(key)
 }
 
+/// Keeps the state after a step for the next build that takes the same steps.
 pub fn cache_put(store: &Store, state: &BuildState) -> Result<()> {
-    let dir = store.root().join("build-cache");
-    fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-    let temp = store.temp_path("cache");
-    let bytes = serde_json::to_vec(state).map_err(|e| invalid(e.to_string()))?;
-    fs::write(&temp, bytes).map_err(io_at(&temp))?;
-    let path = cache_path(store, &state.key);
-    fs::rename(&temp, &path).map_err(io_at(&path))
+    store.build_cache_put(state)
 }
 
 /// A path of the build context, which must stay inside it.

@@ -1,21 +1,34 @@
-//! Images: references, the content-addressed OCI store under the daemon's state root, layers
-//! unpacked once for overlayfs, micro-images from host programs, and import and export of OCI
-//! layouts and `docker save` archives.
+//! Images: the content-addressed OCI store under the daemon's state root, layers unpacked once
+//! for overlayfs, micro-images from host programs, builds' file work, pull and push, and import
+//! and export of OCI layouts and `docker save` archives.
 //!
-//! Pure parts (no I/O): [`reference`], [`digest`] parsing, [`config::ImageDefaults`] and
-//! [`micro::elf_needs`]. The store ([`store`]) and what writes to it do I/O.
+//! The pure parts (references, digests, the Containerfile parser, [`config::ImageDefaults`]) are
+//! `paracloud-image-spec`'s, re-exported here under the paths they always had; [`digest`] adds
+//! the hashing of streams. [`micro::elf_needs`] is pure too, but stays with the micro-images that
+//! use it. Everything else does I/O.
+//!
+//! Modules are layered, each importing only from those below it (and from the spec crate, below
+//! them all), so that none needs another that needs it back:
+//!
+//! ```text
+//! layout  micro  registry  build   OCI layouts and archives, micro-images, pull and push, builds
+//! assemble                         new layers and images, written into the store
+//! store                            blobs, unpacked layers, refs, the build cache, prune
+//! unpack  build_cache              a layer tar into a directory; the build cache's entries
+//! digest                           hashing streams
+//! ```
 
 pub mod assemble;
 pub mod build;
-pub mod config;
-pub mod containerfile;
+pub mod build_cache;
 pub mod digest;
 pub mod layout;
 pub mod micro;
-pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod unpack;
+
+pub use paracloud_image_spec::{config, containerfile, reference};
 
 pub use config::ImageDefaults;
 pub use digest::Digest;

@@ -6,7 +6,7 @@
 //! images/refs/<reference>     the digest of the manifest a name points at ('/' written %2F)
 //! images/tmp/                 work in progress, emptied when the store is opened
 //! images/partial/<hex>        downloads cut short, resumed by the next pull (see `registry`)
-//! images/build-cache/<key>    the state after each build step (see `build`)
+//! images/build-cache/<key>    the state after each build step (see `build_cache`)
 //! ```
 //!
 //! Crash safety: a blob is written to `tmp/`, its digest checked, fsynced and only then renamed to
@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use oci_spec::image::{ImageConfiguration, ImageManifest, MediaType};
 use serde::Serialize;
 
+use crate::build_cache::BuildState;
 use crate::digest::{Digest, HashingWriter};
 use crate::reference::Reference;
 use crate::unpack::{unpack_layer, UnpackError};
@@ -443,6 +444,33 @@ impl Store {
         Ok(removed)
     }
 
+    fn build_cache_path(&self, key: &Digest) -> PathBuf {
+        self.root.join("build-cache").join(key.hex())
+    }
+
+    /// The state a build step left under `key`, if a build made it before and its layers are
+    /// still here.
+    pub fn build_cache_get(&self, key: &Digest) -> Option<BuildState> {
+        let bytes = fs::read(self.build_cache_path(key)).ok()?;
+        let state: BuildState = serde_json::from_slice(&bytes).ok()?;
+        state
+            .layers
+            .iter()
+            .all(|l| self.has_blob(&l.blob))
+            .then_some(state)
+    }
+
+    /// Keeps the state after a build step under its key (written whole, then renamed).
+    pub fn build_cache_put(&self, state: &BuildState) -> Result<()> {
+        let dir = self.root.join("build-cache");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let temp = self.temp_path("cache");
+        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        fs::write(&temp, bytes).map_err(io_err(&temp))?;
+        let path = self.build_cache_path(&state.key);
+        fs::rename(&temp, &path).map_err(io_err(&path))
+    }
+
     /// Removes every blob and unpacked layer that no reference and no manifest in `pinned` (the
     /// images services use) needs, downloads cut short (`partial/`), and the build cache
     /// entries whose layers are gone.
@@ -506,7 +534,7 @@ impl Store {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let alive = Digest::from_hex(&name)
                     .ok()
-                    .and_then(|key| crate::build::cache_get(self, &key))
+                    .and_then(|key| self.build_cache_get(&key))
                     .is_some();
                 if !alive {
                     fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;

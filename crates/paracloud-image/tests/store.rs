@@ -10,6 +10,7 @@ use std::process::Command;
 
 use flate2::write::GzEncoder;
 use paracloud_image::assemble::{commit_image, write_layer, LayerBlob, LAYER_TAR_GZIP};
+use paracloud_image::build::BuildState;
 use paracloud_image::digest::Digest;
 use paracloud_image::layout;
 use paracloud_image::{ImageDefaults, Reference, Store, StoreError};
@@ -234,6 +235,29 @@ fn prune_keeps_what_references_and_pins_need_and_removes_the_rest() {
         store.image("layered:1"),
         Err(StoreError::NotFound(_))
     ));
+}
+
+#[test]
+fn prune_drops_the_build_cache_entries_whose_layers_it_removed_and_keeps_the_others() {
+    let (_dir, store) = new_store();
+    two_layer_image(&store);
+    let from = BuildState::from_image(&store, "layered:1").unwrap();
+    let step = BuildState {
+        key: from.next_key("RUN true", None),
+        ..from
+    };
+    store.build_cache_put(&step).unwrap();
+    store.prune(&[]).unwrap();
+    assert!(store.build_cache_get(&step.key).is_some());
+    store.remove("layered:1").unwrap();
+    store.prune(&[]).unwrap();
+    assert!(store.build_cache_get(&step.key).is_none());
+    assert_eq!(
+        fs::read_dir(store.root().join("build-cache"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]

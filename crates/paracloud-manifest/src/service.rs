@@ -369,7 +369,7 @@ impl Checker<'_> {
             return self.layout_image(value, field, layout);
         }
         let Some(dir) = text.strip_prefix("dir:") else {
-            return match text.parse::<paracloud_image::Reference>() {
+            return match text.parse::<paracloud_image_spec::Reference>() {
                 Ok(reference) if reference.digest.is_none() || reference.tag.is_none() => {
                     Some(Image::Stored {
                         reference: reference.normalized().to_string(),
