@@ -14,8 +14,8 @@ use ipnet::Ipv4Net;
 use nix::sys::signal::Signal;
 use paracloud_manifest::{Service, VolumeMount};
 use paracloud_reconcile::{
-    plan, restarts_after_exit, Action, Desired, DesiredApp, ExitInfo, Health, InstanceKey,
-    InstanceState, Millis, Observed, ObservedInstance, StopReason,
+    effective_cpu, plan, restarts_after_exit, Action, Desired, DesiredApp, ExitInfo, Health,
+    InstanceKey, InstanceState, Millis, Observed, ObservedInstance, StopReason,
 };
 use paracloud_runtime::{
     InstanceConfig, Limits, Mount, NetworkAttachment, NetworkConfig, Process, Rootfs,
@@ -350,59 +350,25 @@ impl<D: Driver> Engine<D> {
         let snapshot = self.store.load()?;
         let (desired, mut observed) = views(&snapshot);
         observed.migrating = lock(&self.migrating).clone();
+        observed.applied_cpu = {
+            let live = lock(&self.live);
+            let mut applied = lock(&self.applied_cpu);
+            applied.retain(|key, _| live.contains_key(key));
+            applied.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
         let plan = plan(&desired, &observed, now_ms());
         *lock(&self.waiting) = plan.waiting.clone();
-        let acted = !plan.actions.is_empty();
+        // A CPU write unlocks no other step: it does not call for an early next turn.
+        let acted = plan
+            .actions
+            .iter()
+            .any(|a| !matches!(a, Action::SetCpu { .. }));
         for action in plan.actions {
             self.execute(&snapshot, action).await;
         }
-        self.apply_cpu(&snapshot);
         self.dataplane.ensure_running();
         self.push_routes();
         Ok((plan.wake_at, acted))
-    }
-
-    /// Writes the CPU limit of every live instance whose service's CPU changed since it was
-    /// last written (by `paracloud scale --cpu`, the autoscaler or `up`).
-    fn apply_cpu(&self, snapshot: &Snapshot) {
-        let live: Vec<InstanceKey> = lock(&self.live).keys().cloned().collect();
-        let mut applied = lock(&self.applied_cpu);
-        applied.retain(|key, _| live.contains(key));
-        for key in live {
-            let Some(app) = snapshot.apps.iter().find(|a| a.name == key.app) else {
-                continue;
-            };
-            let (Some(spec), Some(record)) = (
-                app.manifest.services.get(&key.service),
-                app.services.get(&key.service),
-            ) else {
-                continue;
-            };
-            let own = snapshot.instances.iter().find(|i| i.key == key);
-            let cpu = own.map_or_else(|| record.cpu(spec), |i| i.cpu(Some(record), spec));
-            if applied.get(&key) == Some(&cpu) {
-                continue;
-            }
-            match self.driver.set_cpu(&key.id(), cpu) {
-                Ok(()) => {
-                    // A change under a running instance (not the first write after a daemon
-                    // restart): tell it, so that it can size its thread pools.
-                    if applied.contains_key(&key) {
-                        self.paci.notify(
-                            &key,
-                            paracloud_paci::EventKind::Resize {
-                                cpu,
-                                memory: spec.resources.memory,
-                            },
-                            RESIZE_DEADLINE,
-                        );
-                    }
-                    applied.insert(key, cpu);
-                }
-                // The instance may be ending: its waiter removes it from `live`.
-                Err(e) => tracing::warn!("cannot set the cpu limit of {key}: {e}"),
-            }
-        }
     }
 
     fn network_of(&self, app: &AppRecord) -> Option<AppNetwork> {
@@ -489,6 +455,27 @@ impl<D: Driver> Engine<D> {
                     // Out of the data plane's routes first, then stopped (see `stop`).
                     self.push_routes();
                     self.stop(&key, reason);
+                }
+            }
+            Action::SetCpu { key, cpu, resize } => {
+                match self.driver.set_cpu(&key.id(), cpu) {
+                    Ok(()) => {
+                        // A change under a running instance: tell it, so that it can size its
+                        // thread pools.
+                        if resize {
+                            let memory = app_of(&key.app)
+                                .and_then(|a| a.manifest.services.get(&key.service))
+                                .and_then(|s| s.resources.memory);
+                            self.paci.notify(
+                                &key,
+                                paracloud_paci::EventKind::Resize { cpu, memory },
+                                RESIZE_DEADLINE,
+                            );
+                        }
+                        lock(&self.applied_cpu).insert(key, cpu);
+                    }
+                    // The instance may be ending: its waiter removes it from `live`.
+                    Err(e) => tracing::warn!("cannot set the cpu limit of {key}: {e}"),
                 }
             }
             Action::Remove { key } => {
@@ -765,10 +752,11 @@ impl<D: Driver> Engine<D> {
             }),
             limits: Limits {
                 // `paracloud scale --cpu` and the autoscaler may have changed it since `up`.
-                cpu: app
-                    .services
-                    .get(&key.service)
-                    .map_or(service.resources.cpu, |record| record.cpu(service)),
+                cpu: effective_cpu(
+                    None,
+                    app.services.get(&key.service).and_then(|r| r.cpu),
+                    service,
+                ),
                 memory: service.resources.memory,
                 pids: service.resources.pids,
             },
@@ -1100,6 +1088,11 @@ pub fn views(snapshot: &Snapshot) -> (Desired, Observed) {
                             .iter()
                             .map(|(n, s)| (n.clone(), s.revision))
                             .collect(),
+                        cpu: app
+                            .services
+                            .iter()
+                            .filter_map(|(n, s)| Some((n.clone(), s.cpu?)))
+                            .collect(),
                     },
                 );
             }
@@ -1114,6 +1107,7 @@ pub fn views(snapshot: &Snapshot) -> (Desired, Observed) {
             state: i.state.clone(),
             restarts: i.restarts,
             since: i.since,
+            cpu: i.cpu,
         })
         .collect();
     (desired, observed)

@@ -21,6 +21,9 @@ pub struct DesiredApp {
     pub replicas: BTreeMap<String, u32>,
     /// Per service: the revision instances must run; raised when the spec changes or on restart.
     pub revisions: BTreeMap<String, u64>,
+    /// Per service: CPU per instance in cores set since `up` (`paracloud scale --cpu`, the
+    /// autoscaler), over the manifest's `resources.cpu`.
+    pub cpu: BTreeMap<String, f64>,
 }
 
 impl DesiredApp {
@@ -46,6 +49,9 @@ pub struct Observed {
     pub removing: BTreeMap<String, bool>,
     /// Services (app, service) with a migration under way: the planner leaves them alone.
     pub migrating: BTreeSet<(String, String)>,
+    /// The CPU limit last written to each live instance's cgroup by this daemon (`None` inside:
+    /// unlimited). An instance missing here has had none written since the daemon started.
+    pub applied_cpu: BTreeMap<InstanceKey, Option<f64>>,
 }
 
 /// Names one instance: `api.2` of application `shop`.
@@ -92,6 +98,15 @@ pub struct ObservedInstance {
     pub restarts: u32,
     /// When the instance entered its current state.
     pub since: Millis,
+    /// CPU in cores for this instance alone (`paracloud migrate --cpus`), over its service's.
+    pub cpu: Option<f64>,
+}
+
+/// The CPU limit of an instance in cores (`None`: unlimited): its own (`migrate --cpus`), else
+/// its service's set since `up` (`scale --cpu`, the autoscaler), else the manifest's
+/// `resources.cpu`. The one rule, wherever an instance's CPU is needed.
+pub fn effective_cpu(own: Option<f64>, service: Option<f64>, spec: &Service) -> Option<f64> {
+    own.or(service).or(spec.resources.cpu)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,7 +203,7 @@ impl ExitInfo {
 }
 
 /// What the daemon must do to move the observed state toward the desired one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Create the application's bridge and service addresses.
     EnsureNetwork { app: String },
@@ -204,6 +219,14 @@ pub enum Action {
     /// break: the new one starts beside it and takes over (state handed over as the service's
     /// `migrate` method says), then the old one drains and stops.
     Migrate { key: InstanceKey },
+    /// Write a running instance's CPU limit (`None`: unlimited) to its cgroup, at once;
+    /// `resize` when it changes under the instance (not the first write after a daemon start),
+    /// which is then told through PaCI.
+    SetCpu {
+        key: InstanceKey,
+        cpu: Option<f64>,
+        resize: bool,
+    },
     /// Forget an exited instance and delete its private files.
     Remove { key: InstanceKey },
     /// Delete the application's bridge.
@@ -212,7 +235,7 @@ pub enum Action {
     Forget { app: String, volumes: bool },
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub actions: Vec<Action>,
     /// The earliest time something waits for (a restart backoff); the loop wakes by then.

@@ -97,12 +97,34 @@ pub fn plan(desired: &Desired, observed: &Observed, now: Millis) -> Plan {
         }
     }
 
+    // CPU limits: every running instance of a desired application gets the one its spec and
+    // overrides give, written once per change (and once for each after a daemon start).
+    for (name, app) in &desired.apps {
+        let instances = by_app.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        for instance in instances.iter().filter(|i| i.state.is_running()) {
+            let service = &instance.key.service;
+            let Some(spec) = app.manifest.services.get(service) else {
+                continue;
+            };
+            let wanted = effective_cpu(instance.cpu, app.cpu.get(service).copied(), spec);
+            match observed.applied_cpu.get(&instance.key) {
+                Some(applied) if *applied == wanted => {}
+                applied => plan.actions.push(Action::SetCpu {
+                    key: instance.key.clone(),
+                    cpu: wanted,
+                    resize: applied.is_some(),
+                }),
+            }
+        }
+    }
+
     // Network first, then stops, starts and removals, in that order.
     plan.actions.sort_by_key(|action| match action {
         Action::EnsureNetwork { .. } => 0,
         Action::Stop { .. } => 1,
         Action::Start { .. } => 2,
         Action::Migrate { .. } => 2,
+        Action::SetCpu { .. } => 2,
         Action::Remove { .. } => 3,
         Action::RemoveNetwork { .. } => 4,
         Action::Forget { .. } => 5,

@@ -43,6 +43,7 @@ fn app(services: Vec<Service>) -> DesiredApp {
         },
         replicas: BTreeMap::new(),
         revisions: BTreeMap::new(),
+        cpu: BTreeMap::new(),
     }
 }
 
@@ -73,6 +74,7 @@ fn apply(observed: &mut Observed, desired: &Desired, plan: &Plan, now: Millis) {
                     },
                     restarts: 0,
                     since: now,
+                    cpu: None,
                 });
             }
             Action::Stop { key, reason } => {
@@ -109,13 +111,26 @@ fn apply(observed: &mut Observed, desired: &Desired, plan: &Plan, now: Millis) {
                     },
                     restarts: 0,
                     since: now,
+                    cpu: None,
                 });
+            }
+            Action::SetCpu { key, cpu, .. } => {
+                observed.applied_cpu.insert(key.clone(), *cpu);
             }
             Action::Remove { key } => observed.instances.retain(|i| &i.key != key),
             Action::Forget { app, .. } => {
                 observed.removing.remove(app);
             }
         }
+    }
+}
+
+/// Marks the CPU limit (unlimited, as the test manifests say) as written to every instance, as
+/// it is once a daemon has run a turn.
+fn cpu_written(observed: &mut Observed) {
+    let keys: Vec<InstanceKey> = observed.instances.iter().map(|i| i.key.clone()).collect();
+    for key in keys {
+        observed.applied_cpu.insert(key, None);
     }
 }
 
@@ -179,7 +194,9 @@ fn depends_on_healthy_waits_for_a_ready_instance() {
         },
         restarts: 0,
         since: 0,
+        cpu: None,
     });
+    cpu_written(&mut observed);
     let first = plan(&desired, &observed, 0);
     assert!(first.actions.is_empty(), "{first:?}");
     assert_eq!(first.waiting[0].1, "waiting for kv to be healthy");
@@ -214,6 +231,7 @@ fn a_crash_restarts_after_an_exponential_backoff() {
         },
         restarts: 3,
         since: 10_000,
+        cpu: None,
     });
     let early = plan(&desired, &observed, 10_500);
     assert!(early.actions.is_empty());
@@ -247,6 +265,7 @@ fn on_failure_leaves_a_clean_exit_alone_and_gives_up_after_max_retries() {
             },
             restarts,
             since: 0,
+            cpu: None,
         }],
         ..Default::default()
     };
@@ -317,6 +336,7 @@ fn a_service_under_migration_is_left_alone_and_keeps_its_new_numbers() {
         state: InstanceState::Starting,
         restarts: 0,
         since: 0,
+        cpu: None,
     });
     observed.migrating.insert(("shop".into(), "api".into()));
     assert!(plan(&desired, &observed, 0).actions.is_empty());
@@ -340,6 +360,7 @@ fn a_service_under_migration_is_left_alone_and_keeps_its_new_numbers() {
             _ => {}
         }
     }
+    cpu_written(&mut observed);
     let plan = plan(&desired, &observed, 0);
     assert_eq!(
         plan.actions,
@@ -381,7 +402,7 @@ fn regression_an_unhealthy_instance_with_restart_no_is_left_running() {
     let mut web = service("web", 1);
     web.restart.condition = RestartCondition::No;
     let desired = desired(app(vec![web]));
-    let observed = Observed {
+    let mut observed = Observed {
         networks: ["shop".to_string()].into(),
         instances: vec![ObservedInstance {
             key: InstanceKey::new("shop", "web", 1),
@@ -391,9 +412,11 @@ fn regression_an_unhealthy_instance_with_restart_no_is_left_running() {
             },
             restarts: 0,
             since: 0,
+            cpu: None,
         }],
         ..Default::default()
     };
+    cpu_written(&mut observed);
     assert!(plan(&desired, &observed, 0).actions.is_empty());
 }
 
@@ -425,4 +448,79 @@ proptest! {
         prop_assert!(b <= 30_000);
         prop_assert!(a >= 100);
     }
+}
+
+fn cpu_actions(plan: &Plan) -> Vec<(String, Option<f64>, bool)> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetCpu { key, cpu, resize } => Some((key.name(), *cpu, *resize)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_planner_writes_each_running_instance_cpu_once_per_change() {
+    let mut web = service("web", 2);
+    web.resources.cpu = Some(0.5);
+    let mut desired = desired(app(vec![web]));
+    let mut observed = Observed::default();
+    converge(&desired, &mut observed);
+    // Every running instance got the manifest's limit written once.
+    assert_eq!(
+        observed.applied_cpu.values().collect::<Vec<_>>(),
+        [&Some(0.5), &Some(0.5)]
+    );
+    assert!(cpu_actions(&plan(&desired, &observed, 1_000)).is_empty());
+
+    // `scale --cpu` (or the autoscaler) sets the service's: each instance is resized once.
+    desired
+        .apps
+        .get_mut("shop")
+        .unwrap()
+        .cpu
+        .insert("web".into(), 1.5);
+    let first = plan(&desired, &observed, 1_000);
+    assert_eq!(
+        cpu_actions(&first),
+        [
+            ("web.1".into(), Some(1.5), true),
+            ("web.2".into(), Some(1.5), true)
+        ]
+    );
+    apply(&mut observed, &desired, &first, 1_000);
+    assert!(cpu_actions(&plan(&desired, &observed, 1_000)).is_empty());
+
+    // An instance's own CPU (`migrate --cpus`) wins over its service's.
+    observed.instances[0].cpu = Some(2.0);
+    assert_eq!(
+        cpu_actions(&plan(&desired, &observed, 1_000)),
+        [("web.1".into(), Some(2.0), true)]
+    );
+}
+
+#[test]
+fn after_a_daemon_start_every_running_instance_gets_its_cpu_written_without_a_resize() {
+    let mut web = service("web", 1);
+    web.resources.cpu = None;
+    let desired = desired(app(vec![web]));
+    let mut observed = Observed::default();
+    converge(&desired, &mut observed);
+    observed.applied_cpu.clear();
+    observed.instances.push(ObservedInstance {
+        key: InstanceKey::new("shop", "web", 9),
+        revision: 0,
+        state: InstanceState::Exited {
+            exit: ExitInfo::default(),
+        },
+        restarts: 0,
+        since: 0,
+        cpu: None,
+    });
+    assert_eq!(
+        cpu_actions(&plan(&desired, &observed, 1_000)),
+        [("web.1".into(), None, false)],
+        "unlimited, written once; the exited instance has no cgroup to write"
+    );
 }

@@ -70,7 +70,7 @@ impl ServiceRecord {
     /// The CPU limit of its instances in cores: the override, else the manifest's (`None`:
     /// unlimited).
     pub fn cpu(&self, spec: &paracloud_manifest::Service) -> Option<f64> {
-        self.cpu.or(spec.resources.cpu)
+        paracloud_reconcile::effective_cpu(None, self.cpu, spec)
     }
 }
 
@@ -112,8 +112,7 @@ impl InstanceRecord {
         service: Option<&ServiceRecord>,
         spec: &paracloud_manifest::Service,
     ) -> Option<f64> {
-        self.cpu
-            .or_else(|| service.map_or(spec.resources.cpu, |s| s.cpu(spec)))
+        paracloud_reconcile::effective_cpu(self.cpu, service.and_then(|s| s.cpu), spec)
     }
 }
 
