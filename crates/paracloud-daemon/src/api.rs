@@ -23,9 +23,10 @@ use serde::Deserialize;
 
 use paracloud_command::{Command, Outcome};
 
+use crate::clock::now_ms;
 use crate::commands::{status_of, CommandError};
 use crate::driver::Driver;
-use crate::engine::{now_ms, Engine};
+use crate::engine::Engine;
 use crate::images::{self, ImageError, Images};
 use crate::logs;
 use crate::views::{app_view, instance_view, service_view};

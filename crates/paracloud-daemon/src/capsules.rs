@@ -26,8 +26,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use crate::clock::now_ms;
 use crate::driver::Driver;
-use crate::engine::{now_ms, Engine};
+use crate::engine::Engine;
 
 /// Output directories of this many last runs are kept.
 pub const KEPT_RUNS: i64 = 50;

@@ -6,8 +6,9 @@ use paracloud_command::{
     decide, Caller, Command, Decision, Limits, Refusal, RefusalKind, MAX_REPLICAS,
 };
 
+use crate::clock::now_ms;
 use crate::driver::Driver;
-use crate::engine::{now_ms, Engine};
+use crate::engine::Engine;
 
 /// Why a command did not go through.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use nix::sys::signal::Signal;
@@ -25,10 +25,13 @@ use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
 use crate::addressing::AppNetwork;
+use crate::clock::now_ms;
 use crate::dataplane::DataplaneSupervisor;
 use crate::driver::Driver;
 use crate::health;
+use crate::paci_hub::{describe_answer, socket_dir, Hub};
 use crate::routes::dataplane_config;
+use crate::sync::lock;
 
 /// Where the daemon keeps its state and which kernel objects it may use.
 #[derive(Debug, Clone)]
@@ -80,18 +83,8 @@ pub(crate) const ROUTE_PROPAGATION: Duration = Duration::from_millis(100);
 /// routes.
 const ROUTE_CONFIRMATION: Duration = Duration::from_secs(3);
 
-/// How long a failed update waits before the planner asks to migrate the instance again.
-const UPDATE_RETRY: Duration = Duration::from_secs(2);
-
 /// How long a resize event waits for its (optional) answer.
 const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
-
-pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
 
 /// How an instance is started beyond its service's spec (by a migration).
 #[derive(Debug, Clone, Default)]
@@ -127,17 +120,12 @@ pub struct Engine<D: Driver> {
     applied_cpu: Mutex<HashMap<InstanceKey, Option<f64>>>,
     dataplane: Arc<DataplaneSupervisor>,
     /// Every instance's PaCI: servers, events waiting for answers, reported load.
-    pub paci: Arc<crate::paci::Hub>,
+    pub paci: Arc<Hub>,
     /// Services (app, service) with a migration under way; the planner leaves them alone.
     pub(crate) migrating: Mutex<std::collections::BTreeSet<(String, String)>>,
     /// The pseudo-terminals of the open `paracloud debug` sessions, by run: resized when the
     /// client's terminal is.
     pub(crate) terminals: Mutex<HashMap<i64, std::os::fd::OwnedFd>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section here only moves plain values; a poisoned lock holds consistent data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<D: Driver> Engine<D> {
@@ -158,7 +146,7 @@ impl<D: Driver> Engine<D> {
             waiting: Mutex::new(Vec::new()),
             applied_cpu: Mutex::new(HashMap::new()),
             dataplane,
-            paci: Arc::new(crate::paci::Hub::default()),
+            paci: Arc::new(Hub::default()),
             migrating: Mutex::new(std::collections::BTreeSet::new()),
             terminals: Mutex::new(HashMap::new()),
         })
@@ -203,7 +191,7 @@ impl<D: Driver> Engine<D> {
             snapshot.apps.iter().map(|a| (a.name.as_str(), a)).collect();
         for mut record in snapshot.instances.clone() {
             let id = record.key.id();
-            if let Err(e) = crate::paci::serve(self, &record.key) {
+            if let Err(e) = self.serve_paci(&record.key) {
                 tracing::warn!("cannot serve PaCI for {}: {e}", record.key);
             }
             let alive = match (&record.state, record.pid, record.start_time) {
@@ -416,30 +404,7 @@ impl<D: Driver> Engine<D> {
                 }
                 let _ = self.store.set_network(&app, false);
             }
-            Action::Migrate { key } => {
-                // Marked at once, so that the next turn (10 ms on) does not ask again.
-                let service = (key.app.clone(), key.service.clone());
-                if !lock(&self.migrating).insert(service.clone()) {
-                    return;
-                }
-                let engine = self.clone();
-                tokio::spawn(async move {
-                    let options = crate::migrate::Options {
-                        reserved: true,
-                        ..Default::default()
-                    };
-                    if let Err(e) = engine.migrate(&key, options).await {
-                        engine.event(&key.app, &key.name(), &format!("update: {e}"));
-                        // The old instance serves on; try again after a pause rather than at
-                        // once (a successor that cannot start would otherwise be started
-                        // again and again).
-                        lock(&engine.migrating).insert(service.clone());
-                        tokio::time::sleep(UPDATE_RETRY).await;
-                        lock(&engine.migrating).remove(&service);
-                        engine.wake();
-                    }
-                });
-            }
+            Action::Migrate { key } => self.update(key),
             Action::Start { key, restart } => {
                 let Some(app) = app_of(&key.app) else { return };
                 if let Err(e) = self.start(app, &key, restart, StartAs::default()) {
@@ -481,7 +446,7 @@ impl<D: Driver> Engine<D> {
             Action::Remove { key } => {
                 self.cleanup(key.id()).await;
                 self.paci.forget(&key);
-                let _ = std::fs::remove_dir_all(crate::paci::socket_dir(&self.config.root, &key));
+                let _ = std::fs::remove_dir_all(socket_dir(&self.config.root, &key));
                 let dir = self.config.instance_dir(&key);
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -562,7 +527,8 @@ impl<D: Driver> Engine<D> {
         self.store
             .put_instance(&record)
             .map_err(|e| e.to_string())?;
-        let paci_dir = crate::paci::serve(self, key)
+        let paci_dir = self
+            .serve_paci(key)
             .map_err(|e| format!("cannot create its PaCI socket: {e}"))?;
         let mut config = self.instance_config(app, &service, key, address, &network, rootfs);
         with_paci(&mut config, paci_dir);
@@ -672,7 +638,7 @@ impl<D: Driver> Engine<D> {
             .map_err(|e| e.to_string())?;
         let rootfs = self.images.rootfs(&service.image)?;
         let mut config = self.instance_config(app, service, key, address, &network, rootfs);
-        with_paci(&mut config, crate::paci::socket_dir(&self.config.root, key));
+        with_paci(&mut config, socket_dir(&self.config.root, key));
         if record.cpu.is_some() {
             config.limits.cpu = record.cpu;
         }
@@ -917,7 +883,7 @@ impl<D: Driver> Engine<D> {
                 &key.name(),
                 &format!("stopping ({why}): {signal}"),
             );
-            let asked = std::time::Instant::now();
+            let asked = tokio::time::Instant::now();
             // An instance that follows its PaCI events is asked to drain first, and gets its
             // stop signal once it answers or when the grace period is over.
             if engine.paci.listening(&key) {
@@ -982,7 +948,7 @@ impl<D: Driver> Engine<D> {
         let client = paracloud_api::Client::new(self.dataplane_stats_path());
         let prefix = format!("{}/", key.app);
         let name = key.name();
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Ok(snapshot) = client.get::<paracloud_dataplane::Snapshot>("/stats").await {
                 let routed = snapshot
@@ -994,7 +960,7 @@ impl<D: Driver> Engine<D> {
                     return true;
                 }
             }
-            if std::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
                     "the data plane did not confirm within {timeout:?} that {key} left its routes"
                 );
@@ -1026,20 +992,6 @@ fn with_paci(config: &mut InstanceConfig, paci_dir: PathBuf) {
         paracloud_paci::ENV.into(),
         paracloud_paci::SOCKET_PATH.into(),
     );
-}
-
-/// An instance's answer to a PaCI event, for the event log.
-pub fn describe_answer(what: &str, answer: &crate::paci::Answer, took: Duration) -> String {
-    use crate::paci::Answer;
-    let ms = took.as_millis();
-    match answer {
-        Answer::Acked(_) => format!("{what}: acknowledged in {ms} ms"),
-        Answer::Refused(error) => format!("{what}: refused after {ms} ms: {error}"),
-        Answer::NotListening => format!("{what}: the instance does not follow its PaCI events"),
-        Answer::NoAnswer => {
-            format!("{what}: no answer by its deadline ({ms} ms); the platform went on without it")
-        }
-    }
 }
 
 fn describe_exit(info: &ExitInfo) -> String {
@@ -1112,3 +1064,4 @@ pub fn views(snapshot: &Snapshot) -> (Desired, Observed) {
         .collect();
     (desired, observed)
 }
+

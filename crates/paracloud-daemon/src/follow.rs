@@ -16,8 +16,9 @@ use paracloud_dataplane::{service_of, Snapshot, Waiting, WatchEvent};
 use paracloud_reconcile::Millis;
 
 use crate::autoscale::Autoscaler;
+use crate::clock::now_ms;
 use crate::driver::Driver;
-use crate::engine::{now_ms, Engine};
+use crate::engine::Engine;
 
 /// How long to wait before following the stream again after it ended (the data plane restarts).
 const RECONNECT_AFTER: Duration = Duration::from_millis(200);

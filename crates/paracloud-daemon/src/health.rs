@@ -12,8 +12,8 @@ use paracloud_reconcile::{Health, Millis};
 use paracloud_runtime::Process;
 use tokio::net::TcpStream;
 
+use crate::clock::now_ms;
 use crate::driver::Driver;
-use crate::engine::now_ms;
 
 /// Runs one probe; true when it passes within the timeout.
 pub async fn probe<D: Driver>(

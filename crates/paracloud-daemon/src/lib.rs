@@ -6,6 +6,7 @@ pub mod api;
 pub mod autoscale;
 pub mod build;
 pub mod capsules;
+pub mod clock;
 pub mod commands;
 pub mod criu;
 pub mod dataplane;
@@ -19,7 +20,9 @@ pub mod logs;
 pub mod migrate;
 pub mod observation;
 pub mod paci;
+pub mod paci_hub;
 pub mod routes;
+mod sync;
 pub mod views;
 
 use std::fs::{self, OpenOptions};

@@ -12,9 +12,11 @@ use paracloud_manifest::MigrateMethod;
 use paracloud_paci::{EventKind, Target};
 use paracloud_reconcile::{InstanceKey, InstanceState, StopReason};
 
+use crate::clock::now_ms;
 use crate::driver::Driver;
-use crate::engine::{describe_answer, Engine, StartAs};
-use crate::paci::Answer;
+use crate::engine::{Engine, StartAs};
+use crate::paci_hub::{describe_answer, Answer};
+use crate::sync::lock;
 
 /// How long the successor may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -93,11 +95,7 @@ struct Migrating<'a, D: Driver> {
 
 impl<D: Driver> Drop for Migrating<'_, D> {
     fn drop(&mut self) {
-        self.engine
-            .migrating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.service);
+        lock(&self.engine.migrating).remove(&self.service);
         self.engine.wake();
     }
 }
@@ -109,7 +107,37 @@ fn not_listening(key: &InstanceKey) -> String {
     )
 }
 
+/// How long a failed update waits before the planner asks to migrate the instance again.
+const UPDATE_RETRY: Duration = Duration::from_secs(2);
+
 impl<D: Driver> Engine<D> {
+    /// Replaces an out-of-date instance by one of its service's current revision, as the
+    /// planner asked (`Action::Migrate`), in a task of its own; a failed update is tried again
+    /// after [`UPDATE_RETRY`], the old instance serving meanwhile.
+    pub(crate) fn update(self: &Arc<Self>, key: InstanceKey) {
+        // Marked at once, so that the next turn (10 ms on) does not ask again.
+        let service = (key.app.clone(), key.service.clone());
+        if !lock(&self.migrating).insert(service.clone()) {
+            return;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let options = Options {
+                reserved: true,
+                ..Default::default()
+            };
+            if let Err(e) = engine.migrate(&key, options).await {
+                engine.event(&key.app, &key.name(), &format!("update: {e}"));
+                // The old instance serves on; try again after a pause rather than at once (a
+                // successor that cannot start would otherwise be started again and again).
+                lock(&engine.migrating).insert(service.clone());
+                tokio::time::sleep(UPDATE_RETRY).await;
+                lock(&engine.migrating).remove(&service);
+                engine.wake();
+            }
+        });
+    }
+
     /// Moves `key` to a new instance of its service's current revision; returns when the old
     /// one has ended.
     pub async fn migrate(
@@ -185,11 +213,7 @@ impl<D: Driver> Engine<D> {
             return Err(MigrateError::Refused(not_listening(key)));
         }
         let service = (key.app.clone(), key.service.clone());
-        let inserted = self
-            .migrating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(service.clone());
+        let inserted = lock(&self.migrating).insert(service.clone());
         if !inserted && !options.reserved {
             return Err(MigrateError::Refused(format!(
                 "a migration of {} is under way; wait for it to end (paracloud events shows its steps)",
@@ -275,7 +299,7 @@ impl<D: Driver> Engine<D> {
             record.state = InstanceState::Stopping {
                 reason: StopReason::Replace,
             };
-            record.since = crate::engine::now_ms();
+            record.since = now_ms();
         })?;
         self.push_routes();
         note(format!("switched: {to} takes the traffic of {from}"));
@@ -493,7 +517,7 @@ impl<D: Driver> Engine<D> {
                 record.state = InstanceState::Stopping {
                     reason: StopReason::ScaleIn,
                 };
-                record.since = crate::engine::now_ms();
+                record.since = now_ms();
                 let _ = self.store.put_instance(&record);
                 self.push_routes();
                 self.stop(new, StopReason::ScaleIn);

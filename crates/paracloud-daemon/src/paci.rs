@@ -7,13 +7,10 @@
 //! instance wait in its [`Hub`] until answered or until their deadline, and reach every open
 //! event stream of the instance.
 
-use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -23,270 +20,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use paracloud_paci::{
-    Ack, AckAnswer, Addresses, ErrorBody, EventKind, LoadReport, Peer, Peers, PlatformEvent,
-    ReplicasAnswer, ReplicasRequest, Resources, WeightAnswer, WeightRequest, Whoami, FULL_WEIGHT,
-    MAX_BODY, SOCKET_NAME,
+    Ack, AckAnswer, Addresses, ErrorBody, LoadReport, Peer, Peers, ReplicasAnswer, ReplicasRequest,
+    Resources, WeightAnswer, WeightRequest, Whoami, FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
 };
-use paracloud_reconcile::{InstanceKey, Millis};
+use paracloud_reconcile::InstanceKey;
 use paracloud_state::{AppRecord, Snapshot};
 use serde::Deserialize;
 use tokio::net::UnixListener;
-use tokio::sync::{broadcast, oneshot, watch};
-use tokio::task::AbortHandle;
+use tokio::sync::broadcast;
 
 use paracloud_command::{Caller, Command, Outcome};
 
 use crate::addressing::AppNetwork;
+use crate::clock::now_ms;
 use crate::commands::{status_of, CommandError};
 use crate::driver::Driver;
-use crate::engine::{now_ms, Engine};
-
-/// A load report older than this is no longer used.
-pub const REPORT_TTL_MS: Millis = 5_000;
-
-/// How an instance answered an event.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Answer {
-    /// It acknowledged by the deadline.
-    Acked(Ack),
-    /// It answered with an error: it could not do what was asked.
-    Refused(String),
-    /// No event stream of the instance was open: it does not take part in PaCI (yet).
-    NotListening,
-    /// The deadline passed without an answer.
-    NoAnswer,
-}
-
-struct Pending {
-    event: PlatformEvent,
-    reply: oneshot::Sender<Ack>,
-}
-
-struct Channel {
-    server: Option<AbortHandle>,
-    events: broadcast::Sender<PlatformEvent>,
-    /// Open event streams.
-    listeners: watch::Sender<usize>,
-    pending: BTreeMap<u64, Pending>,
-    load: Option<(Millis, LoadReport)>,
-}
-
-impl Channel {
-    fn new() -> Self {
-        Self {
-            server: None,
-            events: broadcast::channel(64).0,
-            listeners: watch::channel(0).0,
-            pending: BTreeMap::new(),
-            load: None,
-        }
-    }
-}
-
-/// The daemon's side of every instance's PaCI: servers, pending events, reported load.
-pub struct Hub {
-    next_id: AtomicU64,
-    channels: Mutex<HashMap<InstanceKey, Channel>>,
-    /// Bumped whenever the routes are pushed (instances came, went, or changed readiness).
-    changes: watch::Sender<u64>,
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Self {
-            // Ids start from the clock, so that an id an instance kept from before a daemon
-            // restart never names a new event (a thousand ids a millisecond to spare).
-            next_id: AtomicU64::new(now_ms().saturating_mul(1000)),
-            channels: Mutex::new(HashMap::new()),
-            changes: watch::channel(0).0,
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Critical sections only move plain values: a poisoned lock still holds consistent data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Where the host side of an instance's socket directory is.
-pub fn socket_dir(root: &std::path::Path, key: &InstanceKey) -> PathBuf {
-    root.join("paci").join(key.id())
-}
-
-impl Hub {
-    /// Something about the instances changed: peer streams look again.
-    pub fn changed(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// Whether the instance has a PaCI server already.
-    pub fn serving(&self, key: &InstanceKey) -> bool {
-        lock(&self.channels)
-            .get(key)
-            .is_some_and(|c| c.server.is_some())
-    }
-
-    fn set_server(&self, key: &InstanceKey, server: AbortHandle) {
-        let mut channels = lock(&self.channels);
-        let channel = channels.entry(key.clone()).or_insert_with(Channel::new);
-        if let Some(old) = channel.server.replace(server) {
-            old.abort();
-        }
-    }
-
-    /// Stops serving an instance that is gone; its pending events end unanswered.
-    pub fn forget(&self, key: &InstanceKey) {
-        if let Some(channel) = lock(&self.channels).remove(key) {
-            if let Some(server) = channel.server {
-                server.abort();
-            }
-        }
-    }
-
-    /// The instance's last load report, if recent.
-    pub fn load(&self, key: &InstanceKey, now: Millis) -> Option<LoadReport> {
-        let channels = lock(&self.channels);
-        let (at, report) = channels.get(key)?.load.as_ref()?;
-        (now.saturating_sub(*at) <= REPORT_TTL_MS).then(|| report.clone())
-    }
-
-    fn set_load(&self, key: &InstanceKey, report: LoadReport, now: Millis) {
-        lock(&self.channels)
-            .entry(key.clone())
-            .or_insert_with(Channel::new)
-            .load = Some((now, report));
-    }
-
-    /// Whether an event stream of the instance is open.
-    pub fn listening(&self, key: &InstanceKey) -> bool {
-        lock(&self.channels)
-            .get(key)
-            .is_some_and(|c| *c.listeners.borrow() > 0)
-    }
-
-    /// Waits up to `wait` for the instance to open an event stream.
-    pub async fn wait_listening(&self, key: &InstanceKey, wait: Duration) -> bool {
-        let mut rx = lock(&self.channels)
-            .entry(key.clone())
-            .or_insert_with(Channel::new)
-            .listeners
-            .subscribe();
-        tokio::time::timeout(wait, rx.wait_for(|n| *n > 0))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// Sends an event and waits for its answer until `deadline` has passed.
-    pub async fn send(&self, key: &InstanceKey, kind: EventKind, deadline: Duration) -> Answer {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let event = PlatformEvent {
-            id,
-            deadline: now_ms() + deadline.as_millis() as Millis,
-            kind,
-        };
-        let (reply, answer) = oneshot::channel();
-        {
-            let mut channels = lock(&self.channels);
-            let channel = channels.entry(key.clone()).or_insert_with(Channel::new);
-            if *channel.listeners.borrow() == 0 {
-                return Answer::NotListening;
-            }
-            channel.pending.insert(
-                id,
-                Pending {
-                    event: event.clone(),
-                    reply,
-                },
-            );
-            let _ = channel.events.send(event);
-        }
-        let result = tokio::time::timeout(deadline, answer).await;
-        if let Some(channel) = lock(&self.channels).get_mut(key) {
-            channel.pending.remove(&id);
-        }
-        match result {
-            Ok(Ok(Ack {
-                error: Some(error), ..
-            })) => Answer::Refused(error),
-            Ok(Ok(ack)) => Answer::Acked(ack),
-            Ok(Err(_)) | Err(_) => Answer::NoAnswer,
-        }
-    }
-
-    /// Sends an event nobody waits for (resize): it is answered or expires on its own.
-    pub fn notify(self: &Arc<Self>, key: &InstanceKey, kind: EventKind, deadline: Duration) {
-        if !self.listening(key) {
-            return;
-        }
-        let hub = self.clone();
-        let key = key.clone();
-        tokio::spawn(async move {
-            hub.send(&key, kind, deadline).await;
-        });
-    }
-
-    fn ack(&self, key: &InstanceKey, id: u64, ack: Ack) -> Result<AckAnswer, PaciError> {
-        let mut channels = lock(&self.channels);
-        let pending = channels.get_mut(key).map(|c| &mut c.pending);
-        let Some(pending) = pending else {
-            return Err(no_event(id));
-        };
-        let Some(entry) = pending.get(&id) else {
-            return Err(no_event(id));
-        };
-        ack.check(&entry.event.kind).map_err(PaciError::bad)?;
-        let entry = pending.remove(&id).ok_or_else(|| no_event(id))?;
-        let before = entry.event.deadline.saturating_sub(now_ms());
-        let _ = entry.reply.send(ack);
-        Ok(AckAnswer {
-            id,
-            before_deadline_ms: before,
-        })
-    }
-
-    /// The instance's pending events and a receiver of the next ones, counted as a listener
-    /// while the returned guard lives.
-    fn subscribe(
-        &self,
-        key: &InstanceKey,
-    ) -> (
-        Vec<PlatformEvent>,
-        broadcast::Receiver<PlatformEvent>,
-        ListenerGuard,
-    ) {
-        let mut channels = lock(&self.channels);
-        let channel = channels.entry(key.clone()).or_insert_with(Channel::new);
-        let receiver = channel.events.subscribe();
-        let now = now_ms();
-        let pending = channel
-            .pending
-            .values()
-            .filter(|p| p.event.deadline > now)
-            .map(|p| p.event.clone())
-            .collect();
-        channel.listeners.send_modify(|n| *n += 1);
-        let guard = ListenerGuard(channel.listeners.clone());
-        (pending, receiver, guard)
-    }
-}
-
-/// Counts an open event stream while it lives.
-struct ListenerGuard(watch::Sender<usize>);
-
-impl Drop for ListenerGuard {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-fn no_event(id: u64) -> PaciError {
-    PaciError::new(
-        StatusCode::NOT_FOUND,
-        format!(
-            "no event {id} waits for this instance's answer: it was answered already, its deadline passed (the platform went on without the answer), or it was sent to another instance"
-        ),
-    )
-}
+use crate::engine::Engine;
+use crate::paci_hub::{socket_dir, AckError};
 
 /// An error answer of the PaCI.
 pub struct PaciError {
@@ -368,7 +118,13 @@ impl<D: Driver> Clone for Ctx<D> {
 }
 
 /// Binds the instance's socket (replacing a stale one) and serves it until [`Hub::forget`].
-pub fn serve<D: Driver>(engine: &Arc<Engine<D>>, key: &InstanceKey) -> std::io::Result<PathBuf> {
+impl<D: Driver> Engine<D> {
+    pub(crate) fn serve_paci(self: &Arc<Self>, key: &InstanceKey) -> std::io::Result<PathBuf> {
+        serve(self, key)
+    }
+}
+
+fn serve<D: Driver>(engine: &Arc<Engine<D>>, key: &InstanceKey) -> std::io::Result<PathBuf> {
     let dir = socket_dir(&engine.config.root, key);
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
@@ -643,5 +399,13 @@ async fn ack<D: Driver>(
         ))
     })?;
     let Json(ack) = body?;
-    Ok(Json(ctx.engine.paci.ack(&ctx.key, id, ack)?))
+    let answer = ctx
+        .engine
+        .paci
+        .ack(&ctx.key, id, ack)
+        .map_err(|e| match e {
+            AckError::NoEvent(_) => PaciError::new(StatusCode::NOT_FOUND, e.to_string()),
+            AckError::Invalid(message) => PaciError::bad(message),
+        })?;
+    Ok(Json(answer))
 }
