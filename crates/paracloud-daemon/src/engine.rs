@@ -1065,3 +1065,6 @@ pub fn views(snapshot: &Snapshot) -> (Desired, Observed) {
     (desired, observed)
 }
 
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

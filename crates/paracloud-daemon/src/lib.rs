@@ -13,6 +13,8 @@ pub mod dataplane;
 pub mod debug;
 pub mod driver;
 pub mod engine;
+#[cfg(test)]
+mod fake;
 pub mod follow;
 pub mod health;
 pub mod images;
