@@ -297,7 +297,9 @@ pub fn prepare<D: Driver>(
                 run.status = "refused".into();
                 run.detail = refusal.to_string();
                 run.duration_ms = Some(0);
-                let _ = engine.store.add_capsule_run(&run);
+                if let Err(e) = engine.store.add_capsule_run(&run) {
+                    tracing::error!("cannot record the refused capsule run: {e}");
+                }
                 engine.event(
                     &app,
                     &capsule.spec.name,

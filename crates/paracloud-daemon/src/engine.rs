@@ -390,8 +390,11 @@ impl<D: Driver> Engine<D> {
                         .collect(),
                 };
                 match self.driver.ensure_network(&config).await {
+                    // Unrecorded, the next turn sets the network up again (it is idempotent).
                     Ok(()) => {
-                        let _ = self.store.set_network(&app, true);
+                        if let Err(e) = self.store.set_network(&app, true) {
+                            tracing::error!("cannot record the network of {app}: {e}");
+                        }
                     }
                     Err(e) => self.event(&app, &app, &format!("cannot set up the network: {e}")),
                 }
@@ -402,7 +405,9 @@ impl<D: Driver> Engine<D> {
                         return self.event(&app, &app, &format!("cannot remove the network: {e}"));
                     }
                 }
-                let _ = self.store.set_network(&app, false);
+                if let Err(e) = self.store.set_network(&app, false) {
+                    tracing::error!("cannot record that the network of {app} is gone: {e}");
+                }
             }
             Action::Migrate { key } => self.update(key),
             Action::Start { key, restart } => {
@@ -453,7 +458,10 @@ impl<D: Driver> Engine<D> {
                         tracing::warn!("cannot remove {}: {e}", dir.display());
                     }
                 }
-                let _ = self.store.delete_instance(&key);
+                // Undeleted, the next turn removes it again.
+                if let Err(e) = self.store.delete_instance(&key) {
+                    tracing::error!("cannot forget {key}: {e}");
+                }
             }
             Action::Forget { app, volumes } => {
                 let _ = std::fs::remove_dir_all(self.config.root.join("instances").join(&app));

@@ -518,7 +518,9 @@ impl<D: Driver> Engine<D> {
                     reason: StopReason::ScaleIn,
                 };
                 record.since = now_ms();
-                let _ = self.store.put_instance(&record);
+                if let Err(e) = self.store.put_instance(&record) {
+                    tracing::error!("cannot record that {new} is stopping: {e}");
+                }
                 self.push_routes();
                 self.stop(new, StopReason::ScaleIn);
                 let _ = self.wait_exit(new, Duration::from_secs(30)).await;

@@ -409,18 +409,6 @@ impl Store {
         Ok(changed)
     }
 
-    /// Marks an application for removal; the daemon stops its instances, then forgets it.
-    pub fn mark_removing(&self, app: &str, volumes: bool) -> Result<()> {
-        let n = self.conn().execute(
-            "UPDATE apps SET removing = ?2 WHERE name = ?1",
-            params![app, volumes],
-        )?;
-        if n == 0 {
-            return Err(Error::NoApp(app.to_string()));
-        }
-        Ok(())
-    }
-
     /// Deletes an application and its services (its instances must already be gone).
     pub fn forget_app(&self, app: &str) -> Result<()> {
         let mut conn = self.conn();
@@ -451,40 +439,6 @@ impl Store {
                 known,
             });
         }
-        Ok(())
-    }
-
-    pub fn set_replicas(&self, app: &str, service: &str, replicas: u32) -> Result<()> {
-        self.update_service(app, service, "replicas = ?3", replicas)
-    }
-
-    /// Sets the traffic share of a revision running beside its service (`None`: the manifest's).
-    pub fn set_weight(&self, app: &str, service: &str, weight: Option<u32>) -> Result<()> {
-        self.update_service(app, service, "weight = ?3", weight)
-    }
-
-    /// Sets the CPU per instance of a service in cores (`None`: the manifest's).
-    pub fn set_cpu(&self, app: &str, service: &str, cpu: Option<f64>) -> Result<()> {
-        self.update_service(app, service, "cpu = ?3", cpu)
-    }
-
-    /// Raises a service's revision so that its instances are replaced one by one.
-    pub fn bump_revision(&self, app: &str, service: &str) -> Result<()> {
-        self.update_service(app, service, "revision = revision + ?3", 1)
-    }
-
-    /// Applies `assignment` (SQL whose `?3` is `value`) to one service, which must exist.
-    fn update_service(
-        &self,
-        app: &str,
-        service: &str,
-        assignment: &str,
-        value: impl rusqlite::ToSql,
-    ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        Self::update_service_in(&tx, app, service, assignment, value)?;
-        tx.commit()?;
         Ok(())
     }
 
@@ -657,6 +611,11 @@ impl Store {
         let snapshot = Self::read(&tx)?;
         tx.commit()?;
         Ok(snapshot)
+    }
+
+    /// Writes `changes` in one transaction (a decision made elsewhere, or a test's).
+    pub fn apply(&self, changes: &[Change], now: Millis) -> Result<()> {
+        self.transact(now, |_| Ok::<_, Error>((changes.to_vec(), ())))
     }
 
     /// Reads the state, decides on it with `decide`, and writes the changes it returns, all in

@@ -39,7 +39,7 @@ fn an_app_survives_reopening_and_a_changed_spec_gets_a_new_revision() {
             .put_app(&manifest("a", 2), "src", "paracloud.toml", 1)
             .unwrap()
             .is_empty());
-        store.set_replicas("shop", "web", 5).unwrap();
+        store.apply(&[replicas("web", 5)], 1).unwrap();
     }
     let store = Store::open(&path).unwrap();
     let snapshot = store.load().unwrap();
@@ -70,14 +70,18 @@ fn unknown_apps_and_services_are_named_in_the_error() {
         .put_app(&manifest("a", 1), "src", "paracloud.toml", 1)
         .unwrap();
     let err = store
-        .set_replicas("shop", "wbe", 2)
+        .apply(&[replicas("wbe", 2)], 1)
         .unwrap_err()
         .to_string();
     assert_eq!(
         err,
         "application shop has no service named wbe (it has: api, web)"
     );
-    let err = store.bump_revision("nope", "web").unwrap_err().to_string();
+    let bump = Change::BumpRevision {
+        app: "nope".into(),
+        service: "web".into(),
+    };
+    let err = store.apply(&[bump], 1).unwrap_err().to_string();
     assert_eq!(err, "no application named nope");
 }
 
@@ -189,7 +193,7 @@ fn a_revision_shares_its_service_address_and_keeps_a_set_weight_until_the_next_u
     assert_ne!(services["web"].slot, services["api"].slot);
     assert_eq!(services["api@canary"].weight, None);
 
-    store.set_weight("shop", "api@canary", Some(30)).unwrap();
+    store.apply(&[weight("api@canary", Some(30))], 1).unwrap();
     assert_eq!(
         store.load().unwrap().apps[0].services["api@canary"].weight,
         Some(30)
@@ -211,21 +215,21 @@ fn a_set_cpu_holds_until_the_next_up() {
     let mut m = manifest("a", 1);
     m.services.get_mut("api").unwrap().resources.cpu = Some(0.5);
     store.put_app(&m, "src", "paracloud.toml", 1).unwrap();
-    let cpu = |store: &Store| {
+    let cpu_of = |store: &Store| {
         let app = &store.load().unwrap().apps[0];
         let api = &app.services["api"];
         (api.cpu, api.cpu(&app.manifest.services["api"]))
     };
-    assert_eq!(cpu(&store), (None, Some(0.5)), "the manifest's");
-    store.set_cpu("shop", "api", Some(1.5)).unwrap();
-    assert_eq!(cpu(&store), (Some(1.5), Some(1.5)));
+    assert_eq!(cpu_of(&store), (None, Some(0.5)), "the manifest's");
+    store.apply(&[cpu("api", Some(1.5))], 1).unwrap();
+    assert_eq!(cpu_of(&store), (Some(1.5), Some(1.5)));
     assert!(matches!(
-        store.set_cpu("shop", "nope", Some(1.0)),
+        store.apply(&[cpu("nope", Some(1.0))], 1),
         Err(Error::NoService { .. })
     ));
     store.put_app(&m, "src", "paracloud.toml", 2).unwrap();
     assert_eq!(
-        cpu(&store),
+        cpu_of(&store),
         (None, Some(0.5)),
         "up returns to the manifest's"
     );
@@ -248,8 +252,9 @@ fn a_database_from_before_the_override_columns_gains_them() {
     store
         .put_app(&manifest("a", 1), "src", "paracloud.toml", 1)
         .unwrap();
-    store.set_cpu("shop", "web", Some(2.0)).unwrap();
-    store.set_weight("shop", "web", Some(5)).unwrap();
+    store
+        .apply(&[cpu("web", Some(2.0)), weight("web", Some(5))], 1)
+        .unwrap();
     let web = &store.load().unwrap().apps[0].services["web"];
     assert_eq!((web.cpu, web.weight), (Some(2.0), Some(5)));
 }
@@ -279,4 +284,60 @@ fn a_changed_capsule_policy_replaces_no_instance() {
         1,
         "the new policy is stored"
     );
+}
+
+fn replicas(service: &str, replicas: u32) -> Change {
+    Change::Replicas {
+        app: "shop".into(),
+        service: service.into(),
+        replicas,
+    }
+}
+
+fn cpu(service: &str, cpu: Option<f64>) -> Change {
+    Change::Cpu {
+        app: "shop".into(),
+        service: service.into(),
+        cpu,
+    }
+}
+
+fn weight(service: &str, weight: Option<u32>) -> Change {
+    Change::TrafficWeight {
+        app: "shop".into(),
+        service: service.into(),
+        weight,
+    }
+}
+
+#[test]
+fn a_decision_is_written_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    store
+        .put_app(&manifest("a", 1), "src", "paracloud.toml", 1)
+        .unwrap();
+    let event = Change::Event {
+        app: "shop".into(),
+        subject: "web".into(),
+        message: "scaled to 7".into(),
+    };
+    let err = store
+        .apply(&[replicas("web", 7), event, replicas("wbe", 2)], 2)
+        .unwrap_err();
+    assert!(matches!(err, Error::NoService { .. }), "{err}");
+    let snapshot = store.load().unwrap();
+    assert_eq!(snapshot.apps[0].services["web"].replicas, 1);
+    assert!(store.events(None, 0, 10).unwrap().is_empty());
+
+    // A decision sees the state it is written to: a replica count read and raised in one
+    // transaction.
+    let raised = store
+        .transact(3, |snapshot| {
+            let now = snapshot.apps[0].services["web"].replicas;
+            Ok::<_, Error>((vec![replicas("web", now + 1)], now + 1))
+        })
+        .unwrap();
+    assert_eq!(raised, 2);
+    assert_eq!(store.load().unwrap().apps[0].services["web"].replicas, 2);
 }
