@@ -1,0 +1,189 @@
+//! The state as plain data: applications, services, instances, events, capsule runs, a
+//! snapshot of all of them, and the changes a decision writes. No I/O: the command layer decides
+//! on these without linking the database.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use paracloud_manifest::Manifest;
+use paracloud_reconcile::{InstanceKey, InstanceState, Millis};
+use serde::{Deserialize, Serialize};
+
+/// Service address slots per application (host part .2 to .15 of its subnet).
+pub const SERVICE_SLOTS: u32 = 14;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRecord {
+    pub name: String,
+    pub manifest: Manifest,
+    /// The manifest text as the user wrote it, and the file it came from.
+    pub source: String,
+    pub origin: String,
+    /// Which subnet of the daemon's pool the application's network uses.
+    pub subnet_index: u32,
+    /// Being removed by `down`: Some(remove volumes too).
+    pub removing: Option<bool>,
+    pub services: BTreeMap<String, ServiceRecord>,
+    pub created: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRecord {
+    pub replicas: u32,
+    pub revision: u64,
+    /// Service address slot: the stable address is the subnet's host number 2 + slot. A revision
+    /// running beside its service has its service's slot.
+    pub slot: u32,
+    /// For a revision running beside its service: the share of traffic `paracloud traffic` set,
+    /// overriding the manifest's weight until the next `up`.
+    pub weight: Option<u32>,
+    /// CPU per instance in cores set by `paracloud scale --cpu` or the autoscaler, overriding
+    /// the manifest's `resources.cpu` until the next `up`.
+    pub cpu: Option<f64>,
+}
+
+impl ServiceRecord {
+    /// The CPU limit of its instances in cores: the override, else the manifest's (`None`:
+    /// unlimited).
+    pub fn cpu(&self, spec: &paracloud_manifest::Service) -> Option<f64> {
+        paracloud_reconcile::effective_cpu(None, self.cpu, spec)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub key: InstanceKey,
+    pub revision: u64,
+    pub state: InstanceState,
+    pub restarts: u32,
+    pub since: Millis,
+    /// When its current (or last) process started.
+    pub started: Millis,
+    pub pid: Option<i32>,
+    /// Process start time in clock ticks, to tell the pid from a reused one.
+    pub start_time: Option<u64>,
+    /// Address slot: the instance's address is the subnet's host number 16 + slot.
+    pub slot: u32,
+    /// Its load-balancing weight in percent of its full share, set by the instance through PaCI
+    /// (`None`: the full share). Kept across a restart of the instance under the same name.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Kept out of the routes: started by a migration until it takes over, or the old
+    /// instance of a CRIU move while it is checkpointed.
+    #[serde(default)]
+    pub held: bool,
+    /// Left stopped by the checkpoint of a CRIU move under way. A daemon that restarts before
+    /// the move ends resumes it ([`InstanceRecord::held`] too is set).
+    #[serde(default)]
+    pub frozen: bool,
+    /// CPU in cores for this instance alone (`paracloud migrate --cpus`), over its service's.
+    #[serde(default)]
+    pub cpu: Option<f64>,
+}
+
+impl InstanceRecord {
+    /// Its CPU limit in cores: its own, else its service's (`None`: unlimited).
+    pub fn cpu(
+        &self,
+        service: Option<&ServiceRecord>,
+        spec: &paracloud_manifest::Service,
+    ) -> Option<f64> {
+        paracloud_reconcile::effective_cpu(self.cpu, service.and_then(|s| s.cpu), spec)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at: Millis,
+    pub app: String,
+    /// What it is about: a service, an instance (`api.2`) or the app itself.
+    pub subject: String,
+    pub message: String,
+}
+
+/// One run of a capsule, as `paracloud capsule history` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleRun {
+    /// Who asked: the caller's user (API), or `schedule NAME`.
+    pub who: String,
+    pub capsule: String,
+    pub app: String,
+    pub selector: String,
+    pub args: Vec<String>,
+    /// Instances it attached to (`web.1`), with how each ended.
+    pub targets: Vec<CapsuleTarget>,
+    /// Milliseconds since the Unix epoch.
+    pub started: Millis,
+    /// `None` while it runs.
+    pub duration_ms: Option<u64>,
+    /// `running`, `ok`, `failed`, `timeout` or `refused`.
+    pub status: String,
+    /// Why it was refused or failed, empty otherwise.
+    pub detail: String,
+    /// Bytes of stdout, stderr and files returned, over all targets.
+    pub output_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleTarget {
+    pub instance: String,
+    /// Exit code (128 + signal when killed); `None` while it runs or when it never started.
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<u64>,
+    pub output_bytes: u64,
+}
+
+/// Everything in the store, read in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub apps: Vec<AppRecord>,
+    pub instances: Vec<InstanceRecord>,
+    pub networks: BTreeSet<String>,
+}
+
+/// One write to the desired state, as decided by the command layer; `Store::transact` writes
+/// a decision's changes in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Creates or updates an application from a validated manifest: services whose spec
+    /// changed get a new revision, replica counts, traffic shares and CPU go back to the
+    /// manifest's.
+    PutApp {
+        manifest: Manifest,
+        source: String,
+        origin: String,
+    },
+    /// Marks an application for removal (`down`), with its volumes or not.
+    MarkRemoving { app: String, volumes: bool },
+    Replicas {
+        app: String,
+        service: String,
+        replicas: u32,
+    },
+    /// CPU per instance of a service in cores (`None`: the manifest's).
+    Cpu {
+        app: String,
+        service: String,
+        cpu: Option<f64>,
+    },
+    /// The traffic share of a revision running beside its service (`None`: the manifest's).
+    TrafficWeight {
+        app: String,
+        service: String,
+        weight: Option<u32>,
+    },
+    /// Raises a service's revision so that its instances are replaced one by one.
+    BumpRevision { app: String, service: String },
+    /// An instance's load-balancing weight in percent of its full share (`None`: full).
+    InstanceWeight {
+        key: InstanceKey,
+        weight: Option<u32>,
+    },
+    /// The application's network is to be set up again (it gains service addresses).
+    NetworkStale { app: String },
+    Event {
+        app: String,
+        subject: String,
+        message: String,
+    },
+}
