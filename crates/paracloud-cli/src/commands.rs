@@ -496,9 +496,12 @@ async fn wait_ready(
                 eprintln!("  {line}");
                 shown.insert(service.name.clone(), line);
             }
+            // Only the instances the daemon started for the service's current revision count:
+            // after a failed deploy, the old revision's exits are not the new one's.
             let crash_looping = service
                 .instances
                 .iter()
+                .filter(|i| i.revision == service.revision)
                 .find(|i| i.restarts >= 3 && i.exit.is_some());
             if let Some(bad) = crash_looping {
                 let logs = instance_log_tail(client, app, &bad.instance).await;

@@ -558,8 +558,9 @@ impl<D: Driver> Engine<D> {
             key: key.clone(),
             revision,
             state: InstanceState::Starting,
+            // A new revision is a new program: the old one's restarts are not its own.
             restarts: match (&previous, restart) {
-                (Some(p), true) => p.restarts + 1,
+                (Some(p), true) if p.revision == revision => p.restarts + 1,
                 _ => 0,
             },
             since: now,
@@ -572,6 +573,10 @@ impl<D: Driver> Engine<D> {
             frozen: false,
             cpu: start_as.cpu,
         };
+        if previous.as_ref().is_some_and(|p| p.revision != revision) {
+            // Nor is its output: `logs` and `up` show the new revision's alone.
+            let _ = crate::logs::set_aside(&self.config.log_path(key), crate::logs::KEEP_ROTATED);
+        }
         self.store
             .put_instance(&record)
             .map_err(|e| e.to_string())?;
