@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use paracloud_manifest::Manifest;
-use paracloud_reconcile::{InstanceKey, InstanceState, Millis};
+use paracloud_reconcile::{InstanceKey, InstanceState, Millis, ProbeFailure};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +103,9 @@ pub struct InstanceRecord {
     /// CPU in cores for this instance alone (`paracloud migrate --cpus`), over its service's.
     #[serde(default)]
     pub cpu: Option<f64>,
+    /// Why its health probes fail, while they do (the last reason stays once it has exited).
+    #[serde(default)]
+    pub health_failure: Option<ProbeFailure>,
 }
 
 impl InstanceRecord {
