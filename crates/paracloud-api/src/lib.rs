@@ -41,7 +41,7 @@ use std::path::PathBuf;
 
 pub use client::{Client, ClientError};
 use paracloud_manifest::{Diagnostic, Service};
-use paracloud_reconcile::ExitInfo;
+use paracloud_reconcile::{ExitInfo, ProbeFailure};
 use serde::{Deserialize, Serialize};
 
 /// The name of the API socket inside the state root.
@@ -156,6 +156,9 @@ pub struct InstanceView {
     pub revision: u64,
     /// How the last process ended, when it has.
     pub exit: Option<ExitInfo>,
+    /// Why its health probes fail, while they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_failure: Option<ProbeFailure>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

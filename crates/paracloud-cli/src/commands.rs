@@ -496,9 +496,12 @@ async fn wait_ready(
                 eprintln!("  {line}");
                 shown.insert(service.name.clone(), line);
             }
+            // Only the instances the daemon started for the service's current revision count:
+            // after a failed deploy, the old revision's exits are not the new one's.
             let crash_looping = service
                 .instances
                 .iter()
+                .filter(|i| i.revision == service.revision)
                 .find(|i| i.restarts >= 3 && i.exit.is_some());
             if let Some(bad) = crash_looping {
                 let logs = instance_log_tail(client, app, &bad.instance).await;
@@ -517,19 +520,40 @@ async fn wait_ready(
             return Ok(());
         }
         if Instant::now() > deadline {
-            let waiting: Vec<String> = services.iter().flat_map(|s| s.waiting.clone()).collect();
+            let reasons: Vec<String> = services
+                .iter()
+                .flat_map(|s| not_ready(s).into_iter().chain(s.waiting.clone()))
+                .collect();
             bail!(
-                "not ready after {} s{}; see `paracloud ps` and `paracloud logs`",
+                "not ready after {} s{}; see `paracloud describe` and `paracloud logs`",
                 timeout.as_secs(),
-                if waiting.is_empty() {
+                if reasons.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({})", waiting.join("; "))
+                    format!(": {}", reasons.join("; "))
                 }
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Why each instance of the service's current revision is not ready: what its health probes
+/// answer, how it ended, or its state.
+fn not_ready(service: &ServiceView) -> Vec<String> {
+    service
+        .instances
+        .iter()
+        .filter(|i| i.revision == service.revision && i.state != "running")
+        .map(|i| {
+            let why = match (&i.health_failure, &i.exit) {
+                (Some(failure), _) => failure.to_string(),
+                (None, Some(exit)) => describe_exit(exit),
+                (None, None) => i.state.clone(),
+            };
+            format!("{}: {why}", i.instance)
+        })
+        .collect()
 }
 
 /// How an instance's last process ended, in words.
@@ -971,6 +995,11 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
         ));
         for w in &v.waiting {
             out.push_str(&format!("waiting: {w}\n"));
+        }
+        for i in &v.instances {
+            if let Some(failure) = &i.health_failure {
+                out.push_str(&format!("health: {}: {failure}\n", i.instance));
+            }
         }
         let prefix = format!("{}.", v.name);
         let recent: Vec<&Event> = events

@@ -132,3 +132,47 @@ fn a_command_that_cannot_run_fails_up_with_the_reason_and_the_output() {
     let ps = p.ps("crash");
     assert_eq!(ps[0]["exit"]["code"].as_i64(), Some(3), "{ps:?}");
 }
+
+#[test]
+fn regression_up_after_a_failed_deploy_does_not_fail_on_the_old_instance() {
+    // The fixed manifest's `up` failed within milliseconds with the old revision's exit, its
+    // restart count and its output, while the fixed instance came up seconds later.
+    let p = Platform::new();
+    let broken = p.manifest(
+        "fix",
+        "app = \"fix\"\n[services.web]\nimage = \"host\"\ncommand = [\"/bin/sh\", \"-c\", \"echo port is not a number >&2; exit 1\"]\n",
+    );
+    let err = p.fails(&["up", "-f", broken.to_str().unwrap()]);
+    assert!(err.contains("service web does not come up"), "{err}");
+    let fixed = p.manifest(
+        "fix",
+        "app = \"fix\"\n[services.web]\nimage = \"host\"\ncommand = [\"/bin/sh\", \"-c\", \"echo serving; exec sleep 100000\"]\nstop_grace_period = \"1s\"\n",
+    );
+    p.ok(&["up", "-f", fixed.to_str().unwrap()]);
+    let ps = p.ps("fix");
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    assert_eq!(field(&ps[0], "state"), "running", "{ps:#?}");
+    assert_eq!(
+        ps[0]["restarts"].as_u64(),
+        Some(0),
+        "a new revision starts afresh: {ps:#?}"
+    );
+    let describe = p.ok(&["describe", "-a", "fix", "web"]);
+    let instances = describe
+        .split("Instances:")
+        .nth(1)
+        .and_then(|rest| rest.split("Events:").next())
+        .unwrap_or_default();
+    assert!(
+        instances
+            .lines()
+            .any(|l| l.contains("running") && l.trim_end().ends_with(" 0")),
+        "describe shows the new instance with 0 restarts: {describe}"
+    );
+    let logs = p.ok(&["logs", "-a", "fix", "web"]);
+    assert!(logs.contains("serving"), "{logs}");
+    assert!(
+        !logs.contains("port is not a number"),
+        "the old revision's output is not the new instance's: {logs}"
+    );
+}

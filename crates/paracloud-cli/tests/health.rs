@@ -75,3 +75,89 @@ command = ["/bin/sleep", "100000"]
     assert!(events.contains("slow.1     exited with code 0"), "{events}");
     assert!(!events.contains("grace period over"), "{events}");
 }
+
+#[test]
+fn regression_a_failing_http_check_says_what_it_answered() {
+    // The event was a bare `web.1 unhealthy`, `describe` had nothing to say and `up` ended with
+    // `not ready after 3 s`.
+    let p = Platform::new();
+    let manifest = p.manifest(
+        "nope",
+        r#"
+app = "nope"
+[services.web]
+image = "host"
+command = ["/usr/bin/python3", "-m", "http.server", "8000", "--directory", "/tmp"]
+ports = [{ port = 8000 }]
+health = { http = "/nope", interval = "200ms", retries = 2 }
+restart = "no"
+stop_signal = "KILL"
+"#,
+    );
+    let err = p.fails(&["up", "-f", manifest.to_str().unwrap(), "--timeout", "3s"]);
+    assert!(
+        err.contains("not ready after 3 s: web.1: GET /nope answered 404 ("),
+        "{err}"
+    );
+    assert!(err.contains("failures in a row)"), "{err}");
+    p.wait_ps(
+        "nope",
+        Duration::from_secs(20),
+        "web.1 to be unhealthy",
+        |ps| ps.iter().any(|i| field(i, "state") == "unhealthy"),
+    );
+    let events = p.ok(&["events", "-a", "nope"]);
+    assert!(
+        events.contains("unhealthy: GET /nope answered 404"),
+        "{events}"
+    );
+    let describe = p.ok(&["describe", "-a", "nope", "web"]);
+    assert!(
+        describe.contains("health: web.1: GET /nope answered 404 ("),
+        "{describe}"
+    );
+    let ps = p.ps("nope");
+    assert_eq!(
+        ps[0]["health_failure"]["reason"].as_str(),
+        Some("GET /nope answered 404"),
+        "{ps:?}"
+    );
+}
+
+#[test]
+fn regression_a_failing_exec_check_says_its_exit_code_and_output() {
+    let p = Platform::new();
+    let manifest = p.manifest(
+        "check",
+        r#"
+app = "check"
+[services.db]
+image = "host"
+command = ["/bin/sleep", "100000"]
+health = { exec = ["/bin/sh", "-c", "echo checking; echo db not reachable; exit 3"], interval = "200ms", retries = 1 }
+restart = "no"
+stop_signal = "KILL"
+"#,
+    );
+    let err = p.fails(&["up", "-f", manifest.to_str().unwrap(), "--timeout", "2s"]);
+    assert!(
+        err.contains("db.1: exec check exited with code 3: db not reachable ("),
+        "{err}"
+    );
+    p.wait_ps(
+        "check",
+        Duration::from_secs(20),
+        "db.1 to be unhealthy",
+        |ps| ps.iter().any(|i| field(i, "state") == "unhealthy"),
+    );
+    let events = p.ok(&["events", "-a", "check"]);
+    assert!(
+        events.contains("unhealthy: exec check exited with code 3: db not reachable"),
+        "{events}"
+    );
+    let describe = p.ok(&["describe", "-a", "check", "db"]);
+    assert!(
+        describe.contains("health: db.1: exec check exited with code 3: db not reachable"),
+        "{describe}"
+    );
+}

@@ -105,6 +105,7 @@ fn shop() -> Snapshot {
             held: false,
             frozen: false,
             cpu: None,
+            health_failure: None,
         }],
         networks: Default::default(),
     }

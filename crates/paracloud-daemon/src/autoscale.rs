@@ -431,6 +431,7 @@ scale_to_zero = "1m"
                     held: false,
                     frozen: false,
                     cpu: None,
+                    health_failure: None,
                 })
                 .unwrap();
         }

@@ -11,7 +11,8 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use paracloud_runtime::{
-    CapsuleConfig, Checkpoint, Exit, InstanceConfig, NetworkConfig, Process, Result, Runtime, Usage,
+    CapsuleConfig, Checkpoint, ExecOutput, Exit, InstanceConfig, NetworkConfig, Process, Result,
+    Runtime, Usage,
 };
 
 pub trait Driver: Send + Sync + 'static {
@@ -49,12 +50,13 @@ pub trait Driver: Send + Sync + 'static {
     fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()>;
     /// What an instance has used so far (its cgroup's counters).
     fn usage(&self, id: &str) -> Result<Usage>;
+    /// Runs a command inside an instance (a health check): its exit code and the end of its output.
     fn exec<'a>(
         &'a self,
         process: &'a Process,
         argv: &'a [String],
         timeout: Duration,
-    ) -> impl Future<Output = Result<i32>> + Send + 'a;
+    ) -> impl Future<Output = Result<ExecOutput>> + Send + 'a;
     /// Attaches a capsule to a running instance; `terminal` becomes its stdin, stdout and stderr
     /// (otherwise stdout and stderr are piped). Call [`Driver::detach`] once it has exited.
     fn attach(
@@ -124,8 +126,8 @@ impl Driver for Runtime {
         process: &'a Process,
         argv: &'a [String],
         timeout: Duration,
-    ) -> impl Future<Output = Result<i32>> + Send + 'a {
-        Runtime::exec(self, process, argv, timeout)
+    ) -> impl Future<Output = Result<ExecOutput>> + Send + 'a {
+        Runtime::exec_output(self, process, argv, timeout)
     }
     fn attach(
         &self,

@@ -518,8 +518,9 @@ impl<D: Driver> Engine<D> {
             key: key.clone(),
             revision,
             state: InstanceState::Starting,
+            // A new revision is a new program: the old one's restarts are not its own.
             restarts: match (&previous, restart) {
-                (Some(p), true) => p.restarts + 1,
+                (Some(p), true) if p.revision == revision => p.restarts + 1,
                 _ => 0,
             },
             since: now,
@@ -531,7 +532,12 @@ impl<D: Driver> Engine<D> {
             held: start_as.held,
             frozen: false,
             cpu: start_as.cpu,
+            health_failure: None,
         };
+        if previous.as_ref().is_some_and(|p| p.revision != revision) {
+            // Nor is its output: `logs` and `up` show the new revision's alone.
+            let _ = crate::logs::set_aside(&self.config.log_path(key), crate::logs::KEEP_ROTATED);
+        }
         self.store
             .put_instance(&record)
             .map_err(|e| e.to_string())?;
@@ -820,7 +826,7 @@ impl<D: Driver> Engine<D> {
                 process,
                 started,
                 &engine.driver,
-                |health| engine.set_health(&task_key, health),
+                |health, failure| engine.set_health(&task_key, health, failure),
             )
             .await
         });
@@ -829,21 +835,38 @@ impl<D: Driver> Engine<D> {
         }
     }
 
-    fn set_health(&self, key: &InstanceKey, health: Health) {
+    /// Records what the probe loop reports: a new health (with an event that says what failed),
+    /// and why the probes fail, while they do.
+    fn set_health(
+        &self,
+        key: &InstanceKey,
+        health: Option<Health>,
+        failure: Option<&paracloud_reconcile::ProbeFailure>,
+    ) {
         let mut running = false;
         let updated = self.store.update_instance(key, |record| {
             running = matches!(record.state, InstanceState::Running { .. });
             if running {
-                record.state = InstanceState::Running { health };
+                if let Some(health) = health {
+                    record.state = InstanceState::Running { health };
+                }
+                record.health_failure = failure.cloned();
             }
         });
+        let Some(health) = health else { return };
         if running && matches!(updated, Ok(Some(_))) {
             let word = match health {
                 Health::Healthy => "healthy",
                 Health::Unhealthy => "unhealthy",
                 Health::Unknown | Health::None => "health unknown",
             };
-            self.event(&key.app, &key.name(), word);
+            let message = match failure {
+                Some(failure) if health == Health::Unhealthy => {
+                    format!("{word}: {}", failure.reason)
+                }
+                _ => word.to_string(),
+            };
+            self.event(&key.app, &key.name(), &message);
             self.wake();
         }
     }

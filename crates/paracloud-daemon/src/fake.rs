@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use paracloud_runtime::{
-    CapsuleConfig, Checkpoint, Error, Exit, InstanceConfig, NetworkConfig, Process, Result, Usage,
+    CapsuleConfig, Checkpoint, Error, ExecOutput, Exit, InstanceConfig, NetworkConfig, Process,
+    Result, Usage,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -287,7 +288,7 @@ impl Driver for FakeDriver {
         process: &'a Process,
         _argv: &'a [String],
         _timeout: Duration,
-    ) -> impl Future<Output = Result<i32>> + Send + 'a {
+    ) -> impl Future<Output = Result<ExecOutput>> + Send + 'a {
         let table = lock(&self.table);
         let code = table
             .instances
@@ -295,7 +296,16 @@ impl Driver for FakeDriver {
             .and_then(|i| table.exec.get(&i.id).copied())
             .unwrap_or(0);
         drop(table);
-        async move { Ok(code) }
+        let output = ExecOutput {
+            code,
+            stdout: Vec::new(),
+            stderr: if code == 0 {
+                Vec::new()
+            } else {
+                format!("check failed with {code}\n").into_bytes()
+            },
+        };
+        async move { Ok(output) }
     }
 
     fn attach(

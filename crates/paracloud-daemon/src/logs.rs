@@ -39,6 +39,27 @@ pub fn rotate_if_needed(path: &Path, max_bytes: u64, keep: u32) -> io::Result<bo
     Ok(true)
 }
 
+/// Starts the log afresh for a new instance in an old one's place: the old output moves to
+/// `<path>.previous` (one generation kept, outside what `tail` and following read), and its
+/// rotated files go.
+pub fn set_aside(path: &Path, keep: u32) -> io::Result<()> {
+    let mut previous = path.as_os_str().to_owned();
+    previous.push(".previous");
+    match fs::rename(path, previous) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    for n in 1..=keep {
+        match fs::remove_file(rotated(path, n)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The last `lines` lines of the log (reaching into the newest rotated file when needed).
 pub fn tail(path: &Path, lines: usize) -> io::Result<Vec<String>> {
     let mut text = String::new();
@@ -114,6 +135,23 @@ mod tests {
             .starts_with("round 2"));
         assert!(!rotated(&path, 4).exists());
         assert_eq!(tail(&path, 2).unwrap()[1], "after");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_set_aside_leaves_nothing_for_tail() {
+        let dir = std::env::temp_dir().join(format!("paracloud-aside-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("output.log");
+        fs::write(rotated(&path, 1), "older\n").unwrap();
+        fs::write(&path, "old revision\n").unwrap();
+        set_aside(&path, 3).unwrap();
+        assert!(tail(&path, 10).unwrap().is_empty());
+        assert_eq!(
+            fs::read_to_string(dir.join("output.log.previous")).unwrap(),
+            "old revision\n"
+        );
+        set_aside(&path, 3).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 

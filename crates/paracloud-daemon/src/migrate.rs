@@ -426,7 +426,7 @@ impl<D: Driver> Engine<D> {
     pub(crate) async fn wait_ready(&self, key: &InstanceKey) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match self.store.instance(key).map_err(|e| e.to_string())? {
+            let failure = match self.store.instance(key).map_err(|e| e.to_string())? {
                 Some(record) if record.state.is_ready() => return Ok(()),
                 Some(record) => {
                     if let InstanceState::Exited { exit } = &record.state {
@@ -437,11 +437,16 @@ impl<D: Driver> Engine<D> {
                             .unwrap_or_else(|| "it ended".into());
                         return Err(why);
                     }
+                    record.health_failure
                 }
                 None => return Err("its record is gone".into()),
-            }
+            };
             if Instant::now() > deadline {
-                return Err(format!("not ready after {} s", READY_TIMEOUT.as_secs()));
+                let why = failure.map(|f| format!(": {f}")).unwrap_or_default();
+                return Err(format!(
+                    "not ready after {} s{why}",
+                    READY_TIMEOUT.as_secs()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -36,6 +36,7 @@ pub fn instance_view(
             InstanceState::Exited { exit } => Some(exit.clone()),
             _ => None,
         },
+        health_failure: record.health_failure.clone(),
     }
 }
 

@@ -169,6 +169,27 @@ pub enum Health {
     Unhealthy,
 }
 
+/// Why an instance's health probes fail, while they do: the latest probe's reason and how many
+/// failed in a row (a passing probe ends it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeFailure {
+    /// What failed, e.g. `GET /healthz answered 503` or `connect to 7000 refused`.
+    pub reason: String,
+    /// Probes failed in a row, counting those of the start period.
+    pub in_a_row: u32,
+}
+
+impl std::fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = if self.in_a_row == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} ({} failure{plural} in a row)",
+            self.reason, self.in_a_row
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {

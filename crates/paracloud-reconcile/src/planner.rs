@@ -207,6 +207,18 @@ fn plan_service(
                     });
                 }
             }
+            InstanceState::Exited { .. } if instance.revision < revision => {
+                // An update after a failed deploy: the new revision is a new program, not a
+                // restart of the old one, so it starts now, whatever the old one's backoff,
+                // restart count or restart policy.
+                match &blocked_by {
+                    None => plan.actions.push(Action::Start {
+                        key,
+                        restart: false,
+                    }),
+                    Some(why) => plan.waiting.push((key, why.clone())),
+                }
+            }
             InstanceState::Exited { exit } => {
                 if !should_restart(&service.restart, exit, instance.restarts) {
                     continue;

@@ -420,6 +420,43 @@ fn regression_an_unhealthy_instance_with_restart_no_is_left_running() {
     assert!(plan(&desired, &observed, 0).actions.is_empty());
 }
 
+#[test]
+fn regression_after_a_failed_deploy_the_new_revision_starts_at_once_as_a_fresh_instance() {
+    // It waited for the old revision's backoff (seconds after many crashes) and was started as
+    // a restart of it, carrying its restart count; with `restart = "no"` it never started.
+    for condition in [RestartCondition::Always, RestartCondition::No] {
+        let mut web = service("web", 1);
+        web.restart.condition = condition;
+        let mut app = app(vec![web]);
+        app.revisions.insert("web".into(), 2);
+        let observed = Observed {
+            networks: ["shop".to_string()].into(),
+            instances: vec![ObservedInstance {
+                key: InstanceKey::new("shop", "web", 1),
+                revision: 1,
+                state: InstanceState::Exited {
+                    exit: ExitInfo {
+                        code: Some(1),
+                        ..Default::default()
+                    },
+                },
+                restarts: 6,
+                since: 10_000,
+                cpu: None,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&desired(app), &observed, 10_001).actions,
+            [Action::Start {
+                key: InstanceKey::new("shop", "web", 1),
+                restart: false
+            }],
+            "{condition:?}"
+        );
+    }
+}
+
 proptest! {
     /// Whatever the replica counts and the order of scaling, a perfect driver ends with exactly
     /// the wanted number of running instances, indices 1..=n, and the plan then stays empty.

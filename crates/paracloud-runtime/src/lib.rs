@@ -237,9 +237,15 @@ impl Error {
 pub struct ExecOutput {
     /// Exit code, or 128 + the signal number when a signal ended it.
     pub code: i32,
+    /// The last [`EXEC_OUTPUT_LIMIT`] bytes it wrote to stdout (the rest is read and dropped, so
+    /// a chatty command never blocks on a full pipe nor fills the daemon's memory).
     pub stdout: Vec<u8>,
+    /// The same for stderr.
     pub stderr: Vec<u8>,
 }
+
+/// What [`ExecOutput`] keeps of each stream: its last 64 KiB.
+pub const EXEC_OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// The first call of the paracloud binary's `main`: when `argv[1]` is one of the runtime's hidden
 /// commands (sandbox-init for [`Runtime::spawn`], nsexec for [`Runtime::exec`]) it runs it and never
@@ -418,7 +424,7 @@ impl Runtime {
     pub async fn exec(&self, process: &Process, argv: &[String], timeout: Duration) -> Result<i32> {
         Ok(self.exec_output(process, argv, timeout).await?.code)
     }
-    /// Like [`Runtime::exec`], also returning what the command printed.
+    /// Like [`Runtime::exec`], also returning the end of what the command printed.
     pub async fn exec_output(
         &self,
         process: &Process,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::identity::{self, Identity};
 use crate::sys::{self, Forked};
-use crate::{procfs, Error, ExecOutput, Process, Result};
+use crate::{procfs, Error, ExecOutput, Process, Result, EXEC_OUTPUT_LIMIT};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -59,8 +59,8 @@ pub(crate) async fn run(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::sys(format!("starting {} {COMMAND}", helper.display()), e))?;
-    let stdout = tokio::spawn(read_all(child.stdout.take()));
-    let stderr = tokio::spawn(read_all(child.stderr.take()));
+    let stdout = tokio::spawn(read_last(child.stdout.take(), EXEC_OUTPUT_LIMIT));
+    let stderr = tokio::spawn(read_last(child.stderr.take(), EXEC_OUTPUT_LIMIT));
     let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => {
             status.map_err(|e| Error::sys(format!("waiting for exec in pid {pid}"), e))?
@@ -108,10 +108,19 @@ pub(crate) async fn run(
     })
 }
 
-async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+/// Reads the pipe to its end, keeping the last `limit` bytes.
+async fn read_last(pipe: Option<impl tokio::io::AsyncRead + Unpin>, limit: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    if let Some(mut pipe) = pipe {
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut out).await;
+    let Some(mut pipe) = pipe else { return out };
+    let mut buffer = [0u8; 8192];
+    while let Ok(n @ 1..) = tokio::io::AsyncReadExt::read(&mut pipe, &mut buffer).await {
+        out.extend_from_slice(&buffer[..n]);
+        if out.len() > 2 * limit {
+            out.drain(..out.len() - limit);
+        }
+    }
+    if out.len() > limit {
+        out.drain(..out.len() - limit);
     }
     out
 }
@@ -391,6 +400,17 @@ mod tests {
             Some("/sys/fs/cgroup/systemd")
         );
         assert_eq!(hierarchy_dir(&mounts, "pids", "/pc/a"), None);
+    }
+
+    #[tokio::test]
+    async fn a_chatty_command_keeps_only_the_end_of_its_output() {
+        let text: Vec<u8> = (0..10_000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        let kept = read_last(Some(&text[..]), 1000).await;
+        assert_eq!(kept.len(), 1000);
+        assert!(kept.ends_with(b"line 9999\n"));
+        assert_eq!(read_last(Some(&b"short"[..]), 1000).await, b"short");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use paracloud_manifest::Manifest;
-use paracloud_reconcile::{InstanceKey, InstanceState, Millis};
+use paracloud_reconcile::{InstanceKey, InstanceState, Millis, ProbeFailure};
 use serde::{Deserialize, Serialize};
 
 /// Service address slots per application (host part .2 to .15 of its subnet).
@@ -78,6 +78,9 @@ pub struct InstanceRecord {
     /// CPU in cores for this instance alone (`paracloud migrate --cpus`), over its service's.
     #[serde(default)]
     pub cpu: Option<f64>,
+    /// Why its health probes fail, while they do (the last reason stays once it has exited).
+    #[serde(default)]
+    pub health_failure: Option<ProbeFailure>,
 }
 
 impl InstanceRecord {

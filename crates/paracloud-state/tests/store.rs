@@ -105,6 +105,7 @@ fn instances_round_trip_and_slots_are_reused() {
         held: false,
         frozen: false,
         cpu: None,
+        health_failure: None,
     };
     assert_eq!(store.free_instance_slot("shop").unwrap(), 0);
     store.put_instance(&record(1, 0)).unwrap();
@@ -150,6 +151,15 @@ fn instances_round_trip_and_slots_are_reused() {
         .unwrap()
         .is_none());
     assert!(store.instance(&gone).unwrap().is_none(), "nothing made up");
+}
+
+#[test]
+fn an_instance_record_from_before_health_failures_still_reads() {
+    let older = r#"{"key":{"app":"shop","service":"web","index":1},"revision":0,
+        "state":{"state":"running","health":"unknown"},"restarts":0,"since":5,"started":5,
+        "pid":42,"start_time":7,"slot":0}"#;
+    let record: InstanceRecord = serde_json::from_str(older).unwrap();
+    assert_eq!(record.health_failure, None);
 }
 
 #[test]
