@@ -271,10 +271,13 @@ fn plan_service(
     }
 }
 
-/// Stopping, or stopped by the platform (scale-in, replacement, down): no longer counted.
+/// Stopping, or stopped by the platform (scale-in, replacement, down): no longer counted. An
+/// instance stopped for failing its health checks still counts: it is restarted in its place
+/// (by its restart policy, with backoff), as a liveness probe's container is, rather than
+/// replaced by a new one beside it, which its own restart would then make one too many.
 fn planned_out(state: &InstanceState) -> bool {
     match state {
-        InstanceState::Stopping { .. } => true,
+        InstanceState::Stopping { reason } => *reason != StopReason::Unhealthy,
         InstanceState::Exited { exit } => matches!(
             exit.requested,
             Some(StopReason::Replace | StopReason::ScaleIn | StopReason::Down)

@@ -561,3 +561,39 @@ fn after_a_daemon_start_every_running_instance_gets_its_cpu_written_without_a_re
         "unlimited, written once; the exited instance has no cgroup to write"
     );
 }
+
+#[test]
+fn regression_an_instance_stopped_as_unhealthy_is_restarted_in_place_not_doubled() {
+    // It counted as gone while it stopped: a second instance was started beside it, then its
+    // own restart made one too many and the second was stopped again, every cycle.
+    let desired = desired(app(vec![service("web", 1)]));
+    let mut observed = Observed {
+        networks: ["shop".to_string()].into(),
+        instances: vec![ObservedInstance {
+            key: InstanceKey::new("shop", "web", 1),
+            revision: 0,
+            state: InstanceState::Stopping {
+                reason: StopReason::Unhealthy,
+            },
+            restarts: 0,
+            since: 0,
+            cpu: None,
+        }],
+        ..Default::default()
+    };
+    assert!(plan(&desired, &observed, 0).actions.is_empty());
+    observed.instances[0].state = InstanceState::Exited {
+        exit: ExitInfo {
+            requested: Some(StopReason::Unhealthy),
+            ..ExitInfo::default()
+        },
+    };
+    let restarted = plan(&desired, &observed, 1_000);
+    assert_eq!(
+        restarted.actions,
+        [Action::Start {
+            key: InstanceKey::new("shop", "web", 1),
+            restart: true
+        }]
+    );
+}
