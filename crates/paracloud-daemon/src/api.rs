@@ -995,7 +995,7 @@ async fn run_capsule<D: Driver>(
     body: Result<Json<paracloud_api::CapsuleRunRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
-    let prepared = crate::capsules::prepare(&engine, &caller.who(), &request)?;
+    let prepared = crate::capsules::prepare(&engine, &caller.caller(), &caller.who(), &request)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(crate::capsules::execute(engine.clone(), prepared, tx));
     let stream = futures::stream::unfold(rx, |mut rx| async move {

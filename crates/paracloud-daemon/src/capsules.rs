@@ -169,6 +169,7 @@ impl Prepared {
 /// Resolves and checks a run, and records it (refusals included); nothing runs yet.
 pub fn prepare<D: Driver>(
     engine: &Engine<D>,
+    caller: &paracloud_command::Caller,
     who: &str,
     request: &paracloud_api::CapsuleRunRequest,
 ) -> Result<Prepared, CapsuleError> {
@@ -224,6 +225,15 @@ pub fn prepare<D: Driver>(
                 names.join(", ")
             ))
         })?;
+    // Whether the caller may run it at all (a viewer's token may not; an operator's may run
+    // capsules that only read), before anything about the instances is told.
+    let command = paracloud_command::Command::RunCapsule {
+        app: app.clone(),
+        capsule: capsule.spec.name.clone(),
+        writes: capsule.spec.access == Access::Write,
+    };
+    paracloud_command::authorize(caller, &command)
+        .map_err(|refusal| CapsuleError::Refused(refusal.message))?;
     let mut running = Vec::new();
     let mut matched = Vec::new();
     for instance in &snapshot.instances {
@@ -1044,8 +1054,11 @@ fn fire<D: Driver>(
         args: schedule.args.clone(),
         timeout_ms: schedule.timeout.map(|t| t.as_millis() as u64),
     };
-    let who = format!("schedule {name}");
-    match prepare(engine, &who, &request) {
+    let caller = paracloud_command::Caller::Schedule {
+        name: name.to_owned(),
+    };
+    let who = caller.describe();
+    match prepare(engine, &caller, &who, &request) {
         Ok(prepared) => {
             let (events, _) = mpsc::unbounded_channel();
             tokio::spawn(execute(engine.clone(), prepared, events));

@@ -73,6 +73,7 @@ pub async fn debug<D: Driver>(
     }
     let prepared = crate::capsules::prepare(
         &engine,
+        &caller.caller(),
         &caller.who(),
         &CapsuleRunRequest {
             capsule: DEBUG_CAPSULE.into(),
