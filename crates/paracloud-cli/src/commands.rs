@@ -16,6 +16,7 @@ use paracloud_api::{
     TrafficRequest, UpRequest, UpResponse,
 };
 use paracloud_manifest::{parse, FileSystem, Origin};
+use paracloud_reconcile::ExitInfo;
 
 use crate::cli::{Cli, Command, DaemonArgs, Global, ImageCommand, Output, SimArgs};
 use crate::output::{age, print, table};
@@ -502,7 +503,11 @@ async fn wait_ready(
                 .find(|i| i.restarts >= 3 && i.exit.is_some());
             if let Some(bad) = crash_looping {
                 let logs = instance_log_tail(client, app, &bad.instance).await;
-                let why = bad.exit.as_ref().map(describe_exit).unwrap_or_default();
+                let why = bad
+                    .exit
+                    .as_ref()
+                    .map(ExitInfo::describe)
+                    .unwrap_or_default();
                 bail!(
                     "service {} does not come up: {} {why} ({} restarts)\nlast lines of its output:\n{logs}\n(see `paracloud logs {}` and `paracloud describe {}`)",
                     service.name,
@@ -529,21 +534,6 @@ async fn wait_ready(
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// How an instance's last process ended, in words.
-fn describe_exit(exit: &paracloud_reconcile::ExitInfo) -> String {
-    if let Some(error) = &exit.error {
-        return format!("failed: {error}");
-    }
-    if exit.oom_killed {
-        return "was killed: out of memory (raise resources.memory)".to_string();
-    }
-    match (exit.code, exit.signal) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        (None, None) => "exited".to_string(),
     }
 }
 

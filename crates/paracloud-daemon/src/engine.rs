@@ -818,7 +818,7 @@ impl<D: Driver> Engine<D> {
                     }
                     Err(e) => info.error = Some(format!("its end could not be observed: {e}")),
                 }
-                message = describe_exit(&info);
+                message = info.describe();
                 record.restarts = restarts_after_exit(record.restarts, &info);
                 record.state = InstanceState::Exited { exit: info };
                 record.since = now;
@@ -1051,25 +1051,6 @@ pub fn describe_answer(what: &str, answer: &crate::paci::Answer, took: Duration)
         Answer::NoAnswer => {
             format!("{what}: no answer by its deadline ({ms} ms); the platform went on without it")
         }
-    }
-}
-
-fn describe_exit(info: &ExitInfo) -> String {
-    if info.oom_killed {
-        return "killed by the kernel: out of memory (memory limit reached)".into();
-    }
-    if let Some(e) = &info.error {
-        return format!("exited: {e}");
-    }
-    match (info.code, info.signal) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => {
-            let name = Signal::try_from(signal)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| signal.to_string());
-            format!("killed by {name}")
-        }
-        (None, None) => "exited".into(),
     }
 }
 
