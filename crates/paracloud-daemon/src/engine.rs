@@ -996,7 +996,7 @@ impl<D: Driver> Engine<D> {
         let name = key.name();
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if let Ok(snapshot) = client.get::<paracloud_dataplane::Snapshot>("/stats").await {
+            if let Ok(snapshot) = client.call(&paracloud_dataplane::routes::GetStats).await {
                 let routed = snapshot
                     .listeners
                     .iter()

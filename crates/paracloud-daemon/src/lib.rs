@@ -3,6 +3,7 @@
 
 pub mod addressing;
 pub mod api;
+pub mod api_error;
 pub mod autoscale;
 pub mod build;
 pub mod capsules;
@@ -19,6 +20,7 @@ pub mod logs;
 pub mod migrate;
 pub mod observation;
 pub mod paci;
+pub mod peer;
 pub mod routes;
 pub mod views;
 
@@ -116,7 +118,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
     };
     let served = axum::serve(
         listener,
-        api::router(engine.clone()).into_make_service_with_connect_info::<api::Peer>(),
+        api::router(engine.clone()).into_make_service_with_connect_info::<peer::Peer>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;
