@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use ipnet::Ipv4Net;
-use paracloud_api::{AppView, Client, Event};
+use paracloud_api::{Client, Event, GetApp, ListEvents};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -286,7 +286,7 @@ pub fn run(opts: &LiveOptions, paracloud: &Path, scratch: &Path) -> Result<LiveR
         .build()?;
     let client = Client::new(root.join(paracloud_api::SOCKET_NAME));
     let report = runtime.block_on(async {
-        let view: AppView = client.get(&format!("/v1/apps/{APP}")).await?;
+        let view = client.call(&GetApp { app: APP.into() }).await?;
         platform.bridge = Some(view.bridge.clone()).filter(|b| !b.is_empty());
         let services: Vec<String> = view.services.iter().map(|s| s.name.clone()).collect();
         let last_event = events(&client, 0).await?.last().map_or(0, |e| e.id);
@@ -313,9 +313,12 @@ pub fn run(opts: &LiveOptions, paracloud: &Path, scratch: &Path) -> Result<LiveR
 
 /// Events of the shop after event `after`, oldest first.
 async fn events(client: &Client, after: i64) -> Result<Vec<Event>> {
-    Ok(client
-        .get(&format!("/v1/events?app={APP}&after={after}&limit=1000000"))
-        .await?)
+    let route = ListEvents {
+        app: Some(APP.into()),
+        after: Some(after),
+        limit: Some(1_000_000),
+    };
+    Ok(client.call(&route).await?)
 }
 
 /// The shop's instances and CPU, once a second from `start` until told to stop.
@@ -334,7 +337,7 @@ async fn sample(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return samples,
         }
-        let Ok(view) = client.get::<AppView>(&format!("/v1/apps/{APP}")).await else {
+        let Ok(view) = client.call(&GetApp { app: APP.into() }).await else {
             // A missed sample repeats the previous one: the platform did not change by itself.
             let previous = samples.last().cloned().unwrap_or_default();
             samples.push(previous);

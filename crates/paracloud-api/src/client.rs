@@ -1,13 +1,12 @@
-//! A client of the daemon's API over its Unix socket, one connection per request.
+//! A client of the daemon's API over its Unix socket, one connection per request: it sends
+//! [`Route`]s and turns refusals into [`ClientError`]s.
 
 use std::path::{Path, PathBuf};
 
 use hyper::body::Incoming;
-use hyper::{Method, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use paracloud_unix_http::{to_json, UnixHttp};
+use hyper::StatusCode;
+use paracloud_unix_http::{JsonLines, Route, UnixHttp, Upgraded};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::ErrorBody;
 
@@ -62,53 +61,37 @@ impl Client {
         self.http.socket()
     }
 
-    /// Sends a request and returns the raw response (for streams).
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Response<Incoming>, ClientError> {
-        Ok(self.http.send(method, path, body).await?)
+    /// Sends `route`'s request and reads its JSON answer.
+    pub async fn call<R: Route>(&self, route: &R) -> Result<R::Answer, ClientError>
+    where
+        R::Answer: DeserializeOwned,
+    {
+        Ok(self.http.call(route).await?)
     }
 
-    /// Sends a GET that asks to switch the connection to `protocol` (`Upgrade:`); returns the
-    /// raw connection and the 101 answer's headers.
-    pub async fn upgrade(
+    /// Sends `route`'s request and reads its answer, a stream of JSON lines, one at a time.
+    pub async fn lines<R, T>(&self, route: &R) -> Result<JsonLines<T>, ClientError>
+    where
+        R: Route<Answer = JsonLines<T>>,
+        T: DeserializeOwned,
+    {
+        Ok(self.http.lines(route).await?)
+    }
+
+    /// Sends `route`'s request and returns its answer's body as it comes (text, a file).
+    pub async fn stream<R: Route<Answer = Incoming>>(
         &self,
-        path: &str,
+        route: &R,
+    ) -> Result<Incoming, ClientError> {
+        Ok(self.http.stream(route).await?)
+    }
+
+    /// Sends `route`'s request asking to switch the connection to `protocol` (`Upgrade:`).
+    pub async fn switch<R: Route<Answer = Upgraded>>(
+        &self,
+        route: &R,
         protocol: &str,
-    ) -> Result<(TokioIo<hyper::upgrade::Upgraded>, hyper::HeaderMap), ClientError> {
-        Ok(self.http.upgrade(path, protocol).await?)
-    }
-
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        Ok(self.http.json(Method::GET, path, None).await?)
-    }
-
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        Ok(self.http.json(Method::DELETE, path, None).await?)
-    }
-
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
-        Ok(self
-            .http
-            .json(Method::POST, path, Some(to_json(body)?))
-            .await?)
-    }
-
-    pub async fn put<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
-        Ok(self
-            .http
-            .json(Method::PUT, path, Some(to_json(body)?))
-            .await?)
+    ) -> Result<Upgraded, ClientError> {
+        Ok(self.http.switch(route, protocol).await?)
     }
 }

@@ -1,48 +1,70 @@
 //! The daemon's HTTP/JSON API: the types on the wire, and a client over the daemon's Unix socket.
 //!
-//! Routes (all under `/v1`, JSON bodies; errors are [`ErrorBody`] with a 4xx or 5xx status):
+//! Routes (all under `/v1`, JSON bodies; errors are [`ErrorBody`] with a 4xx or 5xx status). Each
+//! is a type of [`routes`], the one place a route's path is written: the daemon's router
+//! registers its handlers at them and the [`Client`] sends them ([`Client::call`] for JSON
+//! answers, [`Client::lines`] for JSON-line streams, [`Client::stream`] for bytes,
+//! [`Client::switch`] for the debug session's upgrade).
 //!
-//! | method and path | body | answer |
-//! |---|---|---|
-//! | `GET /v1/health` | | [`Health`] |
-//! | `POST /v1/apps` | [`UpRequest`] | [`UpResponse`] |
-//! | `GET /v1/apps` | | `[AppView]` |
-//! | `GET /v1/apps/{app}` | | [`AppView`] |
-//! | `DELETE /v1/apps/{app}?volumes=true` | | [`AppView`] |
-//! | `GET /v1/instances?app=APP` | | `[InstanceView]` |
-//! | `GET /v1/apps/{app}/services/{service}` | | [`ServiceView`] |
-//! | `PUT /v1/apps/{app}/services/{service}/replicas` | [`ScaleRequest`] | [`ServiceView`] |
-//! | `PUT /v1/apps/{app}/services/{service}/cpu` | [`CpuRequest`] | [`ServiceView`] |
-//! | `POST /v1/apps/{app}/services/{service}/restart` | | [`ServiceView`] |
-//! | `PUT /v1/apps/{app}/services/{service}/traffic` | [`TrafficRequest`] | [`ServiceView`] |
-//! | `GET /v1/apps/{app}/logs?target=web&tail=100&follow=true` | | text, streamed when following |
-//! | `POST /v1/apps/{app}/instances/{instance}/migrate` | [`MigrateRequest`] | [`MigrateResponse`], once the move is complete |
-//! | `GET /v1/events?app=APP&after=ID` | | `[Event]` |
-//! | `GET /v1/stats?app=APP` | | the data plane's live figures (`paracloud_dataplane::Snapshot`) |
-//! | `GET /v1/images` | | `[ImageView]` |
-//! | `GET /v1/images/inspect?name=NAME` | | [`ImageDetail`] |
-//! | `DELETE /v1/images?name=NAME` | | [`RemovedImages`] |
-//! | `POST /v1/images/prune` | | [`PruneView`] |
-//! | `POST /v1/images/micro` | [`MicroImageRequest`] | [`BuiltImage`] |
-//! | `POST /v1/images/import` | [`ImportRequest`] | `[ImageRef]` |
-//! | `POST /v1/images/export` | [`ExportRequest`] | `[ImageRef]` |
-//! | `POST /v1/images/build` | [`BuildRequest`] | [`BuildResponse`] |
-//! | `POST /v1/images/pull` | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
-//! | `POST /v1/images/push` | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
-//! | `GET /v1/capsules` | | `[CapsuleView]` |
-//! | `POST /v1/capsules/run` | [`CapsuleRunRequest`] | a stream of [`CapsuleRunEvent`], one JSON per line |
-//! | `GET /v1/capsules/runs/{run}/files/{instance}/{name}` | | the file's bytes |
-//! | `GET /v1/capsules/history?app=APP&limit=N` | | `[CapsuleRunView]` |
-//! | `GET /v1/capsules/debug?app=APP&instance=web.1&command=JSON` with `Upgrade: paracloud-tty` | | 101, then the terminal's bytes both ways |
+//! | method and path | route | body | answer |
+//! |---|---|---|---|
+//! | `GET /v1/health` | [`GetHealth`] | | [`Health`] |
+//! | `POST /v1/apps` | [`Up`] | [`UpRequest`] | [`UpResponse`] |
+//! | `GET /v1/apps` | [`ListApps`] | | `[AppView]` |
+//! | `GET /v1/apps/{app}` | [`GetApp`] | | [`AppView`] |
+//! | `DELETE /v1/apps/{app}?volumes=true` | [`Down`] | | [`AppView`] |
+//! | `GET /v1/instances?app=APP` | [`ListInstances`] | | `[InstanceView]` |
+//! | `GET /v1/apps/{app}/services/{service}` | [`GetService`] | | [`ServiceView`] |
+//! | `PUT /v1/apps/{app}/services/{service}/replicas` | [`Scale`] | [`ScaleRequest`] | [`ServiceView`] |
+//! | `PUT /v1/apps/{app}/services/{service}/cpu` | [`SetCpu`] | [`CpuRequest`] | [`ServiceView`] |
+//! | `POST /v1/apps/{app}/services/{service}/restart` | [`Restart`] | | [`ServiceView`] |
+//! | `PUT /v1/apps/{app}/services/{service}/traffic` | [`SetTraffic`] | [`TrafficRequest`] | [`ServiceView`] |
+//! | `GET /v1/apps/{app}/logs?target=web&tail=100&follow=true` | [`Logs`] | | text, streamed when following |
+//! | `POST /v1/apps/{app}/instances/{instance}/migrate` | [`Migrate`] | [`MigrateRequest`] | [`MigrateResponse`], once the move is complete |
+//! | `GET /v1/events?app=APP&after=ID&limit=N` | [`ListEvents`] | | `[Event]` |
+//! | `GET /v1/stats?app=APP` | [`GetStats`] | | the data plane's live figures (`paracloud_dataplane::Snapshot`) |
+//! | `GET /v1/images` | [`ListImages`] | | `[ImageView]` |
+//! | `GET /v1/images/inspect?name=NAME` | [`InspectImage`] | | [`ImageDetail`] |
+//! | `DELETE /v1/images?name=NAME` | [`RemoveImage`] | | [`RemovedImages`] |
+//! | `POST /v1/images/prune` | [`PruneImages`] | | [`PruneView`] |
+//! | `POST /v1/images/micro` | [`BuildMicroImage`] | [`MicroImageRequest`] | [`BuiltImage`] |
+//! | `POST /v1/images/import` | [`ImportImages`] | [`ImportRequest`] | `[ImageRef]` |
+//! | `POST /v1/images/export` | [`ExportImages`] | [`ExportRequest`] | `[ImageRef]` |
+//! | `POST /v1/images/build` | [`BuildImage`] | [`BuildRequest`] | [`BuildResponse`] |
+//! | `POST /v1/images/pull` | [`PullImage`] | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
+//! | `POST /v1/images/push` | [`PushImage`] | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
+//! | `GET /v1/capsules?app=APP` | [`ListCapsules`] | | `[CapsuleView]` |
+//! | `POST /v1/capsules/run` | [`RunCapsule`] | [`CapsuleRunRequest`] | a stream of [`CapsuleRunEvent`], one JSON per line |
+//! | `GET /v1/capsules/runs/{run}/files/{instance}/{name}` | [`GetCapsuleFile`] | | the file's bytes |
+//! | `GET /v1/capsules/history?app=APP&limit=N` | [`CapsuleHistory`] | | `[CapsuleRunView]` |
+//! | `GET /v1/capsules/debug?app=APP&instance=web.1&command=JSON` with `Upgrade: paracloud-tty` | [`DebugSession`] | | 101, then the terminal's bytes both ways |
+//! | `POST /v1/capsules/runs/{run}/resize` | [`ResizeTerminal`] | [`TerminalSize`] | 204, no body |
 
 mod client;
+pub mod routes;
 
 use std::path::PathBuf;
 
 pub use client::{Client, ClientError};
 use paracloud_manifest::{Diagnostic, Service};
 use paracloud_reconcile::{ExitInfo, ProbeFailure};
+pub use paracloud_unix_http::{JsonLines, Route, Upgraded};
+pub use routes::*;
 use serde::{Deserialize, Serialize};
+
+/// The machine's own filesystem, for the manifest's path checks: the CLI checks a manifest
+/// with it before sending it, and the daemon again when it arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFs;
+
+impl paracloud_manifest::FileSystem for HostFs {
+    fn exists(&self, path: &std::path::Path) -> bool {
+        path.exists()
+    }
+    fn is_dir(&self, path: &std::path::Path) -> bool {
+        path.is_dir()
+    }
+}
 
 /// The name of the API socket inside the state root.
 pub const SOCKET_NAME: &str = "paracloud.sock";
@@ -487,4 +509,115 @@ pub const DEBUG_UPGRADE: &str = "paracloud-tty";
 pub struct TerminalSize {
     pub rows: u16,
     pub cols: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `METHOD PATH` of a route, as the table at the top of this file starts its row.
+    fn row<R: Route>() -> String {
+        format!("//! | `{} {}", R::METHOD, R::PATH)
+    }
+
+    #[test]
+    fn the_route_table_lists_every_route_once() {
+        let rows = [
+            row::<GetHealth>(),
+            row::<Up>(),
+            row::<ListApps>(),
+            row::<GetApp>(),
+            row::<Down>(),
+            row::<ListInstances>(),
+            row::<GetService>(),
+            row::<Scale>(),
+            row::<SetCpu>(),
+            row::<Restart>(),
+            row::<SetTraffic>(),
+            row::<Logs>(),
+            row::<Migrate>(),
+            row::<ListEvents>(),
+            row::<GetStats>(),
+            row::<ListImages>(),
+            row::<InspectImage>(),
+            row::<RemoveImage>(),
+            row::<PruneImages>(),
+            row::<BuildMicroImage>(),
+            row::<ImportImages>(),
+            row::<ExportImages>(),
+            row::<BuildImage>(),
+            row::<PullImage>(),
+            row::<PushImage>(),
+            row::<ListCapsules>(),
+            row::<RunCapsule>(),
+            row::<GetCapsuleFile>(),
+            row::<CapsuleHistory>(),
+            row::<DebugSession>(),
+            row::<ResizeTerminal>(),
+        ];
+        let table: Vec<&str> = include_str!("lib.rs")
+            .lines()
+            .filter(|l| l.starts_with("//! | `"))
+            .collect();
+        assert_eq!(table.len(), rows.len(), "a row per route, no more");
+        for row in &rows {
+            let found = table.iter().any(|line| {
+                line.strip_prefix(row.as_str())
+                    .is_some_and(|rest| rest.starts_with(['`', '?']))
+            });
+            assert!(found, "no row for {row}");
+        }
+    }
+
+    #[test]
+    fn routes_fill_their_paths_and_queries() {
+        let scale = Scale {
+            app: "shop".into(),
+            service: "api@canary".into(),
+            body: ScaleRequest { replicas: 2 },
+        };
+        assert_eq!(
+            scale.target(),
+            "/v1/apps/shop/services/api%40canary/replicas"
+        );
+        let down = Down {
+            app: "shop".into(),
+            volumes: false,
+        };
+        assert_eq!(down.target(), "/v1/apps/shop?volumes=false");
+        assert_eq!(
+            ListInstances { app: None }.target(),
+            "/v1/instances",
+            "no query without a value"
+        );
+        let file = GetCapsuleFile {
+            run: 7,
+            instance: "web.1".into(),
+            name: "heap dump.txt".into(),
+        };
+        assert_eq!(
+            file.target(),
+            "/v1/capsules/runs/7/files/web.1/heap%20dump.txt"
+        );
+        let debug = DebugSession {
+            instance: "web.1".into(),
+            app: Some("shop".into()),
+            command: vec!["ps".into(), "aux".into()],
+            size: Some(TerminalSize {
+                rows: 40,
+                cols: 100,
+            }),
+        };
+        assert_eq!(
+            debug.target(),
+            "/v1/capsules/debug?instance=web.1&app=shop&command=%5B%22ps%22%2C%22aux%22%5D&rows=40&cols=100"
+        );
+        let image = InspectImage {
+            name: "127.0.0.1:5000/web:1".into(),
+        };
+        assert_eq!(
+            image.target(),
+            "/v1/images/inspect?name=127.0.0.1%3A5000%2Fweb%3A1"
+        );
+    }
 }

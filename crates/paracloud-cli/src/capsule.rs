@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use http_body_util::BodyExt;
-use paracloud_api::{CapsuleRunEvent, CapsuleRunRequest, CapsuleRunView, CapsuleView};
-use paracloud_unix_http::JsonLines;
+use paracloud_api::{
+    CapsuleHistory, CapsuleRunEvent, CapsuleRunRequest, CapsuleRunView, DebugSession,
+    GetCapsuleFile, ListCapsules, ResizeTerminal, RunCapsule, TerminalSize,
+};
 
 use crate::cli::{CapsuleCommand, Global, Output};
-use crate::commands::{client, explain, format_time};
-use crate::output::{print, table};
+use crate::client::{client, explain};
+use crate::output::{format_time, print, table};
 
 pub async fn command(global: &Global, command: CapsuleCommand) -> Result<()> {
     match command {
@@ -35,11 +37,10 @@ pub async fn command(global: &Global, command: CapsuleCommand) -> Result<()> {
 }
 
 async fn ls(global: &Global) -> Result<()> {
-    let path = match &global.app {
-        Some(app) => format!("/v1/capsules?app={app}"),
-        None => "/v1/capsules".into(),
+    let route = ListCapsules {
+        app: global.app.clone(),
     };
-    let capsules: Vec<CapsuleView> = client(global).get(&path).await.map_err(explain)?;
+    let capsules = client(global).call(&route).await.map_err(explain)?;
     print(global.output, &capsules, |capsules| {
         let rows: Vec<Vec<String>> = capsules
             .iter()
@@ -102,15 +103,7 @@ async fn run(
         timeout_ms,
     };
     let client = client(global);
-    let response = client
-        .send(
-            hyper::Method::POST,
-            "/v1/capsules/run",
-            Some(serde_json::to_vec(&request)?),
-        )
-        .await
-        .map_err(explain)?;
-    let mut events = JsonLines::<CapsuleRunEvent>::new(response);
+    let mut events = client.lines(&RunCapsule(request)).await.map_err(explain)?;
     let mut targets = 0usize;
     let mut run_id = 0;
     let mut code = 0;
@@ -197,17 +190,14 @@ async fn download(
     name: &str,
     path: &Path,
 ) -> Result<()> {
-    let response = client
-        .send(
-            hyper::Method::GET,
-            &format!("/v1/capsules/runs/{run}/files/{instance}/{name}"),
-            None,
-        )
-        .await
-        .map_err(explain)?;
+    let route = GetCapsuleFile {
+        run,
+        instance: instance.into(),
+        name: name.into(),
+    };
+    let mut body = client.stream(&route).await.map_err(explain)?;
     let mut file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             file.write_all(&data)
@@ -218,11 +208,11 @@ async fn download(
 }
 
 async fn history(global: &Global, limit: u32) -> Result<()> {
-    let mut path = format!("/v1/capsules/history?limit={limit}");
-    if let Some(app) = &global.app {
-        path.push_str(&format!("&app={app}"));
-    }
-    let runs: Vec<CapsuleRunView> = client(global).get(&path).await.map_err(explain)?;
+    let route = CapsuleHistory {
+        limit: Some(limit),
+        app: global.app.clone(),
+    };
+    let runs = client(global).call(&route).await.map_err(explain)?;
     print(global.output, &runs, |runs| {
         let rows: Vec<Vec<String>> = runs
             .iter()
@@ -303,29 +293,23 @@ fn terminal_size() -> Option<(u16, u16)> {
 /// `paracloud debug INSTANCE [-- COMMAND]`: relays this terminal (or stdin and stdout) to the
 /// debug capsule until it exits, then leaves with its exit code.
 pub async fn debug(global: &Global, instance: &str, command: &[String]) -> Result<()> {
-    let mut path = format!("/v1/capsules/debug?instance={}", encode(instance));
-    if let Some(app) = &global.app {
-        path.push_str(&format!("&app={}", encode(app)));
-    }
-    if !command.is_empty() {
-        path.push_str(&format!(
-            "&command={}",
-            encode(&serde_json::to_string(command)?)
-        ));
-    }
-    if let Some((rows, cols)) = terminal_size() {
-        path.push_str(&format!("&rows={rows}&cols={cols}"));
-    }
+    let route = DebugSession {
+        instance: instance.into(),
+        app: global.app.clone(),
+        command: command.to_vec(),
+        size: terminal_size().map(|(rows, cols)| TerminalSize { rows, cols }),
+    };
     let client = client(global);
-    let (connection, headers) = client
-        .upgrade(&path, paracloud_api::DEBUG_UPGRADE)
+    let upgraded = client
+        .switch(&route, paracloud_api::DEBUG_UPGRADE)
         .await
         .map_err(explain)?;
-    let run: Option<i64> = headers
+    let run: Option<i64> = upgraded
+        .headers
         .get("x-paracloud-run")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let (mut from_daemon, mut to_daemon) = tokio::io::split(connection);
+    let (mut from_daemon, mut to_daemon) = tokio::io::split(upgraded.io);
     let resizer = run
         .filter(|_| terminal_size().is_some())
         .map(|run| tokio::spawn(follow_window_size(client.clone(), run)));
@@ -356,10 +340,11 @@ async fn session_exit_code(client: &paracloud_api::Client, run: Option<i64>) -> 
     let Some(run) = run else {
         return Ok(0);
     };
-    let runs: Vec<CapsuleRunView> = client
-        .get("/v1/capsules/history?limit=200")
-        .await
-        .map_err(explain)?;
+    let route = CapsuleHistory {
+        limit: Some(200),
+        app: None,
+    };
+    let runs: Vec<CapsuleRunView> = client.call(&route).await.map_err(explain)?;
     let Some(record) = runs.iter().find(|r| r.id == run) else {
         return Ok(0);
     };
@@ -380,28 +365,14 @@ async fn follow_window_size(client: paracloud_api::Client, run: i64) {
     let Ok(mut changes) = signal(SignalKind::window_change()) else {
         return;
     };
-    let path = format!("/v1/capsules/runs/{run}/resize");
     while changes.recv().await.is_some() {
         let Some((rows, cols)) = terminal_size() else {
             continue;
         };
-        let size = paracloud_api::TerminalSize { rows, cols };
-        let Ok(body) = serde_json::to_vec(&size) else {
-            continue;
+        let route = ResizeTerminal {
+            run,
+            body: TerminalSize { rows, cols },
         };
-        let _ = client.send(hyper::Method::POST, &path, Some(body)).await;
+        let _ = client.call(&route).await;
     }
-}
-
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

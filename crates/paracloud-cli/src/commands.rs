@@ -10,15 +10,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
-use hyper::Method;
 use paracloud_api::{
-    AppView, Client, ClientError, CpuRequest, Event, InstanceView, ScaleRequest, ServiceView,
-    TrafficRequest, UpRequest, UpResponse,
+    AppView, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
+    ExportImages, GetApp, GetHealth, GetService, GetStats, HostFs, ImportImages, InspectImage,
+    JsonLines, ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages,
+    PullImage, PushImage, RemoveImage, Restart, Route, Scale, ScaleRequest, ServiceView, SetCpu,
+    SetTraffic, TrafficRequest, TransferEvent, Up, UpRequest,
 };
-use paracloud_manifest::{parse, FileSystem, Origin};
+use paracloud_manifest::{parse, Origin};
+use paracloud_reconcile::ExitInfo;
 
 use crate::cli::{Cli, Command, DaemonArgs, Global, ImageCommand, Output, SimArgs};
-use crate::output::{age, print, table};
+use crate::client::{client, explain};
+use crate::output::{age, format_time, print, table};
 
 pub fn run(cli: Cli) -> Result<()> {
     let Cli { global, command } = cli;
@@ -190,17 +194,6 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     Ok(std::env::current_dir()?.join(path))
 }
 
-struct HostFs;
-
-impl FileSystem for HostFs {
-    fn exists(&self, path: &Path) -> bool {
-        path.exists()
-    }
-    fn is_dir(&self, path: &Path) -> bool {
-        path.is_dir()
-    }
-}
-
 /// A manifest read and checked on the client side, so errors show before any daemon is involved.
 struct LoadedManifest {
     app: String,
@@ -235,10 +228,6 @@ fn load_manifest(file: &Path) -> Result<LoadedManifest> {
     })
 }
 
-pub(crate) fn client(global: &Global) -> Client {
-    Client::new(global.root.join(paracloud_api::SOCKET_NAME))
-}
-
 /// Which application a command is about: -a, else the manifest's, else ./paracloud.toml's, else
 /// the only one running.
 async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> Result<String> {
@@ -254,7 +243,7 @@ async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> R
             return Ok(m.app);
         }
     }
-    let apps: Vec<AppView> = client.get("/v1/apps").await.map_err(explain)?;
+    let apps = client.call(&ListApps).await.map_err(explain)?;
     match apps.as_slice() {
         [only] => Ok(only.name.clone()),
         [] => bail!(
@@ -271,26 +260,10 @@ async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> R
     }
 }
 
-/// Turns a client error into a message that says what to do.
-pub(crate) fn explain(e: ClientError) -> anyhow::Error {
-    match e {
-        ClientError::Unreachable { path, .. } => anyhow!(
-            "no paracloud daemon runs for this root (socket {}): start one with `paracloud up` or `paracloud daemon`",
-            path.display()
-        ),
-        ClientError::Api { body, .. } if !body.diagnostics.is_empty() => anyhow!("{}", body.error),
-        other => anyhow!(other),
-    }
-}
-
 /// Connects to the daemon of this root, starting one in the background when none answers.
 async fn ensure_daemon(global: &Global) -> Result<Client> {
     let client = client(global);
-    if client
-        .get::<paracloud_api::Health>("/v1/health")
-        .await
-        .is_ok()
-    {
+    if client.call(&GetHealth).await.is_ok() {
         return Ok(client);
     }
     let root = absolute(&global.root)?;
@@ -327,11 +300,7 @@ async fn ensure_daemon(global: &Global) -> Result<Client> {
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if client
-            .get::<paracloud_api::Health>("/v1/health")
-            .await
-            .is_ok()
-        {
+        if client.call(&GetHealth).await.is_ok() {
             return Ok(client);
         }
         if let Some(status) = child.try_wait()? {
@@ -407,10 +376,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
 async fn up(global: &Global, file: &Path, detach: bool, timeout: Duration) -> Result<()> {
     let manifest = load_manifest(file)?;
     let client = ensure_daemon(global).await?;
-    let response: UpResponse = client
-        .post("/v1/apps", &manifest.request)
-        .await
-        .map_err(explain)?;
+    let response = client.call(&Up(manifest.request)).await.map_err(explain)?;
     if !response.changed.is_empty() {
         eprintln!(
             "changed: {} (instances are replaced one by one)",
@@ -422,8 +388,10 @@ async fn up(global: &Global, file: &Path, detach: bool, timeout: Duration) -> Re
         return Ok(());
     }
     wait_ready(&client, &response.app, None, timeout).await?;
-    let app: AppView = client
-        .get(&format!("/v1/apps/{}", response.app))
+    let app = client
+        .call(&GetApp {
+            app: response.app.clone(),
+        })
         .await
         .map_err(explain)?;
     wait_published(&app, timeout).await?;
@@ -478,8 +446,8 @@ async fn wait_ready(
     let deadline = Instant::now() + timeout;
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     loop {
-        let view: AppView = client
-            .get(&format!("/v1/apps/{app}"))
+        let view = client
+            .call(&GetApp { app: app.into() })
             .await
             .map_err(explain)?;
         let services: Vec<&ServiceView> = view
@@ -505,7 +473,11 @@ async fn wait_ready(
                 .find(|i| i.restarts >= 3 && i.exit.is_some());
             if let Some(bad) = crash_looping {
                 let logs = instance_log_tail(client, app, &bad.instance).await;
-                let why = bad.exit.as_ref().map(describe_exit).unwrap_or_default();
+                let why = bad
+                    .exit
+                    .as_ref()
+                    .map(ExitInfo::describe)
+                    .unwrap_or_default();
                 bail!(
                     "service {} does not come up: {} {why} ({} restarts)\nlast lines of its output:\n{logs}\n(see `paracloud logs {}` and `paracloud describe {}`)",
                     service.name,
@@ -548,7 +520,7 @@ fn not_ready(service: &ServiceView) -> Vec<String> {
         .map(|i| {
             let why = match (&i.health_failure, &i.exit) {
                 (Some(failure), _) => failure.to_string(),
-                (None, Some(exit)) => describe_exit(exit),
+                (None, Some(exit)) => exit.describe(),
                 (None, None) => i.state.clone(),
             };
             format!("{}: {why}", i.instance)
@@ -556,25 +528,15 @@ fn not_ready(service: &ServiceView) -> Vec<String> {
         .collect()
 }
 
-/// How an instance's last process ended, in words.
-fn describe_exit(exit: &paracloud_reconcile::ExitInfo) -> String {
-    if let Some(error) = &exit.error {
-        return format!("failed: {error}");
-    }
-    if exit.oom_killed {
-        return "was killed: out of memory (raise resources.memory)".to_string();
-    }
-    match (exit.code, exit.signal) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        (None, None) => "exited".to_string(),
-    }
-}
-
 async fn instance_log_tail(client: &Client, app: &str, instance: &str) -> String {
-    let path = format!("/v1/apps/{app}/logs?target={instance}&tail=10");
-    match client.send(Method::GET, &path, None).await {
-        Ok(response) => match response.into_body().collect().await {
+    let logs = Logs {
+        app: app.into(),
+        target: Some(instance.into()),
+        tail: Some(10),
+        follow: false,
+    };
+    match client.stream(&logs).await {
+        Ok(body) => match body.collect().await {
             Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
             Err(e) => format!("(cannot read: {e})"),
         },
@@ -585,15 +547,18 @@ async fn instance_log_tail(client: &Client, app: &str, instance: &str) -> String
 async fn down(global: &Global, file: Option<&Path>, volumes: bool) -> Result<()> {
     let client = client(global);
     let app = resolve_app(global, &client, file).await?;
-    let view: AppView = client
-        .delete(&format!("/v1/apps/{app}?volumes={volumes}"))
+    let view = client
+        .call(&Down {
+            app: app.clone(),
+            volumes,
+        })
         .await
         .map_err(explain)?;
     let count: usize = view.services.iter().map(|s| s.instances.len()).sum();
     eprintln!("stopping {count} instances of {app}");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        match client.get::<AppView>(&format!("/v1/apps/{app}")).await {
+        match client.call(&GetApp { app: app.clone() }).await {
             Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => break,
             Err(e) => return Err(explain(e)),
             Ok(_) if Instant::now() > deadline => {
@@ -615,17 +580,17 @@ async fn down(global: &Global, file: Option<&Path>, volumes: bool) -> Result<()>
 
 async fn ps(global: &Global, file: Option<&Path>, all_apps: bool) -> Result<()> {
     let client = client(global);
-    let path = if all_apps {
-        "/v1/instances".to_string()
+    let app = if all_apps {
+        None
     } else {
         match resolve_app(global, &client, file).await {
-            Ok(app) => format!("/v1/instances?app={app}"),
+            Ok(app) => Some(app),
             // Nothing runs: an empty list, as docker ps shows.
-            Err(_) if global.app.is_none() && file.is_none() => "/v1/instances".to_string(),
+            Err(_) if global.app.is_none() && file.is_none() => None,
             Err(e) => return Err(e),
         }
     };
-    let instances: Vec<InstanceView> = client.get(&path).await.map_err(explain)?;
+    let instances = client.call(&ListInstances { app }).await.map_err(explain)?;
     print(global.output, &instances, |instances| {
         let rows: Vec<Vec<String>> = instances
             .iter()
@@ -654,15 +619,13 @@ async fn ps(global: &Global, file: Option<&Path>, all_apps: bool) -> Result<()> 
 async fn logs(global: &Global, target: Option<String>, follow: bool, tail: usize) -> Result<()> {
     let client = client(global);
     let app = resolve_app(global, &client, None).await?;
-    let mut path = format!("/v1/apps/{app}/logs?tail={tail}&follow={follow}");
-    if let Some(target) = &target {
-        path.push_str(&format!("&target={target}"));
-    }
-    let response = client
-        .send(Method::GET, &path, None)
-        .await
-        .map_err(explain)?;
-    let mut body = response.into_body();
+    let logs = Logs {
+        app,
+        target,
+        tail: Some(tail),
+        follow,
+    };
+    let mut body = client.stream(&logs).await.map_err(explain)?;
     let mut stdout = std::io::stdout();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
@@ -731,24 +694,22 @@ async fn scale(global: &Global, specs: &[String], cpu: Option<&str>, detach: boo
     let app = resolve_app(global, &client, None).await?;
     for (service, replicas) in &pairs {
         if let Some(cpu) = cpu {
-            let _: ServiceView = client
-                .put(
-                    &format!("/v1/apps/{app}/services/{service}/cpu"),
-                    &CpuRequest { cpu },
-                )
-                .await
-                .map_err(explain)?;
+            let route = SetCpu {
+                app: app.clone(),
+                service: service.clone(),
+                body: CpuRequest { cpu },
+            };
+            client.call(&route).await.map_err(explain)?;
         }
         if let Some(replicas) = replicas {
-            let _: ServiceView = client
-                .put(
-                    &format!("/v1/apps/{app}/services/{service}/replicas"),
-                    &ScaleRequest {
-                        replicas: *replicas,
-                    },
-                )
-                .await
-                .map_err(explain)?;
+            let route = Scale {
+                app: app.clone(),
+                service: service.clone(),
+                body: ScaleRequest {
+                    replicas: *replicas,
+                },
+            };
+            client.call(&route).await.map_err(explain)?;
         }
     }
     if !detach {
@@ -787,14 +748,19 @@ async fn traffic(global: &Global, service: &str, shares: &[String]) -> Result<()
         .collect::<Result<BTreeMap<_, _>>>()?;
     let client = client(global);
     let app = resolve_app(global, &client, None).await?;
-    let path = format!("/v1/apps/{app}/services/{service}");
-    let view: ServiceView = if weights.is_empty() {
-        client.get(&path).await.map_err(explain)?
+    let view = if weights.is_empty() {
+        let route = GetService {
+            app,
+            service: service.into(),
+        };
+        client.call(&route).await.map_err(explain)?
     } else {
-        client
-            .put(&format!("{path}/traffic"), &TrafficRequest { weights })
-            .await
-            .map_err(explain)?
+        let route = SetTraffic {
+            app,
+            service: service.into(),
+            body: TrafficRequest { weights },
+        };
+        client.call(&route).await.map_err(explain)?
     };
     print(global.output, &view.traffic, |traffic| {
         if traffic.is_empty() {
@@ -822,8 +788,8 @@ async fn restart(global: &Global, services: Vec<String>) -> Result<()> {
     let client = client(global);
     let app = resolve_app(global, &client, None).await?;
     let services = if services.is_empty() {
-        let view: AppView = client
-            .get(&format!("/v1/apps/{app}"))
+        let view = client
+            .call(&GetApp { app: app.clone() })
             .await
             .map_err(explain)?;
         view.services.into_iter().map(|s| s.name).collect()
@@ -831,10 +797,11 @@ async fn restart(global: &Global, services: Vec<String>) -> Result<()> {
         services
     };
     for service in &services {
-        let _: ServiceView = client
-            .post(&format!("/v1/apps/{app}/services/{service}/restart"), &())
-            .await
-            .map_err(explain)?;
+        let route = Restart {
+            app: app.clone(),
+            service: service.clone(),
+        };
+        client.call(&route).await.map_err(explain)?;
     }
     wait_ready(&client, &app, Some(&services), Duration::from_secs(120)).await?;
     eprintln!("restarted {}", services.join(", "));
@@ -862,13 +829,12 @@ async fn migrate(
         revision,
         cpus,
     };
-    let done: paracloud_api::MigrateResponse = client
-        .post(
-            &format!("/v1/apps/{app}/instances/{instance}/migrate"),
-            &request,
-        )
-        .await
-        .map_err(explain)?;
+    let route = Migrate {
+        app,
+        instance: instance.into(),
+        body: request,
+    };
+    let done = client.call(&route).await.map_err(explain)?;
     if global.output == Output::Table {
         let handover = match (done.handover_ms, done.state_bytes) {
             (Some(ms), Some(bytes)) => format!(" (state of {bytes} bytes handed over in {ms} ms)"),
@@ -887,12 +853,19 @@ async fn migrate(
 async fn describe(global: &Global, service: &str) -> Result<()> {
     let client = client(global);
     let app = resolve_app(global, &client, None).await?;
-    let view: ServiceView = client
-        .get(&format!("/v1/apps/{app}/services/{service}"))
+    let view = client
+        .call(&GetService {
+            app: app.clone(),
+            service: service.into(),
+        })
         .await
         .map_err(explain)?;
-    let events: Vec<Event> = client
-        .get(&format!("/v1/events?app={app}&limit=500"))
+    let events = client
+        .call(&ListEvents {
+            app: Some(app),
+            after: None,
+            limit: Some(500),
+        })
         .await
         .map_err(explain)?;
     print(global.output, &view, |v| {
@@ -1019,20 +992,17 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
     })
 }
 
-pub(crate) fn format_time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 async fn events(global: &Global, follow: bool) -> Result<()> {
     let client = client(global);
     let app = global.app.clone();
     let mut after = 0i64;
     loop {
-        let mut path = format!("/v1/events?after={after}&limit=1000");
-        if let Some(app) = &app {
-            path.push_str(&format!("&app={app}"));
-        }
-        let events: Vec<Event> = client.get(&path).await.map_err(explain)?;
+        let route = ListEvents {
+            app: app.clone(),
+            after: Some(after),
+            limit: Some(1000),
+        };
+        let events = client.call(&route).await.map_err(explain)?;
         if global.output == Output::Table {
             for e in &events {
                 println!(
@@ -1094,12 +1064,9 @@ fn top_row(
 async fn top(global: &Global, once: bool) -> Result<()> {
     let client = client(global);
     let app = resolve_app(global, &client, None).await.ok();
-    let path = match &app {
-        Some(app) => format!("/v1/stats?app={app}"),
-        None => "/v1/stats".to_string(),
-    };
+    let route = GetStats { app };
     loop {
-        let snapshot: paracloud_dataplane::Snapshot = client.get(&path).await.map_err(explain)?;
+        let snapshot = client.call(&route).await.map_err(explain)?;
         if !once && global.output == Output::Table {
             // Clear the screen and go home, as top does.
             print!("\x1b[2J\x1b[H");
@@ -1173,17 +1140,11 @@ fn password(auth: &crate::cli::RegistryAuth) -> Result<Option<String>> {
 async fn transfer(
     global: &Global,
     client: &Client,
-    path: &str,
-    request: &paracloud_api::TransferRequest,
+    route: &impl Route<Answer = JsonLines<TransferEvent>>,
 ) -> Result<()> {
-    use paracloud_api::TransferEvent;
     use std::io::IsTerminal;
 
-    let body = serde_json::to_vec(request)?;
-    let response = client
-        .send(hyper::Method::POST, path, Some(body))
-        .await
-        .map_err(explain)?;
+    let mut events = client.lines(route).await.map_err(explain)?;
     let bars = std::io::stderr()
         .is_terminal()
         .then(indicatif::MultiProgress::new);
@@ -1194,7 +1155,6 @@ async fn transfer(
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     let mut by_digest: std::collections::HashMap<String, indicatif::ProgressBar> =
         std::collections::HashMap::new();
-    let mut events = paracloud_unix_http::JsonLines::<TransferEvent>::new(response);
     let mut outcome = None;
     while let Some(event) = events
         .next()
@@ -1264,10 +1224,7 @@ async fn build(
         build_args: args,
     };
     let client = ensure_daemon(global).await?;
-    let built: paracloud_api::BuildResponse = client
-        .post("/v1/images/build", &request)
-        .await
-        .map_err(explain)?;
+    let built = client.call(&BuildImage(request)).await.map_err(explain)?;
     print(global.output, &built, |b| {
         let mut out = String::new();
         for (i, step) in b.steps.iter().enumerate() {
@@ -1289,18 +1246,6 @@ async fn build(
         ));
         out
     })
-}
-
-/// A query-string value: everything but unreserved characters percent-encoded.
-fn query_value(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Bytes as docker shows sizes: 7.5MB, 812kB.
@@ -1341,7 +1286,7 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
                 username: auth.username.clone(),
                 password: password(&auth)?,
             };
-            transfer(global, &client, "/v1/images/pull", &request).await
+            transfer(global, &client, &PullImage(request)).await
         }
         ImageCommand::Push { name, target, auth } => {
             let request = paracloud_api::TransferRequest {
@@ -1350,11 +1295,10 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
                 username: auth.username.clone(),
                 password: password(&auth)?,
             };
-            transfer(global, &client, "/v1/images/push", &request).await
+            transfer(global, &client, &PushImage(request)).await
         }
         ImageCommand::Ls => {
-            let images: Vec<paracloud_api::ImageView> =
-                client.get("/v1/images").await.map_err(explain)?;
+            let images = client.call(&ListImages).await.map_err(explain)?;
             print(global.output, &images, |images| {
                 let rows: Vec<Vec<String>> = images
                     .iter()
@@ -1390,8 +1334,8 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
                 add: add.iter().map(|a| absolute(a)).collect::<Result<_>>()?,
                 tag,
             };
-            let built: paracloud_api::BuiltImage = client
-                .post("/v1/images/micro", &request)
+            let built = client
+                .call(&BuildMicroImage(request))
                 .await
                 .map_err(explain)?;
             print(global.output, &built, |b| {
@@ -1405,10 +1349,7 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
             })
         }
         ImageCommand::Inspect { name } => {
-            let detail: paracloud_api::ImageDetail = client
-                .get(&format!("/v1/images/inspect?name={}", query_value(&name)))
-                .await
-                .map_err(explain)?;
+            let detail = client.call(&InspectImage { name }).await.map_err(explain)?;
             // The table form is YAML: a nested record reads best so.
             let format = match global.output {
                 Output::Table => Output::Yaml,
@@ -1419,8 +1360,8 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
         ImageCommand::Rm { names } => {
             let mut removed = Vec::new();
             for name in &names {
-                let r: paracloud_api::RemovedImages = client
-                    .delete(&format!("/v1/images?name={}", query_value(name)))
+                let r = client
+                    .call(&RemoveImage { name: name.clone() })
                     .await
                     .map_err(explain)?;
                 removed.extend(r.removed);
@@ -1430,10 +1371,7 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
             })
         }
         ImageCommand::Prune => {
-            let pruned: paracloud_api::PruneView = client
-                .post("/v1/images/prune", &())
-                .await
-                .map_err(explain)?;
+            let pruned = client.call(&PruneImages).await.map_err(explain)?;
             print(global.output, &pruned, |p| {
                 format!(
                     "removed {} blobs and {} unpacked layers, {} freed\n",
@@ -1448,10 +1386,7 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
                 path: absolute(&path)?,
                 tag,
             };
-            let imported: Vec<paracloud_api::ImageRef> = client
-                .post("/v1/images/import", &request)
-                .await
-                .map_err(explain)?;
+            let imported = client.call(&ImportImages(request)).await.map_err(explain)?;
             print(global.output, &imported, |r| image_refs_table(r))
         }
         ImageCommand::Export { names, to } => {
@@ -1459,10 +1394,7 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
                 names,
                 path: absolute(&to)?,
             };
-            let exported: Vec<paracloud_api::ImageRef> = client
-                .post("/v1/images/export", &request)
-                .await
-                .map_err(explain)?;
+            let exported = client.call(&ExportImages(request)).await.map_err(explain)?;
             print(global.output, &exported, |r| image_refs_table(r))
         }
     }

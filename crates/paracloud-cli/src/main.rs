@@ -3,6 +3,7 @@
 
 mod capsule;
 mod cli;
+mod client;
 mod commands;
 mod output;
 

@@ -58,6 +58,12 @@ pub fn age(seconds: u64) -> String {
     }
 }
 
+/// A time given in milliseconds since the Unix epoch, as RFC 3339 in UTC to the second.
+pub fn format_time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,9 @@ mod common;
 use common::*;
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
-use paracloud_api::{Client, ClientError, ErrorBody};
+use paracloud_api::{Client, ClientError, ErrorBody, GetService, Route, Up, UpRequest};
+use paracloud_unix_http::UnixHttp;
+use serde::de::DeserializeOwned;
 
 const APP: &str = r#"
 app = "api"
@@ -15,11 +17,18 @@ command = ["/bin/sleep", "100000"]
 stop_signal = "KILL"
 "#;
 
-/// Sends a request and returns the status and the error body (or the success body as error text).
-async fn call(client: &Client, method: Method, path: &str, body: &str) -> (StatusCode, ErrorBody) {
+/// Sends a request as written, malformed or not, and returns the status and the error body (or
+/// the success body as error text).
+async fn call(
+    client: &UnixHttp,
+    method: Method,
+    path: &str,
+    body: &str,
+) -> (StatusCode, ErrorBody) {
     match client
         .send(method, path, Some(body.as_bytes().to_vec()))
         .await
+        .map_err(ClientError::from)
     {
         Ok(response) => {
             let status = response.status();
@@ -37,13 +46,25 @@ async fn call(client: &Client, method: Method, path: &str, body: &str) -> (Statu
     }
 }
 
+/// Sends a well-formed request the daemon must refuse; returns the status and the error body.
+async fn refused<R: Route>(client: &Client, route: &R) -> (StatusCode, ErrorBody)
+where
+    R::Answer: DeserializeOwned + std::fmt::Debug,
+{
+    match client.call(route).await {
+        Err(ClientError::Api { status, body }) => (status, body),
+        other => panic!("{} {}: not refused: {other:?}", R::METHOD, route.target()),
+    }
+}
+
 #[test]
 fn bad_requests_get_json_errors_and_change_nothing() {
     let p = Platform::new();
     let manifest = p.manifest("api", APP);
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
     let before = pids(&p.ps("api"));
-    let client = Client::new(p.root().join(paracloud_api::SOCKET_NAME));
+    let client = UnixHttp::new(p.root().join(paracloud_api::SOCKET_NAME), "paracloud");
+    let typed = Client::new(p.root().join(paracloud_api::SOCKET_NAME));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,12 +78,12 @@ fn bad_requests_get_json_errors_and_change_nothing() {
             body.error
         );
 
-        let up = serde_json::json!({
-            "source": "app = \"x\"\n[services.a]\nimage = \"host\"\nreplicas = -1\n",
-            "origin": "remote.toml",
-            "base_dir": "/",
+        let up = Up(UpRequest {
+            source: "app = \"x\"\n[services.a]\nimage = \"host\"\nreplicas = -1\n".into(),
+            origin: "remote.toml".into(),
+            base_dir: "/".into(),
         });
-        let (status, body) = call(&client, Method::POST, "/v1/apps", &up.to_string()).await;
+        let (status, body) = refused(&typed, &up).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         let d = body
             .diagnostics
@@ -71,9 +92,12 @@ fn bad_requests_get_json_errors_and_change_nothing() {
             .expect("a located diagnostic");
         assert_eq!((d.file.as_str(), d.line), ("remote.toml", 4));
 
-        let relative =
-            serde_json::json!({"source": APP, "origin": "x.toml", "base_dir": "relative/dir"});
-        let (status, body) = call(&client, Method::POST, "/v1/apps", &relative.to_string()).await;
+        let relative = Up(UpRequest {
+            source: APP.into(),
+            origin: "x.toml".into(),
+            base_dir: "relative/dir".into(),
+        });
+        let (status, body) = refused(&typed, &relative).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(
             body.error.contains("base_dir must be an absolute path"),
@@ -100,7 +124,11 @@ fn bad_requests_get_json_errors_and_change_nothing() {
             body.error
         );
 
-        let (status, body) = call(&client, Method::GET, "/v1/apps/nope/services/one", "").await;
+        let nope = GetService {
+            app: "nope".into(),
+            service: "one".into(),
+        };
+        let (status, body) = refused(&typed, &nope).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body.error, "no application named nope (running: api)");
 
@@ -122,7 +150,7 @@ fn bad_image_requests_get_json_errors_and_leave_the_store_as_it_was() {
         "-t",
         "kept:1",
     ]);
-    let client = Client::new(p.root().join(paracloud_api::SOCKET_NAME));
+    let client = UnixHttp::new(p.root().join(paracloud_api::SOCKET_NAME), "paracloud");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

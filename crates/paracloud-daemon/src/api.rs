@@ -1,164 +1,87 @@
 //! The HTTP/JSON API on the daemon's Unix socket (routes listed in the paracloud-api crate).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::MethodFilter;
 use axum::{Json, Router};
+use paracloud_api::routes as route;
 use paracloud_api::{
-    AppView, BuiltImage, CpuRequest, ErrorBody, Event, ExportRequest, Health, ImageDetail,
+    AppView, BuiltImage, CpuRequest, ErrorBody, Event, ExportRequest, Health, HostFs, ImageDetail,
     ImageRef, ImageView, ImportRequest, InstanceView, MicroImageRequest, MigrateRequest,
-    MigrateResponse, PruneView, RemovedImages, ScaleRequest, ServiceView, TrafficRequest,
+    MigrateResponse, PruneView, RemovedImages, Route, ScaleRequest, ServiceView, TrafficRequest,
     UpRequest, UpResponse,
 };
-use paracloud_manifest::{parse, FileSystem, Origin};
+use paracloud_command::{Command, Outcome};
+use paracloud_manifest::{parse, Origin};
 use paracloud_state::{AppRecord, Snapshot};
 use serde::Deserialize;
 
-use paracloud_command::{Command, Outcome};
-
+use crate::api_error::ApiError;
 use crate::clock::now_ms;
-use crate::commands::{status_of, CommandError};
 use crate::driver::Driver;
 use crate::engine::Engine;
-use crate::images::{self, ImageError, Images};
+use crate::images::{self, Images};
 use crate::logs;
+use crate::peer::Peer;
 use crate::views::{app_view, instance_view, service_view};
-
-pub struct ApiError {
-    status: StatusCode,
-    body: ErrorBody,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: ErrorBody {
-                error: error.into(),
-                diagnostics: vec![],
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-impl From<paracloud_state::Error> for ApiError {
-    fn from(e: paracloud_state::Error) -> Self {
-        let status = match e {
-            paracloud_state::Error::NoApp(_) | paracloud_state::Error::NoService { .. } => {
-                StatusCode::NOT_FOUND
-            }
-            paracloud_state::Error::AddressesExhausted { .. } => StatusCode::CONFLICT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
-
-impl From<CommandError> for ApiError {
-    fn from(e: CommandError) -> Self {
-        match e {
-            CommandError::Refused(refusal) => ApiError::new(status_of(&refusal), refusal.message),
-            CommandError::State(e) => e.into(),
-        }
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("the query string is not valid: {}", e.body_text()),
-        )
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("the request body is not valid: {}", e.body_text()),
-        )
-    }
-}
-
-/// The real filesystem, for the manifest's path checks.
-pub struct HostFs;
-
-impl FileSystem for HostFs {
-    fn exists(&self, path: &Path) -> bool {
-        path.exists()
-    }
-    fn is_dir(&self, path: &Path) -> bool {
-        path.is_dir()
-    }
-}
 
 type Shared<D> = State<Arc<Engine<D>>>;
 
+/// Registers a handler at a route's path and method: the routes are written in `paracloud-api`
+/// alone.
+trait On<S> {
+    fn on<R: Route, T: 'static>(self, handler: impl Handler<T, S>) -> Self;
+}
+
+impl<S: Clone + Send + Sync + 'static> On<S> for Router<S> {
+    fn on<R: Route, T: 'static>(self, handler: impl Handler<T, S>) -> Self {
+        let method = MethodFilter::try_from(R::METHOD)
+            .unwrap_or_else(|_| panic!("{} {}: not a method axum routes", R::METHOD, R::PATH));
+        self.route(R::PATH, axum::routing::on(method, handler))
+    }
+}
+
 pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
     Router::new()
-        .route("/v1/health", get(health::<D>))
-        .route("/v1/apps", post(up::<D>).get(list_apps::<D>))
-        .route("/v1/apps/{app}", get(get_app::<D>).delete(down::<D>))
-        .route("/v1/instances", get(instances::<D>))
-        .route("/v1/apps/{app}/services/{service}", get(describe::<D>))
-        .route(
-            "/v1/apps/{app}/services/{service}/replicas",
-            put(scale::<D>),
-        )
-        .route("/v1/apps/{app}/services/{service}/cpu", put(cpu::<D>))
-        .route(
-            "/v1/apps/{app}/services/{service}/restart",
-            post(restart::<D>),
-        )
-        .route(
-            "/v1/apps/{app}/services/{service}/traffic",
-            put(traffic::<D>),
-        )
-        .route(
-            "/v1/apps/{app}/instances/{instance}/migrate",
-            post(migrate::<D>),
-        )
-        .route("/v1/apps/{app}/logs", get(logs_of::<D>))
-        .route("/v1/events", get(events::<D>))
-        .route("/v1/stats", get(stats::<D>))
-        .route(
-            "/v1/images",
-            get(list_images::<D>).delete(remove_image::<D>),
-        )
-        .route("/v1/images/inspect", get(inspect_image::<D>))
-        .route("/v1/images/prune", post(prune_images::<D>))
-        .route("/v1/images/micro", post(build_micro::<D>))
-        .route("/v1/images/import", post(import_images::<D>))
-        .route("/v1/images/export", post(export_images::<D>))
-        .route("/v1/images/build", post(build_image::<D>))
-        .route("/v1/images/pull", post(pull_image::<D>))
-        .route("/v1/images/push", post(push_image::<D>))
-        .route("/v1/capsules", get(list_capsules::<D>))
-        .route("/v1/capsules/run", post(run_capsule::<D>))
-        .route("/v1/capsules/history", get(capsule_history::<D>))
-        .route(
-            "/v1/capsules/runs/{run}/files/{instance}/{name}",
-            get(capsule_file::<D>),
-        )
-        .route("/v1/capsules/debug", get(crate::debug::debug::<D>))
-        .route(
-            "/v1/capsules/runs/{run}/resize",
-            post(crate::debug::resize::<D>),
-        )
+        .on::<route::GetHealth, _>(health::<D>)
+        .on::<route::Up, _>(up::<D>)
+        .on::<route::ListApps, _>(list_apps::<D>)
+        .on::<route::GetApp, _>(get_app::<D>)
+        .on::<route::Down, _>(down::<D>)
+        .on::<route::ListInstances, _>(instances::<D>)
+        .on::<route::GetService, _>(describe::<D>)
+        .on::<route::Scale, _>(scale::<D>)
+        .on::<route::SetCpu, _>(cpu::<D>)
+        .on::<route::Restart, _>(restart::<D>)
+        .on::<route::SetTraffic, _>(traffic::<D>)
+        .on::<route::Migrate, _>(migrate::<D>)
+        .on::<route::Logs, _>(logs_of::<D>)
+        .on::<route::ListEvents, _>(events::<D>)
+        .on::<route::GetStats, _>(stats::<D>)
+        .on::<route::ListImages, _>(list_images::<D>)
+        .on::<route::RemoveImage, _>(remove_image::<D>)
+        .on::<route::InspectImage, _>(inspect_image::<D>)
+        .on::<route::PruneImages, _>(prune_images::<D>)
+        .on::<route::BuildMicroImage, _>(build_micro::<D>)
+        .on::<route::ImportImages, _>(import_images::<D>)
+        .on::<route::ExportImages, _>(export_images::<D>)
+        .on::<route::BuildImage, _>(build_image::<D>)
+        .on::<route::PullImage, _>(pull_image::<D>)
+        .on::<route::PushImage, _>(push_image::<D>)
+        .on::<route::ListCapsules, _>(list_capsules::<D>)
+        .on::<route::RunCapsule, _>(run_capsule::<D>)
+        .on::<route::CapsuleHistory, _>(capsule_history::<D>)
+        .on::<route::GetCapsuleFile, _>(capsule_file::<D>)
+        .on::<route::DebugSession, _>(crate::debug::debug::<D>)
+        .on::<route::ResizeTerminal, _>(crate::debug::resize::<D>)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -674,7 +597,7 @@ async fn stats<D: Driver>(
         find_app(&engine.store.load()?, app)?;
     }
     let client = paracloud_api::Client::new(engine.dataplane_stats_path());
-    let mut snapshot: paracloud_dataplane::Snapshot = client.get("/stats").await.map_err(|e| {
+    let mut snapshot = client.call(&paracloud_dataplane::routes::GetStats).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the data plane does not answer for its figures: {e}; it is restarted within a second, try again"),
@@ -686,19 +609,6 @@ async fn stats<D: Driver>(
         snapshot.calls.retain(|c| c.to.starts_with(&prefix));
     }
     Ok(Json(snapshot))
-}
-
-impl From<ImageError> for ApiError {
-    fn from(e: ImageError) -> Self {
-        let status = if e.not_found {
-            StatusCode::NOT_FOUND
-        } else if e.bad_request {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        ApiError::new(status, e.message)
-    }
 }
 
 #[derive(Deserialize)]
@@ -916,57 +826,6 @@ async fn build_image<D: Driver>(
 ) -> Result<Json<paracloud_api::BuildResponse>, ApiError> {
     let Json(r) = body?;
     Ok(Json(crate::build::build(&engine, r).await?))
-}
-
-/// Who calls the API: the peer credentials of its Unix socket connection.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub uid: Option<u32>,
-}
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
-    > for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        Peer {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
-}
-
-impl Peer {
-    /// The caller of the commands it sends: a user of this machine.
-    pub fn caller(&self) -> paracloud_command::Caller {
-        paracloud_command::Caller::Local { uid: self.uid }
-    }
-
-    /// The user's name (`root`), or `uid N` when it has none.
-    pub fn who(&self) -> String {
-        match self.uid {
-            None => "unknown".into(),
-            Some(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-                .unwrap_or_else(|| format!("uid {uid}")),
-        }
-    }
-}
-
-impl From<crate::capsules::CapsuleError> for ApiError {
-    fn from(e: crate::capsules::CapsuleError) -> Self {
-        use crate::capsules::CapsuleError;
-        let status = match &e {
-            CapsuleError::NotFound(_) => StatusCode::NOT_FOUND,
-            CapsuleError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            CapsuleError::Refused(_) => StatusCode::FORBIDDEN,
-            CapsuleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CapsuleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
-    }
 }
 
 #[derive(Deserialize)]

@@ -22,9 +22,10 @@ use paracloud_api::{CapsuleRunRequest, TerminalSize, DEBUG_UPGRADE};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api::{ApiError, Peer};
+use crate::api_error::ApiError;
 use crate::driver::Driver;
 use crate::engine::Engine;
+use crate::peer::Peer;
 
 /// The capsule `paracloud debug` attaches.
 pub const DEBUG_CAPSULE: &str = "debug";

@@ -786,7 +786,7 @@ impl<D: Driver> Engine<D> {
                     }
                     Err(e) => info.error = Some(format!("its end could not be observed: {e}")),
                 }
-                message = describe_exit(&info);
+                message = info.describe();
                 record.restarts = restarts_after_exit(record.restarts, &info);
                 record.state = InstanceState::Exited { exit: info };
                 record.since = now;
@@ -981,7 +981,7 @@ impl<D: Driver> Engine<D> {
         let name = key.name();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Ok(snapshot) = client.get::<paracloud_dataplane::Snapshot>("/stats").await {
+            if let Ok(snapshot) = client.call(&paracloud_dataplane::routes::GetStats).await {
                 let routed = snapshot
                     .listeners
                     .iter()
@@ -1023,25 +1023,6 @@ fn with_paci(config: &mut InstanceConfig, paci_dir: PathBuf) {
         paracloud_paci::ENV.into(),
         paracloud_paci::SOCKET_PATH.into(),
     );
-}
-
-fn describe_exit(info: &ExitInfo) -> String {
-    if info.oom_killed {
-        return "killed by the kernel: out of memory (memory limit reached)".into();
-    }
-    if let Some(e) = &info.error {
-        return format!("exited: {e}");
-    }
-    match (info.code, info.signal) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => {
-            let name = Signal::try_from(signal)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| signal.to_string());
-            format!("killed by {name}")
-        }
-        (None, None) => "exited".into(),
-    }
 }
 
 /// Splits a snapshot into the planner's desired and observed views.

@@ -9,9 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use hyper::Method;
 use paracloud_command::{Caller, Command};
+use paracloud_dataplane::routes::Watch;
 use paracloud_dataplane::{service_of, Snapshot, Waiting, WatchEvent};
 use paracloud_reconcile::Millis;
 
@@ -47,41 +46,34 @@ async fn follow_once<D: Driver>(
     autoscaler: &mut Autoscaler,
 ) -> Result<(), String> {
     let client = paracloud_api::Client::new(engine.dataplane_stats_path());
-    let response = client
-        .send(Method::GET, "/watch", None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut body = response.into_body();
-    let mut pending: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
-        let Some(data) = frame.data_ref() else {
-            continue;
+    let mut events = client.lines(&Watch).await.map_err(|e| e.to_string())?;
+    loop {
+        let event = match events.next().await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Ok(()),
+            Err(paracloud_unix_http::Error::Decode(e)) => {
+                tracing::warn!("unreadable line from the data plane: {e}");
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
         };
-        pending.extend_from_slice(data);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            match serde_json::from_slice::<WatchEvent>(&line) {
-                Ok(WatchEvent::Waiting(waiting)) => {
-                    let now = now_ms();
-                    idle.touch(&waiting.service, now);
-                    woken.retain(|_, at| now.saturating_sub(*at) < WAKE_AT_MOST_EVERY);
-                    if let std::collections::btree_map::Entry::Vacant(entry) = woken.entry(waiting)
-                    {
-                        wake(engine, entry.key());
-                        entry.insert(now);
-                    }
+        match event {
+            WatchEvent::Waiting(waiting) => {
+                let now = now_ms();
+                idle.touch(&waiting.service, now);
+                woken.retain(|_, at| now.saturating_sub(*at) < WAKE_AT_MOST_EVERY);
+                if let std::collections::btree_map::Entry::Vacant(entry) = woken.entry(waiting) {
+                    wake(engine, entry.key());
+                    entry.insert(now);
                 }
-                Ok(WatchEvent::Snapshot(snapshot)) => {
-                    let idle_for = idle.observe(&snapshot, now_ms());
-                    scale_idle_to_zero(engine, &idle_for);
-                    autoscale(engine, autoscaler, snapshot);
-                }
-                Err(e) => tracing::warn!("unreadable line from the data plane: {e}"),
+            }
+            WatchEvent::Snapshot(snapshot) => {
+                let idle_for = idle.observe(&snapshot, now_ms());
+                scale_idle_to_zero(engine, &idle_for);
+                autoscale(engine, autoscaler, snapshot);
             }
         }
     }
-    Ok(())
 }
 
 /// Starts a service scaled to zero (with `scale_to_zero`) that a request waits for.

@@ -3,6 +3,7 @@
 
 pub mod addressing;
 pub mod api;
+pub mod api_error;
 pub mod autoscale;
 pub mod build;
 pub mod capsules;
@@ -23,6 +24,7 @@ pub mod migrate;
 pub mod observation;
 pub mod paci;
 pub mod paci_hub;
+pub mod peer;
 pub mod routes;
 mod sync;
 pub mod views;
@@ -121,7 +123,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), Error> {
     };
     let served = axum::serve(
         listener,
-        api::router(engine.clone()).into_make_service_with_connect_info::<api::Peer>(),
+        api::router(engine.clone()).into_make_service_with_connect_info::<peer::Peer>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;

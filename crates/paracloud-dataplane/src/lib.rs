@@ -43,6 +43,7 @@ mod h1;
 mod http;
 pub mod pick;
 mod pool;
+pub mod routes;
 mod server;
 pub mod split;
 mod stats;

@@ -14,12 +14,15 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
+use paracloud_unix_http::Route;
+
+use crate::routes::{GetStats, Metrics, Watch};
 use crate::{Error, Stats, WatchEvent};
 
 /// Binds the stats socket at `path`, removing a stale socket file first. Must be called inside a
@@ -67,7 +70,7 @@ pub async fn serve_stats(socket: UnixListener, stats: Stats) {
 type AnswerBody = UnsyncBoxBody<Bytes, Infallible>;
 
 fn answer(request: &Request<Incoming>, stats: &Stats) -> Response<AnswerBody> {
-    if (request.method(), request.uri().path()) == (&Method::GET, "/watch") {
+    if is::<Watch>(request) {
         let mut response = Response::new(watch_stream(stats.clone()).boxed_unsync());
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -75,25 +78,36 @@ fn answer(request: &Request<Incoming>, stats: &Stats) -> Response<AnswerBody> {
         );
         return response;
     }
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/stats") => match serde_json::to_vec(&stats.snapshot()) {
+    let (status, content_type, body) = if is::<GetStats>(request) {
+        match serde_json::to_vec(&stats.snapshot()) {
             Ok(json) => (StatusCode::OK, "application/json", json),
             Err(error) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain; charset=utf-8",
                 format!("cannot encode the snapshot: {error}\n").into_bytes(),
             ),
-        },
-        (&Method::GET, "/metrics") => (
+        }
+    } else if is::<Metrics>(request) {
+        (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             stats.snapshot().to_prometheus().into_bytes(),
-        ),
-        _ => (
+        )
+    } else {
+        (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            b"not found; try GET /stats, GET /metrics or GET /watch\n".to_vec(),
-        ),
+            format!(
+                "not found; try {} {}, {} {} or {} {}\n",
+                GetStats::METHOD,
+                GetStats::PATH,
+                Metrics::METHOD,
+                Metrics::PATH,
+                Watch::METHOD,
+                Watch::PATH
+            )
+            .into_bytes(),
+        )
     };
     let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *response.status_mut() = status;
@@ -101,6 +115,11 @@ fn answer(request: &Request<Incoming>, stats: &Stats) -> Response<AnswerBody> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// Whether `request` asks for route `R`.
+fn is<R: Route>(request: &Request<Incoming>) -> bool {
+    request.method() == R::METHOD && request.uri().path() == R::PATH
 }
 
 /// The body of `GET /watch`: one JSON line per [`WatchEvent`], until the reader goes away.

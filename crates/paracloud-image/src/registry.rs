@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use paracloud_unix_http::encode;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
@@ -261,17 +262,6 @@ fn challenge(header: &str) -> (String, BTreeMap<String, String>) {
     (scheme.to_ascii_lowercase(), params)
 }
 
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 fn full(bytes: Bytes) -> Body {
@@ -482,11 +472,11 @@ impl Registry {
                 })?;
                 let mut query = Vec::new();
                 if let Some(service) = params.get("service") {
-                    query.push(format!("service={}", percent(service)));
+                    query.push(format!("service={}", encode(service)));
                 }
                 query.push(format!(
                     "scope={}",
-                    percent(params.get("scope").map_or(scope, String::as_str))
+                    encode(params.get("scope").map_or(scope, String::as_str))
                 ));
                 let sep = if token_path.contains('?') { '&' } else { '?' };
                 let path = format!("{token_path}{sep}{}", query.join("&"));
@@ -825,7 +815,7 @@ fn closing_url(location: &str, digest: &Digest) -> String {
     let separator = if location.contains('?') { '&' } else { '?' };
     format!(
         "{location}{separator}digest={}",
-        percent(&digest.to_string())
+        encode(&digest.to_string())
     )
 }
 

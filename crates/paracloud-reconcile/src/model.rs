@@ -221,6 +221,63 @@ impl ExitInfo {
     pub fn is_failure(&self) -> bool {
         self.code != Some(0) || self.oom_killed || self.error.is_some()
     }
+
+    /// How the process ended, in words: `exited with code 3`, `killed by SIGKILL`.
+    pub fn describe(&self) -> String {
+        if self.oom_killed {
+            return "killed by the kernel: out of memory (memory limit reached)".into();
+        }
+        if let Some(e) = &self.error {
+            return format!("exited: {e}");
+        }
+        match (self.code, self.signal) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(signal)) => match signal_name(signal) {
+                Some(name) => format!("killed by {name}"),
+                None => format!("killed by {signal}"),
+            },
+            (None, None) => "exited".into(),
+        }
+    }
+}
+
+/// The name of a signal by its number on Linux (x86-64 and arm64 share the numbering).
+fn signal_name(signal: i32) -> Option<&'static str> {
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    let index = usize::try_from(signal).ok()?.checked_sub(1)?;
+    NAMES.get(index).copied()
 }
 
 /// What the daemon must do to move the observed state toward the desired one.
@@ -273,4 +330,34 @@ pub fn service_of<'a>(desired: &'a Desired, key: &InstanceKey) -> Option<&'a Ser
         .manifest
         .services
         .get(&key.service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_is_described_by_its_most_telling_cause() {
+        let exit = |f: fn(&mut ExitInfo)| {
+            let mut info = ExitInfo::default();
+            f(&mut info);
+            info.describe()
+        };
+        assert_eq!(exit(|i| i.code = Some(3)), "exited with code 3");
+        assert_eq!(exit(|i| i.signal = Some(9)), "killed by SIGKILL");
+        assert_eq!(exit(|i| i.signal = Some(15)), "killed by SIGTERM");
+        assert_eq!(exit(|i| i.signal = Some(64)), "killed by 64");
+        assert_eq!(
+            exit(|i| {
+                i.signal = Some(9);
+                i.oom_killed = true;
+            }),
+            "killed by the kernel: out of memory (memory limit reached)"
+        );
+        assert_eq!(
+            exit(|i| i.error = Some("no such file".into())),
+            "exited: no such file"
+        );
+        assert_eq!(exit(|_| {}), "exited");
+    }
 }

@@ -1,6 +1,10 @@
 //! HTTP/1.1 over a Unix socket, one connection per request: the transport of the daemon's API
 //! client and of the PaCI SDK. It knows no API types, so the SDK an application links stays
-//! free of the daemon's; each client reads the bodies of refusals its own way.
+//! free of the daemon's; each client reads the bodies of refusals its own way. Requests are
+//! [`Route`]s: each API names its routes as types, and [`UnixHttp::call`] and its siblings send
+//! them.
+
+mod route;
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixStream;
+
+pub use route::{encode, fill, Query, Route, Upgraded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -108,6 +114,49 @@ impl UnixHttp {
         let bytes = response.into_body().collect().await?.to_bytes();
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+    }
+
+    /// Sends `route`'s request and returns a successful answer as it comes.
+    pub async fn request<R: Route>(&self, route: &R) -> Result<Response<Incoming>, Error> {
+        let body = route.body().map(to_json).transpose()?;
+        self.send(R::METHOD, &route.target(), body).await
+    }
+
+    /// Sends `route`'s request and reads its answer as JSON; an empty answer reads as `null`,
+    /// which `()` takes.
+    pub async fn call<R: Route>(&self, route: &R) -> Result<R::Answer, Error>
+    where
+        R::Answer: DeserializeOwned,
+    {
+        let bytes = self.request(route).await?.into_body().collect().await?;
+        let bytes = bytes.to_bytes();
+        let json: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(json)
+            .map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+    }
+
+    /// Sends `route`'s request and reads its answer as JSON lines, one item at a time.
+    pub async fn lines<R, T>(&self, route: &R) -> Result<JsonLines<T>, Error>
+    where
+        R: Route<Answer = JsonLines<T>>,
+        T: DeserializeOwned,
+    {
+        Ok(JsonLines::new(self.request(route).await?))
+    }
+
+    /// Sends `route`'s request and returns its answer's body as it comes (text, bytes).
+    pub async fn stream<R: Route<Answer = Incoming>>(&self, route: &R) -> Result<Incoming, Error> {
+        Ok(self.request(route).await?.into_body())
+    }
+
+    /// Sends `route`'s request (a GET) asking to switch the connection to `protocol`.
+    pub async fn switch<R: Route<Answer = Upgraded>>(
+        &self,
+        route: &R,
+        protocol: &str,
+    ) -> Result<Upgraded, Error> {
+        let (io, headers) = self.upgrade(&route.target(), protocol).await?;
+        Ok(Upgraded { io, headers })
     }
 
     /// Sends a GET that asks to switch the connection to `protocol` (`Upgrade:`); returns the
