@@ -20,8 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use paracloud_paci::{
-    Ack, AckAnswer, Addresses, ErrorBody, LoadReport, Peer, Peers, ReplicasAnswer, ReplicasRequest,
-    Resources, WeightAnswer, WeightRequest, Whoami, FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
+    routes, Ack, AckAnswer, Addresses, ErrorBody, LoadReport, Peer, Peers, ReplicasAnswer,
+    ReplicasRequest, Resources, WeightAnswer, WeightRequest, Whoami, FULL_WEIGHT, MAX_BODY,
+    SOCKET_NAME,
 };
 use paracloud_reconcile::InstanceKey;
 use paracloud_state::{AppRecord, Snapshot};
@@ -151,13 +152,13 @@ fn serve<D: Driver>(engine: &Arc<Engine<D>>, key: &InstanceKey) -> std::io::Resu
 
 fn router<D: Driver>(ctx: Ctx<D>) -> Router {
     Router::new()
-        .route("/v1/whoami", get(whoami::<D>))
-        .route("/v1/peers", get(peers::<D>))
-        .route("/v1/load", put(load::<D>))
-        .route("/v1/weight", put(weight::<D>))
-        .route("/v1/services/{service}/replicas", put(replicas::<D>))
-        .route("/v1/events", get(events::<D>))
-        .route("/v1/events/{id}/ack", post(ack::<D>))
+        .route(routes::WHOAMI, get(whoami::<D>))
+        .route(routes::PEERS, get(peers::<D>))
+        .route(routes::LOAD, put(load::<D>))
+        .route(routes::WEIGHT, put(weight::<D>))
+        .route(routes::REPLICAS, put(replicas::<D>))
+        .route(routes::EVENTS, get(events::<D>))
+        .route(routes::ACK, post(ack::<D>))
         .fallback(|| async {
             PaciError::new(
                 StatusCode::NOT_FOUND,

@@ -39,11 +39,12 @@ use std::path::{Path, PathBuf};
 use hyper::body::Incoming;
 use hyper::{Method, Response, StatusCode};
 pub use paracloud_paci as protocol;
+use paracloud_paci::routes;
 pub use paracloud_paci::{
     Ack, AckAnswer, EventKind, LoadReport, Peer, Peers, PlatformEvent, ReplicasAnswer,
     ReplicasRequest, Target, WeightAnswer, WeightRequest, Whoami,
 };
-use paracloud_unix_http::UnixHttp;
+use paracloud_unix_http::{fill, Query, UnixHttp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -134,7 +135,7 @@ impl Paci {
 
     /// Who this instance is: app, service, name, index, revision, resources, addresses.
     pub async fn whoami(&self) -> Result<Whoami, Error> {
-        self.json(Method::GET, "/v1/whoami", None).await
+        self.json(Method::GET, routes::WHOAMI, None).await
     }
 
     /// The instances of a service of this application (this instance's own when `None`).
@@ -153,7 +154,7 @@ impl Paci {
 
     /// Reports this instance's load; the autoscaler uses what is given for five seconds.
     pub async fn report_load(&self, report: &LoadReport) -> Result<LoadReport, Error> {
-        self.json(Method::PUT, "/v1/load", Self::body(report)?)
+        self.json(Method::PUT, routes::LOAD, Self::body(report)?)
             .await
     }
 
@@ -162,7 +163,7 @@ impl Paci {
         let answer: WeightAnswer = self
             .json(
                 Method::PUT,
-                "/v1/weight",
+                routes::WEIGHT,
                 Self::body(&WeightRequest { weight })?,
             )
             .await?;
@@ -182,7 +183,7 @@ impl Paci {
         };
         self.json(
             Method::PUT,
-            &format!("/v1/services/{service}/replicas"),
+            &fill(routes::REPLICAS, &[service]),
             Self::body(&body)?,
         )
         .await
@@ -190,7 +191,7 @@ impl Paci {
 
     /// The platform's events for this instance: those waiting for an answer, then each new one.
     pub async fn events(&self) -> Result<Lines<PlatformEvent>, Error> {
-        let response = self.send(Method::GET, "/v1/events", None).await?;
+        let response = self.send(Method::GET, routes::EVENTS, None).await?;
         Ok(Lines::new(response))
     }
 
@@ -198,7 +199,7 @@ impl Paci {
     pub async fn ack(&self, id: u64, ack: &Ack) -> Result<AckAnswer, Error> {
         self.json(
             Method::POST,
-            &format!("/v1/events/{id}/ack"),
+            &fill(routes::ACK, &[&id.to_string()]),
             Self::body(ack)?,
         )
         .await
@@ -206,17 +207,12 @@ impl Paci {
 }
 
 fn peers_path(service: Option<&str>, watch: bool) -> String {
-    let mut query = Vec::new();
-    if let Some(service) = service {
-        query.push(format!("service={service}"));
-    }
-    if watch {
-        query.push("watch=true".into());
-    }
-    if query.is_empty() {
-        "/v1/peers".into()
-    } else {
-        format!("/v1/peers?{}", query.join("&"))
+    let query = Query::new()
+        .maybe("service", service)
+        .maybe("watch", watch.then_some(true));
+    match query.build() {
+        Some(query) => format!("{}?{query}", routes::PEERS),
+        None => routes::PEERS.to_owned(),
     }
 }
 

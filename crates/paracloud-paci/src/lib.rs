@@ -28,6 +28,19 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version, the first segment of every path.
 pub const VERSION: &str = "v1";
+
+/// The paths of PaCI, written once: the daemon's router registers these patterns and the SDK
+/// fills them (`{service}`, `{id}` percent-encoded by the transport's one encoder).
+pub mod routes {
+    pub const WHOAMI: &str = "/v1/whoami";
+    /// Query: `service=S` (own service when left out), `watch=true` for a stream of changes.
+    pub const PEERS: &str = "/v1/peers";
+    pub const LOAD: &str = "/v1/load";
+    pub const WEIGHT: &str = "/v1/weight";
+    pub const REPLICAS: &str = "/v1/services/{service}/replicas";
+    pub const EVENTS: &str = "/v1/events";
+    pub const ACK: &str = "/v1/events/{id}/ack";
+}
 /// Where an instance finds its socket.
 pub const SOCKET_PATH: &str = "/run/paracloud/paci.sock";
 /// The directory of the socket inside an instance (mounted read-only).
