@@ -15,6 +15,26 @@ use crate::{
     TransferEvent, TransferRequest, UpRequest, UpResponse,
 };
 
+/// A route whose request is its body alone: `Name(Body): METHOD "path" -> Answer`.
+macro_rules! body_route {
+    ($(#[$doc:meta])* $name:ident($body:ty): $method:ident $path:literal -> $answer:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub $body);
+
+        impl Route for $name {
+            const METHOD: Method = Method::$method;
+            const PATH: &'static str = $path;
+            type Body = $body;
+            type Answer = $answer;
+
+            fn body(&self) -> Option<&Self::Body> {
+                Some(&self.0)
+            }
+        }
+    };
+}
+
 /// `GET /v1/health`: the daemon's pid, version and state root: whether one answers.
 #[derive(Debug, Clone)]
 pub struct GetHealth;
@@ -26,19 +46,9 @@ impl Route for GetHealth {
     type Answer = Health;
 }
 
-/// `POST /v1/apps`: deploy (create or update) an application from manifest text.
-#[derive(Debug, Clone)]
-pub struct Up(pub UpRequest);
-
-impl Route for Up {
-    const METHOD: Method = Method::POST;
-    const PATH: &'static str = "/v1/apps";
-    type Body = UpRequest;
-    type Answer = UpResponse;
-
-    fn body(&self) -> Option<&Self::Body> {
-        Some(&self.0)
-    }
+body_route! {
+    /// `POST /v1/apps`: deploy (create or update) an application from manifest text.
+    Up(UpRequest): POST "/v1/apps" -> UpResponse
 }
 
 /// `GET /v1/apps`: every application.
@@ -360,94 +370,34 @@ impl Route for PruneImages {
     type Answer = PruneView;
 }
 
-/// `POST /v1/images/micro`: build a micro-image from a host program.
-#[derive(Debug, Clone)]
-pub struct BuildMicroImage(pub MicroImageRequest);
-
-impl Route for BuildMicroImage {
-    const METHOD: Method = Method::POST;
-    const PATH: &'static str = "/v1/images/micro";
-    type Body = MicroImageRequest;
-    type Answer = BuiltImage;
-
-    fn body(&self) -> Option<&Self::Body> {
-        Some(&self.0)
-    }
+body_route! {
+    /// `POST /v1/images/micro`: build a micro-image from a host program.
+    BuildMicroImage(MicroImageRequest): POST "/v1/images/micro" -> BuiltImage
 }
 
-/// `POST /v1/images/import`: import an OCI layout or a `docker save` archive.
-#[derive(Debug, Clone)]
-pub struct ImportImages(pub ImportRequest);
-
-impl Route for ImportImages {
-    const METHOD: Method = Method::POST;
-    const PATH: &'static str = "/v1/images/import";
-    type Body = ImportRequest;
-    type Answer = Vec<ImageRef>;
-
-    fn body(&self) -> Option<&Self::Body> {
-        Some(&self.0)
-    }
+body_route! {
+    /// `POST /v1/images/import`: import an OCI layout or a `docker save` archive.
+    ImportImages(ImportRequest): POST "/v1/images/import" -> Vec<ImageRef>
 }
 
-/// `POST /v1/images/export`: export images as an OCI layout that is also a `docker save` archive.
-#[derive(Debug, Clone)]
-pub struct ExportImages(pub ExportRequest);
-
-impl Route for ExportImages {
-    const METHOD: Method = Method::POST;
-    const PATH: &'static str = "/v1/images/export";
-    type Body = ExportRequest;
-    type Answer = Vec<ImageRef>;
-
-    fn body(&self) -> Option<&Self::Body> {
-        Some(&self.0)
-    }
+body_route! {
+    /// `POST /v1/images/export`: export images as an OCI layout that is also a `docker save` archive.
+    ExportImages(ExportRequest): POST "/v1/images/export" -> Vec<ImageRef>
 }
 
-/// `POST /v1/images/build`: build an image from a Containerfile.
-#[derive(Debug, Clone)]
-pub struct BuildImage(pub BuildRequest);
-
-impl Route for BuildImage {
-    const METHOD: Method = Method::POST;
-    const PATH: &'static str = "/v1/images/build";
-    type Body = BuildRequest;
-    type Answer = BuildResponse;
-
-    fn body(&self) -> Option<&Self::Body> {
-        Some(&self.0)
-    }
+body_route! {
+    /// `POST /v1/images/build`: build an image from a Containerfile.
+    BuildImage(BuildRequest): POST "/v1/images/build" -> BuildResponse
 }
 
-/// `POST /v1/images/pull`: pull an image from a registry; answered with its progress, one JSON line each.
-#[derive(Debug, Clone)]
-pub struct PullImage(pub TransferRequest);
-
-impl Route for PullImage {
-    const METHOD: Method = Method::POST;
-    const PATH: &'static str = "/v1/images/pull";
-    type Body = TransferRequest;
-    type Answer = JsonLines<TransferEvent>;
-
-    fn body(&self) -> Option<&Self::Body> {
-        Some(&self.0)
-    }
+body_route! {
+    /// `POST /v1/images/pull`: pull an image from a registry; answered with its progress, one JSON line each.
+    PullImage(TransferRequest): POST "/v1/images/pull" -> JsonLines<TransferEvent>
 }
 
-/// `POST /v1/images/push`: push an image to a registry; answered with its progress, one JSON line each.
-#[derive(Debug, Clone)]
-pub struct PushImage(pub TransferRequest);
-
-impl Route for PushImage {
-    const METHOD: Method = Method::POST;
-    const PATH: &'static str = "/v1/images/push";
-    type Body = TransferRequest;
-    type Answer = JsonLines<TransferEvent>;
-
-    fn body(&self) -> Option<&Self::Body> {
-        Some(&self.0)
-    }
+body_route! {
+    /// `POST /v1/images/push`: push an image to a registry; answered with its progress, one JSON line each.
+    PushImage(TransferRequest): POST "/v1/images/push" -> JsonLines<TransferEvent>
 }
 
 /// `GET /v1/capsules`: the capsules that can attach: the built-in ones and, with `app`, the application's own.
@@ -467,19 +417,9 @@ impl Route for ListCapsules {
     }
 }
 
-/// `POST /v1/capsules/run`: run a capsule on every running instance a selector matches; answered with the run's events, one JSON line each.
-#[derive(Debug, Clone)]
-pub struct RunCapsule(pub CapsuleRunRequest);
-
-impl Route for RunCapsule {
-    const METHOD: Method = Method::POST;
-    const PATH: &'static str = "/v1/capsules/run";
-    type Body = CapsuleRunRequest;
-    type Answer = JsonLines<CapsuleRunEvent>;
-
-    fn body(&self) -> Option<&Self::Body> {
-        Some(&self.0)
-    }
+body_route! {
+    /// `POST /v1/capsules/run`: run a capsule on every running instance a selector matches; answered with the run's events, one JSON line each.
+    RunCapsule(CapsuleRunRequest): POST "/v1/capsules/run" -> JsonLines<CapsuleRunEvent>
 }
 
 /// `GET /v1/capsules/history`: the recorded capsule runs, latest first: at most `limit` (default 50), of one application or all.

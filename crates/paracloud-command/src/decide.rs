@@ -94,7 +94,8 @@ fn event(app: &str, subject: &str, message: impl Into<String>) -> Change {
     }
 }
 
-fn find_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, Refusal> {
+/// The application named `app`, or a refusal that names the running ones.
+pub fn find_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, Refusal> {
     snapshot.apps.iter().find(|a| a.name == app).ok_or_else(|| {
         let known: Vec<&str> = snapshot.apps.iter().map(|a| a.name.as_str()).collect();
         let hint = if known.is_empty() {
@@ -121,7 +122,8 @@ fn live_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, Refu
     Ok(record)
 }
 
-fn find_service<'a>(
+/// The spec of a service of `app`, or a refusal that names its services.
+pub fn find_service<'a>(
     app: &'a AppRecord,
     service: &str,
 ) -> Result<&'a paracloud_manifest::Service, Refusal> {

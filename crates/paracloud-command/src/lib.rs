@@ -13,7 +13,9 @@ mod caller;
 mod decide;
 
 pub use caller::{authorize, Caller, Role};
-pub use decide::{check_cpu, cores, decide, parse_instance, parse_via, revisions_of};
+pub use decide::{
+    check_cpu, cores, decide, find_app, find_service, parse_instance, parse_via, revisions_of,
+};
 pub use paracloud_state::Change;
 
 use std::collections::BTreeMap;

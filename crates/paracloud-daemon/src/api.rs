@@ -100,18 +100,7 @@ async fn health<D: Driver>(State(engine): Shared<D>) -> Json<Health> {
 }
 
 fn find_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, ApiError> {
-    snapshot.apps.iter().find(|a| a.name == app).ok_or_else(|| {
-        let known: Vec<&str> = snapshot.apps.iter().map(|a| a.name.as_str()).collect();
-        let hint = if known.is_empty() {
-            "none runs".to_string()
-        } else {
-            format!("running: {}", known.join(", "))
-        };
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no application named {app} ({hint})"),
-        )
-    })
+    Ok(paracloud_command::find_app(snapshot, app)?)
 }
 
 async fn up<D: Driver>(
@@ -278,27 +267,20 @@ fn service_or_404<D: Driver>(
 ) -> Result<ServiceView, ApiError> {
     let snapshot = engine.store.load()?;
     let record = find_app(&snapshot, app)?;
+    paracloud_command::find_service(record, service)?;
+    let pool = engine.config.subnet_pool;
     service_view(
         record,
         service,
         &snapshot,
-        engine.config.subnet_pool,
+        pool,
         now_ms(),
         &engine.waiting(),
     )
     .ok_or_else(|| {
-        let known: Vec<&str> = record
-            .manifest
-            .services
-            .keys()
-            .map(String::as_str)
-            .collect();
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "application {app} has no service named {service} (it has: {})",
-                known.join(", ")
-            ),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the state of service {service} of {app} is incomplete"),
         )
     })
 }

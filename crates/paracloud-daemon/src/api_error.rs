@@ -47,10 +47,16 @@ impl From<paracloud_state::Error> for ApiError {
     }
 }
 
+impl From<paracloud_command::Refusal> for ApiError {
+    fn from(refusal: paracloud_command::Refusal) -> Self {
+        ApiError::new(status_of(&refusal), refusal.message)
+    }
+}
+
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
-            CommandError::Refused(refusal) => ApiError::new(status_of(&refusal), refusal.message),
+            CommandError::Refused(refusal) => refusal.into(),
             CommandError::State(e) => e.into(),
         }
     }
