@@ -131,3 +131,30 @@ fn cpu_mistakes_say_how_to_fix_them() {
     assert_eq!(quota_us(&p, "cpu", "one.1"), 50_000, "nothing changed");
     assert_eq!(pids(&p.ps("cpu")), before);
 }
+
+#[test]
+fn regression_up_with_more_replicas_or_another_cpu_replaces_no_instance() {
+    // `up` with only `replicas` changed replaced every instance of the service one by one.
+    let p = Platform::new();
+    let manifest = p.manifest("cpu", SLEEPER);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let before = pids(&p.ps("cpu"));
+
+    let more = SLEEPER.replace(
+        "resources = { cpu = 0.5 }",
+        "resources = { cpu = 1 }\nreplicas = 2",
+    );
+    let manifest = p.manifest("cpu", &more);
+    let up = p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let after = p.wait_ps(
+        "cpu",
+        Duration::from_secs(10),
+        "two running instances",
+        |ps| ps.len() == 2 && ps.iter().all(|i| field(i, "state") == "running"),
+    );
+    assert_eq!(pids(&after)[0], before[0], "one.1 kept running: {up}");
+    wait_quota(&p, "one.1", 100_000);
+    assert_eq!(quota_us(&p, "cpu", "one.2"), 100_000);
+    let events = p.ok(&["events", "-a", "cpu"]);
+    assert!(!events.contains("changed: one"), "{events}");
+}

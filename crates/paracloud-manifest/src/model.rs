@@ -223,12 +223,22 @@ impl Service {
             .collect()
     }
 
-    /// Whether instances of `self` run as those of `other` would: every key but the capsule
-    /// policy, which says who may attach, not how instances run. A service whose spec changes
-    /// otherwise gets a new revision (its instances are replaced).
+    /// Whether instances of `self` run as those of `other` would. A service whose spec changes
+    /// otherwise gets a new revision (its instances are replaced); these keys do not say how an
+    /// instance runs, so changing them replaces none: how many there are (`replicas`), when they
+    /// go to zero (`scale_to_zero`), how they are moved (`migrate`), who may attach capsules
+    /// (`capsules`), a revision's share of the traffic, and the CPU limit, which running
+    /// instances take in place.
     pub fn runs_as(&self, other: &Service) -> bool {
         let mut this = self.clone();
+        this.replicas = other.replicas;
+        this.scale_to_zero = other.scale_to_zero;
+        this.migrate = other.migrate;
         this.capsules = other.capsules.clone();
+        this.resources.cpu = other.resources.cpu;
+        if let (Some(mine), Some(theirs)) = (&mut this.revision_of, &other.revision_of) {
+            mine.weight = theirs.weight;
+        }
         this == *other
     }
 }

@@ -1378,3 +1378,32 @@ paracloud.toml:14:1: services.web.revisions.canary.autoscale: a revision is not 
 "#,
     );
 }
+
+#[test]
+fn regression_scaling_in_the_manifest_is_no_new_revision() {
+    // `up` with only `replicas` changed replaced every instance of the service one by one.
+    let base = "app = \"shop\"\n[services.web]\nimage = \"host\"\ncommand = [\"web\"]\nresources = { cpu = 1, memory = \"64M\" }\n";
+    let web = |extra: &str| {
+        let source = base.replace(
+            "command = [\"web\"]\n",
+            &format!("command = [\"web\"]\n{extra}"),
+        );
+        let manifest = parse(&source, &origin(), &FakeFs).unwrap();
+        manifest.services["web"].clone()
+    };
+    let plain = web("");
+    for same in [
+        web("replicas = 5\n"),
+        web("scale_to_zero = \"5m\"\n"),
+        web("migrate = \"paci\"\n"),
+    ] {
+        assert!(same.runs_as(&plain) && plain.runs_as(&same), "{same:?}");
+    }
+    let mut cpu = plain.clone();
+    cpu.resources.cpu = Some(2.0);
+    assert!(cpu.runs_as(&plain), "CPU changes in place");
+    let mut memory = plain.clone();
+    memory.resources.memory = Some(1 << 27);
+    assert!(!memory.runs_as(&plain), "a memory limit is set at creation");
+    assert!(!web("user = \"nobody\"\n").runs_as(&plain));
+}

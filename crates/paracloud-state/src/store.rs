@@ -226,13 +226,15 @@ impl Store {
         Ok(changed)
     }
 
-    /// Deletes an application and its services (its instances must already be gone).
+    /// Deletes an application, its services and its events (its instances must already be gone).
     pub fn forget_app(&self, app: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM services WHERE app = ?1", [app])?;
         tx.execute("DELETE FROM apps WHERE name = ?1", [app])?;
         tx.execute("DELETE FROM networks WHERE app = ?1", [app])?;
+        // Its history goes with it: an application created again under the name starts afresh.
+        tx.execute("DELETE FROM events WHERE app = ?1", [app])?;
         tx.commit()?;
         Ok(())
     }

@@ -351,3 +351,30 @@ fn a_decision_is_written_whole_or_not_at_all() {
     assert_eq!(raised, 2);
     assert_eq!(store.load().unwrap().apps[0].services["web"].replicas, 2);
 }
+
+#[test]
+fn regression_an_application_created_again_does_not_inherit_the_old_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    store
+        .put_app(&manifest("a", 1), "src", "paracloud.toml", 1)
+        .unwrap();
+    let event = |message: &str| Change::Event {
+        app: "shop".into(),
+        subject: "web".into(),
+        message: message.into(),
+    };
+    store.apply(&[event("web.1 crashed")], 2).unwrap();
+    store.forget_app("shop").unwrap();
+    store
+        .put_app(&manifest("a", 1), "src", "paracloud.toml", 3)
+        .unwrap();
+    store.apply(&[event("deployed")], 4).unwrap();
+    let messages: Vec<String> = store
+        .events(Some("shop"), 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(messages, ["deployed"]);
+}
