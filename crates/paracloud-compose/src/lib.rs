@@ -516,6 +516,18 @@ impl<'a> Reader<'a> {
             let name = key.text().unwrap_or_default().to_owned();
             let field = child("volumes", &name);
             names.push(name.clone());
+            let renamed = volume_name(&name);
+            if names.iter().filter(|n| volume_name(n) == renamed).count() > 1 {
+                self.error(
+                    key.offset,
+                    &field,
+                    format!("volume `{name}` is named `{renamed}` like another one: `_` becomes `-` in volume names"),
+                    Some("rename one of the two volumes".into()),
+                );
+                continue;
+            }
+            let name = renamed;
+            out.blank();
             out.line(format!("[volumes.{}]", out::key(&name)), key.offset, &field);
             if value.is_null() {
                 continue;
@@ -531,6 +543,7 @@ impl<'a> Reader<'a> {
                     "driver" if v.text() == Some("local") => {}
                     "labels" => {
                         if let Some(labels) = self.dict(v, &f) {
+                            out.blank();
                             out.line(
                                 format!("[volumes.{}.labels]", out::key(&name)),
                                 v.offset,
@@ -613,6 +626,11 @@ pub fn project_name(dir: &str) -> String {
         })
         .collect();
     name.trim_matches('-').to_owned()
+}
+
+/// A volume's name in the manifest: Compose allows `_`, a manifest's names are DNS labels.
+pub(crate) fn volume_name(name: &str) -> String {
+    name.replace('_', "-")
 }
 
 /// A path of the Compose file resolved as Compose does: `~` is the home directory.

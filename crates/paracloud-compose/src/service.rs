@@ -340,6 +340,7 @@ pub(crate) fn service(
         out.line(text, offset, &field);
     }
     for (_, lines) in t.tables {
+        out.blank();
         for (text, offset, field) in lines {
             out.line(text, offset, &field);
         }
@@ -842,7 +843,7 @@ fn volumes(
                 format!("./{expanded}")
             }
         } else {
-            source
+            crate::volume_name(&source)
         };
         let text = if source.contains(':') || target.contains(':') {
             format!(

@@ -458,3 +458,24 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn volume_names_become_dns_labels() {
+    let s =
+        web("services:\n  web:\n    image: a\n    volumes: [db_data:/d]\nvolumes:\n  db_data:\n");
+    assert_eq!(
+        s.volumes,
+        vec![VolumeMount::Named {
+            name: "db-data".into(),
+            target: "/d".into(),
+            read_only: false
+        }]
+    );
+    let e = error("services:\n  web:\n    image: a\nvolumes:\n  a_b:\n  a-b:\n");
+    assert!(
+        e.starts_with(
+            "compose.yaml:6:3: volumes.a-b: volume `a-b` is named `a-b` like another one"
+        ),
+        "{e}"
+    );
+}
