@@ -448,10 +448,7 @@ impl<'a> Reader<'a> {
                 _ => self.unknown(key, k, &["name", "services", "volumes", "version"]),
             }
         }
-        out.comment(&format!(
-            "# The Compose file {} as a Paracloud manifest.",
-            context.origin.file
-        ));
+        out.comment("# A Compose file read as a Paracloud manifest (docs/compose.md says how each key maps).");
         let app = match name {
             Some((_, value)) => self.string(value, "name").map(|n| (n.to_owned(), value)),
             None => None,
