@@ -3,6 +3,8 @@
 # programs are already there, so running this again costs a few `command -v`. Needs root (apt-get).
 #
 # - busybox: the base of the test images (FROM busybox:1), python3: the PaCI example's tests;
+# - docker-compose: `docker-compose config`, which the Compose reader's corpus is compared with
+#   (it needs no Docker engine);
 # - skopeo, umoci, docker-registry, nginx, htpasswd, openssl: OCI layouts and archives made by other
 #   tools, a local registry to pull from and push to (over TLS and with basic authentication);
 # - strace, gdb, tcpdump, yara, zstd: the host programs the built-in capsules are made of;
@@ -35,6 +37,7 @@ need gdb gdb
 need tcpdump tcpdump
 need yara yara
 need zstd zstd
+need docker-compose docker-compose
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   apt-get update -qq -o DPkg::Lock::Timeout=600

@@ -69,15 +69,23 @@ pub enum Output {
 pub enum Command {
     /// Deploy an application from its manifest and wait until every service is ready
     Up {
-        /// Manifest file
-        #[arg(short = 'f', long = "file", default_value = "paracloud.toml")]
-        file: PathBuf,
+        /// Manifest file: a paracloud.toml or a Compose file; default: ./paracloud.toml, else
+        /// ./compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
         /// Return once the manifest is accepted, without waiting for readiness
         #[arg(short = 'd', long)]
         detach: bool,
         /// How long to wait for readiness
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+    },
+    /// Print a Compose file as the equivalent paracloud.toml
+    Convert {
+        /// The Compose file; default: ./compose.yaml, compose.yml, docker-compose.yaml,
+        /// docker-compose.yml
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
     },
     /// Stop and remove an application (volumes are kept unless --volumes)
     Down {

@@ -200,6 +200,49 @@ struct LoadedManifest {
     request: UpRequest,
 }
 
+/// The manifest of the current directory, as `docker compose` finds its file: `paracloud.toml`
+/// first, then the Compose file names.
+fn default_manifest() -> Option<PathBuf> {
+    std::iter::once("paracloud.toml")
+        .chain(paracloud_compose::FILE_NAMES.iter().copied())
+        .map(PathBuf::from)
+        .find(|path| path.is_file())
+}
+
+/// The file `-f` names, else the one found here.
+fn manifest_file(file: Option<&Path>) -> Result<PathBuf> {
+    match file {
+        Some(file) => Ok(file.to_path_buf()),
+        None => default_manifest().ok_or_else(|| {
+            anyhow!(
+                "no paracloud.toml, compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml here: pass the manifest with -f"
+            )
+        }),
+    }
+}
+
+/// What the Compose reader reads on this machine: the manifest's path checks, and the `.env`
+/// and `env_file` files.
+struct ComposeHost;
+
+impl paracloud_manifest::FileSystem for ComposeHost {
+    fn exists(&self, path: &Path) -> bool {
+        paracloud_manifest::FileSystem::exists(&HostFs, path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        paracloud_manifest::FileSystem::is_dir(&HostFs, path)
+    }
+}
+
+impl paracloud_compose::Host for ComposeHost {
+    fn read_to_string(&self, path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok()
+    }
+}
+
+/// Reads a manifest, `paracloud.toml` or a Compose file. A Compose file is converted here, with
+/// this shell's environment for its variables, and the daemon gets the equivalent TOML under the
+/// Compose file's name.
 fn load_manifest(file: &Path) -> Result<LoadedManifest> {
     let source = std::fs::read_to_string(file).with_context(|| {
         format!(
@@ -216,8 +259,16 @@ fn load_manifest(file: &Path) -> Result<LoadedManifest> {
         file: file.display().to_string(),
         base_dir: base_dir.clone(),
     };
-    let manifest =
-        parse(&source, &origin, &HostFs).map_err(|e| anyhow!("the manifest is not valid:\n{e}"))?;
+    let (manifest, source) = if paracloud_compose::is_compose(file, &source) {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let converted = paracloud_compose::parse(&source, &origin, &env, &ComposeHost)
+            .map_err(|e| anyhow!("the Compose file is not valid:\n{e}"))?;
+        (converted.manifest, converted.toml)
+    } else {
+        let manifest = parse(&source, &origin, &HostFs)
+            .map_err(|e| anyhow!("the manifest is not valid:\n{e}"))?;
+        (manifest, source)
+    };
     Ok(LoadedManifest {
         app: manifest.app,
         request: UpRequest {
@@ -226,6 +277,21 @@ fn load_manifest(file: &Path) -> Result<LoadedManifest> {
             base_dir,
         },
     })
+}
+
+/// `paracloud convert`: prints the paracloud.toml a Compose file reads as.
+fn convert(file: Option<&Path>) -> Result<()> {
+    let file = match file {
+        Some(file) => file.to_path_buf(),
+        None => paracloud_compose::FILE_NAMES
+            .iter()
+            .map(PathBuf::from)
+            .find(|path| path.is_file())
+            .ok_or_else(|| anyhow!("no compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml here: pass the Compose file with -f"))?,
+    };
+    let loaded = load_manifest(&file)?;
+    print!("{}", loaded.request.source);
+    Ok(())
 }
 
 /// Which application a command is about: -a, else the manifest's, else ./paracloud.toml's, else
@@ -237,9 +303,8 @@ async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> R
     if let Some(file) = file {
         return Ok(load_manifest(file)?.app);
     }
-    let local = Path::new("paracloud.toml");
-    if local.exists() {
-        if let Ok(m) = load_manifest(local) {
+    if let Some(local) = default_manifest() {
+        if let Ok(m) = load_manifest(&local) {
             return Ok(m.app);
         }
     }
@@ -328,7 +393,8 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             file,
             detach,
             timeout,
-        } => up(global, &file, detach, timeout).await,
+        } => up(global, &manifest_file(file.as_deref())?, detach, timeout).await,
+        Command::Convert { file } => convert(file.as_deref()),
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,
         Command::Logs {

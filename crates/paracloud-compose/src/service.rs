@@ -1,0 +1,1351 @@
+//! One Compose service turned into a `[services.NAME]` table of the manifest.
+
+use std::collections::BTreeMap;
+
+use paracloud_manifest::Origin;
+
+use crate::out::{self, Out};
+use crate::values;
+use crate::yaml::{Kind, Node};
+use crate::{child, Host, Reader};
+
+/// What every service is read against.
+pub(crate) struct Context<'a> {
+    pub(crate) origin: &'a Origin,
+    /// The environment with the project's `.env` under it.
+    pub(crate) vars: &'a BTreeMap<String, String>,
+    pub(crate) host: &'a dyn Host,
+}
+
+/// The capabilities Docker gives a container, which Compose files expect; native manifests keep
+/// none unless asked.
+const DOCKER_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// The service keys read.
+const KEYS: &[&str] = &[
+    "image",
+    "build",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "ports",
+    "expose",
+    "volumes",
+    "depends_on",
+    "healthcheck",
+    "restart",
+    "deploy",
+    "scale",
+    "cpus",
+    "mem_limit",
+    "pids_limit",
+    "user",
+    "working_dir",
+    "labels",
+    "container_name",
+    "hostname",
+    "stop_signal",
+    "stop_grace_period",
+    "cap_add",
+];
+
+/// Keys of the Compose specification Paracloud refuses: the key, why, and what to do instead.
+const REFUSED: &[(&str, &str, &str)] = &[
+    ("network_mode", "instances always get their own network namespace on the application's network", "remove `network_mode`: services reach each other by name, and `ports` publishes on the host"),
+    ("networks", "the services of an application share one network", "remove `networks`: every service reaches the others by their names"),
+    ("privileged", "instances never run privileged", "remove `privileged`, and add only the capabilities the service needs to `cap_add`"),
+    ("devices", "instances get no host devices", "remove `devices`"),
+    ("runtime", "Paracloud is the runtime", "remove `runtime`"),
+    ("secrets", "Paracloud has no secret store", "mount the file with a bind volume (`./token:/run/secrets/token:ro`) or pass it in `environment`"),
+    ("configs", "Paracloud has no config store", "mount the file with a bind volume (`./app.conf:/etc/app.conf:ro`)"),
+    ("profiles", "every service of the file runs", "remove `profiles`, and the services you do not want to run"),
+    ("extends", "one service is one table", "copy the keys of the extended service into this one"),
+    ("init", "there is no init process in instances", "remove `init`; the daemon reaps and stops the instance's processes itself"),
+    ("cap_drop", "instances keep only Docker's default capabilities and `cap_add`", "remove `cap_drop`"),
+    ("sysctls", "instances cannot change kernel parameters", "remove `sysctls`"),
+    ("ulimits", "instances are bounded by cgroup limits", "use `deploy.resources.limits` (`pids`, `memory`) instead"),
+    ("read_only", "the root filesystem always has a private writable layer", "remove `read_only`"),
+    ("shm_size", "/dev/shm is not sized per instance", "remove `shm_size`"),
+    ("links", "services reach each other by name", "remove `links`"),
+    ("external_links", "an application reaches only its own services", "remove `external_links`"),
+    ("platform", "instances run on this machine's platform", "remove `platform`"),
+    ("pid", "instances always have their own process namespace", "remove `pid`"),
+    ("ipc", "instances always have their own IPC namespace", "remove `ipc`"),
+    ("security_opt", "instances run with Paracloud's seccomp profile and no_new_privs", "remove `security_opt`"),
+    ("tmpfs", "tmpfs mounts are not supported yet", "remove `tmpfs`, or mount a named volume there"),
+    ("dns", "instances use the application's resolver", "remove it"),
+    ("dns_search", "instances use the application's resolver", "remove it"),
+    ("extra_hosts", "instances resolve the application's services only", "remove `extra_hosts`"),
+    ("logging", "logs are captured to files by the daemon (`paracloud logs`)", "remove `logging`"),
+    ("stdin_open", "instances have no terminal", "remove it; use `paracloud exec` to run commands inside"),
+    ("tty", "instances have no terminal", "remove it; use `paracloud exec` to run commands inside"),
+    ("group_add", "supplementary groups are not supported yet", "remove `group_add`"),
+    ("userns_mode", "instances always run in a user namespace", "remove `userns_mode`"),
+    ("cgroup_parent", "the daemon places instances in its own cgroup", "remove `cgroup_parent`"),
+    ("pull_policy", "images are pulled when the store lacks them", "remove `pull_policy`"),
+    ("mac_address", "instance addresses are the daemon's", "remove `mac_address`"),
+    ("domainname", "instances are named by the daemon", "remove `domainname`"),
+    ("volumes_from", "services share data through named volumes", "mount the same named volume in both services"),
+];
+
+/// A line of TOML, the offset in the Compose file it comes from, and the Compose field.
+type Line = (String, usize, String);
+
+/// A service's table: keys first, then its sub-tables (TOML wants them in that order).
+#[derive(Default)]
+struct Table {
+    keys: Vec<Line>,
+    tables: Vec<(String, Vec<Line>)>,
+}
+
+impl Table {
+    fn key(&mut self, text: String, offset: usize, field: &str) {
+        self.keys.push((text, offset, field.to_owned()));
+    }
+
+    fn table(
+        &mut self,
+        header: String,
+        offset: usize,
+        field: &str,
+    ) -> &mut Vec<(String, usize, String)> {
+        self.tables
+            .push((header.clone(), vec![(header, offset, field.to_owned())]));
+        let last = self.tables.len() - 1;
+        &mut self.tables[last].1
+    }
+}
+
+/// Reads one service and writes its table to `out`.
+pub(crate) fn service(
+    r: &mut Reader<'_>,
+    cx: &Context<'_>,
+    declared_volumes: &[String],
+    name: &str,
+    name_node: &Node,
+    node: &Node,
+    out: &mut Out,
+) {
+    let path = child("services", name);
+    let Some(entries) = r.map(node, &path) else {
+        return;
+    };
+    let get = |key: &str| entries.iter().find(|(k, _)| k.text() == Some(key));
+    let mut t = Table::default();
+    let f = |key: &str| child(&path, key);
+
+    for (key, _) in entries {
+        let k = key.text().unwrap_or_default();
+        if KEYS.contains(&k) || k.starts_with("x-") {
+            continue;
+        }
+        match REFUSED.iter().find(|(refused, _, _)| *refused == k) {
+            Some((_, why, instead)) => r.refuse(key, &f(k), why, instead),
+            None => r.unknown(key, &f(k), KEYS),
+        }
+    }
+
+    // The image: `build` wins over `image`, which then only names what Docker would tag.
+    match (get("build"), get("image")) {
+        (Some((_, build)), _) => {
+            if let Some(context) = build_context(r, build, &f("build")) {
+                t.key(
+                    format!("build = {}", out::string(&context)),
+                    build.offset,
+                    &f("build"),
+                );
+            }
+        }
+        (None, Some((_, image))) => {
+            if let Some(image) = r.string(image, &f("image")) {
+                // `host`, `dir:` and `oci:` mean other things in a manifest.
+                let image = if image == "host" {
+                    "host:latest"
+                } else {
+                    image
+                };
+                t.key(
+                    format!("image = {}", out::string(image)),
+                    node_offset(get("image")),
+                    &f("image"),
+                );
+            }
+        }
+        (None, None) => r.error(
+            name_node.offset,
+            &f("image"),
+            "missing required key `image`",
+            Some(
+                "add `image: NAME:TAG`, or `build: DIRECTORY` to build it from a Dockerfile".into(),
+            ),
+        ),
+    }
+
+    for key in ["entrypoint", "command"] {
+        if let Some((_, value)) = get(key) {
+            if let Some(words) = r.words(value, &f(key)) {
+                if words.is_empty() {
+                    r.error(
+                        value.offset,
+                        &f(key),
+                        format!("an empty `{key}` (clearing the image's) is not supported yet"),
+                        Some(format!(
+                            "write the {key} to run, or remove the key to keep the image's"
+                        )),
+                    );
+                } else {
+                    t.key(
+                        format!("{key} = {}", out::strings(&words)),
+                        value.offset,
+                        &f(key),
+                    );
+                }
+            }
+        }
+    }
+
+    environment(
+        r,
+        cx,
+        get("env_file").map(|(_, v)| v),
+        get("environment").map(|(_, v)| v),
+        &path,
+        &mut t,
+    );
+    ports(
+        r,
+        get("ports").map(|(_, v)| v),
+        get("expose").map(|(_, v)| v),
+        &path,
+        &mut t,
+    );
+    if let Some((_, value)) = get("volumes") {
+        volumes(r, cx, declared_volumes, value, &f("volumes"), &mut t);
+    }
+    if let Some((_, value)) = get("depends_on") {
+        depends_on(r, value, &f("depends_on"), &mut t);
+    }
+    if let Some((_, value)) = get("healthcheck") {
+        healthcheck(r, value, &f("healthcheck"), &path, &mut t);
+    }
+    restart(r, get("restart"), name_node, &path, &mut t);
+    resources(r, entries, &path, &mut t);
+
+    if let Some((_, value)) = get("user") {
+        if let Some(user) = r.string(value, &f("user")) {
+            t.key(
+                format!("user = {}", out::string(user)),
+                value.offset,
+                &f("user"),
+            );
+        }
+    }
+    if let Some((_, value)) = get("working_dir") {
+        if let Some(dir) = r.string(value, &f("working_dir")) {
+            t.key(
+                format!("working_dir = {}", out::string(dir)),
+                value.offset,
+                &f("working_dir"),
+            );
+        }
+    }
+    if let Some((_, value)) = get("stop_signal") {
+        if let Some(signal) = r.string(value, &f("stop_signal")) {
+            t.key(
+                format!("stop_signal = {}", out::string(signal)),
+                value.offset,
+                &f("stop_signal"),
+            );
+        }
+    }
+    if let Some((_, value)) = get("stop_grace_period") {
+        if let Some(d) = duration(r, value, &f("stop_grace_period")) {
+            t.key(
+                format!("stop_grace_period = {}", out::string(&d)),
+                value.offset,
+                &f("stop_grace_period"),
+            );
+        }
+    }
+    // Docker's default capabilities, then the file's own.
+    let mut caps: Vec<String> = DOCKER_CAPABILITIES
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+    let mut caps_offset = name_node.offset;
+    if let Some((_, value)) = get("cap_add") {
+        caps_offset = value.offset;
+        if let Some(added) = r.strings(value, &f("cap_add")) {
+            for (cap, _) in added {
+                let bare = cap.to_ascii_uppercase();
+                let bare = bare.strip_prefix("CAP_").unwrap_or(&bare).to_owned();
+                if !caps.contains(&bare) {
+                    caps.push(bare);
+                }
+            }
+        }
+    }
+    t.key(
+        format!("cap_add = {}", out::strings(&caps)),
+        caps_offset,
+        &f("cap_add"),
+    );
+    for key in ["container_name", "hostname"] {
+        if let Some((_, value)) = get(key) {
+            // Accepted and not used: instances are named `SERVICE.N`, and reached by the
+            // service's name (docs/compose.md).
+            r.string(value, &f(key));
+        }
+    }
+    if let Some((_, value)) = get("labels") {
+        if let Some(labels) = r.dict(value, &f("labels")) {
+            let lines = t.table(
+                format!("[services.{}.labels]", out::key(name)),
+                value.offset,
+                &f("labels"),
+            );
+            for (k, v, offset) in labels {
+                lines.push((
+                    format!("{} = {}", out::key(&k), out::string(&v.unwrap_or_default())),
+                    offset,
+                    child(&f("labels"), &k),
+                ));
+            }
+        }
+    }
+
+    out.blank();
+    out.line(
+        format!("[services.{}]", out::key(name)),
+        name_node.offset,
+        &path,
+    );
+    for (text, offset, field) in t.keys {
+        out.line(text, offset, &field);
+    }
+    for (_, lines) in t.tables {
+        out.blank();
+        for (text, offset, field) in lines {
+            out.line(text, offset, &field);
+        }
+    }
+}
+
+fn node_offset(entry: Option<&(Node, Node)>) -> usize {
+    entry.map_or(0, |(_, v)| v.offset)
+}
+
+/// The build context directory, from `build: DIR` or the long form.
+fn build_context(r: &mut Reader<'_>, build: &Node, field: &str) -> Option<String> {
+    let context = match &build.kind {
+        Kind::Scalar { .. } => r.string(build, field)?.to_owned(),
+        Kind::Map(entries) => {
+            let mut context = ".".to_owned();
+            let mut ok = true;
+            for (key, value) in entries {
+                let k = key.text().unwrap_or_default();
+                let f = child(field, k);
+                match k {
+                    _ if k.starts_with("x-") => {}
+                    "context" => context = r.string(value, &f)?.to_owned(),
+                    "dockerfile" => match r.string(value, &f) {
+                        Some(
+                            "Dockerfile" | "Containerfile" | "./Dockerfile" | "./Containerfile",
+                        ) => {}
+                        Some(_) => {
+                            ok = false;
+                            r.refuse(key, &f, "the image is built from the context's own Dockerfile or Containerfile", "rename the file to `Dockerfile` in the context directory, and remove `dockerfile`");
+                        }
+                        None => ok = false,
+                    },
+                    "args" => {
+                        ok = false;
+                        r.refuse(key, &f, "build arguments are not supported yet", "write the values as `ARG NAME=default` (or `ENV`) in the Dockerfile, and remove `args`");
+                    }
+                    "target" => {
+                        ok = false;
+                        r.refuse(
+                            key,
+                            &f,
+                            "building one stage of a multi-stage Dockerfile is not supported yet",
+                            "make the wanted stage the Dockerfile's last, and remove `target`",
+                        );
+                    }
+                    _ => {
+                        ok = false;
+                        r.refuse(
+                            key,
+                            &f,
+                            "Paracloud builds from `context` (and its Dockerfile) only",
+                            "remove it",
+                        );
+                    }
+                }
+            }
+            if !ok {
+                return None;
+            }
+            context
+        }
+        Kind::Seq(_) => {
+            r.expected(build, field, "a directory or a mapping with `context`");
+            return None;
+        }
+    };
+    if context.contains("://") || context.starts_with("git@") {
+        r.error(
+            build.offset,
+            field,
+            "building from a remote context is not supported",
+            Some("clone it next to the Compose file and build from that directory".into()),
+        );
+        return None;
+    }
+    Some(context)
+}
+
+/// `env_file` under `environment`, written as the service's `env` table.
+fn environment(
+    r: &mut Reader<'_>,
+    cx: &Context<'_>,
+    env_file: Option<&Node>,
+    environment: Option<&Node>,
+    path: &str,
+    t: &mut Table,
+) {
+    let mut env: BTreeMap<String, (String, usize, String)> = BTreeMap::new();
+    if let Some(node) = env_file {
+        let field = child(path, "env_file");
+        let mut files: Vec<(String, bool, usize)> = Vec::new();
+        match &node.kind {
+            Kind::Scalar { .. } => {
+                if let Some(p) = r.string(node, &field) {
+                    files.push((p.to_owned(), true, node.offset));
+                }
+            }
+            Kind::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let f = format!("{field}[{i}]");
+                    match &item.kind {
+                        Kind::Map(entries) => {
+                            let mut file = None;
+                            let mut required = true;
+                            for (k, v) in entries {
+                                let key = k.text().unwrap_or_default();
+                                match key {
+                                    "path" => {
+                                        file = r.string(v, &child(&f, key)).map(str::to_owned)
+                                    }
+                                    "required" => {
+                                        required = r.boolean(v, &child(&f, key)).unwrap_or(true)
+                                    }
+                                    "format" => r.refuse(
+                                        k,
+                                        &child(&f, key),
+                                        "env files are read in Compose's own format only",
+                                        "remove `format`",
+                                    ),
+                                    _ => r.unknown(k, &child(&f, key), &["path", "required"]),
+                                }
+                            }
+                            match file {
+                                Some(file) => files.push((file, required, item.offset)),
+                                None => {
+                                    r.error(item.offset, &f, "missing required key `path`", None)
+                                }
+                            }
+                        }
+                        _ => {
+                            if let Some(p) = r.string(item, &f) {
+                                files.push((p.to_owned(), true, item.offset));
+                            }
+                        }
+                    }
+                }
+            }
+            Kind::Map(_) => r.expected(node, &field, "a file name or a list of them"),
+        }
+        for (file, required, offset) in files {
+            let Some(resolved) = crate::expand_home(&file, cx.vars) else {
+                r.error(offset, &field, "`~` needs HOME in the environment", None);
+                continue;
+            };
+            let full = cx.origin.base_dir.join(&resolved);
+            match cx.host.read_to_string(&full) {
+                Some(text) => {
+                    let lookup = |name: &str| cx.vars.get(name).cloned();
+                    match crate::dotenv::parse(&text, &lookup) {
+                        Ok(vars) => {
+                            for (k, v) in vars {
+                                env.insert(k.clone(), (v, offset, child(&field, &k)));
+                            }
+                        }
+                        Err(e) => {
+                            let shown = crate::shown(cx.origin, &file);
+                            r.error_in(shown, e.line, &field, e.message);
+                        }
+                    }
+                }
+                None if !required => {}
+                None => r.error(
+                    offset,
+                    &field,
+                    format!("env file {} does not exist", full.display()),
+                    Some("create it, or mark it `required: false` in the long form".into()),
+                ),
+            }
+        }
+    }
+    if let Some(node) = environment {
+        let field = child(path, "environment");
+        if let Some(vars) = r.dict(node, &field) {
+            for (k, v, offset) in vars {
+                // A name without a value takes the variable from the environment, if set.
+                let value = v.or_else(|| cx.vars.get(&k).cloned());
+                match value {
+                    Some(value) => {
+                        env.insert(k.clone(), (value, offset, child(&field, &k)));
+                    }
+                    None => {
+                        env.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+    if env.is_empty() {
+        return;
+    }
+    let offset = environment.or(env_file).map_or(0, |n| n.offset);
+    let lines = t.table(
+        format!(
+            "[services.{}.env]",
+            out::key(path.trim_start_matches("services.").trim_matches('"'))
+        ),
+        offset,
+        &child(path, "environment"),
+    );
+    for (k, (v, offset, field)) in env {
+        lines.push((
+            format!("{} = {}", out::key(&k), out::string(&v)),
+            offset,
+            field,
+        ));
+    }
+}
+
+/// `ports` and `expose`, written as the service's `ports` array.
+fn ports(
+    r: &mut Reader<'_>,
+    ports: Option<&Node>,
+    expose: Option<&Node>,
+    path: &str,
+    t: &mut Table,
+) {
+    let mut written: Vec<(String, usize, String)> = Vec::new();
+    let mut targets: Vec<u16> = Vec::new();
+    if let Some(node) = ports {
+        let field = child(path, "ports");
+        let items = match &node.kind {
+            Kind::Seq(items) => items.as_slice(),
+            _ => {
+                r.expected(node, &field, "a list of ports");
+                &[]
+            }
+        };
+        for (i, item) in items.iter().enumerate() {
+            let f = format!("{field}[{i}]");
+            match &item.kind {
+                Kind::Map(entries) => {
+                    if let Some((text, target)) = long_port(r, entries, &f) {
+                        targets.push(target);
+                        written.push((text, item.offset, f));
+                    }
+                }
+                _ => {
+                    let Some(text) = r.string(item, &f) else {
+                        continue;
+                    };
+                    for (text, target) in short_ports(r, text, item, &f) {
+                        targets.push(target);
+                        written.push((text, item.offset, f.clone()));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(node) = expose {
+        let field = child(path, "expose");
+        if let Kind::Seq(items) = &node.kind {
+            for (i, item) in items.iter().enumerate() {
+                let f = format!("{field}[{i}]");
+                let Some(text) = r.string(item, &f) else {
+                    continue;
+                };
+                let (spec, protocol) = match text.split_once('/') {
+                    Some((spec, protocol)) => (spec, Some(protocol)),
+                    None => (text, None),
+                };
+                if !protocol_ok(r, protocol, item, &f) {
+                    continue;
+                }
+                match values::port_range(spec) {
+                    Ok((a, b)) => {
+                        for p in a..=b {
+                            if !targets.contains(&p) {
+                                targets.push(p);
+                                written.push((p.to_string(), item.offset, f.clone()));
+                            }
+                        }
+                    }
+                    Err(e) => r.error(item.offset, &f, e, None),
+                }
+            }
+        } else {
+            r.expected(node, &field, "a list of ports");
+        }
+    }
+    if written.is_empty() {
+        return;
+    }
+    let offset = ports.or(expose).map_or(0, |n| n.offset);
+    let field = child(path, "ports");
+    t.key("ports = [".into(), offset, &field);
+    for (text, offset, f) in written {
+        t.key(format!("  {text},"), offset, &f);
+    }
+    t.key("]".into(), offset, &field);
+}
+
+fn protocol_ok(r: &mut Reader<'_>, protocol: Option<&str>, node: &Node, field: &str) -> bool {
+    match protocol {
+        None | Some("tcp") => true,
+        Some(other) => {
+            r.error(
+                node.offset,
+                field,
+                format!("{other} ports are not supported: the data plane forwards TCP"),
+                Some("remove the port, or serve the protocol over TCP".into()),
+            );
+            false
+        }
+    }
+}
+
+/// A short port: each published or exposed port as a manifest entry, with its container port.
+fn short_ports(r: &mut Reader<'_>, text: &str, node: &Node, field: &str) -> Vec<(String, u16)> {
+    let spec = values::short_port(text);
+    if !protocol_ok(r, spec.protocol, node, field) {
+        return Vec::new();
+    }
+    let (t0, t1) = match values::port_range(spec.target) {
+        Ok(range) => range,
+        Err(e) => {
+            r.error(node.offset, field, e, None);
+            return Vec::new();
+        }
+    };
+    let Some(published) = spec.published else {
+        // No host port: Docker would pick one at random; Paracloud publishes nothing.
+        return (t0..=t1).map(|p| (p.to_string(), p)).collect();
+    };
+    let (p0, p1) = match values::port_range(published) {
+        Ok(range) => range,
+        Err(e) => {
+            r.error(node.offset, field, e, None);
+            return Vec::new();
+        }
+    };
+    if p1 - p0 != t1 - t0 {
+        r.error(
+            node.offset,
+            field,
+            format!("the host ports {published} and the container ports {} are not ranges of the same length", spec.target),
+            Some("publish each container port on one host port, such as \"8080-8081:80-81\"".into()),
+        );
+        return Vec::new();
+    }
+    let ip = spec.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+    (0..=(t1 - t0))
+        .map(|i| {
+            let (h, c) = (p0 + i, t0 + i);
+            (out::string(&format!("{ip}{h}:{c}")), c)
+        })
+        .collect()
+}
+
+/// A long-form port as a manifest table, with its container port.
+fn long_port(r: &mut Reader<'_>, entries: &[(Node, Node)], field: &str) -> Option<(String, u16)> {
+    let mut target = None;
+    let mut published = None;
+    let mut host_ip = None;
+    let mut http = false;
+    let mut ok = true;
+    for (key, value) in entries {
+        let k = key.text().unwrap_or_default();
+        let f = child(field, k);
+        match k {
+            _ if k.starts_with("x-") => {}
+            "target" => target = r.whole(value, &f, 1, 65535).map(|p| p as u16),
+            "published" => match r.string(value, &f).map(values::port_range) {
+                Some(Ok((a, b))) if a == b => published = Some(a),
+                Some(Ok(_)) => {
+                    ok = false;
+                    r.error(
+                        value.offset,
+                        &f,
+                        "a range of host ports for one container port is not supported",
+                        Some("publish on one host port".into()),
+                    );
+                }
+                Some(Err(e)) => {
+                    ok = false;
+                    r.error(value.offset, &f, e, None);
+                }
+                None => ok = false,
+            },
+            "host_ip" => host_ip = r.string(value, &f).map(str::to_owned),
+            "protocol" => ok &= protocol_ok(r, value.text(), value, &f),
+            "app_protocol" => match value.text() {
+                Some("http") => http = true,
+                Some("tcp") => {}
+                _ => {
+                    ok = false;
+                    r.error(
+                        value.offset,
+                        &f,
+                        format!("app_protocol {} is not supported", value.describe()),
+                        Some("write `http` (balanced per request) or `tcp`".into()),
+                    );
+                }
+            },
+            "mode" if matches!(value.text(), Some("ingress" | "host")) => {}
+            _ => {
+                ok = false;
+                r.unknown(
+                    key,
+                    &f,
+                    &[
+                        "target",
+                        "published",
+                        "host_ip",
+                        "protocol",
+                        "app_protocol",
+                        "mode",
+                    ],
+                );
+            }
+        }
+    }
+    let Some(target) = target else {
+        if ok {
+            r.error(
+                entries.first().map_or(0, |(k, _)| k.offset),
+                field,
+                "missing required key `target`",
+                Some("write the container port: `target: 80`".into()),
+            );
+        }
+        return None;
+    };
+    if !ok {
+        return None;
+    }
+    let mut parts = vec![format!("port = {target}")];
+    if http {
+        parts.push("protocol = \"http\"".into());
+    }
+    match (host_ip, published) {
+        (Some(ip), Some(p)) => {
+            let ip = if ip.contains(':') && !ip.starts_with('[') {
+                format!("[{ip}]")
+            } else {
+                ip
+            };
+            parts.push(format!("publish = {}", out::string(&format!("{ip}:{p}"))));
+        }
+        (None, Some(p)) => parts.push(format!("publish = {p}")),
+        _ => {}
+    }
+    Some((format!("{{ {} }}", parts.join(", ")), target))
+}
+
+/// `volumes` of a service: named volumes and bind mounts.
+fn volumes(
+    r: &mut Reader<'_>,
+    cx: &Context<'_>,
+    declared: &[String],
+    node: &Node,
+    field: &str,
+    t: &mut Table,
+) {
+    let Kind::Seq(items) = &node.kind else {
+        r.expected(node, field, "a list of volumes");
+        return;
+    };
+    let mut written = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let mount = match &item.kind {
+            Kind::Map(entries) => long_volume(r, entries, item, &f),
+            _ => match r.string(item, &f) {
+                Some(text) => short_volume(r, text, item, &f),
+                None => None,
+            },
+        };
+        let Some((source, target, read_only, bind)) = mount else {
+            continue;
+        };
+        if bind {
+            if source.ends_with("docker.sock") {
+                r.error(item.offset, &f, "the Docker socket is not given to instances: Paracloud runs no Docker engine, and the socket would give the host away", Some("remove the mount; to manage the application, use the `paracloud` command from the host".into()));
+                continue;
+            }
+            if crate::expand_home(&source, cx.vars).is_none() {
+                r.error(item.offset, &f, "`~` needs HOME in the environment", None);
+                continue;
+            }
+        } else if !declared.contains(&source) {
+            r.error(
+                item.offset,
+                &f,
+                format!("volume `{source}` is not declared in the top-level `volumes`"),
+                Some(format!(
+                    "add `volumes: {{ {source}: {{}} }}` at the top level, as Compose requires"
+                )),
+            );
+            continue;
+        }
+        let source = if bind {
+            let expanded = crate::expand_home(&source, cx.vars)
+                .unwrap_or_default()
+                .display()
+                .to_string();
+            if expanded.starts_with('/') || expanded.starts_with('.') {
+                expanded
+            } else {
+                format!("./{expanded}")
+            }
+        } else {
+            crate::volume_name(&source)
+        };
+        let text = if source.contains(':') || target.contains(':') {
+            format!(
+                "{{ source = {}, target = {}, read_only = {read_only} }}",
+                out::string(&source),
+                out::string(&target)
+            )
+        } else {
+            out::string(&format!(
+                "{source}:{target}{}",
+                if read_only { ":ro" } else { "" }
+            ))
+        };
+        written.push((format!("  {text},"), item.offset, f));
+    }
+    if written.is_empty() {
+        return;
+    }
+    t.key("volumes = [".into(), node.offset, field);
+    for (text, offset, f) in written {
+        t.key(text, offset, &f);
+    }
+    t.key("]".into(), node.offset, field);
+}
+
+/// `SOURCE:TARGET[:MODE]` as (source, target, read_only, bind).
+fn short_volume(
+    r: &mut Reader<'_>,
+    text: &str,
+    node: &Node,
+    field: &str,
+) -> Option<(String, String, bool, bool)> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let (source, target, mode) = match parts.as_slice() {
+        [_] => {
+            r.error(
+                node.offset,
+                field,
+                "anonymous volumes are not supported",
+                Some(format!(
+                    "name the volume: `data:{text}`, and declare it in the top-level `volumes`"
+                )),
+            );
+            return None;
+        }
+        [s, t] => (*s, *t, ""),
+        [s, t, m] => (*s, *t, *m),
+        _ => {
+            r.error(
+                node.offset,
+                field,
+                format!("{text:?} is not SOURCE:TARGET[:MODE]"),
+                None,
+            );
+            return None;
+        }
+    };
+    let mut read_only = false;
+    for option in mode.split(',').filter(|o| !o.is_empty()) {
+        match option {
+            "ro" => read_only = true,
+            "rw" | "cached" | "delegated" | "consistent" => {}
+            _ => {
+                r.error(
+                    node.offset,
+                    field,
+                    format!("volume option `{option}` is not supported"),
+                    Some("keep `ro` or `rw`".into()),
+                );
+                return None;
+            }
+        }
+    }
+    let bind = source.starts_with('/') || source.starts_with('.') || source.starts_with('~');
+    Some((source.to_owned(), target.to_owned(), read_only, bind))
+}
+
+fn long_volume(
+    r: &mut Reader<'_>,
+    entries: &[(Node, Node)],
+    node: &Node,
+    field: &str,
+) -> Option<(String, String, bool, bool)> {
+    let mut kind = "volume";
+    let mut source = None;
+    let mut target = None;
+    let mut read_only = false;
+    let mut ok = true;
+    for (key, value) in entries {
+        let k = key.text().unwrap_or_default();
+        let f = child(field, k);
+        match k {
+            _ if k.starts_with("x-") => {}
+            "type" => match value.text() {
+                Some(t @ ("volume" | "bind")) => kind = if t == "bind" { "bind" } else { "volume" },
+                _ => {
+                    ok = false;
+                    r.error(
+                        value.offset,
+                        &f,
+                        format!("volume type {} is not supported", value.describe()),
+                        Some("use `volume` (a named volume) or `bind` (a host path)".into()),
+                    );
+                }
+            },
+            "source" => source = r.string(value, &f).map(str::to_owned),
+            "target" => target = r.string(value, &f).map(str::to_owned),
+            "read_only" => read_only = r.boolean(value, &f).unwrap_or(false),
+            "consistency" => {}
+            _ => {
+                ok = false;
+                r.unknown(
+                    key,
+                    &f,
+                    &["type", "source", "target", "read_only", "consistency"],
+                );
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let Some(target) = target else {
+        r.error(
+            node.offset,
+            field,
+            "missing required key `target`",
+            Some("write where it is mounted: `target: /data`".into()),
+        );
+        return None;
+    };
+    let Some(source) = source else {
+        r.error(
+            node.offset,
+            field,
+            "missing required key `source` (anonymous volumes are not supported)",
+            Some("name the volume, and declare it in the top-level `volumes`".into()),
+        );
+        return None;
+    };
+    Some((source, target, read_only, kind == "bind"))
+}
+
+fn depends_on(r: &mut Reader<'_>, node: &Node, field: &str, t: &mut Table) {
+    let mut deps: Vec<(String, &str, usize)> = Vec::new();
+    match &node.kind {
+        Kind::Seq(_) => {
+            for (name, item) in r.strings(node, field).unwrap_or_default() {
+                deps.push((name.to_owned(), "started", item.offset));
+            }
+        }
+        Kind::Map(entries) => {
+            for (key, value) in entries {
+                let name = key.text().unwrap_or_default();
+                let f = child(field, name);
+                let mut condition = "started";
+                let mut ok = true;
+                if let Some(settings) = r.map(value, &f) {
+                    for (k, v) in settings {
+                        let setting = k.text().unwrap_or_default();
+                        let sf = child(&f, setting);
+                        match setting {
+                            "condition" => match v.text() {
+                                Some("service_started") => condition = "started",
+                                Some("service_healthy") => condition = "healthy",
+                                Some("service_completed_successfully") => {
+                                    ok = false;
+                                    r.error(v.offset, &sf, "`service_completed_successfully` is not supported: services run until stopped", Some("use `service_healthy` with a health check, or `service_started`".into()));
+                                }
+                                _ => {
+                                    ok = false;
+                                    r.error(
+                                        v.offset,
+                                        &sf,
+                                        format!("unknown condition {}", v.describe()),
+                                        Some("write `service_started` or `service_healthy`".into()),
+                                    );
+                                }
+                            },
+                            "required" => {
+                                if r.boolean(v, &sf) == Some(false) {
+                                    ok = false;
+                                    r.refuse(k, &sf, "optional dependencies are not supported", "remove `required: false` and the dependency, or keep it required");
+                                }
+                            }
+                            "restart" => {
+                                if r.boolean(v, &sf) == Some(true) {
+                                    ok = false;
+                                    r.refuse(
+                                        k,
+                                        &sf,
+                                        "restarting a service with its dependency is not supported",
+                                        "remove `restart`",
+                                    );
+                                }
+                            }
+                            _ => {
+                                ok = false;
+                                r.unknown(k, &sf, &["condition", "required", "restart"]);
+                            }
+                        }
+                    }
+                } else {
+                    ok = false;
+                }
+                if ok {
+                    deps.push((name.to_owned(), condition, key.offset));
+                }
+            }
+        }
+        _ => r.expected(node, field, "a list of services or a mapping"),
+    }
+    if deps.is_empty() {
+        return;
+    }
+    let service = field
+        .strip_suffix(".depends_on")
+        .unwrap_or(field)
+        .trim_start_matches("services.")
+        .to_owned();
+    let lines = t.table(
+        format!(
+            "[services.{}.depends_on]",
+            out::key(service.trim_matches('"'))
+        ),
+        node.offset,
+        field,
+    );
+    for (name, condition, offset) in deps {
+        lines.push((
+            format!("{} = \"{condition}\"", out::key(&name)),
+            offset,
+            child(field, &name),
+        ));
+    }
+}
+
+fn duration(r: &mut Reader<'_>, node: &Node, field: &str) -> Option<String> {
+    let text = r.string(node, field)?;
+    match values::go_duration(text) {
+        Ok(d) => Some(values::manifest_duration(d)),
+        Err(e) => {
+            r.error(
+                node.offset,
+                field,
+                e,
+                Some("write a Go duration such as \"30s\", \"1m30s\" or \"500ms\"".into()),
+            );
+            None
+        }
+    }
+}
+
+fn healthcheck(r: &mut Reader<'_>, node: &Node, field: &str, path: &str, t: &mut Table) {
+    let Some(entries) = r.map(node, field) else {
+        return;
+    };
+    let mut command: Option<Vec<String>> = None;
+    let mut disabled = false;
+    let mut timing: Vec<(String, usize, String)> = Vec::new();
+    let mut settings: BTreeMap<&str, (String, usize)> = BTreeMap::new();
+    let mut test_node = None;
+    for (key, value) in entries {
+        let k = key.text().unwrap_or_default();
+        let f = child(field, k);
+        match k {
+            _ if k.starts_with("x-") => {}
+            "test" => {
+                test_node = Some(value);
+                match &value.kind {
+                    Kind::Seq(_) => {
+                        let Some(words) = r.strings(value, &f) else {
+                            continue;
+                        };
+                        let words: Vec<&str> = words.into_iter().map(|(w, _)| w).collect();
+                        match words.split_first() {
+                            Some((&"NONE", _)) => disabled = true,
+                            Some((&"CMD", rest)) if !rest.is_empty() => command = Some(rest.iter().map(|s| (*s).to_owned()).collect()),
+                            Some((&"CMD-SHELL", rest)) if !rest.is_empty() => command = Some(vec!["/bin/sh".into(), "-c".into(), rest.join(" ")]),
+                            _ => r.error(value.offset, &f, "a healthcheck test list starts with CMD, CMD-SHELL or NONE, followed by the command", Some("write `[\"CMD\", \"curl\", \"-f\", \"http://localhost/\"]` or `[\"CMD-SHELL\", \"curl -f http://localhost/\"]`".into())),
+                        }
+                    }
+                    _ => {
+                        if let Some(text) = r.string(value, &f) {
+                            command = Some(vec!["/bin/sh".into(), "-c".into(), text.to_owned()]);
+                        }
+                    }
+                }
+            }
+            "disable" => disabled |= r.boolean(value, &f).unwrap_or(false),
+            "interval" | "timeout" | "start_period" => {
+                if let Some(d) = duration(r, value, &f) {
+                    settings.insert(k, (d, value.offset));
+                }
+            }
+            "retries" => {
+                if let Some(n) = r.whole(value, &f, 1, u64::from(u32::MAX)) {
+                    timing.push((format!("retries = {n}"), value.offset, f));
+                }
+            }
+            "start_interval" => r.refuse(
+                key,
+                &f,
+                "probes run at one interval",
+                "remove `start_interval`; a `start_period` keeps early failures from counting",
+            ),
+            _ => r.unknown(
+                key,
+                &f,
+                &[
+                    "test",
+                    "interval",
+                    "timeout",
+                    "retries",
+                    "start_period",
+                    "disable",
+                ],
+            ),
+        }
+    }
+    if disabled {
+        return;
+    }
+    let Some(command) = command else {
+        if test_node.is_none() {
+            r.error(node.offset, field, "a healthcheck without `test` (the image's HEALTHCHECK) is not supported", Some("write the test: `test: [\"CMD\", \"wget\", \"-q\", \"--spider\", \"http://localhost/\"]`".into()));
+        }
+        return;
+    };
+    let service = path.trim_start_matches("services.").trim_matches('"');
+    let lines = t.table(
+        format!("[services.{}.health]", out::key(service)),
+        node.offset,
+        field,
+    );
+    lines.push((
+        format!("exec = {}", out::strings(&command)),
+        test_node.map_or(node.offset, |n| n.offset),
+        child(field, "test"),
+    ));
+    // Docker's defaults where the file sets none: 30s between probes, 30s to answer.
+    for (key, default) in [
+        ("interval", "30s"),
+        ("timeout", "30s"),
+        ("start_period", "0s"),
+    ] {
+        let (value, offset) = settings
+            .get(key)
+            .cloned()
+            .unwrap_or((default.to_owned(), node.offset));
+        lines.push((
+            format!("{key} = {}", out::string(&value)),
+            offset,
+            child(field, key),
+        ));
+    }
+    lines.extend(timing);
+}
+
+fn restart(
+    r: &mut Reader<'_>,
+    entry: Option<&(Node, Node)>,
+    name_node: &Node,
+    path: &str,
+    t: &mut Table,
+) {
+    let field = child(path, "restart");
+    // Compose restarts nothing unless asked.
+    let Some((_, node)) = entry else {
+        t.key("restart = \"no\"".into(), name_node.offset, &field);
+        return;
+    };
+    let Some(text) = r.string(node, &field) else {
+        return;
+    };
+    let line = match text {
+        "no" => "restart = \"no\"".to_owned(),
+        "always" | "unless-stopped" => "restart = \"always\"".to_owned(),
+        "on-failure" => "restart = \"on-failure\"".to_owned(),
+        _ => {
+            match text.strip_prefix("on-failure:").map(str::parse::<u32>) {
+                Some(Ok(n)) => {
+                    format!("restart = {{ condition = \"on-failure\", max_retries = {n} }}")
+                }
+                _ => {
+                    r.error(node.offset, &field, format!("unknown restart policy {text:?}"), Some("write `no`, `always`, `on-failure`, `on-failure:N` or `unless-stopped`".into()));
+                    return;
+                }
+            }
+        }
+    };
+    t.key(line, node.offset, &field);
+}
+
+/// `deploy` (replicas and resource limits) and the older service-level `scale`, `cpus`,
+/// `mem_limit` and `pids_limit`.
+fn resources(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t: &mut Table) {
+    let mut replicas = None;
+    let mut limits: BTreeMap<&str, (String, usize, String)> = BTreeMap::new();
+    let limit = |r: &mut Reader<'_>,
+                 which: &'static str,
+                 value: &Node,
+                 f: String,
+                 limits: &mut BTreeMap<&str, (String, usize, String)>| {
+        let text = match which {
+            "cpu" => match value.text().and_then(|t| t.parse::<f64>().ok()) {
+                Some(cpus) if cpus > 0.0 && cpus.is_finite() => format!("cpu = {cpus}"),
+                _ => {
+                    r.expected(value, &f, "a number of CPUs above 0, such as 0.5");
+                    return;
+                }
+            },
+            "memory" => match value.text().map(values::memory) {
+                Some(Ok(m)) if m.bytes().all(|b| b.is_ascii_digit()) => format!("memory = {m}"),
+                Some(Ok(m)) => format!("memory = {}", out::string(&m)),
+                Some(Err(e)) => {
+                    r.error(
+                        value.offset,
+                        &f,
+                        e,
+                        Some("write bytes or a size such as \"512m\" or \"1g\"".into()),
+                    );
+                    return;
+                }
+                None => {
+                    r.expected(value, &f, "a memory size such as \"512m\"");
+                    return;
+                }
+            },
+            _ => match r.whole(value, &f, 1, u64::from(u32::MAX)) {
+                Some(n) => format!("pids = {n}"),
+                None => return,
+            },
+        };
+        limits.insert(which, (text, value.offset, f));
+    };
+    for (key, value) in entries {
+        let k = key.text().unwrap_or_default();
+        let f = child(path, k);
+        match k {
+            "scale" => replicas = r.whole(value, &f, 0, 1000).map(|n| (n, value.offset, f)),
+            "cpus" => limit(r, "cpu", value, f, &mut limits),
+            "mem_limit" => limit(r, "memory", value, f, &mut limits),
+            "pids_limit" => limit(r, "pids", value, f, &mut limits),
+            "deploy" => {
+                let Some(deploy) = r.map(value, &f) else {
+                    continue;
+                };
+                for (dk, dv) in deploy {
+                    let d = dk.text().unwrap_or_default();
+                    let df = child(&f, d);
+                    match d {
+                        _ if d.starts_with("x-") => {}
+                        "replicas" => replicas = r.whole(dv, &df, 0, 1000).map(|n| (n, dv.offset, df)),
+                        "mode" if dv.text() == Some("replicated") => {}
+                        "resources" => {
+                            let Some(res) = r.map(dv, &df) else { continue };
+                            for (rk, rv) in res {
+                                let rname = rk.text().unwrap_or_default();
+                                let rf = child(&df, rname);
+                                match rname {
+                                    "limits" => {
+                                        let Some(ls) = r.map(rv, &rf) else { continue };
+                                        for (lk, lv) in ls {
+                                            let lname = lk.text().unwrap_or_default();
+                                            let lf = child(&rf, lname);
+                                            match lname {
+                                                "cpus" => limit(r, "cpu", lv, lf, &mut limits),
+                                                "memory" => limit(r, "memory", lv, lf, &mut limits),
+                                                "pids" => limit(r, "pids", lv, lf, &mut limits),
+                                                _ => r.unknown(lk, &lf, &["cpus", "memory", "pids"]),
+                                            }
+                                        }
+                                    }
+                                    "reservations" => r.refuse(rk, &rf, "Paracloud reserves nothing: limits bound an instance, the autoscaler sizes it", "remove `reservations`, or turn them into `limits`"),
+                                    _ => r.unknown(rk, &rf, &["limits"]),
+                                }
+                            }
+                        }
+                        "mode" => r.refuse(dk, &df, "services are replicated: `replicas` instances on this machine", "remove `mode`, or write `mode: replicated`"),
+                        "restart_policy" => r.refuse(dk, &df, "restarts follow the service's `restart` key", "write `restart: on-failure` (or `on-failure:N`) on the service instead"),
+                        _ => r.refuse(dk, &df, "only `replicas` and `resources.limits` of `deploy` apply on Paracloud", "remove it"),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some((n, offset, f)) = replicas {
+        t.key(format!("replicas = {n}"), offset, &f);
+    }
+    if limits.is_empty() {
+        return;
+    }
+    let service = path.trim_start_matches("services.").trim_matches('"');
+    let first = limits.values().next().map_or(0, |(_, o, _)| *o);
+    let lines = t.table(
+        format!("[services.{}.resources]", out::key(service)),
+        first,
+        &child(path, "deploy.resources.limits"),
+    );
+    for (_, (text, offset, f)) in limits {
+        lines.push((text, offset, f));
+    }
+}

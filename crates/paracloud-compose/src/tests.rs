@@ -1,0 +1,481 @@
+//! Tests of the Compose reader: each key and syntax, through the manifest it becomes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use paracloud_manifest::{
+    DependsCondition, FileSystem, Image, Origin, Probe, RestartCondition, Service, VolumeMount,
+};
+
+use super::*;
+
+/// A project directory in memory.
+#[derive(Default)]
+struct Files(BTreeMap<PathBuf, String>);
+
+impl FileSystem for Files {
+    fn exists(&self, path: &Path) -> bool {
+        path.starts_with("/project") || path.starts_with("/home/me") || self.0.contains_key(path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        !self.0.contains_key(path)
+    }
+}
+
+impl Host for Files {
+    fn read_to_string(&self, path: &Path) -> Option<String> {
+        self.0.get(path).cloned()
+    }
+}
+
+fn origin() -> Origin {
+    Origin {
+        file: "compose.yaml".into(),
+        base_dir: PathBuf::from("/project"),
+    }
+}
+
+fn env() -> BTreeMap<String, String> {
+    [("HOME", "/home/me"), ("TAG", "1.25"), ("EMPTY", "")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn read_with(src: &str, files: &Files) -> Result<Converted, ManifestError> {
+    parse(src, &origin(), &env(), files)
+}
+
+fn read(src: &str) -> Converted {
+    match read_with(src, &Files::default()) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn web(src: &str) -> Service {
+    read(src).manifest.services["web"].clone()
+}
+
+/// The one diagnostic of a refused file, as shown.
+fn error(src: &str) -> String {
+    let e = read_with(src, &Files::default()).unwrap_err();
+    e.to_string()
+}
+
+#[test]
+fn a_small_file_becomes_a_manifest() {
+    let c =
+        read("name: shop\nservices:\n  web:\n    image: nginx:${TAG}\n    ports: [\"8080:80\"]\n");
+    assert_eq!(c.manifest.app, "shop");
+    let web = &c.manifest.services["web"];
+    assert_eq!(
+        web.image,
+        Image::Stored {
+            reference: "nginx:1.25".into(),
+            digest: None
+        }
+    );
+    assert_eq!(web.ports[0].port, 80);
+    assert_eq!(web.ports[0].publish.unwrap().to_string(), "127.0.0.1:8080");
+    assert_eq!(web.restart.condition, RestartCondition::No);
+    assert!(web.cap_add.contains(&"CAP_CHOWN".to_owned()));
+    // The TOML text parses to the same manifest.
+    let again = paracloud_manifest::parse(&c.toml, &origin(), &Files::default()).unwrap();
+    assert_eq!(again, c.manifest);
+}
+
+#[test]
+fn the_app_name_comes_from_the_directory_without_name() {
+    let c = read("services:\n  web:\n    image: nginx\n");
+    assert_eq!(c.manifest.app, "project");
+    assert_eq!(project_name("My_App.v2"), "my-app-v2");
+}
+
+#[test]
+fn build_short_and_long() {
+    assert_eq!(
+        web("services:\n  web:\n    build: ./app\n").image,
+        Image::Build {
+            context: "/project/app".into(),
+            digest: None
+        }
+    );
+    let s = web("services:\n  web:\n    image: mine\n    build:\n      context: app\n      dockerfile: Dockerfile\n");
+    assert_eq!(
+        s.image,
+        Image::Build {
+            context: "/project/app".into(),
+            digest: None
+        }
+    );
+    let e = error("services:\n  web:\n    build:\n      context: .\n      target: prod\n");
+    assert!(
+        e.starts_with("compose.yaml:5:7: services.web.build.target: `target` is not supported"),
+        "{e}"
+    );
+    assert!(error("services:\n  web:\n    build:\n      args: {A: 1}\n").contains("build.args"));
+}
+
+#[test]
+fn commands_split_like_a_shell_or_come_as_lists() {
+    let s = web("services:\n  web:\n    image: a\n    entrypoint: /bin/sh -c\n    command: [\"echo 'hi'\", x]\n");
+    assert_eq!(s.entrypoint, vec!["/bin/sh", "-c"]);
+    assert_eq!(s.command, vec!["echo 'hi'", "x"]);
+    assert_eq!(
+        web("services:\n  web:\n    image: a\n    command: echo \"a b\" $$HOME\n").command,
+        vec!["echo", "a b", "$HOME"]
+    );
+}
+
+#[test]
+fn environment_map_list_env_file_and_dotenv() {
+    let mut files = Files::default();
+    files.0.insert(
+        "/project/.env".into(),
+        "FROM_DOTENV=dot\nTAG=ignored\n".into(),
+    );
+    files
+        .0
+        .insert("/project/web.env".into(), "A=file\nB=file\n".into());
+    let src = "services:\n  web:\n    image: a:${TAG}\n    env_file: web.env\n    environment:\n      B: over\n      C: ${FROM_DOTENV}\n      HOME:\n      UNSET:\n";
+    let c = read_with(src, &files).unwrap();
+    let s = &c.manifest.services["web"];
+    assert_eq!(
+        s.image,
+        Image::Stored {
+            reference: "a:1.25".into(),
+            digest: None
+        }
+    );
+    let env: Vec<_> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(env, vec!["A=file", "B=over", "C=dot", "HOME=/home/me"]);
+    let s = web("services:\n  web:\n    image: a\n    environment: [\"X=1\", \"Y=a=b\", TAG]\n");
+    assert_eq!(s.env.get("Y").map(String::as_str), Some("a=b"));
+    assert_eq!(s.env.get("TAG").map(String::as_str), Some("1.25"));
+    let e = error("services:\n  web:\n    image: a\n    env_file: missing.env\n");
+    assert!(e.contains("compose.yaml:4:15: services.web.env_file: env file /project/missing.env does not exist"), "{e}");
+    let ok = read_with("services:\n  web:\n    image: a\n    env_file:\n      - path: missing.env\n        required: false\n", &Files::default());
+    assert!(ok.is_ok());
+}
+
+#[test]
+fn interpolation_errors_are_located() {
+    let e = error("services:\n  web:\n    image: \"${NOPE:?set the image}\"\n");
+    assert!(
+        e.starts_with(
+            "compose.yaml:3:12: required variable NOPE is not set or empty: set the image"
+        ),
+        "{e}"
+    );
+    assert!(error("services:\n  web:\n    image: a$\n").contains("invalid interpolation"));
+    assert_eq!(
+        web("services:\n  web:\n    image: \"${EMPTY:-b}${EMPTY-c}\"\n").image,
+        Image::Stored {
+            reference: "b:latest".into(),
+            digest: None
+        }
+    );
+}
+
+#[test]
+fn ports_short_long_ranges_and_expose() {
+    let s = web("services:\n  web:\n    image: a\n    ports:\n      - \"127.0.0.1:8080:80\"\n      - 81\n      - \"9000-9001:90-91/tcp\"\n      - target: 7000\n        published: \"7001\"\n        host_ip: 0.0.0.0\n        app_protocol: http\n    expose: [\"81\", \"3000-3001\"]\n");
+    let shown: Vec<String> = s
+        .ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{:?}/{:?}",
+                p.port,
+                p.protocol,
+                p.publish.map(|a| a.to_string())
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            "80/Tcp/Some(\"127.0.0.1:8080\")",
+            "81/Tcp/None",
+            "90/Tcp/Some(\"127.0.0.1:9000\")",
+            "91/Tcp/Some(\"127.0.0.1:9001\")",
+            "7000/Http/Some(\"0.0.0.0:7001\")",
+            "3000/Tcp/None",
+            "3001/Tcp/None",
+        ]
+    );
+    let e = error("services:\n  web:\n    image: a\n    ports: [\"53:53/udp\"]\n");
+    assert!(
+        e.starts_with("compose.yaml:4:13: services.web.ports[0]: udp ports are not supported"),
+        "{e}"
+    );
+    assert!(
+        error("services:\n  web:\n    image: a\n    ports: [\"8000-8001:80\"]\n")
+            .contains("same length")
+    );
+}
+
+#[test]
+fn volumes_named_bind_and_long() {
+    let s = web("services:\n  web:\n    image: a\n    volumes:\n      - data:/data\n      - ./conf:/etc/conf:ro\n      - type: bind\n        source: static\n        target: /srv\n        read_only: true\n      - ~/x:/x\nvolumes:\n  data:\n    labels: {backup: daily}\n");
+    assert_eq!(
+        s.volumes,
+        vec![
+            VolumeMount::Named {
+                name: "data".into(),
+                target: "/data".into(),
+                read_only: false
+            },
+            VolumeMount::Bind {
+                source: "/project/conf".into(),
+                target: "/etc/conf".into(),
+                read_only: true
+            },
+            VolumeMount::Bind {
+                source: "/project/static".into(),
+                target: "/srv".into(),
+                read_only: true
+            },
+            VolumeMount::Bind {
+                source: "/home/me/x".into(),
+                target: "/x".into(),
+                read_only: false
+            },
+        ]
+    );
+    let m = read("services:\n  web:\n    image: a\n    volumes: [data:/d]\nvolumes:\n  data:\n    labels: {backup: daily}\n").manifest;
+    assert_eq!(m.volumes["data"].labels["backup"], "daily");
+    assert!(
+        error("services:\n  web:\n    image: a\n    volumes: [data:/d]\n").contains("not declared")
+    );
+    assert!(error("services:\n  web:\n    image: a\n    volumes: [/data]\n").contains("anonymous"));
+    assert!(error("services:\n  web:\n    image: a\n    volumes: [/var/run/docker.sock:/var/run/docker.sock]\n").contains("Docker socket"));
+    assert!(
+        error("services:\n  web:\n    image: a\nvolumes:\n  d:\n    external: true\n")
+            .contains("volumes.d.external")
+    );
+}
+
+#[test]
+fn depends_on_list_and_conditions() {
+    let src = "services:\n  db:\n    image: pg\n    healthcheck:\n      test: [\"CMD\", \"pg_isready\"]\n  cache:\n    image: r\n  web:\n    image: a\n    depends_on:\n      db: {condition: service_healthy}\n      cache: {condition: service_started}\n";
+    let s = web(src);
+    assert_eq!(s.depends_on["db"], DependsCondition::Healthy);
+    assert_eq!(s.depends_on["cache"], DependsCondition::Started);
+    let s = web("services:\n  db:\n    image: pg\n  web:\n    image: a\n    depends_on: [db]\n");
+    assert_eq!(s.depends_on["db"], DependsCondition::Started);
+    let e = error("services:\n  db:\n    image: pg\n  web:\n    image: a\n    depends_on:\n      db:\n        condition: service_completed_successfully\n");
+    assert!(
+        e.starts_with("compose.yaml:8:20: services.web.depends_on.db.condition:"),
+        "{e}"
+    );
+    // A rule of the manifest, located in the Compose file.
+    let e = error("services:\n  web:\n    image: a\n    depends_on: [nope]\n");
+    assert!(
+        e.starts_with("compose.yaml:4:18: services.web.depends_on.nope:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn healthchecks() {
+    let s = web("services:\n  web:\n    image: a\n    healthcheck:\n      test: [\"CMD-SHELL\", \"curl -f localhost\"]\n      interval: 1m30s\n      timeout: 500ms\n      retries: 5\n      start_period: 2s\n");
+    let h = s.health.unwrap();
+    assert_eq!(
+        h.probe,
+        Probe::Exec {
+            command: vec!["/bin/sh".into(), "-c".into(), "curl -f localhost".into()]
+        }
+    );
+    assert_eq!(
+        (h.interval, h.timeout, h.retries, h.start_period),
+        (
+            Duration::from_secs(90),
+            Duration::from_millis(500),
+            5,
+            Duration::from_secs(2)
+        )
+    );
+    let h =
+        web("services:\n  web:\n    image: a\n    healthcheck:\n      test: wget -q localhost\n")
+            .health
+            .unwrap();
+    assert_eq!(h.interval, Duration::from_secs(30));
+    assert_eq!(
+        web("services:\n  web:\n    image: a\n    healthcheck:\n      test: [\"NONE\"]\n").health,
+        None
+    );
+    assert_eq!(web("services:\n  web:\n    image: a\n    healthcheck:\n      test: [\"CMD\", \"x\"]\n      disable: true\n").health, None);
+    assert!(
+        error("services:\n  web:\n    image: a\n    healthcheck:\n      interval: 1x\n")
+            .contains("invalid duration")
+    );
+}
+
+#[test]
+fn restart_policies() {
+    let policy = |p: &str| {
+        web(&format!(
+            "services:\n  web:\n    image: a\n    restart: \"{p}\"\n"
+        ))
+        .restart
+    };
+    assert_eq!(policy("no").condition, RestartCondition::No);
+    assert_eq!(policy("always").condition, RestartCondition::Always);
+    assert_eq!(policy("unless-stopped").condition, RestartCondition::Always);
+    let r = policy("on-failure:3");
+    assert_eq!(
+        (r.condition, r.max_retries),
+        (RestartCondition::OnFailure, Some(3))
+    );
+    assert!(
+        error("services:\n  web:\n    image: a\n    restart: sometimes\n")
+            .contains("unknown restart policy")
+    );
+}
+
+#[test]
+fn deploy_replicas_and_limits() {
+    let s = web("services:\n  web:\n    image: a\n    deploy:\n      replicas: 3\n      resources:\n        limits: {cpus: '0.5', memory: 512m, pids: 100}\n");
+    assert_eq!(s.replicas, 3);
+    assert_eq!(
+        (s.resources.cpu, s.resources.memory, s.resources.pids),
+        (Some(0.5), Some(512 << 20), Some(100))
+    );
+    let s = web("services:\n  web:\n    image: a\n    cpus: 2\n    mem_limit: 1g\n    scale: 2\n");
+    assert_eq!(
+        (s.resources.cpu, s.resources.memory, s.replicas),
+        (Some(2.0), Some(1 << 30), 2)
+    );
+    assert!(error("services:\n  web:\n    image: a\n    deploy:\n      resources:\n        reservations: {cpus: '1'}\n").contains("reservations"));
+}
+
+#[test]
+fn the_remaining_service_keys() {
+    let s = web("services:\n  web:\n    image: a\n    user: \"1000:1000\"\n    working_dir: /srv\n    labels: [\"tier=front\"]\n    container_name: w\n    hostname: w\n    stop_signal: SIGINT\n    stop_grace_period: 1m\n    cap_add: [SYS_PTRACE]\n    x-note: ignored\nx-common: {a: 1}\nversion: \"3.8\"\n");
+    assert_eq!(s.user.as_deref(), Some("1000:1000"));
+    assert_eq!(s.working_dir.as_deref(), Some("/srv"));
+    assert_eq!(s.labels["tier"], "front");
+    assert_eq!(s.stop_signal, "SIGINT");
+    assert_eq!(s.stop_grace_period, Duration::from_secs(60));
+    assert!(s.cap_add.contains(&"CAP_SYS_PTRACE".to_owned()));
+}
+
+#[test]
+fn anchors_and_merge_keys_work_as_in_compose() {
+    let s = web("x-base: &base\n  image: a\n  environment: {A: \"1\"}\nservices:\n  web:\n    <<: *base\n    command: run\n");
+    assert_eq!(s.env["A"], "1");
+    assert_eq!(s.command, vec!["run"]);
+}
+
+#[test]
+fn keys_paracloud_cannot_honour_are_refused_with_a_way_out() {
+    let e = error("services:\n  web:\n    image: a\n    privileged: true\n");
+    assert_eq!(e, "compose.yaml:4:5: services.web.privileged: `privileged` is not supported: instances never run privileged\n  hint: remove `privileged`, and add only the capabilities the service needs to `cap_add`");
+    for key in [
+        "network_mode: host",
+        "devices: [/dev/fuse]",
+        "runtime: runc",
+        "secrets: [a]",
+        "configs: [a]",
+        "profiles: [a]",
+        "extends: {service: b}",
+        "init: true",
+        "cap_drop: [ALL]",
+        "sysctls: {a: 1}",
+        "ulimits: {nofile: 1}",
+        "read_only: true",
+        "shm_size: 1g",
+        "networks: [a]",
+    ] {
+        let e = error(&format!("services:\n  web:\n    image: a\n    {key}\n"));
+        let name = key.split(':').next().unwrap();
+        assert!(
+            e.starts_with(&format!(
+                "compose.yaml:4:5: services.web.{name}: `{name}` is not supported"
+            )),
+            "{e}"
+        );
+    }
+    for top in [
+        "networks: {a: {}}",
+        "secrets: {a: {file: x}}",
+        "configs: {}",
+    ] {
+        assert!(error(&format!("{top}\nservices:\n  web:\n    image: a\n"))
+            .starts_with("compose.yaml:1:1:"));
+    }
+    let e = error("services:\n  web:\n    imgae: a\n");
+    assert!(
+        e.contains("unknown key `imgae`") && e.contains("did you mean `image`?"),
+        "{e}"
+    );
+}
+
+#[test]
+fn yaml_errors_are_located() {
+    let e = error("services:\n  web:\n    image: [a\n");
+    assert!(e.starts_with("compose.yaml:"), "{e}");
+    assert!(e.contains("invalid YAML"), "{e}");
+}
+
+#[test]
+fn the_format_is_told_by_extension_then_content() {
+    assert!(is_compose(Path::new("x/compose.yaml"), ""));
+    assert!(!is_compose(Path::new("paracloud.toml"), "services:\n"));
+    assert!(is_compose(
+        Path::new("manifest"),
+        "services:\n  web:\n    image: a\n"
+    ));
+    assert!(!is_compose(Path::new("manifest"), "app = \"a\"\n"));
+}
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn on_any_text(src in "\\PC{0,200}") {
+            let _ = read_with(&src, &Files::default());
+        }
+
+        #[test]
+        fn on_compose_like_text(src in "(services:\n  [a-z]{1,3}:\n    (image: [a-z$]{1,4}\n|ports: \\[\"[0-9:/a-z-]{0,12}\"\\]\n|volumes: \\[[a-z./:~]{0,10}\\]\n|command: [\"' a-z$]{0,10}\n|healthcheck: \\{test: [a-zA-Z-]{0,5}\\}\n|restart: [a-z:0-9-]{0,12}\n|depends_on: \\[[a-z]{1,3}\\]\n|[a-z_]{1,10}: [a-z0-9{}]{0,5}\n){0,6}){0,2}") {
+            // What is accepted reads back the same from its TOML.
+            if let Ok(c) = read_with(&src, &Files::default()) {
+                let again = paracloud_manifest::parse(&c.toml, &origin(), &Files::default());
+                prop_assert_eq!(again.ok(), Some(c.manifest));
+            }
+        }
+
+        #[test]
+        fn interpolation_on_any_text(text in "[${}:?+a-zA-Z_-]{0,40}") {
+            let _ = interpolate(&text, &|name| (name == "A").then(|| "x".to_owned()));
+        }
+    }
+}
+
+#[test]
+fn volume_names_become_dns_labels() {
+    let s =
+        web("services:\n  web:\n    image: a\n    volumes: [db_data:/d]\nvolumes:\n  db_data:\n");
+    assert_eq!(
+        s.volumes,
+        vec![VolumeMount::Named {
+            name: "db-data".into(),
+            target: "/d".into(),
+            read_only: false
+        }]
+    );
+    let e = error("services:\n  web:\n    image: a\nvolumes:\n  a_b:\n  a-b:\n");
+    assert!(
+        e.starts_with(
+            "compose.yaml:6:3: volumes.a-b: volume `a-b` is named `a-b` like another one"
+        ),
+        "{e}"
+    );
+}
