@@ -27,6 +27,8 @@ use tracing::{debug, warn};
 use crate::calls::CallGraph;
 use crate::forward::{self, BackendState, ListenerState};
 use crate::h1;
+use crate::hop::HOP_BY_HOP;
+use crate::inflight::InFlight;
 use crate::split::REVISION_HEADER;
 use crate::stats::Counters;
 use crate::Tuning;
@@ -38,19 +40,6 @@ type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// Request bodies are read whole before forwarding, so a request can be sent again on a retry.
 const MAX_REQUEST_BODY: usize = 16 << 20;
-
-/// Headers that describe one hop, never forwarded (RFC 9110, section 7.6.1).
-pub(crate) const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 pub(crate) fn upstream(tuning: &Tuning) -> Upstream {
     let mut connector = HttpConnector::new();
@@ -108,22 +97,6 @@ pub(crate) async fn serve(
         .await
     {
         debug!(bind = %listener.bind, %peer, %error, "HTTP connection ended with an error");
-    }
-}
-
-/// Counts a request in flight at its listener (and backend, once one answers) until dropped,
-/// which is when the response body has been sent or abandoned.
-pub(crate) struct InFlight {
-    pub(crate) listener: Arc<ListenerState>,
-    pub(crate) backend: Option<Arc<BackendState>>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.listener.counters.request_done();
-        if let Some(backend) = &self.backend {
-            backend.counters.request_done();
-        }
     }
 }
 

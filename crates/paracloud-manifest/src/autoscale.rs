@@ -7,9 +7,9 @@ use std::time::Duration;
 use paracloud_autoscale::{Bounds, PolicyKind, ScalingConfig, Slo};
 use toml::de::DeTable;
 
+use crate::draft::{Draft, ScalingDraft};
 use crate::model::{Autoscale, LatencySlo, Manifest, ServiceScaling};
 use crate::reader::{child, Checker, Span, Value};
-use crate::service::Draft;
 use crate::units;
 
 const AUTOSCALE_KEYS: &[&str] = &["policy", "entry", "slo"];
@@ -29,16 +29,6 @@ const DEFAULT_CPU_MIN: f64 = 0.25;
 const DEFAULT_CPU_MAX: f64 = 2.0;
 /// CPU per instance of a service without `resources.cpu`, as far as the autoscaler is concerned.
 const DEFAULT_CPU: f64 = 1.0;
-
-/// A service's `autoscale` table as written: each bound with where it is written.
-pub(crate) struct ScalingDraft {
-    pub(crate) span: Span,
-    pub(crate) field: String,
-    min: Option<(u32, Span)>,
-    max: Option<(u32, Span)>,
-    cpu_min: Option<(f64, Span)>,
-    cpu_max: Option<(f64, Span)>,
-}
 
 impl Checker<'_> {
     /// A service's `autoscale = { min, max, cpu_min, cpu_max }`, checked on its own; the rules

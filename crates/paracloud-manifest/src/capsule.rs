@@ -1,9 +1,9 @@
-//! `[capsules.NAME]`: the application's own capsules, and the capsule names the rest of the
-//! manifest (service policies, schedules) may use.
+//! `[capsules.NAME]`: the application's own capsules, each added to the capsules the rest of the
+//! manifest (service policies, schedules) may name.
 
 use std::collections::BTreeMap;
 
-use paracloud_capsule::{Access, CapsuleSpec};
+use paracloud_capsule::Access;
 use toml::de::DeValue;
 use toml::Spanned;
 
@@ -21,45 +21,6 @@ const CAPSULE_KEYS: &[&str] = &[
     "resources",
     "timeout",
 ];
-
-/// The capsules a manifest may name: the built-in ones and the application's own.
-pub(crate) struct KnownCapsules {
-    /// Every capsule that parsed, built-in ones first.
-    pub(crate) specs: Vec<CapsuleSpec>,
-    /// Names of the application's capsules that did not parse (already reported): a policy or
-    /// schedule naming one is not reported again.
-    pub(crate) broken: Vec<String>,
-}
-
-impl Default for KnownCapsules {
-    fn default() -> Self {
-        Self {
-            specs: paracloud_capsule::builtins(),
-            broken: Vec::new(),
-        }
-    }
-}
-
-impl KnownCapsules {
-    pub(crate) fn get(&self, name: &str) -> Option<&CapsuleSpec> {
-        self.specs.iter().find(|c| c.name == name)
-    }
-
-    pub(crate) fn names(&self) -> Vec<String> {
-        self.specs.iter().map(|c| c.name.clone()).collect()
-    }
-
-    /// What a misspelt capsule name may have meant: every capsule, broken ones included.
-    pub(crate) fn suggest(&self, name: &str) -> Option<String> {
-        let names = self.specs.iter().map(|c| c.name.as_str());
-        crate::units::suggest(name, names.chain(self.broken.iter().map(String::as_str)))
-            .map(str::to_owned)
-    }
-
-    pub(crate) fn is_broken(&self, name: &str) -> bool {
-        self.broken.iter().any(|b| b == name)
-    }
-}
 
 impl Checker<'_> {
     /// `[capsules]`: the application's own capsules, by name. Each is added to the capsules

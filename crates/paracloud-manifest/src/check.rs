@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::draft::{Draft, Published};
 use crate::model::{DependsCondition, Manifest, ScheduledCapsule, Volume, VolumeMount};
 use crate::reader::{child, Checker, Span};
-use crate::service::{Draft, Published};
 use crate::units;
 
 const TOP_KEYS: &[&str] = &[
@@ -298,25 +298,6 @@ impl Checker<'_> {
             args,
             timeout,
         })
-    }
-
-    /// Reports an invalid name; true when the name is fine.
-    pub(crate) fn name(&mut self, name: &str, span: Span, field: &str, what: &str) -> bool {
-        match units::check_name(name) {
-            Ok(()) => true,
-            Err(problem) => {
-                self.error(
-                    span,
-                    field,
-                    format!("invalid {what} {name:?}: {problem}"),
-                    Some(format!(
-                        "use lower-case letters, digits and '-', starting with a letter, at most {} characters, such as \"web-2\"",
-                        units::MAX_NAME_LEN
-                    )),
-                );
-                false
-            }
-        }
     }
 
     fn volume_declaration(

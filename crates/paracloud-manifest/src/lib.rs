@@ -6,7 +6,9 @@
 mod autoscale;
 mod capsule;
 mod check;
+mod draft;
 mod error;
+mod known_capsules;
 mod location;
 mod model;
 mod reader;

@@ -9,6 +9,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::error::{Diagnostic, ManifestError};
+use crate::known_capsules::KnownCapsules;
 use crate::location::LineIndex;
 use crate::units;
 use crate::{FileSystem, Origin};
@@ -25,7 +26,7 @@ pub(crate) struct Checker<'a> {
     /// Diagnostics with the byte offset they point at, to sort them into source order.
     diagnostics: Vec<(usize, Diagnostic)>,
     /// The capsules policies and schedules may name (the application's own once read).
-    pub(crate) capsules: crate::capsule::KnownCapsules,
+    pub(crate) capsules: KnownCapsules,
 }
 
 impl<'a> Checker<'a> {
@@ -123,6 +124,25 @@ impl<'a> Checker<'a> {
                 format!("unknown key `{name}`"),
                 Some(hint),
             );
+        }
+    }
+
+    /// Reports an invalid name; true when the name is fine.
+    pub(crate) fn name(&mut self, name: &str, span: Span, field: &str, what: &str) -> bool {
+        match units::check_name(name) {
+            Ok(()) => true,
+            Err(problem) => {
+                self.error(
+                    span,
+                    field,
+                    format!("invalid {what} {name:?}: {problem}"),
+                    Some(format!(
+                        "use lower-case letters, digits and '-', starting with a letter, at most {} characters, such as \"web-2\"",
+                        units::MAX_NAME_LEN
+                    )),
+                );
+                false
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-use crate::autoscale::ScalingDraft;
+use crate::draft::{Draft, Published};
 use crate::model::{
     DependsCondition, HealthCheck, Image, MigrateMethod, Port, Probe, Protocol, Resources,
     RestartCondition, RestartPolicy, Service, VolumeMount,
@@ -71,29 +71,6 @@ const PORT_KEYS: &[&str] = &["port", "protocol", "publish"];
 const RESOURCE_KEYS: &[&str] = &["cpu", "memory", "pids"];
 const RESTART_KEYS: &[&str] = &["condition", "max_retries", "backoff", "backoff_max"];
 const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
-
-/// A checked service plus the source positions the whole-application checks point at.
-pub(crate) struct Draft {
-    pub(crate) service: Service,
-    /// Whether the table has a `health` key (even a broken one), so that a `healthy` dependency on
-    /// it is not reported twice.
-    pub(crate) has_health: bool,
-    /// Each dependency with the span and field of its entry.
-    pub(crate) depends_spans: BTreeMap<String, (Span, String)>,
-    /// Each published host address with where it is written.
-    pub(crate) publishes: Vec<Published>,
-    /// Its `autoscale` bounds as written, checked against the application's `[autoscale]` later.
-    pub(crate) autoscale: Option<ScalingDraft>,
-    /// Whether `replicas` is written (else an autoscaled service starts within its bounds).
-    pub(crate) replicas_written: bool,
-}
-
-/// A host address a port is published on, and where the manifest says so.
-pub(crate) struct Published {
-    pub(crate) addr: SocketAddr,
-    pub(crate) span: Span,
-    pub(crate) field: String,
-}
 
 impl Checker<'_> {
     pub(crate) fn service(&mut self, name: &str, value: &Value<'_>) -> Option<Draft> {

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{sandbox_init, EtcFile, InstanceConfig, Process};
+use crate::protocol::RestorePlan;
+use crate::{paths, EtcFile, InstanceConfig, Process};
 
 /// The key under which the instance's network namespace is external.
 pub(crate) const NET_KEY: &str = "paracloud-net";
@@ -63,16 +64,6 @@ pub struct Checkpoint {
     pub binds: Vec<String>,
     /// How long `criu dump` took.
     pub took: Duration,
-}
-
-/// What sandbox-init needs to exec `criu restore` (sent with its config).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct RestorePlan {
-    pub criu: PathBuf,
-    pub images: PathBuf,
-    pub log_keys: Vec<String>,
-    /// (mount point, source in the successor).
-    pub binds: Vec<(String, PathBuf)>,
 }
 
 /// The arguments of `criu dump` for the tree of `pid`.
@@ -170,7 +161,7 @@ pub(crate) fn successor_sources(
         .map(|target| {
             let etc = ETC_BINDS.iter().find(|(_, t)| t == target);
             let source = match etc {
-                Some((file, _)) => Some(sandbox_init::etc_file_path(&cfg.dir, *file)),
+                Some((file, _)) => Some(paths::etc_file_path(&cfg.dir, *file)),
                 None => cfg
                     .mounts
                     .iter()

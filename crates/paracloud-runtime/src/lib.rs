@@ -8,7 +8,9 @@
 //!
 //! # Code map
 //!
-//! - `spawn`: daemon side of a start (clone3, pipes, veth, handshake); `sandbox_init`: child side.
+//! - `spawn`: daemon side of a start (clone3, pipes, veth, handshake); `sandbox_init`: child side;
+//!   `protocol`: the typed messages between them (a restore's plan included); `paths`: where an
+//!   instance's own files lie in its instance directory.
 //! - `cgroups`: [`CgroupManager`] with v1 (hybrid included) and v2 implementations over a root
 //!   path; `procfs`: pids, pidfds, adoption, waiting; `nsexec`: [`Runtime::exec`].
 //! - `network` (bridges, async rtnetlink) and `netlink` (blocking requests with rtnetlink's
@@ -54,6 +56,7 @@ mod mounts;
 mod netlink;
 mod network;
 mod nsexec;
+mod paths;
 mod procfs;
 mod protocol;
 mod sandbox_init;
@@ -282,7 +285,7 @@ pub fn set_terminal_size(
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf. Rewrite them in place (not by rename) to change
 /// what a running instance sees.
 pub fn etc_file_path(instance_dir: &Path, name: EtcFile) -> PathBuf {
-    sandbox_init::etc_file_path(instance_dir, name)
+    paths::etc_file_path(instance_dir, name)
 }
 
 /// One of the generated /etc files of an instance.

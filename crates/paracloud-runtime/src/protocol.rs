@@ -20,9 +20,19 @@ pub(crate) enum ToInit {
         /// that clone3 did not place it in.
         join_cgroups: Vec<PathBuf>,
         /// Instead of the command, restore a checkpoint into the new namespaces.
-        restore: Option<crate::criu::RestorePlan>,
+        restore: Option<RestorePlan>,
     },
     Go,
+}
+
+/// What sandbox-init needs to exec `criu restore` (sent with its config).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RestorePlan {
+    pub criu: PathBuf,
+    pub images: PathBuf,
+    pub log_keys: Vec<String>,
+    /// (mount point, source in the successor).
+    pub binds: Vec<(String, PathBuf)>,
 }
 
 /// Larger messages are refused rather than allocated.

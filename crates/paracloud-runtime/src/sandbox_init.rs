@@ -19,7 +19,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use crate::identity;
 use crate::mounts::{bind, make_mount_point, make_mount_point_kind, mount_fs, under, BindMode};
 use crate::netlink::{self, Netlink, INSTANCE_IFACE};
-use crate::protocol::{read_message, ToInit};
+use crate::paths::{etc_file_path, instance_dirs};
+use crate::protocol::{read_message, RestorePlan, ToInit};
 use crate::{sys, EtcFile, InstanceConfig, Rootfs};
 
 pub(crate) const COMMAND: &str = "__sandbox-init";
@@ -40,14 +41,6 @@ const PROC_MASKED: &[&str] = &["kcore", "keys", "timer_list", "sched_debug"];
 
 /// The error pipe (also for the panic hook).
 static REPORT: OnceLock<File> = OnceLock::new();
-
-pub(crate) fn etc_file_path(instance_dir: &Path, file: EtcFile) -> PathBuf {
-    instance_dir.join(match file {
-        EtcFile::Hosts => "etc-hosts",
-        EtcFile::Hostname => "etc-hostname",
-        EtcFile::ResolvConf => "etc-resolv.conf",
-    })
-}
 
 pub(crate) fn render_hosts(cfg: &InstanceConfig) -> String {
     let mut hosts =
@@ -173,16 +166,6 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
     std::env::set_current_dir(&working_dir)
         .map_err(|e| format!("cannot enter working directory {working_dir}: {e}"))?;
     Err(identity::exec(&cfg.argv, &env))
-}
-
-/// The directories of the instance directory that must exist before sandbox-init starts
-/// (created by the daemon while sandbox-init is being exec'd).
-pub(crate) fn instance_dirs(cfg: &InstanceConfig) -> [PathBuf; 3] {
-    [
-        cfg.dir.join("rootfs"),
-        cfg.dir.join("upper"),
-        cfg.dir.join("work"),
-    ]
 }
 
 /// Writes the generated /etc files into the instance directory (done by the daemon).
@@ -359,7 +342,7 @@ fn mount_root(cfg: &InstanceConfig) -> InitResult<(PathBuf, Vec<&'static str>)> 
 /// namespace (eth0 configured for the new slot) and with the new log; returns only on failure.
 fn exec_criu_restore(
     cfg: &InstanceConfig,
-    plan: &crate::criu::RestorePlan,
+    plan: &RestorePlan,
     root: &Path,
 ) -> InitResult<std::convert::Infallible> {
     configure_network(cfg)?;

@@ -17,12 +17,13 @@ use nix::fcntl::OFlag;
 use tokio::io::Interest;
 
 use crate::cgroups::CgroupManager;
-use crate::criu::{self, Checkpoint, RestorePlan};
+use crate::criu::{self, Checkpoint};
 use crate::netlink::{self, Netlink};
 use crate::network::{check_ifname, instance_mac, veth_host_name};
-use crate::protocol::{write_message, ToInit};
+use crate::protocol::{write_message, RestorePlan, ToInit};
 use crate::{
-    identity, procfs, sandbox_init, sys, Error, InstanceConfig, Process, Result, RuntimeConfig,
+    identity, paths, procfs, sandbox_init, sys, Error, InstanceConfig, Process, Result,
+    RuntimeConfig,
 };
 
 /// sandbox-init normally execs within milliseconds; past this the spawn is abandoned.
@@ -90,7 +91,7 @@ pub(crate) async fn restore(
         log_keys: checkpoint.log_keys.clone(),
         binds,
     };
-    let [_, upper, _] = sandbox_init::instance_dirs(cfg);
+    let [_, upper, _] = paths::instance_dirs(cfg);
     if upper.exists() {
         std::fs::remove_dir_all(&upper)
             .map_err(|e| failed(format!("cannot empty {}: {e}", upper.display())))?;
@@ -394,7 +395,7 @@ fn prepare_child(
         write_message(to_init, message)
             .map_err(|e| Error::sys(format!("sending {} to sandbox-init", cfg.id), e))
     };
-    for dir in sandbox_init::instance_dirs(cfg) {
+    for dir in paths::instance_dirs(cfg) {
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::sys(format!("creating {}", dir.display()), e))?;
