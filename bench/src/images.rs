@@ -384,6 +384,7 @@ fn starts(opts: &ImagesOptions, dir: &Path, layers: &[PathBuf]) -> Result<(Vec<f
                     limits: Limits::default(),
                     capabilities: vec![],
                     log_path: inst.join("output.log"),
+                    owned: Vec::new(),
                 };
                 let start = Instant::now();
                 let process = tokio.block_on(runtime.spawn(&cfg))?;

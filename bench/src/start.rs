@@ -500,6 +500,7 @@ impl ParacloudRunner {
             limits: Limits::default(),
             capabilities: vec![],
             log_path: dir.join("output.log"),
+            owned: Vec::new(),
         };
         let addr = SocketAddr::new(IpAddr::V4(ip), INSTANCE_PORT);
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -332,12 +333,17 @@ async fn ensure_daemon(global: &Global) -> Result<Client> {
         return Ok(client);
     }
     let root = absolute(&global.root)?;
-    std::fs::create_dir_all(&root)
+    // Closed to other users, as the daemon keeps it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)
         .with_context(|| format!("cannot create the state root {}", root.display()))?;
     let log_path = root.join("daemon.log");
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)?;
     let exe = std::env::current_exe()?;
     let DaemonArgs {

@@ -299,6 +299,7 @@ async fn run_step<D: Driver>(
             .map(|c| (*c).to_owned())
             .collect(),
         log_path: dir.join("output.log"),
+        owned: Vec::new(),
     };
     let result = async {
         let process = engine

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -150,6 +151,7 @@ impl DataplaneSupervisor {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.log_path)?;
         if !self.config_path.exists() {
             write_config(&self.config_path, &Config::default())?;
@@ -182,7 +184,13 @@ impl DataplaneSupervisor {
             }
             Err(e) => return Err(std::io::Error::other(e.to_string())),
         };
-        std::fs::write(&self.pid_path, format!("{pid} {start}\n"))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&self.pid_path)?;
+        std::io::Write::write_all(&mut file, format!("{pid} {start}\n").as_bytes())?;
         tracing::info!(
             "data plane started, pid {pid}, with {} inherited listening sockets",
             listeners.len()

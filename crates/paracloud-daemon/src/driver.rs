@@ -50,6 +50,8 @@ pub trait Driver: Send + Sync + 'static {
     fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()>;
     /// What an instance has used so far (its cgroup's counters).
     fn usage(&self, id: &str) -> Result<Usage>;
+    /// Whether the process `pid` (of the daemon's pid namespace) is one of the instance's.
+    fn holds(&self, id: &str, pid: i32) -> bool;
     /// Runs a command inside an instance (a health check): its exit code and the end of its output.
     fn exec<'a>(
         &'a self,
@@ -120,6 +122,9 @@ impl Driver for Runtime {
     }
     fn usage(&self, id: &str) -> Result<Usage> {
         Runtime::usage(self, id)
+    }
+    fn holds(&self, id: &str, pid: i32) -> bool {
+        Runtime::holds(self, id, pid)
     }
     fn exec<'a>(
         &'a self,

@@ -680,6 +680,8 @@ impl<D: Driver> Engine<D> {
             .filter(|(name, _)| !name.contains(paracloud_manifest::REVISION_SEPARATOR))
             .map(|(name, s)| (name.clone(), network.service_address(s.slot)))
             .collect();
+        // A volume is its services' alone (0700); one of a service with a `user` is that user's.
+        let mut owned = Vec::new();
         let mounts = service
             .volumes
             .iter()
@@ -690,8 +692,11 @@ impl<D: Driver> Engine<D> {
                     read_only,
                 } => {
                     let source = self.config.volume_dir(&app.name, name);
-                    if let Err(e) = std::fs::create_dir_all(&source) {
+                    if let Err(e) = private_dir(&source) {
                         tracing::warn!("cannot create volume {}: {e}", source.display());
+                    }
+                    if service.user.is_some() {
+                        owned.push(source.clone());
                     }
                     Mount {
                         source,
@@ -742,6 +747,7 @@ impl<D: Driver> Engine<D> {
             },
             capabilities: service.cap_add.clone(),
             log_path: self.config.log_path(key),
+            owned,
         }
     }
 
@@ -1012,8 +1018,20 @@ impl<D: Driver> Engine<D> {
     }
 }
 
-/// Mounts the instance's PaCI socket directory and tells it where the socket is.
+/// Creates a directory (and its parents) closed to other users: 0700 even where it existed.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Mounts the instance's PaCI socket directory, handed with its socket to the instance's user,
+/// and tells it where the socket is.
 fn with_paci(config: &mut InstanceConfig, paci_dir: PathBuf) {
+    config.owned.push(paci_dir.clone());
+    config
+        .owned
+        .push(paci_dir.join(paracloud_paci::SOCKET_NAME));
     config.mounts.push(Mount {
         source: paci_dir,
         target: paracloud_paci::SOCKET_DIR.to_string(),

@@ -283,6 +283,11 @@ impl Driver for FakeDriver {
         Ok(Usage::default())
     }
 
+    fn holds(&self, _id: &str, _pid: i32) -> bool {
+        // A fake instance has no processes.
+        false
+    }
+
     fn exec<'a>(
         &'a self,
         process: &'a Process,

@@ -31,6 +31,7 @@ pub mod views;
 
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,22 +67,85 @@ fn root_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
     }
 }
 
+/// Files of the state root that are the daemon's alone (0600), whoever made them.
+const PRIVATE_FILES: [&str; 9] = [
+    "state.db",
+    "state.db-wal",
+    "state.db-shm",
+    "daemon.log",
+    "daemon.pid",
+    "daemon.lock",
+    "dataplane.json",
+    "dataplane.log",
+    "dataplane.pid",
+];
+
+/// Creates the state root closed to other users (0700), or closes one made open (an older
+/// daemon's, or one made by hand), and its files (0600); says so when it had to.
+fn close_root(root: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)?;
+    let mode = fs::metadata(root)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
+        tracing::warn!(
+            "the state root {} was open to other users (mode {mode:o}): closed it (0700)",
+            root.display()
+        );
+    }
+    for name in PRIVATE_FILES {
+        let path = root.join(name);
+        if let Ok(meta) = fs::metadata(&path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file of the state root only its owner may read (0600).
+fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(contents)
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. Instances and the data plane keep running after it
 /// ends; the next daemon for the same root re-adopts them.
 pub async fn run(config: DaemonConfig) -> Result<(), Error> {
     let root = config.root.clone();
-    fs::create_dir_all(&root).map_err(root_error(&root))?;
+    close_root(&root).map_err(root_error(&root))?;
     let lock_file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(root.join("daemon.lock"))
         .map_err(root_error(&root))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
         .map_err(|_| Error::AlreadyRunning(root.display().to_string()))?;
-    fs::write(root.join("daemon.pid"), format!("{}\n", std::process::id()))
-        .map_err(root_error(&root))?;
+    write_private(
+        &root.join("daemon.pid"),
+        format!("{}\n", std::process::id()).as_bytes(),
+    )
+    .map_err(root_error(&root))?;
 
+    // SQLite gives the WAL and shared-memory files the database's mode.
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(root.join("state.db"))
+        .map_err(root_error(&root))?;
     let store = Store::open(&root.join("state.db"))?;
     let runtime = Runtime::new(RuntimeConfig {
         cgroup_root: "/sys/fs/cgroup".into(),

@@ -8,14 +8,15 @@
 //! event stream of the instance.
 
 use std::convert::Infallible;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -128,21 +129,26 @@ impl<D: Driver> Engine<D> {
 fn serve<D: Driver>(engine: &Arc<Engine<D>>, key: &InstanceKey) -> std::io::Result<PathBuf> {
     let dir = socket_dir(&engine.config.root, key);
     std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let path = dir.join(SOCKET_NAME);
     if engine.paci.serving(key) && path.exists() {
         return Ok(dir);
     }
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
-    // Whatever user the instance runs as may connect; the mount makes it the only one who can.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    // The instance's user alone may connect: the runtime hands the directory and the socket to
+    // it when the instance starts; a socket bound again for a running one (a daemon restart)
+    // goes to the directory's owner, that same user.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let owner = std::fs::metadata(&dir)?;
+    std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid()))?;
     let ctx = Ctx {
         engine: engine.clone(),
         key: key.clone(),
     };
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(ctx)).await {
+        let app = router(ctx).into_make_service_with_connect_info::<Connection>();
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!("PaCI server stopped: {e}");
         }
     });
@@ -166,7 +172,62 @@ fn router<D: Driver>(ctx: Ctx<D>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            only_the_instance::<D>,
+        ))
         .with_state(ctx)
+}
+
+/// Who is at the other end of a connection to an instance's socket (`SO_PEERCRED`, taken when
+/// it connected).
+#[derive(Debug, Clone, Copy)]
+struct Connection {
+    pid: Option<i32>,
+    uid: Option<u32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
+    for Connection
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        let cred = stream.io().peer_cred().ok();
+        Connection {
+            pid: cred.and_then(|c| c.pid()),
+            uid: cred.map(|c| c.uid()),
+        }
+    }
+}
+
+/// Lets through the requests of the instance's own processes (those in its cgroup) alone: the
+/// socket's mode keeps other users out, this keeps out root and the instance's user outside it.
+async fn only_the_instance<D: Driver>(
+    State(ctx): Shared<D>,
+    ConnectInfo(peer): ConnectInfo<Connection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let id = ctx.key.id();
+    if peer
+        .pid
+        .is_some_and(|pid| pid > 0 && ctx.engine.driver.holds(&id, pid))
+    {
+        return next.run(request).await;
+    }
+    let pid = peer.pid.map_or("unknown".into(), |p| p.to_string());
+    let uid = peer.uid.map_or("unknown".into(), |u| u.to_string());
+    tracing::warn!(
+        "PaCI of {}: refused pid {pid} (uid {uid}), not a process of this instance",
+        ctx.key
+    );
+    PaciError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "this PaCI socket is instance {}'s alone: pid {pid} is not one of its processes (not in its cgroup)",
+            ctx.key
+        ),
+    )
+    .into_response()
 }
 
 type Shared<D> = State<Ctx<D>>;
@@ -366,7 +427,13 @@ async fn replicas<D: Driver>(
 }
 
 async fn events<D: Driver>(State(ctx): Shared<D>) -> Response {
-    let (pending, receiver, guard) = ctx.engine.paci.subscribe(&ctx.key);
+    let Some((pending, receiver, guard)) = ctx.engine.paci.subscribe(&ctx.key) else {
+        return PaciError::new(
+            StatusCode::CONFLICT,
+            "an event stream of this instance is already open: the stream is the instance's own, one at a time; read events from the open one (or close it first)",
+        )
+        .into_response();
+    };
     let state = (pending.into_iter(), receiver, guard);
     let stream = futures::stream::unfold(state, |(mut pending, mut receiver, guard)| async move {
         if let Some(event) = pending.next() {

@@ -214,18 +214,22 @@ impl Hub {
         })
     }
 
-    /// The instance's pending events and a receiver of the next ones, counted as a listener
-    /// while the returned guard lives.
+    /// The instance's pending events and a receiver of the next ones, counted as its listener
+    /// while the returned guard lives; None while another stream of the instance is open (the
+    /// stream is the instance's own: one at a time).
     pub(crate) fn subscribe(
         &self,
         key: &InstanceKey,
-    ) -> (
+    ) -> Option<(
         Vec<PlatformEvent>,
         broadcast::Receiver<PlatformEvent>,
         ListenerGuard,
-    ) {
+    )> {
         let mut channels = lock(&self.channels);
         let channel = channels.entry(key.clone()).or_insert_with(Channel::new);
+        if *channel.listeners.borrow() > 0 {
+            return None;
+        }
         let receiver = channel.events.subscribe();
         let now = now_ms();
         let pending = channel
@@ -236,7 +240,7 @@ impl Hub {
             .collect();
         channel.listeners.send_modify(|n| *n += 1);
         let guard = ListenerGuard(channel.listeners.clone());
-        (pending, receiver, guard)
+        Some((pending, receiver, guard))
     }
 }
 

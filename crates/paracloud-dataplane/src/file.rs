@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -49,7 +50,13 @@ pub fn write_config(path: &Path, config: &Config) -> io::Result<()> {
     ));
     let temp: PathBuf = dir.join(temp_name);
     let result = (|| {
-        let mut file = fs::File::create(&temp)?;
+        // The daemon's alone: it names every instance and its address.
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&temp)?;
         serde_json::to_writer_pretty(&mut file, config)?;
         file.write_all(b"\n")?;
         file.sync_all()?;

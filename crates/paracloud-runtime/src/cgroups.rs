@@ -50,6 +50,35 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()>;
     /// Kills every process in the instance's cgroup and removes it; idempotent.
     fn destroy(&self, id: &str) -> Result<()>;
+    /// Whether a process whose `/proc/PID/cgroup` reads `proc_cgroup` is in the instance's
+    /// cgroup (or below it), on the hierarchy the instance is placed in first: the cgroup2 one
+    /// where there is one (hybrid hosts included), else the first v1 controller's.
+    fn holds(&self, id: &str, proc_cgroup: &str) -> bool;
+}
+
+/// Whether `proc_cgroup` (the lines of `/proc/PID/cgroup`) puts the process at `path` or below
+/// on the hierarchy whose line has `controller` among its controllers (`""`: cgroup2's `0::`).
+fn in_cgroup(proc_cgroup: &str, controller: &str, path: &str) -> bool {
+    proc_cgroup.lines().any(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(at)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        let on = match controller {
+            "" => controllers.is_empty(),
+            name => controllers.split(',').any(|c| c == name),
+        };
+        on && (at == path
+            || at
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('/')))
+    })
+}
+
+/// The path of an instance's cgroup as `/proc/PID/cgroup` shows it.
+fn proc_path(parent: &str, id: &str) -> String {
+    format!("/{}/{id}", parent.trim_matches('/'))
 }
 
 /// Finds the layout under `root` (normally /sys/fs/cgroup) and returns its manager.
@@ -230,6 +259,15 @@ impl CgroupManager for V1Manager {
         }
     }
 
+    fn holds(&self, id: &str, proc_cgroup: &str) -> bool {
+        let controller = match (&self.unified, self.controllers.first()) {
+            (Some(_), _) => "",
+            (None, Some((name, _))) => name,
+            (None, None) => return false,
+        };
+        in_cgroup(proc_cgroup, controller, &proc_path(&self.parent, id))
+    }
+
     fn destroy(&self, id: &str) -> Result<()> {
         check_relative("instance id", id)?;
         if let Some(unified) = self.clone_into_dir(id) {
@@ -339,6 +377,10 @@ impl CgroupManager for V2Manager {
 
     fn clone_into_dir(&self, id: &str) -> Option<PathBuf> {
         Some(self.dir(id))
+    }
+
+    fn holds(&self, id: &str, proc_cgroup: &str) -> bool {
+        in_cgroup(proc_cgroup, "", &proc_path(&self.parent, id))
     }
 
     fn join_files(&self, _id: &str) -> Vec<PathBuf> {
@@ -584,6 +626,32 @@ fn try_remove(dir: &Path) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_instance_holds_the_processes_of_its_cgroup_and_below_on_one_hierarchy() {
+        let hybrid = "4:memory:/elsewhere\n2:cpu,cpuacct:/pc/shop-web-1\n0::/pc/shop-web-1\n";
+        assert!(super::in_cgroup(hybrid, "", "/pc/shop-web-1"));
+        assert!(super::in_cgroup(hybrid, "cpu", "/pc/shop-web-1"));
+        assert!(!super::in_cgroup(hybrid, "memory", "/pc/shop-web-1"));
+        assert!(super::in_cgroup(
+            "0::/pc/shop-web-1/sub\n",
+            "",
+            "/pc/shop-web-1"
+        ));
+        // A sibling whose name starts the same is another instance.
+        assert!(!super::in_cgroup(
+            "0::/pc/shop-web-10\n",
+            "",
+            "/pc/shop-web-1"
+        ));
+        // The v1 line of an unrelated hierarchy does not speak for the unified one.
+        assert!(!super::in_cgroup(
+            "1:cpu:/pc/shop-web-1\n0::/\n",
+            "",
+            "/pc/shop-web-1"
+        ));
+        assert_eq!(super::proc_path("pc/", "shop-web-1"), "/pc/shop-web-1");
+    }
+
     use super::*;
 
     /// Writes files the way cgroupfs would have created them.

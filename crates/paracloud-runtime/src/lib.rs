@@ -105,6 +105,11 @@ pub struct InstanceConfig {
     pub capabilities: Vec<String>,
     /// stdout and stderr of the instance are appended to this file.
     pub log_path: PathBuf,
+    /// Host paths handed to the instance's user (owner and group as `user` resolves in the
+    /// instance) before its command runs: its PaCI socket directory and socket, the volumes of a
+    /// service with a `user`.
+    #[serde(default)]
+    pub owned: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -417,6 +422,11 @@ impl Runtime {
     }
     pub fn usage(&self, id: &str) -> Result<Usage> {
         self.cgroups.usage(id)
+    }
+    /// Whether the process `pid` (of this pid namespace) is one of the instance's: in its cgroup.
+    pub fn holds(&self, id: &str, pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|text| self.cgroups.holds(id, &text))
     }
     /// Changes the CPU limit of a running instance in cores (`None`: unlimited), at once.
     pub fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()> {

@@ -106,6 +106,8 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
         Ok(other) => return Err(format!("expected the instance config, got {other:?}")),
         Err(e) => return Err(format!("cannot read the instance config: {e}")),
     };
+    // Opened while the host's paths are in reach; handed over once the user is known.
+    let owned = open_owned(&cfg)?;
     let root = match &restore {
         None => build_rootfs(&cfg)?,
         // CRIU mounts the rest from the checkpoint.
@@ -122,6 +124,11 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
         fs::write(&file, "0").map_err(|e| format!("cannot join cgroup {}: {e}", file.display()))?;
     }
     if let Some(plan) = restore {
+        // The restored processes keep their ids; the user is looked up in the same root.
+        let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+        let group = fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+        let user = identity::resolve_user(cfg.user.as_deref(), &passwd, &group)?;
+        hand_over(&owned, &user)?;
         return exec_criu_restore(&cfg, &plan, &root);
     }
     bind_etc_files(&cfg, &root)?;
@@ -141,6 +148,7 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
     let group = fs::read_to_string("/etc/group").unwrap_or_default();
     let user = identity::resolve_user(cfg.user.as_deref(), &passwd, &group)?;
+    hand_over(&owned, &user)?;
     let kept = identity::parse_capabilities(&cfg.capabilities)?;
     let env = identity::build_env(
         &cfg.env,
@@ -553,6 +561,35 @@ fn bind_etc_files(cfg: &InstanceConfig, rootfs: &Path) -> InitResult<()> {
             continue;
         }
         bind(&source, &target, BindMode::ReadOnly)?;
+    }
+    Ok(())
+}
+
+/// The host paths to hand to the instance's user, opened without following a link.
+fn open_owned(cfg: &InstanceConfig) -> InitResult<Vec<(PathBuf, OwnedFd)>> {
+    use nix::fcntl::{open, OFlag};
+    cfg.owned
+        .iter()
+        .map(|path| {
+            let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            open(path, flags, nix::sys::stat::Mode::empty())
+                .map(|fd| (path.clone(), fd))
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// Makes the instance's user (and group) the owner of what it alone may use.
+fn hand_over(owned: &[(PathBuf, OwnedFd)], user: &identity::Identity) -> InitResult<()> {
+    for (path, fd) in owned {
+        nix::unistd::fchownat(
+            fd,
+            "",
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(|e| format!("cannot give {} to uid {}: {e}", path.display(), user.uid))?;
     }
     Ok(())
 }

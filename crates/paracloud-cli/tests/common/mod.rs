@@ -22,6 +22,8 @@ pub struct Platform {
     pub root: tempfile::TempDir,
     pub slot: u32,
     _lock: Flock<File>,
+    /// Relays into instances ([`Platform::paci_socket`]), ended and reaped at the end.
+    relays: std::sync::Mutex<Vec<std::process::Child>>,
 }
 
 /// The directory of the workspace's built binaries (paracloud, shop-web, shop-api, shop-kv).
@@ -61,6 +63,7 @@ impl Platform {
                     root,
                     slot,
                     _lock: lock,
+                    relays: Default::default(),
                 };
             }
         }
@@ -253,6 +256,10 @@ impl Drop for Platform {
         if let Some(pid) = self.dataplane_pid() {
             terminate(pid);
         }
+        for mut relay in self.relays.lock().unwrap().drain(..) {
+            let _ = relay.kill();
+            let _ = relay.wait();
+        }
         // The instances' cgroups are gone with them; their parent is this test's to remove.
         if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
             for hierarchy in hierarchies.flatten() {
@@ -351,14 +358,87 @@ pub fn pids(ps: &[Value]) -> Vec<(String, i64)> {
     v
 }
 
+/// Relays a Unix socket (argv[1]) to another (argv[2]), one connection for each accepted one.
+const RELAY: &str = r#"
+import socket, sys, threading
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[1])
+listener.listen(64)
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+while True:
+    client, _ = listener.accept()
+    upstream = socket.socket(socket.AF_UNIX)
+    try:
+        upstream.connect(sys.argv[2])
+    except OSError:
+        client.close()
+        continue
+    threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+    threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+"#;
+
 impl Platform {
     /// The host side of an instance's PaCI socket (`app`, `instance` such as `one.2`): the very
-    /// socket the instance sees at /run/paracloud/paci.sock.
-    pub fn paci_socket(&self, app: &str, instance: &str) -> PathBuf {
+    /// socket the instance sees at /run/paracloud/paci.sock, which answers its own processes
+    /// alone.
+    pub fn paci_socket_of(&self, app: &str, instance: &str) -> PathBuf {
         self.root()
             .join("paci")
-            .join(format!("{app}-{}", instance.replace('.', "-")))
+            .join(self.instance_id(app, instance))
             .join("paci.sock")
+    }
+
+    /// The instance's id, which names its cgroup and PaCI directory.
+    pub fn instance_id(&self, app: &str, instance: &str) -> String {
+        format!("{app}-{}", instance.replace('.', "-"))
+    }
+
+    /// A socket through which the test speaks as the instance: a relay to its PaCI socket run
+    /// in the instance's cgroup (as a process the instance started would be), started again
+    /// once the instance's restart took the last one with it.
+    pub fn paci_socket(&self, app: &str, instance: &str) -> PathBuf {
+        let id = self.instance_id(app, instance);
+        let relay = self.root().join(format!("relay-{id}.sock"));
+        if std::os::unix::net::UnixStream::connect(&relay).is_ok() {
+            return relay;
+        }
+        let _ = std::fs::remove_file(&relay);
+        let parent = self.cgroup_parent();
+        let join = format!(
+            "for f in /sys/fs/cgroup/{parent}/{id}/cgroup.procs /sys/fs/cgroup/*/{parent}/{id}/cgroup.procs; do \
+             if [ -f \"$f\" ]; then echo $$ > \"$f\" || exit 1; fi; done; exec /usr/bin/python3 -c \"$0\" \"$1\" \"$2\""
+        );
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(join)
+            .arg(RELAY)
+            .arg(&relay)
+            .arg(self.paci_socket_of(app, instance))
+            .spawn()
+            .expect("cannot start a relay into the instance");
+        self.relays.lock().unwrap().push(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&relay).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the relay into {instance} of {app} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        relay
     }
 
     /// The event log of an application, one `subject: message` line per event.
@@ -394,12 +474,12 @@ pub fn unix_http(socket: &Path, method: &str, target: &str, body: &str) -> (u16,
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    write!(
-        stream,
+    // One write: a server that answers before reading the body (a refusal) may close at once.
+    let request = format!(
         "{method} {target} HTTP/1.1\r\nHost: paci\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    );
+    stream.write_all(request.as_bytes()).unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let response = String::from_utf8_lossy(&response).into_owned();

@@ -95,6 +95,7 @@ impl Fixture {
             limits: Limits::default(),
             capabilities: vec![],
             log_path: dir.join("log"),
+            owned: Vec::new(),
         }
     }
 
