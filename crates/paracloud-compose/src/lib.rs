@@ -586,22 +586,7 @@ impl<'a> Reader<'a> {
 }
 
 /// A field path: `key` inside `path`, quoted when it is not a bare word.
-pub(crate) fn child(path: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    let key = if bare {
-        key.to_owned()
-    } else {
-        format!("{key:?}")
-    };
-    if path.is_empty() {
-        key
-    } else {
-        format!("{path}.{key}")
-    }
-}
+pub(crate) use paracloud_manifest::field_path as child;
 
 /// A file beside the Compose file as diagnostics show it.
 fn shown(origin: &Origin, name: &str) -> String {

@@ -247,31 +247,16 @@ pub(crate) fn service(
     restart(r, get("restart"), name_node, &path, &mut t);
     resources(r, entries, &path, &mut t);
 
-    if let Some((_, value)) = get("user") {
-        if let Some(user) = r.string(value, &f("user")) {
-            t.key(
-                format!("user = {}", out::string(user)),
-                value.offset,
-                &f("user"),
-            );
-        }
-    }
-    if let Some((_, value)) = get("working_dir") {
-        if let Some(dir) = r.string(value, &f("working_dir")) {
-            t.key(
-                format!("working_dir = {}", out::string(dir)),
-                value.offset,
-                &f("working_dir"),
-            );
-        }
-    }
-    if let Some((_, value)) = get("stop_signal") {
-        if let Some(signal) = r.string(value, &f("stop_signal")) {
-            t.key(
-                format!("stop_signal = {}", out::string(signal)),
-                value.offset,
-                &f("stop_signal"),
-            );
+    // Keys that are the same string in both formats.
+    for key in ["user", "working_dir", "stop_signal"] {
+        if let Some((_, value)) = get(key) {
+            if let Some(text) = r.string(value, &f(key)) {
+                t.key(
+                    format!("{key} = {}", out::string(text)),
+                    value.offset,
+                    &f(key),
+                );
+            }
         }
     }
     if let Some((_, value)) = get("stop_grace_period") {

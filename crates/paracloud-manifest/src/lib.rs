@@ -22,6 +22,7 @@ use toml::de::DeTable;
 pub use autoscale::{scaling_config, MAX_INSTANCES, MIN_CPU};
 pub use error::{Diagnostic, ManifestError};
 pub use model::*;
+pub use reader::child as field_path;
 pub use units::suggest;
 
 /// Where a manifest comes from.

@@ -397,8 +397,9 @@ fn integer_value(integer: &toml::de::DeInteger<'_>) -> Option<i128> {
     i128::from_str_radix(integer.as_str(), integer.radix()).ok()
 }
 
-/// The field path of `key` inside `path`, quoting keys that are not bare TOML keys.
-pub(crate) fn child(path: &str, key: &str) -> String {
+/// The field path of `key` inside `path` (`services.web.ports`), quoting keys that are not bare
+/// TOML keys, as every diagnostic names its field; other front ends (Compose) name theirs alike.
+pub fn child(path: &str, key: &str) -> String {
     let bare = !key.is_empty()
         && key
             .chars()
