@@ -176,3 +176,29 @@ fn regression_up_after_a_failed_deploy_does_not_fail_on_the_old_instance() {
         "the old revision's output is not the new instance's: {logs}"
     );
 }
+
+#[test]
+fn regression_a_published_port_held_by_another_program_fails_up_with_the_holder_named() {
+    // `up` said `deployed` and exited 0; only the data plane's log said the bind failed, and the
+    // port was never served.
+    let p = Platform::new();
+    let port = p.port(2);
+    let holder = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let manifest = p.manifest("good", &GOOD.replace("PUBLISH", &port.to_string()));
+    let refused = p.fails(&["up", "-f", manifest.to_str().unwrap()]);
+    let me = std::process::id();
+    assert!(
+        refused.contains(&format!(
+            "services.one.ports: 127.0.0.1:{port} is already in use by pid {me} ("
+        )),
+        "{refused}"
+    );
+    assert!(refused.contains("publish another host port"), "{refused}");
+    assert!(p
+        .fails(&["ps", "-a", "good"])
+        .contains("no application named good"));
+
+    drop(holder);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(p.ps("good").len(), 1);
+}

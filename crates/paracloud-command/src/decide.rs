@@ -23,7 +23,7 @@ pub fn decide(
             manifest,
             source,
             origin,
-        } => up(manifest, source, origin, snapshot),
+        } => up(manifest, source, origin, snapshot, limits),
         Command::Down { app, volumes } => {
             find_app(snapshot, app)?;
             Ok(Decision::changes(vec![
@@ -151,7 +151,30 @@ fn up(
     source: &str,
     origin: &str,
     snapshot: &Snapshot,
+    limits: &Limits,
 ) -> Result<Decision, Refusal> {
+    // What the manifest's own checks cannot know: this machine's size.
+    for (name, service) in &manifest.services {
+        let field = format!("services.{name}.resources");
+        if let Some(cpu) = service.resources.cpu.filter(|cpu| *cpu > limits.cores) {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!(
+                    "{origin}: {field}.cpu: {cpu} is more than the {} cores of this machine: ask for {} at most",
+                    limits.cores, limits.cores
+                ),
+            ));
+        }
+        if let Some(memory) = service.resources.memory.filter(|m| *m > limits.memory) {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!(
+                    "{origin}: {field}.memory: {memory} bytes is more than the {} bytes of memory of this machine: ask for less",
+                    limits.memory
+                ),
+            ));
+        }
+    }
     let ours: BTreeSet<_> = manifest
         .services
         .values()

@@ -121,6 +121,8 @@ pub struct Limits {
     pub max_replicas: u32,
     /// The machine's cores: the most CPU an instance can use.
     pub cores: f64,
+    /// The machine's memory in bytes: the most an instance can be given.
+    pub memory: u64,
 }
 
 /// What [`decide`] concluded: the changes to write, in order, and what the caller learns.

@@ -48,6 +48,7 @@ weight = 10
 const LIMITS: Limits = Limits {
     max_replicas: 200,
     cores: 4.0,
+    memory: 8 << 30,
 };
 
 fn manifest(source: &str) -> paracloud_manifest::Manifest {
@@ -588,5 +589,33 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn up_refuses_more_cpu_or_memory_than_this_machine_has() {
+    let local = Caller::Local { uid: Some(0) };
+    for (resources, says) in [
+        (
+            "cpu = 6",
+            "services.web.resources.cpu: 6 is more than the 4 cores of this machine",
+        ),
+        (
+            "memory = \"16G\"",
+            "services.web.resources.memory: 17179869184 bytes is more than the 8589934592 bytes",
+        ),
+    ] {
+        let source = SHOP.replace(
+            "autoscale = { min = 1, max = 4 }",
+            &format!("autoscale = {{ min = 1, max = 4 }}\nresources = {{ {resources} }}"),
+        );
+        let command = Command::Up {
+            manifest: manifest(&source),
+            source: source.clone(),
+            origin: "paracloud.toml".into(),
+        };
+        let refused = decide(&local, &command, &Snapshot::default(), &LIMITS).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Invalid);
+        assert!(refused.message.contains(says), "{}", refused.message);
     }
 }

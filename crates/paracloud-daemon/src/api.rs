@@ -165,6 +165,30 @@ async fn up<D: Driver>(
                 format!("{}: {}", request.origin, e.message),
             )
         })?;
+    // A published port something else holds would never be served: say who holds it. Ports our
+    // own applications publish are the data plane's (a clash between applications is the
+    // command layer's to refuse).
+    let ours: std::collections::BTreeSet<std::net::SocketAddr> = engine
+        .store
+        .load()?
+        .apps
+        .iter()
+        .filter(|a| a.removing.is_none())
+        .flat_map(|a| a.manifest.services.values())
+        .flat_map(|s| s.ports.iter().filter_map(|p| p.publish))
+        .collect();
+    for (name, service) in &manifest.services {
+        for publish in service.ports.iter().filter_map(|p| p.publish) {
+            if !ours.contains(&publish) {
+                crate::ports::check_free(publish).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("{}: services.{name}.ports: {e}", request.origin),
+                    )
+                })?;
+            }
+        }
+    }
     let app = manifest.app.clone();
     let command = Command::Up {
         manifest,

@@ -368,6 +368,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_replicas: 200,
         cores: 4.0,
+        memory: 8 << 30,
     };
 
     struct AnyFs;

@@ -35,12 +35,29 @@ pub fn machine_cores() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
+/// The memory of this machine in bytes (`MemTotal` of /proc/meminfo), read once; without it, no
+/// bound beyond the manifest's own.
+pub fn machine_memory() -> u64 {
+    static MEMORY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MEMORY.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                kib.checked_mul(1024)
+            })
+            .unwrap_or(u64::MAX)
+    })
+}
+
 impl<D: Driver> Engine<D> {
     /// What this machine allows, whoever asks.
     pub fn limits(&self) -> Limits {
         Limits {
             max_replicas: MAX_REPLICAS,
             cores: machine_cores(),
+            memory: machine_memory(),
         }
     }
 

@@ -25,6 +25,7 @@ pub mod observation;
 pub mod paci;
 pub mod paci_hub;
 pub mod peer;
+pub mod ports;
 pub mod routes;
 mod sync;
 pub mod views;

@@ -21,7 +21,8 @@ const PERCENTILES: &[(&str, f64)] = &[("p50", 0.5), ("p90", 0.9), ("p95", 0.95),
 pub const MAX_INSTANCES: u32 = 200;
 /// CPU per instance, in cores: at least a hundredth (the smallest CFS quota, 1 ms per 100 ms).
 pub const MIN_CPU: f64 = 0.01;
-const MAX_CPU: f64 = 1024.0;
+/// The most CPU an instance may ask for, in cores: more than any machine has.
+pub const MAX_CPU: f64 = 1024.0;
 
 /// Defaults of a service's bounds when the manifest leaves them out.
 const DEFAULT_MAX: u32 = 10;

@@ -19,11 +19,12 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
-pub use autoscale::{scaling_config, MAX_INSTANCES, MIN_CPU};
+pub use autoscale::{scaling_config, MAX_CPU, MAX_INSTANCES, MIN_CPU};
 pub use error::{Diagnostic, ManifestError};
 pub use model::*;
 pub use reader::child as field_path;
 pub use units::suggest;
+pub use units::{MAX_MEMORY, MAX_PIDS};
 
 /// Where a manifest comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

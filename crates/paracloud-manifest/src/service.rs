@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
+use crate::autoscale::{MAX_CPU, MIN_CPU};
 use crate::draft::{Draft, Published};
 use crate::model::{
     DependsCondition, HealthCheck, Image, MigrateMethod, Port, Probe, Protocol, Resources,
     RestartCondition, RestartPolicy, Service, VolumeMount,
 };
 use crate::reader::{child, index, Checker, Span, Value};
-use crate::units;
+use crate::units::{self, MAX_PIDS};
 
 /// Keys of a service table, in the order the documentation lists them.
 pub(crate) const SERVICE_KEYS: &[&str] = &[
@@ -827,8 +828,15 @@ impl Checker<'_> {
         let cpu = table.get("cpu").and_then(|v| {
             let cpu_field = child(field, "cpu");
             let cpu = self.number(v, &cpu_field)?;
-            if !(cpu.is_finite() && cpu > 0.0) {
-                self.invalid(v, &cpu_field, format!("must be more than 0, found {cpu}"));
+            if !(MIN_CPU..=MAX_CPU).contains(&cpu) {
+                self.invalid(
+                    v,
+                    &cpu_field,
+                    format!(
+                        "must be between {MIN_CPU} and {MAX_CPU} cores, found {}",
+                        units::shown(cpu)
+                    ),
+                );
                 return None;
             }
             Some(cpu)
@@ -840,7 +848,7 @@ impl Checker<'_> {
         ok &= memory.is_some() == table.contains_key("memory");
         let pids = table
             .get("pids")
-            .and_then(|v| self.whole(v, &child(field, "pids"), 1, u64::MAX));
+            .and_then(|v| self.whole(v, &child(field, "pids"), 1, MAX_PIDS));
         ok &= pids.is_some() == table.contains_key("pids");
         ok.then_some(Resources { cpu, memory, pids })
     }
@@ -861,6 +869,15 @@ impl Checker<'_> {
                 return None;
             }
         };
+        if bytes > units::MAX_MEMORY {
+            self.error(
+                value.span(),
+                field,
+                format!("{bytes} bytes is more than the maximum of 64T"),
+                Some("give the memory an instance needs, such as \"512M\" or \"4G\"".into()),
+            );
+            return None;
+        }
         if bytes < units::MIN_MEMORY {
             self.error(
                 value.span(),

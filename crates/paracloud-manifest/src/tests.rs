@@ -674,8 +674,27 @@ fn small_memory() {
         r#"
 paracloud.toml:5:24: services.kv.resources.memory: 256 bytes is below the minimum of 4M
   hint: give at least "4M"; did you forget the unit?
-paracloud.toml:5:35: services.kv.resources.cpu: must be more than 0, found 0
+paracloud.toml:5:35: services.kv.resources.cpu: must be between 0.01 and 1024 cores, found 0
   hint: for example `cpu = 0.5`
+"#,
+    );
+}
+
+#[test]
+fn regression_resources_beyond_any_machine_are_refused() {
+    // `cpu = 1e300` removed the CPU limit (quota -1), and `pids = 9223372036854775807` passed
+    // and made the instance restart in a loop.
+    check(
+        &format!(
+            "{HEAD}resources = {{ cpu = 1e300, pids = 9223372036854775807, memory = \"100T\" }}\n"
+        ),
+        r#"
+paracloud.toml:5:21: services.kv.resources.cpu: must be between 0.01 and 1024 cores, found 1e300
+  hint: for example `cpu = 0.5`
+paracloud.toml:5:35: services.kv.resources.pids: must be between 1 and 4194304, found 9223372036854775807
+  hint: for example `pids = 128`
+paracloud.toml:5:65: services.kv.resources.memory: 109951162777600 bytes is more than the maximum of 64T
+  hint: give the memory an instance needs, such as "512M" or "4G"
 "#,
     );
 }

@@ -13,6 +13,23 @@ pub(crate) const MAX_NAME_LEN: usize = 32;
 /// The smallest memory limit accepted: below it even a shell does not start.
 pub(crate) const MIN_MEMORY: u64 = 4 << 20;
 
+/// The largest memory limit an instance may ask for: 64 TiB, more than a machine has (the
+/// daemon refuses more than its own machine's at `up`).
+pub const MAX_MEMORY: u64 = 64 << 40;
+
+/// A number as a diagnostic shows it: huge and tiny ones in exponent form (`1e300`), not as
+/// hundreds of digits.
+pub(crate) fn shown(n: f64) -> String {
+    if n != 0.0 && !(1e-4..1e6).contains(&n.abs()) {
+        format!("{n:e}")
+    } else {
+        n.to_string()
+    }
+}
+
+/// The most processes an instance may ask for: the kernel's own limit on pids (2^22).
+pub const MAX_PIDS: u64 = 1 << 22;
+
 /// The address a port is published on when the manifest names none: nothing leaves the machine.
 pub(crate) const DEFAULT_PUBLISH_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
