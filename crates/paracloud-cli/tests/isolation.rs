@@ -183,3 +183,34 @@ command = ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep
         "in order, none lost or repeated: {numbers:?}"
     );
 }
+
+#[test]
+fn regression_a_host_image_instance_reads_no_host_secret() {
+    // `image = "host"` instances read the host's /etc/shadow through the read-only /etc.
+    let p = Platform::new();
+    let manifest = p.manifest(
+        "iso",
+        r#"
+app = "iso"
+[services.a]
+image = "host"
+stop_grace_period = "1s"
+command = ["/bin/sh", "-c", "echo shadow: $(cat /etc/shadow 2>/dev/null | grep -c '^root:'); echo gshadow: $(cat /etc/gshadow 2>/dev/null | grep -c '^root:'); echo passwd: $(grep -c '^root:' /etc/passwd); echo private: $(ls -A /etc/ssl/private 2>/dev/null | wc -l); echo done; exec sleep 100000"]
+"#,
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let logs = logs_until(&p, "a", "done");
+    let host_shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+    assert!(
+        host_shadow.lines().any(|l| l.starts_with("root:")),
+        "this host has a root entry in /etc/shadow to hide"
+    );
+    // Nothing of the host's shadow files can be read: masked, they read as empty or not at all.
+    assert!(logs.contains("shadow: 0\n"), "{logs}");
+    assert!(logs.contains("gshadow: 0\n"), "{logs}");
+    assert!(
+        logs.contains("passwd: 1\n"),
+        "the rest of /etc is there: {logs}"
+    );
+    assert!(logs.contains("private: 0\n"), "{logs}");
+}

@@ -38,6 +38,17 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// /proc entries made read-only, and entries hidden under /dev/null, as container runtimes do.
 const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus"];
 const PROC_MASKED: &[&str] = &["kcore", "keys", "timer_list", "sched_debug"];
+/// Files of the host's /etc that a Host rootfs shares but an instance must not read: they are
+/// hidden under /dev/null. Password hashes and the sudo rules.
+const HOST_SECRET_FILES: &[&str] = &[
+    "etc/shadow",
+    "etc/shadow-",
+    "etc/gshadow",
+    "etc/gshadow-",
+    "etc/sudoers",
+];
+/// Directories of the host's /etc with keys: hidden under an empty read-only tmpfs.
+const HOST_SECRET_DIRS: &[&str] = &["etc/ssl/private", "etc/ssh", "etc/sudoers.d"];
 
 /// The error pipe (also for the panic hook).
 static REPORT: OnceLock<File> = OnceLock::new();
@@ -216,6 +227,9 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
     for dir in host_dirs {
         let source = Path::new("/").join(dir);
         bind(&source, &rootfs.join(dir), BindMode::ReadOnly)?;
+    }
+    if matches!(cfg.rootfs, Rootfs::Host { .. }) {
+        hide_host_secrets(rootfs)?;
     }
     for dir in ["proc", "dev", "sys", "tmp", "etc"] {
         make_mount_point_kind(&rootfs.join(dir), true)?;
@@ -418,6 +432,29 @@ fn mount_point_stubs(dir: &Path, layers: &[PathBuf]) -> InitResult<()> {
         for file in ["hosts", "hostname", "resolv.conf"] {
             let path = dir.join("etc").join(file);
             fs::write(&path, b"").map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Hides the host's secrets that a Host rootfs' read-only /etc would show: files under /dev/null,
+/// directories under an empty read-only tmpfs. What does not exist on this host is skipped.
+fn hide_host_secrets(rootfs: &Path) -> InitResult<()> {
+    for file in HOST_SECRET_FILES {
+        let path = rootfs.join(file);
+        if path.is_file() {
+            bind(Path::new("/dev/null"), &path, BindMode::ReadOnly)?;
+        }
+    }
+    for dir in HOST_SECRET_DIRS {
+        let path = rootfs.join(dir);
+        if path.is_dir() {
+            mount_fs(
+                "tmpfs",
+                &path,
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=700,size=4k"),
+            )?;
         }
     }
     Ok(())
