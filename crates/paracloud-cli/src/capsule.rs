@@ -12,7 +12,7 @@ use paracloud_api::{
 };
 
 use crate::cli::{CapsuleCommand, Global, Output};
-use crate::client::{client, explain};
+use crate::client::{connect, explain};
 use crate::output::{format_time, print, table};
 
 pub async fn command(global: &Global, command: CapsuleCommand) -> Result<()> {
@@ -40,7 +40,7 @@ async fn ls(global: &Global) -> Result<()> {
     let route = ListCapsules {
         app: global.app.clone(),
     };
-    let capsules = client(global).call(&route).await.map_err(explain)?;
+    let capsules = connect(global).await?.call(&route).await.map_err(explain)?;
     print(global.output, &capsules, |capsules| {
         let rows: Vec<Vec<String>> = capsules
             .iter()
@@ -102,7 +102,7 @@ async fn run(
         args,
         timeout_ms,
     };
-    let client = client(global);
+    let client = connect(global).await?;
     let mut events = client.lines(&RunCapsule(request)).await.map_err(explain)?;
     let mut targets = 0usize;
     let mut run_id = 0;
@@ -212,7 +212,7 @@ async fn history(global: &Global, limit: u32) -> Result<()> {
         limit: Some(limit),
         app: global.app.clone(),
     };
-    let runs = client(global).call(&route).await.map_err(explain)?;
+    let runs = connect(global).await?.call(&route).await.map_err(explain)?;
     print(global.output, &runs, |runs| {
         let rows: Vec<Vec<String>> = runs
             .iter()
@@ -299,7 +299,7 @@ pub async fn debug(global: &Global, instance: &str, command: &[String]) -> Resul
         command: command.to_vec(),
         size: terminal_size().map(|(rows, cols)| TerminalSize { rows, cols }),
     };
-    let client = client(global);
+    let client = connect(global).await?;
     let upgraded = client
         .switch(&route, paracloud_api::DEBUG_UPGRADE)
         .await

@@ -1,12 +1,19 @@
 //! Reaching the daemon of a root: its client, and its errors turned into what to do.
 
-use anyhow::anyhow;
-use paracloud_api::{Client, ClientError};
+use std::fs::OpenOptions;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use crate::cli::Global;
+use anyhow::{anyhow, bail, Context, Result};
+use paracloud_api::{Client, ClientError, GetHealth};
 
-/// The client of the daemon of `--root`.
-pub(crate) fn client(global: &Global) -> Client {
+use crate::cli::{DaemonArgs, Global};
+
+/// The client of the daemon of `--root`, whether one answers or not.
+fn client(global: &Global) -> Client {
     Client::new(global.root.join(paracloud_api::SOCKET_NAME))
 }
 
@@ -14,10 +21,85 @@ pub(crate) fn client(global: &Global) -> Client {
 pub(crate) fn explain(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::Unreachable { path, .. } => anyhow!(
-            "no paracloud daemon runs for this root (socket {}): start one with `paracloud up` or `paracloud daemon`",
+            "the paracloud daemon of this root stopped answering (socket {}): run the command again to start a new one, and see daemon.log beside the socket",
             path.display()
         ),
         ClientError::Api { body, .. } if !body.diagnostics.is_empty() => anyhow!("{}", body.error),
         other => anyhow!(other),
     }
+}
+
+/// Connects to the daemon of this root, starting one in the background when none answers.
+pub(crate) async fn connect(global: &Global) -> Result<Client> {
+    let client = client(global);
+    if client.call(&GetHealth).await.is_ok() {
+        return Ok(client);
+    }
+    let root = absolute(&global.root)?;
+    // Closed to other users, as the daemon keeps it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)
+        .with_context(|| format!("cannot create the state root {}", root.display()))?;
+    let log_path = root.join("daemon.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)?;
+    let exe = std::env::current_exe()?;
+    let DaemonArgs {
+        cgroup_parent,
+        subnet,
+    } = &global.daemon;
+    let mut child = std::process::Command::new(exe)
+        .arg("daemon")
+        .arg("--root")
+        .arg(&root)
+        .arg("--cgroup-parent")
+        .arg(cgroup_parent)
+        .arg("--subnet")
+        .arg(subnet.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the daemon")?;
+    eprintln!(
+        "started the paracloud daemon (pid {}, root {})",
+        child.id(),
+        root.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if client.call(&GetHealth).await.is_ok() {
+            return Ok(client);
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            bail!(
+                "the daemon exited at start ({status}); its log {} ends with:\n{}",
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon did not answer within 15 s; see {}",
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `path` made absolute against the current directory.
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir()?.join(path))
 }

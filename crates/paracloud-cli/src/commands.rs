@@ -1,28 +1,24 @@
 //! What each command does: talk to the daemon (starting it when `up` needs one) and print.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use paracloud_api::{
     AppView, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
-    ExportImages, GetApp, GetHealth, GetService, GetStats, HostFs, ImportImages, InspectImage,
-    JsonLines, ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages,
-    PullImage, PushImage, RemoveImage, Restart, Route, Scale, ScaleRequest, ServiceView, SetCpu,
-    SetTraffic, TrafficRequest, TransferEvent, Up, UpRequest,
+    ExportImages, GetApp, GetService, GetStats, HostFs, ImportImages, InspectImage, JsonLines,
+    ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages, PullImage,
+    PushImage, RemoveImage, Restart, Route, Scale, ScaleRequest, ServiceView, SetCpu, SetTraffic,
+    TrafficRequest, TransferEvent, Up, UpRequest,
 };
 use paracloud_manifest::{parse, Origin};
 use paracloud_reconcile::ExitInfo;
 
-use crate::cli::{Cli, Command, DaemonArgs, Global, ImageCommand, Output, SimArgs};
-use crate::client::{client, explain};
+use crate::cli::{Cli, Command, Global, ImageCommand, Output, SimArgs};
+use crate::client::{absolute, connect, explain};
 use crate::output::{age, format_time, print, table};
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -188,13 +184,6 @@ fn run_daemon(global: &Global) -> Result<()> {
     Ok(())
 }
 
-fn absolute(path: &Path) -> Result<PathBuf> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    Ok(std::env::current_dir()?.join(path))
-}
-
 /// A manifest read and checked on the client side, so errors show before any daemon is involved.
 struct LoadedManifest {
     app: String,
@@ -326,73 +315,6 @@ async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> R
     }
 }
 
-/// Connects to the daemon of this root, starting one in the background when none answers.
-async fn ensure_daemon(global: &Global) -> Result<Client> {
-    let client = client(global);
-    if client.call(&GetHealth).await.is_ok() {
-        return Ok(client);
-    }
-    let root = absolute(&global.root)?;
-    // Closed to other users, as the daemon keeps it.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&root)
-        .with_context(|| format!("cannot create the state root {}", root.display()))?;
-    let log_path = root.join("daemon.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log_path)?;
-    let exe = std::env::current_exe()?;
-    let DaemonArgs {
-        cgroup_parent,
-        subnet,
-    } = &global.daemon;
-    let mut child = std::process::Command::new(exe)
-        .arg("daemon")
-        .arg("--root")
-        .arg(&root)
-        .arg("--cgroup-parent")
-        .arg(cgroup_parent)
-        .arg("--subnet")
-        .arg(subnet.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("cannot start the daemon")?;
-    eprintln!(
-        "started the paracloud daemon (pid {}, root {})",
-        child.id(),
-        root.display()
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if client.call(&GetHealth).await.is_ok() {
-            return Ok(client);
-        }
-        if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            bail!(
-                "the daemon exited at start ({status}); its log {} ends with:\n{}",
-                log_path.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the daemon did not answer within 15 s; see {}",
-                log_path.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn client_command(global: &Global, command: Command) -> Result<()> {
     match command {
         Command::Up {
@@ -447,7 +369,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
 
 async fn up(global: &Global, file: &Path, detach: bool, timeout: Duration) -> Result<()> {
     let manifest = load_manifest(file)?;
-    let client = ensure_daemon(global).await?;
+    let client = connect(global).await?;
     let response = client.call(&Up(manifest.request)).await.map_err(explain)?;
     if !response.changed.is_empty() {
         eprintln!(
@@ -617,7 +539,7 @@ async fn instance_log_tail(client: &Client, app: &str, instance: &str) -> String
 }
 
 async fn down(global: &Global, file: Option<&Path>, volumes: bool) -> Result<()> {
-    let client = client(global);
+    let client = connect(global).await?;
     let app = resolve_app(global, &client, file).await?;
     let view = client
         .call(&Down {
@@ -651,7 +573,7 @@ async fn down(global: &Global, file: Option<&Path>, volumes: bool) -> Result<()>
 }
 
 async fn ps(global: &Global, file: Option<&Path>, all_apps: bool) -> Result<()> {
-    let client = client(global);
+    let client = connect(global).await?;
     let app = if all_apps {
         None
     } else {
@@ -689,7 +611,7 @@ async fn ps(global: &Global, file: Option<&Path>, all_apps: bool) -> Result<()> 
 }
 
 async fn logs(global: &Global, target: Option<String>, follow: bool, tail: usize) -> Result<()> {
-    let client = client(global);
+    let client = connect(global).await?;
     let app = resolve_app(global, &client, None).await?;
     let logs = Logs {
         app,
@@ -762,7 +684,7 @@ async fn scale(global: &Global, specs: &[String], cpu: Option<&str>, detach: boo
         .iter()
         .map(|s| parse_scale(s, cpu.is_some()))
         .collect::<Result<Vec<_>>>()?;
-    let client = client(global);
+    let client = connect(global).await?;
     let app = resolve_app(global, &client, None).await?;
     for (service, replicas) in &pairs {
         if let Some(cpu) = cpu {
@@ -818,7 +740,7 @@ async fn traffic(global: &Global, service: &str, shares: &[String]) -> Result<()
         .iter()
         .map(|s| parse_share(s))
         .collect::<Result<BTreeMap<_, _>>>()?;
-    let client = client(global);
+    let client = connect(global).await?;
     let app = resolve_app(global, &client, None).await?;
     let view = if weights.is_empty() {
         let route = GetService {
@@ -857,7 +779,7 @@ async fn traffic(global: &Global, service: &str, shares: &[String]) -> Result<()
 }
 
 async fn restart(global: &Global, services: Vec<String>) -> Result<()> {
-    let client = client(global);
+    let client = connect(global).await?;
     let app = resolve_app(global, &client, None).await?;
     let services = if services.is_empty() {
         let view = client
@@ -894,7 +816,7 @@ async fn migrate(
             })
         })
         .transpose()?;
-    let client = client(global);
+    let client = connect(global).await?;
     let app = resolve_app(global, &client, None).await?;
     let request = paracloud_api::MigrateRequest {
         via,
@@ -923,7 +845,7 @@ async fn migrate(
 }
 
 async fn describe(global: &Global, service: &str) -> Result<()> {
-    let client = client(global);
+    let client = connect(global).await?;
     let app = resolve_app(global, &client, None).await?;
     let view = client
         .call(&GetService {
@@ -1065,7 +987,7 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
 }
 
 async fn events(global: &Global, follow: bool) -> Result<()> {
-    let client = client(global);
+    let client = connect(global).await?;
     let app = global.app.clone();
     let mut after = 0i64;
     loop {
@@ -1134,7 +1056,7 @@ fn top_row(
 }
 
 async fn top(global: &Global, once: bool) -> Result<()> {
-    let client = client(global);
+    let client = connect(global).await?;
     let app = resolve_app(global, &client, None).await.ok();
     let route = GetStats { app };
     loop {
@@ -1295,7 +1217,7 @@ async fn build(
         tag,
         build_args: args,
     };
-    let client = ensure_daemon(global).await?;
+    let client = connect(global).await?;
     let built = client.call(&BuildImage(request)).await.map_err(explain)?;
     print(global.output, &built, |b| {
         let mut out = String::new();
@@ -1349,7 +1271,7 @@ fn image_refs_table(refs: &[paracloud_api::ImageRef]) -> String {
 
 async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
     // The daemon owns the store; as `up` does, the command starts one when none runs.
-    let client = ensure_daemon(global).await?;
+    let client = connect(global).await?;
     match command {
         ImageCommand::Pull { reference, auth } => {
             let request = paracloud_api::TransferRequest {
