@@ -97,6 +97,16 @@ pub struct StartAs {
     pub restore: Option<Arc<(PathBuf, paracloud_runtime::Checkpoint)>>,
 }
 
+/// Why [`Engine::start`] started nothing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// The number is held: by a live instance, a start under way, or a migration's successor.
+    #[error("another instance holds its number")]
+    Taken,
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A running instance process the daemon watches.
 struct Live {
     process: Arc<Process>,
@@ -123,6 +133,9 @@ pub struct Engine<D: Driver> {
     pub paci: Arc<Hub>,
     /// Services (app, service) with a migration under way; the planner leaves them alone.
     pub(crate) migrating: Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// The numbers migrations chose for their successors, not yet started: no other start
+    /// takes them.
+    pub(crate) successors: Mutex<std::collections::BTreeSet<InstanceKey>>,
     /// The pseudo-terminals of the open `paracloud debug` sessions, by run: resized when the
     /// client's terminal is.
     pub(crate) terminals: Mutex<HashMap<i64, std::os::fd::OwnedFd>>,
@@ -148,6 +161,7 @@ impl<D: Driver> Engine<D> {
             dataplane,
             paci: Arc::new(Hub::default()),
             migrating: Mutex::new(std::collections::BTreeSet::new()),
+            successors: Mutex::new(std::collections::BTreeSet::new()),
             terminals: Mutex::new(HashMap::new()),
         })
     }
@@ -412,8 +426,14 @@ impl<D: Driver> Engine<D> {
             Action::Migrate { key } => self.update(key),
             Action::Start { key, restart } => {
                 let Some(app) = app_of(&key.app) else { return };
-                if let Err(e) = self.start(app, &key, restart, StartAs::default()) {
-                    self.event(&key.app, &key.name(), &format!("cannot start: {e}"));
+                match self.start(app, &key, restart, StartAs::default()) {
+                    Ok(()) => {}
+                    // A migration's successor, or a start already under way: the next turn
+                    // plans with it.
+                    Err(StartError::Taken) => {}
+                    Err(StartError::Failed(e)) => {
+                        self.event(&key.app, &key.name(), &format!("cannot start: {e}"))
+                    }
                 }
             }
             Action::Stop { key, reason } => {
@@ -488,62 +508,70 @@ impl<D: Driver> Engine<D> {
         key: &InstanceKey,
         restart: bool,
         start_as: StartAs,
-    ) -> Result<(), String> {
+    ) -> Result<(), StartError> {
         let service = app
             .manifest
             .services
             .get(&key.service)
-            .ok_or("no such service")?
+            .ok_or_else(|| StartError::Failed("no such service".into()))?
             .clone();
         let revision = app
             .services
             .get(&key.service)
             .map(|s| s.revision)
             .unwrap_or(0);
-        let previous = self.store.instance(key).map_err(|e| e.to_string())?;
-        let slot = match &previous {
-            Some(p) => p.slot,
-            None => self
-                .store
-                .free_instance_slot(&key.app)
-                .map_err(|e| e.to_string())?,
-        };
         let network = self
             .network_of(app)
-            .ok_or("the application has no subnet")?;
-        let address = network.instance_address(slot).map_err(|e| e.to_string())?;
-        let rootfs = self.images.rootfs(&service.image)?;
+            .ok_or_else(|| StartError::Failed("the application has no subnet".into()))?;
+        let rootfs = self
+            .images
+            .rootfs(&service.image)
+            .map_err(StartError::Failed)?;
         let now = now_ms();
-        let record = InstanceRecord {
-            key: key.clone(),
-            revision,
-            state: InstanceState::Starting,
-            // A new revision is a new program: the old one's restarts are not its own.
-            restarts: match (&previous, restart) {
-                (Some(p), true) if p.revision == revision => p.restarts + 1,
-                _ => 0,
-            },
-            since: now,
-            started: now,
-            pid: None,
-            start_time: None,
-            slot,
-            weight: None,
-            held: start_as.held,
-            frozen: false,
-            cpu: start_as.cpu,
-            health_failure: None,
+        let mut previous_revision = None;
+        let claimed = {
+            // A successor's number, chosen by its migration, is its own until it starts.
+            let reserved = lock(&self.successors);
+            if reserved.contains(key) && !start_as.held {
+                return Err(StartError::Taken);
+            }
+            self.store.claim_instance(key, |previous, free_slot| {
+                previous_revision = previous.map(|p| p.revision);
+                InstanceRecord {
+                    key: key.clone(),
+                    revision,
+                    state: InstanceState::Starting,
+                    // A new revision is a new program: the old one's restarts are not its own.
+                    restarts: match (previous, restart) {
+                        (Some(p), true) if p.revision == revision => p.restarts + 1,
+                        _ => 0,
+                    },
+                    since: now,
+                    started: now,
+                    pid: None,
+                    start_time: None,
+                    slot: previous.map_or(free_slot, |p| p.slot),
+                    weight: None,
+                    held: start_as.held,
+                    frozen: false,
+                    cpu: start_as.cpu,
+                    health_failure: None,
+                }
+            })
         };
-        if previous.as_ref().is_some_and(|p| p.revision != revision) {
+        let record = claimed
+            .map_err(|e| StartError::Failed(e.to_string()))?
+            .ok_or(StartError::Taken)?;
+        if previous_revision.is_some_and(|r| r != revision) {
             // Nor is its output: `logs` and `up` show the new revision's alone.
             let _ = crate::logs::set_aside(&self.config.log_path(key), crate::logs::KEEP_ROTATED);
         }
-        self.store
-            .put_instance(&record)
-            .map_err(|e| e.to_string())?;
+        let address = network
+            .instance_address(record.slot)
+            .map_err(|e| StartError::Failed(e.to_string()))?;
         let paci_dir = self
             .serve_paci(key)
-            .map_err(|e| format!("cannot create its PaCI socket: {e}"))?;
+            .map_err(|e| StartError::Failed(format!("cannot create its PaCI socket: {e}")))?;
         let mut config = self.instance_config(app, &service, key, address, &network, rootfs);
         with_paci(&mut config, paci_dir);
         if start_as.cpu.is_some() {

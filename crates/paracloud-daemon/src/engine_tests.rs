@@ -264,3 +264,50 @@ async fn an_update_replaces_instances_one_at_a_time_make_before_break() {
         ]
     );
 }
+
+/// Found by SIGKILLs of the daemon around an `up` that changed replicas and revision: the
+/// reconcile loop started a missing replica under the number a migration had just chosen for
+/// its successor, so one instance ran twice in one cgroup, one of its processes untracked.
+#[tokio::test(start_paused = true)]
+async fn a_number_chosen_for_a_successor_is_not_taken_by_a_scale() {
+    let daemon = daemon();
+    daemon.up("app = \"t\"\n[services.w]\nimage = \"host\"\ncommand = [\"serve\"]\n");
+    run_for(Duration::from_millis(300)).await;
+    let successor = daemon
+        .engine
+        .reserve_successor(&InstanceKey::new("t", "w", 1))
+        .unwrap();
+    assert_eq!(successor.key.index, 2);
+    daemon.submit(scale("w", Some(2), None));
+    run_for(Duration::from_secs(1)).await;
+    assert!(daemon.driver.starts_of("t-w-2").is_empty());
+    // The migration's own start takes the number; the scale is met with it.
+    let app = daemon.engine.store.load().unwrap().apps[0].clone();
+    let held = StartAs {
+        held: true,
+        ..StartAs::default()
+    };
+    daemon
+        .engine
+        .start(&app, &successor.key, false, held)
+        .unwrap();
+    drop(successor);
+    run_for(Duration::from_secs(1)).await;
+    assert_eq!(daemon.driver.starts_of("t-w-2").len(), 1);
+    assert_eq!(daemon.driver.running(), ["t-w-1", "t-w-2"]);
+    assert_eq!(daemon.driver.duplicates(), Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_start_of_a_starting_or_running_instance_is_refused() {
+    let daemon = daemon();
+    daemon.up("app = \"t\"\n[services.w]\nimage = \"host\"\ncommand = [\"serve\"]\n");
+    run_for(Duration::from_millis(300)).await;
+    let app = daemon.engine.store.load().unwrap().apps[0].clone();
+    let key = InstanceKey::new("t", "w", 1);
+    let again = daemon.engine.start(&app, &key, false, StartAs::default());
+    assert!(matches!(again, Err(StartError::Taken)), "{again:?}");
+    run_for(Duration::from_secs(1)).await;
+    assert_eq!(daemon.driver.starts_of("t-w-1").len(), 1);
+    assert_eq!(daemon.driver.duplicates(), Vec::<String>::new());
+}

@@ -51,6 +51,8 @@ struct Table {
     next_pid: i32,
     calls: Vec<(Instant, Call)>,
     exec: BTreeMap<String, i32>,
+    /// Ids started while an instance of the same id still ran.
+    duplicates: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -115,6 +117,12 @@ impl FakeDriver {
         ids
     }
 
+    /// The ids that were started while an instance of the same id still ran: the engine must
+    /// never do that (two processes in one cgroup, one of them untracked).
+    pub fn duplicates(&self) -> Vec<String> {
+        lock(&self.table).duplicates.clone()
+    }
+
     /// What exec checks in the instance `id` exit with from now on.
     pub fn set_exec(&self, id: &str, code: i32) {
         lock(&self.table).exec.insert(id.to_owned(), code);
@@ -166,6 +174,13 @@ impl Driver for FakeDriver {
             // Any descriptor stands for the pidfd: the fake never waits on it.
             let pidfd = OwnedFd::from(std::fs::File::open("/dev/null")?);
             let mut table = lock(&self.table);
+            let twice = table
+                .instances
+                .values()
+                .any(|i| i.id == config.id && i.exit.borrow().is_none());
+            if twice {
+                table.duplicates.push(config.id.clone());
+            }
             table.next_pid += 1;
             let pid = 100_000 + table.next_pid;
             let (exit, _) = watch::channel(None);

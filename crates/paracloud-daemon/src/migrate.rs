@@ -100,6 +100,19 @@ impl<D: Driver> Drop for Migrating<'_, D> {
     }
 }
 
+/// A successor's number, reserved by its migration until the migration ends: by then the
+/// successor has a record of its own, or none is wanted.
+pub(crate) struct Successor<'a, D: Driver> {
+    engine: &'a Engine<D>,
+    pub(crate) key: InstanceKey,
+}
+
+impl<D: Driver> Drop for Successor<'_, D> {
+    fn drop(&mut self) {
+        lock(&self.engine.successors).remove(&self.key);
+    }
+}
+
 fn not_listening(key: &InstanceKey) -> String {
     format!(
         "{} does not follow its PaCI events, so it cannot hand its state over; migrate it with --via restart (its state is not kept), or set the service's `migrate`",
@@ -136,6 +149,32 @@ impl<D: Driver> Engine<D> {
                 engine.wake();
             }
         });
+    }
+
+    /// Reserves the next number of `key`'s service for its successor: above every recorded
+    /// instance and every other reservation, chosen under the lock that every start takes.
+    pub(crate) fn reserve_successor(
+        &self,
+        key: &InstanceKey,
+    ) -> Result<Successor<'_, D>, MigrateError> {
+        let mut reserved = lock(&self.successors);
+        let recorded = self.store.load()?;
+        let index = recorded
+            .instances
+            .iter()
+            .map(|i| &i.key)
+            .chain(reserved.iter())
+            .filter(|k| k.app == key.app && k.service == key.service)
+            .map(|k| k.index)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let new = InstanceKey::new(&key.app, &key.service, index);
+        reserved.insert(new.clone());
+        Ok(Successor {
+            engine: self,
+            key: new,
+        })
     }
 
     /// Moves `key` to a new instance of its service's current revision; returns when the old
@@ -224,8 +263,8 @@ impl<D: Driver> Engine<D> {
             engine: self.as_ref(),
             service,
         };
-        let index = siblings.iter().map(|i| i.key.index).max().unwrap_or(0) + 1;
-        let new = InstanceKey::new(&key.app, &key.service, index);
+        let successor = self.reserve_successor(key)?;
+        let new = successor.key.clone();
         let (from, to) = (key.name(), new.name());
         let note = |message: String| self.event(&key.app, &from, &message);
         note(format!(
@@ -259,7 +298,7 @@ impl<D: Driver> Engine<D> {
             MigrateMethod::Paci | MigrateMethod::Restart => {
                 let started = Instant::now();
                 self.start(app, &new, false, start_as)
-                    .map_err(MigrateError::Failed)?;
+                    .map_err(|e| MigrateError::Failed(e.to_string()))?;
                 if let Err(e) = self.wait_ready(&new).await {
                     self.abandon(&new).await;
                     note(format!("migration to {to} abandoned: {e}"));
@@ -387,7 +426,7 @@ impl<D: Driver> Engine<D> {
         start_as.restore = Some(Arc::new((criu.to_path_buf(), checkpoint)));
         let restored = match self.start(app, new, false, start_as) {
             Ok(()) => self.wait_ready(new).await,
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         if let Err(e) = restored {
             self.abandon(new).await;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use paracloud_manifest::Manifest;
-use paracloud_reconcile::{InstanceKey, Millis};
+use paracloud_reconcile::{InstanceKey, InstanceState, Millis};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::records::*;
@@ -285,6 +285,48 @@ impl Store {
             rows.collect::<rusqlite::Result<_>>()?
         };
         Ok((0..).find(|s| !used.contains(s)).unwrap_or(0))
+    }
+
+    /// Records a start of `key`, unless the key is taken: under one lock, the key must have no
+    /// record or an exited one, and `make` builds the new record from that one and the lowest
+    /// free address slot. Returns the record as written, or `None` when another start or a live
+    /// instance holds the key (two starts of one key would run two processes in one cgroup).
+    pub fn claim_instance(
+        &self,
+        key: &InstanceKey,
+        make: impl FnOnce(Option<&InstanceRecord>, u32) -> InstanceRecord,
+    ) -> Result<Option<InstanceRecord>> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let json: Option<String> = tx
+            .query_row(
+                "SELECT record FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
+                params![key.app, key.service, key.index],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let previous: Option<InstanceRecord> =
+            json.map(|j| serde_json::from_str(&j)).transpose()?;
+        if previous
+            .as_ref()
+            .is_some_and(|p| !matches!(p.state, InstanceState::Exited { .. }))
+        {
+            return Ok(None);
+        }
+        let used: BTreeSet<u32> = {
+            let mut stmt = tx.prepare("SELECT slot FROM instances WHERE app = ?1")?;
+            let rows = stmt.query_map([&key.app], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let free = (0..).find(|s| !used.contains(s)).unwrap_or(0);
+        let record = make(previous.as_ref(), free);
+        tx.execute(
+            "INSERT INTO instances (app, service, idx, record, slot) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (app, service, idx) DO UPDATE SET record = excluded.record, slot = excluded.slot",
+            params![key.app, key.service, key.index, serde_json::to_string(&record)?, record.slot],
+        )?;
+        tx.commit()?;
+        Ok(Some(record))
     }
 
     pub fn put_instance(&self, record: &InstanceRecord) -> Result<()> {

@@ -151,6 +151,63 @@ fn instances_round_trip_and_slots_are_reused() {
         .unwrap()
         .is_none());
     assert!(store.instance(&gone).unwrap().is_none(), "nothing made up");
+
+    // Starts claim a number: many threads starting the same new instance and others at once
+    // get one record each, none twice, every one at its own address slot.
+    let claims: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let key = InstanceKey::new("shop", "api", 1 + t % 4);
+                store
+                    .claim_instance(&key, |previous, free| {
+                        assert!(previous.is_none());
+                        InstanceRecord {
+                            key: key.clone(),
+                            slot: free,
+                            state: InstanceState::Starting,
+                            ..record(0, 0)
+                        }
+                    })
+                    .unwrap()
+                    .is_some()
+            })
+        })
+        .collect();
+    let won = claims
+        .into_iter()
+        .filter_map(|c| c.join().unwrap().then_some(()))
+        .count();
+    assert_eq!(won, 4, "one claim per number");
+    let slots: std::collections::BTreeSet<u32> = store
+        .load()
+        .unwrap()
+        .instances
+        .iter()
+        .map(|i| i.slot)
+        .collect();
+    assert_eq!(
+        slots.len(),
+        5,
+        "web.2 and four api instances, each its own slot"
+    );
+    // An exited record is claimed again, at its own slot.
+    let web = InstanceKey::new("shop", "web", 2);
+    store
+        .update_instance(&web, |r| {
+            r.state = InstanceState::Exited {
+                exit: Default::default(),
+            }
+        })
+        .unwrap();
+    let again = store
+        .claim_instance(&web, |previous, _| InstanceRecord {
+            state: InstanceState::Starting,
+            ..previous.unwrap().clone()
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.slot, 1);
 }
 
 #[test]
