@@ -37,6 +37,7 @@ need gdb gdb
 need tcpdump tcpdump
 need yara yara
 need zstd zstd
+need e2fsprogs mkfs.ext4
 need docker-compose docker-compose
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"

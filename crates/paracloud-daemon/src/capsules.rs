@@ -681,6 +681,7 @@ fn config_for(
             cpu: Some(capsule.spec.limits.cpu),
             memory: Some(capsule.spec.limits.memory),
             pids: Some(capsule.spec.limits.pids),
+            disk: None,
         },
         tty: false,
     }

@@ -86,6 +86,9 @@ const ROUTE_CONFIRMATION: Duration = Duration::from_secs(3);
 /// How long a resize event waits for its (optional) answer.
 const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How often the reconcile loop makes sure the database's reserve of disk space is in place.
+const RESERVE_CHECK: Duration = Duration::from_secs(30);
+
 /// How an instance is started beyond its service's spec (by a migration).
 #[derive(Debug, Clone, Default)]
 pub struct StartAs {
@@ -324,7 +327,16 @@ impl<D: Driver> Engine<D> {
 
     /// The reconcile loop; runs until the task is dropped.
     pub async fn run(self: Arc<Self>) {
+        let mut reserve_checked = tokio::time::Instant::now();
         loop {
+            if reserve_checked.elapsed() >= RESERVE_CHECK {
+                reserve_checked = tokio::time::Instant::now();
+                if !self.store.keep_reserve() {
+                    tracing::warn!(
+                        "the state root's filesystem is full: the database's reserve is spent; free space there (an instance's writable layer, volumes or logs may have filled it)"
+                    );
+                }
+            }
             let (next, acted) = match self.turn().await {
                 Ok(turn) => turn,
                 Err(e) => {
@@ -772,6 +784,7 @@ impl<D: Driver> Engine<D> {
                 ),
                 memory: service.resources.memory,
                 pids: service.resources.pids,
+                disk: service.resources.disk,
             },
             capabilities: service.cap_add.clone(),
             log_path: self.config.log_path(key),
@@ -812,7 +825,7 @@ impl<D: Driver> Engine<D> {
                     ran_ms: now.saturating_sub(started),
                     ..ExitInfo::default()
                 };
-                match exit {
+                match &exit {
                     Ok(exit) => {
                         info.code = exit.code;
                         info.signal = exit.signal;

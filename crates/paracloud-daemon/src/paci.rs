@@ -270,6 +270,7 @@ async fn whoami<D: Driver>(State(ctx): Shared<D>) -> Result<Json<Whoami>, PaciEr
             cpu: record.cpu(Some(service), spec),
             memory: spec.resources.memory,
             pids: spec.resources.pids,
+            disk: spec.resources.disk,
         },
         addresses: Addresses {
             instance: address.addr(),

@@ -338,6 +338,10 @@ pub struct Resources {
     pub memory: Option<u64>,
     /// Maximum number of processes and threads.
     pub pids: Option<u64>,
+    /// Size of the writable layer in bytes (a filesystem of its own, so that an instance
+    /// cannot fill the host's disk); `None`: the daemon's default, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -466,6 +466,7 @@ fn example(field: &str) -> Option<&'static str> {
         "cpu" => "cpu = 0.5",
         "memory" => "memory = \"256M\"",
         "pids" => "pids = 128",
+        "disk" => "disk = \"1G\"",
         "replicas" => "replicas = 2",
         "restart" => "restart = \"on-failure\"",
         "condition" => "condition = \"on-failure\"",

@@ -69,7 +69,27 @@ const HEALTH_KEYS: &[&str] = &[
     "start_period",
 ];
 const PORT_KEYS: &[&str] = &["port", "protocol", "publish"];
-const RESOURCE_KEYS: &[&str] = &["cpu", "memory", "pids"];
+/// The bounds of a size key.
+struct SizeRule {
+    min: u64,
+    min_text: &'static str,
+    example: &'static str,
+}
+
+const MEMORY: SizeRule = SizeRule {
+    min: units::MIN_MEMORY,
+    min_text: "4M",
+    example: "give the memory an instance needs, such as \"512M\" or \"4G\"",
+};
+
+/// The writable layer is a filesystem of its own: below 16M ext4 leaves little room for files.
+const DISK: SizeRule = SizeRule {
+    min: 16 << 20,
+    min_text: "16M",
+    example: "give the disk space an instance writes, such as \"1G\"",
+};
+
+const RESOURCE_KEYS: &[&str] = &["cpu", "memory", "pids", "disk"];
 const RESTART_KEYS: &[&str] = &["condition", "max_retries", "backoff", "backoff_max"];
 const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
 
@@ -844,16 +864,25 @@ impl Checker<'_> {
         ok &= cpu.is_some() == table.contains_key("cpu");
         let memory = table
             .get("memory")
-            .and_then(|v| self.memory(v, &child(field, "memory")));
+            .and_then(|v| self.size(v, &child(field, "memory"), &MEMORY));
         ok &= memory.is_some() == table.contains_key("memory");
+        let disk = table
+            .get("disk")
+            .and_then(|v| self.size(v, &child(field, "disk"), &DISK));
+        ok &= disk.is_some() == table.contains_key("disk");
         let pids = table
             .get("pids")
             .and_then(|v| self.whole(v, &child(field, "pids"), 1, MAX_PIDS));
         ok &= pids.is_some() == table.contains_key("pids");
-        ok.then_some(Resources { cpu, memory, pids })
+        ok.then_some(Resources {
+            cpu,
+            memory,
+            pids,
+            disk,
+        })
     }
 
-    fn memory(&mut self, value: &Value<'_>, field: &str) -> Option<u64> {
+    fn size(&mut self, value: &Value<'_>, field: &str, rule: &SizeRule) -> Option<u64> {
         let hint = "write bytes, or a number with K, M, G or T (powers of 1024) or KB, MB, GB (powers of 1000), such as \"256M\"";
         let bytes = match value.get_ref() {
             DeValue::Integer(_) => self.whole(value, field, 0, u64::MAX)?,
@@ -874,16 +903,19 @@ impl Checker<'_> {
                 value.span(),
                 field,
                 format!("{bytes} bytes is more than the maximum of 64T"),
-                Some("give the memory an instance needs, such as \"512M\" or \"4G\"".into()),
+                Some(rule.example.into()),
             );
             return None;
         }
-        if bytes < units::MIN_MEMORY {
+        if bytes < rule.min {
             self.error(
                 value.span(),
                 field,
-                format!("{bytes} bytes is below the minimum of 4M"),
-                Some("give at least \"4M\"; did you forget the unit?".into()),
+                format!("{bytes} bytes is below the minimum of {}", rule.min_text),
+                Some(format!(
+                    "give at least \"{}\"; did you forget the unit?",
+                    rule.min_text
+                )),
             );
             return None;
         }

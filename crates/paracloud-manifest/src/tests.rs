@@ -98,6 +98,7 @@ fn full_manifest_covers_every_key() {
             cpu: Some(0.5),
             memory: Some(256 << 20),
             pids: Some(128),
+            disk: None,
         },
         replicas: 1,
         restart: RestartPolicy {
@@ -676,6 +677,24 @@ paracloud.toml:5:24: services.kv.resources.memory: 256 bytes is below the minimu
   hint: give at least "4M"; did you forget the unit?
 paracloud.toml:5:35: services.kv.resources.cpu: must be between 0.01 and 1024 cores, found 0
   hint: for example `cpu = 0.5`
+"#,
+    );
+}
+
+#[test]
+fn disk_sizes_are_bounded() {
+    check(
+        &format!("{HEAD}resources = {{ disk = \"1M\" }}\n"),
+        r#"
+paracloud.toml:5:22: services.kv.resources.disk: 1048576 bytes is below the minimum of 16M
+  hint: give at least "16M"; did you forget the unit?
+"#,
+    );
+    check(
+        &format!("{HEAD}resources = {{ disk = \"65T\" }}\n"),
+        r#"
+paracloud.toml:5:22: services.kv.resources.disk: 71468255805440 bytes is more than the maximum of 64T
+  hint: give the disk space an instance writes, such as "1G"
 "#,
     );
 }

@@ -85,6 +85,9 @@ pub struct Resources {
     pub memory: Option<u64>,
     /// Process limit.
     pub pids: Option<u64>,
+    /// Size of the writable layer in bytes; `None`: not limited.
+    #[serde(default)]
+    pub disk: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

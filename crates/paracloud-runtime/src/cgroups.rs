@@ -733,6 +733,7 @@ mod tests {
             cpu: Some(0.5),
             memory: Some(32 << 20),
             pids: Some(20),
+            disk: None,
         };
         m.create("a", &limits).unwrap();
         let r = root.path();
@@ -843,6 +844,7 @@ mod tests {
             cpu: Some(1.5),
             memory: Some(64 << 20),
             pids: Some(100),
+            disk: None,
         };
         m.create("i1", &limits).unwrap();
         assert_eq!(

@@ -50,6 +50,7 @@ use serde::{Deserialize, Serialize};
 pub mod capsule;
 pub mod cgroups;
 mod criu;
+mod disk;
 pub mod handover;
 mod identity;
 mod mounts;
@@ -146,6 +147,9 @@ pub struct Limits {
     /// Bytes.
     pub memory: Option<u64>,
     pub pids: Option<u64>,
+    /// Bytes of the writable layer, a filesystem of its own (see `disk`); `None`: on the
+    /// state root's filesystem, unlimited.
+    pub disk: Option<u64>,
 }
 
 /// A started (or re-adopted) instance process.
@@ -366,6 +370,13 @@ impl Runtime {
         cfg: &InstanceConfig,
         images: &Path,
     ) -> Result<Checkpoint> {
+        if cfg.limits.disk.is_some() {
+            return Err(Error::Criu {
+                id: cfg.id.clone(),
+                action: "checkpoint",
+                message: "its writable layer is a filesystem of its own (a disk limit), which CRIU migration does not carry: migrate it with --via restart or --via paci".into(),
+            });
+        }
         criu::checkpoint(criu, process, cfg, images).await
     }
     /// Restores a checkpoint as the instance `cfg` (a new slot: its address, cgroup, log, /etc

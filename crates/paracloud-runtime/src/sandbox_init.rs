@@ -300,6 +300,33 @@ fn mount_root(cfg: &InstanceConfig) -> InitResult<(PathBuf, Vec<&'static str>)> 
     )?;
     let rootfs = scratch.join("merged");
     create_dir(&rootfs)?;
+    let (upper, work) = match cfg.limits.disk {
+        None => (upper, work),
+        // The writable layer on its own filesystem, mounted in this namespace only.
+        Some(_) => {
+            let layer = scratch.join("disk");
+            create_dir(&layer)?;
+            let (device, _held) = crate::disk::attach(&crate::disk::image_path(&cfg.dir))?;
+            mount(
+                Some(device.as_path()),
+                &layer,
+                Some("ext4"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot mount the writable layer {} on {}: {e}",
+                    device.display(),
+                    layer.display()
+                )
+            })?;
+            let (upper, work) = (layer.join("upper"), layer.join("work"));
+            create_dir(&upper)?;
+            create_dir(&work)?;
+            (upper, work)
+        }
+    };
     let (lowers, host_dirs) = match &cfg.rootfs {
         Rootfs::Host { .. } => {
             let lower = scratch.join("lower");

@@ -22,7 +22,7 @@ use crate::netlink::{self, Netlink};
 use crate::network::{check_ifname, instance_mac, veth_host_name};
 use crate::protocol::{write_message, RestorePlan, ToInit};
 use crate::{
-    identity, paths, procfs, sandbox_init, sys, Error, InstanceConfig, Process, Result,
+    disk, identity, paths, procfs, sandbox_init, sys, Error, InstanceConfig, Process, Result,
     RuntimeConfig,
 };
 
@@ -55,6 +55,13 @@ pub(crate) async fn spawn(
         child: None,
         armed: true,
     };
+    if let Some(size) = cfg.limits.disk {
+        let dir = cfg.dir.clone();
+        tokio::task::spawn_blocking(move || disk::prepare_image(&dir, size))
+            .await
+            .map_err(|e| sandbox_error(cfg, format!("making the writable layer: {e}")))?
+            .map_err(|e| sandbox_error(cfg, e))?;
+    }
     cgroups.create(&cfg.id, &cfg.limits)?;
     let (pid, start_time) =
         launch(config, cgroups, cfg, &mut guard, INSTANCE_NAMESPACES, None).await?;

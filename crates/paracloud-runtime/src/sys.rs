@@ -543,3 +543,65 @@ mod tests {
         assert!(single_threaded().is_err());
     }
 }
+
+// linux/loop.h
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// The number of a free loop device (`/dev/loop-control` open as `control`).
+pub(crate) fn loop_get_free(control: &impl AsRawFd) -> io::Result<i32> {
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
+    let number = check(unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) } as _)?;
+    Ok(number as i32)
+}
+
+/// Backs the loop `device` by `backing`, freed by the kernel once nothing holds it (autoclear).
+pub(crate) fn loop_configure_autoclear(
+    device: &impl AsRawFd,
+    backing: &impl AsRawFd,
+) -> io::Result<()> {
+    // SAFETY: all-zero is a valid value of these plain C structs.
+    let mut config: LoopConfig = unsafe { std::mem::zeroed() };
+    config.fd = backing.as_raw_fd() as u32;
+    config.info.flags = LO_FLAGS_AUTOCLEAR;
+    // SAFETY: the kernel reads a `struct loop_config` of this layout, which outlives the call.
+    check(unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config) } as _)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod loop_tests {
+    use super::*;
+
+    #[test]
+    fn the_loop_structures_have_the_kernels_layout() {
+        assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
+        assert_eq!(std::mem::size_of::<LoopConfig>(), 8 + 232 + 64);
+    }
+}

@@ -40,6 +40,7 @@ fn capsule(f: &Fixture, id: &str, script: &str) -> CapsuleConfig {
             memory: Some(64 << 20),
             pids: Some(64),
             cpu: None,
+            disk: None,
         },
         tty: false,
     }

@@ -32,6 +32,38 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Space held for the database on its filesystem (see [`Store::keep_reserve`]).
+    reserve: std::path::PathBuf,
+}
+
+/// What the reserve holds: room for many small transactions (a scale-down, a `down`, the
+/// records of instances ending) once the filesystem is full.
+const RESERVE_BYTES: usize = 16 << 20;
+
+/// How one try of a transaction failed: the store's own error (which a full disk may cause)
+/// or the decision's.
+enum Refused<E> {
+    Store(Error),
+    Caller(E),
+}
+
+impl<E> From<Error> for Refused<E> {
+    fn from(e: Error) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl<E: From<Error>> Refused<E> {
+    fn into_caller(self) -> E {
+        match self {
+            Self::Store(e) => e.into(),
+            Self::Caller(e) => e,
+        }
+    }
+}
+
+fn is_disk_full(error: &Error) -> bool {
+    matches!(error, Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
 }
 
 const SCHEMA: &str = "
@@ -99,9 +131,52 @@ impl Store {
                 conn.execute_batch(&format!("ALTER TABLE services ADD COLUMN {column} {kind}"))?;
             }
         }
-        Ok(Self {
+        let store = Self {
             conn: Mutex::new(conn),
-        })
+            reserve: path.with_extension("reserve"),
+        };
+        store.keep_reserve();
+        Ok(store)
+    }
+
+    /// Holds space for the database: a file of [`RESERVE_BYTES`] beside it, given back to the
+    /// filesystem when a write finds it full (instances, logs or anyone else filled it), so that
+    /// stopping, scaling down and `down` still work then. Made again here when it is missing
+    /// and the space is there; returns whether the reserve is in place.
+    pub fn keep_reserve(&self) -> bool {
+        if self.reserve.exists() {
+            return true;
+        }
+        let partial = self.reserve.with_extension("reserve-new");
+        let written = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)?;
+            let chunk = vec![0u8; 1 << 20];
+            for _ in 0..RESERVE_BYTES / chunk.len() {
+                file.write_all(&chunk)?;
+            }
+            file.sync_all()?;
+            std::fs::rename(&partial, &self.reserve)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        written.is_ok()
+    }
+
+    /// Runs the write `op`; when the filesystem is full, gives the reserve back and runs it
+    /// once more.
+    fn writing<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+        match op() {
+            Err(e) if is_disk_full(&e) && std::fs::remove_file(&self.reserve).is_ok() => op(),
+            other => other,
+        }
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -228,6 +303,10 @@ impl Store {
 
     /// Deletes an application, its services and its events (its instances must already be gone).
     pub fn forget_app(&self, app: &str) -> Result<()> {
+        self.writing(|| self.forget_app_once(app))
+    }
+
+    fn forget_app_once(&self, app: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM services WHERE app = ?1", [app])?;
@@ -294,7 +373,15 @@ impl Store {
     pub fn claim_instance(
         &self,
         key: &InstanceKey,
-        make: impl FnOnce(Option<&InstanceRecord>, u32) -> InstanceRecord,
+        mut make: impl FnMut(Option<&InstanceRecord>, u32) -> InstanceRecord,
+    ) -> Result<Option<InstanceRecord>> {
+        self.writing(|| self.claim_instance_once(key, &mut make))
+    }
+
+    fn claim_instance_once(
+        &self,
+        key: &InstanceKey,
+        make: &mut impl FnMut(Option<&InstanceRecord>, u32) -> InstanceRecord,
     ) -> Result<Option<InstanceRecord>> {
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
@@ -330,6 +417,10 @@ impl Store {
     }
 
     pub fn put_instance(&self, record: &InstanceRecord) -> Result<()> {
+        self.writing(|| self.put_instance_once(record))
+    }
+
+    fn put_instance_once(&self, record: &InstanceRecord) -> Result<()> {
         self.conn().execute(
             "INSERT INTO instances (app, service, idx, record, slot) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (app, service, idx) DO UPDATE SET record = excluded.record, slot = excluded.slot",
@@ -345,7 +436,15 @@ impl Store {
     pub fn update_instance(
         &self,
         key: &InstanceKey,
-        change: impl FnOnce(&mut InstanceRecord),
+        mut change: impl FnMut(&mut InstanceRecord),
+    ) -> Result<Option<InstanceRecord>> {
+        self.writing(|| self.update_instance_once(key, &mut change))
+    }
+
+    fn update_instance_once(
+        &self,
+        key: &InstanceKey,
+        change: &mut impl FnMut(&mut InstanceRecord),
     ) -> Result<Option<InstanceRecord>> {
         let conn = self.conn();
         let json: Option<String> = conn
@@ -380,29 +479,35 @@ impl Store {
     }
 
     pub fn delete_instance(&self, key: &InstanceKey) -> Result<()> {
-        self.conn().execute(
-            "DELETE FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
-            params![key.app, key.service, key.index],
-        )?;
-        Ok(())
+        self.writing(|| {
+            self.conn().execute(
+                "DELETE FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
+                params![key.app, key.service, key.index],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn set_network(&self, app: &str, present: bool) -> Result<()> {
-        let conn = self.conn();
-        if present {
-            conn.execute("INSERT OR IGNORE INTO networks (app) VALUES (?1)", [app])?;
-        } else {
-            conn.execute("DELETE FROM networks WHERE app = ?1", [app])?;
-        }
-        Ok(())
+        self.writing(|| {
+            let conn = self.conn();
+            if present {
+                conn.execute("INSERT OR IGNORE INTO networks (app) VALUES (?1)", [app])?;
+            } else {
+                conn.execute("DELETE FROM networks WHERE app = ?1", [app])?;
+            }
+            Ok(())
+        })
     }
 
     pub fn add_event(&self, at: Millis, app: &str, subject: &str, message: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO events (at, app, subject, message) VALUES (?1, ?2, ?3, ?4)",
-            params![at as i64, app, subject, message],
-        )?;
-        Ok(())
+        self.writing(|| {
+            self.conn().execute(
+                "INSERT INTO events (at, app, subject, message) VALUES (?1, ?2, ?3, ?4)",
+                params![at as i64, app, subject, message],
+            )?;
+            Ok(())
+        })
     }
 
     /// Events after `after` (an event id), oldest first, optionally of one application.
@@ -485,12 +590,28 @@ impl Store {
     pub fn transact<T, E: From<Error>>(
         &self,
         now: Millis,
-        decide: impl FnOnce(&Snapshot) -> std::result::Result<(Vec<Change>, T), E>,
+        mut decide: impl FnMut(&Snapshot) -> std::result::Result<(Vec<Change>, T), E>,
     ) -> std::result::Result<T, E> {
+        match self.transact_once(now, &mut decide) {
+            Err(Refused::Store(e))
+                if is_disk_full(&e) && std::fs::remove_file(&self.reserve).is_ok() =>
+            {
+                self.transact_once(now, &mut decide)
+                    .map_err(Refused::into_caller)
+            }
+            other => other.map_err(Refused::into_caller),
+        }
+    }
+
+    fn transact_once<T, E: From<Error>>(
+        &self,
+        now: Millis,
+        decide: &mut impl FnMut(&Snapshot) -> std::result::Result<(Vec<Change>, T), E>,
+    ) -> std::result::Result<T, Refused<E>> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(Error::from)?;
         let snapshot = Self::read(&tx)?;
-        let (changes, outcome) = decide(&snapshot)?;
+        let (changes, outcome) = decide(&snapshot).map_err(Refused::Caller)?;
         for change in &changes {
             Self::write(&tx, change, now)?;
         }

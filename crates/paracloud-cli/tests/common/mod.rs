@@ -24,6 +24,8 @@ pub struct Platform {
     _lock: Flock<File>,
     /// Relays into instances ([`Platform::paci_socket`]), ended and reaped at the end.
     relays: std::sync::Mutex<Vec<std::process::Child>>,
+    /// The state root is a small filesystem of its own, unmounted at the end.
+    small_root: std::sync::atomic::AtomicBool,
 }
 
 /// The directory of the workspace's built binaries (paracloud, shop-web, shop-api, shop-kv).
@@ -64,6 +66,7 @@ impl Platform {
                     slot,
                     _lock: lock,
                     relays: Default::default(),
+                    small_root: Default::default(),
                 };
             }
         }
@@ -231,6 +234,21 @@ impl Platform {
     pub fn dataplane_pid(&self) -> Option<i32> {
         self.pid_file("dataplane.pid")
     }
+
+    /// Puts the state root on a tmpfs of `size` (as `mount -o size=` reads it), before any
+    /// command: a small disk a test can fill.
+    pub fn on_small_filesystem(&self, size: &str) {
+        nix::mount::mount(
+            Some("tmpfs"),
+            self.root(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size},mode=700").as_str()),
+        )
+        .expect("cannot mount a tmpfs on the state root");
+        self.small_root
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Drop for Platform {
@@ -267,6 +285,9 @@ impl Drop for Platform {
             }
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(self.cgroup_parent()));
+        if self.small_root.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = nix::mount::umount2(self.root(), nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
 

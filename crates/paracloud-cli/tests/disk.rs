@@ -1,0 +1,89 @@
+//! Disk space as a filler meets it: an instance with `resources.disk` writes until its own
+//! filesystem is full and the host's disk is untouched; an instance without one fills a small
+//! state root, and the platform can still stop it, scale it down and take the application down.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use common::*;
+
+/// Writes 100M into the root, then reports how that went and waits.
+fn filler(resources: &str) -> String {
+    format!(
+        r#"
+app = "disk"
+
+[services.filler]
+image = "host"
+command = ["/bin/sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=100 2>&1; echo dd-exit=$?; exec sleep 100000"]
+stop_signal = "KILL"
+{resources}
+"#
+    )
+}
+
+fn filler_log(p: &Platform) -> String {
+    let path = p.root().join("instances/disk/filler.1/output.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.contains("dd-exit=") || std::time::Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_disk_limit_stops_a_filler_at_its_size() {
+    let p = Platform::new();
+    let manifest = p.manifest("paracloud.toml", &filler("resources = { disk = \"32M\" }"));
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let log = filler_log(&p);
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(log.contains("dd-exit=1"), "{log}");
+    // What it wrote lies in its own image, no bigger than the limit.
+    let image = p.root().join("instances/disk/filler.1/disk.img");
+    let used = std::fs::metadata(&image).unwrap().blocks() * 512;
+    assert!(used <= 32 << 20, "the image holds {used} bytes");
+    // Stopped, the instance leaves no mount and no loop device behind.
+    p.ok(&["scale", "-a", "disk", "filler=0"]);
+    p.wait_ps("disk", Duration::from_secs(20), "the filler gone", |ps| {
+        ps.is_empty()
+    });
+    let loops = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!loops.contains(image.to_str().unwrap()), "{loops}");
+}
+
+#[test]
+fn a_full_state_root_still_lets_the_platform_stop_and_remove() {
+    let p = Platform::new();
+    p.on_small_filesystem("64m");
+    let manifest = p.manifest("paracloud.toml", &filler(""));
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    // Its log lies on the full filesystem too: watch the filesystem instead.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let fs = nix::sys::statvfs::statvfs(p.root()).unwrap();
+        let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+        if free < 1 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the root never filled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Events, records and commands still go through, on the database's reserve.
+    p.ok(&["scale", "-a", "disk", "filler=0"]);
+    p.wait_ps("disk", Duration::from_secs(20), "the filler gone", |ps| {
+        ps.is_empty()
+    });
+    p.ok(&["down", "-a", "disk"]);
+    let left = p.ok(&["ps", "-A", "-o", "json"]);
+    assert!(!left.contains("\"disk\""), "{left}");
+    assert!(alive(p.daemon_pid().unwrap()), "{}", p.daemon_log());
+}
