@@ -1274,6 +1274,22 @@ impl Checker<'_> {
         };
         let mount = if source.starts_with('/') || source.starts_with('.') {
             let path = units::resolve(self.base_dir(), source);
+            if !source.starts_with('/') && !path.starts_with(self.base_dir()) {
+                self.error(
+                    source_span,
+                    source_field,
+                    format!(
+                        "bind mount source {source:?} leaves the manifest's directory (it is {})",
+                        path.display()
+                    ),
+                    Some(format!(
+                        "a relative source stays inside {}; write a host path outside it as an absolute path, \"{}\", if it is meant",
+                        self.base_dir().display(),
+                        path.display()
+                    )),
+                );
+                return None;
+            }
             if !self.fs.exists(&path) {
                 let hint = self.relative_hint();
                 self.error(

@@ -956,6 +956,17 @@ paracloud.toml:6:10: services.kv.capsules.strace: unknown access "all"
 }
 
 #[test]
+fn a_relative_bind_mount_stays_in_the_manifests_directory() {
+    check(
+        &format!("{HEAD}volumes = [\"../../etc:/host-etc\"]\n"),
+        r#"
+paracloud.toml:5:12: services.kv.volumes[0]: bind mount source "../../etc" leaves the manifest's directory (it is /etc)
+  hint: a relative source stays inside /srv/shop; write a host path outside it as an absolute path, "/etc", if it is meant
+"#,
+    );
+}
+
+#[test]
 fn volumes() {
     check(
         &format!("{HEAD}volumes = [\"data\", \"Data:/x\", \"./missing:/y\", \"data:rel\", {{ source = \"d\" }}]\n"),
