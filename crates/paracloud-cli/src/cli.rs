@@ -207,8 +207,16 @@ pub enum Command {
     /// Simulate the application under a trace with an autoscaling policy, faster than real time
     /// (no daemon needed): paracloud sim --model sim.toml --trace load.csv --policy model
     Sim(SimArgs),
-    /// Run the daemon in the foreground
-    Daemon,
+    /// Run the daemon in the foreground; with --install, write a systemd unit that runs it
+    /// (restarted whenever it ends) instead
+    Daemon {
+        /// Write a systemd service unit for this root and settings, then print how to enable it
+        #[arg(long)]
+        install: bool,
+        /// Where --install writes the unit
+        #[arg(long, default_value = "/etc/systemd/system", requires = "install")]
+        unit_dir: PathBuf,
+    },
     /// Print a shell completion script: paracloud completion bash > /etc/bash_completion.d/paracloud
     Completion { shell: clap_complete::Shell },
     /// The data-plane process (started by the daemon)

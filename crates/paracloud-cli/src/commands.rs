@@ -24,7 +24,11 @@ use crate::output::{age, format_time, print, table};
 pub fn run(cli: Cli) -> Result<()> {
     let Cli { global, command } = cli;
     match command {
-        Command::Daemon => run_daemon(&global),
+        Command::Daemon { install: false, .. } => run_daemon(&global),
+        Command::Daemon {
+            install: true,
+            unit_dir,
+        } => install_daemon(&global, &unit_dir),
         Command::Sim(args) => sim(&global, &args),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -165,6 +169,33 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Writes `paracloud.service` (or `paracloud-<root's name>.service` for a root other than the
+/// default) into `unit_dir`: the daemon of this root with these settings, restarted whenever it
+/// ends, its instances left running across restarts (they are re-adopted).
+fn install_daemon(global: &Global, unit_dir: &Path) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the paracloud binary")?;
+    let root = absolute(&global.root)?;
+    let name = if root == Path::new("/var/lib/paracloud") {
+        "paracloud".to_string()
+    } else {
+        let tag: String = root
+            .to_string_lossy()
+            .trim_matches('/')
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        format!("paracloud-{tag}")
+    };
+    let unit = crate::install::unit(&exe, &root, &global.daemon);
+    let path = unit_dir.join(format!("{name}.service"));
+    std::fs::create_dir_all(unit_dir)
+        .with_context(|| format!("cannot create {}", unit_dir.display()))?;
+    std::fs::write(&path, unit).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    println!("enable it with: systemctl daemon-reload && systemctl enable --now {name}");
+    Ok(())
 }
 
 fn run_daemon(global: &Global) -> Result<()> {
@@ -358,7 +389,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Debug { instance, command } => {
             crate::capsule::debug(global, &instance, &command).await
         }
-        Command::Daemon
+        Command::Daemon { .. }
         | Command::Dataplane { .. }
         | Command::Completion { .. }
         | Command::Sim(_) => {

@@ -5,6 +5,7 @@ mod capsule;
 mod cli;
 mod client;
 mod commands;
+mod install;
 mod output;
 
 use clap::Parser;

@@ -238,3 +238,39 @@ async fn an_instance_has_one_event_stream_at_a_time() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// On a server, the daemon comes back by itself: `daemon --install` writes the unit that runs
+/// this root's daemon and restarts it whenever it ends.
+#[test]
+fn daemon_install_writes_a_unit_that_restarts_the_daemon() {
+    let p = Platform::new();
+    let units = p.root().join("units");
+    let out = p.ok(&["daemon", "--install", "--unit-dir", units.to_str().unwrap()]);
+    let written: Vec<_> = std::fs::read_dir(&units).unwrap().flatten().collect();
+    assert_eq!(written.len(), 1, "{out}");
+    let unit = std::fs::read_to_string(written[0].path()).unwrap();
+    let root = p.root().to_str().unwrap();
+    assert!(
+        unit.contains(&format!("--root \"{root}\"")) && unit.contains(" daemon\n"),
+        "{unit}"
+    );
+    assert!(unit.contains("Restart=always"), "{unit}");
+    assert!(
+        out.contains("systemctl daemon-reload && systemctl enable --now paracloud-"),
+        "{out}"
+    );
+    // systemd's own check, where the machine has it.
+    if let Ok(verify) = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(written[0].path())
+        .output()
+    {
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+    // Nothing was started: the unit does that.
+    assert!(p.daemon_pid().is_none());
+}
