@@ -385,15 +385,7 @@ impl Store {
     ) -> Result<Option<InstanceRecord>> {
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
-        let json: Option<String> = tx
-            .query_row(
-                "SELECT record FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
-                params![key.app, key.service, key.index],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let previous: Option<InstanceRecord> =
-            json.map(|j| serde_json::from_str(&j)).transpose()?;
+        let previous = Self::read_instance(&tx, key)?;
         if previous
             .as_ref()
             .is_some_and(|p| !matches!(p.state, InstanceState::Exited { .. }))
@@ -407,11 +399,7 @@ impl Store {
         };
         let free = (0..).find(|s| !used.contains(s)).unwrap_or(0);
         let record = make(previous.as_ref(), free);
-        tx.execute(
-            "INSERT INTO instances (app, service, idx, record, slot) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (app, service, idx) DO UPDATE SET record = excluded.record, slot = excluded.slot",
-            params![key.app, key.service, key.index, serde_json::to_string(&record)?, record.slot],
-        )?;
+        Self::write_instance(&tx, &record)?;
         tx.commit()?;
         Ok(Some(record))
     }
@@ -421,12 +409,27 @@ impl Store {
     }
 
     fn put_instance_once(&self, record: &InstanceRecord) -> Result<()> {
-        self.conn().execute(
+        Self::write_instance(&self.conn(), record)
+    }
+
+    fn write_instance(conn: &Connection, record: &InstanceRecord) -> Result<()> {
+        conn.execute(
             "INSERT INTO instances (app, service, idx, record, slot) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (app, service, idx) DO UPDATE SET record = excluded.record, slot = excluded.slot",
             params![record.key.app, record.key.service, record.key.index, serde_json::to_string(record)?, record.slot],
         )?;
         Ok(())
+    }
+
+    fn read_instance(conn: &Connection, key: &InstanceKey) -> Result<Option<InstanceRecord>> {
+        let json: Option<String> = conn
+            .query_row(
+                "SELECT record FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
+                params![key.app, key.service, key.index],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
     }
 
     /// Changes the stored record of `key` with `change`, read and written under one lock, so
@@ -447,17 +450,9 @@ impl Store {
         change: &mut impl FnMut(&mut InstanceRecord),
     ) -> Result<Option<InstanceRecord>> {
         let conn = self.conn();
-        let json: Option<String> = conn
-            .query_row(
-                "SELECT record FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
-                params![key.app, key.service, key.index],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(json) = json else {
+        let Some(mut record) = Self::read_instance(&conn, key)? else {
             return Ok(None);
         };
-        let mut record: InstanceRecord = serde_json::from_str(&json)?;
         change(&mut record);
         conn.execute(
             "UPDATE instances SET record = ?4, slot = ?5 WHERE app = ?1 AND service = ?2 AND idx = ?3",
@@ -467,15 +462,7 @@ impl Store {
     }
 
     pub fn instance(&self, key: &InstanceKey) -> Result<Option<InstanceRecord>> {
-        let json: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT record FROM instances WHERE app = ?1 AND service = ?2 AND idx = ?3",
-                params![key.app, key.service, key.index],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+        Self::read_instance(&self.conn(), key)
     }
 
     pub fn delete_instance(&self, key: &InstanceKey) -> Result<()> {
