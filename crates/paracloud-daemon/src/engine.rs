@@ -30,7 +30,7 @@ use crate::dataplane::DataplaneSupervisor;
 use crate::driver::Driver;
 use crate::health;
 use crate::paci_hub::{describe_answer, socket_dir, Hub};
-use crate::routes::dataplane_config;
+use crate::routes::{dataplane_config, served_on_bridge};
 use crate::sync::lock;
 
 /// Where the daemon keeps its state and which kernel objects it may use.
@@ -402,6 +402,8 @@ impl<D: Driver> Engine<D> {
                         .into_iter()
                         .map(|slot| network.service_address(slot))
                         .collect(),
+                    // The one thing of the host its instances may connect to: the data plane.
+                    served: served_on_bridge(record, &network),
                 };
                 match self.driver.ensure_network(&config).await {
                     // Unrecorded, the next turn sets the network up again (it is idempotent).
