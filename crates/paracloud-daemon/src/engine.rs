@@ -201,6 +201,13 @@ impl<D: Driver> Engine<D> {
     /// ones caught half-way, and make sure the data plane runs.
     pub fn recover(self: &Arc<Self>) -> Result<(), paracloud_state::Error> {
         let snapshot = self.store.load()?;
+        // Every network is set up again by the first turns (it is idempotent): its bridge or
+        // firewall rules may be gone (a reboot) or older than this daemon.
+        for app in snapshot.apps.iter().filter(|a| a.removing.is_none()) {
+            if snapshot.networks.contains(&app.name) {
+                self.store.set_network(&app.name, false)?;
+            }
+        }
         let apps: BTreeMap<&str, &AppRecord> =
             snapshot.apps.iter().map(|a| (a.name.as_str(), a)).collect();
         for mut record in snapshot.instances.clone() {
