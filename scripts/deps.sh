@@ -2,6 +2,7 @@
 # What the tests need on a fresh Debian 12 machine, installed once: each group is skipped when its
 # programs are already there, so running this again costs a few `command -v`. Needs root (apt-get).
 #
+# - nftables: `nft`, which the daemon needs for the host's firewall of each application's bridge;
 # - busybox: the base of the test images (FROM busybox:1), python3: the PaCI example's tests;
 # - docker-compose: `docker-compose config`, which the Compose reader's corpus is compared with
 #   (it needs no Docker engine);
@@ -24,6 +25,7 @@ need() { # need PACKAGE PROGRAM...: the package when one of its programs is miss
     fi
   done
 }
+need nftables nft
 need python3 python3
 need busybox-static busybox
 need skopeo skopeo

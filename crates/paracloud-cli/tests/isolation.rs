@@ -214,3 +214,191 @@ command = ["/bin/sh", "-c", "echo shadow: $(cat /etc/shadow 2>/dev/null | grep -
     );
     assert!(logs.contains("private: 0\n"), "{logs}");
 }
+
+/// Tries TCP connections from inside an instance and says, for each, whether it got through.
+const PROBE: &str = r#"
+import errno, socket, subprocess, sys, time, urllib.request
+gateway, host_port, host6_port, other_gateway, other_service = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+def attempt(label, address, port, family=socket.AF_INET):
+    target = (address, port) if family == socket.AF_INET else (address, port, 0, socket.if_nametoindex('eth0'))
+    for _ in range(100):
+        s = socket.socket(family)
+        s.settimeout(2)
+        try:
+            s.connect(target)
+            print(label, 'REACHED', flush=True)
+        except OSError as e:
+            # A new interface's IPv6 link-local address is usable once its DAD is over.
+            if e.errno == errno.EADDRNOTAVAIL:
+                s.close()
+                time.sleep(0.1)
+                continue
+            print(label, 'unreachable:', e, flush=True)
+        s.close()
+        return
+    print(label, 'no address', flush=True)
+def link_local(address):
+    # The bridge's IPv6 link-local address, from its MAC (EUI-64) in the ARP cache.
+    for line in open('/proc/net/arp').read().splitlines()[1:]:
+        fields = line.split()
+        if fields[0] == address:
+            b = [int(x, 16) for x in fields[3].split(':')]
+            words = [(b[0] ^ 2) << 8 | b[1], b[2] << 8 | 0xff, 0xfe << 8 | b[3], b[4] << 8 | b[5]]
+            return 'fe80::' + ':'.join('%x' % w for w in words)
+for _ in range(100):
+    try:
+        print('service', urllib.request.urlopen('http://api:8000/', timeout=2).status, flush=True)
+        break
+    except OSError as e:
+        time.sleep(0.1)
+service = socket.gethostbyname('api')
+attempt('gateway', gateway, host_port)
+attempt('service address', service, host_port)
+attempt('ipv6 gateway', link_local(service), host6_port, socket.AF_INET6)
+# With a route of its own (it has NET_ADMIN), the host's other addresses and another
+# application's service address are not reachable either.
+subprocess.run(['ip', 'route', 'add', 'default', 'via', gateway], check=True)
+attempt('other gateway', other_gateway, host_port)
+attempt('other service', other_service, 8000)
+print('done', flush=True)
+time.sleep(100000)
+"#;
+
+/// The bridge of the `index`-th application of a platform (named after its subnet).
+fn bridge_of(p: &Platform, index: u32) -> String {
+    let network = u32::from(std::net::Ipv4Addr::new(
+        10,
+        100 + p.slot as u8,
+        index as u8,
+        0,
+    ));
+    format!("pc{network:08x}")
+}
+
+fn nft_table(bridge: &str) -> Option<String> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "inet", &format!("paracloud-{bridge}")])
+        .output()
+        .expect("nft");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn an_instance_reaches_its_services_but_nothing_else_of_the_host() {
+    let p = Platform::new();
+    // A host service on every address, as an sshd or a database would listen, on IPv4 and
+    // IPv6: nobody but the probe knows its port.
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let host6 = std::net::TcpListener::bind("[::]:0").unwrap();
+    let host6_port = host6.local_addr().unwrap().port();
+    let reached = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for listener in [host, host6] {
+        let seen = reached.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Ok(peer) = stream.peer_addr() {
+                    seen.lock().unwrap().push(peer);
+                }
+            }
+        });
+    }
+    let prefix = format!("10.{}.", 100 + p.slot);
+    // Another application first: its network is the pool's first, this one's the second.
+    let other = p.manifest(
+        "other",
+        r#"
+app = "other"
+[services.web]
+image = "host"
+stop_signal = "KILL"
+command = ["/usr/bin/python3", "-m", "http.server", "--bind", "0.0.0.0", "8000"]
+ports = [8000]
+"#,
+    );
+    p.ok(&["up", "-f", other.to_str().unwrap()]);
+    let other_service = format!("{prefix}0.2");
+    let other_addresses = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &bridge_of(&p, 0)])
+        .output()
+        .unwrap();
+    let other_addresses = String::from_utf8_lossy(&other_addresses.stdout).into_owned();
+    assert!(
+        other_addresses.contains(&format!("{other_service}/32")),
+        "{other_addresses}"
+    );
+    let command = serde_json::to_string(&[
+        "/usr/bin/python3",
+        "-c",
+        PROBE,
+        &format!("{prefix}1.1"),
+        &host_port.to_string(),
+        &host6_port.to_string(),
+        &format!("{prefix}0.1"),
+        &other_service,
+    ])
+    .unwrap();
+    let manifest = p.manifest(
+        "iso",
+        &format!(
+            r#"
+app = "iso"
+[services.api]
+image = "host"
+stop_signal = "KILL"
+command = ["/usr/bin/python3", "-m", "http.server", "--bind", "0.0.0.0", "8000"]
+ports = [{{ port = 8000, protocol = "http", publish = {published} }}]
+
+[services.probe]
+image = "host"
+stop_signal = "KILL"
+cap_add = ["NET_ADMIN"]
+command = {command}
+"#,
+            published = p.port(0)
+        ),
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let logs = logs_until(&p, "probe", "done");
+    assert!(
+        logs.contains("service 200"),
+        "its own service, by name, through the data plane: {logs}"
+    );
+    for target in [
+        "gateway",
+        "service address",
+        "ipv6 gateway",
+        "other gateway",
+        "other service",
+    ] {
+        assert!(
+            logs.contains(&format!("| {target} unreachable")),
+            "{target}: {logs}"
+        );
+    }
+    let reached = reached.lock().unwrap().clone();
+    assert!(
+        reached.is_empty(),
+        "the host service was reached from {reached:?}"
+    );
+    // The published port is still served, from the host.
+    let (status, _) = http_get(p.port(0), "/").unwrap();
+    assert_eq!(status, 200);
+
+    // The rules are Paracloud's own table per bridge, gone with the application.
+    let bridge = bridge_of(&p, 1);
+    let table = nft_table(&bridge).expect("the application's table");
+    assert!(table.contains(&format!("{prefix}1.2 . 8000")), "{table}");
+    p.ok(&["down", "-a", "iso"]);
+    assert_eq!(
+        nft_table(&bridge),
+        None,
+        "the table outlives the application"
+    );
+    assert!(
+        nft_table(&bridge_of(&p, 0)).is_some(),
+        "another application's table stays"
+    );
+}

@@ -30,7 +30,7 @@ use crate::dataplane::DataplaneSupervisor;
 use crate::driver::Driver;
 use crate::health;
 use crate::paci_hub::{describe_answer, socket_dir, Hub};
-use crate::routes::dataplane_config;
+use crate::routes::{dataplane_config, served_on_bridge};
 use crate::sync::lock;
 
 /// Where the daemon keeps its state and which kernel objects it may use.
@@ -204,6 +204,13 @@ impl<D: Driver> Engine<D> {
     /// ones caught half-way, and make sure the data plane runs.
     pub fn recover(self: &Arc<Self>) -> Result<(), paracloud_state::Error> {
         let snapshot = self.store.load()?;
+        // Every network is set up again by the first turns (it is idempotent): its bridge or
+        // firewall rules may be gone (a reboot) or older than this daemon.
+        for app in snapshot.apps.iter().filter(|a| a.removing.is_none()) {
+            if snapshot.networks.contains(&app.name) {
+                self.store.set_network(&app.name, false)?;
+            }
+        }
         let apps: BTreeMap<&str, &AppRecord> =
             snapshot.apps.iter().map(|a| (a.name.as_str(), a)).collect();
         for mut record in snapshot.instances.clone() {
@@ -414,6 +421,8 @@ impl<D: Driver> Engine<D> {
                         .into_iter()
                         .map(|slot| network.service_address(slot))
                         .collect(),
+                    // The one thing of the host its instances may connect to: the data plane.
+                    served: served_on_bridge(record, &network),
                 };
                 match self.driver.ensure_network(&config).await {
                     // Unrecorded, the next turn sets the network up again (it is idempotent).

@@ -1,11 +1,11 @@
 //! The data plane's configuration, derived from the state: what listens where, and the ready
 //! instances behind each listener.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use paracloud_dataplane::{Backend, Config, Listener, Protocol, Revision};
-use paracloud_manifest::Protocol as PortProtocol;
-use paracloud_state::Snapshot;
+use paracloud_manifest::{Port, Protocol as PortProtocol};
+use paracloud_state::{AppRecord, ServiceRecord, Snapshot};
 
 use crate::addressing::AppNetwork;
 
@@ -61,50 +61,61 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
                 })
                 .collect()
         };
-        let services = app
-            .manifest
-            .services
-            .iter()
-            .filter(|(_, s)| s.revision_of.is_none());
-        for (name, service) in services {
-            let Some(record) = app.services.get(name) else {
-                continue;
+        for (name, record, port) in service_ports(app) {
+            let protocol = match port.protocol {
+                PortProtocol::Tcp => Protocol::Tcp,
+                PortProtocol::Http => Protocol::Http,
             };
-            for port in &service.ports {
-                let protocol = match port.protocol {
-                    PortProtocol::Tcp => Protocol::Tcp,
-                    PortProtocol::Http => Protocol::Http,
-                };
-                let revisions: Vec<Revision> = revisions_of(app, name)
-                    .map(|(service_name, revision, weight)| Revision {
-                        name: revision.to_owned(),
-                        weight,
-                        backends: ready_backends(service_name, port.port),
-                    })
-                    .collect();
-                let backends = ready_backends(name, port.port);
-                let service_address =
-                    SocketAddr::new(IpAddr::V4(network.service_address(record.slot)), port.port);
+            let revisions: Vec<Revision> = revisions_of(app, name)
+                .map(|(service_name, revision, weight)| Revision {
+                    name: revision.to_owned(),
+                    weight,
+                    backends: ready_backends(service_name, port.port),
+                })
+                .collect();
+            let backends = ready_backends(name, port.port);
+            let service_address =
+                SocketAddr::new(IpAddr::V4(network.service_address(record.slot)), port.port);
+            listeners.push(Listener {
+                name: format!("{}/{}:{}", app.name, name, port.port),
+                bind: service_address,
+                protocol,
+                backends: backends.clone(),
+                revisions: revisions.clone(),
+            });
+            if let Some(publish) = port.publish {
                 listeners.push(Listener {
-                    name: format!("{}/{}:{}", app.name, name, port.port),
-                    bind: service_address,
+                    name: format!("{}/{}:{} published", app.name, name, port.port),
+                    bind: publish,
                     protocol,
-                    backends: backends.clone(),
-                    revisions: revisions.clone(),
+                    backends,
+                    revisions,
                 });
-                if let Some(publish) = port.publish {
-                    listeners.push(Listener {
-                        name: format!("{}/{}:{} published", app.name, name, port.port),
-                        bind: publish,
-                        protocol,
-                        backends,
-                        revisions,
-                    });
-                }
             }
         }
     }
     Config { listeners }
+}
+
+/// Each port of each service of an application with its service's record: what the data plane
+/// listens on at the service's address. Revisions have none of their own (they are behind their
+/// service's listeners).
+fn service_ports(app: &AppRecord) -> impl Iterator<Item = (&String, &ServiceRecord, &Port)> {
+    app.manifest
+        .services
+        .iter()
+        .filter(|(_, s)| s.revision_of.is_none())
+        .filter_map(|(name, service)| Some((name, app.services.get(name)?, service)))
+        .flat_map(|(name, record, service)| service.ports.iter().map(move |p| (name, record, p)))
+}
+
+/// The endpoints the data plane serves an application's instances on, on its bridge: the
+/// service address and port of each of its listeners there (published ports are for the host's
+/// clients). The host's firewall lets the instances open connections to these alone.
+pub fn served_on_bridge(app: &AppRecord, network: &AppNetwork) -> Vec<SocketAddrV4> {
+    service_ports(app)
+        .map(|(_, record, port)| SocketAddrV4::new(network.service_address(record.slot), port.port))
+        .collect()
 }
 
 pub use paracloud_command::revisions_of;

@@ -14,7 +14,8 @@
 //! - `cgroups`: [`CgroupManager`] with v1 (hybrid included) and v2 implementations over a root
 //!   path; `procfs`: pids, pidfds, adoption, waiting; `nsexec`: [`Runtime::exec`].
 //! - `network` (bridges, async rtnetlink) and `netlink` (blocking requests with rtnetlink's
-//!   message builders); `mounts`, `identity` (user, capabilities, env, exec), `seccomp`.
+//!   message builders); `firewall` (the host's nftables rules for each bridge: what instances
+//!   reach of the host); `mounts`, `identity` (user, capabilities, env, exec), `seccomp`.
 //! - `handover`: listening sockets duplicated out of a process and passed to its successor
 //!   (socket activation), for the daemon's supervision of the data plane.
 //! - `criu`: checkpoint of a running instance and restore into a new slot with CRIU
@@ -39,7 +40,7 @@
 //! with [`Runtime::adopt`] (pid plus start time).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +52,7 @@ pub mod capsule;
 pub mod cgroups;
 mod criu;
 mod disk;
+mod firewall;
 pub mod handover;
 mod identity;
 mod mounts;
@@ -196,6 +198,10 @@ pub struct NetworkConfig {
     pub gateway: Ipv4Net,
     /// Extra addresses put on the bridge (the stable service addresses), in the same subnet.
     pub service_addresses: Vec<Ipv4Addr>,
+    /// The TCP endpoints the host serves this bridge's instances on (the data plane's listeners
+    /// on the service addresses): the only ones of the host they can open a connection to.
+    #[serde(default)]
+    pub served: Vec<SocketAddrV4>,
 }
 
 /// Resource use of one instance, read from its cgroup.
@@ -348,11 +354,12 @@ impl Runtime {
         self.cgroups.mode()
     }
 
-    /// Creates (or completes) the bridge with its addresses; idempotent.
+    /// Creates (or completes) the bridge with its addresses, and installs (or replaces) the
+    /// host's firewall rules for it; idempotent. Needs nftables' `nft`.
     pub async fn ensure_network(&self, net: &NetworkConfig) -> Result<()> {
         network::ensure_network(net).await
     }
-    /// Removes the bridge; idempotent.
+    /// Removes the bridge and its firewall rules; idempotent.
     pub async fn remove_network(&self, bridge: &str) -> Result<()> {
         network::remove_network(bridge).await
     }

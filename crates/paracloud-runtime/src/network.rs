@@ -1,4 +1,4 @@
-//! Application bridges (rtnetlink) and the names of instance veths.
+//! Application bridges (rtnetlink, with their firewall rules) and the names of instance veths.
 
 use std::net::IpAddr;
 
@@ -91,6 +91,8 @@ async fn link_index(
 
 pub(crate) async fn ensure_network(net: &NetworkConfig) -> Result<()> {
     check_ifname(&net.bridge)?;
+    // The rules first (they match the bridge by name): it never has an address without them.
+    crate::firewall::apply(net).await?;
     let name = net.bridge.clone();
     with_handle(&format!("bridge {name}"), |handle| async move {
         let created = handle
@@ -208,7 +210,9 @@ pub(crate) async fn remove_network(bridge: &str) -> Result<()> {
             Err(e) => Err(nl_error(format!("cannot delete bridge {name}"))(e)),
         }
     })
-    .await
+    .await?;
+    // The rules last: they outlive the bridge's addresses, never the other way round.
+    crate::firewall::remove(bridge).await
 }
 
 #[cfg(test)]

@@ -118,3 +118,36 @@ async fn instances_reach_each_other_and_nothing_beyond_the_bridge() {
     f.runtime.cleanup(&server.id).unwrap();
     f.wait(&server, &server_process).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_reach_only_the_endpoints_the_host_serves_them() {
+    if !is_root() {
+        return;
+    }
+    // A host service on every address: served on the service address, not on the gateway.
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    std::thread::spawn(move || for _stream in host.incoming() {});
+    let served = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 250, 13, 250), port);
+    let f = Fixture::with_network_serving(13, vec![served]).await;
+    let script = format!(
+        "import socket\n\
+         for label, address in (('served', '10.250.13.250'), ('gateway', '10.250.13.1')):\n\
+         \x20   s = socket.socket()\n\
+         \x20   s.settimeout(1)\n\
+         \x20   try:\n\
+         \x20       s.connect((address, {port}))\n\
+         \x20       print(label, 'reachable')\n\
+         \x20   except OSError as e:\n\
+         \x20       print(label, 'unreachable', e)\n"
+    );
+    let mut client = f.instance("client", &["python3", "-c", &script]);
+    f.attach(&mut client, 2);
+    let process = f.runtime.spawn(&client).await.expect("spawn client");
+    let exit = f.wait(&client, &process).await;
+    let log = f.log(&client);
+    assert_eq!(exit.code, Some(0), "{log}");
+    assert!(log.contains("served reachable"), "{log}");
+    assert!(log.contains("gateway unreachable"), "{log}");
+    f.runtime.cleanup(&client.id).unwrap();
+}

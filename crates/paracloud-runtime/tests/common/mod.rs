@@ -10,7 +10,7 @@
 )]
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -62,11 +62,18 @@ impl Fixture {
 
     /// A fixture with a bridge "pct…" on 10.250.`subnet`.0/24 (the gateway is .1).
     pub async fn with_network(subnet: u8) -> Self {
+        Self::with_network_serving(subnet, Vec::new()).await
+    }
+
+    /// [`Fixture::with_network`] whose instances may reach `served` on the host (the service
+    /// address is 10.250.`subnet`.250).
+    pub async fn with_network_serving(subnet: u8, served: Vec<SocketAddrV4>) -> Self {
         let mut f = Self::new();
         let net = NetworkConfig {
             bridge: format!("pct{}", &random_suffix()[..6]),
             gateway: format!("10.250.{subnet}.1/24").parse().unwrap(),
             service_addresses: vec![Ipv4Addr::new(10, 250, subnet, 250)],
+            served,
         };
         f.runtime.ensure_network(&net).await.expect("bridge");
         f.network = Some(net);
