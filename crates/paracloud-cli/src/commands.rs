@@ -207,6 +207,7 @@ fn run_daemon(global: &Global) -> Result<()> {
         cgroup_parent: global.daemon.cgroup_parent.clone(),
         subnet_pool: global.daemon.subnet,
         exe,
+        settings: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

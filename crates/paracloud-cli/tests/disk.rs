@@ -87,3 +87,25 @@ fn a_full_state_root_still_lets_the_platform_stop_and_remove() {
     assert!(!left.contains("\"disk\""), "{left}");
     assert!(alive(p.daemon_pid().unwrap()), "{}", p.daemon_log());
 }
+
+#[test]
+fn the_roots_default_disk_bounds_every_instance_without_its_own() {
+    let p = Platform::new();
+    std::fs::write(p.root().join("daemon.toml"), "default_disk = \"32M\"\n").unwrap();
+    let manifest = p.manifest("paracloud.toml", &filler(""));
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let log = filler_log(&p);
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(p.root().join("instances/disk/filler.1/disk.img").exists());
+}
+
+#[test]
+fn bad_settings_stop_the_daemon_with_their_location() {
+    let p = Platform::new();
+    std::fs::write(p.root().join("daemon.toml"), "\ndefault_disk = \"lots\"\n").unwrap();
+    let err = p.fails(&["ps"]);
+    assert!(
+        err.contains("daemon.toml: line 2: default_disk: invalid memory size \"lots\""),
+        "{err}"
+    );
+}

@@ -44,6 +44,8 @@ pub struct DaemonConfig {
     pub subnet_pool: Ipv4Net,
     /// The paracloud binary (sandbox-init, nsexec and the data plane run from it).
     pub exe: PathBuf,
+    /// The state root's settings file (`daemon.toml`), read at start.
+    pub settings: crate::settings::Settings,
 }
 
 impl DaemonConfig {
@@ -793,7 +795,7 @@ impl<D: Driver> Engine<D> {
                 ),
                 memory: service.resources.memory,
                 pids: service.resources.pids,
-                disk: service.resources.disk,
+                disk: service.resources.disk.or(self.config.settings.default_disk),
             },
             capabilities: service.cap_add.clone(),
             log_path: self.config.log_path(key),

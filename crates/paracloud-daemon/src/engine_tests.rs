@@ -42,6 +42,7 @@ fn daemon() -> Daemon {
         cgroup_parent: "unit".into(),
         subnet_pool: "10.213.0.0/16".parse().unwrap(),
         exe: root.path().join("no-such-program"),
+        settings: Default::default(),
     };
     let store = Store::open(&root.path().join("state.db")).unwrap();
     let images = Images::open(root.path()).unwrap();

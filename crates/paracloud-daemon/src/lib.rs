@@ -27,6 +27,7 @@ pub mod paci_hub;
 pub mod peer;
 pub mod ports;
 pub mod routes;
+pub mod settings;
 mod sync;
 pub mod views;
 
@@ -53,6 +54,8 @@ pub enum Error {
     AlreadyRunning(String),
     #[error(transparent)]
     State(#[from] paracloud_state::Error),
+    #[error("bad settings: {0}")]
+    Settings(String),
     #[error("the runtime cannot start: {0}")]
     Runtime(#[from] paracloud_runtime::Error),
     #[error("cannot open the image store: {0}")]
@@ -121,9 +124,10 @@ fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Runs the daemon until SIGTERM or SIGINT. Instances and the data plane keep running after it
 /// ends; the next daemon for the same root re-adopts them.
-pub async fn run(config: DaemonConfig) -> Result<(), Error> {
+pub async fn run(mut config: DaemonConfig) -> Result<(), Error> {
     let root = config.root.clone();
     close_root(&root).map_err(root_error(&root))?;
+    config.settings = settings::load(&root).map_err(Error::Settings)?;
     let lock_file = OpenOptions::new()
         .create(true)
         .truncate(false)

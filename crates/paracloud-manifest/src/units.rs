@@ -66,7 +66,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 
 /// Parses a memory size: bytes, or a number with K/M/G/T (powers of 1024, also written Ki, Mi,
 /// KiB...) or KB/MB/GB/TB (powers of 1000). Case does not matter.
-pub(crate) fn parse_memory(text: &str) -> Result<u64, String> {
+pub fn parse_memory(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

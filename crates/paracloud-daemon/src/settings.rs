@@ -1,0 +1,85 @@
+//! The daemon's settings file, `<root>/daemon.toml`: what applies to every application of the
+//! root. It lives in the state root, so that a daemon started by any command (they all start
+//! one when none runs) reads the same settings as one started by hand or by systemd.
+//!
+//! ```toml
+//! # The writable layer's size of instances whose service sets no `resources.disk`.
+//! default_disk = "10G"
+//! ```
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The file's name in the state root.
+pub const FILE: &str = "daemon.toml";
+
+/// What the settings file says; everything is optional.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    /// Bytes of the writable layer of an instance whose service sets no `resources.disk`.
+    pub default_disk: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    default_disk: Option<toml::Spanned<String>>,
+}
+
+/// Reads the settings of `root` (none when there is no file). An error says where and what.
+pub fn load(root: &Path) -> Result<Settings, String> {
+    let path = root.join(FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn parse(text: &str) -> Result<Settings, String> {
+    let raw: Raw = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+    let default_disk = match raw.default_disk {
+        None => None,
+        Some(size) => {
+            let line = text[..size.span().start].lines().count().max(1);
+            let bytes = paracloud_manifest::parse_size(size.get_ref()).map_err(|e| {
+                format!("line {line}: default_disk: {e} (write a size such as \"10G\")")
+            })?;
+            if bytes < 16 << 20 {
+                return Err(format!(
+                    "line {line}: default_disk: {bytes} bytes is below the minimum of 16M"
+                ));
+            }
+            Some(bytes)
+        }
+    };
+    Ok(Settings { default_disk })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_default_disk_is_read_and_bad_ones_are_located() {
+        assert_eq!(parse("").unwrap(), Settings::default());
+        assert_eq!(
+            parse("default_disk = \"1G\"\n").unwrap().default_disk,
+            Some(1 << 30)
+        );
+        assert_eq!(
+            parse("\n\ndefault_disk = \"1Q\"\n").unwrap_err(),
+            "line 3: default_disk: invalid memory size \"1Q\": unknown unit \"Q\" (write a size such as \"10G\")"
+        );
+        assert!(parse("default_disk = \"1M\"")
+            .unwrap_err()
+            .contains("below the minimum of 16M"));
+        let unknown = parse("defualt_disk = \"1G\"").unwrap_err();
+        assert!(
+            unknown.contains("unknown field `defualt_disk`"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("line 1"), "{unknown}");
+    }
+}
