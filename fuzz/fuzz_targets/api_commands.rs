@@ -1,0 +1,170 @@
+//! Fuzz target: whatever a client sends as an API request body, decoding it, turning it into a
+//! command and deciding it against a deployed shop never panics, and no accepted decision sets
+//! replicas or CPU outside the limits.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use paracloud_api::{CpuRequest, MigrateRequest, ScaleRequest, TrafficRequest, UpRequest};
+use paracloud_command::{decide, Caller, Command, Limits, Role};
+use paracloud_manifest::{parse, FileSystem, Origin};
+use paracloud_state::{AppRecord, Change, ServiceRecord, Snapshot};
+
+struct AnyFs;
+
+impl FileSystem for AnyFs {
+    fn exists(&self, _: &Path) -> bool {
+        true
+    }
+    fn is_dir(&self, _: &Path) -> bool {
+        true
+    }
+}
+
+const SHOP: &str = include_str!("../seeds/full.toml");
+
+const LIMITS: Limits = Limits {
+    max_replicas: paracloud_command::MAX_REPLICAS,
+    cores: 4.0,
+    memory: 8 << 30,
+};
+
+fn origin() -> Origin {
+    Origin {
+        file: "paracloud.toml".into(),
+        base_dir: "/".into(),
+    }
+}
+
+fn deployed() -> Snapshot {
+    let manifest = parse(SHOP, &origin(), &AnyFs).expect("the seed manifest is valid");
+    let services = manifest
+        .services
+        .iter()
+        .enumerate()
+        .map(|(slot, (name, spec))| {
+            let record = ServiceRecord {
+                replicas: spec.replicas,
+                revision: 1,
+                slot: slot as u32,
+                weight: None,
+                cpu: None,
+            };
+            (name.clone(), record)
+        })
+        .collect();
+    Snapshot {
+        apps: vec![AppRecord {
+            name: manifest.app.clone(),
+            manifest,
+            source: SHOP.into(),
+            origin: "paracloud.toml".into(),
+            subnet_index: 0,
+            removing: None,
+            services,
+            created: 0,
+        }],
+        instances: Vec::new(),
+        networks: Default::default(),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&kind, body)) = data.split_first() else {
+        return;
+    };
+    static DEPLOYED: std::sync::OnceLock<Snapshot> = std::sync::OnceLock::new();
+    let snapshot = DEPLOYED.get_or_init(deployed);
+    let app = snapshot.apps[0].name.clone();
+    let service = snapshot.apps[0]
+        .manifest
+        .services
+        .keys()
+        .nth(kind as usize % 2)
+        .cloned()
+        .unwrap_or_default();
+    let command = match kind % 5 {
+        0 => {
+            let Ok(up) = serde_json::from_slice::<UpRequest>(body) else {
+                return;
+            };
+            let Ok(manifest) = parse(&up.source, &origin(), &AnyFs) else {
+                return;
+            };
+            Command::Up {
+                manifest,
+                source: up.source,
+                origin: up.origin,
+            }
+        }
+        1 => {
+            let Ok(scale) = serde_json::from_slice::<ScaleRequest>(body) else {
+                return;
+            };
+            Command::Scale {
+                app,
+                service,
+                replicas: Some(scale.replicas),
+                cpu: None,
+                reason: None,
+            }
+        }
+        2 => {
+            let Ok(cpu) = serde_json::from_slice::<CpuRequest>(body) else {
+                return;
+            };
+            Command::Scale {
+                app,
+                service,
+                replicas: None,
+                cpu: Some(cpu.cpu),
+                reason: None,
+            }
+        }
+        3 => {
+            let Ok(traffic) = serde_json::from_slice::<TrafficRequest>(body) else {
+                return;
+            };
+            Command::SetTraffic {
+                app,
+                service,
+                weights: traffic.weights,
+            }
+        }
+        _ => {
+            let Ok(migrate) = serde_json::from_slice::<MigrateRequest>(body) else {
+                return;
+            };
+            Command::Migrate {
+                app,
+                instance: format!("{service}.1"),
+                via: migrate.via,
+                cpus: migrate.cpus,
+                revision: migrate.revision,
+            }
+        }
+    };
+    for caller in [
+        Caller::Local { uid: Some(0) },
+        Caller::Token {
+            name: "fuzz".into(),
+            role: Role::Operator,
+        },
+    ] {
+        let Ok(decision) = decide(&caller, &command, snapshot, &LIMITS) else {
+            continue;
+        };
+        for change in &decision.changes {
+            match change {
+                Change::Replicas { replicas, .. } => {
+                    assert!(*replicas <= LIMITS.max_replicas, "{change:?}")
+                }
+                Change::Cpu { cpu: Some(cpu), .. } => {
+                    assert!(cpu.is_finite() && *cpu > 0.0 && *cpu <= LIMITS.cores, "{change:?}")
+                }
+                _ => {}
+            }
+        }
+    }
+});
