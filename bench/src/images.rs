@@ -385,6 +385,7 @@ fn starts(opts: &ImagesOptions, dir: &Path, layers: &[PathBuf]) -> Result<(Vec<f
                     capabilities: vec![],
                     log_path: inst.join("output.log"),
                     owned: Vec::new(),
+                    userns: None,
                 };
                 let start = Instant::now();
                 let process = tokio.block_on(runtime.spawn(&cfg))?;

@@ -453,6 +453,7 @@ impl ParacloudRunner {
             bridge: bridge.clone(),
             gateway,
             service_addresses: vec![],
+            served: vec![],
         };
         fs::create_dir_all(dir)?;
         let runner = Self {
@@ -501,6 +502,7 @@ impl ParacloudRunner {
             capabilities: vec![],
             log_path: dir.join("output.log"),
             owned: Vec::new(),
+            userns: None,
         };
         let addr = SocketAddr::new(IpAddr::V4(ip), INSTANCE_PORT);
 

@@ -300,6 +300,7 @@ async fn run_step<D: Driver>(
             .collect(),
         log_path: dir.join("output.log"),
         owned: Vec::new(),
+        userns: None,
     };
     let result = async {
         let process = engine

@@ -88,6 +88,19 @@ const ROUTE_CONFIRMATION: Duration = Duration::from_secs(3);
 /// How long a resize event waits for its (optional) answer.
 const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The first host id of the applications' id ranges: above the ids of the host's users and of
+/// the usual subordinate ranges (`/etc/subuid` starts at 100000).
+const APP_IDS_BASE: u32 = 1 << 30;
+
+/// The host ids of an application's instances with user namespaces: 65536 of them, one range
+/// per application (per subnet, which no two applications share).
+pub fn app_ids(subnet_index: u32) -> paracloud_runtime::IdRange {
+    paracloud_runtime::IdRange {
+        host: APP_IDS_BASE + subnet_index * 65536,
+        size: 65536,
+    }
+}
+
 /// How often the reconcile loop makes sure the database's reserve of disk space is in place.
 const RESERVE_CHECK: Duration = Duration::from_secs(30);
 
@@ -800,6 +813,11 @@ impl<D: Driver> Engine<D> {
             capabilities: service.cap_add.clone(),
             log_path: self.config.log_path(key),
             owned,
+            userns: self
+                .config
+                .settings
+                .userns
+                .then(|| app_ids(app.subnet_index)),
         }
     }
 

@@ -5,6 +5,8 @@
 //! ```toml
 //! # The writable layer's size of instances whose service sets no `resources.disk`.
 //! default_disk = "10G"
+//! # Instances in user namespaces of their own: root inside is an unprivileged host id.
+//! userns = true
 //! ```
 
 use std::path::Path;
@@ -19,12 +21,16 @@ pub const FILE: &str = "daemon.toml";
 pub struct Settings {
     /// Bytes of the writable layer of an instance whose service sets no `resources.disk`.
     pub default_disk: Option<u64>,
+    /// Instances run in user namespaces of their own (see `paracloud_runtime`'s `userns`).
+    pub userns: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
     default_disk: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    userns: bool,
 }
 
 /// Reads the settings of `root` (none when there is no file). An error says where and what.
@@ -54,7 +60,10 @@ fn parse(text: &str) -> Result<Settings, String> {
             Some(bytes)
         }
     };
-    Ok(Settings { default_disk })
+    Ok(Settings {
+        default_disk,
+        userns: raw.userns,
+    })
 }
 
 #[cfg(test)]

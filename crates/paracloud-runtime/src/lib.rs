@@ -66,6 +66,7 @@ mod sandbox_init;
 mod seccomp;
 mod spawn;
 mod sys;
+mod userns;
 
 pub use capsule::CapsuleConfig;
 pub use cgroups::{CgroupManager, CgroupMode};
@@ -113,6 +114,17 @@ pub struct InstanceConfig {
     /// service with a `user`.
     #[serde(default)]
     pub owned: Vec<PathBuf>,
+    /// The host ids root and the other users of the instance are (see `userns`); `None`: the
+    /// host's own ids.
+    #[serde(default)]
+    pub userns: Option<IdRange>,
+}
+
+/// Ids `0..size` inside an instance are host ids `host..host + size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub host: u32,
+    pub size: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -377,11 +389,16 @@ impl Runtime {
         cfg: &InstanceConfig,
         images: &Path,
     ) -> Result<Checkpoint> {
-        if cfg.limits.disk.is_some() {
+        let refused = match (cfg.limits.disk, cfg.userns) {
+            (Some(_), _) => Some("its writable layer is a filesystem of its own (a disk limit)"),
+            (_, Some(_)) => Some("it runs in a user namespace of its own"),
+            _ => None,
+        };
+        if let Some(why) = refused {
             return Err(Error::Criu {
                 id: cfg.id.clone(),
                 action: "checkpoint",
-                message: "its writable layer is a filesystem of its own (a disk limit), which CRIU migration does not carry: migrate it with --via restart or --via paci".into(),
+                message: format!("{why}, which CRIU migration does not carry: migrate it with --via restart or --via paci"),
             });
         }
         criu::checkpoint(criu, process, cfg, images).await

@@ -37,7 +37,7 @@ pub(crate) enum BindMode {
 }
 
 impl BindMode {
-    fn attributes(self) -> u64 {
+    pub(crate) fn attributes(self) -> u64 {
         match self {
             BindMode::ReadWrite => MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
             BindMode::ReadOnly => MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_RDONLY,

@@ -4,7 +4,8 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -140,6 +141,9 @@ struct Target {
     env: Vec<(String, String)>,
     identity: Identity,
     kept: caps::CapsHashSet,
+    /// The instance's user namespace when it has one of its own (then `identity` holds its
+    /// ids as seen inside).
+    userns: Option<OwnedFd>,
 }
 
 fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, String> {
@@ -162,7 +166,8 @@ fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, S
         _ => return Err(format!("usage: {COMMAND} PID START_TIME -- COMMAND...")),
     };
     let single = sys::single_threaded().map_err(|e| e.to_string())?;
-    let target = read_target(pid)?;
+    let mut target = read_target(pid)?;
+    target.userns = own_userns(pid, &mut target.identity)?;
     let unified = join_cgroups(pid)?;
     let mut entries: Vec<String> = NAMESPACES.iter().map(|(n, _)| format!("ns/{n}")).collect();
     entries.extend(["root".to_string(), "cwd".to_string()]);
@@ -225,6 +230,11 @@ fn run_command(target: &Target, argv: &[String]) -> String {
         return format!("cannot set the parent-death signal: {e}");
     }
     identity::reset_signals();
+    if let Some(namespace) = &target.userns {
+        if let Err(e) = crate::userns::enter(namespace) {
+            return e;
+        }
+    }
     if let Err(e) = identity::switch_identity(&target.identity, &target.kept) {
         return e;
     }
@@ -255,7 +265,48 @@ fn read_target(pid: i32) -> std::result::Result<Target, String> {
         env,
         identity,
         kept,
+        userns: None,
     })
+}
+
+/// The user namespace of `pid` when it is not ours, with `identity` (read as host ids)
+/// turned into the ids inside it, through its maps.
+fn own_userns(pid: i32, identity: &mut Identity) -> std::result::Result<Option<OwnedFd>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = fs::metadata(format!("/proc/{pid}/ns/user"))
+        .map_err(|e| format!("cannot read the user namespace of pid {pid}: {e}"))?;
+    let ours = fs::metadata("/proc/self/ns/user")
+        .map_err(|e| format!("cannot read our user namespace: {e}"))?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return Ok(None);
+    }
+    let inside = |file: &str, id: u32| -> std::result::Result<u32, String> {
+        let map = fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .map_err(|e| format!("cannot read /proc/{pid}/{file}: {e}"))?;
+        map.lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace().map(|f| f.parse::<u32>().ok());
+                Some((fields.next()??, fields.next()??, fields.next()??))
+            })
+            .find_map(|(inner, outer, count)| {
+                (id >= outer && id - outer < count).then(|| inner + (id - outer))
+            })
+            .ok_or_else(|| format!("id {id} of pid {pid} is outside its {file}"))
+    };
+    identity.uid = inside("uid_map", identity.uid)?;
+    identity.gid = inside("gid_map", identity.gid)?;
+    identity.groups = identity
+        .groups
+        .iter()
+        .map(|g| inside("gid_map", *g))
+        .collect::<std::result::Result<_, _>>()?;
+    let namespace = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(format!("/proc/{pid}/ns/user"))
+        .map(OwnedFd::from)
+        .map_err(|e| format!("cannot open the user namespace of pid {pid}: {e}"))?;
+    Ok(Some(namespace))
 }
 
 /// The effective uid and gid, groups and bounding capabilities of a /proc/PID/status.

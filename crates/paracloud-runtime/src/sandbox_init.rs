@@ -21,7 +21,7 @@ use crate::mounts::{bind, make_mount_point, make_mount_point_kind, mount_fs, und
 use crate::netlink::{self, Netlink, INSTANCE_IFACE};
 use crate::paths::{etc_file_path, instance_dirs};
 use crate::protocol::{read_message, RestorePlan, ToInit};
-use crate::{sys, EtcFile, InstanceConfig, Rootfs};
+use crate::{sys, userns, EtcFile, InstanceConfig, Rootfs};
 
 pub(crate) const COMMAND: &str = "__sandbox-init";
 
@@ -119,10 +119,20 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
     };
     // Opened while the host's paths are in reach; handed over once the user is known.
     let owned = open_owned(&cfg)?;
+    let userns = match (&cfg.userns, &restore) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err("CRIU does not restore an instance in a user namespace of its own".into())
+        }
+        (Some(range), None) => {
+            userns::open_low_ports()?;
+            Some(userns::create(range)?)
+        }
+    };
     let root = match &restore {
-        None => build_rootfs(&cfg)?,
+        None => build_rootfs(&cfg, userns.as_ref())?,
         // CRIU mounts the rest from the checkpoint.
-        Some(_) => mount_root(&cfg)?.0,
+        Some(_) => mount_root(&cfg, None)?.0,
     };
 
     // Go: the cgroups, the veth and the files of the instance directory are ready.
@@ -180,6 +190,9 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
     for (fd, target) in [(null.as_fd(), 0), (log.as_fd(), 1), (log.as_fd(), 2)] {
         sys::dup_onto_stdio(fd, target).map_err(|e| format!("cannot redirect fd {target}: {e}"))?;
     }
+    if let Some(namespace) = &userns {
+        userns::enter(namespace)?;
+    }
     identity::switch_identity(&user, &kept)?;
     crate::seccomp::apply_default(&kept)?;
     std::env::set_current_dir(&working_dir)
@@ -220,9 +233,14 @@ fn create_dir(dir: &Path) -> InitResult<()> {
 }
 
 /// Mounts the instance's root and everything below it; returns where the root is mounted.
-fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
-    let (root, host_dirs) = mount_root(cfg)?;
+fn build_rootfs(cfg: &InstanceConfig, userns: Option<&OwnedFd>) -> InitResult<PathBuf> {
+    let (root, host_dirs) = mount_root(cfg, userns)?;
     let rootfs = root.as_path();
+    // Bind mounts of an instance with a user namespace are idmapped mounts of it.
+    let bind = |source: &Path, target: &Path, mode: BindMode| match userns {
+        None => bind(source, target, mode),
+        Some(namespace) => userns::bind(source, target, mode.attributes(), namespace),
+    };
 
     for dir in host_dirs {
         let source = Path::new("/").join(dir);
@@ -281,7 +299,10 @@ fn build_rootfs(cfg: &InstanceConfig) -> InitResult<PathBuf> {
 /// `dir/rootfs` gets a small tmpfs holding the Host rootfs' lower skeleton and the overlay's
 /// mount point: the skeleton costs no disk writes (on some hosts a mkdir on disk takes 0.25 ms)
 /// and the mount namespace drops it all when the instance ends.
-fn mount_root(cfg: &InstanceConfig) -> InitResult<(PathBuf, Vec<&'static str>)> {
+fn mount_root(
+    cfg: &InstanceConfig,
+    userns: Option<&OwnedFd>,
+) -> InitResult<(PathBuf, Vec<&'static str>)> {
     mount(
         None::<&str>,
         "/",
@@ -344,6 +365,21 @@ fn mount_root(cfg: &InstanceConfig) -> InitResult<(PathBuf, Vec<&'static str>)> 
             lowers.extend(layers.iter().rev().cloned());
             (lowers, Vec::new())
         }
+    };
+    let lowers = match (userns, &cfg.userns) {
+        (Some(namespace), Some(range)) => {
+            userns::give_layer(range, &[&upper, &work])?;
+            // Each lower layer through an idmapped mount, attached on the scratch tmpfs.
+            let mut mapped = Vec::with_capacity(lowers.len());
+            for (i, lower) in lowers.iter().enumerate() {
+                let at = scratch.join(format!("idmapped-{i}"));
+                create_dir(&at)?;
+                userns::bind(lower, &at, 0, namespace)?;
+                mapped.push(at);
+            }
+            mapped
+        }
+        _ => lowers,
     };
     for path in lowers.iter().chain([&upper, &work]) {
         let s = path.to_string_lossy();

@@ -293,11 +293,32 @@ pub(crate) fn clone_mount_tree(path: &Path) -> io::Result<OwnedFd> {
 
 /// mount_setattr(2) on a mount fd (such as [`clone_mount_tree`]'s) and every mount below it.
 pub(crate) fn mount_fd_setattr_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    mount_fd_setattr(fd, attr_set, None)
+}
+
+/// MOUNT_ATTR_IDMAP (linux/mount.h, Linux 5.12).
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// Like [`mount_fd_setattr_recursive`], also making the tree an idmapped mount of the user
+/// namespace `userns`: its files' owners are seen through that namespace's mapping.
+pub(crate) fn mount_fd_idmap_recursive(
+    fd: BorrowedFd<'_>,
+    attr_set: u64,
+    userns: BorrowedFd<'_>,
+) -> io::Result<()> {
+    mount_fd_setattr(fd, attr_set | MOUNT_ATTR_IDMAP, Some(userns))
+}
+
+fn mount_fd_setattr(
+    fd: BorrowedFd<'_>,
+    attr_set: u64,
+    userns: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let attr = MountAttr {
         attr_set,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
     // SAFETY: the empty path is NUL-terminated, `attr` is a mount_attr as the kernel defines it;
     // both outlive the call and the kernel only reads them.

@@ -103,6 +103,7 @@ impl Fixture {
             capabilities: vec![],
             log_path: dir.join("log"),
             owned: Vec::new(),
+            userns: None,
         }
     }
 
