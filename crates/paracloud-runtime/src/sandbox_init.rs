@@ -236,10 +236,12 @@ fn create_dir(dir: &Path) -> InitResult<()> {
 fn build_rootfs(cfg: &InstanceConfig, userns: Option<&OwnedFd>) -> InitResult<PathBuf> {
     let (root, host_dirs) = mount_root(cfg, userns)?;
     let rootfs = root.as_path();
-    // Bind mounts of an instance with a user namespace are idmapped mounts of it.
+    // Bind mounts of an instance with a user namespace are idmapped mounts of it; a host path
+    // on a filesystem that cannot be idmapped is bound as it is (its files show as nobody's).
     let bind = |source: &Path, target: &Path, mode: BindMode| match userns {
         None => bind(source, target, mode),
-        Some(namespace) => userns::bind(source, target, mode.attributes(), namespace),
+        Some(namespace) => userns::bind(source, target, mode.attributes(), namespace)
+            .or_else(|_| bind(source, target, mode)),
     };
 
     for dir in host_dirs {

@@ -280,10 +280,18 @@ const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 /// at `path` and every mount below it, in the caller's current mount namespace, that can be
 /// attached in another one with [`move_mount`].
 pub(crate) fn clone_mount_tree(path: &Path) -> io::Result<OwnedFd> {
+    clone_mount(path, true)
+}
+
+/// open_tree(2) with OPEN_TREE_CLONE: a detached copy of the mount at `path`, with every mount
+/// below it when `recursive`.
+pub(crate) fn clone_mount(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let flags =
-        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
     // SAFETY: `path` is NUL-terminated and outlives the call; the returned fd is new and ours.
     let fd =
         check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })?;

@@ -98,7 +98,9 @@ pub(crate) fn give_layer(range: &IdRange, dirs: &[&Path]) -> InitResult<()> {
     Ok(())
 }
 
-/// Mounts `source` at `target` as an idmapped mount of `userns`, with `attributes`.
+/// Mounts `source` at `target` as an idmapped mount of `userns`, with `attributes`: the whole
+/// tree below it, or when a filesystem below cannot be idmapped (an overlay, proc), the mount
+/// of `source` alone. An error when neither can be: then the caller binds it as it is.
 pub(crate) fn bind(
     source: &Path,
     target: &Path,
@@ -112,9 +114,14 @@ pub(crate) fn bind(
             target.display()
         )
     };
-    let tree = sys::clone_mount_tree(source).map_err(|e| failed("clone the mount of", e))?;
-    sys::mount_fd_idmap_recursive(tree.as_fd(), attributes, userns.as_fd())
-        .map_err(|e| failed("idmap", e))?;
+    let idmapped = |recursive: bool| -> InitResult<OwnedFd> {
+        let tree =
+            sys::clone_mount(source, recursive).map_err(|e| failed("clone the mount of", e))?;
+        sys::mount_fd_idmap_recursive(tree.as_fd(), attributes, userns.as_fd())
+            .map_err(|e| failed("idmap", e))?;
+        Ok(tree)
+    };
+    let tree = idmapped(true).or_else(|_| idmapped(false))?;
     sys::move_mount(tree.as_fd(), target).map_err(|e| failed("attach", e))
 }
 
