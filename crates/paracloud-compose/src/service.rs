@@ -55,6 +55,7 @@ const KEYS: &[&str] = &[
     "cpus",
     "mem_limit",
     "pids_limit",
+    "storage_opt",
     "user",
     "working_dir",
     "labels",
@@ -96,7 +97,7 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("stdin_open", "instances have no terminal", "remove it; use `paracloud exec` to run commands inside"),
     ("tty", "instances have no terminal", "remove it; use `paracloud exec` to run commands inside"),
     ("group_add", "supplementary groups are not supported yet", "remove `group_add`"),
-    ("userns_mode", "instances always run in a user namespace", "remove `userns_mode`"),
+    ("userns_mode", "the daemon's settings decide whether instances run in user namespaces of their own (`userns` in the state root's daemon.toml)", "remove `userns_mode`"),
     ("cgroup_parent", "the daemon places instances in its own cgroup", "remove `cgroup_parent`"),
     ("pull_policy", "images are pulled when the store lacks them", "remove `pull_policy`"),
     ("mac_address", "instance addresses are the daemon's", "remove `mac_address`"),
@@ -1241,9 +1242,9 @@ fn resources(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t: &mut T
                     return;
                 }
             },
-            "memory" => match value.text().map(values::memory) {
-                Some(Ok(m)) if m.bytes().all(|b| b.is_ascii_digit()) => format!("memory = {m}"),
-                Some(Ok(m)) => format!("memory = {}", out::string(&m)),
+            "memory" | "disk" => match value.text().map(values::memory) {
+                Some(Ok(m)) if m.bytes().all(|b| b.is_ascii_digit()) => format!("{which} = {m}"),
+                Some(Ok(m)) => format!("{which} = {}", out::string(&m)),
                 Some(Err(e)) => {
                     r.error(
                         value.offset,
@@ -1273,6 +1274,20 @@ fn resources(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t: &mut T
             "cpus" => limit(r, "cpu", value, f, &mut limits),
             "mem_limit" => limit(r, "memory", value, f, &mut limits),
             "pids_limit" => limit(r, "pids", value, f, &mut limits),
+            // Docker's `--storage-opt size=`: the writable layer's size.
+            "storage_opt" => {
+                let Some(options) = r.map(value, &f) else {
+                    continue;
+                };
+                for (ok, ov) in options {
+                    let name = ok.text().unwrap_or_default();
+                    let of = child(&f, name);
+                    match name {
+                        "size" => limit(r, "disk", ov, of, &mut limits),
+                        _ => r.unknown(ok, &of, &["size"]),
+                    }
+                }
+            }
             "deploy" => {
                 let Some(deploy) = r.map(value, &f) else {
                     continue;

@@ -337,6 +337,12 @@ fn restart_policies() {
 }
 
 #[test]
+fn storage_opt_size_is_the_writable_layers_size() {
+    let s = web("services:\n  web:\n    image: a\n    storage_opt:\n      size: 2g\n");
+    assert_eq!(s.resources.disk, Some(2 << 30));
+}
+
+#[test]
 fn deploy_replicas_and_limits() {
     let s = web("services:\n  web:\n    image: a\n    deploy:\n      replicas: 3\n      resources:\n        limits: {cpus: '0.5', memory: 512m, pids: 100}\n");
     assert_eq!(s.replicas, 3);
