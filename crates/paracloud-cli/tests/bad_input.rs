@@ -202,3 +202,24 @@ fn regression_a_published_port_held_by_another_program_fails_up_with_the_holder_
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
     assert_eq!(p.ps("good").len(), 1);
 }
+
+/// `paracloud events | head` panicked on the broken pipe; a command whose reader goes away
+/// now ends quietly, as `ls | head` does.
+#[test]
+fn regression_a_command_piped_into_head_ends_quietly() {
+    let bin = bin_dir().join("paracloud");
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} completion bash | head -c 10 >/dev/null; echo status=${{PIPESTATUS[0]}}",
+            bin.display()
+        ))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.contains("status=141"), "ended by SIGPIPE: {stdout}");
+}

@@ -294,6 +294,12 @@ pub fn run_hidden_command_if_requested() {
     }
 }
 
+/// For the command line's client commands (never a server: a write to a closed socket would
+/// end it): SIGPIPE ends the process quietly, as it does `ls | head`.
+pub fn end_quietly_on_broken_pipe() {
+    sys::default_sigpipe();
+}
+
 /// The rows and columns of the terminal `fd`; `None` when it is not a terminal.
 pub fn terminal_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u16, u16)> {
     sys::terminal_size(fd).ok()

@@ -375,6 +375,15 @@ pub(crate) fn default_signal_dispositions() {
     }
 }
 
+/// SIGPIPE back to its default action (Rust's runtime ignores it): a command line tool whose
+/// reader went away (`| head`) ends quietly instead of failing on its next write.
+pub(crate) fn default_sigpipe() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+    let _ = unsafe { sigaction(Signal::SIGPIPE, &default) };
+}
+
 /// The result of [`fork`].
 pub(crate) enum Forked {
     Child,
