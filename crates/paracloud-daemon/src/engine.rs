@@ -154,6 +154,8 @@ pub struct Engine<D: Driver> {
     /// The numbers migrations chose for their successors, not yet started: no other start
     /// takes them.
     pub(crate) successors: Mutex<std::collections::BTreeSet<InstanceKey>>,
+    /// The last failure to set up each application's network, said once in its events.
+    network_failures: Mutex<HashMap<String, String>>,
     /// The pseudo-terminals of the open `paracloud debug` sessions, by run: resized when the
     /// client's terminal is.
     pub(crate) terminals: Mutex<HashMap<i64, std::os::fd::OwnedFd>>,
@@ -180,6 +182,7 @@ impl<D: Driver> Engine<D> {
             paci: Arc::new(Hub::default()),
             migrating: Mutex::new(std::collections::BTreeSet::new()),
             successors: Mutex::new(std::collections::BTreeSet::new()),
+            network_failures: Mutex::new(HashMap::new()),
             terminals: Mutex::new(HashMap::new()),
         })
     }
@@ -442,11 +445,21 @@ impl<D: Driver> Engine<D> {
                 match self.driver.ensure_network(&config).await {
                     // Unrecorded, the next turn sets the network up again (it is idempotent).
                     Ok(()) => {
+                        lock(&self.network_failures).remove(&app);
                         if let Err(e) = self.store.set_network(&app, true) {
                             tracing::error!("cannot record the network of {app}: {e}");
                         }
                     }
-                    Err(e) => self.event(&app, &app, &format!("cannot set up the network: {e}")),
+                    Err(e) => {
+                        // Tried again every turn: said once, until it changes or works.
+                        let message = format!("cannot set up the network: {e}");
+                        let mut failures = lock(&self.network_failures);
+                        if failures.get(&app) != Some(&message) {
+                            failures.insert(app.clone(), message.clone());
+                            drop(failures);
+                            self.event(&app, &app, &message);
+                        }
+                    }
                 }
             }
             Action::RemoveNetwork { app } => {

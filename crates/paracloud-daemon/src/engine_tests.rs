@@ -312,3 +312,30 @@ async fn a_second_start_of_a_starting_or_running_instance_is_refused() {
     assert_eq!(daemon.driver.starts_of("t-w-1").len(), 1);
     assert_eq!(daemon.driver.duplicates(), Vec::<String>::new());
 }
+
+/// A network that cannot be set up is tried again every turn; its events said so every turn.
+#[tokio::test(start_paused = true)]
+async fn a_network_that_fails_to_set_up_is_said_once() {
+    let daemon = daemon();
+    daemon.driver.fail_networks(Some("nft not found"));
+    daemon.up("app = \"t\"\n[services.w]\nimage = \"host\"\ncommand = [\"serve\"]\n");
+    run_for(Duration::from_secs(5)).await;
+    let said = |events: &[String]| {
+        events
+            .iter()
+            .filter(|e| e.contains("cannot set up the network: "))
+            .count()
+    };
+    let tries = daemon
+        .driver
+        .calls()
+        .iter()
+        .filter(|(_, c)| matches!(c, Call::EnsureNetwork { .. }))
+        .count();
+    assert!(tries > 2, "tried again: {tries}");
+    assert_eq!(said(&daemon.events()), 1, "{:#?}", daemon.events());
+    // Once it works, the application comes up.
+    daemon.driver.fail_networks(None);
+    run_for(Duration::from_secs(2)).await;
+    assert_eq!(daemon.driver.running(), ["t-w-1"]);
+}

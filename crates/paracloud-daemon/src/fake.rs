@@ -53,6 +53,8 @@ struct Table {
     exec: BTreeMap<String, i32>,
     /// Ids started while an instance of the same id still ran.
     duplicates: Vec<String>,
+    /// Why setting up a network fails, when it does.
+    network_failure: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -123,6 +125,11 @@ impl FakeDriver {
         lock(&self.table).duplicates.clone()
     }
 
+    /// Networks fail to set up with `message` from now on (`None`: they work).
+    pub fn fail_networks(&self, message: Option<&str>) {
+        lock(&self.table).network_failure = message.map(str::to_owned);
+    }
+
     /// What exec checks in the instance `id` exit with from now on.
     pub fn set_exec(&self, id: &str, code: i32) {
         lock(&self.table).exec.insert(id.to_owned(), code);
@@ -148,7 +155,13 @@ impl Driver for FakeDriver {
         self.record(Call::EnsureNetwork {
             bridge: network.bridge.clone(),
         });
-        async { Ok(()) }
+        let failure = lock(&self.table).network_failure.clone();
+        async move {
+            match failure {
+                Some(message) => Err(Error::Network(message)),
+                None => Ok(()),
+            }
+        }
     }
 
     fn remove_network(&self, bridge: &str) -> impl Future<Output = Result<()>> + Send {
