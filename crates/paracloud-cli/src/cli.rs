@@ -221,12 +221,18 @@ pub enum Command {
     Completion { shell: clap_complete::Shell },
     /// The data-plane process (started by the daemon)
     #[command(name = "__dataplane", hide = true)]
-    Dataplane {
+    DataplaneProcess {
         #[arg(long)]
         config: PathBuf,
         /// Unix socket serving GET /stats (JSON) and GET /metrics (Prometheus)
         #[arg(long)]
         stats: Option<PathBuf>,
+        /// How long a drain (SIGTERM) lets open connections run
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
+        /// A file that, when it exists at SIGTERM, holds that drain's limit in milliseconds
+        #[arg(long)]
+        drain_file: Option<PathBuf>,
     },
 }
 

@@ -35,17 +35,48 @@ pub fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut command, "paracloud", &mut std::io::stdout());
             Ok(())
         }
-        Command::Dataplane { config, stats } => {
-            // Before any thread starts: it reads and clears LISTEN_FDS.
-            let inherited = paracloud_runtime::handover::take_listen_fds();
+        Command::DataplaneProcess {
+            config,
+            stats,
+            drain_timeout,
+            drain_file,
+        } => {
+            use paracloud_runtime::handover;
+            // Before any thread starts: they read and clear LISTEN_FDS and NOTIFY_SOCKET.
+            let inherited = handover::take_listen_fds();
+            let notify = handover::take_notify_socket();
             init_tracing();
             // One thread: every connection is served in its own task without cross-thread
             // wake-ups (see ARCHITECTURE.md, "Data-plane runtime").
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let tuning = paracloud_dataplane::Tuning {
+                drain: drain_timeout,
+                ..Default::default()
+            };
             runtime
-                .block_on(paracloud_dataplane::run(config, stats, inherited))
+                .block_on(async move {
+                    let (ready, readiness) = tokio::sync::oneshot::channel();
+                    tokio::spawn(async move {
+                        if readiness.await.is_ok() {
+                            if let Some(socket) = notify {
+                                if let Err(e) = handover::notify_ready(&socket) {
+                                    tracing::warn!("cannot report readiness to {socket:?}: {e}");
+                                }
+                            }
+                        }
+                    });
+                    paracloud_dataplane::run(
+                        config,
+                        stats,
+                        inherited,
+                        tuning,
+                        drain_file,
+                        Some(ready),
+                    )
+                    .await
+                })
                 .map_err(|e| anyhow!("data plane: {e}"))
         }
         command => {
@@ -390,7 +421,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             crate::capsule::debug(global, &instance, &command).await
         }
         Command::Daemon { .. }
-        | Command::Dataplane { .. }
+        | Command::DataplaneProcess { .. }
         | Command::Completion { .. }
         | Command::Sim(_) => {
             unreachable!("handled before the client runtime")
