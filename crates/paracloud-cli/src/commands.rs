@@ -11,13 +11,13 @@ use paracloud_api::{
     AppView, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
     ExportImages, GetApp, GetService, GetStats, HostFs, ImportImages, InspectImage, JsonLines,
     ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages, PullImage,
-    PushImage, RemoveImage, Restart, Route, Scale, ScaleRequest, ServiceView, SetCpu, SetTraffic,
-    TrafficRequest, TransferEvent, Up, UpRequest,
+    PushImage, RemoveImage, Restart, RestartDataplane, Route, Scale, ScaleRequest, ServiceView,
+    SetCpu, SetTraffic, TrafficRequest, TransferEvent, Up, UpRequest,
 };
 use paracloud_manifest::{parse, Origin};
 use paracloud_reconcile::ExitInfo;
 
-use crate::cli::{Cli, Command, Global, ImageCommand, Output, SimArgs};
+use crate::cli::{Cli, Command, DataplaneCommand, Global, ImageCommand, Output, SimArgs};
 use crate::client::{absolute, connect, explain};
 use crate::output::{age, format_time, print, table};
 
@@ -419,6 +419,9 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Capsule(command) => crate::capsule::command(global, command).await,
         Command::Debug { instance, command } => {
             crate::capsule::debug(global, &instance, &command).await
+        }
+        Command::Dataplane(DataplaneCommand::Restart { drain_timeout }) => {
+            restart_dataplane(global, drain_timeout).await
         }
         Command::Daemon { .. }
         | Command::DataplaneProcess { .. }
@@ -902,6 +905,48 @@ async fn migrate(
         );
     } else {
         println!("{}", serde_json::to_string(&done)?);
+    }
+    Ok(())
+}
+
+/// `paracloud dataplane restart`: a new data plane, the old one drained; says both pids and how
+/// long each step took.
+async fn restart_dataplane(global: &Global, drain_timeout: Duration) -> Result<()> {
+    let drain_timeout_ms = u64::try_from(drain_timeout.as_millis()).unwrap_or(u64::MAX);
+    let client = connect(global).await?;
+    let request = paracloud_api::DataplaneRestartRequest {
+        drain_timeout_ms: Some(drain_timeout_ms),
+    };
+    let done = client
+        .call(&RestartDataplane(request))
+        .await
+        .map_err(explain)?;
+    if global.output != Output::Table {
+        return print(global.output, &done, |_| String::new());
+    }
+    match done.old_pid {
+        Some(old) => {
+            eprintln!(
+                "data plane restarted: pid {old} -> pid {} (ready in {} ms)",
+                done.new_pid, done.ready_ms
+            );
+            if done.drained {
+                eprintln!(
+                    "pid {old} drained in {} ms: every connection finished",
+                    done.drain_ms
+                );
+            } else {
+                eprintln!(
+                    "pid {old} ended after {} ms: the connections still open at the drain timeout ({}) were closed",
+                    done.drain_ms,
+                    humantime::format_duration(drain_timeout)
+                );
+            }
+        }
+        None => eprintln!(
+            "no data plane was running: started pid {} (ready in {} ms)",
+            done.new_pid, done.ready_ms
+        ),
     }
     Ok(())
 }
