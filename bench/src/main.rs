@@ -19,6 +19,7 @@ mod platform;
 mod probe;
 mod proxy;
 mod report;
+mod restart;
 mod rootfs;
 mod scale;
 mod start;
@@ -65,6 +66,9 @@ enum Command {
     /// The same stateful service moved under a constant request rate: PaCI handover,
     /// stop-and-start, and CRIU alone
     Migrate(MigrateArgs),
+    /// The same keep-alive load through the data plane, steady and while `paracloud dataplane
+    /// restart` replaces it again and again: failed requests and latency percentiles
+    Restart(RestartArgs),
     /// Attach to a running instance: `paracloud capsule run` against nsenter, crun exec and
     /// runc exec, and one capsule run on 50 instances at once
     Capsule(CapsuleArgs),
@@ -123,6 +127,25 @@ struct AutoscaleArgs {
     /// Also write every run's per-second timeline and decisions as `<scenario>.json`
     #[arg(long)]
     timelines: bool,
+}
+
+#[derive(Debug, Args)]
+struct RestartArgs {
+    /// Keep-alive clients, one connection each, requests back to back
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Seconds of each phase (steady, then restarting)
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds between two restarts in the restarting phase
+    #[arg(long, default_value_t = 1.0)]
+    every: f64,
+    /// Host port the service is published on
+    #[arg(long, default_value_t = 23195)]
+    restart_port: u16,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.247.0.0/16")]
+    restart_subnet: Ipv4Net,
 }
 
 #[derive(Debug, Args)]
@@ -596,6 +619,33 @@ fn run(cli: Cli) -> Result<()> {
             );
             let report = migrate::run(&opts, scratch.path())?;
             print!("{}", migrate::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Restart(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench restart needs root (namespaces, cgroups, bridges): run it with sudo"
+            );
+            ensure!(
+                args.every > 0.0 && args.every.is_finite(),
+                "--every {} is not a number of seconds above 0",
+                args.every
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, None)?;
+            let opts = restart::RestartOptions {
+                clients: args.clients.max(1),
+                duration: Duration::from_secs(args.seconds.max(1)),
+                every: Duration::from_secs_f64(args.every),
+                port: args.restart_port,
+                subnet: args.restart_subnet,
+            };
+            eprintln!(
+                "restart: {} keep-alive clients, {} s steady, then {} s with a data-plane restart every {} s ...",
+                opts.clients, args.seconds, args.seconds, args.every
+            );
+            let report = restart::run(&opts, scratch.path())?;
+            print!("{}", restart::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Capsule(args) => {

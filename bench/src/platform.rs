@@ -84,7 +84,11 @@ impl Platform {
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if platform.cli(&["ps", "-o", "json"], None).is_ok() {
+            // Only once the daemon listens: a command that finds no daemon starts one of its
+            // own, which would take the root from the one started here.
+            let listening =
+                std::os::unix::net::UnixStream::connect(root.join("paracloud.sock")).is_ok();
+            if listening && platform.cli(&["ps", "-o", "json"], None).is_ok() {
                 break;
             }
             if let Some(status) = platform.daemon.try_wait()? {

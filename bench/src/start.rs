@@ -453,6 +453,7 @@ impl ParacloudRunner {
             bridge: bridge.clone(),
             gateway,
             service_addresses: vec![],
+            // No data plane serves this bridge: its instances reach nothing of the host.
             served: vec![],
         };
         fs::create_dir_all(dir)?;

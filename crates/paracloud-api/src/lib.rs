@@ -23,6 +23,7 @@
 //! | `POST /v1/apps/{app}/instances/{instance}/migrate` | [`Migrate`] | [`MigrateRequest`] | [`MigrateResponse`], once the move is complete |
 //! | `GET /v1/events?app=APP&after=ID&limit=N` | [`ListEvents`] | | `[Event]` |
 //! | `GET /v1/stats?app=APP` | [`GetStats`] | | the data plane's live figures (`paracloud_dataplane::Snapshot`) |
+//! | `POST /v1/dataplane/restart` | [`RestartDataplane`] | [`DataplaneRestartRequest`] | [`DataplaneRestartResponse`], once the old data plane has ended |
 //! | `GET /v1/images` | [`ListImages`] | | `[ImageView]` |
 //! | `GET /v1/images/inspect?name=NAME` | [`InspectImage`] | | [`ImageDetail`] |
 //! | `DELETE /v1/images?name=NAME` | [`RemoveImage`] | | [`RemovedImages`] |
@@ -118,6 +119,37 @@ pub struct MigrateResponse {
     /// The state handover (PaCI) or checkpoint and restore (CRIU), when there was one.
     pub handover_ms: Option<u64>,
     pub state_bytes: Option<u64>,
+}
+
+/// Replace the data plane by a new one on the same listening sockets, draining the old one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneRestartRequest {
+    /// How long the old data plane's open connections (TCP ones, requests under way) may run
+    /// once it drains, in milliseconds; the rest are closed then. Default 30 000, at most
+    /// [`MAX_DRAIN_TIMEOUT_MS`].
+    #[serde(default)]
+    pub drain_timeout_ms: Option<u64>,
+}
+
+/// The longest drain a data-plane restart may ask for (10 minutes).
+pub const MAX_DRAIN_TIMEOUT_MS: u64 = 600_000;
+
+/// The drain a data-plane restart gets when it asks for none (30 seconds).
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataplaneRestartResponse {
+    /// The data plane replaced; `None` when none was running (one was started).
+    pub old_pid: Option<i32>,
+    pub new_pid: i32,
+    /// From the new data plane's start to its readiness (its configuration applied).
+    pub ready_ms: u64,
+    /// From the old one's drain signal to its end.
+    pub drain_ms: u64,
+    /// Whether the old one ended by itself, every connection finished, within the drain
+    /// timeout (false: what was still open was closed).
+    pub drained: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -538,6 +570,7 @@ mod tests {
             row::<Migrate>(),
             row::<ListEvents>(),
             row::<GetStats>(),
+            row::<RestartDataplane>(),
             row::<ListImages>(),
             row::<InspectImage>(),
             row::<RemoveImage>(),

@@ -9,10 +9,11 @@ use paracloud_unix_http::{fill, JsonLines, Query, Route, Upgraded};
 
 use crate::{
     AppView, BuildRequest, BuildResponse, BuiltImage, CapsuleRunEvent, CapsuleRunRequest,
-    CapsuleRunView, CapsuleView, CpuRequest, Event, ExportRequest, Health, ImageDetail, ImageRef,
-    ImageView, ImportRequest, InstanceView, MicroImageRequest, MigrateRequest, MigrateResponse,
-    PruneView, RemovedImages, ScaleRequest, ServiceView, TerminalSize, TrafficRequest,
-    TransferEvent, TransferRequest, UpRequest, UpResponse,
+    CapsuleRunView, CapsuleView, CpuRequest, DataplaneRestartRequest, DataplaneRestartResponse,
+    Event, ExportRequest, Health, ImageDetail, ImageRef, ImageView, ImportRequest, InstanceView,
+    MicroImageRequest, MigrateRequest, MigrateResponse, PruneView, RemovedImages, ScaleRequest,
+    ServiceView, TerminalSize, TrafficRequest, TransferEvent, TransferRequest, UpRequest,
+    UpResponse,
 };
 
 /// A route whose request is its body alone: `Name(Body): METHOD "path" -> Answer`.
@@ -312,6 +313,12 @@ impl Route for GetStats {
     fn query(&self) -> Option<String> {
         Query::new().maybe("app", self.app.as_ref()).build()
     }
+}
+
+body_route! {
+    /// `POST /v1/dataplane/restart`: start a new data plane on the same listening sockets and,
+    /// once it is ready, drain the old one; answered once the old one has ended.
+    RestartDataplane(DataplaneRestartRequest): POST "/v1/dataplane/restart" -> DataplaneRestartResponse
 }
 
 /// `GET /v1/images`: the images of the store.

@@ -219,14 +219,37 @@ pub enum Command {
     },
     /// Print a shell completion script: paracloud completion bash > /etc/bash_completion.d/paracloud
     Completion { shell: clap_complete::Shell },
+    /// The data plane (the process serving published ports and service addresses)
+    #[command(subcommand)]
+    Dataplane(DataplaneCommand),
     /// The data-plane process (started by the daemon)
     #[command(name = "__dataplane", hide = true)]
-    Dataplane {
+    DataplaneProcess {
         #[arg(long)]
         config: PathBuf,
         /// Unix socket serving GET /stats (JSON) and GET /metrics (Prometheus)
         #[arg(long)]
         stats: Option<PathBuf>,
+        /// How long a drain (SIGTERM) lets open connections run
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
+        /// A file that, when it exists at SIGTERM, holds that drain's limit in milliseconds
+        #[arg(long)]
+        drain_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataplaneCommand {
+    /// Replace the data plane without failing a request (as after an upgrade): a new one starts
+    /// on the same listening sockets, and once it is ready the old one drains: HTTP connections
+    /// close after their current request, TCP connections run to their end (up to
+    /// --drain-timeout); prints both pids and how long the drain took
+    Restart {
+        /// How long the old data plane's TCP connections (and requests under way) may run
+        /// before they are closed (at most 10m)
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
     },
 }
 

@@ -11,13 +11,13 @@ use paracloud_api::{
     AppView, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
     ExportImages, GetApp, GetService, GetStats, HostFs, ImportImages, InspectImage, JsonLines,
     ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages, PullImage,
-    PushImage, RemoveImage, Restart, Route, Scale, ScaleRequest, ServiceView, SetCpu, SetTraffic,
-    TrafficRequest, TransferEvent, Up, UpRequest,
+    PushImage, RemoveImage, Restart, RestartDataplane, Route, Scale, ScaleRequest, ServiceView,
+    SetCpu, SetTraffic, TrafficRequest, TransferEvent, Up, UpRequest,
 };
 use paracloud_manifest::{parse, Origin};
 use paracloud_reconcile::ExitInfo;
 
-use crate::cli::{Cli, Command, Global, ImageCommand, Output, SimArgs};
+use crate::cli::{Cli, Command, DataplaneCommand, Global, ImageCommand, Output, SimArgs};
 use crate::client::{absolute, connect, explain};
 use crate::output::{age, format_time, print, table};
 
@@ -35,17 +35,48 @@ pub fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut command, "paracloud", &mut std::io::stdout());
             Ok(())
         }
-        Command::Dataplane { config, stats } => {
-            // Before any thread starts: it reads and clears LISTEN_FDS.
-            let inherited = paracloud_runtime::handover::take_listen_fds();
+        Command::DataplaneProcess {
+            config,
+            stats,
+            drain_timeout,
+            drain_file,
+        } => {
+            use paracloud_runtime::handover;
+            // Before any thread starts: they read and clear LISTEN_FDS and NOTIFY_SOCKET.
+            let inherited = handover::take_listen_fds();
+            let notify = handover::take_notify_socket();
             init_tracing();
             // One thread: every connection is served in its own task without cross-thread
             // wake-ups (see ARCHITECTURE.md, "Data-plane runtime").
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let tuning = paracloud_dataplane::Tuning {
+                drain: drain_timeout,
+                ..Default::default()
+            };
             runtime
-                .block_on(paracloud_dataplane::run(config, stats, inherited))
+                .block_on(async move {
+                    let (ready, readiness) = tokio::sync::oneshot::channel();
+                    tokio::spawn(async move {
+                        if readiness.await.is_ok() {
+                            if let Some(socket) = notify {
+                                if let Err(e) = handover::notify_ready(&socket) {
+                                    tracing::warn!("cannot report readiness to {socket:?}: {e}");
+                                }
+                            }
+                        }
+                    });
+                    paracloud_dataplane::run(
+                        config,
+                        stats,
+                        inherited,
+                        tuning,
+                        drain_file,
+                        Some(ready),
+                    )
+                    .await
+                })
                 .map_err(|e| anyhow!("data plane: {e}"))
         }
         command => {
@@ -390,8 +421,11 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Debug { instance, command } => {
             crate::capsule::debug(global, &instance, &command).await
         }
+        Command::Dataplane(DataplaneCommand::Restart { drain_timeout }) => {
+            restart_dataplane(global, drain_timeout).await
+        }
         Command::Daemon { .. }
-        | Command::Dataplane { .. }
+        | Command::DataplaneProcess { .. }
         | Command::Completion { .. }
         | Command::Sim(_) => {
             unreachable!("handled before the client runtime")
@@ -872,6 +906,48 @@ async fn migrate(
         );
     } else {
         println!("{}", serde_json::to_string(&done)?);
+    }
+    Ok(())
+}
+
+/// `paracloud dataplane restart`: a new data plane, the old one drained; says both pids and how
+/// long each step took.
+async fn restart_dataplane(global: &Global, drain_timeout: Duration) -> Result<()> {
+    let drain_timeout_ms = u64::try_from(drain_timeout.as_millis()).unwrap_or(u64::MAX);
+    let client = connect(global).await?;
+    let request = paracloud_api::DataplaneRestartRequest {
+        drain_timeout_ms: Some(drain_timeout_ms),
+    };
+    let done = client
+        .call(&RestartDataplane(request))
+        .await
+        .map_err(explain)?;
+    if global.output != Output::Table {
+        return print(global.output, &done, |_| String::new());
+    }
+    match done.old_pid {
+        Some(old) => {
+            eprintln!(
+                "data plane restarted: pid {old} -> pid {} (ready in {} ms)",
+                done.new_pid, done.ready_ms
+            );
+            if done.drained {
+                eprintln!(
+                    "pid {old} drained in {} ms: every connection finished",
+                    done.drain_ms
+                );
+            } else {
+                eprintln!(
+                    "pid {old} ended after {} ms: the connections still open at the drain timeout ({}) were closed",
+                    done.drain_ms,
+                    humantime::format_duration(drain_timeout)
+                );
+            }
+        }
+        None => eprintln!(
+            "no data plane was running: started pid {} (ready in {} ms)",
+            done.new_pid, done.ready_ms
+        ),
     }
     Ok(())
 }

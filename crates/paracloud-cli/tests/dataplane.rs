@@ -1,5 +1,7 @@
 //! Restarting the data plane loses no listening socket: the daemon holds duplicates and hands them
-//! to the next data plane (socket activation), so clients never see a refused connection.
+//! to the next data plane (socket activation), so clients never see a refused connection. A
+//! planned restart (`paracloud dataplane restart`) also fails no request: the old data plane
+//! drains once the new one is ready.
 
 mod common;
 
@@ -530,4 +532,375 @@ fn a_standalone_data_plane_adopts_a_socket_passed_by_socket_activation() {
         TcpStream::connect(bind).is_err(),
         "the socket died with its last holder"
     );
+}
+
+/// A service answering `ok` over HTTP/1.1 keep-alive (Content-Length), from the host's Python.
+const RESPONDER: &str = r#"
+import http.server
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    disable_nagle_algorithm = True
+    def do_GET(self):
+        body = b'ok\n'
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer.request_queue_size = 1024
+http.server.ThreadingHTTPServer(('0.0.0.0', 8000), Handler).serve_forever()
+"#;
+
+/// A TCP service echoing what it reads, line by line, for as long as the client stays.
+const ECHO: &str = r#"
+import socketserver
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(('0.0.0.0', 7000), Echo).serve_forever()
+"#;
+
+/// An application with the responder published on port(0) (HTTP) and the echo on port(1) (TCP).
+fn responder_app(p: &Platform) -> std::path::PathBuf {
+    let text = format!(
+        "app = \"drain\"\n\n[services.web]\nimage = \"host\"\ncommand = [\"/usr/bin/python3\", \"-c\", {RESPONDER:?}]\n\
+         ports = [{{ port = 8000, protocol = \"http\", publish = {} }}]\nhealth = {{ tcp = 8000, interval = \"1s\" }}\nreplicas = 2\n\n\
+         [services.echo]\nimage = \"host\"\ncommand = [\"/usr/bin/python3\", \"-c\", {ECHO:?}]\n\
+         ports = [{{ port = 7000, protocol = \"tcp\", publish = {} }}]\nhealth = {{ tcp = 7000, interval = \"1s\" }}\n",
+        p.port(0),
+        p.port(1),
+    );
+    p.manifest("drain", &text)
+}
+
+/// What the keep-alive clients saw.
+#[derive(Default)]
+struct Seen {
+    ok: AtomicU64,
+    /// Responses that said `Connection: close`, after which the client opened a new connection.
+    closed_by_server: AtomicU64,
+    failed: AtomicU64,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Seen {
+    fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut failures = self.failures.lock().unwrap();
+        if failures.len() < 10 {
+            failures.push(what);
+        }
+    }
+}
+
+/// A client as a well-behaved HTTP/1.1 one is: one keep-alive connection, requests back to back;
+/// a new connection only after a response that said `Connection: close`. Anything else (a
+/// refused connect, a reset, the connection closed before or within a response, a status other
+/// than 200) is a failed request.
+fn persistent_client(port: u16, stop: &AtomicBool, seen: &Seen) {
+    let mut connection: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::Relaxed) {
+        if connection.is_none() {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(stream) => {
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    connection = Some(BufReader::new(stream));
+                }
+                Err(e) => {
+                    seen.fail(format!("connect: {e}"));
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+        }
+        let reader = connection.as_mut().unwrap();
+        let sent = reader
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n");
+        match sent.and_then(|()| read_response(reader)) {
+            Ok((200, body, keep)) if body == "ok\n" => {
+                seen.ok.fetch_add(1, Ordering::Relaxed);
+                if !keep {
+                    seen.closed_by_server.fetch_add(1, Ordering::Relaxed);
+                    // The server closes its side after such a response: nothing more comes.
+                    let mut rest = Vec::new();
+                    match reader.read_to_end(&mut rest) {
+                        Ok(0) => {}
+                        other => seen.fail(format!("after Connection: close: {other:?} {rest:?}")),
+                    }
+                    connection = None;
+                }
+            }
+            Ok((status, body, _)) => {
+                seen.fail(format!("{status} {body:.100}"));
+                connection = None;
+            }
+            Err(e) => {
+                seen.fail(format!("request: {e}"));
+                connection = None;
+            }
+        }
+    }
+}
+
+/// Runs `paracloud dataplane restart` and returns (old pid, new pid) from what it printed.
+fn restart_dataplane(p: &Platform, args: &[&str]) -> (i32, i32) {
+    let mut all = vec!["dataplane", "restart"];
+    all.extend_from_slice(args);
+    let out = p.run(&all);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}\n--- daemon log ---\n{}\n--- data plane log ---\n{}",
+        p.daemon_log(),
+        p.dataplane_log()
+    );
+    eprintln!("{}", said.trim_end());
+    let pids = said
+        .lines()
+        .find_map(|l| l.strip_prefix("data plane restarted: pid "))
+        .and_then(|rest| {
+            let (old, rest) = rest.split_once(" -> pid ")?;
+            Some((
+                old.parse().ok()?,
+                rest.split_whitespace().next()?.parse().ok()?,
+            ))
+        })
+        .unwrap_or_else(|| panic!("no pids in: {said}"));
+    assert!(said.contains(" drained in "), "{said}");
+    pids
+}
+
+/// Requests the data plane counted on the listener bound to `port` (from its stats socket).
+fn served_on(p: &Platform, port: u16) -> u64 {
+    let (status, body) = unix_http(&p.root().join("dataplane-stats.sock"), "GET", "/stats", "");
+    assert_eq!(status, 200, "{body}");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bind = format!("127.0.0.1:{port}");
+    stats["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["bind"] == bind.as_str())
+        .and_then(|l| l["requests"].as_u64())
+        .unwrap_or_else(|| panic!("no listener on {bind}: {body}"))
+}
+
+#[test]
+fn a_planned_data_plane_restart_under_keep_alive_load_fails_no_request() {
+    const CLIENTS: usize = 8;
+    let p = Platform::new();
+    let manifest = responder_app(&p);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    wait_held(&p);
+    let port = p.port(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || persistent_client(port, &stop, &seen))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = seen.ok.load(Ordering::Relaxed);
+    let first = p.dataplane_pid().unwrap();
+
+    let (old, second) = restart_dataplane(&p, &[]);
+    assert_eq!(old, first);
+    let after_first = seen.ok.load(Ordering::Relaxed);
+    // A second one right after, still under load.
+    let (old, third) = restart_dataplane(&p, &[]);
+    assert_eq!(old, second);
+    let after_second = seen.ok.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+
+    let ok = seen.ok.load(Ordering::Relaxed);
+    let failed = seen.failed.load(Ordering::Relaxed);
+    let closed = seen.closed_by_server.load(Ordering::Relaxed);
+    let served_by_third = served_on(&p, port);
+    eprintln!(
+        "{ok} requests answered, {failed} failed, over {CLIENTS} keep-alive clients: {before} \
+         before the first restart, {} between the two, {} after the second; {closed} connections \
+         ended by Connection: close; the last data plane counted {served_by_third}",
+        after_second - before,
+        ok - after_second,
+    );
+    let failures = seen.failures.lock().unwrap().clone();
+    assert_eq!(
+        failed,
+        0,
+        "no request failed: {failures:#?}\n--- data plane log ---\n{}",
+        p.dataplane_log()
+    );
+    assert!(before > 50, "the load ran before the restart: {before}");
+    assert!(
+        ok - after_second > 50 && served_by_third > 50,
+        "the new data plane served the load: {} answered after the restart, {served_by_third} counted",
+        ok - after_second
+    );
+    assert!(after_first >= before);
+    assert!(
+        closed >= CLIENTS as u64,
+        "every connection of the first data plane was ended by a Connection: close: {closed}"
+    );
+    assert_eq!(
+        p.dataplane_pid(),
+        Some(third),
+        "the pid file names the new one"
+    );
+    assert!(first != second && second != third);
+    assert!(
+        !alive(first) && !alive(second),
+        "the old data planes are gone"
+    );
+    assert!(alive(third));
+}
+
+#[test]
+fn a_long_tcp_connection_runs_through_a_data_plane_restart_until_the_drain_timeout() {
+    let p = Platform::new();
+    let manifest = responder_app(&p);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    wait_held(&p);
+    let stream = TcpStream::connect(("127.0.0.1", p.port(1))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut echo = BufReader::new(stream);
+    let mut say = |text: &str| -> std::io::Result<String> {
+        echo.get_mut().write_all(format!("{text}\n").as_bytes())?;
+        let mut line = String::new();
+        echo.read_line(&mut line)?;
+        Ok(line)
+    };
+    assert_eq!(say("before").unwrap(), "before\n");
+    let first = p.dataplane_pid().unwrap();
+
+    let out = std::thread::scope(|scope| {
+        let restart = scope.spawn(|| p.run(&["dataplane", "restart", "--drain-timeout", "2s"]));
+        // The connection, accepted by the old data plane, still works while that one drains.
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(say("during").unwrap(), "during\n");
+        restart.join().unwrap()
+    });
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}\n{}", p.daemon_log());
+    assert!(
+        said.contains(&format!("pid {first} ended after"))
+            && said.contains("the connections still open at the drain timeout (2s) were closed"),
+        "{said}"
+    );
+    // Closed at the timeout; a new connection reaches the new data plane.
+    assert!(
+        !matches!(say("after"), Ok(line) if line == "after\n"),
+        "the connection was closed at the drain timeout"
+    );
+    assert!(!alive(first));
+    let mut fresh = BufReader::new(TcpStream::connect(("127.0.0.1", p.port(1))).unwrap());
+    fresh.get_mut().write_all(b"again\n").unwrap();
+    let mut line = String::new();
+    fresh.read_line(&mut line).unwrap();
+    assert_eq!(line, "again\n");
+}
+
+#[test]
+fn a_data_plane_restart_with_nothing_deployed_works_and_bad_timeouts_are_refused() {
+    let p = Platform::new();
+    // The first command starts the daemon, which starts the data plane.
+    let said = p.fails(&["dataplane", "restart", "--drain-timeout", "soon"]);
+    assert!(said.contains("--drain-timeout"), "{said}");
+    let (old, new) = restart_dataplane(&p, &["--drain-timeout", "1s"]);
+    assert_ne!(old, new);
+    assert!(!alive(old));
+    assert_eq!(p.dataplane_pid(), Some(new));
+    let said = p.fails(&["dataplane", "restart", "--drain-timeout", "2h"]);
+    assert!(
+        said.contains("a drain timeout of 2h is longer than the longest, 10m"),
+        "{said}"
+    );
+    assert_eq!(p.dataplane_pid(), Some(new), "nothing was replaced");
+    let out = p.ok(&["dataplane", "restart", "-o", "json"]);
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["old_pid"], new);
+    assert_eq!(answer["drained"], true);
+    assert!(alive(answer["new_pid"].as_i64().unwrap() as i32));
+
+    // A data plane killed by hand is still brought back at once, on the held sockets.
+    let current = p.dataplane_pid().unwrap();
+    kill9(current);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.dataplane_pid() == Some(current) || !p.dataplane_pid().is_some_and(alive) {
+        assert!(Instant::now() < deadline, "{}", p.daemon_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_daemon_that_starts_while_no_data_plane_runs_starts_one() {
+    let p = Platform::new();
+    let manifest = responder_app(&p);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let (daemon, dataplane) = (p.daemon_pid().unwrap(), p.dataplane_pid().unwrap());
+    // Both gone (a reboot, say): nobody holds the listening sockets any more.
+    kill9(daemon);
+    kill9(dataplane);
+    while alive(daemon) || alive(dataplane) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(http_get(p.port(0), "/").is_err());
+    // Any command starts the daemon, and the daemon the data plane, which binds them again.
+    p.ok(&["ps", "-a", "drain"]);
+    let started = p.dataplane_pid().unwrap();
+    assert_ne!(started, dataplane);
+    assert!(alive(started));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(http_get(p.port(0), "/"), Ok((200, ref body)) if body == "ok\n") {
+        assert!(
+            Instant::now() < deadline,
+            "the published port does not answer again:\n{}",
+            p.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_new_data_plane_that_does_not_get_ready_leaves_the_old_one_serving() {
+    let p = Platform::new();
+    let manifest = responder_app(&p);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    wait_held(&p);
+    let old = p.dataplane_pid().unwrap();
+    let port = p.port(0);
+    let served = served_on(&p, port);
+    // A configuration the new data plane cannot read (the old one read it long ago).
+    let config = p.root().join("dataplane.json");
+    let good = std::fs::read(&config).unwrap();
+    std::fs::write(&config, "{ not json").unwrap();
+    let said = p.fails(&["dataplane", "restart"]);
+    std::fs::write(&config, good).unwrap();
+    eprintln!("{}", said.trim_end());
+    assert!(
+        said.contains("the old one (pid ") && said.contains("serves on")
+            || said.contains("cannot start a new data plane"),
+        "{said}"
+    );
+    assert_eq!(p.dataplane_pid(), Some(old), "{said}");
+    assert!(alive(old));
+    assert!(matches!(http_get(port, "/"), Ok((200, body)) if body == "ok\n"));
+    // Its figures are still where they were: the new one never took the stats socket's path.
+    assert!(served_on(&p, port) > served);
+    let (replaced, new) = restart_dataplane(&p, &[]);
+    assert_eq!(replaced, old);
+    assert!(alive(new) && !alive(old));
 }

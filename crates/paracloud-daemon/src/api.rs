@@ -14,10 +14,10 @@ use axum::routing::MethodFilter;
 use axum::{Json, Router};
 use paracloud_api::routes as route;
 use paracloud_api::{
-    AppView, BuiltImage, CpuRequest, ErrorBody, Event, ExportRequest, Health, HostFs, ImageDetail,
-    ImageRef, ImageView, ImportRequest, InstanceView, MicroImageRequest, MigrateRequest,
-    MigrateResponse, PruneView, RemovedImages, Route, ScaleRequest, ServiceView, TrafficRequest,
-    UpRequest, UpResponse,
+    AppView, BuiltImage, CpuRequest, DataplaneRestartRequest, DataplaneRestartResponse, ErrorBody,
+    Event, ExportRequest, Health, HostFs, ImageDetail, ImageRef, ImageView, ImportRequest,
+    InstanceView, MicroImageRequest, MigrateRequest, MigrateResponse, PruneView, RemovedImages,
+    Route, ScaleRequest, ServiceView, TrafficRequest, UpRequest, UpResponse,
 };
 use paracloud_command::{Command, Outcome};
 use paracloud_manifest::{parse, Origin};
@@ -66,6 +66,7 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .on::<route::Logs, _>(logs_of::<D>)
         .on::<route::ListEvents, _>(events::<D>)
         .on::<route::GetStats, _>(stats::<D>)
+        .on::<route::RestartDataplane, _>(restart_dataplane::<D>)
         .on::<route::ListImages, _>(list_images::<D>)
         .on::<route::RemoveImage, _>(remove_image::<D>)
         .on::<route::InspectImage, _>(inspect_image::<D>)
@@ -428,6 +429,47 @@ async fn migrate<D: Driver>(
         took_ms: outcome.took_ms,
         handover_ms: outcome.handover_ms,
         state_bytes: outcome.state_bytes,
+    }))
+}
+
+async fn restart_dataplane<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<DataplaneRestartRequest>, JsonRejection>,
+) -> Result<Json<DataplaneRestartResponse>, ApiError> {
+    use crate::dataplane::ReplaceError;
+    let Json(request) = body?;
+    let ms = request
+        .drain_timeout_ms
+        .unwrap_or(paracloud_api::DEFAULT_DRAIN_TIMEOUT_MS);
+    if ms > paracloud_api::MAX_DRAIN_TIMEOUT_MS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a drain timeout of {} is longer than the longest, {}: ask for less",
+                humantime::format_duration(Duration::from_millis(ms)),
+                humantime::format_duration(Duration::from_millis(
+                    paracloud_api::MAX_DRAIN_TIMEOUT_MS
+                )),
+            ),
+        ));
+    }
+    let replaced = engine
+        .restart_dataplane(Duration::from_millis(ms))
+        .await
+        .map_err(|e| {
+            let status = match e {
+                ReplaceError::Start(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ReplaceError::NotReady { .. } => StatusCode::BAD_GATEWAY,
+            };
+            ApiError::new(status, e.to_string())
+        })?;
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Ok(Json(DataplaneRestartResponse {
+        old_pid: replaced.old_pid,
+        new_pid: replaced.new_pid,
+        ready_ms: ms(replaced.ready),
+        drain_ms: ms(replaced.drain),
+        drained: replaced.drained,
     }))
 }
 

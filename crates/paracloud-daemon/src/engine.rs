@@ -1044,6 +1044,23 @@ impl<D: Driver> Engine<D> {
         tokio::spawn(self.dataplane.clone().collect_loop());
     }
 
+    /// Replaces the data plane by a new one and drains the old one for at most `drain`
+    /// (`paracloud dataplane restart`), in a task of its own, so that a caller who goes away
+    /// does not cut it short.
+    pub async fn restart_dataplane(
+        &self,
+        drain: Duration,
+    ) -> Result<crate::dataplane::Replaced, crate::dataplane::ReplaceError> {
+        let supervisor = self.dataplane.clone();
+        tokio::spawn(async move { supervisor.replace(drain).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::dataplane::ReplaceError::Start(format!(
+                    "the replacement stopped: {e}"
+                )))
+            })
+    }
+
     /// The routes changed outside a reconcile turn (a weight set through PaCI): push them now.
     pub fn routes_changed(&self) {
         self.push_routes();

@@ -72,7 +72,7 @@ fn root_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
 }
 
 /// Files of the state root that are the daemon's alone (0600), whoever made them.
-const PRIVATE_FILES: [&str; 9] = [
+const PRIVATE_FILES: [&str; 11] = [
     "state.db",
     "state.db-wal",
     "state.db-shm",
@@ -82,6 +82,8 @@ const PRIVATE_FILES: [&str; 9] = [
     "dataplane.json",
     "dataplane.log",
     "dataplane.pid",
+    "dataplane.retiring",
+    "dataplane.drain",
 ];
 
 /// Creates the state root closed to other users (0700), or closes one made open (an older

@@ -14,6 +14,10 @@
 //! their requests are retried only when the connect failed (nothing was sent). A client that
 //! leaves within a streamed body counts as an error of the listener, never of the backend.
 //!
+//! Once the data plane drains, the next response on a connection carries `connection: close` and
+//! the connection ends after it; a connection waiting for its next request closes once it has been
+//! idle for [`Tuning::idle_grace`].
+//!
 //! What this path does not serve is handed, with the bytes already read, to the hyper server of
 //! [`crate::http`]: HTTP/2 (the connection starts with the HTTP/2 preface), HTTP/1.0 clients,
 //! `Upgrade` and `CONNECT` requests, and request targets that are not a path.
@@ -33,6 +37,7 @@ use crate::chunked::ChunkedTracker;
 use crate::forward::{self, BackendState, ListenerState, Route};
 use crate::hop::HOP_BY_HOP;
 use crate::inflight::InFlight;
+use crate::server::until_draining;
 use crate::split::REVISION_HEADER;
 use crate::stats::Counters;
 use crate::Tuning;
@@ -163,6 +168,9 @@ pub(crate) struct Conn {
     listener: Arc<ListenerState>,
     routes: watch::Receiver<Arc<Route>>,
     calls: Arc<CallGraph>,
+    /// Set once the data plane drains: the next response closes the connection, and an idle
+    /// connection closes after `tuning.idle_grace`.
+    draining: watch::Receiver<bool>,
     tuning: Tuning,
 }
 
@@ -172,6 +180,7 @@ impl Conn {
         peer: SocketAddr,
         listener: Arc<ListenerState>,
         calls: Arc<CallGraph>,
+        draining: watch::Receiver<bool>,
         tuning: Tuning,
     ) -> Self {
         Self {
@@ -185,7 +194,37 @@ impl Conn {
             routes: listener.route.subscribe(),
             listener,
             calls,
+            draining,
             tuning,
+        }
+    }
+
+    fn draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Reads more of the client's bytes (0 at its end). While nothing of a next request has
+    /// come (the connection is idle), a drain closes the connection once it has been idle for
+    /// `tuning.idle_grace`: 0 then too. A client that sends a request at that very moment sees
+    /// the connection closed without an answer, which HTTP clients retry on a new one for
+    /// idempotent requests; the grace keeps that to connections idle a while.
+    async fn fill_client(&mut self) -> io::Result<usize> {
+        if self.inbuf.len() > 0 {
+            return self.inbuf.fill(&mut self.client).await;
+        }
+        let idle_since = Instant::now();
+        let grace = self.tuning.idle_grace;
+        let mut draining = self.draining.clone();
+        let closing = async move {
+            until_draining(&mut draining).await;
+            tokio::time::sleep_until(idle_since + grace).await;
+        };
+        tokio::select! {
+            read = self.inbuf.fill(&mut self.client) => read,
+            () = closing => {
+                debug!(bind = %self.listener.bind, peer = %self.peer, "idle keep-alive connection closed by the drain");
+                Ok(0)
+            }
         }
     }
 
@@ -215,7 +254,7 @@ impl Conn {
             if n == PREFACE.len() {
                 return Ok(true);
             }
-            if self.inbuf.fill(&mut self.client).await? == 0 {
+            if self.fill_client().await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -241,7 +280,7 @@ impl Conn {
                     self.own_response(started, 400, false).await;
                     return Next::Close;
                 }
-                Parsed::Partial => match self.inbuf.fill(&mut self.client).await {
+                Parsed::Partial => match self.fill_client().await {
                     Ok(0) | Err(_) => return Next::Close,
                     Ok(_) => {}
                 },
@@ -282,7 +321,7 @@ impl Conn {
                 .await
             else {
                 warn!(bind = %listener.bind, "no backend became ready in time; answering 503");
-                let keep = head.keep_alive && !streamed;
+                let keep = head.keep_alive && !streamed && !self.draining();
                 self.own_response(started, 503, keep).await;
                 return if keep { Next::KeepAlive } else { Next::Close };
             };
@@ -336,7 +375,7 @@ impl Conn {
                 }
             }
         }
-        let keep = head.keep_alive && !streamed;
+        let keep = head.keep_alive && !streamed && !self.draining();
         self.own_response(started, 502, keep).await;
         if keep {
             Next::KeepAlive
@@ -459,7 +498,8 @@ impl Conn {
             .response(now, response.status, micros(started));
         in_flight.backend = Some(backend.clone());
         self.upbuf.consume(response.len);
-        let keep = head.keep_alive && response.framing != Framing::Close;
+        // A drain closes the connection after this response, telling the client so.
+        let keep = head.keep_alive && response.framing != Framing::Close && !self.draining();
         if !keep {
             self.resp.extend_from_slice(b"connection: close\r\n");
         }

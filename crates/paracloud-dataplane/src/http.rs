@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -29,6 +30,7 @@ use crate::forward::{self, BackendState, ListenerState};
 use crate::h1;
 use crate::hop::HOP_BY_HOP;
 use crate::inflight::InFlight;
+use crate::server::until_draining;
 use crate::split::REVISION_HEADER;
 use crate::stats::Counters;
 use crate::Tuning;
@@ -60,20 +62,32 @@ struct Ctx {
 }
 
 /// Serves one accepted client connection (HTTP/1.1 with keep-alive, or HTTP/2 with prior
-/// knowledge) to its end.
+/// knowledge) to its end; once `draining` is set, it ends after its current request (see
+/// [`crate::server`]).
 pub(crate) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerState>,
     upstream: Upstream,
+    draining: watch::Receiver<bool>,
     calls: Arc<CallGraph>,
     tuning: Tuning,
 ) {
     let _active = listener.counters.open();
     // Nagle only adds latency to small responses; failure to disable it is harmless.
     let _ = client.set_nodelay(true);
-    let mut conn = h1::Conn::new(client, peer, listener.clone(), calls.clone(), tuning);
+    let mut conn = h1::Conn::new(
+        client,
+        peer,
+        listener.clone(),
+        calls.clone(),
+        draining.clone(),
+        tuning,
+    );
     if conn.serve().await != h1::Next::Hyper {
+        if *draining.borrow() {
+            linger(conn.client).await;
+        }
         return;
     }
     let client = Prefixed {
@@ -92,12 +106,44 @@ pub(crate) async fn serve(
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(proxy(request, &ctx).await) }
     });
-    if let Err(error) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(client), service)
-        .await
-    {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(TokioIo::new(client), service);
+    tokio::pin!(connection);
+    let mut draining = draining;
+    let ended = tokio::select! {
+        ended = connection.as_mut() => Some(ended),
+        () = until_draining(&mut draining) => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            // HTTP/1: no next request, closed once idle; HTTP/2: GOAWAY, open streams finish.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
         debug!(bind = %listener.bind, %peer, %error, "HTTP connection ended with an error");
     }
+}
+
+/// How long a connection closed by a drain still reads (and drops) what the client sends, so
+/// that the kernel does not answer it with a reset that could destroy our last response before
+/// the client read it.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Closes a client connection gracefully: our side first (FIN), then whatever the client still
+/// sends is read and dropped until it closes too, for at most [`LINGER`].
+async fn linger(mut client: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -20,6 +20,16 @@
 //! socket and passes them to the data plane it starts after one died, so the sockets, and the
 //! connections the kernel queued on them meanwhile, outlive any one data-plane process.
 //!
+//! # Planned replacement: draining
+//!
+//! For a planned restart the daemon starts the next data plane beside this one, on the same
+//! inherited sockets, and once that one is ready (it fires [`run`]'s `ready`, which the process
+//! passes on as `READY=1` to `NOTIFY_SOCKET`, systemd's readiness convention) sends this one
+//! SIGTERM: it drains (see the `server` module): its copies of the listening sockets close,
+//! HTTP connections end after their current request (`Connection: close`) or once idle for
+//! [`Tuning::idle_grace`], TCP connections run to their end for at most [`Tuning::drain`], and
+//! a second SIGTERM ends the drain at once.
+//!
 //! # Call graph
 //!
 //! Instances of one app call each other through the listeners on service addresses, so the client
@@ -160,8 +170,13 @@ pub struct Tuning {
     /// How long a client (TCP) or request (HTTP) waits for a backend when the listener has none
     /// (one may be starting); an HTTP request then gets 503 with `Retry-After: 1`.
     pub backend_wait: Duration,
-    /// How long open connections may go on after shutdown begins.
+    /// How long open connections may go on once a drain begins (SIGTERM): HTTP connections
+    /// close after their current request, TCP ones run to their end until then.
     pub drain: Duration,
+    /// While draining, an HTTP keep-alive connection with no request under way is closed once it
+    /// has been idle this long (one busy with requests answers its next one with
+    /// `Connection: close` instead).
+    pub idle_grace: Duration,
 }
 
 impl Default for Tuning {
@@ -175,7 +190,8 @@ impl Default for Tuning {
             retry_budget_percent: 20,
             retry_budget_floor: 10,
             backend_wait: Duration::from_secs(5),
-            drain: Duration::from_secs(5),
+            drain: Duration::from_secs(30),
+            idle_grace: Duration::from_secs(1),
         }
     }
 }

@@ -1,14 +1,27 @@
-//! The data-plane process body: listeners diffed on reload, accept loops, graceful shutdown.
+//! The data-plane process body: listeners diffed on reload, accept loops, draining.
 //!
 //! Listening sockets may be inherited (socket activation, see [`Dataplane::inherit`]): a listener
 //! whose bind address equals an inherited socket's adopts it instead of binding anew, so that a
 //! restarted data plane serves the very sockets (and their queued connections) of the one before.
+//!
+//! # Draining
+//!
+//! A drain (SIGTERM for the process) hands the listening sockets over to whoever else holds them
+//! (the daemon and the data plane that replaces this one) and finishes what is open: the accept
+//! loops stop and close this process's copies of the sockets, HTTP/1.1 connections answer their
+//! next request with `Connection: close` and close after it, keep-alive connections with no
+//! request under way close once idle for [`Tuning::idle_grace`], hyper's connections (HTTP/2,
+//! HTTP/1.0, upgrades) shut down gracefully (GOAWAY for HTTP/2), TCP connections run to their
+//! end, and `GET /watch` streams end so that the control plane follows the new process. Routes
+//! still follow reloads while draining (no listener is bound any more). The drain ends when the
+//! last connection does, after [`Tuning::drain`], or at once on a second SIGTERM.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -18,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::calls::CallGraph;
@@ -32,15 +46,26 @@ use crate::{
 /// (capped by net.core.somaxconn): while a data plane restarts, they wait there.
 pub const LISTEN_BACKLOG: i32 = 4096;
 
-/// Runs the data plane until SIGTERM: loads `config_path` (a missing file is an empty config),
-/// serves its listeners, and re-reads the file on every SIGHUP. With `stats_socket`, serves
-/// `GET /stats` and `GET /metrics` on that Unix socket (a stale file there is replaced).
-/// `inherited` are listening sockets passed by the process that started this one (see
-/// [`Dataplane::inherit`]); empty when run standalone.
+/// Runs the data plane until it has drained: loads `config_path` (a missing file is an empty
+/// config), serves its listeners, and re-reads the file on every SIGHUP. SIGTERM starts a drain
+/// (see the module's documentation) bounded by `tuning.drain`, or by the milliseconds written in
+/// `drain_file` when that file exists then (so the process that sends the signal chooses); a
+/// second SIGTERM ends it at once.
+///
+/// With `stats_socket`, serves `GET /stats`, `GET /metrics` and `GET /watch` on that Unix socket,
+/// bound beside the path and moved there (over what was there) once the first configuration is
+/// applied, so that until then the path leads to the data plane this one replaces, which keeps
+/// it if this one never gets that far; removed at exit unless another data plane has put its own
+/// there since. `inherited` are listening sockets passed by the process that started this one
+/// (see [`Dataplane::inherit`]); empty when run standalone. `ready` fires once the first
+/// configuration is applied (its listeners adopted or bound) and the stats socket is in place.
 pub async fn run(
     config_path: PathBuf,
     stats_socket: Option<PathBuf>,
     inherited: Vec<OwnedFd>,
+    tuning: Tuning,
+    drain_file: Option<PathBuf>,
+    ready: Option<oneshot::Sender<()>>,
 ) -> Result<(), Error> {
     let mut hangup = signal(SignalKind::hangup()).map_err(Error::Signal)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
@@ -52,29 +77,105 @@ pub async fn run(
             }
         }
     });
-    let dataplane = Dataplane::new(config_path, Tuning::default()).inherit(inherited);
-    let stats_task = match &stats_socket {
-        Some(path) => Some(tokio::spawn(serve_stats(
-            bind_stats_socket(path)?,
-            dataplane.stats(),
-        ))),
-        None => None,
+    // How many SIGTERMs came: the first drains, the second ends the drain.
+    let (terms_tx, terms) = watch::channel(0u32);
+    let counting = tokio::spawn(async move {
+        while terminate.recv().await.is_some() {
+            terms_tx.send_modify(|n| *n += 1);
+        }
+    });
+    let sigterm = |nth: u32| {
+        let mut terms = terms.clone();
+        async move {
+            if terms.wait_for(|n| *n >= nth).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     };
+    let (applied, first_applied) = oneshot::channel();
+    let dataplane = Dataplane::new(config_path, tuning)
+        .inherit(inherited)
+        .on_ready(applied);
+    let beside = |path: &PathBuf| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{}", std::process::id()));
+        PathBuf::from(name)
+    };
+    let mut stats_file = None;
+    let mut stats_task = None;
+    let mut stats_moves = None;
+    if let Some(path) = &stats_socket {
+        let first = beside(path);
+        let socket = bind_stats_socket(&first)?;
+        stats_file = std::fs::metadata(&first).ok().map(|m| (m.dev(), m.ino()));
+        stats_task = Some(tokio::spawn(serve_stats(socket, dataplane.stats())));
+        stats_moves = Some((first, path.clone()));
+    }
+    let announcing = tokio::spawn(async move {
+        if first_applied.await.is_err() {
+            return;
+        }
+        if let Some((first, path)) = stats_moves {
+            if let Err(error) = std::fs::rename(&first, &path) {
+                error!(%error, path = %path.display(), "cannot put the stats socket in place");
+            }
+        }
+        if let Some(ready) = ready {
+            let _ = ready.send(());
+        }
+    });
+    let first = sigterm(1);
+    let second = sigterm(2);
     let result = dataplane
-        .run_with_reload(reload_rx, async move {
-            terminate.recv().await;
-            info!("SIGTERM received; stopping");
-        })
+        .run_with_drain(
+            reload_rx,
+            async move {
+                first.await;
+                let asked = drain_file.as_deref().and_then(read_drain_file);
+                info!(pid = std::process::id(), limit = ?asked.unwrap_or(tuning.drain),
+                    "SIGTERM received; draining (a second SIGTERM ends the drain at once)");
+                asked
+            },
+            async move {
+                second.await;
+                info!(
+                    pid = std::process::id(),
+                    "second SIGTERM received; ending the drain"
+                );
+            },
+        )
         .await;
     relay.abort();
+    counting.abort();
+    announcing.abort();
     if let Some(task) = stats_task {
         task.abort();
     }
     if let Some(path) = stats_socket {
-        // Best effort: the file only misleads a later reader.
-        let _ = std::fs::remove_file(path);
+        // Only our own socket file: a data plane that replaced this one puts its own there.
+        for path in [beside(&path), path] {
+            let ours = std::fs::metadata(&path)
+                .ok()
+                .is_some_and(|m| Some((m.dev(), m.ino())) == stats_file);
+            if ours {
+                // Best effort: the file only misleads a later reader.
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
     result
+}
+
+/// The drain limit written in `path` (milliseconds), when the file exists and holds one.
+fn read_drain_file(path: &std::path::Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match text.trim().parse::<u64>() {
+        Ok(ms) => Some(Duration::from_millis(ms)),
+        Err(error) => {
+            warn!(path = %path.display(), %error, "the drain file holds no milliseconds; using the default limit");
+            None
+        }
+    }
 }
 
 /// A data plane reading its configuration from one file; see [`run`] for the process entry point.
@@ -85,6 +186,10 @@ pub struct Dataplane {
     stats: Stats,
     /// Inherited listening sockets by bound address, until the first configuration is applied.
     inherited: BTreeMap<SocketAddr, std::net::TcpListener>,
+    /// Set once a drain begins; every connection and `GET /watch` stream watches it.
+    draining: watch::Sender<bool>,
+    /// Fired once the first configuration is applied.
+    ready: Option<oneshot::Sender<()>>,
 }
 
 /// A handle on the live counters of a running [`Dataplane`], and on the requests waiting for a
@@ -94,16 +199,7 @@ pub struct Stats {
     listeners: Arc<Mutex<Vec<Arc<ListenerState>>>>,
     calls: Arc<CallGraph>,
     waiting: broadcast::Sender<Waiting>,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Self {
-            listeners: Arc::default(),
-            calls: Arc::default(),
-            waiting: broadcast::channel(WAITING_QUEUE).0,
-        }
-    }
+    draining: watch::Receiver<bool>,
 }
 
 /// Announcements of waiting requests kept for a slow reader (which then misses the oldest; they
@@ -111,6 +207,15 @@ impl Default for Stats {
 const WAITING_QUEUE: usize = 256;
 
 impl Stats {
+    fn new(draining: watch::Receiver<bool>) -> Self {
+        Self {
+            listeners: Arc::default(),
+            calls: Arc::default(),
+            waiting: broadcast::channel(WAITING_QUEUE).0,
+            draining,
+        }
+    }
+
     /// The counters of every configured listener and of its current backends, and the call
     /// graph.
     pub fn snapshot(&self) -> Snapshot {
@@ -126,10 +231,22 @@ impl Stats {
         self.waiting.subscribe()
     }
 
+    /// Completes once the data plane drains (never, if it stops without draining).
+    pub async fn drained(&self) {
+        until_draining(&mut self.draining.clone()).await;
+    }
+
     fn publish(&self, slots: &BTreeMap<SocketAddr, Slot>) {
         if let Ok(mut listeners) = self.listeners.lock() {
             *listeners = slots.values().map(|s| s.state.clone()).collect();
         }
+    }
+}
+
+/// Completes once `draining` is set; never when its sender went away without setting it.
+pub(crate) async fn until_draining(draining: &mut watch::Receiver<bool>) {
+    if draining.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -145,13 +262,27 @@ struct Accepting {
     task: JoinHandle<()>,
 }
 
+/// What every accepted connection holds: `in_flight` keeps the drain's channel open until the
+/// connection ends, `upstream` is the shared pooled HTTP client, `draining` says when to wind
+/// down.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    /// Never sent on: held for the channel to close when the last holder goes.
+    _in_flight: mpsc::Sender<()>,
+    pub(crate) upstream: Upstream,
+    pub(crate) draining: watch::Receiver<bool>,
+}
+
 impl Dataplane {
     pub fn new(config_path: PathBuf, tuning: Tuning) -> Self {
+        let (draining, watching) = watch::channel(false);
         Self {
             config_path,
             tuning,
-            stats: Stats::default(),
+            stats: Stats::new(watching),
             inherited: BTreeMap::new(),
+            draining,
+            ready: None,
         }
     }
 
@@ -178,79 +309,151 @@ impl Dataplane {
         self
     }
 
+    /// Fires `ready` once the first configuration is applied.
+    pub fn on_ready(mut self, ready: oneshot::Sender<()>) -> Self {
+        self.ready = Some(ready);
+        self
+    }
+
     pub fn stats(&self) -> Stats {
         self.stats.clone()
     }
 
-    /// Serves until `shutdown` completes, re-reading the configuration whenever `reload` changes.
+    /// Serves until `shutdown` completes, re-reading the configuration whenever `reload` changes,
+    /// then drains (see the module's documentation) for at most `tuning.drain`.
     ///
     /// An unreadable file at start is an error; at a reload it is logged and the previous
-    /// configuration stays. On shutdown the listeners close at once and open connections get
-    /// `tuning.drain` to finish.
+    /// configuration stays.
     pub async fn run_with_reload(
-        mut self,
-        mut reload: watch::Receiver<()>,
+        self,
+        reload: watch::Receiver<()>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
+        let drain = async move {
+            shutdown.await;
+            None
+        };
+        self.run_with_drain(reload, drain, std::future::pending())
+            .await
+    }
+
+    /// As [`Dataplane::run_with_reload`], where the drain lasts at most what `drain` returns
+    /// (`None`: `tuning.drain`), and `stop`, once the drain has begun, ends it at once (what is
+    /// still open is closed when the runtime drops its tasks).
+    pub async fn run_with_drain(
+        mut self,
+        mut reload: watch::Receiver<()>,
+        drain: impl Future<Output = Option<Duration>>,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         let config = load_config(&self.config_path)?;
-        // Every connection holds a clone of `in_flight`; the channel closes when the last ends.
+        // Every connection holds a clone of the sender; the channel closes when the last ends.
         let (in_flight, mut all_done) = mpsc::channel::<()>(1);
         let mut slots = BTreeMap::new();
-        let upstream = http::upstream(&self.tuning);
-        let in_flight = (in_flight, upstream);
+        let shared = Shared {
+            _in_flight: in_flight,
+            upstream: http::upstream(&self.tuning),
+            draining: self.draining.subscribe(),
+        };
         let mut inherited = std::mem::take(&mut self.inherited);
-        self.apply(&mut slots, &config, &in_flight, &mut inherited)
+        self.apply(&mut slots, &config, Some(&shared), &mut inherited)
             .await;
         for addr in inherited.into_keys() {
             info!(%addr, "inherited listening socket not in the configuration; closed");
         }
-        tokio::pin!(shutdown);
-        loop {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
+        tokio::pin!(drain);
+        tokio::pin!(stop);
+        let mut reloads = true;
+        let limit = loop {
             tokio::select! {
-                () = &mut shutdown => break,
-                changed = reload.changed() => {
+                asked = &mut drain => break asked.unwrap_or(self.tuning.drain),
+                changed = reload.changed(), if reloads => {
                     if changed.is_err() {
-                        // Nobody can ask for a reload any more; serve on until shutdown.
-                        (&mut shutdown).await;
-                        break;
+                        // Nobody can ask for a reload any more; serve on until the drain.
+                        reloads = false;
+                        continue;
                     }
-                    match load_config(&self.config_path) {
-                        Ok(config) => {
-                            self.apply(&mut slots, &config, &in_flight, &mut BTreeMap::new())
-                                .await
-                        }
-                        Err(error) => error!(%error, "reload failed; keeping the previous configuration"),
-                    }
+                    self.reload(&mut slots, Some(&shared)).await;
                 }
             }
+        };
+        let began = Instant::now();
+        // Our copies of the listening sockets close; whoever else holds them accepts from now on.
+        for slot in slots.values_mut() {
+            if let Some(accepting) = slot.accepting.take() {
+                drop(accepting.stop);
+                let _ = accepting.task.await;
+            }
         }
-        let stopping: Vec<_> = slots
-            .into_values()
-            .filter_map(|slot| slot.accepting)
-            .collect();
-        for accepting in stopping {
-            drop(accepting.stop);
-            let _ = accepting.task.await;
-        }
-        drop(in_flight);
-        // HTTP keep-alive connections idle at shutdown also wait out the drain period.
-        if tokio::time::timeout(self.tuning.drain, all_done.recv())
-            .await
-            .is_err()
-        {
-            warn!(drain = ?self.tuning.drain, "connections still open after the drain period; closing them");
+        self.draining.send_replace(true);
+        drop(shared);
+        let open = |slots: &BTreeMap<SocketAddr, Slot>| -> u64 {
+            slots
+                .values()
+                .map(|s| Counters::get(&s.state.counters.active))
+                .sum()
+        };
+        let pid = std::process::id();
+        info!(
+            pid,
+            connections = open(&slots),
+            ?limit,
+            "draining: listening sockets closed"
+        );
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = all_done.recv() => {
+                    info!(pid, took = ?began.elapsed(), "drained: every connection ended");
+                    break;
+                }
+                () = &mut deadline => {
+                    warn!(pid, connections = open(&slots), ?limit,
+                        "connections still open after the drain period; closing them");
+                    break;
+                }
+                () = &mut stop => {
+                    warn!(pid, connections = open(&slots), took = ?began.elapsed(),
+                        "drain ended early; closing what is open");
+                    break;
+                }
+                changed = reload.changed(), if reloads => {
+                    if changed.is_err() {
+                        reloads = false;
+                        continue;
+                    }
+                    // Backends still change (an instance stopping leaves the routes first).
+                    self.reload(&mut slots, None).await;
+                }
+            }
         }
         Ok(())
     }
 
+    /// Reads the configuration again and applies it; on error the previous one stays.
+    async fn reload(&self, slots: &mut BTreeMap<SocketAddr, Slot>, shared: Option<&Shared>) {
+        match load_config(&self.config_path) {
+            Ok(config) => {
+                self.apply(slots, &config, shared, &mut BTreeMap::new())
+                    .await
+            }
+            Err(error) => error!(%error, "reload failed; keeping the previous configuration"),
+        }
+    }
+
     /// Moves the running listeners to `config`: removed ones stop accepting, kept ones take their
     /// new backends, new ones (and ones that failed to bind before) adopt the `inherited` socket
-    /// of their address, or are bound.
+    /// of their address, or are bound. Without `shared` (draining) only the routes of the
+    /// listeners already there change: nothing is bound.
     async fn apply(
         &self,
         slots: &mut BTreeMap<SocketAddr, Slot>,
         config: &Config,
-        in_flight: &(mpsc::Sender<()>, Upstream),
+        shared: Option<&Shared>,
         inherited: &mut BTreeMap<SocketAddr, std::net::TcpListener>,
     ) {
         let mut wanted: BTreeMap<SocketAddr, &Listener> = BTreeMap::new();
@@ -276,6 +479,12 @@ impl Dataplane {
             }
         }
         for (bind, listener) in wanted {
+            let Some(shared) = shared else {
+                if let Some(slot) = slots.get(&bind) {
+                    slot.state.update(listener);
+                }
+                continue;
+            };
             let slot = slots.entry(bind).or_insert_with(|| Slot {
                 state: Arc::new(ListenerState::announcing(
                     bind,
@@ -302,7 +511,7 @@ impl Dataplane {
                         slot.state.clone(),
                         self.tuning,
                         stopped,
-                        in_flight.clone(),
+                        shared.clone(),
                         self.stats.calls.clone(),
                     ));
                     slot.accepting = Some(Accepting { stop, task });
@@ -351,7 +560,7 @@ async fn accept_loop(
     state: Arc<ListenerState>,
     tuning: Tuning,
     mut stop: oneshot::Receiver<()>,
-    in_flight: (mpsc::Sender<()>, Upstream),
+    shared: Shared,
     calls: Arc<CallGraph>,
 ) {
     loop {
@@ -361,7 +570,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((client, peer)) => {
-                spawn_connection(client, peer, &state, tuning, &in_flight, &calls);
+                spawn_connection(client, peer, &state, tuning, &shared, &calls);
             }
             Err(error) => {
                 // Typically EMFILE: pause instead of spinning until descriptors free up.
@@ -373,20 +582,20 @@ async fn accept_loop(
     state.bound.store(false, Ordering::Relaxed);
 }
 
-/// Serves one accepted connection by the listener's protocol; `in_flight` holds the drain
-/// channel open and carries the shared pooled HTTP client. A TCP connection counts as one call
-/// in `calls` here; an HTTP one counts each of its requests.
+/// Serves one accepted connection by the listener's protocol; `shared` holds the drain channel
+/// open until it ends. A TCP connection counts as one call in `calls` here; an HTTP one counts
+/// each of its requests.
 fn spawn_connection(
     client: TcpStream,
     peer: SocketAddr,
     state: &Arc<ListenerState>,
     tuning: Tuning,
-    in_flight: &(mpsc::Sender<()>, Upstream),
+    shared: &Shared,
     calls: &Arc<CallGraph>,
 ) {
     Counters::add(&state.counters.accepted, 1);
     let state = state.clone();
-    let (in_flight, upstream) = in_flight.clone();
+    let shared = shared.clone();
     let (protocol, service) = {
         let route = state.route.borrow();
         (route.protocol, route.service.clone())
@@ -397,9 +606,20 @@ fn spawn_connection(
     let calls = calls.clone();
     tokio::spawn(async move {
         match protocol {
-            Some(Protocol::Http) => http::serve(client, peer, state, upstream, calls, tuning).await,
+            Some(Protocol::Http) => {
+                http::serve(
+                    client,
+                    peer,
+                    state,
+                    shared.upstream.clone(),
+                    shared.draining.clone(),
+                    calls,
+                    tuning,
+                )
+                .await
+            }
             Some(Protocol::Tcp) | None => forward::serve(client, &state, &tuning).await,
         }
-        drop(in_flight);
+        drop(shared);
     });
 }

@@ -122,15 +122,19 @@ fn is<R: Route>(request: &Request<Incoming>) -> bool {
     request.method() == R::METHOD && request.uri().path() == R::PATH
 }
 
-/// The body of `GET /watch`: one JSON line per [`WatchEvent`], until the reader goes away.
+/// The body of `GET /watch`: one JSON line per [`WatchEvent`], until the reader goes away or the
+/// data plane drains (its successor has the figures from then on).
 fn watch_stream(stats: Stats) -> ChannelBody {
     let (lines, body) = mpsc::channel::<Bytes>(64);
     let mut waiting = stats.waiting();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let drained = stats.drained();
+        tokio::pin!(drained);
         loop {
             let event = tokio::select! {
+                () = &mut drained => break,
                 received = waiting.recv() => match received {
                     Ok(w) => WatchEvent::Waiting(w),
                     // Missed announcements are repeated while their requests wait.

@@ -57,7 +57,14 @@ async fn sighup_reloads_and_sigterm_stops() {
     let path = dir.path().join("dataplane.json");
     let stats_socket = dir.path().join("stats.sock");
     // No file yet: the data plane starts empty.
-    let task = tokio::spawn(run(path.clone(), Some(stats_socket.clone()), Vec::new()));
+    let task = tokio::spawn(run(
+        path.clone(),
+        Some(stats_socket.clone()),
+        Vec::new(),
+        paracloud_dataplane::Tuning::default(),
+        None,
+        None,
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(TcpStream::connect(bind).await.is_err());
     assert!(tokio::net::UnixStream::connect(&stats_socket).await.is_ok());

@@ -1,6 +1,7 @@
 //! Listening sockets that outlive the process serving them: duplicated out of it (pidfd_getfd),
 //! handed to its successor by the systemd socket-activation convention (fds from 3 on, with
-//! `LISTEN_FDS`), and claimed there.
+//! `LISTEN_FDS`), and claimed there; and the successor's word that it serves them, by systemd's
+//! readiness convention (`READY=1` to the datagram socket named by `NOTIFY_SOCKET`).
 //!
 //! A listening socket lives as long as any process holds an fd of it: connections that arrive
 //! while no process accepts wait in its backlog, complete (the kernel does the handshake), and are
@@ -114,6 +115,55 @@ pub fn take_listen_fds() -> Vec<OwnedFd> {
         .collect()
 }
 
+/// The variable naming the socket a started process reports its readiness to (systemd's
+/// `sd_notify` convention: a Unix datagram socket, a path or `@` and an abstract name).
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Takes the readiness socket passed to this process ([`NOTIFY_SOCKET`]) and removes the variable,
+/// so that nothing this process starts reports in its name. Call it at the start of `main`, while
+/// the process has one thread (it changes the environment).
+pub fn take_notify_socket() -> Option<std::ffi::OsString> {
+    let socket = std::env::var_os(NOTIFY_SOCKET).filter(|s| !s.is_empty());
+    std::env::remove_var(NOTIFY_SOCKET);
+    socket
+}
+
+/// Tells whoever started this process that it is ready: `READY=1` and its pid, as one datagram
+/// to `socket` (from [`take_notify_socket`]).
+pub fn notify_ready(socket: &std::ffi::OsStr) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::UnixDatagram;
+    let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let sender = UnixDatagram::unbound()?;
+    match socket.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sender.send_to_addr(message.as_bytes(), &addr)?;
+        }
+        None => {
+            sender.send_to(message.as_bytes(), socket)?;
+        }
+    }
+    Ok(())
+}
+
+/// The pid a readiness message (`READY=1`, from [`notify_ready`]) says is ready; `None` for a
+/// message that does not say `READY=1`.
+pub fn ready_pid(message: &[u8]) -> Option<Option<u32>> {
+    let text = std::str::from_utf8(message).ok()?;
+    let mut ready = false;
+    let mut pid = None;
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("READY", "1")) => ready = true,
+            Some(("MAINPID", value)) => pid = value.parse().ok(),
+            _ => {}
+        }
+    }
+    ready.then_some(pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +193,19 @@ mod tests {
         drop(listener);
         let _second = std::net::TcpStream::connect(addr).expect("the duplicate keeps listening");
         dup.accept().unwrap();
+    }
+
+    #[test]
+    fn readiness_reaches_the_notify_socket_as_ready_with_the_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        notify_ready(path.as_os_str()).unwrap();
+        let mut buf = [0u8; 256];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(ready_pid(&buf[..n]), Some(Some(std::process::id())));
+        assert_eq!(ready_pid(b"STATUS=starting\n"), None);
+        assert!(notify_ready(dir.path().join("absent").as_os_str()).is_err());
     }
 
     #[test]

@@ -190,6 +190,12 @@ pub async fn wait_process(process: &Process) -> Result<(Option<i32>, Option<i32>
     procfs::wait_exit(process).await
 }
 
+/// Sends `signal` to the process through its pidfd (never to a process that reused its pid).
+pub fn signal_process(process: &Process, signal: nix::sys::signal::Signal) -> Result<()> {
+    procfs::pidfd_send_signal(&process.pidfd, signal as i32)
+        .map_err(|e| Error::sys(format!("signalling pid {}", process.pid), e))
+}
+
 /// How an instance process ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
