@@ -356,7 +356,7 @@ fn settled(p: &Platform, views: &BTreeMap<String, Value>) -> bool {
         })
 }
 
-fn settle(p: &Platform) -> (BTreeMap<String, Value>, Duration) {
+fn settle(p: &Platform, after: &str) -> (BTreeMap<String, Value>, Duration) {
     let start = Instant::now();
     let mut last = None;
     loop {
@@ -368,7 +368,7 @@ fn settle(p: &Platform) -> (BTreeMap<String, Value>, Duration) {
         }
         if start.elapsed() > SETTLE {
             panic!(
-                "the platform did not settle within {SETTLE:?}; last views: {last:#?}\n--- daemon log ---\n{}",
+                "the platform did not settle within {SETTLE:?} after {after}; last views: {last:#?}\n--- daemon log ---\n{}",
                 p.daemon_log()
             );
         }
@@ -739,7 +739,7 @@ fn a_campaign_of_changes_and_kills_loses_nothing() {
         "--",
         "/etc/hostname",
     ]);
-    let (views, _) = settle(&p);
+    let (views, _) = settle(&p, "the set-up");
     let mut state = state_of(&views);
     let mut listed = instances(&views);
     let clean = check_processes(&p, &listed, &[]);
@@ -873,7 +873,7 @@ fn a_campaign_of_changes_and_kills_loses_nothing() {
         confirmed += usize::from(ok);
 
         // 3. Recovery: any command starts a daemon again; wait for the platform to settle.
-        let (views, settle_took) = settle(&p);
+        let (views, settle_took) = settle(&p, &format!("round {round} of seed {seed}"));
         let observed = state_of(&views);
         listed = instances(&views);
 
