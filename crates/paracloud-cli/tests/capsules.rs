@@ -755,3 +755,112 @@ sys.exit(0 if first and resized else 1)
     assert!(body.contains("both must be at least 1"), "{body}");
     p.ok(&["down", "-a", "resize"]);
 }
+
+/// The capsule cgroups under the test's cgroup parent (every hierarchy), with their processes.
+fn capsule_cgroups(p: &Platform) -> Vec<(PathBuf, Vec<i32>)> {
+    let mut hierarchies = vec![PathBuf::from("/sys/fs/cgroup")];
+    hierarchies.extend(
+        std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    let mut found = Vec::new();
+    for h in hierarchies {
+        for entry in std::fs::read_dir(h.join(p.cgroup_parent()))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with("cap") {
+                let procs = std::fs::read_to_string(entry.path().join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                found.push((entry.path(), procs));
+            }
+        }
+    }
+    found
+}
+
+/// A run cut short by the daemon's death: the next daemon records it as failed and removes
+/// what is left of it, the function its runner went on running included, rather than leaving
+/// it `running` in the history and its cgroup behind for good.
+#[test]
+fn a_capsule_run_cut_short_by_the_daemons_death_is_settled_by_the_next_daemon() {
+    let p = Platform::new();
+    let manifest = p.manifest(
+        "cut",
+        "app = \"cut\"\n\n[services.tick]\nimage = \"host\"\ncommand = [\"sleep\", \"3600\"]\n\n\
+         [services.tick.capsules]\ndebug = \"read\"\n",
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    // The first run builds the capsule's image (slow on a busy machine): the second attaches.
+    capsule_ok(
+        &p,
+        &["debug", "-a", "cut", "-l", "instance=tick.1", "--", "true"],
+    );
+    let mut cli = p
+        .command()
+        .args([
+            "capsule",
+            "run",
+            "debug",
+            "-a",
+            "cut",
+            "-l",
+            "instance=tick.1",
+        ])
+        .args(["--", "sleep", "600"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its function runs: processes in the capsule's cgroup.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let processes: Vec<i32> = loop {
+        let procs: Vec<i32> = capsule_cgroups(&p)
+            .into_iter()
+            .flat_map(|(_, procs)| procs)
+            .collect();
+        if !procs.is_empty() {
+            break procs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capsule never ran\n{}",
+            p.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let daemon = p.daemon_pid().unwrap();
+    common::kill9(daemon);
+    while common::alive(daemon) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = cli.wait();
+    assert!(
+        processes.iter().any(|pid| common::alive(*pid)),
+        "the capsule's processes outlive the daemon that started them"
+    );
+
+    // The next daemon (started by this command) settles the run.
+    let history: Value =
+        serde_json::from_str(&p.ok(&["capsule", "history", "-a", "cut", "-o", "json"])).unwrap();
+    let run = history.as_array().unwrap().last().unwrap();
+    assert_eq!(run["args"][0], "sleep", "{run}");
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(
+        run["detail"], "the daemon restarted during the run",
+        "{run}"
+    );
+    assert!(capsule_cgroups(&p).is_empty(), "{:?}", capsule_cgroups(&p));
+    for pid in processes {
+        assert!(!common::alive(pid), "pid {pid} of the capsule still runs");
+    }
+    assert!(p
+        .events("cut")
+        .contains("failed: the daemon restarted during the run"));
+}

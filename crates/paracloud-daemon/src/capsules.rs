@@ -669,7 +669,7 @@ fn config_for(
     }
     let env = env.into_iter().collect();
     CapsuleConfig {
-        id: format!("cap{run}-{}", key.id()),
+        id: capsule_id(run, key),
         dir,
         rootfs,
         argv,
@@ -684,6 +684,45 @@ fn config_for(
             disk: None,
         },
         tty: false,
+    }
+}
+
+/// The id of the capsule of run `run` on `key`, which names its cgroup: unique among instances
+/// and capsules.
+fn capsule_id(run: i64, key: &InstanceKey) -> String {
+    format!("cap{run}-{}", key.id())
+}
+
+impl<D: Driver> Engine<D> {
+    /// At start: the runs a killed daemon left recorded as running can report to no one any
+    /// more. Each is recorded as failed, and what is left of its capsules (their cgroups, and a
+    /// function still running in them, whose runner outlived the daemon) is removed.
+    pub fn settle_interrupted_capsule_runs(&self) -> Result<(), paracloud_state::Error> {
+        for (run, mut record) in self.store.running_capsule_runs()? {
+            for target in &record.targets {
+                let Some((service, index)) = target
+                    .instance
+                    .rsplit_once('.')
+                    .and_then(|(s, i)| Some((s, i.parse().ok()?)))
+                else {
+                    continue;
+                };
+                let id = capsule_id(run, &InstanceKey::new(&record.app, service, index));
+                // Removes the cgroup (killing what is in it) as for an instance's leftovers.
+                if let Err(e) = self.driver.cleanup(&id) {
+                    tracing::warn!("cannot remove what is left of capsule {id}: {e}");
+                }
+            }
+            record.status = "failed".into();
+            record.detail = "the daemon restarted during the run".into();
+            self.store.update_capsule_run(run, &record)?;
+            self.event(
+                &record.app,
+                &record.capsule,
+                &format!("capsule run {run} failed: the daemon restarted during the run"),
+            );
+        }
+        Ok(())
     }
 }
 

@@ -486,11 +486,7 @@ impl<D: Driver> Engine<D> {
                 }
             }
             Action::Stop { key, reason } => {
-                let stopping = self.store.update_instance(&key, |record| {
-                    record.state = InstanceState::Stopping { reason };
-                    record.since = now_ms();
-                });
-                if let Ok(Some(_)) = stopping {
+                if let Ok(true) = self.mark_stopping(&key, reason) {
                     // Out of the data plane's routes first, then stopped (see `stop`).
                     self.push_routes();
                     self.stop(&key, reason);
@@ -922,6 +918,25 @@ impl<D: Driver> Engine<D> {
         if let Some(live) = lock(&self.live).get_mut(key) {
             live.health = Some(handle.abort_handle());
         }
+    }
+
+    /// Records that an instance is stopping, unless its end is already recorded: a stop decided
+    /// on a snapshot taken before its process ended must not make it `stopping` again, with no
+    /// process left whose end would ever be recorded. True when recorded.
+    pub(crate) fn mark_stopping(
+        &self,
+        key: &InstanceKey,
+        reason: StopReason,
+    ) -> Result<bool, paracloud_state::Error> {
+        let mut marked = false;
+        self.store.update_instance(key, |record| {
+            if !matches!(record.state, InstanceState::Exited { .. }) {
+                record.state = InstanceState::Stopping { reason };
+                record.since = now_ms();
+                marked = true;
+            }
+        })?;
+        Ok(marked)
     }
 
     /// Records what the probe loop reports: a new health (with an event that says what failed),

@@ -339,3 +339,39 @@ async fn a_network_that_fails_to_set_up_is_said_once() {
     run_for(Duration::from_secs(2)).await;
     assert_eq!(daemon.driver.running(), ["t-w-1"]);
 }
+
+/// A stop decided on a snapshot taken before the instance's process ended, and carried out
+/// after its end was recorded, leaves it ended: made `stopping` again, with no process left whose
+/// end would be recorded, it stayed listed as stopping for good and its service never settled (as
+/// the fault-injection campaign found after a daemon restart).
+#[tokio::test(start_paused = true)]
+async fn a_stop_decided_before_an_exit_does_not_bring_the_instance_back_as_stopping() {
+    let daemon = daemon();
+    daemon.up(
+        "app = \"t\"\n[services.w]\nimage = \"host\"\ncommand = [\"serve\"]\nreplicas = 2\nrestart = \"no\"\n",
+    );
+    run_for(Duration::from_millis(300)).await;
+    let key = InstanceKey::new("t", "w", 2);
+    let before_its_end = daemon.engine.store.load().unwrap();
+    let process = daemon.engine.process_of(&key).unwrap();
+    daemon
+        .engine
+        .driver
+        .signal(&process, Signal::SIGKILL)
+        .unwrap();
+    run_for(Duration::from_millis(10)).await;
+    let state = |daemon: &Daemon| daemon.engine.store.instance(&key).unwrap().unwrap().state;
+    assert!(matches!(state(&daemon), InstanceState::Exited { .. }));
+
+    let stop = Action::Stop {
+        key: key.clone(),
+        reason: StopReason::ScaleIn,
+    };
+    daemon.engine.execute(&before_its_end, stop).await;
+    run_for(Duration::from_secs(5)).await;
+    assert!(
+        matches!(state(&daemon), InstanceState::Exited { .. }),
+        "{:?}",
+        state(&daemon)
+    );
+}

@@ -165,6 +165,7 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), Error> {
     let _ = fs::remove_dir_all(root.join("builds"));
     let engine = Engine::new(config.clone(), store, runtime, images);
     engine.recover()?;
+    engine.settle_interrupted_capsule_runs()?;
     engine.start_dataplane();
 
     let socket = config.socket_path();

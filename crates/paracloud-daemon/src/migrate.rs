@@ -12,7 +12,6 @@ use paracloud_manifest::MigrateMethod;
 use paracloud_paci::{EventKind, Target};
 use paracloud_reconcile::{InstanceKey, InstanceState, StopReason};
 
-use crate::clock::now_ms;
 use crate::driver::Driver;
 use crate::engine::{Engine, StartAs};
 use crate::paci_hub::{describe_answer, Answer};
@@ -334,12 +333,7 @@ impl<D: Driver> Engine<D> {
         self.store
             .update_instance(&new, |successor| successor.held = false)?
             .ok_or_else(|| MigrateError::Failed(format!("{to} vanished from the state")))?;
-        self.store.update_instance(key, |record| {
-            record.state = InstanceState::Stopping {
-                reason: StopReason::Replace,
-            };
-            record.since = now_ms();
-        })?;
+        self.mark_stopping(key, StopReason::Replace)?;
         self.push_routes();
         note(format!("switched: {to} takes the traffic of {from}"));
         if via == MigrateMethod::Criu {
@@ -551,18 +545,14 @@ impl<D: Driver> Engine<D> {
 
     /// Stops a successor that will not take over.
     pub(crate) async fn abandon(self: &Arc<Self>, new: &InstanceKey) {
-        if let Ok(Some(mut record)) = self.store.instance(new) {
+        if let Ok(Some(record)) = self.store.instance(new) {
             if matches!(
                 record.state,
                 InstanceState::Running { .. } | InstanceState::Starting
             ) {
                 // A start under way is recorded as running first, then stopped.
                 let _ = self.wait_exit(new, Duration::ZERO).await;
-                record.state = InstanceState::Stopping {
-                    reason: StopReason::ScaleIn,
-                };
-                record.since = now_ms();
-                if let Err(e) = self.store.put_instance(&record) {
+                if let Err(e) = self.mark_stopping(new, StopReason::ScaleIn) {
                     tracing::error!("cannot record that {new} is stopping: {e}");
                 }
                 self.push_routes();

@@ -536,6 +536,23 @@ impl Store {
         Ok(())
     }
 
+    /// The capsule runs recorded as running, oldest first: at a daemon's start, those its
+    /// predecessor left when it died.
+    pub fn running_capsule_runs(&self) -> Result<Vec<(i64, CapsuleRun)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, record FROM capsule_runs
+             WHERE json_extract(record, '$.status') = 'running' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut runs = Vec::new();
+        for row in rows {
+            let (id, record) = row?;
+            runs.push((id, serde_json::from_str(&record)?));
+        }
+        Ok(runs)
+    }
+
     /// The last `limit` capsule runs, oldest first, optionally of one application.
     pub fn capsule_runs(&self, app: Option<&str>, limit: u32) -> Result<Vec<(i64, CapsuleRun)>> {
         let conn = self.conn();

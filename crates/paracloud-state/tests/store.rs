@@ -241,6 +241,37 @@ fn events_are_read_in_order_after_an_id() {
 }
 
 #[test]
+fn the_capsule_runs_still_running_are_found_for_a_new_daemon_to_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    let run = |status: &str| CapsuleRun {
+        who: "root".into(),
+        capsule: "checksum".into(),
+        app: "shop".into(),
+        selector: "instance=web.1".into(),
+        args: vec![],
+        targets: vec![],
+        started: 1,
+        duration_ms: None,
+        status: status.into(),
+        detail: String::new(),
+        output_bytes: 0,
+    };
+    let first = store.add_capsule_run(&run("running")).unwrap();
+    store.add_capsule_run(&run("ok")).unwrap();
+    let third = store.add_capsule_run(&run("running")).unwrap();
+    let running: Vec<i64> = store
+        .running_capsule_runs()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(running, [first, third]);
+    store.update_capsule_run(first, &run("failed")).unwrap();
+    assert_eq!(store.running_capsule_runs().unwrap().len(), 1);
+}
+
+#[test]
 fn a_revision_shares_its_service_address_and_keeps_a_set_weight_until_the_next_up() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state.db")).unwrap();
