@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use paracloud_api::{CpuRequest, MigrateRequest, ScaleRequest, TrafficRequest, UpRequest};
 use paracloud_command::{decide, Caller, Command, Limits, Role};
 use paracloud_manifest::{parse, FileSystem, Origin};
-use paracloud_state::{AppRecord, Change, ServiceRecord, Snapshot};
+use paracloud_state::{AppRecord, Change, Snapshot};
 
 struct AnyFs;
 
@@ -39,32 +39,8 @@ fn origin() -> Origin {
 
 fn deployed() -> Snapshot {
     let manifest = parse(SHOP, &origin(), &AnyFs).expect("the seed manifest is valid");
-    let services = manifest
-        .services
-        .iter()
-        .enumerate()
-        .map(|(slot, (name, spec))| {
-            let record = ServiceRecord {
-                replicas: spec.replicas,
-                revision: 1,
-                slot: slot as u32,
-                weight: None,
-                cpu: None,
-            };
-            (name.clone(), record)
-        })
-        .collect();
     Snapshot {
-        apps: vec![AppRecord {
-            name: manifest.app.clone(),
-            manifest,
-            source: SHOP.into(),
-            origin: "paracloud.toml".into(),
-            subnet_index: 0,
-            removing: None,
-            services,
-            created: 0,
-        }],
+        apps: vec![AppRecord::deployed(manifest, SHOP)],
         instances: Vec::new(),
         networks: Default::default(),
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use paracloud_manifest::{parse, FileSystem, Origin};
 use paracloud_reconcile::{InstanceKey, InstanceState};
-use paracloud_state::{AppRecord, InstanceRecord, ServiceRecord, Snapshot};
+use paracloud_state::{AppRecord, InstanceRecord, Snapshot};
 use proptest::prelude::*;
 
 use super::*;
@@ -60,32 +60,7 @@ fn manifest(source: &str) -> paracloud_manifest::Manifest {
 }
 
 fn app(source: &str) -> AppRecord {
-    let manifest = manifest(source);
-    let services = manifest
-        .services
-        .iter()
-        .enumerate()
-        .map(|(slot, (name, spec))| {
-            let record = ServiceRecord {
-                replicas: spec.replicas,
-                revision: 1,
-                slot: slot as u32,
-                weight: None,
-                cpu: None,
-            };
-            (name.clone(), record)
-        })
-        .collect();
-    AppRecord {
-        name: manifest.app.clone(),
-        manifest,
-        source: source.into(),
-        origin: "paracloud.toml".into(),
-        subnet_index: 0,
-        removing: None,
-        services,
-        created: 0,
-    }
+    AppRecord::deployed(manifest(source), source)
 }
 
 fn shop() -> Snapshot {

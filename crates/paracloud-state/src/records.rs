@@ -26,6 +26,39 @@ pub struct AppRecord {
     pub created: Millis,
 }
 
+impl AppRecord {
+    /// The record of `manifest` as just deployed from `source` on the pool's first subnet: each
+    /// service at its manifest's replicas, revision 1, address slots in service order (for
+    /// decisions made on plain data, in tests and fuzzing).
+    pub fn deployed(manifest: Manifest, source: &str) -> Self {
+        let services = manifest
+            .services
+            .iter()
+            .enumerate()
+            .map(|(slot, (name, spec))| {
+                let record = ServiceRecord {
+                    replicas: spec.replicas,
+                    revision: 1,
+                    slot: slot as u32,
+                    weight: None,
+                    cpu: None,
+                };
+                (name.clone(), record)
+            })
+            .collect();
+        AppRecord {
+            name: manifest.app.clone(),
+            manifest,
+            source: source.into(),
+            origin: "paracloud.toml".into(),
+            subnet_index: 0,
+            removing: None,
+            services,
+            created: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRecord {
     pub replicas: u32,
