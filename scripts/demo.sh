@@ -3,6 +3,10 @@
 # are real namespaces and cgroups) and asks it for its page through the published port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The daemon's host firewall needs nftables' nft.
+if ! command -v nft >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
+fi
 cargo build --release --workspace --quiet
 # Each service runs from a micro-image of its program: the binary, its shared libraries and a
 # minimal /etc. (examples/shop/paracloud.toml runs the same programs from `image = "host"`.)
