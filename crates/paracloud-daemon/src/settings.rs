@@ -52,7 +52,7 @@ fn parse(text: &str) -> Result<Settings, String> {
             let bytes = paracloud_manifest::parse_size(size.get_ref()).map_err(|e| {
                 format!("line {line}: default_disk: {e} (write a size such as \"10G\")")
             })?;
-            if bytes < 16 << 20 {
+            if bytes < paracloud_manifest::MIN_DISK {
                 return Err(format!(
                     "line {line}: default_disk: {bytes} bytes is below the minimum of 16M"
                 ));

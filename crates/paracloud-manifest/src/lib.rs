@@ -24,7 +24,7 @@ pub use error::{Diagnostic, ManifestError};
 pub use model::*;
 pub use reader::child as field_path;
 pub use units::suggest;
-pub use units::{parse_memory as parse_size, MAX_MEMORY, MAX_PIDS};
+pub use units::{parse_memory as parse_size, MAX_MEMORY, MAX_PIDS, MIN_DISK};
 
 /// Where a manifest comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

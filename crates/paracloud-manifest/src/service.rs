@@ -82,9 +82,8 @@ const MEMORY: SizeRule = SizeRule {
     example: "give the memory an instance needs, such as \"512M\" or \"4G\"",
 };
 
-/// The writable layer is a filesystem of its own: below 16M ext4 leaves little room for files.
 const DISK: SizeRule = SizeRule {
-    min: 16 << 20,
+    min: units::MIN_DISK,
     min_text: "16M",
     example: "give the disk space an instance writes, such as \"1G\"",
 };

@@ -12,6 +12,8 @@ pub(crate) const MAX_NAME_LEN: usize = 32;
 
 /// The smallest memory limit accepted: below it even a shell does not start.
 pub(crate) const MIN_MEMORY: u64 = 4 << 20;
+/// The smallest writable layer: below 16M ext4 leaves little room for files.
+pub const MIN_DISK: u64 = 16 << 20;
 
 /// The largest memory limit an instance may ask for: 64 TiB, more than a machine has (the
 /// daemon refuses more than its own machine's at `up`).

@@ -170,11 +170,17 @@ impl Store {
         written.is_ok()
     }
 
+    /// Whether `error` says the filesystem is full and the reserve was there to give back: then
+    /// a write is worth trying once more.
+    fn gave_back_reserve(&self, error: &Error) -> bool {
+        is_disk_full(error) && std::fs::remove_file(&self.reserve).is_ok()
+    }
+
     /// Runs the write `op`; when the filesystem is full, gives the reserve back and runs it
     /// once more.
     fn writing<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
         match op() {
-            Err(e) if is_disk_full(&e) && std::fs::remove_file(&self.reserve).is_ok() => op(),
+            Err(e) if self.gave_back_reserve(&e) => op(),
             other => other,
         }
     }
@@ -597,12 +603,9 @@ impl Store {
         mut decide: impl FnMut(&Snapshot) -> std::result::Result<(Vec<Change>, T), E>,
     ) -> std::result::Result<T, E> {
         match self.transact_once(now, &mut decide) {
-            Err(Refused::Store(e))
-                if is_disk_full(&e) && std::fs::remove_file(&self.reserve).is_ok() =>
-            {
-                self.transact_once(now, &mut decide)
-                    .map_err(Refused::into_caller)
-            }
+            Err(Refused::Store(e)) if self.gave_back_reserve(&e) => self
+                .transact_once(now, &mut decide)
+                .map_err(Refused::into_caller),
             other => other.map_err(Refused::into_caller),
         }
     }
