@@ -504,6 +504,7 @@ impl ParacloudRunner {
             log_path: dir.join("output.log"),
             owned: Vec::new(),
             userns: None,
+            sandbox: Default::default(),
         };
         let addr = SocketAddr::new(IpAddr::V4(ip), INSTANCE_PORT);
 

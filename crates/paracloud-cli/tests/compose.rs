@@ -108,3 +108,91 @@ fn a_refused_key_fails_up_at_its_line() {
     );
     assert!(stderr.contains("hint: remove `privileged`"), "{stderr}");
 }
+
+/// The sandbox keys of a Compose file reach the instance: an init that passes the stop signal
+/// on (a shell as pid 1 would ignore it), a read-only root beside writable tmpfs mounts, the
+/// size of /dev/shm, resource limits and namespaced kernel parameters.
+#[test]
+fn sandbox_keys_shape_the_instance_and_init_passes_the_stop_signal_on() {
+    let p = Platform::new();
+    p.busybox_image();
+    let script = "cat /proc/self/limits | grep -i 'open files'; \
+        echo somaxconn=$$(cat /proc/sys/net/core/somaxconn); \
+        touch /rootfile 2>/dev/null && echo root-writable || echo root-read-only; \
+        touch /cache/x && echo cache-writable; \
+        grep -E ' /(cache|dev/shm) ' /proc/mounts; \
+        echo pid=$$$$; echo ready; sleep 1000";
+    let compose = format!(
+        r#"name: sandboxed
+services:
+  boxed:
+    image: busybox:1
+    command: ["/bin/busybox", "sh", "-c", "{script}"]
+    init: true
+    read_only: true
+    tmpfs: ["/cache:size=8m,mode=1777"]
+    shm_size: 32m
+    ulimits:
+      nofile: {{soft: 1000, hard: 2000}}
+    sysctls:
+      net.core.somaxconn: 777
+    stop_grace_period: 60s
+  bare:
+    image: busybox:1
+    command: ["/bin/busybox", "sh", "-c", "echo ready; sleep 1000"]
+    stop_grace_period: 2s
+"#
+    );
+    let dir = project(&p, "sandboxed", &compose);
+    let out = in_dir(&p, &dir, &["up", "--timeout", "60s"]);
+    assert!(
+        out.status.success(),
+        "up failed: {}\n--- daemon log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.daemon_log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logs = loop {
+        let logs = p.ok(&["logs", "-a", "sandboxed", "boxed"]);
+        let bare = p.ok(&["logs", "-a", "sandboxed", "bare"]);
+        if logs.contains("ready") && bare.contains("ready") {
+            break logs;
+        }
+        assert!(Instant::now() < deadline, "never ready: {logs}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let open_files = logs
+        .lines()
+        .find(|l| l.contains("open files"))
+        .unwrap_or_default();
+    let words: Vec<&str> = open_files.split_whitespace().collect();
+    assert!(words.contains(&"1000") && words.contains(&"2000"), "{logs}");
+    assert!(logs.contains("somaxconn=777"), "{logs}");
+    assert!(logs.contains("root-read-only"), "{logs}");
+    assert!(logs.contains("cache-writable"), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(" /cache tmpfs") && l.contains("size=8192k")),
+        "{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(" /dev/shm tmpfs") && l.contains("size=32768k")),
+        "{logs}"
+    );
+    // The shell is not pid 1: the init is.
+    assert!(!logs.contains("pid=1\n"), "{logs}");
+
+    // Stopped by a scale to zero, which keeps the application and its events.
+    p.ok(&["scale", "-a", "sandboxed", "boxed=0", "bare=0"]);
+    let events = p.events("sandboxed");
+    let killed: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("grace period over"))
+        .collect();
+    // The shell without an init ignores SIGTERM as pid 1 and is killed after its grace period;
+    // the one under an init gets the signal and ends.
+    assert!(killed.iter().any(|l| l.contains("bare.1")), "{events}");
+    assert!(!killed.iter().any(|l| l.contains("boxed.1")), "{events}");
+    p.ok(&["down", "-a", "sandboxed"]);
+}

@@ -13,6 +13,7 @@
 mod dotenv;
 mod interpolate;
 mod out;
+mod sandbox;
 mod service;
 mod values;
 mod yaml;

@@ -19,7 +19,7 @@ pub(crate) struct Context<'a> {
 
 /// The capabilities Docker gives a container, which Compose files expect; native manifests keep
 /// none unless asked.
-const DOCKER_CAPABILITIES: &[&str] = &[
+pub(crate) const DOCKER_CAPABILITIES: &[&str] = &[
     "CHOWN",
     "DAC_OVERRIDE",
     "FSETID",
@@ -64,6 +64,13 @@ const KEYS: &[&str] = &[
     "stop_signal",
     "stop_grace_period",
     "cap_add",
+    "cap_drop",
+    "init",
+    "read_only",
+    "tmpfs",
+    "shm_size",
+    "ulimits",
+    "sysctls",
 ];
 
 /// Keys of the Compose specification Paracloud refuses: the key, why, and what to do instead.
@@ -77,19 +84,12 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("configs", "Paracloud has no config store", "mount the file with a bind volume (`./app.conf:/etc/app.conf:ro`)"),
     ("profiles", "every service of the file runs", "remove `profiles`, and the services you do not want to run"),
     ("extends", "one service is one table", "copy the keys of the extended service into this one"),
-    ("init", "there is no init process in instances", "remove `init`; the daemon reaps and stops the instance's processes itself"),
-    ("cap_drop", "instances keep only Docker's default capabilities and `cap_add`", "remove `cap_drop`"),
-    ("sysctls", "instances cannot change kernel parameters", "remove `sysctls`"),
-    ("ulimits", "instances are bounded by cgroup limits", "use `deploy.resources.limits` (`pids`, `memory`) instead"),
-    ("read_only", "the root filesystem always has a private writable layer", "remove `read_only`"),
-    ("shm_size", "/dev/shm is not sized per instance", "remove `shm_size`"),
     ("links", "services reach each other by name", "remove `links`"),
     ("external_links", "an application reaches only its own services", "remove `external_links`"),
     ("platform", "instances run on this machine's platform", "remove `platform`"),
     ("pid", "instances always have their own process namespace", "remove `pid`"),
     ("ipc", "instances always have their own IPC namespace", "remove `ipc`"),
     ("security_opt", "instances run with Paracloud's seccomp profile and no_new_privs", "remove `security_opt`"),
-    ("tmpfs", "tmpfs mounts are not supported yet", "remove `tmpfs`, or mount a named volume there"),
     ("dns", "instances use the application's resolver", "remove it"),
     ("dns_search", "instances use the application's resolver", "remove it"),
     ("extra_hosts", "instances resolve the application's services only", "remove `extra_hosts`"),
@@ -110,13 +110,13 @@ type Line = (String, usize, String);
 
 /// A service's table: keys first, then its sub-tables (TOML wants them in that order).
 #[derive(Default)]
-struct Table {
+pub(crate) struct Table {
     keys: Vec<Line>,
     tables: Vec<(String, Vec<Line>)>,
 }
 
 impl Table {
-    fn key(&mut self, text: String, offset: usize, field: &str) {
+    pub(crate) fn key(&mut self, text: String, offset: usize, field: &str) {
         self.keys.push((text, offset, field.to_owned()));
     }
 
@@ -236,8 +236,10 @@ pub(crate) fn service(
         &path,
         &mut t,
     );
+    // `tmpfs` volumes join the service's `tmpfs` list.
+    let mut tmpfs = Vec::new();
     if let Some((_, value)) = get("volumes") {
-        volumes(r, cx, declared_volumes, value, &f("volumes"), &mut t);
+        tmpfs = volumes(r, cx, declared_volumes, value, &f("volumes"), &mut t);
     }
     if let Some((_, value)) = get("depends_on") {
         depends_on(r, value, &f("depends_on"), &mut t);
@@ -269,29 +271,30 @@ pub(crate) fn service(
             );
         }
     }
-    // Docker's default capabilities, then the file's own.
-    let mut caps: Vec<String> = DOCKER_CAPABILITIES
-        .iter()
-        .map(|c| (*c).to_owned())
-        .collect();
-    let mut caps_offset = name_node.offset;
-    if let Some((_, value)) = get("cap_add") {
-        caps_offset = value.offset;
-        if let Some(added) = r.strings(value, &f("cap_add")) {
-            for (cap, _) in added {
-                let bare = cap.to_ascii_uppercase();
-                let bare = bare.strip_prefix("CAP_").unwrap_or(&bare).to_owned();
-                if !caps.contains(&bare) {
-                    caps.push(bare);
-                }
-            }
-        }
-    }
-    t.key(
-        format!("cap_add = {}", out::strings(&caps)),
-        caps_offset,
-        &f("cap_add"),
+    crate::sandbox::capabilities(
+        r,
+        get("cap_add").map(|(_, v)| v),
+        get("cap_drop").map(|(_, v)| v),
+        &path,
+        name_node.offset,
+        &mut t,
     );
+    crate::sandbox::flags(r, entries, &path, &mut t);
+    if let Some((_, value)) = get("shm_size") {
+        crate::sandbox::shm_size(r, value, &f("shm_size"), &mut t);
+    }
+    if let Some((_, value)) = get("ulimits") {
+        crate::sandbox::ulimits(r, value, &f("ulimits"), &mut t);
+    }
+    if let Some((_, value)) = get("sysctls") {
+        crate::sandbox::sysctls(r, value, &f("sysctls"), &mut t);
+    }
+    tmpfs.extend(
+        get("tmpfs")
+            .map(|(_, v)| crate::sandbox::tmpfs_key(r, v, &f("tmpfs")))
+            .unwrap_or_default(),
+    );
+    crate::sandbox::write_tmpfs(&mut t, tmpfs, name_node.offset, &f("tmpfs"));
     for key in ["container_name", "hostname"] {
         if let Some((_, value)) = get(key) {
             // Accepted and not used: instances are named `SERVICE.N`, and reached by the
@@ -772,7 +775,8 @@ fn long_port(r: &mut Reader<'_>, entries: &[(Node, Node)], field: &str) -> Optio
     Some((format!("{{ {} }}", parts.join(", ")), target))
 }
 
-/// `volumes` of a service: named volumes and bind mounts.
+/// `volumes` of a service: named volumes and bind mounts; returns its `tmpfs` volumes as
+/// entries of the manifest's `tmpfs` list.
 fn volumes(
     r: &mut Reader<'_>,
     cx: &Context<'_>,
@@ -780,15 +784,24 @@ fn volumes(
     node: &Node,
     field: &str,
     t: &mut Table,
-) {
+) -> Vec<(String, usize, String)> {
+    let mut tmpfs = Vec::new();
     let Kind::Seq(items) = &node.kind else {
         r.expected(node, field, "a list of volumes");
-        return;
+        return tmpfs;
     };
     let mut written = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let f = format!("{field}[{i}]");
         let mount = match &item.kind {
+            Kind::Map(entries)
+                if entries
+                    .iter()
+                    .any(|(k, v)| k.text() == Some("type") && v.text() == Some("tmpfs")) =>
+            {
+                tmpfs.extend(crate::sandbox::tmpfs_volume(r, entries, item, &f));
+                continue;
+            }
             Kind::Map(entries) => long_volume(r, entries, item, &f),
             _ => match r.string(item, &f) {
                 Some(text) => short_volume(r, text, item, &f),
@@ -846,13 +859,14 @@ fn volumes(
         written.push((format!("  {text},"), item.offset, f));
     }
     if written.is_empty() {
-        return;
+        return tmpfs;
     }
     t.key("volumes = [".into(), node.offset, field);
     for (text, offset, f) in written {
         t.key(text, offset, &f);
     }
     t.key("]".into(), node.offset, field);
+    tmpfs
 }
 
 /// `SOURCE:TARGET[:MODE]` as (source, target, read_only, bind).
@@ -931,7 +945,9 @@ fn long_volume(
                         value.offset,
                         &f,
                         format!("volume type {} is not supported", value.describe()),
-                        Some("use `volume` (a named volume) or `bind` (a host path)".into()),
+                        Some(
+                            "use `volume` (a named volume), `bind` (a host path) or `tmpfs`".into(),
+                        ),
                     );
                 }
             },

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use paracloud_manifest::{
-    DependsCondition, FileSystem, Image, Origin, Probe, RestartCondition, Service, VolumeMount,
+    DependsCondition, FileSystem, Image, Origin, Probe, RestartCondition, Service, Ulimit,
+    VolumeMount,
 };
 
 use super::*;
@@ -377,6 +378,64 @@ fn anchors_and_merge_keys_work_as_in_compose() {
 }
 
 #[test]
+fn sandbox_keys_carry_over() {
+    let s = web("services:\n  web:\n    image: a\n    init: true\n    read_only: true\n    shm_size: 128m\n    tmpfs: [/run, \"/cache:size=64m,mode=1770\"]\n    volumes:\n      - type: tmpfs\n        target: /scratch\n        tmpfs: {size: 1048576, mode: \"700\"}\n    ulimits:\n      nproc: 512\n      nofile: {soft: 1024, hard: 4096}\n    sysctls: [net.core.somaxconn=1024]\n    cap_drop: [ALL]\n    cap_add: [NET_BIND_SERVICE]\n");
+    let b = &s.sandbox;
+    assert!(b.init && b.read_only);
+    assert_eq!(b.shm_size, Some(128 << 20));
+    let tmpfs: Vec<_> = b
+        .tmpfs
+        .iter()
+        .map(|t| (t.target.as_str(), t.size, t.mode))
+        .collect();
+    assert_eq!(
+        tmpfs,
+        [
+            ("/scratch", Some(1 << 20), Some(0o700)),
+            ("/run", None, None),
+            ("/cache", Some(64 << 20), Some(0o1770)),
+        ]
+    );
+    assert_eq!(
+        b.ulimits["nproc"],
+        Ulimit {
+            soft: 512,
+            hard: 512
+        }
+    );
+    assert_eq!(
+        b.ulimits["nofile"],
+        Ulimit {
+            soft: 1024,
+            hard: 4096
+        }
+    );
+    assert_eq!(b.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(s.cap_add, ["CAP_NET_BIND_SERVICE"]);
+    let kept = web("services:\n  web:\n    image: a\n    cap_drop: [chown, CAP_KILL]\n").cap_add;
+    assert!(!kept.contains(&"CAP_CHOWN".to_owned()) && !kept.contains(&"CAP_KILL".to_owned()));
+    assert!(kept.contains(&"CAP_SETUID".to_owned()));
+    for (key, wanted) in [
+        ("sysctls: {kernel.panic: 1}", "would change the host"),
+        ("ulimits: {files: 1}", "unknown ulimit `files`"),
+        (
+            "ulimits: {nofile: {soft: 9, hard: 1}}",
+            "above the hard limit",
+        ),
+        ("tmpfs: \"/run:ro\"", "tmpfs option `ro` is not supported"),
+        ("tmpfs: run", "must be an absolute path"),
+        ("cap_add: [ALL]", "`cap_add: ALL` is not supported"),
+        ("shm_size: lots", "invalid memory size"),
+    ] {
+        let e = error(&format!("services:\n  web:\n    image: a\n    {key}\n"));
+        assert!(
+            e.starts_with("compose.yaml:4:") && e.contains(wanted),
+            "{key}: {e}"
+        );
+    }
+}
+
+#[test]
 fn keys_paracloud_cannot_honour_are_refused_with_a_way_out() {
     let e = error("services:\n  web:\n    image: a\n    privileged: true\n");
     assert_eq!(e, "compose.yaml:4:5: services.web.privileged: `privileged` is not supported: instances never run privileged\n  hint: remove `privileged`, and add only the capabilities the service needs to `cap_add`");
@@ -388,12 +447,6 @@ fn keys_paracloud_cannot_honour_are_refused_with_a_way_out() {
         "configs: [a]",
         "profiles: [a]",
         "extends: {service: b}",
-        "init: true",
-        "cap_drop: [ALL]",
-        "sysctls: {a: 1}",
-        "ulimits: {nofile: 1}",
-        "read_only: true",
-        "shm_size: 1g",
         "networks: [a]",
     ] {
         let e = error(&format!("services:\n  web:\n    image: a\n    {key}\n"));

@@ -301,6 +301,7 @@ async fn run_step<D: Driver>(
         log_path: dir.join("output.log"),
         owned: Vec::new(),
         userns: None,
+        sandbox: Default::default(),
     };
     let result = async {
         let process = engine

@@ -827,6 +827,7 @@ impl<D: Driver> Engine<D> {
                 .settings
                 .userns
                 .then(|| app_ids(app.subnet_index)),
+            sandbox: sandbox(&service.sandbox),
         }
     }
 
@@ -1208,6 +1209,34 @@ pub fn views(snapshot: &Snapshot) -> (Desired, Observed) {
         })
         .collect();
     (desired, observed)
+}
+
+/// The runtime's form of a service's sandbox settings.
+fn sandbox(s: &paracloud_manifest::Sandbox) -> paracloud_runtime::Sandbox {
+    paracloud_runtime::Sandbox {
+        init: s.init,
+        read_only: s.read_only,
+        tmpfs: s
+            .tmpfs
+            .iter()
+            .map(|t| paracloud_runtime::Tmpfs {
+                target: t.target.clone(),
+                size: t.size,
+                mode: t.mode,
+            })
+            .collect(),
+        shm_size: s.shm_size,
+        rlimits: s
+            .ulimits
+            .iter()
+            .map(|(resource, l)| paracloud_runtime::Rlimit {
+                resource: resource.clone(),
+                soft: l.soft,
+                hard: l.hard,
+            })
+            .collect(),
+        sysctls: s.sysctls.clone().into_iter().collect(),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod known_capsules;
 mod location;
 mod model;
 mod reader;
+mod sandbox;
 mod service;
 mod units;
 

@@ -167,6 +167,42 @@ pub struct Service {
     /// share of its traffic.
     #[serde(default)]
     pub revision_of: Option<RevisionOf>,
+    /// `init`, `read_only`, `tmpfs`, `shm_size`, `ulimits` and `sysctls`: how its sandbox
+    /// differs from the default one.
+    #[serde(default)]
+    pub sandbox: Sandbox,
+}
+
+/// How a service's sandbox differs from the default one (the keys Compose files use).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// A minimal init runs as pid 1: it forwards signals to the command and reaps orphans.
+    pub init: bool,
+    /// The root filesystem is read-only (volumes, `tmpfs`, /tmp and /dev/shm stay writable).
+    pub read_only: bool,
+    pub tmpfs: Vec<TmpfsMount>,
+    /// Bytes of /dev/shm (64 MiB when not set).
+    pub shm_size: Option<u64>,
+    /// Resource limits of the command, by name without `RLIMIT_` (`nofile`, `nproc`, ...).
+    pub ulimits: BTreeMap<String, Ulimit>,
+    /// Kernel parameters of the instance's own network and IPC namespaces.
+    pub sysctls: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    /// Absolute path inside the instance.
+    pub target: String,
+    /// Bytes; `None`: the kernel's default.
+    pub size: Option<u64>,
+    /// Permission bits of its root (`None`: 1777).
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// How an instance's state reaches its successor when it is migrated.

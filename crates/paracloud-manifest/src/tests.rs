@@ -134,6 +134,7 @@ fn full_manifest_covers_every_key() {
         ]
         .into(),
         revision_of: None,
+        sandbox: Default::default(),
     };
     assert_eq!(manifest.services["kv"], kv);
     assert_eq!(
@@ -1455,4 +1456,32 @@ fn regression_scaling_in_the_manifest_is_no_new_revision() {
     memory.resources.memory = Some(1 << 27);
     assert!(!memory.runs_as(&plain), "a memory limit is set at creation");
     assert!(!web("user = \"nobody\"\n").runs_as(&plain));
+}
+
+#[test]
+fn sandbox_keys_are_read_and_checked() {
+    let m = valid(&format!(
+        "{HEAD}init = true\nread_only = true\ntmpfs = [\"/run\", {{ target = \"/cache\", size = \"8M\", mode = \"700\" }}]\nshm_size = \"32M\"\nulimits = {{ nofile = {{ soft = 10, hard = 20 }}, nproc = 5 }}\nsysctls = {{ \"net.core.somaxconn\" = 1024 }}\n"
+    ));
+    let s = &m.services["kv"].sandbox;
+    assert!(s.init && s.read_only);
+    assert_eq!(s.tmpfs[1].size, Some(8 << 20));
+    assert_eq!(s.tmpfs[1].mode, Some(0o700));
+    assert_eq!(s.shm_size, Some(32 << 20));
+    assert_eq!(s.ulimits["nproc"].hard, 5);
+    assert_eq!(s.sysctls["net.core.somaxconn"], "1024");
+    check(
+        &format!("{HEAD}sysctls = {{ \"vm.swappiness\" = 1 }}\n"),
+        r#"
+paracloud.toml:5:13: services.kv.sysctls."vm.swappiness": sysctl `vm.swappiness` is not a parameter of the instance's own namespaces: setting it would change the host
+  hint: only parameters starting with net., kernel.shm, kernel.msg, kernel.sem, fs.mqueue. can be set
+"#,
+    );
+    check(
+        &format!("{HEAD}tmpfs = [\"/a\", \"/a\"]\n"),
+        r#"
+paracloud.toml:5:16: services.kv.tmpfs[1]: /a is mounted twice
+  hint: for example `tmpfs = ["/run", { target = "/cache", size = "64M", mode = "1777" }]`
+"#,
+    );
 }

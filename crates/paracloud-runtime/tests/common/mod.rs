@@ -104,6 +104,7 @@ impl Fixture {
             log_path: dir.join("log"),
             owned: Vec::new(),
             userns: None,
+            sandbox: Default::default(),
         }
     }
 
