@@ -79,6 +79,10 @@ pub enum Command {
         /// How long to wait for readiness
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Run a Compose file's services of this profile too (repeatable; COMPOSE_PROFILES
+        /// works as well)
+        #[arg(long = "profile", value_name = "PROFILE")]
+        profiles: Vec<String>,
     },
     /// Print a Compose file as the equivalent paracloud.toml
     Convert {
@@ -86,6 +90,9 @@ pub enum Command {
         /// docker-compose.yml
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
+        /// Include the services of this profile (repeatable)
+        #[arg(long = "profile", value_name = "PROFILE")]
+        profiles: Vec<String>,
     },
     /// Stop and remove an application (volumes are kept unless --volumes)
     Down {

@@ -296,7 +296,8 @@ impl paracloud_compose::Host for ComposeHost {
 /// Reads a manifest, `paracloud.toml` or a Compose file. A Compose file is converted here, with
 /// this shell's environment for its variables, and the daemon gets the equivalent TOML under the
 /// Compose file's name.
-fn load_manifest(file: &Path) -> Result<LoadedManifest> {
+/// `profiles` are the Compose profiles activated beside those of `COMPOSE_PROFILES` (`*`: all).
+fn load_manifest(file: &Path, profiles: &[String]) -> Result<LoadedManifest> {
     let source = std::fs::read_to_string(file).with_context(|| {
         format!(
             "cannot read the manifest {}: check the path, or pass one with -f",
@@ -313,7 +314,15 @@ fn load_manifest(file: &Path) -> Result<LoadedManifest> {
         base_dir: base_dir.clone(),
     };
     let (manifest, source) = if paracloud_compose::is_compose(file, &source) {
-        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        if !profiles.is_empty() {
+            let mut active: Vec<String> = env
+                .get("COMPOSE_PROFILES")
+                .map(|p| p.split(',').map(str::to_owned).collect())
+                .unwrap_or_default();
+            active.extend(profiles.iter().cloned());
+            env.insert("COMPOSE_PROFILES".into(), active.join(","));
+        }
         let converted = paracloud_compose::parse(&source, &origin, &env, &ComposeHost)
             .map_err(|e| anyhow!("the Compose file is not valid:\n{e}"))?;
         (converted.manifest, converted.toml)
@@ -333,7 +342,7 @@ fn load_manifest(file: &Path) -> Result<LoadedManifest> {
 }
 
 /// `paracloud convert`: prints the paracloud.toml a Compose file reads as.
-fn convert(file: Option<&Path>) -> Result<()> {
+fn convert(file: Option<&Path>, profiles: &[String]) -> Result<()> {
     let file = match file {
         Some(file) => file.to_path_buf(),
         None => paracloud_compose::FILE_NAMES
@@ -342,7 +351,7 @@ fn convert(file: Option<&Path>) -> Result<()> {
             .find(|path| path.is_file())
             .ok_or_else(|| anyhow!("no compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml here: pass the Compose file with -f"))?,
     };
-    let loaded = load_manifest(&file)?;
+    let loaded = load_manifest(&file, profiles)?;
     print!("{}", loaded.request.source);
     Ok(())
 }
@@ -354,10 +363,11 @@ async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> R
         return Ok(app.clone());
     }
     if let Some(file) = file {
-        return Ok(load_manifest(file)?.app);
+        // Every service names the same application, whichever profiles run.
+        return Ok(load_manifest(file, &["*".into()])?.app);
     }
     if let Some(local) = default_manifest() {
-        if let Ok(m) = load_manifest(&local) {
+        if let Ok(m) = load_manifest(&local, &["*".into()]) {
             return Ok(m.app);
         }
     }
@@ -384,8 +394,12 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             file,
             detach,
             timeout,
-        } => up(global, &manifest_file(file.as_deref())?, detach, timeout).await,
-        Command::Convert { file } => convert(file.as_deref()),
+            profiles,
+        } => {
+            let file = manifest_file(file.as_deref())?;
+            up(global, &file, &profiles, detach, timeout).await
+        }
+        Command::Convert { file, profiles } => convert(file.as_deref(), &profiles),
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,
         Command::Logs {
@@ -433,8 +447,14 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
     }
 }
 
-async fn up(global: &Global, file: &Path, detach: bool, timeout: Duration) -> Result<()> {
-    let manifest = load_manifest(file)?;
+async fn up(
+    global: &Global,
+    file: &Path,
+    profiles: &[String],
+    detach: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let manifest = load_manifest(file, profiles)?;
     let client = connect(global).await?;
     let response = client.call(&Up(manifest.request)).await.map_err(explain)?;
     if !response.changed.is_empty() {

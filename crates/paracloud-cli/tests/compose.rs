@@ -196,3 +196,73 @@ services:
     assert!(!killed.iter().any(|l| l.contains("boxed.1")), "{events}");
     p.ok(&["down", "-a", "sandboxed"]);
 }
+
+/// Secrets and configs are the host's files, read-only in the instance; a profile's services
+/// run only when it is asked for; `extends` brings the base service's keys.
+#[test]
+fn secrets_profiles_and_extends_work_as_in_compose() {
+    let p = Platform::new();
+    p.busybox_image();
+    let compose = r#"name: filed
+secrets:
+  token: {file: ./token.txt}
+configs:
+  app: {file: ./app.conf}
+x-base: &base
+  image: busybox:1
+services:
+  base:
+    <<: *base
+    command: ["/bin/busybox", "sleep", "1000"]
+    environment: [GREETING=hello]
+  reader:
+    extends: base
+    command: ["/bin/busybox", "sh", "-c", "echo $$GREETING; cat /run/secrets/token /etc/app.conf; echo x > /run/secrets/token || echo secret-read-only; sleep 1000"]
+    secrets: [token]
+    configs: [{source: app, target: /etc/app.conf}]
+  debug:
+    extends: base
+    profiles: [tools]
+"#;
+    let dir = project(&p, "filed", compose);
+    std::fs::write(dir.join("token.txt"), "s3cret\n").unwrap();
+    std::fs::write(dir.join("app.conf"), "mode=fast\n").unwrap();
+
+    let out = in_dir(&p, &dir, &["up", "--timeout", "60s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let services: Vec<String> = p
+        .ps("filed")
+        .iter()
+        .map(|i| field(i, "service").to_owned())
+        .collect();
+    assert!(!services.contains(&"debug".to_owned()), "{services:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = p.ok(&["logs", "-a", "filed", "reader"]);
+        if logs.contains("secret-read-only") {
+            for line in ["| hello", "| s3cret", "| mode=fast"] {
+                assert!(logs.contains(line), "{logs}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{logs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = in_dir(&p, &dir, &["up", "--profile", "tools", "--timeout", "60s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let services: Vec<String> = p
+        .ps("filed")
+        .iter()
+        .map(|i| field(i, "service").to_owned())
+        .collect();
+    assert!(services.contains(&"debug".to_owned()), "{services:?}");
+    p.ok(&["down", "-a", "filed"]);
+}

@@ -11,7 +11,9 @@
 //! environment, and reads `.env` and `env_file` files through [`Host`].
 
 mod dotenv;
+mod files;
 mod interpolate;
+mod merge;
 mod out;
 mod sandbox;
 mod service;
@@ -420,6 +422,8 @@ impl<'a> Reader<'a> {
         let mut name = None;
         let mut services = None;
         let mut volumes = None;
+        let mut secrets = None;
+        let mut configs = None;
         for (key, value) in entries {
             let k = key.text().unwrap_or_default();
             match k {
@@ -434,19 +438,21 @@ impl<'a> Reader<'a> {
                     "the services of an application share one network",
                     "remove `networks`: every service reaches the others by their names",
                 ),
-                "secrets" | "configs" => self.refuse(
-                    key,
-                    k,
-                    "Paracloud has no secret or config store",
-                    "mount the files with a bind volume (`./secret.txt:/run/secrets/secret:ro`) or pass them in `environment`",
-                ),
+                "secrets" => secrets = Some(value),
+                "configs" => configs = Some(value),
                 "include" => self.refuse(
                     key,
                     k,
                     "one application is one file",
                     "copy the included services into this file",
                 ),
-                _ => self.unknown(key, k, &["name", "services", "volumes", "version"]),
+                _ => self.unknown(
+                    key,
+                    k,
+                    &[
+                        "name", "services", "volumes", "secrets", "configs", "version",
+                    ],
+                ),
             }
         }
         out.comment("# A Compose file read as a Paracloud manifest (docs/compose.md says how each key maps).");
@@ -479,17 +485,23 @@ impl<'a> Reader<'a> {
             }
         }
 
-        let declared = match volumes {
-            Some((_, value)) => self.volumes(value, out),
-            None => Vec::new(),
+        let declared = service::Declared {
+            volumes: match volumes {
+                Some((_, value)) => self.volumes(value, out),
+                None => Vec::new(),
+            },
+            secrets: secrets
+                .map(|v| files::declared(self, context, files::FileKind::Secret, v))
+                .unwrap_or_default(),
+            configs: configs
+                .map(|v| files::declared(self, context, files::FileKind::Config, v))
+                .unwrap_or_default(),
         };
         match services {
             Some((_, value)) => {
-                if let Some(entries) = self.map(value, "services") {
-                    for (key, service) in entries {
-                        let name = key.text().unwrap_or_default();
-                        service::service(self, context, &declared, name, key, service, out);
-                    }
+                for (key, service) in self.services(value, context) {
+                    let name = key.text().unwrap_or_default();
+                    service::service(self, context, &declared, name, &key, &service, out);
                 }
             }
             None => self.error(
@@ -499,6 +511,192 @@ impl<'a> Reader<'a> {
                 Some("a Compose file runs the services of its `services:` mapping".into()),
             ),
         }
+    }
+
+    /// The services that run: each with what it `extends` merged in, those whose `profiles`
+    /// are all inactive left out (`COMPOSE_PROFILES`, or `--profile`, activates profiles).
+    fn services(&mut self, node: &Node, cx: &service::Context<'_>) -> Vec<(Node, Node)> {
+        let Some(entries) = self.map(node, "services") else {
+            return Vec::new();
+        };
+        let active: Vec<&str> = cx
+            .vars
+            .get("COMPOSE_PROFILES")
+            .map(|p| {
+                p.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut resolved: Vec<(Node, Node)> = Vec::new();
+        let mut skipped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, service) in entries {
+            let name = key.text().unwrap_or_default();
+            let Some(service) = self.extended(entries, name, service, &mut Vec::new()) else {
+                continue;
+            };
+            let profiles = self.profiles(&service, &child("services", name));
+            if profiles.is_empty()
+                || profiles.iter().any(|p| active.contains(&p.as_str()))
+                || active.contains(&"*")
+            {
+                resolved.push((key.clone(), service));
+            } else {
+                skipped.insert(name.to_owned(), profiles);
+            }
+        }
+        // A service that runs cannot depend on one left out.
+        for (key, service) in &resolved {
+            let name = key.text().unwrap_or_default();
+            for (dep, at) in dependencies(service) {
+                if let Some(profiles) = skipped.get(&dep) {
+                    self.error(
+                        at,
+                        &child(&child("services", name), "depends_on"),
+                        format!(
+                            "`{name}` depends on `{dep}`, which runs only with the profile {}",
+                            profiles.join(" or ")
+                        ),
+                        Some(format!(
+                            "activate it: `paracloud up --profile {}` (or COMPOSE_PROFILES={})",
+                            profiles[0], profiles[0]
+                        )),
+                    );
+                }
+            }
+        }
+        resolved
+    }
+
+    /// A service's `profiles`, checked.
+    fn profiles(&mut self, service: &Node, field: &str) -> Vec<String> {
+        let Kind::Map(entries) = &service.kind else {
+            return Vec::new();
+        };
+        let Some((_, value)) = entries.iter().find(|(k, _)| k.text() == Some("profiles")) else {
+            return Vec::new();
+        };
+        let field = child(field, "profiles");
+        let mut out = Vec::new();
+        for (p, node) in self.strings(value, &field).unwrap_or_default() {
+            let valid = p.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if valid {
+                out.push(p.to_owned());
+            } else {
+                self.error(
+                    node.offset,
+                    &field,
+                    format!("invalid profile name {p:?}"),
+                    Some(
+                        "use letters, digits, `_`, `.` and `-`, starting with a letter or digit"
+                            .into(),
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    /// `service` with what its `extends` names merged under it; `chain` holds the services
+    /// being resolved (to find loops).
+    fn extended(
+        &mut self,
+        all: &[(Node, Node)],
+        name: &str,
+        service: &Node,
+        chain: &mut Vec<String>,
+    ) -> Option<Node> {
+        let Kind::Map(entries) = &service.kind else {
+            return Some(service.clone());
+        };
+        let Some((ext_key, ext)) = entries.iter().find(|(k, _)| k.text() == Some("extends")) else {
+            return Some(service.clone());
+        };
+        let field = child(&child("services", name), "extends");
+        let base_name = match &ext.kind {
+            Kind::Scalar { .. } => self.string(ext, &field)?.to_owned(),
+            Kind::Map(settings) => {
+                let mut base = None;
+                for (k, v) in settings {
+                    let setting = k.text().unwrap_or_default();
+                    let f = child(&field, setting);
+                    match setting {
+                        "service" => base = self.string(v, &f).map(str::to_owned),
+                        "file" => {
+                            self.refuse(k, &f, "a service extends another service of the same file here", "copy the service it extends into this file, and name it in `service`");
+                            return None;
+                        }
+                        _ => {
+                            self.unknown(k, &f, &["service"]);
+                            return None;
+                        }
+                    }
+                }
+                match base {
+                    Some(base) => base,
+                    None => {
+                        self.error(
+                            ext.offset,
+                            &field,
+                            "missing required key `service`",
+                            Some("name the service to extend: `extends: { service: base }`".into()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            Kind::Seq(_) => {
+                self.expected(ext, &field, "a service name or a mapping with `service`");
+                return None;
+            }
+        };
+        chain.push(name.to_owned());
+        if chain.contains(&base_name) {
+            self.error(
+                ext.offset,
+                &field,
+                format!("`extends` loops: {} -> {base_name}", chain.join(" -> ")),
+                Some("break the loop: a service cannot extend itself, even through others".into()),
+            );
+            return None;
+        }
+        let Some((_, base)) = all
+            .iter()
+            .find(|(k, _)| k.text() == Some(base_name.as_str()))
+        else {
+            let names: Vec<&str> = all.iter().filter_map(|(k, _)| k.text()).collect();
+            self.error(
+                ext.offset,
+                &field,
+                format!("`{base_name}` is not a service of this file"),
+                Some(format!("the services are: {}", names.join(", "))),
+            );
+            return None;
+        };
+        let base = self.extended(all, &base_name, base, chain)?;
+        // The base's own `extends` and `profiles` are not inherited.
+        let base = match base.kind {
+            Kind::Map(entries) => Node::map(
+                base.offset,
+                entries
+                    .into_iter()
+                    .filter(|(k, _)| !matches!(k.text(), Some("extends" | "profiles")))
+                    .collect(),
+            ),
+            _ => base,
+        };
+        let own = Node::map(
+            service.offset,
+            entries
+                .iter()
+                .filter(|(k, _)| k.offset != ext_key.offset)
+                .cloned()
+                .collect(),
+        );
+        Some(merge::merge("", &base, &own))
     }
 
     /// The top-level `volumes`: their names, with their labels written out.
@@ -583,6 +781,27 @@ impl<'a> Reader<'a> {
             }
         }
         names
+    }
+}
+
+/// The services a service's `depends_on` names, with where each is written.
+fn dependencies(service: &Node) -> Vec<(String, usize)> {
+    let Kind::Map(entries) = &service.kind else {
+        return Vec::new();
+    };
+    let Some((_, deps)) = entries.iter().find(|(k, _)| k.text() == Some("depends_on")) else {
+        return Vec::new();
+    };
+    match &deps.kind {
+        Kind::Seq(items) => items
+            .iter()
+            .filter_map(|i| i.text().map(|t| (t.to_owned(), i.offset)))
+            .collect(),
+        Kind::Map(entries) => entries
+            .iter()
+            .filter_map(|(k, _)| k.text().map(|t| (t.to_owned(), k.offset)))
+            .collect(),
+        Kind::Scalar { .. } => Vec::new(),
     }
 }
 

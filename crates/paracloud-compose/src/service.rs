@@ -4,12 +4,22 @@ use std::collections::BTreeMap;
 
 use paracloud_manifest::Origin;
 
+use crate::files::FileKind;
 use crate::out::{self, Out};
 use crate::values;
 use crate::yaml::{Kind, Node};
 use crate::{child, Host, Reader};
 
 /// What every service is read against.
+/// What the file declares at the top level for its services to use.
+#[derive(Default)]
+pub(crate) struct Declared {
+    pub(crate) volumes: Vec<String>,
+    /// Secrets and configs by name: their host files, as manifest bind sources.
+    pub(crate) secrets: BTreeMap<String, String>,
+    pub(crate) configs: BTreeMap<String, String>,
+}
+
 pub(crate) struct Context<'a> {
     pub(crate) origin: &'a Origin,
     /// The environment with the project's `.env` under it.
@@ -71,6 +81,12 @@ const KEYS: &[&str] = &[
     "shm_size",
     "ulimits",
     "sysctls",
+    "secrets",
+    "configs",
+    // Read before the service is: the services with no active profile are left out, and
+    // `extends` is merged in.
+    "profiles",
+    "extends",
 ];
 
 /// Keys of the Compose specification Paracloud refuses: the key, why, and what to do instead.
@@ -80,10 +96,6 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("privileged", "instances never run privileged", "remove `privileged`, and add only the capabilities the service needs to `cap_add`"),
     ("devices", "instances get no host devices", "remove `devices`"),
     ("runtime", "Paracloud is the runtime", "remove `runtime`"),
-    ("secrets", "Paracloud has no secret store", "mount the file with a bind volume (`./token:/run/secrets/token:ro`) or pass it in `environment`"),
-    ("configs", "Paracloud has no config store", "mount the file with a bind volume (`./app.conf:/etc/app.conf:ro`)"),
-    ("profiles", "every service of the file runs", "remove `profiles`, and the services you do not want to run"),
-    ("extends", "one service is one table", "copy the keys of the extended service into this one"),
     ("links", "services reach each other by name", "remove `links`"),
     ("external_links", "an application reaches only its own services", "remove `external_links`"),
     ("platform", "instances run on this machine's platform", "remove `platform`"),
@@ -137,7 +149,7 @@ impl Table {
 pub(crate) fn service(
     r: &mut Reader<'_>,
     cx: &Context<'_>,
-    declared_volumes: &[String],
+    declared: &Declared,
     name: &str,
     name_node: &Node,
     node: &Node,
@@ -236,11 +248,26 @@ pub(crate) fn service(
         &path,
         &mut t,
     );
-    // `tmpfs` volumes join the service's `tmpfs` list.
-    let mut tmpfs = Vec::new();
-    if let Some((_, value)) = get("volumes") {
-        tmpfs = volumes(r, cx, declared_volumes, value, &f("volumes"), &mut t);
+    // Secrets and configs are read-only bind mounts beside the volumes.
+    let mut files = Vec::new();
+    for (kind, key, declared) in [
+        (FileKind::Secret, "secrets", &declared.secrets),
+        (FileKind::Config, "configs", &declared.configs),
+    ] {
+        if let Some((_, value)) = get(key) {
+            files.extend(crate::files::mounts(r, kind, declared, value, &f(key)));
+        }
     }
+    // `tmpfs` volumes join the service's `tmpfs` list.
+    let mut tmpfs = volumes(
+        r,
+        cx,
+        &declared.volumes,
+        get("volumes").map(|(_, v)| v),
+        files,
+        &f("volumes"),
+        &mut t,
+    );
     if let Some((_, value)) = get("depends_on") {
         depends_on(r, value, &f("depends_on"), &mut t);
     }
@@ -775,17 +802,20 @@ fn long_port(r: &mut Reader<'_>, entries: &[(Node, Node)], field: &str) -> Optio
     Some((format!("{{ {} }}", parts.join(", ")), target))
 }
 
-/// `volumes` of a service: named volumes and bind mounts; returns its `tmpfs` volumes as
-/// entries of the manifest's `tmpfs` list.
+/// `volumes` of a service: named volumes and bind mounts, written with `extra` (its secrets
+/// and configs); returns its `tmpfs` volumes as entries of the manifest's `tmpfs` list.
 fn volumes(
     r: &mut Reader<'_>,
     cx: &Context<'_>,
     declared: &[String],
-    node: &Node,
+    node: Option<&Node>,
+    extra: Vec<(String, usize, String)>,
     field: &str,
     t: &mut Table,
 ) -> Vec<(String, usize, String)> {
     let mut tmpfs = Vec::new();
+    let empty = Node::seq(extra.first().map_or(0, |e| e.1), Vec::new());
+    let node = node.unwrap_or(&empty);
     let Kind::Seq(items) = &node.kind else {
         r.expected(node, field, "a list of volumes");
         return tmpfs;
@@ -858,6 +888,7 @@ fn volumes(
         };
         written.push((format!("  {text},"), item.offset, f));
     }
+    written.extend(extra);
     if written.is_empty() {
         return tmpfs;
     }

@@ -436,6 +436,99 @@ fn sandbox_keys_carry_over() {
 }
 
 #[test]
+fn secrets_and_configs_are_files_bound_read_only() {
+    let c = read("secrets:\n  db_password: {file: ./pw.txt}\n  token: {file: ~/token}\nconfigs:\n  app: {file: app.conf}\nservices:\n  web:\n    image: a\n    secrets: [db_password, {source: token, target: api-token}]\n    configs: [app, {source: app, target: /etc/app.conf}]\n");
+    let mounts: Vec<(String, String, bool)> = c.manifest.services["web"]
+        .volumes
+        .iter()
+        .map(|v| match v {
+            VolumeMount::Bind {
+                source,
+                target,
+                read_only,
+            } => (source.display().to_string(), target.clone(), *read_only),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            (
+                "/project/pw.txt".into(),
+                "/run/secrets/db_password".into(),
+                true
+            ),
+            (
+                "/home/me/token".into(),
+                "/run/secrets/api-token".into(),
+                true
+            ),
+            ("/project/app.conf".into(), "/app".into(), true),
+            ("/project/app.conf".into(), "/etc/app.conf".into(), true),
+        ]
+    );
+    for (src, wanted) in [
+        ("secrets: {s: {environment: TOKEN}}\nservices:\n  web: {image: a}\n", "compose.yaml:1:15: secrets.s.environment: `environment` is not supported"),
+        ("secrets: {s: {}}\nservices:\n  web: {image: a}\n", "compose.yaml:1:11: secrets.s: missing required key `file`"),
+        ("services:\n  web: {image: a, secrets: [nope]}\n", "compose.yaml:2:29: services.web.secrets[0]: secret `nope` is not declared in the top-level `secrets`"),
+        ("secrets: {s: {file: x}}\nservices:\n  web: {image: a, secrets: [{source: s, mode: 0400}]}\n", "services.web.secrets[0].mode: `mode` is not supported"),
+    ] {
+        let e = error(src);
+        assert!(e.starts_with(wanted) || e.contains(wanted), "{src}: {e}");
+    }
+}
+
+#[test]
+fn profiles_choose_the_services_that_run() {
+    let src = "services:\n  web: {image: a}\n  debug: {image: b, profiles: [tools]}\n";
+    let c = read(src);
+    assert_eq!(c.manifest.services.keys().collect::<Vec<_>>(), ["web"]);
+    let mut vars = env();
+    vars.insert("COMPOSE_PROFILES".into(), "other,tools".into());
+    let c = parse(src, &origin(), &vars, &Files::default()).unwrap();
+    assert_eq!(
+        c.manifest.services.keys().collect::<Vec<_>>(),
+        ["debug", "web"]
+    );
+    let e = error("services:\n  web: {image: a, depends_on: [debug]}\n  debug: {image: b, profiles: [tools]}\n");
+    assert!(
+        e.contains("`web` depends on `debug`, which runs only with the profile tools")
+            && e.contains("--profile tools"),
+        "{e}"
+    );
+    let e = error("services:\n  web: {image: a, profiles: [\"-x\"]}\n");
+    assert!(e.contains("invalid profile name"), "{e}");
+}
+
+#[test]
+fn extends_merges_the_base_service_under_its_own_keys() {
+    let s = web("services:\n  base:\n    image: a\n    environment: [A=1, B=2]\n    command: [sleep, '1']\n    labels: {tier: x}\n  web:\n    extends: base\n    environment: {B: '3'}\n    command: [sleep, '2']\n  other:\n    extends: {service: web}\n");
+    assert_eq!(s.env["A"], "1");
+    assert_eq!(s.env["B"], "3");
+    assert_eq!(s.command, ["sleep", "2"]);
+    assert_eq!(s.labels["tier"], "x");
+    let c = read("services:\n  base: {image: a, environment: [A=1]}\n  web: {extends: base}\n  other: {extends: {service: web}}\n");
+    assert_eq!(c.manifest.services["other"].env["A"], "1");
+    for (src, wanted) in [
+        (
+            "services:\n  a: {extends: b}\n  b: {extends: a}\n",
+            "`extends` loops: a -> b -> a",
+        ),
+        (
+            "services:\n  a: {image: x, extends: nope}\n",
+            "`nope` is not a service of this file",
+        ),
+        (
+            "services:\n  a: {image: x}\n  b: {extends: {service: a, file: other.yaml}}\n",
+            "services.b.extends.file: `file` is not supported",
+        ),
+    ] {
+        let e = error(src);
+        assert!(e.contains(wanted), "{src}: {e}");
+    }
+}
+
+#[test]
 fn keys_paracloud_cannot_honour_are_refused_with_a_way_out() {
     let e = error("services:\n  web:\n    image: a\n    privileged: true\n");
     assert_eq!(e, "compose.yaml:4:5: services.web.privileged: `privileged` is not supported: instances never run privileged\n  hint: remove `privileged`, and add only the capabilities the service needs to `cap_add`");
@@ -443,10 +536,6 @@ fn keys_paracloud_cannot_honour_are_refused_with_a_way_out() {
         "network_mode: host",
         "devices: [/dev/fuse]",
         "runtime: runc",
-        "secrets: [a]",
-        "configs: [a]",
-        "profiles: [a]",
-        "extends: {service: b}",
         "networks: [a]",
     ] {
         let e = error(&format!("services:\n  web:\n    image: a\n    {key}\n"));
@@ -458,11 +547,7 @@ fn keys_paracloud_cannot_honour_are_refused_with_a_way_out() {
             "{e}"
         );
     }
-    for top in [
-        "networks: {a: {}}",
-        "secrets: {a: {file: x}}",
-        "configs: {}",
-    ] {
+    for top in ["networks: {a: {}}", "include: [a.yaml]"] {
         assert!(error(&format!("{top}\nservices:\n  web:\n    image: a\n"))
             .starts_with("compose.yaml:1:1:"));
     }

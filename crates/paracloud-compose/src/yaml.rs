@@ -51,6 +51,24 @@ impl Node {
         }
     }
 
+    pub(crate) fn seq(offset: usize, items: Vec<Node>) -> Node {
+        let size = 1 + items.iter().map(|n| n.size).sum::<usize>();
+        Node {
+            offset,
+            kind: Kind::Seq(items),
+            size,
+        }
+    }
+
+    pub(crate) fn map(offset: usize, entries: Vec<(Node, Node)>) -> Node {
+        let size = 1 + entries.iter().map(|(k, v)| k.size + v.size).sum::<usize>();
+        Node {
+            offset,
+            kind: Kind::Map(entries),
+            size,
+        }
+    }
+
     /// The text of a scalar.
     pub(crate) fn text(&self) -> Option<&str> {
         match &self.kind {
