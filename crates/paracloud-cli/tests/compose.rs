@@ -266,3 +266,107 @@ services:
     assert!(services.contains(&"debug".to_owned()), "{services:?}");
     p.ok(&["down", "-a", "filed"]);
 }
+
+/// A split across networks holds: a service reaches another by name and alias only through a
+/// network they share, and neither its service address nor its instances' addresses otherwise.
+#[test]
+fn networks_split_the_application_and_aliases_name_services() {
+    let p = Platform::new();
+    p.busybox_image();
+    // Each service serves a page on 8080 and, every half second, fetches the URLs listed in
+    // /targets/list, saying which it got.
+    let probe = "/bin/busybox httpd -p 8080 -h /srv; while true; do for u in $$(cat /targets/list 2>/dev/null); do if timeout 2 wget -q -O /dev/null $$u; then echo ok $$u; else echo fail $$u; fi; done; sleep 0.5; done";
+    let compose = format!(
+        r#"name: split
+networks:
+  front: {{}}
+  back: {{}}
+x-probe: &probe
+  image: busybox:1
+  command: ["/bin/busybox", "sh", "-c", "{probe}"]
+  volumes: ["./site:/srv:ro", "./targets:/targets:ro"]
+  expose: ["8080"]
+services:
+  web:
+    <<: *probe
+    networks: [front]
+  api:
+    <<: *probe
+    networks:
+      front: {{aliases: [backend]}}
+      back:
+  db:
+    <<: *probe
+    networks: [back]
+"#
+    );
+    let dir = project(&p, "split", &compose);
+    std::fs::create_dir_all(dir.join("targets")).unwrap();
+    let out = in_dir(&p, &dir, &["up", "--timeout", "60s"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.daemon_log()
+    );
+    let service_address = |name: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&p.ok(&["describe", "-a", "split", name, "-o", "json"])).unwrap();
+        v["address"].as_str().unwrap().to_owned()
+    };
+    let ps = p.ps("split");
+    let instance_address = |service: &str| -> String {
+        let i = ps.iter().find(|i| field(i, "service") == service).unwrap();
+        field(i, "address").split('/').next().unwrap().to_owned()
+    };
+    let db = service_address("db");
+    let db_instance = instance_address("db");
+    let targets = [
+        "http://backend:8080/index.html".to_owned(),
+        "http://api:8080/index.html".to_owned(),
+        "http://db:8080/index.html".to_owned(),
+        format!("http://{db}:8080/index.html"),
+        format!("http://{db_instance}:8080/index.html"),
+    ];
+    std::fs::write(dir.join("targets/list"), targets.join("\n")).unwrap();
+
+    // Waits until every target has been tried twice by `service`, and returns what it got.
+    let results = |service: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let logs = p.ok(&["logs", "-a", "split", service]);
+            if targets
+                .iter()
+                .all(|t| logs.matches(&format!(" {t}")).count() >= 2)
+            {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service} did not try every target: {logs}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let got = |logs: &str, target: &str| logs.contains(&format!("ok {target}"));
+    let web = results("web");
+    assert!(
+        got(&web, &targets[0]),
+        "web reaches api by its alias on front: {web}"
+    );
+    assert!(got(&web, &targets[1]), "web reaches api by name: {web}");
+    for target in &targets[2..] {
+        assert!(
+            !got(&web, target),
+            "web must not reach db ({target}): {web}"
+        );
+    }
+    let api = results("api");
+    for target in &targets {
+        assert!(
+            got(&api, target),
+            "api, on both networks, reaches all ({target}): {api}"
+        );
+    }
+    p.ok(&["down", "-a", "split"]);
+}

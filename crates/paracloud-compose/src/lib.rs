@@ -14,6 +14,7 @@ mod dotenv;
 mod files;
 mod interpolate;
 mod merge;
+mod networks;
 mod out;
 mod sandbox;
 mod service;
@@ -424,6 +425,7 @@ impl<'a> Reader<'a> {
         let mut volumes = None;
         let mut secrets = None;
         let mut configs = None;
+        let mut networks = None;
         for (key, value) in entries {
             let k = key.text().unwrap_or_default();
             match k {
@@ -432,12 +434,7 @@ impl<'a> Reader<'a> {
                 "name" => name = Some((key, value)),
                 "services" => services = Some((key, value)),
                 "volumes" => volumes = Some((key, value)),
-                "networks" => self.refuse(
-                    key,
-                    k,
-                    "the services of an application share one network",
-                    "remove `networks`: every service reaches the others by their names",
-                ),
+                "networks" => networks = Some(value),
                 "secrets" => secrets = Some(value),
                 "configs" => configs = Some(value),
                 "include" => self.refuse(
@@ -495,6 +492,9 @@ impl<'a> Reader<'a> {
                 .unwrap_or_default(),
             configs: configs
                 .map(|v| files::declared(self, context, files::FileKind::Config, v))
+                .unwrap_or_default(),
+            networks: networks
+                .map(|v| networks::declared(self, v, out))
                 .unwrap_or_default(),
         };
         match services {

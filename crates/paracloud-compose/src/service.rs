@@ -18,6 +18,8 @@ pub(crate) struct Declared {
     /// Secrets and configs by name: their host files, as manifest bind sources.
     pub(crate) secrets: BTreeMap<String, String>,
     pub(crate) configs: BTreeMap<String, String>,
+    /// Networks by their Compose names.
+    pub(crate) networks: Vec<String>,
 }
 
 pub(crate) struct Context<'a> {
@@ -87,12 +89,12 @@ const KEYS: &[&str] = &[
     // `extends` is merged in.
     "profiles",
     "extends",
+    "networks",
 ];
 
 /// Keys of the Compose specification Paracloud refuses: the key, why, and what to do instead.
 const REFUSED: &[(&str, &str, &str)] = &[
     ("network_mode", "instances always get their own network namespace on the application's network", "remove `network_mode`: services reach each other by name, and `ports` publishes on the host"),
-    ("networks", "the services of an application share one network", "remove `networks`: every service reaches the others by their names"),
     ("privileged", "instances never run privileged", "remove `privileged`, and add only the capabilities the service needs to `cap_add`"),
     ("devices", "instances get no host devices", "remove `devices`"),
     ("runtime", "Paracloud is the runtime", "remove `runtime`"),
@@ -307,6 +309,9 @@ pub(crate) fn service(
         &mut t,
     );
     crate::sandbox::flags(r, entries, &path, &mut t);
+    if let Some((_, value)) = get("networks") {
+        crate::networks::service(r, &declared.networks, value, &f("networks"), &mut t);
+    }
     if let Some((_, value)) = get("shm_size") {
         crate::sandbox::shm_size(r, value, &f("shm_size"), &mut t);
     }

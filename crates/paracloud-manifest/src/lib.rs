@@ -11,6 +11,7 @@ mod error;
 mod known_capsules;
 mod location;
 mod model;
+mod networks;
 mod reader;
 mod sandbox;
 mod service;

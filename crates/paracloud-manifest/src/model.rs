@@ -31,6 +31,79 @@ pub struct Manifest {
     /// The application's own capsules (`[capsules.NAME]`), beside the built-in ones, by name.
     #[serde(default)]
     pub capsules: BTreeMap<String, AppCapsule>,
+    /// Networks declared beside the implicit `default` one (`[networks.NAME]`): services reach
+    /// only the services they share a network with.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+}
+
+/// The network every service without `networks` is on.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// A network of the application: a set of services that reach each other.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A service's membership in one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNetwork {
+    /// More names the service is reached by, from the services on this network.
+    pub aliases: Vec<String>,
+}
+
+impl Manifest {
+    /// The networks `service` is on: those it names, else `default`.
+    pub fn networks_of(&self, service: &str) -> Vec<&str> {
+        match self.services.get(service) {
+            Some(s) if !s.networks.is_empty() => s.networks.keys().map(String::as_str).collect(),
+            _ => vec![DEFAULT_NETWORK],
+        }
+    }
+
+    /// Every network some service is on, by name.
+    pub fn network_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .services
+            .keys()
+            .flat_map(|s| self.networks_of(s))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Whether some services cannot reach others: a network besides `default` is in use.
+    pub fn is_split(&self) -> bool {
+        self.services
+            .values()
+            .any(|s| s.networks.keys().any(|n| n != DEFAULT_NETWORK))
+    }
+
+    /// Whether `from` may reach `to`: they share a network.
+    pub fn reaches(&self, from: &str, to: &str) -> bool {
+        let theirs = self.networks_of(to);
+        self.networks_of(from).iter().any(|n| theirs.contains(n))
+    }
+
+    /// The names `from` reaches `to` by: its name and its aliases on the networks they share.
+    pub fn names_of(&self, from: &str, to: &str) -> Vec<String> {
+        if !self.reaches(from, to) {
+            return Vec::new();
+        }
+        let mut names = vec![to.to_owned()];
+        if let Some(target) = self.services.get(to) {
+            let mine = self.networks_of(from);
+            for (network, membership) in &target.networks {
+                if mine.contains(&network.as_str()) {
+                    names.extend(membership.aliases.iter().cloned());
+                }
+            }
+        }
+        names.dedup();
+        names
+    }
 }
 
 /// A capsule the application defines: an image with its tools, and the command that runs them
@@ -171,6 +244,9 @@ pub struct Service {
     /// differs from the default one.
     #[serde(default)]
     pub sandbox: Sandbox,
+    /// The networks it is on, by name, with its aliases there; empty: `default` only.
+    #[serde(default)]
+    pub networks: BTreeMap<String, ServiceNetwork>,
 }
 
 /// How a service's sandbox differs from the default one (the keys Compose files use).

@@ -43,6 +43,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "shm_size",
     "ulimits",
     "sysctls",
+    "networks",
     "scale_to_zero",
     "migrate",
     "capsules",
@@ -59,7 +60,7 @@ pub(crate) fn revision_keys() -> Vec<&'static str> {
             SERVICE_KEYS
                 .iter()
                 .copied()
-                .filter(|k| !matches!(*k, "ports" | "revisions" | "autoscale")),
+                .filter(|k| !matches!(*k, "ports" | "revisions" | "autoscale" | "networks")),
         )
         .collect()
 }
@@ -339,6 +340,10 @@ impl Checker<'_> {
         let migrate = get("migrate").and_then(|v| self.migrate_method(v, &field("migrate")));
         let capsules = get("capsules").and_then(|v| self.capsule_policy(v, &field("capsules")));
         let sandbox = self.sandbox(&get, &field);
+        let (networks, network_spans) = match get("networks") {
+            Some(v) => self.service_networks(v, &field("networks")),
+            None => Default::default(),
+        };
 
         let service = Service {
             name: name.to_owned(),
@@ -366,6 +371,7 @@ impl Checker<'_> {
             capsules: capsules.unwrap_or_default(),
             revision_of: None,
             sandbox,
+            networks,
         };
         Some(Draft {
             service,
@@ -374,6 +380,7 @@ impl Checker<'_> {
             publishes,
             autoscale,
             replicas_written: get("replicas").is_some(),
+            network_spans,
         })
     }
 

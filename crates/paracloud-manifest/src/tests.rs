@@ -135,6 +135,7 @@ fn full_manifest_covers_every_key() {
         .into(),
         revision_of: None,
         sandbox: Default::default(),
+        networks: Default::default(),
     };
     assert_eq!(manifest.services["kv"], kv);
     assert_eq!(

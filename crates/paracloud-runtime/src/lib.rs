@@ -195,6 +195,10 @@ pub struct NetworkAttachment {
     pub bridge: String,
     /// The instance's address and prefix on the bridge, e.g. 10.213.0.16/24.
     pub address: Ipv4Net,
+    /// For an application split into networks: every network of the bridge, and whether the
+    /// instance is on it. Empty: the application is one network.
+    #[serde(default)]
+    pub segments: Vec<(String, bool)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -263,6 +267,23 @@ pub struct NetworkConfig {
     /// on the service addresses): the only ones of the host they can open a connection to.
     #[serde(default)]
     pub served: Vec<SocketAddrV4>,
+    /// When the application is split into networks: each network, whose instances reach only
+    /// each other and the endpoints served to that network. Empty: one network, `served` for
+    /// all.
+    #[serde(default)]
+    pub segments: Vec<Segment>,
+}
+
+/// One network of a split application on its bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// The network's name, a DNS label.
+    pub name: String,
+    /// The endpoints served to its instances (its services' addresses and ports).
+    pub served: Vec<SocketAddrV4>,
+    /// The addresses of its instances at the time the rules are written; instances started
+    /// later join with their attachment's `segments`.
+    pub members: Vec<Ipv4Addr>,
 }
 
 /// Resource use of one instance, read from its cgroup.
