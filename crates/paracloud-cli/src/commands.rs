@@ -487,13 +487,21 @@ async fn up(
 /// A service is settled when it has exactly its wanted instances, all ready at its revision.
 /// Without a health check, an instance must also have stayed up for a second, so that a command
 /// that exits at once is reported rather than taken for ready.
+/// A one-off job (restarted never or only on failure) is settled once its instances have
+/// completed, exit code 0.
 fn settled(service: &ServiceView) -> bool {
     let min_uptime = if service.spec.health.is_some() { 0 } else { 1 };
+    let job = service.spec.restart.condition != paracloud_manifest::RestartCondition::Always;
     service.instances.len() as u32 == service.replicas
         && service.instances.iter().all(|i| {
-            i.state == "running"
-                && i.revision == service.revision
-                && i.uptime_seconds.unwrap_or(0) >= min_uptime
+            let completed = job
+                && i.state == "exited"
+                && i.exit
+                    .as_ref()
+                    .is_some_and(|e| e.requested.is_none() && !e.is_failure());
+            i.revision == service.revision
+                && (completed
+                    || (i.state == "running" && i.uptime_seconds.unwrap_or(0) >= min_uptime))
         })
 }
 

@@ -370,3 +370,47 @@ services:
     }
     p.ok(&["down", "-a", "split"]);
 }
+
+/// `service_completed_successfully` waits for a one-off job's exit 0, and `up` counts the job
+/// done rather than waiting for it to run.
+#[test]
+fn a_service_starts_after_the_job_it_depends_on_completes() {
+    let p = Platform::new();
+    p.busybox_image();
+    let compose = r#"name: jobs
+volumes:
+  data: {}
+services:
+  migrate:
+    image: busybox:1
+    command: ["/bin/busybox", "sh", "-c", "sleep 1; echo migrated > /data/flag"]
+    volumes: [data:/data]
+  app:
+    image: busybox:1
+    command: ["/bin/busybox", "sh", "-c", "cat /data/flag; sleep 1000"]
+    volumes: [data:/data]
+    depends_on:
+      migrate: {condition: service_completed_successfully}
+"#;
+    let dir = project(&p, "jobs", compose);
+    let out = in_dir(&p, &dir, &["up", "--timeout", "60s"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.daemon_log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = p.ok(&["logs", "-a", "jobs", "app"]);
+        if logs.contains("| migrated") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "app did not see the job's work: {logs}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p.ok(&["down", "-a", "jobs"]);
+}

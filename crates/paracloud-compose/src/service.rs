@@ -1047,17 +1047,14 @@ fn depends_on(r: &mut Reader<'_>, node: &Node, field: &str, t: &mut Table) {
                             "condition" => match v.text() {
                                 Some("service_started") => condition = "started",
                                 Some("service_healthy") => condition = "healthy",
-                                Some("service_completed_successfully") => {
-                                    ok = false;
-                                    r.error(v.offset, &sf, "`service_completed_successfully` is not supported: services run until stopped", Some("use `service_healthy` with a health check, or `service_started`".into()));
-                                }
+                                Some("service_completed_successfully") => condition = "completed",
                                 _ => {
                                     ok = false;
                                     r.error(
                                         v.offset,
                                         &sf,
                                         format!("unknown condition {}", v.describe()),
-                                        Some("write `service_started` or `service_healthy`".into()),
+                                        Some("write `service_started`, `service_healthy` or `service_completed_successfully`".into()),
                                     );
                                 }
                             },

@@ -97,6 +97,9 @@ struct Seen {
 fn ours(manifest: &Manifest) -> BTreeMap<String, Seen> {
     let condition = |c: &paracloud_manifest::DependsCondition| match c {
         paracloud_manifest::DependsCondition::Started => "service_started".to_owned(),
+        paracloud_manifest::DependsCondition::Completed => {
+            "service_completed_successfully".to_owned()
+        }
         paracloud_manifest::DependsCondition::Healthy => "service_healthy".to_owned(),
     };
     manifest

@@ -8,7 +8,8 @@ use toml::Spanned;
 
 use crate::draft::{Draft, Published};
 use crate::model::{
-    DependsCondition, Manifest, Network, ScheduledCapsule, Volume, VolumeMount, DEFAULT_NETWORK,
+    DependsCondition, Manifest, Network, RestartCondition, ScheduledCapsule, Volume, VolumeMount,
+    DEFAULT_NETWORK,
 };
 use crate::reader::{child, Checker, Span};
 use crate::units;
@@ -425,6 +426,18 @@ impl Checker<'_> {
                         format!("`{dep}` has no health check, so it can never be healthy"),
                         Some(format!(
                             "add a `health` check to `{dep}`, or depend on it with \"started\""
+                        )),
+                    );
+                }
+                if *condition == DependsCondition::Completed
+                    && target.service.restart.condition == RestartCondition::Always
+                {
+                    self.error(
+                        span.clone(),
+                        dep_field,
+                        format!("`{dep}` restarts always, so it never stays completed"),
+                        Some(format!(
+                            "give `{dep}` `restart = \"no\"` (or \"on-failure\"), as a one-off job has"
                         )),
                     );
                 }

@@ -481,6 +481,9 @@ pub enum DependsCondition {
     Started,
     /// Some instance of the dependency passes its health check.
     Healthy,
+    /// Some instance of the dependency ran to its end with exit code 0 (a one-off job, such as a
+    /// database migration, with `restart = "no"` or `"on-failure"`).
+    Completed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1162,12 +1162,13 @@ impl Checker<'_> {
                     let condition = match text {
                         "started" => DependsCondition::Started,
                         "healthy" => DependsCondition::Healthy,
+                        "completed" => DependsCondition::Completed,
                         other => {
                             self.error(
                                 v.span(),
                                 &entry_field,
                                 format!("unknown dependency condition {other:?}"),
-                                Some("use \"started\" or \"healthy\"".into()),
+                                Some("use \"started\", \"healthy\" or \"completed\"".into()),
                             );
                             continue;
                         }

@@ -1486,3 +1486,19 @@ paracloud.toml:5:16: services.kv.tmpfs[1]: /a is mounted twice
 "#,
     );
 }
+
+#[test]
+fn a_completed_dependency_is_a_job_that_does_not_restart_always() {
+    let m = valid("app = \"a\"\n[services.job]\nimage = \"host\"\ncommand = \"true\"\nrestart = \"no\"\n[services.web]\nimage = \"host\"\ncommand = \"x\"\ndepends_on = { job = \"completed\" }\n");
+    assert_eq!(
+        m.services["web"].depends_on["job"],
+        DependsCondition::Completed
+    );
+    check(
+        "app = \"a\"\n[services.job]\nimage = \"host\"\ncommand = \"true\"\n[services.web]\nimage = \"host\"\ncommand = \"x\"\ndepends_on = { job = \"completed\" }\n",
+        r#"
+paracloud.toml:8:16: services.web.depends_on.job: `job` restarts always, so it never stays completed
+  hint: give `job` `restart = "no"` (or "on-failure"), as a one-off job has
+"#,
+    );
+}
