@@ -267,9 +267,17 @@ fn depends_on_list_and_conditions() {
     assert_eq!(s.depends_on["cache"], DependsCondition::Started);
     let s = web("services:\n  db:\n    image: pg\n  web:\n    image: a\n    depends_on: [db]\n");
     assert_eq!(s.depends_on["db"], DependsCondition::Started);
-    let e = error("services:\n  db:\n    image: pg\n  web:\n    image: a\n    depends_on:\n      db:\n        condition: service_completed_successfully\n");
+    let job = "services:\n  db:\n    image: pg\n    restart: \"no\"\n  web:\n    image: a\n    depends_on:\n      db:\n        condition: service_completed_successfully\n";
+    assert_eq!(web(job).depends_on["db"], DependsCondition::Completed);
+    let e = error(&job.replace("\"no\"", "always"));
     assert!(
-        e.starts_with("compose.yaml:8:20: services.web.depends_on.db.condition:"),
+        e.starts_with("compose.yaml:8:7: services.web.depends_on.db:")
+            && e.contains("`db` restarts always, so it never stays completed"),
+        "{e}"
+    );
+    let e = error(&job.replace("service_completed_successfully", "done"));
+    assert!(
+        e.starts_with("compose.yaml:9:20: services.web.depends_on.db.condition: unknown condition"),
         "{e}"
     );
     // A rule of the manifest, located in the Compose file.
