@@ -262,6 +262,28 @@ fn default_manifest() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// The files of `-f`, else the manifest found here with, for a Compose file, its override file
+/// beside it (`compose.override.yaml` for `compose.yaml`, ...), as `docker compose` reads them.
+fn manifest_files(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if !files.is_empty() {
+        return Ok(files.to_vec());
+    }
+    let found = manifest_file(None)?;
+    let mut files = vec![found.clone()];
+    if let (Some(stem), Some(ext)) = (
+        found.file_stem().and_then(|s| s.to_str()),
+        found.extension().and_then(|e| e.to_str()),
+    ) {
+        if matches!(ext, "yaml" | "yml") {
+            let over = found.with_file_name(format!("{stem}.override.{ext}"));
+            if over.is_file() {
+                files.push(over);
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// The file `-f` names, else the one found here.
 fn manifest_file(file: Option<&Path>) -> Result<PathBuf> {
     match file {
@@ -298,12 +320,24 @@ impl paracloud_compose::Host for ComposeHost {
 /// Compose file's name.
 /// `profiles` are the Compose profiles activated beside those of `COMPOSE_PROFILES` (`*`: all).
 fn load_manifest(file: &Path, profiles: &[String]) -> Result<LoadedManifest> {
-    let source = std::fs::read_to_string(file).with_context(|| {
-        format!(
-            "cannot read the manifest {}: check the path, or pass one with -f",
-            file.display()
-        )
-    })?;
+    load_manifests(&[file.to_path_buf()], profiles)
+}
+
+/// Reads one manifest, or several Compose files merged as override files (`-f a -f b`).
+fn load_manifests(files: &[PathBuf], profiles: &[String]) -> Result<LoadedManifest> {
+    let mut sources = Vec::new();
+    for file in files {
+        let source = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "cannot read the manifest {}: check the path, or pass one with -f",
+                file.display()
+            )
+        })?;
+        sources.push((file.display().to_string(), source));
+    }
+    let Some(file) = files.first() else {
+        bail!("no manifest given: pass one with -f");
+    };
     let absolute = absolute(file)?;
     let base_dir = absolute
         .parent()
@@ -313,7 +347,12 @@ fn load_manifest(file: &Path, profiles: &[String]) -> Result<LoadedManifest> {
         file: file.display().to_string(),
         base_dir: base_dir.clone(),
     };
-    let (manifest, source) = if paracloud_compose::is_compose(file, &source) {
+    let compose: Vec<bool> = files
+        .iter()
+        .zip(&sources)
+        .map(|(f, (_, source))| paracloud_compose::is_compose(f, source))
+        .collect();
+    let (manifest, source) = if compose.iter().all(|c| *c) {
         let mut env: BTreeMap<String, String> = std::env::vars().collect();
         if !profiles.is_empty() {
             let mut active: Vec<String> = env
@@ -323,10 +362,16 @@ fn load_manifest(file: &Path, profiles: &[String]) -> Result<LoadedManifest> {
             active.extend(profiles.iter().cloned());
             env.insert("COMPOSE_PROFILES".into(), active.join(","));
         }
-        let converted = paracloud_compose::parse(&source, &origin, &env, &ComposeHost)
+        let converted = paracloud_compose::parse_files(&sources, &origin, &env, &ComposeHost)
             .map_err(|e| anyhow!("the Compose file is not valid:\n{e}"))?;
         (converted.manifest, converted.toml)
+    } else if files.len() > 1 {
+        bail!(
+            "several -f files merge only as Compose files, and {} is a paracloud.toml: pass it alone",
+            files[compose.iter().position(|c| !c).unwrap_or(0)].display()
+        );
     } else {
+        let source = sources.remove(0).1;
         let manifest = parse(&source, &origin, &HostFs)
             .map_err(|e| anyhow!("the manifest is not valid:\n{e}"))?;
         (manifest, source)
@@ -342,16 +387,16 @@ fn load_manifest(file: &Path, profiles: &[String]) -> Result<LoadedManifest> {
 }
 
 /// `paracloud convert`: prints the paracloud.toml a Compose file reads as.
-fn convert(file: Option<&Path>, profiles: &[String]) -> Result<()> {
-    let file = match file {
-        Some(file) => file.to_path_buf(),
-        None => paracloud_compose::FILE_NAMES
+fn convert(files: &[PathBuf], profiles: &[String]) -> Result<()> {
+    let files = match files {
+        [] => vec![paracloud_compose::FILE_NAMES
             .iter()
             .map(PathBuf::from)
             .find(|path| path.is_file())
-            .ok_or_else(|| anyhow!("no compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml here: pass the Compose file with -f"))?,
+            .ok_or_else(|| anyhow!("no compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml here: pass the Compose file with -f"))?],
+        files => files.to_vec(),
     };
-    let loaded = load_manifest(&file, profiles)?;
+    let loaded = load_manifests(&files, profiles)?;
     print!("{}", loaded.request.source);
     Ok(())
 }
@@ -395,11 +440,8 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             detach,
             timeout,
             profiles,
-        } => {
-            let file = manifest_file(file.as_deref())?;
-            up(global, &file, &profiles, detach, timeout).await
-        }
-        Command::Convert { file, profiles } => convert(file.as_deref(), &profiles),
+        } => up(global, &manifest_files(&file)?, &profiles, detach, timeout).await,
+        Command::Convert { file, profiles } => convert(&file, &profiles),
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,
         Command::Logs {
@@ -449,12 +491,12 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
 
 async fn up(
     global: &Global,
-    file: &Path,
+    files: &[PathBuf],
     profiles: &[String],
     detach: bool,
     timeout: Duration,
 ) -> Result<()> {
-    let manifest = load_manifest(file, profiles)?;
+    let manifest = load_manifests(files, profiles)?;
     let client = connect(global).await?;
     let response = client.call(&Up(manifest.request)).await.map_err(explain)?;
     if !response.changed.is_empty() {

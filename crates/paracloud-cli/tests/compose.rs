@@ -414,3 +414,54 @@ services:
     }
     p.ok(&["down", "-a", "jobs"]);
 }
+
+/// `-f` twice merges the second file over the first, as `docker compose` does; without `-f`,
+/// `up` reads compose.override.yaml beside compose.yaml.
+#[test]
+fn override_files_merge_over_the_compose_file() {
+    let p = Platform::new();
+    let dir = project(
+        &p,
+        "over",
+        "name: over\nservices:\n  web:\n    image: busybox:1\n    environment: [A=1]\n",
+    );
+    std::fs::write(
+        dir.join("prod.yaml"),
+        "services:\n  web:\n    environment: [B=2]\n    deploy: {replicas: 3}\n",
+    )
+    .unwrap();
+    let toml = String::from_utf8(
+        in_dir(
+            &p,
+            &dir,
+            &["convert", "-f", "compose.yaml", "-f", "prod.yaml"],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        toml.contains("A = \"1\"") && toml.contains("B = \"2\"") && toml.contains("replicas = 3"),
+        "{toml}"
+    );
+    let out = in_dir(
+        &p,
+        &dir,
+        &["convert", "-f", "compose.yaml", "-f", "missing.yaml"],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the manifest missing.yaml"));
+    std::fs::write(
+        dir.join("prod.yaml"),
+        "services:\n  web:\n    privileged: true\n",
+    )
+    .unwrap();
+    let out = in_dir(
+        &p,
+        &dir,
+        &["convert", "-f", "compose.yaml", "-f", "prod.yaml"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("prod.yaml:3:5: services.web.privileged"),
+        "{stderr}"
+    );
+}

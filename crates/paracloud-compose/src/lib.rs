@@ -72,67 +72,114 @@ pub fn parse(
     env: &BTreeMap<String, String>,
     host: &dyn Host,
 ) -> Result<Converted, ManifestError> {
-    let mut reader = Reader::new(source, &origin.file);
-    let toml = reader.read(origin, env, host);
-    let (toml, out) = match (toml, reader.finish()) {
+    parse_files(
+        &[(origin.file.clone(), source.to_owned())],
+        origin,
+        env,
+        host,
+    )
+}
+
+/// Reads several Compose files as one, each merged over the ones before it as `docker compose
+/// -f a.yaml -f b.yaml` does (an override file), with diagnostics in the file they point at.
+/// `origin` is the first file's: the project's directory is its.
+pub fn parse_files(
+    files: &[(String, String)],
+    origin: &Origin,
+    env: &BTreeMap<String, String>,
+    host: &dyn Host,
+) -> Result<Converted, ManifestError> {
+    // One text of every file, each at its own offset, so that a node's offset names its file.
+    let mut source = String::new();
+    let mut parts = Vec::new();
+    for (name, text) in files {
+        parts.push((source.len(), name.clone()));
+        source.push_str(text);
+        source.push('\n');
+    }
+    let reader = || Reader::with_files(&source, parts.clone());
+    let mut first = reader();
+    let toml = first.read(origin, env, host);
+    let (toml, out) = match (toml, first.finish()) {
         (_, Some(error)) => return Err(error),
         (Some(toml), None) => toml,
         (None, None) => {
-            let mut reader = Reader::new(source, &origin.file);
-            reader.error(
+            let mut r = reader();
+            r.error(
                 0,
                 "",
                 "the Compose file was refused without a reason (a bug)",
                 None,
             );
-            return Err(reader.into_error());
+            return Err(r.into_error());
         }
     };
     match paracloud_manifest::parse(&toml, origin, host) {
         Ok(manifest) => Ok(Converted { manifest, toml }),
         Err(error) => {
-            let mut reader = Reader::new(source, &origin.file);
+            let mut r = reader();
             for d in error.diagnostics {
                 let (offset, field) = out.place(d.line);
                 // Hints showing TOML syntax would not help in a Compose file.
                 let hint = d.hint.filter(|h| !h.contains(" = "));
                 let field = if field.is_empty() { d.field } else { field };
-                reader.error(offset, &field, d.message, hint);
+                r.error(offset, &field, d.message, hint);
             }
-            Err(reader.into_error())
+            Err(r.into_error())
         }
     }
 }
 
 /// Collects located diagnostics while reading a Compose file.
 pub(crate) struct Reader<'a> {
+    /// Every file's text, one after the other.
     src: &'a str,
-    file: &'a str,
+    /// Where each file starts in `src`, and its name.
+    files: Vec<(usize, String)>,
     line_starts: Vec<usize>,
     diagnostics: Vec<(usize, Diagnostic)>,
 }
 
 impl<'a> Reader<'a> {
-    fn new(src: &'a str, file: &'a str) -> Self {
+    fn with_files(src: &'a str, files: Vec<(usize, String)>) -> Self {
         let line_starts = std::iter::once(0)
             .chain(src.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
         Reader {
             src,
-            file,
+            files,
             line_starts,
             diagnostics: Vec::new(),
         }
     }
 
-    fn position(&self, offset: usize) -> (usize, usize) {
+    /// The file an offset is in: its index, name and start.
+    fn file_at(&self, offset: usize) -> (usize, &str, usize) {
+        let i = self
+            .files
+            .partition_point(|(start, _)| *start <= offset)
+            .saturating_sub(1);
+        match self.files.get(i) {
+            Some((start, name)) => (i, name, *start),
+            None => (0, "", 0),
+        }
+    }
+
+    /// The file, line and column of an offset (lines and columns from 1 within the file).
+    fn position(&self, offset: usize) -> (String, usize, usize) {
         let mut offset = offset.min(self.src.len());
         while !self.src.is_char_boundary(offset) {
             offset -= 1;
         }
+        let (_, file, file_start) = self.file_at(offset);
         let line = self.line_starts.partition_point(|&s| s <= offset);
+        let first_line = self.line_starts.partition_point(|&s| s <= file_start);
         let start = self.line_starts[line - 1];
-        (line, self.src[start..offset].chars().count() + 1)
+        (
+            file.to_owned(),
+            line - first_line + 1,
+            self.src[start..offset].chars().count() + 1,
+        )
     }
 
     pub(crate) fn error(
@@ -142,11 +189,11 @@ impl<'a> Reader<'a> {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
-        let (line, column) = self.position(offset);
+        let (file, line, column) = self.position(offset);
         self.diagnostics.push((
             offset,
             Diagnostic {
-                file: self.file.to_owned(),
+                file,
                 line,
                 column,
                 field: field.to_owned(),
@@ -360,13 +407,26 @@ impl<'a> Reader<'a> {
         env: &BTreeMap<String, String>,
         host: &dyn Host,
     ) -> Option<(String, Out)> {
-        let mut root = match yaml::parse(self.src) {
-            Ok(root) => root,
-            Err(e) => {
-                self.error(e.offset, "", e.message, None);
-                return None;
-            }
-        };
+        // Each file parsed on its own, its offsets moved to where it is in the whole text, then
+        // merged over the ones before it.
+        let mut root: Option<Node> = None;
+        for i in 0..self.files.len() {
+            let start = self.files[i].0;
+            let end = self.files.get(i + 1).map_or(self.src.len(), |(s, _)| *s);
+            let mut node = match yaml::parse(&self.src[start..end]) {
+                Ok(node) => node,
+                Err(e) => {
+                    self.error(start + e.offset, "", e.message, None);
+                    return None;
+                }
+            };
+            node.shift(start);
+            root = Some(match root {
+                None => node,
+                Some(base) => merge::merge("", &base, &node),
+            });
+        }
+        let mut root = root?;
         // The project's .env supplies variables the environment does not set.
         let mut vars = env.clone();
         let dotenv_path = origin.base_dir.join(".env");

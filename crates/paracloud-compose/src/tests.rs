@@ -653,3 +653,42 @@ fn volume_names_become_dns_labels() {
         "{e}"
     );
 }
+
+#[test]
+fn override_files_merge_over_the_first_and_errors_name_their_file() {
+    let files = [
+        ("compose.yaml".to_owned(), "name: shop\nservices:\n  web:\n    image: a\n    environment: [A=1]\n    ports: ['8080:80']\n".to_owned()),
+        ("compose.override.yaml".to_owned(), "services:\n  web:\n    image: b\n    environment: {B: '2'}\n  debug:\n    image: c\n".to_owned()),
+    ];
+    let c = parse_files(&files, &origin(), &env(), &Files::default()).unwrap();
+    let web = &c.manifest.services["web"];
+    assert_eq!(c.manifest.app, "shop");
+    assert_eq!(web.env["A"], "1");
+    assert_eq!(web.env["B"], "2");
+    assert_eq!(web.ports.len(), 1);
+    assert!(matches!(&web.image, Image::Stored { reference, .. } if reference == "b:latest"));
+    assert!(c.manifest.services.contains_key("debug"));
+
+    let bad = [
+        files[0].clone(),
+        (
+            "more.yaml".to_owned(),
+            "services:\n  web:\n    privileged: true\n".to_owned(),
+        ),
+    ];
+    let e = parse_files(&bad, &origin(), &env(), &Files::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("more.yaml:3:5: services.web.privileged:"),
+        "{e}"
+    );
+    let broken = [
+        files[0].clone(),
+        ("more.yaml".to_owned(), "services: [\n".to_owned()),
+    ];
+    let e = parse_files(&broken, &origin(), &env(), &Files::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("more.yaml:"), "{e}");
+}

@@ -69,6 +69,24 @@ impl Node {
         }
     }
 
+    /// Moves the offsets of the whole subtree by `by` (a file read after others).
+    pub(crate) fn shift(&mut self, by: usize) {
+        let mut stack: Vec<&mut Node> = vec![self];
+        while let Some(node) = stack.pop() {
+            node.offset += by;
+            match &mut node.kind {
+                Kind::Scalar { .. } => {}
+                Kind::Seq(items) => stack.extend(items.iter_mut()),
+                Kind::Map(entries) => {
+                    for (k, v) in entries.iter_mut() {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                }
+            }
+        }
+    }
+
     /// The text of a scalar.
     pub(crate) fn text(&self) -> Option<&str> {
         match &self.kind {
