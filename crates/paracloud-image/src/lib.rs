@@ -12,6 +12,7 @@
 //!
 //! ```text
 //! layout  micro  registry  build   OCI layouts and archives, micro-images, pull and push, builds
+//! registries                       where a registry's images are pulled from (its mirrors)
 //! assemble                         new layers and images, written into the store
 //! store                            blobs, unpacked layers, refs, the build cache, prune
 //! unpack  build_cache              a layer tar into a directory; the build cache's entries
@@ -24,6 +25,7 @@ pub mod build_cache;
 pub mod digest;
 pub mod layout;
 pub mod micro;
+pub mod registries;
 pub mod registry;
 pub mod store;
 pub mod unpack;
