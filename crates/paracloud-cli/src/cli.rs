@@ -79,6 +79,10 @@ pub enum Command {
         /// How long to wait for readiness
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Check everything (manifest, images in the store or a registry, Containerfiles) and
+        /// start, build and pull nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print a Compose file as the equivalent paracloud.toml
     Convert {

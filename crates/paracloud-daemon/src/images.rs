@@ -12,6 +12,7 @@ use paracloud_api::{
 };
 use paracloud_image::layout::{self, Naming};
 use paracloud_image::micro::{build_micro_image, MicroImageSpec};
+use paracloud_image::registries::{self, Registries};
 use paracloud_image::registry::{self, ProgressFn};
 use paracloud_image::{Digest, ImageDefaults, Reference, Store, StoreError};
 use paracloud_manifest::{Image, Manifest, Port, Protocol, Service};
@@ -22,6 +23,8 @@ use paracloud_state::Snapshot;
 #[derive(Debug, Clone)]
 pub struct Images {
     store: Store,
+    /// The state root's registries.toml, read at each pull.
+    registries: std::path::PathBuf,
     lock: Arc<Mutex<()>>,
     /// Registry transfers run side by side (read); prune waits for them (write), so that it
     /// never removes a blob a pull has written but not yet named.
@@ -65,6 +68,7 @@ impl Images {
     pub fn open(root: &Path) -> std::result::Result<Self, StoreError> {
         Ok(Self {
             store: Store::open(root.join("images"))?,
+            registries: root.join(registries::FILE),
             lock: Arc::new(Mutex::new(())),
             transfers: Arc::new(tokio::sync::RwLock::new(())),
         })
@@ -72,6 +76,11 @@ impl Images {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The mirrors of registries as the state root's registries.toml says now.
+    pub fn registries(&self) -> Result<Registries> {
+        Registries::load(&self.registries).map_err(ImageError::bad)
     }
 
     /// Runs `f` with the store locked, on a blocking thread.
@@ -90,10 +99,14 @@ impl Images {
 
     /// Pins every store image of `manifest` (its services' and its own capsules') to a digest
     /// and fills in its config's defaults.
-    pub fn resolve_manifest(store: &Store, manifest: &mut Manifest) -> Result<()> {
+    pub fn resolve_manifest(
+        store: &Store,
+        registries: &Registries,
+        manifest: &mut Manifest,
+    ) -> Result<()> {
         for (name, service) in manifest.services.iter_mut() {
             let what = format!("service {name}");
-            let Some((digest, defaults)) = pin(store, &service.image, &what)? else {
+            let Some((digest, defaults)) = pin(store, registries, &service.image, &what)? else {
                 continue;
             };
             apply_defaults(service, &defaults)
@@ -102,7 +115,7 @@ impl Images {
         }
         for (name, capsule) in manifest.capsules.iter_mut() {
             let what = format!("capsule {name}");
-            let Some((digest, defaults)) = pin(store, &capsule.image, &what)? else {
+            let Some((digest, defaults)) = pin(store, registries, &capsule.image, &what)? else {
                 continue;
             };
             // The manifest's variables over the image's.
@@ -205,25 +218,29 @@ impl Images {
     }
 }
 
-/// The digest `image` means now (pulled from its registry, or imported from its layout, when
-/// the store lacks it) and the defaults its config gives; `None` for the host and directories,
-/// which are no store images. `what` names its user in errors ("service web").
-fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<(Digest, ImageDefaults)>> {
+/// The digest `image` means now (pulled through its registry's mirrors, or imported from its
+/// layout, when the store lacks it) and the defaults its config gives; `None` for the host and
+/// directories, which are no store images. `what` names its user in errors ("service web").
+fn pin(
+    store: &Store,
+    registries: &Registries,
+    image: &Image,
+    what: &str,
+) -> Result<Option<(Digest, ImageDefaults)>> {
     let digest = match image {
         Image::Stored { reference, .. } => match store.lookup(reference) {
             Ok(digest) => digest,
-            // An image of a registry the store lacks is pulled, as compose does.
-            Err(StoreError::NotFound(_))
-                if reference
-                    .parse::<Reference>()
-                    .is_ok_and(|r| r.registry.is_some()) =>
-            {
+            // An image the store lacks is pulled, as compose does (`nginx` from Docker Hub or
+            // its mirrors). The command pulls first, with the user's credentials and progress;
+            // this is for other clients of the API.
+            Err(StoreError::NotFound(_)) => {
                 let parsed: Reference = reference
                     .parse()
                     .map_err(|e| ImageError::bad(format!("{what}: image {reference}: {e}")))?;
                 let quiet: ProgressFn = Arc::new(|_| {});
+                let auths = registry::Auths::new();
                 tokio::runtime::Handle::current()
-                    .block_on(registry::pull(store, &parsed, None, quiet))
+                    .block_on(registry::pull_via(store, &parsed, registries, &auths, quiet))
                     .map_err(|e| {
                         ImageError::bad(format!(
                             "{what}: image {reference} is not in the store and cannot be pulled: {e}"
@@ -232,7 +249,7 @@ fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<(Digest, Image
             }
             Err(e) => {
                 return Err(ImageError {
-                    not_found: matches!(e, StoreError::NotFound(_)),
+                    not_found: false,
                     bad_request: true,
                     message: format!("{what}: image {reference}: {e}"),
                 })

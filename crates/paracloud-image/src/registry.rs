@@ -89,10 +89,19 @@ impl RegistryError {
 type Result<T> = std::result::Result<T, RegistryError>;
 
 /// A user name and password for basic auth, or for the token service of a bearer registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password, in any log.
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Credentials by registry (`docker.io`, `HOST:PORT`, as [`Source::registry`] names it).
