@@ -291,3 +291,18 @@ fn credentials_come_from_the_users_docker_config_and_its_credential_helper() {
     // The daemon never writes the secret down.
     assert!(!p.daemon_log().contains("s3cret"));
 }
+
+#[test]
+fn a_bad_registries_file_stops_the_daemon_with_its_location() {
+    let p = Platform::new();
+    std::fs::write(
+        p.root().join("registries.toml"),
+        "[registry.\"docker.io\"]\nmirrors = [\"https://mirror.internal\"]\n",
+    )
+    .unwrap();
+    let e = p.fails(&["ps"]);
+    assert!(
+        e.contains("registries.toml: line 2: [registry.\"docker.io\"]: mirror: \"https://mirror.internal\" has a scheme"),
+        "{e}"
+    );
+}
