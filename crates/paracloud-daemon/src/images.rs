@@ -80,7 +80,7 @@ impl Images {
 
     /// The mirrors of registries as the state root's registries.toml says now.
     pub fn registries(&self) -> Result<Registries> {
-        Registries::load(&self.registries).map_err(ImageError::bad)
+        registries::load(&self.registries).map_err(ImageError::bad)
     }
 
     /// Runs `f` with the store locked, on a blocking thread.

@@ -17,9 +17,8 @@
 //! components) applies. A mirror's location replaces that prefix. A mirror is reached over HTTPS,
 //! or plain HTTP when it has a port and answers there without TLS (as any registry); `insecure`
 //! speaks plain HTTP to it from the start. What to try is decided here, without I/O
-//! ([`Registries::sources`]); the registry client tries the sources in order.
-
-use std::path::Path;
+//! ([`Registries::sources`]); `paracloud-image` reads the file and its registry client tries
+//! the sources in order.
 
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -86,15 +85,6 @@ fn canonical_prefix(prefix: &str) -> String {
 }
 
 impl Registries {
-    /// Reads `path` (no rules when there is no file). An error says the file, line and what.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
-    }
-
     /// Parses the file's text; an error starts with `line N: `.
     pub fn parse(text: &str) -> Result<Self, String> {
         let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
@@ -224,12 +214,14 @@ fn parse_rule(
                     ))
                 }
             },
-            other => return Err(at(
-                key.span(),
-                format!(
+            other => {
+                return Err(at(
+                    key.span(),
+                    format!(
                     "{here}: unknown key `{other}`: a registry has `mirrors` and `mirrors_only`"
                 ),
-            )),
+                ))
+            }
         }
     }
     if rule.mirrors_only && rule.mirrors.is_empty() {
