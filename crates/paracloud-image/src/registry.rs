@@ -51,7 +51,7 @@ pub enum RegistryError {
     },
     #[error("registry {host}: {message}")]
     Http { host: String, message: String },
-    #[error("registry {host} refused the credentials for {what} (401): check --username and the password")]
+    #[error("registry {host} refused the credentials for {what} (401): check --username and the password, or the Docker config's entry for {host}")]
     Unauthorized { host: String, what: String },
     #[error("registry {host}: TLS: {message}{}", if *.certificate { " (the registry's certificate is not trusted: give its certificate authority)" } else { "" })]
     Tls {
@@ -496,7 +496,7 @@ impl Registry {
             "basic" => basic.ok_or_else(|| {
                 http_err(
                     &self.host,
-                    "asks for a user name and password: give --username (and the password on stdin or in PARACLOUD_REGISTRY_PASSWORD)",
+                    "asks for a user name and password: give --username (and the password on stdin or in PARACLOUD_REGISTRY_PASSWORD), or log in to it in the Docker config (docker login, an auths entry or a credential helper)",
                 )
             }),
             "bearer" => {
