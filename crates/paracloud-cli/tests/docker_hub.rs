@@ -130,6 +130,23 @@ fn a_docker_hub_name_in_a_compose_file_is_pulled_through_the_mirror_at_up_and_se
     assert_eq!(images[0]["reference"], "bbox:1", "{images}");
     p.ok(&["image", "inspect", "docker.io/library/bbox:1"]);
     p.ok(&["down", "-a", "pages"]);
+
+    // A client of the API other than the command: the daemon pulls what the store lacks itself.
+    p.ok(&["image", "rm", "bbox:1"]);
+    let up = serde_json::json!({
+        "source": "app = \"api\"\n[services.sleeper]\nimage = \"docker.io/library/bbox:1\"\ncommand = [\"/bin/busybox\", \"sleep\", \"600\"]\n",
+        "origin": "api.toml",
+        "base_dir": "/",
+    });
+    let (status, body) = unix_http(
+        &p.root().join("paracloud.sock"),
+        "POST",
+        "/v1/apps",
+        &up.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    p.ok(&["image", "inspect", "bbox:1"]);
+    p.ok(&["down", "-a", "api"]);
 }
 
 #[test]

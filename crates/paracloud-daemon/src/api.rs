@@ -157,11 +157,21 @@ async fn up<D: Driver>(
         .images
         .registries()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.message))?;
+    engine
+        .images
+        .pull_missing(&manifest, &registries)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{}: {}", request.origin, e.message),
+            )
+        })?;
     let manifest = engine
         .images
         .with(move |store| {
             let mut manifest = manifest;
-            Images::resolve_manifest(store, &registries, &mut manifest).map(|()| manifest)
+            Images::resolve_manifest(store, &mut manifest).map(|()| manifest)
         })
         .await
         .map_err(|e| {

@@ -99,14 +99,10 @@ impl Images {
 
     /// Pins every store image of `manifest` (its services' and its own capsules') to a digest
     /// and fills in its config's defaults.
-    pub fn resolve_manifest(
-        store: &Store,
-        registries: &Registries,
-        manifest: &mut Manifest,
-    ) -> Result<()> {
+    pub fn resolve_manifest(store: &Store, manifest: &mut Manifest) -> Result<()> {
         for (name, service) in manifest.services.iter_mut() {
             let what = format!("service {name}");
-            let Some((digest, defaults)) = pin(store, registries, &service.image, &what)? else {
+            let Some((digest, defaults)) = pin(store, &service.image, &what)? else {
                 continue;
             };
             apply_defaults(service, &defaults)
@@ -115,7 +111,7 @@ impl Images {
         }
         for (name, capsule) in manifest.capsules.iter_mut() {
             let what = format!("capsule {name}");
-            let Some((digest, defaults)) = pin(store, registries, &capsule.image, &what)? else {
+            let Some((digest, defaults)) = pin(store, &capsule.image, &what)? else {
                 continue;
             };
             // The manifest's variables over the image's.
@@ -135,6 +131,60 @@ impl Images {
             return Err(ImageError::bad(format!(
                 "capsule {name}: neither the manifest nor its image says what to run; set `command = [\"/path/to/program\"]` under [capsules.{name}]"
             )));
+        }
+        Ok(())
+    }
+
+    /// Pulls the store images of `manifest` that the store lacks, as compose does (`nginx` from
+    /// Docker Hub or its mirrors), each named by its user in errors. The command pulls them
+    /// before, with the caller's credentials and progress; this is for other clients of the API.
+    /// Done outside the store's lock, as any pull, so that instances keep starting meanwhile.
+    pub async fn pull_missing(&self, manifest: &Manifest, registries: &Registries) -> Result<()> {
+        let images = manifest
+            .services
+            .iter()
+            .map(|(name, s)| (format!("service {name}"), &s.image))
+            .chain(
+                manifest
+                    .capsules
+                    .iter()
+                    .map(|(name, c)| (format!("capsule {name}"), &c.image)),
+            );
+        for (what, image) in images {
+            let Image::Stored { reference, .. } = image else {
+                continue;
+            };
+            let wanted = reference.clone();
+            let missing = self
+                .with(move |store| {
+                    Ok(matches!(
+                        store.lookup(&wanted),
+                        Err(StoreError::NotFound(_))
+                    ))
+                })
+                .await?;
+            // A bad name is the resolution's to tell.
+            let Ok(parsed) = reference.parse::<Reference>() else {
+                continue;
+            };
+            if !missing {
+                continue;
+            }
+            let _shared = self.transfers.clone().read_owned().await;
+            let quiet: ProgressFn = Arc::new(|_| {});
+            registry::pull_via(
+                &self.store,
+                &parsed,
+                registries,
+                &registry::Auths::new(),
+                quiet,
+            )
+            .await
+            .map_err(|e| {
+                ImageError::bad(format!(
+                    "{what}: image {reference} is not in the store and cannot be pulled: {e}"
+                ))
+            })?;
         }
         Ok(())
     }
@@ -218,34 +268,17 @@ impl Images {
     }
 }
 
-/// The digest `image` means now (pulled through its registry's mirrors, or imported from its
-/// layout, when the store lacks it) and the defaults its config gives; `None` for the host and
+/// The digest `image` means now (imported from its layout when the store lacks it) and the defaults its config gives; `None` for the host and
 /// directories, which are no store images. `what` names its user in errors ("service web").
-fn pin(
-    store: &Store,
-    registries: &Registries,
-    image: &Image,
-    what: &str,
-) -> Result<Option<(Digest, ImageDefaults)>> {
+fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<(Digest, ImageDefaults)>> {
     let digest = match image {
         Image::Stored { reference, .. } => match store.lookup(reference) {
             Ok(digest) => digest,
-            // An image the store lacks is pulled, as compose does (`nginx` from Docker Hub or
-            // its mirrors). The command pulls first, with the user's credentials and progress;
-            // this is for other clients of the API.
+            // Pulled before, outside the store's lock ([`Images::pull_missing`]).
             Err(StoreError::NotFound(_)) => {
-                let parsed: Reference = reference
-                    .parse()
-                    .map_err(|e| ImageError::bad(format!("{what}: image {reference}: {e}")))?;
-                let quiet: ProgressFn = Arc::new(|_| {});
-                let auths = registry::Auths::new();
-                tokio::runtime::Handle::current()
-                    .block_on(registry::pull_via(store, &parsed, registries, &auths, quiet))
-                    .map_err(|e| {
-                        ImageError::bad(format!(
-                            "{what}: image {reference} is not in the store and cannot be pulled: {e}"
-                        ))
-                    })?
+                return Err(ImageError::bad(format!(
+                    "{what}: image {reference} is not in the store; pull, build or import it"
+                )))
             }
             Err(e) => {
                 return Err(ImageError {
