@@ -466,20 +466,26 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
     }
 }
 
-/// The credentials, from this user's Docker config, of every registry a pull of `reference`
-/// may reach (its mirrors and itself, as the daemon's registries.toml orders them).
-async fn auths_for(
+/// Where a pull of `reference` would look, in order (the daemon's registries.toml decides).
+async fn sources_of(
     client: &Client,
-    config: &crate::docker_config::DockerConfig,
     reference: &str,
-    auths: &mut BTreeMap<String, paracloud_api::RegistryCredentials>,
-) -> Result<()> {
-    let sources = client
+) -> Result<Vec<paracloud_api::ImageSourceView>> {
+    client
         .call(&ImageSources(paracloud_api::SourcesRequest {
             reference: reference.to_owned(),
         }))
         .await
-        .map_err(explain)?;
+        .map_err(explain)
+}
+
+/// Adds the credentials, from this user's Docker config, of each registry of `sources` (the
+/// mirrors and the registry a pull may reach) that `auths` lacks.
+fn add_credentials(
+    config: &crate::docker_config::DockerConfig,
+    sources: Vec<paracloud_api::ImageSourceView>,
+    auths: &mut BTreeMap<String, paracloud_api::RegistryCredentials>,
+) -> Result<()> {
     let search = std::env::var_os("PATH");
     for source in sources {
         if auths.contains_key(&source.registry) {
@@ -490,6 +496,17 @@ async fn auths_for(
         }
     }
     Ok(())
+}
+
+/// The credentials of every registry a pull of `reference` may reach.
+async fn auths_for(
+    client: &Client,
+    config: &crate::docker_config::DockerConfig,
+    reference: &str,
+    auths: &mut BTreeMap<String, paracloud_api::RegistryCredentials>,
+) -> Result<()> {
+    let sources = sources_of(client, reference).await?;
+    add_credentials(config, sources, auths)
 }
 
 /// Pulls the images of a manifest that the store lacks, with the progress of each, before the
@@ -544,8 +561,10 @@ async fn up_dry_run(global: &Global, file: &Path) -> Result<()> {
     let config = crate::docker_config::DockerConfig::load()?;
     let mut auths = BTreeMap::new();
     for (reference, _) in &manifest.images {
-        // A bad reference is the daemon's to locate; credentials are only a help here.
-        let _ = auths_for(&client, &config, reference, &mut auths).await;
+        // A bad reference is the dry run's to locate, with the others.
+        if let Ok(sources) = sources_of(&client, reference).await {
+            add_credentials(&config, sources, &mut auths)?;
+        }
     }
     manifest.request.dry_run = true;
     manifest.request.auths = auths;

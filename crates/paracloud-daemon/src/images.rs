@@ -154,6 +154,10 @@ impl Images {
             let Image::Stored { reference, .. } = image else {
                 continue;
             };
+            // A bad name is the resolution's to tell.
+            let Ok(parsed) = reference.parse::<Reference>() else {
+                continue;
+            };
             let wanted = reference.clone();
             let missing = self
                 .with(move |store| {
@@ -163,10 +167,6 @@ impl Images {
                     ))
                 })
                 .await?;
-            // A bad name is the resolution's to tell.
-            let Ok(parsed) = reference.parse::<Reference>() else {
-                continue;
-            };
             if !missing {
                 continue;
             }
@@ -268,8 +268,9 @@ impl Images {
     }
 }
 
-/// The digest `image` means now (imported from its layout when the store lacks it) and the defaults its config gives; `None` for the host and
-/// directories, which are no store images. `what` names its user in errors ("service web").
+/// The digest `image` means now (imported from its layout when the store lacks it) and the
+/// defaults its config gives; `None` for the host and directories, which are no store images.
+/// `what` names its user in errors ("service web").
 fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<(Digest, ImageDefaults)>> {
     let digest = match image {
         Image::Stored { reference, .. } => match store.lookup(reference) {
