@@ -84,6 +84,10 @@ pub enum Command {
         /// works as well)
         #[arg(long = "profile", value_name = "PROFILE")]
         profiles: Vec<String>,
+        /// Check everything (manifest, images in the store or a registry, Containerfiles) and
+        /// start, build and pull nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print a Compose file as the equivalent paracloud.toml
     Convert {

@@ -346,3 +346,20 @@ async fn run_step<D: Driver>(
     let _ = std::fs::remove_dir_all(&dir);
     outcome
 }
+
+/// What a build of `request` would read, checked without building: the Containerfile found
+/// and parsed. Its path and number of steps.
+pub fn check(request: &BuildRequest) -> Result<(PathBuf, usize), ImageError> {
+    if !request.context.is_absolute() || !request.context.is_dir() {
+        return Err(bad(format!(
+            "the build context {} is not a directory",
+            request.context.display()
+        )));
+    }
+    let file = containerfile_path(&request.context, request.file.as_deref())?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+    let steps = containerfile::parse(&text, &request.build_args)
+        .map_err(|e| bad(format!("{}: {e}", file.display())))?;
+    Ok((file, steps.len()))
+}
