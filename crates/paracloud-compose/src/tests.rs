@@ -547,9 +547,21 @@ fn networks_split_the_services_and_aliases_name_them() {
     assert_eq!(m.names_of("web", "api"), ["api", "backend"]);
     assert_eq!(m.names_of("db", "api"), ["api"]);
     assert!(m.is_split());
+    let c = read("networks:\n  back: {ipam: {config: [{subnet: 172.28.0.0/16}]}}\nservices:\n  db: {image: a, networks: {back: {ipv4_address: 172.28.5.4}}}\n");
+    assert_eq!(
+        c.manifest.fixed_address("db"),
+        Some("172.28.5.4".parse().unwrap())
+    );
+    assert_eq!(
+        c.manifest.networks["back"].subnet,
+        Some("172.28.0.0/16".parse().unwrap())
+    );
     for (src, wanted) in [
         ("services:\n  web: {image: a, networks: [nope]}\n", "compose.yaml:2:30: services.web.networks[0]: network `nope` is not declared in the top-level `networks`"),
-        ("networks: {n: {}}\nservices:\n  web: {image: a, networks: {n: {ipv4_address: 10.0.0.2}}}\n", "services.web.networks.n.ipv4_address: `ipv4_address` is not supported"),
+        ("networks: {n: {ipam: {config: [{subnet: 172.28.0.0/16}]}}}\nservices:\n  web: {image: a, networks: {n: {ipv4_address: 10.0.0.2}}}\n", "10.0.0.2 is not a host address of network `n`'s subnet 172.28.0.0/16"),
+        ("networks: {n: {}}\nservices:\n  web: {image: a, networks: {n: {ipv4_address: 10.0.0.2}}}\n  db: {image: a, networks: {n: {ipv4_address: 10.0.0.2}}}\n", "10.0.0.2 is the address of `db` too"),
+        ("networks: {n: {ipam: {config: [{subnet: 172.28.0.0/16, gateway: 172.28.0.1}]}}}\nservices:\n  web: {image: a}\n", "`gateway` is not supported"),
+        ("networks: {n: {}}\nservices:\n  web: {image: a, networks: {n: {ipv6_address: \"::1\"}}}\n", "`ipv6_address` is not supported"),
         ("networks: {n: {driver: overlay}}\nservices:\n  web: {image: a}\n", "networks.n.driver: `driver` is not supported"),
         ("networks: {n: {external: true}}\nservices:\n  web: {image: a}\n", "networks.n.external: `external` is not supported"),
         ("networks: {n: {}}\nservices:\n  web: {image: a, networks: {n: {aliases: [web2]}}}\n  web2: {image: a}\n", "alias `web2` is the name of another service"),

@@ -208,6 +208,7 @@ async fn up<D: Driver>(
             }
         }
     }
+    check_fixed(&engine, &manifest, &request.origin)?;
     let app = manifest.app.clone();
     let command = Command::Up {
         manifest,
@@ -223,6 +224,28 @@ async fn up<D: Driver>(
         changed,
         checked: Vec::new(),
     }))
+}
+
+/// The fixed service addresses of a manifest are free on this machine (see
+/// `addressing::check_fixed_addresses`).
+fn check_fixed<D: Driver>(
+    engine: &Arc<Engine<D>>,
+    manifest: &paracloud_manifest::Manifest,
+    origin: &str,
+) -> Result<(), ApiError> {
+    let snapshot = engine.store.load()?;
+    let ours = snapshot
+        .apps
+        .iter()
+        .flat_map(|a| {
+            a.manifest
+                .services
+                .keys()
+                .filter_map(|name| a.manifest.fixed_address(name))
+        })
+        .collect();
+    crate::addressing::check_fixed_addresses(manifest, engine.config.subnet_pool, &ours, origin)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
 }
 
 /// `up --dry-run`: every check `up` makes, with nothing built, pulled, written or started. Each
@@ -348,6 +371,7 @@ async fn dry_run<D: Driver>(
             }
         }
     }
+    check_fixed(engine, &manifest, &origin)?;
     let app = manifest.app.clone();
     let command = Command::Up {
         manifest,

@@ -75,8 +75,10 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
                 })
                 .collect();
             let backends = ready_backends(name, port.port);
-            let service_address =
-                SocketAddr::new(IpAddr::V4(network.service_address(record.slot)), port.port);
+            let service_address = SocketAddr::new(
+                IpAddr::V4(service_address(app, &network, name, record)),
+                port.port,
+            );
             listeners.push(Listener {
                 name: format!("{}/{}:{}", app.name, name, port.port),
                 bind: service_address,
@@ -115,7 +117,9 @@ fn service_ports(app: &AppRecord) -> impl Iterator<Item = (&String, &ServiceReco
 /// clients). The host's firewall lets the instances open connections to these alone.
 pub fn served_on_bridge(app: &AppRecord, network: &AppNetwork) -> Vec<SocketAddrV4> {
     service_ports(app)
-        .map(|(_, record, port)| SocketAddrV4::new(network.service_address(record.slot), port.port))
+        .map(|(name, record, port)| {
+            SocketAddrV4::new(service_address(app, network, name, record), port.port)
+        })
         .collect()
 }
 
@@ -140,8 +144,8 @@ pub fn segments(
                 name: name.to_owned(),
                 served: service_ports(app)
                     .filter(|(service, _, _)| on(service))
-                    .map(|(_, record, port)| {
-                        SocketAddrV4::new(network.service_address(record.slot), port.port)
+                    .map(|(service, record, port)| {
+                        SocketAddrV4::new(service_address(app, network, service, record), port.port)
                     })
                     .collect(),
                 members: instances
@@ -153,6 +157,17 @@ pub fn segments(
             }
         })
         .collect()
+}
+
+/// A service's stable address: its fixed one, else its slot's.
+fn service_address(
+    app: &AppRecord,
+    network: &AppNetwork,
+    name: &str,
+    record: &ServiceRecord,
+) -> std::net::Ipv4Addr {
+    crate::addressing::service_address_of(app, network, name)
+        .unwrap_or_else(|| network.service_address(record.slot))
 }
 
 pub use paracloud_command::revisions_of;

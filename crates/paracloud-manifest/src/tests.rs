@@ -392,7 +392,7 @@ fn unknown_key_far() {
         &format!("{HEAD}colour = \"red\"\n"),
         r#"
 paracloud.toml:5:1: services.kv.colour: unknown key `colour`
-  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, scale_to_zero, migrate, capsules, autoscale, revisions
+  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, networks, scale_to_zero, migrate, capsules, autoscale, revisions
 "#,
     );
 }
