@@ -137,14 +137,16 @@ async fn up<D: Driver>(
                 context: context.clone(),
                 file: None,
                 tag: format!("{app_name}-{}:latest", name.replace('@', "-")),
-                build_args: Default::default(),
+                ..Default::default()
             };
-            let built = crate::build::build(&engine, request).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("{}: service {name}: {}", origin.file, e.message),
-                )
-            })?;
+            let built = crate::build::build(&engine, request, None)
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("{}: service {name}: {}", origin.file, e.message),
+                    )
+                })?;
             *digest = Some(built.digest);
         }
     }
@@ -868,12 +870,30 @@ async fn push_image<D: Driver>(
     transfer_stream(engine.images.clone(), r, true)
 }
 
+/// A build, answered with its steps and RUN output as they come, then how it ended.
 async fn build_image<D: Driver>(
     State(engine): Shared<D>,
     body: Result<Json<paracloud_api::BuildRequest>, JsonRejection>,
-) -> Result<Json<paracloud_api::BuildResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    use paracloud_api::BuildEvent;
     let Json(r) = body?;
-    Ok(Json(crate::build::build(&engine, r).await?))
+    // A bad request is refused with its status; a build that fails says so in the stream.
+    let prepared = crate::build::prepare(r)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BuildEvent>();
+    tokio::spawn(async move {
+        let last = match crate::build::run(&engine, prepared, Some(tx.clone())).await {
+            Ok(build) => BuildEvent::Finished { build },
+            Err(e) => BuildEvent::Failed { error: e.message },
+        };
+        let _ = tx.send(last);
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
+    });
+    Ok(Body::from_stream(stream).into_response())
 }
 
 #[derive(Deserialize)]

@@ -340,7 +340,10 @@ pub fn list(store: &Store) -> Result<Vec<ImageView>> {
 
 pub fn inspect(store: &Store, name: &str) -> Result<ImageDetail> {
     let image = store.image(name)?;
-    let defaults = ImageDefaults::from_config(&image.config);
+    let config = store.read_blob(&paracloud_image::store::descriptor_digest(
+        image.manifest.config().digest(),
+    )?)?;
+    let defaults = ImageDefaults::from_config(&image.config).with_docker_extras(&config);
     let references = store
         .refs()?
         .into_iter()
@@ -379,6 +382,11 @@ pub fn inspect(store: &Store, name: &str) -> Result<ImageDetail> {
             .flatten()
             .map(|h| h.created_by().clone().unwrap_or_default())
             .collect(),
+        labels: defaults.labels,
+        shell: defaults.shell,
+        healthcheck: defaults.healthcheck.map(|h| h.to_docker_json()),
+        stop_signal: defaults.stop_signal,
+        volumes: defaults.volumes,
     })
 }
 
@@ -506,6 +514,7 @@ mod tests {
             user: Some("nobody".into()),
             exposed_ports: vec!["8080/tcp".into(), "53/udp".into()],
             labels: BTreeMap::new(),
+            ..ImageDefaults::default()
         }
     }
 

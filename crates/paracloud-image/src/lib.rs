@@ -28,7 +28,7 @@ pub mod registry;
 pub mod store;
 pub mod unpack;
 
-pub use paracloud_image_spec::{config, containerfile, reference};
+pub use paracloud_image_spec::{config, containerfile, dockerignore, reference};
 
 pub use config::ImageDefaults;
 pub use digest::Digest;
