@@ -84,9 +84,7 @@ impl Platform {
         let variant = parts.next();
         os == self.os
             && arch.is_none_or(|a| a == self.arch)
-            && variant.is_none_or(|v| {
-                v == self.variant || (v == "v1" && self.variant.is_empty())
-            })
+            && variant.is_none_or(|v| v == self.variant || (v == "v1" && self.variant.is_empty()))
             && parts.next().is_none()
     }
 
