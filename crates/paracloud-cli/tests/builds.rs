@@ -116,14 +116,15 @@ stop_grace_period = "1s"
     );
     p.ok(&["down", "-a", "site"]);
 
-    // `build = "DIR"`: built at `up` (every step from the cache here) and run.
+    // `build = { context = DIR, args = ... }`: built at `up` (every step from the cache here,
+    // the argument being its default) and run.
     let manifest = p.manifest(
         "built",
         &format!(
             r#"
 app = "built"
 [services.www]
-build = "{ctx}"
+build = {{ context = "{ctx}", args = {{ GREETING = "hello" }} }}
 ports = [{{ port = 8080, protocol = "http", publish = {port} }}]
 health = {{ http = "/", interval = "1s" }}
 stop_grace_period = "1s"

@@ -132,11 +132,20 @@ async fn up<D: Driver>(
     let mut manifest = manifest;
     let app_name = manifest.app.clone();
     for (name, service) in manifest.services.iter_mut() {
-        if let paracloud_manifest::Image::Build { context, digest } = &mut service.image {
+        if let paracloud_manifest::Image::Build {
+            context,
+            dockerfile,
+            target,
+            args,
+            digest,
+        } = &mut service.image
+        {
             let request = paracloud_api::BuildRequest {
                 context: context.clone(),
-                file: None,
+                file: dockerfile.clone(),
                 tag: format!("{app_name}-{}:latest", name.replace('@', "-")),
+                build_args: args.clone(),
+                target: target.clone(),
                 ..Default::default()
             };
             let built = crate::build::build(&engine, request, None)

@@ -253,7 +253,9 @@ fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<(Digest, Image
                 }
             }
         }
-        Image::Build { digest, context } => digest
+        Image::Build {
+            digest, context, ..
+        } => digest
             .as_deref()
             .and_then(|d| d.parse().ok())
             .ok_or_else(|| {
