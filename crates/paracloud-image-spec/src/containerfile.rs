@@ -1743,6 +1743,13 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_parse() {
+        let cf = parse_ok(include_str!("../../../fuzz/seeds/containerfile/stages"));
+        assert_eq!(cf.waves(1), vec![vec![0], vec![1]]);
+        parse_ok(include_str!("../../../fuzz/seeds/containerfile/basic"));
+    }
+
+    #[test]
     fn durations_read_as_go_writes_them() {
         assert_eq!(duration_ns("30s"), Some(30_000_000_000));
         assert_eq!(duration_ns("1h2m"), Some(3_720_000_000_000));
