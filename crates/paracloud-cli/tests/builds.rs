@@ -224,6 +224,8 @@ FROM tools
 COPY --from=compile /out/platform.txt /srv/
 COPY --from=assets /www /srv/www
 COPY --from=busybox:1 /etc/group /srv/group-of-busybox
+# /bin links to usr/bin in busybox:1: the source is followed through it, as Docker does.
+COPY --from=busybox:1 /bin/busybox /srv/busybox-copy
 "#;
 
 #[test]
@@ -249,6 +251,7 @@ fn stages_build_what_the_target_needs_at_once_and_copy_from_stages_and_images() 
             &format!("grep -qx 'linux/{arch} {arch}' /srv/platform.txt"),
             "grep -qx asset /srv/www/asset.txt",
             "grep -q '^root:' /srv/group-of-busybox",
+            "/srv/busybox-copy true",
             "test ! -e /meet && test ! -e /out",
         ],
     );

@@ -501,15 +501,14 @@ impl<D: Driver> Build<'_, D> {
             let owner = resolve_owner(&image, c2.chown.as_deref())?;
             let (root, ignore, sources) = if let Some(from) = from_layers {
                 let layers = from.layer_dirs(&s)?;
+                // Each source where the image resolves it (through its links, as Docker does).
+                let mut resolved = Vec::new();
                 for source in &c2.sources {
-                    extract(&layers, source, &scratch2)
+                    let at = extract(&layers, source, &scratch2)
                         .map_err(|e| bad(format!("--from: {}", ImageError::from(e).message)))?;
+                    resolved.push(at.display().to_string());
                 }
-                (
-                    scratch2.clone(),
-                    Dockerignore::default(),
-                    c2.sources.clone(),
-                )
+                (scratch2.clone(), Dockerignore::default(), resolved)
             } else if !c2.inline.is_empty() {
                 for f in &c2.inline {
                     let path = scratch2.join(&f.name);
@@ -582,11 +581,11 @@ impl<D: Driver> Build<'_, D> {
                         // Writes go to a copy, discarded with the step.
                         let (context, copied, s2) =
                             (self.context.clone(), source.clone(), scratch.clone());
-                        blocking(move || {
+                        let at = blocking(move || {
                             extract(&[context], &copied, &s2).map_err(ImageError::from)
                         })
                         .await?;
-                        (inside(&scratch, source).unwrap_or(path), false)
+                        (scratch.join(at), false)
                     } else {
                         (path, true)
                     }
@@ -599,16 +598,13 @@ impl<D: Driver> Build<'_, D> {
                 } => {
                     let state = self.state_at(from).await?;
                     let (s, source2, s2) = (self.store.clone(), source.clone(), scratch.clone());
-                    blocking(move || {
+                    let at = blocking(move || {
                         let layers = state.layer_dirs(&s)?;
                         extract(&layers, &source2, &s2).map_err(ImageError::from)
                     })
                     .await
                     .map_err(|e| bad(format!("RUN --mount from=: {}", e.message)))?;
-                    (
-                        inside(&scratch, source).unwrap_or(scratch.clone()),
-                        !*read_write,
-                    )
+                    (scratch.join(at), !*read_write)
                 }
                 RunMount::Cache {
                     id,
@@ -715,8 +711,8 @@ impl<D: Driver> Build<'_, D> {
                 let (s, source, st) = (self.store.clone(), source.to_owned(), staging.clone());
                 blocking(move || {
                     let layers = state.layer_dirs(&s)?;
-                    extract(&layers, &source, &st).map_err(ImageError::from)?;
-                    Ok(inside(&st, &source).unwrap_or(st))
+                    let at = extract(&layers, &source, &st).map_err(ImageError::from)?;
+                    Ok(st.join(at))
                 })
                 .await
                 .map_err(|e| bad(format!("RUN --mount=type=cache,from=: {}", e.message)))?

@@ -521,8 +521,9 @@ pub fn copy_layer(store: &Store, request: &CopyRequest<'_>) -> Result<LayerBlob>
 
 /// Copies what `path` is in the image made of `layers` (unpacked, lowest first; links among its
 /// parents followed, whiteouts and opaque directories applied) to the same path under `out`,
-/// owners and modes kept: the files `COPY --from` and the mounts' `from=` read.
-pub fn extract(layers: &[PathBuf], path: &str, out: &Path) -> Result<()> {
+/// owners and modes kept: the files `COPY --from` and the mounts' `from=` read. Returns where
+/// it put them: the path as the image resolves it, relative to `out`.
+pub fn extract(layers: &[PathBuf], path: &str, out: &Path) -> Result<PathBuf> {
     let absolute = Path::new("/").join(path);
     let resolved = resolve_in_image(layers, &absolute, true);
     let relative = resolved.strip_prefix("/").unwrap_or(&resolved).to_owned();
@@ -554,7 +555,7 @@ pub fn extract(layers: &[PathBuf], path: &str, out: &Path) -> Result<()> {
     if !merged_copy(&visible, &relative, &target)? {
         return Err(invalid(format!("{path}: no such file in the image")));
     }
-    Ok(())
+    Ok(relative)
 }
 
 /// Copies the merged entry `relative` of `layers` (lowest first) to `target`; false when no
@@ -844,7 +845,10 @@ mod tests {
         };
         let made = whiteout("usr/bin/old") && whiteout("srv");
         let out = dir.path().join("out");
-        extract(&layers, "/bin", &out).unwrap();
+        assert_eq!(
+            extract(&layers, "/bin", &out).unwrap(),
+            Path::new("usr/bin")
+        );
         let read = |p: &str| fs::read_to_string(out.join(p)).ok();
         assert_eq!(read("usr/bin/tool").as_deref(), Some("upper"));
         assert_eq!(read("usr/bin/new").as_deref(), Some("new"));
