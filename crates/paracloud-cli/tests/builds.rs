@@ -484,6 +484,13 @@ COPY app/debug.log /
         e.contains("app/debug.log: excluded by the .dockerignore"),
         "{e}"
     );
+    // The Containerfile's own ignore file wins over the context's.
+    std::fs::write(
+        Path::new(&ctx).join("Containerfile.dockerignore"),
+        "# nothing left out\n",
+    )
+    .unwrap();
+    p.ok(&["build", "-t", "x:1", &ctx]);
 }
 
 #[test]

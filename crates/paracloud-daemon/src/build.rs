@@ -167,7 +167,15 @@ pub fn prepare(request: BuildRequest) -> Result<Prepared, ImageError> {
             )));
         }
     }
-    let ignore = std::fs::read_to_string(request.context.join(".dockerignore"))
+    // `NAME.dockerignore` beside the Containerfile first, as BuildKit reads it, then the
+    // context's `.dockerignore`.
+    let own = file
+        .file_name()
+        .map(|n| file.with_file_name(format!("{}.dockerignore", n.to_string_lossy())));
+    let ignore = own
+        .iter()
+        .chain([&request.context.join(".dockerignore")])
+        .find_map(|p| std::fs::read_to_string(p).ok())
         .map(|t| Dockerignore::parse(&t))
         .unwrap_or_default();
     Ok(Prepared {
