@@ -287,8 +287,15 @@ fn stages_build_what_the_target_needs_at_once_and_copy_from_stages_and_images() 
     );
 }
 
-const MOUNTS: &str = r#"FROM busybox:1
+const MOUNTS: &str = r#"FROM busybox:1 AS seed
+COPY <<EOF /data/x
+seeded
+EOF
+
+FROM busybox:1
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN --mount=type=bind,from=seed,source=/data,target=/seeddata cp /seeddata/x /from-stage.txt
+RUN --mount=type=cache,id=seeded,target=/c,from=seed,source=/data cp /c/x /from-cache-seed.txt
 ARG ROUND=1
 RUN --mount=type=cache,target=/var/cache/app \
     echo "round $ROUND" >> /var/cache/app/log && cp /var/cache/app/log /rounds.txt
@@ -358,6 +365,8 @@ fn run_mounts_secrets_and_heredocs_behave_as_buildkit_s() {
             "grep -qx 'from a heredoc' /heredoc.txt",
             "grep -qx '$HOME stays' /raw.txt",
             "grep -qx 'hello builder' /greeting.txt",
+            "grep -qx seeded /from-stage.txt && grep -qx seeded /from-cache-seed.txt",
+            "test ! -e /seeddata && test ! -e /c",
         ],
     );
     // The secret is in no layer, blob or cache entry of the store.
