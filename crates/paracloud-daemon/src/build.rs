@@ -217,7 +217,13 @@ pub async fn run<D: Driver>(
         views: Mutex::new(BTreeMap::new()),
     };
     for wave in parsed.waves(target) {
-        futures::future::try_join_all(wave.iter().map(|i| b.stage(&parsed.stages[*i]))).await?;
+        // Every stage of the wave runs to its end, also when another fails: a RUN step cut
+        // short would leave its sandbox behind. The first failure is the build's.
+        let results =
+            futures::future::join_all(wave.iter().map(|i| b.stage(&parsed.stages[*i]))).await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, ImageError>>()?;
     }
     let state = b.state_of(target).ok_or_else(|| {
         bad(format!(
