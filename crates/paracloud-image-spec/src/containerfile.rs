@@ -415,7 +415,9 @@ fn heredoc_markers(text: &str) -> Vec<(String, String, bool, bool)> {
                 Some(q) => chars.get(j) == Some(&q),
                 None => true,
             };
-            if !name.is_empty() && closed {
+            // A delimiter starts with a letter or `_`: `$((1<<2))` is a shift, not a heredoc.
+            let word = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+            if word && closed {
                 if quote.is_some() {
                     j += 1;
                 }
@@ -1659,6 +1661,10 @@ mod tests {
         assert_eq!(
             run("RUN <<EOF\necho one\n# not a comment here\necho two\nEOF").command,
             CommandForm::Shell("echo one\n# not a comment here\necho two\n".into())
+        );
+        assert_eq!(
+            run("RUN echo $((1<<2))").command,
+            CommandForm::Shell("echo $((1<<2))".into())
         );
         assert_eq!(
             run("RUN cat <<-'EOF' > /x\n\t$HOME\n\tEOF").command,
