@@ -329,14 +329,7 @@ fn run_mounts_secrets_and_heredocs_behave_as_buildkit_s() {
     let ctx = context_of(
         &p,
         "mounts",
-        &[
-            ("Containerfile", MOUNTS),
-            (
-                "src/input.txt",
-                "bound
-",
-            ),
-        ],
+        &[("Containerfile", MOUNTS), ("src/input.txt", "bound\n")],
     );
     let secret = p.root().join("token.txt");
     std::fs::write(&secret, "s3cr3t-value").unwrap();
@@ -383,18 +376,25 @@ fn run_mounts_secrets_and_heredocs_behave_as_buildkit_s() {
     // A required secret that is not given, and flags RUN does not take, say so.
     std::fs::write(
         Path::new(&ctx).join("Containerfile"),
-        "FROM busybox:1
-RUN --mount=type=secret,id=key,required true
-",
+        "FROM busybox:1\nRUN --mount=type=secret,id=key,required true\n",
     )
     .unwrap();
     let e = p.fails(&["build", "-t", "x:1", &ctx]);
     assert!(e.contains("Containerfile:2: RUN --mount=type=secret,id=key: no secret key was given; build with --secret id=key,src=FILE"), "{e}");
+    std::os::unix::fs::symlink("/etc", Path::new(&ctx).join("host-etc")).unwrap();
     std::fs::write(
         Path::new(&ctx).join("Containerfile"),
-        "FROM busybox:1
-RUN --network=host true
-",
+        "FROM busybox:1\nRUN --mount=type=bind,source=host-etc,target=/h true\n",
+    )
+    .unwrap();
+    let e = p.fails(&["build", "-t", "x:1", &ctx]);
+    assert!(
+        e.contains("Containerfile:2: RUN --mount=type=bind,source=host-etc: not a path of the build context"),
+        "{e}"
+    );
+    std::fs::write(
+        Path::new(&ctx).join("Containerfile"),
+        "FROM busybox:1\nRUN --network=host true\n",
     )
     .unwrap();
     let e = p.fails(&["build", "-t", "x:1", &ctx]);
@@ -430,32 +430,12 @@ fn dockerignore_chown_names_and_config_instructions_apply() {
             ("Containerfile", CONFIG),
             (
                 ".dockerignore",
-                "# not for the image
-**/*.log
-app/cache
-!app/cache-keep/important.log
-",
+                "# not for the image\n**/*.log\napp/cache\n!app/cache-keep/important.log\n",
             ),
-            (
-                "app/keep.txt",
-                "kept
-",
-            ),
-            (
-                "app/debug.log",
-                "left out
-",
-            ),
-            (
-                "app/cache/x",
-                "left out
-",
-            ),
-            (
-                "app/cache-keep/important.log",
-                "taken again
-",
-            ),
+            ("app/keep.txt", "kept\n"),
+            ("app/debug.log", "left out\n"),
+            ("app/cache/x", "left out\n"),
+            ("app/cache-keep/important.log", "taken again\n"),
         ],
     );
     p.ok(&["build", "-t", "config:1", &ctx]);
@@ -474,18 +454,14 @@ app/cache
     // A name the image does not have, and a file the .dockerignore leaves out.
     std::fs::write(
         Path::new(&ctx).join("Containerfile"),
-        "FROM busybox:1
-COPY --chown=nobody-here app/keep.txt /
-",
+        "FROM busybox:1\nCOPY --chown=nobody-here app/keep.txt /\n",
     )
     .unwrap();
     let e = p.fails(&["build", "-t", "x:1", &ctx]);
     assert!(e.contains("Containerfile:2: --chown=nobody-here: the image has no user nobody-here in its /etc/passwd"), "{e}");
     std::fs::write(
         Path::new(&ctx).join("Containerfile"),
-        "FROM busybox:1
-COPY app/debug.log /
-",
+        "FROM busybox:1\nCOPY app/debug.log /\n",
     )
     .unwrap();
     let e = p.fails(&["build", "-t", "x:1", &ctx]);

@@ -583,11 +583,15 @@ impl<D: Driver> Build<'_, D> {
                     read_write,
                     ..
                 } => {
+                    // Links resolved, it must still be in the context: a link to / is not a
+                    // way to bind the host's files.
+                    let context = self.context.canonicalize().unwrap_or(self.context.clone());
                     let path = inside(&self.context, source)
-                        .filter(|p| p.exists())
+                        .and_then(|p| p.canonicalize().ok())
+                        .filter(|p| p.starts_with(&context))
                         .ok_or_else(|| {
                             bad(format!(
-                                "RUN --mount=type=bind,source={source}: not a path of the build context {}",
+                                "RUN --mount=type=bind,source={source}: not a path of the build context {} (links included)",
                                 self.context.display()
                             ))
                         })?;
