@@ -386,6 +386,7 @@ fn starts(opts: &ImagesOptions, dir: &Path, layers: &[PathBuf]) -> Result<(Vec<f
                     log_path: inst.join("output.log"),
                     owned: Vec::new(),
                     userns: None,
+                    sandbox: Default::default(),
                 };
                 let start = Instant::now();
                 let process = tokio.block_on(runtime.spawn(&cfg))?;

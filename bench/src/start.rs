@@ -455,6 +455,7 @@ impl ParacloudRunner {
             service_addresses: vec![],
             // No data plane serves this bridge: its instances reach nothing of the host.
             served: vec![],
+            segments: Vec::new(),
         };
         fs::create_dir_all(dir)?;
         let runner = Self {
@@ -498,12 +499,14 @@ impl ParacloudRunner {
             network: Some(NetworkAttachment {
                 bridge: self.bridge.clone(),
                 address: Ipv4Net::new(ip, 24)?,
+                segments: Vec::new(),
             }),
             limits: Limits::default(),
             capabilities: vec![],
             log_path: dir.join("output.log"),
             owned: Vec::new(),
             userns: None,
+            sandbox: Default::default(),
         };
         let addr = SocketAddr::new(IpAddr::V4(ip), INSTANCE_PORT);
 

@@ -70,22 +70,34 @@ pub enum Command {
     /// Deploy an application from its manifest and wait until every service is ready
     Up {
         /// Manifest file: a paracloud.toml or a Compose file; default: ./paracloud.toml, else
-        /// ./compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml
+        /// ./compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml. Several
+        /// Compose files merge, each over the ones before (override files)
         #[arg(short = 'f', long = "file")]
-        file: Option<PathBuf>,
+        file: Vec<PathBuf>,
         /// Return once the manifest is accepted, without waiting for readiness
         #[arg(short = 'd', long)]
         detach: bool,
         /// How long to wait for readiness
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Run a Compose file's services of this profile too (repeatable; COMPOSE_PROFILES
+        /// works as well)
+        #[arg(long = "profile", value_name = "PROFILE")]
+        profiles: Vec<String>,
+        /// Check everything (manifest, images in the store or a registry, Containerfiles) and
+        /// start, build and pull nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print a Compose file as the equivalent paracloud.toml
     Convert {
         /// The Compose file; default: ./compose.yaml, compose.yml, docker-compose.yaml,
-        /// docker-compose.yml
+        /// docker-compose.yml. Several merge, each over the ones before
         #[arg(short = 'f', long = "file")]
-        file: Option<PathBuf>,
+        file: Vec<PathBuf>,
+        /// Include the services of this profile (repeatable)
+        #[arg(long = "profile", value_name = "PROFILE")]
+        profiles: Vec<String>,
     },
     /// Stop and remove an application (volumes are kept unless --volumes)
     Down {

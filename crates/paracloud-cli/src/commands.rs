@@ -9,10 +9,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use paracloud_api::{
     AppView, BuildEvent, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
-    ExportImages, GetApp, GetService, GetStats, HostFs, ImportImages, InspectImage, JsonLines,
-    ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages, PullImage,
-    PushImage, RemoveImage, Restart, RestartDataplane, Route, Scale, ScaleRequest, ServiceView,
-    SetCpu, SetTraffic, TrafficRequest, TransferEvent, Up, UpRequest,
+    ExportImages, GetApp, GetService, GetStats, HostFs, ImageSources, ImportImages, InspectImage,
+    JsonLines, ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages,
+    PullImage, PushImage, RemoveImage, Restart, RestartDataplane, Route, Scale, ScaleRequest,
+    ServiceView, SetCpu, SetTraffic, TrafficRequest, TransferEvent, Up, UpRequest,
 };
 use paracloud_manifest::{parse, Origin};
 use paracloud_reconcile::ExitInfo;
@@ -251,6 +251,9 @@ fn run_daemon(global: &Global) -> Result<()> {
 struct LoadedManifest {
     app: String,
     request: UpRequest,
+    /// The store images its services and capsules name (`image = "..."`), each with the
+    /// first that names it (`service web`).
+    images: Vec<(String, String)>,
 }
 
 /// The manifest of the current directory, as `docker compose` finds its file: `paracloud.toml`
@@ -260,6 +263,28 @@ fn default_manifest() -> Option<PathBuf> {
         .chain(paracloud_compose::FILE_NAMES.iter().copied())
         .map(PathBuf::from)
         .find(|path| path.is_file())
+}
+
+/// The files of `-f`, else the manifest found here with, for a Compose file, its override file
+/// beside it (`compose.override.yaml` for `compose.yaml`, ...), as `docker compose` reads them.
+fn manifest_files(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if !files.is_empty() {
+        return Ok(files.to_vec());
+    }
+    let found = manifest_file(None)?;
+    let mut files = vec![found.clone()];
+    if let (Some(stem), Some(ext)) = (
+        found.file_stem().and_then(|s| s.to_str()),
+        found.extension().and_then(|e| e.to_str()),
+    ) {
+        if matches!(ext, "yaml" | "yml") {
+            let over = found.with_file_name(format!("{stem}.override.{ext}"));
+            if over.is_file() {
+                files.push(over);
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// The file `-f` names, else the one found here.
@@ -296,13 +321,26 @@ impl paracloud_compose::Host for ComposeHost {
 /// Reads a manifest, `paracloud.toml` or a Compose file. A Compose file is converted here, with
 /// this shell's environment for its variables, and the daemon gets the equivalent TOML under the
 /// Compose file's name.
-fn load_manifest(file: &Path) -> Result<LoadedManifest> {
-    let source = std::fs::read_to_string(file).with_context(|| {
-        format!(
-            "cannot read the manifest {}: check the path, or pass one with -f",
-            file.display()
-        )
-    })?;
+/// `profiles` are the Compose profiles activated beside those of `COMPOSE_PROFILES` (`*`: all).
+fn load_manifest(file: &Path, profiles: &[String]) -> Result<LoadedManifest> {
+    load_manifests(&[file.to_path_buf()], profiles)
+}
+
+/// Reads one manifest, or several Compose files merged as override files (`-f a -f b`).
+fn load_manifests(files: &[PathBuf], profiles: &[String]) -> Result<LoadedManifest> {
+    let mut sources = Vec::new();
+    for file in files {
+        let source = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "cannot read the manifest {}: check the path, or pass one with -f",
+                file.display()
+            )
+        })?;
+        sources.push((file.display().to_string(), source));
+    }
+    let Some(file) = files.first() else {
+        bail!("no manifest given: pass one with -f");
+    };
     let absolute = absolute(file)?;
     let base_dir = absolute
         .parent()
@@ -312,37 +350,76 @@ fn load_manifest(file: &Path) -> Result<LoadedManifest> {
         file: file.display().to_string(),
         base_dir: base_dir.clone(),
     };
-    let (manifest, source) = if paracloud_compose::is_compose(file, &source) {
-        let env: BTreeMap<String, String> = std::env::vars().collect();
-        let converted = paracloud_compose::parse(&source, &origin, &env, &ComposeHost)
+    let compose: Vec<bool> = files
+        .iter()
+        .zip(&sources)
+        .map(|(f, (_, source))| paracloud_compose::is_compose(f, source))
+        .collect();
+    let (manifest, source) = if compose.iter().all(|c| *c) {
+        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        if !profiles.is_empty() {
+            let mut active: Vec<String> = env
+                .get("COMPOSE_PROFILES")
+                .map(|p| p.split(',').map(str::to_owned).collect())
+                .unwrap_or_default();
+            active.extend(profiles.iter().cloned());
+            env.insert("COMPOSE_PROFILES".into(), active.join(","));
+        }
+        let converted = paracloud_compose::parse_files(&sources, &origin, &env, &ComposeHost)
             .map_err(|e| anyhow!("the Compose file is not valid:\n{e}"))?;
         (converted.manifest, converted.toml)
+    } else if files.len() > 1 {
+        bail!(
+            "several -f files merge only as Compose files, and {} is a paracloud.toml: pass it alone",
+            files[compose.iter().position(|c| !c).unwrap_or(0)].display()
+        );
     } else {
+        let source = sources.remove(0).1;
         let manifest = parse(&source, &origin, &HostFs)
             .map_err(|e| anyhow!("the manifest is not valid:\n{e}"))?;
         (manifest, source)
     };
+    let mut images: Vec<(String, String)> = Vec::new();
+    let users = manifest
+        .services
+        .iter()
+        .map(|(name, s)| (format!("service {name}"), &s.image))
+        .chain(
+            manifest
+                .capsules
+                .iter()
+                .map(|(name, c)| (format!("capsule {name}"), &c.image)),
+        );
+    for (user, image) in users {
+        if let paracloud_manifest::Image::Stored { reference, .. } = image {
+            if !images.iter().any(|(r, _)| r == reference) {
+                images.push((reference.clone(), user));
+            }
+        }
+    }
     Ok(LoadedManifest {
         app: manifest.app,
         request: UpRequest {
             source,
             origin: file.display().to_string(),
             base_dir,
+            ..Default::default()
         },
+        images,
     })
 }
 
 /// `paracloud convert`: prints the paracloud.toml a Compose file reads as.
-fn convert(file: Option<&Path>) -> Result<()> {
-    let file = match file {
-        Some(file) => file.to_path_buf(),
-        None => paracloud_compose::FILE_NAMES
+fn convert(files: &[PathBuf], profiles: &[String]) -> Result<()> {
+    let files = match files {
+        [] => vec![paracloud_compose::FILE_NAMES
             .iter()
             .map(PathBuf::from)
             .find(|path| path.is_file())
-            .ok_or_else(|| anyhow!("no compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml here: pass the Compose file with -f"))?,
+            .ok_or_else(|| anyhow!("no compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml here: pass the Compose file with -f"))?],
+        files => files.to_vec(),
     };
-    let loaded = load_manifest(&file)?;
+    let loaded = load_manifests(&files, profiles)?;
     print!("{}", loaded.request.source);
     Ok(())
 }
@@ -354,10 +431,11 @@ async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> R
         return Ok(app.clone());
     }
     if let Some(file) = file {
-        return Ok(load_manifest(file)?.app);
+        // Every service names the same application, whichever profiles run.
+        return Ok(load_manifest(file, &["*".into()])?.app);
     }
     if let Some(local) = default_manifest() {
-        if let Ok(m) = load_manifest(&local) {
+        if let Ok(m) = load_manifest(&local, &["*".into()]) {
             return Ok(m.app);
         }
     }
@@ -384,8 +462,19 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             file,
             detach,
             timeout,
-        } => up(global, &manifest_file(file.as_deref())?, detach, timeout).await,
-        Command::Convert { file } => convert(file.as_deref()),
+            profiles,
+            dry_run,
+        } => {
+            let files = manifest_files(&file)?;
+            if dry_run {
+                // A dry run starts nothing, so there is nothing to wait for.
+                let _ = (detach, timeout);
+                up_dry_run(global, &files, &profiles).await
+            } else {
+                up(global, &files, &profiles, detach, timeout).await
+            }
+        }
+        Command::Convert { file, profiles } => convert(&file, &profiles),
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,
         Command::Logs {
@@ -428,9 +517,140 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
     }
 }
 
-async fn up(global: &Global, file: &Path, detach: bool, timeout: Duration) -> Result<()> {
-    let manifest = load_manifest(file)?;
+/// Where a pull of `reference` would look, in order (the daemon's registries.toml decides).
+async fn sources_of(
+    client: &Client,
+    reference: &str,
+) -> Result<Vec<paracloud_api::ImageSourceView>> {
+    client
+        .call(&ImageSources(paracloud_api::SourcesRequest {
+            reference: reference.to_owned(),
+        }))
+        .await
+        .map_err(explain)
+}
+
+/// Adds the credentials, from this user's Docker config, of each registry of `sources` (the
+/// mirrors and the registry a pull may reach) that `auths` lacks.
+fn add_credentials(
+    config: &crate::docker_config::DockerConfig,
+    sources: Vec<paracloud_api::ImageSourceView>,
+    auths: &mut BTreeMap<String, paracloud_api::RegistryCredentials>,
+) -> Result<()> {
+    let search = std::env::var_os("PATH");
+    for source in sources {
+        if auths.contains_key(&source.registry) {
+            continue;
+        }
+        if let Some(found) = config.credentials(&source.registry, search.as_deref())? {
+            auths.insert(source.registry, found);
+        }
+    }
+    Ok(())
+}
+
+/// The credentials of every registry a pull of `reference` may reach.
+async fn auths_for(
+    client: &Client,
+    config: &crate::docker_config::DockerConfig,
+    reference: &str,
+    auths: &mut BTreeMap<String, paracloud_api::RegistryCredentials>,
+) -> Result<()> {
+    let sources = sources_of(client, reference).await?;
+    add_credentials(config, sources, auths)
+}
+
+/// Pulls the images of a manifest that the store lacks, with the progress of each, before the
+/// deployment asks for them (the daemon would pull them too, but silently and without the
+/// user's credentials).
+async fn pull_missing(client: &Client, origin: &str, images: &[(String, String)]) -> Result<()> {
+    let mut config = None;
+    for (reference, user) in images {
+        match client
+            .call(&InspectImage {
+                name: reference.clone(),
+            })
+            .await
+        {
+            Err(ClientError::Api { status, .. }) if status == 404 => {}
+            // In the store, or a problem `up` itself will name.
+            _ => continue,
+        }
+        if config.is_none() {
+            config = Some(crate::docker_config::DockerConfig::load()?);
+        }
+        let mut auths = BTreeMap::new();
+        if let Some(config) = &config {
+            auths_for(client, config, reference, &mut auths).await?;
+        }
+        eprintln!("pulling {reference}");
+        let request = paracloud_api::TransferRequest {
+            reference: reference.clone(),
+            target: None,
+            username: None,
+            password: None,
+            auths,
+        };
+        let pulled = transfer(client, &PullImage(request)).await.map_err(|e| {
+            anyhow!(
+                "{origin}: {user}: image {reference} is not in the store and cannot be pulled: {e:#}\n(build or import it, or name a mirror of its registry in the state root's registries.toml)"
+            )
+        })?;
+        eprintln!(
+            "pulled {} {}",
+            pulled.reference.as_deref().unwrap_or(reference),
+            pulled.digest
+        );
+    }
+    Ok(())
+}
+
+/// `up --dry-run`: the daemon checks what `up` would, and changes nothing.
+async fn up_dry_run(global: &Global, files: &[PathBuf], profiles: &[String]) -> Result<()> {
+    let mut manifest = load_manifests(files, profiles)?;
     let client = connect(global).await?;
+    let config = crate::docker_config::DockerConfig::load()?;
+    let mut auths = BTreeMap::new();
+    for (reference, _) in &manifest.images {
+        // A bad reference is the dry run's to locate, with the others.
+        if let Ok(sources) = sources_of(&client, reference).await {
+            add_credentials(&config, sources, &mut auths)?;
+        }
+    }
+    manifest.request.dry_run = true;
+    manifest.request.auths = auths;
+    let response = client.call(&Up(manifest.request)).await.map_err(explain)?;
+    print(global.output, &response, |r| {
+        let mut out = String::new();
+        for check in &r.checked {
+            out.push_str(&format!(
+                "{}: {}: {}\n",
+                check.user, check.image, check.status
+            ));
+        }
+        if !r.changed.is_empty() {
+            out.push_str(&format!("would change: {}\n", r.changed.join(", ")));
+        }
+        let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        out.push_str(&format!(
+            "{}: {} is valid; nothing was started\n",
+            r.app,
+            shown.join(" + ")
+        ));
+        out
+    })
+}
+
+async fn up(
+    global: &Global,
+    files: &[PathBuf],
+    profiles: &[String],
+    detach: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let manifest = load_manifests(files, profiles)?;
+    let client = connect(global).await?;
+    pull_missing(&client, &manifest.request.origin, &manifest.images).await?;
     let response = client.call(&Up(manifest.request)).await.map_err(explain)?;
     if !response.changed.is_empty() {
         eprintln!(
@@ -462,13 +682,21 @@ async fn up(global: &Global, file: &Path, detach: bool, timeout: Duration) -> Re
 /// A service is settled when it has exactly its wanted instances, all ready at its revision.
 /// Without a health check, an instance must also have stayed up for a second, so that a command
 /// that exits at once is reported rather than taken for ready.
+/// A one-off job (restarted never or only on failure) is settled once its instances have
+/// completed, exit code 0.
 fn settled(service: &ServiceView) -> bool {
     let min_uptime = if service.spec.health.is_some() { 0 } else { 1 };
+    let job = service.spec.restart.condition != paracloud_manifest::RestartCondition::Always;
     service.instances.len() as u32 == service.replicas
         && service.instances.iter().all(|i| {
-            i.state == "running"
-                && i.revision == service.revision
-                && i.uptime_seconds.unwrap_or(0) >= min_uptime
+            let completed = job
+                && i.state == "exited"
+                && i.exit
+                    .as_ref()
+                    .is_some_and(|e| e.requested.is_none() && !e.is_failure());
+            i.revision == service.revision
+                && (completed
+                    || (i.state == "running" && i.uptime_seconds.unwrap_or(0) >= min_uptime))
         })
 }
 
@@ -1235,10 +1463,9 @@ fn password(auth: &crate::cli::RegistryAuth) -> Result<Option<String>> {
 
 /// Sends a pull or push and follows its progress: a bar per layer when stderr is a terminal.
 async fn transfer(
-    global: &Global,
     client: &Client,
     route: &impl Route<Answer = JsonLines<TransferEvent>>,
-) -> Result<()> {
+) -> Result<paracloud_api::ImageRef> {
     use std::io::IsTerminal;
 
     let mut events = client.lines(route).await.map_err(explain)?;
@@ -1282,22 +1509,23 @@ async fn transfer(
         }
     }
     match outcome {
-        Some(TransferEvent::Finished { reference, digest }) => {
-            let done = paracloud_api::ImageRef {
-                reference: Some(reference),
-                digest,
-            };
-            print(global.output, &done, |d| {
-                format!(
-                    "{} {}\n",
-                    d.reference.as_deref().unwrap_or_default(),
-                    d.digest
-                )
-            })
-        }
+        Some(TransferEvent::Finished { reference, digest }) => Ok(paracloud_api::ImageRef {
+            reference: Some(reference),
+            digest,
+        }),
         Some(TransferEvent::Failed { error }) => bail!("{error}"),
         _ => bail!("the daemon ended the transfer without saying how it went; see its log"),
     }
+}
+
+fn print_transferred(global: &Global, done: &paracloud_api::ImageRef) -> Result<()> {
+    print(global.output, done, |d| {
+        format!(
+            "{} {}\n",
+            d.reference.as_deref().unwrap_or_default(),
+            d.digest
+        )
+    })
 }
 
 /// `--secret id=NAME,src=FILE` (also `source=`, and `type=file`), as docker takes it.
@@ -1415,8 +1643,13 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
                 target: None,
                 username: auth.username.clone(),
                 password: password(&auth)?,
+                auths: Default::default(),
             };
-            transfer(global, &client, &PullImage(request)).await
+            let mut request = request;
+            let config = crate::docker_config::DockerConfig::load()?;
+            auths_for(&client, &config, &request.reference, &mut request.auths).await?;
+            let done = transfer(&client, &PullImage(request)).await?;
+            print_transferred(global, &done)
         }
         ImageCommand::Push { name, target, auth } => {
             let request = paracloud_api::TransferRequest {
@@ -1424,8 +1657,10 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
                 target,
                 username: auth.username.clone(),
                 password: password(&auth)?,
+                auths: Default::default(),
             };
-            transfer(global, &client, &PushImage(request)).await
+            let done = transfer(&client, &PushImage(request)).await?;
+            print_transferred(global, &done)
         }
         ImageCommand::Ls => {
             let images = client.call(&ListImages).await.map_err(explain)?;

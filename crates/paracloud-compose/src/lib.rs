@@ -11,8 +11,12 @@
 //! environment, and reads `.env` and `env_file` files through [`Host`].
 
 mod dotenv;
+mod files;
 mod interpolate;
+mod merge;
+mod networks;
 mod out;
+mod sandbox;
 mod service;
 mod values;
 mod yaml;
@@ -68,67 +72,114 @@ pub fn parse(
     env: &BTreeMap<String, String>,
     host: &dyn Host,
 ) -> Result<Converted, ManifestError> {
-    let mut reader = Reader::new(source, &origin.file);
-    let toml = reader.read(origin, env, host);
-    let (toml, out) = match (toml, reader.finish()) {
+    parse_files(
+        &[(origin.file.clone(), source.to_owned())],
+        origin,
+        env,
+        host,
+    )
+}
+
+/// Reads several Compose files as one, each merged over the ones before it as `docker compose
+/// -f a.yaml -f b.yaml` does (an override file), with diagnostics in the file they point at.
+/// `origin` is the first file's: the project's directory is its.
+pub fn parse_files(
+    files: &[(String, String)],
+    origin: &Origin,
+    env: &BTreeMap<String, String>,
+    host: &dyn Host,
+) -> Result<Converted, ManifestError> {
+    // One text of every file, each at its own offset, so that a node's offset names its file.
+    let mut source = String::new();
+    let mut parts = Vec::new();
+    for (name, text) in files {
+        parts.push((source.len(), name.clone()));
+        source.push_str(text);
+        source.push('\n');
+    }
+    let reader = || Reader::with_files(&source, parts.clone());
+    let mut first = reader();
+    let toml = first.read(origin, env, host);
+    let (toml, out) = match (toml, first.finish()) {
         (_, Some(error)) => return Err(error),
         (Some(toml), None) => toml,
         (None, None) => {
-            let mut reader = Reader::new(source, &origin.file);
-            reader.error(
+            let mut r = reader();
+            r.error(
                 0,
                 "",
                 "the Compose file was refused without a reason (a bug)",
                 None,
             );
-            return Err(reader.into_error());
+            return Err(r.into_error());
         }
     };
     match paracloud_manifest::parse(&toml, origin, host) {
         Ok(manifest) => Ok(Converted { manifest, toml }),
         Err(error) => {
-            let mut reader = Reader::new(source, &origin.file);
+            let mut r = reader();
             for d in error.diagnostics {
                 let (offset, field) = out.place(d.line);
                 // Hints showing TOML syntax would not help in a Compose file.
                 let hint = d.hint.filter(|h| !h.contains(" = "));
                 let field = if field.is_empty() { d.field } else { field };
-                reader.error(offset, &field, d.message, hint);
+                r.error(offset, &field, d.message, hint);
             }
-            Err(reader.into_error())
+            Err(r.into_error())
         }
     }
 }
 
 /// Collects located diagnostics while reading a Compose file.
 pub(crate) struct Reader<'a> {
+    /// Every file's text, one after the other.
     src: &'a str,
-    file: &'a str,
+    /// Where each file starts in `src`, and its name.
+    files: Vec<(usize, String)>,
     line_starts: Vec<usize>,
     diagnostics: Vec<(usize, Diagnostic)>,
 }
 
 impl<'a> Reader<'a> {
-    fn new(src: &'a str, file: &'a str) -> Self {
+    fn with_files(src: &'a str, files: Vec<(usize, String)>) -> Self {
         let line_starts = std::iter::once(0)
             .chain(src.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
         Reader {
             src,
-            file,
+            files,
             line_starts,
             diagnostics: Vec::new(),
         }
     }
 
-    fn position(&self, offset: usize) -> (usize, usize) {
+    /// The file an offset is in: its index, name and start.
+    fn file_at(&self, offset: usize) -> (usize, &str, usize) {
+        let i = self
+            .files
+            .partition_point(|(start, _)| *start <= offset)
+            .saturating_sub(1);
+        match self.files.get(i) {
+            Some((start, name)) => (i, name, *start),
+            None => (0, "", 0),
+        }
+    }
+
+    /// The file, line and column of an offset (lines and columns from 1 within the file).
+    fn position(&self, offset: usize) -> (String, usize, usize) {
         let mut offset = offset.min(self.src.len());
         while !self.src.is_char_boundary(offset) {
             offset -= 1;
         }
+        let (_, file, file_start) = self.file_at(offset);
         let line = self.line_starts.partition_point(|&s| s <= offset);
+        let first_line = self.line_starts.partition_point(|&s| s <= file_start);
         let start = self.line_starts[line - 1];
-        (line, self.src[start..offset].chars().count() + 1)
+        (
+            file.to_owned(),
+            line - first_line + 1,
+            self.src[start..offset].chars().count() + 1,
+        )
     }
 
     pub(crate) fn error(
@@ -138,11 +189,11 @@ impl<'a> Reader<'a> {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
-        let (line, column) = self.position(offset);
+        let (file, line, column) = self.position(offset);
         self.diagnostics.push((
             offset,
             Diagnostic {
-                file: self.file.to_owned(),
+                file,
                 line,
                 column,
                 field: field.to_owned(),
@@ -356,13 +407,26 @@ impl<'a> Reader<'a> {
         env: &BTreeMap<String, String>,
         host: &dyn Host,
     ) -> Option<(String, Out)> {
-        let mut root = match yaml::parse(self.src) {
-            Ok(root) => root,
-            Err(e) => {
-                self.error(e.offset, "", e.message, None);
-                return None;
-            }
-        };
+        // Each file parsed on its own, its offsets moved to where it is in the whole text, then
+        // merged over the ones before it.
+        let mut root: Option<Node> = None;
+        for i in 0..self.files.len() {
+            let start = self.files[i].0;
+            let end = self.files.get(i + 1).map_or(self.src.len(), |(s, _)| *s);
+            let mut node = match yaml::parse(&self.src[start..end]) {
+                Ok(node) => node,
+                Err(e) => {
+                    self.error(start + e.offset, "", e.message, None);
+                    return None;
+                }
+            };
+            node.shift(start);
+            root = Some(match root {
+                None => node,
+                Some(base) => merge::merge("", &base, &node),
+            });
+        }
+        let mut root = root?;
         // The project's .env supplies variables the environment does not set.
         let mut vars = env.clone();
         let dotenv_path = origin.base_dir.join(".env");
@@ -419,6 +483,9 @@ impl<'a> Reader<'a> {
         let mut name = None;
         let mut services = None;
         let mut volumes = None;
+        let mut secrets = None;
+        let mut configs = None;
+        let mut networks = None;
         for (key, value) in entries {
             let k = key.text().unwrap_or_default();
             match k {
@@ -427,25 +494,22 @@ impl<'a> Reader<'a> {
                 "name" => name = Some((key, value)),
                 "services" => services = Some((key, value)),
                 "volumes" => volumes = Some((key, value)),
-                "networks" => self.refuse(
-                    key,
-                    k,
-                    "the services of an application share one network",
-                    "remove `networks`: every service reaches the others by their names",
-                ),
-                "secrets" | "configs" => self.refuse(
-                    key,
-                    k,
-                    "Paracloud has no secret or config store",
-                    "mount the files with a bind volume (`./secret.txt:/run/secrets/secret:ro`) or pass them in `environment`",
-                ),
+                "networks" => networks = Some(value),
+                "secrets" => secrets = Some(value),
+                "configs" => configs = Some(value),
                 "include" => self.refuse(
                     key,
                     k,
                     "one application is one file",
                     "copy the included services into this file",
                 ),
-                _ => self.unknown(key, k, &["name", "services", "volumes", "version"]),
+                _ => self.unknown(
+                    key,
+                    k,
+                    &[
+                        "name", "services", "volumes", "secrets", "configs", "version",
+                    ],
+                ),
             }
         }
         out.comment("# A Compose file read as a Paracloud manifest (docs/compose.md says how each key maps).");
@@ -478,17 +542,26 @@ impl<'a> Reader<'a> {
             }
         }
 
-        let declared = match volumes {
-            Some((_, value)) => self.volumes(value, out),
-            None => Vec::new(),
+        let declared = service::Declared {
+            volumes: match volumes {
+                Some((_, value)) => self.volumes(value, out),
+                None => Vec::new(),
+            },
+            secrets: secrets
+                .map(|v| files::declared(self, context, files::FileKind::Secret, v))
+                .unwrap_or_default(),
+            configs: configs
+                .map(|v| files::declared(self, context, files::FileKind::Config, v))
+                .unwrap_or_default(),
+            networks: networks
+                .map(|v| networks::declared(self, v, out))
+                .unwrap_or_default(),
         };
         match services {
             Some((_, value)) => {
-                if let Some(entries) = self.map(value, "services") {
-                    for (key, service) in entries {
-                        let name = key.text().unwrap_or_default();
-                        service::service(self, context, &declared, name, key, service, out);
-                    }
+                for (key, service) in self.services(value, context) {
+                    let name = key.text().unwrap_or_default();
+                    service::service(self, context, &declared, name, &key, &service, out);
                 }
             }
             None => self.error(
@@ -498,6 +571,192 @@ impl<'a> Reader<'a> {
                 Some("a Compose file runs the services of its `services:` mapping".into()),
             ),
         }
+    }
+
+    /// The services that run: each with what it `extends` merged in, those whose `profiles`
+    /// are all inactive left out (`COMPOSE_PROFILES`, or `--profile`, activates profiles).
+    fn services(&mut self, node: &Node, cx: &service::Context<'_>) -> Vec<(Node, Node)> {
+        let Some(entries) = self.map(node, "services") else {
+            return Vec::new();
+        };
+        let active: Vec<&str> = cx
+            .vars
+            .get("COMPOSE_PROFILES")
+            .map(|p| {
+                p.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut resolved: Vec<(Node, Node)> = Vec::new();
+        let mut skipped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, service) in entries {
+            let name = key.text().unwrap_or_default();
+            let Some(service) = self.extended(entries, name, service, &mut Vec::new()) else {
+                continue;
+            };
+            let profiles = self.profiles(&service, &child("services", name));
+            if profiles.is_empty()
+                || profiles.iter().any(|p| active.contains(&p.as_str()))
+                || active.contains(&"*")
+            {
+                resolved.push((key.clone(), service));
+            } else {
+                skipped.insert(name.to_owned(), profiles);
+            }
+        }
+        // A service that runs cannot depend on one left out.
+        for (key, service) in &resolved {
+            let name = key.text().unwrap_or_default();
+            for (dep, at) in dependencies(service) {
+                if let Some(profiles) = skipped.get(&dep) {
+                    self.error(
+                        at,
+                        &child(&child("services", name), "depends_on"),
+                        format!(
+                            "`{name}` depends on `{dep}`, which runs only with the profile {}",
+                            profiles.join(" or ")
+                        ),
+                        Some(format!(
+                            "activate it: `paracloud up --profile {}` (or COMPOSE_PROFILES={})",
+                            profiles[0], profiles[0]
+                        )),
+                    );
+                }
+            }
+        }
+        resolved
+    }
+
+    /// A service's `profiles`, checked.
+    fn profiles(&mut self, service: &Node, field: &str) -> Vec<String> {
+        let Kind::Map(entries) = &service.kind else {
+            return Vec::new();
+        };
+        let Some((_, value)) = entries.iter().find(|(k, _)| k.text() == Some("profiles")) else {
+            return Vec::new();
+        };
+        let field = child(field, "profiles");
+        let mut out = Vec::new();
+        for (p, node) in self.strings(value, &field).unwrap_or_default() {
+            let valid = p.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if valid {
+                out.push(p.to_owned());
+            } else {
+                self.error(
+                    node.offset,
+                    &field,
+                    format!("invalid profile name {p:?}"),
+                    Some(
+                        "use letters, digits, `_`, `.` and `-`, starting with a letter or digit"
+                            .into(),
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    /// `service` with what its `extends` names merged under it; `chain` holds the services
+    /// being resolved (to find loops).
+    fn extended(
+        &mut self,
+        all: &[(Node, Node)],
+        name: &str,
+        service: &Node,
+        chain: &mut Vec<String>,
+    ) -> Option<Node> {
+        let Kind::Map(entries) = &service.kind else {
+            return Some(service.clone());
+        };
+        let Some((ext_key, ext)) = entries.iter().find(|(k, _)| k.text() == Some("extends")) else {
+            return Some(service.clone());
+        };
+        let field = child(&child("services", name), "extends");
+        let base_name = match &ext.kind {
+            Kind::Scalar { .. } => self.string(ext, &field)?.to_owned(),
+            Kind::Map(settings) => {
+                let mut base = None;
+                for (k, v) in settings {
+                    let setting = k.text().unwrap_or_default();
+                    let f = child(&field, setting);
+                    match setting {
+                        "service" => base = self.string(v, &f).map(str::to_owned),
+                        "file" => {
+                            self.refuse(k, &f, "a service extends another service of the same file here", "copy the service it extends into this file, and name it in `service`");
+                            return None;
+                        }
+                        _ => {
+                            self.unknown(k, &f, &["service"]);
+                            return None;
+                        }
+                    }
+                }
+                match base {
+                    Some(base) => base,
+                    None => {
+                        self.error(
+                            ext.offset,
+                            &field,
+                            "missing required key `service`",
+                            Some("name the service to extend: `extends: { service: base }`".into()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            Kind::Seq(_) => {
+                self.expected(ext, &field, "a service name or a mapping with `service`");
+                return None;
+            }
+        };
+        chain.push(name.to_owned());
+        if chain.contains(&base_name) {
+            self.error(
+                ext.offset,
+                &field,
+                format!("`extends` loops: {} -> {base_name}", chain.join(" -> ")),
+                Some("break the loop: a service cannot extend itself, even through others".into()),
+            );
+            return None;
+        }
+        let Some((_, base)) = all
+            .iter()
+            .find(|(k, _)| k.text() == Some(base_name.as_str()))
+        else {
+            let names: Vec<&str> = all.iter().filter_map(|(k, _)| k.text()).collect();
+            self.error(
+                ext.offset,
+                &field,
+                format!("`{base_name}` is not a service of this file"),
+                Some(format!("the services are: {}", names.join(", "))),
+            );
+            return None;
+        };
+        let base = self.extended(all, &base_name, base, chain)?;
+        // The base's own `extends` and `profiles` are not inherited.
+        let base = match base.kind {
+            Kind::Map(entries) => Node::map(
+                base.offset,
+                entries
+                    .into_iter()
+                    .filter(|(k, _)| !matches!(k.text(), Some("extends" | "profiles")))
+                    .collect(),
+            ),
+            _ => base,
+        };
+        let own = Node::map(
+            service.offset,
+            entries
+                .iter()
+                .filter(|(k, _)| k.offset != ext_key.offset)
+                .cloned()
+                .collect(),
+        );
+        Some(merge::merge("", &base, &own))
     }
 
     /// The top-level `volumes`: their names, with their labels written out.
@@ -582,6 +841,27 @@ impl<'a> Reader<'a> {
             }
         }
         names
+    }
+}
+
+/// The services a service's `depends_on` names, with where each is written.
+fn dependencies(service: &Node) -> Vec<(String, usize)> {
+    let Kind::Map(entries) = &service.kind else {
+        return Vec::new();
+    };
+    let Some((_, deps)) = entries.iter().find(|(k, _)| k.text() == Some("depends_on")) else {
+        return Vec::new();
+    };
+    match &deps.kind {
+        Kind::Seq(items) => items
+            .iter()
+            .filter_map(|i| i.text().map(|t| (t.to_owned(), i.offset)))
+            .collect(),
+        Kind::Map(entries) => entries
+            .iter()
+            .filter_map(|(k, _)| k.text().map(|t| (t.to_owned(), k.offset)))
+            .collect(),
+        Kind::Scalar { .. } => Vec::new(),
     }
 }
 

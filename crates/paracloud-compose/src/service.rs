@@ -4,12 +4,24 @@ use std::collections::BTreeMap;
 
 use paracloud_manifest::Origin;
 
+use crate::files::FileKind;
 use crate::out::{self, Out};
 use crate::values;
 use crate::yaml::{Kind, Node};
 use crate::{child, Host, Reader};
 
 /// What every service is read against.
+/// What the file declares at the top level for its services to use.
+#[derive(Default)]
+pub(crate) struct Declared {
+    pub(crate) volumes: Vec<String>,
+    /// Secrets and configs by name: their host files, as manifest bind sources.
+    pub(crate) secrets: BTreeMap<String, String>,
+    pub(crate) configs: BTreeMap<String, String>,
+    /// Networks by their Compose names.
+    pub(crate) networks: Vec<String>,
+}
+
 pub(crate) struct Context<'a> {
     pub(crate) origin: &'a Origin,
     /// The environment with the project's `.env` under it.
@@ -19,7 +31,7 @@ pub(crate) struct Context<'a> {
 
 /// The capabilities Docker gives a container, which Compose files expect; native manifests keep
 /// none unless asked.
-const DOCKER_CAPABILITIES: &[&str] = &[
+pub(crate) const DOCKER_CAPABILITIES: &[&str] = &[
     "CHOWN",
     "DAC_OVERRIDE",
     "FSETID",
@@ -64,32 +76,34 @@ const KEYS: &[&str] = &[
     "stop_signal",
     "stop_grace_period",
     "cap_add",
+    "cap_drop",
+    "init",
+    "read_only",
+    "tmpfs",
+    "shm_size",
+    "ulimits",
+    "sysctls",
+    "secrets",
+    "configs",
+    // Read before the service is: the services with no active profile are left out, and
+    // `extends` is merged in.
+    "profiles",
+    "extends",
+    "networks",
 ];
 
 /// Keys of the Compose specification Paracloud refuses: the key, why, and what to do instead.
 const REFUSED: &[(&str, &str, &str)] = &[
     ("network_mode", "instances always get their own network namespace on the application's network", "remove `network_mode`: services reach each other by name, and `ports` publishes on the host"),
-    ("networks", "the services of an application share one network", "remove `networks`: every service reaches the others by their names"),
     ("privileged", "instances never run privileged", "remove `privileged`, and add only the capabilities the service needs to `cap_add`"),
     ("devices", "instances get no host devices", "remove `devices`"),
     ("runtime", "Paracloud is the runtime", "remove `runtime`"),
-    ("secrets", "Paracloud has no secret store", "mount the file with a bind volume (`./token:/run/secrets/token:ro`) or pass it in `environment`"),
-    ("configs", "Paracloud has no config store", "mount the file with a bind volume (`./app.conf:/etc/app.conf:ro`)"),
-    ("profiles", "every service of the file runs", "remove `profiles`, and the services you do not want to run"),
-    ("extends", "one service is one table", "copy the keys of the extended service into this one"),
-    ("init", "there is no init process in instances", "remove `init`; the daemon reaps and stops the instance's processes itself"),
-    ("cap_drop", "instances keep only Docker's default capabilities and `cap_add`", "remove `cap_drop`"),
-    ("sysctls", "instances cannot change kernel parameters", "remove `sysctls`"),
-    ("ulimits", "instances are bounded by cgroup limits", "use `deploy.resources.limits` (`pids`, `memory`) instead"),
-    ("read_only", "the root filesystem always has a private writable layer", "remove `read_only`"),
-    ("shm_size", "/dev/shm is not sized per instance", "remove `shm_size`"),
     ("links", "services reach each other by name", "remove `links`"),
     ("external_links", "an application reaches only its own services", "remove `external_links`"),
     ("platform", "instances run on this machine's platform", "remove `platform`"),
     ("pid", "instances always have their own process namespace", "remove `pid`"),
     ("ipc", "instances always have their own IPC namespace", "remove `ipc`"),
     ("security_opt", "instances run with Paracloud's seccomp profile and no_new_privs", "remove `security_opt`"),
-    ("tmpfs", "tmpfs mounts are not supported yet", "remove `tmpfs`, or mount a named volume there"),
     ("dns", "instances use the application's resolver", "remove it"),
     ("dns_search", "instances use the application's resolver", "remove it"),
     ("extra_hosts", "instances resolve the application's services only", "remove `extra_hosts`"),
@@ -110,13 +124,13 @@ type Line = (String, usize, String);
 
 /// A service's table: keys first, then its sub-tables (TOML wants them in that order).
 #[derive(Default)]
-struct Table {
+pub(crate) struct Table {
     keys: Vec<Line>,
     tables: Vec<(String, Vec<Line>)>,
 }
 
 impl Table {
-    fn key(&mut self, text: String, offset: usize, field: &str) {
+    pub(crate) fn key(&mut self, text: String, offset: usize, field: &str) {
         self.keys.push((text, offset, field.to_owned()));
     }
 
@@ -137,7 +151,7 @@ impl Table {
 pub(crate) fn service(
     r: &mut Reader<'_>,
     cx: &Context<'_>,
-    declared_volumes: &[String],
+    declared: &Declared,
     name: &str,
     name_node: &Node,
     node: &Node,
@@ -236,9 +250,26 @@ pub(crate) fn service(
         &path,
         &mut t,
     );
-    if let Some((_, value)) = get("volumes") {
-        volumes(r, cx, declared_volumes, value, &f("volumes"), &mut t);
+    // Secrets and configs are read-only bind mounts beside the volumes.
+    let mut files = Vec::new();
+    for (kind, key, declared) in [
+        (FileKind::Secret, "secrets", &declared.secrets),
+        (FileKind::Config, "configs", &declared.configs),
+    ] {
+        if let Some((_, value)) = get(key) {
+            files.extend(crate::files::mounts(r, kind, declared, value, &f(key)));
+        }
     }
+    // `tmpfs` volumes join the service's `tmpfs` list.
+    let mut tmpfs = volumes(
+        r,
+        cx,
+        &declared.volumes,
+        get("volumes").map(|(_, v)| v),
+        files,
+        &f("volumes"),
+        &mut t,
+    );
     if let Some((_, value)) = get("depends_on") {
         depends_on(r, value, &f("depends_on"), &mut t);
     }
@@ -269,29 +300,33 @@ pub(crate) fn service(
             );
         }
     }
-    // Docker's default capabilities, then the file's own.
-    let mut caps: Vec<String> = DOCKER_CAPABILITIES
-        .iter()
-        .map(|c| (*c).to_owned())
-        .collect();
-    let mut caps_offset = name_node.offset;
-    if let Some((_, value)) = get("cap_add") {
-        caps_offset = value.offset;
-        if let Some(added) = r.strings(value, &f("cap_add")) {
-            for (cap, _) in added {
-                let bare = cap.to_ascii_uppercase();
-                let bare = bare.strip_prefix("CAP_").unwrap_or(&bare).to_owned();
-                if !caps.contains(&bare) {
-                    caps.push(bare);
-                }
-            }
-        }
-    }
-    t.key(
-        format!("cap_add = {}", out::strings(&caps)),
-        caps_offset,
-        &f("cap_add"),
+    crate::sandbox::capabilities(
+        r,
+        get("cap_add").map(|(_, v)| v),
+        get("cap_drop").map(|(_, v)| v),
+        &path,
+        name_node.offset,
+        &mut t,
     );
+    crate::sandbox::flags(r, entries, &path, &mut t);
+    if let Some((_, value)) = get("networks") {
+        crate::networks::service(r, &declared.networks, value, &f("networks"), &mut t);
+    }
+    if let Some((_, value)) = get("shm_size") {
+        crate::sandbox::shm_size(r, value, &f("shm_size"), &mut t);
+    }
+    if let Some((_, value)) = get("ulimits") {
+        crate::sandbox::ulimits(r, value, &f("ulimits"), &mut t);
+    }
+    if let Some((_, value)) = get("sysctls") {
+        crate::sandbox::sysctls(r, value, &f("sysctls"), &mut t);
+    }
+    tmpfs.extend(
+        get("tmpfs")
+            .map(|(_, v)| crate::sandbox::tmpfs_key(r, v, &f("tmpfs")))
+            .unwrap_or_default(),
+    );
+    crate::sandbox::write_tmpfs(&mut t, tmpfs, name_node.offset, &f("tmpfs"));
     for key in ["container_name", "hostname"] {
         if let Some((_, value)) = get(key) {
             // Accepted and not used: instances are named `SERVICE.N`, and reached by the
@@ -834,23 +869,36 @@ fn long_port(r: &mut Reader<'_>, entries: &[(Node, Node)], field: &str) -> Optio
     Some((format!("{{ {} }}", parts.join(", ")), target))
 }
 
-/// `volumes` of a service: named volumes and bind mounts.
+/// `volumes` of a service: named volumes and bind mounts, written with `extra` (its secrets
+/// and configs); returns its `tmpfs` volumes as entries of the manifest's `tmpfs` list.
 fn volumes(
     r: &mut Reader<'_>,
     cx: &Context<'_>,
     declared: &[String],
-    node: &Node,
+    node: Option<&Node>,
+    extra: Vec<(String, usize, String)>,
     field: &str,
     t: &mut Table,
-) {
+) -> Vec<(String, usize, String)> {
+    let mut tmpfs = Vec::new();
+    let empty = Node::seq(extra.first().map_or(0, |e| e.1), Vec::new());
+    let node = node.unwrap_or(&empty);
     let Kind::Seq(items) = &node.kind else {
         r.expected(node, field, "a list of volumes");
-        return;
+        return tmpfs;
     };
     let mut written = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let f = format!("{field}[{i}]");
         let mount = match &item.kind {
+            Kind::Map(entries)
+                if entries
+                    .iter()
+                    .any(|(k, v)| k.text() == Some("type") && v.text() == Some("tmpfs")) =>
+            {
+                tmpfs.extend(crate::sandbox::tmpfs_volume(r, entries, item, &f));
+                continue;
+            }
             Kind::Map(entries) => long_volume(r, entries, item, &f),
             _ => match r.string(item, &f) {
                 Some(text) => short_volume(r, text, item, &f),
@@ -907,14 +955,16 @@ fn volumes(
         };
         written.push((format!("  {text},"), item.offset, f));
     }
+    written.extend(extra);
     if written.is_empty() {
-        return;
+        return tmpfs;
     }
     t.key("volumes = [".into(), node.offset, field);
     for (text, offset, f) in written {
         t.key(text, offset, &f);
     }
     t.key("]".into(), node.offset, field);
+    tmpfs
 }
 
 /// `SOURCE:TARGET[:MODE]` as (source, target, read_only, bind).
@@ -993,7 +1043,9 @@ fn long_volume(
                         value.offset,
                         &f,
                         format!("volume type {} is not supported", value.describe()),
-                        Some("use `volume` (a named volume) or `bind` (a host path)".into()),
+                        Some(
+                            "use `volume` (a named volume), `bind` (a host path) or `tmpfs`".into(),
+                        ),
                     );
                 }
             },
@@ -1057,17 +1109,14 @@ fn depends_on(r: &mut Reader<'_>, node: &Node, field: &str, t: &mut Table) {
                             "condition" => match v.text() {
                                 Some("service_started") => condition = "started",
                                 Some("service_healthy") => condition = "healthy",
-                                Some("service_completed_successfully") => {
-                                    ok = false;
-                                    r.error(v.offset, &sf, "`service_completed_successfully` is not supported: services run until stopped", Some("use `service_healthy` with a health check, or `service_started`".into()));
-                                }
+                                Some("service_completed_successfully") => condition = "completed",
                                 _ => {
                                     ok = false;
                                     r.error(
                                         v.offset,
                                         &sf,
                                         format!("unknown condition {}", v.describe()),
-                                        Some("write `service_started` or `service_healthy`".into()),
+                                        Some("write `service_started`, `service_healthy` or `service_completed_successfully`".into()),
                                     );
                                 }
                             },

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use paracloud_manifest::{
-    DependsCondition, FileSystem, Image, Origin, Probe, RestartCondition, Service, VolumeMount,
+    DependsCondition, FileSystem, Image, Origin, Probe, RestartCondition, Service, Ulimit,
+    VolumeMount,
 };
 
 use super::*;
@@ -289,9 +290,17 @@ fn depends_on_list_and_conditions() {
     assert_eq!(s.depends_on["cache"], DependsCondition::Started);
     let s = web("services:\n  db:\n    image: pg\n  web:\n    image: a\n    depends_on: [db]\n");
     assert_eq!(s.depends_on["db"], DependsCondition::Started);
-    let e = error("services:\n  db:\n    image: pg\n  web:\n    image: a\n    depends_on:\n      db:\n        condition: service_completed_successfully\n");
+    let job = "services:\n  db:\n    image: pg\n    restart: \"no\"\n  web:\n    image: a\n    depends_on:\n      db:\n        condition: service_completed_successfully\n";
+    assert_eq!(web(job).depends_on["db"], DependsCondition::Completed);
+    let e = error(&job.replace("\"no\"", "always"));
     assert!(
-        e.starts_with("compose.yaml:8:20: services.web.depends_on.db.condition:"),
+        e.starts_with("compose.yaml:8:7: services.web.depends_on.db:")
+            && e.contains("`db` restarts always, so it never stays completed"),
+        "{e}"
+    );
+    let e = error(&job.replace("service_completed_successfully", "done"));
+    assert!(
+        e.starts_with("compose.yaml:9:20: services.web.depends_on.db.condition: unknown condition"),
         "{e}"
     );
     // A rule of the manifest, located in the Compose file.
@@ -400,6 +409,180 @@ fn anchors_and_merge_keys_work_as_in_compose() {
 }
 
 #[test]
+fn sandbox_keys_carry_over() {
+    let s = web("services:\n  web:\n    image: a\n    init: true\n    read_only: true\n    shm_size: 128m\n    tmpfs: [/run, \"/cache:size=64m,mode=1770\"]\n    volumes:\n      - type: tmpfs\n        target: /scratch\n        tmpfs: {size: 1048576, mode: \"700\"}\n    ulimits:\n      nproc: 512\n      nofile: {soft: 1024, hard: 4096}\n    sysctls: [net.core.somaxconn=1024]\n    cap_drop: [ALL]\n    cap_add: [NET_BIND_SERVICE]\n");
+    let b = &s.sandbox;
+    assert!(b.init && b.read_only);
+    assert_eq!(b.shm_size, Some(128 << 20));
+    let tmpfs: Vec<_> = b
+        .tmpfs
+        .iter()
+        .map(|t| (t.target.as_str(), t.size, t.mode))
+        .collect();
+    assert_eq!(
+        tmpfs,
+        [
+            ("/scratch", Some(1 << 20), Some(0o700)),
+            ("/run", None, None),
+            ("/cache", Some(64 << 20), Some(0o1770)),
+        ]
+    );
+    assert_eq!(
+        b.ulimits["nproc"],
+        Ulimit {
+            soft: 512,
+            hard: 512
+        }
+    );
+    assert_eq!(
+        b.ulimits["nofile"],
+        Ulimit {
+            soft: 1024,
+            hard: 4096
+        }
+    );
+    assert_eq!(b.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(s.cap_add, ["CAP_NET_BIND_SERVICE"]);
+    let kept = web("services:\n  web:\n    image: a\n    cap_drop: [chown, CAP_KILL]\n").cap_add;
+    assert!(!kept.contains(&"CAP_CHOWN".to_owned()) && !kept.contains(&"CAP_KILL".to_owned()));
+    assert!(kept.contains(&"CAP_SETUID".to_owned()));
+    for (key, wanted) in [
+        ("sysctls: {kernel.panic: 1}", "would change the host"),
+        ("ulimits: {files: 1}", "unknown ulimit `files`"),
+        (
+            "ulimits: {nofile: {soft: 9, hard: 1}}",
+            "above the hard limit",
+        ),
+        ("tmpfs: \"/run:ro\"", "tmpfs option `ro` is not supported"),
+        ("tmpfs: run", "must be an absolute path"),
+        ("cap_add: [ALL]", "`cap_add: ALL` is not supported"),
+        ("shm_size: lots", "invalid memory size"),
+    ] {
+        let e = error(&format!("services:\n  web:\n    image: a\n    {key}\n"));
+        assert!(
+            e.starts_with("compose.yaml:4:") && e.contains(wanted),
+            "{key}: {e}"
+        );
+    }
+}
+
+#[test]
+fn secrets_and_configs_are_files_bound_read_only() {
+    let c = read("secrets:\n  db_password: {file: ./pw.txt}\n  token: {file: ~/token}\nconfigs:\n  app: {file: app.conf}\nservices:\n  web:\n    image: a\n    secrets: [db_password, {source: token, target: api-token}]\n    configs: [app, {source: app, target: /etc/app.conf}]\n");
+    let mounts: Vec<(String, String, bool)> = c.manifest.services["web"]
+        .volumes
+        .iter()
+        .map(|v| match v {
+            VolumeMount::Bind {
+                source,
+                target,
+                read_only,
+            } => (source.display().to_string(), target.clone(), *read_only),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            (
+                "/project/pw.txt".into(),
+                "/run/secrets/db_password".into(),
+                true
+            ),
+            (
+                "/home/me/token".into(),
+                "/run/secrets/api-token".into(),
+                true
+            ),
+            ("/project/app.conf".into(), "/app".into(), true),
+            ("/project/app.conf".into(), "/etc/app.conf".into(), true),
+        ]
+    );
+    for (src, wanted) in [
+        ("secrets: {s: {environment: TOKEN}}\nservices:\n  web: {image: a}\n", "compose.yaml:1:15: secrets.s.environment: `environment` is not supported"),
+        ("secrets: {s: {}}\nservices:\n  web: {image: a}\n", "compose.yaml:1:11: secrets.s: missing required key `file`"),
+        ("services:\n  web: {image: a, secrets: [nope]}\n", "compose.yaml:2:29: services.web.secrets[0]: secret `nope` is not declared in the top-level `secrets`"),
+        ("secrets: {s: {file: x}}\nservices:\n  web: {image: a, secrets: [{source: s, mode: 0400}]}\n", "services.web.secrets[0].mode: `mode` is not supported"),
+    ] {
+        let e = error(src);
+        assert!(e.starts_with(wanted) || e.contains(wanted), "{src}: {e}");
+    }
+}
+
+#[test]
+fn profiles_choose_the_services_that_run() {
+    let src = "services:\n  web: {image: a}\n  debug: {image: b, profiles: [tools]}\n";
+    let c = read(src);
+    assert_eq!(c.manifest.services.keys().collect::<Vec<_>>(), ["web"]);
+    let mut vars = env();
+    vars.insert("COMPOSE_PROFILES".into(), "other,tools".into());
+    let c = parse(src, &origin(), &vars, &Files::default()).unwrap();
+    assert_eq!(
+        c.manifest.services.keys().collect::<Vec<_>>(),
+        ["debug", "web"]
+    );
+    let e = error("services:\n  web: {image: a, depends_on: [debug]}\n  debug: {image: b, profiles: [tools]}\n");
+    assert!(
+        e.contains("`web` depends on `debug`, which runs only with the profile tools")
+            && e.contains("--profile tools"),
+        "{e}"
+    );
+    let e = error("services:\n  web: {image: a, profiles: [\"-x\"]}\n");
+    assert!(e.contains("invalid profile name"), "{e}");
+}
+
+#[test]
+fn extends_merges_the_base_service_under_its_own_keys() {
+    let s = web("services:\n  base:\n    image: a\n    environment: [A=1, B=2]\n    command: [sleep, '1']\n    labels: {tier: x}\n  web:\n    extends: base\n    environment: {B: '3'}\n    command: [sleep, '2']\n  other:\n    extends: {service: web}\n");
+    assert_eq!(s.env["A"], "1");
+    assert_eq!(s.env["B"], "3");
+    assert_eq!(s.command, ["sleep", "2"]);
+    assert_eq!(s.labels["tier"], "x");
+    let c = read("services:\n  base: {image: a, environment: [A=1]}\n  web: {extends: base}\n  other: {extends: {service: web}}\n");
+    assert_eq!(c.manifest.services["other"].env["A"], "1");
+    for (src, wanted) in [
+        (
+            "services:\n  a: {extends: b}\n  b: {extends: a}\n",
+            "`extends` loops: a -> b -> a",
+        ),
+        (
+            "services:\n  a: {image: x, extends: nope}\n",
+            "`nope` is not a service of this file",
+        ),
+        (
+            "services:\n  a: {image: x}\n  b: {extends: {service: a, file: other.yaml}}\n",
+            "services.b.extends.file: `file` is not supported",
+        ),
+    ] {
+        let e = error(src);
+        assert!(e.contains(wanted), "{src}: {e}");
+    }
+}
+
+#[test]
+fn networks_split_the_services_and_aliases_name_them() {
+    let c = read("networks:\n  front_end: {driver: bridge, labels: [tier=web]}\n  back: {internal: true}\nservices:\n  web: {image: a, networks: [front_end]}\n  api:\n    image: a\n    networks:\n      front_end: {aliases: [backend]}\n      back:\n  db: {image: a, networks: [back]}\n  tool: {image: a}\n");
+    let m = &c.manifest;
+    assert_eq!(m.networks.keys().collect::<Vec<_>>(), ["back", "front-end"]);
+    assert_eq!(m.networks["front-end"].labels["tier"], "web");
+    assert!(m.reaches("web", "api") && m.reaches("api", "db") && !m.reaches("web", "db"));
+    assert!(!m.reaches("tool", "web"), "tool is on default alone");
+    assert_eq!(m.names_of("web", "api"), ["api", "backend"]);
+    assert_eq!(m.names_of("db", "api"), ["api"]);
+    assert!(m.is_split());
+    for (src, wanted) in [
+        ("services:\n  web: {image: a, networks: [nope]}\n", "compose.yaml:2:30: services.web.networks[0]: network `nope` is not declared in the top-level `networks`"),
+        ("networks: {n: {}}\nservices:\n  web: {image: a, networks: {n: {ipv4_address: 10.0.0.2}}}\n", "services.web.networks.n.ipv4_address: `ipv4_address` is not supported"),
+        ("networks: {n: {driver: overlay}}\nservices:\n  web: {image: a}\n", "networks.n.driver: `driver` is not supported"),
+        ("networks: {n: {external: true}}\nservices:\n  web: {image: a}\n", "networks.n.external: `external` is not supported"),
+        ("networks: {n: {}}\nservices:\n  web: {image: a, networks: {n: {aliases: [web2]}}}\n  web2: {image: a}\n", "alias `web2` is the name of another service"),
+    ] {
+        let e = error(src);
+        assert!(e.contains(wanted), "{src}: {e}");
+    }
+}
+
+#[test]
 fn keys_paracloud_cannot_honour_are_refused_with_a_way_out() {
     let e = error("services:\n  web:\n    image: a\n    privileged: true\n");
     assert_eq!(e, "compose.yaml:4:5: services.web.privileged: `privileged` is not supported: instances never run privileged\n  hint: remove `privileged`, and add only the capabilities the service needs to `cap_add`");
@@ -407,17 +590,6 @@ fn keys_paracloud_cannot_honour_are_refused_with_a_way_out() {
         "network_mode: host",
         "devices: [/dev/fuse]",
         "runtime: runc",
-        "secrets: [a]",
-        "configs: [a]",
-        "profiles: [a]",
-        "extends: {service: b}",
-        "init: true",
-        "cap_drop: [ALL]",
-        "sysctls: {a: 1}",
-        "ulimits: {nofile: 1}",
-        "read_only: true",
-        "shm_size: 1g",
-        "networks: [a]",
     ] {
         let e = error(&format!("services:\n  web:\n    image: a\n    {key}\n"));
         let name = key.split(':').next().unwrap();
@@ -428,14 +600,10 @@ fn keys_paracloud_cannot_honour_are_refused_with_a_way_out() {
             "{e}"
         );
     }
-    for top in [
-        "networks: {a: {}}",
-        "secrets: {a: {file: x}}",
-        "configs: {}",
-    ] {
-        assert!(error(&format!("{top}\nservices:\n  web:\n    image: a\n"))
-            .starts_with("compose.yaml:1:1:"));
-    }
+    assert!(
+        error("include: [a.yaml]\nservices:\n  web:\n    image: a\n")
+            .starts_with("compose.yaml:1:1:")
+    );
     let e = error("services:\n  web:\n    imgae: a\n");
     assert!(
         e.contains("unknown key `imgae`") && e.contains("did you mean `image`?"),
@@ -507,4 +675,43 @@ fn volume_names_become_dns_labels() {
         ),
         "{e}"
     );
+}
+
+#[test]
+fn override_files_merge_over_the_first_and_errors_name_their_file() {
+    let files = [
+        ("compose.yaml".to_owned(), "name: shop\nservices:\n  web:\n    image: a\n    environment: [A=1]\n    ports: ['8080:80']\n".to_owned()),
+        ("compose.override.yaml".to_owned(), "services:\n  web:\n    image: b\n    environment: {B: '2'}\n  debug:\n    image: c\n".to_owned()),
+    ];
+    let c = parse_files(&files, &origin(), &env(), &Files::default()).unwrap();
+    let web = &c.manifest.services["web"];
+    assert_eq!(c.manifest.app, "shop");
+    assert_eq!(web.env["A"], "1");
+    assert_eq!(web.env["B"], "2");
+    assert_eq!(web.ports.len(), 1);
+    assert!(matches!(&web.image, Image::Stored { reference, .. } if reference == "b:latest"));
+    assert!(c.manifest.services.contains_key("debug"));
+
+    let bad = [
+        files[0].clone(),
+        (
+            "more.yaml".to_owned(),
+            "services:\n  web:\n    privileged: true\n".to_owned(),
+        ),
+    ];
+    let e = parse_files(&bad, &origin(), &env(), &Files::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("more.yaml:3:5: services.web.privileged:"),
+        "{e}"
+    );
+    let broken = [
+        files[0].clone(),
+        ("more.yaml".to_owned(), "services: [\n".to_owned()),
+    ];
+    let e = parse_files(&broken, &origin(), &env(), &Files::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("more.yaml:"), "{e}");
 }

@@ -51,6 +51,42 @@ impl Node {
         }
     }
 
+    pub(crate) fn seq(offset: usize, items: Vec<Node>) -> Node {
+        let size = 1 + items.iter().map(|n| n.size).sum::<usize>();
+        Node {
+            offset,
+            kind: Kind::Seq(items),
+            size,
+        }
+    }
+
+    pub(crate) fn map(offset: usize, entries: Vec<(Node, Node)>) -> Node {
+        let size = 1 + entries.iter().map(|(k, v)| k.size + v.size).sum::<usize>();
+        Node {
+            offset,
+            kind: Kind::Map(entries),
+            size,
+        }
+    }
+
+    /// Moves the offsets of the whole subtree by `by` (a file read after others).
+    pub(crate) fn shift(&mut self, by: usize) {
+        let mut stack: Vec<&mut Node> = vec![self];
+        while let Some(node) = stack.pop() {
+            node.offset += by;
+            match &mut node.kind {
+                Kind::Scalar { .. } => {}
+                Kind::Seq(items) => stack.extend(items.iter_mut()),
+                Kind::Map(entries) => {
+                    for (k, v) in entries.iter_mut() {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                }
+            }
+        }
+    }
+
     /// The text of a scalar.
     pub(crate) fn text(&self) -> Option<&str> {
         match &self.kind {

@@ -812,6 +812,7 @@ impl<D: Driver> Build<'_, D> {
             log_path: log_path.clone(),
             owned: Vec::new(),
             userns: None,
+            sandbox: Default::default(),
         };
         let mut follow = OutputFollower::new(&log_path, stage.label(), step.line);
         let result = async {
@@ -916,4 +917,19 @@ impl OutputFollower {
             });
         }
     }
+}
+
+/// What a build of `request` would read, checked without building: the Containerfile found
+/// and parsed, the target stage found. Its path and the number of steps the target needs
+/// (its stages' FROM lines included).
+pub fn check(request: &BuildRequest) -> Result<(PathBuf, usize), ImageError> {
+    let prepared = prepare(request.clone())?;
+    let steps = prepared
+        .parsed
+        .waves(prepared.target)
+        .iter()
+        .flatten()
+        .map(|i| 1 + prepared.parsed.stages[*i].steps.len())
+        .sum();
+    Ok((prepared.file, steps))
 }

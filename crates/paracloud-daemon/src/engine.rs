@@ -441,6 +441,7 @@ impl<D: Driver> Engine<D> {
                         .collect(),
                     // The one thing of the host its instances may connect to: the data plane.
                     served: served_on_bridge(record, &network),
+                    segments: crate::routes::segments(record, &network, &snapshot.instances),
                 };
                 match self.driver.ensure_network(&config).await {
                     // Unrecorded, the next turn sets the network up again (it is idempotent).
@@ -746,13 +747,32 @@ impl<D: Driver> Engine<D> {
         network: &AppNetwork,
         rootfs: Rootfs,
     ) -> InstanceConfig {
-        // Revisions (`api@canary`) are reached through their service's name.
+        // Revisions (`api@canary`) are reached through their service's name, and a service by
+        // its name and aliases from the services it shares a network with.
+        let manifest = &app.manifest;
         let hosts: Vec<(String, Ipv4Addr)> = app
             .services
             .iter()
             .filter(|(name, _)| !name.contains(paracloud_manifest::REVISION_SEPARATOR))
-            .map(|(name, s)| (name.clone(), network.service_address(s.slot)))
+            .flat_map(|(name, s)| {
+                let address = network.service_address(s.slot);
+                manifest
+                    .names_of(&key.service, name)
+                    .into_iter()
+                    .map(move |n| (n, address))
+            })
             .collect();
+        let segments = match manifest.is_split() {
+            false => Vec::new(),
+            true => {
+                let mine = manifest.networks_of(&key.service);
+                manifest
+                    .network_names()
+                    .into_iter()
+                    .map(|n| (n.to_owned(), mine.contains(&n)))
+                    .collect()
+            }
+        };
         // A volume is its services' alone (0700); one of a service with a `user` is that user's.
         let mut owned = Vec::new();
         let mounts = service
@@ -807,6 +827,7 @@ impl<D: Driver> Engine<D> {
             network: Some(NetworkAttachment {
                 bridge: network.bridge(),
                 address,
+                segments,
             }),
             limits: Limits {
                 // `paracloud scale --cpu` and the autoscaler may have changed it since `up`.
@@ -827,6 +848,7 @@ impl<D: Driver> Engine<D> {
                 .settings
                 .userns
                 .then(|| app_ids(app.subnet_index)),
+            sandbox: sandbox(&service.sandbox),
         }
     }
 
@@ -1208,6 +1230,34 @@ pub fn views(snapshot: &Snapshot) -> (Desired, Observed) {
         })
         .collect();
     (desired, observed)
+}
+
+/// The runtime's form of a service's sandbox settings.
+fn sandbox(s: &paracloud_manifest::Sandbox) -> paracloud_runtime::Sandbox {
+    paracloud_runtime::Sandbox {
+        init: s.init,
+        read_only: s.read_only,
+        tmpfs: s
+            .tmpfs
+            .iter()
+            .map(|t| paracloud_runtime::Tmpfs {
+                target: t.target.clone(),
+                size: t.size,
+                mode: t.mode,
+            })
+            .collect(),
+        shm_size: s.shm_size,
+        rlimits: s
+            .ulimits
+            .iter()
+            .map(|(resource, l)| paracloud_runtime::Rlimit {
+                resource: resource.clone(),
+                soft: l.soft,
+                hard: l.hard,
+            })
+            .collect(),
+        sysctls: s.sysctls.clone().into_iter().collect(),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use paracloud_api::{
 };
 use paracloud_image::layout::{self, Naming};
 use paracloud_image::micro::{build_micro_image, MicroImageSpec};
+use paracloud_image::registries::{self, Registries};
 use paracloud_image::registry::{self, ProgressFn};
 use paracloud_image::{Digest, ImageDefaults, Reference, Store, StoreError};
 use paracloud_manifest::{Image, Manifest, Port, Protocol, Service};
@@ -22,6 +23,8 @@ use paracloud_state::Snapshot;
 #[derive(Debug, Clone)]
 pub struct Images {
     store: Store,
+    /// The state root's registries.toml, read at each pull.
+    registries: std::path::PathBuf,
     lock: Arc<Mutex<()>>,
     /// Registry transfers run side by side (read); prune waits for them (write), so that it
     /// never removes a blob a pull has written but not yet named.
@@ -65,6 +68,7 @@ impl Images {
     pub fn open(root: &Path) -> std::result::Result<Self, StoreError> {
         Ok(Self {
             store: Store::open(root.join("images"))?,
+            registries: root.join(registries::FILE),
             lock: Arc::new(Mutex::new(())),
             transfers: Arc::new(tokio::sync::RwLock::new(())),
         })
@@ -72,6 +76,11 @@ impl Images {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The mirrors of registries as the state root's registries.toml says now.
+    pub fn registries(&self) -> Result<Registries> {
+        registries::load(&self.registries).map_err(ImageError::bad)
     }
 
     /// Runs `f` with the store locked, on a blocking thread.
@@ -122,6 +131,60 @@ impl Images {
             return Err(ImageError::bad(format!(
                 "capsule {name}: neither the manifest nor its image says what to run; set `command = [\"/path/to/program\"]` under [capsules.{name}]"
             )));
+        }
+        Ok(())
+    }
+
+    /// Pulls the store images of `manifest` that the store lacks, as compose does (`nginx` from
+    /// Docker Hub or its mirrors), each named by its user in errors. The command pulls them
+    /// before, with the caller's credentials and progress; this is for other clients of the API.
+    /// Done outside the store's lock, as any pull, so that instances keep starting meanwhile.
+    pub async fn pull_missing(&self, manifest: &Manifest, registries: &Registries) -> Result<()> {
+        let images = manifest
+            .services
+            .iter()
+            .map(|(name, s)| (format!("service {name}"), &s.image))
+            .chain(
+                manifest
+                    .capsules
+                    .iter()
+                    .map(|(name, c)| (format!("capsule {name}"), &c.image)),
+            );
+        for (what, image) in images {
+            let Image::Stored { reference, .. } = image else {
+                continue;
+            };
+            // A bad name is the resolution's to tell.
+            let Ok(parsed) = reference.parse::<Reference>() else {
+                continue;
+            };
+            let wanted = reference.clone();
+            let missing = self
+                .with(move |store| {
+                    Ok(matches!(
+                        store.lookup(&wanted),
+                        Err(StoreError::NotFound(_))
+                    ))
+                })
+                .await?;
+            if !missing {
+                continue;
+            }
+            let _shared = self.transfers.clone().read_owned().await;
+            let quiet: ProgressFn = Arc::new(|_| {});
+            registry::pull_via(
+                &self.store,
+                &parsed,
+                registries,
+                &registry::Auths::new(),
+                quiet,
+            )
+            .await
+            .map_err(|e| {
+                ImageError::bad(format!(
+                    "{what}: image {reference} is not in the store and cannot be pulled: {e}"
+                ))
+            })?;
         }
         Ok(())
     }
@@ -205,34 +268,22 @@ impl Images {
     }
 }
 
-/// The digest `image` means now (pulled from its registry, or imported from its layout, when
-/// the store lacks it) and the defaults its config gives; `None` for the host and directories,
-/// which are no store images. `what` names its user in errors ("service web").
+/// The digest `image` means now (imported from its layout when the store lacks it) and the
+/// defaults its config gives; `None` for the host and directories, which are no store images.
+/// `what` names its user in errors ("service web").
 fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<(Digest, ImageDefaults)>> {
     let digest = match image {
         Image::Stored { reference, .. } => match store.lookup(reference) {
             Ok(digest) => digest,
-            // An image of a registry the store lacks is pulled, as compose does.
-            Err(StoreError::NotFound(_))
-                if reference
-                    .parse::<Reference>()
-                    .is_ok_and(|r| r.registry.is_some()) =>
-            {
-                let parsed: Reference = reference
-                    .parse()
-                    .map_err(|e| ImageError::bad(format!("{what}: image {reference}: {e}")))?;
-                let quiet: ProgressFn = Arc::new(|_| {});
-                tokio::runtime::Handle::current()
-                    .block_on(registry::pull(store, &parsed, None, quiet))
-                    .map_err(|e| {
-                        ImageError::bad(format!(
-                            "{what}: image {reference} is not in the store and cannot be pulled: {e}"
-                        ))
-                    })?
+            // Pulled before, outside the store's lock ([`Images::pull_missing`]).
+            Err(StoreError::NotFound(_)) => {
+                return Err(ImageError::bad(format!(
+                    "{what}: image {reference} is not in the store; pull, build or import it"
+                )))
             }
             Err(e) => {
                 return Err(ImageError {
-                    not_found: matches!(e, StoreError::NotFound(_)),
+                    not_found: false,
                     bad_request: true,
                     message: format!("{what}: image {reference}: {e}"),
                 })

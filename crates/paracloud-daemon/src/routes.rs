@@ -5,7 +5,8 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use paracloud_dataplane::{Backend, Config, Listener, Protocol, Revision};
 use paracloud_manifest::{Port, Protocol as PortProtocol};
-use paracloud_state::{AppRecord, ServiceRecord, Snapshot};
+use paracloud_runtime::Segment;
+use paracloud_state::{AppRecord, InstanceRecord, ServiceRecord, Snapshot};
 
 use crate::addressing::AppNetwork;
 
@@ -115,6 +116,42 @@ fn service_ports(app: &AppRecord) -> impl Iterator<Item = (&String, &ServiceReco
 pub fn served_on_bridge(app: &AppRecord, network: &AppNetwork) -> Vec<SocketAddrV4> {
     service_ports(app)
         .map(|(_, record, port)| SocketAddrV4::new(network.service_address(record.slot), port.port))
+        .collect()
+}
+
+/// The networks of an application split into several, each with the endpoints served to it and
+/// the addresses of the instances on it (every instance record of the application: their address
+/// slots are unique); empty when the application is one network.
+pub fn segments(
+    app: &AppRecord,
+    network: &AppNetwork,
+    instances: &[InstanceRecord],
+) -> Vec<Segment> {
+    let manifest = &app.manifest;
+    if !manifest.is_split() {
+        return Vec::new();
+    }
+    manifest
+        .network_names()
+        .into_iter()
+        .map(|name| {
+            let on = |service: &str| manifest.networks_of(service).contains(&name);
+            Segment {
+                name: name.to_owned(),
+                served: service_ports(app)
+                    .filter(|(service, _, _)| on(service))
+                    .map(|(_, record, port)| {
+                        SocketAddrV4::new(network.service_address(record.slot), port.port)
+                    })
+                    .collect(),
+                members: instances
+                    .iter()
+                    .filter(|i| i.key.app == app.name && on(&i.key.service))
+                    .filter_map(|i| network.instance_address(i.slot).ok())
+                    .map(|a| a.addr())
+                    .collect(),
+            }
+        })
         .collect()
 }
 

@@ -7,7 +7,10 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::draft::{Draft, Published};
-use crate::model::{DependsCondition, Manifest, ScheduledCapsule, Volume, VolumeMount};
+use crate::model::{
+    DependsCondition, Manifest, Network, RestartCondition, ScheduledCapsule, Volume, VolumeMount,
+    DEFAULT_NETWORK,
+};
 use crate::reader::{child, Checker, Span};
 use crate::units;
 
@@ -18,7 +21,9 @@ const TOP_KEYS: &[&str] = &[
     "autoscale",
     "schedules",
     "capsules",
+    "networks",
 ];
+const NETWORK_DECLARATION_KEYS: &[&str] = &["labels"];
 const SCHEDULE_KEYS: &[&str] = &["capsule", "cron", "selector", "args", "timeout"];
 const VOLUME_DECLARATION_KEYS: &[&str] = &["labels"];
 
@@ -49,6 +54,28 @@ impl Checker<'_> {
                 for (key, value) in declared {
                     if let Some(volume) = self.volume_declaration(key, value) {
                         volumes.insert(key.get_ref().to_string(), volume);
+                    }
+                }
+            }
+        }
+
+        let mut networks = BTreeMap::new();
+        if let Some(v) = table.get("networks") {
+            if let Some(declared) = self.table(v, "networks") {
+                for (key, value) in declared {
+                    let name: &str = key.get_ref();
+                    let field = child("networks", name);
+                    let name_ok = self.name(name, key.span(), &field, "network name");
+                    let Some(t) = self.table(value, &field) else {
+                        continue;
+                    };
+                    self.check_keys(t, &field, NETWORK_DECLARATION_KEYS);
+                    let labels = match t.get("labels") {
+                        Some(l) => self.scalar_map(l, &child(&field, "labels")),
+                        None => Some(BTreeMap::new()),
+                    };
+                    if let (true, Some(labels)) = (name_ok, labels) {
+                        networks.insert(name.to_owned(), Network { labels });
                     }
                 }
             }
@@ -94,6 +121,7 @@ impl Checker<'_> {
 
         self.dependencies(&drafts);
         self.port_clashes(&drafts);
+        self.memberships(&drafts, &networks);
         let autoscale = self.autoscale(table.get("autoscale"), &mut drafts);
         if table.contains_key("autoscale") && autoscale.is_none() {
             // Every problem is reported; `finish` turns them into the error.
@@ -122,7 +150,46 @@ impl Checker<'_> {
             autoscale,
             schedules,
             capsules: capsules?,
+            networks,
         })
+    }
+
+    /// The networks services name are declared (or `default`), and their aliases name no
+    /// service.
+    fn memberships(
+        &mut self,
+        drafts: &BTreeMap<String, Draft>,
+        declared: &BTreeMap<String, Network>,
+    ) {
+        for (name, draft) in drafts {
+            for (network, membership) in &draft.service.networks {
+                let span = draft.network_spans.get(network).cloned().unwrap_or(0..0);
+                let field = child(&child(&child("services", name), "networks"), network);
+                if network != DEFAULT_NETWORK && !declared.contains_key(network) {
+                    let mut known: Vec<&str> = declared.keys().map(String::as_str).collect();
+                    known.push(DEFAULT_NETWORK);
+                    self.error(
+                        span.clone(),
+                        &field,
+                        format!("network `{network}` is not declared"),
+                        Some(format!(
+                            "declare it with `[networks.{network}]`; the networks are: {}",
+                            known.join(", ")
+                        )),
+                    );
+                }
+                for alias in &membership.aliases {
+                    if drafts.contains_key(alias) && alias != name {
+                        self.error(
+                            span.clone(),
+                            &child(&field, "aliases"),
+                            format!("alias `{alias}` is the name of another service"),
+                            Some("choose an alias no service has".into()),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// `[schedules.NAME]`: a capsule run on a cron schedule on the instances its selector
@@ -359,6 +426,18 @@ impl Checker<'_> {
                         format!("`{dep}` has no health check, so it can never be healthy"),
                         Some(format!(
                             "add a `health` check to `{dep}`, or depend on it with \"started\""
+                        )),
+                    );
+                }
+                if *condition == DependsCondition::Completed
+                    && target.service.restart.condition == RestartCondition::Always
+                {
+                    self.error(
+                        span.clone(),
+                        dep_field,
+                        format!("`{dep}` restarts always, so it never stays completed"),
+                        Some(format!(
+                            "give `{dep}` `restart = \"no\"` (or \"on-failure\"), as a one-off job has"
                         )),
                     );
                 }

@@ -21,6 +21,8 @@ pub(crate) struct Draft {
     pub(crate) autoscale: Option<ScalingDraft>,
     /// Whether `replicas` is written (else an autoscaled service starts within its bounds).
     pub(crate) replicas_written: bool,
+    /// Each network it names with where it is written.
+    pub(crate) network_spans: BTreeMap<String, Span>,
 }
 
 /// A host address a port is published on, and where the manifest says so.

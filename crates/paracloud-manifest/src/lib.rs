@@ -11,7 +11,9 @@ mod error;
 mod known_capsules;
 mod location;
 mod model;
+mod networks;
 mod reader;
+mod sandbox;
 mod service;
 mod units;
 

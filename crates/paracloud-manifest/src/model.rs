@@ -31,6 +31,79 @@ pub struct Manifest {
     /// The application's own capsules (`[capsules.NAME]`), beside the built-in ones, by name.
     #[serde(default)]
     pub capsules: BTreeMap<String, AppCapsule>,
+    /// Networks declared beside the implicit `default` one (`[networks.NAME]`): services reach
+    /// only the services they share a network with.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+}
+
+/// The network every service without `networks` is on.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// A network of the application: a set of services that reach each other.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A service's membership in one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNetwork {
+    /// More names the service is reached by, from the services on this network.
+    pub aliases: Vec<String>,
+}
+
+impl Manifest {
+    /// The networks `service` is on: those it names, else `default`.
+    pub fn networks_of(&self, service: &str) -> Vec<&str> {
+        match self.services.get(service) {
+            Some(s) if !s.networks.is_empty() => s.networks.keys().map(String::as_str).collect(),
+            _ => vec![DEFAULT_NETWORK],
+        }
+    }
+
+    /// Every network some service is on, by name.
+    pub fn network_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .services
+            .keys()
+            .flat_map(|s| self.networks_of(s))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Whether some services cannot reach others: a network besides `default` is in use.
+    pub fn is_split(&self) -> bool {
+        self.services
+            .values()
+            .any(|s| s.networks.keys().any(|n| n != DEFAULT_NETWORK))
+    }
+
+    /// Whether `from` may reach `to`: they share a network.
+    pub fn reaches(&self, from: &str, to: &str) -> bool {
+        let theirs = self.networks_of(to);
+        self.networks_of(from).iter().any(|n| theirs.contains(n))
+    }
+
+    /// The names `from` reaches `to` by: its name and its aliases on the networks they share.
+    pub fn names_of(&self, from: &str, to: &str) -> Vec<String> {
+        if !self.reaches(from, to) {
+            return Vec::new();
+        }
+        let mut names = vec![to.to_owned()];
+        if let Some(target) = self.services.get(to) {
+            let mine = self.networks_of(from);
+            for (network, membership) in &target.networks {
+                if mine.contains(&network.as_str()) {
+                    names.extend(membership.aliases.iter().cloned());
+                }
+            }
+        }
+        names.dedup();
+        names
+    }
 }
 
 /// A capsule the application defines: an image with its tools, and the command that runs them
@@ -167,6 +240,45 @@ pub struct Service {
     /// share of its traffic.
     #[serde(default)]
     pub revision_of: Option<RevisionOf>,
+    /// `init`, `read_only`, `tmpfs`, `shm_size`, `ulimits` and `sysctls`: how its sandbox
+    /// differs from the default one.
+    #[serde(default)]
+    pub sandbox: Sandbox,
+    /// The networks it is on, by name, with its aliases there; empty: `default` only.
+    #[serde(default)]
+    pub networks: BTreeMap<String, ServiceNetwork>,
+}
+
+/// How a service's sandbox differs from the default one (the keys Compose files use).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// A minimal init runs as pid 1: it forwards signals to the command and reaps orphans.
+    pub init: bool,
+    /// The root filesystem is read-only (volumes, `tmpfs`, /tmp and /dev/shm stay writable).
+    pub read_only: bool,
+    pub tmpfs: Vec<TmpfsMount>,
+    /// Bytes of /dev/shm (64 MiB when not set).
+    pub shm_size: Option<u64>,
+    /// Resource limits of the command, by name without `RLIMIT_` (`nofile`, `nproc`, ...).
+    pub ulimits: BTreeMap<String, Ulimit>,
+    /// Kernel parameters of the instance's own network and IPC namespaces.
+    pub sysctls: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    /// Absolute path inside the instance.
+    pub target: String,
+    /// Bytes; `None`: the kernel's default.
+    pub size: Option<u64>,
+    /// Permission bits of its root (`None`: 1777).
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// How an instance's state reaches its successor when it is migrated.
@@ -379,6 +491,9 @@ pub enum DependsCondition {
     Started,
     /// Some instance of the dependency passes its health check.
     Healthy,
+    /// Some instance of the dependency ran to its end with exit code 0 (a one-off job, such as a
+    /// database migration, with `restart = "no"` or `"on-failure"`).
+    Completed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -393,7 +393,7 @@ impl<'a> Checker<'a> {
     }
 }
 
-fn integer_value(integer: &toml::de::DeInteger<'_>) -> Option<i128> {
+pub(crate) fn integer_value(integer: &toml::de::DeInteger<'_>) -> Option<i128> {
     i128::from_str_radix(integer.as_str(), integer.radix()).ok()
 }
 
@@ -484,6 +484,11 @@ fn example(field: &str) -> Option<&'static str> {
         "stop_signal" => "stop_signal = \"SIGTERM\"",
         "stop_grace_period" => "stop_grace_period = \"10s\"",
         "cap_add" => "cap_add = [\"NET_BIND_SERVICE\"]",
+        "init" => "init = true",
+        "tmpfs" => "tmpfs = [\"/run\", { target = \"/cache\", size = \"64M\", mode = \"1777\" }]",
+        "shm_size" => "shm_size = \"256M\"",
+        "ulimits" => "ulimits = { nofile = { soft = 1024, hard = 65536 }, nproc = 512 }",
+        "sysctls" => "sysctls = { \"net.core.somaxconn\" = 1024 }",
         "scale_to_zero" => "scale_to_zero = \"5m\"",
         "migrate" => "migrate = \"paci\"",
         "revisions" => "[services.api.revisions.canary]",

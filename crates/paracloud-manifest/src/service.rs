@@ -40,6 +40,13 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "stop_signal",
     "stop_grace_period",
     "cap_add",
+    "init",
+    "read_only",
+    "tmpfs",
+    "shm_size",
+    "ulimits",
+    "sysctls",
+    "networks",
     "scale_to_zero",
     "migrate",
     "capsules",
@@ -56,7 +63,7 @@ pub(crate) fn revision_keys() -> Vec<&'static str> {
             SERVICE_KEYS
                 .iter()
                 .copied()
-                .filter(|k| !matches!(*k, "ports" | "revisions" | "autoscale")),
+                .filter(|k| !matches!(*k, "ports" | "revisions" | "autoscale" | "networks")),
         )
         .collect()
 }
@@ -73,7 +80,7 @@ const HEALTH_KEYS: &[&str] = &[
 ];
 const PORT_KEYS: &[&str] = &["port", "protocol", "publish"];
 /// The bounds of a size key.
-struct SizeRule {
+pub(crate) struct SizeRule {
     min: u64,
     min_text: &'static str,
     example: &'static str,
@@ -83,6 +90,18 @@ const MEMORY: SizeRule = SizeRule {
     min: units::MIN_MEMORY,
     min_text: "4M",
     example: "give the memory an instance needs, such as \"512M\" or \"4G\"",
+};
+
+pub(crate) const SHM: SizeRule = SizeRule {
+    min: 1024 * 1024,
+    min_text: "1M",
+    example: "give the shared memory the service uses, such as \"256M\"",
+};
+
+pub(crate) const TMPFS: SizeRule = SizeRule {
+    min: 4096,
+    min_text: "4K",
+    example: "give the space the mount holds, such as \"64M\"",
 };
 
 const DISK: SizeRule = SizeRule {
@@ -323,6 +342,11 @@ impl Checker<'_> {
         let autoscale = get("autoscale").and_then(|v| self.scaling_draft(v, &field("autoscale")));
         let migrate = get("migrate").and_then(|v| self.migrate_method(v, &field("migrate")));
         let capsules = get("capsules").and_then(|v| self.capsule_policy(v, &field("capsules")));
+        let sandbox = self.sandbox(&get, &field);
+        let (networks, network_spans) = match get("networks") {
+            Some(v) => self.service_networks(v, &field("networks")),
+            None => Default::default(),
+        };
 
         let service = Service {
             name: name.to_owned(),
@@ -349,6 +373,8 @@ impl Checker<'_> {
             migrate: migrate.unwrap_or_default(),
             capsules: capsules.unwrap_or_default(),
             revision_of: None,
+            sandbox,
+            networks,
         };
         Some(Draft {
             service,
@@ -357,6 +383,7 @@ impl Checker<'_> {
             publishes,
             autoscale,
             replicas_written: get("replicas").is_some(),
+            network_spans,
         })
     }
 
@@ -942,7 +969,7 @@ impl Checker<'_> {
         })
     }
 
-    fn size(&mut self, value: &Value<'_>, field: &str, rule: &SizeRule) -> Option<u64> {
+    pub(crate) fn size(&mut self, value: &Value<'_>, field: &str, rule: &SizeRule) -> Option<u64> {
         let hint = "write bytes, or a number with K, M, G or T (powers of 1024) or KB, MB, GB (powers of 1000), such as \"256M\"";
         let bytes = match value.get_ref() {
             DeValue::Integer(_) => self.whole(value, field, 0, u64::MAX)?,
@@ -1196,12 +1223,13 @@ impl Checker<'_> {
                     let condition = match text {
                         "started" => DependsCondition::Started,
                         "healthy" => DependsCondition::Healthy,
+                        "completed" => DependsCondition::Completed,
                         other => {
                             self.error(
                                 v.span(),
                                 &entry_field,
                                 format!("unknown dependency condition {other:?}"),
-                                Some("use \"started\" or \"healthy\"".into()),
+                                Some("use \"started\", \"healthy\" or \"completed\"".into()),
                             );
                             continue;
                         }

@@ -134,6 +134,8 @@ fn full_manifest_covers_every_key() {
         ]
         .into(),
         revision_of: None,
+        sandbox: Default::default(),
+        networks: Default::default(),
     };
     assert_eq!(manifest.services["kv"], kv);
     assert_eq!(
@@ -390,7 +392,7 @@ fn unknown_key_far() {
         &format!("{HEAD}colour = \"red\"\n"),
         r#"
 paracloud.toml:5:1: services.kv.colour: unknown key `colour`
-  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, migrate, capsules, autoscale, revisions
+  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, scale_to_zero, migrate, capsules, autoscale, revisions
 "#,
     );
 }
@@ -1183,7 +1185,7 @@ fn revision_mistakes_are_located() {
         ),
         r#"
 paracloud.toml:11:1: services.api.revisions.canary.ports: unknown key `ports`
-  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, scale_to_zero, migrate, capsules
+  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, scale_to_zero, migrate, capsules
 paracloud.toml:12:25: services.api.revisions.Blue: invalid revision name "Blue": must start with a lower-case letter, found 'B'
   hint: use lower-case letters, digits and '-', starting with a letter, such as "canary"
 paracloud.toml:14:10: services.api.revisions.green.weight: the revisions of `api` get 110% of its traffic together, more than 100%
@@ -1477,4 +1479,48 @@ fn regression_scaling_in_the_manifest_is_no_new_revision() {
     memory.resources.memory = Some(1 << 27);
     assert!(!memory.runs_as(&plain), "a memory limit is set at creation");
     assert!(!web("user = \"nobody\"\n").runs_as(&plain));
+}
+
+#[test]
+fn sandbox_keys_are_read_and_checked() {
+    let m = valid(&format!(
+        "{HEAD}init = true\nread_only = true\ntmpfs = [\"/run\", {{ target = \"/cache\", size = \"8M\", mode = \"700\" }}]\nshm_size = \"32M\"\nulimits = {{ nofile = {{ soft = 10, hard = 20 }}, nproc = 5 }}\nsysctls = {{ \"net.core.somaxconn\" = 1024 }}\n"
+    ));
+    let s = &m.services["kv"].sandbox;
+    assert!(s.init && s.read_only);
+    assert_eq!(s.tmpfs[1].size, Some(8 << 20));
+    assert_eq!(s.tmpfs[1].mode, Some(0o700));
+    assert_eq!(s.shm_size, Some(32 << 20));
+    assert_eq!(s.ulimits["nproc"].hard, 5);
+    assert_eq!(s.sysctls["net.core.somaxconn"], "1024");
+    check(
+        &format!("{HEAD}sysctls = {{ \"vm.swappiness\" = 1 }}\n"),
+        r#"
+paracloud.toml:5:13: services.kv.sysctls."vm.swappiness": sysctl `vm.swappiness` is not a parameter of the instance's own namespaces: setting it would change the host
+  hint: only parameters starting with net., kernel.shm, kernel.msg, kernel.sem, fs.mqueue. can be set
+"#,
+    );
+    check(
+        &format!("{HEAD}tmpfs = [\"/a\", \"/a\"]\n"),
+        r#"
+paracloud.toml:5:16: services.kv.tmpfs[1]: /a is mounted twice
+  hint: for example `tmpfs = ["/run", { target = "/cache", size = "64M", mode = "1777" }]`
+"#,
+    );
+}
+
+#[test]
+fn a_completed_dependency_is_a_job_that_does_not_restart_always() {
+    let m = valid("app = \"a\"\n[services.job]\nimage = \"host\"\ncommand = \"true\"\nrestart = \"no\"\n[services.web]\nimage = \"host\"\ncommand = \"x\"\ndepends_on = { job = \"completed\" }\n");
+    assert_eq!(
+        m.services["web"].depends_on["job"],
+        DependsCondition::Completed
+    );
+    check(
+        "app = \"a\"\n[services.job]\nimage = \"host\"\ncommand = \"true\"\n[services.web]\nimage = \"host\"\ncommand = \"x\"\ndepends_on = { job = \"completed\" }\n",
+        r#"
+paracloud.toml:8:16: services.web.depends_on.job: `job` restarts always, so it never stays completed
+  hint: give `job` `restart = "no"` (or "on-failure"), as a one-off job has
+"#,
+    );
 }

@@ -295,11 +295,16 @@ fn unmet_dependency(service: &Service, app_instances: &[&ObservedInstance]) -> O
         let met = match condition {
             DependsCondition::Started => of_dependency.any(|i| i.state.is_running()),
             DependsCondition::Healthy => of_dependency.any(|i| i.state.is_ready()),
+            DependsCondition::Completed => of_dependency.any(|i| {
+                matches!(&i.state, InstanceState::Exited { exit }
+                    if exit.requested.is_none() && !exit.is_failure())
+            }),
         };
         if !met {
             let word = match condition {
                 DependsCondition::Started => "started",
                 DependsCondition::Healthy => "healthy",
+                DependsCondition::Completed => "completed",
             };
             return Some(format!("waiting for {dependency} to be {word}"));
         }

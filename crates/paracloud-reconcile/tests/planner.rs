@@ -40,6 +40,7 @@ fn app(services: Vec<Service>) -> DesiredApp {
             autoscale: None,
             schedules: BTreeMap::new(),
             capsules: BTreeMap::new(),
+            networks: BTreeMap::new(),
         },
         replicas: BTreeMap::new(),
         revisions: BTreeMap::new(),

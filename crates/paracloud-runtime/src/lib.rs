@@ -55,6 +55,8 @@ mod disk;
 mod firewall;
 pub mod handover;
 mod identity;
+mod init;
+pub mod limits;
 mod mounts;
 mod netlink;
 mod network;
@@ -118,6 +120,47 @@ pub struct InstanceConfig {
     /// host's own ids.
     #[serde(default)]
     pub userns: Option<IdRange>,
+    /// What the service asks of its sandbox beyond the image (an init, a read-only root, tmpfs
+    /// mounts, resource limits of the process, kernel parameters).
+    #[serde(default)]
+    pub sandbox: Sandbox,
+}
+
+/// Settings of an instance's sandbox that Compose files use; all off by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// A minimal init is pid 1: it runs the command as its child, forwards every signal to it,
+    /// reaps orphans, and exits as the command does.
+    pub init: bool,
+    /// The root filesystem is read-only; volumes, tmpfs mounts, /tmp and /dev/shm stay
+    /// writable.
+    pub read_only: bool,
+    pub tmpfs: Vec<Tmpfs>,
+    /// Bytes of /dev/shm; `None`: 64 MiB, as Docker.
+    pub shm_size: Option<u64>,
+    /// Process resource limits (setrlimit) the command starts with.
+    pub rlimits: Vec<Rlimit>,
+    /// Kernel parameters of the instance's own namespaces, as `("net.core.somaxconn", "1024")`.
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// A tmpfs mounted in the instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tmpfs {
+    /// Absolute path inside the instance.
+    pub target: String,
+    /// Bytes; `None`: the kernel's default (half of the memory).
+    pub size: Option<u64>,
+    /// Permission bits of its root, such as 0o1777.
+    pub mode: Option<u32>,
+}
+
+/// One resource limit, by its name without `RLIMIT_` (`nofile`, `nproc`, `core`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: String,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// Ids `0..size` inside an instance are host ids `host..host + size`.
@@ -152,6 +195,10 @@ pub struct NetworkAttachment {
     pub bridge: String,
     /// The instance's address and prefix on the bridge, e.g. 10.213.0.16/24.
     pub address: Ipv4Net,
+    /// For an application split into networks: every network of the bridge, and whether the
+    /// instance is on it. Empty: the application is one network.
+    #[serde(default)]
+    pub segments: Vec<(String, bool)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -220,6 +267,23 @@ pub struct NetworkConfig {
     /// on the service addresses): the only ones of the host they can open a connection to.
     #[serde(default)]
     pub served: Vec<SocketAddrV4>,
+    /// When the application is split into networks: each network, whose instances reach only
+    /// each other and the endpoints served to that network. Empty: one network, `served` for
+    /// all.
+    #[serde(default)]
+    pub segments: Vec<Segment>,
+}
+
+/// One network of a split application on its bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// The network's name, a DNS label.
+    pub name: String,
+    /// The endpoints served to its instances (its services' addresses and ports).
+    pub served: Vec<SocketAddrV4>,
+    /// The addresses of its instances at the time the rules are written; instances started
+    /// later join with their attachment's `segments`.
+    pub members: Vec<Ipv4Addr>,
 }
 
 /// Resource use of one instance, read from its cgroup.

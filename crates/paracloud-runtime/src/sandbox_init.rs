@@ -4,7 +4,8 @@
 //! mounts) while the daemon prepares cgroups, veth and files; on the daemon's "go" it joins its
 //! v1 cgroups, binds the generated /etc files, pivots, configures the network, switches user and
 //! capabilities, installs seccomp and execs. Errors go to the daemon through the error pipe.
-//! **Invariant:** nothing of sandbox-init survives the exec (the pid is the command's).
+//! **Invariant:** nothing of sandbox-init survives the exec (the pid is the command's), except
+//! as the minimal init of a service that asks for one (`init`).
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -129,10 +130,10 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
             Some(userns::create(range)?)
         }
     };
-    let root = match &restore {
+    let (root, sysctl_dir) = match &restore {
         None => build_rootfs(&cfg, userns.as_ref())?,
         // CRIU mounts the rest from the checkpoint.
-        Some(_) => mount_root(&cfg, None)?.0,
+        Some(_) => (mount_root(&cfg, None)?.0, None),
     };
 
     // Go: the cgroups, the veth and the files of the instance directory are ready.
@@ -153,6 +154,16 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
         return exec_criu_restore(&cfg, &plan, &root);
     }
     bind_etc_files(&cfg, &root)?;
+    if cfg.sandbox.read_only {
+        mount(
+            None::<&str>,
+            &root,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| format!("cannot make the root filesystem read-only: {e}"))?;
+    }
     let log = fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -164,6 +175,9 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
         .map_err(|e| format!("cannot set hostname {:?}: {e}", cfg.hostname))?;
     pivot_into(&root)?;
     configure_network(&cfg)?;
+    if let Some(dir) = &sysctl_dir {
+        crate::limits::set_sysctls(dir, &cfg.sandbox.sysctls)?;
+    }
 
     let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -193,10 +207,18 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
     if let Some(namespace) = &userns {
         userns::enter(namespace)?;
     }
+    // Before the identity switch: raising a hard limit needs CAP_SYS_RESOURCE.
+    crate::limits::set_rlimits(&cfg.sandbox.rlimits)?;
     identity::switch_identity(&user, &kept)?;
-    crate::seccomp::apply_default(&kept)?;
     std::env::set_current_dir(&working_dir)
         .map_err(|e| format!("cannot enter working directory {working_dir}: {e}"))?;
+    if cfg.sandbox.init {
+        return crate::init::fork_command(
+            || crate::seccomp::apply_default(&kept),
+            || identity::exec(&cfg.argv, &env),
+        );
+    }
+    crate::seccomp::apply_default(&kept)?;
     Err(identity::exec(&cfg.argv, &env))
 }
 
@@ -233,7 +255,11 @@ fn create_dir(dir: &Path) -> InitResult<()> {
 }
 
 /// Mounts the instance's root and everything below it; returns where the root is mounted.
-fn build_rootfs(cfg: &InstanceConfig, userns: Option<&OwnedFd>) -> InitResult<PathBuf> {
+/// The instance's root, and /proc/sys kept open when sysctls are to be set.
+fn build_rootfs(
+    cfg: &InstanceConfig,
+    userns: Option<&OwnedFd>,
+) -> InitResult<(PathBuf, Option<File>)> {
     let (root, host_dirs) = mount_root(cfg, userns)?;
     let rootfs = root.as_path();
     // Bind mounts of an instance with a user namespace are idmapped mounts of it; a host path
@@ -254,8 +280,34 @@ fn build_rootfs(cfg: &InstanceConfig, userns: Option<&OwnedFd>) -> InitResult<Pa
     for dir in ["proc", "dev", "sys", "tmp", "etc"] {
         make_mount_point_kind(&rootfs.join(dir), true)?;
     }
-    mount_proc(&rootfs.join("proc"))?;
+    let proc = rootfs.join("proc");
+    mount_fs(
+        "proc",
+        &proc,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    // Kept writable for the sysctls, which wait for the network (eth0) before they are set.
+    let sysctl_dir = match cfg.sandbox.sysctls.is_empty() {
+        true => None,
+        false => Some(
+            File::open(proc.join("sys"))
+                .map_err(|e| format!("cannot open /proc/sys for the sysctls: {e}"))?,
+        ),
+    };
+    protect_proc(&proc)?;
     mount_dev(&rootfs.join("dev"), DeviceFiles::Bind)?;
+    if let Some(size) = cfg.sandbox.shm_size {
+        let shm = rootfs.join("dev/shm");
+        mount(
+            None::<&str>,
+            &shm,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(format!("mode=1777,size={size}").as_str()),
+        )
+        .map_err(|e| format!("cannot size /dev/shm to {size} bytes: {e}"))?;
+    }
     mount_fs(
         "sysfs",
         &rootfs.join("sys"),
@@ -292,7 +344,21 @@ fn build_rootfs(cfg: &InstanceConfig, userns: Option<&OwnedFd>) -> InitResult<Pa
         };
         bind(&m.source, &target, mode)?;
     }
-    Ok(root)
+    for t in &cfg.sandbox.tmpfs {
+        let target = under(rootfs, Path::new(&t.target));
+        make_mount_point_kind(&target, true)?;
+        let mut data = format!("mode={:o}", t.mode.unwrap_or(0o1777));
+        if let Some(size) = t.size {
+            data.push_str(&format!(",size={size}"));
+        }
+        mount_fs(
+            "tmpfs",
+            &target,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&data),
+        )?;
+    }
+    Ok((root, sysctl_dir))
 }
 
 /// Makes the mount tree private and mounts the bare overlay root (nothing below it); returns
@@ -559,6 +625,11 @@ pub(crate) fn mount_proc(proc: &Path) -> InitResult<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
+    protect_proc(proc)
+}
+
+/// Makes a fresh /proc's kernel knobs read-only and hides what leaks the host's state.
+fn protect_proc(proc: &Path) -> InitResult<()> {
     for entry in PROC_READ_ONLY {
         let path = proc.join(entry);
         if path.exists() {

@@ -423,6 +423,9 @@ fn prepare_child(
         .open(&cfg.log_path)
         .map_err(|e| Error::sys(format!("creating log file {}", cfg.log_path.display()), e))?;
     if let Some(net) = &cfg.network {
+        if !net.segments.is_empty() {
+            crate::firewall::admit(&net.bridge, net.address.addr(), &net.segments)?;
+        }
         attach_veth(scope, &cfg.id, &net.bridge, net.address.addr(), pid)?;
     }
     send(&mut to_init, &ToInit::Go)?;

@@ -203,6 +203,18 @@ pub(crate) fn close_range_cloexec(first: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Closes every fd from `first` on. Only for a process that then runs no code owning an fd
+/// (the instance's init, which from then on only waits for signals and exits): Rust objects
+/// holding those fds are left with closed numbers.
+pub(crate) fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with integer arguments only; the caller promises no object uses the
+    // closed fds afterwards.
+    if unsafe { libc::close_range(first, libc::c_uint::MAX, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// dup2 onto a standard stream (0, 1 or 2), which is not owned by any Rust object.
 pub(crate) fn dup_onto_stdio(fd: BorrowedFd<'_>, stdio: RawFd) -> io::Result<()> {
     assert!((0..=2).contains(&stdio), "only standard streams");

@@ -74,6 +74,7 @@ impl Fixture {
             gateway: format!("10.250.{subnet}.1/24").parse().unwrap(),
             service_addresses: vec![Ipv4Addr::new(10, 250, subnet, 250)],
             served,
+            segments: Vec::new(),
         };
         f.runtime.ensure_network(&net).await.expect("bridge");
         f.network = Some(net);
@@ -104,6 +105,7 @@ impl Fixture {
             log_path: dir.join("log"),
             owned: Vec::new(),
             userns: None,
+            sandbox: Default::default(),
         }
     }
 
@@ -115,6 +117,7 @@ impl Fixture {
         cfg.network = Some(NetworkAttachment {
             bridge: net.bridge.clone(),
             address: format!("{address}/24").parse().unwrap(),
+            segments: Vec::new(),
         });
         address
     }
