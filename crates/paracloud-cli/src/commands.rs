@@ -1585,6 +1585,8 @@ async fn build(global: &Global, args: crate::cli::BuildArgs) -> Result<()> {
                 if step.cached { " CACHED" } else { "" },
                 step.instruction
             ),
+            // A line of no stage: what the build does besides its steps (pulling a base image).
+            BuildEvent::Output { stage, text, .. } if stage.is_empty() => eprintln!("{text}"),
             BuildEvent::Output { stage, line, text } => eprintln!("[{stage}] line {line} | {text}"),
             BuildEvent::Finished { build } => outcome = Some(Ok(build)),
             BuildEvent::Failed { error } => outcome = Some(Err(error)),

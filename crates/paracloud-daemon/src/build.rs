@@ -106,6 +106,8 @@ struct Build<'a, D: Driver> {
     /// Each built stage's last state, filled wave by wave.
     done: Mutex<BTreeMap<usize, BuildState>>,
     views: Mutex<BTreeMap<usize, Vec<BuildStepView>>>,
+    /// Held while a missing image is pulled.
+    pulls: tokio::sync::Mutex<()>,
 }
 
 /// A build request checked and its Containerfile parsed: what can be refused before any work.
@@ -215,6 +217,7 @@ pub async fn run<D: Driver>(
         progress,
         done: Mutex::new(BTreeMap::new()),
         views: Mutex::new(BTreeMap::new()),
+        pulls: tokio::sync::Mutex::new(()),
     };
     for wave in parsed.waves(target) {
         // Every stage of the wave runs to its end, also when another fails: a RUN step cut
@@ -283,10 +286,56 @@ impl<D: Driver> Build<'_, D> {
                 .state_of(*i)
                 .ok_or_else(|| bad(format!("stage {i} is not built yet"))),
             StageRef::Image(image) => {
+                self.pull_if_missing(image).await?;
                 let (s, image) = (self.store.clone(), image.clone());
                 blocking(move || BuildState::from_image(&s, &image).map_err(ImageError::from)).await
             }
         }
+    }
+
+    /// Pulls an image a build reads (FROM, `--from`, `from=`) when the store lacks it, as
+    /// BuildKit does: through the mirrors of `registries.toml`, without credentials (pull it
+    /// first for a registry that asks for them). One pull at a time in a build.
+    async fn pull_if_missing(&self, image: &str) -> Result<(), ImageError> {
+        if image == "scratch" {
+            return Ok(());
+        }
+        let _one = self.pulls.lock().await;
+        let (s, wanted) = (self.store.clone(), image.to_owned());
+        let missing = blocking(move || {
+            Ok(matches!(
+                s.lookup(&wanted),
+                Err(paracloud_image::StoreError::NotFound(_))
+            ))
+        })
+        .await?;
+        // A name that is not a reference is for the store's lookup to explain.
+        let Some(reference) = missing.then(|| image.parse::<Reference>().ok()).flatten() else {
+            return Ok(());
+        };
+        if let Some(tx) = &self.progress {
+            let _ = tx.send(BuildEvent::Output {
+                stage: String::new(),
+                line: 0,
+                text: format!("pulling {image}: not in the store"),
+            });
+        }
+        let registries = self.engine.images.registries()?;
+        let quiet: paracloud_image::registry::ProgressFn = Arc::new(|_| {});
+        paracloud_image::registry::pull_via(
+            &self.store,
+            &reference,
+            &registries,
+            &paracloud_image::registry::Auths::new(),
+            quiet,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            bad(format!(
+                "FROM {image}: not in the store, and pulling it failed: {e}; `paracloud image pull` or `image import` it first"
+            ))
+        })
     }
 
     async fn stage(&self, stage: &Stage) -> Result<(), ImageError> {
@@ -393,6 +442,9 @@ impl<D: Driver> Build<'_, D> {
         match from {
             StageRef::Stage(_) => Ok(self.state_at(from).await?.key.to_string()),
             StageRef::Image(image) => {
+                self.pull_if_missing(image)
+                    .await
+                    .map_err(|e| bad(e.message.replacen("FROM ", "--from=", 1)))?;
                 let (s, image) = (self.store.clone(), image.clone());
                 blocking(move || {
                     s.image(&image).map(|i| i.digest.to_string()).map_err(|e| {
