@@ -53,7 +53,7 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 }
 
 impl BuildState {
-    /// `FROM scratch`, or `FROM` an image of the store (builds do not reach registries).
+    /// `FROM scratch`, or `FROM` an image of the store (the daemon pulls a missing one first).
     pub fn from_image(store: &Store, image: &str) -> Result<Self> {
         if image == "scratch" {
             return Ok(Self {
@@ -65,7 +65,7 @@ impl BuildState {
         }
         let stored = store.image(image).map_err(|e| match e {
             StoreError::NotFound(_) => invalid(format!(
-                "FROM {image}: not in the store; builds do not reach registries: `paracloud image pull` or `image import` it first"
+                "FROM {image}: not in the store: `paracloud image pull` or `image import` it first"
             )),
             other => other,
         })?;
