@@ -8,6 +8,7 @@
 
 mod autoscale;
 mod autoscale_live;
+mod builds;
 mod capsule;
 mod host;
 mod images;
@@ -63,6 +64,8 @@ enum Command {
     /// Pull + unpack of a ~100 MB layered image from a local registry against skopeo + umoci,
     /// and instance start from that image against from `host`
     Images(ImagesArgs),
+    /// A cold multi-stage build with and without a RUN cache mount
+    Builds(BuildsArgs),
     /// The same stateful service moved under a constant request rate: PaCI handover,
     /// stop-and-start, and CRIU alone
     Migrate(MigrateArgs),
@@ -178,6 +181,19 @@ struct CapsuleArgs {
     /// Address pool of the bench's daemon
     #[arg(long, default_value = "10.248.0.0/16")]
     capsule_subnet: Ipv4Net,
+}
+
+#[derive(Debug, Args)]
+struct BuildsArgs {
+    /// Builds of each variant after the first (interleaved)
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// MiB the slow step compresses
+    #[arg(long, default_value_t = 64)]
+    megabytes: u32,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.246.0.0/16")]
+    builds_subnet: Ipv4Net,
 }
 
 #[derive(Debug, Args)]
@@ -665,6 +681,24 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", capsule::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Builds(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench builds needs root (RUN steps run in sandboxes)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, Some(Path::new("/var/tmp")))?;
+            let report = builds::run(
+                &builds::BuildsOptions {
+                    rounds: args.rounds.max(1),
+                    megabytes: args.megabytes.max(1),
+                    subnet: args.builds_subnet,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", builds::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Images(args) => {

@@ -31,7 +31,7 @@
 //! | `POST /v1/images/micro` | [`BuildMicroImage`] | [`MicroImageRequest`] | [`BuiltImage`] |
 //! | `POST /v1/images/import` | [`ImportImages`] | [`ImportRequest`] | `[ImageRef]` |
 //! | `POST /v1/images/export` | [`ExportImages`] | [`ExportRequest`] | `[ImageRef]` |
-//! | `POST /v1/images/build` | [`BuildImage`] | [`BuildRequest`] | [`BuildResponse`] |
+//! | `POST /v1/images/build` | [`BuildImage`] | [`BuildRequest`] | a stream of [`BuildEvent`], one JSON per line |
 //! | `POST /v1/images/sources` | [`ImageSources`] | [`SourcesRequest`] | `[ImageSourceView]` |
 //! | `POST /v1/images/pull` | [`PullImage`] | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 //! | `POST /v1/images/push` | [`PushImage`] | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
@@ -344,6 +344,18 @@ pub struct ImageDetail {
     pub exposed_ports: Vec<String>,
     /// The config's history: how each layer was made.
     pub history: Vec<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// SHELL (empty: `/bin/sh -c`).
+    #[serde(default)]
+    pub shell: Vec<String>,
+    /// HEALTHCHECK, as Docker writes it (`Test`, `Interval`... in nanoseconds).
+    #[serde(default)]
+    pub healthcheck: Option<serde_json::Value>,
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -468,8 +480,8 @@ pub enum TransferEvent {
     Failed { error: String },
 }
 
-/// Build an image from a Containerfile (a subset of the Dockerfile syntax).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Build an image from a Containerfile (the Dockerfile language, as BuildKit reads it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BuildRequest {
     /// The build context: an absolute directory; COPY and ADD sources are inside it.
     pub context: PathBuf,
@@ -480,11 +492,25 @@ pub struct BuildRequest {
     /// `--build-arg NAME=VALUE`.
     #[serde(default)]
     pub build_args: std::collections::BTreeMap<String, String>,
+    /// `--target STAGE`: the stage to build (default: the last); stages it does not need are
+    /// not built.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// `--platform`: only this machine's (such as `linux/amd64`) is built.
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// `--secret id=ID,src=FILE`: files on the daemon's machine that `RUN --mount=type=secret`
+    /// mounts; never in a layer or a cache key.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// One step of a build, as it went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildStepView {
+    /// The stage: its `AS` name, else its index.
+    #[serde(default)]
+    pub stage: String,
     pub line: usize,
     pub instruction: String,
     /// Taken from the cache of an earlier build instead of done again.
@@ -499,6 +525,24 @@ pub struct BuildResponse {
     /// Bytes of its layer blobs.
     pub size: u64,
     pub steps: Vec<BuildStepView>,
+}
+
+/// A line of a build's answer stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum BuildEvent {
+    /// A step is done (or taken from the cache).
+    Step { step: BuildStepView },
+    /// A line a RUN step wrote, as it ran.
+    Output {
+        stage: String,
+        line: usize,
+        text: String,
+    },
+    /// The image is built: the last line of a build that worked.
+    Finished { build: BuildResponse },
+    /// The build failed: the last line of one that did not.
+    Failed { error: String },
 }
 
 /// A capsule that can attach to instances, as `paracloud capsule ls` lists it.

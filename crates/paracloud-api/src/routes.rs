@@ -8,7 +8,7 @@ use hyper::Method;
 use paracloud_unix_http::{fill, JsonLines, Query, Route, Upgraded};
 
 use crate::{
-    AppView, BuildRequest, BuildResponse, BuiltImage, CapsuleRunEvent, CapsuleRunRequest,
+    AppView, BuildEvent, BuildRequest, BuiltImage, CapsuleRunEvent, CapsuleRunRequest,
     CapsuleRunView, CapsuleView, CpuRequest, DataplaneRestartRequest, DataplaneRestartResponse,
     Event, ExportRequest, Health, ImageDetail, ImageRef, ImageSourceView, ImageView, ImportRequest,
     InstanceView, MicroImageRequest, MigrateRequest, MigrateResponse, PruneView, RemovedImages,
@@ -393,8 +393,8 @@ body_route! {
 }
 
 body_route! {
-    /// `POST /v1/images/build`: build an image from a Containerfile.
-    BuildImage(BuildRequest): POST "/v1/images/build" -> BuildResponse
+    /// `POST /v1/images/build`: build an image from a Containerfile; answered with its steps and the RUN steps' output as they come, one JSON line each.
+    BuildImage(BuildRequest): POST "/v1/images/build" -> JsonLines<BuildEvent>
 }
 
 body_route! {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use paracloud_api::{
-    AppView, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
+    AppView, BuildEvent, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
     ExportImages, GetApp, GetService, GetStats, HostFs, ImageSources, ImportImages, InspectImage,
     JsonLines, ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages,
     PullImage, PushImage, RemoveImage, Restart, RestartDataplane, Route, Scale, ScaleRequest,
@@ -499,12 +499,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Events { follow } => events(global, follow).await,
         Command::Top { once } => top(global, once).await,
         Command::Images => image_command(global, ImageCommand::Ls).await,
-        Command::Build {
-            context,
-            tag,
-            file,
-            build_args,
-        } => build(global, &context, tag, file, &build_args).await,
+        Command::Build(args) => build(global, args).await,
         Command::Image(command) => image_command(global, command).await,
         Command::Capsule(command) => crate::capsule::command(global, command).await,
         Command::Debug { instance, command } => {
@@ -1533,48 +1528,83 @@ fn print_transferred(global: &Global, done: &paracloud_api::ImageRef) -> Result<
     })
 }
 
-async fn build(
-    global: &Global,
-    context: &Path,
-    tag: String,
-    file: Option<PathBuf>,
-    build_args: &[String],
-) -> Result<()> {
-    let mut args = std::collections::BTreeMap::new();
-    for pair in build_args {
+/// `--secret id=NAME,src=FILE` (also `source=`, and `type=file`), as docker takes it.
+fn secret(text: &str) -> Result<(String, PathBuf)> {
+    let (mut id, mut src) = (None, None);
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_owned()),
+            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+            Some(("type", "file")) => {}
+            _ => bail!(
+                "--secret {text:?}: {part:?} is not id=NAME, src=FILE or type=file (such as --secret id=token,src=./token.txt)"
+            ),
+        }
+    }
+    match (id, src) {
+        (Some(id), Some(src)) if !id.is_empty() => Ok((id, absolute(&src)?)),
+        _ => bail!("--secret {text:?} needs id=NAME and src=FILE (such as --secret id=token,src=./token.txt)"),
+    }
+}
+
+async fn build(global: &Global, args: crate::cli::BuildArgs) -> Result<()> {
+    let mut build_args = std::collections::BTreeMap::new();
+    for pair in &args.build_args {
         let (name, value) = pair.split_once('=').ok_or_else(|| {
             anyhow!("--build-arg {pair:?} is not NAME=VALUE (such as --build-arg VERSION=2)")
         })?;
-        args.insert(name.to_owned(), value.to_owned());
+        build_args.insert(name.to_owned(), value.to_owned());
     }
     let request = paracloud_api::BuildRequest {
-        context: absolute(context)?,
-        file: file.map(|f| absolute(&f)).transpose()?,
-        tag,
-        build_args: args,
+        context: absolute(&args.context)?,
+        file: args.file.map(|f| absolute(&f)).transpose()?,
+        tag: args.tag,
+        build_args,
+        target: args.target,
+        platform: args.platform,
+        secrets: args
+            .secrets
+            .iter()
+            .map(|s| secret(s))
+            .collect::<Result<_>>()?,
     };
     let client = connect(global).await?;
-    let built = client.call(&BuildImage(request)).await.map_err(explain)?;
-    print(global.output, &built, |b| {
-        let mut out = String::new();
-        for (i, step) in b.steps.iter().enumerate() {
-            out.push_str(&format!(
-                "step {}/{} (line {}){} {}\n",
-                i + 1,
-                b.steps.len(),
+    let mut events = client.lines(&BuildImage(request)).await.map_err(explain)?;
+    // The steps and the RUN steps' output as they come, on stderr; the outcome on stdout.
+    let mut outcome = None;
+    while let Some(event) = events
+        .next()
+        .await
+        .context("reading the build's progress")?
+    {
+        match event {
+            BuildEvent::Step { step } => eprintln!(
+                "[{}] line {}{} {}",
+                step.stage,
                 step.line,
                 if step.cached { " CACHED" } else { "" },
                 step.instruction
-            ));
+            ),
+            // A line of no stage: what the build does besides its steps (pulling a base image).
+            BuildEvent::Output { stage, text, .. } if stage.is_empty() => eprintln!("{text}"),
+            BuildEvent::Output { stage, line, text } => eprintln!("[{stage}] line {line} | {text}"),
+            BuildEvent::Finished { build } => outcome = Some(Ok(build)),
+            BuildEvent::Failed { error } => outcome = Some(Err(error)),
         }
-        out.push_str(&format!(
+    }
+    let built = match outcome {
+        Some(Ok(built)) => built,
+        Some(Err(error)) => bail!("{error}"),
+        None => bail!("the daemon ended the build without saying how it went; see its log"),
+    };
+    print(global.output, &built, |b| {
+        format!(
             "built {} ({}): {} layers, {}\n",
             b.reference,
             b.digest,
             b.layers,
             human_size(b.size)
-        ));
-        out
+        )
     })
 }
 

@@ -323,3 +323,37 @@ fn a_bad_registries_file_stops_the_daemon_with_its_location() {
         "{e}"
     );
 }
+
+#[test]
+fn a_build_pulls_the_base_images_it_lacks_through_the_mirror() {
+    let registry = hub_with_busybox(None);
+    let p = Platform::new();
+    mirror_docker_hub(&p, &registry);
+    let dir = p.root().join("built");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM bbox:1 AS base\nRUN [\"/bin/busybox\", \"touch\", \"/made\"]\nFROM base\nCOPY --from=docker.io/library/bbox:1 /etc/group /copied-group\n",
+    )
+    .unwrap();
+    let out = p
+        .command()
+        .args(["build", "-t", "built:1", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pulling bbox:1: not in the store"),
+        "{}",
+        stderr(&out)
+    );
+    let images = p.ok(&["image", "ls"]);
+    assert!(images.contains("bbox"), "{images}");
+    // Without the mirror's image: the FROM line says what failed.
+    std::fs::write(dir.join("Dockerfile"), "FROM nothere:1\n").unwrap();
+    let e = p.fails(&["build", "-t", "x:1", dir.to_str().unwrap()]);
+    assert!(
+        e.contains("Dockerfile:1: FROM nothere:1: not in the store, and pulling it failed"),
+        "{e}"
+    );
+}

@@ -100,6 +100,9 @@ fn build_short_and_long() {
         web("services:\n  web:\n    build: ./app\n").image,
         Image::Build {
             context: "/project/app".into(),
+            dockerfile: None,
+            target: None,
+            args: Default::default(),
             digest: None
         }
     );
@@ -108,15 +111,35 @@ fn build_short_and_long() {
         s.image,
         Image::Build {
             context: "/project/app".into(),
+            dockerfile: None,
+            target: None,
+            args: Default::default(),
             digest: None
         }
     );
-    let e = error("services:\n  web:\n    build:\n      context: .\n      target: prod\n");
-    assert!(
-        e.starts_with("compose.yaml:5:7: services.web.build.target: `target` is not supported"),
-        "{e}"
+    // The long form's target, args and Dockerfile go into the manifest's build table.
+    let s = web("services:\n  web:\n    build:\n      context: app\n      dockerfile: Dockerfile.prod\n      target: prod\n      args:\n        VERSION: \"2\"\n");
+    assert_eq!(
+        s.image,
+        Image::Build {
+            context: "/project/app".into(),
+            dockerfile: Some("/project/app/Dockerfile.prod".into()),
+            target: Some("prod".into()),
+            args: BTreeMap::from([("VERSION".into(), "2".into())]),
+            digest: None
+        }
     );
-    assert!(error("services:\n  web:\n    build:\n      args: {A: 1}\n").contains("build.args"));
+    let s = web(
+        "services:\n  web:\n    build:\n      context: .\n      args: [\"A=1\", \"B=two words\"]\n",
+    );
+    let Image::Build { args, .. } = s.image else {
+        panic!("{:?}", s.image)
+    };
+    assert_eq!(args["B"], "two words");
+    let e = error("services:\n  web:\n    build:\n      context: .\n      args: [A]\n");
+    assert!(e.contains("services.web.build.args"), "{e}");
+    let e = error("services:\n  web:\n    build:\n      context: .\n      ssh: [default]\n");
+    assert!(e.contains("services.web.build.ssh"), "{e}");
 }
 
 #[test]

@@ -136,19 +136,30 @@ async fn up<D: Driver>(
     let mut manifest = manifest;
     let app_name = manifest.app.clone();
     for (name, service) in manifest.services.iter_mut() {
-        if let paracloud_manifest::Image::Build { context, digest } = &mut service.image {
+        if let paracloud_manifest::Image::Build {
+            context,
+            dockerfile,
+            target,
+            args,
+            digest,
+        } = &mut service.image
+        {
             let request = paracloud_api::BuildRequest {
                 context: context.clone(),
-                file: None,
+                file: dockerfile.clone(),
                 tag: format!("{app_name}-{}:latest", name.replace('@', "-")),
-                build_args: Default::default(),
+                build_args: args.clone(),
+                target: target.clone(),
+                ..Default::default()
             };
-            let built = crate::build::build(&engine, request).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("{}: service {name}: {}", origin.file, e.message),
-                )
-            })?;
+            let built = crate::build::build(&engine, request, None)
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("{}: service {name}: {}", origin.file, e.message),
+                    )
+                })?;
             *digest = Some(built.digest);
         }
     }
@@ -316,12 +327,20 @@ async fn dry_run<D: Driver>(
                     },
                 }
             }
-            Image::Build { context, .. } => {
+            Image::Build {
+                context,
+                dockerfile,
+                target,
+                args,
+                ..
+            } => {
                 let build = paracloud_api::BuildRequest {
                     context: context.clone(),
-                    file: None,
+                    file: dockerfile.clone(),
                     tag: format!("{}-{}:latest", manifest.app, name.replace('@', "-")),
-                    build_args: Default::default(),
+                    build_args: args.clone(),
+                    target: target.clone(),
+                    ..Default::default()
                 };
                 crate::build::check(&build)
                     .map(|(file, steps)| {
@@ -1106,12 +1125,30 @@ async fn push_image<D: Driver>(
     transfer_stream(engine.images.clone(), r, true)
 }
 
+/// A build, answered with its steps and RUN output as they come, then how it ended.
 async fn build_image<D: Driver>(
     State(engine): Shared<D>,
     body: Result<Json<paracloud_api::BuildRequest>, JsonRejection>,
-) -> Result<Json<paracloud_api::BuildResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    use paracloud_api::BuildEvent;
     let Json(r) = body?;
-    Ok(Json(crate::build::build(&engine, r).await?))
+    // A bad request is refused with its status; a build that fails says so in the stream.
+    let prepared = crate::build::prepare(r)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BuildEvent>();
+    tokio::spawn(async move {
+        let last = match crate::build::run(&engine, prepared, Some(tx.clone())).await {
+            Ok(build) => BuildEvent::Finished { build },
+            Err(e) => BuildEvent::Failed { error: e.message },
+        };
+        let _ = tx.send(last);
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
+    });
+    Ok(Body::from_stream(stream).into_response())
 }
 
 #[derive(Deserialize)]

@@ -304,7 +304,9 @@ fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<(Digest, Image
                 }
             }
         }
-        Image::Build { digest, context } => digest
+        Image::Build {
+            digest, context, ..
+        } => digest
             .as_deref()
             .and_then(|d| d.parse().ok())
             .ok_or_else(|| {
@@ -372,7 +374,34 @@ pub fn apply_defaults(
             })
             .collect();
     }
+    if service.health.is_none() {
+        service.health = image_health(defaults);
+    }
     Ok(())
+}
+
+/// The image's HEALTHCHECK as the service's health check when the manifest has none, with
+/// Docker's defaults for what it leaves out (30 s interval and timeout, 3 retries).
+fn image_health(defaults: &ImageDefaults) -> Option<paracloud_manifest::HealthCheck> {
+    let check = defaults.healthcheck.as_ref()?;
+    let command = match check.test.split_first() {
+        Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => rest.to_vec(),
+        Some((kind, [shell_text])) if kind == "CMD-SHELL" => {
+            paracloud_image::containerfile::CommandForm::Shell(shell_text.clone())
+                .argv_with(&defaults.shell)
+        }
+        // `NONE`, or nothing to run.
+        _ => return None,
+    };
+    let or =
+        |ns: u64, default: u64| std::time::Duration::from_nanos(if ns == 0 { default } else { ns });
+    Some(paracloud_manifest::HealthCheck {
+        probe: paracloud_manifest::Probe::Exec { command },
+        interval: or(check.interval, 30_000_000_000),
+        timeout: or(check.timeout, 30_000_000_000),
+        retries: if check.retries == 0 { 3 } else { check.retries },
+        start_period: or(check.start_period, 0),
+    })
 }
 
 pub fn list(store: &Store) -> Result<Vec<ImageView>> {
@@ -391,7 +420,10 @@ pub fn list(store: &Store) -> Result<Vec<ImageView>> {
 
 pub fn inspect(store: &Store, name: &str) -> Result<ImageDetail> {
     let image = store.image(name)?;
-    let defaults = ImageDefaults::from_config(&image.config);
+    let config = store.read_blob(&paracloud_image::store::descriptor_digest(
+        image.manifest.config().digest(),
+    )?)?;
+    let defaults = ImageDefaults::from_config(&image.config).with_docker_extras(&config);
     let references = store
         .refs()?
         .into_iter()
@@ -430,6 +462,11 @@ pub fn inspect(store: &Store, name: &str) -> Result<ImageDetail> {
             .flatten()
             .map(|h| h.created_by().clone().unwrap_or_default())
             .collect(),
+        labels: defaults.labels,
+        shell: defaults.shell,
+        healthcheck: defaults.healthcheck.map(|h| h.to_docker_json()),
+        stop_signal: defaults.stop_signal,
+        volumes: defaults.volumes,
     })
 }
 
@@ -557,6 +594,7 @@ mod tests {
             user: Some("nobody".into()),
             exposed_ports: vec!["8080/tcp".into(), "53/udp".into()],
             labels: BTreeMap::new(),
+            ..ImageDefaults::default()
         }
     }
 
@@ -571,6 +609,37 @@ mod tests {
         assert_eq!(s.working_dir.as_deref(), Some("/srv"));
         assert_eq!(s.user.as_deref(), Some("nobody"));
         assert_eq!(s.ports.iter().map(|p| p.port).collect::<Vec<_>>(), [8080]);
+    }
+
+    #[test]
+    fn the_image_s_healthcheck_is_the_health_check_of_a_service_without_one() {
+        use paracloud_image::config::Healthcheck;
+        use paracloud_manifest::Probe;
+        let mut image = defaults();
+        image.healthcheck = Some(Healthcheck {
+            test: vec!["CMD-SHELL".into(), "wget -q localhost".into()],
+            interval: 5_000_000_000,
+            ..Healthcheck::default()
+        });
+        let mut s = service(&[], &[]);
+        apply_defaults(&mut s, &image).unwrap();
+        let health = s.health.unwrap();
+        assert_eq!(
+            health.probe,
+            Probe::Exec {
+                command: vec!["/bin/sh".into(), "-c".into(), "wget -q localhost".into()]
+            }
+        );
+        assert_eq!(health.interval, std::time::Duration::from_secs(5));
+        assert_eq!(health.timeout, std::time::Duration::from_secs(30));
+        assert_eq!(health.retries, 3);
+        image.healthcheck = Some(Healthcheck {
+            test: vec!["NONE".into()],
+            ..Healthcheck::default()
+        });
+        let mut s = service(&[], &[]);
+        apply_defaults(&mut s, &image).unwrap();
+        assert!(s.health.is_none(), "HEALTHCHECK NONE");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod containerfile;
 pub mod digest;
+pub mod dockerignore;
 pub mod reference;
 pub mod registries;
 

@@ -29,7 +29,7 @@ pub mod registry;
 pub mod store;
 pub mod unpack;
 
-pub use paracloud_image_spec::{config, containerfile, reference};
+pub use paracloud_image_spec::{config, containerfile, dockerignore, reference};
 
 /// Where a registry's images are pulled from: the spec's rules, and the file they are read from.
 pub mod registries {

@@ -400,9 +400,19 @@ pub enum Image {
         digest: Option<String>,
     },
     /// An image built at `up` from the Containerfile (or Dockerfile) in `context`, named
-    /// `APP-SERVICE:latest` in the store.
+    /// `APP-SERVICE:latest` in the store: `build = "DIR"`, or `build = { context = "DIR",
+    /// dockerfile = "FILE", target = "STAGE", args = { NAME = "VALUE" } }`.
     Build {
         context: PathBuf,
+        /// The Containerfile, when not `Containerfile` or `Dockerfile` in the context.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dockerfile: Option<PathBuf>,
+        /// The stage to build (default: the last).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        /// Values of the Containerfile's ARGs.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        args: BTreeMap<String, String>,
         /// As for `Stored`: filled in by the daemon at `up`.
         #[serde(default)]
         digest: Option<String>,

@@ -15,7 +15,7 @@ const DIRS: &[&str] = &[
     "/srv/shop/rootfs",
     "/srv/shop/conf",
 ];
-const FILES: &[&str] = &["/srv/shop/app.env"];
+const FILES: &[&str] = &["/srv/shop/app.env", "/srv/shop/conf/Dockerfile.prod"];
 
 impl FileSystem for FakeFs {
     fn exists(&self, path: &Path) -> bool {
@@ -596,7 +596,29 @@ fn build_needs_a_containerfile_and_excludes_image() {
         "app = \"shop\"\n[services.kv]\nbuild = \"conf\"\n",
         r#"
 paracloud.toml:3:9: services.kv.build: /srv/shop/conf has no Containerfile or Dockerfile
-  hint: write one there (FROM, COPY, RUN, CMD, ...): see docs/images.md
+  hint: write one there (FROM, COPY, RUN, CMD, ...), or name it with `dockerfile`: see docs/images.md
+"#,
+    );
+    let manifest = valid(
+        "app = \"shop\"\n[services.kv]\nbuild = { context = \"conf\", dockerfile = \"Dockerfile.prod\", target = \"prod\", args = { VERSION = \"2\" } }\n",
+    );
+    assert_eq!(
+        manifest.services["kv"].image,
+        Image::Build {
+            context: "/srv/shop/conf".into(),
+            dockerfile: Some("/srv/shop/conf/Dockerfile.prod".into()),
+            target: Some("prod".into()),
+            args: BTreeMap::from([("VERSION".into(), "2".into())]),
+            digest: None
+        }
+    );
+    check(
+        "app = \"shop\"\n[services.kv]\nbuild = { context = \"conf\", dockerfile = \"Nope\", tagret = \"x\" }\n",
+        r#"
+paracloud.toml:3:42: services.kv.build.dockerfile: the Containerfile /srv/shop/conf/Nope does not exist
+  hint: name a file relative to the build context, such as `dockerfile = "Dockerfile.prod"`
+paracloud.toml:3:50: services.kv.build.tagret: unknown key `tagret`
+  hint: did you mean `target`?
 "#,
     );
     check(
