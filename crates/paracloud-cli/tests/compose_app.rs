@@ -104,8 +104,9 @@ fn a_compose_application_runs_from_its_unmodified_files() {
 
     // Web -> api (by its alias) -> Redis (by name, with the secret password), counting.
     assert!(get(port, "/").contains("Hits are counted"));
-    assert_eq!(get(port, "/cgi-bin/count").trim(), "hits=1");
-    assert_eq!(get(port, "/cgi-bin/count").trim(), "hits=2");
+    let logs = || p.ok(&["logs", "-a", "counter"]);
+    assert_eq!(get(port, "/cgi-bin/count").trim(), "hits=1", "{}", logs());
+    assert_eq!(get(port, "/cgi-bin/count").trim(), "hits=2", "{}", logs());
 
     // The front end is not on Redis's network: neither its name nor its address answer.
     let describe: serde_json::Value =
