@@ -1362,7 +1362,9 @@ impl Checker<'_> {
         };
         let mount = if source.starts_with('/') || source.starts_with('.') {
             let path = units::resolve(self.base_dir(), source);
-            if !source.starts_with('/') && !path.starts_with(self.base_dir()) {
+            // The directory as written may hold `..` (`-f ../app/compose.yaml`).
+            let base = units::resolve(self.base_dir(), ".");
+            if !source.starts_with('/') && !path.starts_with(&base) {
                 self.error(
                     source_span,
                     source_field,
@@ -1372,7 +1374,7 @@ impl Checker<'_> {
                     ),
                     Some(format!(
                         "a relative source stays inside {}; write a host path outside it as an absolute path, \"{}\", if it is meant",
-                        self.base_dir().display(),
+                        base.display(),
                         path.display()
                     )),
                 );

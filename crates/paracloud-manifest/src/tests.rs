@@ -1524,3 +1524,17 @@ paracloud.toml:8:16: services.web.depends_on.job: `job` restarts always, so it n
 "#,
     );
 }
+
+#[test]
+fn a_manifest_directory_written_with_dots_keeps_its_relative_bind_mounts() {
+    let origin = Origin {
+        file: "../shop/paracloud.toml".into(),
+        base_dir: PathBuf::from("/srv/tools/../shop"),
+    };
+    let source = format!("{HEAD}volumes = [\"./conf:/etc/app\"]\n");
+    let manifest = parse(&source, &origin, &FakeFs).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        &manifest.services["kv"].volumes[0],
+        VolumeMount::Bind { source, .. } if source == Path::new("/srv/shop/conf")
+    ));
+}
