@@ -136,6 +136,9 @@ services:
       nofile: {{soft: 1000, hard: 2000}}
     sysctls:
       net.core.somaxconn: 777
+    deploy:
+      resources:
+        reservations: {{memory: 16m, cpus: '0.5'}}
     stop_grace_period: 60s
   bare:
     image: busybox:1
@@ -182,6 +185,29 @@ services:
     );
     // The shell is not pid 1: the init is.
     assert!(!logs.contains("pid=1\n"), "{logs}");
+    // The reservations are the instance cgroup's soft limits (v1 here, or v2).
+    let id = "sandboxed-boxed-1";
+    let parent = p.cgroup_parent();
+    let read = |candidates: &[String]| {
+        candidates
+            .iter()
+            .find_map(|c| std::fs::read_to_string(c).ok())
+            .map(|v| v.trim().to_owned())
+    };
+    let low = read(&[
+        format!("/sys/fs/cgroup/memory/{parent}/{id}/memory.soft_limit_in_bytes"),
+        format!("/sys/fs/cgroup/{parent}/{id}/memory.low"),
+    ]);
+    assert_eq!(low.as_deref(), Some("16777216"));
+    let shares = read(&[
+        format!("/sys/fs/cgroup/cpu,cpuacct/{parent}/{id}/cpu.shares"),
+        format!("/sys/fs/cgroup/cpu/{parent}/{id}/cpu.shares"),
+        format!("/sys/fs/cgroup/{parent}/{id}/cpu.weight"),
+    ]);
+    assert!(
+        matches!(shares.as_deref(), Some("512" | "20")),
+        "{shares:?}"
+    );
 
     // Stopped by a scale to zero, which keeps the application and its events.
     p.ok(&["scale", "-a", "sandboxed", "boxed=0", "bare=0"]);
@@ -208,6 +234,8 @@ secrets:
   token: {file: ./token.txt}
 configs:
   app: {file: ./app.conf}
+volumes:
+  shared: {external: true, name: team_data}
 x-base: &base
   image: busybox:1
 services:
@@ -217,7 +245,8 @@ services:
     environment: [GREETING=hello]
   reader:
     extends: base
-    command: ["/bin/busybox", "sh", "-c", "echo $$GREETING; cat /run/secrets/token /etc/app.conf; echo x > /run/secrets/token || echo secret-read-only; sleep 1000"]
+    command: ["/bin/busybox", "sh", "-c", "echo $$GREETING; cat /run/secrets/token /etc/app.conf /shared/note; echo x > /run/secrets/token || echo secret-read-only; sleep 1000"]
+    volumes: [shared:/shared]
     secrets: [token]
     configs: [{source: app, target: /etc/app.conf}]
   debug:
@@ -228,6 +257,16 @@ services:
     std::fs::write(dir.join("token.txt"), "s3cret\n").unwrap();
     std::fs::write(dir.join("app.conf"), "mode=fast\n").unwrap();
 
+    // An external volume is the machine's: `up` wants it made first.
+    let out = in_dir(&p, &dir, &["up", "--timeout", "60s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("the external volume `team-data` does not exist"),
+        "{stderr}"
+    );
+    let shared = p.root().join("external-volumes/team-data");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("note"), "from the team\n").unwrap();
     let out = in_dir(&p, &dir, &["up", "--timeout", "60s"]);
     assert!(
         out.status.success(),
@@ -244,7 +283,7 @@ services:
     loop {
         let logs = p.ok(&["logs", "-a", "filed", "reader"]);
         if logs.contains("secret-read-only") {
-            for line in ["| hello", "| s3cret", "| mode=fast"] {
+            for line in ["| hello", "| s3cret", "| mode=fast", "| from the team"] {
                 assert!(logs.contains(line), "{logs}");
             }
             break;
@@ -264,7 +303,11 @@ services:
         .map(|i| field(i, "service").to_owned())
         .collect();
     assert!(services.contains(&"debug".to_owned()), "{services:?}");
-    p.ok(&["down", "-a", "filed"]);
+    p.ok(&["down", "-a", "filed", "--volumes"]);
+    assert!(
+        shared.join("note").is_file(),
+        "down --volumes keeps external volumes"
+    );
 }
 
 /// A split across networks holds: a service reaches another by name and alias only through a

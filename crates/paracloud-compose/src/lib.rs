@@ -783,60 +783,59 @@ impl<'a> Reader<'a> {
                 continue;
             }
             let name = renamed;
-            out.blank();
-            out.line(format!("[volumes.{}]", out::key(&name)), key.offset, &field);
-            if value.is_null() {
-                continue;
-            }
-            let Some(settings) = self.map(value, &field) else {
-                continue;
-            };
-            for (k, v) in settings {
-                let setting = k.text().unwrap_or_default();
-                let f = child(&field, setting);
-                match setting {
-                    _ if setting.starts_with("x-") => {}
-                    "driver" if v.text() == Some("local") => {}
-                    "labels" => {
-                        if let Some(labels) = self.dict(v, &f) {
-                            out.blank();
-                            out.line(
-                                format!("[volumes.{}.labels]", out::key(&name)),
-                                v.offset,
-                                &f,
-                            );
-                            for (lk, lv, offset) in labels {
-                                out.line(
-                                    format!(
-                                        "{} = {}",
-                                        out::key(&lk),
-                                        out::string(&lv.unwrap_or_default())
-                                    ),
-                                    offset,
-                                    &child(&f, &lk),
-                                );
+            let mut keys: Vec<(String, usize, String)> = Vec::new();
+            let mut labels = None;
+            if !value.is_null() {
+                let Some(settings) = self.map(value, &field) else {
+                    continue;
+                };
+                for (k, v) in settings {
+                    let setting = k.text().unwrap_or_default();
+                    let f = child(&field, setting);
+                    match setting {
+                        _ if setting.starts_with("x-") => {}
+                        "driver" if v.text() == Some("local") => {}
+                        "labels" => labels = self.dict(v, &f).map(|l| (l, v.offset, f)),
+                        "external" => {
+                            if let Some(on) = self.boolean(v, &f) {
+                                keys.push((format!("external = {on}"), v.offset, f));
                             }
                         }
+                        "name" => {
+                            if let Some(n) = self.string(v, &f) {
+                                // As the volume's own name: `_` is `-` in a manifest.
+                                let n = volume_name(n);
+                                keys.push((format!("name = {}", out::string(&n)), v.offset, f));
+                            }
+                        }
+                        "driver" | "driver_opts" => self.refuse(
+                            k,
+                            &f,
+                            "volumes are directories of the daemon's state root",
+                            "remove it, or use a bind mount of the host directory you want",
+                        ),
+                        _ => self.unknown(k, &f, &["labels", "driver", "external", "name"]),
                     }
-                    "external" => self.refuse(
-                        k,
-                        &f,
-                        "an application's volumes are its own, created at `up`",
-                        "remove `external`: the volume is created on first use and kept across `down`",
-                    ),
-                    "driver" | "driver_opts" => self.refuse(
-                        k,
-                        &f,
-                        "volumes are directories of the daemon's state root",
-                        "remove it, or use a bind mount of the host directory you want",
-                    ),
-                    "name" => self.refuse(
-                        k,
-                        &f,
-                        "volumes are named after their key, within the application",
-                        "remove `name`, or rename the volume's key",
-                    ),
-                    _ => self.unknown(k, &f, &["labels", "driver"]),
+                }
+            }
+            out.blank();
+            out.line(format!("[volumes.{}]", out::key(&name)), key.offset, &field);
+            for (text, offset, f) in keys {
+                out.line(text, offset, &f);
+            }
+            if let Some((labels, offset, f)) = labels {
+                out.blank();
+                out.line(format!("[volumes.{}.labels]", out::key(&name)), offset, &f);
+                for (lk, lv, offset) in labels {
+                    out.line(
+                        format!(
+                            "{} = {}",
+                            out::key(&lk),
+                            out::string(&lv.unwrap_or_default())
+                        ),
+                        offset,
+                        &child(&f, &lk),
+                    );
                 }
             }
         }

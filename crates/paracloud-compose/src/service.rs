@@ -276,7 +276,24 @@ pub(crate) fn service(
     if let Some((_, value)) = get("healthcheck") {
         healthcheck(r, value, &f("healthcheck"), &path, &mut t);
     }
-    restart(r, get("restart"), name_node, &path, &mut t);
+    let policy = get("deploy").and_then(|(_, deploy)| match &deploy.kind {
+        Kind::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.text() == Some("restart_policy")),
+        _ => None,
+    });
+    match (policy, get("restart")) {
+        (Some((key, _)), Some(_)) => r.error(
+            key.offset,
+            &child(&f("deploy"), "restart_policy"),
+            "a service has either `restart` or `deploy.restart_policy`, not both",
+            Some("keep one of the two".into()),
+        ),
+        (Some((_, node)), None) => {
+            restart_policy(r, node, &child(&f("deploy"), "restart_policy"), &mut t)
+        }
+        (None, entry) => restart(r, entry, name_node, &path, &mut t),
+    }
     resources(r, entries, &path, &mut t);
 
     // Keys that are the same string in both formats.
@@ -1335,6 +1352,63 @@ fn restart(
     t.key(line, node.offset, &field);
 }
 
+/// `deploy.restart_policy`: `condition` (`none`, `on-failure`, `any`, the default), with
+/// `max_attempts` (on failure) and `delay` (the first wait, doubling after each restart in a row).
+fn restart_policy(r: &mut Reader<'_>, node: &Node, field: &str, t: &mut Table) {
+    let Some(entries) = r.map(node, field) else {
+        return;
+    };
+    let mut condition = "always";
+    let mut parts = Vec::new();
+    let mut ok = true;
+    for (k, v) in entries {
+        let key = k.text().unwrap_or_default();
+        let f = child(field, key);
+        match key {
+            "condition" => match v.text() {
+                Some("none") => condition = "no",
+                Some("on-failure") => condition = "on-failure",
+                Some("any") => condition = "always",
+                _ => {
+                    ok = false;
+                    r.error(
+                        v.offset,
+                        &f,
+                        format!("unknown condition {}", v.describe()),
+                        Some("write `none`, `on-failure` or `any`".into()),
+                    );
+                }
+            },
+            "max_attempts" => match r.whole(v, &f, 0, u64::from(u32::MAX)) {
+                Some(n) => parts.push((format!("max_retries = {n}"), v.offset)),
+                None => ok = false,
+            },
+            "delay" => match duration(r, v, &f) {
+                Some(d) => parts.push((format!("backoff = {}", out::string(&d)), v.offset)),
+                None => ok = false,
+            },
+            "window" => {
+                ok = false;
+                r.refuse(k, &f, "a restart counts as failed by its exit, not by how long it ran", "remove `window`; the delay between restarts doubles up to 30 s, and resets after a clean run");
+            }
+            _ => {
+                ok = false;
+                r.unknown(k, &f, &["condition", "max_attempts", "delay"]);
+            }
+        }
+    }
+    if !ok {
+        return;
+    }
+    let mut text = format!("restart = {{ condition = \"{condition}\"");
+    for (part, _) in &parts {
+        text.push_str(", ");
+        text.push_str(part);
+    }
+    text.push_str(" }");
+    t.key(text, node.offset, field);
+}
+
 /// `deploy` (replicas and resource limits) and the older service-level `scale`, `cpus`,
 /// `mem_limit` and `pids_limit`.
 fn resources(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t: &mut Table) {
@@ -1346,14 +1420,14 @@ fn resources(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t: &mut T
                  f: String,
                  limits: &mut BTreeMap<&str, (String, usize, String)>| {
         let text = match which {
-            "cpu" => match value.text().and_then(|t| t.parse::<f64>().ok()) {
-                Some(cpus) if cpus > 0.0 && cpus.is_finite() => format!("cpu = {cpus}"),
+            "cpu" | "cpu_reservation" => match value.text().and_then(|t| t.parse::<f64>().ok()) {
+                Some(cpus) if cpus > 0.0 && cpus.is_finite() => format!("{which} = {cpus}"),
                 _ => {
                     r.expected(value, &f, "a number of CPUs above 0, such as 0.5");
                     return;
                 }
             },
-            "memory" | "disk" => match value.text().map(values::memory) {
+            "memory" | "disk" | "memory_reservation" => match value.text().map(values::memory) {
                 Some(Ok(m)) if m.bytes().all(|b| b.is_ascii_digit()) => format!("{which} = {m}"),
                 Some(Ok(m)) => format!("{which} = {}", out::string(&m)),
                 Some(Err(e)) => {
@@ -1408,7 +1482,9 @@ fn resources(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t: &mut T
                     let df = child(&f, d);
                     match d {
                         _ if d.starts_with("x-") => {}
-                        "replicas" => replicas = r.whole(dv, &df, 0, 1000).map(|n| (n, dv.offset, df)),
+                        "replicas" => {
+                            replicas = r.whole(dv, &df, 0, 1000).map(|n| (n, dv.offset, df))
+                        }
                         "mode" if dv.text() == Some("replicated") => {}
                         "resources" => {
                             let Some(res) = r.map(dv, &df) else { continue };
@@ -1425,18 +1501,56 @@ fn resources(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t: &mut T
                                                 "cpus" => limit(r, "cpu", lv, lf, &mut limits),
                                                 "memory" => limit(r, "memory", lv, lf, &mut limits),
                                                 "pids" => limit(r, "pids", lv, lf, &mut limits),
-                                                _ => r.unknown(lk, &lf, &["cpus", "memory", "pids"]),
+                                                _ => {
+                                                    r.unknown(lk, &lf, &["cpus", "memory", "pids"])
+                                                }
                                             }
                                         }
                                     }
-                                    "reservations" => r.refuse(rk, &rf, "Paracloud reserves nothing: limits bound an instance, the autoscaler sizes it", "remove `reservations`, or turn them into `limits`"),
+                                    "reservations" => {
+                                        let Some(ls) = r.map(rv, &rf) else { continue };
+                                        for (lk, lv) in ls {
+                                            let lname = lk.text().unwrap_or_default();
+                                            let lf = child(&rf, lname);
+                                            match lname {
+                                                "cpus" => {
+                                                    limit(r, "cpu_reservation", lv, lf, &mut limits)
+                                                }
+                                                "memory" => limit(
+                                                    r,
+                                                    "memory_reservation",
+                                                    lv,
+                                                    lf,
+                                                    &mut limits,
+                                                ),
+                                                "devices" | "generic_resources" => r.refuse(
+                                                    lk,
+                                                    &lf,
+                                                    "instances get no host devices",
+                                                    &format!("remove `{lname}`"),
+                                                ),
+                                                _ => r.unknown(lk, &lf, &["cpus", "memory"]),
+                                            }
+                                        }
+                                    }
                                     _ => r.unknown(rk, &rf, &["limits"]),
                                 }
                             }
                         }
-                        "mode" => r.refuse(dk, &df, "services are replicated: `replicas` instances on this machine", "remove `mode`, or write `mode: replicated`"),
-                        "restart_policy" => r.refuse(dk, &df, "restarts follow the service's `restart` key", "write `restart: on-failure` (or `on-failure:N`) on the service instead"),
-                        _ => r.refuse(dk, &df, "only `replicas` and `resources.limits` of `deploy` apply on Paracloud", "remove it"),
+                        "mode" => r.refuse(
+                            dk,
+                            &df,
+                            "services are replicated: `replicas` instances on this machine",
+                            "remove `mode`, or write `mode: replicated`",
+                        ),
+                        // Read with `restart`.
+                        "restart_policy" => {}
+                        _ => r.refuse(
+                            dk,
+                            &df,
+                            "only `replicas` and `resources.limits` of `deploy` apply on Paracloud",
+                            "remove it",
+                        ),
                     }
                 }
             }

@@ -277,8 +277,8 @@ fn volumes_named_bind_and_long() {
     assert!(error("services:\n  web:\n    image: a\n    volumes: [/data]\n").contains("anonymous"));
     assert!(error("services:\n  web:\n    image: a\n    volumes: [/var/run/docker.sock:/var/run/docker.sock]\n").contains("Docker socket"));
     assert!(
-        error("services:\n  web:\n    image: a\nvolumes:\n  d:\n    external: true\n")
-            .contains("volumes.d.external")
+        error("services:\n  web:\n    image: a\nvolumes:\n  d:\n    driver: nfs\n")
+            .contains("volumes.d.driver")
     );
 }
 
@@ -387,7 +387,7 @@ fn deploy_replicas_and_limits() {
         (s.resources.cpu, s.resources.memory, s.replicas),
         (Some(2.0), Some(1 << 30), 2)
     );
-    assert!(error("services:\n  web:\n    image: a\n    deploy:\n      resources:\n        reservations: {cpus: '1'}\n").contains("reservations"));
+    assert!(error("services:\n  web:\n    image: a\n    deploy:\n      resources:\n        reservations: {cpus: 'x'}\n").contains("reservations.cpus"));
 }
 
 #[test]
@@ -726,4 +726,50 @@ fn override_files_merge_over_the_first_and_errors_name_their_file() {
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("more.yaml:"), "{e}");
+}
+
+#[test]
+fn deploy_restart_policy_is_the_restart_policy() {
+    let s = web("services:\n  web:\n    image: a\n    deploy:\n      restart_policy:\n        condition: on-failure\n        max_attempts: 3\n        delay: 5s\n");
+    assert_eq!(s.restart.condition, RestartCondition::OnFailure);
+    assert_eq!(s.restart.max_retries, Some(3));
+    assert_eq!(s.restart.backoff_initial, Duration::from_secs(5));
+    let s = web("services:\n  web:\n    image: a\n    deploy: {restart_policy: {}}\n");
+    assert_eq!(s.restart.condition, RestartCondition::Always);
+    for (src, wanted) in [
+        ("services:\n  web:\n    image: a\n    restart: always\n    deploy: {restart_policy: {condition: any}}\n", "compose.yaml:5:14: services.web.deploy.restart_policy: a service has either `restart` or `deploy.restart_policy`, not both"),
+        ("services:\n  web:\n    image: a\n    deploy: {restart_policy: {window: 10s}}\n", "services.web.deploy.restart_policy.window: `window` is not supported"),
+        ("services:\n  web:\n    image: a\n    deploy: {restart_policy: {condition: sometimes}}\n", "unknown condition \"sometimes\""),
+    ] {
+        let e = error(src);
+        assert!(e.contains(wanted), "{src}: {e}");
+    }
+}
+
+#[test]
+fn deploy_reservations_are_the_resources_reserved() {
+    let s = web("services:\n  web:\n    image: a\n    deploy:\n      resources:\n        limits: {memory: 512m}\n        reservations: {cpus: '0.25', memory: 128m}\n");
+    assert_eq!(s.resources.memory_reservation, Some(128 << 20));
+    assert_eq!(s.resources.cpu_reservation, Some(0.25));
+    let e = error("services:\n  web:\n    image: a\n    deploy:\n      resources:\n        limits: {memory: 64m}\n        reservations: {memory: 128m}\n");
+    assert!(
+        e.contains("the reservation, 134217728 bytes, is above the limit, 67108864 bytes"),
+        "{e}"
+    );
+    let e = error("services:\n  web:\n    image: a\n    deploy: {resources: {reservations: {devices: [{capabilities: [gpu]}]}}}\n");
+    assert!(e.contains("`devices` is not supported"), "{e}");
+}
+
+#[test]
+fn external_volumes_name_the_machines_volumes() {
+    let c = read("volumes:\n  data: {external: true}\n  cache: {external: true, name: shared_cache}\n  own: {}\nservices:\n  web: {image: a, volumes: [data:/data, cache:/cache, own:/own]}\n");
+    let v = &c.manifest.volumes;
+    assert_eq!(v["data"].external.as_deref(), Some("data"));
+    assert_eq!(v["cache"].external.as_deref(), Some("shared-cache"));
+    assert_eq!(v["own"].external, None);
+    let e = error("volumes:\n  data: {name: other}\nservices:\n  web: {image: a}\n");
+    assert!(
+        e.contains("volumes.data.name: `name` names an external volume"),
+        "{e}"
+    );
 }

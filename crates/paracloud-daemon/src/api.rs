@@ -237,13 +237,28 @@ async fn up<D: Driver>(
     }))
 }
 
-/// The fixed service addresses of a manifest are free on this machine (see
-/// `addressing::check_fixed_addresses`).
+/// The external volumes of a manifest exist, and its fixed service addresses are free on this
+/// machine (see `addressing::check_fixed_addresses`).
 fn check_fixed<D: Driver>(
     engine: &Arc<Engine<D>>,
     manifest: &paracloud_manifest::Manifest,
     origin: &str,
 ) -> Result<(), ApiError> {
+    // The external volumes it names exist: they are the machine's, made before.
+    for (name, volume) in &manifest.volumes {
+        if let Some(external) = &volume.external {
+            let dir = engine.config.external_volume_dir(external);
+            if !dir.is_dir() {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "{origin}: volumes.{name}: the external volume `{external}` does not exist: create it with `mkdir -p {}` (as root), or drop `external` to make it the application's own",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+    }
     let snapshot = engine.store.load()?;
     let ours = snapshot
         .apps

@@ -682,6 +682,7 @@ fn config_for(
             memory: Some(capsule.spec.limits.memory),
             pids: Some(capsule.spec.limits.pids),
             disk: None,
+            ..Default::default()
         },
         tty: false,
     }

@@ -61,6 +61,25 @@ impl DaemonConfig {
         self.root.join("volumes").join(app).join(volume)
     }
 
+    /// Where the machine's external volume `name` is: made by its administrator, shared by the
+    /// applications that name it, never removed by the platform.
+    pub fn external_volume_dir(&self, name: &str) -> PathBuf {
+        self.root.join("external-volumes").join(name)
+    }
+
+    /// The directory a service's named volume `name` of `app` is.
+    pub fn named_volume_dir(&self, app: &AppRecord, name: &str) -> PathBuf {
+        match app
+            .manifest
+            .volumes
+            .get(name)
+            .and_then(|v| v.external.as_deref())
+        {
+            Some(external) => self.external_volume_dir(external),
+            None => self.volume_dir(&app.name, name),
+        }
+    }
+
     /// Where a checkpoint restored as `key` is kept while a CRIU migration runs.
     /// Where a CRIU move into `key` keeps its checkpoint images (those of a failed move stay
     /// there for a look until the application is removed).
@@ -784,9 +803,17 @@ impl<D: Driver> Engine<D> {
                     target,
                     read_only,
                 } => {
-                    let source = self.config.volume_dir(&app.name, name);
-                    if let Err(e) = private_dir(&source) {
-                        tracing::warn!("cannot create volume {}: {e}", source.display());
+                    let source = self.config.named_volume_dir(app, name);
+                    let external = app
+                        .manifest
+                        .volumes
+                        .get(name)
+                        .is_some_and(|v| v.external.is_some());
+                    // An external volume is its administrator's to make (`up` checks it is there).
+                    if !external {
+                        if let Err(e) = private_dir(&source) {
+                            tracing::warn!("cannot create volume {}: {e}", source.display());
+                        }
                     }
                     if service.user.is_some() {
                         owned.push(source.clone());
@@ -849,6 +876,12 @@ impl<D: Driver> Engine<D> {
                 memory: service.resources.memory,
                 pids: service.resources.pids,
                 disk: service.resources.disk.or(self.config.settings.default_disk),
+                memory_low: service.resources.memory_reservation,
+                // 1024 shares a core, as Docker's --cpu-shares.
+                cpu_shares: service
+                    .resources
+                    .cpu_reservation
+                    .map(|cores| (cores * 1024.0).round().max(2.0) as u64),
             },
             capabilities: service.cap_add.clone(),
             log_path: self.config.log_path(key),

@@ -25,7 +25,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 const NETWORK_DECLARATION_KEYS: &[&str] = &["labels", "subnet"];
 const SCHEDULE_KEYS: &[&str] = &["capsule", "cron", "selector", "args", "timeout"];
-const VOLUME_DECLARATION_KEYS: &[&str] = &["labels"];
+const VOLUME_DECLARATION_KEYS: &[&str] = &["labels", "external", "name"];
 
 impl Checker<'_> {
     /// Checks the whole document; the manifest is meaningful only when no diagnostic was recorded.
@@ -445,7 +445,35 @@ impl Checker<'_> {
             Some(v) => self.scalar_map(v, &child(&field, "labels"))?,
             None => BTreeMap::new(),
         };
-        name_ok.then_some(Volume { labels })
+        let external = match table.get("external") {
+            Some(v) => self.boolean(v, &child(&field, "external"))?,
+            None => false,
+        };
+        let external = match (external, table.get("name")) {
+            (true, Some(v)) => {
+                let f = child(&field, "name");
+                let other = self.string(v, &f)?;
+                if !self.name(other, v.span(), &f, "external volume name") {
+                    return None;
+                }
+                Some(other.to_owned())
+            }
+            (true, None) => Some(name.to_owned()),
+            (false, Some(v)) => {
+                self.error(
+                    v.span(),
+                    &child(&field, "name"),
+                    "`name` names an external volume",
+                    Some(
+                        "add `external = true`, or remove `name`: the application's own volumes are named by their key"
+                            .into(),
+                    ),
+                );
+                return None;
+            }
+            (false, None) => None,
+        };
+        name_ok.then_some(Volume { labels, external })
     }
 
     /// Dependencies name other services, `healthy` ones have a health check, and none loops.

@@ -480,6 +480,14 @@ pub struct Resources {
     /// cannot fill the host's disk); `None`: the daemon's default, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<u64>,
+    /// Memory the instance keeps under the machine's memory pressure, in bytes (Compose's
+    /// `reservations.memory`): reclaimed from it last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reservation: Option<u64>,
+    /// Cores the instance is entitled to when the CPU is contended (Compose's
+    /// `reservations.cpus`): its CPU weight, relative to the others' (one core = the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_reservation: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -532,4 +540,8 @@ pub enum VolumeMount {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Volume {
     pub labels: BTreeMap<String, String>,
+    /// Set for a volume that is not the application's own (Compose's `external`): its name
+    /// among the machine's external volumes, which exist before the application and outlive it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
 }

@@ -110,7 +110,14 @@ const DISK: SizeRule = SizeRule {
     example: "give the disk space an instance writes, such as \"1G\"",
 };
 
-const RESOURCE_KEYS: &[&str] = &["cpu", "memory", "pids", "disk"];
+const RESOURCE_KEYS: &[&str] = &[
+    "cpu",
+    "memory",
+    "pids",
+    "disk",
+    "memory_reservation",
+    "cpu_reservation",
+];
 const RESTART_KEYS: &[&str] = &["condition", "max_retries", "backoff", "backoff_max"];
 const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
 
@@ -961,11 +968,48 @@ impl Checker<'_> {
             .get("pids")
             .and_then(|v| self.whole(v, &child(field, "pids"), 1, MAX_PIDS));
         ok &= pids.is_some() == table.contains_key("pids");
+        let memory_reservation = table
+            .get("memory_reservation")
+            .and_then(|v| self.size(v, &child(field, "memory_reservation"), &MEMORY));
+        ok &= memory_reservation.is_some() == table.contains_key("memory_reservation");
+        let cpu_reservation = table.get("cpu_reservation").and_then(|v| {
+            let f = child(field, "cpu_reservation");
+            let cores = self.number(v, &f)?;
+            if !(MIN_CPU..=MAX_CPU).contains(&cores) {
+                self.invalid(
+                    v,
+                    &f,
+                    format!(
+                        "must be between {MIN_CPU} and {MAX_CPU} cores, found {}",
+                        units::shown(cores)
+                    ),
+                );
+                return None;
+            }
+            Some(cores)
+        });
+        ok &= cpu_reservation.is_some() == table.contains_key("cpu_reservation");
+        if let (Some(low), Some(max)) = (memory_reservation, memory) {
+            if low > max {
+                self.error(
+                    table
+                        .get("memory_reservation")
+                        .map(|v| v.span())
+                        .unwrap_or(0..0),
+                    &child(field, "memory_reservation"),
+                    format!("the reservation, {low} bytes, is above the limit, {max} bytes"),
+                    Some("reserve at most the memory limit".into()),
+                );
+                ok = false;
+            }
+        }
         ok.then_some(Resources {
             cpu,
             memory,
             pids,
             disk,
+            memory_reservation,
+            cpu_reservation,
         })
     }
 

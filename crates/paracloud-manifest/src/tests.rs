@@ -99,6 +99,8 @@ fn full_manifest_covers_every_key() {
             memory: Some(256 << 20),
             pids: Some(128),
             disk: None,
+            memory_reservation: None,
+            cpu_reservation: None,
         },
         replicas: 1,
         restart: RestartPolicy {
@@ -277,7 +279,8 @@ fn full_manifest_covers_every_key() {
             (
                 "kvdata".into(),
                 Volume {
-                    labels: strings(&[("backup", "daily")])
+                    labels: strings(&[("backup", "daily")]),
+                    external: None,
                 }
             ),
         ]),

@@ -200,6 +200,32 @@ impl CgroupManager for V1Manager {
         } else if limits.memory.is_some() && self.controller_dir("memory", id).is_none() {
             return Err(missing_hierarchy("a memory limit", id, "memory"));
         }
+        // Reservations: set when asked, reset on a reused cgroup.
+        for (controller, file, value, reset, what) in [
+            (
+                "memory",
+                "memory.soft_limit_in_bytes",
+                limits.memory_low,
+                "-1",
+                "a memory reservation",
+            ),
+            (
+                "cpu",
+                "cpu.shares",
+                limits.cpu_shares,
+                "1024",
+                "a CPU reservation",
+            ),
+        ] {
+            match (self.controller_dir(controller, id), value) {
+                (Some(dir), Some(value)) => write(&dir.join(file), &value.to_string())?,
+                (Some(dir), None) if !fresh && dir.join(file).exists() => {
+                    write(&dir.join(file), reset)?
+                }
+                (None, Some(_)) => return Err(missing_hierarchy(what, id, controller)),
+                _ => {}
+            }
+        }
         if let Some(dir) = self.controller_dir("pids", id) {
             if limits.pids.is_some() || !fresh {
                 let value = limits.pids.map_or("max".to_string(), |p| p.to_string());
@@ -325,6 +351,13 @@ impl V2Manager {
     }
 }
 
+/// cgroup v2's cpu.weight (1 to 10000, 100 by default) for v1's cpu.shares (2 to 262144, 1024 by
+/// default), as systemd and the OCI runtimes convert it.
+fn cpu_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
 impl CgroupManager for V2Manager {
     fn mode(&self) -> CgroupMode {
         CgroupMode::V2
@@ -371,6 +404,18 @@ impl CgroupManager for V2Manager {
             limits.pids.map(|p| p.to_string()),
             "max",
             "a pids limit",
+        )?;
+        set(
+            "memory.low",
+            limits.memory_low.map(|m| m.to_string()),
+            "0",
+            "a memory reservation",
+        )?;
+        set(
+            "cpu.weight",
+            limits.cpu_shares.map(|s| cpu_weight(s).to_string()),
+            "100",
+            "a CPU reservation",
         )?;
         Ok(())
     }
@@ -734,6 +779,7 @@ mod tests {
             memory: Some(32 << 20),
             pids: Some(20),
             disk: None,
+            ..Limits::default()
         };
         m.create("a", &limits).unwrap();
         let r = root.path();
@@ -834,7 +880,9 @@ mod tests {
         let files = [
             "cgroup.procs",
             "cpu.max",
+            "cpu.weight",
             "memory.max",
+            "memory.low",
             "memory.swap.max",
             "pids.max",
         ];
@@ -845,6 +893,8 @@ mod tests {
             memory: Some(64 << 20),
             pids: Some(100),
             disk: None,
+            memory_low: Some(16 << 20),
+            cpu_shares: Some(512),
         };
         m.create("i1", &limits).unwrap();
         assert_eq!(
@@ -859,6 +909,11 @@ mod tests {
         assert_eq!(content(r.join("pc/i1/memory.max")), "67108864");
         assert_eq!(content(r.join("pc/i1/memory.swap.max")), "0");
         assert_eq!(content(r.join("pc/i1/pids.max")), "100");
+        assert_eq!(content(r.join("pc/i1/memory.low")), "16777216");
+        // systemd's linear conversion: 512 shares is weight 20, 1024 is 39.
+        assert_eq!(content(r.join("pc/i1/cpu.weight")), "20");
+        assert_eq!(cpu_weight(1024), 39);
+        assert_eq!((cpu_weight(2), cpu_weight(262_144)), (1, 10000));
         assert_eq!(m.clone_into_dir("i1"), Some(r.join("pc/i1")));
         m.set_cpu("i1", Some(0.25)).unwrap();
         assert_eq!(content(r.join("pc/i1/cpu.max")), "25000 100000");
@@ -876,6 +931,8 @@ mod tests {
         m.create("i1", &Limits::default()).unwrap();
         assert_eq!(content(r.join("pc/i1/cpu.max")), "max");
         assert_eq!(content(r.join("pc/i1/memory.swap.max")), "max");
+        assert_eq!(content(r.join("pc/i1/memory.low")), "0");
+        assert_eq!(content(r.join("pc/i1/cpu.weight")), "100");
     }
 
     #[test]

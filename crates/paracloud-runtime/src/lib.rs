@@ -217,6 +217,14 @@ pub struct Limits {
     /// Bytes of the writable layer, a filesystem of its own (see `disk`); `None`: on the
     /// state root's filesystem, unlimited.
     pub disk: Option<u64>,
+    /// Bytes of memory the kernel reclaims from the instance last under memory pressure
+    /// (memory.low; memory.soft_limit_in_bytes in v1).
+    #[serde(default)]
+    pub memory_low: Option<u64>,
+    /// Its share of the CPU under contention, in v1 cpu.shares (1024 a core's; cpu.weight in v2,
+    /// converted as systemd does).
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
 }
 
 /// A started (or re-adopted) instance process.

@@ -41,6 +41,7 @@ fn capsule(f: &Fixture, id: &str, script: &str) -> CapsuleConfig {
             pids: Some(64),
             cpu: None,
             disk: None,
+            ..Default::default()
         },
         tty: false,
     }
