@@ -66,6 +66,12 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
             let protocol = match port.protocol {
                 PortProtocol::Tcp => Protocol::Tcp,
                 PortProtocol::Http => Protocol::Http,
+                PortProtocol::Udp => Protocol::Udp,
+            };
+            // A UDP port may have the number of a TCP one: its listener's name says which.
+            let port_name = match port.protocol {
+                PortProtocol::Udp => format!("{}/udp", port.port),
+                PortProtocol::Tcp | PortProtocol::Http => port.port.to_string(),
             };
             let revisions: Vec<Revision> = revisions_of(app, name)
                 .map(|(service_name, revision, weight)| Revision {
@@ -78,7 +84,7 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
             let service_address =
                 SocketAddr::new(IpAddr::V4(network.service_address(record.slot)), port.port);
             listeners.push(Listener {
-                name: format!("{}/{}:{}", app.name, name, port.port),
+                name: format!("{}/{}:{port_name}", app.name, name),
                 bind: service_address,
                 protocol,
                 backends: backends.clone(),
@@ -86,7 +92,7 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
             });
             if let Some(publish) = port.publish {
                 listeners.push(Listener {
-                    name: format!("{}/{}:{} published", app.name, name, port.port),
+                    name: format!("{}/{}:{port_name} published", app.name, name),
                     bind: publish,
                     protocol,
                     backends,
