@@ -116,13 +116,30 @@ fn service_ports(app: &AppRecord) -> impl Iterator<Item = (&String, &ServiceReco
         .flat_map(|(name, record, service)| service.ports.iter().map(move |p| (name, record, p)))
 }
 
-/// The endpoints the data plane serves an application's instances on, on its bridge: the
-/// service address and port of each of its listeners there (published ports are for the host's
-/// clients). The host's firewall lets the instances open connections to these alone.
-pub fn served_on_bridge(app: &AppRecord, network: &AppNetwork) -> Vec<SocketAddrV4> {
-    service_ports(app)
-        .map(|(_, record, port)| SocketAddrV4::new(network.service_address(record.slot), port.port))
-        .collect()
+/// The endpoints the data plane serves an application's instances on, on its bridge, TCP ones
+/// then UDP ones: the service address and port of each of its listeners there (published ports
+/// are for the host's clients). The host's firewall lets the instances open connections and send
+/// datagrams to these alone.
+pub fn served_on_bridge(
+    app: &AppRecord,
+    network: &AppNetwork,
+) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
+    by_transport(service_ports(app), network)
+}
+
+/// The endpoints of `ports` on the service addresses, TCP (and HTTP) ones then UDP ones.
+fn by_transport<'a>(
+    ports: impl Iterator<Item = (&'a String, &'a ServiceRecord, &'a Port)>,
+    network: &AppNetwork,
+) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
+    let (udp, tcp): (Vec<_>, Vec<_>) = ports
+        .map(|(_, record, port)| {
+            let endpoint = SocketAddrV4::new(network.service_address(record.slot), port.port);
+            (endpoint, port.protocol.is_udp())
+        })
+        .partition(|(_, udp)| *udp);
+    let addresses = |v: Vec<(SocketAddrV4, bool)>| v.into_iter().map(|(e, _)| e).collect();
+    (addresses(tcp), addresses(udp))
 }
 
 /// The networks of an application split into several, each with the endpoints served to it and
@@ -142,14 +159,14 @@ pub fn segments(
         .into_iter()
         .map(|name| {
             let on = |service: &str| manifest.networks_of(service).contains(&name);
+            let (served, served_udp) = by_transport(
+                service_ports(app).filter(|(service, _, _)| on(service)),
+                network,
+            );
             Segment {
                 name: name.to_owned(),
-                served: service_ports(app)
-                    .filter(|(service, _, _)| on(service))
-                    .map(|(_, record, port)| {
-                        SocketAddrV4::new(network.service_address(record.slot), port.port)
-                    })
-                    .collect(),
+                served,
+                served_udp,
                 members: instances
                     .iter()
                     .filter(|i| i.key.app == app.name && on(&i.key.service))
