@@ -313,3 +313,38 @@ async fn an_inherited_udp_socket_is_adopted_with_the_datagram_queued_on_it() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_drain_stops_reading_and_ends_the_flows_once_no_reply_came_for_the_idle_grace() {
+    let a = echo("a").await;
+    let bind = free_udp_addr();
+    let tuning = Tuning {
+        idle_grace: Duration::from_millis(300),
+        ..Tuning::default()
+    };
+    let mut harness = Harness::start(
+        Some(&Config {
+            listeners: vec![udp_listener(bind, &[("a", a)])],
+        }),
+        tuning,
+    );
+    wait_udp_bound(&harness, bind).await;
+    let client = client().await;
+    assert_eq!(ask(&client, bind, "1").await.0, "a:1");
+    let began = tokio::time::Instant::now();
+    let _ = harness.shutdown.take().unwrap().send(());
+    tokio::time::timeout(Duration::from_secs(10), &mut harness.task)
+        .await
+        .expect("the drain ends with the flow, long before the 30 s UDP idle timeout")
+        .unwrap()
+        .unwrap();
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+        "the open flow was given the idle grace: {took:?}"
+    );
+    assert!(
+        std::net::UdpSocket::bind(bind).is_ok(),
+        "the socket closed with the last flow"
+    );
+}
