@@ -4,6 +4,7 @@
 #
 # - nftables: `nft`, which the daemon needs for the host's firewall of each application's bridge;
 # - busybox: the base of the test images (FROM busybox:1), python3: the PaCI example's tests;
+# - redis-server (and redis-cli): the Redis image of the Compose application's end-to-end test;
 # - docker-compose: `docker-compose config`, which the Compose reader's corpus is compared with
 #   (it needs no Docker engine);
 # - skopeo, umoci, docker-registry, nginx, htpasswd, openssl: OCI layouts and archives made by other
@@ -41,8 +42,16 @@ need yara yara
 need zstd zstd
 need e2fsprogs mkfs.ext4
 need docker-compose docker-compose
+need redis-server redis-server redis-cli
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
+  # Packages are installed for their programs: no service of theirs (Redis, nginx) is started.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq -o DPkg::Lock::Timeout=600
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
     "${missing[@]}" >/dev/null

@@ -8,7 +8,9 @@
 
 mod autoscale;
 mod autoscale_live;
+mod builds;
 mod capsule;
+mod compose;
 mod host;
 mod images;
 mod latency;
@@ -64,6 +66,10 @@ enum Command {
     /// Pull + unpack of a ~100 MB layered image from a local registry against skopeo + umoci,
     /// and instance start from that image against from `host`
     Images(ImagesArgs),
+    /// A cold multi-stage build with and without a RUN cache mount
+    Builds(BuildsArgs),
+    /// `paracloud up` of a Compose application from a warm image store
+    Compose(ComposeArgs),
     /// The same stateful service moved under a constant request rate: PaCI handover,
     /// stop-and-start, and CRIU alone
     Migrate(MigrateArgs),
@@ -198,6 +204,32 @@ struct CapsuleArgs {
     /// Address pool of the bench's daemon
     #[arg(long, default_value = "10.248.0.0/16")]
     capsule_subnet: Ipv4Net,
+}
+
+#[derive(Debug, Args)]
+struct BuildsArgs {
+    /// Builds of each variant after the first (interleaved)
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// MiB the slow step compresses
+    #[arg(long, default_value_t = 64)]
+    megabytes: u32,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.246.0.0/16")]
+    builds_subnet: Ipv4Net,
+}
+
+#[derive(Debug, Args)]
+struct ComposeArgs {
+    /// `down` and `up` rounds after the first `up`
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.245.0.0/16")]
+    compose_subnet: Ipv4Net,
+    /// Loopback port the application's web front end is published on
+    #[arg(long, default_value_t = 28080)]
+    compose_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -702,6 +734,42 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", capsule::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Builds(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench builds needs root (RUN steps run in sandboxes)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, Some(Path::new("/var/tmp")))?;
+            let report = builds::run(
+                &builds::BuildsOptions {
+                    rounds: args.rounds.max(1),
+                    megabytes: args.megabytes.max(1),
+                    subnet: args.builds_subnet,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", builds::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Compose(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench compose needs root (instances, builds)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, Some(Path::new("/var/tmp")))?;
+            let report = compose::run(
+                &compose::ComposeOptions {
+                    rounds: args.rounds.max(1),
+                    subnet: args.compose_subnet,
+                    port: args.compose_port,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", compose::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Images(args) => {

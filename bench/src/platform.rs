@@ -116,7 +116,18 @@ impl Platform {
 
     /// Runs `paracloud ARGS [FILE]` for this root; fails with its output when it fails.
     pub fn cli(&self, args: &[&str], file: Option<&Path>) -> Result<Output> {
+        self.cli_with(args, file, &[])
+    }
+
+    /// As [`Platform::cli`], with more environment variables (a Compose file's).
+    pub fn cli_with(
+        &self,
+        args: &[&str],
+        file: Option<&Path>,
+        vars: &[(&str, String)],
+    ) -> Result<Output> {
         let mut command = Command::new(&self.paracloud);
+        command.envs(vars.iter().map(|(k, v)| (k, v)));
         command.args(args);
         if let Some(file) = file {
             command.arg(file);

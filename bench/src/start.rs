@@ -501,6 +501,8 @@ impl ParacloudRunner {
                 bridge: self.bridge.clone(),
                 address: Ipv4Net::new(ip, 24)?,
                 segments: Vec::new(),
+                routes: Vec::new(),
+                gateway: None,
             }),
             limits: Limits::default(),
             capabilities: vec![],

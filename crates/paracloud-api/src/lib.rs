@@ -31,7 +31,8 @@
 //! | `POST /v1/images/micro` | [`BuildMicroImage`] | [`MicroImageRequest`] | [`BuiltImage`] |
 //! | `POST /v1/images/import` | [`ImportImages`] | [`ImportRequest`] | `[ImageRef]` |
 //! | `POST /v1/images/export` | [`ExportImages`] | [`ExportRequest`] | `[ImageRef]` |
-//! | `POST /v1/images/build` | [`BuildImage`] | [`BuildRequest`] | [`BuildResponse`] |
+//! | `POST /v1/images/build` | [`BuildImage`] | [`BuildRequest`] | a stream of [`BuildEvent`], one JSON per line |
+//! | `POST /v1/images/sources` | [`ImageSources`] | [`SourcesRequest`] | `[ImageSourceView]` |
 //! | `POST /v1/images/pull` | [`PullImage`] | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 //! | `POST /v1/images/push` | [`PushImage`] | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 //! | `GET /v1/capsules?app=APP` | [`ListCapsules`] | | `[CapsuleView]` |
@@ -78,7 +79,7 @@ pub struct Health {
 }
 
 /// Deploy (create or update) an application from manifest text.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UpRequest {
     /// The manifest text.
     pub source: String,
@@ -86,6 +87,13 @@ pub struct UpRequest {
     pub origin: String,
     /// The absolute directory that relative paths in the manifest resolve against.
     pub base_dir: PathBuf,
+    /// Check everything (manifest, images, Containerfiles, the deployment's rules) and change
+    /// nothing: no build, pull or start.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Credentials by registry for a dry run's look-ups (as [`TransferRequest::auths`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub auths: std::collections::BTreeMap<String, RegistryCredentials>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +101,36 @@ pub struct UpResponse {
     pub app: String,
     /// Services whose spec changed (their instances are being replaced).
     pub changed: Vec<String>,
+    /// A dry run's findings, one per image (nothing was changed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checked: Vec<ImageCheck>,
+}
+
+/// How a dry run found one service's (or capsule's) image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageCheck {
+    /// `service web` or `capsule audit`.
+    pub user: String,
+    pub image: String,
+    /// `in the store (sha256:...)`, `would be pulled from HOST/REPO`, `would be built from FILE (N steps)`.
+    pub status: String,
+}
+
+/// Where a pull of `reference` would look, in order (the state root's registries.toml).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesRequest {
+    pub reference: String,
+}
+
+/// One place a pull tries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSourceView {
+    /// The registry as named (`docker.io`, `HOST:PORT`): whose credentials it takes.
+    pub registry: String,
+    /// `HOST/REPOSITORY` as reached.
+    pub location: String,
+    pub mirror: bool,
 }
 
 /// Move an instance to a new one, make before break.
@@ -306,6 +344,18 @@ pub struct ImageDetail {
     pub exposed_ports: Vec<String>,
     /// The config's history: how each layer was made.
     pub history: Vec<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// SHELL (empty: `/bin/sh -c`).
+    #[serde(default)]
+    pub shell: Vec<String>,
+    /// HEALTHCHECK, as Docker writes it (`Test`, `Interval`... in nanoseconds).
+    #[serde(default)]
+    pub healthcheck: Option<serde_json::Value>,
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -367,9 +417,10 @@ pub struct ImageRef {
     pub digest: String,
 }
 
-/// Pull an image from a registry (`reference` names it, registry included), or push the
+/// Pull an image from a registry (`reference` names it; Docker Hub's when it names none,
+/// through the mirrors of the state root's registries.toml), or push the
 /// store's image `reference` to `target` (default: `reference` itself).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TransferRequest {
     pub reference: String,
     #[serde(default)]
@@ -378,6 +429,39 @@ pub struct TransferRequest {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Credentials by registry (`docker.io`, `HOST:PORT`) for a pull through mirrors: the
+    /// caller's own, used for this transfer and never kept.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub auths: std::collections::BTreeMap<String, RegistryCredentials>,
+}
+
+impl std::fmt::Debug for TransferRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never a password, in any log.
+        f.debug_struct("TransferRequest")
+            .field("reference", &self.reference)
+            .field("target", &self.target)
+            .field("username", &self.username)
+            .field("auths", &self.auths)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user name and password (or identity token as the password) for one registry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password, in any log.
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A line of a pull's or push's answer stream.
@@ -396,8 +480,8 @@ pub enum TransferEvent {
     Failed { error: String },
 }
 
-/// Build an image from a Containerfile (a subset of the Dockerfile syntax).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Build an image from a Containerfile (the Dockerfile language, as BuildKit reads it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BuildRequest {
     /// The build context: an absolute directory; COPY and ADD sources are inside it.
     pub context: PathBuf,
@@ -408,11 +492,25 @@ pub struct BuildRequest {
     /// `--build-arg NAME=VALUE`.
     #[serde(default)]
     pub build_args: std::collections::BTreeMap<String, String>,
+    /// `--target STAGE`: the stage to build (default: the last); stages it does not need are
+    /// not built.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// `--platform`: only this machine's (such as `linux/amd64`) is built.
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// `--secret id=ID,src=FILE`: files on the daemon's machine that `RUN --mount=type=secret`
+    /// mounts; never in a layer or a cache key.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// One step of a build, as it went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildStepView {
+    /// The stage: its `AS` name, else its index.
+    #[serde(default)]
+    pub stage: String,
     pub line: usize,
     pub instruction: String,
     /// Taken from the cache of an earlier build instead of done again.
@@ -427,6 +525,24 @@ pub struct BuildResponse {
     /// Bytes of its layer blobs.
     pub size: u64,
     pub steps: Vec<BuildStepView>,
+}
+
+/// A line of a build's answer stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum BuildEvent {
+    /// A step is done (or taken from the cache).
+    Step { step: BuildStepView },
+    /// A line a RUN step wrote, as it ran.
+    Output {
+        stage: String,
+        line: usize,
+        text: String,
+    },
+    /// The image is built: the last line of a build that worked.
+    Finished { build: BuildResponse },
+    /// The build failed: the last line of one that did not.
+    Failed { error: String },
 }
 
 /// A capsule that can attach to instances, as `paracloud capsule ls` lists it.
@@ -579,6 +695,7 @@ mod tests {
             row::<ImportImages>(),
             row::<ExportImages>(),
             row::<BuildImage>(),
+            row::<ImageSources>(),
             row::<PullImage>(),
             row::<PushImage>(),
             row::<ListCapsules>(),

@@ -8,12 +8,12 @@ use hyper::Method;
 use paracloud_unix_http::{fill, JsonLines, Query, Route, Upgraded};
 
 use crate::{
-    AppView, BuildRequest, BuildResponse, BuiltImage, CapsuleRunEvent, CapsuleRunRequest,
+    AppView, BuildEvent, BuildRequest, BuiltImage, CapsuleRunEvent, CapsuleRunRequest,
     CapsuleRunView, CapsuleView, CpuRequest, DataplaneRestartRequest, DataplaneRestartResponse,
-    Event, ExportRequest, Health, ImageDetail, ImageRef, ImageView, ImportRequest, InstanceView,
-    MicroImageRequest, MigrateRequest, MigrateResponse, PruneView, RemovedImages, ScaleRequest,
-    ServiceView, TerminalSize, TrafficRequest, TransferEvent, TransferRequest, UpRequest,
-    UpResponse,
+    Event, ExportRequest, Health, ImageDetail, ImageRef, ImageSourceView, ImageView, ImportRequest,
+    InstanceView, MicroImageRequest, MigrateRequest, MigrateResponse, PruneView, RemovedImages,
+    ScaleRequest, ServiceView, SourcesRequest, TerminalSize, TrafficRequest, TransferEvent,
+    TransferRequest, UpRequest, UpResponse,
 };
 
 /// A route whose request is its body alone: `Name(Body): METHOD "path" -> Answer`.
@@ -393,8 +393,13 @@ body_route! {
 }
 
 body_route! {
-    /// `POST /v1/images/build`: build an image from a Containerfile.
-    BuildImage(BuildRequest): POST "/v1/images/build" -> BuildResponse
+    /// `POST /v1/images/build`: build an image from a Containerfile; answered with its steps and the RUN steps' output as they come, one JSON line each.
+    BuildImage(BuildRequest): POST "/v1/images/build" -> JsonLines<BuildEvent>
+}
+
+body_route! {
+    /// `POST /v1/images/sources`: where a pull of an image would look, mirrors first.
+    ImageSources(SourcesRequest): POST "/v1/images/sources" -> Vec<ImageSourceView>
 }
 
 body_route! {

@@ -84,6 +84,10 @@ pub enum Command {
         /// works as well)
         #[arg(long = "profile", value_name = "PROFILE")]
         profiles: Vec<String>,
+        /// Check everything (manifest, images in the store or a registry, Containerfiles) and
+        /// start, build and pull nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print a Compose file as the equivalent paracloud.toml
     Convert {
@@ -179,21 +183,9 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Build an image from a Containerfile (FROM, ARG, ENV, WORKDIR, USER, COPY, ADD, RUN,
-    /// LABEL, EXPOSE, CMD, ENTRYPOINT): paracloud build -t web:1 ./web
-    Build {
-        /// The build context: COPY and ADD sources are inside it
-        context: PathBuf,
-        /// The image's name, such as web:1
-        #[arg(short = 't', long = "tag", value_name = "NAME")]
-        tag: String,
-        /// The Containerfile (default: Containerfile, else Dockerfile, in the context)
-        #[arg(short = 'f', long = "file", value_name = "FILE")]
-        file: Option<PathBuf>,
-        /// NAME=VALUE for an ARG (repeatable)
-        #[arg(long = "build-arg", value_name = "NAME=VALUE")]
-        build_args: Vec<String>,
-    },
+    /// Build an image from a Containerfile (the Dockerfile language as BuildKit reads it:
+    /// stages, RUN --mount, heredocs, .dockerignore): paracloud build -t web:1 ./web
+    Build(BuildArgs),
     /// List the images of the store
     Images,
     /// Images: build a micro-image from a host program, inspect, remove, prune, import, export
@@ -407,4 +399,29 @@ fn positive(s: &str) -> Result<f64, String> {
         Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
         _ => Err(format!("{s:?} is not a number above 0 (such as 2 or 0.5)")),
     }
+}
+
+/// `paracloud build`'s options.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The build context: COPY and ADD sources are inside it
+    pub context: PathBuf,
+    /// The image's name, such as web:1
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    pub tag: String,
+    /// The Containerfile (default: Containerfile, else Dockerfile, in the context)
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// NAME=VALUE for an ARG (repeatable)
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    pub build_args: Vec<String>,
+    /// The stage to build (default: the last); the stages it does not need are not built
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Only this machine's platform is built (such as linux/amd64)
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// A secret for RUN --mount=type=secret: id=NAME,src=FILE (repeatable); never in the image
+    #[arg(long = "secret", value_name = "id=NAME,src=FILE")]
+    pub secrets: Vec<String>,
 }

@@ -96,10 +96,23 @@ pub(crate) async fn connect(global: &Global) -> Result<Client> {
     }
 }
 
-/// `path` made absolute against the current directory.
+/// `path` made absolute against the current directory, `.` and `..` resolved as written (links
+/// are not followed: `a/link/..` is `a`).
 pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    let mut out = PathBuf::new();
+    for component in joined.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
     }
-    Ok(std::env::current_dir()?.join(path))
+    Ok(out)
 }

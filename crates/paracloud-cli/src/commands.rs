@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use paracloud_api::{
-    AppView, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
-    ExportImages, GetApp, GetService, GetStats, HostFs, ImportImages, InspectImage, JsonLines,
-    ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages, PullImage,
-    PushImage, RemoveImage, Restart, RestartDataplane, Route, Scale, ScaleRequest, ServiceView,
-    SetCpu, SetTraffic, TrafficRequest, TransferEvent, Up, UpRequest,
+    AppView, BuildEvent, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
+    ExportImages, GetApp, GetService, GetStats, HostFs, ImageSources, ImportImages, InspectImage,
+    JsonLines, ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages,
+    PullImage, PushImage, RemoveImage, Restart, RestartDataplane, Route, Scale, ScaleRequest,
+    ServiceView, SetCpu, SetTraffic, TrafficRequest, TransferEvent, Up, UpRequest,
 };
 use paracloud_manifest::{parse, Origin};
 use paracloud_reconcile::ExitInfo;
@@ -251,6 +251,9 @@ fn run_daemon(global: &Global) -> Result<()> {
 struct LoadedManifest {
     app: String,
     request: UpRequest,
+    /// The store images its services and capsules name (`image = "..."`), each with the
+    /// first that names it (`service web`).
+    images: Vec<(String, String)>,
 }
 
 /// The manifest of the current directory, as `docker compose` finds its file: `paracloud.toml`
@@ -376,13 +379,33 @@ fn load_manifests(files: &[PathBuf], profiles: &[String]) -> Result<LoadedManife
             .map_err(|e| anyhow!("the manifest is not valid:\n{e}"))?;
         (manifest, source)
     };
+    let mut images: Vec<(String, String)> = Vec::new();
+    let users = manifest
+        .services
+        .iter()
+        .map(|(name, s)| (format!("service {name}"), &s.image))
+        .chain(
+            manifest
+                .capsules
+                .iter()
+                .map(|(name, c)| (format!("capsule {name}"), &c.image)),
+        );
+    for (user, image) in users {
+        if let paracloud_manifest::Image::Stored { reference, .. } = image {
+            if !images.iter().any(|(r, _)| r == reference) {
+                images.push((reference.clone(), user));
+            }
+        }
+    }
     Ok(LoadedManifest {
         app: manifest.app,
         request: UpRequest {
             source,
             origin: file.display().to_string(),
             base_dir,
+            ..Default::default()
         },
+        images,
     })
 }
 
@@ -440,7 +463,17 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             detach,
             timeout,
             profiles,
-        } => up(global, &manifest_files(&file)?, &profiles, detach, timeout).await,
+            dry_run,
+        } => {
+            let files = manifest_files(&file)?;
+            if dry_run {
+                // A dry run starts nothing, so there is nothing to wait for.
+                let _ = (detach, timeout);
+                up_dry_run(global, &files, &profiles).await
+            } else {
+                up(global, &files, &profiles, detach, timeout).await
+            }
+        }
         Command::Convert { file, profiles } => convert(&file, &profiles),
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,
@@ -466,12 +499,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Events { follow } => events(global, follow).await,
         Command::Top { once } => top(global, once).await,
         Command::Images => image_command(global, ImageCommand::Ls).await,
-        Command::Build {
-            context,
-            tag,
-            file,
-            build_args,
-        } => build(global, &context, tag, file, &build_args).await,
+        Command::Build(args) => build(global, args).await,
         Command::Image(command) => image_command(global, command).await,
         Command::Capsule(command) => crate::capsule::command(global, command).await,
         Command::Debug { instance, command } => {
@@ -489,6 +517,130 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
     }
 }
 
+/// Where a pull of `reference` would look, in order (the daemon's registries.toml decides).
+async fn sources_of(
+    client: &Client,
+    reference: &str,
+) -> Result<Vec<paracloud_api::ImageSourceView>> {
+    client
+        .call(&ImageSources(paracloud_api::SourcesRequest {
+            reference: reference.to_owned(),
+        }))
+        .await
+        .map_err(explain)
+}
+
+/// Adds the credentials, from this user's Docker config, of each registry of `sources` (the
+/// mirrors and the registry a pull may reach) that `auths` lacks.
+fn add_credentials(
+    config: &crate::docker_config::DockerConfig,
+    sources: Vec<paracloud_api::ImageSourceView>,
+    auths: &mut BTreeMap<String, paracloud_api::RegistryCredentials>,
+) -> Result<()> {
+    let search = std::env::var_os("PATH");
+    for source in sources {
+        if auths.contains_key(&source.registry) {
+            continue;
+        }
+        if let Some(found) = config.credentials(&source.registry, search.as_deref())? {
+            auths.insert(source.registry, found);
+        }
+    }
+    Ok(())
+}
+
+/// The credentials of every registry a pull of `reference` may reach.
+async fn auths_for(
+    client: &Client,
+    config: &crate::docker_config::DockerConfig,
+    reference: &str,
+    auths: &mut BTreeMap<String, paracloud_api::RegistryCredentials>,
+) -> Result<()> {
+    let sources = sources_of(client, reference).await?;
+    add_credentials(config, sources, auths)
+}
+
+/// Pulls the images of a manifest that the store lacks, with the progress of each, before the
+/// deployment asks for them (the daemon would pull them too, but silently and without the
+/// user's credentials).
+async fn pull_missing(client: &Client, origin: &str, images: &[(String, String)]) -> Result<()> {
+    let mut config = None;
+    for (reference, user) in images {
+        match client
+            .call(&InspectImage {
+                name: reference.clone(),
+            })
+            .await
+        {
+            Err(ClientError::Api { status, .. }) if status == 404 => {}
+            // In the store, or a problem `up` itself will name.
+            _ => continue,
+        }
+        if config.is_none() {
+            config = Some(crate::docker_config::DockerConfig::load()?);
+        }
+        let mut auths = BTreeMap::new();
+        if let Some(config) = &config {
+            auths_for(client, config, reference, &mut auths).await?;
+        }
+        eprintln!("pulling {reference}");
+        let request = paracloud_api::TransferRequest {
+            reference: reference.clone(),
+            target: None,
+            username: None,
+            password: None,
+            auths,
+        };
+        let pulled = transfer(client, &PullImage(request)).await.map_err(|e| {
+            anyhow!(
+                "{origin}: {user}: image {reference} is not in the store and cannot be pulled: {e:#}\n(build or import it, or name a mirror of its registry in the state root's registries.toml)"
+            )
+        })?;
+        eprintln!(
+            "pulled {} {}",
+            pulled.reference.as_deref().unwrap_or(reference),
+            pulled.digest
+        );
+    }
+    Ok(())
+}
+
+/// `up --dry-run`: the daemon checks what `up` would, and changes nothing.
+async fn up_dry_run(global: &Global, files: &[PathBuf], profiles: &[String]) -> Result<()> {
+    let mut manifest = load_manifests(files, profiles)?;
+    let client = connect(global).await?;
+    let config = crate::docker_config::DockerConfig::load()?;
+    let mut auths = BTreeMap::new();
+    for (reference, _) in &manifest.images {
+        // A bad reference is the dry run's to locate, with the others.
+        if let Ok(sources) = sources_of(&client, reference).await {
+            add_credentials(&config, sources, &mut auths)?;
+        }
+    }
+    manifest.request.dry_run = true;
+    manifest.request.auths = auths;
+    let response = client.call(&Up(manifest.request)).await.map_err(explain)?;
+    print(global.output, &response, |r| {
+        let mut out = String::new();
+        for check in &r.checked {
+            out.push_str(&format!(
+                "{}: {}: {}\n",
+                check.user, check.image, check.status
+            ));
+        }
+        if !r.changed.is_empty() {
+            out.push_str(&format!("would change: {}\n", r.changed.join(", ")));
+        }
+        let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        out.push_str(&format!(
+            "{}: {} is valid; nothing was started\n",
+            r.app,
+            shown.join(" + ")
+        ));
+        out
+    })
+}
+
 async fn up(
     global: &Global,
     files: &[PathBuf],
@@ -498,6 +650,7 @@ async fn up(
 ) -> Result<()> {
     let manifest = load_manifests(files, profiles)?;
     let client = connect(global).await?;
+    pull_missing(&client, &manifest.request.origin, &manifest.images).await?;
     let response = client.call(&Up(manifest.request)).await.map_err(explain)?;
     if !response.changed.is_empty() {
         eprintln!(
@@ -1312,10 +1465,9 @@ fn password(auth: &crate::cli::RegistryAuth) -> Result<Option<String>> {
 
 /// Sends a pull or push and follows its progress: a bar per layer when stderr is a terminal.
 async fn transfer(
-    global: &Global,
     client: &Client,
     route: &impl Route<Answer = JsonLines<TransferEvent>>,
-) -> Result<()> {
+) -> Result<paracloud_api::ImageRef> {
     use std::io::IsTerminal;
 
     let mut events = client.lines(route).await.map_err(explain)?;
@@ -1359,66 +1511,102 @@ async fn transfer(
         }
     }
     match outcome {
-        Some(TransferEvent::Finished { reference, digest }) => {
-            let done = paracloud_api::ImageRef {
-                reference: Some(reference),
-                digest,
-            };
-            print(global.output, &done, |d| {
-                format!(
-                    "{} {}\n",
-                    d.reference.as_deref().unwrap_or_default(),
-                    d.digest
-                )
-            })
-        }
+        Some(TransferEvent::Finished { reference, digest }) => Ok(paracloud_api::ImageRef {
+            reference: Some(reference),
+            digest,
+        }),
         Some(TransferEvent::Failed { error }) => bail!("{error}"),
         _ => bail!("the daemon ended the transfer without saying how it went; see its log"),
     }
 }
 
-async fn build(
-    global: &Global,
-    context: &Path,
-    tag: String,
-    file: Option<PathBuf>,
-    build_args: &[String],
-) -> Result<()> {
-    let mut args = std::collections::BTreeMap::new();
-    for pair in build_args {
+fn print_transferred(global: &Global, done: &paracloud_api::ImageRef) -> Result<()> {
+    print(global.output, done, |d| {
+        format!(
+            "{} {}\n",
+            d.reference.as_deref().unwrap_or_default(),
+            d.digest
+        )
+    })
+}
+
+/// `--secret id=NAME,src=FILE` (also `source=`, and `type=file`), as docker takes it.
+fn secret(text: &str) -> Result<(String, PathBuf)> {
+    let (mut id, mut src) = (None, None);
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_owned()),
+            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+            Some(("type", "file")) => {}
+            _ => bail!(
+                "--secret {text:?}: {part:?} is not id=NAME, src=FILE or type=file (such as --secret id=token,src=./token.txt)"
+            ),
+        }
+    }
+    match (id, src) {
+        (Some(id), Some(src)) if !id.is_empty() => Ok((id, absolute(&src)?)),
+        _ => bail!("--secret {text:?} needs id=NAME and src=FILE (such as --secret id=token,src=./token.txt)"),
+    }
+}
+
+async fn build(global: &Global, args: crate::cli::BuildArgs) -> Result<()> {
+    let mut build_args = std::collections::BTreeMap::new();
+    for pair in &args.build_args {
         let (name, value) = pair.split_once('=').ok_or_else(|| {
             anyhow!("--build-arg {pair:?} is not NAME=VALUE (such as --build-arg VERSION=2)")
         })?;
-        args.insert(name.to_owned(), value.to_owned());
+        build_args.insert(name.to_owned(), value.to_owned());
     }
     let request = paracloud_api::BuildRequest {
-        context: absolute(context)?,
-        file: file.map(|f| absolute(&f)).transpose()?,
-        tag,
-        build_args: args,
+        context: absolute(&args.context)?,
+        file: args.file.map(|f| absolute(&f)).transpose()?,
+        tag: args.tag,
+        build_args,
+        target: args.target,
+        platform: args.platform,
+        secrets: args
+            .secrets
+            .iter()
+            .map(|s| secret(s))
+            .collect::<Result<_>>()?,
     };
     let client = connect(global).await?;
-    let built = client.call(&BuildImage(request)).await.map_err(explain)?;
-    print(global.output, &built, |b| {
-        let mut out = String::new();
-        for (i, step) in b.steps.iter().enumerate() {
-            out.push_str(&format!(
-                "step {}/{} (line {}){} {}\n",
-                i + 1,
-                b.steps.len(),
+    let mut events = client.lines(&BuildImage(request)).await.map_err(explain)?;
+    // The steps and the RUN steps' output as they come, on stderr; the outcome on stdout.
+    let mut outcome = None;
+    while let Some(event) = events
+        .next()
+        .await
+        .context("reading the build's progress")?
+    {
+        match event {
+            BuildEvent::Step { step } => eprintln!(
+                "[{}] line {}{} {}",
+                step.stage,
                 step.line,
                 if step.cached { " CACHED" } else { "" },
                 step.instruction
-            ));
+            ),
+            // A line of no stage: what the build does besides its steps (pulling a base image).
+            BuildEvent::Output { stage, text, .. } if stage.is_empty() => eprintln!("{text}"),
+            BuildEvent::Output { stage, line, text } => eprintln!("[{stage}] line {line} | {text}"),
+            BuildEvent::Finished { build } => outcome = Some(Ok(build)),
+            BuildEvent::Failed { error } => outcome = Some(Err(error)),
         }
-        out.push_str(&format!(
+    }
+    let built = match outcome {
+        Some(Ok(built)) => built,
+        Some(Err(error)) => bail!("{error}"),
+        None => bail!("the daemon ended the build without saying how it went; see its log"),
+    };
+    print(global.output, &built, |b| {
+        format!(
             "built {} ({}): {} layers, {}\n",
             b.reference,
             b.digest,
             b.layers,
             human_size(b.size)
-        ));
-        out
+        )
     })
 }
 
@@ -1459,8 +1647,13 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
                 target: None,
                 username: auth.username.clone(),
                 password: password(&auth)?,
+                auths: Default::default(),
             };
-            transfer(global, &client, &PullImage(request)).await
+            let mut request = request;
+            let config = crate::docker_config::DockerConfig::load()?;
+            auths_for(&client, &config, &request.reference, &mut request.auths).await?;
+            let done = transfer(&client, &PullImage(request)).await?;
+            print_transferred(global, &done)
         }
         ImageCommand::Push { name, target, auth } => {
             let request = paracloud_api::TransferRequest {
@@ -1468,8 +1661,10 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
                 target,
                 username: auth.username.clone(),
                 password: password(&auth)?,
+                auths: Default::default(),
             };
-            transfer(global, &client, &PushImage(request)).await
+            let done = transfer(&client, &PushImage(request)).await?;
+            print_transferred(global, &done)
         }
         ImageCommand::Ls => {
             let images = client.call(&ListImages).await.map_err(explain)?;

@@ -5,6 +5,7 @@ mod capsule;
 mod cli;
 mod client;
 mod commands;
+mod docker_config;
 mod install;
 mod output;
 

@@ -82,6 +82,7 @@ fn bad_requests_get_json_errors_and_change_nothing() {
             source: "app = \"x\"\n[services.a]\nimage = \"host\"\nreplicas = -1\n".into(),
             origin: "remote.toml".into(),
             base_dir: "/".into(),
+            ..Default::default()
         });
         let (status, body) = refused(&typed, &up).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -96,6 +97,7 @@ fn bad_requests_get_json_errors_and_change_nothing() {
             source: APP.into(),
             origin: "x.toml".into(),
             base_dir: "relative/dir".into(),
+            ..Default::default()
         });
         let (status, body) = refused(&typed, &relative).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -222,10 +224,17 @@ fn bad_image_requests_get_json_errors_and_leave_the_store_as_it_was() {
             ),
             (
                 Method::POST,
-                "/v1/images/pull",
-                r#"{"reference":"app:1"}"#,
+                "/v1/images/push",
+                r#"{"reference":"kept:1","target":"app:1"}"#,
                 StatusCode::BAD_REQUEST,
-                "names no registry",
+                "names no registry to push to",
+            ),
+            (
+                Method::POST,
+                "/v1/images/sources",
+                r#"{"reference":"Bad"}"#,
+                StatusCode::BAD_REQUEST,
+                "must start with a lower-case letter or a digit",
             ),
             (
                 Method::POST,

@@ -268,7 +268,8 @@ services:
 }
 
 /// A split across networks holds: a service reaches another by name and alias only through a
-/// network they share, and neither its service address nor its instances' addresses otherwise.
+/// network they share, and neither its service address (here a fixed one, outside the
+/// application's subnet) nor its instances' addresses otherwise.
 #[test]
 fn networks_split_the_application_and_aliases_name_services() {
     let p = Platform::new();
@@ -276,11 +277,17 @@ fn networks_split_the_application_and_aliases_name_services() {
     // Each service serves a page on 8080 and, every half second, fetches the URLs listed in
     // /targets/list, saying which it got.
     let probe = "/bin/busybox httpd -p 8080 -h /srv; while true; do for u in $$(cat /targets/list 2>/dev/null); do if timeout 2 wget -q -O /dev/null $$u; then echo ok $$u; else echo fail $$u; fi; done; sleep 0.5; done";
+    // db's fixed address (Compose's ipv4_address), this test's own: tests run side by side.
+    let port = p.port(0);
+    let fixed = format!("172.31.{}.{}", port / 250 % 250, port % 250 + 2);
     let compose = format!(
         r#"name: split
 networks:
   front: {{}}
-  back: {{}}
+  back:
+    ipam:
+      config:
+        - subnet: 172.31.0.0/16
 x-probe: &probe
   image: busybox:1
   command: ["/bin/busybox", "sh", "-c", "{probe}"]
@@ -297,7 +304,9 @@ services:
       back:
   db:
     <<: *probe
-    networks: [back]
+    networks:
+      back:
+        ipv4_address: {fixed}
 "#
     );
     let dir = project(&p, "split", &compose);
@@ -320,6 +329,7 @@ services:
         field(i, "address").split('/').next().unwrap().to_owned()
     };
     let db = service_address("db");
+    assert_eq!(db, fixed, "db's stable address is its fixed one");
     let db_instance = instance_address("db");
     let targets = [
         "http://backend:8080/index.html".to_owned(),

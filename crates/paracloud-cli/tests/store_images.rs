@@ -178,16 +178,23 @@ fn images_export_and_import_through_the_daemon_and_bad_input_is_explained() {
     let e = p.fails(&["image", "import", "/etc/hostname"]);
     assert!(e.contains("is not a tar archive"), "{e}");
 
-    // A manifest naming an image the store lacks says which service and how to get one.
+    // A manifest naming an image the store lacks says which service and how to get one (here
+    // docker.io's only mirror is a port nothing listens on).
+    std::fs::write(
+        p.root().join("registries.toml"),
+        "[registry.\"docker.io\"]\nmirrors = [\"127.0.0.1:1\"]\nmirrors_only = true\n",
+    )
+    .unwrap();
     let manifest = p.manifest(
         "missing",
         "app = \"missing\"\n[services.s]\nimage = \"absent:3\"\n",
     );
     let e = p.fails(&["up", "-f", manifest.to_str().unwrap()]);
     assert!(
-        e.contains("service s: image absent:3: no image absent:3 in the store"),
+        e.contains("service s: image absent:3 is not in the store and cannot be pulled: cannot reach registry 127.0.0.1:1"),
         "{e}"
     );
+    assert!(e.contains("registries.toml"), "{e}");
 }
 
 #[test]
@@ -299,8 +306,9 @@ health = {{ http = "/", interval = "1s" }}
     let listed = json(&user.ok(&["images", "-o", "json"]));
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
     user.ok(&["down", "-a", "pulled"]);
-    let e = user.fails(&["image", "pull", "web:2"]);
-    assert!(e.contains("names no registry"), "{e}");
+    // A pull of a name without a registry is Docker Hub's; a push needs the registry written.
+    let e = user.fails(&["image", "push", "web:2", "team/web:3"]);
+    assert!(e.contains("names no registry to push to"), "{e}");
 }
 
 #[test]

@@ -182,11 +182,32 @@ fn up(
         .values()
         .flat_map(|s| s.ports.iter().filter_map(published))
         .collect();
+    let fixed: BTreeSet<_> = manifest
+        .services
+        .keys()
+        .filter_map(|name| manifest.fixed_address(name))
+        .collect();
     for other in snapshot
         .apps
         .iter()
         .filter(|a| a.name != manifest.app && a.removing.is_none())
     {
+        for name in other.manifest.services.keys() {
+            if let Some(address) = other
+                .manifest
+                .fixed_address(name)
+                .filter(|a| fixed.contains(a))
+            {
+                return Err(Refusal::new(
+                    RefusalKind::Conflict,
+                    format!(
+                        "{origin}: address clash: {address} is the fixed address of service {name} of application {}; \
+                         choose another, or take {} down first",
+                        other.name, other.name
+                    ),
+                ));
+            }
+        }
         for (name, service) in &other.manifest.services {
             for (port, udp) in service.ports.iter().filter_map(published) {
                 if ours.contains(&(port, udp)) {

@@ -179,9 +179,9 @@ pub(crate) fn service(
     // The image: `build` wins over `image`, which then only names what Docker would tag.
     match (get("build"), get("image")) {
         (Some((_, build)), _) => {
-            if let Some(context) = build_context(r, build, &f("build")) {
+            if let Some(spec) = build_context(r, build, &f("build")) {
                 t.key(
-                    format!("build = {}", out::string(&context)),
+                    format!("build = {}", spec.toml()),
                     build.offset,
                     &f("build"),
                 );
@@ -372,48 +372,110 @@ fn node_offset(entry: Option<&(Node, Node)>) -> usize {
     entry.map_or(0, |(_, v)| v.offset)
 }
 
-/// The build context directory, from `build: DIR` or the long form.
-fn build_context(r: &mut Reader<'_>, build: &Node, field: &str) -> Option<String> {
-    let context = match &build.kind {
-        Kind::Scalar { .. } => r.string(build, field)?.to_owned(),
+/// What Compose's `build` says: the context, and in the long form the Dockerfile, the target
+/// stage and the build arguments.
+#[derive(Debug, Default)]
+struct BuildSpec {
+    context: String,
+    dockerfile: Option<String>,
+    target: Option<String>,
+    args: Vec<(String, String)>,
+}
+
+impl BuildSpec {
+    /// The manifest's `build` value: a string, or a table when there is more than the context.
+    fn toml(&self) -> String {
+        if self.dockerfile.is_none() && self.target.is_none() && self.args.is_empty() {
+            return out::string(&self.context);
+        }
+        let mut parts = vec![format!("context = {}", out::string(&self.context))];
+        if let Some(d) = &self.dockerfile {
+            parts.push(format!("dockerfile = {}", out::string(d)));
+        }
+        if let Some(t) = &self.target {
+            parts.push(format!("target = {}", out::string(t)));
+        }
+        if !self.args.is_empty() {
+            let args: Vec<String> = self
+                .args
+                .iter()
+                .map(|(k, v)| format!("{} = {}", out::string(k), out::string(v)))
+                .collect();
+            parts.push(format!("args = {{ {} }}", args.join(", ")));
+        }
+        format!("{{ {} }}", parts.join(", "))
+    }
+}
+
+/// The build, from `build: DIR` or the long form (`context`, `dockerfile`, `target`, `args`).
+fn build_context(r: &mut Reader<'_>, build: &Node, field: &str) -> Option<BuildSpec> {
+    let spec = match &build.kind {
+        Kind::Scalar { .. } => BuildSpec {
+            context: r.string(build, field)?.to_owned(),
+            ..BuildSpec::default()
+        },
         Kind::Map(entries) => {
-            let mut context = ".".to_owned();
+            let mut spec = BuildSpec {
+                context: ".".to_owned(),
+                ..BuildSpec::default()
+            };
             let mut ok = true;
             for (key, value) in entries {
                 let k = key.text().unwrap_or_default();
                 let f = child(field, k);
                 match k {
                     _ if k.starts_with("x-") => {}
-                    "context" => context = r.string(value, &f)?.to_owned(),
+                    "context" => spec.context = r.string(value, &f)?.to_owned(),
                     "dockerfile" => match r.string(value, &f) {
                         Some(
                             "Dockerfile" | "Containerfile" | "./Dockerfile" | "./Containerfile",
                         ) => {}
-                        Some(_) => {
-                            ok = false;
-                            r.refuse(key, &f, "the image is built from the context's own Dockerfile or Containerfile", "rename the file to `Dockerfile` in the context directory, and remove `dockerfile`");
-                        }
+                        Some(other) => spec.dockerfile = Some(other.to_owned()),
                         None => ok = false,
                     },
-                    "args" => {
-                        ok = false;
-                        r.refuse(key, &f, "build arguments are not supported yet", "write the values as `ARG NAME=default` (or `ENV`) in the Dockerfile, and remove `args`");
-                    }
-                    "target" => {
-                        ok = false;
-                        r.refuse(
-                            key,
-                            &f,
-                            "building one stage of a multi-stage Dockerfile is not supported yet",
-                            "make the wanted stage the Dockerfile's last, and remove `target`",
-                        );
-                    }
+                    "target" => match r.string(value, &f) {
+                        Some(t) => spec.target = Some(t.to_owned()),
+                        None => ok = false,
+                    },
+                    "args" => match &value.kind {
+                        Kind::Map(args) => {
+                            for (name, v) in args {
+                                let n = name.text().unwrap_or_default().to_owned();
+                                match r.string(v, &child(&f, &n)) {
+                                    Some(v) => spec.args.push((n, v.to_owned())),
+                                    None => ok = false,
+                                }
+                            }
+                        }
+                        Kind::Seq(items) => {
+                            for item in items {
+                                match r.string(item, &f).map(|i| i.split_once('=')) {
+                                    Some(Some((n, v))) => {
+                                        spec.args.push((n.to_owned(), v.to_owned()))
+                                    }
+                                    Some(None) => {
+                                        ok = false;
+                                        r.refuse(item, &f, "a build argument without a value takes it from the environment of `docker compose`, which Paracloud does not read", "write NAME=VALUE");
+                                    }
+                                    None => ok = false,
+                                }
+                            }
+                        }
+                        Kind::Scalar { .. } => {
+                            ok = false;
+                            r.expected(
+                                value,
+                                &f,
+                                "a mapping of NAME: VALUE or a list of NAME=VALUE",
+                            );
+                        }
+                    },
                     _ => {
                         ok = false;
                         r.refuse(
                             key,
                             &f,
-                            "Paracloud builds from `context` (and its Dockerfile) only",
+                            "Paracloud builds from `context`, `dockerfile`, `target` and `args` only",
                             "remove it",
                         );
                     }
@@ -422,14 +484,14 @@ fn build_context(r: &mut Reader<'_>, build: &Node, field: &str) -> Option<String
             if !ok {
                 return None;
             }
-            context
+            spec
         }
         Kind::Seq(_) => {
             r.expected(build, field, "a directory or a mapping with `context`");
             return None;
         }
     };
-    if context.contains("://") || context.starts_with("git@") {
+    if spec.context.contains("://") || spec.context.starts_with("git@") {
         r.error(
             build.offset,
             field,
@@ -438,7 +500,7 @@ fn build_context(r: &mut Reader<'_>, build: &Node, field: &str) -> Option<String
         );
         return None;
     }
-    Some(context)
+    Some(spec)
 }
 
 /// `env_file` under `environment`, written as the service's `env` table.

@@ -100,6 +100,9 @@ fn build_short_and_long() {
         web("services:\n  web:\n    build: ./app\n").image,
         Image::Build {
             context: "/project/app".into(),
+            dockerfile: None,
+            target: None,
+            args: Default::default(),
             digest: None
         }
     );
@@ -108,15 +111,35 @@ fn build_short_and_long() {
         s.image,
         Image::Build {
             context: "/project/app".into(),
+            dockerfile: None,
+            target: None,
+            args: Default::default(),
             digest: None
         }
     );
-    let e = error("services:\n  web:\n    build:\n      context: .\n      target: prod\n");
-    assert!(
-        e.starts_with("compose.yaml:5:7: services.web.build.target: `target` is not supported"),
-        "{e}"
+    // The long form's target, args and Dockerfile go into the manifest's build table.
+    let s = web("services:\n  web:\n    build:\n      context: app\n      dockerfile: Dockerfile.prod\n      target: prod\n      args:\n        VERSION: \"2\"\n");
+    assert_eq!(
+        s.image,
+        Image::Build {
+            context: "/project/app".into(),
+            dockerfile: Some("/project/app/Dockerfile.prod".into()),
+            target: Some("prod".into()),
+            args: BTreeMap::from([("VERSION".into(), "2".into())]),
+            digest: None
+        }
     );
-    assert!(error("services:\n  web:\n    build:\n      args: {A: 1}\n").contains("build.args"));
+    let s = web(
+        "services:\n  web:\n    build:\n      context: .\n      args: [\"A=1\", \"B=two words\"]\n",
+    );
+    let Image::Build { args, .. } = s.image else {
+        panic!("{:?}", s.image)
+    };
+    assert_eq!(args["B"], "two words");
+    let e = error("services:\n  web:\n    build:\n      context: .\n      args: [A]\n");
+    assert!(e.contains("services.web.build.args"), "{e}");
+    let e = error("services:\n  web:\n    build:\n      context: .\n      ssh: [default]\n");
+    assert!(e.contains("services.web.build.ssh"), "{e}");
 }
 
 #[test]
@@ -580,9 +603,21 @@ fn networks_split_the_services_and_aliases_name_them() {
     assert_eq!(m.names_of("web", "api"), ["api", "backend"]);
     assert_eq!(m.names_of("db", "api"), ["api"]);
     assert!(m.is_split());
+    let c = read("networks:\n  back: {ipam: {config: [{subnet: 172.28.0.0/16}]}}\nservices:\n  db: {image: a, networks: {back: {ipv4_address: 172.28.5.4}}}\n");
+    assert_eq!(
+        c.manifest.fixed_address("db"),
+        Some("172.28.5.4".parse().unwrap())
+    );
+    assert_eq!(
+        c.manifest.networks["back"].subnet,
+        Some("172.28.0.0/16".parse().unwrap())
+    );
     for (src, wanted) in [
         ("services:\n  web: {image: a, networks: [nope]}\n", "compose.yaml:2:30: services.web.networks[0]: network `nope` is not declared in the top-level `networks`"),
-        ("networks: {n: {}}\nservices:\n  web: {image: a, networks: {n: {ipv4_address: 10.0.0.2}}}\n", "services.web.networks.n.ipv4_address: `ipv4_address` is not supported"),
+        ("networks: {n: {ipam: {config: [{subnet: 172.28.0.0/16}]}}}\nservices:\n  web: {image: a, networks: {n: {ipv4_address: 10.0.0.2}}}\n", "10.0.0.2 is not a host address of network `n`'s subnet 172.28.0.0/16"),
+        ("networks: {n: {}}\nservices:\n  web: {image: a, networks: {n: {ipv4_address: 10.0.0.2}}}\n  db: {image: a, networks: {n: {ipv4_address: 10.0.0.2}}}\n", "10.0.0.2 is the address of `db` too"),
+        ("networks: {n: {ipam: {config: [{subnet: 172.28.0.0/16, gateway: 172.28.0.1}]}}}\nservices:\n  web: {image: a}\n", "`gateway` is not supported"),
+        ("networks: {n: {}}\nservices:\n  web: {image: a, networks: {n: {ipv6_address: \"::1\"}}}\n", "`ipv6_address` is not supported"),
         ("networks: {n: {driver: overlay}}\nservices:\n  web: {image: a}\n", "networks.n.driver: `driver` is not supported"),
         ("networks: {n: {external: true}}\nservices:\n  web: {image: a}\n", "networks.n.external: `external` is not supported"),
         ("networks: {n: {}}\nservices:\n  web: {image: a, networks: {n: {aliases: [web2]}}}\n  web2: {image: a}\n", "alias `web2` is the name of another service"),

@@ -90,8 +90,13 @@ struct Seen {
     published: BTreeSet<(u16, u16)>,
     /// (named volume or absolute host path, target, read-only).
     volumes: BTreeSet<(String, String, bool)>,
-    /// Dependency and condition (`service_started` or `service_healthy`).
+    /// Dependency and condition (`service_started`, `service_healthy`,
+    /// `service_completed_successfully`).
     depends_on: BTreeMap<String, String>,
+    /// Networks and the service's aliases on each (`default` when it names none).
+    networks: BTreeMap<String, Vec<String>>,
+    /// Where tmpfs mounts are.
+    tmpfs: BTreeSet<String>,
 }
 
 fn ours(manifest: &Manifest) -> BTreeMap<String, Seen> {
@@ -144,6 +149,15 @@ fn ours(manifest: &Manifest) -> BTreeMap<String, Seen> {
                     .iter()
                     .map(|(k, c)| (k.clone(), condition(c)))
                     .collect(),
+                networks: manifest
+                    .networks_of(name)
+                    .into_iter()
+                    .map(|n| {
+                        let aliases = s.networks.get(n).map(|m| m.aliases.clone());
+                        (n.to_owned(), aliases.unwrap_or_default())
+                    })
+                    .collect(),
+                tmpfs: s.sandbox.tmpfs.iter().map(|t| t.target.clone()).collect(),
             };
             (name.clone(), seen)
         })
@@ -218,11 +232,16 @@ fn docker(dir: &Path, config: &str) -> BTreeMap<String, Seen> {
             ports.insert(text(port).trim_end_matches("/tcp").parse().unwrap());
         }
         let mut volumes = BTreeSet::new();
+        let mut tmpfs = BTreeSet::new();
         for v in get("volumes")
             .and_then(Value::as_sequence)
             .into_iter()
             .flatten()
         {
+            if v.get("type").map(text).as_deref() == Some("tmpfs") {
+                tmpfs.insert(text(&v["target"]));
+                continue;
+            }
             let (source, target, read_only) = match v {
                 Value::Mapping(_) => (
                     text(&v["source"]),
@@ -248,6 +267,48 @@ fn docker(dir: &Path, config: &str) -> BTreeMap<String, Seen> {
             };
             volumes.insert((source, target, read_only));
         }
+        match get("tmpfs") {
+            Some(Value::Sequence(items)) => {
+                for t in items {
+                    tmpfs.insert(text(t).split(':').next().unwrap().to_owned());
+                }
+            }
+            Some(t) => {
+                tmpfs.insert(text(t).split(':').next().unwrap().to_owned());
+            }
+            None => {}
+        }
+        // Secrets and configs are the files, bound read-only.
+        for (key, dir) in [("secrets", "/run/secrets/"), ("configs", "/")] {
+            for item in get(key).and_then(Value::as_sequence).into_iter().flatten() {
+                let (source, target) = match item {
+                    Value::Mapping(_) => (text(&item["source"]), item.get("target").map(text)),
+                    _ => (text(item), None),
+                };
+                let target = target.unwrap_or_else(|| source.clone());
+                let target = match target.starts_with('/') {
+                    true => target,
+                    false => format!("{dir}{target}"),
+                };
+                volumes.insert((text(&root[key][source.as_str()]["file"]), target, true));
+            }
+        }
+        let networks = match get("networks") {
+            Some(Value::Mapping(m)) => m
+                .iter()
+                .map(|(k, v)| {
+                    let aliases = v
+                        .get("aliases")
+                        .and_then(Value::as_sequence)
+                        .map(|a| a.iter().map(text).collect())
+                        .unwrap_or_default();
+                    (text(k), aliases)
+                })
+                .collect(),
+            Some(Value::Sequence(items)) => items.iter().map(|n| (text(n), Vec::new())).collect(),
+            None => BTreeMap::from([("default".to_owned(), Vec::new())]),
+            other => panic!("networks {other:?} in {}", dir.display()),
+        };
         let depends_on = match get("depends_on") {
             Some(Value::Mapping(m)) => m
                 .iter()
@@ -269,6 +330,8 @@ fn docker(dir: &Path, config: &str) -> BTreeMap<String, Seen> {
             published,
             volumes,
             depends_on,
+            networks,
+            tmpfs,
         };
         out.insert(text(name), seen);
     }

@@ -68,6 +68,66 @@ impl AppNetwork {
     }
 }
 
+/// A service's stable address, where its ports are served: its fixed one (`address` among its
+/// networks, Compose's `ipv4_address`) when it has one, else its slot's in the application's
+/// subnet (a revision shares its service's slot). `None` for a service the state lacks.
+pub fn service_address_of(
+    app: &paracloud_state::AppRecord,
+    network: &AppNetwork,
+    service: &str,
+) -> Option<Ipv4Addr> {
+    match app.manifest.fixed_address(service) {
+        Some(fixed) => Some(fixed),
+        None => app
+            .services
+            .get(service)
+            .map(|s| network.service_address(s.slot)),
+    }
+}
+
+/// Checks the fixed service addresses of `manifest` against this machine: none in the daemon's
+/// subnet pool (the applications' own subnets come from it), none an address of one of the
+/// host's interfaces unless Paracloud put it there (`ours`: every application's fixed
+/// addresses). Says the first problem, located in `origin`.
+pub fn check_fixed_addresses(
+    manifest: &paracloud_manifest::Manifest,
+    pool: Ipv4Net,
+    ours: &std::collections::BTreeSet<Ipv4Addr>,
+    origin: &str,
+) -> Result<(), String> {
+    let fixed: Vec<(&String, Ipv4Addr)> = manifest
+        .services
+        .keys()
+        .filter_map(|name| manifest.fixed_address(name).map(|a| (name, a)))
+        .collect();
+    if fixed.is_empty() {
+        return Ok(());
+    }
+    let host: Vec<(String, Ipv4Addr)> = nix::ifaddrs::getifaddrs()
+        .map_err(|e| format!("cannot list this machine's addresses: {e}"))?
+        .filter_map(|i| {
+            let address = i.address?.as_sockaddr_in()?.ip();
+            Some((i.interface_name, address))
+        })
+        .collect();
+    for (name, address) in fixed {
+        let field = format!("{origin}: services.{name}.networks");
+        if pool.contains(&address) {
+            return Err(format!(
+                "{field}: the fixed address {address} is inside the daemon's subnet pool {pool}, where applications get their subnets: choose an address outside it"
+            ));
+        }
+        if let Some((interface, _)) = host.iter().find(|(_, a)| *a == address) {
+            if !ours.contains(&address) {
+                return Err(format!(
+                    "{field}: the fixed address {address} is already this machine's, on {interface}: choose another"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

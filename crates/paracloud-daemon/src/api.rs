@@ -75,6 +75,7 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .on::<route::ImportImages, _>(import_images::<D>)
         .on::<route::ExportImages, _>(export_images::<D>)
         .on::<route::BuildImage, _>(build_image::<D>)
+        .on::<route::ImageSources, _>(image_sources::<D>)
         .on::<route::PullImage, _>(pull_image::<D>)
         .on::<route::PushImage, _>(push_image::<D>)
         .on::<route::ListCapsules, _>(list_capsules::<D>)
@@ -127,28 +128,56 @@ async fn up<D: Driver>(
             diagnostics: e.diagnostics.clone(),
         },
     })?;
+    if request.dry_run {
+        return dry_run(&engine, &peer, request, manifest).await;
+    }
     // `build = "DIR"`: built first (from the step cache when nothing changed), named
     // APP-SERVICE:latest.
     let mut manifest = manifest;
     let app_name = manifest.app.clone();
     for (name, service) in manifest.services.iter_mut() {
-        if let paracloud_manifest::Image::Build { context, digest } = &mut service.image {
+        if let paracloud_manifest::Image::Build {
+            context,
+            dockerfile,
+            target,
+            args,
+            digest,
+        } = &mut service.image
+        {
             let request = paracloud_api::BuildRequest {
                 context: context.clone(),
-                file: None,
+                file: dockerfile.clone(),
                 tag: format!("{app_name}-{}:latest", name.replace('@', "-")),
-                build_args: Default::default(),
+                build_args: args.clone(),
+                target: target.clone(),
+                ..Default::default()
             };
-            let built = crate::build::build(&engine, request).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("{}: service {name}: {}", origin.file, e.message),
-                )
-            })?;
+            let built = crate::build::build(&engine, request, None)
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("{}: service {name}: {}", origin.file, e.message),
+                    )
+                })?;
             *digest = Some(built.digest);
         }
     }
     // Images of the store: pinned to a digest, their config's defaults filled in.
+    let registries = engine
+        .images
+        .registries()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.message))?;
+    engine
+        .images
+        .pull_missing(&manifest, &registries)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{}: {}", request.origin, e.message),
+            )
+        })?;
     let manifest = engine
         .images
         .with(move |store| {
@@ -191,6 +220,7 @@ async fn up<D: Driver>(
             }
         }
     }
+    check_fixed(&engine, &manifest, &request.origin)?;
     let app = manifest.app.clone();
     let command = Command::Up {
         manifest,
@@ -201,7 +231,211 @@ async fn up<D: Driver>(
         Outcome::Deployed { changed } => changed,
         _ => Vec::new(),
     };
-    Ok(Json(UpResponse { app, changed }))
+    Ok(Json(UpResponse {
+        app,
+        changed,
+        checked: Vec::new(),
+    }))
+}
+
+/// The fixed service addresses of a manifest are free on this machine (see
+/// `addressing::check_fixed_addresses`).
+fn check_fixed<D: Driver>(
+    engine: &Arc<Engine<D>>,
+    manifest: &paracloud_manifest::Manifest,
+    origin: &str,
+) -> Result<(), ApiError> {
+    let snapshot = engine.store.load()?;
+    let ours = snapshot
+        .apps
+        .iter()
+        .flat_map(|a| {
+            a.manifest
+                .services
+                .keys()
+                .filter_map(|name| a.manifest.fixed_address(name))
+        })
+        .collect();
+    crate::addressing::check_fixed_addresses(manifest, engine.config.subnet_pool, &ours, origin)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
+}
+
+/// `up --dry-run`: every check `up` makes, with nothing built, pulled, written or started. Each
+/// image is found in the store, in a registry (through its mirrors) or, for a build, its
+/// Containerfile parsed; every problem is told at once.
+async fn dry_run<D: Driver>(
+    engine: &Arc<Engine<D>>,
+    peer: &Peer,
+    request: UpRequest,
+    manifest: paracloud_manifest::Manifest,
+) -> Result<Json<UpResponse>, ApiError> {
+    use paracloud_image::registry::{self, Credentials};
+    use paracloud_manifest::Image;
+
+    let origin = request.origin.clone();
+    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
+    let registries = engine
+        .images
+        .registries()
+        .map_err(|e| unprocessable(e.message))?;
+    let auths: registry::Auths = request
+        .auths
+        .iter()
+        .map(|(r, c)| {
+            (
+                r.clone(),
+                Credentials {
+                    username: c.username.clone(),
+                    password: c.password.clone(),
+                },
+            )
+        })
+        .collect();
+    let images = manifest
+        .services
+        .iter()
+        .map(|(name, s)| (format!("service {name}"), name.as_str(), &s.image))
+        .chain(
+            manifest
+                .capsules
+                .iter()
+                .map(|(name, c)| (format!("capsule {name}"), name.as_str(), &c.image)),
+        );
+    let mut checked = Vec::new();
+    let mut problems = Vec::new();
+    for (user, name, image) in images {
+        let found = match image {
+            Image::Stored { reference, .. } => {
+                let store = engine.images.store().clone();
+                let wanted = reference.clone();
+                match tokio::task::spawn_blocking(move || store.lookup(&wanted)).await {
+                    Ok(Ok(digest)) => Ok((reference.clone(), format!("in the store ({digest})"))),
+                    _ => match reference.parse::<paracloud_image::Reference>() {
+                        Err(e) => Err(format!("image {reference}: {e}; {}", e.hint())),
+                        Ok(parsed) => {
+                            match registry::find(engine.images.store(), &parsed, &registries, &auths)
+                                .await
+                            {
+                                Ok((source, _)) => Ok((
+                                    reference.clone(),
+                                    format!("would be pulled from {source}"),
+                                )),
+                                Err(e) => Err(format!(
+                                    "image {reference} is not in the store and cannot be pulled: {e}"
+                                )),
+                            }
+                        }
+                    },
+                }
+            }
+            Image::Build {
+                context,
+                dockerfile,
+                target,
+                args,
+                ..
+            } => {
+                let build = paracloud_api::BuildRequest {
+                    context: context.clone(),
+                    file: dockerfile.clone(),
+                    tag: format!("{}-{}:latest", manifest.app, name.replace('@', "-")),
+                    build_args: args.clone(),
+                    target: target.clone(),
+                    ..Default::default()
+                };
+                crate::build::check(&build)
+                    .map(|(file, steps)| {
+                        (
+                            context.display().to_string(),
+                            format!("would be built from {} ({steps} steps)", file.display()),
+                        )
+                    })
+                    .map_err(|e| e.message)
+            }
+            Image::Layout { path, .. } => Ok((
+                path.display().to_string(),
+                "would be imported from its OCI layout".to_owned(),
+            )),
+            Image::Host { .. } | Image::Dir { .. } => continue,
+        };
+        match found {
+            Ok((image, status)) => checked.push(paracloud_api::ImageCheck {
+                user,
+                image,
+                status,
+            }),
+            Err(e) => problems.push(format!("{origin}: {user}: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(unprocessable(problems.join("\n")));
+    }
+    let published = |p: &paracloud_manifest::Port| p.publish.map(|a| (a, p.protocol.is_udp()));
+    let ours: std::collections::BTreeSet<(std::net::SocketAddr, bool)> = engine
+        .store
+        .load()?
+        .apps
+        .iter()
+        .filter(|a| a.removing.is_none())
+        .flat_map(|a| a.manifest.services.values())
+        .flat_map(|s| s.ports.iter().filter_map(published))
+        .collect();
+    for (name, service) in &manifest.services {
+        for (publish, udp) in service.ports.iter().filter_map(published) {
+            if !ours.contains(&(publish, udp)) {
+                crate::ports::check_free(publish, udp).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("{origin}: services.{name}.ports: {e}"),
+                    )
+                })?;
+            }
+        }
+    }
+    check_fixed(engine, &manifest, &origin)?;
+    let app = manifest.app.clone();
+    let command = Command::Up {
+        manifest,
+        source: request.source,
+        origin: request.origin,
+    };
+    let changed = match engine.check(&peer.caller(), &command)?.outcome {
+        Outcome::Deployed { changed } => changed,
+        _ => Vec::new(),
+    };
+    Ok(Json(UpResponse {
+        app,
+        changed,
+        checked,
+    }))
+}
+
+async fn image_sources<D: Driver>(
+    State(engine): Shared<D>,
+    body: Result<Json<paracloud_api::SourcesRequest>, JsonRejection>,
+) -> Result<Json<Vec<paracloud_api::ImageSourceView>>, ApiError> {
+    let Json(r) = body?;
+    let reference: paracloud_image::Reference =
+        r.reference
+            .parse()
+            .map_err(|e: paracloud_image::ReferenceError| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("{e}; {}", e.hint()))
+            })?;
+    let registries = engine
+        .images
+        .registries()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.message))?;
+    Ok(Json(
+        registries
+            .sources(&reference)
+            .into_iter()
+            .map(|s| paracloud_api::ImageSourceView {
+                location: format!("{}/{}", s.host, s.repository),
+                registry: s.registry,
+                mirror: s.mirror,
+            })
+            .collect(),
+    ))
 }
 
 async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppView>>, ApiError> {
@@ -773,13 +1007,12 @@ fn transfer_stream(
         (None, true) => Some(parse(&request.reference)?),
         (_, false) => None,
     };
-    for r in source.iter().chain(target.iter()) {
-        if r.registry.is_none() {
-            return Err(bad(format!(
-                "{r} names no registry: write HOST[:PORT]/NAME[:TAG], such as 127.0.0.1:5000/{}",
-                r.repository
-            )));
-        }
+    // A pull of `nginx` is Docker Hub's (through its mirrors); a push goes only where it says.
+    if let Some(r) = target.iter().find(|r| r.registry.is_none()) {
+        return Err(bad(format!(
+            "{r} names no registry to push to: write HOST[:PORT]/NAME[:TAG], such as 127.0.0.1:5000/{} (or docker.io/{} for Docker Hub)",
+            r.repository, r.repository
+        )));
     }
     let credentials = match (request.username.clone(), request.password.clone()) {
         (Some(username), password) => Some(Credentials {
@@ -788,6 +1021,31 @@ fn transfer_stream(
         }),
         (None, Some(_)) => return Err(bad("a password needs a --username".into())),
         (None, None) => None,
+    };
+    // The caller's credentials by registry (from its own Docker config), used for this
+    // transfer only; --username wins for the registry the reference names.
+    let mut auths: registry::Auths = request
+        .auths
+        .iter()
+        .map(|(registry, c)| {
+            (
+                registry.clone(),
+                Credentials {
+                    username: c.username.clone(),
+                    password: c.password.clone(),
+                },
+            )
+        })
+        .collect();
+    if let (Some(source), Some(c)) = (&source, &credentials) {
+        auths.insert(source.registry_or_hub().to_owned(), c.clone());
+    }
+    let registries = if push {
+        Default::default()
+    } else {
+        engine_images
+            .registries()
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.message))?
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<TransferEvent>();
     let reported = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
@@ -823,7 +1081,7 @@ fn transfer_stream(
         let _shared = engine_images.transfers.clone().read_owned().await;
         let store = engine_images.store().clone();
         let result = match (source, target) {
-            (Some(source), _) => registry::pull(&store, &source, credentials, progress)
+            (Some(source), _) => registry::pull_via(&store, &source, &registries, &auths, progress)
                 .await
                 .map(|d| (source.normalized().to_string(), d)),
             (None, Some(target)) => {
@@ -869,12 +1127,30 @@ async fn push_image<D: Driver>(
     transfer_stream(engine.images.clone(), r, true)
 }
 
+/// A build, answered with its steps and RUN output as they come, then how it ended.
 async fn build_image<D: Driver>(
     State(engine): Shared<D>,
     body: Result<Json<paracloud_api::BuildRequest>, JsonRejection>,
-) -> Result<Json<paracloud_api::BuildResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    use paracloud_api::BuildEvent;
     let Json(r) = body?;
-    Ok(Json(crate::build::build(&engine, r).await?))
+    // A bad request is refused with its status; a build that fails says so in the stream.
+    let prepared = crate::build::prepare(r)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BuildEvent>();
+    tokio::spawn(async move {
+        let last = match crate::build::run(&engine, prepared, Some(tx.clone())).await {
+            Ok(build) => BuildEvent::Finished { build },
+            Err(e) => BuildEvent::Failed { error: e.message },
+        };
+        let _ = tx.send(last);
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
+    });
+    Ok(Body::from_stream(stream).into_response())
 }
 
 #[derive(Deserialize)]

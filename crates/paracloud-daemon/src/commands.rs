@@ -64,6 +64,13 @@ impl<D: Driver> Engine<D> {
     /// Decides `command` for `caller` and writes what it changes, events included, in one
     /// transaction; wakes the reconcile loop when the desired state changed, and pushes the
     /// routes when they did.
+    /// What [`Engine::submit`] would decide now, with nothing written: a dry run's check of
+    /// the deployment's rules.
+    pub fn check(&self, caller: &Caller, command: &Command) -> Result<Decision, CommandError> {
+        let snapshot = self.store.load()?;
+        Ok(decide(caller, command, &snapshot, &self.limits())?)
+    }
+
     pub fn submit(&self, caller: &Caller, command: &Command) -> Result<Decision, CommandError> {
         let limits = self.limits();
         let decision = self.store.transact(now_ms(), |snapshot| {

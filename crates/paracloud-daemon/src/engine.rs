@@ -24,7 +24,7 @@ use paracloud_state::{AppRecord, InstanceRecord, Snapshot, Store};
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
-use crate::addressing::AppNetwork;
+use crate::addressing::{service_address_of, AppNetwork};
 use crate::clock::now_ms;
 use crate::dataplane::DataplaneSupervisor;
 use crate::driver::Driver;
@@ -434,11 +434,10 @@ impl<D: Driver> Engine<D> {
                     // Revisions share their service's slot: one address per slot.
                     service_addresses: record
                         .services
-                        .values()
-                        .map(|s| s.slot)
+                        .keys()
+                        .filter_map(|name| service_address_of(record, &network, name))
                         .collect::<std::collections::BTreeSet<_>>()
                         .into_iter()
-                        .map(|slot| network.service_address(slot))
                         .collect(),
                     // The one thing of the host its instances may connect to: the data plane.
                     served,
@@ -757,7 +756,8 @@ impl<D: Driver> Engine<D> {
             .iter()
             .filter(|(name, _)| !name.contains(paracloud_manifest::REVISION_SEPARATOR))
             .flat_map(|(name, s)| {
-                let address = network.service_address(s.slot);
+                let address = service_address_of(app, network, name)
+                    .unwrap_or_else(|| network.service_address(s.slot));
                 manifest
                     .names_of(&key.service, name)
                     .into_iter()
@@ -830,6 +830,16 @@ impl<D: Driver> Engine<D> {
                 bridge: network.bridge(),
                 address,
                 segments,
+                // Fixed service addresses outside the application's subnet.
+                routes: app
+                    .services
+                    .keys()
+                    .filter_map(|name| manifest.fixed_address(name))
+                    .filter(|a| !network.subnet.contains(a))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                gateway: Some(network.gateway().addr()),
             }),
             limits: Limits {
                 // `paracloud scale --cpu` and the autoscaler may have changed it since `up`.

@@ -12,6 +12,7 @@ use paracloud_api::{
 };
 use paracloud_image::layout::{self, Naming};
 use paracloud_image::micro::{build_micro_image, MicroImageSpec};
+use paracloud_image::registries::{self, Registries};
 use paracloud_image::registry::{self, ProgressFn};
 use paracloud_image::{Digest, ImageDefaults, Reference, Store, StoreError};
 use paracloud_manifest::{Image, Manifest, Port, Protocol, Service};
@@ -22,6 +23,8 @@ use paracloud_state::Snapshot;
 #[derive(Debug, Clone)]
 pub struct Images {
     store: Store,
+    /// The state root's registries.toml, read at each pull.
+    registries: std::path::PathBuf,
     lock: Arc<Mutex<()>>,
     /// Registry transfers run side by side (read); prune waits for them (write), so that it
     /// never removes a blob a pull has written but not yet named.
@@ -65,6 +68,7 @@ impl Images {
     pub fn open(root: &Path) -> std::result::Result<Self, StoreError> {
         Ok(Self {
             store: Store::open(root.join("images"))?,
+            registries: root.join(registries::FILE),
             lock: Arc::new(Mutex::new(())),
             transfers: Arc::new(tokio::sync::RwLock::new(())),
         })
@@ -72,6 +76,11 @@ impl Images {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The mirrors of registries as the state root's registries.toml says now.
+    pub fn registries(&self) -> Result<Registries> {
+        registries::load(&self.registries).map_err(ImageError::bad)
     }
 
     /// Runs `f` with the store locked, on a blocking thread.
@@ -122,6 +131,60 @@ impl Images {
             return Err(ImageError::bad(format!(
                 "capsule {name}: neither the manifest nor its image says what to run; set `command = [\"/path/to/program\"]` under [capsules.{name}]"
             )));
+        }
+        Ok(())
+    }
+
+    /// Pulls the store images of `manifest` that the store lacks, as compose does (`nginx` from
+    /// Docker Hub or its mirrors), each named by its user in errors. The command pulls them
+    /// before, with the caller's credentials and progress; this is for other clients of the API.
+    /// Done outside the store's lock, as any pull, so that instances keep starting meanwhile.
+    pub async fn pull_missing(&self, manifest: &Manifest, registries: &Registries) -> Result<()> {
+        let images = manifest
+            .services
+            .iter()
+            .map(|(name, s)| (format!("service {name}"), &s.image))
+            .chain(
+                manifest
+                    .capsules
+                    .iter()
+                    .map(|(name, c)| (format!("capsule {name}"), &c.image)),
+            );
+        for (what, image) in images {
+            let Image::Stored { reference, .. } = image else {
+                continue;
+            };
+            // A bad name is the resolution's to tell.
+            let Ok(parsed) = reference.parse::<Reference>() else {
+                continue;
+            };
+            let wanted = reference.clone();
+            let missing = self
+                .with(move |store| {
+                    Ok(matches!(
+                        store.lookup(&wanted),
+                        Err(StoreError::NotFound(_))
+                    ))
+                })
+                .await?;
+            if !missing {
+                continue;
+            }
+            let _shared = self.transfers.clone().read_owned().await;
+            let quiet: ProgressFn = Arc::new(|_| {});
+            registry::pull_via(
+                &self.store,
+                &parsed,
+                registries,
+                &registry::Auths::new(),
+                quiet,
+            )
+            .await
+            .map_err(|e| {
+                ImageError::bad(format!(
+                    "{what}: image {reference} is not in the store and cannot be pulled: {e}"
+                ))
+            })?;
         }
         Ok(())
     }
@@ -205,34 +268,22 @@ impl Images {
     }
 }
 
-/// The digest `image` means now (pulled from its registry, or imported from its layout, when
-/// the store lacks it) and the defaults its config gives; `None` for the host and directories,
-/// which are no store images. `what` names its user in errors ("service web").
+/// The digest `image` means now (imported from its layout when the store lacks it) and the
+/// defaults its config gives; `None` for the host and directories, which are no store images.
+/// `what` names its user in errors ("service web").
 fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<(Digest, ImageDefaults)>> {
     let digest = match image {
         Image::Stored { reference, .. } => match store.lookup(reference) {
             Ok(digest) => digest,
-            // An image of a registry the store lacks is pulled, as compose does.
-            Err(StoreError::NotFound(_))
-                if reference
-                    .parse::<Reference>()
-                    .is_ok_and(|r| r.registry.is_some()) =>
-            {
-                let parsed: Reference = reference
-                    .parse()
-                    .map_err(|e| ImageError::bad(format!("{what}: image {reference}: {e}")))?;
-                let quiet: ProgressFn = Arc::new(|_| {});
-                tokio::runtime::Handle::current()
-                    .block_on(registry::pull(store, &parsed, None, quiet))
-                    .map_err(|e| {
-                        ImageError::bad(format!(
-                            "{what}: image {reference} is not in the store and cannot be pulled: {e}"
-                        ))
-                    })?
+            // Pulled before, outside the store's lock ([`Images::pull_missing`]).
+            Err(StoreError::NotFound(_)) => {
+                return Err(ImageError::bad(format!(
+                    "{what}: image {reference} is not in the store; pull, build or import it"
+                )))
             }
             Err(e) => {
                 return Err(ImageError {
-                    not_found: matches!(e, StoreError::NotFound(_)),
+                    not_found: false,
                     bad_request: true,
                     message: format!("{what}: image {reference}: {e}"),
                 })
@@ -253,7 +304,9 @@ fn pin(store: &Store, image: &Image, what: &str) -> Result<Option<(Digest, Image
                 }
             }
         }
-        Image::Build { digest, context } => digest
+        Image::Build {
+            digest, context, ..
+        } => digest
             .as_deref()
             .and_then(|d| d.parse().ok())
             .ok_or_else(|| {
@@ -321,7 +374,34 @@ pub fn apply_defaults(
             })
             .collect();
     }
+    if service.health.is_none() {
+        service.health = image_health(defaults);
+    }
     Ok(())
+}
+
+/// The image's HEALTHCHECK as the service's health check when the manifest has none, with
+/// Docker's defaults for what it leaves out (30 s interval and timeout, 3 retries).
+fn image_health(defaults: &ImageDefaults) -> Option<paracloud_manifest::HealthCheck> {
+    let check = defaults.healthcheck.as_ref()?;
+    let command = match check.test.split_first() {
+        Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => rest.to_vec(),
+        Some((kind, [shell_text])) if kind == "CMD-SHELL" => {
+            paracloud_image::containerfile::CommandForm::Shell(shell_text.clone())
+                .argv_with(&defaults.shell)
+        }
+        // `NONE`, or nothing to run.
+        _ => return None,
+    };
+    let or =
+        |ns: u64, default: u64| std::time::Duration::from_nanos(if ns == 0 { default } else { ns });
+    Some(paracloud_manifest::HealthCheck {
+        probe: paracloud_manifest::Probe::Exec { command },
+        interval: or(check.interval, 30_000_000_000),
+        timeout: or(check.timeout, 30_000_000_000),
+        retries: if check.retries == 0 { 3 } else { check.retries },
+        start_period: or(check.start_period, 0),
+    })
 }
 
 pub fn list(store: &Store) -> Result<Vec<ImageView>> {
@@ -340,7 +420,10 @@ pub fn list(store: &Store) -> Result<Vec<ImageView>> {
 
 pub fn inspect(store: &Store, name: &str) -> Result<ImageDetail> {
     let image = store.image(name)?;
-    let defaults = ImageDefaults::from_config(&image.config);
+    let config = store.read_blob(&paracloud_image::store::descriptor_digest(
+        image.manifest.config().digest(),
+    )?)?;
+    let defaults = ImageDefaults::from_config(&image.config).with_docker_extras(&config);
     let references = store
         .refs()?
         .into_iter()
@@ -379,6 +462,11 @@ pub fn inspect(store: &Store, name: &str) -> Result<ImageDetail> {
             .flatten()
             .map(|h| h.created_by().clone().unwrap_or_default())
             .collect(),
+        labels: defaults.labels,
+        shell: defaults.shell,
+        healthcheck: defaults.healthcheck.map(|h| h.to_docker_json()),
+        stop_signal: defaults.stop_signal,
+        volumes: defaults.volumes,
     })
 }
 
@@ -506,6 +594,7 @@ mod tests {
             user: Some("nobody".into()),
             exposed_ports: vec!["8080/tcp".into(), "53/udp".into()],
             labels: BTreeMap::new(),
+            ..ImageDefaults::default()
         }
     }
 
@@ -520,6 +609,37 @@ mod tests {
         assert_eq!(s.working_dir.as_deref(), Some("/srv"));
         assert_eq!(s.user.as_deref(), Some("nobody"));
         assert_eq!(s.ports.iter().map(|p| p.port).collect::<Vec<_>>(), [8080]);
+    }
+
+    #[test]
+    fn the_image_s_healthcheck_is_the_health_check_of_a_service_without_one() {
+        use paracloud_image::config::Healthcheck;
+        use paracloud_manifest::Probe;
+        let mut image = defaults();
+        image.healthcheck = Some(Healthcheck {
+            test: vec!["CMD-SHELL".into(), "wget -q localhost".into()],
+            interval: 5_000_000_000,
+            ..Healthcheck::default()
+        });
+        let mut s = service(&[], &[]);
+        apply_defaults(&mut s, &image).unwrap();
+        let health = s.health.unwrap();
+        assert_eq!(
+            health.probe,
+            Probe::Exec {
+                command: vec!["/bin/sh".into(), "-c".into(), "wget -q localhost".into()]
+            }
+        );
+        assert_eq!(health.interval, std::time::Duration::from_secs(5));
+        assert_eq!(health.timeout, std::time::Duration::from_secs(30));
+        assert_eq!(health.retries, 3);
+        image.healthcheck = Some(Healthcheck {
+            test: vec!["NONE".into()],
+            ..Healthcheck::default()
+        });
+        let mut s = service(&[], &[]);
+        apply_defaults(&mut s, &image).unwrap();
+        assert!(s.health.is_none(), "HEALTHCHECK NONE");
     }
 
     #[test]

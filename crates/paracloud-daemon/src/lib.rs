@@ -130,6 +130,9 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), Error> {
     let root = config.root.clone();
     close_root(&root).map_err(root_error(&root))?;
     config.settings = settings::load(&root).map_err(Error::Settings)?;
+    // Read again at each pull (edits need no restart); a bad file stops the start here first.
+    paracloud_image::registries::load(&root.join(paracloud_image::registries::FILE))
+        .map_err(Error::Settings)?;
     let lock_file = OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -274,7 +274,8 @@ async fn whoami<D: Driver>(State(ctx): Shared<D>) -> Result<Json<Whoami>, PaciEr
         },
         addresses: Addresses {
             instance: address.addr(),
-            service: network.service_address(service.slot),
+            service: crate::addressing::service_address_of(app, &network, &ctx.key.service)
+                .unwrap_or_else(|| network.service_address(service.slot)),
             ports: spec.ports.iter().map(|p| p.port).collect(),
         },
         weight: record.weight.unwrap_or(FULL_WEIGHT),

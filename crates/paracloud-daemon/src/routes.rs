@@ -81,8 +81,10 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
                 })
                 .collect();
             let backends = ready_backends(name, port.port);
-            let service_address =
-                SocketAddr::new(IpAddr::V4(network.service_address(record.slot)), port.port);
+            let service_address = SocketAddr::new(
+                IpAddr::V4(service_address(app, &network, name, record)),
+                port.port,
+            );
             listeners.push(Listener {
                 name: format!("{}/{}:{port_name}", app.name, name),
                 bind: service_address,
@@ -124,18 +126,22 @@ pub fn served_on_bridge(
     app: &AppRecord,
     network: &AppNetwork,
 ) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
-    by_transport(service_ports(app), network)
+    by_transport(app, service_ports(app), network)
 }
 
 /// The endpoints of `ports` on the service addresses, TCP (and HTTP) ones then UDP ones.
 fn by_transport<'a>(
+    app: &AppRecord,
     ports: impl Iterator<Item = (&'a String, &'a ServiceRecord, &'a Port)>,
     network: &AppNetwork,
 ) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
     let (udp, tcp): (Vec<_>, Vec<_>) = ports
-        .map(|(_, record, port)| {
-            let endpoint = SocketAddrV4::new(network.service_address(record.slot), port.port);
-            (endpoint, port.protocol.is_udp())
+        .map(|(name, record, port)| {
+            let address = service_address(app, network, name, record);
+            (
+                SocketAddrV4::new(address, port.port),
+                port.protocol.is_udp(),
+            )
         })
         .partition(|(_, udp)| *udp);
     let addresses = |v: Vec<(SocketAddrV4, bool)>| v.into_iter().map(|(e, _)| e).collect();
@@ -160,6 +166,7 @@ pub fn segments(
         .map(|name| {
             let on = |service: &str| manifest.networks_of(service).contains(&name);
             let (served, served_udp) = by_transport(
+                app,
                 service_ports(app).filter(|(service, _, _)| on(service)),
                 network,
             );
@@ -176,6 +183,17 @@ pub fn segments(
             }
         })
         .collect()
+}
+
+/// A service's stable address: its fixed one, else its slot's.
+fn service_address(
+    app: &AppRecord,
+    network: &AppNetwork,
+    name: &str,
+    record: &ServiceRecord,
+) -> std::net::Ipv4Addr {
+    crate::addressing::service_address_of(app, network, name)
+        .unwrap_or_else(|| network.service_address(record.slot))
 }
 
 pub use paracloud_command::revisions_of;

@@ -86,7 +86,11 @@ pub fn service_view(
         .collect()
     };
     let address = AppNetwork::new(pool, app.subnet_index)
-        .map(|n| n.service_address(record.slot).to_string())
+        .map(|n| {
+            crate::addressing::service_address_of(app, &n, name)
+                .unwrap_or_else(|| n.service_address(record.slot))
+                .to_string()
+        })
         .unwrap_or_default();
     let published = spec
         .ports

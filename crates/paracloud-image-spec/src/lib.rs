@@ -1,5 +1,5 @@
-//! The pure parts of images: references, digests, the Containerfile parser and what an image's
-//! config says about running it.
+//! The pure parts of images: references, digests, the Containerfile parser, what an image's
+//! config says about running it, and where a registry's images are pulled from (its mirrors).
 //!
 //! **Architecture Invariant:** this crate does no I/O, and nothing it depends on does: the
 //! manifest, the fuzz targets and anything else that only names images link it without a
@@ -9,7 +9,9 @@
 pub mod config;
 pub mod containerfile;
 pub mod digest;
+pub mod dockerignore;
 pub mod reference;
+pub mod registries;
 
 pub use config::ImageDefaults;
 pub use digest::{Digest, DigestError};

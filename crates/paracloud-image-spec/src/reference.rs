@@ -36,26 +36,68 @@ impl ReferenceError {
     }
 }
 
+/// Docker Hub's registry, as references name it.
+pub const DOCKER_HUB: &str = "docker.io";
+/// Where Docker Hub's registry API answers: a reference's `docker.io` is reached there.
+pub const DOCKER_HUB_ENDPOINT: &str = "registry-1.docker.io";
+
+/// Whether `registry` is one of Docker Hub's names.
+pub fn is_docker_hub(registry: &str) -> bool {
+    matches!(
+        registry,
+        DOCKER_HUB | "index.docker.io" | DOCKER_HUB_ENDPOINT
+    )
+}
+
+/// The host a registry's API is reached on: Docker Hub's endpoint for its names, else the
+/// registry as named.
+pub fn endpoint_host(registry: &str) -> &str {
+    if is_docker_hub(registry) {
+        DOCKER_HUB_ENDPOINT
+    } else {
+        registry
+    }
+}
+
 impl Reference {
-    /// The reference with its default tag filled in when it has neither tag nor digest, and
-    /// Docker Hub's names in their familiar form (`docker.io/library/nginx` is `nginx`), as
-    /// Docker shows them.
-    pub fn normalized(mut self) -> Self {
-        if matches!(
-            self.registry.as_deref(),
-            Some("docker.io" | "index.docker.io")
-        ) {
-            self.registry = None;
-            if let Some(short) = self.repository.strip_prefix("library/") {
-                if !short.contains('/') {
-                    self.repository = short.to_owned();
-                }
+    /// The reference as Docker resolves it: a name without a registry is Docker Hub's
+    /// (`docker.io`, also written `index.docker.io` or `registry-1.docker.io`), a one-part Hub
+    /// name is under `library/`, and a reference without tag or digest means `latest`:
+    /// `nginx` is `docker.io/library/nginx:latest`, `bitnami/redis` is
+    /// `docker.io/bitnami/redis:latest`.
+    pub fn resolved(mut self) -> Self {
+        let hub = self.registry.as_deref().is_none_or(is_docker_hub);
+        if hub {
+            self.registry = Some(DOCKER_HUB.into());
+            if !self.repository.contains('/') {
+                self.repository = format!("library/{}", self.repository);
             }
         }
         if self.tag.is_none() && self.digest.is_none() {
             self.tag = Some(DEFAULT_TAG.into());
         }
         self
+    }
+
+    /// The registry the reference is pulled from once resolved (`docker.io` when it names none).
+    pub fn registry_or_hub(&self) -> &str {
+        self.registry.as_deref().unwrap_or(DOCKER_HUB)
+    }
+
+    /// The reference with its default tag filled in when it has neither tag nor digest, and
+    /// Docker Hub's names in their familiar form (`docker.io/library/nginx` and
+    /// `library/nginx` are `nginx`), as Docker shows them: how the store names images.
+    pub fn normalized(self) -> Self {
+        let mut r = self.resolved();
+        if r.registry.as_deref() == Some(DOCKER_HUB) {
+            r.registry = None;
+            if let Some(short) = r.repository.strip_prefix("library/") {
+                if !short.contains('/') {
+                    r.repository = short.to_owned();
+                }
+            }
+        }
+        r
     }
 
     /// `registry/repository` (or just the repository).
@@ -300,6 +342,47 @@ mod tests {
         assert_eq!(r.normalized().to_string(), "nginx:1");
         let r: Reference = "docker.io/team/app".parse().unwrap();
         assert_eq!(r.normalized().to_string(), "team/app:latest");
+        let r: Reference = "library/nginx".parse().unwrap();
+        assert_eq!(r.normalized().to_string(), "nginx:latest");
+    }
+
+    #[test]
+    fn docker_hub_names_resolve_as_docker_resolves_them() {
+        for (name, full) in [
+            ("nginx", "docker.io/library/nginx:latest"),
+            ("nginx:alpine", "docker.io/library/nginx:alpine"),
+            ("library/nginx", "docker.io/library/nginx:latest"),
+            ("bitnami/redis", "docker.io/bitnami/redis:latest"),
+            ("docker.io/nginx", "docker.io/library/nginx:latest"),
+            ("docker.io/library/nginx:1", "docker.io/library/nginx:1"),
+            (
+                "index.docker.io/bitnami/redis:7",
+                "docker.io/bitnami/redis:7",
+            ),
+            (
+                "registry-1.docker.io/library/nginx",
+                "docker.io/library/nginx:latest",
+            ),
+            ("a/b/c", "docker.io/a/b/c:latest"),
+            ("127.0.0.1:5000/web", "127.0.0.1:5000/web:latest"),
+            ("ghcr.io/o/r:v1", "ghcr.io/o/r:v1"),
+            ("localhost/x", "localhost/x:latest"),
+        ] {
+            let r: Reference = name.parse().unwrap();
+            assert_eq!(r.clone().resolved().to_string(), full, "{name}");
+            // Every spelling of one Hub image is one name in the store.
+            let short = r.normalized();
+            assert_eq!(short.clone().resolved().to_string(), full, "{name}");
+        }
+        let digest = format!("nginx@sha256:{}", "ab".repeat(32));
+        let r: Reference = digest.parse().unwrap();
+        assert_eq!(
+            r.resolved().to_string(),
+            format!("docker.io/library/{digest}")
+        );
+        assert_eq!(endpoint_host("docker.io"), "registry-1.docker.io");
+        assert_eq!(endpoint_host("index.docker.io"), "registry-1.docker.io");
+        assert_eq!(endpoint_host("127.0.0.1:5000"), "127.0.0.1:5000");
     }
 
     proptest::proptest! {

@@ -30,6 +30,7 @@ use tokio_rustls::TlsConnector;
 use crate::assemble::this_architecture;
 use crate::digest::Digest;
 use crate::reference::Reference;
+use crate::registries::{Registries, Source};
 use crate::store::{descriptor_digest, Store, StoreError};
 
 /// Manifest media types asked for, best first.
@@ -50,7 +51,7 @@ pub enum RegistryError {
     },
     #[error("registry {host}: {message}")]
     Http { host: String, message: String },
-    #[error("registry {host} refused the credentials for {what} (401): check --username and the password")]
+    #[error("registry {host} refused the credentials for {what} (401): check --username and the password, or the Docker config's entry for {host}")]
     Unauthorized { host: String, what: String },
     #[error("registry {host}: TLS: {message}{}", if *.certificate { " (the registry's certificate is not trusted: give its certificate authority)" } else { "" })]
     Tls {
@@ -63,16 +64,48 @@ pub enum RegistryError {
     NotFound { host: String, what: String },
     #[error("{0}")]
     Invalid(String),
+    /// Every place a pull tried failed: each one's error, in the order tried.
+    #[error("{reference} cannot be pulled from any of its sources (see the state root's registries.toml): {}", .attempts.join("; "))]
+    NoSource {
+        reference: String,
+        attempts: Vec<String>,
+    },
+}
+
+impl RegistryError {
+    /// Whether the next source (mirror, or the registry itself) is worth trying after this.
+    fn try_next(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::Http { .. }
+                | Self::Tls { .. }
+                | Self::NotFound { .. }
+                | Self::Unauthorized { .. }
+        )
+    }
 }
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
 /// A user name and password for basic auth, or for the token service of a bearer registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
 }
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password, in any log.
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Credentials by registry (`docker.io`, `HOST:PORT`, as [`Source::registry`] names it).
+pub type Auths = BTreeMap<String, Credentials>;
 
 /// What a transfer has done so far, for progress bars.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +320,12 @@ impl Registry {
         })
     }
 
+    /// The registry spoken to over plain HTTP from the start (a mirror marked `insecure`).
+    pub fn plain_http(self) -> Self {
+        *self.scheme.lock().unwrap_or_else(|e| e.into_inner()) = Some(false);
+        self
+    }
+
     /// The registry's endpoint: HTTPS, or plain HTTP when it has a port and what answers there
     /// is not TLS (a certificate that does not verify is an error, not a reason to fall back).
     async fn endpoint(&self) -> Result<Endpoint> {
@@ -457,7 +496,7 @@ impl Registry {
             "basic" => basic.ok_or_else(|| {
                 http_err(
                     &self.host,
-                    "asks for a user name and password: give --username (and the password on stdin or in PARACLOUD_REGISTRY_PASSWORD)",
+                    "asks for a user name and password: give --username (and the password on stdin or in PARACLOUD_REGISTRY_PASSWORD), or log in to it in the Docker config (docker login, an auths entry or a credential helper)",
                 )
             }),
             "bearer" => {
@@ -895,13 +934,20 @@ fn commit_partial(store: &Store, partial: &Path, digest: &Digest) -> Result<()> 
     Ok(())
 }
 
+/// The host a push goes to: the registry the reference names, Docker Hub's endpoint for
+/// `docker.io`. A push needs the registry written out, so that nothing leaves for Docker Hub
+/// by accident.
 fn registry_of(reference: &Reference) -> Result<&str> {
-    reference.registry.as_deref().ok_or_else(|| {
-        RegistryError::Invalid(format!(
-            "{reference} names no registry: write it as HOST[:PORT]/NAME[:TAG], such as 127.0.0.1:5000/{}",
-            reference.repository
-        ))
-    })
+    reference
+        .registry
+        .as_deref()
+        .map(crate::reference::endpoint_host)
+        .ok_or_else(|| {
+            RegistryError::Invalid(format!(
+                "{reference} names no registry to push to: write it as HOST[:PORT]/NAME[:TAG], such as 127.0.0.1:5000/{} (or docker.io/{} for Docker Hub)",
+                reference.repository, reference.repository
+            ))
+        })
 }
 
 fn platform_matches(descriptor: &Value) -> bool {
@@ -909,23 +955,147 @@ fn platform_matches(descriptor: &Value) -> bool {
         && descriptor["platform"]["architecture"] == this_architecture()
 }
 
-/// Pulls `reference` (which names its registry) into the store and names it so; returns the
-/// manifest's digest. Layers already in the store are not fetched again.
+/// Pulls `reference` into the store from its registry (Docker Hub when it names none) and
+/// names it so; returns the manifest's digest. Layers already in the store are not fetched
+/// again.
 pub async fn pull(
     store: &Store,
     reference: &Reference,
     credentials: Option<Credentials>,
     progress: ProgressFn,
 ) -> Result<Digest> {
-    let transport = Transport::for_host(store, registry_of(reference)?);
-    pull_with(store, reference, credentials, &transport, progress).await
+    let auths: Auths = credentials
+        .map(|c| (reference.registry_or_hub().to_owned(), c))
+        .into_iter()
+        .collect();
+    pull_via(store, reference, &Registries::default(), &auths, progress).await
 }
 
-/// [`pull`] with the certificate authorities of `transport` trusted besides the web's (`pull`
-/// takes those of the store's `certs.d/<host>/`).
+/// [`pull`] through the sources `registries` gives (mirrors first), each tried in turn until
+/// one has the image; a source that cannot be reached, lacks the image or refuses is skipped.
+/// Each source's certificate authorities are those of the store's `certs.d/<host>/`, and its
+/// credentials those `auths` has for its registry.
+pub async fn pull_via(
+    store: &Store,
+    reference: &Reference,
+    registries: &Registries,
+    auths: &Auths,
+    progress: ProgressFn,
+) -> Result<Digest> {
+    each_source(reference, registries, |source| {
+        let transport = Transport::for_host(store, &source.host);
+        let credentials = auths.get(&source.registry).cloned();
+        let progress = progress.clone();
+        async move {
+            pull_source(store, reference, &source, credentials, &transport, progress).await
+        }
+    })
+    .await
+}
+
+/// Where `reference` would be pulled from: the first of its sources that has its manifest, and
+/// the manifest's digest (of the index, for a multi-architecture image). Nothing is stored.
+pub async fn find(
+    store: &Store,
+    reference: &Reference,
+    registries: &Registries,
+    auths: &Auths,
+) -> Result<(Source, Digest)> {
+    each_source(reference, registries, |source| {
+        let transport = Transport::for_host(store, &source.host);
+        let credentials = auths.get(&source.registry).cloned();
+        async move {
+            let registry = client_for(&source, credentials, &transport)?;
+            let scope = format!("repository:{}:pull", source.repository);
+            let (_, _, digest) = registry
+                .manifest(
+                    &source.repository,
+                    &tag_or_digest(reference),
+                    reference.digest.as_ref(),
+                    &scope,
+                )
+                .await?;
+            Ok((source, digest))
+        }
+    })
+    .await
+}
+
+/// Runs `attempt` on each source of `reference` in order until one succeeds; an error that is
+/// worth trying elsewhere moves to the next. With one source its error is returned as it is.
+async fn each_source<T, F, Fut>(
+    reference: &Reference,
+    registries: &Registries,
+    mut attempt: F,
+) -> Result<T>
+where
+    F: FnMut(Source) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let sources = registries.sources(reference);
+    let single = sources.len() == 1;
+    let mut attempts = Vec::new();
+    for source in sources {
+        let named = source.to_string();
+        match attempt(source).await {
+            Ok(done) => return Ok(done),
+            Err(e) if single || !e.try_next() => return Err(e),
+            Err(e) => attempts.push(format!("{named}: {e}")),
+        }
+    }
+    Err(RegistryError::NoSource {
+        reference: reference.clone().resolved().to_string(),
+        attempts,
+    })
+}
+
+fn client_for(
+    source: &Source,
+    credentials: Option<Credentials>,
+    transport: &Transport,
+) -> Result<Registry> {
+    let registry = Registry::new(source.host.clone(), credentials, transport)?;
+    Ok(if source.insecure {
+        registry.plain_http()
+    } else {
+        registry
+    })
+}
+
+/// The tag or digest a reference asks a registry for.
+fn tag_or_digest(reference: &Reference) -> String {
+    let wanted = reference.clone().normalized();
+    match (&wanted.digest, &wanted.tag) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => crate::reference::DEFAULT_TAG.into(),
+    }
+}
+
+/// [`pull`] from the registry the reference names (Docker Hub when none), with the certificate
+/// authorities of `transport` trusted besides the web's.
 pub async fn pull_with(
     store: &Store,
     reference: &Reference,
+    credentials: Option<Credentials>,
+    transport: &Transport,
+    progress: ProgressFn,
+) -> Result<Digest> {
+    let source = Registries::default()
+        .sources(reference)
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            RegistryError::Invalid(format!("{reference} has nowhere to be pulled from"))
+        })?;
+    pull_source(store, reference, &source, credentials, transport, progress).await
+}
+
+/// Pulls `reference` from one source and names it in the store as the reference says.
+async fn pull_source(
+    store: &Store,
+    reference: &Reference,
+    source: &Source,
     credentials: Option<Credentials>,
     transport: &Transport,
     progress: ProgressFn,
@@ -934,15 +1104,11 @@ pub async fn pull_with(
         path: store.root().join("partial"),
         source,
     })?;
-    let registry = Registry::new(registry_of(reference)?, credentials, transport)?;
-    let repository = &reference.repository;
-    let scope = format!("repository:{repository}:pull");
+    let registry = client_for(source, credentials, transport)?;
     let wanted = reference.clone().normalized();
-    let tag_or_digest = match (&wanted.digest, &wanted.tag) {
-        (Some(d), _) => d.to_string(),
-        (None, Some(t)) => t.clone(),
-        (None, None) => crate::reference::DEFAULT_TAG.into(),
-    };
+    let tag_or_digest = tag_or_digest(reference);
+    let repository = &source.repository;
+    let scope = format!("repository:{repository}:pull");
     let (mut bytes, media_type, mut digest) = registry
         .manifest(repository, &tag_or_digest, wanted.digest.as_ref(), &scope)
         .await?;
@@ -1071,6 +1237,8 @@ pub async fn push_with(
     let manifest: oci_spec::image::ImageManifest = serde_json::from_slice(&bytes)
         .map_err(|e| RegistryError::Invalid(format!("{digest} is not an image manifest: {e}")))?;
     let registry = Registry::new(registry_of(target)?, credentials, transport)?;
+    // `docker.io/nginx` is `library/nginx` there.
+    let target = &target.clone().resolved();
     let repository = &target.repository;
     let scope = format!("repository:{repository}:pull,push");
     let mut blobs: Vec<(Digest, u64)> = Vec::new();

@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use paracloud_image::assemble::{commit_image, write_layer};
 use paracloud_image::digest::Digest;
-use paracloud_image::registry::{pull, push, Credentials, Progress, ProgressFn, RegistryError};
+use paracloud_image::registries::Registries;
+use paracloud_image::registry::{
+    find, pull, pull_via, push, Auths, Credentials, Progress, ProgressFn, RegistryError,
+};
 use paracloud_image::{layout, ImageDefaults, Reference, Store, StoreError};
 use registry_server::RegistryServer;
 
@@ -690,4 +693,106 @@ fn a_registry_over_tls_is_trusted_through_the_stores_certs_d_and_never_downgrade
         rt.block_on(pull(&dest, &target, None, quiet())).unwrap(),
         digest
     );
+}
+
+#[test]
+fn docker_hub_names_are_pulled_through_mirrors_in_order_and_rewritten() {
+    let mirror = RegistryServer::start(None);
+    let (_a, source) = new_store();
+    let web = image(&source, "web:1", 2, 1000);
+    let tool = image(&source, "tool:2", 1, 1000);
+    let rt = rt();
+    let host = mirror.host();
+    rt.block_on(push(
+        &source,
+        "web:1",
+        &reference(&format!("{host}/library/web:1")),
+        None,
+        quiet(),
+    ))
+    .unwrap();
+    rt.block_on(push(
+        &source,
+        "tool:2",
+        &reference(&format!("{host}/hub/tool:2")),
+        None,
+        quiet(),
+    ))
+    .unwrap();
+    // A port nothing listens on: the first mirror cannot be reached, the second is tried.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let registries = Registries::parse(&format!(
+        r#"
+[registry."docker.io"]
+mirrors = ["127.0.0.1:{dead}", {{ location = "{host}", insecure = true }}]
+mirrors_only = true
+[registry."docker.io/library/tool"]
+mirrors = ["{host}/hub/tool"]
+mirrors_only = true
+"#
+    ))
+    .unwrap();
+    let (dest_dir, dest) = new_store();
+    let auths = Auths::new();
+    // `web:1` is docker.io/library/web:1, found at the second mirror, named as Docker shows it.
+    let (found, digest) = rt
+        .block_on(find(&dest, &reference("web:1"), &registries, &auths))
+        .unwrap();
+    assert_eq!(
+        (found.host.as_str(), digest.clone()),
+        (host.as_str(), web.clone())
+    );
+    assert!(!dest.has_blob(&web), "finding an image stores nothing");
+    let pulled = rt
+        .block_on(pull_via(
+            &dest,
+            &reference("docker.io/library/web:1"),
+            &registries,
+            &auths,
+            quiet(),
+        ))
+        .unwrap();
+    assert_eq!(pulled, web);
+    assert_eq!(dest.lookup("web:1").unwrap(), web);
+    assert_eq!(dest.lookup("docker.io/library/web:1").unwrap(), web);
+    // A prefix rewritten: library/tool lives under hub/tool on the mirror.
+    let pulled = rt
+        .block_on(pull_via(
+            &dest,
+            &reference("tool:2"),
+            &registries,
+            &auths,
+            quiet(),
+        ))
+        .unwrap();
+    assert_eq!(pulled, tool);
+    // Nowhere: each source's failure is told, in order.
+    let e = rt
+        .block_on(pull_via(
+            &dest,
+            &reference("bitnami/redis"),
+            &registries,
+            &auths,
+            quiet(),
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("docker.io/bitnami/redis:latest cannot be pulled from any of its sources"),
+        "{e}"
+    );
+    let unreachable = e
+        .find(&format!("127.0.0.1:{dead}/bitnami/redis: cannot reach"))
+        .expect(&e);
+    let missing = e
+        .find(&format!(
+            "{host}/bitnami/redis: registry {host} has no manifest"
+        ))
+        .expect(&e);
+    assert!(unreachable < missing, "{e}");
+    drop(dest_dir);
 }

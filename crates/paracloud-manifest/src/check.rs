@@ -23,7 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "capsules",
     "networks",
 ];
-const NETWORK_DECLARATION_KEYS: &[&str] = &["labels"];
+const NETWORK_DECLARATION_KEYS: &[&str] = &["labels", "subnet"];
 const SCHEDULE_KEYS: &[&str] = &["capsule", "cron", "selector", "args", "timeout"];
 const VOLUME_DECLARATION_KEYS: &[&str] = &["labels"];
 
@@ -74,8 +74,22 @@ impl Checker<'_> {
                         Some(l) => self.scalar_map(l, &child(&field, "labels")),
                         None => Some(BTreeMap::new()),
                     };
-                    if let (true, Some(labels)) = (name_ok, labels) {
-                        networks.insert(name.to_owned(), Network { labels });
+                    let subnet = match t.get("subnet") {
+                        Some(v) => {
+                            let f = child(&field, "subnet");
+                            match self.string(v, &f).map(|t| (t, t.parse::<ipnet::Ipv4Net>())) {
+                                Some((_, Ok(net))) => Some(Some(net.trunc())),
+                                Some((text, Err(_))) => {
+                                    self.invalid(v, &f, format!("{text:?} is not an IPv4 subnet such as \"172.28.0.0/16\""));
+                                    None
+                                }
+                                None => None,
+                            }
+                        }
+                        None => Some(None),
+                    };
+                    if let (true, Some(labels), Some(subnet)) = (name_ok, labels, subnet) {
+                        networks.insert(name.to_owned(), Network { labels, subnet });
                     }
                 }
             }
@@ -154,13 +168,63 @@ impl Checker<'_> {
         })
     }
 
-    /// The networks services name are declared (or `default`), and their aliases name no
-    /// service.
+    /// The networks services name are declared (or `default`), their aliases name no service,
+    /// and fixed addresses are in their network's subnet, one per service and each service's
+    /// own.
     fn memberships(
         &mut self,
         drafts: &BTreeMap<String, Draft>,
         declared: &BTreeMap<String, Network>,
     ) {
+        let mut fixed: BTreeMap<std::net::Ipv4Addr, &str> = BTreeMap::new();
+        for (name, draft) in drafts {
+            // A revision has its service's address.
+            if draft.service.revision_of.is_some() {
+                continue;
+            }
+            let addresses: Vec<(&String, std::net::Ipv4Addr)> = draft
+                .service
+                .networks
+                .iter()
+                .filter_map(|(n, m)| m.address.map(|a| (n, a)))
+                .collect();
+            for (i, (network, address)) in addresses.iter().enumerate() {
+                let span = draft.network_spans.get(*network).cloned().unwrap_or(0..0);
+                let field = child(
+                    &child(&child(&child("services", name), "networks"), network),
+                    "address",
+                );
+                if i > 0 {
+                    self.error(
+                        span.clone(),
+                        &field,
+                        format!("`{name}` has a fixed address already, {}", addresses[0].1),
+                        Some("give a service one fixed address: it is where all its networks reach it".into()),
+                    );
+                }
+                if let Some(other) = fixed.insert(*address, name) {
+                    self.error(
+                        span.clone(),
+                        &field,
+                        format!("{address} is the address of `{other}` too"),
+                        Some("give each service an address of its own".into()),
+                    );
+                }
+                if let Some(subnet) = declared.get(*network).and_then(|n| n.subnet) {
+                    let host = subnet.contains(address)
+                        && *address != subnet.network()
+                        && *address != subnet.broadcast();
+                    if !host {
+                        self.error(
+                            span.clone(),
+                            &field,
+                            format!("{address} is not a host address of network `{network}`'s subnet {subnet}"),
+                            Some(format!("choose an address inside {subnet}")),
+                        );
+                    }
+                }
+            }
+        }
         for (name, draft) in drafts {
             for (network, membership) in &draft.service.networks {
                 let span = draft.network_spans.get(network).cloned().unwrap_or(0..0);

@@ -44,6 +44,9 @@ pub const DEFAULT_NETWORK: &str = "default";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Network {
     pub labels: BTreeMap<String, String>,
+    /// The subnet its services' fixed addresses (`address`) are in, when it says one.
+    #[serde(default)]
+    pub subnet: Option<ipnet::Ipv4Net>,
 }
 
 /// A service's membership in one network.
@@ -51,6 +54,10 @@ pub struct Network {
 pub struct ServiceNetwork {
     /// More names the service is reached by, from the services on this network.
     pub aliases: Vec<String>,
+    /// The service's fixed address (Compose's `ipv4_address`): its stable address, where its
+    /// ports are served, instead of one the daemon picks.
+    #[serde(default)]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl Manifest {
@@ -72,6 +79,15 @@ impl Manifest {
         names.sort_unstable();
         names.dedup();
         names
+    }
+
+    /// The fixed address of `service`, if it has one (on any of its networks).
+    pub fn fixed_address(&self, service: &str) -> Option<std::net::Ipv4Addr> {
+        self.services
+            .get(service)?
+            .networks
+            .values()
+            .find_map(|m| m.address)
     }
 
     /// Whether some services cannot reach others: a network besides `default` is in use.
@@ -384,9 +400,19 @@ pub enum Image {
         digest: Option<String>,
     },
     /// An image built at `up` from the Containerfile (or Dockerfile) in `context`, named
-    /// `APP-SERVICE:latest` in the store.
+    /// `APP-SERVICE:latest` in the store: `build = "DIR"`, or `build = { context = "DIR",
+    /// dockerfile = "FILE", target = "STAGE", args = { NAME = "VALUE" } }`.
     Build {
         context: PathBuf,
+        /// The Containerfile, when not `Containerfile` or `Dockerfile` in the context.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dockerfile: Option<PathBuf>,
+        /// The stage to build (default: the last).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        /// Values of the Containerfile's ARGs.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        args: BTreeMap<String, String>,
         /// As for `Stored`: filled in by the daemon at `up`.
         #[serde(default)]
         digest: Option<String>,

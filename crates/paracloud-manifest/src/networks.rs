@@ -7,7 +7,7 @@ use toml::de::DeValue;
 use crate::model::ServiceNetwork;
 use crate::reader::{child, index, Checker, Span, Value};
 
-const MEMBERSHIP_KEYS: &[&str] = &["aliases"];
+const MEMBERSHIP_KEYS: &[&str] = &["aliases", "address"];
 
 impl Checker<'_> {
     pub(crate) fn service_networks(
@@ -43,7 +43,10 @@ impl Checker<'_> {
                                 Some(a) => self.aliases(a, &child(&f, "aliases")),
                                 None => Vec::new(),
                             };
-                            ServiceNetwork { aliases }
+                            let address = t
+                                .get("address")
+                                .and_then(|a| self.fixed_address(a, &child(&f, "address")));
+                            ServiceNetwork { aliases, address }
                         }
                         _ => {
                             self.type_error(item, &f, "a table such as `{ aliases = [\"db\"] }`");
@@ -65,6 +68,29 @@ impl Checker<'_> {
             self.invalid(value, field, "a service must be on at least one network");
         }
         (networks, spans)
+    }
+
+    /// A service's fixed address: a unicast IPv4 address outside loopback and link-local.
+    fn fixed_address(&mut self, value: &Value<'_>, field: &str) -> Option<std::net::Ipv4Addr> {
+        let text = self.string(value, field)?;
+        let Ok(address) = text.parse::<std::net::Ipv4Addr>() else {
+            self.invalid(value, field, format!("{text:?} is not an IPv4 address"));
+            return None;
+        };
+        if address.is_loopback()
+            || address.is_link_local()
+            || address.is_multicast()
+            || address.is_broadcast()
+            || address.is_unspecified()
+        {
+            self.invalid(
+                value,
+                field,
+                format!("{address} cannot be a service's address (loopback, link-local, multicast, broadcast or unspecified)"),
+            );
+            return None;
+        }
+        Some(address)
     }
 
     /// Host names: dot-separated DNS labels.

@@ -16,6 +16,9 @@ use crate::model::{
 use crate::reader::{child, index, Checker, Span, Value};
 use crate::units::{self, MAX_PIDS};
 
+/// The keys of `build = { ... }`.
+const BUILD_KEYS: &[&str] = &["context", "dockerfile", "target", "args"];
+
 /// Keys of a service table, in the order the documentation lists them.
 pub(crate) const SERVICE_KEYS: &[&str] = &[
     "image",
@@ -457,13 +460,29 @@ impl Checker<'_> {
         Some(Image::Dir { path })
     }
 
-    /// `build = "DIR"`: a build context holding a Containerfile or Dockerfile.
+    /// `build = "DIR"`, or a table of `context`, `dockerfile`, `target` and `args`: a build
+    /// context holding a Containerfile or Dockerfile (or the one `dockerfile` names).
     fn build_image(&mut self, value: &Value<'_>, field: &str) -> Option<Image> {
-        let text = self.string(value, field)?;
+        let (context_value, context_field, table) = match value.get_ref() {
+            DeValue::Table(table) => {
+                self.check_keys(table, field, BUILD_KEYS);
+                let Some(context) = table.get("context") else {
+                    self.missing(
+                        value.span(),
+                        &child(field, "context"),
+                        "add the directory holding the Containerfile, such as `context = \"./web\"`",
+                    );
+                    return None;
+                };
+                (context, child(field, "context"), Some(table))
+            }
+            _ => (value, field.to_owned(), None),
+        };
+        let text = self.string(context_value, &context_field)?;
         if text.is_empty() {
             self.error(
-                value.span(),
-                field,
+                context_value.span(),
+                &context_field,
                 "the build directory is empty",
                 Some(
                     "write the directory holding the Containerfile, such as `build = \"./web\"`"
@@ -476,26 +495,68 @@ impl Checker<'_> {
         if !self.fs.is_dir(&context) {
             let hint = self.relative_hint();
             self.error(
-                value.span(),
-                field,
+                context_value.span(),
+                &context_field,
                 format!("build directory {} is not a directory", context.display()),
                 Some(hint),
             );
             return None;
         }
-        if !self.fs.exists(&context.join("Containerfile"))
+        let mut dockerfile = None;
+        let mut target = None;
+        let mut args = BTreeMap::new();
+        if let Some(table) = table {
+            if let Some(v) = table.get("dockerfile") {
+                let f = child(field, "dockerfile");
+                let name = self.string(v, &f)?;
+                let path = units::resolve(&context, name);
+                if !self.fs.exists(&path) {
+                    self.error(
+                        v.span(),
+                        &f,
+                        format!("the Containerfile {} does not exist", path.display()),
+                        Some("name a file relative to the build context, such as `dockerfile = \"Dockerfile.prod\"`".into()),
+                    );
+                    return None;
+                }
+                dockerfile = Some(path);
+            }
+            if let Some(v) = table.get("target") {
+                let f = child(field, "target");
+                let stage = self.string(v, &f)?;
+                if stage.is_empty() {
+                    self.error(v.span(), &f, "the target stage is empty", Some("name a stage of the Containerfile (FROM IMAGE AS NAME), such as `target = \"prod\"`".into()));
+                    return None;
+                }
+                target = Some(stage.to_owned());
+            }
+            if let Some(v) = table.get("args") {
+                let f = child(field, "args");
+                let args_table = self.table(v, &f)?;
+                for (key, value) in args_table.iter() {
+                    let name: &str = key.get_ref();
+                    let arg = self.string(value, &child(&f, name))?;
+                    args.insert(name.to_owned(), arg.to_owned());
+                }
+            }
+        }
+        if dockerfile.is_none()
+            && !self.fs.exists(&context.join("Containerfile"))
             && !self.fs.exists(&context.join("Dockerfile"))
         {
             self.error(
-                value.span(),
-                field,
+                context_value.span(),
+                &context_field,
                 format!("{} has no Containerfile or Dockerfile", context.display()),
-                Some("write one there (FROM, COPY, RUN, CMD, ...): see docs/images.md".into()),
+                Some("write one there (FROM, COPY, RUN, CMD, ...), or name it with `dockerfile`: see docs/images.md".into()),
             );
             return None;
         }
         Some(Image::Build {
             context,
+            dockerfile,
+            target,
+            args,
             digest: None,
         })
     }
@@ -1308,7 +1369,9 @@ impl Checker<'_> {
         };
         let mount = if source.starts_with('/') || source.starts_with('.') {
             let path = units::resolve(self.base_dir(), source);
-            if !source.starts_with('/') && !path.starts_with(self.base_dir()) {
+            // The directory as written may hold `..` (`-f ../app/compose.yaml`).
+            let base = units::resolve(self.base_dir(), ".");
+            if !source.starts_with('/') && !path.starts_with(&base) {
                 self.error(
                     source_span,
                     source_field,
@@ -1318,7 +1381,7 @@ impl Checker<'_> {
                     ),
                     Some(format!(
                         "a relative source stays inside {}; write a host path outside it as an absolute path, \"{}\", if it is meant",
-                        self.base_dir().display(),
+                        base.display(),
                         path.display()
                     )),
                 );

@@ -15,7 +15,7 @@ const DIRS: &[&str] = &[
     "/srv/shop/rootfs",
     "/srv/shop/conf",
 ];
-const FILES: &[&str] = &["/srv/shop/app.env"];
+const FILES: &[&str] = &["/srv/shop/app.env", "/srv/shop/conf/Dockerfile.prod"];
 
 impl FileSystem for FakeFs {
     fn exists(&self, path: &Path) -> bool {
@@ -649,7 +649,29 @@ fn build_needs_a_containerfile_and_excludes_image() {
         "app = \"shop\"\n[services.kv]\nbuild = \"conf\"\n",
         r#"
 paracloud.toml:3:9: services.kv.build: /srv/shop/conf has no Containerfile or Dockerfile
-  hint: write one there (FROM, COPY, RUN, CMD, ...): see docs/images.md
+  hint: write one there (FROM, COPY, RUN, CMD, ...), or name it with `dockerfile`: see docs/images.md
+"#,
+    );
+    let manifest = valid(
+        "app = \"shop\"\n[services.kv]\nbuild = { context = \"conf\", dockerfile = \"Dockerfile.prod\", target = \"prod\", args = { VERSION = \"2\" } }\n",
+    );
+    assert_eq!(
+        manifest.services["kv"].image,
+        Image::Build {
+            context: "/srv/shop/conf".into(),
+            dockerfile: Some("/srv/shop/conf/Dockerfile.prod".into()),
+            target: Some("prod".into()),
+            args: BTreeMap::from([("VERSION".into(), "2".into())]),
+            digest: None
+        }
+    );
+    check(
+        "app = \"shop\"\n[services.kv]\nbuild = { context = \"conf\", dockerfile = \"Nope\", tagret = \"x\" }\n",
+        r#"
+paracloud.toml:3:42: services.kv.build.dockerfile: the Containerfile /srv/shop/conf/Nope does not exist
+  hint: name a file relative to the build context, such as `dockerfile = "Dockerfile.prod"`
+paracloud.toml:3:50: services.kv.build.tagret: unknown key `tagret`
+  hint: did you mean `target`?
 "#,
     );
     check(
@@ -1554,4 +1576,18 @@ paracloud.toml:8:16: services.web.depends_on.job: `job` restarts always, so it n
   hint: give `job` `restart = "no"` (or "on-failure"), as a one-off job has
 "#,
     );
+}
+
+#[test]
+fn a_manifest_directory_written_with_dots_keeps_its_relative_bind_mounts() {
+    let origin = Origin {
+        file: "../shop/paracloud.toml".into(),
+        base_dir: PathBuf::from("/srv/tools/../shop"),
+    };
+    let source = format!("{HEAD}volumes = [\"./conf:/etc/app\"]\n");
+    let manifest = parse(&source, &origin, &FakeFs).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        &manifest.services["kv"].volumes[0],
+        VolumeMount::Bind { source, .. } if source == Path::new("/srv/shop/conf")
+    ));
 }

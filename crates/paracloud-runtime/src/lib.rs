@@ -199,6 +199,12 @@ pub struct NetworkAttachment {
     /// instance is on it. Empty: the application is one network.
     #[serde(default)]
     pub segments: Vec<(String, bool)>,
+    /// Addresses outside the bridge's subnet that the instance reaches through its gateway
+    /// (the application's fixed service addresses), with that gateway.
+    #[serde(default)]
+    pub routes: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

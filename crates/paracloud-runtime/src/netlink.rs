@@ -154,6 +154,24 @@ impl Netlink {
         )
     }
 
+    /// A route to one address through `gateway` on the interface `index`.
+    pub(crate) fn add_host_route(
+        &mut self,
+        index: u32,
+        destination: Ipv4Addr,
+        gateway: Ipv4Addr,
+    ) -> io::Result<()> {
+        let message = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination, 32)
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        self.request(
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
     /// Deletes a link by name; Ok(false) when there was none.
     pub(crate) fn delete_link(&mut self, name: &str) -> io::Result<bool> {
         let message = LinkUnspec::new_with_name(name).build();

@@ -791,6 +791,12 @@ fn configure_network(cfg: &InstanceConfig) -> InitResult<()> {
             .map_err(|e| format!("cannot add {} to {INSTANCE_IFACE}: {e}", net.address))?;
         nl.set_up(index)
             .map_err(|e| format!("cannot set {INSTANCE_IFACE} up: {e}"))?;
+        if let Some(gateway) = net.gateway {
+            for destination in &net.routes {
+                nl.add_host_route(index, *destination, gateway)
+                    .map_err(|e| format!("cannot route {destination} through {gateway}: {e}"))?;
+            }
+        }
     }
     Ok(())
 }

@@ -119,6 +119,8 @@ impl Fixture {
             bridge: net.bridge.clone(),
             address: format!("{address}/24").parse().unwrap(),
             segments: Vec::new(),
+            routes: Vec::new(),
+            gateway: None,
         });
         address
     }
