@@ -26,6 +26,7 @@ mod rootfs;
 mod scale;
 mod start;
 mod stats;
+mod udp;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +76,9 @@ enum Command {
     /// The same keep-alive load through the data plane, steady and while `paracloud dataplane
     /// restart` replaces it again and again: failed requests and latency percentiles
     Restart(RestartArgs),
+    /// Request and answer datagrams from several flows directly, through Paracloud's data plane
+    /// (a UDP listener) and through nginx's stream UDP proxy
+    Udp(UdpArgs),
     /// Attach to a running instance: `paracloud capsule run` against nsenter, crun exec and
     /// runc exec, and one capsule run on 50 instances at once
     Capsule(CapsuleArgs),
@@ -133,6 +137,22 @@ struct AutoscaleArgs {
     /// Also write every run's per-second timeline and decisions as `<scenario>.json`
     #[arg(long)]
     timelines: bool,
+}
+
+#[derive(Debug, Args)]
+struct UdpArgs {
+    /// Flow counts, each flow a client socket sending back to back
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    flows: Vec<usize>,
+    /// Seconds of each measured run (after a second of warm-up)
+    #[arg(long, default_value_t = 5)]
+    udp_seconds: u64,
+    /// The echo backend's loopback port; Paracloud takes the next, nginx the one after
+    #[arg(long, default_value_t = 21180)]
+    udp_port_base: u16,
+    /// The `paracloud` binary whose `__dataplane` is measured (default: the one beside the bench)
+    #[arg(long, value_name = "FILE")]
+    paracloud: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -678,6 +698,23 @@ fn run(cli: Cli) -> Result<()> {
             );
             let report = restart::run(&opts, scratch.path())?;
             print!("{}", restart::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Udp(args) => {
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, None)?;
+            let opts = udp::UdpOptions {
+                flows: args.flows.iter().map(|&f| f.max(1)).collect(),
+                seconds: args.udp_seconds.max(1),
+                port_base: args.udp_port_base,
+                paracloud: args.paracloud,
+            };
+            eprintln!(
+                "udp: flows {:?}, {} s each, directly, through Paracloud and through nginx ...",
+                opts.flows, opts.seconds
+            );
+            let report = udp::run(&opts, scratch.path())?;
+            print!("{}", udp::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Capsule(args) => {

@@ -20,9 +20,9 @@ use serde_json::json;
 /// Goal of issue 3: Paracloud at this many times the better peer's requests per second.
 const GOAL_RATIO: f64 = 1.15;
 /// The CPU of the proxies; wrk and the backend share the other one.
-const PROXY_CPU: &str = "0";
-const CLIENT_CPU: &str = "1";
-const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+pub(crate) const PROXY_CPU: &str = "0";
+pub(crate) const CLIENT_CPU: &str = "1";
+pub(crate) const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
@@ -120,12 +120,12 @@ struct Target {
 
 /// The processes the bench started; stopped (SIGTERM, then SIGKILL) by pid on drop.
 #[derive(Default)]
-struct Fleet {
+pub(crate) struct Fleet {
     children: Vec<(String, Child)>,
 }
 
 impl Fleet {
-    fn spawn(&mut self, name: &str, cmd: &mut Command, log: &Path) -> Result<()> {
+    pub(crate) fn spawn(&mut self, name: &str, cmd: &mut Command, log: &Path) -> Result<()> {
         let out = fs::File::create(log)?;
         let err = out.try_clone()?;
         let child = cmd
@@ -139,7 +139,7 @@ impl Fleet {
     }
 
     /// Fails with the log's tail when `name` has exited already.
-    fn check_alive(&mut self, name: &str, log: &Path) -> Result<()> {
+    pub(crate) fn check_alive(&mut self, name: &str, log: &Path) -> Result<()> {
         if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name) {
             if let Some(status) = child.try_wait()? {
                 let text = fs::read_to_string(log).unwrap_or_default();
@@ -184,7 +184,7 @@ impl Drop for Fleet {
     }
 }
 
-fn pinned(cpu: &str, program: &str) -> Command {
+pub(crate) fn pinned(cpu: &str, program: &str) -> Command {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", cpu, program]);
     cmd

@@ -455,6 +455,7 @@ impl ParacloudRunner {
             service_addresses: vec![],
             // No data plane serves this bridge: its instances reach nothing of the host.
             served: vec![],
+            served_udp: vec![],
             segments: Vec::new(),
         };
         fs::create_dir_all(dir)?;

@@ -704,7 +704,9 @@ fn settled(service: &ServiceView) -> bool {
 async fn wait_published(app: &AppView, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     for service in app.services.iter().filter(|s| s.replicas > 0) {
-        for address in service.spec.ports.iter().filter_map(|p| p.publish) {
+        // A UDP address cannot be probed by connecting; the data plane binds it with the rest.
+        let tcp = service.spec.ports.iter().filter(|p| !p.protocol.is_udp());
+        for address in tcp.filter_map(|p| p.publish) {
             while tokio::net::TcpStream::connect(address).await.is_err() {
                 if Instant::now() > deadline {
                     bail!(
@@ -1240,7 +1242,7 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
         let ports: Vec<String> = spec
             .ports
             .iter()
-            .map(|p| format!("{}/{:?}", p.port, p.protocol).to_lowercase())
+            .map(|p| format!("{}/{}", p.port, p.protocol.name()))
             .collect();
         field("Ports:", ports.join(", "));
         field(

@@ -175,10 +175,12 @@ fn up(
             ));
         }
     }
+    // A host address with its family: UDP and TCP ones are bound side by side.
+    let published = |p: &paracloud_manifest::Port| p.publish.map(|a| (a, p.protocol.is_udp()));
     let ours: BTreeSet<_> = manifest
         .services
         .values()
-        .flat_map(|s| s.ports.iter().filter_map(|p| p.publish))
+        .flat_map(|s| s.ports.iter().filter_map(published))
         .collect();
     let fixed: BTreeSet<_> = manifest
         .services
@@ -207,8 +209,12 @@ fn up(
             }
         }
         for (name, service) in &other.manifest.services {
-            for port in service.ports.iter().filter_map(|p| p.publish) {
-                if ours.contains(&port) {
+            for (port, udp) in service.ports.iter().filter_map(published) {
+                if ours.contains(&(port, udp)) {
+                    let port = match udp {
+                        true => format!("{port}/udp"),
+                        false => port.to_string(),
+                    };
                     return Err(Refusal::new(
                         RefusalKind::Conflict,
                         format!(

@@ -659,7 +659,8 @@ fn ports(
     t: &mut Table,
 ) {
     let mut written: Vec<(String, usize, String)> = Vec::new();
-    let mut targets: Vec<u16> = Vec::new();
+    // Container ports written so far, with whether each is UDP: `expose` adds only new ones.
+    let mut targets: Vec<(u16, bool)> = Vec::new();
     if let Some(node) = ports {
         let field = child(path, "ports");
         let items = match &node.kind {
@@ -702,15 +703,20 @@ fn ports(
                     Some((spec, protocol)) => (spec, Some(protocol)),
                     None => (text, None),
                 };
-                if !protocol_ok(r, protocol, item, &f) {
+                let Some(udp) = udp_protocol(r, protocol, item, &f) else {
                     continue;
-                }
+                };
                 match values::port_range(spec) {
                     Ok((a, b)) => {
                         for p in a..=b {
-                            if !targets.contains(&p) {
-                                targets.push(p);
-                                written.push((p.to_string(), item.offset, f.clone()));
+                            if !targets.contains(&(p, udp)) {
+                                targets.push((p, udp));
+                                let text = if udp {
+                                    out::string(&format!("{p}/udp"))
+                                } else {
+                                    p.to_string()
+                                };
+                                written.push((text, item.offset, f.clone()));
                             }
                         }
                     }
@@ -733,27 +739,42 @@ fn ports(
     t.key("]".into(), offset, &field);
 }
 
-fn protocol_ok(r: &mut Reader<'_>, protocol: Option<&str>, node: &Node, field: &str) -> bool {
+/// Whether a port's protocol is UDP (`Some(true)`) or TCP (`Some(false)`); `None` after
+/// reporting any other.
+fn udp_protocol(
+    r: &mut Reader<'_>,
+    protocol: Option<&str>,
+    node: &Node,
+    field: &str,
+) -> Option<bool> {
     match protocol {
-        None | Some("tcp") => true,
+        None | Some("tcp") => Some(false),
+        Some("udp") => Some(true),
         Some(other) => {
             r.error(
                 node.offset,
                 field,
-                format!("{other} ports are not supported: the data plane forwards TCP"),
-                Some("remove the port, or serve the protocol over TCP".into()),
+                format!("{other} ports are not supported: the data plane forwards TCP and UDP"),
+                Some("remove the port, or serve the protocol over TCP or UDP".into()),
             );
-            false
+            None
         }
     }
 }
 
-/// A short port: each published or exposed port as a manifest entry, with its container port.
-fn short_ports(r: &mut Reader<'_>, text: &str, node: &Node, field: &str) -> Vec<(String, u16)> {
+/// A short port: each published or exposed port as a manifest entry, with its container port
+/// and whether it is UDP.
+fn short_ports(
+    r: &mut Reader<'_>,
+    text: &str,
+    node: &Node,
+    field: &str,
+) -> Vec<(String, (u16, bool))> {
     let spec = values::short_port(text);
-    if !protocol_ok(r, spec.protocol, node, field) {
+    let Some(udp) = udp_protocol(r, spec.protocol, node, field) else {
         return Vec::new();
-    }
+    };
+    let suffix = if udp { "/udp" } else { "" };
     let (t0, t1) = match values::port_range(spec.target) {
         Ok(range) => range,
         Err(e) => {
@@ -763,7 +784,12 @@ fn short_ports(r: &mut Reader<'_>, text: &str, node: &Node, field: &str) -> Vec<
     };
     let Some(published) = spec.published else {
         // No host port: Docker would pick one at random; Paracloud publishes nothing.
-        return (t0..=t1).map(|p| (p.to_string(), p)).collect();
+        return (t0..=t1)
+            .map(|p| match udp {
+                true => (out::string(&format!("{p}{suffix}")), (p, udp)),
+                false => (p.to_string(), (p, udp)),
+            })
+            .collect();
     };
     let (p0, p1) = match values::port_range(published) {
         Ok(range) => range,
@@ -785,14 +811,19 @@ fn short_ports(r: &mut Reader<'_>, text: &str, node: &Node, field: &str) -> Vec<
     (0..=(t1 - t0))
         .map(|i| {
             let (h, c) = (p0 + i, t0 + i);
-            (out::string(&format!("{ip}{h}:{c}")), c)
+            (out::string(&format!("{ip}{h}:{c}{suffix}")), (c, udp))
         })
         .collect()
 }
 
-/// A long-form port as a manifest table, with its container port.
-fn long_port(r: &mut Reader<'_>, entries: &[(Node, Node)], field: &str) -> Option<(String, u16)> {
+/// A long-form port as a manifest table, with its container port and whether it is UDP.
+fn long_port(
+    r: &mut Reader<'_>,
+    entries: &[(Node, Node)],
+    field: &str,
+) -> Option<(String, (u16, bool))> {
     let mut target = None;
+    let mut udp = None;
     let mut published = None;
     let mut host_ip = None;
     let mut http = false;
@@ -821,7 +852,10 @@ fn long_port(r: &mut Reader<'_>, entries: &[(Node, Node)], field: &str) -> Optio
                 None => ok = false,
             },
             "host_ip" => host_ip = r.string(value, &f).map(str::to_owned),
-            "protocol" => ok &= protocol_ok(r, value.text(), value, &f),
+            "protocol" => match udp_protocol(r, value.text(), value, &f) {
+                Some(is_udp) => udp = Some((is_udp, value.offset)),
+                None => ok = false,
+            },
             "app_protocol" => match value.text() {
                 Some("http") => http = true,
                 Some("tcp") => {}
@@ -867,9 +901,25 @@ fn long_port(r: &mut Reader<'_>, entries: &[(Node, Node)], field: &str) -> Optio
     if !ok {
         return None;
     }
+    let udp = match udp {
+        Some((true, offset)) if http => {
+            r.error(
+                offset,
+                &child(field, "protocol"),
+                "app_protocol http needs protocol tcp, found udp",
+                Some("remove `app_protocol: http`, or write `protocol: tcp`".into()),
+            );
+            return None;
+        }
+        Some((udp, _)) => udp,
+        None => false,
+    };
     let mut parts = vec![format!("port = {target}")];
     if http {
         parts.push("protocol = \"http\"".into());
+    }
+    if udp {
+        parts.push("protocol = \"udp\"".into());
     }
     match (host_ip, published) {
         (Some(ip), Some(p)) => {
@@ -883,7 +933,7 @@ fn long_port(r: &mut Reader<'_>, entries: &[(Node, Node)], field: &str) -> Optio
         (None, Some(p)) => parts.push(format!("publish = {p}")),
         _ => {}
     }
-    Some((format!("{{ {} }}", parts.join(", ")), target))
+    Some((format!("{{ {} }}", parts.join(", ")), (target, udp)))
 }
 
 /// `volumes` of a service: named volumes and bind mounts, written with `extra` (its secrets

@@ -230,14 +230,47 @@ fn ports_short_long_ranges_and_expose() {
             "3001/Tcp/None",
         ]
     );
-    let e = error("services:\n  web:\n    image: a\n    ports: [\"53:53/udp\"]\n");
+    let e = error("services:\n  web:\n    image: a\n    ports: [\"53:53/sctp\"]\n");
     assert!(
-        e.starts_with("compose.yaml:4:13: services.web.ports[0]: udp ports are not supported"),
+        e.starts_with("compose.yaml:4:13: services.web.ports[0]: sctp ports are not supported"),
         "{e}"
     );
     assert!(
         error("services:\n  web:\n    image: a\n    ports: [\"8000-8001:80\"]\n")
             .contains("same length")
+    );
+}
+
+#[test]
+fn udp_ports_short_long_and_expose() {
+    let s = web("services:\n  web:\n    image: a\n    ports:\n      - \"5353:53/udp\"\n      - \"5353:53\"\n      - \"54/udp\"\n      - target: 55\n        published: \"5355\"\n        protocol: udp\n    expose: [\"53/udp\", \"56/udp\", \"56\"]\n");
+    let shown: Vec<String> = s
+        .ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}/{:?}",
+                p.port,
+                p.protocol.name(),
+                p.publish.map(|a| a.to_string())
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            "53/udp/Some(\"127.0.0.1:5353\")",
+            "53/tcp/Some(\"127.0.0.1:5353\")",
+            "54/udp/None",
+            "55/udp/Some(\"127.0.0.1:5355\")",
+            "56/udp/None",
+            "56/tcp/None",
+        ]
+    );
+    let e = error("services:\n  web:\n    image: a\n    ports:\n      - target: 80\n        protocol: udp\n        app_protocol: http\n");
+    assert!(
+        e.starts_with("compose.yaml:6:19: services.web.ports[0].protocol: app_protocol http needs protocol tcp, found udp"),
+        "{e}"
     );
 }
 

@@ -198,19 +198,20 @@ async fn up<D: Driver>(
     // A published port something else holds would never be served: say who holds it. Ports our
     // own applications publish are the data plane's (a clash between applications is the
     // command layer's to refuse).
-    let ours: std::collections::BTreeSet<std::net::SocketAddr> = engine
+    let published = |p: &paracloud_manifest::Port| p.publish.map(|a| (a, p.protocol.is_udp()));
+    let ours: std::collections::BTreeSet<(std::net::SocketAddr, bool)> = engine
         .store
         .load()?
         .apps
         .iter()
         .filter(|a| a.removing.is_none())
         .flat_map(|a| a.manifest.services.values())
-        .flat_map(|s| s.ports.iter().filter_map(|p| p.publish))
+        .flat_map(|s| s.ports.iter().filter_map(published))
         .collect();
     for (name, service) in &manifest.services {
-        for publish in service.ports.iter().filter_map(|p| p.publish) {
-            if !ours.contains(&publish) {
-                crate::ports::check_free(publish).map_err(|e| {
+        for (publish, udp) in service.ports.iter().filter_map(published) {
+            if !ours.contains(&(publish, udp)) {
+                crate::ports::check_free(publish, udp).map_err(|e| {
                     ApiError::new(
                         StatusCode::CONFLICT,
                         format!("{}: services.{name}.ports: {e}", request.origin),
@@ -384,19 +385,20 @@ async fn dry_run<D: Driver>(
     if !problems.is_empty() {
         return Err(unprocessable(problems.join("\n")));
     }
-    let ours: std::collections::BTreeSet<std::net::SocketAddr> = engine
+    let published = |p: &paracloud_manifest::Port| p.publish.map(|a| (a, p.protocol.is_udp()));
+    let ours: std::collections::BTreeSet<(std::net::SocketAddr, bool)> = engine
         .store
         .load()?
         .apps
         .iter()
         .filter(|a| a.removing.is_none())
         .flat_map(|a| a.manifest.services.values())
-        .flat_map(|s| s.ports.iter().filter_map(|p| p.publish))
+        .flat_map(|s| s.ports.iter().filter_map(published))
         .collect();
     for (name, service) in &manifest.services {
-        for publish in service.ports.iter().filter_map(|p| p.publish) {
-            if !ours.contains(&publish) {
-                crate::ports::check_free(publish).map_err(|e| {
+        for (publish, udp) in service.ports.iter().filter_map(published) {
+            if !ours.contains(&(publish, udp)) {
+                crate::ports::check_free(publish, udp).map_err(|e| {
                     ApiError::new(
                         StatusCode::CONFLICT,
                         format!("{origin}: services.{name}.ports: {e}"),

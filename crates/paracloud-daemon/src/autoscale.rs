@@ -499,6 +499,7 @@ scale_to_zero = "1m"
         let listener = |name: &str, counters: CounterValues| ListenerSnapshot {
             name: name.into(),
             bind: "127.0.0.1:1".parse().unwrap(),
+            udp: false,
             bound: true,
             counters,
             latency: LatencySnapshot::default(),

@@ -5,12 +5,13 @@
 //! # Listening sockets outlive the process
 //!
 //! The supervisor holds a duplicate of every listening socket of the data plane (taken out of it
-//! with pidfd_getfd, recognised by SO_ACCEPTCONN and matched to the configuration by its bound
-//! address), collected shortly after each configuration it pushes and after it starts or adopts a
+//! with pidfd_getfd, recognised by SO_ACCEPTCONN for TCP, as a bound and unconnected datagram
+//! socket for UDP, and matched to the configuration by its type and bound address), collected shortly after each configuration it pushes and after it starts or adopts a
 //! data plane. While it holds them the sockets stay open when the data plane dies: the kernel
 //! keeps completing handshakes and queueing connections on them, and the next data plane, which
 //! inherits them as fds 3, 4, ... with `LISTEN_FDS` (systemd's socket-activation convention),
-//! accepts those connections. Only the connections the dead process had accepted are lost.
+//! accepts those connections (and reads the UDP datagrams queued meanwhile). Only the connections
+//! the dead process had accepted, and the UDP flows' affinity, are lost.
 //!
 //! A duplicate of a listener that leaves the configuration is dropped before the data plane is
 //! told: otherwise the kernel would go on completing handshakes on a socket nobody accepts from,
@@ -33,7 +34,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
 use nix::unistd::Pid;
-use paracloud_dataplane::{load_config, write_config, Config};
+use paracloud_dataplane::{load_config, write_config, Config, Endpoint};
 use paracloud_runtime::{adopt_process, handover, signal_process, wait_process, Process};
 use tokio::sync::Notify;
 
@@ -133,9 +133,9 @@ struct State {
     /// The configuration it was last told.
     pushed: Option<Config>,
     /// Bind addresses of the configuration last written.
-    binds: BTreeSet<SocketAddr>,
+    binds: BTreeSet<Endpoint>,
     /// Duplicates of the data plane's listening sockets, by bound address (a subset of `binds`).
-    held: BTreeMap<SocketAddr, OwnedFd>,
+    held: BTreeMap<Endpoint, OwnedFd>,
     /// Data planes replaced and still draining: they get every push until they end.
     retiring: Vec<Arc<Process>>,
     /// A replacement's new data plane runs but is not yet ready: its end is the replacement's
@@ -166,7 +166,7 @@ impl DataplaneSupervisor {
             .and_then(|(pid, start)| adopt_process(pid, start).ok().flatten())
             .map(|p| (Arc::new(p), None));
         let binds = load_config(&config_path)
-            .map(|c| c.listeners.iter().map(|l| l.bind).collect())
+            .map(|c| c.listeners.iter().map(|l| l.endpoint()).collect())
             .unwrap_or_default();
         let state = State {
             process,
@@ -309,7 +309,7 @@ impl DataplaneSupervisor {
         if state.pushed.as_ref() == Some(config) {
             return;
         }
-        let binds: BTreeSet<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
+        let binds: BTreeSet<Endpoint> = config.listeners.iter().map(|l| l.endpoint()).collect();
         // Before the data plane hears of it: a listener leaving the configuration must close.
         state.held.retain(|addr, _| {
             let keep = binds.contains(addr);
@@ -358,7 +358,11 @@ impl DataplaneSupervisor {
         match handover::listening_sockets(&process) {
             Ok(found) => {
                 let mut taken = Vec::new();
-                for (addr, fd) in found {
+                for (listening, fd) in found {
+                    let addr = match listening {
+                        handover::Listening::Tcp(addr) => Endpoint::Tcp(addr),
+                        handover::Listening::Udp(addr) => Endpoint::Udp(addr),
+                    };
                     if state.binds.contains(&addr) && !state.held.contains_key(&addr) {
                         state.held.insert(addr, fd);
                         taken.push(addr.to_string());

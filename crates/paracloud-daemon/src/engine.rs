@@ -446,6 +446,7 @@ impl<D: Driver> Engine<D> {
                     Ok(n) => n,
                     Err(e) => return self.event(&app, &app, &e.to_string()),
                 };
+                let (served, served_udp) = served_on_bridge(record, &network);
                 let config = NetworkConfig {
                     bridge: network.bridge(),
                     gateway: network.gateway(),
@@ -458,7 +459,8 @@ impl<D: Driver> Engine<D> {
                         .into_iter()
                         .collect(),
                     // The one thing of the host its instances may connect to: the data plane.
-                    served: served_on_bridge(record, &network),
+                    served,
+                    served_udp,
                     segments: crate::routes::segments(record, &network, &snapshot.instances),
                 };
                 match self.driver.ensure_network(&config).await {

@@ -262,6 +262,7 @@ mod tests {
                 .map(|(name, counters)| ListenerSnapshot {
                     name: (*name).into(),
                     bind: "127.0.0.1:1".parse().unwrap(),
+                    udp: false,
                     bound: true,
                     counters: *counters,
                     latency: Default::default(),

@@ -328,6 +328,7 @@ ports = [7000]
         ListenerSnapshot {
             name: name.into(),
             bind: "127.0.0.1:8080".parse().unwrap(),
+            udp: false,
             bound: true,
             counters,
             latency,

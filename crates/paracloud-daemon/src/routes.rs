@@ -66,6 +66,12 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
             let protocol = match port.protocol {
                 PortProtocol::Tcp => Protocol::Tcp,
                 PortProtocol::Http => Protocol::Http,
+                PortProtocol::Udp => Protocol::Udp,
+            };
+            // A UDP port may have the number of a TCP one: its listener's name says which.
+            let port_name = match port.protocol {
+                PortProtocol::Udp => format!("{}/udp", port.port),
+                PortProtocol::Tcp | PortProtocol::Http => port.port.to_string(),
             };
             let revisions: Vec<Revision> = revisions_of(app, name)
                 .map(|(service_name, revision, weight)| Revision {
@@ -80,7 +86,7 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
                 port.port,
             );
             listeners.push(Listener {
-                name: format!("{}/{}:{}", app.name, name, port.port),
+                name: format!("{}/{}:{port_name}", app.name, name),
                 bind: service_address,
                 protocol,
                 backends: backends.clone(),
@@ -88,7 +94,7 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
             });
             if let Some(publish) = port.publish {
                 listeners.push(Listener {
-                    name: format!("{}/{}:{} published", app.name, name, port.port),
+                    name: format!("{}/{}:{port_name} published", app.name, name),
                     bind: publish,
                     protocol,
                     backends,
@@ -112,15 +118,34 @@ fn service_ports(app: &AppRecord) -> impl Iterator<Item = (&String, &ServiceReco
         .flat_map(|(name, record, service)| service.ports.iter().map(move |p| (name, record, p)))
 }
 
-/// The endpoints the data plane serves an application's instances on, on its bridge: the
-/// service address and port of each of its listeners there (published ports are for the host's
-/// clients). The host's firewall lets the instances open connections to these alone.
-pub fn served_on_bridge(app: &AppRecord, network: &AppNetwork) -> Vec<SocketAddrV4> {
-    service_ports(app)
+/// The endpoints the data plane serves an application's instances on, on its bridge, TCP ones
+/// then UDP ones: the service address and port of each of its listeners there (published ports
+/// are for the host's clients). The host's firewall lets the instances open connections and send
+/// datagrams to these alone.
+pub fn served_on_bridge(
+    app: &AppRecord,
+    network: &AppNetwork,
+) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
+    by_transport(app, service_ports(app), network)
+}
+
+/// The endpoints of `ports` on the service addresses, TCP (and HTTP) ones then UDP ones.
+fn by_transport<'a>(
+    app: &AppRecord,
+    ports: impl Iterator<Item = (&'a String, &'a ServiceRecord, &'a Port)>,
+    network: &AppNetwork,
+) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
+    let (udp, tcp): (Vec<_>, Vec<_>) = ports
         .map(|(name, record, port)| {
-            SocketAddrV4::new(service_address(app, network, name, record), port.port)
+            let address = service_address(app, network, name, record);
+            (
+                SocketAddrV4::new(address, port.port),
+                port.protocol.is_udp(),
+            )
         })
-        .collect()
+        .partition(|(_, udp)| *udp);
+    let addresses = |v: Vec<(SocketAddrV4, bool)>| v.into_iter().map(|(e, _)| e).collect();
+    (addresses(tcp), addresses(udp))
 }
 
 /// The networks of an application split into several, each with the endpoints served to it and
@@ -140,14 +165,15 @@ pub fn segments(
         .into_iter()
         .map(|name| {
             let on = |service: &str| manifest.networks_of(service).contains(&name);
+            let (served, served_udp) = by_transport(
+                app,
+                service_ports(app).filter(|(service, _, _)| on(service)),
+                network,
+            );
             Segment {
                 name: name.to_owned(),
-                served: service_ports(app)
-                    .filter(|(service, _, _)| on(service))
-                    .map(|(service, record, port)| {
-                        SocketAddrV4::new(service_address(app, network, service, record), port.port)
-                    })
-                    .collect(),
+                served,
+                served_udp,
                 members: instances
                     .iter()
                     .filter(|i| i.key.app == app.name && on(&i.key.service))

@@ -96,10 +96,7 @@ pub fn service_view(
         .ports
         .iter()
         .filter_map(|p| {
-            let protocol = match p.protocol {
-                paracloud_manifest::Protocol::Tcp => "tcp",
-                paracloud_manifest::Protocol::Http => "http",
-            };
+            let protocol = p.protocol.name();
             p.publish
                 .map(|addr| format!("{addr} -> {}/{protocol}", p.port))
         })

@@ -349,6 +349,7 @@ impl ListenerState {
         ListenerSnapshot {
             name: route.name.clone(),
             bind: self.bind,
+            udp: route.protocol == Some(Protocol::Udp),
             bound: self.bound.load(Ordering::Relaxed),
             counters: self.counters.read(),
             latency: self.counters.latency(),

@@ -1,10 +1,12 @@
-//! The data plane: HTTP and TCP load balancing from published ports and stable service addresses to ready instances.
+//! The data plane: HTTP, TCP and UDP load balancing from published ports and stable service addresses to ready instances.
 //!
 //! The control plane writes a [`Config`] with [`write_config`] and signals the data-plane process
 //! (which runs [`run`]) with SIGHUP; the process diffs its listeners by bind address. A TCP
 //! listener forwards each accepted connection to a backend picked by power of two choices
 //! ([`pick`]); an HTTP listener serves HTTP/1.1 and HTTP/2 and picks a backend per request, over
-//! pooled keep-alive connections. HTTP/1.1 takes a fast path in the client connection's own task
+//! pooled keep-alive connections. A UDP listener relays datagrams per flow (see the `udp` module:
+//! a client's address and port keep the backend their first datagram picked until idle for
+//! [`Tuning::udp_idle`]). HTTP/1.1 takes a fast path in the client connection's own task
 //! (heads parsed with httparse, bodies relayed as raw bytes with their framing); HTTP/2, HTTP/1.0,
 //! Upgrade and CONNECT go through hyper. Every backend is chosen by one function, which also
 //! receives the request's `x-paracloud-revision` header for revisions served side by side. The
@@ -60,6 +62,7 @@ mod server;
 pub mod split;
 mod stats;
 mod stats_server;
+mod udp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,6 +118,44 @@ pub struct Revision {
 pub enum Protocol {
     Tcp,
     Http,
+    /// Datagrams relayed per flow (see the `udp` module).
+    Udp,
+}
+
+/// What a listener is bound to: an address and whether for datagrams. A UDP and a TCP (or HTTP)
+/// listener may share an address; listeners are told apart, diffed on reload and matched to
+/// inherited sockets by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
+impl Endpoint {
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Endpoint::Tcp(addr) | Endpoint::Udp(addr) => addr,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => write!(f, "{addr}"),
+            Endpoint::Udp(addr) => write!(f, "{addr}/udp"),
+        }
+    }
+}
+
+impl Listener {
+    /// The socket the listener is bound to.
+    pub fn endpoint(&self) -> Endpoint {
+        match self.protocol {
+            Protocol::Udp => Endpoint::Udp(self.bind),
+            Protocol::Tcp | Protocol::Http => Endpoint::Tcp(self.bind),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +218,11 @@ pub struct Tuning {
     /// has been idle this long (one busy with requests answers its next one with
     /// `Connection: close` instead).
     pub idle_grace: Duration,
+    /// A UDP flow with no datagram either way for this long ends (its backend is picked again by
+    /// its next datagram); 30 s, as the kernel's connection tracking keeps a UDP stream.
+    pub udp_idle: Duration,
+    /// The most UDP flows a listener keeps; a new flow beyond it ends the flow idle the longest.
+    pub udp_flows: usize,
 }
 
 impl Default for Tuning {
@@ -192,6 +238,8 @@ impl Default for Tuning {
             backend_wait: Duration::from_secs(5),
             drain: Duration::from_secs(30),
             idle_grace: Duration::from_secs(1),
+            udp_idle: Duration::from_secs(30),
+            udp_flows: 65536,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The data-plane process body: listeners diffed on reload, accept loops, draining.
 //!
 //! Listening sockets may be inherited (socket activation, see [`Dataplane::inherit`]): a listener
-//! whose bind address equals an inherited socket's adopts it instead of binding anew, so that a
-//! restarted data plane serves the very sockets (and their queued connections) of the one before.
+//! whose bind address equals an inherited socket's (TCP for TCP and HTTP listeners, UDP for UDP
+//! ones) adopts it instead of binding anew, so that a restarted data plane serves the very sockets
+//! (and their queued connections or datagrams) of the one before.
 //!
 //! # Draining
 //!
@@ -12,7 +13,8 @@
 //! next request with `Connection: close` and close after it, keep-alive connections with no
 //! request under way close once idle for [`Tuning::idle_grace`], hyper's connections (HTTP/2,
 //! HTTP/1.0, upgrades) shut down gracefully (GOAWAY for HTTP/2), TCP connections run to their
-//! end, and `GET /watch` streams end so that the control plane follows the new process. Routes
+//! end, UDP listeners stop reading and their flows relay replies until idle (see the `udp`
+//! module), and `GET /watch` streams end so that the control plane follows the new process. Routes
 //! still follow reloads while draining (no listener is bound any more). The drain ends when the
 //! last connection does, after [`Tuning::drain`], or at once on a second SIGTERM.
 
@@ -39,7 +41,8 @@ use crate::forward::{self, ListenerState};
 use crate::http::{self, Upstream};
 use crate::stats::{Counters, Snapshot};
 use crate::{
-    bind_stats_socket, load_config, serve_stats, Config, Error, Listener, Protocol, Tuning, Waiting,
+    bind_stats_socket, load_config, serve_stats, udp, Config, Endpoint, Error, Listener, Protocol,
+    Tuning, Waiting,
 };
 
 /// How many connections the kernel completes and queues on a listener that nobody accepts from
@@ -185,7 +188,7 @@ pub struct Dataplane {
     tuning: Tuning,
     stats: Stats,
     /// Inherited listening sockets by bound address, until the first configuration is applied.
-    inherited: BTreeMap<SocketAddr, std::net::TcpListener>,
+    inherited: BTreeMap<Endpoint, socket2::Socket>,
     /// Set once a drain begins; every connection and `GET /watch` stream watches it.
     draining: watch::Sender<bool>,
     /// Fired once the first configuration is applied.
@@ -236,7 +239,7 @@ impl Stats {
         until_draining(&mut self.draining.clone()).await;
     }
 
-    fn publish(&self, slots: &BTreeMap<SocketAddr, Slot>) {
+    fn publish(&self, slots: &BTreeMap<Endpoint, Slot>) {
         if let Ok(mut listeners) = self.listeners.lock() {
             *listeners = slots.values().map(|s| s.state.clone()).collect();
         }
@@ -287,23 +290,26 @@ impl Dataplane {
     }
 
     /// Listening sockets to adopt: the first configuration's listener whose bind address equals a
-    /// socket's bound address (getsockname) takes it over instead of binding anew; sockets no
-    /// listener wants are closed once that configuration is applied. Fds that are not TCP sockets
-    /// are closed at once.
+    /// socket's bound address (getsockname) takes it over instead of binding anew, a TCP socket
+    /// (SO_TYPE stream) for a TCP or HTTP listener and a UDP one (datagram) for a UDP listener;
+    /// sockets no listener wants are closed once that configuration is applied. Fds that are not
+    /// bound TCP or UDP sockets are closed at once.
     pub fn inherit(mut self, sockets: Vec<OwnedFd>) -> Self {
         for fd in sockets {
             let socket = socket2::Socket::from(fd);
-            let bound = match (socket.r#type(), socket.local_addr()) {
-                (Ok(socket2::Type::STREAM), Ok(addr)) => addr.as_socket(),
+            let addr = socket.local_addr().ok().and_then(|a| a.as_socket());
+            let bound = match (socket.r#type(), addr) {
+                (Ok(socket2::Type::STREAM), Some(addr)) => Some(Endpoint::Tcp(addr)),
+                (Ok(socket2::Type::DGRAM), Some(addr)) => Some(Endpoint::Udp(addr)),
                 _ => None,
             };
             match bound {
-                Some(addr) => {
-                    if self.inherited.insert(addr, socket.into()).is_some() {
-                        warn!(%addr, "two inherited sockets have the same address; keeping the last");
+                Some(endpoint) => {
+                    if self.inherited.insert(endpoint, socket).is_some() {
+                        warn!(%endpoint, "two inherited sockets have the same address; keeping the last");
                     }
                 }
-                None => warn!("an inherited fd is not a bound TCP socket; closing it"),
+                None => warn!("an inherited fd is not a bound TCP or UDP socket; closing it"),
             }
         }
         self
@@ -382,7 +388,11 @@ impl Dataplane {
         };
         let began = Instant::now();
         // Our copies of the listening sockets close; whoever else holds them accepts from now on.
-        for slot in slots.values_mut() {
+        // UDP listeners stop reading when they see the drain, and keep their flows until then.
+        for (_, slot) in slots
+            .iter_mut()
+            .filter(|(e, _)| matches!(e, Endpoint::Tcp(_)))
+        {
             if let Some(accepting) = slot.accepting.take() {
                 drop(accepting.stop);
                 let _ = accepting.task.await;
@@ -390,7 +400,7 @@ impl Dataplane {
         }
         self.draining.send_replace(true);
         drop(shared);
-        let open = |slots: &BTreeMap<SocketAddr, Slot>| -> u64 {
+        let open = |slots: &BTreeMap<Endpoint, Slot>| -> u64 {
             slots
                 .values()
                 .map(|s| Counters::get(&s.state.counters.active))
@@ -435,7 +445,7 @@ impl Dataplane {
     }
 
     /// Reads the configuration again and applies it; on error the previous one stays.
-    async fn reload(&self, slots: &mut BTreeMap<SocketAddr, Slot>, shared: Option<&Shared>) {
+    async fn reload(&self, slots: &mut BTreeMap<Endpoint, Slot>, shared: Option<&Shared>) {
         match load_config(&self.config_path) {
             Ok(config) => {
                 self.apply(slots, &config, shared, &mut BTreeMap::new())
@@ -451,19 +461,19 @@ impl Dataplane {
     /// listeners already there change: nothing is bound.
     async fn apply(
         &self,
-        slots: &mut BTreeMap<SocketAddr, Slot>,
+        slots: &mut BTreeMap<Endpoint, Slot>,
         config: &Config,
         shared: Option<&Shared>,
-        inherited: &mut BTreeMap<SocketAddr, std::net::TcpListener>,
+        inherited: &mut BTreeMap<Endpoint, socket2::Socket>,
     ) {
-        let mut wanted: BTreeMap<SocketAddr, &Listener> = BTreeMap::new();
+        let mut wanted: BTreeMap<Endpoint, &Listener> = BTreeMap::new();
         for listener in &config.listeners {
-            if wanted.insert(listener.bind, listener).is_some() {
-                warn!(bind = %listener.bind, "address listed twice in the config; the last entry wins");
+            if wanted.insert(listener.endpoint(), listener).is_some() {
+                warn!(bind = %listener.endpoint(), "address listed twice in the config; the last entry wins");
             }
         }
         self.stats.calls.rebuild(wanted.values().copied());
-        let removed: Vec<SocketAddr> = slots
+        let removed: Vec<Endpoint> = slots
             .keys()
             .filter(|bind| !wanted.contains_key(bind))
             .copied()
@@ -478,14 +488,15 @@ impl Dataplane {
                 }
             }
         }
-        for (bind, listener) in wanted {
+        for (endpoint, listener) in wanted {
             let Some(shared) = shared else {
-                if let Some(slot) = slots.get(&bind) {
+                if let Some(slot) = slots.get(&endpoint) {
                     slot.state.update(listener);
                 }
                 continue;
             };
-            let slot = slots.entry(bind).or_insert_with(|| Slot {
+            let bind = endpoint.addr();
+            let slot = slots.entry(endpoint).or_insert_with(|| Slot {
                 state: Arc::new(ListenerState::announcing(
                     bind,
                     &self.tuning,
@@ -497,23 +508,42 @@ impl Dataplane {
             if slot.accepting.is_some() {
                 continue;
             }
-            let (socket, how) = match inherited.remove(&bind) {
-                Some(socket) => (adopt_listener(socket), "inherited"),
-                None => (bind_listener(bind), "bound"),
+            let how = match inherited.contains_key(&endpoint) {
+                true => "inherited",
+                false => "bound",
             };
-            match socket {
-                Ok(socket) => {
-                    info!(listener = %listener.name, %bind, backends = listener.backends.len(), socket = how, "listening");
+            let (stop, stopped) = oneshot::channel();
+            let (state, calls) = (slot.state.clone(), self.stats.calls.clone());
+            let task = match (endpoint, inherited.remove(&endpoint)) {
+                (Endpoint::Tcp(_), Some(socket)) => adopt_listener(socket.into()).map(Bound::Tcp),
+                (Endpoint::Tcp(_), None) => bind_listener(bind).map(Bound::Tcp),
+                (Endpoint::Udp(_), Some(socket)) => {
+                    udp::adopt_socket(socket.into()).map(Bound::Udp)
+                }
+                (Endpoint::Udp(_), None) => udp::bind_socket(bind).map(Bound::Udp),
+            }
+            .map(|socket| match socket {
+                Bound::Tcp(tcp) => tokio::spawn(accept_loop(
+                    tcp,
+                    state,
+                    self.tuning,
+                    stopped,
+                    shared.clone(),
+                    calls,
+                )),
+                Bound::Udp(udp) => tokio::spawn(udp::serve(
+                    udp,
+                    state,
+                    self.tuning,
+                    stopped,
+                    shared.clone(),
+                    calls,
+                )),
+            });
+            match task {
+                Ok(task) => {
+                    info!(listener = %listener.name, bind = %endpoint, backends = listener.backends.len(), socket = how, "listening");
                     slot.state.bound.store(true, Ordering::Relaxed);
-                    let (stop, stopped) = oneshot::channel();
-                    let task = tokio::spawn(accept_loop(
-                        socket,
-                        slot.state.clone(),
-                        self.tuning,
-                        stopped,
-                        shared.clone(),
-                        self.stats.calls.clone(),
-                    ));
                     slot.accepting = Some(Accepting { stop, task });
                 }
                 Err(error) => {
@@ -524,6 +554,12 @@ impl Dataplane {
         }
         self.stats.publish(slots);
     }
+}
+
+/// A listening socket ready to serve.
+enum Bound {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
 }
 
 /// Binds a listening socket that may precede its address: IP_FREEBIND lets a service address be
@@ -618,7 +654,10 @@ fn spawn_connection(
                 )
                 .await
             }
-            Some(Protocol::Tcp) | None => forward::serve(client, &state, &tuning).await,
+            // A UDP listener has no accept loop; its route never reaches one.
+            Some(Protocol::Tcp | Protocol::Udp) | None => {
+                forward::serve(client, &state, &tuning).await
+            }
         }
         drop(shared);
     });

@@ -118,6 +118,8 @@ pub(crate) struct Counters {
     pub(crate) failed_connects: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    pub(crate) datagrams_in: AtomicU64,
+    pub(crate) datagrams_out: AtomicU64,
     pub(crate) requests: AtomicU64,
     responses: [AtomicU64; 4],
     pub(crate) errors: AtomicU64,
@@ -139,6 +141,8 @@ impl Default for Counters {
             failed_connects: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            datagrams_in: AtomicU64::new(0),
+            datagrams_out: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             responses: Default::default(),
             errors: AtomicU64::new(0),
@@ -219,6 +223,8 @@ impl Counters {
             failed_connects: Self::get(&self.failed_connects),
             bytes_in: Self::get(&self.bytes_in),
             bytes_out: Self::get(&self.bytes_out),
+            datagrams_in: Self::get(&self.datagrams_in),
+            datagrams_out: Self::get(&self.datagrams_out),
             requests: Self::get(&self.requests),
             responses_2xx: responses(0),
             responses_3xx: responses(1),
@@ -264,16 +270,24 @@ impl Drop for ActiveGuard<'_> {
 }
 
 /// Counter values at one moment. `bytes_in` flows from clients to backends, `bytes_out` back
-/// (for HTTP listeners: body bytes only).
+/// (for HTTP listeners: body bytes only; for UDP ones: datagram payloads).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterValues {
-    /// Connections accepted (listener) or successfully connected (TCP backend).
+    /// Connections accepted (listener) or successfully connected (TCP backend); for UDP, flows
+    /// begun (listener) or given to the backend.
     pub accepted: u64,
-    /// Client connections open (listener) or forwarded TCP connections open (backend).
+    /// Client connections open (listener) or forwarded TCP connections open (backend); for UDP,
+    /// flows open.
     pub active: u64,
     pub failed_connects: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// UDP datagrams relayed from clients to backends.
+    #[serde(default)]
+    pub datagrams_in: u64,
+    /// UDP datagrams relayed from backends back to clients.
+    #[serde(default)]
+    pub datagrams_out: u64,
     /// HTTP requests received (listener) or sent, retries included (backend).
     #[serde(default)]
     pub requests: u64,
@@ -373,6 +387,9 @@ pub struct CallSnapshot {
 pub struct ListenerSnapshot {
     pub name: String,
     pub bind: SocketAddr,
+    /// A UDP listener (which may share its address with a TCP one).
+    #[serde(default)]
+    pub udp: bool,
     /// False while the address could not be bound (retried on the next reload).
     pub bound: bool,
     #[serde(flatten)]
@@ -403,9 +420,14 @@ pub struct BackendSnapshot {
 }
 
 impl Snapshot {
-    /// The listener bound to `bind`, if configured.
+    /// The TCP or HTTP listener bound to `bind`, if configured.
     pub fn listener(&self, bind: SocketAddr) -> Option<&ListenerSnapshot> {
-        self.listeners.iter().find(|l| l.bind == bind)
+        self.listeners.iter().find(|l| l.bind == bind && !l.udp)
+    }
+
+    /// The UDP listener bound to `bind`, if configured.
+    pub fn udp_listener(&self, bind: SocketAddr) -> Option<&ListenerSnapshot> {
+        self.listeners.iter().find(|l| l.bind == bind && l.udp)
     }
 
     /// The call counters from service `from` (or `"external"`) to service `to`, if any call was
@@ -455,13 +477,13 @@ impl Snapshot {
             (
                 "paracloud_connections_total",
                 "counter",
-                "Connections accepted by a listener or made to a backend.",
+                "Connections accepted by a listener or made to a backend (UDP: flows begun).",
                 |c| c.accepted,
             ),
             (
                 "paracloud_active_connections",
                 "gauge",
-                "Connections open.",
+                "Connections open (UDP: flows open).",
                 |c| c.active,
             ),
             (
@@ -522,6 +544,23 @@ impl Snapshot {
                 out,
                 "{family}{{{labels},direction=\"out\"}} {}",
                 c.bytes_out
+            );
+        }
+        let family = "paracloud_datagrams_total";
+        let _ = writeln!(
+            out,
+            "# HELP {family} UDP datagrams relayed; in is client to backend.\n# TYPE {family} counter"
+        );
+        for (labels, c, _) in &series {
+            let _ = writeln!(
+                out,
+                "{family}{{{labels},direction=\"in\"}} {}",
+                c.datagrams_in
+            );
+            let _ = writeln!(
+                out,
+                "{family}{{{labels},direction=\"out\"}} {}",
+                c.datagrams_out
             );
         }
         let family = "paracloud_request_duration_seconds";
@@ -652,6 +691,7 @@ mod tests {
             listeners: vec![ListenerSnapshot {
                 name: "shop/\"web\"".into(),
                 bind: "127.0.0.1:1".parse().unwrap(),
+                udp: false,
                 bound: true,
                 counters: counters.read(),
                 latency: counters.latency(),
@@ -682,6 +722,6 @@ mod tests {
         let mut unique = types.clone();
         unique.dedup();
         assert_eq!(types.len(), unique.len());
-        assert_eq!(types.len(), 14);
+        assert_eq!(types.len(), 15);
     }
 }

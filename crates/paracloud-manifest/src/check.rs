@@ -549,7 +549,8 @@ impl Checker<'_> {
     }
 
     /// Two published addresses on the same host port clash when their IPs are equal or one of
-    /// them is a wildcard (0.0.0.0 or ::), since both cannot be bound.
+    /// them is a wildcard (0.0.0.0 or ::), since both cannot be bound; UDP and TCP are bound
+    /// side by side.
     fn port_clashes(&mut self, drafts: &BTreeMap<String, Draft>) {
         let mut published: Vec<(&Published, &str)> = drafts
             .iter()
@@ -560,6 +561,7 @@ impl Checker<'_> {
             let (addr, other) = (this.addr, &published[..i]);
             let earlier = other.iter().find(|(other, _)| {
                 other.addr.port() == addr.port()
+                    && other.udp == this.udp
                     && (other.addr.ip() == addr.ip()
                         || other.addr.ip().is_unspecified()
                         || addr.ip().is_unspecified())
@@ -570,7 +572,8 @@ impl Checker<'_> {
                     this.span.clone(),
                     &this.field,
                     format!(
-                        "port clash: {addr} is already published by service `{owner}` as {}",
+                        "port clash: {addr}{} is already published by service `{owner}` as {}",
+                        if this.udp { "/udp" } else { "" },
                         other.addr
                     ),
                     Some(format!(

@@ -28,6 +28,8 @@ pub(crate) struct Draft {
 /// A host address a port is published on, and where the manifest says so.
 pub(crate) struct Published {
     pub(crate) addr: SocketAddr,
+    /// A UDP address clashes only with UDP ones, a TCP or HTTP one only with TCP or HTTP ones.
+    pub(crate) udp: bool,
     pub(crate) span: Span,
     pub(crate) field: String,
 }

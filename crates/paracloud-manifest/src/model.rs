@@ -434,6 +434,25 @@ impl Image {
 pub enum Protocol {
     Tcp,
     Http,
+    /// Datagrams, relayed per flow (the client's address and port) to one instance.
+    Udp,
+}
+
+impl Protocol {
+    /// Whether the port carries datagrams: a UDP port and a TCP or HTTP port with the same number
+    /// are two ports, bound side by side.
+    pub fn is_udp(self) -> bool {
+        self == Protocol::Udp
+    }
+
+    /// The name as manifests write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Udp => "udp",
+        }
+    }
 }
 
 /// A port the service listens on inside its instances.

@@ -663,7 +663,7 @@ impl Checker<'_> {
         };
         let mut ports = Vec::new();
         let mut publishes = Vec::new();
-        let mut seen: HashMap<u16, usize> = HashMap::new();
+        let mut seen: HashMap<(u16, bool), usize> = HashMap::new();
         let mut ok = true;
         for (i, item) in array.iter().enumerate() {
             let item_field = index(field, i);
@@ -671,12 +671,17 @@ impl Checker<'_> {
                 ok = false;
                 continue;
             };
-            if let Some(first) = seen.insert(port.port, item.span().start) {
+            let udp = port.protocol.is_udp();
+            if let Some(first) = seen.insert((port.port, udp), item.span().start) {
                 let line = self.line_of(first);
                 self.error(
                     item.span(),
                     &item_field,
-                    format!("port {} is listed twice", port.port),
+                    format!(
+                        "port {}{} is listed twice",
+                        port.port,
+                        if udp { "/udp" } else { "" }
+                    ),
                     Some(format!("remove this entry or the one on line {line}")),
                 );
                 ok = false;
@@ -690,6 +695,7 @@ impl Checker<'_> {
                 };
                 publishes.push(Published {
                     addr: publish,
+                    udp,
                     span: publish_span,
                     field: publish_field,
                 });
@@ -718,7 +724,7 @@ impl Checker<'_> {
                         item.span(),
                         field,
                         message,
-                        Some("write a port as PORT, \"HOST_PORT:PORT\" or \"HOST_IP:HOST_PORT:PORT\", optionally ending in \"/tcp\" or \"/http\"".into()),
+                        Some("write a port as PORT, \"HOST_PORT:PORT\" or \"HOST_IP:HOST_PORT:PORT\", optionally ending in \"/tcp\", \"/http\" or \"/udp\"".into()),
                     );
                     None
                 }
@@ -769,7 +775,7 @@ impl Checker<'_> {
                     value.span(),
                     field,
                     message,
-                    Some("use \"tcp\" or \"http\"".into()),
+                    Some("use \"tcp\", \"http\" or \"udp\"".into()),
                 );
                 None
             }
@@ -912,13 +918,14 @@ impl Checker<'_> {
                 }
                 let port = match table.get("port") {
                     Some(v) => self.port(v, &child(field, "port"))?,
-                    None => match ports {
-                        Some([first, ..]) => first.port,
-                        Some([]) => {
+                    // The first TCP or HTTP port: an HTTP check cannot go to a UDP one.
+                    None => match ports.map(|p| p.iter().find(|p| !p.protocol.is_udp())) {
+                        Some(Some(first)) => first.port,
+                        Some(None) => {
                             self.error(
                                 value.span(),
                                 &child(field, "port"),
-                                "an http health check needs a port, and the service has no ports",
+                                "an http health check needs a port, and the service has no TCP or HTTP ports",
                                 Some("add `port = PORT` to the health check, or declare the service's `ports`".into()),
                             );
                             return None;

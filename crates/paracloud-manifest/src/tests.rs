@@ -528,6 +528,59 @@ paracloud.toml:5:14: services.kv.ports[1]: port 80 is listed twice
 }
 
 #[test]
+fn same_port_twice_over_udp() {
+    check(
+        &format!("{HEAD}ports = [\"53/udp\", {{ port = 53, protocol = \"udp\" }}]\n"),
+        r#"
+paracloud.toml:5:20: services.kv.ports[1]: port 53/udp is listed twice
+  hint: remove this entry or the one on line 5
+"#,
+    );
+}
+
+#[test]
+fn udp_and_tcp_on_one_port_are_two_ports() {
+    let manifest = valid(&format!(
+        "{HEAD}ports = [\"5353:53/udp\", {{ port = 53, publish = 5353 }}, {{ port = 54, protocol = \"udp\", publish = \"0.0.0.0:5354\" }}]\n"
+    ));
+    let ports: Vec<_> = manifest.services["kv"]
+        .ports
+        .iter()
+        .map(|p| (p.port, p.protocol, p.publish))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            (53, Protocol::Udp, Some("127.0.0.1:5353".parse().unwrap())),
+            (53, Protocol::Tcp, Some("127.0.0.1:5353".parse().unwrap())),
+            (54, Protocol::Udp, Some("0.0.0.0:5354".parse().unwrap())),
+        ]
+    );
+}
+
+#[test]
+fn udp_port_clash() {
+    check(
+        &format!("{HEAD}ports = [\"5353:53/udp\"]\n[services.web]\nimage = \"host\"\ncommand = \"web\"\nports = [\"5353:80\", {{ port = 53, protocol = \"udp\", publish = \"0.0.0.0:5353\" }}]\n"),
+        r#"
+paracloud.toml:9:62: services.web.ports[1].publish: port clash: 0.0.0.0:5353/udp is already published by service `kv` as 127.0.0.1:5353
+  hint: publish on another host port, or remove the entry on line 5
+"#,
+    );
+}
+
+#[test]
+fn an_http_check_skips_udp_ports() {
+    let manifest = valid(&format!(
+        "{HEAD}ports = [\"53/udp\", 8080]\nhealth = {{ http = \"/healthz\" }}\n"
+    ));
+    assert!(matches!(
+        manifest.services["kv"].health.as_ref().unwrap().probe,
+        Probe::Http { port: 8080, .. }
+    ));
+}
+
+#[test]
 fn missing_image_dir() {
     check(
         "app = \"shop\"\n[services.kv]\nimage = \"dir:./nope\"\n",
@@ -796,7 +849,7 @@ fn health_no_port() {
     check(
         &format!("{HEAD}health = {{ http = \"/healthz\" }}\n"),
         r#"
-paracloud.toml:5:19: services.kv.health.port: an http health check needs a port, and the service has no ports
+paracloud.toml:5:19: services.kv.health.port: an http health check needs a port, and the service has no TCP or HTTP ports
   hint: add `port = PORT` to the health check, or declare the service's `ports`
 "#,
     );
@@ -1015,15 +1068,15 @@ paracloud.toml:5:59: services.kv.volumes[4].target: missing required key `target
 #[test]
 fn bad_port() {
     check(
-        &format!("{HEAD}ports = [70000, \"80/udp\", {{ port = 1, protocol = \"udp\" }}, true]\n"),
+        &format!("{HEAD}ports = [70000, \"80/sctp\", {{ port = 1, protocol = \"sctp\" }}, true]\n"),
         r#"
 paracloud.toml:5:10: services.kv.ports[0]: must be between 1 and 65535, found 70000
   hint: for example `ports = [8080, "9000:8080/http"]`
-paracloud.toml:5:17: services.kv.ports[1]: unknown protocol "udp"
-  hint: write a port as PORT, "HOST_PORT:PORT" or "HOST_IP:HOST_PORT:PORT", optionally ending in "/tcp" or "/http"
-paracloud.toml:5:50: services.kv.ports[2].protocol: unknown protocol "udp"
-  hint: use "tcp" or "http"
-paracloud.toml:5:59: services.kv.ports[3]: expected a port number, a port string or a table, found boolean true
+paracloud.toml:5:17: services.kv.ports[1]: unknown protocol "sctp"
+  hint: write a port as PORT, "HOST_PORT:PORT" or "HOST_IP:HOST_PORT:PORT", optionally ending in "/tcp", "/http" or "/udp"
+paracloud.toml:5:51: services.kv.ports[2].protocol: unknown protocol "sctp"
+  hint: use "tcp", "http" or "udp"
+paracloud.toml:5:61: services.kv.ports[3]: expected a port number, a port string or a table, found boolean true
   hint: for example `ports = [8080, "9000:8080/http"]`
 "#,
     );

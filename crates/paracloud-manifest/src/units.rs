@@ -129,6 +129,7 @@ pub(crate) fn parse_protocol(text: &str) -> Result<Protocol, String> {
     match text {
         "tcp" => Ok(Protocol::Tcp),
         "http" => Ok(Protocol::Http),
+        "udp" => Ok(Protocol::Udp),
         other => Err(format!("unknown protocol {other:?}")),
     }
 }
@@ -150,7 +151,7 @@ pub(crate) fn parse_publish(text: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-/// Parses "[[HOST_IP:]HOST_PORT:]PORT[/tcp|/http]".
+/// Parses "[[HOST_IP:]HOST_PORT:]PORT[/tcp|/http|/udp]".
 pub(crate) fn parse_port_spec(text: &str) -> Result<Port, String> {
     let (addresses, protocol) = match text.rsplit_once('/') {
         Some((addresses, protocol)) => (addresses, parse_protocol(protocol)?),
@@ -172,7 +173,7 @@ pub(crate) fn parse_port_spec(text: &str) -> Result<Port, String> {
             0 | 1 => (None, addresses),
             _ => {
                 return Err(format!(
-                    "invalid port {text:?}: expected [[HOST_IP:]HOST_PORT:]PORT[/tcp|/http]"
+                    "invalid port {text:?}: expected [[HOST_IP:]HOST_PORT:]PORT[/tcp|/http|/udp]"
                 ))
             }
         },
@@ -378,6 +379,7 @@ mod tests {
                 Some(SocketAddr::from(([0, 0, 0, 0], 9001)))
             ))
         );
+        assert_eq!(spec("5353:53/udp"), Ok((53, Protocol::Udp, local(5353))));
         assert_eq!(
             spec("[::1]:9001:8081"),
             Ok((
@@ -390,7 +392,7 @@ mod tests {
             "",
             "0",
             "70000",
-            "80/udp",
+            "80/sctp",
             "a:b:c:d",
             "x:1:2",
             "1:2:3:4:5",

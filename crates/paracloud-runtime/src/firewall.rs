@@ -4,8 +4,8 @@
 //! Packets that come in from the bridge for the host itself (any of its addresses, the bridge's
 //! own included) are accepted only when they are replies to connections the host opened (the
 //! data plane's to instances, health probes) or when they go to one of the endpoints the data
-//! plane serves the application's instances on (a service address and port); everything else is
-//! dropped, IPv6 included, whatever the host service binds to. Nothing is forwarded from the
+//! plane serves the application's instances on (a service address and TCP port, or UDP port for
+//! datagrams, each in a set of its own); everything else is dropped, IPv6 included, whatever the host service binds to. Nothing is forwarded from the
 //! bridge to another interface or from another interface into it: instances have no default
 //! route, and one that makes its own reaches neither the host's other networks nor another
 //! application's bridge. Traffic between the application's own instances stays on the bridge.
@@ -37,8 +37,9 @@ pub(crate) fn table_name(bridge: &str) -> String {
     format!("paracloud-{bridge}")
 }
 
-/// The name of a network's sets: `net_NAME` (its instances) and `served_NAME` (what is served
-/// to them), with `-` written `_` (network names are DNS labels, so none clash).
+/// The name of a network's sets: `net_NAME` (its instances), `served_NAME` (the TCP endpoints
+/// served to them) and `udp_NAME` (the UDP ones), with `-` written `_` (network names are DNS
+/// labels, so none clash).
 fn set_name(kind: &str, network: &str) -> String {
     format!("{kind}_{}", network.replace('-', "_"))
 }
@@ -80,15 +81,22 @@ pub(crate) fn ruleset(net: &NetworkConfig) -> String {
              \tset served {{\n\
              \t\ttype ipv4_addr . inet_service\n\
              {}\
+             \t}}\n\
+             \tset served_udp {{\n\
+             \t\ttype ipv4_addr . inet_service\n\
+             {}\
              \t}}\n",
-            elements(endpoints(&net.served))
+            elements(endpoints(&net.served)),
+            elements(endpoints(&net.served_udp))
         );
         admit.push_str("\t\tip daddr . tcp dport @served accept\n");
+        admit.push_str("\t\tip daddr . udp dport @served_udp accept\n");
     }
     for segment in &net.segments {
-        let (members, served) = (
+        let (members, served, udp) = (
             set_name("net", &segment.name),
             set_name("served", &segment.name),
+            set_name("udp", &segment.name),
         );
         let _ = write!(
             sets,
@@ -100,14 +108,23 @@ pub(crate) fn ruleset(net: &NetworkConfig) -> String {
              \tset {served} {{\n\
              \t\ttype ipv4_addr . inet_service\n\
              {}\
+             \t}}\n\
+             \tset {udp} {{\n\
+             \t\ttype ipv4_addr . inet_service\n\
+             {}\
              \t}}\n",
             elements(segment.members.iter().map(|a| a.to_string()).collect()),
             elements(endpoints(&segment.served)),
+            elements(endpoints(&segment.served_udp)),
             name = segment.name,
         );
         let _ = writeln!(
             admit,
             "\t\tip saddr @{members} ip daddr . tcp dport @{served} accept"
+        );
+        let _ = writeln!(
+            admit,
+            "\t\tip saddr @{members} ip daddr . udp dport @{udp} accept"
         );
     }
     let mut script = String::new();
@@ -321,7 +338,9 @@ mod tests {
             "{script}"
         );
         assert!(script.contains("iifname \"pc0ad50000\" jump from_instances"));
-        assert!(script.contains("ip daddr . tcp dport @served accept\n\t\tdrop\n"));
+        assert!(script.contains(
+            "ip daddr . tcp dport @served accept\n\t\tip daddr . udp dport @served_udp accept\n\t\tdrop\n"
+        ));
         assert!(script.contains("iifname \"pc0ad50000\" drop\n\t\toifname \"pc0ad50000\" drop\n"));
     }
 
@@ -353,7 +372,93 @@ mod tests {
             gateway: "10.213.0.1/24".parse().unwrap(),
             service_addresses: Vec::new(),
             served: served.to_vec(),
+            served_udp: Vec::new(),
             segments,
+        }
+    }
+
+    #[test]
+    fn udp_endpoints_are_served_apart_from_tcp_ones() {
+        let mut net = config(
+            "pc0ad50200",
+            &["10.213.0.2:53".parse().unwrap()],
+            Vec::new(),
+        );
+        net.served_udp = vec!["10.213.0.2:53".parse().unwrap()];
+        let script = ruleset(&net);
+        assert!(
+            script.contains(
+                "set served_udp {\n\t\ttype ipv4_addr . inet_service\n\t\telements = { 10.213.0.2 . 53 }"
+            ),
+            "{script}"
+        );
+        assert!(
+            script.contains("ip daddr . udp dport @served_udp accept\n\t\tdrop\n"),
+            "{script}"
+        );
+        let segment = crate::Segment {
+            name: "dns".into(),
+            served: Vec::new(),
+            served_udp: vec!["10.213.0.3:53".parse().unwrap()],
+            members: vec!["10.213.0.16".parse().unwrap()],
+        };
+        let script = ruleset(&config("pc0ad50200", &[], vec![segment]));
+        assert!(
+            script.contains("set udp_dns {\n\t\ttype ipv4_addr . inet_service\n\t\telements = { 10.213.0.3 . 53 }"),
+            "{script}"
+        );
+        assert!(
+            script.contains("ip saddr @net_dns ip daddr . udp dport @udp_dns accept\n"),
+            "{script}"
+        );
+    }
+
+    /// The scripts load, as nft checks them without applying (`nft -c`), where nft is installed.
+    #[test]
+    fn the_scripts_pass_nft_s_check() {
+        let Some(nft) = nft_binary() else {
+            eprintln!("nft not installed: the scripts are not checked");
+            return;
+        };
+        let mut whole = config(
+            "pc0ad50300",
+            &["10.213.0.2:80".parse().unwrap()],
+            Vec::new(),
+        );
+        whole.served_udp = vec!["10.213.0.2:53".parse().unwrap()];
+        let split = config(
+            "pc0ad50300",
+            &[],
+            vec![crate::Segment {
+                name: "back-end".into(),
+                served: vec!["10.213.0.2:80".parse().unwrap()],
+                served_udp: vec!["10.213.0.2:53".parse().unwrap()],
+                members: vec!["10.213.0.16".parse().unwrap()],
+            }],
+        );
+        for net in [whole, split] {
+            let script = ruleset(&net);
+            let mut child = std::process::Command::new(&nft)
+                .args(["-c", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            let output = child.wait_with_output().unwrap();
+            let error = String::from_utf8_lossy(&output.stderr);
+            // Without the rights to talk to netfilter the check cannot run; that is no failure.
+            if error.contains("Operation not permitted") {
+                eprintln!("nft cannot check here: {error}");
+                return;
+            }
+            assert!(output.status.success(), "{error}\n{script}");
         }
     }
 
@@ -362,6 +467,7 @@ mod tests {
         let segment = |name: &str, served: &str, members: &[&str]| crate::Segment {
             name: name.into(),
             served: vec![served.parse().unwrap()],
+            served_udp: Vec::new(),
             members: members.iter().map(|m| m.parse().unwrap()).collect(),
         };
         let script = ruleset(&config(

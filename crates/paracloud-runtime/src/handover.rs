@@ -5,8 +5,9 @@
 //!
 //! A listening socket lives as long as any process holds an fd of it: connections that arrive
 //! while no process accepts wait in its backlog, complete (the kernel does the handshake), and are
-//! accepted by whichever process accepts next. The successor identifies each socket by its bound
-//! address (getsockname), so `LISTEN_PID` and `LISTEN_FDNAMES` are not needed; `LISTEN_PID` is
+//! accepted by whichever process accepts next; a bound UDP socket likewise queues the datagrams
+//! that arrive meanwhile. The successor identifies each socket by its type (SO_TYPE: stream or
+//! datagram) and bound address (getsockname), so `LISTEN_PID` and `LISTEN_FDNAMES` are not needed; `LISTEN_PID` is
 //! honoured when present, so systemd can socket-activate the same binary.
 
 use std::io;
@@ -20,10 +21,18 @@ use crate::{sys, Process};
 /// The first fd passed by socket activation (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
 
-/// Duplicates, in this process, of the listening TCP sockets of `process`, each with the address
-/// it is bound to. Needs ptrace rights over the process (root has them). The duplicates are
-/// close-on-exec.
-pub fn listening_sockets(process: &Process) -> io::Result<Vec<(SocketAddr, OwnedFd)>> {
+/// A socket that serves an address: a listening TCP socket, or a bound UDP socket that is not
+/// connected (a connected one talks to one peer, as the data plane's sockets to instances do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Listening {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
+/// Duplicates, in this process, of the listening TCP and UDP sockets of `process` (see
+/// [`Listening`]), each with the address it is bound to. Needs ptrace rights over the process
+/// (root has them). The duplicates are close-on-exec.
+pub fn listening_sockets(process: &Process) -> io::Result<Vec<(Listening, OwnedFd)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{}/fd", process.pid))? {
         let Ok(entry) = entry else { continue };
@@ -45,20 +54,25 @@ pub fn listening_sockets(process: &Process) -> io::Result<Vec<(SocketAddr, Owned
             Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
             Err(e) => return Err(e),
         };
-        if let Some(addr) = listening_tcp_address(&fd) {
-            found.push((addr, fd));
+        if let Some(listening) = listening_address(&fd) {
+            found.push((listening, fd));
         }
     }
     Ok(found)
 }
 
-/// The bound address of `fd` when it is a listening TCP (IPv4 or IPv6) socket.
-pub fn listening_tcp_address(fd: &OwnedFd) -> Option<SocketAddr> {
+/// What `fd` serves when it is a listening TCP or an unconnected bound UDP (IPv4 or IPv6)
+/// socket.
+pub fn listening_address(fd: &OwnedFd) -> Option<Listening> {
     let socket = socket2::SockRef::from(fd);
-    if !socket.is_listener().ok()? || socket.r#type().ok()? != socket2::Type::STREAM {
-        return None;
+    let addr = socket.local_addr().ok()?.as_socket()?;
+    match socket.r#type().ok()? {
+        socket2::Type::STREAM if socket.is_listener().ok()? => Some(Listening::Tcp(addr)),
+        socket2::Type::DGRAM if addr.port() != 0 && socket.peer_addr().is_err() => {
+            Some(Listening::Udp(addr))
+        }
+        _ => None,
     }
-    socket.local_addr().ok()?.as_socket()
 }
 
 /// Sets up `command` so that its child starts with `fds` as fds 3, 4, ... and `LISTEN_FDS` set
@@ -182,17 +196,52 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let _client = std::net::TcpStream::connect(addr).unwrap();
         let found = listening_sockets(&me()).unwrap();
-        let ours: Vec<_> = found.iter().filter(|(a, _)| *a == addr).collect();
-        assert_eq!(ours.len(), 1, "{found:?}");
-        assert!(found
+        let ours: Vec<_> = found
             .iter()
-            .all(|(_, fd)| listening_tcp_address(fd).is_some()));
+            .filter(|(a, _)| *a == Listening::Tcp(addr))
+            .collect();
+        assert_eq!(ours.len(), 1, "{found:?}");
+        assert!(found.iter().all(|(_, fd)| listening_address(fd).is_some()));
         // The duplicate is the same socket: a connection queued on it is accepted by the original.
-        let dup =
-            std::net::TcpListener::from(found.into_iter().find(|(a, _)| *a == addr).unwrap().1);
+        let dup = std::net::TcpListener::from(
+            found
+                .into_iter()
+                .find(|(a, _)| *a == Listening::Tcp(addr))
+                .unwrap()
+                .1,
+        );
         drop(listener);
         let _second = std::net::TcpStream::connect(addr).expect("the duplicate keeps listening");
         dup.accept().unwrap();
+    }
+
+    #[test]
+    fn listening_sockets_finds_bound_udp_sockets_but_not_connected_ones() {
+        let bound = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = bound.local_addr().unwrap();
+        let connected = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        connected.connect(addr).unwrap();
+        let connected_addr = connected.local_addr().unwrap();
+        let found = listening_sockets(&me()).unwrap();
+        let kinds: Vec<Listening> = found.iter().map(|(l, _)| *l).collect();
+        assert!(kinds.contains(&Listening::Udp(addr)), "{kinds:?}");
+        assert!(
+            !kinds.contains(&Listening::Udp(connected_addr)),
+            "{kinds:?}"
+        );
+        // The duplicate is the same socket: a datagram sent meanwhile waits on it.
+        let dup = std::net::UdpSocket::from(
+            found
+                .into_iter()
+                .find(|(l, _)| *l == Listening::Udp(addr))
+                .unwrap()
+                .1,
+        );
+        drop(bound);
+        connected.send(b"kept").unwrap();
+        let mut buf = [0u8; 8];
+        let (n, _) = dup.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"kept");
     }
 
     #[test]

@@ -281,6 +281,10 @@ pub struct NetworkConfig {
     /// on the service addresses): the only ones of the host they can open a connection to.
     #[serde(default)]
     pub served: Vec<SocketAddrV4>,
+    /// The UDP endpoints the host serves them on: the only ones of the host they can send
+    /// datagrams to.
+    #[serde(default)]
+    pub served_udp: Vec<SocketAddrV4>,
     /// When the application is split into networks: each network, whose instances reach only
     /// each other and the endpoints served to that network. Empty: one network, `served` for
     /// all.
@@ -293,8 +297,11 @@ pub struct NetworkConfig {
 pub struct Segment {
     /// The network's name, a DNS label.
     pub name: String,
-    /// The endpoints served to its instances (its services' addresses and ports).
+    /// The TCP endpoints served to its instances (its services' addresses and ports).
     pub served: Vec<SocketAddrV4>,
+    /// The UDP endpoints served to them.
+    #[serde(default)]
+    pub served_udp: Vec<SocketAddrV4>,
     /// The addresses of its instances at the time the rules are written; instances started
     /// later join with their attachment's `segments`.
     pub members: Vec<Ipv4Addr>,

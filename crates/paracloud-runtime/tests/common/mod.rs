@@ -74,6 +74,7 @@ impl Fixture {
             gateway: format!("10.250.{subnet}.1/24").parse().unwrap(),
             service_addresses: vec![Ipv4Addr::new(10, 250, subnet, 250)],
             served,
+            served_udp: Vec::new(),
             segments: Vec::new(),
         };
         f.runtime.ensure_network(&net).await.expect("bridge");
