@@ -214,7 +214,7 @@ fn docker(dir: &Path, config: &str) -> BTreeMap<String, Seen> {
                 }
                 _ => {
                     let spec = text(port);
-                    let spec = spec.trim_end_matches("/tcp");
+                    let spec = spec.trim_end_matches("/tcp").trim_end_matches("/udp");
                     let parts: Vec<&str> = spec.split(':').collect();
                     let target: u16 = parts[parts.len() - 1].parse().unwrap();
                     ports.insert(target);
@@ -346,6 +346,10 @@ fn docker_compose_reads_each_case_as_paracloud_does() {
     };
     assert!(version.status.success(), "docker-compose version failed");
     for dir in cases() {
+        // Forms newer than the docker-compose Debian ships: the case says which.
+        if dir.join("NOT-DOCKER-COMPOSE-1.29").exists() {
+            continue;
+        }
         let output = Command::new("docker-compose")
             .args(["--file", "compose.yaml", "config"])
             .current_dir(&dir)
