@@ -121,7 +121,7 @@ fn sandbox_keys_shape_the_instance_and_init_passes_the_stop_signal_on() {
         touch /rootfile 2>/dev/null && echo root-writable || echo root-read-only; \
         touch /cache/x && echo cache-writable; \
         grep -E ' /(cache|dev/shm) ' /proc/mounts; \
-        echo pid=$$$$; echo ready; sleep 1000";
+        echo host=$$(hostname); echo pid=$$$$; echo ready; sleep 1000";
     let compose = format!(
         r#"name: sandboxed
 services:
@@ -129,6 +129,7 @@ services:
     image: busybox:1
     command: ["/bin/busybox", "sh", "-c", "{script}"]
     init: true
+    hostname: boxed-host
     read_only: true
     tmpfs: ["/cache:size=8m,mode=1777"]
     shm_size: 32m
@@ -171,6 +172,7 @@ services:
     let words: Vec<&str> = open_files.split_whitespace().collect();
     assert!(words.contains(&"1000") && words.contains(&"2000"), "{logs}");
     assert!(logs.contains("somaxconn=777"), "{logs}");
+    assert!(logs.contains("host=boxed-host"), "{logs}");
     assert!(logs.contains("root-read-only"), "{logs}");
     assert!(logs.contains("cache-writable"), "{logs}");
     assert!(

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::service::Context;
+use crate::context::Context;
 use crate::yaml::{Kind, Node};
 use crate::{child, out, Reader};
 

@@ -10,6 +10,7 @@
 //! **Architecture Invariant:** this crate does no I/O. The caller hands in the file, the
 //! environment, and reads `.env` and `env_file` files through [`Host`].
 
+mod context;
 mod dotenv;
 mod files;
 mod interpolate;
@@ -18,6 +19,7 @@ mod networks;
 mod out;
 mod sandbox;
 mod service;
+mod table;
 mod values;
 mod yaml;
 
@@ -466,7 +468,7 @@ impl<'a> Reader<'a> {
         if failed {
             return None;
         }
-        let context = service::Context {
+        let context = context::Context {
             origin,
             vars: &vars,
             host,
@@ -476,7 +478,7 @@ impl<'a> Reader<'a> {
         Some((out.text(), out))
     }
 
-    fn top_level(&mut self, root: &Node, context: &service::Context<'_>, out: &mut Out) {
+    fn top_level(&mut self, root: &Node, context: &context::Context<'_>, out: &mut Out) {
         let Some(entries) = self.map(root, "") else {
             return;
         };
@@ -542,7 +544,7 @@ impl<'a> Reader<'a> {
             }
         }
 
-        let declared = service::Declared {
+        let declared = context::Declared {
             volumes: match volumes {
                 Some((_, value)) => self.volumes(value, out),
                 None => Vec::new(),
@@ -575,7 +577,7 @@ impl<'a> Reader<'a> {
 
     /// The services that run: each with what it `extends` merged in, those whose `profiles`
     /// are all inactive left out (`COMPOSE_PROFILES`, or `--profile`, activates profiles).
-    fn services(&mut self, node: &Node, cx: &service::Context<'_>) -> Vec<(Node, Node)> {
+    fn services(&mut self, node: &Node, cx: &context::Context<'_>) -> Vec<(Node, Node)> {
         let Some(entries) = self.map(node, "services") else {
             return Vec::new();
         };

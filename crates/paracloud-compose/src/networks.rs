@@ -2,7 +2,7 @@
 //! the services they share a network with; a service without `networks` is on `default`.
 
 use crate::out::Out;
-use crate::service::Table;
+use crate::table::Table;
 use crate::yaml::{Kind, Node};
 use crate::{child, out, Reader};
 

@@ -1,9 +1,28 @@
 //! A service's sandbox keys: `init`, `read_only`, `tmpfs` (and `tmpfs` volumes), `shm_size`,
 //! `ulimits`, `sysctls`, and the capabilities (`cap_add`, `cap_drop`) over Docker's default set.
 
-use crate::service::{Table, DOCKER_CAPABILITIES};
+use crate::table::Table;
 use crate::yaml::{Kind, Node};
 use crate::{child, out, values, Reader};
+
+/// The capabilities Docker gives a container, which Compose files expect; native manifests keep
+/// none unless asked.
+pub(crate) const DOCKER_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
 
 /// `init` and `read_only`: the same booleans in both formats.
 pub(crate) fn flags(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t: &mut Table) {

@@ -2,51 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use paracloud_manifest::Origin;
-
+use crate::context::{Context, Declared};
 use crate::files::FileKind;
 use crate::out::{self, Out};
+use crate::table::Table;
 use crate::values;
 use crate::yaml::{Kind, Node};
-use crate::{child, Host, Reader};
-
-/// What every service is read against.
-/// What the file declares at the top level for its services to use.
-#[derive(Default)]
-pub(crate) struct Declared {
-    pub(crate) volumes: Vec<String>,
-    /// Secrets and configs by name: their host files, as manifest bind sources.
-    pub(crate) secrets: BTreeMap<String, String>,
-    pub(crate) configs: BTreeMap<String, String>,
-    /// Networks by their Compose names.
-    pub(crate) networks: Vec<String>,
-}
-
-pub(crate) struct Context<'a> {
-    pub(crate) origin: &'a Origin,
-    /// The environment with the project's `.env` under it.
-    pub(crate) vars: &'a BTreeMap<String, String>,
-    pub(crate) host: &'a dyn Host,
-}
-
-/// The capabilities Docker gives a container, which Compose files expect; native manifests keep
-/// none unless asked.
-pub(crate) const DOCKER_CAPABILITIES: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
+use crate::{child, Reader};
 
 /// The service keys read.
 const KEYS: &[&str] = &[
@@ -118,34 +80,6 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("domainname", "instances are named by the daemon", "remove `domainname`"),
     ("volumes_from", "services share data through named volumes", "mount the same named volume in both services"),
 ];
-
-/// A line of TOML, the offset in the Compose file it comes from, and the Compose field.
-type Line = (String, usize, String);
-
-/// A service's table: keys first, then its sub-tables (TOML wants them in that order).
-#[derive(Default)]
-pub(crate) struct Table {
-    keys: Vec<Line>,
-    tables: Vec<(String, Vec<Line>)>,
-}
-
-impl Table {
-    pub(crate) fn key(&mut self, text: String, offset: usize, field: &str) {
-        self.keys.push((text, offset, field.to_owned()));
-    }
-
-    fn table(
-        &mut self,
-        header: String,
-        offset: usize,
-        field: &str,
-    ) -> &mut Vec<(String, usize, String)> {
-        self.tables
-            .push((header.clone(), vec![(header, offset, field.to_owned())]));
-        let last = self.tables.len() - 1;
-        &mut self.tables[last].1
-    }
-}
 
 /// Reads one service and writes its table to `out`.
 pub(crate) fn service(
@@ -344,11 +278,18 @@ pub(crate) fn service(
             .unwrap_or_default(),
     );
     crate::sandbox::write_tmpfs(&mut t, tmpfs, name_node.offset, &f("tmpfs"));
-    for key in ["container_name", "hostname"] {
-        if let Some((_, value)) = get(key) {
-            // Accepted and not used: instances are named `SERVICE.N`, and reached by the
-            // service's name (docs/compose.md).
-            r.string(value, &f(key));
+    if let Some((_, value)) = get("container_name") {
+        // Accepted and not used: instances are named `SERVICE.N` (a service may have many), and
+        // reached by the service's name (docs/compose.md).
+        r.string(value, &f("container_name"));
+    }
+    if let Some((_, value)) = get("hostname") {
+        if let Some(name) = r.string(value, &f("hostname")) {
+            t.key(
+                format!("hostname = {}", out::string(name)),
+                value.offset,
+                &f("hostname"),
+            );
         }
     }
     if let Some((_, value)) = get("labels") {
@@ -374,15 +315,7 @@ pub(crate) fn service(
         name_node.offset,
         &path,
     );
-    for (text, offset, field) in t.keys {
-        out.line(text, offset, &field);
-    }
-    for (_, lines) in t.tables {
-        out.blank();
-        for (text, offset, field) in lines {
-            out.line(text, offset, &field);
-        }
-    }
+    t.write(out);
 }
 
 fn node_offset(entry: Option<&(Node, Node)>) -> usize {

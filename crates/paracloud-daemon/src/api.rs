@@ -195,6 +195,31 @@ async fn up<D: Driver>(
                 format!("{}: {}", request.origin, e.message),
             )
         })?;
+    check_machine(&engine, &manifest, &request.origin)?;
+    let app = manifest.app.clone();
+    let command = Command::Up {
+        manifest,
+        source: request.source,
+        origin: request.origin,
+    };
+    let changed = match engine.submit(&peer.caller(), &command)?.outcome {
+        Outcome::Deployed { changed } => changed,
+        _ => Vec::new(),
+    };
+    Ok(Json(UpResponse {
+        app,
+        changed,
+        checked: Vec::new(),
+    }))
+}
+
+/// What `up` and its dry run check of a manifest against this machine: its published ports, its
+/// external volumes and its fixed service addresses.
+fn check_machine<D: Driver>(
+    engine: &Arc<Engine<D>>,
+    manifest: &paracloud_manifest::Manifest,
+    origin: &str,
+) -> Result<(), ApiError> {
     // A published port something else holds would never be served: say who holds it. Ports our
     // own applications publish are the data plane's (a clash between applications is the
     // command layer's to refuse).
@@ -214,28 +239,13 @@ async fn up<D: Driver>(
                 crate::ports::check_free(publish, udp).map_err(|e| {
                     ApiError::new(
                         StatusCode::CONFLICT,
-                        format!("{}: services.{name}.ports: {e}", request.origin),
+                        format!("{origin}: services.{name}.ports: {e}"),
                     )
                 })?;
             }
         }
     }
-    check_fixed(&engine, &manifest, &request.origin)?;
-    let app = manifest.app.clone();
-    let command = Command::Up {
-        manifest,
-        source: request.source,
-        origin: request.origin,
-    };
-    let changed = match engine.submit(&peer.caller(), &command)?.outcome {
-        Outcome::Deployed { changed } => changed,
-        _ => Vec::new(),
-    };
-    Ok(Json(UpResponse {
-        app,
-        changed,
-        checked: Vec::new(),
-    }))
+    check_fixed(engine, manifest, origin)
 }
 
 /// The external volumes of a manifest exist, and its fixed service addresses are free on this
@@ -385,29 +395,7 @@ async fn dry_run<D: Driver>(
     if !problems.is_empty() {
         return Err(unprocessable(problems.join("\n")));
     }
-    let published = |p: &paracloud_manifest::Port| p.publish.map(|a| (a, p.protocol.is_udp()));
-    let ours: std::collections::BTreeSet<(std::net::SocketAddr, bool)> = engine
-        .store
-        .load()?
-        .apps
-        .iter()
-        .filter(|a| a.removing.is_none())
-        .flat_map(|a| a.manifest.services.values())
-        .flat_map(|s| s.ports.iter().filter_map(published))
-        .collect();
-    for (name, service) in &manifest.services {
-        for (publish, udp) in service.ports.iter().filter_map(published) {
-            if !ours.contains(&(publish, udp)) {
-                crate::ports::check_free(publish, udp).map_err(|e| {
-                    ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!("{origin}: services.{name}.ports: {e}"),
-                    )
-                })?;
-            }
-        }
-    }
-    check_fixed(engine, &manifest, &origin)?;
+    check_machine(engine, &manifest, &origin)?;
     let app = manifest.app.clone();
     let command = Command::Up {
         manifest,

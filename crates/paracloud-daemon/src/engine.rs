@@ -844,7 +844,7 @@ impl<D: Driver> Engine<D> {
         env.insert("PARACLOUD_INDEX".into(), key.index.to_string());
         InstanceConfig {
             id: key.id(),
-            hostname: key.name(),
+            hostname: service.hostname.clone().unwrap_or_else(|| key.name()),
             dir: self.config.instance_dir(key),
             rootfs,
             argv: service.argv(),

@@ -34,10 +34,10 @@ use tracing::{debug, warn};
 
 use crate::calls::CallGraph;
 use crate::chunked::ChunkedTracker;
+use crate::draining::until_draining;
 use crate::forward::{self, BackendState, ListenerState, Route};
 use crate::hop::HOP_BY_HOP;
 use crate::inflight::InFlight;
-use crate::server::until_draining;
 use crate::split::REVISION_HEADER;
 use crate::stats::Counters;
 use crate::Tuning;

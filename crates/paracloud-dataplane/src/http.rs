@@ -26,11 +26,11 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::calls::CallGraph;
+use crate::draining::until_draining;
 use crate::forward::{self, BackendState, ListenerState};
 use crate::h1;
 use crate::hop::HOP_BY_HOP;
 use crate::inflight::InFlight;
-use crate::server::until_draining;
 use crate::split::REVISION_HEADER;
 use crate::stats::Counters;
 use crate::Tuning;

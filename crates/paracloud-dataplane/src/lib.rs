@@ -49,6 +49,7 @@
 mod budget;
 mod calls;
 mod chunked;
+mod draining;
 mod file;
 mod forward;
 mod h1;
@@ -59,6 +60,7 @@ pub mod pick;
 mod pool;
 pub mod routes;
 mod server;
+mod shared;
 pub mod split;
 mod stats;
 mod stats_server;

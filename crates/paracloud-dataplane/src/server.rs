@@ -37,8 +37,10 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::calls::CallGraph;
+use crate::draining::until_draining;
 use crate::forward::{self, ListenerState};
-use crate::http::{self, Upstream};
+use crate::http;
+use crate::shared::Shared;
 use crate::stats::{Counters, Snapshot};
 use crate::{
     bind_stats_socket, load_config, serve_stats, udp, Config, Endpoint, Error, Listener, Protocol,
@@ -246,13 +248,6 @@ impl Stats {
     }
 }
 
-/// Completes once `draining` is set; never when its sender went away without setting it.
-pub(crate) async fn until_draining(draining: &mut watch::Receiver<bool>) {
-    if draining.wait_for(|d| *d).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// A configured listener and, when bound, its accept loop.
 struct Slot {
     state: Arc<ListenerState>,
@@ -263,17 +258,6 @@ struct Accepting {
     /// Dropping or firing it stops the accept loop, which then closes the socket.
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
-}
-
-/// What every accepted connection holds: `in_flight` keeps the drain's channel open until the
-/// connection ends, `upstream` is the shared pooled HTTP client, `draining` says when to wind
-/// down.
-#[derive(Clone)]
-pub(crate) struct Shared {
-    /// Never sent on: held for the channel to close when the last holder goes.
-    _in_flight: mpsc::Sender<()>,
-    pub(crate) upstream: Upstream,
-    pub(crate) draining: watch::Receiver<bool>,
 }
 
 impl Dataplane {
@@ -356,11 +340,11 @@ impl Dataplane {
         // Every connection holds a clone of the sender; the channel closes when the last ends.
         let (in_flight, mut all_done) = mpsc::channel::<()>(1);
         let mut slots = BTreeMap::new();
-        let shared = Shared {
-            _in_flight: in_flight,
-            upstream: http::upstream(&self.tuning),
-            draining: self.draining.subscribe(),
-        };
+        let shared = Shared::new(
+            in_flight,
+            http::upstream(&self.tuning),
+            self.draining.subscribe(),
+        );
         let mut inherited = std::mem::take(&mut self.inherited);
         self.apply(&mut slots, &config, Some(&shared), &mut inherited)
             .await;

@@ -33,8 +33,9 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, warn};
 
 use crate::calls::CallGraph;
+use crate::draining::until_draining;
 use crate::forward::{choose, BackendState, ListenerState, Route};
-use crate::server::{until_draining, Shared};
+use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::Tuning;
 

@@ -234,6 +234,9 @@ pub struct Service {
     /// `uid`, `uid:gid`, `name` or `name:group`, resolved inside the instance's root filesystem.
     pub user: Option<String>,
     pub working_dir: Option<String>,
+    /// The host name its instances see (`SERVICE.N`, their instance name, when not set).
+    #[serde(default)]
+    pub hostname: Option<String>,
     /// Signal name, such as `SIGTERM`.
     pub stop_signal: String,
     pub stop_grace_period: Duration,

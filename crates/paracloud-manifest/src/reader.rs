@@ -481,6 +481,7 @@ fn example(field: &str) -> Option<&'static str> {
         "labels" => "labels = { tier = \"backend\" }",
         "user" => "user = \"1000:1000\"",
         "working_dir" => "working_dir = \"/srv\"",
+        "hostname" => "hostname = \"db-primary\"",
         "stop_signal" => "stop_signal = \"SIGTERM\"",
         "stop_grace_period" => "stop_grace_period = \"10s\"",
         "cap_add" => "cap_add = [\"NET_BIND_SERVICE\"]",

@@ -37,6 +37,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "labels",
     "user",
     "working_dir",
+    "hostname",
     "stop_signal",
     "stop_grace_period",
     "cap_add",
@@ -324,6 +325,7 @@ impl Checker<'_> {
         let volumes = get("volumes").and_then(|v| self.mounts(v, &field("volumes")));
         let labels = get("labels").and_then(|v| self.scalar_map(v, &field("labels")));
         let user = get("user").and_then(|v| self.user(v, &field("user")));
+        let hostname = get("hostname").and_then(|v| self.hostname(v, &field("hostname")));
         let working_dir = get("working_dir").and_then(|v| {
             let dir = self.string(v, &field("working_dir"))?;
             if !dir.starts_with('/') {
@@ -373,6 +375,7 @@ impl Checker<'_> {
             labels: labels.unwrap_or_default(),
             user,
             working_dir,
+            hostname,
             stop_signal: stop_signal.unwrap_or_else(|| "SIGTERM".into()),
             stop_grace_period: stop_grace_period.unwrap_or(Duration::from_secs(10)),
             cap_add: cap_add.unwrap_or_default(),
@@ -1463,6 +1466,30 @@ impl Checker<'_> {
             }
         };
         target_ok.then_some(mount)
+    }
+
+    /// A host name: dot-separated labels of letters, digits and `-`, as `sethostname` and DNS
+    /// take them.
+    fn hostname(&mut self, value: &Value<'_>, field: &str) -> Option<String> {
+        let name = self.string(value, field)?;
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        if !valid {
+            self.invalid(
+                value,
+                field,
+                format!("{name:?} is not a host name: letters, digits and `-` in dot-separated labels, at most 64 characters"),
+            );
+            return None;
+        }
+        Some(name.to_owned())
     }
 
     fn user(&mut self, value: &Value<'_>, field: &str) -> Option<String> {

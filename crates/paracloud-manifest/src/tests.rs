@@ -125,6 +125,7 @@ fn full_manifest_covers_every_key() {
         labels: strings(&[("tier", "backend")]),
         user: Some("1000".into()),
         working_dir: Some("/data".into()),
+        hostname: None,
         stop_signal: "SIGINT".into(),
         stop_grace_period: Duration::from_secs(5),
         cap_add: vec!["CAP_NET_BIND_SERVICE".into(), "CAP_CHOWN".into()],
@@ -395,7 +396,7 @@ fn unknown_key_far() {
         &format!("{HEAD}colour = \"red\"\n"),
         r#"
 paracloud.toml:5:1: services.kv.colour: unknown key `colour`
-  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, networks, scale_to_zero, migrate, capsules, autoscale, revisions
+  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, hostname, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, networks, scale_to_zero, migrate, capsules, autoscale, revisions
 "#,
     );
 }
@@ -1241,7 +1242,7 @@ fn revision_mistakes_are_located() {
         ),
         r#"
 paracloud.toml:11:1: services.api.revisions.canary.ports: unknown key `ports`
-  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, scale_to_zero, migrate, capsules
+  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, hostname, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, scale_to_zero, migrate, capsules
 paracloud.toml:12:25: services.api.revisions.Blue: invalid revision name "Blue": must start with a lower-case letter, found 'B'
   hint: use lower-case letters, digits and '-', starting with a letter, such as "canary"
 paracloud.toml:14:10: services.api.revisions.green.weight: the revisions of `api` get 110% of its traffic together, more than 100%
