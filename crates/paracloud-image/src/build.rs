@@ -135,6 +135,23 @@ fn in_context(context: &Path, ignore: &Dockerignore, source: &str) -> Result<Pat
             context.display()
         )));
     }
+    // Links resolved, the source stays in the context: a directory link on its way, or the
+    // source itself a link to a directory, would otherwise copy the host's files into the image.
+    // A link to a file is copied as the link it is; a dangling one too.
+    let root = context.canonicalize().map_err(io_at(context))?;
+    let resolved = match out.canonicalize() {
+        Ok(real) if real.is_dir() || out.symlink_metadata().is_ok_and(|m| !m.is_symlink()) => {
+            Some(real)
+        }
+        _ => out.parent().and_then(|p| p.canonicalize().ok()),
+    };
+    if let Some(real) = resolved.filter(|real| !real.starts_with(&root)) {
+        return Err(invalid(format!(
+            "{source}: leads out of the build context {} through a link (to {}); copy what it needs into the context",
+            context.display(),
+            real.display()
+        )));
+    }
     let relative = out.strip_prefix(context).unwrap_or(&out);
     if ignore.excludes(&relative.to_string_lossy()) {
         return Err(invalid(format!(
@@ -756,6 +773,29 @@ pub const BUILD_LAYER_MEDIA_TYPE: &str = LAYER_TAR;
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_source_cannot_leave_the_context_through_a_link() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "host's").unwrap();
+        let context = tempfile::tempdir().unwrap();
+        let c = context.path();
+        fs::create_dir_all(c.join("inside")).unwrap();
+        fs::write(c.join("inside/file"), "ours").unwrap();
+        symlink(outside.path(), c.join("out-dir")).unwrap();
+        symlink(outside.path().join("secret"), c.join("out-file")).unwrap();
+        symlink("inside", c.join("in-dir")).unwrap();
+        symlink("/nowhere", c.join("dangling")).unwrap();
+        let ignore = Dockerignore::default();
+        for escaping in ["out-dir", "out-dir/secret", "out-dir/"] {
+            let e = in_context(c, &ignore, escaping).unwrap_err().to_string();
+            assert!(e.contains("leads out of the build context"), "{escaping}: {e}");
+        }
+        // Copied as links, not followed.
+        for kept in ["out-file", "dangling", "in-dir", "in-dir/file", "inside/file"] {
+            assert!(in_context(c, &ignore, kept).is_ok(), "{kept}");
+        }
+    }
 
     /// A merged-/usr image: /bin and /lib link to usr/bin and usr/lib (one relative link, one
     /// absolute), and an upper layer that links /opt/tool on and deleted /srv.
