@@ -789,10 +789,19 @@ mod tests {
         let ignore = Dockerignore::default();
         for escaping in ["out-dir", "out-dir/secret", "out-dir/"] {
             let e = in_context(c, &ignore, escaping).unwrap_err().to_string();
-            assert!(e.contains("leads out of the build context"), "{escaping}: {e}");
+            assert!(
+                e.contains("leads out of the build context"),
+                "{escaping}: {e}"
+            );
         }
         // Copied as links, not followed.
-        for kept in ["out-file", "dangling", "in-dir", "in-dir/file", "inside/file"] {
+        for kept in [
+            "out-file",
+            "dangling",
+            "in-dir",
+            "in-dir/file",
+            "inside/file",
+        ] {
             assert!(in_context(c, &ignore, kept).is_ok(), "{kept}");
         }
     }
