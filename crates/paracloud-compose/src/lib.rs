@@ -826,19 +826,12 @@ impl<'a> Reader<'a> {
                 out.line(text, offset, &f);
             }
             if let Some((labels, offset, f)) = labels {
-                out.blank();
-                out.line(format!("[volumes.{}.labels]", out::key(&name)), offset, &f);
-                for (lk, lv, offset) in labels {
-                    out.line(
-                        format!(
-                            "{} = {}",
-                            out::key(&lk),
-                            out::string(&lv.unwrap_or_default())
-                        ),
-                        offset,
-                        &child(&f, &lk),
-                    );
-                }
+                out.labels(
+                    format!("[volumes.{}.labels]", out::key(&name)),
+                    labels,
+                    offset,
+                    &f,
+                );
             }
         }
         names

@@ -100,23 +100,12 @@ pub(crate) fn declared(r: &mut Reader<'_>, node: &Node, out: &mut Out) -> Vec<St
             );
         }
         if !labels.is_empty() {
-            out.blank();
-            out.line(
+            out.labels(
                 format!("[networks.{}.labels]", out::key(&renamed)),
+                labels,
                 key.offset,
-                &field,
+                &child(&field, "labels"),
             );
-            for (lk, lv, offset) in labels {
-                out.line(
-                    format!(
-                        "{} = {}",
-                        out::key(&lk),
-                        out::string(&lv.unwrap_or_default())
-                    ),
-                    offset,
-                    &child(&child(&field, "labels"), &lk),
-                );
-            }
         }
     }
     names

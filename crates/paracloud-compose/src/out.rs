@@ -19,6 +19,28 @@ impl Out {
         self.line(text.to_owned(), 0, "");
     }
 
+    /// A `[HEADER]` table of labels, `KEY = "VALUE"` lines (a key without a value is empty),
+    /// each line pointing where it was written: the table at `offset`, its entries under
+    /// `field`.
+    pub(crate) fn labels(
+        &mut self,
+        header: String,
+        labels: Vec<(String, Option<String>, usize)>,
+        offset: usize,
+        field: &str,
+    ) {
+        self.blank();
+        self.line(header, offset, field);
+        for (k, v, at) in labels {
+            let entry = crate::child(field, &k);
+            self.line(
+                format!("{} = {}", key(&k), string(&v.unwrap_or_default())),
+                at,
+                &entry,
+            );
+        }
+    }
+
     pub(crate) fn blank(&mut self) {
         self.line(String::new(), 0, "");
     }

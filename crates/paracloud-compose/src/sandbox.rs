@@ -37,7 +37,7 @@ pub(crate) fn flags(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t:
 }
 
 /// A size as the manifest writes it: bytes as a number, else a string with its unit.
-fn size(r: &mut Reader<'_>, value: &Node, field: &str) -> Option<String> {
+pub(crate) fn size(r: &mut Reader<'_>, value: &Node, field: &str, example: &str) -> Option<String> {
     match value.text().map(values::memory) {
         Some(Ok(m)) if m.bytes().all(|b| b.is_ascii_digit()) => Some(m),
         Some(Ok(m)) => Some(out::string(&m)),
@@ -46,19 +46,21 @@ fn size(r: &mut Reader<'_>, value: &Node, field: &str) -> Option<String> {
                 value.offset,
                 field,
                 e,
-                Some("write bytes or a size such as \"64m\" or \"1g\"".into()),
+                Some(format!(
+                    "write bytes or a size such as \"{example}\" or \"1g\""
+                )),
             );
             None
         }
         None => {
-            r.expected(value, field, "a size such as \"64m\"");
+            r.expected(value, field, &format!("a size such as \"{example}\""));
             None
         }
     }
 }
 
 pub(crate) fn shm_size(r: &mut Reader<'_>, value: &Node, field: &str, t: &mut Table) {
-    if let Some(s) = size(r, value, field) {
+    if let Some(s) = size(r, value, field, "64m") {
         t.key(format!("shm_size = {s}"), value.offset, field);
     }
 }
@@ -176,7 +178,7 @@ pub(crate) fn tmpfs_volume(
                     let o = ok_key.text().unwrap_or_default();
                     let of = child(&f, o);
                     match o {
-                        "size" => size_text = size(r, ov, &of),
+                        "size" => size_text = size(r, ov, &of, "64m"),
                         // Compose writes the mode as octal digits (1777).
                         "mode" => mode = r.string(ov, &of).map(str::to_owned),
                         _ => {

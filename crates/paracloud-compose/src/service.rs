@@ -1410,23 +1410,12 @@ fn resources(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t: &mut T
                     return;
                 }
             },
-            "memory" | "disk" | "memory_reservation" => match value.text().map(values::memory) {
-                Some(Ok(m)) if m.bytes().all(|b| b.is_ascii_digit()) => format!("{which} = {m}"),
-                Some(Ok(m)) => format!("{which} = {}", out::string(&m)),
-                Some(Err(e)) => {
-                    r.error(
-                        value.offset,
-                        &f,
-                        e,
-                        Some("write bytes or a size such as \"512m\" or \"1g\"".into()),
-                    );
-                    return;
+            "memory" | "disk" | "memory_reservation" => {
+                match crate::sandbox::size(r, value, &f, "512m") {
+                    Some(size) => format!("{which} = {size}"),
+                    None => return,
                 }
-                None => {
-                    r.expected(value, &f, "a memory size such as \"512m\"");
-                    return;
-                }
-            },
+            }
             _ => match r.whole(value, &f, 1, u64::from(u32::MAX)) {
                 Some(n) => format!("pids = {n}"),
                 None => return,
