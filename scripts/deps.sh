@@ -11,6 +11,7 @@
 #   tools, a local registry to pull from and push to (over TLS and with basic authentication);
 # - strace, gdb, tcpdump, yara, zstd: the host programs the built-in capsules are made of;
 # - CRIU 4 (scripts/criu.sh, built from Debian's newer source once): migration by checkpoint;
+# - chromium, chromium-driver: the dashboard's browser tests (a real Chromium through WebDriver);
 # - cargo-nextest: the test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,8 @@ need zstd zstd
 need e2fsprogs mkfs.ext4
 need docker-compose docker-compose
 need redis-server redis-server redis-cli
+need chromium chromium
+need chromium-driver chromedriver
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   # Packages are installed for their programs: no service of theirs (Redis, nginx) is started.

@@ -41,6 +41,10 @@
 //! | `GET /v1/capsules/history?app=APP&limit=N` | [`CapsuleHistory`] | | `[CapsuleRunView]` |
 //! | `GET /v1/capsules/debug?app=APP&instance=web.1&command=JSON` with `Upgrade: paracloud-tty` | [`DebugSession`] | | 101, then the terminal's bytes both ways |
 //! | `POST /v1/capsules/runs/{run}/resize` | [`ResizeTerminal`] | [`TerminalSize`] | 204, no body |
+//! | `GET /` | [`DashboardPage`] | | the dashboard's page (HTML) |
+//! | `GET /assets/{name}` | [`DashboardAsset`] | | one file of the dashboard (script, style) |
+//! | `GET /v1/apps/{app}/manifest` | [`GetManifest`] | | [`ManifestView`] |
+//! | `GET /v1/apps/{app}/live` | [`LiveFigures`] | | server-sent events: `history` ([`LiveHistory`]), then `second` ([`LiveSecond`]) and `events` (`[Event]`) as they come |
 
 mod client;
 pub mod routes;
@@ -659,6 +663,75 @@ pub struct TerminalSize {
     pub cols: u16,
 }
 
+/// An application's manifest as it was deployed: what the dashboard shows and edits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestView {
+    pub app: String,
+    /// The manifest text as the user wrote it.
+    pub source: String,
+    /// The file it came from, as the CLI named it.
+    pub origin: String,
+    /// The directory its relative paths resolve against (the file's, when it was named by an
+    /// absolute path; otherwise `/`).
+    pub base_dir: PathBuf,
+}
+
+/// One second of one service, as the dashboard's charts draw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveService {
+    /// Requests that arrived in the second.
+    pub arrivals: u64,
+    /// Requests answered with an error (5xx) or given up on.
+    pub errors: u64,
+    /// Response time percentiles of the requests answered in the second, in milliseconds.
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// Requests in flight at the end of the second.
+    pub in_flight: u32,
+    /// Instances starting or ready, and those ready.
+    pub instances: u32,
+    pub ready: u32,
+    /// Cores used per instance, averaged over its instances and the second.
+    pub cpu_per_instance: f64,
+    /// Memory its instances use, in bytes, all together.
+    pub memory_bytes: u64,
+    /// Each instance (`api.2`) during the second.
+    pub by_instance: std::collections::BTreeMap<String, LiveInstance>,
+}
+
+/// One instance during one second.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveInstance {
+    /// Cores used, averaged over the second.
+    pub cpu: f64,
+    /// Memory used at the end of the second, in bytes (its cgroup's count).
+    pub memory_bytes: u64,
+    /// Requests it answered in the second.
+    pub completions: u64,
+}
+
+/// One second of an application, each of its services.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveSecond {
+    /// When the second ended, in milliseconds since the Unix epoch.
+    pub at: u64,
+    pub services: std::collections::BTreeMap<String, LiveService>,
+}
+
+/// What a page gets first on `GET /v1/apps/{app}/live`: the last minutes, the SLO to draw the
+/// latency against, and the application's latest events.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LiveHistory {
+    pub app: String,
+    /// The autoscaler's latency objective, when the application has one.
+    pub slo_ms: Option<f64>,
+    /// Its percentile, such as 0.95.
+    pub slo_percentile: Option<f64>,
+    pub seconds: Vec<LiveSecond>,
+    pub events: Vec<Event>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,6 +777,10 @@ mod tests {
             row::<CapsuleHistory>(),
             row::<DebugSession>(),
             row::<ResizeTerminal>(),
+            row::<DashboardPage>(),
+            row::<DashboardAsset>(),
+            row::<GetManifest>(),
+            row::<LiveFigures>(),
         ];
         let table: Vec<&str> = include_str!("lib.rs")
             .lines()

@@ -11,9 +11,9 @@ use crate::{
     AppView, BuildEvent, BuildRequest, BuiltImage, CapsuleRunEvent, CapsuleRunRequest,
     CapsuleRunView, CapsuleView, CpuRequest, DataplaneRestartRequest, DataplaneRestartResponse,
     Event, ExportRequest, Health, ImageDetail, ImageRef, ImageSourceView, ImageView, ImportRequest,
-    InstanceView, MicroImageRequest, MigrateRequest, MigrateResponse, PruneView, RemovedImages,
-    ScaleRequest, ServiceView, SourcesRequest, TerminalSize, TrafficRequest, TransferEvent,
-    TransferRequest, UpRequest, UpResponse,
+    InstanceView, ManifestView, MicroImageRequest, MigrateRequest, MigrateResponse, PruneView,
+    RemovedImages, ScaleRequest, ServiceView, SourcesRequest, TerminalSize, TrafficRequest,
+    TransferEvent, TransferRequest, UpRequest, UpResponse,
 };
 
 /// A route whose request is its body alone: `Name(Body): METHOD "path" -> Answer`.
@@ -532,5 +532,69 @@ impl Route for ResizeTerminal {
 
     fn body(&self) -> Option<&Self::Body> {
         Some(&self.body)
+    }
+}
+
+/// `GET /`: the dashboard's page, which loads its assets and then speaks to the API.
+#[derive(Debug, Clone)]
+pub struct DashboardPage;
+
+impl Route for DashboardPage {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/";
+    type Body = ();
+    type Answer = Incoming;
+}
+
+/// `GET /assets/{name}`: one file of the dashboard, built into the daemon.
+#[derive(Debug, Clone)]
+pub struct DashboardAsset {
+    pub name: String,
+}
+
+impl Route for DashboardAsset {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/assets/{name}";
+    type Body = ();
+    type Answer = Incoming;
+
+    fn path(&self) -> String {
+        fill(Self::PATH, &[&self.name])
+    }
+}
+
+/// `GET /v1/apps/{app}/manifest`: the manifest an application was deployed from.
+#[derive(Debug, Clone)]
+pub struct GetManifest {
+    pub app: String,
+}
+
+impl Route for GetManifest {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/apps/{app}/manifest";
+    type Body = ();
+    type Answer = ManifestView;
+
+    fn path(&self) -> String {
+        fill(Self::PATH, &[&self.app])
+    }
+}
+
+/// `GET /v1/apps/{app}/live`: server-sent events of an application: first `history` (a
+/// [`crate::LiveHistory`]: the last ten minutes, one figure a second), then each new second
+/// (`second`, a [`crate::LiveSecond`]) and its new events (`events`, `[Event]`) as they come.
+#[derive(Debug, Clone)]
+pub struct LiveFigures {
+    pub app: String,
+}
+
+impl Route for LiveFigures {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/apps/{app}/live";
+    type Body = ();
+    type Answer = Incoming;
+
+    fn path(&self) -> String {
+        fill(Self::PATH, &[&self.app])
     }
 }

@@ -84,6 +84,10 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .on::<route::GetCapsuleFile, _>(capsule_file::<D>)
         .on::<route::DebugSession, _>(crate::debug::debug::<D>)
         .on::<route::ResizeTerminal, _>(crate::debug::resize::<D>)
+        .on::<route::DashboardPage, _>(crate::dashboard::page)
+        .on::<route::DashboardAsset, _>(crate::dashboard::asset)
+        .on::<route::GetManifest, _>(crate::dashboard::manifest::<D>)
+        .on::<route::LiveFigures, _>(crate::dashboard::live::<D>)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -178,6 +178,8 @@ pub struct Engine<D: Driver> {
     /// The pseudo-terminals of the open `paracloud debug` sessions, by run: resized when the
     /// client's terminal is.
     pub(crate) terminals: Mutex<HashMap<i64, std::os::fd::OwnedFd>>,
+    /// The last ten minutes of every application, a figure a second, for the dashboard.
+    pub seconds: crate::seconds::Seconds,
 }
 
 impl<D: Driver> Engine<D> {
@@ -203,6 +205,7 @@ impl<D: Driver> Engine<D> {
             successors: Mutex::new(std::collections::BTreeSet::new()),
             network_failures: Mutex::new(HashMap::new()),
             terminals: Mutex::new(HashMap::new()),
+            seconds: Default::default(),
         })
     }
 

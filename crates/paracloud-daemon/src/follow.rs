@@ -18,6 +18,7 @@ use crate::autoscale::Autoscaler;
 use crate::clock::now_ms;
 use crate::driver::Driver;
 use crate::engine::Engine;
+use crate::seconds::Recorder;
 
 /// How long to wait before following the stream again after it ended (the data plane restarts).
 const RECONNECT_AFTER: Duration = Duration::from_millis(200);
@@ -31,8 +32,17 @@ pub async fn follow<D: Driver>(engine: Arc<Engine<D>>) {
     let mut idle = IdleTracker::default();
     let mut woken: BTreeMap<Waiting, Millis> = BTreeMap::new();
     let mut autoscaler = Autoscaler::new(crate::commands::machine_cores());
+    let mut recorder = Recorder::default();
     loop {
-        if let Err(e) = follow_once(&engine, &mut idle, &mut woken, &mut autoscaler).await {
+        let followed = follow_once(
+            &engine,
+            &mut idle,
+            &mut woken,
+            &mut autoscaler,
+            &mut recorder,
+        )
+        .await;
+        if let Err(e) = followed {
             tracing::debug!("following the data plane: {e}");
         }
         tokio::time::sleep(RECONNECT_AFTER).await;
@@ -44,6 +54,7 @@ async fn follow_once<D: Driver>(
     idle: &mut IdleTracker,
     woken: &mut BTreeMap<Waiting, Millis>,
     autoscaler: &mut Autoscaler,
+    recorder: &mut Recorder,
 ) -> Result<(), String> {
     let client = paracloud_api::Client::new(engine.dataplane_stats_path());
     let mut events = client.lines(&Watch).await.map_err(|e| e.to_string())?;
@@ -70,6 +81,7 @@ async fn follow_once<D: Driver>(
             WatchEvent::Snapshot(snapshot) => {
                 let idle_for = idle.observe(&snapshot, now_ms());
                 scale_idle_to_zero(engine, &idle_for);
+                record(engine, recorder, &snapshot);
                 autoscale(engine, autoscaler, snapshot);
             }
         }
@@ -113,6 +125,27 @@ fn wake<D: Driver>(engine: &Engine<D>, waiting: &Waiting) {
     if let Err(e) = engine.submit(&Caller::Follower, &command) {
         tracing::error!("cannot wake {app}/{name}: {e}");
     }
+}
+
+/// One second of every application for the dashboard: the instances' cgroup counters read,
+/// the figures kept and handed to the pages that follow them.
+fn record<D: Driver>(engine: &Engine<D>, recorder: &mut Recorder, snapshot: &Snapshot) {
+    let Ok(state) = engine.store.load() else {
+        return;
+    };
+    let usage: HashMap<String, paracloud_runtime::Usage> = state
+        .instances
+        .iter()
+        .filter(|i| !matches!(i.state, paracloud_reconcile::InstanceState::Exited { .. }))
+        .filter_map(|i| {
+            let id = i.key.id();
+            let usage = engine.driver.usage(&id).ok()?;
+            Some((id, usage))
+        })
+        .collect();
+    let seconds = recorder.step(now_ms(), &state, snapshot, &usage);
+    let apps: Vec<String> = state.apps.iter().map(|a| a.name.clone()).collect();
+    engine.seconds.record(&apps, seconds);
 }
 
 /// One second of the autoscaler: the instances' CPU counters read, its policies run, their

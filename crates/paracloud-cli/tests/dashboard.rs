@@ -1,0 +1,231 @@
+//! The dashboard in a real Chromium, driven by WebDriver, against a real daemon running the
+//! shop: the services and their instances, scaling from the page, the charts under load with
+//! the decisions marked, the manifest checked as it is typed, an instance's output and events.
+//!
+//! With `PARACLOUD_SCREENSHOTS=DIR`, the screenshots of the main views are also copied into
+//! DIR (the README's come from `docs/dashboard/`).
+
+mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use webdriver::Browser;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Sends requests to the shop's page until told to stop (at most two minutes): a steady load
+/// for the charts to show.
+fn load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            let _ = http_get(port, "/");
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sent
+    })
+}
+
+/// Where the browser reaches the daemon's API and dashboard.
+fn dashboard_url(p: &Platform) -> String {
+    let port = p.port(5);
+    relay(port, p.root().join("paracloud.sock"));
+    format!("http://127.0.0.1:{port}/")
+}
+
+/// A TCP listener on the loopback relaying each connection to the daemon's socket.
+fn relay(port: u16, socket: std::path::PathBuf) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(daemon) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            let (mut c1, mut d1) = (client.try_clone().unwrap(), daemon.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut d1);
+                let _ = d1.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut c2, mut d2) = (client, daemon);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut d2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+fn count(browser: &Browser, selector: &str) -> u64 {
+    browser
+        .script(
+            "return document.querySelectorAll(arguments[0]).length;",
+            json!([selector]),
+        )
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn data(browser: &Browser, selector: &str, key: &str) -> String {
+    browser
+        .script(
+            "const e = document.querySelector(arguments[0]); return e ? (e.dataset[arguments[1]] || '') : '';",
+            json!([selector, key]),
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn shot(p: &Platform, browser: &Browser, name: &str) {
+    let path = p.root().join("screenshots").join(format!("{name}.png"));
+    browser.screenshot(&path);
+    if let Some(dir) = std::env::var_os("PARACLOUD_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&path, dir.join(format!("{name}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifest() {
+    let p = Platform::new();
+    let manifest = p.shop();
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let url = dashboard_url(&p);
+    let browser = Browser::start(p.port(6));
+
+    // The applications, then the shop: three services, each with its instances.
+    browser.goto(&url);
+    browser.wait_for("#apps tr[data-app='shop'] a", WAIT);
+    shot(&p, &browser, "applications");
+    let link = browser.find("#apps tr[data-app='shop'] a").unwrap();
+    browser.click(&link);
+    for service in ["web", "api", "kv"] {
+        browser.wait_for(&format!("#services tr[data-service='{service}']"), WAIT);
+    }
+    let running = |service: &str| {
+        format!("#services tr[data-service='{service}'] [data-instance][data-state='running']")
+    };
+    browser.wait_until("two running api instances", WAIT, |b| {
+        count(b, &running("api")) == 2
+    });
+    assert_eq!(count(&browser, &running("web")), 2);
+    assert_eq!(count(&browser, &running("kv")), 1);
+
+    // Scale api from the page: the instances change on the page and in the platform.
+    let input = browser.find("#scale-api").unwrap();
+    browser.clear(&input);
+    browser.type_into(&input, "3");
+    browser.click(&browser.find("#scale-button-api").unwrap());
+    browser.wait_until("three running api instances on the page", WAIT, |b| {
+        count(b, &running("api")) == 3
+    });
+    let api = p
+        .ps("shop")
+        .iter()
+        .filter(|i| field(i, "service") == "api" && field(i, "state") == "running")
+        .count();
+    assert_eq!(api, 3, "the platform runs what the page shows");
+    assert!(browser.text("#notice").contains("scaled to 3"));
+    browser.wait_until("the scaling in the events", WAIT, |b| {
+        b.text("#events").contains("scaled to 3")
+    });
+
+    // Load on the shop's page: the web service's chart and figures move, live.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(p.port(0), stop.clone());
+    browser.wait_until("the arrivals chart under load", WAIT, |b| {
+        data(b, "#chart-arrivals", "max")
+            .parse::<f64>()
+            .is_ok_and(|m| m > 0.0)
+    });
+    browser.wait_until("requests per second in the services table", WAIT, |b| {
+        let rps = b.text("#services tr[data-service='web'] [data-field='rps']");
+        rps.parse::<u64>().is_ok_and(|n| n > 0)
+    });
+    browser.wait_until("a p95 of web", WAIT, |b| {
+        b.text("#services tr[data-service='web'] [data-field='p95']")
+            .ends_with(" ms")
+    });
+    // The api's charts carry the scaling as a marker on the timeline.
+    browser.script(
+        "const s = document.querySelector('#chart-service'); s.value = 'api'; s.dispatchEvent(new Event('change'));",
+        json!([]),
+    );
+    browser.wait_until("the scaling marked on api's charts", WAIT, |b| {
+        data(b, "#chart-instances", "markers")
+            .parse::<u64>()
+            .is_ok_and(|n| n >= 1)
+    });
+    browser.wait_until("api's instance count charted", WAIT, |b| {
+        data(b, "#chart-instances", "last").contains("\"instances\":3")
+    });
+    browser.script(
+        "const s = document.querySelector('#chart-service'); s.value = 'web'; s.dispatchEvent(new Event('change'));",
+        json!([]),
+    );
+    shot(&p, &browser, "application");
+    stop.store(true, Ordering::Relaxed);
+    assert!(load.join().unwrap() > 0);
+
+    // The manifest, edited into an error: the problem is told at its line, as the CLI tells it.
+    browser.wait_until("the manifest loaded", WAIT, |b| {
+        b.script(
+            "return document.querySelector('#manifest').value.includes('[services.api]');",
+            json!([]),
+        ) == json!(true)
+    });
+    let editor = browser.find("#manifest").unwrap();
+    browser.type_into(&editor, "\nreplicas = \"many\"\n");
+    browser.wait_until("the error located in the manifest", WAIT, |b| {
+        count(b, "#diagnostics li[data-line]") >= 1
+    });
+    let expected_line = browser.script(
+        "return document.querySelector('#manifest').value.split('\\n').findIndex(l => l.startsWith('replicas = \"many\"')) + 1;",
+        json!([]),
+    );
+    assert_eq!(
+        json!(data(&browser, "#diagnostics li[data-line]", "line")
+            .parse::<u64>()
+            .unwrap()),
+        expected_line,
+        "the diagnostic points at the line typed: {}",
+        browser.text("#diagnostics")
+    );
+    assert!(count(&browser, ".editor .gutter .bad") >= 1);
+    assert!(
+        browser.text("#manifest-status").contains("problem"),
+        "{}",
+        browser.text("#manifest-status")
+    );
+    browser.script(
+        "document.querySelector('.manifest').scrollIntoView();",
+        json!([]),
+    );
+    shot(&p, &browser, "manifest");
+    // Nothing was deployed: the dry run writes nothing.
+    assert_eq!(
+        p.ps("shop")
+            .iter()
+            .filter(|i| field(i, "service") == "api" && field(i, "state") == "running")
+            .count(),
+        3
+    );
+
+    // One instance: its state, output and events.
+    browser.goto(&format!("{url}#/apps/shop/instances/kv.1"));
+    browser.wait_for("#instance-state", WAIT);
+    browser.wait_until("kv.1's output", WAIT, |b| {
+        !b.text("#logs").trim().is_empty()
+    });
+    assert_eq!(browser.text("#instance-state"), "running");
+    shot(&p, &browser, "instance");
+}

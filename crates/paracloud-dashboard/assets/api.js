@@ -1,0 +1,72 @@
+// The daemon's API as the browser calls it: one function per route of the paracloud-api crate
+// that the dashboard uses, and nothing else in the page writes a path. The session is the
+// HttpOnly cookie `POST /v1/session` sets; a 401 anywhere sends the page back to its login.
+
+const enc = encodeURIComponent;
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    const message = body && typeof body === 'object' && body.error ? body.error
+      : typeof body === 'string' && body ? body : `the daemon answered ${status}`;
+    super(message);
+    this.status = status;
+    this.diagnostics = (body && body.diagnostics) || [];
+  }
+}
+
+async function call(method, path, body, signal) {
+  const init = { method, credentials: 'same-origin', signal, headers: {} };
+  if (body !== undefined) {
+    init.headers['content-type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch(path, init);
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = text; }
+  if (res.status === 401) window.dispatchEvent(new CustomEvent('paracloud:unauthorized'));
+  if (!res.ok) throw new ApiError(res.status, data);
+  return data;
+}
+
+export const whoami = () => call('GET', '/v1/whoami');
+export const login = (token) => call('POST', '/v1/session', { token });
+export const logout = () => call('DELETE', '/v1/session');
+export const apps = () => call('GET', '/v1/apps');
+export const app = (name) => call('GET', `/v1/apps/${enc(name)}`);
+export const events = (name, after, limit) =>
+  call('GET', `/v1/events?app=${enc(name)}&after=${after}&limit=${limit}`);
+export const scale = (name, service, replicas) =>
+  call('PUT', `/v1/apps/${enc(name)}/services/${enc(service)}/replicas`, { replicas });
+export const restart = (name, service) =>
+  call('POST', `/v1/apps/${enc(name)}/services/${enc(service)}/restart`);
+export const manifest = (name) => call('GET', `/v1/apps/${enc(name)}/manifest`);
+export const up = (source, origin, baseDir, dryRun) =>
+  call('POST', '/v1/apps', { source, origin, base_dir: baseDir, dry_run: dryRun });
+export const capsules = (name) => call('GET', `/v1/capsules?app=${enc(name)}`);
+export const capsuleHistory = (name, limit) =>
+  call('GET', `/v1/capsules/history?app=${enc(name)}&limit=${limit}`);
+
+// `GET /v1/apps/{app}/live`: server-sent events (`history`, then `second` and `events`).
+export const live = (name) => new EventSource(`/v1/apps/${enc(name)}/live`);
+
+// `GET /v1/apps/{app}/logs`: the last `tail` lines of one instance, then, following, each line
+// as it comes; `onText` gets the text as it arrives. Ends when `signal` aborts.
+export async function logs(name, target, tail, follow, onText, signal) {
+  const path = `/v1/apps/${enc(name)}/logs?target=${enc(target)}&tail=${tail}&follow=${follow}`;
+  const res = await fetch(path, { credentials: 'same-origin', signal });
+  if (!res.ok) {
+    const text = await res.text();
+    let data = text;
+    try { data = JSON.parse(text); } catch { /* plain text */ }
+    if (res.status === 401) window.dispatchEvent(new CustomEvent('paracloud:unauthorized'));
+    throw new ApiError(res.status, data);
+  }
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    onText(decoder.decode(value, { stream: true }));
+  }
+}

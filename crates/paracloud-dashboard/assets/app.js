@@ -1,0 +1,528 @@
+// The dashboard: a login, the applications, and per application its services and instances,
+// live charts (server-sent events), controls, events and the manifest. Views are routed by the
+// URL's fragment: #/ (applications), #/apps/NAME, #/apps/NAME/instances/INSTANCE.
+
+import * as api from './api.js';
+import { Chart, clock, format } from './chart.js';
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const main = $('#main');
+const tip = $('#tip');
+
+// Builds an element: h('div', { class: 'x', onclick: f }, child, 'text', ...).
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    else if (key === 'class') el.className = value;
+    else el.setAttribute(key, value === true ? '' : value);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+function notice(text, kind = 'error') {
+  const el = $('#notice');
+  el.textContent = text;
+  el.className = kind;
+  el.hidden = !text;
+}
+
+// What the current view holds open (the live stream, a log tail), closed when it changes.
+let closeView = () => {};
+
+// --- Login -----------------------------------------------------------------------------------
+
+let who = null;
+
+async function start() {
+  window.addEventListener('paracloud:unauthorized', () => { if (who) { who = null; showLogin(); } });
+  window.addEventListener('hashchange', route);
+  $('#logout').addEventListener('click', async () => {
+    try { await api.logout(); } catch { /* the cookie is gone either way */ }
+    who = null;
+    showLogin();
+  });
+  try {
+    who = await api.whoami();
+  } catch (e) {
+    // 404: a daemon without remote access answers its own machine's users alone.
+    if (e.status === 404) who = { name: 'local', role: 'admin' };
+    else if (e.status === 401) return showLogin();
+    else return fatal(e);
+  }
+  showWho();
+  route();
+}
+
+function showWho() {
+  $('#who').textContent = who ? `${who.name} (${who.role})` : '';
+  $('#logout').hidden = !who || who.name === 'local';
+}
+
+function showLogin() {
+  closeView();
+  closeView = () => {};
+  showWho();
+  $('#crumbs').replaceChildren();
+  const input = h('input', { id: 'token', type: 'password', autocomplete: 'current-password',
+    placeholder: 'paracloud token create NAME --role viewer', required: true, size: 48 });
+  const error = h('p', { id: 'login-error', class: 'error', hidden: true });
+  const form = h('form', { id: 'login', class: 'card login', onsubmit: async (e) => {
+    e.preventDefault();
+    error.hidden = true;
+    try {
+      who = await api.login(input.value.trim());
+      input.value = '';
+      showWho();
+      route();
+    } catch (err) {
+      error.textContent = err.message;
+      error.hidden = false;
+    }
+  } },
+  h('h1', {}, 'Log in'),
+  h('p', { class: 'muted' }, 'A token of this daemon, as ',
+    h('code', {}, 'paracloud token create NAME --role viewer|operator|admin'), ' printed it.'),
+  h('label', { for: 'token' }, 'Token'), input,
+  h('button', { type: 'submit', id: 'login-button' }, 'Log in'), error);
+  main.replaceChildren(form);
+  input.focus();
+}
+
+function fatal(e) {
+  main.replaceChildren(h('p', { class: 'error' }, e.message || String(e)));
+}
+
+// --- Routing ---------------------------------------------------------------------------------
+
+function route() {
+  if (!who) return showLogin();
+  closeView();
+  closeView = () => {};
+  notice('');
+  const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  if (parts[0] === 'apps' && parts[1] && parts[2] === 'instances' && parts[3]) {
+    instanceView(parts[1], parts[3]);
+  } else if (parts[0] === 'apps' && parts[1]) {
+    appView(parts[1]);
+  } else {
+    appsView();
+  }
+}
+
+function crumbs(...links) {
+  $('#crumbs').replaceChildren(...links.flatMap(([text, href]) =>
+    [h('span', { class: 'sep' }, '/'), href ? h('a', { href }, text) : h('span', {}, text)]));
+}
+
+const appHref = (app) => `#/apps/${encodeURIComponent(app)}`;
+const instanceHref = (app, instance) =>
+  `${appHref(app)}/instances/${encodeURIComponent(instance)}`;
+
+// --- Applications ----------------------------------------------------------------------------
+
+async function appsView() {
+  crumbs(['Applications']);
+  let apps;
+  try { apps = await api.apps(); } catch (e) { return fatal(e); }
+  if (!apps.length) {
+    main.replaceChildren(h('p', { class: 'muted' }, 'No application yet: ', h('code', {}, 'paracloud up'), ' deploys one.'));
+    return;
+  }
+  main.replaceChildren(h('section', { class: 'card' }, h('h1', {}, 'Applications'),
+    h('table', { id: 'apps' },
+      h('thead', {}, h('tr', {}, ['Application', 'Services', 'Instances ready', 'Network', 'Manifest'].map((t) => h('th', {}, t)))),
+      h('tbody', {}, apps.map((a) => {
+        const wanted = a.services.reduce((n, s) => n + s.replicas, 0);
+        const ready = a.services.reduce((n, s) => n + s.ready, 0);
+        return h('tr', { 'data-app': a.name },
+          h('td', {}, h('a', { href: appHref(a.name) }, a.name), a.removing ? h('span', { class: 'badge bad' }, 'removing') : ''),
+          h('td', {}, a.services.map((s) => s.name).join(', ')),
+          h('td', {}, `${ready} / ${wanted}`),
+          h('td', {}, a.subnet),
+          h('td', { class: 'muted', title: a.origin }, shortPath(a.origin)));
+      })))));
+}
+
+// --- One application -------------------------------------------------------------------------
+
+const STATE_CLASS = { running: 'ok', starting: 'wait', unready: 'wait', stopping: 'wait',
+  unhealthy: 'bad', exited: 'bad', failed: 'bad', 'oom-killed': 'bad' };
+
+const SERIES_COLORS = ['#1d4ed8', '#c2410c', '#7c3aed', '#059669'];
+
+async function appView(name) {
+  crumbs(['Applications', '#/'], [name]);
+  let view;
+  try { view = await api.app(name); } catch (e) { return fatal(e); }
+
+  const state = { view, seconds: [], events: [], slo: null, service: null, latest: null };
+  state.service = (view.services.find((s) => s.published.length) || view.services[0] || {}).name;
+
+  const servicesBody = h('tbody');
+  const serviceSelect = h('select', { id: 'chart-service', onchange: () => { state.service = serviceSelect.value; drawCharts(); } });
+  const canvases = {
+    arrivals: h('canvas', { id: 'chart-arrivals' }),
+    latency: h('canvas', { id: 'chart-latency' }),
+    instances: h('canvas', { id: 'chart-instances' }),
+    cpu: h('canvas', { id: 'chart-cpu' }),
+  };
+  const charts = {
+    arrivals: new Chart(canvases.arrivals, { unit: 'requests/s', tip, series: [
+      { name: 'arrivals', color: SERIES_COLORS[0], value: (s) => svc(s)?.arrivals },
+      { name: 'errors', color: '#dc2626', value: (s) => svc(s)?.errors },
+    ] }),
+    latency: new Chart(canvases.latency, { unit: 'ms', digits: 1, tip, series: [
+      { name: 'p50', color: '#059669', value: (s) => svc(s)?.p50_ms },
+      { name: 'p95', color: SERIES_COLORS[0], value: (s) => svc(s)?.p95_ms },
+      { name: 'p99', color: '#7c3aed', value: (s) => svc(s)?.p99_ms },
+    ] }),
+    instances: new Chart(canvases.instances, { unit: 'instances', whole: true, tip, series: [
+      { name: 'instances', color: SERIES_COLORS[0], value: (s) => svc(s)?.instances },
+      { name: 'ready', color: '#059669', value: (s) => svc(s)?.ready },
+    ] }),
+    cpu: new Chart(canvases.cpu, { unit: 'cores per instance', digits: 2, tip, series: [
+      { name: 'cpu', color: SERIES_COLORS[1], value: (s) => svc(s)?.cpu_per_instance },
+    ] }),
+  };
+  const svc = (second) => second.services[state.service];
+  const eventsList = h('ol', { id: 'events', class: 'events' });
+  const editor = manifestEditor(name);
+
+  main.replaceChildren(
+    h('section', { class: 'card' },
+      h('h1', {}, name, h('span', { class: 'muted small', title: view.origin }, ` ${view.subnet} · ${shortPath(view.origin)}`)),
+      h('table', { id: 'services' },
+        h('thead', {}, h('tr', {}, ['Service', 'Instances', 'Ready', 'CPU limit', 'CPU used', 'Memory', 'Requests/s', 'p95', 'Errors/s', 'Controls'].map((t) => h('th', {}, t)))),
+        servicesBody)),
+    h('section', { class: 'card' },
+      h('div', { class: 'row' }, h('h2', {}, 'Live'), h('label', { for: 'chart-service' }, 'Service '), serviceSelect,
+        h('span', { id: 'live-state', class: 'muted small' }, 'connecting…')),
+      h('div', { class: 'charts' },
+        h('figure', {}, h('figcaption', {}, 'Arrivals and errors'), canvases.arrivals),
+        h('figure', {}, h('figcaption', {}, 'Latency p50 / p95 / p99'), canvases.latency),
+        h('figure', {}, h('figcaption', {}, 'Instances'), canvases.instances),
+        h('figure', {}, h('figcaption', {}, 'CPU per instance'), canvases.cpu))),
+    h('div', { class: 'columns' },
+      h('section', { class: 'card' }, h('h2', {}, 'Events'), eventsList),
+      editor.element));
+
+  function renderServices() {
+    serviceSelect.replaceChildren(...state.view.services.map((s) =>
+      h('option', { value: s.name, selected: s.name === state.service }, s.name)));
+    servicesBody.replaceChildren(...state.view.services.map((s) => serviceRow(name, s, state, reload)));
+    updateFigures();
+  }
+
+  function updateFigures() {
+    const latest = state.latest;
+    for (const s of state.view.services) {
+      const row = servicesBody.querySelector(`tr[data-service="${CSS.escape(s.name)}"]`);
+      if (!row) continue;
+      const live = latest && latest.services[s.name];
+      const cell = (field, text) => { row.querySelector(`[data-field="${field}"]`).textContent = text; };
+      cell('cpu-used', live ? `${format(live.cpu_per_instance, 2)} / instance` : '–');
+      cell('memory', live ? bytes(live.memory_bytes) : '–');
+      cell('rps', live ? String(live.arrivals) : '–');
+      cell('p95', live && live.arrivals ? `${format(live.p95_ms, 1)} ms` : '–');
+      cell('errors', live ? String(live.errors) : '–');
+      for (const chip of row.querySelectorAll('[data-instance]')) {
+        const one = live && live.by_instance[chip.dataset.instance];
+        chip.title = one ? `cpu ${format(one.cpu, 2)} · memory ${bytes(one.memory_bytes)} · ${one.completions} answered/s` : '';
+      }
+    }
+  }
+
+  function drawCharts() {
+    const markers = state.events
+      .filter((e) => e.subject === state.service && isDecision(e.message))
+      .map((e) => ({ at: e.at, text: `${e.subject}: ${e.message}`, color: e.message.startsWith('autoscaler') ? '#c2410c' : '#475569' }));
+    const slo = state.slo ? [{ value: state.slo.ms, label: `SLO p${Math.round(state.slo.percentile * 100)} ${state.slo.ms} ms`, color: '#dc2626' }] : [];
+    charts.arrivals.set(state.seconds, markers);
+    charts.latency.set(state.seconds, markers, slo);
+    charts.instances.set(state.seconds, markers);
+    charts.cpu.set(state.seconds, markers);
+  }
+
+  function renderEvents() {
+    eventsList.replaceChildren(...state.events.slice(-80).reverse().map((e) =>
+      h('li', { class: isDecision(e.message) ? 'decision' : '' },
+        h('time', {}, clock(e.at)), ' ', h('b', {}, e.subject), ' ', e.message)));
+  }
+
+  // The view's application again: after a control, or when the live figures or the events say
+  // its instances changed (at most once a second).
+  let reloading = null;
+  async function reload() {
+    if (reloading) return reloading;
+    reloading = (async () => {
+      try {
+        state.view = await api.app(name);
+        renderServices();
+      } catch (e) {
+        notice(e.message);
+      } finally {
+        setTimeout(() => { reloading = null; }, 1000);
+      }
+    })();
+    return reloading;
+  }
+
+  renderServices();
+  const source = api.live(name);
+  const liveState = $('#live-state');
+  source.addEventListener('history', (e) => {
+    const history = JSON.parse(e.data);
+    state.seconds = history.seconds;
+    state.events = history.events;
+    state.slo = history.slo_ms ? { ms: history.slo_ms, percentile: history.slo_percentile } : null;
+    state.latest = state.seconds[state.seconds.length - 1] || null;
+    liveState.textContent = 'live';
+    updateFigures();
+    renderEvents();
+    drawCharts();
+  });
+  source.addEventListener('second', (e) => {
+    const second = JSON.parse(e.data);
+    state.seconds.push(second);
+    if (state.seconds.length > 600) state.seconds.shift();
+    state.latest = second;
+    updateFigures();
+    drawCharts();
+    const changed = state.view.services.some((s) => {
+      const live = second.services[s.name];
+      return live && (live.ready !== s.ready || live.instances !== s.instances.filter((i) => i.state !== 'exited').length);
+    });
+    if (changed) reload();
+  });
+  source.addEventListener('events', (e) => {
+    state.events.push(...JSON.parse(e.data));
+    if (state.events.length > 400) state.events.splice(0, state.events.length - 400);
+    renderEvents();
+    drawCharts();
+    reload();
+  });
+  source.onerror = () => { liveState.textContent = 'reconnecting…'; };
+  source.onopen = () => { liveState.textContent = 'live'; };
+  const resize = () => drawCharts();
+  window.addEventListener('resize', resize);
+  closeView = () => { source.close(); window.removeEventListener('resize', resize); editor.close(); };
+}
+
+function isDecision(message) {
+  return message.startsWith('autoscaler ') || message.startsWith('scaled to') || message.startsWith('cpu per instance');
+}
+
+function serviceRow(app, s, state, reload) {
+  const input = h('input', { type: 'number', min: 0, value: s.replicas, class: 'replicas', 'aria-label': `instances of ${s.name}`, id: `scale-${s.name}` });
+  const act = async (what, run) => {
+    notice('');
+    try {
+      await run();
+      notice(`${s.name}: ${what}`, 'ok');
+      await reload();
+    } catch (e) {
+      notice(`${s.name}: ${e.message}`);
+    }
+  };
+  const live = s.instances.filter((i) => i.state !== 'exited' || s.instances.length <= s.replicas);
+  return h('tr', { 'data-service': s.name },
+    h('td', {}, h('b', {}, s.name), s.published.length ? h('div', { class: 'muted small' }, s.published.join(', ')) : ''),
+    h('td', { class: 'instances' }, live.length ? live.map((i) =>
+      h('a', { class: `chip ${STATE_CLASS[i.state] || ''}`, href: instanceHref(app, i.instance), 'data-instance': i.instance, 'data-state': i.state },
+        i.instance, ' ', h('span', { class: 'state' }, i.state), i.restarts ? h('span', { class: 'restarts' }, ` ↻${i.restarts}`) : ''))
+      : h('span', { class: 'muted' }, 'none'),
+    s.waiting.length ? h('div', { class: 'muted small' }, s.waiting.join('; ')) : ''),
+    h('td', { 'data-field': 'ready' }, `${s.ready} / ${s.replicas}`),
+    h('td', {}, s.cpu === null || s.cpu === undefined ? 'unlimited' : `${s.cpu} cores`),
+    h('td', { 'data-field': 'cpu-used' }, '–'),
+    h('td', { 'data-field': 'memory' }, '–'),
+    h('td', { 'data-field': 'rps' }, '–'),
+    h('td', { 'data-field': 'p95' }, '–'),
+    h('td', { 'data-field': 'errors' }, '–'),
+    h('td', { class: 'controls' },
+      input,
+      h('button', { type: 'button', id: `scale-button-${s.name}`, onclick: () => {
+        const replicas = Number(input.value);
+        if (!Number.isInteger(replicas) || replicas < 0) return notice(`${s.name}: the number of instances is a whole number, 0 or more`);
+        act(`scaled to ${replicas}`, () => api.scale(app, s.name, replicas));
+      } }, 'Scale'),
+      h('button', { type: 'button', class: 'secondary', id: `restart-${s.name}`, onclick: () =>
+        act('restarting, one instance at a time', () => api.restart(app, s.name)) }, 'Restart')));
+}
+
+// A manifest's file as its last two path parts (`shop/paracloud.toml`); the whole on hover.
+function shortPath(path) {
+  return path.split('/').filter(Boolean).slice(-2).join('/');
+}
+
+function bytes(n) {
+  if (!n) return '0';
+  const units = ['B', 'KiB', 'MiB', 'GiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// --- The manifest ----------------------------------------------------------------------------
+
+// The manifest's text, checked as it is typed (`up`'s dry run: every check, nothing written),
+// its problems listed at their line and column, and deployed on demand.
+function manifestEditor(app) {
+  const text = h('textarea', { id: 'manifest', spellcheck: 'false', wrap: 'off', rows: 24 });
+  const gutter = h('pre', { class: 'gutter', 'aria-hidden': 'true' });
+  const problems = h('ul', { id: 'diagnostics', class: 'diagnostics' });
+  const status = h('span', { id: 'manifest-status', class: 'muted small' }, 'loading…');
+  const deploy = h('button', { type: 'button', id: 'deploy', disabled: true }, 'Deploy');
+  let loaded = null;
+  let timer = null;
+  let checking = null;
+  let bad = new Set();
+
+  const numbers = () => {
+    const lines = text.value.split('\n').length;
+    gutter.replaceChildren(...Array.from({ length: lines }, (_, i) =>
+      h('span', { class: bad.has(i + 1) ? 'bad' : '' }, `${i + 1}\n`)));
+    gutter.scrollTop = text.scrollTop;
+  };
+
+  const check = async () => {
+    if (!loaded) return;
+    const source = text.value;
+    const mine = {};
+    checking = mine;
+    status.textContent = 'checking…';
+    try {
+      await api.up(source, loaded.origin, loaded.base_dir, true);
+      if (checking !== mine) return;
+      bad = new Set();
+      problems.replaceChildren();
+      status.textContent = source === loaded.source ? 'valid · as deployed' : 'valid · not deployed yet';
+      deploy.disabled = source === loaded.source;
+    } catch (e) {
+      if (checking !== mine) return;
+      const located = e.diagnostics || [];
+      bad = new Set(located.map((d) => d.line));
+      problems.replaceChildren(...(located.length ? located.map((d) =>
+        h('li', { class: 'error', 'data-line': d.line, 'data-column': d.column, onclick: () => select(d.line, d.column) },
+          h('b', {}, `line ${d.line}, column ${d.column}`), d.field ? ` ${d.field}: ` : ': ', d.message,
+          d.hint ? h('div', { class: 'hint' }, d.hint) : ''))
+        : [h('li', { class: 'error' }, e.message)]));
+      status.textContent = located.length ? `${located.length} problem${located.length > 1 ? 's' : ''}` : 'refused';
+      deploy.disabled = true;
+    }
+    numbers();
+  };
+
+  const select = (line, column) => {
+    const lines = text.value.split('\n');
+    let at = 0;
+    for (let i = 0; i < line - 1 && i < lines.length; i++) at += lines[i].length + 1;
+    at += Math.max(0, column - 1);
+    text.focus();
+    text.setSelectionRange(at, at + 1);
+  };
+
+  text.addEventListener('input', () => {
+    numbers();
+    clearTimeout(timer);
+    timer = setTimeout(check, 300);
+  });
+  text.addEventListener('scroll', () => { gutter.scrollTop = text.scrollTop; });
+  deploy.addEventListener('click', async () => {
+    deploy.disabled = true;
+    status.textContent = 'deploying…';
+    try {
+      const answer = await api.up(text.value, loaded.origin, loaded.base_dir, false);
+      loaded = { ...loaded, source: text.value };
+      status.textContent = answer.changed.length ? `deployed: ${answer.changed.join(', ')} being replaced` : 'deployed';
+      notice(`${app}: deployed`, 'ok');
+    } catch (e) {
+      status.textContent = 'refused';
+      notice(`${app}: ${e.message}`);
+      deploy.disabled = false;
+    }
+  });
+
+  api.manifest(app).then((m) => {
+    loaded = m;
+    text.value = m.source;
+    status.textContent = shortPath(m.origin);
+    status.title = m.origin;
+    numbers();
+  }, (e) => { status.textContent = e.message; });
+
+  const element = h('section', { class: 'card manifest' },
+    h('div', { class: 'row' }, h('h2', {}, 'Manifest'), status, deploy),
+    h('div', { class: 'editor' }, gutter, text), problems);
+  return { element, close: () => clearTimeout(timer) };
+}
+
+// --- One instance ----------------------------------------------------------------------------
+
+async function instanceView(app, instance) {
+  crumbs(['Applications', '#/'], [app, appHref(app)], [instance]);
+  let view;
+  try { view = await api.app(app); } catch (e) { return fatal(e); }
+  const service = view.services.find((s) => s.instances.some((i) => i.instance === instance));
+  const one = service && service.instances.find((i) => i.instance === instance);
+  if (!one) return fatal(new Error(`${app} has no instance ${instance} now: it may have been replaced`));
+
+  const exit = one.exit ? exitText(one.exit) : '–';
+  const facts = [
+    ['State', h('span', { class: `chip ${STATE_CLASS[one.state] || ''}`, id: 'instance-state' }, one.state)],
+    ['Process', one.pid ?? '–'], ['Address', one.address ?? '–'],
+    ['Up for', one.uptime_seconds !== null && one.uptime_seconds !== undefined ? `${one.uptime_seconds} s` : '–'],
+    ['Restarts', one.restarts], ['Revision', one.revision], ['Last exit', exit],
+    ['Health', one.health_failure ? `failing ${one.health_failure.in_a_row}× in a row: ${one.health_failure.reason}` : 'passing, or no check'],
+  ];
+  const search = h('input', { id: 'log-search', type: 'search', placeholder: 'Search the log' });
+  const logs = h('pre', { id: 'logs', class: 'logs' });
+  const eventsList = h('ol', { id: 'instance-events', class: 'events' });
+  main.replaceChildren(
+    h('section', { class: 'card' }, h('h1', {}, instance, h('span', { class: 'muted small' }, ` ${service.name} of ${app}`)),
+      h('dl', { class: 'facts' }, facts.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]))),
+    h('div', { class: 'columns' },
+      h('section', { class: 'card' }, h('div', { class: 'row' }, h('h2', {}, 'Output'), search), logs),
+      h('section', { class: 'card' }, h('h2', {}, 'Events'), eventsList)));
+
+  let all = '';
+  const render = () => {
+    const needle = search.value.toLowerCase();
+    const lines = all.split('\n');
+    logs.textContent = (needle ? lines.filter((l) => l.toLowerCase().includes(needle)) : lines).slice(-2000).join('\n');
+    logs.scrollTop = logs.scrollHeight;
+  };
+  search.addEventListener('input', render);
+  const abort = new AbortController();
+  api.logs(app, instance, 200, true, (chunk) => { all += chunk; render(); }, abort.signal)
+    .catch((e) => { if (e.name !== 'AbortError') logs.textContent = e.message; });
+
+  const mine = (e) => e.subject === instance || e.message.includes(instance);
+  const source = api.live(app);
+  let events = [];
+  const renderEvents = () => eventsList.replaceChildren(...events.filter(mine).slice(-100).reverse().map((e) =>
+    h('li', {}, h('time', {}, clock(e.at)), ' ', h('b', {}, e.subject), ' ', e.message)));
+  source.addEventListener('history', (e) => { events = JSON.parse(e.data).events; renderEvents(); });
+  source.addEventListener('events', (e) => { events.push(...JSON.parse(e.data)); renderEvents(); });
+  closeView = () => { abort.abort(); source.close(); };
+}
+
+// How a process ended, as `ps` and `describe` tell it.
+function exitText(x) {
+  const parts = [];
+  if (x.error) parts.push(x.error);
+  if (x.oom_killed) parts.push('killed for lack of memory');
+  if (x.code !== null && x.code !== undefined) parts.push(`exit code ${x.code}`);
+  if (x.signal !== null && x.signal !== undefined) parts.push(`signal ${x.signal}`);
+  if (x.requested) parts.push(`stopped by the platform (${typeof x.requested === 'string' ? x.requested : JSON.stringify(x.requested)})`);
+  parts.push(`after ${format(x.ran_ms / 1000, 1)} s`);
+  return parts.join(', ');
+}
+
+start();
