@@ -1,6 +1,7 @@
 //! The dashboard in a real Chromium, driven by WebDriver, against a real daemon running the
 //! shop: the services and their instances, scaling from the page, the charts under load with
-//! the decisions marked, the manifest checked as it is typed, an instance's output and events.
+//! the decisions marked, the manifest checked as it is typed, an instance's output and events,
+//! and a capsule run with its output.
 //!
 //! With `PARACLOUD_SCREENSHOTS=DIR`, the screenshots of the main views are also copied into
 //! DIR (the README's come from `docs/dashboard/`).
@@ -228,4 +229,32 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
     });
     assert_eq!(browser.text("#instance-state"), "running");
     shot(&p, &browser, "instance");
+
+    // A capsule run from the page: its output as it comes, then the run in the history.
+    browser.goto(&format!("{url}#/apps/shop"));
+    browser.click(&browser.wait_for("#capsules-link", WAIT));
+    browser.wait_for("#capsule option[value='metrics']", WAIT);
+    browser.script(
+        "const s = document.querySelector('#capsule'); s.value = 'metrics'; s.dispatchEvent(new Event('change'));",
+        json!([]),
+    );
+    let selector = browser.find("#capsule-selector").unwrap();
+    browser.clear(&selector);
+    browser.type_into(&selector, "app=shop,service=kv");
+    browser.click(&browser.find("#capsule-run").unwrap());
+    browser.wait_until("the capsule run's end", WAIT, |b| {
+        !data(b, "#capsule-output", "status").is_empty()
+    });
+    let output = browser.text("#capsule-output");
+    assert_eq!(
+        data(&browser, "#capsule-output", "status"),
+        "ok",
+        "{output}\n{}",
+        p.daemon_log()
+    );
+    assert!(output.contains("kv.1 | "), "the output of kv.1: {output}");
+    browser.wait_until("the run in the history", WAIT, |b| {
+        b.text("#capsule-history").contains("metrics")
+    });
+    shot(&p, &browser, "capsules");
 }

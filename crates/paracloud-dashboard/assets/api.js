@@ -47,6 +47,36 @@ export const capsules = (name) => call('GET', `/v1/capsules?app=${enc(name)}`);
 export const capsuleHistory = (name, limit) =>
   call('GET', `/v1/capsules/history?app=${enc(name)}&limit=${limit}`);
 
+export const capsuleFile = (run, instance, name) =>
+  `/v1/capsules/runs/${run}/files/${enc(instance)}/${enc(name)}`;
+
+// `POST /v1/capsules/run`: the run's events (JSON lines) handed to `onEvent` as they come.
+export async function runCapsule(request, onEvent, signal) {
+  const res = await fetch('/v1/capsules/run', {
+    method: 'POST', credentials: 'same-origin', signal,
+    headers: { 'content-type': 'application/json' }, body: JSON.stringify(request),
+  });
+  if (!res.ok) {
+    const text = await res.text();
+    let data = text;
+    try { data = JSON.parse(text); } catch { /* plain text */ }
+    if (res.status === 401) window.dispatchEvent(new CustomEvent('paracloud:unauthorized'));
+    throw new ApiError(res.status, data);
+  }
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let pending = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    pending += decoder.decode(value, { stream: true });
+    const lines = pending.split('\n');
+    pending = lines.pop();
+    for (const line of lines) if (line.trim()) onEvent(JSON.parse(line));
+  }
+  if (pending.trim()) onEvent(JSON.parse(pending));
+}
+
 // `GET /v1/apps/{app}/live`: server-sent events (`history`, then `second` and `events`).
 export const live = (name) => new EventSource(`/v1/apps/${enc(name)}/live`);
 

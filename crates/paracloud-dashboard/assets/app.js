@@ -106,7 +106,9 @@ function route() {
   closeView = () => {};
   notice('');
   const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
-  if (parts[0] === 'apps' && parts[1] && parts[2] === 'instances' && parts[3]) {
+  if (parts[0] === 'apps' && parts[1] && parts[2] === 'capsules') {
+    capsulesView(parts[1]);
+  } else if (parts[0] === 'apps' && parts[1] && parts[2] === 'instances' && parts[3]) {
     instanceView(parts[1], parts[3]);
   } else if (parts[0] === 'apps' && parts[1]) {
     appView(parts[1]);
@@ -196,7 +198,9 @@ async function appView(name) {
 
   main.replaceChildren(
     h('section', { class: 'card' },
-      h('h1', {}, name, h('span', { class: 'muted small', title: view.origin }, ` ${view.subnet} · ${shortPath(view.origin)}`)),
+      h('div', { class: 'row' },
+        h('h1', {}, name, h('span', { class: 'muted small', title: view.origin }, ` ${view.subnet} · ${shortPath(view.origin)}`)),
+        h('a', { class: 'button secondary', id: 'capsules-link', href: `${appHref(name)}/capsules` }, 'Capsules')),
       h('table', { id: 'services' },
         h('thead', {}, h('tr', {}, ['Service', 'Instances', 'Ready', 'CPU limit', 'CPU used', 'Memory', 'Requests/s', 'p95', 'Errors/s', 'Controls'].map((t) => h('th', {}, t)))),
         servicesBody)),
@@ -511,6 +515,81 @@ async function instanceView(app, instance) {
   source.addEventListener('history', (e) => { events = JSON.parse(e.data).events; renderEvents(); });
   source.addEventListener('events', (e) => { events.push(...JSON.parse(e.data)); renderEvents(); });
   closeView = () => { abort.abort(); source.close(); };
+}
+
+// --- Capsules --------------------------------------------------------------------------------
+
+// Runs a capsule on the instances a selector matches, its output streamed as it comes, and the
+// application's recorded runs.
+async function capsulesView(app) {
+  crumbs(['Applications', '#/'], [app, appHref(app)], ['Capsules']);
+  let catalog;
+  try { catalog = await api.capsules(app); } catch (e) { return fatal(e); }
+  const capsule = h('select', { id: 'capsule' }, catalog.map((c) =>
+    h('option', { value: c.name, title: c.description }, `${c.name} (${c.access})`)));
+  const selector = h('input', { id: 'capsule-selector', value: `app=${app}`, size: 32 });
+  const args = h('input', { id: 'capsule-args', placeholder: 'arguments, space-separated', size: 32 });
+  const output = h('pre', { id: 'capsule-output', class: 'logs' });
+  const status = h('span', { id: 'capsule-status', class: 'muted small' });
+  const about = h('p', { class: 'muted small', id: 'capsule-about' });
+  const history = h('tbody');
+  const describe = () => {
+    const c = catalog.find((x) => x.name === capsule.value);
+    about.textContent = c ? `${c.description}${c.usage ? ` · arguments: ${c.usage}` : ''}${c.missing.length ? ` · needs ${c.missing.join(', ')} on this machine` : ''}` : '';
+  };
+  capsule.addEventListener('change', describe);
+  const abort = new AbortController();
+  let current = null;
+  const run = h('button', { type: 'submit', id: 'capsule-run' }, 'Run');
+  const form = h('form', { class: 'row', onsubmit: async (e) => {
+    e.preventDefault();
+    output.textContent = '';
+    run.disabled = true;
+    status.textContent = 'running…';
+    const write = (text) => { output.textContent += text; output.scrollTop = output.scrollHeight; };
+    try {
+      await api.runCapsule({ capsule: capsule.value, selector: selector.value.trim(),
+        args: args.value.trim() ? args.value.trim().split(/\s+/) : [] }, (event) => {
+        if (event.kind === 'started') { current = event.run; write(`run ${event.run} on ${event.targets.join(', ')}\n`); }
+        else if (event.kind === 'output') write(event.text.split('\n').map((l, i, all) => (i === all.length - 1 && !l) ? '' : `${event.instance} | ${l}\n`).join(''));
+        else if (event.kind === 'exited') {
+          write(`${event.instance}: ${event.error ? event.error : `exit code ${event.exit_code}`}${event.timed_out ? ' (deadline passed)' : ''}, ${event.duration_ms} ms\n`);
+          for (const f of event.files) {
+            output.append(h('a', { href: api.capsuleFile(current, event.instance, f.name), download: f.name }, `${event.instance}: ${f.name} (${bytes(f.size)})`), '\n');
+          }
+        } else if (event.kind === 'finished') {
+          status.textContent = `${event.status} in ${event.duration_ms} ms`;
+          output.dataset.status = event.status;
+        }
+      }, abort.signal);
+    } catch (err) {
+      if (err.name !== 'AbortError') { status.textContent = 'refused'; write(`${err.message}\n`); output.dataset.status = 'refused'; }
+    }
+    run.disabled = false;
+    loadHistory();
+  } }, h('label', { for: 'capsule' }, 'Capsule'), capsule, h('label', { for: 'capsule-selector' }, 'on'), selector, args, run, status);
+
+  const loadHistory = async () => {
+    try {
+      const runs = await api.capsuleHistory(app, 30);
+      history.replaceChildren(...runs.map((r) => h('tr', { 'data-run': r.id },
+        h('td', {}, r.id), h('td', {}, clock(r.started)), h('td', {}, r.capsule), h('td', {}, r.selector),
+        h('td', {}, r.args.join(' ')), h('td', {}, r.who), h('td', { class: r.status === 'ok' ? '' : 'error' }, r.status),
+        h('td', {}, r.duration_ms === null ? '–' : `${r.duration_ms} ms`),
+        h('td', {}, r.targets.map((t) => `${t.instance}${t.exit_code === null ? '' : ` (${t.exit_code})`}`).join(', ')),
+        h('td', { class: 'muted' }, r.detail))));
+    } catch (e) { notice(e.message); }
+  };
+
+  main.replaceChildren(
+    h('section', { class: 'card' }, h('h1', {}, 'Run a capsule'), form, about, output),
+    h('section', { class: 'card' }, h('h2', {}, 'History'),
+      h('table', { id: 'capsule-history' },
+        h('thead', {}, h('tr', {}, ['Run', 'Started', 'Capsule', 'Selector', 'Arguments', 'By', 'Status', 'Took', 'Instances', 'Detail'].map((t) => h('th', {}, t)))),
+        history)));
+  describe();
+  loadHistory();
+  closeView = () => abort.abort();
 }
 
 // How a process ended, as `ps` and `describe` tell it.
