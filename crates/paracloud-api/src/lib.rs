@@ -44,6 +44,7 @@
 //! | `GET /` | [`DashboardPage`] | | the dashboard's page (HTML) |
 //! | `GET /assets/{name}` | [`DashboardAsset`] | | one file of the dashboard (script, style) |
 //! | `GET /v1/apps/{app}/manifest` | [`GetManifest`] | | [`ManifestView`] |
+//! | `GET /v1/capsules/debug/terminal?app=APP&instance=web.1` as a WebSocket | [`DebugTerminal`] | | 101, then `{"run": ID}` and the terminal's bytes both ways, in messages |
 //! | `GET /v1/apps/{app}/live` | [`LiveFigures`] | | server-sent events: `history` ([`LiveHistory`]), then `second` ([`LiveSecond`]) and `events` (`[Event]`) as they come |
 
 mod client;
@@ -781,6 +782,7 @@ mod tests {
             row::<DashboardAsset>(),
             row::<GetManifest>(),
             row::<LiveFigures>(),
+            row::<DebugTerminal>(),
         ];
         let table: Vec<&str> = include_str!("lib.rs")
             .lines()

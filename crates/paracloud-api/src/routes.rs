@@ -598,3 +598,29 @@ impl Route for LiveFigures {
         fill(Self::PATH, &[&self.app])
     }
 }
+
+/// `GET /v1/capsules/debug/terminal`: the session of [`DebugSession`] as a WebSocket, for the
+/// dashboard's terminal (a browser cannot send `Upgrade: paracloud-tty`). Its first message is
+/// the text `{"run": ID}`; then binary messages carry the terminal's bytes both ways.
+#[derive(Debug, Clone)]
+pub struct DebugTerminal {
+    pub instance: String,
+    pub app: Option<String>,
+    pub size: Option<TerminalSize>,
+}
+
+impl Route for DebugTerminal {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/capsules/debug/terminal";
+    type Body = ();
+    type Answer = Upgraded;
+
+    fn query(&self) -> Option<String> {
+        Query::new()
+            .pair("instance", &self.instance)
+            .maybe("app", self.app.as_ref())
+            .maybe("rows", self.size.map(|s| s.rows))
+            .maybe("cols", self.size.map(|s| s.cols))
+            .build()
+    }
+}

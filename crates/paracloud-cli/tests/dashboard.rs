@@ -1,7 +1,7 @@
 //! The dashboard in a real Chromium, driven by WebDriver, against a real daemon running the
 //! shop: the services and their instances, scaling from the page, the charts under load with
 //! the decisions marked, the manifest checked as it is typed, an instance's output and events,
-//! and a capsule run with its output.
+//! a command typed in the debug terminal, and a capsule run with its output.
 //!
 //! With `PARACLOUD_SCREENSHOTS=DIR`, the screenshots of the main views are also copied into
 //! DIR (the README's come from `docs/dashboard/`).
@@ -229,6 +229,26 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
     });
     assert_eq!(browser.text("#instance-state"), "running");
     shot(&p, &browser, "instance");
+
+    // The debug terminal on that instance: a command typed, its answer read.
+    browser.click(&browser.find("#terminal-open").unwrap());
+    browser.wait_until("the debug terminal open", WAIT, |b| {
+        !data(b, "#terminal", "run").is_empty()
+    });
+    let line = browser.find("#terminal-input").unwrap();
+    browser.type_into(&line, "echo dashboard-$((6*7))\u{E007}");
+    browser.wait_until("the command's answer on the terminal", WAIT, |b| {
+        b.text("#terminal").contains("dashboard-42")
+    });
+    browser.script(
+        "document.querySelector('#terminal').scrollIntoView();",
+        json!([]),
+    );
+    shot(&p, &browser, "terminal");
+    browser.type_into(&line, "exit\u{E007}");
+    browser.wait_until("the debug session's end", WAIT, |b| {
+        data(b, "#terminal", "ended") == "true"
+    });
 
     // A capsule run from the page: its output as it comes, then the run in the history.
     browser.goto(&format!("{url}#/apps/shop"));

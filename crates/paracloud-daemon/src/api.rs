@@ -88,6 +88,7 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .on::<route::DashboardAsset, _>(crate::dashboard::asset)
         .on::<route::GetManifest, _>(crate::dashboard::manifest::<D>)
         .on::<route::LiveFigures, _>(crate::dashboard::live::<D>)
+        .on::<route::DebugTerminal, _>(crate::debug::terminal::<D>)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

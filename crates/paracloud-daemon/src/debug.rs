@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -59,6 +61,123 @@ pub async fn debug<D: Driver>(
             format!("a debug session needs the header `Upgrade: {DEBUG_UPGRADE}`: use `paracloud debug INSTANCE`"),
         ));
     }
+    let (prepared, master, replica) = open(&engine, &caller, &q)?;
+    let run = prepared.run;
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(upgraded) => {
+                session(engine, prepared, master, replica, TokioIo::new(upgraded)).await
+            }
+            Err(e) => {
+                tracing::warn!("debug session: the connection was not upgraded: {e}");
+                forget_terminal(&engine, run);
+            }
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(DEBUG_UPGRADE));
+    headers.insert("x-paracloud-run", HeaderValue::from(run));
+    Ok(response)
+}
+
+/// `GET /v1/capsules/debug/terminal`: the same session as a WebSocket, for the dashboard's
+/// terminal. The first message (text) is `{"run": ID}`; then binary messages carry the
+/// terminal's bytes both ways.
+pub async fn terminal<D: Driver>(
+    State(engine): State<Arc<Engine<D>>>,
+    ConnectInfo(caller): ConnectInfo<Peer>,
+    query: Result<Query<DebugQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the debug terminal is a WebSocket (use it from the dashboard, or `paracloud debug INSTANCE`): {e}"),
+        )
+    })?;
+    let (prepared, master, replica) = open(&engine, &caller, &q)?;
+    let run = prepared.run;
+    let failed = engine.clone();
+    Ok(upgrade
+        .on_failed_upgrade(move |e| {
+            tracing::warn!("debug terminal: the connection was not upgraded: {e}");
+            forget_terminal(&failed, run);
+        })
+        .on_upgrade(move |socket| async move {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let pump = tokio::spawn(websocket_pump(socket, theirs, run));
+            session(engine, prepared, master, replica, ours).await;
+            let _ = pump.await;
+        }))
+}
+
+/// Carries bytes between a WebSocket and one end of a pipe, until either side ends.
+async fn websocket_pump(socket: WebSocket, pipe: tokio::io::DuplexStream, run: i64) {
+    use futures::{SinkExt, StreamExt};
+    let (mut sink, mut stream) = socket.split();
+    let (mut from_session, mut to_session) = tokio::io::split(pipe);
+    if sink
+        .send(Message::Text(format!("{{\"run\":{run}}}").into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let down = async move {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            match from_session.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let bytes = axum::body::Bytes::copy_from_slice(&buffer[..n]);
+                    if sink.send(Message::Binary(bytes)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    };
+    let up = async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let written = match message {
+                Message::Binary(bytes) => to_session.write_all(&bytes).await,
+                Message::Text(text) => to_session.write_all(text.as_bytes()).await,
+                Message::Close(_) => break,
+                _ => Ok(()),
+            };
+            if written.is_err() {
+                break;
+            }
+        }
+    };
+    // The session's end closes the socket; the browser leaving ends the input.
+    tokio::select! {
+        () = down => {}
+        () = up => {}
+    }
+}
+
+fn forget_terminal<D: Driver>(engine: &Engine<D>, run: i64) {
+    engine
+        .terminals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&run);
+}
+
+/// Checks and records a debug run as any capsule run, and opens its pseudo-terminal (master,
+/// replica), kept for resizing under the run's id.
+fn open<D: Driver>(
+    engine: &Arc<Engine<D>>,
+    caller: &Peer,
+    q: &DebugQuery,
+) -> Result<(crate::capsules::Prepared, OwnedFd, OwnedFd), ApiError> {
     let args: Vec<String> = match &q.command {
         None => Vec::new(),
         Some(json) => serde_json::from_str(json).map_err(|e| {
@@ -73,7 +192,7 @@ pub async fn debug<D: Driver>(
         selector = format!("app={app},{selector}");
     }
     let prepared = crate::capsules::prepare(
-        &engine,
+        engine,
         &caller.caller(),
         &caller.who(),
         &CapsuleRunRequest {
@@ -107,15 +226,7 @@ pub async fn debug<D: Driver>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(run, resizer);
-    let upgraded = hyper::upgrade::on(&mut request);
-    tokio::spawn(session(engine, prepared, pty.master, pty.slave, upgraded));
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static(DEBUG_UPGRADE));
-    headers.insert("x-paracloud-run", HeaderValue::from(run));
-    Ok(response)
+    Ok((prepared, pty.master, pty.slave))
 }
 
 /// A session's terminal, open for resizing until the session ends, however it ends.
@@ -135,25 +246,18 @@ impl<D: Driver> Drop for OpenTerminal<D> {
 }
 
 /// Relays the terminal until the capsule exits, then closes the connection.
-async fn session<D: Driver>(
+async fn session<D: Driver, C>(
     engine: Arc<Engine<D>>,
     prepared: crate::capsules::Prepared,
     master: OwnedFd,
     replica: OwnedFd,
-    upgraded: hyper::upgrade::OnUpgrade,
-) {
+    connection: C,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let _open = OpenTerminal {
         engine: engine.clone(),
         run: prepared.run,
-    };
-    let connection = match upgraded.await {
-        Ok(upgraded) => TokioIo::new(upgraded),
-        Err(e) => {
-            tracing::warn!("debug session: the connection was not upgraded: {e}");
-            // Record the run as not started.
-            drop((master, replica));
-            return;
-        }
     };
     let (mut from_client, mut to_client) = tokio::io::split(connection);
     let master = std::fs::File::from(master);

@@ -77,6 +77,15 @@ export async function runCapsule(request, onEvent, signal) {
   if (pending.trim()) onEvent(JSON.parse(pending));
 }
 
+// `GET /v1/capsules/debug/terminal`: `paracloud debug`'s session as a WebSocket (first a text
+// message `{"run": ID}`, then the terminal's bytes both ways).
+export function debugTerminal(name, instance, rows, cols) {
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const socket = new WebSocket(`${scheme}://${location.host}/v1/capsules/debug/terminal?app=${enc(name)}&instance=${enc(instance)}&rows=${rows}&cols=${cols}`);
+  socket.binaryType = 'arraybuffer';
+  return socket;
+}
+
 // `GET /v1/apps/{app}/live`: server-sent events (`history`, then `second` and `events`).
 export const live = (name) => new EventSource(`/v1/apps/${enc(name)}/live`);
 

@@ -485,6 +485,7 @@ async function instanceView(app, instance) {
     ['Restarts', one.restarts], ['Revision', one.revision], ['Last exit', exit],
     ['Health', one.health_failure ? `failing ${one.health_failure.in_a_row}× in a row: ${one.health_failure.reason}` : 'passing, or no check'],
   ];
+  const terminal = debugTerminal(app, instance);
   const search = h('input', { id: 'log-search', type: 'search', placeholder: 'Search the log' });
   const logs = h('pre', { id: 'logs', class: 'logs' });
   const eventsList = h('ol', { id: 'instance-events', class: 'events' });
@@ -493,7 +494,8 @@ async function instanceView(app, instance) {
       h('dl', { class: 'facts' }, facts.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]))),
     h('div', { class: 'columns' },
       h('section', { class: 'card' }, h('div', { class: 'row' }, h('h2', {}, 'Output'), search), logs),
-      h('section', { class: 'card' }, h('h2', {}, 'Events'), eventsList)));
+      h('section', { class: 'card' }, h('h2', {}, 'Events'), eventsList)),
+    terminal.element);
 
   let all = '';
   const render = () => {
@@ -514,7 +516,75 @@ async function instanceView(app, instance) {
     h('li', {}, h('time', {}, clock(e.at)), ' ', h('b', {}, e.subject), ' ', e.message)));
   source.addEventListener('history', (e) => { events = JSON.parse(e.data).events; renderEvents(); });
   source.addEventListener('events', (e) => { events.push(...JSON.parse(e.data)); renderEvents(); });
-  closeView = () => { abort.abort(); source.close(); };
+  closeView = () => { abort.abort(); source.close(); terminal.close(); };
+}
+
+// The debug capsule on a terminal in the page: `paracloud debug`'s session over a WebSocket.
+// A line editor rather than a terminal emulator: each line typed is sent with its newline, and
+// what comes back is shown with the terminal's control sequences left out.
+function debugTerminal(app, instance) {
+  const screen = h('pre', { id: 'terminal', class: 'logs terminal' });
+  const input = h('input', { id: 'terminal-input', class: 'terminal-input', placeholder: 'a command, then Enter', disabled: true, autocomplete: 'off', spellcheck: 'false' });
+  const status = h('span', { id: 'terminal-status', class: 'muted small' }, 'closed');
+  const interrupt = h('button', { type: 'button', class: 'secondary', id: 'terminal-interrupt', disabled: true }, 'Ctrl-C');
+  const open = h('button', { type: 'button', id: 'terminal-open' }, 'Open a debug shell');
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  let socket = null;
+  let text = '';
+  const show = (chunk) => {
+    text += chunk
+      .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, '')
+      .replace(/\x1b\[[0-9;?]*[ -\/]*[@-~]/g, '')
+      .replace(/\x1b[()][A-Z0-9]/g, '')
+      .replace(/\r\n/g, '\n')
+      .replace(/\r/g, '');
+    while (text.includes('\b')) text = text.replace(/[^\n]?\x08/, '');
+    if (text.length > 200_000) text = text.slice(-100_000);
+    screen.textContent = text;
+    screen.scrollTop = screen.scrollHeight;
+  };
+  const close = () => { if (socket) socket.close(); };
+  open.addEventListener('click', () => {
+    close();
+    text = '';
+    screen.textContent = '';
+    status.textContent = 'connecting…';
+    open.disabled = true;
+    socket = api.debugTerminal(app, instance, 30, 120);
+    socket.addEventListener('message', (e) => {
+      if (typeof e.data === 'string') {
+        const hello = JSON.parse(e.data);
+        status.textContent = `open · capsule run ${hello.run}`;
+        screen.dataset.run = hello.run;
+        input.disabled = false;
+        interrupt.disabled = false;
+        input.focus();
+      } else {
+        show(decoder.decode(e.data, { stream: true }));
+      }
+    });
+    socket.addEventListener('close', () => {
+      status.textContent = 'ended';
+      screen.dataset.ended = 'true';
+      input.disabled = true;
+      interrupt.disabled = true;
+      open.disabled = false;
+    });
+    socket.addEventListener('error', () => { status.textContent = 'refused: see the capsule history for why'; });
+  });
+  input.addEventListener('keydown', (e) => {
+    if (e.key !== 'Enter' || !socket) return;
+    e.preventDefault();
+    socket.send(encoder.encode(`${input.value}\n`));
+    input.value = '';
+  });
+  interrupt.addEventListener('click', () => { if (socket) socket.send(encoder.encode('\x03')); });
+  const element = h('section', { class: 'card' },
+    h('div', { class: 'row' }, h('h2', {}, 'Debug terminal'), open, interrupt, status),
+    h('p', { class: 'muted small' }, 'The debug capsule attached to this instance, as ', h('code', {}, `paracloud debug ${instance}`), ' opens it.'),
+    screen, input);
+  return { element, close };
 }
 
 // --- Capsules --------------------------------------------------------------------------------
