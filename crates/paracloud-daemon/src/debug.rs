@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -44,7 +44,7 @@ pub struct DebugQuery {
 
 pub async fn debug<D: Driver>(
     State(engine): State<Arc<Engine<D>>>,
-    ConnectInfo(caller): ConnectInfo<Peer>,
+    caller: Peer,
     query: Result<Query<DebugQuery>, QueryRejection>,
     mut request: Request,
 ) -> Result<Response, ApiError> {
