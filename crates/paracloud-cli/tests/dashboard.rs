@@ -1,7 +1,7 @@
 //! The dashboard in a real Chromium, driven by WebDriver, against a real daemon running the
-//! shop: the services and their instances, scaling from the page, the charts under load with
+//! shop, through its remote listener (HTTPS) and a token: the login, the services and their instances, scaling from the page, the charts under load with
 //! the decisions marked, the manifest checked as it is typed, an instance's output and events,
-//! a command typed in the debug terminal, and a capsule run with its output.
+//! a command typed in the debug terminal, a capsule run with its output, and a viewer refused.
 //!
 //! With `PARACLOUD_SCREENSHOTS=DIR`, the screenshots of the main views are also copied into
 //! DIR (the README's come from `docs/dashboard/`).
@@ -35,33 +35,30 @@ fn load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     })
 }
 
-/// Where the browser reaches the daemon's API and dashboard.
-fn dashboard_url(p: &Platform) -> String {
+/// The daemon's remote listener (HTTPS, its self-signed certificate) for the browser: set in
+/// daemon.toml before any command starts the daemon.
+fn listen(p: &Platform) -> String {
     let port = p.port(5);
-    relay(port, p.root().join("paracloud.sock"));
-    format!("http://127.0.0.1:{port}/")
+    std::fs::write(
+        p.root().join("daemon.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    format!("https://127.0.0.1:{port}/")
 }
 
-/// A TCP listener on the loopback relaying each connection to the daemon's socket.
-fn relay(port: u16, socket: std::path::PathBuf) {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let Ok(daemon) = std::os::unix::net::UnixStream::connect(&socket) else {
-                continue;
-            };
-            let (mut c1, mut d1) = (client.try_clone().unwrap(), daemon.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c1, &mut d1);
-                let _ = d1.shutdown(std::net::Shutdown::Write);
-            });
-            let (mut c2, mut d2) = (client, daemon);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut d2, &mut c2);
-                let _ = c2.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
+/// `paracloud token create NAME --role ROLE` on the daemon's machine: the token.
+fn token(p: &Platform, name: &str, role: &str) -> String {
+    let out = p.ok(&["token", "create", name, "--role", role]);
+    out.lines().last().unwrap().to_owned()
+}
+
+/// Logs in on the page with `token`.
+fn log_in(browser: &Browser, token: &str) {
+    let field = browser.wait_for("#token", WAIT);
+    browser.clear(&field);
+    browser.type_into(&field, token);
+    browser.click(&browser.find("#login-button").unwrap());
 }
 
 fn count(browser: &Browser, selector: &str) -> u64 {
@@ -98,14 +95,27 @@ fn shot(p: &Platform, browser: &Browser, name: &str) {
 #[test]
 fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifest() {
     let p = Platform::new();
+    let url = listen(&p);
     let manifest = p.shop();
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
-    let url = dashboard_url(&p);
+    let admin = token(&p, "dash-admin", "admin");
+    let viewer = token(&p, "dash-viewer", "viewer");
     let browser = Browser::start(p.port(6));
 
-    // The applications, then the shop: three services, each with its instances.
+    // The page asks for a token; a wrong one is refused with the reason.
     browser.goto(&url);
+    browser.wait_for("#token", WAIT);
+    shot(&p, &browser, "login");
+    log_in(&browser, "pct_not-a-token");
+    browser.wait_until("the wrong token refused", WAIT, |b| {
+        !b.text("#login-error").is_empty()
+    });
+    assert_eq!(count(&browser, "#apps"), 0, "nothing shown without a token");
+
+    // The applications, then the shop: three services, each with its instances.
+    log_in(&browser, &admin);
     browser.wait_for("#apps tr[data-app='shop'] a", WAIT);
+    assert!(browser.text("#who").contains("dash-admin (admin)"));
     shot(&p, &browser, "applications");
     let link = browser.find("#apps tr[data-app='shop'] a").unwrap();
     browser.click(&link);
@@ -277,4 +287,32 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
         b.text("#capsule-history").contains("metrics")
     });
     shot(&p, &browser, "capsules");
+
+    // A viewer sees everything and changes nothing: the page shows the command layer's refusal.
+    browser.click(&browser.find("#logout").unwrap());
+    log_in(&browser, &viewer);
+    browser.wait_until("logged in as the viewer", WAIT, |b| {
+        b.text("#who").contains("dash-viewer (viewer)")
+    });
+    browser.goto(&format!("{url}#/apps/shop"));
+    let input = browser.wait_for("#scale-api", WAIT);
+    browser.clear(&input);
+    browser.type_into(&input, "1");
+    browser.click(&browser.find("#scale-button-api").unwrap());
+    browser.wait_until("the viewer's scaling refused", WAIT, |b| {
+        b.script(
+            "const n = document.querySelector('#notice'); return n.className === 'error' && n.textContent.length > 0;",
+            json!([]),
+        ) == json!(true)
+    });
+    let refusal = browser.text("#notice");
+    assert!(refusal.contains("viewer"), "{refusal}");
+    assert_eq!(
+        p.ps("shop")
+            .iter()
+            .filter(|i| field(i, "service") == "api" && field(i, "state") == "running")
+            .count(),
+        3,
+        "a refused scaling changes nothing"
+    );
 }

@@ -15,7 +15,7 @@ use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -46,7 +46,7 @@ pub struct DebugQuery {
 
 pub async fn debug<D: Driver>(
     State(engine): State<Arc<Engine<D>>>,
-    ConnectInfo(caller): ConnectInfo<Peer>,
+    caller: Peer,
     query: Result<Query<DebugQuery>, QueryRejection>,
     mut request: Request,
 ) -> Result<Response, ApiError> {
@@ -89,7 +89,7 @@ pub async fn debug<D: Driver>(
 /// terminal's bytes both ways.
 pub async fn terminal<D: Driver>(
     State(engine): State<Arc<Engine<D>>>,
-    ConnectInfo(caller): ConnectInfo<Peer>,
+    caller: Peer,
     query: Result<Query<DebugQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {

@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     pub exe: PathBuf,
     /// The state root's settings file (`daemon.toml`), read at start.
     pub settings: crate::settings::Settings,
+    /// Where the remote API listens (`paracloud daemon --listen`), over the settings' `listen`.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl DaemonConfig {
@@ -178,6 +180,10 @@ pub struct Engine<D: Driver> {
     /// The pseudo-terminals of the open `paracloud debug` sessions, by run: resized when the
     /// client's terminal is.
     pub(crate) terminals: Mutex<HashMap<i64, std::os::fd::OwnedFd>>,
+    /// The brake on guessing tokens of the remote API.
+    pub auth: crate::auth::Gate,
+    /// The remote API's address and certificate fingerprint, once it listens.
+    pub remote: std::sync::OnceLock<paracloud_api::RemoteView>,
     /// The last ten minutes of every application, a figure a second, for the dashboard.
     pub seconds: crate::seconds::Seconds,
 }
@@ -205,6 +211,8 @@ impl<D: Driver> Engine<D> {
             successors: Mutex::new(std::collections::BTreeSet::new()),
             network_failures: Mutex::new(HashMap::new()),
             terminals: Mutex::new(HashMap::new()),
+            auth: Default::default(),
+            remote: Default::default(),
             seconds: Default::default(),
         })
     }

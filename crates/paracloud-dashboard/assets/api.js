@@ -20,7 +20,16 @@ async function call(method, path, body, signal) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
-  const res = await fetch(path, init);
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (e) {
+    // A read cut by a change of the machine's network (an instance's interface coming or going
+    // makes Chromium drop connections under way) is sent once more; a command is not.
+    if (method !== 'GET' || e.name === 'AbortError') throw e;
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    res = await fetch(path, init);
+  }
   const text = await res.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }

@@ -28,7 +28,7 @@ function h(tag, attrs = {}, ...children) {
 function notice(text, kind = 'error') {
   const el = $('#notice');
   el.textContent = text;
-  el.className = kind;
+  el.className = text ? kind : '';
   el.hidden = !text;
 }
 
@@ -70,7 +70,7 @@ function showLogin() {
   showWho();
   $('#crumbs').replaceChildren();
   const input = h('input', { id: 'token', type: 'password', autocomplete: 'current-password',
-    placeholder: 'paracloud token create NAME --role viewer', required: true, size: 48 });
+    placeholder: 'pct_…', required: true, size: 48 });
   const error = h('p', { id: 'login-error', class: 'error', hidden: true });
   const form = h('form', { id: 'login', class: 'card login', onsubmit: async (e) => {
     e.preventDefault();

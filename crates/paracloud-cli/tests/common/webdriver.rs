@@ -140,9 +140,19 @@ impl Browser {
         self.send(method, &path, body).map(|v| v["value"].clone())
     }
 
+    /// Opens `url` and waits for its page (`#main`). Chromium cuts a load under way when the
+    /// machine's network changes (`ERR_NETWORK_CHANGED`: a test's instances add and remove
+    /// interfaces), so a load that ended on an error page is tried again.
     pub fn goto(&self, url: &str) {
-        self.command("POST", "/url", Some(json!({ "url": url })))
-            .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        for _ in 0..10 {
+            self.command("POST", "/url", Some(json!({ "url": url })))
+                .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+            if self.find("#main").is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("{url} did not load: {}", self.text("body"));
     }
 
     /// The first element `selector` matches, now.
