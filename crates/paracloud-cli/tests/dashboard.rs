@@ -316,3 +316,104 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
         "a refused scaling changes nothing"
     );
 }
+
+/// The shop with Kubernetes' HPA as its autoscaler; `api` starts with one instance of half a
+/// core and may have four.
+fn autoscaled_shop(p: &Platform) -> std::path::PathBuf {
+    let shop = std::fs::read_to_string(p.shop()).unwrap();
+    let shop = shop
+        .replace(
+            "replicas = 2\nresources = { cpu = 1, memory = \"128M\", pids = 128 }",
+            "replicas = 1\nresources = { cpu = 0.5, memory = \"128M\", pids = 128 }\n\
+             autoscale = { min = 1, max = 4, cpu_min = 0.5, cpu_max = 0.5 }",
+        )
+        .replace(
+            "app = \"shop\"\n",
+            "app = \"shop\"\n\n[autoscale]\npolicy = \"hpa\"\n",
+        );
+    assert!(
+        shop.contains("max = 4"),
+        "the example manifest changed shape"
+    );
+    p.manifest("shop-hpa", &shop)
+}
+
+#[test]
+fn an_autoscaler_decision_is_marked_on_the_charts_with_its_reason() {
+    let p = Platform::new();
+    let url = listen(&p);
+    let manifest = autoscaled_shop(&p);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let viewer = token(&p, "watcher", "viewer");
+    let browser = Browser::start(p.port(6));
+    browser.goto(&url);
+    log_in(&browser, &viewer);
+    browser.wait_for("#apps tr[data-app='shop'] a", WAIT);
+    browser.goto(&format!("{url}#/apps/shop"));
+    browser.wait_for("#services tr[data-service='api']", WAIT);
+    browser.script(
+        "const s = document.querySelector('#chart-service'); s.value = 'api'; s.dispatchEvent(new Event('change'));",
+        json!([]),
+    );
+
+    // As much work as api's half core can do: the HPA scales it out at its next sync.
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = p.port(0);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(90);
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    let _ = http_get(port, "/?work=2000000");
+                }
+            })
+        })
+        .collect();
+    browser.wait_until(
+        "the autoscaler's decision in the events",
+        Duration::from_secs(60),
+        |b| {
+            b.text("#events")
+                .contains("autoscaler hpa: instances 1 -> ")
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    browser.wait_until("the decision marked on api's charts", WAIT, |b| {
+        !data(b, "#chart-instances", "markerX").is_empty()
+    });
+
+    // Hovering the mark tells the decision and its reason.
+    let chart = browser.find("#chart-instances").unwrap();
+    browser.script(
+        "document.querySelector('#chart-instances').scrollIntoView({block: 'center'});",
+        json!([]),
+    );
+    let x: i64 = data(&browser, "#chart-instances", "markerX")
+        .parse()
+        .unwrap();
+    let width = browser
+        .script(
+            "return Math.round(document.querySelector('#chart-instances').getBoundingClientRect().width);",
+            json!([]),
+        )
+        .as_i64()
+        .unwrap();
+    browser.hover(&chart, x - width / 2);
+    browser.wait_until("the decision's reason on hover", WAIT, |b| {
+        b.text("#tip").contains("autoscaler hpa: instances 1 -> ")
+    });
+    let tip = browser.text("#tip");
+    let reason = tip
+        .split("autoscaler hpa: instances 1 -> ")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        reason.contains(": "),
+        "the decision carries its reason: {tip}"
+    );
+    shot(&p, &browser, "autoscaler");
+}

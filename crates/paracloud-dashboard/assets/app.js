@@ -343,7 +343,7 @@ function serviceRow(app, s, state, reload) {
       : h('span', { class: 'muted' }, 'none'),
     s.waiting.length ? h('div', { class: 'muted small' }, s.waiting.join('; ')) : ''),
     h('td', { 'data-field': 'ready' }, `${s.ready} / ${s.replicas}`),
-    h('td', {}, s.cpu === null || s.cpu === undefined ? 'unlimited' : `${s.cpu} cores`),
+    h('td', {}, s.cpu === null || s.cpu === undefined ? 'unlimited' : `${s.cpu} core${s.cpu === 1 ? '' : 's'}`),
     h('td', { 'data-field': 'cpu-used' }, '–'),
     h('td', { 'data-field': 'memory' }, '–'),
     h('td', { 'data-field': 'rps' }, '–'),

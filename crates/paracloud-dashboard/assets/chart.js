@@ -54,7 +54,7 @@ export class Chart {
     for (const line of this.lines) max = Math.max(max, line.value);
     // Counts get whole ticks: a top that four divides.
     const top = this.whole ? Math.max(4, Math.ceil(Math.max(max, this.minTop) / 4) * 4)
-      : niceCeiling(Math.max(max, this.minTop));
+      : 4 * niceStep(Math.max(max, this.minTop) / 4);
     const digits = stepDigits(top / 4, this.digits);
     const x = (at) => PAD.left + ((at - from) / (to - from)) * (width - PAD.left - PAD.right);
     const y = (v) => height - PAD.bottom - (v / top) * (height - PAD.top - PAD.bottom);
@@ -127,7 +127,10 @@ export class Chart {
     // What the page shows, for people and for the browser tests alike.
     c.dataset.points = String(shown.length);
     c.dataset.max = String(max);
-    c.dataset.markers = String(this.markers.filter((m) => m.at >= from && m.at <= to).length);
+    const visible = this.markers.filter((m) => m.at >= from && m.at <= to);
+    c.dataset.markers = String(visible.length);
+    // Where the latest mark is, in CSS pixels from the canvas' left edge.
+    c.dataset.markerX = visible.length ? String(Math.round(x(visible[visible.length - 1].at))) : '';
     c.dataset.last = JSON.stringify(last);
   }
 
@@ -164,10 +167,11 @@ function stepDigits(step, digits) {
   return 4;
 }
 
-function niceCeiling(v) {
-  if (!(v > 0)) return 1;
+// The smallest round step (1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten) at least `v`.
+function niceStep(v) {
+  if (!(v > 0)) return 0.25;
   const power = 10 ** Math.floor(Math.log10(v));
-  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= v) return step * power;
+  for (const step of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (step * power >= v - 1e-9) return step * power;
   return 10 * power;
 }
 

@@ -213,6 +213,20 @@ impl Browser {
         .unwrap_or_else(|e| panic!("cannot type: {e}"));
     }
 
+    /// Moves the mouse over the element, `dx` pixels right of its centre, as a person hovering.
+    pub fn hover(&self, element: &Element, dx: i64) {
+        let actions = json!({"actions": [{
+            "type": "pointer",
+            "id": "mouse",
+            "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "duration": 0, "origin": {ELEMENT: element.0}, "x": dx, "y": 0},
+            ],
+        }]});
+        self.command("POST", "/actions", Some(actions))
+            .unwrap_or_else(|e| panic!("cannot move the mouse: {e}"));
+    }
+
     /// Runs `script` (a function body; `arguments` are `args`) in the page; its answer.
     pub fn script(&self, script: &str, args: Value) -> Value {
         self.command(
