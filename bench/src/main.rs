@@ -11,6 +11,7 @@ mod autoscale_live;
 mod builds;
 mod capsule;
 mod compose;
+mod dashboard;
 mod host;
 mod images;
 mod latency;
@@ -74,6 +75,8 @@ enum Command {
     /// The API's latency with 50 concurrent clients, over HTTPS with a token (remote) and over
     /// the Unix socket (local)
     RemoteApi(RemoteApiArgs),
+    /// The dashboard's first load (files, bytes, time) and the daemon's CPU per open dashboard
+    Dashboard(DashboardArgs),
     /// The same stateful service moved under a constant request rate: PaCI handover,
     /// stop-and-start, and CRIU alone
     Migrate(MigrateArgs),
@@ -221,6 +224,22 @@ struct BuildsArgs {
     /// Address pool of the bench's daemon
     #[arg(long, default_value = "10.246.0.0/16")]
     builds_subnet: Ipv4Net,
+}
+
+#[derive(Debug, Args)]
+struct DashboardArgs {
+    /// Dashboards open at once while the daemon's CPU is measured
+    #[arg(long, default_value_t = 10)]
+    pages: usize,
+    /// How long each CPU measurement lasts
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    window: std::time::Duration,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.243.0.0/16")]
+    dashboard_subnet: Ipv4Net,
+    /// Loopback port of the remote API
+    #[arg(long, default_value_t = 18444)]
+    dashboard_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -772,6 +791,25 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", builds::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Dashboard(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench dashboard needs root (the daemon's instances)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, None)?;
+            let report = dashboard::run(
+                &dashboard::DashboardOptions {
+                    pages: args.pages.max(1),
+                    window: args.window,
+                    subnet: args.dashboard_subnet,
+                    port: args.dashboard_port,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", dashboard::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::RemoteApi(args) => {
