@@ -785,6 +785,18 @@ pub struct LiveSecond {
     /// When the second ended, in milliseconds since the Unix epoch.
     pub at: u64,
     pub services: std::collections::BTreeMap<String, LiveService>,
+    /// Requests from one service to another in the second (`from` is `external` for requests
+    /// from outside the application): the call graph.
+    #[serde(default)]
+    pub calls: Vec<LiveCall>,
+}
+
+/// Requests from one service to another during one second.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveCall {
+    pub from: String,
+    pub to: String,
+    pub count: u64,
 }
 
 /// What a page gets first on `GET /v1/apps/{app}/live`: the last minutes, the SLO to draw the

@@ -1,7 +1,7 @@
 //! The dashboard in a real Chromium, driven by WebDriver, against a real daemon running the
 //! shop, through its remote listener (HTTPS) and a token: the login, the services and their instances, scaling from the page, the charts under load with
 //! the decisions marked, the manifest checked as it is typed, an instance's output and events,
-//! a command typed in the debug terminal, a capsule run with its output, and a viewer refused.
+//! a command typed in the debug terminal, a migration, a capsule run with its output, and a viewer refused.
 //!
 //! With `PARACLOUD_SCREENSHOTS=DIR`, the screenshots of the main views are also copied into
 //! DIR (the README's come from `docs/dashboard/`).
@@ -150,6 +150,19 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
         b.text("#events").contains("scaled to 3")
     });
 
+    // CPU per instance, set from the page, reaches the service (and its running instances).
+    let cpu = browser.find("#cpu-api").unwrap();
+    browser.clear(&cpu);
+    browser.type_into(&cpu, "0.5");
+    browser.click(&browser.find("#cpu-button-api").unwrap());
+    browser.wait_until("api's CPU limit on the page", WAIT, |b| {
+        b.text("#services tr[data-service='api']")
+            .contains("0.5 cores")
+    });
+    let api: serde_json::Value =
+        serde_json::from_str(&p.ok(&["describe", "-a", "shop", "api", "-o", "json"])).unwrap();
+    assert_eq!(api["cpu"], 0.5);
+
     // Load on the shop's page: the web service's chart and figures move, live.
     let stop = Arc::new(AtomicBool::new(false));
     let load = load(p.port(0), stop.clone());
@@ -161,6 +174,13 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
     browser.wait_until("requests per second in the services table", WAIT, |b| {
         let rps = b.text("#services tr[data-service='web'] [data-field='rps']");
         rps.parse::<u64>().is_ok_and(|n| n > 0)
+    });
+    // (api keeps its connections to kv open: that edge counts new connections only.)
+    browser.wait_until("the call graph: outside to web to api", 2 * WAIT, |b| {
+        let edges = data(b, "#calls", "edges");
+        ["external->web", "web->api"]
+            .iter()
+            .all(|e| edges.contains(e))
     });
     browser.wait_until("a p95 of web", WAIT, |b| {
         b.text("#services tr[data-service='web'] [data-field='p95']")
@@ -260,6 +280,22 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
         data(b, "#terminal", "ended") == "true"
     });
 
+    // Migrate it from the page: its successor takes over (kv hands its data over through PaCI)
+    // and the page follows it.
+    browser.click(&browser.find("#migrate").unwrap());
+    browser.wait_until("the page on kv.1's successor", 2 * WAIT, |b| {
+        b.script("return location.hash;", json!([])) == json!("#/apps/shop/instances/kv.2")
+            && b.text("#instance-state") == "running"
+    });
+    assert!(browser.text("#notice").contains("kv.1 moved to kv.2"));
+    let kv: Vec<String> = p
+        .ps("shop")
+        .iter()
+        .filter(|i| field(i, "service") == "kv" && field(i, "state") == "running")
+        .map(|i| field(i, "instance").to_owned())
+        .collect();
+    assert_eq!(kv, ["kv.2"]);
+
     // A capsule run from the page: its output as it comes, then the run in the history.
     browser.goto(&format!("{url}#/apps/shop"));
     browser.click(&browser.wait_for("#capsules-link", WAIT));
@@ -282,7 +318,7 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
         "{output}\n{}",
         p.daemon_log()
     );
-    assert!(output.contains("kv.1 | "), "the output of kv.1: {output}");
+    assert!(output.contains("kv.2 | "), "the output of kv.2: {output}");
     browser.wait_until("the run in the history", WAIT, |b| {
         b.text("#capsule-history").contains("metrics")
     });

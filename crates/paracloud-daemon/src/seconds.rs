@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use paracloud_api::{LiveInstance, LiveSecond, LiveService};
+use paracloud_api::{LiveCall, LiveInstance, LiveSecond, LiveService};
 use paracloud_autoscale::{Millis, Observation};
 use paracloud_dataplane::{service_of, Snapshot};
 use paracloud_reconcile::InstanceState;
@@ -238,6 +238,15 @@ fn second(
     LiveSecond {
         at: seen.at,
         services,
+        calls: seen
+            .calls
+            .iter()
+            .map(|c| LiveCall {
+                from: c.from.clone(),
+                to: c.to.clone(),
+                count: c.count,
+            })
+            .collect(),
     }
 }
 
@@ -250,7 +259,7 @@ mod tests {
             "shop".into(),
             LiveSecond {
                 at,
-                services: BTreeMap::new(),
+                ..LiveSecond::default()
             },
         )
     }

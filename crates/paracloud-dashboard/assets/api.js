@@ -47,6 +47,11 @@ export const events = (name, after, limit) =>
   call('GET', `/v1/events?app=${enc(name)}&after=${after}&limit=${limit}`);
 export const scale = (name, service, replicas) =>
   call('PUT', `/v1/apps/${enc(name)}/services/${enc(service)}/replicas`, { replicas });
+export const setCpu = (name, service, cpu) =>
+  call('PUT', `/v1/apps/${enc(name)}/services/${enc(service)}/cpu`, { cpu });
+export const migrate = (name, instance) =>
+  call('POST', `/v1/apps/${enc(name)}/instances/${enc(instance)}/migrate`, {});
+export const images = () => call('GET', '/v1/images');
 export const restart = (name, service) =>
   call('POST', `/v1/apps/${enc(name)}/services/${enc(service)}/restart`);
 export const manifest = (name) => call('GET', `/v1/apps/${enc(name)}/manifest`);

@@ -32,6 +32,10 @@ function notice(text, kind = 'error') {
   el.hidden = !text;
 }
 
+// A notice that outlives the change of view it announces (a migration's, shown on the
+// successor's page).
+let carried = null;
+
 // What the current view holds open (the live stream, a log tail), closed when it changes.
 let closeView = () => {};
 
@@ -104,9 +108,12 @@ function route() {
   if (!who) return showLogin();
   closeView();
   closeView = () => {};
-  notice('');
+  notice(...(carried || ['']));
+  carried = null;
   const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
-  if (parts[0] === 'apps' && parts[1] && parts[2] === 'capsules') {
+  if (parts[0] === 'images') {
+    imagesView();
+  } else if (parts[0] === 'apps' && parts[1] && parts[2] === 'capsules') {
     capsulesView(parts[1]);
   } else if (parts[0] === 'apps' && parts[1] && parts[2] === 'instances' && parts[3]) {
     instanceView(parts[1], parts[3]);
@@ -194,6 +201,7 @@ async function appView(name) {
   };
   const svc = (second) => second.services[state.service];
   const eventsList = h('ol', { id: 'events', class: 'events' });
+  const graph = h('div', { id: 'calls', class: 'calls' });
   const editor = manifestEditor(name);
 
   main.replaceChildren(
@@ -212,6 +220,8 @@ async function appView(name) {
         h('figure', {}, h('figcaption', {}, 'Latency p50 / p95 / p99'), canvases.latency),
         h('figure', {}, h('figcaption', {}, 'Instances'), canvases.instances),
         h('figure', {}, h('figcaption', {}, 'CPU per instance'), canvases.cpu))),
+    h('section', { class: 'card' }, h('h2', {}, 'Calls between services'),
+      h('p', { class: 'muted small' }, 'Requests per second over the last ten seconds, as the data plane saw them.'), graph),
     h('div', { class: 'columns' },
       h('section', { class: 'card' }, h('h2', {}, 'Events'), eventsList),
       editor.element));
@@ -242,6 +252,10 @@ async function appView(name) {
     }
   }
 
+  function drawCalls() {
+    callGraph(graph, state.view.services.map((s) => s.name), state.seconds.slice(-10));
+  }
+
   function drawCharts() {
     const markers = state.events
       .filter((e) => e.subject === state.service && isDecision(e.message))
@@ -260,21 +274,24 @@ async function appView(name) {
   }
 
   // The view's application again: after a control, or when the live figures or the events say
-  // its instances changed (at most once a second).
+  // its instances changed. Asked for while a read is under way, it reads once more after it, so
+  // that what a control changed is always shown.
   let reloading = null;
+  let again = false;
   async function reload() {
-    if (reloading) return reloading;
+    if (reloading) { again = true; return reloading; }
     reloading = (async () => {
-      try {
-        state.view = await api.app(name);
-        renderServices();
-      } catch (e) {
-        notice(e.message);
-      } finally {
-        setTimeout(() => { reloading = null; }, 1000);
-      }
+      do {
+        again = false;
+        try {
+          state.view = await api.app(name);
+          renderServices();
+        } catch (e) {
+          notice(e.message);
+        }
+      } while (again);
     })();
-    return reloading;
+    try { await reloading; } finally { reloading = null; }
   }
 
   renderServices();
@@ -290,6 +307,7 @@ async function appView(name) {
     updateFigures();
     renderEvents();
     drawCharts();
+    drawCalls();
   });
   source.addEventListener('second', (e) => {
     const second = JSON.parse(e.data);
@@ -298,6 +316,7 @@ async function appView(name) {
     state.latest = second;
     updateFigures();
     drawCharts();
+    drawCalls();
     const changed = state.view.services.some((s) => {
       const live = second.services[s.name];
       return live && (live.ready !== s.ready || live.instances !== s.instances.filter((i) => i.state !== 'exited').length);
@@ -324,6 +343,7 @@ function isDecision(message) {
 
 function serviceRow(app, s, state, reload) {
   const input = h('input', { type: 'number', min: 0, value: s.replicas, class: 'replicas', 'aria-label': `instances of ${s.name}`, id: `scale-${s.name}` });
+  const cpuInput = h('input', { type: 'number', min: 0.01, step: 0.05, value: s.cpu ?? '', placeholder: 'cores', class: 'replicas', 'aria-label': `CPU per instance of ${s.name}`, id: `cpu-${s.name}` });
   const act = async (what, run) => {
     notice('');
     try {
@@ -357,7 +377,14 @@ function serviceRow(app, s, state, reload) {
         act(`scaled to ${replicas}`, () => api.scale(app, s.name, replicas));
       } }, 'Scale'),
       h('button', { type: 'button', class: 'secondary', id: `restart-${s.name}`, onclick: () =>
-        act('restarting, one instance at a time', () => api.restart(app, s.name)) }, 'Restart')));
+        act('restarting, one instance at a time', () => api.restart(app, s.name)) }, 'Restart'),
+      h('div', { class: 'cpu-control' },
+        cpuInput,
+        h('button', { type: 'button', class: 'secondary', id: `cpu-button-${s.name}`, onclick: () => {
+          const cpu = Number(cpuInput.value);
+          if (!(cpu > 0)) return notice(`${s.name}: CPU per instance is a number of cores above 0, such as 0.5`);
+          act(`CPU per instance set to ${cpu}`, () => api.setCpu(app, s.name, cpu));
+        } }, 'Set CPU'))));
 }
 
 // A manifest's file as its last two path parts (`shop/paracloud.toml`); the whole on hover.
@@ -489,8 +516,20 @@ async function instanceView(app, instance) {
   const search = h('input', { id: 'log-search', type: 'search', placeholder: 'Search the log' });
   const logs = h('pre', { id: 'logs', class: 'logs' });
   const eventsList = h('ol', { id: 'instance-events', class: 'events' });
+  const migrate = h('button', { type: 'button', class: 'secondary', id: 'migrate', onclick: async () => {
+    migrate.disabled = true;
+    notice(`${instance}: moving, make before break…`, 'ok');
+    try {
+      const moved = await api.migrate(app, instance);
+      carried = [`${moved.from} moved to ${moved.to} (${moved.via}) in ${moved.took_ms} ms`, 'ok'];
+      location.hash = instanceHref(app, moved.to);
+    } catch (e) {
+      notice(`${instance}: ${e.message}`);
+      migrate.disabled = false;
+    }
+  } }, 'Migrate');
   main.replaceChildren(
-    h('section', { class: 'card' }, h('h1', {}, instance, h('span', { class: 'muted small' }, ` ${service.name} of ${app}`)),
+    h('section', { class: 'card' }, h('div', { class: 'row' }, h('h1', {}, instance, h('span', { class: 'muted small' }, ` ${service.name} of ${app}`)), migrate),
       h('dl', { class: 'facts' }, facts.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]))),
     h('div', { class: 'columns' },
       h('section', { class: 'card' }, h('div', { class: 'row' }, h('h2', {}, 'Output'), search), logs),
@@ -660,6 +699,77 @@ async function capsulesView(app) {
   describe();
   loadHistory();
   closeView = () => abort.abort();
+}
+
+// --- Images ----------------------------------------------------------------------------------
+
+async function imagesView() {
+  crumbs(['Images']);
+  let images;
+  try { images = await api.images(); } catch (e) { return fatal(e); }
+  main.replaceChildren(h('section', { class: 'card' }, h('h1', {}, 'Images'),
+    images.length ? h('table', { id: 'images' },
+      h('thead', {}, h('tr', {}, ['Image', 'Digest', 'Layers', 'Size', 'Created'].map((t) => h('th', {}, t)))),
+      h('tbody', {}, images.map((i) => h('tr', {},
+        h('td', {}, i.reference), h('td', { class: 'muted', title: i.digest }, i.digest.slice(0, 19)),
+        h('td', {}, i.layers), h('td', {}, bytes(i.size)), h('td', { class: 'muted' }, i.created ?? '–')))))
+      : h('p', { class: 'muted' }, 'The store holds no image: ', h('code', {}, 'paracloud image build'), ', ', h('code', {}, 'image pull'), ' or ', h('code', {}, 'image import'), ' add some.')));
+}
+
+// --- The call graph --------------------------------------------------------------------------
+
+// Services in columns by their distance from outside (`external`), each call an arrow with its
+// requests per second averaged over `seconds`.
+function callGraph(root, services, seconds) {
+  const rates = new Map();
+  for (const second of seconds) {
+    for (const c of second.calls || []) {
+      const key = `${c.from}\u0000${c.to}`;
+      rates.set(key, (rates.get(key) || 0) + c.count / Math.max(1, seconds.length));
+    }
+  }
+  const edges = [...rates].map(([key, rate]) => { const [from, to] = key.split('\u0000'); return { from, to, rate }; });
+  const depth = new Map([['external', 0]]);
+  for (let round = 0; round < services.length + 1; round++) {
+    for (const e of edges) if (depth.has(e.from) && !depth.has(e.to)) depth.set(e.to, depth.get(e.from) + 1);
+  }
+  const deepest = Math.max(0, ...depth.values());
+  for (const s of services) if (!depth.has(s)) depth.set(s, deepest + 1);
+  const columns = [];
+  for (const [node, d] of depth) (columns[d] ||= []).push(node);
+  const W = 150; const H = 34; const GAP_X = 90; const GAP_Y = 22;
+  const pos = new Map();
+  columns.forEach((nodes, c) => (nodes || []).sort().forEach((node, r) =>
+    pos.set(node, { x: 10 + c * (W + GAP_X), y: 10 + r * (H + GAP_Y) })));
+  const width = 20 + columns.length * (W + GAP_X) - GAP_X;
+  const height = 20 + Math.max(...columns.map((n) => (n || []).length)) * (H + GAP_Y) - GAP_Y;
+  const NS = 'http://www.w3.org/2000/svg';
+  const el = (tag, attrs, text) => {
+    const e = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const svg = el('svg', { width, height, viewBox: `0 0 ${width} ${height}`, role: 'img' });
+  const defs = el('defs', {});
+  const marker = el('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' });
+  marker.append(el('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#64748b' }));
+  defs.append(marker);
+  svg.append(defs);
+  for (const e of edges) {
+    const a = pos.get(e.from); const b = pos.get(e.to);
+    if (!a || !b) continue;
+    const x1 = a.x + W; const y1 = a.y + H / 2; const x2 = b.x; const y2 = b.y + H / 2;
+    svg.append(el('line', { x1, y1, x2, y2, stroke: '#64748b', 'stroke-width': 1.5, 'marker-end': 'url(#arrow)', 'data-call': `${e.from}->${e.to}` }));
+    svg.append(el('text', { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 5, 'text-anchor': 'middle', 'font-size': 11, fill: '#334155' }, `${format(e.rate, 1)}/s`));
+  }
+  for (const [node, p] of pos) {
+    const outside = node === 'external';
+    svg.append(el('rect', { x: p.x, y: p.y, width: W, height: H, rx: 6, fill: outside ? '#f1f5f9' : '#eff6ff', stroke: outside ? '#94a3b8' : '#1f4e8c' }));
+    svg.append(el('text', { x: p.x + W / 2, y: p.y + H / 2 + 4, 'text-anchor': 'middle', 'font-size': 13, fill: '#0f172a' }, outside ? 'outside' : node));
+  }
+  root.dataset.edges = JSON.stringify(edges.map((e) => `${e.from}->${e.to}`).sort());
+  root.replaceChildren(svg);
 }
 
 // How a process ended, as `ps` and `describe` tell it.
