@@ -784,4 +784,6 @@ function exitText(x) {
   return parts.join(', ');
 }
 
-start();
+// Once the page has shown its first view (the login or the view the address names), it says so:
+// `data-ready` on the body, which the browser tests wait for.
+start().finally(() => { document.body.dataset.ready = 'true'; });

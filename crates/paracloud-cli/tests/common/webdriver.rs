@@ -10,6 +10,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,7 +36,10 @@ impl Browser {
     /// Starts chromedriver on `port` (of the loopback) and a headless Chromium that accepts the
     /// daemon's self-signed certificate.
     pub fn start(port: u16) -> Self {
+        // A process group of its own: Chromium and its helpers, started by chromedriver, end
+        // with it whatever happened to the session.
         let driver = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -140,17 +144,21 @@ impl Browser {
         self.send(method, &path, body).map(|v| v["value"].clone())
     }
 
-    /// Opens `url` and waits for its page (`#main`). Chromium cuts a load under way when the
-    /// machine's network changes (`ERR_NETWORK_CHANGED`: a test's instances add and remove
-    /// interfaces), so a load that ended on an error page is tried again.
+    /// Opens `url` and waits until the dashboard has shown its first view (`body[data-ready]`).
+    /// Chromium cuts the loads under way when the machine's network changes
+    /// (`ERR_NETWORK_CHANGED`: a test's instances add and remove interfaces), leaving an error
+    /// page or a page whose scripts never came, so such a load is tried again.
     pub fn goto(&self, url: &str) {
         for _ in 0..10 {
             self.command("POST", "/url", Some(json!({ "url": url })))
                 .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
-            if self.find("#main").is_ok() {
-                return;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if self.find("body[data-ready]").is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(300));
         }
         panic!("{url} did not load: {}", self.text("body"));
     }
@@ -279,7 +287,8 @@ impl Drop for Browser {
         if !self.session.is_empty() {
             let _ = self.send("DELETE", &format!("/session/{}", self.session), None);
         }
-        let _ = self.driver.kill();
+        let group = nix::unistd::Pid::from_raw(self.driver.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.driver.wait();
     }
 }
