@@ -449,7 +449,7 @@ impl Snapshot {
         }
         let mut out = String::new();
         type Field = fn(&CounterValues) -> u64;
-        let simple: [(&str, &str, &str, Field); 10] = [
+        let simple: [(&str, &str, &str, Field); 8] = [
             (
                 "paracloud_requests_total",
                 "counter",
@@ -498,20 +498,30 @@ impl Snapshot {
                 "Requests or connections that waited for an instance to become ready (cold starts).",
                 |c| c.held,
             ),
-            (
-                "paracloud_held_microseconds_total",
-                "counter",
-                "Total time requests or connections waited for an instance to become ready.",
-                |c| c.held_us,
-            ),
-            (
-                "paracloud_held_max_microseconds",
-                "gauge",
-                "The longest wait of a request or connection for an instance to become ready.",
-                |c| c.held_max_us,
-            ),
         ];
         for (family, kind, help, field) in simple {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+            for (labels, c, _) in &series {
+                let _ = writeln!(out, "{family}{{{labels}}} {}", field(c));
+            }
+        }
+        // Times in seconds, Prometheus's base unit (promtool refuses others).
+        type Seconds = fn(&CounterValues) -> f64;
+        let times: [(&str, &str, &str, Seconds); 2] = [
+            (
+                "paracloud_held_seconds_total",
+                "counter",
+                "Total time requests or connections waited for an instance to become ready.",
+                |c| c.held_us as f64 / 1e6,
+            ),
+            (
+                "paracloud_held_max_seconds",
+                "gauge",
+                "The longest wait of a request or connection for an instance to become ready.",
+                |c| c.held_max_us as f64 / 1e6,
+            ),
+        ];
+        for (family, kind, help, field) in times {
             let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
             for (labels, c, _) in &series {
                 let _ = writeln!(out, "{family}{{{labels}}} {}", field(c));
