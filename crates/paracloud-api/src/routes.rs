@@ -534,3 +534,15 @@ impl Route for ResizeTerminal {
         Some(&self.body)
     }
 }
+
+/// `GET /v1/openapi.json`: this API's OpenAPI 3.1 description, generated from these route types
+/// ([`crate::openapi`]).
+#[derive(Debug, Clone)]
+pub struct GetOpenApi;
+
+impl Route for GetOpenApi {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/openapi.json";
+    type Body = ();
+    type Answer = serde_json::Value;
+}

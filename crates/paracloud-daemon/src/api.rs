@@ -8,11 +8,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::handler::Handler;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodFilter;
 use axum::{Json, Router};
 use paracloud_api::routes as route;
+use paracloud_api::{
+    AppQuery, CapsulesQuery, DownQuery, EventsQuery, HistoryQuery, ImageQuery, LogsQuery,
+};
 use paracloud_api::{
     AppView, BuiltImage, CpuRequest, DataplaneRestartRequest, DataplaneRestartResponse, ErrorBody,
     Event, ExportRequest, Health, HostFs, ImageDetail, ImageRef, ImageView, ImportRequest,
@@ -22,7 +25,6 @@ use paracloud_api::{
 use paracloud_command::{Command, Outcome};
 use paracloud_manifest::{parse, Origin};
 use paracloud_state::{AppRecord, Snapshot};
-use serde::Deserialize;
 
 use crate::api_error::ApiError;
 use crate::clock::now_ms;
@@ -84,6 +86,7 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .on::<route::GetCapsuleFile, _>(capsule_file::<D>)
         .on::<route::DebugSession, _>(crate::debug::debug::<D>)
         .on::<route::ResizeTerminal, _>(crate::debug::resize::<D>)
+        .on::<route::GetOpenApi, _>(openapi)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -99,6 +102,22 @@ async fn health<D: Driver>(State(engine): Shared<D>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         root: engine.config.root.clone(),
     })
+}
+
+/// The API's OpenAPI description, made once.
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(paracloud_api::openapi::document_json);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.as_str(),
+    )
+        .into_response()
+}
+
+/// A stream of JSON lines, with its content type.
+fn json_lines(body: Body) -> Response {
+    ([(header::CONTENT_TYPE, paracloud_api::JSON_LINES)], body).into_response()
 }
 
 fn find_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, ApiError> {
@@ -475,12 +494,6 @@ async fn get_app<D: Driver>(
     app_answer(&engine, &app)
 }
 
-#[derive(Deserialize)]
-struct DownQuery {
-    #[serde(default)]
-    volumes: bool,
-}
-
 async fn down<D: Driver>(
     State(engine): Shared<D>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -494,11 +507,6 @@ async fn down<D: Driver>(
     };
     engine.submit(&peer.caller(), &command)?;
     app_answer(&engine, &app)
-}
-
-#[derive(Deserialize)]
-struct AppQuery {
-    app: Option<String>,
 }
 
 async fn instances<D: Driver>(
@@ -711,14 +719,6 @@ async fn restart_dataplane<D: Driver>(
     }))
 }
 
-#[derive(Deserialize)]
-struct LogQuery {
-    target: Option<String>,
-    tail: Option<usize>,
-    #[serde(default)]
-    follow: bool,
-}
-
 /// The log files a logs request covers, with the prefix shown before their lines.
 fn log_files<D: Driver>(
     engine: &Engine<D>,
@@ -761,7 +761,7 @@ fn log_files<D: Driver>(
 async fn logs_of<D: Driver>(
     State(engine): Shared<D>,
     UrlPath(app): UrlPath<String>,
-    query: Result<Query<LogQuery>, QueryRejection>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let files = log_files(&engine, &app, query.target.as_deref())?;
@@ -833,20 +833,16 @@ async fn logs_of<D: Driver>(
             }
         },
     );
-    Ok(Body::from_stream(stream).into_response())
-}
-
-#[derive(Deserialize)]
-struct EventQuery {
-    app: Option<String>,
-    #[serde(default)]
-    after: i64,
-    limit: Option<u32>,
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn events<D: Driver>(
     State(engine): Shared<D>,
-    query: Result<Query<EventQuery>, QueryRejection>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
     let Query(query) = query?;
     let events = engine.store.events(
@@ -868,15 +864,10 @@ async fn events<D: Driver>(
     ))
 }
 
-#[derive(Deserialize)]
-struct StatsQuery {
-    app: Option<String>,
-}
-
 /// The data plane's live figures (its `GET /stats`), optionally only the listeners of one app.
 async fn stats<D: Driver>(
     State(engine): Shared<D>,
-    query: Result<Query<StatsQuery>, QueryRejection>,
+    query: Result<Query<AppQuery>, QueryRejection>,
 ) -> Result<Json<paracloud_dataplane::Snapshot>, ApiError> {
     let Query(query) = query?;
     if let Some(app) = &query.app {
@@ -897,11 +888,6 @@ async fn stats<D: Driver>(
     Ok(Json(snapshot))
 }
 
-#[derive(Deserialize)]
-struct ImageName {
-    name: String,
-}
-
 async fn list_images<D: Driver>(
     State(engine): Shared<D>,
 ) -> Result<Json<Vec<ImageView>>, ApiError> {
@@ -910,7 +896,7 @@ async fn list_images<D: Driver>(
 
 async fn inspect_image<D: Driver>(
     State(engine): Shared<D>,
-    query: Result<Query<ImageName>, QueryRejection>,
+    query: Result<Query<ImageQuery>, QueryRejection>,
 ) -> Result<Json<ImageDetail>, ApiError> {
     let Query(q) = query?;
     Ok(Json(
@@ -923,7 +909,7 @@ async fn inspect_image<D: Driver>(
 
 async fn remove_image<D: Driver>(
     State(engine): Shared<D>,
-    query: Result<Query<ImageName>, QueryRejection>,
+    query: Result<Query<ImageQuery>, QueryRejection>,
 ) -> Result<Json<RemovedImages>, ApiError> {
     let Query(q) = query?;
     Ok(Json(
@@ -1111,7 +1097,7 @@ fn transfer_stream(
         line.push(b'\n');
         Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
     });
-    Ok(Body::from_stream(stream).into_response())
+    Ok(json_lines(Body::from_stream(stream)))
 }
 
 async fn pull_image<D: Driver>(
@@ -1153,18 +1139,12 @@ async fn build_image<D: Driver>(
         line.push(b'\n');
         Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
     });
-    Ok(Body::from_stream(stream).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CapsuleListQuery {
-    app: Option<String>,
+    Ok(json_lines(Body::from_stream(stream)))
 }
 
 async fn list_capsules<D: Driver>(
     State(engine): Shared<D>,
-    query: Result<Query<CapsuleListQuery>, QueryRejection>,
+    query: Result<Query<CapsulesQuery>, QueryRejection>,
 ) -> Result<Json<Vec<paracloud_api::CapsuleView>>, ApiError> {
     let Query(q) = query?;
     let snapshot = engine.store.load()?;
@@ -1191,14 +1171,7 @@ async fn run_capsule<D: Driver>(
         line.push(b'\n');
         Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
     });
-    Ok(Body::from_stream(stream).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HistoryQuery {
-    app: Option<String>,
-    limit: Option<u32>,
+    Ok(json_lines(Body::from_stream(stream)))
 }
 
 async fn capsule_history<D: Driver>(
@@ -1237,5 +1210,9 @@ async fn capsule_file<D: Driver>(
         )
     })?;
     let stream = tokio_util::io::ReaderStream::new(file);
-    Ok(Body::from_stream(stream).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }

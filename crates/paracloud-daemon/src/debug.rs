@@ -18,8 +18,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use hyper_util::rt::TokioIo;
-use paracloud_api::{CapsuleRunRequest, TerminalSize, DEBUG_UPGRADE};
-use serde::Deserialize;
+use paracloud_api::{CapsuleRunRequest, DebugQuery, TerminalSize, DEBUG_UPGRADE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api_error::ApiError;
@@ -29,18 +28,6 @@ use crate::peer::Peer;
 
 /// The capsule `paracloud debug` attaches.
 pub const DEBUG_CAPSULE: &str = "debug";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DebugQuery {
-    /// The instance, such as `web.1`.
-    instance: String,
-    app: Option<String>,
-    /// The command as a JSON array of strings; the capsule's interactive shell when left out.
-    command: Option<String>,
-    rows: Option<u16>,
-    cols: Option<u16>,
-}
 
 pub async fn debug<D: Driver>(
     State(engine): State<Arc<Engine<D>>>,

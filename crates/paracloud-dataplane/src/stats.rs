@@ -271,7 +271,7 @@ impl Drop for ActiveGuard<'_> {
 
 /// Counter values at one moment. `bytes_in` flows from clients to backends, `bytes_out` back
 /// (for HTTP listeners: body bytes only; for UDP ones: datagram payloads).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CounterValues {
     /// Connections accepted (listener) or successfully connected (TCP backend); for UDP, flows
     /// begun (listener) or given to the backend.
@@ -322,7 +322,7 @@ pub struct CounterValues {
 }
 
 /// Cumulative latency histogram from request arrival to response headers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LatencySnapshot {
     pub count: u64,
     pub sum_us: u64,
@@ -348,7 +348,7 @@ impl LatencySnapshot {
 }
 
 /// Figures of the last whole second.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LastSecond {
     pub requests: u64,
     pub errors: u64,
@@ -358,7 +358,7 @@ pub struct LastSecond {
 }
 
 /// Counters of every listener currently configured, and the call graph.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub listeners: Vec<ListenerSnapshot>,
     /// Calls per (caller, callee) service pair since the data plane started, sorted by `from`
@@ -369,7 +369,9 @@ pub struct Snapshot {
 
 /// Calls from one caller to one service: HTTP requests, or TCP connections, that arrived at any
 /// listener of the callee.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct CallSnapshot {
     /// The calling service ("app/service"): the service whose instance owns the client's IP
     /// address (an address of a backend of some configured listener, port ignored), or
@@ -383,9 +385,10 @@ pub struct CallSnapshot {
     pub last_second: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListenerSnapshot {
     pub name: String,
+    #[schema(value_type = String)]
     pub bind: SocketAddr,
     /// A UDP listener (which may share its address with a TCP one).
     #[serde(default)]
@@ -401,9 +404,10 @@ pub struct ListenerSnapshot {
     pub backends: Vec<BackendSnapshot>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackendSnapshot {
     pub id: String,
+    #[schema(value_type = String)]
     pub addr: SocketAddr,
     #[serde(flatten)]
     pub counters: CounterValues,
