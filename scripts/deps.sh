@@ -11,6 +11,7 @@
 #   tools, a local registry to pull from and push to (over TLS and with basic authentication);
 # - strace, gdb, tcpdump, yara, zstd: the host programs the built-in capsules are made of;
 # - CRIU 4 (scripts/criu.sh, built from Debian's newer source once): migration by checkpoint;
+# - prometheus: `promtool check metrics`, which the daemon's /metrics must pass;
 # - a Python virtual environment in the user's cache (~/.cache/paracloud/venv, not system-wide)
 #   with openapi-spec-validator, which validates the API's OpenAPI 3.1 description;
 # - cargo-nextest: the test runner.
@@ -45,6 +46,7 @@ need zstd zstd
 need e2fsprogs mkfs.ext4
 need docker-compose docker-compose
 need redis-server redis-server redis-cli
+need prometheus promtool
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # the venv module
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"

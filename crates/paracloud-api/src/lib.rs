@@ -42,6 +42,7 @@
 //! | `GET /v1/capsules/debug?app=APP&instance=web.1&command=JSON` with `Upgrade: paracloud-tty` | [`DebugSession`] | | 101, then the terminal's bytes both ways |
 //! | `POST /v1/capsules/runs/{run}/resize` | [`ResizeTerminal`] | [`TerminalSize`] | 204, no body |
 //! | `GET /v1/openapi.json` | [`GetOpenApi`] | | this API's OpenAPI 3.1 description ([`openapi`]) |
+//! | `GET /metrics` | [`GetMetrics`] | | the platform's metrics, Prometheus text format |
 //!
 //! The query strings the daemon reads are types of [`queries`] ([`LogsQuery`], ...), which the
 //! OpenAPI description lists as the routes' parameters.
@@ -726,6 +727,7 @@ mod tests {
             row::<DebugSession>(),
             row::<ResizeTerminal>(),
             row::<GetOpenApi>(),
+            row::<GetMetrics>(),
         ];
         let table: Vec<&str> = include_str!("lib.rs")
             .lines()

@@ -105,7 +105,7 @@ impl<T: ToSchema> Answer for JsonLines<T> {
     }
 }
 
-/// Text or bytes as they come: logs, a capsule's file.
+/// Text or bytes as they come: logs, a capsule's file, the metrics.
 impl Answer for Incoming {
     fn response(_: &mut Schemas) -> (&'static str, utoipa::openapi::Response) {
         let text = ObjectBuilder::new().schema_type(Type::String).build();
@@ -114,7 +114,7 @@ impl Answer for Incoming {
             .content_media_type("application/octet-stream")
             .build();
         let response = ResponseBuilder::new()
-            .description("text (logs) or bytes (a file), streamed as they come")
+            .description("text (logs, metrics) or bytes (a file), streamed as they come")
             .content(
                 "text/plain",
                 ContentBuilder::new().schema(Some(text)).build(),
@@ -303,6 +303,7 @@ routes! {
     DebugSession => DebugQuery,
     ResizeTerminal => NoQuery,
     GetOpenApi => NoQuery,
+    GetMetrics => NoQuery,
 }
 
 /// The API's OpenAPI 3.1 document.

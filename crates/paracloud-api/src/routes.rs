@@ -546,3 +546,16 @@ impl Route for GetOpenApi {
     type Body = ();
     type Answer = serde_json::Value;
 }
+
+/// `GET /metrics`: the platform's metrics in Prometheus text format (version 0.0.4): instances,
+/// restarts and exits, each instance's CPU, memory and pids, the autoscaler's decisions, capsule
+/// runs, image pulls, and the data plane's traffic families.
+#[derive(Debug, Clone)]
+pub struct GetMetrics;
+
+impl Route for GetMetrics {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/metrics";
+    type Body = ();
+    type Answer = Incoming;
+}

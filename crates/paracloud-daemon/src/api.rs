@@ -87,6 +87,7 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .on::<route::DebugSession, _>(crate::debug::debug::<D>)
         .on::<route::ResizeTerminal, _>(crate::debug::resize::<D>)
         .on::<route::GetOpenApi, _>(openapi)
+        .on::<route::GetMetrics, _>(crate::metrics::metrics::<D>)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -189,7 +190,7 @@ async fn up<D: Driver>(
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.message))?;
     engine
         .images
-        .pull_missing(&manifest, &registries)
+        .pull_missing(&manifest, &registries, &engine.counters)
         .await
         .map_err(|e| {
             ApiError::new(
@@ -977,6 +978,7 @@ fn transfer_stream(
     engine_images: Images,
     request: paracloud_api::TransferRequest,
     push: bool,
+    counters: crate::counters::Counters,
 ) -> Result<Response, ApiError> {
     use paracloud_api::TransferEvent;
     use paracloud_image::registry::{self, Credentials, Progress, ProgressFn};
@@ -1080,6 +1082,9 @@ fn transfer_stream(
             }
             (None, None) => unreachable!("a transfer has a source or a target"),
         };
+        if !push {
+            counters.pull(result.is_ok());
+        }
         let last = match result {
             Ok((reference, digest)) => TransferEvent::Finished {
                 reference,
@@ -1105,7 +1110,7 @@ async fn pull_image<D: Driver>(
     body: Result<Json<paracloud_api::TransferRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(r) = body?;
-    transfer_stream(engine.images.clone(), r, false)
+    transfer_stream(engine.images.clone(), r, false, engine.counters.clone())
 }
 
 async fn push_image<D: Driver>(
@@ -1113,7 +1118,7 @@ async fn push_image<D: Driver>(
     body: Result<Json<paracloud_api::TransferRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(r) = body?;
-    transfer_stream(engine.images.clone(), r, true)
+    transfer_stream(engine.images.clone(), r, true, engine.counters.clone())
 }
 
 /// A build, answered with its steps and RUN output as they come, then how it ended.

@@ -178,6 +178,8 @@ pub struct Engine<D: Driver> {
     /// The pseudo-terminals of the open `paracloud debug` sessions, by run: resized when the
     /// client's terminal is.
     pub(crate) terminals: Mutex<HashMap<i64, std::os::fd::OwnedFd>>,
+    /// What `GET /metrics` reports that nothing else keeps (exits, restarts, decisions, pulls).
+    pub counters: crate::counters::Counters,
 }
 
 impl<D: Driver> Engine<D> {
@@ -203,6 +205,7 @@ impl<D: Driver> Engine<D> {
             successors: Mutex::new(std::collections::BTreeSet::new()),
             network_failures: Mutex::new(HashMap::new()),
             terminals: Mutex::new(HashMap::new()),
+            counters: crate::counters::Counters::default(),
         })
     }
 
@@ -323,6 +326,7 @@ impl<D: Driver> Engine<D> {
                         ..ExitInfo::default()
                     };
                     record.restarts = restarts_after_exit(record.restarts, &exit);
+                    self.counters.exit(&record.key, &exit);
                     record.state = InstanceState::Exited { exit };
                     record.since = now_ms();
                     record.pid = None;
@@ -628,6 +632,9 @@ impl<D: Driver> Engine<D> {
         let record = claimed
             .map_err(|e| StartError::Failed(e.to_string()))?
             .ok_or(StartError::Taken)?;
+        if restart && previous_revision == Some(revision) {
+            self.counters.policy_restart(key);
+        }
         if previous_revision.is_some_and(|r| r != revision) {
             // Nor is its output: `logs` and `up` show the new revision's alone.
             let _ = crate::logs::set_aside(&self.config.log_path(key), crate::logs::KEEP_ROTATED);
@@ -692,6 +699,7 @@ impl<D: Driver> Engine<D> {
                         error: Some(e.to_string()),
                         ..ExitInfo::default()
                     };
+                    engine.counters.exit(&record.key, &exit);
                     record.state = InstanceState::Exited { exit };
                     record.since = now;
                     if let Err(e) = engine.record_start_outcome(&record) {
@@ -940,6 +948,7 @@ impl<D: Driver> Engine<D> {
                 }
                 message = info.describe();
                 record.restarts = restarts_after_exit(record.restarts, &info);
+                engine.counters.exit(&key, &info);
                 record.state = InstanceState::Exited { exit: info };
                 record.since = now;
                 record.pid = None;
