@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::handler::Handler;
 use axum::http::{header, StatusCode};
@@ -92,6 +92,12 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such API route: see the paracloud-api crate for the routes",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method: see GET /v1/openapi.json for its methods",
             )
         })
         .with_state(engine)
@@ -490,17 +496,19 @@ fn app_answer<D: Driver>(engine: &Engine<D>, app: &str) -> Result<Json<AppView>,
 
 async fn get_app<D: Driver>(
     State(engine): Shared<D>,
-    UrlPath(app): UrlPath<String>,
+    path: Result<UrlPath<String>, PathRejection>,
 ) -> Result<Json<AppView>, ApiError> {
+    let UrlPath(app) = path?;
     app_answer(&engine, &app)
 }
 
 async fn down<D: Driver>(
     State(engine): Shared<D>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath(app): UrlPath<String>,
+    path: Result<UrlPath<String>, PathRejection>,
     query: Result<Query<DownQuery>, QueryRejection>,
 ) -> Result<Json<AppView>, ApiError> {
+    let UrlPath(app) = path?;
     let Query(query) = query?;
     let command = Command::Down {
         app: app.clone(),
@@ -559,17 +567,19 @@ fn service_or_404<D: Driver>(
 
 async fn describe<D: Driver>(
     State(engine): Shared<D>,
-    UrlPath((app, service)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
+    let UrlPath((app, service)) = path?;
     Ok(Json(service_or_404(&engine, &app, &service)?))
 }
 
 async fn scale<D: Driver>(
     State(engine): Shared<D>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath((app, service)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<ScaleRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
+    let UrlPath((app, service)) = path?;
     let Json(request) = body?;
     let command = Command::Scale {
         app: app.clone(),
@@ -585,9 +595,10 @@ async fn scale<D: Driver>(
 async fn cpu<D: Driver>(
     State(engine): Shared<D>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath((app, service)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<CpuRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
+    let UrlPath((app, service)) = path?;
     let Json(request) = body?;
     let command = Command::Scale {
         app: app.clone(),
@@ -603,9 +614,10 @@ async fn cpu<D: Driver>(
 async fn traffic<D: Driver>(
     State(engine): Shared<D>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath((app, service)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<TrafficRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
+    let UrlPath((app, service)) = path?;
     let Json(request) = body?;
     let command = Command::SetTraffic {
         app: app.clone(),
@@ -619,8 +631,9 @@ async fn traffic<D: Driver>(
 async fn restart<D: Driver>(
     State(engine): Shared<D>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath((app, service)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
+    let UrlPath((app, service)) = path?;
     let command = Command::Restart {
         app: app.clone(),
         service: service.clone(),
@@ -632,9 +645,10 @@ async fn restart<D: Driver>(
 async fn migrate<D: Driver>(
     State(engine): Shared<D>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath((app, instance)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<MigrateRequest>, JsonRejection>,
 ) -> Result<Json<MigrateResponse>, ApiError> {
+    let UrlPath((app, instance)) = path?;
     use crate::migrate::MigrateError;
     let Json(request) = body?;
     let command = Command::Migrate {
@@ -761,9 +775,10 @@ fn log_files<D: Driver>(
 
 async fn logs_of<D: Driver>(
     State(engine): Shared<D>,
-    UrlPath(app): UrlPath<String>,
+    path: Result<UrlPath<String>, PathRejection>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let UrlPath(app) = path?;
     let Query(query) = query?;
     let files = log_files(&engine, &app, query.target.as_deref())?;
     let prefix = files.len() > 1 || query.target.as_deref().is_none_or(|t| !t.contains('.'));
@@ -1196,8 +1211,9 @@ async fn capsule_history<D: Driver>(
 
 async fn capsule_file<D: Driver>(
     State(engine): Shared<D>,
-    UrlPath((run, instance, name)): UrlPath<(i64, String, String)>,
+    path: Result<UrlPath<(i64, String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let UrlPath((run, instance, name)) = path?;
     let path = crate::capsules::output_file(&engine.config.root, run, &instance, &name)
         .ok_or_else(|| {
             ApiError::new(

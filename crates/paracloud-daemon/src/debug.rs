@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -186,9 +186,10 @@ async fn session<D: Driver>(
 /// session's, and the programs on it get SIGWINCH.
 pub async fn resize<D: Driver>(
     State(engine): State<Arc<Engine<D>>>,
-    UrlPath(run): UrlPath<i64>,
+    path: Result<UrlPath<i64>, PathRejection>,
     body: Result<Json<TerminalSize>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let UrlPath(run) = path?;
     let Json(size) = body?;
     if size.rows == 0 || size.cols == 0 {
         return Err(ApiError::new(
