@@ -20,6 +20,7 @@ mod oci;
 mod platform;
 mod probe;
 mod proxy;
+mod remote_api;
 mod report;
 mod restart;
 mod rootfs;
@@ -70,6 +71,9 @@ enum Command {
     Builds(BuildsArgs),
     /// `paracloud up` of a Compose application from a warm image store
     Compose(ComposeArgs),
+    /// The API's latency with 50 concurrent clients, over HTTPS with a token (remote) and over
+    /// the Unix socket (local)
+    RemoteApi(RemoteApiArgs),
     /// The same stateful service moved under a constant request rate: PaCI handover,
     /// stop-and-start, and CRIU alone
     Migrate(MigrateArgs),
@@ -217,6 +221,22 @@ struct BuildsArgs {
     /// Address pool of the bench's daemon
     #[arg(long, default_value = "10.246.0.0/16")]
     builds_subnet: Ipv4Net,
+}
+
+#[derive(Debug, Args)]
+struct RemoteApiArgs {
+    /// Clients sending at once
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Requests each client sends, one after the other
+    #[arg(long, default_value_t = 40)]
+    requests: usize,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.244.0.0/16")]
+    api_subnet: Ipv4Net,
+    /// Loopback port of the remote API
+    #[arg(long, default_value_t = 18443)]
+    api_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -752,6 +772,25 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", builds::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::RemoteApi(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench remote-api needs root (the daemon's instances)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, None)?;
+            let report = remote_api::run(
+                &remote_api::RemoteApiOptions {
+                    clients: args.clients.max(1),
+                    requests: args.requests.max(1),
+                    subnet: args.api_subnet,
+                    port: args.api_port,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", remote_api::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Compose(args) => {

@@ -1,4 +1,5 @@
-//! A client of the daemon's API over its Unix socket, one connection per request: it sends
+//! A client of the daemon's API over its Unix socket, or over HTTPS to a remote daemon
+//! ([`crate::remote`]), one connection per request: it sends
 //! [`Route`]s and turns refusals into [`ClientError`]s.
 
 use std::path::{Path, PathBuf};
@@ -12,9 +13,9 @@ use crate::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no daemon answers on {path}: {source}")]
+    #[error("no daemon answers on {target}: {source}")]
     Unreachable {
-        path: PathBuf,
+        target: String,
         source: std::io::Error,
     },
     #[error("the daemon's connection failed: {0}")]
@@ -29,7 +30,7 @@ impl From<paracloud_unix_http::Error> for ClientError {
     fn from(e: paracloud_unix_http::Error) -> Self {
         use paracloud_unix_http::Error;
         match e {
-            Error::Unreachable { path, source } => Self::Unreachable { path, source },
+            Error::Unreachable { target, source } => Self::Unreachable { target, source },
             Error::Http(e) => Self::Http(e),
             // The daemon's refusals are an ErrorBody; anything else is shown as it came.
             Error::Status { status, body } => Self::Api {
@@ -55,6 +56,19 @@ impl Client {
         Self {
             http: UnixHttp::new(socket, "paracloud"),
         }
+    }
+
+    /// A client of the daemon that `remote` reaches over HTTPS.
+    pub fn remote(remote: crate::remote::Remote) -> Self {
+        let host = remote.address.clone();
+        Self {
+            http: UnixHttp::with_dial(remote, &host),
+        }
+    }
+
+    /// What it reaches: the socket's path, or `https://host:port`.
+    pub fn target(&self) -> String {
+        self.http.target()
     }
 
     pub fn socket(&self) -> &Path {

@@ -41,6 +41,12 @@
 //! | `GET /v1/capsules/history?app=APP&limit=N` | [`CapsuleHistory`] | | `[CapsuleRunView]` |
 //! | `GET /v1/capsules/debug?app=APP&instance=web.1&command=JSON` with `Upgrade: paracloud-tty` | [`DebugSession`] | | 101, then the terminal's bytes both ways |
 //! | `POST /v1/capsules/runs/{run}/resize` | [`ResizeTerminal`] | [`TerminalSize`] | 204, no body |
+//! | `GET /v1/whoami` | [`GetWhoAmI`] | | [`WhoAmI`] |
+//! | `POST /v1/tokens` | [`CreateToken`] | [`TokenRequest`] | [`CreatedToken`] |
+//! | `GET /v1/tokens` | [`ListTokens`] | | `[TokenView]` |
+//! | `DELETE /v1/tokens/{name}` | [`RevokeToken`] | | 204, no body |
+//! | `POST /v1/session` | [`OpenSession`] | [`SessionRequest`] | [`WhoAmI`], and the session's cookie |
+//! | `DELETE /v1/session` | [`CloseSession`] | | 204, the cookie cleared |
 //! | `GET /v1/openapi.json` | [`GetOpenApi`] | | this API's OpenAPI 3.1 description ([`openapi`]) |
 //! | `GET /metrics` | [`GetMetrics`] | | the platform's metrics, Prometheus text format |
 //!
@@ -50,6 +56,7 @@
 mod client;
 pub mod openapi;
 pub mod queries;
+pub mod remote;
 pub mod routes;
 
 use std::path::PathBuf;
@@ -88,6 +95,66 @@ pub struct Health {
     pub version: String,
     #[schema(value_type = String)]
     pub root: PathBuf,
+    /// The remote API, when the daemon serves one.
+    #[serde(default)]
+    pub remote: Option<RemoteView>,
+}
+
+/// Where the remote API listens, and the fingerprint of its certificate that clients pin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RemoteView {
+    pub address: String,
+    /// `sha256:` and 64 hex digits.
+    pub fingerprint: String,
+}
+
+pub use paracloud_state::Role;
+
+/// Who the caller is to the daemon: a remote client's token, or a user of the machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// The token's name, or the local user's.
+    pub name: String,
+    pub role: Role,
+}
+
+/// Creates a token of the remote API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenRequest {
+    pub name: String,
+    pub role: Role,
+    /// Seconds it is accepted for (`None`: until revoked).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A new token: the only time its secret is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: Role,
+    /// When it stops being accepted, in milliseconds since the epoch.
+    pub expires: Option<u64>,
+    pub token: String,
+}
+
+/// A token as `token ls` shows it (its secret is not kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenView {
+    pub name: String,
+    pub role: Role,
+    /// Milliseconds since the epoch.
+    pub created: u64,
+    pub expires: Option<u64>,
+    pub revoked: Option<u64>,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+}
+
+/// Logs a browser in: the token becomes a cookie of the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SessionRequest {
+    pub token: String,
 }
 
 /// Deploy (create or update) an application from manifest text.
@@ -726,6 +793,12 @@ mod tests {
             row::<CapsuleHistory>(),
             row::<DebugSession>(),
             row::<ResizeTerminal>(),
+            row::<GetWhoAmI>(),
+            row::<CreateToken>(),
+            row::<ListTokens>(),
+            row::<RevokeToken>(),
+            row::<OpenSession>(),
+            row::<CloseSession>(),
             row::<GetOpenApi>(),
             row::<GetMetrics>(),
         ];

@@ -14,6 +14,9 @@ use paracloud_unix_http::{JsonLines, Route, Upgraded};
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, KnownFormat, OpenApi, OpenApiBuilder,
     PathsBuilder, Ref, RefOr, Required, ResponseBuilder, ResponsesBuilder, Schema,
@@ -74,6 +77,8 @@ json_answers!(
     PruneView,
     BuiltImage,
     paracloud_dataplane::Snapshot,
+    WhoAmI,
+    CreatedToken,
 );
 
 impl<T: ToSchema> Answer for Vec<T> {
@@ -163,7 +168,10 @@ fn path_parameter(name: &str) -> Option<(Schema, &'static str)> {
             "the service's name, such as `api` or `api@canary`",
         ),
         "instance" => (string(), "the instance's name, such as `api.2`"),
-        "name" => (string(), "a file's name in the run's /out"),
+        "name" => (
+            string(),
+            "a name: the token's, or that of a file in the capsule run's /out",
+        ),
         "run" => (
             ObjectBuilder::new()
                 .schema_type(Type::Integer)
@@ -302,6 +310,12 @@ routes! {
     GetCapsuleFile => NoQuery,
     DebugSession => DebugQuery,
     ResizeTerminal => NoQuery,
+    GetWhoAmI => NoQuery,
+    CreateToken => NoQuery,
+    ListTokens => NoQuery,
+    RevokeToken => NoQuery,
+    OpenSession => NoQuery,
+    CloseSession => NoQuery,
     GetOpenApi => NoQuery,
     GetMetrics => NoQuery,
 }
@@ -313,7 +327,17 @@ pub fn document() -> OpenApi {
         schemas: Vec::new(),
     };
     add_routes(&mut document);
-    let mut components = ComponentsBuilder::new();
+    // The remote listener takes a token (`Authorization: Bearer`) or a browser's session
+    // cookie; the Unix socket takes neither (the caller is the socket's peer).
+    let mut components = ComponentsBuilder::new()
+        .security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        )
+        .security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("paracloud_session"))),
+        );
     for (name, schema) in document.schemas {
         components = components.schema(name, schema);
     }
@@ -321,14 +345,21 @@ pub fn document() -> OpenApi {
         .title("Paracloud API")
         .version(env!("CARGO_PKG_VERSION"))
         .description(Some(
-            "The Paracloud daemon's HTTP/JSON API, on its Unix socket (<root>/paracloud.sock). \
-             Generated from the route types of the paracloud-api crate.",
+            "The Paracloud daemon's HTTP/JSON API: on its Unix socket (<root>/paracloud.sock), \
+             where the caller is the socket's peer, and on the remote listener \
+             (`paracloud daemon --listen`, HTTPS), where it is a token's. Generated from the \
+             route types of the paracloud-api crate.",
         ))
         .build();
     OpenApiBuilder::new()
         .info(info)
         .paths(document.paths.build())
         .components(Some(components.build()))
+        .security(Some([
+            SecurityRequirement::new("token", Vec::<String>::new()),
+            SecurityRequirement::new("session", Vec::<String>::new()),
+            SecurityRequirement::default(),
+        ]))
         .build()
 }
 

@@ -15,6 +15,7 @@ use crate::{
     ScaleRequest, ServiceView, SourcesRequest, TerminalSize, TrafficRequest, TransferEvent,
     TransferRequest, UpRequest, UpResponse,
 };
+use crate::{CreatedToken, SessionRequest, TokenRequest, TokenView, WhoAmI};
 
 /// A route whose request is its body alone: `Name(Body): METHOD "path" -> Answer`.
 macro_rules! body_route {
@@ -558,4 +559,65 @@ impl Route for GetMetrics {
     const PATH: &'static str = "/metrics";
     type Body = ();
     type Answer = Incoming;
+}
+
+/// `GET /v1/whoami`: the caller, as the daemon knows it (a token's name and role).
+#[derive(Debug, Clone)]
+pub struct GetWhoAmI;
+
+impl Route for GetWhoAmI {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/whoami";
+    type Body = ();
+    type Answer = WhoAmI;
+}
+
+body_route! {
+    /// `POST /v1/tokens`: create a token of the remote API (its secret is in the answer alone).
+    CreateToken(TokenRequest): POST "/v1/tokens" -> CreatedToken
+}
+
+/// `GET /v1/tokens`: every token, revoked and expired ones included, without their secrets.
+#[derive(Debug, Clone)]
+pub struct ListTokens;
+
+impl Route for ListTokens {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/tokens";
+    type Body = ();
+    type Answer = Vec<TokenView>;
+}
+
+/// `DELETE /v1/tokens/{name}`: revoke a token; it is refused from then on.
+#[derive(Debug, Clone)]
+pub struct RevokeToken {
+    pub name: String,
+}
+
+impl Route for RevokeToken {
+    const METHOD: Method = Method::DELETE;
+    const PATH: &'static str = "/v1/tokens/{name}";
+    type Body = ();
+    type Answer = ();
+
+    fn path(&self) -> String {
+        fill(Self::PATH, &[&self.name])
+    }
+}
+
+body_route! {
+    /// `POST /v1/session`: a browser logs in with a token, which comes back as the session's
+    /// cookie (HttpOnly, Secure, SameSite=Strict); remote listener only.
+    OpenSession(SessionRequest): POST "/v1/session" -> WhoAmI
+}
+
+/// `DELETE /v1/session`: the browser's session cookie is cleared.
+#[derive(Debug, Clone)]
+pub struct CloseSession;
+
+impl Route for CloseSession {
+    const METHOD: Method = Method::DELETE;
+    const PATH: &'static str = "/v1/session";
+    type Body = ();
+    type Answer = ();
 }

@@ -33,6 +33,14 @@ pub struct Global {
     /// Output format
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+    /// A remote daemon to talk to, by the name of a context (see `paracloud context`); `default`
+    /// is this machine's daemon of --root
+    #[arg(long, env = "PARACLOUD_CONTEXT", global = true)]
+    pub context: Option<String>,
+    /// A remote daemon's address (https://HOST:PORT), with its token in PARACLOUD_TOKEN; its
+    /// certificate is pinned at the first use (beats --context)
+    #[arg(long, env = "PARACLOUD_HOST", global = true)]
+    pub host: Option<String>,
     #[command(flatten)]
     pub daemon: DaemonArgs,
 }
@@ -210,6 +218,10 @@ pub enum Command {
     /// Run the daemon in the foreground; with --install, write a systemd unit that runs it
     /// (restarted whenever it ends) instead
     Daemon {
+        /// Also serve the API and the dashboard over HTTPS on ADDR:PORT, for tokens (see
+        /// `paracloud token`); daemon.toml's `listen` by default
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
         /// Write a systemd service unit for this root and settings, then print how to enable it
         #[arg(long)]
         install: bool,
@@ -217,6 +229,12 @@ pub enum Command {
         #[arg(long, default_value = "/etc/systemd/system", requires = "install")]
         unit_dir: PathBuf,
     },
+    /// Tokens of the remote API: create (printed once), list, revoke
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Remote daemons this CLI talks to, as `docker context`: add, use, ls, rm
+    #[command(subcommand)]
+    Context(ContextCommand),
     /// Print a shell completion script: paracloud completion bash > /etc/bash_completion.d/paracloud
     Completion { shell: clap_complete::Shell },
     /// The data plane (the process serving published ports and service addresses)
@@ -251,6 +269,50 @@ pub enum DataplaneCommand {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         drain_timeout: std::time::Duration,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once, alone on the last line
+    Create {
+        /// A name for it (who or what uses it: ci-deploy, alice@laptop)
+        name: String,
+        /// viewer reads; operator also scales, restarts, migrates and runs read-only capsules;
+        /// admin does everything
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// How long it is accepted (30d, 12h); until revoked by default
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// List the tokens (never their secrets)
+    Ls,
+    /// Revoke a token: it is refused from now on
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// Add (or replace) a remote daemon: checks the token and pins the daemon's certificate
+    Add {
+        name: String,
+        /// The daemon's address, https://HOST:PORT
+        #[arg(long)]
+        host: String,
+        /// A file holding the token (from `paracloud token create`); - reads standard input
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The fingerprint the daemon printed at its start (sha256:...); without it, the
+        /// certificate presented now is trusted and its fingerprint shown
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
+    /// Make a context the one commands use (`default`: this machine's daemon)
+    Use { name: String },
+    /// List the contexts; the one in use is marked
+    Ls,
+    /// Remove a context
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]

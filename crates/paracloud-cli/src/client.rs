@@ -20,17 +20,26 @@ fn client(global: &Global) -> Client {
 /// Turns a client error into a message that says what to do.
 pub(crate) fn explain(e: ClientError) -> anyhow::Error {
     match e {
-        ClientError::Unreachable { path, .. } => anyhow!(
-            "the paracloud daemon of this root stopped answering (socket {}): run the command again to start a new one, and see daemon.log beside the socket",
-            path.display()
+        ClientError::Unreachable { target, source } if target.starts_with("https://") => {
+            anyhow!("cannot reach the remote daemon {target}: {source}")
+        }
+        ClientError::Unreachable { target, .. } => anyhow!(
+            "the paracloud daemon of this root stopped answering (socket {target}): run the command again to start a new one, and see daemon.log beside the socket"
         ),
         ClientError::Api { body, .. } if !body.diagnostics.is_empty() => anyhow!("{}", body.error),
         other => anyhow!(other),
     }
 }
 
-/// Connects to the daemon of this root, starting one in the background when none answers.
+/// Connects to the daemon the global options name: a remote one (`--host`, `--context`, the
+/// context in use), or the daemon of this root, started in the background when none answers.
 pub(crate) async fn connect(global: &Global) -> Result<Client> {
+    if let Some(remote) = crate::access::remote_of(global)? {
+        let client = Client::remote(remote.clone());
+        client.call(&GetHealth).await.map_err(explain)?;
+        crate::access::remember_first_use(&remote)?;
+        return Ok(client);
+    }
     let client = client(global);
     if client.call(&GetHealth).await.is_ok() {
         return Ok(client);

@@ -24,11 +24,16 @@ use crate::output::{age, format_time, print, table};
 pub fn run(cli: Cli) -> Result<()> {
     let Cli { global, command } = cli;
     match command {
-        Command::Daemon { install: false, .. } => run_daemon(&global),
+        Command::Daemon {
+            install: false,
+            listen,
+            ..
+        } => run_daemon(&global, listen),
         Command::Daemon {
             install: true,
             unit_dir,
-        } => install_daemon(&global, &unit_dir),
+            listen,
+        } => install_daemon(&global, &unit_dir, listen),
         Command::Sim(args) => sim(&global, &args),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -205,7 +210,11 @@ fn init_tracing() {
 /// Writes `paracloud.service` (or `paracloud-<root's name>.service` for a root other than the
 /// default) into `unit_dir`: the daemon of this root with these settings, restarted whenever it
 /// ends, its instances left running across restarts (they are re-adopted).
-fn install_daemon(global: &Global, unit_dir: &Path) -> Result<()> {
+fn install_daemon(
+    global: &Global,
+    unit_dir: &Path,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the paracloud binary")?;
     let root = absolute(&global.root)?;
     let name = if root == Path::new("/var/lib/paracloud") {
@@ -219,7 +228,7 @@ fn install_daemon(global: &Global, unit_dir: &Path) -> Result<()> {
             .collect();
         format!("paracloud-{tag}")
     };
-    let unit = crate::install::unit(&exe, &root, &global.daemon);
+    let unit = crate::install::unit(&exe, &root, &global.daemon, listen);
     let path = unit_dir.join(format!("{name}.service"));
     std::fs::create_dir_all(unit_dir)
         .with_context(|| format!("cannot create {}", unit_dir.display()))?;
@@ -229,7 +238,7 @@ fn install_daemon(global: &Global, unit_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run_daemon(global: &Global) -> Result<()> {
+fn run_daemon(global: &Global, listen: Option<std::net::SocketAddr>) -> Result<()> {
     init_tracing();
     let exe = std::env::current_exe().context("cannot find the paracloud binary")?;
     let root = absolute(&global.root)?;
@@ -239,6 +248,7 @@ fn run_daemon(global: &Global) -> Result<()> {
         subnet_pool: global.daemon.subnet,
         exe,
         settings: Default::default(),
+        listen,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -475,6 +485,8 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             }
         }
         Command::Convert { file, profiles } => convert(&file, &profiles),
+        Command::Token(command) => crate::access::token(global, command).await,
+        Command::Context(command) => crate::access::context(global, command).await,
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,
         Command::Logs {

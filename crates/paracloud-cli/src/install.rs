@@ -8,7 +8,12 @@ use crate::cli::DaemonArgs;
 /// back after any end; `KillMode=process` ends only the daemon on a stop or restart: the data
 /// plane and the instances run on (they are in cgroups of their own) and the next daemon
 /// re-adopts them, as after a crash.
-pub fn unit(exe: &Path, root: &Path, daemon: &DaemonArgs) -> String {
+pub fn unit(
+    exe: &Path,
+    root: &Path,
+    daemon: &DaemonArgs,
+    listen: Option<std::net::SocketAddr>,
+) -> String {
     let quoted = |path: &Path| format!("\"{}\"", path.display().to_string().replace('"', "\\\""));
     format!(
         "[Unit]
@@ -18,7 +23,7 @@ Wants=network-online.target
 
 [Service]
 Type=simple
-ExecStart={exe} --root {root_arg} --cgroup-parent {cgroup} --subnet {subnet} daemon
+ExecStart={exe} --root {root_arg} --cgroup-parent {cgroup} --subnet {subnet} daemon{listen}
 Restart=always
 RestartSec=1
 KillMode=process
@@ -32,6 +37,7 @@ WantedBy=multi-user.target
         root_arg = quoted(root),
         cgroup = quoted(Path::new(&daemon.cgroup_parent)),
         subnet = daemon.subnet,
+        listen = listen.map(|a| format!(" --listen {a}")).unwrap_or_default(),
     )
 }
 
@@ -49,6 +55,7 @@ mod tests {
             Path::new("/usr/local/bin/paracloud"),
             Path::new("/srv/pc root"),
             &daemon,
+            None,
         );
         assert!(unit.contains(
             "ExecStart=\"/usr/local/bin/paracloud\" --root \"/srv/pc root\" --cgroup-parent \"paracloud\" --subnet 10.213.0.0/16 daemon\n"
@@ -56,5 +63,15 @@ mod tests {
         assert!(unit.contains("Restart=always\n"));
         assert!(unit.contains("KillMode=process\n"));
         assert!(unit.contains("WantedBy=multi-user.target\n"));
+        let remote = super::unit(
+            Path::new("/usr/local/bin/paracloud"),
+            Path::new("/srv/pc"),
+            &daemon,
+            Some("0.0.0.0:8443".parse().unwrap()),
+        );
+        assert!(
+            remote.contains(" daemon --listen 0.0.0.0:8443\n"),
+            "{remote}"
+        );
     }
 }

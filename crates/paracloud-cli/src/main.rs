@@ -1,6 +1,7 @@
 //! The `paracloud` binary: the command line, and the hidden entry points of the processes it
 //! re-executes (the daemon, the data plane, sandbox-init and nsexec).
 
+mod access;
 mod capsule;
 mod cli;
 mod client;

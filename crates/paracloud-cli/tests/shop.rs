@@ -15,13 +15,35 @@ fn visits(body: &str) -> u64 {
 }
 
 /// GET / through the published port until it answers 200 (the data plane may still be binding).
+/// The lines of /proc/net/tcp whose local port is `port` (state 0A: listening).
+fn sockets_on(port: u16) -> String {
+    let needle = format!(":{port:04X} ");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| format!("{a} ").contains(&needle))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn page(p: &Platform) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match http_get(p.port(0), "/") {
             Ok((200, body)) => return body,
             other if Instant::now() > deadline => {
-                panic!("the shop does not answer: {other:?}\n{}", p.daemon_log())
+                panic!(
+                    "the shop does not answer: {other:?}\n--- daemon log ---\n{}\n--- data plane log ---\n{}\n--- data plane {:?} alive: {} ---\n--- sockets on the port ---\n{}",
+                    p.daemon_log(),
+                    p.dataplane_log(),
+                    p.dataplane_pid(),
+                    p.dataplane_pid().is_some_and(alive),
+                    sockets_on(p.port(0))
+                )
             }
             _ => std::thread::sleep(Duration::from_millis(100)),
         }

@@ -2,6 +2,8 @@
 
 use paracloud_reconcile::InstanceKey;
 
+use paracloud_state::Role;
+
 use crate::{Command, Refusal, RefusalKind};
 
 /// Who asks for a command.
@@ -20,27 +22,6 @@ pub enum Caller {
     Follower,
     /// A capsule schedule of the manifest (`[schedules.NAME]`).
     Schedule { name: String },
-}
-
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    /// Reads: no command at all.
-    Viewer,
-    /// Scales, restarts, migrates and runs capsules that only read.
-    Operator,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
 }
 
 impl Caller {
@@ -114,4 +95,26 @@ pub fn authorize(caller: &Caller, command: &Command) -> Result<(), Refusal> {
         other => format!("{} may not {}", other.describe(), command.verb()),
     };
     Err(Refusal::new(RefusalKind::Forbidden, message))
+}
+
+/// Whether `caller` may use a route of the API that needs at least `least` (reads need a
+/// viewer; what acts on the host, such as builds, imports and debug shells, needs an admin). A
+/// command sent through a route is then authorized again, for what it asks ([`authorize`]).
+pub fn authorize_route(caller: &Caller, least: Role, what: &str) -> Result<(), Refusal> {
+    match caller {
+        Caller::Local { .. } => Ok(()),
+        Caller::Token { role, .. } if *role >= least => Ok(()),
+        Caller::Token { name, role } => Err(Refusal::new(
+            RefusalKind::Forbidden,
+            format!(
+                "token {name} has the {} role, which may not {what}: ask an admin for a token with the {} role",
+                role.name(),
+                least.name()
+            ),
+        )),
+        other => Err(Refusal::new(
+            RefusalKind::Forbidden,
+            format!("{} may not {what}", other.describe()),
+        )),
+    }
 }

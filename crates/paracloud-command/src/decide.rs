@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use paracloud_manifest::{MigrateMethod, MIN_CPU};
 use paracloud_reconcile::InstanceKey;
-use paracloud_state::{AppRecord, Change, Snapshot};
+use paracloud_state::{AppRecord, Change, Role, Snapshot, TokenRecord};
 
 use crate::caller::authorize;
 use crate::{Caller, Command, Decision, Limits, Outcome, Refusal, RefusalKind};
@@ -18,6 +18,26 @@ pub fn decide(
     limits: &Limits,
 ) -> Result<Decision, Refusal> {
     authorize(caller, command)?;
+    let mut decision = decide_authorized(caller, command, snapshot, limits)?;
+    // What a remote client did is recorded with its token's name.
+    if let Caller::Token { name, .. } = caller {
+        for change in &mut decision.changes {
+            if let Change::Event { message, .. } = change {
+                if !message.contains("(by token ") {
+                    message.push_str(&format!(" (by token {name})"));
+                }
+            }
+        }
+    }
+    Ok(decision)
+}
+
+fn decide_authorized(
+    caller: &Caller,
+    command: &Command,
+    snapshot: &Snapshot,
+    limits: &Limits,
+) -> Result<Decision, Refusal> {
     match command {
         Command::Up {
             manifest,
@@ -83,6 +103,29 @@ pub fn decide(
             revision.as_deref(),
         ),
         Command::RunCapsule { .. } => Ok(Decision::changes(Vec::new())),
+        Command::CreateToken {
+            name,
+            role,
+            hash,
+            expires,
+        } => create_token(snapshot, name, *role, hash, *expires),
+        Command::RevokeToken { name } => {
+            let token = snapshot
+                .tokens
+                .iter()
+                .find(|t| t.name == *name)
+                .ok_or_else(|| no_token(snapshot, name))?;
+            if token.revoked.is_some() {
+                return Err(Refusal::new(
+                    RefusalKind::Conflict,
+                    format!("token {name} is already revoked"),
+                ));
+            }
+            Ok(Decision::changes(vec![
+                Change::RevokeToken { name: name.clone() },
+                event("", name, format!("token {name} revoked")),
+            ]))
+        }
     }
 }
 
@@ -580,4 +623,77 @@ fn migrate(
             cpu,
         },
     })
+}
+
+/// The most characters of a token's name.
+pub const MAX_TOKEN_NAME: usize = 64;
+
+fn create_token(
+    snapshot: &Snapshot,
+    name: &str,
+    role: Role,
+    hash: &str,
+    expires: Option<paracloud_reconcile::Millis>,
+) -> Result<Decision, Refusal> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_TOKEN_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid {
+        return Err(Refusal::new(
+            RefusalKind::Invalid,
+            format!(
+                "token name {name:?}: use 1 to {MAX_TOKEN_NAME} letters, digits, '-', '_', '.' or '@', starting with a letter or digit (such as ci-deploy or alice@laptop)"
+            ),
+        ));
+    }
+    if hash.len() != 64 || !hash.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+        return Err(Refusal::new(
+            RefusalKind::Invalid,
+            "a token's hash is 64 lowercase hexadecimal digits (SHA-256)",
+        ));
+    }
+    if let Some(existing) = snapshot.tokens.iter().find(|t| t.name == name) {
+        if existing.revoked.is_none() {
+            return Err(Refusal::new(
+                RefusalKind::Conflict,
+                format!(
+                    "a token named {name} exists already: revoke it first (paracloud token revoke {name}) or choose another name"
+                ),
+            ));
+        }
+    }
+    let token = TokenRecord {
+        name: name.to_owned(),
+        role,
+        hash: hash.to_owned(),
+        created: 0,
+        expires,
+        revoked: None,
+    };
+    Ok(Decision::changes(vec![
+        Change::PutToken(token),
+        event(
+            "",
+            name,
+            format!("token {name} created with the {} role", role.name()),
+        ),
+    ]))
+}
+
+fn no_token(snapshot: &Snapshot, name: &str) -> Refusal {
+    let known: Vec<&str> = snapshot.tokens.iter().map(|t| t.name.as_str()).collect();
+    Refusal::new(
+        RefusalKind::NotFound,
+        format!(
+            "no token named {name} (there are: {}); see paracloud token ls",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        ),
+    )
 }

@@ -12,11 +12,12 @@
 mod caller;
 mod decide;
 
-pub use caller::{authorize, Caller, Role};
+pub use caller::{authorize, authorize_route, Caller};
 pub use decide::{
     check_cpu, cores, decide, find_app, find_service, parse_instance, parse_via, revisions_of,
 };
 pub use paracloud_state::Change;
+pub use paracloud_state::Role;
 
 use std::collections::BTreeMap;
 
@@ -80,6 +81,17 @@ pub enum Command {
         /// Whether the capsule may write to its targets (`access = "write"`).
         writes: bool,
     },
+    /// Creates a token of the remote API; the daemon made its secret and keeps only its hash.
+    CreateToken {
+        name: String,
+        role: Role,
+        /// SHA-256 of the token in lowercase hex.
+        hash: String,
+        /// When it stops being accepted (`None`: never).
+        expires: Option<paracloud_reconcile::Millis>,
+    },
+    /// Revokes a token: it is refused from now on.
+    RevokeToken { name: String },
 }
 
 impl Command {
@@ -96,12 +108,15 @@ impl Command {
             Command::Migrate { .. } => "migrate",
             Command::RunCapsule { writes: true, .. } => "run a capsule that writes",
             Command::RunCapsule { .. } => "run a capsule",
+            Command::CreateToken { .. } => "create a token",
+            Command::RevokeToken { .. } => "revoke a token",
         }
     }
 
-    /// The application it acts on.
+    /// The application it acts on (none for the platform's tokens).
     pub fn app(&self) -> &str {
         match self {
+            Command::CreateToken { .. } | Command::RevokeToken { .. } => "",
             Command::Up { manifest, .. } => &manifest.app,
             Command::Down { app, .. }
             | Command::Scale { app, .. }

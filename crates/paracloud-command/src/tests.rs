@@ -84,6 +84,7 @@ fn shop() -> Snapshot {
             health_failure: None,
         }],
         networks: Default::default(),
+        tokens: vec![],
     }
 }
 
@@ -383,6 +384,104 @@ fn an_instance_sets_its_own_weight_once() {
     gone.instances.clear();
     let refused = decide(&me, &set(Some(5)), &gone, &LIMITS).unwrap_err();
     assert_eq!(refused.kind, RefusalKind::Gone);
+}
+
+#[test]
+fn tokens_are_created_and_revoked_by_admins_alone_and_recorded() {
+    let hash = "a".repeat(64);
+    let create = |name: &str| Command::CreateToken {
+        name: name.into(),
+        role: Role::Viewer,
+        hash: hash.clone(),
+        expires: None,
+    };
+    let admin = Caller::Token {
+        name: "ops".into(),
+        role: Role::Admin,
+    };
+    let decision = decide(&admin, &create("ci"), &shop(), &LIMITS).unwrap();
+    assert!(
+        matches!(&decision.changes[0], Change::PutToken(t) if t.name == "ci" && t.role == Role::Viewer)
+    );
+    assert_eq!(
+        events(&decision),
+        ["token ci created with the viewer role (by token ops)"]
+    );
+    for role in [Role::Viewer, Role::Operator] {
+        let caller = Caller::Token {
+            name: "laptop".into(),
+            role,
+        };
+        let refused = decide(&caller, &create("ci"), &shop(), &LIMITS).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Forbidden);
+        assert!(
+            refused.message.contains("may not create a token"),
+            "{}",
+            refused.message
+        );
+    }
+    let bad = decide(&admin, &create("-x y"), &shop(), &LIMITS).unwrap_err();
+    assert_eq!(bad.kind, RefusalKind::Invalid);
+    assert!(
+        bad.message
+            .starts_with("token name \"-x y\": use 1 to 64 letters"),
+        "{}",
+        bad.message
+    );
+
+    let mut snapshot = shop();
+    snapshot.tokens.push(paracloud_state::TokenRecord {
+        name: "ci".into(),
+        role: Role::Viewer,
+        hash: hash.clone(),
+        created: 1,
+        expires: None,
+        revoked: None,
+    });
+    let taken = decide(&admin, &create("ci"), &snapshot, &LIMITS).unwrap_err();
+    assert_eq!(taken.kind, RefusalKind::Conflict);
+    let revoke = |name: &str| Command::RevokeToken { name: name.into() };
+    let local = Caller::Local { uid: Some(0) };
+    assert!(matches!(
+        decide(&local, &revoke("ci"), &snapshot, &LIMITS)
+            .unwrap()
+            .changes[0],
+        Change::RevokeToken { .. }
+    ));
+    let missing = decide(&local, &revoke("nope"), &snapshot, &LIMITS).unwrap_err();
+    assert_eq!(missing.kind, RefusalKind::NotFound);
+    assert_eq!(
+        missing.message,
+        "no token named nope (there are: ci); see paracloud token ls"
+    );
+    // A revoked token's name can be given to a new one; revoking it twice is refused.
+    snapshot.tokens[0].revoked = Some(2);
+    assert!(decide(&admin, &create("ci"), &snapshot, &LIMITS).is_ok());
+    assert_eq!(
+        decide(&local, &revoke("ci"), &snapshot, &LIMITS)
+            .unwrap_err()
+            .kind,
+        RefusalKind::Conflict
+    );
+}
+
+#[test]
+fn routes_need_the_role_they_name() {
+    use crate::authorize_route;
+    let token = |role| Caller::Token {
+        name: "laptop".into(),
+        role,
+    };
+    assert!(authorize_route(&token(Role::Viewer), Role::Viewer, "read").is_ok());
+    assert!(authorize_route(&token(Role::Admin), Role::Operator, "x").is_ok());
+    let refused = authorize_route(&token(Role::Operator), Role::Admin, "build images").unwrap_err();
+    assert_eq!(refused.kind, RefusalKind::Forbidden);
+    assert_eq!(
+        refused.message,
+        "token laptop has the operator role, which may not build images: ask an admin for a token with the admin role"
+    );
+    assert!(authorize_route(&Caller::Local { uid: Some(0) }, Role::Admin, "x").is_ok());
+    assert!(authorize_route(&Caller::Follower, Role::Viewer, "read").is_err());
 }
 
 #[test]

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::handler::Handler;
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodFilter;
 use axum::{Json, Router};
@@ -22,7 +23,7 @@ use paracloud_api::{
     InstanceView, MicroImageRequest, MigrateRequest, MigrateResponse, PruneView, RemovedImages,
     Route, ScaleRequest, ServiceView, TrafficRequest, UpRequest, UpResponse,
 };
-use paracloud_command::{Command, Outcome};
+use paracloud_command::{authorize_route, Command, Outcome, Role};
 use paracloud_manifest::{parse, Origin};
 use paracloud_state::{AppRecord, Snapshot};
 
@@ -37,57 +38,98 @@ use crate::views::{app_view, instance_view, service_view};
 
 type Shared<D> = State<Arc<Engine<D>>>;
 
-/// Registers a handler at a route's path and method: the routes are written in `paracloud-api`
-/// alone.
+/// Registers a handler at a route's path and method (the routes are written in `paracloud-api`
+/// alone), with the least role a remote caller needs to use it: `read` for a viewer (commands
+/// sent through such a route are then authorized by the command layer for what they ask),
+/// `admin` for what acts on the host (builds, imports, pulls, debug shells), `open` for the
+/// login. A local caller may do everything.
 trait On<S> {
-    fn on<R: Route, T: 'static>(self, handler: impl Handler<T, S>) -> Self;
+    fn read<R: Route, T: 'static>(self, handler: impl Handler<T, S>) -> Self;
+    fn admin<R: Route, T: 'static>(self, handler: impl Handler<T, S>) -> Self;
+    fn open<R: Route, T: 'static>(self, handler: impl Handler<T, S>) -> Self;
+}
+
+fn register<R: Route, T: 'static, S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    least: Option<Role>,
+    handler: impl Handler<T, S>,
+) -> Router<S> {
+    let method = MethodFilter::try_from(R::METHOD)
+        .unwrap_or_else(|_| panic!("{} {}: not a method axum routes", R::METHOD, R::PATH));
+    let route = axum::routing::on(method, handler);
+    let Some(least) = least else {
+        return router.route(R::PATH, route);
+    };
+    let what = format!("use {} {}", R::METHOD, R::PATH);
+    let gate = move |peer: Peer, request: axum::extract::Request, next: Next| {
+        let what = what.clone();
+        async move {
+            authorize_route(&peer.caller(), least, &what).map_err(ApiError::from)?;
+            Ok::<_, ApiError>(next.run(request).await)
+        }
+    };
+    router.route(R::PATH, route.layer(axum::middleware::from_fn(gate)))
 }
 
 impl<S: Clone + Send + Sync + 'static> On<S> for Router<S> {
-    fn on<R: Route, T: 'static>(self, handler: impl Handler<T, S>) -> Self {
-        let method = MethodFilter::try_from(R::METHOD)
-            .unwrap_or_else(|_| panic!("{} {}: not a method axum routes", R::METHOD, R::PATH));
-        self.route(R::PATH, axum::routing::on(method, handler))
+    fn read<R: Route, T: 'static>(self, handler: impl Handler<T, S>) -> Self {
+        register::<R, T, S>(self, Some(Role::Viewer), handler)
+    }
+
+    fn admin<R: Route, T: 'static>(self, handler: impl Handler<T, S>) -> Self {
+        register::<R, T, S>(self, Some(Role::Admin), handler)
+    }
+
+    fn open<R: Route, T: 'static>(self, handler: impl Handler<T, S>) -> Self {
+        register::<R, T, S>(self, None, handler)
     }
 }
 
+/// The API's routes. Each listener names the caller of a request first (`peer::local_peer` on
+/// the Unix socket, the token check of `remote` on the remote listener).
 pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
     Router::new()
-        .on::<route::GetHealth, _>(health::<D>)
-        .on::<route::Up, _>(up::<D>)
-        .on::<route::ListApps, _>(list_apps::<D>)
-        .on::<route::GetApp, _>(get_app::<D>)
-        .on::<route::Down, _>(down::<D>)
-        .on::<route::ListInstances, _>(instances::<D>)
-        .on::<route::GetService, _>(describe::<D>)
-        .on::<route::Scale, _>(scale::<D>)
-        .on::<route::SetCpu, _>(cpu::<D>)
-        .on::<route::Restart, _>(restart::<D>)
-        .on::<route::SetTraffic, _>(traffic::<D>)
-        .on::<route::Migrate, _>(migrate::<D>)
-        .on::<route::Logs, _>(logs_of::<D>)
-        .on::<route::ListEvents, _>(events::<D>)
-        .on::<route::GetStats, _>(stats::<D>)
-        .on::<route::RestartDataplane, _>(restart_dataplane::<D>)
-        .on::<route::ListImages, _>(list_images::<D>)
-        .on::<route::RemoveImage, _>(remove_image::<D>)
-        .on::<route::InspectImage, _>(inspect_image::<D>)
-        .on::<route::PruneImages, _>(prune_images::<D>)
-        .on::<route::BuildMicroImage, _>(build_micro::<D>)
-        .on::<route::ImportImages, _>(import_images::<D>)
-        .on::<route::ExportImages, _>(export_images::<D>)
-        .on::<route::BuildImage, _>(build_image::<D>)
-        .on::<route::ImageSources, _>(image_sources::<D>)
-        .on::<route::PullImage, _>(pull_image::<D>)
-        .on::<route::PushImage, _>(push_image::<D>)
-        .on::<route::ListCapsules, _>(list_capsules::<D>)
-        .on::<route::RunCapsule, _>(run_capsule::<D>)
-        .on::<route::CapsuleHistory, _>(capsule_history::<D>)
-        .on::<route::GetCapsuleFile, _>(capsule_file::<D>)
-        .on::<route::DebugSession, _>(crate::debug::debug::<D>)
-        .on::<route::ResizeTerminal, _>(crate::debug::resize::<D>)
-        .on::<route::GetOpenApi, _>(openapi)
-        .on::<route::GetMetrics, _>(crate::metrics::metrics::<D>)
+        .read::<route::GetHealth, _>(health::<D>)
+        .admin::<route::Up, _>(up::<D>)
+        .read::<route::ListApps, _>(list_apps::<D>)
+        .read::<route::GetApp, _>(get_app::<D>)
+        .read::<route::Down, _>(down::<D>)
+        .read::<route::ListInstances, _>(instances::<D>)
+        .read::<route::GetService, _>(describe::<D>)
+        .read::<route::Scale, _>(scale::<D>)
+        .read::<route::SetCpu, _>(cpu::<D>)
+        .read::<route::Restart, _>(restart::<D>)
+        .read::<route::SetTraffic, _>(traffic::<D>)
+        .read::<route::Migrate, _>(migrate::<D>)
+        .read::<route::Logs, _>(logs_of::<D>)
+        .read::<route::ListEvents, _>(events::<D>)
+        .read::<route::GetStats, _>(stats::<D>)
+        .admin::<route::RestartDataplane, _>(restart_dataplane::<D>)
+        .read::<route::ListImages, _>(list_images::<D>)
+        .admin::<route::RemoveImage, _>(remove_image::<D>)
+        .read::<route::InspectImage, _>(inspect_image::<D>)
+        .admin::<route::PruneImages, _>(prune_images::<D>)
+        .admin::<route::BuildMicroImage, _>(build_micro::<D>)
+        .admin::<route::ImportImages, _>(import_images::<D>)
+        .admin::<route::ExportImages, _>(export_images::<D>)
+        .admin::<route::BuildImage, _>(build_image::<D>)
+        .read::<route::ImageSources, _>(image_sources::<D>)
+        .admin::<route::PullImage, _>(pull_image::<D>)
+        .admin::<route::PushImage, _>(push_image::<D>)
+        .read::<route::ListCapsules, _>(list_capsules::<D>)
+        .read::<route::RunCapsule, _>(run_capsule::<D>)
+        .read::<route::CapsuleHistory, _>(capsule_history::<D>)
+        .read::<route::GetCapsuleFile, _>(capsule_file::<D>)
+        .admin::<route::DebugSession, _>(crate::debug::debug::<D>)
+        .admin::<route::ResizeTerminal, _>(crate::debug::resize::<D>)
+        .read::<route::GetWhoAmI, _>(crate::session::whoami)
+        .read::<route::CreateToken, _>(crate::session::create_token::<D>)
+        .admin::<route::ListTokens, _>(crate::session::list_tokens::<D>)
+        .read::<route::RevokeToken, _>(crate::session::revoke_token::<D>)
+        .open::<route::OpenSession, _>(crate::session::open_session::<D>)
+        .open::<route::CloseSession, _>(crate::session::close_session)
+        .read::<route::GetOpenApi, _>(openapi)
+        .read::<route::GetMetrics, _>(crate::metrics::metrics::<D>)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -108,6 +150,7 @@ async fn health<D: Driver>(State(engine): Shared<D>) -> Json<Health> {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         root: engine.config.root.clone(),
+        remote: engine.remote.get().cloned(),
     })
 }
 
@@ -133,7 +176,7 @@ fn find_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, ApiE
 
 async fn up<D: Driver>(
     State(engine): Shared<D>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    peer: Peer,
     body: Result<Json<UpRequest>, JsonRejection>,
 ) -> Result<Json<UpResponse>, ApiError> {
     let Json(request) = body?;
@@ -504,7 +547,7 @@ async fn get_app<D: Driver>(
 
 async fn down<D: Driver>(
     State(engine): Shared<D>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    peer: Peer,
     path: Result<UrlPath<String>, PathRejection>,
     query: Result<Query<DownQuery>, QueryRejection>,
 ) -> Result<Json<AppView>, ApiError> {
@@ -575,7 +618,7 @@ async fn describe<D: Driver>(
 
 async fn scale<D: Driver>(
     State(engine): Shared<D>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    peer: Peer,
     path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<ScaleRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
@@ -594,7 +637,7 @@ async fn scale<D: Driver>(
 
 async fn cpu<D: Driver>(
     State(engine): Shared<D>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    peer: Peer,
     path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<CpuRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
@@ -613,7 +656,7 @@ async fn cpu<D: Driver>(
 
 async fn traffic<D: Driver>(
     State(engine): Shared<D>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    peer: Peer,
     path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<TrafficRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
@@ -630,7 +673,7 @@ async fn traffic<D: Driver>(
 
 async fn restart<D: Driver>(
     State(engine): Shared<D>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    peer: Peer,
     path: Result<UrlPath<(String, String)>, PathRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
     let UrlPath((app, service)) = path?;
@@ -644,7 +687,7 @@ async fn restart<D: Driver>(
 
 async fn migrate<D: Driver>(
     State(engine): Shared<D>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    peer: Peer,
     path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<MigrateRequest>, JsonRejection>,
 ) -> Result<Json<MigrateResponse>, ApiError> {
@@ -1178,7 +1221,7 @@ async fn list_capsules<D: Driver>(
 
 async fn run_capsule<D: Driver>(
     State(engine): Shared<D>,
-    axum::extract::ConnectInfo(caller): axum::extract::ConnectInfo<Peer>,
+    caller: Peer,
     body: Result<Json<paracloud_api::CapsuleRunRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -31,7 +31,7 @@ pub const DEBUG_CAPSULE: &str = "debug";
 
 pub async fn debug<D: Driver>(
     State(engine): State<Arc<Engine<D>>>,
-    ConnectInfo(caller): ConnectInfo<Peer>,
+    caller: Peer,
     query: Result<Query<DebugQuery>, QueryRejection>,
     mut request: Request,
 ) -> Result<Response, ApiError> {

@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     pub exe: PathBuf,
     /// The state root's settings file (`daemon.toml`), read at start.
     pub settings: crate::settings::Settings,
+    /// Where the remote API listens (`paracloud daemon --listen`), over the settings' `listen`.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl DaemonConfig {
@@ -180,6 +182,10 @@ pub struct Engine<D: Driver> {
     pub(crate) terminals: Mutex<HashMap<i64, std::os::fd::OwnedFd>>,
     /// What `GET /metrics` reports that nothing else keeps (exits, restarts, decisions, pulls).
     pub counters: crate::counters::Counters,
+    /// The brake on guessing tokens of the remote API.
+    pub auth: crate::auth::Gate,
+    /// The remote API's address and certificate fingerprint, once it listens.
+    pub remote: std::sync::OnceLock<paracloud_api::RemoteView>,
 }
 
 impl<D: Driver> Engine<D> {
@@ -206,6 +212,8 @@ impl<D: Driver> Engine<D> {
             network_failures: Mutex::new(HashMap::new()),
             terminals: Mutex::new(HashMap::new()),
             counters: crate::counters::Counters::default(),
+            auth: Default::default(),
+            remote: Default::default(),
         })
     }
 

@@ -43,6 +43,7 @@ fn daemon() -> Daemon {
         subnet_pool: "10.213.0.0/16".parse().unwrap(),
         exe: root.path().join("no-such-program"),
         settings: Default::default(),
+        listen: None,
     };
     let store = Store::open(&root.path().join("state.db")).unwrap();
     let images = Images::open(root.path()).unwrap();

@@ -4,6 +4,7 @@
 pub mod addressing;
 pub mod api;
 pub mod api_error;
+pub mod auth;
 pub mod autoscale;
 pub mod build;
 pub mod capsules;
@@ -28,9 +29,12 @@ pub mod paci;
 pub mod paci_hub;
 pub mod peer;
 pub mod ports;
+pub mod remote;
 pub mod routes;
+pub mod session;
 pub mod settings;
 mod sync;
+pub mod tls;
 pub mod views;
 
 use std::fs::{self, OpenOptions};
@@ -184,6 +188,50 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), Error> {
         std::process::id(),
         socket.display()
     );
+    // The remote API, when asked for: bound now, so that a port in use stops the start.
+    let remote_handle = axum_server::Handle::<std::net::SocketAddr>::new();
+    let remote = match config.listen.or(config.settings.listen) {
+        None => None,
+        Some(addr) => {
+            let listen_error = |source| Error::Listen {
+                path: addr.to_string(),
+                source,
+            };
+            let identity = tls::load(
+                &root,
+                config
+                    .settings
+                    .tls_cert
+                    .as_deref()
+                    .zip(config.settings.tls_key.as_deref()),
+            )
+            .map_err(Error::Settings)?;
+            let listener = std::net::TcpListener::bind(addr).map_err(listen_error)?;
+            listener.set_nonblocking(true).map_err(listen_error)?;
+            let bound = listener.local_addr().map_err(listen_error)?;
+            // Said on stdout too: the fingerprint is what a remote CLI pins at its first use.
+            println!(
+                "remote API and dashboard on https://{bound} (certificate {}, fingerprint {})",
+                identity.cert_path.display(),
+                identity.fingerprint
+            );
+            tracing::info!(
+                "remote API on https://{bound}, certificate fingerprint {}",
+                identity.fingerprint
+            );
+            let _ = engine.remote.set(paracloud_api::RemoteView {
+                address: bound.to_string(),
+                fingerprint: identity.fingerprint.clone(),
+            });
+            let engine = engine.clone();
+            let handle = remote_handle.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = remote::serve(engine, listener, &identity, handle).await {
+                    tracing::error!("the remote API stopped: {e}");
+                }
+            }))
+        }
+    };
 
     let reconcile = tokio::spawn(engine.clone().run());
     let rotation = tokio::spawn(rotate_logs(engine.clone()));
@@ -200,10 +248,16 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), Error> {
     };
     let served = axum::serve(
         listener,
-        api::router(engine.clone()).into_make_service_with_connect_info::<peer::Peer>(),
+        api::router(engine.clone())
+            .layer(axum::middleware::from_fn(peer::local_peer))
+            .into_make_service_with_connect_info::<peer::UnixCredentials>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;
+    remote_handle.graceful_shutdown(Some(Duration::from_secs(1)));
+    if let Some(remote) = remote {
+        let _ = tokio::time::timeout(Duration::from_secs(2), remote).await;
+    }
     reconcile.abort();
     rotation.abort();
     following.abort();

@@ -7,6 +7,12 @@
 //! default_disk = "10G"
 //! # Instances in user namespaces of their own: root inside is an unprivileged host id.
 //! userns = true
+//! # The remote API (HTTPS, tokens) and the dashboard, as `paracloud daemon --listen`.
+//! listen = "0.0.0.0:8443"
+//! # Its certificate and key (PEM); without them, a self-signed pair made at first start
+//! # (`<root>/tls/`).
+//! tls_cert = "/etc/paracloud/cert.pem"
+//! tls_key = "/etc/paracloud/key.pem"
 //! ```
 
 use std::path::Path;
@@ -23,6 +29,11 @@ pub struct Settings {
     pub default_disk: Option<u64>,
     /// Instances run in user namespaces of their own (see `paracloud_runtime`'s `userns`).
     pub userns: bool,
+    /// Where the remote API listens (HTTPS), if anywhere.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The remote API's certificate chain and key, in PEM.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -31,6 +42,9 @@ struct Raw {
     default_disk: Option<toml::Spanned<String>>,
     #[serde(default)]
     userns: bool,
+    listen: Option<toml::Spanned<String>>,
+    tls_cert: Option<std::path::PathBuf>,
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// Reads the settings of `root` (none when there is no file). An error says where and what.
@@ -60,9 +74,30 @@ fn parse(text: &str) -> Result<Settings, String> {
             Some(bytes)
         }
     };
+    let listen = match raw.listen {
+        None => None,
+        Some(listen) => {
+            let line = text[..listen.span().start].lines().count().max(1);
+            Some(listen.get_ref().parse().map_err(|e| {
+                format!(
+                    "line {line}: listen: {:?} is not an address and port ({e}): write one such as \"0.0.0.0:8443\"",
+                    listen.get_ref()
+                )
+            })?)
+        }
+    };
+    if raw.tls_cert.is_some() != raw.tls_key.is_some() {
+        return Err(
+            "tls_cert and tls_key go together: give both, or neither for a self-signed certificate"
+                .into(),
+        );
+    }
     Ok(Settings {
         default_disk,
         userns: raw.userns,
+        listen,
+        tls_cert: raw.tls_cert,
+        tls_key: raw.tls_key,
     })
 }
 
@@ -84,6 +119,17 @@ mod tests {
         assert!(parse("default_disk = \"1M\"")
             .unwrap_err()
             .contains("below the minimum of 16M"));
+        assert_eq!(
+            parse("listen = \"127.0.0.1:8443\"").unwrap().listen,
+            Some("127.0.0.1:8443".parse().unwrap())
+        );
+        assert_eq!(
+            parse("\nlisten = \"localhost\"").unwrap_err(),
+            "line 2: listen: \"localhost\" is not an address and port (invalid socket address syntax): write one such as \"0.0.0.0:8443\""
+        );
+        assert!(parse("tls_cert = \"c.pem\"")
+            .unwrap_err()
+            .starts_with("tls_cert and tls_key go together"));
         let unknown = parse("defualt_disk = \"1G\"").unwrap_err();
         assert!(
             unknown.contains("unknown field `defualt_disk`"),

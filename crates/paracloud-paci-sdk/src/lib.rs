@@ -73,7 +73,10 @@ impl From<paracloud_unix_http::Error> for Error {
     fn from(e: paracloud_unix_http::Error) -> Self {
         use paracloud_unix_http::Error as Http;
         match e {
-            Http::Unreachable { path, source } => Self::Unreachable { path, source },
+            Http::Unreachable { target, source } => Self::Unreachable {
+                path: target.into(),
+                source,
+            },
             Http::Http(e) => Self::Http(e),
             // PaCI's refusals are an ErrorBody; anything else is shown as it came.
             Http::Status { status, body } => Self::Refused {

@@ -169,12 +169,80 @@ pub struct CapsuleTarget {
     pub output_bytes: u64,
 }
 
+/// What a remote client's token may do.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads: no command at all.
+    Viewer,
+    /// Scales, restarts, migrates and runs capsules that only read.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// A token of the remote API: only the hash of its secret is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 of the whole token, in lowercase hex.
+    pub hash: String,
+    pub created: Millis,
+    /// When it stops being accepted (`None`: never).
+    pub expires: Option<Millis>,
+    /// When it was revoked (`None`: it was not).
+    pub revoked: Option<Millis>,
+}
+
+impl TokenRecord {
+    /// Why the token is not accepted at `now`, if it is not.
+    pub fn unusable(&self, now: Millis) -> Option<&'static str> {
+        if self.revoked.is_some() {
+            Some("was revoked")
+        } else if self.expires.is_some_and(|at| at <= now) {
+            Some("has expired")
+        } else {
+            None
+        }
+    }
+}
+
 /// Everything in the store, read in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub apps: Vec<AppRecord>,
     pub instances: Vec<InstanceRecord>,
     pub networks: BTreeSet<String>,
+    pub tokens: Vec<TokenRecord>,
 }
 
 /// One write to the desired state, as decided by the command layer; `Store::transact` writes
@@ -217,6 +285,10 @@ pub enum Change {
     },
     /// The application's network is to be set up again (it gains service addresses).
     NetworkStale { app: String },
+    /// A new token of the remote API (a revoked one of the same name is replaced).
+    PutToken(TokenRecord),
+    /// A token stops being accepted, from `now` on.
+    RevokeToken { name: String },
     Event {
         app: String,
         subject: String,

@@ -99,6 +99,11 @@ CREATE TABLE IF NOT EXISTS capsule_runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
@@ -604,6 +609,17 @@ impl Store {
         Ok(counts)
     }
 
+    /// The token whose hash is `hash` (how a remote client is known), revoked or not.
+    pub fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let json: Option<String> = self
+            .conn()
+            .query_row("SELECT record FROM tokens WHERE hash = ?1", [hash], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
     /// Reads everything in one transaction.
     pub fn load(&self) -> Result<Snapshot> {
         let mut conn = self.conn();
@@ -704,6 +720,29 @@ impl Store {
             Change::NetworkStale { app } => {
                 tx.execute("DELETE FROM networks WHERE app = ?1", [app])?;
             }
+            Change::PutToken(token) => {
+                let mut token = token.clone();
+                token.created = now;
+                tx.execute(
+                    "INSERT OR REPLACE INTO tokens (name, hash, record) VALUES (?1, ?2, ?3)",
+                    params![token.name, token.hash, serde_json::to_string(&token)?],
+                )?;
+            }
+            Change::RevokeToken { name } => {
+                let json: Option<String> = tx
+                    .query_row("SELECT record FROM tokens WHERE name = ?1", [name], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                if let Some(json) = json {
+                    let mut token: TokenRecord = serde_json::from_str(&json)?;
+                    token.revoked.get_or_insert(now);
+                    tx.execute(
+                        "UPDATE tokens SET record = ?2 WHERE name = ?1",
+                        params![name, serde_json::to_string(&token)?],
+                    )?;
+                }
+            }
             Change::Event {
                 app,
                 subject,
@@ -781,10 +820,20 @@ impl Store {
             out
         };
         let networks = collect(tx, "SELECT app FROM networks", [])?;
+        let tokens = {
+            let mut stmt = tx.prepare("SELECT record FROM tokens ORDER BY name")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row?)?);
+            }
+            out
+        };
         Ok(Snapshot {
             apps,
             instances,
             networks,
+            tokens,
         })
     }
 }

@@ -6,25 +6,30 @@
 
 mod route;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::client::conn::http1::{Connection as HttpConnection, SendRequest};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 
 pub use route::{encode, fill, Query, Route, Upgraded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Nothing accepts connections at the socket.
-    #[error("nothing answers on {path}: {source}")]
+    /// Nothing accepts connections at the target (a socket's path, a remote address), or
+    /// the connection could not be made (a TLS handshake refused).
+    #[error("nothing answers on {target}: {source}")]
     Unreachable {
-        path: PathBuf,
+        target: String,
         source: std::io::Error,
     },
     #[error("the connection failed: {0}")]
@@ -37,24 +42,80 @@ pub enum Error {
     Decode(String),
 }
 
-/// The server behind one Unix socket.
+/// A connection being made.
+pub type Dialing<'a> =
+    Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Connection>>> + Send + 'a>>;
+
+/// A connection to the server, of whatever kind its [`Dial`] makes.
+pub trait Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
+
+/// How connections to a server are made: its Unix socket ([`UnixHttp::new`]), or what another
+/// crate brings (the API client's TLS connections to a remote daemon).
+pub trait Dial: Send + Sync + std::fmt::Debug + 'static {
+    /// A new connection.
+    fn dial(&self) -> Dialing<'_>;
+    /// What is dialled, for errors: a path, `https://host:port`.
+    fn target(&self) -> String;
+    /// The `Authorization:` every request carries, if any.
+    fn authorization(&self) -> Option<String> {
+        None
+    }
+}
+
+#[derive(Debug)]
+struct UnixSocket(PathBuf);
+
+impl Dial for UnixSocket {
+    fn dial(&self) -> Dialing<'_> {
+        Box::pin(async move {
+            let stream = UnixStream::connect(&self.0).await?;
+            Ok(Box::new(stream) as Box<dyn Connection>)
+        })
+    }
+
+    fn target(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+/// The server behind one Unix socket, or behind another [`Dial`].
 #[derive(Debug, Clone)]
 pub struct UnixHttp {
-    socket: PathBuf,
-    /// The `Host:` of every request (the socket names the server; HTTP/1.1 wants one).
-    host: &'static str,
+    dial: Arc<dyn Dial>,
+    /// The socket's path, when it is one.
+    socket: Option<PathBuf>,
+    /// The `Host:` of every request (HTTP/1.1 wants one).
+    host: String,
 }
 
 impl UnixHttp {
-    pub fn new(socket: impl Into<PathBuf>, host: &'static str) -> Self {
+    pub fn new(socket: impl Into<PathBuf>, host: &str) -> Self {
+        let socket = socket.into();
         Self {
-            socket: socket.into(),
-            host,
+            dial: Arc::new(UnixSocket(socket.clone())),
+            socket: Some(socket),
+            host: host.to_owned(),
         }
     }
 
+    /// The server that `dial` reaches, named `host` in requests.
+    pub fn with_dial(dial: impl Dial, host: &str) -> Self {
+        Self {
+            dial: Arc::new(dial),
+            socket: None,
+            host: host.to_owned(),
+        }
+    }
+
+    /// The Unix socket's path (empty for another kind of connection).
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.socket.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// What is dialled: the socket's path or a remote address.
+    pub fn target(&self) -> String {
+        self.dial.target()
     }
 
     async fn connect(
@@ -62,18 +123,30 @@ impl UnixHttp {
     ) -> Result<
         (
             SendRequest<Full<Bytes>>,
-            Connection<TokioIo<UnixStream>, Full<Bytes>>,
+            HttpConnection<TokioIo<Box<dyn Connection>>, Full<Bytes>>,
         ),
         Error,
     > {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| Error::Unreachable {
-                    path: self.socket.clone(),
-                    source,
-                })?;
+        let stream = self
+            .dial
+            .dial()
+            .await
+            .map_err(|source| Error::Unreachable {
+                target: self.dial.target(),
+                source,
+            })?;
         Ok(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
+    }
+
+    fn builder(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        let builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host);
+        match self.dial.authorization() {
+            Some(value) => builder.header("authorization", value),
+            None => builder,
+        }
     }
 
     /// Sends a request with a JSON body (or none) and returns a successful answer as it comes
@@ -89,10 +162,8 @@ impl UnixHttp {
             // The connection ends with the response; its error is the request's.
             let _ = connection.await;
         });
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.host)
+        let request = self
+            .builder(method, path)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Error::Decode(e.to_string()))?;
@@ -170,10 +241,8 @@ impl UnixHttp {
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
         });
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", self.host)
+        let request = self
+            .builder(Method::GET, path)
             .header("connection", "upgrade")
             .header("upgrade", protocol)
             .body(Full::new(Bytes::new()))
@@ -370,7 +439,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, Error::Unreachable { path: p, .. } if p == &path),
+            matches!(&err, Error::Unreachable { target, .. } if *target == path.display().to_string()),
             "{err}"
         );
         assert!(err.to_string().contains("none.sock"), "{err}");
