@@ -13,7 +13,8 @@
 # - CRIU 4 (scripts/criu.sh, built from Debian's newer source once): migration by checkpoint;
 # - prometheus: `promtool check metrics`, which the daemon's /metrics must pass;
 # - a Python virtual environment in the user's cache (~/.cache/paracloud/venv, not system-wide)
-#   with openapi-spec-validator, which validates the API's OpenAPI 3.1 description;
+#   with openapi-spec-validator, which validates the API's OpenAPI 3.1 description, and
+#   schemathesis, which tests a live daemon against it;
 # - cargo-nextest: the test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,9 +67,9 @@ bash scripts/criu.sh
 
 # The Python tools of the tests, in a virtual environment of their own (the tests look there).
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/paracloud/venv"
-if [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+if [ ! -x "$venv/bin/openapi-spec-validator" ] || [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet openapi-spec-validator
+  "$venv/bin/pip" install --quiet openapi-spec-validator schemathesis
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
