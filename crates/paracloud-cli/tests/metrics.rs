@@ -163,3 +163,48 @@ fn metrics_carry_the_platform_s_figures_and_pass_promtool() {
     );
     promtool(&text);
 }
+
+/// The model policy's predicted latency for the shop's entry is a gauge of the metrics, once it
+/// has seen requests.
+#[test]
+fn the_model_s_predicted_latency_is_exposed() {
+    let p = Platform::new();
+    let shop = std::fs::read_to_string(p.shop())
+        .unwrap()
+        .replace(
+            "replicas = 2\nresources = { cpu = 1, memory = \"128M\", pids = 128 }",
+            "replicas = 1\nresources = { cpu = 0.5, memory = \"128M\", pids = 128 }\n\
+             autoscale = { min = 1, max = 4, cpu_min = 0.5, cpu_max = 0.5 }",
+        )
+        .replace(
+            "app = \"shop\"\n",
+            "app = \"shop\"\n\n[autoscale]\npolicy = \"model\"\n",
+        );
+    assert!(
+        shop.contains("policy = \"model\"") && shop.contains("max = 4"),
+        "the example manifest changed shape"
+    );
+    let manifest = p.manifest("shop-model", &shop);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let port = p.port(0);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let _ = http_get(port, "/");
+        let text = metrics(&p);
+        let predicted = text.lines().find_map(|l| {
+            l.strip_prefix(
+                r#"paracloud_autoscaler_predicted_latency_seconds{app="shop",service="web"} "#,
+            )
+        });
+        if predicted.is_some_and(|v| v.parse::<f64>().is_ok_and(|v| v > 0.0)) {
+            promtool(&text);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no predicted latency for the shop's entry:\n{text}\n--- daemon log ---\n{}",
+            p.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
