@@ -564,6 +564,11 @@ impl<D: Driver> Engine<D> {
             Action::Forget { app, volumes } => {
                 let _ = std::fs::remove_dir_all(self.config.root.join("instances").join(&app));
                 let _ = std::fs::remove_dir_all(self.config.checkpoints_of(&app));
+                // Size-limited volumes are filesystems mounted while the application exists;
+                // their images stay unless the volumes go.
+                paracloud_runtime::volume::release_volumes(
+                    &self.config.root.join("volumes").join(&app),
+                );
                 if volumes {
                     let _ = std::fs::remove_dir_all(self.config.root.join("volumes").join(&app));
                 }
@@ -840,6 +845,7 @@ impl<D: Driver> Engine<D> {
                         source,
                         target: target.clone(),
                         read_only: *read_only,
+                        size: app.manifest.volumes.get(name).and_then(|v| v.size),
                     }
                 }
                 VolumeMount::Bind {
@@ -850,6 +856,7 @@ impl<D: Driver> Engine<D> {
                     source: source.clone(),
                     target: target.clone(),
                     read_only: *read_only,
+                    size: None,
                 },
             })
             .collect();
@@ -1235,6 +1242,7 @@ fn with_paci(config: &mut InstanceConfig, paci_dir: PathBuf) {
         source: paci_dir,
         target: paracloud_paci::SOCKET_DIR.to_string(),
         read_only: true,
+        size: None,
     });
     config.env.insert(
         paracloud_paci::ENV.into(),
