@@ -75,8 +75,11 @@ fn schemathesis_finds_no_server_error_and_no_answer_that_breaks_the_description(
     let token = out.lines().last().unwrap().to_string();
 
     let schemathesis = python_tool("schemathesis");
+    // schemathesis keeps a cache in its working directory: a directory of the test's own.
+    let scratch = tempfile::tempdir().unwrap();
     let mut command = std::process::Command::new(&schemathesis);
     command
+        .current_dir(scratch.path())
         .arg("run")
         .arg(format!("https://127.0.0.1:{port}/v1/openapi.json"))
         .args(["--header", &format!("Authorization: Bearer {token}")])
