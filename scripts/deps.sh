@@ -11,6 +11,10 @@
 #   tools, a local registry to pull from and push to (over TLS and with basic authentication);
 # - strace, gdb, tcpdump, yara, zstd: the host programs the built-in capsules are made of;
 # - CRIU 4 (scripts/criu.sh, built from Debian's newer source once): migration by checkpoint;
+# - prometheus: `promtool check metrics`, which the daemon's /metrics must pass;
+# - a Python virtual environment in the user's cache (~/.cache/paracloud/venv, not system-wide)
+#   with openapi-spec-validator, which validates the API's OpenAPI 3.1 description, and
+#   schemathesis, which tests a live daemon against it;
 # - chromium, chromium-driver: the dashboard's browser tests (a real Chromium through WebDriver);
 # - cargo-nextest: the test runner.
 set -euo pipefail
@@ -44,6 +48,8 @@ need zstd zstd
 need e2fsprogs mkfs.ext4
 need docker-compose docker-compose
 need redis-server redis-server redis-cli
+need prometheus promtool
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # the venv module
 need chromium chromium
 need chromium-driver chromedriver
 if [ ${#missing[@]} -gt 0 ]; then
@@ -61,6 +67,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 bash scripts/criu.sh
+
+# The Python tools of the tests, in a virtual environment of their own (the tests look there).
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/paracloud/venv"
+if [ ! -x "$venv/bin/openapi-spec-validator" ] || [ ! -x "$venv/bin/schemathesis" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet openapi-spec-validator schemathesis
+fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest

@@ -47,13 +47,20 @@
 //! | `DELETE /v1/tokens/{name}` | [`RevokeToken`] | | 204, no body |
 //! | `POST /v1/session` | [`OpenSession`] | [`SessionRequest`] | [`WhoAmI`], and the session's cookie |
 //! | `DELETE /v1/session` | [`CloseSession`] | | 204, the cookie cleared |
+//! | `GET /v1/openapi.json` | [`GetOpenApi`] | | this API's OpenAPI 3.1 description ([`openapi`]) |
+//! | `GET /metrics` | [`GetMetrics`] | | the platform's metrics, Prometheus text format |
 //! | `GET /` | [`DashboardPage`] | | the dashboard's page (HTML) |
 //! | `GET /assets/{name}` | [`DashboardAsset`] | | one file of the dashboard (script, style) |
 //! | `GET /v1/apps/{app}/manifest` | [`GetManifest`] | | [`ManifestView`] |
 //! | `GET /v1/capsules/debug/terminal?app=APP&instance=web.1` as a WebSocket | [`DebugTerminal`] | | 101, then `{"run": ID}` and the terminal's bytes both ways, in messages |
 //! | `GET /v1/apps/{app}/live` | [`LiveFigures`] | | server-sent events: `history` ([`LiveHistory`]), then `second` ([`LiveSecond`]) and `events` (`[Event]`) as they come |
+//!
+//! The query strings the daemon reads are types of [`queries`] ([`LogsQuery`], ...), which the
+//! OpenAPI description lists as the routes' parameters.
 
 mod client;
+pub mod openapi;
+pub mod queries;
 pub mod remote;
 pub mod routes;
 
@@ -63,6 +70,7 @@ pub use client::{Client, ClientError};
 use paracloud_manifest::{Diagnostic, Service};
 use paracloud_reconcile::{ExitInfo, ProbeFailure};
 pub use paracloud_unix_http::{JsonLines, Route, Upgraded};
+pub use queries::*;
 pub use routes::*;
 use serde::{Deserialize, Serialize};
 
@@ -83,10 +91,14 @@ impl paracloud_manifest::FileSystem for HostFs {
 /// The name of the API socket inside the state root.
 pub const SOCKET_NAME: &str = "paracloud.sock";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The content type of an answer streamed as JSON lines.
+pub const JSON_LINES: &str = "application/x-ndjson";
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub pid: u32,
     pub version: String,
+    #[schema(value_type = String)]
     pub root: PathBuf,
     /// The remote API, when the daemon serves one.
     #[serde(default)]
@@ -94,7 +106,7 @@ pub struct Health {
 }
 
 /// Where the remote API listens, and the fingerprint of its certificate that clients pin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RemoteView {
     pub address: String,
     /// `sha256:` and 64 hex digits.
@@ -104,7 +116,7 @@ pub struct RemoteView {
 pub use paracloud_state::Role;
 
 /// Who the caller is to the daemon: a remote client's token, or a user of the machine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WhoAmI {
     /// The token's name, or the local user's.
     pub name: String,
@@ -112,7 +124,7 @@ pub struct WhoAmI {
 }
 
 /// Creates a token of the remote API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenRequest {
     pub name: String,
     pub role: Role,
@@ -122,7 +134,7 @@ pub struct TokenRequest {
 }
 
 /// A new token: the only time its secret is shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     pub name: String,
     pub role: Role,
@@ -132,7 +144,7 @@ pub struct CreatedToken {
 }
 
 /// A token as `token ls` shows it (its secret is not kept).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenView {
     pub name: String,
     pub role: Role,
@@ -145,19 +157,20 @@ pub struct TokenView {
 }
 
 /// Logs a browser in: the token becomes a cookie of the session.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionRequest {
     pub token: String,
 }
 
 /// Deploy (create or update) an application from manifest text.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpRequest {
     /// The manifest text.
     pub source: String,
     /// The file name shown in error messages.
     pub origin: String,
     /// The absolute directory that relative paths in the manifest resolve against.
+    #[schema(value_type = String)]
     pub base_dir: PathBuf,
     /// Check everything (manifest, images, Containerfiles, the deployment's rules) and change
     /// nothing: no build, pull or start.
@@ -168,7 +181,7 @@ pub struct UpRequest {
     pub auths: std::collections::BTreeMap<String, RegistryCredentials>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpResponse {
     pub app: String,
     /// Services whose spec changed (their instances are being replaced).
@@ -179,7 +192,7 @@ pub struct UpResponse {
 }
 
 /// How a dry run found one service's (or capsule's) image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageCheck {
     /// `service web` or `capsule audit`.
     pub user: String,
@@ -189,14 +202,14 @@ pub struct ImageCheck {
 }
 
 /// Where a pull of `reference` would look, in order (the state root's registries.toml).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourcesRequest {
     pub reference: String,
 }
 
 /// One place a pull tries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageSourceView {
     /// The registry as named (`docker.io`, `HOST:PORT`): whose credentials it takes.
     pub registry: String,
@@ -206,7 +219,7 @@ pub struct ImageSourceView {
 }
 
 /// Move an instance to a new one, make before break.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MigrateRequest {
     /// `paci`, `criu` or `restart`; the service's `migrate` when left out.
@@ -220,7 +233,7 @@ pub struct MigrateRequest {
     pub cpus: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MigrateResponse {
     pub from: String,
     pub to: String,
@@ -232,7 +245,7 @@ pub struct MigrateResponse {
 }
 
 /// Replace the data plane by a new one on the same listening sockets, draining the old one.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataplaneRestartRequest {
     /// How long the old data plane's open connections (TCP ones, requests under way) may run
@@ -248,7 +261,7 @@ pub const MAX_DRAIN_TIMEOUT_MS: u64 = 600_000;
 /// The drain a data-plane restart gets when it asks for none (30 seconds).
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DataplaneRestartResponse {
     /// The data plane replaced; `None` when none was running (one was started).
     pub old_pid: Option<i32>,
@@ -262,27 +275,27 @@ pub struct DataplaneRestartResponse {
     pub drained: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScaleRequest {
     pub replicas: u32,
 }
 
 /// CPU per instance of a service, in cores: applied to its running instances at once and to
 /// every instance started after, until the next `up`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CpuRequest {
     pub cpu: f64,
 }
 
 /// New traffic shares for revisions of a service, by revision name, in percent; revisions not
 /// named keep theirs, and the service itself gets what its revisions leave.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrafficRequest {
     pub weights: std::collections::BTreeMap<String, u32>,
 }
 
 /// One side of a service's traffic split: the service itself or one of its revisions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrafficShare {
     /// The revision's name, such as `canary`; `None` for the service itself.
     pub revision: Option<String>,
@@ -295,7 +308,7 @@ pub struct TrafficShare {
 }
 
 /// An error answer: what went wrong, and for manifests, each problem with its place.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -303,7 +316,7 @@ pub struct ErrorBody {
 }
 
 /// One instance as `ps` shows it. Scripts rely on these field names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceView {
     pub app: String,
     pub service: String,
@@ -325,7 +338,7 @@ pub struct InstanceView {
     pub health_failure: Option<ProbeFailure>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceView {
     pub app: String,
     pub name: String,
@@ -342,6 +355,8 @@ pub struct ServiceView {
     pub address: String,
     /// Published host addresses, e.g. `127.0.0.1:8080 -> 8080/http`.
     pub published: Vec<String>,
+    /// The service as the manifest declares it, normalised (see the manifest's reference).
+    #[schema(value_type = Object)]
     pub spec: Service,
     pub instances: Vec<InstanceView>,
     /// Why instances are not started yet, if they wait.
@@ -351,7 +366,7 @@ pub struct ServiceView {
     pub traffic: Vec<TrafficShare>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppView {
     pub name: String,
     /// The manifest file it came from.
@@ -366,7 +381,7 @@ pub struct AppView {
 pub use paracloud_reconcile::InstanceKey;
 
 /// A line of the event log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: i64,
     /// Milliseconds since the Unix epoch.
@@ -377,7 +392,7 @@ pub struct Event {
 }
 
 /// One image of the store, as `paracloud images` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageView {
     /// `name:tag`.
     pub reference: String,
@@ -390,7 +405,7 @@ pub struct ImageView {
 }
 
 /// A layer of an image, as `image inspect` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LayerView {
     pub digest: String,
     pub diff_id: String,
@@ -399,7 +414,7 @@ pub struct LayerView {
 }
 
 /// What the store knows of one image.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageDetail {
     /// The references naming it.
     pub references: Vec<String>,
@@ -430,13 +445,13 @@ pub struct ImageDetail {
     pub volumes: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RemovedImages {
     /// The references removed; blobs stay until `image prune`.
     pub removed: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PruneView {
     pub blobs: usize,
     pub layers: usize,
@@ -445,17 +460,19 @@ pub struct PruneView {
 }
 
 /// Build a micro-image from a host program (absolute paths on the daemon's machine).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MicroImageRequest {
+    #[schema(value_type = String)]
     pub binary: PathBuf,
     /// Files or directories added as they are on the host (and the libraries of ELF files in them).
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub add: Vec<PathBuf>,
     /// The name to give it, such as `web:1`.
     pub tag: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuiltImage {
     pub reference: String,
     pub digest: String,
@@ -466,8 +483,9 @@ pub struct BuiltImage {
 }
 
 /// Import an OCI image layout (directory or archive) or a `docker save` archive.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportRequest {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// The name to give the image (the source must hold one); without it, the names the source
     /// gives are kept.
@@ -477,13 +495,14 @@ pub struct ImportRequest {
 
 /// Export images as an OCI layout that is also a `docker save` archive: a directory, or a tar
 /// archive when `path` ends in `.tar`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExportRequest {
     pub names: Vec<String>,
+    #[schema(value_type = String)]
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageRef {
     pub reference: Option<String>,
     pub digest: String,
@@ -492,7 +511,7 @@ pub struct ImageRef {
 /// Pull an image from a registry (`reference` names it; Docker Hub's when it names none,
 /// through the mirrors of the state root's registries.toml), or push the
 /// store's image `reference` to `target` (default: `reference` itself).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransferRequest {
     pub reference: String,
     #[serde(default)]
@@ -520,7 +539,7 @@ impl std::fmt::Debug for TransferRequest {
 }
 
 /// A user name and password (or identity token as the password) for one registry.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryCredentials {
     pub username: String,
@@ -537,7 +556,7 @@ impl std::fmt::Debug for RegistryCredentials {
 }
 
 /// A line of a pull's or push's answer stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "event")]
 pub enum TransferEvent {
     /// A layer (or the config) starts moving.
@@ -553,12 +572,14 @@ pub enum TransferEvent {
 }
 
 /// Build an image from a Containerfile (the Dockerfile language, as BuildKit reads it).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildRequest {
     /// The build context: an absolute directory; COPY and ADD sources are inside it.
+    #[schema(value_type = String)]
     pub context: PathBuf,
     /// The Containerfile (default: `Containerfile`, else `Dockerfile`, in the context).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub file: Option<PathBuf>,
     pub tag: String,
     /// `--build-arg NAME=VALUE`.
@@ -574,11 +595,12 @@ pub struct BuildRequest {
     /// `--secret id=ID,src=FILE`: files on the daemon's machine that `RUN --mount=type=secret`
     /// mounts; never in a layer or a cache key.
     #[serde(default)]
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub secrets: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// One step of a build, as it went.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildStepView {
     /// The stage: its `AS` name, else its index.
     #[serde(default)]
@@ -589,7 +611,7 @@ pub struct BuildStepView {
     pub cached: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildResponse {
     pub reference: String,
     pub digest: String,
@@ -600,7 +622,7 @@ pub struct BuildResponse {
 }
 
 /// A line of a build's answer stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "event")]
 pub enum BuildEvent {
     /// A step is done (or taken from the cache).
@@ -618,7 +640,7 @@ pub enum BuildEvent {
 }
 
 /// A capsule that can attach to instances, as `paracloud capsule ls` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CapsuleView {
     pub name: String,
     pub description: String,
@@ -638,7 +660,7 @@ pub struct CapsuleView {
 }
 
 /// Run a capsule on every running instance the selector matches.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapsuleRunRequest {
     pub capsule: String,
@@ -653,7 +675,7 @@ pub struct CapsuleRunRequest {
 }
 
 /// One line of the stream a capsule run answers with (JSON lines).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CapsuleRunEvent {
     /// The run is recorded and attaches to these instances.
@@ -685,14 +707,14 @@ pub enum CapsuleRunEvent {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CapsuleFile {
     pub name: String,
     pub size: u64,
 }
 
 /// One recorded capsule run, as `paracloud capsule history` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CapsuleRunView {
     pub id: i64,
     pub who: String,
@@ -710,7 +732,7 @@ pub struct CapsuleRunView {
     pub output_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CapsuleTargetView {
     pub instance: String,
     pub exit_code: Option<i32>,
@@ -724,7 +746,7 @@ pub struct CapsuleTargetView {
 pub const DEBUG_UPGRADE: &str = "paracloud-tty";
 
 /// The new size of a debug session's terminal, as the client's terminal has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TerminalSize {
     pub rows: u16,
@@ -732,7 +754,7 @@ pub struct TerminalSize {
 }
 
 /// An application's manifest as it was deployed: what the dashboard shows and edits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ManifestView {
     pub app: String,
     /// The manifest text as the user wrote it.
@@ -741,6 +763,7 @@ pub struct ManifestView {
     pub origin: String,
     /// The directory its relative paths resolve against (the file's, when it was named by an
     /// absolute path; otherwise `/`).
+    #[schema(value_type = String)]
     pub base_dir: PathBuf,
 }
 
@@ -863,6 +886,8 @@ mod tests {
             row::<RevokeToken>(),
             row::<OpenSession>(),
             row::<CloseSession>(),
+            row::<GetOpenApi>(),
+            row::<GetMetrics>(),
             row::<DashboardPage>(),
             row::<DashboardAsset>(),
             row::<GetManifest>(),

@@ -536,6 +536,31 @@ impl Route for ResizeTerminal {
     }
 }
 
+/// `GET /v1/openapi.json`: this API's OpenAPI 3.1 description, generated from these route types
+/// ([`crate::openapi`]).
+#[derive(Debug, Clone)]
+pub struct GetOpenApi;
+
+impl Route for GetOpenApi {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/openapi.json";
+    type Body = ();
+    type Answer = serde_json::Value;
+}
+
+/// `GET /metrics`: the platform's metrics in Prometheus text format (version 0.0.4): instances,
+/// restarts and exits, each instance's CPU, memory and pids, the autoscaler's decisions, capsule
+/// runs, image pulls, and the data plane's traffic families.
+#[derive(Debug, Clone)]
+pub struct GetMetrics;
+
+impl Route for GetMetrics {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/metrics";
+    type Body = ();
+    type Answer = Incoming;
+}
+
 /// `GET /v1/whoami`: the caller, as the daemon knows it (a token's name and role).
 #[derive(Debug, Clone)]
 pub struct GetWhoAmI;

@@ -51,6 +51,12 @@ pub trait Policy {
     /// what it has. Policies that act on a slower cadence (HPA every 15 s) return nothing in
     /// between.
     fn decide(&mut self, now: Millis, history: &History, config: &ScalingConfig) -> Vec<Decision>;
+
+    /// The end-to-end latency (at the SLO's percentile, in seconds) its latest plan predicts
+    /// for the application's entry service; `None` for a policy without a model of it.
+    fn predicted_latency(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Which policy, by name; the names the CLI and the manifest accept.

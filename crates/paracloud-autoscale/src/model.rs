@@ -80,6 +80,8 @@ pub struct ModelPolicy {
     /// Per second of the last minute: (predicted, observed) mean end-to-end time, each times
     /// the requests answered, and those requests.
     calibration_window: VecDeque<(f64, f64, u64)>,
+    /// What the latest plan predicts: [`Policy::predicted_latency`].
+    predicted: Option<f64>,
 }
 
 /// What the policy remembers about one service.
@@ -102,6 +104,10 @@ impl Policy for ModelPolicy {
         "model"
     }
 
+    fn predicted_latency(&self) -> Option<f64> {
+        self.predicted
+    }
+
     fn decide(&mut self, now: Millis, history: &History, config: &ScalingConfig) -> Vec<Decision> {
         let Some(latest) = history.latest() else {
             return Vec::new();
@@ -110,6 +116,7 @@ impl Policy for ModelPolicy {
         let loads = self.loads(history, config);
         let target = self.target(config, &loads);
         let plan = plan::plan(&loads, &target);
+        self.predicted = plan.predicted.is_finite().then_some(plan.predicted);
         self.calibrate(history, &loads, config);
         let bottleneck = bottleneck(&loads, &plan.allocations);
 

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context as _, Result};
 use paracloud_api::remote::{is_fingerprint, parse_url, Remote};
 use paracloud_api::{
-    Client, CreateToken, GetWhoAmI, ListTokens, RevokeToken, Role, TokenRequest, TokenView,
+    Client, CreateToken, GetHealth, GetWhoAmI, Health, ListTokens, RevokeToken, Role, TokenRequest,
+    TokenView,
 };
 use serde::{Deserialize, Serialize};
 
@@ -214,6 +215,17 @@ pub async fn token(global: &Global, command: TokenCommand) -> Result<()> {
                 created.name,
                 created.role.name()
             );
+            // Where it is used from, when this daemon serves the remote API.
+            if let Ok(Health {
+                remote: Some(remote),
+                ..
+            }) = client.call(&GetHealth).await
+            {
+                eprintln!(
+                    "use it from another machine with: paracloud context add NAME --host https://{} --token-file FILE --fingerprint {}",
+                    remote.address, remote.fingerprint
+                );
+            }
             println!("{}", created.token);
             Ok(())
         }

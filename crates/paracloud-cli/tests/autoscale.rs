@@ -156,6 +156,23 @@ fn hpa_scales_out_a_cpu_saturated_service() {
     assert!(line.contains(" api "), "the saturated service: {line}");
     let reason = line.split(": ").last().unwrap_or_default();
     assert!(!reason.trim().is_empty(), "with a reason: {line}");
+    // The decision is counted in the daemon's metrics.
+    let (status, metrics) = unix_http(
+        &p.root().join(paracloud_api::SOCKET_NAME),
+        "GET",
+        "/metrics",
+        "",
+    );
+    assert_eq!(status, 200, "{metrics}");
+    let decisions = metrics.lines().find_map(|l| {
+        l.strip_prefix(
+            r#"paracloud_autoscaler_decisions_total{app="shop",service="api",direction="out"} "#,
+        )
+    });
+    assert!(
+        decisions.is_some_and(|n| n.parse::<f64>().is_ok_and(|n| n >= 1.0)),
+        "a scale-out counted: {metrics}"
+    );
     p.wait_ps(
         "shop",
         Duration::from_secs(20),

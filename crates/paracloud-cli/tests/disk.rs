@@ -109,3 +109,89 @@ fn bad_settings_stop_the_daemon_with_their_location() {
         "{err}"
     );
 }
+
+/// Two instances share a size-limited volume; together they cannot write more than its size,
+/// and an unlimited volume beside it is not touched by what fills the limited one.
+const VOLUMES: &str = r#"
+app = "vols"
+
+[volumes.small]
+size = "24M"
+
+[services.filler]
+image = "host"
+replicas = 2
+volumes = ["small:/small", "big:/big"]
+command = ["/bin/sh", "-c", "dd if=/dev/zero of=/small/$PARACLOUD_INSTANCE bs=1M count=20 2>&1; echo dd-exit=$?; echo kept > /big/$PARACLOUD_INSTANCE; exec sleep 100000"]
+stop_signal = "KILL"
+"#;
+
+#[test]
+fn a_volume_size_limits_what_its_instances_write_together() {
+    let p = Platform::new();
+    let manifest = p.manifest("paracloud.toml", VOLUMES);
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let small = p.root().join("volumes/vols/small");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let logs = loop {
+        let logs: Vec<String> = ["filler.1", "filler.2"]
+            .iter()
+            .map(|i| {
+                std::fs::read_to_string(p.root().join(format!("instances/vols/{i}/output.log")))
+                    .unwrap_or_default()
+            })
+            .collect();
+        if logs.iter().all(|l| l.contains("dd-exit=")) {
+            break logs;
+        }
+        assert!(std::time::Instant::now() < deadline, "{logs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // 2 × 20M do not fit in 24M: one of them (at least) was told the volume is full.
+    assert!(
+        logs.iter().any(|l| l.contains("No space left on device")),
+        "{logs:?}"
+    );
+    let written: u64 = std::fs::read_dir(&small)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().blocks() * 512)
+        .sum();
+    assert!(written <= 24 << 20, "the volume holds {written} bytes");
+    // A filesystem of its own, closed to others, holding only what the instances wrote.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(mounts.contains(small.to_str().unwrap()), "{mounts}");
+    let mode = std::fs::metadata(&small).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(!small.join("lost+found").exists());
+    // The other volume got what each instance wrote after.
+    let big = p.root().join("volumes/vols/big");
+    assert_eq!(std::fs::read_dir(&big).unwrap().count(), 2);
+
+    // `down` keeps the volume's data, unmounted; `up` finds it again; `down --volumes` removes
+    // it, image and all.
+    p.ok(&["down", "-a", "vols"]);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(small.to_str().unwrap()), "{mounts}");
+    assert!(p.root().join("volumes/vols/small.img").exists());
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    assert!(
+        std::fs::read_dir(&small).unwrap().count() >= 1,
+        "the data is there again"
+    );
+    // A changed size is refused: the data would not fit, or would be lost.
+    let bigger = p.manifest(
+        "paracloud.toml",
+        &VOLUMES
+            .replace("24M", "48M")
+            .replace("replicas = 2", "replicas = 3"),
+    );
+    let out = p.run(&["up", "-f", bigger.to_str().unwrap(), "--timeout", "10s"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("its size cannot change"), "{said}");
+    p.ok(&["down", "-a", "vols", "--volumes"]);
+    assert!(!p.root().join("volumes/vols").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(small.to_str().unwrap()), "{mounts}");
+}

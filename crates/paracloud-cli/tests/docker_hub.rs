@@ -297,6 +297,25 @@ fn credentials_come_from_the_users_docker_config_and_its_credential_helper() {
     let out = pull(&auths, None);
     assert!(out.status.success(), "{}", stderr(&out));
     p.ok(&["image", "rm", "bbox:1"]);
+    // The daemon's metrics count the pulls by outcome: the two with credentials worked, the
+    // one the registry refused did not.
+    let (status, metrics) = unix_http(
+        &p.root().join(paracloud_api::SOCKET_NAME),
+        "GET",
+        "/metrics",
+        "",
+    );
+    assert_eq!(status, 200, "{metrics}");
+    let pulls = |outcome: &str| {
+        metrics.lines().find_map(|l| {
+            l.strip_prefix(&format!(
+                "paracloud_image_pulls_total{{outcome=\"{outcome}\"}} "
+            ))
+            .and_then(|v| v.parse::<f64>().ok())
+        })
+    };
+    assert_eq!(pulls("ok"), Some(2.0), "{metrics}");
+    assert_eq!(pulls("failed"), Some(1.0), "{metrics}");
     let compose = project(&p, "bbox:1", p.port(0));
     let out = p
         .command()

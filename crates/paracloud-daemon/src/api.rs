@@ -5,15 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::handler::Handler;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodFilter;
 use axum::{Json, Router};
 use paracloud_api::routes as route;
+use paracloud_api::{
+    AppQuery, CapsulesQuery, DownQuery, EventsQuery, HistoryQuery, ImageQuery, LogsQuery,
+};
 use paracloud_api::{
     AppView, BuiltImage, CpuRequest, DataplaneRestartRequest, DataplaneRestartResponse, ErrorBody,
     Event, ExportRequest, Health, HostFs, ImageDetail, ImageRef, ImageView, ImportRequest,
@@ -23,7 +26,6 @@ use paracloud_api::{
 use paracloud_command::{authorize_route, Command, Outcome, Role};
 use paracloud_manifest::{parse, Origin};
 use paracloud_state::{AppRecord, Snapshot};
-use serde::Deserialize;
 
 use crate::api_error::ApiError;
 use crate::clock::now_ms;
@@ -126,6 +128,8 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .read::<route::RevokeToken, _>(crate::session::revoke_token::<D>)
         .open::<route::OpenSession, _>(crate::session::open_session::<D>)
         .open::<route::CloseSession, _>(crate::session::close_session)
+        .read::<route::GetOpenApi, _>(openapi)
+        .read::<route::GetMetrics, _>(crate::metrics::metrics::<D>)
         .open::<route::DashboardPage, _>(crate::dashboard::page)
         .open::<route::DashboardAsset, _>(crate::dashboard::asset)
         .read::<route::GetManifest, _>(crate::dashboard::manifest::<D>)
@@ -135,6 +139,12 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such API route: see the paracloud-api crate for the routes",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method: see GET /v1/openapi.json for its methods",
             )
         })
         .with_state(engine)
@@ -147,6 +157,22 @@ async fn health<D: Driver>(State(engine): Shared<D>) -> Json<Health> {
         root: engine.config.root.clone(),
         remote: engine.remote.get().cloned(),
     })
+}
+
+/// The API's OpenAPI description, made once.
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(paracloud_api::openapi::document_json);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.as_str(),
+    )
+        .into_response()
+}
+
+/// A stream of JSON lines, with its content type.
+fn json_lines(body: Body) -> Response {
+    ([(header::CONTENT_TYPE, paracloud_api::JSON_LINES)], body).into_response()
 }
 
 fn find_app<'a>(snapshot: &'a Snapshot, app: &str) -> Result<&'a AppRecord, ApiError> {
@@ -218,7 +244,7 @@ async fn up<D: Driver>(
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.message))?;
     engine
         .images
-        .pull_missing(&manifest, &registries)
+        .pull_missing(&manifest, &registries, &engine.counters)
         .await
         .map_err(|e| {
             ApiError::new(
@@ -518,23 +544,19 @@ fn app_answer<D: Driver>(engine: &Engine<D>, app: &str) -> Result<Json<AppView>,
 
 async fn get_app<D: Driver>(
     State(engine): Shared<D>,
-    UrlPath(app): UrlPath<String>,
+    path: Result<UrlPath<String>, PathRejection>,
 ) -> Result<Json<AppView>, ApiError> {
+    let UrlPath(app) = path?;
     app_answer(&engine, &app)
-}
-
-#[derive(Deserialize)]
-struct DownQuery {
-    #[serde(default)]
-    volumes: bool,
 }
 
 async fn down<D: Driver>(
     State(engine): Shared<D>,
     peer: Peer,
-    UrlPath(app): UrlPath<String>,
+    path: Result<UrlPath<String>, PathRejection>,
     query: Result<Query<DownQuery>, QueryRejection>,
 ) -> Result<Json<AppView>, ApiError> {
+    let UrlPath(app) = path?;
     let Query(query) = query?;
     let command = Command::Down {
         app: app.clone(),
@@ -542,11 +564,6 @@ async fn down<D: Driver>(
     };
     engine.submit(&peer.caller(), &command)?;
     app_answer(&engine, &app)
-}
-
-#[derive(Deserialize)]
-struct AppQuery {
-    app: Option<String>,
 }
 
 async fn instances<D: Driver>(
@@ -598,17 +615,19 @@ fn service_or_404<D: Driver>(
 
 async fn describe<D: Driver>(
     State(engine): Shared<D>,
-    UrlPath((app, service)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
+    let UrlPath((app, service)) = path?;
     Ok(Json(service_or_404(&engine, &app, &service)?))
 }
 
 async fn scale<D: Driver>(
     State(engine): Shared<D>,
     peer: Peer,
-    UrlPath((app, service)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<ScaleRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
+    let UrlPath((app, service)) = path?;
     let Json(request) = body?;
     let command = Command::Scale {
         app: app.clone(),
@@ -624,9 +643,10 @@ async fn scale<D: Driver>(
 async fn cpu<D: Driver>(
     State(engine): Shared<D>,
     peer: Peer,
-    UrlPath((app, service)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<CpuRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
+    let UrlPath((app, service)) = path?;
     let Json(request) = body?;
     let command = Command::Scale {
         app: app.clone(),
@@ -642,9 +662,10 @@ async fn cpu<D: Driver>(
 async fn traffic<D: Driver>(
     State(engine): Shared<D>,
     peer: Peer,
-    UrlPath((app, service)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<TrafficRequest>, JsonRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
+    let UrlPath((app, service)) = path?;
     let Json(request) = body?;
     let command = Command::SetTraffic {
         app: app.clone(),
@@ -658,8 +679,9 @@ async fn traffic<D: Driver>(
 async fn restart<D: Driver>(
     State(engine): Shared<D>,
     peer: Peer,
-    UrlPath((app, service)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
 ) -> Result<Json<ServiceView>, ApiError> {
+    let UrlPath((app, service)) = path?;
     let command = Command::Restart {
         app: app.clone(),
         service: service.clone(),
@@ -671,9 +693,10 @@ async fn restart<D: Driver>(
 async fn migrate<D: Driver>(
     State(engine): Shared<D>,
     peer: Peer,
-    UrlPath((app, instance)): UrlPath<(String, String)>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
     body: Result<Json<MigrateRequest>, JsonRejection>,
 ) -> Result<Json<MigrateResponse>, ApiError> {
+    let UrlPath((app, instance)) = path?;
     use crate::migrate::MigrateError;
     let Json(request) = body?;
     let command = Command::Migrate {
@@ -759,14 +782,6 @@ async fn restart_dataplane<D: Driver>(
     }))
 }
 
-#[derive(Deserialize)]
-struct LogQuery {
-    target: Option<String>,
-    tail: Option<usize>,
-    #[serde(default)]
-    follow: bool,
-}
-
 /// The log files a logs request covers, with the prefix shown before their lines.
 fn log_files<D: Driver>(
     engine: &Engine<D>,
@@ -808,9 +823,10 @@ fn log_files<D: Driver>(
 
 async fn logs_of<D: Driver>(
     State(engine): Shared<D>,
-    UrlPath(app): UrlPath<String>,
-    query: Result<Query<LogQuery>, QueryRejection>,
+    path: Result<UrlPath<String>, PathRejection>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let UrlPath(app) = path?;
     let Query(query) = query?;
     let files = log_files(&engine, &app, query.target.as_deref())?;
     let prefix = files.len() > 1 || query.target.as_deref().is_none_or(|t| !t.contains('.'));
@@ -881,20 +897,16 @@ async fn logs_of<D: Driver>(
             }
         },
     );
-    Ok(Body::from_stream(stream).into_response())
-}
-
-#[derive(Deserialize)]
-struct EventQuery {
-    app: Option<String>,
-    #[serde(default)]
-    after: i64,
-    limit: Option<u32>,
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn events<D: Driver>(
     State(engine): Shared<D>,
-    query: Result<Query<EventQuery>, QueryRejection>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
     let Query(query) = query?;
     let events = engine.store.events(
@@ -916,15 +928,10 @@ async fn events<D: Driver>(
     ))
 }
 
-#[derive(Deserialize)]
-struct StatsQuery {
-    app: Option<String>,
-}
-
 /// The data plane's live figures (its `GET /stats`), optionally only the listeners of one app.
 async fn stats<D: Driver>(
     State(engine): Shared<D>,
-    query: Result<Query<StatsQuery>, QueryRejection>,
+    query: Result<Query<AppQuery>, QueryRejection>,
 ) -> Result<Json<paracloud_dataplane::Snapshot>, ApiError> {
     let Query(query) = query?;
     if let Some(app) = &query.app {
@@ -945,11 +952,6 @@ async fn stats<D: Driver>(
     Ok(Json(snapshot))
 }
 
-#[derive(Deserialize)]
-struct ImageName {
-    name: String,
-}
-
 async fn list_images<D: Driver>(
     State(engine): Shared<D>,
 ) -> Result<Json<Vec<ImageView>>, ApiError> {
@@ -958,7 +960,7 @@ async fn list_images<D: Driver>(
 
 async fn inspect_image<D: Driver>(
     State(engine): Shared<D>,
-    query: Result<Query<ImageName>, QueryRejection>,
+    query: Result<Query<ImageQuery>, QueryRejection>,
 ) -> Result<Json<ImageDetail>, ApiError> {
     let Query(q) = query?;
     Ok(Json(
@@ -971,7 +973,7 @@ async fn inspect_image<D: Driver>(
 
 async fn remove_image<D: Driver>(
     State(engine): Shared<D>,
-    query: Result<Query<ImageName>, QueryRejection>,
+    query: Result<Query<ImageQuery>, QueryRejection>,
 ) -> Result<Json<RemovedImages>, ApiError> {
     let Query(q) = query?;
     Ok(Json(
@@ -1039,6 +1041,7 @@ fn transfer_stream(
     engine_images: Images,
     request: paracloud_api::TransferRequest,
     push: bool,
+    counters: crate::counters::Counters,
 ) -> Result<Response, ApiError> {
     use paracloud_api::TransferEvent;
     use paracloud_image::registry::{self, Credentials, Progress, ProgressFn};
@@ -1142,6 +1145,9 @@ fn transfer_stream(
             }
             (None, None) => unreachable!("a transfer has a source or a target"),
         };
+        if !push {
+            counters.pull(result.is_ok());
+        }
         let last = match result {
             Ok((reference, digest)) => TransferEvent::Finished {
                 reference,
@@ -1159,7 +1165,7 @@ fn transfer_stream(
         line.push(b'\n');
         Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
     });
-    Ok(Body::from_stream(stream).into_response())
+    Ok(json_lines(Body::from_stream(stream)))
 }
 
 async fn pull_image<D: Driver>(
@@ -1167,7 +1173,7 @@ async fn pull_image<D: Driver>(
     body: Result<Json<paracloud_api::TransferRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(r) = body?;
-    transfer_stream(engine.images.clone(), r, false)
+    transfer_stream(engine.images.clone(), r, false, engine.counters.clone())
 }
 
 async fn push_image<D: Driver>(
@@ -1175,7 +1181,7 @@ async fn push_image<D: Driver>(
     body: Result<Json<paracloud_api::TransferRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(r) = body?;
-    transfer_stream(engine.images.clone(), r, true)
+    transfer_stream(engine.images.clone(), r, true, engine.counters.clone())
 }
 
 /// A build, answered with its steps and RUN output as they come, then how it ended.
@@ -1201,18 +1207,12 @@ async fn build_image<D: Driver>(
         line.push(b'\n');
         Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
     });
-    Ok(Body::from_stream(stream).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CapsuleListQuery {
-    app: Option<String>,
+    Ok(json_lines(Body::from_stream(stream)))
 }
 
 async fn list_capsules<D: Driver>(
     State(engine): Shared<D>,
-    query: Result<Query<CapsuleListQuery>, QueryRejection>,
+    query: Result<Query<CapsulesQuery>, QueryRejection>,
 ) -> Result<Json<Vec<paracloud_api::CapsuleView>>, ApiError> {
     let Query(q) = query?;
     let snapshot = engine.store.load()?;
@@ -1239,14 +1239,7 @@ async fn run_capsule<D: Driver>(
         line.push(b'\n');
         Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
     });
-    Ok(Body::from_stream(stream).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HistoryQuery {
-    app: Option<String>,
-    limit: Option<u32>,
+    Ok(json_lines(Body::from_stream(stream)))
 }
 
 async fn capsule_history<D: Driver>(
@@ -1266,8 +1259,9 @@ async fn capsule_history<D: Driver>(
 
 async fn capsule_file<D: Driver>(
     State(engine): Shared<D>,
-    UrlPath((run, instance, name)): UrlPath<(i64, String, String)>,
+    path: Result<UrlPath<(i64, String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let UrlPath((run, instance, name)) = path?;
     let path = crate::capsules::output_file(&engine.config.root, run, &instance, &name)
         .ok_or_else(|| {
             ApiError::new(
@@ -1285,5 +1279,9 @@ async fn capsule_file<D: Driver>(
         )
     })?;
     let stream = tokio_util::io::ReaderStream::new(file);
-    Ok(Body::from_stream(stream).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }

@@ -1,7 +1,7 @@
 //! How the API refuses a request: a status and an [`ErrorBody`], from every error a handler
 //! meets. Shared by the handlers of `api` and `debug`.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -67,6 +67,18 @@ impl From<QueryRejection> for ApiError {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the query string is not valid: {}", e.body_text()),
+        )
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the path is not valid: {}; see the route's parameters in /v1/openapi.json",
+                e.body_text()
+            ),
         )
     }
 }

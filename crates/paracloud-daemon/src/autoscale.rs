@@ -52,6 +52,8 @@ pub struct Step {
     /// Applications whose autoscaler started (or changed policy), with what it follows.
     pub started: Vec<(String, String)>,
     pub changes: Vec<Change>,
+    /// What each model's latest plan predicts: (app, entry service, seconds).
+    pub predicted: Vec<(String, String, f64)>,
 }
 
 /// A change to one service, within its bounds.
@@ -178,6 +180,10 @@ impl Autoscaler {
             };
             scaler.history.push(seen);
             let decisions = scaler.policy.decide(now, &scaler.history, &config);
+            if let Some(seconds) = scaler.policy.predicted_latency() {
+                step.predicted
+                    .push((app.name.clone(), config.entry.clone(), seconds));
+            }
             let latest = scaler.history.latest();
             for decision in decisions {
                 let busy = latest
@@ -324,6 +330,23 @@ fn change(
         cpu,
         reason: decision.reason,
     })
+}
+
+/// The directions of a change, for the metrics: `out` or `in` (instances), `cpu_up` or
+/// `cpu_down` (CPU per instance; from unlimited counts as down).
+pub fn directions(change: &Change) -> Vec<&'static str> {
+    let mut directions = Vec::new();
+    if let Some((from, to)) = change.replicas {
+        directions.push(if to > from { "out" } else { "in" });
+    }
+    if let Some((from, to)) = change.cpu {
+        directions.push(if from.is_some_and(|f| to > f) {
+            "cpu_up"
+        } else {
+            "cpu_down"
+        });
+    }
+    directions
 }
 
 /// Submits a step's changes as the autoscaler's commands (decided and written as

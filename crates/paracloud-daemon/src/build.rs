@@ -755,6 +755,7 @@ impl<D: Driver> Build<'_, D> {
                 source,
                 target,
                 read_only,
+                size: None,
             });
         }
         Ok(out)

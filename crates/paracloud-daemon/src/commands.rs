@@ -87,6 +87,9 @@ impl<D: Driver> Engine<D> {
                 tracing::info!(app, subject, "{message}");
             }
         }
+        if let Command::Restart { app, service } = command {
+            self.counters.requested_restart(app, service);
+        }
         if decision.changes_desired_state() {
             self.wake();
         }

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, Query, Request, State};
@@ -20,8 +20,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use hyper_util::rt::TokioIo;
-use paracloud_api::{CapsuleRunRequest, TerminalSize, DEBUG_UPGRADE};
-use serde::Deserialize;
+use paracloud_api::{CapsuleRunRequest, DebugQuery, TerminalQuery, TerminalSize, DEBUG_UPGRADE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api_error::ApiError;
@@ -31,18 +30,6 @@ use crate::peer::Peer;
 
 /// The capsule `paracloud debug` attaches.
 pub const DEBUG_CAPSULE: &str = "debug";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DebugQuery {
-    /// The instance, such as `web.1`.
-    instance: String,
-    app: Option<String>,
-    /// The command as a JSON array of strings; the capsule's interactive shell when left out.
-    command: Option<String>,
-    rows: Option<u16>,
-    cols: Option<u16>,
-}
 
 pub async fn debug<D: Driver>(
     State(engine): State<Arc<Engine<D>>>,
@@ -90,10 +77,17 @@ pub async fn debug<D: Driver>(
 pub async fn terminal<D: Driver>(
     State(engine): State<Arc<Engine<D>>>,
     caller: Peer,
-    query: Result<Query<DebugQuery>, QueryRejection>,
+    query: Result<Query<TerminalQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
+    let q = DebugQuery {
+        instance: q.instance,
+        app: q.app,
+        command: None,
+        rows: q.rows,
+        cols: q.cols,
+    };
     let upgrade = upgrade.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -303,9 +297,10 @@ async fn session<D: Driver, C>(
 /// session's, and the programs on it get SIGWINCH.
 pub async fn resize<D: Driver>(
     State(engine): State<Arc<Engine<D>>>,
-    UrlPath(run): UrlPath<i64>,
+    path: Result<UrlPath<i64>, PathRejection>,
     body: Result<Json<TerminalSize>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let UrlPath(run) = path?;
     let Json(size) = body?;
     if size.rows == 0 || size.cols == 0 {
         return Err(ApiError::new(

@@ -180,6 +180,8 @@ pub struct Engine<D: Driver> {
     /// The pseudo-terminals of the open `paracloud debug` sessions, by run: resized when the
     /// client's terminal is.
     pub(crate) terminals: Mutex<HashMap<i64, std::os::fd::OwnedFd>>,
+    /// What `GET /metrics` reports that nothing else keeps (exits, restarts, decisions, pulls).
+    pub counters: crate::counters::Counters,
     /// The brake on guessing tokens of the remote API.
     pub auth: crate::auth::Gate,
     /// The remote API's address and certificate fingerprint, once it listens.
@@ -211,6 +213,7 @@ impl<D: Driver> Engine<D> {
             successors: Mutex::new(std::collections::BTreeSet::new()),
             network_failures: Mutex::new(HashMap::new()),
             terminals: Mutex::new(HashMap::new()),
+            counters: crate::counters::Counters::default(),
             auth: Default::default(),
             remote: Default::default(),
             seconds: Default::default(),
@@ -334,6 +337,7 @@ impl<D: Driver> Engine<D> {
                         ..ExitInfo::default()
                     };
                     record.restarts = restarts_after_exit(record.restarts, &exit);
+                    self.counters.exit(&record.key, &exit);
                     record.state = InstanceState::Exited { exit };
                     record.since = now_ms();
                     record.pid = None;
@@ -563,6 +567,11 @@ impl<D: Driver> Engine<D> {
             Action::Forget { app, volumes } => {
                 let _ = std::fs::remove_dir_all(self.config.root.join("instances").join(&app));
                 let _ = std::fs::remove_dir_all(self.config.checkpoints_of(&app));
+                // Size-limited volumes are filesystems mounted while the application exists;
+                // their images stay unless the volumes go.
+                paracloud_runtime::volume::release_volumes(
+                    &self.config.root.join("volumes").join(&app),
+                );
                 if volumes {
                     let _ = std::fs::remove_dir_all(self.config.root.join("volumes").join(&app));
                 }
@@ -639,6 +648,9 @@ impl<D: Driver> Engine<D> {
         let record = claimed
             .map_err(|e| StartError::Failed(e.to_string()))?
             .ok_or(StartError::Taken)?;
+        if restart && previous_revision == Some(revision) {
+            self.counters.policy_restart(key);
+        }
         if previous_revision.is_some_and(|r| r != revision) {
             // Nor is its output: `logs` and `up` show the new revision's alone.
             let _ = crate::logs::set_aside(&self.config.log_path(key), crate::logs::KEEP_ROTATED);
@@ -703,6 +715,7 @@ impl<D: Driver> Engine<D> {
                         error: Some(e.to_string()),
                         ..ExitInfo::default()
                     };
+                    engine.counters.exit(&record.key, &exit);
                     record.state = InstanceState::Exited { exit };
                     record.since = now;
                     if let Err(e) = engine.record_start_outcome(&record) {
@@ -835,6 +848,7 @@ impl<D: Driver> Engine<D> {
                         source,
                         target: target.clone(),
                         read_only: *read_only,
+                        size: app.manifest.volumes.get(name).and_then(|v| v.size),
                     }
                 }
                 VolumeMount::Bind {
@@ -845,6 +859,7 @@ impl<D: Driver> Engine<D> {
                     source: source.clone(),
                     target: target.clone(),
                     read_only: *read_only,
+                    size: None,
                 },
             })
             .collect();
@@ -951,6 +966,7 @@ impl<D: Driver> Engine<D> {
                 }
                 message = info.describe();
                 record.restarts = restarts_after_exit(record.restarts, &info);
+                engine.counters.exit(&key, &info);
                 record.state = InstanceState::Exited { exit: info };
                 record.since = now;
                 record.pid = None;
@@ -1229,6 +1245,7 @@ fn with_paci(config: &mut InstanceConfig, paci_dir: PathBuf) {
         source: paci_dir,
         target: paracloud_paci::SOCKET_DIR.to_string(),
         read_only: true,
+        size: None,
     });
     config.env.insert(
         paracloud_paci::ENV.into(),

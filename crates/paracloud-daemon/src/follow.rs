@@ -179,9 +179,22 @@ fn autoscale<D: Driver>(engine: &Engine<D>, autoscaler: &mut Autoscaler, snapsho
         })
         .collect();
     let step = autoscaler.step(now, &state, snapshot, &cpu_ns, &reports);
+    for (app, service, seconds) in &step.predicted {
+        engine.counters.predicted_latency(app, service, *seconds);
+    }
     match crate::autoscale::apply(&engine.store, &engine.limits(), &step, now) {
-        Ok(true) => engine.wake(),
-        Ok(false) => {}
+        Ok(changed) => {
+            for change in &step.changes {
+                for direction in crate::autoscale::directions(change) {
+                    engine
+                        .counters
+                        .decision(&change.app, &change.service, direction);
+                }
+            }
+            if changed {
+                engine.wake();
+            }
+        }
         Err(e) => tracing::error!("cannot apply the autoscaler's decisions: {e}"),
     }
 }

@@ -139,7 +139,12 @@ impl Images {
     /// Docker Hub or its mirrors), each named by its user in errors. The command pulls them
     /// before, with the caller's credentials and progress; this is for other clients of the API.
     /// Done outside the store's lock, as any pull, so that instances keep starting meanwhile.
-    pub async fn pull_missing(&self, manifest: &Manifest, registries: &Registries) -> Result<()> {
+    pub async fn pull_missing(
+        &self,
+        manifest: &Manifest,
+        registries: &Registries,
+        counters: &crate::counters::Counters,
+    ) -> Result<()> {
         let images = manifest
             .services
             .iter()
@@ -172,15 +177,16 @@ impl Images {
             }
             let _shared = self.transfers.clone().read_owned().await;
             let quiet: ProgressFn = Arc::new(|_| {});
-            registry::pull_via(
+            let pulled = registry::pull_via(
                 &self.store,
                 &parsed,
                 registries,
                 &registry::Auths::new(),
                 quiet,
             )
-            .await
-            .map_err(|e| {
+            .await;
+            counters.pull(pulled.is_ok());
+            pulled.map_err(|e| {
                 ImageError::bad(format!(
                     "{what}: image {reference} is not in the store and cannot be pulled: {e}"
                 ))

@@ -271,7 +271,7 @@ impl Drop for ActiveGuard<'_> {
 
 /// Counter values at one moment. `bytes_in` flows from clients to backends, `bytes_out` back
 /// (for HTTP listeners: body bytes only; for UDP ones: datagram payloads).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CounterValues {
     /// Connections accepted (listener) or successfully connected (TCP backend); for UDP, flows
     /// begun (listener) or given to the backend.
@@ -322,7 +322,7 @@ pub struct CounterValues {
 }
 
 /// Cumulative latency histogram from request arrival to response headers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LatencySnapshot {
     pub count: u64,
     pub sum_us: u64,
@@ -348,7 +348,7 @@ impl LatencySnapshot {
 }
 
 /// Figures of the last whole second.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LastSecond {
     pub requests: u64,
     pub errors: u64,
@@ -358,7 +358,7 @@ pub struct LastSecond {
 }
 
 /// Counters of every listener currently configured, and the call graph.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub listeners: Vec<ListenerSnapshot>,
     /// Calls per (caller, callee) service pair since the data plane started, sorted by `from`
@@ -369,7 +369,9 @@ pub struct Snapshot {
 
 /// Calls from one caller to one service: HTTP requests, or TCP connections, that arrived at any
 /// listener of the callee.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct CallSnapshot {
     /// The calling service ("app/service"): the service whose instance owns the client's IP
     /// address (an address of a backend of some configured listener, port ignored), or
@@ -383,9 +385,10 @@ pub struct CallSnapshot {
     pub last_second: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListenerSnapshot {
     pub name: String,
+    #[schema(value_type = String)]
     pub bind: SocketAddr,
     /// A UDP listener (which may share its address with a TCP one).
     #[serde(default)]
@@ -401,9 +404,10 @@ pub struct ListenerSnapshot {
     pub backends: Vec<BackendSnapshot>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackendSnapshot {
     pub id: String,
+    #[schema(value_type = String)]
     pub addr: SocketAddr,
     #[serde(flatten)]
     pub counters: CounterValues,
@@ -449,7 +453,7 @@ impl Snapshot {
         }
         let mut out = String::new();
         type Field = fn(&CounterValues) -> u64;
-        let simple: [(&str, &str, &str, Field); 10] = [
+        let simple: [(&str, &str, &str, Field); 8] = [
             (
                 "paracloud_requests_total",
                 "counter",
@@ -498,20 +502,30 @@ impl Snapshot {
                 "Requests or connections that waited for an instance to become ready (cold starts).",
                 |c| c.held,
             ),
-            (
-                "paracloud_held_microseconds_total",
-                "counter",
-                "Total time requests or connections waited for an instance to become ready.",
-                |c| c.held_us,
-            ),
-            (
-                "paracloud_held_max_microseconds",
-                "gauge",
-                "The longest wait of a request or connection for an instance to become ready.",
-                |c| c.held_max_us,
-            ),
         ];
         for (family, kind, help, field) in simple {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+            for (labels, c, _) in &series {
+                let _ = writeln!(out, "{family}{{{labels}}} {}", field(c));
+            }
+        }
+        // Times in seconds, Prometheus's base unit (promtool refuses others).
+        type Seconds = fn(&CounterValues) -> f64;
+        let times: [(&str, &str, &str, Seconds); 2] = [
+            (
+                "paracloud_held_seconds_total",
+                "counter",
+                "Total time requests or connections waited for an instance to become ready.",
+                |c| c.held_us as f64 / 1e6,
+            ),
+            (
+                "paracloud_held_max_seconds",
+                "gauge",
+                "The longest wait of a request or connection for an instance to become ready.",
+                |c| c.held_max_us as f64 / 1e6,
+            ),
+        ];
+        for (family, kind, help, field) in times {
             let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
             for (labels, c, _) in &series {
                 let _ = writeln!(out, "{family}{{{labels}}} {}", field(c));

@@ -25,7 +25,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 const NETWORK_DECLARATION_KEYS: &[&str] = &["labels", "subnet"];
 const SCHEDULE_KEYS: &[&str] = &["capsule", "cron", "selector", "args", "timeout"];
-const VOLUME_DECLARATION_KEYS: &[&str] = &["labels", "external", "name"];
+const VOLUME_DECLARATION_KEYS: &[&str] = &["labels", "external", "name", "size"];
 
 impl Checker<'_> {
     /// Checks the whole document; the manifest is meaningful only when no diagnostic was recorded.
@@ -473,7 +473,28 @@ impl Checker<'_> {
             }
             (false, None) => None,
         };
-        name_ok.then_some(Volume { labels, external })
+        let size = match table.get("size") {
+            None => None,
+            Some(_) if external.is_some() => {
+                let v = table.get("size").unwrap();
+                self.error(
+                    v.span(),
+                    &child(&field, "size"),
+                    "an external volume's size is its administrator's",
+                    Some(
+                        "remove `size`: the platform does not make or limit external volumes"
+                            .into(),
+                    ),
+                );
+                return None;
+            }
+            Some(v) => Some(self.size(v, &child(&field, "size"), &crate::service::VOLUME_SIZE)?),
+        };
+        name_ok.then_some(Volume {
+            labels,
+            external,
+            size,
+        })
     }
 
     /// Dependencies name other services, `healthy` ones have a health check, and none loops.

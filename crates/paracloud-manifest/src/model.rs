@@ -566,4 +566,8 @@ pub struct Volume {
     /// among the machine's external volumes, which exist before the application and outlive it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<String>,
+    /// The most bytes it holds (`size = "1G"`): a filesystem of that size of its own, so that
+    /// a full volume fills neither the host's disk nor another volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }

@@ -105,10 +105,16 @@ pub(crate) const TMPFS: SizeRule = SizeRule {
     example: "give the space the mount holds, such as \"64M\"",
 };
 
-const DISK: SizeRule = SizeRule {
+pub(crate) const DISK: SizeRule = SizeRule {
     min: units::MIN_DISK,
     min_text: "16M",
     example: "give the disk space an instance writes, such as \"1G\"",
+};
+
+pub(crate) const VOLUME_SIZE: SizeRule = SizeRule {
+    min: units::MIN_DISK,
+    min_text: "16M",
+    example: "give the space the volume holds, such as \"1G\"",
 };
 
 const RESOURCE_KEYS: &[&str] = &[

@@ -282,6 +282,7 @@ fn full_manifest_covers_every_key() {
                 Volume {
                     labels: strings(&[("backup", "daily")]),
                     external: None,
+                    size: Some(1 << 30),
                 }
             ),
         ]),
@@ -410,6 +411,27 @@ paracloud.toml:1:1: ap: unknown key `ap`
   hint: did you mean `app`?
 paracloud.toml:1:1: app: missing required key `app`
   hint: add `app = "NAME"` at the top of the file, with a lower-case name such as "shop"
+"#,
+    );
+}
+
+#[test]
+fn volume_sizes_are_bounded_and_not_for_external_volumes() {
+    let base = "app = \"a\"\n[services.s]\nimage = \"host\"\ncommand = \"sleep 1\"\nvolumes = [\"v:/v\"]\n";
+    let manifest = valid(&format!("{base}[volumes.v]\nsize = \"64M\"\n"));
+    assert_eq!(manifest.volumes["v"].size, Some(64 << 20));
+    check(
+        &format!("{base}[volumes.v]\nsize = \"1M\"\n"),
+        r#"
+paracloud.toml:7:8: volumes.v.size: 1048576 bytes is below the minimum of 16M
+  hint: give at least "16M"; did you forget the unit?
+"#,
+    );
+    check(
+        &format!("{base}[volumes.v]\nexternal = true\nsize = \"1G\"\n"),
+        r#"
+paracloud.toml:8:8: volumes.v.size: an external volume's size is its administrator's
+  hint: remove `size`: the platform does not make or limit external volumes
 "#,
     );
 }

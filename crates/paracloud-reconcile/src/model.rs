@@ -171,7 +171,7 @@ pub enum Health {
 
 /// Why an instance's health probes fail, while they do: the latest probe's reason and how many
 /// failed in a row (a passing probe ends it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProbeFailure {
     /// What failed, e.g. `GET /healthz answered 503` or `connect to 7000 refused`.
     pub reason: String,
@@ -190,7 +190,7 @@ impl std::fmt::Display for ProbeFailure {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// Fewer instances wanted.
@@ -203,7 +203,7 @@ pub enum StopReason {
     Unhealthy,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExitInfo {
     pub code: Option<i32>,
     pub signal: Option<i32>,
@@ -213,6 +213,7 @@ pub struct ExitInfo {
     /// It could not be started at all, or its end was not seen.
     pub error: Option<String>,
     /// How long it ran.
+    #[schema(value_type = u64)]
     pub ran_ms: Millis,
 }
 

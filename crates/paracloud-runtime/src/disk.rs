@@ -39,7 +39,14 @@ pub(crate) fn prepare_image(dir: &Path, size: u64) -> Result<(), String> {
         Err(e) => return Err(format!("cannot read {}: {e}", image.display())),
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let partial = dir.join(format!("{IMAGE}.new"));
+    make_ext4(&image, size, "the writable layer's")
+}
+
+/// Makes `image`, a sparse file of `size` bytes holding an empty ext4 filesystem owned by root
+/// with no reserved blocks, through a temporary file beside it (`what` names it in errors:
+/// "the writable layer's"). Blocking (runs mkfs.ext4).
+pub(crate) fn make_ext4(image: &Path, size: u64, what: &str) -> Result<(), String> {
+    let partial = PathBuf::from(format!("{}.new", image.display()));
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -56,7 +63,7 @@ pub(crate) fn prepare_image(dir: &Path, size: u64) -> Result<(), String> {
         .arg(&partial)
         .output()
         .map_err(|e| {
-            format!("cannot run mkfs.ext4 to make the writable layer's filesystem: {e} (install e2fsprogs)")
+            format!("cannot run mkfs.ext4 to make {what} filesystem: {e} (install e2fsprogs)")
         })?;
     if !output.status.success() {
         let _ = std::fs::remove_file(&partial);
@@ -66,7 +73,7 @@ pub(crate) fn prepare_image(dir: &Path, size: u64) -> Result<(), String> {
             String::from_utf8_lossy(&output.stderr).trim()
         ));
     }
-    std::fs::rename(&partial, &image)
+    std::fs::rename(&partial, image)
         .map_err(|e| format!("cannot rename {}: {e}", partial.display()))
 }
 

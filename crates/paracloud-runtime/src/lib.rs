@@ -69,6 +69,7 @@ mod seccomp;
 mod spawn;
 mod sys;
 mod userns;
+pub mod volume;
 
 pub use capsule::CapsuleConfig;
 pub use cgroups::{CgroupManager, CgroupMode};
@@ -187,6 +188,10 @@ pub struct Mount {
     /// Absolute path inside the instance.
     pub target: String,
     pub read_only: bool,
+    /// A named volume of this size: `source` becomes a filesystem of its own of that size
+    /// (see [`volume`]) before the instance starts.
+    #[serde(default)]
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

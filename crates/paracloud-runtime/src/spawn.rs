@@ -62,6 +62,7 @@ pub(crate) async fn spawn(
             .map_err(|e| sandbox_error(cfg, format!("making the writable layer: {e}")))?
             .map_err(|e| sandbox_error(cfg, e))?;
     }
+    prepare_volumes(cfg).await?;
     cgroups.create(&cfg.id, &cfg.limits)?;
     let (pid, start_time) =
         launch(config, cgroups, cfg, &mut guard, INSTANCE_NAMESPACES, None).await?;
@@ -73,6 +74,20 @@ pub(crate) async fn spawn(
         pidfd,
         is_child: true,
     })
+}
+
+/// Makes the size-limited volumes the instance mounts, where not made yet.
+async fn prepare_volumes(cfg: &InstanceConfig) -> Result<()> {
+    for m in &cfg.mounts {
+        if let Some(size) = m.size {
+            let dir = m.source.clone();
+            tokio::task::spawn_blocking(move || crate::volume::ensure_sized(&dir, size))
+                .await
+                .map_err(|e| sandbox_error(cfg, format!("making a volume: {e}")))?
+                .map_err(|e| sandbox_error(cfg, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Restores `checkpoint` as the instance `cfg`: its writable layer becomes a copy of the old

@@ -247,6 +247,7 @@ async fn root_filesystem_is_read_only_where_shared_and_has_a_minimal_dev() {
         source: data.clone(),
         target: "/data".into(),
         read_only: false,
+        size: None,
     }];
     cfg.working_dir = Some("/var/app".into());
     let process = f.runtime.spawn(&cfg).await.expect("spawn");

@@ -229,6 +229,7 @@ async fn dir_rootfs_is_a_read_only_lower_layer() {
         source: "/usr".into(),
         target: "/usr".into(),
         read_only: true,
+        size: None,
     }];
     // A directory of the image the user may write to (the writes land in the upper layer).
     std::fs::create_dir_all(lower.join("data")).unwrap();

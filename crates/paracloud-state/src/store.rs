@@ -585,6 +585,30 @@ impl Store {
         Ok(runs)
     }
 
+    /// How many capsule runs ended, by capsule and status (`ok`, `failed`, `timeout`,
+    /// `refused`), those still running left out: the daemon's metrics.
+    pub fn capsule_run_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT json_extract(record, '$.capsule'), json_extract(record, '$.status'), COUNT(*)
+             FROM capsule_runs WHERE json_extract(record, '$.status') != 'running'
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (capsule, status, count) = row?;
+            counts.push((capsule, status, u64::try_from(count).unwrap_or(0)));
+        }
+        Ok(counts)
+    }
+
     /// The token whose hash is `hash` (how a remote client is known), revoked or not.
     pub fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
         let json: Option<String> = self
