@@ -49,6 +49,8 @@ export const scale = (name, service, replicas) =>
   call('PUT', `/v1/apps/${enc(name)}/services/${enc(service)}/replicas`, { replicas });
 export const setCpu = (name, service, cpu) =>
   call('PUT', `/v1/apps/${enc(name)}/services/${enc(service)}/cpu`, { cpu });
+export const setTraffic = (name, service, weights) =>
+  call('PUT', `/v1/apps/${enc(name)}/services/${enc(service)}/traffic`, { weights });
 export const migrate = (name, instance) =>
   call('POST', `/v1/apps/${enc(name)}/instances/${enc(instance)}/migrate`, {});
 export const images = () => call('GET', '/v1/images');

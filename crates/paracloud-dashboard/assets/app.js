@@ -18,7 +18,7 @@ function h(tag, attrs = {}, ...children) {
     else if (key === 'class') el.className = value;
     else el.setAttribute(key, value === true ? '' : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
     el.append(child instanceof Node ? child : String(child));
   }
@@ -378,6 +378,7 @@ function serviceRow(app, s, state, reload) {
       } }, 'Scale'),
       h('button', { type: 'button', class: 'secondary', id: `restart-${s.name}`, onclick: () =>
         act('restarting, one instance at a time', () => api.restart(app, s.name)) }, 'Restart'),
+      trafficControl(app, s, act),
       h('div', { class: 'cpu-control' },
         cpuInput,
         h('button', { type: 'button', class: 'secondary', id: `cpu-button-${s.name}`, onclick: () => {
@@ -390,6 +391,28 @@ function serviceRow(app, s, state, reload) {
 // A manifest's file as its last two path parts (`shop/paracloud.toml`); the whole on hover.
 function shortPath(path) {
   return path.split('/').filter(Boolean).slice(-2).join('/');
+}
+
+// The traffic split of a service with revisions beside it: each revision's share, set as
+// `paracloud traffic SERVICE REVISION=PERCENT` sets it (the service keeps what is left).
+function trafficControl(app, s, act) {
+  const revisions = (s.traffic || []).filter((t) => t.revision);
+  if (!revisions.length) return '';
+  const own = s.traffic.find((t) => !t.revision);
+  const inputs = revisions.map((t) => h('input', { type: 'number', min: 0, max: 100, value: t.weight, class: 'replicas',
+    id: `traffic-${s.name}-${t.revision}`, 'data-revision': t.revision, 'aria-label': `share of ${t.revision} in percent` }));
+  return h('div', { class: 'traffic-control', 'data-traffic': s.traffic.map((t) => `${t.revision || s.name}=${t.weight}`).join(',') },
+    h('span', { class: 'muted small' }, `${s.name} ${own ? own.weight : 0}% · `),
+    revisions.map((t, i) => [h('label', { class: 'small', for: inputs[i].id }, `${t.revision} `), inputs[i], h('span', { class: 'small' }, '% ')]),
+    h('button', { type: 'button', class: 'secondary', id: `traffic-button-${s.name}`, onclick: () => {
+      const weights = {};
+      for (const input of inputs) {
+        const share = Number(input.value);
+        if (!Number.isInteger(share) || share < 0 || share > 100) return notice(`${s.name}: a share is a whole percent from 0 to 100`);
+        weights[input.dataset.revision] = share;
+      }
+      act(`traffic set to ${Object.entries(weights).map(([r, w]) => `${r} ${w}%`).join(', ')}`, () => api.setTraffic(app, s.name, weights));
+    } }, 'Set shares'));
 }
 
 function bytes(n) {
