@@ -1,36 +1,33 @@
-//! A real Chromium driven through chromedriver by the W3C WebDriver protocol (JSON over HTTP on
-//! the loopback), for the dashboard's browser tests: a session, navigation, elements found by
-//! CSS selector, clicks, typing, scripts and screenshots. Blocking, on std's TCP alone: the
-//! protocol is a handful of JSON requests.
+//! A real Chromium driven through chromedriver by the W3C WebDriver protocol, for the
+//! dashboard's browser tests, with the `fantoccini` client: a session, navigation, elements found
+//! by CSS selector, clicks, typing, scripts and screenshots. The tests are plain threads, so each
+//! call runs on a small tokio runtime the browser owns.
 
 #![allow(
     dead_code,
     reason = "each browser test uses its own part of the driver"
 )]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource, MouseActions, PointerAction};
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
-
-/// The key under which WebDriver names an element.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A chromedriver process and one headless Chromium session, both ended on drop.
 pub struct Browser {
     driver: Child,
-    port: u16,
-    session: String,
+    client: Option<Client>,
+    runtime: tokio::runtime::Runtime,
     _profile: tempfile::TempDir,
 }
 
 /// An element of the page.
 #[derive(Debug, Clone)]
-pub struct Element(String);
+pub struct Element(fantoccini::elements::Element);
 
 impl Browser {
     /// Starts chromedriver on `port` (of the loopback) and a headless Chromium that accepts the
@@ -49,21 +46,11 @@ impl Browser {
             .prefix("paracloud-chromium-")
             .tempdir()
             .unwrap();
-        let mut browser = Browser {
-            driver,
-            port,
-            session: String::new(),
-            _profile: profile,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while browser.send("GET", "/status", None).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not answer on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let capabilities = json!({"capabilities": {"alwaysMatch": {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let capabilities = json!({
             "browserName": "chrome",
             "acceptInsecureCerts": true,
             "goog:chromeOptions": {
@@ -75,73 +62,41 @@ impl Browser {
                     "--disable-dev-shm-usage",
                     "--window-size=1440,1000",
                     "--ignore-certificate-errors",
-                    format!("--user-data-dir={}", browser._profile.path().display()),
+                    format!("--user-data-dir={}", profile.path().display()),
                 ],
             },
-        }}});
-        let answer = browser
-            .send("POST", "/session", Some(capabilities))
-            .unwrap_or_else(|e| panic!("no Chromium session: {e}"));
-        browser.session = answer["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session id in {answer}"))
-            .to_owned();
-        browser
-    }
-
-    fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.port,
-            body.len()
-        );
-        stream
-            .write_all(request.as_bytes())
-            .map_err(|e| e.to_string())?;
-        // chromedriver may keep the connection open: the answer ends at its Content-Length.
-        let mut response = Vec::new();
-        let mut chunk = [0u8; 16384];
-        let (head, body) = loop {
-            let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
-            response.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&response).into_owned();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head.lines().find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.trim()
-                        .eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse::<usize>().ok())
-                        .flatten()
-                });
-                if n == 0 || length.is_some_and(|len| body.len() >= len) {
-                    break (head.to_owned(), body.to_owned());
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("an object")
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            let mut builder = ClientBuilder::new(connector);
+            builder.capabilities(capabilities.clone());
+            match runtime.block_on(builder.connect(&url)) {
+                Ok(client) => break client,
+                // chromedriver is still starting.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-            }
-            if n == 0 {
-                return Err(format!("not an HTTP answer: {text}"));
+                Err(e) => panic!("no Chromium session through chromedriver on {port}: {e}"),
             }
         };
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let value: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if status != 200 {
-            return Err(format!("{method} {path}: {status} {}", value["value"]));
+        Browser {
+            driver,
+            client: Some(client),
+            runtime,
+            _profile: profile,
         }
-        Ok(value)
     }
 
-    /// A command of this session; its `value`.
-    fn command(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let path = format!("/session/{}{path}", self.session);
-        self.send(method, &path, body).map(|v| v["value"].clone())
+    fn client(&self) -> &Client {
+        self.client
+            .as_ref()
+            .expect("the session is open until drop")
     }
 
     /// Opens `url` and waits until the dashboard has shown its first view (`body[data-ready]`).
@@ -150,7 +105,8 @@ impl Browser {
     /// page or a page whose scripts never came, so such a load is tried again.
     pub fn goto(&self, url: &str) {
         for _ in 0..10 {
-            self.command("POST", "/url", Some(json!({ "url": url })))
+            self.runtime
+                .block_on(self.client().goto(url))
                 .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
@@ -165,15 +121,10 @@ impl Browser {
 
     /// The first element `selector` matches, now.
     pub fn find(&self, selector: &str) -> Result<Element, String> {
-        let value = self.command(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": selector})),
-        )?;
-        value[ELEMENT]
-            .as_str()
-            .map(|id| Element(id.to_owned()))
-            .ok_or_else(|| format!("no element id in {value}"))
+        self.runtime
+            .block_on(self.client().find(Locator::Css(selector)))
+            .map(Element)
+            .map_err(|e| e.to_string())
     }
 
     /// The first element `selector` matches, waited for.
@@ -194,55 +145,48 @@ impl Browser {
     }
 
     pub fn click(&self, element: &Element) {
-        self.command(
-            "POST",
-            &format!("/element/{}/click", element.0),
-            Some(json!({})),
-        )
-        .unwrap_or_else(|e| panic!("cannot click: {e}"));
+        self.runtime
+            .block_on(element.0.click())
+            .unwrap_or_else(|e| panic!("cannot click: {e}"));
     }
 
     pub fn clear(&self, element: &Element) {
-        self.command(
-            "POST",
-            &format!("/element/{}/clear", element.0),
-            Some(json!({})),
-        )
-        .unwrap_or_else(|e| panic!("cannot clear: {e}"));
+        self.runtime
+            .block_on(element.0.clear())
+            .unwrap_or_else(|e| panic!("cannot clear: {e}"));
     }
 
     /// Types `text` into the element, as a person would, key by key.
     pub fn type_into(&self, element: &Element, text: &str) {
-        self.command(
-            "POST",
-            &format!("/element/{}/value", element.0),
-            Some(json!({ "text": text })),
-        )
-        .unwrap_or_else(|e| panic!("cannot type: {e}"));
+        self.runtime
+            .block_on(element.0.send_keys(text))
+            .unwrap_or_else(|e| panic!("cannot type: {e}"));
     }
 
     /// Moves the mouse over the element, `dx` pixels right of its centre, as a person hovering.
     pub fn hover(&self, element: &Element, dx: i64) {
-        let actions = json!({"actions": [{
-            "type": "pointer",
-            "id": "mouse",
-            "parameters": {"pointerType": "mouse"},
-            "actions": [
-                {"type": "pointerMove", "duration": 0, "origin": {ELEMENT: element.0}, "x": dx, "y": 0},
-            ],
-        }]});
-        self.command("POST", "/actions", Some(actions))
+        let mouse = MouseActions::new("mouse".into()).then(PointerAction::MoveToElement {
+            element: element.0.clone(),
+            duration: None,
+            x: dx as f64,
+            y: 0.0,
+        });
+        self.runtime
+            .block_on(self.client().perform_actions(mouse))
             .unwrap_or_else(|e| panic!("cannot move the mouse: {e}"));
     }
 
-    /// Runs `script` (a function body; `arguments` are `args`) in the page; its answer.
+    /// Runs `script` (a function body; `arguments` are `args`, a JSON array) in the page; its
+    /// answer.
     pub fn script(&self, script: &str, args: Value) -> Value {
-        self.command(
-            "POST",
-            "/execute/sync",
-            Some(json!({"script": script, "args": args})),
-        )
-        .unwrap_or_else(|e| panic!("the script failed: {e}\n{script}"))
+        let args = match args {
+            Value::Array(args) => args,
+            Value::Null => vec![],
+            other => vec![other],
+        };
+        self.runtime
+            .block_on(self.client().execute(script, args))
+            .unwrap_or_else(|e| panic!("the script failed: {e}\n{script}"))
     }
 
     /// The visible text of the first element `selector` matches ("" when none does).
@@ -271,10 +215,10 @@ impl Browser {
 
     /// A PNG of the window, written to `path`.
     pub fn screenshot(&self, path: &Path) {
-        let value = self
-            .command("GET", "/screenshot", None)
+        let png = self
+            .runtime
+            .block_on(self.client().screenshot())
             .unwrap_or_else(|e| panic!("no screenshot: {e}"));
-        let png = base64_decode(value.as_str().unwrap_or_default());
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).unwrap();
         }
@@ -284,8 +228,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        if !self.session.is_empty() {
-            let _ = self.send("DELETE", &format!("/session/{}", self.session), None);
+        if let Some(client) = self.client.take() {
+            let _ = self.runtime.block_on(client.close());
         }
         let group = nix::unistd::Pid::from_raw(self.driver.id() as i32);
         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
@@ -299,27 +243,4 @@ fn chromium() -> &'static str {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .unwrap_or("/usr/bin/chromium")
-}
-
-/// Standard base64 (WebDriver's screenshots), padding and all.
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut buffer, mut bits) = (0u32, 0);
-    for six in text.bytes().filter_map(value) {
-        buffer = (buffer << 6) | u32::from(six);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-        }
-    }
-    out
 }
