@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 if ! command -v nft >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
 fi
+# The dashboard's build installs its xterm.js package with npm.
+if ! command -v npm >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+fi
 cargo build --release --workspace --quiet
 # Each service runs from a micro-image of its program: the binary, its shared libraries and a
 # minimal /etc. (examples/shop/paracloud.toml runs the same programs from `image = "host"`.)

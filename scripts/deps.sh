@@ -16,6 +16,7 @@
 #   with openapi-spec-validator, which validates the API's OpenAPI 3.1 description, and
 #   schemathesis, which tests a live daemon against it;
 # - chromium, chromium-driver: the dashboard's browser tests (a real Chromium through WebDriver);
+# - npm: the dashboard's build installs its xterm.js package from the lockfile;
 # - cargo-nextest: the test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,7 @@ need docker-compose docker-compose
 need redis-server redis-server redis-cli
 need prometheus promtool
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # the venv module
+need npm npm
 need chromium chromium
 need chromium-driver chromedriver
 if [ ${#missing[@]} -gt 0 ]; then

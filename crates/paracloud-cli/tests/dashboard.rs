@@ -303,7 +303,8 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
     browser.wait_until("the debug terminal open", WAIT, |b| {
         !data(b, "#terminal", "run").is_empty()
     });
-    let line = browser.find("#terminal-input").unwrap();
+    // xterm.js takes the keys through its hidden text area, as from a person typing.
+    let line = browser.find("#terminal .xterm-helper-textarea").unwrap();
     browser.type_into(&line, "echo dashboard-$((6*7))\u{E007}");
     browser.wait_until("the command's answer on the terminal", WAIT, |b| {
         b.text("#terminal").contains("dashboard-42")

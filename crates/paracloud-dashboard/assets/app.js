@@ -581,72 +581,82 @@ async function instanceView(app, instance) {
   closeView = () => { abort.abort(); source.close(); terminal.close(); };
 }
 
-// The debug capsule on a terminal in the page: `paracloud debug`'s session over a WebSocket.
-// A line editor rather than a terminal emulator: each line typed is sent with its newline, and
-// what comes back is shown with the terminal's control sequences left out.
+// The debug capsule on a terminal in the page: `paracloud debug`'s session over a WebSocket,
+// drawn by xterm.js (a terminal emulator: full-screen programs such as `top` draw as they do in
+// a terminal). Its script and style are loaded the first time a terminal opens.
+let xterm = null;
+function loadXterm() {
+  if (!xterm) {
+    xterm = new Promise((resolve, reject) => {
+      const style = h('link', { rel: 'stylesheet', href: '/assets/xterm.css' });
+      const script = h('script', { src: '/assets/xterm.js' });
+      script.addEventListener('load', () => resolve(window.Terminal));
+      script.addEventListener('error', () => { xterm = null; reject(new Error('the terminal could not load')); });
+      document.head.append(style, script);
+    });
+  }
+  return xterm;
+}
+
+const TERMINAL_ROWS = 30;
+const TERMINAL_COLS = 120;
+
 function debugTerminal(app, instance) {
-  const screen = h('pre', { id: 'terminal', class: 'logs terminal' });
-  const input = h('input', { id: 'terminal-input', class: 'terminal-input', placeholder: 'a command, then Enter', disabled: true, autocomplete: 'off', spellcheck: 'false' });
+  const screen = h('div', { id: 'terminal', class: 'terminal' });
   const status = h('span', { id: 'terminal-status', class: 'muted small' }, 'closed');
   const interrupt = h('button', { type: 'button', class: 'secondary', id: 'terminal-interrupt', disabled: true }, 'Ctrl-C');
   const open = h('button', { type: 'button', id: 'terminal-open' }, 'Open a debug shell');
   const encoder = new TextEncoder();
-  const decoder = new TextDecoder();
   let socket = null;
-  let text = '';
-  const show = (chunk) => {
-    text += chunk
-      .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, '')
-      .replace(/\x1b\[[0-9;?]*[ -\/]*[@-~]/g, '')
-      .replace(/\x1b[()][A-Z0-9]/g, '')
-      .replace(/\r\n/g, '\n')
-      .replace(/\r/g, '');
-    while (text.includes('\b')) text = text.replace(/[^\n]?\x08/, '');
-    if (text.length > 200_000) text = text.slice(-100_000);
-    screen.textContent = text;
-    screen.scrollTop = screen.scrollHeight;
-  };
+  let term = null;
   const close = () => { if (socket) socket.close(); };
-  open.addEventListener('click', () => {
+  open.addEventListener('click', async () => {
     close();
-    text = '';
-    screen.textContent = '';
-    status.textContent = 'connecting…';
     open.disabled = true;
-    socket = api.debugTerminal(app, instance, 30, 120);
+    status.textContent = 'connecting…';
+    let Terminal;
+    try { Terminal = await loadXterm(); } catch (e) {
+      status.textContent = e.message;
+      open.disabled = false;
+      return;
+    }
+    if (term) term.dispose();
+    screen.textContent = '';
+    delete screen.dataset.run;
+    delete screen.dataset.ended;
+    term = new Terminal({
+      rows: TERMINAL_ROWS, cols: TERMINAL_COLS, cursorBlink: true, scrollback: 5000,
+      theme: { background: '#0b1220', foreground: '#e2e8f0', cursor: '#e2e8f0' },
+      fontFamily: '"DejaVu Sans Mono", ui-monospace, monospace', fontSize: 13,
+    });
+    term.open(screen);
+    socket = api.debugTerminal(app, instance, TERMINAL_ROWS, TERMINAL_COLS);
+    term.onData((data) => { if (socket && socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(data)); });
     socket.addEventListener('message', (e) => {
       if (typeof e.data === 'string') {
         const hello = JSON.parse(e.data);
         status.textContent = `open · capsule run ${hello.run}`;
         screen.dataset.run = hello.run;
-        input.disabled = false;
         interrupt.disabled = false;
-        input.focus();
+        term.focus();
       } else {
-        show(decoder.decode(e.data, { stream: true }));
+        term.write(new Uint8Array(e.data));
       }
     });
     socket.addEventListener('close', () => {
       status.textContent = 'ended';
       screen.dataset.ended = 'true';
-      input.disabled = true;
       interrupt.disabled = true;
       open.disabled = false;
     });
     socket.addEventListener('error', () => { status.textContent = 'refused: see the capsule history for why'; });
   });
-  input.addEventListener('keydown', (e) => {
-    if (e.key !== 'Enter' || !socket) return;
-    e.preventDefault();
-    socket.send(encoder.encode(`${input.value}\n`));
-    input.value = '';
-  });
   interrupt.addEventListener('click', () => { if (socket) socket.send(encoder.encode('\x03')); });
   const element = h('section', { class: 'card' },
     h('div', { class: 'row' }, h('h2', {}, 'Debug terminal'), open, interrupt, status),
     h('p', { class: 'muted small' }, 'The debug capsule attached to this instance, as ', h('code', {}, `paracloud debug ${instance}`), ' opens it.'),
-    screen, input);
-  return { element, close };
+    screen);
+  return { element, close: () => { close(); if (term) term.dispose(); } };
 }
 
 // --- Capsules --------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 //! The browser dashboard's files (`assets/`), built into the binary: the daemon serves them at
 //! `/` and `/assets/{name}`, and nothing is fetched at run time.
 //!
-//! The front end is plain ES modules, HTML and CSS with no build step and no package: charts
-//! are drawn on a canvas by `chart.js`, so the page stays small. Each file carries an entity
+//! The front end is plain ES modules, HTML and CSS: charts are drawn on a canvas by `chart.js`,
+//! so the first load stays small; the debug terminal is xterm.js, an npm package installed from
+//! the lockfile by `build.rs` and loaded only when a terminal is opened. Each file carries an entity
 //! tag made from its bytes at compile time, so a browser revalidates with `If-None-Match` and
 //! gets `304 Not Modified` while the binary is unchanged.
 
@@ -43,10 +44,10 @@ const fn etag_bytes(bytes: &[u8]) -> [u8; 18] {
 }
 
 macro_rules! assets {
-    ($($name:literal => $type:literal),* $(,)?) => {
+    ($($name:literal from $path:expr => $type:literal),* $(,)?) => {
         /// Every file of the dashboard.
         pub const ASSETS: &[Asset] = &[$({
-            const BYTES: &[u8] = include_bytes!(concat!("../assets/", $name));
+            const BYTES: &[u8] = include_bytes!($path);
             const TAG: [u8; 18] = etag_bytes(BYTES);
             Asset {
                 name: $name,
@@ -62,12 +63,16 @@ macro_rules! assets {
 }
 
 assets! {
-    "index.html" => "text/html; charset=utf-8",
-    "app.js" => "text/javascript; charset=utf-8",
-    "api.js" => "text/javascript; charset=utf-8",
-    "chart.js" => "text/javascript; charset=utf-8",
-    "style.css" => "text/css; charset=utf-8",
-    "favicon.svg" => "image/svg+xml",
+    "index.html" from "../assets/index.html" => "text/html; charset=utf-8",
+    "app.js" from "../assets/app.js" => "text/javascript; charset=utf-8",
+    "api.js" from "../assets/api.js" => "text/javascript; charset=utf-8",
+    "chart.js" from "../assets/chart.js" => "text/javascript; charset=utf-8",
+    "style.css" from "../assets/style.css" => "text/css; charset=utf-8",
+    "favicon.svg" from "../assets/favicon.svg" => "image/svg+xml",
+    // npm's @xterm/xterm (package-lock.json), installed by build.rs: the debug terminal, loaded
+    // when one is opened.
+    "xterm.js" from concat!(env!("OUT_DIR"), "/xterm.js") => "text/javascript; charset=utf-8",
+    "xterm.css" from concat!(env!("OUT_DIR"), "/xterm.css") => "text/css; charset=utf-8",
 }
 
 /// The page served at `/`.
