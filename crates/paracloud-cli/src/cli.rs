@@ -34,12 +34,19 @@ pub struct Global {
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
     /// A remote daemon to talk to, by the name of a context (see `paracloud context`); `default`
-    /// is this machine's daemon of --root
-    #[arg(long, env = "PARACLOUD_CONTEXT", global = true)]
+    /// is this machine's daemon of --root. (Its id is not `context`: `build` has a positional
+    /// argument of that name.)
+    #[arg(
+        id = "remote_context",
+        long = "context",
+        value_name = "NAME",
+        env = "PARACLOUD_CONTEXT",
+        global = true
+    )]
     pub context: Option<String>,
     /// A remote daemon's address (https://HOST:PORT), with its token in PARACLOUD_TOKEN; its
     /// certificate is pinned at the first use (beats --context)
-    #[arg(long, env = "PARACLOUD_HOST", global = true)]
+    #[arg(long, value_name = "URL", env = "PARACLOUD_HOST", global = true)]
     pub host: Option<String>,
     #[command(flatten)]
     pub daemon: DaemonArgs,
@@ -486,4 +493,48 @@ pub struct BuildArgs {
     /// A secret for RUN --mount=type=secret: id=NAME,src=FILE (repeatable); never in the image
     #[arg(long = "secret", value_name = "id=NAME,src=FILE")]
     pub secrets: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_grammar_holds_together_and_global_options_do_not_shadow_arguments() {
+        Cli::command().debug_assert();
+        for args in [
+            &["paracloud", "build", "-t", "web:1", "./web"][..],
+            &[
+                "paracloud",
+                "--context",
+                "prod",
+                "build",
+                "-t",
+                "web:1",
+                ".",
+            ],
+            &["paracloud", "--context", "prod", "ps"],
+            &[
+                "paracloud",
+                "context",
+                "add",
+                "prod",
+                "--host",
+                "https://h:8443",
+                "--token-file",
+                "t",
+            ],
+            &["paracloud", "--host", "https://h:8443", "ps"],
+        ] {
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+        let cli =
+            Cli::try_parse_from(["paracloud", "--context", "prod", "build", "-t", "x", "dir"])
+                .unwrap();
+        assert_eq!(cli.global.context.as_deref(), Some("prod"));
+    }
 }
