@@ -122,14 +122,15 @@ pub fn run(opts: &DashboardOptions, scratch: &Path) -> Result<DashboardReport> {
         };
         let client = client()?;
 
-        // The first load: the page, then every file it and its scripts name, at once.
+        // The first load: the page, then every file it and its scripts name, at once (the debug
+        // terminal's files come when a terminal opens, not with the page).
         let started = Instant::now();
         let page = client.stream(&DashboardPage).await.context("GET /")?;
         let mut bytes = body_bytes(page).await?;
         let names: Vec<&str> = paracloud_dashboard::ASSETS
             .iter()
             .map(|a| a.name)
-            .filter(|n| *n != "index.html")
+            .filter(|n| *n != "index.html" && !paracloud_dashboard::ON_DEMAND.contains(n))
             .collect();
         let fetches = names.iter().map(|name| {
             let client = &client;

@@ -75,6 +75,10 @@ assets! {
     "xterm.css" from concat!(env!("OUT_DIR"), "/xterm.css") => "text/css; charset=utf-8",
 }
 
+/// The files the page loads only when they are needed (the debug terminal's), not at its
+/// first load.
+pub const ON_DEMAND: &[&str] = &["xterm.js", "xterm.css"];
+
 /// The page served at `/`.
 pub fn page() -> &'static Asset {
     asset("index.html").unwrap_or(&ASSETS[0])
