@@ -14,8 +14,6 @@ use paracloud_api::remote::Remote;
 use paracloud_api::{Client, DashboardAsset, DashboardPage, LiveFigures};
 use serde::Serialize;
 
-use crate::platform::Platform;
-
 #[derive(Debug, Clone)]
 pub struct DashboardOptions {
     /// Dashboards open at once for the CPU figure.
@@ -87,25 +85,8 @@ async fn body_bytes(body: hyper::body::Incoming) -> Result<u64> {
 }
 
 pub fn run(opts: &DashboardOptions, scratch: &Path) -> Result<DashboardReport> {
-    let exe = std::env::current_exe()?;
-    let paracloud = exe.with_file_name("paracloud");
-    let root = scratch.join("root");
-    std::fs::create_dir_all(&root)?;
-    std::fs::write(
-        root.join("daemon.toml"),
-        format!("listen = \"127.0.0.1:{}\"\n", opts.port),
-    )?;
-    let mut platform = Platform::start(&paracloud, &root, opts.subnet, "dash", "bench-dash")?;
-    let manifest = scratch.join("paracloud.toml");
-    std::fs::write(&manifest, APP)?;
-    platform.cli(&["up", "-f"], Some(&manifest))?;
-    platform.up = true;
-    let out = platform.cli(&["token", "create", "bench", "--role", "viewer"], None)?;
-    let token = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .context("token create printed no token")?
-        .to_owned();
+    let (platform, token) =
+        crate::platform::start_remote(scratch, opts.subnet, "dash", "bench-dash", APP, opts.port)?;
     let pid = platform.daemon_pid;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

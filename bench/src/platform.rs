@@ -256,3 +256,36 @@ fn env(root: &Path, cgroup_parent: &str, subnet: Ipv4Net) -> [(&'static str, Str
         ("PARACLOUD_SUBNET", subnet.to_string()),
     ]
 }
+
+/// A daemon of a benchmark's own that also serves the remote API on `127.0.0.1:PORT` (its
+/// root's `daemon.toml`), running the application `manifest` (in `scratch`), and a viewer's
+/// token of that API.
+pub fn start_remote(
+    scratch: &Path,
+    subnet: Ipv4Net,
+    bench: &str,
+    app: &str,
+    manifest: &str,
+    port: u16,
+) -> Result<(Platform, String)> {
+    let exe = std::env::current_exe()?;
+    let paracloud = exe.with_file_name("paracloud");
+    let root = scratch.join("root");
+    fs::create_dir_all(&root)?;
+    fs::write(
+        root.join("daemon.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\n"),
+    )?;
+    let mut platform = Platform::start(&paracloud, &root, subnet, bench, app)?;
+    let path = scratch.join("paracloud.toml");
+    fs::write(&path, manifest)?;
+    platform.cli(&["up", "-f"], Some(&path))?;
+    platform.up = true;
+    let out = platform.cli(&["token", "create", "bench", "--role", "viewer"], None)?;
+    let token = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .context("token create printed no token")?
+        .to_owned();
+    Ok((platform, token))
+}

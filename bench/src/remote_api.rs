@@ -15,8 +15,6 @@ use paracloud_api::remote::Remote;
 use paracloud_api::{Client, ListApps};
 use serde::Serialize;
 
-use crate::platform::Platform;
-
 #[derive(Debug, Clone)]
 pub struct RemoteApiOptions {
     pub clients: usize,
@@ -109,30 +107,13 @@ async fn measure(name: &'static str, client: Client, opts: &RemoteApiOptions) ->
 }
 
 pub fn run(opts: &RemoteApiOptions, scratch: &Path) -> Result<RemoteApiReport> {
-    let exe = std::env::current_exe()?;
-    let paracloud = exe.with_file_name("paracloud");
-    let root = scratch.join("root");
-    std::fs::create_dir_all(&root)?;
-    std::fs::write(
-        root.join("daemon.toml"),
-        format!("listen = \"127.0.0.1:{}\"\n", opts.port),
-    )?;
-    let mut platform = Platform::start(&paracloud, &root, opts.subnet, "api", "bench-api")?;
-    let manifest = scratch.join("paracloud.toml");
-    std::fs::write(&manifest, APP)?;
-    platform.cli(&["up", "-f"], Some(&manifest))?;
-    platform.up = true;
-    let out = platform.cli(&["token", "create", "bench", "--role", "viewer"], None)?;
-    let token = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .context("token create printed no token")?
-        .to_owned();
+    let (platform, token) =
+        crate::platform::start_remote(scratch, opts.subnet, "api", "bench-api", APP, opts.port)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let transports = runtime.block_on(async {
-        let local = Client::new(root.join(paracloud_api::SOCKET_NAME));
+        let local = Client::new(platform.root.join(paracloud_api::SOCKET_NAME));
         let remote = Remote::new(&format!("127.0.0.1:{}", opts.port), None, Some(token))
             .map_err(anyhow::Error::msg)?;
         let remote = Client::remote(remote);

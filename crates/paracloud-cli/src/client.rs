@@ -34,10 +34,10 @@ pub(crate) fn explain(e: ClientError) -> anyhow::Error {
 /// Connects to the daemon the global options name: a remote one (`--host`, `--context`, the
 /// context in use), or the daemon of this root, started in the background when none answers.
 pub(crate) async fn connect(global: &Global) -> Result<Client> {
-    if let Some(remote) = crate::access::remote_of(global)? {
+    if let Some(remote) = crate::contexts::remote_of(global)? {
         let client = Client::remote(remote.clone());
         client.call(&GetHealth).await.map_err(explain)?;
-        crate::access::remember_first_use(&remote)?;
+        crate::contexts::remember_first_use(&remote)?;
         return Ok(client);
     }
     let client = client(global);

@@ -6,6 +6,7 @@ mod capsule;
 mod cli;
 mod client;
 mod commands;
+mod contexts;
 mod docker_config;
 mod install;
 mod output;

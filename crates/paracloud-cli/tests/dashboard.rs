@@ -38,19 +38,7 @@ fn load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
 /// The daemon's remote listener (HTTPS, its self-signed certificate) for the browser: set in
 /// daemon.toml before any command starts the daemon.
 fn listen(p: &Platform) -> String {
-    let port = p.port(5);
-    std::fs::write(
-        p.root().join("daemon.toml"),
-        format!("listen = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
-    format!("https://127.0.0.1:{port}/")
-}
-
-/// `paracloud token create NAME --role ROLE` on the daemon's machine: the token.
-fn token(p: &Platform, name: &str, role: &str) -> String {
-    let out = p.ok(&["token", "create", name, "--role", role]);
-    out.lines().last().unwrap().to_owned()
+    format!("https://127.0.0.1:{}/", p.listen_remotely())
 }
 
 /// Logs in on the page with `token`.
@@ -98,8 +86,8 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
     let url = listen(&p);
     let manifest = p.shop();
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
-    let admin = token(&p, "dash-admin", "admin");
-    let viewer = token(&p, "dash-viewer", "viewer");
+    let admin = p.token("dash-admin", "admin", &[]);
+    let viewer = p.token("dash-viewer", "viewer", &[]);
     let browser = Browser::start(p.port(6));
 
     // The page asks for a token; a wrong one is refused with the reason.
@@ -419,7 +407,7 @@ fn an_autoscaler_decision_is_marked_on_the_charts_with_its_reason() {
     let url = listen(&p);
     let manifest = autoscaled_shop(&p);
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
-    let viewer = token(&p, "watcher", "viewer");
+    let viewer = p.token("watcher", "viewer", &[]);
     let browser = Browser::start(p.port(6));
     browser.goto(&url);
     log_in(&browser, &viewer);

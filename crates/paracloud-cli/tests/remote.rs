@@ -31,12 +31,7 @@ struct Remotely {
 impl Remotely {
     fn new() -> Self {
         let p = Platform::new();
-        let port = p.port(19);
-        std::fs::write(
-            p.root().join("daemon.toml"),
-            format!("listen = \"127.0.0.1:{port}\"\n"),
-        )
-        .unwrap();
+        let port = p.listen_remotely();
         // Any command starts the daemon, which reads daemon.toml.
         p.ok(&["ps", "-A"]);
         Self {
@@ -50,14 +45,8 @@ impl Remotely {
         format!("https://127.0.0.1:{}", self.port)
     }
 
-    /// `paracloud token create NAME --role ROLE [ARGS]` on the daemon's machine: the token.
     fn token(&self, name: &str, role: &str, args: &[&str]) -> String {
-        let mut all = vec!["token", "create", name, "--role", role];
-        all.extend_from_slice(args);
-        let out = self.p.ok(&all);
-        let token = out.lines().last().unwrap().to_string();
-        assert!(token.starts_with("pct_"), "{out}");
-        token
+        self.p.token(name, role, args)
     }
 
     /// `paracloud ARGS` from "another machine": no state root of its own, the daemon named by

@@ -68,19 +68,13 @@ fn python_tool(name: &str) -> PathBuf {
 #[test]
 fn schemathesis_finds_no_server_error_and_no_answer_that_breaks_the_description() {
     let p = Platform::new();
-    let port = p.port(19);
-    std::fs::write(
-        p.root().join("daemon.toml"),
-        format!("listen = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
+    let port = p.listen_remotely();
     let manifest = p.manifest("probed", APP);
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
     p.wait_ps("probed", Duration::from_secs(20), "web running", |ps| {
         ps.iter().any(|i| field(i, "state") == "running")
     });
-    let out = p.ok(&["token", "create", "schemathesis", "--role", "admin"]);
-    let token = out.lines().last().unwrap().to_string();
+    let token = p.token("schemathesis", "admin", &[]);
 
     let schemathesis = python_tool("schemathesis");
     // schemathesis keeps a cache in its working directory: a directory of the test's own.

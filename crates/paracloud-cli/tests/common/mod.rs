@@ -235,6 +235,29 @@ impl Platform {
         self.pid_file("dataplane.pid")
     }
 
+    /// Has the daemon serve its remote API (HTTPS, self-signed) on 127.0.0.1:port(19), through
+    /// the root's daemon.toml: call it before any command starts the daemon. The port.
+    pub fn listen_remotely(&self) -> u16 {
+        let port = self.port(19);
+        std::fs::write(
+            self.root().join("daemon.toml"),
+            format!("listen = \"127.0.0.1:{port}\"\n"),
+        )
+        .unwrap();
+        port
+    }
+
+    /// `paracloud token create NAME --role ROLE [ARGS]` on the daemon's machine: the token, alone
+    /// on the last line.
+    pub fn token(&self, name: &str, role: &str, args: &[&str]) -> String {
+        let mut all = vec!["token", "create", name, "--role", role];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        let token = out.lines().last().unwrap_or_default().to_string();
+        assert!(token.starts_with("pct_"), "{out}");
+        token
+    }
+
     /// Puts the state root on a tmpfs of `size` (as `mount -o size=` reads it), before any
     /// command: a small disk a test can fill.
     pub fn on_small_filesystem(&self, size: &str) {
