@@ -1,12 +1,15 @@
 //! Fuzz target: whatever a client sends as an API request body, decoding it, turning it into a
-//! command and deciding it against a deployed shop never panics, and no accepted decision sets
-//! replicas or CPU outside the limits.
+//! command and deciding it against a deployed shop never panics, no accepted decision sets
+//! replicas or CPU outside the limits or names a token out of its rules, and a viewer's token is
+//! refused every one of these commands.
 #![no_main]
 
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use paracloud_api::{CpuRequest, MigrateRequest, ScaleRequest, TrafficRequest, UpRequest};
+use paracloud_api::{
+    CpuRequest, MigrateRequest, ScaleRequest, TokenRequest, TrafficRequest, UpRequest,
+};
 use paracloud_command::{decide, Caller, Command, Limits, Role};
 use paracloud_manifest::{parse, FileSystem, Origin};
 use paracloud_state::{AppRecord, Change, Snapshot};
@@ -43,6 +46,7 @@ fn deployed() -> Snapshot {
         apps: vec![AppRecord::deployed(manifest, SHOP)],
         instances: Vec::new(),
         networks: Default::default(),
+        tokens: Vec::new(),
     }
 }
 
@@ -60,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
         .nth(kind as usize % 2)
         .cloned()
         .unwrap_or_default();
-    let command = match kind % 5 {
+    let command = match kind % 6 {
         0 => {
             let Ok(up) = serde_json::from_slice::<UpRequest>(body) else {
                 return;
@@ -108,6 +112,17 @@ fuzz_target!(|data: &[u8]| {
                 weights: traffic.weights,
             }
         }
+        5 => {
+            let Ok(token) = serde_json::from_slice::<TokenRequest>(body) else {
+                return;
+            };
+            Command::CreateToken {
+                name: token.name,
+                role: token.role,
+                hash: "0".repeat(64),
+                expires: token.expires_in_secs,
+            }
+        }
         _ => {
             let Ok(migrate) = serde_json::from_slice::<MigrateRequest>(body) else {
                 return;
@@ -121,6 +136,15 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     };
+    // Every command here changes something: a viewer's token is refused them all.
+    let viewer = Caller::Token {
+        name: "fuzz".into(),
+        role: Role::Viewer,
+    };
+    assert!(
+        decide(&viewer, &command, snapshot, &LIMITS).is_err(),
+        "a viewer was allowed {command:?}"
+    );
     for caller in [
         Caller::Local { uid: Some(0) },
         Caller::Token {
@@ -137,8 +161,15 @@ fuzz_target!(|data: &[u8]| {
                     assert!(*replicas <= LIMITS.max_replicas, "{change:?}")
                 }
                 Change::Cpu { cpu: Some(cpu), .. } => {
-                    assert!(cpu.is_finite() && *cpu > 0.0 && *cpu <= LIMITS.cores, "{change:?}")
+                    assert!(
+                        cpu.is_finite() && *cpu > 0.0 && *cpu <= LIMITS.cores,
+                        "{change:?}"
+                    )
                 }
+                Change::PutToken(token) => assert!(
+                    !token.name.is_empty() && token.name.len() <= 64,
+                    "{change:?}"
+                ),
                 _ => {}
             }
         }
