@@ -38,6 +38,20 @@ async function call(method, path, body, signal) {
   return data;
 }
 
+// A request whose answer is read as it comes (a stream): the answer, once it says success; a
+// refusal is an ApiError, as `call` makes it.
+async function stream(path, init) {
+  const res = await fetch(path, { ...init, credentials: 'same-origin' });
+  if (!res.ok) {
+    const text = await res.text();
+    let data = text;
+    try { data = JSON.parse(text); } catch { /* plain text */ }
+    if (res.status === 401) window.dispatchEvent(new CustomEvent('paracloud:unauthorized'));
+    throw new ApiError(res.status, data);
+  }
+  return res;
+}
+
 export const whoami = () => call('GET', '/v1/whoami');
 export const login = (token) => call('POST', '/v1/session', { token });
 export const logout = () => call('DELETE', '/v1/session');
@@ -68,17 +82,10 @@ export const capsuleFile = (run, instance, name) =>
 
 // `POST /v1/capsules/run`: the run's events (JSON lines) handed to `onEvent` as they come.
 export async function runCapsule(request, onEvent, signal) {
-  const res = await fetch('/v1/capsules/run', {
-    method: 'POST', credentials: 'same-origin', signal,
+  const res = await stream('/v1/capsules/run', {
+    method: 'POST', signal,
     headers: { 'content-type': 'application/json' }, body: JSON.stringify(request),
   });
-  if (!res.ok) {
-    const text = await res.text();
-    let data = text;
-    try { data = JSON.parse(text); } catch { /* plain text */ }
-    if (res.status === 401) window.dispatchEvent(new CustomEvent('paracloud:unauthorized'));
-    throw new ApiError(res.status, data);
-  }
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let pending = '';
@@ -109,14 +116,7 @@ export const live = (name) => new EventSource(`/v1/apps/${enc(name)}/live`);
 // as it comes; `onText` gets the text as it arrives. Ends when `signal` aborts.
 export async function logs(name, target, tail, follow, onText, signal) {
   const path = `/v1/apps/${enc(name)}/logs?target=${enc(target)}&tail=${tail}&follow=${follow}`;
-  const res = await fetch(path, { credentials: 'same-origin', signal });
-  if (!res.ok) {
-    const text = await res.text();
-    let data = text;
-    try { data = JSON.parse(text); } catch { /* plain text */ }
-    if (res.status === 401) window.dispatchEvent(new CustomEvent('paracloud:unauthorized'));
-    throw new ApiError(res.status, data);
-  }
+  const res = await stream(path, { signal });
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   for (;;) {
