@@ -239,6 +239,10 @@ pub enum Command {
     /// Tokens of the remote API: create (printed once), list, revoke
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The application on Kubernetes: its objects (render) and the custom resource's
+    /// definition (crd)
+    #[command(subcommand)]
+    K8s(K8sCommand),
     /// Remote daemons this CLI talks to, as `docker context`: add, use, ls, rm
     #[command(subcommand)]
     Context(ContextCommand),
@@ -537,4 +541,32 @@ mod tests {
                 .unwrap();
         assert_eq!(cli.global.context.as_deref(), Some("prod"));
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum K8sCommand {
+    /// Print the Kubernetes objects that run the application: workloads, Services,
+    /// ConfigMaps, Secrets, PodDisruptionBudgets, NetworkPolicies (the same input gives the
+    /// same bytes); YAML documents, or a List with -o json
+    Render {
+        /// Manifest file: a paracloud.toml or a Compose file (several Compose files merge);
+        /// default: as for `up`
+        #[arg(short = 'f', long = "file")]
+        file: Vec<PathBuf>,
+        /// Include a Compose file's services of this profile (repeatable)
+        #[arg(long = "profile", value_name = "PROFILE")]
+        profiles: Vec<String>,
+        /// Namespace of the objects; default: the application's name
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Registry the images made on this machine are pushed to, such as
+        /// registry.example.com/team (a service `web` of `shop` runs REGISTRY/shop-web:latest)
+        #[arg(long)]
+        registry: Option<String>,
+        /// Leave out the Namespace object (the namespace exists already)
+        #[arg(long)]
+        no_namespace: bool,
+    },
+    /// Print the ParacloudApp CustomResourceDefinition
+    Crd,
 }

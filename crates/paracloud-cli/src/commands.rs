@@ -258,9 +258,11 @@ fn run_daemon(global: &Global, listen: Option<std::net::SocketAddr>) -> Result<(
 }
 
 /// A manifest read and checked on the client side, so errors show before any daemon is involved.
-struct LoadedManifest {
-    app: String,
-    request: UpRequest,
+pub(crate) struct LoadedManifest {
+    pub(crate) app: String,
+    /// The manifest as read and checked here.
+    pub(crate) manifest: paracloud_manifest::Manifest,
+    pub(crate) request: UpRequest,
     /// The store images its services and capsules name (`image = "..."`), each with the
     /// first that names it (`service web`).
     images: Vec<(String, String)>,
@@ -298,7 +300,7 @@ fn manifest_files(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// The file `-f` names, else the one found here.
-fn manifest_file(file: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn manifest_file(file: Option<&Path>) -> Result<PathBuf> {
     match file {
         Some(file) => Ok(file.to_path_buf()),
         None => default_manifest().ok_or_else(|| {
@@ -337,7 +339,7 @@ fn load_manifest(file: &Path, profiles: &[String]) -> Result<LoadedManifest> {
 }
 
 /// Reads one manifest, or several Compose files merged as override files (`-f a -f b`).
-fn load_manifests(files: &[PathBuf], profiles: &[String]) -> Result<LoadedManifest> {
+pub(crate) fn load_manifests(files: &[PathBuf], profiles: &[String]) -> Result<LoadedManifest> {
     let mut sources = Vec::new();
     for file in files {
         let source = std::fs::read_to_string(file).with_context(|| {
@@ -408,7 +410,8 @@ fn load_manifests(files: &[PathBuf], profiles: &[String]) -> Result<LoadedManife
         }
     }
     Ok(LoadedManifest {
-        app: manifest.app,
+        app: manifest.app.clone(),
+        manifest,
         request: UpRequest {
             source,
             origin: file.display().to_string(),
@@ -486,6 +489,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         }
         Command::Convert { file, profiles } => convert(&file, &profiles),
         Command::Token(command) => crate::access::token(global, command).await,
+        Command::K8s(command) => crate::kubernetes::k8s(command, global.output),
         Command::Context(command) => crate::access::context(global, command).await,
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,

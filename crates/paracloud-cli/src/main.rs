@@ -9,6 +9,7 @@ mod commands;
 mod contexts;
 mod docker_config;
 mod install;
+mod kubernetes;
 mod output;
 
 use clap::Parser;

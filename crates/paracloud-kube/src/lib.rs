@@ -1,0 +1,12 @@
+//! An application on Kubernetes as plain data: the objects a manifest renders to (`render`), the
+//! `ParacloudApp` custom resource (`resource`) and the operator's decisions, made from what it
+//! observes (`reconcile`). No I/O and no clock: the operator and the CLI bring both.
+
+pub mod names;
+pub mod object;
+pub mod render;
+pub mod resource;
+
+pub use object::{to_json_list, to_yaml, Object, ObjectKey};
+pub use render::{render, HostFile, HostFiles, NoHostFiles, Problem, RenderError, RenderOptions};
+pub use resource::{ParacloudApp, ParacloudAppSpec, ParacloudAppStatus, ServiceScale, ServiceStatus};

@@ -1,0 +1,102 @@
+//! What the rendered objects are called and labelled, and how the manifest's figures are
+//! written as Kubernetes quantities.
+
+use std::collections::BTreeMap;
+
+/// The API group of Paracloud's own resources, and the prefix of its labels and annotations.
+pub const GROUP: &str = "paracloud.dev";
+
+/// The field manager the operator and `paracloud k8s apply` write under (server-side apply).
+pub const FIELD_MANAGER: &str = "paracloud";
+
+/// Label: the application an object belongs to.
+pub const APP_LABEL: &str = "paracloud.dev/app";
+/// Label: the service a pod runs (a revision's pods carry the name of the service it is a
+/// revision of, so that the service's address reaches both).
+pub const SERVICE_LABEL: &str = "paracloud.dev/service";
+/// Label: the workload (Deployment, StatefulSet or Job) a pod belongs to; a workload's selector.
+pub const WORKLOAD_LABEL: &str = "paracloud.dev/workload";
+/// Label and annotation: the revision a revision's pods run, such as `canary`.
+pub const REVISION_LABEL: &str = "paracloud.dev/revision";
+/// Annotation: the SHA-256 of the whole manifest an object was rendered from.
+pub const MANIFEST_ANNOTATION: &str = "paracloud.dev/manifest-sha256";
+/// Annotation: the SHA-256 of the service's own part of the manifest; it changes exactly when the
+/// service does.
+pub const SPEC_ANNOTATION: &str = "paracloud.dev/spec-sha256";
+/// Annotation on a pod template: the SHA-256 of the configuration (environment, files) its pods
+/// read from ConfigMaps and Secrets, so that a change of them rolls the pods.
+pub const CONFIG_ANNOTATION: &str = "paracloud.dev/config-sha256";
+
+/// The Kubernetes name of a service of the manifest: a revision `api@canary` is `api-canary`.
+pub fn object_name(service: &str) -> String {
+    service.replace(paracloud_manifest::REVISION_SEPARATOR, "-")
+}
+
+/// The labels every object of `app` carries, beside its own.
+pub fn app_labels(app: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (APP_LABEL.to_owned(), app.to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), app.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            FIELD_MANAGER.to_owned(),
+        ),
+    ])
+}
+
+/// CPU in cores as a quantity: whole cores as `2`, else millicores as `500m`.
+pub fn cpu_quantity(cores: f64) -> String {
+    let millis = (cores * 1000.0).round().max(1.0) as u64;
+    if millis % 1000 == 0 {
+        (millis / 1000).to_string()
+    } else {
+        format!("{millis}m")
+    }
+}
+
+/// Bytes as a quantity, in the largest binary unit that divides them (`64Mi`, `1Gi`, `1500`).
+pub fn bytes_quantity(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(1 << 40, "Ti"), (1 << 30, "Gi"), (1 << 20, "Mi"), (1 << 10, "Ki")];
+    for (size, suffix) in UNITS {
+        if bytes >= size && bytes % size == 0 {
+            return format!("{}{suffix}", bytes / size);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Whole seconds for a duration field of Kubernetes that counts in seconds, at least `min`.
+pub fn seconds(duration: std::time::Duration, min: u64) -> i32 {
+    let secs = duration.as_millis().div_ceil(1000) as u64;
+    secs.max(min).min(i32::MAX as u64) as i32
+}
+
+/// The hex SHA-256 of some bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_are_written_as_kubectl_would() {
+        assert_eq!(cpu_quantity(0.5), "500m");
+        assert_eq!(cpu_quantity(1.0), "1");
+        assert_eq!(cpu_quantity(2.25), "2250m");
+        assert_eq!(cpu_quantity(0.0001), "1m");
+        assert_eq!(bytes_quantity(64 << 20), "64Mi");
+        assert_eq!(bytes_quantity(1 << 30), "1Gi");
+        assert_eq!(bytes_quantity(1536), "1536");
+        assert_eq!(bytes_quantity(3 << 10), "3Ki");
+    }
+
+    #[test]
+    fn revisions_get_a_dns_name() {
+        assert_eq!(object_name("api@canary"), "api-canary");
+        assert_eq!(object_name("web"), "web");
+    }
+}

@@ -1,0 +1,1022 @@
+//! A manifest as the Kubernetes objects that run it: what `paracloud k8s render` prints and what
+//! the operator applies.
+//!
+//! Each service becomes a workload (a Deployment; a StatefulSet with a claim per named volume; a
+//! Job for a service that is not restarted), a Service for its ports (and one of type
+//! LoadBalancer for its published ports), a ConfigMap of its environment, ConfigMaps and Secrets
+//! of the files it mounts, a PodDisruptionBudget when it runs more than one pod, and a
+//! NetworkPolicy that lets in and out only what the application's networks allow, as the
+//! bridges do on one machine. Output depends only on the manifest and the options.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::apps::v1 as apps;
+use k8s_openapi::api::batch::v1 as batch;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::api::policy::v1 as policy;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+use paracloud_manifest::{
+    HealthCheck, Image, Manifest, Probe, Protocol, RestartCondition, Service, VolumeMount,
+};
+
+use crate::names::{
+    app_labels, bytes_quantity, cpu_quantity, object_name, seconds, sha256_hex, APP_LABEL,
+    CONFIG_ANNOTATION, MANIFEST_ANNOTATION, REVISION_LABEL, SERVICE_LABEL, SPEC_ANNOTATION,
+    WORKLOAD_LABEL,
+};
+use crate::object::Object;
+
+/// How to render, beside the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// The namespace of every object; `None`: the application's name.
+    pub namespace: Option<String>,
+    /// Where the images made on this machine (`image = "host"`, a directory, a layout or a
+    /// build) are pushed, such as `registry.example.com/team`: a service `web` of the application
+    /// `shop` runs `REGISTRY/shop-web:latest`. Required when a service uses such an image.
+    pub registry: Option<String>,
+    /// Whether to print the Namespace object too (kept off when the namespace is an existing one
+    /// the user may not create).
+    pub namespace_object: bool,
+    /// Whether to print the ConfigMaps and Secrets of the files services mount; the operator
+    /// leaves them to `paracloud deploy --kubernetes`, which reads them on the user's machine.
+    pub file_objects: bool,
+}
+
+/// What a bind mount's host path holds, asked of the caller (rendering does no I/O).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostFile {
+    File(Vec<u8>),
+    Directory,
+    Missing,
+}
+
+/// The question rendering asks about the host paths services bind.
+pub trait HostFiles {
+    fn read(&self, path: &Path) -> HostFile;
+}
+
+/// Every host file absent: for callers that render without the user's files (the operator).
+pub struct NoHostFiles;
+
+impl HostFiles for NoHostFiles {
+    fn read(&self, _path: &Path) -> HostFile {
+        HostFile::Missing
+    }
+}
+
+/// One thing of the manifest that has no Kubernetes form, with where it is and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the manifest, as a key path: `services.web.volumes[0]`.
+    pub place: String,
+    pub message: String,
+    pub hint: String,
+}
+
+/// Why a manifest could not be rendered: every problem found, in manifest order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.problems.iter().map(|p| format!("{}: {}\n  hint: {}", p.place, p.message, p.hint)).collect::<Vec<_>>().join("\n"))]
+pub struct RenderError {
+    pub problems: Vec<Problem>,
+}
+
+/// A ConfigMap holds at most this many bytes (the API server's limit on an object is 1 MiB).
+const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// The DNS service every pod may reach, so that services find each other by name.
+const DNS_PORT: i32 = 53;
+
+/// Renders every object of the application.
+pub fn render(
+    manifest: &Manifest,
+    options: &RenderOptions,
+    files: &dyn HostFiles,
+) -> Result<Vec<Object>, RenderError> {
+    let namespace = options
+        .namespace
+        .clone()
+        .unwrap_or_else(|| manifest.app.clone());
+    let manifest_sha = sha256_hex(
+        serde_json::to_string(manifest)
+            .expect("a manifest serializes")
+            .as_bytes(),
+    );
+    let mut renderer = Renderer {
+        manifest,
+        options,
+        files,
+        namespace,
+        manifest_sha,
+        problems: Vec::new(),
+        objects: Vec::new(),
+    };
+    renderer.check_names();
+    if options.namespace_object {
+        let ns = core::Namespace {
+            metadata: ObjectMeta {
+                name: Some(renderer.namespace.clone()),
+                labels: Some(app_labels(&manifest.app)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        renderer.objects.push(Object::of(&ns));
+    }
+    for (name, service) in &manifest.services {
+        renderer.service(name, service);
+    }
+    if renderer.problems.is_empty() {
+        let mut objects = renderer.objects;
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    } else {
+        Err(RenderError {
+            problems: renderer.problems,
+        })
+    }
+}
+
+struct Renderer<'a> {
+    manifest: &'a Manifest,
+    options: &'a RenderOptions,
+    files: &'a dyn HostFiles,
+    namespace: String,
+    manifest_sha: String,
+    problems: Vec<Problem>,
+    objects: Vec<Object>,
+}
+
+/// What a service's pods mount, and the objects those mounts need.
+#[derive(Default)]
+struct Mounts {
+    volumes: Vec<core::Volume>,
+    mounts: Vec<core::VolumeMount>,
+    claims: Vec<core::PersistentVolumeClaim>,
+    /// The hash input of the files the pods read from ConfigMaps and Secrets.
+    config: Vec<u8>,
+}
+
+impl Renderer<'_> {
+    fn problem(&mut self, place: String, message: impl Into<String>, hint: impl Into<String>) {
+        self.problems.push(Problem {
+            place,
+            message: message.into(),
+            hint: hint.into(),
+        });
+    }
+
+    fn meta(&self, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+        let mut all = app_labels(&self.manifest.app);
+        all.extend(labels);
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(all),
+            annotations: Some(BTreeMap::from([(
+                MANIFEST_ANNOTATION.to_owned(),
+                self.manifest_sha.clone(),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    /// Two services whose Kubernetes names meet (`api@canary` and `api-canary`) cannot both be
+    /// rendered.
+    fn check_names(&mut self) {
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for name in self.manifest.services.keys() {
+            for object in [object_name(name), format!("{}-public", object_name(name))] {
+                if let Some(other) = seen.insert(object.clone(), name) {
+                    self.problem(
+                        format!("services.{name}"),
+                        format!("its Kubernetes objects would be named `{object}`, as those of service `{other}` are"),
+                        "rename one of the two services",
+                    );
+                }
+            }
+        }
+    }
+
+    fn service(&mut self, name: &str, service: &Service) {
+        let object = object_name(name);
+        let base = service
+            .revision_of
+            .as_ref()
+            .map(|r| r.service.clone())
+            .unwrap_or_else(|| name.to_owned());
+        let mut pod_labels = BTreeMap::from([
+            (SERVICE_LABEL.to_owned(), object_name(&base)),
+            (WORKLOAD_LABEL.to_owned(), object.clone()),
+            ("app.kubernetes.io/name".to_owned(), object_name(&base)),
+        ]);
+        if let Some(revision) = &service.revision_of {
+            pod_labels.insert(REVISION_LABEL.to_owned(), revision.revision.clone());
+        }
+        let spec_sha = sha256_hex(
+            serde_json::to_string(service)
+                .expect("a service serializes")
+                .as_bytes(),
+        );
+
+        let Some(image) = self.image(name, service) else {
+            return;
+        };
+        let mut mounts = self.mounts(name, service);
+        let env_from = if service.env.is_empty() {
+            None
+        } else {
+            let config_map = core::ConfigMap {
+                metadata: self.meta(&format!("{object}-env"), pod_labels.clone()),
+                data: Some(service.env.clone()),
+                ..Default::default()
+            };
+            mounts
+                .config
+                .extend(serde_json::to_vec(&service.env).expect("strings serialize"));
+            self.objects.push(Object::of(&config_map));
+            Some(vec![core::EnvFromSource {
+                config_map_ref: Some(core::ConfigMapEnvSource {
+                    name: format!("{object}-env"),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }])
+        };
+        let (command, args) = match (&service.image, service.entrypoint.is_empty()) {
+            // A host image has no entrypoint of its own: the command is the whole argv.
+            (Image::Host { .. } | Image::Dir { .. }, _) => (non_empty(service.argv()), None),
+            (_, true) => (None, non_empty(service.command.clone())),
+            (_, false) => (
+                non_empty(service.entrypoint.clone()),
+                non_empty(service.command.clone()),
+            ),
+        };
+        let container = core::Container {
+            name: object.clone(),
+            image: Some(image),
+            command,
+            args,
+            env_from,
+            working_dir: service.working_dir.clone(),
+            ports: non_empty(
+                service
+                    .ports
+                    .iter()
+                    .map(|p| core::ContainerPort {
+                        container_port: i32::from(p.port),
+                        name: Some(port_name(p.port, p.protocol)),
+                        protocol: Some(l4(p.protocol).to_owned()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            readiness_probe: service.health.as_ref().map(|h| probe(h, h.retries)),
+            liveness_probe: service.health.as_ref().map(|h| probe(h, h.retries)),
+            startup_probe: service
+                .health
+                .as_ref()
+                .filter(|h| !h.start_period.is_zero())
+                .map(|h| {
+                    let interval = h.interval.as_millis().max(1000);
+                    let tries = h.start_period.as_millis().div_ceil(interval) as u32;
+                    probe(h, tries.saturating_add(h.retries))
+                }),
+            resources: Some(resources(service)),
+            // The CPU changes in place, as the autoscaler asks (in-place pod resize).
+            resize_policy: Some(vec![core::ContainerResizePolicy {
+                resource_name: "cpu".into(),
+                restart_policy: "NotRequired".into(),
+            }]),
+            security_context: Some(self.security_context(name, service)),
+            volume_mounts: non_empty(std::mem::take(&mut mounts.mounts)),
+            ..Default::default()
+        };
+        let user = self.user(service);
+        let pod = core::PodSpec {
+            containers: vec![container],
+            volumes: non_empty(std::mem::take(&mut mounts.volumes)),
+            hostname: service.hostname.clone(),
+            // The pod's own init (the pause container, pid 1) reaps and passes signals on.
+            share_process_namespace: service.sandbox.init.then_some(true),
+            termination_grace_period_seconds: Some(i64::from(seconds(
+                service.stop_grace_period,
+                0,
+            ))),
+            restart_policy: Some(
+                match service.restart.condition {
+                    RestartCondition::Always => "Always",
+                    RestartCondition::OnFailure => "OnFailure",
+                    RestartCondition::No => "Never",
+                }
+                .into(),
+            ),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(core::PodSecurityContext {
+                run_as_user: user.0,
+                run_as_group: user.1,
+                seccomp_profile: Some(core::SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                sysctls: non_empty(
+                    service
+                        .sandbox
+                        .sysctls
+                        .iter()
+                        .map(|(name, value)| core::Sysctl {
+                            name: name.clone(),
+                            value: value.clone(),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut template_annotations = BTreeMap::from([(SPEC_ANNOTATION.to_owned(), spec_sha)]);
+        if !mounts.config.is_empty() {
+            template_annotations.insert(CONFIG_ANNOTATION.to_owned(), sha256_hex(&mounts.config));
+        }
+        let template = core::PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some({
+                    let mut labels = app_labels(&self.manifest.app);
+                    labels.extend(pod_labels.clone());
+                    labels
+                }),
+                annotations: Some(template_annotations),
+                ..Default::default()
+            }),
+            spec: Some(pod),
+        };
+        let selector = LabelSelector {
+            match_labels: Some(BTreeMap::from([
+                (APP_LABEL.to_owned(), self.manifest.app.clone()),
+                (WORKLOAD_LABEL.to_owned(), object.clone()),
+            ])),
+            ..Default::default()
+        };
+        let replicas = Some(i32::try_from(service.replicas).unwrap_or(i32::MAX));
+
+        if service.restart.condition != RestartCondition::Always {
+            // Run to completion: a Job, retried as the restart policy says.
+            let job = batch::Job {
+                metadata: self.meta(&object, pod_labels.clone()),
+                spec: Some(batch::JobSpec {
+                    backoff_limit: Some(match service.restart.condition {
+                        RestartCondition::OnFailure => service
+                            .restart
+                            .max_retries
+                            .map_or(6, |n| i32::try_from(n).unwrap_or(i32::MAX)),
+                        _ => 0,
+                    }),
+                    completions: replicas,
+                    parallelism: replicas,
+                    template,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.objects.push(Object::of(&job));
+        } else if !mounts.claims.is_empty() {
+            let headless = format!("{object}-pods");
+            let ss = apps::StatefulSet {
+                metadata: self.meta(&object, pod_labels.clone()),
+                spec: Some(apps::StatefulSetSpec {
+                    replicas,
+                    selector,
+                    service_name: Some(headless.clone()),
+                    template,
+                    volume_claim_templates: Some(std::mem::take(&mut mounts.claims)),
+                    pod_management_policy: Some("Parallel".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.objects.push(Object::of(&ss));
+            // The StatefulSet's pods get their stable names from a headless Service.
+            let svc = core::Service {
+                metadata: self.meta(&headless, pod_labels.clone()),
+                spec: Some(core::ServiceSpec {
+                    cluster_ip: Some("None".into()),
+                    selector: Some(BTreeMap::from([
+                        (APP_LABEL.to_owned(), self.manifest.app.clone()),
+                        (WORKLOAD_LABEL.to_owned(), object.clone()),
+                    ])),
+                    ports: non_empty(service_ports(service, false)),
+                    publish_not_ready_addresses: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.objects.push(Object::of(&svc));
+        } else {
+            let deployment = apps::Deployment {
+                metadata: self.meta(&object, pod_labels.clone()),
+                spec: Some(apps::DeploymentSpec {
+                    replicas,
+                    selector,
+                    template,
+                    // Make before break, as on one machine.
+                    strategy: Some(apps::DeploymentStrategy {
+                        type_: Some("RollingUpdate".into()),
+                        rolling_update: Some(apps::RollingUpdateDeployment {
+                            max_surge: Some(IntOrString::Int(1)),
+                            max_unavailable: Some(IntOrString::Int(0)),
+                        }),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.objects.push(Object::of(&deployment));
+        }
+
+        if service.revision_of.is_none() {
+            self.services(&object, service);
+        }
+        if service.replicas >= 2 && service.restart.condition == RestartCondition::Always {
+            let pdb = policy::PodDisruptionBudget {
+                metadata: self.meta(&object, pod_labels.clone()),
+                spec: Some(policy::PodDisruptionBudgetSpec {
+                    max_unavailable: Some(IntOrString::Int(1)),
+                    selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([
+                            (APP_LABEL.to_owned(), self.manifest.app.clone()),
+                            (WORKLOAD_LABEL.to_owned(), object.clone()),
+                        ])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.objects.push(Object::of(&pdb));
+        }
+        self.network_policy(name, &object, service, pod_labels);
+    }
+
+    /// The Service other services reach this one by (`api:8000` finds it under its name), and
+    /// one of type LoadBalancer for the ports the manifest publishes.
+    fn services(&mut self, object: &str, service: &Service) {
+        let labels = BTreeMap::from([(SERVICE_LABEL.to_owned(), object.to_owned())]);
+        let selector = BTreeMap::from([
+            (APP_LABEL.to_owned(), self.manifest.app.clone()),
+            (SERVICE_LABEL.to_owned(), object.to_owned()),
+        ]);
+        let ports = service_ports(service, false);
+        if !ports.is_empty() {
+            let svc = core::Service {
+                metadata: self.meta(object, labels.clone()),
+                spec: Some(core::ServiceSpec {
+                    selector: Some(selector.clone()),
+                    ports: Some(ports),
+                    type_: Some("ClusterIP".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.objects.push(Object::of(&svc));
+        }
+        let published = service_ports(service, true);
+        if !published.is_empty() {
+            let svc = core::Service {
+                metadata: self.meta(&format!("{object}-public"), labels),
+                spec: Some(core::ServiceSpec {
+                    selector: Some(selector),
+                    ports: Some(published),
+                    type_: Some("LoadBalancer".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.objects.push(Object::of(&svc));
+        }
+    }
+
+    /// What may reach the service's pods and what they may reach: the pods of the services it
+    /// shares a network with, the cluster's DNS, and, on its published ports, anyone.
+    fn network_policy(
+        &mut self,
+        name: &str,
+        object: &str,
+        service: &Service,
+        labels: BTreeMap<String, String>,
+    ) {
+        let peers = |reaches: &dyn Fn(&str) -> bool| -> Vec<net::NetworkPolicyPeer> {
+            let mut names: Vec<String> = self
+                .manifest
+                .services
+                .iter()
+                .filter(|(other, _)| reaches(other))
+                .map(|(other, s)| {
+                    object_name(s.revision_of.as_ref().map_or(other.as_str(), |r| &r.service))
+                })
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+                .into_iter()
+                .map(|peer| net::NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([
+                            (APP_LABEL.to_owned(), self.manifest.app.clone()),
+                            (SERVICE_LABEL.to_owned(), peer),
+                        ])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let base = service
+            .revision_of
+            .as_ref()
+            .map_or(name.to_owned(), |r| r.service.clone());
+        let callers = peers(&|other| self.manifest.reaches(other, &base) || other == base);
+        let callees = peers(&|other| self.manifest.reaches(&base, other));
+        let own_ports = || {
+            non_empty(
+                service
+                    .ports
+                    .iter()
+                    .map(|p| net::NetworkPolicyPort {
+                        port: Some(IntOrString::Int(i32::from(p.port))),
+                        protocol: Some(l4(p.protocol).to_owned()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            )
+        };
+        let mut ingress = Vec::new();
+        if !service.ports.is_empty() && !callers.is_empty() {
+            ingress.push(net::NetworkPolicyIngressRule {
+                from: Some(callers),
+                ports: own_ports(),
+            });
+        }
+        let published: Vec<net::NetworkPolicyPort> = service
+            .ports
+            .iter()
+            .filter(|p| p.publish.is_some())
+            .map(|p| net::NetworkPolicyPort {
+                port: Some(IntOrString::Int(i32::from(p.port))),
+                protocol: Some(l4(p.protocol).to_owned()),
+                ..Default::default()
+            })
+            .collect();
+        if !published.is_empty() {
+            ingress.push(net::NetworkPolicyIngressRule {
+                from: None,
+                ports: Some(published),
+            });
+        }
+        let mut egress = vec![net::NetworkPolicyEgressRule {
+            to: Some(vec![net::NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector::default()),
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "k8s-app".to_owned(),
+                        "kube-dns".to_owned(),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(
+                ["UDP", "TCP"]
+                    .into_iter()
+                    .map(|protocol| net::NetworkPolicyPort {
+                        port: Some(IntOrString::Int(DNS_PORT)),
+                        protocol: Some(protocol.into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }];
+        if !callees.is_empty() {
+            egress.push(net::NetworkPolicyEgressRule {
+                to: Some(callees),
+                ports: None,
+            });
+        }
+        let policy = net::NetworkPolicy {
+            metadata: self.meta(object, labels),
+            spec: Some(net::NetworkPolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([
+                        (APP_LABEL.to_owned(), self.manifest.app.clone()),
+                        (WORKLOAD_LABEL.to_owned(), object.to_owned()),
+                    ])),
+                    ..Default::default()
+                }),
+                policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+                ingress: Some(ingress),
+                egress: Some(egress),
+            }),
+        };
+        self.objects.push(Object::of(&policy));
+    }
+
+    /// The image a cluster pulls for the service.
+    fn image(&mut self, name: &str, service: &Service) -> Option<String> {
+        match &service.image {
+            Image::Stored { reference, digest } => Some(match digest {
+                Some(digest) if !reference.contains('@') => {
+                    format!("{}@{digest}", reference.split(':').next().unwrap_or(reference))
+                }
+                _ => reference.clone(),
+            }),
+            Image::Host { .. } | Image::Dir { .. } | Image::Layout { .. } | Image::Build { .. } => {
+                match &self.options.registry {
+                    Some(registry) => Some(format!(
+                        "{}/{}-{}:latest",
+                        registry.trim_end_matches('/'),
+                        self.manifest.app,
+                        object_name(name)
+                    )),
+                    None => {
+                        let image = format!("{}-{}:latest", self.manifest.app, object_name(name));
+                        let make = match &service.image {
+                            Image::Host { .. } => format!(
+                                "make it a micro-image (`paracloud image build --from-binary PROGRAM -t {image}`), "
+                            ),
+                            Image::Dir { .. } => "make it an image, ".to_owned(),
+                            _ => String::new(),
+                        };
+                        self.problem(
+                            format!("services.{name}.image"),
+                            "the image is made on this machine, and a cluster pulls its images from a registry",
+                            format!(
+                                "{make}push it (`paracloud image push {image} REGISTRY/{image}`) and render with --registry REGISTRY"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Named volumes become claims (one per pod, of a StatefulSet); an external volume is the
+    /// claim of that name. A bind-mounted file becomes a ConfigMap (a Secret under
+    /// `/run/secrets/`), a bind-mounted directory the node's path, and `tmpfs` and `shm_size`
+    /// memory-backed emptyDirs.
+    fn mounts(&mut self, name: &str, service: &Service) -> Mounts {
+        let object = object_name(name);
+        let mut out = Mounts::default();
+        for (i, mount) in service.volumes.iter().enumerate() {
+            let place = format!("services.{name}.volumes[{i}]");
+            match mount {
+                VolumeMount::Named {
+                    name: volume,
+                    target,
+                    read_only,
+                } => {
+                    let declared = self.manifest.volumes.get(volume).cloned().unwrap_or_default();
+                    out.mounts.push(core::VolumeMount {
+                        name: volume.clone(),
+                        mount_path: target.clone(),
+                        read_only: read_only.then_some(true),
+                        ..Default::default()
+                    });
+                    if let Some(external) = &declared.external {
+                        out.volumes.push(core::Volume {
+                            name: volume.clone(),
+                            persistent_volume_claim: Some(
+                                core::PersistentVolumeClaimVolumeSource {
+                                    claim_name: external.clone(),
+                                    read_only: read_only.then_some(true),
+                                },
+                            ),
+                            ..Default::default()
+                        });
+                    } else if !out.claims.iter().any(|c| c.metadata.name.as_deref() == Some(volume)) {
+                        out.claims.push(core::PersistentVolumeClaim {
+                            metadata: ObjectMeta {
+                                name: Some(volume.clone()),
+                                labels: Some(app_labels(&self.manifest.app)),
+                                ..Default::default()
+                            },
+                            spec: Some(core::PersistentVolumeClaimSpec {
+                                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                                resources: Some(core::VolumeResourceRequirements {
+                                    requests: Some(BTreeMap::from([(
+                                        "storage".to_owned(),
+                                        Quantity(bytes_quantity(declared.size.unwrap_or(1 << 30))),
+                                    )])),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        });
+                    }
+                }
+                VolumeMount::Bind {
+                    source,
+                    target,
+                    read_only,
+                } => {
+                    let volume = format!("bind-{i}");
+                    match self.files.read(source) {
+                        HostFile::Directory => {
+                            out.volumes.push(core::Volume {
+                                name: volume.clone(),
+                                host_path: Some(core::HostPathVolumeSource {
+                                    path: source.display().to_string(),
+                                    type_: Some("Directory".into()),
+                                }),
+                                ..Default::default()
+                            });
+                            out.mounts.push(core::VolumeMount {
+                                name: volume,
+                                mount_path: target.clone(),
+                                read_only: read_only.then_some(true),
+                                ..Default::default()
+                            });
+                        }
+                        HostFile::File(bytes) if bytes.len() > MAX_FILE_BYTES => self.problem(
+                            place,
+                            format!("{} is {} bytes, more than a ConfigMap or Secret holds (1 MiB)", source.display(), bytes.len()),
+                            "put the file into the image, or mount a named volume holding it",
+                        ),
+                        HostFile::File(bytes) => {
+                            let secret = target.starts_with("/run/secrets/");
+                            let holder = format!("{object}-file-{i}");
+                            let key = Path::new(target)
+                                .file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .filter(|n| is_config_key(n))
+                                .unwrap_or_else(|| "content".into());
+                            out.config.extend_from_slice(target.as_bytes());
+                            out.config.extend_from_slice(&bytes);
+                            let labels = BTreeMap::from([(
+                                SERVICE_LABEL.to_owned(),
+                                object.clone(),
+                            )]);
+                            if secret {
+                                let s = core::Secret {
+                                    metadata: self.meta(&holder, labels),
+                                    data: Some(BTreeMap::from([(key.clone(), ByteString(bytes))])),
+                                    type_: Some("Opaque".into()),
+                                    ..Default::default()
+                                };
+                                if self.options.file_objects {
+                                    self.objects.push(Object::of(&s));
+                                }
+                                out.volumes.push(core::Volume {
+                                    name: volume.clone(),
+                                    secret: Some(core::SecretVolumeSource {
+                                        secret_name: Some(holder),
+                                        ..Default::default()
+                                    }),
+                                    ..Default::default()
+                                });
+                            } else {
+                                let (data, binary_data) = match String::from_utf8(bytes) {
+                                    Ok(text) => (Some(BTreeMap::from([(key.clone(), text)])), None),
+                                    Err(e) => (
+                                        None,
+                                        Some(BTreeMap::from([(key.clone(), ByteString(e.into_bytes()))])),
+                                    ),
+                                };
+                                let c = core::ConfigMap {
+                                    metadata: self.meta(&holder, labels),
+                                    data,
+                                    binary_data,
+                                    ..Default::default()
+                                };
+                                if self.options.file_objects {
+                                    self.objects.push(Object::of(&c));
+                                }
+                                out.volumes.push(core::Volume {
+                                    name: volume.clone(),
+                                    config_map: Some(core::ConfigMapVolumeSource {
+                                        name: holder,
+                                        ..Default::default()
+                                    }),
+                                    ..Default::default()
+                                });
+                            }
+                            out.mounts.push(core::VolumeMount {
+                                name: volume,
+                                mount_path: target.clone(),
+                                sub_path: Some(key),
+                                read_only: Some(true),
+                                ..Default::default()
+                            });
+                        }
+                        HostFile::Missing if !self.options.file_objects => {
+                            // Made by whoever read the files: the volume refers to it by name.
+                            let holder = format!("{object}-file-{i}");
+                            let key = Path::new(target)
+                                .file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .filter(|n| is_config_key(n))
+                                .unwrap_or_else(|| "content".into());
+                            let secret = target.starts_with("/run/secrets/");
+                            out.volumes.push(core::Volume {
+                                name: volume.clone(),
+                                secret: secret.then(|| core::SecretVolumeSource {
+                                    secret_name: Some(holder.clone()),
+                                    ..Default::default()
+                                }),
+                                config_map: (!secret).then(|| core::ConfigMapVolumeSource {
+                                    name: holder.clone(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            });
+                            out.mounts.push(core::VolumeMount {
+                                name: volume,
+                                mount_path: target.clone(),
+                                sub_path: Some(key),
+                                read_only: Some(true),
+                                ..Default::default()
+                            });
+                        }
+                        HostFile::Missing => self.problem(
+                            place,
+                            format!("{} does not exist on this machine", source.display()),
+                            "create it, or remove the mount",
+                        ),
+                    }
+                }
+            }
+        }
+        for (i, tmpfs) in service.sandbox.tmpfs.iter().enumerate() {
+            let volume = format!("tmpfs-{i}");
+            out.volumes.push(memory_volume(&volume, tmpfs.size));
+            out.mounts.push(core::VolumeMount {
+                name: volume,
+                mount_path: tmpfs.target.clone(),
+                ..Default::default()
+            });
+        }
+        if let Some(size) = service.sandbox.shm_size {
+            out.volumes.push(memory_volume("shm", Some(size)));
+            out.mounts.push(core::VolumeMount {
+                name: "shm".into(),
+                mount_path: "/dev/shm".into(),
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    /// As on one machine: no privilege escalation, only the capabilities the service keeps, the
+    /// root read-only when asked.
+    fn security_context(&mut self, name: &str, service: &Service) -> core::SecurityContext {
+        let add: Vec<String> = service
+            .cap_add
+            .iter()
+            .map(|c| c.trim_start_matches("CAP_").to_owned())
+            .collect();
+        let _ = name;
+        core::SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(core::Capabilities {
+                add: non_empty(add),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            read_only_root_filesystem: service.sandbox.read_only.then_some(true),
+            ..Default::default()
+        }
+    }
+
+    /// A numeric `user` as the pod's uid and gid; a user name is resolved in the image, which
+    /// Kubernetes does too when no uid is given.
+    fn user(&self, service: &Service) -> (Option<i64>, Option<i64>) {
+        let Some(user) = &service.user else {
+            return (None, None);
+        };
+        let mut parts = user.splitn(2, ':');
+        let uid = parts.next().and_then(|u| u.parse::<i64>().ok());
+        let gid = parts.next().and_then(|g| g.parse::<i64>().ok());
+        (uid, gid.filter(|_| uid.is_some()))
+    }
+}
+
+fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
+    (!items.is_empty()).then_some(items)
+}
+
+/// A ConfigMap key: letters, digits, `-`, `_` and `.`.
+fn is_config_key(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name != "."
+        && name != ".."
+}
+
+fn l4(protocol: Protocol) -> &'static str {
+    if protocol.is_udp() {
+        "UDP"
+    } else {
+        "TCP"
+    }
+}
+
+/// A port's name (at most 15 characters, a letter among them): `http-8000`, `udp-53`.
+fn port_name(port: u16, protocol: Protocol) -> String {
+    format!("{}-{port}", protocol.name())
+}
+
+fn service_ports(service: &Service, published: bool) -> Vec<core::ServicePort> {
+    service
+        .ports
+        .iter()
+        .filter(|p| !published || p.publish.is_some())
+        .map(|p| core::ServicePort {
+            name: Some(port_name(p.port, p.protocol)),
+            port: match (published, p.publish) {
+                (true, Some(addr)) => i32::from(addr.port()),
+                _ => i32::from(p.port),
+            },
+            target_port: Some(IntOrString::String(port_name(p.port, p.protocol))),
+            protocol: Some(l4(p.protocol).to_owned()),
+            app_protocol: (p.protocol == Protocol::Http).then(|| "http".to_owned()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn memory_volume(name: &str, size: Option<u64>) -> core::Volume {
+    core::Volume {
+        name: name.to_owned(),
+        empty_dir: Some(core::EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: size.map(|s| Quantity(bytes_quantity(s))),
+        }),
+        ..Default::default()
+    }
+}
+
+fn probe(health: &HealthCheck, failures: u32) -> core::Probe {
+    let mut probe = core::Probe {
+        period_seconds: Some(seconds(health.interval, 1)),
+        timeout_seconds: Some(seconds(health.timeout, 1)),
+        failure_threshold: Some(i32::try_from(failures.max(1)).unwrap_or(i32::MAX)),
+        ..Default::default()
+    };
+    match &health.probe {
+        Probe::Exec { command } => {
+            probe.exec = Some(core::ExecAction {
+                command: Some(command.clone()),
+            })
+        }
+        Probe::Tcp { port } => {
+            probe.tcp_socket = Some(core::TCPSocketAction {
+                port: IntOrString::Int(i32::from(*port)),
+                ..Default::default()
+            })
+        }
+        Probe::Http { port, path } => {
+            probe.http_get = Some(core::HTTPGetAction {
+                path: Some(path.clone()),
+                port: IntOrString::Int(i32::from(*port)),
+                ..Default::default()
+            })
+        }
+    }
+    probe
+}
+
+/// Limits from `resources`, requests from the reservations; the writable layer's size is the
+/// container's ephemeral storage.
+fn resources(service: &Service) -> core::ResourceRequirements {
+    let r = &service.resources;
+    let mut limits = BTreeMap::new();
+    let mut requests = BTreeMap::new();
+    if let Some(cpu) = r.cpu {
+        limits.insert("cpu".to_owned(), Quantity(cpu_quantity(cpu)));
+    }
+    if let Some(memory) = r.memory {
+        limits.insert("memory".to_owned(), Quantity(bytes_quantity(memory)));
+    }
+    if let Some(disk) = r.disk {
+        limits.insert("ephemeral-storage".to_owned(), Quantity(bytes_quantity(disk)));
+    }
+    if let Some(cpu) = r.cpu_reservation {
+        requests.insert("cpu".to_owned(), Quantity(cpu_quantity(cpu)));
+    }
+    if let Some(memory) = r.memory_reservation {
+        requests.insert("memory".to_owned(), Quantity(bytes_quantity(memory)));
+    }
+    core::ResourceRequirements {
+        limits: (!limits.is_empty()).then_some(limits),
+        requests: (!requests.is_empty()).then_some(requests),
+        ..Default::default()
+    }
+}
