@@ -37,7 +37,14 @@ pub(crate) fn k8s(command: K8sCommand, output: Output) -> Result<()> {
                 [] => vec![manifest_file(None)?],
                 files => files.to_vec(),
             };
-            render(&files, &profiles, namespace, registry, !no_namespace, output)
+            render(
+                &files,
+                &profiles,
+                namespace,
+                registry,
+                !no_namespace,
+                output,
+            )
         }
         K8sCommand::Crd => {
             let crd = paracloud_kube::Object::of(&paracloud_kube::resource::definition());
@@ -65,7 +72,9 @@ fn render(
     let objects = paracloud_kube::render(&loaded.manifest, &options, &LocalFiles).map_err(|e| {
         anyhow!(
             "{} has no Kubernetes form as it is:\n{e}",
-            files.first().map_or_else(String::new, |f| f.display().to_string())
+            files
+                .first()
+                .map_or_else(String::new, |f| f.display().to_string())
         )
     })?;
     print_objects(&objects, output);

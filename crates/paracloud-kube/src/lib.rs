@@ -9,4 +9,6 @@ pub mod resource;
 
 pub use object::{to_json_list, to_yaml, Object, ObjectKey};
 pub use render::{render, HostFile, HostFiles, NoHostFiles, Problem, RenderError, RenderOptions};
-pub use resource::{ParacloudApp, ParacloudAppSpec, ParacloudAppStatus, ServiceScale, ServiceStatus};
+pub use resource::{
+    ParacloudApp, ParacloudAppSpec, ParacloudAppStatus, ServiceScale, ServiceStatus,
+};

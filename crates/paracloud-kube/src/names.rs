@@ -47,7 +47,7 @@ pub fn app_labels(app: &str) -> BTreeMap<String, String> {
 /// CPU in cores as a quantity: whole cores as `2`, else millicores as `500m`.
 pub fn cpu_quantity(cores: f64) -> String {
     let millis = (cores * 1000.0).round().max(1.0) as u64;
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{millis}m")
@@ -56,9 +56,14 @@ pub fn cpu_quantity(cores: f64) -> String {
 
 /// Bytes as a quantity, in the largest binary unit that divides them (`64Mi`, `1Gi`, `1500`).
 pub fn bytes_quantity(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(1 << 40, "Ti"), (1 << 30, "Gi"), (1 << 20, "Mi"), (1 << 10, "Ki")];
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "Ti"),
+        (1 << 30, "Gi"),
+        (1 << 20, "Mi"),
+        (1 << 10, "Ki"),
+    ];
     for (size, suffix) in UNITS {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{suffix}", bytes / size);
         }
     }

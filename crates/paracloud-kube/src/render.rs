@@ -517,7 +517,11 @@ impl Renderer<'_> {
                 .iter()
                 .filter(|(other, _)| reaches(other))
                 .map(|(other, s)| {
-                    object_name(s.revision_of.as_ref().map_or(other.as_str(), |r| &r.service))
+                    object_name(
+                        s.revision_of
+                            .as_ref()
+                            .map_or(other.as_str(), |r| &r.service),
+                    )
                 })
                 .collect();
             names.sort();
@@ -630,7 +634,10 @@ impl Renderer<'_> {
         match &service.image {
             Image::Stored { reference, digest } => Some(match digest {
                 Some(digest) if !reference.contains('@') => {
-                    format!("{}@{digest}", reference.split(':').next().unwrap_or(reference))
+                    format!(
+                        "{}@{digest}",
+                        reference.split(':').next().unwrap_or(reference)
+                    )
                 }
                 _ => reference.clone(),
             }),
@@ -680,7 +687,12 @@ impl Renderer<'_> {
                     target,
                     read_only,
                 } => {
-                    let declared = self.manifest.volumes.get(volume).cloned().unwrap_or_default();
+                    let declared = self
+                        .manifest
+                        .volumes
+                        .get(volume)
+                        .cloned()
+                        .unwrap_or_default();
                     out.mounts.push(core::VolumeMount {
                         name: volume.clone(),
                         mount_path: target.clone(),
@@ -698,7 +710,11 @@ impl Renderer<'_> {
                             ),
                             ..Default::default()
                         });
-                    } else if !out.claims.iter().any(|c| c.metadata.name.as_deref() == Some(volume)) {
+                    } else if !out
+                        .claims
+                        .iter()
+                        .any(|c| c.metadata.name.as_deref() == Some(volume))
+                    {
                         out.claims.push(core::PersistentVolumeClaim {
                             metadata: ObjectMeta {
                                 name: Some(volume.clone()),
@@ -745,7 +761,11 @@ impl Renderer<'_> {
                         }
                         HostFile::File(bytes) if bytes.len() > MAX_FILE_BYTES => self.problem(
                             place,
-                            format!("{} is {} bytes, more than a ConfigMap or Secret holds (1 MiB)", source.display(), bytes.len()),
+                            format!(
+                                "{} is {} bytes, more than a ConfigMap or Secret holds (1 MiB)",
+                                source.display(),
+                                bytes.len()
+                            ),
                             "put the file into the image, or mount a named volume holding it",
                         ),
                         HostFile::File(bytes) => {
@@ -758,10 +778,8 @@ impl Renderer<'_> {
                                 .unwrap_or_else(|| "content".into());
                             out.config.extend_from_slice(target.as_bytes());
                             out.config.extend_from_slice(&bytes);
-                            let labels = BTreeMap::from([(
-                                SERVICE_LABEL.to_owned(),
-                                object.clone(),
-                            )]);
+                            let labels =
+                                BTreeMap::from([(SERVICE_LABEL.to_owned(), object.clone())]);
                             if secret {
                                 let s = core::Secret {
                                     metadata: self.meta(&holder, labels),
@@ -785,7 +803,10 @@ impl Renderer<'_> {
                                     Ok(text) => (Some(BTreeMap::from([(key.clone(), text)])), None),
                                     Err(e) => (
                                         None,
-                                        Some(BTreeMap::from([(key.clone(), ByteString(e.into_bytes()))])),
+                                        Some(BTreeMap::from([(
+                                            key.clone(),
+                                            ByteString(e.into_bytes()),
+                                        )])),
                                     ),
                                 };
                                 let c = core::ConfigMap {
@@ -1006,7 +1027,10 @@ fn resources(service: &Service) -> core::ResourceRequirements {
         limits.insert("memory".to_owned(), Quantity(bytes_quantity(memory)));
     }
     if let Some(disk) = r.disk {
-        limits.insert("ephemeral-storage".to_owned(), Quantity(bytes_quantity(disk)));
+        limits.insert(
+            "ephemeral-storage".to_owned(),
+            Quantity(bytes_quantity(disk)),
+        );
     }
     if let Some(cpu) = r.cpu_reservation {
         requests.insert("cpu".to_owned(), Quantity(cpu_quantity(cpu)));

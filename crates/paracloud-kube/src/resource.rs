@@ -9,6 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The application, as `paracloud deploy --kubernetes` applies it.
+// Each printed column is an attribute of its own, which the lint takes for a repeat.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "paracloud.dev",
@@ -20,10 +22,26 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "ParacloudAppStatus",
     doc = "A Paracloud application: its manifest, run by the Paracloud operator",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Services", type_ = "integer", json_path = ".status.serviceCount"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Services",
+        type_ = "integer",
+        json_path = ".status.serviceCount"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     crates(kube_core = "::kube_core")
 )]
 #[serde(rename_all = "camelCase")]
@@ -82,6 +100,7 @@ pub struct ServiceStatus {
 }
 
 /// The CustomResourceDefinition of `ParacloudApp`, its schema made from the types above.
-pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+pub fn definition(
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     <ParacloudApp as kube_core::CustomResourceExt>::crd()
 }
