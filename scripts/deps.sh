@@ -14,7 +14,8 @@
 # - prometheus: `promtool check metrics`, which the daemon's /metrics must pass;
 # - a Python virtual environment in the user's cache (~/.cache/paracloud/venv, not system-wide)
 #   with openapi-spec-validator, which validates the API's OpenAPI 3.1 description, and
-#   schemathesis, which tests a live daemon against it;
+#   schemathesis, which tests a live daemon against it, and kubernetes-validate, the official
+#   Kubernetes schemas the rendered objects are checked against;
 # - chromium, chromium-driver: the dashboard's browser tests (a real Chromium through WebDriver);
 # - npm: the dashboard's build installs its xterm.js package from the lockfile;
 # - cargo-nextest: the test runner.
@@ -72,9 +73,10 @@ bash scripts/criu.sh
 
 # The Python tools of the tests, in a virtual environment of their own (the tests look there).
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/paracloud/venv"
-if [ ! -x "$venv/bin/openapi-spec-validator" ] || [ ! -x "$venv/bin/schemathesis" ]; then
+if [ ! -x "$venv/bin/openapi-spec-validator" ] || [ ! -x "$venv/bin/schemathesis" ] ||
+  [ ! -x "$venv/bin/kubernetes-validate" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet openapi-spec-validator schemathesis
+  "$venv/bin/pip" install --quiet openapi-spec-validator schemathesis kubernetes-validate
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then

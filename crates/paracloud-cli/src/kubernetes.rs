@@ -69,15 +69,19 @@ fn render(
         namespace_object,
         file_objects: true,
     };
-    let objects = paracloud_kube::render(&loaded.manifest, &options, &LocalFiles).map_err(|e| {
-        anyhow!(
-            "{} has no Kubernetes form as it is:\n{e}",
-            files
-                .first()
-                .map_or_else(String::new, |f| f.display().to_string())
-        )
-    })?;
-    print_objects(&objects, output);
+    let rendered =
+        paracloud_kube::render(&loaded.manifest, &options, &LocalFiles).map_err(|e| {
+            anyhow!(
+                "{} has no Kubernetes form as it is:\n{e}",
+                files
+                    .first()
+                    .map_or_else(String::new, |f| f.display().to_string())
+            )
+        })?;
+    for note in &rendered.left_out {
+        eprintln!("left out: {}: {} ({})", note.place, note.message, note.hint);
+    }
+    print_objects(&rendered.objects, output);
     Ok(())
 }
 

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -54,16 +53,6 @@ const EXCLUDED: [(&str, &str); 12] = [
         "its made-up tokens are guesses, and the brake on guessing then answers 429 to every request from the address",
     ),
 ];
-
-/// A program of the Python virtual environment scripts/deps.sh makes:
-/// `$XDG_CACHE_HOME/paracloud/venv` (`~/.cache/paracloud/venv`).
-fn python_tool(name: &str) -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME is set");
-    cache.join("paracloud/venv/bin").join(name)
-}
 
 #[test]
 fn schemathesis_finds_no_server_error_and_no_answer_that_breaks_the_description() {

@@ -8,7 +8,9 @@ pub mod render;
 pub mod resource;
 
 pub use object::{to_json_list, to_yaml, Object, ObjectKey};
-pub use render::{render, HostFile, HostFiles, NoHostFiles, Problem, RenderError, RenderOptions};
+pub use render::{
+    render, HostFile, HostFiles, NoHostFiles, Problem, RenderError, RenderOptions, Rendered,
+};
 pub use resource::{
     ParacloudApp, ParacloudAppSpec, ParacloudAppStatus, ServiceScale, ServiceStatus,
 };

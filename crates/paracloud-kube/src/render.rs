@@ -79,6 +79,15 @@ pub struct Problem {
     pub hint: String,
 }
 
+/// The objects of an application, and what of its manifest they do not carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// In the order `kubectl apply` needs.
+    pub objects: Vec<Object>,
+    /// Keys with no Kubernetes form that rendering left out, each saying what happens instead.
+    pub left_out: Vec<Problem>,
+}
+
 /// Why a manifest could not be rendered: every problem found, in manifest order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.problems.iter().map(|p| format!("{}: {}\n  hint: {}", p.place, p.message, p.hint)).collect::<Vec<_>>().join("\n"))]
@@ -97,7 +106,7 @@ pub fn render(
     manifest: &Manifest,
     options: &RenderOptions,
     files: &dyn HostFiles,
-) -> Result<Vec<Object>, RenderError> {
+) -> Result<Rendered, RenderError> {
     let namespace = options
         .namespace
         .clone()
@@ -114,6 +123,7 @@ pub fn render(
         namespace,
         manifest_sha,
         problems: Vec::new(),
+        left_out: Vec::new(),
         objects: Vec::new(),
     };
     renderer.check_names();
@@ -131,10 +141,27 @@ pub fn render(
     for (name, service) in &manifest.services {
         renderer.service(name, service);
     }
+    if manifest.autoscale.is_some() {
+        renderer.leave_out(
+            "autoscale".into(),
+            "the autoscaler runs in Paracloud's operator",
+            "deploy with `paracloud deploy --kubernetes` onto a cluster running the operator; rendered objects alone keep their replicas",
+        );
+    }
+    if !manifest.schedules.is_empty() {
+        renderer.leave_out(
+            "schedules".into(),
+            "scheduled capsules attach through Paracloud's node agent",
+            "they run once the operator and the node agent are installed in the cluster",
+        );
+    }
     if renderer.problems.is_empty() {
         let mut objects = renderer.objects;
         objects.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(objects)
+        Ok(Rendered {
+            objects,
+            left_out: renderer.left_out,
+        })
     } else {
         Err(RenderError {
             problems: renderer.problems,
@@ -149,6 +176,7 @@ struct Renderer<'a> {
     namespace: String,
     manifest_sha: String,
     problems: Vec<Problem>,
+    left_out: Vec<Problem>,
     objects: Vec<Object>,
 }
 
@@ -169,6 +197,72 @@ impl Renderer<'_> {
             message: message.into(),
             hint: hint.into(),
         });
+    }
+
+    fn leave_out(&mut self, place: String, message: impl Into<String>, hint: impl Into<String>) {
+        self.left_out.push(Problem {
+            place,
+            message: message.into(),
+            hint: hint.into(),
+        });
+    }
+
+    /// The keys a cluster has no place for, said once each.
+    fn left_out(&mut self, name: &str, service: &Service) {
+        if service.revision_of.is_some() {
+            // Its service's notes say it.
+            return;
+        }
+        let place = |key: &str| format!("services.{name}.{key}");
+        if service.resources.pids.is_some() {
+            self.leave_out(
+                place("resources.pids"),
+                "a container has no process limit of its own on Kubernetes",
+                "the node's kubelet limits processes per pod (podPidsLimit)",
+            );
+        }
+        if !service.sandbox.ulimits.is_empty() {
+            self.leave_out(
+                place("ulimits"),
+                "Kubernetes has no per-container ulimits",
+                "the container runtime's defaults apply; set them in the image's entrypoint if needed",
+            );
+        }
+        if service.stop_signal != "SIGTERM" {
+            self.leave_out(
+                place("stop_signal"),
+                format!(
+                    "{} cannot be set per container before Kubernetes' stopSignal (alpha in 1.33)",
+                    service.stop_signal
+                ),
+                "the image's STOPSIGNAL applies (SIGTERM when it has none): set it in the image",
+            );
+        }
+        if service.user.as_deref().is_some_and(|u| {
+            u.split(':')
+                .next()
+                .is_some_and(|uid| uid.parse::<i64>().is_err())
+        }) {
+            self.leave_out(
+                place("user"),
+                "a user name cannot be given to Kubernetes, only a uid",
+                "the image's USER applies; write the uid (\"1000:1000\") to set it",
+            );
+        }
+        if !service.depends_on.is_empty() {
+            self.leave_out(
+                place("depends_on"),
+                "Kubernetes starts every workload at once",
+                "readiness probes keep traffic away from pods until they are ready",
+            );
+        }
+        if service.scale_to_zero.is_some() {
+            self.leave_out(
+                place("scale_to_zero"),
+                "scaling to zero needs Paracloud's data plane in the cluster, which rendering alone does not deploy",
+                "the service keeps its replicas",
+            );
+        }
     }
 
     fn meta(&self, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
@@ -224,6 +318,7 @@ impl Renderer<'_> {
                 .as_bytes(),
         );
 
+        self.left_out(name, service);
         let Some(image) = self.image(name, service) else {
             return;
         };
@@ -478,6 +573,33 @@ impl Renderer<'_> {
                 spec: Some(core::ServiceSpec {
                     selector: Some(selector.clone()),
                     ports: Some(ports),
+                    type_: Some("ClusterIP".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.objects.push(Object::of(&svc));
+        }
+        // A network alias is one more name for the same pods.
+        let aliases: std::collections::BTreeSet<&String> = service
+            .networks
+            .values()
+            .flat_map(|n| n.aliases.iter())
+            .collect();
+        for alias in aliases {
+            if self.manifest.services.contains_key(alias.as_str()) {
+                self.problem(
+                    format!("services.{object}.networks"),
+                    format!("the alias `{alias}` is also a service's name, and a namespace has one Service of a name"),
+                    "rename the alias",
+                );
+                continue;
+            }
+            let svc = core::Service {
+                metadata: self.meta(alias, labels.clone()),
+                spec: Some(core::ServiceSpec {
+                    selector: Some(selector.clone()),
+                    ports: non_empty(service_ports(service, false)),
                     type_: Some("ClusterIP".into()),
                     ..Default::default()
                 }),

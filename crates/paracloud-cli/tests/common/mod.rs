@@ -43,6 +43,16 @@ pub fn workspace() -> PathBuf {
         .unwrap()
 }
 
+/// A program of the Python virtual environment scripts/deps.sh makes:
+/// `$XDG_CACHE_HOME/paracloud/venv` (`~/.cache/paracloud/venv`).
+pub fn python_tool(name: &str) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    cache.join("paracloud/venv/bin").join(name)
+}
+
 impl Platform {
     pub fn new() -> Self {
         let dir = std::env::temp_dir().join("paracloud-test-slots");
