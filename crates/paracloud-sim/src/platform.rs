@@ -22,8 +22,9 @@
 //!   cluster that just meets its SLO. The median is an assumption (half the bound).
 //! - Readiness: a readiness probe every 5 s (`periodSeconds: 5`; Kubernetes' default is 10). The
 //!   kubelet's probe worker ticks from when it was created for the pod, not from when the
-//!   container came up, so the wait from the application being ready to the probe that sees it
-//!   is taken as uniform over one period (mean 2.5 s).
+//!   container came up (an extra probe as soon as the kubelet sees the container running finds
+//!   an application still starting), so the wait from the application being ready to the probe
+//!   that sees it is taken as uniform over one period (mean 2.5 s).
 //! - Together: a mean of about 5.1 s from creation to ready beyond the application's own start, a
 //!   p99 of about 8.8 s (the shop starts in 70 ms on top of it).
 //! - In-place resize: applied after a delay uniform between 0.5 and 1.5 s. The kubelet applies a
