@@ -1,5 +1,7 @@
 //! The autoscaling evaluation: every scenario (real traces and synthetic loads) under every
 //! policy in the simulator, written as a Markdown table, JSON and one SVG plot per scenario.
+//! The platform profile says what starting an instance and changing its CPU take: Paracloud on
+//! one host (`local`, the default) or a Kubernetes cluster's latencies (`cluster`, simulated).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -7,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use paracloud_autoscale::PolicyKind;
-use paracloud_sim::{Model, Outcome, ParseOptions, Shape, Trace};
+use paracloud_sim::{Model, Options, Outcome, ParseOptions, Platform, Shape, Trace};
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -206,9 +208,14 @@ pub fn run(
     traces: &Path,
     out: &Path,
     seed: u64,
+    platform: &Platform,
     only: Option<&str>,
     timelines: bool,
 ) -> Result<()> {
+    let options = Options {
+        platform: platform.clone(),
+        ..Options::default()
+    };
     let scratch = tempfile::tempdir()?;
     let mut scenarios = scenarios(traces, scratch.path(), seed)?;
     if let Some(only) = only {
@@ -237,11 +244,12 @@ pub fn run(
                     .into_iter()
                     .map(|kind| {
                         let mut policy = kind.build();
-                        paracloud_sim::simulate(
+                        paracloud_sim::simulate_with(
                             &scenario.model,
                             &scenario.trace,
                             policy.as_mut(),
                             seed,
+                            &options,
                         )
                     })
                     .collect();
@@ -265,21 +273,30 @@ pub fn run(
         .filter_map(|r| r.into_inner().ok().flatten())
         .collect();
     for result in &results {
-        plot(&out.join(format!("{}.svg", result.scenario)), result)?;
+        plot(
+            &out.join(format!("{}.svg", result.scenario)),
+            result,
+            platform,
+        )?;
         if timelines {
             let path = out.join(format!("{}.json", result.scenario));
             std::fs::write(&path, serde_json::to_string(&result.outcomes)?)?;
         }
     }
-    let markdown = report(&results, seed, started.elapsed());
+    let markdown = report(&results, seed, platform, started.elapsed());
     std::fs::write(out.join("report.md"), &markdown)?;
     let mut compact = Vec::new();
     for result in &results {
-        compact.push(serde_json::json!({
+        let mut entry = serde_json::json!({
             "scenario": result.scenario,
             "what": result.what,
             "outcomes": result.outcomes.iter().map(summary).collect::<Vec<_>>(),
-        }));
+        });
+        // The local profile's file stays as it was; any other names its profile.
+        if !is_local(platform) {
+            entry["platform"] = serde_json::to_value(platform)?;
+        }
+        compact.push(entry);
     }
     std::fs::write(
         out.join("results.json"),
@@ -304,11 +321,44 @@ fn summary(o: &Outcome) -> serde_json::Value {
     })
 }
 
-fn report(results: &[ScenarioResult], seed: u64, took: Duration) -> String {
+fn is_local(platform: &Platform) -> bool {
+    *platform == Platform::local()
+}
+
+/// The report's title and, for a profile other than local, what it simulates.
+fn heading(platform: &Platform) -> String {
+    if is_local(platform) {
+        return "# Autoscaling: the model policy against Kubernetes HPA and Knative KPA\n\n".into();
+    }
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Autoscaling: the model policy against Kubernetes HPA and Knative KPA\n\n\
+        "# Autoscaling with a Kubernetes cluster's latencies (simulated): the model policy \
+         against Kubernetes HPA and Knative KPA\n\n\
+         Platform profile `{name}`: a simulation of a cluster's latencies, not a live cluster. A \
+         new instance (pod) is ready after a pod start drawn log-normal with a median of {median:.1} s \
+         and a p99 of {p99:.1} s (SIG Scalability's pod start-up SLO: 99% of stateless pods with \
+         pre-pulled images start within 5 s), then the service's own start, then a readiness \
+         probe every {probe:.0} s (the wait uniform over one period): {mean:.1} s on average \
+         beyond the service's own start. A CPU change in place (the pod `resize` subresource) \
+         reaches each running instance after {rmin:.1}–{rmax:.1} s (the kubelet's sync), \
+         uniform. See `docs/sim.md`.\n",
+        name = platform.name,
+        median = platform.schedule_median_ms / 1000.0,
+        p99 = platform.schedule_p99_ms / 1000.0,
+        probe = platform.readiness_period_ms / 1000.0,
+        mean = platform.mean_start_overhead_ms() / 1000.0,
+        rmin = platform.resize_min_ms / 1000.0,
+        rmax = platform.resize_max_ms / 1000.0,
+    );
+    md
+}
+
+fn report(results: &[ScenarioResult], seed: u64, platform: &Platform, took: Duration) -> String {
+    let mut md = heading(platform);
+    let _ = writeln!(
+        md,
+        "\
          Simulated with `paracloud-sim` (seed {seed}, {:.0} s of wall time). Per scenario and \
          policy: seconds whose p95 end-to-end latency missed the SLO (dropped requests count as \
          infinitely slow), instance-seconds and CPU-seconds allocated, p95 and p99 of the answered \
@@ -397,7 +447,12 @@ const COLOURS: [RGBColor; 3] = [
 type Measure = dyn Fn(&paracloud_sim::Second) -> f64;
 
 /// Load, p95 latency and instances over time, one line per policy, in three panels.
-fn plot(path: &Path, result: &ScenarioResult) -> Result<()> {
+fn plot(path: &Path, result: &ScenarioResult, platform: &Platform) -> Result<()> {
+    let name = if is_local(platform) {
+        result.scenario.clone()
+    } else {
+        format!("{} (simulated {})", result.scenario, platform.name)
+    };
     let root = SVGBackend::new(path, (1100, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let panels = root.split_evenly((3, 1));
@@ -447,10 +502,7 @@ fn plot(path: &Path, result: &ScenarioResult) -> Result<()> {
             .fold(1.0f64, f64::max)
             * 1.05;
         let mut chart = ChartBuilder::on(&panels[index])
-            .caption(
-                format!("{} — {}", result.scenario, title),
-                ("sans-serif", 15),
-            )
+            .caption(format!("{name} — {title}"), ("sans-serif", 15))
             .margin(8)
             .x_label_area_size(28)
             .y_label_area_size(55)
@@ -495,4 +547,24 @@ fn plot(path: &Path, result: &ScenarioResult) -> Result<()> {
 
 fn plot_error<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing the plot: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_report_keeps_its_title_and_the_cluster_one_says_it_is_simulated() {
+        assert_eq!(
+            heading(&Platform::local()),
+            "# Autoscaling: the model policy against Kubernetes HPA and Knative KPA\n\n"
+        );
+        let cluster = heading(&Platform::cluster());
+        assert!(
+            cluster.starts_with("# Autoscaling with a Kubernetes cluster's latencies (simulated)")
+        );
+        assert!(cluster.contains("`cluster`") && cluster.contains("not a live cluster"));
+        assert!(cluster.contains("median of 2.5 s") && cluster.contains("0.5–1.5 s"));
+        assert!(cluster.ends_with("\n\n"), "{cluster:?}");
+    }
 }

@@ -132,11 +132,17 @@ struct AutoscaleArgs {
     /// The folder of real traces (worldcup98/, nasa95/, azure-llm-2023/)
     #[arg(long, value_name = "DIR", default_value = "../shared/traces")]
     traces: PathBuf,
-    /// Where the report (report.md, results.json, one SVG per scenario) goes
-    #[arg(long, value_name = "DIR", default_value = "bench/results/autoscale")]
-    out: PathBuf,
+    /// Where the report (report.md, results.json, one SVG per scenario) goes [default:
+    /// bench/results/autoscale, or bench/results/autoscale-cluster with --platform cluster]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// What the platform adds to starting instances and changing their CPU: `local` (Paracloud
+    /// on one host) or `cluster` (a Kubernetes cluster's pod start and in-place resize
+    /// latencies, simulated)
+    #[arg(long, value_name = "local|cluster", default_value = "local")]
+    platform: paracloud_sim::Platform,
     /// Only this scenario (step, ramp, diurnal, flash-crowd, worldcup98, nasa95, azure-code,
     /// azure-conv, moving-bottleneck)
     #[arg(long, value_name = "NAME")]
@@ -682,13 +688,21 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Autoscale(args) => {
+            let out = args.out.unwrap_or_else(|| {
+                PathBuf::from(if args.platform == paracloud_sim::Platform::local() {
+                    "bench/results/autoscale"
+                } else {
+                    "bench/results/autoscale-cluster"
+                })
+            });
             return autoscale::run(
                 &args.traces,
-                &args.out,
+                &out,
                 args.seed,
+                &args.platform,
                 args.only.as_deref(),
                 args.timelines,
-            )
+            );
         }
         Command::Migrate(args) => {
             ensure!(

@@ -26,14 +26,26 @@ const NONE: u32 = u32::MAX;
 /// instances) does not shift the arrivals or the demands drawn elsewhere.
 const STREAM_BALANCE: u64 = 2;
 const STREAM_STARTUP: u64 = 3;
+const STREAM_RESIZE: u64 = 4;
 const STREAM_SERVICE: u64 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Arrival,
-    CpuDone { instance: u32, generation: u32 },
-    Ready { instance: u32 },
-    HoldExpiry { service: u16 },
+    CpuDone {
+        instance: u32,
+        generation: u32,
+    },
+    Ready {
+        instance: u32,
+    },
+    /// The platform applies the service's CPU to this instance (a delayed in-place resize).
+    Resize {
+        instance: u32,
+    },
+    HoldExpiry {
+        service: u16,
+    },
     Tick,
 }
 
@@ -168,6 +180,7 @@ struct Service {
     cpu_min: f64,
     cpu_max: f64,
     wake_instances: u32,
+    /// The CPU per instance asked for; under a delayed resize, running instances get it later.
     cpu: f64,
     /// Existing instances (starting, ready, draining), oldest first.
     instances: Vec<u32>,
@@ -238,6 +251,7 @@ pub(crate) struct Engine<'a> {
     pending_arrival: Option<(u64, f64)>,
     balance: StdRng,
     startup: StdRng,
+    resize: StdRng,
     /// Calls this second: [caller + 1 (0 is external)][callee].
     calls: Vec<Vec<u64>>,
     history: History,
@@ -331,6 +345,7 @@ impl<'a> Engine<'a> {
             pending_arrival: None,
             balance: rng(seed, STREAM_BALANCE),
             startup: rng(seed, STREAM_STARTUP),
+            resize: rng(seed, STREAM_RESIZE),
             calls: vec![vec![0; n]; n + 1],
             history: History::with_capacity(options.history_seconds),
             slo_latency_us: (model.slo.latency_ms * 1000.0).round() as u64,
@@ -376,6 +391,7 @@ impl<'a> Engine<'a> {
                     generation,
                 } => self.cpu_done(instance, generation),
                 Kind::Ready { instance } => self.ready(instance),
+                Kind::Resize { instance } => self.resize(instance),
                 Kind::HoldExpiry { service } => self.hold_expiry(service),
                 Kind::Tick => {
                     self.tick(policy);
@@ -787,8 +803,15 @@ impl<'a> Engine<'a> {
         let service = &mut self.services[s];
         let dt = self.now.saturating_sub(service.cost_last_us) as f64;
         let n = service.instances.len() as f64;
+        // What each instance has now (equal to the service's CPU unless a resize is pending).
+        let cpu: f64 = service
+            .instances
+            .iter()
+            .filter_map(|&i| self.instances[i as usize].as_ref())
+            .map(|x| x.cpu)
+            .sum();
         self.instance_us += n * dt;
-        self.cpu_us += n * service.cpu * dt;
+        self.cpu_us += cpu * dt;
         service.cost_last_us = self.now;
     }
 
@@ -796,7 +819,18 @@ impl<'a> Engine<'a> {
         self.account_cost(s);
         let mean = self.services[s].startup_us;
         let u: f64 = self.startup.random();
-        let startup = (mean / 2.0 - mean / 2.0 * (1.0 - u).ln()).max(0.0);
+        let mut startup = (mean / 2.0 - mean / 2.0 * (1.0 - u).ln()).max(0.0);
+        // What the platform adds (scheduling, container start, readiness probe); the local
+        // profile adds nothing and draws nothing.
+        let platform = &self.options.platform;
+        if platform.start_draws() > 0 {
+            let (u1, u2, u3): (f64, f64, f64) = (
+                self.startup.random(),
+                self.startup.random(),
+                self.startup.random(),
+            );
+            startup += platform.start_overhead_ms(u1, u2, u3) * 1000.0;
+        }
         let id = self.instances.len() as u32;
         let x = new_instance(&mut self.services[s], s as u16, self.now, State::Starting);
         self.instances.push(Some(x));
@@ -872,6 +906,15 @@ impl<'a> Engine<'a> {
     fn set_cpu(&mut self, s: usize, cpu: f64) {
         self.account_cost(s);
         self.services[s].cpu = cpu;
+        if self.options.platform.resize_delayed() {
+            // Each instance's resize is applied on its own, a little later (the kubelet's sync).
+            for i in self.services[s].instances.clone() {
+                let u: f64 = self.resize.random();
+                let delay_us = (self.options.platform.resize_delay_ms(u) * 1000.0).round() as u64;
+                self.schedule(self.now + delay_us, Kind::Resize { instance: i });
+            }
+            return;
+        }
         let now = self.now;
         for i in self.services[s].instances.clone() {
             if let Some(x) = self.instances[i as usize].as_mut() {
@@ -880,6 +923,31 @@ impl<'a> Engine<'a> {
             }
             self.reschedule(i);
         }
+    }
+
+    /// A delayed resize reaches an instance: it gets its service's CPU as asked for now (a later
+    /// change overtakes an earlier one still pending, as the kubelet applies the latest spec).
+    fn resize(&mut self, instance: u32) {
+        let Some(s) = self.instances[instance as usize]
+            .as_ref()
+            .map(|x| x.service as usize)
+        else {
+            return;
+        };
+        let cpu = self.services[s].cpu;
+        if self.instances[instance as usize]
+            .as_ref()
+            .is_some_and(|x| (x.cpu - cpu).abs() <= 1e-12)
+        {
+            return;
+        }
+        self.account_cost(s);
+        let now = self.now;
+        if let Some(x) = self.instances[instance as usize].as_mut() {
+            x.advance(now);
+            x.cpu = cpu;
+        }
+        self.reschedule(instance);
     }
 
     fn apply(&mut self, decision: Decision) {

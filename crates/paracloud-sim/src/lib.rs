@@ -7,12 +7,15 @@
 //! ```
 //!
 //! The same seed gives the same outcome. Random draws come from separate streams (arrivals, load
-//! balancing, start times, each service's demands), so two policies run on the same seed see the
-//! same arrivals.
+//! balancing, start times, delays of CPU changes, each service's demands), so two policies run on
+//! the same seed see the same arrivals. What the platform under the application adds to starting
+//! instances and changing their CPU is a [`Platform`] profile in the [`Options`]: `local` (the
+//! default, nothing) or `cluster` (a Kubernetes cluster's latencies, simulated).
 
 pub mod engine;
 pub mod model;
 pub mod outcome;
+pub mod platform;
 pub mod synthetic;
 pub mod trace;
 
@@ -22,6 +25,7 @@ use paracloud_autoscale::Policy;
 
 pub use model::{Distribution, Model, ModelError, Phase, ServiceModel};
 pub use outcome::{DecisionRecord, Histogram, Outcome, Second, Summary};
+pub use platform::{Platform, UnknownPlatform};
 pub use synthetic::Shape;
 pub use trace::{Arrivals, ParseOptions, Trace, TraceError, TracedRequest};
 
@@ -35,6 +39,9 @@ pub struct Options {
     pub drain: Duration,
     /// Seconds of observations the policy's history keeps.
     pub history_seconds: usize,
+    /// What the platform adds to starting instances and changing their CPU (default: local,
+    /// nothing).
+    pub platform: Platform,
 }
 
 impl Default for Options {
@@ -43,6 +50,7 @@ impl Default for Options {
             record_timeline: true,
             drain: Duration::from_secs(30),
             history_seconds: 600,
+            platform: Platform::local(),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use paracloud_autoscale::{Decision, History, Millis, Observation, Policy, ScalingConfig};
 use paracloud_sim::{
-    simulate, simulate_with, Model, Options, Outcome, Shape, Trace, TracedRequest,
+    simulate, simulate_with, Model, Options, Outcome, Platform, Shape, Trace, TracedRequest,
 };
 
 /// A test policy: makes the scripted decisions at their times, and keeps every observation.
@@ -274,6 +274,138 @@ fn decisions_apply_within_bounds_and_cost_what_exists() {
     assert_eq!(after.iter().filter(|i| i.ready).count(), 3, "{after:?}");
     assert_eq!(out.timeline[2].instances, vec![3]);
     assert_eq!(out.timeline[7].cpu, vec![2.0]);
+}
+
+fn on(platform: Platform) -> Options {
+    Options {
+        platform,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn on_a_cluster_new_pods_take_seconds_to_become_ready() {
+    let m = model("entry = \"a\"\n[services.a]\ndemand = \"1ms\"\nmax = 40\nstartup = \"100ms\"\n");
+    let run = |platform: Platform| {
+        let mut policy = Scripted::new(&[(2_000, "a", 31, 1.0)]);
+        simulate_with(&m, &steady(10.0, 40), &mut policy, 5, &on(platform));
+        policy
+    };
+    // Local: ready within a second (100 ms mean).
+    let local = run(Platform::local());
+    let ready = |p: &Scripted, t: u64| {
+        p.at(t).services["a"]
+            .instances
+            .iter()
+            .filter(|i| i.ready)
+            .count()
+    };
+    assert_eq!(ready(&local, 3), 31);
+    // Cluster: none of the 30 new pods within a second (the pod start alone is above a second
+    // for all but a sliver), all of them within 20 s, and about 5 s on average.
+    let cluster = run(Platform::cluster());
+    assert_eq!(ready(&cluster, 3), 1);
+    assert_eq!(ready(&cluster, 22), 31);
+    let mut first_ready = std::collections::BTreeMap::new();
+    for o in &cluster.seen {
+        for i in o.services["a"].instances.iter().filter(|i| i.ready) {
+            first_ready.entry(i.id.clone()).or_insert(i.age_ms);
+        }
+    }
+    // Ages are seen at whole seconds: each is the start rounded up to one. a.1 was there from
+    // the start.
+    let ages: Vec<u64> = first_ready
+        .iter()
+        .filter(|(id, _)| *id != "a.1")
+        .map(|(_, &age)| age)
+        .collect();
+    assert_eq!(ages.len(), 30, "{first_ready:?}");
+    let mean = ages.iter().sum::<u64>() as f64 / ages.len() as f64;
+    assert!(mean > 4_500.0 && mean < 7_500.0, "{mean} {ages:?}");
+}
+
+#[test]
+fn on_a_cluster_a_cpu_change_applies_after_about_a_second() {
+    let m = model(
+        "entry = \"a\"\n[services.a]\ndemand = \"1ms\"\ninstances = 3\nmax = 3\ncpu = 1\ncpu_max = 2\n",
+    );
+    let run = |platform: Platform| {
+        let mut policy = Scripted::new(&[(2_000, "a", 3, 2.0)]);
+        let out = simulate_with(&m, &steady(0.0, 10), &mut policy, 3, &on(platform));
+        (policy, out)
+    };
+    let limits = |p: &Scripted, t: u64| -> Vec<f64> {
+        p.at(t).services["a"]
+            .instances
+            .iter()
+            .map(|i| i.cpu_limit)
+            .collect()
+    };
+    let (local, local_out) = run(Platform::local());
+    assert_eq!(limits(&local, 3), vec![2.0; 3]);
+    // 3 instances × (2 s at 1 core + 8 s at 2).
+    assert!((local_out.cpu_seconds - 54.0).abs() < 1e-6, "{local_out:?}");
+    let (cluster, cluster_out) = run(Platform::cluster());
+    assert_eq!(limits(&cluster, 2), vec![1.0; 3], "asked for, not applied");
+    assert_eq!(limits(&cluster, 4), vec![2.0; 3], "applied within 1.5 s");
+    // Each instance kept its 1 core for 0.5 to 1.5 s longer; what is asked for shows at once.
+    let late = local_out.cpu_seconds - cluster_out.cpu_seconds;
+    assert!((1.5..=4.5).contains(&late), "{late}");
+    assert_eq!(cluster_out.timeline[2].cpu, vec![2.0]);
+    assert_eq!(cluster_out.instance_seconds, local_out.instance_seconds);
+}
+
+#[test]
+fn a_delayed_resize_still_makes_the_work_faster() {
+    // One instance with 4 requests in flight at a time, 1 core: taking it to 4 cores shortens
+    // the answers, a second later on a cluster than locally.
+    let m = model(
+        "entry = \"a\"\n[services.a]\ndemand = \"20ms\"\ndistribution = \"constant\"\nmin = 1\nmax = 1\ncpu = 1\ncpu_max = 4\n",
+    );
+    let run = |platform: Platform| {
+        let mut policy = Scripted::new(&[(5_000, "a", 1, 4.0)]);
+        simulate_with(&m, &steady(40.0, 20), &mut policy, 2, &on(platform));
+        policy
+    };
+    for platform in [Platform::local(), Platform::cluster()] {
+        let p = run(platform.clone());
+        let before = p.at(4).services["a"].latency.mean_ms;
+        let after = p.at(10).services["a"].latency.mean_ms;
+        assert!(after < before, "{}: {before} → {after}", platform.name);
+    }
+}
+
+#[test]
+fn the_cluster_profile_is_deterministic_under_the_seed() {
+    let trace = Shape::FlashCrowd {
+        base: 100.0,
+        factor: 4.0,
+        at: 10.0,
+        rise: 2.0,
+        decay: 10.0,
+        seconds: 40,
+    }
+    .trace(1);
+    let run = |seed, platform: Platform| {
+        let mut policy = Scripted::new(&[(11_000, "api", 6, 1.5), (30_000, "api", 2, 1.0)]);
+        simulate_with(&shop(), &trace, &mut policy, seed, &on(platform))
+    };
+    let a = run(7, Platform::cluster());
+    assert_eq!(a, run(7, Platform::cluster()));
+    assert_ne!(a, run(8, Platform::cluster()));
+    // The arrivals are the same whatever the platform; what the platform changes is the rest.
+    let local = run(7, Platform::local());
+    assert_eq!(a.requests, local.requests);
+    assert_ne!(a, local);
+    assert_eq!(
+        local,
+        simulate(
+            &shop(),
+            &trace,
+            &mut Scripted::new(&[(11_000, "api", 6, 1.5), (30_000, "api", 2, 1.0)]),
+            7
+        )
+    );
 }
 
 #[test]
