@@ -4,6 +4,7 @@
 
 pub mod names;
 pub mod object;
+pub mod reconcile;
 pub mod render;
 pub mod resource;
 

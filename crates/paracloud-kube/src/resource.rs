@@ -57,6 +57,11 @@ pub struct ParacloudAppSpec {
     /// service name: what the manifest says until then.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scale: BTreeMap<String, ServiceScale>,
+    /// The bind mounts' sources that were directories on the deploying machine: mounted as the
+    /// node's path. Every other bind source is a file, whose ConfigMap (or Secret, under
+    /// `/run/secrets/`) the CLI applied beside the resource.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directories: Vec<String>,
 }
 
 /// One service's pods and CPU, when changed after the manifest.
