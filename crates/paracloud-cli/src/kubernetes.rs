@@ -68,6 +68,7 @@ fn render(
         registry,
         namespace_object,
         file_objects: true,
+        replicas_by_scale: false,
     };
     let rendered =
         paracloud_kube::render(&loaded.manifest, &options, &LocalFiles).map_err(|e| {

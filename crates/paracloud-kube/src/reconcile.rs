@@ -24,6 +24,27 @@ pub const FINALIZER: &str = "paracloud.dev/cleanup";
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {
     pub objects: Vec<Object>,
+    /// The application's pods.
+    pub pods: Vec<Object>,
+    /// Whether the cluster has the pods' `resize` subresource (in-place pod resize).
+    pub resize: bool,
+}
+
+/// A workload's pod count set through its scale subresource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleTo {
+    pub key: ObjectKey,
+    pub replicas: u32,
+}
+
+/// A pod's CPU changed in place, through its `resize` subresource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resize {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// The CPU limit as a quantity, such as `1500m`.
+    pub cpu: String,
 }
 
 /// What to do with the finalizer.
@@ -55,6 +76,10 @@ pub struct Decision {
     pub apply: Vec<Object>,
     /// Objects of the application no longer wanted.
     pub delete: Vec<ObjectKey>,
+    /// Pod counts of autoscaled services.
+    pub scale: Vec<ScaleTo>,
+    /// CPU changes of running pods.
+    pub resize: Vec<Resize>,
     /// The resource's new status; `None` while it is being deleted.
     pub status: Option<ParacloudAppStatus>,
     pub notes: Vec<Note>,
@@ -86,6 +111,8 @@ pub fn reconcile(app: &ParacloudApp, observed: &Observed, now: &Time) -> Decisio
             },
             apply: Vec::new(),
             delete,
+            scale: Vec::new(),
+            resize: Vec::new(),
             status: None,
         };
     }
@@ -97,7 +124,7 @@ pub fn reconcile(app: &ParacloudApp, observed: &Observed, now: &Time) -> Decisio
     let previous = app.status.clone().unwrap_or_default();
     let generation = app.metadata.generation;
 
-    let desired = match desired_objects(app) {
+    let desired = match desired_objects(app, observed.resize) {
         Ok(desired) => desired,
         Err((reason, message)) => {
             // Nothing running is touched: the last good objects keep serving.
@@ -153,6 +180,8 @@ pub fn reconcile(app: &ParacloudApp, observed: &Observed, now: &Time) -> Decisio
                 finalizer,
                 apply: Vec::new(),
                 delete: Vec::new(),
+                scale: Vec::new(),
+                resize: Vec::new(),
                 status: Some(status),
                 notes,
             };
@@ -182,7 +211,7 @@ pub fn reconcile(app: &ParacloudApp, observed: &Observed, now: &Time) -> Decisio
         conditions: previous.conditions.clone(),
         service_count: desired.services,
         services: BTreeMap::new(),
-        manifest_sha256: Some(desired.manifest_sha),
+        manifest_sha256: Some(desired.manifest_sha.clone()),
     };
     let mut not_ready = Vec::new();
     let mut failed = Vec::new();
@@ -326,13 +355,98 @@ pub fn reconcile(app: &ParacloudApp, observed: &Observed, now: &Time) -> Decisio
             ),
         });
     }
+    let (scale, resize) = scaling(&desired, &current, observed);
+    if !scale.is_empty() || !resize.is_empty() {
+        notes.push(Note {
+            kind: "Normal",
+            reason: "Scaled",
+            message: scale
+                .iter()
+                .map(|s| format!("{} to {} pods", s.key, s.replicas))
+                .chain(
+                    resize
+                        .iter()
+                        .map(|r| format!("pod {} to {} CPU in place", r.pod, r.cpu)),
+                )
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
     Decision {
         finalizer,
         apply,
         delete,
+        scale,
+        resize,
         status: Some(status),
         notes,
     }
+}
+
+/// The pod counts the scale subresource sets (autoscaled workloads, whose applied objects leave
+/// `replicas` out) and the CPU changes made in place.
+fn scaling(
+    desired: &Desired,
+    current: &BTreeMap<&ObjectKey, &Object>,
+    observed: &Observed,
+) -> (Vec<ScaleTo>, Vec<Resize>) {
+    let mut scale = Vec::new();
+    let mut resize = Vec::new();
+    for object in &desired.objects {
+        if !matches!(object.key.kind.as_str(), "Deployment" | "StatefulSet") {
+            continue;
+        }
+        let name = &object.key.name;
+        if let Some(&replicas) = desired.scaled_replicas.get(name) {
+            let now = current
+                .get(&object.key)
+                .and_then(|o| o.body.pointer("/spec/replicas"))
+                .and_then(Value::as_u64);
+            if current.contains_key(&object.key) && now != Some(u64::from(replicas)) {
+                scale.push(ScaleTo {
+                    key: object.key.clone(),
+                    replicas,
+                });
+            }
+        }
+        let Some(cpu) = desired.resized_cpu.get(name) else {
+            continue;
+        };
+        for pod in &observed.pods {
+            let labels = pod.body.pointer("/metadata/labels");
+            if labels
+                .and_then(|l| l.get(crate::names::WORKLOAD_LABEL))
+                .and_then(Value::as_str)
+                != Some(name.as_str())
+                || pod.key.namespace != object.key.namespace
+            {
+                continue;
+            }
+            let containers = pod
+                .body
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for container in containers {
+                let Some(container_name) = container.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                let limit = container
+                    .pointer("/resources/limits/cpu")
+                    .and_then(Value::as_str);
+                if limit != Some(cpu.as_str()) {
+                    resize.push(Resize {
+                        namespace: pod.key.namespace.clone().unwrap_or_default(),
+                        pod: pod.key.name.clone(),
+                        container: container_name.to_owned(),
+                        cpu: cpu.clone(),
+                    });
+                }
+            }
+        }
+    }
+    (scale, resize)
 }
 
 fn names<'a>(keys: impl Iterator<Item = &'a ObjectKey>) -> String {
@@ -363,6 +477,10 @@ fn owned_objects<'a>(app: &ParacloudApp, observed: &'a Observed) -> Vec<&'a Obje
 
 struct Desired {
     objects: Vec<Object>,
+    /// Pods per autoscaled workload, set through the scale subresource.
+    scaled_replicas: BTreeMap<String, u32>,
+    /// CPU per pod (a quantity) of workloads whose CPU changes in place.
+    resized_cpu: BTreeMap<String, String>,
     services: u32,
     manifest_sha: String,
 }
@@ -393,8 +511,10 @@ impl HostFiles for Directories<'_> {
     }
 }
 
-/// The objects the resource wants, each owned by it, with the scale set after the manifest.
-fn desired_objects(app: &ParacloudApp) -> Result<Desired, (&'static str, String)> {
+/// The objects the resource wants, each owned by it, with the scale set after the manifest: an
+/// autoscaled application's pod counts through the scale subresource, CPU in place where the
+/// cluster resizes pods (else in the pod template, a rolling change).
+fn desired_objects(app: &ParacloudApp, resize: bool) -> Result<Desired, (&'static str, String)> {
     let name = app.metadata.name.clone().unwrap_or_default();
     let origin = Origin {
         file: format!("ParacloudApp {name}"),
@@ -403,6 +523,18 @@ fn desired_objects(app: &ParacloudApp) -> Result<Desired, (&'static str, String)
     let mut manifest: Manifest =
         paracloud_manifest::parse(&app.spec.manifest, &origin, &ClusterPaths)
             .map_err(|e| ("InvalidManifest", e.to_string()))?;
+    let autoscaled = manifest.autoscale.is_some();
+    let mut scaled_replicas = BTreeMap::new();
+    let mut resized_cpu = BTreeMap::new();
+    if autoscaled {
+        for (service, s) in &manifest.services {
+            if s.revision_of.is_none()
+                && s.restart.condition == paracloud_manifest::RestartCondition::Always
+            {
+                scaled_replicas.insert(crate::names::object_name(service), s.replicas);
+            }
+        }
+    }
     for (service, scale) in &app.spec.scale {
         let Some(s) = manifest.services.get_mut(service) else {
             return Err((
@@ -412,9 +544,19 @@ fn desired_objects(app: &ParacloudApp) -> Result<Desired, (&'static str, String)
         };
         if let Some(replicas) = scale.replicas {
             s.replicas = replicas;
+            if let Some(count) = scaled_replicas.get_mut(&crate::names::object_name(service)) {
+                *count = replicas;
+            }
         }
         if let Some(cpu) = scale.cpu {
-            s.resources.cpu = Some(cpu);
+            if resize {
+                resized_cpu.insert(
+                    crate::names::object_name(service),
+                    crate::names::cpu_quantity(cpu),
+                );
+            } else {
+                s.resources.cpu = Some(cpu);
+            }
         }
     }
     let options = RenderOptions {
@@ -422,6 +564,7 @@ fn desired_objects(app: &ParacloudApp) -> Result<Desired, (&'static str, String)
         registry: app.spec.registry.clone(),
         namespace_object: false,
         file_objects: false,
+        replicas_by_scale: autoscaled,
     };
     let rendered = render(&manifest, &options, &Directories(&app.spec.directories))
         .map_err(|e| ("CannotRender", e.to_string()))?;
@@ -444,6 +587,8 @@ fn desired_objects(app: &ParacloudApp) -> Result<Desired, (&'static str, String)
         .collect();
     Ok(Desired {
         objects,
+        scaled_replicas,
+        resized_cpu,
         services: u32::try_from(manifest.services.len()).unwrap_or(u32::MAX),
         manifest_sha: sha256_hex(app.spec.manifest.as_bytes()),
     })

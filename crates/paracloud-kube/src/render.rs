@@ -46,6 +46,9 @@ pub struct RenderOptions {
     /// Whether to print the ConfigMaps and Secrets of the files services mount; the operator
     /// leaves them to `paracloud deploy --kubernetes`, which reads them on the user's machine.
     pub file_objects: bool,
+    /// Whether workloads leave `replicas` out, for the operator's autoscaler to set through the
+    /// scale subresource (an applied `replicas` would take the count back at every apply).
+    pub replicas_by_scale: bool,
 }
 
 /// What a bind mount's host path holds, asked of the caller (rendering does no I/O).
@@ -459,6 +462,7 @@ impl Renderer<'_> {
             ..Default::default()
         };
         let replicas = Some(i32::try_from(service.replicas).unwrap_or(i32::MAX));
+        let workload_replicas = replicas.filter(|_| !self.options.replicas_by_scale);
 
         if service.restart.condition != RestartCondition::Always {
             // Run to completion: a Job, retried as the restart policy says.
@@ -485,7 +489,7 @@ impl Renderer<'_> {
             let ss = apps::StatefulSet {
                 metadata: self.meta(&object, pod_labels.clone()),
                 spec: Some(apps::StatefulSetSpec {
-                    replicas,
+                    replicas: workload_replicas,
                     selector,
                     service_name: Some(headless.clone()),
                     template,
@@ -516,7 +520,7 @@ impl Renderer<'_> {
             let deployment = apps::Deployment {
                 metadata: self.meta(&object, pod_labels.clone()),
                 spec: Some(apps::DeploymentSpec {
-                    replicas,
+                    replicas: workload_replicas,
                     selector,
                     template,
                     // Make before break, as on one machine.

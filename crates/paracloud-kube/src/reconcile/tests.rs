@@ -56,7 +56,37 @@ fn applied(objects: &[Object], ready: impl Fn(&str) -> u64) -> Observed {
             }
         })
         .collect();
-    Observed { objects }
+    Observed {
+        objects,
+        pods: Vec::new(),
+        resize: true,
+    }
+}
+
+const AUTOSCALED: &str = r#"
+app = "shop"
+[autoscale]
+entry = "api"
+[services.api]
+image = "registry.example/api:1"
+ports = [{ port = 8000, protocol = "http" }]
+replicas = 2
+resources = { cpu = 1 }
+"#;
+
+/// A running pod of a workload, with its container's CPU limit.
+fn pod(workload: &str, n: u32, cpu: &str) -> Object {
+    Object::from_body(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("{workload}-{n}"),
+            "namespace": "team",
+            "labels": { "paracloud.dev/app": "shop", "paracloud.dev/workload": workload },
+        },
+        "spec": { "containers": [{ "name": workload, "resources": { "limits": { "cpu": cpu } } }] },
+    }))
+    .unwrap()
 }
 
 fn condition<'a>(status: &'a ParacloudAppStatus, kind: &str) -> &'a Condition {
@@ -315,4 +345,110 @@ fn contains_ignores_what_the_server_adds_but_not_a_changed_value() {
         &json!({ "spec": { "replicas": 2, "ports": [] } }),
         &want
     ));
+}
+
+#[test]
+fn an_autoscaled_workload_leaves_replicas_to_the_scale_subresource() {
+    let mut app = app(AUTOSCALED);
+    let first = reconcile(&app, &Observed::default(), &time(0));
+    let api = first
+        .apply
+        .iter()
+        .find(|o| o.key.kind == "Deployment")
+        .unwrap();
+    assert!(
+        api.body["spec"].get("replicas").is_none(),
+        "{}",
+        api.body["spec"]
+    );
+    // Not created yet: nothing to scale.
+    assert!(first.scale.is_empty());
+
+    // Created, the API server defaulted it to one pod: the manifest's two go through /scale.
+    let mut observed = applied(&first.apply, |_| 1);
+    for o in &mut observed.objects {
+        if o.key.kind == "Deployment" {
+            o.body["spec"]["replicas"] = json!(1);
+        }
+    }
+    let d = reconcile(&app, &observed, &time(1));
+    assert!(
+        d.apply.is_empty(),
+        "{:?}",
+        d.apply.iter().map(|o| &o.key).collect::<Vec<_>>()
+    );
+    assert_eq!(d.scale.len(), 1);
+    assert_eq!(
+        (d.scale[0].key.name.as_str(), d.scale[0].replicas),
+        ("api", 2)
+    );
+
+    // The autoscaler (or `paracloud scale`) writes the resource's scale; it goes the same way.
+    app.spec.scale.insert(
+        "api".into(),
+        ServiceScale {
+            replicas: Some(6),
+            cpu: None,
+        },
+    );
+    let d = reconcile(&app, &observed, &time(2));
+    assert_eq!(d.scale[0].replicas, 6);
+    assert!(d
+        .notes
+        .iter()
+        .any(|n| n.reason == "Scaled" && n.message.contains("6 pods")));
+}
+
+#[test]
+fn cpu_changes_in_place_where_the_cluster_resizes_pods_and_rolls_where_it_cannot() {
+    let mut app = app(AUTOSCALED);
+    app.spec.scale.insert(
+        "api".into(),
+        ServiceScale {
+            replicas: None,
+            cpu: Some(1.5),
+        },
+    );
+    let resizing = Observed {
+        resize: true,
+        ..Observed::default()
+    };
+    let first = reconcile(&app, &resizing, &time(0));
+    let mut observed = applied(&first.apply, |_| 2);
+    observed.pods = vec![
+        pod("api", 1, "1"),
+        pod("api", 2, "1500m"),
+        pod("other", 1, "1"),
+    ];
+    let d = reconcile(&app, &observed, &time(1));
+    // The template keeps the manifest's CPU (no rollout); the one pod not yet at 1.5 is resized.
+    let api = first
+        .apply
+        .iter()
+        .find(|o| o.key.kind == "Deployment")
+        .unwrap();
+    assert_eq!(
+        api.body["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+        "1"
+    );
+    assert!(d.apply.is_empty());
+    assert_eq!(
+        d.resize,
+        vec![Resize {
+            namespace: "team".into(),
+            pod: "api-1".into(),
+            container: "api".into(),
+            cpu: "1500m".into()
+        }]
+    );
+
+    // A cluster without the resize subresource: the pod template changes, and the pods roll.
+    observed.resize = false;
+    let d = reconcile(&app, &observed, &time(2));
+    assert!(d.resize.is_empty());
+    let api = d.apply.iter().find(|o| o.key.kind == "Deployment").unwrap();
+    assert_eq!(
+        api.body["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+        "1500m"
+    );
 }
