@@ -569,4 +569,17 @@ pub enum K8sCommand {
     },
     /// Print the ParacloudApp CustomResourceDefinition
     Crd,
+    /// Print what runs Paracloud in a cluster: the custom resource's definition and the
+    /// operator (its ServiceAccount, least-privilege roles and Deployment), for `kubectl apply`
+    Install {
+        /// The image holding the paracloud binary, pushed where the cluster pulls from
+        #[arg(long)]
+        image: String,
+        /// The operator's namespace
+        #[arg(short = 'n', long, default_value = "paracloud-system")]
+        namespace: String,
+        /// Operators to run; one leads at a time, the others wait for its lease
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+    },
 }

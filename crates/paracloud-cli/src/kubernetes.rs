@@ -46,6 +46,20 @@ pub(crate) fn k8s(command: K8sCommand, output: Output) -> Result<()> {
                 output,
             )
         }
+        K8sCommand::Install {
+            image,
+            namespace,
+            replicas,
+        } => {
+            let objects =
+                paracloud_kube::install::install(&paracloud_kube::install::InstallOptions {
+                    namespace,
+                    image,
+                    replicas,
+                });
+            print_objects(&objects, output);
+            Ok(())
+        }
         K8sCommand::Crd => {
             let crd = paracloud_kube::Object::of(&paracloud_kube::resource::definition());
             print_objects(&[crd], output);

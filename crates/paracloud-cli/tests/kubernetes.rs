@@ -357,3 +357,46 @@ fn what_has_no_kubernetes_form_is_refused_with_where_it_is_and_what_to_do() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_operator_installs_from_valid_objects_with_no_wildcard_and_no_secret_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = stdout(&paracloud(&[
+        "k8s",
+        "install",
+        "--image",
+        "registry.example/paracloud:0.1",
+        "-o",
+        "json",
+    ]));
+    validate(dir.path(), "install", &list, None);
+    let kinds = kinds(&list);
+    assert_eq!(
+        kinds,
+        [
+            "CustomResourceDefinition paracloudapps.paracloud.dev",
+            "Namespace paracloud-system",
+            "ServiceAccount paracloud-operator",
+            "ClusterRole paracloud-operator",
+            "Role paracloud-operator",
+            "ClusterRoleBinding paracloud-operator",
+            "RoleBinding paracloud-operator",
+            "Deployment paracloud-operator",
+        ]
+    );
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let rules = list["items"][3]["rules"].to_string();
+    assert!(!rules.contains('*'), "{rules}");
+    assert!(!rules.contains("secrets"), "{rules}");
+    assert!(
+        !rules.contains("leases"),
+        "leases belong to the Role of its namespace: {rules}"
+    );
+    assert!(list["items"][4]["rules"].to_string().contains("leases"));
+    let pod = &list["items"][7]["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+}

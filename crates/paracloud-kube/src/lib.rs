@@ -2,6 +2,8 @@
 //! `ParacloudApp` custom resource (`resource`) and the operator's decisions, made from what it
 //! observes (`reconcile`). No I/O and no clock: the operator and the CLI bring both.
 
+pub mod access;
+pub mod install;
 pub mod names;
 pub mod object;
 pub mod reconcile;

@@ -1,0 +1,187 @@
+//! What `paracloud k8s install` prints: the custom resource's definition and the operator, with
+//! the least privilege its code needs (`access`), leader election through a Lease in its own
+//! namespace, and a locked-down pod.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1 as apps;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::rbac::v1 as rbac;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::access::{lease_rule, operator_rules};
+use crate::names::FIELD_MANAGER;
+use crate::object::Object;
+
+/// The operator's name: its Deployment, ServiceAccount, roles and Lease.
+pub const OPERATOR: &str = "paracloud-operator";
+
+/// The port of the operator's health endpoint (`/healthz`).
+pub const HEALTH_PORT: u16 = 8081;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallOptions {
+    /// The namespace the operator runs in.
+    pub namespace: String,
+    /// The image holding the `paracloud` binary.
+    pub image: String,
+    /// Operators running; one leads at a time.
+    pub replicas: u32,
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), OPERATOR.to_owned()),
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                FIELD_MANAGER.to_owned(),
+            ),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// Every object of the installation.
+pub fn install(options: &InstallOptions) -> Vec<Object> {
+    let ns = options.namespace.as_str();
+    let subject = rbac::Subject {
+        kind: "ServiceAccount".into(),
+        name: OPERATOR.into(),
+        namespace: Some(ns.to_owned()),
+        ..Default::default()
+    };
+    let selector = BTreeMap::from([("app.kubernetes.io/name".to_owned(), OPERATOR.to_owned())]);
+    let deployment = apps::Deployment {
+        metadata: meta(OPERATOR, Some(ns)),
+        spec: Some(apps::DeploymentSpec {
+            replicas: Some(i32::try_from(options.replicas).unwrap_or(1)),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..Default::default()
+            },
+            template: core::PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector),
+                    ..Default::default()
+                }),
+                spec: Some(core::PodSpec {
+                    service_account_name: Some(OPERATOR.into()),
+                    security_context: Some(core::PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(core::SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![core::Container {
+                        name: "operator".into(),
+                        image: Some(options.image.clone()),
+                        command: Some(vec!["paracloud".into(), "operator".into()]),
+                        args: Some(vec![
+                            "--lease-namespace".into(),
+                            ns.to_owned(),
+                            "--health".into(),
+                            format!("0.0.0.0:{HEALTH_PORT}"),
+                        ]),
+                        env: Some(vec![core::EnvVar {
+                            name: "POD_NAME".into(),
+                            value_from: Some(core::EnvVarSource {
+                                field_ref: Some(core::ObjectFieldSelector {
+                                    field_path: "metadata.name".into(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                        ports: Some(vec![core::ContainerPort {
+                            container_port: i32::from(HEALTH_PORT),
+                            name: Some("health".into()),
+                            ..Default::default()
+                        }]),
+                        liveness_probe: Some(core::Probe {
+                            http_get: Some(core::HTTPGetAction {
+                                path: Some("/healthz".into()),
+                                port: IntOrString::String("health".into()),
+                                ..Default::default()
+                            }),
+                            period_seconds: Some(10),
+                            ..Default::default()
+                        }),
+                        resources: Some(core::ResourceRequirements {
+                            limits: Some(BTreeMap::from([
+                                ("cpu".to_owned(), Quantity("500m".into())),
+                                ("memory".to_owned(), Quantity("128Mi".into())),
+                            ])),
+                            requests: Some(BTreeMap::from([
+                                ("cpu".to_owned(), Quantity("50m".into())),
+                                ("memory".to_owned(), Quantity("64Mi".into())),
+                            ])),
+                            ..Default::default()
+                        }),
+                        security_context: Some(core::SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            read_only_root_filesystem: Some(true),
+                            capabilities: Some(core::Capabilities {
+                                drop: Some(vec!["ALL".into()]),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    vec![
+        Object::of(&crate::resource::definition()),
+        Object::of(&core::Namespace {
+            metadata: meta(ns, None),
+            ..Default::default()
+        }),
+        Object::of(&core::ServiceAccount {
+            metadata: meta(OPERATOR, Some(ns)),
+            ..Default::default()
+        }),
+        Object::of(&rbac::ClusterRole {
+            metadata: meta(OPERATOR, None),
+            rules: Some(operator_rules()),
+            ..Default::default()
+        }),
+        Object::of(&rbac::ClusterRoleBinding {
+            metadata: meta(OPERATOR, None),
+            role_ref: rbac::RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: OPERATOR.into(),
+            },
+            subjects: Some(vec![subject.clone()]),
+        }),
+        Object::of(&rbac::Role {
+            metadata: meta(OPERATOR, Some(ns)),
+            rules: Some(vec![lease_rule()]),
+        }),
+        Object::of(&rbac::RoleBinding {
+            metadata: meta(OPERATOR, Some(ns)),
+            role_ref: rbac::RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: OPERATOR.into(),
+            },
+            subjects: Some(vec![subject]),
+        }),
+        Object::of(&deployment),
+    ]
+}
