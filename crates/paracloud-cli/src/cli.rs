@@ -239,6 +239,47 @@ pub enum Command {
     /// Tokens of the remote API: create (printed once), list, revoke
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Deploy an application onto a Kubernetes cluster running the Paracloud operator (`paracloud
+    /// k8s install`), with the kubeconfig's current context or --context
+    Deploy {
+        /// Manifest file, as for `up`
+        #[arg(short = 'f', long = "file")]
+        file: Vec<PathBuf>,
+        /// Include a Compose file's services of this profile (repeatable)
+        #[arg(long = "profile", value_name = "PROFILE")]
+        profiles: Vec<String>,
+        /// Deploy onto Kubernetes (the one target `deploy` has; `up` runs on this machine)
+        #[arg(long)]
+        kubernetes: bool,
+        /// The namespace; default: the application's name
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Registry the images made on this machine were pushed to (as for `k8s render`)
+        #[arg(long)]
+        registry: Option<String>,
+    },
+    /// Run the Paracloud operator (what `paracloud k8s install` deploys): reconcile every
+    /// ParacloudApp of the cluster, one operator at a time by a Lease
+    Operator {
+        /// The namespace of the operator's Lease
+        #[arg(long, default_value = "paracloud-system")]
+        lease_namespace: String,
+        /// The Lease's name
+        #[arg(long, default_value = "paracloud-operator")]
+        lease_name: String,
+        /// This operator's name in the Lease; default: $POD_NAME, else the host name
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// How long the Lease holds without renewal
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        lease_duration: std::time::Duration,
+        /// Where /healthz answers (ADDR:PORT)
+        #[arg(long)]
+        health: Option<std::net::SocketAddr>,
+        /// How often each application is looked at again besides on changes
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        resync: std::time::Duration,
+    },
     /// The application on Kubernetes: its objects (render) and the custom resource's
     /// definition (crd)
     #[command(subcommand)]

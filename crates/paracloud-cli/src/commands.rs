@@ -35,6 +35,27 @@ pub fn run(cli: Cli) -> Result<()> {
             listen,
         } => install_daemon(&global, &unit_dir, listen),
         Command::Sim(args) => sim(&global, &args),
+        Command::Operator {
+            lease_namespace,
+            lease_name,
+            identity,
+            lease_duration,
+            health,
+            resync,
+        } => {
+            init_tracing();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::kubernetes::operator(
+                lease_namespace,
+                lease_name,
+                identity,
+                lease_duration,
+                health,
+                resync,
+            ))
+        }
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "paracloud", &mut std::io::stdout());
@@ -490,6 +511,17 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Convert { file, profiles } => convert(&file, &profiles),
         Command::Token(command) => crate::access::token(global, command).await,
         Command::K8s(command) => crate::kubernetes::k8s(command, global.output),
+        Command::Deploy {
+            file,
+            profiles,
+            kubernetes,
+            namespace,
+            registry,
+        } => {
+            crate::kubernetes::deploy(global, &file, &profiles, kubernetes, namespace, registry)
+                .await
+        }
+        Command::Operator { .. } => unreachable!("the operator has a runtime of its own"),
         Command::Context(command) => crate::access::context(global, command).await,
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,
