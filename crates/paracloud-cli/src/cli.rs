@@ -44,6 +44,11 @@ pub struct Global {
         global = true
     )]
     pub context: Option<String>,
+    /// Act on the application in a Kubernetes cluster (deployed with `paracloud deploy
+    /// --kubernetes`) instead of a daemon: ps, scale, describe and events; --context then names
+    /// a context of the kubeconfig
+    #[arg(long, env = "PARACLOUD_KUBERNETES", global = true)]
+    pub kubernetes: bool,
     /// A remote daemon's address (https://HOST:PORT), with its token in PARACLOUD_TOKEN; its
     /// certificate is pinned at the first use (beats --context)
     #[arg(long, value_name = "URL", env = "PARACLOUD_HOST", global = true)]
@@ -248,9 +253,6 @@ pub enum Command {
         /// Include a Compose file's services of this profile (repeatable)
         #[arg(long = "profile", value_name = "PROFILE")]
         profiles: Vec<String>,
-        /// Deploy onto Kubernetes (the one target `deploy` has; `up` runs on this machine)
-        #[arg(long)]
-        kubernetes: bool,
         /// The namespace; default: the application's name
         #[arg(short = 'n', long)]
         namespace: Option<String>,

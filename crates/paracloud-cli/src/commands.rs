@@ -491,6 +491,9 @@ async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> R
 }
 
 async fn client_command(global: &Global, command: Command) -> Result<()> {
+    if global.kubernetes {
+        return crate::kubernetes::cluster_command(global, command).await;
+    }
     match command {
         Command::Up {
             file,
@@ -514,13 +517,9 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Deploy {
             file,
             profiles,
-            kubernetes,
             namespace,
             registry,
-        } => {
-            crate::kubernetes::deploy(global, &file, &profiles, kubernetes, namespace, registry)
-                .await
-        }
+        } => crate::kubernetes::deploy(global, &file, &profiles, namespace, registry).await,
         Command::Operator { .. } => unreachable!("the operator has a runtime of its own"),
         Command::Context(command) => crate::access::context(global, command).await,
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
@@ -988,7 +987,7 @@ fn split_assignment<'a>(
 }
 
 /// Parses `api=3` into (service, count); with `--cpu`, `api` alone is (service, no count).
-fn parse_scale(spec: &str, with_cpu: bool) -> Result<(String, Option<u32>)> {
+pub(crate) fn parse_scale(spec: &str, with_cpu: bool) -> Result<(String, Option<u32>)> {
     if with_cpu && !spec.contains('=') && !spec.is_empty() {
         return Ok((spec.to_string(), None));
     }
@@ -1008,7 +1007,7 @@ fn parse_scale(spec: &str, with_cpu: bool) -> Result<(String, Option<u32>)> {
 }
 
 /// Parses `--cpu 1.5`: cores per instance, a number above 0 (the daemon checks the machine's).
-fn parse_cores(text: &str) -> Result<f64> {
+pub(crate) fn parse_cores(text: &str) -> Result<f64> {
     text.parse::<f64>()
         .ok()
         .filter(|c| c.is_finite() && *c > 0.0)

@@ -173,14 +173,13 @@ pub(crate) async fn deploy(
     global: &crate::cli::Global,
     files: &[PathBuf],
     profiles: &[String],
-    kubernetes: bool,
     namespace: Option<String>,
     registry: Option<String>,
 ) -> Result<()> {
     use kube::api::{Patch, PatchParams};
     use paracloud_kube::{ParacloudApp, ParacloudAppSpec};
 
-    if !kubernetes {
+    if !global.kubernetes {
         anyhow::bail!("deploy goes to a Kubernetes cluster: pass --kubernetes (on this machine, `paracloud up` runs the application)");
     }
     let files = match files {
@@ -294,4 +293,390 @@ pub(crate) async fn deploy(
         if files_applied > 0 { format!(", {files_applied} files") } else { String::new() }
     );
     Ok(())
+}
+
+/// The commands that act on an application in a cluster, with --kubernetes.
+pub(crate) async fn cluster_command(
+    global: &crate::cli::Global,
+    command: crate::cli::Command,
+) -> Result<()> {
+    use crate::cli::Command;
+    match command {
+        Command::Deploy {
+            file,
+            profiles,
+            namespace,
+            registry,
+        } => deploy(global, &file, &profiles, namespace, registry).await,
+        Command::Ps { file, .. } => {
+            let cluster = Cluster::find(global, file.as_deref()).await?;
+            cluster.ps(global.output).await
+        }
+        Command::Scale { services, cpu, .. } => {
+            let cluster = Cluster::find(global, None).await?;
+            cluster.scale(&services, cpu.as_deref()).await
+        }
+        Command::Describe { service } => {
+            let cluster = Cluster::find(global, None).await?;
+            cluster.describe(&service, global.output).await
+        }
+        Command::Events { follow } => {
+            if follow {
+                anyhow::bail!("events --follow is not available with --kubernetes: `kubectl get events -w` follows them");
+            }
+            let cluster = Cluster::find(global, None).await?;
+            cluster.events(global.output).await
+        }
+        other => anyhow::bail!(
+            "{} does not act on a cluster: with --kubernetes, deploy, ps, scale, describe and events do (kubectl does the rest)",
+            command_name(&other)
+        ),
+    }
+}
+
+fn command_name(command: &crate::cli::Command) -> String {
+    let debug = format!("{command:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("this command")
+        .to_lowercase()
+}
+
+/// An application's resource in the cluster.
+struct Cluster {
+    client: kube::Client,
+    app: paracloud_kube::ParacloudApp,
+    namespace: String,
+}
+
+impl Cluster {
+    /// The application of -a (else the manifest's, else the only one) in the kubeconfig's
+    /// cluster, in whichever namespace it is.
+    async fn find(global: &crate::cli::Global, file: Option<&Path>) -> Result<Cluster> {
+        use paracloud_kube::ParacloudApp;
+        let client = kube_client(global.context.as_deref()).await?;
+        let wanted = match (&global.app, file) {
+            (Some(app), _) => Some(app.clone()),
+            (None, Some(file)) => Some(load_manifests(&[file.to_path_buf()], &[])?.app),
+            (None, None) => manifest_file(None)
+                .ok()
+                .and_then(|f| load_manifests(&[f], &[]).ok())
+                .map(|l| l.app),
+        };
+        let all: kube::Api<ParacloudApp> = kube::Api::all(client.clone());
+        let found: Vec<ParacloudApp> = match all.list(&Default::default()).await {
+            Ok(list) => list.items,
+            // No right to list every namespace: the application's own namespace, by its name.
+            Err(kube::Error::Api(e)) if e.code == 403 && wanted.is_some() => {
+                let name = wanted.clone().unwrap_or_default();
+                let api: kube::Api<ParacloudApp> = kube::Api::namespaced(client.clone(), &name);
+                api.get_opt(&name).await?.into_iter().collect()
+            }
+            Err(e) => return Err(anyhow!("cannot list the cluster's ParacloudApps: {e}")),
+        };
+        let mut matching: Vec<ParacloudApp> = found
+            .into_iter()
+            .filter(|a| {
+                wanted
+                    .as_ref()
+                    .is_none_or(|w| a.metadata.name.as_ref() == Some(w))
+            })
+            .collect();
+        let app = match matching.len() {
+            1 => matching.remove(0),
+            0 => anyhow::bail!(
+                "{} in the cluster: deploy it with `paracloud deploy --kubernetes -f FILE`",
+                wanted.map_or("no ParacloudApp".to_owned(), |w| format!(
+                    "no ParacloudApp {w}"
+                ))
+            ),
+            _ => anyhow::bail!(
+                "several ParacloudApps match ({}): say which with -a APP",
+                matching
+                    .iter()
+                    .map(|a| format!(
+                        "{}/{}",
+                        a.metadata.namespace.clone().unwrap_or_default(),
+                        a.metadata.name.clone().unwrap_or_default()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let namespace = app.metadata.namespace.clone().unwrap_or_default();
+        Ok(Cluster {
+            client,
+            app,
+            namespace,
+        })
+    }
+
+    fn name(&self) -> String {
+        self.app.metadata.name.clone().unwrap_or_default()
+    }
+
+    /// The application's pods: service, readiness, phase, restarts, node.
+    async fn ps(&self, output: Output) -> Result<()> {
+        use k8s_openapi::api::core::v1::Pod;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &self.namespace);
+        let selector = paracloud_kube::reconcile::selector(&self.app);
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| anyhow!("cannot list the pods of {}: {e}", self.name()))?;
+        let mut rows = Vec::new();
+        let mut json = Vec::new();
+        for pod in &list.items {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            let service = labels
+                .get(paracloud_kube::names::WORKLOAD_LABEL)
+                .cloned()
+                .unwrap_or_default();
+            let status = pod.status.clone().unwrap_or_default();
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let restarts: i32 = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .map(|c| c.restart_count)
+                .sum();
+            let phase = status.phase.clone().unwrap_or_else(|| "Pending".into());
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            json.push(serde_json::json!({
+                "pod": name, "service": service, "ready": ready, "phase": phase,
+                "restarts": restarts, "node": node, "ip": status.pod_ip,
+            }));
+            rows.push(vec![
+                name,
+                service,
+                if ready { "yes".into() } else { "no".into() },
+                phase,
+                restarts.to_string(),
+                node,
+            ]);
+        }
+        rows.sort();
+        match output {
+            Output::Table => print!(
+                "{}",
+                crate::output::table(
+                    &["POD", "SERVICE", "READY", "PHASE", "RESTARTS", "NODE"],
+                    &rows
+                )
+            ),
+            Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+            Output::Yaml => print!("{}", serde_yaml_ng::to_string(&json)?),
+        }
+        Ok(())
+    }
+
+    /// Writes the resource's scale, as the autoscaler does: the operator carries it out.
+    async fn scale(&self, specs: &[String], cpu: Option<&str>) -> Result<()> {
+        use kube::api::{Patch, PatchParams};
+        let cpu = cpu.map(crate::commands::parse_cores).transpose()?;
+        let pairs = specs
+            .iter()
+            .map(|s| crate::commands::parse_scale(s, cpu.is_some()))
+            .collect::<Result<Vec<_>>>()?;
+        let manifest = self.manifest()?;
+        let mut scale = serde_json::Map::new();
+        for (service, replicas) in &pairs {
+            if !manifest.services.contains_key(service) {
+                anyhow::bail!(
+                    "{} has no service {service}: its services are {}",
+                    self.name(),
+                    manifest
+                        .services
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let mut entry = serde_json::Map::new();
+            if let Some(replicas) = replicas {
+                if *replicas > paracloud_manifest::MAX_INSTANCES {
+                    anyhow::bail!(
+                        "{service}={replicas}: at most {} pods per service",
+                        paracloud_manifest::MAX_INSTANCES
+                    );
+                }
+                entry.insert("replicas".into(), serde_json::json!(replicas));
+            }
+            if let Some(cpu) = cpu {
+                entry.insert("cpu".into(), serde_json::json!(cpu));
+            }
+            scale.insert(service.clone(), serde_json::Value::Object(entry));
+        }
+        let apps: kube::Api<paracloud_kube::ParacloudApp> =
+            kube::Api::namespaced(self.client.clone(), &self.namespace);
+        let patch = serde_json::json!({ "spec": { "scale": scale } });
+        apps.patch(&self.name(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| anyhow!("cannot scale {}: {e}", self.name()))?;
+        for (service, replicas) in &pairs {
+            let mut said = Vec::new();
+            if let Some(r) = replicas {
+                said.push(format!("{r} pods"));
+            }
+            if let Some(c) = cpu {
+                said.push(format!("{c} CPU per pod"));
+            }
+            println!("{service}: {} (the operator applies it)", said.join(", "));
+        }
+        Ok(())
+    }
+
+    fn manifest(&self) -> Result<paracloud_manifest::Manifest> {
+        struct Anywhere;
+        impl paracloud_manifest::FileSystem for Anywhere {
+            fn exists(&self, _: &Path) -> bool {
+                true
+            }
+            fn is_dir(&self, _: &Path) -> bool {
+                false
+            }
+        }
+        let origin = paracloud_manifest::Origin {
+            file: format!("ParacloudApp {}/{}", self.namespace, self.name()),
+            base_dir: PathBuf::from("/"),
+        };
+        paracloud_manifest::parse(&self.app.spec.manifest, &origin, &Anywhere)
+            .map_err(|e| anyhow!("the resource's manifest is not valid:\n{e}"))
+    }
+
+    /// The resource's conditions and one service's pods, as the operator last saw them.
+    async fn describe(&self, service: &str, output: Output) -> Result<()> {
+        let status = self.app.status.clone().unwrap_or_default();
+        let manifest = self.manifest()?;
+        let Some(spec) = manifest.services.get(service) else {
+            anyhow::bail!(
+                "{} has no service {service}: its services are {}",
+                self.name(),
+                manifest
+                    .services
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        let object = paracloud_kube::names::object_name(service);
+        let pods = status.services.get(&object).cloned().unwrap_or_default();
+        let scale = self
+            .app
+            .spec
+            .scale
+            .get(service)
+            .cloned()
+            .unwrap_or_default();
+        let view = serde_json::json!({
+            "app": self.name(),
+            "namespace": self.namespace,
+            "service": service,
+            "pods": { "wanted": pods.replicas, "ready": pods.ready },
+            "scale": scale,
+            "image": format!("{:?}", spec.image),
+            "conditions": status.conditions,
+        });
+        match output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+            Output::Yaml => print!("{}", serde_yaml_ng::to_string(&view)?),
+            Output::Table => {
+                println!(
+                    "service:    {service} of {} (namespace {})",
+                    self.name(),
+                    self.namespace
+                );
+                println!("pods:       {} ready of {}", pods.ready, pods.replicas);
+                if let Some(r) = scale.replicas {
+                    println!("scaled to:  {r} pods");
+                }
+                if let Some(c) = scale.cpu {
+                    println!("cpu:        {c} per pod (in place)");
+                }
+                println!("conditions:");
+                let rows: Vec<Vec<String>> = status
+                    .conditions
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.type_.clone(),
+                            c.status.clone(),
+                            c.reason.clone(),
+                            c.message.clone(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    crate::output::table(&["TYPE", "STATUS", "REASON", "MESSAGE"], &rows)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The Events recorded on the resource, oldest first.
+    async fn events(&self, output: Output) -> Result<()> {
+        use k8s_openapi::api::core::v1::Event;
+        let events: kube::Api<Event> = kube::Api::namespaced(self.client.clone(), &self.namespace);
+        let list = events
+            .list(&kube::api::ListParams::default().fields(&format!(
+                "involvedObject.kind=ParacloudApp,involvedObject.name={}",
+                self.name()
+            )))
+            .await
+            .map_err(|e| anyhow!("cannot list the events of {}: {e}", self.name()))?;
+        let mut items: Vec<(String, String, String, String)> = list
+            .items
+            .iter()
+            .map(|e| {
+                (
+                    e.last_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string())
+                        .unwrap_or_default(),
+                    e.type_.clone().unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                    e.message.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        items.sort();
+        match output {
+            Output::Table => {
+                let rows: Vec<Vec<String>> = items
+                    .into_iter()
+                    .map(|(t, k, r, m)| vec![t, k, r, m])
+                    .collect();
+                print!(
+                    "{}",
+                    crate::output::table(&["TIME", "TYPE", "REASON", "MESSAGE"], &rows)
+                );
+            }
+            _ => {
+                let json: Vec<serde_json::Value> = items
+                    .into_iter()
+                    .map(|(t, k, r, m)| serde_json::json!({ "time": t, "type": k, "reason": r, "message": m }))
+                    .collect();
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&json)?);
+                } else {
+                    print!("{}", serde_yaml_ng::to_string(&json)?);
+                }
+            }
+        }
+        Ok(())
+    }
 }
