@@ -786,7 +786,8 @@ impl Store {
         let (time, api_version) = (now(), target.info.api_version());
         let writer = Self::writer_manager(target, manager, &api_version, &time);
         fields::record_update(&mut managed, &old.object, &new, &writer);
-        self.commit_update(target, &old, new, managed)
+        let written = self.commit_update(target, &old, new, managed)?;
+        Ok(view(target, written))
     }
 
     /// PATCH in any of its formats; `true` when an apply created the object.
@@ -908,7 +909,10 @@ impl Store {
             "status" => self.absorb(target, &old.object, &merged)?,
             _ => merged,
         };
-        Ok((self.commit_update(target, &old, new, managed)?, false))
+        Ok((
+            view(target, self.commit_update(target, &old, new, managed)?),
+            false,
+        ))
     }
 
     /// DELETE: the object goes at once, or, with finalizers, gets its deletionTimestamp and
@@ -1073,6 +1077,15 @@ impl Store {
             "metadata": {"resourceVersion": self.rv.to_string()},
             "items": items,
         })
+    }
+}
+
+/// What a write answers: the object, or its Scale for the scale subresource.
+fn view(target: &Target, object: Value) -> Value {
+    if target.subresource == "scale" {
+        scale_view(&target.info, &object)
+    } else {
+        object
     }
 }
 
