@@ -140,6 +140,38 @@ impl Gvr {
     }
 }
 
+/// One object, or one of its subresources, for the methods that play other managers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub gvr: Gvr,
+    /// Empty for a cluster-scoped object.
+    pub namespace: String,
+    pub name: String,
+    /// Empty for the main resource.
+    pub subresource: String,
+}
+
+impl ObjectRef {
+    pub fn new(gvr: Gvr, namespace: &str, name: &str) -> Self {
+        ObjectRef {
+            gvr,
+            namespace: namespace.into(),
+            name: name.into(),
+            subresource: String::new(),
+        }
+    }
+
+    /// An object of a typed kind (`ObjectRef::of::<Deployment>("default", "web")`).
+    pub fn of<K: kube::Resource<DynamicType = ()>>(namespace: &str, name: &str) -> Self {
+        ObjectRef::new(Gvr::of::<K>(), namespace, name)
+    }
+
+    pub fn subresource(mut self, subresource: &str) -> Self {
+        self.subresource = subresource.into();
+        self
+    }
+}
+
 /// A running stand-in; the server stops when it is dropped.
 pub struct StandIn {
     address: SocketAddr,
@@ -235,13 +267,8 @@ impl StandIn {
         self.store().get_object(&key).cloned()
     }
 
-    fn target(
-        &self,
-        gvr: &Gvr,
-        namespace: &str,
-        name: &str,
-        subresource: &str,
-    ) -> Result<Target, ApiError> {
+    fn target(&self, at: &ObjectRef) -> Result<Target, ApiError> {
+        let gvr = &at.gvr;
         let info = self
             .store()
             .resources
@@ -250,39 +277,43 @@ impl StandIn {
             .ok_or_else(ApiError::no_such_resource)?;
         Ok(Target {
             info,
-            namespace: namespace.into(),
-            name: name.into(),
-            subresource: subresource.into(),
+            namespace: at.namespace.clone(),
+            name: at.name.clone(),
+            subresource: at.subresource.clone(),
         })
     }
 
-    /// Server-side apply as `manager`, as another controller would (`subresource` empty,
-    /// `status` or `scale`); not recorded as a request.
+    /// Server-side apply as `manager`, as another controller would (to the main resource, or
+    /// its `status` or `scale`), refused on conflicts; not recorded as a request.
     pub fn apply_as(
         &self,
         manager: &str,
-        gvr: &Gvr,
-        namespace: &str,
-        name: &str,
-        subresource: &str,
+        at: &ObjectRef,
         applied: Value,
-        force: bool,
     ) -> Result<Value, ApiError> {
-        let target = self.target(gvr, namespace, name, subresource)?;
-        Ok(self.store().apply(&target, applied, manager, force)?.0)
+        let target = self.target(at)?;
+        Ok(self.store().apply(&target, applied, manager, false)?.0)
+    }
+
+    /// Server-side apply as `manager` that takes the fields other managers own.
+    pub fn force_apply_as(
+        &self,
+        manager: &str,
+        at: &ObjectRef,
+        applied: Value,
+    ) -> Result<Value, ApiError> {
+        let target = self.target(at)?;
+        Ok(self.store().apply(&target, applied, manager, true)?.0)
     }
 
     /// A merge patch as `manager` (an update: it takes the fields it changes); not recorded.
     pub fn merge_patch_as(
         &self,
         manager: &str,
-        gvr: &Gvr,
-        namespace: &str,
-        name: &str,
-        subresource: &str,
+        at: &ObjectRef,
         patch: Value,
     ) -> Result<Value, ApiError> {
-        let target = self.target(gvr, namespace, name, subresource)?;
+        let target = self.target(at)?;
         let body = patch.to_string();
         let (object, _) = self.store().patch(
             &target,
@@ -305,14 +336,8 @@ impl StandIn {
         name: &str,
         status: Value,
     ) -> Result<Value, ApiError> {
-        self.merge_patch_as(
-            manager,
-            gvr,
-            namespace,
-            name,
-            "status",
-            json!({"status": status}),
-        )
+        let at = ObjectRef::new(gvr.clone(), namespace, name).subresource("status");
+        self.merge_patch_as(manager, &at, json!({"status": status}))
     }
 
     /// Plays the kubelet: the pod runs, its containers ready or not.
@@ -323,7 +348,7 @@ impl StandIn {
         ready: bool,
     ) -> Result<Value, ApiError> {
         let gvr = Gvr::new("", "v1", "pods");
-        let target = self.target(&gvr, namespace, name, "")?;
+        let target = self.target(&ObjectRef::new(gvr.clone(), namespace, name))?;
         let pod = self.store().get(&target)?;
         let flag = if ready { "True" } else { "False" };
         let statuses: Vec<Value> = pod["spec"]["containers"]
@@ -364,7 +389,7 @@ impl StandIn {
     /// available, for the current generation.
     pub fn set_deployment_ready(&self, namespace: &str, name: &str) -> Result<Value, ApiError> {
         let gvr = Gvr::new("apps", "v1", "deployments");
-        let target = self.target(&gvr, namespace, name, "")?;
+        let target = self.target(&ObjectRef::new(gvr.clone(), namespace, name))?;
         let deployment = self.store().get(&target)?;
         let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
         self.set_status(

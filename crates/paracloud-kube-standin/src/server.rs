@@ -259,6 +259,14 @@ async fn serve(
             let options = body_json(&body)?;
             match lock(store).delete(&target, &options)? {
                 Deleted::Pending(object) => ok(object),
+                // Pods and service accounts answer with the deleted object, the rest with a
+                // Status, as their real registries do.
+                Deleted::Gone(object)
+                    if info.group.is_empty()
+                        && ["pods", "serviceaccounts"].contains(&info.plural.as_str()) =>
+                {
+                    ok(object)
+                }
                 Deleted::Gone(object) => ok(json!({
                     "kind": "Status",
                     "apiVersion": "v1",

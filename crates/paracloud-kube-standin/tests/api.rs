@@ -15,7 +15,7 @@ use kube::api::{
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use paracloud_kube::{ParacloudApp, ParacloudAppSpec, ParacloudAppStatus};
-use paracloud_kube_standin::{Gvr, Options, StandIn, Verb};
+use paracloud_kube_standin::{ObjectRef, Options, StandIn, Verb};
 use serde_json::{json, Value};
 
 async fn standin() -> StandIn {
@@ -756,6 +756,10 @@ async fn a_watch_from_a_compacted_version_is_told_410() {
         .try_collect()
         .await
         .unwrap();
+    assert!(
+        matches!(replayed.last(), Some(WatchEvent::Bookmark(_))),
+        "bookmarks were asked for"
+    );
     let replayed: Vec<_> = replayed
         .into_iter()
         .filter(|e| !matches!(e, WatchEvent::Bookmark(_)))
@@ -968,14 +972,10 @@ async fn tests_play_the_cluster_controllers() {
 
     // Another manager's applied field stops the operator's apply, as on a real cluster.
     standin
-        .apply_as(
+        .force_apply_as(
             "kubectl",
-            &Gvr::of::<Deployment>(),
-            "default",
-            "web",
-            "",
+            &ObjectRef::of::<Deployment>("default", "web"),
             json!({"spec": {"replicas": 7}}),
-            true,
         )
         .unwrap();
     let refused = deployments
@@ -988,4 +988,141 @@ async fn tests_play_the_cluster_controllers() {
         )
         .await;
     assert_eq!(api_error(refused).code, 409);
+}
+
+#[tokio::test]
+async fn a_definition_serves_its_resource_until_deleted() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let standin = standin().await;
+    let client = standin.client();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "pools.example.dev"},
+        "spec": {
+            "group": "example.dev", "scope": "Namespaced",
+            "names": {"plural": "pools", "singular": "pool", "kind": "Pool"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                "subresources": {"status": {}, "scale": {
+                    "specReplicasPath": ".spec.size", "statusReplicasPath": ".status.size",
+                    "labelSelectorPath": ".status.selector",
+                }},
+            }],
+        },
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.dev", "v1", "Pool"),
+        "pools",
+    );
+    let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let pool = DynamicObject::new("p", &resource).data(json!({"spec": {"size": 2}}));
+    pools.create(&PostParams::default(), &pool).await.unwrap();
+    pools
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"size": 1, "selector": "app=p"}})),
+        )
+        .await
+        .unwrap();
+    let scale = pools.get_scale("p").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(2));
+    let status = scale.status.unwrap();
+    assert_eq!(
+        (status.replicas, status.selector.as_deref()),
+        (1, Some("app=p"))
+    );
+    pools
+        .patch_scale(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pools.get("p").await.unwrap().data["spec"]["size"], 5);
+
+    crds.delete("pools.example.dev", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone = api_error(pools.get("p").await);
+    assert_eq!(
+        gone.message,
+        "the server could not find the requested resource"
+    );
+}
+
+#[tokio::test]
+async fn a_collection_is_deleted_by_label() {
+    let standin = standin().await;
+    let pods: Api<Pod> = Api::namespaced(standin.client(), "default");
+    for name in ["a", "b"] {
+        pods.create(&PostParams::default(), &pod(name, "1"))
+            .await
+            .unwrap();
+    }
+    let mut other = pod("c", "1");
+    other.metadata.labels = Some(BTreeMap::from([("app".to_string(), "other".to_string())]));
+    pods.create(&PostParams::default(), &other).await.unwrap();
+    pods.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("app=shop"),
+    )
+    .await
+    .unwrap();
+    let left: Vec<_> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(left, ["c"]);
+    // A pod's delete answers with the pod, as the real registry does.
+    let deleted = pods.delete("c", &DeleteParams::default()).await.unwrap();
+    assert_eq!(deleted.left().unwrap().name_any(), "c");
+    assert_eq!(
+        standin
+            .requests()
+            .iter()
+            .filter(|r| r.verb == Verb::DeleteCollection)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_streaming_list_watcher_gets_its_initial_events_then_changes() {
+    let standin = standin().await;
+    let maps: Api<ConfigMap> = Api::namespaced(standin.client(), "default");
+    maps.create(&PostParams::default(), &config_map("a", &[]))
+        .await
+        .unwrap();
+    let mut stream = watcher(maps.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match stream.try_next().await.unwrap().unwrap() {
+            watcher::Event::InitApply(cm) => initial.push(cm.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, ["a"]);
+    maps.create(&PostParams::default(), &config_map("b", &[]))
+        .await
+        .unwrap();
+    loop {
+        if let watcher::Event::Apply(cm) = stream.try_next().await.unwrap().unwrap() {
+            assert_eq!(cm.name_any(), "b");
+            break;
+        }
+    }
+    assert!(standin
+        .requests()
+        .iter()
+        .all(|r| r.verb == Verb::Watch || r.verb == Verb::Create));
 }
