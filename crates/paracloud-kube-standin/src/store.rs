@@ -1163,3 +1163,139 @@ pub fn verb_of(method: &str, named: bool, watch: bool) -> Option<Verb> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(store: &Store, group: &str, plural: &str, namespace: &str, name: &str) -> Target {
+        Target {
+            info: store.resources.find(group, "v1", plural).cloned().unwrap(),
+            namespace: namespace.into(),
+            name: name.into(),
+            subresource: String::new(),
+        }
+    }
+
+    #[test]
+    fn apply_needs_a_manager_and_force_needs_apply() {
+        let mut store = Store::new();
+        let t = target(&store, "", "configmaps", "default", "a");
+        let body = br#"{"apiVersion":"v1","kind":"ConfigMap","data":{"k":"v"}}"#;
+        let missing = store
+            .patch(&t, PatchType::Apply, body, None, false, "x")
+            .unwrap_err();
+        assert_eq!((missing.code, missing.reason), (422, "Invalid"));
+        let (created, new) = store
+            .patch(&t, PatchType::Apply, body, Some("op"), false, "x")
+            .unwrap();
+        assert!(new, "apply to a missing object creates it");
+        assert_eq!(created["data"]["k"], "v");
+        let forced = store
+            .patch(&t, PatchType::Merge, b"{}", Some("op"), true, "x")
+            .unwrap_err();
+        assert_eq!(forced.code, 422);
+        let media = PatchType::from_content_type("application/json").unwrap_err();
+        assert_eq!(media.code, 415);
+    }
+
+    #[test]
+    fn a_terminating_object_takes_no_new_finalizer() {
+        let mut store = Store::new();
+        let t = target(&store, "", "configmaps", "default", "a");
+        store
+            .create(
+                &t,
+                json!({"metadata": {"name": "a", "finalizers": ["x"]}}),
+                "op",
+            )
+            .unwrap();
+        assert!(matches!(
+            store.delete(&t, &json!({})).unwrap(),
+            Deleted::Pending(_)
+        ));
+        let refused = store
+            .patch(
+                &t,
+                PatchType::Merge,
+                br#"{"metadata":{"finalizers":["x","y"]}}"#,
+                None,
+                false,
+                "op",
+            )
+            .unwrap_err();
+        assert_eq!(refused.code, 422);
+        let stale = store
+            .delete(&t, &json!({"preconditions": {"uid": "other"}}))
+            .unwrap_err();
+        assert_eq!(stale.code, 409);
+    }
+
+    #[test]
+    fn a_deleted_namespace_takes_its_content_and_no_more() {
+        let mut store = Store::new();
+        let ns = target(&store, "", "namespaces", "", "shop");
+        store
+            .create(
+                &ns,
+                json!({"metadata": {"name": "shop", "finalizers": ["kubernetes"]}}),
+                "op",
+            )
+            .unwrap();
+        let cm = target(&store, "", "configmaps", "shop", "a");
+        store
+            .create(&cm, json!({"metadata": {"name": "a"}}), "op")
+            .unwrap();
+        assert!(matches!(
+            store.delete(&ns, &json!({})).unwrap(),
+            Deleted::Pending(_)
+        ));
+        assert!(store.get(&cm).is_err());
+        let collection = target(&store, "", "configmaps", "shop", "");
+        let refused = store
+            .create(&collection, json!({"metadata": {"name": "b"}}), "op")
+            .unwrap_err();
+        assert_eq!(refused.code, 403, "{}", refused.message);
+    }
+
+    #[test]
+    fn a_put_must_name_the_object_it_replaces() {
+        let mut store = Store::new();
+        let t = target(&store, "apps", "deployments", "default", "web");
+        store
+            .create(&t, json!({"metadata": {"name": "web"}, "spec": {}}), "op")
+            .unwrap();
+        let wrong = store
+            .update(&t, json!({"metadata": {"name": "api"}, "spec": {}}), "op")
+            .unwrap_err();
+        assert_eq!(wrong.code, 400);
+        let missing = target(&store, "apps", "deployments", "default", "nope");
+        assert_eq!(
+            store.update(&missing, json!({}), "op").unwrap_err().code,
+            404
+        );
+    }
+
+    #[test]
+    fn history_after_compaction_is_gone() {
+        let mut store = Store::new();
+        let t = target(&store, "", "configmaps", "default", "a");
+        store
+            .create(&t, json!({"metadata": {"name": "a"}}), "op")
+            .unwrap();
+        let filter = Filter {
+            group: String::new(),
+            version: "v1".into(),
+            plural: "configmaps".into(),
+            namespace: None,
+            labels: Selector::default(),
+            fields: Selector::default(),
+        };
+        let (replayed, _, _) = store.watch(&filter, Some(1)).unwrap();
+        assert_eq!(replayed.len(), 1);
+        store.compact();
+        let expired = store.watch(&filter, Some(1)).unwrap_err();
+        assert_eq!((expired.code, expired.reason), (410, "Expired"));
+        assert!(store.watch(&filter, Some(store.resource_version())).is_ok());
+    }
+}
