@@ -1,7 +1,7 @@
 //! The resources the stand-in serves: the built-in kinds the operator uses, and those that
 //! created CustomResourceDefinitions add.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Where `/scale` reads and writes, as JSON paths of keys (`spec.replicas`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +226,89 @@ impl Resources {
         Resources { served }
     }
 
+    /// `/api/v1` or `/apis/GROUP/VERSION`: the APIResourceList of a group version, with its
+    /// subresources (`deployments/scale`, `pods/resize` when `pod_resize`), as clients discover
+    /// what a server offers. `None` when nothing is served there.
+    pub fn resource_list(&self, group: &str, version: &str, pod_resize: bool) -> Option<Value> {
+        let verbs = json!([
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch"
+        ]);
+        let mut entries = Vec::new();
+        for r in self
+            .served
+            .iter()
+            .filter(|r| r.group == group && r.version == version)
+        {
+            let entry = |name: String, kind: &str, verbs: Value| json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
+            entries.push(entry(r.plural.clone(), &r.kind, verbs.clone()));
+            if r.status {
+                entries.push(entry(
+                    format!("{}/status", r.plural),
+                    &r.kind,
+                    json!(["get", "patch", "update"]),
+                ));
+            }
+            if r.scale.is_some() {
+                entries.push(entry(
+                    format!("{}/scale", r.plural),
+                    "Scale",
+                    json!(["get", "patch", "update"]),
+                ));
+            }
+            if pod_resize && r.group.is_empty() && r.plural == "pods" {
+                entries.push(entry(
+                    "pods/resize".into(),
+                    "Pod",
+                    json!(["get", "patch", "update"]),
+                ));
+            }
+        }
+        if entries.is_empty() {
+            return None;
+        }
+        let group_version = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        Some(json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": group_version,
+            "resources": entries,
+        }))
+    }
+
+    /// `/apis`: the APIGroupList of every named group served.
+    pub fn group_list(&self) -> Value {
+        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+        for r in self.served.iter().filter(|r| !r.group.is_empty()) {
+            match groups.iter_mut().find(|(g, _)| g == &r.group) {
+                Some((_, versions)) if versions.contains(&r.version) => {}
+                Some((_, versions)) => versions.push(r.version.clone()),
+                None => groups.push((r.group.clone(), vec![r.version.clone()])),
+            }
+        }
+        let groups: Vec<Value> = groups
+            .into_iter()
+            .map(|(group, versions)| {
+                let versions: Vec<Value> = versions
+                    .iter()
+                    .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+                    .collect();
+                json!({"name": group, "versions": versions, "preferredVersion": versions[0]})
+            })
+            .collect();
+        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+    }
+
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceInfo> {
         self.served
             .iter()
@@ -289,7 +372,6 @@ pub fn is_built_in(r: &ResourceInfo) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn a_definition_serves_its_versions_with_their_subresources() {

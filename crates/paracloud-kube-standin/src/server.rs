@@ -118,6 +118,11 @@ async fn handle(
         "/healthz" | "/readyz" | "/livez" => return "ok".into_response(),
         _ => {}
     }
+    if method == Method::GET {
+        if let Some(document) = discovery(&app, uri.path()) {
+            return document;
+        }
+    }
     let Some(parsed) = parse_path(uri.path()) else {
         return ApiError::no_such_resource().into_response();
     };
@@ -138,6 +143,39 @@ async fn handle(
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
+}
+
+/// The discovery documents: `/api`, `/api/v1`, `/apis`, `/apis/GROUP`, `/apis/GROUP/VERSION`.
+fn discovery(app: &App, path: &str) -> Option<Response> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let store = lock(&app.store);
+    let resources = &store.resources;
+    let document = match segments.as_slice() {
+        ["api"] => {
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        }
+        ["apis"] => resources.group_list(),
+        ["api", version] => resources.resource_list("", version, app.options.pod_resize)?,
+        ["apis", group] => resources.group_list()["groups"]
+            .as_array()?
+            .iter()
+            .find(|g| g["name"] == *group)
+            .map(|g| {
+                let mut g = g.clone();
+                g["kind"] = json!("APIGroup");
+                g["apiVersion"] = json!("v1");
+                g
+            })
+            .unwrap_or_else(|| ApiError::no_such_resource().status()),
+        ["apis", group, version] => resources
+            .resource_list(group, version, app.options.pod_resize)
+            .unwrap_or_else(|| ApiError::no_such_resource().status()),
+        _ => return None,
+    };
+    if document["kind"] == "Status" {
+        return Some(ApiError::no_such_resource().into_response());
+    }
+    Some(Json(document).into_response())
 }
 
 fn version(options: &Options) -> Value {

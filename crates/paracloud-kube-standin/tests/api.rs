@@ -1126,3 +1126,34 @@ async fn a_streaming_list_watcher_gets_its_initial_events_then_changes() {
         .iter()
         .all(|r| r.verb == Verb::Watch || r.verb == Verb::Create));
 }
+
+#[tokio::test]
+async fn discovery_says_whether_pods_resize() {
+    let new = standin().await;
+    let old = StandIn::start(Options { pod_resize: false }).await.unwrap();
+    for (standin, resizes) in [(&new, true), (&old, false)] {
+        let core = standin
+            .client()
+            .list_core_api_resources("v1")
+            .await
+            .unwrap();
+        let names: Vec<&str> = core.resources.iter().map(|r| r.name.as_str()).collect();
+        assert!(names.contains(&"pods/status"));
+        assert_eq!(names.contains(&"pods/resize"), resizes);
+    }
+    install_crd(&new.client()).await;
+    let discovery = kube::Discovery::new(new.client()).run().await.unwrap();
+    let (resource, capabilities) = discovery
+        .resolve_gvk(&kube::api::GroupVersionKind::gvk(
+            "paracloud.dev",
+            "v1alpha1",
+            "ParacloudApp",
+        ))
+        .unwrap();
+    assert_eq!(resource.plural, "paracloudapps");
+    assert_eq!(capabilities.scope, kube::discovery::Scope::Namespaced);
+    assert!(capabilities
+        .subresources
+        .iter()
+        .any(|(r, _)| r.plural == "paracloudapps/status" || r.plural == "status"));
+}
