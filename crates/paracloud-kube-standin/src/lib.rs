@@ -30,9 +30,8 @@
 //! [`StandIn::set_deployment_ready`]); a deleted pod goes at once (no grace period); a deleted
 //! namespace takes its content with it at once; lists are atomic in field ownership and in
 //! strategic merge patches but for lists keyed by `name`; a `continue` token reads the current
-//! objects rather than the first page's snapshot; a watch filtered by labels sees only objects
-//! that match after each change (no DELETED when one stops matching); one version per resource
-//! (no conversion).
+//! objects rather than the first page's snapshot; every kind keeps a generation (the real server
+//! keeps one only for kinds with a spec); one version per resource (no conversion).
 
 pub mod error;
 pub mod fields;

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::error::ApiError;
 use crate::selector::Selector;
-use crate::store::{verb_of, Change, Deleted, EventType, Filter, PatchType, Store, Target};
+use crate::store::{verb_of, Change, Deleted, Filter, PatchType, Store, Target};
 use crate::{Options, Request, Verb};
 
 #[derive(Clone)]
@@ -401,13 +401,8 @@ fn watch(
                 _ = tokio::time::sleep_until(state.deadline) => return None,
                 received = receiver.recv() => match received {
                     Ok(change) => {
-                        if state.filter.matches(&change.key, &change.object) {
-                            let kind = match change.kind {
-                                EventType::Added => "ADDED",
-                                EventType::Modified => "MODIFIED",
-                                EventType::Deleted => "DELETED",
-                            };
-                            return Some((Ok(line(kind, change.object.clone())), state));
+                        if let Some(kind) = change.seen_by(&state.filter) {
+                            return Some((Ok(line(kind.as_str(), change.object.clone())), state));
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {

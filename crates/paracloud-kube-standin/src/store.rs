@@ -65,6 +65,26 @@ pub struct Change {
     pub key: Key,
     pub kind: EventType,
     pub object: Value,
+    /// What a modification changed from, for the watches it moves in or out of.
+    pub previous: Option<Value>,
+}
+
+impl Change {
+    /// How a watch with `filter` sees the change, if at all: an object that comes to match a
+    /// selector is ADDED to it, one that stops matching is DELETED from it, as the real
+    /// server's watch cache does.
+    pub fn seen_by(&self, filter: &Filter) -> Option<EventType> {
+        let now = filter.matches(&self.key, &self.object);
+        let before = self.previous.as_ref().map(|p| filter.matches(&self.key, p));
+        match (self.kind, before, now) {
+            (EventType::Modified, Some(true), true) => Some(EventType::Modified),
+            (EventType::Modified, Some(true), false) => Some(EventType::Deleted),
+            (EventType::Modified, _, true) => Some(EventType::Added),
+            (EventType::Modified, _, false) => None,
+            (kind, _, true) => Some(kind),
+            (_, _, false) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -286,12 +306,27 @@ impl Store {
     }
 
     fn emit(&mut self, key: Key, kind: EventType, object: Value) {
-        let change = Arc::new(Change {
+        self.push(Change {
             rv: self.rv,
             key,
             kind,
             object,
+            previous: None,
         });
+    }
+
+    fn emit_modified(&mut self, key: Key, object: Value, previous: Value) {
+        self.push(Change {
+            rv: self.rv,
+            key,
+            kind: EventType::Modified,
+            object,
+            previous: Some(previous),
+        });
+    }
+
+    fn push(&mut self, change: Change) {
+        let change = Arc::new(change);
         self.history.push(change.clone());
         // No receiver is fine: nobody watches.
         let _ = self.changes.send(change);
@@ -379,8 +414,8 @@ impl Store {
             Some(from) => self
                 .history
                 .iter()
-                .filter(|c| c.rv > from && filter.matches(&c.key, &c.object))
-                .map(|c| (c.kind, c.object.clone()))
+                .filter(|c| c.rv > from)
+                .filter_map(|c| c.seen_by(filter).map(|kind| (kind, c.object.clone())))
                 .collect(),
         };
         Ok((backlog, self.rv, receiver))
@@ -728,7 +763,7 @@ impl Store {
                 managed,
             },
         );
-        self.emit(key, EventType::Modified, new.clone());
+        self.emit_modified(key, new.clone(), old.object.clone());
         Ok(new)
     }
 
@@ -991,7 +1026,7 @@ impl Store {
                     managed: old.managed,
                 },
             );
-            self.emit(key.clone(), EventType::Modified, new.clone());
+            self.emit_modified(key.clone(), new.clone(), old.object);
             return Deleted::Pending(new);
         }
         let mut gone = old.object;

@@ -1157,3 +1157,42 @@ async fn discovery_says_whether_pods_resize() {
         .iter()
         .any(|(r, _)| r.plural == "paracloudapps/status" || r.plural == "status"));
 }
+
+#[tokio::test]
+async fn a_selective_watch_sees_objects_come_and_go_as_their_labels_change() {
+    let standin = standin().await;
+    let maps: Api<ConfigMap> = Api::namespaced(standin.client(), "default");
+    let from = standin.resource_version().to_string();
+    let mut events = maps
+        .watch(&WatchParams::default().labels("app=shop").timeout(5), &from)
+        .await
+        .unwrap()
+        .boxed();
+    maps.create(&PostParams::default(), &config_map("a", &[("app", "shop")]))
+        .await
+        .unwrap();
+    maps.create(
+        &PostParams::default(),
+        &config_map("b", &[("app", "other")]),
+    )
+    .await
+    .unwrap();
+    let relabel = |app: &str| Patch::Merge(json!({"metadata": {"labels": {"app": app}}}));
+    maps.patch("a", &PatchParams::default(), &relabel("other"))
+        .await
+        .unwrap();
+    maps.patch("b", &PatchParams::default(), &relabel("shop"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match events.try_next().await.unwrap().unwrap() {
+            WatchEvent::Added(o) => seen.push(("ADDED", o.name_any())),
+            WatchEvent::Modified(o) => seen.push(("MODIFIED", o.name_any())),
+            WatchEvent::Deleted(o) => seen.push(("DELETED", o.name_any())),
+            _ => {}
+        }
+    }
+    let expected = [("ADDED", "a"), ("DELETED", "a"), ("ADDED", "b")];
+    assert_eq!(seen, expected.map(|(k, n)| (k, n.to_string())));
+}
