@@ -122,22 +122,34 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
 
-    /// A server-side apply that another manager's fields stop.
+    /// A server-side apply that other managers' fields stop: `(owner, field)` pairs, the
+    /// message grouped by owner as the real server writes it.
     pub fn apply_conflict(causes: Vec<(String, String)>) -> Self {
-        let described: Vec<String> = causes
-            .iter()
-            .map(|(who, field)| format!("conflict with {who}: {field}"))
-            .collect();
-        let count = causes.len();
-        let mut error = Self::new(
-            409,
-            "Conflict",
-            format!(
-                "Apply failed with {count} conflict{}: {}",
-                if count == 1 { "" } else { "s" },
-                described.join(", ")
-            ),
-        );
+        let message = match causes.as_slice() {
+            [(who, field)] => format!("Apply failed with 1 conflict: conflict with {who}: {field}"),
+            _ => {
+                let mut owners: Vec<&String> = causes.iter().map(|(who, _)| who).collect();
+                owners.sort();
+                owners.dedup();
+                let lines: Vec<String> = owners
+                    .iter()
+                    .flat_map(|owner| {
+                        std::iter::once(format!("conflicts with {owner}:")).chain(
+                            causes
+                                .iter()
+                                .filter(|(who, _)| who == *owner)
+                                .map(|(_, field)| format!("- {field}")),
+                        )
+                    })
+                    .collect();
+                format!(
+                    "Apply failed with {} conflicts: {}",
+                    causes.len(),
+                    lines.join("\n")
+                )
+            }
+        };
+        let mut error = Self::new(409, "Conflict", message);
         error.details = json!({"causes": causes
             .iter()
             .map(|(who, field)| json!({
@@ -167,5 +179,29 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (code, axum::Json(self.status())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_conflicts_are_grouped_by_owner() {
+        let error = ApiError::apply_conflict(vec![
+            ("\"b\"".into(), ".spec.y".into()),
+            ("\"a\" using apps/v1 at t".into(), ".spec.x".into()),
+            ("\"b\"".into(), ".spec.z".into()),
+        ]);
+        assert_eq!(
+            error.message,
+            "Apply failed with 3 conflicts: conflicts with \"a\" using apps/v1 at t:\n- .spec.x\nconflicts with \"b\":\n- .spec.y\n- .spec.z"
+        );
+        let status = error.status();
+        assert_eq!(status["code"], 409);
+        assert_eq!(
+            status["details"]["causes"][0]["message"],
+            "conflict with \"b\""
+        );
     }
 }

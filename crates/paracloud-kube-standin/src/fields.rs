@@ -45,7 +45,10 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     pub manager: String,
+    pub operation: Operation,
     pub subresource: String,
+    pub api_version: String,
+    pub time: String,
     pub path: Path,
 }
 
@@ -221,7 +224,10 @@ pub fn apply(
                 if overlap(owned, path) && get(current, path) != Some(value) {
                     conflicts.push(Conflict {
                         manager: entry.manager.clone(),
+                        operation: entry.operation,
                         subresource: entry.subresource.clone(),
+                        api_version: entry.api_version.clone(),
+                        time: entry.time.clone(),
                         path: owned.clone(),
                     });
                 }

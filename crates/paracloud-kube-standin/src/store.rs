@@ -1129,11 +1129,15 @@ fn conflict_error(conflicts: Vec<fields::Conflict>) -> ApiError {
         conflicts
             .into_iter()
             .map(|c| {
-                let who = if c.subresource.is_empty() {
-                    format!("\"{}\"", c.manager)
-                } else {
-                    format!("\"{}\" with subresource \"{}\"", c.manager, c.subresource)
-                };
+                // Named as the real server names an owner: an updater with its API version
+                // and time, since it may not know it owns the field.
+                let mut who = format!("\"{}\"", c.manager);
+                if !c.subresource.is_empty() {
+                    who.push_str(&format!(" with subresource \"{}\"", c.subresource));
+                }
+                if c.operation == fields::Operation::Update {
+                    who.push_str(&format!(" using {} at {}", c.api_version, c.time));
+                }
                 (who, fields::dotted(&c.path))
             })
             .collect(),

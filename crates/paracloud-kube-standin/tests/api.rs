@@ -450,7 +450,11 @@ async fn server_side_apply_tracks_owners_conflicts_and_removals() {
     assert_eq!(causes.len(), 1);
     assert_eq!(causes[0].field, ".spec.replicas");
     assert_eq!(causes[0].reason, "FieldManagerConflict");
-    assert!(causes[0].message.contains("paracloud-operator"));
+    assert_eq!(causes[0].message, "conflict with \"paracloud-operator\"");
+    assert_eq!(
+        conflict.message,
+        "Apply failed with 1 conflict: conflict with \"paracloud-operator\": .spec.replicas"
+    );
     // ...unless it forces, and then owns them.
     let forced = deployments
         .patch("web", &hpa.clone().force(), &Patch::Apply(&replicas))
