@@ -19,6 +19,7 @@
 //! - subresources: `status`, `scale` (autoscaling/v1 `Scale`), and `pods/NAME/resize`, which
 //!   [`Options::pod_resize`] turns off to play a cluster older than 1.33;
 //! - deletion with finalizers, and the garbage collection of objects whose owner went;
+//! - `dryRun=All` on every write: the answer as if written, nothing kept;
 //! - watches from a resourceVersion, with bookmarks, and a 410 `Expired` ERROR event once
 //!   [`StandIn::compact`] forgot the history they would replay;
 //! - a record of every request as RBAC names it ([`Request`]).

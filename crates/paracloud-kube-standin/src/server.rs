@@ -242,6 +242,24 @@ async fn serve(
         })
     };
     let store = &app.store;
+    let dry_run = match query.get("dryRun").map(String::as_str) {
+        None => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid dry run value {other:?}: only \"All\" is supported"
+            )))
+        }
+    };
+    // A dry run writes on a copy thrown away after the answer.
+    let writable = || -> WriteGuard<'_> {
+        let guard = lock(store);
+        if dry_run {
+            WriteGuard::Copy(Box::new(guard.dry_run_copy()))
+        } else {
+            WriteGuard::Store(guard)
+        }
+    };
     let ok = |value: Value| Ok((StatusCode::OK, Json(value)).into_response());
     match verb {
         Verb::Get => ok(lock(store).get(&target)?),
@@ -259,14 +277,14 @@ async fn serve(
             if !subresource.is_empty() || parsed.name.is_some() {
                 return Err(ApiError::method_not_allowed("create on a named path"));
             }
-            let created = lock(store).create(
+            let created = writable().store().create(
                 &target,
                 body_json(&body)?,
                 manager.as_deref().unwrap_or(&fallback_manager),
             )?;
             Ok((StatusCode::CREATED, Json(created)).into_response())
         }
-        Verb::Update => ok(lock(store).update(
+        Verb::Update => ok(writable().store().update(
             &target,
             body_json(&body)?,
             manager.as_deref().unwrap_or(&fallback_manager),
@@ -278,7 +296,7 @@ async fn serve(
                 .unwrap_or_default();
             let kind = PatchType::from_content_type(content_type)?;
             let force = flag(query, "force");
-            let (object, created) = lock(store).patch(
+            let (object, created) = writable().store().patch(
                 &target,
                 kind,
                 &body,
@@ -295,7 +313,7 @@ async fn serve(
         }
         Verb::Delete => {
             let options = body_json(&body)?;
-            match lock(store).delete(&target, &options)? {
+            match writable().store().delete(&target, &options)? {
                 Deleted::Pending(object) => ok(object),
                 // Pods and service accounts answer with the deleted object, the rest with a
                 // Status, as their real registries do.
@@ -321,7 +339,22 @@ async fn serve(
         }
         Verb::DeleteCollection => {
             let filter = filter()?;
-            ok(lock(store).delete_collection(&info, &filter))
+            ok(writable().store().delete_collection(&info, &filter))
+        }
+    }
+}
+
+/// The store a write goes to: the real one, or a copy for a dry run.
+enum WriteGuard<'a> {
+    Store(std::sync::MutexGuard<'a, Store>),
+    Copy(Box<Store>),
+}
+
+impl WriteGuard<'_> {
+    fn store(&mut self) -> &mut Store {
+        match self {
+            WriteGuard::Store(guard) => guard,
+            WriteGuard::Copy(copy) => copy,
         }
     }
 }

@@ -165,6 +165,7 @@ pub enum Deleted {
 
 const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
+#[derive(Clone)]
 pub struct Store {
     pub resources: Resources,
     objects: BTreeMap<Key, Stored>,
@@ -284,6 +285,14 @@ impl Store {
                 .expect("a fresh store takes the built-in namespaces");
         }
         store
+    }
+
+    /// A copy to try a write on and throw away (`dryRun=All`): nothing it does is kept or seen
+    /// by watches.
+    pub fn dry_run_copy(&self) -> Store {
+        let mut copy = self.clone();
+        copy.changes = broadcast::channel(1).0;
+        copy
     }
 
     pub fn record(&mut self, request: Request) {

@@ -1200,3 +1200,41 @@ async fn a_selective_watch_sees_objects_come_and_go_as_their_labels_change() {
     let expected = [("ADDED", "a"), ("DELETED", "a"), ("ADDED", "b")];
     assert_eq!(seen, expected.map(|(k, n)| (k, n.to_string())));
 }
+
+#[tokio::test]
+async fn a_dry_run_answers_without_writing() {
+    let standin = standin().await;
+    let maps: Api<ConfigMap> = Api::namespaced(standin.client(), "default");
+    let before = standin.resource_version();
+    let answered = maps
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &config_map("a", &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answered.name_any(), "a");
+    assert!(standin
+        .object("", "v1", "configmaps", "default", "a")
+        .is_none());
+    assert_eq!(standin.resource_version(), before);
+    maps.create(&PostParams::default(), &config_map("a", &[]))
+        .await
+        .unwrap();
+    // The creator owns `data.k` by its update: taking it needs force, dry run or not.
+    let mut dry = PatchParams::apply("op").force();
+    dry.dry_run = true;
+    let patched = maps
+        .patch(
+            "a",
+            &dry,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "w"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap()["k"], "w");
+    assert_eq!(maps.get("a").await.unwrap().data.unwrap()["k"], "v");
+}
