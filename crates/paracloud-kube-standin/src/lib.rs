@@ -93,7 +93,9 @@ impl Verb {
     }
 }
 
-/// One request the stand-in received, as an RBAC rule would have to allow it.
+/// One request the stand-in received (refused ones included, as authorization comes first on a
+/// real server), as an RBAC rule would have to allow it. Discovery and `/version` are not
+/// recorded: every authenticated user may read them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub verb: Verb,

@@ -86,7 +86,8 @@ fn selectors(query: &HashMap<String, String>) -> Result<(Selector, Selector), Ap
     Ok((labels, fields))
 }
 
-/// The manager of a write that names none: the user agent's product, as the real server does.
+/// The manager of a write that names none: the user agent's product, as the real server does
+/// (`unknown` when there is no user agent, as kube-rs sends none).
 fn default_manager(headers: &HeaderMap) -> String {
     headers
         .get(header::USER_AGENT)

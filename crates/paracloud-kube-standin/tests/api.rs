@@ -1238,3 +1238,78 @@ async fn a_dry_run_answers_without_writing() {
     assert_eq!(patched.data.unwrap()["k"], "w");
     assert_eq!(maps.get("a").await.unwrap().data.unwrap()["k"], "v");
 }
+
+/// Creates an object of `K` from JSON through its typed API and reads it back.
+async fn round_trip<K>(api: Api<K>, object: Value)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let object: K = serde_json::from_value(object).unwrap();
+    let name = object.meta().name.clone().unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
+    assert_eq!(
+        api.get(&name).await.unwrap().meta().name.as_deref(),
+        Some(name.as_str())
+    );
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn every_kind_the_operator_uses_is_served() {
+    use k8s_openapi::api::{apps, batch, core, networking, policy, rbac};
+    let standin = standin().await;
+    let client = standin.client();
+    let named = |name: &str| json!({"metadata": {"name": name}});
+    round_trip::<core::v1::Secret>(Api::namespaced(client.clone(), "default"), named("s")).await;
+    round_trip::<core::v1::Service>(Api::namespaced(client.clone(), "default"), named("svc")).await;
+    round_trip::<core::v1::ServiceAccount>(Api::namespaced(client.clone(), "default"), named("sa"))
+        .await;
+    round_trip::<core::v1::PersistentVolumeClaim>(
+        Api::namespaced(client.clone(), "default"),
+        named("data"),
+    )
+    .await;
+    round_trip::<apps::v1::StatefulSet>(
+        Api::namespaced(client.clone(), "default"),
+        json!({"metadata": {"name": "kv"}, "spec": {"selector": {}, "template": {}}}),
+    )
+    .await;
+    round_trip::<batch::v1::Job>(
+        Api::namespaced(client.clone(), "default"),
+        json!({"metadata": {"name": "j"}, "spec": {"template": {}}}),
+    )
+    .await;
+    round_trip::<policy::v1::PodDisruptionBudget>(
+        Api::namespaced(client.clone(), "default"),
+        named("pdb"),
+    )
+    .await;
+    round_trip::<networking::v1::NetworkPolicy>(
+        Api::namespaced(client.clone(), "default"),
+        named("np"),
+    )
+    .await;
+    round_trip::<rbac::v1::Role>(Api::namespaced(client.clone(), "default"), named("r")).await;
+    round_trip::<rbac::v1::RoleBinding>(Api::namespaced(client.clone(), "default"),
+        json!({"metadata": {"name": "rb"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"}}),
+    )
+    .await;
+    round_trip::<rbac::v1::ClusterRole>(Api::all(client.clone()), named("cr")).await;
+    let scale: Api<apps::v1::StatefulSet> = Api::namespaced(client.clone(), "default");
+    assert_eq!(
+        scale.get_scale("kv").await.unwrap().spec.unwrap().replicas,
+        Some(1)
+    );
+    // A cluster-scoped kind has no namespaced path.
+    let resource = kube::api::ApiResource::erase::<rbac::v1::ClusterRole>(&());
+    let misplaced: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &resource);
+    assert_eq!(api_error(misplaced.get("cr").await).code, 404);
+}
