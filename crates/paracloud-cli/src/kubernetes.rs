@@ -290,7 +290,11 @@ pub(crate) async fn deploy(
         "applied ParacloudApp {namespace}/{} ({} services{}); the operator runs it: kubectl get paracloudapps -n {namespace}",
         loaded.app,
         loaded.manifest.services.len(),
-        if files_applied > 0 { format!(", {files_applied} files") } else { String::new() }
+        match files_applied {
+            0 => String::new(),
+            1 => ", 1 file".to_owned(),
+            n => format!(", {n} files"),
+        }
     );
     Ok(())
 }
