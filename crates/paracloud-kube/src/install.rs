@@ -84,8 +84,10 @@ pub fn install(options: &InstallOptions) -> Vec<Object> {
                     containers: vec![core::Container {
                         name: "operator".into(),
                         image: Some(options.image.clone()),
-                        command: Some(vec!["paracloud".into(), "operator".into()]),
+                        // The image's entrypoint is the paracloud binary (a micro-image of it
+                        // runs it wherever it lies).
                         args: Some(vec![
+                            "operator".into(),
                             "--lease-namespace".into(),
                             ns.to_owned(),
                             "--health".into(),
