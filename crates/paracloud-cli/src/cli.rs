@@ -45,7 +45,7 @@ pub struct Global {
     )]
     pub context: Option<String>,
     /// Act on the application in a Kubernetes cluster (deployed with `paracloud deploy
-    /// --kubernetes`) instead of a daemon: ps, scale, describe and events; --context then names
+    /// --kubernetes`) instead of a daemon: ps, logs, scale, describe and events; --context then names
     /// a context of the kubeconfig
     #[arg(long, env = "PARACLOUD_KUBERNETES", global = true)]
     pub kubernetes: bool,

@@ -324,6 +324,17 @@ pub(crate) async fn cluster_command(
             let cluster = Cluster::find(global, None).await?;
             cluster.describe(&service, global.output).await
         }
+        Command::Logs {
+            target,
+            follow,
+            tail,
+        } => {
+            if follow {
+                anyhow::bail!("logs --follow is not available with --kubernetes: `kubectl logs -f` follows a pod");
+            }
+            let cluster = Cluster::find(global, None).await?;
+            cluster.logs(target.as_deref(), tail).await
+        }
         Command::Events { follow } => {
             if follow {
                 anyhow::bail!("events --follow is not available with --kubernetes: `kubectl get events -w` follows them");
@@ -332,7 +343,7 @@ pub(crate) async fn cluster_command(
             cluster.events(global.output).await
         }
         other => anyhow::bail!(
-            "{} does not act on a cluster: with --kubernetes, deploy, ps, scale, describe and events do (kubectl does the rest)",
+            "{} does not act on a cluster: with --kubernetes, deploy, ps, logs, scale, describe and events do (kubectl does the rest)",
             command_name(&other)
         ),
     }
@@ -480,6 +491,63 @@ impl Cluster {
             ),
             Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
             Output::Yaml => print!("{}", serde_yaml_ng::to_string(&json)?),
+        }
+        Ok(())
+    }
+
+    /// The last `tail` lines of each pod of a service (`web`), of one pod (`web-5d9c-x2`), or of
+    /// every pod, each line after its pod's name.
+    async fn logs(&self, target: Option<&str>, tail: usize) -> Result<()> {
+        use k8s_openapi::api::core::v1::Pod;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &self.namespace);
+        let selector = paracloud_kube::reconcile::selector(&self.app);
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| anyhow!("cannot list the pods of {}: {e}", self.name()))?;
+        let mut chosen: Vec<&Pod> = list
+            .items
+            .iter()
+            .filter(|p| match target {
+                None => true,
+                Some(t) => {
+                    p.metadata.name.as_deref() == Some(t)
+                        || p.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(paracloud_kube::names::WORKLOAD_LABEL))
+                            .map(String::as_str)
+                            == Some(paracloud_kube::names::object_name(t).as_str())
+                }
+            })
+            .collect();
+        if chosen.is_empty() {
+            anyhow::bail!(
+                "{} has no pod {}: `paracloud --kubernetes ps` lists them",
+                self.name(),
+                target.map_or("yet".to_owned(), |t| format!("of {t}"))
+            );
+        }
+        chosen.sort_by_key(|p| p.metadata.name.clone());
+        for pod in chosen {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let container = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .map(|c| c.name.clone());
+            let params = kube::api::LogParams {
+                container,
+                tail_lines: Some(i64::try_from(tail).unwrap_or(i64::MAX)),
+                ..Default::default()
+            };
+            let text = pods
+                .logs(&name, &params)
+                .await
+                .map_err(|e| anyhow!("cannot read the log of {name}: {e}"))?;
+            for line in text.lines() {
+                println!("{name} | {line}");
+            }
         }
         Ok(())
     }

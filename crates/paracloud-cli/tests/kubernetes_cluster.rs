@@ -249,6 +249,23 @@ fn deploy_runs_the_application_through_the_operator_and_the_usual_commands_see_i
         s.object("apps", "v1", "deployments", "shop", "api")
             .filter(|d| d["spec"]["replicas"] == 4)
     });
+    // logs: each pod's last lines, after its name, as the local logs print them.
+    cluster.standin().set_pod_log(
+        "shop",
+        "api-1",
+        "api",
+        "starting\nlistening on 8000\nGET /\n",
+    );
+    cluster
+        .standin()
+        .set_pod_log("shop", "api-2", "api", "starting\n");
+    let logs = ok(&cluster.paracloud(dir.path(), &["--kubernetes", "logs", "api", "-n", "2"]));
+    assert_eq!(
+        logs,
+        "api-1 | listening on 8000\napi-1 | GET /\napi-2 | starting\n"
+    );
+    let err = failed(&cluster.paracloud(dir.path(), &["--kubernetes", "logs", "nope"]));
+    assert!(err.contains("shop has no pod of nope"), "{err}");
     let events = ok(&cluster.paracloud(dir.path(), &["--kubernetes", "events"]));
     assert!(events.contains("Applied"), "{events}");
 
@@ -264,7 +281,7 @@ fn deploy_runs_the_application_through_the_operator_and_the_usual_commands_see_i
     assert!(err.contains("no ParacloudApp nothere"), "{err}");
     let err = failed(&cluster.paracloud(dir.path(), &["--kubernetes", "migrate", "api.1"]));
     assert!(
-        err.contains("with --kubernetes, deploy, ps, scale, describe and events do"),
+        err.contains("with --kubernetes, deploy, ps, logs, scale, describe and events do"),
         "{err}"
     );
     let err = failed(&cluster.paracloud(dir.path(), &["deploy"]));

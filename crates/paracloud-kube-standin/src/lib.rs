@@ -16,7 +16,8 @@
 //!   strategic merge patch (simplified, see [`patch::strategic_merge_patch`]; refused with 415 on
 //!   custom resources, as the real server does) and server-side apply with managed fields per
 //!   manager ([`fields`]);
-//! - subresources: `status`, `scale` (autoscaling/v1 `Scale`), and `pods/NAME/resize`, which
+//! - subresources: `status`, `scale` (autoscaling/v1 `Scale`), `pods/NAME/log` (what a test
+//!   set with [`StandIn::set_pod_log`]), and `pods/NAME/resize`, which
 //!   [`Options::pod_resize`] turns off to play a cluster older than 1.33;
 //! - deletion with finalizers, and the garbage collection of objects whose owner went;
 //! - `dryRun=All` on every write: the answer as if written, nothing kept;
@@ -340,6 +341,14 @@ impl StandIn {
     ) -> Result<Value, ApiError> {
         let at = ObjectRef::new(gvr.clone(), namespace, name).subresource("status");
         self.merge_patch_as(manager, &at, json!({"status": status}))
+    }
+
+    /// Plays the kubelet: what a pod's container wrote, served at `pods/NAME/log`.
+    pub fn set_pod_log(&self, namespace: &str, pod: &str, container: &str, text: &str) {
+        self.store().logs.insert(
+            (namespace.to_owned(), pod.to_owned(), container.to_owned()),
+            text.to_owned(),
+        );
     }
 
     /// Plays the kubelet: the pod runs, its containers ready or not.

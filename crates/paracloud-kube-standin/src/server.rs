@@ -218,6 +218,7 @@ async fn serve(
         "status" => info.status,
         "scale" => info.scale.is_some(),
         "resize" => app.options.pod_resize && info.group.is_empty() && info.plural == "pods",
+        "log" => verb == Verb::Get && info.group.is_empty() && info.plural == "pods",
         _ => false,
     };
     if !served {
@@ -263,6 +264,7 @@ async fn serve(
     };
     let ok = |value: Value| Ok((StatusCode::OK, Json(value)).into_response());
     match verb {
+        Verb::Get if subresource == "log" => pod_log(store, &target, query),
         Verb::Get => ok(lock(store).get(&target)?),
         Verb::List => {
             let filter = filter()?;
@@ -505,4 +507,54 @@ mod tests {
         assert!(parse_path("/apis/x/v1/namespaces/a/b/c/d/e").is_none());
         assert!(parse_path("/metrics").is_none());
     }
+}
+
+/// A pod's log as the kubelet serves it through the API server: plain text, the last
+/// `tailLines` lines; `container` may be left out only when the pod has one container.
+fn pod_log(
+    store: &Mutex<Store>,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let store = lock(store);
+    let pod = store.get(target)?;
+    let containers: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    let container = match query.get("container") {
+        Some(c) if containers.contains(c) => c.clone(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {}",
+                target.name
+            )))
+        }
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {}, choose one of: {containers:?}",
+                target.name
+            )))
+        }
+    };
+    let text = store
+        .logs
+        .get(&(target.namespace.clone(), target.name.clone(), container))
+        .cloned()
+        .unwrap_or_default();
+    let text = match query.get("tailLines").and_then(|n| n.parse::<usize>().ok()) {
+        Some(n) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let mut tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            if !tail.is_empty() {
+                tail.push('\n');
+            }
+            tail
+        }
+        None => text,
+    };
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response())
 }

@@ -177,6 +177,9 @@ pub struct Store {
     compacted: u64,
     changes: broadcast::Sender<Arc<Change>>,
     pub requests: Vec<Request>,
+    /// What each pod's containers wrote, as the kubelet serves it (`pods/NAME/log`), by
+    /// namespace, pod and container.
+    pub logs: BTreeMap<(String, String, String), String>,
 }
 
 /// The current time as the API writes it (RFC 3339, whole seconds, UTC).
@@ -266,6 +269,7 @@ impl Store {
             compacted: 0,
             changes,
             requests: Vec::new(),
+            logs: BTreeMap::new(),
         };
         let info = store
             .resources
