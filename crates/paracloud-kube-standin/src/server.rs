@@ -461,54 +461,6 @@ fn watch(
         .into_response())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_of_every_shape() {
-        let p = parse_path("/apis/apps/v1/namespaces/ns/deployments/web/scale").unwrap();
-        assert_eq!(
-            (
-                p.group.as_str(),
-                p.namespace.as_deref(),
-                p.plural.as_str(),
-                p.name.as_deref(),
-                p.subresource.as_deref()
-            ),
-            (
-                "apps",
-                Some("ns"),
-                "deployments",
-                Some("web"),
-                Some("scale")
-            )
-        );
-        let p = parse_path("/api/v1/namespaces/ns").unwrap();
-        assert_eq!(
-            (p.plural.as_str(), p.name.as_deref(), p.namespace),
-            ("namespaces", Some("ns"), None)
-        );
-        let p = parse_path("/api/v1/namespaces/ns/status").unwrap();
-        assert_eq!(
-            (p.plural.as_str(), p.subresource.as_deref()),
-            ("namespaces", Some("status"))
-        );
-        let p = parse_path("/api/v1/pods").unwrap();
-        assert_eq!(
-            (p.plural.as_str(), p.name, p.namespace),
-            ("pods", None, None)
-        );
-        let p = parse_path("/apis/paracloud.dev/v1alpha1/namespaces/a/paracloudapps").unwrap();
-        assert_eq!(
-            (p.group.as_str(), p.version.as_str()),
-            ("paracloud.dev", "v1alpha1")
-        );
-        assert!(parse_path("/apis/x/v1/namespaces/a/b/c/d/e").is_none());
-        assert!(parse_path("/metrics").is_none());
-    }
-}
-
 /// A pod's log as the kubelet serves it through the API server: plain text, the last
 /// `tailLines` lines; `container` may be left out only when the pod has one container.
 fn pod_log(
@@ -557,4 +509,52 @@ fn pod_log(
         None => text,
     };
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_of_every_shape() {
+        let p = parse_path("/apis/apps/v1/namespaces/ns/deployments/web/scale").unwrap();
+        assert_eq!(
+            (
+                p.group.as_str(),
+                p.namespace.as_deref(),
+                p.plural.as_str(),
+                p.name.as_deref(),
+                p.subresource.as_deref()
+            ),
+            (
+                "apps",
+                Some("ns"),
+                "deployments",
+                Some("web"),
+                Some("scale")
+            )
+        );
+        let p = parse_path("/api/v1/namespaces/ns").unwrap();
+        assert_eq!(
+            (p.plural.as_str(), p.name.as_deref(), p.namespace),
+            ("namespaces", Some("ns"), None)
+        );
+        let p = parse_path("/api/v1/namespaces/ns/status").unwrap();
+        assert_eq!(
+            (p.plural.as_str(), p.subresource.as_deref()),
+            ("namespaces", Some("status"))
+        );
+        let p = parse_path("/api/v1/pods").unwrap();
+        assert_eq!(
+            (p.plural.as_str(), p.name, p.namespace),
+            ("pods", None, None)
+        );
+        let p = parse_path("/apis/paracloud.dev/v1alpha1/namespaces/a/paracloudapps").unwrap();
+        assert_eq!(
+            (p.group.as_str(), p.version.as_str()),
+            ("paracloud.dev", "v1alpha1")
+        );
+        assert!(parse_path("/apis/x/v1/namespaces/a/b/c/d/e").is_none());
+        assert!(parse_path("/metrics").is_none());
+    }
 }
