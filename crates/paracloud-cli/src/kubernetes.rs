@@ -564,16 +564,7 @@ impl Cluster {
         let mut scale = serde_json::Map::new();
         for (service, replicas) in &pairs {
             if !manifest.services.contains_key(service) {
-                anyhow::bail!(
-                    "{} has no service {service}: its services are {}",
-                    self.name(),
-                    manifest
-                        .services
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                return Err(self.no_service(&manifest, service));
             }
             let mut entry = serde_json::Map::new();
             if let Some(replicas) = replicas {
@@ -610,21 +601,18 @@ impl Cluster {
     }
 
     fn manifest(&self) -> Result<paracloud_manifest::Manifest> {
-        struct Anywhere;
-        impl paracloud_manifest::FileSystem for Anywhere {
-            fn exists(&self, _: &Path) -> bool {
-                true
-            }
-            fn is_dir(&self, _: &Path) -> bool {
-                false
-            }
-        }
-        let origin = paracloud_manifest::Origin {
-            file: format!("ParacloudApp {}/{}", self.namespace, self.name()),
-            base_dir: PathBuf::from("/"),
-        };
-        paracloud_manifest::parse(&self.app.spec.manifest, &origin, &Anywhere)
+        paracloud_kube::reconcile::manifest(&self.app)
             .map_err(|e| anyhow!("the resource's manifest is not valid:\n{e}"))
+    }
+
+    /// The error for a service the application does not have, with those it has.
+    fn no_service(&self, manifest: &paracloud_manifest::Manifest, service: &str) -> anyhow::Error {
+        let services: Vec<&str> = manifest.services.keys().map(String::as_str).collect();
+        anyhow!(
+            "{} has no service {service}: its services are {}",
+            self.name(),
+            services.join(", ")
+        )
     }
 
     /// The resource's conditions and one service's pods, as the operator last saw them.
@@ -632,16 +620,7 @@ impl Cluster {
         let status = self.app.status.clone().unwrap_or_default();
         let manifest = self.manifest()?;
         let Some(spec) = manifest.services.get(service) else {
-            anyhow::bail!(
-                "{} has no service {service}: its services are {}",
-                self.name(),
-                manifest
-                    .services
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            return Err(self.no_service(&manifest, service));
         };
         let object = paracloud_kube::names::object_name(service);
         let pods = status.services.get(&object).cloned().unwrap_or_default();

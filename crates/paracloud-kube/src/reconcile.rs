@@ -516,13 +516,7 @@ impl HostFiles for Directories<'_> {
 /// cluster resizes pods (else in the pod template, a rolling change).
 fn desired_objects(app: &ParacloudApp, resize: bool) -> Result<Desired, (&'static str, String)> {
     let name = app.metadata.name.clone().unwrap_or_default();
-    let origin = Origin {
-        file: format!("ParacloudApp {name}"),
-        base_dir: PathBuf::from("/"),
-    };
-    let mut manifest: Manifest =
-        paracloud_manifest::parse(&app.spec.manifest, &origin, &ClusterPaths)
-            .map_err(|e| ("InvalidManifest", e.to_string()))?;
+    let mut manifest = manifest(app).map_err(|e| ("InvalidManifest", e.to_string()))?;
     let autoscaled = manifest.autoscale.is_some();
     let mut scaled_replicas = BTreeMap::new();
     let mut resized_cpu = BTreeMap::new();
@@ -715,13 +709,21 @@ pub fn selector(app: &ParacloudApp) -> String {
 
 /// The application's name, as its manifest says (`None` when the manifest does not parse).
 pub fn app_name(app: &ParacloudApp) -> Option<String> {
+    manifest(app).ok().map(|m| m.app)
+}
+
+/// The resource's manifest, parsed as the operator reads it: host paths are the deploying
+/// machine's, checked there, and only names here.
+pub fn manifest(app: &ParacloudApp) -> Result<Manifest, paracloud_manifest::ManifestError> {
     let origin = Origin {
-        file: "ParacloudApp".into(),
+        file: format!(
+            "ParacloudApp {}/{}",
+            app.metadata.namespace.clone().unwrap_or_default(),
+            app.metadata.name.clone().unwrap_or_default()
+        ),
         base_dir: PathBuf::from("/"),
     };
     paracloud_manifest::parse(&app.spec.manifest, &origin, &ClusterPaths)
-        .ok()
-        .map(|m| m.app)
 }
 
 #[cfg(test)]

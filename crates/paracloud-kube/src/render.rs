@@ -895,100 +895,20 @@ impl Renderer<'_> {
                             "put the file into the image, or mount a named volume holding it",
                         ),
                         HostFile::File(bytes) => {
-                            let secret = target.starts_with("/run/secrets/");
-                            let holder = format!("{object}-file-{i}");
-                            let key = Path::new(target)
-                                .file_name()
-                                .map(|n| n.to_string_lossy().into_owned())
-                                .filter(|n| is_config_key(n))
-                                .unwrap_or_else(|| "content".into());
+                            let file = BoundFile::new(&object, i, target);
                             out.config.extend_from_slice(target.as_bytes());
                             out.config.extend_from_slice(&bytes);
-                            let labels =
-                                BTreeMap::from([(SERVICE_LABEL.to_owned(), object.clone())]);
-                            if secret {
-                                let s = core::Secret {
-                                    metadata: self.meta(&holder, labels),
-                                    data: Some(BTreeMap::from([(key.clone(), ByteString(bytes))])),
-                                    type_: Some("Opaque".into()),
-                                    ..Default::default()
-                                };
-                                if self.options.file_objects {
-                                    self.objects.push(Object::of(&s));
-                                }
-                                out.volumes.push(core::Volume {
-                                    name: volume.clone(),
-                                    secret: Some(core::SecretVolumeSource {
-                                        secret_name: Some(holder),
-                                        ..Default::default()
-                                    }),
-                                    ..Default::default()
-                                });
-                            } else {
-                                let (data, binary_data) = match String::from_utf8(bytes) {
-                                    Ok(text) => (Some(BTreeMap::from([(key.clone(), text)])), None),
-                                    Err(e) => (
-                                        None,
-                                        Some(BTreeMap::from([(
-                                            key.clone(),
-                                            ByteString(e.into_bytes()),
-                                        )])),
-                                    ),
-                                };
-                                let c = core::ConfigMap {
-                                    metadata: self.meta(&holder, labels),
-                                    data,
-                                    binary_data,
-                                    ..Default::default()
-                                };
-                                if self.options.file_objects {
-                                    self.objects.push(Object::of(&c));
-                                }
-                                out.volumes.push(core::Volume {
-                                    name: volume.clone(),
-                                    config_map: Some(core::ConfigMapVolumeSource {
-                                        name: holder,
-                                        ..Default::default()
-                                    }),
-                                    ..Default::default()
-                                });
+                            if self.options.file_objects {
+                                let labels =
+                                    BTreeMap::from([(SERVICE_LABEL.to_owned(), object.clone())]);
+                                let metadata = self.meta(&file.holder, labels);
+                                self.objects.push(file.object(metadata, bytes));
                             }
-                            out.mounts.push(core::VolumeMount {
-                                name: volume,
-                                mount_path: target.clone(),
-                                sub_path: Some(key),
-                                read_only: Some(true),
-                                ..Default::default()
-                            });
+                            file.mount(&mut out, volume);
                         }
                         HostFile::Missing if !self.options.file_objects => {
                             // Made by whoever read the files: the volume refers to it by name.
-                            let holder = format!("{object}-file-{i}");
-                            let key = Path::new(target)
-                                .file_name()
-                                .map(|n| n.to_string_lossy().into_owned())
-                                .filter(|n| is_config_key(n))
-                                .unwrap_or_else(|| "content".into());
-                            let secret = target.starts_with("/run/secrets/");
-                            out.volumes.push(core::Volume {
-                                name: volume.clone(),
-                                secret: secret.then(|| core::SecretVolumeSource {
-                                    secret_name: Some(holder.clone()),
-                                    ..Default::default()
-                                }),
-                                config_map: (!secret).then(|| core::ConfigMapVolumeSource {
-                                    name: holder.clone(),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            });
-                            out.mounts.push(core::VolumeMount {
-                                name: volume,
-                                mount_path: target.clone(),
-                                sub_path: Some(key),
-                                read_only: Some(true),
-                                ..Default::default()
-                            });
+                            BoundFile::new(&object, i, target).mount(&mut out, volume);
                         }
                         HostFile::Missing => self.problem(
                             place,
@@ -1049,6 +969,81 @@ impl Renderer<'_> {
         let uid = parts.next().and_then(|u| u.parse::<i64>().ok());
         let gid = parts.next().and_then(|g| g.parse::<i64>().ok());
         (uid, gid.filter(|_| uid.is_some()))
+    }
+}
+
+/// A bind-mounted file as Kubernetes carries it: a ConfigMap, or a Secret for a target under
+/// `/run/secrets/`, named `SERVICE-file-N`, mounted read-only at the target by `subPath`.
+struct BoundFile<'a> {
+    holder: String,
+    key: String,
+    target: &'a str,
+    secret: bool,
+}
+
+impl<'a> BoundFile<'a> {
+    fn new(object: &str, index: usize, target: &'a str) -> BoundFile<'a> {
+        BoundFile {
+            holder: format!("{object}-file-{index}"),
+            key: Path::new(target)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| is_config_key(n))
+                .unwrap_or_else(|| "content".into()),
+            target,
+            secret: target.starts_with("/run/secrets/"),
+        }
+    }
+
+    /// The ConfigMap or Secret holding the file's bytes.
+    fn object(&self, metadata: ObjectMeta, bytes: Vec<u8>) -> Object {
+        if self.secret {
+            return Object::of(&core::Secret {
+                metadata,
+                data: Some(BTreeMap::from([(self.key.clone(), ByteString(bytes))])),
+                type_: Some("Opaque".into()),
+                ..Default::default()
+            });
+        }
+        let (data, binary_data) = match String::from_utf8(bytes) {
+            Ok(text) => (Some(BTreeMap::from([(self.key.clone(), text)])), None),
+            Err(e) => (
+                None,
+                Some(BTreeMap::from([(
+                    self.key.clone(),
+                    ByteString(e.into_bytes()),
+                )])),
+            ),
+        };
+        Object::of(&core::ConfigMap {
+            metadata,
+            data,
+            binary_data,
+            ..Default::default()
+        })
+    }
+
+    /// The pod's volume of it and the container's mount.
+    fn mount(&self, out: &mut Mounts, volume: String) {
+        out.volumes.push(core::Volume {
+            name: volume.clone(),
+            secret: self.secret.then(|| core::SecretVolumeSource {
+                secret_name: Some(self.holder.clone()),
+                ..Default::default()
+            }),
+            config_map: (!self.secret).then(|| core::ConfigMapVolumeSource {
+                name: self.holder.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        out.mounts.push(core::VolumeMount {
+            name: volume,
+            mount_path: self.target.to_owned(),
+            sub_path: Some(self.key.clone()),
+            read_only: Some(true),
+            ..Default::default()
+        });
     }
 }
 
