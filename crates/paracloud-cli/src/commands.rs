@@ -9,16 +9,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use paracloud_api::{
     AppView, BuildEvent, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
-    ExportImages, GetApp, GetService, GetStats, HostFs, ImageSources, ImportImages, InspectImage,
+    ExportImages, GetApp, GetService, GetStats, ImageSources, ImportImages, InspectImage,
     JsonLines, ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages,
     PullImage, PushImage, RemoveImage, Restart, RestartDataplane, Route, Scale, ScaleRequest,
-    ServiceView, SetCpu, SetTraffic, TrafficRequest, TransferEvent, Up, UpRequest,
+    ServiceView, SetCpu, SetTraffic, TrafficRequest, TransferEvent, Up,
 };
-use paracloud_manifest::{parse, Origin};
 use paracloud_reconcile::ExitInfo;
 
+use crate::arguments::{parse_cores, parse_scale, split_assignment};
 use crate::cli::{Cli, Command, DataplaneCommand, Global, ImageCommand, Output, SimArgs};
 use crate::client::{absolute, connect, explain};
+use crate::manifests::{default_manifest, load_manifest, load_manifests, manifest_files};
 use crate::output::{age, format_time, print, table};
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -276,171 +277,6 @@ fn run_daemon(global: &Global, listen: Option<std::net::SocketAddr>) -> Result<(
         .build()?;
     runtime.block_on(paracloud_daemon::run(config))?;
     Ok(())
-}
-
-/// A manifest read and checked on the client side, so errors show before any daemon is involved.
-pub(crate) struct LoadedManifest {
-    pub(crate) app: String,
-    /// The manifest as read and checked here.
-    pub(crate) manifest: paracloud_manifest::Manifest,
-    pub(crate) request: UpRequest,
-    /// The store images its services and capsules name (`image = "..."`), each with the
-    /// first that names it (`service web`).
-    images: Vec<(String, String)>,
-}
-
-/// The manifest of the current directory, as `docker compose` finds its file: `paracloud.toml`
-/// first, then the Compose file names.
-fn default_manifest() -> Option<PathBuf> {
-    std::iter::once("paracloud.toml")
-        .chain(paracloud_compose::FILE_NAMES.iter().copied())
-        .map(PathBuf::from)
-        .find(|path| path.is_file())
-}
-
-/// The files of `-f`, else the manifest found here with, for a Compose file, its override file
-/// beside it (`compose.override.yaml` for `compose.yaml`, ...), as `docker compose` reads them.
-fn manifest_files(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    if !files.is_empty() {
-        return Ok(files.to_vec());
-    }
-    let found = manifest_file(None)?;
-    let mut files = vec![found.clone()];
-    if let (Some(stem), Some(ext)) = (
-        found.file_stem().and_then(|s| s.to_str()),
-        found.extension().and_then(|e| e.to_str()),
-    ) {
-        if matches!(ext, "yaml" | "yml") {
-            let over = found.with_file_name(format!("{stem}.override.{ext}"));
-            if over.is_file() {
-                files.push(over);
-            }
-        }
-    }
-    Ok(files)
-}
-
-/// The file `-f` names, else the one found here.
-pub(crate) fn manifest_file(file: Option<&Path>) -> Result<PathBuf> {
-    match file {
-        Some(file) => Ok(file.to_path_buf()),
-        None => default_manifest().ok_or_else(|| {
-            anyhow!(
-                "no paracloud.toml, compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml here: pass the manifest with -f"
-            )
-        }),
-    }
-}
-
-/// What the Compose reader reads on this machine: the manifest's path checks, and the `.env`
-/// and `env_file` files.
-struct ComposeHost;
-
-impl paracloud_manifest::FileSystem for ComposeHost {
-    fn exists(&self, path: &Path) -> bool {
-        paracloud_manifest::FileSystem::exists(&HostFs, path)
-    }
-    fn is_dir(&self, path: &Path) -> bool {
-        paracloud_manifest::FileSystem::is_dir(&HostFs, path)
-    }
-}
-
-impl paracloud_compose::Host for ComposeHost {
-    fn read_to_string(&self, path: &Path) -> Option<String> {
-        std::fs::read_to_string(path).ok()
-    }
-}
-
-/// Reads a manifest, `paracloud.toml` or a Compose file. A Compose file is converted here, with
-/// this shell's environment for its variables, and the daemon gets the equivalent TOML under the
-/// Compose file's name.
-/// `profiles` are the Compose profiles activated beside those of `COMPOSE_PROFILES` (`*`: all).
-fn load_manifest(file: &Path, profiles: &[String]) -> Result<LoadedManifest> {
-    load_manifests(&[file.to_path_buf()], profiles)
-}
-
-/// Reads one manifest, or several Compose files merged as override files (`-f a -f b`).
-pub(crate) fn load_manifests(files: &[PathBuf], profiles: &[String]) -> Result<LoadedManifest> {
-    let mut sources = Vec::new();
-    for file in files {
-        let source = std::fs::read_to_string(file).with_context(|| {
-            format!(
-                "cannot read the manifest {}: check the path, or pass one with -f",
-                file.display()
-            )
-        })?;
-        sources.push((file.display().to_string(), source));
-    }
-    let Some(file) = files.first() else {
-        bail!("no manifest given: pass one with -f");
-    };
-    let absolute = absolute(file)?;
-    let base_dir = absolute
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let origin = Origin {
-        file: file.display().to_string(),
-        base_dir: base_dir.clone(),
-    };
-    let compose: Vec<bool> = files
-        .iter()
-        .zip(&sources)
-        .map(|(f, (_, source))| paracloud_compose::is_compose(f, source))
-        .collect();
-    let (manifest, source) = if compose.iter().all(|c| *c) {
-        let mut env: BTreeMap<String, String> = std::env::vars().collect();
-        if !profiles.is_empty() {
-            let mut active: Vec<String> = env
-                .get("COMPOSE_PROFILES")
-                .map(|p| p.split(',').map(str::to_owned).collect())
-                .unwrap_or_default();
-            active.extend(profiles.iter().cloned());
-            env.insert("COMPOSE_PROFILES".into(), active.join(","));
-        }
-        let converted = paracloud_compose::parse_files(&sources, &origin, &env, &ComposeHost)
-            .map_err(|e| anyhow!("the Compose file is not valid:\n{e}"))?;
-        (converted.manifest, converted.toml)
-    } else if files.len() > 1 {
-        bail!(
-            "several -f files merge only as Compose files, and {} is a paracloud.toml: pass it alone",
-            files[compose.iter().position(|c| !c).unwrap_or(0)].display()
-        );
-    } else {
-        let source = sources.remove(0).1;
-        let manifest = parse(&source, &origin, &HostFs)
-            .map_err(|e| anyhow!("the manifest is not valid:\n{e}"))?;
-        (manifest, source)
-    };
-    let mut images: Vec<(String, String)> = Vec::new();
-    let users = manifest
-        .services
-        .iter()
-        .map(|(name, s)| (format!("service {name}"), &s.image))
-        .chain(
-            manifest
-                .capsules
-                .iter()
-                .map(|(name, c)| (format!("capsule {name}"), &c.image)),
-        );
-    for (user, image) in users {
-        if let paracloud_manifest::Image::Stored { reference, .. } = image {
-            if !images.iter().any(|(r, _)| r == reference) {
-                images.push((reference.clone(), user));
-            }
-        }
-    }
-    Ok(LoadedManifest {
-        app: manifest.app.clone(),
-        manifest,
-        request: UpRequest {
-            source,
-            origin: file.display().to_string(),
-            base_dir,
-            ..Default::default()
-        },
-        images,
-    })
 }
 
 /// `paracloud convert`: prints the paracloud.toml a Compose file reads as.
@@ -966,54 +802,6 @@ async fn logs(global: &Global, target: Option<String>, follow: bool, tail: usize
         }
     }
     Ok(())
-}
-
-/// Splits `NAME=VALUE`, where `name` and `value` say what they are (`service`, `count`) and
-/// `example` is a correct one.
-fn split_assignment<'a>(
-    spec: &'a str,
-    name: &str,
-    value: &str,
-    example: &str,
-) -> Result<(&'a str, &'a str)> {
-    let what = format!("{}={}", name.to_uppercase(), value.to_uppercase());
-    let (left, right) = spec
-        .split_once('=')
-        .ok_or_else(|| anyhow!("`{spec}` is not {what}: write for example {example}"))?;
-    if left.is_empty() {
-        bail!("`{spec}` names no {name}: write for example {example}");
-    }
-    Ok((left, right))
-}
-
-/// Parses `api=3` into (service, count); with `--cpu`, `api` alone is (service, no count).
-pub(crate) fn parse_scale(spec: &str, with_cpu: bool) -> Result<(String, Option<u32>)> {
-    if with_cpu && !spec.contains('=') && !spec.is_empty() {
-        return Ok((spec.to_string(), None));
-    }
-    let (service, count) = split_assignment(spec, "service", "count", "api=3").map_err(|e| {
-        if with_cpu {
-            e
-        } else {
-            anyhow!("{e} (or name it alone with --cpu CORES to change its CPU per instance)")
-        }
-    })?;
-    let count = count.parse::<u32>().map_err(|_| {
-        anyhow!(
-            "`{spec}`: the count must be a whole number of instances, 0 or more (e.g. {service}=3)"
-        )
-    })?;
-    Ok((service.to_string(), Some(count)))
-}
-
-/// Parses `--cpu 1.5`: cores per instance, a number above 0 (the daemon checks the machine's).
-pub(crate) fn parse_cores(text: &str) -> Result<f64> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|c| c.is_finite() && *c > 0.0)
-        .ok_or_else(|| {
-            anyhow!("--cpu {text}: the CPU per instance is a number of cores above 0, such as --cpu 0.5 or --cpu 2")
-        })
 }
 
 async fn scale(global: &Global, specs: &[String], cpu: Option<&str>, detach: bool) -> Result<()> {

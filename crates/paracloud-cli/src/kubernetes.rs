@@ -6,7 +6,7 @@ use anyhow::{anyhow, Result};
 use paracloud_kube::{HostFile, HostFiles, RenderOptions};
 
 use crate::cli::{K8sCommand, Output};
-use crate::commands::{load_manifests, manifest_file};
+use crate::manifests::{load_manifests, manifest_file};
 
 /// The files services bind, read on this machine.
 struct LocalFiles;
@@ -555,10 +555,10 @@ impl Cluster {
     /// Writes the resource's scale, as the autoscaler does: the operator carries it out.
     async fn scale(&self, specs: &[String], cpu: Option<&str>) -> Result<()> {
         use kube::api::{Patch, PatchParams};
-        let cpu = cpu.map(crate::commands::parse_cores).transpose()?;
+        let cpu = cpu.map(crate::arguments::parse_cores).transpose()?;
         let pairs = specs
             .iter()
-            .map(|s| crate::commands::parse_scale(s, cpu.is_some()))
+            .map(|s| crate::arguments::parse_scale(s, cpu.is_some()))
             .collect::<Result<Vec<_>>>()?;
         let manifest = self.manifest()?;
         let mut scale = serde_json::Map::new();

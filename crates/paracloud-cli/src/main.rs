@@ -2,6 +2,7 @@
 //! re-executes (the daemon, the data plane, sandbox-init and nsexec).
 
 mod access;
+mod arguments;
 mod capsule;
 mod cli;
 mod client;
@@ -10,6 +11,7 @@ mod contexts;
 mod docker_config;
 mod install;
 mod kubernetes;
+mod manifests;
 mod output;
 
 use clap::Parser;
