@@ -55,6 +55,7 @@ mod forward;
 mod h1;
 mod hop;
 mod http;
+pub mod idle;
 mod inflight;
 pub mod pick;
 mod pool;
