@@ -281,6 +281,11 @@ pub enum Command {
         /// How often each application is looked at again besides on changes
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         resync: std::time::Duration,
+        /// Where each application's data plane serves its stats ({app} and {namespace} are
+        /// replaced), to scale services with scale_to_zero to zero and back, such as
+        /// http://{app}-dataplane-stats.{namespace}.svc:9090; not followed when not given
+        #[arg(long, value_name = "URL")]
+        dataplane_stats: Option<String>,
     },
     /// The application on Kubernetes: its objects (render) and the custom resource's
     /// definition (crd)

@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
             lease_duration,
             health,
             resync,
+            dataplane_stats,
         } => {
             init_tracing();
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -55,6 +56,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 lease_duration,
                 health,
                 resync,
+                dataplane_stats,
             ))
         }
         Command::Completion { shell } => {

@@ -120,6 +120,7 @@ pub(crate) async fn operator(
     lease_duration: std::time::Duration,
     health: Option<std::net::SocketAddr>,
     resync: std::time::Duration,
+    dataplane_stats: Option<String>,
 ) -> Result<()> {
     let client = kube::Client::try_default()
         .await
@@ -141,6 +142,8 @@ pub(crate) async fn operator(
             },
             health,
             resync,
+            follow: dataplane_stats
+                .map(|stats_url| paracloud_operator::FollowOptions { stats_url }),
         },
     )
     .await

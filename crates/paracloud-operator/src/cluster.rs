@@ -156,7 +156,7 @@ pub(crate) async fn carry_out(
         }
     }
     for note in &decision.notes {
-        record(context, app, note).await?;
+        record(&context.client, &context.identity, app, note).await?;
     }
     if let Some(status) = &decision.status {
         if app.status.as_ref() != Some(status) {
@@ -197,10 +197,15 @@ async fn pod_exists(pods: &Api<DynamicObject>, name: &str) -> bool {
 }
 
 /// An Event on the resource, as `kubectl describe paracloudapp` shows them.
-async fn record(context: &Context, app: &ParacloudApp, note: &Note) -> Result<(), Error> {
+pub(crate) async fn record(
+    client: &Client,
+    identity: &str,
+    app: &ParacloudApp,
+    note: &Note,
+) -> Result<(), Error> {
     let namespace = app.namespace().unwrap_or_default();
     let ar = resource("v1", "Event", "events");
-    let events: Api<DynamicObject> = Api::namespaced_with(context.client.clone(), &namespace, &ar);
+    let events: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let suffix: u64 = rand::random();
     let body: Value = json!({
@@ -222,7 +227,7 @@ async fn record(context: &Context, app: &ParacloudApp, note: &Note) -> Result<()
         "lastTimestamp": now,
         "source": { "component": "paracloud-operator" },
         "reportingComponent": "paracloud.dev/operator",
-        "reportingInstance": context.identity,
+        "reportingInstance": identity,
     });
     let event: DynamicObject = serde_json::from_value(body).expect("an Event is a dynamic object");
     events.create(&PostParams::default(), &event).await?;

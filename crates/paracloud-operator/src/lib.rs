@@ -5,6 +5,7 @@
 //! Events. One operator acts at a time, by a Lease (`lease`).
 
 mod cluster;
+mod follow;
 mod lease;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use kube::{Api, Client};
 use paracloud_kube::ParacloudApp;
 
 pub use cluster::Error;
+pub use follow::FollowOptions;
 pub use lease::LeaseOptions;
 
 /// How the operator runs.
@@ -36,6 +38,9 @@ pub struct Options {
     pub health: Option<SocketAddr>,
     /// How often every application is looked at again, besides on changes.
     pub resync: Duration,
+    /// Where each application's data plane serves its stats, to scale services to zero and
+    /// back; `None`: not followed.
+    pub follow: Option<FollowOptions>,
 }
 
 /// What every reconcile shares.
@@ -63,6 +68,13 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
     tracing::info!(identity = %options.lease.identity, "leading: reconciling ParacloudApps");
     let lost = lease.keep();
 
+    let follower = options.follow.clone().map(|follow| {
+        tokio::spawn(follow::follow_all(
+            client.clone(),
+            follow,
+            options.lease.identity.clone(),
+        ))
+    });
     let context = Arc::new(Context {
         client: client.clone(),
         resize: AtomicBool::new(true),
@@ -93,6 +105,9 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
         }
     });
     controller.await;
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     if lease.lost() {
         anyhow::bail!(
             "lost the lease {}: another operator leads now",
