@@ -236,6 +236,16 @@ pub enum Command {
         #[arg(long, default_value = "/etc/systemd/system", requires = "install")]
         unit_dir: PathBuf,
     },
+    /// The Kubernetes node agent, in the foreground: each pod's PaCI socket under --root and
+    /// capsules attached to its containers, found through the node's OCI runtime
+    NodeAgent {
+        /// The OCI runtime the node's containers run under
+        #[arg(long, value_enum)]
+        runtime: NodeRuntime,
+        /// That runtime's state directory (its --root), e.g. /run/containerd/runc/k8s.io
+        #[arg(long, value_name = "DIR")]
+        runtime_root: PathBuf,
+    },
     /// Tokens of the remote API: create (printed once), list, revoke
     #[command(subcommand)]
     Token(TokenCommand),
@@ -569,4 +579,11 @@ pub enum K8sCommand {
     },
     /// Print the ParacloudApp CustomResourceDefinition
     Crd,
+}
+
+/// The OCI runtimes the node agent reads.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum NodeRuntime {
+    Crun,
+    Runc,
 }
