@@ -666,3 +666,40 @@ fn bad_capsule_requests_get_an_error_naming_what_is_wrong() {
     );
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn a_pods_socket_outlives_the_agent_and_goes_with_the_pod() {
+    let mut node = Node::new("restart");
+    let a = node.pod("a", 1000);
+    let b = node.pod("b", 1000);
+    node.agent(&[&a, &b]);
+    assert_eq!(node.curl_in(&a, "GET", "/v1/whoami", None).0, 200);
+
+    // A new agent binds the socket again in the directory the pod holds.
+    let mut old = node.agent.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(old.wait().unwrap().success(), "{}", node.log());
+    node.agent(&[&a, &b]);
+    let (status, body) = node.curl_in(&a, "GET", "/v1/whoami", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["pod"]["name"], "web-a");
+
+    // A pod that is gone loses its socket and directory; the others keep theirs.
+    for id in [&b.container_id, &b.sandbox_id] {
+        assert!(node
+            .oci()
+            .args(["delete", "-f", id])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let (status, pods) = unix_http(&node.api(), "POST", "/v1/refresh", "");
+    assert_eq!(status, 200, "{pods}");
+    assert_eq!(json(&pods).as_array().unwrap().len(), 1, "{pods}");
+    assert!(!node.paci_dir(&b).exists());
+    assert!(node.paci_dir(&a).join("paci.sock").exists());
+}
