@@ -420,3 +420,39 @@ fn list_files(dir: &std::path::Path) -> Vec<CapsuleFile> {
     files.sort_by(|a, b| a.name.cmp(&b.name));
     files
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::PodRef;
+
+    fn pod(uid: &str, namespace: &str, name: &str) -> (String, Pod) {
+        (
+            uid.to_string(),
+            Pod {
+                pod: PodRef {
+                    uid: uid.into(),
+                    namespace: namespace.into(),
+                    name: name.into(),
+                },
+                app: None,
+                service: None,
+                containers: Vec::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_pod_is_named_by_its_uid_or_its_namespace_and_name() {
+        let pods = [pod("u1", "shop", "web-0"), pod("u2", "other", "web-0")]
+            .into_iter()
+            .collect();
+        assert_eq!(find_pod(&pods, "u2").unwrap().pod.namespace, "other");
+        assert_eq!(find_pod(&pods, "shop/web-0").unwrap().pod.uid, "u1");
+        assert!(
+            find_pod(&pods, "web-0").is_none(),
+            "a name alone is ambiguous"
+        );
+        assert!(find_pod(&pods, "shop/web-1").is_none());
+    }
+}
