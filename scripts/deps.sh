@@ -10,6 +10,8 @@
 # - skopeo, umoci, docker-registry, nginx, htpasswd, openssl: OCI layouts and archives made by other
 #   tools, a local registry to pull from and push to (over TLS and with basic authentication);
 # - strace, gdb, tcpdump, yara, zstd: the host programs the built-in capsules are made of;
+# - crun, runc, curl: the OCI runtimes the node agent's tests start pods with (as a Kubernetes
+#   node's CRI runtime does), and the client their containers speak PaCI with;
 # - CRIU 4 (scripts/criu.sh, built from Debian's newer source once): migration by checkpoint;
 # - prometheus: `promtool check metrics`, which the daemon's /metrics must pass;
 # - a Python virtual environment in the user's cache (~/.cache/paracloud/venv, not system-wide)
@@ -47,6 +49,9 @@ need gdb gdb
 need tcpdump tcpdump
 need yara yara
 need zstd zstd
+need crun crun
+need runc runc
+need curl curl
 need e2fsprogs mkfs.ext4
 need docker-compose docker-compose
 need redis-server redis-server redis-cli

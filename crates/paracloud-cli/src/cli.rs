@@ -241,6 +241,16 @@ pub enum Command {
         #[arg(long, default_value = "/etc/systemd/system", requires = "install")]
         unit_dir: PathBuf,
     },
+    /// The Kubernetes node agent, in the foreground: each pod's PaCI socket under --root and
+    /// capsules attached to its containers, found through the node's OCI runtime
+    NodeAgent {
+        /// The OCI runtime the node's containers run under
+        #[arg(long, value_enum)]
+        runtime: NodeRuntime,
+        /// That runtime's state directory (its --root), e.g. /run/containerd/runc/k8s.io
+        #[arg(long, value_name = "DIR")]
+        runtime_root: PathBuf,
+    },
     /// Tokens of the remote API: create (printed once), list, revoke
     #[command(subcommand)]
     Token(TokenCommand),
@@ -630,4 +640,11 @@ pub enum K8sCommand {
         #[arg(long, default_value_t = 2)]
         replicas: u32,
     },
+}
+
+/// The OCI runtimes the node agent reads.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum NodeRuntime {
+    Crun,
+    Runc,
 }

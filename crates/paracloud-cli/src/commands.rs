@@ -59,6 +59,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 dataplane_stats,
             ))
         }
+        Command::NodeAgent {
+            runtime,
+            runtime_root,
+        } => run_node_agent(&global, runtime, runtime_root),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "paracloud", &mut std::io::stdout());
@@ -281,6 +285,30 @@ fn run_daemon(global: &Global, listen: Option<std::net::SocketAddr>) -> Result<(
     Ok(())
 }
 
+fn run_node_agent(
+    global: &Global,
+    runtime: crate::cli::NodeRuntime,
+    runtime_root: PathBuf,
+) -> Result<()> {
+    init_tracing();
+    let config = paracloud_node::Config {
+        root: absolute(&global.root)?,
+        runtime: match runtime {
+            crate::cli::NodeRuntime::Crun => paracloud_node::OciRuntime::Crun,
+            crate::cli::NodeRuntime::Runc => paracloud_node::OciRuntime::Runc,
+        },
+        runtime_root: absolute(&runtime_root)?,
+        cgroup_root: "/sys/fs/cgroup".into(),
+        cgroup_parent: global.daemon.cgroup_parent.clone(),
+        helper_exe: std::env::current_exe().context("cannot find the paracloud binary")?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(paracloud_node::run(config))?;
+    Ok(())
+}
+
 /// `paracloud convert`: prints the paracloud.toml a Compose file reads as.
 fn convert(files: &[PathBuf], profiles: &[String]) -> Result<()> {
     let files = match files {
@@ -394,6 +422,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             restart_dataplane(global, drain_timeout).await
         }
         Command::Daemon { .. }
+        | Command::NodeAgent { .. }
         | Command::DataplaneProcess { .. }
         | Command::Completion { .. }
         | Command::Sim(_) => {

@@ -24,7 +24,9 @@ fn main() {
     // daemon and the data plane write to sockets and must not.
     if !matches!(
         cli.command,
-        cli::Command::Daemon { install: false, .. } | cli::Command::Dataplane { .. }
+        cli::Command::Daemon { install: false, .. }
+            | cli::Command::Dataplane { .. }
+            | cli::Command::NodeAgent { .. }
     ) {
         paracloud_runtime::end_quietly_on_broken_pipe();
     }

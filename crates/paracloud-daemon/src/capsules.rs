@@ -22,7 +22,6 @@ use paracloud_manifest::Image;
 use paracloud_reconcile::{InstanceKey, InstanceState};
 use paracloud_runtime::{CapsuleConfig, Limits, Process, Rootfs};
 use paracloud_state::{CapsuleRun, CapsuleTarget};
-use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
@@ -120,26 +119,10 @@ fn access_name(access: Access) -> &'static str {
     }
 }
 
-/// `program` on this machine's PATH (or itself when absolute).
-fn which(program: &str) -> Option<PathBuf> {
-    if program.starts_with('/') {
-        return Path::new(program).is_file().then(|| program.into());
-    }
-    let path = std::env::var_os("PATH")
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
 /// The busybox every built-in capsule is made of, and the capsule's programs, that this machine
 /// lacks.
 fn missing_programs(spec: &CapsuleSpec) -> Vec<String> {
-    std::iter::once("busybox")
-        .chain(spec.programs.iter().map(String::as_str))
-        .filter(|p| which(p).is_none())
-        .map(str::to_string)
-        .collect()
+    paracloud_image::capsule_image::missing_programs(&spec.programs)
 }
 
 /// One instance a run attaches to.
@@ -947,107 +930,19 @@ pub async fn capsule_root<D: Driver>(
 
 /// The image of a built-in capsule (built on first use) and its script layer.
 fn builtin_root<D: Driver>(engine: &Engine<D>, spec: &CapsuleSpec) -> Result<Rootfs, String> {
-    let busybox =
-        which("busybox").ok_or("built-in capsules need busybox: apt-get install busybox-static")?;
-    let mut programs = Vec::new();
-    for name in &spec.programs {
-        programs.push(which(name).ok_or_else(|| {
-            format!(
-                "capsule {} needs {name} on this machine; install it",
-                spec.name
-            )
-        })?);
-    }
-    programs.extend(
-        spec.trees
-            .iter()
-            .map(PathBuf::from)
-            .filter(|tree| tree.exists()),
-    );
-    // Everything the image is made of, so a changed script or program makes a new image.
-    let mut hasher = Sha256::new();
-    hasher.update(spec.script.as_bytes());
-    for path in std::iter::once(&busybox).chain(&programs) {
-        hasher.update(path.as_os_str().as_encoded_bytes());
-        if let Ok(meta) = std::fs::metadata(path) {
-            hasher.update(meta.len().to_le_bytes());
-            if let Ok(modified) = meta.modified() {
-                hasher.update(format!("{modified:?}").as_bytes());
-            }
-        }
-    }
-    let key: String = hasher
-        .finalize()
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let tag = format!("paracloud-capsule/{}:{key}", spec.name);
-    let layers = engine.images.micro_layers(&tag, &busybox, &programs)?;
-    let script_layer = engine
-        .config
-        .root
-        .join("capsules")
-        .join("layers")
-        .join(format!("{}-{key}", spec.name));
-    write_script_layer(&script_layer, &busybox, spec.script)?;
-    let mut all = layers;
-    all.push(script_layer);
-    Ok(Rootfs::Layers { layers: all })
-}
-
-/// The layer with /capsule/run and busybox's applets in /capsule/bin (and /bin/sh), written
-/// once (to a temporary name, then renamed).
-fn write_script_layer(dir: &Path, busybox: &Path, script: &str) -> Result<(), String> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let failed = |what: &str, e: std::io::Error| format!("cannot write capsule layer {what}: {e}");
-    let parent = dir.parent().ok_or("capsule layer without parent")?;
-    std::fs::create_dir_all(parent).map_err(|e| failed("directory", e))?;
-    let temporary = tempfile::Builder::new()
-        .prefix(".layer-")
-        .tempdir_in(parent)
-        .map_err(|e| failed("directory", e))?;
-    let capsule = temporary.path().join("capsule");
-    let bin = capsule.join("bin");
-    std::fs::create_dir_all(&bin).map_err(|e| failed("bin", e))?;
-    std::fs::write(capsule.join("run"), script).map_err(|e| failed("script", e))?;
-    let applets = std::process::Command::new(busybox)
-        .arg("--list")
-        .output()
-        .map_err(|e| failed("applets", e))?;
-    // busybox sits at its host path in the image (the micro-image keeps paths).
-    let target = busybox.to_string_lossy().into_owned();
-    for applet in String::from_utf8_lossy(&applets.stdout).lines() {
-        let applet = applet.trim();
-        if applet.is_empty() || applet.contains('/') {
-            continue;
-        }
-        std::os::unix::fs::symlink(&target, bin.join(applet)).map_err(|e| failed(applet, e))?;
-    }
-    // Scripts and shells expect /bin/sh: beside busybox, and /bin as on the host (a link to
-    // usr/bin on a merged-/usr system).
-    let real_bin = std::fs::canonicalize("/bin").unwrap_or_else(|_| "/bin".into());
-    let sh_dir = temporary
-        .path()
-        .join(real_bin.strip_prefix("/").unwrap_or(&real_bin));
-    std::fs::create_dir_all(&sh_dir).map_err(|e| failed("/bin", e))?;
-    std::os::unix::fs::symlink(&target, sh_dir.join("sh")).map_err(|e| failed("/bin/sh", e))?;
-    if let Ok(link) = std::fs::read_link("/bin") {
-        std::os::unix::fs::symlink(link, temporary.path().join("bin"))
-            .map_err(|e| failed("/bin", e))?;
-    }
-    let kept = temporary.keep();
-    match std::fs::rename(&kept, dir) {
-        Ok(()) => Ok(()),
-        // Another run wrote it meanwhile.
-        Err(_) if dir.is_dir() => {
-            let _ = std::fs::remove_dir_all(&kept);
-            Ok(())
-        }
-        Err(e) => Err(failed("rename", e)),
-    }
+    let capsule = paracloud_image::capsule_image::BuiltinCapsule {
+        name: &spec.name,
+        script: spec.script,
+        programs: &spec.programs,
+        trees: &spec.trees,
+    };
+    let layers_dir = engine.config.root.join("capsules").join("layers");
+    let layers = paracloud_image::capsule_image::builtin_layers(
+        capsule,
+        &layers_dir,
+        |tag, busybox, programs| engine.images.micro_layers(tag, busybox, programs),
+    )?;
+    Ok(Rootfs::Layers { layers })
 }
 
 /// Runs the applications' scheduled capsules (`[schedules.NAME]`): once a second, each schedule

@@ -232,26 +232,7 @@ impl Images {
         add: &[std::path::PathBuf],
     ) -> std::result::Result<Vec<std::path::PathBuf>, String> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Ok(image) = self.store.image(tag) {
-            return Ok(image.layers);
-        }
-        let reference = parse_tag(tag).map_err(|e| e.message)?;
-        let built = build_micro_image(
-            &self.store,
-            &MicroImageSpec {
-                binary: program.to_owned(),
-                add: add.to_vec(),
-                host_root: "/".into(),
-            },
-        )
-        .map_err(|e| format!("cannot build the capsule image {tag}: {e}"))?;
-        self.store
-            .tag(&reference, &built.digest)
-            .map_err(|e| e.to_string())?;
-        self.store
-            .image_by_digest(&built.digest)
-            .map(|i| i.layers)
-            .map_err(|e| e.to_string())
+        paracloud_image::capsule_image::micro_layers(&self.store, tag, program, add)
     }
 
     /// The images the services and capsules of any application use: prune keeps them.

@@ -280,6 +280,7 @@ async fn whoami<D: Driver>(State(ctx): Shared<D>) -> Result<Json<Whoami>, PaciEr
         },
         weight: record.weight.unwrap_or(FULL_WEIGHT),
         paci: paracloud_paci::VERSION.to_string(),
+        pod: None,
     }))
 }
 

@@ -12,6 +12,7 @@
 //! them all), so that none needs another that needs it back:
 //!
 //! ```text
+//! capsule_image                    the built-in capsules' images, on micro-images
 //! layout  micro  registry  build   OCI layouts and archives, micro-images, pull and push, builds
 //! assemble                         new layers and images, written into the store
 //! store                            blobs, unpacked layers, refs, the build cache, prune
@@ -22,6 +23,7 @@
 pub mod assemble;
 pub mod build;
 pub mod build_cache;
+pub mod capsule_image;
 pub mod digest;
 pub mod layout;
 pub mod micro;

@@ -75,6 +75,20 @@ pub struct Whoami {
     pub weight: u32,
     /// The protocol version the platform speaks.
     pub paci: String,
+    /// On Kubernetes, the pod the instance is (the node agent answers for it); absent on one
+    /// machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+}
+
+/// A pod's identity on Kubernetes: its namespace, name and uid, and the container that asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The container of the pod whose process asked.
+    pub container: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,705 @@
+//! The Kubernetes node agent against containers started as a node's CRI runtime starts them:
+//! an OCI runtime (crun, or runc where crun cannot run: a hybrid cgroup layout with controllers
+//! on cgroup2) with containerd's pod annotations, a cgroupsPath under a kubepods-like parent,
+//! their own pid, mount, uts and ipc namespaces, and the pod's PaCI directory bound at
+//! /run/paracloud (what a hostPath volume with `subPathExpr: $(POD_UID)` becomes). Each test has
+//! its own root, cgroup parents and container ids, and removes them even when it fails.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::unix_http;
+
+/// The OCI runtime the tests start containers with.
+fn oci_runtime() -> &'static str {
+    // crun refuses a hybrid layout whose cgroup2 hierarchy holds controllers; runc takes it.
+    let hybrid_with_controllers =
+        std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+            .is_ok_and(|c| !c.trim().is_empty());
+    if hybrid_with_controllers {
+        "runc"
+    } else {
+        "crun"
+    }
+}
+
+/// One pod of the fake node: its sandbox and one container.
+struct Pod {
+    uid: String,
+    name: String,
+    namespace: String,
+    container: String,
+    /// The runtime's ids: the sandbox's, then the container's.
+    sandbox_id: String,
+    container_id: String,
+}
+
+/// A node of its own: a root, the OCI runtime's state, pods and the agent.
+struct Node {
+    dir: tempfile::TempDir,
+    tag: String,
+    runtime: &'static str,
+    agent: Option<Child>,
+    started: Vec<String>,
+}
+
+impl Node {
+    fn new(test: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("paracloud-node-")
+            .tempdir()
+            .unwrap();
+        Node {
+            dir,
+            tag: format!("pcn{}-{test}", std::process::id()),
+            runtime: oci_runtime(),
+            agent: None,
+            started: Vec::new(),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("agent")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("oci-state")
+    }
+
+    /// The pods' cgroup parent, as a kubelet's `kubepods`.
+    fn kubepods(&self) -> String {
+        format!("{}-kubepods", self.tag)
+    }
+
+    /// Where the agent makes capsules' cgroups.
+    fn agent_cgroups(&self) -> String {
+        format!("{}-agent", self.tag)
+    }
+
+    fn api(&self) -> PathBuf {
+        self.root().join("agent.sock")
+    }
+
+    fn paci_dir(&self, pod: &Pod) -> PathBuf {
+        self.root().join("paci").join(&pod.uid)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn oci(&self) -> Command {
+        let mut command = Command::new(self.runtime);
+        command.arg("--root").arg(self.state());
+        command
+    }
+
+    /// A busybox root filesystem with the host's /usr (bound read-only at start) for curl.
+    fn rootfs(&self, name: &str, identity: &str) -> PathBuf {
+        let rootfs = self.dir.path().join("rootfs").join(name);
+        for dir in ["bin", "usr", "proc", "dev", "sys", "tmp", "run", "etc"] {
+            std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", rootfs.join("lib")).unwrap();
+        std::os::unix::fs::symlink("usr/lib64", rootfs.join("lib64")).unwrap();
+        std::fs::write(rootfs.join("etc/identity"), identity).unwrap();
+        rootfs
+    }
+
+    /// Starts one container as a CRI runtime would; `paci`: it asks for its pod's socket.
+    fn start(&mut self, pod: &Pod, id: &str, sandbox: bool, user: u32, paci: bool) {
+        let rootfs = self.rootfs(id, &format!("I am {} of pod {}\n", id, pod.name));
+        let bundle = self.dir.path().join("bundles").join(id);
+        std::fs::create_dir_all(&bundle).unwrap();
+        let mut annotations = json!({
+            "io.kubernetes.cri.container-type": if sandbox { "sandbox" } else { "container" },
+            "io.kubernetes.cri.sandbox-id": pod.sandbox_id,
+            "io.kubernetes.cri.sandbox-uid": pod.uid,
+            "io.kubernetes.cri.sandbox-name": pod.name,
+            "io.kubernetes.cri.sandbox-namespace": pod.namespace,
+            "paracloud.dev/app": "shop",
+            "paracloud.dev/service": pod.container,
+        });
+        if !sandbox {
+            annotations["io.kubernetes.cri.container-name"] = json!(pod.container);
+        }
+        if paci {
+            annotations["paracloud.dev/paci"] = json!("true");
+        }
+        let mut mounts = vec![
+            json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+            json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "nodev", "mode=1777"]}),
+            json!({"destination": "/usr", "type": "bind", "source": "/usr",
+                   "options": ["rbind", "ro", "nosuid", "nodev"]}),
+        ];
+        if !sandbox {
+            // The hostPath volume's subPath: the kubelet makes the directory before the container.
+            let paci_dir = self.paci_dir(pod);
+            std::fs::create_dir_all(&paci_dir).unwrap();
+            mounts.push(json!({"destination": "/run/paracloud", "type": "bind",
+                               "source": paci_dir, "options": ["rbind", "rw"]}));
+        }
+        let config = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": user, "gid": user},
+                "args": ["/bin/busybox", "sleep", "3600"],
+                "env": ["PATH=/bin:/usr/bin"],
+                "cwd": "/",
+                "noNewPrivileges": true
+            },
+            "root": {"path": rootfs, "readonly": true},
+            "hostname": format!("{}-{}", pod.name, if sandbox { "sandbox" } else { &pod.container }),
+            "mounts": mounts,
+            "annotations": annotations,
+            "linux": {
+                "cgroupsPath": format!("/{}/pod{}/{id}", self.kubepods(), pod.uid),
+                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"],
+                "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
+            }
+        });
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
+        self.started.push(id.to_string());
+        // Into a file, not a pipe: the detached container keeps the runtime's stdio open.
+        let log_path = self.dir.path().join(format!("{id}.oci.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let status = self
+            .oci()
+            .args(["run", "-d", "--bundle"])
+            .arg(&bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "{} run {id}: {}",
+            self.runtime,
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+
+    /// A pod with its sandbox and one container (of user `user`) asking for PaCI.
+    fn pod(&mut self, letter: &str, user: u32) -> Pod {
+        let pod = Pod {
+            uid: format!("{}-uid-{letter}", self.tag),
+            name: format!("web-{letter}"),
+            namespace: format!("ns-{letter}"),
+            container: "web".into(),
+            sandbox_id: format!("{}-{letter}-sandbox", self.tag),
+            container_id: format!("{}-{letter}-web", self.tag),
+        };
+        let (sandbox, container) = (pod.sandbox_id.clone(), pod.container_id.clone());
+        self.start(&pod, &sandbox, true, 0, false);
+        self.start(&pod, &container, false, user, true);
+        pod
+    }
+
+    /// Starts the agent and waits until it serves every pod's socket.
+    fn agent(&mut self, pods: &[&Pod]) {
+        let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_paracloud"))
+            .arg("node-agent")
+            .arg("--root")
+            .arg(self.root())
+            .args(["--runtime", self.runtime, "--runtime-root"])
+            .arg(self.state())
+            .args(["--cgroup-parent", &self.agent_cgroups()])
+            .env_remove("PARACLOUD_ROOT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        let sockets: Vec<PathBuf> = pods
+            .iter()
+            .map(|p| self.paci_dir(p).join("paci.sock"))
+            .collect();
+        wait_until(
+            Duration::from_secs(20),
+            "the agent serving every pod",
+            || self.api().exists() && sockets.iter().all(|s| s.exists()),
+            || self.log(),
+        );
+    }
+
+    /// `curl` inside the pod's container, as its user: (status, body).
+    fn curl_in(&self, pod: &Pod, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut command = self.oci();
+        command.arg("exec").arg(&pod.container_id).args([
+            "/usr/bin/curl",
+            "-s",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(body) = body {
+            command.args(["-H", "content-type: application/json", "-d", body]);
+        }
+        let out = command
+            .args(["--unix-socket", "/run/paracloud/paci.sock"])
+            .arg(format!("http://paci{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (
+            status.trim().parse().unwrap_or_else(|_| {
+                panic!(
+                    "curl in {}: {text} {}",
+                    pod.name,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            }),
+            body.to_string(),
+        )
+    }
+
+    /// The container's first process on the host.
+    fn pid(&self, pod: &Pod) -> i32 {
+        let out = self
+            .oci()
+            .arg("state")
+            .arg(&pod.container_id)
+            .output()
+            .unwrap();
+        let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+        state["pid"].as_i64().unwrap() as i32
+    }
+
+    /// The processes of the container's cgroup (cgroup2's view on a hybrid node, else pids').
+    fn processes(&self, pod: &Pod) -> Vec<String> {
+        let path = format!("{}/pod{}/{}", self.kubepods(), pod.uid, pod.container_id);
+        let procs = ["unified", "pids", ""]
+            .iter()
+            .map(|h| {
+                Path::new("/sys/fs/cgroup")
+                    .join(h)
+                    .join(&path)
+                    .join("cgroup.procs")
+            })
+            .find(|p| p.exists())
+            .expect("the container's cgroup");
+        let mut pids: Vec<String> = std::fs::read_to_string(procs)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        pids.sort();
+        pids
+    }
+
+    /// Runs a capsule through the agent's API: (status, the events or the error).
+    fn capsule(&self, request: Value) -> (u16, String) {
+        unix_http(&self.api(), "POST", "/v1/capsules", &request.to_string())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(agent.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while agent.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        for id in self.started.iter().rev() {
+            let _ = self.oci().args(["delete", "-f", id]).output();
+        }
+        for parent in [self.kubepods(), self.agent_cgroups()] {
+            for hierarchy in cgroup_hierarchies() {
+                remove_cgroup_tree(&hierarchy.join(&parent));
+            }
+        }
+    }
+}
+
+/// The cgroup root and every hierarchy under it.
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut all = vec![root.to_path_buf()];
+    all.extend(
+        std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("cgroup.procs").exists()),
+    );
+    all
+}
+
+/// Removes a cgroup and those below it, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if !dir.join("cgroup.procs").exists() {
+        return;
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The cgroups (directories) under `parent` in every hierarchy.
+fn cgroups_under(parent: &str) -> Vec<PathBuf> {
+    cgroup_hierarchies()
+        .iter()
+        .map(|h| h.join(parent))
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n--- agent log ---\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The JSON lines of a capsule run.
+fn events(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(json)
+        .collect()
+}
+
+#[test]
+fn a_pod_asks_its_own_socket_who_it_is_and_reports_its_load() {
+    let mut node = Node::new("whoami");
+    let a = node.pod("a", 1000);
+    let b = node.pod("b", 2000);
+    node.agent(&[&a, &b]);
+
+    // The directory and socket belong to the container's user, closed to others.
+    let meta = std::fs::metadata(node.paci_dir(&a)).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        (meta.uid(), meta.permissions().mode() & 0o777),
+        (1000, 0o700)
+    );
+    let sock = std::fs::metadata(node.paci_dir(&a).join("paci.sock")).unwrap();
+    assert_eq!(
+        (sock.uid(), sock.permissions().mode() & 0o777),
+        (1000, 0o600)
+    );
+
+    let (status, body) = node.curl_in(&a, "GET", "/v1/whoami", None);
+    assert_eq!(status, 200, "{body}");
+    let me: paracloud_paci_sdk::Whoami = serde_json::from_str(&body).unwrap();
+    let pod = me.pod.expect("the pod's identity");
+    assert_eq!(
+        (
+            pod.namespace.as_str(),
+            pod.name.as_str(),
+            pod.uid.as_str(),
+            pod.container.as_str()
+        ),
+        ("ns-a", "web-a", a.uid.as_str(), "web")
+    );
+    assert_eq!((me.app.as_str(), me.service.as_str()), ("shop", "web"));
+    assert_eq!(me.instance, "web-a");
+
+    // Pod B sees its own socket at the same path, which speaks for B; A's is not there.
+    let (status, body) = node.curl_in(&b, "GET", "/v1/whoami", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["pod"]["name"], "web-b");
+    let listed = node
+        .oci()
+        .arg("exec")
+        .arg(&b.container_id)
+        .args(["/bin/busybox", "ls", "-a", "/run/paracloud"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [".", "..", "paci.sock"]
+    );
+    let a_from_b = node
+        .oci()
+        .arg("exec")
+        .arg(&b.container_id)
+        .args(["/bin/busybox", "ls"])
+        .arg(node.paci_dir(&a))
+        .output()
+        .unwrap();
+    assert!(
+        !a_from_b.status.success(),
+        "pod B reached pod A's directory"
+    );
+
+    // A load report is kept for the pod, and read on the agent's API.
+    let (status, body) = node.curl_in(
+        &a,
+        "PUT",
+        "/v1/load",
+        Some(r#"{"in_flight": 3, "capacity": 120.5}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = node.curl_in(&a, "PUT", "/v1/load", Some(r#"{"inflight": 3}"#));
+    assert_eq!(status, 400, "{body}");
+    let (status, pods) = unix_http(&node.api(), "GET", "/v1/pods", "");
+    assert_eq!(status, 200);
+    let pods = json(&pods);
+    let of = |uid: &str| {
+        pods.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["uid"] == uid)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(of(&a.uid)["load"]["report"]["capacity"], 120.5);
+    assert!(of(&b.uid)["load"].is_null());
+
+    // What the cluster cannot serve yet says so.
+    let (status, body) = node.curl_in(&a, "GET", "/v1/peers", None);
+    assert_eq!(status, 501, "{body}");
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("not served on Kubernetes yet"));
+}
+
+#[test]
+fn strangers_are_refused_by_permissions_and_by_the_peer_check() {
+    let mut node = Node::new("refused");
+    let a = node.pod("a", 1000);
+    node.agent(&[&a]);
+    let socket = node.paci_dir(&a).join("paci.sock");
+
+    // Another user of the node cannot even connect.
+    let nobody = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&socket)
+        .arg("http://paci/v1/whoami")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(
+        nobody.status.code(),
+        Some(7),
+        "uid 65534 connected: {:?}",
+        nobody
+    );
+
+    // Root on the host connects, and is refused: it is in none of the pod's cgroups.
+    let (status, body) = unix_http(&socket, "GET", "/v1/whoami", "");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("pod ns-a/web-a's alone"),
+        "{body}"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the refusal in the log",
+        || node.log().contains("PaCI of pod ns-a/web-a: refused pid"),
+        || node.log(),
+    );
+}
+
+#[test]
+fn a_capsule_sees_the_pod_returns_its_output_and_exit_and_leaves_nothing() {
+    let mut node = Node::new("capsule");
+    let a = node.pod("a", 1000);
+    let b = node.pod("b", 1000);
+    node.agent(&[&a, &b]);
+    let pid = node.pid(&a);
+    let mounts_before = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let processes_before = node.processes(&a);
+
+    let (status, body) = node.capsule(json!({
+        "pod": "ns-a/web-a",
+        "container": "web",
+        "capsule": "debug",
+        "args": ["sh", "-c", "ps -o pid,user,args; cat /target/etc/identity; hostname; sleep 600 & exit 3"],
+    }));
+    assert_eq!(status, 200, "{body}");
+    let events = events(&body);
+    let stdout: String = events
+        .iter()
+        .filter(|e| e["kind"] == "output" && e["stream"] == "stdout")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        stdout.contains("/bin/busybox sleep 3600"),
+        "the pod's process: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("I am {} of pod web-a", a.container_id)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("web-a-web"), "its hostname: {stdout}");
+    let exited = events
+        .iter()
+        .find(|e| e["kind"] == "exited")
+        .expect("an exit");
+    assert_eq!(exited["exit_code"], 3, "{body}");
+    assert_eq!(events.last().unwrap()["kind"], "finished");
+
+    // The pod by uid works as well, and B's capsule sees B's files.
+    let (status, body) = node.capsule(json!({
+        "pod": b.uid, "container": "web", "capsule": "debug", "args": ["cat", "/target/etc/identity"],
+    }));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("of pod web-b"), "{body}");
+
+    // Nothing stays: the pod's processes and mounts are as before, no capsule cgroup is left
+    // (the `sleep 600` it left behind included).
+    assert_eq!(node.processes(&a), processes_before);
+    let mounts_after = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert_eq!(mounts_after, mounts_before);
+    assert_eq!(cgroups_under(&node.agent_cgroups()), Vec::<PathBuf>::new());
+
+    // Both runs are in the audit log.
+    let audit = std::fs::read_to_string(node.root().join("audit.log")).unwrap();
+    let lines: Vec<Value> = audit.lines().map(json).collect();
+    assert_eq!(lines.len(), 2, "{audit}");
+    assert_eq!(lines[0]["pod"]["name"], "web-a");
+    assert_eq!(lines[0]["container"], "web");
+    assert_eq!(lines[0]["capsule"], "debug");
+    assert_eq!(lines[0]["caller_uid"], 0);
+    assert_eq!(lines[0]["exit"], 3);
+    assert_eq!(lines[0]["args"][0], "sh");
+    assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(lines[1]["pod"]["name"], "web-b");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(node.root().join("audit.log"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn bad_capsule_requests_get_an_error_naming_what_is_wrong() {
+    let mut node = Node::new("bad");
+    let a = node.pod("a", 1000);
+    node.agent(&[&a]);
+    let refused = |request: Value, status: u16, needle: &str| {
+        let (got, body) = node.capsule(request);
+        assert_eq!(got, status, "{body}");
+        let error = json(&body)["error"].as_str().unwrap().to_string();
+        assert!(error.contains(needle), "{needle:?} not in {error:?}");
+    };
+    refused(
+        json!({"pod": "ns-a/nope", "container": "web", "capsule": "debug"}),
+        404,
+        "no pod \"ns-a/nope\" on this node",
+    );
+    refused(
+        json!({"pod": "ns-a/web-a", "container": "db", "capsule": "debug"}),
+        404,
+        "has no running container \"db\"; its containers: web",
+    );
+    refused(
+        json!({"pod": "ns-a/web-a", "container": "web", "capsule": "nope"}),
+        404,
+        "no capsule \"nope\"",
+    );
+    refused(
+        json!({"pod": "ns-a/web-a", "container": "web", "capsule": "debug", "arg": []}),
+        400,
+        "unknown field `arg`",
+    );
+    // The agent's socket is root's alone.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(node.api()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_pods_socket_outlives_the_agent_and_goes_with_the_pod() {
+    let mut node = Node::new("restart");
+    let a = node.pod("a", 1000);
+    let b = node.pod("b", 1000);
+    node.agent(&[&a, &b]);
+    assert_eq!(node.curl_in(&a, "GET", "/v1/whoami", None).0, 200);
+
+    // A new agent binds the socket again in the directory the pod holds.
+    let mut old = node.agent.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(old.wait().unwrap().success(), "{}", node.log());
+    node.agent(&[&a, &b]);
+    let (status, body) = node.curl_in(&a, "GET", "/v1/whoami", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["pod"]["name"], "web-a");
+
+    // A pod that is gone loses its socket and directory; the others keep theirs.
+    for id in [&b.container_id, &b.sandbox_id] {
+        assert!(node
+            .oci()
+            .args(["delete", "-f", id])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let (status, pods) = unix_http(&node.api(), "POST", "/v1/refresh", "");
+    assert_eq!(status, 200, "{pods}");
+    assert_eq!(json(&pods).as_array().unwrap().len(), 1, "{pods}");
+    assert!(!node.paci_dir(&b).exists());
+    assert!(node.paci_dir(&a).join("paci.sock").exists());
+}

@@ -1,0 +1,458 @@
+//! Capsules on the node: a built-in capsule of `paracloud-capsule`'s catalog attached to one
+//! container of a pod with the local runtime's own code (`paracloud_runtime::capsule`: the
+//! container's namespaces from its first process, a cgroup of the capsule's own under the
+//! agent's cgroup parent, a subreaper that kills what the function leaves), its output streamed
+//! back as it comes, its end recorded in the audit log.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paracloud_api::{CapsuleFile, CapsuleRunEvent};
+use paracloud_capsule::{Access, CapsuleSpec};
+use paracloud_runtime::{CapsuleConfig, Limits, Rootfs};
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::agent::{now_ms, Agent};
+use crate::audit;
+use crate::oci::{Container, Pod};
+use crate::refresh::refresh;
+
+/// PATH inside a built-in capsule: its programs first, busybox's applets last.
+const CAPSULE_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/capsule/bin";
+/// How long a capsule gets between SIGTERM at its deadline and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// `POST /v1/capsules`: which capsule, on which container of which pod.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsuleRequest {
+    /// The pod's uid, or `NAMESPACE/NAME`.
+    pub pod: String,
+    /// The container's name in the pod.
+    pub container: String,
+    /// A built-in capsule (`paracloud capsule ls`).
+    pub capsule: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// Why a run could not start; the API maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum CapsuleError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The pod `name` names (its uid, or `NAMESPACE/NAME`) among `pods`.
+pub fn find_pod<'a>(
+    pods: &'a std::collections::BTreeMap<String, Pod>,
+    name: &str,
+) -> Option<&'a Pod> {
+    pods.get(name).or_else(|| {
+        let (namespace, pod) = name.split_once('/')?;
+        pods.values()
+            .find(|p| p.pod.namespace == namespace && p.pod.name == pod)
+    })
+}
+
+/// Checks the request, attaches the capsule and returns its events: `Started`, the output,
+/// `Exited` and `Finished`. Nothing of it is left in the pod once `Finished` is sent.
+pub async fn run(
+    agent: &Arc<Agent>,
+    caller_uid: Option<u32>,
+    request: CapsuleRequest,
+) -> Result<mpsc::UnboundedReceiver<CapsuleRunEvent>, CapsuleError> {
+    let spec = paracloud_capsule::builtin(&request.capsule).ok_or_else(|| {
+        CapsuleError::NotFound(format!(
+            "no capsule {:?} on this node: the built-in ones are {}",
+            request.capsule,
+            paracloud_capsule::builtin_names().join(", ")
+        ))
+    })?;
+    let mut pods = agent.pods();
+    if find_pod(&pods, &request.pod).is_none() {
+        // Started since the last look, perhaps.
+        pods = refresh(agent)
+            .await
+            .map_err(|e| CapsuleError::Unavailable(e.to_string()))?;
+    }
+    let pod = find_pod(&pods, &request.pod).cloned().ok_or_else(|| {
+        CapsuleError::NotFound(format!(
+            "no pod {:?} on this node (by uid or NAMESPACE/NAME)",
+            request.pod
+        ))
+    })?;
+    let container = pod.container(&request.container).cloned().ok_or_else(|| {
+        let names: Vec<&str> = pod
+            .containers
+            .iter()
+            .filter(|c| !c.name.is_empty())
+            .map(|c| c.name.as_str())
+            .collect();
+        CapsuleError::NotFound(format!(
+            "pod {}/{} has no running container {:?}; its containers: {}",
+            pod.pod.namespace,
+            pod.pod.name,
+            request.container,
+            names.join(", ")
+        ))
+    })?;
+    let missing = paracloud_image::capsule_image::missing_programs(&spec.programs);
+    if !missing.is_empty() {
+        return Err(CapsuleError::Unavailable(format!(
+            "capsule {} needs {} on this node; install it",
+            spec.name,
+            missing.join(", ")
+        )));
+    }
+    let rootfs = capsule_root(agent, &spec).await?;
+    let target = target_process(container.pid)?;
+    let run = agent.next_run.fetch_add(1, Ordering::Relaxed);
+    let config = config_for(agent, run, &pod, &container, &spec, rootfs, &request.args);
+    let (events, receiver) = mpsc::unbounded_channel();
+    let _ = events.send(CapsuleRunEvent::Started {
+        run: run as i64,
+        targets: vec![target_name(&pod, &container)],
+    });
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let Ended {
+            code,
+            error,
+            timed_out,
+        } = attach(
+            &agent,
+            &target,
+            &config,
+            spec.timeout,
+            &pod,
+            &container,
+            &events,
+        )
+        .await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let record = audit::Record {
+            time: audit::time(now_ms()),
+            caller_uid,
+            pod: pod.pod.clone(),
+            container: container.name.clone(),
+            capsule: spec.name.clone(),
+            args: request.args.clone(),
+            exit: code,
+            error: error.clone(),
+            duration_ms,
+        };
+        if let Err(e) = audit::append(&agent.config.audit_log(), &record) {
+            tracing::warn!("cannot append to the audit log: {e}");
+        }
+        let _ = events.send(CapsuleRunEvent::Exited {
+            instance: target_name(&pod, &container),
+            exit_code: code,
+            duration_ms,
+            timed_out,
+            files: list_files(&config.out_dir),
+            error,
+        });
+        let _ = events.send(CapsuleRunEvent::Finished {
+            run: run as i64,
+            status: match code {
+                Some(0) => "ok",
+                _ if timed_out => "timeout",
+                _ => "failed",
+            }
+            .into(),
+            duration_ms,
+            output_bytes: 0,
+        });
+    });
+    Ok(receiver)
+}
+
+/// `NAMESPACE/POD/CONTAINER`: how a run's events name its target.
+fn target_name(pod: &Pod, container: &Container) -> String {
+    format!("{}/{}/{}", pod.pod.namespace, pod.pod.name, container.name)
+}
+
+/// The container's first process, pinned by its start time against pid reuse.
+fn target_process(pid: i32) -> Result<paracloud_runtime::Process, CapsuleError> {
+    let gone = || CapsuleError::NotFound(format!("the container's process {pid} is gone"));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| gone())?;
+    // Fields after the command's closing parenthesis: state is field 3, starttime field 22.
+    let start_time = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(gone)?;
+    paracloud_runtime::adopt_process(pid, start_time)
+        .map_err(|e| CapsuleError::Internal(e.to_string()))?
+        .ok_or_else(gone)
+}
+
+/// The built-in capsule's image in the agent's store (built on first use) and its script layer.
+async fn capsule_root(agent: &Arc<Agent>, spec: &CapsuleSpec) -> Result<Rootfs, CapsuleError> {
+    let agent = agent.clone();
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || {
+        let capsule = paracloud_image::capsule_image::BuiltinCapsule {
+            name: &spec.name,
+            script: spec.script,
+            programs: &spec.programs,
+            trees: &spec.trees,
+        };
+        let layers_dir = agent.config.root.join("capsules").join("layers");
+        paracloud_image::capsule_image::builtin_layers(capsule, &layers_dir, |tag, busybox, add| {
+            let store = agent.images.lock().unwrap_or_else(|e| e.into_inner());
+            paracloud_image::capsule_image::micro_layers(&store, tag, busybox, add)
+        })
+        .map(|layers| Rootfs::Layers { layers })
+    })
+    .await
+    .map_err(|e| CapsuleError::Internal(e.to_string()))?
+    .map_err(CapsuleError::Unavailable)
+}
+
+fn config_for(
+    agent: &Agent,
+    run: u64,
+    pod: &Pod,
+    container: &Container,
+    spec: &CapsuleSpec,
+    rootfs: Rootfs,
+    args: &[String],
+) -> CapsuleConfig {
+    let root = &agent.config.root;
+    let env = vec![
+        ("PATH".to_string(), CAPSULE_PATH.to_string()),
+        ("TARGET".into(), "/target".into()),
+        ("OUT".into(), "/out".into()),
+        ("HOME".into(), "/tmp".into()),
+        ("PARACLOUD_POD_NAMESPACE".into(), pod.pod.namespace.clone()),
+        ("PARACLOUD_POD".into(), pod.pod.name.clone()),
+        ("PARACLOUD_CONTAINER".into(), container.name.clone()),
+    ];
+    CapsuleConfig {
+        id: format!("cap{run}"),
+        // Every capsule mounts its scratch over the same directory, each in its own namespace.
+        dir: root.join("capsules"),
+        rootfs,
+        argv: spec.command(args),
+        env,
+        out_dir: root.join("capsules").join("runs").join(run.to_string()),
+        write_target: spec.access == Access::Write,
+        capabilities: spec.capabilities.clone(),
+        limits: Limits {
+            cpu: Some(spec.limits.cpu),
+            memory: Some(spec.limits.memory),
+            pids: Some(spec.limits.pids),
+            ..Default::default()
+        },
+        tty: false,
+    }
+}
+
+/// How a capsule ended: its exit code (`None` when it never ran) and why not, if not.
+struct Ended {
+    code: Option<i32>,
+    error: Option<String>,
+    timed_out: bool,
+}
+
+/// Runs the capsule to its end or deadline, its output sent as events, then removes its cgroup
+/// (and anything left in it); returns its exit code (124 at the deadline) or why it never ran.
+async fn attach(
+    agent: &Arc<Agent>,
+    target: &paracloud_runtime::Process,
+    config: &CapsuleConfig,
+    timeout: Duration,
+    pod: &Pod,
+    container: &Container,
+    events: &mpsc::UnboundedSender<CapsuleRunEvent>,
+) -> Ended {
+    let instance = target_name(pod, container);
+    let mut ended = Ended {
+        code: None,
+        error: None,
+        timed_out: false,
+    };
+    match agent.runtime.attach(target, config, None) {
+        Ok(mut child) => {
+            let out = tokio::spawn(forward(
+                child.stdout.take(),
+                "stdout",
+                instance.clone(),
+                events.clone(),
+            ));
+            let err = tokio::spawn(forward(
+                child.stderr.take(),
+                "stderr",
+                instance.clone(),
+                events.clone(),
+            ));
+            let status = match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(status) => status.ok().map(exit_code),
+                Err(_) => {
+                    ended.timed_out = true;
+                    stop(&mut child).await;
+                    None
+                }
+            };
+            let _ = out.await;
+            let stderr = err.await.unwrap_or_default();
+            if ended.timed_out {
+                ended.error = Some(format!(
+                    "stopped at its deadline of {} s",
+                    timeout.as_secs()
+                ));
+            } else if let Some(code) = status {
+                match paracloud_runtime::capsule::setup_failure(code, stderr.as_bytes()) {
+                    Some(failure) => ended.error = Some(failure),
+                    None => ended.code = Some(code),
+                }
+            } else {
+                ended.error = Some("the capsule's runner could not be waited for".into());
+            }
+        }
+        Err(e) => ended.error = Some(e.to_string()),
+    }
+    let detach_agent = agent.clone();
+    let detach_config = config.clone();
+    match tokio::task::spawn_blocking(move || detach_agent.runtime.detach(&detach_config)).await {
+        Ok(Err(e)) => tracing::warn!("detaching capsule {}: {e}", config.id),
+        Err(e) => tracing::warn!("detaching capsule {}: {e}", config.id),
+        Ok(Ok(())) => {}
+    }
+    ended
+}
+
+/// SIGTERM to the capsule's runner (it kills the function and all it started), SIGKILL after
+/// [`STOP_GRACE`].
+async fn stop(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// The exit code, or 128 + the signal that ended the process.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+    })
+}
+
+/// Sends a pipe's output as events; returns what came on it (the runner's failure is read from
+/// stderr), up to 64 KiB.
+async fn forward(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    stream: &'static str,
+    instance: String,
+    events: mpsc::UnboundedSender<CapsuleRunEvent>,
+) -> String {
+    let Some(mut pipe) = pipe else {
+        return String::new();
+    };
+    let mut kept = String::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buffer[..n]);
+        // Whole UTF-8 sequences only; a split character waits for the next read.
+        let cut = match std::str::from_utf8(&pending) {
+            Ok(_) => pending.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => pending.len(),
+        };
+        let text = String::from_utf8_lossy(&pending[..cut]).into_owned();
+        pending.drain(..cut);
+        if kept.len() < 64 * 1024 {
+            kept.push_str(&text);
+        }
+        let _ = events.send(CapsuleRunEvent::Output {
+            instance: instance.clone(),
+            stream: stream.to_string(),
+            text,
+        });
+    }
+    if !pending.is_empty() {
+        let _ = events.send(CapsuleRunEvent::Output {
+            instance,
+            stream: stream.to_string(),
+            text: String::from_utf8_lossy(&pending).into_owned(),
+        });
+    }
+    kept
+}
+
+fn list_files(dir: &std::path::Path) -> Vec<CapsuleFile> {
+    let mut files: Vec<CapsuleFile> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            meta.is_file().then(|| CapsuleFile {
+                name: e.file_name().to_string_lossy().into_owned(),
+                size: meta.len(),
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::PodRef;
+
+    fn pod(uid: &str, namespace: &str, name: &str) -> (String, Pod) {
+        (
+            uid.to_string(),
+            Pod {
+                pod: PodRef {
+                    uid: uid.into(),
+                    namespace: namespace.into(),
+                    name: name.into(),
+                },
+                app: None,
+                service: None,
+                containers: Vec::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_pod_is_named_by_its_uid_or_its_namespace_and_name() {
+        let pods = [pod("u1", "shop", "web-0"), pod("u2", "other", "web-0")]
+            .into_iter()
+            .collect();
+        assert_eq!(find_pod(&pods, "u2").unwrap().pod.namespace, "other");
+        assert_eq!(find_pod(&pods, "shop/web-0").unwrap().pod.uid, "u1");
+        assert!(
+            find_pod(&pods, "web-0").is_none(),
+            "a name alone is ambiguous"
+        );
+        assert!(find_pod(&pods, "shop/web-1").is_none());
+    }
+}

@@ -1,0 +1,279 @@
+//! PaCI on the node: one socket per pod that asks for it, at `<root>/paci/<pod uid>/paci.sock`,
+//! which the pod's hostPath volume (`subPathExpr: $(POD_UID)`) mounts at /run/paracloud in that
+//! pod alone. The directory (0700) and the socket (0600) belong to the user of the container
+//! that asks for it, and a connection is answered only when its peer (`SO_PEERCRED`) is in one
+//! of the pod's containers' cgroups: what the daemon checks for an instance on one machine.
+//!
+//! It speaks the protocol of `paracloud-paci`: `whoami` (the pod's identity) and load reports
+//! (kept per pod for the operator, on the agent's API). The routes a cluster cannot serve yet
+//! (peers, weights, replicas, events) answer 501 saying so.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, put};
+use axum::{Json, Router};
+use paracloud_paci::{
+    routes, Addresses, ErrorBody, LoadReport, Resources, Whoami, FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
+};
+use tokio::net::UnixListener;
+
+use crate::agent::Agent;
+use crate::oci::{Container, Pod};
+
+/// An error answer, as PaCI gives them.
+struct PaciError(StatusCode, String);
+
+impl IntoResponse for PaciError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+/// The pod a socket belongs to.
+#[derive(Clone)]
+struct Ctx {
+    agent: Arc<Agent>,
+    uid: String,
+}
+
+/// Who is at the other end of a connection (`SO_PEERCRED`, taken when it connected).
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    pid: Option<i32>,
+    uid: Option<u32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        let cred = stream.io().peer_cred().ok();
+        Peer {
+            pid: cred.and_then(|c| c.pid()),
+            uid: cred.map(|c| c.uid()),
+        }
+    }
+}
+
+/// Binds the pod's socket (replacing a stale one) and serves it; the task ends when aborted.
+/// The directory is made when the kubelet has not made it yet, and never replaced: the pod's
+/// bind mount holds that very directory.
+pub fn serve(agent: &Arc<Agent>, pod: &Pod) -> std::io::Result<tokio::task::AbortHandle> {
+    let owner = pod
+        .paci_container()
+        .map(|c| (c.uid, c.gid))
+        .unwrap_or((0, 0));
+    let dir = agent.config.paci_dir(&pod.pod.uid);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1))?;
+    let path = dir.join(SOCKET_NAME);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1))?;
+    let ctx = Ctx {
+        agent: agent.clone(),
+        uid: pod.pod.uid.clone(),
+    };
+    let task = tokio::spawn(async move {
+        let app = router(ctx).into_make_service_with_connect_info::<Peer>();
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("PaCI server stopped: {e}");
+        }
+    });
+    Ok(task.abort_handle())
+}
+
+/// Removes a gone pod's socket and directory.
+pub fn forget(agent: &Agent, uid: &str) {
+    let dir = agent.config.paci_dir(uid);
+    let _ = std::fs::remove_file(dir.join(SOCKET_NAME));
+    let _ = std::fs::remove_dir(&dir);
+}
+
+fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route(routes::WHOAMI, get(whoami))
+        .route(routes::LOAD, put(load))
+        .route(routes::PEERS, any(not_yet))
+        .route(routes::WEIGHT, any(not_yet))
+        .route(routes::REPLICAS, any(not_yet))
+        .route(routes::EVENTS, any(not_yet))
+        .route(routes::ACK, any(not_yet))
+        .fallback(|| async {
+            PaciError(
+                StatusCode::NOT_FOUND,
+                "no such PaCI route: paths start with /v1 (whoami, load; see docs/paci.md)".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            only_the_pod,
+        ))
+        .with_state(ctx)
+}
+
+/// The container of `pod` that holds process `pid` (in its cgroup or below).
+fn holder<'a>(agent: &Agent, pod: &'a Pod, pid: i32) -> Option<&'a Container> {
+    pod.containers.iter().find(|c| {
+        c.cgroup
+            .as_deref()
+            .is_some_and(|cgroup| crate::cgroup::holds(&agent.config.cgroup_root, cgroup, pid))
+    })
+}
+
+/// Lets through the requests of the pod's own processes alone: the socket's mode keeps other
+/// users out, this keeps out root and the pod's user outside the pod. Every refusal is logged.
+async fn only_the_pod(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let pod = ctx.agent.pod(&ctx.uid);
+    let held = match (&pod, peer.pid) {
+        (Some(pod), Some(pid)) if pid > 0 => holder(&ctx.agent, pod, pid).is_some(),
+        _ => false,
+    };
+    if held {
+        return next.run(request).await;
+    }
+    let pid = peer.pid.map_or("unknown".into(), |p| p.to_string());
+    let uid = peer.uid.map_or("unknown".into(), |u| u.to_string());
+    let name = pod
+        .as_ref()
+        .map(|p| format!("{}/{}", p.pod.namespace, p.pod.name))
+        .unwrap_or_else(|| ctx.uid.clone());
+    tracing::warn!("PaCI of pod {name}: refused pid {pid} (uid {uid}), not a process of this pod");
+    PaciError(
+        StatusCode::FORBIDDEN,
+        format!(
+            "this PaCI socket is pod {name}'s alone: pid {pid} is not one of its processes (not in its containers' cgroups)"
+        ),
+    )
+    .into_response()
+}
+
+fn gone() -> PaciError {
+    PaciError(StatusCode::GONE, "this pod is no longer on the node".into())
+}
+
+async fn whoami(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Result<Json<Whoami>, PaciError> {
+    let pod = ctx.agent.pod(&ctx.uid).ok_or_else(gone)?;
+    let container = peer
+        .pid
+        .and_then(|pid| holder(&ctx.agent, &pod, pid))
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    Ok(Json(identity(&pod, &container)))
+}
+
+/// What the node knows of a pod, as PaCI's answer: the Kubernetes identity in `pod`; `app` and
+/// `service` from the pod's annotations (the namespace and the container's name without them);
+/// `instance` is the pod's name. The cluster's addresses and resources are the operator's to
+/// know, not the node's: they read as unspecified (0.0.0.0, none).
+pub fn identity(pod: &Pod, container: &str) -> Whoami {
+    Whoami {
+        app: pod.app.clone().unwrap_or_else(|| pod.pod.namespace.clone()),
+        service: pod.service.clone().unwrap_or_else(|| container.to_string()),
+        instance: pod.pod.name.clone(),
+        index: 0,
+        revision: 0,
+        resources: Resources {
+            cpu: None,
+            memory: None,
+            pids: None,
+            disk: None,
+        },
+        addresses: Addresses {
+            instance: std::net::Ipv4Addr::UNSPECIFIED,
+            service: std::net::Ipv4Addr::UNSPECIFIED,
+            ports: Vec::new(),
+        },
+        weight: FULL_WEIGHT,
+        paci: paracloud_paci::VERSION.to_string(),
+        pod: Some(paracloud_paci::Pod {
+            namespace: pod.pod.namespace.clone(),
+            name: pod.pod.name.clone(),
+            uid: pod.pod.uid.clone(),
+            container: container.to_string(),
+        }),
+    }
+}
+
+async fn load(
+    State(ctx): State<Ctx>,
+    body: Result<Json<LoadReport>, JsonRejection>,
+) -> Result<Json<LoadReport>, PaciError> {
+    let Json(report) = body.map_err(|e| {
+        PaciError(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not valid: {}", e.body_text()),
+        )
+    })?;
+    report
+        .check()
+        .map_err(|e| PaciError(StatusCode::BAD_REQUEST, e))?;
+    ctx.agent.pod(&ctx.uid).ok_or_else(gone)?;
+    ctx.agent.set_load(&ctx.uid, report.clone());
+    Ok(Json(report))
+}
+
+async fn not_yet(request: Request) -> PaciError {
+    PaciError(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "{} {} is not served on Kubernetes yet: the node agent answers whoami and load reports; peers, weights, replicas and events need the operator's side, which is still to come",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Kind, PodRef};
+
+    #[test]
+    fn a_pods_identity_names_its_namespace_pod_and_container() {
+        let pod = Pod {
+            pod: PodRef {
+                uid: "u".into(),
+                namespace: "shop".into(),
+                name: "web-7d9".into(),
+            },
+            app: Some("shop".into()),
+            service: None,
+            containers: vec![Container {
+                id: "c".into(),
+                kind: Kind::Container,
+                name: "web".into(),
+                pid: 1,
+                cgroup: None,
+                uid: 0,
+                gid: 0,
+                paci: true,
+            }],
+        };
+        let me = identity(&pod, "web");
+        assert_eq!((me.app.as_str(), me.service.as_str()), ("shop", "web"));
+        assert_eq!(me.instance, "web-7d9");
+        let pod = me.pod.unwrap();
+        assert_eq!(
+            (pod.namespace.as_str(), pod.container.as_str()),
+            ("shop", "web")
+        );
+    }
+}
