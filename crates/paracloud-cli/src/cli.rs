@@ -296,6 +296,10 @@ pub enum Command {
         /// http://{app}-dataplane-stats.{namespace}.svc:9090; not followed when not given
         #[arg(long, value_name = "URL")]
         dataplane_stats: Option<String>,
+        /// Give pods their PaCI socket from Paracloud's node agent (which `k8s install` runs on
+        /// every node)
+        #[arg(long)]
+        paci: bool,
     },
     /// The application on Kubernetes: its objects (render) and the custom resource's
     /// definition (crd)
@@ -624,6 +628,9 @@ pub enum K8sCommand {
         /// Leave out the Namespace object (the namespace exists already)
         #[arg(long)]
         no_namespace: bool,
+        /// Give pods their PaCI socket from Paracloud's node agent (installed by `k8s install`)
+        #[arg(long)]
+        paci: bool,
     },
     /// Print the ParacloudApp CustomResourceDefinition
     Crd,
@@ -639,6 +646,15 @@ pub enum K8sCommand {
         /// Operators to run; one leads at a time, the others wait for its lease
         #[arg(long, default_value_t = 2)]
         replicas: u32,
+        /// Leave out the node agent (pods then get no PaCI socket and no capsules)
+        #[arg(long)]
+        no_node_agent: bool,
+        /// The nodes' OCI runtime, for the node agent: runc or crun (the image must hold it)
+        #[arg(long, default_value = "runc", value_parser = ["runc", "crun"])]
+        node_runtime: String,
+        /// That runtime's state directory on the nodes (containerd's CRI: /run/containerd/runc/k8s.io)
+        #[arg(long, default_value = "/run/containerd/runc/k8s.io")]
+        node_runtime_root: String,
     },
 }
 

@@ -44,6 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
             health,
             resync,
             dataplane_stats,
+            paci,
         } => {
             init_tracing();
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 health,
                 resync,
                 dataplane_stats,
+                paci,
             ))
         }
         Command::NodeAgent {

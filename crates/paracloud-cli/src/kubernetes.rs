@@ -32,6 +32,7 @@ pub(crate) fn k8s(command: K8sCommand, output: Output) -> Result<()> {
             namespace,
             registry,
             no_namespace,
+            paci,
         } => {
             let files = match file.as_slice() {
                 [] => vec![manifest_file(None)?],
@@ -43,6 +44,7 @@ pub(crate) fn k8s(command: K8sCommand, output: Output) -> Result<()> {
                 namespace,
                 registry,
                 !no_namespace,
+                paci,
                 output,
             )
         }
@@ -50,12 +52,19 @@ pub(crate) fn k8s(command: K8sCommand, output: Output) -> Result<()> {
             image,
             namespace,
             replicas,
+            no_node_agent,
+            node_runtime,
+            node_runtime_root,
         } => {
             let objects =
                 paracloud_kube::install::install(&paracloud_kube::install::InstallOptions {
                     namespace,
                     image,
                     replicas,
+                    node_agent: (!no_node_agent).then_some(paracloud_kube::install::NodeAgent {
+                        runtime: node_runtime,
+                        runtime_root: node_runtime_root,
+                    }),
                 });
             print_objects(&objects, output);
             Ok(())
@@ -74,6 +83,7 @@ fn render(
     namespace: Option<String>,
     registry: Option<String>,
     namespace_object: bool,
+    paci: bool,
     output: Output,
 ) -> Result<()> {
     let loaded = load_manifests(files, profiles)?;
@@ -83,6 +93,7 @@ fn render(
         namespace_object,
         file_objects: true,
         replicas_by_scale: false,
+        paci,
     };
     let rendered =
         paracloud_kube::render(&loaded.manifest, &options, &LocalFiles).map_err(|e| {
@@ -121,6 +132,7 @@ pub(crate) async fn operator(
     health: Option<std::net::SocketAddr>,
     resync: std::time::Duration,
     dataplane_stats: Option<String>,
+    paci: bool,
 ) -> Result<()> {
     let client = kube::Client::try_default()
         .await
@@ -144,6 +156,7 @@ pub(crate) async fn operator(
             resync,
             follow: dataplane_stats
                 .map(|stats_url| paracloud_operator::FollowOptions { stats_url }),
+            paci,
         },
     )
     .await
@@ -199,6 +212,7 @@ pub(crate) async fn deploy(
         namespace_object: true,
         file_objects: true,
         replicas_by_scale: false,
+        paci: false,
     };
     let rendered =
         paracloud_kube::render(&loaded.manifest, &options, &LocalFiles).map_err(|e| {

@@ -382,6 +382,7 @@ fn the_operator_installs_from_valid_objects_with_no_wildcard_and_no_secret_acces
             "ClusterRoleBinding paracloud-operator",
             "RoleBinding paracloud-operator",
             "Deployment paracloud-operator",
+            "DaemonSet paracloud-node-agent",
         ]
     );
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
@@ -398,5 +399,72 @@ fn the_operator_installs_from_valid_objects_with_no_wildcard_and_no_secret_acces
     assert_eq!(
         pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
         true
+    );
+    // With the node agent installed, the operator gives pods their PaCI socket.
+    assert!(pod["containers"][0]["args"].to_string().contains("--paci"));
+    let agent = &list["items"][8]["spec"]["template"]["spec"];
+    assert_eq!(agent["hostPID"], true);
+    assert!(agent["containers"][0]["args"]
+        .to_string()
+        .contains("/run/containerd/runc/k8s.io"));
+
+    // Without it, nothing privileged is installed.
+    let list = stdout(&paracloud(&[
+        "k8s",
+        "install",
+        "--image",
+        "registry.example/paracloud:0.1",
+        "--no-node-agent",
+        "-o",
+        "json",
+    ]));
+    assert!(
+        !list.contains("DaemonSet") && !list.contains("privileged") && !list.contains("--paci"),
+        "{list}"
+    );
+}
+
+#[test]
+fn with_the_node_agent_pods_get_their_paci_directory_and_name_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let micro = workspace().join("examples/shop/paracloud.micro.toml");
+    let list = stdout(&paracloud(&[
+        "k8s",
+        "render",
+        "--paci",
+        "-f",
+        micro.to_str().unwrap(),
+        "-o",
+        "json",
+    ]));
+    validate(dir.path(), "paci", &list, None);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let api = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "api")
+        .unwrap();
+    let pod = &api["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "paci")
+        .unwrap();
+    assert_eq!(volume["hostPath"]["path"], "/var/lib/paracloud-agent/paci");
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "paci")
+        .unwrap();
+    assert_eq!(mount["mountPath"], "/run/paracloud");
+    assert_eq!(mount["subPathExpr"], "$(PARACLOUD_POD_UID)");
+    assert_eq!(mount["readOnly"], true);
+    let env = pod["containers"][0]["env"].to_string();
+    assert!(
+        env.contains("PARACLOUD_SERVICE") && env.contains("metadata.uid"),
+        "{env}"
     );
 }

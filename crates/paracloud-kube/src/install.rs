@@ -29,7 +29,26 @@ pub struct InstallOptions {
     pub image: String,
     /// Operators running; one leads at a time.
     pub replicas: u32,
+    /// The node agent on every node (PaCI sockets and capsules), for this OCI runtime (`runc`
+    /// or `crun`) and its state directory; `None`: no agent, and pods get no PaCI socket.
+    pub node_agent: Option<NodeAgent>,
 }
+
+/// The node agent's view of its node's container runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAgent {
+    pub runtime: String,
+    /// The runtime's state directory, where containerd's CRI keeps it:
+    /// `/run/containerd/runc/k8s.io`.
+    pub runtime_root: String,
+}
+
+/// The node agent's DaemonSet's name.
+pub const NODE_AGENT: &str = "paracloud-node-agent";
+
+/// Where the node agent keeps its state on each node (pods' PaCI directories, its socket, the
+/// audit log).
+pub const NODE_AGENT_ROOT: &str = "/var/lib/paracloud-agent";
 
 fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
@@ -86,13 +105,18 @@ pub fn install(options: &InstallOptions) -> Vec<Object> {
                         image: Some(options.image.clone()),
                         // The image's entrypoint is the paracloud binary (a micro-image of it
                         // runs it wherever it lies).
-                        args: Some(vec![
-                            "operator".into(),
-                            "--lease-namespace".into(),
-                            ns.to_owned(),
-                            "--health".into(),
-                            format!("0.0.0.0:{HEALTH_PORT}"),
-                        ]),
+                        args: Some(
+                            [
+                                "operator".to_owned(),
+                                "--lease-namespace".into(),
+                                ns.to_owned(),
+                                "--health".into(),
+                                format!("0.0.0.0:{HEALTH_PORT}"),
+                            ]
+                            .into_iter()
+                            .chain(options.node_agent.as_ref().map(|_| "--paci".to_owned()))
+                            .collect(),
+                        ),
                         env: Some(vec![core::EnvVar {
                             name: "POD_NAME".into(),
                             value_from: Some(core::EnvVarSource {
@@ -147,7 +171,7 @@ pub fn install(options: &InstallOptions) -> Vec<Object> {
         }),
         ..Default::default()
     };
-    vec![
+    let mut objects = vec![
         Object::of(&crate::resource::definition()),
         Object::of(&core::Namespace {
             metadata: meta(ns, None),
@@ -185,5 +209,102 @@ pub fn install(options: &InstallOptions) -> Vec<Object> {
             subjects: Some(vec![subject]),
         }),
         Object::of(&deployment),
-    ]
+    ];
+    if let Some(agent) = &options.node_agent {
+        objects.push(Object::of(&node_agent(options, agent)));
+    }
+    objects
+}
+
+/// The node agent on every node. It attaches capsules into pods' namespaces and checks which
+/// pod a PaCI caller belongs to by its cgroup, so it runs privileged in the node's pid
+/// namespace, with the runtime's state, the node's cgroups and its own directory mounted.
+fn node_agent(options: &InstallOptions, agent: &NodeAgent) -> apps::DaemonSet {
+    let ns = options.namespace.as_str();
+    let labels = BTreeMap::from([("app.kubernetes.io/name".to_owned(), NODE_AGENT.to_owned())]);
+    let host = |name: &str, path: &str, kind: &str| core::Volume {
+        name: name.to_owned(),
+        host_path: Some(core::HostPathVolumeSource {
+            path: path.to_owned(),
+            type_: Some(kind.to_owned()),
+        }),
+        ..Default::default()
+    };
+    let mount = |name: &str, path: &str| core::VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        ..Default::default()
+    };
+    apps::DaemonSet {
+        metadata: meta(NODE_AGENT, Some(ns)),
+        spec: Some(apps::DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            template: core::PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(core::PodSpec {
+                    host_pid: Some(true),
+                    automount_service_account_token: Some(false),
+                    tolerations: Some(vec![core::Toleration {
+                        operator: Some("Exists".into()),
+                        ..Default::default()
+                    }]),
+                    containers: vec![core::Container {
+                        name: "agent".into(),
+                        image: Some(options.image.clone()),
+                        args: Some(vec![
+                            "--root".into(),
+                            NODE_AGENT_ROOT.into(),
+                            "node-agent".into(),
+                            "--runtime".into(),
+                            agent.runtime.clone(),
+                            "--runtime-root".into(),
+                            agent.runtime_root.clone(),
+                        ]),
+                        security_context: Some(core::SecurityContext {
+                            privileged: Some(true),
+                            ..Default::default()
+                        }),
+                        resources: Some(core::ResourceRequirements {
+                            limits: Some(BTreeMap::from([
+                                ("cpu".to_owned(), Quantity("500m".into())),
+                                ("memory".to_owned(), Quantity("256Mi".into())),
+                            ])),
+                            requests: Some(BTreeMap::from([
+                                ("cpu".to_owned(), Quantity("20m".into())),
+                                ("memory".to_owned(), Quantity("32Mi".into())),
+                            ])),
+                            ..Default::default()
+                        }),
+                        volume_mounts: Some(vec![
+                            core::VolumeMount {
+                                // Pods' PaCI directories are mounted from here: the sockets
+                                // bound later must reach them.
+                                mount_propagation: Some("Bidirectional".into()),
+                                ..mount("agent", NODE_AGENT_ROOT)
+                            },
+                            mount("runtime", &agent.runtime_root),
+                            mount("containerd", "/run/containerd"),
+                            mount("cgroup", "/sys/fs/cgroup"),
+                        ]),
+                        ..Default::default()
+                    }],
+                    volumes: Some(vec![
+                        host("agent", NODE_AGENT_ROOT, "DirectoryOrCreate"),
+                        host("runtime", &agent.runtime_root, "DirectoryOrCreate"),
+                        host("containerd", "/run/containerd", "Directory"),
+                        host("cgroup", "/sys/fs/cgroup", "Directory"),
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

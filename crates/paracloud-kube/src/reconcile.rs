@@ -28,6 +28,9 @@ pub struct Observed {
     pub pods: Vec<Object>,
     /// Whether the cluster has the pods' `resize` subresource (in-place pod resize).
     pub resize: bool,
+    /// Whether Paracloud's node agent runs on the cluster's nodes: pods then get their PaCI
+    /// socket from it.
+    pub paci: bool,
 }
 
 /// A workload's pod count set through its scale subresource.
@@ -124,7 +127,7 @@ pub fn reconcile(app: &ParacloudApp, observed: &Observed, now: &Time) -> Decisio
     let previous = app.status.clone().unwrap_or_default();
     let generation = app.metadata.generation;
 
-    let desired = match desired_objects(app, observed.resize) {
+    let desired = match desired_objects(app, observed.resize, observed.paci) {
         Ok(desired) => desired,
         Err((reason, message)) => {
             // Nothing running is touched: the last good objects keep serving.
@@ -514,7 +517,11 @@ impl HostFiles for Directories<'_> {
 /// The objects the resource wants, each owned by it, with the scale set after the manifest: an
 /// autoscaled application's pod counts through the scale subresource, CPU in place where the
 /// cluster resizes pods (else in the pod template, a rolling change).
-fn desired_objects(app: &ParacloudApp, resize: bool) -> Result<Desired, (&'static str, String)> {
+fn desired_objects(
+    app: &ParacloudApp,
+    resize: bool,
+    paci: bool,
+) -> Result<Desired, (&'static str, String)> {
     let name = app.metadata.name.clone().unwrap_or_default();
     let mut manifest = manifest(app).map_err(|e| ("InvalidManifest", e.to_string()))?;
     let autoscaled = manifest.autoscale.is_some();
@@ -559,6 +566,7 @@ fn desired_objects(app: &ParacloudApp, resize: bool) -> Result<Desired, (&'stati
         namespace_object: false,
         file_objects: false,
         replicas_by_scale: autoscaled,
+        paci,
     };
     let rendered = render(&manifest, &options, &Directories(&app.spec.directories))
         .map_err(|e| ("CannotRender", e.to_string()))?;

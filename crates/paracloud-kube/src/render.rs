@@ -49,7 +49,14 @@ pub struct RenderOptions {
     /// Whether workloads leave `replicas` out, for the operator's autoscaler to set through the
     /// scale subresource (an applied `replicas` would take the count back at every apply).
     pub replicas_by_scale: bool,
+    /// Whether pods get their PaCI socket from Paracloud's node agent: its directory for the pod
+    /// (a hostPath, the pod's uid as `subPathExpr`) at `/run/paracloud`, read-only, and the pod's
+    /// application and service in its environment.
+    pub paci: bool,
 }
+
+/// Where the node agent keeps each pod's PaCI directory on the node (`k8s install`'s agent).
+pub const PACI_HOST_DIR: &str = "/var/lib/paracloud-agent/paci";
 
 /// What a bind mount's host path holds, asked of the caller (rendering does no I/O).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,6 +333,23 @@ impl Renderer<'_> {
             return;
         };
         let mut mounts = self.mounts(name, service);
+        if self.options.paci {
+            mounts.volumes.push(core::Volume {
+                name: "paci".into(),
+                host_path: Some(core::HostPathVolumeSource {
+                    path: PACI_HOST_DIR.into(),
+                    type_: Some("DirectoryOrCreate".into()),
+                }),
+                ..Default::default()
+            });
+            mounts.mounts.push(core::VolumeMount {
+                name: "paci".into(),
+                mount_path: "/run/paracloud".into(),
+                sub_path_expr: Some("$(PARACLOUD_POD_UID)".into()),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
         let env_from = if service.env.is_empty() {
             None
         } else {
@@ -361,6 +385,10 @@ impl Renderer<'_> {
             command,
             args,
             env_from,
+            env: self
+                .options
+                .paci
+                .then(|| paci_env(&self.manifest.app, &object_name(&base))),
             working_dir: service.working_dir.clone(),
             ports: non_empty(
                 service
@@ -1045,6 +1073,34 @@ impl<'a> BoundFile<'a> {
             ..Default::default()
         });
     }
+}
+
+/// The environment the node agent names a pod by: its application, its service, and its uid
+/// (which picks its PaCI directory).
+fn paci_env(app: &str, service: &str) -> Vec<core::EnvVar> {
+    vec![
+        core::EnvVar {
+            name: "PARACLOUD_APP".into(),
+            value: Some(app.to_owned()),
+            ..Default::default()
+        },
+        core::EnvVar {
+            name: "PARACLOUD_SERVICE".into(),
+            value: Some(service.to_owned()),
+            ..Default::default()
+        },
+        core::EnvVar {
+            name: "PARACLOUD_POD_UID".into(),
+            value_from: Some(core::EnvVarSource {
+                field_ref: Some(core::ObjectFieldSelector {
+                    field_path: "metadata.uid".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
 }
 
 fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {

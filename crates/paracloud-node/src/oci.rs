@@ -35,6 +35,12 @@ pub mod paracloud {
     pub const PACI: &str = "paracloud.dev/paci";
     pub const APP: &str = "paracloud.dev/app";
     pub const SERVICE: &str = "paracloud.dev/service";
+    /// Where a container mounts its pod's PaCI directory: rendered pods do, which marks them
+    /// even where the runtime does not pass pod annotations on (containerd by default).
+    pub const PACI_MOUNT: &str = "/run/paracloud";
+    /// The environment rendered pods carry their application and service in.
+    pub const APP_ENV: &str = "PARACLOUD_APP";
+    pub const SERVICE_ENV: &str = "PARACLOUD_SERVICE";
 }
 
 /// One entry of `RUNTIME list --format json` (runc's and crun's agree on these fields).
@@ -56,12 +62,38 @@ pub struct Bundle {
     pub process: Option<BundleProcess>,
     #[serde(default)]
     pub linux: Option<BundleLinux>,
+    #[serde(default)]
+    pub mounts: Vec<BundleMount>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct BundleMount {
+    #[serde(default)]
+    pub destination: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct BundleProcess {
     #[serde(default)]
     pub user: BundleUser,
+    /// `NAME=VALUE` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+impl Bundle {
+    /// A variable of the container's environment.
+    fn env(&self, name: &str) -> Option<String> {
+        self.process.as_ref()?.env.iter().find_map(|entry| {
+            let (key, value) = entry.split_once('=')?;
+            (key == name).then(|| value.to_owned())
+        })
+    }
+
+    /// An annotation of the container, else the variable the renderer sets instead.
+    fn marked(&self, annotation: &str, env: &str) -> Option<String> {
+        kubernetes_annotation(&self.annotations, annotation).or_else(|| self.env(env))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -237,7 +269,11 @@ pub fn container_of(entry: &ListEntry, bundle: &Bundle) -> Option<(PodRef, Conta
         .map(|p| p.user.clone())
         .unwrap_or_default();
     let paci = kind == Kind::Container
-        && kubernetes_annotation(&bundle.annotations, paracloud::PACI).as_deref() == Some("true");
+        && (kubernetes_annotation(&bundle.annotations, paracloud::PACI).as_deref() == Some("true")
+            || bundle
+                .mounts
+                .iter()
+                .any(|m| m.destination.trim_end_matches('/') == paracloud::PACI_MOUNT));
     let cgroup = bundle
         .linux
         .as_ref()
@@ -266,8 +302,8 @@ pub fn pods(containers: &[(ListEntry, Bundle)]) -> BTreeMap<String, Pod> {
         let Some((pod, container)) = container_of(entry, bundle) else {
             continue;
         };
-        let app = kubernetes_annotation(&bundle.annotations, paracloud::APP);
-        let service = kubernetes_annotation(&bundle.annotations, paracloud::SERVICE);
+        let app = bundle.marked(paracloud::APP, paracloud::APP_ENV);
+        let service = bundle.marked(paracloud::SERVICE, paracloud::SERVICE_ENV);
         let slot = pods.entry(pod.uid.clone()).or_insert_with(|| Pod {
             pod,
             app: None,
@@ -288,6 +324,26 @@ pub fn pods(containers: &[(ListEntry, Bundle)]) -> BTreeMap<String, Pod> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rendered_pod_asks_for_paci_by_its_mount_and_names_itself_by_its_environment() {
+        // containerd passes no pod annotation to the container's bundle by default.
+        let bundle: Bundle = serde_json::from_str(
+            r#"{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-uid":"u9","io.kubernetes.cri.sandbox-name":"api-0","io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.container-name":"api"},"process":{"user":{"uid":0,"gid":0},"env":["PATH=/bin","PARACLOUD_APP=shop","PARACLOUD_SERVICE=api"]},"mounts":[{"destination":"/run/paracloud","source":"/var/lib/paracloud-agent/paci/u9"}]}"#,
+        )
+        .unwrap();
+        let entry = ListEntry {
+            id: "c9".into(),
+            pid: 42,
+            status: "running".into(),
+            bundle: "/b".into(),
+        };
+        let pods = pods(&[(entry, bundle)]);
+        let pod = &pods["u9"];
+        assert!(pod.wants_paci());
+        assert_eq!(pod.app.as_deref(), Some("shop"));
+        assert_eq!(pod.service.as_deref(), Some("api"));
+    }
 
     fn entry(id: &str, pid: i32) -> ListEntry {
         ListEntry {

@@ -46,6 +46,7 @@ pub(crate) async fn observe(
     client: &Client,
     app: &ParacloudApp,
     resize: bool,
+    paci: bool,
 ) -> Result<Observed, Error> {
     let namespace = app.namespace().unwrap_or_default();
     let params = ListParams::default().labels(&paracloud_kube::reconcile::selector(app));
@@ -69,6 +70,7 @@ pub(crate) async fn observe(
         objects,
         pods,
         resize,
+        paci,
     })
 }
 

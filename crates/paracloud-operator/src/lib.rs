@@ -38,6 +38,8 @@ pub struct Options {
     pub health: Option<SocketAddr>,
     /// How often every application is looked at again, besides on changes.
     pub resync: Duration,
+    /// Whether Paracloud's node agent runs on the nodes (pods then get their PaCI socket).
+    pub paci: bool,
     /// Where each application's data plane serves its stats, to scale services to zero and
     /// back; `None`: not followed.
     pub follow: Option<FollowOptions>,
@@ -51,6 +53,7 @@ pub(crate) struct Context {
     /// Who records the Events: the operator's pod.
     pub(crate) identity: String,
     pub(crate) resync: Duration,
+    pub(crate) paci: bool,
 }
 
 /// Runs until the process is told to stop or loses its lease (the Deployment then starts it
@@ -80,6 +83,7 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
         resize: AtomicBool::new(true),
         identity: options.lease.identity.clone(),
         resync: options.resync,
+        paci: options.paci,
     });
     let owned = || watcher::Config::default().labels("app.kubernetes.io/managed-by=paracloud");
     let controller = Controller::new(
@@ -119,7 +123,7 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
 
 async fn reconcile(app: Arc<ParacloudApp>, context: Arc<Context>) -> Result<Action, Error> {
     let resize = context.resize.load(Ordering::Relaxed);
-    let observed = cluster::observe(&context.client, &app, resize).await?;
+    let observed = cluster::observe(&context.client, &app, resize, context.paci).await?;
     let now =
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     let decision = paracloud_kube::reconcile::reconcile(&app, &observed, &now);

@@ -99,6 +99,7 @@ impl Operator {
                     health: None,
                     resync: Duration::from_secs(1),
                     follow: None,
+                    paci: true,
                 };
                 tokio::select! {
                     result = paracloud_operator::run(client, options) => result.err().map(|e| e.to_string()),
