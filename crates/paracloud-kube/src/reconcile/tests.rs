@@ -60,6 +60,7 @@ fn applied(objects: &[Object], ready: impl Fn(&str) -> u64) -> Observed {
         objects,
         pods: Vec::new(),
         resize: true,
+        paci: false,
     }
 }
 
