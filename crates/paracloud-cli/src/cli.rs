@@ -272,35 +272,7 @@ pub enum Command {
     },
     /// Run the Paracloud operator (what `paracloud k8s install` deploys): reconcile every
     /// ParacloudApp of the cluster, one operator at a time by a Lease
-    Operator {
-        /// The namespace of the operator's Lease
-        #[arg(long, default_value = "paracloud-system")]
-        lease_namespace: String,
-        /// The Lease's name
-        #[arg(long, default_value = "paracloud-operator")]
-        lease_name: String,
-        /// This operator's name in the Lease; default: $POD_NAME, else the host name
-        #[arg(long, env = "POD_NAME")]
-        identity: Option<String>,
-        /// How long the Lease holds without renewal
-        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-        lease_duration: std::time::Duration,
-        /// Where /healthz answers (ADDR:PORT)
-        #[arg(long)]
-        health: Option<std::net::SocketAddr>,
-        /// How often each application is looked at again besides on changes
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        resync: std::time::Duration,
-        /// Where each application's data plane serves its stats ({app} and {namespace} are
-        /// replaced), to scale services with scale_to_zero to zero and back, such as
-        /// http://{app}-dataplane-stats.{namespace}.svc:9090; not followed when not given
-        #[arg(long, value_name = "URL")]
-        dataplane_stats: Option<String>,
-        /// Give pods their PaCI socket from Paracloud's node agent (which `k8s install` runs on
-        /// every node)
-        #[arg(long)]
-        paci: bool,
-    },
+    Operator(OperatorArgs),
     /// The application on Kubernetes: its objects (render) and the custom resource's
     /// definition (crd)
     #[command(subcommand)]
@@ -663,4 +635,36 @@ pub enum K8sCommand {
 pub enum NodeRuntime {
     Crun,
     Runc,
+}
+
+/// How `paracloud operator` runs.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// The namespace of the operator's Lease
+    #[arg(long, default_value = "paracloud-system")]
+    pub lease_namespace: String,
+    /// The Lease's name
+    #[arg(long, default_value = "paracloud-operator")]
+    pub lease_name: String,
+    /// This operator's name in the Lease; default: $POD_NAME, else the host name
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long the Lease holds without renewal
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: std::time::Duration,
+    /// Where /healthz answers (ADDR:PORT)
+    #[arg(long)]
+    pub health: Option<std::net::SocketAddr>,
+    /// How often each application is looked at again besides on changes
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub resync: std::time::Duration,
+    /// Where each application's data plane serves its stats ({app} and {namespace} are
+    /// replaced), to scale services with scale_to_zero to zero and back, such as
+    /// http://{app}-dataplane-stats.{namespace}.svc:9090; not followed when not given
+    #[arg(long, value_name = "URL")]
+    pub dataplane_stats: Option<String>,
+    /// Give pods their PaCI socket from Paracloud's node agent (which `k8s install` runs on
+    /// every node)
+    #[arg(long)]
+    pub paci: bool,
 }

@@ -36,30 +36,12 @@ pub fn run(cli: Cli) -> Result<()> {
             listen,
         } => install_daemon(&global, &unit_dir, listen),
         Command::Sim(args) => sim(&global, &args),
-        Command::Operator {
-            lease_namespace,
-            lease_name,
-            identity,
-            lease_duration,
-            health,
-            resync,
-            dataplane_stats,
-            paci,
-        } => {
+        Command::Operator(args) => {
             init_tracing();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(crate::kubernetes::operator(
-                lease_namespace,
-                lease_name,
-                identity,
-                lease_duration,
-                health,
-                resync,
-                dataplane_stats,
-                paci,
-            ))
+            runtime.block_on(crate::kubernetes::operator(args))
         }
         Command::NodeAgent {
             runtime,
@@ -388,7 +370,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             namespace,
             registry,
         } => crate::kubernetes::deploy(global, &file, &profiles, namespace, registry).await,
-        Command::Operator { .. } => unreachable!("the operator has a runtime of its own"),
+        Command::Operator(_) => unreachable!("the operator has a runtime of its own"),
         Command::Context(command) => crate::access::context(global, command).await,
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,

@@ -124,16 +124,17 @@ fn print_objects(objects: &[paracloud_kube::Object], output: Output) {
 
 /// `paracloud operator`: the operator's process, with the cluster's credentials (in a pod, its
 /// ServiceAccount's; elsewhere, the kubeconfig's).
-pub(crate) async fn operator(
-    lease_namespace: String,
-    lease_name: String,
-    identity: Option<String>,
-    lease_duration: std::time::Duration,
-    health: Option<std::net::SocketAddr>,
-    resync: std::time::Duration,
-    dataplane_stats: Option<String>,
-    paci: bool,
-) -> Result<()> {
+pub(crate) async fn operator(args: crate::cli::OperatorArgs) -> Result<()> {
+    let crate::cli::OperatorArgs {
+        lease_namespace,
+        lease_name,
+        identity,
+        lease_duration,
+        health,
+        resync,
+        dataplane_stats,
+        paci,
+    } = args;
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow!("cannot reach the Kubernetes API (in a pod: its ServiceAccount; elsewhere: KUBECONFIG or ~/.kube/config): {e}"))?;
