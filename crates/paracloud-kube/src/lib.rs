@@ -3,6 +3,7 @@
 //! observes (`reconcile`). No I/O and no clock: the operator and the CLI bring both.
 
 pub mod access;
+pub mod dataplane;
 pub mod install;
 pub mod names;
 pub mod object;

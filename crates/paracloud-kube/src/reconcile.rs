@@ -567,6 +567,7 @@ fn desired_objects(
         file_objects: false,
         replicas_by_scale: autoscaled,
         paci,
+        dataplane: None,
     };
     let rendered = render(&manifest, &options, &Directories(&app.spec.directories))
         .map_err(|e| ("CannotRender", e.to_string()))?;

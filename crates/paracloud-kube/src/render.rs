@@ -16,6 +16,7 @@ use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::api::policy::v1 as policy;
+use k8s_openapi::api::rbac::v1 as rbac;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -24,6 +25,10 @@ use paracloud_manifest::{
     HealthCheck, Image, Manifest, Probe, Protocol, RestartCondition, Service, VolumeMount,
 };
 
+use crate::dataplane::{
+    dataplane_name, endpoints_service, routes, DataplaneOptions, Routes, COMPONENT,
+    COMPONENT_LABEL, ROUTES_DIR, ROUTES_KEY, STATS_PORT,
+};
 use crate::names::{
     app_labels, bytes_quantity, cpu_quantity, object_name, seconds, sha256_hex, APP_LABEL,
     CONFIG_ANNOTATION, MANIFEST_ANNOTATION, REVISION_LABEL, SERVICE_LABEL, SPEC_ANNOTATION,
@@ -53,6 +58,9 @@ pub struct RenderOptions {
     /// (a hostPath, the pod's uid as `subPathExpr`) at `/run/paracloud`, read-only, and the pod's
     /// application and service in its environment.
     pub paci: bool,
+    /// Whether Paracloud's data plane runs beside the application (see the `dataplane` module):
+    /// its Services then lead to the data plane's listeners, which route to the pods.
+    pub dataplane: Option<DataplaneOptions>,
 }
 
 /// Where the node agent keeps each pod's PaCI directory on the node (`k8s install`'s agent).
@@ -110,6 +118,7 @@ const MAX_FILE_BYTES: usize = 1 << 20;
 
 /// The DNS service every pod may reach, so that services find each other by name.
 const DNS_PORT: i32 = 53;
+const DNS_PORT_U16: u16 = 53;
 
 /// Renders every object of the application.
 pub fn render(
@@ -129,6 +138,7 @@ pub fn render(
     let mut renderer = Renderer {
         manifest,
         options,
+        routes: options.dataplane.as_ref().map(|_| routes(manifest)),
         files,
         namespace,
         manifest_sha,
@@ -150,6 +160,9 @@ pub fn render(
     }
     for (name, service) in &manifest.services {
         renderer.service(name, service);
+    }
+    if let Some(dataplane) = &options.dataplane {
+        renderer.dataplane(dataplane);
     }
     if manifest.autoscale.is_some() {
         renderer.leave_out(
@@ -182,6 +195,8 @@ pub fn render(
 struct Renderer<'a> {
     manifest: &'a Manifest,
     options: &'a RenderOptions,
+    /// The data plane's routes, when it runs beside the application.
+    routes: Option<Routes>,
     files: &'a dyn HostFiles,
     namespace: String,
     manifest_sha: String,
@@ -293,13 +308,22 @@ impl Renderer<'_> {
     /// Two services whose Kubernetes names meet (`api@canary` and `api-canary`) cannot both be
     /// rendered.
     fn check_names(&mut self) {
-        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        if self.routes.is_some() {
+            let dataplane = dataplane_name(&self.manifest.app);
+            seen.insert(dataplane.clone(), "the data plane".into());
+            seen.insert(format!("{dataplane}-stats"), "the data plane".into());
+        }
         for name in self.manifest.services.keys() {
-            for object in [object_name(name), format!("{}-public", object_name(name))] {
-                if let Some(other) = seen.insert(object.clone(), name) {
+            let mut objects = vec![object_name(name), format!("{}-public", object_name(name))];
+            if self.routes.is_some() {
+                objects.push(endpoints_service(name));
+            }
+            for object in objects {
+                if let Some(other) = seen.insert(object.clone(), format!("service `{name}`")) {
                     self.problem(
                         format!("services.{name}"),
-                        format!("its Kubernetes objects would be named `{object}`, as those of service `{other}` are"),
+                        format!("its Kubernetes objects would be named `{object}`, as those of {other} are"),
                         "rename one of the two services",
                     );
                 }
@@ -512,6 +536,7 @@ impl Renderer<'_> {
                 ..Default::default()
             };
             self.objects.push(Object::of(&job));
+            self.pods_service(name, &object, &pod_labels);
         } else if !mounts.claims.is_empty() {
             let headless = format!("{object}-pods");
             let ss = apps::StatefulSet {
@@ -537,7 +562,7 @@ impl Renderer<'_> {
                         (APP_LABEL.to_owned(), self.manifest.app.clone()),
                         (WORKLOAD_LABEL.to_owned(), object.clone()),
                     ])),
-                    ports: non_empty(service_ports(service, false)),
+                    ports: non_empty(service_ports(service, false, None)),
                     publish_not_ready_addresses: Some(true),
                     ..Default::default()
                 }),
@@ -564,6 +589,7 @@ impl Renderer<'_> {
                 ..Default::default()
             };
             self.objects.push(Object::of(&deployment));
+            self.pods_service(name, &object, &pod_labels);
         }
 
         if service.revision_of.is_none() {
@@ -590,15 +616,377 @@ impl Renderer<'_> {
         self.network_policy(name, &object, service, pod_labels);
     }
 
+    /// With the data plane, the headless Service whose EndpointSlices list the workload's pods
+    /// (a StatefulSet has its own already): the data plane's backends for it.
+    fn pods_service(&mut self, name: &str, object: &str, pod_labels: &BTreeMap<String, String>) {
+        if self.routes.is_none() {
+            return;
+        }
+        let base = self.manifest.services.get(name).map_or(name, |s| {
+            s.revision_of.as_ref().map_or(name, |r| r.service.as_str())
+        });
+        let Some(ports) = self
+            .manifest
+            .services
+            .get(base)
+            .map(|s| service_ports(s, false, None))
+            .filter(|p| !p.is_empty())
+        else {
+            return;
+        };
+        let svc = core::Service {
+            metadata: self.meta(&endpoints_service(name), pod_labels.clone()),
+            spec: Some(core::ServiceSpec {
+                cluster_ip: Some("None".into()),
+                selector: Some(BTreeMap::from([
+                    (APP_LABEL.to_owned(), self.manifest.app.clone()),
+                    (WORKLOAD_LABEL.to_owned(), object.to_owned()),
+                ])),
+                ports: Some(ports),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.objects.push(Object::of(&svc));
+    }
+
+    /// Paracloud's data plane beside the application: a Deployment of two pods running
+    /// `paracloud cluster-dataplane` with the routes in a ConfigMap, allowed by its own
+    /// ServiceAccount to list and watch the namespace's EndpointSlices and nothing else, a
+    /// disruption budget, a Service for its stats, and a NetworkPolicy.
+    fn dataplane(&mut self, options: &DataplaneOptions) {
+        let Some(routes) = self.routes.clone() else {
+            return;
+        };
+        let name = dataplane_name(&self.manifest.app);
+        let labels = BTreeMap::from([(COMPONENT_LABEL.to_owned(), COMPONENT.to_owned())]);
+        let selector = self.dataplane_selector();
+        let routes_json = serde_json::to_string_pretty(&routes).expect("routes serialize");
+        let config_map = core::ConfigMap {
+            metadata: self.meta(&name, labels.clone()),
+            data: Some(BTreeMap::from([(
+                ROUTES_KEY.to_owned(),
+                routes_json.clone(),
+            )])),
+            ..Default::default()
+        };
+        self.objects.push(Object::of(&config_map));
+        self.objects.push(Object::of(&core::ServiceAccount {
+            metadata: self.meta(&name, labels.clone()),
+            ..Default::default()
+        }));
+        self.objects.push(Object::of(&rbac::Role {
+            metadata: self.meta(&name, labels.clone()),
+            rules: Some(vec![dataplane_rule()]),
+        }));
+        self.objects.push(Object::of(&rbac::RoleBinding {
+            metadata: self.meta(&name, labels.clone()),
+            role_ref: rbac::RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: name.clone(),
+            },
+            subjects: Some(vec![rbac::Subject {
+                kind: "ServiceAccount".into(),
+                name: name.clone(),
+                namespace: Some(self.namespace.clone()),
+                ..Default::default()
+            }]),
+        }));
+        let mut ports = vec![core::ContainerPort {
+            container_port: i32::from(STATS_PORT),
+            name: Some("stats".into()),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }];
+        ports.extend(routes.routes.iter().map(|r| core::ContainerPort {
+            container_port: i32::from(r.listen),
+            protocol: Some(l4(r.protocol).to_owned()),
+            ..Default::default()
+        }));
+        let container = core::Container {
+            name: "dataplane".into(),
+            image: Some(options.image.clone()),
+            command: Some(vec!["paracloud".into(), "cluster-dataplane".into()]),
+            args: Some(vec![
+                "--namespace".into(),
+                self.namespace.clone(),
+                "--app".into(),
+                self.manifest.app.clone(),
+                "--routes".into(),
+                format!("{ROUTES_DIR}/{ROUTES_KEY}"),
+                "--state-dir".into(),
+                "/run/paracloud".into(),
+                "--stats-listen".into(),
+                format!("0.0.0.0:{STATS_PORT}"),
+            ]),
+            ports: Some(ports),
+            readiness_probe: Some(core::Probe {
+                http_get: Some(core::HTTPGetAction {
+                    path: Some("/stats".into()),
+                    port: IntOrString::String("stats".into()),
+                    ..Default::default()
+                }),
+                period_seconds: Some(5),
+                ..Default::default()
+            }),
+            resources: Some(core::ResourceRequirements {
+                limits: Some(BTreeMap::from([
+                    ("cpu".to_owned(), Quantity("1".into())),
+                    ("memory".to_owned(), Quantity("256Mi".into())),
+                ])),
+                requests: Some(BTreeMap::from([
+                    ("cpu".to_owned(), Quantity("100m".into())),
+                    ("memory".to_owned(), Quantity("64Mi".into())),
+                ])),
+                ..Default::default()
+            }),
+            security_context: Some(core::SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                capabilities: Some(core::Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            volume_mounts: Some(vec![
+                core::VolumeMount {
+                    name: "routes".into(),
+                    mount_path: ROUTES_DIR.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+                core::VolumeMount {
+                    name: "state".into(),
+                    mount_path: "/run/paracloud".into(),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        let mut template_labels = app_labels(&self.manifest.app);
+        template_labels.extend(selector.clone());
+        let pod = core::PodSpec {
+            service_account_name: Some(name.clone()),
+            containers: vec![container],
+            volumes: Some(vec![
+                core::Volume {
+                    name: "routes".into(),
+                    config_map: Some(core::ConfigMapVolumeSource {
+                        name: name.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                memory_volume("state", Some(16 << 20)),
+            ]),
+            enable_service_links: Some(false),
+            security_context: Some(core::PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                seccomp_profile: Some(core::SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let label_selector = LabelSelector {
+            match_labels: Some(selector.clone()),
+            ..Default::default()
+        };
+        let deployment = apps::Deployment {
+            metadata: self.meta(&name, labels.clone()),
+            spec: Some(apps::DeploymentSpec {
+                replicas: Some(2),
+                selector: label_selector.clone(),
+                template: core::PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(template_labels),
+                        // New routes roll the data plane's pods, one at a time.
+                        annotations: Some(BTreeMap::from([(
+                            CONFIG_ANNOTATION.to_owned(),
+                            sha256_hex(routes_json.as_bytes()),
+                        )])),
+                        ..Default::default()
+                    }),
+                    spec: Some(pod),
+                },
+                strategy: Some(apps::DeploymentStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: Some(apps::RollingUpdateDeployment {
+                        max_surge: Some(IntOrString::Int(1)),
+                        max_unavailable: Some(IntOrString::Int(0)),
+                    }),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.objects.push(Object::of(&deployment));
+        self.objects.push(Object::of(&policy::PodDisruptionBudget {
+            metadata: self.meta(&name, labels.clone()),
+            spec: Some(policy::PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(label_selector.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        self.objects.push(Object::of(&core::Service {
+            metadata: self.meta(&format!("{name}-stats"), labels.clone()),
+            spec: Some(core::ServiceSpec {
+                selector: Some(selector),
+                ports: Some(vec![core::ServicePort {
+                    name: Some("stats".into()),
+                    port: i32::from(STATS_PORT),
+                    target_port: Some(IntOrString::String("stats".into())),
+                    protocol: Some("TCP".into()),
+                    app_protocol: Some("http".into()),
+                    ..Default::default()
+                }]),
+                type_: Some("ClusterIP".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        self.dataplane_policy(&name, &routes, label_selector, labels);
+    }
+
+    /// What may reach the data plane's pods: each service's callers on its listeners, anyone on
+    /// published ones, and the operator on the stats port; what they may reach: the
+    /// application's pods, the cluster's DNS and the API server.
+    fn dataplane_policy(
+        &mut self,
+        name: &str,
+        routes: &Routes,
+        selector: LabelSelector,
+        labels: BTreeMap<String, String>,
+    ) {
+        let app = self.manifest.app.clone();
+        let port = |number: u16, protocol: &str| net::NetworkPolicyPort {
+            port: Some(IntOrString::Int(i32::from(number))),
+            protocol: Some(protocol.to_owned()),
+            ..Default::default()
+        };
+        let pods_of = |service: &str| net::NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([
+                    (APP_LABEL.to_owned(), app.clone()),
+                    (SERVICE_LABEL.to_owned(), object_name(service)),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut ingress = Vec::new();
+        for route in &routes.routes {
+            let listener = port(route.listen, l4(route.protocol));
+            if route.published {
+                ingress.push(net::NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![listener]),
+                });
+                continue;
+            }
+            let callers: Vec<net::NetworkPolicyPeer> = self
+                .manifest
+                .services
+                .iter()
+                .filter(|(other, s)| {
+                    s.revision_of.is_none() && self.manifest.reaches(other, &route.service)
+                })
+                .map(|(other, _)| pods_of(other))
+                .collect();
+            if !callers.is_empty() {
+                ingress.push(net::NetworkPolicyIngressRule {
+                    from: Some(callers),
+                    ports: Some(vec![listener]),
+                });
+            }
+        }
+        ingress.push(net::NetworkPolicyIngressRule {
+            from: Some(vec![net::NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector::default()),
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/name".to_owned(),
+                        crate::install::OPERATOR.to_owned(),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![port(STATS_PORT, "TCP")]),
+        });
+        let egress = vec![
+            net::NetworkPolicyEgressRule {
+                to: Some(vec![net::NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector::default()),
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            "k8s-app".to_owned(),
+                            "kube-dns".to_owned(),
+                        )])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ports: Some(vec![port(DNS_PORT_U16, "UDP"), port(DNS_PORT_U16, "TCP")]),
+            },
+            net::NetworkPolicyEgressRule {
+                to: Some(vec![net::NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(APP_LABEL.to_owned(), app.clone())])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ports: None,
+            },
+            // The API server, for the EndpointSlices: its address is the cluster's, not a pod's.
+            net::NetworkPolicyEgressRule {
+                to: None,
+                ports: Some(vec![port(443, "TCP"), port(6443, "TCP")]),
+            },
+        ];
+        self.objects.push(Object::of(&net::NetworkPolicy {
+            metadata: self.meta(name, labels),
+            spec: Some(net::NetworkPolicySpec {
+                pod_selector: Some(selector),
+                policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+                ingress: Some(ingress),
+                egress: Some(egress),
+            }),
+        }));
+    }
+
+    /// The labels of the data plane's pods.
+    fn dataplane_selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (APP_LABEL.to_owned(), self.manifest.app.clone()),
+            (COMPONENT_LABEL.to_owned(), COMPONENT.to_owned()),
+        ])
+    }
+
     /// The Service other services reach this one by (`api:8000` finds it under its name), and
     /// one of type LoadBalancer for the ports the manifest publishes.
     fn services(&mut self, object: &str, service: &Service) {
         let labels = BTreeMap::from([(SERVICE_LABEL.to_owned(), object.to_owned())]);
-        let selector = BTreeMap::from([
-            (APP_LABEL.to_owned(), self.manifest.app.clone()),
-            (SERVICE_LABEL.to_owned(), object.to_owned()),
-        ]);
-        let ports = service_ports(service, false);
+        // Through the data plane when it runs: its listeners are the targets.
+        let selector = match self.routes {
+            Some(_) => self.dataplane_selector(),
+            None => BTreeMap::from([
+                (APP_LABEL.to_owned(), self.manifest.app.clone()),
+                (SERVICE_LABEL.to_owned(), object.to_owned()),
+            ]),
+        };
+        let routes = self.routes.clone();
+        let listeners = routes.as_ref().map(|r| (r, object));
+        let ports = service_ports(service, false, listeners);
         if !ports.is_empty() {
             let svc = core::Service {
                 metadata: self.meta(object, labels.clone()),
@@ -631,7 +1019,7 @@ impl Renderer<'_> {
                 metadata: self.meta(alias, labels.clone()),
                 spec: Some(core::ServiceSpec {
                     selector: Some(selector.clone()),
-                    ports: non_empty(service_ports(service, false)),
+                    ports: non_empty(service_ports(service, false, listeners)),
                     type_: Some("ClusterIP".into()),
                     ..Default::default()
                 }),
@@ -639,7 +1027,7 @@ impl Renderer<'_> {
             };
             self.objects.push(Object::of(&svc));
         }
-        let published = service_ports(service, true);
+        let published = service_ports(service, true, listeners);
         if !published.is_empty() {
             let svc = core::Service {
                 metadata: self.meta(&format!("{object}-public"), labels),
@@ -714,6 +1102,23 @@ impl Renderer<'_> {
             )
         };
         let mut ingress = Vec::new();
+        // Through the data plane, callers reach the service's pods by way of its pods alone, and
+        // reach its listeners for the services they share a network with (see `dataplane`).
+        let (callers, callees) = match &self.routes {
+            None => (callers, callees),
+            Some(_) => {
+                let own = peers(&|other| other == base);
+                let mut from = vec![net::NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(self.dataplane_selector()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }];
+                from.extend(own.clone());
+                (from, own)
+            }
+        };
         if !service.ports.is_empty() && !callers.is_empty() {
             ingress.push(net::NetworkPolicyIngressRule {
                 from: Some(callers),
@@ -764,6 +1169,30 @@ impl Renderer<'_> {
                 to: Some(callees),
                 ports: None,
             });
+        }
+        if let Some(routes) = &self.routes {
+            let listeners: Vec<net::NetworkPolicyPort> = routes
+                .routes
+                .iter()
+                .filter(|r| self.manifest.reaches(&base, &r.service))
+                .map(|r| net::NetworkPolicyPort {
+                    port: Some(IntOrString::Int(i32::from(r.listen))),
+                    protocol: Some(l4(r.protocol).to_owned()),
+                    ..Default::default()
+                })
+                .collect();
+            if !listeners.is_empty() {
+                egress.push(net::NetworkPolicyEgressRule {
+                    to: Some(vec![net::NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(self.dataplane_selector()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ports: Some(listeners),
+                });
+            }
         }
         let policy = net::NetworkPolicy {
             metadata: self.meta(object, labels),
@@ -1127,11 +1556,17 @@ fn l4(protocol: Protocol) -> &'static str {
 }
 
 /// A port's name (at most 15 characters, a letter among them): `http-8000`, `udp-53`.
-fn port_name(port: u16, protocol: Protocol) -> String {
+pub fn port_name(port: u16, protocol: Protocol) -> String {
     format!("{}-{port}", protocol.name())
 }
 
-fn service_ports(service: &Service, published: bool) -> Vec<core::ServicePort> {
+/// A service's ports as a Service's; with `listeners` (the routes and the service's name), each
+/// leads to the data plane's listener for it rather than to the pods' port.
+fn service_ports(
+    service: &Service,
+    published: bool,
+    listeners: Option<(&Routes, &str)>,
+) -> Vec<core::ServicePort> {
     service
         .ports
         .iter()
@@ -1142,7 +1577,12 @@ fn service_ports(service: &Service, published: bool) -> Vec<core::ServicePort> {
                 (true, Some(addr)) => i32::from(addr.port()),
                 _ => i32::from(p.port),
             },
-            target_port: Some(IntOrString::String(port_name(p.port, p.protocol))),
+            target_port: Some(
+                match listeners.and_then(|(r, name)| r.find(name, p.port, p.protocol.is_udp())) {
+                    Some(route) => IntOrString::Int(i32::from(route.listen)),
+                    None => IntOrString::String(port_name(p.port, p.protocol)),
+                },
+            ),
             protocol: Some(l4(p.protocol).to_owned()),
             app_protocol: (p.protocol == Protocol::Http).then(|| "http".to_owned()),
             ..Default::default()
@@ -1218,6 +1658,17 @@ fn resources(service: &Service) -> core::ResourceRequirements {
     core::ResourceRequirements {
         limits: (!limits.is_empty()).then_some(limits),
         requests: (!requests.is_empty()).then_some(requests),
+        ..Default::default()
+    }
+}
+
+/// The one permission of the data plane's pods: the namespace's EndpointSlices, listed and
+/// watched.
+pub fn dataplane_rule() -> rbac::PolicyRule {
+    rbac::PolicyRule {
+        api_groups: Some(vec!["discovery.k8s.io".into()]),
+        resources: Some(vec!["endpointslices".into()]),
+        verbs: vec!["list".into(), "watch".into()],
         ..Default::default()
     }
 }
