@@ -11,7 +11,8 @@
 //! Upgrade and CONNECT go through hyper. Every backend is chosen by one function, which also
 //! receives the request's `x-paracloud-revision` header for revisions served side by side. The
 //! process is meant to run on a current-thread tokio runtime. Counters are read through [`Stats`] and, when asked, served on a
-//! Unix socket as JSON (`GET /stats`) and Prometheus text (`GET /metrics`).
+//! Unix socket (or, in a cluster, a TCP listener) as JSON (`GET /stats`) and Prometheus text
+//! (`GET /metrics`).
 //!
 //! # Restarts without refused connections
 //!
@@ -81,7 +82,7 @@ pub use stats::{
     bucket_bound_us, bucket_index, quantile_ms, BackendSnapshot, CallSnapshot, CounterValues,
     LastSecond, LatencySnapshot, ListenerSnapshot, Snapshot, LATENCY_BUCKETS,
 };
-pub use stats_server::{bind_stats_socket, serve_stats};
+pub use stats_server::{bind_stats_socket, serve_stats, serve_stats_tcp};
 
 /// The whole configuration the control plane hands to the data-plane process.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -16,7 +16,8 @@ use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
@@ -43,28 +44,46 @@ pub fn bind_stats_socket(path: &Path) -> Result<UnixListener, Error> {
 /// Answers stats requests on `socket` for ever (HTTP/1.1, one task per connection).
 pub async fn serve_stats(socket: UnixListener, stats: Stats) {
     loop {
-        let stream = match socket.accept().await {
-            Ok((stream, _)) => stream,
+        match socket.accept().await {
+            Ok((stream, _)) => serve_connection(stream, stats.clone()),
             Err(error) => {
                 warn!(%error, "stats socket accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
             }
-        };
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = answer(&request, &stats);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%error, "stats connection ended with an error");
-            }
-        });
+        }
     }
+}
+
+/// As [`serve_stats`], on a TCP listener: where the data plane runs in a cluster, its follower
+/// (the operator) reaches it over the network.
+pub async fn serve_stats_tcp(socket: TcpListener, stats: Stats) {
+    loop {
+        match socket.accept().await {
+            Ok((stream, _)) => serve_connection(stream, stats.clone()),
+            Err(error) => {
+                warn!(%error, "stats listener accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn serve_connection<S>(stream: S, stats: Stats)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |request| {
+            let response = answer(&request, &stats);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        if let Err(error) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            debug!(%error, "stats connection ended with an error");
+        }
+    });
 }
 
 type AnswerBody = UnsyncBoxBody<Bytes, Infallible>;
