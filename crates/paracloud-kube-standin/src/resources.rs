@@ -131,6 +131,16 @@ const BUILT_IN: &[(&str, &str, &str, &str, bool, bool, bool)] = &[
         true,
         false,
     ),
+    // What the EndpointSlice controller writes for each Service (no status subresource).
+    (
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "EndpointSlice",
+        true,
+        false,
+        false,
+    ),
     (
         "coordination.k8s.io",
         "v1",
