@@ -273,6 +273,33 @@ pub enum Command {
     /// Run the Paracloud operator (what `paracloud k8s install` deploys): reconcile every
     /// ParacloudApp of the cluster, one operator at a time by a Lease
     Operator(OperatorArgs),
+    /// Run an application's data plane in its cluster (what the data plane's pods run): its
+    /// listeners route to the ready endpoints of the application's EndpointSlices
+    ClusterDataplane {
+        /// The application's namespace
+        #[arg(long)]
+        namespace: String,
+        /// The application
+        #[arg(long)]
+        app: String,
+        /// The routes file, as `paracloud k8s render --dataplane-image` writes it in the data
+        /// plane's ConfigMap
+        #[arg(long, default_value = "/etc/paracloud/dataplane/routes.json")]
+        routes: PathBuf,
+        /// Where the data plane's configuration file is written
+        #[arg(long, default_value = "/run/paracloud")]
+        state_dir: PathBuf,
+        /// Where GET /stats, /metrics and /watch answer (ADDR:PORT)
+        #[arg(long, default_value = "0.0.0.0:9090")]
+        stats_listen: std::net::SocketAddr,
+        /// The address the listeners bind
+        #[arg(long, default_value = "0.0.0.0")]
+        listen_address: std::net::IpAddr,
+        /// Bind the listener of a service's port elsewhere than its route says, as
+        /// api:8000=18000 or dns:53/udp=18053 (repeatable; to run beside others on one host)
+        #[arg(long = "listen-port", value_name = "SERVICE:PORT=PORT")]
+        listen_ports: Vec<paracloud_operator::dataplane::ListenPort>,
+    },
     /// The application on Kubernetes: its objects (render) and the custom resource's
     /// definition (crd)
     #[command(subcommand)]
@@ -603,6 +630,10 @@ pub enum K8sCommand {
         /// Give pods their PaCI socket from Paracloud's node agent (installed by `k8s install`)
         #[arg(long)]
         paci: bool,
+        /// Run Paracloud's data plane beside the application from this image (holding the
+        /// paracloud binary): its Services then lead to the data plane, which routes to the pods
+        #[arg(long, value_name = "IMAGE")]
+        dataplane_image: Option<String>,
     },
     /// Print the ParacloudApp CustomResourceDefinition
     Crd,

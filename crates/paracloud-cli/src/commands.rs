@@ -36,6 +36,32 @@ pub fn run(cli: Cli) -> Result<()> {
             listen,
         } => install_daemon(&global, &unit_dir, listen),
         Command::Sim(args) => sim(&global, &args),
+        Command::ClusterDataplane {
+            namespace,
+            app,
+            routes,
+            state_dir,
+            stats_listen,
+            listen_address,
+            listen_ports,
+        } => {
+            init_tracing();
+            // One thread, as the data-plane process (see ARCHITECTURE.md).
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::kubernetes::cluster_dataplane(
+                paracloud_operator::dataplane::DataplaneOptions {
+                    namespace,
+                    app,
+                    routes,
+                    state_dir,
+                    stats_listen,
+                    listen_address,
+                    listen_ports,
+                },
+            ))
+        }
         Command::Operator(args) => {
             init_tracing();
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -370,7 +396,9 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             namespace,
             registry,
         } => crate::kubernetes::deploy(global, &file, &profiles, namespace, registry).await,
-        Command::Operator(_) => unreachable!("the operator has a runtime of its own"),
+        Command::Operator(_) | Command::ClusterDataplane { .. } => {
+            unreachable!("the operator and the cluster's data plane have runtimes of their own")
+        }
         Command::Context(command) => crate::access::context(global, command).await,
         Command::Down { file, volumes } => down(global, file.as_deref(), volumes).await,
         Command::Ps { file, all_apps } => ps(global, file.as_deref(), all_apps).await,

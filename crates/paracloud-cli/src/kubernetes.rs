@@ -33,6 +33,7 @@ pub(crate) fn k8s(command: K8sCommand, output: Output) -> Result<()> {
             registry,
             no_namespace,
             paci,
+            dataplane_image,
         } => {
             let files = match file.as_slice() {
                 [] => vec![manifest_file(None)?],
@@ -41,10 +42,16 @@ pub(crate) fn k8s(command: K8sCommand, output: Output) -> Result<()> {
             render(
                 &files,
                 &profiles,
-                namespace,
-                registry,
-                !no_namespace,
-                paci,
+                RenderOptions {
+                    namespace,
+                    registry,
+                    namespace_object: !no_namespace,
+                    file_objects: true,
+                    replicas_by_scale: false,
+                    paci,
+                    dataplane: dataplane_image
+                        .map(|image| paracloud_kube::dataplane::DataplaneOptions { image }),
+                },
                 output,
             )
         }
@@ -80,21 +87,10 @@ pub(crate) fn k8s(command: K8sCommand, output: Output) -> Result<()> {
 fn render(
     files: &[PathBuf],
     profiles: &[String],
-    namespace: Option<String>,
-    registry: Option<String>,
-    namespace_object: bool,
-    paci: bool,
+    options: RenderOptions,
     output: Output,
 ) -> Result<()> {
     let loaded = load_manifests(files, profiles)?;
-    let options = RenderOptions {
-        namespace,
-        registry,
-        namespace_object,
-        file_objects: true,
-        replicas_by_scale: false,
-        paci,
-    };
     let rendered =
         paracloud_kube::render(&loaded.manifest, &options, &LocalFiles).map_err(|e| {
             anyhow!(
@@ -163,6 +159,17 @@ pub(crate) async fn operator(args: crate::cli::OperatorArgs) -> Result<()> {
     .await
 }
 
+/// `paracloud cluster-dataplane`: an application's data plane in its cluster, with the
+/// cluster's credentials (in a pod, its ServiceAccount's; elsewhere, the kubeconfig's).
+pub(crate) async fn cluster_dataplane(
+    options: paracloud_operator::dataplane::DataplaneOptions,
+) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow!("cannot reach the Kubernetes API (in a pod: its ServiceAccount; elsewhere: KUBECONFIG or ~/.kube/config): {e}"))?;
+    paracloud_operator::dataplane::run(client, options).await
+}
+
 /// The field manager of what the CLI applies (the resource and its files), apart from the
 /// operator's.
 const CLI_MANAGER: &str = "paracloud-cli";
@@ -214,6 +221,7 @@ pub(crate) async fn deploy(
         file_objects: true,
         replicas_by_scale: false,
         paci: false,
+        dataplane: None,
     };
     let rendered =
         paracloud_kube::render(&loaded.manifest, &options, &LocalFiles).map_err(|e| {

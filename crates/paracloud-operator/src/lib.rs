@@ -5,6 +5,7 @@
 //! Events. One operator acts at a time, by a Lease (`lease`).
 
 mod cluster;
+pub mod dataplane;
 mod follow;
 mod lease;
 

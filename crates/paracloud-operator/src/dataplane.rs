@@ -1,0 +1,325 @@
+//! `paracloud cluster-dataplane`: Paracloud's data plane for one application in its cluster.
+//!
+//! The routes (listeners, revisions and weights) are those `paracloud_kube::dataplane::routes`
+//! made when the application was rendered, read from the file its ConfigMap mounts; each
+//! listener's backends are the ready endpoints of the EndpointSlices of the headless Service the
+//! route names, followed with a watcher. The data plane itself runs in this process
+//! (`paracloud_dataplane::Dataplane`): each change is written to its configuration file and a
+//! reload signalled, as the daemon does for its own data-plane process. A listener with no ready
+//! endpoint holds its requests (announced on `/watch`) until one comes or the hold time ends.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, ResourceExt};
+use paracloud_dataplane::{Backend, Config, Dataplane, Listener, Protocol, Revision, Tuning};
+use paracloud_kube::dataplane::{Protocol as PortProtocol, Route, Routes};
+use paracloud_kube::render::port_name;
+use tokio::sync::watch;
+
+/// The label the EndpointSlice controller puts on a Service's slices.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A backend's weight: one core, as the daemon weighs an instance with no CPU limit.
+const BACKEND_WEIGHT: u32 = 1000;
+
+/// How the data plane of one application runs.
+#[derive(Debug, Clone)]
+pub struct DataplaneOptions {
+    pub namespace: String,
+    pub app: String,
+    /// The routes file (`routes.json` of the data plane's ConfigMap).
+    pub routes: PathBuf,
+    /// Where the data plane's configuration file is written.
+    pub state_dir: PathBuf,
+    /// Where `/stats`, `/metrics` and `/watch` are served.
+    pub stats_listen: SocketAddr,
+    /// The address every listener binds.
+    pub listen_address: IpAddr,
+    /// Listeners bound to another port than their route's (to run beside others on one host).
+    pub listen_ports: Vec<ListenPort>,
+}
+
+/// `SERVICE:PORT[/udp]=LISTEN`: the listener of a service's port bound to `LISTEN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenPort {
+    pub service: String,
+    pub port: u16,
+    pub udp: bool,
+    pub listen: u16,
+}
+
+impl FromStr for ListenPort {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let wrong = || format!("`{text}` is not SERVICE:PORT[/udp]=LISTEN_PORT, as api:8000=18000");
+        let (route, listen) = text.split_once('=').ok_or_else(wrong)?;
+        let (service, port) = route.rsplit_once(':').ok_or_else(wrong)?;
+        let (port, udp) = match port.strip_suffix("/udp") {
+            Some(port) => (port, true),
+            None => (port, false),
+        };
+        Ok(Self {
+            service: service.to_owned(),
+            port: port.parse().map_err(|_| wrong())?,
+            udp,
+            listen: listen.parse().map_err(|_| wrong())?,
+        })
+    }
+}
+
+/// Where each route's listener binds.
+fn bind(route: &Route, options: &DataplaneOptions) -> SocketAddr {
+    let port = options
+        .listen_ports
+        .iter()
+        .find(|l| {
+            l.service == route.service && l.port == route.port && l.udp == route.protocol.is_udp()
+        })
+        .map_or(route.listen, |l| l.listen);
+    SocketAddr::new(options.listen_address, port)
+}
+
+/// Whether an endpoint takes requests: ready (absent means ready, as the API says), serving
+/// (a Service that publishes addresses not ready marks them ready, but not serving), and not
+/// terminating.
+fn takes_requests(endpoint: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
+    let conditions = endpoint.conditions.as_ref();
+    conditions.and_then(|c| c.ready).unwrap_or(true)
+        && conditions.and_then(|c| c.serving).unwrap_or(true)
+        && !conditions.and_then(|c| c.terminating).unwrap_or(false)
+}
+
+/// The ready endpoints of the slices of `service` as backends of `route`'s port, sorted by id,
+/// each address once.
+fn backends(slices: &[EndpointSlice], service: &str, route: &Route) -> Vec<Backend> {
+    let name = port_name(route.port, route.protocol);
+    let mut backends: Vec<Backend> = Vec::new();
+    for slice in slices
+        .iter()
+        .filter(|s| s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service))
+    {
+        let port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(route.port);
+        for endpoint in slice.endpoints.iter().filter(|e| takes_requests(e)) {
+            // Consumers use the first address (the others are the same pod's, for the future).
+            let Some(ip) = endpoint
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            let addr = SocketAddr::new(ip, port);
+            if backends.iter().any(|b| b.addr == addr) {
+                continue;
+            }
+            let id = endpoint
+                .target_ref
+                .as_ref()
+                .and_then(|r| r.name.clone())
+                .unwrap_or_else(|| ip.to_string());
+            backends.push(Backend {
+                id,
+                addr,
+                weight: BACKEND_WEIGHT,
+            });
+        }
+    }
+    backends.sort_by(|a, b| a.id.cmp(&b.id).then(a.addr.cmp(&b.addr)));
+    backends
+}
+
+/// The data plane's configuration: a listener per route, with the ready endpoints of its
+/// service and of each revision.
+pub fn config(routes: &Routes, slices: &[EndpointSlice], options: &DataplaneOptions) -> Config {
+    let listeners = routes
+        .routes
+        .iter()
+        .map(|route| Listener {
+            name: route.listener_name(&routes.app),
+            bind: bind(route, options),
+            protocol: match route.protocol {
+                PortProtocol::Tcp => Protocol::Tcp,
+                PortProtocol::Http => Protocol::Http,
+                PortProtocol::Udp => Protocol::Udp,
+            },
+            backends: backends(slices, &route.endpoints, route),
+            revisions: route
+                .revisions
+                .iter()
+                .map(|r| Revision {
+                    name: r.name.clone(),
+                    weight: r.weight,
+                    backends: backends(slices, &r.endpoints, route),
+                })
+                .collect(),
+        })
+        .collect();
+    Config { listeners }
+}
+
+/// Reads the routes file, and checks it is the application's.
+fn read_routes(options: &DataplaneOptions) -> Result<Routes> {
+    let text = std::fs::read(&options.routes)
+        .with_context(|| format!("cannot read the routes file {}", options.routes.display()))?;
+    let routes: Routes = serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{} is not a routes file (render the application with a data plane)",
+            options.routes.display()
+        )
+    })?;
+    if routes.app != options.app {
+        bail!(
+            "the routes file {} is application `{}`'s, not `{}`'s",
+            options.routes.display(),
+            routes.app,
+            options.app
+        );
+    }
+    Ok(routes)
+}
+
+/// Runs the data plane until SIGTERM (then drains) or SIGINT.
+pub async fn run(client: Client, options: DataplaneOptions) -> Result<()> {
+    let routes = read_routes(&options)?;
+    std::fs::create_dir_all(&options.state_dir).with_context(|| {
+        format!(
+            "cannot make the state directory {}",
+            options.state_dir.display()
+        )
+    })?;
+    let config_path = options.state_dir.join("dataplane.json");
+    let first = config(&routes, &[], &options);
+    paracloud_dataplane::write_config(&config_path, &first)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let (reload, reloads) = watch::channel(());
+    let dataplane = Dataplane::new(config_path.clone(), Tuning::default());
+    let stats = tokio::net::TcpListener::bind(options.stats_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the stats", options.stats_listen))?;
+    tokio::spawn(paracloud_dataplane::serve_stats_tcp(
+        stats,
+        dataplane.stats(),
+    ));
+
+    let names: Vec<String> = {
+        let mut names: Vec<String> = routes
+            .routes
+            .iter()
+            .flat_map(|r| {
+                std::iter::once(r.endpoints.clone())
+                    .chain(r.revisions.iter().map(|v| v.endpoints.clone()))
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let api: Api<EndpointSlice> = Api::namespaced(client, &options.namespace);
+    let selector = format!("{SERVICE_NAME_LABEL} in ({})", names.join(","));
+    let follow_options = options.clone();
+    let following = tokio::spawn(async move {
+        follow(
+            api,
+            selector,
+            routes,
+            first,
+            config_path,
+            reload,
+            follow_options,
+        )
+        .await
+    });
+    let shutdown = async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match terminate.as_mut() {
+            Ok(terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        tracing::info!("stopping: draining the data plane");
+    };
+    let result = dataplane
+        .run_with_reload(reloads, shutdown)
+        .await
+        .map_err(|e| anyhow!("data plane: {e}"));
+    following.abort();
+    result
+}
+
+/// Follows the EndpointSlices, rewriting the configuration and asking for a reload at each
+/// change of the backends.
+async fn follow(
+    api: Api<EndpointSlice>,
+    selector: String,
+    routes: Routes,
+    mut last: Config,
+    config_path: PathBuf,
+    reload: watch::Sender<()>,
+    options: DataplaneOptions,
+) {
+    let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
+    let mut listing: Option<BTreeMap<String, EndpointSlice>> = None;
+    let mut events = watcher::watcher(api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Init) => listing = Some(BTreeMap::new()),
+            Ok(Event::InitApply(slice)) => {
+                if let Some(listing) = listing.as_mut() {
+                    listing.insert(slice.name_any(), slice);
+                }
+            }
+            Ok(Event::InitDone) => slices = listing.take().unwrap_or_default(),
+            Ok(Event::Apply(slice)) => {
+                slices.insert(slice.name_any(), slice);
+            }
+            Ok(Event::Delete(slice)) => {
+                slices.remove(&slice.name_any());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "watching the EndpointSlices failed; retrying");
+                continue;
+            }
+        }
+        if listing.is_some() {
+            continue;
+        }
+        let all: Vec<EndpointSlice> = slices.values().cloned().collect();
+        let next = config(&routes, &all, &options);
+        if next == last {
+            continue;
+        }
+        if let Err(error) = paracloud_dataplane::write_config(&config_path, &next) {
+            tracing::error!(%error, path = %config_path.display(), "cannot write the data plane's configuration");
+            continue;
+        }
+        last = next;
+        if reload.send(()).is_err() {
+            break;
+        }
+    }
+}
