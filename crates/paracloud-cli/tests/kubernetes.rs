@@ -241,6 +241,101 @@ fn a_manifest_with_every_key_renders_to_objects_that_kubernetes_131_to_135_accep
 }
 
 #[test]
+fn with_the_data_plane_the_shop_and_every_key_render_to_objects_that_kubernetes_131_to_135_accept()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let shop = workspace().join("examples/shop/paracloud.toml");
+    let list = stdout(&paracloud(&[
+        "k8s",
+        "render",
+        "-f",
+        shop.to_str().unwrap(),
+        "--registry",
+        "registry.example/team",
+        "--dataplane-image",
+        "registry.example/paracloud:1",
+        "-o",
+        "json",
+    ]));
+    let report = validate(dir.path(), "shop-dataplane", &list, None);
+    assert!(report.contains(" 0 errors"), "{report}");
+    let kinds = kinds(&list);
+    for expected in [
+        "Deployment shop-dataplane",
+        "PodDisruptionBudget shop-dataplane",
+        "ServiceAccount shop-dataplane",
+        "Role shop-dataplane",
+        "RoleBinding shop-dataplane",
+        "ConfigMap shop-dataplane",
+        "NetworkPolicy shop-dataplane",
+        "Service shop-dataplane-stats",
+        "Service api-pods",
+        "Service kv-pods",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "no {expected} in {kinds:?}"
+        );
+    }
+
+    let file = every_key(dir.path());
+    let list = stdout(&paracloud(&[
+        "k8s",
+        "render",
+        "-f",
+        file.to_str().unwrap(),
+        "--dataplane-image",
+        "registry.example/paracloud:1",
+        "-o",
+        "json",
+    ]));
+    validate(dir.path(), "every-key-dataplane", &list, None);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let item = |kind: &str, name: &str| {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let routes: serde_json::Value = serde_json::from_str(
+        item("ConfigMap", "everykey-dataplane")["data"]["routes.json"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let listen = |service: &str| -> Vec<serde_json::Value> {
+        routes["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["service"] == service)
+            .map(|r| r["listen"].clone())
+            .collect()
+    };
+    // api's Service leads to the data plane's listener; the canary rides behind it.
+    let api = item("Service", "api");
+    assert_eq!(
+        api["spec"]["selector"]["paracloud.dev/component"],
+        "dataplane"
+    );
+    assert_eq!(api["spec"]["ports"][0]["targetPort"], listen("api")[0]);
+    assert!(routes.to_string().contains("api-canary-pods"), "{routes}");
+    // The networks still hold through the data plane: web (on `front`) reaches api's
+    // listeners, not db's (on `back`).
+    let web = item("NetworkPolicy", "web");
+    let egress = web["spec"]["egress"].to_string();
+    for port in listen("api") {
+        assert!(egress.contains(&format!("\"port\":{port}")), "{egress}");
+    }
+    for port in listen("db") {
+        assert!(!egress.contains(&format!("\"port\":{port}")), "{egress}");
+    }
+}
+
+#[test]
 fn the_custom_resource_definition_is_valid_and_judges_custom_resources_by_its_schema() {
     let dir = tempfile::tempdir().unwrap();
     let crd = stdout(&paracloud(&["k8s", "crd", "-o", "json"]));

@@ -1,0 +1,405 @@
+//! Paracloud's data plane in a cluster, for real: the `paracloud cluster-dataplane` process with
+//! the routes `paracloud k8s render --dataplane-image` writes, following the EndpointSlices of a
+//! stand-in API server, in front of real HTTP servers on 127.0.0.x. Requests through its listener
+//! are balanced over the ready endpoints, leave one that is no longer ready, split by a
+//! revision's weight, and wait while the service has no endpoint until one appears; its `/stats`
+//! answer over TCP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+use paracloud_kube_standin::{Gvr, ObjectRef, Options, StandIn};
+use serde_json::{json, Value};
+
+const MANIFEST: &str = r#"
+app = "shop"
+[services.api]
+image = "registry.example/api:1"
+ports = [{ port = 8000, protocol = "http" }]
+[services.api.revisions.canary]
+image = "registry.example/api:2"
+weight = 20
+"#;
+
+/// An HTTP/1.1 server answering every request with its name, keep-alive included.
+fn backend(ip: &str, port: u16, name: &'static str) {
+    let listener = TcpListener::bind((ip, port)).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(stream, name));
+        }
+    });
+}
+
+fn serve(mut stream: TcpStream, name: &str) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        buffer.drain(..end);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{name}",
+            name.len()
+        );
+        if stream.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// One GET on a fresh connection: the status and the body.
+fn get(port: u16, path: &str, headers: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: api\r\n{headers}connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A stand-in API server with the application's namespace, the routes `k8s render` writes, and
+/// the data-plane process on this test's ports.
+struct Cluster {
+    platform: Platform,
+    standin: Option<StandIn>,
+    runtime: tokio::runtime::Runtime,
+    dataplane: Option<Child>,
+    _kubeconfig: tempfile::NamedTempFile,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let platform = Platform::new();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let standin = runtime.block_on(async { StandIn::start(Options::default()).await.unwrap() });
+        standin
+            .apply_as(
+                "kubectl",
+                &ObjectRef::new(Gvr::new("", "v1", "namespaces"), "", "shop"),
+                json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "shop" } }),
+            )
+            .unwrap();
+        let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            kubeconfig.path(),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {url}\n\
+                 contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: tester\n\
+                 current-context: standin\nusers:\n- name: tester\n  user: {{}}\n",
+                url = standin.url()
+            ),
+        )
+        .unwrap();
+
+        // The routes as the data plane's ConfigMap carries them.
+        let manifest = platform.manifest("paracloud.toml", MANIFEST);
+        let out = Command::new(bin_dir().join("paracloud"))
+            .args(["k8s", "render", "-f"])
+            .arg(&manifest)
+            .args([
+                "--dataplane-image",
+                "registry.example/paracloud:1",
+                "-o",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let config_map = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "shop-dataplane")
+            .expect("the data plane's ConfigMap");
+        let routes = platform.root().join("routes.json");
+        std::fs::write(&routes, config_map["data"]["routes.json"].as_str().unwrap()).unwrap();
+
+        let dataplane = Command::new(bin_dir().join("paracloud"))
+            .args([
+                "cluster-dataplane",
+                "--namespace",
+                "shop",
+                "--app",
+                "shop",
+                "--routes",
+            ])
+            .arg(&routes)
+            .arg("--state-dir")
+            .arg(platform.root().join("state"))
+            .args(["--stats-listen", &format!("127.0.0.1:{}", platform.port(0))])
+            .args(["--listen-address", "127.0.0.1"])
+            .args(["--listen-port", &format!("api:8000={}", platform.port(1))])
+            .env("KUBECONFIG", kubeconfig.path())
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(platform.root().join("dataplane.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let cluster = Cluster {
+            platform,
+            standin: Some(standin),
+            runtime,
+            dataplane: Some(dataplane),
+            _kubeconfig: kubeconfig,
+        };
+        eventually("the data plane's stats", || {
+            TcpStream::connect(("127.0.0.1", cluster.stats_port())).is_ok()
+        });
+        cluster
+    }
+
+    fn stats_port(&self) -> u16 {
+        self.platform.port(0)
+    }
+
+    fn listener(&self) -> u16 {
+        self.platform.port(1)
+    }
+
+    /// A backend port of this test's own.
+    fn backend_port(&self) -> u16 {
+        self.platform.port(2)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.platform.root().join("dataplane.log")).unwrap_or_default()
+    }
+
+    /// Writes the EndpointSlice `name` of the headless Service `service`: each endpoint
+    /// (pod, address, ready) on this test's backend port.
+    fn slice(&self, service: &str, name: &str, endpoints: &[(&str, &str, bool)]) {
+        let endpoints: Vec<Value> = endpoints
+            .iter()
+            .map(|(pod, address, ready)| {
+                json!({
+                    "addresses": [address],
+                    "conditions": { "ready": ready, "serving": ready, "terminating": false },
+                    "targetRef": { "kind": "Pod", "namespace": "shop", "name": pod },
+                })
+            })
+            .collect();
+        self.standin
+            .as_ref()
+            .unwrap()
+            .force_apply_as(
+                "endpointslice-controller",
+                &ObjectRef::new(
+                    Gvr::new("discovery.k8s.io", "v1", "endpointslices"),
+                    "shop",
+                    name,
+                ),
+                json!({
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {
+                        "name": name,
+                        "namespace": "shop",
+                        "labels": { "kubernetes.io/service-name": service },
+                    },
+                    "addressType": "IPv4",
+                    "endpoints": endpoints,
+                    "ports": [{ "name": "http-8000", "port": self.backend_port(), "protocol": "TCP" }],
+                }),
+            )
+            .unwrap();
+    }
+
+    /// The listener's snapshot from `GET /stats` over TCP.
+    fn stats(&self) -> Value {
+        let (status, body) = get(self.stats_port(), "/stats", "");
+        assert_eq!(status, 200, "{body}");
+        let stats: Value = serde_json::from_str(&body).unwrap();
+        stats["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == "shop/api:8000")
+            .cloned()
+            .unwrap_or_else(|| panic!("no listener shop/api:8000 in {stats}"))
+    }
+
+    /// Waits until the listener has exactly these backends.
+    fn wait_backends(&self, ids: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listener = self.stats();
+            let mut have: Vec<String> = listener["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["id"].as_str().unwrap().to_owned())
+                .collect();
+            have.sort();
+            if have == ids {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the listener never had backends {ids:?}: {listener}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Who answered `n` requests, by name.
+    fn spread(&self, n: usize, headers: &str) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let (status, body) = get(self.listener(), "/", headers);
+            assert_eq!(status, 200, "{body}\n{}", self.log());
+            *counts.entry(body).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.dataplane.take() {
+            // Best effort: the process may have ended already.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let standin = self.standin.take();
+        let _guard = self.runtime.enter();
+        drop(standin);
+    }
+}
+
+fn root_path(cluster: &Cluster, name: &str) -> PathBuf {
+    cluster.platform.root().join(name)
+}
+
+#[test]
+fn requests_are_balanced_over_ready_endpoints_and_leave_one_no_longer_ready() {
+    let cluster = Cluster::start();
+    backend("127.0.0.2", cluster.backend_port(), "api-1");
+    backend("127.0.0.3", cluster.backend_port(), "api-2");
+    cluster.slice(
+        "api-pods",
+        "api-pods-a1b2c",
+        &[("api-1", "127.0.0.2", true), ("api-2", "127.0.0.3", true)],
+    );
+    cluster.wait_backends(&["api-1", "api-2"]);
+    let counts = cluster.spread(40, "");
+    assert!(
+        counts.get("api-1").copied().unwrap_or(0) >= 5
+            && counts.get("api-2").copied().unwrap_or(0) >= 5,
+        "both endpoints answer: {counts:?}"
+    );
+
+    // api-2 stops being ready (its readiness probe fails, or it is terminating).
+    cluster.slice(
+        "api-pods",
+        "api-pods-a1b2c",
+        &[("api-1", "127.0.0.2", true), ("api-2", "127.0.0.3", false)],
+    );
+    cluster.wait_backends(&["api-1"]);
+    let counts = cluster.spread(20, "");
+    assert_eq!(counts.get("api-1"), Some(&20), "{counts:?}");
+
+    // The per-listener counters, over TCP, as the operator follows them.
+    let listener = cluster.stats();
+    assert!(listener["requests"].as_u64().unwrap() >= 60, "{listener}");
+    assert!(
+        listener["responses_2xx"].as_u64().unwrap() >= 60,
+        "{listener}"
+    );
+    assert_eq!(
+        listener["bind"],
+        format!("127.0.0.1:{}", cluster.listener())
+    );
+    let (status, metrics) = get(cluster.stats_port(), "/metrics", "");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("shop/api:8000"), "{metrics}");
+    assert!(root_path(&cluster, "state/dataplane.json").exists());
+}
+
+#[test]
+fn a_revision_gets_its_share_and_the_requests_that_ask_for_it() {
+    let cluster = Cluster::start();
+    backend("127.0.0.4", cluster.backend_port(), "api-1");
+    backend("127.0.0.5", cluster.backend_port(), "canary-1");
+    cluster.slice("api-pods", "api-pods-x1", &[("api-1", "127.0.0.4", true)]);
+    cluster.slice(
+        "api-canary-pods",
+        "api-canary-pods-y1",
+        &[("canary-1", "127.0.0.5", true)],
+    );
+    eventually("the canary's backend", || {
+        cluster.stats()["backends"].as_array().unwrap().len() == 2
+    });
+    let counts = cluster.spread(100, "");
+    let canary = counts.get("canary-1").copied().unwrap_or(0);
+    assert!(
+        (15..=25).contains(&canary),
+        "the canary weighs 20 of 100: {counts:?}"
+    );
+    let asked = cluster.spread(10, "x-paracloud-revision: canary\r\n");
+    assert_eq!(asked.get("canary-1"), Some(&10), "{asked:?}");
+}
+
+#[test]
+fn a_request_while_the_service_has_no_endpoint_waits_for_one() {
+    let cluster = Cluster::start();
+    backend("127.0.0.6", cluster.backend_port(), "api-1");
+    // The service at zero: its slice lists no endpoint.
+    cluster.slice("api-pods", "api-pods-z1", &[]);
+    let listener = cluster.listener();
+    let started = Instant::now();
+    let waiting = std::thread::spawn(move || get(listener, "/", ""));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!waiting.is_finished(), "held, not refused");
+    // The operator brings a pod up; it becomes ready.
+    cluster.slice("api-pods", "api-pods-z1", &[("api-1", "127.0.0.6", true)]);
+    let (status, body) = waiting.join().unwrap();
+    assert_eq!((status, body.as_str()), (200, "api-1"), "{}", cluster.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within the hold time"
+    );
+}
