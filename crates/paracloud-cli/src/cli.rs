@@ -658,6 +658,9 @@ pub enum K8sCommand {
         /// That runtime's state directory on the nodes (containerd's CRI: /run/containerd/runc/k8s.io)
         #[arg(long, default_value = "/run/containerd/runc/k8s.io")]
         node_runtime_root: String,
+        /// The image the operator runs applications' data planes from; default: --image
+        #[arg(long, value_name = "IMAGE")]
+        dataplane_image: Option<String>,
     },
 }
 
@@ -698,4 +701,8 @@ pub struct OperatorArgs {
     /// every node)
     #[arg(long)]
     pub paci: bool,
+    /// Run each application's data plane from this image (holding the paracloud binary), its
+    /// Services leading to it; without it, Services select the pods directly
+    #[arg(long, value_name = "IMAGE")]
+    pub dataplane_image: Option<String>,
 }

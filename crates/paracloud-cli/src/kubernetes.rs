@@ -62,10 +62,12 @@ pub(crate) fn k8s(command: K8sCommand, output: Output) -> Result<()> {
             no_node_agent,
             node_runtime,
             node_runtime_root,
+            dataplane_image,
         } => {
             let objects =
                 paracloud_kube::install::install(&paracloud_kube::install::InstallOptions {
                     namespace,
+                    dataplane_image: dataplane_image.unwrap_or_else(|| image.clone()),
                     image,
                     replicas,
                     node_agent: (!no_node_agent).then_some(paracloud_kube::install::NodeAgent {
@@ -130,6 +132,7 @@ pub(crate) async fn operator(args: crate::cli::OperatorArgs) -> Result<()> {
         resync,
         dataplane_stats,
         paci,
+        dataplane_image,
     } = args;
     let client = kube::Client::try_default()
         .await
@@ -154,6 +157,8 @@ pub(crate) async fn operator(args: crate::cli::OperatorArgs) -> Result<()> {
             follow: dataplane_stats
                 .map(|stats_url| paracloud_operator::FollowOptions { stats_url }),
             paci,
+            dataplane: dataplane_image
+                .map(|image| paracloud_kube::dataplane::DataplaneOptions { image }),
         },
     )
     .await

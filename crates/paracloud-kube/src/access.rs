@@ -69,6 +69,25 @@ pub const MANAGED_KINDS: &[ManagedKind] = &[
         kind: "NetworkPolicy",
         plural: "networkpolicies",
     },
+    // The data plane's identity and its one permission (see `delegated_permissions`).
+    ManagedKind {
+        group: "",
+        version: "v1",
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+    },
+    ManagedKind {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "Role",
+        plural: "roles",
+    },
+    ManagedKind {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+    },
 ];
 
 /// The managed kind of an object's `apiVersion` and `kind`.
@@ -131,15 +150,31 @@ pub fn operator_permissions() -> Vec<Permission> {
     all
 }
 
+/// What the operator holds without asking for it: what the Roles it applies grant (the data
+/// plane's, `render::dataplane_rule`), since Kubernetes lets a subject grant only what it holds
+/// itself.
+pub fn delegated_permissions() -> Vec<Permission> {
+    ["list", "watch"]
+        .into_iter()
+        .map(|verb| Permission {
+            group: "discovery.k8s.io",
+            resource: "endpointslices",
+            verb,
+        })
+        .collect()
+}
+
 /// The ClusterRole's rules: one rule per group and set of verbs.
 pub fn operator_rules() -> Vec<PolicyRule> {
     let mut rules: Vec<PolicyRule> = Vec::new();
-    for p in operator_permissions() {
+    let mut all = operator_permissions();
+    all.extend(delegated_permissions());
+    for p in all.iter().copied() {
         if p.resource == "leases" {
             // Leases are granted in the operator's own namespace only (a Role), not here.
             continue;
         }
-        let verbs: Vec<String> = operator_permissions()
+        let verbs: Vec<String> = all
             .iter()
             .filter(|q| q.group == p.group && q.resource == p.resource)
             .map(|q| q.verb.to_owned())
@@ -195,10 +230,12 @@ mod tests {
             }
         }
         granted.sort();
-        let wanted: Vec<(String, String, String)> = operator_permissions()
+        let mut wanted: Vec<(String, String, String)> = operator_permissions()
             .into_iter()
+            .chain(delegated_permissions())
             .map(|p| (p.group.into(), p.resource.into(), p.verb.into()))
             .collect();
+        wanted.sort();
         assert_eq!(granted, wanted);
         assert!(!granted.iter().any(|(_, r, v)| r == "*" || v == "*"));
     }

@@ -32,6 +32,8 @@ pub struct InstallOptions {
     /// The node agent on every node (PaCI sockets and capsules), for this OCI runtime (`runc`
     /// or `crun`) and its state directory; `None`: no agent, and pods get no PaCI socket.
     pub node_agent: Option<NodeAgent>,
+    /// The image of the applications' data planes (holding the `paracloud` binary).
+    pub dataplane_image: String,
 }
 
 /// The node agent's view of its node's container runtime.
@@ -112,6 +114,15 @@ pub fn install(options: &InstallOptions) -> Vec<Object> {
                                 ns.to_owned(),
                                 "--health".into(),
                                 format!("0.0.0.0:{HEALTH_PORT}"),
+                                "--dataplane-image".into(),
+                                options.dataplane_image.clone(),
+                                // The data planes it runs, followed to scale to zero and back.
+                                "--dataplane-stats".into(),
+                                format!(
+                                    "http://{}-stats.{{namespace}}.svc:{}",
+                                    crate::dataplane::dataplane_name("{app}"),
+                                    crate::dataplane::STATS_PORT
+                                ),
                             ]
                             .into_iter()
                             .chain(options.node_agent.as_ref().map(|_| "--paci".to_owned()))

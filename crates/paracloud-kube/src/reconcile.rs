@@ -3,6 +3,7 @@
 //! manager), which to delete, the finalizer, the status and the events to record. Pure: the
 //! time comes in, and the operator does what the decision says.
 
+use crate::dataplane::DataplaneOptions;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,9 @@ pub struct Observed {
     /// Whether Paracloud's node agent runs on the cluster's nodes: pods then get their PaCI
     /// socket from it.
     pub paci: bool,
+    /// The data plane the operator runs beside each application (its own setting, not the
+    /// cluster's): `None` leaves Services selecting the pods.
+    pub dataplane: Option<DataplaneOptions>,
 }
 
 /// A workload's pod count set through its scale subresource.
@@ -127,7 +131,12 @@ pub fn reconcile(app: &ParacloudApp, observed: &Observed, now: &Time) -> Decisio
     let previous = app.status.clone().unwrap_or_default();
     let generation = app.metadata.generation;
 
-    let desired = match desired_objects(app, observed.resize, observed.paci) {
+    let desired = match desired_objects(
+        app,
+        observed.resize,
+        observed.paci,
+        observed.dataplane.clone(),
+    ) {
         Ok(desired) => desired,
         Err((reason, message)) => {
             // Nothing running is touched: the last good objects keep serving.
@@ -232,6 +241,17 @@ pub fn reconcile(app: &ParacloudApp, observed: &Observed, now: &Time) -> Decisio
                 "{} {}/{}",
                 object.key.name, progress.ready, progress.wanted
             ));
+        }
+        // The data plane counts for readiness (traffic goes through it), not as a service.
+        let dataplane = object
+            .body
+            .pointer(&format!(
+                "/metadata/labels/{}",
+                crate::dataplane::COMPONENT_LABEL.replace('/', "~1")
+            ))
+            .is_some();
+        if dataplane {
+            continue;
         }
         status.services.insert(
             object.key.name.clone(),
@@ -521,6 +541,7 @@ fn desired_objects(
     app: &ParacloudApp,
     resize: bool,
     paci: bool,
+    dataplane: Option<DataplaneOptions>,
 ) -> Result<Desired, (&'static str, String)> {
     let name = app.metadata.name.clone().unwrap_or_default();
     let mut manifest = manifest(app).map_err(|e| ("InvalidManifest", e.to_string()))?;
@@ -567,7 +588,7 @@ fn desired_objects(
         file_objects: false,
         replicas_by_scale: autoscaled,
         paci,
-        dataplane: None,
+        dataplane,
     };
     let rendered = render(&manifest, &options, &Directories(&app.spec.directories))
         .map_err(|e| ("CannotRender", e.to_string()))?;

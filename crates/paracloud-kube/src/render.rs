@@ -707,8 +707,9 @@ impl Renderer<'_> {
         let container = core::Container {
             name: "dataplane".into(),
             image: Some(options.image.clone()),
-            command: Some(vec!["paracloud".into(), "cluster-dataplane".into()]),
+            // The image's entrypoint is paracloud, as the operator's.
             args: Some(vec![
+                "cluster-dataplane".into(),
                 "--namespace".into(),
                 self.namespace.clone(),
                 "--app".into(),
@@ -1663,12 +1664,13 @@ fn resources(service: &Service) -> core::ResourceRequirements {
 }
 
 /// The one permission of the data plane's pods: the namespace's EndpointSlices, listed and
-/// watched.
+/// watched: what the operator holds for it (`access::delegated_permissions`).
 pub fn dataplane_rule() -> rbac::PolicyRule {
+    let delegated = crate::access::delegated_permissions();
     rbac::PolicyRule {
-        api_groups: Some(vec!["discovery.k8s.io".into()]),
-        resources: Some(vec!["endpointslices".into()]),
-        verbs: vec!["list".into(), "watch".into()],
+        api_groups: Some(vec![delegated[0].group.to_owned()]),
+        resources: Some(vec![delegated[0].resource.to_owned()]),
+        verbs: delegated.iter().map(|p| p.verb.to_owned()).collect(),
         ..Default::default()
     }
 }

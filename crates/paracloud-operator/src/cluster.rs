@@ -6,6 +6,7 @@ use kube::api::{
 };
 use kube::{Api, Client, ResourceExt};
 use paracloud_kube::access::{managed_kind, MANAGED_KINDS};
+use paracloud_kube::dataplane::DataplaneOptions;
 use paracloud_kube::names::FIELD_MANAGER;
 use paracloud_kube::reconcile::{Decision, FinalizerStep, Note, Observed, FINALIZER};
 use paracloud_kube::{Object, ObjectKey, ParacloudApp};
@@ -47,6 +48,7 @@ pub(crate) async fn observe(
     app: &ParacloudApp,
     resize: bool,
     paci: bool,
+    dataplane: Option<DataplaneOptions>,
 ) -> Result<Observed, Error> {
     let namespace = app.namespace().unwrap_or_default();
     let params = ListParams::default().labels(&paracloud_kube::reconcile::selector(app));
@@ -71,6 +73,7 @@ pub(crate) async fn observe(
         pods,
         resize,
         paci,
+        dataplane,
     })
 }
 

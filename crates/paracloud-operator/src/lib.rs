@@ -18,12 +18,14 @@ use anyhow::{Context as _, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client};
+use paracloud_kube::dataplane::DataplaneOptions;
 use paracloud_kube::ParacloudApp;
 
 pub use cluster::Error;
@@ -44,6 +46,8 @@ pub struct Options {
     /// Where each application's data plane serves its stats, to scale services to zero and
     /// back; `None`: not followed.
     pub follow: Option<FollowOptions>,
+    /// Each application's data plane, run beside it; `None`: Services select the pods.
+    pub dataplane: Option<DataplaneOptions>,
 }
 
 /// What every reconcile shares.
@@ -55,6 +59,7 @@ pub(crate) struct Context {
     pub(crate) identity: String,
     pub(crate) resync: Duration,
     pub(crate) paci: bool,
+    pub(crate) dataplane: Option<DataplaneOptions>,
 }
 
 /// Runs until the process is told to stop or loses its lease (the Deployment then starts it
@@ -85,6 +90,7 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
         identity: options.lease.identity.clone(),
         resync: options.resync,
         paci: options.paci,
+        dataplane: options.dataplane.clone(),
     });
     let owned = || watcher::Config::default().labels("app.kubernetes.io/managed-by=paracloud");
     let controller = Controller::new(
@@ -98,6 +104,9 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
     .owns(Api::<ConfigMap>::all(client.clone()), owned())
     .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned())
     .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
+    .owns(Api::<ServiceAccount>::all(client.clone()), owned())
+    .owns(Api::<Role>::all(client.clone()), owned())
+    .owns(Api::<RoleBinding>::all(client.clone()), owned())
     .graceful_shutdown_on(async move {
         let _ = lost.await;
     })
@@ -124,7 +133,14 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
 
 async fn reconcile(app: Arc<ParacloudApp>, context: Arc<Context>) -> Result<Action, Error> {
     let resize = context.resize.load(Ordering::Relaxed);
-    let observed = cluster::observe(&context.client, &app, resize, context.paci).await?;
+    let observed = cluster::observe(
+        &context.client,
+        &app,
+        resize,
+        context.paci,
+        context.dataplane.clone(),
+    )
+    .await?;
     let now =
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     let decision = paracloud_kube::reconcile::reconcile(&app, &observed, &now);

@@ -100,6 +100,10 @@ impl Operator {
                     resync: Duration::from_secs(1),
                     follow: None,
                     paci: true,
+                    // Each application with its data plane, as `k8s install` runs the operator.
+                    dataplane: Some(paracloud_kube::dataplane::DataplaneOptions {
+                        image: "registry.example/paracloud:1".into(),
+                    }),
                 };
                 tokio::select! {
                     result = paracloud_operator::run(client, options) => result.err().map(|e| e.to_string()),
@@ -284,8 +288,29 @@ async fn an_application_comes_up_scales_resizes_and_goes_with_exactly_the_reques
     let app = get(&standin, "paracloud.dev", "paracloudapps", "every").unwrap();
     assert_eq!(condition(&app, "Ready").unwrap().0, "False");
 
+    // The data plane runs beside the application, and its Services lead to it.
+    let role = eventually("the data plane's Role", || {
+        get(
+            &standin,
+            "rbac.authorization.k8s.io",
+            "roles",
+            "every-dataplane",
+        )
+    })
+    .await;
+    assert_eq!(role["rules"][0]["resources"][0], "endpointslices");
+    let service = get(&standin, "", "services", "api").unwrap();
+    assert_eq!(
+        service["spec"]["selector"]["paracloud.dev/component"],
+        "dataplane"
+    );
+    assert!(get(&standin, "", "services", "api-pods").is_some());
+
     // The cluster's controllers report the pods ready: so does the resource.
     standin.set_deployment_ready("team", "api").unwrap();
+    standin
+        .set_deployment_ready("team", "every-dataplane")
+        .unwrap();
     standin
         .set_status(
             "kube-controller-manager",
@@ -372,6 +397,14 @@ async fn an_application_comes_up_scales_resizes_and_goes_with_exactly_the_reques
         ("", "configmaps", "api-env"),
         ("policy", "poddisruptionbudgets", "kv"),
         ("networking.k8s.io", "networkpolicies", "api"),
+        ("apps", "deployments", "every-dataplane"),
+        ("", "serviceaccounts", "every-dataplane"),
+        ("rbac.authorization.k8s.io", "roles", "every-dataplane"),
+        (
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "every-dataplane",
+        ),
     ] {
         assert!(
             get(&standin, group, plural, name).is_none(),

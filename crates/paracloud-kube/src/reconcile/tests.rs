@@ -61,6 +61,7 @@ fn applied(objects: &[Object], ready: impl Fn(&str) -> u64) -> Observed {
         pods: Vec::new(),
         resize: true,
         paci: false,
+        dataplane: None,
     }
 }
 
