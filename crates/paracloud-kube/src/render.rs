@@ -282,11 +282,19 @@ impl Renderer<'_> {
             );
         }
         if service.scale_to_zero.is_some() {
-            self.leave_out(
-                place("scale_to_zero"),
-                "scaling to zero needs Paracloud's data plane in the cluster, which rendering alone does not deploy",
-                "the service keeps its replicas",
-            );
+            if self.routes.is_some() {
+                self.leave_out(
+                    place("scale_to_zero"),
+                    "the operator scales the service to zero and back, following the data plane (which holds requests meanwhile)",
+                    "deploy with `paracloud deploy --kubernetes` onto a cluster running the operator; rendered objects alone keep their replicas",
+                );
+            } else {
+                self.leave_out(
+                    place("scale_to_zero"),
+                    "scaling to zero needs Paracloud's data plane in the cluster, which rendering alone does not deploy",
+                    "the service keeps its replicas",
+                );
+            }
         }
     }
 
