@@ -323,3 +323,108 @@ async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paracloud_kube::dataplane::RouteRevision;
+
+    fn options() -> DataplaneOptions {
+        DataplaneOptions {
+            namespace: "shop".into(),
+            app: "shop".into(),
+            routes: PathBuf::from("routes.json"),
+            state_dir: PathBuf::from("state"),
+            stats_listen: "127.0.0.1:9090".parse().unwrap(),
+            listen_address: "0.0.0.0".parse().unwrap(),
+            listen_ports: vec!["api:8000=18000".parse().unwrap()],
+        }
+    }
+
+    fn routes() -> Routes {
+        Routes {
+            app: "shop".into(),
+            routes: vec![Route {
+                service: "api".into(),
+                port: 8000,
+                protocol: PortProtocol::Http,
+                listen: 23456,
+                published: false,
+                endpoints: "api-pods".into(),
+                revisions: vec![RouteRevision {
+                    name: "canary".into(),
+                    weight: 10,
+                    endpoints: "api-canary-pods".into(),
+                }],
+            }],
+        }
+    }
+
+    fn slice(service: &str, endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": format!("{service}-x"), "labels": { SERVICE_NAME_LABEL: service } },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{ "name": "http-8000", "port": 8080, "protocol": "TCP" }],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ready_serving_endpoints_are_backends_on_the_slices_port() {
+        let slices = [
+            slice(
+                "api-pods",
+                serde_json::json!([
+                    { "addresses": ["10.0.0.2"], "conditions": { "ready": true }, "targetRef": { "name": "api-1" } },
+                    { "addresses": ["10.0.0.3"], "conditions": { "ready": false } },
+                    { "addresses": ["10.0.0.4"], "conditions": { "ready": true, "serving": false } },
+                    { "addresses": ["10.0.0.5"], "conditions": { "terminating": true } },
+                    { "addresses": ["10.0.0.6"] },
+                ]),
+            ),
+            slice(
+                "api-canary-pods",
+                serde_json::json!([{ "addresses": ["10.0.1.2"], "targetRef": { "name": "canary-1" } }]),
+            ),
+            slice(
+                "other-pods",
+                serde_json::json!([{ "addresses": ["10.0.9.9"] }]),
+            ),
+        ];
+        let config = config(&routes(), &slices, &options());
+        let listener = &config.listeners[0];
+        assert_eq!(listener.name, "shop/api:8000");
+        assert_eq!(listener.bind, "0.0.0.0:18000".parse().unwrap());
+        let backends: Vec<(&str, String)> = listener
+            .backends
+            .iter()
+            .map(|b| (b.id.as_str(), b.addr.to_string()))
+            .collect();
+        assert_eq!(
+            backends,
+            [
+                ("10.0.0.6", "10.0.0.6:8080".to_owned()),
+                ("api-1", "10.0.0.2:8080".to_owned())
+            ]
+        );
+        assert_eq!(listener.revisions[0].name, "canary");
+        assert_eq!(listener.revisions[0].weight, 10);
+        assert_eq!(listener.revisions[0].backends[0].id, "canary-1");
+    }
+
+    #[test]
+    fn a_listen_port_names_a_service_port_and_its_transport() {
+        assert_eq!(
+            "dns:53/udp=18053".parse::<ListenPort>(),
+            Ok(ListenPort {
+                service: "dns".into(),
+                port: 53,
+                udp: true,
+                listen: 18053
+            })
+        );
+        assert!("api=8000".parse::<ListenPort>().is_err());
+        assert!("api:http=1".parse::<ListenPort>().is_err());
+    }
+}
