@@ -65,6 +65,23 @@ fn kinds(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// The shop example's manifest in `dir`, pointed at this build's binaries (the example's own
+/// path, the release build, need not exist where the tests run).
+fn shop(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(workspace().join("examples/shop/paracloud.toml")).unwrap();
+    let text = text.replace(
+        "\"../../target/release\"",
+        &format!("{:?}", bin_dir().display().to_string()),
+    );
+    assert!(
+        text.contains(&bin_dir().display().to_string()),
+        "the example manifest changed shape"
+    );
+    let file = dir.join("shop.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
 /// The every-key manifest in a directory of its own, with the files it binds.
 fn every_key(dir: &Path) -> PathBuf {
     let project = dir.join("everykey");
@@ -83,7 +100,7 @@ fn every_key(dir: &Path) -> PathBuf {
 #[test]
 fn the_shop_renders_to_objects_that_kubernetes_131_to_135_accept() {
     let dir = tempfile::tempdir().unwrap();
-    let shop = workspace().join("examples/shop/paracloud.toml");
+    let shop = shop(dir.path());
     let list = stdout(&paracloud(&[
         "k8s",
         "render",
@@ -244,7 +261,7 @@ fn a_manifest_with_every_key_renders_to_objects_that_kubernetes_131_to_135_accep
 fn with_the_data_plane_the_shop_and_every_key_render_to_objects_that_kubernetes_131_to_135_accept()
 {
     let dir = tempfile::tempdir().unwrap();
-    let shop = workspace().join("examples/shop/paracloud.toml");
+    let shop = shop(dir.path());
     let list = stdout(&paracloud(&[
         "k8s",
         "render",
@@ -411,7 +428,7 @@ fn what_has_no_kubernetes_form_is_refused_with_where_it_is_and_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     // The shop runs programs of this machine: without a registry to push them to, there is
     // nothing a cluster could pull.
-    let shop = workspace().join("examples/shop/paracloud.toml");
+    let shop = shop(dir.path());
     let out = paracloud(&["k8s", "render", "-f", shop.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "printed objects anyway");
