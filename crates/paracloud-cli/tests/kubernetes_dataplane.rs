@@ -101,11 +101,16 @@ struct Cluster {
     standin: Option<StandIn>,
     runtime: tokio::runtime::Runtime,
     dataplane: Option<Child>,
-    _kubeconfig: tempfile::NamedTempFile,
+    operator: Option<Child>,
+    kubeconfig: tempfile::NamedTempFile,
 }
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(MANIFEST)
+    }
+
+    fn start_with(manifest_text: &str) -> Cluster {
         let platform = Platform::new();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -133,7 +138,7 @@ impl Cluster {
         .unwrap();
 
         // The routes as the data plane's ConfigMap carries them.
-        let manifest = platform.manifest("paracloud.toml", MANIFEST);
+        let manifest = platform.manifest("paracloud.toml", manifest_text);
         let out = Command::new(bin_dir().join("paracloud"))
             .args(["k8s", "render", "-f"])
             .arg(&manifest)
@@ -185,7 +190,8 @@ impl Cluster {
             standin: Some(standin),
             runtime,
             dataplane: Some(dataplane),
-            _kubeconfig: kubeconfig,
+            operator: None,
+            kubeconfig,
         };
         eventually("the data plane's stats", || {
             TcpStream::connect(("127.0.0.1", cluster.stats_port())).is_ok()
@@ -301,6 +307,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Some(mut child) = self.operator.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if let Some(mut child) = self.dataplane.take() {
             // Best effort: the process may have ended already.
             let _ = child.kill();
@@ -419,5 +429,139 @@ fn a_request_while_the_service_has_no_endpoint_waits_for_one() {
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "answered within the hold time"
+    );
+}
+
+const QUIET: &str = r#"
+app = "shop"
+[services.api]
+image = "registry.example/api:1"
+ports = [{ port = 8000, protocol = "http" }]
+scale_to_zero = "2s"
+"#;
+
+impl Cluster {
+    /// The operator, following this data plane's stats, and the application as its resource.
+    fn operate(&mut self, manifest: &str) {
+        let standin = self.standin.as_ref().unwrap();
+        self.runtime.block_on(async {
+            kube::Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(standin.client())
+                .create(&Default::default(), &paracloud_kube::resource::definition())
+                .await
+                .unwrap();
+        });
+        standin
+            .apply_as(
+                "kubectl",
+                &ObjectRef::new(
+                    Gvr::new("paracloud.dev", "v1alpha1", "paracloudapps"),
+                    "shop",
+                    "shop",
+                ),
+                json!({
+                    "apiVersion": "paracloud.dev/v1alpha1",
+                    "kind": "ParacloudApp",
+                    "metadata": { "name": "shop", "namespace": "shop" },
+                    "spec": { "manifest": manifest },
+                }),
+            )
+            .unwrap();
+        let operator = Command::new(bin_dir().join("paracloud"))
+            .args([
+                "operator",
+                "--identity",
+                "operator-test",
+                "--lease-namespace",
+                "shop",
+            ])
+            .args(["--lease-duration", "3s", "--resync", "1s"])
+            .args([
+                "--dataplane-stats",
+                &format!("http://127.0.0.1:{}", self.stats_port()),
+            ])
+            .env("KUBECONFIG", self.kubeconfig.path())
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(self.platform.root().join("operator.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.operator = Some(operator);
+    }
+
+    /// The pods the resource's scale asks of `service`, once set.
+    fn scaled(&self, service: &str) -> Option<u64> {
+        self.standin.as_ref().unwrap().object(
+            "paracloud.dev",
+            "v1alpha1",
+            "paracloudapps",
+            "shop",
+            "shop",
+        )?["spec"]["scale"][service]["replicas"]
+            .as_u64()
+    }
+
+    fn operator_log(&self) -> String {
+        std::fs::read_to_string(self.platform.root().join("operator.log")).unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_quiet_service_goes_to_zero_and_a_waiting_request_brings_it_back_through_the_operator() {
+    let mut cluster = Cluster::start_with(QUIET);
+    cluster.operate(QUIET);
+    backend("127.0.0.2", cluster.backend_port(), "api-1");
+    cluster.slice("api-pods", "api-pods-q1", &[("api-1", "127.0.0.2", true)]);
+    cluster.wait_backends(&["api-1"]);
+    assert_eq!(get(cluster.listener(), "/", "").0, 200);
+
+    // Two seconds without a request: the operator, following the data plane, scales it to
+    // zero through the resource; the cluster (played here) takes the pod and its endpoint away.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.scaled("api") != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "never scaled to zero:\n{}",
+            cluster.operator_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.slice("api-pods", "api-pods-q1", &[("api-1", "127.0.0.2", false)]);
+    cluster.wait_backends(&[]);
+
+    // A request now waits in the data plane; the operator sees it waiting and asks for the
+    // manifest's pod again; once its endpoint is ready, the held request is answered.
+    let listener = cluster.listener();
+    let held = std::thread::spawn(move || get(listener, "/", ""));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.scaled("api") != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "never brought back:\n{}",
+            cluster.operator_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.slice("api-pods", "api-pods-q1", &[("api-1", "127.0.0.2", true)]);
+    let (status, body) = held.join().unwrap();
+    assert_eq!((status, body.as_str()), (200, "api-1"), "{}", cluster.log());
+
+    // Both are Events on the resource, with their reasons.
+    let events = cluster.runtime.block_on(async {
+        kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(
+            cluster.standin.as_ref().unwrap().client(),
+            "shop",
+        )
+        .list(&Default::default())
+        .await
+        .unwrap()
+    });
+    let reasons: Vec<String> = events
+        .items
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "ScaledToZero")
+            && reasons.iter().any(|r| r == "ScaledFromZero"),
+        "{reasons:?}"
     );
 }
