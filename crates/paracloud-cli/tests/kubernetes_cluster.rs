@@ -53,18 +53,7 @@ impl Cluster {
                 .unwrap();
             standin
         });
-        let kubeconfig = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            kubeconfig.path(),
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {url}\n\
-                 contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: tester\n\
-                 - name: elsewhere\n  context:\n    cluster: nowhere\n    user: tester\n\
-                 current-context: standin\nusers:\n- name: tester\n  user: {{}}\n",
-                url = standin.url()
-            ),
-        )
-        .unwrap();
+        let kubeconfig = kubeconfig(&standin.url());
         Cluster {
             standin: Some(standin),
             runtime,

@@ -125,17 +125,7 @@ impl Cluster {
                 json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "shop" } }),
             )
             .unwrap();
-        let kubeconfig = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            kubeconfig.path(),
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {url}\n\
-                 contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: tester\n\
-                 current-context: standin\nusers:\n- name: tester\n  user: {{}}\n",
-                url = standin.url()
-            ),
-        )
-        .unwrap();
+        let kubeconfig = kubeconfig(&standin.url());
 
         // The routes as the data plane's ConfigMap carries them.
         let manifest = platform.manifest("paracloud.toml", manifest_text);
@@ -508,8 +498,8 @@ impl Cluster {
 fn a_quiet_service_goes_to_zero_and_a_waiting_request_brings_it_back_through_the_operator() {
     let mut cluster = Cluster::start_with(QUIET);
     cluster.operate(QUIET);
-    backend("127.0.0.2", cluster.backend_port(), "api-1");
-    cluster.slice("api-pods", "api-pods-q1", &[("api-1", "127.0.0.2", true)]);
+    backend("127.0.0.7", cluster.backend_port(), "api-1");
+    cluster.slice("api-pods", "api-pods-q1", &[("api-1", "127.0.0.7", true)]);
     cluster.wait_backends(&["api-1"]);
     assert_eq!(get(cluster.listener(), "/", "").0, 200);
 
@@ -524,7 +514,7 @@ fn a_quiet_service_goes_to_zero_and_a_waiting_request_brings_it_back_through_the
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    cluster.slice("api-pods", "api-pods-q1", &[("api-1", "127.0.0.2", false)]);
+    cluster.slice("api-pods", "api-pods-q1", &[("api-1", "127.0.0.7", false)]);
     cluster.wait_backends(&[]);
 
     // A request now waits in the data plane; the operator sees it waiting and asks for the
@@ -540,7 +530,7 @@ fn a_quiet_service_goes_to_zero_and_a_waiting_request_brings_it_back_through_the
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    cluster.slice("api-pods", "api-pods-q1", &[("api-1", "127.0.0.2", true)]);
+    cluster.slice("api-pods", "api-pods-q1", &[("api-1", "127.0.0.7", true)]);
     let (status, body) = held.join().unwrap();
     assert_eq!((status, body.as_str()), (200, "api-1"), "{}", cluster.log());
 

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1 as apps;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::rbac::v1 as rbac;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -153,26 +152,11 @@ pub fn install(options: &InstallOptions) -> Vec<Object> {
                             period_seconds: Some(10),
                             ..Default::default()
                         }),
-                        resources: Some(core::ResourceRequirements {
-                            limits: Some(BTreeMap::from([
-                                ("cpu".to_owned(), Quantity("500m".into())),
-                                ("memory".to_owned(), Quantity("128Mi".into())),
-                            ])),
-                            requests: Some(BTreeMap::from([
-                                ("cpu".to_owned(), Quantity("50m".into())),
-                                ("memory".to_owned(), Quantity("64Mi".into())),
-                            ])),
-                            ..Default::default()
-                        }),
-                        security_context: Some(core::SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            read_only_root_filesystem: Some(true),
-                            capabilities: Some(core::Capabilities {
-                                drop: Some(vec!["ALL".into()]),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
+                        resources: Some(crate::names::resources(
+                            ("500m", "128Mi"),
+                            ("50m", "64Mi"),
+                        )),
+                        security_context: Some(crate::names::locked_down()),
                         ..Default::default()
                     }],
                     ..Default::default()
@@ -281,17 +265,10 @@ fn node_agent(options: &InstallOptions, agent: &NodeAgent) -> apps::DaemonSet {
                             privileged: Some(true),
                             ..Default::default()
                         }),
-                        resources: Some(core::ResourceRequirements {
-                            limits: Some(BTreeMap::from([
-                                ("cpu".to_owned(), Quantity("500m".into())),
-                                ("memory".to_owned(), Quantity("256Mi".into())),
-                            ])),
-                            requests: Some(BTreeMap::from([
-                                ("cpu".to_owned(), Quantity("20m".into())),
-                                ("memory".to_owned(), Quantity("32Mi".into())),
-                            ])),
-                            ..Default::default()
-                        }),
+                        resources: Some(crate::names::resources(
+                            ("500m", "256Mi"),
+                            ("20m", "32Mi"),
+                        )),
                         volume_mounts: Some(vec![
                             core::VolumeMount {
                                 // Pods' PaCI directories are mounted from here: the sockets

@@ -739,26 +739,8 @@ impl Renderer<'_> {
                 period_seconds: Some(5),
                 ..Default::default()
             }),
-            resources: Some(core::ResourceRequirements {
-                limits: Some(BTreeMap::from([
-                    ("cpu".to_owned(), Quantity("1".into())),
-                    ("memory".to_owned(), Quantity("256Mi".into())),
-                ])),
-                requests: Some(BTreeMap::from([
-                    ("cpu".to_owned(), Quantity("100m".into())),
-                    ("memory".to_owned(), Quantity("64Mi".into())),
-                ])),
-                ..Default::default()
-            }),
-            security_context: Some(core::SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                capabilities: Some(core::Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            resources: Some(crate::names::resources(("1", "256Mi"), ("100m", "64Mi"))),
+            security_context: Some(crate::names::locked_down()),
             volume_mounts: Some(vec![
                 core::VolumeMount {
                     name: "routes".into(),

@@ -43,6 +43,23 @@ pub fn workspace() -> PathBuf {
         .unwrap()
 }
 
+/// A kubeconfig whose current context `standin` reaches the API server at `url` (a stand-in's),
+/// beside a context `elsewhere` whose cluster it does not define.
+pub fn kubeconfig(url: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {url}\n\
+             contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: tester\n\
+             - name: elsewhere\n  context:\n    cluster: nowhere\n    user: tester\n\
+             current-context: standin\nusers:\n- name: tester\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
 /// A program of the Python virtual environment scripts/deps.sh makes:
 /// `$XDG_CACHE_HOME/paracloud/venv` (`~/.cache/paracloud/venv`).
 pub fn python_tool(name: &str) -> PathBuf {
