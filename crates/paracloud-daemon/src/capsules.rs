@@ -22,7 +22,6 @@ use paracloud_manifest::Image;
 use paracloud_reconcile::{InstanceKey, InstanceState};
 use paracloud_runtime::{CapsuleConfig, Limits, Process, Rootfs};
 use paracloud_state::{CapsuleRun, CapsuleTarget};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
@@ -830,62 +829,32 @@ async fn forward(
     instance: &str,
     events: &mpsc::UnboundedSender<CapsuleRunEvent>,
 ) -> (u64, String) {
-    let Some(mut pipe) = pipe else {
+    let Some(pipe) = pipe else {
         return (0, String::new());
     };
-    let mut total = 0u64;
-    let mut kept = String::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        let n = match pipe.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        total += n as u64;
-        pending.extend_from_slice(&buffer[..n]);
-        // Whole UTF-8 sequences only; a split character waits for the next read.
-        let cut = match std::str::from_utf8(&pending) {
-            Ok(_) => pending.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => pending.len(),
-        };
-        let text = String::from_utf8_lossy(&pending[..cut]).into_owned();
-        pending.drain(..cut);
-        if stream == "stderr" && kept.len() < 64 * 1024 {
-            kept.push_str(&text);
-        }
+    let (total, kept) = paracloud_runtime::capsule_output::relay_text(pipe, |text| {
         let _ = events.send(CapsuleRunEvent::Output {
             instance: instance.to_string(),
             stream: stream.to_string(),
             text,
         });
-    }
-    if !pending.is_empty() {
-        let _ = events.send(CapsuleRunEvent::Output {
-            instance: instance.to_string(),
-            stream: stream.to_string(),
-            text: String::from_utf8_lossy(&pending).into_owned(),
-        });
-    }
-    (total, kept)
+    })
+    .await;
+    (
+        total,
+        if stream == "stderr" {
+            kept
+        } else {
+            String::new()
+        },
+    )
 }
 
 fn list_files(dir: &Path) -> Vec<CapsuleFile> {
-    let mut files: Vec<CapsuleFile> = std::fs::read_dir(dir)
+    paracloud_runtime::capsule_output::files_in(dir)
         .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            meta.is_file().then(|| CapsuleFile {
-                name: e.file_name().to_string_lossy().into_owned(),
-                size: meta.len(),
-            })
-        })
-        .collect();
-    files.sort_by(|a, b| a.name.cmp(&b.name));
-    files
+        .map(|(name, size)| CapsuleFile { name, size })
+        .collect()
 }
 
 /// Removes the output directories of runs older than the last [`KEPT_RUNS`].

@@ -12,7 +12,6 @@ use paracloud_api::{CapsuleFile, CapsuleRunEvent};
 use paracloud_capsule::{Access, CapsuleSpec};
 use paracloud_runtime::{CapsuleConfig, Limits, Rootfs};
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::agent::{now_ms, Agent};
@@ -365,60 +364,25 @@ async fn forward(
     instance: String,
     events: mpsc::UnboundedSender<CapsuleRunEvent>,
 ) -> String {
-    let Some(mut pipe) = pipe else {
+    let Some(pipe) = pipe else {
         return String::new();
     };
-    let mut kept = String::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        let n = match pipe.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buffer[..n]);
-        // Whole UTF-8 sequences only; a split character waits for the next read.
-        let cut = match std::str::from_utf8(&pending) {
-            Ok(_) => pending.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => pending.len(),
-        };
-        let text = String::from_utf8_lossy(&pending[..cut]).into_owned();
-        pending.drain(..cut);
-        if kept.len() < 64 * 1024 {
-            kept.push_str(&text);
-        }
+    let (_, kept) = paracloud_runtime::capsule_output::relay_text(pipe, |text| {
         let _ = events.send(CapsuleRunEvent::Output {
             instance: instance.clone(),
             stream: stream.to_string(),
             text,
         });
-    }
-    if !pending.is_empty() {
-        let _ = events.send(CapsuleRunEvent::Output {
-            instance,
-            stream: stream.to_string(),
-            text: String::from_utf8_lossy(&pending).into_owned(),
-        });
-    }
+    })
+    .await;
     kept
 }
 
 fn list_files(dir: &std::path::Path) -> Vec<CapsuleFile> {
-    let mut files: Vec<CapsuleFile> = std::fs::read_dir(dir)
+    paracloud_runtime::capsule_output::files_in(dir)
         .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            meta.is_file().then(|| CapsuleFile {
-                name: e.file_name().to_string_lossy().into_owned(),
-                size: meta.len(),
-            })
-        })
-        .collect();
-    files.sort_by(|a, b| a.name.cmp(&b.name));
-    files
+        .map(|(name, size)| CapsuleFile { name, size })
+        .collect()
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub mod capsule;
+pub mod capsule_output;
 pub mod cgroups;
 mod criu;
 mod disk;
