@@ -91,16 +91,7 @@ pub fn install(options: &InstallOptions) -> Vec<Object> {
                 }),
                 spec: Some(core::PodSpec {
                     service_account_name: Some(OPERATOR.into()),
-                    security_context: Some(core::PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        seccomp_profile: Some(core::SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(crate::names::non_root_pod()),
                     containers: vec![core::Container {
                         name: "operator".into(),
                         image: Some(options.image.clone()),

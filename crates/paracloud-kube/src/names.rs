@@ -98,6 +98,36 @@ pub fn locked_down() -> k8s_openapi::api::core::v1::SecurityContext {
     }
 }
 
+/// The pod security context of Paracloud's own pods: not root (uid and gid 65532), the
+/// runtime's default seccomp profile.
+pub fn non_root_pod() -> k8s_openapi::api::core::v1::PodSecurityContext {
+    use k8s_openapi::api::core::v1::{PodSecurityContext, SeccompProfile};
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Deployment's rollout, make before break as on one machine: one pod more at a time, none
+/// less.
+pub fn make_before_break() -> k8s_openapi::api::apps::v1::DeploymentStrategy {
+    use k8s_openapi::api::apps::v1::{DeploymentStrategy, RollingUpdateDeployment};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(0)),
+        }),
+    }
+}
+
 /// Resources as (cpu, memory) limits and requests, quantities as written: `("500m", "128Mi")`.
 pub fn resources(
     limits: (&str, &str),

@@ -585,13 +585,7 @@ impl Renderer<'_> {
                     selector,
                     template,
                     // Make before break, as on one machine.
-                    strategy: Some(apps::DeploymentStrategy {
-                        type_: Some("RollingUpdate".into()),
-                        rolling_update: Some(apps::RollingUpdateDeployment {
-                            max_surge: Some(IntOrString::Int(1)),
-                            max_unavailable: Some(IntOrString::Int(0)),
-                        }),
-                    }),
+                    strategy: Some(crate::names::make_before_break()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -773,16 +767,7 @@ impl Renderer<'_> {
                 memory_volume("state", Some(16 << 20)),
             ]),
             enable_service_links: Some(false),
-            security_context: Some(core::PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(65532),
-                run_as_group: Some(65532),
-                seccomp_profile: Some(core::SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            security_context: Some(crate::names::non_root_pod()),
             ..Default::default()
         };
         let label_selector = LabelSelector {
@@ -806,13 +791,7 @@ impl Renderer<'_> {
                     }),
                     spec: Some(pod),
                 },
-                strategy: Some(apps::DeploymentStrategy {
-                    type_: Some("RollingUpdate".into()),
-                    rolling_update: Some(apps::RollingUpdateDeployment {
-                        max_surge: Some(IntOrString::Int(1)),
-                        max_unavailable: Some(IntOrString::Int(0)),
-                    }),
-                }),
+                strategy: Some(crate::names::make_before_break()),
                 ..Default::default()
             }),
             ..Default::default()
