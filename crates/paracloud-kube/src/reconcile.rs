@@ -521,6 +521,55 @@ impl paracloud_manifest::FileSystem for ClusterPaths {
     }
 }
 
+/// The capabilities a pod may add under Kubernetes' baseline Pod Security Standard.
+const BASELINE_CAPABILITIES: &[&str] = &[
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// What a resource may not make the operator do for it: whoever may create a ParacloudApp in a
+/// namespace would otherwise reach the node through the operator's rights, with pods that mount
+/// the node's directories or hold capabilities beyond the baseline Pod Security Standard. Such
+/// manifests are for `paracloud k8s render`, applied with the user's own rights.
+fn beyond_the_namespace(manifest: &Manifest, directories: &[String]) -> Option<String> {
+    for (name, service) in &manifest.services {
+        for mount in &service.volumes {
+            if let paracloud_manifest::VolumeMount::Bind { source, .. } = mount {
+                if directories.iter().any(|d| Path::new(d) == source) {
+                    return Some(format!(
+                        "services.{name}.volumes: {} is a directory of the node (hostPath), which the operator does not mount for a resource; use a named volume, or render with `paracloud k8s render` and apply with your own rights",
+                        source.display()
+                    ));
+                }
+            }
+        }
+        let beyond: Vec<&str> = service
+            .cap_add
+            .iter()
+            .map(|c| c.trim_start_matches("CAP_"))
+            .filter(|c| !BASELINE_CAPABILITIES.contains(c))
+            .collect();
+        if !beyond.is_empty() {
+            return Some(format!(
+                "services.{name}.cap_add: {} is beyond the baseline Pod Security Standard, which the operator keeps to; drop it, or render with `paracloud k8s render` and apply with your own rights",
+                beyond.join(", ")
+            ));
+        }
+    }
+    None
+}
+
 /// The bind sources as the deploying machine found them.
 struct Directories<'a>(&'a [String]);
 
@@ -545,6 +594,9 @@ fn desired_objects(
 ) -> Result<Desired, (&'static str, String)> {
     let name = app.metadata.name.clone().unwrap_or_default();
     let mut manifest = manifest(app).map_err(|e| ("InvalidManifest", e.to_string()))?;
+    if let Some(refusal) = beyond_the_namespace(&manifest, &app.spec.directories) {
+        return Err(("NotAllowed", refusal));
+    }
     let autoscaled = manifest.autoscale.is_some();
     let mut scaled_replicas = BTreeMap::new();
     let mut resized_cpu = BTreeMap::new();

@@ -454,3 +454,46 @@ fn cpu_changes_in_place_where_the_cluster_resizes_pods_and_rolls_where_it_cannot
         "1500m"
     );
 }
+
+#[test]
+fn a_resource_cannot_reach_the_node_through_the_operator() {
+    // A node directory, named as the deploying machine found it.
+    let mut app = app("app = \"shop\"\n[services.api]\nimage = \"registry.example/api:1\"\nvolumes = [\"/etc:/host-etc:ro\"]\n");
+    app.spec.directories = vec!["/etc".into()];
+    let d = reconcile(&app, &Observed::default(), &time(0));
+    assert!(
+        d.apply.is_empty(),
+        "{:?}",
+        d.apply.iter().map(|o| &o.key).collect::<Vec<_>>()
+    );
+    let degraded = condition(d.status.as_ref().unwrap(), "Degraded");
+    assert_eq!(degraded.reason, "NotAllowed");
+    assert!(
+        degraded.message.contains("services.api.volumes: /etc"),
+        "{}",
+        degraded.message
+    );
+
+    // A capability beyond the baseline.
+    let app = app_with_caps("[\"SYS_ADMIN\", \"NET_BIND_SERVICE\"]");
+    let d = reconcile(&app, &Observed::default(), &time(0));
+    assert!(d.apply.is_empty());
+    let degraded = condition(d.status.as_ref().unwrap(), "Degraded");
+    assert!(
+        degraded.message.contains("services.api.cap_add: SYS_ADMIN"),
+        "{}",
+        degraded.message
+    );
+
+    // What the baseline allows is applied.
+    let app = app_with_caps("[\"NET_BIND_SERVICE\"]");
+    assert!(!reconcile(&app, &Observed::default(), &time(0))
+        .apply
+        .is_empty());
+}
+
+fn app_with_caps(caps: &str) -> ParacloudApp {
+    app(&format!(
+        "app = \"shop\"\n[services.api]\nimage = \"registry.example/api:1\"\ncap_add = {caps}\n"
+    ))
+}
