@@ -21,7 +21,7 @@ fn main() {
     paracloud_runtime::run_hidden_command_if_requested();
     let cli = cli::Cli::parse();
     // `paracloud events | head`: the other commands end quietly when their reader goes; the
-    // daemon and the data plane write to sockets and must not.
+    // daemon and the data plane keep their standard output on a log and report every failure.
     if !matches!(
         cli.command,
         cli::Command::Daemon { install: false, .. }
@@ -31,6 +31,14 @@ fn main() {
         paracloud_runtime::end_quietly_on_broken_pipe();
     }
     if let Err(e) = commands::run(cli) {
+        let broken_pipe = e.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            paracloud_runtime::end_if_stdout_reader_gone();
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

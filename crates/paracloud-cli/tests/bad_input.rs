@@ -223,3 +223,56 @@ fn regression_a_command_piped_into_head_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stdout.contains("status=141"), "ended by SIGPIPE: {stdout}");
 }
+
+/// `paracloud up` died of SIGPIPE, printing nothing, when its daemon closed the connection
+/// while the request was still being written: the broken-pipe handling meant for `| head` had
+/// made every write to a closed socket fatal. A daemon that hangs up mid-request is now an
+/// error the command names.
+#[test]
+fn regression_a_daemon_hanging_up_mid_request_is_reported_not_a_silent_death() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::process::ExitStatusExt;
+    let root = tempfile::tempdir().unwrap();
+    // A daemon that answers its health check and hangs up on every other request as soon as
+    // it has read the request line, leaving a large body unread.
+    let listener =
+        std::os::unix::net::UnixListener::bind(root.path().join("paracloud.sock")).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            if line.starts_with("GET /v1/health ") {
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let body = r#"{"pid":1,"version":"0","root":"/"}"#;
+                let _ = write!(
+                    &stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        }
+    });
+    // A manifest far larger than a socket's buffer, so its upload is cut off mid-way.
+    let manifest = root.path().join("paracloud.toml");
+    let padding = "# padding to make the request outgrow the socket buffer\n".repeat(100_000);
+    std::fs::write(
+        &manifest,
+        format!("{padding}app = \"big\"\n[services.one]\nimage = \"host\"\ncommand = [\"true\"]\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin_dir().join("paracloud"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["up", "-f"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), None, "ended by a signal: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error:"), "{stderr}");
+}

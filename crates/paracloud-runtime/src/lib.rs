@@ -391,10 +391,25 @@ pub fn run_hidden_command_if_requested() {
     }
 }
 
-/// For the command line's client commands (never a server: a write to a closed socket would
-/// end it): SIGPIPE ends the process quietly, as it does `ls | head`.
+/// For the command line's client commands: when the reader of standard output goes away
+/// (`paracloud events | head`), a failed write to it ends the process by SIGPIPE, quietly, as
+/// `ls | head` ends. SIGPIPE itself stays ignored, so that a write to a socket whose peer has
+/// closed (a daemon that went away mid-request) is an error the command reports, never the
+/// silent end of the process.
 pub fn end_quietly_on_broken_pipe() {
-    sys::default_sigpipe();
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // `println!` panics when its write fails.
+        end_if_stdout_reader_gone();
+        default(info)
+    }));
+}
+
+/// Ends the process by SIGPIPE when the reader of standard output has gone; returns otherwise.
+pub fn end_if_stdout_reader_gone() {
+    if sys::stdout_reader_gone() {
+        sys::die_of_sigpipe()
+    }
 }
 
 /// The rows and columns of the terminal `fd`; `None` when it is not a terminal.

@@ -387,13 +387,28 @@ pub(crate) fn default_signal_dispositions() {
     }
 }
 
-/// SIGPIPE back to its default action (Rust's runtime ignores it): a command line tool whose
-/// reader went away (`| head`) ends quietly instead of failing on its next write.
-pub(crate) fn default_sigpipe() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+/// Whether the reader of standard output has gone (a pipe whose reading end is closed, a socket
+/// whose peer hung up): writing there can only fail.
+pub(crate) fn stdout_reader_gone() -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+}
+
+/// Ends the process by SIGPIPE at its default action (Rust's runtime ignores it), as a tool
+/// whose reader went away ends: the shell sees status 141 and nothing is printed.
+pub(crate) fn die_of_sigpipe() -> ! {
+    use nix::sys::signal::{raise, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     // SAFETY: installing SIG_DFL runs no code of ours in signal context.
     let _ = unsafe { sigaction(Signal::SIGPIPE, &default) };
+    let _ = raise(Signal::SIGPIPE);
+    std::process::exit(128 + Signal::SIGPIPE as i32)
 }
 
 /// The result of [`fork`].
