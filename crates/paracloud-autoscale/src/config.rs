@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Millis;
+use crate::{Decision, Millis};
+
+/// CPU per instance is set in hundredths of a core (the smallest CFS quota is 1 ms per 100 ms);
+/// a smaller difference is no change.
+const CPU_STEPS_PER_CORE: f64 = 100.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScalingConfig {
@@ -65,5 +69,133 @@ impl Default for Bounds {
 impl ScalingConfig {
     pub fn bounds(&self, service: &str) -> Bounds {
         self.services.get(service).cloned().unwrap_or_default()
+    }
+}
+
+/// What a service has when a decision comes: its instances wanted and CPU per instance
+/// (`None`: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Current {
+    pub replicas: u32,
+    pub cpu: Option<f64>,
+}
+
+/// What a decision changes once kept within its service's bounds: instances wanted (from, to)
+/// and CPU per instance in cores (from, to).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Bounded {
+    pub replicas: Option<(u32, u32)>,
+    pub cpu: Option<(Option<f64>, f64)>,
+}
+
+impl Bounded {
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_none() && self.cpu.is_none()
+    }
+}
+
+impl Bounds {
+    /// `decision` kept within these bounds and the `cores` an instance can use, measured
+    /// against what the service has now. A service with requests under way (`busy`) is never
+    /// taken to zero: it would have to be started again at once. CPU moves in hundredths of a
+    /// core, and an unlimited service counts as its nominal size.
+    pub fn bound(&self, decision: &Decision, current: Current, cores: f64, busy: bool) -> Bounded {
+        // Bounds come checked from the manifest; `max` then `min` never panics as `clamp` would.
+        let mut instances = decision
+            .instances
+            .min(self.max_instances)
+            .max(self.min_instances);
+        if instances == 0 && busy {
+            instances = current.replicas;
+        }
+        let replicas = (instances != current.replicas).then_some((current.replicas, instances));
+        let cpu = decision.cpu.is_finite().then(|| {
+            // More CPU than an instance can have is never used (nor accepted).
+            let wanted = decision.cpu.min(self.cpu_max).min(cores).max(self.cpu_min);
+            (wanted * CPU_STEPS_PER_CORE).round() / CPU_STEPS_PER_CORE
+        });
+        let cpu = cpu
+            .filter(|wanted| {
+                (wanted - current.cpu.unwrap_or(self.cpu)).abs() * CPU_STEPS_PER_CORE >= 0.5
+            })
+            .map(|wanted| (current.cpu, wanted));
+        Bounded { replicas, cpu }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(instances: u32, cpu: f64) -> Decision {
+        Decision {
+            service: "api".into(),
+            instances,
+            cpu,
+            reason: "test".into(),
+        }
+    }
+
+    const NOW: Current = Current {
+        replicas: 2,
+        cpu: Some(0.5),
+    };
+
+    #[test]
+    fn a_decision_is_kept_within_the_bounds_and_the_cores() {
+        let bounds = Bounds {
+            min_instances: 1,
+            max_instances: 4,
+            cpu: 0.5,
+            cpu_min: 0.25,
+            cpu_max: 2.0,
+            idle_ms: 0,
+        };
+        let many = bounds.bound(&decision(9, 8.0), NOW, 1.5, false);
+        assert_eq!(many.replicas, Some((2, 4)));
+        assert_eq!(many.cpu, Some((Some(0.5), 1.5)));
+        let none = bounds.bound(&decision(0, 0.0), NOW, 4.0, false);
+        assert_eq!(none.replicas, Some((2, 1)));
+        assert_eq!(none.cpu, Some((Some(0.5), 0.25)));
+    }
+
+    #[test]
+    fn what_the_service_has_already_is_no_change() {
+        let bounds = Bounds::default();
+        assert!(bounds
+            .bound(&decision(2, 0.504), NOW, 4.0, false)
+            .is_empty());
+        assert!(bounds
+            .bound(&decision(2, f64::NAN), NOW, 4.0, false)
+            .is_empty());
+        let unlimited = Current {
+            replicas: 2,
+            cpu: None,
+        };
+        // Unlimited counts as the nominal size (1 core by default).
+        assert!(bounds
+            .bound(&decision(2, 1.0), unlimited, 4.0, false)
+            .is_empty());
+        assert_eq!(
+            bounds.bound(&decision(2, 0.5), unlimited, 4.0, false).cpu,
+            Some((None, 0.5))
+        );
+    }
+
+    #[test]
+    fn a_busy_service_is_not_taken_to_zero() {
+        let bounds = Bounds {
+            min_instances: 0,
+            ..Bounds::default()
+        };
+        assert_eq!(
+            bounds
+                .bound(&decision(0, f64::NAN), NOW, 4.0, false)
+                .replicas,
+            Some((2, 0))
+        );
+        assert!(bounds
+            .bound(&decision(0, f64::NAN), NOW, 4.0, true)
+            .is_empty());
     }
 }

@@ -19,8 +19,10 @@ pub mod observe;
 pub mod plan;
 pub mod queueing;
 
-pub use config::{Bounds, ScalingConfig, Slo};
-pub use observe::{Call, History, InstanceSample, Observation, Reported, ServiceSample};
+pub use config::{Bounded, Bounds, Current, ScalingConfig, Slo};
+pub use observe::{
+    Call, History, InstanceFacts, InstanceSample, Observation, Reported, ServiceSample,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -79,6 +79,23 @@ pub struct Reported {
     pub capacity: Option<f64>,
 }
 
+/// What the platform knows of one instance during an interval, besides the data plane's
+/// figures: on one machine its state and cgroups, in a cluster its pod and metrics-server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceFacts {
+    pub service: String,
+    /// Its name, the data plane's backend id: `api.2` on one machine, the pod's name in a cluster.
+    pub name: String,
+    pub ready: bool,
+    pub age_ms: Millis,
+    /// Cores used, averaged over the interval.
+    pub cpu_used: f64,
+    /// Its CPU limit in cores (when unlimited: the machine's cores, or the nominal size).
+    pub cpu_limit: f64,
+    /// Its latest load report through PaCI, if recent.
+    pub reported: Option<Reported>,
+}
+
 /// Calls from one service (or [`EXTERNAL`]) to another during one second.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Call {

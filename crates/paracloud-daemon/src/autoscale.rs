@@ -9,24 +9,22 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use paracloud_autoscale::{Decision, History, Millis, Policy, PolicyKind, Reported, ScalingConfig};
+use paracloud_autoscale::{
+    Bounded, Current, Decision, History, Millis, Policy, PolicyKind, Reported, ScalingConfig,
+};
 use paracloud_command::{decide, Caller, Command, Limits};
 use paracloud_dataplane::Snapshot;
 use paracloud_reconcile::InstanceState;
 use paracloud_state::{AppRecord, Snapshot as StateSnapshot, Store};
 
 use crate::commands::CommandError;
-use crate::observation::{observation, InstanceFacts, Interval};
+use paracloud_dataplane::observe::{observation, InstanceFacts, Interval};
 
 /// Makes the policy an application's `[autoscale]` table names.
 pub type PolicyBuilder = Box<dyn Fn(PolicyKind) -> Box<dyn Policy + Send> + Send>;
 
 /// Snapshots further apart than this are not one second: the next observation starts over.
 const MAX_INTERVAL_MS: Millis = 5_000;
-
-/// CPU per instance is set in hundredths of a core (the smallest CFS quota is 1 ms per 100 ms);
-/// a smaller difference is no change.
-const CPU_STEPS_PER_CORE: f64 = 100.0;
 
 /// The policies of the autoscaled applications and what they have seen.
 pub struct Autoscaler {
@@ -295,30 +293,11 @@ fn change(
     };
     let spec = app.manifest.services.get(&decision.service)?;
     let record = app.services.get(&decision.service)?;
-    // Bounds come checked from the manifest; `max` then `min` never panics as `clamp` would.
-    let mut instances = decision
-        .instances
-        .min(bounds.max_instances)
-        .max(bounds.min_instances);
-    if instances == 0 && busy {
-        instances = record.replicas;
-    }
-    let replicas = (instances != record.replicas).then_some((record.replicas, instances));
-    let cpu = if decision.cpu.is_finite() {
-        // More CPU than the machine has is never used (nor accepted).
-        let wanted = decision
-            .cpu
-            .min(bounds.cpu_max)
-            .min(cores)
-            .max(bounds.cpu_min);
-        let wanted = (wanted * CPU_STEPS_PER_CORE).round() / CPU_STEPS_PER_CORE;
-        let current = record.cpu(spec);
-        // An unlimited service counts as its nominal size: asking for that is no change.
-        let differs = (wanted - current.unwrap_or(bounds.cpu)).abs() * CPU_STEPS_PER_CORE >= 0.5;
-        differs.then_some((current, wanted))
-    } else {
-        None
+    let current = Current {
+        replicas: record.replicas,
+        cpu: record.cpu(spec),
     };
+    let Bounded { replicas, cpu } = bounds.bound(&decision, current, cores, busy);
     if replicas.is_none() && cpu.is_none() {
         return None;
     }

@@ -25,7 +25,6 @@ pub mod images;
 pub mod logs;
 pub mod metrics;
 pub mod migrate;
-pub mod observation;
 pub mod paci;
 pub mod paci_hub;
 pub mod peer;

@@ -17,7 +17,7 @@ use paracloud_runtime::Usage;
 use paracloud_state::Snapshot as StateSnapshot;
 use tokio::sync::broadcast;
 
-use crate::observation::{observation, InstanceFacts, Interval};
+use paracloud_dataplane::observe::{observation, InstanceFacts, Interval};
 
 /// Seconds kept per application: ten minutes.
 pub const KEEP: usize = 600;

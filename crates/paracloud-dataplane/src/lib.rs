@@ -58,6 +58,7 @@ mod hop;
 mod http;
 pub mod idle;
 mod inflight;
+pub mod observe;
 pub mod pick;
 mod pool;
 pub mod routes;

@@ -9,26 +9,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::{service_of, CounterValues, ListenerSnapshot, Snapshot};
+pub use paracloud_autoscale::observe::InstanceFacts;
 use paracloud_autoscale::observe::{Call, InstanceSample, LatencySummary, ServiceSample, EXTERNAL};
 use paracloud_autoscale::{Millis, Observation};
-use paracloud_dataplane::{service_of, CounterValues, ListenerSnapshot, Snapshot};
 use paracloud_manifest::{Manifest, Protocol};
-
-/// What the state and the cgroups say of one instance during the interval.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstanceFacts {
-    pub service: String,
-    /// Its name, `api.2`: the data plane's backend id.
-    pub name: String,
-    pub ready: bool,
-    pub age_ms: Millis,
-    /// Cores used, averaged over the interval.
-    pub cpu_used: f64,
-    /// Its CPU limit in cores (the machine's cores when unlimited).
-    pub cpu_limit: f64,
-    /// Its latest load report through PaCI, if recent.
-    pub reported: Option<paracloud_autoscale::Reported>,
-}
 
 /// The two snapshots around one interval.
 #[derive(Debug, Clone, Copy)]
@@ -251,7 +236,7 @@ fn calls(app: &str, current: &Snapshot) -> Vec<Call> {
 
 #[cfg(test)]
 mod tests {
-    use paracloud_dataplane::{BackendSnapshot, CallSnapshot, LastSecond, LatencySnapshot};
+    use crate::{BackendSnapshot, CallSnapshot, LastSecond, LatencySnapshot};
     use paracloud_manifest::{parse, FileSystem, Origin};
 
     use super::*;
