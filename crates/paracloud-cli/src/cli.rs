@@ -693,7 +693,8 @@ pub struct OperatorArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub resync: std::time::Duration,
     /// Where each application's data plane serves its stats ({app} and {namespace} are
-    /// replaced), to scale services with scale_to_zero to zero and back, such as
+    /// replaced), to scale services with scale_to_zero to zero and back and to run the
+    /// applications' [autoscale] policies, such as
     /// http://{app}-dataplane-stats.{namespace}.svc:9090; not followed when not given
     #[arg(long, value_name = "URL")]
     pub dataplane_stats: Option<String>,

@@ -555,3 +555,156 @@ fn a_quiet_service_goes_to_zero_and_a_waiting_request_brings_it_back_through_the
         "{reasons:?}"
     );
 }
+
+const AUTOSCALED: &str = r#"
+app = "shop"
+[autoscale]
+policy = "hpa"
+entry = "api"
+[services.api]
+image = "registry.example/api:1"
+ports = [{ port = 8000, protocol = "http" }]
+resources = { cpu = 1 }
+autoscale = { min = 1, max = 4, cpu_min = 1, cpu_max = 1 }
+"#;
+
+/// The autoscaler in the cluster: the operator follows the data plane each second, reads the
+/// pods and metrics-server's CPU use (both played here), and its policy's decision (HPA: a pod
+/// at 90% of its CPU, above the 70% target, wants a second) becomes the resource's scale, an
+/// Event with the reason, and the Deployment's replicas through the reconcile. Every request
+/// the operator made on the way is one its roles grant.
+#[test]
+fn the_operator_autoscales_an_application_from_its_data_plane_and_pod_metrics() {
+    let mut cluster = Cluster::start_with(AUTOSCALED);
+    let standin = cluster.standin.as_ref().unwrap();
+    standin.clear_requests();
+    let labels = json!({ "paracloud.dev/app": "shop", "paracloud.dev/service": "api" });
+    let pods = Gvr::new("", "v1", "pods");
+    standin
+        .apply_as(
+            "kube-controller-manager",
+            &ObjectRef::new(pods.clone(), "shop", "api-1"),
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": "api-1", "namespace": "shop", "labels": labels },
+                "spec": { "containers": [{
+                    "name": "api", "image": "registry.example/api:1",
+                    "resources": { "requests": { "cpu": "1" }, "limits": { "cpu": "1" } },
+                }]},
+            }),
+        )
+        .unwrap();
+    standin.set_pod_ready("shop", "api-1", true).unwrap();
+    // Running for long enough that HPA trusts its CPU figures.
+    standin
+        .set_status(
+            "kubelet",
+            &pods,
+            "shop",
+            "api-1",
+            json!({ "startTime": "2026-01-01T00:00:00Z" }),
+        )
+        .unwrap();
+    standin
+        .apply_as(
+            "metrics-server",
+            &ObjectRef::new(
+                Gvr::new("metrics.k8s.io", "v1beta1", "pods"),
+                "shop",
+                "api-1",
+            ),
+            json!({
+                "apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetrics",
+                "metadata": { "name": "api-1", "namespace": "shop", "labels": labels },
+                "timestamp": "2026-01-01T00:00:00Z", "window": "15s",
+                "containers": [{ "name": "api", "usage": { "cpu": "900m", "memory": "64Mi" } }],
+            }),
+        )
+        .unwrap();
+    backend("127.0.0.8", cluster.backend_port(), "api-1");
+    cluster.slice("api-pods", "api-pods-a1", &[("api-1", "127.0.0.8", true)]);
+    cluster.operate(AUTOSCALED);
+    cluster.wait_backends(&["api-1"]);
+    assert_eq!(get(cluster.listener(), "/", "").0, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.scaled("api") != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "never scaled out:\n{}",
+            cluster.operator_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let standin = cluster.standin.as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while standin
+        .object("apps", "v1", "deployments", "shop", "api")
+        .is_none_or(|d| d["spec"]["replicas"] != 2)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Deployment was never scaled:\n{}",
+            cluster.operator_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let events = cluster.runtime.block_on(async {
+        kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(standin.client(), "shop")
+            .list(&Default::default())
+            .await
+            .unwrap()
+    });
+    let said: Vec<(String, String)> = events
+        .items
+        .iter()
+        .map(|e| {
+            (
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        said.iter()
+            .any(|(r, m)| r == "AutoscalerStarted" && m.starts_with("autoscaler hpa follows shop")),
+        "{said:?}"
+    );
+    let scaled = said
+        .iter()
+        .find(|(r, _)| r == "Autoscaled")
+        .unwrap_or_else(|| panic!("no Autoscaled event: {said:?}"));
+    assert!(
+        scaled.1.starts_with("api: autoscaler hpa: pods 1 -> 2: ") && scaled.1.len() > 40,
+        "with its reason: {}",
+        scaled.1
+    );
+
+    let granted: std::collections::BTreeSet<(String, String, String)> =
+        paracloud_kube::access::operator_permissions()
+            .into_iter()
+            .chain(paracloud_kube::access::delegated_permissions())
+            .map(|p| (p.group.to_owned(), p.resource.to_owned(), p.verb.to_owned()))
+            .collect();
+    let used: std::collections::BTreeSet<(String, String, String)> = standin
+        .requests()
+        .into_iter()
+        // This test's own: the Events listed above, and the definition it installed.
+        .filter(|r| !(r.resource == "events" && r.verb.as_str() == "list"))
+        .filter(|r| r.resource != "customresourcedefinitions")
+        .map(|r| {
+            (
+                r.group.clone(),
+                r.rbac_resource(),
+                r.verb.as_str().to_owned(),
+            )
+        })
+        .collect();
+    let ungranted: Vec<_> = used.difference(&granted).collect();
+    assert!(ungranted.is_empty(), "used but not granted: {ungranted:?}");
+    assert!(
+        used.contains(&("metrics.k8s.io".into(), "pods".into(), "list".into())),
+        "metrics-server was read: {used:?}"
+    );
+}

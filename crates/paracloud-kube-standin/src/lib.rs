@@ -5,7 +5,8 @@
 //! checked against this one, which follows the API's documented semantics:
 //!
 //! - paths: `/api/v1/...` and `/apis/GROUP/VERSION/...`, namespaced and cluster-scoped, for the
-//!   built-in kinds the operator uses ([`resources`]) and for whatever a created
+//!   built-in kinds the operator uses ([`resources`]), metrics-server's `PodMetrics` (which a
+//!   test writes, where the real ones are read-only), and for whatever a created
 //!   CustomResourceDefinition declares (with its status and scale subresources); anything else
 //!   is a 404 `Status`, as every error is ([`ApiError`]);
 //! - metadata: uid, one global resourceVersion counter, generation (bumped when more than

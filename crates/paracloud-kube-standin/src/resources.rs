@@ -131,6 +131,16 @@ const BUILT_IN: &[(&str, &str, &str, &str, bool, bool, bool)] = &[
         true,
         false,
     ),
+    // What metrics-server serves (read-only there: a test writes it as metrics-server would).
+    (
+        "metrics.k8s.io",
+        "v1beta1",
+        "pods",
+        "PodMetrics",
+        true,
+        false,
+        false,
+    ),
     // What the EndpointSlice controller writes for each Service (no status subresource).
     (
         "discovery.k8s.io",

@@ -137,6 +137,8 @@ pub fn operator_permissions() -> Vec<Permission> {
     add("apps", "statefulsets/scale", &["patch"]);
     add("", "pods", &["list"]);
     add("", "pods/resize", &["patch"]);
+    // The autoscaler's CPU use per pod, from metrics-server.
+    add("metrics.k8s.io", "pods", &["list"]);
     // What it did, said on the resource.
     add("", "events", &["create"]);
     // One operator acts at a time: leader election.

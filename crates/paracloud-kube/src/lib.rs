@@ -1,8 +1,9 @@
 //! An application on Kubernetes as plain data: the objects a manifest renders to (`render`), the
-//! `ParacloudApp` custom resource (`resource`) and the operator's decisions, made from what it
-//! observes (`reconcile`). No I/O and no clock: the operator and the CLI bring both.
+//! `ParacloudApp` custom resource (`resource`), the operator's decisions, made from what it
+//! observes (`reconcile`), and the autoscaler's pods and changes (`autoscale`). No I/O and no clock: the operator and the CLI bring both.
 
 pub mod access;
+pub mod autoscale;
 pub mod dataplane;
 pub mod install;
 pub mod names;

@@ -54,6 +54,28 @@ pub fn cpu_quantity(cores: f64) -> String {
     }
 }
 
+/// A CPU quantity in cores: `250m`, `1`, `0.5`, `123456789n` (metrics-server's nanocores), `5u`;
+/// `None` for anything else.
+pub fn cpu_cores(quantity: &str) -> Option<f64> {
+    let quantity = quantity.trim();
+    let split = quantity
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let scale = match suffix {
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    (value.is_finite() && value >= 0.0).then_some(value * scale)
+}
+
 /// Bytes as a quantity, in the largest binary unit that divides them (`64Mi`, `1Gi`, `1500`).
 pub fn bytes_quantity(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
@@ -157,6 +179,20 @@ mod tests {
         assert_eq!(cpu_quantity(1.0), "1");
         assert_eq!(cpu_quantity(2.25), "2250m");
         assert_eq!(cpu_quantity(0.0001), "1m");
+        for (quantity, cores) in [
+            ("250m", 0.25),
+            ("1", 1.0),
+            ("0.5", 0.5),
+            ("123456789n", 0.123456789),
+            ("5u", 0.000005),
+            ("2k", 2000.0),
+        ] {
+            let parsed = cpu_cores(quantity).unwrap();
+            assert!((parsed - cores).abs() < 1e-12, "{quantity}: {parsed}");
+        }
+        for bad in ["", "m", "1Ki", "-1", "abc", "1.5x", "NaN"] {
+            assert_eq!(cpu_cores(bad), None, "{bad}");
+        }
         assert_eq!(bytes_quantity(64 << 20), "64Mi");
         assert_eq!(bytes_quantity(1 << 30), "1Gi");
         assert_eq!(bytes_quantity(1536), "1536");

@@ -1,7 +1,8 @@
 //! Following each application's data plane in the cluster (its `GET /watch` stream over TCP), as
 //! the daemon follows its own on one machine: a service with `scale_to_zero` that got no request
 //! for that long is scaled to zero, and a request waiting for a service at zero brings it back
-//! (the data plane holds the request meanwhile). Both go through the resource's `spec.scale`, as
+//! (the data plane holds the request meanwhile); an application with `[autoscale]` gets its
+//! policy's decisions each second (`autoscale`). All go through the resource's `spec.scale`, as
 //! `paracloud scale` does, so that the reconcile carries them out.
 
 use std::collections::BTreeMap;
@@ -16,6 +17,8 @@ use paracloud_dataplane::WatchEvent;
 use paracloud_kube::reconcile::Note;
 use paracloud_kube::ParacloudApp;
 use serde_json::json;
+
+use crate::autoscale::Autoscaler;
 
 /// How often the set of applications to follow is read again.
 const LOOK_EVERY: Duration = Duration::from_secs(2);
@@ -37,8 +40,8 @@ impl FollowOptions {
     }
 }
 
-/// Follows the data plane of every application that has a service with `scale_to_zero`, for as
-/// long as the operator leads.
+/// Follows the data plane of every application that has a service with `scale_to_zero` or an
+/// autoscaler, for as long as the operator leads.
 pub(crate) async fn follow_all(client: Client, options: FollowOptions, identity: String) {
     let mut followers: BTreeMap<(String, String), tokio::task::JoinHandle<()>> = BTreeMap::new();
     let apps: Api<ParacloudApp> = Api::all(client.clone());
@@ -47,9 +50,11 @@ pub(crate) async fn follow_all(client: Client, options: FollowOptions, identity:
             Ok(list) => {
                 let mut wanted = BTreeMap::new();
                 for app in list.items {
-                    let scales_to_zero = paracloud_kube::reconcile::manifest(&app)
-                        .is_ok_and(|m| m.services.values().any(|s| s.scale_to_zero.is_some()));
-                    if scales_to_zero && app.metadata.deletion_timestamp.is_none() {
+                    let followed = paracloud_kube::reconcile::manifest(&app).is_ok_and(|m| {
+                        m.autoscale.is_some()
+                            || m.services.values().any(|s| s.scale_to_zero.is_some())
+                    });
+                    if followed && app.metadata.deletion_timestamp.is_none() {
                         wanted.insert((app.namespace().unwrap_or_default(), app.name_any()), app);
                     }
                 }
@@ -76,13 +81,26 @@ pub(crate) async fn follow_all(client: Client, options: FollowOptions, identity:
 /// Follows one application's data plane, reconnecting as it comes and goes.
 async fn follow(client: Client, app: ParacloudApp, url: String, identity: String) {
     let mut idle = IdleTracker::default();
+    let mut autoscaler = Autoscaler::default();
     let started = tokio::time::Instant::now();
     loop {
-        if let Err(e) = follow_once(&client, &app, &url, &identity, &mut idle, started).await {
+        let followed = Followed {
+            idle: &mut idle,
+            autoscaler: &mut autoscaler,
+            started,
+        };
+        if let Err(e) = follow_once(&client, &app, &url, &identity, followed).await {
             tracing::debug!(app = %app.name_any(), "following the data plane at {url}: {e}");
         }
         tokio::time::sleep(RECONNECT_AFTER).await;
     }
+}
+
+/// What following one application keeps from one stream to the next.
+struct Followed<'a> {
+    idle: &'a mut IdleTracker,
+    autoscaler: &'a mut Autoscaler,
+    started: tokio::time::Instant,
 }
 
 async fn follow_once(
@@ -90,9 +108,13 @@ async fn follow_once(
     app: &ParacloudApp,
     url: &str,
     identity: &str,
-    idle: &mut IdleTracker,
-    started: tokio::time::Instant,
+    followed: Followed<'_>,
 ) -> Result<(), String> {
+    let Followed {
+        idle,
+        autoscaler,
+        started,
+    } = followed;
     let watch = format!("{}/watch", url.trim_end_matches('/'));
     let uri: hyper::Uri = watch.parse().map_err(|e| format!("{watch}: {e}"))?;
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -122,6 +144,12 @@ async fn follow_once(
                 WatchEvent::Snapshot(snapshot) => {
                     for (service, quiet_ms) in idle.observe(&snapshot, now) {
                         rest(client, app, service_name(&service), quiet_ms, identity).await?;
+                    }
+                    let Some(app) = current(client, app).await? else {
+                        continue;
+                    };
+                    if let Err(e) = autoscaler.step(client, &app, identity, snapshot).await {
+                        tracing::warn!(app = %app.name_any(), "autoscaler: {e}");
                     }
                 }
             }

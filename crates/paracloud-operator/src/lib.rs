@@ -4,6 +4,7 @@
 //! own field manager, pruning, the scale and resize subresources, the finalizer, the status and
 //! Events. One operator acts at a time, by a Lease (`lease`).
 
+mod autoscale;
 mod cluster;
 pub mod dataplane;
 mod follow;
@@ -44,7 +45,7 @@ pub struct Options {
     /// Whether Paracloud's node agent runs on the nodes (pods then get their PaCI socket).
     pub paci: bool,
     /// Where each application's data plane serves its stats, to scale services to zero and
-    /// back; `None`: not followed.
+    /// back and to run the applications' autoscalers; `None`: not followed.
     pub follow: Option<FollowOptions>,
     /// Each application's data plane, run beside it; `None`: Services select the pods.
     pub dataplane: Option<DataplaneOptions>,
