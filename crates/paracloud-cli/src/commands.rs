@@ -315,7 +315,26 @@ fn run_node_agent(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(paracloud_node::run(config))?;
+    runtime.block_on(async {
+        // In its pod, the ServiceAccount's token; elsewhere, the kubeconfig's credentials.
+        let cluster = match kube::Client::try_default().await {
+            Ok(client) => {
+                let node = std::env::var("NODE_NAME")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+                    .or_else(|| nix::unistd::gethostname().ok()?.into_string().ok())
+                    .unwrap_or_default();
+                Some(paracloud_node::Cluster::new(client, node))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "no API server ({e}): pods' PaCI requests for instances will be refused"
+                );
+                None
+            }
+        };
+        paracloud_node::run(config, cluster).await
+    })?;
     Ok(())
 }
 

@@ -488,9 +488,12 @@ fn the_operator_installs_from_valid_objects_with_no_wildcard_and_no_secret_acces
         [
             "CustomResourceDefinition paracloudapps.paracloud.dev",
             "Namespace paracloud-system",
+            "ServiceAccount paracloud-node-agent",
             "ServiceAccount paracloud-operator",
+            "ClusterRole paracloud-node-agent",
             "ClusterRole paracloud-operator",
             "Role paracloud-operator",
+            "ClusterRoleBinding paracloud-node-agent",
             "ClusterRoleBinding paracloud-operator",
             "RoleBinding paracloud-operator",
             "Deployment paracloud-operator",
@@ -498,15 +501,27 @@ fn the_operator_installs_from_valid_objects_with_no_wildcard_and_no_secret_acces
         ]
     );
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
-    let rules = list["items"][3]["rules"].to_string();
+    let item = |kind: &str, name: &str| {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let rules = item("ClusterRole", "paracloud-operator")["rules"].to_string();
     assert!(!rules.contains('*'), "{rules}");
     assert!(!rules.contains("secrets"), "{rules}");
     assert!(
         !rules.contains("leases"),
         "leases belong to the Role of its namespace: {rules}"
     );
-    assert!(list["items"][4]["rules"].to_string().contains("leases"));
-    let pod = &list["items"][7]["spec"]["template"]["spec"];
+    assert!(item("Role", "paracloud-operator")["rules"]
+        .to_string()
+        .contains("leases"));
+    let deployment = item("Deployment", "paracloud-operator");
+    let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
         pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
@@ -514,11 +529,23 @@ fn the_operator_installs_from_valid_objects_with_no_wildcard_and_no_secret_acces
     );
     // With the node agent installed, the operator gives pods their PaCI socket.
     assert!(pod["containers"][0]["args"].to_string().contains("--paci"));
-    let agent = &list["items"][8]["spec"]["template"]["spec"];
+    let daemonset = item("DaemonSet", "paracloud-node-agent");
+    let agent = &daemonset["spec"]["template"]["spec"];
     assert_eq!(agent["hostPID"], true);
     assert!(agent["containers"][0]["args"]
         .to_string()
         .contains("/run/containerd/runc/k8s.io"));
+    // The agent reads pods' owners and writes the scale a pod asks for; nothing else.
+    assert_eq!(agent["serviceAccountName"], "paracloud-node-agent");
+    let rules = item("ClusterRole", "paracloud-node-agent")["rules"].to_string();
+    assert!(
+        !rules.contains('*') && !rules.contains("secrets") && !rules.contains("list"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("paracloudapps") && rules.contains("patch"),
+        "{rules}"
+    );
 
     // Without it, nothing privileged is installed.
     let list = stdout(&paracloud(&[
@@ -531,7 +558,10 @@ fn the_operator_installs_from_valid_objects_with_no_wildcard_and_no_secret_acces
         "json",
     ]));
     assert!(
-        !list.contains("DaemonSet") && !list.contains("privileged") && !list.contains("--paci"),
+        !list.contains("DaemonSet")
+            && !list.contains("privileged")
+            && !list.contains("--paci")
+            && !list.contains("paracloud-node-agent"),
         "{list}"
     );
 }

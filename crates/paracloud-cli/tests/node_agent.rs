@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use paracloud_kube_standin::{Gvr, ObjectRef, Options, StandIn};
 use serde_json::{json, Value};
 
-use common::unix_http;
+use common::{kubeconfig, unix_http};
 
 /// The OCI runtime the tests start containers with.
 fn oci_runtime() -> &'static str {
@@ -200,8 +201,14 @@ impl Node {
 
     /// A pod with its sandbox and one container (of user `user`) asking for PaCI.
     fn pod(&mut self, letter: &str, user: u32) -> Pod {
+        let uid = format!("{}-uid-{letter}", self.tag);
+        self.pod_with_uid(letter, user, &uid)
+    }
+
+    /// A pod as [`Node::pod`] makes it, with the uid the API server gave it.
+    fn pod_with_uid(&mut self, letter: &str, user: u32, uid: &str) -> Pod {
         let pod = Pod {
-            uid: format!("{}-uid-{letter}", self.tag),
+            uid: uid.to_owned(),
             name: format!("web-{letter}"),
             namespace: format!("ns-{letter}"),
             container: "web".into(),
@@ -214,8 +221,13 @@ impl Node {
         pod
     }
 
-    /// Starts the agent and waits until it serves every pod's socket.
+    /// Starts the agent, without an API server, and waits until it serves every pod's socket.
     fn agent(&mut self, pods: &[&Pod]) {
+        self.agent_with_kubeconfig(pods, &self.dir.path().join("no-kubeconfig"));
+    }
+
+    /// Starts the agent with the API server of `kubeconfig` (none when the file is missing).
+    fn agent_with_kubeconfig(&mut self, pods: &[&Pod], kubeconfig: &Path) {
         let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_paracloud"))
             .arg("node-agent")
@@ -225,6 +237,9 @@ impl Node {
             .arg(self.state())
             .args(["--cgroup-parent", &self.agent_cgroups()])
             .env_remove("PARACLOUD_ROOT")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("KUBECONFIG", kubeconfig)
+            .env("NODE_NAME", "node-1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -702,4 +717,226 @@ fn a_pods_socket_outlives_the_agent_and_goes_with_the_pod() {
     assert_eq!(json(&pods).as_array().unwrap().len(), 1, "{pods}");
     assert!(!node.paci_dir(&b).exists());
     assert!(node.paci_dir(&a).join("paci.sock").exists());
+}
+
+const SHOP: &str = r#"
+app = "shop"
+[autoscale]
+policy = "hpa"
+entry = "web"
+[services.web]
+image = "registry.example/web:1"
+ports = [{ port = 8000, protocol = "http" }]
+autoscale = { min = 1, max = 4 }
+"#;
+
+/// Writes an object into the stand-in as the controller `manager` would; its uid.
+fn make(standin: &StandIn, manager: &str, gvr: Gvr, body: Value) -> String {
+    let namespace = body["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+    let made = standin
+        .apply_as(manager, &ObjectRef::new(gvr, &namespace, &name), body)
+        .unwrap();
+    made["metadata"]["uid"].as_str().unwrap().to_owned()
+}
+
+fn owner(api_version: &str, kind: &str, name: &str, uid: &str) -> Value {
+    json!([{ "apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": true }])
+}
+
+/// A pod asks through PaCI for instances of a service of its application. The agent proves the
+/// pod's application by its controlling owners on the API server (a stand-in here): Pod,
+/// ReplicaSet, Deployment, then the `ParacloudApp`, each by uid. It then writes the resource's
+/// scale, which the operator carries out, with an Event. A pod whose owners lead to no
+/// `ParacloudApp` is refused, as are a number outside the manifest's bounds and an unknown
+/// service. Every request the agent made is one its ClusterRole grants.
+#[test]
+fn a_pod_asks_for_instances_and_the_agent_proves_its_application_by_its_owners() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let standin = runtime.block_on(async {
+        let standin = StandIn::start(Options::default()).await.unwrap();
+        kube::Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(standin.client())
+            .create(&Default::default(), &paracloud_kube::resource::definition())
+            .await
+            .unwrap();
+        standin
+    });
+    let config = kubeconfig(&standin.url());
+    for ns in ["ns-a", "ns-b"] {
+        make(
+            &standin,
+            "kubectl",
+            Gvr::new("", "v1", "namespaces"),
+            json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }),
+        );
+    }
+    // The application, its Deployment and ReplicaSet, and its pod, each owned by the one before.
+    let app = make(
+        &standin,
+        "kubectl",
+        Gvr::new("paracloud.dev", "v1alpha1", "paracloudapps"),
+        json!({
+            "apiVersion": "paracloud.dev/v1alpha1", "kind": "ParacloudApp",
+            "metadata": { "name": "shop", "namespace": "ns-a" },
+            "spec": { "manifest": SHOP },
+        }),
+    );
+    let deployment = make(
+        &standin,
+        "paracloud",
+        Gvr::new("apps", "v1", "deployments"),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "web", "namespace": "ns-a",
+                          "ownerReferences": owner("paracloud.dev/v1alpha1", "ParacloudApp", "shop", &app) },
+            "spec": { "selector": { "matchLabels": { "paracloud.dev/workload": "web" } },
+                      "template": { "metadata": { "labels": { "paracloud.dev/workload": "web" } },
+                                    "spec": { "containers": [{ "name": "web", "image": "registry.example/web:1" }] } } },
+        }),
+    );
+    let replicaset = make(
+        &standin,
+        "deployment-controller",
+        Gvr::new("apps", "v1", "replicasets"),
+        json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": { "name": "web-5d8", "namespace": "ns-a",
+                          "ownerReferences": owner("apps/v1", "Deployment", "web", &deployment) },
+            "spec": { "selector": { "matchLabels": { "paracloud.dev/workload": "web" } } },
+        }),
+    );
+    let pod = |namespace: &str, name: &str, owners: Value| {
+        make(
+            &standin,
+            "replicaset-controller",
+            Gvr::new("", "v1", "pods"),
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": name, "namespace": namespace, "ownerReferences": owners },
+                "spec": { "containers": [{ "name": "web", "image": "registry.example/web:1" }] },
+            }),
+        )
+    };
+    let uid_a = pod(
+        "ns-a",
+        "web-a",
+        owner("apps/v1", "ReplicaSet", "web-5d8", &replicaset),
+    );
+    // A pod that says it is the shop's, made by hand: no owner leads to the application.
+    let uid_b = pod("ns-b", "web-b", json!([]));
+    standin.clear_requests();
+
+    let mut node = Node::new("replicas");
+    let a = node.pod_with_uid("a", 1000, &uid_a);
+    let b = node.pod_with_uid("b", 1000, &uid_b);
+    node.agent_with_kubeconfig(&[&a, &b], config.path());
+
+    let (status, body) = node.curl_in(
+        &a,
+        "PUT",
+        "/v1/services/web/replicas",
+        Some(r#"{"replicas": 3, "reason": "the queue is long"}"#),
+    );
+    assert_eq!(status, 200, "{body}\n{}", node.log());
+    assert_eq!(
+        json(&body),
+        json!({ "service": "web", "replicas": 3, "min": 1, "max": 4 })
+    );
+    let resource = standin
+        .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
+        .unwrap();
+    assert_eq!(resource["spec"]["scale"]["web"]["replicas"], 3);
+    let events = runtime.block_on(async {
+        kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(standin.client(), "ns-a")
+            .list(&Default::default())
+            .await
+            .unwrap()
+    });
+    let said: Vec<(String, String, String)> = events
+        .items
+        .iter()
+        .map(|e| {
+            (
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default(),
+                e.reporting_instance.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        said.contains(&(
+            "ScaledByPod".into(),
+            "web: scaled to 3 (asked by pod web-a through PaCI: the queue is long)".into(),
+            "node-1".into()
+        )),
+        "{said:?}"
+    );
+
+    // Outside the bounds, an unknown service, and a pod no ParacloudApp runs: refused, and the
+    // scale stays.
+    let (status, body) = node.curl_in(
+        &a,
+        "PUT",
+        "/v1/services/web/replicas",
+        Some(r#"{"replicas": 9}"#),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("outside its bounds 1..=4"), "{body}");
+    let (status, body) = node.curl_in(
+        &a,
+        "PUT",
+        "/v1/services/nope/replicas",
+        Some(r#"{"replicas": 2}"#),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no service nope in application shop: it has web"),
+        "{body}"
+    );
+    let (status, body) = node.curl_in(
+        &b,
+        "PUT",
+        "/v1/services/web/replicas",
+        Some(r#"{"replicas": 2}"#),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("pod ns-b/web-b is not run by a ParacloudApp"),
+        "{body}"
+    );
+    let resource = standin
+        .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
+        .unwrap();
+    assert_eq!(resource["spec"]["scale"]["web"]["replicas"], 3);
+
+    let granted: std::collections::BTreeSet<(String, String, String)> =
+        paracloud_kube::access::node_agent_permissions()
+            .into_iter()
+            .map(|p| (p.group.to_owned(), p.resource.to_owned(), p.verb.to_owned()))
+            .collect();
+    let used: std::collections::BTreeSet<(String, String, String)> = standin
+        .requests()
+        .into_iter()
+        // This test's own: the Events listed above.
+        .filter(|r| !(r.resource == "events" && r.verb.as_str() == "list"))
+        .map(|r| {
+            (
+                r.group.clone(),
+                r.rbac_resource(),
+                r.verb.as_str().to_owned(),
+            )
+        })
+        .collect();
+    let ungranted: Vec<_> = used.difference(&granted).collect();
+    assert!(ungranted.is_empty(), "used but not granted: {ungranted:?}");
+    drop(node);
+    let _guard = runtime.enter();
+    drop(standin);
 }

@@ -166,17 +166,48 @@ pub fn delegated_permissions() -> Vec<Permission> {
         .collect()
 }
 
-/// The ClusterRole's rules: one rule per group and set of verbs.
+/// The operator's ClusterRole's rules (its lease aside: a Role in its own namespace).
 pub fn operator_rules() -> Vec<PolicyRule> {
-    let mut rules: Vec<PolicyRule> = Vec::new();
     let mut all = operator_permissions();
     all.extend(delegated_permissions());
-    for p in all.iter().copied() {
-        if p.resource == "leases" {
-            // Leases are granted in the operator's own namespace only (a Role), not here.
-            continue;
-        }
-        let verbs: Vec<String> = all
+    all.retain(|p| p.resource != "leases");
+    rules(&all)
+}
+
+/// Every request the node agent's code makes: it proves which `ParacloudApp` a pod runs for by
+/// the pod's controlling owners, and writes the scale a pod asks for with an Event.
+pub fn node_agent_permissions() -> Vec<Permission> {
+    let mut all = Vec::new();
+    for (group, resource, verb) in [
+        ("", "pods", "get"),
+        ("apps", "replicasets", "get"),
+        ("apps", "deployments", "get"),
+        ("apps", "statefulsets", "get"),
+        ("batch", "jobs", "get"),
+        ("paracloud.dev", "paracloudapps", "get"),
+        ("paracloud.dev", "paracloudapps", "patch"),
+        ("", "events", "create"),
+    ] {
+        all.push(Permission {
+            group,
+            resource,
+            verb,
+        });
+    }
+    all.sort();
+    all
+}
+
+/// The node agent's ClusterRole's rules.
+pub fn node_agent_rules() -> Vec<PolicyRule> {
+    rules(&node_agent_permissions())
+}
+
+/// Rules granting exactly `permissions`: one rule per group and set of verbs.
+fn rules(permissions: &[Permission]) -> Vec<PolicyRule> {
+    let mut rules: Vec<PolicyRule> = Vec::new();
+    for p in permissions.iter().copied() {
+        let verbs: Vec<String> = permissions
             .iter()
             .filter(|q| q.group == p.group && q.resource == p.resource)
             .map(|q| q.verb.to_owned())
@@ -219,10 +250,10 @@ pub fn lease_rule() -> PolicyRule {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_permission_is_granted_by_exactly_one_rule_and_nothing_more() {
-        let mut granted: Vec<(String, String, String)> = Vec::new();
-        for rule in operator_rules().into_iter().chain([lease_rule()]) {
+    /// What rules grant, one (group, resource, verb) at a time, sorted.
+    fn granted(rules: impl IntoIterator<Item = PolicyRule>) -> Vec<(String, String, String)> {
+        let mut granted = Vec::new();
+        for rule in rules {
             for group in rule.api_groups.unwrap() {
                 for resource in rule.resources.clone().unwrap() {
                     for verb in &rule.verbs {
@@ -232,13 +263,30 @@ mod tests {
             }
         }
         granted.sort();
-        let mut wanted: Vec<(String, String, String)> = operator_permissions()
+        granted
+    }
+
+    fn triples(permissions: impl IntoIterator<Item = Permission>) -> Vec<(String, String, String)> {
+        let mut triples: Vec<(String, String, String)> = permissions
             .into_iter()
-            .chain(delegated_permissions())
             .map(|p| (p.group.into(), p.resource.into(), p.verb.into()))
             .collect();
-        wanted.sort();
-        assert_eq!(granted, wanted);
-        assert!(!granted.iter().any(|(_, r, v)| r == "*" || v == "*"));
+        triples.sort();
+        triples
+    }
+
+    #[test]
+    fn every_permission_is_granted_by_exactly_one_rule_and_nothing_more() {
+        let operator = granted(operator_rules().into_iter().chain([lease_rule()]));
+        let wanted = triples(
+            operator_permissions()
+                .into_iter()
+                .chain(delegated_permissions()),
+        );
+        assert_eq!(operator, wanted);
+        assert!(!operator.iter().any(|(_, r, v)| r == "*" || v == "*"));
+        let agent = granted(node_agent_rules());
+        assert_eq!(agent, triples(node_agent_permissions()));
+        assert!(!agent.iter().any(|(_, r, v)| r == "*" || v == "*"));
     }
 }

@@ -10,7 +10,7 @@ use k8s_openapi::api::rbac::v1 as rbac;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::access::{lease_rule, operator_rules};
+use crate::access::{lease_rule, node_agent_rules, operator_rules};
 use crate::names::FIELD_MANAGER;
 use crate::object::Object;
 
@@ -197,7 +197,33 @@ pub fn install(options: &InstallOptions) -> Vec<Object> {
         Object::of(&deployment),
     ];
     if let Some(agent) = &options.node_agent {
-        objects.push(Object::of(&node_agent(options, agent)));
+        let subject = rbac::Subject {
+            kind: "ServiceAccount".into(),
+            name: NODE_AGENT.into(),
+            namespace: Some(ns.to_owned()),
+            ..Default::default()
+        };
+        objects.extend([
+            Object::of(&core::ServiceAccount {
+                metadata: meta(NODE_AGENT, Some(ns)),
+                ..Default::default()
+            }),
+            Object::of(&rbac::ClusterRole {
+                metadata: meta(NODE_AGENT, None),
+                rules: Some(node_agent_rules()),
+                ..Default::default()
+            }),
+            Object::of(&rbac::ClusterRoleBinding {
+                metadata: meta(NODE_AGENT, None),
+                role_ref: rbac::RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "ClusterRole".into(),
+                    name: NODE_AGENT.into(),
+                },
+                subjects: Some(vec![subject]),
+            }),
+            Object::of(&node_agent(options, agent)),
+        ]);
     }
     objects
 }
@@ -235,7 +261,9 @@ fn node_agent(options: &InstallOptions, agent: &NodeAgent) -> apps::DaemonSet {
                 }),
                 spec: Some(core::PodSpec {
                     host_pid: Some(true),
-                    automount_service_account_token: Some(false),
+                    // Its token: it writes the scale a pod asks for through PaCI, once the
+                    // pod's owners prove its application (`access::node_agent_permissions`).
+                    service_account_name: Some(NODE_AGENT.into()),
                     tolerations: Some(vec![core::Toleration {
                         operator: Some("Exists".into()),
                         ..Default::default()
@@ -252,6 +280,18 @@ fn node_agent(options: &InstallOptions, agent: &NodeAgent) -> apps::DaemonSet {
                             "--runtime-root".into(),
                             agent.runtime_root.clone(),
                         ]),
+                        // The node's name, which its Events report.
+                        env: Some(vec![core::EnvVar {
+                            name: "NODE_NAME".into(),
+                            value_from: Some(core::EnvVarSource {
+                                field_ref: Some(core::ObjectFieldSelector {
+                                    field_path: "spec.nodeName".into(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
                         security_context: Some(core::SecurityContext {
                             privileged: Some(true),
                             ..Default::default()

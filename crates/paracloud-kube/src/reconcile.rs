@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use paracloud_manifest::{Manifest, Origin};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::names::{sha256_hex, APP_LABEL};
 use crate::object::{Object, ObjectKey};
@@ -73,6 +73,50 @@ pub struct Note {
     /// CamelCase, as Kubernetes' reasons are.
     pub reason: &'static str,
     pub message: String,
+}
+
+/// Who records an Event: the component (`operator`, `node-agent`) and its instance (its pod or
+/// node).
+#[derive(Debug, Clone, Copy)]
+pub struct Reporter<'a> {
+    pub component: &'a str,
+    pub instance: &'a str,
+}
+
+impl Note {
+    /// The `v1` Event that records the note on `app`, as `kubectl describe paracloudapp` shows
+    /// it: made at `now` (RFC 3339), named by the resource and `suffix`.
+    pub fn event(
+        &self,
+        app: &ParacloudApp,
+        reporter: Reporter<'_>,
+        now: &str,
+        suffix: u64,
+    ) -> Value {
+        let name = app.metadata.name.clone().unwrap_or_default();
+        let namespace = app.metadata.namespace.clone().unwrap_or_default();
+        json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": { "name": format!("{name}.{suffix:016x}"), "namespace": namespace },
+            "involvedObject": {
+                "apiVersion": "paracloud.dev/v1alpha1",
+                "kind": "ParacloudApp",
+                "name": name,
+                "namespace": namespace,
+                "uid": app.metadata.uid,
+            },
+            "type": self.kind,
+            "reason": self.reason,
+            "message": self.message,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": { "component": format!("paracloud-{}", reporter.component) },
+            "reportingComponent": format!("paracloud.dev/{}", reporter.component),
+            "reportingInstance": reporter.instance,
+        })
+    }
 }
 
 /// The whole decision.

@@ -1,5 +1,6 @@
 //! The agent's state, shared by its servers: its settings, the pods last found on the node, the
-//! PaCI servers it runs for them, their load reports, and the runtime that attaches capsules.
+//! PaCI servers it runs for them, their load reports, the runtime that attaches capsules, and
+//! the API server.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -82,6 +83,8 @@ pub struct Agent {
     pub refreshing: tokio::sync::Mutex<()>,
     /// The next capsule run's number (names its cgroup and output directory).
     pub next_run: std::sync::atomic::AtomicU64,
+    /// The API server, for what pods ask to change; `None`: the agent runs without it.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Agent {
@@ -89,6 +92,7 @@ impl Agent {
         config: Config,
         runtime: paracloud_runtime::Runtime,
         images: paracloud_image::Store,
+        cluster: Option<crate::cluster::Cluster>,
     ) -> Self {
         Self {
             config,
@@ -99,6 +103,7 @@ impl Agent {
             images: Mutex::new(images),
             refreshing: tokio::sync::Mutex::new(()),
             next_run: std::sync::atomic::AtomicU64::new(now_ms()),
+            cluster,
         }
     }
 

@@ -11,8 +11,9 @@
 //! api                 the agent's API on <root>/agent.sock: pods, refresh, capsule runs
 //! capsules            a built-in capsule attached to one container, streamed, audited
 //! refresh             one look at the node: pods found, PaCI sockets bound and removed
-//! paci                a pod's PaCI socket: peer check, whoami, load reports
+//! paci                a pod's PaCI socket: peer check, whoami, load reports, replicas
 //! agent  scan  audit  shared state; the runtime's list and bundles; the audit log
+//! cluster             the API server: the pod's ParacloudApp by its owners, replicas asked
 //! oci  cgroup         containers and pods as plain data; who is in a container's cgroup
 //! ```
 //!
@@ -29,12 +30,14 @@ pub mod api;
 mod audit;
 pub mod capsules;
 mod cgroup;
+pub mod cluster;
 pub mod oci;
 mod paci;
 pub mod refresh;
 mod scan;
 
 pub use agent::{Config, OciRuntime};
+pub use cluster::Cluster;
 
 /// How often the agent looks at the node's containers.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -58,8 +61,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), Error> {
+/// Runs the agent until SIGTERM or SIGINT; with `cluster`, pods' PaCI requests that change their
+/// application are carried out through the API server.
+pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> {
     let root = config.root.clone();
     std::fs::create_dir_all(root.join("paci"))
         .map_err(io(format!("creating {}", root.display())))?;
@@ -73,7 +77,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .map_err(|e| Error::Setup(e.to_string()))?;
     let images = paracloud_image::Store::open(root.join("images"))
         .map_err(|e| Error::Setup(format!("cannot open the capsule image store: {e}")))?;
-    let agent = Arc::new(agent::Agent::new(config, runtime, images));
+    let agent = Arc::new(agent::Agent::new(config, runtime, images, cluster));
     if let Err(e) = refresh::refresh(&agent).await {
         tracing::warn!("{e}");
     }

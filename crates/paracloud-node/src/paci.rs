@@ -4,22 +4,25 @@
 //! that asks for it, and a connection is answered only when its peer (`SO_PEERCRED`) is in one
 //! of the pod's containers' cgroups: what the daemon checks for an instance on one machine.
 //!
-//! It speaks the protocol of `paracloud-paci`: `whoami` (the pod's identity) and load reports
-//! (kept per pod for the operator, on the agent's API). The routes a cluster cannot serve yet
-//! (peers, weights, replicas, events) answer 501 saying so.
+//! It speaks the protocol of `paracloud-paci`: `whoami` (the pod's identity), load reports
+//! (kept per pod, on the agent's API), and a pod's request for instances of its application's
+//! services, carried out through the API server once the pod's owners prove its application
+//! (`cluster`). The routes a cluster cannot serve yet (peers, weights, events) answer 501 saying
+//! so.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, put};
 use axum::{Json, Router};
 use paracloud_paci::{
-    routes, Addresses, ErrorBody, LoadReport, Resources, Whoami, FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
+    routes, Addresses, ErrorBody, LoadReport, ReplicasAnswer, ReplicasRequest, Resources, Whoami,
+    FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
 };
 use tokio::net::UnixListener;
 
@@ -104,13 +107,13 @@ fn router(ctx: Ctx) -> Router {
         .route(routes::LOAD, put(load))
         .route(routes::PEERS, any(not_yet))
         .route(routes::WEIGHT, any(not_yet))
-        .route(routes::REPLICAS, any(not_yet))
+        .route(routes::REPLICAS, put(replicas))
         .route(routes::EVENTS, any(not_yet))
         .route(routes::ACK, any(not_yet))
         .fallback(|| async {
             PaciError(
                 StatusCode::NOT_FOUND,
-                "no such PaCI route: paths start with /v1 (whoami, load; see docs/paci.md)".into(),
+                "no such PaCI route: paths start with /v1 (whoami, load, services/NAME/replicas; see docs/paci.md)".into(),
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -230,11 +233,50 @@ async fn load(
     Ok(Json(report))
 }
 
+/// A pod asks for instances of a service of its application.
+async fn replicas(
+    State(ctx): State<Ctx>,
+    path: Result<UrlPath<String>, PathRejection>,
+    body: Result<Json<ReplicasRequest>, JsonRejection>,
+) -> Result<Json<ReplicasAnswer>, PaciError> {
+    let UrlPath(service) = path.map_err(|e| PaciError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(request) = body.map_err(|e| {
+        PaciError(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not valid: {}", e.body_text()),
+        )
+    })?;
+    let pod = ctx.agent.pod(&ctx.uid).ok_or_else(gone)?;
+    let Some(cluster) = ctx.agent.cluster.as_ref() else {
+        return Err(PaciError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node agent runs without the API server (it found no ServiceAccount token or kubeconfig), so it cannot change the application: run it as `paracloud k8s install` does".into(),
+        ));
+    };
+    cluster
+        .ask_replicas(&pod.pod, &service, &request)
+        .await
+        .map(Json)
+        .map_err(|refusal| {
+            let status =
+                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if status == StatusCode::FORBIDDEN {
+                tracing::warn!(
+                    "PaCI of pod {}/{}: {}",
+                    pod.pod.namespace,
+                    pod.pod.name,
+                    refusal.message
+                );
+            }
+            PaciError(status, refusal.message)
+        })
+}
+
 async fn not_yet(request: Request) -> PaciError {
     PaciError(
         StatusCode::NOT_IMPLEMENTED,
         format!(
-            "{} {} is not served on Kubernetes yet: the node agent answers whoami and load reports; peers, weights, replicas and events need the operator's side, which is still to come",
+            "{} {} is not served on Kubernetes yet: the node agent answers whoami, load reports and replicas; peers, weights and events are still to come",
             request.method(),
             request.uri().path()
         ),

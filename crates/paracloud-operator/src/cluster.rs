@@ -8,9 +8,9 @@ use kube::{Api, Client, ResourceExt};
 use paracloud_kube::access::{managed_kind, MANAGED_KINDS};
 use paracloud_kube::dataplane::DataplaneOptions;
 use paracloud_kube::names::FIELD_MANAGER;
-use paracloud_kube::reconcile::{Decision, FinalizerStep, Note, Observed, FINALIZER};
+use paracloud_kube::reconcile::{Decision, FinalizerStep, Note, Observed, Reporter, FINALIZER};
 use paracloud_kube::{Object, ObjectKey, ParacloudApp};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::Context;
 
@@ -212,28 +212,11 @@ pub(crate) async fn record(
     let ar = resource("v1", "Event", "events");
     let events: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let suffix: u64 = rand::random();
-    let body: Value = json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": { "name": format!("{}.{suffix:016x}", app.name_any()), "namespace": namespace },
-        "involvedObject": {
-            "apiVersion": "paracloud.dev/v1alpha1",
-            "kind": "ParacloudApp",
-            "name": app.name_any(),
-            "namespace": namespace,
-            "uid": app.uid(),
-        },
-        "type": note.kind,
-        "reason": note.reason,
-        "message": note.message,
-        "count": 1,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "source": { "component": "paracloud-operator" },
-        "reportingComponent": "paracloud.dev/operator",
-        "reportingInstance": identity,
-    });
+    let reporter = Reporter {
+        component: "operator",
+        instance: identity,
+    };
+    let body = note.event(app, reporter, &now, rand::random());
     let event: DynamicObject = serde_json::from_value(body).expect("an Event is a dynamic object");
     events.create(&PostParams::default(), &event).await?;
     Ok(())
