@@ -535,11 +535,11 @@ fn the_operator_installs_from_valid_objects_with_no_wildcard_and_no_secret_acces
     assert!(agent["containers"][0]["args"]
         .to_string()
         .contains("/run/containerd/runc/k8s.io"));
-    // The agent reads pods' owners and writes the scale a pod asks for; nothing else.
+    // The agent reads pods and their owners and writes the scale a pod asks for; nothing else.
     assert_eq!(agent["serviceAccountName"], "paracloud-node-agent");
     let rules = item("ClusterRole", "paracloud-node-agent")["rules"].to_string();
     assert!(
-        !rules.contains('*') && !rules.contains("secrets") && !rules.contains("list"),
+        !rules.contains('*') && !rules.contains("secrets") && !rules.contains("watch"),
         "{rules}"
     );
     assert!(

@@ -291,6 +291,26 @@ impl Node {
         )
     }
 
+    /// The JSON lines a streamed answer gives inside the pod's container within `seconds`.
+    fn watch_in(&self, pod: &Pod, path: &str, seconds: u32) -> Vec<Value> {
+        let out = self
+            .oci()
+            .arg("exec")
+            .arg(&pod.container_id)
+            .args([
+                "/usr/bin/curl",
+                "-s",
+                "-N",
+                "--max-time",
+                &seconds.to_string(),
+            ])
+            .args(["--unix-socket", "/run/paracloud/paci.sock"])
+            .arg(format!("http://paci{path}"))
+            .output()
+            .unwrap();
+        events(&String::from_utf8_lossy(&out.stdout))
+    }
+
     /// The container's first process on the host.
     fn pid(&self, pod: &Pod) -> i32 {
         let out = self
@@ -514,8 +534,11 @@ fn a_pod_asks_its_own_socket_who_it_is_and_reports_its_load() {
     assert_eq!(of(&a.uid)["load"]["report"]["capacity"], 120.5);
     assert!(of(&b.uid)["load"].is_null());
 
-    // What the cluster cannot serve yet says so.
+    // Without the API server, what needs it says so; what the cluster cannot serve yet too.
     let (status, body) = node.curl_in(&a, "GET", "/v1/peers", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("runs without the API server"), "{body}");
+    let (status, body) = node.curl_in(&a, "PUT", "/v1/weight", Some(r#"{"weight": 50}"#));
     assert_eq!(status, 501, "{body}");
     assert!(json(&body)["error"]
         .as_str()
@@ -747,14 +770,15 @@ fn owner(api_version: &str, kind: &str, name: &str, uid: &str) -> Value {
     json!([{ "apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": true }])
 }
 
-/// A pod asks through PaCI for instances of a service of its application. The agent proves the
-/// pod's application by its controlling owners on the API server (a stand-in here): Pod,
-/// ReplicaSet, Deployment, then the `ParacloudApp`, each by uid. It then writes the resource's
-/// scale, which the operator carries out, with an Event. A pod whose owners lead to no
-/// `ParacloudApp` is refused, as are a number outside the manifest's bounds and an unknown
-/// service. Every request the agent made is one its ClusterRole grants.
+/// A pod sees its service's pods through PaCI and asks for instances of a service of its
+/// application. The agent proves the pod's application by its controlling owners on the API
+/// server (a stand-in here): Pod, ReplicaSet, Deployment, then the `ParacloudApp`, each by uid.
+/// It answers peers from the service's pods (also as a watch), and writes the resource's scale,
+/// which the operator carries out, with an Event. A pod whose owners lead to no `ParacloudApp`
+/// is refused both, as are a number outside the manifest's bounds and an unknown service. Every
+/// request the agent made is one its ClusterRole grants.
 #[test]
-fn a_pod_asks_for_instances_and_the_agent_proves_its_application_by_its_owners() {
+fn a_pod_sees_its_peers_and_asks_for_instances_once_its_owners_prove_its_application() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -812,6 +836,7 @@ fn a_pod_asks_for_instances_and_the_agent_proves_its_application_by_its_owners()
             "spec": { "selector": { "matchLabels": { "paracloud.dev/workload": "web" } } },
         }),
     );
+    let labels = json!({ "paracloud.dev/app": "shop", "paracloud.dev/service": "web" });
     let pod = |namespace: &str, name: &str, owners: Value| {
         make(
             &standin,
@@ -819,7 +844,8 @@ fn a_pod_asks_for_instances_and_the_agent_proves_its_application_by_its_owners()
             Gvr::new("", "v1", "pods"),
             json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": { "name": name, "namespace": namespace, "ownerReferences": owners },
+                "metadata": { "name": name, "namespace": namespace, "ownerReferences": owners,
+                              "labels": labels },
                 "spec": { "containers": [{ "name": "web", "image": "registry.example/web:1" }] },
             }),
         )
@@ -829,6 +855,13 @@ fn a_pod_asks_for_instances_and_the_agent_proves_its_application_by_its_owners()
         "web-a",
         owner("apps/v1", "ReplicaSet", "web-5d8", &replicaset),
     );
+    // Another pod of the service, on another node, running and ready.
+    pod(
+        "ns-a",
+        "web-z",
+        owner("apps/v1", "ReplicaSet", "web-5d8", &replicaset),
+    );
+    standin.set_pod_ready("ns-a", "web-z", true).unwrap();
     // A pod that says it is the shop's, made by hand: no owner leads to the application.
     let uid_b = pod("ns-b", "web-b", json!([]));
     standin.clear_requests();
@@ -879,8 +912,52 @@ fn a_pod_asks_for_instances_and_the_agent_proves_its_application_by_its_owners()
         "{said:?}"
     );
 
+    // Its peers: the pods of its service, by name, with their addresses and states.
+    let (status, body) = node.curl_in(&a, "GET", "/v1/peers", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body),
+        json!({ "service": "web", "peers": [
+            { "instance": "web-a", "index": 0, "address": "0.0.0.0", "ready": false, "state": "starting", "revision": 0 },
+            { "instance": "web-z", "index": 1, "address": "10.0.0.1", "ready": true, "state": "running", "revision": 0 },
+        ]})
+    );
+    let (status, body) = node.curl_in(&a, "GET", "/v1/peers?service=nope", None);
+    assert_eq!(status, 404, "{body}");
+    // Watched: the list at once, then again when web-z is no longer ready.
+    let watching = std::thread::scope(|scope| {
+        let watch = scope.spawn(|| node.watch_in(&a, "/v1/peers?watch=true", 4));
+        std::thread::sleep(Duration::from_millis(1500));
+        standin.set_pod_ready("ns-a", "web-z", false).unwrap();
+        watch.join().unwrap()
+    });
+    let states: Vec<Vec<String>> = watching
+        .iter()
+        .map(|answer| {
+            answer["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {}",
+                        p["instance"].as_str().unwrap(),
+                        p["state"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            vec!["web-a starting".to_owned(), "web-z running".to_owned()],
+            vec!["web-a starting".to_owned(), "web-z unready".to_owned()],
+        ]
+    );
+
     // Outside the bounds, an unknown service, and a pod no ParacloudApp runs: refused, and the
-    // scale stays.
+    // scale stays; that pod sees no peers either.
     let (status, body) = node.curl_in(
         &a,
         "PUT",
@@ -911,6 +988,8 @@ fn a_pod_asks_for_instances_and_the_agent_proves_its_application_by_its_owners()
         body.contains("pod ns-b/web-b is not run by a ParacloudApp"),
         "{body}"
     );
+    let (status, body) = node.curl_in(&b, "GET", "/v1/peers", None);
+    assert_eq!(status, 403, "{body}");
     let resource = standin
         .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
         .unwrap();

@@ -175,11 +175,13 @@ pub fn operator_rules() -> Vec<PolicyRule> {
 }
 
 /// Every request the node agent's code makes: it proves which `ParacloudApp` a pod runs for by
-/// the pod's controlling owners, and writes the scale a pod asks for with an Event.
+/// the pod's controlling owners, lists a service's pods as its peers, and writes the scale a pod
+/// asks for with an Event.
 pub fn node_agent_permissions() -> Vec<Permission> {
     let mut all = Vec::new();
     for (group, resource, verb) in [
         ("", "pods", "get"),
+        ("", "pods", "list"),
         ("apps", "replicasets", "get"),
         ("apps", "deployments", "get"),
         ("apps", "statefulsets", "get"),

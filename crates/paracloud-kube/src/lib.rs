@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod install;
 pub mod names;
 pub mod object;
+pub mod paci;
 pub mod reconcile;
 pub mod render;
 pub mod resource;

@@ -1,20 +1,22 @@
-//! The agent's side of the API server, for the PaCI requests that change the application: which
-//! `ParacloudApp` a pod of this node runs for, proven by the pod's owners, and a pod's request for
-//! instances of its application's services, written to that resource's `spec.scale` (which the
-//! operator carries out) with an Event.
+//! The agent's side of the API server, for the PaCI requests about the application: which
+//! `ParacloudApp` a pod of this node runs for, proven by the pod's owners; a service's peers (its
+//! pods); and a pod's request for instances of its application's services, written to that
+//! resource's `spec.scale` (which the operator carries out) with an Event.
 //!
 //! A pod names its application in its environment and annotations, which whoever made the pod
-//! wrote. That is enough to say who it is (`whoami`), never to act for the application: before a
-//! change, the agent follows the pod's controlling owners (ReplicaSet, then Deployment; or
-//! StatefulSet; or Job) up to the `ParacloudApp` that owns them, by uid, and the pod's own uid
-//! must be the one the kubelet gave its containers.
+//! wrote. That is enough to say who it is (`whoami`), never to act for the application or to see
+//! its pods: before either, the agent follows the pod's controlling owners (ReplicaSet, then
+//! Deployment; or StatefulSet; or Job) up to the `ParacloudApp` that owns them, by uid, and the
+//! pod's own uid must be the one the kubelet gave its containers.
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
+use paracloud_kube::names::{object_name, APP_LABEL, SERVICE_LABEL};
 use paracloud_kube::reconcile::{Note, Reporter};
 use paracloud_kube::ParacloudApp;
-use paracloud_paci::{ReplicasAnswer, ReplicasRequest};
+use paracloud_paci::{Peers, ReplicasAnswer, ReplicasRequest};
 use serde_json::json;
 
 use crate::oci::PodRef;
@@ -88,10 +90,10 @@ impl Cluster {
         Self { client, identity }
     }
 
-    /// The `ParacloudApp` the pod runs for, by its chain of controlling owners.
-    pub async fn app_of(&self, pod: &PodRef) -> Result<ParacloudApp, Refusal> {
-        let pods: Api<k8s_openapi::api::core::v1::Pod> =
-            Api::namespaced(self.client.clone(), &pod.namespace);
+    /// The `ParacloudApp` the pod runs for, by its chain of controlling owners, and the pod as
+    /// the API server has it.
+    pub async fn app_of(&self, pod: &PodRef) -> Result<(ParacloudApp, Pod), Refusal> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         let found = pods
             .get_opt(&pod.name)
             .await
@@ -108,7 +110,7 @@ impl Cluster {
                 ),
             ));
         }
-        let mut owners = found.metadata.owner_references.unwrap_or_default();
+        let mut owners = found.metadata.owner_references.clone().unwrap_or_default();
         for _ in 0..MAX_OWNERS {
             let owner = controller(&owners)
                 .cloned()
@@ -124,7 +126,7 @@ impl Cluster {
                 if app.uid().as_deref() != Some(owner.uid.as_str()) {
                     return Err(not_paracloud(pod));
                 }
-                return Ok(app);
+                return Ok((app, found));
             }
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &pod.namespace, &resource);
@@ -147,24 +149,9 @@ impl Cluster {
         service: &str,
         request: &ReplicasRequest,
     ) -> Result<ReplicasAnswer, Refusal> {
-        let app = self.app_of(pod).await?;
-        let manifest = paracloud_kube::reconcile::manifest(&app).map_err(|e| {
-            Refusal::new(
-                409,
-                format!("the application's manifest does not load: {e}"),
-            )
-        })?;
-        if !manifest.services.contains_key(service) {
-            let known: Vec<&str> = manifest.services.keys().map(String::as_str).collect();
-            return Err(Refusal::new(
-                404,
-                format!(
-                    "no service {service} in application {}: it has {}",
-                    manifest.app,
-                    known.join(", ")
-                ),
-            ));
-        }
+        let (app, _) = self.app_of(pod).await?;
+        let manifest = manifest_of(&app)?;
+        known_service(&manifest, service)?;
         let bounds = manifest
             .autoscale
             .as_ref()
@@ -199,6 +186,60 @@ impl Cluster {
             min,
             max,
         })
+    }
+
+    /// The application and service whose peers the pod may see: its own application, proven by
+    /// its owners, and `service` or else the pod's own.
+    pub async fn peers_of(&self, pod: &PodRef, service: Option<&str>) -> Result<PeersOf, Refusal> {
+        let (app, found) = self.app_of(pod).await?;
+        let manifest = manifest_of(&app)?;
+        let service = match service {
+            Some(service) => service.to_owned(),
+            None => {
+                let label = found
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_LABEL))
+                    .cloned()
+                    .unwrap_or_default();
+                manifest
+                    .services
+                    .keys()
+                    .find(|s| object_name(s) == label)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            404,
+                            format!(
+                                "pod {}/{} names no service of application {} (label {SERVICE_LABEL}): ask for one with ?service=NAME",
+                                pod.namespace, pod.name, manifest.app
+                            ),
+                        )
+                    })?
+            }
+        };
+        known_service(&manifest, &service)?;
+        Ok(PeersOf {
+            namespace: pod.namespace.clone(),
+            app: manifest.app.clone(),
+            service,
+        })
+    }
+
+    /// The pods of `of.service`, as its peers now.
+    pub async fn peers(&self, of: &PeersOf) -> Result<Peers, Refusal> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &of.namespace);
+        let selector = format!(
+            "{APP_LABEL}={},{SERVICE_LABEL}={}",
+            of.app,
+            object_name(&of.service)
+        );
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(paracloud_kube::paci::peers(&list.items, &of.service))
     }
 
     /// An Event on the resource; a failure to record is logged, the change stands.
@@ -255,6 +296,38 @@ impl Cluster {
             other => Refusal::new(503, format!("the API server did not answer: {other}")),
         }
     }
+}
+
+/// Whose peers a pod asked for: a service of its application.
+#[derive(Debug, Clone)]
+pub struct PeersOf {
+    pub namespace: String,
+    pub app: String,
+    pub service: String,
+}
+
+fn manifest_of(app: &ParacloudApp) -> Result<paracloud_manifest::Manifest, Refusal> {
+    paracloud_kube::reconcile::manifest(app).map_err(|e| {
+        Refusal::new(
+            409,
+            format!("the application's manifest does not load: {e}"),
+        )
+    })
+}
+
+fn known_service(manifest: &paracloud_manifest::Manifest, service: &str) -> Result<(), Refusal> {
+    if manifest.services.contains_key(service) {
+        return Ok(());
+    }
+    let known: Vec<&str> = manifest.services.keys().map(String::as_str).collect();
+    Err(Refusal::new(
+        404,
+        format!(
+            "no service {service} in application {}: it has {}",
+            manifest.app,
+            known.join(", ")
+        ),
+    ))
 }
 
 fn not_paracloud(pod: &PodRef) -> Refusal {

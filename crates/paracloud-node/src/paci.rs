@@ -13,8 +13,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -105,7 +105,7 @@ fn router(ctx: Ctx) -> Router {
     Router::new()
         .route(routes::WHOAMI, get(whoami))
         .route(routes::LOAD, put(load))
-        .route(routes::PEERS, any(not_yet))
+        .route(routes::PEERS, get(peers))
         .route(routes::WEIGHT, any(not_yet))
         .route(routes::REPLICAS, put(replicas))
         .route(routes::EVENTS, any(not_yet))
@@ -113,7 +113,7 @@ fn router(ctx: Ctx) -> Router {
         .fallback(|| async {
             PaciError(
                 StatusCode::NOT_FOUND,
-                "no such PaCI route: paths start with /v1 (whoami, load, services/NAME/replicas; see docs/paci.md)".into(),
+                "no such PaCI route: paths start with /v1 (whoami, peers, load, services/NAME/replicas; see docs/paci.md)".into(),
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -233,6 +233,94 @@ async fn load(
     Ok(Json(report))
 }
 
+/// How often a watch of peers looks at the pods again.
+const PEERS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersQuery {
+    service: Option<String>,
+    #[serde(default)]
+    watch: bool,
+}
+
+/// The pods of a service of the pod's application (its own by default); with `watch=true`, as
+/// JSON lines: one at once, then one each time they change (looked at every second).
+async fn peers(
+    State(ctx): State<Ctx>,
+    query: Result<Query<PeersQuery>, QueryRejection>,
+) -> Result<Response, PaciError> {
+    let Query(query) = query.map_err(|e| PaciError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let pod = ctx.agent.pod(&ctx.uid).ok_or_else(gone)?;
+    let cluster = cluster(&ctx)?;
+    let of = cluster
+        .peers_of(&pod.pod, query.service.as_deref())
+        .await
+        .map_err(|r| refused(&pod, r))?;
+    let first = cluster.peers(&of).await.map_err(|r| refused(&pod, r))?;
+    if !query.watch {
+        return Ok(Json(first).into_response());
+    }
+    let lines = futures::stream::unfold(
+        (cluster, of, None::<paracloud_paci::Peers>, Some(first)),
+        |(cluster, of, last, first)| async move {
+            if let Some(first) = first {
+                let line = json_line(&first);
+                return Some((
+                    Ok::<_, std::convert::Infallible>(line),
+                    (cluster, of, Some(first), None),
+                ));
+            }
+            loop {
+                tokio::time::sleep(PEERS_EVERY).await;
+                // The pods may be out of reach for a moment: the next look tells.
+                let Ok(now) = cluster.peers(&of).await else {
+                    continue;
+                };
+                if Some(&now) != last.as_ref() {
+                    let line = json_line(&now);
+                    return Some((Ok(line), (cluster, of, Some(now), None)));
+                }
+            }
+        },
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+fn json_line<T: serde::Serialize>(value: &T) -> axum::body::Bytes {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    line.into()
+}
+
+/// The API server, or the answer of an agent that runs without it.
+fn cluster(ctx: &Ctx) -> Result<crate::cluster::Cluster, PaciError> {
+    ctx.agent.cluster.clone().ok_or_else(|| {
+        PaciError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node agent runs without the API server (it found no ServiceAccount token or kubeconfig), so it cannot answer for the application: run it as `paracloud k8s install` does".into(),
+        )
+    })
+}
+
+/// The answer to a refused request; a pod refused as a stranger to the application is logged.
+fn refused(pod: &Pod, refusal: crate::cluster::Refusal) -> PaciError {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status == StatusCode::FORBIDDEN {
+        tracing::warn!(
+            "PaCI of pod {}/{}: {}",
+            pod.pod.namespace,
+            pod.pod.name,
+            refusal.message
+        );
+    }
+    PaciError(status, refusal.message)
+}
+
 /// A pod asks for instances of a service of its application.
 async fn replicas(
     State(ctx): State<Ctx>,
@@ -247,36 +335,18 @@ async fn replicas(
         )
     })?;
     let pod = ctx.agent.pod(&ctx.uid).ok_or_else(gone)?;
-    let Some(cluster) = ctx.agent.cluster.as_ref() else {
-        return Err(PaciError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this node agent runs without the API server (it found no ServiceAccount token or kubeconfig), so it cannot change the application: run it as `paracloud k8s install` does".into(),
-        ));
-    };
-    cluster
+    cluster(&ctx)?
         .ask_replicas(&pod.pod, &service, &request)
         .await
         .map(Json)
-        .map_err(|refusal| {
-            let status =
-                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            if status == StatusCode::FORBIDDEN {
-                tracing::warn!(
-                    "PaCI of pod {}/{}: {}",
-                    pod.pod.namespace,
-                    pod.pod.name,
-                    refusal.message
-                );
-            }
-            PaciError(status, refusal.message)
-        })
+        .map_err(|refusal| refused(&pod, refusal))
 }
 
 async fn not_yet(request: Request) -> PaciError {
     PaciError(
         StatusCode::NOT_IMPLEMENTED,
         format!(
-            "{} {} is not served on Kubernetes yet: the node agent answers whoami, load reports and replicas; peers, weights and events are still to come",
+            "{} {} is not served on Kubernetes yet: the node agent answers whoami, peers, load reports and replicas; weights and events are still to come",
             request.method(),
             request.uri().path()
         ),

@@ -1,0 +1,162 @@
+//! PaCI's answers made from the cluster's objects, for the node agent (pure): a service's peers
+//! are its pods.
+
+use k8s_openapi::api::core::v1::Pod;
+use paracloud_paci::{Peer, Peers};
+
+/// The pods of `service` as its peers, sorted by name. A peer's index is its StatefulSet
+/// ordinal, else its place in that order; its address the pod's IPv4 address (unspecified
+/// while it has none); its state `stopping` once deleted, else `running`, `unready` or
+/// `starting` by its phase and `Ready` condition. Revisions are not numbered on a cluster:
+/// every peer reads revision 0.
+pub fn peers(pods: &[Pod], service: &str) -> Peers {
+    let mut pods: Vec<&Pod> = pods.iter().collect();
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let peers = pods
+        .iter()
+        .enumerate()
+        .map(|(place, pod)| {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let status = pod.status.as_ref();
+            let ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+            let state = match (pod.metadata.deletion_timestamp.is_some(), phase, ready) {
+                (true, _, _) => "stopping",
+                (false, "Running", true) => "running",
+                (false, "Running", false) => "unready",
+                (false, "Pending", _) => "starting",
+                (false, "Succeeded", _) => "exited",
+                (false, _, _) => "failed",
+            };
+            let address = status
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse().ok())
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+            Peer {
+                index: ordinal(pod, &name)
+                    .unwrap_or_else(|| u32::try_from(place).unwrap_or(u32::MAX)),
+                instance: name,
+                address,
+                ready: ready && state == "running",
+                state: state.to_owned(),
+                revision: 0,
+            }
+        })
+        .collect();
+    Peers {
+        service: service.to_owned(),
+        peers,
+    }
+}
+
+/// A StatefulSet's pod's ordinal, the number its name ends with.
+fn ordinal(pod: &Pod, name: &str) -> Option<u32> {
+    let stateful = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.kind == "StatefulSet");
+    stateful
+        .then(|| name.rsplit_once('-')?.1.parse().ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(name: &str, phase: &str, ready: bool, ip: Option<&str>, owner: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "ownerReferences": [
+                { "apiVersion": "apps/v1", "kind": owner, "name": "x", "uid": "u", "controller": true }
+            ]},
+            "status": {
+                "phase": phase,
+                "podIP": ip,
+                "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_are_peers_in_name_order_with_their_state_and_address() {
+        let mut going = pod("web-a", "Running", true, Some("10.0.0.9"), "ReplicaSet");
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let answer = peers(
+            &[
+                pod("web-c", "Pending", false, None, "ReplicaSet"),
+                pod("web-b", "Running", false, Some("10.0.0.2"), "ReplicaSet"),
+                going,
+                pod("web-d", "Running", true, Some("10.0.0.4"), "ReplicaSet"),
+            ],
+            "web",
+        );
+        let seen: Vec<(String, u32, String, bool, String)> = answer
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.instance.clone(),
+                    p.index,
+                    p.address.to_string(),
+                    p.ready,
+                    p.state.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(answer.service, "web");
+        assert_eq!(
+            seen,
+            [
+                (
+                    "web-a".into(),
+                    0,
+                    "10.0.0.9".into(),
+                    false,
+                    "stopping".into()
+                ),
+                (
+                    "web-b".into(),
+                    1,
+                    "10.0.0.2".into(),
+                    false,
+                    "unready".into()
+                ),
+                (
+                    "web-c".into(),
+                    2,
+                    "0.0.0.0".into(),
+                    false,
+                    "starting".into()
+                ),
+                ("web-d".into(), 3, "10.0.0.4".into(), true, "running".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_statefulsets_pods_keep_their_ordinal() {
+        let answer = peers(
+            &[
+                pod("kv-10", "Running", true, Some("10.0.0.10"), "StatefulSet"),
+                pod("kv-2", "Running", true, Some("10.0.0.2"), "StatefulSet"),
+            ],
+            "kv",
+        );
+        let indexes: Vec<(String, u32)> = answer
+            .peers
+            .iter()
+            .map(|p| (p.instance.clone(), p.index))
+            .collect();
+        assert_eq!(indexes, [("kv-10".into(), 10), ("kv-2".into(), 2)]);
+    }
+}
