@@ -685,7 +685,7 @@ fn the_operator_autoscales_an_application_from_its_data_plane_and_pod_metrics() 
         paracloud_kube::access::operator_permissions()
             .into_iter()
             .chain(paracloud_kube::access::delegated_permissions())
-            .map(|p| (p.group.to_owned(), p.resource.to_owned(), p.verb.to_owned()))
+            .map(|p| p.triple())
             .collect();
     let used: std::collections::BTreeSet<(String, String, String)> = standin
         .requests()
@@ -693,13 +693,7 @@ fn the_operator_autoscales_an_application_from_its_data_plane_and_pod_metrics() 
         // This test's own: the Events listed above, and the definition it installed.
         .filter(|r| !(r.resource == "events" && r.verb.as_str() == "list"))
         .filter(|r| r.resource != "customresourcedefinitions")
-        .map(|r| {
-            (
-                r.group.clone(),
-                r.rbac_resource(),
-                r.verb.as_str().to_owned(),
-            )
-        })
+        .map(|r| r.rbac())
         .collect();
     let ungranted: Vec<_> = used.difference(&granted).collect();
     assert!(ungranted.is_empty(), "used but not granted: {ungranted:?}");

@@ -998,20 +998,14 @@ fn a_pod_sees_its_peers_and_asks_for_instances_once_its_owners_prove_its_applica
     let granted: std::collections::BTreeSet<(String, String, String)> =
         paracloud_kube::access::node_agent_permissions()
             .into_iter()
-            .map(|p| (p.group.to_owned(), p.resource.to_owned(), p.verb.to_owned()))
+            .map(|p| p.triple())
             .collect();
     let used: std::collections::BTreeSet<(String, String, String)> = standin
         .requests()
         .into_iter()
         // This test's own: the Events listed above.
         .filter(|r| !(r.resource == "events" && r.verb.as_str() == "list"))
-        .map(|r| {
-            (
-                r.group.clone(),
-                r.rbac_resource(),
-                r.verb.as_str().to_owned(),
-            )
-        })
+        .map(|r| r.rbac())
         .collect();
     let ungranted: Vec<_> = used.difference(&granted).collect();
     assert!(ungranted.is_empty(), "used but not granted: {ungranted:?}");

@@ -119,6 +119,15 @@ impl Request {
             None => self.resource.clone(),
         }
     }
+
+    /// The request as an RBAC rule grants it: (group, resource, verb).
+    pub fn rbac(&self) -> (String, String, String) {
+        (
+            self.group.clone(),
+            self.rbac_resource(),
+            self.verb.as_str().to_owned(),
+        )
+    }
 }
 
 /// A resource by group, version and plural.

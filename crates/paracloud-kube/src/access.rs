@@ -105,6 +105,17 @@ pub struct Permission {
     pub verb: &'static str,
 }
 
+impl Permission {
+    /// (group, resource, verb), as a request is compared with it.
+    pub fn triple(&self) -> (String, String, String) {
+        (
+            self.group.to_owned(),
+            self.resource.to_owned(),
+            self.verb.to_owned(),
+        )
+    }
+}
+
 /// Every request the operator's code makes, by group, resource and verb (RBAC's names).
 pub fn operator_permissions() -> Vec<Permission> {
     let mut all = Vec::new();

@@ -425,18 +425,12 @@ async fn an_application_comes_up_scales_resizes_and_goes_with_exactly_the_reques
                 && r.verb.as_str() == "delete")
         })
         .filter(|r| !(r.resource == "events" && r.verb.as_str() == "list"))
-        .map(|r| {
-            (
-                r.group.clone(),
-                r.rbac_resource(),
-                r.verb.as_str().to_owned(),
-            )
-        })
+        .map(|r| r.rbac())
         .collect();
     let granted: BTreeSet<(String, String, String)> =
         paracloud_kube::access::operator_permissions()
             .into_iter()
-            .map(|p| (p.group.to_owned(), p.resource.to_owned(), p.verb.to_owned()))
+            .map(|p| p.triple())
             .collect();
     // The autoscaler's read of metrics-server follows a data plane, which this test runs
     // without: the cluster data plane's autoscaling test checks it.
