@@ -279,7 +279,10 @@ pub(crate) async fn deploy(
         ParacloudAppSpec {
             manifest: loaded.request.source.clone(),
             registry,
+            // The scale and the pods' weights are the cluster's to write (`paracloud scale`, the
+            // autoscaler, pods through PaCI): left out, a redeploy keeps them.
             scale: Default::default(),
+            weights: Default::default(),
             directories,
         },
     );

@@ -702,3 +702,80 @@ fn the_operator_autoscales_an_application_from_its_data_plane_and_pod_metrics() 
         "metrics-server was read: {used:?}"
     );
 }
+
+/// A pod's PaCI weight, as the node agent writes it on the application's resource, shifts the
+/// pod's share: the data plane follows the resource beside the EndpointSlices. At weight 0 a
+/// pod gets no request while another can serve; dropped from the resource, it gets its full
+/// share again.
+#[test]
+fn a_pods_weight_on_the_resource_shifts_its_share_of_requests() {
+    let cluster = Cluster::start();
+    let standin = cluster.standin.as_ref().unwrap();
+    cluster.runtime.block_on(async {
+        kube::Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(standin.client())
+            .create(&Default::default(), &paracloud_kube::resource::definition())
+            .await
+            .unwrap();
+    });
+    let app = ObjectRef::new(
+        Gvr::new("paracloud.dev", "v1alpha1", "paracloudapps"),
+        "shop",
+        "shop",
+    );
+    standin
+        .apply_as(
+            "kubectl",
+            &app,
+            json!({
+                "apiVersion": "paracloud.dev/v1alpha1", "kind": "ParacloudApp",
+                "metadata": { "name": "shop", "namespace": "shop" },
+                "spec": { "manifest": MANIFEST },
+            }),
+        )
+        .unwrap();
+    backend("127.0.0.4", cluster.backend_port(), "api-1");
+    backend("127.0.0.5", cluster.backend_port(), "api-2");
+    cluster.slice(
+        "api-pods",
+        "api-pods-w1",
+        &[("api-1", "127.0.0.4", true), ("api-2", "127.0.0.5", true)],
+    );
+    cluster.wait_backends(&["api-1", "api-2"]);
+
+    let weight_of = |pod: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(root_path(&cluster, "state/dataplane.json")).ok()?;
+        let config: Value = serde_json::from_str(&text).ok()?;
+        config["listeners"][0]["backends"]
+            .as_array()?
+            .iter()
+            .find(|b| b["id"] == pod)?["weight"]
+            .as_u64()
+    };
+    let wait_weight = |pod: &str, weight: u64| {
+        eventually(&format!("{pod} weighs {weight}"), || {
+            weight_of(pod) == Some(weight)
+        })
+    };
+    // api-2 asks to be left out while api-1 serves (as a pod draining its work would).
+    standin
+        .merge_patch_as(
+            "paracloud-node-agent",
+            &app,
+            json!({ "spec": { "weights": { "api-2": 0 } } }),
+        )
+        .unwrap();
+    wait_weight("api-2", 0);
+    assert_eq!(weight_of("api-1"), Some(1000));
+    let counts = cluster.spread(20, "");
+    assert_eq!(counts.get("api-1"), Some(&20), "{counts:?}");
+
+    // Back to its full share.
+    standin
+        .merge_patch_as(
+            "paracloud-node-agent",
+            &app,
+            json!({ "spec": { "weights": { "api-2": null } } }),
+        )
+        .unwrap();
+    wait_weight("api-2", 1000);
+}

@@ -539,6 +539,8 @@ fn a_pod_asks_its_own_socket_who_it_is_and_reports_its_load() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("runs without the API server"), "{body}");
     let (status, body) = node.curl_in(&a, "PUT", "/v1/weight", Some(r#"{"weight": 50}"#));
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = node.curl_in(&a, "GET", "/v1/events", None);
     assert_eq!(status, 501, "{body}");
     assert!(json(&body)["error"]
         .as_str()
@@ -773,12 +775,13 @@ fn owner(api_version: &str, kind: &str, name: &str, uid: &str) -> Value {
 /// A pod sees its service's pods through PaCI and asks for instances of a service of its
 /// application. The agent proves the pod's application by its controlling owners on the API
 /// server (a stand-in here): Pod, ReplicaSet, Deployment, then the `ParacloudApp`, each by uid.
-/// It answers peers from the service's pods (also as a watch), and writes the resource's scale,
-/// which the operator carries out, with an Event. A pod whose owners lead to no `ParacloudApp`
+/// It answers peers from the service's pods (also as a watch), writes the pod's weight for its
+/// data plane, and writes the resource's scale, which the operator carries out, with an Event. A pod whose owners lead to no `ParacloudApp`
 /// is refused both, as are a number outside the manifest's bounds and an unknown service. Every
 /// request the agent made is one its ClusterRole grants.
 #[test]
-fn a_pod_sees_its_peers_and_asks_for_instances_once_its_owners_prove_its_application() {
+fn a_pod_sees_its_peers_sets_its_weight_and_asks_for_instances_once_its_owners_prove_its_application(
+) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -956,6 +959,42 @@ fn a_pod_sees_its_peers_and_asks_for_instances_once_its_owners_prove_its_applica
         ]
     );
 
+    // Its weight, for its data plane to read; a gone pod's weight is dropped on the way; null is
+    // the full share again; more than 100 is refused.
+    standin
+        .merge_patch_as(
+            "paracloud-node-agent",
+            &ObjectRef::new(
+                Gvr::new("paracloud.dev", "v1alpha1", "paracloudapps"),
+                "ns-a",
+                "shop",
+            ),
+            json!({ "spec": { "weights": { "web-gone": 10 } } }),
+        )
+        .unwrap();
+    let (status, body) = node.curl_in(&a, "PUT", "/v1/weight", Some(r#"{"weight": 25}"#));
+    assert_eq!(
+        (status, json(&body)),
+        (200, json!({ "weight": 25 })),
+        "{body}"
+    );
+    let weights = |standin: &StandIn| {
+        standin
+            .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
+            .unwrap()["spec"]["weights"]
+            .clone()
+    };
+    assert_eq!(weights(&standin), json!({ "web-a": 25 }));
+    let (status, body) = node.curl_in(&a, "PUT", "/v1/weight", Some(r#"{"weight": null}"#));
+    assert_eq!(
+        (status, json(&body)),
+        (200, json!({ "weight": 100 })),
+        "{body}"
+    );
+    assert!(weights(&standin).as_object().is_none_or(|w| w.is_empty()));
+    let (status, body) = node.curl_in(&a, "PUT", "/v1/weight", Some(r#"{"weight": 101}"#));
+    assert_eq!(status, 400, "{body}");
+
     // Outside the bounds, an unknown service, and a pod no ParacloudApp runs: refused, and the
     // scale stays; that pod sees no peers either.
     let (status, body) = node.curl_in(
@@ -989,6 +1028,8 @@ fn a_pod_sees_its_peers_and_asks_for_instances_once_its_owners_prove_its_applica
         "{body}"
     );
     let (status, body) = node.curl_in(&b, "GET", "/v1/peers", None);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = node.curl_in(&b, "PUT", "/v1/weight", Some(r#"{"weight": 0}"#));
     assert_eq!(status, 403, "{body}");
     let resource = standin
         .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")

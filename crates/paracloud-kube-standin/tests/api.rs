@@ -71,6 +71,7 @@ fn app(name: &str) -> ParacloudApp {
             manifest: "[app]\nname = \"shop\"\n".into(),
             registry: None,
             scale: BTreeMap::new(),
+            weights: BTreeMap::new(),
             directories: Vec::new(),
         },
     )

@@ -163,17 +163,37 @@ pub fn operator_permissions() -> Vec<Permission> {
     all
 }
 
-/// What the operator holds without asking for it: what the Roles it applies grant (the data
-/// plane's, `render::dataplane_rule`), since Kubernetes lets a subject grant only what it holds
-/// itself.
+/// Every request an application's data plane makes, in its namespace: the EndpointSlices of its
+/// services' pods, and its resource, for the pods' weights.
+pub fn dataplane_permissions() -> Vec<Permission> {
+    let mut all = Vec::new();
+    for (group, resource) in [
+        ("discovery.k8s.io", "endpointslices"),
+        ("paracloud.dev", "paracloudapps"),
+    ] {
+        for verb in ["list", "watch"] {
+            all.push(Permission {
+                group,
+                resource,
+                verb,
+            });
+        }
+    }
+    all
+}
+
+/// The data plane's Role's rules (`render` applies them in each application's namespace).
+pub fn dataplane_rules() -> Vec<PolicyRule> {
+    rules(&dataplane_permissions())
+}
+
+/// What the operator holds without asking for it: what the data plane's Role grants beyond the
+/// operator's own requests, since Kubernetes lets a subject grant only what it holds itself.
 pub fn delegated_permissions() -> Vec<Permission> {
-    ["list", "watch"]
+    let own = operator_permissions();
+    dataplane_permissions()
         .into_iter()
-        .map(|verb| Permission {
-            group: "discovery.k8s.io",
-            resource: "endpointslices",
-            verb,
-        })
+        .filter(|p| !own.contains(p))
         .collect()
 }
 
@@ -298,6 +318,16 @@ mod tests {
         );
         assert_eq!(operator, wanted);
         assert!(!operator.iter().any(|(_, r, v)| r == "*" || v == "*"));
+        assert_eq!(granted(dataplane_rules()), triples(dataplane_permissions()));
+        // Whatever the data plane's Role grants, the operator holds.
+        let holds = triples(
+            operator_permissions()
+                .into_iter()
+                .chain(delegated_permissions()),
+        );
+        assert!(triples(dataplane_permissions())
+            .iter()
+            .all(|p| holds.contains(p)));
         let agent = granted(node_agent_rules());
         assert_eq!(agent, triples(node_agent_permissions()));
         assert!(!agent.iter().any(|(_, r, v)| r == "*" || v == "*"));

@@ -314,16 +314,23 @@ weight = 10
     }
 
     #[test]
-    fn the_data_plane_may_list_and_watch_endpoint_slices_and_nothing_else() {
+    fn the_data_plane_may_list_and_watch_endpoint_slices_and_its_resource_and_nothing_else() {
         let objects = render(true);
         let role = find(&objects, "Role", "shop-dataplane");
         assert_eq!(
             role["rules"],
-            serde_json::json!([{
-                "apiGroups": ["discovery.k8s.io"],
-                "resources": ["endpointslices"],
-                "verbs": ["list", "watch"],
-            }])
+            serde_json::json!([
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["paracloud.dev"],
+                    "resources": ["paracloudapps"],
+                    "verbs": ["list", "watch"],
+                },
+            ])
         );
         let binding = find(&objects, "RoleBinding", "shop-dataplane");
         assert_eq!(binding["subjects"][0]["name"], "shop-dataplane");

@@ -679,7 +679,7 @@ impl Renderer<'_> {
         }));
         self.objects.push(Object::of(&rbac::Role {
             metadata: self.meta(&name, labels.clone()),
-            rules: Some(vec![dataplane_rule()]),
+            rules: Some(crate::access::dataplane_rules()),
         }));
         self.objects.push(Object::of(&rbac::RoleBinding {
             metadata: self.meta(&name, labels.clone()),
@@ -1628,18 +1628,6 @@ fn resources(service: &Service) -> core::ResourceRequirements {
     core::ResourceRequirements {
         limits: (!limits.is_empty()).then_some(limits),
         requests: (!requests.is_empty()).then_some(requests),
-        ..Default::default()
-    }
-}
-
-/// The one permission of the data plane's pods: the namespace's EndpointSlices, listed and
-/// watched: what the operator holds for it (`access::delegated_permissions`).
-pub fn dataplane_rule() -> rbac::PolicyRule {
-    let delegated = crate::access::delegated_permissions();
-    rbac::PolicyRule {
-        api_groups: Some(vec![delegated[0].group.to_owned()]),
-        resources: Some(vec![delegated[0].resource.to_owned()]),
-        verbs: delegated.iter().map(|p| p.verb.to_owned()).collect(),
         ..Default::default()
     }
 }

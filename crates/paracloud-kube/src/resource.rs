@@ -57,6 +57,11 @@ pub struct ParacloudAppSpec {
     /// service name: what the manifest says until then.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scale: BTreeMap<String, ServiceScale>,
+    /// Pods' PaCI weights, by pod name: the percent (0 to 100) of its full share of traffic a
+    /// pod asked for through the node agent; a pod not named takes its full share. Written by
+    /// the node agent, read by the application's data plane.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, u32>,
     /// The bind mounts' sources that were directories on the deploying machine: mounted as the
     /// node's path. Every other bind source is a file, whose ConfigMap (or Secret, under
     /// `/run/secrets/`) the CLI applied beside the resource.

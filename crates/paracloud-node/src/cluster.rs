@@ -17,7 +17,7 @@ use paracloud_kube::names::{object_name, APP_LABEL, SERVICE_LABEL};
 use paracloud_kube::reconcile::{Note, Reporter};
 use paracloud_kube::ParacloudApp;
 use paracloud_paci::{Peers, ReplicasAnswer, ReplicasRequest};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::oci::PodRef;
 
@@ -186,6 +186,39 @@ impl Cluster {
             min,
             max,
         })
+    }
+
+    /// A pod sets its weight (a percent of its full share; `None` is the full share again): the
+    /// resource's `spec.weights`, which its data plane reads. Weights of pods that are gone are
+    /// dropped in the same change.
+    pub async fn set_weight(&self, pod: &PodRef, weight: Option<u32>) -> Result<(), Refusal> {
+        let (app, _) = self.app_of(pod).await?;
+        let namespace = app.namespace().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let selector = format!("{APP_LABEL}={}", app.name_any());
+        let living: Vec<String> = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| self.unreachable(e))?
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        let mut weights = serde_json::Map::new();
+        for gone in app.spec.weights.keys().filter(|p| !living.contains(p)) {
+            weights.insert(gone.clone(), Value::Null);
+        }
+        weights.insert(pod.name.clone(), json!(weight));
+        let patch = json!({ "spec": { "weights": weights } });
+        let apps: Api<ParacloudApp> = Api::namespaced(self.client.clone(), &namespace);
+        apps.patch(
+            &app.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| self.unreachable(e))?;
+        Ok(())
     }
 
     /// The application and service whose peers the pod may see: its own application, proven by

@@ -21,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, put};
 use axum::{Json, Router};
 use paracloud_paci::{
-    routes, Addresses, ErrorBody, LoadReport, ReplicasAnswer, ReplicasRequest, Resources, Whoami,
-    FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
+    routes, Addresses, ErrorBody, LoadReport, ReplicasAnswer, ReplicasRequest, Resources,
+    WeightAnswer, WeightRequest, Whoami, FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
 };
 use tokio::net::UnixListener;
 
@@ -106,14 +106,14 @@ fn router(ctx: Ctx) -> Router {
         .route(routes::WHOAMI, get(whoami))
         .route(routes::LOAD, put(load))
         .route(routes::PEERS, get(peers))
-        .route(routes::WEIGHT, any(not_yet))
+        .route(routes::WEIGHT, put(weight))
         .route(routes::REPLICAS, put(replicas))
         .route(routes::EVENTS, any(not_yet))
         .route(routes::ACK, any(not_yet))
         .fallback(|| async {
             PaciError(
                 StatusCode::NOT_FOUND,
-                "no such PaCI route: paths start with /v1 (whoami, peers, load, services/NAME/replicas; see docs/paci.md)".into(),
+                "no such PaCI route: paths start with /v1 (whoami, peers, load, weight, services/NAME/replicas; see docs/paci.md)".into(),
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -321,6 +321,28 @@ fn refused(pod: &Pod, refusal: crate::cluster::Refusal) -> PaciError {
     PaciError(status, refusal.message)
 }
 
+/// A pod sets its own weight: the percent of its full share of traffic its data plane gives it.
+async fn weight(
+    State(ctx): State<Ctx>,
+    body: Result<Json<WeightRequest>, JsonRejection>,
+) -> Result<Json<WeightAnswer>, PaciError> {
+    let Json(request) = body.map_err(|e| {
+        PaciError(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not valid: {}", e.body_text()),
+        )
+    })?;
+    let weight = request
+        .check()
+        .map_err(|e| PaciError(StatusCode::BAD_REQUEST, e))?;
+    let pod = ctx.agent.pod(&ctx.uid).ok_or_else(gone)?;
+    cluster(&ctx)?
+        .set_weight(&pod.pod, request.weight)
+        .await
+        .map_err(|refusal| refused(&pod, refusal))?;
+    Ok(Json(WeightAnswer { weight }))
+}
+
 /// A pod asks for instances of a service of its application.
 async fn replicas(
     State(ctx): State<Ctx>,
@@ -346,7 +368,7 @@ async fn not_yet(request: Request) -> PaciError {
     PaciError(
         StatusCode::NOT_IMPLEMENTED,
         format!(
-            "{} {} is not served on Kubernetes yet: the node agent answers whoami, peers, load reports and replicas; weights and events are still to come",
+            "{} {} is not served on Kubernetes yet: the node agent answers whoami, peers, load reports, weights and replicas; events are still to come",
             request.method(),
             request.uri().path()
         ),

@@ -3,9 +3,10 @@
 //! The routes (listeners, revisions and weights) are those `paracloud_kube::dataplane::routes`
 //! made when the application was rendered, read from the file its ConfigMap mounts; each
 //! listener's backends are the ready endpoints of the EndpointSlices of the headless Service the
-//! route names, followed with a watcher. The data plane itself runs in this process
-//! (`paracloud_dataplane::Dataplane`): each change is written to its configuration file and a
-//! reload signalled, as the daemon does for its own data-plane process. A listener with no ready
+//! route names, followed with a watcher, each weighted by its pod's PaCI weight from the
+//! application's resource (`spec.weights`, which the node agent writes), followed too. The data
+//! plane itself runs in this process (`paracloud_dataplane::Dataplane`): each change is written
+//! to its configuration file and a reload signalled, as the daemon does for its own data-plane process. A listener with no ready
 //! endpoint holds its requests (announced on `/watch`) until one comes or the hold time ends.
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use kube::{Api, Client, ResourceExt};
 use paracloud_dataplane::{Backend, Config, Dataplane, Listener, Protocol, Revision, Tuning};
 use paracloud_kube::dataplane::{Protocol as PortProtocol, Route, Routes};
 use paracloud_kube::render::port_name;
+use paracloud_kube::ParacloudApp;
 use tokio::sync::watch;
 
 /// The label the EndpointSlice controller puts on a Service's slices.
@@ -98,9 +100,19 @@ fn takes_requests(endpoint: &k8s_openapi::api::discovery::v1::Endpoint) -> bool 
         && !conditions.and_then(|c| c.terminating).unwrap_or(false)
 }
 
+/// What the data plane follows of the cluster: the EndpointSlices, and the pods' weights from
+/// the application's resource.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub slices: Vec<EndpointSlice>,
+    /// PaCI weights by pod name, in percent of a pod's full share.
+    pub weights: BTreeMap<String, u32>,
+}
+
 /// The ready endpoints of the slices of `service` as backends of `route`'s port, sorted by id,
-/// each address once.
-fn backends(slices: &[EndpointSlice], service: &str, route: &Route) -> Vec<Backend> {
+/// each address once, each weighted by its pod's PaCI weight.
+fn backends(seen: &Seen, service: &str, route: &Route) -> Vec<Backend> {
+    let slices = &seen.slices;
     let name = port_name(route.port, route.protocol);
     let mut backends: Vec<Backend> = Vec::new();
     for slice in slices
@@ -133,10 +145,16 @@ fn backends(slices: &[EndpointSlice], service: &str, route: &Route) -> Vec<Backe
                 .as_ref()
                 .and_then(|r| r.name.clone())
                 .unwrap_or_else(|| ip.to_string());
+            let percent = seen
+                .weights
+                .get(&id)
+                .copied()
+                .unwrap_or(paracloud_paci::FULL_WEIGHT)
+                .min(paracloud_paci::FULL_WEIGHT);
             backends.push(Backend {
                 id,
                 addr,
-                weight: BACKEND_WEIGHT,
+                weight: BACKEND_WEIGHT * percent / paracloud_paci::FULL_WEIGHT,
             });
         }
     }
@@ -146,7 +164,7 @@ fn backends(slices: &[EndpointSlice], service: &str, route: &Route) -> Vec<Backe
 
 /// The data plane's configuration: a listener per route, with the ready endpoints of its
 /// service and of each revision.
-pub fn config(routes: &Routes, slices: &[EndpointSlice], options: &DataplaneOptions) -> Config {
+pub fn config(routes: &Routes, seen: &Seen, options: &DataplaneOptions) -> Config {
     let listeners = routes
         .routes
         .iter()
@@ -158,14 +176,14 @@ pub fn config(routes: &Routes, slices: &[EndpointSlice], options: &DataplaneOpti
                 PortProtocol::Http => Protocol::Http,
                 PortProtocol::Udp => Protocol::Udp,
             },
-            backends: backends(slices, &route.endpoints, route),
+            backends: backends(seen, &route.endpoints, route),
             revisions: route
                 .revisions
                 .iter()
                 .map(|r| Revision {
                     name: r.name.clone(),
                     weight: r.weight,
-                    backends: backends(slices, &r.endpoints, route),
+                    backends: backends(seen, &r.endpoints, route),
                 })
                 .collect(),
         })
@@ -204,7 +222,7 @@ pub async fn run(client: Client, options: DataplaneOptions) -> Result<()> {
         )
     })?;
     let config_path = options.state_dir.join("dataplane.json");
-    let first = config(&routes, &[], &options);
+    let first = config(&routes, &Seen::default(), &options);
     paracloud_dataplane::write_config(&config_path, &first)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let (reload, reloads) = watch::channel(());
@@ -230,13 +248,15 @@ pub async fn run(client: Client, options: DataplaneOptions) -> Result<()> {
         names.dedup();
         names
     };
-    let api: Api<EndpointSlice> = Api::namespaced(client, &options.namespace);
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &options.namespace);
+    let apps: Api<ParacloudApp> = Api::namespaced(client, &options.namespace);
     let selector = format!("{SERVICE_NAME_LABEL} in ({})", names.join(","));
     let follow_options = options.clone();
     let following = tokio::spawn(async move {
         follow(
             api,
             selector,
+            apps,
             routes,
             first,
             config_path,
@@ -269,11 +289,18 @@ pub async fn run(client: Client, options: DataplaneOptions) -> Result<()> {
     result
 }
 
-/// Follows the EndpointSlices, rewriting the configuration and asking for a reload at each
-/// change of the backends.
+/// One change the data plane follows: of an EndpointSlice, or of the application's resource.
+enum Change {
+    Slice(watcher::Result<Event<EndpointSlice>>),
+    App(watcher::Result<Event<ParacloudApp>>),
+}
+
+/// Follows the EndpointSlices and the pods' weights on the application's resource, rewriting
+/// the configuration and asking for a reload at each change of the backends.
 async fn follow(
     api: Api<EndpointSlice>,
     selector: String,
+    apps: Api<ParacloudApp>,
     routes: Routes,
     mut last: Config,
     config_path: PathBuf,
@@ -282,34 +309,54 @@ async fn follow(
 ) {
     let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
     let mut listing: Option<BTreeMap<String, EndpointSlice>> = None;
-    let mut events = watcher::watcher(api, watcher::Config::default().labels(&selector))
+    let mut weights: BTreeMap<String, u32> = BTreeMap::new();
+    let slice_events = watcher::watcher(api, watcher::Config::default().labels(&selector))
         .default_backoff()
-        .boxed();
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(Event::Init) => listing = Some(BTreeMap::new()),
-            Ok(Event::InitApply(slice)) => {
+        .map(Change::Slice);
+    let app_events = watcher::watcher(
+        apps,
+        watcher::Config::default().fields(&format!("metadata.name={}", options.app)),
+    )
+    .default_backoff()
+    .map(Change::App);
+    let mut events = futures::stream::select(slice_events.boxed(), app_events.boxed());
+    while let Some(change) = events.next().await {
+        match change {
+            Change::Slice(Ok(Event::Init)) => listing = Some(BTreeMap::new()),
+            Change::Slice(Ok(Event::InitApply(slice))) => {
                 if let Some(listing) = listing.as_mut() {
                     listing.insert(slice.name_any(), slice);
                 }
             }
-            Ok(Event::InitDone) => slices = listing.take().unwrap_or_default(),
-            Ok(Event::Apply(slice)) => {
+            Change::Slice(Ok(Event::InitDone)) => slices = listing.take().unwrap_or_default(),
+            Change::Slice(Ok(Event::Apply(slice))) => {
                 slices.insert(slice.name_any(), slice);
             }
-            Ok(Event::Delete(slice)) => {
+            Change::Slice(Ok(Event::Delete(slice))) => {
                 slices.remove(&slice.name_any());
             }
-            Err(error) => {
+            Change::App(Ok(Event::Apply(app) | Event::InitApply(app))) => {
+                weights = app.spec.weights;
+            }
+            Change::App(Ok(Event::Delete(_))) => weights.clear(),
+            Change::App(Ok(Event::Init | Event::InitDone)) => {}
+            Change::Slice(Err(error)) => {
                 tracing::warn!(%error, "watching the EndpointSlices failed; retrying");
+                continue;
+            }
+            Change::App(Err(error)) => {
+                tracing::warn!(%error, "watching the application's resource failed; retrying");
                 continue;
             }
         }
         if listing.is_some() {
             continue;
         }
-        let all: Vec<EndpointSlice> = slices.values().cloned().collect();
-        let next = config(&routes, &all, &options);
+        let seen = Seen {
+            slices: slices.values().cloned().collect(),
+            weights: weights.clone(),
+        };
+        let next = config(&routes, &seen, &options);
         if next == last {
             continue;
         }
@@ -371,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn ready_serving_endpoints_are_backends_on_the_slices_port() {
+    fn ready_serving_endpoints_are_backends_on_the_slices_port_weighted_by_their_pods() {
         let slices = [
             slice(
                 "api-pods",
@@ -392,20 +439,26 @@ mod tests {
                 serde_json::json!([{ "addresses": ["10.0.9.9"] }]),
             ),
         ];
-        let config = config(&routes(), &slices, &options());
+        let seen = Seen {
+            slices: slices.to_vec(),
+            // api-1 asked for a quarter of its share; 10.0.0.6 asked nothing; an unknown pod's
+            // weight is no backend.
+            weights: BTreeMap::from([("api-1".to_owned(), 25), ("gone".to_owned(), 0)]),
+        };
+        let config = config(&routes(), &seen, &options());
         let listener = &config.listeners[0];
         assert_eq!(listener.name, "shop/api:8000");
         assert_eq!(listener.bind, "0.0.0.0:18000".parse().unwrap());
-        let backends: Vec<(&str, String)> = listener
+        let backends: Vec<(&str, String, u32)> = listener
             .backends
             .iter()
-            .map(|b| (b.id.as_str(), b.addr.to_string()))
+            .map(|b| (b.id.as_str(), b.addr.to_string(), b.weight))
             .collect();
         assert_eq!(
             backends,
             [
-                ("10.0.0.6", "10.0.0.6:8080".to_owned()),
-                ("api-1", "10.0.0.2:8080".to_owned())
+                ("10.0.0.6", "10.0.0.6:8080".to_owned(), 1000),
+                ("api-1", "10.0.0.2:8080".to_owned(), 250)
             ]
         );
         assert_eq!(listener.revisions[0].name, "canary");

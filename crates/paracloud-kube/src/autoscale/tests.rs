@@ -28,6 +28,7 @@ fn app(scale: BTreeMap<String, ServiceScale>) -> ParacloudApp {
             manifest: MANIFEST.to_owned(),
             registry: None,
             scale,
+            weights: BTreeMap::new(),
             directories: Vec::new(),
         },
     );

@@ -27,6 +27,7 @@ fn app(manifest: &str) -> ParacloudApp {
             manifest: manifest.to_owned(),
             registry: None,
             scale: BTreeMap::new(),
+            weights: BTreeMap::new(),
             directories: Vec::new(),
         },
     );
