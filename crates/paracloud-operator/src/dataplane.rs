@@ -248,15 +248,12 @@ pub async fn run(client: Client, options: DataplaneOptions) -> Result<()> {
         names.dedup();
         names
     };
-    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &options.namespace);
-    let apps: Api<ParacloudApp> = Api::namespaced(client, &options.namespace);
     let selector = format!("{SERVICE_NAME_LABEL} in ({})", names.join(","));
     let follow_options = options.clone();
     let following = tokio::spawn(async move {
         follow(
-            api,
+            client,
             selector,
-            apps,
             routes,
             first,
             config_path,
@@ -298,9 +295,8 @@ enum Change {
 /// Follows the EndpointSlices and the pods' weights on the application's resource, rewriting
 /// the configuration and asking for a reload at each change of the backends.
 async fn follow(
-    api: Api<EndpointSlice>,
+    client: Client,
     selector: String,
-    apps: Api<ParacloudApp>,
     routes: Routes,
     mut last: Config,
     config_path: PathBuf,
@@ -310,6 +306,8 @@ async fn follow(
     let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
     let mut listing: Option<BTreeMap<String, EndpointSlice>> = None;
     let mut weights: BTreeMap<String, u32> = BTreeMap::new();
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &options.namespace);
+    let apps: Api<ParacloudApp> = Api::namespaced(client, &options.namespace);
     let slice_events = watcher::watcher(api, watcher::Config::default().labels(&selector))
         .default_backoff()
         .map(Change::Slice);
