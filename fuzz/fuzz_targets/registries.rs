@@ -12,7 +12,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(registries) = Registries::parse(text) else {
         return;
     };
-    for name in ["nginx", "bitnami/redis:7", "127.0.0.1:5000/a/b", "ghcr.io/o/r"] {
+    for name in [
+        "nginx",
+        "bitnami/redis:7",
+        "127.0.0.1:5000/a/b",
+        "ghcr.io/o/r",
+    ] {
         let reference = name.parse().expect("a valid reference");
         let sources = registries.sources(&reference);
         assert!(!sources.is_empty(), "somewhere to pull {name} from");
