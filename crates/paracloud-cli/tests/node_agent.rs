@@ -779,94 +779,158 @@ fn owner(api_version: &str, kind: &str, name: &str, uid: &str) -> Value {
 /// data plane, and writes the resource's scale, which the operator carries out, with an Event. A pod whose owners lead to no `ParacloudApp`
 /// is refused both, as are a number outside the manifest's bounds and an unknown service. Every
 /// request the agent made is one its ClusterRole grants.
+/// A stand-in API server holding the application `shop` (of `manifest`) in namespace ns-a, its
+/// Deployment `web`, ReplicaSet and pods web-a (on this node) and web-z (on another), each
+/// owned by the one before; and, in ns-b, a pod web-b made by hand with no owner.
+struct ApiServer {
+    runtime: tokio::runtime::Runtime,
+    standin: Option<StandIn>,
+    kubeconfig: tempfile::NamedTempFile,
+    uid_a: String,
+    uid_b: String,
+}
+
+impl ApiServer {
+    fn start(manifest: &str) -> ApiServer {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let standin = runtime.block_on(async {
+            let standin = StandIn::start(Options::default()).await.unwrap();
+            kube::Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(standin.client())
+                .create(&Default::default(), &paracloud_kube::resource::definition())
+                .await
+                .unwrap();
+            standin
+        });
+        let config = kubeconfig(&standin.url());
+        for ns in ["ns-a", "ns-b"] {
+            make(
+                &standin,
+                "kubectl",
+                Gvr::new("", "v1", "namespaces"),
+                json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }),
+            );
+        }
+        // The application, its Deployment and ReplicaSet, and its pod, each owned by the one before.
+        let app = make(
+            &standin,
+            "kubectl",
+            Gvr::new("paracloud.dev", "v1alpha1", "paracloudapps"),
+            json!({
+                "apiVersion": "paracloud.dev/v1alpha1", "kind": "ParacloudApp",
+                "metadata": { "name": "shop", "namespace": "ns-a" },
+                "spec": { "manifest": manifest },
+            }),
+        );
+        let deployment = make(
+            &standin,
+            "paracloud",
+            Gvr::new("apps", "v1", "deployments"),
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": { "name": "web", "namespace": "ns-a",
+                              "ownerReferences": owner("paracloud.dev/v1alpha1", "ParacloudApp", "shop", &app) },
+                "spec": { "selector": { "matchLabels": { "paracloud.dev/workload": "web" } },
+                          "template": { "metadata": { "labels": { "paracloud.dev/workload": "web" } },
+                                        "spec": { "containers": [{ "name": "web", "image": "registry.example/web:1" }] } } },
+            }),
+        );
+        let replicaset = make(
+            &standin,
+            "deployment-controller",
+            Gvr::new("apps", "v1", "replicasets"),
+            json!({
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": { "name": "web-5d8", "namespace": "ns-a",
+                              "ownerReferences": owner("apps/v1", "Deployment", "web", &deployment) },
+                "spec": { "selector": { "matchLabels": { "paracloud.dev/workload": "web" } } },
+            }),
+        );
+        let labels = json!({ "paracloud.dev/app": "shop", "paracloud.dev/service": "web" });
+        let pod = |namespace: &str, name: &str, owners: Value| {
+            make(
+                &standin,
+                "replicaset-controller",
+                Gvr::new("", "v1", "pods"),
+                json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": { "name": name, "namespace": namespace, "ownerReferences": owners,
+                                  "labels": labels },
+                    "spec": { "containers": [{ "name": "web", "image": "registry.example/web:1" }] },
+                }),
+            )
+        };
+        let uid_a = pod(
+            "ns-a",
+            "web-a",
+            owner("apps/v1", "ReplicaSet", "web-5d8", &replicaset),
+        );
+        // Another pod of the service, on another node, running and ready.
+        pod(
+            "ns-a",
+            "web-z",
+            owner("apps/v1", "ReplicaSet", "web-5d8", &replicaset),
+        );
+        standin.set_pod_ready("ns-a", "web-z", true).unwrap();
+        // A pod that says it is the shop's, made by hand: no owner leads to the application.
+        let uid_b = pod("ns-b", "web-b", json!([]));
+
+        ApiServer {
+            runtime,
+            standin: Some(standin),
+            kubeconfig: config,
+            uid_a,
+            uid_b,
+        }
+    }
+
+    fn standin(&self) -> &StandIn {
+        self.standin.as_ref().unwrap()
+    }
+
+    /// The Events on ns-a's resource: (reason, message, reporting instance).
+    fn events(&self) -> Vec<(String, String, String)> {
+        let events = self.runtime.block_on(async {
+            kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(
+                self.standin().client(),
+                "ns-a",
+            )
+            .list(&Default::default())
+            .await
+            .unwrap()
+        });
+        events
+            .items
+            .iter()
+            .map(|e| {
+                (
+                    e.reason.clone().unwrap_or_default(),
+                    e.message.clone().unwrap_or_default(),
+                    e.reporting_instance.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let standin = self.standin.take();
+        let _guard = self.runtime.enter();
+        drop(standin);
+    }
+}
+
 #[test]
 fn a_pod_sees_its_peers_sets_its_weight_and_asks_for_instances_once_its_owners_prove_its_application(
 ) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let standin = runtime.block_on(async {
-        let standin = StandIn::start(Options::default()).await.unwrap();
-        kube::Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(standin.client())
-            .create(&Default::default(), &paracloud_kube::resource::definition())
-            .await
-            .unwrap();
-        standin
-    });
-    let config = kubeconfig(&standin.url());
-    for ns in ["ns-a", "ns-b"] {
-        make(
-            &standin,
-            "kubectl",
-            Gvr::new("", "v1", "namespaces"),
-            json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }),
-        );
-    }
-    // The application, its Deployment and ReplicaSet, and its pod, each owned by the one before.
-    let app = make(
-        &standin,
-        "kubectl",
-        Gvr::new("paracloud.dev", "v1alpha1", "paracloudapps"),
-        json!({
-            "apiVersion": "paracloud.dev/v1alpha1", "kind": "ParacloudApp",
-            "metadata": { "name": "shop", "namespace": "ns-a" },
-            "spec": { "manifest": SHOP },
-        }),
-    );
-    let deployment = make(
-        &standin,
-        "paracloud",
-        Gvr::new("apps", "v1", "deployments"),
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": { "name": "web", "namespace": "ns-a",
-                          "ownerReferences": owner("paracloud.dev/v1alpha1", "ParacloudApp", "shop", &app) },
-            "spec": { "selector": { "matchLabels": { "paracloud.dev/workload": "web" } },
-                      "template": { "metadata": { "labels": { "paracloud.dev/workload": "web" } },
-                                    "spec": { "containers": [{ "name": "web", "image": "registry.example/web:1" }] } } },
-        }),
-    );
-    let replicaset = make(
-        &standin,
-        "deployment-controller",
-        Gvr::new("apps", "v1", "replicasets"),
-        json!({
-            "apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "metadata": { "name": "web-5d8", "namespace": "ns-a",
-                          "ownerReferences": owner("apps/v1", "Deployment", "web", &deployment) },
-            "spec": { "selector": { "matchLabels": { "paracloud.dev/workload": "web" } } },
-        }),
-    );
-    let labels = json!({ "paracloud.dev/app": "shop", "paracloud.dev/service": "web" });
-    let pod = |namespace: &str, name: &str, owners: Value| {
-        make(
-            &standin,
-            "replicaset-controller",
-            Gvr::new("", "v1", "pods"),
-            json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": { "name": name, "namespace": namespace, "ownerReferences": owners,
-                              "labels": labels },
-                "spec": { "containers": [{ "name": "web", "image": "registry.example/web:1" }] },
-            }),
-        )
-    };
-    let uid_a = pod(
-        "ns-a",
-        "web-a",
-        owner("apps/v1", "ReplicaSet", "web-5d8", &replicaset),
-    );
-    // Another pod of the service, on another node, running and ready.
-    pod(
-        "ns-a",
-        "web-z",
-        owner("apps/v1", "ReplicaSet", "web-5d8", &replicaset),
-    );
-    standin.set_pod_ready("ns-a", "web-z", true).unwrap();
-    // A pod that says it is the shop's, made by hand: no owner leads to the application.
-    let uid_b = pod("ns-b", "web-b", json!([]));
+    let server = ApiServer::start(SHOP);
+    let standin = server.standin();
+    let (uid_a, uid_b) = (server.uid_a.clone(), server.uid_b.clone());
+    let config = &server.kubeconfig;
     standin.clear_requests();
 
     let mut node = Node::new("replicas");
@@ -889,23 +953,7 @@ fn a_pod_sees_its_peers_sets_its_weight_and_asks_for_instances_once_its_owners_p
         .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
         .unwrap();
     assert_eq!(resource["spec"]["scale"]["web"]["replicas"], 3);
-    let events = runtime.block_on(async {
-        kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(standin.client(), "ns-a")
-            .list(&Default::default())
-            .await
-            .unwrap()
-    });
-    let said: Vec<(String, String, String)> = events
-        .items
-        .iter()
-        .map(|e| {
-            (
-                e.reason.clone().unwrap_or_default(),
-                e.message.clone().unwrap_or_default(),
-                e.reporting_instance.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let said = server.events();
     assert!(
         said.contains(&(
             "ScaledByPod".into(),
@@ -984,14 +1032,14 @@ fn a_pod_sees_its_peers_sets_its_weight_and_asks_for_instances_once_its_owners_p
             .unwrap()["spec"]["weights"]
             .clone()
     };
-    assert_eq!(weights(&standin), json!({ "web-a": 25 }));
+    assert_eq!(weights(standin), json!({ "web-a": 25 }));
     let (status, body) = node.curl_in(&a, "PUT", "/v1/weight", Some(r#"{"weight": null}"#));
     assert_eq!(
         (status, json(&body)),
         (200, json!({ "weight": 100 })),
         "{body}"
     );
-    assert!(weights(&standin).as_object().is_none_or(|w| w.is_empty()));
+    assert!(weights(standin).as_object().is_none_or(|w| w.is_empty()));
     let (status, body) = node.curl_in(&a, "PUT", "/v1/weight", Some(r#"{"weight": 101}"#));
     assert_eq!(status, 400, "{body}");
 
@@ -1051,6 +1099,58 @@ fn a_pod_sees_its_peers_sets_its_weight_and_asks_for_instances_once_its_owners_p
     let ungranted: Vec<_> = used.difference(&granted).collect();
     assert!(ungranted.is_empty(), "used but not granted: {ungranted:?}");
     drop(node);
-    let _guard = runtime.enter();
-    drop(standin);
+}
+
+const SCHEDULED: &str = r#"
+app = "shop"
+[services.web]
+image = "registry.example/web:1"
+ports = [{ port = 8000, protocol = "http" }]
+[services.web.capsules]
+debug = "read"
+[schedules.look]
+capsule = "debug"
+cron = "* * * * *"
+selector = "service=web"
+args = ["cat", "/target/etc/identity"]
+"#;
+
+/// The application's scheduled capsules run on a cluster: the agent of the node runs each due
+/// schedule on the pods of its node that the schedule selects, once their owners prove their
+/// application, and records the outcome as an Event on the resource and the run in its audit
+/// log. A pod that only claims the application gets nothing run.
+#[test]
+fn a_scheduled_capsule_runs_on_the_pods_of_this_node_that_it_selects() {
+    let server = ApiServer::start(SCHEDULED);
+    let mut node = Node::new("schedules");
+    let a = node.pod_with_uid("a", 1000, &server.uid_a);
+    let b = node.pod_with_uid("b", 1000, &server.uid_b);
+    node.agent_with_kubeconfig(&[&a, &b], server.kubeconfig.path());
+    // Every minute: the first run comes within one.
+    let deadline = Instant::now() + Duration::from_secs(80);
+    let ran = loop {
+        let said = server.events();
+        if let Some(event) = said
+            .iter()
+            .find(|(reason, _, _)| reason == "ScheduledCapsule")
+        {
+            break event.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled run within 80 s: {said:?}\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(
+        (ran.1.as_str(), ran.2.as_str()),
+        ("schedule look: debug on pod web-a exited 0", "node-1")
+    );
+    let audit = std::fs::read_to_string(node.root().join("audit.log")).unwrap();
+    assert!(audit.contains("web-a"), "{audit}");
+    assert!(
+        !audit.contains("web-b"),
+        "a pod no ParacloudApp runs: {audit}"
+    );
 }

@@ -179,7 +179,7 @@ impl Cluster {
             request.replicas, pod.name
         );
         tracing::info!(namespace, app = %app.name_any(), "{message}");
-        self.record(&app, "ScaledByPod", &message).await;
+        self.record(&app, "Normal", "ScaledByPod", &message).await;
         Ok(ReplicasAnswer {
             service: service.to_owned(),
             replicas: request.replicas,
@@ -275,8 +275,15 @@ impl Cluster {
         Ok(paracloud_kube::paci::peers(&list.items, &of.service))
     }
 
-    /// An Event on the resource; a failure to record is logged, the change stands.
-    async fn record(&self, app: &ParacloudApp, reason: &'static str, message: &str) {
+    /// An Event on the resource (`kind` `Normal` or `Warning`); a failure to record is logged,
+    /// what it tells stands.
+    pub async fn record(
+        &self,
+        app: &ParacloudApp,
+        kind: &'static str,
+        reason: &'static str,
+        message: &str,
+    ) {
         let namespace = app.namespace().unwrap_or_default();
         let resource = ApiResource {
             group: String::new(),
@@ -289,7 +296,7 @@ impl Cluster {
             Api::namespaced_with(self.client.clone(), &namespace, &resource);
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let note = Note {
-            kind: "Normal",
+            kind,
             reason,
             message: message.to_owned(),
         };

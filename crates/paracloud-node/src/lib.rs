@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! api                 the agent's API on <root>/agent.sock: pods, refresh, capsule runs
+//! schedules           the applications' scheduled capsules, run on this node's pods
 //! capsules            a built-in capsule attached to one container, streamed, audited
 //! refresh             one look at the node: pods found, PaCI sockets bound and removed
 //! paci                a pod's PaCI socket: peer check, whoami, load reports, replicas
@@ -35,6 +36,7 @@ pub mod oci;
 mod paci;
 pub mod refresh;
 mod scan;
+mod schedules;
 
 pub use agent::{Config, OciRuntime};
 pub use cluster::Cluster;
@@ -94,6 +96,11 @@ pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> 
         agent.config.runtime_root.display()
     );
     let api = tokio::spawn(api::serve(agent.clone(), listener));
+    // The applications' scheduled capsules, for the pods of this node.
+    let scheduling = agent
+        .cluster
+        .clone()
+        .map(|cluster| tokio::spawn(schedules::run(agent.clone(), cluster)));
     let looking = {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -114,6 +121,9 @@ pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> 
         _ = tokio::signal::ctrl_c() => {}
         result = api => {
             looking.abort();
+            if let Some(scheduling) = &scheduling {
+                scheduling.abort();
+            }
             return match result {
                 Ok(Err(e)) => Err(Error::Io { what: "serving the agent's API".into(), source: e }),
                 _ => Ok(()),
@@ -121,6 +131,9 @@ pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> 
         }
     }
     looking.abort();
+    if let Some(scheduling) = scheduling {
+        scheduling.abort();
+    }
     // The pods' sockets stay: the next agent binds them again at the same paths.
     let _ = std::fs::remove_file(&socket);
     tracing::info!("node agent stopped");

@@ -1,0 +1,195 @@
+//! The applications' scheduled capsules (`[schedules.NAME]`) on a cluster. Each node's agent
+//! runs them against the pods of its own node, so that a run reaches every pod a schedule
+//! selects once, where the pod is. Once a second, a schedule whose next time since the last look
+//! has come starts a run on each pod of its application that it selects (`service=`,
+//! `instance=` the pod's name, the service's labels), after the same policy check as on one
+//! machine (`[services.NAME.capsules]`). A pod's application is proven by its owners
+//! (`cluster::app_of`) and looked at again every [`APP_TTL`]. Each run is in the audit log, and
+//! its outcome an Event on the resource (`ScheduledCapsule`, or a Warning
+//! `ScheduledCapsuleRefused` saying why it did not run).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod as ApiPod;
+use kube::ResourceExt;
+use paracloud_api::CapsuleRunEvent;
+use paracloud_capsule::{Selector, Target};
+use paracloud_kube::names::{object_name, REVISION_LABEL, SERVICE_LABEL};
+use paracloud_kube::ParacloudApp;
+
+use crate::agent::Agent;
+use crate::capsules::CapsuleRequest;
+use crate::cluster::Cluster;
+use crate::oci::Pod;
+
+/// How long a pod's proven application is used before it is read again (a changed manifest,
+/// new schedules).
+pub const APP_TTL: Duration = Duration::from_secs(30);
+
+/// A pod's application as last read, and when.
+struct Known {
+    app: Option<(ParacloudApp, ApiPod)>,
+    at: Instant,
+}
+
+/// Runs the schedules of the pods on this node until the task is aborted.
+pub async fn run(agent: Arc<Agent>, cluster: Cluster) {
+    let mut known: BTreeMap<String, Known> = BTreeMap::new();
+    let mut last = unix_seconds();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = unix_seconds();
+        if now <= last {
+            continue;
+        }
+        let pods = agent.pods();
+        known.retain(|uid, _| pods.contains_key(uid));
+        // Pods that say they run for an application (what rendered pods carry); the claim is
+        // proven before anything runs.
+        for pod in pods.values().filter(|p| p.app.is_some()) {
+            let fresh = known
+                .get(&pod.pod.uid)
+                .is_some_and(|k| k.at.elapsed() < APP_TTL);
+            if !fresh {
+                let app = cluster.app_of(&pod.pod).await.ok();
+                known.insert(
+                    pod.pod.uid.clone(),
+                    Known {
+                        app,
+                        at: Instant::now(),
+                    },
+                );
+            }
+            let Some((app, found)) = known.get(&pod.pod.uid).and_then(|k| k.app.as_ref()) else {
+                continue;
+            };
+            for due in due(app, found, pod, last, now) {
+                start(&agent, &cluster, app, pod, due);
+            }
+        }
+        last = now;
+    }
+}
+
+/// One run a schedule wants on a pod.
+struct Due {
+    schedule: String,
+    capsule: String,
+    service: String,
+    args: Vec<String>,
+}
+
+/// The runs the schedules of `app` want on `pod` for the times in (`last`, `now`].
+fn due(app: &ParacloudApp, found: &ApiPod, pod: &Pod, last: i64, now: i64) -> Vec<Due> {
+    let Ok(manifest) = paracloud_kube::reconcile::manifest(app) else {
+        return Vec::new();
+    };
+    let labels = found.metadata.labels.clone().unwrap_or_default();
+    // A revision's pods are their own service's, as on one machine.
+    if labels.contains_key(REVISION_LABEL) {
+        return Vec::new();
+    }
+    let Some((service, spec)) = labels.get(SERVICE_LABEL).and_then(|label| {
+        manifest
+            .services
+            .iter()
+            .find(|(name, _)| object_name(name) == *label)
+    }) else {
+        return Vec::new();
+    };
+    let target = Target {
+        app: manifest.app.clone(),
+        service: service.clone(),
+        instance: pod.pod.name.clone(),
+        labels: spec.labels.clone(),
+    };
+    manifest
+        .schedules
+        .iter()
+        .filter(|(_, s)| s.cron.next_after(last).is_some_and(|at| at <= now))
+        .filter(|(_, s)| Selector::parse(&s.selector).is_ok_and(|sel| sel.matches(&target)))
+        .map(|(name, s)| Due {
+            schedule: name.clone(),
+            capsule: s.capsule.clone(),
+            service: service.clone(),
+            args: s.args.clone(),
+        })
+        .collect()
+}
+
+/// Checks the policy and starts the run; its outcome becomes an Event when it ends.
+fn start(agent: &Arc<Agent>, cluster: &Cluster, app: &ParacloudApp, pod: &Pod, due: Due) {
+    let (agent, cluster, app, pod) = (agent.clone(), cluster.clone(), app.clone(), pod.clone());
+    tokio::spawn(async move {
+        let on = format!(
+            "schedule {}: {} on pod {}",
+            due.schedule, due.capsule, pod.pod.name
+        );
+        let allowed = paracloud_kube::reconcile::manifest(&app)
+            .ok()
+            .and_then(|m| m.services.get(&due.service).map(|s| s.capsules.clone()))
+            .unwrap_or_default();
+        let Some(spec) = paracloud_capsule::builtin(&due.capsule) else {
+            let why = format!(
+                "{on} did not run: only built-in capsules run on Kubernetes yet ({})",
+                paracloud_capsule::builtin_names().join(", ")
+            );
+            cluster
+                .record(&app, "Warning", "ScheduledCapsuleRefused", &why)
+                .await;
+            return;
+        };
+        if let Err(refusal) = paracloud_capsule::check(&spec, &due.service, &allowed) {
+            let why = format!("{on} did not run: {refusal}");
+            cluster
+                .record(&app, "Warning", "ScheduledCapsuleRefused", &why)
+                .await;
+            return;
+        }
+        let request = CapsuleRequest {
+            pod: pod.pod.uid.clone(),
+            container: object_name(&due.service),
+            capsule: due.capsule.clone(),
+            args: due.args.clone(),
+        };
+        let mut events = match crate::capsules::run(&agent, None, request).await {
+            Ok(events) => events,
+            Err(e) => {
+                let why = format!("{on} did not run: {e}");
+                cluster
+                    .record(&app, "Warning", "ScheduledCapsuleRefused", &why)
+                    .await;
+                return;
+            }
+        };
+        let mut ended = String::from("ended");
+        while let Some(event) = events.recv().await {
+            if let CapsuleRunEvent::Exited {
+                exit_code,
+                timed_out,
+                error,
+                ..
+            } = event
+            {
+                ended = match (exit_code, timed_out, error) {
+                    (_, _, Some(error)) => format!("failed: {error}"),
+                    (_, true, _) => "timed out".to_owned(),
+                    (Some(code), _, _) => format!("exited {code}"),
+                    (None, _, _) => "never started".to_owned(),
+                };
+            }
+        }
+        tracing::info!(app = %app.name_any(), "{on} {ended}");
+        cluster
+            .record(&app, "Normal", "ScheduledCapsule", &format!("{on} {ended}"))
+            .await;
+    });
+}
+
+fn unix_seconds() -> i64 {
+    i64::try_from(crate::agent::now_ms() / 1000).unwrap_or(i64::MAX)
+}
