@@ -1113,12 +1113,18 @@ capsule = "debug"
 cron = "* * * * *"
 selector = "service=web"
 args = ["cat", "/target/etc/identity"]
+[schedules.slow]
+capsule = "debug"
+cron = "* * * * *"
+selector = "service=web"
+args = ["sleep", "30"]
+timeout = "1s"
 "#;
 
 /// The application's scheduled capsules run on a cluster: the agent of the node runs each due
 /// schedule on the pods of its node that the schedule selects, once their owners prove their
-/// application, and records the outcome as an Event on the resource and the run in its audit
-/// log. A pod that only claims the application gets nothing run.
+/// application, with the schedule's timeout, and records the outcome as an Event on the resource
+/// and the run in its audit log. A pod that only claims the application gets nothing run.
 #[test]
 fn a_scheduled_capsule_runs_on_the_pods_of_this_node_that_it_selects() {
     let server = ApiServer::start(SCHEDULED);
@@ -1130,11 +1136,15 @@ fn a_scheduled_capsule_runs_on_the_pods_of_this_node_that_it_selects() {
     let deadline = Instant::now() + Duration::from_secs(80);
     let ran = loop {
         let said = server.events();
-        if let Some(event) = said
+        let ran: std::collections::BTreeSet<(String, String)> = said
             .iter()
-            .find(|(reason, _, _)| reason == "ScheduledCapsule")
+            .filter(|(reason, _, _)| reason == "ScheduledCapsule")
+            .map(|(_, message, node)| (message.clone(), node.clone()))
+            .collect();
+        if ran.iter().any(|(m, _)| m.starts_with("schedule look"))
+            && ran.iter().any(|(m, _)| m.starts_with("schedule slow"))
         {
-            break event.clone();
+            break ran;
         }
         assert!(
             Instant::now() < deadline,
@@ -1143,10 +1153,18 @@ fn a_scheduled_capsule_runs_on_the_pods_of_this_node_that_it_selects() {
         );
         std::thread::sleep(Duration::from_secs(1));
     };
-    assert_eq!(
-        (ran.1.as_str(), ran.2.as_str()),
-        ("schedule look: debug on pod web-a exited 0", "node-1")
-    );
+    // The slow one ran past its schedule's timeout, not the capsule's own deadline.
+    let expected: std::collections::BTreeSet<(String, String)> = [
+        ("schedule look: debug on pod web-a exited 0", "node-1"),
+        (
+            "schedule slow: debug on pod web-a stopped at its deadline of 1 s",
+            "node-1",
+        ),
+    ]
+    .into_iter()
+    .map(|(m, n)| (m.to_owned(), n.to_owned()))
+    .collect();
+    assert_eq!(ran, expected);
     let audit = std::fs::read_to_string(node.root().join("audit.log")).unwrap();
     assert!(audit.contains("web-a"), "{audit}");
     assert!(

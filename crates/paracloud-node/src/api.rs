@@ -49,6 +49,7 @@ impl IntoResponse for ApiError {
 impl From<CapsuleError> for ApiError {
     fn from(e: CapsuleError) -> Self {
         let status = match e {
+            CapsuleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             CapsuleError::NotFound(_) => StatusCode::NOT_FOUND,
             CapsuleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CapsuleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -37,11 +37,16 @@ pub struct CapsuleRequest {
     pub capsule: String,
     #[serde(default)]
     pub args: Vec<String>,
+    /// Overrides the capsule's deadline, in milliseconds (a schedule's `timeout`).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Why a run could not start; the API maps each to a status.
 #[derive(Debug, thiserror::Error)]
 pub enum CapsuleError {
+    #[error("{0}")]
+    BadRequest(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -104,6 +109,15 @@ pub async fn run(
             names.join(", ")
         ))
     })?;
+    let timeout = request
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(spec.timeout);
+    if timeout.is_zero() {
+        return Err(CapsuleError::BadRequest(
+            "the timeout must be more than 0 ms".into(),
+        ));
+    }
     let missing = paracloud_image::capsule_image::missing_programs(&spec.programs);
     if !missing.is_empty() {
         return Err(CapsuleError::Unavailable(format!(
@@ -128,16 +142,7 @@ pub async fn run(
             code,
             error,
             timed_out,
-        } = attach(
-            &agent,
-            &target,
-            &config,
-            spec.timeout,
-            &pod,
-            &container,
-            &events,
-        )
-        .await;
+        } = attach(&agent, &target, &config, timeout, &pod, &container, &events).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         let record = audit::Record {
             time: audit::time(now_ms()),

@@ -81,6 +81,7 @@ struct Due {
     capsule: String,
     service: String,
     args: Vec<String>,
+    timeout: Option<Duration>,
 }
 
 /// The runs the schedules of `app` want on `pod` for the times in (`last`, `now`].
@@ -117,6 +118,7 @@ fn due(app: &ParacloudApp, found: &ApiPod, pod: &Pod, last: i64, now: i64) -> Ve
             capsule: s.capsule.clone(),
             service: service.clone(),
             args: s.args.clone(),
+            timeout: s.timeout,
         })
         .collect()
 }
@@ -155,6 +157,9 @@ fn start(agent: &Arc<Agent>, cluster: &Cluster, app: &ParacloudApp, pod: &Pod, d
             container: object_name(&due.service),
             capsule: due.capsule.clone(),
             args: due.args.clone(),
+            timeout_ms: due
+                .timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         };
         let mut events = match crate::capsules::run(&agent, None, request).await {
             Ok(events) => events,
@@ -176,8 +181,9 @@ fn start(agent: &Arc<Agent>, cluster: &Cluster, app: &ParacloudApp, pod: &Pod, d
             } = event
             {
                 ended = match (exit_code, timed_out, error) {
+                    // Says the deadline it was stopped at.
+                    (_, true, error) => error.unwrap_or_else(|| "timed out".to_owned()),
                     (_, _, Some(error)) => format!("failed: {error}"),
-                    (_, true, _) => "timed out".to_owned(),
                     (Some(code), _, _) => format!("exited {code}"),
                     (None, _, _) => "never started".to_owned(),
                 };
