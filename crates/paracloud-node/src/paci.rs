@@ -165,6 +165,16 @@ async fn only_the_pod(
     .into_response()
 }
 
+/// A request's JSON body, or the 400 that says what is wrong with it.
+fn valid<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, PaciError> {
+    body.map(|Json(value)| value).map_err(|e| {
+        PaciError(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not valid: {}", e.body_text()),
+        )
+    })
+}
+
 fn gone() -> PaciError {
     PaciError(StatusCode::GONE, "this pod is no longer on the node".into())
 }
@@ -219,12 +229,7 @@ async fn load(
     State(ctx): State<Ctx>,
     body: Result<Json<LoadReport>, JsonRejection>,
 ) -> Result<Json<LoadReport>, PaciError> {
-    let Json(report) = body.map_err(|e| {
-        PaciError(
-            StatusCode::BAD_REQUEST,
-            format!("the request body is not valid: {}", e.body_text()),
-        )
-    })?;
+    let report = valid(body)?;
     report
         .check()
         .map_err(|e| PaciError(StatusCode::BAD_REQUEST, e))?;
@@ -326,12 +331,7 @@ async fn weight(
     State(ctx): State<Ctx>,
     body: Result<Json<WeightRequest>, JsonRejection>,
 ) -> Result<Json<WeightAnswer>, PaciError> {
-    let Json(request) = body.map_err(|e| {
-        PaciError(
-            StatusCode::BAD_REQUEST,
-            format!("the request body is not valid: {}", e.body_text()),
-        )
-    })?;
+    let request = valid(body)?;
     let weight = request
         .check()
         .map_err(|e| PaciError(StatusCode::BAD_REQUEST, e))?;
@@ -350,12 +350,7 @@ async fn replicas(
     body: Result<Json<ReplicasRequest>, JsonRejection>,
 ) -> Result<Json<ReplicasAnswer>, PaciError> {
     let UrlPath(service) = path.map_err(|e| PaciError(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let Json(request) = body.map_err(|e| {
-        PaciError(
-            StatusCode::BAD_REQUEST,
-            format!("the request body is not valid: {}", e.body_text()),
-        )
-    })?;
+    let request = valid(body)?;
     let pod = ctx.agent.pod(&ctx.uid).ok_or_else(gone)?;
     cluster(&ctx)?
         .ask_replicas(&pod.pod, &service, &request)

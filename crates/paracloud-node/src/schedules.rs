@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod as ApiPod;
 use kube::ResourceExt;
 use paracloud_api::CapsuleRunEvent;
-use paracloud_capsule::{Selector, Target};
+use paracloud_capsule::{Access, Selector, Target};
 use paracloud_kube::names::{object_name, REVISION_LABEL, SERVICE_LABEL};
 use paracloud_kube::ParacloudApp;
+use paracloud_manifest::Manifest;
 
 use crate::agent::Agent;
 use crate::capsules::CapsuleRequest;
@@ -28,9 +29,9 @@ use crate::oci::Pod;
 /// new schedules).
 pub const APP_TTL: Duration = Duration::from_secs(30);
 
-/// A pod's application as last read, and when.
+/// A pod's application as last read (the resource, its manifest, the pod), and when.
 struct Known {
-    app: Option<(ParacloudApp, ApiPod)>,
+    app: Option<(ParacloudApp, Manifest, ApiPod)>,
     at: Instant,
 }
 
@@ -55,7 +56,14 @@ pub async fn run(agent: Arc<Agent>, cluster: Cluster) {
                 .get(&pod.pod.uid)
                 .is_some_and(|k| k.at.elapsed() < APP_TTL);
             if !fresh {
-                let app = cluster.app_of(&pod.pod).await.ok();
+                let app = cluster
+                    .app_of(&pod.pod)
+                    .await
+                    .ok()
+                    .and_then(|(app, found)| {
+                        let manifest = paracloud_kube::reconcile::manifest(&app).ok()?;
+                        Some((app, manifest, found))
+                    });
                 known.insert(
                     pod.pod.uid.clone(),
                     Known {
@@ -64,10 +72,11 @@ pub async fn run(agent: Arc<Agent>, cluster: Cluster) {
                     },
                 );
             }
-            let Some((app, found)) = known.get(&pod.pod.uid).and_then(|k| k.app.as_ref()) else {
+            let Some((app, manifest, found)) = known.get(&pod.pod.uid).and_then(|k| k.app.as_ref())
+            else {
                 continue;
             };
-            for due in due(app, found, pod, last, now) {
+            for due in due(manifest, found, pod, last, now) {
                 start(&agent, &cluster, app, pod, due);
             }
         }
@@ -82,13 +91,12 @@ struct Due {
     service: String,
     args: Vec<String>,
     timeout: Option<Duration>,
+    /// What the service's policy lets attach (`[services.NAME.capsules]`).
+    allowed: BTreeMap<String, Access>,
 }
 
-/// The runs the schedules of `app` want on `pod` for the times in (`last`, `now`].
-fn due(app: &ParacloudApp, found: &ApiPod, pod: &Pod, last: i64, now: i64) -> Vec<Due> {
-    let Ok(manifest) = paracloud_kube::reconcile::manifest(app) else {
-        return Vec::new();
-    };
+/// The runs the schedules of `manifest` want on `pod` for the times in (`last`, `now`].
+fn due(manifest: &Manifest, found: &ApiPod, pod: &Pod, last: i64, now: i64) -> Vec<Due> {
     let labels = found.metadata.labels.clone().unwrap_or_default();
     // A revision's pods are their own service's, as on one machine.
     if labels.contains_key(REVISION_LABEL) {
@@ -119,11 +127,13 @@ fn due(app: &ParacloudApp, found: &ApiPod, pod: &Pod, last: i64, now: i64) -> Ve
             service: service.clone(),
             args: s.args.clone(),
             timeout: s.timeout,
+            allowed: spec.capsules.clone(),
         })
         .collect()
 }
 
-/// Checks the policy and starts the run; its outcome becomes an Event when it ends.
+/// Checks the policy and starts the run; its outcome, or why it did not run, becomes an Event
+/// when it ends.
 fn start(agent: &Arc<Agent>, cluster: &Cluster, app: &ParacloudApp, pod: &Pod, due: Due) {
     let (agent, cluster, app, pod) = (agent.clone(), cluster.clone(), app.clone(), pod.clone());
     tokio::spawn(async move {
@@ -131,69 +141,65 @@ fn start(agent: &Arc<Agent>, cluster: &Cluster, app: &ParacloudApp, pod: &Pod, d
             "schedule {}: {} on pod {}",
             due.schedule, due.capsule, pod.pod.name
         );
-        let allowed = paracloud_kube::reconcile::manifest(&app)
-            .ok()
-            .and_then(|m| m.services.get(&due.service).map(|s| s.capsules.clone()))
-            .unwrap_or_default();
-        let Some(spec) = paracloud_capsule::builtin(&due.capsule) else {
-            let why = format!(
-                "{on} did not run: only built-in capsules run on Kubernetes yet ({})",
-                paracloud_capsule::builtin_names().join(", ")
-            );
-            cluster
-                .record(&app, "Warning", "ScheduledCapsuleRefused", &why)
-                .await;
-            return;
-        };
-        if let Err(refusal) = paracloud_capsule::check(&spec, &due.service, &allowed) {
-            let why = format!("{on} did not run: {refusal}");
-            cluster
-                .record(&app, "Warning", "ScheduledCapsuleRefused", &why)
-                .await;
-            return;
-        }
-        let request = CapsuleRequest {
-            pod: pod.pod.uid.clone(),
-            container: object_name(&due.service),
-            capsule: due.capsule.clone(),
-            args: due.args.clone(),
-            timeout_ms: due
-                .timeout
-                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-        };
-        let mut events = match crate::capsules::run(&agent, None, request).await {
-            Ok(events) => events,
-            Err(e) => {
-                let why = format!("{on} did not run: {e}");
+        match attach(&agent, &pod, due).await {
+            Ok(ended) => {
+                tracing::info!(app = %app.name_any(), "{on} {ended}");
+                let message = format!("{on} {ended}");
                 cluster
-                    .record(&app, "Warning", "ScheduledCapsuleRefused", &why)
+                    .record(&app, "Normal", "ScheduledCapsule", &message)
                     .await;
-                return;
             }
-        };
-        let mut ended = String::from("ended");
-        while let Some(event) = events.recv().await {
-            if let CapsuleRunEvent::Exited {
-                exit_code,
-                timed_out,
-                error,
-                ..
-            } = event
-            {
-                ended = match (exit_code, timed_out, error) {
-                    // Says the deadline it was stopped at.
-                    (_, true, error) => error.unwrap_or_else(|| "timed out".to_owned()),
-                    (_, _, Some(error)) => format!("failed: {error}"),
-                    (Some(code), _, _) => format!("exited {code}"),
-                    (None, _, _) => "never started".to_owned(),
-                };
+            Err(why) => {
+                let message = format!("{on} did not run: {why}");
+                cluster
+                    .record(&app, "Warning", "ScheduledCapsuleRefused", &message)
+                    .await;
             }
         }
-        tracing::info!(app = %app.name_any(), "{on} {ended}");
-        cluster
-            .record(&app, "Normal", "ScheduledCapsule", &format!("{on} {ended}"))
-            .await;
     });
+}
+
+/// Runs the capsule on the pod's container once its policy allows it: how it ended, or why it
+/// could not start.
+async fn attach(agent: &Arc<Agent>, pod: &Pod, due: Due) -> Result<String, String> {
+    let spec = paracloud_capsule::builtin(&due.capsule).ok_or_else(|| {
+        format!(
+            "only built-in capsules run on Kubernetes yet ({})",
+            paracloud_capsule::builtin_names().join(", ")
+        )
+    })?;
+    paracloud_capsule::check(&spec, &due.service, &due.allowed).map_err(|e| e.to_string())?;
+    let request = CapsuleRequest {
+        pod: pod.pod.uid.clone(),
+        container: object_name(&due.service),
+        capsule: due.capsule,
+        args: due.args,
+        timeout_ms: due
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let mut events = crate::capsules::run(agent, None, request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ended = String::from("ended");
+    while let Some(event) = events.recv().await {
+        if let CapsuleRunEvent::Exited {
+            exit_code,
+            timed_out,
+            error,
+            ..
+        } = event
+        {
+            ended = match (exit_code, timed_out, error) {
+                // Says the deadline it was stopped at.
+                (_, true, error) => error.unwrap_or_else(|| "timed out".to_owned()),
+                (_, _, Some(error)) => format!("failed: {error}"),
+                (Some(code), _, _) => format!("exited {code}"),
+                (None, _, _) => "never started".to_owned(),
+            };
+        }
+    }
+    Ok(ended)
 }
 
 fn unix_seconds() -> i64 {
