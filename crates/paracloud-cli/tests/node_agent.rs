@@ -700,6 +700,11 @@ fn bad_capsule_requests_get_an_error_naming_what_is_wrong() {
         400,
         "unknown field `arg`",
     );
+    refused(
+        json!({"pod": "ns-a/web-a", "container": "web", "capsule": "debug", "timeout_ms": 0}),
+        400,
+        "the timeout must be more than 0 ms",
+    );
     // The agent's socket is root's alone.
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(node.api()).unwrap().permissions(),
@@ -975,6 +980,13 @@ fn a_pod_sees_its_peers_sets_its_weight_and_asks_for_instances_once_its_owners_p
     );
     let (status, body) = node.curl_in(&a, "GET", "/v1/peers?service=nope", None);
     assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no service nope in application shop: it has web"),
+        "{body}"
+    );
+    let (status, body) = node.curl_in(&a, "GET", "/v1/peers?services=web", None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown field `services`"), "{body}");
     // Watched: the list at once, then again when web-z is no longer ready.
     let watching = std::thread::scope(|scope| {
         let watch = scope.spawn(|| node.watch_in(&a, "/v1/peers?watch=true", 4));
