@@ -119,11 +119,23 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
     assert_eq!(count(&browser, &running("web")), 2);
     assert_eq!(count(&browser, &running("kv")), 1);
 
-    // Scale api from the page: the instances change on the page and in the platform.
-    let input = browser.find("#scale-api").unwrap();
-    browser.clear(&input);
-    browser.type_into(&input, "3");
-    browser.click(&browser.find("#scale-button-api").unwrap());
+    // Scale api from the page: the instances change on the page and in the platform. What is
+    // typed stays typed while the table is rebuilt for a change made elsewhere (web scaled by
+    // the CLI meanwhile).
+    browser.fill("#scale-api", "3");
+    p.ok(&["scale", "-a", "shop", "web=3"]);
+    browser.wait_until("three running web instances", WAIT, |b| {
+        count(b, &running("web")) == 3
+    });
+    assert_eq!(
+        browser.script(
+            "return document.querySelector('#scale-api').value;",
+            json!([])
+        ),
+        json!("3"),
+        "the typed number survives the table's rebuild"
+    );
+    browser.click_on("#scale-button-api");
     browser.wait_until("three running api instances on the page", WAIT, |b| {
         count(b, &running("api")) == 3
     });
@@ -139,10 +151,8 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
     });
 
     // CPU per instance, set from the page, reaches the service (and its running instances).
-    let cpu = browser.find("#cpu-api").unwrap();
-    browser.clear(&cpu);
-    browser.type_into(&cpu, "0.5");
-    browser.click(&browser.find("#cpu-button-api").unwrap());
+    browser.fill("#cpu-api", "0.5");
+    browser.click_on("#cpu-button-api");
     browser.wait_until("api's CPU limit on the page", WAIT, |b| {
         b.text("#services tr[data-service='api']")
             .contains("0.5 cores")
@@ -254,10 +264,9 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
     browser.wait_until("the canary deployed and running", 2 * WAIT, |b| {
         count(b, &running("web@canary")) == 1
     });
-    let share = browser.wait_for("#traffic-web-canary", WAIT);
-    browser.clear(&share);
-    browser.type_into(&share, "50");
-    browser.click(&browser.find("#traffic-button-web").unwrap());
+    browser.wait_for("#traffic-web-canary", WAIT);
+    browser.fill("#traffic-web-canary", "50");
+    browser.click_on("#traffic-button-web");
     browser.wait_until("the canary's new share on the page", WAIT, |b| {
         let split = data(
             b,
@@ -365,10 +374,9 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
     };
     let before = running_api();
     browser.goto(&format!("{url}#/apps/shop"));
-    let input = browser.wait_for("#scale-api", WAIT);
-    browser.clear(&input);
-    browser.type_into(&input, "1");
-    browser.click(&browser.find("#scale-button-api").unwrap());
+    browser.wait_for("#scale-api", WAIT);
+    browser.fill("#scale-api", "1");
+    browser.click_on("#scale-button-api");
     browser.wait_until("the viewer's scaling refused", WAIT, |b| {
         b.script(
             "const n = document.querySelector('#notice'); return n.className === 'error' && n.textContent.length > 0;",

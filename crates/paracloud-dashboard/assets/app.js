@@ -226,10 +226,22 @@ async function appView(name) {
       h('section', { class: 'card' }, h('h2', {}, 'Events'), eventsList),
       editor.element));
 
+  // The rows are built anew when the application changes; what a person has typed into a
+  // row's inputs, and where the cursor is, stays as it was.
   function renderServices() {
     serviceSelect.replaceChildren(...state.view.services.map((s) =>
       h('option', { value: s.name, selected: s.name === state.service }, s.name)));
+    const typed = new Map();
+    for (const input of servicesBody.querySelectorAll('input[id]')) {
+      if (input.value !== input.defaultValue) typed.set(input.id, input.value);
+    }
+    const focused = servicesBody.contains(document.activeElement) ? document.activeElement.id : null;
     servicesBody.replaceChildren(...state.view.services.map((s) => serviceRow(name, s, state, reload)));
+    for (const [id, value] of typed) {
+      const input = document.getElementById(id);
+      if (input) input.value = value;
+    }
+    if (focused) document.getElementById(focused)?.focus();
     updateFigures();
   }
 
@@ -284,8 +296,11 @@ async function appView(name) {
       do {
         again = false;
         try {
-          state.view = await api.app(name);
-          renderServices();
+          const view = await api.app(name);
+          if (JSON.stringify(view) !== JSON.stringify(state.view)) {
+            state.view = view;
+            renderServices();
+          }
         } catch (e) {
           notice(e.message);
         }

@@ -144,6 +144,41 @@ impl Browser {
         }
     }
 
+    /// Clears the element `selector` matches and types `text` into it. A page may build the
+    /// element anew while it is typed into (the dashboard rebuilds a table when the application
+    /// changes); then the new one is found and filled again.
+    pub fn fill(&self, selector: &str, text: &str) {
+        self.on_fresh(selector, |element| {
+            self.runtime.block_on(async {
+                element.0.clear().await?;
+                element.0.send_keys(text).await
+            })
+        });
+    }
+
+    /// Clicks the element `selector` matches, found again if the page built it anew.
+    pub fn click_on(&self, selector: &str) {
+        self.on_fresh(selector, |element| self.runtime.block_on(element.0.click()));
+    }
+
+    /// Runs `act` on the element `selector` matches, again on a fresh one while the page keeps
+    /// replacing it; any other failure fails the test.
+    fn on_fresh(
+        &self,
+        selector: &str,
+        act: impl Fn(&Element) -> Result<(), fantoccini::error::CmdError>,
+    ) {
+        for _ in 0..20 {
+            let element = self.wait_for(selector, Duration::from_secs(10));
+            match act(&element) {
+                Ok(()) => return,
+                Err(e) if e.to_string().contains("stale element") => continue,
+                Err(e) => panic!("cannot act on `{selector}`: {e}"),
+            }
+        }
+        panic!("`{selector}` was replaced on every one of 20 tries");
+    }
+
     pub fn click(&self, element: &Element) {
         self.runtime
             .block_on(element.0.click())
