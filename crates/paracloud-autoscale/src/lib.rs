@@ -22,6 +22,7 @@ pub mod queueing;
 pub use config::{Bounded, Bounds, Current, ScalingConfig, Slo};
 pub use observe::{
     Call, History, InstanceFacts, InstanceSample, Observation, Reported, ServiceSample,
+    REPORT_TTL_MS,
 };
 
 use serde::{Deserialize, Serialize};

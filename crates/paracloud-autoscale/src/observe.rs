@@ -70,6 +70,9 @@ pub struct InstanceSample {
     pub reported: Option<Reported>,
 }
 
+/// A load report older than this is no longer used, on one machine and in a cluster.
+pub const REPORT_TTL_MS: crate::Millis = 5_000;
+
 /// An instance's own account of its load (PaCI's load report); what it leaves out is unknown.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reported {

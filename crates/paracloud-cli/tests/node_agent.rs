@@ -1096,6 +1096,89 @@ fn a_pod_sees_its_peers_sets_its_weight_and_asks_for_instances_once_its_owners_p
         .unwrap();
     assert_eq!(resource["spec"]["scale"]["web"]["replicas"], 3);
 
+    // Its load reports reach its application's status, for the operator's autoscaler, under the
+    // node's own field manager; a pod no ParacloudApp runs reports to its node alone. A newer
+    // report replaces the last, and a pod that leaves the node leaves the status.
+    let (status, body) = node.curl_in(
+        &a,
+        "PUT",
+        "/v1/load",
+        Some(r#"{"in_flight": 2, "capacity": 40.5, "custom": {"warm": 1}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = node.curl_in(&b, "PUT", "/v1/load", Some(r#"{"capacity": 9}"#));
+    assert_eq!(status, 200, "{body}");
+    let shop = || {
+        standin
+            .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
+            .unwrap()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "web-a's load report on the status",
+        || shop()["status"]["load"]["web-a"]["capacity"] == 40.5,
+        || node.log(),
+    );
+    let load = shop()["status"]["load"].clone();
+    assert_eq!(load.as_object().unwrap().len(), 1, "{load}");
+    assert_eq!(load["web-a"]["inFlight"], 2);
+    assert!(
+        load["web-a"]["custom"].is_null(),
+        "the node keeps its own figures"
+    );
+    let sent: k8s_openapi::jiff::Timestamp = load["web-a"]["at"].as_str().unwrap().parse().unwrap();
+    let age = k8s_openapi::jiff::Timestamp::now().as_millisecond() - sent.as_millisecond();
+    assert!((0..10_000).contains(&age), "sent {age} ms ago");
+    let managers: Vec<(String, String)> = shop()["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap_or_default().to_owned(),
+                m["subresource"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&("paracloud-node-agent/node-1".into(), "status".into())),
+        "{managers:?}"
+    );
+    assert!(
+        !standin
+            .requests()
+            .iter()
+            .any(|r| r.resource == "paracloudapps"
+                && r.subresource.as_deref() == Some("status")
+                && r.namespace.as_deref() != Some("ns-a")),
+        "web-b's report is written nowhere"
+    );
+    let (status, body) = node.curl_in(&a, "PUT", "/v1/load", Some(r#"{"capacity": 55}"#));
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        Duration::from_secs(10),
+        "web-a's newer report on the status",
+        || shop()["status"]["load"]["web-a"].get("capacity") == Some(&json!(55.0)),
+        || node.log(),
+    );
+    assert!(shop()["status"]["load"]["web-a"]["inFlight"].is_null());
+    for id in [&a.container_id, &a.sandbox_id] {
+        assert!(node
+            .oci()
+            .args(["delete", "-f", id])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let (status, pods) = unix_http(&node.api(), "POST", "/v1/refresh", "");
+    assert_eq!(status, 200, "{pods}");
+    wait_until(
+        Duration::from_secs(10),
+        "the gone pod's report off the status",
+        || shop()["status"]["load"].get("web-a").is_none(),
+        || node.log(),
+    );
+
     let granted: std::collections::BTreeSet<(String, String, String)> =
         paracloud_kube::access::node_agent_permissions()
             .into_iter()

@@ -16,8 +16,7 @@ use tokio::task::AbortHandle;
 use crate::clock::now_ms;
 use crate::sync::lock;
 
-/// A load report older than this is no longer used.
-pub const REPORT_TTL_MS: Millis = 5_000;
+pub use paracloud_autoscale::REPORT_TTL_MS;
 
 /// How an instance answered an event.
 #[derive(Debug, Clone, PartialEq)]

@@ -219,6 +219,7 @@ pub fn node_agent_permissions() -> Vec<Permission> {
         ("batch", "jobs", "get"),
         ("paracloud.dev", "paracloudapps", "get"),
         ("paracloud.dev", "paracloudapps", "patch"),
+        ("paracloud.dev", "paracloudapps/status", "patch"),
         ("", "events", "create"),
     ] {
         all.push(Permission {

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use paracloud_autoscale::{Current, Decision, InstanceFacts, Observation, ScalingConfig};
+use paracloud_autoscale::{
+    Current, Decision, InstanceFacts, Observation, Reported, ScalingConfig, REPORT_TTL_MS,
+};
 use paracloud_manifest::Manifest;
 use serde_json::{json, Value};
 
@@ -29,6 +31,7 @@ pub const AUTOSCALED: &str = "Autoscaled";
 pub fn instance_facts(
     pods: &[Pod],
     usage: &BTreeMap<String, f64>,
+    reports: &BTreeMap<String, Reported>,
     now: Timestamp,
     config: &ScalingConfig,
 ) -> Vec<InstanceFacts> {
@@ -65,15 +68,42 @@ pub fn instance_facts(
                 service: service.clone(),
                 cpu_used: usage.get(&name).copied().unwrap_or(0.0),
                 cpu_limit: cpu_limit(pod, service).unwrap_or(bounds.cpu),
+                reported: reports.get(&name).cloned(),
                 name,
                 ready,
                 age_ms,
-                reported: None,
             })
         })
         .collect();
     facts.sort_by(|a, b| a.name.cmp(&b.name));
     facts
+}
+
+/// The pods' load reports on the resource's status that are recent at `now` (as on one machine:
+/// at most [`REPORT_TTL_MS`] old), by pod name. A report from a node whose clock is ahead counts
+/// as just sent.
+pub fn fresh_reports(app: &ParacloudApp, now: Timestamp) -> BTreeMap<String, Reported> {
+    let Some(status) = app.status.as_ref() else {
+        return BTreeMap::new();
+    };
+    status
+        .load
+        .iter()
+        .filter(|(_, load)| {
+            load.at.parse::<Timestamp>().is_ok_and(|at| {
+                let age = now.as_millisecond() - at.as_millisecond();
+                age <= REPORT_TTL_MS as i64
+            })
+        })
+        .map(|(pod, load)| {
+            let reported = Reported {
+                in_flight: load.in_flight,
+                queue: load.queue,
+                capacity: load.capacity,
+            };
+            (pod.clone(), reported)
+        })
+        .collect()
 }
 
 /// The CPU limit of the pod's container for `service`: what the kubelet applied (the container

@@ -1,8 +1,38 @@
 //! PaCI's answers made from the cluster's objects, for the node agent (pure): a service's peers
-//! are its pods.
+//! are its pods; the load reports of a node's pods are what it writes on their resource's status.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
-use paracloud_paci::{Peer, Peers};
+use k8s_openapi::jiff::Timestamp;
+use paracloud_paci::{LoadReport, Peer, Peers};
+use serde_json::{json, Value};
+
+use crate::resource::PodLoad;
+
+/// A pod's load report as the resource's status keeps it: what the autoscaler uses (its own
+/// figures stay on its node), and when it came.
+pub fn pod_load(report: &LoadReport, at: Timestamp) -> PodLoad {
+    PodLoad {
+        in_flight: report.in_flight,
+        queue: report.queue,
+        capacity: report.capacity,
+        at: at.to_string(),
+    }
+}
+
+/// The server-side apply of `status.load` on the application `app` with the reports of one
+/// node's pods: under the node's own field manager it holds exactly these pods, so a pod of the
+/// node that no longer reports (or is gone) leaves the status with the next apply, and other
+/// nodes' pods are left as they are.
+pub fn load_apply(app: &str, loads: &BTreeMap<String, PodLoad>) -> Value {
+    json!({
+        "apiVersion": format!("{}/v1alpha1", crate::names::GROUP),
+        "kind": "ParacloudApp",
+        "metadata": { "name": app },
+        "status": { "load": loads },
+    })
+}
 
 /// The pods of `service` as its peers, sorted by name. A peer's index is its StatefulSet
 /// ordinal, else its place in that order; its address the pod's IPv4 address (unspecified

@@ -268,6 +268,8 @@ pub fn reconcile(app: &ParacloudApp, observed: &Observed, now: &Time) -> Decisio
         service_count: desired.services,
         services: BTreeMap::new(),
         manifest_sha256: Some(desired.manifest_sha.clone()),
+        // The nodes' agents write the pods' load reports; the operator leaves them be.
+        load: BTreeMap::new(),
     };
     let mut not_ready = Vec::new();
     let mut failed = Vec::new();

@@ -100,6 +100,28 @@ pub struct ParacloudAppStatus {
     /// The SHA-256 of the manifest the objects were last rendered from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_sha256: Option<String>,
+    /// The pods' latest load reports through PaCI, by pod name. Each node's agent writes those
+    /// of its node's pods (server-side apply, a field manager per node); the operator reads
+    /// them and never writes here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub load: BTreeMap<String, PodLoad>,
+}
+
+/// A pod's latest load report (docs/paci.md), and when it came.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodLoad {
+    /// Requests it is working on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u32>,
+    /// Requests waiting inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<u32>,
+    /// Requests per second it can serve with its current CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<f64>,
+    /// When the pod sent it, on its node's clock (RFC 3339).
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

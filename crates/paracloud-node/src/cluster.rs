@@ -9,12 +9,15 @@
 //! Deployment; or StatefulSet; or Job) up to the `ParacloudApp` that owns them, by uid, and the
 //! pod's own uid must be the one the kubelet gave its containers.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use paracloud_kube::names::{object_name, APP_LABEL, SERVICE_LABEL};
 use paracloud_kube::reconcile::{Note, Reporter};
+use paracloud_kube::resource::PodLoad;
 use paracloud_kube::ParacloudApp;
 use paracloud_paci::{Peers, ReplicasAnswer, ReplicasRequest};
 use serde_json::{json, Value};
@@ -215,6 +218,28 @@ impl Cluster {
             &app.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| self.unreachable(e))?;
+        Ok(())
+    }
+
+    /// Writes the load reports of this node's pods of application `app` on its resource's
+    /// `status.load`, under the node's own field manager: the pods not in `loads` that this
+    /// node wrote before leave the status, other nodes' pods stay.
+    pub async fn write_loads(
+        &self,
+        namespace: &str,
+        app: &str,
+        loads: &BTreeMap<String, PodLoad>,
+    ) -> Result<(), Refusal> {
+        let apps: Api<ParacloudApp> = Api::namespaced(self.client.clone(), namespace);
+        let manager = format!("paracloud-node-agent/{}", self.identity);
+        let body = paracloud_kube::paci::load_apply(app, loads);
+        apps.patch_status(
+            app,
+            &PatchParams::apply(&manager).force(),
+            &Patch::Apply(&body),
         )
         .await
         .map_err(|e| self.unreachable(e))?;

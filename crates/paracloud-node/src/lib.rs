@@ -9,7 +9,9 @@
 //!
 //! ```text
 //! api                 the agent's API on <root>/agent.sock: pods, refresh, capsule runs
-//! schedules           the applications' scheduled capsules, run on this node's pods
+//! schedules  loads    the applications' scheduled capsules, run on this node's pods; the
+//!                     pods' load reports, written on their applications' status
+//! proven              which application each pod runs for, proven by its owners, cached
 //! capsules            a built-in capsule attached to one container, streamed, audited
 //! refresh             one look at the node: pods found, PaCI sockets bound and removed
 //! paci                a pod's PaCI socket: peer check, whoami, load reports, replicas
@@ -32,8 +34,10 @@ mod audit;
 pub mod capsules;
 mod cgroup;
 pub mod cluster;
+mod loads;
 pub mod oci;
 mod paci;
+mod proven;
 pub mod refresh;
 mod scan;
 mod schedules;
@@ -101,6 +105,11 @@ pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> 
         .cluster
         .clone()
         .map(|cluster| tokio::spawn(schedules::run(agent.clone(), cluster)));
+    // The pods' load reports, for the operator's autoscaler.
+    let reporting = agent
+        .cluster
+        .clone()
+        .map(|cluster| tokio::spawn(loads::run(agent.clone(), cluster)));
     let looking = {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -121,8 +130,8 @@ pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> 
         _ = tokio::signal::ctrl_c() => {}
         result = api => {
             looking.abort();
-            if let Some(scheduling) = &scheduling {
-                scheduling.abort();
+            for task in scheduling.iter().chain(&reporting) {
+                task.abort();
             }
             return match result {
                 Ok(Err(e)) => Err(Error::Io { what: "serving the agent's API".into(), source: e }),
@@ -131,8 +140,8 @@ pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> 
         }
     }
     looking.abort();
-    if let Some(scheduling) = scheduling {
-        scheduling.abort();
+    for task in scheduling.iter().chain(&reporting) {
+        task.abort();
     }
     // The pods' sockets stay: the next agent binds them again at the same paths.
     let _ = std::fs::remove_file(&socket);

@@ -4,13 +4,13 @@
 //! has come starts a run on each pod of its application that it selects (`service=`,
 //! `instance=` the pod's name, the service's labels), after the same policy check as on one
 //! machine (`[services.NAME.capsules]`). A pod's application is proven by its owners
-//! (`cluster::app_of`) and looked at again every [`APP_TTL`]. Each run is in the audit log, and
+//! ([`Proven`]). Each run is in the audit log, and
 //! its outcome an Event on the resource (`ScheduledCapsule`, or a Warning
 //! `ScheduledCapsuleRefused` saying why it did not run).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod as ApiPod;
 use kube::ResourceExt;
@@ -24,20 +24,11 @@ use crate::agent::Agent;
 use crate::capsules::CapsuleRequest;
 use crate::cluster::Cluster;
 use crate::oci::Pod;
-
-/// How long a pod's proven application is used before it is read again (a changed manifest,
-/// new schedules).
-pub const APP_TTL: Duration = Duration::from_secs(30);
-
-/// A pod's application as last read (the resource, its manifest, the pod), and when.
-struct Known {
-    app: Option<(ParacloudApp, Manifest, ApiPod)>,
-    at: Instant,
-}
+use crate::proven::Proven;
 
 /// Runs the schedules of the pods on this node until the task is aborted.
 pub async fn run(agent: Arc<Agent>, cluster: Cluster) {
-    let mut known: BTreeMap<String, Known> = BTreeMap::new();
+    let mut proven = Proven::default();
     let mut last = unix_seconds();
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -48,36 +39,15 @@ pub async fn run(agent: Arc<Agent>, cluster: Cluster) {
             continue;
         }
         let pods = agent.pods();
-        known.retain(|uid, _| pods.contains_key(uid));
+        proven.retain(&pods);
         // Pods that say they run for an application (what rendered pods carry); the claim is
         // proven before anything runs.
         for pod in pods.values().filter(|p| p.app.is_some()) {
-            let fresh = known
-                .get(&pod.pod.uid)
-                .is_some_and(|k| k.at.elapsed() < APP_TTL);
-            if !fresh {
-                let app = cluster
-                    .app_of(&pod.pod)
-                    .await
-                    .ok()
-                    .and_then(|(app, found)| {
-                        let manifest = paracloud_kube::reconcile::manifest(&app).ok()?;
-                        Some((app, manifest, found))
-                    });
-                known.insert(
-                    pod.pod.uid.clone(),
-                    Known {
-                        app,
-                        at: Instant::now(),
-                    },
-                );
-            }
-            let Some((app, manifest, found)) = known.get(&pod.pod.uid).and_then(|k| k.app.as_ref())
-            else {
+            let Some(proven) = proven.app(&cluster, pod).await else {
                 continue;
             };
-            for due in due(manifest, found, pod, last, now) {
-                start(&agent, &cluster, app, pod, due);
+            for due in due(&proven.manifest, &proven.pod, pod, last, now) {
+                start(&agent, &cluster, &proven.app, pod, due);
             }
         }
         last = now;

@@ -16,7 +16,7 @@ use kube::{Api, Client, ResourceExt};
 use paracloud_autoscale::{History, Millis, Policy, PolicyKind};
 use paracloud_dataplane::observe::{observation, Interval};
 use paracloud_dataplane::Snapshot;
-use paracloud_kube::autoscale::{changes, instance_facts, pod_usage};
+use paracloud_kube::autoscale::{changes, fresh_reports, instance_facts, pod_usage};
 use paracloud_kube::names::APP_LABEL;
 use paracloud_kube::reconcile::Note;
 use paracloud_kube::ParacloudApp;
@@ -127,7 +127,9 @@ impl Autoscaler {
             .await
             .map_err(|e| format!("cannot list the pods: {e}"))?;
         let usage = self.usage(client, &namespace, &selector).await;
-        let facts = instance_facts(&pods.items, &usage, now, &config);
+        // The pods' own reports (PaCI `load`), as their nodes' agents wrote them on the status.
+        let reports = fresh_reports(app, now);
+        let facts = instance_facts(&pods.items, &usage, &reports, now, &config);
         let services: Vec<&str> = config.services.keys().map(String::as_str).collect();
         self.history
             .push(observation(&manifest, &services, interval, &facts));

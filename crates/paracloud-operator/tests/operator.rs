@@ -306,6 +306,21 @@ async fn an_application_comes_up_scales_resizes_and_goes_with_exactly_the_reques
     );
     assert!(get(&standin, "", "services", "api-pods").is_some());
 
+    // A node's agent writes its pods' load reports on the status; the operator's own status
+    // writes leave them.
+    let load = json!({ "capacity": 30.0, "at": "2026-01-01T00:00:00Z" });
+    standin
+        .apply_as(
+            "paracloud-node-agent/node-1",
+            &app_ref("every").subresource("status"),
+            json!({
+                "apiVersion": "paracloud.dev/v1alpha1", "kind": "ParacloudApp",
+                "metadata": { "name": "every", "namespace": "team" },
+                "status": { "load": { "api-x": load } },
+            }),
+        )
+        .unwrap();
+
     // The cluster's controllers report the pods ready: so does the resource.
     standin.set_deployment_ready("team", "api").unwrap();
     standin
@@ -336,6 +351,16 @@ async fn an_application_comes_up_scales_resizes_and_goes_with_exactly_the_reques
     .await;
     assert_eq!(app["status"]["services"]["api"]["ready"], 2);
     assert_eq!(condition(&app, "Progressing").unwrap().1, "Complete");
+    assert_eq!(app["status"]["load"]["api-x"], load);
+    // ... nor take them for a change of their own to write back (each write is a watch event,
+    // and another pass).
+    let before = standin.requests().len();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let rewrites = standin.requests()[before..]
+        .iter()
+        .filter(|r| r.subresource.as_deref() == Some("status") && r.verb.as_str() == "patch")
+        .count();
+    assert_eq!(rewrites, 0, "the status is written again and again");
 
     // CPU in place: the resource's scale asks 1.5 cores; the running pod is resized, the
     // template stays (no rollout).

@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::resource::{ParacloudAppSpec, ServiceScale};
+use crate::resource::{ParacloudAppSpec, PodLoad, ServiceScale};
 
 const MANIFEST: &str = r#"
 app = "shop"
@@ -85,7 +85,13 @@ fn pods_become_the_facts_of_their_service_with_the_cpu_the_kubelet_applied() {
         deleting,
     ];
     let usage = BTreeMap::from([("api-b".to_owned(), 0.6), ("kv-0".to_owned(), 0.9)]);
-    let facts = instance_facts(&pods, &usage, at(20), &config);
+    let reported = Reported {
+        in_flight: Some(3),
+        queue: None,
+        capacity: Some(120.0),
+    };
+    let reports = BTreeMap::from([("api-b".to_owned(), reported.clone())]);
+    let facts = instance_facts(&pods, &usage, &reports, at(20), &config);
     assert_eq!(
         facts,
         [
@@ -105,7 +111,7 @@ fn pods_become_the_facts_of_their_service_with_the_cpu_the_kubelet_applied() {
                 age_ms: 20_000,
                 cpu_used: 0.6,
                 cpu_limit: 0.75,
-                reported: None,
+                reported: Some(reported),
             },
             // Every service of an autoscaled application is the policy's to scale.
             InstanceFacts {
@@ -118,6 +124,59 @@ fn pods_become_the_facts_of_their_service_with_the_cpu_the_kubelet_applied() {
                 reported: None,
             },
         ]
+    );
+}
+
+#[test]
+fn only_recent_load_reports_on_the_status_reach_the_autoscaler() {
+    let mut app = app(BTreeMap::new());
+    let load = |at: String, capacity: f64| PodLoad {
+        in_flight: Some(1),
+        queue: Some(0),
+        capacity: Some(capacity),
+        at,
+    };
+    app.status = Some(crate::resource::ParacloudAppStatus {
+        load: BTreeMap::from([
+            ("api-a".to_owned(), load(at(15).to_string(), 50.0)),
+            // Older than the 5 s a report lasts.
+            ("api-b".to_owned(), load(at(14).to_string(), 60.0)),
+            // From a node whose clock is ahead: as just sent.
+            ("api-c".to_owned(), load(at(22).to_string(), 70.0)),
+            ("api-d".to_owned(), load("yesterday".into(), 80.0)),
+        ]),
+        ..Default::default()
+    });
+    let fresh = fresh_reports(&app, at(20));
+    let capacities: Vec<(&str, Option<f64>)> = fresh
+        .iter()
+        .map(|(pod, r)| (pod.as_str(), r.capacity))
+        .collect();
+    assert_eq!(capacities, [("api-a", Some(50.0)), ("api-c", Some(70.0))]);
+    assert_eq!(fresh["api-a"].in_flight, Some(1));
+    app.status = None;
+    assert!(fresh_reports(&app, at(20)).is_empty());
+}
+
+#[test]
+fn a_nodes_reports_are_applied_as_its_own_part_of_the_status() {
+    let report = paracloud_paci::LoadReport {
+        in_flight: Some(2),
+        queue: None,
+        capacity: Some(40.5),
+        custom: BTreeMap::from([("warm".to_owned(), 1.0)]),
+    };
+    let loads = BTreeMap::from([("web-a".to_owned(), crate::paci::pod_load(&report, at(3)))]);
+    assert_eq!(
+        crate::paci::load_apply("shop", &loads),
+        json!({
+            "apiVersion": "paracloud.dev/v1alpha1",
+            "kind": "ParacloudApp",
+            "metadata": { "name": "shop" },
+            "status": { "load": { "web-a": {
+                "inFlight": 2, "capacity": 40.5, "at": at(3).to_string(),
+            } } },
+        })
     );
 }
 
