@@ -312,6 +312,22 @@ impl Node {
     }
 
     /// The container's first process on the host.
+    /// Removes the pod's containers as its runtime would once the pod is deleted, and has the
+    /// agent look at the node at once; the pods it then knows, as its API lists them.
+    fn remove(&self, pod: &Pod) -> String {
+        for id in [&pod.container_id, &pod.sandbox_id] {
+            assert!(self
+                .oci()
+                .args(["delete", "-f", id])
+                .status()
+                .unwrap()
+                .success());
+        }
+        let (status, pods) = unix_http(&self.api(), "POST", "/v1/refresh", "");
+        assert_eq!(status, 200, "{pods}");
+        pods
+    }
+
     fn pid(&self, pod: &Pod) -> i32 {
         let out = self
             .oci()
@@ -734,16 +750,7 @@ fn a_pods_socket_outlives_the_agent_and_goes_with_the_pod() {
     assert_eq!(json(&body)["pod"]["name"], "web-a");
 
     // A pod that is gone loses its socket and directory; the others keep theirs.
-    for id in [&b.container_id, &b.sandbox_id] {
-        assert!(node
-            .oci()
-            .args(["delete", "-f", id])
-            .status()
-            .unwrap()
-            .success());
-    }
-    let (status, pods) = unix_http(&node.api(), "POST", "/v1/refresh", "");
-    assert_eq!(status, 200, "{pods}");
+    let pods = node.remove(&b);
     assert_eq!(json(&pods).as_array().unwrap().len(), 1, "{pods}");
     assert!(!node.paci_dir(&b).exists());
     assert!(node.paci_dir(&a).join("paci.sock").exists());
@@ -1162,16 +1169,7 @@ fn a_pod_sees_its_peers_sets_its_weight_and_asks_for_instances_once_its_owners_p
         || node.log(),
     );
     assert!(shop()["status"]["load"]["web-a"]["inFlight"].is_null());
-    for id in [&a.container_id, &a.sandbox_id] {
-        assert!(node
-            .oci()
-            .args(["delete", "-f", id])
-            .status()
-            .unwrap()
-            .success());
-    }
-    let (status, pods) = unix_http(&node.api(), "POST", "/v1/refresh", "");
-    assert_eq!(status, 200, "{pods}");
+    node.remove(&a);
     wait_until(
         Duration::from_secs(10),
         "the gone pod's report off the status",
