@@ -550,18 +550,60 @@ fn a_pod_asks_its_own_socket_who_it_is_and_reports_its_load() {
     assert_eq!(of(&a.uid)["load"]["report"]["capacity"], 120.5);
     assert!(of(&b.uid)["load"].is_null());
 
-    // Without the API server, what needs it says so; what the cluster cannot serve yet too.
+    // Without the API server, what needs it says so.
     let (status, body) = node.curl_in(&a, "GET", "/v1/peers", None);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("runs without the API server"), "{body}");
     let (status, body) = node.curl_in(&a, "PUT", "/v1/weight", Some(r#"{"weight": 50}"#));
     assert_eq!(status, 503, "{body}");
-    let (status, body) = node.curl_in(&a, "GET", "/v1/events", None);
-    assert_eq!(status, 501, "{body}");
-    assert!(json(&body)["error"]
-        .as_str()
-        .unwrap()
-        .contains("not served on Kubernetes yet"));
+}
+
+#[test]
+fn a_pod_resized_in_place_is_told_on_its_event_stream_and_answers() {
+    let mut node = Node::new("resize");
+    let a = node.pod("a", 1000);
+    node.agent(&[&a]);
+    assert_eq!(node.curl_in(&a, "GET", "/v1/whoami", None).0, 200);
+
+    // The pod follows its events; meanwhile the node's runtime changes its container's CPU in
+    // place, as the kubelet's in-place resize has it do.
+    let streamed = std::thread::scope(|scope| {
+        let stream = scope.spawn(|| node.watch_in(&a, "/v1/events", 5));
+        std::thread::sleep(Duration::from_millis(1500));
+        let (status, body) = node.curl_in(&a, "GET", "/v1/events", None);
+        assert_eq!(status, 409, "a second stream while one is open: {body}");
+        assert!(body.contains("already open"), "{body}");
+        let updated = node
+            .oci()
+            .args(["update", "--cpu-quota", "50000", "--cpu-period", "100000"])
+            .arg(&a.container_id)
+            .output()
+            .unwrap();
+        assert!(
+            updated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&updated.stderr)
+        );
+        stream.join().unwrap()
+    });
+    assert_eq!(streamed.len(), 1, "{streamed:?}\n{}", node.log());
+    let event = &streamed[0];
+    assert_eq!(event["kind"], "resize");
+    assert_eq!(event["cpu"], 0.5);
+    assert!(node.log().contains("resized in place"), "{}", node.log());
+
+    // Its answer is taken once, by the deadline; a bad id says what to use.
+    let id = event["id"].as_u64().unwrap();
+    let (status, body) = node.curl_in(&a, "POST", &format!("/v1/events/{id}/ack"), Some("{}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["id"], id);
+    assert!(json(&body)["before_deadline_ms"].as_u64().unwrap() <= 5_000);
+    let (status, body) = node.curl_in(&a, "POST", &format!("/v1/events/{id}/ack"), Some("{}"));
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("answered already"), "{body}");
+    let (status, body) = node.curl_in(&a, "POST", "/v1/events/seven/ack", Some("{}"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("is not a number"), "{body}");
 }
 
 #[test]

@@ -537,7 +537,7 @@ impl<D: Driver> Engine<D> {
                             let memory = app_of(&key.app)
                                 .and_then(|a| a.manifest.services.get(&key.service))
                                 .and_then(|s| s.resources.memory);
-                            self.paci.notify(
+                            self.paci.events.notify(
                                 &key,
                                 paracloud_paci::EventKind::Resize { cpu, memory },
                                 RESIZE_DEADLINE,
@@ -1115,11 +1115,11 @@ impl<D: Driver> Engine<D> {
             let asked = tokio::time::Instant::now();
             // An instance that follows its PaCI events is asked to drain first, and gets its
             // stop signal once it answers or when the grace period is over.
-            if engine.paci.listening(&key) {
+            if engine.paci.events.listening(&key) {
                 let drain = paracloud_paci::EventKind::Drain {
                     reason: why.to_string(),
                 };
-                let answer = engine.paci.send(&key, drain, grace).await;
+                let answer = engine.paci.events.send(&key, drain, grace).await;
                 engine.event(
                     &key.app,
                     &key.name(),

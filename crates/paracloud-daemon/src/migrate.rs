@@ -247,7 +247,7 @@ impl<D: Driver> Engine<D> {
                 criu = None;
             }
         }
-        if via == MigrateMethod::Paci && !self.paci.listening(key) {
+        if via == MigrateMethod::Paci && !self.paci.events.listening(key) {
             return Err(MigrateError::Refused(not_listening(key)));
         }
         let service = (key.app.clone(), key.service.clone());
@@ -271,12 +271,16 @@ impl<D: Driver> Engine<D> {
             via.name()
         ));
 
-        if via == MigrateMethod::Restart && self.paci.listening(key) {
+        if via == MigrateMethod::Restart && self.paci.events.listening(key) {
             let asked = Instant::now();
             let checkpoint = EventKind::Checkpoint {
                 reason: format!("replaced by {to} (restart migration)"),
             };
-            let answer = self.paci.send(key, checkpoint, CHECKPOINT_DEADLINE).await;
+            let answer = self
+                .paci
+                .events
+                .send(key, checkpoint, CHECKPOINT_DEADLINE)
+                .await;
             note(describe_answer("checkpoint", &answer, asked.elapsed()));
         }
 
@@ -487,10 +491,10 @@ impl<D: Driver> Engine<D> {
 
     /// Asks `old` for its state and gives it to `new`; returns the time it took and its size.
     async fn hand_over(&self, old: &InstanceKey, new: &InstanceKey) -> Result<(u64, u64), String> {
-        if !self.paci.listening(old) {
+        if !self.paci.events.listening(old) {
             return Err(not_listening(old));
         }
-        if !self.paci.wait_listening(new, LISTEN_WAIT).await {
+        if !self.paci.events.wait_listening(new, LISTEN_WAIT).await {
             return Err(format!(
                 "{} did not open its PaCI event stream within {} s of being ready",
                 new.name(),
@@ -517,7 +521,7 @@ impl<D: Driver> Engine<D> {
                 address: address.addr(),
             },
         };
-        let state = match self.paci.send(old, migrate, HANDOVER_DEADLINE).await {
+        let state = match self.paci.events.send(old, migrate, HANDOVER_DEADLINE).await {
             Answer::Acked(ack) => ack.state.unwrap_or(serde_json::Value::Null),
             other => {
                 return Err(describe_answer("migrate", &other, asked.elapsed()));
@@ -528,7 +532,7 @@ impl<D: Driver> Engine<D> {
             from: old.name(),
             state: state.clone(),
         };
-        match self.paci.send(new, restore, HANDOVER_DEADLINE).await {
+        match self.paci.events.send(new, restore, HANDOVER_DEADLINE).await {
             Answer::Acked(_) => Ok((asked.elapsed().as_millis() as u64, bytes)),
             other => {
                 // The old instance handed its state over and waits: give it back, so that it
@@ -537,7 +541,7 @@ impl<D: Driver> Engine<D> {
                     from: old.name(),
                     state,
                 };
-                let _ = self.paci.send(old, back, HANDOVER_DEADLINE).await;
+                let _ = self.paci.events.send(old, back, HANDOVER_DEADLINE).await;
                 Err(describe_answer("restore", &other, asked.elapsed()))
             }
         }

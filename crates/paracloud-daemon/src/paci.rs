@@ -20,6 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use futures::StreamExt;
 use paracloud_paci::{
     routes, Ack, AckAnswer, Addresses, ErrorBody, LoadReport, Peer, Peers, ReplicasAnswer,
     ReplicasRequest, Resources, WeightAnswer, WeightRequest, Whoami, FULL_WEIGHT, MAX_BODY,
@@ -29,7 +30,6 @@ use paracloud_reconcile::InstanceKey;
 use paracloud_state::{AppRecord, Snapshot};
 use serde::Deserialize;
 use tokio::net::UnixListener;
-use tokio::sync::broadcast;
 
 use paracloud_command::{Caller, Command, Outcome};
 
@@ -430,32 +430,12 @@ async fn replicas<D: Driver>(
 }
 
 async fn events<D: Driver>(State(ctx): Shared<D>) -> Response {
-    let Some((pending, receiver, guard)) = ctx.engine.paci.subscribe(&ctx.key) else {
-        return PaciError::new(
-            StatusCode::CONFLICT,
-            "an event stream of this instance is already open: the stream is the instance's own, one at a time; read events from the open one (or close it first)",
-        )
-        .into_response();
+    let Some(events) = ctx.engine.paci.events.subscribe(&ctx.key) else {
+        return PaciError::new(StatusCode::CONFLICT, paracloud_paci_events::STREAM_OPEN)
+            .into_response();
     };
-    let state = (pending.into_iter(), receiver, guard);
-    let stream = futures::stream::unfold(state, |(mut pending, mut receiver, guard)| async move {
-        if let Some(event) = pending.next() {
-            return Some((
-                Ok::<Bytes, Infallible>(json_line(&event)),
-                (pending, receiver, guard),
-            ));
-        }
-        loop {
-            match receiver.recv().await {
-                Ok(event) => {
-                    return Some((Ok(json_line(&event)), (pending, receiver, guard)));
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    });
-    ndjson(Body::from_stream(stream))
+    let lines = events.map(|event| Ok::<Bytes, Infallible>(json_line(&event)));
+    ndjson(Body::from_stream(lines))
 }
 
 async fn ack<D: Driver>(
@@ -464,15 +444,12 @@ async fn ack<D: Driver>(
     body: Result<Json<Ack>, JsonRejection>,
 ) -> Result<Json<AckAnswer>, PaciError> {
     let UrlPath(id) = path?;
-    let id: u64 = id.parse().map_err(|_| {
-        PaciError::bad(format!(
-            "event id {id:?} is not a number: use the `id` of an event from GET /v1/events"
-        ))
-    })?;
+    let id = paracloud_paci_events::event_id(&id).map_err(PaciError::bad)?;
     let Json(ack) = body?;
     let answer = ctx
         .engine
         .paci
+        .events
         .ack(&ctx.key, id, ack)
         .map_err(|e| match e {
             AckError::NoEvent(_) => PaciError::new(StatusCode::NOT_FOUND, e.to_string()),

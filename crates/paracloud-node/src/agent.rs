@@ -85,7 +85,14 @@ pub struct Agent {
     pub next_run: std::sync::atomic::AtomicU64,
     /// The API server, for what pods ask to change; `None`: the agent runs without it.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// The events sent to the pods (by uid) and waiting for their answers.
+    pub events: paracloud_paci_events::Events<String>,
+    /// Each PaCI pod's CPU and memory limits as last seen, to tell it when they change.
+    pub limits: Mutex<BTreeMap<String, Limits>>,
 }
+
+/// A container's CPU (cores) and memory (bytes) limits; `None`: unlimited.
+pub type Limits = (Option<f64>, Option<u64>);
 
 impl Agent {
     pub fn new(
@@ -104,6 +111,8 @@ impl Agent {
             refreshing: tokio::sync::Mutex::new(()),
             next_run: std::sync::atomic::AtomicU64::new(now_ms()),
             cluster,
+            events: paracloud_paci_events::Events::new(now_ms),
+            limits: Mutex::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Whether a process is one of a container's: in its cgroup or below, as the local runtime's
 //! [`paracloud_runtime::CgroupManager::holds`] decides it for an instance (on the cgroup2
-//! hierarchy, or the first v1 controller's on a v1-only node).
+//! hierarchy, or the first v1 controller's on a v1-only node); and the limits the container's
+//! cgroup has now.
 
 use std::path::Path;
 
@@ -11,6 +12,14 @@ pub fn holds(cgroup_root: &Path, cgroup: &str, pid: i32) -> bool {
         return false;
     };
     holds_in(cgroup_root, cgroup, &text)
+}
+
+/// The CPU and memory limits of the container's cgroup `cgroup` now; none when it cannot be
+/// read (the container is going).
+pub fn limits(cgroup_root: &Path, cgroup: &str) -> Option<crate::agent::Limits> {
+    let (parent, id) = cgroup.trim_matches('/').rsplit_once('/')?;
+    let manager = paracloud_runtime::cgroups::detect(cgroup_root, parent).ok()?;
+    manager.limits(id).ok()
 }
 
 fn holds_in(cgroup_root: &Path, cgroup: &str, proc_cgroup: &str) -> bool {

@@ -13,8 +13,10 @@
 //!                     pods' load reports, written on their applications' status
 //! proven              which application each pod runs for, proven by its owners, cached
 //! capsules            a built-in capsule attached to one container, streamed, audited
-//! refresh             one look at the node: pods found, PaCI sockets bound and removed
-//! paci                a pod's PaCI socket: peer check, whoami, load reports, replicas
+//! refresh             one look at the node: pods found, PaCI sockets bound and removed,
+//!                     `resize` sent to pods whose limits changed in place
+//! paci                a pod's PaCI socket: peer check, whoami, load reports, peers, weight,
+//!                     replicas, events and their answers
 //! agent  scan  audit  shared state; the runtime's list and bundles; the audit log
 //! cluster             the API server: the pod's ParacloudApp by its owners, replicas asked
 //! oci  cgroup         containers and pods as plain data; who is in a container's cgroup

@@ -5,10 +5,11 @@
 //! of the pod's containers' cgroups: what the daemon checks for an instance on one machine.
 //!
 //! It speaks the protocol of `paracloud-paci`: `whoami` (the pod's identity), load reports
-//! (kept per pod, on the agent's API), and a pod's request for instances of its application's
-//! services, carried out through the API server once the pod's owners prove its application
-//! (`cluster`). The routes a cluster cannot serve yet (peers, weights, events) answer 501 saying
-//! so.
+//! (kept per pod, on the agent's API, and written on the application's status by `loads`), peers,
+//! weights and a pod's request for instances of its application's services, carried out through
+//! the API server once the pod's owners prove its application (`cluster`), and the pod's event
+//! stream with its answers (`paracloud_paci_events`, as the daemon serves it): the agent sends
+//! `resize` when the runtime changed the pod's limits in place.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -18,11 +19,12 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, Query, Reque
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use futures::StreamExt;
 use paracloud_paci::{
-    routes, Addresses, ErrorBody, LoadReport, ReplicasAnswer, ReplicasRequest, Resources,
-    WeightAnswer, WeightRequest, Whoami, FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
+    routes, Ack, AckAnswer, Addresses, ErrorBody, LoadReport, ReplicasAnswer, ReplicasRequest,
+    Resources, WeightAnswer, WeightRequest, Whoami, FULL_WEIGHT, MAX_BODY, SOCKET_NAME,
 };
 use tokio::net::UnixListener;
 
@@ -94,8 +96,9 @@ pub fn serve(agent: &Arc<Agent>, pod: &Pod) -> std::io::Result<tokio::task::Abor
     Ok(task.abort_handle())
 }
 
-/// Removes a gone pod's socket and directory.
+/// Removes a gone pod's socket and directory; its pending events end unanswered.
 pub fn forget(agent: &Agent, uid: &str) {
+    agent.events.forget(&uid.to_owned());
     let dir = agent.config.paci_dir(uid);
     let _ = std::fs::remove_file(dir.join(SOCKET_NAME));
     let _ = std::fs::remove_dir(&dir);
@@ -108,12 +111,12 @@ fn router(ctx: Ctx) -> Router {
         .route(routes::PEERS, get(peers))
         .route(routes::WEIGHT, put(weight))
         .route(routes::REPLICAS, put(replicas))
-        .route(routes::EVENTS, any(not_yet))
-        .route(routes::ACK, any(not_yet))
+        .route(routes::EVENTS, get(events))
+        .route(routes::ACK, post(ack))
         .fallback(|| async {
             PaciError(
                 StatusCode::NOT_FOUND,
-                "no such PaCI route: paths start with /v1 (whoami, peers, load, weight, services/NAME/replicas; see docs/paci.md)".into(),
+                "no such PaCI route: paths start with /v1 (whoami, peers, load, weight, services/NAME/replicas, events; see docs/paci.md)".into(),
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -359,15 +362,45 @@ async fn replicas(
         .map_err(|refusal| refused(&pod, refusal))
 }
 
-async fn not_yet(request: Request) -> PaciError {
-    PaciError(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "{} {} is not served on Kubernetes yet: the node agent answers whoami, peers, load reports, weights and replicas; events are still to come",
-            request.method(),
-            request.uri().path()
-        ),
+/// The pod's event stream, as JSON lines: the events waiting for its answer, then each new one.
+async fn events(State(ctx): State<Ctx>) -> Result<Response, PaciError> {
+    ctx.agent.pod(&ctx.uid).ok_or_else(gone)?;
+    let events = ctx.agent.events.subscribe(&ctx.uid).ok_or_else(|| {
+        PaciError(
+            StatusCode::CONFLICT,
+            paracloud_paci_events::STREAM_OPEN.into(),
+        )
+    })?;
+    let lines = events.map(|event| Ok::<_, std::convert::Infallible>(json_line(&event)));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
     )
+        .into_response())
+}
+
+/// The pod's answer to one of its events.
+async fn ack(
+    State(ctx): State<Ctx>,
+    path: Result<UrlPath<String>, PathRejection>,
+    body: Result<Json<Ack>, JsonRejection>,
+) -> Result<Json<AckAnswer>, PaciError> {
+    let UrlPath(id) = path.map_err(|e| PaciError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let id =
+        paracloud_paci_events::event_id(&id).map_err(|e| PaciError(StatusCode::BAD_REQUEST, e))?;
+    let ack = valid(body)?;
+    ctx.agent
+        .events
+        .ack(&ctx.uid, id, ack)
+        .map(Json)
+        .map_err(|e| match e {
+            paracloud_paci_events::AckError::NoEvent(_) => {
+                PaciError(StatusCode::NOT_FOUND, e.to_string())
+            }
+            paracloud_paci_events::AckError::Invalid(message) => {
+                PaciError(StatusCode::BAD_REQUEST, message)
+            }
+        })
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
 //! One look at the node: its pods from the OCI runtime, then each PaCI socket bound for a pod
-//! that asks for one and removed for a pod that is gone.
+//! that asks for one and removed for a pod that is gone, and a `resize` event for each PaCI pod
+//! whose limits the runtime changed in place since the last look (the kubelet's in-place resize).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use paracloud_paci::EventKind;
 
 use crate::agent::Agent;
 use crate::oci::Pod;
@@ -45,5 +49,46 @@ pub async fn refresh(agent: &Arc<Agent>) -> Result<BTreeMap<String, Pod>, Error>
             ),
         }
     }
+    drop(servers);
+    tell_resized(agent, &pods);
     Ok(pods)
+}
+
+/// How long a pod has to answer a `resize` (a notice: nothing waits for it), as on one machine.
+pub const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Sends `resize` to each PaCI pod whose container (the one holding the socket) has other CPU
+/// or memory limits than at the last look; a pod's first look only records them.
+fn tell_resized(agent: &Agent, pods: &BTreeMap<String, Pod>) {
+    let mut limits = agent.limits.lock().unwrap_or_else(|e| e.into_inner());
+    limits.retain(|uid, _| pods.contains_key(uid));
+    for pod in pods.values() {
+        let Some(now) = pod
+            .paci_container()
+            .and_then(|c| c.cgroup.as_deref())
+            .and_then(|cgroup| crate::cgroup::limits(&agent.config.cgroup_root, cgroup))
+        else {
+            continue;
+        };
+        let Some(before) = limits.insert(pod.pod.uid.clone(), now) else {
+            continue;
+        };
+        if before == now {
+            continue;
+        }
+        let (cpu, memory) = now;
+        let sent = agent.events.notify(
+            &pod.pod.uid,
+            EventKind::Resize { cpu, memory },
+            RESIZE_DEADLINE,
+        );
+        tracing::info!(
+            "pod {}/{} resized in place: cpu {before_cpu:?} -> {cpu:?} cores, memory {before_memory:?} -> {memory:?} bytes{told}",
+            pod.pod.namespace,
+            pod.pod.name,
+            before_cpu = before.0,
+            before_memory = before.1,
+            told = if sent { "; told through PaCI" } else { "" },
+        );
+    }
 }

@@ -48,6 +48,9 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     /// Changes the CPU limit of a running instance (`None`: unlimited); its processes get the
     /// new quota from the next CFS period on.
     fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()>;
+    /// The CPU (cores) and memory (bytes) limits the instance's cgroup has now (`None`:
+    /// unlimited), whoever set them: the platform, or a node's runtime resizing a pod in place.
+    fn limits(&self, id: &str) -> Result<(Option<f64>, Option<u64>)>;
     /// Kills every process in the instance's cgroup and removes it; idempotent.
     fn destroy(&self, id: &str) -> Result<()>;
     /// Whether a process whose `/proc/PID/cgroup` reads `proc_cgroup` is in the instance's
@@ -272,6 +275,23 @@ impl CgroupManager for V1Manager {
         })
     }
 
+    fn limits(&self, id: &str) -> Result<(Option<f64>, Option<u64>)> {
+        check_relative("instance id", id)?;
+        let cpu = match self.controller_dir("cpu", id) {
+            Some(dir) => {
+                let quota = read(&dir.join("cpu.cfs_quota_us"))?;
+                let period = read(&dir.join("cpu.cfs_period_us"))?;
+                cpu_of_quota(quota.trim(), period.trim())
+            }
+            None => None,
+        };
+        let memory = match self.controller_dir("memory", id) {
+            Some(dir) => memory_of_limit(read(&dir.join("memory.limit_in_bytes"))?.trim()),
+            None => None,
+        };
+        Ok((cpu, memory))
+    }
+
     fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()> {
         check_relative("instance id", id)?;
         match self.controller_dir("cpu", id) {
@@ -464,6 +484,21 @@ impl CgroupManager for V2Manager {
         })
     }
 
+    fn limits(&self, id: &str) -> Result<(Option<f64>, Option<u64>)> {
+        check_relative("instance id", id)?;
+        let dir = self.dir(id);
+        let optional = |file: &str| -> Result<Option<String>> {
+            let path = dir.join(file);
+            path.exists().then(|| read(&path)).transpose()
+        };
+        let cpu = optional("cpu.max")?.and_then(|max| {
+            let (quota, period) = max.trim().split_once(' ')?;
+            cpu_of_quota(quota, period)
+        });
+        let memory = optional("memory.max")?.and_then(|max| memory_of_limit(max.trim()));
+        Ok((cpu, memory))
+    }
+
     fn set_cpu(&self, id: &str, cpu: Option<f64>) -> Result<()> {
         check_relative("instance id", id)?;
         let dir = self.dir(id);
@@ -566,6 +601,19 @@ fn write(path: &Path, value: &str) -> Result<()> {
 fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path)
         .map_err(|e| Error::Cgroup(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Cores from a CFS quota and period as the cgroup files read (v1: `-1` unlimited; v2's
+/// `cpu.max`: `max`).
+fn cpu_of_quota(quota: &str, period: &str) -> Option<f64> {
+    let quota: u64 = quota.parse().ok()?;
+    let period: u64 = period.parse().ok().filter(|p| *p > 0)?;
+    Some(quota as f64 / period as f64)
+}
+
+/// Bytes from a memory limit file (v2: `max`; v1: a page-rounded `i64::MAX` when unlimited).
+fn memory_of_limit(limit: &str) -> Option<u64> {
+    limit.parse().ok().filter(|bytes| *bytes < 1 << 62)
 }
 
 fn parse_number(path: &Path) -> Result<u64> {
@@ -698,6 +746,18 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn limits_read_as_both_hierarchies_write_them() {
+        assert_eq!(cpu_of_quota("50000", "100000"), Some(0.5));
+        assert_eq!(cpu_of_quota("150000", "100000"), Some(1.5));
+        assert_eq!(cpu_of_quota("-1", "100000"), None);
+        assert_eq!(cpu_of_quota("max", "100000"), None);
+        assert_eq!(cpu_of_quota("50000", "0"), None);
+        assert_eq!(memory_of_limit("268435456"), Some(268_435_456));
+        assert_eq!(memory_of_limit("max"), None);
+        assert_eq!(memory_of_limit("9223372036854771712"), None);
+    }
 
     /// Writes files the way cgroupfs would have created them.
     fn touch(dir: &Path, files: &[&str]) {
