@@ -609,4 +609,11 @@ fn with_the_node_agent_pods_get_their_paci_directory_and_name_themselves() {
         env.contains("PARACLOUD_SERVICE") && env.contains("metadata.uid"),
         "{env}"
     );
+    // The drain window: a preStop sleep of the grace period, at most 5 s, during which the
+    // node's agent sends `drain`; the stop signal then still gets the whole grace period (10 s).
+    assert_eq!(
+        pod["containers"][0]["lifecycle"],
+        serde_json::json!({ "preStop": { "sleep": { "seconds": 5 } } })
+    );
+    assert_eq!(pod["terminationGracePeriodSeconds"], 15);
 }

@@ -904,7 +904,8 @@ impl ApiServer {
             }),
         );
         let labels = json!({ "paracloud.dev/app": "shop", "paracloud.dev/service": "web" });
-        let pod = |namespace: &str, name: &str, owners: Value| {
+        // Each with the drain window a rendered PaCI pod has (a preStop sleep).
+        let pod = |namespace: &str, name: &str, node: &str, owners: Value| {
             make(
                 &standin,
                 "replicaset-controller",
@@ -913,24 +914,29 @@ impl ApiServer {
                     "apiVersion": "v1", "kind": "Pod",
                     "metadata": { "name": name, "namespace": namespace, "ownerReferences": owners,
                                   "labels": labels },
-                    "spec": { "containers": [{ "name": "web", "image": "registry.example/web:1" }] },
+                    "spec": { "nodeName": node, "containers": [{
+                        "name": "web", "image": "registry.example/web:1",
+                        "lifecycle": { "preStop": { "sleep": { "seconds": 10 } } },
+                    }] },
                 }),
             )
         };
         let uid_a = pod(
             "ns-a",
             "web-a",
+            "node-1",
             owner("apps/v1", "ReplicaSet", "web-5d8", &replicaset),
         );
         // Another pod of the service, on another node, running and ready.
         pod(
             "ns-a",
             "web-z",
+            "node-2",
             owner("apps/v1", "ReplicaSet", "web-5d8", &replicaset),
         );
         standin.set_pod_ready("ns-a", "web-z", true).unwrap();
         // A pod that says it is the shop's, made by hand: no owner leads to the application.
-        let uid_b = pod("ns-b", "web-b", json!([]));
+        let uid_b = pod("ns-b", "web-b", "node-1", json!([]));
 
         ApiServer {
             runtime,
@@ -1234,6 +1240,70 @@ fn a_pod_sees_its_peers_sets_its_weight_and_asks_for_instances_once_its_owners_p
     let ungranted: Vec<_> = used.difference(&granted).collect();
     assert!(ungranted.is_empty(), "used but not granted: {ungranted:?}");
     drop(node);
+}
+
+#[test]
+fn a_pod_being_deleted_is_asked_to_drain_and_its_answer_is_an_event() {
+    let server = ApiServer::start(SHOP);
+    let standin = server.standin();
+    let mut node = Node::new("drain");
+    let a = node.pod_with_uid("a", 1000, &server.uid_a);
+    node.agent_with_kubeconfig(&[&a], server.kubeconfig.path());
+    assert_eq!(node.curl_in(&a, "GET", "/v1/whoami", None).0, 200);
+
+    // The pod follows its events, and is deleted meanwhile: a finalizer holds it, as the
+    // kubelet's graceful stop holds a pod, with its deletionTimestamp set.
+    let deleted = Instant::now();
+    let streamed = std::thread::scope(|scope| {
+        let stream = scope.spawn(|| node.watch_in(&a, "/v1/events", 4));
+        std::thread::sleep(Duration::from_millis(1500));
+        standin
+            .merge_patch_as(
+                "kubectl",
+                &ObjectRef::new(Gvr::new("", "v1", "pods"), "ns-a", "web-a"),
+                json!({ "metadata": { "finalizers": ["example.com/hold"] } }),
+            )
+            .unwrap();
+        server.runtime.block_on(async {
+            kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(standin.client(), "ns-a")
+                .delete("web-a", &Default::default())
+                .await
+                .unwrap();
+        });
+        stream.join().unwrap()
+    });
+    assert_eq!(streamed.len(), 1, "{streamed:?}\n{}", node.log());
+    let event = &streamed[0];
+    assert_eq!(event["kind"], "drain");
+    assert_eq!(event["reason"], "the pod is being deleted");
+    // Its deadline: the rest of its 10 s window, from the deletion on.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let left = event["deadline"].as_u64().unwrap().saturating_sub(now_ms);
+    let since = deleted.elapsed().as_millis() as u64;
+    assert!(
+        left > 3_000 && left <= 10_000 + 1_000 - since.min(10_000),
+        "{left} ms left"
+    );
+
+    // Its answer is an Event on its application, from this node.
+    let id = event["id"].as_u64().unwrap();
+    let (status, body) = node.curl_in(&a, "POST", &format!("/v1/events/{id}/ack"), Some("{}"));
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        Duration::from_secs(10),
+        "the Drained event",
+        || {
+            server.events().iter().any(|(reason, message, by)| {
+                reason == "Drained"
+                    && message.starts_with("drain of pod web-a: acknowledged in ")
+                    && by == "node-1"
+            })
+        },
+        || format!("{:?}\n{}", server.events(), node.log()),
+    );
 }
 
 const SCHEDULED: &str = r#"

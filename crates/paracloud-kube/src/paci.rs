@@ -81,6 +81,32 @@ pub fn peers(pods: &[Pod], service: &str) -> Peers {
     }
 }
 
+/// What is left at `now` of a pod's drain window, being deleted: its container `container`'s
+/// `preStop` sleep (what `render` gives a PaCI pod) from when its deletion started (its
+/// `deletionTimestamp` less its `deletionGracePeriodSeconds`). At least a second: a pod without
+/// a window, or past it, is still told, racing its stop signal.
+pub fn drain_left(pod: &Pod, container: &str, now: Timestamp) -> std::time::Duration {
+    const AT_LEAST: std::time::Duration = std::time::Duration::from_secs(1);
+    let sleep = pod
+        .spec
+        .iter()
+        .flat_map(|spec| &spec.containers)
+        .find(|c| c.name == container)
+        .and_then(|c| c.lifecycle.as_ref()?.pre_stop.as_ref()?.sleep.as_ref())
+        .map_or(0, |sleep| sleep.seconds.max(0));
+    let Some(deleting) = pod.metadata.deletion_timestamp.as_ref() else {
+        return AT_LEAST;
+    };
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .unwrap_or(0)
+        .max(0);
+    let started_ms = deleting.0.as_millisecond() - grace * 1000;
+    let left_ms = started_ms + sleep * 1000 - now.as_millisecond();
+    std::time::Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)).max(AT_LEAST)
+}
+
 /// A StatefulSet's pod's ordinal, the number its name ends with.
 fn ordinal(pod: &Pod, name: &str) -> Option<u32> {
     let stateful = pod

@@ -55,8 +55,9 @@ pub struct RenderOptions {
     /// scale subresource (an applied `replicas` would take the count back at every apply).
     pub replicas_by_scale: bool,
     /// Whether pods get their PaCI socket from Paracloud's node agent: its directory for the pod
-    /// (a hostPath, the pod's uid as `subPathExpr`) at `/run/paracloud`, read-only, and the pod's
-    /// application and service in its environment.
+    /// (a hostPath, the pod's uid as `subPathExpr`) at `/run/paracloud`, read-only, the pod's
+    /// application and service in its environment, and a drain window before the stop signal
+    /// ([`DRAIN_WINDOW_SECONDS`]).
     pub paci: bool,
     /// Whether Paracloud's data plane runs beside the application (see the `dataplane` module):
     /// its Services then lead to the data plane's listeners, which route to the pods.
@@ -65,6 +66,11 @@ pub struct RenderOptions {
 
 /// Where the node agent keeps each pod's PaCI directory on the node (`k8s install`'s agent).
 pub const PACI_HOST_DIR: &str = "/var/lib/paracloud-agent/paci";
+
+/// The longest a PaCI pod's drain window lasts: a `preStop` sleep of its stop grace period, at
+/// most this, during which its node's agent sends it `drain` (the kubelet asks no one before
+/// it stops a pod); its stop signal comes after, with the whole grace period still its own.
+pub const DRAIN_WINDOW_SECONDS: i64 = 5;
 
 /// What a bind mount's host path holds, asked of the caller (rendering does no I/O).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,9 +417,22 @@ impl Renderer<'_> {
                 non_empty(service.command.clone()),
             ),
         };
+        let grace = i64::from(seconds(service.stop_grace_period, 0));
+        // A PaCI pod's drain window, before its stop signal (see DRAIN_WINDOW_SECONDS).
+        let drain = self
+            .options
+            .paci
+            .then(|| grace.clamp(1, DRAIN_WINDOW_SECONDS));
         let container = core::Container {
             name: object.clone(),
             image: Some(image),
+            lifecycle: drain.map(|seconds| core::Lifecycle {
+                pre_stop: Some(core::LifecycleHandler {
+                    sleep: Some(core::SleepAction { seconds }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             command,
             args,
             env_from,
@@ -462,10 +481,7 @@ impl Renderer<'_> {
             hostname: service.hostname.clone(),
             // The pod's own init (the pause container, pid 1) reaps and passes signals on.
             share_process_namespace: service.sandbox.init.then_some(true),
-            termination_grace_period_seconds: Some(i64::from(seconds(
-                service.stop_grace_period,
-                0,
-            ))),
+            termination_grace_period_seconds: Some(grace + drain.unwrap_or(0)),
             restart_policy: Some(
                 match service.restart.condition {
                     RestartCondition::Always => "Always",

@@ -224,6 +224,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// The pods the API server has on this node (the agent's identity is its node's name).
+    pub async fn pods_of_node(&self) -> Result<Vec<Pod>, Refusal> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let on = ListParams::default().fields(&format!("spec.nodeName={}", self.identity));
+        let list = pods.list(&on).await.map_err(|e| self.unreachable(e))?;
+        Ok(list.items)
+    }
+
     /// Writes the load reports of this node's pods of application `app` on its resource's
     /// `status.load`, under the node's own field manager: the pods not in `loads` that this
     /// node wrote before leave the status, other nodes' pods stay.

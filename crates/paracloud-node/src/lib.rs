@@ -10,7 +10,8 @@
 //! ```text
 //! api                 the agent's API on <root>/agent.sock: pods, refresh, capsule runs
 //! schedules  loads    the applications' scheduled capsules, run on this node's pods; the
-//!                     pods' load reports, written on their applications' status
+//! drain               pods' load reports, written on their applications' status; `drain`
+//!                     sent to the node's pods as they are deleted
 //! proven              which application each pod runs for, proven by its owners, cached
 //! capsules            a built-in capsule attached to one container, streamed, audited
 //! refresh             one look at the node: pods found, PaCI sockets bound and removed,
@@ -36,6 +37,7 @@ mod audit;
 pub mod capsules;
 mod cgroup;
 pub mod cluster;
+mod drain;
 mod loads;
 pub mod oci;
 mod paci;
@@ -112,6 +114,11 @@ pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> 
         .cluster
         .clone()
         .map(|cluster| tokio::spawn(loads::run(agent.clone(), cluster)));
+    // `drain` for the pods being deleted.
+    let draining = agent
+        .cluster
+        .clone()
+        .map(|cluster| tokio::spawn(drain::run(agent.clone(), cluster)));
     let looking = {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -132,7 +139,7 @@ pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> 
         _ = tokio::signal::ctrl_c() => {}
         result = api => {
             looking.abort();
-            for task in scheduling.iter().chain(&reporting) {
+            for task in scheduling.iter().chain(&reporting).chain(&draining) {
                 task.abort();
             }
             return match result {
@@ -142,7 +149,7 @@ pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> 
         }
     }
     looking.abort();
-    for task in scheduling.iter().chain(&reporting) {
+    for task in scheduling.iter().chain(&reporting).chain(&draining) {
         task.abort();
     }
     // The pods' sockets stay: the next agent binds them again at the same paths.

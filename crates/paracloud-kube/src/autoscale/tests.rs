@@ -159,6 +159,37 @@ fn only_recent_load_reports_on_the_status_reach_the_autoscaler() {
 }
 
 #[test]
+fn a_pod_being_deleted_is_drained_within_what_is_left_of_its_prestop_sleep() {
+    let mut pod = pod("web-a", json!({}), true, "1", None);
+    pod.spec.as_mut().unwrap().containers[0].lifecycle = serde_json::from_value(json!({
+        "preStop": { "sleep": { "seconds": 5 } }
+    }))
+    .unwrap();
+    let left = |pod: &Pod, now: i64| crate::paci::drain_left(pod, "api", at(now)).as_millis();
+    assert_eq!(
+        left(&pod, 10),
+        1_000,
+        "not being deleted: at least a second"
+    );
+    // Deleted at 10 s with a grace period of 15 s: the window runs from 10 s to 15 s.
+    pod.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(25)));
+    pod.metadata.deletion_grace_period_seconds = Some(15);
+    assert_eq!(left(&pod, 10), 5_000);
+    assert_eq!(left(&pod, 12), 3_000);
+    assert_eq!(
+        left(&pod, 20),
+        1_000,
+        "past the window: still told, at once"
+    );
+    assert_eq!(
+        crate::paci::drain_left(&pod, "other", at(10)).as_millis(),
+        1_000,
+        "a container without a window"
+    );
+}
+
+#[test]
 fn a_nodes_reports_are_applied_as_its_own_part_of_the_status() {
     let report = paracloud_paci::LoadReport {
         in_flight: Some(2),
