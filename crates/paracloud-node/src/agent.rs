@@ -89,6 +89,10 @@ pub struct Agent {
     pub events: paracloud_paci_events::Events<String>,
     /// Each PaCI pod's CPU and memory limits as last seen, to tell it when they change.
     pub limits: Mutex<BTreeMap<String, Limits>>,
+    /// Which application each pod runs for, proven by its owners: one cache for the loops that
+    /// ask (schedules, load reports), so that a pod's owners are read once per
+    /// [`crate::proven::APP_TTL`].
+    pub proven: tokio::sync::Mutex<crate::proven::Proven>,
 }
 
 /// A container's CPU (cores) and memory (bytes) limits; `None`: unlimited.
@@ -113,6 +117,7 @@ impl Agent {
             cluster,
             events: paracloud_paci_events::Events::new(now_ms),
             limits: Mutex::default(),
+            proven: tokio::sync::Mutex::default(),
         }
     }
 

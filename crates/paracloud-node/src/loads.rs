@@ -3,7 +3,7 @@
 //! those pods on the resource's `status.load`, when they changed since its last write: a
 //! server-side apply under this node's own field manager, so each node holds its own pods' part
 //! and a pod that leaves the node leaves the status at the next write. Only pods whose owners
-//! prove their application ([`Proven`]) are written. The operator reads them at each autoscaler
+//! prove their application ([`Proven`](crate::proven::Proven)) are written. The operator reads them at each autoscaler
 //! step and uses those sent in the last 5 s, as the daemon does on one machine.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,6 @@ use paracloud_kube::resource::PodLoad;
 
 use crate::agent::Agent;
 use crate::cluster::Cluster;
-use crate::proven::Proven;
 
 /// How often the reports are written, at most.
 pub const LOADS_EVERY: Duration = Duration::from_secs(2);
@@ -26,13 +25,13 @@ type AppKey = (String, String);
 
 /// Writes the node's pods' load reports until the task is aborted.
 pub async fn run(agent: Arc<Agent>, cluster: Cluster) {
-    let mut proven = Proven::default();
     let mut written: BTreeMap<AppKey, BTreeMap<String, PodLoad>> = BTreeMap::new();
     let mut every = tokio::time::interval(LOADS_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let pods = agent.pods();
+        let mut proven = agent.proven.lock().await;
         proven.retain(&pods);
         let mut loads: BTreeMap<AppKey, BTreeMap<String, PodLoad>> = BTreeMap::new();
         for (uid, pod) in pods.iter().filter(|(_, p)| p.app.is_some()) {
@@ -55,6 +54,7 @@ pub async fn run(agent: Arc<Agent>, cluster: Cluster) {
                 paracloud_kube::paci::pod_load(&load.report, at),
             );
         }
+        drop(proven);
         // An application whose pods here no longer report: its part is emptied once.
         for key in written.keys() {
             loads.entry(key.clone()).or_default();

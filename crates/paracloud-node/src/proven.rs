@@ -16,6 +16,7 @@ use crate::oci::Pod;
 pub const APP_TTL: Duration = Duration::from_secs(30);
 
 /// A pod's application: the resource, its manifest, and the pod as the API server has it.
+#[derive(Debug)]
 pub struct ProvenApp {
     pub app: ParacloudApp,
     pub manifest: Manifest,
@@ -23,13 +24,14 @@ pub struct ProvenApp {
 }
 
 /// A pod's application as last read (none: not proven), and when.
+#[derive(Debug)]
 struct Known {
     app: Option<ProvenApp>,
     at: Instant,
 }
 
 /// The node's pods' applications, by pod uid.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Proven {
     known: BTreeMap<String, Known>,
 }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use paracloud_paci::EventKind;
 
@@ -54,9 +53,6 @@ pub async fn refresh(agent: &Arc<Agent>) -> Result<BTreeMap<String, Pod>, Error>
     Ok(pods)
 }
 
-/// How long a pod has to answer a `resize` (a notice: nothing waits for it), as on one machine.
-pub const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
-
 /// Sends `resize` to each PaCI pod whose container (the one holding the socket) has other CPU
 /// or memory limits than at the last look; a pod's first look only records them.
 fn tell_resized(agent: &Agent, pods: &BTreeMap<String, Pod>) {
@@ -80,7 +76,7 @@ fn tell_resized(agent: &Agent, pods: &BTreeMap<String, Pod>) {
         let sent = agent.events.notify(
             &pod.pod.uid,
             EventKind::Resize { cpu, memory },
-            RESIZE_DEADLINE,
+            paracloud_paci_events::RESIZE_DEADLINE,
         );
         tracing::info!(
             "pod {}/{} resized in place: cpu {before_cpu:?} -> {cpu:?} cores, memory {before_memory:?} -> {memory:?} bytes{told}",

@@ -4,7 +4,7 @@
 //! has come starts a run on each pod of its application that it selects (`service=`,
 //! `instance=` the pod's name, the service's labels), after the same policy check as on one
 //! machine (`[services.NAME.capsules]`). A pod's application is proven by its owners
-//! ([`Proven`]). Each run is in the audit log, and
+//! ([`Proven`](crate::proven::Proven)). Each run is in the audit log, and
 //! its outcome an Event on the resource (`ScheduledCapsule`, or a Warning
 //! `ScheduledCapsuleRefused` saying why it did not run).
 
@@ -24,11 +24,9 @@ use crate::agent::Agent;
 use crate::capsules::CapsuleRequest;
 use crate::cluster::Cluster;
 use crate::oci::Pod;
-use crate::proven::Proven;
 
 /// Runs the schedules of the pods on this node until the task is aborted.
 pub async fn run(agent: Arc<Agent>, cluster: Cluster) {
-    let mut proven = Proven::default();
     let mut last = unix_seconds();
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -39,6 +37,7 @@ pub async fn run(agent: Arc<Agent>, cluster: Cluster) {
             continue;
         }
         let pods = agent.pods();
+        let mut proven = agent.proven.lock().await;
         proven.retain(&pods);
         // Pods that say they run for an application (what rendered pods carry); the claim is
         // proven before anything runs.

@@ -16,6 +16,10 @@ use tokio::sync::{broadcast, oneshot, watch};
 /// Milliseconds since the epoch, on the clock the owner gives.
 pub type Millis = u64;
 
+/// How long an instance has to answer a `resize`: a notice, nothing waits for its answer. The
+/// same on one machine and on a cluster's nodes.
+pub const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// What a second stream of an instance gets while one is open.
 pub const STREAM_OPEN: &str = "an event stream of this instance is already open: the stream is the instance's own, one at a time; read events from the open one (or close it first)";
 
