@@ -109,11 +109,7 @@ stop_grace_period = "1s"
     assert_eq!(get("/bundle/keep.txt"), (200, "kept\n".into()));
     assert_eq!(get("/bundle/remove-me").0, 404, "deleted by a later layer");
     let pid = p.ps("site")[0]["pid"].as_i64().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(
-        status.lines().any(|l| l.starts_with("Uid:\t65534")),
-        "{status}"
-    );
+    assert_eq!(uid_inside(pid), 65534, "runs as the image's user");
     p.ok(&["down", "-a", "site"]);
 
     // `build = { context = DIR, args = ... }`: built at `up` (every step from the cache here,

@@ -56,11 +56,7 @@ stop_grace_period = "1s"
     assert_eq!((status, body.as_str()), (200, "hello from a dir image\n"));
     for instance in p.ps("www") {
         let pid = instance["pid"].as_i64().unwrap();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        assert!(
-            status.lines().any(|l| l.starts_with("Uid:\t65534\t65534")),
-            "runs as nobody: {status}"
-        );
+        assert_eq!(uid_inside(pid), 65534, "runs as nobody");
     }
     // The image directory itself is never written: changes go to each instance's private layer.
     let rootfs = manifest.parent().unwrap().join("rootfs");

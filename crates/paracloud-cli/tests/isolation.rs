@@ -354,6 +354,9 @@ ports = [{{ port = 8000, protocol = "http", publish = {published} }}]
 [services.probe]
 image = "host"
 stop_signal = "KILL"
+# In a user namespace of its own, NET_ADMIN does not even reach the instance's network (owned
+# by the host's): with host ids, it can change its routes, and the firewall must still hold.
+userns = false
 cap_add = ["NET_ADMIN"]
 command = {command}
 "#,

@@ -320,7 +320,7 @@ fn ticker_app(p: &Platform) -> std::path::PathBuf {
     p.manifest(
         "crm",
         &format!(
-            "app = \"crm\"\n[services.ticker]\nimage = \"host\"\npaths = [{dir:?}]\ncommand = [\"/usr/bin/python3\", {script:?}]\nstop_signal = \"KILL\"\nmigrate = \"criu\"\n\n[services.peek]\nimage = \"host\"\npaths = [{root:?}]\ncommand = [\"/usr/bin/python3\", {script:?}]\nstop_signal = \"KILL\"\nmigrate = \"criu\"\n\n[services.web]\nimage = \"host\"\ncommand = [\"/usr/bin/python3\", \"-m\", \"http.server\", \"9000\"]\nports = [{{ port = 9000, protocol = \"http\", publish = {port} }}]\nhealth = {{ tcp = 9000, interval = \"1s\" }}\nstop_signal = \"KILL\"\n",
+            "app = \"crm\"\n[services.ticker]\nimage = \"host\"\npaths = [{dir:?}]\ncommand = [\"/usr/bin/python3\", {script:?}]\nstop_signal = \"KILL\"\nmigrate = \"criu\"\n\n[services.peek]\nimage = \"host\"\npaths = [{root:?}]\ncommand = [\"/usr/bin/python3\", {script:?}]\nstop_signal = \"KILL\"\nmigrate = \"criu\"\n\n[services.web]\nimage = \"host\"\ncommand = [\"/usr/bin/python3\", \"-m\", \"http.server\", \"9000\"]\nports = [{{ port = 9000, protocol = \"http\", publish = {port} }}]\nhealth = {{ tcp = 9000, interval = \"1s\" }}\nstop_signal = \"KILL\"\nmigrate = \"criu\"\n",
             dir = dir.display().to_string(),
             script = script.display().to_string(),
             root = p.root().display().to_string(),

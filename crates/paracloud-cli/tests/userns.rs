@@ -1,6 +1,8 @@
-//! Instances as unprivileged users of the host (`userns = true` in the root's daemon.toml):
-//! root inside an instance is a host id of its application's range, its image and volumes
-//! keep their owners inside through idmapped mounts, and its exec health checks run as it.
+//! Instances as unprivileged users of the host, by default: root inside an instance is a host
+//! id of its application's range, its image and volumes keep their owners inside through
+//! idmapped mounts, and its exec health checks run as it. A service with `userns = false` or
+//! `migrate = "criu"` runs with host ids, and so does every one with `userns = false` in the
+//! root's daemon.toml.
 
 mod common;
 
@@ -27,6 +29,18 @@ health = { exec = ["/bin/sh", "-c", 'test $(id -u) = 0 && python3 -c "import url
 image = "busybox:1"
 command = ["/bin/sh", "-c", "echo inside=$(id -u); echo appended >> /etc/passwd && echo copied-up; ls -ln /bin/busybox | awk '{print \"bin-owner=\" $3}'; exec sleep 100000"]
 stop_signal = "KILL"
+
+[services.hostids]
+image = "host"
+command = ["sleep", "100000"]
+stop_signal = "KILL"
+userns = false
+
+[services.criu]
+image = "host"
+command = ["sleep", "100000"]
+stop_signal = "KILL"
+migrate = "criu"
 "#
     .to_string()
 }
@@ -66,7 +80,6 @@ fn host_uid(pid: i64) -> u32 {
 #[test]
 fn root_in_an_instance_is_an_unprivileged_host_user() {
     let p = Platform::new();
-    std::fs::write(p.root().join("daemon.toml"), "userns = true\n").unwrap();
     p.busybox_image();
     let manifest = p.manifest("paracloud.toml", &manifest());
     p.ok(&["up", "-f", manifest.to_str().unwrap()]);
@@ -83,11 +96,15 @@ fn root_in_an_instance_is_an_unprivileged_host_user() {
 
     // On the host, the same processes and files belong to the application's range.
     // `running`, not `unready`: host.1's exec check passed, as root inside, on port 80.
-    let ps = p.wait_ps("uns", Duration::from_secs(30), "both running", |ps| {
-        ps.len() == 2 && ps.iter().all(|i| field(i, "state") == "running")
+    let ps = p.wait_ps("uns", Duration::from_secs(30), "all running", |ps| {
+        ps.len() == 4 && ps.iter().all(|i| field(i, "state") == "running")
     });
     for (name, pid) in pids(&ps) {
         let uid = host_uid(pid);
+        if ["hostids.1", "criu.1"].contains(&name.as_str()) {
+            assert_eq!(uid, 0, "{name} runs with host ids");
+            continue;
+        }
         assert!(
             (BASE..BASE + 256 * 65536).contains(&uid) && (uid - BASE).is_multiple_of(65536),
             "{name} runs as host uid {uid}"
@@ -99,4 +116,18 @@ fn root_in_an_instance_is_an_unprivileged_host_user() {
     // it finds there are root's inside (the volume lies in the closed state root).
     let volume = p.root().join("volumes/uns/data/by-root");
     assert_eq!(volume.metadata().unwrap().uid(), 0);
+}
+
+#[test]
+fn the_settings_can_run_every_instance_with_host_ids() {
+    let p = Platform::new();
+    std::fs::write(p.root().join("daemon.toml"), "userns = false\n").unwrap();
+    let manifest = p.manifest(
+        "paracloud.toml",
+        "app = \"uns\"\n[services.plain]\nimage = \"host\"\ncommand = [\"sleep\", \"100000\"]\nstop_signal = \"KILL\"\n",
+    );
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let ps = p.ps("uns");
+    let (_, pid) = pids(&ps).into_iter().next().unwrap();
+    assert_eq!(host_uid(pid), 0);
 }

@@ -1,5 +1,5 @@
 //! A service's sandbox keys: `init`, `read_only`, `tmpfs` (and `tmpfs` volumes), `shm_size`,
-//! `ulimits`, `sysctls`, and the capabilities (`cap_add`, `cap_drop`) over Docker's default set.
+//! `ulimits`, `sysctls`, `userns_mode`, and the capabilities (`cap_add`, `cap_drop`) over Docker's default set.
 
 use crate::table::Table;
 use crate::yaml::{Kind, Node};
@@ -33,6 +33,31 @@ pub(crate) fn flags(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t:
                 t.key(format!("{key} = {on}"), value.offset, &f);
             }
         }
+    }
+}
+
+/// `userns_mode`: `host` runs the service with host ids, as Docker's `--userns=host` leaves a
+/// container out of the daemon's user-namespace remapping (`userns = false` in the manifest).
+pub(crate) fn userns_mode(r: &mut Reader<'_>, entries: &[(Node, Node)], path: &str, t: &mut Table) {
+    let Some((_, value)) = entries
+        .iter()
+        .find(|(k, _)| k.text() == Some("userns_mode"))
+    else {
+        return;
+    };
+    let f = child(path, "userns_mode");
+    match value.text() {
+        Some("host") => t.key("userns = false".to_string(), value.offset, &f),
+        Some(other) => r.error(
+            value.offset,
+            &f,
+            format!("{other:?} is not a user namespace mode Paracloud takes"),
+            Some(
+                "write \"host\" to run the service with host ids, or remove `userns_mode` for a user namespace of its own (the default)"
+                    .to_string(),
+            ),
+        ),
+        None => r.expected(value, &f, "\"host\""),
     }
 }
 

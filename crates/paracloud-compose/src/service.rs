@@ -45,6 +45,7 @@ const KEYS: &[&str] = &[
     "shm_size",
     "ulimits",
     "sysctls",
+    "userns_mode",
     "secrets",
     "configs",
     // Read before the service is: the services with no active profile are left out, and
@@ -73,7 +74,6 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("stdin_open", "instances have no terminal", "remove it; use `paracloud exec` to run commands inside"),
     ("tty", "instances have no terminal", "remove it; use `paracloud exec` to run commands inside"),
     ("group_add", "supplementary groups are not supported yet", "remove `group_add`"),
-    ("userns_mode", "the daemon's settings decide whether instances run in user namespaces of their own (`userns` in the state root's daemon.toml)", "remove `userns_mode`"),
     ("cgroup_parent", "the daemon places instances in its own cgroup", "remove `cgroup_parent`"),
     ("pull_policy", "images are pulled when the store lacks them", "remove `pull_policy`"),
     ("mac_address", "instance addresses are the daemon's", "remove `mac_address`"),
@@ -260,6 +260,7 @@ pub(crate) fn service(
         &mut t,
     );
     crate::sandbox::flags(r, entries, &path, &mut t);
+    crate::sandbox::userns_mode(r, entries, &path, &mut t);
     if let Some((_, value)) = get("networks") {
         crate::networks::service(r, &declared.networks, value, &f("networks"), &mut t);
     }

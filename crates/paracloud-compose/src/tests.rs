@@ -475,6 +475,15 @@ fn sandbox_keys_carry_over() {
         }
     );
     assert_eq!(b.sysctls["net.core.somaxconn"], "1024");
+    assert!(
+        !b.host_ids,
+        "a user namespace of its own unless `userns_mode: host`"
+    );
+    assert!(
+        web("services:\n  web:\n    image: a\n    userns_mode: host\n")
+            .sandbox
+            .host_ids
+    );
     assert_eq!(s.cap_add, ["CAP_NET_BIND_SERVICE"]);
     let kept = web("services:\n  web:\n    image: a\n    cap_drop: [chown, CAP_KILL]\n").cap_add;
     assert!(!kept.contains(&"CAP_CHOWN".to_owned()) && !kept.contains(&"CAP_KILL".to_owned()));
@@ -490,6 +499,11 @@ fn sandbox_keys_carry_over() {
         ("tmpfs: run", "must be an absolute path"),
         ("cap_add: [ALL]", "`cap_add: ALL` is not supported"),
         ("shm_size: lots", "invalid memory size"),
+        (
+            "userns_mode: \"keep-id\"",
+            "\"keep-id\" is not a user namespace mode",
+        ),
+        ("userns_mode: [host]", "expected \"host\""),
     ] {
         let e = error(&format!("services:\n  web:\n    image: a\n    {key}\n"));
         assert!(

@@ -106,9 +106,6 @@ pub(crate) const ROUTE_PROPAGATION: Duration = Duration::from_millis(100);
 /// routes.
 const ROUTE_CONFIRMATION: Duration = Duration::from_secs(3);
 
-/// How long a resize event waits for its (optional) answer.
-const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
-
 /// The first host id of the applications' id ranges: above the ids of the host's users and of
 /// the usual subordinate ranges (`/etc/subuid` starts at 100000).
 const APP_IDS_BASE: u32 = 1 << 30;
@@ -540,7 +537,7 @@ impl<D: Driver> Engine<D> {
                             self.paci.events.notify(
                                 &key,
                                 paracloud_paci::EventKind::Resize { cpu, memory },
-                                RESIZE_DEADLINE,
+                                paracloud_paci_events::RESIZE_DEADLINE,
                             );
                         }
                         lock(&self.applied_cpu).insert(key, cpu);
@@ -914,10 +911,13 @@ impl<D: Driver> Engine<D> {
             capabilities: service.cap_add.clone(),
             log_path: self.config.log_path(key),
             owned,
-            userns: self
-                .config
-                .settings
-                .userns
+            // CRIU checkpoints only a process whose namespaces all belong to its user
+            // namespace; an instance's mount, network and pid namespaces stay the host's (its
+            // root cannot mount or configure its network), so a service that migrates by CRIU
+            // runs with host ids, as one with `userns = false` does.
+            userns: (self.config.settings.userns == Some(true)
+                && !service.sandbox.host_ids
+                && service.migrate != paracloud_manifest::MigrateMethod::Criu)
                 .then(|| app_ids(app.subnet_index)),
             sandbox: sandbox(&service.sandbox),
         }

@@ -169,6 +169,19 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), Error> {
         cgroup_parent: config.cgroup_parent.clone(),
         helper_exe: config.exe.clone(),
     })?;
+    config.settings.userns = Some(match config.settings.userns {
+        Some(said) => said,
+        None => match runtime.check_user_namespaces(&root) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(
+                    "instances run with host ids, without user namespaces of their own: this machine cannot give them one ({why}); `userns = false` in {} says so and silences this",
+                    root.join(settings::FILE).display()
+                );
+                false
+            }
+        },
+    });
     let images = images::Images::open(&root).map_err(|e| Error::Images(e.to_string()))?;
     // What RUN steps of builds cut short by a crash left (their sandboxes died with the daemon's
     // children or were never adopted).

@@ -5,7 +5,8 @@
 //! ```toml
 //! # The writable layer's size of instances whose service sets no `resources.disk`.
 //! default_disk = "10G"
-//! # Instances in user namespaces of their own: root inside is an unprivileged host id.
+//! # Instances in user namespaces of their own, root inside an unprivileged host id: the
+//! # default where the machine allows it; false runs them with host ids.
 //! userns = true
 //! # The remote API (HTTPS, tokens) and the dashboard, as `paracloud daemon --listen`.
 //! listen = "0.0.0.0:8443"
@@ -27,8 +28,10 @@ pub const FILE: &str = "daemon.toml";
 pub struct Settings {
     /// Bytes of the writable layer of an instance whose service sets no `resources.disk`.
     pub default_disk: Option<u64>,
-    /// Instances run in user namespaces of their own (see `paracloud_runtime`'s `userns`).
-    pub userns: bool,
+    /// Instances run in user namespaces of their own (see `paracloud_runtime`'s `userns`);
+    /// `None` when the file does not say: then they do where the machine allows it, which the
+    /// daemon checks at start and writes here.
+    pub userns: Option<bool>,
     /// Where the remote API listens (HTTPS), if anywhere.
     pub listen: Option<std::net::SocketAddr>,
     /// The remote API's certificate chain and key, in PEM.
@@ -40,8 +43,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 struct Raw {
     default_disk: Option<toml::Spanned<String>>,
-    #[serde(default)]
-    userns: bool,
+    userns: Option<bool>,
     listen: Option<toml::Spanned<String>>,
     tls_cert: Option<std::path::PathBuf>,
     tls_key: Option<std::path::PathBuf>,

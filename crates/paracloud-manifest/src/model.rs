@@ -259,7 +259,7 @@ pub struct Service {
     /// share of its traffic.
     #[serde(default)]
     pub revision_of: Option<RevisionOf>,
-    /// `init`, `read_only`, `tmpfs`, `shm_size`, `ulimits` and `sysctls`: how its sandbox
+    /// `init`, `read_only`, `tmpfs`, `shm_size`, `ulimits`, `sysctls` and `userns`: how its sandbox
     /// differs from the default one.
     #[serde(default)]
     pub sandbox: Sandbox,
@@ -282,6 +282,11 @@ pub struct Sandbox {
     pub ulimits: BTreeMap<String, Ulimit>,
     /// Kernel parameters of the instance's own network and IPC namespaces.
     pub sysctls: BTreeMap<String, String>,
+    /// The instance runs with host ids, without a user namespace of its own (`userns = false`):
+    /// for capabilities that must act on what the host owns, such as `NET_ADMIN` on the
+    /// instance's network.
+    #[serde(default)]
+    pub host_ids: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -486,6 +486,7 @@ fn example(field: &str) -> Option<&'static str> {
         "stop_grace_period" => "stop_grace_period = \"10s\"",
         "cap_add" => "cap_add = [\"NET_BIND_SERVICE\"]",
         "init" => "init = true",
+        "userns" => "userns = false",
         "tmpfs" => "tmpfs = [\"/run\", { target = \"/cache\", size = \"64M\", mode = \"1777\" }]",
         "shm_size" => "shm_size = \"256M\"",
         "ulimits" => "ulimits = { nofile = { soft = 1024, hard = 65536 }, nproc = 512 }",

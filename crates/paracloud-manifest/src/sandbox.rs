@@ -1,4 +1,5 @@
-//! A service's sandbox keys: `init`, `read_only`, `tmpfs`, `shm_size`, `ulimits`, `sysctls`.
+//! A service's sandbox keys: `init`, `read_only`, `tmpfs`, `shm_size`, `ulimits`, `sysctls`,
+//! `userns`.
 
 use std::collections::BTreeMap;
 
@@ -75,6 +76,9 @@ impl Checker<'_> {
             sysctls: get("sysctls")
                 .and_then(|v| self.sysctls(v, &field("sysctls")))
                 .unwrap_or_default(),
+            host_ids: get("userns")
+                .and_then(|v| self.boolean(v, &field("userns")))
+                .is_some_and(|userns| !userns),
         }
     }
 

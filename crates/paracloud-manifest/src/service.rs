@@ -47,6 +47,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "shm_size",
     "ulimits",
     "sysctls",
+    "userns",
     "networks",
     "scale_to_zero",
     "migrate",

@@ -397,7 +397,7 @@ fn unknown_key_far() {
         &format!("{HEAD}colour = \"red\"\n"),
         r#"
 paracloud.toml:5:1: services.kv.colour: unknown key `colour`
-  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, hostname, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, networks, scale_to_zero, migrate, capsules, autoscale, revisions
+  hint: allowed keys here: image, build, paths, entrypoint, command, env, ports, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, hostname, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, userns, networks, scale_to_zero, migrate, capsules, autoscale, revisions
 "#,
     );
 }
@@ -1264,7 +1264,7 @@ fn revision_mistakes_are_located() {
         ),
         r#"
 paracloud.toml:11:1: services.api.revisions.canary.ports: unknown key `ports`
-  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, hostname, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, scale_to_zero, migrate, capsules
+  hint: allowed keys here: weight, image, build, paths, entrypoint, command, env, health, resources, replicas, restart, depends_on, volumes, labels, user, working_dir, hostname, stop_signal, stop_grace_period, cap_add, init, read_only, tmpfs, shm_size, ulimits, sysctls, userns, scale_to_zero, migrate, capsules
 paracloud.toml:12:25: services.api.revisions.Blue: invalid revision name "Blue": must start with a lower-case letter, found 'B'
   hint: use lower-case letters, digits and '-', starting with a letter, such as "canary"
 paracloud.toml:14:10: services.api.revisions.green.weight: the revisions of `api` get 110% of its traffic together, more than 100%
@@ -1572,6 +1572,16 @@ fn sandbox_keys_are_read_and_checked() {
     assert_eq!(s.shm_size, Some(32 << 20));
     assert_eq!(s.ulimits["nproc"].hard, 5);
     assert_eq!(s.sysctls["net.core.somaxconn"], "1024");
+    assert!(!s.host_ids, "a user namespace of its own by default");
+    let m = valid(&format!("{HEAD}userns = false\n"));
+    assert!(m.services["kv"].sandbox.host_ids);
+    check(
+        &format!("{HEAD}userns = \"host\"\n"),
+        r#"
+paracloud.toml:5:10: services.kv.userns: expected true or false, found string "host"
+  hint: for example `userns = false`
+"#,
+    );
     check(
         &format!("{HEAD}sysctls = {{ \"vm.swappiness\" = 1 }}\n"),
         r#"

@@ -388,6 +388,8 @@ pub fn run_hidden_command_if_requested() {
         nsexec::main(args.collect());
     } else if command == capsule::COMMAND {
         capsule::main(args.collect());
+    } else if command == userns::PROBE_COMMAND {
+        userns::probe_main(args.collect());
     }
 }
 
@@ -493,6 +495,28 @@ impl Runtime {
     pub async fn remove_network(&self, bridge: &str) -> Result<()> {
         network::remove_network(bridge).await
     }
+    /// Whether instances can run in user namespaces of their own on this machine, with their
+    /// image layers under `layers` (idmapped mounts of that filesystem, an overlay over them):
+    /// tried in a helper process, in a mount namespace of its own, in a directory made and
+    /// removed under `layers`. An error says what failed.
+    pub fn check_user_namespaces(&self, layers: &Path) -> std::result::Result<(), String> {
+        let dir = layers.join(format!(".probe-userns-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let output = std::process::Command::new(&self.config.helper_exe)
+            .arg(userns::PROBE_COMMAND)
+            .arg(&dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        let output =
+            output.map_err(|e| format!("cannot run {}: {e}", self.config.helper_exe.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
+    }
     /// Starts an instance; returns once its command has been exec'd (or fails with the reason).
     pub async fn spawn(&self, cfg: &InstanceConfig) -> Result<Process> {
         spawn::spawn(&self.config, self.cgroups.as_ref(), cfg).await
@@ -509,7 +533,7 @@ impl Runtime {
     ) -> Result<Checkpoint> {
         let refused = match (cfg.limits.disk, cfg.userns) {
             (Some(_), _) => Some("its writable layer is a filesystem of its own (a disk limit)"),
-            (_, Some(_)) => Some("it runs in a user namespace of its own"),
+            (_, Some(_)) => Some("it runs in a user namespace of its own (its service's `migrate = \"criu\"` or `userns = false` runs it with host ids, which CRIU can carry)"),
             _ => None,
         };
         if let Some(why) = refused {

@@ -14,11 +14,13 @@
 //! it keeps. Ports below 1024 are opened to every user of the instance's network namespace,
 //! which only the instance uses.
 
+use std::ffi::OsString;
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use nix::mount::{mount, MsFlags};
 use nix::sched::CloneFlags;
 
 use crate::sys::{self, Forked};
@@ -136,4 +138,66 @@ pub(crate) fn open_low_ports() -> InitResult<()> {
 pub(crate) fn enter(userns: &OwnedFd) -> InitResult<()> {
     nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER)
         .map_err(|e| format!("cannot enter the instance's user namespace: {e}"))
+}
+
+/// The hidden command that tries, in a process of its own, what an instance in a user namespace
+/// needs of the machine: `__probe-userns DIR`, DIR an empty directory on the filesystem of the
+/// image layers. Exits 0 when it all works, else 1 with the reason on stderr.
+pub(crate) const PROBE_COMMAND: &str = "__probe-userns";
+
+/// The host ids the probe's namespace maps (nothing runs as them; nothing is left owned by them).
+const PROBE_RANGE: IdRange = IdRange {
+    host: 1 << 30,
+    size: 1,
+};
+
+pub(crate) fn probe_main(args: Vec<OsString>) -> ! {
+    let [dir] = args.as_slice() else {
+        eprintln!("usage: {PROBE_COMMAND} DIR");
+        std::process::exit(2);
+    };
+    match probe(Path::new(dir)) {
+        Ok(()) => std::process::exit(0),
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// In a mount namespace of its own (gone with the process): a user namespace, an idmapped mount
+/// of a directory of `dir`, and an overlay over it, as [`crate::sandbox_init`] builds an
+/// instance's root.
+fn probe(dir: &Path) -> InitResult<()> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot make a mount namespace: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make the mounts private: {e}"))?;
+    let namespace = create(&PROBE_RANGE)?;
+    let [lower, mapped, upper, work, merged] =
+        ["lower", "mapped", "upper", "work", "merged"].map(|name| dir.join(name));
+    for path in [&lower, &mapped, &upper, &work, &merged] {
+        fs::create_dir(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    }
+    bind(&lower, &mapped, 0, &namespace)?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        mapped.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| format!("cannot mount an overlay over an idmapped layer: {e}"))
 }

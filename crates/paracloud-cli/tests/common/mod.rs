@@ -593,3 +593,31 @@ pub fn http_send(port: u16, method: &str, path: &str, body: &str) -> Result<(u16
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// The uid process `pid` has inside its instance: its host uid seen through its user
+/// namespace's map (the same id when it runs with host ids).
+pub fn uid_inside(pid: i64) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let host: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no Uid in {status}"));
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    map.lines()
+        .find_map(|line| {
+            let [inside, outside, count] = line
+                .split_whitespace()
+                .map(|n| n.parse::<u64>().ok())
+                .collect::<Option<Vec<_>>>()?[..]
+            else {
+                return None;
+            };
+            let host = u64::from(host);
+            (outside..outside + count)
+                .contains(&host)
+                .then(|| (inside + host - outside) as u32)
+        })
+        .unwrap_or_else(|| panic!("uid {host} is not in the map {map}"))
+}
