@@ -299,3 +299,24 @@ async fn host_extra_paths_are_mounted_read_only_and_searched_first() {
     assert_eq!(std::fs::read_to_string(&data).unwrap(), "setting\n");
     f.runtime.cleanup(&cfg.id).unwrap();
 }
+
+#[test]
+fn the_machine_check_for_user_namespaces_passes_here_and_names_what_fails() {
+    if !is_root() {
+        return;
+    }
+    let f = Fixture::new();
+    f.runtime
+        .check_user_namespaces(f.tmp.path())
+        .expect("this machine gives instances user namespaces");
+    // The try's directories and mounts are gone with it.
+    assert_eq!(std::fs::read_dir(f.tmp.path()).unwrap().count(), 0);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(".probe-userns"), "{mountinfo}");
+    // Where nothing can be made, the reason names the place.
+    let err = f
+        .runtime
+        .check_user_namespaces(std::path::Path::new("/proc/sys"))
+        .unwrap_err();
+    assert!(err.contains("/proc/sys/.probe-userns"), "{err}");
+}
