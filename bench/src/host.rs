@@ -150,6 +150,24 @@ fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
 }
 
 /// (pid, parent pid) of every process on the host.
+/// The on-CPU time of process `pid`, all its threads together, in nanoseconds (the first field
+/// of each `/proc/PID/task/TID/schedstat`); none when the process is gone.
+pub fn cpu_time_ns(pid: i32) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| parse_schedstat_ns(&s))
+            .sum(),
+    )
+}
+
+/// The time on the CPU, in nanoseconds, of a schedstat line (`RUN WAIT SLICES`).
+pub fn parse_schedstat_ns(line: &str) -> Option<u64> {
+    line.split_whitespace().next()?.parse().ok()
+}
+
 pub fn processes() -> Vec<(i32, i32)> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return vec![];
@@ -245,6 +263,13 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS:"), Some(884));
         assert_eq!(parse_status_kib(status, "VmSwap:"), None);
         assert_eq!(parse_ppid("42 (a (b) c) S 7 42 42 0"), Some(7));
+        assert_eq!(
+            parse_schedstat_ns("1843512345 20395 117\n"),
+            Some(1_843_512_345)
+        );
+        assert_eq!(parse_schedstat_ns(""), None);
+        let own = cpu_time_ns(std::process::id() as i32).unwrap();
+        assert!(own > 0, "this test has run on a CPU");
     }
 
     #[test]

@@ -19,6 +19,11 @@ use serde_json::json;
 
 /// Goal of issue 3: Paracloud at this many times the better peer's requests per second.
 const GOAL_RATIO: f64 = 1.15;
+/// Goals of issue 21, where every proxy comes close to the backend served directly: the data
+/// plane's CPU per request at most this many times the better peer's...
+const GOAL_CPU_RATIO: f64 = 0.8;
+/// ... and its requests per second at least this share of the direct figure.
+const GOAL_OF_DIRECT: f64 = 0.95;
 /// The CPU of the proxies; wrk and the backend share the other one.
 pub(crate) const PROXY_CPU: &str = "0";
 pub(crate) const CLIENT_CPU: &str = "1";
@@ -79,6 +84,10 @@ pub struct WrkResult {
     pub requests: u64,
     /// Socket errors (connect + read + write + timeout) plus non-2xx/3xx answers.
     pub errors: u64,
+    /// The proxy's on-CPU time over the measured run (schedstat, every thread) ÷ the requests
+    /// wrk completed, in microseconds; none for the backend served directly.
+    #[serde(default)]
+    pub cpu_us_per_request: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,12 +119,13 @@ pub struct ProxyReport {
     pub method: String,
 }
 
-/// A target wrk can hit: who serves it, in which mode, on which port.
+/// A target wrk can hit: who serves it, in which mode, on which port, and the proxy's process.
 #[derive(Debug, Clone, Copy)]
 struct Target {
     peer: Peer,
     mode: Mode,
     port: u16,
+    pid: Option<i32>,
 }
 
 /// The processes the bench started; stopped (SIGTERM, then SIGKILL) by pid on drop.
@@ -136,6 +146,12 @@ impl Fleet {
             .with_context(|| format!("cannot start {name} ({cmd:?})"))?;
         self.children.push((name.to_string(), child));
         Ok(())
+    }
+
+    /// The pid of the process started as `name`.
+    pub(crate) fn pid(&self, name: &str) -> Option<i32> {
+        let (_, child) = self.children.iter().find(|(n, _)| n == name)?;
+        i32::try_from(child.id()).ok()
     }
 
     /// Fails with the log's tail when `name` has exited already.
@@ -375,6 +391,7 @@ pub fn parse_wrk(out: &str) -> Result<WrkResult> {
             p99_ms,
             requests,
             errors,
+            cpu_us_per_request: None,
         }),
         _ => bail!("cannot read wrk's output: {out}"),
     }
@@ -425,7 +442,19 @@ fn median_result(samples: &[WrkResult]) -> Option<WrkResult> {
         p99_ms: m(|r| r.p99_ms),
         requests: m(|r| r.requests as f64) as u64,
         errors: samples.iter().map(|r| r.errors).sum(),
+        cpu_us_per_request: {
+            let cpu: Vec<f64> = samples
+                .iter()
+                .filter_map(|r| r.cpu_us_per_request)
+                .collect();
+            (!cpu.is_empty()).then(|| median(cpu))
+        },
     })
+}
+
+/// Microseconds of CPU per request: `cpu_ns` over `requests`; none without a request.
+pub fn cpu_us_per_request(cpu_ns: u64, requests: u64) -> Option<f64> {
+    (requests > 0).then(|| cpu_ns as f64 / 1000.0 / requests as f64)
 }
 
 fn paracloud_binary(opts: &ProxyOptions) -> Result<PathBuf> {
@@ -485,6 +514,7 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
         peer: Peer::Direct,
         mode: Mode::Http,
         port: base,
+        pid: None,
     }];
 
     // The backend: nginx, one process, on the client's CPU.
@@ -536,11 +566,13 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
                 peer: Peer::Paracloud,
                 mode: Mode::Http,
                 port: http_p,
+                pid: fleet.pid("paracloud data plane"),
             },
             Target {
                 peer: Peer::Paracloud,
                 mode: Mode::Tcp,
                 port: tcp_p,
+                pid: fleet.pid("paracloud data plane"),
             },
         ]),
         Err(e) => skipped.push(format!("paracloud: {e:#}")),
@@ -568,11 +600,13 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
                 peer: Peer::Haproxy,
                 mode: Mode::Http,
                 port: http_p,
+                pid: fleet.pid("haproxy"),
             },
             Target {
                 peer: Peer::Haproxy,
                 mode: Mode::Tcp,
                 port: tcp_p,
+                pid: fleet.pid("haproxy"),
             },
         ]),
         Err(e) => skipped.push(format!("haproxy: {e:#}")),
@@ -605,12 +639,14 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
                 peer: Peer::Nginx,
                 mode: Mode::Http,
                 port: http_p,
+                pid: fleet.pid("nginx"),
             });
             if let Some(port) = stream_p {
                 targets.push(Target {
                     peer: Peer::Nginx,
                     mode: Mode::Tcp,
                     port,
+                    pid: fleet.pid("nginx"),
                 });
             }
         }
@@ -656,7 +692,13 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
                     if opts.warmup > 0 {
                         run_wrk(t.port, connections, opts.warmup)?;
                     }
-                    run_wrk(t.port, connections, opts.duration)
+                    let before = t.pid.and_then(crate::host::cpu_time_ns);
+                    let mut result = run_wrk(t.port, connections, opts.duration)?;
+                    let after = t.pid.and_then(crate::host::cpu_time_ns);
+                    result.cpu_us_per_request = before.zip(after).and_then(|(b, a)| {
+                        cpu_us_per_request(a.saturating_sub(b), result.requests)
+                    });
+                    Ok::<_, anyhow::Error>(result)
                 })();
                 match result {
                     Ok(r) => row.samples.push(r),
@@ -728,7 +770,7 @@ pub fn markdown(report: &ProxyReport) -> String {
     for mode in [Mode::Http, Mode::Tcp] {
         let _ = writeln!(
             out,
-            "### {} proxying\n\n| connections | target | req/s | p50 | p99 | errors | Paracloud ÷ this (req/s) | Paracloud ÷ this (p99) |\n|---:|---|---:|---:|---:|---:|---:|---:|",
+            "### {} proxying\n\n| connections | target | req/s | p50 | p99 | errors | proxy CPU per request | Paracloud ÷ this (req/s) | Paracloud ÷ this (p99) | Paracloud ÷ this (CPU per request) |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             mode.name().to_uppercase()
         );
         for &c in &conns {
@@ -752,9 +794,17 @@ pub fn markdown(report: &ProxyReport) -> String {
                             ),
                             None => ("–".into(), "–".into()),
                         };
+                        let cpu = m
+                            .cpu_us_per_request
+                            .map_or("–".into(), |us| format!("{us:.1} µs"));
+                        let rc = match (pc.and_then(|p| p.cpu_us_per_request), m.cpu_us_per_request)
+                        {
+                            (Some(p), Some(this)) => format!("{:.2}×", p / this),
+                            _ => "–".into(),
+                        };
                         let _ = writeln!(
                             out,
-                            "| {c} | {name} | {:.0} | {} | {} | {} | {rr} | {rp} |",
+                            "| {c} | {name} | {:.0} | {} | {} | {} | {cpu} | {rr} | {rp} | {rc} |",
                             m.requests_per_sec,
                             fmt_ms(m.p50_ms),
                             fmt_ms(m.p99_ms),
@@ -764,7 +814,7 @@ pub fn markdown(report: &ProxyReport) -> String {
                     (None, failure) => {
                         let _ = writeln!(
                             out,
-                            "| {c} | {name} | failed: {} | | | | | |",
+                            "| {c} | {name} | failed: {} | | | | | | | |",
                             failure.as_deref().unwrap_or("no sample")
                         );
                     }
@@ -793,6 +843,9 @@ pub fn markdown(report: &ProxyReport) -> String {
                     if met { "met" } else { "not met" }
                 );
             }
+            if let Some(line) = closer_goals(report, mode, c, pc) {
+                let _ = writeln!(out, "{line}");
+            }
         }
         let _ = writeln!(out);
     }
@@ -801,6 +854,41 @@ pub fn markdown(report: &ProxyReport) -> String {
     }
     let _ = writeln!(out, "\n### Method\n\n{}", report.method);
     out
+}
+
+/// The goals of issue 21 for `mode` at `c` connections, where the peers come within 15-25% of
+/// the backend served directly: Paracloud's CPU per request at most [`GOAL_CPU_RATIO`]× the
+/// lower of the peers', its req/s at least [`GOAL_OF_DIRECT`]× direct, its p99 no worse than the
+/// lower of the peers'.
+fn closer_goals(report: &ProxyReport, mode: Mode, c: u32, pc: &WrkResult) -> Option<String> {
+    let peers: Vec<(Peer, &WrkResult)> = [Peer::Haproxy, Peer::Nginx]
+        .into_iter()
+        .filter_map(|p| find(report, mode, p, c).map(|r| (p, r)))
+        .collect();
+    let cpu = pc.cpu_us_per_request?;
+    let (cpu_peer, peer_cpu) = peers
+        .iter()
+        .filter_map(|(p, r)| Some((*p, r.cpu_us_per_request?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))?;
+    let (p99_peer, peer_p99) = peers
+        .iter()
+        .map(|(p, r)| (*p, r.p99_ms))
+        .min_by(|a, b| a.1.total_cmp(&b.1))?;
+    let direct = find(report, Mode::Http, Peer::Direct, c)?;
+    let cpu_ratio = cpu / peer_cpu;
+    let of_direct = pc.requests_per_sec / direct.requests_per_sec;
+    let verdict = |met: bool| if met { "met" } else { "not met" };
+    Some(format!(
+        "- {} at {c} connections, the goals of issue 21: CPU per request {cpu:.1} µs, {cpu_ratio:.2}× the lower peer's ({}, {peer_cpu:.1} µs; goal ≤ {GOAL_CPU_RATIO}×: **{}**); {of_direct:.2}× of direct's req/s (goal ≥ {GOAL_OF_DIRECT}×: **{}**); p99 {} against {}'s {} (goal no worse: **{}**)",
+        mode.name().to_uppercase(),
+        cpu_peer.name(),
+        verdict(cpu_ratio <= GOAL_CPU_RATIO),
+        verdict(of_direct >= GOAL_OF_DIRECT),
+        fmt_ms(pc.p99_ms),
+        p99_peer.name(),
+        fmt_ms(peer_p99),
+        verdict(pc.p99_ms <= peer_p99),
+    ))
 }
 
 pub const METHOD: &str = "\
@@ -821,6 +909,11 @@ nginx `worker_processes 1` (`master_process off`), an upstream with `keepalive 6
 wrk's socket errors plus non-2xx answers. Ratios are Paracloud's figure ÷ the row's (above 1 is \
 better for req/s, below 1 is better for p99). The goal of issue 3: Paracloud at 1.15× the better \
 peer's req/s or more, with p99 no worse than that peer's.
+- CPU per request: each proxy's on-CPU time over the measured run (the first field of \
+`/proc/PID/task/*/schedstat`, every thread, read just before and just after wrk) ÷ the requests \
+wrk completed; other load on the machine disturbs it far less than req/s. The goals of issue 21: \
+Paracloud's CPU per request at most 0.8× the lower of the peers', its req/s at least 0.95× of \
+direct, and its p99 no worse than the lower of the peers'.
 ";
 
 /// Starts an nginx of the bench's own on `cpu`, its error log beside the config as `NAME.err`.
@@ -896,14 +989,33 @@ Transfer/sec:      7.80MB
 
     #[test]
     fn medians_per_figure() {
-        let s = |rps, p99| WrkResult {
+        let s = |rps, p99, cpu| WrkResult {
             requests_per_sec: rps,
             p50_ms: 1.0,
             p99_ms: p99,
             requests: 10,
             errors: 1,
+            cpu_us_per_request: cpu,
         };
-        let m = median_result(&[s(3.0, 9.0), s(1.0, 1.0), s(2.0, 5.0)]).unwrap();
+        let m = median_result(&[
+            s(3.0, 9.0, Some(20.0)),
+            s(1.0, 1.0, None),
+            s(2.0, 5.0, Some(10.0)),
+        ])
+        .unwrap();
         assert_eq!((m.requests_per_sec, m.p99_ms, m.errors), (2.0, 5.0, 3));
+        assert_eq!(
+            m.cpu_us_per_request,
+            Some(15.0),
+            "over the runs that have one"
+        );
+        let direct = median_result(&[s(1.0, 1.0, None)]).unwrap();
+        assert_eq!(direct.cpu_us_per_request, None);
+    }
+
+    #[test]
+    fn cpu_per_request_is_microseconds_over_the_completed_requests() {
+        assert_eq!(cpu_us_per_request(2_000_000_000, 100_000), Some(20.0));
+        assert_eq!(cpu_us_per_request(5, 0), None);
     }
 }
