@@ -336,6 +336,10 @@ pub struct InstanceView {
     /// Why its health probes fail, while they do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_failure: Option<ProbeFailure>,
+    /// Requests per second it serves with its CPU, measured from its own completions and CPU
+    /// once it has answered requests for a few seconds; the data plane's weights follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_rps: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

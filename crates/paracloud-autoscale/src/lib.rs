@@ -11,6 +11,7 @@
 //! - [`hpa::Hpa`]: Kubernetes' HorizontalPodAutoscaler v2 with its defaults;
 //! - [`kpa::Kpa`]: Knative's Pod Autoscaler with its defaults.
 
+pub mod capacity;
 pub mod config;
 pub mod hpa;
 pub mod kpa;

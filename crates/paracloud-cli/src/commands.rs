@@ -1182,12 +1182,17 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
                     i.address.clone().unwrap_or("-".into()),
                     i.uptime_seconds.map(age).unwrap_or("-".into()),
                     i.restarts.to_string(),
+                    i.capacity_rps
+                        .map(|rps| format!("{rps:.0} req/s"))
+                        .unwrap_or("-".into()),
                 ]
             })
             .collect();
         out.push_str("\nInstances:\n");
         out.push_str(&table(
-            &["INSTANCE", "STATE", "PID", "ADDRESS", "UPTIME", "RESTARTS"],
+            &[
+                "INSTANCE", "STATE", "PID", "ADDRESS", "UPTIME", "RESTARTS", "CAPACITY",
+            ],
             &rows,
         ));
         for w in &v.waiting {
@@ -1255,6 +1260,7 @@ fn top_row(
     name: String,
     counters: &paracloud_dataplane::CounterValues,
     second: &paracloud_dataplane::LastSecond,
+    weight: Option<u32>,
 ) -> Vec<String> {
     let ms = |v: f64| {
         if second.requests == 0 {
@@ -1282,6 +1288,7 @@ fn top_row(
                 counters.held_max_us as f64 / 1000.0
             )
         },
+        weight.map_or("-".to_string(), |w| w.to_string()),
     ]
 }
 
@@ -1302,6 +1309,7 @@ async fn top(global: &Global, once: bool) -> Result<()> {
                     listener.name.clone(),
                     &listener.counters,
                     &listener.last_second,
+                    None,
                 ));
                 for backend in &listener.backends {
                     let name = format!(
@@ -1309,7 +1317,12 @@ async fn top(global: &Global, once: bool) -> Result<()> {
                         backend.id,
                         if backend.ejected { " (ejected)" } else { "" }
                     );
-                    rows.push(top_row(name, &backend.counters, &backend.last_second));
+                    rows.push(top_row(
+                        name,
+                        &backend.counters,
+                        &backend.last_second,
+                        Some(backend.weight),
+                    ));
                 }
             }
             let mut out = table(
@@ -1324,6 +1337,7 @@ async fn top(global: &Global, once: bool) -> Result<()> {
                     "REQUESTS",
                     "CONNECTIONS",
                     "COLD STARTS",
+                    "WEIGHT",
                 ],
                 &rows,
             );

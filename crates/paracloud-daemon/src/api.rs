@@ -518,12 +518,22 @@ async fn image_sources<D: Driver>(
 async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppView>>, ApiError> {
     let snapshot = engine.store.load()?;
     let waiting = engine.waiting();
+    let costs = engine.measured_costs();
     let now = now_ms();
     Ok(Json(
         snapshot
             .apps
             .iter()
-            .map(|a| app_view(a, &snapshot, engine.config.subnet_pool, now, &waiting))
+            .map(|a| {
+                app_view(
+                    a,
+                    &snapshot,
+                    engine.config.subnet_pool,
+                    now,
+                    &waiting,
+                    &costs,
+                )
+            })
             .collect(),
     ))
 }
@@ -539,6 +549,7 @@ fn app_answer<D: Driver>(engine: &Engine<D>, app: &str) -> Result<Json<AppView>,
         pool,
         now_ms(),
         &engine.waiting(),
+        &engine.measured_costs(),
     )))
 }
 
@@ -576,13 +587,20 @@ async fn instances<D: Driver>(
         find_app(&snapshot, app)?;
     }
     let now = now_ms();
+    let costs = engine.measured_costs();
     let views = snapshot
         .instances
         .iter()
         .filter(|i| query.app.as_ref().is_none_or(|a| &i.key.app == a))
         .filter_map(|i| {
             let app = snapshot.apps.iter().find(|a| a.name == i.key.app)?;
-            Some(instance_view(app, i, engine.config.subnet_pool, now))
+            Some(instance_view(
+                app,
+                i,
+                engine.config.subnet_pool,
+                now,
+                &costs,
+            ))
         })
         .collect();
     Ok(Json(views))
@@ -604,6 +622,7 @@ fn service_or_404<D: Driver>(
         pool,
         now_ms(),
         &engine.waiting(),
+        &engine.measured_costs(),
     )
     .ok_or_else(|| {
         ApiError::new(

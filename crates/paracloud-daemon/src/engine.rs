@@ -185,6 +185,9 @@ pub struct Engine<D: Driver> {
     pub remote: std::sync::OnceLock<paracloud_api::RemoteView>,
     /// The last ten minutes of every application, a figure a second, for the dashboard.
     pub seconds: crate::seconds::Seconds,
+    /// Each instance's measured CPU per request (by `routes::measured_key`), fed every second
+    /// by the follower; the data plane's weights follow it.
+    pub capacities: Mutex<paracloud_autoscale::capacity::Capacities>,
 }
 
 impl<D: Driver> Engine<D> {
@@ -214,6 +217,7 @@ impl<D: Driver> Engine<D> {
             auth: Default::default(),
             remote: Default::default(),
             seconds: Default::default(),
+            capacities: Default::default(),
         })
     }
 
@@ -1179,8 +1183,23 @@ impl<D: Driver> Engine<D> {
     /// streams that something may have changed.
     pub(crate) fn push_routes(&self) {
         self.paci.changed();
+        self.push_dataplane();
+    }
+
+    /// Each instance's measured CPU per request, by `routes::measured_key`.
+    pub fn measured_costs(&self) -> std::collections::BTreeMap<String, f64> {
+        lock(&self.capacities).costs()
+    }
+
+    /// Tells the data plane the current routes, only when they changed (as when measured
+    /// capacities changed a weight).
+    pub(crate) fn push_dataplane(&self) {
         self.dataplane.push(|| match self.store.load() {
-            Ok(snapshot) => Some(dataplane_config(&snapshot, self.config.subnet_pool)),
+            Ok(snapshot) => Some(dataplane_config(
+                &snapshot,
+                self.config.subnet_pool,
+                &lock(&self.capacities).costs(),
+            )),
             Err(e) => {
                 tracing::error!("cannot read the state for the routes: {e}");
                 None

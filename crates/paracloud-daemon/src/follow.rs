@@ -145,8 +145,43 @@ fn record<D: Driver>(engine: &Engine<D>, recorder: &mut Recorder, snapshot: &Sna
         })
         .collect();
     let seconds = recorder.step(now_ms(), &state, snapshot, &usage);
+    measure_capacities(engine, &state, &seconds);
     let apps: Vec<String> = state.apps.iter().map(|a| a.name.clone()).collect();
     engine.seconds.record(&apps, seconds);
+}
+
+/// Each instance's second (CPU used, requests answered) into its measured capacity; the routes
+/// are pushed again when some are measured, so that the data plane's weights follow them (the
+/// push sends only a changed configuration).
+fn measure_capacities<D: Driver>(
+    engine: &Engine<D>,
+    state: &paracloud_state::Snapshot,
+    seconds: &[(String, paracloud_api::LiveSecond)],
+) {
+    let measured = {
+        let mut capacities = crate::sync::lock(&engine.capacities);
+        for (app, second) in seconds {
+            for service in second.services.values() {
+                for (instance, live) in &service.by_instance {
+                    capacities.observe(
+                        &crate::routes::measured_key(app, instance),
+                        live.cpu,
+                        live.completions,
+                    );
+                }
+            }
+        }
+        let live: std::collections::HashSet<String> = state
+            .instances
+            .iter()
+            .map(|i| crate::routes::measured_key(&i.key.app, &i.key.name()))
+            .collect();
+        capacities.retain(|key| live.contains(key));
+        !capacities.costs().is_empty()
+    };
+    if measured {
+        engine.push_dataplane();
+    }
 }
 
 /// One second of the autoscaler: the instances' CPU counters read, its policies run, their

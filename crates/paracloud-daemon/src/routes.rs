@@ -1,7 +1,8 @@
 //! The data plane's configuration, derived from the state: what listens where, and the ready
 //! instances behind each listener.
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use paracloud_dataplane::{Backend, Config, Listener, Protocol, Revision};
 use paracloud_manifest::{Port, Protocol as PortProtocol};
@@ -32,10 +33,22 @@ pub fn instance_weight(capacity: u32, percent: Option<u32>) -> u32 {
     (u64::from(capacity) * u64::from(percent) / u64::from(paracloud_paci::FULL_WEIGHT)) as u32
 }
 
+/// The key of an instance in the measured costs: `app/service.index`.
+pub fn measured_key(app: &str, instance: &str) -> String {
+    format!("{app}/{instance}")
+}
+
 /// Listeners for every port of every service: on its stable service address, and on the host
 /// address it is published to. The revisions running beside a service are behind its listeners
-/// (with their weights), not on listeners of their own.
-pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
+/// (with their weights), not on listeners of their own. Once every ready instance of a service
+/// has a measured CPU per request in `costs` (core-seconds, by [`measured_key`]), its weights
+/// follow the instances' measured capacities instead of their CPU limits
+/// ([`paracloud_autoscale::capacity`]).
+pub fn dataplane_config(
+    snapshot: &Snapshot,
+    pool: ipnet::Ipv4Net,
+    costs: &BTreeMap<String, f64>,
+) -> Config {
     let mut listeners = Vec::new();
     for app in snapshot.apps.iter().filter(|a| a.removing.is_none()) {
         let Ok(network) = AppNetwork::new(pool, app.subnet_index) else {
@@ -44,21 +57,37 @@ pub fn dataplane_config(snapshot: &Snapshot, pool: ipnet::Ipv4Net) -> Config {
         let ready_backends = |service: &str, port: u16| -> Vec<Backend> {
             let spec = app.manifest.services.get(service);
             let record = app.services.get(service);
-            snapshot
+            let ready: Vec<(&InstanceRecord, Ipv4Addr)> = snapshot
                 .instances
                 .iter()
                 .filter(|i| i.key.app == app.name && i.key.service == service && i.state.is_ready())
                 // An instance a migration started joins the routes when it takes over.
                 .filter(|i| !i.held)
-                .filter_map(|i| {
-                    let weight =
-                        spec.map_or(CORE_WEIGHT, |spec| capacity_weight(i.cpu(record, spec)));
-                    let address = network.instance_address(i.slot).ok()?;
-                    Some(Backend {
-                        id: i.key.name(),
-                        addr: SocketAddr::new(IpAddr::V4(address.addr()), port),
-                        weight: instance_weight(weight, i.weight),
-                    })
+                .filter_map(|i| Some((i, network.instance_address(i.slot).ok()?.addr())))
+                .collect();
+            let cpu_weights: Vec<u32> = ready
+                .iter()
+                .map(|(i, _)| spec.map_or(CORE_WEIGHT, |spec| capacity_weight(i.cpu(record, spec))))
+                .collect();
+            // Requests per second each serves with its CPU (a core's weight is one core).
+            let capacities: Vec<Option<f64>> = ready
+                .iter()
+                .zip(&cpu_weights)
+                .map(|((i, _), weight)| {
+                    let cost = costs.get(&measured_key(&app.name, &i.key.name()))?;
+                    Some(f64::from(*weight) / f64::from(CORE_WEIGHT) / cost)
+                })
+                .collect();
+            let weights =
+                paracloud_autoscale::capacity::capacity_weights(&cpu_weights, &capacities)
+                    .unwrap_or(cpu_weights);
+            ready
+                .iter()
+                .zip(weights)
+                .map(|((i, address), weight)| Backend {
+                    id: i.key.name(),
+                    addr: SocketAddr::new(IpAddr::V4(*address), port),
+                    weight: instance_weight(weight, i.weight),
                 })
                 .collect()
         };

@@ -1,5 +1,7 @@
 //! What the API shows: application, service and instance views built from a state snapshot.
 
+use std::collections::BTreeMap;
+
 use paracloud_api::{AppView, InstanceView, ServiceView, TrafficShare};
 use paracloud_reconcile::{InstanceKey, InstanceState, Millis};
 use paracloud_state::{AppRecord, InstanceRecord, Snapshot};
@@ -8,11 +10,14 @@ use crate::addressing::AppNetwork;
 
 pub use paracloud_command::cores;
 
+/// `costs`: each instance's measured CPU per request (`routes::measured_key`), which gives its
+/// capacity.
 pub fn instance_view(
     app: &AppRecord,
     record: &InstanceRecord,
     pool: ipnet::Ipv4Net,
     now: Millis,
+    costs: &BTreeMap<String, f64>,
 ) -> InstanceView {
     let address = AppNetwork::new(pool, app.subnet_index)
         .ok()
@@ -37,6 +42,17 @@ pub fn instance_view(
             _ => None,
         },
         health_failure: record.health_failure.clone(),
+        capacity_rps: costs
+            .get(&crate::routes::measured_key(&app.name, &record.key.name()))
+            .map(|cost| {
+                let cores = app
+                    .manifest
+                    .services
+                    .get(&record.key.service)
+                    .and_then(|spec| record.cpu(app.services.get(&record.key.service), spec))
+                    .unwrap_or(1.0);
+                cores / cost
+            }),
     }
 }
 
@@ -47,6 +63,7 @@ pub fn service_view(
     pool: ipnet::Ipv4Net,
     now: Millis,
     waiting: &[(InstanceKey, String)],
+    costs: &BTreeMap<String, f64>,
 ) -> Option<ServiceView> {
     let spec = app.manifest.services.get(name)?.clone();
     let record = app.services.get(name)?;
@@ -54,7 +71,7 @@ pub fn service_view(
         .instances
         .iter()
         .filter(|i| i.key.app == app.name && i.key.service == name)
-        .map(|i| instance_view(app, i, pool, now))
+        .map(|i| instance_view(app, i, pool, now, costs))
         .collect();
     let ready_of = |service: &str| {
         snapshot
@@ -127,6 +144,7 @@ pub fn app_view(
     pool: ipnet::Ipv4Net,
     now: Millis,
     waiting: &[(InstanceKey, String)],
+    costs: &BTreeMap<String, f64>,
 ) -> AppView {
     let network = AppNetwork::new(pool, app.subnet_index).ok();
     AppView {
@@ -139,7 +157,7 @@ pub fn app_view(
             .manifest
             .services
             .keys()
-            .filter_map(|name| service_view(app, name, snapshot, pool, now, waiting))
+            .filter_map(|name| service_view(app, name, snapshot, pool, now, waiting, costs))
             .collect(),
     }
 }

@@ -364,6 +364,7 @@ impl ListenerState {
                     last_second: b.counters.last_second(now),
                     ewma_ms: b.latency_us(now) as f64 / 1000.0,
                     ejected: b.failed_recently(now),
+                    weight: b.weight.load(Ordering::Relaxed),
                 })
                 .collect(),
         }

@@ -300,6 +300,7 @@ ports = [7000]
             last_second: LastSecond::default(),
             ewma_ms: 0.0,
             ejected: false,
+            weight: 1000,
         }
     }
 

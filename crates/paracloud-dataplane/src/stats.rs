@@ -421,6 +421,10 @@ pub struct BackendSnapshot {
     /// True while skipped after failures.
     #[serde(default)]
     pub ejected: bool,
+    /// Its weight in the picking: its CPU in thousandths of a core, or its share of the
+    /// service's total by measured capacity, scaled by a weight set through PaCI.
+    #[serde(default)]
+    pub weight: u32,
 }
 
 impl Snapshot {
