@@ -367,14 +367,7 @@ fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, S
 
     unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("cannot unshare a mount namespace: {e}"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("cannot make the mount tree private: {e}"))?;
+    crate::mounts::make_mounts_private()?;
     let own_mnt = File::open("/proc/self/ns/mnt")
         .map_err(|e| format!("cannot open our mount namespace: {e}"))?;
     let root = build_root(config)?;

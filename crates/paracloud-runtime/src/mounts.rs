@@ -9,6 +9,19 @@ use nix::mount::{mount, MsFlags};
 
 pub(crate) type InitResult<T> = std::result::Result<T, String>;
 
+/// Makes every mount of this process's mount namespace private, so that what it mounts from
+/// now on stays in it (and nothing mounted outside reaches it).
+pub(crate) fn make_mounts_private() -> InitResult<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make the mount tree private: {e}"))
+}
+
 // From linux/mount.h; libc does not export them for glibc targets yet.
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;

@@ -371,14 +371,7 @@ fn mount_root(
     cfg: &InstanceConfig,
     userns: Option<&OwnedFd>,
 ) -> InitResult<(PathBuf, Vec<&'static str>)> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("cannot make the mount tree private: {e}"))?;
+    crate::mounts::make_mounts_private()?;
 
     let [scratch, upper, work] = instance_dirs(cfg);
     mount_fs(

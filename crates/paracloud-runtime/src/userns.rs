@@ -171,14 +171,7 @@ pub(crate) fn probe_main(args: Vec<OsString>) -> ! {
 fn probe(dir: &Path) -> InitResult<()> {
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("cannot make a mount namespace: {e}"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("cannot make the mounts private: {e}"))?;
+    crate::mounts::make_mounts_private()?;
     let namespace = create(&PROBE_RANGE)?;
     let [lower, mapped, upper, work, merged] =
         ["lower", "mapped", "upper", "work", "merged"].map(|name| dir.join(name));
