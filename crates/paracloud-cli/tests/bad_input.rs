@@ -163,10 +163,11 @@ fn regression_up_after_a_failed_deploy_does_not_fail_on_the_old_instance() {
         .nth(1)
         .and_then(|rest| rest.split("Events:").next())
         .unwrap_or_default();
+    // INSTANCE STATE PID ADDRESS UPTIME RESTARTS CAPACITY: the sixth column.
     assert!(
         instances
             .lines()
-            .any(|l| l.contains("running") && l.trim_end().ends_with(" 0")),
+            .any(|l| l.contains("running") && l.split_whitespace().nth(5) == Some("0")),
         "describe shows the new instance with 0 restarts: {describe}"
     );
     let logs = p.ok(&["logs", "-a", "fix", "web"]);
