@@ -368,6 +368,10 @@ pub struct ServiceView {
     /// How its requests are split with the revisions running beside it (empty without any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub traffic: Vec<TrafficShare>,
+    /// Why its instances run with host ids, without user namespaces of their own; absent when
+    /// each one has its own (root inside is an unprivileged host user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ids: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

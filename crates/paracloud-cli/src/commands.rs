@@ -1111,6 +1111,14 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
             format!("{} wanted, {} ready", v.replicas, v.ready),
         );
         field("Revision:", v.revision.to_string());
+        field(
+            "User ids:",
+            match &v.host_ids {
+                None => "a user namespace per instance: root inside is an unprivileged host user"
+                    .to_string(),
+                Some(why) => format!("the host's: {why}"),
+            },
+        );
         if let Some(of) = &spec.revision_of {
             field(
                 "Revision of:",

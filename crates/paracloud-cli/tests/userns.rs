@@ -110,6 +110,18 @@ fn root_in_an_instance_is_an_unprivileged_host_user() {
             "{name} runs as host uid {uid}"
         );
     }
+    // `describe` says which services run with host ids, and why.
+    let why = |service: &str| -> Option<String> {
+        let view: serde_json::Value =
+            serde_json::from_str(&p.ok(&["describe", "-a", "uns", service, "-o", "json"])).unwrap();
+        view["host_ids"].as_str().map(str::to_owned)
+    };
+    assert_eq!(why("layered"), None);
+    assert!(why("hostids").unwrap().contains("`userns = false`"));
+    assert!(why("criu").unwrap().contains("CRIU"));
+    let table = p.ok(&["describe", "-a", "uns", "layered"]);
+    assert!(table.contains("a user namespace per instance"), "{table}");
+
     let made = p.root().join("instances/uns/host.1/upper/made-by-root");
     assert!(made.metadata().unwrap().uid() >= BASE, "{made:?}");
     // A volume is an idmapped mount: what root inside writes is root's on disk, as the files
@@ -130,4 +142,9 @@ fn the_settings_can_run_every_instance_with_host_ids() {
     let ps = p.ps("uns");
     let (_, pid) = pids(&ps).into_iter().next().unwrap();
     assert_eq!(host_uid(pid), 0);
+    let table = p.ok(&["describe", "-a", "uns", "plain"]);
+    assert!(
+        table.contains("the host's: user namespaces are off for this daemon"),
+        "{table}"
+    );
 }

@@ -525,13 +525,16 @@ async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppVi
             .apps
             .iter()
             .map(|a| {
-                app_view(
-                    a,
-                    &snapshot,
-                    engine.config.subnet_pool,
-                    now,
-                    &waiting,
-                    &costs,
+                with_host_ids(
+                    &engine,
+                    app_view(
+                        a,
+                        &snapshot,
+                        engine.config.subnet_pool,
+                        now,
+                        &waiting,
+                        &costs,
+                    ),
                 )
             })
             .collect(),
@@ -543,14 +546,25 @@ fn app_answer<D: Driver>(engine: &Engine<D>, app: &str) -> Result<Json<AppView>,
     let snapshot = engine.store.load()?;
     let record = find_app(&snapshot, app)?;
     let pool = engine.config.subnet_pool;
-    Ok(Json(app_view(
-        record,
-        &snapshot,
-        pool,
-        now_ms(),
-        &engine.waiting(),
-        &engine.measured_costs(),
+    Ok(Json(with_host_ids(
+        engine,
+        app_view(
+            record,
+            &snapshot,
+            pool,
+            now_ms(),
+            &engine.waiting(),
+            &engine.measured_costs(),
+        ),
     )))
+}
+
+/// `view` with each service's reason to run with host ids, from the daemon's settings.
+fn with_host_ids<D: Driver>(engine: &Engine<D>, mut view: AppView) -> AppView {
+    for service in &mut view.services {
+        service.host_ids = engine.host_ids_reason(&service.spec);
+    }
+    view
 }
 
 async fn get_app<D: Driver>(
@@ -624,6 +638,10 @@ fn service_or_404<D: Driver>(
         &engine.waiting(),
         &engine.measured_costs(),
     )
+    .map(|mut view| {
+        view.host_ids = engine.host_ids_reason(&view.spec);
+        view
+    })
     .ok_or_else(|| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

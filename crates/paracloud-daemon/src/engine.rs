@@ -915,16 +915,40 @@ impl<D: Driver> Engine<D> {
             capabilities: service.cap_add.clone(),
             log_path: self.config.log_path(key),
             owned,
-            // CRIU checkpoints only a process whose namespaces all belong to its user
-            // namespace; an instance's mount, network and pid namespaces stay the host's (its
-            // root cannot mount or configure its network), so a service that migrates by CRIU
-            // runs with host ids, as one with `userns = false` does.
-            userns: (self.config.settings.userns == Some(true)
-                && !service.sandbox.host_ids
-                && service.migrate != paracloud_manifest::MigrateMethod::Criu)
+            userns: self
+                .host_ids_reason(service)
+                .is_none()
                 .then(|| app_ids(app.subnet_index)),
             sandbox: sandbox(&service.sandbox),
         }
+    }
+
+    /// Why the instances of `service` run with host ids, without a user namespace of their own;
+    /// `None` when each one has its own.
+    pub fn host_ids_reason(&self, service: &paracloud_manifest::Service) -> Option<String> {
+        let settings = &self.config.settings;
+        if let Some(why) = &settings.userns_unavailable {
+            return Some(format!(
+                "this machine cannot give instances user namespaces ({why})"
+            ));
+        }
+        if settings.userns != Some(true) {
+            return Some(
+                "user namespaces are off for this daemon (`userns = false` in daemon.toml)".into(),
+            );
+        }
+        if service.sandbox.host_ids {
+            return Some("its manifest says `userns = false`".into());
+        }
+        // CRIU checkpoints only a process whose namespaces all belong to its user namespace; an
+        // instance's mount, network and pid namespaces stay the host's (its root cannot mount or
+        // configure its network).
+        if service.migrate == paracloud_manifest::MigrateMethod::Criu {
+            return Some(
+                "it migrates by CRIU (`migrate = \"criu\"`), which cannot checkpoint an instance in a user namespace of its own".into(),
+            );
+        }
+        None
     }
 
     /// One waiter task per process: records its exit and wakes the loop.

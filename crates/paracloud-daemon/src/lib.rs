@@ -178,6 +178,7 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), Error> {
                     "instances run with host ids, without user namespaces of their own: this machine cannot give them one ({why}); `userns = false` in {} says so and silences this",
                     root.join(settings::FILE).display()
                 );
+                config.settings.userns_unavailable = Some(why);
                 false
             }
         },

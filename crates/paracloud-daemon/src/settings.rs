@@ -32,6 +32,9 @@ pub struct Settings {
     /// `None` when the file does not say: then they do where the machine allows it, which the
     /// daemon checks at start and writes here.
     pub userns: Option<bool>,
+    /// Why this machine cannot give instances user namespaces, when the daemon's check at start
+    /// found so (never read from the file).
+    pub userns_unavailable: Option<String>,
     /// Where the remote API listens (HTTPS), if anywhere.
     pub listen: Option<std::net::SocketAddr>,
     /// The remote API's certificate chain and key, in PEM.
@@ -97,6 +100,7 @@ fn parse(text: &str) -> Result<Settings, String> {
     Ok(Settings {
         default_disk,
         userns: raw.userns,
+        userns_unavailable: None,
         listen,
         tls_cert: raw.tls_cert,
         tls_key: raw.tls_key,

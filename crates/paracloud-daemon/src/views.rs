@@ -135,6 +135,8 @@ pub fn service_view(
             .map(|(k, why)| format!("{}: {why}", k.name()))
             .collect(),
         traffic,
+        // Filled by the caller, which knows the daemon's settings.
+        host_ids: None,
     })
 }
 
