@@ -301,6 +301,40 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// Removes what `down` could not: the bridges (with their veth pairs) and firewall tables of
+    /// this test's address pool, left by an application without instances that `ps` does not
+    /// list, or by a daemon the test killed. Their names carry the subnet (`pc0a67…` for
+    /// 10.103.x.x), and the pool is this test's alone while it holds its slot.
+    fn remove_leftover_networks(&self) {
+        let prefix = format!("pc0a{:02x}", 100 + self.slot);
+        let output = |program: &str, args: &[&str]| {
+            std::process::Command::new(program)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let links = output("ip", &["-br", "link"]);
+        for name in links
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|n| n.split('@').next().unwrap_or(n))
+            .filter(|n| n.starts_with(&prefix))
+        {
+            let _ = output("ip", &["link", "del", name]);
+        }
+        let tables = output("nft", &["list", "tables"]);
+        for table in tables
+            .lines()
+            .filter_map(|l| l.strip_prefix("table inet "))
+            .filter(|t| t.starts_with(&format!("paracloud-{prefix}")))
+        {
+            let _ = output("nft", &["delete", "table", "inet", table]);
+        }
+    }
+}
+
 impl Drop for Platform {
     /// Takes every application down, then ends the daemon and the data plane this test started.
     fn drop(&mut self) {
@@ -328,6 +362,7 @@ impl Drop for Platform {
             let _ = relay.kill();
             let _ = relay.wait();
         }
+        self.remove_leftover_networks();
         // The instances' cgroups are gone with them; their parent is this test's to remove.
         if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
             for hierarchy in hierarchies.flatten() {
