@@ -38,6 +38,28 @@ pub fn measured_key(app: &str, instance: &str) -> String {
     format!("{app}/{instance}")
 }
 
+/// An instance's weight from its CPU (see [`capacity_weight`]).
+fn cpu_weight(app: &AppRecord, instance: &InstanceRecord) -> u32 {
+    let service = &instance.key.service;
+    app.manifest
+        .services
+        .get(service)
+        .map_or(CORE_WEIGHT, |spec| {
+            capacity_weight(instance.cpu(app.services.get(service), spec))
+        })
+}
+
+/// The requests per second `instance` serves with its CPU (one core when unlimited), from its
+/// measured CPU per request in `costs`; none until measured.
+pub fn measured_capacity(
+    app: &AppRecord,
+    instance: &InstanceRecord,
+    costs: &BTreeMap<String, f64>,
+) -> Option<f64> {
+    let cost = costs.get(&measured_key(&app.name, &instance.key.name()))?;
+    Some(f64::from(cpu_weight(app, instance)) / f64::from(CORE_WEIGHT) / cost)
+}
+
 /// Listeners for every port of every service: on its stable service address, and on the host
 /// address it is published to. The revisions running beside a service are behind its listeners
 /// (with their weights), not on listeners of their own. Once every ready instance of a service
@@ -55,8 +77,6 @@ pub fn dataplane_config(
             continue;
         };
         let ready_backends = |service: &str, port: u16| -> Vec<Backend> {
-            let spec = app.manifest.services.get(service);
-            let record = app.services.get(service);
             let ready: Vec<(&InstanceRecord, Ipv4Addr)> = snapshot
                 .instances
                 .iter()
@@ -65,18 +85,10 @@ pub fn dataplane_config(
                 .filter(|i| !i.held)
                 .filter_map(|i| Some((i, network.instance_address(i.slot).ok()?.addr())))
                 .collect();
-            let cpu_weights: Vec<u32> = ready
-                .iter()
-                .map(|(i, _)| spec.map_or(CORE_WEIGHT, |spec| capacity_weight(i.cpu(record, spec))))
-                .collect();
-            // Requests per second each serves with its CPU (a core's weight is one core).
+            let cpu_weights: Vec<u32> = ready.iter().map(|(i, _)| cpu_weight(app, i)).collect();
             let capacities: Vec<Option<f64>> = ready
                 .iter()
-                .zip(&cpu_weights)
-                .map(|((i, _), weight)| {
-                    let cost = costs.get(&measured_key(&app.name, &i.key.name()))?;
-                    Some(f64::from(*weight) / f64::from(CORE_WEIGHT) / cost)
-                })
+                .map(|(i, _)| measured_capacity(app, i, costs))
                 .collect();
             let weights =
                 paracloud_autoscale::capacity::capacity_weights(&cpu_weights, &capacities)

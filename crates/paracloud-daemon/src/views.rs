@@ -42,17 +42,7 @@ pub fn instance_view(
             _ => None,
         },
         health_failure: record.health_failure.clone(),
-        capacity_rps: costs
-            .get(&crate::routes::measured_key(&app.name, &record.key.name()))
-            .map(|cost| {
-                let cores = app
-                    .manifest
-                    .services
-                    .get(&record.key.service)
-                    .and_then(|spec| record.cpu(app.services.get(&record.key.service), spec))
-                    .unwrap_or(1.0);
-                cores / cost
-            }),
+        capacity_rps: crate::routes::measured_capacity(app, record, costs),
     }
 }
 
