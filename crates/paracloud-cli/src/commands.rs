@@ -276,6 +276,18 @@ fn install_daemon(
     Ok(())
 }
 
+/// How many instances' reasons a failed wait names; the rest are counted.
+const SHOWN_REASONS: usize = 10;
+
+/// The first `at_most` of `reasons`, then how many more there are.
+fn first_reasons(reasons: &[String], at_most: usize) -> String {
+    let shown = reasons[..reasons.len().min(at_most)].join("; ");
+    match reasons.len().saturating_sub(at_most) {
+        0 => shown,
+        more => format!("{shown}; and {more} more not ready"),
+    }
+}
+
 fn run_daemon(global: &Global, listen: Option<std::net::SocketAddr>) -> Result<()> {
     init_tracing();
     let exe = std::env::current_exe().context("cannot find the paracloud binary")?;
@@ -283,7 +295,11 @@ fn run_daemon(global: &Global, listen: Option<std::net::SocketAddr>) -> Result<(
     let config = paracloud_daemon::DaemonConfig {
         root,
         cgroup_parent: global.daemon.cgroup_parent.clone(),
-        subnet_pool: global.daemon.subnet,
+        addresses: paracloud_daemon::addressing::AddressPlan::new(
+            global.daemon.subnet,
+            global.daemon.app_prefix,
+        )
+        .map_err(|e| anyhow::anyhow!("--app-prefix {}: {e}", global.daemon.app_prefix))?,
         exe,
         settings: Default::default(),
         listen,
@@ -732,7 +748,7 @@ async fn wait_ready(
                 if reasons.is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", reasons.join("; "))
+                    format!(": {}", first_reasons(&reasons, SHOWN_REASONS))
                 }
             );
         }
@@ -1691,6 +1707,24 @@ async fn image_command(global: &Global, command: ImageCommand) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_wait_names_ten_instances_and_counts_the_rest() {
+        let reasons: Vec<String> = (1..=1000).map(|n| format!("web.{n}: starting")).collect();
+        let said = first_reasons(&reasons, SHOWN_REASONS);
+        assert!(
+            said.starts_with("web.1: starting; web.2: starting;"),
+            "{said}"
+        );
+        assert!(
+            said.ends_with("web.10: starting; and 990 more not ready"),
+            "{said}"
+        );
+        assert_eq!(
+            first_reasons(&reasons[..2], 10),
+            "web.1: starting; web.2: starting"
+        );
+    }
 
     #[test]
     fn scale_arguments_say_what_is_wrong() {
