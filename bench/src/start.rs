@@ -502,7 +502,10 @@ impl ParacloudRunner {
                 address: Ipv4Net::new(ip, 24)?,
                 segments: Vec::new(),
                 routes: Vec::new(),
-                gateway: None,
+                // As the daemon configures its instances: the gateway and 14 service addresses
+                // on the bridge, whose link-layer address the instance is told.
+                gateway: Some(host_of(ip, 1)),
+                bridge_addresses: (2..16).map(|n| host_of(ip, n)).collect(),
             }),
             limits: Limits::default(),
             capabilities: vec![],
@@ -574,6 +577,12 @@ fn paracloud_cgroup_parent() -> String {
 fn host_at(net: Ipv4Net, n: u8) -> Ipv4Addr {
     let octets = net.network().octets();
     Ipv4Addr::new(octets[0], octets[1], octets[2], n)
+}
+
+/// Host `n` of the /24 that `ip` is in.
+fn host_of(ip: std::net::Ipv4Addr, n: u8) -> std::net::Ipv4Addr {
+    let [a, b, c, _] = ip.octets();
+    std::net::Ipv4Addr::new(a, b, c, n)
 }
 
 #[cfg(test)]

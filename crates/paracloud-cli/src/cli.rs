@@ -68,7 +68,7 @@ pub struct DaemonArgs {
         global = true
     )]
     pub cgroup_parent: String,
-    /// Address pool for application networks (one /24 per application)
+    /// Address pool for application networks (one subnet of --app-prefix per application)
     #[arg(
         long,
         env = "PARACLOUD_SUBNET",
@@ -76,6 +76,16 @@ pub struct DaemonArgs {
         global = true
     )]
     pub subnet: ipnet::Ipv4Net,
+    /// Prefix length of each application's subnet: 24 holds 239 instances per application, 22
+    /// holds 1,007 (22 to 27). Pool and size stay as they are while applications exist
+    #[arg(
+        long,
+        env = "PARACLOUD_APP_PREFIX",
+        default_value_t = 24,
+        global = true,
+        value_name = "LENGTH"
+    )]
+    pub app_prefix: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

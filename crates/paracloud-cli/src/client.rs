@@ -61,6 +61,7 @@ pub(crate) async fn connect(global: &Global) -> Result<Client> {
     let DaemonArgs {
         cgroup_parent,
         subnet,
+        app_prefix,
     } = &global.daemon;
     let mut child = std::process::Command::new(exe)
         .arg("daemon")
@@ -70,6 +71,8 @@ pub(crate) async fn connect(global: &Global) -> Result<Client> {
         .arg(cgroup_parent)
         .arg("--subnet")
         .arg(subnet.to_string())
+        .arg("--app-prefix")
+        .arg(app_prefix.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

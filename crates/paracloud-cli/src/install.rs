@@ -23,7 +23,7 @@ Wants=network-online.target
 
 [Service]
 Type=simple
-ExecStart={exe} --root {root_arg} --cgroup-parent {cgroup} --subnet {subnet} daemon{listen}
+ExecStart={exe} --root {root_arg} --cgroup-parent {cgroup} --subnet {subnet} --app-prefix {app_prefix} daemon{listen}
 Restart=always
 RestartSec=1
 KillMode=process
@@ -37,6 +37,7 @@ WantedBy=multi-user.target
         root_arg = quoted(root),
         cgroup = quoted(Path::new(&daemon.cgroup_parent)),
         subnet = daemon.subnet,
+        app_prefix = daemon.app_prefix,
         listen = listen.map(|a| format!(" --listen {a}")).unwrap_or_default(),
     )
 }
@@ -50,6 +51,7 @@ mod tests {
         let daemon = DaemonArgs {
             cgroup_parent: "paracloud".into(),
             subnet: "10.213.0.0/16".parse().unwrap(),
+            app_prefix: 24,
         };
         let unit = unit(
             Path::new("/usr/local/bin/paracloud"),
@@ -58,7 +60,7 @@ mod tests {
             None,
         );
         assert!(unit.contains(
-            "ExecStart=\"/usr/local/bin/paracloud\" --root \"/srv/pc root\" --cgroup-parent \"paracloud\" --subnet 10.213.0.0/16 daemon\n"
+            "ExecStart=\"/usr/local/bin/paracloud\" --root \"/srv/pc root\" --cgroup-parent \"paracloud\" --subnet 10.213.0.0/16 --app-prefix 24 daemon\n"
         ));
         assert!(unit.contains("Restart=always\n"));
         assert!(unit.contains("KillMode=process\n"));

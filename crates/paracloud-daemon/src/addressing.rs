@@ -1,7 +1,8 @@
-//! Addresses and names on an application's network, derived from the daemon's subnet pool.
+//! Addresses and names on an application's network, derived from the daemon's address plan.
 //!
-//! Each application gets the `index`-th /24 of the pool. In it, host 1 is the bridge (gateway),
-//! hosts 2 to 15 are the stable service addresses, and hosts 16 and up are instances.
+//! Each application gets the `index`-th subnet of the plan's size (a /24 unless the daemon was
+//! given another) from the pool. In it, host 1 is the bridge (gateway), hosts 2 to 15 are the
+//! stable service addresses, and hosts 16 and up are instances.
 
 use std::net::Ipv4Addr;
 
@@ -10,6 +11,54 @@ use ipnet::Ipv4Net;
 /// Host number of the first service address and of the first instance address in an app subnet.
 const FIRST_SERVICE_HOST: u32 = 2;
 const FIRST_INSTANCE_HOST: u32 = 16;
+
+/// The subnet size per application when the daemon is given none: 239 instances each.
+pub const DEFAULT_APP_PREFIX: u8 = 24;
+/// The largest subnet an application may get: its network is one Linux bridge, which takes at
+/// most 1,024 ports, and a /22 has room for 1,007 instances besides the bridge's own port.
+pub const LARGEST_APP_PREFIX: u8 = 22;
+/// The smallest: a /27 has room for 15 instances after the 16 addresses kept for the gateway
+/// and the service addresses.
+pub const SMALLEST_APP_PREFIX: u8 = 27;
+
+/// Where applications' subnets come from: the daemon's pool, cut in subnets of one size. Both
+/// stay as they were while any application exists (its subnet is its index in this plan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressPlan {
+    pub pool: Ipv4Net,
+    /// Prefix length of each application's subnet (the pool itself when the pool is smaller).
+    pub app_prefix: u8,
+}
+
+impl AddressPlan {
+    /// The plan of `pool` cut in `/app_prefix` subnets, or why that size cannot be used.
+    pub fn new(pool: Ipv4Net, app_prefix: u8) -> Result<Self, String> {
+        if !(LARGEST_APP_PREFIX..=SMALLEST_APP_PREFIX).contains(&app_prefix) {
+            return Err(format!(
+                "an application subnet of /{app_prefix} cannot be used: an application's network is one Linux bridge, which takes at most 1,024 ports, and its first 16 addresses are kept for the gateway and the service addresses, so give a prefix length from {LARGEST_APP_PREFIX} (1,007 instances per application) to {SMALLEST_APP_PREFIX} (15)"
+            ));
+        }
+        Ok(Self { pool, app_prefix })
+    }
+
+    /// The plan with the default size.
+    pub fn with_default_size(pool: Ipv4Net) -> Self {
+        Self {
+            pool,
+            app_prefix: DEFAULT_APP_PREFIX,
+        }
+    }
+
+    /// The network of the application whose subnet is the plan's `index`-th.
+    pub fn network(&self, index: u32) -> Result<AppNetwork, AddressError> {
+        AppNetwork::new(self.pool, self.app_prefix, index)
+    }
+
+    /// How the state root remembers the plan: `POOL /PREFIX`.
+    pub fn key(&self) -> String {
+        format!("{} /{}", self.pool, self.app_prefix)
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AddressError {
@@ -26,9 +75,9 @@ pub struct AppNetwork {
 }
 
 impl AppNetwork {
-    /// The `index`-th /24 (or the pool itself when it is smaller) of the pool.
-    pub fn new(pool: Ipv4Net, index: u32) -> Result<Self, AddressError> {
-        let prefix = pool.prefix_len().max(24);
+    /// The `index`-th `/app_prefix` subnet (or the pool itself when it is smaller) of the pool.
+    fn new(pool: Ipv4Net, app_prefix: u8, index: u32) -> Result<Self, AddressError> {
+        let prefix = pool.prefix_len().max(app_prefix);
         let subnet = pool
             .subnets(prefix)
             .ok()
@@ -48,6 +97,12 @@ impl AppNetwork {
 
     pub fn service_address(&self, slot: u32) -> Ipv4Addr {
         self.host(FIRST_SERVICE_HOST + slot)
+    }
+
+    /// Every address of the subnet kept for services, in use or not (the bridge answers on
+    /// those in use).
+    pub fn service_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        (FIRST_SERVICE_HOST..FIRST_INSTANCE_HOST).map(|host| self.host(host))
     }
 
     pub fn instance_address(&self, slot: u32) -> Result<Ipv4Net, AddressError> {
@@ -134,10 +189,17 @@ mod tests {
 
     #[test]
     fn an_app_subnet_is_laid_out_gateway_services_instances() {
-        let net = AppNetwork::new("10.213.0.0/16".parse().unwrap(), 5).unwrap();
+        let plan = AddressPlan::with_default_size("10.213.0.0/16".parse().unwrap());
+        let net = plan.network(5).unwrap();
         assert_eq!(net.subnet.to_string(), "10.213.5.0/24");
         assert_eq!(net.gateway().to_string(), "10.213.5.1/24");
         assert_eq!(net.service_address(0).to_string(), "10.213.5.2");
+        let services: Vec<String> = net.service_addresses().map(|a| a.to_string()).collect();
+        assert_eq!(services.len(), 14);
+        assert_eq!(
+            (services[0].as_str(), services[13].as_str()),
+            ("10.213.5.2", "10.213.5.15")
+        );
         assert_eq!(
             net.instance_address(0).unwrap().to_string(),
             "10.213.5.16/24"
@@ -153,10 +215,48 @@ mod tests {
 
     #[test]
     fn a_pool_runs_out_with_a_clear_error() {
-        let err = AppNetwork::new("10.1.2.0/24".parse().unwrap(), 1).unwrap_err();
+        let plan = AddressPlan::with_default_size("10.1.2.0/24".parse().unwrap());
+        let err = plan.network(1).unwrap_err();
         assert_eq!(
             err.to_string(),
             "the subnet pool 10.1.2.0/24 has no subnet number 1: give the daemon a larger pool with --subnet"
         );
+    }
+
+    #[test]
+    fn a_22_per_application_holds_a_thousand_instances() {
+        let plan = AddressPlan::new("10.213.0.0/16".parse().unwrap(), 22).unwrap();
+        let net = plan.network(3).unwrap();
+        assert_eq!(net.subnet.to_string(), "10.213.12.0/22");
+        assert_eq!(net.gateway().to_string(), "10.213.12.1/22");
+        assert_eq!(
+            net.instance_address(0).unwrap().to_string(),
+            "10.213.12.16/22"
+        );
+        assert_eq!(
+            net.instance_address(1006).unwrap().to_string(),
+            "10.213.15.254/22"
+        );
+        assert!(net.instance_address(1007).is_err());
+        assert!(plan.network(63).is_ok());
+        assert!(plan.network(64).is_err(), "a /16 holds 64 /22s");
+        assert_eq!(plan.key(), "10.213.0.0/16 /22");
+    }
+
+    #[test]
+    fn sizes_a_bridge_cannot_hold_or_without_instances_are_refused() {
+        let pool = "10.213.0.0/16".parse().unwrap();
+        for prefix in [0, 16, 21, 28, 32] {
+            let err = AddressPlan::new(pool, prefix).unwrap_err();
+            assert!(err.contains(&format!("/{prefix} cannot be used")), "{err}");
+            assert!(
+                err.contains("from 22 (1,007 instances per application) to 27"),
+                "{err}"
+            );
+        }
+        for prefix in 22..=27 {
+            let plan = AddressPlan::new(pool, prefix).unwrap();
+            assert!(plan.network(0).unwrap().instance_address(0).is_ok());
+        }
     }
 }

@@ -355,7 +355,7 @@ fn check_fixed<D: Driver>(
                 .filter_map(|name| a.manifest.fixed_address(name))
         })
         .collect();
-    crate::addressing::check_fixed_addresses(manifest, engine.config.subnet_pool, &ours, origin)
+    crate::addressing::check_fixed_addresses(manifest, engine.config.addresses.pool, &ours, origin)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
 }
 
@@ -527,14 +527,7 @@ async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppVi
             .map(|a| {
                 with_host_ids(
                     &engine,
-                    app_view(
-                        a,
-                        &snapshot,
-                        engine.config.subnet_pool,
-                        now,
-                        &waiting,
-                        &costs,
-                    ),
+                    app_view(a, &snapshot, engine.config.addresses, now, &waiting, &costs),
                 )
             })
             .collect(),
@@ -545,13 +538,13 @@ async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppVi
 fn app_answer<D: Driver>(engine: &Engine<D>, app: &str) -> Result<Json<AppView>, ApiError> {
     let snapshot = engine.store.load()?;
     let record = find_app(&snapshot, app)?;
-    let pool = engine.config.subnet_pool;
+    let addresses = engine.config.addresses;
     Ok(Json(with_host_ids(
         engine,
         app_view(
             record,
             &snapshot,
-            pool,
+            addresses,
             now_ms(),
             &engine.waiting(),
             &engine.measured_costs(),
@@ -608,13 +601,7 @@ async fn instances<D: Driver>(
         .filter(|i| query.app.as_ref().is_none_or(|a| &i.key.app == a))
         .filter_map(|i| {
             let app = snapshot.apps.iter().find(|a| a.name == i.key.app)?;
-            Some(instance_view(
-                app,
-                i,
-                engine.config.subnet_pool,
-                now,
-                &costs,
-            ))
+            Some(instance_view(app, i, engine.config.addresses, now, &costs))
         })
         .collect();
     Ok(Json(views))
@@ -628,12 +615,12 @@ fn service_or_404<D: Driver>(
     let snapshot = engine.store.load()?;
     let record = find_app(&snapshot, app)?;
     paracloud_command::find_service(record, service)?;
-    let pool = engine.config.subnet_pool;
+    let addresses = engine.config.addresses;
     service_view(
         record,
         service,
         &snapshot,
-        pool,
+        addresses,
         now_ms(),
         &engine.waiting(),
         &engine.measured_costs(),

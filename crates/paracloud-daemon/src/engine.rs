@@ -24,7 +24,7 @@ use paracloud_state::{AppRecord, InstanceRecord, Snapshot, Store};
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
-use crate::addressing::{service_address_of, AppNetwork};
+use crate::addressing::{service_address_of, AddressPlan, AppNetwork};
 use crate::clock::now_ms;
 use crate::dataplane::DataplaneSupervisor;
 use crate::driver::Driver;
@@ -40,8 +40,8 @@ pub struct DaemonConfig {
     pub root: PathBuf,
     /// cgroup path (relative to each hierarchy) under which instance cgroups are made.
     pub cgroup_parent: String,
-    /// The pool application subnets are taken from.
-    pub subnet_pool: Ipv4Net,
+    /// Where application subnets are taken from, and their size.
+    pub addresses: AddressPlan,
     /// The paracloud binary (sandbox-init, nsexec and the data plane run from it).
     pub exe: PathBuf,
     /// The state root's settings file (`daemon.toml`), read at start.
@@ -446,7 +446,7 @@ impl<D: Driver> Engine<D> {
     }
 
     fn network_of(&self, app: &AppRecord) -> Option<AppNetwork> {
-        AppNetwork::new(self.config.subnet_pool, app.subnet_index).ok()
+        self.config.addresses.network(app.subnet_index).ok()
     }
 
     fn instance_address(&self, app: &AppRecord, slot: u32) -> Option<Ipv4Net> {
@@ -458,7 +458,7 @@ impl<D: Driver> Engine<D> {
         match action {
             Action::EnsureNetwork { app } => {
                 let Some(record) = app_of(&app) else { return };
-                let network = match AppNetwork::new(self.config.subnet_pool, record.subnet_index) {
+                let network = match self.config.addresses.network(record.subnet_index) {
                     Ok(n) => n,
                     Err(e) => return self.event(&app, &app, &e.to_string()),
                 };
@@ -894,6 +894,7 @@ impl<D: Driver> Engine<D> {
                     .into_iter()
                     .collect(),
                 gateway: Some(network.gateway().addr()),
+                bridge_addresses: network.service_addresses().collect(),
             }),
             limits: Limits {
                 // `paracloud scale --cpu` and the autoscaler may have changed it since `up`.
@@ -919,7 +920,7 @@ impl<D: Driver> Engine<D> {
                 .host_ids_reason(service)
                 .is_none()
                 .then(|| app_ids(app.subnet_index)),
-            sandbox: sandbox(&service.sandbox),
+            sandbox: sandbox(&service.sandbox, self.config.settings.instance_open_files),
         }
     }
 
@@ -1221,7 +1222,7 @@ impl<D: Driver> Engine<D> {
         self.dataplane.push(|| match self.store.load() {
             Ok(snapshot) => Some(dataplane_config(
                 &snapshot,
-                self.config.subnet_pool,
+                self.config.addresses,
                 &lock(&self.capacities).costs(),
             )),
             Err(e) => {
@@ -1348,8 +1349,19 @@ pub fn views(snapshot: &Snapshot) -> (Desired, Observed) {
     (desired, observed)
 }
 
-/// The runtime's form of a service's sandbox settings.
-fn sandbox(s: &paracloud_manifest::Sandbox) -> paracloud_runtime::Sandbox {
+/// The runtime's form of a service's sandbox settings; `open_files` (soft, hard) when the
+/// service sets no `nofile` of its own.
+fn sandbox(
+    s: &paracloud_manifest::Sandbox,
+    open_files: Option<(u64, u64)>,
+) -> paracloud_runtime::Sandbox {
+    let default_open_files = open_files
+        .filter(|_| !s.ulimits.contains_key("nofile"))
+        .map(|(soft, hard)| paracloud_runtime::Rlimit {
+            resource: "nofile".into(),
+            soft,
+            hard,
+        });
     paracloud_runtime::Sandbox {
         init: s.init,
         read_only: s.read_only,
@@ -1371,6 +1383,7 @@ fn sandbox(s: &paracloud_manifest::Sandbox) -> paracloud_runtime::Sandbox {
                 soft: l.soft,
                 hard: l.hard,
             })
+            .chain(default_open_files)
             .collect(),
         sysctls: s.sysctls.clone().into_iter().collect(),
     }

@@ -40,7 +40,9 @@ fn daemon() -> Daemon {
     let config = DaemonConfig {
         root: root.path().to_owned(),
         cgroup_parent: "unit".into(),
-        subnet_pool: "10.213.0.0/16".parse().unwrap(),
+        addresses: crate::addressing::AddressPlan::with_default_size(
+            "10.213.0.0/16".parse().unwrap(),
+        ),
         exe: root.path().join("no-such-program"),
         settings: Default::default(),
         listen: None,

@@ -69,6 +69,38 @@ pub enum Error {
     Images(String),
     #[error("cannot listen on {path}: {source}")]
     Listen { path: String, source: io::Error },
+    #[error("the applications of this state root have subnets cut from {kept}, and this daemon was started with {given}: start it with `{flags}` as before, or take every application down before changing the pool or the subnet size")]
+    AddressPlan {
+        kept: String,
+        given: String,
+        flags: String,
+    },
+}
+
+/// Raises this process's soft limit of open files to its hard limit: the daemon holds three
+/// descriptors per instance (its pidfd, the copy it waits on, its PaCI socket), more than the
+/// usual soft limit of 1,024 allows past some 330 instances. Returns the limits before (soft, hard) for instances to start with, or `None`
+/// when they cannot be read.
+fn raise_open_files_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!("open files: raised the soft limit from {soft} to {hard}"),
+            Err(e) => {
+                tracing::warn!("open files: cannot raise the soft limit from {soft} to {hard}: {e}")
+            }
+        }
+    }
+    Some((soft, hard))
+}
+
+/// The daemon's flags that give the address plan `kept` (as [`addressing::AddressPlan::key`] writes it).
+fn plan_flags(kept: &str) -> String {
+    match kept.split_once(" /") {
+        Some((pool, prefix)) => format!("--subnet {pool} --app-prefix {prefix}"),
+        None => format!("--subnet {kept}"),
+    }
 }
 
 fn root_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
@@ -163,7 +195,16 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), Error> {
         .mode(0o600)
         .open(root.join("state.db"))
         .map_err(root_error(&root))?;
+    config.settings.instance_open_files = raise_open_files_limit();
     let store = Store::open(&root.join("state.db"))?;
+    let given = config.addresses.key();
+    if let Some(kept) = store.keep_address_plan(&given)? {
+        return Err(Error::AddressPlan {
+            flags: plan_flags(&kept),
+            kept: kept.replace(" /", " in /"),
+            given: given.replace(" /", " in /"),
+        });
+    }
     let runtime = Runtime::new(RuntimeConfig {
         cgroup_root: "/sys/fs/cgroup".into(),
         cgroup_parent: config.cgroup_parent.clone(),

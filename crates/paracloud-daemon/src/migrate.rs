@@ -508,7 +508,9 @@ impl<D: Driver> Engine<D> {
             .and_then(|s| {
                 let app = s.apps.iter().find(|a| a.name == new.app)?.clone();
                 let record = s.instances.iter().find(|i| i.key == *new)?.clone();
-                crate::addressing::AppNetwork::new(self.config.subnet_pool, app.subnet_index)
+                self.config
+                    .addresses
+                    .network(app.subnet_index)
                     .ok()?
                     .instance_address(record.slot)
                     .ok()

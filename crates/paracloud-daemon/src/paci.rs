@@ -33,7 +33,6 @@ use tokio::net::UnixListener;
 
 use paracloud_command::{Caller, Command, Outcome};
 
-use crate::addressing::AppNetwork;
 use crate::clock::now_ms;
 use crate::commands::{status_of, CommandError};
 use crate::driver::Driver;
@@ -255,7 +254,11 @@ async fn whoami<D: Driver>(State(ctx): Shared<D>) -> Result<Json<Whoami>, PaciEr
         .get(&ctx.key.service)
         .ok_or_else(gone)?;
     let service = app.services.get(&ctx.key.service).ok_or_else(gone)?;
-    let network = AppNetwork::new(ctx.engine.config.subnet_pool, app.subnet_index)
+    let network = ctx
+        .engine
+        .config
+        .addresses
+        .network(app.subnet_index)
         .map_err(|e| PaciError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let address = network
         .instance_address(record.slot)
@@ -306,7 +309,7 @@ fn peers_of<D: Driver>(ctx: &Ctx<D>, service: &str) -> Result<Peers, PaciError> 
             ),
         ));
     }
-    let network = AppNetwork::new(ctx.engine.config.subnet_pool, app.subnet_index).ok();
+    let network = ctx.engine.config.addresses.network(app.subnet_index).ok();
     let peers = snapshot
         .instances
         .iter()

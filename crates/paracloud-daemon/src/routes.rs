@@ -9,7 +9,7 @@ use paracloud_manifest::{Port, Protocol as PortProtocol};
 use paracloud_runtime::Segment;
 use paracloud_state::{AppRecord, InstanceRecord, ServiceRecord, Snapshot};
 
-use crate::addressing::AppNetwork;
+use crate::addressing::{AddressPlan, AppNetwork};
 
 /// The weight of an instance with no CPU limit: one core.
 const CORE_WEIGHT: u32 = 1000;
@@ -68,12 +68,12 @@ pub fn measured_capacity(
 /// ([`paracloud_autoscale::capacity`]).
 pub fn dataplane_config(
     snapshot: &Snapshot,
-    pool: ipnet::Ipv4Net,
+    addresses: AddressPlan,
     costs: &BTreeMap<String, f64>,
 ) -> Config {
     let mut listeners = Vec::new();
     for app in snapshot.apps.iter().filter(|a| a.removing.is_none()) {
-        let Ok(network) = AppNetwork::new(pool, app.subnet_index) else {
+        let Ok(network) = addresses.network(app.subnet_index) else {
             continue;
         };
         let ready_backends = |service: &str, port: u16| -> Vec<Backend> {

@@ -35,6 +35,11 @@ pub struct Settings {
     /// Why this machine cannot give instances user namespaces, when the daemon's check at start
     /// found so (never read from the file).
     pub userns_unavailable: Option<String>,
+    /// The open-files limit (soft, hard) an instance starts with when its service sets no
+    /// `nofile`: the soft one the daemon was started with, before it raised its own to the hard
+    /// one (it holds a few descriptors per instance), so instances start as they would have
+    /// (never read from the file).
+    pub instance_open_files: Option<(u64, u64)>,
     /// Where the remote API listens (HTTPS), if anywhere.
     pub listen: Option<std::net::SocketAddr>,
     /// The remote API's certificate chain and key, in PEM.
@@ -101,6 +106,7 @@ fn parse(text: &str) -> Result<Settings, String> {
         default_disk,
         userns: raw.userns,
         userns_unavailable: None,
+        instance_open_files: None,
         listen,
         tls_cert: raw.tls_cert,
         tls_key: raw.tls_key,

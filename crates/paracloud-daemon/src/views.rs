@@ -6,7 +6,7 @@ use paracloud_api::{AppView, InstanceView, ServiceView, TrafficShare};
 use paracloud_reconcile::{InstanceKey, InstanceState, Millis};
 use paracloud_state::{AppRecord, InstanceRecord, Snapshot};
 
-use crate::addressing::AppNetwork;
+use crate::addressing::AddressPlan;
 
 pub use paracloud_command::cores;
 
@@ -15,11 +15,12 @@ pub use paracloud_command::cores;
 pub fn instance_view(
     app: &AppRecord,
     record: &InstanceRecord,
-    pool: ipnet::Ipv4Net,
+    addresses: AddressPlan,
     now: Millis,
     costs: &BTreeMap<String, f64>,
 ) -> InstanceView {
-    let address = AppNetwork::new(pool, app.subnet_index)
+    let address = addresses
+        .network(app.subnet_index)
         .ok()
         .and_then(|n| n.instance_address(record.slot).ok())
         .map(|a| a.addr().to_string());
@@ -50,7 +51,7 @@ pub fn service_view(
     app: &AppRecord,
     name: &str,
     snapshot: &Snapshot,
-    pool: ipnet::Ipv4Net,
+    addresses: AddressPlan,
     now: Millis,
     waiting: &[(InstanceKey, String)],
     costs: &BTreeMap<String, f64>,
@@ -61,7 +62,7 @@ pub fn service_view(
         .instances
         .iter()
         .filter(|i| i.key.app == app.name && i.key.service == name)
-        .map(|i| instance_view(app, i, pool, now, costs))
+        .map(|i| instance_view(app, i, addresses, now, costs))
         .collect();
     let ready_of = |service: &str| {
         snapshot
@@ -92,7 +93,8 @@ pub fn service_view(
         .chain(revisions)
         .collect()
     };
-    let address = AppNetwork::new(pool, app.subnet_index)
+    let address = addresses
+        .network(app.subnet_index)
         .map(|n| {
             crate::addressing::service_address_of(app, &n, name)
                 .unwrap_or_else(|| n.service_address(record.slot))
@@ -133,12 +135,12 @@ pub fn service_view(
 pub fn app_view(
     app: &AppRecord,
     snapshot: &Snapshot,
-    pool: ipnet::Ipv4Net,
+    addresses: AddressPlan,
     now: Millis,
     waiting: &[(InstanceKey, String)],
     costs: &BTreeMap<String, f64>,
 ) -> AppView {
-    let network = AppNetwork::new(pool, app.subnet_index).ok();
+    let network = addresses.network(app.subnet_index).ok();
     AppView {
         name: app.name.clone(),
         origin: app.origin.clone(),
@@ -149,7 +151,7 @@ pub fn app_view(
             .manifest
             .services
             .keys()
-            .filter_map(|name| service_view(app, name, snapshot, pool, now, waiting, costs))
+            .filter_map(|name| service_view(app, name, snapshot, addresses, now, waiting, costs))
             .collect(),
     }
 }

@@ -211,6 +211,13 @@ pub struct NetworkAttachment {
     pub routes: Vec<Ipv4Addr>,
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
+    /// Addresses the bridge itself answers on besides the gateway (the application's service
+    /// addresses). The instance knows the bridge's link-layer address for these and the
+    /// gateway from its start (permanent neighbour entries), so it never asks for them: learned
+    /// entries of many instances would fill the kernel's neighbour table, which all network
+    /// namespaces share.
+    #[serde(default)]
+    pub bridge_addresses: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -578,10 +585,6 @@ impl Runtime {
         procfs::pidfd_send_signal(&process.pidfd, signal as i32)
             .map_err(|e| Error::sys(format!("sending {signal} to pid {}", process.pid), e))
     }
-    /// Kills every process left in the instance's cgroup and removes the cgroup; idempotent.
-    ///
-    /// Blocks while the kernel finishes the kills (usually a few milliseconds, at most about
-    /// 5 s before it gives up with an error); from async code prefer `spawn_blocking`.
     /// Name of the host side of an instance's veth pair: at most 15 bytes, stable for an id (so a
     /// restarted daemon finds it), distinct between ids and between runtimes of other cgroup
     /// parents.
@@ -589,6 +592,12 @@ impl Runtime {
         network::veth_host_name(&self.config.cgroup_parent, id)
     }
 
+    /// Kills every process left in the instance's cgroup and removes the cgroup; idempotent.
+    /// The host's neighbour entry for the instance's address stays: it is right for the next
+    /// instance at that address (the MAC follows the address) and goes with the bridge.
+    ///
+    /// Blocks while the kernel finishes the kills (usually a few milliseconds, at most about
+    /// 5 s before it gives up with an error); from async code prefer `spawn_blocking`.
     pub fn cleanup(&self, id: &str) -> Result<()> {
         let cgroup = self.cgroups.destroy(id);
         // The veth pair dies with the instance's netns, but the kernel tears a netns down

@@ -105,9 +105,13 @@ impl Netlink {
         self.new_link(message)
     }
 
-    /// Tells the host the link-layer address of `address` on interface `index`, so that its first
-    /// packet to a new instance needs no ARP round trip, and a packet that asked while the
-    /// instance was not yet up is sent at once rather than at the next ARP retry a second later.
+    /// Tells the kernel the link-layer address of `address` on interface `index`, for good: a
+    /// permanent entry. The host knows each instance's so that its first packet to a new
+    /// instance needs no ARP round trip, and a packet that asked while the instance was not yet
+    /// up is sent at once rather than at the next ARP retry a second later; an instance knows
+    /// its bridge's. Permanent entries are also the ones the kernel does not count against
+    /// `gc_thresh3` (1,024 by default, for all network namespaces together), which a thousand
+    /// instances' learned entries would exceed: a new entry would then fail with ENOBUFS.
     pub(crate) fn set_neighbour(
         &mut self,
         index: u32,
@@ -117,7 +121,7 @@ impl Netlink {
         let mut message = NeighbourMessage::default();
         message.header.family = AddressFamily::Inet;
         message.header.ifindex = index;
-        message.header.state = NeighbourState::Reachable;
+        message.header.state = NeighbourState::Permanent;
         message.header.kind = RouteType::Unspec;
         message
             .attributes

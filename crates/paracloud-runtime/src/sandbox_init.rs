@@ -770,8 +770,9 @@ fn pivot_into(rootfs: &Path) -> InitResult<()> {
     std::env::set_current_dir("/").map_err(|e| format!("cannot enter the new root: {e}"))
 }
 
-/// lo up; eth0 (created by the daemon in our netns) gets the instance's address and goes up. No
-/// default route: nothing leaves the machine.
+/// lo up; eth0 (created by the daemon in our netns) gets the instance's address, goes up and
+/// knows the bridge's link-layer address for the gateway and the service addresses. No default
+/// route: nothing leaves the machine.
 fn configure_network(cfg: &InstanceConfig) -> InitResult<()> {
     let mut nl = Netlink::open().map_err(|e| format!("cannot open a netlink socket: {e}"))?;
     let lo = netlink::link_index("lo").map_err(|e| format!("cannot find lo: {e}"))?;
@@ -784,6 +785,11 @@ fn configure_network(cfg: &InstanceConfig) -> InitResult<()> {
             .map_err(|e| format!("cannot add {} to {INSTANCE_IFACE}: {e}", net.address))?;
         nl.set_up(index)
             .map_err(|e| format!("cannot set {INSTANCE_IFACE} up: {e}"))?;
+        let bridge_mac = crate::network::bridge_mac(&net.bridge);
+        for address in net.gateway.iter().chain(&net.bridge_addresses) {
+            nl.set_neighbour(index, *address, &bridge_mac)
+                .map_err(|e| format!("cannot set the neighbour entry of {address}: {e}"))?;
+        }
         if let Some(gateway) = net.gateway {
             for destination in &net.routes {
                 nl.add_host_route(index, *destination, gateway)

@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS instances (
     UNIQUE (app, slot)
 );
 CREATE TABLE IF NOT EXISTS networks (app TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS facts (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS capsule_runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     record TEXT NOT NULL
@@ -495,6 +496,34 @@ impl Store {
                 conn.execute("DELETE FROM networks WHERE app = ?1", [app])?;
             }
             Ok(())
+        })
+    }
+
+    /// Keeps `plan` as the address plan (how application subnets are cut from the daemon's
+    /// pool) that the applications' subnets are given under, unless applications exist that
+    /// were given theirs under another plan: then nothing changes and that plan is returned.
+    pub fn keep_address_plan(&self, plan: &str) -> Result<Option<String>> {
+        self.writing(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let kept: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM facts WHERE name = 'address_plan'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let apps: i64 = tx.query_row("SELECT COUNT(*) FROM apps", [], |r| r.get(0))?;
+            if let Some(kept) = kept.filter(|kept| kept != plan && apps > 0) {
+                return Ok(Some(kept));
+            }
+            tx.execute(
+                "INSERT INTO facts (name, value) VALUES ('address_plan', ?1) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                [plan],
+            )?;
+            tx.commit()?;
+            Ok(None)
         })
     }
 

@@ -466,3 +466,35 @@ fn regression_an_application_created_again_does_not_inherit_the_old_events() {
         .collect();
     assert_eq!(messages, ["deployed"]);
 }
+
+#[test]
+fn the_address_plan_holds_while_applications_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.keep_address_plan("10.213.0.0/16 /24").unwrap(), None);
+        assert_eq!(
+            store.keep_address_plan("10.213.0.0/16 /22").unwrap(),
+            None,
+            "no application has a subnet yet: the plan may change"
+        );
+        store
+            .put_app(&manifest("a", 1), "src", "paracloud.toml", 1)
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        store.keep_address_plan("10.213.0.0/16 /24").unwrap(),
+        Some("10.213.0.0/16 /22".to_string()),
+        "shop's subnet was given under /22"
+    );
+    assert_eq!(store.keep_address_plan("10.213.0.0/16 /22").unwrap(), None);
+    store.forget_app("shop").unwrap();
+    assert_eq!(store.keep_address_plan("10.9.0.0/16 /24").unwrap(), None);
+    assert_eq!(
+        store.keep_address_plan("10.213.0.0/16 /22").unwrap(),
+        None,
+        "kept by no application"
+    );
+}

@@ -121,6 +121,7 @@ impl Fixture {
             segments: Vec::new(),
             routes: Vec::new(),
             gateway: None,
+            bridge_addresses: Vec::new(),
         });
         address
     }
