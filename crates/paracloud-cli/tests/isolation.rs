@@ -358,6 +358,9 @@ stop_signal = "KILL"
 # by the host's): with host ids, it can change its routes, and the firewall must still hold.
 userns = false
 cap_add = ["NET_ADMIN"]
+# IPv6 on its eth0, off by default, as a service may turn it back on: the firewall must hold
+# there too.
+sysctls = {{ "net.ipv6.conf.eth0.disable_ipv6" = 0 }}
 command = {command}
 "#,
             published = p.port(0)
@@ -381,6 +384,37 @@ command = {command}
             "{target}: {logs}"
         );
     }
+    // IPv6 is off on an instance's eth0 unless its service turns it on.
+    let ps = p.ps("iso");
+    let ipv6_of = |service: &str| {
+        let pid = ps
+            .iter()
+            .find(|i| field(i, "service") == service)
+            .and_then(|i| i["pid"].as_i64())
+            .unwrap();
+        let out = std::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-n",
+                "ip",
+                "-6",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let api = ipv6_of("api");
+    assert!(!api.contains("inet6"), "api's eth0 has IPv6: {api}");
+    let probe = ipv6_of("probe");
+    assert!(
+        probe.contains("inet6 fe80"),
+        "the probe turned it on: {probe}"
+    );
     let reached = reached.lock().unwrap().clone();
     assert!(
         reached.is_empty(),

@@ -125,10 +125,7 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
         (Some(_), Some(_)) => {
             return Err("CRIU does not restore an instance in a user namespace of its own".into())
         }
-        (Some(range), None) => {
-            userns::open_low_ports()?;
-            Some(userns::create(range)?)
-        }
+        (Some(range), None) => Some(userns::create(range)?),
     };
     let (root, sysctl_dir) = match &restore {
         None => build_rootfs(&cfg, userns.as_ref())?,
@@ -174,7 +171,7 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
     nix::unistd::sethostname(&cfg.hostname)
         .map_err(|e| format!("cannot set hostname {:?}: {e}", cfg.hostname))?;
     pivot_into(&root)?;
-    configure_network(&cfg)?;
+    configure_network(&cfg, sysctl_dir.as_ref())?;
     if let Some(dir) = &sysctl_dir {
         crate::limits::set_sysctls(dir, &cfg.sandbox.sysctls)?;
     }
@@ -287,8 +284,12 @@ fn build_rootfs(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
-    // Kept writable for the sysctls, which wait for the network (eth0) before they are set.
-    let sysctl_dir = match cfg.sandbox.sysctls.is_empty() {
+    if userns.is_some() {
+        userns::open_low_ports(&proc)?;
+    }
+    // Kept writable for the sysctls, which wait for the network (eth0) before they are set, and
+    // for eth0's own settings.
+    let sysctl_dir = match cfg.sandbox.sysctls.is_empty() && cfg.network.is_none() {
         true => None,
         false => Some(
             File::open(proc.join("sys"))
@@ -491,7 +492,7 @@ fn exec_criu_restore(
     plan: &RestorePlan,
     root: &Path,
 ) -> InitResult<std::convert::Infallible> {
-    configure_network(cfg)?;
+    configure_network(cfg, None)?;
     let inherit = |file: File| -> InitResult<OwnedFd> {
         let fd = OwnedFd::from(file);
         nix::fcntl::fcntl(
@@ -760,6 +761,31 @@ fn hand_over(owned: &[(PathBuf, OwnedFd)], user: &identity::Identity) -> InitRes
     Ok(())
 }
 
+/// Gives eth0 no IPv6, before it goes up: the application networks are IPv4 (as Docker's are
+/// unless a network enables IPv6), and an interface with IPv6 announces itself (duplicate
+/// address detection, multicast listener reports) in multicast frames that the bridge floods to
+/// every instance of the application: a cost that grew with their number, a quarter of the
+/// machine's CPU while the thousandth started. lo keeps ::1; a service's own sysctl
+/// `net.ipv6.conf.eth0.disable_ipv6 = 0`, set after this, turns it back on.
+fn turn_ipv6_off(sysctl_dir: &File) -> InitResult<()> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let path = format!("net/ipv6/conf/{INSTANCE_IFACE}/disable_ipv6");
+    match openat(
+        sysctl_dir,
+        path.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => File::from(fd)
+            .write_all(b"1")
+            .map_err(|e| format!("cannot turn IPv6 off on {INSTANCE_IFACE}: {e}")),
+        // A kernel without IPv6.
+        Err(nix::Error::ENOENT) => Ok(()),
+        Err(e) => Err(format!("cannot open /proc/sys/{path}: {e}")),
+    }
+}
+
 fn pivot_into(rootfs: &Path) -> InitResult<()> {
     std::env::set_current_dir(rootfs)
         .map_err(|e| format!("cannot enter {}: {e}", rootfs.display()))?;
@@ -770,10 +796,11 @@ fn pivot_into(rootfs: &Path) -> InitResult<()> {
     std::env::set_current_dir("/").map_err(|e| format!("cannot enter the new root: {e}"))
 }
 
-/// lo up; eth0 (created by the daemon in our netns) gets the instance's address, goes up and
-/// knows the bridge's link-layer address for the gateway and the service addresses. No default
-/// route: nothing leaves the machine.
-fn configure_network(cfg: &InstanceConfig) -> InitResult<()> {
+/// lo up; eth0 (created by the daemon in our netns) gets no IPv6 (see [`turn_ipv6_off`]), the
+/// instance's address, goes up and knows the bridge's link-layer address for the gateway and
+/// the service addresses. No default route: nothing leaves the machine. `sysctl_dir` is the
+/// instance's /proc/sys, opened before /proc was made read-only.
+fn configure_network(cfg: &InstanceConfig, sysctl_dir: Option<&File>) -> InitResult<()> {
     let mut nl = Netlink::open().map_err(|e| format!("cannot open a netlink socket: {e}"))?;
     let lo = netlink::link_index("lo").map_err(|e| format!("cannot find lo: {e}"))?;
     nl.set_up(lo)
@@ -781,6 +808,9 @@ fn configure_network(cfg: &InstanceConfig) -> InitResult<()> {
     if let Some(net) = &cfg.network {
         let index = netlink::link_index(INSTANCE_IFACE)
             .map_err(|e| format!("cannot find {INSTANCE_IFACE}: {e}"))?;
+        if let Some(dir) = sysctl_dir {
+            turn_ipv6_off(dir)?;
+        }
         nl.add_address(index, net.address.addr(), net.address.prefix_len())
             .map_err(|e| format!("cannot add {} to {INSTANCE_IFACE}: {e}", net.address))?;
         nl.set_up(index)
