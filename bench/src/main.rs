@@ -12,6 +12,7 @@ mod builds;
 mod capsule;
 mod compose;
 mod dashboard;
+mod density;
 mod host;
 mod images;
 mod latency;
@@ -70,6 +71,9 @@ enum Command {
     Images(ImagesArgs),
     /// A cold multi-stage build with and without a RUN cache mount
     Builds(BuildsArgs),
+    /// One service brought up in steps to a thousand idle instances: time per instance,
+    /// platform memory and idle CPU, the daemon's descriptors, `ps` and API latency per step
+    Density(DensityArgs),
     /// `paracloud up` of a Compose application from a warm image store
     Compose(ComposeArgs),
     /// The API's latency with 50 concurrent clients, over HTTPS with a token (remote) and over
@@ -246,6 +250,16 @@ struct DashboardArgs {
     /// Loopback port of the remote API
     #[arg(long, default_value_t = 18444)]
     dashboard_port: u16,
+}
+
+#[derive(Debug, Args)]
+struct DensityArgs {
+    /// Instance counts, ascending (at most 1,007: one application's /22)
+    #[arg(long, value_delimiter = ',', default_value = "250,500,750,1000")]
+    steps: Vec<usize>,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.242.0.0/16")]
+    density_subnet: Ipv4Net,
 }
 
 #[derive(Debug, Args)]
@@ -843,6 +857,23 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", remote_api::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Density(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench density needs root (namespaces, cgroups, bridges)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, None)?;
+            let report = density::run(
+                &density::DensityOptions {
+                    steps: args.steps,
+                    subnet: args.density_subnet,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", density::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Compose(args) => {

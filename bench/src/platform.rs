@@ -32,6 +32,7 @@ pub struct Platform {
     app: String,
     pub root: PathBuf,
     pub subnet: Ipv4Net,
+    pub app_prefix: u8,
     pub cgroup_parent: String,
     pub daemon: Child,
     pub daemon_pid: i32,
@@ -54,13 +55,25 @@ impl Platform {
         bench: &str,
         app: &str,
     ) -> Result<Self> {
+        Self::start_with_app_prefix(paracloud, root, subnet, 24, bench, app)
+    }
+
+    /// As [`Platform::start`], each application getting a subnet of `/app_prefix`.
+    pub fn start_with_app_prefix(
+        paracloud: &Path,
+        root: &Path,
+        subnet: Ipv4Net,
+        app_prefix: u8,
+        bench: &str,
+        app: &str,
+    ) -> Result<Self> {
         fs::create_dir_all(root)?;
         let log = File::create(root.join("bench-daemon.log"))?;
         let cgroup_parent = format!("paracloud-bench-{bench}-{}", std::process::id());
         let start = Instant::now();
         let daemon = Command::new(paracloud)
             .arg("daemon")
-            .envs(env(root, &cgroup_parent, subnet))
+            .envs(env(root, &cgroup_parent, subnet, app_prefix))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -73,6 +86,7 @@ impl Platform {
             app: app.to_owned(),
             root: root.to_path_buf(),
             subnet,
+            app_prefix,
             cgroup_parent,
             daemon,
             daemon_pid,
@@ -133,7 +147,12 @@ impl Platform {
             command.arg(file);
         }
         let out = command
-            .envs(env(&self.root, &self.cgroup_parent, self.subnet))
+            .envs(env(
+                &self.root,
+                &self.cgroup_parent,
+                self.subnet,
+                self.app_prefix,
+            ))
             .stdin(Stdio::null())
             .output()
             .context("cannot run paracloud")?;
@@ -249,11 +268,17 @@ fn is_running(pid: i32) -> bool {
         .is_some_and(|state| state != 'Z')
 }
 
-fn env(root: &Path, cgroup_parent: &str, subnet: Ipv4Net) -> [(&'static str, String); 3] {
+fn env(
+    root: &Path,
+    cgroup_parent: &str,
+    subnet: Ipv4Net,
+    app_prefix: u8,
+) -> [(&'static str, String); 4] {
     [
         ("PARACLOUD_ROOT", root.display().to_string()),
         ("PARACLOUD_CGROUP_PARENT", cgroup_parent.to_string()),
         ("PARACLOUD_SUBNET", subnet.to_string()),
+        ("PARACLOUD_APP_PREFIX", app_prefix.to_string()),
     ]
 }
 

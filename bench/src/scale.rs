@@ -209,7 +209,7 @@ fn bridge_of(address: &str) -> Option<String> {
     Some(format!("pc{:08x}", u32::from(net.network())))
 }
 
-fn answers(address: Option<&str>) -> Result<()> {
+pub(crate) fn answers(address: Option<&str>) -> Result<()> {
     let ip = address
         .and_then(|a| a.split('/').next())
         .context("no address")?;
@@ -218,7 +218,7 @@ fn answers(address: Option<&str>) -> Result<()> {
 }
 
 /// The median of five VmRSS readings 100 ms apart.
-fn sample_rss(pid: i32) -> Result<u64> {
+pub(crate) fn sample_rss(pid: i32) -> Result<u64> {
     let mut readings = Vec::new();
     for _ in 0..5 {
         readings.push(host::vm_rss_kib(pid).with_context(|| format!("pid {pid} is gone"))?);
