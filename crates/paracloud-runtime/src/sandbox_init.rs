@@ -764,8 +764,8 @@ fn hand_over(owned: &[(PathBuf, OwnedFd)], user: &identity::Identity) -> InitRes
 /// Gives eth0 no IPv6, before it goes up: the application networks are IPv4 (as Docker's are
 /// unless a network enables IPv6), and an interface with IPv6 announces itself (duplicate
 /// address detection, multicast listener reports) in multicast frames that the bridge floods to
-/// every instance of the application: a cost that grew with their number, a quarter of the
-/// machine's CPU while the thousandth started. lo keeps ::1; a service's own sysctl
+/// every instance of the application: a cost that grew with their number, the largest while
+/// the thousandth started. lo keeps ::1; a service's own sysctl
 /// `net.ipv6.conf.eth0.disable_ipv6 = 0`, set after this, turns it back on.
 fn turn_ipv6_off(sysctl_dir: &File) -> InitResult<()> {
     use nix::fcntl::{openat, OFlag};

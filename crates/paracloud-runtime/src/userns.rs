@@ -131,7 +131,7 @@ pub(crate) fn bind(
 /// not root of the host's user namespace, which owns the network namespace. Written through
 /// `proc`, the instance's own /proc: in the host's, the kernel finds the entry among those of
 /// every network namespace on the machine, a lookup that grew with the number of instances
-/// (an eighth of the daemon's time starting the thousandth).
+/// (a tenth of the daemon's time starting the thousandth).
 pub(crate) fn open_low_ports(proc: &Path) -> InitResult<()> {
     fs::write(proc.join("sys/net/ipv4/ip_unprivileged_port_start"), "0")
         .map_err(|e| format!("cannot open ports below 1024 to the instance: {e}"))
