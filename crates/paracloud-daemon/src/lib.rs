@@ -79,8 +79,8 @@ pub enum Error {
 
 /// Raises this process's soft limit of open files to its hard limit: the daemon holds three
 /// descriptors per instance (its pidfd, the copy it waits on, its PaCI socket), more than the
-/// usual soft limit of 1,024 allows past some 330 instances. Returns the limits before (soft, hard) for instances to start with, or `None`
-/// when they cannot be read.
+/// usual soft limit of 1,024 allows past some 330 instances. Returns the limits before (soft,
+/// hard) for instances to start with, or `None` when they cannot be read.
 fn raise_open_files_limit() -> Option<(u64, u64)> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
@@ -95,7 +95,8 @@ fn raise_open_files_limit() -> Option<(u64, u64)> {
     Some((soft, hard))
 }
 
-/// The daemon's flags that give the address plan `kept` (as [`addressing::AddressPlan::key`] writes it).
+/// The daemon's flags that give the address plan `kept` (as [`addressing::AddressPlan::key`]
+/// writes it).
 fn plan_flags(kept: &str) -> String {
     match kept.split_once(" /") {
         Some((pool, prefix)) => format!("--subnet {pool} --app-prefix {prefix}"),
