@@ -189,22 +189,9 @@ pub fn run(opts: &DensityOptions, scratch: &Path) -> Result<DensityReport> {
 }
 
 /// One service of `n` busybox httpd instances over `rootfs`, with an HTTP health check at the
-/// default interval. SIGKILL stops them: httpd has no SIGTERM handler (see the scale bench).
+/// default interval.
 fn manifest_text(rootfs: &Path, n: usize) -> Result<String> {
-    let image = serde_json::to_string(&format!(
-        "dir:{}",
-        rootfs.to_str().context("the temp dir path is not UTF-8")?
-    ))?;
-    Ok(format!(
-        "app = \"{APP}\"\n\n\
-         [services.web]\n\
-         image = {image}\n\
-         command = [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n\
-         ports = [{{ port = 8080, protocol = \"http\" }}]\n\
-         health = {{ http = \"/\" }}\n\
-         replicas = {n}\n\
-         stop_signal = \"KILL\"\n"
-    ))
+    crate::scale::httpd_manifest(APP, rootfs, n, "")
 }
 
 /// The health check interval the daemon reads in `text` (the default, as it is not written).

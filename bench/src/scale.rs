@@ -181,21 +181,33 @@ pub fn run(opts: &ScaleOptions, scratch: &Path) -> Result<ScaleReport> {
     })
 }
 
-/// One service of `n` busybox httpd instances over `rootfs`. The stop signal is SIGKILL:
-/// httpd has no SIGTERM handler, and pid 1 of a pid namespace ignores signals it does not
-/// handle, so SIGTERM would only make `down` wait out the grace period.
+/// One service of `n` busybox httpd instances over `rootfs`, with an HTTP health check every
+/// second.
 fn manifest_text(rootfs: &Path, n: usize) -> Result<String> {
+    httpd_manifest(APP, rootfs, n, ", interval = \"1s\"")
+}
+
+/// Application `app` of one service, `web`, of `n` busybox httpd instances over `rootfs`, with
+/// an HTTP health check (`health_more` adds its settings, such as `, interval = "1s"`). The
+/// stop signal is SIGKILL: httpd has no SIGTERM handler, and pid 1 of a pid namespace ignores
+/// signals it does not handle, so SIGTERM would only make `down` wait out the grace period.
+pub(crate) fn httpd_manifest(
+    app: &str,
+    rootfs: &Path,
+    n: usize,
+    health_more: &str,
+) -> Result<String> {
     let image = serde_json::to_string(&format!(
         "dir:{}",
         rootfs.to_str().context("the temp dir path is not UTF-8")?
     ))?;
     Ok(format!(
-        "app = \"{APP}\"\n\n\
+        "app = \"{app}\"\n\n\
          [services.web]\n\
          image = {image}\n\
          command = [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n\
          ports = [{{ port = 8080, protocol = \"http\" }}]\n\
-         health = {{ http = \"/\", interval = \"1s\" }}\n\
+         health = {{ http = \"/\"{health_more} }}\n\
          replicas = {n}\n\
          stop_signal = \"KILL\"\n"
     ))
