@@ -196,8 +196,17 @@ fn up(
     snapshot: &Snapshot,
     limits: &Limits,
 ) -> Result<Decision, Refusal> {
-    // What the manifest's own checks cannot know: this machine's size.
+    // What the manifest's own checks cannot know: this machine's size, this daemon's subnets.
     for (name, service) in &manifest.services {
+        if service.replicas > limits.max_replicas {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!(
+                    "{origin}: services.{name}.replicas: {}",
+                    too_many(service.replicas, limits)
+                ),
+            ));
+        }
         let field = format!("services.{name}.resources");
         if let Some(cpu) = service.resources.cpu.filter(|cpu| *cpu > limits.cores) {
             return Err(Refusal::new(
@@ -306,6 +315,24 @@ fn up(
     })
 }
 
+/// Why a service cannot have `replicas` instances, and how to get more.
+fn too_many(replicas: u32, limits: &Limits) -> String {
+    let more = if limits.max_replicas < LARGEST_SUBNET_INSTANCES {
+        format!(
+            ": a daemon started with --app-prefix 22, while no application runs, holds {LARGEST_SUBNET_INSTANCES}"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "replicas {replicas} is more than the {} instances an application's subnet holds on this daemon{more}",
+        limits.max_replicas
+    )
+}
+
+/// The instances of the largest application subnet a daemon gives (a /22).
+const LARGEST_SUBNET_INSTANCES: u32 = 1007;
+
 #[allow(clippy::too_many_arguments, reason = "the fields of one command")]
 fn scale(
     caller: &Caller,
@@ -323,10 +350,7 @@ fn scale(
         if replicas > limits.max_replicas {
             return Err(Refusal::new(
                 RefusalKind::Invalid,
-                format!(
-                    "replicas {replicas} is more than the {} a service may have",
-                    limits.max_replicas
-                ),
+                too_many(replicas, limits),
             ));
         }
     }

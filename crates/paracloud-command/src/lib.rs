@@ -24,9 +24,6 @@ use std::collections::BTreeMap;
 use paracloud_manifest::{Manifest, MigrateMethod};
 use paracloud_reconcile::InstanceKey;
 
-/// The most instances one service may be scaled to.
-pub const MAX_REPLICAS: u32 = 200;
-
 /// Every change a caller can ask for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -132,7 +129,7 @@ impl Command {
 /// What the machine allows, whoever asks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
-    /// The most instances a service may have.
+    /// The most instances a service may have: as many as its application's subnet holds.
     pub max_replicas: u32,
     /// The machine's cores: the most CPU an instance can use.
     pub cores: f64,

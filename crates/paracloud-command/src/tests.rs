@@ -168,13 +168,40 @@ fn scaling_an_unknown_application_is_refused_alike_whoever_asks() {
 }
 
 #[test]
+fn up_refuses_more_replicas_than_the_application_subnet_holds() {
+    let local = Caller::Local { uid: Some(0) };
+    let source =
+        "app = \"big\"\n[services.web]\nimage = \"host\"\ncommand = [\"web\"]\nreplicas = 201\n";
+    let command = Command::Up {
+        manifest: manifest(source),
+        source: String::new(),
+        origin: "paracloud.toml".into(),
+    };
+    let refused = refusal(&local, &command);
+    assert_eq!(refused.kind, RefusalKind::Invalid);
+    assert_eq!(
+        refused.message,
+        "paracloud.toml: services.web.replicas: replicas 201 is more than the 200 instances an application's subnet holds on this daemon: a daemon started with --app-prefix 22, while no application runs, holds 1007"
+    );
+    let wide = Limits {
+        max_replicas: 1007,
+        ..LIMITS
+    };
+    let refused = decide(&local, &scale("web", 1008), &shop(), &wide).unwrap_err();
+    assert_eq!(
+        refused.message,
+        "replicas 1008 is more than the 1007 instances an application's subnet holds on this daemon"
+    );
+}
+
+#[test]
 fn scaling_past_the_machine_limit_is_refused_alike_whoever_asks() {
     for caller in scalers() {
         let refused = refusal(&caller, &scale("web", 201));
         assert_eq!(refused.kind, RefusalKind::Invalid, "{caller:?}");
         assert_eq!(
             refused.message,
-            "replicas 201 is more than the 200 a service may have"
+            "replicas 201 is more than the 200 instances an application's subnet holds on this daemon: a daemon started with --app-prefix 22, while no application runs, holds 1007"
         );
     }
 }

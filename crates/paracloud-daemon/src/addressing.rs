@@ -54,6 +54,12 @@ impl AddressPlan {
         AppNetwork::new(self.pool, self.app_prefix, index)
     }
 
+    /// How many instances an application's subnet holds.
+    pub fn instance_slots(&self) -> u32 {
+        let prefix = self.pool.prefix_len().max(self.app_prefix);
+        (1u32 << (32 - prefix)).saturating_sub(FIRST_INSTANCE_HOST + 1)
+    }
+
     /// How the state root remembers the plan: `POOL /PREFIX`.
     pub fn key(&self) -> String {
         format!("{} /{}", self.pool, self.app_prefix)
@@ -238,6 +244,10 @@ mod tests {
             "10.213.15.254/22"
         );
         assert!(net.instance_address(1007).is_err());
+        assert_eq!(plan.instance_slots(), 1007);
+        let default = AddressPlan::with_default_size("10.213.0.0/16".parse().unwrap());
+        assert_eq!(default.instance_slots(), 239);
+        assert!(default.network(0).unwrap().instance_address(238).is_ok());
         assert!(plan.network(63).is_ok());
         assert!(plan.network(64).is_err(), "a /16 holds 64 /22s");
         assert_eq!(plan.key(), "10.213.0.0/16 /22");

@@ -2,9 +2,7 @@
 //! against the state and written in the transaction that read it; then the loop is woken.
 
 use axum::http::StatusCode;
-use paracloud_command::{
-    decide, Caller, Command, Decision, Limits, Refusal, RefusalKind, MAX_REPLICAS,
-};
+use paracloud_command::{decide, Caller, Command, Decision, Limits, Refusal, RefusalKind};
 
 use crate::clock::now_ms;
 use crate::driver::Driver;
@@ -55,7 +53,7 @@ impl<D: Driver> Engine<D> {
     /// What this machine allows, whoever asks.
     pub fn limits(&self) -> Limits {
         Limits {
-            max_replicas: MAX_REPLICAS,
+            max_replicas: self.config.addresses.instance_slots(),
             cores: machine_cores(),
             memory: machine_memory(),
         }
