@@ -28,7 +28,8 @@ impl FileSystem for AnyFs {
 const SHOP: &str = include_str!("../seeds/full.toml");
 
 const LIMITS: Limits = Limits {
-    max_replicas: paracloud_command::MAX_REPLICAS,
+    // As many instances as an application's subnet holds on the daemon's default /24.
+    max_replicas: 239,
     cores: 4.0,
     memory: 8 << 30,
 };
