@@ -30,6 +30,7 @@ const SHOP: &str = include_str!("../seeds/full.toml");
 const LIMITS: Limits = Limits {
     // As many instances as an application's subnet holds on the daemon's default /24.
     max_replicas: 239,
+    wider_subnet: Some((22, 1007)),
     cores: 4.0,
     memory: 8 << 30,
 };

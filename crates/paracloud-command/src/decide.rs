@@ -317,21 +317,17 @@ fn up(
 
 /// Why a service cannot have `replicas` instances, and how to get more.
 fn too_many(replicas: u32, limits: &Limits) -> String {
-    let more = if limits.max_replicas < LARGEST_SUBNET_INSTANCES {
-        format!(
-            ": a daemon started with --app-prefix 22, while no application runs, holds {LARGEST_SUBNET_INSTANCES}"
-        )
-    } else {
-        String::new()
+    let more = match limits.wider_subnet {
+        Some((prefix, instances)) => format!(
+            ": a daemon started with --app-prefix {prefix}, while no application runs, holds {instances}"
+        ),
+        None => String::new(),
     };
     format!(
         "replicas {replicas} is more than the {} instances an application's subnet holds on this daemon{more}",
         limits.max_replicas
     )
 }
-
-/// The instances of the largest application subnet a daemon gives (a /22).
-const LARGEST_SUBNET_INSTANCES: u32 = 1007;
 
 #[allow(clippy::too_many_arguments, reason = "the fields of one command")]
 fn scale(

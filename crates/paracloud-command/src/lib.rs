@@ -131,6 +131,9 @@ impl Command {
 pub struct Limits {
     /// The most instances a service may have: as many as its application's subnet holds.
     pub max_replicas: u32,
+    /// A larger subnet per application the daemon could be started with, as its prefix length
+    /// and the instances it holds, when there is one: what a refusal of more replicas suggests.
+    pub wider_subnet: Option<(u8, u32)>,
     /// The machine's cores: the most CPU an instance can use.
     pub cores: f64,
     /// The machine's memory in bytes: the most an instance can be given.

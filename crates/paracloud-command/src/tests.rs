@@ -47,6 +47,7 @@ weight = 10
 
 const LIMITS: Limits = Limits {
     max_replicas: 200,
+    wider_subnet: Some((22, 1007)),
     cores: 4.0,
     memory: 8 << 30,
 };
@@ -185,6 +186,7 @@ fn up_refuses_more_replicas_than_the_application_subnet_holds() {
     );
     let wide = Limits {
         max_replicas: 1007,
+        wider_subnet: None,
         ..LIMITS
     };
     let refused = decide(&local, &scale("web", 1008), &shop(), &wide).unwrap_err();

@@ -60,6 +60,17 @@ impl AddressPlan {
         (1u32 << (32 - prefix)).saturating_sub(FIRST_INSTANCE_HOST + 1)
     }
 
+    /// The largest subnet per application a daemon with this pool could give instead, as its
+    /// prefix length and the instances it holds, when it holds more than this plan's.
+    pub fn wider(&self) -> Option<(u8, u32)> {
+        let largest = Self {
+            pool: self.pool,
+            app_prefix: LARGEST_APP_PREFIX,
+        };
+        let instances = largest.instance_slots();
+        (instances > self.instance_slots()).then_some((LARGEST_APP_PREFIX, instances))
+    }
+
     /// How the state root remembers the plan: `POOL /PREFIX`.
     pub fn key(&self) -> String {
         format!("{} /{}", self.pool, self.app_prefix)
@@ -247,6 +258,8 @@ mod tests {
         assert_eq!(plan.instance_slots(), 1007);
         let default = AddressPlan::with_default_size("10.213.0.0/16".parse().unwrap());
         assert_eq!(default.instance_slots(), 239);
+        assert_eq!(default.wider(), Some((22, 1007)));
+        assert_eq!(plan.wider(), None);
         assert!(default.network(0).unwrap().instance_address(238).is_ok());
         assert!(plan.network(63).is_ok());
         assert!(plan.network(64).is_err(), "a /16 holds 64 /22s");

@@ -369,6 +369,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_replicas: 200,
+        wider_subnet: None,
         cores: 4.0,
         memory: 8 << 30,
     };

@@ -54,6 +54,7 @@ impl<D: Driver> Engine<D> {
     pub fn limits(&self) -> Limits {
         Limits {
             max_replicas: self.config.addresses.instance_slots(),
+            wider_subnet: self.config.addresses.wider(),
             cores: machine_cores(),
             memory: machine_memory(),
         }
