@@ -336,6 +336,10 @@ struct StartArgs {
     /// `run_hidden_command_if_requested` first, as the paracloud binary does)
     #[arg(long, value_name = "FILE")]
     helper: Option<PathBuf>,
+    /// Paracloud's runs also note when each step of a start ends, for a table of where the
+    /// time goes (a file write more per start)
+    #[arg(long)]
+    steps: bool,
 }
 
 #[derive(Debug, Args)]
@@ -964,6 +968,7 @@ fn run(cli: Cli) -> Result<()> {
             subnet: args.subnet,
             limit: Duration::from_secs(args.limit),
             helper: args.helper,
+            steps: args.steps,
         };
         report.start = Some(start::run(&opts, scratch.path())?);
     }

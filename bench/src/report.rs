@@ -58,6 +58,28 @@ fn median_of(start: &StartReport, c: Contender) -> Option<f64> {
         .and_then(|r| r.http.map(|s| s.median_ms))
 }
 
+/// Where a Paracloud start's time goes: each step's median, on its side.
+fn steps_table(out: &mut String, steps: &[crate::start::StepRow]) {
+    let _ = writeln!(
+        out,
+        "Paracloud's start step by step (medians; each step counts from the step before it on \
+         the same side, sandbox-init's first from the clone):\n\n\
+         | side | step | µs | ends at µs |\n|---|---|---:|---:|"
+    );
+    for step in steps {
+        let side = match step.side {
+            paracloud_runtime::start_steps::StartSide::Daemon => "daemon",
+            paracloud_runtime::start_steps::StartSide::SandboxInit => "sandbox-init",
+        };
+        let _ = writeln!(
+            out,
+            "| {side} | {} | {:.0} | {:.0} |",
+            step.name, step.median_us, step.ends_at_us
+        );
+    }
+    let _ = writeln!(out);
+}
+
 fn start_section(out: &mut String, start: &StartReport) {
     let _ = writeln!(
         out,
@@ -89,6 +111,13 @@ fn start_section(out: &mut String, start: &StartReport) {
             ms(spawned.median_ms),
             ms(spawned.p90_ms)
         );
+    }
+    if let Some(row) = start
+        .rows
+        .iter()
+        .find(|r| r.contender == Contender::Paracloud && !r.steps.is_empty())
+    {
+        steps_table(out, &row.steps);
     }
     for (peer, goal, words) in [
         (Contender::Crun, GOAL_VS_CRUN, "at or below"),

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use paracloud_runtime::start_steps::{StartSide, StartSteps};
 use paracloud_runtime::{
     InstanceConfig, Limits, NetworkAttachment, NetworkConfig, Rootfs, Runtime, RuntimeConfig,
 };
@@ -61,6 +62,9 @@ pub struct StartOptions {
     pub limit: Duration,
     /// The binary the runtime re-executes as sandbox-init (None: this bench binary).
     pub helper: Option<PathBuf>,
+    /// Paracloud's runs also note when each step of the start ended (daemon side and
+    /// sandbox-init), for the per-step table.
+    pub steps: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +85,8 @@ pub struct Row {
     pub connect: Option<Summary>,
     /// Paracloud only: create → `Runtime::spawn` returned (the command was exec'd).
     pub spawned: Option<Summary>,
+    /// Paracloud with `--steps` only: each step of a start, medians over the measured runs.
+    pub steps: Vec<StepRow>,
     pub http_ms: Vec<f64>,
     pub failures: usize,
     /// The first few distinct errors, verbatim.
@@ -94,6 +100,7 @@ impl Row {
             http: None,
             connect: None,
             spawned: None,
+            steps: vec![],
             http_ms: vec![],
             failures: 0,
             errors: vec![],
@@ -101,11 +108,93 @@ impl Row {
     }
 }
 
+/// One step of a Paracloud start, over the measured runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    pub side: StartSide,
+    pub name: String,
+    /// Median time since the step before it on the same side.
+    pub median_us: f64,
+    /// Median time from the start of the spawn to the end of this step.
+    pub ends_at_us: f64,
+}
+
 /// One measured run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sample {
     ready: Ready,
     spawned_us: Option<u64>,
+    steps: Option<StartSteps>,
+}
+
+/// The steps of every run, in the order of the first run's; a step missing from some runs gets
+/// the median of the runs that have it. The client's own two steps close the table: the first
+/// accepted connection and the first HTTP answer, counted from the exec.
+fn step_rows(samples: &[Sample]) -> Vec<StepRow> {
+    let mut order: Vec<(StartSide, String)> = Vec::new();
+    let mut durations: BTreeMap<(StartSide, String), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for sample in samples {
+        let Some(steps) = &sample.steps else { continue };
+        let begin = steps.steps.first().map(|s| s.at_ns).unwrap_or(0);
+        for ((side, name, us), step) in steps.durations_us().into_iter().zip(&steps.steps) {
+            let key = (side, name.to_string());
+            if !durations.contains_key(&key) {
+                order.push(key.clone());
+            }
+            let (took, ends) = durations.entry(key).or_default();
+            took.push(us);
+            ends.push(step.at_ns.saturating_sub(begin) as f64 / 1000.0);
+        }
+    }
+    let mut rows: Vec<StepRow> = order
+        .into_iter()
+        .map(|key| {
+            let (took, ends) = &durations[&key];
+            StepRow {
+                side: key.0,
+                name: key.1,
+                median_us: median(took),
+                ends_at_us: median(ends),
+            }
+        })
+        .collect();
+    let with_steps: Vec<&Sample> = samples.iter().filter(|s| s.steps.is_some()).collect();
+    if !with_steps.is_empty() {
+        let since_spawn = |us: fn(&Sample) -> u64| {
+            let from_exec: Vec<f64> = with_steps
+                .iter()
+                .map(|s| us(s).saturating_sub(s.spawned_us.unwrap_or(0)) as f64)
+                .collect();
+            let ends: Vec<f64> = with_steps.iter().map(|s| us(s) as f64).collect();
+            (median(&from_exec), median(&ends))
+        };
+        let (accept, accept_end) = since_spawn(|s| s.ready.connect_us);
+        let (answer, answer_end) = since_spawn(|s| s.ready.http_us);
+        // The client's clock starts a little before the spawn's first step; close enough for
+        // steps of tens of microseconds and more.
+        rows.push(StepRow {
+            side: StartSide::Daemon,
+            name: "client: first TCP connection accepted (after the exec)".into(),
+            median_us: accept,
+            ends_at_us: accept_end,
+        });
+        rows.push(StepRow {
+            side: StartSide::Daemon,
+            name: "client: first HTTP answer (after the exec)".into(),
+            median_us: answer,
+            ends_at_us: answer_end,
+        });
+    }
+    rows
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n => sorted[n / 2],
+    }
 }
 
 pub fn run(opts: &StartOptions, scratch: &Path) -> Result<StartReport> {
@@ -218,7 +307,7 @@ pub fn run(opts: &StartOptions, scratch: &Path) -> Result<StartReport> {
             }
             let result = match c {
                 Contender::Paracloud => match paracloud.as_mut() {
-                    Some(p) => p.run_once(round, opts.limit),
+                    Some(p) => p.run_once(round, opts.limit, opts.steps),
                     None => continue,
                 },
                 Contender::Crun | Contender::Runc => {
@@ -237,6 +326,7 @@ pub fn run(opts: &StartOptions, scratch: &Path) -> Result<StartReport> {
                         .map(|ready| Sample {
                             ready,
                             spawned_us: None,
+                            steps: None,
                         })
                 }
                 Contender::Unshare => ports.next().and_then(|port| {
@@ -276,6 +366,7 @@ pub fn run(opts: &StartOptions, scratch: &Path) -> Result<StartReport> {
                     .filter_map(|x| x.spawned_us.map(ms))
                     .collect::<Vec<_>>(),
             );
+            row.steps = step_rows(s);
             row
         })
         .collect();
@@ -400,6 +491,7 @@ fn run_unshare(rootfs: &Path, logs: &Path, port: u16, limit: Duration) -> Result
     Ok(Sample {
         ready,
         spawned_us: None,
+        steps: None,
     })
 }
 
@@ -475,7 +567,7 @@ impl ParacloudRunner {
         Ok(runner)
     }
 
-    fn run_once(&mut self, round: usize, limit: Duration) -> Result<Sample> {
+    fn run_once(&mut self, round: usize, limit: Duration, steps: bool) -> Result<Sample> {
         let id = format!("bench-{round}");
         let dir = self.dir.join(&id);
         let ip = host_at(
@@ -518,7 +610,17 @@ impl ParacloudRunner {
 
         let start = Instant::now();
         fs::create_dir_all(&dir)?;
-        let process = match self.tokio.block_on(self.runtime.spawn(&cfg)) {
+        let spawned = match steps {
+            true => self
+                .tokio
+                .block_on(self.runtime.spawn_with_steps(&cfg))
+                .map(|(p, steps)| (p, Some(steps))),
+            false => self
+                .tokio
+                .block_on(self.runtime.spawn(&cfg))
+                .map(|p| (p, None)),
+        };
+        let (process, steps) = match spawned {
             Ok(p) => p,
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);
@@ -536,6 +638,7 @@ impl ParacloudRunner {
         Ok(Sample {
             ready,
             spawned_us: Some(spawned_us),
+            steps,
         })
     }
 

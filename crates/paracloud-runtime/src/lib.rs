@@ -10,7 +10,8 @@
 //!
 //! - `spawn`: daemon side of a start (clone3, pipes, veth, handshake); `sandbox_init`: child side;
 //!   `protocol`: the typed messages between them (a restore's plan included); `paths`: where an
-//!   instance's own files lie in its instance directory.
+//!   instance's own files lie in its instance directory; `start_steps`: when each step of a start
+//!   ended, on both sides, when asked ([`Runtime::spawn_with_steps`], for benchmarks).
 //! - `cgroups`: [`CgroupManager`] with v1 (hybrid included) and v2 implementations over a root
 //!   path; `procfs`: pids, pidfds, adoption, waiting; `nsexec`: [`Runtime::exec`].
 //! - `network` (bridges, async rtnetlink) and `netlink` (blocking requests with rtnetlink's
@@ -68,6 +69,7 @@ mod protocol;
 mod sandbox_init;
 mod seccomp;
 mod spawn;
+pub mod start_steps;
 mod sys;
 mod userns;
 pub mod volume;
@@ -526,7 +528,17 @@ impl Runtime {
     }
     /// Starts an instance; returns once its command has been exec'd (or fails with the reason).
     pub async fn spawn(&self, cfg: &InstanceConfig) -> Result<Process> {
-        spawn::spawn(&self.config, self.cgroups.as_ref(), cfg).await
+        let mut steps = start_steps::DaemonSteps::new(false);
+        spawn::spawn(&self.config, self.cgroups.as_ref(), cfg, &mut steps).await
+    }
+    /// [`Runtime::spawn`], noting when each step of the start ended, on both sides.
+    pub async fn spawn_with_steps(
+        &self,
+        cfg: &InstanceConfig,
+    ) -> Result<(Process, start_steps::StartSteps)> {
+        let mut steps = start_steps::DaemonSteps::new(true);
+        let process = spawn::spawn(&self.config, self.cgroups.as_ref(), cfg, &mut steps).await?;
+        Ok((process, steps.finish(&cfg.dir)))
     }
     /// Checkpoints the running instance `process` (started with `cfg`) into the directory
     /// `images` with the CRIU binary `criu`; its processes are left stopped: kill them once

@@ -21,6 +21,10 @@ pub(crate) enum ToInit {
         join_cgroups: Vec<PathBuf>,
         /// Instead of the command, restore a checkpoint into the new namespaces.
         restore: Option<RestorePlan>,
+        /// Note the end of each step and write the notes to the instance directory before the
+        /// exec (see [`crate::start_steps`]).
+        #[serde(default)]
+        record_steps: bool,
     },
     Go,
 }

@@ -22,7 +22,7 @@ use crate::mounts::{bind, make_mount_point, make_mount_point_kind, mount_fs, und
 use crate::netlink::{self, Netlink, INSTANCE_IFACE};
 use crate::paths::{etc_file_path, instance_dirs};
 use crate::protocol::{read_message, RestorePlan, ToInit};
-use crate::{sys, userns, EtcFile, InstanceConfig, Rootfs};
+use crate::{start_steps, sys, userns, EtcFile, InstanceConfig, Rootfs};
 
 pub(crate) const COMMAND: &str = "__sandbox-init";
 
@@ -70,6 +70,7 @@ pub(crate) fn render_hosts(cfg: &InstanceConfig) -> String {
 
 /// Entry point: argv is [fd of the config pipe, fd of the error pipe].
 pub(crate) fn main(args: Vec<OsString>) -> ! {
+    let started_ns = start_steps::now_ns();
     let fds: Vec<RawFd> = args
         .iter()
         .filter_map(|a| a.to_str().and_then(|s| s.parse().ok()))
@@ -89,7 +90,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     std::panic::set_hook(Box::new(|info| {
         report(&format!("sandbox-init panicked: {info}"))
     }));
-    let message = match run(config) {
+    let message = match run(config, started_ns) {
         Ok(never) => match never {},
         Err(message) => message,
     };
@@ -103,7 +104,7 @@ fn report(message: &str) {
     }
 }
 
-fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
+fn run(config: OwnedFd, started_ns: u64) -> InitResult<std::convert::Infallible> {
     // Every inherited fd, the two pipes included, closes at exec: the error pipe's EOF is the
     // daemon's sign that the command runs.
     sys::close_range_cloexec(3)
@@ -114,10 +115,17 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
             config,
             join_cgroups,
             restore,
-        }) => (*config, join_cgroups, restore),
+            record_steps,
+        }) => {
+            if record_steps {
+                record_steps_in(&config.dir, started_ns)?;
+            }
+            (*config, join_cgroups, restore)
+        }
         Ok(other) => return Err(format!("expected the instance config, got {other:?}")),
         Err(e) => return Err(format!("cannot read the instance config: {e}")),
     };
+    start_steps::init_mark("config read");
     // Opened while the host's paths are in reach; handed over once the user is known.
     let owned = open_owned(&cfg)?;
     let userns = match (&cfg.userns, &restore) {
@@ -127,6 +135,9 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
         }
         (Some(range), None) => Some(userns::create(range)?),
     };
+    if userns.is_some() {
+        start_steps::init_mark("user namespace");
+    }
     let (root, sysctl_dir) = match &restore {
         None => build_rootfs(&cfg, userns.as_ref())?,
         // CRIU mounts the rest from the checkpoint.
@@ -139,9 +150,11 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
         Ok(other) => return Err(format!("expected go, got {other:?}")),
         Err(e) => return Err(format!("the daemon went away before go: {e}")),
     }
+    start_steps::init_mark("go received");
     for file in join_cgroups {
         fs::write(&file, "0").map_err(|e| format!("cannot join cgroup {}: {e}", file.display()))?;
     }
+    start_steps::init_mark("v1 cgroups joined");
     if let Some(plan) = restore {
         // The restored processes keep their ids; the user is looked up in the same root.
         let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
@@ -170,8 +183,11 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
         .map_err(|e| format!("cannot open log file {}: {e}", cfg.log_path.display()))?;
     nix::unistd::sethostname(&cfg.hostname)
         .map_err(|e| format!("cannot set hostname {:?}: {e}", cfg.hostname))?;
+    start_steps::init_mark("/etc files bound, log opened, hostname");
     pivot_into(&root)?;
+    start_steps::init_mark("pivot_root");
     configure_network(&cfg, sysctl_dir.as_ref())?;
+    start_steps::init_mark("network (lo, eth0, routes, neighbours)");
     if let Some(dir) = &sysctl_dir {
         crate::limits::set_sysctls(dir, &cfg.sandbox.sysctls)?;
     }
@@ -209,14 +225,33 @@ fn run(config: OwnedFd) -> InitResult<std::convert::Infallible> {
     identity::switch_identity(&user, &kept)?;
     std::env::set_current_dir(&working_dir)
         .map_err(|e| format!("cannot enter working directory {working_dir}: {e}"))?;
+    start_steps::init_mark("user, session, stdio, limits, identity");
     if cfg.sandbox.init {
+        start_steps::init_write();
         return crate::init::fork_command(
             || crate::seccomp::apply_default(&kept),
             || identity::exec(&cfg.argv, &env),
         );
     }
     crate::seccomp::apply_default(&kept)?;
+    start_steps::init_mark("seccomp filter");
+    start_steps::init_write();
     Err(identity::exec(&cfg.argv, &env))
+}
+
+/// Notes the steps of this start from now on, into the instance directory's steps file.
+fn record_steps_in(instance_dir: &Path, started_ns: u64) -> InitResult<()> {
+    let path = start_steps::file(instance_dir);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| format!("cannot open {} for the start's steps: {e}", path.display()))?;
+    start_steps::init_record(file, started_ns);
+    Ok(())
 }
 
 /// Writes the generated /etc files into the instance directory (done by the daemon).
@@ -258,6 +293,7 @@ fn build_rootfs(
     userns: Option<&OwnedFd>,
 ) -> InitResult<(PathBuf, Option<File>)> {
     let (root, host_dirs) = mount_root(cfg, userns)?;
+    start_steps::init_mark("private mounts, scratch tmpfs, overlay root");
     let rootfs = root.as_path();
     // Bind mounts of an instance with a user namespace are idmapped mounts of it; a host path
     // on a filesystem that cannot be idmapped is bound as it is (its files show as nobody's).
@@ -277,6 +313,7 @@ fn build_rootfs(
     for dir in ["proc", "dev", "sys", "tmp", "etc"] {
         make_mount_point_kind(&rootfs.join(dir), true)?;
     }
+    start_steps::init_mark("host directories, mount points");
     let proc = rootfs.join("proc");
     mount_fs(
         "proc",
@@ -297,7 +334,9 @@ fn build_rootfs(
         ),
     };
     protect_proc(&proc)?;
+    start_steps::init_mark("/proc and its masks");
     mount_dev(&rootfs.join("dev"), DeviceFiles::Bind)?;
+    start_steps::init_mark("/dev");
     if let Some(size) = cfg.sandbox.shm_size {
         let shm = rootfs.join("dev/shm");
         mount(
@@ -321,6 +360,7 @@ fn build_rootfs(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     )?;
+    start_steps::init_mark("/sys and /tmp");
     // After /tmp and the others, so that paths below them are not hidden.
     if let Rootfs::Host { extra_paths } = &cfg.rootfs {
         for path in extra_paths {
@@ -359,6 +399,7 @@ fn build_rootfs(
             Some(&data),
         )?;
     }
+    start_steps::init_mark("the service's mounts");
     Ok((root, sysctl_dir))
 }
 

@@ -21,6 +21,7 @@ use crate::criu::{self, Checkpoint};
 use crate::netlink::{self, Netlink};
 use crate::network::{check_ifname, instance_mac, veth_host_name};
 use crate::protocol::{write_message, RestorePlan, ToInit};
+use crate::start_steps::{self, DaemonSteps};
 use crate::{
     disk, identity, paths, procfs, sandbox_init, sys, Error, InstanceConfig, Process, Result,
     RuntimeConfig,
@@ -46,8 +47,10 @@ pub(crate) async fn spawn(
     config: &RuntimeConfig,
     cgroups: &dyn CgroupManager,
     cfg: &InstanceConfig,
+    steps: &mut DaemonSteps,
 ) -> Result<Process> {
     validate(cfg)?;
+    steps.mark("config checked");
     let mut guard = Guard {
         cgroups,
         scope: &config.cgroup_parent,
@@ -61,11 +64,24 @@ pub(crate) async fn spawn(
             .await
             .map_err(|e| sandbox_error(cfg, format!("making the writable layer: {e}")))?
             .map_err(|e| sandbox_error(cfg, e))?;
+        steps.mark("writable layer of its own size");
     }
-    prepare_volumes(cfg).await?;
+    if cfg.mounts.iter().any(|m| m.size.is_some()) {
+        prepare_volumes(cfg).await?;
+        steps.mark("sized volumes");
+    }
     cgroups.create(&cfg.id, &cfg.limits)?;
-    let (pid, start_time) =
-        launch(config, cgroups, cfg, &mut guard, INSTANCE_NAMESPACES, None).await?;
+    steps.mark("cgroups created");
+    let (pid, start_time) = launch(
+        config,
+        cgroups,
+        cfg,
+        &mut guard,
+        INSTANCE_NAMESPACES,
+        None,
+        steps,
+    )
+    .await?;
     let pidfd = guard.child.take().expect("the child was stored by launch");
     guard.armed = false;
     Ok(Process {
@@ -146,6 +162,7 @@ pub(crate) async fn restore(
         &mut guard,
         RESTORE_NAMESPACES,
         Some(plan),
+        &mut DaemonSteps::new(false),
     )
     .await?;
     // sandbox-init exec'd criu: its exit says whether the restore worked.
@@ -217,10 +234,20 @@ async fn launch(
     guard: &mut Guard<'_>,
     namespaces: libc::c_int,
     restore: Option<RestorePlan>,
+    steps: &mut DaemonSteps,
 ) -> Result<(i32, u64)> {
     let (pid, pidfd, to_init, from_init) = clone_sandbox_init(config, cgroups, cfg, namespaces)?;
+    steps.mark(start_steps::CLONED);
     guard.child = Some(pidfd);
-    let setup = prepare_child(&config.cgroup_parent, cgroups, cfg, pid, to_init, restore);
+    let setup = prepare_child(
+        &config.cgroup_parent,
+        cgroups,
+        cfg,
+        pid,
+        to_init,
+        restore,
+        steps,
+    );
     let start_time = match setup {
         Ok(start_time) => start_time,
         Err(e) => {
@@ -252,6 +279,7 @@ async fn launch(
     if !report.is_empty() {
         return Err(sandbox_error(cfg, report));
     }
+    steps.mark("exec seen (the error pipe closed)");
     Ok((pid, start_time))
 }
 
@@ -409,10 +437,12 @@ fn prepare_child(
     pid: i32,
     mut to_init: File,
     restore: Option<RestorePlan>,
+    steps: &mut DaemonSteps,
 ) -> Result<u64> {
     let start_time = procfs::read_stat(pid)
         .map_err(|e| Error::sys(format!("reading /proc/{pid}/stat"), e))?
         .start_time;
+    steps.mark("start time read");
     let send = |to_init: &mut File, message: &ToInit| {
         write_message(to_init, message)
             .map_err(|e| Error::sys(format!("sending {} to sandbox-init", cfg.id), e))
@@ -423,12 +453,15 @@ fn prepare_child(
                 .map_err(|e| Error::sys(format!("creating {}", dir.display()), e))?;
         }
     }
+    steps.mark("instance directories");
     let config = ToInit::Config {
         config: Box::new(cfg.clone()),
         join_cgroups: cgroups.join_files(&cfg.id),
         restore,
+        record_steps: steps.recording(),
     };
     send(&mut to_init, &config)?;
+    steps.mark("config sent");
     sandbox_init::write_etc_files(cfg)
         .map_err(|e| Error::sys(format!("writing the /etc files of {}", cfg.id), e))?;
     std::fs::OpenOptions::new()
@@ -437,13 +470,17 @@ fn prepare_child(
         .mode(0o640)
         .open(&cfg.log_path)
         .map_err(|e| Error::sys(format!("creating log file {}", cfg.log_path.display()), e))?;
+    steps.mark("/etc files and log file");
     if let Some(net) = &cfg.network {
         if !net.segments.is_empty() {
             crate::firewall::admit(&net.bridge, net.address.addr(), &net.segments)?;
+            steps.mark("firewall admits its segments");
         }
         attach_veth(scope, &cfg.id, &net.bridge, net.address.addr(), pid)?;
+        steps.mark("veth and neighbour entry");
     }
     send(&mut to_init, &ToInit::Go)?;
+    steps.mark("go sent");
     Ok(start_time)
 }
 

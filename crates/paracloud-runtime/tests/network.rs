@@ -151,3 +151,66 @@ async fn instances_reach_only_the_endpoints_the_host_serves_them() {
     assert!(log.contains("gateway unreachable"), "{log}");
     f.runtime.cleanup(&client.id).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_noted_step_by_step_has_both_sides_in_the_order_they_ran() {
+    if !is_root() {
+        return;
+    }
+    use paracloud_runtime::start_steps::StartSide;
+    let f = Fixture::with_network(14).await;
+    let mut cfg = f.instance("steps", &["/bin/sh", "-c", "echo ran"]);
+    f.attach(&mut cfg, 2);
+    let (process, steps) = f.runtime.spawn_with_steps(&cfg).await.expect("spawn");
+    let exit = f.wait(&cfg, &process).await;
+    assert_eq!(exit.code, Some(0), "log: {}", f.log(&cfg));
+    let names = |side| -> Vec<&str> {
+        steps
+            .steps
+            .iter()
+            .filter(|s| s.side == side)
+            .map(|s| s.name.as_str())
+            .collect()
+    };
+    let daemon = names(StartSide::Daemon);
+    let init = names(StartSide::SandboxInit);
+    assert_eq!(daemon.first(), Some(&"begin"), "{daemon:?}");
+    assert_eq!(
+        daemon.last(),
+        Some(&"exec seen (the error pipe closed)"),
+        "{daemon:?}"
+    );
+    assert!(daemon.contains(&"veth and neighbour entry"), "{daemon:?}");
+    assert_eq!(init.first(), Some(&"sandbox-init runs"), "{init:?}");
+    assert_eq!(init.last(), Some(&"seccomp filter"), "{init:?}");
+    assert!(
+        init.contains(&"network (lo, eth0, routes, neighbours)"),
+        "{init:?}"
+    );
+    // One clock for both sides: sandbox-init runs after the clone and ends before the exec is
+    // seen; the steps come sorted.
+    let at = |side, name: &str| {
+        steps
+            .steps
+            .iter()
+            .find(|s| s.side == side && s.name == name)
+            .unwrap()
+            .at_ns
+    };
+    assert!(at(StartSide::SandboxInit, "sandbox-init runs") > at(StartSide::Daemon, "begin"));
+    assert!(
+        at(StartSide::SandboxInit, "seccomp filter")
+            < at(StartSide::Daemon, "exec seen (the error pipe closed)")
+    );
+    assert!(steps.steps.windows(2).all(|w| w[0].at_ns <= w[1].at_ns));
+    assert!(steps.durations_us().iter().all(|(_, _, us)| *us >= 0.0));
+    // The notes file is gone; a plain spawn notes nothing.
+    assert!(!cfg.dir.join("start-steps.json").exists());
+    f.runtime.cleanup(&cfg.id).unwrap();
+    let mut plain = f.instance("plain", &["/bin/true"]);
+    f.attach(&mut plain, 3);
+    let process = f.runtime.spawn(&plain).await.expect("spawn");
+    f.wait(&plain, &process).await;
+    assert!(!plain.dir.join("start-steps.json").exists());
+    f.runtime.cleanup(&plain.id).unwrap();
+}
