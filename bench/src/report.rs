@@ -263,11 +263,18 @@ fn scale_section(out: &mut String, s: &ScaleReport) {
             format!("{} / {n}", s.instance_children_of_daemon),
         ),
         (
-            "other children of the daemon (besides the data plane)".into(),
+            "other children of the daemon (besides the data plane and its spawner)".into(),
             none_or(&s.other_daemon_children),
         ),
         (
-            "children of the daemon left after `down` (besides the data plane)".into(),
+            "the daemon's spawner (clones every instance; one per daemon): VmRSS".into(),
+            s.spawner
+                .map(|(_, kib)| format!("{kib} KiB"))
+                .unwrap_or_else(|| "none found".into()),
+        ),
+        (
+            "children of the daemon left after `down` (besides the data plane and its spawner)"
+                .into(),
             none_or(&s.leftover_after_down),
         ),
         (

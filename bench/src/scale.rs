@@ -51,10 +51,15 @@ pub struct ScaleReport {
     /// Processes inside the instances' cgroups, and children of the daemon that are instances.
     pub processes_in_instance_cgroups: usize,
     pub instance_children_of_daemon: usize,
-    /// Children of the daemon other than the data plane and the instances (the goal: none).
+    /// Children of the daemon other than the data plane, its spawner and the instances (the
+    /// goal: none).
     pub other_daemon_children: Vec<String>,
-    /// Children of the daemon other than the data plane after `down` (the goal: none).
+    /// Children of the daemon other than the data plane and its spawner after `down` (the goal:
+    /// none).
     pub leftover_after_down: Vec<String>,
+    /// The daemon's spawner, the process that clones its instances: pid and VmRSS with N
+    /// instances (a fixed cost, not one per instance).
+    pub spawner: Option<(i32, u64)>,
     /// Data-plane pids seen during the run, oldest first (more than one: the daemon replaced it).
     pub dataplane_pids: Vec<i32>,
 }
@@ -141,9 +146,13 @@ pub fn run(opts: &ScaleOptions, scratch: &Path) -> Result<ScaleReport> {
         .iter()
         .filter(|p| instance_pids.contains(p))
         .count();
+    let spawner = children
+        .iter()
+        .find(|&&p| is_spawner(p))
+        .and_then(|&p| Some((p, host::vm_rss_kib(p)?)));
     let other_daemon_children: Vec<String> = children
         .iter()
-        .filter(|&&p| p != platform.dataplane_pid && !instance_pids.contains(&p))
+        .filter(|&&p| p != platform.dataplane_pid && !instance_pids.contains(&p) && !is_spawner(p))
         .map(|&p| describe(p))
         .collect();
     if ps.iter().any(|i| i.pid.is_none()) {
@@ -157,7 +166,9 @@ pub fn run(opts: &ScaleOptions, scratch: &Path) -> Result<ScaleReport> {
     platform.up = false;
     let leftover_after_down: Vec<String> = host::processes()
         .iter()
-        .filter(|(pid, ppid)| *ppid == platform.daemon_pid && *pid != platform.dataplane_pid)
+        .filter(|(pid, ppid)| {
+            *ppid == platform.daemon_pid && *pid != platform.dataplane_pid && !is_spawner(*pid)
+        })
         .map(|(pid, _)| describe(*pid))
         .collect();
 
@@ -177,6 +188,7 @@ pub fn run(opts: &ScaleOptions, scratch: &Path) -> Result<ScaleReport> {
         instance_children_of_daemon,
         other_daemon_children,
         leftover_after_down,
+        spawner,
         dataplane_pids: platform.dataplane_pids.clone(),
     })
 }
@@ -280,6 +292,12 @@ fn instance_cgroup_pids(parent: &str) -> BTreeSet<i32> {
         })
         .max_by_key(BTreeSet::len)
         .unwrap_or_default()
+}
+
+/// Whether `pid` runs the runtime's hidden `__spawner` command.
+fn is_spawner(pid: i32) -> bool {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline.split(|b| *b == 0).nth(1) == Some(b"__spawner".as_slice())
 }
 
 fn describe(pid: i32) -> String {

@@ -174,6 +174,31 @@ fn an_instance_killed_from_outside_is_restarted() {
     assert!(page(&p).contains("kv: ok"));
 }
 
+/// The children of `daemon` that run the hidden `__spawner` command.
+fn spawners_of(daemon: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some(after) = stat.rfind(')').map(|at| &stat[at + 2..]) else {
+            continue;
+        };
+        let parent = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let second = cmdline.split(|b| *b == 0).nth(1).unwrap_or_default();
+        if parent == Some(daemon) && second == b"__spawner" {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 #[test]
 fn a_daemon_killed_with_sigkill_readopts_its_instances_and_the_shop_keeps_answering() {
     let p = Platform::new();
@@ -182,8 +207,16 @@ fn a_daemon_killed_with_sigkill_readopts_its_instances_and_the_shop_keeps_answer
     p.ok(&["up", "-f", manifest]);
     let before = pids(&p.ps("shop"));
     let daemon = p.daemon_pid().unwrap();
+    let spawners = spawners_of(daemon);
+    assert_eq!(spawners.len(), 1, "the daemon's spawner: {spawners:?}");
     kill9(daemon);
     while alive(daemon) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The spawner ends when its daemon's end of their socket closes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(spawners[0]) {
+        assert!(Instant::now() < deadline, "the spawner outlived its daemon");
         std::thread::sleep(Duration::from_millis(10));
     }
     // No daemon: the instances and the data plane still serve.

@@ -1,14 +1,15 @@
 //! The local node runtime: sandboxed instances (namespaces, cgroups, overlayfs) and their network.
 //!
 //! The daemon describes an instance with plain data ([`InstanceConfig`]); this crate turns it into
-//! kernel objects. No helper process stays per instance: [`Runtime::spawn`] clones a child into new
-//! namespaces that re-executes the paracloud binary in its sandbox-init mode
-//! ([`run_hidden_command_if_requested`]),
-//! which builds the root filesystem and then execs the service's command, keeping the pid.
+//! kernel objects. No helper process stays per instance: [`Runtime::spawn`] has the runtime's
+//! spawner (one small single-threaded process, the paracloud binary's `__spawner` mode, see
+//! [`run_hidden_command_if_requested`]) clone a child into new namespaces, which runs sandbox-init
+//! at once: it builds the root filesystem and then execs the service's command, keeping the pid.
 //!
 //! # Code map
 //!
-//! - `spawn`: daemon side of a start (clone3, pipes, veth, handshake); `sandbox_init`: child side;
+//! - `spawn`: daemon side of a start (clone3, pipes, veth, handshake); `spawner`: the process
+//!   that clones sandbox-init for the daemon, and its protocol; `sandbox_init`: child side;
 //!   `protocol`: the typed messages between them (a restore's plan included); `paths`: where an
 //!   instance's own files lie in its instance directory; `start_steps`: when each step of a start
 //!   ended, on both sides, when asked ([`Runtime::spawn_with_steps`], for benchmarks).
@@ -26,8 +27,10 @@
 //! # Spawn, step by step
 //!
 //! 1. Create the instance cgroup in every hierarchy, with its limits.
-//! 2. clone3(NEWNS|NEWPID|NEWNET|NEWUTS|NEWIPC, CLONE_PIDFD, CLONE_INTO_CGROUP of the cgroup2
-//!    directory); the child only execs `helper_exe __sandbox-init CFG_FD ERR_FD`.
+//! 2. The spawner's clone3(NEWNS|NEWPID|NEWNET|NEWUTS|NEWIPC, CLONE_PARENT, CLONE_PIDFD,
+//!    CLONE_INTO_CGROUP of the cgroup2 directory); the child runs sandbox-init with the two pipes
+//!    the daemon passed. Without a spawner (it died; CRIU's restores), the daemon's own clone3,
+//!    whose child only execs `helper_exe __sandbox-init CFG_FD ERR_FD`.
 //! 3. While it execs: instance directories, config to the child, /etc files, log file, veth
 //!    (peer created as eth0 directly in the child's netns), then "go".
 //! 4. The child builds the root meanwhile, and on "go" joins its v1 cgroups by writing "0" to
@@ -36,8 +39,8 @@
 //!    and execs the command.
 //! 5. The error pipe closes at that exec (close-on-exec): EOF is success, text is the failure.
 //!
-//! **Architecture Invariant:** the instance's process is the daemon's direct child (no double
-//! fork), so [`Runtime::wait`] gets its exit status; it outlives the daemon and is re-adopted
+//! **Architecture Invariant:** the instance's process is the daemon's direct child (the spawner's
+//! clone takes CLONE_PARENT; no double fork), so [`Runtime::wait`] gets its exit status; it outlives the daemon and is re-adopted
 //! with [`Runtime::adopt`] (pid plus start time).
 
 use std::collections::BTreeMap;
@@ -69,6 +72,7 @@ mod protocol;
 mod sandbox_init;
 mod seccomp;
 mod spawn;
+mod spawner;
 pub mod start_steps;
 mod sys;
 mod userns;
@@ -397,6 +401,8 @@ pub fn run_hidden_command_if_requested() {
         nsexec::main(args.collect());
     } else if command == capsule::COMMAND {
         capsule::main(args.collect());
+    } else if command == spawner::COMMAND {
+        spawner::main(args.collect());
     } else if command == userns::PROBE_COMMAND {
         userns::probe_main(args.collect());
     }
@@ -461,6 +467,7 @@ pub struct Runtime {
     pub config: RuntimeConfig,
     cgroups: Box<dyn CgroupManager>,
     capsule_runners: capsule::WarmRunners,
+    spawner: spawner::SpawnerSlot,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -469,6 +476,7 @@ impl std::fmt::Debug for Runtime {
             .field("config", &self.config)
             .field("cgroups", &self.cgroups)
             .field("capsule_runners", &self.capsule_runners)
+            .field("spawner", &self.spawner)
             .finish()
     }
 }
@@ -487,6 +495,7 @@ impl Runtime {
             config,
             cgroups,
             capsule_runners: capsule::WarmRunners::default(),
+            spawner: spawner::SpawnerSlot::default(),
         }
     }
 
@@ -529,7 +538,19 @@ impl Runtime {
     /// Starts an instance; returns once its command has been exec'd (or fails with the reason).
     pub async fn spawn(&self, cfg: &InstanceConfig) -> Result<Process> {
         let mut steps = start_steps::DaemonSteps::new(false);
-        spawn::spawn(&self.config, self.cgroups.as_ref(), cfg, &mut steps).await
+        spawn::spawn(
+            &self.config,
+            self.cgroups.as_ref(),
+            &self.spawner,
+            cfg,
+            &mut steps,
+        )
+        .await
+    }
+    /// The pid of the process that clones new instances (see the `spawner` module), while one
+    /// runs: it starts with the first spawn.
+    pub fn spawner_pid(&self) -> Option<u32> {
+        self.spawner.pid()
     }
     /// [`Runtime::spawn`], noting when each step of the start ended, on both sides.
     pub async fn spawn_with_steps(
@@ -537,7 +558,14 @@ impl Runtime {
         cfg: &InstanceConfig,
     ) -> Result<(Process, start_steps::StartSteps)> {
         let mut steps = start_steps::DaemonSteps::new(true);
-        let process = spawn::spawn(&self.config, self.cgroups.as_ref(), cfg, &mut steps).await?;
+        let process = spawn::spawn(
+            &self.config,
+            self.cgroups.as_ref(),
+            &self.spawner,
+            cfg,
+            &mut steps,
+        )
+        .await?;
         Ok((process, steps.finish(&cfg.dir)))
     }
     /// Checkpoints the running instance `process` (started with `cfg`) into the directory

@@ -86,6 +86,12 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
             std::process::exit(125);
         }
     };
+    enter(config, report_pipe, started_ns)
+}
+
+/// Runs sandbox-init with its two pipes; `started_ns` is when its process began running (see
+/// [`start_steps`]). Used by [`main`] after an exec, and by the spawner's clone directly.
+pub(crate) fn enter(config: OwnedFd, report_pipe: OwnedFd, started_ns: u64) -> ! {
     let _ = REPORT.set(File::from(report_pipe));
     std::panic::set_hook(Box::new(|info| {
         report(&format!("sandbox-init panicked: {info}"))

@@ -21,6 +21,7 @@ use crate::criu::{self, Checkpoint};
 use crate::netlink::{self, Netlink};
 use crate::network::{check_ifname, instance_mac, veth_host_name};
 use crate::protocol::{write_message, RestorePlan, ToInit};
+use crate::spawner::SpawnerSlot;
 use crate::start_steps::{self, DaemonSteps};
 use crate::{
     disk, identity, paths, procfs, sandbox_init, sys, Error, InstanceConfig, Process, Result,
@@ -46,6 +47,7 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) async fn spawn(
     config: &RuntimeConfig,
     cgroups: &dyn CgroupManager,
+    spawner: &SpawnerSlot,
     cfg: &InstanceConfig,
     steps: &mut DaemonSteps,
 ) -> Result<Process> {
@@ -75,6 +77,7 @@ pub(crate) async fn spawn(
     let (pid, start_time) = launch(
         config,
         cgroups,
+        Some(spawner),
         cfg,
         &mut guard,
         INSTANCE_NAMESPACES,
@@ -155,9 +158,11 @@ pub(crate) async fn restore(
         armed: true,
     };
     cgroups.create(&cfg.id, &cfg.limits)?;
+    // CRIU's helper is exec'd from a clone of the daemon.
     let (criu_pid, criu_start) = launch(
         config,
         cgroups,
+        None,
         cfg,
         &mut guard,
         RESTORE_NAMESPACES,
@@ -227,16 +232,19 @@ pub(crate) async fn restore(
 /// Clones sandbox-init into `namespaces`, prepares what it needs and waits until it has exec'd
 /// (the command, or criu for a restore); returns its pid and start time. The child's pidfd is
 /// left in `guard`, which undoes everything on an error.
+#[allow(clippy::too_many_arguments)]
 async fn launch(
     config: &RuntimeConfig,
     cgroups: &dyn CgroupManager,
+    spawner: Option<&SpawnerSlot>,
     cfg: &InstanceConfig,
     guard: &mut Guard<'_>,
     namespaces: libc::c_int,
     restore: Option<RestorePlan>,
     steps: &mut DaemonSteps,
 ) -> Result<(i32, u64)> {
-    let (pid, pidfd, to_init, from_init) = clone_sandbox_init(config, cgroups, cfg, namespaces)?;
+    let (pid, pidfd, to_init, from_init) =
+        clone_sandbox_init(config, cgroups, spawner, cfg, namespaces)?;
     steps.mark(start_steps::CLONED);
     guard.child = Some(pidfd);
     let setup = prepare_child(
@@ -364,12 +372,15 @@ fn validate(cfg: &InstanceConfig) -> Result<()> {
     Ok(())
 }
 
-/// clone3 with new `namespaces` and a pidfd, placed in the cgroup2
-/// directory at once when there is one; the child execs `helper_exe __sandbox-init CFG ERR`.
+/// A child of the daemon in new `namespaces`, with a pidfd, placed in the cgroup2 directory at
+/// once when there is one, running sandbox-init: cloned by the `spawner` when one is given
+/// (sandbox-init runs in the clone), else a clone of the daemon that execs
+/// `helper_exe __sandbox-init CFG ERR` (also when the spawner fails).
 /// Returns (pid, pidfd, config pipe writer, error pipe reader).
 fn clone_sandbox_init(
     config: &RuntimeConfig,
     cgroups: &dyn CgroupManager,
+    spawner: Option<&SpawnerSlot>,
     cfg: &InstanceConfig,
     namespaces: libc::c_int,
 ) -> Result<(i32, OwnedFd, File, OwnedFd)> {
@@ -383,6 +394,27 @@ fn clone_sandbox_init(
     // never keep them past their own exec; our child clears the flag on its two ends alone.
     let (init_reads, to_init) = pipe()?;
     let (from_init, init_reports) = pipe()?;
+    let cgroup_dir = match cgroups.clone_into_dir(&cfg.id) {
+        Some(dir) => Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(&dir)
+                .map_err(|e| Error::sys(format!("opening cgroup {}", dir.display()), e))?,
+        ),
+        None => None,
+    };
+    let cgroup = cgroup_dir.as_ref().map(|d| d.as_fd());
+    if let Some(spawner) = spawner {
+        let pipes = [init_reads.as_fd(), init_reports.as_fd()];
+        match spawner.clone_sandbox_init(&config.helper_exe, namespaces, cgroup, pipes) {
+            Ok((pid, pidfd)) => return Ok((pid, pidfd, File::from(to_init), from_init)),
+            Err(e) => tracing::warn!(
+                id = %cfg.id,
+                "the spawner failed ({e}); cloning the daemon and executing sandbox-init instead"
+            ),
+        }
+    }
 
     let exe = CString::new(config.helper_exe.as_os_str().as_bytes()).map_err(|_| {
         sandbox_error(
@@ -402,20 +434,9 @@ fn clone_sandbox_init(
         config.helper_exe.display()
     );
     let plan = sys::ExecPlan::new(exe, args, failure);
-
-    let cgroup_dir = match cgroups.clone_into_dir(&cfg.id) {
-        Some(dir) => Some(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-                .open(&dir)
-                .map_err(|e| Error::sys(format!("opening cgroup {}", dir.display()), e))?,
-        ),
-        None => None,
-    };
     let (pid, pidfd) = sys::clone_exec(
         namespaces,
-        cgroup_dir.as_ref().map(|d| d.as_fd()),
+        cgroup,
         &plan,
         [init_reads.as_fd(), init_reports.as_fd()],
         init_reports.as_fd(),

@@ -480,6 +480,81 @@ pub(crate) fn fork(_proof: &SingleThreaded, cgroup: Option<BorrowedFd<'_>>) -> i
     }
 }
 
+/// Which side of [`clone_as_sibling`] returned.
+pub(crate) enum Cloned {
+    Child,
+    Parent(i32, OwnedFd),
+}
+
+/// clone3 of a single-threaded process (then the child may run any code) into new `namespaces`
+/// and the cgroup2 directory `cgroup`, with `CLONE_PARENT`: the child is a child of this
+/// process's parent, not of this process. The parent gets its pid and a pidfd.
+pub(crate) fn clone_as_sibling(
+    _proof: &SingleThreaded,
+    namespaces: libc::c_int,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> io::Result<Cloned> {
+    let mut flags = (namespaces | libc::CLONE_PIDFD | libc::CLONE_PARENT) as u64;
+    if cgroup.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    let mut pidfd: libc::c_int = -1;
+    let mut args = clone_args(flags, &mut pidfd as *mut libc::c_int as u64, cgroup);
+    // clone3 refuses an exit signal with CLONE_PARENT: the child gets this process's own
+    // (SIGCHLD), which its new parent expects.
+    args.exit_signal = 0;
+    // SAFETY: clone3 without a stack or CLONE_VM behaves like fork. With one thread there is no
+    // lock held by another thread that the child could inherit locked, so the child may
+    // allocate and run ordinary code; `args` and `pidfd` are valid for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    match check(ret)? {
+        0 => Ok(Cloned::Child),
+        // SAFETY: CLONE_PIDFD stored a new fd, owned by nobody else, in `pidfd`.
+        pid => Ok(Cloned::Parent(pid as i32, unsafe {
+            OwnedFd::from_raw_fd(pidfd)
+        })),
+    }
+}
+
+/// Receives one message of a `SOCK_SEQPACKET` socket into `buf`, with the fds passed along
+/// (close-on-exec, at most 3); returns its length (0: the peer closed) and the fds.
+pub(crate) fn receive_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut space = nix::cmsg_space!([RawFd; 3]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let truncated = message.flags.contains(MsgFlags::MSG_CTRUNC);
+    let mut fds = Vec::new();
+    for control in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = control {
+            // SAFETY: the kernel installed these fds in this process for this message; nothing
+            // else owns them.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    if truncated {
+        return Err(io::Error::other("a message with more fds than expected"));
+    }
+    Ok((message.bytes, fds))
+}
+
 /// What the child of [`clone_exec`] execs, prepared before the clone (the child must not
 /// allocate).
 pub(crate) struct ExecPlan {

@@ -292,3 +292,56 @@ async fn spawn_latency_of_true() {
     );
     assert!(median < Duration::from_secs(1), "median {median:?}");
 }
+
+/// The parent pid in /proc/PID/stat.
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_cloned_by_the_spawner_are_the_runtimes_children_and_a_dead_spawner_is_replaced()
+{
+    if !is_root() {
+        return;
+    }
+    let f = Fixture::new();
+    let me = std::process::id() as i32;
+    let run = |id: &str| f.instance(id, &["/bin/sh", "-c", "echo ran"]);
+
+    let first = run("first");
+    let process = f.runtime.spawn(&first).await.expect("spawn");
+    let spawner = f
+        .runtime
+        .spawner_pid()
+        .expect("a spawner after the first spawn") as i32;
+    assert_eq!(parent_of(spawner), me);
+    // CLONE_PARENT: the spawner clones it, the runtime's process is its parent.
+    assert_eq!(parent_of(process.pid), me);
+    assert!(process.is_child);
+    assert_eq!(f.wait(&first, &process).await.code, Some(0));
+    assert!(f.log(&first).contains("ran"));
+
+    // A spawner that died: that start falls back to a clone of this process, the next one gets
+    // a new spawner.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spawner),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for id in ["second", "third"] {
+        let cfg = run(id);
+        let process = f.runtime.spawn(&cfg).await.expect("spawn");
+        assert_eq!(parent_of(process.pid), me);
+        assert_eq!(f.wait(&cfg, &process).await.code, Some(0), "{id}");
+    }
+    let replaced = f.runtime.spawner_pid().expect("a new spawner") as i32;
+    assert_ne!(replaced, spawner);
+    // The dead one was reaped, not left a zombie.
+    assert!(!std::path::Path::new(&format!("/proc/{spawner}")).exists());
+
+    // It ends with its runtime.
+    drop(f);
+    assert!(!std::path::Path::new(&format!("/proc/{replaced}")).exists());
+}

@@ -1,0 +1,225 @@
+//! The spawner: a small single-threaded process, the helper binary's `__spawner` command,
+//! started once per runtime, that clones each new instance's sandbox-init for the daemon.
+//!
+//! Cloning the daemon itself costs a start two things: the copy of a large multi-threaded
+//! process's page tables, and an exec of the helper binary in the child, since between clone and
+//! exec a child of a multi-threaded process may only run async-signal-safe code. A clone of the
+//! spawner has neither: it is small, and as the copy of a process with one thread the child may
+//! run sandbox-init's code at once, with no exec.
+//!
+//! The clone takes `CLONE_PARENT`, so the instance is the daemon's own child, as with a clone of
+//! the daemon ([`crate::Runtime::wait`] gets its exit status; it outlives the spawner). The
+//! daemon sends each request on a private `SOCK_SEQPACKET` socket pair: the namespaces, and as
+//! `SCM_RIGHTS` the ends of the config and error pipes that sandbox-init takes and the cgroup2
+//! directory to start it in; the spawner answers with the pid, and the pidfd as `SCM_RIGHTS`, or
+//! an errno. The spawner ends when the daemon's end of the socket closes. When it cannot be
+//! reached, a start falls back to cloning the daemon and exec'ing sandbox-init, and the next start
+//! starts a new spawner.
+
+use std::ffi::OsString;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+use nix::sys::socket::{
+    sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+};
+
+use crate::sys::{self, Cloned};
+
+pub(crate) const COMMAND: &str = "__spawner";
+
+/// A request: the namespace flags (i32, little-endian) and whether a cgroup2 directory follows
+/// the two pipe ends among the passed fds.
+const REQUEST_LEN: usize = 5;
+
+/// The runtime's spawner: started on first use, and again on the next use after one failed.
+#[derive(Debug, Default)]
+pub(crate) struct SpawnerSlot(Mutex<Option<Spawner>>);
+
+impl SpawnerSlot {
+    /// [`Spawner::clone_sandbox_init`] through this slot's spawner (`helper __spawner`).
+    pub(crate) fn clone_sandbox_init(
+        &self,
+        helper: &Path,
+        namespaces: libc::c_int,
+        cgroup: Option<BorrowedFd<'_>>,
+        pipes: [BorrowedFd<'_>; 2],
+    ) -> io::Result<(i32, OwnedFd)> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let spawner = match &mut *slot {
+            Some(spawner) => spawner,
+            empty => empty.insert(Spawner::start(helper)?),
+        };
+        let cloned = spawner.clone_sandbox_init(namespaces, cgroup, pipes);
+        if cloned.is_err() {
+            // Killed and reaped; whatever went wrong, the next start gets a fresh one.
+            *slot = None;
+        }
+        cloned
+    }
+
+    /// The spawner's pid, while one runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        let slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().map(|spawner| spawner.process.id())
+    }
+}
+
+/// The daemon's handle on its spawner.
+#[derive(Debug)]
+pub(crate) struct Spawner {
+    socket: OwnedFd,
+    process: Child,
+}
+
+impl Spawner {
+    /// Starts `helper __spawner` with the other end of a fresh socket pair as its fd 3.
+    pub(crate) fn start(helper: &Path) -> io::Result<Self> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        let mut command = Command::new(helper);
+        command
+            .arg(COMMAND)
+            .arg("3")
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        sys::map_fds_from_3(&mut command, &[theirs.as_fd()])?;
+        let process = command.spawn()?;
+        Ok(Spawner {
+            socket: ours,
+            process,
+        })
+    }
+
+    /// Clones sandbox-init into `namespaces` (and the cgroup2 directory `cgroup`), as the
+    /// daemon's child, with `pipes` (config reader, error writer) as its two pipes.
+    /// Returns its pid and pidfd.
+    pub(crate) fn clone_sandbox_init(
+        &mut self,
+        namespaces: libc::c_int,
+        cgroup: Option<BorrowedFd<'_>>,
+        pipes: [BorrowedFd<'_>; 2],
+    ) -> io::Result<(i32, OwnedFd)> {
+        let mut request = [0u8; REQUEST_LEN];
+        request[..4].copy_from_slice(&namespaces.to_le_bytes());
+        request[4] = u8::from(cgroup.is_some());
+        let mut fds: Vec<RawFd> = pipes.iter().map(|fd| fd.as_raw_fd()).collect();
+        fds.extend(cgroup.map(|fd| fd.as_raw_fd()));
+        let sent = sendmsg::<()>(
+            self.socket.as_raw_fd(),
+            &[IoSlice::new(&request)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        if sent != REQUEST_LEN {
+            return Err(io::Error::other("the spawner took part of a request"));
+        }
+        let mut answer = [0u8; 4];
+        let (len, mut passed) = sys::receive_with_fds(self.socket.as_fd(), &mut answer)?;
+        if len != answer.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the spawner went away",
+            ));
+        }
+        let pid = i32::from_le_bytes(answer);
+        if pid <= 0 {
+            return Err(io::Error::from_raw_os_error(-pid));
+        }
+        match (passed.pop(), passed.is_empty()) {
+            (Some(pidfd), true) => Ok((pid, pidfd)),
+            _ => Err(io::Error::other("the spawner sent no pidfd with the pid")),
+        }
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// The spawner's side: serves requests until the daemon's end closes. argv: [socket fd].
+pub(crate) fn main(args: Vec<OsString>) -> ! {
+    let socket = args
+        .first()
+        .and_then(|a| a.to_str())
+        .and_then(|s| s.parse::<RawFd>().ok())
+        .ok_or_else(|| format!("expected the socket's fd, got {args:?}"))
+        .and_then(|fd| sys::inherited_fd(fd).map_err(|e| e.to_string()));
+    let proof = sys::single_threaded().map_err(|e| e.to_string());
+    let (socket, proof) = match (socket, proof) {
+        (Ok(socket), Ok(proof)) => (socket, proof),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{COMMAND}: {e}");
+            std::process::exit(125);
+        }
+    };
+    loop {
+        let mut request = [0u8; REQUEST_LEN];
+        let (len, fds) = match sys::receive_with_fds(socket.as_fd(), &mut request) {
+            Ok((0, _)) => std::process::exit(0),
+            Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("{COMMAND}: {e}");
+                std::process::exit(1);
+            }
+        };
+        let namespaces = i32::from_le_bytes(request[..4].try_into().expect("four bytes"));
+        let with_cgroup = request[4] == 1;
+        let answer = match (len, fds.len(), with_cgroup) {
+            (REQUEST_LEN, 2, false) | (REQUEST_LEN, 3, true) => serve(&proof, namespaces, fds),
+            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        let (pid, pidfd) = match answer {
+            Ok((pid, pidfd)) => (pid, Some(pidfd)),
+            Err(e) => (-e.raw_os_error().unwrap_or(libc::EIO), None),
+        };
+        let raw: Vec<RawFd> = pidfd.iter().map(|fd| fd.as_raw_fd()).collect();
+        let rights = [ControlMessage::ScmRights(&raw)];
+        let sent = sendmsg::<()>(
+            socket.as_raw_fd(),
+            &[IoSlice::new(&pid.to_le_bytes())],
+            if raw.is_empty() { &[] } else { &rights },
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        if sent.is_err() {
+            // The daemon went away; its instances are its own.
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Clones sandbox-init with `fds` (config reader, error writer, the cgroup2 directory if any);
+/// in the child, runs it and never returns. The child keeps the spawner's socket until
+/// sandbox-init marks every inherited fd close-on-exec.
+fn serve(
+    proof: &sys::SingleThreaded,
+    namespaces: libc::c_int,
+    fds: Vec<OwnedFd>,
+) -> io::Result<(i32, OwnedFd)> {
+    let mut fds = fds.into_iter();
+    let (Some(config), Some(report)) = (fds.next(), fds.next()) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let cgroup = fds.next();
+    match sys::clone_as_sibling(proof, namespaces, cgroup.as_ref().map(|fd| fd.as_fd()))? {
+        Cloned::Parent(pid, pidfd) => Ok((pid, pidfd)),
+        Cloned::Child => {
+            let started_ns = crate::start_steps::now_ns();
+            crate::sandbox_init::enter(config, report, started_ns)
+        }
+    }
+}
