@@ -7,6 +7,12 @@
 //! spawner has neither: it is small, and as the copy of a process with one thread the child may
 //! run sandbox-init's code at once, with no exec.
 //!
+//! When no request came for 20 ms the spawner makes the next instance's network, ipc and uts
+//! namespaces ahead (the costly ones to create), held by fds; the clone then starts the child in
+//! them and makes only the mount and pid namespaces. Each set is taken by one instance: the
+//! spawner drops its fds once the child runs in them. In a burst of starts each clone makes its
+//! own, as the clone of the daemon did.
+//!
 //! The clone takes `CLONE_PARENT`, so the instance is the daemon's own child, as with a clone of
 //! the daemon ([`crate::Runtime::wait`] gets its exit status; it outlives the spawner). The
 //! daemon sends each request on a private `SOCK_SEQPACKET` socket pair: the namespaces, and as
@@ -23,6 +29,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
+use nix::sched::CloneFlags;
 use nix::sys::socket::{
     sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
 };
@@ -165,7 +172,21 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
             std::process::exit(125);
         }
     };
+    let home = match Namespaces::own() {
+        Ok(home) => home,
+        Err(e) => {
+            eprintln!("{COMMAND}: cannot open its own namespaces: {e}");
+            std::process::exit(125);
+        }
+    };
+    let mut ready = None;
     loop {
+        // The next instance's namespaces, made once no request came for a while: made at once,
+        // they would take CPU and the kernel's network lock from the start under way (its
+        // veth). In a burst of starts every clone makes its own, as without a spawner.
+        if ready.is_none() && !request_within(socket.as_fd(), IDLE_BEFORE_MAKING_AHEAD) {
+            ready = Namespaces::prepare(&home);
+        }
         let mut request = [0u8; REQUEST_LEN];
         let (len, fds) = match sys::receive_with_fds(socket.as_fd(), &mut request) {
             Ok((0, _)) => std::process::exit(0),
@@ -179,7 +200,9 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
         let namespaces = i32::from_le_bytes(request[..4].try_into().expect("four bytes"));
         let with_cgroup = request[4] == 1;
         let answer = match (len, fds.len(), with_cgroup) {
-            (REQUEST_LEN, 2, false) | (REQUEST_LEN, 3, true) => serve(&proof, namespaces, fds),
+            (REQUEST_LEN, 2, false) | (REQUEST_LEN, 3, true) => {
+                serve(&proof, namespaces, fds, &home, ready.take())
+            }
             _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         };
         let (pid, pidfd) = match answer {
@@ -202,6 +225,73 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     }
 }
 
+/// How long the spawner waits for the next request before it makes the next namespaces.
+const IDLE_BEFORE_MAKING_AHEAD: u16 = 20;
+
+/// Whether a request (or the daemon's end of the socket closing) comes within `millis`.
+fn request_within(socket: BorrowedFd<'_>, millis: u16) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(socket, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(n) if n > 0)
+}
+
+/// The namespaces a new instance gets made ahead: network, ipc and uts (the ones whose
+/// creation costs the most: a network namespace registers its loopback device and sysctls, an
+/// ipc namespace mounts its own mqueue filesystem). Held by fds alone: they die with the
+/// spawner if no instance took them.
+struct Namespaces {
+    net: OwnedFd,
+    ipc: OwnedFd,
+    uts: OwnedFd,
+}
+
+/// The kinds of [`Namespaces`], as clone flags.
+const MADE_AHEAD: libc::c_int = libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+
+impl Namespaces {
+    /// This process's own.
+    fn own() -> io::Result<Self> {
+        let open = |kind: &str| -> io::Result<OwnedFd> {
+            Ok(std::fs::File::open(format!("/proc/self/ns/{kind}"))?.into())
+        };
+        Ok(Namespaces {
+            net: open("net")?,
+            ipc: open("ipc")?,
+            uts: open("uts")?,
+        })
+    }
+
+    /// New ones, made by unsharing them and going back `home`; none when the kernel refused
+    /// (the clone then makes them).
+    fn prepare(home: &Namespaces) -> Option<Namespaces> {
+        let flags = CloneFlags::from_bits_truncate(MADE_AHEAD);
+        if let Err(e) = nix::sched::unshare(flags) {
+            eprintln!("{COMMAND}: cannot make namespaces ahead: {e}");
+            return None;
+        }
+        let made = Namespaces::own();
+        home.return_to();
+        made.map_err(|e| eprintln!("{COMMAND}: cannot open the namespaces made ahead: {e}"))
+            .ok()
+    }
+
+    /// Makes them this process's again, the spawner's own; ends the process if it cannot: it
+    /// would clone every later instance into the namespaces it is stuck in.
+    fn return_to(&self) {
+        if let Err(e) = self.enter() {
+            eprintln!("{COMMAND}: cannot return to its own namespaces: {e}");
+            std::process::exit(1);
+        }
+    }
+
+    /// Makes them this process's.
+    fn enter(&self) -> nix::Result<()> {
+        nix::sched::setns(&self.net, CloneFlags::CLONE_NEWNET)?;
+        nix::sched::setns(&self.ipc, CloneFlags::CLONE_NEWIPC)?;
+        nix::sched::setns(&self.uts, CloneFlags::CLONE_NEWUTS)
+    }
+}
+
 /// Clones sandbox-init with `fds` (config reader, error writer, the cgroup2 directory if any);
 /// in the child, runs it and never returns. The child keeps the spawner's socket until
 /// sandbox-init marks every inherited fd close-on-exec.
@@ -209,17 +299,37 @@ fn serve(
     proof: &sys::SingleThreaded,
     namespaces: libc::c_int,
     fds: Vec<OwnedFd>,
+    home: &Namespaces,
+    ready: Option<Namespaces>,
 ) -> io::Result<(i32, OwnedFd)> {
     let mut fds = fds.into_iter();
     let (Some(config), Some(report)) = (fds.next(), fds.next()) else {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     };
     let cgroup = fds.next();
-    match sys::clone_as_sibling(proof, namespaces, cgroup.as_ref().map(|fd| fd.as_fd()))? {
-        Cloned::Parent(pid, pidfd) => Ok((pid, pidfd)),
-        Cloned::Child => {
-            let started_ns = crate::start_steps::now_ns();
-            crate::sandbox_init::enter(config, report, started_ns)
+    // With namespaces made ahead, the clone makes only the others and the child starts in
+    // these; this process returns home right after.
+    let ahead = ready.filter(|_| namespaces & MADE_AHEAD == MADE_AHEAD);
+    let namespaces = match &ahead {
+        Some(ahead) => {
+            if let Err(e) = ahead.enter() {
+                home.return_to();
+                return Err(e.into());
+            }
+            namespaces & !MADE_AHEAD
         }
+        None => namespaces,
+    };
+    let cloned = sys::clone_as_sibling(proof, namespaces, cgroup.as_ref().map(|fd| fd.as_fd()));
+    if let Ok(Cloned::Child) = cloned {
+        let started_ns = crate::start_steps::now_ns();
+        crate::sandbox_init::enter(config, report, started_ns)
+    }
+    if ahead.is_some() {
+        home.return_to();
+    }
+    match cloned? {
+        Cloned::Parent(pid, pidfd) => Ok((pid, pidfd)),
+        Cloned::Child => unreachable!("the child ran sandbox-init above"),
     }
 }

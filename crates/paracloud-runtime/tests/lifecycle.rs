@@ -345,3 +345,42 @@ async fn instances_cloned_by_the_spawner_are_the_runtimes_children_and_a_dead_sp
     drop(f);
     assert!(!std::path::Path::new(&format!("/proc/{replaced}")).exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespaces_made_ahead_go_to_one_instance_each_and_the_spawner_stays_in_its_own() {
+    if !is_root() {
+        return;
+    }
+    let f = Fixture::new();
+    let namespace = |pid: i32, kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let kinds = ["net", "ipc", "uts", "mnt", "pid"];
+    let mut seen = std::collections::BTreeSet::new();
+    let mut running = Vec::new();
+    for n in 0..4 {
+        let cfg = f.instance(&format!("ns{n}"), &["/bin/sleep", "30"]);
+        let process = f.runtime.spawn(&cfg).await.expect("spawn");
+        for kind in kinds {
+            let ns = namespace(process.pid, kind);
+            assert!(seen.insert(ns.clone()), "{kind} namespace {ns} given twice");
+        }
+        running.push((cfg, process));
+    }
+    let spawner = f.runtime.spawner_pid().unwrap() as i32;
+    let me = std::process::id() as i32;
+    for kind in kinds {
+        assert_eq!(namespace(spawner, kind), namespace(me, kind), "{kind}");
+        assert!(
+            !seen.contains(&namespace(me, kind)),
+            "an instance in the host's {kind}"
+        );
+    }
+    for (cfg, process) in running {
+        f.runtime.cleanup(&cfg.id).unwrap();
+        f.wait(&cfg, &process).await;
+    }
+}
