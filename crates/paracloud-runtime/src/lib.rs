@@ -31,9 +31,10 @@
 //!    CLONE_INTO_CGROUP of the cgroup2 directory); the child runs sandbox-init with the two pipes
 //!    the daemon passed. Without a spawner (it died; CRIU's restores), the daemon's own clone3,
 //!    whose child only execs `helper_exe __sandbox-init CFG_FD ERR_FD`.
-//! 3. While it execs: instance directories, config to the child, /etc files, log file, veth
-//!    (peer created as eth0 directly in the child's netns), then "go".
-//! 4. The child builds the root meanwhile, and on "go" joins its v1 cgroups by writing "0" to
+//! 3. Then: config to the child, log file, veth (peer created as eth0 directly in the child's
+//!    netns), then "go".
+//! 4. The child makes the instance directories and the /etc files and builds the root
+//!    meanwhile, and on "go" joins its v1 cgroups by writing "0" to
 //!    their `tasks` files (moving oneself skips the global threadgroup lock whose writer waits an
 //!    RCU grace period, ~10 ms per cgroup.procs write), pivots, sets up eth0, drops privileges
 //!    and execs the command.

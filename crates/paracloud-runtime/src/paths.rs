@@ -15,8 +15,8 @@ pub(crate) fn etc_file_path(instance_dir: &Path, file: EtcFile) -> PathBuf {
     })
 }
 
-/// The directories of the instance directory that must exist before sandbox-init starts
-/// (created by the daemon while sandbox-init is being exec'd).
+/// The directories of the instance directory that sandbox-init makes first (a restore's
+/// writable layer is a copy the daemon made before).
 pub(crate) fn instance_dirs(cfg: &InstanceConfig) -> [PathBuf; 3] {
     [
         cfg.dir.join("rootfs"),

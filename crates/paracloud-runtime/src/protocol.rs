@@ -43,11 +43,16 @@ pub(crate) struct RestorePlan {
 const MAX_MESSAGE: u32 = 16 << 20;
 
 pub(crate) fn write_message(w: &mut impl Write, message: &ToInit) -> io::Result<()> {
+    w.write_all(&frame(message)?)
+}
+
+/// `message` as it goes on the pipe: its length (u32, little-endian), then its JSON.
+pub(crate) fn frame(message: &ToInit) -> io::Result<Vec<u8>> {
     let body = serde_json::to_vec(message).map_err(io::Error::other)?;
     let mut frame = Vec::with_capacity(body.len() + 4);
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
     frame.extend_from_slice(&body);
-    w.write_all(&frame)
+    Ok(frame)
 }
 
 pub(crate) fn read_message(r: &mut impl Read) -> io::Result<ToInit> {

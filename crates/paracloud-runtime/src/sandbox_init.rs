@@ -132,6 +132,11 @@ fn run(config: OwnedFd, started_ns: u64) -> InitResult<std::convert::Infallible>
         Err(e) => return Err(format!("cannot read the instance config: {e}")),
     };
     start_steps::init_mark("config read");
+    for dir in instance_dirs(&cfg) {
+        create_dir(&dir)?;
+    }
+    write_etc_files(&cfg).map_err(|e| format!("cannot write the /etc files: {e}"))?;
+    start_steps::init_mark("instance directories, /etc files");
     // Opened while the host's paths are in reach; handed over once the user is known.
     let owned = open_owned(&cfg)?;
     let userns = match (&cfg.userns, &restore) {
@@ -260,8 +265,8 @@ fn record_steps_in(instance_dir: &Path, started_ns: u64) -> InitResult<()> {
     Ok(())
 }
 
-/// Writes the generated /etc files into the instance directory (done by the daemon).
-pub(crate) fn write_etc_files(cfg: &InstanceConfig) -> std::io::Result<()> {
+/// Writes the generated /etc files into the instance directory.
+fn write_etc_files(cfg: &InstanceConfig) -> std::io::Result<()> {
     for (file, content) in etc_contents(cfg) {
         fs::write(etc_file_path(&cfg.dir, file), content)?;
     }

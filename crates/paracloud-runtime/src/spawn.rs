@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -20,7 +20,7 @@ use crate::cgroups::CgroupManager;
 use crate::criu::{self, Checkpoint};
 use crate::netlink::{self, Netlink};
 use crate::network::{check_ifname, instance_mac, veth_host_name};
-use crate::protocol::{write_message, RestorePlan, ToInit};
+use crate::protocol::{self, write_message, RestorePlan, ToInit};
 use crate::spawner::SpawnerSlot;
 use crate::start_steps::{self, DaemonSteps};
 use crate::{
@@ -243,17 +243,29 @@ async fn launch(
     restore: Option<RestorePlan>,
     steps: &mut DaemonSteps,
 ) -> Result<(i32, u64)> {
-    let (pid, pidfd, to_init, from_init) =
-        clone_sandbox_init(config, cgroups, spawner, cfg, namespaces)?;
+    let message = ToInit::Config {
+        config: Box::new(cfg.clone()),
+        join_cgroups: cgroups.join_files(&cfg.id),
+        restore,
+        record_steps: steps.recording(),
+    };
+    let frame = protocol::frame(&message)
+        .map_err(|e| Error::sys(format!("encoding the config of {}", cfg.id), e))?;
+    // sandbox-init makes the directories and files inside, while this side makes the veth.
+    if !cfg.dir.is_dir() {
+        std::fs::create_dir_all(&cfg.dir)
+            .map_err(|e| Error::sys(format!("creating {}", cfg.dir.display()), e))?;
+    }
+    let (pid, pidfd, to_init, from_init, preloaded) =
+        clone_sandbox_init(config, cgroups, spawner, cfg, namespaces, &frame)?;
     steps.mark(start_steps::CLONED);
     guard.child = Some(pidfd);
     let setup = prepare_child(
         &config.cgroup_parent,
-        cgroups,
         cfg,
         pid,
         to_init,
-        restore,
+        &frame[preloaded..],
         steps,
     );
     let start_time = match setup {
@@ -376,14 +388,19 @@ fn validate(cfg: &InstanceConfig) -> Result<()> {
 /// once when there is one, running sandbox-init: cloned by the `spawner` when one is given
 /// (sandbox-init runs in the clone), else a clone of the daemon that execs
 /// `helper_exe __sandbox-init CFG ERR` (also when the spawner fails).
-/// Returns (pid, pidfd, config pipe writer, error pipe reader).
+///
+/// `config_frame` goes into the config pipe before the clone, as much of it as the pipe holds:
+/// the child finds its config there at once, and the daemon does not wake it (waking it would
+/// let it take the daemon's CPU while the daemon has the veth to make).
+/// Returns (pid, pidfd, config pipe writer, error pipe reader, bytes of the frame written).
 fn clone_sandbox_init(
     config: &RuntimeConfig,
     cgroups: &dyn CgroupManager,
     spawner: Option<&SpawnerSlot>,
     cfg: &InstanceConfig,
     namespaces: libc::c_int,
-) -> Result<(i32, OwnedFd, File, OwnedFd)> {
+    config_frame: &[u8],
+) -> Result<(i32, OwnedFd, File, OwnedFd, usize)> {
     let pipe = || {
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Sys {
             context: format!("creating a pipe for {}", cfg.id),
@@ -394,6 +411,8 @@ fn clone_sandbox_init(
     // never keep them past their own exec; our child clears the flag on its two ends alone.
     let (init_reads, to_init) = pipe()?;
     let (from_init, init_reports) = pipe()?;
+    let preloaded = preload(&to_init, config_frame)
+        .map_err(|e| Error::sys(format!("writing the config of {}", cfg.id), e))?;
     let cgroup_dir = match cgroups.clone_into_dir(&cfg.id) {
         Some(dir) => Some(
             std::fs::OpenOptions::new()
@@ -408,7 +427,7 @@ fn clone_sandbox_init(
     if let Some(spawner) = spawner {
         let pipes = [init_reads.as_fd(), init_reports.as_fd()];
         match spawner.clone_sandbox_init(&config.helper_exe, namespaces, cgroup, pipes) {
-            Ok((pid, pidfd)) => return Ok((pid, pidfd, File::from(to_init), from_init)),
+            Ok((pid, pidfd)) => return Ok((pid, pidfd, File::from(to_init), from_init, preloaded)),
             Err(e) => tracing::warn!(
                 id = %cfg.id,
                 "the spawner failed ({e}); cloning the daemon and executing sandbox-init instead"
@@ -445,19 +464,31 @@ fn clone_sandbox_init(
     // Drop our copies of the child's ends: the error pipe reaches EOF only when all writers close.
     drop(init_reads);
     drop(init_reports);
-    Ok((pid, pidfd, File::from(to_init), from_init))
+    Ok((pid, pidfd, File::from(to_init), from_init, preloaded))
 }
 
-/// While the child execs sandbox-init: creates the instance directories and sends the config
-/// (the child builds the root meanwhile), writes the /etc files and the log, puts the child on
-/// its bridge, then says go. Returns the child's start time.
+/// Writes as much of `frame` into the empty pipe `to_init` as it takes without blocking.
+fn preload(to_init: &OwnedFd, frame: &[u8]) -> io::Result<usize> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    fcntl(to_init, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let written = match nix::unistd::write(to_init, frame) {
+        Ok(n) => n,
+        Err(nix::errno::Errno::EAGAIN) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    fcntl(to_init, FcntlArg::F_SETFL(OFlag::empty()))?;
+    Ok(written)
+}
+
+/// While the child builds the root: sends what of the config did not fit the pipe before the
+/// clone, creates the log, puts the child on its bridge, then says go. Returns the child's
+/// start time.
 fn prepare_child(
     scope: &str,
-    cgroups: &dyn CgroupManager,
     cfg: &InstanceConfig,
     pid: i32,
     mut to_init: File,
-    restore: Option<RestorePlan>,
+    config_rest: &[u8],
     steps: &mut DaemonSteps,
 ) -> Result<u64> {
     let start_time = procfs::read_stat(pid)
@@ -468,30 +499,19 @@ fn prepare_child(
         write_message(to_init, message)
             .map_err(|e| Error::sys(format!("sending {} to sandbox-init", cfg.id), e))
     };
-    for dir in paths::instance_dirs(cfg) {
-        if !dir.is_dir() {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::sys(format!("creating {}", dir.display()), e))?;
-        }
+    if !config_rest.is_empty() {
+        to_init
+            .write_all(config_rest)
+            .map_err(|e| Error::sys(format!("sending {} to sandbox-init", cfg.id), e))?;
+        steps.mark("the rest of the config sent");
     }
-    steps.mark("instance directories");
-    let config = ToInit::Config {
-        config: Box::new(cfg.clone()),
-        join_cgroups: cgroups.join_files(&cfg.id),
-        restore,
-        record_steps: steps.recording(),
-    };
-    send(&mut to_init, &config)?;
-    steps.mark("config sent");
-    sandbox_init::write_etc_files(cfg)
-        .map_err(|e| Error::sys(format!("writing the /etc files of {}", cfg.id), e))?;
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
         .open(&cfg.log_path)
         .map_err(|e| Error::sys(format!("creating log file {}", cfg.log_path.display()), e))?;
-    steps.mark("/etc files and log file");
+    steps.mark("log file");
     if let Some(net) = &cfg.network {
         if !net.segments.is_empty() {
             crate::firewall::admit(&net.bridge, net.address.addr(), &net.segments)?;
