@@ -340,6 +340,10 @@ struct StartArgs {
     /// time goes (a file write more per start)
     #[arg(long)]
     steps: bool,
+    /// Paracloud's instances get a user namespace of their own, as the daemon's do by default
+    /// (the peers run without one)
+    #[arg(long)]
+    userns: bool,
 }
 
 #[derive(Debug, Args)]
@@ -969,6 +973,7 @@ fn run(cli: Cli) -> Result<()> {
             limit: Duration::from_secs(args.limit),
             helper: args.helper,
             steps: args.steps,
+            userns: args.userns,
         };
         report.start = Some(start::run(&opts, scratch.path())?);
     }

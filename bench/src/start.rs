@@ -16,7 +16,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use paracloud_runtime::start_steps::{StartSide, StartSteps};
 use paracloud_runtime::{
-    InstanceConfig, Limits, NetworkAttachment, NetworkConfig, Rootfs, Runtime, RuntimeConfig,
+    IdRange, InstanceConfig, Limits, NetworkAttachment, NetworkConfig, Rootfs, Runtime,
+    RuntimeConfig,
 };
 use serde::Serialize;
 
@@ -65,7 +66,17 @@ pub struct StartOptions {
     /// Paracloud's runs also note when each step of the start ended (daemon side and
     /// sandbox-init), for the per-step table.
     pub steps: bool,
+    /// Paracloud's instances get a user namespace of their own, as the daemon gives them by
+    /// default.
+    pub userns: bool,
 }
+
+/// The host ids of the bench's instances with `--userns`: a range far above the daemon's
+/// (which hands out ranges from 2^30 up), so that no running application shares it.
+const BENCH_ID_RANGE: IdRange = IdRange {
+    host: (1 << 31) - (1 << 16),
+    size: 1 << 16,
+};
 
 #[derive(Debug, Serialize)]
 pub struct StartReport {
@@ -242,6 +253,13 @@ pub fn run(opts: &StartOptions, scratch: &Path) -> Result<StartReport> {
                     runner.gateway,
                     host_at(runner.gateway, 2),
                 ));
+                if opts.userns {
+                    notes.push(format!(
+                        "paracloud: a user namespace per instance, root inside is host uid {} \
+                         (the daemon's default; the peers run without one)",
+                        BENCH_ID_RANGE.host
+                    ));
+                }
                 paracloud = Some(runner);
             }
             Err(e) => setup_failed(&mut rows, Contender::Paracloud, e),
@@ -307,7 +325,7 @@ pub fn run(opts: &StartOptions, scratch: &Path) -> Result<StartReport> {
             }
             let result = match c {
                 Contender::Paracloud => match paracloud.as_mut() {
-                    Some(p) => p.run_once(round, opts.limit, opts.steps),
+                    Some(p) => p.run_once(round, opts.limit, opts.steps, opts.userns),
                     None => continue,
                 },
                 Contender::Crun | Contender::Runc => {
@@ -567,7 +585,13 @@ impl ParacloudRunner {
         Ok(runner)
     }
 
-    fn run_once(&mut self, round: usize, limit: Duration, steps: bool) -> Result<Sample> {
+    fn run_once(
+        &mut self,
+        round: usize,
+        limit: Duration,
+        steps: bool,
+        userns: bool,
+    ) -> Result<Sample> {
         let id = format!("bench-{round}");
         let dir = self.dir.join(&id);
         let ip = host_at(
@@ -603,7 +627,7 @@ impl ParacloudRunner {
             capabilities: vec![],
             log_path: dir.join("output.log"),
             owned: Vec::new(),
-            userns: None,
+            userns: userns.then_some(BENCH_ID_RANGE),
             sandbox: Default::default(),
         };
         let addr = SocketAddr::new(IpAddr::V4(ip), INSTANCE_PORT);
