@@ -177,6 +177,10 @@ fn daemon_durations(platform: &Platform, n: usize) -> Result<Vec<Vec<f64>>> {
         .collect())
 }
 
+/// The CLI's process alone, and with one request to the daemon: its share of a capsule run.
+const CLI_START: &str = "paracloud --version (the CLI's process alone)";
+const CLI_REQUEST: &str = "paracloud capsule ls (the CLI and one request)";
+
 pub fn run(opts: &CapsuleOptions, scratch: &Path) -> Result<CapsuleReport> {
     let exe = std::env::current_exe()?;
     let paracloud = exe.with_file_name("paracloud");
@@ -215,6 +219,12 @@ pub fn run(opts: &CapsuleOptions, scratch: &Path) -> Result<CapsuleReport> {
             .envs(platform_env(&platform));
         command
     };
+    // The CLI's own cost: its process alone, then with one request to the daemon.
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(&paracloud);
+        command.args(args).envs(platform_env(&platform));
+        command
+    };
     let nsenter = || {
         let mut command = Command::new("nsenter");
         command.args(["-t", &target_pid.to_string(), "-a", "true"]);
@@ -225,12 +235,15 @@ pub fn run(opts: &CapsuleOptions, scratch: &Path) -> Result<CapsuleReport> {
     timed(nsenter())?;
     timed(crun.exec())?;
     timed(runc.exec())?;
+    timed(cli(&["capsule", "ls"]))?;
 
     let names = [
         "paracloud capsule run",
         "nsenter -a",
         "crun exec",
         "runc exec",
+        CLI_START,
+        CLI_REQUEST,
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..opts.rounds {
@@ -241,7 +254,9 @@ pub fn run(opts: &CapsuleOptions, scratch: &Path) -> Result<CapsuleReport> {
                 0 => capsule(),
                 1 => nsenter(),
                 2 => crun.exec(),
-                _ => runc.exec(),
+                3 => runc.exec(),
+                4 => cli(&["--version"]),
+                _ => cli(&["capsule", "ls"]),
             };
             samples[i].push(timed(command)?);
         }
@@ -334,6 +349,14 @@ pub fn markdown(report: &CapsuleReport) -> String {
             if let Some(p) = median(peer) {
                 out.push_str(&format!("- capsule ÷ {peer}: {:.2}\n", capsule / p));
             }
+        }
+        if let (Some(start), Some(request)) = (median(CLI_START), median(CLI_REQUEST)) {
+            out.push_str(&format!(
+                "- the CLI's share of the capsule run: {start:.1} ms its process, {:.1} ms more \
+                 for a request to the daemon; {:.1} ms remain for the capsule itself\n",
+                request - start,
+                capsule - request
+            ));
         }
     }
     if let (Some(run), Some(slowest)) = (&report.fan_out_run, &report.fan_out_slowest_target) {
