@@ -426,7 +426,8 @@ fn clone_sandbox_init(
     let cgroup = cgroup_dir.as_ref().map(|d| d.as_fd());
     if let Some(spawner) = spawner {
         let pipes = [init_reads.as_fd(), init_reports.as_fd()];
-        match spawner.clone_sandbox_init(&config.helper_exe, namespaces, cgroup, pipes) {
+        match spawner.clone_sandbox_init(&config.helper_exe, namespaces, cgroup, pipes, cfg.userns)
+        {
             Ok((pid, pidfd)) => return Ok((pid, pidfd, File::from(to_init), from_init, preloaded)),
             Err(e) => tracing::warn!(
                 id = %cfg.id,

@@ -11,7 +11,9 @@
 //! namespaces ahead (the costly ones to create), held by fds; the clone then starts the child in
 //! them and makes only the mount and pid namespaces. Each set is taken by one instance: the
 //! spawner drops its fds once the child runs in them. In a burst of starts each clone makes its
-//! own, as the clone of the daemon did.
+//! own, as the clone of the daemon did. Likewise, for instances with a user namespace, it makes
+//! one ahead for the id range of the last such request (an application's instances share their
+//! range), which sandbox-init then takes instead of making its own.
 //!
 //! The clone takes `CLONE_PARENT`, so the instance is the daemon's own child, as with a clone of
 //! the daemon ([`crate::Runtime::wait`] gets its exit status; it outlives the spawner). The
@@ -35,12 +37,39 @@ use nix::sys::socket::{
 };
 
 use crate::sys::{self, Cloned};
+use crate::IdRange;
 
 pub(crate) const COMMAND: &str = "__spawner";
 
-/// A request: the namespace flags (i32, little-endian) and whether a cgroup2 directory follows
-/// the two pipe ends among the passed fds.
-const REQUEST_LEN: usize = 5;
+/// A request: the namespace flags (i32, little-endian), whether a cgroup2 directory follows the
+/// two pipe ends among the passed fds (u8), whether the instance gets a user namespace (u8) and
+/// its id range (host id and size, u32 each).
+const REQUEST_LEN: usize = 14;
+
+fn encode_request(
+    namespaces: libc::c_int,
+    cgroup: bool,
+    userns: Option<IdRange>,
+) -> [u8; REQUEST_LEN] {
+    let mut request = [0u8; REQUEST_LEN];
+    request[..4].copy_from_slice(&namespaces.to_le_bytes());
+    request[4] = u8::from(cgroup);
+    if let Some(range) = userns {
+        request[5] = 1;
+        request[6..10].copy_from_slice(&range.host.to_le_bytes());
+        request[10..14].copy_from_slice(&range.size.to_le_bytes());
+    }
+    request
+}
+
+fn decode_request(request: &[u8; REQUEST_LEN]) -> (libc::c_int, bool, Option<IdRange>) {
+    let word = |at: usize| request[at..at + 4].try_into().expect("four bytes");
+    let userns = (request[5] == 1).then(|| IdRange {
+        host: u32::from_le_bytes(word(6)),
+        size: u32::from_le_bytes(word(10)),
+    });
+    (i32::from_le_bytes(word(0)), request[4] == 1, userns)
+}
 
 /// The runtime's spawner: started on first use, and again on the next use after one failed.
 #[derive(Debug, Default)]
@@ -54,13 +83,14 @@ impl SpawnerSlot {
         namespaces: libc::c_int,
         cgroup: Option<BorrowedFd<'_>>,
         pipes: [BorrowedFd<'_>; 2],
+        userns: Option<IdRange>,
     ) -> io::Result<(i32, OwnedFd)> {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let spawner = match &mut *slot {
             Some(spawner) => spawner,
             empty => empty.insert(Spawner::start(helper)?),
         };
-        let cloned = spawner.clone_sandbox_init(namespaces, cgroup, pipes);
+        let cloned = spawner.clone_sandbox_init(namespaces, cgroup, pipes, userns);
         if cloned.is_err() {
             // Killed and reaped; whatever went wrong, the next start gets a fresh one.
             *slot = None;
@@ -107,17 +137,17 @@ impl Spawner {
     }
 
     /// Clones sandbox-init into `namespaces` (and the cgroup2 directory `cgroup`), as the
-    /// daemon's child, with `pipes` (config reader, error writer) as its two pipes.
-    /// Returns its pid and pidfd.
+    /// daemon's child, with `pipes` (config reader, error writer) as its two pipes; `userns`:
+    /// the range of the user namespace sandbox-init will make, which the spawner may have made
+    /// ahead. Returns its pid and pidfd.
     pub(crate) fn clone_sandbox_init(
         &mut self,
         namespaces: libc::c_int,
         cgroup: Option<BorrowedFd<'_>>,
         pipes: [BorrowedFd<'_>; 2],
+        userns: Option<IdRange>,
     ) -> io::Result<(i32, OwnedFd)> {
-        let mut request = [0u8; REQUEST_LEN];
-        request[..4].copy_from_slice(&namespaces.to_le_bytes());
-        request[4] = u8::from(cgroup.is_some());
+        let request = encode_request(namespaces, cgroup.is_some(), userns);
         let mut fds: Vec<RawFd> = pipes.iter().map(|fd| fd.as_raw_fd()).collect();
         fds.extend(cgroup.map(|fd| fd.as_raw_fd()));
         let sent = sendmsg::<()>(
@@ -180,12 +210,30 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
         }
     };
     let mut ready = None;
+    // The user namespace made ahead, for the range of the last request that had one.
+    let mut ready_userns: Option<(IdRange, OwnedFd)> = None;
+    let mut last_range: Option<IdRange> = None;
     loop {
         // The next instance's namespaces, made once no request came for a while: made at once,
         // they would take CPU and the kernel's network lock from the start under way (its
         // veth). In a burst of starts every clone makes its own, as without a spawner.
-        if ready.is_none() && !request_within(socket.as_fd(), IDLE_BEFORE_MAKING_AHEAD) {
-            ready = Namespaces::prepare(&home);
+        let userns_wanted =
+            last_range.is_some() && ready_userns.as_ref().map(|r| r.0) != last_range;
+        if (ready.is_none() || userns_wanted)
+            && !request_within(socket.as_fd(), IDLE_BEFORE_MAKING_AHEAD)
+        {
+            if ready.is_none() {
+                ready = Namespaces::prepare(&home);
+            }
+            if let Some(range) = last_range.filter(|_| userns_wanted) {
+                ready_userns = match crate::userns::create(&range) {
+                    Ok(namespace) => Some((range, namespace)),
+                    Err(e) => {
+                        eprintln!("{COMMAND}: cannot make a user namespace ahead: {e}");
+                        None
+                    }
+                };
+            }
         }
         let mut request = [0u8; REQUEST_LEN];
         let (len, fds) = match sys::receive_with_fds(socket.as_fd(), &mut request) {
@@ -197,14 +245,21 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
                 std::process::exit(1);
             }
         };
-        let namespaces = i32::from_le_bytes(request[..4].try_into().expect("four bytes"));
-        let with_cgroup = request[4] == 1;
+        let (namespaces, with_cgroup, userns) = decode_request(&request);
+        if userns.is_some() {
+            last_range = userns;
+        }
+        // Left for the clone when it is for this range; dropped after it either way.
+        if let Some(made) = ready_userns.take_if(|made| Some(made.0) == userns) {
+            crate::userns::leave_made_ahead(Some(made));
+        }
         let answer = match (len, fds.len(), with_cgroup) {
             (REQUEST_LEN, 2, false) | (REQUEST_LEN, 3, true) => {
                 serve(&proof, namespaces, fds, &home, ready.take())
             }
             _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         };
+        crate::userns::leave_made_ahead(None);
         let (pid, pidfd) = match answer {
             Ok((pid, pidfd)) => (pid, Some(pidfd)),
             Err(e) => (-e.raw_os_error().unwrap_or(libc::EIO), None),
@@ -331,5 +386,25 @@ fn serve(
     match cloned? {
         Cloned::Parent(pid, pidfd) => Ok((pid, pidfd)),
         Cloned::Child => unreachable!("the child ran sandbox-init above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let range = IdRange {
+            host: 1 << 30,
+            size: 65536,
+        };
+        for (namespaces, cgroup, userns) in [
+            (libc::CLONE_NEWNS | libc::CLONE_NEWNET, true, Some(range)),
+            (libc::CLONE_NEWPID, false, None),
+        ] {
+            let request = encode_request(namespaces, cgroup, userns);
+            assert_eq!(decode_request(&request), (namespaces, cgroup, userns));
+        }
     }
 }

@@ -19,6 +19,7 @@ use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Mutex;
 
 use nix::mount::{mount, MsFlags};
 use nix::sched::CloneFlags;
@@ -28,10 +29,25 @@ use crate::IdRange;
 
 type InitResult<T> = Result<T, String>;
 
+/// A user namespace the spawner made ahead for a range, left here for the sandbox-init it
+/// clones next (the child inherits this process's memory and fds); taken by [`create`].
+static MADE_AHEAD: Mutex<Option<(IdRange, OwnedFd)>> = Mutex::new(None);
+
+/// Leaves `made` for the next [`create`] of its range (`None`: drops what was left).
+pub(crate) fn leave_made_ahead(made: Option<(IdRange, OwnedFd)>) {
+    *MADE_AHEAD.lock().unwrap_or_else(|e| e.into_inner()) = made;
+}
+
 /// A new user namespace mapping ids 0..size inside to host..host+size, as an open namespace
-/// file. Made by a short-lived child (a namespace cannot be made for another process), whose
-/// maps this process, root of the host's namespace, writes.
+/// file: the one made ahead for `range` if there is one, else made now by a short-lived child
+/// (a namespace cannot be made for another process), whose maps this process, root of the
+/// host's namespace, writes.
 pub(crate) fn create(range: &IdRange) -> InitResult<OwnedFd> {
+    let made = MADE_AHEAD.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match made {
+        Some((made_for, namespace)) if made_for == *range => return Ok(namespace),
+        _ => {}
+    }
     let proof = sys::single_threaded().map_err(|e| format!("cannot make a user namespace: {e}"))?;
     let pipe = || nix::unistd::pipe().map_err(|e| format!("cannot make a pipe: {e}"));
     let (ready_read, ready_write) = pipe()?;

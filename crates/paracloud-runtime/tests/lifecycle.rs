@@ -384,3 +384,46 @@ async fn namespaces_made_ahead_go_to_one_instance_each_and_the_spawner_stays_in_
         f.wait(&cfg, &process).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_namespaces_made_ahead_map_their_own_range_and_go_to_one_instance_each() {
+    if !is_root() {
+        return;
+    }
+    let f = Fixture::new();
+    let range = |n: u32| paracloud_runtime::IdRange {
+        host: (1 << 31) - n * 65536,
+        size: 65536,
+    };
+    let (first, second) = (range(3), range(4));
+    let mut namespaces = std::collections::BTreeSet::new();
+    let mut running = Vec::new();
+    // The spawner makes one ahead for the last range once idle: the second start of `first`
+    // may take it, then `second` must not get one made for `first`, and so on.
+    for (n, ids) in [first, first, second, second, first]
+        .into_iter()
+        .enumerate()
+    {
+        let mut cfg = f.instance(&format!("userns{n}"), &["/bin/sleep", "30"]);
+        cfg.userns = Some(ids);
+        let process = f.runtime.spawn(&cfg).await.expect("spawn");
+        let map = std::fs::read_to_string(format!("/proc/{}/uid_map", process.pid)).unwrap();
+        let fields: Vec<&str> = map.split_whitespace().collect();
+        assert_eq!(
+            fields,
+            ["0", &ids.host.to_string(), "65536"],
+            "instance {n}: {map}"
+        );
+        let namespace = std::fs::read_link(format!("/proc/{}/ns/user", process.pid)).unwrap();
+        assert!(
+            namespaces.insert(namespace.clone()),
+            "{namespace:?} given twice"
+        );
+        running.push((cfg, process));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (cfg, process) in running {
+        f.runtime.cleanup(&cfg.id).unwrap();
+        f.wait(&cfg, &process).await;
+    }
+}
