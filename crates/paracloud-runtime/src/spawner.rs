@@ -378,6 +378,17 @@ fn serve(
     let cloned = sys::clone_as_sibling(proof, namespaces, cgroup.as_ref().map(|fd| fd.as_fd()));
     if let Ok(Cloned::Child) = cloned {
         let started_ns = crate::start_steps::now_ns();
+        // Nothing of the spawner's stays in the instance: its socket to the daemon, the
+        // namespaces it holds (its own, the host's; those made ahead) are closed at once.
+        let mut keep = vec![config.as_raw_fd(), report.as_raw_fd()];
+        keep.extend(crate::userns::made_ahead_fd());
+        if let Err(e) = sys::close_all_but(&keep) {
+            let _ = nix::unistd::write(
+                &report,
+                format!("cannot close the spawner's fds: {e}").as_bytes(),
+            );
+            std::process::exit(125);
+        }
         crate::sandbox_init::enter(config, report, started_ns)
     }
     if ahead.is_some() {

@@ -215,6 +215,39 @@ pub(crate) fn close_from(first: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Closes every fd from 3 up but those in `keep`. The caller promises no object uses the
+/// closed fds afterwards (a process about to become something else, as a fresh clone).
+pub(crate) fn close_all_but(keep: &[RawFd]) -> io::Result<()> {
+    let (gaps, rest) = gaps_between(keep);
+    for (first, last) in gaps {
+        // SAFETY: close_range with integer arguments only; the caller's promise above.
+        if unsafe { libc::close_range(first, last, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    close_from(rest)
+}
+
+/// The ranges of fds from 3 up that are not in `keep` (first, last), and where the open-ended
+/// rest begins.
+fn gaps_between(keep: &[RawFd]) -> (Vec<(u32, u32)>, u32) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|fd| u32::try_from(*fd).ok())
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut gaps = Vec::new();
+    let mut first = 3u32;
+    for fd in keep.into_iter().filter(|fd| *fd >= 3) {
+        if fd > first {
+            gaps.push((first, fd - 1));
+        }
+        first = fd + 1;
+    }
+    (gaps, first)
+}
+
 /// dup2 onto a standard stream (0, 1 or 2), which is not owned by any Rust object.
 pub(crate) fn dup_onto_stdio(fd: BorrowedFd<'_>, stdio: RawFd) -> io::Result<()> {
     assert!((0..=2).contains(&stdio), "only standard streams");
@@ -663,6 +696,14 @@ fn decimal(n: i32, buf: &mut [u8; 12]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_fd_but_the_kept_ones_is_in_a_gap() {
+        assert_eq!(gaps_between(&[]), (vec![], 3));
+        assert_eq!(gaps_between(&[0, 1, 2]), (vec![], 3));
+        assert_eq!(gaps_between(&[3, 4]), (vec![], 5));
+        assert_eq!(gaps_between(&[9, 5, 5, -1]), (vec![(3, 4), (6, 8)], 10));
+    }
 
     #[test]
     fn decimal_formats_without_allocating() {

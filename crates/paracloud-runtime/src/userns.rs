@@ -38,6 +38,13 @@ pub(crate) fn leave_made_ahead(made: Option<(IdRange, OwnedFd)>) {
     *MADE_AHEAD.lock().unwrap_or_else(|e| e.into_inner()) = made;
 }
 
+/// The fd of the user namespace left by [`leave_made_ahead`], if any.
+pub(crate) fn made_ahead_fd() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    let made = MADE_AHEAD.lock().unwrap_or_else(|e| e.into_inner());
+    made.as_ref().map(|(_, namespace)| namespace.as_raw_fd())
+}
+
 /// A new user namespace mapping ids 0..size inside to host..host+size, as an open namespace
 /// file: the one made ahead for `range` if there is one, else made now by a short-lived child
 /// (a namespace cannot be made for another process), whose maps this process, root of the
