@@ -401,18 +401,6 @@ fn clone_sandbox_init(
     namespaces: libc::c_int,
     config_frame: &[u8],
 ) -> Result<(i32, OwnedFd, File, OwnedFd, usize)> {
-    let pipe = || {
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Sys {
-            context: format!("creating a pipe for {}", cfg.id),
-            source: e,
-        })
-    };
-    // Both pipes are close-on-exec here, so children that other threads start concurrently
-    // never keep them past their own exec; our child clears the flag on its two ends alone.
-    let (init_reads, to_init) = pipe()?;
-    let (from_init, init_reports) = pipe()?;
-    let preloaded = preload(&to_init, config_frame)
-        .map_err(|e| Error::sys(format!("writing the config of {}", cfg.id), e))?;
     let cgroup_dir = match cgroups.clone_into_dir(&cfg.id) {
         Some(dir) => Some(
             std::fs::OpenOptions::new()
@@ -425,16 +413,25 @@ fn clone_sandbox_init(
     };
     let cgroup = cgroup_dir.as_ref().map(|d| d.as_fd());
     if let Some(spawner) = spawner {
-        let pipes = [init_reads.as_fd(), init_reports.as_fd()];
-        match spawner.clone_sandbox_init(&config.helper_exe, namespaces, cgroup, pipes, cfg.userns)
-        {
-            Ok((pid, pidfd)) => return Ok((pid, pidfd, File::from(to_init), from_init, preloaded)),
+        let pipes = Pipes::new(cfg, config_frame)?;
+        let ends = [pipes.init_reads.as_fd(), pipes.init_reports.as_fd()];
+        match spawner.clone_sandbox_init(&config.helper_exe, namespaces, cgroup, ends, cfg.userns) {
+            Ok((pid, pidfd)) => return Ok(pipes.daemon_side(pid, pidfd)),
+            // Fresh pipes below: a spawner that died after its clone left a child reading these,
+            // which ends at their EOF.
             Err(e) => tracing::warn!(
                 id = %cfg.id,
                 "the spawner failed ({e}); cloning the daemon and executing sandbox-init instead"
             ),
         }
     }
+    let Pipes {
+        init_reads,
+        to_init,
+        from_init,
+        init_reports,
+        preloaded,
+    } = Pipes::new(cfg, config_frame)?;
 
     let exe = CString::new(config.helper_exe.as_os_str().as_bytes()).map_err(|_| {
         sandbox_error(
@@ -466,6 +463,51 @@ fn clone_sandbox_init(
     drop(init_reads);
     drop(init_reports);
     Ok((pid, pidfd, File::from(to_init), from_init, preloaded))
+}
+
+/// The config and error pipes of one sandbox-init, the config already in as far as it fits.
+/// Both are close-on-exec, so children that other threads start concurrently never keep them
+/// past their own exec; the child clears the flag on its two ends alone.
+struct Pipes {
+    init_reads: OwnedFd,
+    to_init: OwnedFd,
+    from_init: OwnedFd,
+    init_reports: OwnedFd,
+    /// Bytes of the config frame already in the config pipe.
+    preloaded: usize,
+}
+
+impl Pipes {
+    fn new(cfg: &InstanceConfig, config_frame: &[u8]) -> Result<Self> {
+        let pipe = || {
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Sys {
+                context: format!("creating a pipe for {}", cfg.id),
+                source: e,
+            })
+        };
+        let (init_reads, to_init) = pipe()?;
+        let (from_init, init_reports) = pipe()?;
+        let preloaded = preload(&to_init, config_frame)
+            .map_err(|e| Error::sys(format!("writing the config of {}", cfg.id), e))?;
+        Ok(Pipes {
+            init_reads,
+            to_init,
+            from_init,
+            init_reports,
+            preloaded,
+        })
+    }
+
+    /// What the daemon keeps once the child has its ends (dropped here).
+    fn daemon_side(self, pid: i32, pidfd: OwnedFd) -> (i32, OwnedFd, File, OwnedFd, usize) {
+        (
+            pid,
+            pidfd,
+            File::from(self.to_init),
+            self.from_init,
+            self.preloaded,
+        )
+    }
 }
 
 /// Writes as much of `frame` into the empty pipe `to_init` as it takes without blocking.
