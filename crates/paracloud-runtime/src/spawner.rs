@@ -347,9 +347,9 @@ impl Namespaces {
     }
 }
 
-/// Clones sandbox-init with `fds` (config reader, error writer, the cgroup2 directory if any);
-/// in the child, runs it and never returns. The child keeps the spawner's socket until
-/// sandbox-init marks every inherited fd close-on-exec.
+/// Clones sandbox-init with `fds` (config reader, error writer, the cgroup2 directory if any),
+/// in the namespaces made ahead when there are: `ready` (taken either way); in the child, runs
+/// it and never returns.
 fn serve(
     proof: &sys::SingleThreaded,
     namespaces: libc::c_int,
