@@ -376,6 +376,14 @@ struct ProxyArgs {
     /// The paracloud binary (default: `paracloud` beside this one)
     #[arg(long, value_name = "FILE")]
     paracloud: Option<PathBuf>,
+    /// The backend is the shop's `web` tier (one instance, on a daemon of the bench's own)
+    /// instead of nginx's fixed answer; wrk asks it for PATH: `/` is the page, which asks `api`
+    /// and `kv` behind it, `/healthz` web's own answer
+    #[arg(long, value_name = "PATH")]
+    shop: Option<String>,
+    /// Address pool of the daemon that runs the shop with --shop
+    #[arg(long, default_value = "10.246.0.0/16")]
+    shop_subnet: Ipv4Net,
     /// Also write DIR/report.md (the live and simulated figures side by side, with the run's
     /// parameters) and DIR/results.json
     #[arg(long, value_name = "DIR")]
@@ -391,6 +399,10 @@ impl ProxyArgs {
             rounds: self.rounds.max(1),
             port_base: self.proxy_port_base,
             paracloud: self.paracloud.clone(),
+            shop: self.shop.clone().map(|path| proxy::ShopBackend {
+                path,
+                subnet: self.shop_subnet,
+            }),
         }
     }
 }
@@ -529,6 +541,14 @@ struct LiveArgs {
     /// The paracloud binary (default: `paracloud` beside this one)
     #[arg(long, value_name = "FILE")]
     paracloud: Option<PathBuf>,
+    /// The backend is the shop's `web` tier (one instance, on a daemon of the bench's own)
+    /// instead of nginx's fixed answer; wrk asks it for PATH: `/` is the page, which asks `api`
+    /// and `kv` behind it, `/healthz` web's own answer
+    #[arg(long, value_name = "PATH")]
+    shop: Option<String>,
+    /// Address pool of the daemon that runs the shop with --shop
+    #[arg(long, default_value = "10.246.0.0/16")]
+    shop_subnet: Ipv4Net,
     /// Also write DIR/report.md (the live and simulated figures side by side, with the run's
     /// parameters) and DIR/results.json
     #[arg(long, value_name = "DIR")]

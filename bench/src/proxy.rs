@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
@@ -37,6 +37,18 @@ pub struct ProxyOptions {
     pub rounds: usize,
     pub port_base: u16,
     pub paracloud: Option<PathBuf>,
+    /// The backend: the shop's `web` instance (one, on a daemon of the bench's own) instead of
+    /// nginx's fixed answer, and the path wrk asks it for.
+    pub shop: Option<ShopBackend>,
+}
+
+/// The shop's `web` tier as the backend: `path` is "/" for the page, which asks `api` and `kv`
+/// behind it, or "/healthz" for web's own answer.
+#[derive(Debug, Clone)]
+pub struct ShopBackend {
+    pub path: String,
+    /// The address pool of the bench's daemon.
+    pub subnet: ipnet::Ipv4Net,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -124,8 +136,12 @@ pub struct ProxyReport {
 struct Target {
     peer: Peer,
     mode: Mode,
-    port: u16,
+    addr: SocketAddr,
     pid: Option<i32>,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The processes the bench started; stopped (SIGTERM, then SIGKILL) by pid on drop.
@@ -248,7 +264,7 @@ pub fn backend_nginx_conf(dir: &Path, port: u16) -> String {
 
 pub fn proxy_nginx_conf(
     dir: &Path,
-    backend: u16,
+    backend: SocketAddr,
     http_port: u16,
     stream_port: Option<u16>,
 ) -> String {
@@ -262,7 +278,7 @@ pub fn proxy_nginx_conf(
          pid {dir}/nginx.pid;\nerror_log {dir}/nginx.err warn;\n\
          events {{ worker_connections 8192; }}\n\
          http {{\n    access_log off;\n    keepalive_requests 1000000;\n    keepalive_timeout 300s;\n\
-         {temps}    upstream backend {{\n        server 127.0.0.1:{backend};\n        keepalive 64;\n\
+         {temps}    upstream backend {{\n        server {backend};\n        keepalive 64;\n\
          keepalive_requests 1000000;\n        keepalive_timeout 300s;\n    }}\n\
          server {{\n        listen 127.0.0.1:{http_port} backlog=4096;\n        location / {{\n\
          proxy_pass http://backend;\n            proxy_http_version 1.1;\n\
@@ -274,13 +290,13 @@ pub fn proxy_nginx_conf(
         let _ = write!(
             conf,
             "stream {{\n    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n\
-             proxy_pass 127.0.0.1:{backend};\n    }}\n}}\n"
+             proxy_pass {backend};\n    }}\n}}\n"
         );
     }
     conf
 }
 
-pub fn haproxy_conf(backend: u16, http_port: u16, tcp_port: u16) -> String {
+pub fn haproxy_conf(backend: SocketAddr, http_port: u16, tcp_port: u16) -> String {
     format!(
         "global\n    nbthread 1\n    maxconn 4096\n\n\
          defaults\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n\
@@ -288,17 +304,16 @@ pub fn haproxy_conf(backend: u16, http_port: u16, tcp_port: u16) -> String {
          frontend fe_http\n    mode http\n    bind 127.0.0.1:{http_port}\n    option http-keep-alive\n\
          default_backend be_http\n\n\
          backend be_http\n    mode http\n    http-reuse always\n    option http-keep-alive\n\
-         server s1 127.0.0.1:{backend}\n\n\
+         server s1 {backend}\n\n\
          frontend fe_tcp\n    mode tcp\n    bind 127.0.0.1:{tcp_port}\n    default_backend be_tcp\n\n\
-         backend be_tcp\n    mode tcp\n    server s1 127.0.0.1:{backend}\n"
+         backend be_tcp\n    mode tcp\n    server s1 {backend}\n"
     )
 }
 
 /// The data plane's configuration (`paracloud_dataplane::Config` as JSON): one HTTP and one TCP
 /// listener, both to the backend.
-pub fn dataplane_config(backend: u16, http_port: u16, tcp_port: u16) -> serde_json::Value {
-    let backends =
-        json!([{ "id": "backend.1", "addr": format!("127.0.0.1:{backend}"), "weight": 1 }]);
+pub fn dataplane_config(backend: SocketAddr, http_port: u16, tcp_port: u16) -> serde_json::Value {
+    let backends = json!([{ "id": "backend.1", "addr": backend.to_string(), "weight": 1 }]);
     json!({
         "listeners": [
             { "name": "bench/http", "bind": format!("127.0.0.1:{http_port}"),
@@ -309,9 +324,9 @@ pub fn dataplane_config(backend: u16, http_port: u16, tcp_port: u16) -> serde_js
     })
 }
 
-/// Waits until `port` answers `GET /` with 200 and the body "ok".
-fn wait_ok(port: u16, limit: Duration) -> Result<()> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+/// Waits until `addr` answers `GET /healthz` (nginx's backend: any path) with 200 and a body
+/// that ends in "ok".
+fn wait_ok(addr: SocketAddr, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -321,17 +336,17 @@ fn wait_ok(port: u16, limit: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("127.0.0.1:{port} did not answer 200 \"ok\" within {limit:?}: {last}")
+    bail!("{addr} did not answer 200 \"ok\" within {limit:?}: {last}")
 }
 
 fn get_once(addr: SocketAddr) -> Result<()> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
     s.set_read_timeout(Some(Duration::from_secs(1)))?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
-    if !text.starts_with("HTTP/1.1 200") || !text.ends_with("ok") {
+    if !text.starts_with("HTTP/1.1 200") || !text.trim_end().ends_with("ok") {
         bail!(
             "unexpected answer: {:?}",
             text.chars().take(80).collect::<String>()
@@ -397,14 +412,14 @@ pub fn parse_wrk(out: &str) -> Result<WrkResult> {
     }
 }
 
-fn run_wrk(port: u16, connections: u32, seconds: u64) -> Result<WrkResult> {
+fn run_wrk(addr: SocketAddr, path: &str, connections: u32, seconds: u64) -> Result<WrkResult> {
     let out = pinned(CLIENT_CPU, "wrk")
         .args([
             "-t1",
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
             "--latency",
-            &format!("http://127.0.0.1:{port}/"),
+            &format!("http://{addr}{path}"),
         ])
         .stdin(Stdio::null())
         .output()
@@ -510,29 +525,37 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
     let base = opts.port_base;
     let mut fleet = Fleet::default();
     let mut skipped = vec![];
+    // The backend: the shop's web instance, or nginx, one process; either on the client's CPU.
+    let (backend, path, _shop) = match &opts.shop {
+        Some(shop) => {
+            let (platform, web) = start_shop(opts, shop, scratch)?;
+            (web, shop.path.as_str(), Some(platform))
+        }
+        None => {
+            let conf = dir.join("backend.conf");
+            fs::write(&conf, backend_nginx_conf(&dir, base))?;
+            let log = dir.join("backend.log");
+            spawn_nginx(
+                &mut fleet,
+                "backend nginx",
+                CLIENT_CPU,
+                &dir,
+                "backend",
+                &conf,
+                &log,
+            )?;
+            wait_ok(loopback(base), Duration::from_secs(5))
+                .and_then(|()| fleet.check_alive("backend nginx", &log))
+                .context("the backend did not start")?;
+            (loopback(base), "/", None)
+        }
+    };
     let mut targets = vec![Target {
         peer: Peer::Direct,
         mode: Mode::Http,
-        port: base,
+        addr: backend,
         pid: None,
     }];
-
-    // The backend: nginx, one process, on the client's CPU.
-    let conf = dir.join("backend.conf");
-    fs::write(&conf, backend_nginx_conf(&dir, base))?;
-    let log = dir.join("backend.log");
-    spawn_nginx(
-        &mut fleet,
-        "backend nginx",
-        CLIENT_CPU,
-        &dir,
-        "backend",
-        &conf,
-        &log,
-    )?;
-    wait_ok(base, Duration::from_secs(5))
-        .and_then(|()| fleet.check_alive("backend nginx", &log))
-        .context("the backend did not start")?;
 
     // Paracloud's data plane: one process, both listeners; tokio sizes its worker pool from the
     // CPU affinity (1), and TOKIO_WORKER_THREADS says so explicitly.
@@ -543,7 +566,7 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
         let conf = dir.join("dataplane.json");
         fs::write(
             &conf,
-            serde_json::to_vec_pretty(&dataplane_config(base, http_p, tcp_p))?,
+            serde_json::to_vec_pretty(&dataplane_config(backend, http_p, tcp_p))?,
         )?;
         let log = dir.join("dataplane.log");
         fleet.spawn(
@@ -556,8 +579,8 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
                 .env("RUST_LOG", "warn"),
             &log,
         )?;
-        wait_ok(http_p, Duration::from_secs(5))?;
-        wait_ok(tcp_p, Duration::from_secs(5))?;
+        wait_ok(loopback(http_p), Duration::from_secs(5))?;
+        wait_ok(loopback(tcp_p), Duration::from_secs(5))?;
         fleet.check_alive("paracloud data plane", &log)
     })();
     match started {
@@ -565,13 +588,13 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
             Target {
                 peer: Peer::Paracloud,
                 mode: Mode::Http,
-                port: http_p,
+                addr: loopback(http_p),
                 pid: fleet.pid("paracloud data plane"),
             },
             Target {
                 peer: Peer::Paracloud,
                 mode: Mode::Tcp,
-                port: tcp_p,
+                addr: loopback(tcp_p),
                 pid: fleet.pid("paracloud data plane"),
             },
         ]),
@@ -583,15 +606,15 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
     let tcp_p = port_of(base, Peer::Haproxy, Mode::Tcp);
     let started = (|| -> Result<()> {
         let conf = dir.join("haproxy.cfg");
-        fs::write(&conf, haproxy_conf(base, http_p, tcp_p))?;
+        fs::write(&conf, haproxy_conf(backend, http_p, tcp_p))?;
         let log = dir.join("haproxy.log");
         fleet.spawn(
             "haproxy",
             pinned(PROXY_CPU, "haproxy").arg("-db").arg("-f").arg(&conf),
             &log,
         )?;
-        wait_ok(http_p, Duration::from_secs(5))?;
-        wait_ok(tcp_p, Duration::from_secs(5))?;
+        wait_ok(loopback(http_p), Duration::from_secs(5))?;
+        wait_ok(loopback(tcp_p), Duration::from_secs(5))?;
         fleet.check_alive("haproxy", &log)
     })();
     match started {
@@ -599,13 +622,13 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
             Target {
                 peer: Peer::Haproxy,
                 mode: Mode::Http,
-                port: http_p,
+                addr: loopback(http_p),
                 pid: fleet.pid("haproxy"),
             },
             Target {
                 peer: Peer::Haproxy,
                 mode: Mode::Tcp,
-                port: tcp_p,
+                addr: loopback(tcp_p),
                 pid: fleet.pid("haproxy"),
             },
         ]),
@@ -624,12 +647,12 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
     }
     let started = (|| -> Result<()> {
         let conf = dir.join("nginx.conf");
-        fs::write(&conf, proxy_nginx_conf(&dir, base, http_p, stream_p))?;
+        fs::write(&conf, proxy_nginx_conf(&dir, backend, http_p, stream_p))?;
         let log = dir.join("nginx.log");
         spawn_nginx(&mut fleet, "nginx", PROXY_CPU, &dir, "nginx", &conf, &log)?;
-        wait_ok(http_p, Duration::from_secs(5))?;
+        wait_ok(loopback(http_p), Duration::from_secs(5))?;
         if let Some(p) = stream_p {
-            wait_ok(p, Duration::from_secs(5))?;
+            wait_ok(loopback(p), Duration::from_secs(5))?;
         }
         fleet.check_alive("nginx", &log)
     })();
@@ -638,14 +661,14 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
             targets.push(Target {
                 peer: Peer::Nginx,
                 mode: Mode::Http,
-                port: http_p,
+                addr: loopback(http_p),
                 pid: fleet.pid("nginx"),
             });
             if let Some(port) = stream_p {
                 targets.push(Target {
                     peer: Peer::Nginx,
                     mode: Mode::Tcp,
-                    port,
+                    addr: loopback(port),
                     pid: fleet.pid("nginx"),
                 });
             }
@@ -690,10 +713,10 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
                 );
                 let result = (|| {
                     if opts.warmup > 0 {
-                        run_wrk(t.port, connections, opts.warmup)?;
+                        run_wrk(t.addr, path, connections, opts.warmup)?;
                     }
                     let before = t.pid.and_then(crate::host::cpu_time_ns);
-                    let mut result = run_wrk(t.port, connections, opts.duration)?;
+                    let mut result = run_wrk(t.addr, path, connections, opts.duration)?;
                     let after = t.pid.and_then(crate::host::cpu_time_ns);
                     result.cpu_us_per_request = before.zip(after).and_then(|(b, a)| {
                         cpu_us_per_request(a.saturating_sub(b), result.requests)
@@ -711,6 +734,7 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
         row.median = median_result(&row.samples);
     }
     drop(fleet);
+    drop(_shop);
 
     Ok(ProxyReport {
         date: crate::host::utc_date(),
@@ -723,8 +747,89 @@ pub fn run(opts: &ProxyOptions, scratch: &Path) -> Result<ProxyReport> {
         rounds: opts.rounds,
         rows,
         skipped,
-        method: METHOD.to_string(),
+        method: match &opts.shop {
+            Some(shop) => format!("{}{METHOD}", shop_backend(&shop.path)),
+            None => format!("{NGINX_BACKEND}{METHOD}"),
+        },
     })
+}
+
+/// The shop on a daemon of the bench's own, with one `web` instance; returns the daemon and
+/// that instance's address. The shop's processes and the daemon's data plane (which carries
+/// web's calls to api and api's to kv) are moved to the client's CPU, so that the proxy under
+/// test has the other one to itself.
+fn start_shop(
+    opts: &ProxyOptions,
+    shop: &ShopBackend,
+    scratch: &Path,
+) -> Result<(crate::platform::Platform, SocketAddr)> {
+    let paracloud = paracloud_binary(opts)?;
+    let bin_dir = paracloud
+        .parent()
+        .context("the paracloud binary has no directory")?
+        .to_path_buf();
+    for program in ["shop-web", "shop-api", "shop-kv"] {
+        ensure!(
+            bin_dir.join(program).is_file(),
+            "{program} is not beside {}: cargo build --release --workspace",
+            paracloud.display()
+        );
+    }
+    let mut platform = crate::platform::Platform::start(
+        &paracloud,
+        &scratch.join("shop-root"),
+        shop.subnet,
+        "proxy",
+        SHOP_APP,
+    )?;
+    let manifest = scratch.join("shop.toml");
+    fs::write(&manifest, shop_manifest(&bin_dir))?;
+    platform.cli(&["up", "-f"], Some(&manifest))?;
+    platform.up = true;
+    let instances = platform.ps()?;
+    let web = instances
+        .iter()
+        .find(|i| i.instance == "web.1")
+        .and_then(|i| i.address.as_deref())
+        .context("web.1 has no address")?;
+    let web = SocketAddr::new(web.parse()?, 8080);
+    let mut pids: Vec<i32> = instances.iter().filter_map(|i| i.pid).collect();
+    pids.push(platform.daemon_pid);
+    pids.push(platform.current_dataplane()?);
+    for pid in pids {
+        let status = Command::new("taskset")
+            .args(["-a", "-p", "-c", CLIENT_CPU, &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()?;
+        ensure!(status.success(), "taskset of pid {pid} failed");
+    }
+    wait_ok(web, Duration::from_secs(10)).context("the shop's web did not answer")?;
+    Ok((platform, web))
+}
+
+const SHOP_APP: &str = "proxyshop";
+
+/// examples/shop/paracloud.toml with one `web` instance, no published port and no CPU limits
+/// (the tier's capacity, not a quota, bounds it).
+fn shop_manifest(bin_dir: &Path) -> String {
+    let paths = format!("paths = [{:?}]", bin_dir.display().to_string());
+    format!(
+        "app = \"{SHOP_APP}\"\n\n\
+         [services.kv]\nimage = \"host\"\n{paths}\n\
+         command = [\"shop-kv\", \"--listen\", \"0.0.0.0:7000\", \"--data\", \"/data\"]\n\
+         ports = [{{ port = 7000, protocol = \"tcp\" }}]\nvolumes = [\"kvdata:/data\"]\n\
+         health = {{ tcp = 7000, interval = \"2s\" }}\n\n\
+         [services.api]\nimage = \"host\"\n{paths}\n\
+         command = [\"shop-api\", \"--listen\", \"0.0.0.0:8000\", \"--kv\", \"kv:7000\"]\n\
+         ports = [{{ port = 8000, protocol = \"http\" }}]\n\
+         health = {{ http = \"/healthz\", interval = \"2s\" }}\n\
+         depends_on = {{ kv = \"healthy\" }}\n\n\
+         [services.web]\nimage = \"host\"\n{paths}\n\
+         command = [\"shop-web\", \"--listen\", \"0.0.0.0:8080\", \"--api\", \"http://api:8000\"]\n\
+         ports = [{{ port = 8080, protocol = \"http\" }}]\n\
+         health = {{ http = \"/healthz\", interval = \"2s\" }}\n\
+         depends_on = {{ api = \"healthy\" }}\n"
+    )
 }
 
 fn fmt_ms(v: f64) -> String {
@@ -891,9 +996,25 @@ fn closer_goals(report: &ProxyReport, mode: Mode, c: u32, pc: &WrkResult) -> Opt
     ))
 }
 
-pub const METHOD: &str = "\
+/// The backend line of the method when it is nginx's fixed answer.
+const NGINX_BACKEND: &str = "\
 - Backend: nginx (Debian) with `daemon off`, `master_process off` (one process), `return 200 \"ok\"`, \
 access log off, `keepalive_requests 1000000`, pinned to CPU 1; the same backend for every target.
+";
+
+/// The backend line of the method with `--shop PATH`.
+fn shop_backend(path: &str) -> String {
+    format!(
+        "- Backend: the shop's `web` tier, one instance (`shop-web`, axum) on a daemon of the \
+         bench's own, wrk asking `{path}` (`/` is the page, for which web asks `api` and api asks \
+         `kv`, through the daemon's data plane; `/healthz` is web's own answer). The shop's \
+         processes, the daemon and its data plane are moved to CPU 1 with `taskset -a -p`; no CPU \
+         quota on any service. The same instance for every target, reached at its bridge \
+         address.\n"
+    )
+}
+
+pub const METHOD: &str = "\
 - Client: `wrk -t1 -cN -dD --latency`, pinned to CPU 1 beside the backend (the machine has 2 cores: \
 the client and the backend share one, the proxy under test has the other to itself). A warm-up run \
 precedes each measured run and is not counted. Targets are interleaved per connection count, the \
@@ -981,7 +1102,7 @@ Transfer/sec:      7.80MB
 
     #[test]
     fn dataplane_config_has_both_listeners() {
-        let v = dataplane_config(1, 2, 3);
+        let v = dataplane_config(loopback(1), 2, 3);
         assert_eq!(v["listeners"][0]["protocol"], "http");
         assert_eq!(v["listeners"][1]["protocol"], "tcp");
         assert_eq!(v["listeners"][1]["backends"][0]["addr"], "127.0.0.1:1");
