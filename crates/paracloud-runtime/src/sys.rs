@@ -470,6 +470,25 @@ pub(crate) fn single_threaded() -> io::Result<SingleThreaded> {
     Ok(SingleThreaded(()))
 }
 
+/// clone3 with `args` and no stack or CLONE_VM: as fork, the child returns 0 here on a copy of
+/// this thread's stack, the parent the child's pid.
+///
+/// # Safety
+///
+/// In a process with other threads the child may only run async-signal-safe code on memory
+/// prepared before the call (another thread may hold a lock the child inherits locked); every
+/// address in `args` must be valid.
+unsafe fn clone3_like_fork(args: &mut libc::clone_args) -> io::Result<libc::c_long> {
+    // SAFETY: `args` is a clone_args of the size passed; the caller's promises above.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    })
+}
+
 /// The arguments of a fork-like clone3 (no stack, no CLONE_VM) with `flags`, the address to store
 /// a pidfd at (0 for none) and the cgroup2 directory to start the child in.
 fn clone_args(flags: u64, pidfd: u64, cgroup: Option<BorrowedFd<'_>>) -> libc::clone_args {
@@ -497,17 +516,9 @@ pub(crate) fn fork(_proof: &SingleThreaded, cgroup: Option<BorrowedFd<'_>>) -> i
         0
     };
     let mut args = clone_args(flags, 0, cgroup);
-    // SAFETY: clone3 without a stack or CLONE_VM behaves like fork. With one thread there is no
-    // lock held by another thread that the child could inherit locked, so the child may
-    // allocate and run ordinary code; `args` is valid for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut libc::clone_args,
-            std::mem::size_of::<libc::clone_args>(),
-        )
-    };
-    match check(ret)? {
+    // SAFETY: with one thread there is no lock held by another thread that the child could
+    // inherit locked, so the child may allocate and run ordinary code.
+    match unsafe { clone3_like_fork(&mut args) }? {
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent(nix::unistd::Pid::from_raw(pid as i32))),
     }
@@ -536,17 +547,10 @@ pub(crate) fn clone_as_sibling(
     // clone3 refuses an exit signal with CLONE_PARENT: the child gets this process's own
     // (SIGCHLD), which its new parent expects.
     args.exit_signal = 0;
-    // SAFETY: clone3 without a stack or CLONE_VM behaves like fork. With one thread there is no
-    // lock held by another thread that the child could inherit locked, so the child may
-    // allocate and run ordinary code; `args` and `pidfd` are valid for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut libc::clone_args,
-            std::mem::size_of::<libc::clone_args>(),
-        )
-    };
-    match check(ret)? {
+    // SAFETY: with one thread there is no lock held by another thread that the child could
+    // inherit locked, so the child may allocate and run ordinary code; `pidfd` outlives the
+    // call.
+    match unsafe { clone3_like_fork(&mut args) }? {
         0 => Ok(Cloned::Child),
         // SAFETY: CLONE_PIDFD stored a new fd, owned by nobody else, in `pidfd`.
         pid => Ok(Cloned::Parent(pid as i32, unsafe {
@@ -635,21 +639,13 @@ pub(crate) fn clone_exec(
     let mut args = clone_args(flags, &mut pidfd as *mut libc::c_int as u64, cgroup);
     let keep = keep.map(|fd| fd.as_raw_fd());
     let report = report.as_raw_fd();
-    // SAFETY: clone3 without a stack behaves like fork: the child continues here on a copy of
-    // this thread's stack; `args` and `pidfd` are valid for the call. The child only runs
-    // `exec_child`, which is async-signal-safe (the daemon is multi-threaded) and uses memory
-    // prepared before the clone.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut libc::clone_args,
-            std::mem::size_of::<libc::clone_args>(),
-        )
-    };
-    if ret == 0 {
+    // SAFETY: the child only runs `exec_child`, which is async-signal-safe (the daemon is
+    // multi-threaded) and uses memory prepared before the clone; `pidfd` outlives the call.
+    let pid = unsafe { clone3_like_fork(&mut args) }?;
+    if pid == 0 {
         exec_child(plan, keep, report);
     }
-    let pid = check(ret)? as i32;
+    let pid = pid as i32;
     // SAFETY: CLONE_PIDFD stored a new fd, owned by nobody else, in `pidfd`.
     Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
