@@ -407,14 +407,7 @@ fn cmdline(pid: i32) -> Vec<String> {
 fn platform_processes(root: &str, parent: &str) -> Vec<Proc> {
     let mut found = Vec::new();
     let prefix = format!("/{parent}/");
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         let args = cmdline(pid);
         let groups: BTreeSet<String> = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .unwrap_or_default()

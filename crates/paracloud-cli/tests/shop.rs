@@ -177,14 +177,7 @@ fn an_instance_killed_from_outside_is_restarted() {
 /// The children of `daemon` that run the hidden `__spawner` command.
 fn spawners_of(daemon: i32) -> Vec<i32> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let Some(after) = stat.rfind(')').map(|at| &stat[at + 2..]) else {
             continue;
