@@ -379,7 +379,7 @@ struct ProxyArgs {
     /// The backend is the shop's `web` tier (one instance, on a daemon of the bench's own)
     /// instead of nginx's fixed answer; wrk asks it for PATH: `/` is the page, which asks `api`
     /// and `kv` behind it, `/healthz` web's own answer
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = url_path)]
     shop: Option<String>,
     /// Address pool of the daemon that runs the shop with --shop
     #[arg(long, default_value = "10.246.0.0/16")]
@@ -544,7 +544,7 @@ struct LiveArgs {
     /// The backend is the shop's `web` tier (one instance, on a daemon of the bench's own)
     /// instead of nginx's fixed answer; wrk asks it for PATH: `/` is the page, which asks `api`
     /// and `kv` behind it, `/healthz` web's own answer
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = url_path)]
     shop: Option<String>,
     /// Address pool of the daemon that runs the shop with --shop
     #[arg(long, default_value = "10.246.0.0/16")]
@@ -691,6 +691,16 @@ fn autoscale_live(args: &LiveArgs, json: Option<&PathBuf>, keep: bool) -> Result
         [one] => print_json(one, json),
         all => print_json(&all, json),
     }
+}
+
+/// A path wrk can ask for: `/` and what follows, without spaces.
+fn url_path(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') || path.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{path:?} is not a URL path: give one that starts with / and has no spaces, as / or /healthz"
+        ));
+    }
+    Ok(path.to_string())
 }
 
 fn main() {

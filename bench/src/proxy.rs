@@ -763,6 +763,12 @@ fn start_shop(
     shop: &ShopBackend,
     scratch: &Path,
 ) -> Result<(crate::platform::Platform, SocketAddr)> {
+    if let Some(clash) = crate::host::route_overlapping(shop.subnet)? {
+        bail!(
+            "--shop-subnet {} overlaps the host route {clash}: pick another",
+            shop.subnet
+        );
+    }
     let paracloud = paracloud_binary(opts)?;
     let bin_dir = paracloud
         .parent()
@@ -784,8 +790,9 @@ fn start_shop(
     )?;
     let manifest = scratch.join("shop.toml");
     fs::write(&manifest, shop_manifest(&bin_dir))?;
-    platform.cli(&["up", "-f"], Some(&manifest))?;
+    // Set first: a failed `up` leaves instances that Drop must take down too.
     platform.up = true;
+    platform.cli(&["up", "-f"], Some(&manifest))?;
     let instances = platform.ps()?;
     let web = instances
         .iter()
