@@ -299,7 +299,7 @@ fn run_daemon(global: &Global, listen: Option<std::net::SocketAddr>) -> Result<(
             global.daemon.subnet,
             global.daemon.app_prefix,
         )
-        .map_err(|e| anyhow::anyhow!("--app-prefix {}: {e}", global.daemon.app_prefix))?,
+        .map_err(anyhow::Error::msg)?,
         exe,
         settings: Default::default(),
         listen,

@@ -160,3 +160,26 @@ fn neighbours(pid: Option<i64>, dev: &str) -> String {
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[test]
+fn a_daemon_refuses_a_pool_in_the_loopback_or_another_special_range() {
+    let p = Platform::new();
+    for (pool, range) in [
+        ("127.0.0.0/16", "127.0.0.0/8, the loopback range"),
+        ("169.254.0.0/16", "169.254.0.0/16, the link-local range"),
+    ] {
+        let out = p
+            .command()
+            .args(["daemon", "--subnet", pool])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{pool} was taken");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(&format!("--subnet {pool}: the pool overlaps {range}"))
+                && said.contains("give a private range such as 10.213.0.0/16"),
+            "{said}"
+        );
+        assert!(p.daemon_pid().is_none(), "no daemon runs after {pool}");
+    }
+}

@@ -21,6 +21,20 @@ pub const LARGEST_APP_PREFIX: u8 = 22;
 /// and the service addresses.
 pub const SMALLEST_APP_PREFIX: u8 = 27;
 
+/// Ranges an address pool may not touch: the kernel routes them to the host itself, or to no one
+/// host, so an instance's address there is unreachable or taken from someone else (a loopback
+/// pool gave instances that could not reach each other: "connect ... Invalid argument").
+const SPECIAL_RANGES: [(&str, &str); 5] = [
+    ("0.0.0.0/8", "\"this network\" (RFC 1122)"),
+    ("127.0.0.0/8", "the loopback range"),
+    ("169.254.0.0/16", "the link-local range"),
+    ("224.0.0.0/4", "the multicast range"),
+    (
+        "240.0.0.0/4",
+        "the reserved range with the broadcast address",
+    ),
+];
+
 /// Where applications' subnets come from: the daemon's pool, cut in subnets of one size. Both
 /// stay as they were while any application exists (its subnet is its index in this plan).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +45,21 @@ pub struct AddressPlan {
 }
 
 impl AddressPlan {
-    /// The plan of `pool` cut in `/app_prefix` subnets, or why that size cannot be used.
+    /// The plan of `pool` cut in `/app_prefix` subnets, or why that pool or size cannot be used,
+    /// naming the daemon's flag to change.
     pub fn new(pool: Ipv4Net, app_prefix: u8) -> Result<Self, String> {
+        if let Some((range, what)) = SPECIAL_RANGES
+            .iter()
+            .map(|(range, what)| (range.parse::<Ipv4Net>().expect("a valid range"), what))
+            .find(|(range, _)| range.contains(&pool) || pool.contains(range))
+        {
+            return Err(format!(
+                "--subnet {pool}: the pool overlaps {range}, {what}, where instances cannot have their addresses; give a private range such as 10.213.0.0/16 or 172.30.0.0/16"
+            ));
+        }
         if !(LARGEST_APP_PREFIX..=SMALLEST_APP_PREFIX).contains(&app_prefix) {
             return Err(format!(
-                "an application subnet of /{app_prefix} cannot be used: an application's network is one Linux bridge, which takes at most 1,024 ports, and its first 16 addresses are kept for the gateway and the service addresses, so give a prefix length from {LARGEST_APP_PREFIX} (1,007 instances per application) to {SMALLEST_APP_PREFIX} (15)"
+                "--app-prefix {app_prefix}: an application subnet of /{app_prefix} cannot be used: an application's network is one Linux bridge, which takes at most 1,024 ports, and its first 16 addresses are kept for the gateway and the service addresses, so give a prefix length from {LARGEST_APP_PREFIX} (1,007 instances per application) to {SMALLEST_APP_PREFIX} (15)"
             ));
         }
         Ok(Self { pool, app_prefix })
@@ -271,6 +295,10 @@ mod tests {
         let pool = "10.213.0.0/16".parse().unwrap();
         for prefix in [0, 16, 21, 28, 32] {
             let err = AddressPlan::new(pool, prefix).unwrap_err();
+            assert!(
+                err.starts_with(&format!("--app-prefix {prefix}: ")),
+                "{err}"
+            );
             assert!(err.contains(&format!("/{prefix} cannot be used")), "{err}");
             assert!(
                 err.contains("from 22 (1,007 instances per application) to 27"),
@@ -280,6 +308,35 @@ mod tests {
         for prefix in 22..=27 {
             let plan = AddressPlan::new(pool, prefix).unwrap();
             assert!(plan.network(0).unwrap().instance_address(0).is_ok());
+        }
+    }
+
+    #[test]
+    fn pools_in_or_around_special_ranges_are_refused_with_the_flag_named() {
+        for (pool, range) in [
+            ("127.0.0.0/16", "127.0.0.0/8"),
+            ("127.0.0.0/8", "127.0.0.0/8"),
+            ("0.0.0.0/0", "0.0.0.0/8"),
+            ("169.254.0.0/16", "169.254.0.0/16"),
+            ("224.1.0.0/16", "224.0.0.0/4"),
+            ("255.255.0.0/16", "240.0.0.0/4"),
+            ("126.0.0.0/7", "127.0.0.0/8"),
+        ] {
+            let err = AddressPlan::new(pool.parse().unwrap(), 24).unwrap_err();
+            assert!(err.starts_with(&format!("--subnet {pool}: ")), "{err}");
+            assert!(err.contains(&format!("overlaps {range}")), "{err}");
+            assert!(err.contains("10.213.0.0/16"), "says what to give: {err}");
+        }
+        for pool in [
+            "10.213.0.0/16",
+            "172.30.0.0/16",
+            "192.168.77.0/24",
+            "100.64.0.0/16",
+        ] {
+            assert!(
+                AddressPlan::new(pool.parse().unwrap(), 24).is_ok(),
+                "{pool}"
+            );
         }
     }
 }
