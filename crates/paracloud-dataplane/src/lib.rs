@@ -197,7 +197,9 @@ pub enum WatchEvent {
 /// Timing and retry limits of the forwarder; [`Tuning::default`] is what [`run`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
-    /// How long one connect to a backend may take before the next backend is tried.
+    /// How long one connect to a backend may take before the next backend is tried. Longer than
+    /// the kernel's first SYN retransmission (one second after the SYN): a backend whose accept
+    /// queue was full drops the SYN, and the one sent again must still find us waiting.
     pub connect_timeout: Duration,
     /// Connect attempts per client connection (TCP) or request (HTTP), each on a different
     /// backend while one is left.
@@ -233,7 +235,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            connect_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(1500),
             tries: 3,
             failure_hold: Duration::from_secs(2),
             eject_after: 5,
