@@ -183,6 +183,19 @@ pub fn processes() -> Vec<(i32, i32)> {
 }
 
 /// Field 4 of /proc/PID/stat; the command name before it may hold spaces and parentheses.
+/// The user and system CPU time of process `pid`, all its threads together, in clock ticks
+/// (`utime` and `stime` of `/proc/PID/stat`); none when the process is gone.
+pub fn cpu_split_ticks(pid: i32) -> Option<(u64, u64)> {
+    parse_user_system_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `utime` and `stime` (fields 14 and 15) of a `/proc/PID/stat` line; the command name in
+/// parentheses may hold spaces and parentheses itself.
+fn parse_user_system_ticks(stat: &str) -> Option<(u64, u64)> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
 fn parse_ppid(stat: &str) -> Option<i32> {
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(1)?.parse().ok()
@@ -263,6 +276,10 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS:"), Some(884));
         assert_eq!(parse_status_kib(status, "VmSwap:"), None);
         assert_eq!(parse_ppid("42 (a (b) c) S 7 42 42 0"), Some(7));
+        let stat = "42 (a (b) c) S 7 42 42 0 -1 4194560 120 0 0 0 1203 4411 0 0 20 0 1 0 99";
+        assert_eq!(parse_user_system_ticks(stat), Some((1203, 4411)));
+        assert_eq!(parse_user_system_ticks("42 (x) S 7 42"), None);
+        assert!(cpu_split_ticks(std::process::id() as i32).is_some());
         assert_eq!(
             parse_schedstat_ns("1843512345 20395 117\n"),
             Some(1_843_512_345)
