@@ -122,6 +122,12 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
 
+    /// The kubelet of a pod's node cannot be reached (for `exec`): the real server passes its
+    /// proxy's dial error on as a plain error, which is a 500 with no reason.
+    pub fn backend_unreachable(why: &str) -> Self {
+        Self::new(500, "", format!("error dialing backend: {why}"))
+    }
+
     /// A server-side apply that other managers' fields stop: `(owner, field)` pairs, the
     /// message grouped by owner as the real server writes it.
     pub fn apply_conflict(causes: Vec<(String, String)>) -> Self {
@@ -162,7 +168,7 @@ impl ApiError {
     }
 
     pub fn status(&self) -> Value {
-        json!({
+        let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -171,7 +177,14 @@ impl ApiError {
             "reason": self.reason,
             "details": self.details,
             "code": self.code,
-        })
+        });
+        // An unknown reason is left out, as the real server leaves it out.
+        if self.reason.is_empty() {
+            if let Some(fields) = status.as_object_mut() {
+                fields.remove("reason");
+            }
+        }
+        status
     }
 }
 

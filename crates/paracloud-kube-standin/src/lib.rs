@@ -18,8 +18,9 @@
 //!   custom resources, as the real server does) and server-side apply with managed fields per
 //!   manager ([`fields`]);
 //! - subresources: `status`, `scale` (autoscaling/v1 `Scale`), `pods/NAME/log` (what a test
-//!   set with [`StandIn::set_pod_log`]), and `pods/NAME/resize`, which
-//!   [`Options::pod_resize`] turns off to play a cluster older than 1.33;
+//!   set with [`StandIn::set_pod_log`]), `pods/NAME/resize`, which
+//!   [`Options::pod_resize`] turns off to play a cluster older than 1.33, and `pods/NAME/exec`,
+//!   run by the handler a test gives in [`Options::exec`], over the v5/v4 channel protocols;
 //! - deletion with finalizers, and the garbage collection of objects whose owner went;
 //! - `dryRun=All` on every write: the answer as if written, nothing kept;
 //! - watches from a resourceVersion, with bookmarks, and a 410 `Expired` ERROR event once
@@ -28,7 +29,8 @@
 //!
 //! What it simplifies, against a real server: no authentication, authorization, admission,
 //! validation against schemas or defaulting (but a Deployment's replicas default to 1 and a
-//! pod's spec is immutable but for what the real server lets change); no controllers run (a
+//! pod's spec is immutable but for what the real server lets change); no scheduler (an exec
+//! needs no node for its pod) and no terminal for an exec's `tty`; no controllers run (a
 //! test plays them: [`StandIn::set_status`], [`StandIn::set_pod_ready`],
 //! [`StandIn::set_deployment_ready`]); a deleted pod goes at once (no grace period); a deleted
 //! namespace takes its content with it at once; lists are atomic in field ownership and in
@@ -37,6 +39,7 @@
 //! keeps one only for kinds with a spec); one version per resource (no conversion).
 
 pub mod error;
+mod exec;
 pub mod fields;
 pub mod patch;
 pub mod resources;
@@ -50,20 +53,37 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 pub use error::ApiError;
+pub use exec::{ExecHandler, ExecRequest};
 use store::{Key, Store, Target};
 
 /// How the stand-in plays its cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// Serve `pods/NAME/resize` (in-place pod resize: beta and on by default from Kubernetes
     /// 1.33, stable in 1.35). Off, the stand-in answers 404 there, as an older server does, and
     /// `/version` says 1.32 instead of 1.35.
     pub pod_resize: bool,
+    /// Plays the kubelet for `pods/NAME/exec`: the process that runs each command. Without
+    /// one, an exec that passes the API server's checks is answered as when the pod's kubelet
+    /// cannot be reached: 500, `error dialing backend: ...`.
+    pub exec: Option<ExecHandler>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { pod_resize: true }
+        Options {
+            pod_resize: true,
+            exec: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("pod_resize", &self.pod_resize)
+            .field("exec", &self.exec.is_some())
+            .finish()
     }
 }
 

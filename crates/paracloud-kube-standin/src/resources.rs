@@ -247,7 +247,7 @@ impl Resources {
     }
 
     /// `/api/v1` or `/apis/GROUP/VERSION`: the APIResourceList of a group version, with its
-    /// subresources (`deployments/scale`, `pods/resize` when `pod_resize`), as clients discover
+    /// subresources (`deployments/scale`, `pods/exec`, `pods/resize` when `pod_resize`), as clients discover
     /// what a server offers. `None` when nothing is served there.
     pub fn resource_list(&self, group: &str, version: &str, pod_resize: bool) -> Option<Value> {
         let verbs = json!([
@@ -280,6 +280,13 @@ impl Resources {
                     format!("{}/scale", r.plural),
                     "Scale",
                     json!(["get", "patch", "update"]),
+                ));
+            }
+            if r.group.is_empty() && r.plural == "pods" {
+                entries.push(entry(
+                    "pods/exec".into(),
+                    "PodExecOptions",
+                    json!(["create", "get"]),
                 ));
             }
             if pod_resize && r.group.is_empty() && r.plural == "pods" {

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -112,6 +114,7 @@ async fn handle(
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     body: Bytes,
 ) -> Response {
     match uri.path() {
@@ -128,8 +131,15 @@ async fn handle(
         return ApiError::no_such_resource().into_response();
     };
     let watch = flag(&query, "watch");
-    let Some(verb) = verb_of(method.as_str(), parsed.name.is_some(), watch) else {
-        return ApiError::method_not_allowed(method.as_str()).into_response();
+    let exec = parsed.group.is_empty()
+        && parsed.plural == "pods"
+        && parsed.subresource.as_deref() == Some("exec");
+    let verb = match verb_of(method.as_str(), parsed.name.is_some(), watch) {
+        // Exec is `create` on `pods/exec` whichever way it comes: POST always was, and since
+        // 1.35 a WebSocket's GET needs `create` too.
+        Some(Verb::Get | Verb::Create) if exec => Verb::Create,
+        Some(verb) => verb,
+        None => return ApiError::method_not_allowed(method.as_str()).into_response(),
     };
     lock(&app.store).record(Request {
         verb,
@@ -140,6 +150,12 @@ async fn handle(
         namespace: parsed.namespace.clone(),
         name: parsed.name.clone(),
     });
+    if exec {
+        return match pod_exec(&app, &parsed, &method, &uri, &headers, upgrade) {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
+    }
     match serve(&app, parsed, verb, &query, &headers, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
@@ -461,6 +477,56 @@ fn watch(
         .into_response())
 }
 
+/// The container a pod's log or exec is about, as the real server picks it: the one asked for,
+/// which must be one of the pod's (init and ephemeral containers included), or else its only
+/// container.
+pub(crate) fn container_of(
+    pod: &Value,
+    pod_name: &str,
+    asked: Option<&str>,
+) -> Result<String, ApiError> {
+    let names = |field: &str| -> Vec<String> {
+        pod["spec"][field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let containers = names("containers");
+    let (init, ephemeral) = (names("initContainers"), names("ephemeralContainers"));
+    match asked.filter(|c| !c.is_empty()) {
+        Some(c)
+            if [&containers, &init, &ephemeral]
+                .iter()
+                .any(|n| n.iter().any(|n| n == c)) =>
+        {
+            Ok(c.to_owned())
+        }
+        Some(c) => Err(ApiError::bad_request(format!(
+            "container {c} is not valid for pod {pod_name}"
+        ))),
+        None if containers.len() == 1 => Ok(containers[0].clone()),
+        None => {
+            let mut message = format!("a container name must be specified for pod {pod_name}");
+            if !containers.is_empty() {
+                // Go prints a list of names as `[a b]`.
+                message += &format!(", choose one of: [{}]", containers.join(" "));
+                if !init.is_empty() {
+                    message += &format!(" or one of the init containers: [{}]", init.join(" "));
+                }
+                if !ephemeral.is_empty() {
+                    message += &format!(
+                        " or one of the ephemeral containers: [{}]",
+                        ephemeral.join(" ")
+                    );
+                }
+            }
+            Err(ApiError::bad_request(message))
+        }
+    }
+}
+
 /// A pod's log as the kubelet serves it through the API server: plain text, the last
 /// `tailLines` lines; `container` may be left out only when the pod has one container.
 fn pod_log(
@@ -470,28 +536,11 @@ fn pod_log(
 ) -> Result<Response, ApiError> {
     let store = lock(store);
     let pod = store.get(target)?;
-    let containers: Vec<String> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str().map(str::to_owned))
-        .collect();
-    let container = match query.get("container") {
-        Some(c) if containers.contains(c) => c.clone(),
-        Some(c) => {
-            return Err(ApiError::bad_request(format!(
-                "container {c} is not valid for pod {}",
-                target.name
-            )))
-        }
-        None if containers.len() == 1 => containers[0].clone(),
-        None => {
-            return Err(ApiError::bad_request(format!(
-                "a container name must be specified for pod {}, choose one of: {containers:?}",
-                target.name
-            )))
-        }
-    };
+    let container = container_of(
+        &pod,
+        &target.name,
+        query.get("container").map(String::as_str),
+    )?;
     let text = store
         .logs
         .get(&(target.namespace.clone(), target.name.clone(), container))
@@ -511,9 +560,71 @@ fn pod_log(
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response())
 }
 
+/// `pods/NAME/exec`: GET from WebSocket clients, POST from the SPDY ones (which the stand-in
+/// does not speak, and refuses at the upgrade).
+fn pod_exec(
+    app: &App,
+    parsed: &Parsed,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    if method != Method::GET && method != Method::POST {
+        return Err(ApiError::method_not_allowed(method.as_str()));
+    }
+    let (Some(namespace), Some(name)) = (&parsed.namespace, &parsed.name) else {
+        return Err(ApiError::no_such_resource());
+    };
+    let info = lock(&app.store)
+        .resources
+        .find("", &parsed.version, "pods")
+        .cloned()
+        .ok_or_else(ApiError::no_such_resource)?;
+    let target = Target {
+        info,
+        namespace: namespace.clone(),
+        name: name.clone(),
+        subresource: String::new(),
+    };
+    let pod = lock(&app.store).get(&target)?;
+    // `command` repeats, which a map of the query would lose.
+    let Query(query) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| ApiError::bad_request(e.body_text()))?;
+    crate::exec::serve(
+        &pod,
+        namespace,
+        name,
+        &query,
+        upgrade,
+        headers,
+        app.options.exec.as_ref(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containers_are_picked_as_the_real_server_picks_them() {
+        let pod = json!({"spec": {
+            "containers": [{"name": "a"}, {"name": "b"}],
+            "initContainers": [{"name": "setup"}],
+        }});
+        assert_eq!(container_of(&pod, "p", Some("b")).unwrap(), "b");
+        assert_eq!(container_of(&pod, "p", Some("setup")).unwrap(), "setup");
+        assert_eq!(
+            container_of(&pod, "p", None).unwrap_err().message,
+            "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [setup]"
+        );
+        assert_eq!(
+            container_of(&pod, "p", Some("x")).unwrap_err().message,
+            "container x is not valid for pod p"
+        );
+        let single = json!({"spec": {"containers": [{"name": "c"}]}});
+        assert_eq!(container_of(&single, "p", Some("")).unwrap(), "c");
+    }
 
     #[test]
     fn paths_of_every_shape() {

@@ -660,7 +660,12 @@ async fn pods_resize_in_place_only_where_the_cluster_can() {
     );
     assert_eq!((refused.code, refused.reason.as_str()), (422, "Invalid"));
 
-    let old = StandIn::start(Options { pod_resize: false }).await.unwrap();
+    let old = StandIn::start(Options {
+        pod_resize: false,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
     let old_pods: Api<Pod> = Api::namespaced(old.client(), "default");
     old_pods
         .create(&PostParams::default(), &pod("p", "500m"))
@@ -1136,7 +1141,12 @@ async fn a_streaming_list_watcher_gets_its_initial_events_then_changes() {
 #[tokio::test]
 async fn discovery_says_whether_pods_resize() {
     let new = standin().await;
-    let old = StandIn::start(Options { pod_resize: false }).await.unwrap();
+    let old = StandIn::start(Options {
+        pod_resize: false,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
     for (standin, resizes) in [(&new, true), (&old, false)] {
         let core = standin
             .client()

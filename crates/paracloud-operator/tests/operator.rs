@@ -474,7 +474,11 @@ async fn an_application_comes_up_scales_resizes_and_goes_with_exactly_the_reques
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_in_place_resize_cpu_changes_roll_the_pods_instead() {
-    let standin = cluster(Options { pod_resize: false }).await;
+    let standin = cluster(Options {
+        pod_resize: false,
+        ..Options::default()
+    })
+    .await;
     let _operator = Operator::start(&standin, "operator-1");
     deploy(&standin, "plain", PLAIN);
     eventually("the api Deployment", || {
