@@ -24,6 +24,7 @@ pub async fn command(global: &Global, command: CapsuleCommand) -> Result<()> {
             out,
             timeout,
             args,
+            agent_namespace: _,
         } => {
             let code = run(global, &name, &selector, &out, timeout.as_deref(), args).await?;
             if code != 0 {
@@ -89,13 +90,7 @@ async fn run(
     timeout: Option<&str>,
     args: Vec<String>,
 ) -> Result<i32> {
-    let timeout_ms = timeout
-        .map(|t| {
-            humantime::parse_duration(t)
-                .map(|d| d.as_millis() as u64)
-                .with_context(|| format!("--timeout {t:?} is not a duration: write 30s, 2m or 1h"))
-        })
-        .transpose()?;
+    let timeout_ms = timeout_ms(timeout)?;
     let request = CapsuleRunRequest {
         capsule: name.to_string(),
         selector: selector_with_app(global, selector),
@@ -177,7 +172,18 @@ async fn run(
     Ok(code)
 }
 
-fn prefix_lines(instance: &str, text: &str) -> String {
+/// `--timeout` in milliseconds, or what is wrong with it.
+pub(crate) fn timeout_ms(timeout: Option<&str>) -> Result<Option<u64>> {
+    timeout
+        .map(|t| {
+            humantime::parse_duration(t)
+                .map(|d| d.as_millis() as u64)
+                .with_context(|| format!("--timeout {t:?} is not a duration: write 30s, 2m or 1h"))
+        })
+        .transpose()
+}
+
+pub(crate) fn prefix_lines(instance: &str, text: &str) -> String {
     text.split_inclusive('\n')
         .map(|line| format!("{instance} | {line}"))
         .collect()

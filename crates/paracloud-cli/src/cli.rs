@@ -45,8 +45,8 @@ pub struct Global {
     )]
     pub context: Option<String>,
     /// Act on the application in a Kubernetes cluster (deployed with `paracloud deploy
-    /// --kubernetes`) instead of a daemon: ps, logs, scale, describe and events; --context then names
-    /// a context of the kubeconfig
+    /// --kubernetes`) instead of a daemon: ps, logs, scale, describe, events and capsule run;
+    /// --context then names a context of the kubeconfig
     #[arg(long, env = "PARACLOUD_KUBERNETES", global = true)]
     pub kubernetes: bool,
     /// A remote daemon's address (https://HOST:PORT), with its token in PARACLOUD_TOKEN; its
@@ -322,6 +322,27 @@ pub enum Command {
     /// The data plane (the process serving published ports and service addresses)
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Inside the node agent's container: runs a built-in capsule through the agent's own socket
+    /// (under --root) and writes its events as JSON lines; what `capsule run --kubernetes`
+    /// executes there through the API server
+    #[command(name = "__agent-capsule", hide = true)]
+    AgentCapsule {
+        /// The pod's uid
+        #[arg(long)]
+        pod: String,
+        /// The container in the pod
+        #[arg(long)]
+        container: String,
+        /// The built-in capsule
+        #[arg(long)]
+        capsule: String,
+        /// Deadline in milliseconds instead of the capsule's own
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Arguments of the capsule's function
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// The data-plane process (started by the daemon)
     #[command(name = "__dataplane", hide = true)]
     DataplaneProcess {
@@ -412,6 +433,9 @@ pub enum CapsuleCommand {
         /// Where files the capsule returns go, as DIR/INSTANCE/FILE
         #[arg(long, value_name = "DIR", default_value = ".")]
         out: PathBuf,
+        /// With --kubernetes: the namespace of the node agents (`paracloud k8s install -n`)
+        #[arg(long, value_name = "NAMESPACE", default_value = "paracloud-system")]
+        agent_namespace: String,
         /// Deadline (such as 30s or 2m) instead of the capsule's own; it is stopped then
         #[arg(long)]
         timeout: Option<String>,

@@ -73,6 +73,19 @@ pub fn run(cli: Cli) -> Result<()> {
             runtime,
             runtime_root,
         } => run_node_agent(&global, runtime, runtime_root),
+        Command::AgentCapsule {
+            pod,
+            container,
+            capsule,
+            timeout_ms,
+            args,
+        } => crate::kubernetes::agent_capsule(
+            &absolute(&global.root)?,
+            serde_json::json!({
+                "pod": pod, "container": container, "capsule": capsule,
+                "args": args, "timeout_ms": timeout_ms,
+            }),
+        ),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "paracloud", &mut std::io::stdout());
@@ -470,6 +483,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         }
         Command::Daemon { .. }
         | Command::NodeAgent { .. }
+        | Command::AgentCapsule { .. }
         | Command::DataplaneProcess { .. }
         | Command::Completion { .. }
         | Command::Sim(_) => {

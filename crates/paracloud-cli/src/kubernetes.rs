@@ -376,8 +376,32 @@ pub(crate) async fn cluster_command(
             let cluster = Cluster::find(global, None).await?;
             cluster.events(global.output).await
         }
+        Command::Capsule(crate::cli::CapsuleCommand::Run {
+            name,
+            selector,
+            timeout,
+            args,
+            agent_namespace,
+            out: _,
+        }) => {
+            let timeout_ms = crate::capsule::timeout_ms(timeout.as_deref())?;
+            let cluster = Cluster::find(global, None).await?;
+            let run = CapsuleRun {
+                capsule: name,
+                selector,
+                timeout_ms,
+                args,
+                agent_namespace,
+            };
+            let code = cluster.run_capsule(&run, global.output).await?;
+            if code != 0 {
+                std::io::Write::flush(&mut std::io::stdout())?;
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         other => anyhow::bail!(
-            "{} does not act on a cluster: with --kubernetes, deploy, ps, logs, scale, describe and events do (kubectl does the rest)",
+            "{} does not act on a cluster: with --kubernetes, deploy, ps, logs, scale, describe, events and capsule run do (kubectl does the rest)",
             command_name(&other)
         ),
     }
@@ -390,6 +414,23 @@ fn command_name(command: &crate::cli::Command) -> String {
         .next()
         .unwrap_or("this command")
         .to_lowercase()
+}
+
+/// `capsule run` on a cluster: what to run, where the node agents are.
+struct CapsuleRun {
+    capsule: String,
+    selector: String,
+    timeout_ms: Option<u64>,
+    args: Vec<String>,
+    agent_namespace: String,
+}
+
+/// A pod a capsule run attaches to: its container and the node agent of its node.
+struct CapsuleTarget {
+    pod: String,
+    uid: String,
+    container: String,
+    node: String,
 }
 
 /// An application's resource in the cluster.
@@ -634,6 +675,147 @@ impl Cluster {
         Ok(())
     }
 
+    /// Runs a built-in capsule on every running pod of the application the selector matches,
+    /// through the node agent of each pod's node: the agent's `paracloud __agent-capsule`,
+    /// executed in its container through the API server (`pods/exec`, as `kubectl exec`). The
+    /// service's capsule policy is checked first, as on one machine. Returns the exit code to
+    /// leave with: 0 when every pod's function succeeded, else the first failure's.
+    async fn run_capsule(&self, run: &CapsuleRun, output: Output) -> Result<i32> {
+        let manifest = self.manifest()?;
+        let spec = paracloud_capsule::builtin(&run.capsule).ok_or_else(|| {
+            anyhow!(
+                "capsule {:?} does not run on a cluster: only the built-in ones do yet ({})",
+                run.capsule,
+                paracloud_capsule::builtin_names().join(", ")
+            )
+        })?;
+        let selector = paracloud_capsule::Selector::parse(&run.selector)
+            .map_err(|e| anyhow!("--selector {:?}: {e}", run.selector))?;
+        let targets = self.capsule_targets(&manifest, &spec, &selector).await?;
+        if targets.is_empty() {
+            anyhow::bail!(
+                "no running pod of {} matches --selector {:?}: `paracloud --kubernetes ps` lists them",
+                self.name(),
+                run.selector
+            );
+        }
+        let agents = self.node_agents(&run.agent_namespace).await?;
+        let many = targets.len() > 1;
+        let mut runs = tokio::task::JoinSet::new();
+        for (index, target) in targets.into_iter().enumerate() {
+            let agent = agents.get(&target.node).cloned();
+            let exec: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(self.client.clone(), &run.agent_namespace);
+            let command = agent_command(&target, run);
+            runs.spawn(async move {
+                let Some(agent) = agent else {
+                    eprintln!(
+                        "{}: no node agent runs on node {:?} (`paracloud k8s install` puts one on every node)",
+                        target.pod, target.node
+                    );
+                    return (index, 1);
+                };
+                match exec_in_agent(&exec, &agent, &target, command, many, output).await {
+                    Ok(code) => (index, code),
+                    Err(e) => {
+                        eprintln!("{}: {e:#}", target.pod);
+                        (index, 1)
+                    }
+                }
+            });
+        }
+        // The first failure in the pods' order, whichever ended first.
+        let mut codes = std::collections::BTreeMap::new();
+        while let Some(ended) = runs.join_next().await {
+            let (index, code) = ended.unwrap_or((usize::MAX, 1));
+            codes.insert(index, code);
+        }
+        Ok(codes.into_values().find(|&c| c != 0).unwrap_or(0))
+    }
+
+    /// The running pods the selector matches, each after its service's policy allows the
+    /// capsule (a refusal refuses the whole run, before anything runs).
+    async fn capsule_targets(
+        &self,
+        manifest: &paracloud_manifest::Manifest,
+        spec: &paracloud_capsule::CapsuleSpec,
+        selector: &paracloud_capsule::Selector,
+    ) -> Result<Vec<CapsuleTarget>> {
+        use k8s_openapi::api::core::v1::Pod;
+        use paracloud_kube::names::{object_name, REVISION_LABEL, SERVICE_LABEL};
+        let pods: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &self.namespace);
+        let list = pods
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&paracloud_kube::reconcile::selector(&self.app)),
+            )
+            .await
+            .map_err(|e| anyhow!("cannot list the pods of {}: {e}", self.name()))?;
+        let mut targets = Vec::new();
+        for pod in list.items {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            // A revision's pods are their own service's, as on one machine.
+            if labels.contains_key(REVISION_LABEL) {
+                continue;
+            }
+            let Some((service, service_spec)) = labels.get(SERVICE_LABEL).and_then(|label| {
+                manifest
+                    .services
+                    .iter()
+                    .find(|(name, _)| object_name(name) == *label)
+            }) else {
+                continue;
+            };
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let target = paracloud_capsule::Target {
+                app: manifest.app.clone(),
+                service: service.clone(),
+                instance: name.clone(),
+                labels: service_spec.labels.clone(),
+            };
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if !running || !selector.matches(&target) {
+                continue;
+            }
+            paracloud_capsule::check(spec, service, &service_spec.capsules)?;
+            targets.push(CapsuleTarget {
+                pod: name,
+                uid: pod.metadata.uid.clone().unwrap_or_default(),
+                container: object_name(service),
+                node: pod.spec.and_then(|s| s.node_name).unwrap_or_default(),
+            });
+        }
+        targets.sort_by(|a, b| a.pod.cmp(&b.pod));
+        Ok(targets)
+    }
+
+    /// The running node agents of `namespace`, by node name.
+    async fn node_agents(
+        &self,
+        namespace: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        use k8s_openapi::api::core::v1::Pod;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), namespace);
+        let selector = format!(
+            "app.kubernetes.io/name={}",
+            paracloud_kube::install::NODE_AGENT
+        );
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot list the node agents in namespace {namespace} (--agent-namespace): {e}"
+                )
+            })?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .filter_map(|p| Some((p.spec?.node_name?, p.metadata.name?)))
+            .collect())
+    }
+
     fn manifest(&self) -> Result<paracloud_manifest::Manifest> {
         paracloud_kube::reconcile::manifest(&self.app)
             .map_err(|e| anyhow!("the resource's manifest is not valid:\n{e}"))
@@ -764,4 +946,172 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// The node agent's container in its DaemonSet's pods.
+const AGENT_CONTAINER: &str = "agent";
+
+/// What runs in the agent's container for one target: the agent's own binary, which it links
+/// under its root at start, asked to run the capsule through its socket.
+fn agent_command(target: &CapsuleTarget, run: &CapsuleRun) -> Vec<String> {
+    let root = paracloud_kube::install::NODE_AGENT_ROOT;
+    let mut command = vec![
+        format!("{root}/{}", paracloud_node::OWN_BINARY),
+        "--root".into(),
+        root.into(),
+        "__agent-capsule".into(),
+        "--pod".into(),
+        target.uid.clone(),
+        "--container".into(),
+        target.container.clone(),
+        "--capsule".into(),
+        run.capsule.clone(),
+    ];
+    if let Some(ms) = run.timeout_ms {
+        command.extend(["--timeout-ms".into(), ms.to_string()]);
+    }
+    command.push("--".into());
+    command.extend(run.args.iter().cloned());
+    command
+}
+
+/// Executes `command` in the agent pod `agent` and prints the run's events as `capsule run`
+/// does on one machine (each line after the pod's name when several pods run); returns the
+/// function's exit code.
+async fn exec_in_agent(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    agent: &str,
+    target: &CapsuleTarget,
+    command: Vec<String>,
+    many: bool,
+    output: Output,
+) -> Result<i32> {
+    use paracloud_api::CapsuleRunEvent;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let params = kube::api::AttachParams::default()
+        .container(AGENT_CONTAINER)
+        .stdin(false)
+        .stdout(true)
+        .stderr(true);
+    let mut process = pods
+        .exec(agent, command, &params)
+        .await
+        .map_err(|e| anyhow!("cannot execute in the node agent {agent}: {e}"))?;
+    let missing = |what| anyhow!("the exec in {agent} gave no {what}");
+    let stdout = process.stdout().ok_or_else(|| missing("standard output"))?;
+    let mut stderr = process.stderr().ok_or_else(|| missing("standard error"))?;
+    let status = process.take_status();
+    let said = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut code = None;
+    while let Some(line) = lines.next_line().await? {
+        let event: CapsuleRunEvent = serde_json::from_str(&line)
+            .map_err(|e| anyhow!("the node agent {agent} answered {line:?}: {e}"))?;
+        if output != Output::Table {
+            println!("{line}");
+        }
+        match event {
+            CapsuleRunEvent::Output { stream, text, .. } if output == Output::Table => {
+                let text = if many {
+                    crate::capsule::prefix_lines(&target.pod, &text)
+                } else {
+                    text
+                };
+                if stream == "stderr" {
+                    eprint!("{text}");
+                } else {
+                    print!("{text}");
+                }
+            }
+            CapsuleRunEvent::Exited {
+                exit_code,
+                timed_out,
+                files,
+                error,
+                ..
+            } => {
+                for file in &files {
+                    eprintln!(
+                        "{}: {} ({} bytes) stays on node {} under the agent's capsules directory: files are not fetched from a cluster yet",
+                        target.pod, file.name, file.size, target.node
+                    );
+                }
+                if let Some(error) = &error {
+                    eprintln!("{}: {error}", target.pod);
+                }
+                let this = match (exit_code, timed_out) {
+                    (_, true) => 124,
+                    (Some(c), _) => c,
+                    (None, _) => 1,
+                };
+                if this != 0 && error.is_none() {
+                    eprintln!("{}: exit code {this}", target.pod);
+                }
+                code = Some(this);
+            }
+            _ => {}
+        }
+    }
+    let said = said.await.unwrap_or_default();
+    let status = match status {
+        Some(status) => status.await,
+        None => None,
+    };
+    match code {
+        Some(code) => Ok(code),
+        // The agent's command failed before the run: what it said is why.
+        None => {
+            let why = match said.trim() {
+                "" => status
+                    .and_then(|s| s.message)
+                    .unwrap_or_else(|| "the agent ended without a run".into()),
+                said => said.trim_start_matches("error: ").to_owned(),
+            };
+            Err(anyhow!("{why}"))
+        }
+    }
+}
+
+/// `paracloud __agent-capsule`, in the node agent's container: asks the agent's socket under
+/// `root` for the run and writes its events to standard output as they come.
+pub(crate) fn agent_capsule(root: &Path, request: serde_json::Value) -> Result<()> {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let socket = root.join("agent.sock");
+        let client = paracloud_unix_http::UnixHttp::new(&socket, "agent");
+        let body = serde_json::to_vec(&request)?;
+        let response = client
+            .send(hyper::Method::POST, "/v1/capsules", Some(body))
+            .await
+            .map_err(|e| match e {
+                paracloud_unix_http::Error::Status { body, .. } => {
+                    let said: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    anyhow!(
+                        "{}",
+                        said["error"].as_str().map_or_else(
+                            || String::from_utf8_lossy(&body).into_owned(),
+                            str::to_owned
+                        )
+                    )
+                }
+                other => anyhow!("the node agent at {}: {other}", socket.display()),
+            })?;
+        let mut body = response.into_body();
+        let mut out = std::io::stdout().lock();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                out.write_all(data)?;
+                out.flush()?;
+            }
+        }
+        Ok(())
+    })
 }

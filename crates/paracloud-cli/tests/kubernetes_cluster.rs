@@ -270,7 +270,9 @@ fn deploy_runs_the_application_through_the_operator_and_the_usual_commands_see_i
     assert!(err.contains("no ParacloudApp nothere"), "{err}");
     let err = failed(&cluster.paracloud(dir.path(), &["--kubernetes", "migrate", "api.1"]));
     assert!(
-        err.contains("with --kubernetes, deploy, ps, logs, scale, describe and events do"),
+        err.contains(
+            "with --kubernetes, deploy, ps, logs, scale, describe, events and capsule run do"
+        ),
         "{err}"
     );
     let err = failed(&cluster.paracloud(dir.path(), &["deploy"]));

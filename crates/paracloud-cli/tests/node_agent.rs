@@ -846,13 +846,17 @@ struct ApiServer {
 
 impl ApiServer {
     fn start(manifest: &str) -> ApiServer {
+        Self::start_with(manifest, Options::default())
+    }
+
+    fn start_with(manifest: &str, options: Options) -> ApiServer {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let standin = runtime.block_on(async {
-            let standin = StandIn::start(Options::default()).await.unwrap();
+            let standin = StandIn::start(options).await.unwrap();
             kube::Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(standin.client())
                 .create(&Default::default(), &paracloud_kube::resource::definition())
                 .await
@@ -1376,5 +1380,221 @@ fn a_scheduled_capsule_runs_on_the_pods_of_this_node_that_it_selects() {
     assert!(
         !audit.contains("web-b"),
         "a pod no ParacloudApp runs: {audit}"
+    );
+}
+
+const REMOTE: &str = r#"
+app = "shop"
+[services.web]
+image = "registry.example/web:1"
+ports = [{ port = 8000, protocol = "http" }]
+[services.web.capsules]
+debug = "read"
+"#;
+
+/// The node agent's pod on node-1, as `k8s install`'s DaemonSet makes it.
+const AGENT_POD: &str = "paracloud-node-agent-n1";
+
+/// `paracloud --kubernetes capsule run` from a remote CLI: the CLI finds the application's pods
+/// that the selector matches, checks the service's policy, and executes the agent's own binary
+/// in the node agent's pod of each pod's node through the API server's `pods/exec` (the
+/// stand-in plays the kubelet: it runs the command here, with the agent's root where the
+/// DaemonSet mounts it). The agent attaches the capsule to the pod's container; its output
+/// comes back to the CLI, the run is in the node's audit log. A pod on a node with no agent
+/// fails alone, with the reason; a capsule the policy does not allow, one that is not
+/// built-in, and a selector matching nothing are refused before anything runs.
+#[test]
+fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
+    let mut node = Node::new("remote");
+    let agent_root = node.root();
+    let exec: paracloud_kube_standin::ExecHandler =
+        std::sync::Arc::new(move |request: &paracloud_kube_standin::ExecRequest| {
+            if (
+                request.namespace.as_str(),
+                request.pod.as_str(),
+                request.container.as_str(),
+            ) != ("paracloud-system", AGENT_POD, "agent")
+            {
+                return Err(format!("no container {request:?} on this node"));
+            }
+            // The DaemonSet mounts the agent's root at its place in the container.
+            let argv: Vec<String> = request
+                .command
+                .iter()
+                .map(
+                    |arg| match arg.strip_prefix(paracloud_kube::install::NODE_AGENT_ROOT) {
+                        Some(rest) => format!("{}{rest}", agent_root.display()),
+                        None => arg.clone(),
+                    },
+                )
+                .collect();
+            let mut command = Command::new(&argv[0]);
+            command.args(&argv[1..]).env_remove("PARACLOUD_ROOT");
+            Ok(command)
+        });
+    let server = ApiServer::start_with(
+        REMOTE,
+        Options {
+            exec: Some(exec),
+            ..Options::default()
+        },
+    );
+    let standin = server.standin();
+    make(
+        standin,
+        "kubectl",
+        Gvr::new("", "v1", "namespaces"),
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "paracloud-system" } }),
+    );
+    make(
+        standin,
+        "daemonset-controller",
+        Gvr::new("", "v1", "pods"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": AGENT_POD, "namespace": "paracloud-system",
+                          "labels": { "app.kubernetes.io/name": "paracloud-node-agent" } },
+            "spec": { "nodeName": "node-1",
+                      "containers": [{ "name": "agent", "image": "registry.example/paracloud:1" }] },
+        }),
+    );
+    standin
+        .set_pod_ready("paracloud-system", AGENT_POD, true)
+        .unwrap();
+    standin.set_pod_ready("ns-a", "web-a", true).unwrap();
+    let a = node.pod_with_uid("a", 1000, &server.uid_a);
+    node.agent_with_kubeconfig(&[&a], server.kubeconfig.path());
+    assert!(
+        node.root().join("paracloud").is_symlink(),
+        "the agent links its own binary under its root"
+    );
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_paracloud"))
+            .args(["--kubernetes", "-a", "shop", "capsule", "run"])
+            .args(args)
+            .env("KUBECONFIG", server.kubeconfig.path())
+            .env_remove("PARACLOUD_ROOT")
+            .output()
+            .unwrap()
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    // One pod: its own file, its exit code.
+    standin.clear_requests();
+    let one = cli(&[
+        "debug",
+        "-l",
+        "instance=web-a",
+        "--",
+        "cat",
+        "/target/etc/identity",
+    ]);
+    assert!(
+        one.status.success(),
+        "{}\n{}\n{}",
+        text(&one.stdout),
+        text(&one.stderr),
+        node.log()
+    );
+    assert_eq!(
+        text(&one.stdout),
+        format!("I am {} of pod web-a\n", a.container_id)
+    );
+    let execs: Vec<_> = standin
+        .requests()
+        .into_iter()
+        .filter(|r| r.subresource.as_deref() == Some("exec"))
+        .collect();
+    assert_eq!(execs.len(), 1, "{execs:?}");
+    assert_eq!(
+        (
+            execs[0].verb,
+            execs[0].namespace.as_deref(),
+            execs[0].name.as_deref()
+        ),
+        (
+            paracloud_kube_standin::Verb::Create,
+            Some("paracloud-system"),
+            Some(AGENT_POD)
+        )
+    );
+    let audit = std::fs::read_to_string(node.root().join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("web-a") && l.contains("\"debug\"")),
+        "{audit}"
+    );
+
+    // The whole service: web-z's node has no agent, so it fails alone; the exit code is its.
+    let both = cli(&[
+        "debug",
+        "-l",
+        "service=web",
+        "--",
+        "sh",
+        "-c",
+        "cat /target/etc/identity; exit 3",
+    ]);
+    assert_eq!(both.status.code(), Some(3), "{}", text(&both.stderr));
+    assert_eq!(
+        text(&both.stdout),
+        format!("web-a | I am {} of pod web-a\n", a.container_id)
+    );
+    let said = text(&both.stderr);
+    assert!(said.contains("web-a: exit code 3"), "{said}");
+    assert!(
+        said.contains("web-z: no node agent runs on node \"node-2\""),
+        "{said}"
+    );
+
+    // The deadline given reaches the agent.
+    let slow = cli(&[
+        "debug",
+        "-l",
+        "instance=web-a",
+        "--timeout",
+        "1s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(slow.status.code(), Some(124), "{}", text(&slow.stderr));
+
+    // Refused before anything runs.
+    standin.clear_requests();
+    for (args, expected) in [
+        (
+            vec!["debug", "-l", "service=web", "--timeout", "soon"],
+            "--timeout \"soon\" is not a duration",
+        ),
+        (
+            vec!["strace", "-l", "service=web"],
+            "capsule \"strace\" may not attach to service \"web\": the manifest does not allow it; add strace = ",
+        ),
+        (
+            vec!["mine", "-l", "service=web"],
+            "capsule \"mine\" does not run on a cluster: only the built-in ones do yet",
+        ),
+        (
+            vec!["debug", "-l", "instance=web-q"],
+            "no running pod of shop matches --selector \"instance=web-q\"",
+        ),
+        (
+            vec!["debug", "-l", "service"],
+            "--selector \"service\": ",
+        ),
+    ] {
+        let refused = cli(&args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        let said = text(&refused.stderr);
+        assert!(said.contains(expected), "{args:?}: {said}");
+    }
+    assert!(
+        standin
+            .requests()
+            .iter()
+            .all(|r| r.subresource.as_deref() != Some("exec")),
+        "nothing ran"
     );
 }

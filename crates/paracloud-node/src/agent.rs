@@ -30,7 +30,8 @@ impl OciRuntime {
 /// Where the agent keeps its files and finds the node's containers.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `agent.sock`, `audit.log`, `paci/<pod uid>/paci.sock`, `capsules/`, `images/`.
+    /// `agent.sock`, `audit.log`, `paci/<pod uid>/paci.sock`, `capsules/`, `images/`, and
+    /// `paracloud`, a link to its own binary.
     pub root: PathBuf,
     pub runtime: OciRuntime,
     /// The OCI runtime's state directory (its `--root`), e.g. /run/containerd/runc/k8s.io.

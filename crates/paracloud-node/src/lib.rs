@@ -71,6 +71,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// The agent's own binary, linked under its root at start: `capsule run --kubernetes` executes
+/// it in the agent's container (as `ROOT/paracloud __agent-capsule ...`) wherever the image put
+/// it.
+pub const OWN_BINARY: &str = "paracloud";
+
 /// Runs the agent until SIGTERM or SIGINT; with `cluster`, pods' PaCI requests that change their
 /// application are carried out through the API server.
 pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> {
@@ -79,6 +84,10 @@ pub async fn run(config: Config, cluster: Option<Cluster>) -> Result<(), Error> 
         .map_err(io(format!("creating {}", root.display())))?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
         .map_err(io(format!("closing {} to other users", root.display())))?;
+    let own = root.join(OWN_BINARY);
+    let _ = std::fs::remove_file(&own);
+    std::os::unix::fs::symlink(&config.helper_exe, &own)
+        .map_err(io(format!("linking its binary at {}", own.display())))?;
     let runtime = paracloud_runtime::Runtime::new(paracloud_runtime::RuntimeConfig {
         cgroup_root: config.cgroup_root.clone(),
         cgroup_parent: config.cgroup_parent.clone(),
