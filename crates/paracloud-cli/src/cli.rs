@@ -343,6 +343,17 @@ pub enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Inside the node agent's container: writes a file a capsule run left (under --root) to
+    /// standard output; what `capsule run --kubernetes` executes there to fetch it
+    #[command(name = "__agent-capsule-file", hide = true)]
+    AgentCapsuleFile {
+        /// The run's number, from its events
+        #[arg(long)]
+        run: u64,
+        /// The file's name in the run's /out
+        #[arg(long)]
+        name: String,
+    },
     /// The data-plane process (started by the daemon)
     #[command(name = "__dataplane", hide = true)]
     DataplaneProcess {

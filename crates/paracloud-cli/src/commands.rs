@@ -73,6 +73,9 @@ pub fn run(cli: Cli) -> Result<()> {
             runtime,
             runtime_root,
         } => run_node_agent(&global, runtime, runtime_root),
+        Command::AgentCapsuleFile { run, name } => {
+            crate::kubernetes::agent_capsule_file(&absolute(&global.root)?, run, &name)
+        }
         Command::AgentCapsule {
             pod,
             container,
@@ -484,6 +487,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Daemon { .. }
         | Command::NodeAgent { .. }
         | Command::AgentCapsule { .. }
+        | Command::AgentCapsuleFile { .. }
         | Command::DataplaneProcess { .. }
         | Command::Completion { .. }
         | Command::Sim(_) => {

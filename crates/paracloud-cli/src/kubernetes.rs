@@ -382,7 +382,7 @@ pub(crate) async fn cluster_command(
             timeout,
             args,
             agent_namespace,
-            out: _,
+            out,
         }) => {
             let timeout_ms = crate::capsule::timeout_ms(timeout.as_deref())?;
             let cluster = Cluster::find(global, None).await?;
@@ -392,6 +392,7 @@ pub(crate) async fn cluster_command(
                 timeout_ms,
                 args,
                 agent_namespace,
+                out,
             };
             let code = cluster.run_capsule(&run, global.output).await?;
             if code != 0 {
@@ -423,6 +424,8 @@ struct CapsuleRun {
     timeout_ms: Option<u64>,
     args: Vec<String>,
     agent_namespace: String,
+    /// Where the files a run leaves go, as DIR/POD/FILE.
+    out: PathBuf,
 }
 
 /// A pod a capsule run attaches to: its container and the node agent of its node.
@@ -707,6 +710,7 @@ impl Cluster {
             let exec: kube::Api<k8s_openapi::api::core::v1::Pod> =
                 kube::Api::namespaced(self.client.clone(), &run.agent_namespace);
             let command = agent_command(&target, run);
+            let out = run.out.join(&target.pod);
             runs.spawn(async move {
                 let Some(agent) = agent else {
                     eprintln!(
@@ -715,7 +719,12 @@ impl Cluster {
                     );
                     return (index, 1);
                 };
-                match exec_in_agent(&exec, &agent, &target, command, many, output).await {
+                let ran = exec_in_agent(&exec, &agent, &target, command, many, output).await;
+                let fetched = match &ran {
+                    Ok(ran) => fetch_files(&exec, &agent, &target, ran, &out).await,
+                    Err(_) => Ok(()),
+                };
+                match ran.and_then(|ran| fetched.map(|()| ran.code)) {
                     Ok(code) => (index, code),
                     Err(e) => {
                         eprintln!("{}: {e:#}", target.pod);
@@ -975,9 +984,16 @@ fn agent_command(target: &CapsuleTarget, run: &CapsuleRun) -> Vec<String> {
     command
 }
 
+/// How a capsule run on one pod ended: its number on the agent, the function's exit code and
+/// the files it left.
+struct Ran {
+    run: i64,
+    code: i32,
+    files: Vec<paracloud_api::CapsuleFile>,
+}
+
 /// Executes `command` in the agent pod `agent` and prints the run's events as `capsule run`
-/// does on one machine (each line after the pod's name when several pods run); returns the
-/// function's exit code.
+/// does on one machine (each line after the pod's name when several pods run).
 async fn exec_in_agent(
     pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
     agent: &str,
@@ -985,7 +1001,7 @@ async fn exec_in_agent(
     command: Vec<String>,
     many: bool,
     output: Output,
-) -> Result<i32> {
+) -> Result<Ran> {
     use paracloud_api::CapsuleRunEvent;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let params = kube::api::AttachParams::default()
@@ -1008,6 +1024,8 @@ async fn exec_in_agent(
     });
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let mut code = None;
+    let mut run = None;
+    let mut left = Vec::new();
     while let Some(line) = lines.next_line().await? {
         let event: CapsuleRunEvent = serde_json::from_str(&line)
             .map_err(|e| anyhow!("the node agent {agent} answered {line:?}: {e}"))?;
@@ -1015,6 +1033,7 @@ async fn exec_in_agent(
             println!("{line}");
         }
         match event {
+            CapsuleRunEvent::Started { run: number, .. } => run = Some(number),
             CapsuleRunEvent::Output { stream, text, .. } if output == Output::Table => {
                 let text = if many {
                     crate::capsule::prefix_lines(&target.pod, &text)
@@ -1034,12 +1053,7 @@ async fn exec_in_agent(
                 error,
                 ..
             } => {
-                for file in &files {
-                    eprintln!(
-                        "{}: {} ({} bytes) stays on node {} under the agent's capsules directory: files are not fetched from a cluster yet",
-                        target.pod, file.name, file.size, target.node
-                    );
-                }
+                left = files;
                 if let Some(error) = &error {
                     eprintln!("{}: {error}", target.pod);
                 }
@@ -1061,10 +1075,14 @@ async fn exec_in_agent(
         Some(status) => status.await,
         None => None,
     };
-    match code {
-        Some(code) => Ok(code),
+    match (code, run) {
+        (Some(code), Some(run)) => Ok(Ran {
+            run,
+            code,
+            files: left,
+        }),
         // The agent's command failed before the run: what it said is why.
-        None => {
+        _ => {
             let why = match said.trim() {
                 "" => status
                     .and_then(|s| s.message)
@@ -1074,6 +1092,103 @@ async fn exec_in_agent(
             Err(anyhow!("{why}"))
         }
     }
+}
+
+/// Fetches the files a run left on its node into `out` (DIR/POD), one exec of the agent's
+/// `__agent-capsule-file` each, and says where each went, as on one machine.
+async fn fetch_files(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    agent: &str,
+    target: &CapsuleTarget,
+    ran: &Ran,
+    out: &Path,
+) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    if ran.files.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out).map_err(|e| anyhow!("cannot create {}: {e}", out.display()))?;
+    let root = paracloud_kube::install::NODE_AGENT_ROOT;
+    for file in &ran.files {
+        let command = vec![
+            format!("{root}/{}", paracloud_node::OWN_BINARY),
+            "--root".into(),
+            root.into(),
+            "__agent-capsule-file".into(),
+            "--run".into(),
+            ran.run.to_string(),
+            "--name".into(),
+            file.name.clone(),
+        ];
+        let params = kube::api::AttachParams::default()
+            .container(AGENT_CONTAINER)
+            .stdin(false)
+            .stdout(true)
+            .stderr(true);
+        let mut process = pods
+            .exec(agent, command, &params)
+            .await
+            .map_err(|e| anyhow!("cannot execute in the node agent {agent}: {e}"))?;
+        let path = out.join(&file.name);
+        let mut stdout = process
+            .stdout()
+            .ok_or_else(|| anyhow!("the exec in {agent} gave no standard output"))?;
+        let mut stderr = process
+            .stderr()
+            .ok_or_else(|| anyhow!("the exec in {agent} gave no standard error"))?;
+        let status = process.take_status();
+        let mut written = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| anyhow!("cannot create {}: {e}", path.display()))?;
+        let copied = tokio::io::copy(&mut stdout, &mut written).await?;
+        let mut said = String::new();
+        let _ = stderr.read_to_string(&mut said).await;
+        let status = match status {
+            Some(status) => status.await,
+            None => None,
+        };
+        if status.as_ref().and_then(|s| s.status.as_deref()) != Some("Success") {
+            let _ = std::fs::remove_file(&path);
+            anyhow::bail!(
+                "cannot fetch {} from node {}: {}",
+                file.name,
+                target.node,
+                said.trim().trim_start_matches("error: ")
+            );
+        }
+        eprintln!("{}: {} ({copied} bytes)", target.pod, path.display());
+    }
+    Ok(())
+}
+
+/// `paracloud __agent-capsule-file`, in the node agent's container: the file `name` that run
+/// `run` left in its /out, to standard output. The capsule wrote there, so the name must be
+/// one plain name and the file a regular one, not a link to elsewhere.
+pub(crate) fn agent_capsule_file(root: &Path, run: u64, name: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let plain = Path::new(name).components().count() == 1
+        && matches!(
+            Path::new(name).components().next(),
+            Some(std::path::Component::Normal(_))
+        );
+    if !plain {
+        anyhow::bail!("{name:?} is not the name of a file a capsule left");
+    }
+    let path = root
+        .join("capsules")
+        .join("runs")
+        .join(run.to_string())
+        .join(name);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| anyhow!("run {run} left no file {name:?}: {e}"))?;
+    if !file.metadata()?.is_file() {
+        anyhow::bail!("{name:?} of run {run} is not a regular file");
+    }
+    std::io::copy(&mut file, &mut std::io::stdout().lock())?;
+    Ok(())
 }
 
 /// `paracloud __agent-capsule`, in the node agent's container: asks the agent's socket under

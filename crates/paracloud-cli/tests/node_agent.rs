@@ -1548,6 +1548,75 @@ fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
         "{said}"
     );
 
+    // Files a run leaves come back under --out, one directory per pod; a link the capsule made
+    // to a file of the node does not.
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    let copied = cli(&[
+        "debug",
+        "-l",
+        "instance=web-a",
+        "--out",
+        out_dir,
+        "--",
+        "cp",
+        "/target/etc/identity",
+        "/out/identity",
+    ]);
+    assert!(copied.status.success(), "{}", text(&copied.stderr));
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("web-a/identity")).unwrap(),
+        format!("I am {} of pod web-a\n", a.container_id)
+    );
+    assert!(
+        text(&copied.stderr).contains(&format!("web-a: {out_dir}/web-a/identity (")),
+        "{}",
+        text(&copied.stderr)
+    );
+    let linked = cli(&[
+        "debug",
+        "-l",
+        "instance=web-a",
+        "--out",
+        out_dir,
+        "--",
+        "ln",
+        "-s",
+        "/etc/passwd",
+        "/out/escape",
+    ]);
+    assert!(linked.status.success(), "{}", text(&linked.stderr));
+    assert!(
+        !out.path().join("web-a/escape").exists(),
+        "a link is not a file the run left"
+    );
+    // What fetches a file in the agent's container takes one plain name, and no link even if
+    // one came after the run listed its files.
+    let runs = node.root().join("capsules/runs/7");
+    std::fs::create_dir_all(&runs).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", runs.join("late")).unwrap();
+    for (name, expected) in [
+        (
+            "../../agent.sock",
+            "is not the name of a file a capsule left",
+        ),
+        ("late", "run 7 left no file \"late\""),
+    ] {
+        let fetched = Command::new(env!("CARGO_BIN_EXE_paracloud"))
+            .arg("--root")
+            .arg(node.root())
+            .args(["__agent-capsule-file", "--run", "7", "--name", name])
+            .output()
+            .unwrap();
+        assert_eq!(fetched.status.code(), Some(1));
+        assert!(fetched.stdout.is_empty(), "nothing of {name} came out");
+        assert!(
+            text(&fetched.stderr).contains(expected),
+            "{}",
+            text(&fetched.stderr)
+        );
+    }
+
     // The deadline given reaches the agent.
     let slow = cli(&[
         "debug",
