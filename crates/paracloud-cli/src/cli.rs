@@ -45,7 +45,7 @@ pub struct Global {
     )]
     pub context: Option<String>,
     /// Act on the application in a Kubernetes cluster (deployed with `paracloud deploy
-    /// --kubernetes`) instead of a daemon: ps, logs, scale, describe, events and capsule run;
+    /// --kubernetes`) instead of a daemon: ps, logs, scale, describe, events, capsule ls and run;
     /// --context then names a context of the kubeconfig
     #[arg(long, env = "PARACLOUD_KUBERNETES", global = true)]
     pub kubernetes: bool,

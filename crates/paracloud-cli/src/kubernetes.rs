@@ -376,6 +376,10 @@ pub(crate) async fn cluster_command(
             let cluster = Cluster::find(global, None).await?;
             cluster.events(global.output).await
         }
+        Command::Capsule(crate::cli::CapsuleCommand::Ls) => {
+            let cluster = Cluster::find(global, None).await?;
+            cluster.capsules(global.output)
+        }
         Command::Capsule(crate::cli::CapsuleCommand::Run {
             name,
             selector,
@@ -402,7 +406,7 @@ pub(crate) async fn cluster_command(
             Ok(())
         }
         other => anyhow::bail!(
-            "{} does not act on a cluster: with --kubernetes, deploy, ps, logs, scale, describe, events and capsule run do (kubectl does the rest)",
+            "{} does not act on a cluster: with --kubernetes, deploy, ps, logs, scale, describe, events, capsule ls and capsule run do (kubectl does the rest)",
             command_name(&other)
         ),
     }
@@ -740,6 +744,60 @@ impl Cluster {
             codes.insert(index, code);
         }
         Ok(codes.into_values().find(|&c| c != 0).unwrap_or(0))
+    }
+
+    /// The capsules that run on the cluster (the built-in ones), each with the services of the
+    /// application whose policy lets it attach, and with which access.
+    fn capsules(&self, output: Output) -> Result<()> {
+        let manifest = self.manifest()?;
+        let mut rows = Vec::new();
+        let mut json = Vec::new();
+        for spec in paracloud_capsule::builtins() {
+            let allowed: Vec<String> = manifest
+                .services
+                .iter()
+                .filter(|(service, s)| {
+                    paracloud_capsule::check(&spec, service, &s.capsules).is_ok()
+                })
+                .map(|(service, _)| service.clone())
+                .collect();
+            let mut needs = vec![spec.access.name().to_owned()];
+            needs.extend(
+                spec.capabilities
+                    .iter()
+                    .map(|cap| cap.trim_start_matches("CAP_").to_owned()),
+            );
+            json.push(serde_json::json!({
+                "name": spec.name, "access": spec.access.name(),
+                "capabilities": spec.capabilities, "timeout_ms": spec.timeout.as_millis() as u64,
+                "description": spec.description, "usage": spec.usage, "services": allowed,
+            }));
+            rows.push(vec![
+                spec.name.clone(),
+                needs.join(","),
+                humantime::format_duration(spec.timeout).to_string(),
+                if allowed.is_empty() {
+                    "-".into()
+                } else {
+                    allowed.join(",")
+                },
+                format!("{} {}", spec.description, spec.usage)
+                    .trim()
+                    .to_owned(),
+            ]);
+        }
+        match output {
+            Output::Table => print!(
+                "{}",
+                crate::output::table(
+                    &["NAME", "ACCESS", "TIMEOUT", "SERVICES", "DESCRIPTION"],
+                    &rows
+                )
+            ),
+            Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+            Output::Yaml => print!("{}", serde_yaml_ng::to_string(&json)?),
+        }
+        Ok(())
     }
 
     /// The running pods the selector matches, each after its service's policy allows the

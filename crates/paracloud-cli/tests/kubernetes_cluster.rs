@@ -271,7 +271,7 @@ fn deploy_runs_the_application_through_the_operator_and_the_usual_commands_see_i
     let err = failed(&cluster.paracloud(dir.path(), &["--kubernetes", "migrate", "api.1"]));
     assert!(
         err.contains(
-            "with --kubernetes, deploy, ps, logs, scale, describe, events and capsule run do"
+            "with --kubernetes, deploy, ps, logs, scale, describe, events, capsule ls and capsule run do"
         ),
         "{err}"
     );

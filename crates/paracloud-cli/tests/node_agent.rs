@@ -1630,6 +1630,19 @@ fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
     ]);
     assert_eq!(slow.status.code(), Some(124), "{}", text(&slow.stderr));
 
+    // What runs there, and where the policy lets it.
+    let listed = Command::new(env!("CARGO_BIN_EXE_paracloud"))
+        .args(["--kubernetes", "-a", "shop", "capsule", "ls", "-o", "json"])
+        .env("KUBECONFIG", server.kubeconfig.path())
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let listed: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let services =
+        |name: &str| listed.iter().find(|c| c["name"] == name).unwrap()["services"].clone();
+    assert_eq!(services("debug"), json!(["web"]));
+    assert_eq!(services("strace"), json!([]));
+
     // Refused before anything runs.
     standin.clear_requests();
     for (args, expected) in [
