@@ -74,7 +74,7 @@ pub fn run(cli: Cli) -> Result<()> {
             runtime_root,
         } => run_node_agent(&global, runtime, runtime_root),
         Command::AgentCapsuleFile { run, name } => {
-            crate::kubernetes::agent_capsule_file(&absolute(&global.root)?, run, &name)
+            crate::agent_exec::agent_capsule_file(&absolute(&global.root)?, run, &name)
         }
         Command::AgentCapsule {
             pod,
@@ -82,7 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
             capsule,
             timeout_ms,
             args,
-        } => crate::kubernetes::agent_capsule(
+        } => crate::agent_exec::agent_capsule(
             &absolute(&global.root)?,
             serde_json::json!({
                 "pod": pod, "container": container, "capsule": capsule,

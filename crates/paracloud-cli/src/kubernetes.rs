@@ -422,22 +422,22 @@ fn command_name(command: &crate::cli::Command) -> String {
 }
 
 /// `capsule run` on a cluster: what to run, where the node agents are.
-struct CapsuleRun {
-    capsule: String,
-    selector: String,
-    timeout_ms: Option<u64>,
-    args: Vec<String>,
-    agent_namespace: String,
+pub(crate) struct CapsuleRun {
+    pub capsule: String,
+    pub selector: String,
+    pub timeout_ms: Option<u64>,
+    pub args: Vec<String>,
+    pub agent_namespace: String,
     /// Where the files a run leaves go, as DIR/POD/FILE.
-    out: PathBuf,
+    pub out: PathBuf,
 }
 
-/// A pod a capsule run attaches to: its container and the node agent of its node.
-struct CapsuleTarget {
-    pod: String,
-    uid: String,
-    container: String,
-    node: String,
+/// A pod a capsule run attaches to: its container and its node.
+pub(crate) struct CapsuleTarget {
+    pub pod: String,
+    pub uid: String,
+    pub container: String,
+    pub node: String,
 }
 
 /// An application's resource in the cluster.
@@ -713,7 +713,7 @@ impl Cluster {
             let agent = agents.get(&target.node).cloned();
             let exec: kube::Api<k8s_openapi::api::core::v1::Pod> =
                 kube::Api::namespaced(self.client.clone(), &run.agent_namespace);
-            let command = agent_command(&target, run);
+            let command = crate::agent_exec::capsule_command(&target, run);
             let out = run.out.join(&target.pod);
             runs.spawn(async move {
                 let Some(agent) = agent else {
@@ -723,9 +723,11 @@ impl Cluster {
                     );
                     return (index, 1);
                 };
-                let ran = exec_in_agent(&exec, &agent, &target, command, many, output).await;
+                let ran =
+                    crate::agent_exec::run_capsule(&exec, &agent, &target, command, many, output)
+                        .await;
                 let fetched = match &ran {
-                    Ok(ran) => fetch_files(&exec, &agent, &target, ran, &out).await,
+                    Ok(ran) => crate::agent_exec::fetch_files(&exec, &agent, &target, ran, &out).await,
                     Err(_) => Ok(()),
                 };
                 match ran.and_then(|ran| fetched.map(|()| ran.code)) {
@@ -1013,278 +1015,4 @@ impl Cluster {
         }
         Ok(())
     }
-}
-
-/// The node agent's container in its DaemonSet's pods.
-const AGENT_CONTAINER: &str = "agent";
-
-/// What runs in the agent's container for one target: the agent's own binary, which it links
-/// under its root at start, asked to run the capsule through its socket.
-fn agent_command(target: &CapsuleTarget, run: &CapsuleRun) -> Vec<String> {
-    let root = paracloud_kube::install::NODE_AGENT_ROOT;
-    let mut command = vec![
-        format!("{root}/{}", paracloud_node::OWN_BINARY),
-        "--root".into(),
-        root.into(),
-        "__agent-capsule".into(),
-        "--pod".into(),
-        target.uid.clone(),
-        "--container".into(),
-        target.container.clone(),
-        "--capsule".into(),
-        run.capsule.clone(),
-    ];
-    if let Some(ms) = run.timeout_ms {
-        command.extend(["--timeout-ms".into(), ms.to_string()]);
-    }
-    command.push("--".into());
-    command.extend(run.args.iter().cloned());
-    command
-}
-
-/// How a capsule run on one pod ended: its number on the agent, the function's exit code and
-/// the files it left.
-struct Ran {
-    run: i64,
-    code: i32,
-    files: Vec<paracloud_api::CapsuleFile>,
-}
-
-/// Executes `command` in the agent pod `agent` and prints the run's events as `capsule run`
-/// does on one machine (each line after the pod's name when several pods run).
-async fn exec_in_agent(
-    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
-    agent: &str,
-    target: &CapsuleTarget,
-    command: Vec<String>,
-    many: bool,
-    output: Output,
-) -> Result<Ran> {
-    use paracloud_api::CapsuleRunEvent;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    let params = kube::api::AttachParams::default()
-        .container(AGENT_CONTAINER)
-        .stdin(false)
-        .stdout(true)
-        .stderr(true);
-    let mut process = pods
-        .exec(agent, command, &params)
-        .await
-        .map_err(|e| anyhow!("cannot execute in the node agent {agent}: {e}"))?;
-    let missing = |what| anyhow!("the exec in {agent} gave no {what}");
-    let stdout = process.stdout().ok_or_else(|| missing("standard output"))?;
-    let mut stderr = process.stderr().ok_or_else(|| missing("standard error"))?;
-    let status = process.take_status();
-    let said = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let mut code = None;
-    let mut run = None;
-    let mut left = Vec::new();
-    while let Some(line) = lines.next_line().await? {
-        let event: CapsuleRunEvent = serde_json::from_str(&line)
-            .map_err(|e| anyhow!("the node agent {agent} answered {line:?}: {e}"))?;
-        if output != Output::Table {
-            println!("{line}");
-        }
-        match event {
-            CapsuleRunEvent::Started { run: number, .. } => run = Some(number),
-            CapsuleRunEvent::Output { stream, text, .. } if output == Output::Table => {
-                let text = if many {
-                    crate::capsule::prefix_lines(&target.pod, &text)
-                } else {
-                    text
-                };
-                if stream == "stderr" {
-                    eprint!("{text}");
-                } else {
-                    print!("{text}");
-                }
-            }
-            CapsuleRunEvent::Exited {
-                exit_code,
-                timed_out,
-                files,
-                error,
-                ..
-            } => {
-                left = files;
-                if let Some(error) = &error {
-                    eprintln!("{}: {error}", target.pod);
-                }
-                let this = match (exit_code, timed_out) {
-                    (_, true) => 124,
-                    (Some(c), _) => c,
-                    (None, _) => 1,
-                };
-                if this != 0 && error.is_none() {
-                    eprintln!("{}: exit code {this}", target.pod);
-                }
-                code = Some(this);
-            }
-            _ => {}
-        }
-    }
-    let said = said.await.unwrap_or_default();
-    let status = match status {
-        Some(status) => status.await,
-        None => None,
-    };
-    match (code, run) {
-        (Some(code), Some(run)) => Ok(Ran {
-            run,
-            code,
-            files: left,
-        }),
-        // The agent's command failed before the run: what it said is why.
-        _ => {
-            let why = match said.trim() {
-                "" => status
-                    .and_then(|s| s.message)
-                    .unwrap_or_else(|| "the agent ended without a run".into()),
-                said => said.trim_start_matches("error: ").to_owned(),
-            };
-            Err(anyhow!("{why}"))
-        }
-    }
-}
-
-/// Fetches the files a run left on its node into `out` (DIR/POD), one exec of the agent's
-/// `__agent-capsule-file` each, and says where each went, as on one machine.
-async fn fetch_files(
-    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
-    agent: &str,
-    target: &CapsuleTarget,
-    ran: &Ran,
-    out: &Path,
-) -> Result<()> {
-    use tokio::io::AsyncReadExt;
-    if ran.files.is_empty() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(out).map_err(|e| anyhow!("cannot create {}: {e}", out.display()))?;
-    let root = paracloud_kube::install::NODE_AGENT_ROOT;
-    for file in &ran.files {
-        let command = vec![
-            format!("{root}/{}", paracloud_node::OWN_BINARY),
-            "--root".into(),
-            root.into(),
-            "__agent-capsule-file".into(),
-            "--run".into(),
-            ran.run.to_string(),
-            "--name".into(),
-            file.name.clone(),
-        ];
-        let params = kube::api::AttachParams::default()
-            .container(AGENT_CONTAINER)
-            .stdin(false)
-            .stdout(true)
-            .stderr(true);
-        let mut process = pods
-            .exec(agent, command, &params)
-            .await
-            .map_err(|e| anyhow!("cannot execute in the node agent {agent}: {e}"))?;
-        let path = out.join(&file.name);
-        let mut stdout = process
-            .stdout()
-            .ok_or_else(|| anyhow!("the exec in {agent} gave no standard output"))?;
-        let mut stderr = process
-            .stderr()
-            .ok_or_else(|| anyhow!("the exec in {agent} gave no standard error"))?;
-        let status = process.take_status();
-        let mut written = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| anyhow!("cannot create {}: {e}", path.display()))?;
-        let copied = tokio::io::copy(&mut stdout, &mut written).await?;
-        let mut said = String::new();
-        let _ = stderr.read_to_string(&mut said).await;
-        let status = match status {
-            Some(status) => status.await,
-            None => None,
-        };
-        if status.as_ref().and_then(|s| s.status.as_deref()) != Some("Success") {
-            let _ = std::fs::remove_file(&path);
-            anyhow::bail!(
-                "cannot fetch {} from node {}: {}",
-                file.name,
-                target.node,
-                said.trim().trim_start_matches("error: ")
-            );
-        }
-        eprintln!("{}: {} ({copied} bytes)", target.pod, path.display());
-    }
-    Ok(())
-}
-
-/// `paracloud __agent-capsule-file`, in the node agent's container: the file `name` that run
-/// `run` left in its /out, to standard output. The capsule wrote there, so the name must be
-/// one plain name and the file a regular one, not a link to elsewhere.
-pub(crate) fn agent_capsule_file(root: &Path, run: u64, name: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let plain = Path::new(name).components().count() == 1
-        && matches!(
-            Path::new(name).components().next(),
-            Some(std::path::Component::Normal(_))
-        );
-    if !plain {
-        anyhow::bail!("{name:?} is not the name of a file a capsule left");
-    }
-    let path = root
-        .join("capsules")
-        .join("runs")
-        .join(run.to_string())
-        .join(name);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| anyhow!("run {run} left no file {name:?}: {e}"))?;
-    if !file.metadata()?.is_file() {
-        anyhow::bail!("{name:?} of run {run} is not a regular file");
-    }
-    std::io::copy(&mut file, &mut std::io::stdout().lock())?;
-    Ok(())
-}
-
-/// `paracloud __agent-capsule`, in the node agent's container: asks the agent's socket under
-/// `root` for the run and writes its events to standard output as they come.
-pub(crate) fn agent_capsule(root: &Path, request: serde_json::Value) -> Result<()> {
-    use http_body_util::BodyExt;
-    use std::io::Write;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let socket = root.join("agent.sock");
-        let client = paracloud_unix_http::UnixHttp::new(&socket, "agent");
-        let body = serde_json::to_vec(&request)?;
-        let response = client
-            .send(hyper::Method::POST, "/v1/capsules", Some(body))
-            .await
-            .map_err(|e| match e {
-                paracloud_unix_http::Error::Status { body, .. } => {
-                    let said: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    anyhow!(
-                        "{}",
-                        said["error"].as_str().map_or_else(
-                            || String::from_utf8_lossy(&body).into_owned(),
-                            str::to_owned
-                        )
-                    )
-                }
-                other => anyhow!("the node agent at {}: {other}", socket.display()),
-            })?;
-        let mut body = response.into_body();
-        let mut out = std::io::stdout().lock();
-        while let Some(frame) = body.frame().await {
-            if let Some(data) = frame?.data_ref() {
-                out.write_all(data)?;
-                out.flush()?;
-            }
-        }
-        Ok(())
-    })
 }

@@ -2,6 +2,7 @@
 //! re-executes (the daemon, the data plane, sandbox-init and nsexec).
 
 mod access;
+mod agent_exec;
 mod arguments;
 mod capsule;
 mod cli;

@@ -1,0 +1,292 @@
+//! Capsules on a cluster, through the node agents: what the CLI executes in an agent's container
+//! through the API server's `pods/exec` (as `kubectl exec` does), and what runs there,
+//! `paracloud __agent-capsule` and `__agent-capsule-file`, which ask the agent's own socket and
+//! read the files a run left.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use k8s_openapi::api::core::v1::Pod;
+use tokio::io::AsyncRead;
+
+use crate::cli::Output;
+use crate::kubernetes::{CapsuleRun, CapsuleTarget};
+
+/// The node agent's container in its DaemonSet's pods.
+const AGENT_CONTAINER: &str = "agent";
+
+/// The agent's own binary in its container, which it links under its root at start, with its
+/// root and one of its hidden commands.
+fn agent_binary(hidden: &str) -> Vec<String> {
+    let root = paracloud_kube::install::NODE_AGENT_ROOT;
+    vec![
+        format!("{root}/{}", paracloud_node::OWN_BINARY),
+        "--root".into(),
+        root.into(),
+        hidden.into(),
+    ]
+}
+
+/// What runs in the agent's container for one target: the capsule, asked of its socket.
+pub(crate) fn capsule_command(target: &CapsuleTarget, run: &CapsuleRun) -> Vec<String> {
+    let mut command = agent_binary("__agent-capsule");
+    command.extend([
+        "--pod".into(),
+        target.uid.clone(),
+        "--container".into(),
+        target.container.clone(),
+        "--capsule".into(),
+        run.capsule.clone(),
+    ]);
+    if let Some(ms) = run.timeout_ms {
+        command.extend(["--timeout-ms".into(), ms.to_string()]);
+    }
+    command.push("--".into());
+    command.extend(run.args.iter().cloned());
+    command
+}
+
+/// A command started in an agent's container: its standard output to read as it comes, and,
+/// once it ended, what it said on standard error and whether it succeeded.
+struct InAgent {
+    stdout: Box<dyn AsyncRead + Unpin + Send>,
+    ended: tokio::task::JoinHandle<(String, bool)>,
+    /// Kept until the end: dropped, it would end the streams with it.
+    _process: kube::api::AttachedProcess,
+}
+
+impl InAgent {
+    async fn start(pods: &kube::Api<Pod>, agent: &str, command: Vec<String>) -> Result<InAgent> {
+        use tokio::io::AsyncReadExt;
+        let params = kube::api::AttachParams::default()
+            .container(AGENT_CONTAINER)
+            .stdin(false)
+            .stdout(true)
+            .stderr(true);
+        let mut process = pods
+            .exec(agent, command, &params)
+            .await
+            .map_err(|e| anyhow!("cannot execute in the node agent {agent}: {e}"))?;
+        let missing = |what| anyhow!("the exec in {agent} gave no {what}");
+        let stdout = process.stdout().ok_or_else(|| missing("standard output"))?;
+        let mut stderr = process.stderr().ok_or_else(|| missing("standard error"))?;
+        let status = process.take_status();
+        let ended = tokio::spawn(async move {
+            let mut said = String::new();
+            let _ = stderr.read_to_string(&mut said).await;
+            let status = match status {
+                Some(status) => status.await,
+                None => None,
+            };
+            let succeeded = status.and_then(|s| s.status).as_deref() == Some("Success");
+            (
+                said.trim().trim_start_matches("error: ").to_owned(),
+                succeeded,
+            )
+        });
+        Ok(InAgent {
+            stdout: Box::new(stdout),
+            ended,
+            _process: process,
+        })
+    }
+
+    /// What it said on standard error and whether it succeeded.
+    async fn end(self) -> (String, bool) {
+        self.ended.await.unwrap_or_default()
+    }
+}
+
+/// How a capsule run on one pod ended: its number on the agent, the function's exit code and
+/// the files it left.
+pub(crate) struct Ran {
+    run: i64,
+    pub code: i32,
+    files: Vec<paracloud_api::CapsuleFile>,
+}
+
+/// Runs `command` (of [`capsule_command`]) in the agent pod `agent` and prints the run's
+/// events as `capsule run` does on one machine (each line after the pod's name when several
+/// pods run).
+pub(crate) async fn run_capsule(
+    pods: &kube::Api<Pod>,
+    agent: &str,
+    target: &CapsuleTarget,
+    command: Vec<String>,
+    many: bool,
+    output: Output,
+) -> Result<Ran> {
+    use paracloud_api::CapsuleRunEvent;
+    use tokio::io::AsyncBufReadExt;
+    let mut started = InAgent::start(pods, agent, command).await?;
+    let mut lines = tokio::io::BufReader::new(&mut started.stdout).lines();
+    let mut code = None;
+    let mut run = None;
+    let mut left = Vec::new();
+    while let Some(line) = lines.next_line().await? {
+        let event: CapsuleRunEvent = serde_json::from_str(&line)
+            .map_err(|e| anyhow!("the node agent {agent} answered {line:?}: {e}"))?;
+        if output != Output::Table {
+            println!("{line}");
+        }
+        match event {
+            CapsuleRunEvent::Started { run: number, .. } => run = Some(number),
+            CapsuleRunEvent::Output { stream, text, .. } if output == Output::Table => {
+                let text = if many {
+                    crate::capsule::prefix_lines(&target.pod, &text)
+                } else {
+                    text
+                };
+                if stream == "stderr" {
+                    eprint!("{text}");
+                } else {
+                    print!("{text}");
+                }
+            }
+            CapsuleRunEvent::Exited {
+                exit_code,
+                timed_out,
+                files,
+                error,
+                ..
+            } => {
+                left = files;
+                if let Some(error) = &error {
+                    eprintln!("{}: {error}", target.pod);
+                }
+                let this = match (exit_code, timed_out) {
+                    (_, true) => 124,
+                    (Some(c), _) => c,
+                    (None, _) => 1,
+                };
+                if this != 0 && error.is_none() {
+                    eprintln!("{}: exit code {this}", target.pod);
+                }
+                code = Some(this);
+            }
+            _ => {}
+        }
+    }
+    let (said, _) = started.end().await;
+    match (code, run) {
+        (Some(code), Some(run)) => Ok(Ran {
+            run,
+            code,
+            files: left,
+        }),
+        // The agent's command failed before the run: what it said is why.
+        _ if said.is_empty() => Err(anyhow!("the node agent {agent} ended without a run")),
+        _ => Err(anyhow!("{said}")),
+    }
+}
+
+/// Fetches the files a run left on its node into `out` (DIR/POD), one exec of the agent's
+/// `__agent-capsule-file` each, and says where each went, as on one machine.
+pub(crate) async fn fetch_files(
+    pods: &kube::Api<Pod>,
+    agent: &str,
+    target: &CapsuleTarget,
+    ran: &Ran,
+    out: &Path,
+) -> Result<()> {
+    if ran.files.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out).map_err(|e| anyhow!("cannot create {}: {e}", out.display()))?;
+    for file in &ran.files {
+        let mut command = agent_binary("__agent-capsule-file");
+        command.extend([
+            "--run".into(),
+            ran.run.to_string(),
+            "--name".into(),
+            file.name.clone(),
+        ]);
+        let mut started = InAgent::start(pods, agent, command).await?;
+        let path = out.join(&file.name);
+        let mut written = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| anyhow!("cannot create {}: {e}", path.display()))?;
+        let copied = tokio::io::copy(&mut started.stdout, &mut written).await?;
+        let (said, succeeded) = started.end().await;
+        if !succeeded {
+            let _ = std::fs::remove_file(&path);
+            anyhow::bail!(
+                "cannot fetch {} from node {}: {said}",
+                file.name,
+                target.node
+            );
+        }
+        eprintln!("{}: {} ({copied} bytes)", target.pod, path.display());
+    }
+    Ok(())
+}
+
+/// `paracloud __agent-capsule-file`, in the node agent's container: the file `name` that run
+/// `run` left in its /out, to standard output. The capsule wrote there, so the name must be
+/// one plain name and the file a regular one, not a link to elsewhere.
+pub(crate) fn agent_capsule_file(root: &Path, run: u64, name: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let plain = Path::new(name).components().count() == 1
+        && matches!(
+            Path::new(name).components().next(),
+            Some(std::path::Component::Normal(_))
+        );
+    if !plain {
+        anyhow::bail!("{name:?} is not the name of a file a capsule left");
+    }
+    let path = root
+        .join("capsules")
+        .join("runs")
+        .join(run.to_string())
+        .join(name);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| anyhow!("run {run} left no file {name:?}: {e}"))?;
+    if !file.metadata()?.is_file() {
+        anyhow::bail!("{name:?} of run {run} is not a regular file");
+    }
+    std::io::copy(&mut file, &mut std::io::stdout().lock())?;
+    Ok(())
+}
+
+/// `paracloud __agent-capsule`, in the node agent's container: asks the agent's socket under
+/// `root` for the run and writes its events to standard output as they come.
+pub(crate) fn agent_capsule(root: &Path, request: serde_json::Value) -> Result<()> {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let socket = root.join("agent.sock");
+        let client = paracloud_unix_http::UnixHttp::new(&socket, "agent");
+        let body = serde_json::to_vec(&request)?;
+        let response = client
+            .send(hyper::Method::POST, "/v1/capsules", Some(body))
+            .await
+            .map_err(|e| match e {
+                paracloud_unix_http::Error::Status { body, .. } => {
+                    let said: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    anyhow!(
+                        "{}",
+                        said["error"].as_str().map_or_else(
+                            || String::from_utf8_lossy(&body).into_owned(),
+                            str::to_owned
+                        )
+                    )
+                }
+                other => anyhow!("the node agent at {}: {other}", socket.display()),
+            })?;
+        let mut body = response.into_body();
+        let mut out = std::io::stdout().lock();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                out.write_all(data)?;
+                out.flush()?;
+            }
+        }
+        Ok(())
+    })
+}
