@@ -707,6 +707,12 @@ impl Cluster {
             );
         }
         let agents = self.node_agents(&run.agent_namespace).await?;
+        if agents.is_empty() {
+            anyhow::bail!(
+                "no node agent runs in namespace {}: give --agent-namespace the namespace of `paracloud k8s install -n`",
+                run.agent_namespace
+            );
+        }
         let many = targets.len() > 1;
         let mut runs = tokio::task::JoinSet::new();
         for (index, target) in targets.into_iter().enumerate() {

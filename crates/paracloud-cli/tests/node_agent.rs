@@ -1666,6 +1666,10 @@ fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
             vec!["debug", "-l", "service"],
             "--selector \"service\": ",
         ),
+        (
+            vec!["debug", "-l", "service=web", "--agent-namespace", "elsewhere"],
+            "no node agent runs in namespace elsewhere: give --agent-namespace the namespace of",
+        ),
     ] {
         let refused = cli(&args);
         assert_eq!(refused.status.code(), Some(1), "{args:?}");
