@@ -132,16 +132,7 @@ pub(crate) async fn run_capsule(
         match event {
             CapsuleRunEvent::Started { run: number, .. } => run = Some(number),
             CapsuleRunEvent::Output { stream, text, .. } if output == Output::Table => {
-                let text = if many {
-                    crate::capsule::prefix_lines(&target.pod, &text)
-                } else {
-                    text
-                };
-                if stream == "stderr" {
-                    eprint!("{text}");
-                } else {
-                    print!("{text}");
-                }
+                crate::capsule::print_output(&target.pod, &stream, text, many);
             }
             CapsuleRunEvent::Exited {
                 exit_code,
@@ -151,17 +142,12 @@ pub(crate) async fn run_capsule(
                 ..
             } => {
                 left = files;
-                if let Some(error) = &error {
-                    eprintln!("{}: {error}", target.pod);
-                }
-                let this = match (exit_code, timed_out) {
-                    (_, true) => 124,
-                    (Some(c), _) => c,
-                    (None, _) => 1,
-                };
-                if this != 0 && error.is_none() {
-                    eprintln!("{}: exit code {this}", target.pod);
-                }
+                let this = crate::capsule::report_exit(
+                    &target.pod,
+                    exit_code,
+                    timed_out,
+                    error.as_deref(),
+                );
                 code = Some(this);
             }
             _ => {}

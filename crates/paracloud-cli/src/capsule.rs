@@ -117,16 +117,7 @@ async fn run(
                 stream,
                 text,
             } if global.output == Output::Table => {
-                let text = if targets > 1 {
-                    prefix_lines(&instance, &text)
-                } else {
-                    text
-                };
-                if stream == "stderr" {
-                    eprint!("{text}");
-                } else {
-                    print!("{text}");
-                }
+                print_output(&instance, &stream, text, targets > 1);
             }
             CapsuleRunEvent::Output { .. } => {}
             CapsuleRunEvent::Exited {
@@ -145,21 +136,9 @@ async fn run(
                     download(&client, run_id, &instance, &file.name, &path).await?;
                     eprintln!("{instance}: {} ({} bytes)", path.display(), file.size);
                 }
-                if let Some(error) = &error {
-                    eprintln!("{instance}: {error}");
-                }
-                let this = match (exit_code, timed_out) {
-                    (_, true) => 124,
-                    (Some(c), _) => c,
-                    (None, _) => 1,
-                };
-                if this != 0 {
-                    if error.is_none() {
-                        eprintln!("{instance}: exit code {this}");
-                    }
-                    if code == 0 {
-                        code = this;
-                    }
+                let this = report_exit(&instance, exit_code, timed_out, error.as_deref());
+                if code == 0 {
+                    code = this;
                 }
             }
             CapsuleRunEvent::Finished { .. } => finished = true,
@@ -183,7 +162,43 @@ pub(crate) fn timeout_ms(timeout: Option<&str>) -> Result<Option<u64>> {
         .transpose()
 }
 
-pub(crate) fn prefix_lines(instance: &str, text: &str) -> String {
+/// Prints a target's output as it comes, each line after the target's name when several run.
+pub(crate) fn print_output(target: &str, stream: &str, text: String, many: bool) {
+    let text = if many {
+        prefix_lines(target, &text)
+    } else {
+        text
+    };
+    if stream == "stderr" {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+}
+
+/// The exit code a target's end leaves with (124 at its deadline, 1 when it never ran), and
+/// why it failed, said on standard error.
+pub(crate) fn report_exit(
+    target: &str,
+    exit_code: Option<i32>,
+    timed_out: bool,
+    error: Option<&str>,
+) -> i32 {
+    if let Some(error) = error {
+        eprintln!("{target}: {error}");
+    }
+    let code = match (exit_code, timed_out) {
+        (_, true) => 124,
+        (Some(c), _) => c,
+        (None, _) => 1,
+    };
+    if code != 0 && error.is_none() {
+        eprintln!("{target}: exit code {code}");
+    }
+    code
+}
+
+fn prefix_lines(instance: &str, text: &str) -> String {
     text.split_inclusive('\n')
         .map(|line| format!("{instance} | {line}"))
         .collect()
