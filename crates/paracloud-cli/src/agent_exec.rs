@@ -3,14 +3,32 @@
 //! `paracloud __agent-capsule` and `__agent-capsule-file`, which ask the agent's own socket and
 //! read the files a run left.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::io::AsyncRead;
 
 use crate::cli::Output;
-use crate::kubernetes::{CapsuleRun, CapsuleTarget};
+
+/// `capsule run` on a cluster: what to run, where the node agents are.
+pub(crate) struct CapsuleRun {
+    pub capsule: String,
+    pub selector: String,
+    pub timeout_ms: Option<u64>,
+    pub args: Vec<String>,
+    pub agent_namespace: String,
+    /// Where the files a run leaves go, as DIR/POD/FILE.
+    pub out: PathBuf,
+}
+
+/// A pod a capsule run attaches to: its container and its node.
+pub(crate) struct CapsuleTarget {
+    pub pod: String,
+    pub uid: String,
+    pub container: String,
+    pub node: String,
+}
 
 /// The node agent's container in its DaemonSet's pods.
 const AGENT_CONTAINER: &str = "agent";

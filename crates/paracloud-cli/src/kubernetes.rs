@@ -390,7 +390,7 @@ pub(crate) async fn cluster_command(
         }) => {
             let timeout_ms = crate::capsule::timeout_ms(timeout.as_deref())?;
             let cluster = Cluster::find(global, None).await?;
-            let run = CapsuleRun {
+            let run = crate::agent_exec::CapsuleRun {
                 capsule: name,
                 selector,
                 timeout_ms,
@@ -419,25 +419,6 @@ fn command_name(command: &crate::cli::Command) -> String {
         .next()
         .unwrap_or("this command")
         .to_lowercase()
-}
-
-/// `capsule run` on a cluster: what to run, where the node agents are.
-pub(crate) struct CapsuleRun {
-    pub capsule: String,
-    pub selector: String,
-    pub timeout_ms: Option<u64>,
-    pub args: Vec<String>,
-    pub agent_namespace: String,
-    /// Where the files a run leaves go, as DIR/POD/FILE.
-    pub out: PathBuf,
-}
-
-/// A pod a capsule run attaches to: its container and its node.
-pub(crate) struct CapsuleTarget {
-    pub pod: String,
-    pub uid: String,
-    pub container: String,
-    pub node: String,
 }
 
 /// An application's resource in the cluster.
@@ -687,7 +668,11 @@ impl Cluster {
     /// executed in its container through the API server (`pods/exec`, as `kubectl exec`). The
     /// service's capsule policy is checked first, as on one machine. Returns the exit code to
     /// leave with: 0 when every pod's function succeeded, else the first failure's.
-    async fn run_capsule(&self, run: &CapsuleRun, output: Output) -> Result<i32> {
+    async fn run_capsule(
+        &self,
+        run: &crate::agent_exec::CapsuleRun,
+        output: Output,
+    ) -> Result<i32> {
         let manifest = self.manifest()?;
         let spec = paracloud_capsule::builtin(&run.capsule).ok_or_else(|| {
             anyhow!(
@@ -815,7 +800,7 @@ impl Cluster {
         manifest: &paracloud_manifest::Manifest,
         spec: &paracloud_capsule::CapsuleSpec,
         selector: &paracloud_capsule::Selector,
-    ) -> Result<Vec<CapsuleTarget>> {
+    ) -> Result<Vec<crate::agent_exec::CapsuleTarget>> {
         use k8s_openapi::api::core::v1::Pod;
         use paracloud_kube::names::{object_name, REVISION_LABEL, SERVICE_LABEL};
         let pods: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &self.namespace);
@@ -853,7 +838,7 @@ impl Cluster {
                 continue;
             }
             paracloud_capsule::check(spec, service, &service_spec.capsules)?;
-            targets.push(CapsuleTarget {
+            targets.push(crate::agent_exec::CapsuleTarget {
                 pod: name,
                 uid: pod.metadata.uid.clone().unwrap_or_default(),
                 container: object_name(service),

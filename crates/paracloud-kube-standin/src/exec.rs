@@ -132,7 +132,7 @@ pub(crate) fn serve(
     handler: Option<&ExecHandler>,
 ) -> Result<Response, ApiError> {
     let options = ExecOptions::parse(query);
-    let container = crate::server::container_of(pod, name, options.container.as_deref())?;
+    let container = crate::containers::container_of(pod, name, options.container.as_deref())?;
     if let Some(phase @ ("Succeeded" | "Failed")) = pod["status"]["phase"].as_str() {
         return Err(ApiError::bad_request(format!(
             "cannot exec into a container in a completed pod; current phase is {phase}"

@@ -38,6 +38,7 @@
 //! objects rather than the first page's snapshot; every kind keeps a generation (the real server
 //! keeps one only for kinds with a spec); one version per resource (no conversion).
 
+mod containers;
 pub mod error;
 mod exec;
 pub mod fields;
