@@ -19,6 +19,9 @@ use crate::audit;
 use crate::oci::{Container, Pod};
 use crate::refresh::refresh;
 
+/// Output directories of this many last runs are kept, as the daemon keeps them.
+pub const KEPT_RUNS: usize = 50;
+
 /// PATH inside a built-in capsule: its programs first, busybox's applets last.
 const CAPSULE_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/capsule/bin";
@@ -177,8 +180,30 @@ pub async fn run(
             duration_ms,
             output_bytes: 0,
         });
+        if let Some(runs) = config.out_dir.parent() {
+            forget_old_outputs(runs, KEPT_RUNS);
+        }
     });
     Ok(receiver)
+}
+
+/// Removes the output directories (`runs/N`) of all but the `keep` newest runs: the agent's
+/// run numbers grow, but not by one across its restarts, so the newest are the largest.
+fn forget_old_outputs(runs: &std::path::Path, keep: usize) {
+    let mut numbered: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(runs)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let number = entry.file_name().to_str()?.parse().ok()?;
+            Some((number, entry.path()))
+        })
+        .collect();
+    numbered.sort();
+    let old = numbered.len().saturating_sub(keep);
+    for (_, dir) in numbered.into_iter().take(old) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// `NAMESPACE/POD/CONTAINER`: how a run's events name its target.
@@ -394,6 +419,31 @@ fn list_files(dir: &std::path::Path) -> Vec<CapsuleFile> {
 mod tests {
     use super::*;
     use crate::oci::PodRef;
+
+    #[test]
+    fn only_the_newest_runs_outputs_are_kept() {
+        let runs = tempfile::tempdir().unwrap();
+        // Numbers as an agent gives them across a restart: not one apart.
+        let numbers: Vec<u64> = (0..30)
+            .map(|n| 1_700_000_000_000 + n)
+            .chain((0..25).map(|n| 1_800_000_000_000 + n))
+            .collect();
+        for n in &numbers {
+            std::fs::create_dir(runs.path().join(n.to_string())).unwrap();
+            std::fs::write(runs.path().join(n.to_string()).join("out.txt"), "x").unwrap();
+        }
+        std::fs::create_dir(runs.path().join("notes")).unwrap();
+        forget_old_outputs(runs.path(), KEPT_RUNS);
+        let mut left: Vec<String> = std::fs::read_dir(runs.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected: Vec<String> = numbers[5..].iter().map(u64::to_string).collect();
+        expected.push("notes".into());
+        expected.sort();
+        assert_eq!(left, expected, "the 50 newest and what is not a run");
+    }
 
     fn pod(uid: &str, namespace: &str, name: &str) -> (String, Pod) {
         (
