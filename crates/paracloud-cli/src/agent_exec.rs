@@ -238,11 +238,7 @@ pub(crate) fn agent_capsule_file(root: &Path, run: u64, name: &str) -> Result<()
     if !plain {
         anyhow::bail!("{name:?} is not the name of a file a capsule left");
     }
-    let path = root
-        .join("capsules")
-        .join("runs")
-        .join(run.to_string())
-        .join(name);
+    let path = paracloud_node::capsules::run_output_dir(root, run).join(name);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
@@ -257,7 +253,10 @@ pub(crate) fn agent_capsule_file(root: &Path, run: u64, name: &str) -> Result<()
 
 /// `paracloud __agent-capsule`, in the node agent's container: asks the agent's socket under
 /// `root` for the run and writes its events to standard output as they come.
-pub(crate) fn agent_capsule(root: &Path, request: serde_json::Value) -> Result<()> {
+pub(crate) fn agent_capsule(
+    root: &Path,
+    request: paracloud_node::capsules::CapsuleRequest,
+) -> Result<()> {
     use http_body_util::BodyExt;
     use std::io::Write;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -46,28 +46,45 @@ async fn ls(global: &Global) -> Result<()> {
         let rows: Vec<Vec<String>> = capsules
             .iter()
             .map(|c| {
-                let mut needs = vec![c.access.clone()];
-                needs.extend(
-                    c.capabilities
-                        .iter()
-                        .map(|cap| cap.trim_start_matches("CAP_").to_string()),
-                );
                 let source = match (&c.app, c.missing.is_empty()) {
                     (Some(app), _) => app.clone(),
                     (None, true) => "built-in".into(),
                     (None, false) => format!("built-in; needs {}", c.missing.join(", ")),
                 };
-                vec![
-                    c.name.clone(),
-                    needs.join(","),
-                    humantime::format_duration(Duration::from_millis(c.timeout_ms)).to_string(),
+                capsule_row(
+                    &c.name,
+                    &c.access,
+                    &c.capabilities,
+                    Duration::from_millis(c.timeout_ms),
                     source,
-                    format!("{} {}", c.description, c.usage).trim().to_string(),
-                ]
+                    &format!("{} {}", c.description, c.usage),
+                )
             })
             .collect();
         table(&["NAME", "ACCESS", "TIMEOUT", "FROM", "DESCRIPTION"], &rows)
     })
+}
+
+/// A capsule's line of `capsule ls`: name, the access and capabilities it needs, its deadline,
+/// `column` (where it comes from, or which services allow it), what it does.
+pub(crate) fn capsule_row(
+    name: &str,
+    access: &str,
+    capabilities: &[String],
+    timeout: Duration,
+    column: String,
+    description: &str,
+) -> Vec<String> {
+    let needs: Vec<&str> = std::iter::once(access)
+        .chain(capabilities.iter().map(|c| c.trim_start_matches("CAP_")))
+        .collect();
+    vec![
+        name.to_owned(),
+        needs.join(","),
+        humantime::format_duration(timeout).to_string(),
+        column,
+        description.trim().to_owned(),
+    ]
 }
 
 /// The selector with `app=` from `-a` when it names none.

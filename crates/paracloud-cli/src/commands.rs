@@ -84,10 +84,13 @@ pub fn run(cli: Cli) -> Result<()> {
             args,
         } => crate::agent_exec::agent_capsule(
             &absolute(&global.root)?,
-            serde_json::json!({
-                "pod": pod, "container": container, "capsule": capsule,
-                "args": args, "timeout_ms": timeout_ms,
-            }),
+            paracloud_node::capsules::CapsuleRequest {
+                pod,
+                container,
+                capsule,
+                args,
+                timeout_ms,
+            },
         ),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

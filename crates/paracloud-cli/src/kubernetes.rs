@@ -754,43 +754,30 @@ impl Cluster {
                 })
                 .map(|(service, _)| service.clone())
                 .collect();
-            let mut needs = vec![spec.access.name().to_owned()];
-            needs.extend(
-                spec.capabilities
-                    .iter()
-                    .map(|cap| cap.trim_start_matches("CAP_").to_owned()),
-            );
             json.push(serde_json::json!({
                 "name": spec.name, "access": spec.access.name(),
                 "capabilities": spec.capabilities, "timeout_ms": spec.timeout.as_millis() as u64,
                 "description": spec.description, "usage": spec.usage, "services": allowed,
             }));
-            rows.push(vec![
-                spec.name.clone(),
-                needs.join(","),
-                humantime::format_duration(spec.timeout).to_string(),
+            rows.push(crate::capsule::capsule_row(
+                &spec.name,
+                spec.access.name(),
+                &spec.capabilities,
+                spec.timeout,
                 if allowed.is_empty() {
                     "-".into()
                 } else {
                     allowed.join(",")
                 },
-                format!("{} {}", spec.description, spec.usage)
-                    .trim()
-                    .to_owned(),
-            ]);
+                &format!("{} {}", spec.description, spec.usage),
+            ));
         }
-        match output {
-            Output::Table => print!(
-                "{}",
-                crate::output::table(
-                    &["NAME", "ACCESS", "TIMEOUT", "SERVICES", "DESCRIPTION"],
-                    &rows
-                )
-            ),
-            Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
-            Output::Yaml => print!("{}", serde_yaml_ng::to_string(&json)?),
-        }
-        Ok(())
+        crate::output::print(output, &json, |_| {
+            crate::output::table(
+                &["NAME", "ACCESS", "TIMEOUT", "SERVICES", "DESCRIPTION"],
+                &rows,
+            )
+        })
     }
 
     /// The running pods the selector matches, each after its service's policy allows the

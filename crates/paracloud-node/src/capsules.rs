@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use paracloud_api::{CapsuleFile, CapsuleRunEvent};
 use paracloud_capsule::{Access, CapsuleSpec};
 use paracloud_runtime::{CapsuleConfig, Limits, Rootfs};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::agent::{now_ms, Agent};
@@ -29,7 +29,7 @@ const CAPSULE_PATH: &str =
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// `POST /v1/capsules`: which capsule, on which container of which pod.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CapsuleRequest {
     /// The pod's uid, or `NAMESPACE/NAME`.
@@ -187,6 +187,11 @@ pub async fn run(
     Ok(receiver)
 }
 
+/// Where run `run` leaves its files (its `/out`), under the agent's root.
+pub fn run_output_dir(root: &std::path::Path, run: u64) -> std::path::PathBuf {
+    root.join("capsules").join("runs").join(run.to_string())
+}
+
 /// Removes the output directories (`runs/N`) of all but the `keep` newest runs: the agent's
 /// run numbers grow, but not by one across its restarts, so the newest are the largest.
 fn forget_old_outputs(runs: &std::path::Path, keep: usize) {
@@ -275,7 +280,7 @@ fn config_for(
         rootfs,
         argv: spec.command(args),
         env,
-        out_dir: root.join("capsules").join("runs").join(run.to_string()),
+        out_dir: run_output_dir(root, run),
         write_target: spec.access == Access::Write,
         capabilities: spec.capabilities.clone(),
         limits: Limits {
