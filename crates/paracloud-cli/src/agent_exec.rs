@@ -1,7 +1,7 @@
-//! Capsules on a cluster, through the node agents: what the CLI executes in an agent's container
-//! through the API server's `pods/exec` (as `kubectl exec` does), and what runs there,
-//! `paracloud __agent-capsule` and `__agent-capsule-file`, which ask the agent's own socket and
-//! read the files a run left.
+//! Capsules and a migration's events on a cluster, through the node agents: what the CLI
+//! executes in an agent's container through the API server's `pods/exec` (as `kubectl exec`
+//! does), and what runs there, `paracloud __agent-capsule`, `__agent-capsule-file` and
+//! `__agent-event`, which ask the agent's own socket and read the files a run left.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,30 @@ pub(crate) struct CapsuleTarget {
 
 /// The node agent's container in its DaemonSet's pods.
 const AGENT_CONTAINER: &str = "agent";
+
+/// The running node agents of `namespace` (the DaemonSet's pods), by node name.
+pub(crate) async fn node_agents(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
+    let selector = format!(
+        "app.kubernetes.io/name={}",
+        paracloud_kube::install::NODE_AGENT
+    );
+    let list = pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| {
+            anyhow!("cannot list the node agents in namespace {namespace} (--agent-namespace): {e}")
+        })?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| Some((p.spec?.node_name?, p.metadata.name?)))
+        .collect())
+}
 
 /// The agent's own binary in its container, which it links under its root at start, with its
 /// root and one of its hidden commands.
@@ -75,10 +99,20 @@ struct InAgent {
 
 impl InAgent {
     async fn start(pods: &kube::Api<Pod>, agent: &str, command: Vec<String>) -> Result<InAgent> {
-        use tokio::io::AsyncReadExt;
+        Self::start_with_input(pods, agent, command, None).await
+    }
+
+    /// Starts `command` with `input` on its standard input, closed after it (none: no input).
+    async fn start_with_input(
+        pods: &kube::Api<Pod>,
+        agent: &str,
+        command: Vec<String>,
+        input: Option<Vec<u8>>,
+    ) -> Result<InAgent> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let params = kube::api::AttachParams::default()
             .container(AGENT_CONTAINER)
-            .stdin(false)
+            .stdin(input.is_some())
             .stdout(true)
             .stderr(true);
         let mut process = pods
@@ -86,6 +120,12 @@ impl InAgent {
             .await
             .map_err(|e| anyhow!("cannot execute in the node agent {agent}: {e}"))?;
         let missing = |what| anyhow!("the exec in {agent} gave no {what}");
+        if let Some(input) = input {
+            let mut stdin = process.stdin().ok_or_else(|| missing("standard input"))?;
+            stdin.write_all(&input).await?;
+            // Dropped, it closes the command's standard input.
+            stdin.shutdown().await?;
+        }
         let stdout = process.stdout().ok_or_else(|| missing("standard output"))?;
         let mut stderr = process.stderr().ok_or_else(|| missing("standard error"))?;
         let status = process.take_status();
@@ -251,23 +291,108 @@ pub(crate) fn agent_capsule_file(root: &Path, run: u64, name: &str) -> Result<()
     Ok(())
 }
 
+/// Sends a pod `event` (none: asks only whether it follows its events) through the node agent
+/// `agent`, by its `__agent-event` with the event on standard input; the pod's answer.
+pub(crate) async fn send_event(
+    pods: &kube::Api<Pod>,
+    agent: &str,
+    pod_uid: &str,
+    event: Option<&paracloud_paci::EventKind>,
+    wait_listening_ms: u64,
+) -> Result<paracloud_node::handover::EventAnswer> {
+    use tokio::io::AsyncReadExt;
+    let mut command = agent_binary("__agent-event");
+    command.extend([
+        "--pod".into(),
+        pod_uid.into(),
+        "--wait-listening-ms".into(),
+        wait_listening_ms.to_string(),
+    ]);
+    let input = match event {
+        Some(event) => Some(serde_json::to_vec(event)?),
+        None => {
+            command.push("--listening".into());
+            None
+        }
+    };
+    let mut started = InAgent::start_with_input(pods, agent, command, input).await?;
+    let mut answer = Vec::new();
+    started.stdout.read_to_end(&mut answer).await?;
+    let (said, succeeded) = started.end().await;
+    if !succeeded {
+        anyhow::bail!("{said}");
+    }
+    serde_json::from_slice(&answer).map_err(|e| {
+        anyhow!(
+            "the node agent {agent} answered {:?}: {e}",
+            String::from_utf8_lossy(&answer)
+        )
+    })
+}
+
+/// `paracloud __agent-event`, in the node agent's container: sends pod `pod` the event on
+/// standard input (with `listening`, none: it asks only whether the pod follows its events)
+/// through the agent's socket under `root`, and writes the pod's answer.
+pub(crate) fn agent_event(
+    root: &Path,
+    pod: &str,
+    listening: bool,
+    wait_listening_ms: u64,
+) -> Result<()> {
+    use std::io::{Read, Write};
+    let event = if listening {
+        None
+    } else {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        Some(serde_json::from_str(&text).map_err(|e| {
+            anyhow!("standard input is not a PaCI event (a migrate or restore as JSON): {e}")
+        })?)
+    };
+    let request = paracloud_node::handover::EventRequest {
+        pod: pod.to_owned(),
+        event,
+        wait_listening_ms,
+    };
+    agent_request(root, "/v1/events", &request, |chunk| {
+        let mut out = std::io::stdout().lock();
+        out.write_all(chunk)?;
+        out.flush()
+    })
+}
+
 /// `paracloud __agent-capsule`, in the node agent's container: asks the agent's socket under
 /// `root` for the run and writes its events to standard output as they come.
 pub(crate) fn agent_capsule(
     root: &Path,
     request: paracloud_node::capsules::CapsuleRequest,
 ) -> Result<()> {
-    use http_body_util::BodyExt;
     use std::io::Write;
+    agent_request(root, "/v1/capsules", &request, |chunk| {
+        let mut out = std::io::stdout().lock();
+        out.write_all(chunk)?;
+        out.flush()
+    })
+}
+
+/// POSTs `request` to the agent's own socket under `root` and gives each piece of the answer's
+/// body to `write` as it comes; an error answer is the agent's own words.
+fn agent_request(
+    root: &Path,
+    path: &str,
+    request: &impl serde::Serialize,
+    mut write: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<()> {
+    use http_body_util::BodyExt;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let socket = root.join("agent.sock");
         let client = paracloud_unix_http::UnixHttp::new(&socket, "agent");
-        let body = serde_json::to_vec(&request)?;
+        let body = serde_json::to_vec(request)?;
         let response = client
-            .send(hyper::Method::POST, "/v1/capsules", Some(body))
+            .send(hyper::Method::POST, path, Some(body))
             .await
             .map_err(|e| match e {
                 paracloud_unix_http::Error::Status { body, .. } => {
@@ -283,11 +408,9 @@ pub(crate) fn agent_capsule(
                 other => anyhow!("the node agent at {}: {other}", socket.display()),
             })?;
         let mut body = response.into_body();
-        let mut out = std::io::stdout().lock();
         while let Some(frame) = body.frame().await {
             if let Some(data) = frame?.data_ref() {
-                out.write_all(data)?;
-                out.flush()?;
+                write(data)?;
             }
         }
         Ok(())

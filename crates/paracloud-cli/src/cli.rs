@@ -198,6 +198,9 @@ pub enum Command {
         /// CPU of the new instance, in cores (such as 0.5 or 2)
         #[arg(long, value_name = "CORES")]
         cpus: Option<String>,
+        /// With --kubernetes: the namespace of the node agents (`paracloud k8s install -n`)
+        #[arg(long, value_name = "NAMESPACE", default_value = "paracloud-system")]
+        agent_namespace: String,
     },
     /// Show a service in detail: spec, address, instances, recent events
     Describe { service: String },
@@ -353,6 +356,21 @@ pub enum Command {
         /// The file's name in the run's /out
         #[arg(long)]
         name: String,
+    },
+    /// Inside the node agent's container: sends a pod `migrate` or `restore` (the event as
+    /// JSON on standard input) through the agent's own socket (under --root) and writes the
+    /// pod's answer as JSON; what `migrate --kubernetes` executes there through the API server
+    #[command(name = "__agent-event", hide = true)]
+    AgentEvent {
+        /// The pod's uid
+        #[arg(long)]
+        pod: String,
+        /// Only say whether the pod follows its events (no event is read or sent)
+        #[arg(long)]
+        listening: bool,
+        /// How long to wait for the pod to open its event stream, in milliseconds
+        #[arg(long, default_value_t = 0)]
+        wait_listening_ms: u64,
     },
     /// The data-plane process (started by the daemon)
     #[command(name = "__dataplane", hide = true)]

@@ -76,6 +76,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::AgentCapsuleFile { run, name } => {
             crate::agent_exec::agent_capsule_file(&absolute(&global.root)?, run, &name)
         }
+        Command::AgentEvent {
+            pod,
+            listening,
+            wait_listening_ms,
+        } => crate::agent_exec::agent_event(
+            &absolute(&global.root)?,
+            &pod,
+            listening,
+            wait_listening_ms,
+        ),
         Command::AgentCapsule {
             pod,
             container,
@@ -472,6 +482,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
             via,
             revision,
             cpus,
+            agent_namespace: _,
         } => migrate(global, &instance, via, revision, cpus.as_deref()).await,
         Command::Traffic { service, shares } => traffic(global, &service, &shares).await,
         Command::Describe { service } => describe(global, &service).await,
@@ -491,6 +502,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         | Command::NodeAgent { .. }
         | Command::AgentCapsule { .. }
         | Command::AgentCapsuleFile { .. }
+        | Command::AgentEvent { .. }
         | Command::DataplaneProcess { .. }
         | Command::Completion { .. }
         | Command::Sim(_) => {
@@ -1054,19 +1066,7 @@ async fn migrate(
         body: request,
     };
     let done = client.call(&route).await.map_err(explain)?;
-    if global.output == Output::Table {
-        let handover = match (done.handover_ms, done.state_bytes) {
-            (Some(ms), Some(bytes)) => format!(" (state of {bytes} bytes handed over in {ms} ms)"),
-            _ => String::new(),
-        };
-        eprintln!(
-            "migrated {} to {} via {} in {} ms{handover}",
-            done.from, done.to, done.via, done.took_ms
-        );
-    } else {
-        println!("{}", serde_json::to_string(&done)?);
-    }
-    Ok(())
+    crate::output::migrated(global.output, &done)
 }
 
 /// `paracloud dataplane restart`: a new data plane, the old one drained; says both pids and how

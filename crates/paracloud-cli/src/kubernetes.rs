@@ -279,10 +279,12 @@ pub(crate) async fn deploy(
         ParacloudAppSpec {
             manifest: loaded.request.source.clone(),
             registry,
-            // The scale and the pods' weights are the cluster's to write (`paracloud scale`, the
-            // autoscaler, pods through PaCI): left out, a redeploy keeps them.
+            // The scale, the pods' weights and migrations under way are the cluster's to write
+            // (`paracloud scale`, the autoscaler, pods through PaCI, `paracloud migrate`): left
+            // out, a redeploy keeps them.
             scale: Default::default(),
             weights: Default::default(),
+            migrating: Default::default(),
             directories,
         },
     );
@@ -405,8 +407,27 @@ pub(crate) async fn cluster_command(
             }
             Ok(())
         }
+        Command::Migrate {
+            instance,
+            via,
+            revision,
+            cpus,
+            agent_namespace,
+        } => {
+            if revision.is_some() || cpus.is_some() {
+                anyhow::bail!("--revision and --cpus do not act on a cluster: the successor is a pod of the service's Deployment as it is (`paracloud --kubernetes scale --cpu` changes its CPU)");
+            }
+            let cluster = Cluster::find(global, None).await?;
+            let request = crate::cluster_migrate::Request {
+                pod: instance,
+                via,
+                agent_namespace,
+            };
+            let done = crate::cluster_migrate::migrate(&cluster.client, &cluster.app, &request).await?;
+            crate::output::migrated(global.output, &done)
+        }
         other => anyhow::bail!(
-            "{} does not act on a cluster: with --kubernetes, deploy, ps, logs, scale, describe, events, capsule ls and capsule run do (kubectl does the rest)",
+            "{} does not act on a cluster: with --kubernetes, deploy, ps, logs, scale, describe, events, migrate, capsule ls and capsule run do (kubectl does the rest)",
             command_name(&other)
         ),
     }
@@ -691,7 +712,7 @@ impl Cluster {
                 run.selector
             );
         }
-        let agents = self.node_agents(&run.agent_namespace).await?;
+        let agents = crate::agent_exec::node_agents(&self.client, &run.agent_namespace).await?;
         if agents.is_empty() {
             anyhow::bail!(
                 "no node agent runs in namespace {}: give --agent-namespace the namespace of `paracloud k8s install -n`",
@@ -834,33 +855,6 @@ impl Cluster {
         }
         targets.sort_by(|a, b| a.pod.cmp(&b.pod));
         Ok(targets)
-    }
-
-    /// The running node agents of `namespace`, by node name.
-    async fn node_agents(
-        &self,
-        namespace: &str,
-    ) -> Result<std::collections::BTreeMap<String, String>> {
-        use k8s_openapi::api::core::v1::Pod;
-        let pods: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), namespace);
-        let selector = format!(
-            "app.kubernetes.io/name={}",
-            paracloud_kube::install::NODE_AGENT
-        );
-        let list = pods
-            .list(&kube::api::ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot list the node agents in namespace {namespace} (--agent-namespace): {e}"
-                )
-            })?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .filter_map(|p| Some((p.spec?.node_name?, p.metadata.name?)))
-            .collect())
     }
 
     fn manifest(&self) -> Result<paracloud_manifest::Manifest> {

@@ -7,6 +7,7 @@ mod arguments;
 mod capsule;
 mod cli;
 mod client;
+mod cluster_migrate;
 mod commands;
 mod contexts;
 mod docker_config;

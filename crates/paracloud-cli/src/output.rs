@@ -64,6 +64,24 @@ pub fn format_time(ms: u64) -> String {
         .to_string()
 }
 
+/// A migration done, on one machine or on a cluster: a line on standard error, or the outcome
+/// as JSON.
+pub fn migrated(format: Output, done: &paracloud_api::MigrateResponse) -> anyhow::Result<()> {
+    if format == Output::Table {
+        let handover = match (done.handover_ms, done.state_bytes) {
+            (Some(ms), Some(bytes)) => format!(" (state of {bytes} bytes handed over in {ms} ms)"),
+            _ => String::new(),
+        };
+        eprintln!(
+            "migrated {} to {} via {} in {} ms{handover}",
+            done.from, done.to, done.via, done.took_ms
+        );
+    } else {
+        println!("{}", serde_json::to_string(done)?);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

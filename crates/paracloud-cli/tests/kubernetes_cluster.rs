@@ -268,11 +268,16 @@ fn deploy_runs_the_application_through_the_operator_and_the_usual_commands_see_i
     assert!(err.contains("at most"), "{err}");
     let err = failed(&cluster.paracloud(dir.path(), &["--kubernetes", "-a", "nothere", "ps"]));
     assert!(err.contains("no ParacloudApp nothere"), "{err}");
-    let err = failed(&cluster.paracloud(dir.path(), &["--kubernetes", "migrate", "api.1"]));
+    let err = failed(&cluster.paracloud(dir.path(), &["--kubernetes", "restart", "api"]));
     assert!(
         err.contains(
-            "with --kubernetes, deploy, ps, logs, scale, describe, events, capsule ls and capsule run do"
+            "with --kubernetes, deploy, ps, logs, scale, describe, events, migrate, capsule ls and capsule run do"
         ),
+        "{err}"
+    );
+    let err = failed(&cluster.paracloud(dir.path(), &["--kubernetes", "migrate", "api.1"]));
+    assert!(
+        err.contains("no pod api.1 in namespace shop: `paracloud --kubernetes ps` lists the application's pods"),
         "{err}"
     );
     let err = failed(&cluster.paracloud(dir.path(), &["deploy"]));

@@ -706,9 +706,9 @@ fn the_operator_autoscales_an_application_from_its_data_plane_and_pod_metrics() 
 /// A pod's PaCI weight, as the node agent writes it on the application's resource, shifts the
 /// pod's share: the data plane follows the resource beside the EndpointSlices. At weight 0 a
 /// pod gets no request while another can serve; dropped from the resource, it gets its full
-/// share again.
+/// share again. During a migration only the pods the resource names serve.
 #[test]
-fn a_pods_weight_on_the_resource_shifts_its_share_of_requests() {
+fn a_pods_weight_and_a_migration_on_the_resource_shift_its_share_of_requests() {
     let cluster = Cluster::start();
     let standin = cluster.standin.as_ref().unwrap();
     cluster.runtime.block_on(async {
@@ -778,4 +778,39 @@ fn a_pods_weight_on_the_resource_shifts_its_share_of_requests() {
         )
         .unwrap();
     wait_weight("api-2", 1000);
+
+    // A migration of api-2 (`paracloud migrate --kubernetes`): the resource names the pods that
+    // serve before the successor api-3 appears, so api-3 gets no request while it is ready but
+    // has not got the state; at the switch api-3 serves and api-2 no more; at the end, all do.
+    let migrating = |serving: Value| {
+        standin
+            .merge_patch_as(
+                "paracloud-cli",
+                &app,
+                json!({ "spec": { "migrating": { "api": serving } } }),
+            )
+            .unwrap();
+    };
+    migrating(json!(["api-1", "api-2"]));
+    backend("127.0.0.6", cluster.backend_port(), "api-3");
+    cluster.slice(
+        "api-pods",
+        "api-pods-w1",
+        &[
+            ("api-1", "127.0.0.4", true),
+            ("api-2", "127.0.0.5", true),
+            ("api-3", "127.0.0.6", true),
+        ],
+    );
+    wait_weight("api-3", 0);
+    let counts = cluster.spread(30, "");
+    assert_eq!(counts.get("api-3"), None, "{counts:?}");
+    migrating(json!(["api-1", "api-3"]));
+    wait_weight("api-2", 0);
+    assert_eq!(weight_of("api-3"), Some(1000));
+    let counts = cluster.spread(30, "");
+    assert_eq!(counts.get("api-2"), None, "{counts:?}");
+    migrating(Value::Null);
+    wait_weight("api-2", 1000);
+    assert_eq!(weight_of("api-3"), Some(1000));
 }

@@ -207,10 +207,15 @@ impl Node {
 
     /// A pod as [`Node::pod`] makes it, with the uid the API server gave it.
     fn pod_with_uid(&mut self, letter: &str, user: u32, uid: &str) -> Pod {
+        self.pod_in(&format!("ns-{letter}"), letter, user, uid)
+    }
+
+    /// Pod `web-LETTER` of `namespace`, as [`Node::pod_with_uid`] makes it.
+    fn pod_in(&mut self, namespace: &str, letter: &str, user: u32, uid: &str) -> Pod {
         let pod = Pod {
             uid: uid.to_owned(),
             name: format!("web-{letter}"),
-            namespace: format!("ns-{letter}"),
+            namespace: namespace.to_owned(),
             container: "web".into(),
             sandbox_id: format!("{}-{letter}-sandbox", self.tag),
             container_id: format!("{}-{letter}-web", self.tag),
@@ -728,7 +733,7 @@ fn a_capsule_sees_the_pod_returns_its_output_and_exit_and_leaves_nothing() {
 }
 
 #[test]
-fn bad_capsule_requests_get_an_error_naming_what_is_wrong() {
+fn bad_capsule_and_event_requests_get_an_error_naming_what_is_wrong() {
     let mut node = Node::new("bad");
     let a = node.pod("a", 1000);
     node.agent(&[&a]);
@@ -763,6 +768,43 @@ fn bad_capsule_requests_get_an_error_naming_what_is_wrong() {
         400,
         "the timeout must be more than 0 ms",
     );
+    // A migration's events: only migrate and restore, to a pod of the node that follows them.
+    let event = |request: Value| unix_http(&node.api(), "POST", "/v1/events", &request.to_string());
+    let migrate = json!({"kind": "migrate", "to": {"instance": "web-n", "address": "10.0.0.9"}});
+    for (request, status, needle) in [
+        (
+            json!({"pod": "ns-a/nope", "event": migrate}),
+            404,
+            "no pod \"ns-a/nope\" on this node",
+        ),
+        (
+            json!({"pod": "ns-a/web-a", "event": {"kind": "drain", "reason": "x"}}),
+            400,
+            "event drain is not one to send on request: only migrate and restore are",
+        ),
+        (
+            json!({"pod": "ns-a/web-a", "wait_listening_ms": 61_000}),
+            400,
+            "wait_listening_ms 61000 is above 60000",
+        ),
+        (
+            json!({"pod": "ns-a/web-a", "event": {"kind": "migrate"}}),
+            400,
+            "the request body is not valid",
+        ),
+        (
+            json!({"pod": "ns-a/web-a", "event": migrate}),
+            409,
+            "migrate to pod ns-a/web-a: the instance does not follow its PaCI events",
+        ),
+    ] {
+        let (got, body) = event(request.clone());
+        assert_eq!(got, status, "{request}: {body}");
+        let error = json(&body)["error"].as_str().unwrap().to_string();
+        assert!(error.contains(needle), "{needle:?} not in {error:?}");
+    }
+    let (got, body) = event(json!({"pod": "ns-a/web-a"}));
+    assert_eq!((got, json(&body)), (200, json!({"listening": false})));
     // The agent's socket is root's alone.
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(node.api()).unwrap().permissions(),
@@ -1395,51 +1437,36 @@ debug = "read"
 /// The node agent's pod on node-1, as `k8s install`'s DaemonSet makes it.
 const AGENT_POD: &str = "paracloud-node-agent-n1";
 
-/// `paracloud --kubernetes capsule run` from a remote CLI: the CLI finds the application's pods
-/// that the selector matches, checks the service's policy, and executes the agent's own binary
-/// in the node agent's pod of each pod's node through the API server's `pods/exec` (the
-/// stand-in plays the kubelet: it runs the command here, with the agent's root where the
-/// DaemonSet mounts it). The agent attaches the capsule to the pod's container; its output
-/// comes back to the CLI, the run is in the node's audit log. A pod on a node with no agent
-/// fails alone, with the reason; a capsule the policy does not allow, one that is not
-/// built-in, and a selector matching nothing are refused before anything runs.
-#[test]
-fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
-    let mut node = Node::new("remote");
-    let agent_root = node.root();
-    let exec: paracloud_kube_standin::ExecHandler =
-        std::sync::Arc::new(move |request: &paracloud_kube_standin::ExecRequest| {
-            if (
-                request.namespace.as_str(),
-                request.pod.as_str(),
-                request.container.as_str(),
-            ) != ("paracloud-system", AGENT_POD, "agent")
-            {
-                return Err(format!("no container {request:?} on this node"));
-            }
-            // The DaemonSet mounts the agent's root at its place in the container.
-            let argv: Vec<String> = request
-                .command
-                .iter()
-                .map(
-                    |arg| match arg.strip_prefix(paracloud_kube::install::NODE_AGENT_ROOT) {
-                        Some(rest) => format!("{}{rest}", agent_root.display()),
-                        None => arg.clone(),
-                    },
-                )
-                .collect();
-            let mut command = Command::new(&argv[0]);
-            command.args(&argv[1..]).env_remove("PARACLOUD_ROOT");
-            Ok(command)
-        });
-    let server = ApiServer::start_with(
-        REMOTE,
-        Options {
-            exec: Some(exec),
-            ..Options::default()
-        },
-    );
-    let standin = server.standin();
+/// The stand-in's kubelet for `pods/exec` on node-1's agent pod: the command runs here, with the
+/// agent's root where the DaemonSet mounts it.
+fn exec_in_agent(agent_root: PathBuf) -> paracloud_kube_standin::ExecHandler {
+    std::sync::Arc::new(move |request: &paracloud_kube_standin::ExecRequest| {
+        if (
+            request.namespace.as_str(),
+            request.pod.as_str(),
+            request.container.as_str(),
+        ) != ("paracloud-system", AGENT_POD, "agent")
+        {
+            return Err(format!("no container {request:?} on this node"));
+        }
+        let argv: Vec<String> = request
+            .command
+            .iter()
+            .map(
+                |arg| match arg.strip_prefix(paracloud_kube::install::NODE_AGENT_ROOT) {
+                    Some(rest) => format!("{}{rest}", agent_root.display()),
+                    None => arg.clone(),
+                },
+            )
+            .collect();
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]).env_remove("PARACLOUD_ROOT");
+        Ok(command)
+    })
+}
+
+/// The node agent's pod on node-1, running, as `k8s install`'s DaemonSet makes it.
+fn make_agent_pod(standin: &StandIn) {
     make(
         standin,
         "kubectl",
@@ -1461,6 +1488,28 @@ fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
     standin
         .set_pod_ready("paracloud-system", AGENT_POD, true)
         .unwrap();
+}
+
+/// `paracloud --kubernetes capsule run` from a remote CLI: the CLI finds the application's pods
+/// that the selector matches, checks the service's policy, and executes the agent's own binary
+/// in the node agent's pod of each pod's node through the API server's `pods/exec` (the
+/// stand-in plays the kubelet: it runs the command here, with the agent's root where the
+/// DaemonSet mounts it). The agent attaches the capsule to the pod's container; its output
+/// comes back to the CLI, the run is in the node's audit log. A pod on a node with no agent
+/// fails alone, with the reason; a capsule the policy does not allow, one that is not
+/// built-in, and a selector matching nothing are refused before anything runs.
+#[test]
+fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
+    let mut node = Node::new("remote");
+    let server = ApiServer::start_with(
+        REMOTE,
+        Options {
+            exec: Some(exec_in_agent(node.root())),
+            ..Options::default()
+        },
+    );
+    let standin = server.standin();
+    make_agent_pod(standin);
     standin.set_pod_ready("ns-a", "web-a", true).unwrap();
     let a = node.pod_with_uid("a", 1000, &server.uid_a);
     node.agent_with_kubeconfig(&[&a], server.kubeconfig.path());
@@ -1683,4 +1732,425 @@ fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
             .all(|r| r.subresource.as_deref() != Some("exec")),
         "nothing ran"
     );
+}
+
+const MIGRATING: &str = r#"
+app = "shop"
+[services.web]
+image = "registry.example/web:1"
+ports = [{ port = 8000, protocol = "http" }]
+replicas = 2
+migrate = "paci"
+"#;
+
+/// An application in a pod's container that follows its PaCI events with Python's standard
+/// library alone: it answers `migrate` with its state (the first argument; `refuse` as the
+/// second: it refuses `restore`), takes the state a `restore` brings, prints each event it
+/// answered with its state then, and leaves when its standard input closes.
+const PACI_APP: &str = r#"
+import http.client, json, os, socket, sys, threading
+
+class Paci(http.client.HTTPConnection):
+    def __init__(self):
+        super().__init__("paci")
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect("/run/paracloud/paci.sock")
+
+threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+state = json.loads(sys.argv[1])
+refuse = sys.argv[2:] == ["refuse"]
+stream = Paci()
+stream.request("GET", "/v1/events")
+events = stream.getresponse()
+print(json.dumps({"listening": events.status}), flush=True)
+while True:
+    line = events.readline()
+    if not line:
+        break
+    event = json.loads(line)
+    answer = {}
+    if event["kind"] == "migrate":
+        answer = {"state": state}
+    elif event["kind"] == "restore" and refuse:
+        answer = {"error": "no room for the state"}
+    elif event["kind"] == "restore":
+        state = event["state"]
+    ack = Paci()
+    ack.request("POST", "/v1/events/%d/ack" % event["id"], json.dumps(answer),
+                {"content-type": "application/json"})
+    ack.getresponse().read()
+    print(json.dumps({"event": event, "state": state}), flush=True)
+"#;
+
+/// [`PACI_APP`] running in a pod's container; what it printed, line by line.
+struct PaciApp {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+}
+
+impl PaciApp {
+    fn start(node: &Node, pod: &Pod, state: &str, refuse: bool) -> PaciApp {
+        use std::io::BufRead;
+        let mut command = node.oci();
+        command.arg("exec").arg(&pod.container_id).args([
+            "/usr/bin/python3",
+            "-c",
+            PACI_APP,
+            state,
+        ]);
+        if refuse {
+            command.arg("refuse");
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(json(&line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let app = PaciApp { child, lines };
+        let first = app.next(Duration::from_secs(20));
+        assert_eq!(first, Some(json!({ "listening": 200 })), "{}", node.log());
+        app
+    }
+
+    /// The next line it printed, within `wait`.
+    fn next(&self, wait: Duration) -> Option<Value> {
+        self.lines.recv_timeout(wait).ok()
+    }
+}
+
+impl Drop for PaciApp {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The annotation a ReplicaSet reads to choose which pod goes first when it shrinks.
+const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// Plays the ReplicaSet `web-5d8` and the kubelet of node-1 while `running`: when the
+/// resource asks for more pods of `web` than live, it makes pod `web-LETTER` (the next of
+/// `successors`, with its application refusing `restore` when asked), starts its containers
+/// on the node and its application, then marks it ready, noting which pods serve then; when
+/// the resource asks for fewer, it deletes the pod of the lowest deletion cost (ready pods
+/// alike) and removes its containers. What it did, in order.
+fn play_replicaset(
+    server: &ApiServer,
+    node: &mut Node,
+    pods: &mut Vec<(Pod, Option<PaciApp>)>,
+    successors: &[(&str, bool)],
+    running: &std::sync::atomic::AtomicBool,
+) -> Vec<String> {
+    let standin = server.standin();
+    let replicaset = standin
+        .object("apps", "v1", "replicasets", "ns-a", "web-5d8")
+        .unwrap();
+    let replicaset_uid = replicaset["metadata"]["uid"].as_str().unwrap().to_owned();
+    let api = {
+        let _runtime = server.runtime.enter();
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(standin.client(), "ns-a")
+    };
+    let mut next = successors.iter();
+    let mut did = Vec::new();
+    while running.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        let app = standin
+            .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
+            .unwrap();
+        let Some(wanted) = app["spec"]["scale"]["web"]["replicas"].as_u64() else {
+            continue;
+        };
+        let live: Vec<Value> = server
+            .runtime
+            .block_on(
+                api.list(&kube::api::ListParams::default().labels("paracloud.dev/service=web")),
+            )
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|p| serde_json::to_value(p).unwrap())
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        if (live.len() as u64) < wanted {
+            let Some(&(letter, refuse)) = next.next() else {
+                continue;
+            };
+            let name = format!("web-{letter}");
+            let uid = make(
+                standin,
+                "replicaset-controller",
+                Gvr::new("", "v1", "pods"),
+                json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": { "name": name, "namespace": "ns-a",
+                                  "ownerReferences": owner("apps/v1", "ReplicaSet", "web-5d8", &replicaset_uid),
+                                  "labels": { "paracloud.dev/app": "shop", "paracloud.dev/service": "web" } },
+                    "spec": { "nodeName": "node-1", "containers": [{
+                        "name": "web", "image": "registry.example/web:1" }] },
+                }),
+            );
+            did.push(format!("made {name}"));
+            let pod = node.pod_in("ns-a", letter, 1000, &uid);
+            let (status, _) = unix_http(&node.api(), "POST", "/v1/refresh", "");
+            assert_eq!(status, 200);
+            let app = PaciApp::start(node, &pod, "{}", refuse);
+            let serving = standin
+                .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
+                .unwrap()["spec"]["migrating"]
+                .clone();
+            did.push(format!("{name} ready while serving {serving}"));
+            standin.set_pod_ready("ns-a", &name, true).unwrap();
+            pods.push((pod, Some(app)));
+        } else if (live.len() as u64) > wanted {
+            let cost = |p: &Value| {
+                p["metadata"]["annotations"][DELETION_COST]
+                    .as_str()
+                    .map_or(0, |c| c.parse::<i64>().unwrap())
+            };
+            let going = live.iter().min_by_key(|p| cost(p)).unwrap();
+            let name = going["metadata"]["name"].as_str().unwrap().to_owned();
+            server
+                .runtime
+                .block_on(api.delete(&name, &Default::default()))
+                .unwrap();
+            did.push(format!("deleted {name} of cost {}", cost(going)));
+            if let Some(place) = pods.iter().position(|(p, _)| p.name == name) {
+                let (pod, app) = pods.remove(place);
+                drop(app);
+                node.remove(&pod);
+            }
+        }
+    }
+    did
+}
+
+/// `paracloud --kubernetes migrate POD`, make before break: the CLI scales the service up by
+/// one on the resource, the ReplicaSet (played here) makes the successor, which the data plane
+/// gives no request (the resource names the pods that serve) until it has the state; the old pod hands its
+/// state over through PaCI (`migrate`, by the agent of its node, through the API server's
+/// `pods/exec`) and the successor takes it (`restore`); the old pod gets the lowest deletion
+/// cost and the service shrinks back, so the ReplicaSet removes it. A successor that refuses
+/// the state is removed instead, and the old pod gets its state back and keeps serving; what
+/// cannot move is refused before anything changes.
+#[test]
+fn a_pod_migrates_to_a_successor_on_a_cluster_by_a_paci_handover_through_the_node_agents() {
+    let mut node = Node::new("migrate");
+    let server = ApiServer::start_with(
+        MIGRATING,
+        Options {
+            exec: Some(exec_in_agent(node.root())),
+            ..Options::default()
+        },
+    );
+    let standin = server.standin();
+    make_agent_pod(standin);
+    standin.set_pod_ready("ns-a", "web-a", true).unwrap();
+    let a = node.pod_in("ns-a", "a", 1000, &server.uid_a);
+    node.agent_with_kubeconfig(&[&a], server.kubeconfig.path());
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_paracloud"))
+            .args(["--kubernetes", "-a", "shop", "migrate"])
+            .args(args)
+            .env("KUBECONFIG", server.kubeconfig.path())
+            .env_remove("PARACLOUD_ROOT")
+            .output()
+            .unwrap()
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let resource = || {
+        standin
+            .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
+            .unwrap()
+    };
+
+    // Refused before anything changes.
+    standin.clear_requests();
+    for (args, expected) in [
+        (vec!["web-q"], "no pod web-q in namespace ns-a"),
+        (
+            vec!["web-z"],
+            "no node agent runs on node \"node-2\" of pod web-z in namespace paracloud-system",
+        ),
+        (
+            vec!["web-a", "--via", "criu"],
+            "--via criu does not work on a cluster",
+        ),
+        (
+            vec!["web-a", "--cpus", "2"],
+            "--revision and --cpus do not act on a cluster",
+        ),
+        (
+            vec!["web-a"],
+            "web-a does not follow its PaCI events, so it cannot hand its state over",
+        ),
+    ] {
+        let refused = cli(&args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        let said = text(&refused.stderr);
+        assert!(said.contains(expected), "{args:?}: {said}");
+    }
+    assert!(
+        standin
+            .requests()
+            .iter()
+            .all(|r| r.verb == paracloud_kube_standin::Verb::Get
+                || r.verb == paracloud_kube_standin::Verb::List
+                || r.subresource.as_deref() == Some("exec")),
+        "nothing was changed: {:?}",
+        standin.requests()
+    );
+    assert!(resource()["spec"]["scale"].is_null());
+
+    // The application in web-a follows its events: it moves to web-n.
+    let app_a = PaciApp::start(&node, &a, r#"{"carts": 3}"#, false);
+    let mut pods = vec![(a, Some(app_a))];
+    let running = std::sync::atomic::AtomicBool::new(true);
+    standin.clear_requests();
+    let (moved, did) = std::thread::scope(|scope| {
+        let replicaset = scope.spawn(|| {
+            play_replicaset(
+                &server,
+                &mut node,
+                &mut pods,
+                &[("n", false), ("m", true)],
+                &running,
+            )
+        });
+        let moved = cli(&["web-a"]);
+        running.store(false, std::sync::atomic::Ordering::SeqCst);
+        (moved, replicaset.join().unwrap())
+    });
+    let requests = standin.requests();
+    let said = text(&moved.stderr);
+    assert!(moved.status.success(), "{said}\n{did:?}\n{}", node.log());
+    assert!(
+        said.contains("migrated web-a to web-n via paci in ")
+            && said.contains("(state of 11 bytes handed over in "),
+        "{said}"
+    );
+    assert_eq!(
+        did,
+        [
+            "made web-n",
+            "web-n ready while serving {\"web\":[\"web-a\",\"web-z\"]}",
+            "deleted web-a of cost -2147483648",
+        ],
+        "{said}"
+    );
+    // The successor took the state; the old pod was told where its requests go.
+    let (_, app_n) = pods.iter().find(|(p, _)| p.name == "web-n").unwrap();
+    let restored = app_n
+        .as_ref()
+        .unwrap()
+        .next(Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(restored["event"]["kind"], "restore");
+    assert_eq!(restored["event"]["from"], "web-a");
+    assert_eq!(restored["state"], json!({ "carts": 3 }));
+    // The service is its size again, and its migration has ended.
+    assert_eq!(resource()["spec"]["scale"]["web"]["replicas"], 2);
+    let none = |field: &str| {
+        resource()["spec"][field]
+            .as_object()
+            .is_none_or(|o| o.is_empty())
+    };
+    assert!(
+        none("migrating") && none("weights"),
+        "{}",
+        resource()["spec"]
+    );
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|(reason, message, _)| reason == "Migrated"
+                && message.starts_with("pod web-a migrated to web-n via paci in ")),
+        "{:?}",
+        server.events()
+    );
+    // What the CLI asked of the API server: what docs/kubernetes.md tells to grant. The one
+    // deletion is the test's ReplicaSet's (which lists pods too).
+    let mut asked: Vec<String> = requests
+        .iter()
+        .map(|r| format!("{} {}", r.verb.as_str(), r.rbac_resource()))
+        .collect();
+    asked.sort();
+    assert_eq!(asked.iter().filter(|r| *r == "delete pods").count(), 1);
+    asked.retain(|r| r != "delete pods");
+    asked.dedup();
+    assert_eq!(
+        asked,
+        [
+            "create events",
+            "create pods/exec",
+            "get paracloudapps",
+            "get pods",
+            "list paracloudapps",
+            "list pods",
+            "patch paracloudapps",
+            "patch pods",
+        ],
+        "the test's ReplicaSet made and deleted pods, the CLI the rest"
+    );
+
+    // A successor that refuses the state is removed; web-n gets its state back and serves on.
+    let app_n = pods
+        .iter_mut()
+        .find(|(p, _)| p.name == "web-n")
+        .and_then(|(_, app)| app.take())
+        .unwrap();
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let (abandoned, did) = std::thread::scope(|scope| {
+        let replicaset = scope.spawn(|| {
+            // Only web-m is left to make.
+            play_replicaset(&server, &mut node, &mut pods, &[("m", true)], &running)
+        });
+        let abandoned = cli(&["web-n"]);
+        running.store(false, std::sync::atomic::Ordering::SeqCst);
+        (abandoned, replicaset.join().unwrap())
+    });
+    let said = text(&abandoned.stderr);
+    assert_eq!(abandoned.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "the migration of web-n was abandoned: restore to pod ns-a/web-m: refused after "
+        ) && said.contains("no room for the state; web-n keeps serving"),
+        "{said}"
+    );
+    assert_eq!(
+        did,
+        [
+            "made web-m",
+            "web-m ready while serving {\"web\":[\"web-n\",\"web-z\"]}",
+            "deleted web-m of cost -2147483648",
+        ]
+    );
+    let handed = app_n.next(Duration::from_secs(5)).unwrap();
+    assert_eq!(handed["event"]["kind"], "migrate");
+    assert_eq!(
+        handed["event"]["to"],
+        json!({ "instance": "web-m", "address": "10.0.0.1" })
+    );
+    let back = app_n.next(Duration::from_secs(5)).unwrap();
+    assert_eq!(back["event"]["kind"], "restore");
+    assert_eq!(back["event"]["from"], "web-n");
+    assert_eq!(back["state"], json!({ "carts": 3 }));
+    assert_eq!(resource()["spec"]["scale"]["web"]["replicas"], 2);
+    assert!(none("migrating"));
+    assert!(server
+        .events()
+        .iter()
+        .any(|(reason, message, _)| reason == "MigrationAbandoned" && message.contains("no room")));
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use paracloud_manifest::MigrateMethod;
 use paracloud_paci::{EventKind, Target};
+use paracloud_paci_events::HANDOVER_DEADLINE;
 use paracloud_reconcile::{InstanceKey, InstanceState, StopReason};
 
 use crate::driver::Driver;
@@ -19,8 +20,6 @@ use crate::sync::lock;
 
 /// How long the successor may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long an instance has to answer `migrate` or `restore`.
-pub const HANDOVER_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a restart migration waits for the old instance's checkpoint.
 pub const CHECKPOINT_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the successor has to open its event stream once ready.

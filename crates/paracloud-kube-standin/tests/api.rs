@@ -72,6 +72,7 @@ fn app(name: &str) -> ParacloudApp {
             registry: None,
             scale: BTreeMap::new(),
             weights: BTreeMap::new(),
+            migrating: BTreeMap::new(),
             directories: Vec::new(),
         },
     )

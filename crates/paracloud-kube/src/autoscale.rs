@@ -167,7 +167,8 @@ pub fn current(app: &ParacloudApp, manifest: &Manifest, service: &str) -> Option
 }
 
 /// The policy's `decisions` kept within each service's bounds, measured against what the
-/// resource asks now; those that change nothing are dropped. A service the `latest`
+/// resource asks now; those that change nothing are dropped, and so are those of a service
+/// under a migration (its pod count is the migration's until it ends). A service the `latest`
 /// observation saw requests for is never taken to zero. CPU is bounded by the service's own
 /// `cpu_max`: a node's size is the scheduler's to weigh.
 pub fn changes(
@@ -179,6 +180,7 @@ pub fn changes(
 ) -> Vec<ServiceChange> {
     decisions
         .into_iter()
+        .filter(|decision| !app.spec.migrating.contains_key(&decision.service))
         .filter_map(|decision| {
             let bounds = config.services.get(&decision.service)?;
             let current = current(app, manifest, &decision.service)?;

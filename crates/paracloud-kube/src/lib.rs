@@ -6,6 +6,7 @@ pub mod access;
 pub mod autoscale;
 pub mod dataplane;
 pub mod install;
+pub mod migration;
 pub mod names;
 pub mod object;
 pub mod paci;

@@ -62,6 +62,12 @@ pub struct ParacloudAppSpec {
     /// the node agent, read by the application's data plane.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub weights: BTreeMap<String, u32>,
+    /// Services under a migration (`paracloud migrate --kubernetes`), each with the pods that
+    /// take requests meanwhile: its other pods (the successor) take none until it holds the
+    /// state, and the autoscaler leaves the service alone. Written by the migrating CLI before
+    /// it scales the service up, removed at the end; read by the data plane and the operator.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub migrating: BTreeMap<String, Vec<String>>,
     /// The bind mounts' sources that were directories on the deploying machine: mounted as the
     /// node's path. Every other bind source is a file, whose ConfigMap (or Secret, under
     /// `/run/secrets/`) the CLI applied beside the resource.

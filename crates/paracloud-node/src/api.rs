@@ -7,9 +7,11 @@
 //! | `GET /v1/pods` | | [`PodView`]s |
 //! | `POST /v1/refresh` | | [`PodView`]s, after a look at the node now |
 //! | `POST /v1/capsules` | [`CapsuleRequest`] | `CapsuleRunEvent`s as JSON lines |
+//! | `POST /v1/events` | [`EventRequest`] | [`EventAnswer`]: the pod's answer to `migrate` or `restore` |
 //!
 //! Errors are `{"error": "..."}`: 400 for a body that is not valid, 404 for an unknown pod,
-//! container or capsule, 503 for what the node cannot do now.
+//! container or capsule, 409 for an event the pod refused or does not follow, 503 for what the
+//! node cannot do now, 504 for an event not answered by its deadline.
 
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ use tokio::net::UnixListener;
 
 use crate::agent::{Agent, Load};
 use crate::capsules::{self, CapsuleError, CapsuleRequest};
+use crate::handover::{self, EventAnswer, EventRequest, HandoverError};
 use crate::oci::Pod;
 use crate::refresh::refresh;
 
@@ -58,6 +61,18 @@ impl From<CapsuleError> for ApiError {
     }
 }
 
+impl From<HandoverError> for ApiError {
+    fn from(e: HandoverError) -> Self {
+        let status = match e {
+            HandoverError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HandoverError::NotFound(_) => StatusCode::NOT_FOUND,
+            HandoverError::Refused(_) => StatusCode::CONFLICT,
+            HandoverError::NoAnswer(_) => StatusCode::GATEWAY_TIMEOUT,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
 /// The caller's user (`SO_PEERCRED`), for the audit log.
 #[derive(Debug, Clone, Copy)]
 struct Caller {
@@ -80,10 +95,11 @@ pub async fn serve(agent: Arc<Agent>, listener: UnixListener) -> std::io::Result
         .route("/v1/pods", get(pods))
         .route("/v1/refresh", post(refreshed))
         .route("/v1/capsules", post(capsule))
+        .route("/v1/events", post(event))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
-                "no such route of the node agent: GET /v1/pods, POST /v1/refresh, POST /v1/capsules"
+                "no such route of the node agent: GET /v1/pods, POST /v1/refresh, POST /v1/capsules, POST /v1/events"
                     .into(),
             )
         })
@@ -141,4 +157,21 @@ async fn capsule(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+async fn event(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    body: Result<Json<EventRequest>, JsonRejection>,
+) -> Result<Json<EventAnswer>, ApiError> {
+    let Json(request) = body.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the request body is not valid: {} (expected {{\"pod\": UID or NAMESPACE/NAME, \"event\": a migrate or restore event, \"wait_listening_ms\": N}})",
+                e.body_text()
+            ),
+        )
+    })?;
+    Ok(Json(handover::send(&agent, caller.uid, request).await?))
 }

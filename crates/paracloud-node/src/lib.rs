@@ -8,7 +8,9 @@
 //! Modules are layered, each importing only from those below it:
 //!
 //! ```text
-//! api                 the agent's API on <root>/agent.sock: pods, refresh, capsule runs
+//! api                 the agent's API on <root>/agent.sock: pods, refresh, capsule runs,
+//!                     a migration's events
+//! handover            `migrate` and `restore` sent to a pod on request, answers returned
 //! schedules  loads    the applications' scheduled capsules, run on this node's pods; the
 //! drain               pods' load reports, written on their applications' status; `drain`
 //!                     sent to the node's pods as they are deleted
@@ -38,6 +40,7 @@ pub mod capsules;
 mod cgroup;
 pub mod cluster;
 mod drain;
+pub mod handover;
 mod loads;
 pub mod oci;
 mod paci;

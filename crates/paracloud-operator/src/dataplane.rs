@@ -107,11 +107,14 @@ pub struct Seen {
     pub slices: Vec<EndpointSlice>,
     /// PaCI weights by pod name, in percent of a pod's full share.
     pub weights: BTreeMap<String, u32>,
+    /// Services under a migration, each with the pods that take requests meanwhile.
+    pub migrating: BTreeMap<String, Vec<String>>,
 }
 
 /// The ready endpoints of the slices of `service` as backends of `route`'s port, sorted by id,
-/// each address once, each weighted by its pod's PaCI weight.
-fn backends(seen: &Seen, service: &str, route: &Route) -> Vec<Backend> {
+/// each address once, each weighted by its pod's PaCI weight; with `serving` (a migration
+/// under way), a pod not named there has weight 0.
+fn backends(seen: &Seen, service: &str, route: &Route, serving: Option<&[String]>) -> Vec<Backend> {
     let slices = &seen.slices;
     let name = port_name(route.port, route.protocol);
     let mut backends: Vec<Backend> = Vec::new();
@@ -145,12 +148,16 @@ fn backends(seen: &Seen, service: &str, route: &Route) -> Vec<Backend> {
                 .as_ref()
                 .and_then(|r| r.name.clone())
                 .unwrap_or_else(|| ip.to_string());
-            let percent = seen
-                .weights
-                .get(&id)
-                .copied()
-                .unwrap_or(paracloud_paci::FULL_WEIGHT)
-                .min(paracloud_paci::FULL_WEIGHT);
+            let held = serving.is_some_and(|pods| !pods.contains(&id));
+            let percent = if held {
+                0
+            } else {
+                seen.weights
+                    .get(&id)
+                    .copied()
+                    .unwrap_or(paracloud_paci::FULL_WEIGHT)
+                    .min(paracloud_paci::FULL_WEIGHT)
+            };
             backends.push(Backend {
                 id,
                 addr,
@@ -176,14 +183,19 @@ pub fn config(routes: &Routes, seen: &Seen, options: &DataplaneOptions) -> Confi
                 PortProtocol::Http => Protocol::Http,
                 PortProtocol::Udp => Protocol::Udp,
             },
-            backends: backends(seen, &route.endpoints, route),
+            backends: backends(
+                seen,
+                &route.endpoints,
+                route,
+                seen.migrating.get(&route.service).map(Vec::as_slice),
+            ),
             revisions: route
                 .revisions
                 .iter()
                 .map(|r| Revision {
                     name: r.name.clone(),
                     weight: r.weight,
-                    backends: backends(seen, &r.endpoints, route),
+                    backends: backends(seen, &r.endpoints, route, None),
                 })
                 .collect(),
         })
@@ -306,6 +318,7 @@ async fn follow(
     let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
     let mut listing: Option<BTreeMap<String, EndpointSlice>> = None;
     let mut weights: BTreeMap<String, u32> = BTreeMap::new();
+    let mut migrating: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &options.namespace);
     let apps: Api<ParacloudApp> = Api::namespaced(client, &options.namespace);
     let slice_events = watcher::watcher(api, watcher::Config::default().labels(&selector))
@@ -335,8 +348,12 @@ async fn follow(
             }
             Change::App(Ok(Event::Apply(app) | Event::InitApply(app))) => {
                 weights = app.spec.weights;
+                migrating = app.spec.migrating;
             }
-            Change::App(Ok(Event::Delete(_))) => weights.clear(),
+            Change::App(Ok(Event::Delete(_))) => {
+                weights.clear();
+                migrating.clear();
+            }
             Change::App(Ok(Event::Init | Event::InitDone)) => {}
             Change::Slice(Err(error)) => {
                 tracing::warn!(%error, "watching the EndpointSlices failed; retrying");
@@ -353,6 +370,7 @@ async fn follow(
         let seen = Seen {
             slices: slices.values().cloned().collect(),
             weights: weights.clone(),
+            migrating: migrating.clone(),
         };
         let next = config(&routes, &seen, &options);
         if next == last {
@@ -442,6 +460,7 @@ mod tests {
             // api-1 asked for a quarter of its share; 10.0.0.6 asked nothing; an unknown pod's
             // weight is no backend.
             weights: BTreeMap::from([("api-1".to_owned(), 25), ("gone".to_owned(), 0)]),
+            migrating: BTreeMap::new(),
         };
         let config = config(&routes(), &seen, &options());
         let listener = &config.listeners[0];
@@ -462,6 +481,65 @@ mod tests {
         assert_eq!(listener.revisions[0].name, "canary");
         assert_eq!(listener.revisions[0].weight, 10);
         assert_eq!(listener.revisions[0].backends[0].id, "canary-1");
+    }
+
+    #[test]
+    fn during_a_migration_only_the_pods_named_serve_and_the_revisions_are_left_alone() {
+        let slices = [
+            slice(
+                "api-pods",
+                serde_json::json!([
+                    { "addresses": ["10.0.0.2"], "targetRef": { "name": "api-old" } },
+                    { "addresses": ["10.0.0.3"], "targetRef": { "name": "api-other" } },
+                    { "addresses": ["10.0.0.4"], "targetRef": { "name": "api-successor" } },
+                ]),
+            ),
+            slice(
+                "api-canary-pods",
+                serde_json::json!([{ "addresses": ["10.0.1.2"], "targetRef": { "name": "canary-1" } }]),
+            ),
+        ];
+        let weights = |migrating: BTreeMap<String, Vec<String>>| {
+            let seen = Seen {
+                slices: slices.to_vec(),
+                weights: BTreeMap::from([("api-other".to_owned(), 50)]),
+                migrating,
+            };
+            let config = config(&routes(), &seen, &options());
+            let listener = &config.listeners[0];
+            let mut all: Vec<(String, u32)> = listener
+                .backends
+                .iter()
+                .chain(&listener.revisions[0].backends)
+                .map(|b| (b.id.clone(), b.weight))
+                .collect();
+            all.sort();
+            all
+        };
+        let held = weights(BTreeMap::from([(
+            "api".to_owned(),
+            vec!["api-old".to_owned(), "api-other".to_owned()],
+        )]));
+        assert_eq!(
+            held,
+            [
+                ("api-old".to_owned(), 1000),
+                ("api-other".to_owned(), 500),
+                ("api-successor".to_owned(), 0),
+                ("canary-1".to_owned(), 1000),
+            ]
+        );
+        let switched = weights(BTreeMap::from([(
+            "api".to_owned(),
+            vec!["api-successor".to_owned(), "api-other".to_owned()],
+        )]));
+        assert_eq!(switched[0], ("api-old".to_owned(), 0));
+        assert_eq!(switched[2], ("api-successor".to_owned(), 1000));
+        // Another service's migration changes nothing here.
+        let elsewhere = weights(BTreeMap::from([("web".to_owned(), vec![])]));
+        assert!(elsewhere
+            .iter()
+            .all(|(id, w)| *w == if id == "api-other" { 500 } else { 1000 }));
     }
 
     #[test]

@@ -240,7 +240,8 @@ async fn rest(
     let Some(app) = current(client, app).await? else {
         return Ok(());
     };
-    if replicas(&app, service).unwrap_or(0) == 0 {
+    // A service under a migration is the migration's until it ends.
+    if replicas(&app, service).unwrap_or(0) == 0 || app.spec.migrating.contains_key(service) {
         return Ok(());
     }
     set_replicas(

@@ -20,6 +20,10 @@ pub type Millis = u64;
 /// same on one machine and on a cluster's nodes.
 pub const RESIZE_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long an instance has to answer `migrate` or `restore`, on one machine and on a
+/// cluster's nodes alike.
+pub const HANDOVER_DEADLINE: Duration = Duration::from_secs(10);
+
 /// What a second stream of an instance gets while one is open.
 pub const STREAM_OPEN: &str = "an event stream of this instance is already open: the stream is the instance's own, one at a time; read events from the open one (or close it first)";
 

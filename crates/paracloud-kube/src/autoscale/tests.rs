@@ -29,6 +29,7 @@ fn app(scale: BTreeMap<String, ServiceScale>) -> ParacloudApp {
             registry: None,
             scale,
             weights: BTreeMap::new(),
+            migrating: BTreeMap::new(),
             directories: Vec::new(),
         },
     );
@@ -281,6 +282,13 @@ fn decisions_are_measured_against_the_resources_scale_and_become_its_patch_and_e
         ..decision(5, 1.0)
     };
     assert!(changes(&scaled, &manifest, &config, vec![ghost], None).is_empty());
+    // A service under a migration is the migration's until it ends.
+    let mut migrating = scaled.clone();
+    migrating
+        .spec
+        .migrating
+        .insert("api".into(), vec!["api-a".into()]);
+    assert!(changes(&migrating, &manifest, &config, vec![decision(9, 8.0)], None).is_empty());
 }
 
 #[test]

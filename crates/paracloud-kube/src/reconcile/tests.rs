@@ -28,6 +28,7 @@ fn app(manifest: &str) -> ParacloudApp {
             registry: None,
             scale: BTreeMap::new(),
             weights: BTreeMap::new(),
+            migrating: BTreeMap::new(),
             directories: Vec::new(),
         },
     );
