@@ -695,13 +695,18 @@ impl Cluster {
         output: Output,
     ) -> Result<i32> {
         let manifest = self.manifest()?;
-        let spec = paracloud_capsule::builtin(&run.capsule).ok_or_else(|| {
-            anyhow!(
-                "capsule {:?} does not run on a cluster: only the built-in ones do yet ({})",
-                run.capsule,
-                paracloud_capsule::builtin_names().join(", ")
-            )
-        })?;
+        let spec = paracloud_capsule::builtin(&run.capsule)
+            .or_else(|| manifest.capsules.get(&run.capsule).map(|c| c.spec()))
+            .ok_or_else(|| {
+                let own: Vec<&str> = manifest.capsules.keys().map(String::as_str).collect();
+                anyhow!(
+                    "no capsule {:?}: the built-in ones are {}, and {}'s own are {} (`paracloud --kubernetes capsule ls`)",
+                    run.capsule,
+                    paracloud_capsule::builtin_names().join(", "),
+                    manifest.app,
+                    if own.is_empty() { "none".to_owned() } else { own.join(", ") }
+                )
+            })?;
         let selector = paracloud_capsule::Selector::parse(&run.selector)
             .map_err(|e| anyhow!("--selector {:?}: {e}", run.selector))?;
         let targets = self.capsule_targets(&manifest, &spec, &selector).await?;
@@ -760,13 +765,22 @@ impl Cluster {
         Ok(codes.into_values().find(|&c| c != 0).unwrap_or(0))
     }
 
-    /// The capsules that run on the cluster (the built-in ones), each with the services of the
-    /// application whose policy lets it attach, and with which access.
+    /// The capsules that run on the cluster (the built-in ones, then the application's own),
+    /// each with the services of the application whose policy lets it attach, and with which
+    /// access.
     fn capsules(&self, output: Output) -> Result<()> {
         let manifest = self.manifest()?;
         let mut rows = Vec::new();
         let mut json = Vec::new();
-        for spec in paracloud_capsule::builtins() {
+        let own = manifest
+            .capsules
+            .values()
+            .map(|c| (c.spec(), Some(manifest.app.clone())));
+        let all = paracloud_capsule::builtins()
+            .into_iter()
+            .map(|spec| (spec, None))
+            .chain(own);
+        for (spec, app) in all {
             let allowed: Vec<String> = manifest
                 .services
                 .iter()
@@ -779,6 +793,7 @@ impl Cluster {
                 "name": spec.name, "access": spec.access.name(),
                 "capabilities": spec.capabilities, "timeout_ms": spec.timeout.as_millis() as u64,
                 "description": spec.description, "usage": spec.usage, "services": allowed,
+                "app": app,
             }));
             rows.push(crate::capsule::capsule_row(
                 &spec.name,

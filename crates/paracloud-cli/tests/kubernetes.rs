@@ -468,6 +468,32 @@ fn what_has_no_kubernetes_form_is_refused_with_where_it_is_and_what_to_do() {
             && stderr.contains("rename one of the two services"),
         "{stderr}"
     );
+
+    // A capsule whose image is a directory of this machine: no node could pull it.
+    let project = dir.path().join("tools");
+    std::fs::create_dir_all(project.join("rootfs")).unwrap();
+    std::fs::write(
+        project.join("paracloud.toml"),
+        "app = \"tools\"\n\
+         [services.api]\nimage = \"nginx:1\"\nports = [80]\n\
+         [capsules.report]\nimage = \"dir:rootfs\"\ncommand = [\"/report\"]\n\
+         capabilities = [\"SYS_PTRACE\", \"CHOWN\"]\n",
+    )
+    .unwrap();
+    let out = paracloud(&[
+        "k8s",
+        "render",
+        "-f",
+        project.join("paracloud.toml").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("capsules.report.image: an OCI layout or a directory of this machine cannot reach the cluster's nodes")
+            && stderr.contains("push the capsule's image to a registry")
+            && stderr.contains("capsules.report.capabilities: SYS_PTRACE beyond what the Baseline Pod Security Standard lets a pod add"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //! its own root, cgroup parents and container ids, and removes them even when it fails.
 
 mod common;
+#[path = "../../paracloud-image/tests/common/registry.rs"]
+mod registry_server;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use paracloud_kube_standin::{Gvr, ObjectRef, Options, StandIn};
 use serde_json::{json, Value};
 
 use common::{kubeconfig, unix_http};
+use registry_server::RegistryServer;
 
 /// The OCI runtime the tests start containers with.
 fn oci_runtime() -> &'static str {
@@ -1425,6 +1428,7 @@ fn a_scheduled_capsule_runs_on_the_pods_of_this_node_that_it_selects() {
     );
 }
 
+/// The shop with the application's own capsules, whose image is `REGISTRY/tools/report:1`.
 const REMOTE: &str = r#"
 app = "shop"
 [services.web]
@@ -1432,7 +1436,36 @@ image = "registry.example/web:1"
 ports = [{ port = 8000, protocol = "http" }]
 [services.web.capsules]
 debug = "read"
+report = "read"
+echo = "read"
+mount = "write"
+[capsules.report]
+image = "REGISTRY/tools/report:1"
+command = ["/bin/busybox", "sh", "-c", "echo report $LEVEL on $PARACLOUD_POD: $(cat /target/etc/identity)"]
+env = { LEVEL = "3" }
+[capsules.echo]
+image = "REGISTRY/tools/report:1"
+description = "the image's own command"
+[capsules.mount]
+image = "REGISTRY/tools/report:1"
+command = ["/bin/busybox", "mount", "-t", "tmpfs", "none", "/mnt"]
+capabilities = ["SYS_ADMIN"]
 "#;
+
+/// A registry holding `tools/report:1`: the host's busybox as a micro-image, built and pushed
+/// by a daemon of its own (as a user's machine would push it).
+fn registry_with_tools() -> RegistryServer {
+    let registry = RegistryServer::start(None);
+    let builder = common::Platform::new();
+    builder.busybox_image();
+    builder.ok(&[
+        "image",
+        "push",
+        "busybox:1",
+        &format!("{}/tools/report:1", registry.host()),
+    ]);
+    registry
+}
 
 /// The node agent's pod on node-1, as `k8s install`'s DaemonSet makes it.
 const AGENT_POD: &str = "paracloud-node-agent-n1";
@@ -1501,8 +1534,10 @@ fn make_agent_pod(standin: &StandIn) {
 #[test]
 fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
     let mut node = Node::new("remote");
+    let registry = registry_with_tools();
+    let manifest = REMOTE.replace("REGISTRY", &registry.host());
     let server = ApiServer::start_with(
-        REMOTE,
+        &manifest,
         Options {
             exec: Some(exec_in_agent(node.root())),
             ..Options::default()
@@ -1679,6 +1714,52 @@ fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
     ]);
     assert_eq!(slow.status.code(), Some(124), "{}", text(&slow.stderr));
 
+    // The application's own capsule: its image pulled from the registry by the node's agent
+    // on first use, its variables the manifest's over the image's, the platform's over both.
+    let report = cli(&["report", "-l", "instance=web-a"]);
+    assert!(
+        report.status.success(),
+        "{}\n{}",
+        text(&report.stderr),
+        node.log()
+    );
+    assert_eq!(
+        text(&report.stdout),
+        format!("report 3 on web-a: I am {} of pod web-a\n", a.container_id)
+    );
+    assert!(
+        node.log().contains("tools/report:1 pulled"),
+        "{}",
+        node.log()
+    );
+    // With no command in the manifest, the image's own runs with the arguments.
+    let echoed = cli(&[
+        "echo",
+        "-l",
+        "instance=web-a",
+        "--",
+        "echo",
+        "from the image",
+    ]);
+    assert!(echoed.status.success(), "{}", text(&echoed.stderr));
+    assert_eq!(text(&echoed.stdout), "from the image\n");
+    let audit = std::fs::read_to_string(node.root().join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("web-a") && l.contains("\"report\"")),
+        "{audit}"
+    );
+    // Its image and command are the application's: it gets no capability a pod of it could
+    // not add (the Baseline Pod Security Standard), whatever its manifest asks.
+    let mounted = cli(&["mount", "-l", "instance=web-a"]);
+    assert_eq!(mounted.status.code(), Some(1));
+    assert!(
+        text(&mounted.stderr).contains("capsule mount asks for SYS_ADMIN, beyond what the Baseline Pod Security Standard lets a pod add"),
+        "{}",
+        text(&mounted.stderr)
+    );
+
     // What runs there, and where the policy lets it.
     let listed = Command::new(env!("CARGO_BIN_EXE_paracloud"))
         .args(["--kubernetes", "-a", "shop", "capsule", "ls", "-o", "json"])
@@ -1691,6 +1772,9 @@ fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
         |name: &str| listed.iter().find(|c| c["name"] == name).unwrap()["services"].clone();
     assert_eq!(services("debug"), json!(["web"]));
     assert_eq!(services("strace"), json!([]));
+    assert_eq!(services("report"), json!(["web"]));
+    let report = listed.iter().find(|c| c["name"] == "report").unwrap();
+    assert_eq!(report["app"], "shop");
 
     // Refused before anything runs.
     standin.clear_requests();
@@ -1705,7 +1789,7 @@ fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
         ),
         (
             vec!["mine", "-l", "service=web"],
-            "capsule \"mine\" does not run on a cluster: only the built-in ones do yet",
+            "no capsule \"mine\": the built-in ones are archive, ",
         ),
         (
             vec!["debug", "-l", "instance=web-q"],

@@ -114,23 +114,11 @@ impl Images {
             let Some((digest, defaults)) = pin(store, &capsule.image, &what)? else {
                 continue;
             };
-            // The manifest's variables over the image's.
-            let mut env = defaults.env_map();
-            env.append(&mut capsule.env);
-            capsule.env = env;
-            if capsule.command.is_empty() {
-                capsule.command = defaults
-                    .entrypoint
-                    .into_iter()
-                    .chain(defaults.cmd)
-                    .collect();
-            }
+            capsule.take_image_defaults(&defaults);
             set_digest(&mut capsule.image, &digest);
         }
-        if let Some((name, _)) = manifest.capsules.iter().find(|(_, c)| c.command.is_empty()) {
-            return Err(ImageError::bad(format!(
-                "capsule {name}: neither the manifest nor its image says what to run; set `command = [\"/path/to/program\"]` under [capsules.{name}]"
-            )));
+        if let Some(why) = manifest.capsules.values().find_map(|c| c.nothing_to_run()) {
+            return Err(ImageError::bad(why));
         }
         Ok(())
     }

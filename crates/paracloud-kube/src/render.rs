@@ -177,6 +177,27 @@ pub fn render(
             "deploy with `paracloud deploy --kubernetes` onto a cluster running the operator; rendered objects alone keep their replicas",
         );
     }
+    for (name, capsule) in &manifest.capsules {
+        let beyond = beyond_baseline(&capsule.capabilities);
+        if !beyond.is_empty() {
+            renderer.problem(
+                format!("capsules.{name}.capabilities"),
+                format!(
+                    "{} beyond what the Baseline Pod Security Standard lets a pod add: the node agent runs the application's own capsules with no more than a pod of it could have",
+                    beyond.join(", ")
+                ),
+                format!("remove them, or use a built-in capsule (`paracloud capsule ls`): {}", BASELINE_CAPABILITIES.join(", ")),
+            );
+        }
+        // A node's agent pulls the capsule's image when it first runs it there.
+        if !matches!(capsule.image, paracloud_manifest::Image::Stored { .. }) {
+            renderer.problem(
+                format!("capsules.{name}.image"),
+                "an OCI layout or a directory of this machine cannot reach the cluster's nodes",
+                format!("push the capsule's image to a registry (`paracloud image push IMAGE REGISTRY/NAME:TAG`) and write that name in [capsules.{name}]"),
+            );
+        }
+    }
     if !manifest.schedules.is_empty() {
         renderer.leave_out(
             "schedules".into(),
@@ -219,6 +240,33 @@ struct Mounts {
     claims: Vec<core::PersistentVolumeClaim>,
     /// The hash input of the files the pods read from ConfigMaps and Secrets.
     config: Vec<u8>,
+}
+
+/// The capabilities the Baseline Pod Security Standard lets a container add: the most a node
+/// agent gives an application's own capsule, whose image and command are the application's.
+pub const BASELINE_CAPABILITIES: [&str; 13] = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// The capabilities of `capabilities` (`CAP_` or not) that are not Baseline's.
+pub fn beyond_baseline(capabilities: &[String]) -> Vec<String> {
+    capabilities
+        .iter()
+        .map(|c| c.trim_start_matches("CAP_").to_owned())
+        .filter(|c| !BASELINE_CAPABILITIES.contains(&c.as_str()))
+        .collect()
 }
 
 impl Renderer<'_> {

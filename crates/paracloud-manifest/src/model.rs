@@ -164,6 +164,32 @@ impl AppCapsule {
             entry: self.command.clone(),
         }
     }
+
+    /// Why it cannot run, when neither the manifest nor its image says what to run.
+    pub fn nothing_to_run(&self) -> Option<String> {
+        self.command.is_empty().then(|| {
+            format!(
+                "capsule {}: neither the manifest nor its image says what to run; set `command = [\"/path/to/program\"]` under [capsules.{}]",
+                self.name, self.name
+            )
+        })
+    }
+
+    /// Takes what the manifest leaves to the capsule's image: its variables under the
+    /// manifest's, and its entrypoint and cmd as the command when the manifest sets none.
+    pub fn take_image_defaults(&mut self, defaults: &paracloud_image_spec::ImageDefaults) {
+        let mut env = defaults.env_map();
+        env.append(&mut self.env);
+        self.env = env;
+        if self.command.is_empty() {
+            self.command = defaults
+                .entrypoint
+                .iter()
+                .chain(&defaults.cmd)
+                .cloned()
+                .collect();
+        }
+    }
 }
 
 /// A capsule run on the instances its selector matches whenever its cron schedule fires (UTC).

@@ -4,12 +4,15 @@
 //! agent's cgroup parent, a subreaper that kills what the function leaves), its output streamed
 //! back as it comes, its end recorded in the audit log.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paracloud_api::{CapsuleFile, CapsuleRunEvent};
 use paracloud_capsule::{Access, CapsuleSpec};
+use paracloud_image::{registries, registry, ImageDefaults, Reference, StoreError};
+use paracloud_manifest::{AppCapsule, Image};
 use paracloud_runtime::{CapsuleConfig, Limits, Rootfs};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -77,13 +80,6 @@ pub async fn run(
     caller_uid: Option<u32>,
     request: CapsuleRequest,
 ) -> Result<mpsc::UnboundedReceiver<CapsuleRunEvent>, CapsuleError> {
-    let spec = paracloud_capsule::builtin(&request.capsule).ok_or_else(|| {
-        CapsuleError::NotFound(format!(
-            "no capsule {:?} on this node: the built-in ones are {}",
-            request.capsule,
-            paracloud_capsule::builtin_names().join(", ")
-        ))
-    })?;
     let mut pods = agent.pods();
     if find_pod(&pods, &request.pod).is_none() {
         // Started since the last look, perhaps.
@@ -112,27 +108,43 @@ pub async fn run(
             names.join(", ")
         ))
     })?;
+    let chosen = match paracloud_capsule::builtin(&request.capsule) {
+        Some(spec) => {
+            check_timeout(&request, &spec)?;
+            let missing = paracloud_image::capsule_image::missing_programs(&spec.programs);
+            if !missing.is_empty() {
+                return Err(CapsuleError::Unavailable(format!(
+                    "capsule {} needs {} on this node; install it",
+                    spec.name,
+                    missing.join(", ")
+                )));
+            }
+            let rootfs = capsule_root(agent, &spec).await?;
+            Chosen {
+                spec,
+                rootfs,
+                env: BTreeMap::new(),
+            }
+        }
+        None => {
+            let mut own = own_capsule(agent, &pod, &request.capsule).await?;
+            check_timeout(&request, &own.spec())?;
+            let rootfs = own_root(agent, &mut own).await?;
+            Chosen {
+                spec: own.spec(),
+                rootfs,
+                env: own.env,
+            }
+        }
+    };
+    let spec = chosen.spec.clone();
     let timeout = request
         .timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(spec.timeout);
-    if timeout.is_zero() {
-        return Err(CapsuleError::BadRequest(
-            "the timeout must be more than 0 ms".into(),
-        ));
-    }
-    let missing = paracloud_image::capsule_image::missing_programs(&spec.programs);
-    if !missing.is_empty() {
-        return Err(CapsuleError::Unavailable(format!(
-            "capsule {} needs {} on this node; install it",
-            spec.name,
-            missing.join(", ")
-        )));
-    }
-    let rootfs = capsule_root(agent, &spec).await?;
     let target = target_process(container.pid)?;
     let run = agent.next_run.fetch_add(1, Ordering::Relaxed);
-    let config = config_for(agent, run, &pod, &container, &spec, rootfs, &request.args);
+    let config = config_for(agent, run, &pod, &container, chosen, &request.args);
     let (events, receiver) = mpsc::unbounded_channel();
     let _ = events.send(CapsuleRunEvent::Started {
         run: run as i64,
@@ -231,6 +243,128 @@ fn target_process(pid: i32) -> Result<paracloud_runtime::Process, CapsuleError> 
         .ok_or_else(gone)
 }
 
+/// The capsule a run attaches: its spec, its root filesystem, and its own variables (an
+/// application's capsule's image's and manifest's; none for a built-in one).
+struct Chosen {
+    spec: CapsuleSpec,
+    rootfs: Rootfs,
+    env: BTreeMap<String, String>,
+}
+
+/// A zero deadline is refused before anything is pulled or started.
+fn check_timeout(request: &CapsuleRequest, spec: &CapsuleSpec) -> Result<(), CapsuleError> {
+    let timeout = request
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(spec.timeout);
+    if timeout.is_zero() {
+        return Err(CapsuleError::BadRequest(
+            "the timeout must be more than 0 ms".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The capsule `name` of the pod's application (`[capsules.NAME]` of its manifest), the
+/// application proven by the pod's owners on the API server.
+async fn own_capsule(
+    agent: &Arc<Agent>,
+    pod: &Pod,
+    name: &str,
+) -> Result<AppCapsule, CapsuleError> {
+    let unknown = |also: String| {
+        CapsuleError::NotFound(format!(
+            "no capsule {name:?} on this node: the built-in ones are {}{also}",
+            paracloud_capsule::builtin_names().join(", ")
+        ))
+    };
+    let Some(cluster) = agent.cluster.as_ref() else {
+        return Err(unknown(
+            "; an application's own capsules are read from its resource, and this agent reaches no API server".into(),
+        ));
+    };
+    let mut proven = agent.proven.lock().await;
+    let Some(app) = proven.app(cluster, pod).await else {
+        return Err(unknown(format!(
+            "; pod {}/{} is of no ParacloudApp (its owners lead to none), so it has no capsules of its own",
+            pod.pod.namespace, pod.pod.name
+        )));
+    };
+    let own = app.manifest.capsules.get(name).cloned().ok_or_else(|| {
+        let own: Vec<&str> = app.manifest.capsules.keys().map(String::as_str).collect();
+        unknown(format!(
+            ", and {}'s own are {}",
+            app.manifest.app,
+            if own.is_empty() {
+                "none".to_owned()
+            } else {
+                own.join(", ")
+            }
+        ))
+    })?;
+    // The application's image and command run as root on the node: with no more than a pod
+    // of it may add, whoever wrote its manifest.
+    let beyond = paracloud_kube::render::beyond_baseline(&own.capabilities);
+    if !beyond.is_empty() {
+        return Err(CapsuleError::BadRequest(format!(
+            "capsule {name} asks for {}, beyond what the Baseline Pod Security Standard lets a pod add; an application's own capsule gets no more on a cluster",
+            beyond.join(", ")
+        )));
+    }
+    Ok(own)
+}
+
+/// The application's capsule's image in the agent's store, pulled first when the store lacks
+/// it (as a pod's image with `imagePullPolicy: IfNotPresent`), through the mirrors of
+/// `<root>/registries.toml`; the image's variables and command are taken into `own`.
+async fn own_root(agent: &Arc<Agent>, own: &mut AppCapsule) -> Result<Rootfs, CapsuleError> {
+    let Image::Stored { reference, .. } = &own.image else {
+        return Err(CapsuleError::Unavailable(format!(
+            "capsule {}: its image is a layout or a directory of the deploying machine, which a node cannot read; push it to a registry (`paracloud image push`) and name it there in the manifest",
+            own.name
+        )));
+    };
+    let parsed: Reference = reference.parse().map_err(|e| {
+        CapsuleError::BadRequest(format!("capsule {}: image {reference:?}: {e}", own.name))
+    })?;
+    let store = agent
+        .images
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if matches!(store.lookup(reference), Err(StoreError::NotFound(_))) {
+        let registries = registries::load(&agent.config.root.join("registries.toml"))
+            .map_err(CapsuleError::Unavailable)?;
+        let quiet: registry::ProgressFn = Arc::new(|_| {});
+        registry::pull_via(&store, &parsed, &registries, &registry::Auths::new(), quiet)
+            .await
+            .map_err(|e| {
+                CapsuleError::Unavailable(format!(
+                    "capsule {}: image {reference} cannot be pulled on this node: {e}",
+                    own.name
+                ))
+            })?;
+        tracing::info!("capsule {}: image {reference} pulled", own.name);
+    }
+    let wanted = reference.clone();
+    let image = tokio::task::spawn_blocking(move || {
+        let digest = store.lookup(&wanted)?;
+        store.image_by_digest(&digest)
+    })
+    .await
+    .map_err(|e| CapsuleError::Internal(e.to_string()))?
+    .map_err(|e| {
+        CapsuleError::Unavailable(format!("capsule {}: image {reference}: {e}", own.name))
+    })?;
+    own.take_image_defaults(&ImageDefaults::from_config(&image.config));
+    if let Some(why) = own.nothing_to_run() {
+        return Err(CapsuleError::BadRequest(why));
+    }
+    Ok(Rootfs::Layers {
+        layers: image.layers,
+    })
+}
+
 /// The built-in capsule's image in the agent's store (built on first use) and its script layer.
 async fn capsule_root(agent: &Arc<Agent>, spec: &CapsuleSpec) -> Result<Rootfs, CapsuleError> {
     let agent = agent.clone();
@@ -259,20 +393,28 @@ fn config_for(
     run: u64,
     pod: &Pod,
     container: &Container,
-    spec: &CapsuleSpec,
-    rootfs: Rootfs,
+    chosen: Chosen,
     args: &[String],
 ) -> CapsuleConfig {
     let root = &agent.config.root;
-    let env = vec![
-        ("PATH".to_string(), CAPSULE_PATH.to_string()),
-        ("TARGET".into(), "/target".into()),
+    let Chosen {
+        spec,
+        rootfs,
+        mut env,
+    } = chosen;
+    // An application's capsule starts from its image's and manifest's variables (PATH
+    // included); the platform's own are set over them.
+    env.entry("PATH".into())
+        .or_insert_with(|| CAPSULE_PATH.into());
+    env.extend([
+        ("TARGET".to_string(), "/target".to_string()),
         ("OUT".into(), "/out".into()),
         ("HOME".into(), "/tmp".into()),
         ("PARACLOUD_POD_NAMESPACE".into(), pod.pod.namespace.clone()),
         ("PARACLOUD_POD".into(), pod.pod.name.clone()),
         ("PARACLOUD_CONTAINER".into(), container.name.clone()),
-    ];
+    ]);
+    let env = env.into_iter().collect();
     CapsuleConfig {
         id: format!("cap{run}"),
         // Every capsule mounts its scratch over the same directory, each in its own namespace.

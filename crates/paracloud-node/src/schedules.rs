@@ -62,6 +62,8 @@ struct Due {
     timeout: Option<Duration>,
     /// What the service's policy lets attach (`[services.NAME.capsules]`).
     allowed: BTreeMap<String, Access>,
+    /// The capsule as the policy sees it: a built-in one, or the application's own.
+    spec: Option<paracloud_capsule::CapsuleSpec>,
 }
 
 /// The runs the schedules of `manifest` want on `pod` for the times in (`last`, `now`].
@@ -97,6 +99,8 @@ fn due(manifest: &Manifest, found: &ApiPod, pod: &Pod, last: i64, now: i64) -> V
             args: s.args.clone(),
             timeout: s.timeout,
             allowed: spec.capsules.clone(),
+            spec: paracloud_capsule::builtin(&s.capsule)
+                .or_else(|| manifest.capsules.get(&s.capsule).map(|c| c.spec())),
         })
         .collect()
 }
@@ -131,13 +135,14 @@ fn start(agent: &Arc<Agent>, cluster: &Cluster, app: &ParacloudApp, pod: &Pod, d
 /// Runs the capsule on the pod's container once its policy allows it: how it ended, or why it
 /// could not start.
 async fn attach(agent: &Arc<Agent>, pod: &Pod, due: Due) -> Result<String, String> {
-    let spec = paracloud_capsule::builtin(&due.capsule).ok_or_else(|| {
+    let spec = due.spec.as_ref().ok_or_else(|| {
         format!(
-            "only built-in capsules run on Kubernetes yet ({})",
+            "no capsule {:?}: neither a built-in one ({}) nor one of the application's own",
+            due.capsule,
             paracloud_capsule::builtin_names().join(", ")
         )
     })?;
-    paracloud_capsule::check(&spec, &due.service, &due.allowed).map_err(|e| e.to_string())?;
+    paracloud_capsule::check(spec, &due.service, &due.allowed).map_err(|e| e.to_string())?;
     let request = CapsuleRequest {
         pod: pod.pod.uid.clone(),
         container: object_name(&due.service),
