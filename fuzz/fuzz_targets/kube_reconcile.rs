@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
             registry: Some("registry.example".into()),
             scale: Default::default(),
             weights: Default::default(),
+            migrating: Default::default(),
             directories: vec!["/srv".into()],
         },
     );
