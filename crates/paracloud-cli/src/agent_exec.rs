@@ -123,7 +123,7 @@ impl InAgent {
         if let Some(input) = input {
             let mut stdin = process.stdin().ok_or_else(|| missing("standard input"))?;
             stdin.write_all(&input).await?;
-            // Dropped, it closes the command's standard input.
+            // Shut down, it closes the command's standard input.
             stdin.shutdown().await?;
         }
         let stdout = process.stdout().ok_or_else(|| missing("standard output"))?;

@@ -171,7 +171,21 @@ pub(crate) async fn migrate(
         .cloned()
         .chain([new.name.clone()])
         .collect();
-    cluster.serving(&plan.service, Some(&switched)).await?;
+    cluster
+        .serving(&plan.service, Some(&switched))
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "{e:#}: {} handed its state to {}, and both run while only {} serves; end the migration with {} and scale {} back with `paracloud --kubernetes scale {}={}`",
+                old.name,
+                new.name,
+                old.name,
+                migration::end_command(app, &plan.service),
+                plan.service,
+                plan.service,
+                plan.replicas
+            )
+        })?;
     cluster.retire(&plan, Some(&old), "").await;
     cluster.end(&plan).await;
     let done = paracloud_api::MigrateResponse {
@@ -216,20 +230,28 @@ impl Cluster<'_> {
         self.app.metadata.name.clone().unwrap_or_default()
     }
 
-    /// The service's pods now, whatever their state.
+    /// The service's own pods now, whatever their state (its revisions' pods carry its label
+    /// too, and are not its).
     async fn list(&self, plan: &Plan) -> Result<Vec<Pod>> {
-        use paracloud_kube::names::{object_name, SERVICE_LABEL};
+        use paracloud_kube::names::{object_name, REVISION_LABEL, SERVICE_LABEL};
         let selector = format!(
             "{},{SERVICE_LABEL}={}",
             paracloud_kube::reconcile::selector(self.app),
             object_name(&plan.service)
         );
-        Ok(self
+        let mut pods = self
             .pods
             .list(&ListParams::default().labels(&selector))
             .await
             .map_err(|e| anyhow!("cannot list the pods of {}: {e}", plan.service))?
-            .items)
+            .items;
+        pods.retain(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .is_none_or(|l| !l.contains_key(REVISION_LABEL))
+        });
+        Ok(pods)
     }
 
     /// The node agent of the pod's node.
@@ -290,10 +312,8 @@ impl Cluster<'_> {
     async fn end(&self, plan: &Plan) {
         if let Err(e) = self.serving(&plan.service, None).await {
             eprintln!(
-                "{e:#}: end it with `kubectl patch paracloudapp {} -n {} --type merge -p '{{\"spec\":{{\"migrating\":{{\"{}\":null}}}}}}'`",
-                self.name(),
-                self.app.metadata.namespace.clone().unwrap_or_default(),
-                plan.service
+                "{e:#}: end it with {}",
+                migration::end_command(self.app, &plan.service)
             );
         }
     }

@@ -445,41 +445,45 @@ fn what_has_no_kubernetes_form_is_refused_with_where_it_is_and_what_to_do() {
 
     // A bind mount whose file went missing after the manifest was checked, and a service whose
     // Kubernetes name meets another's.
-    let project = dir.path().join("clash");
-    std::fs::create_dir_all(&project).unwrap();
-    std::fs::write(
-        project.join("paracloud.toml"),
+    let stderr = render_refused(
+        dir.path(),
+        "clash",
         "app = \"clash\"\n\
          [services.api]\nimage = \"nginx:1\"\nports = [80]\n\
          [services.api.revisions.canary]\nweight = 5\n\
          [services.api-canary]\nimage = \"nginx:1\"\n",
-    )
-    .unwrap();
-    let out = paracloud(&[
-        "k8s",
-        "render",
-        "-f",
-        project.join("paracloud.toml").to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         stderr.contains("would be named `api-canary`")
             && stderr.contains("rename one of the two services"),
         "{stderr}"
     );
 
-    // A capsule whose image is a directory of this machine: no node could pull it.
-    let project = dir.path().join("tools");
-    std::fs::create_dir_all(project.join("rootfs")).unwrap();
-    std::fs::write(
-        project.join("paracloud.toml"),
+    // A capsule whose image is a directory of this machine: no node could pull it. And its
+    // image and command are the application's, so it may add no more than a Baseline pod.
+    std::fs::create_dir_all(dir.path().join("tools/rootfs")).unwrap();
+    let stderr = render_refused(
+        dir.path(),
+        "tools",
         "app = \"tools\"\n\
          [services.api]\nimage = \"nginx:1\"\nports = [80]\n\
          [capsules.report]\nimage = \"dir:rootfs\"\ncommand = [\"/report\"]\n\
          capabilities = [\"SYS_PTRACE\", \"CHOWN\"]\n",
-    )
-    .unwrap();
+    );
+    assert!(
+        stderr.contains("capsules.report.image: an OCI layout or a directory of this machine cannot reach the cluster's nodes")
+            && stderr.contains("push the capsule's image to a registry")
+            && stderr.contains("capsules.report.capabilities: SYS_PTRACE beyond what the Baseline Pod Security Standard lets a pod add"),
+        "{stderr}"
+    );
+}
+
+/// `k8s render` of the manifest `text`, written in `DIR/NAME`, fails and prints nothing; what it
+/// said.
+fn render_refused(dir: &Path, name: &str, text: &str) -> String {
+    let project = dir.join(name);
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("paracloud.toml"), text).unwrap();
     let out = paracloud(&[
         "k8s",
         "render",
@@ -487,13 +491,8 @@ fn what_has_no_kubernetes_form_is_refused_with_where_it_is_and_what_to_do() {
         project.join("paracloud.toml").to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("capsules.report.image: an OCI layout or a directory of this machine cannot reach the cluster's nodes")
-            && stderr.contains("push the capsule's image to a registry")
-            && stderr.contains("capsules.report.capabilities: SYS_PTRACE beyond what the Baseline Pod Security Standard lets a pod add"),
-        "{stderr}"
-    );
+    assert!(out.stdout.is_empty(), "printed objects anyway");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

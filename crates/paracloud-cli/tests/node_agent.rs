@@ -1470,6 +1470,14 @@ fn registry_with_tools() -> RegistryServer {
 /// The node agent's pod on node-1, as `k8s install`'s DaemonSet makes it.
 const AGENT_POD: &str = "paracloud-node-agent-n1";
 
+/// The CLI, run by `cli` with `args`, fails with exit code 1 and says `expected`.
+fn refused(cli: &dyn Fn(&[&str]) -> std::process::Output, args: &[&str], expected: &str) {
+    let out = cli(args);
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(expected), "{args:?}: {said}");
+}
+
 /// The stand-in's kubelet for `pods/exec` on node-1's agent pod: the command runs here, with the
 /// agent's root where the DaemonSet mounts it.
 fn exec_in_agent(agent_root: PathBuf) -> paracloud_kube_standin::ExecHandler {
@@ -1804,10 +1812,7 @@ fn a_remote_cli_runs_a_capsule_on_pods_through_the_agent_of_their_node() {
             "no node agent runs in namespace elsewhere: give --agent-namespace the namespace of",
         ),
     ] {
-        let refused = cli(&args);
-        assert_eq!(refused.status.code(), Some(1), "{args:?}");
-        let said = text(&refused.stderr);
-        assert!(said.contains(expected), "{args:?}: {said}");
+        refused(&cli, &args, expected);
     }
     assert!(
         standin
@@ -2080,10 +2085,7 @@ fn a_pod_migrates_to_a_successor_on_a_cluster_by_a_paci_handover_through_the_nod
             "web-a does not follow its PaCI events, so it cannot hand its state over",
         ),
     ] {
-        let refused = cli(&args);
-        assert_eq!(refused.status.code(), Some(1), "{args:?}");
-        let said = text(&refused.stderr);
-        assert!(said.contains(expected), "{args:?}: {said}");
+        refused(&cli, &args, expected);
     }
     assert!(
         standin

@@ -104,8 +104,8 @@ pub fn plan(
     let via = via.unwrap_or(spec.migrate);
     if app.spec.migrating.contains_key(service) {
         return Err(format!(
-            "a migration of {service} is under way (the resource's spec.migrating): wait for it to end; if it was interrupted, end it with `kubectl patch paracloudapp {} --type merge -p '{{\"spec\":{{\"migrating\":{{\"{service}\":null}}}}}}'` and check the service's pods",
-            manifest.app
+            "a migration of {service} is under way (the resource's spec.migrating): wait for it to end; if it was interrupted, end it with {} and check the service's pods",
+            end_command(app, service)
         ));
     }
     if via == MigrateMethod::Criu {
@@ -146,6 +146,17 @@ pub fn successor<'a>(before: &BTreeSet<String>, pods: &'a [Pod]) -> Option<&'a P
 /// The merge patch of the resource that sets `service`'s pods to `replicas`.
 pub fn scale_patch(service: &str, replicas: u32) -> Value {
     json!({ "spec": { "scale": { service: { "replicas": replicas } } } })
+}
+
+/// The command that ends a migration of `service` by hand, should its CLI have stopped
+/// mid-way: the mark removed from the resource.
+pub fn end_command(app: &ParacloudApp, service: &str) -> String {
+    format!(
+        "`kubectl patch paracloudapp {} -n {} --type merge -p '{}'`",
+        app.metadata.name.clone().unwrap_or_default(),
+        app.metadata.namespace.clone().unwrap_or_default(),
+        serving_patch(service, None)
+    )
 }
 
 /// The merge patch of the resource that marks `service` as under a migration, with the pods

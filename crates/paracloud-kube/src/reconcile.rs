@@ -567,23 +567,6 @@ impl paracloud_manifest::FileSystem for ClusterPaths {
     }
 }
 
-/// The capabilities a pod may add under Kubernetes' baseline Pod Security Standard.
-const BASELINE_CAPABILITIES: &[&str] = &[
-    "AUDIT_WRITE",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "MKNOD",
-    "NET_BIND_SERVICE",
-    "SETFCAP",
-    "SETGID",
-    "SETPCAP",
-    "SETUID",
-    "SYS_CHROOT",
-];
-
 /// What a resource may not make the operator do for it: whoever may create a ParacloudApp in a
 /// namespace would otherwise reach the node through the operator's rights, with pods that mount
 /// the node's directories or hold capabilities beyond the baseline Pod Security Standard. Such
@@ -600,12 +583,7 @@ fn beyond_the_namespace(manifest: &Manifest, directories: &[String]) -> Option<S
                 }
             }
         }
-        let beyond: Vec<&str> = service
-            .cap_add
-            .iter()
-            .map(|c| c.trim_start_matches("CAP_"))
-            .filter(|c| !BASELINE_CAPABILITIES.contains(c))
-            .collect();
+        let beyond = crate::render::beyond_baseline(&service.cap_add);
         if !beyond.is_empty() {
             return Some(format!(
                 "services.{name}.cap_add: {} is beyond the baseline Pod Security Standard, which the operator keeps to; drop it, or render with `paracloud k8s render` and apply with your own rights",

@@ -110,7 +110,7 @@ pub async fn run(
     })?;
     let chosen = match paracloud_capsule::builtin(&request.capsule) {
         Some(spec) => {
-            check_timeout(&request, &spec)?;
+            deadline(&request, &spec)?;
             let missing = paracloud_image::capsule_image::missing_programs(&spec.programs);
             if !missing.is_empty() {
                 return Err(CapsuleError::Unavailable(format!(
@@ -128,7 +128,7 @@ pub async fn run(
         }
         None => {
             let mut own = own_capsule(agent, &pod, &request.capsule).await?;
-            check_timeout(&request, &own.spec())?;
+            deadline(&request, &own.spec())?;
             let rootfs = own_root(agent, &mut own).await?;
             Chosen {
                 spec: own.spec(),
@@ -138,10 +138,7 @@ pub async fn run(
         }
     };
     let spec = chosen.spec.clone();
-    let timeout = request
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(spec.timeout);
+    let timeout = deadline(&request, &spec)?;
     let target = target_process(container.pid)?;
     let run = agent.next_run.fetch_add(1, Ordering::Relaxed);
     let config = config_for(agent, run, &pod, &container, chosen, &request.args);
@@ -251,8 +248,9 @@ struct Chosen {
     env: BTreeMap<String, String>,
 }
 
-/// A zero deadline is refused before anything is pulled or started.
-fn check_timeout(request: &CapsuleRequest, spec: &CapsuleSpec) -> Result<(), CapsuleError> {
+/// The run's deadline: the request's, else the capsule's; zero is refused (before anything is
+/// pulled or started).
+fn deadline(request: &CapsuleRequest, spec: &CapsuleSpec) -> Result<Duration, CapsuleError> {
     let timeout = request
         .timeout_ms
         .map(Duration::from_millis)
@@ -262,7 +260,7 @@ fn check_timeout(request: &CapsuleRequest, spec: &CapsuleSpec) -> Result<(), Cap
             "the timeout must be more than 0 ms".into(),
         ));
     }
-    Ok(())
+    Ok(timeout)
 }
 
 /// The capsule `name` of the pod's application (`[capsules.NAME]` of its manifest), the
