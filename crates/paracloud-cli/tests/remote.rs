@@ -288,3 +288,55 @@ fn mode_of(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
+
+/// A client still sending a body that the answer did not need (no token, or over the API's
+/// limit) gets that answer, not a reset connection: the daemon reads the rest of what is sent
+/// before it closes, as a web server's lingering close does. curl, without `Expect:
+/// 100-continue`, sends the whole body whatever comes back.
+#[test]
+fn a_client_sending_a_body_the_answer_did_not_need_still_gets_the_answer() {
+    let r = Remotely::new();
+    let admin = r.token("big", "admin", &[]);
+    let body = r.config.path().join("big.json");
+    let filler = "x".repeat(10 << 20);
+    std::fs::write(
+        &body,
+        format!(r#"{{"capsule": "{filler}", "selector": "app=x"}}"#),
+    )
+    .unwrap();
+    let post = |token: Option<&str>| {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sk", "--http1.1", "-H", "Expect:", "-X", "POST"])
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()));
+        if let Some(token) = token {
+            curl.args(["-H", &format!("authorization: Bearer {token}")]);
+        }
+        let out = curl
+            .arg(format!("{}/v1/capsules/run", r.url()))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for _ in 0..8 {
+        let (code, said) = post(Some(&admin));
+        assert_eq!(code, Some(0), "curl: {said}");
+        assert!(
+            said.ends_with("\n413")
+                && said.contains("the request body is larger than the 2097152 bytes the API takes"),
+            "{said}"
+        );
+        let (code, said) = post(None);
+        assert_eq!(code, Some(0), "curl: {said}");
+        assert!(said.ends_with("\n401"), "{said}");
+    }
+}

@@ -147,8 +147,12 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
                 "this route does not take that method: see GET /v1/openapi.json for its methods",
             )
         })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(engine)
 }
+
+/// The largest request body a route reads (a manifest, a command): 2 MiB.
+pub const MAX_BODY: usize = 2 << 20;
 
 async fn health<D: Driver>(State(engine): Shared<D>) -> Json<Health> {
     Json(Health {

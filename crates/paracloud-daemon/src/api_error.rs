@@ -85,6 +85,15 @@ impl From<PathRejection> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than the {} bytes the API takes",
+                    crate::api::MAX_BODY
+                ),
+            );
+        }
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the request body is not valid: {}", e.body_text()),

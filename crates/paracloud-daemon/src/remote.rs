@@ -5,12 +5,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum_server::tls_rustls::RustlsConfig;
+use http_body_util::BodyExt;
 
 use crate::clock::now_ms;
 use crate::driver::Driver;
@@ -26,13 +29,61 @@ pub async fn serve<D: Driver>(
     identity: &Identity,
     handle: axum_server::Handle<SocketAddr>,
 ) -> std::io::Result<()> {
-    let app = crate::api::router(engine.clone()).layer(axum::middleware::from_fn_with_state(
-        engine,
-        authenticate::<D>,
-    ));
+    let app = crate::api::router(engine.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            engine,
+            authenticate::<D>,
+        ))
+        .layer(axum::middleware::from_fn(read_what_is_sent));
     axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(identity.config.clone()))?
         .handle(handle)
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+        .await
+}
+
+/// How much of a request's body is still read, and for how long, once its answer no longer
+/// needs it.
+const LINGER_BYTES: usize = 16 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(10);
+
+/// Reads a request's body to its end even when the answer came without it (a refusal before the
+/// body: no token, too large, a wrong type), up to [`LINGER_BYTES`] or [`LINGER_TIME`], as a
+/// web server's lingering close does. A connection closed with bytes of the client's still
+/// unread is reset by the kernel, and a client still sending loses the answer: TLS clients say
+/// "EOF occurred in violation of protocol".
+async fn read_what_is_sent(request: Request, next: Next) -> Response {
+    let (parts, mut body) = request.into_parts();
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, axum::Error>>(4);
+    tokio::spawn(async move {
+        // Passed on while the handler reads.
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => Ok(data),
+                    Err(_) => continue,
+                },
+                Err(e) => Err(e),
+            };
+            if sender.send(data).await.is_err() {
+                break;
+            }
+        }
+        // Read and let go once the handler no longer wants it.
+        let mut read = 0;
+        let _ = tokio::time::timeout(LINGER_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, Bytes::len);
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    next.run(Request::from_parts(parts, Body::from_stream(stream)))
         .await
 }
 
