@@ -1363,6 +1363,8 @@ image = "registry.example/web:1"
 ports = [{ port = 8000, protocol = "http" }]
 [services.web.capsules]
 debug = "read"
+tally = "read"
+mount = "write"
 [schedules.look]
 capsule = "debug"
 cron = "* * * * *"
@@ -1374,15 +1376,34 @@ cron = "* * * * *"
 selector = "service=web"
 args = ["sleep", "30"]
 timeout = "1s"
+[schedules.count]
+capsule = "tally"
+cron = "* * * * *"
+selector = "service=web"
+[schedules.risky]
+capsule = "mount"
+cron = "* * * * *"
+selector = "service=web"
+[capsules.tally]
+image = "REGISTRY/tools/report:1"
+command = ["/bin/busybox", "ls", "/target/etc/identity"]
+[capsules.mount]
+image = "REGISTRY/tools/report:1"
+command = ["/bin/busybox", "mount", "-t", "tmpfs", "none", "/mnt"]
+capabilities = ["SYS_ADMIN"]
 "#;
 
 /// The application's scheduled capsules run on a cluster: the agent of the node runs each due
 /// schedule on the pods of its node that the schedule selects, once their owners prove their
 /// application, with the schedule's timeout, and records the outcome as an Event on the resource
-/// and the run in its audit log. A pod that only claims the application gets nothing run.
+/// and the run in its audit log. A pod that only claims the application gets nothing run. The
+/// application's own capsules are scheduled too, their image pulled from its registry, and one
+/// that asks for more than a Baseline pod may add is refused, since whoever edits the resource
+/// writes it.
 #[test]
 fn a_scheduled_capsule_runs_on_the_pods_of_this_node_that_it_selects() {
-    let server = ApiServer::start(SCHEDULED);
+    let registry = registry_with_tools();
+    let server = ApiServer::start(&SCHEDULED.replace("REGISTRY", &registry.host()));
     let mut node = Node::new("schedules");
     let a = node.pod_with_uid("a", 1000, &server.uid_a);
     let b = node.pod_with_uid("b", 1000, &server.uid_b);
@@ -1396,9 +1417,21 @@ fn a_scheduled_capsule_runs_on_the_pods_of_this_node_that_it_selects() {
             .filter(|(reason, _, _)| reason == "ScheduledCapsule")
             .map(|(_, message, node)| (message.clone(), node.clone()))
             .collect();
-        if ran.iter().any(|(m, _)| m.starts_with("schedule look"))
-            && ran.iter().any(|(m, _)| m.starts_with("schedule slow"))
+        // A set: a second minute may come before the last run of the first.
+        let refused: std::collections::BTreeSet<&String> = said
+            .iter()
+            .filter(|(reason, _, _)| reason == "ScheduledCapsuleRefused")
+            .map(|(_, message, _)| message)
+            .collect();
+        if ["look", "slow", "count"].iter().all(|s| {
+            ran.iter()
+                .any(|(m, _)| m.starts_with(&format!("schedule {s}")))
+        }) && !refused.is_empty()
         {
+            assert_eq!(
+                refused.into_iter().collect::<Vec<_>>(),
+                ["schedule risky: mount on pod web-a did not run: capsule mount asks for SYS_ADMIN, beyond what the Baseline Pod Security Standard lets a pod add; an application's own capsule gets no more on a cluster"],
+            );
             break ran;
         }
         assert!(
@@ -1415,6 +1448,7 @@ fn a_scheduled_capsule_runs_on_the_pods_of_this_node_that_it_selects() {
             "schedule slow: debug on pod web-a stopped at its deadline of 1 s",
             "node-1",
         ),
+        ("schedule count: tally on pod web-a exited 0", "node-1"),
     ]
     .into_iter()
     .map(|(m, n)| (m.to_owned(), n.to_owned()))
