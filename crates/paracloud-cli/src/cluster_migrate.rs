@@ -22,8 +22,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(300);
 const GONE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the successor has to open its event stream once ready, as on one machine.
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
-/// How often the pods are looked at while waiting.
-const POLL: Duration = Duration::from_millis(100);
 
 /// What to migrate, and where the node agents are.
 pub(crate) struct Request {
@@ -213,6 +211,15 @@ pub(crate) async fn migrate(
     Ok(done)
 }
 
+/// Whether a pod of the service's label is the service's own: its revisions' pods carry the
+/// label too.
+fn is_own(pod: &Pod) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .is_none_or(|l| !l.contains_key(paracloud_kube::names::REVISION_LABEL))
+}
+
 /// `--via`'s value as a method.
 fn method(via: &str) -> Result<MigrateMethod> {
     match via {
@@ -230,28 +237,26 @@ impl Cluster<'_> {
         self.app.metadata.name.clone().unwrap_or_default()
     }
 
-    /// The service's own pods now, whatever their state (its revisions' pods carry its label
-    /// too, and are not its).
+    /// The service's own pods now, whatever their state.
     async fn list(&self, plan: &Plan) -> Result<Vec<Pod>> {
-        use paracloud_kube::names::{object_name, REVISION_LABEL, SERVICE_LABEL};
-        let selector = format!(
-            "{},{SERVICE_LABEL}={}",
-            paracloud_kube::reconcile::selector(self.app),
-            object_name(&plan.service)
-        );
         let mut pods = self
             .pods
-            .list(&ListParams::default().labels(&selector))
+            .list(&ListParams::default().labels(&self.selector(plan)))
             .await
             .map_err(|e| anyhow!("cannot list the pods of {}: {e}", plan.service))?
             .items;
-        pods.retain(|p| {
-            p.metadata
-                .labels
-                .as_ref()
-                .is_none_or(|l| !l.contains_key(REVISION_LABEL))
-        });
+        pods.retain(is_own);
         Ok(pods)
+    }
+
+    /// The label selector of the service's pods, its revisions' included.
+    fn selector(&self, plan: &Plan) -> String {
+        use paracloud_kube::names::{object_name, SERVICE_LABEL};
+        format!(
+            "{},{SERVICE_LABEL}={}",
+            paracloud_kube::reconcile::selector(self.app),
+            object_name(&plan.service)
+        )
     }
 
     /// The node agent of the pod's node.
@@ -318,12 +323,31 @@ impl Cluster<'_> {
         }
     }
 
-    /// Waits for the pod the ReplicaSet makes beside `before`, and for it to be ready.
+    /// Waits for the pod the ReplicaSet makes beside `before`, and for it to be ready, watching
+    /// the service's pods.
     async fn successor(&self, plan: &Plan, before: &BTreeSet<String>) -> Result<Side> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let pods = self.list(plan).await?;
-            if let Some(pod) = migration::successor(before, &pods) {
+        use futures::TryStreamExt;
+        use kube::runtime::{reflector, watcher, WatchStreamExt};
+        let (pods, writer) = reflector::store();
+        let config = watcher::Config::default().labels(&self.selector(plan));
+        let changes = reflector(writer, watcher(self.pods.clone(), config)).touched_objects();
+        let mut changes = std::pin::pin!(changes);
+        let found = tokio::time::timeout(READY_TIMEOUT, async {
+            while changes
+                .try_next()
+                .await
+                .map_err(|e| anyhow!("cannot follow the pods of {}: {e}", plan.service))?
+                .is_some()
+            {
+                let now: Vec<Pod> = pods
+                    .state()
+                    .iter()
+                    .map(|p| (**p).clone())
+                    .filter(is_own)
+                    .collect();
+                let Some(pod) = migration::successor(before, &now) else {
+                    continue;
+                };
                 let side = Side::of(pod);
                 if migration::is_ready(pod) {
                     return Ok(side);
@@ -338,15 +362,16 @@ impl Cluster<'_> {
                     );
                 }
             }
-            if Instant::now() > deadline {
-                anyhow::bail!(
-                    "no successor of {} was ready within {} s: `kubectl get pods` and the operator's log say why",
-                    plan.service,
-                    READY_TIMEOUT.as_secs()
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            anyhow::bail!("the watch of the pods of {} ended", plan.service)
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            Err(anyhow!(
+                "no successor of {} was ready within {} s: `kubectl get pods` and the operator's log say why",
+                plan.service,
+                READY_TIMEOUT.as_secs()
+            ))
+        })
     }
 
     /// Asks the old pod for its state (`migrate`) and gives it to the new one (`restore`), each
@@ -431,26 +456,20 @@ impl Cluster<'_> {
         let Some(going) = going else {
             return;
         };
-        let deadline = Instant::now() + GONE_TIMEOUT;
-        loop {
-            match self.pods.get_opt(&going.name).await {
-                Ok(Some(pod)) if pod.metadata.uid.as_deref() == Some(going.uid.as_str()) => {}
-                Ok(_) => break,
-                Err(e) => {
-                    eprintln!("cannot follow pod {}: {e}", going.name);
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                eprintln!(
-                    "{} is still there after {} s: `kubectl describe pod {}` says why",
-                    going.name,
-                    GONE_TIMEOUT.as_secs(),
-                    going.name
-                );
-                return;
-            }
-            tokio::time::sleep(POLL).await;
+        let gone = kube::runtime::wait::await_condition(
+            self.pods.clone(),
+            &going.name,
+            kube::runtime::wait::conditions::is_deleted(&going.uid),
+        );
+        match tokio::time::timeout(GONE_TIMEOUT, gone).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("cannot follow pod {}: {e}", going.name),
+            Err(_) => eprintln!(
+                "{} is still there after {} s: `kubectl describe pod {}` says why",
+                going.name,
+                GONE_TIMEOUT.as_secs(),
+                going.name
+            ),
         }
     }
 

@@ -2221,6 +2221,7 @@ fn a_pod_migrates_to_a_successor_on_a_cluster_by_a_paci_handover_through_the_nod
             "list pods",
             "patch paracloudapps",
             "patch pods",
+            "watch pods",
         ],
         "the test's ReplicaSet made and deleted pods, the CLI the rest"
     );
