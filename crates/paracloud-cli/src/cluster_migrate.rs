@@ -145,7 +145,7 @@ pub(crate) async fn migrate(
     let new = match cluster.successor(&plan, &before).await {
         Ok(new) => new,
         Err(e) => {
-            cluster.retire(&plan, None, &e.to_string()).await;
+            let _ = cluster.retire(&plan, None, &old, &e.to_string()).await;
             cluster.end(&plan).await;
             return Err(e);
         }
@@ -156,7 +156,9 @@ pub(crate) async fn migrate(
             Ok(done) => handover = Some(done),
             Err(e) => {
                 let why = format!("{e:#}; {} keeps serving", old.name);
-                cluster.retire(&plan, Some(&new), &why).await;
+                if let Err(e) = cluster.retire(&plan, Some(&new), &old, &why).await {
+                    eprintln!("{e:#}");
+                }
                 cluster.end(&plan).await;
                 anyhow::bail!("the migration of {} was abandoned: {why}", old.name);
             }
@@ -184,8 +186,14 @@ pub(crate) async fn migrate(
                 plan.replicas
             )
         })?;
-    cluster.retire(&plan, Some(&old), "").await;
+    let retired = cluster.retire(&plan, Some(&old), &new, "").await;
     cluster.end(&plan).await;
+    if let Err(e) = retired {
+        anyhow::bail!(
+            "the migration of {} did not end as asked: {e:#}, with the state as it was at the handover",
+            old.name
+        );
+    }
     let done = paracloud_api::MigrateResponse {
         from: old.name.clone(),
         to: new.name.clone(),
@@ -425,8 +433,15 @@ impl Cluster<'_> {
     /// Has the ReplicaSet remove `going` (none: the successor, whenever it appears, is the pod
     /// too many): the lowest deletion cost, then the service one pod smaller, then waits for
     /// it to be gone. A step that fails is said, with what is left to do by hand; `why` (a
-    /// migration abandoned) is recorded as an Event.
-    async fn retire(&self, plan: &Plan, going: Option<&Side>, why: &str) {
+    /// migration abandoned) is recorded as an Event. The ReplicaSet removes a pod that is not
+    /// ready before any deletion cost counts: should `staying` go instead, that is the error.
+    async fn retire(
+        &self,
+        plan: &Plan,
+        going: Option<&Side>,
+        staying: &Side,
+        why: &str,
+    ) -> Result<()> {
         let cost = migration::first_to_go();
         if let Some(going) = going {
             if let Err(e) = self
@@ -454,22 +469,40 @@ impl Cluster<'_> {
             self.record("Warning", "MigrationAbandoned", why).await;
         }
         let Some(going) = going else {
-            return;
+            return Ok(());
         };
-        let gone = kube::runtime::wait::await_condition(
-            self.pods.clone(),
-            &going.name,
-            kube::runtime::wait::conditions::is_deleted(&going.uid),
-        );
-        match tokio::time::timeout(GONE_TIMEOUT, gone).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("cannot follow pod {}: {e}", going.name),
-            Err(_) => eprintln!(
-                "{} is still there after {} s: `kubectl describe pod {}` says why",
+        use kube::runtime::wait::{await_condition, conditions::is_deleted};
+        let first = tokio::time::timeout(GONE_TIMEOUT, async {
+            tokio::select! {
+                ended = await_condition(self.pods.clone(), &going.name, is_deleted(&going.uid)) => {
+                    ended.map(|_| true)
+                }
+                ended = await_condition(self.pods.clone(), &staying.name, is_deleted(&staying.uid)) => {
+                    ended.map(|_| false)
+                }
+            }
+        });
+        match first.await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(anyhow!(
+                "the ReplicaSet removed {} instead of {} (a pod that is not ready goes first, whatever its deletion cost); {} still runs",
+                staying.name,
                 going.name,
-                GONE_TIMEOUT.as_secs(),
                 going.name
-            ),
+            )),
+            Ok(Err(e)) => {
+                eprintln!("cannot follow pod {}: {e}", going.name);
+                Ok(())
+            }
+            Err(_) => {
+                eprintln!(
+                    "{} is still there after {} s: `kubectl describe pod {}` says why",
+                    going.name,
+                    GONE_TIMEOUT.as_secs(),
+                    going.name
+                );
+                Ok(())
+            }
         }
     }
 

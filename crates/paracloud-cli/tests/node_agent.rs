@@ -1960,20 +1960,40 @@ impl Drop for PaciApp {
     }
 }
 
+/// A pod the test's ReplicaSet makes: `web-LETTER`, whose application refuses `restore` or
+/// not, and which falls unready after the switch or not.
+#[derive(Clone, Copy)]
+struct Successor {
+    letter: &'static str,
+    refuses: bool,
+    falls_unready: bool,
+}
+
+impl Successor {
+    const fn new(letter: &'static str) -> Successor {
+        Successor {
+            letter,
+            refuses: false,
+            falls_unready: false,
+        }
+    }
+}
+
 /// The annotation a ReplicaSet reads to choose which pod goes first when it shrinks.
 const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// Plays the ReplicaSet `web-5d8` and the kubelet of node-1 while `running`: when the
 /// resource asks for more pods of `web` than live, it makes pod `web-LETTER` (the next of
-/// `successors`, with its application refusing `restore` when asked), starts its containers
-/// on the node and its application, then marks it ready, noting which pods serve then; when
-/// the resource asks for fewer, it deletes the pod of the lowest deletion cost (ready pods
-/// alike) and removes its containers. What it did, in order.
+/// `successors`), starts its containers on the node and its application, then marks it ready,
+/// noting which pods serve then; a successor asked to fall unready does so once the resource
+/// lists it as serving (after the switch). When the resource asks for fewer pods, it deletes
+/// one as a ReplicaSet does: a pod that is not ready first, else the lowest deletion cost; and
+/// removes its containers. What it did, in order.
 fn play_replicaset(
     server: &ApiServer,
     node: &mut Node,
     pods: &mut Vec<(Pod, Option<PaciApp>)>,
-    successors: &[(&str, bool)],
+    successors: &[Successor],
     running: &std::sync::atomic::AtomicBool,
 ) -> Vec<String> {
     let standin = server.standin();
@@ -1987,11 +2007,21 @@ fn play_replicaset(
     };
     let mut next = successors.iter();
     let mut did = Vec::new();
+    let mut to_fall: Vec<String> = Vec::new();
     while running.load(std::sync::atomic::Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
         let app = standin
             .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
             .unwrap();
+        let serving = app["spec"]["migrating"]["web"].clone();
+        if let Some(place) = to_fall
+            .iter()
+            .position(|name| serving.as_array().is_some_and(|s| s.contains(&json!(name))))
+        {
+            let name = to_fall.remove(place);
+            standin.set_pod_ready("ns-a", &name, false).unwrap();
+            did.push(format!("{name} fell unready after the switch"));
+        }
         let Some(wanted) = app["spec"]["scale"]["web"]["replicas"].as_u64() else {
             continue;
         };
@@ -2007,7 +2037,12 @@ fn play_replicaset(
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .collect();
         if (live.len() as u64) < wanted {
-            let Some(&(letter, refuse)) = next.next() else {
+            let Some(&Successor {
+                letter,
+                refuses,
+                falls_unready,
+            }) = next.next()
+            else {
                 continue;
             };
             let name = format!("web-{letter}");
@@ -2028,7 +2063,10 @@ fn play_replicaset(
             let pod = node.pod_in("ns-a", letter, 1000, &uid);
             let (status, _) = unix_http(&node.api(), "POST", "/v1/refresh", "");
             assert_eq!(status, 200);
-            let app = PaciApp::start(node, &pod, "{}", refuse);
+            let app = PaciApp::start(node, &pod, "{}", refuses);
+            if falls_unready {
+                to_fall.push(name.clone());
+            }
             let serving = standin
                 .object("paracloud.dev", "v1alpha1", "paracloudapps", "ns-a", "shop")
                 .unwrap()["spec"]["migrating"]
@@ -2042,13 +2080,20 @@ fn play_replicaset(
                     .as_str()
                     .map_or(0, |c| c.parse::<i64>().unwrap())
             };
-            let going = live.iter().min_by_key(|p| cost(p)).unwrap();
+            let ready = |p: &Value| {
+                p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            };
+            let going = live.iter().min_by_key(|p| (ready(p), cost(p))).unwrap();
             let name = going["metadata"]["name"].as_str().unwrap().to_owned();
             server
                 .runtime
                 .block_on(api.delete(&name, &Default::default()))
                 .unwrap();
-            did.push(format!("deleted {name} of cost {}", cost(going)));
+            let state = if ready(going) { "" } else { ", not ready" };
+            did.push(format!("deleted {name} of cost {}{state}", cost(going)));
             if let Some(place) = pods.iter().position(|(p, _)| p.name == name) {
                 let (pod, app) = pods.remove(place);
                 drop(app);
@@ -2144,7 +2189,7 @@ fn a_pod_migrates_to_a_successor_on_a_cluster_by_a_paci_handover_through_the_nod
                 &server,
                 &mut node,
                 &mut pods,
-                &[("n", false), ("m", true)],
+                &[Successor::new("n")],
                 &running,
             )
         });
@@ -2235,8 +2280,11 @@ fn a_pod_migrates_to_a_successor_on_a_cluster_by_a_paci_handover_through_the_nod
     let running = std::sync::atomic::AtomicBool::new(true);
     let (abandoned, did) = std::thread::scope(|scope| {
         let replicaset = scope.spawn(|| {
-            // Only web-m is left to make.
-            play_replicaset(&server, &mut node, &mut pods, &[("m", true)], &running)
+            let refusing = Successor {
+                refuses: true,
+                ..Successor::new("m")
+            };
+            play_replicaset(&server, &mut node, &mut pods, &[refusing], &running)
         });
         let abandoned = cli(&["web-n"]);
         running.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -2274,4 +2322,41 @@ fn a_pod_migrates_to_a_successor_on_a_cluster_by_a_paci_handover_through_the_nod
         .events()
         .iter()
         .any(|(reason, message, _)| reason == "MigrationAbandoned" && message.contains("no room")));
+
+    // A successor that falls unready after the switch is what its ReplicaSet removes, whatever
+    // the deletion costs: the CLI says so instead of waiting for web-n to go.
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let (unready, did) = std::thread::scope(|scope| {
+        let replicaset = scope.spawn(|| {
+            let falling = Successor {
+                falls_unready: true,
+                ..Successor::new("k")
+            };
+            play_replicaset(&server, &mut node, &mut pods, &[falling], &running)
+        });
+        let unready = cli(&["web-n"]);
+        running.store(false, std::sync::atomic::Ordering::SeqCst);
+        (unready, replicaset.join().unwrap())
+    });
+    let said = text(&unready.stderr);
+    assert_eq!(unready.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the migration of web-n did not end as asked: the ReplicaSet removed web-k instead of web-n (a pod that is not ready goes first, whatever its deletion cost); web-n still runs, with the state as it was at the handover"),
+        "{said}"
+    );
+    assert_eq!(
+        did,
+        [
+            "made web-k",
+            "web-k ready while serving {\"web\":[\"web-n\",\"web-z\"]}",
+            "web-k fell unready after the switch",
+            "deleted web-k of cost 0, not ready",
+        ]
+    );
+    assert_eq!(resource()["spec"]["scale"]["web"]["replicas"], 2);
+    assert!(
+        none("migrating"),
+        "web-n serves again: {}",
+        resource()["spec"]
+    );
 }
