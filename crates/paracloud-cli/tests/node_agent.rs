@@ -808,6 +808,44 @@ fn bad_capsule_and_event_requests_get_an_error_naming_what_is_wrong() {
     }
     let (got, body) = event(json!({"pod": "ns-a/web-a"}));
     assert_eq!((got, json(&body)), (200, json!({"listening": false})));
+    // What a remote CLI executes in the agent's container: the event on its standard input,
+    // the agent's refusal in its own words.
+    let agent_event = |stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_paracloud"))
+            .arg("--root")
+            .arg(node.root())
+            .args(["__agent-event", "--pod", "ns-a/web-a"])
+            .env_remove("PARACLOUD_ROOT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, said) = agent_event("not json");
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains("standard input is not a PaCI event (a migrate or restore as JSON)"),
+        "{said}"
+    );
+    let (code, said) = agent_event(&migrate.to_string());
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains("migrate to pod ns-a/web-a: the instance does not follow its PaCI events"),
+        "{said}"
+    );
     // The agent's socket is root's alone.
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(node.api()).unwrap().permissions(),
