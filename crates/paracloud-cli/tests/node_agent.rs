@@ -1998,6 +1998,25 @@ impl Drop for PaciApp {
     }
 }
 
+/// Runs `migrate` (the CLI) while [`play_replicaset`] plays the ReplicaSet and the kubelet with
+/// `successor` to make: what the CLI gave, and what the ReplicaSet did.
+fn while_replicaset_plays(
+    server: &ApiServer,
+    node: &mut Node,
+    pods: &mut Vec<(Pod, Option<PaciApp>)>,
+    successor: Successor,
+    migrate: impl FnOnce() -> std::process::Output,
+) -> (std::process::Output, Vec<String>) {
+    let running = std::sync::atomic::AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        let replicaset =
+            scope.spawn(|| play_replicaset(server, node, pods, &[successor], &running));
+        let out = migrate();
+        running.store(false, std::sync::atomic::Ordering::SeqCst);
+        (out, replicaset.join().unwrap())
+    })
+}
+
 /// A pod the test's ReplicaSet makes: `web-LETTER`, whose application refuses `restore` or
 /// not, and which falls unready after the switch or not.
 #[derive(Clone, Copy)]
@@ -2219,22 +2238,11 @@ fn a_pod_migrates_to_a_successor_on_a_cluster_by_a_paci_handover_through_the_nod
     // The application in web-a follows its events: it moves to web-n.
     let app_a = PaciApp::start(&node, &a, r#"{"carts": 3}"#, false);
     let mut pods = vec![(a, Some(app_a))];
-    let running = std::sync::atomic::AtomicBool::new(true);
     standin.clear_requests();
-    let (moved, did) = std::thread::scope(|scope| {
-        let replicaset = scope.spawn(|| {
-            play_replicaset(
-                &server,
-                &mut node,
-                &mut pods,
-                &[Successor::new("n")],
-                &running,
-            )
+    let (moved, did) =
+        while_replicaset_plays(&server, &mut node, &mut pods, Successor::new("n"), || {
+            cli(&["web-a"])
         });
-        let moved = cli(&["web-a"]);
-        running.store(false, std::sync::atomic::Ordering::SeqCst);
-        (moved, replicaset.join().unwrap())
-    });
     let requests = standin.requests();
     let said = text(&moved.stderr);
     assert!(moved.status.success(), "{said}\n{did:?}\n{}", node.log());
@@ -2315,19 +2323,12 @@ fn a_pod_migrates_to_a_successor_on_a_cluster_by_a_paci_handover_through_the_nod
         .find(|(p, _)| p.name == "web-n")
         .and_then(|(_, app)| app.take())
         .unwrap();
-    let running = std::sync::atomic::AtomicBool::new(true);
-    let (abandoned, did) = std::thread::scope(|scope| {
-        let replicaset = scope.spawn(|| {
-            let refusing = Successor {
-                refuses: true,
-                ..Successor::new("m")
-            };
-            play_replicaset(&server, &mut node, &mut pods, &[refusing], &running)
-        });
-        let abandoned = cli(&["web-n"]);
-        running.store(false, std::sync::atomic::Ordering::SeqCst);
-        (abandoned, replicaset.join().unwrap())
-    });
+    let refusing = Successor {
+        refuses: true,
+        ..Successor::new("m")
+    };
+    let (abandoned, did) =
+        while_replicaset_plays(&server, &mut node, &mut pods, refusing, || cli(&["web-n"]));
     let said = text(&abandoned.stderr);
     assert_eq!(abandoned.status.code(), Some(1), "{said}");
     assert!(
@@ -2363,19 +2364,12 @@ fn a_pod_migrates_to_a_successor_on_a_cluster_by_a_paci_handover_through_the_nod
 
     // A successor that falls unready after the switch is what its ReplicaSet removes, whatever
     // the deletion costs: the CLI says so instead of waiting for web-n to go.
-    let running = std::sync::atomic::AtomicBool::new(true);
-    let (unready, did) = std::thread::scope(|scope| {
-        let replicaset = scope.spawn(|| {
-            let falling = Successor {
-                falls_unready: true,
-                ..Successor::new("k")
-            };
-            play_replicaset(&server, &mut node, &mut pods, &[falling], &running)
-        });
-        let unready = cli(&["web-n"]);
-        running.store(false, std::sync::atomic::Ordering::SeqCst);
-        (unready, replicaset.join().unwrap())
-    });
+    let falling = Successor {
+        falls_unready: true,
+        ..Successor::new("k")
+    };
+    let (unready, did) =
+        while_replicaset_plays(&server, &mut node, &mut pods, falling, || cli(&["web-n"]));
     let said = text(&unready.stderr);
     assert_eq!(unready.status.code(), Some(1), "{said}");
     assert!(
