@@ -49,6 +49,23 @@ fn log_in(browser: &Browser, token: &str) {
     browser.click(&browser.find("#login-button").unwrap());
 }
 
+/// Logs in with a good token and waits for the login form to go; a refusal on the way (the
+/// page's error, such as a request that never got its answer) fails with the daemon's log.
+fn log_in_as(p: &Platform, browser: &Browser, token: &str) {
+    // An earlier refusal's words stay on the page until the form is sent again.
+    let earlier = browser.text("#login-error");
+    log_in(browser, token);
+    browser.wait_until("the login form gone", WAIT, |b| {
+        let error = b.text("#login-error");
+        assert!(
+            error.is_empty() || error == earlier,
+            "logging in failed: {error}\n--- daemon log ---\n{}",
+            p.daemon_log()
+        );
+        b.find("#login").is_err()
+    });
+}
+
 fn count(browser: &Browser, selector: &str) -> u64 {
     browser
         .script(
@@ -101,7 +118,7 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
     assert_eq!(count(&browser, "#apps"), 0, "nothing shown without a token");
 
     // The applications, then the shop: three services, each with its instances.
-    log_in(&browser, &admin);
+    log_in_as(&p, &browser, &admin);
     browser.wait_for("#apps tr[data-app='shop'] a", WAIT);
     assert!(browser.text("#who").contains("dash-admin (admin)"));
     shot(&p, &browser, "applications");
@@ -362,7 +379,7 @@ fn the_dashboard_shows_the_shop_scales_it_charts_its_load_and_checks_its_manifes
 
     // A viewer sees everything and changes nothing: the page shows the command layer's refusal.
     browser.click(&browser.find("#logout").unwrap());
-    log_in(&browser, &viewer);
+    log_in_as(&p, &browser, &viewer);
     browser.wait_until("logged in as the viewer", WAIT, |b| {
         b.text("#who").contains("dash-viewer (viewer)")
     });
@@ -418,7 +435,7 @@ fn an_autoscaler_decision_is_marked_on_the_charts_with_its_reason() {
     let viewer = p.token("watcher", "viewer", &[]);
     let browser = Browser::start(p.port(6));
     browser.goto(&url);
-    log_in(&browser, &viewer);
+    log_in_as(&p, &browser, &viewer);
     browser.wait_for("#apps tr[data-app='shop'] a", WAIT);
     browser.goto(&format!("{url}#/apps/shop"));
     browser.wait_for("#services tr[data-service='api']", WAIT);
