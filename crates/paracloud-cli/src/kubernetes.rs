@@ -825,7 +825,7 @@ impl Cluster {
         selector: &paracloud_capsule::Selector,
     ) -> Result<Vec<crate::agent_exec::CapsuleTarget>> {
         use k8s_openapi::api::core::v1::Pod;
-        use paracloud_kube::names::{object_name, REVISION_LABEL, SERVICE_LABEL};
+        use paracloud_kube::names::{object_name, REVISION_LABEL};
         let pods: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &self.namespace);
         let list = pods
             .list(
@@ -841,12 +841,9 @@ impl Cluster {
             if labels.contains_key(REVISION_LABEL) {
                 continue;
             }
-            let Some((service, service_spec)) = labels.get(SERVICE_LABEL).and_then(|label| {
-                manifest
-                    .services
-                    .iter()
-                    .find(|(name, _)| object_name(name) == *label)
-            }) else {
+            let Some((service, service_spec)) =
+                paracloud_kube::names::service_of(manifest, &labels)
+            else {
                 continue;
             };
             let name = pod.metadata.name.clone().unwrap_or_default();

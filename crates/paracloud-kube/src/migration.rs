@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use paracloud_manifest::{Manifest, MigrateMethod};
 use serde_json::{json, Value};
 
-use crate::names::{object_name, APP_LABEL, REVISION_LABEL, SERVICE_LABEL};
+use crate::names::{APP_LABEL, REVISION_LABEL};
 use crate::ParacloudApp;
 
 /// The annotation a ReplicaSet reads to choose which of its ready pods goes first when it
@@ -52,12 +52,7 @@ pub fn plan(
             manifest.app
         ));
     }
-    let Some((service, spec)) = labels.get(SERVICE_LABEL).and_then(|label| {
-        manifest
-            .services
-            .iter()
-            .find(|(service, _)| object_name(service) == *label)
-    }) else {
+    let Some((service, spec)) = crate::names::service_of(manifest, &labels) else {
         return Err(format!(
             "pod {name} runs no service of {}'s manifest",
             manifest.app

@@ -32,6 +32,19 @@ pub fn object_name(service: &str) -> String {
     service.replace(paracloud_manifest::REVISION_SEPARATOR, "-")
 }
 
+/// The manifest's service (its name and spec) whose pods carry `labels`: the one their
+/// [`SERVICE_LABEL`] names, in its object form.
+pub fn service_of<'a>(
+    manifest: &'a paracloud_manifest::Manifest,
+    labels: &BTreeMap<String, String>,
+) -> Option<(&'a String, &'a paracloud_manifest::Service)> {
+    let label = labels.get(SERVICE_LABEL)?;
+    manifest
+        .services
+        .iter()
+        .find(|(service, _)| object_name(service) == *label)
+}
+
 /// The labels every object of `app` carries, beside its own.
 pub fn app_labels(app: &str) -> BTreeMap<String, String> {
     BTreeMap::from([

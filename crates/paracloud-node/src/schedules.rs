@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod as ApiPod;
 use kube::ResourceExt;
 use paracloud_api::CapsuleRunEvent;
 use paracloud_capsule::{Access, Selector, Target};
-use paracloud_kube::names::{object_name, REVISION_LABEL, SERVICE_LABEL};
+use paracloud_kube::names::{object_name, REVISION_LABEL};
 use paracloud_kube::ParacloudApp;
 use paracloud_manifest::Manifest;
 
@@ -73,12 +73,7 @@ fn due(manifest: &Manifest, found: &ApiPod, pod: &Pod, last: i64, now: i64) -> V
     if labels.contains_key(REVISION_LABEL) {
         return Vec::new();
     }
-    let Some((service, spec)) = labels.get(SERVICE_LABEL).and_then(|label| {
-        manifest
-            .services
-            .iter()
-            .find(|(name, _)| object_name(name) == *label)
-    }) else {
+    let Some((service, spec)) = paracloud_kube::names::service_of(manifest, &labels) else {
         return Vec::new();
     };
     let target = Target {
