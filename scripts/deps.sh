@@ -5,6 +5,8 @@
 # - nftables: `nft`, which the daemon needs for the host's firewall of each application's bridge;
 # - busybox: the base of the test images (FROM busybox:1), python3: the PaCI example's tests;
 # - redis-server (and redis-cli): the Redis image of the Compose application's end-to-end test;
+# - postgresql (the server of PostgreSQL 15, psql, pgbench): what the catalogue's PostgreSQL
+#   image is made of, and the client its tests and benchmark reach it with;
 # - docker-compose: `docker-compose config`, which the Compose reader's corpus is compared with
 #   (it needs no Docker engine);
 # - skopeo, umoci, docker-registry, nginx, htpasswd, openssl: OCI layouts and archives made by other
@@ -55,6 +57,7 @@ need curl curl
 need e2fsprogs mkfs.ext4
 need docker-compose docker-compose
 need redis-server redis-server redis-cli
+need postgresql /usr/lib/postgresql/15/bin/postgres psql pgbench
 need prometheus promtool
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # the venv module
 need npm npm

@@ -35,6 +35,7 @@
 //! | `POST /v1/images/sources` | [`ImageSources`] | [`SourcesRequest`] | `[ImageSourceView]` |
 //! | `POST /v1/images/pull` | [`PullImage`] | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 //! | `POST /v1/images/push` | [`PushImage`] | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
+//! | `GET /v1/catalog` | [`ListCatalog`] | | `[CatalogView]` |
 //! | `GET /v1/capsules?app=APP` | [`ListCapsules`] | | `[CapsuleView]` |
 //! | `POST /v1/capsules/run` | [`RunCapsule`] | [`CapsuleRunRequest`] | a stream of [`CapsuleRunEvent`], one JSON per line |
 //! | `GET /v1/capsules/runs/{run}/files/{instance}/{name}` | [`GetCapsuleFile`] | | the file's bytes |
@@ -667,6 +668,31 @@ pub struct CapsuleView {
     pub missing: Vec<String>,
 }
 
+/// A service of the catalogue, as `paracloud catalog ls` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CatalogView {
+    /// What `catalog = "..."` names, such as `postgres`.
+    pub name: String,
+    pub summary: String,
+    /// The server versions it runs, the default first.
+    pub versions: Vec<String>,
+    /// Its keys, each with what it means.
+    pub keys: Vec<CatalogKeyView>,
+    /// The addresses the application reaches it at (`NAME` is the service's name).
+    pub addresses: Vec<CatalogKeyView>,
+    /// The package of the daemon's machine its image is made of.
+    pub package: String,
+    /// What the daemon's machine lacks to run it; `None` when it can.
+    pub missing: Option<String>,
+}
+
+/// A key or an address of a catalogue service, with what it means.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CatalogKeyView {
+    pub name: String,
+    pub meaning: String,
+}
+
 /// Run a capsule on every running instance the selector matches.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -882,6 +908,7 @@ mod tests {
             row::<ImageSources>(),
             row::<PullImage>(),
             row::<PushImage>(),
+            row::<ListCatalog>(),
             row::<ListCapsules>(),
             row::<RunCapsule>(),
             row::<GetCapsuleFile>(),

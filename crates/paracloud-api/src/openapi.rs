@@ -323,6 +323,7 @@ routes! {
     ImageSources => NoQuery,
     PullImage => NoQuery,
     PushImage => NoQuery,
+    ListCatalog => NoQuery,
     ListCapsules => CapsulesQuery,
     RunCapsule => NoQuery,
     CapsuleHistory => HistoryQuery,

@@ -9,11 +9,11 @@ use paracloud_unix_http::{fill, JsonLines, Query, Route, Upgraded};
 
 use crate::{
     AppView, BuildEvent, BuildRequest, BuiltImage, CapsuleRunEvent, CapsuleRunRequest,
-    CapsuleRunView, CapsuleView, CpuRequest, DataplaneRestartRequest, DataplaneRestartResponse,
-    Event, ExportRequest, Health, ImageDetail, ImageRef, ImageSourceView, ImageView, ImportRequest,
-    InstanceView, ManifestView, MicroImageRequest, MigrateRequest, MigrateResponse, PruneView,
-    RemovedImages, ScaleRequest, ServiceView, SourcesRequest, TerminalSize, TrafficRequest,
-    TransferEvent, TransferRequest, UpRequest, UpResponse,
+    CapsuleRunView, CapsuleView, CatalogView, CpuRequest, DataplaneRestartRequest,
+    DataplaneRestartResponse, Event, ExportRequest, Health, ImageDetail, ImageRef, ImageSourceView,
+    ImageView, ImportRequest, InstanceView, ManifestView, MicroImageRequest, MigrateRequest,
+    MigrateResponse, PruneView, RemovedImages, ScaleRequest, ServiceView, SourcesRequest,
+    TerminalSize, TrafficRequest, TransferEvent, TransferRequest, UpRequest, UpResponse,
 };
 use crate::{CreatedToken, SessionRequest, TokenRequest, TokenView, WhoAmI};
 
@@ -411,6 +411,18 @@ body_route! {
 body_route! {
     /// `POST /v1/images/push`: push an image to a registry; answered with its progress, one JSON line each.
     PushImage(TransferRequest): POST "/v1/images/push" -> JsonLines<TransferEvent>
+}
+
+/// `GET /v1/catalog`: the services of the catalogue, with what the daemon's machine lacks to run
+/// each.
+#[derive(Debug, Clone)]
+pub struct ListCatalog;
+
+impl Route for ListCatalog {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/catalog";
+    type Body = ();
+    type Answer = Vec<CatalogView>;
 }
 
 /// `GET /v1/capsules`: the capsules that can attach: the built-in ones and, with `app`, the application's own.

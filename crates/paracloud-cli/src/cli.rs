@@ -224,6 +224,9 @@ pub enum Command {
     /// Images: build a micro-image from a host program, inspect, remove, prune, import, export
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The catalogue: services the platform runs and manages itself (catalog = "postgres")
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Capsules: functions (checksum, archive, logrotate, scan, metrics, strace, gdb, tcpdump,
     /// debug) that attach to running instances for as long as they run, then leave nothing
     #[command(subcommand)]
@@ -445,6 +448,13 @@ pub enum ContextCommand {
     Ls,
     /// Remove a context
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// List the services of the catalogue: their keys, their addresses, and whether the daemon's
+    /// machine can run them
+    Ls,
 }
 
 #[derive(Debug, Subcommand)]

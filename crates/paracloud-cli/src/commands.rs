@@ -491,6 +491,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Images => image_command(global, ImageCommand::Ls).await,
         Command::Build(args) => build(global, args).await,
         Command::Image(command) => image_command(global, command).await,
+        Command::Catalog(command) => crate::catalog::command(global, command).await,
         Command::Capsule(command) => crate::capsule::command(global, command).await,
         Command::Debug { instance, command } => {
             crate::capsule::debug(global, &instance, &command).await

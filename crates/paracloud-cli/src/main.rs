@@ -5,6 +5,7 @@ mod access;
 mod agent_exec;
 mod arguments;
 mod capsule;
+mod catalog;
 mod cli;
 mod client;
 mod cluster_migrate;

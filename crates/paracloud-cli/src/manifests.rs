@@ -148,6 +148,8 @@ pub(crate) fn load_manifests(files: &[PathBuf], profiles: &[String]) -> Result<L
     let users = manifest
         .services
         .iter()
+        // The daemon builds the catalogue's images from its machine's programs.
+        .filter(|(_, s)| s.catalog.is_none())
         .map(|(name, s)| (format!("service {name}"), &s.image))
         .chain(
             manifest

@@ -349,6 +349,27 @@ fn scale(
                 too_many(replicas, limits),
             ));
         }
+        if spec.is_catalog_primary() && replicas > 1 {
+            let read = paracloud_manifest::catalog::read_service_name(service);
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!(
+                    "{service} is the primary of a catalogue service: it runs one instance (two servers must never share its data); scale its read replicas instead: paracloud scale {read}={}",
+                    replicas - 1
+                ),
+            ));
+        }
+        if let Some(primary) = spec.reads_also_from() {
+            let bound = paracloud_manifest::catalog::MAX_REPLICAS;
+            if u64::from(replicas) > bound {
+                return Err(Refusal::new(
+                    RefusalKind::Invalid,
+                    format!(
+                        "{service} holds the read replicas of {primary}: at most {bound}, asked for {replicas} (each replica streams every write of the primary)"
+                    ),
+                ));
+            }
+        }
     }
     if let Some(cpu) = cpu {
         check_cpu(cpu, limits.cores).map_err(|e| Refusal::new(RefusalKind::Invalid, e))?;
@@ -611,7 +632,14 @@ fn migrate(
         .transpose()
         .map_err(|e| invalid(format!("--cpus: {e}")))?;
     let record = live_app(snapshot, app)?;
-    find_service(record, &service)?;
+    if find_service(record, &service)?.is_catalog_primary() {
+        return Err(Refusal::new(
+            RefusalKind::Conflict,
+            format!(
+                "{service} is the primary of a catalogue service, whose data two servers must never share: it cannot run beside a successor; `paracloud restart {service}` stops it and starts it again on the same data"
+            ),
+        ));
+    }
     if let Some(revision) = revision {
         let current = record.services[&service].revision;
         let asked: Option<u64> = match revision {

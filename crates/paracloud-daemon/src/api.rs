@@ -116,6 +116,7 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .read::<route::ImageSources, _>(image_sources::<D>)
         .admin::<route::PullImage, _>(pull_image::<D>)
         .admin::<route::PushImage, _>(push_image::<D>)
+        .read::<route::ListCatalog, _>(list_catalog)
         .read::<route::ListCapsules, _>(list_capsules::<D>)
         .read::<route::RunCapsule, _>(run_capsule::<D>)
         .read::<route::CapsuleHistory, _>(capsule_history::<D>)
@@ -239,6 +240,19 @@ async fn up<D: Driver>(
                     )
                 })?;
             *digest = Some(built.digest);
+        }
+    }
+    // The catalogue's images: built from this machine's programs when the store lacks them.
+    for (name, service) in &manifest.services {
+        if let Some(catalogued) = &service.catalog {
+            let recipe =
+                paracloud_manifest::catalog::entry_of(catalogued.kind).image(&catalogued.version);
+            engine.images.catalog_image(recipe).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{}: service {name}: {}", origin.file, e.message),
+                )
+            })?;
         }
     }
     // Images of the store: pinned to a digest, their config's defaults filled in.
@@ -407,7 +421,26 @@ async fn dry_run<D: Driver>(
     let mut checked = Vec::new();
     let mut problems = Vec::new();
     for (user, name, image) in images {
+        let catalogued = manifest
+            .services
+            .get(name)
+            .filter(|s| &s.image == image)
+            .and_then(|s| s.catalog.as_ref());
         let found = match image {
+            Image::Stored { reference, .. } if catalogued.is_some() => {
+                let catalogued = catalogued.expect("a catalogue service");
+                let recipe = paracloud_manifest::catalog::entry_of(catalogued.kind)
+                    .image(&catalogued.version);
+                crate::images::catalog_sources(&recipe).map(|_| {
+                    (
+                        reference.clone(),
+                        format!(
+                            "in the store or built from this machine's {}",
+                            recipe.package
+                        ),
+                    )
+                })
+            }
             Image::Stored { reference, .. } => {
                 let store = engine.images.store().clone();
                 let wanted = reference.clone();
@@ -1236,6 +1269,33 @@ async fn build_image<D: Driver>(
         Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx))
     });
     Ok(json_lines(Body::from_stream(stream)))
+}
+
+/// The catalogue, with what this machine lacks to run each service of it.
+async fn list_catalog() -> Result<Json<Vec<paracloud_api::CatalogView>>, ApiError> {
+    use paracloud_api::{CatalogKeyView, CatalogView};
+    let pairs = |pairs: &[(&str, &str)]| -> Vec<CatalogKeyView> {
+        pairs
+            .iter()
+            .map(|(name, meaning)| CatalogKeyView {
+                name: (*name).to_owned(),
+                meaning: (*meaning).to_owned(),
+            })
+            .collect()
+    };
+    let views = paracloud_manifest::catalog::CATALOG
+        .iter()
+        .map(|entry| CatalogView {
+            name: entry.name.to_owned(),
+            summary: entry.summary.to_owned(),
+            versions: entry.versions.iter().map(|v| (*v).to_owned()).collect(),
+            keys: pairs(entry.keys),
+            addresses: pairs(entry.addresses),
+            package: entry.package.to_owned(),
+            missing: crate::images::catalog_sources(&entry.image(entry.versions[0])).err(),
+        })
+        .collect();
+    Ok(Json(views))
 }
 
 async fn list_capsules<D: Driver>(

@@ -15,6 +15,7 @@ use paracloud_image::micro::{build_micro_image, MicroImageSpec};
 use paracloud_image::registries::{self, Registries};
 use paracloud_image::registry::{self, ProgressFn};
 use paracloud_image::{Digest, ImageDefaults, Reference, Store, StoreError};
+use paracloud_manifest::catalog::CatalogImage;
 use paracloud_manifest::{Image, Manifest, Port, Protocol, Service};
 use paracloud_runtime::Rootfs;
 use paracloud_state::Snapshot;
@@ -221,6 +222,35 @@ impl Images {
     ) -> std::result::Result<Vec<std::path::PathBuf>, String> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         paracloud_image::capsule_image::micro_layers(&self.store, tag, program, add)
+    }
+
+    /// The image of a catalogue service (`paracloud_manifest::catalog`), built as a
+    /// micro-image of this machine's own programs when the store lacks it.
+    pub async fn catalog_image(&self, recipe: CatalogImage) -> Result<Digest> {
+        self.with(move |store| {
+            let reference = parse_tag(&recipe.tag)?;
+            if let Ok(digest) = store.lookup(&reference.to_string()) {
+                return Ok(digest);
+            }
+            let (binary, add) = catalog_sources(&recipe).map_err(ImageError::bad)?;
+            let built = build_micro_image(
+                store,
+                &MicroImageSpec {
+                    binary,
+                    add,
+                    host_root: "/".into(),
+                    files: recipe
+                        .files
+                        .iter()
+                        .map(|(path, content, mode)| (path.into(), content.clone(), *mode))
+                        .collect(),
+                },
+            )?;
+            store.tag(&reference, &built.digest)?;
+            tracing::info!(image = %reference, size = built.layer.size, "built a catalogue image");
+            Ok(built.digest)
+        })
+        .await
     }
 
     /// The images the services and capsules of any application use: prune keeps them.
@@ -460,6 +490,50 @@ pub fn prune(store: &Store, pinned: &[Digest]) -> Result<PruneView> {
     })
 }
 
+/// What a catalogue image is made of on this machine: its first program, and the other
+/// programs and the entries of its trees (but those it leaves out); an error naming the package
+/// to install when the machine lacks one.
+pub fn catalog_sources(
+    recipe: &CatalogImage,
+) -> std::result::Result<(std::path::PathBuf, Vec<std::path::PathBuf>), String> {
+    let missing = |path: &str| {
+        format!(
+            "{path} is missing: the catalogue's image is made of this machine's {package}; install it (apt-get install {package})",
+            package = recipe.package
+        )
+    };
+    let mut programs = Vec::new();
+    for program in &recipe.programs {
+        if !Path::new(program).exists() {
+            return Err(missing(program));
+        }
+        programs.push(std::path::PathBuf::from(program));
+    }
+    let mut add = programs.split_off(1.min(programs.len()));
+    let binary = programs.pop().ok_or("a catalogue image names no program")?;
+    for tree in &recipe.trees {
+        let path = Path::new(tree);
+        if path.is_file() {
+            add.push(path.to_owned());
+            continue;
+        }
+        let entries = std::fs::read_dir(path).map_err(|_| missing(tree))?;
+        let mut kept: Vec<std::path::PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                !recipe
+                    .leave_out
+                    .iter()
+                    .any(|l| *l == *e.file_name().to_string_lossy())
+            })
+            .map(|e| e.path())
+            .collect();
+        kept.sort();
+        add.extend(kept);
+    }
+    Ok((binary, add))
+}
+
 fn parse_tag(tag: &str) -> Result<Reference> {
     let reference: Reference = tag.parse().map_err(|e: paracloud_image::ReferenceError| {
         ImageError::bad(format!("{e}; {}", e.hint()))
@@ -500,6 +574,7 @@ pub fn build_micro(
             binary: binary.to_owned(),
             add: add.to_vec(),
             host_root: "/".into(),
+            files: Vec::new(),
         },
     )?;
     store.tag(&reference, &built.digest)?;

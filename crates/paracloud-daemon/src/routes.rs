@@ -121,7 +121,16 @@ pub fn dataplane_config(
                     backends: ready_backends(service_name, port.port),
                 })
                 .collect();
-            let backends = ready_backends(name, port.port);
+            let mut backends = ready_backends(name, port.port);
+            // A catalogue service's read address balances over its primary too.
+            if let Some(primary) = app
+                .manifest
+                .services
+                .get(name)
+                .and_then(|s| s.reads_also_from())
+            {
+                backends.extend(ready_backends(primary, port.port));
+            }
             let service_address = SocketAddr::new(
                 IpAddr::V4(service_address(app, &network, name, record)),
                 port.port,

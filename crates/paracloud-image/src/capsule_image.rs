@@ -67,6 +67,7 @@ pub fn micro_layers(
             binary: program.to_owned(),
             add: add.to_vec(),
             host_root: "/".into(),
+            files: Vec::new(),
         },
     )
     .map_err(|e| format!("cannot build the capsule image {tag}: {e}"))?;

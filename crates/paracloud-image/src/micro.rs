@@ -281,11 +281,13 @@ impl Closure {
         &mut self,
         path: &str,
         content: &str,
-        generated: &mut BTreeMap<PathBuf, String>,
+        generated: &mut BTreeMap<PathBuf, (String, u32)>,
     ) {
         let path = PathBuf::from(path);
         if !self.entries.contains_key(&path) {
-            generated.insert(path, content.to_owned());
+            generated
+                .entry(path)
+                .or_insert_with(|| (content.to_owned(), 0o644));
         }
     }
 
@@ -371,6 +373,9 @@ pub struct MicroImageSpec {
     pub add: Vec<PathBuf>,
     /// The host filesystem the files come from, normally `/`.
     pub host_root: PathBuf,
+    /// Files written into the image as they are given (path, content, mode), over what the
+    /// closure and the minimal /etc would put there.
+    pub files: Vec<(PathBuf, String, u32)>,
 }
 
 /// A built micro-image.
@@ -397,7 +402,14 @@ pub fn build_micro_image(store: &Store, spec: &MicroImageSpec) -> Result<MicroIm
         closure.add_tree(path)?;
     }
     let program = closure.program_path(&spec.binary);
-    let mut generated = BTreeMap::new();
+    let mut generated: BTreeMap<PathBuf, (String, u32)> = spec
+        .files
+        .iter()
+        .map(|(path, content, mode)| (path.clone(), (content.clone(), *mode)))
+        .collect();
+    for path in generated.keys() {
+        closure.entries.remove(path);
+    }
     closure.add_generated("/etc/passwd", PASSWD, &mut generated);
     closure.add_generated("/etc/group", GROUP, &mut generated);
     closure.add_generated("/etc/nsswitch.conf", NSSWITCH, &mut generated);
@@ -452,8 +464,8 @@ pub fn build_micro_image(store: &Store, spec: &MicroImageSpec) -> Result<MicroIm
                 }
             }
         }
-        for (path, content) in &generated {
-            items.insert(path.clone(), Item::Text(content));
+        for (path, (content, mode)) in &generated {
+            items.insert(path.clone(), Item::Text(content, *mode));
         }
         for (path, item) in items {
             let name = path.strip_prefix("/").unwrap_or(&path).to_owned();
@@ -492,7 +504,7 @@ enum Item<'a> {
     Dir(u32),
     File(&'a Path, u32),
     Link(&'a Path),
-    Text(&'a str),
+    Text(&'a str, u32),
 }
 
 fn append_item<W: io::Write>(
@@ -524,9 +536,9 @@ fn append_item<W: io::Write>(
             header.set_size(0);
             tar.append_link(&mut header, name, target)
         }
-        Item::Text(content) => {
+        Item::Text(content, mode) => {
             header.set_entry_type(tar::EntryType::Regular);
-            header.set_mode(0o644);
+            header.set_mode(mode);
             header.set_size(content.len() as u64);
             tar.append_data(&mut header, name, content.as_bytes())
         }

@@ -165,6 +165,20 @@ pub fn render(
         renderer.objects.push(Object::of(&ns));
     }
     for (name, service) in &manifest.services {
+        if let Some(catalogued) = &service.catalog {
+            // Said once, at the catalogue service's own table.
+            if service.is_catalog_primary() {
+                renderer.problem(
+                    format!("services.{name}.catalog"),
+                    format!(
+                        "the catalogue's {} runs on one machine's daemon: its image is made of that machine's programs, and its primary keeps its data on that machine's volume",
+                        paracloud_manifest::catalog::entry_of(catalogued.kind).name
+                    ),
+                    "on a cluster, run the database with its own operator (such as CloudNativePG for PostgreSQL) and give the services its address",
+                );
+            }
+            continue;
+        }
         renderer.service(name, service);
     }
     if let Some(dataplane) = &options.dataplane {

@@ -102,6 +102,10 @@ impl Checker<'_> {
         };
 
         let mut drafts = BTreeMap::new();
+        // Catalogue services: each one's name, its primary's data volume and where `catalog` is.
+        let mut catalog_volumes: Vec<(String, (String, u64), Span)> = Vec::new();
+        // The services written as services, which the catalogue's may not clash with.
+        let mut written: Vec<String> = Vec::new();
         let no_services = Some(
             "add a service, such as `[services.web]` with `image = \"host\"` and a `command`"
                 .into(),
@@ -122,6 +126,22 @@ impl Checker<'_> {
                     for (key, value) in services {
                         let name: &str = key.get_ref();
                         self.name(name, key.span(), &child("services", name), "service name");
+                        let catalogued = match value.get_ref() {
+                            DeValue::Table(table) if table.contains_key("catalog") => {
+                                Some(self.catalog_service(name, table, value))
+                            }
+                            _ => None,
+                        };
+                        if let Some(catalogued) = catalogued {
+                            if let Some(made) = catalogued {
+                                catalog_volumes.push((name.to_owned(), made.volume, made.span));
+                                for draft in made.drafts {
+                                    drafts.insert(draft.service.name.clone(), draft);
+                                }
+                            }
+                            continue;
+                        }
+                        written.push(name.to_owned());
                         if let Some(draft) = self.service(name, value) {
                             drafts.insert(name.to_owned(), draft);
                         }
@@ -132,6 +152,8 @@ impl Checker<'_> {
                 }
             }
         }
+
+        self.catalog_clashes(&catalog_volumes, &written, &mut volumes);
 
         self.dependencies(&drafts);
         self.port_clashes(&drafts);
@@ -166,6 +188,48 @@ impl Checker<'_> {
             capsules: capsules?,
             networks,
         })
+    }
+
+    /// The services and volume a catalogue service makes are its own: no service written in the
+    /// manifest has their names, and no `[volumes.NAME]` declares its volume (whose size is its
+    /// `storage`), which is declared here.
+    fn catalog_clashes(
+        &mut self,
+        catalogued: &[(String, (String, u64), Span)],
+        written: &[String],
+        volumes: &mut BTreeMap<String, Volume>,
+    ) {
+        for (name, (volume, storage), span) in catalogued {
+            let read = crate::catalog::read_service_name(name);
+            let field = child(&child("services", name), "catalog");
+            if !self.name(&read, span.clone(), &field, "read service name") {
+                continue;
+            }
+            if written.contains(&read) {
+                self.error(
+                    span.clone(),
+                    &field,
+                    format!("the catalogue service `{name}` makes a service `{read}` (its read replicas), and the manifest has a service of that name"),
+                    Some(format!("rename one of `{name}` and `{read}`")),
+                );
+            }
+            if volumes.contains_key(volume) {
+                self.error(
+                    span.clone(),
+                    &field,
+                    format!("the catalogue service `{name}` keeps its data on the volume `{volume}`, which `[volumes.{volume}]` declares too"),
+                    Some(format!("remove `[volumes.{volume}]`: its size is the service's `storage`")),
+                );
+                continue;
+            }
+            volumes.insert(
+                volume.clone(),
+                Volume {
+                    size: Some(*storage),
+                    ..Volume::default()
+                },
+            );
+        }
     }
 
     /// The networks services name are declared (or `default`), their aliases name no service,

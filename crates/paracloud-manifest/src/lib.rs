@@ -5,6 +5,7 @@
 
 mod autoscale;
 mod capsule;
+pub mod catalog;
 mod check;
 mod draft;
 mod error;

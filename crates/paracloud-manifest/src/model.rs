@@ -292,6 +292,65 @@ pub struct Service {
     /// The networks it is on, by name, with its aliases there; empty: `default` only.
     #[serde(default)]
     pub networks: BTreeMap<String, ServiceNetwork>,
+    /// Set when the service is one part of a service of the catalogue (`catalog = "postgres"`):
+    /// which one, and this part's role in it.
+    #[serde(default)]
+    pub catalog: Option<Catalogued>,
+}
+
+/// The part a service plays in a service of the catalogue (see `catalog`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalogued {
+    pub kind: CatalogKind,
+    /// The server's major version, such as `15`.
+    pub version: String,
+    pub role: CatalogRole,
+}
+
+/// The services of the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogKind {
+    Postgres,
+}
+
+/// What one service made of a catalogue service does there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "role")]
+pub enum CatalogRole {
+    /// The one instance that takes writes, on the catalogue service's own name (the write
+    /// address), its data on a volume of its own. Never more than one instance, and replaced
+    /// stop first: two servers must never share its data.
+    Primary,
+    /// Streaming replicas of `primary`, on `NAME-read` (the read address), which balances reads
+    /// over them and the primary. Each is seeded from the primary when it starts.
+    ReadReplicas { primary: String },
+}
+
+impl Service {
+    /// Whether this is the primary of a catalogue service: one instance at most, never two at
+    /// once.
+    pub fn is_catalog_primary(&self) -> bool {
+        matches!(
+            self.catalog,
+            Some(Catalogued {
+                role: CatalogRole::Primary,
+                ..
+            })
+        )
+    }
+
+    /// The service whose instances also serve this one's reads (a catalogue service's primary,
+    /// behind its read address).
+    pub fn reads_also_from(&self) -> Option<&str> {
+        match &self.catalog {
+            Some(Catalogued {
+                role: CatalogRole::ReadReplicas { primary },
+                ..
+            }) => Some(primary),
+            _ => None,
+        }
+    }
 }
 
 /// How a service's sandbox differs from the default one (the keys Compose files use).

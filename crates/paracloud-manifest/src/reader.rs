@@ -81,6 +81,11 @@ impl<'a> Checker<'a> {
         ));
     }
 
+    /// How many problems have been reported so far.
+    pub(crate) fn problems(&self) -> usize {
+        self.diagnostics.len()
+    }
+
     /// All diagnostics in source order, or `None` when the manifest is fine.
     pub(crate) fn finish(self) -> Option<ManifestError> {
         (!self.diagnostics.is_empty()).then(|| self.into_error())

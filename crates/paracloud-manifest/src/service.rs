@@ -112,6 +112,13 @@ pub(crate) const DISK: SizeRule = SizeRule {
     example: "give the disk space an instance writes, such as \"1G\"",
 };
 
+/// The storage of a catalogue service: room for a database cluster's files and its WAL.
+pub(crate) const CATALOG_STORAGE: SizeRule = SizeRule {
+    min: 256 << 20,
+    min_text: "256M",
+    example: "give the space its data takes, such as \"1G\"",
+};
+
 pub(crate) const VOLUME_SIZE: SizeRule = SizeRule {
     min: units::MIN_DISK,
     min_text: "16M",
@@ -240,7 +247,7 @@ impl Checker<'_> {
 
     /// Checks the fields of a service table (or of a revision's table merged over its
     /// service's) found at `path`.
-    fn service_fields(
+    pub(crate) fn service_fields(
         &mut self,
         name: &str,
         path: &str,
@@ -392,6 +399,7 @@ impl Checker<'_> {
             revision_of: None,
             sandbox,
             networks,
+            catalog: None,
         };
         Some(Draft {
             service,

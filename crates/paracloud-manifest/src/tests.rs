@@ -139,6 +139,7 @@ fn full_manifest_covers_every_key() {
         revision_of: None,
         sandbox: Default::default(),
         networks: Default::default(),
+        catalog: None,
     };
     assert_eq!(manifest.services["kv"], kv);
     assert_eq!(
@@ -1627,3 +1628,5 @@ fn a_manifest_directory_written_with_dots_keeps_its_relative_bind_mounts() {
         VolumeMount::Bind { source, .. } if source == Path::new("/srv/shop/conf")
     ));
 }
+
+mod catalog;

@@ -189,7 +189,9 @@ fn plan_service(
             InstanceState::Running { health } => {
                 if instance.revision < revision && !replacing {
                     replacing = true;
-                    if instance.state.is_ready() {
+                    // A catalogue service's primary stops first: two servers must never share
+                    // its data.
+                    if instance.state.is_ready() && !service.is_catalog_primary() {
                         plan.actions.push(Action::Migrate { key });
                     } else {
                         // It takes no traffic: nothing to hand over or keep serving.

@@ -1,0 +1,324 @@
+//! The catalogue's PostgreSQL as an application meets it: `catalog = "postgres"` in a manifest,
+//! real servers from this machine's package (the primary and its streaming replicas), reached
+//! with psql through the write and read addresses the data plane serves.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const PASSWORD: &str = "catalogue-test-password";
+
+fn manifest(replicas: u32) -> String {
+    format!(
+        r#"app = "pg"
+
+[services.db]
+catalog = "postgres"
+replicas = {replicas}
+storage = "256M"
+env = {{ POSTGRES_PASSWORD = "{PASSWORD}", POSTGRES_DB = "shop" }}
+"#
+    )
+}
+
+fn up(p: &Platform, text: &str) {
+    let path = p.manifest("pg", text);
+    p.ok(&["up", "-f", path.to_str().unwrap()]);
+}
+
+fn service_address(p: &Platform, service: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&p.ok(&["describe", "-a", "pg", service, "-o", "json"])).unwrap();
+    v["address"].as_str().unwrap().to_owned()
+}
+
+/// The addresses of a service's running instances.
+fn instance_addresses(p: &Platform, service: &str) -> Vec<String> {
+    p.ps("pg")
+        .iter()
+        .filter(|i| field(i, "service") == service)
+        .map(|i| field(i, "address").split('/').next().unwrap().to_owned())
+        .collect()
+}
+
+/// One SQL command through psql at `address`: its rows, unaligned, `|` between columns.
+fn sql(address: &str, command: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args(["-X", "-h", address, "-U", "postgres", "-d", "shop", "-tA"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", command])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .expect("psql runs (scripts/deps.sh installs postgresql)");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+#[track_caller]
+fn sql_ok(address: &str, command: &str) -> String {
+    sql(address, command).unwrap_or_else(|e| panic!("{command} at {address}: {e}"))
+}
+
+/// Asks `command` at `address` until it answers `wanted`, or fails the test after `timeout`.
+#[track_caller]
+fn wait_answer(address: &str, command: &str, wanted: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut last = sql(address, command);
+    while last.as_deref() != Ok(wanted) {
+        assert!(
+            Instant::now() < deadline,
+            "{command} at {address} answered {last:?}, not {wanted:?}, for {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        last = sql(address, command);
+    }
+}
+
+/// One psql session that inserts rows one at a time through an address, each in a transaction
+/// of its own, and counts those committed (psql printed `INSERT 0 1`) and those that failed.
+struct Writer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    committed: u64,
+    failed: u64,
+}
+
+impl Writer {
+    fn open(address: &str) -> Self {
+        let mut child = Command::new("psql")
+            .args(["-X", "-h", address, "-U", "postgres", "-d", "shop"])
+            .args(["-v", "ON_ERROR_STOP=0"])
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+            committed: 0,
+            failed: 0,
+        }
+    }
+
+    /// Inserts the next row; false once the session is gone.
+    fn insert(&mut self) -> bool {
+        let n = self.committed + self.failed + 1;
+        if writeln!(self.stdin, "INSERT INTO load VALUES ({n});\n\\echo done").is_err() {
+            return false;
+        }
+        let mut committed = false;
+        loop {
+            let mut line = String::new();
+            match self.stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) if line.trim() == "INSERT 0 1" => committed = true,
+                Ok(_) if line.trim() == "done" => break,
+                Ok(_) => {}
+            }
+        }
+        if committed {
+            self.committed += 1;
+        } else {
+            self.failed += 1;
+        }
+        true
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn rows_written_through_the_write_address_are_read_back_through_the_read_address_from_a_replica() {
+    let p = Platform::new();
+    let catalog = p.ok(&["catalog", "ls"]);
+    assert!(
+        catalog.contains("postgres") && catalog.contains("ready"),
+        "{catalog}"
+    );
+
+    up(&p, &manifest(1));
+    let write = service_address(&p, "db");
+    let read = service_address(&p, "db-read");
+    sql_ok(&write, "CREATE TABLE items (n int PRIMARY KEY, name text)");
+    sql_ok(
+        &write,
+        "INSERT INTO items SELECT n, 'item ' || n FROM generate_series(1, 1000) n",
+    );
+    // The read address balances over the replica and the primary: until a connection lands on
+    // the replica (in recovery) with every row, ask again.
+    wait_answer(
+        &read,
+        "SELECT pg_is_in_recovery(), count(*), sum(n) FROM items",
+        "t|1000|500500",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        sql_ok(
+            &write,
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+        ),
+        "1",
+        "the primary streams to its replica"
+    );
+    // A replica takes no writes; the write address reaches the primary alone.
+    for _ in 0..5 {
+        assert_eq!(sql_ok(&write, "SELECT pg_is_in_recovery()"), "f");
+    }
+
+    // The primary's data is on its volume: restarted (stopped first, then started on the same
+    // data), it has every row, and its replica follows it again.
+    let before = p.ps("pg");
+    p.ok(&["restart", "-a", "pg", "db"]);
+    let after = p.ps("pg");
+    let pid = |ps: &[serde_json::Value], service: &str| {
+        ps.iter()
+            .find(|i| field(i, "service") == service)
+            .map(|i| i["pid"].clone())
+    };
+    assert_ne!(pid(&before, "db"), pid(&after, "db"), "a new primary");
+    assert_eq!(
+        pid(&before, "db-read"),
+        pid(&after, "db-read"),
+        "the same replica"
+    );
+    assert_eq!(sql_ok(&write, "SELECT count(*) FROM items"), "1000");
+    sql_ok(
+        &write,
+        "INSERT INTO items VALUES (1001, 'after the restart')",
+    );
+    wait_answer(
+        &read,
+        "SELECT pg_is_in_recovery(), count(*) FROM items",
+        "t|1001",
+        Duration::from_secs(30),
+    );
+    let log = p.ok(&["logs", "-a", "pg", "db"]);
+    assert!(
+        !log.contains("database system was interrupted"),
+        "the old primary shut down cleanly before the new one started:\n{log}"
+    );
+}
+
+#[test]
+fn replicas_added_under_a_constant_write_load_lose_and_fail_nothing() {
+    let p = Platform::new();
+    up(&p, &manifest(0));
+    let write = service_address(&p, "db");
+    sql_ok(&write, "CREATE TABLE load (n bigint PRIMARY KEY)");
+    // The load's own rows, so that the copy a new replica starts from has something in it.
+    let stop = AtomicBool::new(false);
+    let (committed, failed) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut writer = Writer::open(&write);
+            while !stop.load(Ordering::Relaxed) {
+                if !writer.insert() {
+                    panic!("the write session ended after {} rows", writer.committed);
+                }
+            }
+            (writer.committed, writer.failed)
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        p.ok(&["scale", "-a", "pg", "db-read=1"]);
+        p.ok(&["scale", "-a", "pg", "db-read=2"]);
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap()
+    });
+    eprintln!("{committed} rows committed, {failed} failed while 2 replicas were added");
+    assert_eq!(failed, 0, "no insert fails while replicas are added");
+    assert!(committed > 100, "the load ran: {committed} rows");
+    let everything = format!("{committed}|{}", committed * (committed + 1) / 2);
+    assert_eq!(
+        sql_ok(&write, "SELECT count(*), sum(n) FROM load"),
+        everything
+    );
+    // Each replica, asked at its own address, has every committed row once it has replayed
+    // what the primary wrote.
+    let replicas = instance_addresses(&p, "db-read");
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+    for replica in &replicas {
+        wait_answer(
+            replica,
+            "SELECT pg_is_in_recovery(), count(*), sum(n) FROM load",
+            &format!("t|{everything}"),
+            Duration::from_secs(30),
+        );
+    }
+}
+
+#[test]
+fn a_catalogue_service_refuses_what_would_break_it_and_changes_nothing() {
+    let p = Platform::new();
+    up(&p, &manifest(1));
+    let before = pids(&p.ps("pg"));
+    let write = service_address(&p, "db");
+    sql_ok(&write, "CREATE TABLE kept (n int)");
+    sql_ok(&write, "INSERT INTO kept VALUES (1), (2)");
+
+    let good = manifest(1);
+    let bad = [
+        (
+            good.replace("catalog = \"postgres\"", "catalog = \"mysql\""),
+            "paracloud.toml:4:11: services.db.catalog: no service \"mysql\" in the catalogue",
+        ),
+        (
+            good.replace("replicas = 1", "replicas = 1\ncommand = \"postgres\""),
+            "paracloud.toml:6:1: services.db.command: `catalog = \"postgres\"` does not take `command`",
+        ),
+        (
+            good.replace("replicas = 1", "replicas = 9"),
+            "paracloud.toml:5:12: services.db.replicas: 9 read replicas is more than the 8 a catalogue service takes",
+        ),
+        (
+            good.replace("storage = \"256M\"", "storage = \"256M\"\nversion = \"9.6\""),
+            "paracloud.toml:7:11: services.db.version: the catalogue's postgres runs version 15, not \"9.6\"",
+        ),
+        (
+            good.replace(&format!("POSTGRES_PASSWORD = \"{PASSWORD}\", "), ""),
+            "services.db.env.POSTGRES_PASSWORD: a PostgreSQL service needs `env.POSTGRES_PASSWORD`",
+        ),
+    ];
+    for (text, error) in bad {
+        let path = p.manifest("pg", &text);
+        let stderr = p.fails(&["up", "-f", path.to_str().unwrap()]);
+        assert!(stderr.contains(error), "{error}\nnot in:\n{stderr}");
+    }
+    for (args, error) in [
+        (
+            &["scale", "-a", "pg", "db=2"][..],
+            "db is the primary of a catalogue service: it runs one instance",
+        ),
+        (
+            &["scale", "-a", "pg", "db-read=9"][..],
+            "db-read holds the read replicas of db: at most 8, asked for 9",
+        ),
+        (
+            &["migrate", "-a", "pg", "db.1"][..],
+            "db is the primary of a catalogue service, whose data two servers must never share",
+        ),
+    ] {
+        let stderr = p.fails(args);
+        assert!(stderr.contains(error), "{error}\nnot in:\n{stderr}");
+    }
+    assert_eq!(pids(&p.ps("pg")), before, "nothing was replaced");
+    assert_eq!(sql_ok(&write, "SELECT count(*) FROM kept"), "2");
+}

@@ -1,0 +1,439 @@
+//! The catalogue: services the platform runs and manages itself (`catalog = "postgres"`), each
+//! with a small, documented set of keys, made into the ordinary services that run it (the same
+//! checks, the same reconcile loop, the same data plane).
+//!
+//! A PostgreSQL service `db` becomes two services:
+//!
+//! - `db`, the primary: one instance, its data on the volume `db-data` (of `storage` bytes), the
+//!   write address `db:5432`; replaced stop first, never two at once;
+//! - `db-read`, `replicas` streaming replicas (each seeded with a base backup of the primary when
+//!   it starts, its data in its own writable layer), the read address `db-read:5432`, which
+//!   balances connections over the replicas and the primary.
+//!
+//! Their image is a micro-image of the machine's own PostgreSQL (the Debian package), built by
+//! the daemon at `up` from [`CatalogEntry::image`].
+
+use sha2::{Digest as _, Sha256};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::draft::Draft;
+use crate::model::{CatalogKind, CatalogRole, Catalogued};
+use crate::reader::{child, Checker, Span, Value};
+use crate::service::CATALOG_STORAGE;
+
+/// One service of the catalogue, as `paracloud catalog ls` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub name: &'static str,
+    pub kind: CatalogKind,
+    pub summary: &'static str,
+    /// The server versions it runs (what `version` takes), the default first.
+    pub versions: &'static [&'static str],
+    /// Its keys, with what each means.
+    pub keys: &'static [(&'static str, &'static str)],
+    /// The addresses the application reaches it at (`NAME` is the service's name).
+    pub addresses: &'static [(&'static str, &'static str)],
+    /// The Debian package that holds the server, which the machine needs.
+    pub package: &'static str,
+}
+
+/// The most read replicas a catalogue service takes.
+pub const MAX_REPLICAS: u64 = 8;
+
+/// The storage a catalogue service gets when it does not say.
+pub const DEFAULT_STORAGE: &str = "1G";
+
+/// Every service of the catalogue, by name.
+pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
+    name: "postgres",
+    kind: CatalogKind::Postgres,
+    summary: "PostgreSQL: a primary and streaming read replicas, with a write and a read address",
+    versions: &["15"],
+    keys: &[
+        ("catalog", "\"postgres\""),
+        ("version", "the server's major version: \"15\" (the default)"),
+        (
+            "replicas",
+            "read replicas beside the primary: 0 (the default) to 8; `paracloud scale NAME-read=N` changes it",
+        ),
+        (
+            "storage",
+            "the size of the primary's data volume, NAME-data: \"1G\" (the default), at least \"256M\"; a quarter of it for the write-ahead log, of which half is kept for replicas that fall behind",
+        ),
+        (
+            "env",
+            "POSTGRES_PASSWORD (required: the superuser's password, which the replicas use too), POSTGRES_USER (\"postgres\"), POSTGRES_DB (the user's name), and any other variable",
+        ),
+        ("resources", "each instance's cpu, memory, pids and disk, as a service's"),
+        ("labels", "as a service's"),
+        ("capsules", "which capsules may attach to its instances, as a service's"),
+    ],
+    addresses: &[
+        ("NAME:5432", "writes and reads: the primary"),
+        ("NAME-read:5432", "reads: the replicas and the primary"),
+    ],
+    package: "postgresql-15",
+}];
+
+/// The catalogue service called `name`.
+pub fn entry(name: &str) -> Option<&'static CatalogEntry> {
+    CATALOG.iter().find(|e| e.name == name)
+}
+
+/// The catalogue service of `kind`.
+pub fn entry_of(kind: CatalogKind) -> &'static CatalogEntry {
+    CATALOG
+        .iter()
+        .find(|e| e.kind == kind)
+        .expect("every kind is in the catalogue")
+}
+
+/// The name of the read service of the catalogue service `name`.
+pub fn read_service_name(name: &str) -> String {
+    format!("{name}-read")
+}
+
+/// The name of the primary's data volume of the catalogue service `name`.
+pub fn data_volume_name(name: &str) -> String {
+    format!("{name}-data")
+}
+
+/// The entry script of PostgreSQL's instances (`primary`, `replica PRIMARY`, `ready`).
+const POSTGRES_SCRIPT: &str = include_str!("catalog/postgres.sh");
+
+/// Where the entry script is in the image.
+const ENTRY: &str = "/usr/local/lib/paracloud/catalog";
+
+/// The user the servers run as in their image.
+const PASSWD: &str = "root:x:0:0:root:/root:/sbin/nologin\npostgres:x:999:999:PostgreSQL:/var/lib/postgresql:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n";
+const GROUP: &str = "root:x:0:\npostgres:x:999:\nnogroup:x:65534:\n";
+
+/// What the image of a catalogue service is made of, from the machine's own programs: the
+/// daemon builds it as a micro-image tagged `tag` when its store lacks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogImage {
+    /// `paracloud-catalog/KIND:VERSION-KEY`, KEY a digest of the script and the version, so
+    /// that a changed script makes a new image.
+    pub tag: String,
+    /// Host programs, each with its libraries; the first is the image's entrypoint.
+    pub programs: Vec<String>,
+    /// Host directories, each whole but for the entries named in `leave_out`.
+    pub trees: Vec<String>,
+    /// File names left out of `trees` (what would pull in a compiler's worth of libraries).
+    pub leave_out: Vec<String>,
+    /// Files written into the image: path, content, mode.
+    pub files: Vec<(String, String, u32)>,
+    /// The Debian package that holds the programs, for the error when the machine lacks it.
+    pub package: String,
+}
+
+impl CatalogEntry {
+    /// The image of this service at `version`.
+    pub fn image(&self, version: &str) -> CatalogImage {
+        match self.kind {
+            CatalogKind::Postgres => {
+                let script = POSTGRES_SCRIPT.replace("@VERSION@", version);
+                let bin = format!("/usr/lib/postgresql/{version}/bin");
+                let mut programs: Vec<String> = [
+                    "postgres",
+                    "initdb",
+                    "pg_ctl",
+                    "pg_basebackup",
+                    "pg_isready",
+                    "psql",
+                    "pg_dump",
+                    "pg_dumpall",
+                    "pg_restore",
+                    "pg_controldata",
+                    "pg_rewind",
+                ]
+                .iter()
+                .map(|p| format!("{bin}/{p}"))
+                .collect();
+                // The shell and the few tools the entry script runs.
+                programs.extend(
+                    [
+                        "/bin/sh",
+                        "/bin/mkdir",
+                        "/bin/chown",
+                        "/bin/chmod",
+                        "/bin/rm",
+                        "/bin/cat",
+                        "/bin/sleep",
+                        "/bin/mktemp",
+                        "/usr/bin/setpriv",
+                        "/usr/bin/flock",
+                    ]
+                    .map(String::from),
+                );
+                CatalogImage {
+                    tag: format!("paracloud-catalog/postgres:{version}-{}", key(&script)),
+                    programs,
+                    trees: vec![
+                        format!("/usr/lib/postgresql/{version}/lib"),
+                        format!("/usr/share/postgresql/{version}"),
+                        "/usr/share/zoneinfo/UTC".into(),
+                        "/usr/share/zoneinfo/Etc/UTC".into(),
+                        "/usr/share/zoneinfo/GMT".into(),
+                    ],
+                    leave_out: ["llvmjit.so", "llvmjit_types.bc", "bitcode", "pgxs"]
+                        .map(String::from)
+                        .to_vec(),
+                    files: vec![
+                        (ENTRY.into(), script, 0o755),
+                        ("/etc/passwd".into(), PASSWD.into(), 0o644),
+                        ("/etc/group".into(), GROUP.into(), 0o644),
+                    ],
+                    package: format!("postgresql-{version}"),
+                }
+            }
+        }
+    }
+}
+
+/// A short digest of what an image is made of.
+fn key(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The keys of a catalogue service table that go on to its services as they are written.
+const PASSED_ON: &[&str] = &["env", "resources", "labels", "capsules"];
+
+/// What a checked catalogue service table declares beside its services.
+pub(crate) struct CatalogDrafts {
+    pub(crate) drafts: Vec<Draft>,
+    /// The primary's data volume and its size.
+    pub(crate) volume: (String, u64),
+    /// Where the `catalog` key is written, for what is reported about the whole service.
+    pub(crate) span: Span,
+}
+
+impl Checker<'_> {
+    /// The services a `[services.NAME]` table with a `catalog` key stands for, checked (`None`
+    /// when something is wrong, which has been reported).
+    pub(crate) fn catalog_service(
+        &mut self,
+        name: &str,
+        table: &DeTable<'_>,
+        value: &Value<'_>,
+    ) -> Option<CatalogDrafts> {
+        let path = child("services", name);
+        let field = |key: &str| child(&path, key);
+        let catalog = table.get("catalog")?;
+        let wanted = self.string(catalog, &field("catalog"))?;
+        let Some(entry) = entry(wanted) else {
+            let names: Vec<&str> = CATALOG.iter().map(|e| e.name).collect();
+            let hint = match crate::units::suggest(wanted, names.iter().copied()) {
+                Some(close) => {
+                    format!("did you mean \"{close}\"? `paracloud catalog ls` lists the catalogue")
+                }
+                None => format!(
+                    "the catalogue has {}; `paracloud catalog ls` says what each offers",
+                    names.join(", ")
+                ),
+            };
+            self.error(
+                catalog.span(),
+                &field("catalog"),
+                format!("no service {wanted:?} in the catalogue"),
+                Some(hint),
+            );
+            return None;
+        };
+        let allowed: Vec<&str> = entry.keys.iter().map(|(k, _)| *k).collect();
+        let before = self.problems();
+        for key in table.keys() {
+            let key_name: &str = key.get_ref();
+            if allowed.contains(&key_name) {
+                continue;
+            }
+            let hint = if crate::service::SERVICE_KEYS.contains(&key_name) {
+                format!(
+                    "the catalogue runs `{}` itself; its keys are {}",
+                    entry.name,
+                    allowed.join(", ")
+                )
+            } else {
+                match crate::units::suggest(key_name, allowed.iter().copied()) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("its keys are {}", allowed.join(", ")),
+                }
+            };
+            self.error(
+                key.span(),
+                &field(key_name),
+                format!("`catalog = \"{}\"` does not take `{key_name}`", entry.name),
+                Some(hint),
+            );
+        }
+        let version = match table.get("version") {
+            None => entry.versions[0].to_owned(),
+            Some(v) => {
+                let version = self.string(v, &field("version"))?;
+                if !entry.versions.contains(&version) {
+                    self.error(
+                        v.span(),
+                        &field("version"),
+                        format!(
+                            "the catalogue's {} runs version {}, not {version:?}",
+                            entry.name,
+                            entry.versions.join(", ")
+                        ),
+                        Some(format!(
+                            "write `version = \"{}\"`, or leave it out",
+                            entry.versions[0]
+                        )),
+                    );
+                    return None;
+                }
+                version.to_owned()
+            }
+        };
+        let replicas = match table.get("replicas") {
+            None => 0,
+            Some(v) => {
+                let n = self.whole(v, &field("replicas"), 0, u64::MAX)?;
+                if n > MAX_REPLICAS {
+                    self.error(
+                        v.span(),
+                        &field("replicas"),
+                        format!(
+                            "{n} read replicas is more than the {MAX_REPLICAS} a catalogue service takes"
+                        ),
+                        Some(format!(
+                            "use at most {MAX_REPLICAS}: each replica streams every write of the primary"
+                        )),
+                    );
+                    return None;
+                }
+                n
+            }
+        };
+        let storage = match table.get("storage") {
+            None => crate::units::parse_memory(DEFAULT_STORAGE).expect("a size"),
+            Some(v) => self.size(v, &field("storage"), &CATALOG_STORAGE)?,
+        };
+        let password = table.get("env").and_then(|env| match env.get_ref() {
+            DeValue::Table(env) => env.get("POSTGRES_PASSWORD"),
+            _ => None,
+        });
+        match password.map(|v| v.get_ref()) {
+            None => self.error(
+                table.get("env").map_or(value.span(), |v| v.span()),
+                &child(&field("env"), "POSTGRES_PASSWORD"),
+                "a PostgreSQL service needs `env.POSTGRES_PASSWORD`",
+                Some("add `env = { POSTGRES_PASSWORD = \"...\" }`: the superuser's password, which its replicas connect with too".into()),
+            ),
+            Some(DeValue::String(p)) if p.is_empty() => self.error(
+                password.map_or(value.span(), |v| v.span()),
+                &child(&field("env"), "POSTGRES_PASSWORD"),
+                "the superuser's password is empty",
+                Some("give it a password: connections from the other instances need one".into()),
+            ),
+            _ => {}
+        }
+        if self.problems() > before {
+            return None;
+        }
+
+        let image = entry.image(&version);
+        let volume = data_volume_name(name);
+        let read = read_service_name(name);
+        // A quarter of the storage for the write-ahead log, half of that kept for replicas.
+        let wal_mb = (storage >> 20) / 4;
+        let keep_mb = wal_mb / 2;
+        let primary_text = format!(
+            r#"image = "{tag}"
+entrypoint = ["{ENTRY}", "primary", "{wal_mb}", "{keep_mb}"]
+ports = [5432]
+volumes = ["{volume}:/var/lib/postgresql"]
+health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "5m" }}
+cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
+stop_signal = "INT"
+stop_grace_period = "60s"
+replicas = 1
+"#,
+            tag = image.tag,
+        );
+        let replica_text = format!(
+            r#"image = "{tag}"
+entrypoint = ["{ENTRY}", "replica", "{name}", "{wal_mb}", "{keep_mb}"]
+ports = [5432]
+health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "30m" }}
+cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
+stop_signal = "INT"
+stop_grace_period = "60s"
+replicas = {replicas}
+depends_on = {{ {name} = "healthy" }}
+"#,
+            tag = image.tag,
+        );
+        let mut drafts = Vec::new();
+        for (service, text, role) in [
+            (name.to_owned(), primary_text, CatalogRole::Primary),
+            (
+                read.clone(),
+                replica_text,
+                CatalogRole::ReadReplicas {
+                    primary: name.to_owned(),
+                },
+            ),
+        ] {
+            let generated = made_table(&text, catalog.span(), table);
+            let generated = Value::new(value.span(), DeValue::Table(generated));
+            let DeValue::Table(generated_table) = generated.get_ref() else {
+                continue;
+            };
+            let mut draft = self.service_fields(&service, &path, generated_table, &generated)?;
+            draft.service.catalog = Some(Catalogued {
+                kind: entry.kind,
+                version: version.clone(),
+                role,
+            });
+            drafts.push(draft);
+        }
+        Some(CatalogDrafts {
+            drafts,
+            volume: (volume, storage),
+            span: catalog.span(),
+        })
+    }
+}
+
+/// A service table made of `text` (the catalogue's own keys, every span moved to `at`, where
+/// `catalog` is written) and of the keys of `written` passed on as they are written (their
+/// spans kept, so that what is wrong in them is reported where it is).
+fn made_table<'i>(text: &'i str, at: Span, written: &DeTable<'i>) -> DeTable<'i> {
+    let made = DeTable::parse(text).expect("the catalogue writes valid TOML");
+    let mut table: DeTable<'i> = made
+        .into_inner()
+        .into_iter()
+        .map(|(k, v)| (Spanned::new(at.clone(), k.into_inner()), respan(v, &at)))
+        .collect();
+    for (k, v) in written {
+        if PASSED_ON.contains(&k.get_ref().as_ref()) {
+            table.insert(k.clone(), v.clone());
+        }
+    }
+    table
+}
+
+/// `value` with every span in it moved to `at`.
+fn respan<'i>(value: Value<'i>, at: &Span) -> Value<'i> {
+    let inner = match value.into_inner() {
+        DeValue::Array(items) => DeValue::Array(items.into_iter().map(|v| respan(v, at)).collect()),
+        DeValue::Table(table) => DeValue::Table(
+            table
+                .into_iter()
+                .map(|(k, v)| (Spanned::new(at.clone(), k.into_inner()), respan(v, at)))
+                .collect(),
+        ),
+        other => other,
+    };
+    Spanned::new(at.clone(), inner)
+}

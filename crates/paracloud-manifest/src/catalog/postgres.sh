@@ -1,0 +1,108 @@
+#!/bin/sh
+# The instances of a PostgreSQL service of the catalogue:
+#   primary WAL_MB KEEP_MB   the primary, its data on the volume at /var/lib/postgresql; its WAL
+#                            kept within WAL_MB, of which KEEP_MB for replicas that fall behind
+#   replica PRIMARY WAL_MB KEEP_MB
+#                            a streaming replica seeded from PRIMARY's address, its data in the
+#                            instance's own writable layer
+#   ready                    the health check: the server takes connections (a replica once it
+#                            has replayed enough to be consistent)
+# It starts as root inside the instance, gives the data to the postgres user and runs the server
+# as that user.
+set -eu
+
+bin=/usr/lib/postgresql/@VERSION@/bin
+base=/var/lib/postgresql
+data=$base/data
+user=${POSTGRES_USER:-postgres}
+database=${POSTGRES_DB:-$user}
+socket=/tmp
+
+as_postgres() {
+    setpriv --reuid=postgres --regid=postgres --clear-groups -- "$@"
+}
+
+own_data() {
+    mkdir -p "$data"
+    chown postgres:postgres "$base" "$data"
+    chmod 700 "$data"
+}
+
+# The server, with the settings a primary and its replicas share (a replica refuses to follow a
+# primary with more WAL senders than its own).
+server() {
+    wal_mb=$1
+    keep_mb=$2
+    exec setpriv --reuid=postgres --regid=postgres --clear-groups -- \
+        "$bin/postgres" -D "$data" -c "listen_addresses=*" -c "unix_socket_directories=$socket" \
+        -c wal_level=replica -c max_wal_senders=20 -c hot_standby=on \
+        -c "max_wal_size=${wal_mb}MB" -c "wal_keep_size=${keep_mb}MB"
+}
+
+primary() {
+    wal_mb=$1
+    keep_mb=$2
+    own_data
+    # Two servers must never share the data: the lock is taken on fd 9, which the server and
+    # its processes inherit, so it is held for as long as any of them runs.
+    exec 9>>"$base/lock"
+    if ! flock -n 9; then
+        echo "catalog: another server holds $data; waiting for it to stop" >&2
+        flock 9
+    fi
+    if [ ! -s "$data/PG_VERSION" ]; then
+        echo "catalog: creating the database cluster" >&2
+        password=$(mktemp)
+        printf '%s\n' "$POSTGRES_PASSWORD" >"$password"
+        chown postgres "$password"
+        as_postgres "$bin/initdb" -D "$data" -U "$user" --pwfile="$password" \
+            --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >&2
+        rm -f "$password"
+        cat >"$data/pg_hba.conf" <<EOF
+# Written by the catalogue: the instance's own processes over its socket; the application's
+# instances and the replicas with the password.
+local all all trust
+host all all all scram-sha-256
+host replication all all scram-sha-256
+EOF
+        if [ "$database" != postgres ]; then
+            echo "CREATE DATABASE \"$database\";" |
+                as_postgres "$bin/postgres" --single -D "$data" -j postgres >/dev/null
+        fi
+    fi
+    server "$wal_mb" "$keep_mb"
+}
+
+replica() {
+    primary=$1
+    wal_mb=$2
+    keep_mb=$3
+    # A replica starts from a fresh copy of the primary.
+    rm -rf "$data"
+    own_data
+    export PGPASSWORD="$POSTGRES_PASSWORD"
+    until as_postgres "$bin/pg_basebackup" -h "$primary" -p 5432 -U "$user" -D "$data" \
+        -X stream -R -c fast -w; do
+        echo "catalog: cannot copy $primary yet; trying again" >&2
+        rm -rf "$data"
+        own_data
+        sleep 1
+    done
+    server "$wal_mb" "$keep_mb"
+}
+
+ready() {
+    exec "$bin/pg_isready" -q -h "$socket" -p 5432 -U "$user" -d "$database"
+}
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+primary) primary "$@" ;;
+replica) replica "$@" ;;
+ready) ready ;;
+*)
+    echo "usage: $0 primary WAL_MB KEEP_MB | replica PRIMARY WAL_MB KEEP_MB | ready" >&2
+    exit 2
+    ;;
+esac

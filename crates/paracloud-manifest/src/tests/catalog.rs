@@ -1,0 +1,191 @@
+//! Services of the catalogue: what a `catalog = "postgres"` table is made into, and the errors
+//! of every key it takes or refuses.
+
+use super::{check, valid};
+use crate::catalog::{entry, CATALOG};
+use crate::*;
+
+const DB: &str = "app = \"a\"\n[services.db]\ncatalog = \"postgres\"\n";
+const PASSWORD: &str = "env = { POSTGRES_PASSWORD = \"secret\" }\n";
+
+#[test]
+fn a_postgres_service_is_a_primary_on_its_volume_and_replicas_behind_a_read_address() {
+    let manifest = valid(&format!(
+        "{DB}replicas = 2\nstorage = \"512M\"\n{PASSWORD}resources = {{ cpu = 1 }}\nlabels = {{ tier = \"data\" }}\n"
+    ));
+    assert_eq!(
+        manifest.services.keys().collect::<Vec<_>>(),
+        ["db", "db-read"]
+    );
+    let primary = &manifest.services["db"];
+    let replicas = &manifest.services["db-read"];
+    assert!(primary.is_catalog_primary());
+    assert!(!replicas.is_catalog_primary());
+    assert_eq!(replicas.reads_also_from(), Some("db"));
+    assert_eq!(primary.replicas, 1);
+    assert_eq!(replicas.replicas, 2);
+    assert_eq!(
+        manifest.volumes["db-data"].size,
+        Some(512 << 20),
+        "the primary's volume is `storage` bytes"
+    );
+    assert!(matches!(
+        &primary.volumes[..],
+        [VolumeMount::Named { name, target, .. }] if name == "db-data" && target == "/var/lib/postgresql"
+    ));
+    assert!(replicas.volumes.is_empty(), "a replica's data is its own");
+    assert_eq!(
+        replicas.depends_on.get("db"),
+        Some(&DependsCondition::Healthy)
+    );
+    for service in [primary, replicas] {
+        assert_eq!(service.ports.len(), 1);
+        assert_eq!(service.ports[0].port, 5432);
+        assert_eq!(service.env["POSTGRES_PASSWORD"], "secret");
+        assert_eq!(service.resources.cpu, Some(1.0));
+        assert_eq!(service.labels["tier"], "data");
+        assert!(service.health.is_some());
+        let catalog = service.catalog.as_ref().expect("catalogued");
+        assert_eq!(catalog.kind, CatalogKind::Postgres);
+        assert_eq!(catalog.version, "15");
+    }
+    assert_eq!(
+        primary.image, replicas.image,
+        "both run the catalogue's one image"
+    );
+    let Image::Stored { reference, .. } = &primary.image else {
+        panic!("a store image, built by the daemon: {:?}", primary.image);
+    };
+    assert_eq!(reference, &entry("postgres").unwrap().image("15").tag);
+    assert!(reference.starts_with("paracloud-catalog/postgres:15-"));
+    // 512M: a quarter for the WAL, half of which is kept for replicas.
+    assert_eq!(primary.entrypoint[1..], ["primary", "128", "64"]);
+    assert_eq!(replicas.entrypoint[1..], ["replica", "db", "128", "64"]);
+}
+
+#[test]
+fn a_postgres_service_has_no_replicas_and_a_gigabyte_unless_it_says() {
+    let manifest = valid(&format!("{DB}{PASSWORD}"));
+    assert_eq!(manifest.services["db-read"].replicas, 0);
+    assert_eq!(manifest.volumes["db-data"].size, Some(1 << 30));
+}
+
+#[test]
+fn an_unknown_catalogue_name_says_what_the_catalogue_has() {
+    check(
+        "app = \"a\"\n[services.db]\ncatalog = \"postgre\"\n",
+        r#"
+paracloud.toml:3:11: services.db.catalog: no service "postgre" in the catalogue
+  hint: did you mean "postgres"? `paracloud catalog ls` lists the catalogue
+"#,
+    );
+    check(
+        "app = \"a\"\n[services.db]\ncatalog = \"oracle\"\n",
+        r#"
+paracloud.toml:3:11: services.db.catalog: no service "oracle" in the catalogue
+  hint: the catalogue has postgres; `paracloud catalog ls` says what each offers
+"#,
+    );
+}
+
+#[test]
+fn a_key_the_catalogue_service_does_not_take_is_refused_where_it_is() {
+    check(
+        &format!("{DB}{PASSWORD}command = \"postgres -D /x\"\nreplicaz = 1\n"),
+        r#"
+paracloud.toml:5:1: services.db.command: `catalog = "postgres"` does not take `command`
+  hint: the catalogue runs `postgres` itself; its keys are catalog, version, replicas, storage, env, resources, labels, capsules
+paracloud.toml:6:1: services.db.replicaz: `catalog = "postgres"` does not take `replicaz`
+  hint: did you mean `replicas`?
+"#,
+    );
+}
+
+#[test]
+fn replicas_version_storage_and_the_password_are_checked() {
+    check(
+        &format!("{DB}{PASSWORD}replicas = 9\n"),
+        r#"
+paracloud.toml:5:12: services.db.replicas: 9 read replicas is more than the 8 a catalogue service takes
+  hint: use at most 8: each replica streams every write of the primary
+"#,
+    );
+    check(
+        &format!("{DB}{PASSWORD}version = \"16\"\n"),
+        r#"
+paracloud.toml:5:11: services.db.version: the catalogue's postgres runs version 15, not "16"
+  hint: write `version = "15"`, or leave it out
+"#,
+    );
+    check(
+        &format!("{DB}{PASSWORD}storage = \"100M\"\n"),
+        r#"
+paracloud.toml:5:11: services.db.storage: 104857600 bytes is below the minimum of 256M
+  hint: give at least "256M"; did you forget the unit?
+"#,
+    );
+    check(
+        DB,
+        r#"
+paracloud.toml:2:1: services.db.env.POSTGRES_PASSWORD: a PostgreSQL service needs `env.POSTGRES_PASSWORD`
+  hint: add `env = { POSTGRES_PASSWORD = "..." }`: the superuser's password, which its replicas connect with too
+"#,
+    );
+    check(
+        &format!("{DB}env = {{ POSTGRES_PASSWORD = \"\" }}\n"),
+        r#"
+paracloud.toml:4:29: services.db.env.POSTGRES_PASSWORD: the superuser's password is empty
+  hint: give it a password: connections from the other instances need one
+"#,
+    );
+}
+
+#[test]
+fn what_is_passed_on_is_checked_where_it_is_written() {
+    check(
+        &format!("{DB}{PASSWORD}resources = {{ cpu = -1 }}\n"),
+        &match crate::parse(
+            "app = \"a\"\n[services.db]\nimage = \"host\"\ncommand = \"x\"\nresources = { cpu = -1 }\n",
+            &super::origin(),
+            &super::FakeFs,
+        ) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a negative cpu is refused"),
+        },
+    );
+}
+
+#[test]
+fn the_services_and_volume_a_catalogue_service_makes_are_its_own() {
+    check(
+        &format!("{DB}{PASSWORD}[services.db-read]\nimage = \"host\"\ncommand = \"x\"\n"),
+        r#"
+paracloud.toml:3:11: services.db.catalog: the catalogue service `db` makes a service `db-read` (its read replicas), and the manifest has a service of that name
+  hint: rename one of `db` and `db-read`
+"#,
+    );
+    check(
+        &format!("{DB}{PASSWORD}[volumes.db-data]\nsize = \"2G\"\n"),
+        r#"
+paracloud.toml:3:11: services.db.catalog: the catalogue service `db` keeps its data on the volume `db-data`, which `[volumes.db-data]` declares too
+  hint: remove `[volumes.db-data]`: its size is the service's `storage`
+"#,
+    );
+}
+
+#[test]
+fn every_catalogue_image_is_named_by_what_it_is_made_of() {
+    for entry in CATALOG {
+        for version in entry.versions {
+            let image = entry.image(version);
+            assert!(image.tag.parse::<paracloud_image_spec::Reference>().is_ok());
+            assert!(image
+                .files
+                .iter()
+                .any(|(path, script, mode)| path.ends_with("catalog")
+                    && script.contains(&format!("/usr/lib/postgresql/{version}/bin"))
+                    && *mode == 0o755));
+            assert!(!image.programs.is_empty());
+        }
+    }
+}
