@@ -144,6 +144,10 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// The pg_dump of the catalogue's PostgreSQL (Debian's own `pg_dump` is a wrapper script that
+/// picks a version: the program itself, of the version the catalogue runs).
+pub const PG_DUMP: &str = "/usr/lib/postgresql/15/bin/pg_dump";
+
 /// The deadline of a capsule that sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
@@ -222,6 +226,16 @@ pub fn builtins() -> Vec<CapsuleSpec> {
                 "malware scan of target paths with YARA rules (the EICAR test file among them); exits 1 when something is found",
                 "PATH...",
                 scripts::SCAN,
+            )
+        },
+        CapsuleSpec {
+            timeout: 60 * MINUTE,
+            programs: strings(&[PG_DUMP]),
+            ..spec(
+                "pg-dump",
+                "a dump of a database of a catalogue PostgreSQL instance (pg_dump's custom format, over the server's own socket), returned as DATABASE.dump: what a new service's `restore` takes",
+                "[DATABASE] [USER]",
+                scripts::PG_DUMP,
             )
         },
         CapsuleSpec {
@@ -441,6 +455,19 @@ path="$TARGET/${1#/}"
 cd "$path"
 tar -cf - . | zstd -q -T0 -o "$OUT/archive.tar.zst"
 echo "archive.tar.zst: $(wc -c < "$OUT/archive.tar.zst") bytes of $1"
+"#;
+
+    pub const PG_DUMP: &str = r#"set -eu
+usage() { echo "usage: pg-dump [DATABASE] [USER]" >&2; exit 2; }
+[ $# -le 2 ] || usage
+database=${1:-postgres}
+user=${2:-postgres}
+case "$database$user" in */*|-*) usage;; esac
+# The catalogue's servers listen on a socket in their /tmp, where they trust their own processes.
+socket="$TARGET/tmp"
+[ -S "$socket/.s.PGSQL.5432" ] || { echo "pg-dump: no PostgreSQL socket in the target's /tmp: attach to an instance of a catalogue postgres service" >&2; exit 2; }
+/usr/lib/postgresql/15/bin/pg_dump --format=custom --host="$socket" --username="$user" --dbname="$database" --file="$OUT/$database.dump"
+echo "$database.dump: $(wc -c < "$OUT/$database.dump") bytes of database $database"
 "#;
 
     pub const LOGROTATE: &str = r#"set -eu
@@ -730,6 +757,6 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(names, sorted);
-        assert_eq!(names.len(), 9);
+        assert_eq!(names.len(), 10);
     }
 }

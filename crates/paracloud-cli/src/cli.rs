@@ -227,7 +227,7 @@ pub enum Command {
     /// The catalogue: services the platform runs and manages itself (catalog = "postgres")
     #[command(subcommand)]
     Catalog(CatalogCommand),
-    /// Capsules: functions (checksum, archive, logrotate, scan, metrics, strace, gdb, tcpdump,
+    /// Capsules: functions (checksum, archive, logrotate, scan, metrics, strace, gdb, tcpdump, pg-dump,
     /// debug) that attach to running instances for as long as they run, then leave nothing
     #[command(subcommand)]
     Capsule(CapsuleCommand),

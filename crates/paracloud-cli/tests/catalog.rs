@@ -266,6 +266,67 @@ fn replicas_added_under_a_constant_write_load_lose_and_fail_nothing() {
 }
 
 #[test]
+fn a_dump_the_pg_dump_capsule_takes_restores_into_a_new_service_with_the_same_rows() {
+    let p = Platform::new();
+    up(&p, &manifest(0));
+    let write = service_address(&p, "db");
+    sql_ok(&write, "CREATE TABLE orders (n int PRIMARY KEY, item text)");
+    sql_ok(
+        &write,
+        "INSERT INTO orders SELECT n, 'order ' || n FROM generate_series(1, 500) n",
+    );
+    let out = p.root().join("dumps");
+    let said = p.ok(&[
+        "capsule",
+        "run",
+        "pg-dump",
+        "-l",
+        "app=pg,service=db",
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+        "shop",
+    ]);
+    let dump = out.join("db.1/shop.dump");
+    assert!(dump.is_file(), "{said}");
+
+    // Another application, its own password and user, restores the dump when it makes its
+    // cluster; its replica has the rows too.
+    let copy = format!(
+        "app = \"pg-copy\"\n\n[services.copy]\ncatalog = \"postgres\"\nreplicas = 1\nstorage = \"256M\"\nrestore = {:?}\nenv = {{ POSTGRES_PASSWORD = \"another\", POSTGRES_USER = \"app\", POSTGRES_DB = \"shop\" }}\n",
+        dump.display().to_string()
+    );
+    let path = p.manifest("pg-copy", &copy);
+    p.ok(&["up", "-f", path.to_str().unwrap()]);
+    let v: serde_json::Value =
+        serde_json::from_str(&p.ok(&["describe", "-a", "pg-copy", "copy-read", "-o", "json"]))
+            .unwrap();
+    let read = v["address"].as_str().unwrap().to_owned();
+    let asked = |command: &str| {
+        let out = Command::new("psql")
+            .args([
+                "-X", "-h", &read, "-U", "app", "-d", "shop", "-tA", "-c", command,
+            ])
+            .env("PGPASSWORD", "another")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wanted = "t|500|125250|order 500";
+    let query = "SELECT pg_is_in_recovery(), count(*), sum(n), max(item) FILTER (WHERE n = 500) FROM orders";
+    let mut last = asked(query);
+    while last != wanted {
+        assert!(
+            Instant::now() < deadline,
+            "the restored replica answered {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        last = asked(query);
+    }
+}
+
+#[test]
 fn a_catalogue_service_refuses_what_would_break_it_and_changes_nothing() {
     let p = Platform::new();
     up(&p, &manifest(1));
@@ -291,6 +352,10 @@ fn a_catalogue_service_refuses_what_would_break_it_and_changes_nothing() {
         (
             good.replace("storage = \"256M\"", "storage = \"256M\"\nversion = \"9.6\""),
             "paracloud.toml:7:11: services.db.version: the catalogue's postgres runs version 15, not \"9.6\"",
+        ),
+        (
+            good.replace("replicas = 1", "replicas = 1\nrestore = \"missing.dump\""),
+            "paracloud.toml:6:11: services.db.restore: no dump to restore at",
         ),
         (
             good.replace(&format!("POSTGRES_PASSWORD = \"{PASSWORD}\", "), ""),

@@ -65,6 +65,10 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
             "env",
             "POSTGRES_PASSWORD (required: the superuser's password, which the replicas use too), POSTGRES_USER (\"postgres\"), POSTGRES_DB (the user's name), and any other variable",
         ),
+        (
+            "restore",
+            "a dump the pg-dump capsule made (a path on the daemon's machine, relative to the manifest's directory), restored into POSTGRES_DB when the primary makes its cluster, on a new volume",
+        ),
         ("resources", "each instance's cpu, memory, pids and disk, as a service's"),
         ("labels", "as a service's"),
         ("capsules", "which capsules may attach to its instances, as a service's"),
@@ -105,6 +109,9 @@ const POSTGRES_SCRIPT: &str = include_str!("catalog/postgres.sh");
 /// Where the entry script is in the image.
 const ENTRY: &str = "/usr/local/lib/paracloud/catalog";
 
+/// Where the primary finds the dump its `restore` names.
+const RESTORE: &str = "/restore.dump";
+
 /// The user the servers run as in their image.
 const PASSWD: &str = "root:x:0:0:root:/root:/sbin/nologin\npostgres:x:999:999:PostgreSQL:/var/lib/postgresql:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n";
 const GROUP: &str = "root:x:0:\npostgres:x:999:\nnogroup:x:65534:\n";
@@ -113,8 +120,8 @@ const GROUP: &str = "root:x:0:\npostgres:x:999:\nnogroup:x:65534:\n";
 /// daemon builds it as a micro-image tagged `tag` when its store lacks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogImage {
-    /// `paracloud-catalog/KIND:VERSION-KEY`, KEY a digest of the script and the version, so
-    /// that a changed script makes a new image.
+    /// `paracloud-catalog/KIND:VERSION-KEY`, KEY a digest of everything below, so that a
+    /// changed script or list of programs makes a new image.
     pub tag: String,
     /// Host programs, each with its libraries; the first is the image's entrypoint.
     pub programs: Vec<String>,
@@ -159,6 +166,8 @@ impl CatalogEntry {
                         "/bin/chown",
                         "/bin/chmod",
                         "/bin/rm",
+                        "/bin/rmdir",
+                        "/bin/mv",
                         "/bin/cat",
                         "/bin/sleep",
                         "/bin/mktemp",
@@ -168,7 +177,7 @@ impl CatalogEntry {
                     .map(String::from),
                 );
                 CatalogImage {
-                    tag: format!("paracloud-catalog/postgres:{version}-{}", key(&script)),
+                    tag: format!("paracloud-catalog/postgres:{version}"),
                     programs,
                     trees: vec![
                         format!("/usr/lib/postgresql/{version}/lib"),
@@ -187,18 +196,40 @@ impl CatalogEntry {
                     ],
                     package: format!("postgresql-{version}"),
                 }
+                .keyed()
             }
         }
     }
 }
 
-/// A short digest of what an image is made of.
-fn key(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+impl CatalogImage {
+    /// The image with a digest of everything it is made of appended to its tag, so that a
+    /// changed script or list of programs makes a new image.
+    fn keyed(mut self) -> Self {
+        let mut hasher = Sha256::new();
+        for part in self
+            .programs
+            .iter()
+            .chain(&self.trees)
+            .chain(&self.leave_out)
+            .chain(
+                self.files
+                    .iter()
+                    .flat_map(|(path, content, _)| [path, content]),
+            )
+        {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        let key: String = hasher
+            .finalize()
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.tag = format!("{}-{key}", self.tag);
+        self
+    }
 }
 
 /// The keys of a catalogue service table that go on to its services as they are written.
@@ -318,6 +349,26 @@ impl Checker<'_> {
             None => crate::units::parse_memory(DEFAULT_STORAGE).expect("a size"),
             Some(v) => self.size(v, &field("storage"), &CATALOG_STORAGE)?,
         };
+        let restore = match table.get("restore") {
+            None => None,
+            Some(v) => {
+                let written = self.string(v, &field("restore"))?;
+                let path = crate::units::resolve(self.base_dir(), written);
+                if !self.fs.exists(&path) || self.fs.is_dir(&path) {
+                    self.error(
+                        v.span(),
+                        &field("restore"),
+                        format!("no dump to restore at {}", path.display()),
+                        Some(format!(
+                            "take one with `paracloud capsule run pg-dump -l service=SERVICE --out DIR -- DATABASE` and name the file it wrote, DIR/INSTANCE/DATABASE.dump; relative paths are resolved against {}",
+                            self.base_dir().display()
+                        )),
+                    );
+                    return None;
+                }
+                Some(path)
+            }
+        };
         let password = table.get("env").and_then(|env| match env.get_ref() {
             DeValue::Table(env) => env.get("POSTGRES_PASSWORD"),
             _ => None,
@@ -347,11 +398,18 @@ impl Checker<'_> {
         // A quarter of the storage for the write-ahead log, half of that kept for replicas.
         let wal_mb = (storage >> 20) / 4;
         let keep_mb = wal_mb / 2;
+        // The dump to restore, mounted where the entry script looks for it.
+        let restore_mount = restore
+            .map(|path| {
+                let source = toml::Value::String(path.display().to_string());
+                format!(", {{ source = {source}, target = \"{RESTORE}\", read_only = true }}")
+            })
+            .unwrap_or_default();
         let primary_text = format!(
             r#"image = "{tag}"
 entrypoint = ["{ENTRY}", "primary", "{wal_mb}", "{keep_mb}"]
 ports = [5432]
-volumes = ["{volume}:/var/lib/postgresql"]
+volumes = ["{volume}:/var/lib/postgresql"{restore_mount}]
 health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "5m" }}
 cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
 stop_signal = "INT"
@@ -390,6 +448,12 @@ depends_on = {{ {name} = "healthy" }}
                 continue;
             };
             let mut draft = self.service_fields(&service, &path, generated_table, &generated)?;
+            // Its own dumps may always be taken (they read nothing of its files).
+            draft
+                .service
+                .capsules
+                .entry("pg-dump".into())
+                .or_insert(paracloud_capsule::Access::Read);
             draft.service.catalog = Some(Catalogued {
                 kind: entry.kind,
                 version: version.clone(),

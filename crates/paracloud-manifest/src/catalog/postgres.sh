@@ -51,26 +51,48 @@ primary() {
         flock 9
     fi
     if [ ! -s "$data/PG_VERSION" ]; then
-        echo "catalog: creating the database cluster" >&2
-        password=$(mktemp)
-        printf '%s\n' "$POSTGRES_PASSWORD" >"$password"
-        chown postgres "$password"
-        as_postgres "$bin/initdb" -D "$data" -U "$user" --pwfile="$password" \
-            --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >&2
-        rm -f "$password"
-        cat >"$data/pg_hba.conf" <<EOF
+        new_cluster
+    fi
+    server "$wal_mb" "$keep_mb"
+}
+
+# A new cluster, made beside the data directory and moved there only once whole (with the dump
+# of `restore` in it), so that a start cut short makes it again rather than keep half of it.
+new_cluster() {
+    made=$base/data.new
+    rm -rf "$made"
+    mkdir -p "$made"
+    chown postgres:postgres "$made"
+    chmod 700 "$made"
+    echo "catalog: creating the database cluster" >&2
+    password=$(mktemp)
+    printf '%s\n' "$POSTGRES_PASSWORD" >"$password"
+    chown postgres "$password"
+    as_postgres "$bin/initdb" -D "$made" -U "$user" --pwfile="$password" \
+        --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >&2
+    rm -f "$password"
+    cat >"$made/pg_hba.conf" <<EOF
 # Written by the catalogue: the instance's own processes over its socket; the application's
 # instances and the replicas with the password.
 local all all trust
 host all all all scram-sha-256
 host replication all all scram-sha-256
 EOF
-        if [ "$database" != postgres ]; then
-            echo "CREATE DATABASE \"$database\";" |
-                as_postgres "$bin/postgres" --single -D "$data" -j postgres >/dev/null
-        fi
+    if [ "$database" != postgres ]; then
+        echo "CREATE DATABASE \"$database\";" |
+            as_postgres "$bin/postgres" --single -D "$made" -j postgres >/dev/null
     fi
-    server "$wal_mb" "$keep_mb"
+    if [ -f /restore.dump ]; then
+        echo "catalog: restoring /restore.dump into $database" >&2
+        as_postgres "$bin/pg_ctl" -D "$made" -w -l /tmp/restore.log \
+            -o "-c listen_addresses= -c unix_socket_directories=$socket" start >&2
+        as_postgres "$bin/pg_restore" -h "$socket" -U "$user" -d "$database" \
+            --no-owner --exit-on-error /restore.dump
+        as_postgres "$bin/pg_ctl" -D "$made" -w -m fast stop >&2
+    fi
+    # The data directory holds nothing (no PG_VERSION): rmdir says so if it does.
+    rmdir "$data"
+    mv "$made" "$data"
 }
 
 replica() {

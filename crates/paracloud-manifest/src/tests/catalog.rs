@@ -94,7 +94,7 @@ fn a_key_the_catalogue_service_does_not_take_is_refused_where_it_is() {
         &format!("{DB}{PASSWORD}command = \"postgres -D /x\"\nreplicaz = 1\n"),
         r#"
 paracloud.toml:5:1: services.db.command: `catalog = "postgres"` does not take `command`
-  hint: the catalogue runs `postgres` itself; its keys are catalog, version, replicas, storage, env, resources, labels, capsules
+  hint: the catalogue runs `postgres` itself; its keys are catalog, version, replicas, storage, env, restore, resources, labels, capsules
 paracloud.toml:6:1: services.db.replicaz: `catalog = "postgres"` does not take `replicaz`
   hint: did you mean `replicas`?
 "#,
@@ -187,5 +187,35 @@ fn every_catalogue_image_is_named_by_what_it_is_made_of() {
                     && *mode == 0o755));
             assert!(!image.programs.is_empty());
         }
+    }
+}
+
+#[test]
+fn a_restore_names_a_dump_file_that_exists() {
+    let manifest = valid(&format!("{DB}{PASSWORD}restore = \"app.env\"\n"));
+    let primary = &manifest.services["db"];
+    assert!(primary.volumes.iter().any(|v| matches!(
+        v,
+        VolumeMount::Bind { source, target, read_only: true }
+            if source == std::path::Path::new("/srv/shop/app.env") && target == "/restore.dump"
+    )));
+    assert!(
+        manifest.services["db-read"].volumes.is_empty(),
+        "replicas copy the primary"
+    );
+    for missing in ["nope.dump", "conf"] {
+        let error = crate::parse(
+            &format!("{DB}{PASSWORD}restore = \"{missing}\"\n"),
+            &super::origin(),
+            &super::FakeFs,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with(&format!(
+                "paracloud.toml:5:11: services.db.restore: no dump to restore at /srv/shop/{missing}"
+            )),
+            "{error}"
+        );
     }
 }
