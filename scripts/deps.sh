@@ -4,7 +4,8 @@
 #
 # - nftables: `nft`, which the daemon needs for the host's firewall of each application's bridge;
 # - busybox: the base of the test images (FROM busybox:1), python3: the PaCI example's tests;
-# - redis-server (and redis-cli): the Redis image of the Compose application's end-to-end test;
+# - redis-server (and redis-cli): the Redis image of the Compose application's end-to-end test,
+#   and what the catalogue's Redis image is made of;
 # - postgresql (the server of PostgreSQL 15, psql, pgbench): what the catalogue's PostgreSQL
 #   image is made of, and the client its tests and benchmark reach it with;
 # - docker-compose: `docker-compose config`, which the Compose reader's corpus is compared with

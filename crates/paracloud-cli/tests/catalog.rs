@@ -359,7 +359,7 @@ fn a_catalogue_service_refuses_what_would_break_it_and_changes_nothing() {
         ),
         (
             good.replace(&format!("POSTGRES_PASSWORD = \"{PASSWORD}\", "), ""),
-            "services.db.env.POSTGRES_PASSWORD: a PostgreSQL service needs `env.POSTGRES_PASSWORD`",
+            "services.db.env.POSTGRES_PASSWORD: a catalogue postgres service needs `env.POSTGRES_PASSWORD`",
         ),
     ];
     for (text, error) in bad {
@@ -386,4 +386,97 @@ fn a_catalogue_service_refuses_what_would_break_it_and_changes_nothing() {
     }
     assert_eq!(pids(&p.ps("pg")), before, "nothing was replaced");
     assert_eq!(sql_ok(&write, "SELECT count(*) FROM kept"), "2");
+}
+
+/// Commands sent to the Redis server at `address` on one connection (redis-cli reads them from
+/// its standard input), with the answers as redis-cli prints them raw, one value per line.
+fn redis(address: &str, commands: &str) -> String {
+    let mut child = Command::new("redis-cli")
+        .args(["-h", address, "-p", "6379"])
+        .env("REDISCLI_AUTH", PASSWORD)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli runs (scripts/deps.sh installs redis-server)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(commands.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn redis_writes_through_the_write_address_are_read_from_a_replica_and_outlive_a_killed_primary() {
+    let p = Platform::new();
+    up(
+        &p,
+        &format!(
+            "app = \"pg\"\n\n[services.cache]\ncatalog = \"redis\"\nreplicas = 1\npersistence = \"aof\"\nenv = {{ REDIS_PASSWORD = \"{PASSWORD}\" }}\n"
+        ),
+    );
+    let write = service_address(&p, "cache");
+    let read = service_address(&p, "cache-read");
+    assert_eq!(redis(&write, "SET greeting hello\n"), "OK");
+    assert_eq!(
+        redis(&write, &"INCR hits\n".repeat(100)).lines().last(),
+        Some("100")
+    );
+    // Through the read address until a connection lands on the replica (ROLE says `slave`).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = redis(&read, "ROLE\nGET greeting\nGET hits\n");
+        let lines: Vec<&str> = answer.lines().collect();
+        if lines.first() == Some(&"slave") && lines.ends_with(&["hello", "100"]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the read address answered {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Without the password, nothing.
+    let out = Command::new("redis-cli")
+        .args(["-h", &write, "-p", "6379", "GET", "greeting"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NOAUTH"),
+        "{out:?}"
+    );
+
+    // The primary killed after its append-only file was flushed (each second): restarted on its
+    // volume, it has every write, and its replica follows it again.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = p
+        .ps("pg")
+        .iter()
+        .find(|i| field(i, "service") == "cache")
+        .and_then(|i| i["pid"].as_i64())
+        .unwrap();
+    kill9(pid as i32);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis(&write, "GET hits\n") != "100" {
+        assert!(
+            Instant::now() < deadline,
+            "the primary did not come back with its data:\n{}",
+            p.ok(&["logs", "-a", "pg", "cache"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(redis(&write, "SET after restart\n"), "OK");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = redis(&read, "ROLE\nGET after\n");
+        let lines: Vec<&str> = answer.lines().collect();
+        if lines.first() == Some(&"slave") && lines.last() == Some(&"restart") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica answered {answer:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -10,8 +10,9 @@
 //!   it starts, its data in its own writable layer), the read address `db-read:5432`, which
 //!   balances connections over the replicas and the primary.
 //!
-//! Their image is a micro-image of the machine's own PostgreSQL (the Debian package), built by
-//! the daemon at `up` from [`CatalogEntry::image`].
+//! A Redis service is made the same way, on port 6379. Their image is a micro-image of the
+//! machine's own server (the Debian package), built by the daemon at `up` from
+//! [`CatalogEntry::image`].
 
 use sha2::{Digest as _, Sha256};
 use toml::de::{DeTable, DeValue};
@@ -36,6 +37,10 @@ pub struct CatalogEntry {
     pub addresses: &'static [(&'static str, &'static str)],
     /// The Debian package that holds the server, which the machine needs.
     pub package: &'static str,
+    /// The variable of `env` that holds the password every connection gives (required).
+    pub password_env: &'static str,
+    /// The port its addresses serve.
+    pub port: u16,
 }
 
 /// The most read replicas a catalogue service takes.
@@ -78,7 +83,47 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
         ("NAME-read:5432", "reads: the replicas and the primary"),
     ],
     package: "postgresql-15",
+    password_env: "POSTGRES_PASSWORD",
+    port: 5432,
+}, CatalogEntry {
+    name: "redis",
+    kind: CatalogKind::Redis,
+    summary: "Redis: a primary and replicas, with a write and a read address, and the persistence to choose",
+    versions: &["7"],
+    keys: &[
+        ("catalog", "\"redis\""),
+        ("version", "the server's major version: \"7\" (the default)"),
+        (
+            "replicas",
+            "read replicas beside the primary: 0 (the default) to 8; `paracloud scale NAME-read=N` changes it",
+        ),
+        (
+            "storage",
+            "the size of the primary's data volume, NAME-data: \"1G\" (the default), at least \"256M\"",
+        ),
+        (
+            "persistence",
+            "what the primary keeps on its volume: \"rdb\" (the default: snapshots, after 1 change in an hour, 100 in 5 minutes or 10000 in a minute), \"aof\" (every write appended, flushed each second) or \"none\"",
+        ),
+        (
+            "env",
+            "REDIS_PASSWORD (required: what every client and the replicas authenticate with), and any other variable",
+        ),
+        ("resources", "each instance's cpu, memory, pids and disk, as a service's"),
+        ("labels", "as a service's"),
+        ("capsules", "which capsules may attach to its instances, as a service's"),
+    ],
+    addresses: &[
+        ("NAME:6379", "writes and reads: the primary"),
+        ("NAME-read:6379", "reads: the replicas and the primary"),
+    ],
+    package: "redis-server",
+    password_env: "REDIS_PASSWORD",
+    port: 6379,
 }];
+
+/// What a Redis primary keeps on its volume.
+const PERSISTENCE: &[&str] = &["rdb", "aof", "none"];
 
 /// The catalogue service called `name`.
 pub fn entry(name: &str) -> Option<&'static CatalogEntry> {
@@ -106,15 +151,46 @@ pub fn data_volume_name(name: &str) -> String {
 /// The entry script of PostgreSQL's instances (`primary`, `replica PRIMARY`, `ready`).
 const POSTGRES_SCRIPT: &str = include_str!("catalog/postgres.sh");
 
+/// The entry script of Redis's instances (`primary`, `replica PRIMARY`, `ready`).
+const REDIS_SCRIPT: &str = include_str!("catalog/redis.sh");
+
+/// The shell and the few tools the entry scripts run.
+const SCRIPT_TOOLS: &[&str] = &[
+    "/bin/sh",
+    "/bin/mkdir",
+    "/bin/chown",
+    "/bin/chmod",
+    "/bin/rm",
+    "/bin/rmdir",
+    "/bin/mv",
+    "/bin/cat",
+    "/bin/sleep",
+    "/bin/mktemp",
+    "/usr/bin/setpriv",
+    "/usr/bin/flock",
+];
+
 /// Where the entry script is in the image.
 const ENTRY: &str = "/usr/local/lib/paracloud/catalog";
 
 /// Where the primary finds the dump its `restore` names.
 const RESTORE: &str = "/restore.dump";
 
-/// The user the servers run as in their image.
-const PASSWD: &str = "root:x:0:0:root:/root:/sbin/nologin\npostgres:x:999:999:PostgreSQL:/var/lib/postgresql:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n";
-const GROUP: &str = "root:x:0:\npostgres:x:999:\nnogroup:x:65534:\n";
+/// The image's users and groups: root, the user `user` the server runs as (uid 999), nobody.
+fn passwd_and_group(user: &str, home: &str) -> [(String, String, u32); 2] {
+    [
+        (
+            "/etc/passwd".into(),
+            format!("root:x:0:0:root:/root:/sbin/nologin\n{user}:x:999:999:{user}:{home}:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n"),
+            0o644,
+        ),
+        (
+            "/etc/group".into(),
+            format!("root:x:0:\n{user}:x:999:\nnogroup:x:65534:\n"),
+            0o644,
+        ),
+    ]
+}
 
 /// What the image of a catalogue service is made of, from the machine's own programs: the
 /// daemon builds it as a micro-image tagged `tag` when its store lacks it.
@@ -158,24 +234,7 @@ impl CatalogEntry {
                 .iter()
                 .map(|p| format!("{bin}/{p}"))
                 .collect();
-                // The shell and the few tools the entry script runs.
-                programs.extend(
-                    [
-                        "/bin/sh",
-                        "/bin/mkdir",
-                        "/bin/chown",
-                        "/bin/chmod",
-                        "/bin/rm",
-                        "/bin/rmdir",
-                        "/bin/mv",
-                        "/bin/cat",
-                        "/bin/sleep",
-                        "/bin/mktemp",
-                        "/usr/bin/setpriv",
-                        "/usr/bin/flock",
-                    ]
-                    .map(String::from),
-                );
+                programs.extend(SCRIPT_TOOLS.iter().map(|p| (*p).to_owned()));
                 CatalogImage {
                     tag: format!("paracloud-catalog/postgres:{version}"),
                     programs,
@@ -189,15 +248,30 @@ impl CatalogEntry {
                     leave_out: ["llvmjit.so", "llvmjit_types.bc", "bitcode", "pgxs"]
                         .map(String::from)
                         .to_vec(),
-                    files: vec![
-                        (ENTRY.into(), script, 0o755),
-                        ("/etc/passwd".into(), PASSWD.into(), 0o644),
-                        ("/etc/group".into(), GROUP.into(), 0o644),
-                    ],
+                    files: [(ENTRY.into(), script, 0o755)]
+                        .into_iter()
+                        .chain(passwd_and_group("postgres", "/var/lib/postgresql"))
+                        .collect(),
                     package: format!("postgresql-{version}"),
                 }
                 .keyed()
             }
+            CatalogKind::Redis => CatalogImage {
+                tag: format!("paracloud-catalog/redis:{version}"),
+                programs: ["/usr/bin/redis-server", "/usr/bin/redis-cli"]
+                    .iter()
+                    .chain(SCRIPT_TOOLS)
+                    .map(|p| (*p).to_owned())
+                    .collect(),
+                trees: Vec::new(),
+                leave_out: Vec::new(),
+                files: [(ENTRY.into(), REDIS_SCRIPT.to_owned(), 0o755)]
+                    .into_iter()
+                    .chain(passwd_and_group("redis", "/data"))
+                    .collect(),
+                package: "redis-server".into(),
+            }
+            .keyed(),
         }
     }
 }
@@ -283,7 +357,16 @@ impl Checker<'_> {
             if allowed.contains(&key_name) {
                 continue;
             }
-            let hint = if crate::service::SERVICE_KEYS.contains(&key_name) {
+            let elsewhere = CATALOG
+                .iter()
+                .find(|other| other.keys.iter().any(|(k, _)| *k == key_name));
+            let hint = if let Some(other) = elsewhere {
+                format!(
+                    "`{key_name}` is a key of `catalog = \"{}\"`; this one's keys are {}",
+                    other.name,
+                    allowed.join(", ")
+                )
+            } else if crate::service::SERVICE_KEYS.contains(&key_name) {
                 format!(
                     "the catalogue runs `{}` itself; its keys are {}",
                     entry.name,
@@ -349,6 +432,22 @@ impl Checker<'_> {
             None => crate::units::parse_memory(DEFAULT_STORAGE).expect("a size"),
             Some(v) => self.size(v, &field("storage"), &CATALOG_STORAGE)?,
         };
+        let persistence = match table.get("persistence") {
+            None => "rdb",
+            Some(v) => {
+                let written = self.string(v, &field("persistence"))?;
+                let Some(known) = PERSISTENCE.iter().find(|p| **p == written) else {
+                    self.error(
+                        v.span(),
+                        &field("persistence"),
+                        format!("unknown persistence {written:?}"),
+                        Some(format!("write one of {}", PERSISTENCE.join(", "))),
+                    );
+                    return None;
+                };
+                known
+            }
+        };
         let restore = match table.get("restore") {
             None => None,
             Some(v) => {
@@ -369,21 +468,22 @@ impl Checker<'_> {
                 Some(path)
             }
         };
+        let variable = entry.password_env;
         let password = table.get("env").and_then(|env| match env.get_ref() {
-            DeValue::Table(env) => env.get("POSTGRES_PASSWORD"),
+            DeValue::Table(env) => env.get(variable),
             _ => None,
         });
         match password.map(|v| v.get_ref()) {
             None => self.error(
                 table.get("env").map_or(value.span(), |v| v.span()),
-                &child(&field("env"), "POSTGRES_PASSWORD"),
-                "a PostgreSQL service needs `env.POSTGRES_PASSWORD`",
-                Some("add `env = { POSTGRES_PASSWORD = \"...\" }`: the superuser's password, which its replicas connect with too".into()),
+                &child(&field("env"), variable),
+                format!("a catalogue {} service needs `env.{variable}`", entry.name),
+                Some(format!("add `env = {{ {variable} = \"...\" }}`: the password every connection gives, its replicas' included")),
             ),
             Some(DeValue::String(p)) if p.is_empty() => self.error(
                 password.map_or(value.span(), |v| v.span()),
-                &child(&field("env"), "POSTGRES_PASSWORD"),
-                "the superuser's password is empty",
+                &child(&field("env"), variable),
+                "the password is empty",
                 Some("give it a password: connections from the other instances need one".into()),
             ),
             _ => {}
@@ -395,42 +495,10 @@ impl Checker<'_> {
         let image = entry.image(&version);
         let volume = data_volume_name(name);
         let read = read_service_name(name);
-        // A quarter of the storage for the write-ahead log, half of that kept for replicas.
-        let wal_mb = (storage >> 20) / 4;
-        let keep_mb = wal_mb / 2;
-        // The dump to restore, mounted where the entry script looks for it.
-        let restore_mount = restore
-            .map(|path| {
-                let source = toml::Value::String(path.display().to_string());
-                format!(", {{ source = {source}, target = \"{RESTORE}\", read_only = true }}")
-            })
-            .unwrap_or_default();
-        let primary_text = format!(
-            r#"image = "{tag}"
-entrypoint = ["{ENTRY}", "primary", "{wal_mb}", "{keep_mb}"]
-ports = [5432]
-volumes = ["{volume}:/var/lib/postgresql"{restore_mount}]
-health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "5m" }}
-cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
-stop_signal = "INT"
-stop_grace_period = "60s"
-replicas = 1
-"#,
-            tag = image.tag,
-        );
-        let replica_text = format!(
-            r#"image = "{tag}"
-entrypoint = ["{ENTRY}", "replica", "{name}", "{wal_mb}", "{keep_mb}"]
-ports = [5432]
-health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "30m" }}
-cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
-stop_signal = "INT"
-stop_grace_period = "60s"
-replicas = {replicas}
-depends_on = {{ {name} = "healthy" }}
-"#,
-            tag = image.tag,
-        );
+        let (primary_text, replica_text) = match entry.kind {
+            CatalogKind::Postgres => postgres_texts(name, &image.tag, storage, replicas, restore),
+            CatalogKind::Redis => redis_texts(name, &image.tag, replicas, persistence),
+        };
         let mut drafts = Vec::new();
         for (service, text, role) in [
             (name.to_owned(), primary_text, CatalogRole::Primary),
@@ -448,12 +516,14 @@ depends_on = {{ {name} = "healthy" }}
                 continue;
             };
             let mut draft = self.service_fields(&service, &path, generated_table, &generated)?;
-            // Its own dumps may always be taken (they read nothing of its files).
-            draft
-                .service
-                .capsules
-                .entry("pg-dump".into())
-                .or_insert(paracloud_capsule::Access::Read);
+            if entry.kind == CatalogKind::Postgres {
+                // Its own dumps may always be taken (they read nothing of its files).
+                draft
+                    .service
+                    .capsules
+                    .entry("pg-dump".into())
+                    .or_insert(paracloud_capsule::Access::Read);
+            }
             draft.service.catalog = Some(Catalogued {
                 kind: entry.kind,
                 version: version.clone(),
@@ -467,6 +537,80 @@ depends_on = {{ {name} = "healthy" }}
             span: catalog.span(),
         })
     }
+}
+
+/// The generated tables of a PostgreSQL service's primary and replicas.
+fn postgres_texts(
+    name: &str,
+    tag: &str,
+    storage: u64,
+    replicas: u64,
+    restore: Option<std::path::PathBuf>,
+) -> (String, String) {
+    let volume = data_volume_name(name);
+    // A quarter of the storage for the write-ahead log, half of that kept for replicas.
+    let wal_mb = (storage >> 20) / 4;
+    let keep_mb = wal_mb / 2;
+    // The dump to restore, mounted where the entry script looks for it.
+    let restore_mount = restore
+        .map(|path| {
+            let source = toml::Value::String(path.display().to_string());
+            format!(", {{ source = {source}, target = \"{RESTORE}\", read_only = true }}")
+        })
+        .unwrap_or_default();
+    let primary = format!(
+        r#"image = "{tag}"
+entrypoint = ["{ENTRY}", "primary", "{wal_mb}", "{keep_mb}"]
+ports = [5432]
+volumes = ["{volume}:/var/lib/postgresql"{restore_mount}]
+health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "5m" }}
+cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
+stop_signal = "INT"
+stop_grace_period = "60s"
+replicas = 1
+"#
+    );
+    let replica = format!(
+        r#"image = "{tag}"
+entrypoint = ["{ENTRY}", "replica", "{name}", "{wal_mb}", "{keep_mb}"]
+ports = [5432]
+health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "30m" }}
+cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
+stop_signal = "INT"
+stop_grace_period = "60s"
+replicas = {replicas}
+depends_on = {{ {name} = "healthy" }}
+"#
+    );
+    (primary, replica)
+}
+
+/// The generated tables of a Redis service's primary and replicas.
+fn redis_texts(name: &str, tag: &str, replicas: u64, persistence: &str) -> (String, String) {
+    let volume = data_volume_name(name);
+    let primary = format!(
+        r#"image = "{tag}"
+entrypoint = ["{ENTRY}", "primary", "{persistence}"]
+ports = [6379]
+volumes = ["{volume}:/data"]
+health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "5m" }}
+cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
+stop_grace_period = "60s"
+replicas = 1
+"#
+    );
+    let replica = format!(
+        r#"image = "{tag}"
+entrypoint = ["{ENTRY}", "replica", "{name}"]
+ports = [6379]
+health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "30m" }}
+cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
+stop_grace_period = "60s"
+replicas = {replicas}
+depends_on = {{ {name} = "healthy" }}
+"#
+    );
+    (primary, replica)
 }
 
 /// A service table made of `text` (the catalogue's own keys, every span moved to `at`, where

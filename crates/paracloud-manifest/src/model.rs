@@ -312,6 +312,7 @@ pub struct Catalogued {
 #[serde(rename_all = "lowercase")]
 pub enum CatalogKind {
     Postgres,
+    Redis,
 }
 
 /// What one service made of a catalogue service does there.

@@ -83,7 +83,7 @@ paracloud.toml:3:11: services.db.catalog: no service "postgre" in the catalogue
         "app = \"a\"\n[services.db]\ncatalog = \"oracle\"\n",
         r#"
 paracloud.toml:3:11: services.db.catalog: no service "oracle" in the catalogue
-  hint: the catalogue has postgres; `paracloud catalog ls` says what each offers
+  hint: the catalogue has postgres, redis; `paracloud catalog ls` says what each offers
 "#,
     );
 }
@@ -127,14 +127,14 @@ paracloud.toml:5:11: services.db.storage: 104857600 bytes is below the minimum o
     check(
         DB,
         r#"
-paracloud.toml:2:1: services.db.env.POSTGRES_PASSWORD: a PostgreSQL service needs `env.POSTGRES_PASSWORD`
-  hint: add `env = { POSTGRES_PASSWORD = "..." }`: the superuser's password, which its replicas connect with too
+paracloud.toml:2:1: services.db.env.POSTGRES_PASSWORD: a catalogue postgres service needs `env.POSTGRES_PASSWORD`
+  hint: add `env = { POSTGRES_PASSWORD = "..." }`: the password every connection gives, its replicas' included
 "#,
     );
     check(
         &format!("{DB}env = {{ POSTGRES_PASSWORD = \"\" }}\n"),
         r#"
-paracloud.toml:4:29: services.db.env.POSTGRES_PASSWORD: the superuser's password is empty
+paracloud.toml:4:29: services.db.env.POSTGRES_PASSWORD: the password is empty
   hint: give it a password: connections from the other instances need one
 "#,
     );
@@ -175,19 +175,30 @@ paracloud.toml:3:11: services.db.catalog: the catalogue service `db` keeps its d
 
 #[test]
 fn every_catalogue_image_is_named_by_what_it_is_made_of() {
+    let mut tags = Vec::new();
     for entry in CATALOG {
         for version in entry.versions {
             let image = entry.image(version);
             assert!(image.tag.parse::<paracloud_image_spec::Reference>().is_ok());
-            assert!(image
-                .files
-                .iter()
-                .any(|(path, script, mode)| path.ends_with("catalog")
-                    && script.contains(&format!("/usr/lib/postgresql/{version}/bin"))
-                    && *mode == 0o755));
-            assert!(!image.programs.is_empty());
+            assert!(
+                image
+                    .tag
+                    .starts_with(&format!("paracloud-catalog/{}:{version}-", entry.name)),
+                "{}",
+                image.tag
+            );
+            assert!(image.files.iter().any(|(path, script, mode)| path
+                == "/usr/local/lib/paracloud/catalog"
+                && script.starts_with("#!/bin/sh")
+                && *mode == 0o755));
+            assert!(image.programs.iter().any(|p| p == "/usr/bin/setpriv"));
+            assert_eq!(image, entry.image(version), "the same recipe every time");
+            tags.push(image.tag);
         }
     }
+    let before = tags.len();
+    tags.dedup();
+    assert_eq!(tags.len(), before, "{tags:?}");
 }
 
 #[test]
@@ -218,4 +229,59 @@ fn a_restore_names_a_dump_file_that_exists() {
             "{error}"
         );
     }
+}
+
+#[test]
+fn a_redis_service_is_a_primary_with_the_persistence_asked_and_replicas() {
+    let manifest = valid(
+        "app = \"a\"\n[services.cache]\ncatalog = \"redis\"\nreplicas = 1\npersistence = \"aof\"\nenv = { REDIS_PASSWORD = \"pw\" }\n",
+    );
+    let primary = &manifest.services["cache"];
+    let replicas = &manifest.services["cache-read"];
+    assert!(primary.is_catalog_primary());
+    assert_eq!(replicas.reads_also_from(), Some("cache"));
+    assert_eq!(primary.entrypoint[1..], ["primary", "aof"]);
+    assert_eq!(replicas.entrypoint[1..], ["replica", "cache"]);
+    assert_eq!(primary.ports[0].port, 6379);
+    assert_eq!(manifest.volumes["cache-data"].size, Some(1 << 30));
+    assert!(matches!(
+        &primary.volumes[..],
+        [VolumeMount::Named { name, target, .. }] if name == "cache-data" && target == "/data"
+    ));
+    assert!(
+        !primary.capsules.contains_key("pg-dump"),
+        "pg-dump is PostgreSQL's"
+    );
+    let Image::Stored { reference, .. } = &primary.image else {
+        panic!("a store image: {:?}", primary.image);
+    };
+    assert!(
+        reference.starts_with("paracloud-catalog/redis:7-"),
+        "{reference}"
+    );
+    let rdb = valid(
+        "app = \"a\"\n[services.cache]\ncatalog = \"redis\"\nenv = { REDIS_PASSWORD = \"pw\" }\n",
+    );
+    assert_eq!(rdb.services["cache"].entrypoint[1..], ["primary", "rdb"]);
+}
+
+#[test]
+fn a_redis_service_checks_its_own_keys() {
+    let head = "app = \"a\"\n[services.cache]\ncatalog = \"redis\"\n";
+    check(
+        &format!("{head}env = {{ REDIS_PASSWORD = \"pw\" }}\npersistence = \"always\"\nrestore = \"app.env\"\n"),
+        r#"
+paracloud.toml:5:15: services.cache.persistence: unknown persistence "always"
+  hint: write one of rdb, aof, none
+paracloud.toml:6:1: services.cache.restore: `catalog = "redis"` does not take `restore`
+  hint: `restore` is a key of `catalog = "postgres"`; this one's keys are catalog, version, replicas, storage, persistence, env, resources, labels, capsules
+"#,
+    );
+    check(
+        head,
+        r#"
+paracloud.toml:2:1: services.cache.env.REDIS_PASSWORD: a catalogue redis service needs `env.REDIS_PASSWORD`
+  hint: add `env = { REDIS_PASSWORD = "..." }`: the password every connection gives, its replicas' included
+"#,
+    );
 }
