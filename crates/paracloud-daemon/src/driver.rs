@@ -53,10 +53,13 @@ pub trait Driver: Send + Sync + 'static {
     /// Whether the process `pid` (of the daemon's pid namespace) is one of the instance's.
     fn holds(&self, id: &str, pid: i32) -> bool;
     /// Runs a command inside an instance (a health check): its exit code and the end of its output.
+    /// Runs `argv` in a running instance, with `env` (what the instance was configured with)
+    /// over the environment its first process shows.
     fn exec<'a>(
         &'a self,
         process: &'a Process,
         argv: &'a [String],
+        env: &'a [(String, String)],
         timeout: Duration,
     ) -> impl Future<Output = Result<ExecOutput>> + Send + 'a;
     /// Attaches a capsule to a running instance; `terminal` becomes its stdin, stdout and stderr
@@ -130,9 +133,10 @@ impl Driver for Runtime {
         &'a self,
         process: &'a Process,
         argv: &'a [String],
+        env: &'a [(String, String)],
         timeout: Duration,
     ) -> impl Future<Output = Result<ExecOutput>> + Send + 'a {
-        Runtime::exec_output(self, process, argv, timeout)
+        Runtime::exec_output(self, process, argv, env, timeout)
     }
     fn attach(
         &self,

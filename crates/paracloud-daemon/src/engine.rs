@@ -864,11 +864,7 @@ impl<D: Driver> Engine<D> {
                 },
             })
             .collect();
-        let mut env = service.env.clone();
-        env.insert("PARACLOUD_APP".into(), app.name.clone());
-        env.insert("PARACLOUD_SERVICE".into(), key.service.clone());
-        env.insert("PARACLOUD_INSTANCE".into(), key.name());
-        env.insert("PARACLOUD_INDEX".into(), key.index.to_string());
+        let env = configured_env(service, key);
         InstanceConfig {
             id: key.id(),
             hostname: service.hostname.clone().unwrap_or_else(|| key.name()),
@@ -1025,11 +1021,13 @@ impl<D: Driver> Engine<D> {
         let Some(check) = service.health.clone() else {
             return;
         };
+        let env = configured_env(service, key).into_iter().collect();
         let engine = self.clone();
         let task_key = key.clone();
         let handle = tokio::spawn(async move {
             health::run(
                 check,
+                env,
                 address.addr(),
                 process,
                 started,
@@ -1295,6 +1293,21 @@ fn with_paci(config: &mut InstanceConfig, paci_dir: PathBuf) {
         paracloud_paci::ENV.into(),
         paracloud_paci::SOCKET_PATH.into(),
     );
+}
+
+/// The environment an instance of `service` is configured with (its own and the image's, then
+/// the platform's names of it); exec health checks get it too, since a program may write its
+/// title over the environment its process shows.
+fn configured_env(
+    service: &Service,
+    key: &InstanceKey,
+) -> std::collections::BTreeMap<String, String> {
+    let mut env = service.env.clone();
+    env.insert("PARACLOUD_APP".into(), key.app.clone());
+    env.insert("PARACLOUD_SERVICE".into(), key.service.clone());
+    env.insert("PARACLOUD_INSTANCE".into(), key.name());
+    env.insert("PARACLOUD_INDEX".into(), key.index.to_string());
+    env
 }
 
 /// Splits a snapshot into the planner's desired and observed views.

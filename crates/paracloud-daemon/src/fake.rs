@@ -320,6 +320,7 @@ impl Driver for FakeDriver {
         &'a self,
         process: &'a Process,
         _argv: &'a [String],
+        _env: &'a [(String, String)],
         _timeout: Duration,
     ) -> impl Future<Output = Result<ExecOutput>> + Send + 'a {
         let table = lock(&self.table);

@@ -19,18 +19,20 @@ use crate::driver::Driver;
 const REASON_OUTPUT_CHARS: usize = 200;
 
 /// Runs one probe; `Err` says what failed, in words for events, `describe` and `up`.
+/// An exec probe runs with `env`, the instance's configured environment.
 pub async fn probe<D: Driver>(
     driver: &D,
     process: &Process,
     address: Ipv4Addr,
     probe: &Probe,
+    env: &[(String, String)],
     timeout: Duration,
 ) -> Result<(), String> {
     let attempt = async {
         match probe {
             Probe::Tcp { port } => tcp(address, *port).await,
             Probe::Http { port, path } => http(address, *port, path).await,
-            Probe::Exec { command } => match driver.exec(process, command, timeout).await {
+            Probe::Exec { command } => match driver.exec(process, command, env, timeout).await {
                 Ok(output) if output.code == 0 => Ok(()),
                 Ok(output) => Err(exec_failure(&output)),
                 Err(e) => Err(format!("exec check could not run: {e}")),
@@ -112,12 +114,13 @@ fn exec_failure(output: &ExecOutput) -> String {
 
 /// Probes until aborted. The first probes come quickly (so that a fresh instance becomes ready in
 /// milliseconds, not after a whole interval), then once per interval. Failures of the quick first
-/// probes and inside the start period do not count; `retries` failures in a row make the instance
+/// probes and inside the start period (until a first probe passes) do not count; `retries` failures in a row make the instance
 /// unhealthy; one success makes it healthy again. `report` hears of each change: the new health
 /// when it changes, and the failure (what failed, how many in a row) whenever it changes, `None`
 /// once a probe passes.
 pub async fn run<D: Driver>(
     check: HealthCheck,
+    env: Vec<(String, String)>,
     address: Ipv4Addr,
     process: Arc<Process>,
     started: Millis,
@@ -127,20 +130,23 @@ pub async fn run<D: Driver>(
     let mut current = Health::Unknown;
     let mut failure: Option<ProbeFailure> = None;
     let mut failures = 0u32;
+    // The start period ends early at the first success, as Docker's does.
+    let mut passed_once = false;
     let mut delay = Duration::from_millis(20);
     loop {
         tokio::time::sleep(delay).await;
-        let result = probe(driver, &process, address, &check.probe, check.timeout).await;
+        let result = probe(driver, &process, address, &check.probe, &env, check.timeout).await;
         let (next, next_failure) = match result {
             Ok(()) => {
                 failures = 0;
+                passed_once = true;
                 (Health::Healthy, None)
             }
             Err(reason) => {
                 // The quick first probes only look for the first success; failures count at
                 // the regular interval, outside the start period.
-                let in_start_period =
-                    now_ms().saturating_sub(started) < check.start_period.as_millis() as u64;
+                let in_start_period = !passed_once
+                    && now_ms().saturating_sub(started) < check.start_period.as_millis() as u64;
                 if !in_start_period && delay >= check.interval {
                     failures += 1;
                 }

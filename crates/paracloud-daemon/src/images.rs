@@ -406,6 +406,7 @@ fn image_health(defaults: &ImageDefaults) -> Option<paracloud_manifest::HealthCh
         timeout: or(check.timeout, 30_000_000_000),
         retries: if check.retries == 0 { 3 } else { check.retries },
         start_period: or(check.start_period, 0),
+        restart: true,
     })
 }
 

@@ -516,7 +516,12 @@ impl Renderer<'_> {
                     .collect(),
             ),
             readiness_probe: service.health.as_ref().map(|h| probe(h, h.retries)),
-            liveness_probe: service.health.as_ref().map(|h| probe(h, h.retries)),
+            // A check that does not restart is a readiness check alone.
+            liveness_probe: service
+                .health
+                .as_ref()
+                .filter(|h| h.restart)
+                .map(|h| probe(h, h.retries)),
             startup_probe: service
                 .health
                 .as_ref()

@@ -568,6 +568,14 @@ pub struct HealthCheck {
     pub retries: u32,
     /// Failures during this period after start do not count.
     pub start_period: Duration,
+    /// Whether an unhealthy instance is restarted (as its `restart` policy allows); `false`:
+    /// it only leaves the routes until its probe passes again (a readiness check).
+    #[serde(default = "restarts_when_unhealthy")]
+    pub restart: bool,
+}
+
+fn restarts_when_unhealthy() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -445,6 +445,9 @@ fn describe(value: &DeValue<'_>) -> String {
 
 /// An example of a correct key, for hints on wrongly typed values; keyed by the field's last name.
 fn example(field: &str) -> Option<&'static str> {
+    if field.ends_with(".health.restart") {
+        return Some("restart = false");
+    }
     let last = field.rsplit('.').next().unwrap_or(field);
     let key = last.split('[').next().unwrap_or(last);
     Some(match key {

@@ -79,6 +79,7 @@ const HEALTH_KEYS: &[&str] = &[
     "timeout",
     "retries",
     "start_period",
+    "restart",
 ];
 const PORT_KEYS: &[&str] = &["port", "protocol", "publish"];
 /// The bounds of a size key.
@@ -880,12 +881,17 @@ impl Checker<'_> {
                 .and_then(|n| u32::try_from(n).ok()),
             None => Some(3),
         };
+        let restart = match table.get("restart") {
+            Some(v) => self.boolean(v, &child(field, "restart")),
+            None => Some(true),
+        };
         Some(HealthCheck {
             probe: probe?,
             interval: interval?,
             timeout: timeout?,
             retries: retries?,
             start_period: start_period?,
+            restart: restart?,
         })
     }
 

@@ -93,6 +93,7 @@ fn full_manifest_covers_every_key() {
             timeout: Duration::from_secs(1),
             retries: 5,
             start_period: Duration::from_secs(2),
+            restart: true,
         }),
         resources: Resources {
             cpu: Some(0.5),
@@ -1627,6 +1628,22 @@ fn a_manifest_directory_written_with_dots_keeps_its_relative_bind_mounts() {
         &manifest.services["kv"].volumes[0],
         VolumeMount::Bind { source, .. } if source == Path::new("/srv/shop/conf")
     ));
+}
+
+#[test]
+fn a_health_check_that_does_not_restart_is_a_readiness_check() {
+    let head = "app = \"a\"\n[services.web]\nimage = \"host\"\ncommand = \"web\"\nports = [80]\n";
+    let manifest = valid(&format!("{head}health = {{ tcp = 80, restart = false }}\n"));
+    assert!(!manifest.services["web"].health.as_ref().unwrap().restart);
+    let manifest = valid(&format!("{head}health = {{ tcp = 80 }}\n"));
+    assert!(manifest.services["web"].health.as_ref().unwrap().restart);
+    check(
+        &format!("{head}health = {{ tcp = 80, restart = \"no\" }}\n"),
+        r#"
+paracloud.toml:6:32: services.web.health.restart: expected true or false, found string "no"
+  hint: for example `restart = false`
+"#,
+    );
 }
 
 mod catalog;

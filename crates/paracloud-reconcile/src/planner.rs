@@ -202,6 +202,7 @@ fn plan_service(
                     }
                 } else if *health == Health::Unhealthy
                     && service.restart.condition != RestartCondition::No
+                    && service.health.as_ref().is_none_or(|h| h.restart)
                 {
                     plan.actions.push(Action::Stop {
                         key,

@@ -422,6 +422,53 @@ fn regression_an_unhealthy_instance_with_restart_no_is_left_running() {
 }
 
 #[test]
+fn an_unhealthy_instance_whose_check_does_not_restart_is_left_running() {
+    let mut web = service("web", 1);
+    web.health = Some(paracloud_manifest::HealthCheck {
+        probe: paracloud_manifest::Probe::Tcp { port: 80 },
+        interval: std::time::Duration::from_secs(1),
+        timeout: std::time::Duration::from_secs(1),
+        retries: 2,
+        start_period: std::time::Duration::ZERO,
+        restart: false,
+    });
+    let observed_with = |health: Health| {
+        let mut observed = Observed {
+            networks: ["shop".to_string()].into(),
+            instances: vec![ObservedInstance {
+                key: InstanceKey::new("shop", "web", 1),
+                revision: 0,
+                state: InstanceState::Running { health },
+                restarts: 0,
+                since: 0,
+                cpu: None,
+            }],
+            ..Default::default()
+        };
+        cpu_written(&mut observed);
+        observed
+    };
+    let desired = desired(app(vec![web.clone()]));
+    assert!(plan(&desired, &observed_with(Health::Unhealthy), 0)
+        .actions
+        .is_empty());
+    // The same check that restarts: the instance is stopped to be replaced.
+    web.health.as_mut().unwrap().restart = true;
+    let desired = self::desired(app(vec![web]));
+    let actions = plan(&desired, &observed_with(Health::Unhealthy), 0).actions;
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Stop {
+                reason: StopReason::Unhealthy,
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+}
+
+#[test]
 fn regression_after_a_failed_deploy_the_new_revision_starts_at_once_as_a_fresh_instance() {
     // It waited for the old revision's backoff (seconds after many crashes) and was started as
     // a restart of it, carrying its restart count; with `restart = "no"` it never started.

@@ -660,18 +660,28 @@ impl Runtime {
         self.cgroups.set_cpu(id, cpu)
     }
     /// Runs a command inside a running instance (its namespaces, root and cgroup), for exec health
-    /// checks; returns the exit code, or an error after the timeout.
-    pub async fn exec(&self, process: &Process, argv: &[String], timeout: Duration) -> Result<i32> {
-        Ok(self.exec_output(process, argv, timeout).await?.code)
+    /// checks; returns the exit code, or an error after the timeout. The command gets the
+    /// environment of the instance's first process, with `env` over it: what the instance was
+    /// configured with, which a program that writes its title over its environment (PostgreSQL,
+    /// Redis) no longer shows.
+    pub async fn exec(
+        &self,
+        process: &Process,
+        argv: &[String],
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<i32> {
+        Ok(self.exec_output(process, argv, env, timeout).await?.code)
     }
     /// Like [`Runtime::exec`], also returning the end of what the command printed.
     pub async fn exec_output(
         &self,
         process: &Process,
         argv: &[String],
+        env: &[(String, String)],
         timeout: Duration,
     ) -> Result<ExecOutput> {
-        nsexec::run(&self.config.helper_exe, process, argv, timeout).await
+        nsexec::run(&self.config.helper_exe, process, argv, env, timeout).await
     }
     /// Attaches a capsule to a running instance (see [`capsule`]): returns the running capsule
     /// (stdout and stderr piped, or all three on `terminal`). Call [`Runtime::detach`] once it
@@ -713,7 +723,7 @@ mod tests {
         fn send<T: Send>(_: T) {}
         send(rt.spawn(cfg));
         send(rt.wait("id", p));
-        send(rt.exec(p, &[], Duration::ZERO));
+        send(rt.exec(p, &[], &[], Duration::ZERO));
         send(rt.ensure_network(net));
         send(rt.remove_network("br"));
     }

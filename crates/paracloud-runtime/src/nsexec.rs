@@ -19,6 +19,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 pub(crate) const COMMAND: &str = "__nsexec";
 /// Marks nsexec's own failures on stderr, as opposed to the command's.
 const FAILURE_PREFIX: &str = "paracloud nsexec: ";
+/// Says that the environment to set over the target's comes on standard input, as
+/// `KEY=VALUE` pairs each ended by a NUL.
+const ENV_FLAG: &str = "--env-on-stdin";
 /// nsexec's exit code when it failed before the command ran.
 const SETUP_FAILED: i32 = 125;
 /// How long nsexec gets to kill and reap the command after a timeout.
@@ -37,6 +40,7 @@ pub(crate) async fn run(
     helper: &std::path::Path,
     process: &Process,
     argv: &[String],
+    env: &[(String, String)],
     timeout: Duration,
 ) -> Result<ExecOutput> {
     let pid = process.pid;
@@ -47,19 +51,35 @@ pub(crate) async fn run(
     if argv.is_empty() {
         return Err(sandbox("exec of an empty command".into()));
     }
+    // The environment goes on the helper's standard input, never into its own environment,
+    // where a variable such as LD_PRELOAD would act on the helper, which runs as the host's root.
     let mut child = tokio::process::Command::new(helper)
         .arg(COMMAND)
         .arg(pid.to_string())
         .arg(process.start_time.to_string())
+        .args((!env.is_empty()).then_some(ENV_FLAG))
         .arg("--")
         .args(argv)
         .env_clear()
-        .stdin(Stdio::null())
+        .stdin(if env.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::sys(format!("starting {} {COMMAND}", helper.display()), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let mut pairs = Vec::new();
+        for (key, value) in env {
+            pairs.extend_from_slice(format!("{key}={value}").as_bytes());
+            pairs.push(0);
+        }
+        // A helper that failed before reading it is told by its exit.
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, &pairs).await;
+    }
     let stdout = tokio::spawn(read_last(child.stdout.take(), EXEC_OUTPUT_LIMIT));
     let stderr = tokio::spawn(read_last(child.stderr.take(), EXEC_OUTPUT_LIMIT));
     let status = match tokio::time::timeout(timeout, child.wait()).await {
@@ -154,6 +174,16 @@ fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, S
                 .map_err(|a| format!("argument {a:?} is not UTF-8"))
         })
         .collect::<std::result::Result<_, _>>()?;
+    let (args, env_on_stdin) = match &args[..] {
+        [pid, start, flag, rest @ ..] if flag == ENV_FLAG => (
+            [pid.clone(), start.clone()]
+                .into_iter()
+                .chain(rest.iter().cloned())
+                .collect(),
+            true,
+        ),
+        _ => (args, false),
+    };
     let (pid, start_time, argv) = match &args[..] {
         [pid, start, dashes, argv @ ..] if dashes == "--" && !argv.is_empty() => (
             pid.parse::<i32>()
@@ -163,10 +193,20 @@ fn enter(args: Vec<OsString>) -> std::result::Result<std::convert::Infallible, S
                 .map_err(|_| format!("invalid start time {start:?}"))?,
             argv.to_vec(),
         ),
-        _ => return Err(format!("usage: {COMMAND} PID START_TIME -- COMMAND...")),
+        _ => {
+            return Err(format!(
+                "usage: {COMMAND} PID START_TIME [{ENV_FLAG}] -- COMMAND..."
+            ))
+        }
     };
     let single = sys::single_threaded().map_err(|e| e.to_string())?;
     let mut target = read_target(pid)?;
+    if env_on_stdin {
+        let mut given = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut given)
+            .map_err(|e| format!("cannot read the environment: {e}"))?;
+        overlay_env(&mut target.env, &given);
+    }
     target.userns = own_userns(pid, &mut target.identity)?;
     let unified = join_cgroups(pid)?;
     let mut entries: Vec<String> = NAMESPACES.iter().map(|(n, _)| format!("ns/{n}")).collect();
@@ -242,6 +282,18 @@ fn run_command(target: &Target, argv: &[String]) -> String {
         return e;
     }
     identity::exec(argv, &target.env)
+}
+
+/// Sets each `KEY=VALUE` pair of `given` (each ended by a NUL) over `env`.
+fn overlay_env(env: &mut Vec<(String, String)>, given: &[u8]) {
+    for pair in given.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+        let pair = String::from_utf8_lossy(pair);
+        let Some((key, value)) = pair.split_once('=') else {
+            continue;
+        };
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value.to_owned()));
+    }
 }
 
 fn read_target(pid: i32) -> std::result::Result<Target, String> {
@@ -424,6 +476,25 @@ fn hierarchy_dir(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_given_environment_goes_over_the_targets() {
+        let mut env = vec![
+            ("PATH".to_owned(), "/bin".to_owned()),
+            ("USER".to_owned(), "garbled title".to_owned()),
+        ];
+        overlay_env(&mut env, b"USER=app\0EMPTY=\0WITH=an=equals\0no pair\0");
+        env.sort();
+        assert_eq!(
+            env,
+            [
+                ("EMPTY".to_owned(), String::new()),
+                ("PATH".to_owned(), "/bin".to_owned()),
+                ("USER".to_owned(), "app".to_owned()),
+                ("WITH".to_owned(), "an=equals".to_owned()),
+            ]
+        );
+    }
+
     use super::*;
 
     const MOUNTINFO: &str = "\

@@ -53,7 +53,7 @@ async fn exec_runs_inside_the_instance() {
 
     let out = f
         .runtime
-        .exec_output(&process, &argv(&["cat", "/etc/hostname"]), timeout)
+        .exec_output(&process, &argv(&["cat", "/etc/hostname"]), &[], timeout)
         .await
         .unwrap();
     assert_eq!(out.code, 0, "{}", String::from_utf8_lossy(&out.stderr));
@@ -68,6 +68,7 @@ async fn exec_runs_inside_the_instance() {
                 "-c",
                 "echo $GREETING $$; ls /proc | grep -cE '^[0-9]+$'; grep CapEff /proc/self/status",
             ]),
+            &[],
             timeout,
         )
         .await
@@ -81,10 +82,27 @@ async fn exec_runs_inside_the_instance() {
     assert!(pid < 100, "in the instance's pid namespace: {stdout}");
     assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
 
+    // The environment given goes over the one the instance's first process shows.
+    let out = f
+        .runtime
+        .exec_output(
+            &process,
+            &argv(&["sh", "-c", "echo $GREETING $PATH"]),
+            &[("GREETING".into(), "given; LD_PRELOAD=/x".into())],
+            timeout,
+        )
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("given; LD_PRELOAD=/x /"),
+        "the given GREETING, the instance's PATH: {stdout}"
+    );
+
     // The command joined the instance's cgroups (every hierarchy the runtime manages).
     let out = f
         .runtime
-        .exec_output(&process, &argv(&["cat", "/proc/self/cgroup"]), timeout)
+        .exec_output(&process, &argv(&["cat", "/proc/self/cgroup"]), &[], timeout)
         .await
         .unwrap();
     let cgroups = String::from_utf8_lossy(&out.stdout);
@@ -99,7 +117,7 @@ async fn exec_runs_inside_the_instance() {
 
     assert_eq!(
         f.runtime
-            .exec(&process, &argv(&["sh", "-c", "exit 3"]), timeout)
+            .exec(&process, &argv(&["sh", "-c", "exit 3"]), &[], timeout)
             .await
             .unwrap(),
         3
@@ -110,6 +128,7 @@ async fn exec_runs_inside_the_instance() {
         .exec(
             &process,
             &argv(&["sleep", "20"]),
+            &[],
             Duration::from_millis(300),
         )
         .await
@@ -208,6 +227,7 @@ async fn instances_cannot_see_each_others_files_or_processes() {
         .exec(
             &pa,
             &["test".into(), "-e".into(), "/root/secret".into()],
+            &[],
             Duration::from_secs(10),
         )
         .await
