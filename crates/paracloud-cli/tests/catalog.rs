@@ -480,3 +480,77 @@ fn redis_writes_through_the_write_address_are_read_from_a_replica_and_outlive_a_
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_replica_that_falls_behind_leaves_the_read_address_until_it_catches_up() {
+    let p = Platform::new();
+    up(
+        &p,
+        &manifest(1).replace("storage = \"256M\"", "storage = \"256M\"\nmax_lag = \"1s\""),
+    );
+    let write = service_address(&p, "db");
+    let read = service_address(&p, "db-read");
+    sql_ok(&write, "CREATE TABLE ticks (n serial PRIMARY KEY)");
+    sql_ok(&write, "INSERT INTO ticks DEFAULT VALUES");
+    wait_answer(
+        &read,
+        "SELECT pg_is_in_recovery(), count(*) FROM ticks",
+        "t|1",
+        Duration::from_secs(30),
+    );
+    let replica = instance_addresses(&p, "db-read").remove(0);
+    let pid_of_replica = || {
+        p.ps("pg")
+            .iter()
+            .find(|i| field(i, "service") == "db-read")
+            .map(|i| i["pid"].clone())
+    };
+    let before = pid_of_replica();
+
+    // The replica stops replaying what it receives; the primary goes on writing.
+    sql_ok(&replica, "SELECT pg_wal_replay_pause()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        sql_ok(&write, "INSERT INTO ticks DEFAULT VALUES");
+        let out = p.ok(&["describe", "-a", "pg", "db-read"]);
+        if out.contains("behind the primary, more than the 1000 ms of max_lag") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never fell behind:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Out of the read address (once unhealthy, with the reason in its event): every
+    // connection there lands on the primary.
+    let events = p.wait_event(
+        "pg",
+        "unhealthy: exec check exited with code 1: ",
+        Duration::from_secs(30),
+    );
+    let event = events.lines().find(|l| l.contains("unhealthy")).unwrap();
+    assert!(
+        event.contains("db-read.1") && event.contains("behind the primary"),
+        "{event}"
+    );
+    for _ in 0..10 {
+        assert_eq!(sql_ok(&read, "SELECT pg_is_in_recovery()"), "f");
+    }
+    assert_eq!(
+        pid_of_replica(),
+        before,
+        "a replica behind is not restarted"
+    );
+
+    // Replaying again, it catches up and serves reads again, with every row.
+    sql_ok(&replica, "SELECT pg_wal_replay_resume()");
+    let count = sql_ok(&write, "SELECT count(*) FROM ticks");
+    wait_answer(
+        &read,
+        "SELECT pg_is_in_recovery(), count(*) FROM ticks",
+        &format!("t|{count}"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(pid_of_replica(), before);
+}

@@ -46,6 +46,10 @@ pub struct CatalogEntry {
 /// The most read replicas a catalogue service takes.
 pub const MAX_REPLICAS: u64 = 8;
 
+/// How far behind its primary a PostgreSQL replica may be and still serve reads, unless the
+/// service says.
+pub const DEFAULT_MAX_LAG: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The storage a catalogue service gets when it does not say.
 pub const DEFAULT_STORAGE: &str = "1G";
 
@@ -69,6 +73,10 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
         (
             "env",
             "POSTGRES_PASSWORD (required: the superuser's password, which the replicas use too), POSTGRES_USER (\"postgres\"), POSTGRES_DB (the user's name), and any other variable",
+        ),
+        (
+            "max_lag",
+            "how far behind the primary a replica may be and still serve reads: \"10s\" (the default); one further behind, or not streaming, leaves the read address until it has caught up (it is not restarted for it)",
         ),
         (
             "restore",
@@ -448,6 +456,10 @@ impl Checker<'_> {
                 known
             }
         };
+        let max_lag = match table.get("max_lag") {
+            None => DEFAULT_MAX_LAG,
+            Some(v) => self.positive_duration(v, &field("max_lag"))?,
+        };
         let restore = match table.get("restore") {
             None => None,
             Some(v) => {
@@ -496,7 +508,9 @@ impl Checker<'_> {
         let volume = data_volume_name(name);
         let read = read_service_name(name);
         let (primary_text, replica_text) = match entry.kind {
-            CatalogKind::Postgres => postgres_texts(name, &image.tag, storage, replicas, restore),
+            CatalogKind::Postgres => {
+                postgres_texts(name, &image.tag, storage, replicas, max_lag, restore)
+            }
             CatalogKind::Redis => redis_texts(name, &image.tag, replicas, persistence),
         };
         let mut drafts = Vec::new();
@@ -545,8 +559,10 @@ fn postgres_texts(
     tag: &str,
     storage: u64,
     replicas: u64,
+    max_lag: std::time::Duration,
     restore: Option<std::path::PathBuf>,
 ) -> (String, String) {
+    let max_lag_ms = max_lag.as_millis();
     let volume = data_volume_name(name);
     // A quarter of the storage for the write-ahead log, half of that kept for replicas.
     let wal_mb = (storage >> 20) / 4;
@@ -574,7 +590,7 @@ replicas = 1
         r#"image = "{tag}"
 entrypoint = ["{ENTRY}", "replica", "{name}", "{wal_mb}", "{keep_mb}"]
 ports = [5432]
-health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "30m" }}
+health = {{ exec = ["{ENTRY}", "ready", "{max_lag_ms}"], interval = "1s", timeout = "5s", retries = 2, start_period = "30m", restart = false }}
 cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
 stop_signal = "INT"
 stop_grace_period = "60s"

@@ -5,8 +5,9 @@
 #   replica PRIMARY WAL_MB KEEP_MB
 #                            a streaming replica seeded from PRIMARY's address, its data in the
 #                            instance's own writable layer
-#   ready                    the health check: the server takes connections (a replica once it
-#                            has replayed enough to be consistent)
+#   ready [MAX_LAG_MS]       the health check: the server takes connections (a replica once it
+#                            has replayed enough to be consistent); with MAX_LAG_MS, a replica
+#                            also streams from the primary and is at most that far behind
 # It starts as root inside the instance, gives the data to the postgres user and runs the server
 # as that user.
 set -eu
@@ -113,8 +114,35 @@ replica() {
     server "$wal_mb" "$keep_mb"
 }
 
+# The time a replica's replay is behind what it received from the primary, in ms: 0 with
+# nothing left to replay (an idle primary makes the last replayed transaction old, not the
+# replica late), -1 when it does not stream from the primary.
+lag_sql="SELECT CASE
+    WHEN NOT pg_is_in_recovery() THEN 0
+    WHEN (SELECT status FROM pg_stat_wal_receiver) IS DISTINCT FROM 'streaming' THEN -1
+    WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+    ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000, 0)::bigint
+    END"
+
 ready() {
-    exec "$bin/pg_isready" -q -h "$socket" -p 5432 -U "$user" -d "$database"
+    if ! "$bin/pg_isready" -q -h "$socket" -p 5432 -U "$user" -d "$database"; then
+        echo "the server takes no connections yet" >&2
+        exit 1
+    fi
+    [ $# -gt 0 ] || exit 0
+    max_lag_ms=$1
+    if ! lag=$("$bin/psql" -X -q -h "$socket" -U "$user" -d "$database" -tAc "$lag_sql"); then
+        echo "cannot ask the server how far behind it is" >&2
+        exit 1
+    fi
+    if [ "$lag" = -1 ]; then
+        echo "not streaming from the primary" >&2
+        exit 1
+    fi
+    if [ "$lag" -gt "$max_lag_ms" ]; then
+        echo "${lag} ms behind the primary, more than the ${max_lag_ms} ms of max_lag" >&2
+        exit 1
+    fi
 }
 
 command=${1:-}
@@ -122,9 +150,9 @@ command=${1:-}
 case "$command" in
 primary) primary "$@" ;;
 replica) replica "$@" ;;
-ready) ready ;;
+ready) ready "$@" ;;
 *)
-    echo "usage: $0 primary WAL_MB KEEP_MB | replica PRIMARY WAL_MB KEEP_MB | ready" >&2
+    echo "usage: $0 primary WAL_MB KEEP_MB | replica PRIMARY WAL_MB KEEP_MB | ready [MAX_LAG_MS]" >&2
     exit 2
     ;;
 esac

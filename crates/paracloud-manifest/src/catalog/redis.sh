@@ -50,9 +50,8 @@ replica() {
     server --replicaof "$primary" 6379 --save "" --appendonly no --replica-read-only yes
 }
 
-# Asked without the password: a server that takes commands answers NOAUTH, one that is still
-# loading its data LOADING. (The check runs with the environment the server's process shows,
-# which Redis overwrites with its title.)
+# Asked without the password, which the check needs not know: a server that takes commands
+# answers NOAUTH, one that is still loading its data LOADING.
 ready() {
     answer=$(/usr/bin/redis-cli -h 127.0.0.1 -p 6379 ping 2>&1) || true
     case "$answer" in

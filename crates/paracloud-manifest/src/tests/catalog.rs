@@ -58,6 +58,14 @@ fn a_postgres_service_is_a_primary_on_its_volume_and_replicas_behind_a_read_addr
     };
     assert_eq!(reference, &entry("postgres").unwrap().image("15").tag);
     assert!(reference.starts_with("paracloud-catalog/postgres:15-"));
+    // A primary that fails its check is restarted; a replica behind only leaves the reads.
+    assert!(primary.health.as_ref().unwrap().restart);
+    let replica_health = replicas.health.as_ref().unwrap();
+    assert!(!replica_health.restart);
+    assert!(
+        matches!(&replica_health.probe, Probe::Exec { command } if command.last().map(String::as_str) == Some("10000")),
+        "{replica_health:?}"
+    );
     // 512M: a quarter for the WAL, half of which is kept for replicas.
     assert_eq!(primary.entrypoint[1..], ["primary", "128", "64"]);
     assert_eq!(replicas.entrypoint[1..], ["replica", "db", "128", "64"]);
@@ -94,7 +102,7 @@ fn a_key_the_catalogue_service_does_not_take_is_refused_where_it_is() {
         &format!("{DB}{PASSWORD}command = \"postgres -D /x\"\nreplicaz = 1\n"),
         r#"
 paracloud.toml:5:1: services.db.command: `catalog = "postgres"` does not take `command`
-  hint: the catalogue runs `postgres` itself; its keys are catalog, version, replicas, storage, env, restore, resources, labels, capsules
+  hint: the catalogue runs `postgres` itself; its keys are catalog, version, replicas, storage, env, max_lag, restore, resources, labels, capsules
 paracloud.toml:6:1: services.db.replicaz: `catalog = "postgres"` does not take `replicaz`
   hint: did you mean `replicas`?
 "#,
