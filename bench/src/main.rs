@@ -10,6 +10,7 @@ mod autoscale;
 mod autoscale_live;
 mod builds;
 mod capsule;
+mod catalog;
 mod compose;
 mod dashboard;
 mod density;
@@ -76,6 +77,10 @@ enum Command {
     Density(DensityArgs),
     /// `paracloud up` of a Compose application from a warm image store
     Compose(ComposeArgs),
+    /// The catalogue's PostgreSQL under pgbench: through its addresses against straight at the
+    /// server, reads with 0, 1 and 2 replicas, a replica's copy against the database's size, and
+    /// the primary killed under writes
+    Catalog(CatalogArgs),
     /// The API's latency with 50 concurrent clients, over HTTPS with a token (remote) and over
     /// the Unix socket (local)
     RemoteApi(RemoteApiArgs),
@@ -289,6 +294,28 @@ struct ComposeArgs {
     /// Loopback port the application's web front end is published on
     #[arg(long, default_value_t = 28080)]
     compose_port: u16,
+}
+
+#[derive(Debug, Args)]
+struct CatalogArgs {
+    /// Seconds of each pgbench run
+    #[arg(long, default_value_t = 10)]
+    pgbench_seconds: u64,
+    /// Rounds of each side-by-side comparison, and primaries killed
+    #[arg(long, default_value_t = 3)]
+    pgbench_rounds: usize,
+    /// pgbench's clients
+    #[arg(long, default_value_t = 8)]
+    pgbench_clients: u32,
+    /// pgbench scale factors a replica's copy is timed at
+    #[arg(long, value_delimiter = ',', default_value = "1,5,20")]
+    pgbench_sizes: Vec<u32>,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.241.0.0/16")]
+    catalog_subnet: Ipv4Net,
+    /// Loopback port of the HAProxy the data plane is compared with
+    #[arg(long, default_value_t = 25432)]
+    haproxy_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -930,6 +957,27 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", compose::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Catalog(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench catalog needs root (instances, volumes)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, Some(Path::new("/var/tmp")))?;
+            let report = catalog::run(
+                &catalog::CatalogOptions {
+                    seconds: args.pgbench_seconds.max(1),
+                    rounds: args.pgbench_rounds.max(1),
+                    clients: args.pgbench_clients.max(1),
+                    sizes: args.pgbench_sizes,
+                    subnet: args.catalog_subnet,
+                    haproxy_port: args.haproxy_port,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", catalog::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Images(args) => {
