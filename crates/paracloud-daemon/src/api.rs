@@ -27,7 +27,7 @@ use paracloud_command::{authorize_route, Command, Outcome, Role};
 use paracloud_manifest::{parse, Origin};
 use paracloud_state::{AppRecord, Snapshot};
 
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, MAX_BODY};
 use crate::clock::now_ms;
 use crate::driver::Driver;
 use crate::engine::Engine;
@@ -151,9 +151,6 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(engine)
 }
-
-/// The largest request body a route reads (a manifest, a command): 2 MiB.
-pub const MAX_BODY: usize = 2 << 20;
 
 async fn health<D: Driver>(State(engine): Shared<D>) -> Json<Health> {
     Json(Health {

@@ -83,6 +83,9 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// The largest request body a route reads (a manifest, a command): 2 MiB.
+pub const MAX_BODY: usize = 2 << 20;
+
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -90,7 +93,7 @@ impl From<JsonRejection> for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the request body is larger than the {} bytes the API takes",
-                    crate::api::MAX_BODY
+                    MAX_BODY
                 ),
             );
         }

@@ -162,6 +162,14 @@ const POSTGRES_SCRIPT: &str = include_str!("catalog/postgres.sh");
 /// The entry script of Redis's instances (`primary`, `replica PRIMARY`, `ready`).
 const REDIS_SCRIPT: &str = include_str!("catalog/redis.sh");
 
+/// What the entry scripts share, written where they say `@COMMON@`.
+const COMMON_SCRIPT: &str = include_str!("catalog/common.sh");
+
+/// An entry script with what they share in it.
+fn entry_script(script: &str) -> String {
+    script.replace("@COMMON@\n", COMMON_SCRIPT)
+}
+
 /// The shell and the few tools the entry scripts run.
 const SCRIPT_TOOLS: &[&str] = &[
     "/bin/sh",
@@ -224,7 +232,7 @@ impl CatalogEntry {
     pub fn image(&self, version: &str) -> CatalogImage {
         match self.kind {
             CatalogKind::Postgres => {
-                let script = POSTGRES_SCRIPT.replace("@VERSION@", version);
+                let script = entry_script(POSTGRES_SCRIPT).replace("@VERSION@", version);
                 let bin = format!("/usr/lib/postgresql/{version}/bin");
                 let mut programs: Vec<String> = [
                     "postgres",
@@ -273,7 +281,7 @@ impl CatalogEntry {
                     .collect(),
                 trees: Vec::new(),
                 leave_out: Vec::new(),
-                files: [(ENTRY.into(), REDIS_SCRIPT.to_owned(), 0o755)]
+                files: [(ENTRY.into(), entry_script(REDIS_SCRIPT), 0o755)]
                     .into_iter()
                     .chain(passwd_and_group("redis", "/data"))
                     .collect(),
@@ -338,61 +346,9 @@ impl Checker<'_> {
         let path = child("services", name);
         let field = |key: &str| child(&path, key);
         let catalog = table.get("catalog")?;
-        let wanted = self.string(catalog, &field("catalog"))?;
-        let Some(entry) = entry(wanted) else {
-            let names: Vec<&str> = CATALOG.iter().map(|e| e.name).collect();
-            let hint = match crate::units::suggest(wanted, names.iter().copied()) {
-                Some(close) => {
-                    format!("did you mean \"{close}\"? `paracloud catalog ls` lists the catalogue")
-                }
-                None => format!(
-                    "the catalogue has {}; `paracloud catalog ls` says what each offers",
-                    names.join(", ")
-                ),
-            };
-            self.error(
-                catalog.span(),
-                &field("catalog"),
-                format!("no service {wanted:?} in the catalogue"),
-                Some(hint),
-            );
-            return None;
-        };
-        let allowed: Vec<&str> = entry.keys.iter().map(|(k, _)| *k).collect();
+        let entry = self.catalog_entry(catalog, &field("catalog"))?;
         let before = self.problems();
-        for key in table.keys() {
-            let key_name: &str = key.get_ref();
-            if allowed.contains(&key_name) {
-                continue;
-            }
-            let elsewhere = CATALOG
-                .iter()
-                .find(|other| other.keys.iter().any(|(k, _)| *k == key_name));
-            let hint = if let Some(other) = elsewhere {
-                format!(
-                    "`{key_name}` is a key of `catalog = \"{}\"`; this one's keys are {}",
-                    other.name,
-                    allowed.join(", ")
-                )
-            } else if crate::service::SERVICE_KEYS.contains(&key_name) {
-                format!(
-                    "the catalogue runs `{}` itself; its keys are {}",
-                    entry.name,
-                    allowed.join(", ")
-                )
-            } else {
-                match crate::units::suggest(key_name, allowed.iter().copied()) {
-                    Some(close) => format!("did you mean `{close}`?"),
-                    None => format!("its keys are {}", allowed.join(", ")),
-                }
-            };
-            self.error(
-                key.span(),
-                &field(key_name),
-                format!("`catalog = \"{}\"` does not take `{key_name}`", entry.name),
-                Some(hint),
-            );
-        }
+        self.catalog_keys(entry, table, &path);
         let version = match table.get("version") {
             None => entry.versions[0].to_owned(),
             Some(v) => {
@@ -480,26 +436,7 @@ impl Checker<'_> {
                 Some(path)
             }
         };
-        let variable = entry.password_env;
-        let password = table.get("env").and_then(|env| match env.get_ref() {
-            DeValue::Table(env) => env.get(variable),
-            _ => None,
-        });
-        match password.map(|v| v.get_ref()) {
-            None => self.error(
-                table.get("env").map_or(value.span(), |v| v.span()),
-                &child(&field("env"), variable),
-                format!("a catalogue {} service needs `env.{variable}`", entry.name),
-                Some(format!("add `env = {{ {variable} = \"...\" }}`: the password every connection gives, its replicas' included")),
-            ),
-            Some(DeValue::String(p)) if p.is_empty() => self.error(
-                password.map_or(value.span(), |v| v.span()),
-                &child(&field("env"), variable),
-                "the password is empty",
-                Some("give it a password: connections from the other instances need one".into()),
-            ),
-            _ => {}
-        }
+        self.catalog_password(entry, table, value, &path);
         if self.problems() > before {
             return None;
         }
@@ -550,6 +487,101 @@ impl Checker<'_> {
             volume: (volume, storage),
             span: catalog.span(),
         })
+    }
+
+    /// The catalogue service `catalog` names; `None` when it names none, which is reported.
+    fn catalog_entry(&mut self, catalog: &Value<'_>, field: &str) -> Option<&'static CatalogEntry> {
+        let wanted = self.string(catalog, field)?;
+        let Some(entry) = entry(wanted) else {
+            let names: Vec<&str> = CATALOG.iter().map(|e| e.name).collect();
+            let hint = match crate::units::suggest(wanted, names.iter().copied()) {
+                Some(close) => {
+                    format!("did you mean \"{close}\"? `paracloud catalog ls` lists the catalogue")
+                }
+                None => format!(
+                    "the catalogue has {}; `paracloud catalog ls` says what each offers",
+                    names.join(", ")
+                ),
+            };
+            self.error(
+                catalog.span(),
+                field,
+                format!("no service {wanted:?} in the catalogue"),
+                Some(hint),
+            );
+            return None;
+        };
+        Some(entry)
+    }
+
+    /// Reports every key of `table` that `entry` does not take, with the keys it does.
+    fn catalog_keys(&mut self, entry: &CatalogEntry, table: &DeTable<'_>, path: &str) {
+        let field = |key: &str| child(path, key);
+        let allowed: Vec<&str> = entry.keys.iter().map(|(k, _)| *k).collect();
+        for key in table.keys() {
+            let key_name: &str = key.get_ref();
+            if allowed.contains(&key_name) {
+                continue;
+            }
+            let elsewhere = CATALOG
+                .iter()
+                .find(|other| other.keys.iter().any(|(k, _)| *k == key_name));
+            let hint = if let Some(other) = elsewhere {
+                format!(
+                    "`{key_name}` is a key of `catalog = \"{}\"`; this one's keys are {}",
+                    other.name,
+                    allowed.join(", ")
+                )
+            } else if crate::service::SERVICE_KEYS.contains(&key_name) {
+                format!(
+                    "the catalogue runs `{}` itself; its keys are {}",
+                    entry.name,
+                    allowed.join(", ")
+                )
+            } else {
+                match crate::units::suggest(key_name, allowed.iter().copied()) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("its keys are {}", allowed.join(", ")),
+                }
+            };
+            self.error(
+                key.span(),
+                &field(key_name),
+                format!("`catalog = \"{}\"` does not take `{key_name}`", entry.name),
+                Some(hint),
+            );
+        }
+    }
+
+    /// Reports a missing or empty password of `entry`'s service.
+    fn catalog_password(
+        &mut self,
+        entry: &CatalogEntry,
+        table: &DeTable<'_>,
+        value: &Value<'_>,
+        path: &str,
+    ) {
+        let field = |key: &str| child(path, key);
+        let variable = entry.password_env;
+        let password = table.get("env").and_then(|env| match env.get_ref() {
+            DeValue::Table(env) => env.get(variable),
+            _ => None,
+        });
+        match password.map(|v| v.get_ref()) {
+            None => self.error(
+                table.get("env").map_or(value.span(), |v| v.span()),
+                &child(&field("env"), variable),
+                format!("a catalogue {} service needs `env.{variable}`", entry.name),
+                Some(format!("add `env = {{ {variable} = \"...\" }}`: the password every connection gives, its replicas' included")),
+            ),
+            Some(DeValue::String(p)) if p.is_empty() => self.error(
+                password.map_or(value.span(), |v| v.span()),
+                &child(&field("env"), variable),
+                "the password is empty",
+                Some("give it a password: connections from the other instances need one".into()),
+            ),
+            _ => {}
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 # as that user.
 set -eu
 
+@COMMON@
 bin=/usr/lib/postgresql/@VERSION@/bin
 base=/var/lib/postgresql
 data=$base/data
@@ -44,13 +45,7 @@ primary() {
     wal_mb=$1
     keep_mb=$2
     own_data
-    # Two servers must never share the data: the lock is taken on fd 9, which the server and
-    # its processes inherit, so it is held for as long as any of them runs.
-    exec 9>>"$base/lock"
-    if ! flock -n 9; then
-        echo "catalog: another server holds $data; waiting for it to stop" >&2
-        flock 9
-    fi
+    hold_lock "$base"
     if [ ! -s "$data/PG_VERSION" ]; then
         new_cluster
     fi

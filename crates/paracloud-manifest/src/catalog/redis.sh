@@ -8,6 +8,7 @@
 # that user. The password goes to the server on its command line, never into a file.
 set -eu
 
+@COMMON@
 data=/data
 
 own_data() {
@@ -26,13 +27,7 @@ server() {
 primary() {
     persistence=$1
     own_data
-    # Two servers must never share the data: the lock is taken on fd 9, which the server
-    # inherits, so it is held for as long as it runs.
-    exec 9>>"$data/lock"
-    if ! flock -n 9; then
-        echo "catalog: another server holds $data; waiting for it to stop" >&2
-        flock 9
-    fi
+    hold_lock "$data"
     case "$persistence" in
     rdb) server --save "3600 1 300 100 60 10000" --appendonly no ;;
     aof) server --save "" --appendonly yes --appendfsync everysec ;;
