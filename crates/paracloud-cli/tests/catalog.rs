@@ -269,6 +269,21 @@ fn replicas_added_under_a_constant_write_load_lose_and_fail_nothing() {
 fn a_dump_the_pg_dump_capsule_takes_restores_into_a_new_service_with_the_same_rows() {
     let p = Platform::new();
     up(&p, &manifest(0));
+    // A dump reads every row: the manifest must let the capsule attach, as any capsule.
+    let refused = p.fails(&[
+        "capsule",
+        "run",
+        "pg-dump",
+        "-l",
+        "app=pg,service=db",
+        "--",
+        "shop",
+    ]);
+    assert!(refused.contains("pg-dump"), "{refused}");
+    up(
+        &p,
+        &manifest(0).replace("storage", "capsules = { pg-dump = \"read\" }\nstorage"),
+    );
     let write = service_address(&p, "db");
     sql_ok(&write, "CREATE TABLE orders (n int PRIMARY KEY, item text)");
     sql_ok(

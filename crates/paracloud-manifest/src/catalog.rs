@@ -467,14 +467,6 @@ impl Checker<'_> {
                 continue;
             };
             let mut draft = self.service_fields(&service, &path, generated_table, &generated)?;
-            if entry.kind == CatalogKind::Postgres {
-                // Its own dumps may always be taken (they read nothing of its files).
-                draft
-                    .service
-                    .capsules
-                    .entry("pg-dump".into())
-                    .or_insert(paracloud_capsule::Access::Read);
-            }
             draft.service.catalog = Some(Catalogued {
                 kind: entry.kind,
                 version: version.clone(),

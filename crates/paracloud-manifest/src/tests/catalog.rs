@@ -259,10 +259,6 @@ fn a_redis_service_is_a_primary_with_the_persistence_asked_and_replicas() {
         &primary.volumes[..],
         [VolumeMount::Named { name, target, .. }] if name == "cache-data" && target == "/data"
     ));
-    assert!(
-        !primary.capsules.contains_key("pg-dump"),
-        "pg-dump is PostgreSQL's"
-    );
     let Image::Stored { reference, .. } = &primary.image else {
         panic!("a store image: {:?}", primary.image);
     };
