@@ -1180,6 +1180,22 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
                 format!("after {} idle", humantime::format_duration(idle)),
             );
         }
+        if let Some(catalogued) = &spec.catalog {
+            let entry = paracloud_manifest::catalog::entry_of(catalogued.kind);
+            let role = match &catalogued.role {
+                paracloud_manifest::CatalogRole::Primary => format!(
+                    "the primary (the write address); its replicas are {}",
+                    paracloud_manifest::catalog::read_service_name(&v.name)
+                ),
+                paracloud_manifest::CatalogRole::ReadReplicas { primary } => {
+                    format!("the replicas of {primary} (the read address, over them and {primary})")
+                }
+            };
+            field(
+                "Catalogue:",
+                format!("{} {}, {role}", entry.name, catalogued.version),
+            );
+        }
         field("Image:", format!("{:?}", spec.image));
         field("Command:", spec.argv().join(" "));
         let ports: Vec<String> = spec
@@ -1192,7 +1208,18 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
             "Health:",
             spec.health
                 .as_ref()
-                .map(|h| format!("{:?} every {:?}", h.probe, h.interval))
+                .map(|h| {
+                    format!(
+                        "{:?} every {:?}{}",
+                        h.probe,
+                        h.interval,
+                        if h.restart {
+                            ""
+                        } else {
+                            " (not restarted when it fails: it leaves the routes)"
+                        }
+                    )
+                })
                 .unwrap_or("-".into()),
         );
         let r = &spec.resources;
