@@ -219,16 +219,6 @@ pub fn builtins() -> Vec<CapsuleSpec> {
             )
         },
         CapsuleSpec {
-            timeout: 30 * MINUTE,
-            programs: strings(&["yara"]),
-            ..spec(
-                "scan",
-                "malware scan of target paths with YARA rules (the EICAR test file among them); exits 1 when something is found",
-                "PATH...",
-                scripts::SCAN,
-            )
-        },
-        CapsuleSpec {
             timeout: 60 * MINUTE,
             programs: strings(&[PG_DUMP]),
             ..spec(
@@ -236,6 +226,16 @@ pub fn builtins() -> Vec<CapsuleSpec> {
                 "a dump of a database of a catalogue PostgreSQL instance (pg_dump's custom format, over the server's own socket), returned as DATABASE.dump: what a new service's `restore` takes",
                 "[DATABASE] [USER]",
                 scripts::PG_DUMP,
+            )
+        },
+        CapsuleSpec {
+            timeout: 30 * MINUTE,
+            programs: strings(&["yara"]),
+            ..spec(
+                "scan",
+                "malware scan of target paths with YARA rules (the EICAR test file among them); exits 1 when something is found",
+                "PATH...",
+                scripts::SCAN,
             )
         },
         CapsuleSpec {
