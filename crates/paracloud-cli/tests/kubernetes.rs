@@ -252,6 +252,11 @@ fn a_manifest_with_every_key_renders_to_objects_that_kubernetes_131_to_135_accep
         "NET_BIND_SERVICE"
     );
     assert_eq!(container["resizePolicy"][0]["restartPolicy"], "NotRequired");
+    assert!(container["livenessProbe"].is_object() && container["readinessProbe"].is_object());
+    // A check that does not restart is a readiness probe alone.
+    let web = &item("Deployment", "web")["spec"]["template"]["spec"]["containers"][0];
+    assert!(web["readinessProbe"]["tcpSocket"].is_object(), "{web}");
+    assert!(web["livenessProbe"].is_null(), "{web}");
     // What has no place on Kubernetes is said, on stderr.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("left out: services.db.ulimits"), "{stderr}");
