@@ -569,3 +569,41 @@ fn a_replica_that_falls_behind_leaves_the_read_address_until_it_catches_up() {
     );
     assert_eq!(pid_of_replica(), before);
 }
+
+#[test]
+fn a_synchronous_commit_is_on_a_replica_before_the_client_hears_of_it() {
+    let p = Platform::new();
+    up(
+        &p,
+        &manifest(1).replace(
+            "storage = \"256M\"",
+            "storage = \"256M\"\nsynchronous = true",
+        ),
+    );
+    let write = service_address(&p, "db");
+    let replica = instance_addresses(&p, "db-read").remove(0);
+    sql_ok(&write, "CREATE TABLE orders (n int PRIMARY KEY)");
+    // Asked at once after each commit, with no wait: the replica has applied it already.
+    for n in 1..=20 {
+        sql_ok(&write, &format!("INSERT INTO orders VALUES ({n})"));
+        assert_eq!(
+            sql_ok(&replica, "SELECT pg_is_in_recovery(), count(*) FROM orders"),
+            format!("t|{n}")
+        );
+    }
+    assert_eq!(
+        sql_ok(
+            &write,
+            "SELECT sync_state FROM pg_stat_replication WHERE state = 'streaming'"
+        ),
+        "quorum"
+    );
+    // The one replica cannot go: commits would wait for ever.
+    let refused = p.fails(&["scale", "-a", "pg", "db-read=0"]);
+    assert!(
+        refused
+            .contains("db commits synchronously: each commit waits until a replica has applied it"),
+        "{refused}"
+    );
+    assert_eq!(instance_addresses(&p, "db-read"), [replica]);
+}

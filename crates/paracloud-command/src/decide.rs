@@ -360,6 +360,14 @@ fn scale(
             ));
         }
         if let Some(primary) = spec.reads_also_from() {
+            if replicas == 0 && spec.catalog.as_ref().is_some_and(|c| c.synchronous) {
+                return Err(Refusal::new(
+                    RefusalKind::Conflict,
+                    format!(
+                        "{primary} commits synchronously: each commit waits until a replica has applied it, so {service} keeps at least one; to go without, `up` {primary} with `synchronous = false`"
+                    ),
+                ));
+            }
             let bound = paracloud_manifest::catalog::MAX_REPLICAS;
             if u64::from(replicas) > bound {
                 return Err(Refusal::new(

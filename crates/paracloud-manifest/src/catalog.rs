@@ -75,6 +75,10 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
             "POSTGRES_PASSWORD (required: the superuser's password, which the replicas use too), POSTGRES_USER (\"postgres\"), POSTGRES_DB (the user's name), and any other variable",
         ),
         (
+            "synchronous",
+            "true: each commit waits until a replica has applied it, so that a committed transaction is on two servers and at once readable on a replica (false, the default); needs replicas = 1 or more, and commits wait while no replica is connected",
+        ),
+        (
             "max_lag",
             "how far behind the primary a replica may be and still serve reads: \"10s\" (the default); one further behind, or not streaming, leaves the read address until it has caught up (it is not restarted for it)",
         ),
@@ -412,6 +416,22 @@ impl Checker<'_> {
                 known
             }
         };
+        let synchronous = match table.get("synchronous") {
+            None => false,
+            Some(v) => {
+                let synchronous = self.boolean(v, &field("synchronous"))?;
+                if synchronous && replicas == 0 {
+                    self.error(
+                        v.span(),
+                        &field("synchronous"),
+                        "synchronous replication needs a replica: each commit waits for one",
+                        Some("add `replicas = 1` (or more: with two, a commit waits for the first of them)".into()),
+                    );
+                    return None;
+                }
+                synchronous
+            }
+        };
         let max_lag = match table.get("max_lag") {
             None => DEFAULT_MAX_LAG,
             Some(v) => self.positive_duration(v, &field("max_lag"))?,
@@ -445,9 +465,14 @@ impl Checker<'_> {
         let volume = data_volume_name(name);
         let read = read_service_name(name);
         let (primary_text, replica_text) = match entry.kind {
-            CatalogKind::Postgres => {
-                postgres_texts(name, &image.tag, storage, replicas, max_lag, restore)
-            }
+            CatalogKind::Postgres => postgres_texts(
+                name,
+                &image.tag,
+                storage,
+                replicas,
+                (synchronous, max_lag),
+                restore,
+            ),
             CatalogKind::Redis => redis_texts(name, &image.tag, replicas, persistence),
         };
         let mut drafts = Vec::new();
@@ -471,6 +496,7 @@ impl Checker<'_> {
                 kind: entry.kind,
                 version: version.clone(),
                 role,
+                synchronous,
             });
             drafts.push(draft);
         }
@@ -583,10 +609,11 @@ fn postgres_texts(
     tag: &str,
     storage: u64,
     replicas: u64,
-    max_lag: std::time::Duration,
+    (synchronous, max_lag): (bool, std::time::Duration),
     restore: Option<std::path::PathBuf>,
 ) -> (String, String) {
     let max_lag_ms = max_lag.as_millis();
+    let commits = if synchronous { "synchronous" } else { "local" };
     let volume = data_volume_name(name);
     // A quarter of the storage for the write-ahead log, half of that kept for replicas.
     let wal_mb = (storage >> 20) / 4;
@@ -600,7 +627,7 @@ fn postgres_texts(
         .unwrap_or_default();
     let primary = format!(
         r#"image = "{tag}"
-entrypoint = ["{ENTRY}", "primary", "{wal_mb}", "{keep_mb}"]
+entrypoint = ["{ENTRY}", "primary", "{wal_mb}", "{keep_mb}", "{commits}"]
 ports = [5432]
 volumes = ["{volume}:/var/lib/postgresql"{restore_mount}]
 health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "5m" }}

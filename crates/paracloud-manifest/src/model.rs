@@ -305,6 +305,10 @@ pub struct Catalogued {
     /// The server's major version, such as `15`.
     pub version: String,
     pub role: CatalogRole,
+    /// Each commit of the primary waits until a replica has applied it (PostgreSQL's
+    /// `synchronous`): it then needs a replica at all times.
+    #[serde(default)]
+    pub synchronous: bool,
 }
 
 /// The services of the catalogue.

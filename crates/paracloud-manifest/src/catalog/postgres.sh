@@ -1,7 +1,10 @@
 #!/bin/sh
 # The instances of a PostgreSQL service of the catalogue:
-#   primary WAL_MB KEEP_MB   the primary, its data on the volume at /var/lib/postgresql; its WAL
-#                            kept within WAL_MB, of which KEEP_MB for replicas that fall behind
+#   primary WAL_MB KEEP_MB COMMITS
+#                            the primary, its data on the volume at /var/lib/postgresql; its WAL
+#                            kept within WAL_MB, of which KEEP_MB for replicas that fall behind;
+#                            COMMITS `synchronous` (each waits until a replica applied it) or
+#                            `local`
 #   replica PRIMARY WAL_MB KEEP_MB
 #                            a streaming replica seeded from PRIMARY's address, its data in the
 #                            instance's own writable layer
@@ -35,21 +38,31 @@ own_data() {
 server() {
     wal_mb=$1
     keep_mb=$2
+    shift 2
     exec setpriv --reuid=postgres --regid=postgres --clear-groups -- \
         "$bin/postgres" -D "$data" -c "listen_addresses=*" -c "unix_socket_directories=$socket" \
         -c wal_level=replica -c max_wal_senders=20 -c hot_standby=on \
-        -c "max_wal_size=${wal_mb}MB" -c "wal_keep_size=${keep_mb}MB"
+        -c "max_wal_size=${wal_mb}MB" -c "wal_keep_size=${keep_mb}MB" "$@"
 }
 
 primary() {
     wal_mb=$1
     keep_mb=$2
+    commits=$3
     own_data
     hold_lock "$base"
     if [ ! -s "$data/PG_VERSION" ]; then
         new_cluster
     fi
-    server "$wal_mb" "$keep_mb"
+    case "$commits" in
+    # A commit waits until any one replica has applied it: it is on two servers, and readable
+    # on that replica, before the client hears of it.
+    synchronous)
+        server "$wal_mb" "$keep_mb" -c "synchronous_standby_names=ANY 1 (*)" \
+            -c synchronous_commit=remote_apply
+        ;;
+    *) server "$wal_mb" "$keep_mb" ;;
+    esac
 }
 
 # A new cluster, made beside the data directory and moved there only once whole (with the dump
@@ -147,7 +160,7 @@ primary) primary "$@" ;;
 replica) replica "$@" ;;
 ready) ready "$@" ;;
 *)
-    echo "usage: $0 primary WAL_MB KEEP_MB | replica PRIMARY WAL_MB KEEP_MB | ready [MAX_LAG_MS]" >&2
+    echo "usage: $0 primary WAL_MB KEEP_MB synchronous|local | replica PRIMARY WAL_MB KEEP_MB | ready [MAX_LAG_MS]" >&2
     exit 2
     ;;
 esac

@@ -67,7 +67,7 @@ fn a_postgres_service_is_a_primary_on_its_volume_and_replicas_behind_a_read_addr
         "{replica_health:?}"
     );
     // 512M: a quarter for the WAL, half of which is kept for replicas.
-    assert_eq!(primary.entrypoint[1..], ["primary", "128", "64"]);
+    assert_eq!(primary.entrypoint[1..], ["primary", "128", "64", "local"]);
     assert_eq!(replicas.entrypoint[1..], ["replica", "db", "128", "64"]);
 }
 
@@ -102,7 +102,7 @@ fn a_key_the_catalogue_service_does_not_take_is_refused_where_it_is() {
         &format!("{DB}{PASSWORD}command = \"postgres -D /x\"\nreplicaz = 1\n"),
         r#"
 paracloud.toml:5:1: services.db.command: `catalog = "postgres"` does not take `command`
-  hint: the catalogue runs `postgres` itself; its keys are catalog, version, replicas, storage, env, max_lag, restore, resources, labels, capsules
+  hint: the catalogue runs `postgres` itself; its keys are catalog, version, replicas, storage, env, synchronous, max_lag, restore, resources, labels, capsules
 paracloud.toml:6:1: services.db.replicaz: `catalog = "postgres"` does not take `replicaz`
   hint: did you mean `replicas`?
 "#,
@@ -289,6 +289,30 @@ paracloud.toml:6:1: services.cache.restore: `catalog = "redis"` does not take `r
         r#"
 paracloud.toml:2:1: services.cache.env.REDIS_PASSWORD: a catalogue redis service needs `env.REDIS_PASSWORD`
   hint: add `env = { REDIS_PASSWORD = "..." }`: the password every connection gives, its replicas' included
+"#,
+    );
+}
+
+#[test]
+fn synchronous_commits_need_a_replica() {
+    let manifest = valid(&format!("{DB}{PASSWORD}replicas = 1\nsynchronous = true\n"));
+    let primary = &manifest.services["db"];
+    assert_eq!(
+        primary.entrypoint.last().map(String::as_str),
+        Some("synchronous")
+    );
+    for service in manifest.services.values() {
+        assert!(
+            service.catalog.as_ref().unwrap().synchronous,
+            "{}",
+            service.name
+        );
+    }
+    check(
+        &format!("{DB}{PASSWORD}synchronous = true\n"),
+        r#"
+paracloud.toml:5:15: services.db.synchronous: synchronous replication needs a replica: each commit waits for one
+  hint: add `replicas = 1` (or more: with two, a commit waits for the first of them)
 "#,
     );
 }
