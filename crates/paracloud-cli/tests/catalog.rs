@@ -351,6 +351,20 @@ fn a_catalogue_service_refuses_what_would_break_it_and_changes_nothing() {
     sql_ok(&write, "INSERT INTO kept VALUES (1), (2)");
 
     let good = manifest(1);
+    // A dry run finds the catalogue's image in the store, which the first `up` built.
+    let path = p.manifest("pg", &good);
+    let out = p.run(&["up", "--dry-run", "-f", path.to_str().unwrap()]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success()
+            && said.contains("service db: paracloud-catalog/postgres:15-")
+            && said.contains("in the store (sha256:"),
+        "{said}"
+    );
     let bad = [
         (
             good.replace("catalog = \"postgres\"", "catalog = \"mysql\""),

@@ -428,15 +428,17 @@ async fn dry_run<D: Driver>(
                 let catalogued = catalogued.expect("a catalogue service");
                 let recipe = paracloud_manifest::catalog::entry_of(catalogued.kind)
                     .image(&catalogued.version);
-                crate::images::catalog_sources(&recipe).map(|_| {
-                    (
-                        reference.clone(),
-                        format!(
-                            "in the store or built from this machine's {}",
-                            recipe.package
-                        ),
-                    )
-                })
+                let store = engine.images.store().clone();
+                let wanted = reference.clone();
+                match tokio::task::spawn_blocking(move || store.lookup(&wanted)).await {
+                    Ok(Ok(digest)) => Ok((reference.clone(), format!("in the store ({digest})"))),
+                    _ => crate::images::catalog_sources(&recipe).map(|_| {
+                        (
+                            reference.clone(),
+                            format!("would be built from this machine's {}", recipe.package),
+                        )
+                    }),
+                }
             }
             Image::Stored { reference, .. } => {
                 let store = engine.images.store().clone();
