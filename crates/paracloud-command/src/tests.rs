@@ -722,3 +722,75 @@ fn up_refuses_more_cpu_or_memory_than_this_machine_has() {
         assert!(refused.message.contains(says), "{}", refused.message);
     }
 }
+
+/// A catalogue PostgreSQL, synchronous, with one read replica.
+const CATALOGUE: &str = r#"
+app = "shop"
+
+[services.db]
+catalog = "postgres"
+replicas = 1
+synchronous = true
+env = { POSTGRES_PASSWORD = "secret" }
+"#;
+
+#[test]
+fn a_catalogue_primary_stays_one_instance_and_its_replicas_within_their_bound() {
+    let snapshot = Snapshot {
+        apps: vec![app(CATALOGUE)],
+        ..shop()
+    };
+    let scale_to = |service: &str, replicas: u32| Command::Scale {
+        app: "shop".into(),
+        service: service.into(),
+        replicas: Some(replicas),
+        cpu: None,
+        reason: None,
+    };
+    let decided =
+        |command: &Command| decide(&Caller::Local { uid: Some(0) }, command, &snapshot, &LIMITS);
+    let refused = decided(&scale_to("db", 2)).unwrap_err();
+    assert_eq!(refused.kind, RefusalKind::Invalid);
+    assert!(
+        refused
+            .message
+            .ends_with("scale its read replicas instead: paracloud scale db-read=1"),
+        "{}",
+        refused.message
+    );
+    assert!(
+        decided(&scale_to("db", 1)).is_ok(),
+        "one is the primary's number"
+    );
+    let refused = decided(&scale_to("db-read", 9)).unwrap_err();
+    assert_eq!(refused.kind, RefusalKind::Invalid);
+    assert!(
+        refused.message.contains("at most 8, asked for 9"),
+        "{}",
+        refused.message
+    );
+    assert!(decided(&scale_to("db-read", 8)).is_ok());
+    // Synchronous commits wait for a replica: the last one stays.
+    let refused = decided(&scale_to("db-read", 0)).unwrap_err();
+    assert_eq!(refused.kind, RefusalKind::Conflict);
+    assert!(
+        refused.message.starts_with("db commits synchronously"),
+        "{}",
+        refused.message
+    );
+    // Its successor would run beside it on the same data.
+    let refused = decided(&Command::Migrate {
+        app: "shop".into(),
+        instance: "db.1".into(),
+        via: None,
+        cpus: None,
+        revision: None,
+    })
+    .unwrap_err();
+    assert_eq!(refused.kind, RefusalKind::Conflict);
+    assert!(
+        refused.message.contains("two servers must never share"),
+        "{}",
+        refused.message
+    );
+}
