@@ -19,6 +19,7 @@ pub mod model;
 pub mod observe;
 pub mod plan;
 pub mod queueing;
+pub mod taskfarm;
 
 pub use config::{Bounded, Bounds, Current, ScalingConfig, Slo};
 pub use observe::{
