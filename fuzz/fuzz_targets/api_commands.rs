@@ -8,7 +8,8 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use paracloud_api::{
-    CpuRequest, MigrateRequest, ScaleRequest, TokenRequest, TrafficRequest, UpRequest,
+    CpuRequest, MigrateRequest, ScaleRequest, TasksRequest, TokenRequest, TrafficRequest,
+    UpRequest,
 };
 use paracloud_command::{decide, Caller, Command, Limits, Role};
 use paracloud_manifest::{parse, FileSystem, Origin};
@@ -27,6 +28,12 @@ impl FileSystem for AnyFs {
 
 const SHOP: &str = include_str!("../seeds/full.toml");
 
+/// An application with a task farm, for batches of tasks.
+const FARM: &str = "app = \"farm\"\n[services.render]\ncatalog = \"taskfarm\"\nimage = \"tools:1\"\n";
+
+/// When the fuzzed batches are submitted, in milliseconds since the epoch.
+const NOW: u64 = 1_800_000_000_000;
+
 const LIMITS: Limits = Limits {
     // As many instances as an application's subnet holds on the daemon's default /24.
     max_replicas: 239,
@@ -44,11 +51,14 @@ fn origin() -> Origin {
 
 fn deployed() -> Snapshot {
     let manifest = parse(SHOP, &origin(), &AnyFs).expect("the seed manifest is valid");
+    let farm = parse(FARM, &origin(), &AnyFs).expect("the farm manifest is valid");
     Snapshot {
-        apps: vec![AppRecord::deployed(manifest, SHOP)],
-        instances: Vec::new(),
-        networks: Default::default(),
-        tokens: Vec::new(),
+        apps: vec![
+            AppRecord::deployed(manifest, SHOP),
+            AppRecord::deployed(farm, FARM),
+        ],
+        next_batch: 1,
+        ..Snapshot::default()
     }
 }
 
@@ -66,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
         .nth(kind as usize % 2)
         .cloned()
         .unwrap_or_default();
-    let command = match kind % 6 {
+    let command = match kind % 7 {
         0 => {
             let Ok(up) = serde_json::from_slice::<UpRequest>(body) else {
                 return;
@@ -125,6 +135,27 @@ fuzz_target!(|data: &[u8]| {
                 expires: token.expires_in_secs,
             }
         }
+        6 => {
+            let Ok(tasks) = serde_json::from_slice::<TasksRequest>(body) else {
+                return;
+            };
+            let goal = match (tasks.deadline_s, tasks.budget_instance_s) {
+                (Some(s), None) => paracloud_state::BatchGoal::Deadline {
+                    at: NOW.saturating_add(s.saturating_mul(1000)),
+                },
+                (None, Some(s)) => paracloud_state::BatchGoal::Budget {
+                    instance_ms: s.saturating_mul(1000),
+                },
+                _ => return,
+            };
+            Command::SubmitTasks {
+                app: "farm".into(),
+                service: if kind & 0x80 == 0 { "render".into() } else { service },
+                tasks: tasks.tasks,
+                goal,
+                submitted: NOW,
+            }
+        }
         _ => {
             let Ok(migrate) = serde_json::from_slice::<MigrateRequest>(body) else {
                 return;
@@ -172,6 +203,19 @@ fuzz_target!(|data: &[u8]| {
                     !token.name.is_empty() && token.name.len() <= 64,
                     "{change:?}"
                 ),
+                Change::SubmitBatch { batch, tasks } => {
+                    assert!(
+                        matches!(caller, Caller::Local { .. }),
+                        "only an admin submits tasks: {caller:?}"
+                    );
+                    assert!(
+                        !tasks.is_empty() && tasks.len() <= paracloud_command::MAX_TASKS,
+                        "{}",
+                        tasks.len()
+                    );
+                    assert!(tasks.iter().all(|t| !t.trim().is_empty() && !t.contains('\n')));
+                    assert_eq!(batch.counts.pending as usize, tasks.len());
+                }
                 _ => {}
             }
         }

@@ -36,6 +36,10 @@
 //! | `POST /v1/images/pull` | [`PullImage`] | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 //! | `POST /v1/images/push` | [`PushImage`] | [`TransferRequest`] | a stream of [`TransferEvent`], one JSON per line |
 //! | `GET /v1/catalog` | [`ListCatalog`] | | `[CatalogView]` |
+//! | `POST /v1/apps/{app}/services/{service}/tasks` | [`SubmitTasks`] | [`TasksRequest`] | [`BatchView`] |
+//! | `GET /v1/apps/{app}/batches` | [`ListBatches`] | | `[BatchView]` |
+//! | `GET /v1/apps/{app}/batches/{batch}` | [`GetBatch`] | | [`BatchDetail`] |
+//! | `DELETE /v1/apps/{app}/batches/{batch}` | [`CancelBatch`] | | [`BatchView`] |
 //! | `GET /v1/capsules?app=APP` | [`ListCapsules`] | | `[CapsuleView]` |
 //! | `POST /v1/capsules/run` | [`RunCapsule`] | [`CapsuleRunRequest`] | a stream of [`CapsuleRunEvent`], one JSON per line |
 //! | `GET /v1/capsules/runs/{run}/files/{instance}/{name}` | [`GetCapsuleFile`] | | the file's bytes |
@@ -686,6 +690,82 @@ pub struct CatalogView {
     pub missing: Option<String>,
 }
 
+/// A bag of tasks for a task farm, each a `sh -c` command line, and its goal: a deadline or a
+/// budget, exactly one of them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TasksRequest {
+    pub tasks: Vec<String>,
+    /// Every task done within this many seconds from now.
+    pub deadline_s: Option<u64>,
+    /// As soon as it can, within this many instance-seconds (workers × seconds).
+    pub budget_instance_s: Option<u64>,
+}
+
+/// A batch of a task farm: its goal, progress, workers and cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchView {
+    pub id: u64,
+    pub app: String,
+    pub service: String,
+    /// `running`, `done`, `cancelled` or `budget spent`.
+    pub state: String,
+    /// Milliseconds since the epoch.
+    pub submitted_ms: u64,
+    pub ended_ms: Option<u64>,
+    /// When every task was to be done (a deadline), in milliseconds since the epoch.
+    pub deadline_ms: Option<u64>,
+    /// The instance time it may spend (a budget), in milliseconds.
+    pub budget_instance_ms: Option<u64>,
+    /// Instance time its workers have run so far: its cost.
+    pub spent_instance_ms: u64,
+    /// The workers the farm asks for now, and the most it ran at once.
+    pub workers: u32,
+    pub peak_workers: u32,
+    /// Why that many workers: the farm's last plan.
+    pub plan: String,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub running: u32,
+    pub pending: u32,
+    /// Tasks that were never run (cancelled, or the budget spent).
+    pub not_run: u32,
+}
+
+/// A batch and its tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchDetail {
+    pub batch: BatchView,
+    pub tasks: Vec<TaskView>,
+}
+
+/// One task of a batch: its runs and the end of what the last one wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskView {
+    /// Its line among the submitted tasks, from 1.
+    pub index: u32,
+    pub command: String,
+    /// `pending`, `running`, `succeeded`, `failed` or `not run`.
+    pub state: String,
+    pub attempts: Vec<AttemptView>,
+    /// The last 64 KiB of what the last run wrote to stdout, and to stderr.
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One run of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttemptView {
+    /// The worker it ran on, such as `render.2`.
+    pub worker: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    /// Its exit code, when it ended by itself.
+    pub code: Option<i32>,
+    /// Why it did not end by itself.
+    pub error: Option<String>,
+}
+
 /// A key or an address of a catalogue service, with what it means.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CatalogKeyView {
@@ -909,6 +989,10 @@ mod tests {
             row::<PullImage>(),
             row::<PushImage>(),
             row::<ListCatalog>(),
+            row::<SubmitTasks>(),
+            row::<ListBatches>(),
+            row::<GetBatch>(),
+            row::<CancelBatch>(),
             row::<ListCapsules>(),
             row::<RunCapsule>(),
             row::<GetCapsuleFile>(),

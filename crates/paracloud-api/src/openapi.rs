@@ -80,6 +80,8 @@ json_answers!(
     WhoAmI,
     CreatedToken,
     ManifestView,
+    BatchView,
+    BatchDetail,
 );
 
 impl<T: ToSchema> Answer for Vec<T> {
@@ -190,6 +192,14 @@ fn path_parameter(name: &str) -> Option<(Schema, &'static str)> {
         "name" => (
             string(),
             "a name: the token's, that of a file in the capsule run's /out, or a dashboard file's (`app.js`)",
+        ),
+        "batch" => (
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .build()
+                .into(),
+            "a batch's number",
         ),
         "run" => (
             ObjectBuilder::new()
@@ -324,6 +334,10 @@ routes! {
     PullImage => NoQuery,
     PushImage => NoQuery,
     ListCatalog => NoQuery,
+    SubmitTasks => NoQuery,
+    ListBatches => NoQuery,
+    GetBatch => NoQuery,
+    CancelBatch => NoQuery,
     ListCapsules => CapsulesQuery,
     RunCapsule => NoQuery,
     CapsuleHistory => HistoryQuery,

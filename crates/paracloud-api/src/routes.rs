@@ -15,6 +15,7 @@ use crate::{
     MigrateResponse, PruneView, RemovedImages, ScaleRequest, ServiceView, SourcesRequest,
     TerminalSize, TrafficRequest, TransferEvent, TransferRequest, UpRequest, UpResponse,
 };
+use crate::{BatchDetail, BatchView, TasksRequest};
 use crate::{CreatedToken, SessionRequest, TokenRequest, TokenView, WhoAmI};
 
 /// A route whose request is its body alone: `Name(Body): METHOD "path" -> Answer`.
@@ -423,6 +424,82 @@ impl Route for ListCatalog {
     const PATH: &'static str = "/v1/catalog";
     type Body = ();
     type Answer = Vec<CatalogView>;
+}
+
+/// `POST /v1/apps/{app}/services/{service}/tasks`: submit a bag of tasks to a task farm.
+#[derive(Debug, Clone)]
+pub struct SubmitTasks {
+    pub app: String,
+    pub service: String,
+    pub body: TasksRequest,
+}
+
+impl Route for SubmitTasks {
+    const METHOD: Method = Method::POST;
+    const PATH: &'static str = "/v1/apps/{app}/services/{service}/tasks";
+    type Body = TasksRequest;
+    type Answer = BatchView;
+
+    fn path(&self) -> String {
+        fill(Self::PATH, &[&self.app, &self.service])
+    }
+
+    fn body(&self) -> Option<&Self::Body> {
+        Some(&self.body)
+    }
+}
+
+/// `GET /v1/apps/{app}/batches`: the application's batches, oldest first.
+#[derive(Debug, Clone)]
+pub struct ListBatches {
+    pub app: String,
+}
+
+impl Route for ListBatches {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/apps/{app}/batches";
+    type Body = ();
+    type Answer = Vec<BatchView>;
+
+    fn path(&self) -> String {
+        fill(Self::PATH, &[&self.app])
+    }
+}
+
+/// `GET /v1/apps/{app}/batches/{batch}`: a batch and its tasks, their runs and output.
+#[derive(Debug, Clone)]
+pub struct GetBatch {
+    pub app: String,
+    pub batch: u64,
+}
+
+impl Route for GetBatch {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/apps/{app}/batches/{batch}";
+    type Body = ();
+    type Answer = BatchDetail;
+
+    fn path(&self) -> String {
+        fill(Self::PATH, &[&self.app, &self.batch.to_string()])
+    }
+}
+
+/// `DELETE /v1/apps/{app}/batches/{batch}`: cancel a running batch.
+#[derive(Debug, Clone)]
+pub struct CancelBatch {
+    pub app: String,
+    pub batch: u64,
+}
+
+impl Route for CancelBatch {
+    const METHOD: Method = Method::DELETE;
+    const PATH: &'static str = "/v1/apps/{app}/batches/{batch}";
+    type Body = ();
+    type Answer = BatchView;
+
+    fn path(&self) -> String {
+        fill(Self::PATH, &[&self.app, &self.batch.to_string()])
+    }
 }
 
 /// `GET /v1/capsules`: the capsules that can attach: the built-in ones and, with `app`, the application's own.

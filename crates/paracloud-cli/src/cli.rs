@@ -227,6 +227,10 @@ pub enum Command {
     /// The catalogue: services the platform runs and manages itself (catalog = "postgres")
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Task farms (catalog = "taskfarm"): run a bag of tasks by a deadline, or within a budget,
+    /// on as many workers as that needs
+    #[command(subcommand)]
+    Tasks(TasksCommand),
     /// Capsules: functions (checksum, archive, logrotate, scan, metrics, strace, gdb, tcpdump, pg-dump,
     /// debug) that attach to running instances for as long as they run, then leave nothing
     #[command(subcommand)]
@@ -455,6 +459,60 @@ pub enum CatalogCommand {
     /// List the services of the catalogue: their keys, their addresses, and whether the daemon's
     /// machine can run them
     Ls,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// Submit a bag of tasks to a task farm, one `sh -c` command line per line of FILE (blank
+    /// lines and lines starting with # are skipped): paracloud tasks submit render -f
+    /// frames.txt --deadline 10m
+    Submit {
+        /// The task farm: a service with catalog = "taskfarm"
+        service: String,
+        /// The file of tasks, one per line (- reads standard input)
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Every task done within this long from now (such as 90s, 10m, 2h): the fewest workers
+        /// that meet it
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "budget", required_unless_present = "budget")]
+        deadline: Option<std::time::Duration>,
+        /// As soon as it can within this many instance-minutes (workers × minutes, such as 30
+        /// or 2.5): the most workers it pays for
+        #[arg(long, value_parser = parse_budget)]
+        budget: Option<f64>,
+        /// Follow the batch until it ends, then exit 0 if every task succeeded, 1 if not
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List the application's batches: their goal, progress, workers and cost
+    Ls,
+    /// A batch's progress, workers, cost, and each task's state, runs and run time
+    Status {
+        /// The batch's number, as submit printed it
+        batch: u64,
+    },
+    /// What a task's last run wrote: its stdout, then its stderr
+    Logs {
+        /// The batch's number
+        batch: u64,
+        /// The task's line among the submitted tasks, from 1
+        task: u32,
+    },
+    /// Cancel a running batch: its waiting tasks are not run, its workers stop
+    Cancel {
+        /// The batch's number
+        batch: u64,
+    },
+}
+
+/// A budget in instance-minutes: a positive number.
+fn parse_budget(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(minutes) if minutes.is_finite() && minutes > 0.0 => Ok(minutes),
+        _ => Err(format!(
+            "{text:?} is not a budget: give instance-minutes (workers × minutes) as a positive number, such as 30 or 2.5"
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]

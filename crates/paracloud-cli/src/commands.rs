@@ -400,7 +400,11 @@ fn convert(files: &[PathBuf], profiles: &[String]) -> Result<()> {
 
 /// Which application a command is about: -a, else the manifest's, else ./paracloud.toml's, else
 /// the only one running.
-async fn resolve_app(global: &Global, client: &Client, file: Option<&Path>) -> Result<String> {
+pub(crate) async fn resolve_app(
+    global: &Global,
+    client: &Client,
+    file: Option<&Path>,
+) -> Result<String> {
     if let Some(app) = &global.app {
         return Ok(app.clone());
     }
@@ -492,6 +496,7 @@ async fn client_command(global: &Global, command: Command) -> Result<()> {
         Command::Build(args) => build(global, args).await,
         Command::Image(command) => image_command(global, command).await,
         Command::Catalog(command) => crate::catalog::command(global, command).await,
+        Command::Tasks(command) => crate::tasks::command(global, command).await,
         Command::Capsule(command) => crate::capsule::command(global, command).await,
         Command::Debug { instance, command } => {
             crate::capsule::debug(global, &instance, &command).await
@@ -1190,11 +1195,20 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
                 paracloud_manifest::CatalogRole::ReadReplicas { primary } => {
                     format!("the replicas of {primary} (the read address, over them and {primary})")
                 }
+                paracloud_manifest::CatalogRole::Workers(farm) => format!(
+                    "its workers: at most {}, each task retried {} times, stopped after {}",
+                    farm.max_workers,
+                    farm.retries,
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        farm.task_timeout_ms
+                    ))
+                ),
             };
-            field(
-                "Catalogue:",
-                format!("{} {}, {role}", entry.name, catalogued.version),
-            );
+            let name = match catalogued.version.as_str() {
+                "" => entry.name.to_owned(),
+                version => format!("{} {version}", entry.name),
+            };
+            field("Catalogue:", format!("{name}, {role}"));
         }
         field("Image:", format!("{:?}", spec.image));
         field("Command:", spec.argv().join(" "));

@@ -16,6 +16,7 @@ mod install;
 mod kubernetes;
 mod manifests;
 mod output;
+mod tasks;
 
 use clap::Parser;
 

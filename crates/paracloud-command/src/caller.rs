@@ -22,6 +22,8 @@ pub enum Caller {
     Follower,
     /// A capsule schedule of the manifest (`[schedules.NAME]`).
     Schedule { name: String },
+    /// A task farm running a batch: sets its own workers.
+    TaskFarm { batch: u64 },
 }
 
 impl Caller {
@@ -35,6 +37,7 @@ impl Caller {
             Caller::Autoscaler { policy } => format!("autoscaler {policy}"),
             Caller::Follower => "scale to zero".into(),
             Caller::Schedule { name } => format!("schedule {name}"),
+            Caller::TaskFarm { batch } => format!("task farm batch {batch}"),
         }
     }
 }
@@ -52,6 +55,7 @@ pub fn authorize(caller: &Caller, command: &Command) -> Result<(), Refusal> {
                     | Command::Restart { .. }
                     | Command::Migrate { .. }
                     | Command::RunCapsule { writes: false, .. }
+                    | Command::CancelBatch { .. }
             ),
             Role::Viewer => false,
         },
@@ -70,6 +74,7 @@ pub fn authorize(caller: &Caller, command: &Command) -> Result<(), Refusal> {
         },
         Caller::Autoscaler { .. } | Caller::Follower => matches!(command, Command::Scale { .. }),
         Caller::Schedule { .. } => matches!(command, Command::RunCapsule { .. }),
+        Caller::TaskFarm { .. } => matches!(command, Command::Scale { cpu: None, .. }),
     };
     if allowed {
         return Ok(());
@@ -83,7 +88,8 @@ pub fn authorize(caller: &Caller, command: &Command) -> Result<(), Refusal> {
                 Command::Scale { .. }
                 | Command::Restart { .. }
                 | Command::Migrate { .. }
-                | Command::RunCapsule { writes: false, .. } => "the operator role",
+                | Command::RunCapsule { writes: false, .. }
+                | Command::CancelBatch { .. } => "the operator role",
                 _ => "the admin role",
             }
         ),

@@ -103,6 +103,14 @@ fn decide_authorized(
             revision.as_deref(),
         ),
         Command::RunCapsule { .. } => Ok(Decision::changes(Vec::new())),
+        Command::SubmitTasks {
+            app,
+            service,
+            tasks,
+            goal,
+            submitted,
+        } => submit_tasks(snapshot, app, service, tasks, *goal, *submitted),
+        Command::CancelBatch { app, batch } => cancel_batch(snapshot, app, *batch),
         Command::CreateToken {
             name,
             role,
@@ -342,6 +350,17 @@ fn scale(
 ) -> Result<Decision, Refusal> {
     let record = live_app(snapshot, app)?;
     let spec = find_service(record, service)?;
+    if let (Some(farm), false) = (spec.task_farm(), matches!(caller, Caller::TaskFarm { .. })) {
+        if replicas.is_some() {
+            return Err(Refusal::new(
+                RefusalKind::Conflict,
+                format!(
+                    "{service} is a task farm: it sets its own workers (at most {}) for each batch's goal; submit tasks with `paracloud tasks submit {service} -f FILE --deadline 10m`, or change `max_workers`",
+                    farm.max_workers
+                ),
+            ));
+        }
+    }
     if let Some(replicas) = replicas {
         if replicas > limits.max_replicas {
             return Err(Refusal::new(
@@ -752,4 +771,166 @@ fn no_token(snapshot: &Snapshot, name: &str) -> Refusal {
             }
         ),
     )
+}
+
+/// The most tasks one batch takes.
+pub const MAX_TASKS: usize = 100_000;
+
+/// The longest command line of a task, in bytes.
+const MAX_TASK_BYTES: usize = 64 * 1024;
+
+fn submit_tasks(
+    snapshot: &Snapshot,
+    app: &str,
+    service: &str,
+    tasks: &[String],
+    goal: paracloud_state::BatchGoal,
+    submitted: paracloud_reconcile::Millis,
+) -> Result<Decision, Refusal> {
+    use paracloud_state::{BatchGoal, BatchRecord, BatchState, TaskCounts};
+    let record = live_app(snapshot, app)?;
+    let spec = find_service(record, service)?;
+    let Some(farm) = spec.task_farm() else {
+        let farms: Vec<&str> = record
+            .manifest
+            .services
+            .iter()
+            .filter(|(_, s)| s.task_farm().is_some())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let hint = if farms.is_empty() {
+            format!("{app} has none: add a service with `catalog = \"taskfarm\"` and `up` it")
+        } else {
+            format!("{app}'s task farms: {}", farms.join(", "))
+        };
+        return Err(Refusal::new(
+            RefusalKind::Invalid,
+            format!("{service} is not a task farm ({hint})"),
+        ));
+    };
+    if tasks.is_empty() {
+        return Err(Refusal::new(
+            RefusalKind::Invalid,
+            "the batch has no tasks: give one command line per line (blank lines and lines starting with # are skipped)",
+        ));
+    }
+    if tasks.len() > MAX_TASKS {
+        return Err(Refusal::new(
+            RefusalKind::TooLarge,
+            format!(
+                "{} tasks is more than the {MAX_TASKS} a batch takes: split them into batches",
+                tasks.len()
+            ),
+        ));
+    }
+    for (i, task) in tasks.iter().enumerate() {
+        let problem = if task.trim().is_empty() {
+            Some("is empty".to_owned())
+        } else if task.contains(['\0', '\n']) {
+            Some("holds a NUL or a line break: a task is one command line".to_owned())
+        } else if task.len() > MAX_TASK_BYTES {
+            Some(format!(
+                "is {} bytes, more than the {MAX_TASK_BYTES} a task takes",
+                task.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!("task {} {problem}", i + 1),
+            ));
+        }
+    }
+    match goal {
+        BatchGoal::Deadline { at } if at <= submitted => {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                "the deadline has passed: give a duration from now, such as --deadline 10m",
+            ));
+        }
+        BatchGoal::Budget { instance_ms: 0 } => {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                "a budget of 0 runs nothing: give instance-minutes, such as --budget 30",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(running) = snapshot
+        .batches
+        .iter()
+        .find(|b| b.app == app && b.service == service)
+    {
+        return Err(Refusal::new(
+            RefusalKind::Conflict,
+            format!(
+                "batch {id} is still running on {service}: wait for it (`paracloud tasks status {id}`) or cancel it (`paracloud tasks cancel {id}`)",
+                id = running.id
+            ),
+        ));
+    }
+    let id = snapshot.next_batch;
+    let goal_text = match goal {
+        BatchGoal::Deadline { at } => format!(
+            "a deadline in {}s",
+            at.saturating_sub(submitted).div_ceil(1000)
+        ),
+        BatchGoal::Budget { instance_ms } => {
+            format!("a budget of {} instance-seconds", instance_ms / 1000)
+        }
+    };
+    let batch = BatchRecord {
+        id,
+        app: app.to_owned(),
+        service: service.to_owned(),
+        submitted,
+        goal,
+        state: BatchState::Running,
+        ended: None,
+        spent_ms: 0,
+        workers: 0,
+        peak_workers: 0,
+        plan: format!(
+            "waiting for the farm (at most {} workers)",
+            farm.max_workers
+        ),
+        counts: TaskCounts {
+            pending: tasks.len() as u32,
+            ..TaskCounts::default()
+        },
+    };
+    Ok(Decision {
+        changes: vec![
+            Change::SubmitBatch {
+                batch,
+                tasks: tasks.to_vec(),
+            },
+            event(
+                app,
+                service,
+                format!("batch {id} submitted: {} tasks, {goal_text}", tasks.len()),
+            ),
+        ],
+        outcome: Outcome::Batch { id },
+    })
+}
+
+fn cancel_batch(snapshot: &Snapshot, app: &str, batch: u64) -> Result<Decision, Refusal> {
+    find_app(snapshot, app)?;
+    let Some(running) = snapshot
+        .batches
+        .iter()
+        .find(|b| b.id == batch && b.app == app)
+    else {
+        return Err(Refusal::new(
+            RefusalKind::NotFound,
+            format!("{app} has no running batch {batch} (`paracloud tasks ls` lists its batches)"),
+        ));
+    };
+    Ok(Decision::changes(vec![
+        Change::CancelBatch { id: batch },
+        event(app, &running.service, format!("batch {batch} cancelled")),
+    ]))
 }

@@ -13,6 +13,7 @@ mod caller;
 mod decide;
 
 pub use caller::{authorize, authorize_route, Caller};
+pub use decide::MAX_TASKS;
 pub use decide::{
     check_cpu, cores, decide, find_app, find_service, parse_instance, parse_via, revisions_of,
 };
@@ -89,6 +90,17 @@ pub enum Command {
     },
     /// Revokes a token: it is refused from now on.
     RevokeToken { name: String },
+    /// Submits a bag of tasks (each a `sh -c` command line) to a task farm, for a goal.
+    SubmitTasks {
+        app: String,
+        service: String,
+        tasks: Vec<String>,
+        goal: paracloud_state::BatchGoal,
+        /// When it was asked (a deadline must be after it).
+        submitted: paracloud_reconcile::Millis,
+    },
+    /// Cancels a running batch: its waiting tasks are not run, its workers stop.
+    CancelBatch { app: String, batch: u64 },
 }
 
 impl Command {
@@ -107,6 +119,8 @@ impl Command {
             Command::RunCapsule { .. } => "run a capsule",
             Command::CreateToken { .. } => "create a token",
             Command::RevokeToken { .. } => "revoke a token",
+            Command::SubmitTasks { .. } => "submit tasks",
+            Command::CancelBatch { .. } => "cancel a batch",
         }
     }
 
@@ -120,7 +134,9 @@ impl Command {
             | Command::SetTraffic { app, .. }
             | Command::Restart { app, .. }
             | Command::Migrate { app, .. }
-            | Command::RunCapsule { app, .. } => app,
+            | Command::RunCapsule { app, .. }
+            | Command::SubmitTasks { app, .. }
+            | Command::CancelBatch { app, .. } => app,
             Command::SetWeight { instance, .. } => &instance.app,
         }
     }
@@ -190,6 +206,10 @@ pub enum Outcome {
         via: Option<MigrateMethod>,
         cpu: Option<f64>,
     },
+    /// A batch of tasks submitted, by its number.
+    Batch {
+        id: u64,
+    },
 }
 
 /// Why a command was refused: what is wrong, and how to fix it.
@@ -213,6 +233,8 @@ pub enum RefusalKind {
     Forbidden,
     /// It names an instance that was there and is gone.
     Gone,
+    /// It is larger than a way in takes.
+    TooLarge,
 }
 
 impl Refusal {

@@ -86,6 +86,7 @@ fn shop() -> Snapshot {
         }],
         networks: Default::default(),
         tokens: vec![],
+        ..Snapshot::default()
     }
 }
 
@@ -792,5 +793,149 @@ fn a_catalogue_primary_stays_one_instance_and_its_replicas_within_their_bound() 
         refused.message.contains("two servers must never share"),
         "{}",
         refused.message
+    );
+}
+
+const FARM: &str = r#"
+app = "shop"
+[services.web]
+image = "web:1"
+[services.render]
+catalog = "taskfarm"
+image = "tools:1"
+max_workers = 4
+"#;
+
+#[test]
+fn a_task_farm_takes_batches_for_a_goal_one_at_a_time_and_sets_its_own_workers() {
+    use paracloud_state::{BatchGoal, BatchState};
+    let snapshot = Snapshot {
+        apps: vec![app(FARM)],
+        next_batch: 7,
+        ..shop()
+    };
+    let submit = |service: &str, tasks: &[&str], goal: BatchGoal| Command::SubmitTasks {
+        app: "shop".into(),
+        service: service.into(),
+        tasks: tasks.iter().map(|t| (*t).to_owned()).collect(),
+        goal,
+        submitted: 1_000,
+    };
+    let deadline = BatchGoal::Deadline { at: 61_000 };
+    let admin = Caller::Local { uid: Some(0) };
+    let decision = decide(
+        &admin,
+        &submit("render", &["echo 1", "echo 2"], deadline),
+        &snapshot,
+        &LIMITS,
+    )
+    .unwrap();
+    assert_eq!(decision.outcome, Outcome::Batch { id: 7 });
+    let Change::SubmitBatch { batch, tasks } = &decision.changes[0] else {
+        panic!("{:?}", decision.changes);
+    };
+    assert_eq!(
+        (batch.id, batch.state, batch.counts.pending),
+        (7, BatchState::Running, 2)
+    );
+    assert_eq!(tasks, &["echo 1", "echo 2"]);
+    assert!(
+        matches!(&decision.changes[1], Change::Event { message, .. } if message == "batch 7 submitted: 2 tasks, a deadline in 60s")
+    );
+
+    let refused = |command: &Command, snapshot: &Snapshot, caller: &Caller| {
+        decide(caller, command, snapshot, &LIMITS).unwrap_err()
+    };
+    let not_farm = refused(&submit("web", &["true"], deadline), &snapshot, &admin);
+    assert_eq!(not_farm.kind, RefusalKind::Invalid);
+    assert_eq!(
+        not_farm.message,
+        "web is not a task farm (shop's task farms: render)"
+    );
+    assert!(refused(&submit("render", &[], deadline), &snapshot, &admin)
+        .message
+        .contains("no tasks"));
+    assert_eq!(
+        refused(
+            &submit("render", &["true", " "], deadline),
+            &snapshot,
+            &admin
+        )
+        .message,
+        "task 2 is empty"
+    );
+    assert!(refused(
+        &submit("render", &["true"], BatchGoal::Deadline { at: 1_000 }),
+        &snapshot,
+        &admin
+    )
+    .message
+    .contains("deadline has passed"));
+    assert!(refused(
+        &submit("render", &["true"], BatchGoal::Budget { instance_ms: 0 }),
+        &snapshot,
+        &admin
+    )
+    .message
+    .contains("budget of 0"));
+
+    // One batch at a time per farm.
+    let mut busy = snapshot.clone();
+    busy.batches.push(batch.clone());
+    let second = refused(&submit("render", &["true"], deadline), &busy, &admin);
+    assert_eq!(second.kind, RefusalKind::Conflict);
+    assert!(
+        second
+            .message
+            .starts_with("batch 7 is still running on render"),
+        "{}",
+        second.message
+    );
+
+    // Tasks run commands in the application: an admin's; an operator may cancel.
+    let operator = Caller::Token {
+        name: "ops".into(),
+        role: Role::Operator,
+    };
+    assert_eq!(
+        refused(&submit("render", &["true"], deadline), &snapshot, &operator).kind,
+        RefusalKind::Forbidden
+    );
+    let cancel = Command::CancelBatch {
+        app: "shop".into(),
+        batch: 7,
+    };
+    assert!(matches!(
+        decide(&operator, &cancel, &busy, &LIMITS).unwrap().changes[0],
+        Change::CancelBatch { id: 7 }
+    ));
+    assert_eq!(
+        refused(&cancel, &snapshot, &operator).kind,
+        RefusalKind::NotFound
+    );
+
+    // The farm sets its workers; nobody else does.
+    let scale = Command::Scale {
+        app: "shop".into(),
+        service: "render".into(),
+        replicas: Some(3),
+        cpu: None,
+        reason: None,
+    };
+    let by_hand = refused(&scale, &snapshot, &admin);
+    assert!(
+        by_hand.message.contains("sets its own workers (at most 4)"),
+        "{}",
+        by_hand.message
+    );
+    assert!(decide(&Caller::TaskFarm { batch: 7 }, &scale, &snapshot, &LIMITS).is_ok());
+    assert_eq!(
+        refused(
+            &submit("render", &["true"], deadline),
+            &snapshot,
+            &Caller::TaskFarm { batch: 7 }
+        )
+        .kind,
+        RefusalKind::Forbidden
     );
 }

@@ -117,6 +117,10 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .admin::<route::PullImage, _>(pull_image::<D>)
         .admin::<route::PushImage, _>(push_image::<D>)
         .read::<route::ListCatalog, _>(list_catalog)
+        .read::<route::SubmitTasks, _>(crate::batches::submit::<D>)
+        .read::<route::ListBatches, _>(crate::batches::list::<D>)
+        .read::<route::GetBatch, _>(crate::batches::get::<D>)
+        .read::<route::CancelBatch, _>(crate::batches::cancel::<D>)
         .read::<route::ListCapsules, _>(list_capsules::<D>)
         .read::<route::RunCapsule, _>(run_capsule::<D>)
         .read::<route::CapsuleHistory, _>(capsule_history::<D>)
@@ -241,9 +245,10 @@ async fn up<D: Driver>(
     }
     // The catalogue's images: built from this machine's programs when the store lacks them.
     for (name, service) in &manifest.services {
-        if let Some(catalogued) = &service.catalog {
-            let recipe =
-                paracloud_manifest::catalog::entry_of(catalogued.kind).image(&catalogued.version);
+        let recipe = service.catalog.as_ref().and_then(|catalogued| {
+            paracloud_manifest::catalog::entry_of(catalogued.kind).image(&catalogued.version)
+        });
+        if let Some(recipe) = recipe {
             engine.images.catalog_image(recipe).await.map_err(|e| {
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -418,16 +423,16 @@ async fn dry_run<D: Driver>(
     let mut checked = Vec::new();
     let mut problems = Vec::new();
     for (user, name, image) in images {
-        let catalogued = manifest
+        let recipe = manifest
             .services
             .get(name)
             .filter(|s| &s.image == image)
-            .and_then(|s| s.catalog.as_ref());
-        let found = match image {
-            Image::Stored { reference, .. } if catalogued.is_some() => {
-                let catalogued = catalogued.expect("a catalogue service");
-                let recipe = paracloud_manifest::catalog::entry_of(catalogued.kind)
-                    .image(&catalogued.version);
+            .and_then(|s| s.catalog.as_ref())
+            .and_then(|catalogued| {
+                paracloud_manifest::catalog::entry_of(catalogued.kind).image(&catalogued.version)
+            });
+        let found = match (image, recipe) {
+            (Image::Stored { reference, .. }, Some(recipe)) => {
                 let store = engine.images.store().clone();
                 let wanted = reference.clone();
                 match tokio::task::spawn_blocking(move || store.lookup(&wanted)).await {
@@ -440,7 +445,7 @@ async fn dry_run<D: Driver>(
                     }),
                 }
             }
-            Image::Stored { reference, .. } => {
+            (Image::Stored { reference, .. }, None) => {
                 let store = engine.images.store().clone();
                 let wanted = reference.clone();
                 match tokio::task::spawn_blocking(move || store.lookup(&wanted)).await {
@@ -463,13 +468,16 @@ async fn dry_run<D: Driver>(
                     },
                 }
             }
-            Image::Build {
-                context,
-                dockerfile,
-                target,
-                args,
-                ..
-            } => {
+            (
+                Image::Build {
+                    context,
+                    dockerfile,
+                    target,
+                    args,
+                    ..
+                },
+                _,
+            ) => {
                 let build = paracloud_api::BuildRequest {
                     context: context.clone(),
                     file: dockerfile.clone(),
@@ -487,11 +495,11 @@ async fn dry_run<D: Driver>(
                     })
                     .map_err(|e| e.message)
             }
-            Image::Layout { path, .. } => Ok((
+            (Image::Layout { path, .. }, _) => Ok((
                 path.display().to_string(),
                 "would be imported from its OCI layout".to_owned(),
             )),
-            Image::Host { .. } | Image::Dir { .. } => continue,
+            (Image::Host { .. } | Image::Dir { .. }, _) => continue,
         };
         match found {
             Ok((image, status)) => checked.push(paracloud_api::ImageCheck {
@@ -1291,7 +1299,11 @@ async fn list_catalog() -> Result<Json<Vec<paracloud_api::CatalogView>>, ApiErro
             keys: pairs(entry.keys),
             addresses: pairs(entry.addresses),
             package: entry.package.to_owned(),
-            missing: crate::images::catalog_sources(&entry.image(entry.versions[0])).err(),
+            missing: entry
+                .versions
+                .first()
+                .and_then(|version| entry.image(version))
+                .and_then(|recipe| crate::images::catalog_sources(&recipe).err()),
         })
         .collect();
     Ok(Json(views))

@@ -25,6 +25,7 @@ pub fn status_of(refusal: &Refusal) -> StatusCode {
         RefusalKind::Conflict => StatusCode::CONFLICT,
         RefusalKind::Forbidden => StatusCode::FORBIDDEN,
         RefusalKind::Gone => StatusCode::GONE,
+        RefusalKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
     }
 }
 

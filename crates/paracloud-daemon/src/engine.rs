@@ -1298,7 +1298,7 @@ fn with_paci(config: &mut InstanceConfig, paci_dir: PathBuf) {
 /// The environment an instance of `service` is configured with (its own and the image's, then
 /// the platform's names of it); exec health checks get it too, since a program may write its
 /// title over the environment its process shows.
-fn configured_env(
+pub(crate) fn configured_env(
     service: &Service,
     key: &InstanceKey,
 ) -> std::collections::BTreeMap<String, String> {

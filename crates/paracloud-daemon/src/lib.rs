@@ -6,6 +6,7 @@ pub mod api;
 pub mod api_error;
 pub mod auth;
 pub mod autoscale;
+pub mod batches;
 pub mod build;
 pub mod capsules;
 pub mod clock;
@@ -35,6 +36,7 @@ pub mod seconds;
 pub mod session;
 pub mod settings;
 mod sync;
+pub mod taskfarm;
 pub mod tls;
 pub mod views;
 
@@ -294,6 +296,7 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), Error> {
     let rotation = tokio::spawn(rotate_logs(engine.clone()));
     let following = tokio::spawn(follow::follow(engine.clone()));
     let scheduling = tokio::spawn(capsules::run_schedules(engine.clone()));
+    let farming = tokio::spawn(taskfarm::run(engine.clone()));
     let mut term = signal(SignalKind::terminate()).map_err(root_error(&root))?;
     let mut int = signal(SignalKind::interrupt()).map_err(root_error(&root))?;
     let shutdown = async move {
@@ -319,6 +322,7 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), Error> {
     rotation.abort();
     following.abort();
     scheduling.abort();
+    farming.abort();
     let _ = fs::remove_file(&socket);
     served.map_err(|source| Error::Listen {
         path: socket.display().to_string(),

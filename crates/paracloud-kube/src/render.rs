@@ -177,6 +177,13 @@ pub fn render(
                     "on a cluster, run the database with its own operator (such as CloudNativePG for PostgreSQL) and give the services its address",
                 );
             }
+            if service.task_farm().is_some() {
+                renderer.problem(
+                    format!("services.{name}.catalog"),
+                    "a task farm's workers are started and stopped by the daemon for each batch, which a cluster does not run",
+                    "on a cluster, run the tasks as a Kubernetes Job with `parallelism` and `completions`",
+                );
+            }
             continue;
         }
         renderer.service(name, service);

@@ -19,7 +19,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::draft::Draft;
-use crate::model::{CatalogKind, CatalogRole, Catalogued};
+use crate::model::{CatalogKind, CatalogRole, Catalogued, TaskFarm};
 use crate::reader::{child, Checker, Span, Value};
 use crate::service::CATALOG_STORAGE;
 
@@ -35,11 +35,13 @@ pub struct CatalogEntry {
     pub keys: &'static [(&'static str, &'static str)],
     /// The addresses the application reaches it at (`NAME` is the service's name).
     pub addresses: &'static [(&'static str, &'static str)],
-    /// The Debian package that holds the server, which the machine needs.
+    /// The Debian package that holds the server, which the machine needs (empty: it runs the
+    /// application's own image).
     pub package: &'static str,
-    /// The variable of `env` that holds the password every connection gives (required).
+    /// The variable of `env` that holds the password every connection gives (required; empty:
+    /// it takes no connections).
     pub password_env: &'static str,
-    /// The port its addresses serve.
+    /// The port its addresses serve (0: it has none).
     pub port: u16,
 }
 
@@ -132,7 +134,44 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
     package: "redis-server",
     password_env: "REDIS_PASSWORD",
     port: 6379,
+}, CatalogEntry {
+    name: "taskfarm",
+    kind: CatalogKind::TaskFarm,
+    summary: "A task farm: runs a bag of independent tasks (`paracloud tasks submit`) on as few workers as meet a deadline, or as many as a budget pays for, learning the tasks' run times as they complete",
+    versions: &[],
+    keys: &[
+        ("catalog", "\"taskfarm\""),
+        ("image", "the image the tasks run in, as a service's (it needs /bin/sh and sleep: each task is a `sh -c` command line)"),
+        ("build", "or the image built from a directory, as a service's"),
+        ("max_workers", "the most workers at once: 1 to 64, 8 by default"),
+        ("retries", "how many times a failed task (an exit code other than 0, a timeout, a worker that died) is run again: 0 to 10, 2 by default"),
+        ("task_timeout", "how long one run of a task may take before it is stopped and counts as failed: \"1h\" by default"),
+        ("env", "the tasks' environment, as a service's"),
+        ("volumes", "where the tasks read and write their data, as a service's"),
+        ("resources", "each worker's cpu, memory, pids and disk, as a service's"),
+        ("labels", "as a service's"),
+        ("capsules", "which capsules may attach to its workers, as a service's"),
+    ],
+    addresses: &[],
+    package: "",
+    password_env: "",
+    port: 0,
 }];
+
+/// The most workers a task farm runs at once.
+pub const MAX_WORKERS: u64 = 64;
+
+/// How many workers a task farm runs at most, unless it says.
+pub const DEFAULT_MAX_WORKERS: u64 = 8;
+
+/// How many times a failed task is run again, unless the farm says.
+pub const DEFAULT_RETRIES: u64 = 2;
+
+/// How long one run of a task may take, unless the farm says.
+pub const DEFAULT_TASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What a task farm's worker runs while it waits for tasks: nothing, until it is stopped.
+const WORKER_COMMAND: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 
 /// What a Redis primary keeps on its volume.
 const PERSISTENCE: &[&str] = &["rdb", "aof", "none"];
@@ -232,9 +271,11 @@ pub struct CatalogImage {
 }
 
 impl CatalogEntry {
-    /// The image of this service at `version`.
-    pub fn image(&self, version: &str) -> CatalogImage {
-        match self.kind {
+    /// The image of this service at `version` (none for a task farm, which runs the
+    /// application's own image).
+    pub fn image(&self, version: &str) -> Option<CatalogImage> {
+        Some(match self.kind {
+            CatalogKind::TaskFarm => return None,
             CatalogKind::Postgres => {
                 let script = entry_script(POSTGRES_SCRIPT).replace("@VERSION@", version);
                 let bin = format!("/usr/lib/postgresql/{version}/bin");
@@ -292,7 +333,7 @@ impl CatalogEntry {
                 package: "redis-server".into(),
             }
             .keyed(),
-        }
+        })
     }
 }
 
@@ -329,11 +370,22 @@ impl CatalogImage {
 /// The keys of a catalogue service table that go on to its services as they are written.
 const PASSED_ON: &[&str] = &["env", "resources", "labels", "capsules"];
 
+/// The keys of a task farm passed on to its workers as they are written.
+const FARM_PASSED_ON: &[&str] = &[
+    "image",
+    "build",
+    "env",
+    "volumes",
+    "resources",
+    "labels",
+    "capsules",
+];
+
 /// What a checked catalogue service table declares beside its services.
 pub(crate) struct CatalogDrafts {
     pub(crate) drafts: Vec<Draft>,
     /// The primary's data volume and its size.
-    pub(crate) volume: (String, u64),
+    pub(crate) volume: Option<(String, u64)>,
     /// Where the `catalog` key is written, for what is reported about the whole service.
     pub(crate) span: Span,
 }
@@ -353,6 +405,9 @@ impl Checker<'_> {
         let entry = self.catalog_entry(catalog, &field("catalog"))?;
         let before = self.problems();
         self.catalog_keys(entry, table, &path);
+        if entry.kind == CatalogKind::TaskFarm {
+            return self.task_farm(name, table, value, catalog, before);
+        }
         let version = match table.get("version") {
             None => entry.versions[0].to_owned(),
             Some(v) => {
@@ -461,7 +516,9 @@ impl Checker<'_> {
             return None;
         }
 
-        let image = entry.image(&version);
+        let image = entry
+            .image(&version)
+            .expect("a server of the catalogue has an image");
         let volume = data_volume_name(name);
         let read = read_service_name(name);
         let (primary_text, replica_text) = match entry.kind {
@@ -474,6 +531,7 @@ impl Checker<'_> {
                 restore,
             ),
             CatalogKind::Redis => redis_texts(name, &image.tag, replicas, persistence),
+            CatalogKind::TaskFarm => unreachable!("a task farm is made by task_farm"),
         };
         let mut drafts = Vec::new();
         for (service, text, role) in [
@@ -486,7 +544,7 @@ impl Checker<'_> {
                 },
             ),
         ] {
-            let generated = made_table(&text, catalog.span(), table);
+            let generated = made_table(&text, catalog.span(), table, PASSED_ON);
             let generated = Value::new(value.span(), DeValue::Table(generated));
             let DeValue::Table(generated_table) = generated.get_ref() else {
                 continue;
@@ -502,7 +560,71 @@ impl Checker<'_> {
         }
         Some(CatalogDrafts {
             drafts,
-            volume: (volume, storage),
+            volume: Some((volume, storage)),
+            span: catalog.span(),
+        })
+    }
+
+    /// A task farm: one service of workers, none until a batch runs (see [`WORKER_COMMAND`]).
+    fn task_farm(
+        &mut self,
+        name: &str,
+        table: &DeTable<'_>,
+        value: &Value<'_>,
+        catalog: &Value<'_>,
+        before: usize,
+    ) -> Option<CatalogDrafts> {
+        let path = child("services", name);
+        let field = |key: &str| child(&path, key);
+        let max_workers = match table.get("max_workers") {
+            None => DEFAULT_MAX_WORKERS,
+            Some(v) => self.whole(v, &field("max_workers"), 1, MAX_WORKERS)?,
+        };
+        let retries = match table.get("retries") {
+            None => DEFAULT_RETRIES,
+            Some(v) => self.whole(v, &field("retries"), 0, 10)?,
+        };
+        let task_timeout = match table.get("task_timeout") {
+            None => DEFAULT_TASK_TIMEOUT,
+            Some(v) => self.positive_duration(v, &field("task_timeout"))?,
+        };
+        if !table.contains_key("image") && !table.contains_key("build") {
+            self.error(
+                catalog.span(),
+                &field("image"),
+                "a task farm needs the image its tasks run in",
+                Some(
+                    "add `image = \"...\"` (with /bin/sh and sleep in it), or `build = \"DIR\"`"
+                        .into(),
+                ),
+            );
+        }
+        if self.problems() > before {
+            return None;
+        }
+        let command = toml::Value::String(WORKER_COMMAND.into());
+        let text = format!(
+            "command = [\"/bin/sh\", \"-c\", {command}]\ninit = true\nreplicas = 0\nstop_grace_period = \"5s\"\n"
+        );
+        let generated = made_table(&text, catalog.span(), table, FARM_PASSED_ON);
+        let generated = Value::new(value.span(), DeValue::Table(generated));
+        let DeValue::Table(generated_table) = generated.get_ref() else {
+            return None;
+        };
+        let mut draft = self.service_fields(name, &path, generated_table, &generated)?;
+        draft.service.catalog = Some(Catalogued {
+            kind: CatalogKind::TaskFarm,
+            version: String::new(),
+            role: CatalogRole::Workers(TaskFarm {
+                max_workers: max_workers as u32,
+                retries: retries as u32,
+                task_timeout_ms: task_timeout.as_millis() as u64,
+            }),
+            synchronous: false,
+        });
+        Some(CatalogDrafts {
+            drafts: vec![draft],
+            volume: None,
             span: catalog.span(),
         })
     }
@@ -544,16 +666,16 @@ impl Checker<'_> {
             let elsewhere = CATALOG
                 .iter()
                 .find(|other| other.keys.iter().any(|(k, _)| *k == key_name));
-            let hint = if let Some(other) = elsewhere {
-                format!(
-                    "`{key_name}` is a key of `catalog = \"{}\"`; this one's keys are {}",
-                    other.name,
-                    allowed.join(", ")
-                )
-            } else if crate::service::SERVICE_KEYS.contains(&key_name) {
+            let hint = if crate::service::SERVICE_KEYS.contains(&key_name) {
                 format!(
                     "the catalogue runs `{}` itself; its keys are {}",
                     entry.name,
+                    allowed.join(", ")
+                )
+            } else if let Some(other) = elsewhere {
+                format!(
+                    "`{key_name}` is a key of `catalog = \"{}\"`; this one's keys are {}",
+                    other.name,
                     allowed.join(", ")
                 )
             } else {
@@ -683,7 +805,12 @@ depends_on = {{ {name} = "healthy" }}
 /// A service table made of `text` (the catalogue's own keys, every span moved to `at`, where
 /// `catalog` is written) and of the keys of `written` passed on as they are written (their
 /// spans kept, so that what is wrong in them is reported where it is).
-fn made_table<'i>(text: &'i str, at: Span, written: &DeTable<'i>) -> DeTable<'i> {
+fn made_table<'i>(
+    text: &'i str,
+    at: Span,
+    written: &DeTable<'i>,
+    passed_on: &[&str],
+) -> DeTable<'i> {
     let made = DeTable::parse(text).expect("the catalogue writes valid TOML");
     let mut table: DeTable<'i> = made
         .into_inner()
@@ -691,7 +818,7 @@ fn made_table<'i>(text: &'i str, at: Span, written: &DeTable<'i>) -> DeTable<'i>
         .map(|(k, v)| (Spanned::new(at.clone(), k.into_inner()), respan(v, &at)))
         .collect();
     for (k, v) in written {
-        if PASSED_ON.contains(&k.get_ref().as_ref()) {
+        if passed_on.contains(&k.get_ref().as_ref()) {
             table.insert(k.clone(), v.clone());
         }
     }

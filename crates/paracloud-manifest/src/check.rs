@@ -134,7 +134,11 @@ impl Checker<'_> {
                         };
                         if let Some(catalogued) = catalogued {
                             if let Some(made) = catalogued {
-                                catalog_volumes.push((name.to_owned(), made.volume, made.span));
+                                // A server's data volume and read service (a task farm has
+                                // neither).
+                                if let Some(volume) = made.volume {
+                                    catalog_volumes.push((name.to_owned(), volume, made.span));
+                                }
                                 for draft in made.drafts {
                                     drafts.insert(draft.service.name.clone(), draft);
                                 }

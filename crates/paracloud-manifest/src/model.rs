@@ -317,6 +317,7 @@ pub struct Catalogued {
 pub enum CatalogKind {
     Postgres,
     Redis,
+    TaskFarm,
 }
 
 /// What one service made of a catalogue service does there.
@@ -330,6 +331,22 @@ pub enum CatalogRole {
     /// Streaming replicas of `primary`, on `NAME-read` (the read address), which balances reads
     /// over them and the primary. Each is seeded from the primary when it starts.
     ReadReplicas { primary: String },
+    /// The workers of a task farm: instances of the application's own image that do nothing
+    /// until the platform runs tasks in them, as many as the farm's goal needs (none while no
+    /// batch runs).
+    Workers(TaskFarm),
+}
+
+/// How a task farm runs its tasks (`catalog = "taskfarm"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFarm {
+    /// The most workers it runs at once.
+    pub max_workers: u32,
+    /// How many times a failed task is run again before it counts as failed.
+    pub retries: u32,
+    /// How long one run of a task may take before it is stopped (and counts as failed), in
+    /// milliseconds.
+    pub task_timeout_ms: u64,
 }
 
 impl Service {
@@ -343,6 +360,17 @@ impl Service {
                 ..
             })
         )
+    }
+
+    /// The task farm this service's instances are the workers of.
+    pub fn task_farm(&self) -> Option<&TaskFarm> {
+        match &self.catalog {
+            Some(Catalogued {
+                role: CatalogRole::Workers(farm),
+                ..
+            }) => Some(farm),
+            _ => None,
+        }
     }
 
     /// The service whose instances also serve this one's reads (a catalogue service's primary,

@@ -243,6 +243,123 @@ pub struct Snapshot {
     pub instances: Vec<InstanceRecord>,
     pub networks: BTreeSet<String>,
     pub tokens: Vec<TokenRecord>,
+    /// The task farms' batches still running (ended ones are read on demand).
+    pub batches: Vec<BatchRecord>,
+    /// The number the next batch gets (numbers are never reused).
+    pub next_batch: u64,
+}
+
+/// A bag of tasks submitted to a task farm (`paracloud tasks submit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub id: u64,
+    pub app: String,
+    pub service: String,
+    pub submitted: Millis,
+    pub goal: BatchGoal,
+    pub state: BatchState,
+    /// When it ended (every task done or failed, cancelled, or its budget spent).
+    pub ended: Option<Millis>,
+    /// Instance time its workers have run, in milliseconds.
+    pub spent_ms: u64,
+    /// The workers the farm last asked for, the most it ran at once, and why.
+    pub workers: u32,
+    pub peak_workers: u32,
+    pub plan: String,
+    /// Tasks by state: done, failed for good, running, waiting, never run.
+    pub counts: TaskCounts,
+}
+
+/// What a batch is run for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchGoal {
+    /// Every task done by then.
+    Deadline { at: Millis },
+    /// As soon as it can, within this much instance time (workers × milliseconds).
+    Budget { instance_ms: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    Running,
+    /// Every task ran: succeeded, or failed once its retries were spent.
+    Done,
+    Cancelled,
+    /// Its budget was spent with tasks still waiting; they were not run.
+    BudgetSpent,
+}
+
+impl BatchState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchState::Running => "running",
+            BatchState::Done => "done",
+            BatchState::Cancelled => "cancelled",
+            BatchState::BudgetSpent => "budget spent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub succeeded: u32,
+    pub failed: u32,
+    pub running: u32,
+    pub pending: u32,
+    #[serde(default)]
+    pub not_run: u32,
+}
+
+/// One task of a batch: a `sh -c` command line, its runs, and the output of the last one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Its line in the submitted file, from 1.
+    pub index: u32,
+    pub command: String,
+    pub state: TaskState,
+    pub attempts: Vec<Attempt>,
+    /// The end of what the last run wrote (see `paracloud_runtime::EXEC_OUTPUT_LIMIT`).
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Pending,
+    Running,
+    Succeeded,
+    /// Its last run failed and no retry is left.
+    Failed,
+    /// Never run: its batch was cancelled or ran out of budget first.
+    NotRun,
+}
+
+impl TaskState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::NotRun => "not run",
+        }
+    }
+}
+
+/// One run of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The worker instance it ran on (`render.2`).
+    pub worker: String,
+    pub started: Millis,
+    pub ended: Option<Millis>,
+    /// Its exit code, once it ended by itself.
+    pub code: Option<i32>,
+    /// Why it did not end by itself (a timeout, a worker that went away).
+    pub error: Option<String>,
 }
 
 /// One write to the desired state, as decided by the command layer; `Store::transact` writes
@@ -294,4 +411,12 @@ pub enum Change {
         subject: String,
         message: String,
     },
+    /// A new batch of a task farm and its tasks, in order, all waiting.
+    SubmitBatch {
+        batch: BatchRecord,
+        tasks: Vec<String>,
+    },
+    /// A running batch ends, cancelled: its waiting tasks are not run (the running ones are
+    /// stopped by the farm).
+    CancelBatch { id: u64 },
 }

@@ -105,6 +105,18 @@ CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT NOT NULL UNIQUE,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    running INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    batch INTEGER NOT NULL REFERENCES batches(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (batch, idx)
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
@@ -782,8 +794,138 @@ impl Store {
                     params![now as i64, app, subject, message],
                 )?;
             }
+            Change::SubmitBatch { batch, tasks } => {
+                Self::put_batch_in(tx, batch, true)?;
+                for (i, command) in tasks.iter().enumerate() {
+                    let task = TaskRecord {
+                        index: i as u32 + 1,
+                        command: command.clone(),
+                        state: TaskState::Pending,
+                        attempts: Vec::new(),
+                        stdout: String::new(),
+                        stderr: String::new(),
+                    };
+                    Self::put_task_in(tx, batch.id, &task)?;
+                }
+            }
+            Change::CancelBatch { id } => {
+                if let Some(mut batch) = Self::batch_in(tx, *id)? {
+                    if batch.state == BatchState::Running {
+                        batch.state = BatchState::Cancelled;
+                        batch.ended = Some(now);
+                        batch.counts.not_run += batch.counts.pending;
+                        batch.counts.pending = 0;
+                        tx.execute(
+                            "UPDATE tasks SET record = json_set(record, '$.state', 'not_run')
+                             WHERE batch = ?1 AND json_extract(record, '$.state') = 'pending'",
+                            [*id as i64],
+                        )?;
+                        Self::put_batch_in(tx, &batch, false)?;
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    fn put_batch_in(tx: &Transaction<'_>, batch: &BatchRecord, new: bool) -> Result<()> {
+        let running = batch.state == BatchState::Running;
+        let record = serde_json::to_string(batch)?;
+        if new {
+            tx.execute(
+                "INSERT INTO batches (id, app, running, record) VALUES (?1, ?2, ?3, ?4)",
+                params![batch.id as i64, batch.app, running, record],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE batches SET running = ?2, record = ?3 WHERE id = ?1",
+                params![batch.id as i64, running, record],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn put_task_in(tx: &Transaction<'_>, batch: u64, task: &TaskRecord) -> Result<()> {
+        tx.execute(
+            "INSERT OR REPLACE INTO tasks (batch, idx, record) VALUES (?1, ?2, ?3)",
+            params![batch as i64, task.index, serde_json::to_string(task)?],
+        )?;
+        Ok(())
+    }
+
+    fn batch_in(tx: &Connection, id: u64) -> Result<Option<BatchRecord>> {
+        let json: Option<String> = tx
+            .query_row(
+                "SELECT record FROM batches WHERE id = ?1",
+                [id as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
+    /// The batch numbered `id`, running or ended.
+    pub fn batch(&self, id: u64) -> Result<Option<BatchRecord>> {
+        Self::batch_in(&self.conn(), id)
+    }
+
+    /// Every batch, oldest first, optionally of one application.
+    pub fn batches(&self, app: Option<&str>) -> Result<Vec<BatchRecord>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT record FROM batches WHERE ?1 IS NULL OR app = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([app], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// The tasks of batch `id`, in order.
+    pub fn tasks(&self, id: u64) -> Result<Vec<TaskRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT record FROM tasks WHERE batch = ?1 ORDER BY idx")?;
+        let rows = stmt.query_map([id as i64], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes what the farm learned of a running batch and of its tasks, in one transaction;
+    /// a batch that ended meanwhile (cancelled) keeps its end, and its tasks their `not_run`.
+    pub fn update_batch(&self, batch: &BatchRecord, tasks: &[&TaskRecord]) -> Result<()> {
+        self.writing(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let Some(stored) = Self::batch_in(&tx, batch.id)? else {
+                return Ok(());
+            };
+            if stored.state != BatchState::Running {
+                // Cancelled meanwhile: keep its end, record only what ran.
+                let mut ended = stored.clone();
+                ended.spent_ms = batch.spent_ms;
+                ended.counts.succeeded = batch.counts.succeeded;
+                ended.counts.failed = batch.counts.failed;
+                ended.counts.running = batch.counts.running;
+                ended.counts.not_run = batch.counts.not_run;
+                Self::put_batch_in(&tx, &ended, false)?;
+                for task in tasks {
+                    if task.state != TaskState::Pending {
+                        Self::put_task_in(&tx, batch.id, task)?;
+                    }
+                }
+            } else {
+                Self::put_batch_in(&tx, batch, false)?;
+                for task in tasks {
+                    Self::put_task_in(&tx, batch.id, task)?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn read(tx: &Transaction<'_>) -> Result<Snapshot> {
@@ -858,11 +1000,31 @@ impl Store {
             }
             out
         };
+        let batches = {
+            let mut stmt =
+                tx.prepare("SELECT record FROM batches WHERE running = 1 ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row?)?);
+            }
+            out
+        };
+        let next_batch = tx
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'batches'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map_or(1, |seq| seq as u64 + 1);
         Ok(Snapshot {
             apps,
             instances,
             networks,
             tokens,
+            batches,
+            next_batch,
         })
     }
 }

@@ -56,7 +56,10 @@ fn a_postgres_service_is_a_primary_on_its_volume_and_replicas_behind_a_read_addr
     let Image::Stored { reference, .. } = &primary.image else {
         panic!("a store image, built by the daemon: {:?}", primary.image);
     };
-    assert_eq!(reference, &entry("postgres").unwrap().image("15").tag);
+    assert_eq!(
+        reference,
+        &entry("postgres").unwrap().image("15").unwrap().tag
+    );
     assert!(reference.starts_with("paracloud-catalog/postgres:15-"));
     // A primary that fails its check is restarted; a replica behind only leaves the reads.
     assert!(primary.health.as_ref().unwrap().restart);
@@ -91,7 +94,7 @@ paracloud.toml:3:11: services.db.catalog: no service "postgre" in the catalogue
         "app = \"a\"\n[services.db]\ncatalog = \"oracle\"\n",
         r#"
 paracloud.toml:3:11: services.db.catalog: no service "oracle" in the catalogue
-  hint: the catalogue has postgres, redis; `paracloud catalog ls` says what each offers
+  hint: the catalogue has postgres, redis, taskfarm; `paracloud catalog ls` says what each offers
 "#,
     );
 }
@@ -186,7 +189,7 @@ fn every_catalogue_image_is_named_by_what_it_is_made_of() {
     let mut tags = Vec::new();
     for entry in CATALOG {
         for version in entry.versions {
-            let image = entry.image(version);
+            let image = entry.image(version).expect("a server's image");
             assert!(image.tag.parse::<paracloud_image_spec::Reference>().is_ok());
             assert!(
                 image
@@ -203,7 +206,11 @@ fn every_catalogue_image_is_named_by_what_it_is_made_of() {
                 && !script.contains("@VERSION@")
                 && *mode == 0o755));
             assert!(image.programs.iter().any(|p| p == "/usr/bin/setpriv"));
-            assert_eq!(image, entry.image(version), "the same recipe every time");
+            assert_eq!(
+                Some(&image),
+                entry.image(version).as_ref(),
+                "the same recipe every time"
+            );
             tags.push(image.tag);
         }
     }
@@ -313,6 +320,75 @@ fn synchronous_commits_need_a_replica() {
         r#"
 paracloud.toml:5:15: services.db.synchronous: synchronous replication needs a replica: each commit waits for one
   hint: add `replicas = 1` (or more: with two, a commit waits for the first of them)
+"#,
+    );
+}
+
+const FARM: &str = "app = \"a\"\n[services.render]\ncatalog = \"taskfarm\"\nimage = \"tools:1\"\n";
+
+#[test]
+fn a_task_farm_is_one_service_of_idle_workers_none_until_a_batch_runs() {
+    let manifest = valid(&format!(
+        "{FARM}max_workers = 12\nretries = 1\ntask_timeout = \"90s\"\nenv = {{ SCALE = \"2\" }}\nvolumes = [\"frames:/frames\"]\nresources = {{ cpu = 1 }}\n"
+    ));
+    assert_eq!(manifest.services.keys().collect::<Vec<_>>(), ["render"]);
+    let workers = &manifest.services["render"];
+    assert_eq!(workers.replicas, 0, "no worker before a batch");
+    assert_eq!(
+        workers.task_farm(),
+        Some(&TaskFarm {
+            max_workers: 12,
+            retries: 1,
+            task_timeout_ms: 90_000,
+        })
+    );
+    assert!(workers.sandbox.init, "pid 1 reaps what tasks leave behind");
+    assert_eq!(workers.argv()[..2], ["/bin/sh".to_owned(), "-c".to_owned()]);
+    assert_eq!(workers.env["SCALE"], "2");
+    assert_eq!(workers.resources.cpu, Some(1.0));
+    assert!(matches!(&workers.volumes[..], [VolumeMount::Named { name, .. }] if name == "frames"));
+    assert!(workers.ports.is_empty() && workers.health.is_none());
+    assert!(!workers.is_catalog_primary());
+    assert!(
+        entry("taskfarm").unwrap().image("").is_none(),
+        "it runs the application's image"
+    );
+
+    let defaults = valid(FARM);
+    assert_eq!(
+        defaults.services["render"].task_farm(),
+        Some(&TaskFarm {
+            max_workers: 8,
+            retries: 2,
+            task_timeout_ms: 3_600_000,
+        })
+    );
+}
+
+#[test]
+fn a_task_farm_checks_its_own_keys() {
+    check(
+        "app = \"a\"\n[services.render]\ncatalog = \"taskfarm\"\n",
+        r#"
+paracloud.toml:3:11: services.render.image: a task farm needs the image its tasks run in
+  hint: add `image = "..."` (with /bin/sh and sleep in it), or `build = "DIR"`
+"#,
+    );
+    check(
+        &format!("{FARM}max_workers = 65\nretries = 11\ntask_timeout = \"0s\"\n"),
+        r#"
+paracloud.toml:5:15: services.render.max_workers: must be between 1 and 64, found 65
+"#,
+    );
+    check(
+        &format!("{FARM}replicas = 3\nstorage = \"1G\"\nmax_worker = 2\n"),
+        r#"
+paracloud.toml:5:1: services.render.replicas: `catalog = "taskfarm"` does not take `replicas`
+  hint: the catalogue runs `taskfarm` itself; its keys are catalog, image, build, max_workers, retries, task_timeout, env, volumes, resources, labels, capsules
+paracloud.toml:6:1: services.render.storage: `catalog = "taskfarm"` does not take `storage`
+  hint: `storage` is a key of `catalog = "postgres"`; this one's keys are catalog, image, build, max_workers, retries, task_timeout, env, volumes, resources, labels, capsules
+paracloud.toml:7:1: services.render.max_worker: `catalog = "taskfarm"` does not take `max_worker`
+  hint: did you mean `max_workers`?
 "#,
     );
 }
