@@ -30,6 +30,7 @@ mod rootfs;
 mod scale;
 mod start;
 mod stats;
+mod taskfarm;
 mod udp;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,9 @@ enum Command {
     /// server, reads with 0, 1 and 2 replicas, a replica's copy against the database's size, and
     /// the primary killed under writes
     Catalog(CatalogArgs),
+    /// The task farm against fixed worker pools chosen by hand: finish time and cost (instance
+    /// time) on one bag of tasks with varied run times (root)
+    Taskfarm(TaskfarmArgs),
     /// The API's latency with 50 concurrent clients, over HTTPS with a token (remote) and over
     /// the Unix socket (local)
     RemoteApi(RemoteApiArgs),
@@ -316,6 +320,25 @@ struct CatalogArgs {
     /// Loopback port of the HAProxy the data plane is compared with
     #[arg(long, default_value_t = 25432)]
     haproxy_port: u16,
+}
+
+#[derive(Debug, Args)]
+struct TaskfarmArgs {
+    /// Tasks in the bag (run times from 0.3 s to 3 s)
+    #[arg(long, default_value_t = 40)]
+    farm_tasks: usize,
+    /// The farm's deadline, in seconds
+    #[arg(long, default_value_t = 30)]
+    farm_deadline: u64,
+    /// Sizes of the fixed pools it is compared with
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    farm_pools: Vec<u32>,
+    /// Rounds of the whole comparison
+    #[arg(long, default_value_t = 2)]
+    farm_rounds: usize,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.242.0.0/16")]
+    farm_subnet: Ipv4Net,
 }
 
 #[derive(Debug, Args)]
@@ -978,6 +1001,26 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", catalog::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Taskfarm(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench taskfarm needs root (instances, volumes)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, Some(Path::new("/var/tmp")))?;
+            let report = taskfarm::run(
+                &taskfarm::TaskFarmOptions {
+                    tasks: args.farm_tasks.max(1),
+                    deadline: std::time::Duration::from_secs(args.farm_deadline.max(1)),
+                    pools: args.farm_pools,
+                    rounds: args.farm_rounds.max(1),
+                    subnet: args.farm_subnet,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", taskfarm::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Images(args) => {

@@ -5,9 +5,10 @@
 //! each take the next task as they become free finish `W` of work, whose longest task takes
 //! `p`, within `W / n + p × (n − 1) / n` (Graham, 1966). It is what a deadline needs: a bound,
 //! not an average. The work left is estimated from the mean run time of the tasks done so far
-//! (and of the ones running longer than that mean, which are known to take at least as long);
-//! until a first task completes, a task is taken to be as long as the longest one running, and
-//! at least [`FIRST_GUESS_MS`].
+//! (and of the ones running longer than that mean, which are known to take at least as long),
+//! with a margin for the spread of run times and for a mean learned from few tasks (see
+//! `work_left`); until a first task completes, a task is taken to be as long as the longest one
+//! running, and at least [`FIRST_GUESS_MS`].
 //!
 //! - With a deadline, the farm runs the fewest workers whose bound still meets it: each worker
 //!   more costs a tail of idle time and a start, and finishes no sooner than it needs to.
@@ -90,15 +91,44 @@ pub fn run_times(facts: &FarmFacts) -> (Millis, Millis) {
     (mean.max(1), longest.max(1))
 }
 
-/// The work left, in milliseconds of one worker: the pending tasks at the mean, and what the
-/// running ones have left of it.
+/// How far above its estimate the work left may be, in standard deviations: the estimate is
+/// exceeded one time in twenty (a one-sided 95 % bound).
+const MARGIN_SIGMAS: f64 = 1.64;
+
+/// The work left, in milliseconds of one worker: the pending tasks at the mean, what the
+/// running ones have left of it, and a margin for what is not known yet.
+///
+/// The margin: `m` waiting tasks drawn from run times of spread `σ` sum to `m × mean` give or
+/// take `σ √m`, and a mean learned from `k` tasks is itself off by about `σ / √k`, which `m`
+/// tasks multiply; together `σ √(m + m² / k)`, taken [`MARGIN_SIGMAS`] times. It shrinks as
+/// tasks complete.
 fn work_left(facts: &FarmFacts, mean: Millis) -> u64 {
+    let m = f64::from(facts.pending);
+    let k = facts.done.len() as f64;
+    let margin = if k >= 2.0 {
+        let sigma = spread(&facts.done);
+        MARGIN_SIGMAS * sigma * (m + m * m / k).sqrt()
+    } else {
+        0.0
+    };
     u64::from(facts.pending) * mean
+        + margin.round() as u64
         + facts
             .running
             .iter()
             .map(|&t| mean.saturating_sub(t).max(mean / 10))
             .sum::<u64>()
+}
+
+/// The standard deviation of run times (of a sample: divided by `n - 1`).
+fn spread(times: &[Millis]) -> f64 {
+    let n = times.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mean = times.iter().sum::<u64>() as f64 / n;
+    let squares: f64 = times.iter().map(|&t| (t as f64 - mean).powi(2)).sum();
+    (squares / (n - 1.0)).sqrt()
 }
 
 /// How long `workers` take for `work` whose longest task is `longest`, at worst.
@@ -308,6 +338,21 @@ mod tests {
         );
         assert_eq!(spent.workers, 1);
         assert!(!spent.meets_goal, "{}", spent.reason);
+    }
+
+    #[test]
+    fn a_mean_learned_from_few_varied_tasks_asks_for_a_margin_that_shrinks_as_more_complete() {
+        // Run times of 0.5 s and 2.5 s: a mean of 1.5 s, a spread of about 1.41 s.
+        let few = facts(&[500, 2_500], &[], 30);
+        let many = facts(&[500, 2_500].repeat(10), &[], 30);
+        let steady = facts(&[1_500, 1_500], &[], 30);
+        let work = |f: &FarmFacts| work_left(f, run_times(f).0);
+        assert_eq!(work(&steady), 45_000, "30 tasks at 1.5 s, nothing unknown");
+        assert!(work(&few) > work(&many), "{} / {}", work(&few), work(&many));
+        assert!(work(&many) > work(&steady), "{}", work(&many));
+        let at = Goal::Deadline { at: 40_000 };
+        assert!(plan(at, &few).workers > plan(at, &steady).workers);
+        assert!((spread(&[500, 2_500]) - 1414.2).abs() < 0.1);
     }
 
     #[test]

@@ -319,7 +319,9 @@ fn bad_batches_are_refused_where_they_are_wrong_and_change_nothing() {
     );
     let render = p.fails(&["k8s", "render", "-f", manifest.to_str().unwrap()]);
     assert!(
-        render.contains("services.render.catalog: a task farm's workers are started and stopped by the daemon"),
+        render.contains(
+            "services.render.catalog: a task farm's workers are started and stopped by the daemon"
+        ),
         "{render}"
     );
     let status = p.ok(&["tasks", "status", "-a", "farm", "1", "-o", "json"]);
