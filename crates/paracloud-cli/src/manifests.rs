@@ -148,8 +148,15 @@ pub(crate) fn load_manifests(files: &[PathBuf], profiles: &[String]) -> Result<L
     let users = manifest
         .services
         .iter()
-        // The daemon builds the catalogue's images from its machine's programs.
-        .filter(|(_, s)| s.catalog.is_none())
+        // The daemon builds the catalogue's servers' images from its machine's programs (a
+        // task farm runs the application's own image, pulled as any).
+        .filter(|(_, s)| {
+            s.catalog.as_ref().is_none_or(|c| {
+                paracloud_manifest::catalog::entry_of(c.kind)
+                    .image(&c.version)
+                    .is_none()
+            })
+        })
         .map(|(name, s)| (format!("service {name}"), &s.image))
         .chain(
             manifest

@@ -142,15 +142,14 @@ fn record(farms: &mut BTreeMap<u64, Farm>, ended: Ended) {
     farm.running.remove(&ended.position);
     farm.dirty.insert(ended.position);
     let retries = farm.retries;
-    let cancelled = farm.batch.state != BatchState::Running;
+    // A batch that ended (cancelled, or its budget spent) runs no retry.
+    let ended_batch = farm.batch.state != BatchState::Running;
+    let cancelled = farm.batch.state == BatchState::Cancelled;
     let task = &mut farm.tasks[ended.position];
     let Some(attempt) = task.attempts.last_mut() else {
         return;
     };
     attempt.ended = Some(ended.at);
-    if cancelled {
-        attempt.error = Some("stopped with its workers: the batch was cancelled".into());
-    }
     let succeeded = match ended.result {
         Ok(output) => {
             attempt.code = Some(output.code);
@@ -159,13 +158,16 @@ fn record(farms: &mut BTreeMap<u64, Farm>, ended: Ended) {
             output.code == 0
         }
         Err(error) => {
-            attempt.error.get_or_insert(error);
+            attempt.error = Some(error);
             false
         }
     };
+    if cancelled && !succeeded {
+        attempt.error = Some("stopped with its workers: the batch was cancelled".into());
+    }
     task.state = if succeeded {
         TaskState::Succeeded
-    } else if cancelled || task.attempts.len() > retries as usize {
+    } else if ended_batch || task.attempts.len() > retries as usize {
         TaskState::Failed
     } else {
         TaskState::Pending

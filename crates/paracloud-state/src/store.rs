@@ -281,9 +281,11 @@ impl Store {
                         changed.push(name.clone());
                         revision + 1
                     };
+                    // A task farm's workers are its batch's: an `up` leaves their count alone.
+                    let farm = service.task_farm().is_some();
                     tx.execute(
-                        "UPDATE services SET replicas = ?3, revision = ?4, spec = ?5, weight = NULL, cpu = NULL WHERE app = ?1 AND name = ?2",
-                        params![manifest.app, name, service.replicas, revision as i64, spec],
+                        "UPDATE services SET replicas = CASE WHEN ?6 THEN replicas ELSE ?3 END, revision = ?4, spec = ?5, weight = NULL, cpu = NULL WHERE app = ?1 AND name = ?2",
+                        params![manifest.app, name, service.replicas, revision as i64, spec, farm],
                     )?;
                 }
                 None => {

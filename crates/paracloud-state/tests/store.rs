@@ -498,3 +498,82 @@ fn the_address_plan_holds_while_applications_exist() {
         "kept by no application"
     );
 }
+
+#[test]
+fn a_task_farm_keeps_its_workers_and_its_batches_across_an_up_and_a_cancel_marks_what_waited() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    let source = "app = \"farm\"\n[services.render]\ncatalog = \"taskfarm\"\nimage = \"tools:1\"\n";
+    let origin = Origin {
+        file: "paracloud.toml".into(),
+        base_dir: "/".into(),
+    };
+    let farm = parse(source, &origin, &AnyFs).unwrap();
+    store.put_app(&farm, source, "paracloud.toml", 1).unwrap();
+    let snapshot = store.load().unwrap();
+    assert_eq!(snapshot.next_batch, 1);
+    let batch = BatchRecord {
+        id: snapshot.next_batch,
+        app: "farm".into(),
+        service: "render".into(),
+        submitted: 1,
+        goal: BatchGoal::Deadline { at: 60_000 },
+        state: BatchState::Running,
+        ended: None,
+        spent_ms: 0,
+        workers: 0,
+        peak_workers: 0,
+        plan: String::new(),
+        counts: TaskCounts {
+            pending: 2,
+            ..TaskCounts::default()
+        },
+    };
+    let tasks = vec!["echo 1".to_owned(), "echo 2".to_owned()];
+    store
+        .apply(&[Change::SubmitBatch { batch, tasks }], 2)
+        .unwrap();
+    store
+        .apply(
+            &[Change::Replicas {
+                app: "farm".into(),
+                service: "render".into(),
+                replicas: 3,
+            }],
+            3,
+        )
+        .unwrap();
+    store.put_app(&farm, source, "paracloud.toml", 4).unwrap();
+    let snapshot = store.load().unwrap();
+    assert_eq!(
+        snapshot.apps[0].services["render"].replicas, 3,
+        "an up leaves the farm's workers to its batch"
+    );
+    assert_eq!(snapshot.batches.len(), 1, "the running batch");
+    assert_eq!(snapshot.next_batch, 2);
+
+    store.apply(&[Change::CancelBatch { id: 1 }], 5).unwrap();
+    let snapshot = store.load().unwrap();
+    assert!(snapshot.batches.is_empty(), "no batch runs");
+    let cancelled = store.batch(1).unwrap().unwrap();
+    assert_eq!(
+        (cancelled.state, cancelled.ended, cancelled.counts.not_run),
+        (BatchState::Cancelled, Some(5), 2)
+    );
+    let states: Vec<TaskState> = store
+        .tasks(1)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.state)
+        .collect();
+    assert_eq!(states, [TaskState::NotRun, TaskState::NotRun]);
+    assert_eq!(
+        store.load().unwrap().next_batch,
+        2,
+        "numbers are never reused"
+    );
+
+    // Its application's removal takes its batches with it.
+    store.forget_app("farm").unwrap();
+    assert!(store.batches(None).unwrap().is_empty());
+}
