@@ -12,6 +12,7 @@
 #   (it needs no Docker engine);
 # - skopeo, umoci, docker-registry, nginx, htpasswd, openssl: OCI layouts and archives made by other
 #   tools, a local registry to pull from and push to (over TLS and with basic authentication);
+#   nginx is also what the catalogue's static site image is made of;
 # - strace, gdb, tcpdump, yara, zstd: the host programs the built-in capsules are made of;
 # - crun, runc, curl: the OCI runtimes the node agent's tests start pods with (as a Kubernetes
 #   node's CRI runtime does), and the client their containers speak PaCI with;

@@ -177,6 +177,13 @@ pub fn render(
                     "on a cluster, run the database with its own operator (such as CloudNativePG for PostgreSQL) and give the services its address",
                 );
             }
+            if matches!(catalogued.role, paracloud_manifest::CatalogRole::Site) {
+                renderer.problem(
+                    format!("services.{name}.catalog"),
+                    "a static site serves a directory of the daemon's machine, with an image made of that machine's nginx",
+                    "on a cluster, build an image that holds the files (FROM nginx, COPY the directory to /usr/share/nginx/html) and run it as a service",
+                );
+            }
             if service.task_farm().is_some() {
                 renderer.problem(
                     format!("services.{name}.catalog"),

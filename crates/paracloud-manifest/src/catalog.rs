@@ -135,6 +135,25 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
     password_env: "REDIS_PASSWORD",
     port: 6379,
 }, CatalogEntry {
+    name: "static",
+    kind: CatalogKind::Static,
+    summary: "A static site: nginx serving a directory of the daemon's machine, read-only, on as many instances as asked, behind one address",
+    versions: &["1.22"],
+    keys: &[
+        ("catalog", "\"static\""),
+        ("root", "the directory served (required): a path on the daemon's machine, relative to the manifest's directory, mounted read-only; changes to its files are served at once"),
+        ("replicas", "instances, as a service's (1 by default); `paracloud scale NAME=N` changes it"),
+        ("ports", "as a service's, for port 80 (where nginx listens): `[\"8080:80/http\"]` publishes it on the host; `[\"80/http\"]` by default"),
+        ("autoscale", "the autoscaler's bounds for its instances, as a service's"),
+        ("resources", "each instance's cpu, memory, pids and disk, as a service's"),
+        ("labels", "as a service's"),
+        ("capsules", "which capsules may attach to its instances, as a service's"),
+    ],
+    addresses: &[("NAME:80", "its files, over HTTP: every instance")],
+    package: "nginx",
+    password_env: "",
+    port: 80,
+}, CatalogEntry {
     name: "taskfarm",
     kind: CatalogKind::TaskFarm,
     summary: "A task farm: runs a bag of independent tasks (`paracloud tasks submit`) on as few workers as meet a deadline, or as many as a budget pays for, learning the tasks' run times as they complete",
@@ -276,6 +295,23 @@ impl CatalogEntry {
     pub fn image(&self, version: &str) -> Option<CatalogImage> {
         Some(match self.kind {
             CatalogKind::TaskFarm => return None,
+            CatalogKind::Static => CatalogImage {
+                tag: format!("paracloud-catalog/static:{version}"),
+                programs: vec!["/usr/sbin/nginx".into()],
+                trees: vec!["/etc/nginx/mime.types".into()],
+                leave_out: Vec::new(),
+                files: [
+                    (NGINX_CONF.into(), STATIC_NGINX_CONF.to_owned(), 0o644),
+                    // Where nginx keeps its pid and request bodies: a directory of the
+                    // writable layer.
+                    ("/var/lib/nginx/.keep".into(), String::new(), 0o644),
+                ]
+                .into_iter()
+                .chain(passwd_and_group("nginx", "/nonexistent"))
+                .collect(),
+                package: "nginx".into(),
+            }
+            .keyed(),
             CatalogKind::Postgres => {
                 let script = entry_script(POSTGRES_SCRIPT).replace("@VERSION@", version);
                 let bin = format!("/usr/lib/postgresql/{version}/bin");
@@ -370,6 +406,24 @@ impl CatalogImage {
 /// The keys of a catalogue service table that go on to its services as they are written.
 const PASSED_ON: &[&str] = &["env", "resources", "labels", "capsules"];
 
+/// The keys of a static site passed on to its instances as they are written.
+const STATIC_PASSED_ON: &[&str] = &[
+    "replicas",
+    "ports",
+    "autoscale",
+    "resources",
+    "labels",
+    "capsules",
+];
+
+/// Where a static site's nginx finds its configuration.
+const NGINX_CONF: &str = "/etc/paracloud/nginx.conf";
+
+/// A static site's nginx: in the foreground, logging errors to stderr (`paracloud logs`),
+/// workers as the image's unprivileged user, the files of `/srv/www` (the site's `root`,
+/// read-only) on port 80.
+const STATIC_NGINX_CONF: &str = include_str!("catalog/static-nginx.conf");
+
 /// The keys of a task farm passed on to its workers as they are written.
 const FARM_PASSED_ON: &[&str] = &[
     "image",
@@ -405,8 +459,12 @@ impl Checker<'_> {
         let entry = self.catalog_entry(catalog, &field("catalog"))?;
         let before = self.problems();
         self.catalog_keys(entry, table, &path);
-        if entry.kind == CatalogKind::TaskFarm {
-            return self.task_farm(name, table, value, catalog, before);
+        match entry.kind {
+            CatalogKind::TaskFarm => return self.task_farm(name, table, value, catalog, before),
+            CatalogKind::Static => {
+                return self.static_site(name, entry, table, value, catalog, before)
+            }
+            CatalogKind::Postgres | CatalogKind::Redis => {}
         }
         let version = match table.get("version") {
             None => entry.versions[0].to_owned(),
@@ -531,7 +589,9 @@ impl Checker<'_> {
                 restore,
             ),
             CatalogKind::Redis => redis_texts(name, &image.tag, replicas, persistence),
-            CatalogKind::TaskFarm => unreachable!("a task farm is made by task_farm"),
+            CatalogKind::TaskFarm | CatalogKind::Static => {
+                unreachable!("made by task_farm and static_site")
+            }
         };
         let mut drafts = Vec::new();
         for (service, text, role) in [
@@ -630,6 +690,111 @@ impl Checker<'_> {
     }
 
     /// The catalogue service `catalog` names; `None` when it names none, which is reported.
+    /// A static site: nginx instances serving `root`, read-only, on port 80.
+    fn static_site(
+        &mut self,
+        name: &str,
+        entry: &CatalogEntry,
+        table: &DeTable<'_>,
+        value: &Value<'_>,
+        catalog: &Value<'_>,
+        before: usize,
+    ) -> Option<CatalogDrafts> {
+        let path = child("services", name);
+        let field = |key: &str| child(&path, key);
+        let root = match table.get("root") {
+            None => {
+                self.error(
+                    catalog.span(),
+                    &field("root"),
+                    "a static site needs the directory it serves",
+                    Some("add `root = \"public\"` (a directory beside the manifest, or an absolute path)".into()),
+                );
+                return None;
+            }
+            Some(v) => {
+                let written = self.string(v, &field("root"))?;
+                let root = crate::units::resolve(self.base_dir(), written);
+                if !self.fs.is_dir(&root) {
+                    let what = if self.fs.exists(&root) {
+                        "is not a directory"
+                    } else {
+                        "does not exist"
+                    };
+                    self.error(
+                        v.span(),
+                        &field("root"),
+                        format!("{} {what}: a static site serves a directory", root.display()),
+                        Some(format!(
+                            "name the directory of the site's files; relative paths are resolved against {}",
+                            self.base_dir().display()
+                        )),
+                    );
+                    return None;
+                }
+                root
+            }
+        };
+        if self.problems() > before {
+            return None;
+        }
+        let image = entry
+            .image(entry.versions[0])
+            .expect("the static site has an image");
+        let source = toml::Value::String(root.display().to_string());
+        let mut text = format!(
+            r#"image = "{tag}"
+entrypoint = ["/usr/sbin/nginx", "-c", "{NGINX_CONF}"]
+volumes = [{{ source = {source}, target = "/srv/www", read_only = true }}]
+health = {{ tcp = 80, interval = "1s", timeout = "2s", retries = 3 }}
+cap_add = ["SETUID", "SETGID", "NET_BIND_SERVICE", "CHOWN", "DAC_OVERRIDE"]
+stop_signal = "QUIT"
+stop_grace_period = "10s"
+"#,
+            tag = image.tag
+        );
+        if !table.contains_key("ports") {
+            text.push_str("ports = [\"80/http\"]\n");
+        }
+        let generated = made_table(&text, catalog.span(), table, STATIC_PASSED_ON);
+        let generated = Value::new(value.span(), DeValue::Table(generated));
+        let DeValue::Table(generated_table) = generated.get_ref() else {
+            return None;
+        };
+        let mut draft = self.service_fields(name, &path, generated_table, &generated)?;
+        if let Some(ports) = table.get("ports") {
+            if let Some(other) = draft
+                .service
+                .ports
+                .iter()
+                .find(|p| p.port != 80 || p.protocol == crate::Protocol::Udp)
+            {
+                self.error(
+                    ports.span(),
+                    &field("ports"),
+                    format!(
+                        "a static site serves HTTP on port 80, not {}/{}",
+                        other.port,
+                        other.protocol.name()
+                    ),
+                    Some("publish port 80: `ports = [\"8080:80/http\"]`".into()),
+                );
+                return None;
+            }
+        }
+        draft.service.catalog = Some(Catalogued {
+            kind: CatalogKind::Static,
+            version: entry.versions[0].to_owned(),
+            role: CatalogRole::Site,
+            synchronous: false,
+        });
+        Some(CatalogDrafts {
+            drafts: vec![draft],
+            volume: None,
+            span: catalog.span(),
+        })
+    }
+
     fn catalog_entry(&mut self, catalog: &Value<'_>, field: &str) -> Option<&'static CatalogEntry> {
         let wanted = self.string(catalog, field)?;
         let Some(entry) = entry(wanted) else {

@@ -317,6 +317,7 @@ pub struct Catalogued {
 pub enum CatalogKind {
     Postgres,
     Redis,
+    Static,
     TaskFarm,
 }
 
@@ -335,6 +336,8 @@ pub enum CatalogRole {
     /// until the platform runs tasks in them, as many as the farm's goal needs (none while no
     /// batch runs).
     Workers(TaskFarm),
+    /// The instances of a static site: each an nginx serving the site's directory.
+    Site,
 }
 
 /// How a task farm runs its tasks (`catalog = "taskfarm"`).

@@ -94,7 +94,7 @@ paracloud.toml:3:11: services.db.catalog: no service "postgre" in the catalogue
         "app = \"a\"\n[services.db]\ncatalog = \"oracle\"\n",
         r#"
 paracloud.toml:3:11: services.db.catalog: no service "oracle" in the catalogue
-  hint: the catalogue has postgres, redis, taskfarm; `paracloud catalog ls` says what each offers
+  hint: the catalogue has postgres, redis, static, taskfarm; `paracloud catalog ls` says what each offers
 "#,
     );
 }
@@ -198,14 +198,24 @@ fn every_catalogue_image_is_named_by_what_it_is_made_of() {
                 "{}",
                 image.tag
             );
-            assert!(image.files.iter().any(|(path, script, mode)| path
-                == "/usr/local/lib/paracloud/catalog"
-                && script.starts_with("#!/bin/sh")
-                && script.contains("hold_lock() {")
-                && !script.contains("@COMMON@")
-                && !script.contains("@VERSION@")
-                && *mode == 0o755));
-            assert!(image.programs.iter().any(|p| p == "/usr/bin/setpriv"));
+            // The servers run an entry script; a static site runs nginx itself.
+            let scripted = entry.kind != CatalogKind::Static;
+            assert_eq!(
+                scripted,
+                image.files.iter().any(|(path, script, mode)| path
+                    == "/usr/local/lib/paracloud/catalog"
+                    && script.starts_with("#!/bin/sh")
+                    && script.contains("hold_lock() {")
+                    && !script.contains("@COMMON@")
+                    && !script.contains("@VERSION@")
+                    && *mode == 0o755),
+                "{}",
+                entry.name
+            );
+            assert_eq!(
+                scripted,
+                image.programs.iter().any(|p| p == "/usr/bin/setpriv")
+            );
             assert_eq!(
                 Some(&image),
                 entry.image(version).as_ref(),
@@ -389,6 +399,86 @@ paracloud.toml:6:1: services.render.storage: `catalog = "taskfarm"` does not tak
   hint: `storage` is a key of `catalog = "postgres"`; this one's keys are catalog, image, build, max_workers, retries, task_timeout, env, volumes, resources, labels, capsules
 paracloud.toml:7:1: services.render.max_worker: `catalog = "taskfarm"` does not take `max_worker`
   hint: did you mean `max_workers`?
+"#,
+    );
+}
+
+#[test]
+fn a_static_site_is_nginx_instances_serving_its_root_read_only_on_port_80() {
+    let manifest = valid(
+        "app = \"a\"\n[services.site]\ncatalog = \"static\"\nroot = \"/srv/shop/conf\"\nreplicas = 3\nports = [\"8080:80/http\"]\nlabels = { tier = \"front\" }\n",
+    );
+    let site = &manifest.services["site"];
+    assert_eq!(site.replicas, 3);
+    assert_eq!(site.ports.len(), 1);
+    assert_eq!(
+        (site.ports[0].port, site.ports[0].protocol),
+        (80, Protocol::Http)
+    );
+    assert!(site.ports[0].publish.is_some());
+    assert!(matches!(
+        &site.volumes[..],
+        [VolumeMount::Bind { source, target, read_only: true }]
+            if source == std::path::Path::new("/srv/shop/conf") && target == "/srv/www"
+    ));
+    assert_eq!(site.labels["tier"], "front");
+    assert!(site.health.is_some());
+    let catalog = site.catalog.as_ref().unwrap();
+    assert_eq!(
+        (catalog.kind, &catalog.role),
+        (CatalogKind::Static, &CatalogRole::Site)
+    );
+    let Image::Stored { reference, .. } = &site.image else {
+        panic!("{:?}", site.image);
+    };
+    assert!(
+        reference.starts_with("paracloud-catalog/static:1.22-"),
+        "{reference}"
+    );
+    let recipe = entry("static").unwrap().image("1.22").unwrap();
+    assert!(recipe
+        .files
+        .iter()
+        .any(|(path, conf, _)| path == "/etc/paracloud/nginx.conf"
+            && conf.contains("root /srv/www;")));
+
+    let defaults = valid("app = \"a\"\n[services.site]\ncatalog = \"static\"\nroot = \"conf\"\n");
+    let site = &defaults.services["site"];
+    assert_eq!(site.replicas, 1);
+    assert_eq!(
+        (site.ports[0].port, site.ports[0].publish.is_none()),
+        (80, true)
+    );
+}
+
+#[test]
+fn a_static_site_checks_its_root_and_its_port() {
+    check(
+        "app = \"a\"\n[services.site]\ncatalog = \"static\"\n",
+        r#"
+paracloud.toml:3:11: services.site.root: a static site needs the directory it serves
+  hint: add `root = "public"` (a directory beside the manifest, or an absolute path)
+"#,
+    );
+    check(
+        "app = \"a\"\n[services.site]\ncatalog = \"static\"\nroot = \"app.env\"\n",
+        r#"
+paracloud.toml:4:8: services.site.root: /srv/shop/app.env is not a directory: a static site serves a directory
+  hint: name the directory of the site's files; relative paths are resolved against /srv/shop
+"#,
+    );
+    check(
+        "app = \"a\"\n[services.site]\ncatalog = \"static\"\nroot = \"conf\"\nports = [\"8080:8000/http\"]\n",
+        r#"
+paracloud.toml:5:9: services.site.ports: a static site serves HTTP on port 80, not 8000/http
+  hint: publish port 80: `ports = ["8080:80/http"]`
+"#,
+    );
+    check(
+        "app = \"a\"\n[services.site]\ncatalog = \"static\"\nroot = \"conf\"\ncommand = \"httpd\"\n",
+        r#"
+paracloud.toml:5:1: services.site.command: `catalog = "static"` does not take `command`
+  hint: the catalogue runs `static` itself; its keys are catalog, root, replicas, ports, autoscale, resources, labels, capsules
 "#,
     );
 }
