@@ -175,8 +175,9 @@ pub fn plan(goal: Goal, facts: &FarmFacts) -> FarmPlan {
                     finish_by: facts.now + facts.start_ms + bound(work, longest, n),
                     meets_goal: true,
                     reason: format!(
-                        "{} finish {} ({} of work) within the {} left ({learned})",
+                        "{} {} {} ({} of work) within the {} left ({learned})",
                         count(n, "worker"),
+                        if n == 1 { "finishes" } else { "finish" },
                         count(tasks_left, "task"),
                         seconds(work),
                         seconds(left)
@@ -187,8 +188,9 @@ pub fn plan(goal: Goal, facts: &FarmFacts) -> FarmPlan {
                     finish_by: facts.now + facts.start_ms + bound(work, longest, most),
                     meets_goal: false,
                     reason: format!(
-                        "{}, the most it may run, need up to {} for {}, more than the {} left ({learned})",
+                        "{}, the most it may run, {} up to {} for {}, more than the {} left ({learned})",
                         count(most, "worker"),
+                        if most == 1 { "needs" } else { "need" },
                         seconds(facts.start_ms + bound(work, longest, most)),
                         count(tasks_left, "task"),
                         seconds(left)
@@ -208,8 +210,9 @@ pub fn plan(goal: Goal, facts: &FarmFacts) -> FarmPlan {
                 meets_goal: chosen.is_some(),
                 reason: match chosen {
                     Some(n) => format!(
-                        "{} cost about {} of the {} left ({learned})",
+                        "{} {} about {} of the {} left ({learned})",
                         count(n, "worker"),
+                        if n == 1 { "costs" } else { "cost" },
                         seconds(cost(n)),
                         seconds(left)
                     ),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use paracloud_api::routes::{CancelBatch, GetBatch, ListBatches, SubmitTasks};
-use paracloud_api::{BatchView, TaskView, TasksRequest};
+use paracloud_api::{BatchDetail, BatchView, TaskView, TasksRequest};
 
 use crate::cli::{Global, TasksCommand};
 use crate::client::{connect, explain};
@@ -216,13 +216,15 @@ async fn ls(global: &Global) -> Result<()> {
     })
 }
 
-async fn status(global: &Global, batch: u64) -> Result<()> {
+/// Batch `batch` of the application, with its tasks.
+async fn detail(global: &Global, batch: u64) -> Result<BatchDetail> {
     let client = connect(global).await?;
     let app = resolve_app(global, &client, None).await?;
-    let detail = client
-        .call(&GetBatch { app, batch })
-        .await
-        .map_err(explain)?;
+    client.call(&GetBatch { app, batch }).await.map_err(explain)
+}
+
+async fn status(global: &Global, batch: u64) -> Result<()> {
+    let detail = detail(global, batch).await?;
     print(global.output, &detail, |d| {
         let b = &d.batch;
         let mut text = format!(
@@ -267,12 +269,7 @@ fn task_row(t: &TaskView) -> Vec<String> {
 }
 
 async fn logs(global: &Global, batch: u64, task: u32) -> Result<()> {
-    let client = connect(global).await?;
-    let app = resolve_app(global, &client, None).await?;
-    let detail = client
-        .call(&GetBatch { app, batch })
-        .await
-        .map_err(explain)?;
+    let detail = detail(global, batch).await?;
     let Some(found) = detail.tasks.iter().find(|t| t.index == task) else {
         bail!(
             "batch {batch} has no task {task}: its tasks are 1 to {}",

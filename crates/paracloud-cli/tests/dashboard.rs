@@ -505,3 +505,53 @@ fn an_autoscaler_decision_is_marked_on_the_charts_with_its_reason() {
     );
     shot(&p, &browser, "autoscaler");
 }
+
+#[test]
+fn a_task_farms_batch_is_followed_task_by_task_and_cancelled_from_the_dashboard() {
+    let p = Platform::new();
+    let url = listen(&p);
+    let manifest = p.task_farm_manifest("");
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let tasks = p.root().join("tasks.txt");
+    std::fs::write(&tasks, "echo quick\nsleep 60\nsleep 60\nsleep 60\n").unwrap();
+    let submitted = p.ok(&[
+        "tasks",
+        "submit",
+        "-a",
+        "farm",
+        "render",
+        "-f",
+        tasks.to_str().unwrap(),
+        "--deadline",
+        "10m",
+    ]);
+    assert!(submitted.starts_with("batch 1 submitted"), "{submitted}");
+    let admin = p.token("farm-admin", "admin", &[]);
+    let browser = Browser::start(p.port(6));
+    browser.goto(&url);
+    log_in_as(&p, &browser, &admin);
+    browser.goto(&format!("{url}#/apps/farm"));
+    browser.click(&browser.wait_for("#batches-link", WAIT));
+
+    // The list, then the batch: its first task done with its output, the others running.
+    browser.wait_for("#batches tr[data-batch='1'][data-state='running'] a", WAIT);
+    browser.click(&browser.find("#batches tr[data-batch='1'] a").unwrap());
+    browser.wait_until("the quick task done", WAIT, |b| {
+        data(b, "#tasks tr[data-task='1']", "state") == "succeeded"
+    });
+    assert!(browser.text("#tasks tr[data-task='1']").contains("quick"));
+    assert_eq!(data(&browser, "#batch-summary", "state"), "running");
+    shot(&p, &browser, "batch");
+
+    // Cancelled from the page: the state says so, and the daemon agrees.
+    browser.click(&browser.wait_for("#batch-cancel", WAIT));
+    browser.wait_until("the batch cancelled", WAIT, |b| {
+        data(b, "#batch-summary", "state") == "cancelled"
+    });
+    let status = p.ok(&["tasks", "status", "-a", "farm", "1", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["batch"]["state"], "cancelled");
+    assert_eq!(status["batch"]["succeeded"], 1);
+    let events = p.wait_event("farm", "batch 1 cancelled", WAIT);
+    assert!(events.contains("(by token farm-admin)"), "{events}");
+}

@@ -10,37 +10,9 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// A farm whose workers are a busybox image with its applets installed, writing to a volume.
+/// The farm of `Platform::task_farm_manifest`, deployed.
 fn farm(p: &Platform, extra: &str) -> std::path::PathBuf {
-    p.busybox_image();
-    let path = p.manifest(
-        "farm",
-        &format!(
-            r#"app = "farm"
-
-[services.render]
-catalog = "taskfarm"
-build = "tools"
-volumes = ["work:/work"]
-max_workers = 8
-retries = 2
-task_timeout = "20s"
-env = {{ GREETING = "hello" }}
-{extra}
-[services.web]
-image = "busybox:1"
-command = ["sleep", "100000"]
-stop_signal = "KILL"
-"#
-        ),
-    );
-    let tools = path.parent().unwrap().join("tools");
-    std::fs::create_dir_all(&tools).unwrap();
-    std::fs::write(
-        tools.join("Containerfile"),
-        "FROM busybox:1\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
-    )
-    .unwrap();
+    let path = p.task_farm_manifest(extra);
     p.ok(&["up", "-f", path.to_str().unwrap()]);
     path
 }

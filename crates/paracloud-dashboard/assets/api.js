@@ -74,6 +74,9 @@ export const manifest = (name) => call('GET', `/v1/apps/${enc(name)}/manifest`);
 export const up = (source, origin, baseDir, dryRun) =>
   call('POST', '/v1/apps', { source, origin, base_dir: baseDir, dry_run: dryRun });
 export const capsules = (name) => call('GET', `/v1/capsules?app=${enc(name)}`);
+export const batches = (name) => call('GET', `/v1/apps/${enc(name)}/batches`);
+export const batch = (name, id) => call('GET', `/v1/apps/${enc(name)}/batches/${enc(id)}`);
+export const cancelBatch = (name, id) => call('DELETE', `/v1/apps/${enc(name)}/batches/${enc(id)}`);
 export const capsuleHistory = (name, limit) =>
   call('GET', `/v1/capsules/history?app=${enc(name)}&limit=${limit}`);
 

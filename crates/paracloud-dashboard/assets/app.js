@@ -115,6 +115,8 @@ function route() {
     imagesView();
   } else if (parts[0] === 'apps' && parts[1] && parts[2] === 'capsules') {
     capsulesView(parts[1]);
+  } else if (parts[0] === 'apps' && parts[1] && parts[2] === 'batches') {
+    batchesView(parts[1], parts[3]);
   } else if (parts[0] === 'apps' && parts[1] && parts[2] === 'instances' && parts[3]) {
     instanceView(parts[1], parts[3]);
   } else if (parts[0] === 'apps' && parts[1]) {
@@ -208,7 +210,9 @@ async function appView(name) {
     h('section', { class: 'card' },
       h('div', { class: 'row' },
         h('h1', {}, name, h('span', { class: 'muted small', title: view.origin }, ` ${view.subnet} · ${shortPath(view.origin)}`)),
-        h('a', { class: 'button secondary', id: 'capsules-link', href: `${appHref(name)}/capsules` }, 'Capsules')),
+        h('span', {},
+          h('a', { class: 'button secondary', id: 'batches-link', href: `${appHref(name)}/batches` }, 'Batches'), ' ',
+          h('a', { class: 'button secondary', id: 'capsules-link', href: `${appHref(name)}/capsules` }, 'Capsules'))),
       h('table', { id: 'services' },
         h('thead', {}, h('tr', {}, ['Service', 'Instances', 'Ready', 'CPU limit', 'CPU used', 'Memory', 'Requests/s', 'p95', 'Errors/s', 'Controls'].map((t) => h('th', {}, t)))),
         servicesBody)),
@@ -747,6 +751,86 @@ async function capsulesView(app) {
   describe();
   loadHistory();
   closeView = () => abort.abort();
+}
+
+// --- Task farms' batches ---------------------------------------------------------------------
+
+const BATCH_CLASS = { running: 'wait', done: 'ok', cancelled: 'bad', 'budget spent': 'bad' };
+const seconds = (ms) => `${(ms / 1000).toFixed(1)} s`;
+const instanceMinutes = (ms) => `${(ms / 60000).toFixed(2)} instance-min`;
+const goalText = (b) => b.deadline_ms !== null
+  ? `deadline ${Math.ceil((b.deadline_ms - b.submitted_ms) / 1000)} s after submit`
+  : `budget ${instanceMinutes(b.budget_instance_ms)}`;
+const batchHref = (app, id) => `${appHref(app)}/batches/${encodeURIComponent(id)}`;
+
+// The application's batches (`paracloud tasks ls`), or one batch with its tasks (`paracloud
+// tasks status`), refreshed every second while shown; a running batch can be cancelled.
+async function batchesView(app, id) {
+  crumbs(['Applications', '#/'], [app, appHref(app)], ['Batches', id ? `${appHref(app)}/batches` : null], ...(id ? [[id]] : []));
+  const body = h('div');
+  const load = async () => {
+    try {
+      if (id) body.replaceChildren(...batchDetail(app, await api.batch(app, id), load));
+      else body.replaceChildren(batchList(app, await api.batches(app)));
+    } catch (e) { body.replaceChildren(h('p', { class: 'error' }, e.message)); }
+  };
+  main.replaceChildren(body);
+  await load();
+  const timer = setInterval(load, 1000);
+  closeView = () => clearInterval(timer);
+}
+
+function batchList(app, batches) {
+  if (!batches.length) {
+    return h('section', { class: 'card' }, h('h1', {}, 'Batches'),
+      h('p', { class: 'muted' }, 'No batch yet: ', h('code', {}, 'paracloud tasks submit FARM -f tasks.txt --deadline 10m'), ' submits one to a task farm (catalog = "taskfarm").'));
+  }
+  return h('section', { class: 'card' }, h('h1', {}, 'Batches'),
+    h('table', { id: 'batches' },
+      h('thead', {}, h('tr', {}, ['Batch', 'Farm', 'State', 'Done', 'Failed', 'Workers', 'Goal', 'Cost'].map((t) => h('th', {}, t)))),
+      h('tbody', {}, batches.slice().reverse().map((b) => h('tr', { 'data-batch': b.id, 'data-state': b.state },
+        h('td', {}, h('a', { href: batchHref(app, b.id) }, b.id)),
+        h('td', {}, b.service),
+        h('td', {}, h('span', { class: `badge ${BATCH_CLASS[b.state] || ''}` }, b.state)),
+        h('td', {}, `${b.succeeded} / ${b.succeeded + b.failed + b.running + b.pending + b.not_run}`),
+        h('td', {}, b.failed),
+        h('td', {}, b.workers),
+        h('td', {}, goalText(b)),
+        h('td', {}, instanceMinutes(b.spent_instance_ms)))))));
+}
+
+function batchDetail(app, detail, reload) {
+  const b = detail.batch;
+  const cancel = h('button', { id: 'batch-cancel', class: 'secondary', onclick: async () => {
+    cancel.disabled = true;
+    try { await api.cancelBatch(app, b.id); notice(`batch ${b.id} cancelled`, 'ok'); } catch (e) { notice(e.message); }
+    reload();
+  } }, 'Cancel');
+  const took = b.ended_ms !== null ? seconds(b.ended_ms - b.submitted_ms) : '–';
+  const summary = h('dl', { id: 'batch-summary', class: 'facts', 'data-state': b.state },
+    ...[['State', b.state], ['Goal', goalText(b)], ['Tasks', `${b.succeeded} succeeded, ${b.failed} failed, ${b.running} running, ${b.pending} waiting, ${b.not_run} not run`],
+      ['Workers', `${b.workers} now, ${b.peak_workers} at most`], ['Plan', b.plan], ['Cost', instanceMinutes(b.spent_instance_ms)], ['Took', took]]
+      .flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+  const tasks = h('table', { id: 'tasks' },
+    h('thead', {}, h('tr', {}, ['Task', 'State', 'Runs', 'Worker', 'Time', 'Exit', 'Command', 'Output'].map((t) => h('th', {}, t)))),
+    h('tbody', {}, detail.tasks.map((t) => {
+      const last = t.attempts[t.attempts.length - 1];
+      const exit = !last ? '–' : last.code !== null ? String(last.code) : (last.error || '–');
+      const output = [t.stdout, t.stderr].filter(Boolean).join('').trim();
+      return h('tr', { 'data-task': t.index, 'data-state': t.state },
+        h('td', {}, t.index), h('td', {}, t.state), h('td', {}, t.attempts.length),
+        h('td', {}, last ? last.worker : '–'),
+        h('td', {}, last && last.ended_ms !== null ? seconds(last.ended_ms - last.started_ms) : '–'),
+        h('td', { class: last && last.ended_ms !== null && last.code !== 0 ? 'error' : '' }, exit),
+        h('td', {}, h('code', {}, t.command)),
+        h('td', { class: 'muted small', title: output }, output.split('\n').pop() || ''));
+    })));
+  return [
+    h('section', { class: 'card' },
+      h('div', { class: 'row' }, h('h1', {}, `Batch ${b.id} on ${b.service}`), b.state === 'running' ? cancel : ''),
+      summary),
+    h('section', { class: 'card' }, h('h2', {}, 'Tasks'), tasks),
+  ];
 }
 
 // --- Images ----------------------------------------------------------------------------------

@@ -604,12 +604,8 @@ impl Checker<'_> {
                 },
             ),
         ] {
-            let generated = made_table(&text, catalog.span(), table, PASSED_ON);
-            let generated = Value::new(value.span(), DeValue::Table(generated));
-            let DeValue::Table(generated_table) = generated.get_ref() else {
-                continue;
-            };
-            let mut draft = self.service_fields(&service, &path, generated_table, &generated)?;
+            let mut draft =
+                self.made_service(&service, &path, &text, (catalog, table, value), PASSED_ON)?;
             draft.service.catalog = Some(Catalogued {
                 kind: entry.kind,
                 version: version.clone(),
@@ -666,12 +662,8 @@ impl Checker<'_> {
         let text = format!(
             "command = [\"/bin/sh\", \"-c\", {command}]\ninit = true\nreplicas = 0\nstop_grace_period = \"5s\"\n"
         );
-        let generated = made_table(&text, catalog.span(), table, FARM_PASSED_ON);
-        let generated = Value::new(value.span(), DeValue::Table(generated));
-        let DeValue::Table(generated_table) = generated.get_ref() else {
-            return None;
-        };
-        let mut draft = self.service_fields(name, &path, generated_table, &generated)?;
+        let mut draft =
+            self.made_service(name, &path, &text, (catalog, table, value), FARM_PASSED_ON)?;
         draft.service.catalog = Some(Catalogued {
             kind: CatalogKind::TaskFarm,
             version: String::new(),
@@ -689,7 +681,24 @@ impl Checker<'_> {
         })
     }
 
-    /// The catalogue service `catalog` names; `None` when it names none, which is reported.
+    /// The service `name` made of the catalogue's `text` and the keys of the written `table`
+    /// in `passed_on`, checked as any service is (see [`made_table`]).
+    fn made_service(
+        &mut self,
+        name: &str,
+        path: &str,
+        text: &str,
+        (catalog, table, value): (&Value<'_>, &DeTable<'_>, &Value<'_>),
+        passed_on: &[&str],
+    ) -> Option<Draft> {
+        let generated = made_table(text, catalog.span(), table, passed_on);
+        let generated = Value::new(value.span(), DeValue::Table(generated));
+        let DeValue::Table(generated_table) = generated.get_ref() else {
+            return None;
+        };
+        self.service_fields(name, path, generated_table, &generated)
+    }
+
     /// A static site: nginx instances serving `root`, read-only, on port 80.
     fn static_site(
         &mut self,
@@ -756,12 +765,13 @@ stop_grace_period = "10s"
         if !table.contains_key("ports") {
             text.push_str("ports = [\"80/http\"]\n");
         }
-        let generated = made_table(&text, catalog.span(), table, STATIC_PASSED_ON);
-        let generated = Value::new(value.span(), DeValue::Table(generated));
-        let DeValue::Table(generated_table) = generated.get_ref() else {
-            return None;
-        };
-        let mut draft = self.service_fields(name, &path, generated_table, &generated)?;
+        let mut draft = self.made_service(
+            name,
+            &path,
+            &text,
+            (catalog, table, value),
+            STATIC_PASSED_ON,
+        )?;
         if let Some(ports) = table.get("ports") {
             if let Some(other) = draft
                 .service
@@ -795,6 +805,7 @@ stop_grace_period = "10s"
         })
     }
 
+    /// The catalogue service `catalog` names; `None` when it names none, which is reported.
     fn catalog_entry(&mut self, catalog: &Value<'_>, field: &str) -> Option<&'static CatalogEntry> {
         let wanted = self.string(catalog, field)?;
         let Some(entry) = entry(wanted) else {

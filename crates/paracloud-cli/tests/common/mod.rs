@@ -214,6 +214,43 @@ impl Platform {
         ]);
     }
 
+    /// Writes the manifest of application `farm`: a task farm `render` (busybox with its
+    /// applets, built from a Containerfile beside the manifest; the volume `work` at /work; up to
+    /// 8 workers, 2 retries) with `extra` keys of its own, and a service `web` that sleeps. The
+    /// store gets `busybox:1` first. Returns the manifest's path.
+    pub fn task_farm_manifest(&self, extra: &str) -> PathBuf {
+        self.busybox_image();
+        let path = self.manifest(
+            "farm",
+            &format!(
+                r#"app = "farm"
+
+[services.render]
+catalog = "taskfarm"
+build = "tools"
+volumes = ["work:/work"]
+max_workers = 8
+retries = 2
+task_timeout = "20s"
+env = {{ GREETING = "hello" }}
+{extra}
+[services.web]
+image = "busybox:1"
+command = ["sleep", "100000"]
+stop_signal = "KILL"
+"#
+            ),
+        );
+        let tools = path.parent().unwrap().join("tools");
+        std::fs::create_dir_all(&tools).unwrap();
+        std::fs::write(
+            tools.join("Containerfile"),
+            "FROM busybox:1\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+        )
+        .unwrap();
+        path
+    }
+
     /// `ps -o json` as parsed JSON objects.
     pub fn ps(&self, app: &str) -> Vec<Value> {
         let out = self.ok(&["ps", "-a", app, "-o", "json"]);
