@@ -10,16 +10,16 @@ use http_body_util::BodyExt;
 use paracloud_api::{
     AppView, BuildEvent, BuildImage, BuildMicroImage, Client, ClientError, CpuRequest, Down, Event,
     ExportImages, GetApp, GetService, GetStats, ImageSources, ImportImages, InspectImage,
-    JsonLines, ListApps, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages,
-    PullImage, PushImage, RemoveImage, Restart, RestartDataplane, Route, Scale, ScaleRequest,
-    ServiceView, SetCpu, SetTraffic, TrafficRequest, TransferEvent, Up,
+    JsonLines, ListEvents, ListImages, ListInstances, Logs, Migrate, PruneImages, PullImage,
+    PushImage, RemoveImage, Restart, RestartDataplane, Route, Scale, ScaleRequest, ServiceView,
+    SetCpu, SetTraffic, TrafficRequest, TransferEvent, Up,
 };
 use paracloud_reconcile::ExitInfo;
 
 use crate::arguments::{parse_cores, parse_scale, split_assignment};
 use crate::cli::{Cli, Command, DataplaneCommand, Global, ImageCommand, Output, SimArgs};
 use crate::client::{absolute, connect, explain};
-use crate::manifests::{default_manifest, load_manifest, load_manifests, manifest_files};
+use crate::manifests::{load_manifests, manifest_files, resolve_app};
 use crate::output::{age, format_time, print, table};
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -396,42 +396,6 @@ fn convert(files: &[PathBuf], profiles: &[String]) -> Result<()> {
     let loaded = load_manifests(&files, profiles)?;
     print!("{}", loaded.request.source);
     Ok(())
-}
-
-/// Which application a command is about: -a, else the manifest's, else ./paracloud.toml's, else
-/// the only one running.
-pub(crate) async fn resolve_app(
-    global: &Global,
-    client: &Client,
-    file: Option<&Path>,
-) -> Result<String> {
-    if let Some(app) = &global.app {
-        return Ok(app.clone());
-    }
-    if let Some(file) = file {
-        // Every service names the same application, whichever profiles run.
-        return Ok(load_manifest(file, &["*".into()])?.app);
-    }
-    if let Some(local) = default_manifest() {
-        if let Ok(m) = load_manifest(&local, &["*".into()]) {
-            return Ok(m.app);
-        }
-    }
-    let apps = client.call(&ListApps).await.map_err(explain)?;
-    match apps.as_slice() {
-        [only] => Ok(only.name.clone()),
-        [] => bail!(
-            "no application runs here (root {}): start one with `paracloud up -f FILE`",
-            global.root.display()
-        ),
-        many => bail!(
-            "several applications run ({}): say which with -a APP",
-            many.iter()
-                .map(|a| a.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
 }
 
 async fn client_command(global: &Global, command: Command) -> Result<()> {

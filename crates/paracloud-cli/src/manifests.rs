@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use paracloud_api::{HostFs, UpRequest};
+use paracloud_api::{Client, HostFs, ListApps, UpRequest};
 use paracloud_manifest::{parse, Origin};
 
-use crate::client::absolute;
+use crate::cli::Global;
+use crate::client::{absolute, explain};
 
 /// A manifest read and checked on the client side, so errors show before any daemon is involved.
 pub(crate) struct LoadedManifest {
@@ -182,4 +183,40 @@ pub(crate) fn load_manifests(files: &[PathBuf], profiles: &[String]) -> Result<L
         },
         images,
     })
+}
+
+/// Which application a command is about: -a, else the manifest's, else ./paracloud.toml's, else
+/// the only one running.
+pub(crate) async fn resolve_app(
+    global: &Global,
+    client: &Client,
+    file: Option<&Path>,
+) -> Result<String> {
+    if let Some(app) = &global.app {
+        return Ok(app.clone());
+    }
+    if let Some(file) = file {
+        // Every service names the same application, whichever profiles run.
+        return Ok(load_manifest(file, &["*".into()])?.app);
+    }
+    if let Some(local) = default_manifest() {
+        if let Ok(m) = load_manifest(&local, &["*".into()]) {
+            return Ok(m.app);
+        }
+    }
+    let apps = client.call(&ListApps).await.map_err(explain)?;
+    match apps.as_slice() {
+        [only] => Ok(only.name.clone()),
+        [] => bail!(
+            "no application runs here (root {}): start one with `paracloud up -f FILE`",
+            global.root.display()
+        ),
+        many => bail!(
+            "several applications run ({}): say which with -a APP",
+            many.iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }

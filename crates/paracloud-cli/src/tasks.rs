@@ -9,7 +9,7 @@ use paracloud_api::{BatchDetail, BatchView, TaskView, TasksRequest};
 
 use crate::cli::{Global, TasksCommand};
 use crate::client::{connect, explain};
-use crate::commands::resolve_app;
+use crate::manifests::resolve_app;
 use crate::output::{print, table};
 
 pub async fn command(global: &Global, command: TasksCommand) -> Result<()> {
