@@ -331,3 +331,73 @@ fn bad_batches_are_refused_where_they_are_wrong_and_change_nothing() {
         "the application's other services ran on"
     );
 }
+
+#[test]
+fn over_the_remote_api_an_admin_submits_an_operator_cancels_and_a_viewer_only_reads() {
+    let p = Platform::new();
+    let port = p.listen_remotely();
+    farm(&p, "");
+    let config = tempfile::tempdir().unwrap();
+    let remote = |token: &str, args: &[&str]| {
+        let out = p
+            .command()
+            .env("PARACLOUD_ROOT", "/nonexistent/remote-cli-has-no-root")
+            .env("PARACLOUD_HOST", format!("https://127.0.0.1:{port}"))
+            .env("PARACLOUD_TOKEN", token)
+            .env("PARACLOUD_CONFIG", config.path())
+            .args(["-a", "farm"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let file = tasks_file(&p, "remote.txt", &vec!["sleep 30".to_owned(); 2]);
+    let submit = [
+        "tasks",
+        "submit",
+        "render",
+        "-f",
+        file.as_str(),
+        "--deadline",
+        "5m",
+    ];
+    let (viewer, operator, admin) = (
+        p.token("farm-viewer", "viewer", &[]),
+        p.token("farm-ops", "operator", &[]),
+        p.token("farm-admin", "admin", &[]),
+    );
+
+    // Tasks are command lines run in the application: an operator may not send them.
+    let (ok, said) = remote(&operator, &submit);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("token farm-ops has the operator role, which may not submit tasks: ask an admin for a token with the admin role"),
+        "{said}"
+    );
+    let (ok, said) = remote(&admin, &submit);
+    assert!(ok && said.contains("batch 1 submitted"), "{said}");
+
+    // A viewer reads them, and may not cancel; an operator may.
+    let (ok, said) = remote(&viewer, &["tasks", "status", "1"]);
+    assert!(ok && said.contains("sleep 30"), "{said}");
+    let (ok, said) = remote(&viewer, &["tasks", "cancel", "1"]);
+    assert!(
+        !ok && said.contains("token farm-viewer has the viewer role"),
+        "{said}"
+    );
+    let (ok, said) = remote(&operator, &["tasks", "cancel", "1"]);
+    assert!(ok && said.contains("batch 1 cancelled"), "{said}");
+    let events = p.wait_event(
+        "farm",
+        "batch 1 cancelled (by token farm-ops)",
+        Duration::from_secs(10),
+    );
+    assert!(
+        events.contains("batch 1 submitted: 2 tasks, a deadline in 300s (by token farm-admin)"),
+        "{events}"
+    );
+}
