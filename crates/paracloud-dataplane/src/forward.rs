@@ -371,10 +371,18 @@ impl ListenerState {
     }
 }
 
+/// The buffer of each direction of a relayed connection: 64 KiB, a socket's default window,
+/// so that a large answer crosses in a few reads and writes rather than tokio's default 8 KiB
+/// at a time (a 100 KB file was relayed at about 150 MB/s with 8 KiB buffers).
+const RELAY_BUFFER: usize = 64 * 1024;
+
 /// Serves one accepted client connection to its end.
 pub(crate) async fn serve(client: TcpStream, listener: &ListenerState, tuning: &Tuning) {
     let _active = listener.counters.open();
     let peer = client.peer_addr().ok();
+    // As towards the backend: Nagle holds the last segment of an answer until the client's
+    // delayed acknowledgement (up to 40 ms) when the relay writes it in pieces.
+    let _ = client.set_nodelay(true);
     let Some((backend, upstream)) = connect(listener, tuning).await else {
         debug!(bind = %listener.bind, ?peer, "closing client: no backend could be reached");
         return;
@@ -388,7 +396,14 @@ pub(crate) async fn serve(client: TcpStream, listener: &ListenerState, tuning: &
         Counters::add(&listener.counters.bytes_out, n);
         Counters::add(&backend.counters.bytes_out, n);
     });
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    if let Err(error) = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        RELAY_BUFFER,
+        RELAY_BUFFER,
+    )
+    .await
+    {
         debug!(bind = %listener.bind, backend = %backend.id, ?peer, %error, "connection ended with an error");
     }
 }
