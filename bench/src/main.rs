@@ -29,6 +29,7 @@ mod restart;
 mod rootfs;
 mod scale;
 mod start;
+mod static_site;
 mod stats;
 mod taskfarm;
 mod udp;
@@ -82,6 +83,9 @@ enum Command {
     /// server, reads with 0, 1 and 2 replicas, a replica's copy against the database's size, and
     /// the primary killed under writes
     Catalog(CatalogArgs),
+    /// The catalogue's static site against nginx straight on the host: wrk for the same files
+    /// (root)
+    Static(StaticArgs),
     /// The task farm against fixed worker pools chosen by hand: finish time and cost (instance
     /// time) on one bag of tasks with varied run times (root)
     Taskfarm(TaskfarmArgs),
@@ -320,6 +324,25 @@ struct CatalogArgs {
     /// Loopback port of the HAProxy the data plane is compared with
     #[arg(long, default_value_t = 25432)]
     haproxy_port: u16,
+}
+
+#[derive(Debug, Args)]
+struct StaticArgs {
+    /// Seconds of each measured wrk run
+    #[arg(long, default_value_t = 10)]
+    static_seconds: u64,
+    /// Rounds (the sides alternate which goes first)
+    #[arg(long, default_value_t = 3)]
+    static_rounds: usize,
+    /// wrk's connections
+    #[arg(long, default_value_t = 16)]
+    static_connections: u32,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.243.0.0/16")]
+    static_subnet: Ipv4Net,
+    /// The site's published port, and the host nginx's
+    #[arg(long, default_value_t = 28090)]
+    static_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -1001,6 +1024,26 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", catalog::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Static(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench static needs root (instances)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, Some(Path::new("/var/tmp")))?;
+            let report = static_site::run(
+                &static_site::StaticOptions {
+                    seconds: args.static_seconds.max(1),
+                    rounds: args.static_rounds.max(1),
+                    connections: args.static_connections.max(1),
+                    subnet: args.static_subnet,
+                    ports: (args.static_port, args.static_port + 1),
+                },
+                scratch.path(),
+            )?;
+            print!("{}", static_site::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Taskfarm(args) => {

@@ -417,7 +417,12 @@ pub fn parse_wrk(out: &str) -> Result<WrkResult> {
     }
 }
 
-fn run_wrk(addr: SocketAddr, path: &str, connections: u32, seconds: u64) -> Result<WrkResult> {
+pub(crate) fn run_wrk(
+    addr: SocketAddr,
+    path: &str,
+    connections: u32,
+    seconds: u64,
+) -> Result<WrkResult> {
     let out = pinned(CLIENT_CPU, "wrk")
         .args([
             "-t1",
