@@ -12,7 +12,8 @@
 #   (it needs no Docker engine);
 # - skopeo, umoci, docker-registry, nginx, htpasswd, openssl: OCI layouts and archives made by other
 #   tools, a local registry to pull from and push to (over TLS and with basic authentication);
-#   nginx is also what the catalogue's static site image is made of;
+#   nginx is also what the catalogue's static site and PHP tier images are made of;
+# - php8.2-fpm, php8.2-mysql, php-redis: what the catalogue's PHP tier image is made of;
 # - strace, gdb, tcpdump, yara, zstd: the host programs the built-in capsules are made of;
 # - crun, runc, curl: the OCI runtimes the node agent's tests start pods with (as a Kubernetes
 #   node's CRI runtime does), and the client their containers speak PaCI with;
@@ -60,6 +61,9 @@ need e2fsprogs mkfs.ext4
 need docker-compose docker-compose
 need redis-server redis-server redis-cli
 need postgresql /usr/lib/postgresql/15/bin/postgres psql pgbench
+need php8.2-fpm php-fpm8.2
+[ -e /usr/lib/php/20220829/mysqli.so ] || missing+=(php8.2-mysql)
+[ -e /usr/lib/php/20220829/redis.so ] || missing+=(php-redis)
 need prometheus promtool
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # the venv module
 need npm npm

@@ -1159,9 +1159,10 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
                 paracloud_manifest::CatalogRole::ReadReplicas { primary } => {
                     format!("the replicas of {primary} (the read address, over them and {primary})")
                 }
-                paracloud_manifest::CatalogRole::Site => {
-                    "its instances, each an nginx serving the site's root read-only".to_owned()
-                }
+                paracloud_manifest::CatalogRole::Site => match catalogued.kind {
+                    paracloud_manifest::CatalogKind::Php => "its instances, each an nginx in front of php-fpm serving the application's root read-only".to_owned(),
+                    _ => "its instances, each an nginx serving the site's root read-only".to_owned(),
+                },
                 paracloud_manifest::CatalogRole::Workers(farm) => format!(
                     "its workers: at most {}, each task retried {} times, stopped after {}",
                     farm.max_workers,

@@ -177,7 +177,13 @@ pub fn render(
                     "on a cluster, run the database with its own operator (such as CloudNativePG for PostgreSQL) and give the services its address",
                 );
             }
-            if matches!(catalogued.role, paracloud_manifest::CatalogRole::Site) {
+            if catalogued.kind == paracloud_manifest::CatalogKind::Php {
+                renderer.problem(
+                    format!("services.{name}.catalog"),
+                    "a PHP web tier serves a directory of the daemon's machine, with an image made of that machine's nginx and php-fpm",
+                    "on a cluster, build an image that holds the application (FROM php:8.2-fpm with nginx, or two containers in a pod) and run it as a service",
+                );
+            } else if matches!(catalogued.role, paracloud_manifest::CatalogRole::Site) {
                 renderer.problem(
                     format!("services.{name}.catalog"),
                     "a static site serves a directory of the daemon's machine, with an image made of that machine's nginx",

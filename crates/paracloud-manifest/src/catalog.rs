@@ -154,6 +154,29 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
     password_env: "",
     port: 80,
 }, CatalogEntry {
+    name: "php",
+    kind: CatalogKind::Php,
+    summary: "A PHP web tier: nginx in front of php-fpm serving an application's directory on as many instances as asked, with its sessions kept where every instance finds them",
+    versions: &["8.2"],
+    keys: &[
+        ("catalog", "\"php\""),
+        ("version", "PHP's version: \"8.2\" (the default)"),
+        ("root", "the application's directory (required): a path on the daemon's machine, relative to the manifest's directory, mounted read-only at /srv/app; a path that is no file goes to its index.php"),
+        ("sessions", "the catalogue Redis service of this manifest that keeps the PHP sessions (its write address, with its password); without it, sessions are files on the volume NAME-sessions, which every instance shares"),
+        ("replicas", "instances, as a service's (1 by default); `paracloud scale NAME=N` changes it"),
+        ("ports", "as a service's, for port 80 (where nginx listens): `[\"8080:80/http\"]` publishes it on the host; `[\"80/http\"]` by default"),
+        ("env", "the scripts' environment (getenv), as a service's"),
+        ("volumes", "where the application writes (uploads, caches), as a service's"),
+        ("autoscale", "the autoscaler's bounds for its instances, as a service's"),
+        ("resources", "each instance's cpu, memory, pids and disk, as a service's"),
+        ("labels", "as a service's"),
+        ("capsules", "which capsules may attach to its instances, as a service's"),
+    ],
+    addresses: &[("NAME:80", "the application, over HTTP: every instance")],
+    package: "php8.2-fpm php8.2-mysql php-redis nginx",
+    password_env: "",
+    port: 80,
+}, CatalogEntry {
     name: "taskfarm",
     kind: CatalogKind::TaskFarm,
     summary: "A task farm: runs a bag of independent tasks (`paracloud tasks submit`) on as few workers as meet a deadline, or as many as a budget pays for, learning the tasks' run times as they complete",
@@ -312,6 +335,52 @@ impl CatalogEntry {
                 package: "nginx".into(),
             }
             .keyed(),
+            CatalogKind::Php => {
+                let extensions = PHP_EXTENSIONS
+                    .iter()
+                    .map(|e| format!("{PHP_EXTENSION_DIR}/{e}.so"));
+                CatalogImage {
+                    tag: format!("paracloud-catalog/php:{version}"),
+                    programs: [
+                        format!("/usr/sbin/php-fpm{version}"),
+                        "/usr/sbin/nginx".into(),
+                    ]
+                    .into_iter()
+                    .chain(SCRIPT_TOOLS.iter().map(|p| (*p).to_owned()))
+                    .collect(),
+                    trees: [
+                        "/etc/nginx/mime.types",
+                        "/etc/nginx/fastcgi_params",
+                        "/usr/share/zoneinfo/UTC",
+                        "/usr/share/zoneinfo/Etc/UTC",
+                    ]
+                    .map(String::from)
+                    .into_iter()
+                    .chain(extensions)
+                    .collect(),
+                    leave_out: Vec::new(),
+                    files: [
+                        (
+                            ENTRY.into(),
+                            PHP_SCRIPT.replace("@VERSION@", version),
+                            0o755,
+                        ),
+                        (NGINX_CONF.into(), PHP_NGINX_CONF.to_owned(), 0o644),
+                        (
+                            "/etc/paracloud/php-fpm.conf".into(),
+                            PHP_FPM_CONF.to_owned(),
+                            0o644,
+                        ),
+                        ("/etc/paracloud/php.ini".into(), PHP_INI.to_owned(), 0o644),
+                        ("/var/lib/nginx/.keep".into(), String::new(), 0o644),
+                    ]
+                    .into_iter()
+                    .chain(passwd_and_group("www-data", "/var/www"))
+                    .collect(),
+                    package: entry_of(CatalogKind::Php).package.into(),
+                }
+                .keyed()
+            }
             CatalogKind::Postgres => {
                 let script = entry_script(POSTGRES_SCRIPT).replace("@VERSION@", version);
                 let bin = format!("/usr/lib/postgresql/{version}/bin");
@@ -424,6 +493,66 @@ const NGINX_CONF: &str = "/etc/paracloud/nginx.conf";
 /// read-only) on port 80.
 const STATIC_NGINX_CONF: &str = include_str!("catalog/static-nginx.conf");
 
+/// The keys of a PHP web tier passed on to its instances as they are written (`volumes` after
+/// the catalogue's own).
+const PHP_PASSED_ON: &[&str] = &[
+    "replicas",
+    "ports",
+    "env",
+    "volumes",
+    "autoscale",
+    "resources",
+    "labels",
+    "capsules",
+];
+
+/// The entry script of a PHP web tier's instances (`serve`).
+const PHP_SCRIPT: &str = include_str!("catalog/php.sh");
+
+/// A PHP web tier's nginx: as a static site's, with PHP scripts (and every path that is no
+/// file, through index.php) passed to php-fpm.
+const PHP_NGINX_CONF: &str = include_str!("catalog/php-nginx.conf");
+
+/// A PHP web tier's php-fpm: in the foreground, its workers as the image's unprivileged user.
+const PHP_FPM_CONF: &str = include_str!("catalog/php-fpm.conf");
+
+/// A PHP web tier's php.ini: the extensions it loads and the settings of a web application.
+const PHP_INI: &str = include_str!("catalog/php.ini");
+
+/// Where Debian's PHP 8.2 keeps its extensions.
+const PHP_EXTENSION_DIR: &str = "/usr/lib/php/20220829";
+
+/// The extensions a PHP web tier loads (php.ini names the same): MySQL and MariaDB clients,
+/// Redis (sessions), and what WordPress and most frameworks use.
+const PHP_EXTENSIONS: &[&str] = &[
+    "opcache",
+    "mysqlnd",
+    "mysqli",
+    "pdo",
+    "pdo_mysql",
+    "igbinary",
+    "redis",
+    "calendar",
+    "ctype",
+    "exif",
+    "fileinfo",
+    "iconv",
+    "posix",
+    "sockets",
+    "tokenizer",
+];
+
+/// Where a PHP web tier keeps its sessions when no Redis does: a volume its instances share.
+const PHP_SESSIONS: &str = "/var/lib/php/sessions";
+
+/// The size of a PHP web tier's sessions volume.
+const PHP_SESSIONS_SIZE: u64 = 256 << 20;
+
+/// The name of the sessions volume of the PHP web tier `name`.
+pub fn sessions_volume_name(name: &str) -> String {
+    format!("{name}-sessions")
+}
+
 /// The keys of a task farm passed on to its workers as they are written.
 const FARM_PASSED_ON: &[&str] = &[
     "image",
@@ -438,8 +567,14 @@ const FARM_PASSED_ON: &[&str] = &[
 /// What a checked catalogue service table declares beside its services.
 pub(crate) struct CatalogDrafts {
     pub(crate) drafts: Vec<Draft>,
-    /// The primary's data volume and its size.
+    /// The volume it keeps its data on (a server's primary's, a PHP tier's sessions) and its
+    /// size.
     pub(crate) volume: Option<(String, u64)>,
+    /// Whether it makes a read service, `NAME-read`.
+    pub(crate) read_service: bool,
+    /// The catalogue Redis service a PHP web tier keeps its sessions in, and where it is
+    /// named.
+    pub(crate) sessions: Option<(String, Span)>,
     /// Where the `catalog` key is written, for what is reported about the whole service.
     pub(crate) span: Span,
 }
@@ -461,34 +596,12 @@ impl Checker<'_> {
         self.catalog_keys(entry, table, &path);
         match entry.kind {
             CatalogKind::TaskFarm => return self.task_farm(name, table, value, catalog, before),
-            CatalogKind::Static => {
-                return self.static_site(name, entry, table, value, catalog, before)
+            CatalogKind::Static | CatalogKind::Php => {
+                return self.site(name, entry, (table, value, catalog), before)
             }
             CatalogKind::Postgres | CatalogKind::Redis => {}
         }
-        let version = match table.get("version") {
-            None => entry.versions[0].to_owned(),
-            Some(v) => {
-                let version = self.string(v, &field("version"))?;
-                if !entry.versions.contains(&version) {
-                    self.error(
-                        v.span(),
-                        &field("version"),
-                        format!(
-                            "the catalogue's {} runs version {}, not {version:?}",
-                            entry.name,
-                            entry.versions.join(", ")
-                        ),
-                        Some(format!(
-                            "write `version = \"{}\"`, or leave it out",
-                            entry.versions[0]
-                        )),
-                    );
-                    return None;
-                }
-                version.to_owned()
-            }
-        };
+        let version = self.catalog_version(entry, table, &path)?;
         let replicas = match table.get("replicas") {
             None => 0,
             Some(v) => {
@@ -589,8 +702,8 @@ impl Checker<'_> {
                 restore,
             ),
             CatalogKind::Redis => redis_texts(name, &image.tag, replicas, persistence),
-            CatalogKind::TaskFarm | CatalogKind::Static => {
-                unreachable!("made by task_farm and static_site")
+            CatalogKind::TaskFarm | CatalogKind::Static | CatalogKind::Php => {
+                unreachable!("made by task_farm and site")
             }
         };
         let mut drafts = Vec::new();
@@ -617,6 +730,8 @@ impl Checker<'_> {
         Some(CatalogDrafts {
             drafts,
             volume: Some((volume, storage)),
+            read_service: true,
+            sessions: None,
             span: catalog.span(),
         })
     }
@@ -677,6 +792,8 @@ impl Checker<'_> {
         Some(CatalogDrafts {
             drafts: vec![draft],
             volume: None,
+            read_service: false,
+            sessions: None,
             span: catalog.span(),
         })
     }
@@ -699,25 +816,28 @@ impl Checker<'_> {
         self.service_fields(name, path, generated_table, &generated)
     }
 
-    /// A static site: nginx instances serving `root`, read-only, on port 80.
-    fn static_site(
+    /// A static site (nginx instances serving `root`, read-only, on port 80) or a PHP web tier
+    /// (the same, with php-fpm behind nginx and its sessions kept where every instance finds
+    /// them).
+    fn site(
         &mut self,
         name: &str,
         entry: &CatalogEntry,
-        table: &DeTable<'_>,
-        value: &Value<'_>,
-        catalog: &Value<'_>,
+        (table, value, catalog): (&DeTable<'_>, &Value<'_>, &Value<'_>),
         before: usize,
     ) -> Option<CatalogDrafts> {
         let path = child("services", name);
         let field = |key: &str| child(&path, key);
+        let php = entry.kind == CatalogKind::Php;
+        let version = self.catalog_version(entry, table, &path)?;
+        let whose = if php { "application" } else { "site" };
         let root = match table.get("root") {
             None => {
                 self.error(
                     catalog.span(),
                     &field("root"),
-                    "a static site needs the directory it serves",
-                    Some("add `root = \"public\"` (a directory beside the manifest, or an absolute path)".into()),
+                    format!("a {} needs the directory it serves", entry_noun(entry.kind)),
+                    Some(format!("add `root = \"{}\"` (a directory beside the manifest, or an absolute path): the {whose}'s files", if php { "app" } else { "public" })),
                 );
                 return None;
             }
@@ -733,9 +853,9 @@ impl Checker<'_> {
                     self.error(
                         v.span(),
                         &field("root"),
-                        format!("{} {what}: a static site serves a directory", root.display()),
+                        format!("{} {what}: a {} serves a directory", root.display(), entry_noun(entry.kind)),
                         Some(format!(
-                            "name the directory of the site's files; relative paths are resolved against {}",
+                            "name the directory of the {whose}'s files; relative paths are resolved against {}",
                             self.base_dir().display()
                         )),
                     );
@@ -744,34 +864,50 @@ impl Checker<'_> {
                 root
             }
         };
+        let sessions = match table.get("sessions") {
+            Some(v) => Some((self.string(v, &field("sessions"))?.to_owned(), v.span())),
+            None => None,
+        };
         if self.problems() > before {
             return None;
         }
-        let image = entry
-            .image(entry.versions[0])
-            .expect("the static site has an image");
+        let image = entry.image(&version).expect("a site has an image");
         let source = toml::Value::String(root.display().to_string());
+        let (target, sessions_mount) = if php {
+            let mount = match sessions {
+                Some(_) => String::new(),
+                None => format!(", \"{}:{PHP_SESSIONS}\"", sessions_volume_name(name)),
+            };
+            ("/srv/app", mount)
+        } else {
+            ("/srv/www", String::new())
+        };
         let mut text = format!(
             r#"image = "{tag}"
-entrypoint = ["/usr/sbin/nginx", "-c", "{NGINX_CONF}"]
-volumes = [{{ source = {source}, target = "/srv/www", read_only = true }}]
-health = {{ tcp = 80, interval = "1s", timeout = "2s", retries = 3 }}
-cap_add = ["SETUID", "SETGID", "NET_BIND_SERVICE", "CHOWN", "DAC_OVERRIDE"]
-stop_signal = "QUIT"
-stop_grace_period = "10s"
+volumes = [{{ source = {source}, target = "{target}", read_only = true }}{sessions_mount}]
 "#,
             tag = image.tag
         );
+        // What nginx and php-fpm need to drop to their user and bind port 80; the PHP tier's
+        // script gives its directories to that user, and php-fpm's master signals its workers
+        // (which run as that user) to stop.
+        text.push_str(if php {
+            "cap_add = [\"SETUID\", \"SETGID\", \"NET_BIND_SERVICE\", \"CHOWN\", \"DAC_OVERRIDE\", \"FOWNER\", \"KILL\"]\n"
+        } else {
+            "cap_add = [\"SETUID\", \"SETGID\", \"NET_BIND_SERVICE\", \"CHOWN\", \"DAC_OVERRIDE\"]\n"
+        });
+        text.push_str(if php {
+            // The check goes through nginx to php-fpm's own answer: both must run.
+            "entrypoint = [\"/usr/local/lib/paracloud/catalog\", \"serve\"]\nhealth = { http = \"/.paracloud/ping\", port = 80, interval = \"1s\", timeout = \"2s\", retries = 3 }\nstop_grace_period = \"30s\"\n"
+        } else {
+            "entrypoint = [\"/usr/sbin/nginx\", \"-c\", \"/etc/paracloud/nginx.conf\"]\nhealth = { tcp = 80, interval = \"1s\", timeout = \"2s\", retries = 3 }\nstop_signal = \"QUIT\"\nstop_grace_period = \"10s\"\n"
+        });
         if !table.contains_key("ports") {
             text.push_str("ports = [\"80/http\"]\n");
         }
-        let mut draft = self.made_service(
-            name,
-            &path,
-            &text,
-            (catalog, table, value),
-            STATIC_PASSED_ON,
-        )?;
+        let passed_on = if php { PHP_PASSED_ON } else { STATIC_PASSED_ON };
+        let mut draft =
+            self.made_service(name, &path, &text, (catalog, table, value), passed_on)?;
         if let Some(ports) = table.get("ports") {
             if let Some(other) = draft
                 .service
@@ -783,7 +919,8 @@ stop_grace_period = "10s"
                     ports.span(),
                     &field("ports"),
                     format!(
-                        "a static site serves HTTP on port 80, not {}/{}",
+                        "a {} serves HTTP on port 80, not {}/{}",
+                        entry_noun(entry.kind),
                         other.port,
                         other.protocol.name()
                     ),
@@ -793,16 +930,52 @@ stop_grace_period = "10s"
             }
         }
         draft.service.catalog = Some(Catalogued {
-            kind: CatalogKind::Static,
-            version: entry.versions[0].to_owned(),
+            kind: entry.kind,
+            version,
             role: CatalogRole::Site,
             synchronous: false,
         });
+        let volume =
+            (php && sessions.is_none()).then(|| (sessions_volume_name(name), PHP_SESSIONS_SIZE));
         Some(CatalogDrafts {
             drafts: vec![draft],
-            volume: None,
+            volume,
+            read_service: false,
+            sessions,
             span: catalog.span(),
         })
+    }
+
+    /// The version a catalogue service's `version` names, or its default; `None` when it names
+    /// one the catalogue does not run, which is reported.
+    fn catalog_version(
+        &mut self,
+        entry: &CatalogEntry,
+        table: &DeTable<'_>,
+        path: &str,
+    ) -> Option<String> {
+        let field = child(path, "version");
+        let Some(v) = table.get("version") else {
+            return Some(entry.versions[0].to_owned());
+        };
+        let version = self.string(v, &field)?;
+        if !entry.versions.contains(&version) {
+            self.error(
+                v.span(),
+                &field,
+                format!(
+                    "the catalogue's {} runs version {}, not {version:?}",
+                    entry.name,
+                    entry.versions.join(", ")
+                ),
+                Some(format!(
+                    "write `version = \"{}\"`, or leave it out",
+                    entry.versions[0]
+                )),
+            );
+            return None;
+        }
+        Some(version.to_owned())
     }
 
     /// The catalogue service `catalog` names; `None` when it names none, which is reported.
@@ -901,6 +1074,14 @@ stop_grace_period = "10s"
     }
 }
 
+/// What a site of `kind` is called in messages.
+fn entry_noun(kind: CatalogKind) -> &'static str {
+    match kind {
+        CatalogKind::Php => "PHP web tier",
+        _ => "static site",
+    }
+}
+
 /// The generated tables of a PostgreSQL service's primary and replicas.
 fn postgres_texts(
     name: &str,
@@ -994,9 +1175,22 @@ fn made_table<'i>(
         .map(|(k, v)| (Spanned::new(at.clone(), k.into_inner()), respan(v, &at)))
         .collect();
     for (k, v) in written {
-        if passed_on.contains(&k.get_ref().as_ref()) {
-            table.insert(k.clone(), v.clone());
+        if !passed_on.contains(&k.get_ref().as_ref()) {
+            continue;
         }
+        // A list the catalogue writes too (a PHP tier's `volumes`) keeps the catalogue's items
+        // first.
+        let merged = match (
+            table.get(k.get_ref().as_ref()).map(|m| m.get_ref()),
+            v.get_ref(),
+        ) {
+            (Some(DeValue::Array(made)), DeValue::Array(items)) => Spanned::new(
+                v.span(),
+                DeValue::Array(made.iter().chain(items).cloned().collect()),
+            ),
+            _ => v.clone(),
+        };
+        table.insert(k.clone(), merged);
     }
     table
 }

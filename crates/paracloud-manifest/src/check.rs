@@ -102,8 +102,12 @@ impl Checker<'_> {
         };
 
         let mut drafts = BTreeMap::new();
-        // Catalogue services: each one's name, its primary's data volume and where `catalog` is.
-        let mut catalog_volumes: Vec<(String, (String, u64), Span)> = Vec::new();
+        // Catalogue services: each one's name, its data volume, whether it makes a read service,
+        // and where `catalog` is.
+        let mut catalog_volumes: Vec<(String, (String, u64), bool, Span)> = Vec::new();
+        // PHP web tiers that keep their sessions in a catalogue Redis: the tier, the Redis and
+        // where it is named.
+        let mut sessions: Vec<(String, String, Span)> = Vec::new();
         // The services written as services, which the catalogue's may not clash with.
         let mut written: Vec<String> = Vec::new();
         let no_services = Some(
@@ -137,7 +141,15 @@ impl Checker<'_> {
                                 // A server's data volume and read service (a task farm has
                                 // neither).
                                 if let Some(volume) = made.volume {
-                                    catalog_volumes.push((name.to_owned(), volume, made.span));
+                                    catalog_volumes.push((
+                                        name.to_owned(),
+                                        volume,
+                                        made.read_service,
+                                        made.span,
+                                    ));
+                                }
+                                if let Some((redis, span)) = made.sessions {
+                                    sessions.push((name.to_owned(), redis, span));
                                 }
                                 for draft in made.drafts {
                                     drafts.insert(draft.service.name.clone(), draft);
@@ -158,6 +170,7 @@ impl Checker<'_> {
         }
 
         self.catalog_clashes(&catalog_volumes, &written, &mut volumes);
+        self.php_sessions(&sessions, &mut drafts);
 
         self.dependencies(&drafts);
         self.port_clashes(&drafts);
@@ -199,17 +212,17 @@ impl Checker<'_> {
     /// `storage`), which is declared here.
     fn catalog_clashes(
         &mut self,
-        catalogued: &[(String, (String, u64), Span)],
+        catalogued: &[(String, (String, u64), bool, Span)],
         written: &[String],
         volumes: &mut BTreeMap<String, Volume>,
     ) {
-        for (name, (volume, storage), span) in catalogued {
+        for (name, (volume, storage), read_service, span) in catalogued {
             let read = crate::catalog::read_service_name(name);
             let field = child(&child("services", name), "catalog");
-            if !self.name(&read, span.clone(), &field, "read service name") {
+            if *read_service && !self.name(&read, span.clone(), &field, "read service name") {
                 continue;
             }
-            if written.contains(&read) {
+            if *read_service && written.contains(&read) {
                 self.error(
                     span.clone(),
                     &field,
@@ -222,7 +235,11 @@ impl Checker<'_> {
                     span.clone(),
                     &field,
                     format!("the catalogue service `{name}` keeps its data on the volume `{volume}`, which `[volumes.{volume}]` declares too"),
-                    Some(format!("remove `[volumes.{volume}]`: its size is the service's `storage`")),
+                    Some(if *read_service {
+                        format!("remove `[volumes.{volume}]`: its size is the service's `storage`")
+                    } else {
+                        format!("remove `[volumes.{volume}]`, or rename the service")
+                    }),
                 );
                 continue;
             }
@@ -233,6 +250,64 @@ impl Checker<'_> {
                     ..Volume::default()
                 },
             );
+        }
+    }
+
+    /// Each PHP web tier's `sessions` names a catalogue Redis service of the manifest; the tier
+    /// gets its address and password (`PARACLOUD_SESSIONS`, a session.save_path) and starts
+    /// once it is healthy.
+    fn php_sessions(
+        &mut self,
+        sessions: &[(String, String, Span)],
+        drafts: &mut BTreeMap<String, Draft>,
+    ) {
+        use crate::model::{CatalogKind, CatalogRole};
+        for (php, redis, span) in sessions {
+            let field = child(&child("services", php), "sessions");
+            let password = drafts.get(redis).and_then(|d| match &d.service.catalog {
+                Some(c) if c.kind == CatalogKind::Redis && c.role == CatalogRole::Primary => {
+                    d.service.env.get("REDIS_PASSWORD").cloned()
+                }
+                _ => None,
+            });
+            let Some(password) = password else {
+                let redises: Vec<&str> = drafts
+                    .values()
+                    .filter(|d| {
+                        d.service.catalog.as_ref().is_some_and(|c| {
+                            c.kind == CatalogKind::Redis && c.role == CatalogRole::Primary
+                        })
+                    })
+                    .map(|d| d.service.name.as_str())
+                    .collect();
+                let hint = match redises.as_slice() {
+                    [] => "add a Redis service, `[services.cache]` with `catalog = \"redis\"`, and name it here; or remove `sessions` to keep them as files on the tier's own volume".to_owned(),
+                    names => format!("the manifest's catalogue Redis services: {}", names.join(", ")),
+                };
+                self.error(
+                    span.clone(),
+                    &field,
+                    format!("`{redis}` is not a catalogue Redis service of this application"),
+                    Some(hint),
+                );
+                continue;
+            };
+            if let Some(draft) = drafts.get_mut(php) {
+                draft.service.env.insert(
+                    "PARACLOUD_SESSIONS".into(),
+                    format!(
+                        "tcp://{redis}:6379?auth={}",
+                        percent_encoding::utf8_percent_encode(
+                            &password,
+                            percent_encoding::NON_ALPHANUMERIC
+                        )
+                    ),
+                );
+                draft
+                    .service
+                    .depends_on
+                    .insert(redis.clone(), crate::model::DependsCondition::Healthy);
+            }
         }
     }
 

@@ -318,6 +318,7 @@ pub enum CatalogKind {
     Postgres,
     Redis,
     Static,
+    Php,
     TaskFarm,
 }
 
@@ -336,7 +337,8 @@ pub enum CatalogRole {
     /// until the platform runs tasks in them, as many as the farm's goal needs (none while no
     /// batch runs).
     Workers(TaskFarm),
-    /// The instances of a static site: each an nginx serving the site's directory.
+    /// The instances of a static site or a PHP web tier: each an nginx serving the site's
+    /// directory (in front of php-fpm for PHP).
     Site,
 }
 

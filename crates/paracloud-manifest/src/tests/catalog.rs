@@ -94,7 +94,7 @@ paracloud.toml:3:11: services.db.catalog: no service "postgre" in the catalogue
         "app = \"a\"\n[services.db]\ncatalog = \"oracle\"\n",
         r#"
 paracloud.toml:3:11: services.db.catalog: no service "oracle" in the catalogue
-  hint: the catalogue has postgres, redis, static, taskfarm; `paracloud catalog ls` says what each offers
+  hint: the catalogue has postgres, redis, static, php, taskfarm; `paracloud catalog ls` says what each offers
 "#,
     );
 }
@@ -198,14 +198,19 @@ fn every_catalogue_image_is_named_by_what_it_is_made_of() {
                 "{}",
                 image.tag
             );
-            // The servers run an entry script; a static site runs nginx itself.
+            // The servers and PHP run an entry script; a static site runs nginx itself. The
+            // servers hold a lock on their data.
             let scripted = entry.kind != CatalogKind::Static;
+            let server = entry
+                .addresses
+                .iter()
+                .any(|(a, _)| a.starts_with("NAME-read:"));
             assert_eq!(
                 scripted,
                 image.files.iter().any(|(path, script, mode)| path
                     == "/usr/local/lib/paracloud/catalog"
                     && script.starts_with("#!/bin/sh")
-                    && script.contains("hold_lock() {")
+                    && (script.contains("hold_lock() {") == server)
                     && !script.contains("@COMMON@")
                     && !script.contains("@VERSION@")
                     && *mode == 0o755),
@@ -457,7 +462,7 @@ fn a_static_site_checks_its_root_and_its_port() {
         "app = \"a\"\n[services.site]\ncatalog = \"static\"\n",
         r#"
 paracloud.toml:3:11: services.site.root: a static site needs the directory it serves
-  hint: add `root = "public"` (a directory beside the manifest, or an absolute path)
+  hint: add `root = "public"` (a directory beside the manifest, or an absolute path): the site's files
 "#,
     );
     check(
@@ -479,6 +484,109 @@ paracloud.toml:5:9: services.site.ports: a static site serves HTTP on port 80, n
         r#"
 paracloud.toml:5:1: services.site.command: `catalog = "static"` does not take `command`
   hint: the catalogue runs `static` itself; its keys are catalog, root, replicas, ports, autoscale, resources, labels, capsules
+"#,
+    );
+}
+
+const PHP: &str = "app = \"a\"\n[services.web]\ncatalog = \"php\"\nroot = \"conf\"\n";
+
+#[test]
+fn a_php_tier_is_nginx_and_php_fpm_serving_its_root_with_sessions_on_a_shared_volume() {
+    let manifest = valid(&format!(
+        "{PHP}replicas = 2\nvolumes = [\"uploads:/srv/uploads\"]\nenv = {{ DB_HOST = \"db\" }}\n[volumes.uploads]\n"
+    ));
+    let web = &manifest.services["web"];
+    assert_eq!(web.replicas, 2);
+    assert_eq!(web.env["DB_HOST"], "db");
+    assert!(!web.env.contains_key("PARACLOUD_SESSIONS"));
+    // The application read-only, the sessions volume every instance shares, then the
+    // application's own volumes.
+    let targets: Vec<(&str, bool)> = web
+        .volumes
+        .iter()
+        .map(|v| match v {
+            VolumeMount::Bind {
+                target, read_only, ..
+            } => (target.as_str(), *read_only),
+            VolumeMount::Named {
+                target, read_only, ..
+            } => (target.as_str(), *read_only),
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("/srv/app", true),
+            ("/var/lib/php/sessions", false),
+            ("/srv/uploads", false)
+        ]
+    );
+    assert_eq!(
+        manifest.volumes["web-sessions"].size,
+        Some(256 << 20),
+        "{:?}",
+        manifest.volumes
+    );
+    let catalog = web.catalog.as_ref().unwrap();
+    assert_eq!(
+        (catalog.kind, &catalog.role, catalog.version.as_str()),
+        (CatalogKind::Php, &CatalogRole::Site, "8.2")
+    );
+    let recipe = entry("php").unwrap().image("8.2").unwrap();
+    assert!(recipe.programs.iter().any(|p| p == "/usr/sbin/php-fpm8.2"));
+    assert!(recipe.trees.iter().any(|t| t.ends_with("/redis.so")));
+}
+
+#[test]
+fn a_php_tier_keeps_its_sessions_in_the_redis_it_names_with_its_password() {
+    let manifest = valid(&format!(
+        "{PHP}sessions = \"cache\"\n[services.cache]\ncatalog = \"redis\"\nenv = {{ REDIS_PASSWORD = \"p&ss w=rd\" }}\n"
+    ));
+    let web = &manifest.services["web"];
+    assert_eq!(
+        web.env["PARACLOUD_SESSIONS"],
+        "tcp://cache:6379?auth=p%26ss%20w%3Drd"
+    );
+    assert_eq!(web.depends_on["cache"], DependsCondition::Healthy);
+    assert!(!manifest.volumes.contains_key("web-sessions"));
+    assert_eq!(web.volumes.len(), 1, "{:?}", web.volumes);
+}
+
+#[test]
+fn a_php_tier_checks_its_sessions_root_and_port() {
+    check(
+        &format!("{PHP}sessions = \"db\"\n[services.db]\ncatalog = \"postgres\"\nenv = {{ POSTGRES_PASSWORD = \"x\" }}\n"),
+        r#"
+paracloud.toml:5:12: services.web.sessions: `db` is not a catalogue Redis service of this application
+  hint: add a Redis service, `[services.cache]` with `catalog = "redis"`, and name it here; or remove `sessions` to keep them as files on the tier's own volume
+"#,
+    );
+    check(
+        &format!("{PHP}sessions = \"kv\"\n[services.cache]\ncatalog = \"redis\"\nenv = {{ REDIS_PASSWORD = \"x\" }}\n"),
+        r#"
+paracloud.toml:5:12: services.web.sessions: `kv` is not a catalogue Redis service of this application
+  hint: the manifest's catalogue Redis services: cache
+"#,
+    );
+    check(
+        &format!("{PHP}ports = [\"9000\"]\n"),
+        r#"
+paracloud.toml:5:9: services.web.ports: a PHP web tier serves HTTP on port 80, not 9000/tcp
+  hint: publish port 80: `ports = ["8080:80/http"]`
+"#,
+    );
+    check(
+        "app = \"a\"\n[services.web]\ncatalog = \"php\"\n",
+        r#"
+paracloud.toml:3:11: services.web.root: a PHP web tier needs the directory it serves
+  hint: add `root = "app"` (a directory beside the manifest, or an absolute path): the application's files
+"#,
+    );
+    check(
+        &format!("{PHP}[volumes.web-sessions]\n"),
+        r#"
+paracloud.toml:3:11: services.web.catalog: the catalogue service `web` keeps its data on the volume `web-sessions`, which `[volumes.web-sessions]` declares too
+  hint: remove `[volumes.web-sessions]`, or rename the service
 "#,
     );
 }

@@ -1,0 +1,65 @@
+#!/bin/sh
+# The instances of a PHP web tier of the catalogue:
+#   serve    nginx on port 80 in front of php-fpm, serving the application's directory at
+#            /srv/app; sessions kept in the Redis of PARACLOUD_SESSIONS (a session.save_path)
+#            when it is set, else as files in /var/lib/php/sessions, the service's own volume
+#            that all its instances share
+# It starts as root inside the instance; nginx and php-fpm run their workers as www-data. When
+# either of them ends, the other is stopped too, so that the platform restarts the instance.
+set -eu
+
+sessions=/var/lib/php/sessions
+
+# Asks nginx and php-fpm (by its pid file: $fpm is the pipe's end) to finish and stop.
+stop() {
+    kill -QUIT "$web" 2>/dev/null || true
+    if [ -s /run/php/fpm.pid ]; then
+        kill -QUIT "$(cat /run/php/fpm.pid)" 2>/dev/null || true
+    fi
+}
+
+serve() {
+    mkdir -p /run/php
+    chmod 750 /run/php
+    chown www-data:www-data /run/php
+    if [ -n "${PARACLOUD_SESSIONS:-}" ]; then
+        printf 'php_value[session.save_handler] = redis\nphp_value[session.save_path] = "%s"\n' \
+            "$PARACLOUD_SESSIONS"
+    else
+        mkdir -p "$sessions"
+        chmod 700 "$sessions"
+        chown www-data:www-data "$sessions"
+        printf 'php_value[session.save_handler] = files\nphp_value[session.save_path] = "%s"\n' \
+            "$sessions"
+    fi >/run/php/sessions.conf
+    chmod 600 /run/php/sessions.conf
+    # php-fpm opens its error log by name (/proc/self/fd/2), which the instance's own log file
+    # does not allow: it writes to a pipe of the instance's instead, passed on by cat.
+    /usr/sbin/php-fpm@VERSION@ -n -c /etc/paracloud/php.ini -y /etc/paracloud/php-fpm.conf -F 2>&1 |
+        cat >&2 &
+    fpm=$!
+    /usr/sbin/nginx -c /etc/paracloud/nginx.conf &
+    web=$!
+    # Both stop gracefully: nginx finishes its requests, php-fpm its scripts.
+    stopping=no
+    trap 'stopping=yes; stop' TERM INT QUIT
+    while kill -0 "$fpm" 2>/dev/null && kill -0 "$web" 2>/dev/null; do
+        sleep 1 &
+        wait $! || true
+    done
+    stop
+    wait || true
+    [ "$stopping" = yes ] && exit 0
+    echo "catalog: nginx or php-fpm ended; the instance stops" >&2
+    exit 1
+}
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+serve) serve ;;
+*)
+    echo "usage: $0 serve" >&2
+    exit 2
+    ;;
+esac
