@@ -13,6 +13,8 @@
 # - skopeo, umoci, docker-registry, nginx, htpasswd, openssl: OCI layouts and archives made by other
 #   tools, a local registry to pull from and push to (over TLS and with basic authentication);
 #   nginx is also what the catalogue's static site and PHP tier images are made of;
+# - mariadb-server (and its client): what the catalogue's MariaDB image is made of, and the client
+#   its tests reach it with;
 # - php8.2-fpm, php8.2-mysql, php-redis: what the catalogue's PHP tier image is made of;
 # - strace, gdb, tcpdump, yara, zstd: the host programs the built-in capsules are made of;
 # - crun, runc, curl: the OCI runtimes the node agent's tests start pods with (as a Kubernetes
@@ -61,6 +63,7 @@ need e2fsprogs mkfs.ext4
 need docker-compose docker-compose
 need redis-server redis-server redis-cli
 need postgresql /usr/lib/postgresql/15/bin/postgres psql pgbench
+need mariadb-server /usr/sbin/mariadbd mariadb mariadb-dump mariadb-admin
 need php8.2-fpm php-fpm8.2
 [ -e /usr/lib/php/20220829/mysqli.so ] || missing+=(php8.2-mysql)
 [ -e /usr/lib/php/20220829/redis.so ] || missing+=(php-redis)

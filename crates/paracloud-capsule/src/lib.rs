@@ -210,6 +210,16 @@ pub fn builtins() -> Vec<CapsuleSpec> {
             )
         },
         CapsuleSpec {
+            timeout: 60 * MINUTE,
+            programs: strings(&["/usr/bin/mariadb-dump", "/usr/bin/mariadb"]),
+            ..spec(
+                "mariadb-dump",
+                "a dump of a database of a catalogue MariaDB instance (the one it holds, or the one named; one consistent transaction, over the server's own socket), returned as DATABASE.sql: what a new service's `restore` takes",
+                "[DATABASE]",
+                scripts::MARIADB_DUMP,
+            )
+        },
+        CapsuleSpec {
             timeout: Duration::from_secs(30),
             ..spec(
                 "metrics",
@@ -468,6 +478,32 @@ socket="$TARGET/tmp"
 [ -S "$socket/.s.PGSQL.5432" ] || { echo "pg-dump: no PostgreSQL socket in the target's /tmp: attach to an instance of a catalogue postgres service" >&2; exit 2; }
 /usr/lib/postgresql/15/bin/pg_dump --format=custom --host="$socket" --username="$user" --dbname="$database" --file="$OUT/$database.dump"
 echo "$database.dump: $(wc -c < "$OUT/$database.dump") bytes of database $database"
+"#;
+
+    pub const MARIADB_DUMP: &str = r#"set -eu
+usage() { echo "usage: mariadb-dump [DATABASE]" >&2; exit 2; }
+[ $# -le 1 ] || usage
+case "${1:-}" in -*|*/*|*' '*) usage;; esac
+# The catalogue's servers listen on a socket in their /tmp, where root gives no password.
+socket="$TARGET/tmp/mysqld.sock"
+[ -S "$socket" ] || { echo "mariadb-dump: no MariaDB socket in the target's /tmp: attach to an instance of a catalogue mariadb service" >&2; exit 2; }
+client() { /usr/bin/mariadb --no-defaults --socket="$socket" --user=root --batch --skip-column-names "$@"; }
+database=${1:-}
+if [ -z "$database" ]; then
+  databases=$(client -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')")
+  set -- $databases
+  case $# in
+    1) database=$1;;
+    0) echo "mariadb-dump: the server holds no database of its users" >&2; exit 1;;
+    *) echo "mariadb-dump: the server holds $*: name the one to dump" >&2; exit 2;;
+  esac
+fi
+# One database, without CREATE DATABASE or USE: what a new service's `restore` loads into its
+# MARIADB_DATABASE.
+/usr/bin/mariadb-dump --no-defaults --socket="$socket" --user=root --single-transaction \
+  --routines --events --triggers --default-character-set=utf8mb4 "$database" \
+  --result-file="$OUT/$database.sql"
+echo "$database.sql: $(wc -c < "$OUT/$database.sql") bytes of database $database"
 "#;
 
     pub const LOGROTATE: &str = r#"set -eu
@@ -757,6 +793,6 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(names, sorted);
-        assert_eq!(names.len(), 10);
+        assert_eq!(names.len(), 11);
     }
 }

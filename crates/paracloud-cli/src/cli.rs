@@ -231,7 +231,7 @@ pub enum Command {
     /// on as many workers as that needs
     #[command(subcommand)]
     Tasks(TasksCommand),
-    /// Capsules: functions (checksum, archive, logrotate, scan, metrics, strace, gdb, tcpdump, pg-dump,
+    /// Capsules: functions (checksum, archive, logrotate, scan, metrics, strace, gdb, tcpdump, pg-dump, mariadb-dump,
     /// debug) that attach to running instances for as long as they run, then leave nothing
     #[command(subcommand)]
     Capsule(CapsuleCommand),

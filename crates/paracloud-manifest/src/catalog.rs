@@ -10,9 +10,10 @@
 //!   it starts, its data in its own writable layer), the read address `db-read:5432`, which
 //!   balances connections over the replicas and the primary.
 //!
-//! A Redis service is made the same way, on port 6379. Their image is a micro-image of the
-//! machine's own server (the Debian package), built by the daemon at `up` from
-//! [`CatalogEntry::image`].
+//! A MariaDB service is made the same way, on port 3306, and a Redis service on port 6379.
+//! Their image is a micro-image of the machine's own server (the Debian package), built by the
+//! daemon at `up` from [`CatalogEntry::image`]. A static site, a PHP web tier and a task farm are
+//! one service each.
 
 use sha2::{Digest as _, Sha256};
 use toml::de::{DeTable, DeValue};
@@ -99,6 +100,49 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
     package: "postgresql-15",
     password_env: "POSTGRES_PASSWORD",
     port: 5432,
+}, CatalogEntry {
+    name: "mariadb",
+    kind: CatalogKind::Mariadb,
+    summary: "MariaDB: a primary and replicas (GTID replication), with a write and a read address",
+    versions: &["10.11"],
+    keys: &[
+        ("catalog", "\"mariadb\""),
+        ("version", "the server's version: \"10.11\" (the default)"),
+        (
+            "replicas",
+            "read replicas beside the primary: 0 (the default) to 8; `paracloud scale NAME-read=N` changes it",
+        ),
+        (
+            "storage",
+            "the size of the primary's data volume, NAME-data: \"1G\" (the default), at least \"256M\"",
+        ),
+        (
+            "env",
+            "MARIADB_ROOT_PASSWORD (required: root's password over the network, which the replicas use too), MARIADB_DATABASE (a database made with the server), MARIADB_USER and MARIADB_PASSWORD (a user with every right on it), and any other variable",
+        ),
+        (
+            "synchronous",
+            "true: each commit waits until a replica has it (semi-synchronous replication, after the primary's binary log is written), so that a committed transaction is on two servers (false, the default); needs replicas = 1 or more",
+        ),
+        (
+            "max_lag",
+            "how far behind the primary a replica may be and still serve reads: \"10s\" (the default, counted in whole seconds); one further behind, or not replicating, leaves the read address until it has caught up",
+        ),
+        (
+            "restore",
+            "a dump of one database that the mariadb-dump capsule made (a path on the daemon's machine, relative to the manifest's directory), loaded into MARIADB_DATABASE (then required) when the primary makes its database, on a new volume",
+        ),
+        ("resources", "each instance's cpu, memory, pids and disk, as a service's"),
+        ("labels", "as a service's"),
+        ("capsules", "which capsules may attach to its instances, as a service's"),
+    ],
+    addresses: &[
+        ("NAME:3306", "writes and reads: the primary"),
+        ("NAME-read:3306", "reads: the replicas and the primary"),
+    ],
+    package: "mariadb-server",
+    password_env: "MARIADB_ROOT_PASSWORD",
+    port: 3306,
 }, CatalogEntry {
     name: "redis",
     kind: CatalogKind::Redis,
@@ -244,6 +288,9 @@ pub fn data_volume_name(name: &str) -> String {
 /// The entry script of PostgreSQL's instances (`primary`, `replica PRIMARY`, `ready`).
 const POSTGRES_SCRIPT: &str = include_str!("catalog/postgres.sh");
 
+/// The entry script of MariaDB's instances (`primary`, `replica PRIMARY`, `ready`).
+const MARIADB_SCRIPT: &str = include_str!("catalog/mariadb.sh");
+
 /// The entry script of Redis's instances (`primary`, `replica PRIMARY`, `ready`).
 const REDIS_SCRIPT: &str = include_str!("catalog/redis.sh");
 
@@ -276,6 +323,9 @@ const ENTRY: &str = "/usr/local/lib/paracloud/catalog";
 
 /// Where the primary finds the dump its `restore` names.
 const RESTORE: &str = "/restore.dump";
+
+/// Where a MariaDB primary finds the dump its `restore` names.
+const MARIADB_RESTORE: &str = "/restore.sql";
 
 /// The image's users and groups: root, the user `user` the server runs as (uid 999), nobody.
 fn passwd_and_group(user: &str, home: &str) -> [(String, String, u32); 2] {
@@ -422,6 +472,35 @@ impl CatalogEntry {
                 }
                 .keyed()
             }
+            CatalogKind::Mariadb => CatalogImage {
+                tag: format!("paracloud-catalog/mariadb:{version}"),
+                programs: [
+                    "/usr/sbin/mariadbd",
+                    "/usr/bin/mariadb",
+                    "/usr/bin/mariadb-admin",
+                    "/usr/bin/mariadb-dump",
+                ]
+                .iter()
+                .chain(SCRIPT_TOOLS)
+                .map(|p| (*p).to_owned())
+                .collect(),
+                trees: vec![
+                    "/usr/share/mysql/charsets".into(),
+                    "/usr/share/mysql/mysql_system_tables.sql".into(),
+                    "/usr/share/mysql/mysql_performance_tables.sql".into(),
+                    "/usr/share/mysql/mysql_system_tables_data.sql".into(),
+                    "/usr/share/mysql/maria_add_gis_sp_bootstrap.sql".into(),
+                    "/usr/share/mysql/mysql_sys_schema.sql".into(),
+                    "/usr/share/zoneinfo/UTC".into(),
+                ],
+                leave_out: Vec::new(),
+                files: [(ENTRY.into(), entry_script(MARIADB_SCRIPT), 0o755)]
+                    .into_iter()
+                    .chain(passwd_and_group("mysql", "/var/lib/mysql"))
+                    .collect(),
+                package: "mariadb-server".into(),
+            }
+            .keyed(),
             CatalogKind::Redis => CatalogImage {
                 tag: format!("paracloud-catalog/redis:{version}"),
                 programs: ["/usr/bin/redis-server", "/usr/bin/redis-cli"]
@@ -599,7 +678,7 @@ impl Checker<'_> {
             CatalogKind::Static | CatalogKind::Php => {
                 return self.site(name, entry, (table, value, catalog), before)
             }
-            CatalogKind::Postgres | CatalogKind::Redis => {}
+            CatalogKind::Postgres | CatalogKind::Mariadb | CatalogKind::Redis => {}
         }
         let version = self.catalog_version(entry, table, &path)?;
         let replicas = match table.get("replicas") {
@@ -673,7 +752,11 @@ impl Checker<'_> {
                         &field("restore"),
                         format!("no dump to restore at {}", path.display()),
                         Some(format!(
-                            "take one with `paracloud capsule run pg-dump -l service=SERVICE --out DIR -- DATABASE` and name the file it wrote, DIR/INSTANCE/DATABASE.dump; relative paths are resolved against {}",
+                            "take one with {}; relative paths are resolved against {}",
+                            match entry.kind {
+                                CatalogKind::Mariadb => "`paracloud capsule run mariadb-dump -l service=SERVICE --out DIR -- DATABASE` and name the file it wrote, DIR/INSTANCE/DATABASE.sql",
+                                _ => "`paracloud capsule run pg-dump -l service=SERVICE --out DIR -- DATABASE` and name the file it wrote, DIR/INSTANCE/DATABASE.dump",
+                            },
                             self.base_dir().display()
                         )),
                     );
@@ -683,6 +766,9 @@ impl Checker<'_> {
             }
         };
         self.catalog_password(entry, table, value, &path);
+        if entry.kind == CatalogKind::Mariadb {
+            self.mariadb_env(table, value, &path, restore.is_some());
+        }
         if self.problems() > before {
             return None;
         }
@@ -701,6 +787,9 @@ impl Checker<'_> {
                 (synchronous, max_lag),
                 restore,
             ),
+            CatalogKind::Mariadb => {
+                mariadb_texts(name, &image.tag, replicas, (synchronous, max_lag), restore)
+            }
             CatalogKind::Redis => redis_texts(name, &image.tag, replicas, persistence),
             CatalogKind::TaskFarm | CatalogKind::Static | CatalogKind::Php => {
                 unreachable!("made by task_farm and site")
@@ -1042,6 +1131,49 @@ volumes = [{{ source = {source}, target = "{target}", read_only = true }}{sessio
         }
     }
 
+    /// Reports what a MariaDB server could not make of its `env`: a MARIADB_USER without its
+    /// password and database, or named root; a `restore` without the database it goes into.
+    fn mariadb_env(&mut self, table: &DeTable<'_>, value: &Value<'_>, path: &str, restore: bool) {
+        let env_field = child(path, "env");
+        let env = table.get("env");
+        let span = env.map_or(value.span(), |v| v.span());
+        let get = |name: &str| {
+            env.and_then(|env| match env.get_ref() {
+                DeValue::Table(env) => env.get(name).and_then(|v| match v.get_ref() {
+                    DeValue::String(s) if !s.is_empty() => Some((s.to_string(), v.span())),
+                    _ => None,
+                }),
+                _ => None,
+            })
+        };
+        let database = get("MARIADB_DATABASE");
+        if let Some((user, at)) = get("MARIADB_USER") {
+            if user == "root" {
+                self.error(
+                    at,
+                    &child(&env_field, "MARIADB_USER"),
+                    "MARIADB_USER names root, which MARIADB_ROOT_PASSWORD is for",
+                    Some("name the application's own user, such as \"app\"".into()),
+                );
+            } else if get("MARIADB_PASSWORD").is_none() || database.is_none() {
+                self.error(
+                    at,
+                    &child(&env_field, "MARIADB_USER"),
+                    "MARIADB_USER needs MARIADB_PASSWORD (its password) and MARIADB_DATABASE (the database it gets every right on)",
+                    Some("add both to `env`, or leave MARIADB_USER out and connect as root".into()),
+                );
+            }
+        }
+        if restore && database.is_none() {
+            self.error(
+                table.get("restore").map_or(span, |v| v.span()),
+                &child(path, "restore"),
+                "a restored dump goes into MARIADB_DATABASE, which `env` does not set",
+                Some("add `MARIADB_DATABASE = \"...\"` to `env`: the database the dump was taken of, or a new name".into()),
+            );
+        }
+    }
+
     /// Reports a missing or empty password of `entry`'s service.
     fn catalog_password(
         &mut self,
@@ -1123,6 +1255,49 @@ ports = [5432]
 health = {{ exec = ["{ENTRY}", "ready", "{max_lag_ms}"], interval = "1s", timeout = "5s", retries = 2, start_period = "30m", restart = false }}
 cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE"]
 stop_signal = "INT"
+stop_grace_period = "60s"
+replicas = {replicas}
+depends_on = {{ {name} = "healthy" }}
+"#
+    );
+    (primary, replica)
+}
+
+/// The generated tables of a MariaDB service's primary and replicas. Their script signals the
+/// servers it runs for itself as the mysql user (KILL).
+fn mariadb_texts(
+    name: &str,
+    tag: &str,
+    replicas: u64,
+    (synchronous, max_lag): (bool, std::time::Duration),
+    restore: Option<std::path::PathBuf>,
+) -> (String, String) {
+    let max_lag_ms = max_lag.as_millis();
+    let commits = if synchronous { "synchronous" } else { "local" };
+    let volume = data_volume_name(name);
+    let restore_mount = restore
+        .map(|path| {
+            let source = toml::Value::String(path.display().to_string());
+            format!(", {{ source = {source}, target = \"{MARIADB_RESTORE}\", read_only = true }}")
+        })
+        .unwrap_or_default();
+    let primary = format!(
+        r#"image = "{tag}"
+entrypoint = ["{ENTRY}", "primary", "{commits}"]
+ports = [3306]
+volumes = ["{volume}:/var/lib/mysql"{restore_mount}]
+health = {{ exec = ["{ENTRY}", "ready"], interval = "1s", timeout = "5s", retries = 5, start_period = "5m" }}
+cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE", "KILL"]
+stop_grace_period = "60s"
+replicas = 1
+"#
+    );
+    let replica = format!(
+        r#"image = "{tag}"
+entrypoint = ["{ENTRY}", "replica", "{name}"]
+ports = [3306]
+health = {{ exec = ["{ENTRY}", "ready", "{max_lag_ms}"], interval = "1s", timeout = "5s", retries = 2, start_period = "30m", restart = false }}
+cap_add = ["CHOWN", "SETUID", "SETGID", "FOWNER", "DAC_OVERRIDE", "KILL"]
 stop_grace_period = "60s"
 replicas = {replicas}
 depends_on = {{ {name} = "healthy" }}

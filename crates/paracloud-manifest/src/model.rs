@@ -316,6 +316,7 @@ pub struct Catalogued {
 #[serde(rename_all = "lowercase")]
 pub enum CatalogKind {
     Postgres,
+    Mariadb,
     Redis,
     Static,
     Php,

@@ -94,7 +94,7 @@ paracloud.toml:3:11: services.db.catalog: no service "postgre" in the catalogue
         "app = \"a\"\n[services.db]\ncatalog = \"oracle\"\n",
         r#"
 paracloud.toml:3:11: services.db.catalog: no service "oracle" in the catalogue
-  hint: the catalogue has postgres, redis, static, php, taskfarm; `paracloud catalog ls` says what each offers
+  hint: the catalogue has postgres, mariadb, redis, static, php, taskfarm; `paracloud catalog ls` says what each offers
 "#,
     );
 }
@@ -587,6 +587,89 @@ paracloud.toml:3:11: services.web.root: a PHP web tier needs the directory it se
         r#"
 paracloud.toml:3:11: services.web.catalog: the catalogue service `web` keeps its data on the volume `web-sessions`, which `[volumes.web-sessions]` declares too
   hint: remove `[volumes.web-sessions]`, or rename the service
+"#,
+    );
+}
+
+const MARIADB: &str =
+    "app = \"a\"\n[services.db]\ncatalog = \"mariadb\"\nenv = { MARIADB_ROOT_PASSWORD = \"r\" }\n";
+
+#[test]
+fn a_mariadb_service_is_a_primary_on_its_volume_and_replicas_at_the_read_address() {
+    let manifest = valid(&format!(
+        "{MARIADB}replicas = 2\nsynchronous = true\nmax_lag = \"3s\"\n"
+    ));
+    let primary = &manifest.services["db"];
+    assert!(primary.is_catalog_primary());
+    assert_eq!(primary.ports[0].port, 3306);
+    assert_eq!(
+        primary.entrypoint[1..],
+        ["primary".to_owned(), "synchronous".to_owned()]
+    );
+    let replicas = &manifest.services["db-read"];
+    assert_eq!(replicas.replicas, 2);
+    assert_eq!(replicas.depends_on["db"], DependsCondition::Healthy);
+    let Some(Probe::Exec { command }) = replicas.health.as_ref().map(|h| &h.probe) else {
+        panic!("{:?}", replicas.health);
+    };
+    assert_eq!(command[1..], ["ready".to_owned(), "3000".to_owned()]);
+    assert!(manifest.volumes.contains_key("db-data"));
+    let catalog = primary.catalog.as_ref().unwrap();
+    assert_eq!(
+        (catalog.kind, catalog.version.as_str(), catalog.synchronous),
+        (CatalogKind::Mariadb, "10.11", true)
+    );
+}
+
+#[test]
+fn a_mariadb_service_checks_its_users_and_what_it_restores() {
+    check(
+        &format!("{MARIADB}replicas = 9\n"),
+        r#"
+paracloud.toml:5:12: services.db.replicas: 9 read replicas is more than the 8 a catalogue service takes
+  hint: use at most 8: each replica streams every write of the primary
+"#,
+    );
+    check(
+        "app = \"a\"\n[services.db]\ncatalog = \"mariadb\"\nenv = { MARIADB_ROOT_PASSWORD = \"r\", MARIADB_USER = \"app\" }\n",
+        r#"
+paracloud.toml:4:53: services.db.env.MARIADB_USER: MARIADB_USER needs MARIADB_PASSWORD (its password) and MARIADB_DATABASE (the database it gets every right on)
+  hint: add both to `env`, or leave MARIADB_USER out and connect as root
+"#,
+    );
+    check(
+        "app = \"a\"\n[services.db]\ncatalog = \"mariadb\"\nenv = { MARIADB_ROOT_PASSWORD = \"r\", MARIADB_USER = \"root\" }\n",
+        r#"
+paracloud.toml:4:53: services.db.env.MARIADB_USER: MARIADB_USER names root, which MARIADB_ROOT_PASSWORD is for
+  hint: name the application's own user, such as "app"
+"#,
+    );
+    check(
+        &format!("{MARIADB}restore = \"app.env\"\n"),
+        r#"
+paracloud.toml:5:11: services.db.restore: a restored dump goes into MARIADB_DATABASE, which `env` does not set
+  hint: add `MARIADB_DATABASE = "..."` to `env`: the database the dump was taken of, or a new name
+"#,
+    );
+    check(
+        &format!("{MARIADB}restore = \"nowhere.sql\"\n"),
+        r#"
+paracloud.toml:5:11: services.db.restore: no dump to restore at /srv/shop/nowhere.sql
+  hint: take one with `paracloud capsule run mariadb-dump -l service=SERVICE --out DIR -- DATABASE` and name the file it wrote, DIR/INSTANCE/DATABASE.sql; relative paths are resolved against /srv/shop
+"#,
+    );
+    check(
+        &format!("{MARIADB}persistence = \"aof\"\n"),
+        r#"
+paracloud.toml:5:1: services.db.persistence: `catalog = "mariadb"` does not take `persistence`
+  hint: `persistence` is a key of `catalog = "redis"`; this one's keys are catalog, version, replicas, storage, env, synchronous, max_lag, restore, resources, labels, capsules
+"#,
+    );
+    check(
+        "app = \"a\"\n[services.db]\ncatalog = \"mariadb\"\n",
+        r#"
+paracloud.toml:2:1: services.db.env.MARIADB_ROOT_PASSWORD: a catalogue mariadb service needs `env.MARIADB_ROOT_PASSWORD`
+  hint: add `env = { MARIADB_ROOT_PASSWORD = "..." }`: the password every connection gives, its replicas' included
 "#,
     );
 }

@@ -1,0 +1,329 @@
+#!/bin/sh
+# The instances of a MariaDB service of the catalogue:
+#   primary COMMITS          the primary, its data on the volume at /var/lib/mysql; COMMITS
+#                            `synchronous` (each waits until a replica has it in its relay log)
+#                            or `local`
+#   replica PRIMARY          a replica of PRIMARY's address, seeded from a dump of it, its data
+#                            in the instance's own writable layer
+#   ready [MAX_LAG_MS]       the health check: the server takes connections; with MAX_LAG_MS, a
+#                            replica also replicates from the primary and is at most that far
+#                            behind (MariaDB counts the lag in whole seconds)
+# It starts as root inside the instance, gives the data to the mysql user and runs the server as
+# that user. Root connects over the server's socket with no password, as PostgreSQL's catalogue
+# servers trust their socket: the health check and the dump capsule do (a capsule attaches from
+# outside the instance's user namespace, where the server would take it for nobody, so the
+# socket cannot check who connects); from elsewhere root gives MARIADB_ROOT_PASSWORD, as the
+# replicas do.
+set -eu
+
+@COMMON@
+base=/var/lib/mysql
+data=$base/data
+share=/usr/share/mysql
+# The server's socket, where the health check and the capsules find it; the servers the script
+# runs for itself (to restore a dump, to seed a replica) listen on sockets of their own, so that
+# the health check does not take them for the instance's server.
+socket=/tmp/mysqld.sock
+private=/tmp/private.sock
+database=${MARIADB_DATABASE:-}
+user=${MARIADB_USER:-}
+newline='
+'
+
+as_mysql() {
+    setpriv --reuid=mysql --regid=mysql --clear-groups -- "$@"
+}
+
+own_data() {
+    mkdir -p "$data"
+    chown mysql:mysql "$base" "$data"
+    chmod 700 "$data"
+}
+
+# VALUE as an SQL string: quoted, its quotes, backslashes and line ends escaped (a line end would
+# end a statement of `mariadbd --bootstrap`).
+sql_string() {
+    rest=$1
+    quoted=
+    while [ -n "$rest" ]; do
+        char=${rest%"${rest#?}"}
+        rest=${rest#?}
+        case $char in
+        "'" | \\) quoted="$quoted\\$char" ;;
+        "$newline") quoted="$quoted\\n" ;;
+        *) quoted="$quoted$char" ;;
+        esac
+    done
+    printf "'%s'" "$quoted"
+}
+
+# NAME as an SQL name: quoted, its backquotes doubled; with `pattern`, its _ and % escaped too, for
+# GRANT, where they would match any character.
+sql_name() {
+    rest=$1
+    quoted=
+    while [ -n "$rest" ]; do
+        char=${rest%"${rest#?}"}
+        rest=${rest#?}
+        case $char in
+        \`) quoted="$quoted\`\`" ;;
+        _ | %) [ "${2:-}" = pattern ] && quoted="$quoted\\$char" || quoted="$quoted$char" ;;
+        *) quoted="$quoted$char" ;;
+        esac
+    done
+    printf '`%s`' "$quoted"
+}
+
+client() {
+    /usr/bin/mariadb --no-defaults --user=root --max-allowed-packet=1G "$@"
+}
+
+# The server, with the settings a primary and its replicas share. It logs to stderr; it reads no
+# option file, so the machine's own (in a test) changes nothing.
+server() {
+    exec setpriv --reuid=mysql --regid=mysql --clear-groups -- \
+        /usr/sbin/mariadbd --no-defaults --log-basename=mariadb --datadir="$data" \
+        --socket="$socket" --port=3306 --bind-address=0.0.0.0 --skip-name-resolve \
+        --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
+        --max-allowed-packet=1G --gtid-strict-mode=ON "$@"
+}
+
+# A server of the script's own on DIR, on its private socket and no network, in the background,
+# its log in /tmp/private.log, until stop_private.
+start_private() {
+    rm -f /tmp/private.log
+    # setpriv itself in the background (not as_mysql, a function: a subshell), so that $! is the
+    # server's process.
+    setpriv --reuid=mysql --regid=mysql --clear-groups -- \
+        /usr/sbin/mariadbd --no-defaults --log-basename=mariadb --datadir="$1" \
+        --socket="$private" --skip-networking --skip-log-bin --skip-slave-start \
+        --max-allowed-packet=1G --character-set-server=utf8mb4 \
+        --collation-server=utf8mb4_general_ci 2>/tmp/private.log &
+    private_pid=$!
+    until /usr/bin/mariadb-admin --no-defaults --socket="$private" --user=root ping >/dev/null 2>&1
+    do
+        if ! kill -0 "$private_pid" 2>/dev/null; then
+            cat /tmp/private.log >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+stop_private() {
+    /usr/bin/mariadb-admin --no-defaults --socket="$private" --user=root shutdown 2>/dev/null ||
+        kill "$private_pid" 2>/dev/null || true
+    wait "$private_pid" || true
+}
+
+# The system tables of a new server in DIR (what mariadb-install-db does, without the shell tools
+# it needs), then the statements on stdin; root@localhost is the instance's root over the socket.
+bootstrap() {
+    {
+        printf '%s\n' "CREATE DATABASE IF NOT EXISTS mysql;" "USE mysql;" \
+            "SET @auth_root_socket='root';"
+        cat "$share/mysql_system_tables.sql" "$share/mysql_performance_tables.sql" \
+            "$share/mysql_system_tables_data.sql" "$share/maria_add_gis_sp_bootstrap.sql" \
+            "$share/mysql_sys_schema.sql"
+        # Its rows for the machine's host name (of no use, and warned of at each start).
+        printf '%s\n' "DELETE FROM mysql.proxies_priv WHERE Host <> 'localhost';"
+        cat
+    } | as_mysql /usr/sbin/mariadbd --no-defaults --bootstrap --datadir="$1" --log-warnings=0 \
+        --enforce-storage-engine= --skip-log-bin --max-allowed-packet=8M --net-buffer-length=16K \
+        --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci >&2
+}
+
+primary() {
+    commits=$1
+    own_data
+    hold_lock "$base"
+    if [ ! -d "$data/mysql" ]; then
+        new_database
+    fi
+    # Every commit is in the binary log on the volume before the client hears of it. The log is
+    # kept a day: what a replica that lost its connection needs to go on from where it was (one
+    # that starts copies the primary afresh).
+    set -- --server-id=1 --log-bin --binlog-format=ROW --sync-binlog=1 \
+        --binlog-expire-logs-seconds=86400
+    case "$commits" in
+    # A commit waits until a replica has it in its relay log (written after the primary's binary
+    # log, before the primary's tables: AFTER_SYNC): it is on two servers before the client hears
+    # of it. It waits up to a day for a replica to come back before the primary gives up and
+    # commits alone (until a replica catches up), so that no start of a replica, however long
+    # its copy, turns the waiting off.
+    synchronous)
+        server "$@" --rpl-semi-sync-master-enabled=ON \
+            --rpl-semi-sync-master-wait-point=AFTER_SYNC --rpl-semi-sync-master-timeout=86400000 \
+            --rpl-semi-sync-master-wait-no-slave=ON
+        ;;
+    local) server "$@" ;;
+    *)
+        echo "catalog: unknown commits $commits" >&2
+        exit 2
+        ;;
+    esac
+}
+
+# A new database, made beside the data directory and moved there only once whole (with the dump
+# of `restore` in it), so that a start cut short makes it again rather than keep half of it.
+new_database() {
+    password=${MARIADB_ROOT_PASSWORD:?the catalogue sets MARIADB_ROOT_PASSWORD}
+    if [ -n "$user" ] &&
+        { [ "$user" = root ] || [ -z "${MARIADB_PASSWORD:-}" ] || [ -z "$database" ]; }; then
+        echo "catalog: MARIADB_USER needs MARIADB_PASSWORD and MARIADB_DATABASE;" \
+            "it cannot be root" >&2
+        exit 2
+    fi
+    if [ -f /restore.sql ] && [ -z "$database" ]; then
+        echo "catalog: restoring /restore.sql needs MARIADB_DATABASE, the database it goes into" >&2
+        exit 2
+    fi
+    made=$base/data.new
+    rm -rf "$made"
+    mkdir -p "$made"
+    chown mysql:mysql "$made"
+    chmod 700 "$made"
+    echo "catalog: creating the database" >&2
+    # Root from elsewhere with the password, with every right but writing to a read-only server:
+    # a replica's clients cannot write to it even as root.
+    {
+        printf '%s\n' "FLUSH PRIVILEGES;" \
+            "ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING '';" \
+            "CREATE USER 'root'@'%' IDENTIFIED BY $(sql_string "$password");" \
+            "GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;" \
+            "REVOKE READ_ONLY ADMIN ON *.* FROM 'root'@'%';"
+        if [ -n "$database" ]; then
+            printf '%s\n' "CREATE DATABASE $(sql_name "$database");"
+        fi
+        if [ -n "$user" ]; then
+            account="$(sql_string "$user")@'%'"
+            printf '%s\n' \
+                "CREATE USER $account IDENTIFIED BY $(sql_string "$MARIADB_PASSWORD");" \
+                "GRANT ALL ON $(sql_name "$database" pattern).* TO $account;"
+        fi
+    } | bootstrap "$made"
+    # A dump of one database (`mariadb-dump DATABASE`, as the dump capsule takes it: no CREATE
+    # DATABASE, no USE), loaded into the database before the server takes connections from
+    # elsewhere.
+    if [ -f /restore.sql ]; then
+        echo "catalog: restoring /restore.sql into $database" >&2
+        start_private "$made"
+        if ! client --socket="$private" --database="$database" </restore.sql; then
+            stop_private
+            echo "catalog: /restore.sql did not load" >&2
+            exit 1
+        fi
+        stop_private
+    fi
+    # The data directory holds nothing: rmdir says so if it does.
+    rmdir "$data"
+    mv "$made" "$data"
+}
+
+replica() {
+    primary=$1
+    password=${MARIADB_ROOT_PASSWORD:?the catalogue sets MARIADB_ROOT_PASSWORD}
+    export MYSQL_PWD="$password"
+    until seed "$primary"; do
+        echo "catalog: cannot copy $primary yet; trying again" >&2
+        [ -z "${private_pid:-}" ] || stop_private
+        private_pid=
+        sleep 1
+    done
+    unset MYSQL_PWD
+    # The id differs from the primary's (1) and, but by a 1 in 4e9 chance, from the other
+    # replicas': the primary drops a replica when another connects with its id.
+    server --server-id="$server_id" --read-only=ON --rpl-semi-sync-slave-enabled=ON \
+        --slave-net-timeout=10
+}
+
+# A fresh copy of the primary: an empty server loads a dump of every database of the primary,
+# taken in one transaction while the primary keeps serving writes, with the primary's position
+# at that point (GTID), from which it then replicates. Not under set -e (run as a condition):
+# each step says when it fails.
+seed() {
+    until client --host="$1" --port=3306 --execute="SELECT 1" >/dev/null; do
+        echo "catalog: $1 does not answer yet; trying again" >&2
+        sleep 1
+    done
+    echo "catalog: copying $1" >&2
+    rm -rf "$data" && own_data || return 1
+    echo | bootstrap "$data" || return 1
+    start_private "$data" || return 1
+    failed=/tmp/seed.failed
+    rm -f "$failed"
+    {
+        /usr/bin/mariadb-dump --no-defaults --host="$1" --port=3306 --user=root \
+            --max-allowed-packet=1G --all-databases --single-transaction --gtid --master-data=1 \
+            --events || echo >"$failed"
+    } | client --socket="$private" || return 1
+    [ ! -e "$failed" ] || return 1
+    server_id=$(client --socket="$private" --batch --skip-column-names \
+        --execute="SELECT 2 + FLOOR(RAND() * 4294967294)") || return 1
+    # The password goes on stdin (printf is the shell's), not on a command line.
+    printf '%s\n' "CHANGE MASTER TO MASTER_HOST=$(sql_string "$1"), MASTER_PORT=3306,
+        MASTER_USER='root', MASTER_PASSWORD=$(sql_string "$MYSQL_PWD"),
+        MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1;" | client --socket="$private" ||
+        return 1
+    stop_private
+    private_pid=
+    echo "catalog: copied $1; replicating from it" >&2
+}
+
+ready() {
+    if ! /usr/bin/mariadb-admin --no-defaults --socket="$socket" --user=root ping >/dev/null 2>&1
+    then
+        echo "the server takes no connections yet" >&2
+        exit 1
+    fi
+    [ $# -gt 0 ] || exit 0
+    max_lag_ms=$1
+    if ! status=$(client --socket="$socket" --vertical --execute="SHOW SLAVE STATUS"); then
+        echo "cannot ask the server how far behind it is" >&2
+        exit 1
+    fi
+    # A primary replicates from nothing: it is behind nothing.
+    [ -n "$status" ] || exit 0
+    io= sql= behind= io_error= sql_error=
+    while IFS=': ' read -r key value; do
+        case $key in
+        Slave_IO_Running) io=$value ;;
+        Slave_SQL_Running) sql=$value ;;
+        Seconds_Behind_Master) behind=$value ;;
+        Last_IO_Error) io_error=$value ;;
+        Last_SQL_Error) sql_error=$value ;;
+        esac
+    done <<EOF
+$status
+EOF
+    if [ "$io" != Yes ]; then
+        printf '%s\n' "not receiving from the primary ($io${io_error:+: $io_error})" >&2
+        exit 1
+    fi
+    if [ "$sql" != Yes ]; then
+        printf '%s\n' "not applying what the primary sends ($sql${sql_error:+: $sql_error})" >&2
+        exit 1
+    fi
+    case $behind in
+    '' | *[!0-9]*)
+        echo "the server does not know how far behind it is ($behind)" >&2
+        exit 1
+        ;;
+    esac
+    if [ "$((behind * 1000))" -gt "$max_lag_ms" ]; then
+        echo "${behind} s behind the primary, more than the ${max_lag_ms} ms of max_lag" >&2
+        exit 1
+    fi
+}
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+primary) primary "$@" ;;
+replica) replica "$@" ;;
+ready) ready "$@" ;;
+*)
+    echo "usage: $0 primary synchronous|local | replica PRIMARY | ready [MAX_LAG_MS]" >&2
+    exit 2
+    ;;
+esac
