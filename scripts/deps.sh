@@ -16,6 +16,7 @@
 # - mariadb-server (and its client): what the catalogue's MariaDB image is made of, and the client
 #   its tests reach it with;
 # - php8.2-fpm, php8.2-mysql, php-redis: what the catalogue's PHP tier image is made of;
+# - wordpress: what examples/wordpress serves (its prepare.sh installs it too, for a user);
 # - strace, gdb, tcpdump, yara, zstd: the host programs the built-in capsules are made of;
 # - crun, runc, curl: the OCI runtimes the node agent's tests start pods with (as a Kubernetes
 #   node's CRI runtime does), and the client their containers speak PaCI with;
@@ -67,6 +68,7 @@ need mariadb-server /usr/sbin/mariadbd mariadb mariadb-dump mariadb-admin
 need php8.2-fpm php-fpm8.2
 [ -e /usr/lib/php/20220829/mysqli.so ] || missing+=(php8.2-mysql)
 [ -e /usr/lib/php/20220829/redis.so ] || missing+=(php-redis)
+[ -e /usr/share/wordpress/wp-settings.php ] || missing+=(wordpress)
 need prometheus promtool
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # the venv module
 need npm npm

@@ -210,7 +210,8 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
         ("replicas", "instances, as a service's (1 by default); `paracloud scale NAME=N` changes it"),
         ("ports", "as a service's, for port 80 (where nginx listens): `[\"8080:80/http\"]` publishes it on the host; `[\"80/http\"]` by default"),
         ("env", "the scripts' environment (getenv), as a service's"),
-        ("volumes", "where the application writes (uploads, caches), as a service's"),
+        ("volumes", "where the application writes (uploads, caches), as a service's; a named volume's top directory is given to the scripts' user"),
+        ("depends_on", "as a service's: the instances start once these services are started or healthy (the application's database)"),
         ("autoscale", "the autoscaler's bounds for its instances, as a service's"),
         ("resources", "each instance's cpu, memory, pids and disk, as a service's"),
         ("labels", "as a service's"),
@@ -400,7 +401,6 @@ impl CatalogEntry {
                     .collect(),
                     trees: [
                         "/etc/nginx/mime.types",
-                        "/etc/nginx/fastcgi_params",
                         "/usr/share/zoneinfo/UTC",
                         "/usr/share/zoneinfo/Etc/UTC",
                     ]
@@ -422,6 +422,11 @@ impl CatalogEntry {
                             0o644,
                         ),
                         ("/etc/paracloud/php.ini".into(), PHP_INI.to_owned(), 0o644),
+                        (
+                            "/etc/paracloud/fastcgi_params".into(),
+                            PHP_FASTCGI_PARAMS.to_owned(),
+                            0o644,
+                        ),
                         ("/var/lib/nginx/.keep".into(), String::new(), 0o644),
                     ]
                     .into_iter()
@@ -579,6 +584,7 @@ const PHP_PASSED_ON: &[&str] = &[
     "ports",
     "env",
     "volumes",
+    "depends_on",
     "autoscale",
     "resources",
     "labels",
@@ -594,6 +600,9 @@ const PHP_NGINX_CONF: &str = include_str!("catalog/php-nginx.conf");
 
 /// A PHP web tier's php-fpm: in the foreground, its workers as the image's unprivileged user.
 const PHP_FPM_CONF: &str = include_str!("catalog/php-fpm.conf");
+
+/// What a PHP web tier's nginx tells php-fpm of each request.
+const PHP_FASTCGI_PARAMS: &str = include_str!("catalog/php-fastcgi-params");
 
 /// A PHP web tier's php.ini: the extensions it loads and the settings of a web application.
 const PHP_INI: &str = include_str!("catalog/php.ini");
@@ -1017,6 +1026,20 @@ volumes = [{{ source = {source}, target = "{target}", read_only = true }}{sessio
                 );
                 return None;
             }
+        }
+        if php {
+            // The application's own named volumes, writable, are given to the user its scripts
+            // run as (their top directory: what they write there is theirs).
+            let writable = draft.service.volumes.iter().filter_map(|v| match v {
+                crate::VolumeMount::Named {
+                    target,
+                    read_only: false,
+                    ..
+                } if target != PHP_SESSIONS => Some(target.clone()),
+                _ => None,
+            });
+            let writable: Vec<String> = writable.collect();
+            draft.service.entrypoint.extend(writable);
         }
         draft.service.catalog = Some(Catalogued {
             kind: entry.kind,

@@ -1,9 +1,10 @@
 #!/bin/sh
 # The instances of a PHP web tier of the catalogue:
-#   serve    nginx on port 80 in front of php-fpm, serving the application's directory at
-#            /srv/app; sessions kept in the Redis of PARACLOUD_SESSIONS (a session.save_path)
-#            when it is set, else as files in /var/lib/php/sessions, the service's own volume
-#            that all its instances share
+#   serve [DIR...]  nginx on port 80 in front of php-fpm, serving the application's directory
+#                   at /srv/app; sessions kept in the Redis of PARACLOUD_SESSIONS (a
+#                   session.save_path) when it is set, else as files in /var/lib/php/sessions,
+#                   the service's own volume that all its instances share; each DIR (the
+#                   application's writable volumes) given to www-data, who runs the scripts
 # It starts as root inside the instance; nginx and php-fpm run their workers as www-data. When
 # either of them ends, the other is stopped too, so that the platform restarts the instance.
 set -eu
@@ -19,6 +20,9 @@ stop() {
 }
 
 serve() {
+    for dir in "$@"; do
+        chown www-data:www-data "$dir"
+    done
     mkdir -p /run/php
     chmod 750 /run/php
     chown www-data:www-data /run/php
@@ -38,6 +42,12 @@ serve() {
     /usr/sbin/php-fpm@VERSION@ -n -c /etc/paracloud/php.ini -y /etc/paracloud/php-fpm.conf -F 2>&1 |
         cat >&2 &
     fpm=$!
+    # nginx once php-fpm listens, so that its first requests find the socket.
+    tries=0
+    while [ ! -S /run/php/fpm.sock ] && [ "$tries" -lt 50 ] && kill -0 "$fpm" 2>/dev/null; do
+        sleep 0.1
+        tries=$((tries + 1))
+    done
     /usr/sbin/nginx -c /etc/paracloud/nginx.conf &
     web=$!
     # Both stop gracefully: nginx finishes its requests, php-fpm its scripts.
@@ -57,9 +67,9 @@ serve() {
 command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
-serve) serve ;;
+serve) serve "$@" ;;
 *)
-    echo "usage: $0 serve" >&2
+    echo "usage: $0 serve [DIR...]" >&2
     exit 2
     ;;
 esac

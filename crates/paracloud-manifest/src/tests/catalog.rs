@@ -521,6 +521,11 @@ fn a_php_tier_is_nginx_and_php_fpm_serving_its_root_with_sessions_on_a_shared_vo
             ("/srv/uploads", false)
         ]
     );
+    // The application's own volume is given to the scripts' user when an instance starts.
+    assert_eq!(
+        web.entrypoint,
+        ["/usr/local/lib/paracloud/catalog", "serve", "/srv/uploads"]
+    );
     assert_eq!(
         manifest.volumes["web-sessions"].size,
         Some(256 << 20),
