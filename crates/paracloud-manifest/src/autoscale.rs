@@ -116,10 +116,11 @@ impl Checker<'_> {
         let mut services = BTreeMap::new();
         let mut ok = true;
         // Revisions keep their replicas (set in their table or by `paracloud scale`): a revision
-        // is a trial beside its service, and autoscaling it would change the traffic split.
+        // is a trial beside its service, and autoscaling it would change the traffic split. A
+        // task farm sets its own workers for each batch's goal.
         for (name, draft) in drafts
             .iter_mut()
-            .filter(|(_, d)| d.service.revision_of.is_none())
+            .filter(|(_, d)| d.service.revision_of.is_none() && d.service.task_farm().is_none())
         {
             match self.service_scaling(draft) {
                 Some(scaling) => {
@@ -271,6 +272,17 @@ impl Checker<'_> {
         let replicas = service.replicas;
         let min = value(min_written.clone()).unwrap_or(if idles { 0 } else { 1 });
         let max = value(max_written.clone()).unwrap_or(DEFAULT_MAX.max(replicas).max(min));
+        // A catalogue server's instances follow what it is: one primary, whose writes grow with
+        // its CPU alone; read replicas from what the manifest asks (one at least when commits
+        // wait for one) to the most a catalogue service takes, since reads grow with them.
+        let (min, max) = match service.catalog.as_ref() {
+            Some(c) if c.role == crate::CatalogRole::Primary => (1, 1),
+            Some(c) if matches!(c.role, crate::CatalogRole::ReadReplicas { .. }) => (
+                replicas.max(u32::from(c.synchronous)),
+                crate::catalog::MAX_REPLICAS as u32,
+            ),
+            _ => (min, max),
+        };
         let mut ok = true;
         match (&min_written, idles) {
             (Some((n, span)), true) if *n > 0 => {

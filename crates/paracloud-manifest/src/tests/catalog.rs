@@ -678,3 +678,33 @@ paracloud.toml:2:1: services.db.env.MARIADB_ROOT_PASSWORD: a catalogue mariadb s
 "#,
     );
 }
+
+#[test]
+fn the_autoscaler_keeps_one_primary_scales_read_replicas_and_leaves_a_task_farm_alone() {
+    let manifest = valid(&format!(
+        "app = \"a\"\n[autoscale]\nentry = \"db\"\n[services.db]\ncatalog = \"postgres\"\nreplicas = 2\n{PASSWORD}[services.render]\ncatalog = \"taskfarm\"\nimage = \"tools:1\"\n"
+    ));
+    let config = scaling_config(&manifest).unwrap();
+    let bounds = |name: &str| {
+        let b = &config.services[name];
+        (b.min_instances, b.max_instances)
+    };
+    assert_eq!(bounds("db"), (1, 1), "one primary, its CPU alone scaled");
+    assert_eq!(
+        bounds("db-read"),
+        (2, 8),
+        "from the replicas asked to the bound"
+    );
+    assert!(
+        !config.services.contains_key("render"),
+        "the farm sets its own workers"
+    );
+    assert_eq!(manifest.services["render"].replicas, 0);
+    let no_replicas = valid(
+        "app = \"a\"\n[autoscale]\nentry = \"db\"\n[services.db]\ncatalog = \"mariadb\"\nreplicas = 0\nenv = { MARIADB_ROOT_PASSWORD = \"r\" }\n",
+    );
+    assert_eq!(
+        scaling_config(&no_replicas).unwrap().services["db-read"].min_instances,
+        0
+    );
+}
