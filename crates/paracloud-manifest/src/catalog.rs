@@ -477,53 +477,65 @@ impl CatalogEntry {
                 }
                 .keyed()
             }
-            CatalogKind::Mariadb => CatalogImage {
-                tag: format!("paracloud-catalog/mariadb:{version}"),
-                programs: [
+            CatalogKind::Mariadb => server_image(
+                ("mariadb", version),
+                &[
                     "/usr/sbin/mariadbd",
                     "/usr/bin/mariadb",
                     "/usr/bin/mariadb-admin",
                     "/usr/bin/mariadb-dump",
+                ],
+                [
+                    "charsets",
+                    "mysql_system_tables.sql",
+                    "mysql_performance_tables.sql",
+                    "mysql_system_tables_data.sql",
+                    "maria_add_gis_sp_bootstrap.sql",
+                    "mysql_sys_schema.sql",
                 ]
                 .iter()
-                .chain(SCRIPT_TOOLS)
-                .map(|p| (*p).to_owned())
+                .map(|f| format!("/usr/share/mysql/{f}"))
+                .chain(["/usr/share/zoneinfo/UTC".to_owned()])
                 .collect(),
-                trees: vec![
-                    "/usr/share/mysql/charsets".into(),
-                    "/usr/share/mysql/mysql_system_tables.sql".into(),
-                    "/usr/share/mysql/mysql_performance_tables.sql".into(),
-                    "/usr/share/mysql/mysql_system_tables_data.sql".into(),
-                    "/usr/share/mysql/maria_add_gis_sp_bootstrap.sql".into(),
-                    "/usr/share/mysql/mysql_sys_schema.sql".into(),
-                    "/usr/share/zoneinfo/UTC".into(),
-                ],
-                leave_out: Vec::new(),
-                files: [(ENTRY.into(), entry_script(MARIADB_SCRIPT), 0o755)]
-                    .into_iter()
-                    .chain(passwd_and_group("mysql", "/var/lib/mysql"))
-                    .collect(),
-                package: "mariadb-server".into(),
-            }
-            .keyed(),
-            CatalogKind::Redis => CatalogImage {
-                tag: format!("paracloud-catalog/redis:{version}"),
-                programs: ["/usr/bin/redis-server", "/usr/bin/redis-cli"]
-                    .iter()
-                    .chain(SCRIPT_TOOLS)
-                    .map(|p| (*p).to_owned())
-                    .collect(),
-                trees: Vec::new(),
-                leave_out: Vec::new(),
-                files: [(ENTRY.into(), entry_script(REDIS_SCRIPT), 0o755)]
-                    .into_iter()
-                    .chain(passwd_and_group("redis", "/data"))
-                    .collect(),
-                package: "redis-server".into(),
-            }
-            .keyed(),
+                (MARIADB_SCRIPT, ("mysql", "/var/lib/mysql")),
+                "mariadb-server",
+            ),
+            CatalogKind::Redis => server_image(
+                ("redis", version),
+                &["/usr/bin/redis-server", "/usr/bin/redis-cli"],
+                Vec::new(),
+                (REDIS_SCRIPT, ("redis", "/data")),
+                "redis-server",
+            ),
         })
     }
+}
+
+/// The image of a server of the catalogue: its `programs` with the entry script's tools, its
+/// `trees`, the entry `script` and the user it runs the server as.
+fn server_image(
+    (name, version): (&str, &str),
+    programs: &[&str],
+    trees: Vec<String>,
+    (script, (user, home)): (&str, (&str, &str)),
+    package: &str,
+) -> CatalogImage {
+    CatalogImage {
+        tag: format!("paracloud-catalog/{name}:{version}"),
+        programs: programs
+            .iter()
+            .chain(SCRIPT_TOOLS)
+            .map(|p| (*p).to_owned())
+            .collect(),
+        trees,
+        leave_out: Vec::new(),
+        files: [(ENTRY.into(), entry_script(script), 0o755)]
+            .into_iter()
+            .chain(passwd_and_group(user, home))
+            .collect(),
+        package: package.into(),
+    }
+    .keyed()
 }
 
 impl CatalogImage {
