@@ -33,6 +33,7 @@ mod static_site;
 mod stats;
 mod taskfarm;
 mod udp;
+mod wordpress;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +90,9 @@ enum Command {
     /// The task farm against fixed worker pools chosen by hand: finish time and cost (instance
     /// time) on one bag of tasks with varied run times (root)
     Taskfarm(TaskfarmArgs),
+    /// The ConPaaS example (examples/wordpress) under load: fixed web instance counts chosen by
+    /// hand against the autoscaler's model, HPA and KPA policies (root)
+    Wordpress(WordpressArgs),
     /// The API's latency with 50 concurrent clients, over HTTPS with a token (remote) and over
     /// the Unix socket (local)
     RemoteApi(RemoteApiArgs),
@@ -362,6 +366,25 @@ struct TaskfarmArgs {
     /// Address pool of the bench's daemon
     #[arg(long, default_value = "10.242.0.0/16")]
     farm_subnet: Ipv4Net,
+}
+
+#[derive(Debug, Args)]
+struct WordpressArgs {
+    /// Seconds of load in each arm
+    #[arg(long, default_value_t = 30)]
+    wp_seconds: u64,
+    /// wrk's connections
+    #[arg(long, default_value_t = 16)]
+    wp_connections: u32,
+    /// Fixed web instance counts it is compared with
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    wp_fixed: Vec<u32>,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.241.0.0/16")]
+    wp_subnet: Ipv4Net,
+    /// The site's published port
+    #[arg(long, default_value_t = 28190)]
+    wp_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -1044,6 +1067,26 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", static_site::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Wordpress(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench wordpress needs root (instances)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, Some(Path::new("/var/tmp")))?;
+            let report = wordpress::run(
+                &wordpress::WordpressOptions {
+                    seconds: args.wp_seconds.max(5),
+                    connections: args.wp_connections.max(1),
+                    fixed: args.wp_fixed,
+                    subnet: args.wp_subnet,
+                    port: args.wp_port,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", wordpress::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Taskfarm(args) => {
