@@ -279,7 +279,7 @@ impl Checker<'_> {
             Some(c) if c.role == crate::CatalogRole::Primary => (1, 1),
             Some(c) if matches!(c.role, crate::CatalogRole::ReadReplicas { .. }) => (
                 replicas.max(u32::from(c.synchronous)),
-                crate::catalog::MAX_REPLICAS as u32,
+                crate::model::MAX_REPLICAS as u32,
             ),
             _ => (min, max),
         };

@@ -46,8 +46,7 @@ pub struct CatalogEntry {
     pub port: u16,
 }
 
-/// The most read replicas a catalogue service takes.
-pub const MAX_REPLICAS: u64 = 8;
+pub use crate::model::MAX_REPLICAS;
 
 /// How far behind its primary a PostgreSQL replica may be and still serve reads, unless the
 /// service says.

@@ -311,6 +311,9 @@ pub struct Catalogued {
     pub synchronous: bool,
 }
 
+/// The most read replicas a catalogue service takes.
+pub const MAX_REPLICAS: u64 = 8;
+
 /// The services of the catalogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
