@@ -295,3 +295,84 @@ fn a_dump_the_mariadb_dump_capsule_takes_restores_into_a_new_service_with_the_sa
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_primary_killed_under_synchronous_writes_loses_no_committed_row() {
+    let p = Platform::new();
+    up(&p, "md", &manifest(1, "synchronous = true"));
+    let write = service_address(&p, "md", "db");
+    sql_ok(&write, "CREATE TABLE orders (n bigint PRIMARY KEY)");
+    let stop = AtomicBool::new(false);
+    // Each insert is its own connection and transaction: a row counts as committed once the
+    // client heard so.
+    let (committed, failed, longest_gap) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut committed = Vec::new();
+            let mut failed = 0u64;
+            let mut last_ok = Instant::now();
+            let mut longest_gap = Duration::ZERO;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                if sql(&write, &format!("INSERT INTO orders VALUES ({n})")).is_ok() {
+                    longest_gap = longest_gap.max(last_ok.elapsed());
+                    last_ok = Instant::now();
+                    committed.push(n);
+                } else {
+                    failed += 1;
+                }
+            }
+            (committed, failed, longest_gap)
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let pid = p
+            .ps("md")
+            .iter()
+            .find(|i| field(i, "service") == "db")
+            .and_then(|i| i["pid"].as_i64())
+            .unwrap();
+        kill9(pid as i32);
+        // Writes go on once the primary is back (restarted on its volume), then a while more.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !p.ps("md").iter().any(|i| {
+            field(i, "service") == "db"
+                && i["pid"].as_i64() != Some(pid)
+                && field(i, "state") == "running"
+        }) {
+            assert!(Instant::now() < deadline, "the primary did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap()
+    });
+    let present: std::collections::BTreeSet<u64> = sql_ok(&write, "SELECT n FROM orders")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let lost = committed.iter().filter(|n| !present.contains(n)).count();
+    eprintln!(
+        "{} rows committed, {failed} inserts failed, {lost} committed rows lost; the write address was unavailable for at most {longest_gap:?}",
+        committed.len()
+    );
+    assert!(
+        committed.len() > 20,
+        "the load ran: {} rows",
+        committed.len()
+    );
+    assert_eq!(lost, 0, "a committed row was lost");
+    // The replica follows the restarted primary and has every row.
+    let replica: Vec<String> = p
+        .ps("md")
+        .iter()
+        .filter(|i| field(i, "service") == "db-read")
+        .map(|i| field(i, "address").split('/').next().unwrap().to_owned())
+        .collect();
+    let every = sql_ok(&write, "SELECT count(*), sum(n) FROM orders");
+    wait_answer(
+        &replica[0],
+        "SELECT @@server_id <> 1, count(*), sum(n) FROM orders",
+        &format!("1\t{every}"),
+        Duration::from_secs(30),
+    );
+}
