@@ -1169,14 +1169,10 @@ volumes = [{{ source = {source}, target = "{target}", read_only = true }}{sessio
     /// password and database, or named root; a `restore` without the database it goes into.
     fn mariadb_env(&mut self, table: &DeTable<'_>, value: &Value<'_>, path: &str, restore: bool) {
         let env_field = child(path, "env");
-        let env = table.get("env");
-        let span = env.map_or(value.span(), |v| v.span());
+        let span = table.get("env").map_or(value.span(), |v| v.span());
         let get = |name: &str| {
-            env.and_then(|env| match env.get_ref() {
-                DeValue::Table(env) => env.get(name).and_then(|v| match v.get_ref() {
-                    DeValue::String(s) if !s.is_empty() => Some((s.to_string(), v.span())),
-                    _ => None,
-                }),
+            env_value(table, name).and_then(|v| match v.get_ref() {
+                DeValue::String(s) if !s.is_empty() => Some((s.to_string(), v.span())),
                 _ => None,
             })
         };
@@ -1218,10 +1214,7 @@ volumes = [{{ source = {source}, target = "{target}", read_only = true }}{sessio
     ) {
         let field = |key: &str| child(path, key);
         let variable = entry.password_env;
-        let password = table.get("env").and_then(|env| match env.get_ref() {
-            DeValue::Table(env) => env.get(variable),
-            _ => None,
-        });
+        let password = env_value(table, variable);
         match password.map(|v| v.get_ref()) {
             None => self.error(
                 table.get("env").map_or(value.span(), |v| v.span()),
@@ -1240,12 +1233,31 @@ volumes = [{{ source = {source}, target = "{target}", read_only = true }}{sessio
     }
 }
 
+/// The variable `name` of a catalogue service table's `env`, as written.
+fn env_value<'t, 'i>(table: &'t DeTable<'i>, name: &str) -> Option<&'t Value<'i>> {
+    match table.get("env")?.get_ref() {
+        DeValue::Table(env) => env.get(name),
+        _ => None,
+    }
+}
+
 /// What a site of `kind` is called in messages.
 fn entry_noun(kind: CatalogKind) -> &'static str {
     match kind {
         CatalogKind::Php => "PHP web tier",
         _ => "static site",
     }
+}
+
+/// The dump to restore as one more item of a primary's `volumes`, mounted read-only at
+/// `target`, where the entry script looks for it (nothing without one).
+fn restore_mount(restore: Option<std::path::PathBuf>, target: &str) -> String {
+    restore
+        .map(|path| {
+            let source = toml::Value::String(path.display().to_string());
+            format!(", {{ source = {source}, target = \"{target}\", read_only = true }}")
+        })
+        .unwrap_or_default()
 }
 
 /// The generated tables of a PostgreSQL service's primary and replicas.
@@ -1263,13 +1275,7 @@ fn postgres_texts(
     // A quarter of the storage for the write-ahead log, half of that kept for replicas.
     let wal_mb = (storage >> 20) / 4;
     let keep_mb = wal_mb / 2;
-    // The dump to restore, mounted where the entry script looks for it.
-    let restore_mount = restore
-        .map(|path| {
-            let source = toml::Value::String(path.display().to_string());
-            format!(", {{ source = {source}, target = \"{RESTORE}\", read_only = true }}")
-        })
-        .unwrap_or_default();
+    let restore_mount = restore_mount(restore, RESTORE);
     let primary = format!(
         r#"image = "{tag}"
 entrypoint = ["{ENTRY}", "primary", "{wal_mb}", "{keep_mb}", "{commits}"]
@@ -1309,12 +1315,7 @@ fn mariadb_texts(
     let max_lag_ms = max_lag.as_millis();
     let commits = if synchronous { "synchronous" } else { "local" };
     let volume = data_volume_name(name);
-    let restore_mount = restore
-        .map(|path| {
-            let source = toml::Value::String(path.display().to_string());
-            format!(", {{ source = {source}, target = \"{MARIADB_RESTORE}\", read_only = true }}")
-        })
-        .unwrap_or_default();
+    let restore_mount = restore_mount(restore, MARIADB_RESTORE);
     let primary = format!(
         r#"image = "{tag}"
 entrypoint = ["{ENTRY}", "primary", "{commits}"]
