@@ -18,6 +18,11 @@ pub struct ScalingConfig {
     pub slo: Slo,
     /// Every service the autoscaler may act on.
     pub services: BTreeMap<String, Bounds>,
+    /// The cores the services may hold together, where they share a machine (its cores);
+    /// `None` where they do not (a cluster, the simulator). The model policy plans within it;
+    /// HPA and KPA, which scale instances of a fixed size, do not know of it.
+    #[serde(default)]
+    pub cpu_budget: Option<f64>,
 }
 
 /// A response-time objective: the `percentile` of end-to-end latency stays under `latency_ms`.

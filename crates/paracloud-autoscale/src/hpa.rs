@@ -666,6 +666,7 @@ mod tests {
             entry: SERVICE.to_owned(),
             slo: crate::Slo::default(),
             services: [(SERVICE.to_owned(), bounds)].into(),
+            cpu_budget: None,
         }
     }
 

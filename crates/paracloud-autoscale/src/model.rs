@@ -324,6 +324,7 @@ impl ModelPolicy {
             percentile,
             max_utilisation: self.config.max_utilisation,
             instance_cost: self.config.instance_cost,
+            cpu_budget: config.cpu_budget.unwrap_or(f64::INFINITY),
         }
     }
 
@@ -504,7 +505,12 @@ fn reason(
         config.slo.latency_ms,
     );
     if !plan.feasible {
-        text.push_str(", beyond the bounds: largest allocation");
+        match config.cpu_budget {
+            Some(cores) => text.push_str(&format!(
+                ", beyond the bounds and the machine's {cores} cores: the largest allocation within them"
+            )),
+            None => text.push_str(", beyond the bounds: largest allocation"),
+        }
     }
     if to.0 > ready && to.1 > from.1 {
         text.push_str(", cpu raised while instances start");
@@ -529,6 +535,7 @@ mod tests {
                 .iter()
                 .map(|s| (s.to_string(), Bounds::default()))
                 .collect(),
+            cpu_budget: None,
         }
     }
 
@@ -661,6 +668,33 @@ mod tests {
             capacity(second["web"]) <= 1.0,
             "the entry stays small: {second:?}"
         );
+    }
+
+    /// On a machine of 2 cores, a load that would take 3.3 cores of kv gets the 2 cores and
+    /// no more once the plan settles: the decisions say the SLO is beyond the machine's cores.
+    #[test]
+    fn the_model_plans_within_the_machines_cores() {
+        let machine = ScalingConfig {
+            cpu_budget: Some(2.0),
+            ..config(&["web", "kv"])
+        };
+        let mut policy = ModelPolicy::default();
+        let load = |_| vec![("web", 100, 0.001), ("kv", 280, 0.010)];
+        let settled = steady(&mut policy, &machine, &load, 90);
+        let cores: f64 = settled.values().map(|a| f64::from(a.0) * a.1).sum();
+        assert!(cores <= 2.0 + 1e-9, "{settled:?}");
+        assert!(
+            settled["kv"].0 as f64 * settled["kv"].1 > settled["web"].0 as f64 * settled["web"].1,
+            "kv, the bottleneck, holds the most: {settled:?}"
+        );
+        let unlimited = steady(
+            &mut ModelPolicy::default(),
+            &config(&["web", "kv"]),
+            &load,
+            90,
+        );
+        let cores: f64 = unlimited.values().map(|a| f64::from(a.0) * a.1).sum();
+        assert!(cores > 3.0, "without the budget: {unlimited:?}");
     }
 
     /// Decisions are not repeated while nothing changes: a steady load gives a few actions at

@@ -45,6 +45,10 @@ pub struct PlanTarget {
     pub max_utilisation: f64,
     /// What one instance costs besides its CPU, in cores (memory, start-up, a process).
     pub instance_cost: f64,
+    /// The cores every service of the plan may hold together (`f64::INFINITY`: no limit). On
+    /// one machine it is the machine's cores: beyond them, instances share cores the model
+    /// counts as theirs alone, and the prediction no longer holds.
+    pub cpu_budget: f64,
 }
 
 /// The planner's answer.
@@ -55,7 +59,7 @@ pub struct Plan {
     /// Predicted end-to-end percentile in seconds (infinite when some service is overloaded).
     pub predicted: f64,
     /// Whether the prediction meets the target; when not, the plan is the largest allocation
-    /// the bounds allow.
+    /// the bounds and the CPU budget allow.
     pub feasible: bool,
     pub cost: f64,
 }
@@ -154,24 +158,38 @@ fn end_to_end(mean: f64, variance: f64, percentile: f64) -> f64 {
     gamma_quantile(mean, variance, percentile).max(mean)
 }
 
+/// The cores an allocation holds.
+pub fn cores(allocation: Allocation) -> f64 {
+    f64::from(allocation.instances) * allocation.cpu
+}
+
+/// Whether allocations holding `cores` together fit the budget (with room for rounding).
+fn within(cores: f64, target: &PlanTarget) -> bool {
+    cores <= target.cpu_budget + 1e-9
+}
+
 /// The cost of an allocation: cores plus the cost of each instance.
 pub fn cost(allocation: Allocation, target: &PlanTarget) -> f64 {
     f64::from(allocation.instances) * (allocation.cpu + target.instance_cost)
 }
 
-/// Whether an allocation may be chosen at all for this service: within bounds and under the
-/// utilisation cap.
+/// Whether an allocation may be chosen at all for this service: within bounds, under the
+/// utilisation cap, and within the CPU budget on its own.
 pub fn admissible(service: &ServiceLoad, allocation: Allocation, target: &PlanTarget) -> bool {
     let instances_in_bounds = allocation.instances >= service.min_instances
         && allocation.instances <= service.max_instances;
     let needs_one = service.arrival_rate > 0.0 && allocation.instances == 0;
-    instances_in_bounds && !needs_one && utilisation(service, allocation) <= target.max_utilisation
+    instances_in_bounds
+        && !needs_one
+        && utilisation(service, allocation) <= target.max_utilisation
+        && within(cores(allocation), target)
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Option_ {
     allocation: Allocation,
     cost: f64,
+    cores: f64,
     mean: f64,
     variance: f64,
 }
@@ -199,9 +217,13 @@ fn options(service: &ServiceLoad, target: &PlanTarget) -> Vec<Option_> {
                 instances += 1;
                 continue;
             };
+            if !within(cores(allocation), target) {
+                break;
+            }
             all.push(Option_ {
                 allocation,
                 cost: cost(allocation, target),
+                cores: cores(allocation),
                 mean: service.visits * mean,
                 variance: service.visits * variance,
             });
@@ -217,7 +239,10 @@ fn options(service: &ServiceLoad, target: &PlanTarget) -> Vec<Option_> {
     let mut kept: Vec<Option_> = Vec::new();
     for option in all {
         let dominated = kept.iter().any(|k| {
-            k.cost <= option.cost && k.mean <= option.mean && k.variance <= option.variance
+            k.cost <= option.cost
+                && k.mean <= option.mean
+                && k.variance <= option.variance
+                && k.cores <= option.cores
         });
         if !dominated {
             kept.push(option);
@@ -233,7 +258,8 @@ const NEGLIGIBLE_UTILISATION: f64 = 0.05;
 /// Nodes the search may visit before it settles for the best plan found so far.
 const SEARCH_BUDGET: usize = 200_000;
 
-/// The cheapest allocation meeting the target, or, when none does, the largest the bounds allow.
+/// The cheapest allocation meeting the target within the CPU budget, or, when none does, the
+/// largest the bounds and the budget allow.
 pub fn plan(services: &[ServiceLoad], target: &PlanTarget) -> Plan {
     let per_service: Vec<Vec<Option_>> = services.iter().map(|s| options(s, target)).collect();
     if per_service.iter().any(Vec::is_empty) {
@@ -259,6 +285,7 @@ pub fn plan(services: &[ServiceLoad], target: &PlanTarget) -> Plan {
         min_cost: suffix(&|o| o.cost),
         min_mean: suffix(&|o| o.mean),
         min_variance: suffix(&|o| o.variance),
+        min_cores: suffix(&|o| o.cores),
         target,
     };
     let mut state = SearchState {
@@ -266,7 +293,7 @@ pub fn plan(services: &[ServiceLoad], target: &PlanTarget) -> Plan {
         best: None,
         nodes: 0,
     };
-    search.descend(0, 0.0, 0.0, 0.0, &mut state);
+    search.descend(0, Sums::default(), &mut state);
     match state.best {
         Some((cost, chosen)) => {
             let allocations: Vec<Allocation> = chosen
@@ -292,7 +319,17 @@ struct Search<'a> {
     min_cost: Vec<f64>,
     min_mean: Vec<f64>,
     min_variance: Vec<f64>,
+    min_cores: Vec<f64>,
     target: &'a PlanTarget,
+}
+
+/// What the services chosen so far add up to.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
+    cost: f64,
+    mean: f64,
+    variance: f64,
+    cores: f64,
 }
 
 struct SearchState {
@@ -302,13 +339,21 @@ struct SearchState {
 }
 
 impl Search<'_> {
-    fn descend(&self, depth: usize, cost: f64, mean: f64, variance: f64, state: &mut SearchState) {
+    fn descend(&self, depth: usize, sums: Sums, state: &mut SearchState) {
+        let Sums {
+            cost,
+            mean,
+            variance,
+            cores,
+        } = sums;
         state.nodes += 1;
         if state.nodes > SEARCH_BUDGET && state.best.is_some() {
             return;
         }
         let best_cost = state.best.as_ref().map_or(f64::INFINITY, |b| b.0);
-        if cost + self.min_cost[depth] >= best_cost - 1e-12 {
+        if cost + self.min_cost[depth] >= best_cost - 1e-12
+            || !within(cores + self.min_cores[depth], self.target)
+        {
             return;
         }
         let lower = end_to_end(
@@ -329,32 +374,67 @@ impl Search<'_> {
         let service = self.order[depth];
         for (index, option) in self.options[service].iter().enumerate() {
             state.chosen[service] = index;
-            self.descend(
-                depth + 1,
-                cost + option.cost,
-                mean + option.mean,
-                variance + option.variance,
-                state,
-            );
+            let sums = Sums {
+                cost: cost + option.cost,
+                mean: mean + option.mean,
+                variance: variance + option.variance,
+                cores: cores + option.cores,
+            };
+            self.descend(depth + 1, sums, state);
         }
     }
 }
 
-/// Every service at its most capable allocation within bounds.
+/// Every service at its most capable allocation within bounds; then, while together they hold
+/// more cores than the budget, the service that loses the least gives up one step (an instance,
+/// or a CPU size at its fewest instances): the one whose utilisation stays lowest after it.
 fn largest(services: &[ServiceLoad], target: &PlanTarget) -> Plan {
-    let allocations: Vec<Allocation> = services
+    let mut allocations: Vec<Allocation> = services
         .iter()
         .map(|s| Allocation {
             instances: s.max_instances,
             cpu: s.cpu_sizes.last().copied().unwrap_or(1.0),
         })
         .collect();
+    while !within(allocations.iter().copied().map(cores).sum(), target) {
+        let smaller = services
+            .iter()
+            .zip(&allocations)
+            .enumerate()
+            .filter_map(|(i, (service, allocation))| {
+                let step = step_down(service, *allocation)?;
+                Some((utilisation(service, step), i, step))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let Some((_, i, step)) = smaller else { break };
+        allocations[i] = step;
+    }
     Plan {
         predicted: predict(services, &allocations, target.percentile),
         cost: allocations.iter().map(|a| cost(*a, target)).sum(),
         allocations,
         feasible: false,
     }
+}
+
+/// One step smaller than `allocation`: an instance fewer while above the service's fewest, then
+/// the next smaller CPU size; `None` at the smallest (an idle service keeps its fewest).
+fn step_down(service: &ServiceLoad, allocation: Allocation) -> Option<Allocation> {
+    let fewest = service
+        .min_instances
+        .max(u32::from(service.arrival_rate > 0.0));
+    if allocation.instances > fewest {
+        return Some(Allocation {
+            instances: allocation.instances - 1,
+            ..allocation
+        });
+    }
+    let cpu = service
+        .cpu_sizes
+        .iter()
+        .copied()
+        .rfind(|&size| size < allocation.cpu)?;
+    Some(Allocation { cpu, ..allocation })
 }
 
 #[cfg(test)]
@@ -368,6 +448,7 @@ mod tests {
             percentile: 0.95,
             max_utilisation: 0.85,
             instance_cost: 0.25,
+            cpu_budget: f64::INFINITY,
         }
     }
 
@@ -409,7 +490,10 @@ mod tests {
                 .enumerate()
                 .map(|(s, &i)| choices[s][i])
                 .collect();
-            if predict(services, &allocations, target.percentile) <= target.latency {
+            let total: f64 = allocations.iter().copied().map(cores).sum();
+            if within(total, target)
+                && predict(services, &allocations, target.percentile) <= target.latency
+            {
                 let c: f64 = allocations.iter().map(|a| cost(*a, target)).sum();
                 if best.is_none_or(|b| c < b) {
                     best = Some(c);
@@ -494,8 +578,66 @@ mod tests {
         assert_eq!(plan.allocations[1].instances, 0);
     }
 
+    /// On one machine of 4 cores, kv cannot have the 8 cores it would take alone: the plan
+    /// fits all three services into the 4, and says it cannot meet the SLO there.
+    #[test]
+    fn the_plan_fits_the_machine() {
+        let services = [
+            service("web", 100.0, 0.001, 1.0, 10),
+            service("api", 100.0, 0.002, 1.0, 10),
+            service("kv", 300.0, 0.008, 3.0, 20),
+        ];
+        let unlimited = plan(&services, &target(0.200));
+        let total = |p: &Plan| p.allocations.iter().copied().map(cores).sum::<f64>();
+        assert!(total(&unlimited) > 3.0, "{unlimited:?}");
+        let machine = PlanTarget {
+            cpu_budget: 3.0,
+            ..target(0.200)
+        };
+        let fitted = plan(&services, &machine);
+        assert!(!fitted.feasible, "{fitted:?}");
+        assert!(total(&fitted) <= 3.0, "{fitted:?}");
+        // Each service keeps an instance; kv, the bottleneck, keeps the most cores.
+        assert!(fitted.allocations.iter().all(|a| a.instances >= 1));
+        assert!(cores(fitted.allocations[2]) >= cores(fitted.allocations[0]));
+        // With enough cores for the plan, the budget changes nothing.
+        let roomy = PlanTarget {
+            cpu_budget: total(&unlimited),
+            ..target(0.200)
+        };
+        assert_eq!(plan(&services, &roomy), unlimited);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// With a CPU budget too, branch and bound finds brute force's cheapest plan; and
+        /// whatever it answers holds no more cores than the budget, unless the services'
+        /// smallest allocations alone do.
+        #[test]
+        fn the_planner_matches_brute_force_within_a_budget(
+            loads in prop::collection::vec((1.0f64..200.0, 0.0005f64..0.02, 0.5f64..3.0), 1..=3),
+            latency_ms in 20.0f64..400.0,
+            budget in 1.0f64..12.0,
+        ) {
+            let services: Vec<ServiceLoad> = loads
+                .iter()
+                .enumerate()
+                .map(|(i, &(rate, demand, visits))| service(&format!("s{i}"), rate, demand, visits, 5))
+                .collect();
+            let target = PlanTarget { cpu_budget: budget, ..target(latency_ms / 1000.0) };
+            let plan = plan(&services, &target);
+            match brute_force(&services, &target) {
+                Some(best) => {
+                    prop_assert!(plan.feasible);
+                    prop_assert!((plan.cost - best).abs() < 1e-9, "plan {} vs brute force {}", plan.cost, best);
+                }
+                None => prop_assert!(!plan.feasible),
+            }
+            let total: f64 = plan.allocations.iter().copied().map(cores).sum();
+            let smallest = services.len() as f64 * 0.5;
+            prop_assert!(total <= budget.max(smallest) + 1e-9, "{total} cores for a budget of {budget}");
+        }
 
         /// On small applications the branch and bound finds exactly the cost of the cheapest
         /// feasible allocation that exhaustive search finds.

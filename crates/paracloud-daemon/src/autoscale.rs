@@ -137,9 +137,11 @@ impl Autoscaler {
             .map(|(at, previous)| (now.saturating_sub(*at), previous))
             .filter(|(elapsed, _)| (1..=MAX_INTERVAL_MS).contains(elapsed));
         for app in &state.apps {
-            let Some((kind, config)) = autoscaled(app) else {
+            let Some((kind, mut config)) = autoscaled(app) else {
                 continue;
             };
+            // Its services share this machine: together they hold at most its cores.
+            config.cpu_budget = Some(self.cores);
             if self.apps.get(&app.name).is_none_or(|s| s.kind != kind) {
                 let history = self
                     .apps

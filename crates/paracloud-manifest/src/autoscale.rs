@@ -426,5 +426,6 @@ pub fn scaling_config(manifest: &Manifest) -> Option<ScalingConfig> {
             percentile: autoscale.slo.percentile,
         },
         services,
+        cpu_budget: None,
     })
 }

@@ -136,6 +136,7 @@ impl Model {
             entry: self.entry.clone(),
             slo: self.slo,
             services,
+            cpu_budget: None,
         }
     }
 }
