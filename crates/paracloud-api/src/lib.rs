@@ -42,6 +42,7 @@
 //! | `DELETE /v1/apps/{app}/batches/{batch}` | [`CancelBatch`] | | [`BatchView`] |
 //! | `GET /v1/capsules?app=APP` | [`ListCapsules`] | | `[CapsuleView]` |
 //! | `POST /v1/capsules/run` | [`RunCapsule`] | [`CapsuleRunRequest`] | a stream of [`CapsuleRunEvent`], one JSON per line |
+//! | `GET /v1/capsules/runs/{run}` | [`GetCapsuleRun`] | | [`CapsuleRunView`] |
 //! | `GET /v1/capsules/runs/{run}/files/{instance}/{name}` | [`GetCapsuleFile`] | | the file's bytes |
 //! | `GET /v1/capsules/history?app=APP&limit=N` | [`CapsuleHistory`] | | `[CapsuleRunView]` |
 //! | `GET /v1/capsules/debug?app=APP&instance=web.1&command=JSON` with `Upgrade: paracloud-tty` | [`DebugSession`] | | 101, then the terminal's bytes both ways |
@@ -852,6 +853,11 @@ pub struct CapsuleTargetView {
     pub exit_code: Option<i32>,
     pub duration_ms: Option<u64>,
     pub output_bytes: u64,
+    /// The files it left in /out that the daemon still keeps (those of the last runs, and of
+    /// the runs a schedule's `keep` holds), fetched with
+    /// `GET /v1/capsules/runs/{run}/files/{instance}/{name}`.
+    #[serde(default)]
+    pub files: Vec<CapsuleFile>,
 }
 
 /// The protocol name of `paracloud debug`'s upgraded connection: after the 101 answer, the
@@ -995,6 +1001,7 @@ mod tests {
             row::<CancelBatch>(),
             row::<ListCapsules>(),
             row::<RunCapsule>(),
+            row::<GetCapsuleRun>(),
             row::<GetCapsuleFile>(),
             row::<CapsuleHistory>(),
             row::<DebugSession>(),

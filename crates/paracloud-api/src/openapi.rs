@@ -82,6 +82,7 @@ json_answers!(
     ManifestView,
     BatchView,
     BatchDetail,
+    CapsuleRunView,
 );
 
 impl<T: ToSchema> Answer for Vec<T> {
@@ -341,6 +342,7 @@ routes! {
     ListCapsules => CapsulesQuery,
     RunCapsule => NoQuery,
     CapsuleHistory => HistoryQuery,
+    GetCapsuleRun => NoQuery,
     GetCapsuleFile => NoQuery,
     DebugSession => DebugQuery,
     ResizeTerminal => NoQuery,

@@ -545,6 +545,24 @@ impl Route for CapsuleHistory {
     }
 }
 
+/// `GET /v1/capsules/runs/{run}`: one recorded capsule run, with the files it left that are
+/// still kept.
+#[derive(Debug, Clone)]
+pub struct GetCapsuleRun {
+    pub run: i64,
+}
+
+impl Route for GetCapsuleRun {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/v1/capsules/runs/{run}";
+    type Body = ();
+    type Answer = CapsuleRunView;
+
+    fn path(&self) -> String {
+        fill(Self::PATH, &[&self.run.to_string()])
+    }
+}
+
 /// `GET /v1/capsules/runs/{run}/files/{instance}/{name}`: a file a capsule run left in /out on one instance: its bytes.
 #[derive(Debug, Clone)]
 pub struct GetCapsuleFile {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use http_body_util::BodyExt;
 use paracloud_api::{
     CapsuleHistory, CapsuleRunEvent, CapsuleRunRequest, CapsuleRunView, DebugSession,
-    GetCapsuleFile, ListCapsules, ResizeTerminal, RunCapsule, TerminalSize,
+    GetCapsuleFile, GetCapsuleRun, ListCapsules, ResizeTerminal, RunCapsule, TerminalSize,
 };
 
 use crate::cli::{CapsuleCommand, Global, Output};
@@ -33,8 +33,41 @@ pub async fn command(global: &Global, command: CapsuleCommand) -> Result<()> {
             }
             Ok(())
         }
+        CapsuleCommand::Files { run, out } => files(global, run, &out).await,
         CapsuleCommand::History { limit } => history(global, limit).await,
     }
+}
+
+/// Downloads the kept files of a past run into `out/INSTANCE/FILE`.
+async fn files(global: &Global, run: i64, out: &Path) -> Result<()> {
+    let client = connect(global).await?;
+    let record = client.call(&GetCapsuleRun { run }).await.map_err(explain)?;
+    let mut fetched = 0;
+    for target in &record.targets {
+        for file in &target.files {
+            let dir = out.join(&target.instance);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let path = dir.join(&file.name);
+            download(&client, run, &target.instance, &file.name, &path).await?;
+            eprintln!(
+                "{}: {} ({} bytes)",
+                target.instance,
+                path.display(),
+                file.size
+            );
+            fetched += 1;
+        }
+    }
+    if fetched == 0 {
+        bail!(
+            "run {run} ({} on {}) has no files kept: a run's files go once {} newer runs have ended, unless a schedule's `keep` holds them",
+            record.capsule,
+            record.selector,
+            paracloud_manifest::RECENT_RUNS_KEPT
+        );
+    }
+    Ok(())
 }
 
 async fn ls(global: &Global) -> Result<()> {

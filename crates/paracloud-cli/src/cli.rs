@@ -540,6 +540,15 @@ pub enum CapsuleCommand {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
     },
+    /// Fetch the files a past run left and the daemon still keeps (those of the last 50 runs,
+    /// and of the runs a schedule's `keep` holds): paracloud capsule files 12 --out backups
+    Files {
+        /// The run, as `paracloud capsule history` numbers it
+        run: i64,
+        /// Where they go, as DIR/INSTANCE/FILE
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
     /// The recorded runs: who, capsule, targets, arguments, start, duration, status, output size
     History {
         /// How many of the last runs

@@ -574,6 +574,131 @@ fn a_scheduled_capsule_runs_when_its_time_comes_and_bad_schedules_are_refused() 
     p.ok(&["down", "-a", "ticks"]);
 }
 
+/// Backups the platform keeps: a schedule with `keep = 1` holds on to the files of its last
+/// successful run past the daemon's window of 50 runs (a manual run's files go with that
+/// window), and lets the older one go when a newer run has succeeded; `capsule files RUN`
+/// fetches a past run's files. A `keep` of 0 is refused at `up`, at its line.
+#[test]
+fn a_schedule_keeps_its_last_runs_files_past_the_daemons_window() {
+    let p = Platform::new();
+    let app = |keep: u32| {
+        format!(
+            "app = \"vault\"\n\n[services.tick]\nimage = \"host\"\ncommand = [\"sleep\", \"3600\"]\n\n\
+             [services.tick.capsules]\narchive = \"read\"\nchecksum = \"read\"\n\n\
+             [schedules.backup]\ncapsule = \"archive\"\ncron = \"* * * * *\"\nselector = \"service=tick\"\n\
+             args = [\"/etc\"]\nkeep = {keep}\n"
+        )
+    };
+    let bad = p.manifest("vault-bad", &app(0));
+    let e = p.fails(&["up", "-f", bad.to_str().unwrap()]);
+    assert!(
+        e.contains(":16:8: schedules.backup.keep: keep must be between 1 and 1000 runs, found 0"),
+        "{e}"
+    );
+    let good = p.manifest("vault", &app(1));
+    p.ok(&["up", "-f", good.to_str().unwrap()]);
+
+    let scheduled_runs = || -> Vec<i64> {
+        let history: Value =
+            serde_json::from_str(&p.ok(&["capsule", "history", "--limit", "500", "-o", "json"]))
+                .unwrap();
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["who"] == "schedule backup" && r["status"] != "running")
+            .inspect(|r| assert_eq!(r["status"], "ok", "{r}"))
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    };
+    let wait_for_run = |after: Option<i64>| -> i64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(75);
+        loop {
+            if let Some(&run) = scheduled_runs().iter().rev().find(|&&r| Some(r) > after) {
+                return run;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no scheduled run within 75 s\n{}",
+                p.daemon_log()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    let fetched = |run: i64| -> Result<Vec<u8>, String> {
+        let out = p.root().join(format!("fetched-{run}"));
+        let done = p.run(&[
+            "capsule",
+            "files",
+            &run.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        match done.status.success() {
+            true => Ok(std::fs::read(out.join("tick.1/archive.tar.zst")).unwrap()),
+            false => Err(String::from_utf8_lossy(&done.stderr).into_owned()),
+        }
+    };
+
+    let first = wait_for_run(None);
+    assert!(fetched(first).unwrap().len() > 20, "a zstd archive");
+    // A manual run with files, then 50 runs more: the manual run's files go with the window,
+    // the scheduled one's stay.
+    let out = p.root().join("manual");
+    p.ok(&[
+        "capsule",
+        "run",
+        "archive",
+        "-l",
+        "service=tick",
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+        "/etc",
+    ]);
+    let history: Value =
+        serde_json::from_str(&p.ok(&["capsule", "history", "--limit", "5", "-o", "json"])).unwrap();
+    let manual = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|r| r["who"] != "schedule backup")
+        .map(|r| r["id"].as_i64().unwrap())
+        .unwrap();
+    assert!(
+        fetched(manual).is_ok(),
+        "its files are kept while it is recent"
+    );
+    for _ in 0..50 {
+        p.ok(&[
+            "capsule",
+            "run",
+            "checksum",
+            "-l",
+            "service=tick",
+            "--",
+            "/etc/hostname",
+        ]);
+    }
+    let gone = fetched(manual).unwrap_err();
+    assert!(
+        gone.contains(&format!(
+            "run {manual} (archive on service=tick) has no files kept"
+        )),
+        "{gone}"
+    );
+    assert!(
+        fetched(first).is_ok(),
+        "the schedule keeps its last run's files past the window"
+    );
+    // The next scheduled run takes its place: the first one's files go.
+    let second = wait_for_run(Some(first));
+    assert!(fetched(second).is_ok());
+    let gone = fetched(first).unwrap_err();
+    assert!(gone.contains("has no files kept"), "{gone}");
+    p.ok(&["down", "-a", "vault"]);
+}
+
 /// An application's own capsule (`[capsules.NAME]`): its image built with `paracloud build`, its
 /// entrypoint run with the arguments in the target's namespaces, its files returned; refused
 /// where the policy does not name it, and `up` refused when its image is missing.

@@ -124,6 +124,7 @@ pub fn router<D: Driver>(engine: Arc<Engine<D>>) -> Router {
         .read::<route::ListCapsules, _>(list_capsules::<D>)
         .read::<route::RunCapsule, _>(run_capsule::<D>)
         .read::<route::CapsuleHistory, _>(capsule_history::<D>)
+        .read::<route::GetCapsuleRun, _>(capsule_run::<D>)
         .read::<route::GetCapsuleFile, _>(capsule_file::<D>)
         .admin::<route::DebugSession, _>(crate::debug::debug::<D>)
         .admin::<route::ResizeTerminal, _>(crate::debug::resize::<D>)
@@ -1351,9 +1352,27 @@ async fn capsule_history<D: Driver>(
         .capsule_runs(q.app.as_deref(), q.limit.unwrap_or(50).min(10_000))?;
     Ok(Json(
         runs.into_iter()
-            .map(|(id, r)| crate::views::capsule_run_view(id, r))
+            .map(|(id, r)| crate::views::capsule_run_view(&engine.config.root, id, r))
             .collect(),
     ))
+}
+
+async fn capsule_run<D: Driver>(
+    State(engine): Shared<D>,
+    path: Result<UrlPath<i64>, PathRejection>,
+) -> Result<Json<paracloud_api::CapsuleRunView>, ApiError> {
+    let UrlPath(run) = path?;
+    let record = engine.store.capsule_run(run)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no capsule run {run}: `paracloud capsule history` lists the runs"),
+        )
+    })?;
+    Ok(Json(crate::views::capsule_run_view(
+        &engine.config.root,
+        run,
+        record,
+    )))
 }
 
 async fn capsule_file<D: Driver>(
@@ -1366,7 +1385,7 @@ async fn capsule_file<D: Driver>(
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "run {run} left no file {name:?} on {instance} (the files of the last {} runs are kept)",
+                    "run {run} left no file {name:?} on {instance} (the files of the last {} runs are kept, and those of the runs a schedule's `keep` holds)",
                     crate::capsules::KEPT_RUNS
                 ),
             )

@@ -4,7 +4,8 @@
 //! running instances, checks the manifest's policy for every target (all or nothing), records
 //! the run, then attaches one capsule per target at once through the [`Driver`]. Output streams
 //! back as [`CapsuleRunEvent`]s; files the function leaves in /out are kept under
-//! `<root>/capsules/runs/RUN/INSTANCE/` for the caller to fetch (the last [`KEPT_RUNS`] runs).
+//! `<root>/capsules/runs/RUN/INSTANCE/` for the caller to fetch (the last [`KEPT_RUNS`] runs,
+//! and the runs a schedule's `keep` holds on to: backups the platform keeps).
 //!
 //! Built-in capsule images are micro-images of host programs (static busybox and the programs
 //! the capsule names, with their libraries), tagged `paracloud-capsule/NAME:KEY` in the image
@@ -28,8 +29,8 @@ use crate::clock::now_ms;
 use crate::driver::Driver;
 use crate::engine::Engine;
 
-/// Output directories of this many last runs are kept.
-pub const KEPT_RUNS: i64 = 50;
+/// Output directories of this many last runs are kept (besides those schedules keep).
+pub const KEPT_RUNS: i64 = paracloud_manifest::RECENT_RUNS_KEPT as i64;
 /// At most this many capsules start at once (each is a fork and a few mounts).
 const PARALLEL_ATTACH: usize = 64;
 /// How long a capsule gets between SIGTERM at its deadline and SIGKILL.
@@ -514,7 +515,7 @@ fn conclude<D: Driver>(
         capsule,
         &format!("capsule run {run} ended: {status} after {duration_ms} ms"),
     );
-    forget_old_outputs(&engine.config.root, run);
+    forget_old_outputs(engine, run);
     CapsuleRunEvent::Finished {
         run,
         status: status.into(),
@@ -850,6 +851,11 @@ async fn forward(
     )
 }
 
+/// The files run `run` left on `instance` that are still kept.
+pub fn kept_files(root: &Path, run: i64, instance: &str) -> Vec<CapsuleFile> {
+    list_files(&output_dir(root, run, instance))
+}
+
 fn list_files(dir: &Path) -> Vec<CapsuleFile> {
     paracloud_runtime::capsule_output::files_in(dir)
         .into_iter()
@@ -857,19 +863,44 @@ fn list_files(dir: &Path) -> Vec<CapsuleFile> {
         .collect()
 }
 
-/// Removes the output directories of runs older than the last [`KEPT_RUNS`].
-fn forget_old_outputs(root: &Path, latest: i64) {
-    let runs = root.join("capsules").join("runs");
+/// Removes the output directories of runs older than the last [`KEPT_RUNS`], but those of the
+/// runs the applications' schedules keep. When the kept runs cannot be read, nothing is removed
+/// (until the next run ends).
+fn forget_old_outputs<D: Driver>(engine: &Engine<D>, latest: i64) {
+    let kept = match kept_by_schedules(engine) {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::warn!("cannot read which capsule runs schedules keep: {e}");
+            return;
+        }
+    };
+    let runs = engine.config.root.join("capsules").join("runs");
     for entry in std::fs::read_dir(&runs).into_iter().flatten().flatten() {
         let old = entry
             .file_name()
             .to_str()
             .and_then(|n| n.parse::<i64>().ok())
-            .is_some_and(|n| n <= latest - KEPT_RUNS);
+            .is_some_and(|n| n <= latest - KEPT_RUNS && !kept.contains(&n));
         if old {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// The runs whose files schedules keep: of each `[schedules.NAME]` with `keep = N`, its last N
+/// runs that ended `ok` (a failed backup does not push a good one out).
+fn kept_by_schedules<D: Driver>(
+    engine: &Engine<D>,
+) -> Result<std::collections::BTreeSet<i64>, paracloud_state::Error> {
+    let mut kept = std::collections::BTreeSet::new();
+    for app in engine.store.load()?.apps {
+        for (name, schedule) in &app.manifest.schedules {
+            let Some(keep) = schedule.keep else { continue };
+            let who = paracloud_command::Caller::Schedule { name: name.clone() }.describe();
+            kept.extend(engine.store.last_ok_capsule_runs(&app.name, &who, keep)?);
+        }
+    }
+    Ok(kept)
 }
 
 /// A file run `run` left on `instance`, if it is one (the names come from the caller).

@@ -156,7 +156,9 @@ pub fn app_view(
     }
 }
 
+/// A recorded run, with the files of each target that `root` still keeps.
 pub fn capsule_run_view(
+    root: &std::path::Path,
     id: i64,
     run: paracloud_state::CapsuleRun,
 ) -> paracloud_api::CapsuleRunView {
@@ -171,6 +173,7 @@ pub fn capsule_run_view(
             .targets
             .into_iter()
             .map(|t| paracloud_api::CapsuleTargetView {
+                files: crate::capsules::kept_files(root, id, &t.instance),
                 instance: t.instance,
                 exit_code: t.exit_code,
                 duration_ms: t.duration_ms,

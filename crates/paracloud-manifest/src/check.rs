@@ -11,7 +11,7 @@ use crate::model::{
     DependsCondition, Manifest, Network, RestartCondition, ScheduledCapsule, Volume, VolumeMount,
     DEFAULT_NETWORK,
 };
-use crate::reader::{child, Checker, Span};
+use crate::reader::{child, Checker, Span, Value};
 use crate::units;
 
 const TOP_KEYS: &[&str] = &[
@@ -24,7 +24,7 @@ const TOP_KEYS: &[&str] = &[
     "networks",
 ];
 const NETWORK_DECLARATION_KEYS: &[&str] = &["labels", "subnet"];
-const SCHEDULE_KEYS: &[&str] = &["capsule", "cron", "selector", "args", "timeout"];
+const SCHEDULE_KEYS: &[&str] = &["capsule", "cron", "selector", "args", "timeout", "keep"];
 const VOLUME_DECLARATION_KEYS: &[&str] = &["labels", "external", "name", "size"];
 
 impl Checker<'_> {
@@ -503,8 +503,12 @@ impl Checker<'_> {
             Some(v) => Some(Some(self.positive_duration(v, &child(field, "timeout"))?)),
             None => Some(None),
         };
-        let (capsule, cron, (selector_value, selector_text, selector), args, timeout) =
-            (capsule?, cron?, selector?, args?, timeout?);
+        let keep = match table.get("keep") {
+            Some(v) => self.schedule_keep(v, &child(field, "keep")).map(Some),
+            None => Some(None),
+        };
+        let (capsule, cron, (selector_value, selector_text, selector), args, timeout, keep) =
+            (capsule?, cron?, selector?, args?, timeout?, keep?);
         let selector_field = child(field, "selector");
         if let (Some(wanted), Some(app)) = (&selector.app, app) {
             if wanted != app {
@@ -571,7 +575,27 @@ impl Checker<'_> {
             selector: selector_text,
             args,
             timeout,
+            keep,
         })
+    }
+
+    /// A schedule's `keep`: how many of its last successful runs keep their files.
+    fn schedule_keep(&mut self, value: &Value<'_>, field: &str) -> Option<u32> {
+        let max = crate::model::MAX_KEEP;
+        let n = self.whole(value, field, 0, u64::MAX)?;
+        if !(1..=max).contains(&n) {
+            self.error(
+                value.span(),
+                field,
+                format!("keep must be between 1 and {max} runs, found {n}"),
+                Some(format!(
+                    "write how many of the last successful runs keep their files, such as `keep = 7` for a week of daily dumps; leave `keep` out to let them go with the daemon's last {} runs",
+                    crate::model::RECENT_RUNS_KEPT
+                )),
+            );
+            return None;
+        }
+        u32::try_from(n).ok()
     }
 
     fn volume_declaration(

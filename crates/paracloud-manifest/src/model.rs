@@ -203,7 +203,18 @@ pub struct ScheduledCapsule {
     pub args: Vec<String>,
     /// Overrides the capsule's deadline.
     pub timeout: Option<Duration>,
+    /// How many of its last successful runs keep their files (backups kept by the platform),
+    /// whatever other capsules run meanwhile; `None`: its runs' files go with the daemon's
+    /// window of recent runs, as any run's.
+    #[serde(default)]
+    pub keep: Option<u32>,
 }
+
+/// The most runs a schedule's `keep` holds on to.
+pub const MAX_KEEP: u64 = 1000;
+
+/// The daemon keeps the files of this many last capsule runs, besides those schedules keep.
+pub const RECENT_RUNS_KEPT: u64 = 50;
 
 /// The application's autoscaler: which policy, where the SLO is measured, and each service's
 /// bounds. Kept apart from the services' specs, so that adding or tuning it replaces no instance.

@@ -958,6 +958,18 @@ fn schedules() {
         ("metrics", "@hourly", "service=kv")
     );
     assert_eq!(snap.timeout, Some(Duration::from_secs(10)));
+    assert_eq!(snap.keep, None);
+    let kept = valid(&format!(
+        "{HEAD}{policy}[schedules.snap]\ncapsule = \"metrics\"\ncron = \"@daily\"\nselector = \"service=kv\"\nkeep = 7\n"
+    ));
+    assert_eq!(kept.schedules["snap"].keep, Some(7));
+    check(
+        &format!("{HEAD}{policy}[schedules.snap]\ncapsule = \"metrics\"\ncron = \"@daily\"\nselector = \"service=kv\"\nkeep = 0\n"),
+        r#"
+paracloud.toml:11:8: schedules.snap.keep: keep must be between 1 and 1000 runs, found 0
+  hint: write how many of the last successful runs keep their files, such as `keep = 7` for a week of daily dumps; leave `keep` out to let them go with the daemon's last 50 runs
+"#,
+    );
     check(
         &format!("{HEAD}{policy}[schedules.snap]\ncapsule = \"metric\"\ncron = \"* * * * *\"\nselector = \"app=other\"\n"),
         r#"

@@ -628,6 +628,33 @@ impl Store {
         Ok(runs)
     }
 
+    /// One capsule run, if it was recorded.
+    pub fn capsule_run(&self, id: i64) -> Result<Option<CapsuleRun>> {
+        let conn = self.conn();
+        let record: Option<String> = conn
+            .query_row(
+                "SELECT record FROM capsule_runs WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+    }
+
+    /// The ids of the last `limit` runs of `app` that `who` asked for and that ended `ok`,
+    /// newest first: the runs a schedule's `keep` holds on to.
+    pub fn last_ok_capsule_runs(&self, app: &str, who: &str, limit: u32) -> Result<Vec<i64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM capsule_runs
+             WHERE json_extract(record, '$.app') = ?1 AND json_extract(record, '$.who') = ?2
+               AND json_extract(record, '$.status') = 'ok'
+             ORDER BY id DESC LIMIT ?3",
+        )?;
+        let ids = stmt.query_map(params![app, who, limit], |r| r.get::<_, i64>(0))?;
+        Ok(ids.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// How many capsule runs ended, by capsule and status (`ok`, `failed`, `timeout`,
     /// `refused`), those still running left out: the daemon's metrics.
     pub fn capsule_run_counts(&self) -> Result<Vec<(String, String, u64)>> {

@@ -272,6 +272,42 @@ fn the_capsule_runs_still_running_are_found_for_a_new_daemon_to_settle() {
 }
 
 #[test]
+fn a_schedules_last_successful_runs_are_found_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    let run = |app: &str, who: &str, status: &str| CapsuleRun {
+        who: who.into(),
+        capsule: "pg-dump".into(),
+        app: app.into(),
+        selector: "service=db".into(),
+        args: vec![],
+        targets: vec![],
+        started: 1,
+        duration_ms: Some(1),
+        status: status.into(),
+        detail: String::new(),
+        output_bytes: 0,
+    };
+    let nightly = "schedule nightly";
+    let first = store.add_capsule_run(&run("shop", nightly, "ok")).unwrap();
+    store
+        .add_capsule_run(&run("shop", nightly, "failed"))
+        .unwrap();
+    store.add_capsule_run(&run("shop", "root", "ok")).unwrap();
+    store.add_capsule_run(&run("blog", nightly, "ok")).unwrap();
+    let third = store.add_capsule_run(&run("shop", nightly, "ok")).unwrap();
+    let fourth = store.add_capsule_run(&run("shop", nightly, "ok")).unwrap();
+    assert_eq!(
+        store.last_ok_capsule_runs("shop", nightly, 2).unwrap(),
+        [fourth, third]
+    );
+    assert_eq!(
+        store.last_ok_capsule_runs("shop", nightly, 10).unwrap(),
+        [fourth, third, first]
+    );
+}
+
+#[test]
 fn a_revision_shares_its_service_address_and_keeps_a_set_weight_until_the_next_up() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state.db")).unwrap();
