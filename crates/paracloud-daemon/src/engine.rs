@@ -449,7 +449,7 @@ impl<D: Driver> Engine<D> {
         self.config.addresses.network(app.subnet_index).ok()
     }
 
-    fn instance_address(&self, app: &AppRecord, slot: u32) -> Option<Ipv4Net> {
+    pub(crate) fn instance_address(&self, app: &AppRecord, slot: u32) -> Option<Ipv4Net> {
         self.network_of(app)?.instance_address(slot).ok()
     }
 
@@ -510,6 +510,7 @@ impl<D: Driver> Engine<D> {
                 }
             }
             Action::Migrate { key } => self.update(key),
+            Action::Failover { key, replicas } => self.failover(key, replicas),
             Action::Start { key, restart } => {
                 let Some(app) = app_of(&key.app) else { return };
                 match self.start(app, &key, restart, StartAs::default()) {

@@ -18,6 +18,7 @@ pub mod dataplane;
 pub mod debug;
 pub mod driver;
 pub mod engine;
+pub mod failover;
 #[cfg(test)]
 mod fake;
 pub mod follow;

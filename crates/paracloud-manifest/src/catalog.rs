@@ -285,6 +285,16 @@ pub fn data_volume_name(name: &str) -> String {
     format!("{name}-data")
 }
 
+/// The file of a primary's data volume that tells it to fail over: it holds the address of the
+/// replica whose copy it starts from (see [`position_command`]).
+pub const FAILOVER_FILE: &str = "promote-from";
+
+/// The command that prints, in a replica of a kind that promotes replicas, how much of the
+/// primary's log it has received (a number; the larger, the more advanced).
+pub fn position_command() -> Vec<String> {
+    vec![ENTRY.to_owned(), "position".to_owned()]
+}
+
 /// The entry script of PostgreSQL's instances (`primary`, `replica PRIMARY`, `ready`).
 const POSTGRES_SCRIPT: &str = include_str!("catalog/postgres.sh");
 

@@ -337,6 +337,14 @@ pub enum CatalogKind {
     TaskFarm,
 }
 
+impl CatalogKind {
+    /// Whether a primary that cannot come back on its data is started from a copy of its most
+    /// advanced replica (failover): PostgreSQL's, so far.
+    pub fn promotes_replicas(self) -> bool {
+        matches!(self, CatalogKind::Postgres)
+    }
+}
+
 /// What one service made of a catalogue service does there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "role")]

@@ -9,4 +9,6 @@ mod model;
 mod planner;
 
 pub use model::*;
-pub use planner::{plan, restart_delay, restarts_after_exit, STABLE_RUN_MS};
+pub use planner::{
+    plan, restart_delay, restarts_after_exit, FAILOVER_AFTER_RESTARTS, STABLE_RUN_MS,
+};

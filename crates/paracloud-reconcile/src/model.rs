@@ -306,6 +306,13 @@ pub enum Action {
         cpu: Option<f64>,
         resize: bool,
     },
+    /// Start a catalogue primary that cannot come back on its own data from a copy of its most
+    /// advanced replica, the one of `replicas` (the running instances of its read service)
+    /// that received the most of its log.
+    Failover {
+        key: InstanceKey,
+        replicas: Vec<InstanceKey>,
+    },
     /// Forget an exited instance and delete its private files.
     Remove { key: InstanceKey },
     /// Delete the application's bridge.

@@ -9,6 +9,10 @@ use crate::model::*;
 /// A run at least this long resets the restart backoff.
 pub const STABLE_RUN_MS: Millis = 10_000;
 
+/// Restarts in a row, each failing before a stable run, after which a catalogue primary whose
+/// replicas can take over is started from its most advanced replica instead of its own data.
+pub const FAILOVER_AFTER_RESTARTS: u32 = 3;
+
 /// The delay before the next restart of an instance that has restarted `restarts` times in a row.
 pub fn restart_delay(policy: &RestartPolicy, restarts: u32) -> Millis {
     let initial = policy.backoff_initial.as_millis() as u64;
@@ -124,6 +128,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now: Millis) -> Plan {
         Action::Stop { .. } => 1,
         Action::Start { .. } => 2,
         Action::Migrate { .. } => 2,
+        Action::Failover { .. } => 2,
         Action::SetCpu { .. } => 2,
         Action::Remove { .. } => 3,
         Action::RemoveNetwork { .. } => 4,
@@ -227,7 +232,13 @@ fn plan_service(
                     continue;
                 }
                 let due = instance.since + restart_delay(&service.restart, instance.restarts);
-                if now >= due {
+                let failover = failover_from(service, instance, exit, app_instances);
+                if now >= due && !failover.is_empty() {
+                    plan.actions.push(Action::Failover {
+                        key,
+                        replicas: failover,
+                    });
+                } else if now >= due {
                     plan.actions.push(Action::Start { key, restart: true });
                 } else {
                     plan.wake_at = Some(plan.wake_at.map_or(due, |w| w.min(due)));
@@ -272,6 +283,35 @@ fn plan_service(
             });
         }
     }
+}
+
+/// The replicas a catalogue primary fails over to: when it cannot come back on its own data
+/// (it failed [`FAILOVER_AFTER_RESTARTS`] restarts in a row) and its kind promotes replicas, the
+/// running instances of its read service; none otherwise.
+fn failover_from(
+    service: &Service,
+    instance: &ObservedInstance,
+    exit: &ExitInfo,
+    app_instances: &[&ObservedInstance],
+) -> Vec<InstanceKey> {
+    let promotes = service
+        .catalog
+        .as_ref()
+        .is_some_and(|c| c.kind.promotes_replicas());
+    if !service.is_catalog_primary()
+        || !promotes
+        || exit.requested.is_some()
+        || !exit.is_failure()
+        || instance.restarts < FAILOVER_AFTER_RESTARTS
+    {
+        return Vec::new();
+    }
+    let read = paracloud_manifest::catalog::read_service_name(&service.name);
+    app_instances
+        .iter()
+        .filter(|i| i.key.service == read && i.state.is_running())
+        .map(|i| i.key.clone())
+        .collect()
 }
 
 /// Stopping, or stopped by the platform (scale-in, replacement, down): no longer counted. An

@@ -118,6 +118,17 @@ fn apply(observed: &mut Observed, desired: &Desired, plan: &Plan, now: Millis) {
             Action::SetCpu { key, cpu, .. } => {
                 observed.applied_cpu.insert(key.clone(), *cpu);
             }
+            Action::Failover { key, .. } => {
+                let instance = observed
+                    .instances
+                    .iter_mut()
+                    .find(|i| &i.key == key)
+                    .unwrap();
+                instance.state = InstanceState::Running {
+                    health: Health::None,
+                };
+                instance.restarts = 0;
+            }
             Action::Remove { key } => observed.instances.retain(|i| &i.key != key),
             Action::Forget { app, .. } => {
                 observed.removing.remove(app);
@@ -244,6 +255,110 @@ fn a_crash_restarts_after_an_exponential_backoff() {
             key: InstanceKey::new("shop", "web", 1),
             restart: true
         }]
+    );
+}
+
+/// A catalogue service `db` of `kind`, with one replica, as the real parser makes it.
+fn catalogued(kind: &str) -> Vec<Service> {
+    let password = match kind {
+        "redis" => "REDIS_PASSWORD",
+        _ => "POSTGRES_PASSWORD",
+    };
+    let source = format!(
+        "app = \"shop\"\n[services.db]\ncatalog = \"{kind}\"\nreplicas = 1\nenv = {{ {password} = \"secret\" }}\n"
+    );
+    let origin = Origin {
+        file: "paracloud.toml".into(),
+        base_dir: "/".into(),
+    };
+    parse(&source, &origin, &AnyFs)
+        .unwrap()
+        .services
+        .into_values()
+        .collect()
+}
+
+/// A PostgreSQL primary that failed its restarts in a row while a replica runs is started from
+/// that replica's copy, at its restart's due time; before that many failures, without a running
+/// replica, or for a kind that promotes none (Redis), it restarts on its own data.
+#[test]
+fn a_primary_that_cannot_come_back_fails_over_to_its_replicas() {
+    let primary = |restarts: u32| ObservedInstance {
+        key: InstanceKey::new("shop", "db", 1),
+        revision: 0,
+        state: InstanceState::Exited {
+            exit: ExitInfo {
+                code: Some(1),
+                ..Default::default()
+            },
+        },
+        restarts,
+        since: 10_000,
+        cpu: None,
+    };
+    let replica = |state: InstanceState| ObservedInstance {
+        key: InstanceKey::new("shop", "db-read", 1),
+        revision: 0,
+        state,
+        restarts: 0,
+        since: 0,
+        cpu: None,
+    };
+    // Not ready: with its primary gone, a replica no longer streams, but it can still be copied.
+    let running = InstanceState::Running {
+        health: Health::Unhealthy,
+    };
+    let observed = |restarts: u32, replica_state: InstanceState| Observed {
+        networks: ["shop".to_string()].into(),
+        instances: vec![primary(restarts), replica(replica_state)],
+        applied_cpu: [(InstanceKey::new("shop", "db-read", 1), None)].into(),
+        ..Default::default()
+    };
+    let start = Action::Start {
+        key: InstanceKey::new("shop", "db", 1),
+        restart: true,
+    };
+    let postgres = desired(app(catalogued("postgres")));
+    let due = 10_000 + 800;
+    let failover = plan(
+        &postgres,
+        &observed(FAILOVER_AFTER_RESTARTS, running.clone()),
+        due,
+    );
+    assert_eq!(
+        failover.actions,
+        vec![Action::Failover {
+            key: InstanceKey::new("shop", "db", 1),
+            replicas: vec![InstanceKey::new("shop", "db-read", 1)],
+        }]
+    );
+    let early = plan(
+        &postgres,
+        &observed(FAILOVER_AFTER_RESTARTS, running.clone()),
+        due - 1,
+    );
+    assert!(early.actions.is_empty(), "{:?}", early.actions);
+    let fewer = plan(
+        &postgres,
+        &observed(FAILOVER_AFTER_RESTARTS - 1, running.clone()),
+        due,
+    );
+    assert_eq!(fewer.actions, vec![start.clone()]);
+    let gone = InstanceState::Exited {
+        exit: ExitInfo::default(),
+    };
+    let alone = plan(&postgres, &observed(FAILOVER_AFTER_RESTARTS, gone), due);
+    assert!(alone.actions.contains(&start), "{:?}", alone.actions);
+    let redis = desired(app(catalogued("redis")));
+    let kept = plan(&redis, &observed(FAILOVER_AFTER_RESTARTS, running), due);
+    assert!(kept.actions.contains(&start), "{:?}", kept.actions);
+    assert!(
+        !kept
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Failover { .. })),
+        "{:?}",
+        kept.actions
     );
 }
 

@@ -11,6 +11,12 @@
 #   ready [MAX_LAG_MS]       the health check: the server takes connections (a replica once it
 #                            has replayed enough to be consistent); with MAX_LAG_MS, a replica
 #                            also streams from the primary and is at most that far behind
+#   position                 a replica's WAL position (bytes of WAL it has received), which the
+#                            platform compares to choose the replica a failover promotes
+# Failover: when the primary's data cannot start, the platform writes the address of its most
+# advanced replica in the volume's `promote-from` and starts the primary again; the primary then
+# sets its data aside (`data.failed`, the one of the last failover) and starts as a primary from
+# a base backup of that replica.
 # It starts as root inside the instance, gives the data to the postgres user and runs the server
 # as that user.
 set -eu
@@ -51,6 +57,9 @@ primary() {
     commits=$3
     own_data
     hold_lock "$base"
+    if [ -s "$base/promote-from" ]; then
+        promote "$(cat "$base/promote-from")"
+    fi
     if [ ! -s "$data/PG_VERSION" ]; then
         new_cluster
     fi
@@ -104,6 +113,35 @@ EOF
     mv "$made" "$data"
 }
 
+# The primary's data replaced by a base backup of the replica at ADDRESS, taken while it keeps
+# serving reads: it holds every transaction the replica received, and starts as a primary (no
+# standby.signal) on the same timeline, which the other replicas go on following. The old data
+# is kept aside until the next failover; a copy cut short is made again at the next start.
+promote() {
+    address=$1
+    echo "catalog: failover: the primary's data is set aside as data.failed; copying the replica at $address" >&2
+    made=$base/data.new
+    rm -rf "$made"
+    mkdir -p "$made"
+    chown postgres:postgres "$made"
+    chmod 700 "$made"
+    export PGPASSWORD="$POSTGRES_PASSWORD"
+    if ! as_postgres "$bin/pg_basebackup" -h "$address" -p 5432 -U "$user" -D "$made" \
+        -X stream -c fast -w; then
+        echo "catalog: failover: cannot copy the replica at $address" >&2
+        rm -rf "$made"
+        exit 1
+    fi
+    rm -f "$made/standby.signal" "$made/recovery.signal"
+    if [ -d "$data" ]; then
+        rm -rf "$base/data.failed"
+        mv "$data" "$base/data.failed"
+    fi
+    mv "$made" "$data"
+    rm -f "$base/promote-from"
+    echo "catalog: failover: promoted the copy of the replica at $address" >&2
+}
+
 replica() {
     primary=$1
     wal_mb=$2
@@ -153,14 +191,22 @@ ready() {
     fi
 }
 
+position() {
+    "$bin/psql" -X -q -h "$socket" -U "$user" -d "$database" -tAc \
+        "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()
+            THEN COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
+            ELSE pg_current_wal_lsn() END, '0/0')::bigint"
+}
+
 command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
 primary) primary "$@" ;;
 replica) replica "$@" ;;
 ready) ready "$@" ;;
+position) position ;;
 *)
-    echo "usage: $0 primary WAL_MB KEEP_MB synchronous|local | replica PRIMARY WAL_MB KEEP_MB | ready [MAX_LAG_MS]" >&2
+    echo "usage: $0 primary WAL_MB KEEP_MB synchronous|local | replica PRIMARY WAL_MB KEEP_MB | ready [MAX_LAG_MS] | position" >&2
     exit 2
     ;;
 esac
