@@ -376,3 +376,129 @@ fn a_primary_killed_under_synchronous_writes_loses_no_committed_row() {
         Duration::from_secs(30),
     );
 }
+
+/// A primary that cannot come back on its data fails over: its InnoDB system tablespace
+/// destroyed, then its server killed with SIGKILL under synchronous one-row commits, it fails
+/// its restarts; the platform starts it from a copy of its most advanced replica (once that
+/// replica has applied all it received), under a new server id, at the same write address. No
+/// committed row is lost, and the replicas are renewed from the new primary.
+#[test]
+fn a_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica() {
+    let p = Platform::new();
+    up(&p, "md", &manifest(2, "synchronous = true"));
+    let write = service_address(&p, "md", "db");
+    sql_ok(&write, "CREATE TABLE orders (n bigint PRIMARY KEY)");
+    let mut committed = Vec::new();
+    let mut failed = 0;
+    let mut n = 0u64;
+    let mut last_commit = Instant::now();
+    let mut longest_gap = Duration::ZERO;
+    let mut insert = |committed: &mut Vec<u64>| {
+        n += 1;
+        match sql(&write, &format!("INSERT INTO orders VALUES ({n})")) {
+            Ok(_) => {
+                committed.push(n);
+                longest_gap = longest_gap.max(last_commit.elapsed());
+                last_commit = Instant::now();
+            }
+            Err(_) => {
+                failed += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    for _ in 0..100 {
+        insert(&mut committed);
+    }
+    assert_eq!(committed.len(), 100, "all commits succeed before the kill");
+    let replicas_before: Vec<serde_json::Value> = p
+        .ps("md")
+        .into_iter()
+        .filter(|i| field(i, "service") == "db-read")
+        .map(|i| i["pid"].clone())
+        .collect();
+
+    // Its data can no longer start: InnoDB's system tablespace is gone. Then it is killed.
+    let volume = p.root().join("volumes/md/db-data");
+    std::fs::write(volume.join("data/ibdata1"), b"").unwrap();
+    let pid = p
+        .ps("md")
+        .iter()
+        .find(|i| field(i, "service") == "db")
+        .and_then(|i| i["pid"].as_i64())
+        .unwrap();
+    kill9(pid as i32);
+    let before = committed.len();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while committed.len() < before + 50 {
+        assert!(
+            Instant::now() < deadline,
+            "writes did not come back within 180 s\n{}\n{}",
+            p.ok(&["events", "-a", "md"]),
+            p.ok(&["logs", "-a", "md", "db"])
+        );
+        insert(&mut committed);
+    }
+
+    let present: std::collections::BTreeSet<u64> = sql_ok(&write, "SELECT n FROM orders")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let lost = committed.iter().filter(|n| !present.contains(n)).count();
+    eprintln!(
+        "failover: {} rows committed, {lost} lost, {failed} inserts failed, the longest time without a commit {} ms",
+        committed.len(),
+        longest_gap.as_millis()
+    );
+    assert_eq!(lost, 0, "committed rows lost");
+    let events = p.ok(&["events", "-a", "md"]);
+    assert!(
+        events.contains("is the most advanced replica")
+            && events.contains("renewed replica by replica"),
+        "{events}"
+    );
+    assert!(
+        volume.join("data.failed").is_dir(),
+        "the old data is set aside"
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume.join("server-id"))
+            .unwrap()
+            .trim(),
+        "2"
+    );
+    assert_eq!(sql_ok(&write, "SELECT @@server_id, @@read_only"), "2\t0");
+    // The replicas are fresh copies of the new primary, and follow it.
+    let last = committed.last().unwrap();
+    p.wait_ps(
+        "md",
+        Duration::from_secs(120),
+        "two new replicas ready",
+        |ps| {
+            let renewed = |i: &&serde_json::Value| {
+                field(i, "service") == "db-read"
+                    && field(i, "state") == "running"
+                    && !replicas_before.contains(&i["pid"])
+            };
+            ps.iter().filter(renewed).count() == 2
+                && ps
+                    .iter()
+                    .filter(|i| field(i, "service") == "db-read")
+                    .count()
+                    == 2
+        },
+    );
+    for replica in p
+        .ps("md")
+        .iter()
+        .filter(|i| field(i, "service") == "db-read")
+        .map(|i| field(i, "address").split('/').next().unwrap().to_owned())
+    {
+        wait_answer(
+            &replica,
+            &format!("SELECT @@server_id > 2, count(*) FROM orders WHERE n = {last}"),
+            "1\t1",
+            Duration::from_secs(30),
+        );
+    }
+}

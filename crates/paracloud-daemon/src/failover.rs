@@ -154,12 +154,12 @@ impl<D: Driver> Engine<D> {
             &key.app,
             &subject,
             &format!(
-                "failover: it cannot come back on its own data; {} is the most advanced replica (WAL positions: {}), and the primary starts from a copy of it",
+                "failover: it cannot come back on its own data; {} is the most advanced replica (positions in the primary's log: {}), and the primary starts from a copy of it",
                 replica.name(),
                 said.join(", ")
             ),
         );
-        match self.start(&app, key, false, StartAs::default()) {
+        match self.start(&app, key, true, StartAs::default()) {
             Ok(()) => true,
             Err(e) => {
                 self.event(&key.app, &subject, &format!("cannot start: {e}"));

@@ -339,9 +339,9 @@ pub enum CatalogKind {
 
 impl CatalogKind {
     /// Whether a primary that cannot come back on its data is started from a copy of its most
-    /// advanced replica (failover): PostgreSQL's, so far.
+    /// advanced replica (failover): PostgreSQL's and MariaDB's.
     pub fn promotes_replicas(self) -> bool {
-        matches!(self, CatalogKind::Postgres)
+        matches!(self, CatalogKind::Postgres | CatalogKind::Mariadb)
     }
 }
 

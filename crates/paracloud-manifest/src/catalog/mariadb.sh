@@ -8,6 +8,14 @@
 #   ready [MAX_LAG_MS]       the health check: the server takes connections; with MAX_LAG_MS, a
 #                            replica also replicates from the primary and is at most that far
 #                            behind (MariaDB counts the lag in whole seconds)
+#   position                 a replica's position: the sequence number of the last transaction
+#                            it received from the primary, which the platform compares to choose
+#                            the replica a failover promotes
+# Failover: when the primary's data cannot start, the platform writes the address of its most
+# advanced replica in the volume's `promote-from` and starts the primary again; the primary then
+# has that replica apply all it received, sets its own data aside (`data.failed`, the one of the
+# last failover), and starts as a primary from a copy of the replica, under a new server id, so
+# that its transactions are never taken for the old primary's.
 # It starts as root inside the instance, gives the data to the mysql user and runs the server as
 # that user. Root connects over the server's socket with no password, as PostgreSQL's catalogue
 # servers trust their socket: the health check and the dump capsule do (a capsule attaches from
@@ -74,6 +82,11 @@ sql_name() {
     printf '`%s`' "$quoted"
 }
 
+# InnoDB's redo log, the same for every server the script runs (a server resizes the log of data
+# made with another): a third of the server's default, so that a failover's copy and the data it
+# sets aside fit beside each other on a small volume.
+redo_log=--innodb-log-file-size=32M
+
 client() {
     /usr/bin/mariadb --no-defaults --user=root --max-allowed-packet=1G "$@"
 }
@@ -82,7 +95,7 @@ client() {
 # option file, so the machine's own (in a test) changes nothing.
 server() {
     exec setpriv --reuid=mysql --regid=mysql --clear-groups -- \
-        /usr/sbin/mariadbd --no-defaults --log-basename=mariadb --datadir="$data" \
+        /usr/sbin/mariadbd --no-defaults --log-basename=mariadb --datadir="$data" "$redo_log" \
         --socket="$socket" --port=3306 --bind-address=0.0.0.0 --skip-name-resolve \
         --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
         --max-allowed-packet=1G --gtid-strict-mode=ON "$@"
@@ -95,7 +108,7 @@ start_private() {
     # setpriv itself in the background (not as_mysql, a function: a subshell), so that $! is the
     # server's process.
     setpriv --reuid=mysql --regid=mysql --clear-groups -- \
-        /usr/sbin/mariadbd --no-defaults --log-basename=mariadb --datadir="$1" \
+        /usr/sbin/mariadbd --no-defaults --log-basename=mariadb --datadir="$1" "$redo_log" \
         --socket="$private" --skip-networking --skip-log-bin --skip-slave-start \
         --max-allowed-packet=1G --character-set-server=utf8mb4 \
         --collation-server=utf8mb4_general_ci 2>/tmp/private.log &
@@ -128,8 +141,8 @@ bootstrap() {
         # Its rows for the machine's host name (of no use, and warned of at each start).
         printf '%s\n' "DELETE FROM mysql.proxies_priv WHERE Host <> 'localhost';"
         cat
-    } | as_mysql /usr/sbin/mariadbd --no-defaults --bootstrap --datadir="$1" --log-warnings=0 \
-        --enforce-storage-engine= --skip-log-bin --max-allowed-packet=8M --net-buffer-length=16K \
+    } | as_mysql /usr/sbin/mariadbd --no-defaults --bootstrap --datadir="$1" "$redo_log" \
+        --log-warnings=0 --enforce-storage-engine= --skip-log-bin --max-allowed-packet=8M --net-buffer-length=16K \
         --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci >&2
 }
 
@@ -137,13 +150,21 @@ primary() {
     commits=$1
     own_data
     hold_lock "$base"
+    if [ -s "$base/promote-from" ]; then
+        promote "$(cat "$base/promote-from")"
+    fi
     if [ ! -d "$data/mysql" ]; then
         new_database
+    fi
+    # 1 for the first primary, one more after each failover (the replicas take random ones).
+    server_id=1
+    if [ -s "$base/server-id" ]; then
+        server_id=$(cat "$base/server-id")
     fi
     # Every commit is in the binary log on the volume before the client hears of it. The log is
     # kept a day: what a replica that lost its connection needs to go on from where it was (one
     # that starts copies the primary afresh).
-    set -- --server-id=1 --log-bin --binlog-format=ROW --sync-binlog=1 \
+    set -- --server-id="$server_id" --log-bin --binlog-format=ROW --sync-binlog=1 \
         --binlog-expire-logs-seconds=86400
     case "$commits" in
     # A commit waits until a replica has it in its relay log (written after the primary's binary
@@ -220,6 +241,70 @@ new_database() {
     mv "$made" "$data"
 }
 
+# The primary's data replaced by a copy of the replica at ADDRESS, taken while it keeps serving
+# reads, once it has applied every transaction it received (with AFTER_SYNC, a commit the old
+# primary acknowledged may be in its relay log only). The old data is kept aside until the next
+# failover; a copy cut short is made again at the next start.
+promote() {
+    address=$1
+    password=${MARIADB_ROOT_PASSWORD:?the catalogue sets MARIADB_ROOT_PASSWORD}
+    export MYSQL_PWD="$password"
+    echo "catalog: failover: copying the replica at $address" >&2
+    received=$(slave_field Gtid_IO_Pos --host="$address" --port=3306) || {
+        echo "catalog: failover: cannot ask the replica at $address what it received" >&2
+        exit 1
+    }
+    if [ -n "$received" ]; then
+        applied=$(client --host="$address" --port=3306 --batch --skip-column-names \
+            --execute="SELECT MASTER_GTID_WAIT($(sql_string "$received"), 600)") || applied=
+        if [ "$applied" != 0 ]; then
+            echo "catalog: failover: the replica at $address did not apply what it received ($received)" >&2
+            exit 1
+        fi
+    fi
+    made=$base/data.new
+    rm -rf "$made"
+    mkdir -p "$made"
+    chown mysql:mysql "$made"
+    chmod 700 "$made"
+    if ! load_copy "$address" "$made"; then
+        [ -z "${private_pid:-}" ] || stop_private
+        rm -rf "$made"
+        echo "catalog: failover: cannot copy the replica at $address" >&2
+        exit 1
+    fi
+    stop_private
+    private_pid=
+    unset MYSQL_PWD
+    if [ -d "$data" ]; then
+        rm -rf "$base/data.failed"
+        mv "$data" "$base/data.failed"
+    fi
+    mv "$made" "$data"
+    previous=1
+    if [ -s "$base/server-id" ]; then
+        previous=$(cat "$base/server-id")
+    fi
+    echo "$((previous + 1))" >"$base/server-id"
+    rm -f "$base/promote-from"
+    echo "catalog: failover: promoted the copy of the replica at $address" >&2
+}
+
+# FIELD of SHOW SLAVE STATUS, asked with the client's options that follow (nothing when the
+# server replicates from nothing).
+slave_field() {
+    field=$1
+    shift
+    status=$(client "$@" --vertical --execute="SHOW SLAVE STATUS") || return 1
+    while IFS=': ' read -r key value; do
+        if [ "$key" = "$field" ]; then
+            printf '%s\n' "$value"
+        fi
+    done <<EOF
+$status
+EOF
+}
+
 replica() {
     primary=$1
     password=${MARIADB_ROOT_PASSWORD:?the catalogue sets MARIADB_ROOT_PASSWORD}
@@ -237,10 +322,8 @@ replica() {
         --slave-net-timeout=10
 }
 
-# A fresh copy of the primary: an empty server loads a dump of every database of the primary,
-# taken in one transaction while the primary keeps serving writes, with the primary's position
-# at that point (GTID), from which it then replicates. Not under set -e (run as a condition):
-# each step says when it fails.
+# A fresh copy of the primary, from which it then replicates: see load_copy. Not under set -e
+# (run as a condition): each step says when it fails.
 seed() {
     until client --host="$1" --port=3306 --execute="SELECT 1" >/dev/null; do
         echo "catalog: $1 does not answer yet; trying again" >&2
@@ -248,16 +331,7 @@ seed() {
     done
     echo "catalog: copying $1" >&2
     rm -rf "$data" && own_data || return 1
-    echo | bootstrap "$data" || return 1
-    start_private "$data" || return 1
-    failed=/tmp/seed.failed
-    rm -f "$failed"
-    {
-        /usr/bin/mariadb-dump --no-defaults --host="$1" --port=3306 --user=root \
-            --max-allowed-packet=1G --all-databases --single-transaction --gtid --master-data=1 \
-            --events || echo >"$failed"
-    } | client --socket="$private" || return 1
-    [ ! -e "$failed" ] || return 1
+    load_copy "$1" "$data" --gtid --master-data=1 || return 1
     server_id=$(client --socket="$private" --batch --skip-column-names \
         --execute="SELECT 2 + FLOOR(RAND() * 4294967294)") || return 1
     # The password goes on stdin (printf is the shell's), not on a command line.
@@ -268,6 +342,26 @@ seed() {
     stop_private
     private_pid=
     echo "catalog: copied $1; replicating from it" >&2
+}
+
+# An empty server in DIR that loads a dump of every database of the server at ADDRESS, taken in
+# one transaction while that server keeps serving (with the dump's OPTIONS after): it is left
+# running on the private socket for the caller to finish with. Not under set -e (run as a
+# condition): each step says when it fails.
+load_copy() {
+    address=$1
+    dir=$2
+    shift 2
+    echo | bootstrap "$dir" || return 1
+    start_private "$dir" || return 1
+    failed=/tmp/seed.failed
+    rm -f "$failed"
+    {
+        /usr/bin/mariadb-dump --no-defaults --host="$address" --port=3306 --user=root \
+            --max-allowed-packet=1G --all-databases --single-transaction --events "$@" ||
+            echo >"$failed"
+    } | client --socket="$private" || return 1
+    [ ! -e "$failed" ] || return 1
 }
 
 ready() {
@@ -316,14 +410,25 @@ EOF
     fi
 }
 
+position() {
+    received=$(slave_field Gtid_IO_Pos --socket="$socket") || exit 1
+    # domain-server-sequence (0-1-1234); the catalogue's servers write in domain 0 alone.
+    first=${received%%,*}
+    case $first in
+    *-*-*) echo "${first##*-}" ;;
+    *) echo 0 ;;
+    esac
+}
+
 command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
 primary) primary "$@" ;;
 replica) replica "$@" ;;
 ready) ready "$@" ;;
+position) position ;;
 *)
-    echo "usage: $0 primary synchronous|local | replica PRIMARY | ready [MAX_LAG_MS]" >&2
+    echo "usage: $0 primary synchronous|local | replica PRIMARY | ready [MAX_LAG_MS] | position" >&2
     exit 2
     ;;
 esac
