@@ -707,12 +707,9 @@ fn a_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica() {
     );
     assert_eq!(lost, 0, "committed rows lost");
     assert_eq!(sql_ok(&write, "SELECT pg_is_in_recovery()"), "f");
-    let events = p.ok(&["events", "-a", "pg"]);
-    assert!(
-        events.contains("is the most advanced replica")
-            && events.contains("renewed replica by replica"),
-        "{events}"
-    );
+    // Once the new primary is ready, its replicas are renewed.
+    let events = p.wait_event("pg", "renewed replica by replica", Duration::from_secs(60));
+    assert!(events.contains("is the most advanced replica"), "{events}");
     assert!(
         volume.join("data.failed/PG_VERSION").exists(),
         "the old data is set aside"
@@ -745,5 +742,105 @@ fn a_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica() {
             "t|1",
             Duration::from_secs(30),
         );
+    }
+}
+
+/// A Redis primary that cannot come back on its data (its append-only file destroyed, then
+/// killed) fails over to a snapshot of its most advanced replica, written as the base of a new
+/// append-only file: every write a replica acknowledged (WAIT) is there, at the same write
+/// address, and the replicas are renewed from the new primary.
+#[test]
+fn a_redis_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica() {
+    let p = Platform::new();
+    up(
+        &p,
+        &format!(
+            "app = \"pg\"\n\n[services.cache]\ncatalog = \"redis\"\nreplicas = 2\npersistence = \"aof\"\nenv = {{ REDIS_PASSWORD = \"{PASSWORD}\" }}\n"
+        ),
+    );
+    let write = service_address(&p, "cache");
+    // Each write waits until a replica has it (WAIT 1): acknowledged means on two servers.
+    let writes: String = (1..=100)
+        .map(|n| format!("SET key:{n} {n}\nWAIT 1 5000\n"))
+        .collect();
+    let answers = redis(&write, &writes);
+    assert_eq!(
+        answers.lines().filter(|l| *l == "1" || *l == "2").count(),
+        100,
+        "every write reached a replica: {answers}"
+    );
+    let replicas_before: Vec<serde_json::Value> = p
+        .ps("pg")
+        .into_iter()
+        .filter(|i| field(i, "service") == "cache-read")
+        .map(|i| i["pid"].clone())
+        .collect();
+    // Its append-only file no longer loads; then it is killed.
+    let volume = p.root().join("volumes/pg/cache-data");
+    std::fs::write(
+        volume.join("appendonlydir/appendonly.aof.1.incr.aof"),
+        b"*3\r\n$3\r\nSET\r\nbroken",
+    )
+    .unwrap();
+    let pid = p
+        .ps("pg")
+        .iter()
+        .find(|i| field(i, "service") == "cache")
+        .and_then(|i| i["pid"].as_i64())
+        .unwrap();
+    kill9(pid as i32);
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(120);
+    while redis(&write, "GET key:100\n") != "100" {
+        assert!(
+            Instant::now() < deadline,
+            "the primary did not come back with the replica's data:\n{}\n{}",
+            p.ok(&["events", "-a", "pg"]),
+            p.ok(&["logs", "-a", "pg", "cache"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "redis failover: the write address answered with every write again after {} ms",
+        killed.elapsed().as_millis()
+    );
+    let keys = redis(&write, "DBSIZE\nROLE\n");
+    assert_eq!(keys.lines().take(2).collect::<Vec<_>>(), ["100", "master"]);
+    // Once the new primary is ready, its replicas are renewed.
+    let events = p.wait_event("pg", "renewed replica by replica", Duration::from_secs(60));
+    assert!(events.contains("is the most advanced replica"), "{events}");
+    assert!(volume.join("data.failed/appendonlydir").is_dir());
+    // The new primary keeps its writes in a new append-only file: restarted, it has them.
+    assert_eq!(redis(&write, "SET after failover\n"), "OK");
+    p.wait_ps(
+        "pg",
+        Duration::from_secs(120),
+        "two new replicas ready",
+        |ps| {
+            let renewed = |i: &&serde_json::Value| {
+                field(i, "service") == "cache-read"
+                    && field(i, "state") == "running"
+                    && !replicas_before.contains(&i["pid"])
+            };
+            ps.iter().filter(renewed).count() == 2
+                && ps
+                    .iter()
+                    .filter(|i| field(i, "service") == "cache-read")
+                    .count()
+                    == 2
+        },
+    );
+    for replica in instance_addresses(&p, "cache-read") {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let follows = || {
+            redis(&replica, "ROLE\nGET after\nDBSIZE\n")
+                .lines()
+                .collect::<Vec<_>>()
+                .ends_with(&["failover", "101"])
+        };
+        while !follows() {
+            assert!(Instant::now() < deadline, "{replica} does not follow");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }

@@ -451,12 +451,9 @@ fn a_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica() {
         longest_gap.as_millis()
     );
     assert_eq!(lost, 0, "committed rows lost");
-    let events = p.ok(&["events", "-a", "md"]);
-    assert!(
-        events.contains("is the most advanced replica")
-            && events.contains("renewed replica by replica"),
-        "{events}"
-    );
+    // Once the new primary is ready, its replicas are renewed.
+    let events = p.wait_event("md", "renewed replica by replica", Duration::from_secs(60));
+    assert!(events.contains("is the most advanced replica"), "{events}");
     assert!(
         volume.join("data.failed").is_dir(),
         "the old data is set aside"

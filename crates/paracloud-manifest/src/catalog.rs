@@ -59,7 +59,7 @@ pub const DEFAULT_STORAGE: &str = "1G";
 pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
     name: "postgres",
     kind: CatalogKind::Postgres,
-    summary: "PostgreSQL: a primary and streaming read replicas, with a write and a read address",
+    summary: "PostgreSQL: a primary and streaming read replicas, with a write and a read address, and failover to the most advanced replica",
     versions: &["15"],
     keys: &[
         ("catalog", "\"postgres\""),
@@ -102,7 +102,7 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
 }, CatalogEntry {
     name: "mariadb",
     kind: CatalogKind::Mariadb,
-    summary: "MariaDB: a primary and replicas (GTID replication), with a write and a read address",
+    summary: "MariaDB: a primary and replicas (GTID replication), with a write and a read address, and failover to the most advanced replica",
     versions: &["10.11"],
     keys: &[
         ("catalog", "\"mariadb\""),
@@ -145,7 +145,7 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
 }, CatalogEntry {
     name: "redis",
     kind: CatalogKind::Redis,
-    summary: "Redis: a primary and replicas, with a write and a read address, and the persistence to choose",
+    summary: "Redis: a primary and replicas, with a write and a read address, failover to the most advanced replica, and the persistence to choose",
     versions: &["7"],
     keys: &[
         ("catalog", "\"redis\""),

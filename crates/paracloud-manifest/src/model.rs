@@ -339,9 +339,12 @@ pub enum CatalogKind {
 
 impl CatalogKind {
     /// Whether a primary that cannot come back on its data is started from a copy of its most
-    /// advanced replica (failover): PostgreSQL's and MariaDB's.
+    /// advanced replica (failover): the servers', PostgreSQL's, MariaDB's and Redis's.
     pub fn promotes_replicas(self) -> bool {
-        matches!(self, CatalogKind::Postgres | CatalogKind::Mariadb)
+        matches!(
+            self,
+            CatalogKind::Postgres | CatalogKind::Mariadb | CatalogKind::Redis
+        )
     }
 }
 
