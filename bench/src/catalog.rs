@@ -8,7 +8,10 @@
 //!   primary while it serves, then the replica's recovery), against the database's size;
 //! - the primary killed with SIGKILL under a write load, after a stable run: the time the write
 //!   address takes no write (the primary is restarted on its volume), and the acknowledged
-//!   writes lost.
+//!   writes lost;
+//! - the same with the primary's control file destroyed first, so that it cannot come back on
+//!   its data: the platform fails it over to a copy of its replica (a base backup of the
+//!   database at its largest size), and the same two figures.
 //!
 //! pgbench runs on the same machine as the servers, so every figure shares its cores with it.
 
@@ -86,6 +89,10 @@ pub struct CatalogReport {
     pub reads_by_replicas: Vec<(u32, PgbenchRun)>,
     pub copies: Vec<ReplicaCopy>,
     pub failovers: Vec<Failover>,
+    /// The primary's data destroyed, then killed: failed over to a copy of its replica.
+    pub promotions: Vec<Failover>,
+    /// The database's size when the promotions copied it, in bytes.
+    pub promoted_bytes: u64,
 }
 
 fn manifest(replicas: u32) -> String {
@@ -303,12 +310,29 @@ pub fn run(opts: &CatalogOptions, scratch: &Path) -> Result<CatalogReport> {
             // run, as a first crash is (crashes in a row back off as any service's restarts).
             std::thread::sleep(Duration::from_secs(11));
         }
-        let failover = kill_primary_under_writes(&platform, &write, round as u64)?;
+        let failover = kill_primary_under_writes(&platform, &write, round as u64, None)?;
         eprintln!(
             "catalog: primary killed: write address unavailable {:.0} ms, {} of {} acknowledged writes lost",
             failover.unavailable_ms, failover.lost, failover.committed
         );
         failovers.push(failover);
+    }
+
+    // The primary's data destroyed, then killed: after its failed restarts, the platform copies
+    // the replica into its volume and starts it from there; the replica is then renewed.
+    let volume = scratch.join("root/volumes/pgbench/db-data");
+    let promoted_bytes: u64 = sql(&write, "SELECT pg_database_size('postgres')")?.parse()?;
+    let mut promotions = Vec::new();
+    for round in 0..opts.rounds {
+        std::thread::sleep(Duration::from_secs(11));
+        wait_for_replica(&platform)?;
+        let round = (opts.rounds + round) as u64;
+        let failover = kill_primary_under_writes(&platform, &write, round, Some(&volume))?;
+        eprintln!(
+            "catalog: primary's data destroyed and killed: failed over, write address unavailable {:.0} ms, {} of {} acknowledged writes lost",
+            failover.unavailable_ms, failover.lost, failover.committed
+        );
+        promotions.push(failover);
     }
 
     platform.cli(&["down", "-a", "pgbench", "--volumes"], None)?;
@@ -321,13 +345,36 @@ pub fn run(opts: &CatalogOptions, scratch: &Path) -> Result<CatalogReport> {
         reads_by_replicas,
         copies,
         failovers,
+        promotions,
+        promoted_bytes,
     })
 }
 
+/// Waits until the read service has a ready replica (after a failover, its renewed one).
+fn wait_for_replica(platform: &Platform) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ready = platform.ps()?.into_iter().any(|i| {
+            i.instance.rsplit_once('.').map(|(s, _)| s) == Some("db-read") && i.state == "running"
+        });
+        if ready {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "no replica ready within 300 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// One writer inserting numbered rows through the write address, each acknowledged one noted;
-/// the primary's process tree killed with SIGKILL a second in; the writer reconnects until a
-/// write succeeds again. Lost: acknowledged rows missing afterwards.
-fn kill_primary_under_writes(platform: &Platform, write: &str, round: u64) -> Result<Failover> {
+/// the primary's process tree killed with SIGKILL a second in (with `destroy`, the primary's
+/// data volume, its control file emptied first); the writer reconnects until a write succeeds
+/// again. Lost: acknowledged rows missing afterwards.
+fn kill_primary_under_writes(
+    platform: &Platform,
+    write: &str,
+    round: u64,
+    destroy: Option<&Path>,
+) -> Result<Failover> {
     let base = round * 10_000_000;
     let mut acked: Vec<u64> = Vec::new();
     let mut next = base;
@@ -354,6 +401,9 @@ fn kill_primary_under_writes(platform: &Platform, write: &str, round: u64) -> Re
                     .pid
                     .context("the primary's pid")?;
                 last_ack_before_kill = Some(Instant::now());
+                if let Some(volume) = destroy {
+                    std::fs::write(volume.join("data/global/pg_control"), b"")?;
+                }
                 nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
@@ -503,6 +553,19 @@ pub fn markdown(report: &CatalogReport) -> String {
     }
     out.push_str("\n| primary killed (SIGKILL) under writes | write address unavailable, ms | acknowledged writes | lost |\n|---|---|---|---|\n");
     for (i, f) in report.failovers.iter().enumerate() {
+        out.push_str(&format!(
+            "| round {} | {:.0} | {} | {} |\n",
+            i + 1,
+            f.unavailable_ms,
+            f.committed,
+            f.lost
+        ));
+    }
+    out.push_str(&format!(
+        "\n| primary's data destroyed, then killed: failed over to a copy of its replica ({:.0} MB) | write address unavailable, ms | acknowledged writes | lost |\n|---|---|---|---|\n",
+        report.promoted_bytes as f64 / 1e6
+    ));
+    for (i, f) in report.promotions.iter().enumerate() {
         out.push_str(&format!(
             "| round {} | {:.0} | {} | {} |\n",
             i + 1,
