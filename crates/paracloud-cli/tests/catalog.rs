@@ -639,71 +639,28 @@ fn a_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica() {
     );
     let write = service_address(&p, "db");
     sql_ok(&write, "CREATE TABLE load (n int PRIMARY KEY)");
-    let mut committed = Vec::new();
-    let mut failed = 0;
-    let mut n = 0;
-    let mut last_commit = Instant::now();
-    let mut longest_gap = Duration::ZERO;
-    let mut insert = |committed: &mut Vec<u32>| {
-        n += 1;
-        match sql(&write, &format!("INSERT INTO load VALUES ({n})")) {
-            Ok(_) => {
-                committed.push(n);
-                longest_gap = longest_gap.max(last_commit.elapsed());
-                last_commit = Instant::now();
-            }
-            Err(_) => {
-                failed += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    };
-    for _ in 0..100 {
-        insert(&mut committed);
-    }
-    assert_eq!(committed.len(), 100, "all commits succeed before the kill");
-
-    let replicas_before: Vec<serde_json::Value> = p
-        .ps("pg")
-        .into_iter()
-        .filter(|i| field(i, "service") == "db-read")
-        .map(|i| i["pid"].clone())
-        .collect();
+    let insert = |n: u64| sql(&write, &format!("INSERT INTO load VALUES ({n})")).is_ok();
+    let mut commits = Commits::new();
+    let context = || format!("{}\n{}", p.events("pg"), p.ok(&["logs", "-a", "pg", "db"]));
+    commits.until(100, Duration::from_secs(60), context, insert);
+    assert_eq!(commits.failed, 0, "all commits succeed before the kill");
+    let replicas_before = p.pids("pg", "db-read");
     // Its data can no longer start: the control file is gone. Then its server is killed.
     let volume = p.root().join("volumes/pg/db-data");
     std::fs::write(volume.join("data/global/pg_control"), b"").unwrap();
-    let primary = p
-        .ps("pg")
-        .into_iter()
-        .find(|i| field(i, "service") == "db")
-        .unwrap();
-    let pid = primary["pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let before = committed.len();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while committed.len() < before + 50 {
-        assert!(
-            Instant::now() < deadline,
-            "writes did not come back within 180 s\n{}\n{}",
-            p.ok(&["events", "-a", "pg"]),
-            p.ok(&["logs", "-a", "pg", "db"])
-        );
-        insert(&mut committed);
-    }
+    p.kill_first("pg", "db");
+    commits.until(50, Duration::from_secs(180), context, insert);
 
-    let present: std::collections::BTreeSet<u32> = sql_ok(&write, "SELECT n FROM load")
+    let present = sql_ok(&write, "SELECT n FROM load")
         .lines()
         .map(|l| l.parse().unwrap())
         .collect();
-    let lost = committed.iter().filter(|n| !present.contains(n)).count();
+    let lost = commits.lost(&present);
     eprintln!(
-        "failover: {} rows committed, {lost} lost, {failed} inserts failed, the longest time without a commit {} ms",
-        committed.len(),
-        longest_gap.as_millis()
+        "failover: {} rows committed, {lost} lost, {} inserts failed, the longest time without a commit {} ms",
+        commits.committed.len(),
+        commits.failed,
+        commits.longest_gap.as_millis()
     );
     assert_eq!(lost, 0, "committed rows lost");
     assert_eq!(sql_ok(&write, "SELECT pg_is_in_recovery()"), "f");
@@ -716,25 +673,8 @@ fn a_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica() {
     );
     assert!(!volume.join("promote-from").exists());
     // The replicas are fresh copies of the new primary, and follow it.
-    let last = committed.last().unwrap();
-    p.wait_ps(
-        "pg",
-        Duration::from_secs(120),
-        "two new replicas ready",
-        |ps| {
-            let renewed = |i: &&serde_json::Value| {
-                field(i, "service") == "db-read"
-                    && field(i, "state") == "running"
-                    && !replicas_before.contains(&i["pid"])
-            };
-            ps.iter().filter(renewed).count() == 2
-                && ps
-                    .iter()
-                    .filter(|i| field(i, "service") == "db-read")
-                    .count()
-                    == 2
-        },
-    );
+    let last = commits.committed.last().unwrap();
+    p.wait_renewed("pg", "db-read", &replicas_before, 2);
     for replica in instance_addresses(&p, "db-read") {
         wait_answer(
             &replica,
@@ -769,12 +709,7 @@ fn a_redis_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica
         100,
         "every write reached a replica: {answers}"
     );
-    let replicas_before: Vec<serde_json::Value> = p
-        .ps("pg")
-        .into_iter()
-        .filter(|i| field(i, "service") == "cache-read")
-        .map(|i| i["pid"].clone())
-        .collect();
+    let replicas_before = p.pids("pg", "cache-read");
     // Its append-only file no longer loads; then it is killed.
     let volume = p.root().join("volumes/pg/cache-data");
     std::fs::write(
@@ -782,13 +717,7 @@ fn a_redis_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica
         b"*3\r\n$3\r\nSET\r\nbroken",
     )
     .unwrap();
-    let pid = p
-        .ps("pg")
-        .iter()
-        .find(|i| field(i, "service") == "cache")
-        .and_then(|i| i["pid"].as_i64())
-        .unwrap();
-    kill9(pid as i32);
+    p.kill_first("pg", "cache");
     let killed = Instant::now();
     let deadline = killed + Duration::from_secs(120);
     while redis(&write, "GET key:100\n") != "100" {
@@ -812,24 +741,7 @@ fn a_redis_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica
     assert!(volume.join("data.failed/appendonlydir").is_dir());
     // The new primary keeps its writes in a new append-only file: restarted, it has them.
     assert_eq!(redis(&write, "SET after failover\n"), "OK");
-    p.wait_ps(
-        "pg",
-        Duration::from_secs(120),
-        "two new replicas ready",
-        |ps| {
-            let renewed = |i: &&serde_json::Value| {
-                field(i, "service") == "cache-read"
-                    && field(i, "state") == "running"
-                    && !replicas_before.contains(&i["pid"])
-            };
-            ps.iter().filter(renewed).count() == 2
-                && ps
-                    .iter()
-                    .filter(|i| field(i, "service") == "cache-read")
-                    .count()
-                    == 2
-        },
-    );
+    p.wait_renewed("pg", "cache-read", &replicas_before, 2);
     for replica in instance_addresses(&p, "cache-read") {
         let deadline = Instant::now() + Duration::from_secs(30);
         let follows = || {

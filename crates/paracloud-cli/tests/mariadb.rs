@@ -388,67 +388,28 @@ fn a_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica() {
     up(&p, "md", &manifest(2, "synchronous = true"));
     let write = service_address(&p, "md", "db");
     sql_ok(&write, "CREATE TABLE orders (n bigint PRIMARY KEY)");
-    let mut committed = Vec::new();
-    let mut failed = 0;
-    let mut n = 0u64;
-    let mut last_commit = Instant::now();
-    let mut longest_gap = Duration::ZERO;
-    let mut insert = |committed: &mut Vec<u64>| {
-        n += 1;
-        match sql(&write, &format!("INSERT INTO orders VALUES ({n})")) {
-            Ok(_) => {
-                committed.push(n);
-                longest_gap = longest_gap.max(last_commit.elapsed());
-                last_commit = Instant::now();
-            }
-            Err(_) => {
-                failed += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    };
-    for _ in 0..100 {
-        insert(&mut committed);
-    }
-    assert_eq!(committed.len(), 100, "all commits succeed before the kill");
-    let replicas_before: Vec<serde_json::Value> = p
-        .ps("md")
-        .into_iter()
-        .filter(|i| field(i, "service") == "db-read")
-        .map(|i| i["pid"].clone())
-        .collect();
-
+    let insert = |n: u64| sql(&write, &format!("INSERT INTO orders VALUES ({n})")).is_ok();
+    let mut commits = Commits::new();
+    let context = || format!("{}\n{}", p.events("md"), p.ok(&["logs", "-a", "md", "db"]));
+    commits.until(100, Duration::from_secs(60), context, insert);
+    assert_eq!(commits.failed, 0, "all commits succeed before the kill");
+    let replicas_before = p.pids("md", "db-read");
     // Its data can no longer start: InnoDB's system tablespace is gone. Then it is killed.
     let volume = p.root().join("volumes/md/db-data");
     std::fs::write(volume.join("data/ibdata1"), b"").unwrap();
-    let pid = p
-        .ps("md")
-        .iter()
-        .find(|i| field(i, "service") == "db")
-        .and_then(|i| i["pid"].as_i64())
-        .unwrap();
-    kill9(pid as i32);
-    let before = committed.len();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while committed.len() < before + 50 {
-        assert!(
-            Instant::now() < deadline,
-            "writes did not come back within 180 s\n{}\n{}",
-            p.ok(&["events", "-a", "md"]),
-            p.ok(&["logs", "-a", "md", "db"])
-        );
-        insert(&mut committed);
-    }
+    p.kill_first("md", "db");
+    commits.until(50, Duration::from_secs(180), context, insert);
 
-    let present: std::collections::BTreeSet<u64> = sql_ok(&write, "SELECT n FROM orders")
+    let present = sql_ok(&write, "SELECT n FROM orders")
         .lines()
         .map(|l| l.parse().unwrap())
         .collect();
-    let lost = committed.iter().filter(|n| !present.contains(n)).count();
+    let lost = commits.lost(&present);
     eprintln!(
-        "failover: {} rows committed, {lost} lost, {failed} inserts failed, the longest time without a commit {} ms",
-        committed.len(),
-        longest_gap.as_millis()
+        "failover: {} rows committed, {lost} lost, {} inserts failed, the longest time without a commit {} ms",
+        commits.committed.len(),
+        commits.failed,
+        commits.longest_gap.as_millis()
     );
     assert_eq!(lost, 0, "committed rows lost");
     // Once the new primary is ready, its replicas are renewed.
@@ -466,25 +427,8 @@ fn a_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica() {
     );
     assert_eq!(sql_ok(&write, "SELECT @@server_id, @@read_only"), "2\t0");
     // The replicas are fresh copies of the new primary, and follow it.
-    let last = committed.last().unwrap();
-    p.wait_ps(
-        "md",
-        Duration::from_secs(120),
-        "two new replicas ready",
-        |ps| {
-            let renewed = |i: &&serde_json::Value| {
-                field(i, "service") == "db-read"
-                    && field(i, "state") == "running"
-                    && !replicas_before.contains(&i["pid"])
-            };
-            ps.iter().filter(renewed).count() == 2
-                && ps
-                    .iter()
-                    .filter(|i| field(i, "service") == "db-read")
-                    .count()
-                    == 2
-        },
-    );
+    let last = commits.committed.last().unwrap();
+    p.wait_renewed("md", "db-read", &replicas_before, 2);
     for replica in p
         .ps("md")
         .iter()

@@ -598,6 +598,41 @@ impl Platform {
         self.ok(&["events", "-a", app])
     }
 
+    /// The pids of `service`'s instances, as `ps` shows them.
+    pub fn pids(&self, app: &str, service: &str) -> Vec<Value> {
+        self.ps(app)
+            .into_iter()
+            .filter(|i| field(i, "service") == service)
+            .map(|i| i["pid"].clone())
+            .collect()
+    }
+
+    /// Kills the instance of `service` that `ps` lists first with SIGKILL.
+    pub fn kill_first(&self, app: &str, service: &str) {
+        let pid = self.pids(app, service)[0].as_i64().unwrap();
+        kill9(pid as i32);
+    }
+
+    /// Waits until `service` has `count` running instances, none of them among `before` (pids):
+    /// all replaced.
+    pub fn wait_renewed(&self, app: &str, service: &str, before: &[Value], count: usize) {
+        self.wait_ps(
+            app,
+            Duration::from_secs(120),
+            "every instance renewed",
+            |ps| {
+                let of_service: Vec<&Value> = ps
+                    .iter()
+                    .filter(|i| field(i, "service") == service)
+                    .collect();
+                of_service.len() == count
+                    && of_service
+                        .iter()
+                        .all(|i| field(i, "state") == "running" && !before.contains(&i["pid"]))
+            },
+        );
+    }
+
     /// Waits until the event log of `app` has a line containing `needle`.
     pub fn wait_event(&self, app: &str, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
@@ -701,4 +736,66 @@ pub fn uid_inside(pid: i64) -> u32 {
                 .then(|| (inside + host - outside) as u32)
         })
         .unwrap_or_else(|| panic!("uid {host} is not in the map {map}"))
+}
+
+/// One-row commits through a write address, one at a time, each counted once its client heard
+/// it committed; and the longest time between two of them (while the address took none).
+pub struct Commits {
+    pub committed: Vec<u64>,
+    pub failed: u64,
+    pub longest_gap: Duration,
+    last: Instant,
+}
+
+impl Commits {
+    pub fn new() -> Self {
+        Self {
+            committed: Vec::new(),
+            failed: 0,
+            longest_gap: Duration::ZERO,
+            last: Instant::now(),
+        }
+    }
+
+    /// Tries the next row with `insert` (which says whether it committed); a failure waits a
+    /// little before the next try.
+    pub fn next(&mut self, insert: impl FnOnce(u64) -> bool) {
+        let n = self.committed.len() as u64 + self.failed + 1;
+        if insert(n) {
+            self.committed.push(n);
+            self.longest_gap = self.longest_gap.max(self.last.elapsed());
+            self.last = Instant::now();
+        } else {
+            self.failed += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Commits `more` rows, or fails the test after `timeout` with `context`.
+    pub fn until(
+        &mut self,
+        more: usize,
+        timeout: Duration,
+        context: impl Fn() -> String,
+        mut insert: impl FnMut(u64) -> bool,
+    ) {
+        let wanted = self.committed.len() + more;
+        let deadline = Instant::now() + timeout;
+        while self.committed.len() < wanted {
+            assert!(
+                Instant::now() < deadline,
+                "{more} commits did not come within {timeout:?}\n{}",
+                context()
+            );
+            self.next(&mut insert);
+        }
+    }
+
+    /// The committed rows missing from `present`.
+    pub fn lost(&self, present: &std::collections::BTreeSet<u64>) -> usize {
+        self.committed
+            .iter()
+            .filter(|n| !present.contains(n))
+            .count()
+    }
 }
