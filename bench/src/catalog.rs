@@ -551,21 +551,25 @@ pub fn markdown(report: &CatalogReport) -> String {
             copy.ms
         ));
     }
-    out.push_str("\n| primary killed (SIGKILL) under writes | write address unavailable, ms | acknowledged writes | lost |\n|---|---|---|---|\n");
-    for (i, f) in report.failovers.iter().enumerate() {
-        out.push_str(&format!(
-            "| round {} | {:.0} | {} | {} |\n",
-            i + 1,
-            f.unavailable_ms,
-            f.committed,
-            f.lost
-        ));
-    }
-    out.push_str(&format!(
-        "\n| primary's data destroyed, then killed: failed over to a copy of its replica ({:.0} MB) | write address unavailable, ms | acknowledged writes | lost |\n|---|---|---|---|\n",
+    failover_table(
+        &mut out,
+        "primary killed (SIGKILL) under writes",
+        &report.failovers,
+    );
+    let destroyed = format!(
+        "primary's data destroyed, then killed: failed over to a copy of its replica ({:.0} MB)",
         report.promoted_bytes as f64 / 1e6
+    );
+    failover_table(&mut out, &destroyed, &report.promotions);
+    out
+}
+
+/// A table of failover rounds: the time without writes and the acknowledged writes lost.
+fn failover_table(out: &mut String, what: &str, rounds: &[Failover]) {
+    out.push_str(&format!(
+        "\n| {what} | write address unavailable, ms | acknowledged writes | lost |\n|---|---|---|---|\n"
     ));
-    for (i, f) in report.promotions.iter().enumerate() {
+    for (i, f) in rounds.iter().enumerate() {
         out.push_str(&format!(
             "| round {} | {:.0} | {} | {} |\n",
             i + 1,
@@ -574,5 +578,4 @@ pub fn markdown(report: &CatalogReport) -> String {
             f.lost
         ));
     }
-    out
 }

@@ -633,6 +633,46 @@ impl Platform {
         );
     }
 
+    /// A catalogue primary `primary` of `app` that cannot come back, under one-row commits
+    /// through `insert`: 100 commits, then `destroy` makes its data volume unstartable and the
+    /// primary is killed with SIGKILL, then 50 commits more, which come once it has failed over.
+    /// Every committed row must be in `present()` afterwards (the figures are printed). Returns
+    /// the commits and the pids its read service had before.
+    pub fn fail_over_under_commits(
+        &self,
+        (app, primary): (&str, &str),
+        destroy: impl FnOnce(&Path),
+        mut insert: impl FnMut(u64) -> bool,
+        present: impl FnOnce() -> std::collections::BTreeSet<u64>,
+    ) -> (Commits, Vec<Value>) {
+        let context = || {
+            let logs = self.ok(&["logs", "-a", app, primary]);
+            format!("{}\n{logs}", self.events(app))
+        };
+        let mut commits = Commits::new();
+        commits.until(100, Duration::from_secs(60), context, &mut insert);
+        assert_eq!(commits.failed, 0, "all commits succeed before the kill");
+        let replicas_before = self.pids(app, &format!("{primary}-read"));
+        destroy(
+            &self
+                .root()
+                .join("volumes")
+                .join(app)
+                .join(format!("{primary}-data")),
+        );
+        self.kill_first(app, primary);
+        commits.until(50, Duration::from_secs(180), context, &mut insert);
+        let lost = commits.lost(&present());
+        eprintln!(
+            "failover: {} rows committed, {lost} lost, {} inserts failed, the longest time without a commit {} ms",
+            commits.committed.len(),
+            commits.failed,
+            commits.longest_gap.as_millis()
+        );
+        assert_eq!(lost, 0, "committed rows lost");
+        (commits, replicas_before)
+    }
+
     /// Waits until the event log of `app` has a line containing `needle`.
     pub fn wait_event(&self, app: &str, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
@@ -777,7 +817,7 @@ impl Commits {
         more: usize,
         timeout: Duration,
         context: impl Fn() -> String,
-        mut insert: impl FnMut(u64) -> bool,
+        insert: &mut impl FnMut(u64) -> bool,
     ) {
         let wanted = self.committed.len() + more;
         let deadline = Instant::now() + timeout;
@@ -787,7 +827,7 @@ impl Commits {
                 "{more} commits did not come within {timeout:?}\n{}",
                 context()
             );
-            self.next(&mut insert);
+            self.next(&mut *insert);
         }
     }
 
