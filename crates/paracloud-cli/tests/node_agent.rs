@@ -2300,6 +2300,10 @@ fn a_pod_migrates_to_a_successor_on_a_cluster_by_a_paci_handover_through_the_nod
     asked.sort();
     assert_eq!(asked.iter().filter(|r| *r == "delete pods").count(), 1);
     asked.retain(|r| r != "delete pods");
+    // The node agent shares this API server, and proves a pod's owners again once its proof is
+    // older than APP_TTL (30 s): on a busy machine that falls within the migration. Reading a
+    // pod's owners is the agent's; the CLI's requests are the rest.
+    asked.retain(|r| r != "get replicasets" && r != "get deployments");
     asked.dedup();
     assert_eq!(
         asked,
