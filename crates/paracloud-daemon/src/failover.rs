@@ -93,17 +93,17 @@ impl<D: Driver> Engine<D> {
     /// from a copy.
     async fn fail_over(self: &Arc<Self>, key: &InstanceKey, replicas: &[InstanceKey]) -> bool {
         let subject = key.name();
-        let Some(app) = self
-            .store
-            .load()
-            .ok()
-            .and_then(|s| s.apps.into_iter().find(|a| a.name == key.app))
-        else {
+        // One snapshot: the application, and the replicas' address slots (a running instance
+        // keeps its slot).
+        let Ok(snapshot) = self.store.load() else {
+            return false;
+        };
+        let Some(app) = snapshot.apps.iter().find(|a| a.name == key.app) else {
             return false;
         };
         let mut positions = Vec::new();
         for replica in replicas {
-            positions.push((replica.clone(), self.position_of(&app, replica).await));
+            positions.push((replica.clone(), self.position_of(app, replica).await));
         }
         let said: Vec<String> = positions
             .iter()
@@ -114,15 +114,8 @@ impl<D: Driver> Engine<D> {
             .collect();
         let chosen = most_advanced(&positions).cloned();
         let address = chosen.as_ref().and_then(|replica| {
-            let slot = self
-                .store
-                .load()
-                .ok()?
-                .instances
-                .into_iter()
-                .find(|i| &i.key == replica)?
-                .slot;
-            Some(self.instance_address(&app, slot)?.addr())
+            let slot = snapshot.instances.iter().find(|i| &i.key == replica)?.slot;
+            Some(self.instance_address(app, slot)?.addr())
         });
         let (Some(replica), Some(address)) = (chosen, address) else {
             self.event(
@@ -133,14 +126,14 @@ impl<D: Driver> Engine<D> {
                     said.join("; ")
                 ),
             );
-            if let Err(e) = self.start(&app, key, true, StartAs::default()) {
+            if let Err(e) = self.start(app, key, true, StartAs::default()) {
                 self.event(&key.app, &subject, &format!("cannot start: {e}"));
             }
             return false;
         };
         let volume = self
             .config
-            .named_volume_dir(&app, &data_volume_name(&key.service));
+            .named_volume_dir(app, &data_volume_name(&key.service));
         let file = volume.join(FAILOVER_FILE);
         if let Err(e) = std::fs::write(&file, format!("{address}\n")) {
             self.event(
@@ -159,7 +152,7 @@ impl<D: Driver> Engine<D> {
                 said.join(", ")
             ),
         );
-        match self.start(&app, key, true, StartAs::default()) {
+        match self.start(app, key, true, StartAs::default()) {
             Ok(()) => true,
             Err(e) => {
                 self.event(&key.app, &subject, &format!("cannot start: {e}"));
