@@ -295,6 +295,39 @@ pub fn position_command() -> Vec<String> {
     vec![ENTRY.to_owned(), "position".to_owned()]
 }
 
+/// A database server's figures, as its health check prints them on a line of their own
+/// (`load queries=N [lag_ms=M]`) each time it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLoad {
+    /// Queries the server ran since it started (PostgreSQL: transactions ended; MariaDB:
+    /// statements from clients; Redis: commands processed).
+    pub queries: u64,
+    /// How far a replica's replay is behind the primary, in milliseconds.
+    pub lag_ms: Option<u64>,
+}
+
+/// The figures a passing health check of a database server printed, from its last `load`
+/// line; `None` when it printed none, or one that does not read.
+pub fn server_load(output: &str) -> Option<ServerLoad> {
+    let line = output
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("load "))?;
+    let mut queries = None;
+    let mut lag_ms = None;
+    for figure in line.split_whitespace() {
+        match figure.split_once('=')? {
+            ("queries", n) => queries = Some(n.parse().ok()?),
+            ("lag_ms", n) => lag_ms = Some(n.parse().ok()?),
+            _ => return None,
+        }
+    }
+    Some(ServerLoad {
+        queries: queries?,
+        lag_ms,
+    })
+}
+
 /// The entry script of PostgreSQL's instances (`primary`, `replica PRIMARY`, `ready`).
 const POSTGRES_SCRIPT: &str = include_str!("catalog/postgres.sh");
 

@@ -7,7 +7,9 @@
 #                            in the instance's own writable layer
 #   ready [MAX_LAG_MS]       the health check: the server takes connections; with MAX_LAG_MS, a
 #                            replica also replicates from the primary and is at most that far
-#                            behind (MariaDB counts the lag in whole seconds)
+#                            behind (MariaDB counts the lag in whole seconds); it prints the
+#                            server's figures for the platform's model:
+#                            `load queries=N [lag_ms=M]`
 #   position                 a replica's position: the sequence number of the last transaction
 #                            it received from the primary, which the platform compares to choose
 #                            the replica a failover promotes
@@ -365,19 +367,27 @@ load_copy() {
 }
 
 ready() {
-    if ! /usr/bin/mariadb-admin --no-defaults --socket="$socket" --user=root ping >/dev/null 2>&1
-    then
+    # The statements clients sent the server since it started: the queries it ran.
+    if ! questions=$(client --socket="$socket" --batch --skip-column-names \
+        --execute="SHOW GLOBAL STATUS LIKE 'Questions'" 2>/dev/null); then
         echo "the server takes no connections yet" >&2
         exit 1
     fi
-    [ $# -gt 0 ] || exit 0
+    queries=${questions##*[!0-9]}
+    if [ $# -eq 0 ]; then
+        echo "load queries=$queries"
+        exit 0
+    fi
     max_lag_ms=$1
     if ! status=$(client --socket="$socket" --vertical --execute="SHOW SLAVE STATUS"); then
         echo "cannot ask the server how far behind it is" >&2
         exit 1
     fi
     # A primary replicates from nothing: it is behind nothing.
-    [ -n "$status" ] || exit 0
+    if [ -z "$status" ]; then
+        echo "load queries=$queries"
+        exit 0
+    fi
     io= sql= behind= io_error= sql_error=
     while IFS=': ' read -r key value; do
         case $key in
@@ -404,6 +414,7 @@ EOF
         exit 1
         ;;
     esac
+    echo "load queries=$queries lag_ms=$((behind * 1000))"
     if [ "$((behind * 1000))" -gt "$max_lag_ms" ]; then
         echo "${behind} s behind the primary, more than the ${max_lag_ms} ms of max_lag" >&2
         exit 1

@@ -10,7 +10,9 @@
 #                            instance's own writable layer
 #   ready [MAX_LAG_MS]       the health check: the server takes connections (a replica once it
 #                            has replayed enough to be consistent); with MAX_LAG_MS, a replica
-#                            also streams from the primary and is at most that far behind
+#                            also streams from the primary and is at most that far behind; it
+#                            prints the server's figures for the platform's model:
+#                            `load queries=N [lag_ms=M]`
 #   position                 a replica's WAL position (bytes of WAL it has received), which the
 #                            platform compares to choose the replica a failover promotes
 # Failover: when the primary's data cannot start, the platform writes the address of its most
@@ -170,21 +172,32 @@ lag_sql="SELECT CASE
     ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000, 0)::bigint
     END"
 
+# The transactions the server has ended (committed or rolled back) since it started: the
+# queries it ran, each statement outside an explicit transaction being one of its own.
+queries_sql="SELECT sum(xact_commit + xact_rollback)::bigint FROM pg_stat_database"
+
 ready() {
     if ! "$bin/pg_isready" -q -h "$socket" -p 5432 -U "$user" -d "$database"; then
         echo "the server takes no connections yet" >&2
         exit 1
     fi
-    [ $# -gt 0 ] || exit 0
-    max_lag_ms=$1
-    if ! lag=$("$bin/psql" -X -q -h "$socket" -U "$user" -d "$database" -tAc "$lag_sql"); then
-        echo "cannot ask the server how far behind it is" >&2
+    if ! figures=$("$bin/psql" -X -q -h "$socket" -U "$user" -d "$database" -tA -F ' ' \
+        -c "SELECT ($queries_sql), ($lag_sql)"); then
+        echo "cannot ask the server for its figures" >&2
         exit 1
     fi
+    queries=${figures%% *}
+    lag=${figures##* }
+    if [ $# -eq 0 ]; then
+        echo "load queries=$queries"
+        exit 0
+    fi
+    max_lag_ms=$1
     if [ "$lag" = -1 ]; then
         echo "not streaming from the primary" >&2
         exit 1
     fi
+    echo "load queries=$queries lag_ms=$lag"
     if [ "$lag" -gt "$max_lag_ms" ]; then
         echo "${lag} ms behind the primary, more than the ${max_lag_ms} ms of max_lag" >&2
         exit 1

@@ -3,7 +3,10 @@
 #   primary PERSISTENCE   the primary, its data on the volume at /data, kept as PERSISTENCE says:
 #                         rdb (snapshots), aof (every write appended, flushed each second), none
 #   replica PRIMARY       a replica of PRIMARY's address, its data its own (in memory)
-#   ready                 the health check: the server answers (not while it loads its data)
+#   ready                 the health check: the server answers (not while it loads its data);
+#                         it prints the server's figures for the platform's model:
+#                         `load queries=N` (the commands it processed, its replicas counting
+#                         those of the primary's stream)
 #   position              a replica's position: the offset of the primary's replication stream
 #                         it has received, which the platform compares to choose the replica a
 #                         failover promotes
@@ -103,14 +106,30 @@ replica() {
 # Asked without the password, which the check needs not know: a server that takes commands
 # answers NOAUTH, one that is still loading its data LOADING.
 ready() {
-    answer=$(/usr/bin/redis-cli -h 127.0.0.1 -p 6379 ping 2>&1) || true
-    case "$answer" in
-    PONG | NOAUTH*) ;;
+    answer=$(printf 'PING\nINFO stats\n' |
+        REDISCLI_AUTH="${REDIS_PASSWORD:?the catalogue sets REDIS_PASSWORD}" \
+            /usr/bin/redis-cli -h 127.0.0.1 -p 6379 2>&1) || true
+    first= queries=
+    while IFS=: read -r key value; do
+        if [ -z "$first" ]; then
+            first=$key${value:+:$value}
+        fi
+        if [ "$key" = total_commands_processed ]; then
+            queries=${value%"$(printf '\r')"}
+        fi
+    done <<EOF
+$answer
+EOF
+    case "$first" in
+    PONG) ;;
     *)
-        echo "$answer" >&2
+        echo "$first" >&2
         exit 1
         ;;
     esac
+    if [ -n "$queries" ]; then
+        echo "load queries=$queries"
+    fi
 }
 
 position() {

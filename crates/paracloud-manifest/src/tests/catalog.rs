@@ -708,3 +708,35 @@ fn the_autoscaler_keeps_one_primary_scales_read_replicas_and_leaves_a_task_farm_
         0
     );
 }
+
+#[test]
+fn a_servers_figures_are_read_from_its_health_checks_last_load_line() {
+    use crate::catalog::{server_load, ServerLoad};
+    assert_eq!(
+        server_load("load queries=12\n"),
+        Some(ServerLoad {
+            queries: 12,
+            lag_ms: None
+        })
+    );
+    assert_eq!(
+        server_load("checking\nload queries=7 lag_ms=0\nload queries=9 lag_ms=40\n"),
+        Some(ServerLoad {
+            queries: 9,
+            lag_ms: Some(40)
+        })
+    );
+    // What does not read is no figure at all, rather than a wrong one.
+    for output in [
+        "",
+        "PONG\n",
+        "load\n",
+        "load lag_ms=3\n",
+        "load queries=-1\n",
+        "load queries=1x\n",
+        "load queries=1 lag=3\n",
+        "load queries 1\n",
+    ] {
+        assert_eq!(server_load(output), None, "{output:?}");
+    }
+}
