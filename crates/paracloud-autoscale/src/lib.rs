@@ -18,6 +18,7 @@ pub mod kpa;
 pub mod model;
 pub mod observe;
 pub mod plan;
+pub mod queries;
 pub mod queueing;
 pub mod taskfarm;
 

@@ -697,6 +697,58 @@ mod tests {
         assert!(cores > 3.0, "without the budget: {unlimited:?}");
     }
 
+    /// A database's requests are the queries its servers ran: the primary takes the writes
+    /// and stays one instance, growing in CPU alone; the read replicas take the reads, and more
+    /// reads per page take more replicas.
+    #[test]
+    fn reads_scale_with_replicas_and_writes_do_not() {
+        let database = |reads_per_page: u64| {
+            let config = ScalingConfig {
+                services: [
+                    ("web".to_owned(), Bounds::default()),
+                    (
+                        "db".to_owned(),
+                        Bounds {
+                            max_instances: 1,
+                            ..Bounds::default()
+                        },
+                    ),
+                    (
+                        "db-read".to_owned(),
+                        Bounds {
+                            max_instances: 8,
+                            cpu_max: 1.0,
+                            ..Bounds::default()
+                        },
+                    ),
+                ]
+                .into(),
+                ..config(&["web"])
+            };
+            // 100 pages a second, each 2 writes of 2 ms and its reads of 0.5 ms.
+            let load = move |_| {
+                vec![
+                    ("web", 100, 0.001),
+                    ("db", 200, 0.002),
+                    ("db-read", 100 * reads_per_page, 0.0005),
+                ]
+            };
+            steady(&mut ModelPolicy::default(), &config, &load, 90)
+        };
+        let few = database(10);
+        let many = database(40);
+        for plan in [&few, &many] {
+            assert_eq!(plan["db"].0, 1, "one primary: {plan:?}");
+        }
+        assert!(
+            many["db-read"].0 > few["db-read"].0,
+            "4 times the reads take more replicas: {few:?} then {many:?}"
+        );
+        let cores =
+            |plan: &BTreeMap<String, (u32, f64)>| f64::from(plan["db-read"].0) * plan["db-read"].1;
+        assert!(cores(&many) >= 2.0 / 0.85, "2 cores of reads: {many:?}");
+    }
+
     /// Decisions are not repeated while nothing changes: a steady load gives a few actions at
     /// the start and then none.
     #[test]

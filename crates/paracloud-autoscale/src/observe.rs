@@ -97,6 +97,10 @@ pub struct InstanceFacts {
     pub cpu_limit: f64,
     /// Its latest load report through PaCI, if recent.
     pub reported: Option<Reported>,
+    /// The queries per second a database server says it ran ([`crate::queries`]): its
+    /// service's requests are then the queries its instances ran, not the data plane's
+    /// connections.
+    pub queries_per_second: Option<f64>,
 }
 
 /// Calls from one service (or [`EXTERNAL`]) to another during one second.

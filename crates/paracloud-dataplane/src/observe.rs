@@ -213,7 +213,36 @@ fn service_sample(
             }
         })
         .collect();
+    count_queries(&mut sample, instances, service, elapsed_us);
     sample
+}
+
+/// A database's requests are the queries its servers say they ran: its clients send many down
+/// each connection, which is all the data plane sees. Where any instance of `service` gave a
+/// rate, each instance's requests in the interval are its own queries (none for one not
+/// measured yet), and the service's arrivals and completions their sum.
+fn count_queries(
+    sample: &mut ServiceSample,
+    instances: &[InstanceFacts],
+    service: &str,
+    elapsed_us: f64,
+) {
+    let rates: BTreeMap<&str, f64> = instances
+        .iter()
+        .filter(|i| i.service == service)
+        .filter_map(|i| Some((i.name.as_str(), i.queries_per_second?)))
+        .collect();
+    if rates.is_empty() {
+        return;
+    }
+    let seconds = elapsed_us / 1e6;
+    for instance in &mut sample.instances {
+        let rate = rates.get(instance.id.as_str()).copied().unwrap_or(0.0);
+        instance.completions = (rate * seconds).round() as u64;
+    }
+    let queries = sample.instances.iter().map(|i| i.completions).sum();
+    sample.arrivals = queries;
+    sample.completions = queries;
 }
 
 /// Calls into the application's services in the last second, by caller: one of its services,
@@ -345,6 +374,7 @@ ports = [7000]
             cpu_used: 0.4,
             cpu_limit: 0.5,
             reported: None,
+            queries_per_second: None,
         }
     }
 
@@ -520,6 +550,71 @@ ports = [7000]
                 },
             ],
             "another application is outside; calls out of the app are not its"
+        );
+    }
+
+    /// A database's clients keep one connection open and send their queries down it: the
+    /// service's requests are the queries its servers say they ran.
+    #[test]
+    fn a_databases_requests_are_the_queries_its_servers_ran() {
+        let kv = |accepted, active| {
+            listener(
+                "shop/kv:7000",
+                CounterValues {
+                    accepted,
+                    active,
+                    ..CounterValues::default()
+                },
+                LatencySnapshot::default(),
+                0.0,
+                vec![],
+            )
+        };
+        let before = Snapshot {
+            listeners: vec![kv(1, 1)],
+            calls: vec![],
+        };
+        let after = Snapshot {
+            listeners: vec![kv(1, 1)],
+            calls: vec![],
+        };
+        let measured = InstanceFacts {
+            queries_per_second: Some(250.0),
+            ..facts("kv.1", true)
+        };
+        let instances = [measured, facts("kv.2", true), facts("web.1", true)];
+        let observation = observation(
+            &shop(),
+            &["kv", "web"],
+            Interval {
+                previous: &before,
+                current: &after,
+                elapsed_ms: 2_000,
+                at: 2_000,
+            },
+            &instances,
+        );
+        let kv = &observation.services["kv"];
+        assert_eq!(
+            (kv.arrivals, kv.completions, kv.in_flight),
+            (500, 500, 1),
+            "250 queries a second for two seconds, down the one connection still open"
+        );
+        let by_id: BTreeMap<&str, u64> = kv
+            .instances
+            .iter()
+            .map(|i| (i.id.as_str(), i.completions))
+            .collect();
+        assert_eq!(
+            by_id,
+            BTreeMap::from([("kv.1", 500), ("kv.2", 0)]),
+            "a server not measured yet ran none that count"
+        );
+        let web = &observation.services["web"];
+        assert_eq!(
+            (web.arrivals, web.completions),
+            (0, 0),
+            "another service's figures are its own"
         );
     }
 

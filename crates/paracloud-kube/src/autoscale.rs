@@ -69,6 +69,8 @@ pub fn instance_facts(
                 cpu_used: usage.get(&name).copied().unwrap_or(0.0),
                 cpu_limit: cpu_limit(pod, service).unwrap_or(bounds.cpu),
                 reported: reports.get(&name).cloned(),
+                // The catalogue does not run on a cluster.
+                queries_per_second: None,
                 name,
                 ready,
                 age_ms,

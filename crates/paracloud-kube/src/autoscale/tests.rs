@@ -104,6 +104,7 @@ fn pods_become_the_facts_of_their_service_with_the_cpu_the_kubelet_applied() {
                 cpu_used: 0.0,
                 cpu_limit: 0.5,
                 reported: None,
+                queries_per_second: None,
             },
             InstanceFacts {
                 service: "api".into(),
@@ -113,6 +114,7 @@ fn pods_become_the_facts_of_their_service_with_the_cpu_the_kubelet_applied() {
                 cpu_used: 0.6,
                 cpu_limit: 0.75,
                 reported: Some(reported),
+                queries_per_second: None,
             },
             // Every service of an autoscaled application is the policy's to scale.
             InstanceFacts {
@@ -123,6 +125,7 @@ fn pods_become_the_facts_of_their_service_with_the_cpu_the_kubelet_applied() {
                 cpu_used: 0.9,
                 cpu_limit: 1.0,
                 reported: None,
+                queries_per_second: None,
             },
         ]
     );
