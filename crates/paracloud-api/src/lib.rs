@@ -346,6 +346,13 @@ pub struct InstanceView {
     /// once it has answered requests for a few seconds; the data plane's weights follow it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_rps: Option<f64>,
+    /// The queries per second a database server of the catalogue ran lately, as it counts
+    /// them (its requests, for the autoscaler and `capacity_rps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queries_per_second: Option<f64>,
+    /// How far a database replica of the catalogue is behind its primary, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -20,7 +20,7 @@ use crate::arguments::{parse_cores, parse_scale, split_assignment};
 use crate::cli::{Cli, Command, DataplaneCommand, Global, ImageCommand, Output, SimArgs};
 use crate::client::{absolute, connect, explain};
 use crate::manifests::{load_manifests, manifest_files, resolve_app};
-use crate::output::{age, format_time, print, table};
+use crate::output::{age, format_time, print, server_line, table};
 
 pub fn run(cli: Cli) -> Result<()> {
     let Cli { global, command } = cli;
@@ -1238,7 +1238,15 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
                     i.uptime_seconds.map(age).unwrap_or("-".into()),
                     i.restarts.to_string(),
                     i.capacity_rps
-                        .map(|rps| format!("{rps:.0} req/s"))
+                        .map(|rps| {
+                            // A database server's requests are its queries.
+                            let unit = if i.queries_per_second.is_some() {
+                                "queries/s"
+                            } else {
+                                "req/s"
+                            };
+                            format!("{rps:.0} {unit}")
+                        })
                         .unwrap_or("-".into()),
                 ]
             })
@@ -1256,6 +1264,11 @@ async fn describe(global: &Global, service: &str) -> Result<()> {
         for i in &v.instances {
             if let Some(failure) = &i.health_failure {
                 out.push_str(&format!("health: {}: {failure}\n", i.instance));
+            }
+        }
+        for i in &v.instances {
+            if let Some(line) = server_line(i) {
+                out.push_str(&format!("server: {}: {line}\n", i.instance));
             }
         }
         let prefix = format!("{}.", v.name);

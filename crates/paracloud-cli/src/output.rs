@@ -58,6 +58,19 @@ pub fn age(seconds: u64) -> String {
     }
 }
 
+/// A database server's own figures, as `describe` writes them: `230 queries/s, 40 ms behind
+/// the primary`; `None` for an instance that is not one.
+pub fn server_line(instance: &paracloud_api::InstanceView) -> Option<String> {
+    let queries = instance
+        .queries_per_second
+        .map(|q| format!("{q:.0} queries/s"));
+    let lag = instance
+        .lag_ms
+        .map(|ms| format!("{ms} ms behind the primary"));
+    let parts: Vec<String> = queries.into_iter().chain(lag).collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// A time given in milliseconds since the Unix epoch, as RFC 3339 in UTC to the second.
 pub fn format_time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))

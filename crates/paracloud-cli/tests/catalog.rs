@@ -468,6 +468,9 @@ fn redis_writes_through_the_write_address_are_read_from_a_replica_and_outlive_a_
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Each server says how many commands it processed, the model's requests.
+    p.wait_figures("pg", "cache", "cache.1", &["queries_per_second"]);
+    p.wait_figures("pg", "cache-read", "cache-read.1", &["queries_per_second"]);
     // Without the password, nothing.
     let out = Command::new("redis-cli")
         .args(["-h", &write, "-p", "6379", "GET", "greeting"])
@@ -745,4 +748,117 @@ fn a_redis_primary_that_cannot_come_back_fails_over_to_its_most_advanced_replica
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A database's clients send many queries down one connection, so its load is the queries its
+/// servers count, not the connections the data plane sees: one psql session through the read
+/// address shows as the queries per second of the server it reached, with a capacity measured
+/// in queries, and the replica says how far behind the primary it is.
+#[test]
+fn a_databases_load_is_the_queries_its_servers_ran_not_its_connections() {
+    let p = Platform::new();
+    up(&p, &manifest(1));
+    let read = service_address(&p, "db-read");
+    let mut session = Command::new("psql")
+        .args(["-X", "-q", "-h", &read, "-U", "postgres", "-d", "shop"])
+        .env("PGPASSWORD", PASSWORD)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = session.stdin.take().unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sending = stop.clone();
+    // About 500 queries a second: 25 every 50 ms.
+    let sender = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while !sending.load(Ordering::Relaxed) {
+            if stdin
+                .write_all("SELECT 1;\n".repeat(25).as_bytes())
+                .is_err()
+            {
+                break;
+            }
+            sent += 25;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sent
+    });
+
+    // The server the session reached: the one that ran queries, by its own count.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let busiest = loop {
+        let instances: Vec<serde_json::Value> = ["db", "db-read"]
+            .iter()
+            .flat_map(|s| p.described_instances("pg", s))
+            .collect();
+        let busiest = instances
+            .iter()
+            .filter(|i| i["queries_per_second"].as_f64().is_some_and(|q| q >= 100.0))
+            .find(|i| i["capacity_rps"].as_f64().is_some());
+        if let Some(busiest) = busiest {
+            break busiest.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server counts the session's queries with a capacity: {instances:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let name = busiest["instance"].as_str().unwrap().to_owned();
+    let rate = busiest["queries_per_second"].as_f64().unwrap();
+    assert!(
+        (100.0..2_000.0).contains(&rate),
+        "{name}: {rate} queries/s, where the session sends about 500"
+    );
+    let described = p.ok(&["describe", "-a", "pg", name.split('.').next().unwrap()]);
+    assert!(
+        described.contains(&format!("server: {name}: ")) && described.contains("queries/s"),
+        "{described}"
+    );
+
+    // The data plane saw one connection for all of them.
+    let stats: serde_json::Value =
+        serde_json::from_str(&p.ok(&["top", "--once", "-o", "json"])).unwrap();
+    let accepted: u64 = stats["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["name"].as_str().unwrap().starts_with("pg/db-read:"))
+        .map(|l| l["accepted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(accepted, 1, "{stats:#}");
+
+    // The replica says how far behind it is, in `describe` and in the metrics.
+    let replica = p.described_instances("pg", "db-read");
+    assert!(replica[0]["lag_ms"].as_u64().is_some(), "{replica:#?}");
+    let (status, metrics) = unix_http(
+        &p.root().join(paracloud_api::SOCKET_NAME),
+        "GET",
+        "/metrics",
+        "",
+    );
+    assert_eq!(status, 200, "{metrics}");
+    let series = format!(
+        "paracloud_database_queries_total{{app=\"pg\",service=\"{}\",instance=\"{name}\"}} ",
+        name.split('.').next().unwrap()
+    );
+    let counted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+    assert!(
+        metrics.contains("paracloud_database_replication_lag_seconds{app=\"pg\",service=\"db-read\",instance=\"db-read.1\"}"),
+        "{metrics}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let _ = session.wait();
+    assert!(
+        counted >= 100.0 && counted <= sent as f64 + 1_000.0,
+        "{name} counted {counted} queries of the {sent} sent (and its health checks')"
+    );
 }

@@ -135,6 +135,15 @@ fn rows_written_through_the_write_address_are_read_back_through_the_read_address
         "root@%"
     );
     assert!(sql_as(&write, ("root", "wrong"), "SELECT 1").is_err());
+    // Each server says how many statements it ran, the model's requests; the replica how far
+    // behind it is.
+    p.wait_figures("md", "db", "db.1", &["queries_per_second"]);
+    p.wait_figures(
+        "md",
+        "db-read",
+        "db-read.1",
+        &["queries_per_second", "lag_ms"],
+    );
 
     // The primary's data is on its volume: restarted on the same data, it has every row, and
     // its replica follows it again.

@@ -563,7 +563,7 @@ async fn image_sources<D: Driver>(
 async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppView>>, ApiError> {
     let snapshot = engine.store.load()?;
     let waiting = engine.waiting();
-    let costs = engine.measured_costs();
+    let measured = engine.measured();
     let now = now_ms();
     Ok(Json(
         snapshot
@@ -572,7 +572,14 @@ async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppVi
             .map(|a| {
                 with_host_ids(
                     &engine,
-                    app_view(a, &snapshot, engine.config.addresses, now, &waiting, &costs),
+                    app_view(
+                        a,
+                        &snapshot,
+                        engine.config.addresses,
+                        now,
+                        &waiting,
+                        &measured,
+                    ),
                 )
             })
             .collect(),
@@ -592,7 +599,7 @@ fn app_answer<D: Driver>(engine: &Engine<D>, app: &str) -> Result<Json<AppView>,
             addresses,
             now_ms(),
             &engine.waiting(),
-            &engine.measured_costs(),
+            &engine.measured(),
         ),
     )))
 }
@@ -639,14 +646,20 @@ async fn instances<D: Driver>(
         find_app(&snapshot, app)?;
     }
     let now = now_ms();
-    let costs = engine.measured_costs();
+    let measured = engine.measured();
     let views = snapshot
         .instances
         .iter()
         .filter(|i| query.app.as_ref().is_none_or(|a| &i.key.app == a))
         .filter_map(|i| {
             let app = snapshot.apps.iter().find(|a| a.name == i.key.app)?;
-            Some(instance_view(app, i, engine.config.addresses, now, &costs))
+            Some(instance_view(
+                app,
+                i,
+                engine.config.addresses,
+                now,
+                &measured,
+            ))
         })
         .collect();
     Ok(Json(views))
@@ -668,7 +681,7 @@ fn service_or_404<D: Driver>(
         addresses,
         now_ms(),
         &engine.waiting(),
-        &engine.measured_costs(),
+        &engine.measured(),
     )
     .map(|mut view| {
         view.host_ids = engine.host_ids_reason(&view.spec);

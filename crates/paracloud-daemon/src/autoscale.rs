@@ -113,8 +113,9 @@ impl Autoscaler {
             .collect()
     }
 
-    /// Takes in the data plane's `snapshot` at `now`, with the state and the CPU counters (in
-    /// nanoseconds, by instance id) read at the same moment; returns what the policies decided
+    /// Takes in the data plane's `snapshot` at `now`, with the state, the CPU counters (in
+    /// nanoseconds, by instance id) read at the same moment and what the instances said of
+    /// themselves; returns what the policies decided
     /// that changes something. The first snapshot, and one after a gap, only start the count.
     pub fn step(
         &mut self,
@@ -122,7 +123,7 @@ impl Autoscaler {
         state: &StateSnapshot,
         snapshot: Snapshot,
         cpu_ns: &HashMap<String, u64>,
-        reports: &HashMap<String, Reported>,
+        said: &Said,
     ) -> Step {
         let mut step = Step::default();
         self.apps.retain(|name, _| {
@@ -162,7 +163,7 @@ impl Autoscaler {
             let Some((elapsed_ms, previous)) = interval else {
                 continue;
             };
-            let facts = self.facts(now, app, state, &config, cpu_ns, reports);
+            let facts = self.facts(now, app, state, &config, cpu_ns, said);
             let services: Vec<&str> = config.services.keys().map(String::as_str).collect();
             let seen = observation(
                 &app.manifest,
@@ -210,7 +211,7 @@ impl Autoscaler {
         state: &StateSnapshot,
         config: &ScalingConfig,
         cpu_ns: &HashMap<String, u64>,
-        reports: &HashMap<String, Reported>,
+        said: &Said,
     ) -> Vec<InstanceFacts> {
         state
             .instances
@@ -241,11 +242,20 @@ impl Autoscaler {
                     age_ms,
                     cpu_used,
                     cpu_limit: limit.unwrap_or(self.cores),
-                    reported: reports.get(&id).cloned(),
+                    reported: said.reports.get(&id).cloned(),
+                    queries_per_second: said.queries.get(&id).copied(),
                 }
             })
             .collect()
     }
+}
+
+/// What instances said about themselves, by instance id: their load reports through PaCI, and
+/// the queries per second of the catalogue's database servers.
+#[derive(Debug, Default)]
+pub struct Said {
+    pub reports: HashMap<String, Reported>,
+    pub queries: HashMap<String, f64>,
 }
 
 /// Instances a policy sees: starting, running (ready or not) and draining.
@@ -550,7 +560,7 @@ scale_to_zero = "1m"
             &store.load().unwrap(),
             snapshot(0, 1),
             &cpu,
-            &HashMap::new(),
+            &Said::default(),
         );
         assert_eq!(
             first.started,
@@ -568,7 +578,7 @@ scale_to_zero = "1m"
             &store.load().unwrap(),
             snapshot(90, 1),
             &cpu,
-            &HashMap::new(),
+            &Said::default(),
         );
         let observed = seen.lock().unwrap().last().cloned().unwrap();
         let web = &observed.services["web"];
@@ -610,7 +620,7 @@ scale_to_zero = "1m"
         );
 
         // The same wish again changes nothing; an idle service with nothing open goes to zero.
-        let third = autoscaler.step(4_000, &state, snapshot(180, 0), &cpu, &HashMap::new());
+        let third = autoscaler.step(4_000, &state, snapshot(180, 0), &cpu, &Said::default());
         assert_eq!(third.changes.len(), 1, "{third:?}");
         assert_eq!(
             (third.changes[0].service.as_str(), third.changes[0].replicas),
@@ -625,14 +635,14 @@ scale_to_zero = "1m"
         let (mut autoscaler, seen) = autoscaler();
         let state = store.load().unwrap();
         let none = HashMap::new();
-        autoscaler.step(1_000, &state, snapshot(0, 0), &none, &HashMap::new());
-        let late = autoscaler.step(60_000, &state, snapshot(5_000, 0), &none, &HashMap::new());
+        autoscaler.step(1_000, &state, snapshot(0, 0), &none, &Said::default());
+        let late = autoscaler.step(60_000, &state, snapshot(5_000, 0), &none, &Said::default());
         assert!(
             late.changes.is_empty(),
             "a minute of counts is not a second"
         );
         assert!(seen.lock().unwrap().is_empty());
-        autoscaler.step(61_000, &state, snapshot(5_020, 0), &none, &HashMap::new());
+        autoscaler.step(61_000, &state, snapshot(5_020, 0), &none, &Said::default());
         assert_eq!(seen.lock().unwrap()[0].services["web"].arrivals, 20);
     }
 
@@ -651,7 +661,7 @@ scale_to_zero = "1m"
         let none = HashMap::new();
         for at in [1_000, 2_000] {
             assert_eq!(
-                autoscaler.step(at, &state, snapshot(100, 0), &none, &HashMap::new()),
+                autoscaler.step(at, &state, snapshot(100, 0), &none, &Said::default()),
                 Step::default()
             );
         }

@@ -188,6 +188,8 @@ pub struct Engine<D: Driver> {
     /// Each instance's measured CPU per request (by `routes::measured_key`), fed every second
     /// by the follower; the data plane's weights follow it.
     pub capacities: Mutex<paracloud_autoscale::capacity::Capacities>,
+    /// The catalogue's database servers' figures, from their health checks.
+    pub servers: crate::servers::Servers,
 }
 
 impl<D: Driver> Engine<D> {
@@ -218,6 +220,7 @@ impl<D: Driver> Engine<D> {
             remote: Default::default(),
             seconds: Default::default(),
             capacities: Default::default(),
+            servers: Default::default(),
         })
     }
 
@@ -1025,15 +1028,25 @@ impl<D: Driver> Engine<D> {
         let env = configured_env(service, key).into_iter().collect();
         let engine = self.clone();
         let task_key = key.clone();
+        // A database server of the catalogue prints its figures at each check.
+        let server = service
+            .catalog
+            .as_ref()
+            .is_some_and(|c| c.kind.promotes_replicas());
+        let id = key.id();
         let handle = tokio::spawn(async move {
             health::run(
                 check,
                 env,
-                address.addr(),
-                process,
+                (address.addr(), process),
                 started,
                 &engine.driver,
                 |health, failure| engine.set_health(&task_key, health, failure),
+                |output| {
+                    if server {
+                        engine.servers.heard(&id, output, now_ms());
+                    }
+                },
             )
             .await
         });
@@ -1210,9 +1223,13 @@ impl<D: Driver> Engine<D> {
         self.push_dataplane();
     }
 
-    /// Each instance's measured CPU per request, by `routes::measured_key`.
-    pub fn measured_costs(&self) -> std::collections::BTreeMap<String, f64> {
-        lock(&self.capacities).costs()
+    /// What the daemon measured of its instances: each one's CPU per request (by
+    /// `routes::measured_key`), and the database servers' own figures.
+    pub fn measured(&self) -> crate::views::Measured {
+        crate::views::Measured {
+            costs: lock(&self.capacities).costs(),
+            servers: self.servers.all(now_ms()),
+        }
     }
 
     /// Tells the data plane the current routes, only when they changed (as when measured

@@ -144,10 +144,30 @@ fn record<D: Driver>(engine: &Engine<D>, recorder: &mut Recorder, snapshot: &Sna
             Some((id, usage))
         })
         .collect();
-    let seconds = recorder.step(now_ms(), &state, snapshot, &usage);
+    let queries = server_queries(engine, &state);
+    let seconds = recorder.step(now_ms(), &state, snapshot, (&usage, &queries));
     measure_capacities(engine, &state, &seconds);
     let apps: Vec<String> = state.apps.iter().map(|a| a.name.clone()).collect();
     engine.seconds.record(&apps, seconds);
+}
+
+/// The queries per second each database server of the catalogue ran lately, by instance id;
+/// the figures of instances no longer in the state are forgotten.
+fn server_queries<D: Driver>(
+    engine: &Engine<D>,
+    state: &paracloud_state::Snapshot,
+) -> HashMap<String, f64> {
+    let live: std::collections::HashSet<String> = state
+        .instances
+        .iter()
+        .filter(|i| !matches!(i.state, paracloud_reconcile::InstanceState::Exited { .. }))
+        .map(|i| i.key.id())
+        .collect();
+    engine.servers.retain(|id| live.contains(id));
+    let now = now_ms();
+    live.into_iter()
+        .filter_map(|id| Some((id.clone(), engine.servers.queries_per_second(&id, now)?)))
+        .collect()
 }
 
 /// Each instance's second (CPU used, requests answered) into its measured capacity; the routes
@@ -199,7 +219,7 @@ fn autoscale<D: Driver>(engine: &Engine<D>, autoscaler: &mut Autoscaler, snapsho
         })
         .collect();
     // What instances reported through PaCI, by instance id.
-    let reports: HashMap<String, paracloud_autoscale::Reported> = state
+    let reports = state
         .instances
         .iter()
         .filter_map(|i| {
@@ -214,7 +234,11 @@ fn autoscale<D: Driver>(engine: &Engine<D>, autoscaler: &mut Autoscaler, snapsho
             ))
         })
         .collect();
-    let step = autoscaler.step(now, &state, snapshot, &cpu_ns, &reports);
+    let said = crate::autoscale::Said {
+        reports,
+        queries: server_queries(engine, &state),
+    };
+    let step = autoscaler.step(now, &state, snapshot, &cpu_ns, &said);
     for (app, service, seconds) in &step.predicted {
         engine.counters.predicted_latency(app, service, *seconds);
     }

@@ -19,7 +19,8 @@ use crate::driver::Driver;
 const REASON_OUTPUT_CHARS: usize = 200;
 
 /// Runs one probe; `Err` says what failed, in words for events, `describe` and `up`.
-/// An exec probe runs with `env`, the instance's configured environment.
+/// An exec probe runs with `env`, the instance's configured environment; what it printed on
+/// its standard output comes with the result (nothing for the other probes).
 pub async fn probe<D: Driver>(
     driver: &D,
     process: &Process,
@@ -27,21 +28,27 @@ pub async fn probe<D: Driver>(
     probe: &Probe,
     env: &[(String, String)],
     timeout: Duration,
-) -> Result<(), String> {
+) -> (Result<(), String>, String) {
     let attempt = async {
         match probe {
-            Probe::Tcp { port } => tcp(address, *port).await,
-            Probe::Http { port, path } => http(address, *port, path).await,
+            Probe::Tcp { port } => (tcp(address, *port).await, String::new()),
+            Probe::Http { port, path } => (http(address, *port, path).await, String::new()),
             Probe::Exec { command } => match driver.exec(process, command, env, timeout).await {
-                Ok(output) if output.code == 0 => Ok(()),
-                Ok(output) => Err(exec_failure(&output)),
-                Err(e) => Err(format!("exec check could not run: {e}")),
+                Ok(output) => {
+                    let result = if output.code == 0 {
+                        Ok(())
+                    } else {
+                        Err(exec_failure(&output))
+                    };
+                    (result, String::from_utf8_lossy(&output.stdout).into_owned())
+                }
+                Err(e) => (Err(format!("exec check could not run: {e}")), String::new()),
             },
         }
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .unwrap_or_else(|_| Err(timed_out(probe, timeout)))
+        .unwrap_or_else(|_| (Err(timed_out(probe, timeout)), String::new()))
 }
 
 fn timed_out(probe: &Probe, timeout: Duration) -> String {
@@ -117,15 +124,16 @@ fn exec_failure(output: &ExecOutput) -> String {
 /// probes and inside the start period (until a first probe passes) do not count; `retries` failures in a row make the instance
 /// unhealthy; one success makes it healthy again. `report` hears of each change: the new health
 /// when it changes, and the failure (what failed, how many in a row) whenever it changes, `None`
-/// once a probe passes.
+/// once a probe passes. `printed` hears what each exec probe printed on its standard output,
+/// when it printed something.
 pub async fn run<D: Driver>(
     check: HealthCheck,
     env: Vec<(String, String)>,
-    address: Ipv4Addr,
-    process: Arc<Process>,
+    (address, process): (Ipv4Addr, Arc<Process>),
     started: Millis,
     driver: &D,
     report: impl Fn(Option<Health>, Option<&ProbeFailure>),
+    printed: impl Fn(&str),
 ) {
     let mut current = Health::Unknown;
     let mut failure: Option<ProbeFailure> = None;
@@ -135,7 +143,11 @@ pub async fn run<D: Driver>(
     let mut delay = Duration::from_millis(20);
     loop {
         tokio::time::sleep(delay).await;
-        let result = probe(driver, &process, address, &check.probe, &env, check.timeout).await;
+        let (result, output) =
+            probe(driver, &process, address, &check.probe, &env, check.timeout).await;
+        if !output.is_empty() {
+            printed(&output);
+        }
         let (next, next_failure) = match result {
             Ok(()) => {
                 failures = 0;

@@ -34,6 +34,7 @@ pub mod ports;
 pub mod remote;
 pub mod routes;
 pub mod seconds;
+pub mod servers;
 pub mod session;
 pub mod settings;
 mod sync;

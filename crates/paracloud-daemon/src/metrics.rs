@@ -135,6 +135,36 @@ pub async fn metrics<D: Driver>(
         pids,
     );
 
+    // The catalogue's database servers, as their health checks last said.
+    let queries = Family::<Labels, Counter>::default();
+    let lag = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let servers = engine.servers.all(crate::clock::now_ms());
+    for instance in snapshot.instances.iter() {
+        let Some(figures) = servers.get(&instance.key.id()) else {
+            continue;
+        };
+        let key = &instance.key;
+        let labels: Labels = vec![
+            ("app", key.app.clone()),
+            ("service", key.service.clone()),
+            ("instance", key.name()),
+        ];
+        queries.get_or_create(&labels).inc_by(figures.queries);
+        if let Some(ms) = figures.lag_ms {
+            lag.get_or_create(&labels).set(ms as f64 / 1000.0);
+        }
+    }
+    registry.register(
+        "paracloud_database_queries",
+        "Queries each database server of the catalogue ran since it started, as it counts them (PostgreSQL: transactions ended; MariaDB: statements from clients; Redis: commands processed).",
+        queries,
+    );
+    registry.register(
+        "paracloud_database_replication_lag_seconds",
+        "How far each database replica of the catalogue is behind its primary.",
+        lag,
+    );
+
     let counters = &engine.counters;
     registry.register(
         "paracloud_instance_exits",

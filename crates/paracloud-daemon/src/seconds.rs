@@ -88,14 +88,15 @@ pub struct Recorder {
 
 impl Recorder {
     /// One second of every application from the data plane's `snapshot` at `now`, the state,
-    /// and the cgroup counters of its instances (by instance id) read at the same moment. The
-    /// first snapshot, and one after a gap, only start the count.
+    /// and the cgroup counters of its instances (by instance id) read at the same moment, with
+    /// the queries per second of the catalogue's database servers (by instance id). The first
+    /// snapshot, and one after a gap, only start the count.
     pub fn step(
         &mut self,
         now: Millis,
         state: &StateSnapshot,
         snapshot: &Snapshot,
-        usage: &HashMap<String, Usage>,
+        (usage, queries): (&HashMap<String, Usage>, &HashMap<String, f64>),
     ) -> Vec<(String, LiveSecond)> {
         let mut seconds = Vec::new();
         let interval = self
@@ -105,7 +106,7 @@ impl Recorder {
             .filter(|(elapsed, _)| (1..=MAX_INTERVAL_MS).contains(elapsed));
         if let Some((elapsed_ms, previous)) = interval {
             for app in state.apps.iter().filter(|a| a.removing.is_none()) {
-                let facts = self.facts(now, &app.name, state, usage);
+                let facts = self.facts(now, &app.name, state, usage, queries);
                 let services: Vec<&str> =
                     app.manifest.services.keys().map(String::as_str).collect();
                 let seen = observation(
@@ -139,6 +140,7 @@ impl Recorder {
         app: &str,
         state: &StateSnapshot,
         usage: &HashMap<String, Usage>,
+        queries: &HashMap<String, f64>,
     ) -> Vec<InstanceFacts> {
         state
             .instances
@@ -162,6 +164,7 @@ impl Recorder {
                     cpu_used,
                     cpu_limit: 0.0,
                     reported: None,
+                    queries_per_second: queries.get(&id).copied(),
                 }
             })
             .collect()
@@ -297,11 +300,11 @@ mod tests {
             calls: Vec::new(),
         };
         assert!(recorder
-            .step(1_000, &state, &snapshot, &HashMap::new())
+            .step(1_000, &state, &snapshot, (&HashMap::new(), &HashMap::new()))
             .is_empty());
         assert!(
             recorder
-                .step(2_000, &state, &snapshot, &HashMap::new())
+                .step(2_000, &state, &snapshot, (&HashMap::new(), &HashMap::new()))
                 .is_empty(),
             "no app"
         );

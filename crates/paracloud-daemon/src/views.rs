@@ -7,18 +7,28 @@ use paracloud_reconcile::{InstanceKey, InstanceState, Millis};
 use paracloud_state::{AppRecord, InstanceRecord, Snapshot};
 
 use crate::addressing::AddressPlan;
+use crate::servers::ServerFigures;
 
 pub use paracloud_command::cores;
 
-/// `costs`: each instance's measured CPU per request (`routes::measured_key`), which gives its
-/// capacity.
+/// What the daemon measured of its instances, for the views.
+#[derive(Debug, Default)]
+pub struct Measured {
+    /// Each instance's measured CPU per request (`routes::measured_key`), which gives its
+    /// capacity.
+    pub costs: BTreeMap<String, f64>,
+    /// The catalogue's database servers' own figures, by instance id.
+    pub servers: std::collections::HashMap<String, ServerFigures>,
+}
+
 pub fn instance_view(
     app: &AppRecord,
     record: &InstanceRecord,
     addresses: AddressPlan,
     now: Millis,
-    costs: &BTreeMap<String, f64>,
+    measured: &Measured,
 ) -> InstanceView {
+    let server = measured.servers.get(&record.key.id());
     let address = addresses
         .network(app.subnet_index)
         .ok()
@@ -43,7 +53,9 @@ pub fn instance_view(
             _ => None,
         },
         health_failure: record.health_failure.clone(),
-        capacity_rps: crate::routes::measured_capacity(app, record, costs),
+        capacity_rps: crate::routes::measured_capacity(app, record, &measured.costs),
+        queries_per_second: server.and_then(|s| s.queries_per_second),
+        lag_ms: server.and_then(|s| s.lag_ms),
     }
 }
 
@@ -54,7 +66,7 @@ pub fn service_view(
     addresses: AddressPlan,
     now: Millis,
     waiting: &[(InstanceKey, String)],
-    costs: &BTreeMap<String, f64>,
+    measured: &Measured,
 ) -> Option<ServiceView> {
     let spec = app.manifest.services.get(name)?.clone();
     let record = app.services.get(name)?;
@@ -62,7 +74,7 @@ pub fn service_view(
         .instances
         .iter()
         .filter(|i| i.key.app == app.name && i.key.service == name)
-        .map(|i| instance_view(app, i, addresses, now, costs))
+        .map(|i| instance_view(app, i, addresses, now, measured))
         .collect();
     let ready_of = |service: &str| {
         snapshot
@@ -138,7 +150,7 @@ pub fn app_view(
     addresses: AddressPlan,
     now: Millis,
     waiting: &[(InstanceKey, String)],
-    costs: &BTreeMap<String, f64>,
+    measured: &Measured,
 ) -> AppView {
     let network = addresses.network(app.subnet_index).ok();
     AppView {
@@ -151,7 +163,7 @@ pub fn app_view(
             .manifest
             .services
             .keys()
-            .filter_map(|name| service_view(app, name, snapshot, addresses, now, waiting, costs))
+            .filter_map(|name| service_view(app, name, snapshot, addresses, now, waiting, measured))
             .collect(),
     }
 }

@@ -598,6 +598,35 @@ impl Platform {
         self.ok(&["events", "-a", app])
     }
 
+    /// The instances of `service` as `describe` shows them.
+    pub fn described_instances(&self, app: &str, service: &str) -> Vec<Value> {
+        let v: Value =
+            serde_json::from_str(&self.ok(&["describe", "-a", app, service, "-o", "json"]))
+                .unwrap();
+        v["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `describe` shows instance `instance` of `service` with every one of
+    /// `figures` (such as `queries_per_second`, `lag_ms`), or fails the test.
+    pub fn wait_figures(&self, app: &str, service: &str, instance: &str, figures: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let instances = self.described_instances(app, service);
+            let shown = instances
+                .iter()
+                .find(|i| i["instance"] == instance)
+                .is_some_and(|i| figures.iter().all(|f| i[*f].is_number()));
+            if shown {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{instance} shows no {figures:?}: {instances:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The pids of `service`'s instances, as `ps` shows them.
     pub fn pids(&self, app: &str, service: &str) -> Vec<Value> {
         self.ps(app)
