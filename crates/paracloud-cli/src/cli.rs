@@ -189,8 +189,10 @@ pub enum Command {
         /// The instance, such as kv.1
         instance: String,
         /// How its state moves: paci (the application hands it over), criu (checkpoint and
-        /// restore) or restart (none: stateless); the service's `migrate` by default
-        #[arg(long, value_parser = ["paci", "criu", "restart"])]
+        /// restore) or restart (none: stateless); the service's `migrate` by default, and
+        /// switchover for a catalogue PostgreSQL's primary (its successor follows it, then takes
+        /// over)
+        #[arg(long, value_parser = ["paci", "criu", "restart", "switchover"])]
         via: Option<String>,
         /// The revision to run: the service's current one (a number, or latest)
         #[arg(long)]

@@ -406,8 +406,12 @@ fn a_catalogue_service_refuses_what_would_break_it_and_changes_nothing() {
             "db-read holds the read replicas of db: at most 8, asked for 9",
         ),
         (
-            &["migrate", "-a", "pg", "db.1"][..],
-            "db is the primary of a catalogue service, whose data two servers must never share",
+            &["migrate", "-a", "pg", "db.1", "--via", "restart"][..],
+            "db is the primary of a catalogue service, which moves by switchover alone",
+        ),
+        (
+            &["migrate", "-a", "pg", "db-read.1", "--via", "switchover"][..],
+            "--via switchover moves the primary of a catalogue PostgreSQL service, and db-read is not one",
         ),
     ] {
         let stderr = p.fails(args);
@@ -860,5 +864,112 @@ fn a_databases_load_is_the_queries_its_servers_ran_not_its_connections() {
     assert!(
         counted >= 100.0 && counted <= sent as f64 + 1_000.0,
         "{name} counted {counted} queries of the {sent} sent (and its health checks')"
+    );
+}
+
+/// `paracloud migrate` of a PostgreSQL primary under one-row commits: a switchover. Its
+/// successor copies it and follows it, takes over once it stopped, and takes the writes at the
+/// same write address: no committed row is lost. The new primary's data is the volume's from
+/// then on (a restart comes back on it), the replicas are renewed from it, and a second
+/// switchover moves it again.
+#[test]
+fn a_primary_migrates_by_switchover_and_loses_no_commit() {
+    let p = Platform::new();
+    up(&p, &manifest(1));
+    let write = service_address(&p, "db");
+    sql_ok(&write, "CREATE TABLE load (n int PRIMARY KEY)");
+    let volume = p.root().join("volumes/pg/db-data");
+    let insert = |n: u64| sql(&write, &format!("INSERT INTO load VALUES ({n})")).is_ok();
+    let context = || p.events("pg");
+    let mut commits = Commits::new();
+    commits.until(20, Duration::from_secs(60), context, &mut { insert });
+
+    for (from, to, generation) in [("db.1", "db.2", "data.1"), ("db.2", "db.3", "data.2")] {
+        let replicas_before = p.pids("pg", "db-read");
+        let stop = AtomicBool::new(false);
+        let migrated = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    commits.next(insert);
+                }
+            });
+            let migrated = p.run(&["migrate", "-a", "pg", from]);
+            // Writes go on after the switch, through the same address.
+            std::thread::sleep(Duration::from_secs(2));
+            stop.store(true, Ordering::Relaxed);
+            writer.join().unwrap();
+            migrated
+        });
+        let said = String::from_utf8_lossy(&migrated.stderr).into_owned();
+        assert!(
+            migrated.status.success()
+                && said.contains(&format!("migrated {from} to {to} via switchover")),
+            "{said}\n{}",
+            p.events("pg")
+        );
+        commits.until(10, Duration::from_secs(30), context, &mut { insert });
+        let present = sql_ok(&write, "SELECT n FROM load")
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        let lost = commits.lost(&present);
+        eprintln!(
+            "switchover {from} to {to}: {} rows committed, {lost} lost, {} inserts failed, the longest time without a commit {} ms",
+            commits.committed.len(),
+            commits.failed,
+            commits.longest_gap.as_millis()
+        );
+        assert_eq!(lost, 0, "committed rows lost");
+        let events = p.events("pg");
+        assert!(
+            events.contains(&format!(
+                "switched: {to} takes the writes of {from}, after a pause of"
+            )),
+            "{events}"
+        );
+        assert_eq!(sql_ok(&write, "SELECT pg_is_in_recovery()"), "f");
+        let primaries: Vec<String> = p
+            .ps("pg")
+            .iter()
+            .filter(|i| field(i, "service") == "db")
+            .map(|i| format!("{} {}", field(i, "instance"), field(i, "state")))
+            .collect();
+        assert_eq!(primaries, [format!("{to} running")]);
+        assert_eq!(
+            std::fs::read_to_string(volume.join("current"))
+                .unwrap()
+                .trim(),
+            generation
+        );
+        assert!(!volume.join("switchover-from").exists());
+        let mut data: Vec<String> = std::fs::read_dir(&volume)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("data"))
+            .collect();
+        data.sort();
+        assert_eq!(data, [generation], "the volume keeps the data in use alone");
+        // The replica is renewed from the new primary, and follows it.
+        p.wait_renewed("pg", "db-read", &replicas_before, 1);
+        let last = commits.committed.last().unwrap();
+        for replica in instance_addresses(&p, "db-read") {
+            wait_answer(
+                &replica,
+                &format!("SELECT pg_is_in_recovery(), count(*) FROM load WHERE n = {last}"),
+                "t|1",
+                Duration::from_secs(30),
+            );
+        }
+    }
+    // Restarted, the primary comes back on the data it took over.
+    p.ok(&["restart", "-a", "pg", "db"]);
+    let present = sql_ok(&write, "SELECT n FROM load")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(
+        commits.lost(&present),
+        0,
+        "committed rows lost by the restart"
     );
 }

@@ -626,8 +626,9 @@ pub fn parse_via(via: &str) -> Result<MigrateMethod, String> {
         "paci" => Ok(MigrateMethod::Paci),
         "criu" => Ok(MigrateMethod::Criu),
         "restart" => Ok(MigrateMethod::Restart),
+        "switchover" => Ok(MigrateMethod::Switchover),
         other => Err(format!(
-            "unknown migration method {other:?}: use paci (the application hands its state over), criu (checkpoint and restore) or restart (stateless)"
+            "unknown migration method {other:?}: use paci (the application hands its state over), criu (checkpoint and restore), restart (stateless) or switchover (a catalogue PostgreSQL's primary)"
         )),
     }
 }
@@ -659,14 +660,31 @@ fn migrate(
         .transpose()
         .map_err(|e| invalid(format!("--cpus: {e}")))?;
     let record = live_app(snapshot, app)?;
-    if find_service(record, &service)?.is_catalog_primary() {
-        return Err(Refusal::new(
-            RefusalKind::Conflict,
-            format!(
-                "{service} is the primary of a catalogue service, whose data two servers must never share: it cannot run beside a successor; `paracloud restart {service}` stops it and starts it again on the same data"
-            ),
-        ));
-    }
+    let spec = find_service(record, &service)?;
+    let via = match (&spec.catalog, via) {
+        (Some(catalogued), via) if spec.is_catalog_primary() => {
+            if !catalogued.kind.switches_over() {
+                return Err(Refusal::new(
+                    RefusalKind::Conflict,
+                    format!(
+                        "{service} is the primary of a catalogue service, whose data two servers must never share: it cannot run beside a successor, and a switchover moves only PostgreSQL's yet; `paracloud restart {service}` stops it and starts it again on the same data"
+                    ),
+                ));
+            }
+            if via.is_some_and(|v| v != MigrateMethod::Switchover) {
+                return Err(invalid(format!(
+                    "{service} is the primary of a catalogue service, which moves by switchover alone (its successor follows it and takes over once it stopped, so that two servers never share its data): leave --via out"
+                )));
+            }
+            Some(MigrateMethod::Switchover)
+        }
+        (_, Some(MigrateMethod::Switchover)) => {
+            return Err(invalid(format!(
+                "--via switchover moves the primary of a catalogue PostgreSQL service, and {service} is not one: use paci, criu or restart"
+            )))
+        }
+        (_, via) => via,
+    };
     if let Some(revision) = revision {
         let current = record.services[&service].revision;
         let asked: Option<u64> = match revision {

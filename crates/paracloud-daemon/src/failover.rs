@@ -50,14 +50,14 @@ impl<D: Driver> Engine<D> {
             lock(&engine.migrating).remove(&service);
             engine.wake();
             if started {
-                engine.renew_replicas(&key).await;
+                engine.renew_replicas(&key, "failover").await;
             }
         });
     }
 
     /// Once the new primary `key` is ready, restarts its read service: each replica is
-    /// replaced by a fresh copy of it.
-    async fn renew_replicas(self: &Arc<Self>, key: &InstanceKey) {
+    /// replaced by a fresh copy of it. `after` names what made it primary, for the event.
+    pub(crate) async fn renew_replicas(self: &Arc<Self>, key: &InstanceKey, after: &str) {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             let state = self
@@ -82,7 +82,7 @@ impl<D: Driver> Engine<D> {
             Ok(()) => self.event(
                 &key.app,
                 &key.name(),
-                &format!("failover: the new primary is ready; {read} is renewed replica by replica, each a fresh copy of it"),
+                &format!("{after}: the new primary is ready; {read} is renewed replica by replica, each a fresh copy of it"),
             ),
             Err(e) => tracing::error!("cannot restart {read} after the failover of {key}: {e}"),
         }

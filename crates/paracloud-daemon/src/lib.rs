@@ -37,6 +37,7 @@ pub mod seconds;
 pub mod servers;
 pub mod session;
 pub mod settings;
+mod switchover;
 mod sync;
 pub mod taskfarm;
 pub mod tls;

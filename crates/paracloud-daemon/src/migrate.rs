@@ -86,9 +86,29 @@ impl From<paracloud_state::Error> for MigrateError {
 }
 
 /// Takes the service off the planner's hands while it lives.
-struct Migrating<'a, D: Driver> {
+pub(crate) struct Migrating<'a, D: Driver> {
     engine: &'a Engine<D>,
     service: (String, String),
+}
+
+impl<'a, D: Driver> Migrating<'a, D> {
+    /// Marks `key`'s service as migrating; refused while another migration of it runs, unless
+    /// the caller marked it already (`reserved`).
+    pub(crate) fn mark(
+        engine: &'a Engine<D>,
+        key: &InstanceKey,
+        reserved: bool,
+    ) -> Result<Self, MigrateError> {
+        let service = (key.app.clone(), key.service.clone());
+        let inserted = lock(&engine.migrating).insert(service.clone());
+        if !inserted && !reserved {
+            return Err(MigrateError::Refused(format!(
+                "a migration of {} is under way; wait for it to end (paracloud events shows its steps)",
+                key.service
+            )));
+        }
+        Ok(Self { engine, service })
+    }
 }
 
 impl<D: Driver> Drop for Migrating<'_, D> {
@@ -221,8 +241,17 @@ impl<D: Driver> Engine<D> {
                 old.state.label()
             )));
         }
+        if spec.is_catalog_primary() {
+            return self.switch_over(app, old, options).await;
+        }
         let current = app.services.get(&key.service).map_or(0, |s| s.revision);
         let mut via = options.via.unwrap_or(spec.migrate);
+        if via == MigrateMethod::Switchover {
+            return Err(MigrateError::Refused(format!(
+                "{} is not the primary of a catalogue service: only a primary moves by switchover",
+                key.name()
+            )));
+        }
         let mut criu = None;
         if via == MigrateMethod::Criu {
             criu =
@@ -249,18 +278,7 @@ impl<D: Driver> Engine<D> {
         if via == MigrateMethod::Paci && !self.paci.events.listening(key) {
             return Err(MigrateError::Refused(not_listening(key)));
         }
-        let service = (key.app.clone(), key.service.clone());
-        let inserted = lock(&self.migrating).insert(service.clone());
-        if !inserted && !options.reserved {
-            return Err(MigrateError::Refused(format!(
-                "a migration of {} is under way; wait for it to end (paracloud events shows its steps)",
-                key.service
-            )));
-        }
-        let _migrating = Migrating {
-            engine: self.as_ref(),
-            service,
-        };
+        let _migrating = Migrating::mark(self, key, options.reserved)?;
         let successor = self.reserve_successor(key)?;
         let new = successor.key.clone();
         let (from, to) = (key.name(), new.name());
@@ -297,7 +315,7 @@ impl<D: Driver> Engine<D> {
                 handover_ms = Some(ms);
                 state_bytes = Some(bytes);
             }
-            MigrateMethod::Paci | MigrateMethod::Restart => {
+            MigrateMethod::Paci | MigrateMethod::Restart | MigrateMethod::Switchover => {
                 let started = Instant::now();
                 self.start(app, &new, false, start_as)
                     .map_err(|e| MigrateError::Failed(e.to_string()))?;

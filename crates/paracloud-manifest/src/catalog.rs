@@ -289,6 +289,16 @@ pub fn data_volume_name(name: &str) -> String {
 /// replica whose copy it starts from (see [`position_command`]).
 pub const FAILOVER_FILE: &str = "promote-from";
 
+/// The file of a primary's data volume that tells a new instance of the primary to follow the
+/// running one as its successor (a switchover): it holds the running primary's address.
+pub const SWITCHOVER_FILE: &str = "switchover-from";
+
+/// The command that ends a switchover in the successor, once the old primary has stopped: it
+/// takes in all the old primary wrote and becomes the primary (see [`SWITCHOVER_FILE`]).
+pub fn take_over_command() -> Vec<String> {
+    vec![ENTRY.to_owned(), "take-over".to_owned()]
+}
+
 /// The command that prints, in a replica of a kind that promotes replicas, how much of the
 /// primary's log it has received (a number; the larger, the more advanced).
 pub fn position_command() -> Vec<String> {

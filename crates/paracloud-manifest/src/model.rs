@@ -346,6 +346,12 @@ impl CatalogKind {
             CatalogKind::Postgres | CatalogKind::Mariadb | CatalogKind::Redis
         )
     }
+
+    /// Whether `paracloud migrate` moves its primary by a switchover (a successor that follows
+    /// it and takes over once it stopped): PostgreSQL's.
+    pub fn switches_over(self) -> bool {
+        matches!(self, CatalogKind::Postgres)
+    }
 }
 
 /// What one service made of a catalogue service does there.
@@ -465,6 +471,9 @@ pub enum MigrateMethod {
     /// Nothing is handed over: the new instance starts afresh (stateless services).
     #[default]
     Restart,
+    /// A catalogue primary's: its successor follows it as a standby and takes over once it has
+    /// stopped, with every transaction it committed (never a manifest's choice).
+    Switchover,
 }
 
 impl MigrateMethod {
@@ -473,6 +482,7 @@ impl MigrateMethod {
             MigrateMethod::Paci => "paci",
             MigrateMethod::Criu => "criu",
             MigrateMethod::Restart => "restart",
+            MigrateMethod::Switchover => "switchover",
         }
     }
 }

@@ -15,6 +15,16 @@
 #                            `load queries=N [lag_ms=M]`
 #   position                 a replica's WAL position (bytes of WAL it has received), which the
 #                            platform compares to choose the replica a failover promotes
+#   take-over                in the successor of a switchover, once the old primary stopped:
+#                            replays all it wrote, is promoted, and its data becomes the volume's
+# Switchover (`paracloud migrate` of the primary): the platform writes the old primary's address
+# in the volume's `switchover-from` and starts the successor, which finds the volume locked by
+# the old server: it copies the old primary into the volume's next data directory (`data.N`)
+# and follows it as a standby, while the old one serves. The platform then stops the old
+# primary (a fast shutdown sends its last WAL to its standbys) and runs `take-over` in the
+# successor, which waits until it has replayed the old primary's shutdown checkpoint, promotes
+# itself, names its directory in the volume's `current` and removes the old one. The volume
+# holds two copies while the successor follows: `storage` must leave room for them.
 # Failover: when the primary's data cannot start, the platform writes the address of its most
 # advanced replica in the volume's `promote-from` and starts the primary again; the primary then
 # sets its data aside (`data.failed`, the one of the last failover) and starts as a primary from
@@ -26,7 +36,15 @@ set -eu
 @COMMON@
 bin=/usr/lib/postgresql/@VERSION@/bin
 base=/var/lib/postgresql
-data=$base/data
+# The data directory in use: the volume's `current` names it after a switchover.
+generation() {
+    if [ -s "$base/current" ]; then
+        cat "$base/current"
+    else
+        echo data
+    fi
+}
+data=$base/$(generation)
 user=${POSTGRES_USER:-postgres}
 database=${POSTGRES_DB:-$user}
 socket=/tmp
@@ -57,8 +75,18 @@ primary() {
     wal_mb=$1
     keep_mb=$2
     commits=$3
+    mkdir -p "$base"
+    exec 9>>"$base/lock"
+    if flock -n 9; then
+        # A switchover that found its old primary gone, or did not end: this is the primary.
+        rm -f "$base/switchover-from" "$base/next"
+    elif [ -s "$base/switchover-from" ]; then
+        follow "$(cat "$base/switchover-from")"
+    else
+        echo "catalog: another server holds $base; waiting for it to stop" >&2
+        flock 9
+    fi
     own_data
-    hold_lock "$base"
     if [ -s "$base/promote-from" ]; then
         promote "$(cat "$base/promote-from")"
     fi
@@ -144,6 +172,85 @@ promote() {
     echo "catalog: failover: promoted the copy of the replica at $address" >&2
 }
 
+# The successor of a switchover: a copy of the old primary at ADDRESS in the volume's next data
+# directory, started (below, with the primary's settings) as its standby. The lock on the volume
+# is its own once the old server has stopped: `flock` waits for it on the descriptor the server
+# inherits.
+follow() {
+    address=$1
+    current=$(generation)
+    case $current in
+    data) next=data.1 ;;
+    *) next=data.$((${current#data.} + 1)) ;;
+    esac
+    # The directories of earlier primaries, but the one in use.
+    for old in "$base"/data "$base"/data.[0-9]*; do
+        if [ -d "$old" ] && [ "$old" != "$base/$current" ]; then
+            rm -rf "$old"
+        fi
+    done
+    data=$base/$next
+    own_data
+    echo "catalog: switchover: copying the primary at $address into $next" >&2
+    export PGPASSWORD="$POSTGRES_PASSWORD"
+    if ! as_postgres "$bin/pg_basebackup" -h "$address" -p 5432 -U "$user" -D "$data" \
+        -X stream -R -c fast -w; then
+        echo "catalog: switchover: cannot copy the primary at $address" >&2
+        rm -rf "$data"
+        exit 1
+    fi
+    printf '%s\n' "$next" >"$base/next"
+    flock 9 &
+}
+
+# In the successor, once the old primary stopped: its control file says it shut down cleanly and
+# where its shutdown checkpoint starts; once this standby replayed past it, it holds every
+# transaction the old primary committed, and is promoted.
+take_over() {
+    [ -s "$base/next" ] || {
+        echo "this server does not follow a primary for a switchover" >&2
+        exit 1
+    }
+    next=$(cat "$base/next")
+    state= checkpoint=
+    while IFS=: read -r key value; do
+        case $key in
+        "Database cluster state") state=$(echo $value) ;;
+        "Latest checkpoint location") checkpoint=$(echo $value) ;;
+        esac
+    done <<EOF
+$("$bin/pg_controldata" -D "$data")
+EOF
+    if [ "$state" != "shut down" ] || [ -z "$checkpoint" ]; then
+        echo "the old primary's data in $data was not shut down cleanly (${state:-no state})" >&2
+        exit 1
+    fi
+    waited=0
+    until [ "$(sql "SELECT pg_last_wal_replay_lsn() > '$checkpoint'::pg_lsn")" = t ]; do
+        if [ "$waited" -ge 300 ]; then
+            echo "did not replay the old primary's shutdown checkpoint at $checkpoint within 30 s" >&2
+            exit 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    if [ "$(sql "SELECT pg_promote(true, 60)")" != t ]; then
+        echo "the standby was not promoted within 60 s" >&2
+        exit 1
+    fi
+    printf '%s\n' "$next" >"$base/current.new"
+    mv "$base/current.new" "$base/current"
+    rm -f "$base/next" "$base/switchover-from"
+    # The old primary's data is behind this one's from now on; the volume keeps one copy.
+    rm -rf "$data"
+    echo "took over at $checkpoint"
+}
+
+# One value from the instance's server, over its socket.
+sql() {
+    "$bin/psql" -X -q -h "$socket" -U "$user" -d "$database" -tAc "$1"
+}
+
 replica() {
     primary=$1
     wal_mb=$2
@@ -218,8 +325,9 @@ primary) primary "$@" ;;
 replica) replica "$@" ;;
 ready) ready "$@" ;;
 position) position ;;
+take-over) take_over ;;
 *)
-    echo "usage: $0 primary WAL_MB KEEP_MB synchronous|local | replica PRIMARY WAL_MB KEEP_MB | ready [MAX_LAG_MS] | position" >&2
+    echo "usage: $0 primary WAL_MB KEEP_MB synchronous|local | replica PRIMARY WAL_MB KEEP_MB | ready [MAX_LAG_MS] | position | take-over" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,179 @@
+//! Migration of a catalogue primary by switchover (`paracloud migrate db.1`): two servers must
+//! never share its data, so its successor cannot start beside it as any other service's does.
+//! Instead:
+//!
+//! 1. the old primary's address goes into its data volume ([`SWITCHOVER_FILE`]) and the
+//!    successor starts, held out of the routes: its entry script finds the volume locked by the
+//!    old server, copies it into the volume's next data directory and follows it as a standby,
+//!    while the old one serves;
+//! 2. once the successor is ready, the old primary leaves the routes (new connections wait in
+//!    the data plane) and is stopped: its fast shutdown sends its last WAL to its standbys;
+//! 3. the successor takes over ([`take_over_command`]): it replays up to the old primary's
+//!    shutdown checkpoint, so that it holds every committed transaction, and is promoted;
+//! 4. it joins the routes, and the read service is renewed replica by replica from it, as after
+//!    a failover.
+//!
+//! The writes pause from step 2 to step 4. A successor that does not become ready leaves the old
+//! primary serving; one that cannot take over is removed, and the old primary starts again on
+//! its own data, which it left whole.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paracloud_manifest::catalog::{data_volume_name, take_over_command, SWITCHOVER_FILE};
+use paracloud_manifest::MigrateMethod;
+use paracloud_reconcile::{InstanceKey, StopReason};
+use paracloud_state::{AppRecord, InstanceRecord};
+
+use crate::driver::Driver;
+use crate::engine::{configured_env, Engine, StartAs};
+use crate::migrate::{MigrateError, Migrating, Options, Outcome};
+
+/// How long the successor has to take over once the old primary stopped.
+const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(90);
+
+impl<D: Driver> Engine<D> {
+    /// Moves the catalogue primary `old` of `app` to a successor by switchover; returns when
+    /// the old one has ended.
+    pub(crate) async fn switch_over(
+        self: &Arc<Self>,
+        app: &AppRecord,
+        old: &InstanceRecord,
+        options: Options,
+    ) -> Result<Outcome, MigrateError> {
+        let begun = Instant::now();
+        let key = &old.key;
+        let spec = app
+            .manifest
+            .services
+            .get(&key.service)
+            .ok_or_else(|| MigrateError::NotFound(format!("no service {}", key.service)))?;
+        if !spec
+            .catalog
+            .as_ref()
+            .is_some_and(|c| c.kind.switches_over())
+        {
+            return Err(MigrateError::Refused(format!(
+                "{} is the primary of a catalogue service that no switchover moves yet",
+                key.name()
+            )));
+        }
+        let _migrating = Migrating::mark(self, key, options.reserved)?;
+        let successor = self.reserve_successor(key)?;
+        let new = successor.key.clone();
+        let (from, to) = (key.name(), new.name());
+        let note = |message: String| self.event(&key.app, &from, &message);
+        let address = self
+            .instance_address(app, old.slot)
+            .ok_or_else(|| MigrateError::Failed(format!("{from} has no address")))?;
+        let file = self
+            .config
+            .named_volume_dir(app, &data_volume_name(&key.service))
+            .join(SWITCHOVER_FILE);
+        std::fs::write(&file, format!("{}\n", address.addr()))
+            .map_err(|e| MigrateError::Failed(format!("cannot write {}: {e}", file.display())))?;
+        let forget = || {
+            let _ = std::fs::remove_file(&file);
+        };
+        note(format!(
+            "switchover to {to}: starting {to}, which copies {from} and follows it"
+        ));
+
+        let started = Instant::now();
+        let start_as = StartAs {
+            held: true,
+            cpu: options.cpu,
+            restore: None,
+        };
+        if let Err(e) = self.start(app, &new, false, start_as) {
+            forget();
+            return Err(MigrateError::Failed(e.to_string()));
+        }
+        if let Err(e) = self.wait_ready(&new).await {
+            self.abandon(&new).await;
+            forget();
+            note(format!("switchover to {to} abandoned: {e}"));
+            return Err(MigrateError::Failed(format!(
+                "{to} did not become ready: {e}; {from} keeps serving"
+            )));
+        }
+        note(format!(
+            "{to} follows {from}, ready in {} ms; {from} stops and {to} takes over",
+            started.elapsed().as_millis()
+        ));
+
+        // The pause: new connections wait in the data plane while neither takes writes.
+        let paused = Instant::now();
+        self.store
+            .update_instance(key, |record| record.held = true)?;
+        self.push_routes();
+        self.mark_stopping(key, StopReason::Replace)?;
+        self.stop(key, StopReason::Replace);
+        let grace = spec.stop_grace_period * 2 + Duration::from_secs(5);
+        if !self.wait_exit(key, grace).await {
+            return Err(MigrateError::Failed(format!(
+                "{from} has not ended after {} s; {to} waits, out of the routes",
+                grace.as_secs()
+            )));
+        }
+        if let Err(e) = self.take_over(app, &new).await {
+            self.abandon(&new).await;
+            forget();
+            note(format!(
+                "switchover to {to} abandoned: {e}; {from} starts again on its own data"
+            ));
+            self.store
+                .update_instance(key, |record| record.held = false)?;
+            if let Err(e) = self.start(app, key, true, StartAs::default()) {
+                note(format!("cannot start: {e}"));
+            }
+            return Err(MigrateError::Failed(format!(
+                "{to} could not take over: {e}; {from} starts again on its own data"
+            )));
+        }
+        self.store
+            .update_instance(&new, |record| record.held = false)?
+            .ok_or_else(|| MigrateError::Failed(format!("{to} vanished from the state")))?;
+        self.push_routes();
+        let pause_ms = paused.elapsed().as_millis() as u64;
+        note(format!(
+            "switched: {to} takes the writes of {from}, after a pause of {pause_ms} ms"
+        ));
+        self.renew_replicas(&new, "switchover").await;
+        let took_ms = begun.elapsed().as_millis() as u64;
+        note(format!("migrated to {to} via switchover in {took_ms} ms"));
+        Ok(Outcome {
+            from,
+            to,
+            via: MigrateMethod::Switchover,
+            took_ms,
+            handover_ms: Some(pause_ms),
+            state_bytes: None,
+        })
+    }
+
+    /// Runs the successor's take-over in it; `Err` says why it did not.
+    async fn take_over(&self, app: &AppRecord, new: &InstanceKey) -> Result<(), String> {
+        let spec = app
+            .manifest
+            .services
+            .get(&new.service)
+            .ok_or("its service is gone")?;
+        let process = self.process_of(new).ok_or("it is not running")?;
+        let env: Vec<(String, String)> = configured_env(spec, new).into_iter().collect();
+        let output = self
+            .driver
+            .exec(&process, &take_over_command(), &env, TAKE_OVER_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        if output.code == 0 {
+            return Ok(());
+        }
+        let why = String::from_utf8_lossy(&output.stderr);
+        Err(format!(
+            "exit code {}: {}",
+            output.code,
+            why.lines().last().unwrap_or("").trim()
+        ))
+    }
+}
