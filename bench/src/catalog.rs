@@ -11,7 +11,11 @@
 //!   writes lost;
 //! - the same with the primary's control file destroyed first, so that it cannot come back on
 //!   its data: the platform fails it over to a copy of its replica (a base backup of the
-//!   database at its largest size), and the same two figures.
+//!   database at its largest size), and the same two figures;
+//! - the primary moved under a write load by `paracloud migrate` (a switchover: its successor
+//!   copies it and follows it, and takes over once it stopped) side by side with
+//!   `paracloud restart` (stopped, then started on its volume), rounds alternated: the longest
+//!   time without an acknowledged write, and the acknowledged writes lost.
 //!
 //! pgbench runs on the same machine as the servers, so every figure shares its cores with it.
 
@@ -93,6 +97,10 @@ pub struct CatalogReport {
     pub promotions: Vec<Failover>,
     /// The database's size when the promotions copied it, in bytes.
     pub promoted_bytes: u64,
+    /// `paracloud migrate` of the primary under writes: a switchover.
+    pub switchovers: Vec<Failover>,
+    /// `paracloud restart` of the primary under writes, alternated with the switchovers.
+    pub restarts: Vec<Failover>,
 }
 
 fn manifest(replicas: u32) -> String {
@@ -318,6 +326,31 @@ pub fn run(opts: &CatalogOptions, scratch: &Path) -> Result<CatalogReport> {
         failovers.push(failover);
     }
 
+    // A planned move of the primary: a switchover, against a restart on its volume.
+    let mut switchovers = Vec::new();
+    let mut restarts = Vec::new();
+    for round in 0..opts.rounds {
+        let round_base = (2 * opts.rounds + 2 * round) as u64;
+        let primary = instance_of(&platform, "db")?.instance;
+        let migrate = ["migrate", "-a", "pgbench", primary.as_str()];
+        let restart = ["restart", "-a", "pgbench", "db"];
+        let mut sides = [("switchover", &migrate[..]), ("restart", &restart[..])];
+        sides.rotate_left(round % 2);
+        for (offset, (side, args)) in sides.into_iter().enumerate() {
+            wait_for_replica(&platform)?;
+            let moved = disrupt_under_writes(&platform, &write, round_base + offset as u64, args)?;
+            eprintln!(
+                "catalog: primary moved by {side}: no write acknowledged for {:.0} ms, {} of {} acknowledged writes lost",
+                moved.unavailable_ms, moved.lost, moved.committed
+            );
+            if side == "switchover" {
+                switchovers.push(moved);
+            } else {
+                restarts.push(moved);
+            }
+        }
+    }
+
     // The primary's data destroyed, then killed: after its failed restarts, the platform copies
     // the replica into its volume and starts it from there; the replica is then renewed.
     let volume = scratch.join("root/volumes/pgbench/db-data");
@@ -347,6 +380,113 @@ pub fn run(opts: &CatalogOptions, scratch: &Path) -> Result<CatalogReport> {
         failovers,
         promotions,
         promoted_bytes,
+        switchovers,
+        restarts,
+    })
+}
+
+/// One writer inserting numbered rows through the write address, one at a time, while the CLI
+/// command `args` runs (started a second in); the writer reconnects whenever its session ends.
+/// Unavailable: the longest time between two acknowledged writes from the command's start to the
+/// first write acknowledged after it returned. Lost: acknowledged rows missing afterwards.
+fn disrupt_under_writes(
+    platform: &Platform,
+    write: &str,
+    round: u64,
+    args: &[&str],
+) -> Result<Failover> {
+    let base = round * 10_000_000;
+    let started = std::sync::Mutex::new(None::<Instant>);
+    let returned = std::sync::Mutex::new(None::<Instant>);
+    let (acked, next, longest) = std::thread::scope(|scope| -> Result<_> {
+        let command = scope.spawn(|| -> Result<()> {
+            std::thread::sleep(Duration::from_secs(1));
+            *started.lock().unwrap() = Some(Instant::now());
+            let out = platform.cli(args, None);
+            *returned.lock().unwrap() = Some(Instant::now());
+            let out = out?;
+            ensure!(
+                out.status.success(),
+                "paracloud {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        });
+        let mut acked: Vec<u64> = Vec::new();
+        let mut next = base;
+        let mut last_ack: Option<Instant> = None;
+        let mut longest = Duration::ZERO;
+        let begun = Instant::now();
+        'sessions: loop {
+            ensure!(
+                begun.elapsed() < Duration::from_secs(300),
+                "paracloud {} did not end with writes taken within 300 s",
+                args.join(" ")
+            );
+            let mut child = pg("psql", write)
+                .args(["-X", "-v", "ON_ERROR_STOP=1", "postgres"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let mut stdin = child.stdin.take().context("stdin")?;
+            let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+            loop {
+                let done = *returned.lock().unwrap();
+                next += 1;
+                if writeln!(stdin, "INSERT INTO acked VALUES ({next});\n\\echo done").is_err() {
+                    break;
+                }
+                let mut acknowledged = false;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match stdout.read_line(&mut line) {
+                        Ok(0) | Err(_) => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue 'sessions;
+                        }
+                        Ok(_) if line.trim() == "INSERT 0 1" => acknowledged = true,
+                        Ok(_) if line.trim() == "done" => break,
+                        Ok(_) => {}
+                    }
+                }
+                if acknowledged {
+                    let now = Instant::now();
+                    acked.push(next);
+                    if let (Some(last), Some(_)) = (last_ack, *started.lock().unwrap()) {
+                        longest = longest.max(now.duration_since(last));
+                    }
+                    last_ack = Some(now);
+                    // A write sent after the command returned, and acknowledged: the end.
+                    if done.is_some() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break 'sessions;
+                    }
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        command
+            .join()
+            .map_err(|_| anyhow::anyhow!("the command's thread panicked"))??;
+        Ok((acked, next, longest))
+    })?;
+    let present: u64 = sql(
+        write,
+        &format!("SELECT count(*) FROM acked WHERE n > {base} AND n <= {next}"),
+    )?
+    .parse()?;
+    let committed = acked.len() as u64;
+    Ok(Failover {
+        committed,
+        lost: committed.saturating_sub(present),
+        unavailable_ms: longest.as_secs_f64() * 1000.0,
     })
 }
 
@@ -402,7 +542,11 @@ fn kill_primary_under_writes(
                     .context("the primary's pid")?;
                 last_ack_before_kill = Some(Instant::now());
                 if let Some(volume) = destroy {
-                    std::fs::write(volume.join("data/global/pg_control"), b"")?;
+                    // The data directory in use: the volume's `current` names it after a
+                    // switchover.
+                    let data = std::fs::read_to_string(volume.join("current"))
+                        .map_or_else(|_| "data".to_owned(), |c| c.trim().to_owned());
+                    std::fs::write(volume.join(data).join("global/pg_control"), b"")?;
                 }
                 nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -561,6 +705,24 @@ pub fn markdown(report: &CatalogReport) -> String {
         report.promoted_bytes as f64 / 1e6
     );
     failover_table(&mut out, &destroyed, &report.promotions);
+    out.push_str("\n| the primary moved under writes | longest time without an acknowledged write, ms | acknowledged writes | lost |\n|---|---|---|---|\n");
+    for (i, (switchover, restart)) in report.switchovers.iter().zip(&report.restarts).enumerate() {
+        for (how, f) in [
+            ("`paracloud migrate` (switchover)", switchover),
+            (
+                "`paracloud restart` (stop, then start on its volume)",
+                restart,
+            ),
+        ] {
+            out.push_str(&format!(
+                "| round {}: {how} | {:.0} | {} | {} |\n",
+                i + 1,
+                f.unavailable_ms,
+                f.committed,
+                f.lost
+            ));
+        }
+    }
     out
 }
 

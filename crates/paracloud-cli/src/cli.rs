@@ -190,7 +190,7 @@ pub enum Command {
         instance: String,
         /// How its state moves: paci (the application hands it over), criu (checkpoint and
         /// restore) or restart (none: stateless); the service's `migrate` by default, and
-        /// switchover for a catalogue PostgreSQL's primary (its successor follows it, then takes
+        /// switchover for the primary of a catalogue database (its successor follows it, then takes
         /// over)
         #[arg(long, value_parser = ["paci", "criu", "restart", "switchover"])]
         via: Option<String>,

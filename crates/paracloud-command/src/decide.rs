@@ -628,7 +628,7 @@ pub fn parse_via(via: &str) -> Result<MigrateMethod, String> {
         "restart" => Ok(MigrateMethod::Restart),
         "switchover" => Ok(MigrateMethod::Switchover),
         other => Err(format!(
-            "unknown migration method {other:?}: use paci (the application hands its state over), criu (checkpoint and restore), restart (stateless) or switchover (a catalogue PostgreSQL's primary)"
+            "unknown migration method {other:?}: use paci (the application hands its state over), criu (checkpoint and restore), restart (stateless) or switchover (the primary of a catalogue database)"
         )),
     }
 }
@@ -661,16 +661,8 @@ fn migrate(
         .map_err(|e| invalid(format!("--cpus: {e}")))?;
     let record = live_app(snapshot, app)?;
     let spec = find_service(record, &service)?;
-    let via = match (&spec.catalog, via) {
-        (Some(catalogued), via) if spec.is_catalog_primary() => {
-            if !catalogued.kind.switches_over() {
-                return Err(Refusal::new(
-                    RefusalKind::Conflict,
-                    format!(
-                        "{service} is the primary of a catalogue service, whose data two servers must never share: it cannot run beside a successor, and a switchover moves only PostgreSQL's yet; `paracloud restart {service}` stops it and starts it again on the same data"
-                    ),
-                ));
-            }
+    let via = match via {
+        via if spec.is_catalog_primary() => {
             if via.is_some_and(|v| v != MigrateMethod::Switchover) {
                 return Err(invalid(format!(
                     "{service} is the primary of a catalogue service, which moves by switchover alone (its successor follows it and takes over once it stopped, so that two servers never share its data): leave --via out"
@@ -678,12 +670,12 @@ fn migrate(
             }
             Some(MigrateMethod::Switchover)
         }
-        (_, Some(MigrateMethod::Switchover)) => {
+        Some(MigrateMethod::Switchover) => {
             return Err(invalid(format!(
-                "--via switchover moves the primary of a catalogue PostgreSQL service, and {service} is not one: use paci, criu or restart"
+                "--via switchover moves the primary of a catalogue database (PostgreSQL, MariaDB or Redis), and {service} is not one: use paci, criu or restart"
             )))
         }
-        (_, via) => via,
+        via => via,
     };
     if let Some(revision) = revision {
         let current = record.services[&service].revision;

@@ -669,7 +669,7 @@ fn migrate_checks_the_request_before_the_state() {
     assert!(decision.changes.is_empty());
 }
 
-/// A catalogue PostgreSQL's primary moves by switchover alone, and nothing else does.
+/// A catalogue database's primary moves by switchover alone, and nothing else does.
 #[test]
 fn a_catalogue_primary_migrates_by_switchover_alone() {
     let local = Caller::Local { uid: Some(0) };
@@ -697,20 +697,21 @@ fn a_catalogue_primary_migrates_by_switchover_alone() {
             }
         );
     }
-    // A switchover moves only PostgreSQL's primary yet: Redis's would run beside its successor.
-    let redis = Snapshot {
+    // MariaDB's primary moves by switchover as well.
+    let mariadb = Snapshot {
         apps: vec![app(
-            "app = \"pg\"\n[services.db]\ncatalog = \"redis\"\nenv = { REDIS_PASSWORD = \"secret\" }\n",
+            "app = \"pg\"\n[services.db]\ncatalog = \"mariadb\"\nenv = { MARIADB_ROOT_PASSWORD = \"secret\" }\n",
         )],
         ..Snapshot::default()
     };
-    let refused = decide(&local, &migrate("db.1", None), &redis, &LIMITS).unwrap_err();
-    assert_eq!(refused.kind, RefusalKind::Conflict);
-    assert!(
-        refused.message.contains("two servers must never share"),
-        "{}",
-        refused.message
-    );
+    let decision = decide(&local, &migrate("db.1", None), &mariadb, &LIMITS).unwrap();
+    assert!(matches!(
+        decision.outcome,
+        Outcome::Migrate {
+            via: Some(paracloud_manifest::MigrateMethod::Switchover),
+            ..
+        }
+    ));
     for (instance, via, said) in [
         ("db.1", "restart", "moves by switchover alone"),
         ("db.1", "paci", "moves by switchover alone"),

@@ -7,9 +7,12 @@
 //!    old server, copies it into the volume's next data directory and follows it as a standby,
 //!    while the old one serves;
 //! 2. once the successor is ready, the old primary leaves the routes (new connections wait in
-//!    the data plane) and is stopped: its fast shutdown sends its last WAL to its standbys;
-//! 3. the successor takes over ([`take_over_command`]): it replays up to the old primary's
-//!    shutdown checkpoint, so that it holds every committed transaction, and is promoted;
+//!    the data plane), is fenced ([`fence_command`]: Redis pauses its clients' writes and says
+//!    how far its stream goes) and stopped (PostgreSQL's fast shutdown sends its last WAL to
+//!    its standbys);
+//! 3. the successor takes over ([`take_over_command`]): it takes in all the old primary wrote
+//!    (PostgreSQL up to the shutdown checkpoint its control file names, Redis up to the fence's
+//!    offset), so that it holds every acknowledged write, and becomes the primary;
 //! 4. it joins the routes, and the read service is renewed replica by replica from it, as after
 //!    a failover.
 //!
@@ -20,7 +23,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paracloud_manifest::catalog::{data_volume_name, take_over_command, SWITCHOVER_FILE};
+use paracloud_manifest::catalog::{
+    data_volume_name, fence_command, receive_command, take_over_command, SWITCHOVER_FILE,
+};
 use paracloud_manifest::MigrateMethod;
 use paracloud_reconcile::{InstanceKey, StopReason};
 use paracloud_state::{AppRecord, InstanceRecord};
@@ -29,8 +34,9 @@ use crate::driver::Driver;
 use crate::engine::{configured_env, Engine, StartAs};
 use crate::migrate::{MigrateError, Migrating, Options, Outcome};
 
-/// How long the successor has to take over once the old primary stopped.
-const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the old primary's fence, and the successor's take-over once the old primary
+/// stopped, may take.
+const ENTRY_TIMEOUT: Duration = Duration::from_secs(90);
 
 impl<D: Driver> Engine<D> {
     /// Moves the catalogue primary `old` of `app` to a successor by switchover; returns when
@@ -48,16 +54,6 @@ impl<D: Driver> Engine<D> {
             .services
             .get(&key.service)
             .ok_or_else(|| MigrateError::NotFound(format!("no service {}", key.service)))?;
-        if !spec
-            .catalog
-            .as_ref()
-            .is_some_and(|c| c.kind.switches_over())
-        {
-            return Err(MigrateError::Refused(format!(
-                "{} is the primary of a catalogue service that no switchover moves yet",
-                key.name()
-            )));
-        }
         let _migrating = Migrating::mark(self, key, options.reserved)?;
         let successor = self.reserve_successor(key)?;
         let new = successor.key.clone();
@@ -107,28 +103,29 @@ impl<D: Driver> Engine<D> {
         self.store
             .update_instance(key, |record| record.held = true)?;
         self.push_routes();
-        self.mark_stopping(key, StopReason::Replace)?;
-        self.stop(key, StopReason::Replace);
-        let grace = spec.stop_grace_period * 2 + Duration::from_secs(5);
-        if !self.wait_exit(key, grace).await {
-            return Err(MigrateError::Failed(format!(
-                "{from} has not ended after {} s; {to} waits, out of the routes",
-                grace.as_secs()
-            )));
-        }
-        if let Err(e) = self.take_over(app, &new).await {
+        let mut steps = Vec::new();
+        let handed = self
+            .switch_primaries(app, (key, &new), spec.stop_grace_period, &mut steps)
+            .await;
+        if let Err(e) = handed {
+            // Fenced or stopped, the old primary starts again on its own data, which it left
+            // whole: its fence does not outlive its server.
             self.abandon(&new).await;
             forget();
             note(format!(
                 "switchover to {to} abandoned: {e}; {from} starts again on its own data"
             ));
+            if self.process_of(key).is_some() {
+                self.stop(key, StopReason::Replace);
+                self.wait_exit(key, spec.stop_grace_period * 2).await;
+            }
             self.store
                 .update_instance(key, |record| record.held = false)?;
             if let Err(e) = self.start(app, key, true, StartAs::default()) {
                 note(format!("cannot start: {e}"));
             }
             return Err(MigrateError::Failed(format!(
-                "{to} could not take over: {e}; {from} starts again on its own data"
+                "{e}; {from} starts again on its own data"
             )));
         }
         self.store
@@ -137,7 +134,8 @@ impl<D: Driver> Engine<D> {
         self.push_routes();
         let pause_ms = paused.elapsed().as_millis() as u64;
         note(format!(
-            "switched: {to} takes the writes of {from}, after a pause of {pause_ms} ms"
+            "switched: {to} takes the writes of {from}, after a pause of {pause_ms} ms ({})",
+            steps.join(", ")
         ));
         self.renew_replicas(&new, "switchover").await;
         let took_ms = begun.elapsed().as_millis() as u64;
@@ -152,22 +150,66 @@ impl<D: Driver> Engine<D> {
         })
     }
 
-    /// Runs the successor's take-over in it; `Err` says why it did not.
-    async fn take_over(&self, app: &AppRecord, new: &InstanceKey) -> Result<(), String> {
+    /// The pause's steps, once `old` is out of the routes: `old` is fenced, `new` receives all
+    /// it logged, `old` stops, and `new` takes over; each step's time goes into `steps`.
+    async fn switch_primaries(
+        self: &Arc<Self>,
+        app: &AppRecord,
+        (old, new): (&InstanceKey, &InstanceKey),
+        grace: Duration,
+        steps: &mut Vec<String>,
+    ) -> Result<(), String> {
+        let (from, to) = (old.name(), new.name());
+        let step = Instant::now();
+        let position = self
+            .run_entry(app, old, &fence_command())
+            .await
+            .map_err(|e| format!("{from} could not be fenced: {e}"))?;
+        steps.push(format!("fence {} ms", step.elapsed().as_millis()));
+        let step = Instant::now();
+        self.run_entry(app, new, &receive_command(&position))
+            .await
+            .map_err(|e| format!("{to} did not receive all {from} logged: {e}"))?;
+        steps.push(format!("received {} ms", step.elapsed().as_millis()));
+        let step = Instant::now();
+        self.mark_stopping(old, StopReason::Replace)
+            .map_err(|e| e.to_string())?;
+        self.stop(old, StopReason::Replace);
+        let grace = grace * 2 + Duration::from_secs(5);
+        if !self.wait_exit(old, grace).await {
+            return Err(format!("{from} has not ended after {} s", grace.as_secs()));
+        }
+        steps.push(format!("stop {} ms", step.elapsed().as_millis()));
+        let step = Instant::now();
+        self.run_entry(app, new, &take_over_command(&position))
+            .await
+            .map_err(|e| format!("{to} could not take over: {e}"))?;
+        steps.push(format!("take-over {} ms", step.elapsed().as_millis()));
+        Ok(())
+    }
+
+    /// Runs `command` of the entry script in instance `key`; its standard output, trimmed, or
+    /// why it failed.
+    async fn run_entry(
+        &self,
+        app: &AppRecord,
+        key: &InstanceKey,
+        command: &[String],
+    ) -> Result<String, String> {
         let spec = app
             .manifest
             .services
-            .get(&new.service)
+            .get(&key.service)
             .ok_or("its service is gone")?;
-        let process = self.process_of(new).ok_or("it is not running")?;
-        let env: Vec<(String, String)> = configured_env(spec, new).into_iter().collect();
+        let process = self.process_of(key).ok_or("it is not running")?;
+        let env: Vec<(String, String)> = configured_env(spec, key).into_iter().collect();
         let output = self
             .driver
-            .exec(&process, &take_over_command(), &env, TAKE_OVER_TIMEOUT)
+            .exec(&process, command, &env, ENTRY_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
         if output.code == 0 {
-            return Ok(());
+            return Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned());
         }
         let why = String::from_utf8_lossy(&output.stderr);
         Err(format!(

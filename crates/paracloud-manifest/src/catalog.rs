@@ -293,10 +293,33 @@ pub const FAILOVER_FILE: &str = "promote-from";
 /// running one as its successor (a switchover): it holds the running primary's address.
 pub const SWITCHOVER_FILE: &str = "switchover-from";
 
+/// The command that fences the primary a switchover moves, before it is stopped: its clients'
+/// writes stop reaching its data, and it prints how far its log goes (nothing where the
+/// stopped server's own files say it).
+pub fn fence_command() -> Vec<String> {
+    vec![ENTRY.to_owned(), "fence".to_owned()]
+}
+
+/// The command that, in the successor of a switchover, waits until it has received all the
+/// fenced old primary logged, up to the `position` its fence printed, and then stops receiving
+/// (while the old primary still runs, so that nothing waits on a server that is gone).
+pub fn receive_command(position: &str) -> Vec<String> {
+    let mut command = vec![ENTRY.to_owned(), "receive".to_owned()];
+    if !position.is_empty() {
+        command.push(position.to_owned());
+    }
+    command
+}
+
 /// The command that ends a switchover in the successor, once the old primary has stopped: it
-/// takes in all the old primary wrote and becomes the primary (see [`SWITCHOVER_FILE`]).
-pub fn take_over_command() -> Vec<String> {
-    vec![ENTRY.to_owned(), "take-over".to_owned()]
+/// takes in all the old primary wrote, up to the `position` its fence printed, and becomes the
+/// primary (see [`SWITCHOVER_FILE`]).
+pub fn take_over_command(position: &str) -> Vec<String> {
+    let mut command = vec![ENTRY.to_owned(), "take-over".to_owned()];
+    if !position.is_empty() {
+        command.push(position.to_owned());
+    }
+    command
 }
 
 /// The command that prints, in a replica of a kind that promotes replicas, how much of the

@@ -346,12 +346,6 @@ impl CatalogKind {
             CatalogKind::Postgres | CatalogKind::Mariadb | CatalogKind::Redis
         )
     }
-
-    /// Whether `paracloud migrate` moves its primary by a switchover (a successor that follows
-    /// it and takes over once it stopped): PostgreSQL's.
-    pub fn switches_over(self) -> bool {
-        matches!(self, CatalogKind::Postgres)
-    }
 }
 
 /// What one service made of a catalogue service does there.

@@ -627,6 +627,112 @@ impl Platform {
         }
     }
 
+    /// Two switchovers of the primary `primary` of application `app` (`.1` to `.2` to `.3`) under
+    /// one-row writes through `insert`, which go on throughout: each migration returns, none of the
+    /// writes is lost (`present` after each), the volume holds the data directory each names
+    /// (`generations`) alone, and the read service is renewed from the new primary, each replica
+    /// having the last write (`replica_has`).
+    pub fn switch_over_twice(
+        &self,
+        (app, primary): (&str, &str),
+        generations: [&str; 2],
+        insert: impl Fn(u64) -> bool + Copy + Sync,
+        present: impl Fn() -> std::collections::BTreeSet<u64>,
+        replica_has: impl Fn(&str, u64) -> bool,
+    ) -> Commits {
+        let volume = self.root().join(format!("volumes/{app}/{primary}-data"));
+        let read = format!("{primary}-read");
+        let context = || self.events(app);
+        let mut commits = Commits::new();
+        commits.until(20, Duration::from_secs(60), context, &mut { insert });
+        for (n, generation) in (1..).zip(generations) {
+            let (from, to) = (format!("{primary}.{n}"), format!("{primary}.{}", n + 1));
+            let replicas_before = self.pids(app, &read);
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let migrated = std::thread::scope(|scope| {
+                let writer = scope.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        commits.next(insert);
+                    }
+                });
+                let migrated = self.run(&["migrate", "-a", app, &from]);
+                // Writes go on after the switch, through the same address.
+                std::thread::sleep(Duration::from_secs(2));
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                writer.join().unwrap();
+                migrated
+            });
+            let said = String::from_utf8_lossy(&migrated.stderr).into_owned();
+            assert!(
+                migrated.status.success()
+                    && said.contains(&format!("migrated {from} to {to} via switchover")),
+                "{said}\n{}\nLOGS {}",
+                self.events(app),
+                self.ok(&["logs", "-a", app, primary])
+            );
+            commits.until(10, Duration::from_secs(30), context, &mut { insert });
+            let lost = commits.lost(&present());
+            eprintln!(
+                "switchover {from} to {to}: {} writes acknowledged, {lost} lost, {} failed, the longest time without one {} ms",
+                commits.committed.len(),
+                commits.failed,
+                commits.longest_gap.as_millis()
+            );
+            assert_eq!(lost, 0, "acknowledged writes lost");
+            let events = self.events(app);
+            assert!(
+                events.contains(&format!(
+                    "switched: {to} takes the writes of {from}, after a pause of"
+                )),
+                "{events}"
+            );
+            let primaries: Vec<String> = self
+                .ps(app)
+                .iter()
+                .filter(|i| field(i, "service") == primary)
+                .map(|i| format!("{} {}", field(i, "instance"), field(i, "state")))
+                .collect();
+            assert_eq!(primaries, [format!("{to} running")]);
+            assert_eq!(
+                std::fs::read_to_string(volume.join("current"))
+                    .unwrap()
+                    .trim(),
+                generation
+            );
+            assert!(!volume.join("switchover-from").exists());
+            assert!(volume.join(generation).is_dir());
+            // The replica is renewed from the new primary, and follows it.
+            self.wait_renewed(app, &read, &replicas_before, 1);
+            let last = *commits.committed.last().unwrap();
+            let replicas: Vec<String> = self
+                .ps(app)
+                .iter()
+                .filter(|i| field(i, "service") == read)
+                .map(|i| field(i, "address").split('/').next().unwrap().to_owned())
+                .collect();
+            for replica in replicas {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !replica_has(&replica, last) {
+                    assert!(Instant::now() < deadline, "{replica} does not follow {to}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        commits
+    }
+
+    /// The entries of a data volume whose names start with `prefix`, sorted.
+    pub fn volume_entries(&self, app: &str, volume: &str, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(self.root().join("volumes").join(app).join(volume))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(prefix))
+                .collect();
+        names.sort();
+        names
+    }
+
     /// The pids of `service`'s instances, as `ps` shows them.
     pub fn pids(&self, app: &str, service: &str) -> Vec<Value> {
         self.ps(app)

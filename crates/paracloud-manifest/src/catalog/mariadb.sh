@@ -13,6 +13,22 @@
 #   position                 a replica's position: the sequence number of the last transaction
 #                            it received from the primary, which the platform compares to choose
 #                            the replica a failover promotes
+#   fence                    in the primary a switchover moves: no client writes any more (it is
+#                            read-only and their connections are ended), its replicas have all
+#                            it logged, and it prints its binary log's GTID position
+#   receive [POSITION]       in the successor of a switchover, once the old primary is fenced:
+#                            waits until it has received all up to POSITION, then stops
+#                            receiving (while the old primary still answers: a replica waits 2 s
+#                            to stop one that reconnects to a server that is gone)
+#   take-over POSITION       in the successor of a switchover, once the old primary stopped:
+#                            applies all up to POSITION, stops replicating and takes writes, and
+#                            its data becomes the volume's
+# Switchover (`paracloud migrate` of the primary): the platform writes the old primary's address
+# in the volume's `switchover-from` and starts the successor, which finds the volume locked by
+# the old server: it loads a copy of it into the volume's next data directory (`data.N`, which
+# the volume's `current` names once it took over) and replicates from it under the next server
+# id, logging what it applies, while the old one serves. The platform then runs `fence` in the
+# old primary, stops it, and runs `take-over` in the successor.
 # Failover: when the primary's data cannot start, the platform writes the address of its most
 # advanced replica in the volume's `promote-from` and starts the primary again; the primary then
 # has that replica apply all it received, sets its own data aside (`data.failed`, the one of the
@@ -28,7 +44,15 @@ set -eu
 
 @COMMON@
 base=/var/lib/mysql
-data=$base/data
+# The data directory in use: the volume's `current` names it after a switchover.
+generation() {
+    if [ -s "$base/current" ]; then
+        cat "$base/current"
+    else
+        echo data
+    fi
+}
+data=$base/$(generation)
 share=/usr/share/mysql
 # The server's socket, where the health check and the capsules find it; the servers the script
 # runs for itself (to restore a dump, to seed a replica) listen on sockets of their own, so that
@@ -150,24 +174,47 @@ bootstrap() {
 
 primary() {
     commits=$1
+    mkdir -p "$base"
+    exec 9>>"$base/lock"
+    following=
+    if flock -n 9; then
+        # A switchover that found its old primary gone, or did not end: this is the primary.
+        rm -f "$base/switchover-from" "$base/next" "$base/next-commits"
+    elif [ -s "$base/switchover-from" ]; then
+        follow "$(cat "$base/switchover-from")"
+        following=yes
+    else
+        echo "catalog: another server holds $base; waiting for it to stop" >&2
+        flock 9
+    fi
     own_data
-    hold_lock "$base"
     if [ -s "$base/promote-from" ]; then
         promote "$(cat "$base/promote-from")"
     fi
     if [ ! -d "$data/mysql" ]; then
         new_database
     fi
-    # 1 for the first primary, one more after each failover (the replicas take random ones).
-    server_id=1
-    if [ -s "$base/server-id" ]; then
-        server_id=$(cat "$base/server-id")
+    # 1 for the first primary, one more after each failover and switchover (the replicas take
+    # random ones).
+    server_id=$(current_server_id)
+    if [ -n "$following" ]; then
+        server_id=$((server_id + 1))
     fi
     # Every commit is in the binary log on the volume before the client hears of it. The log is
     # kept a day: what a replica that lost its connection needs to go on from where it was (one
     # that starts copies the primary afresh).
     set -- --server-id="$server_id" --log-bin --binlog-format=ROW --sync-binlog=1 \
         --binlog-expire-logs-seconds=86400
+    # A successor replicates read-only from the old primary, its binary log holding what it
+    # applies, so that its replicas go on from the same GTIDs once it takes over. Its own
+    # commits wait for replicas only once it has taken over: the transactions it applies would
+    # wait for replicas it does not have yet.
+    if [ -n "$following" ]; then
+        set -- "$@" --read-only=ON --log-slave-updates=ON --rpl-semi-sync-slave-enabled=ON \
+            --slave-net-timeout=10
+        printf '%s\n' "$commits" >"$base/next-commits"
+        commits=local
+    fi
     case "$commits" in
     # A commit waits until a replica has it in its relay log (written after the primary's binary
     # log, before the primary's tables: AFTER_SYNC): it is on two servers before the client hears
@@ -176,7 +223,8 @@ primary() {
     # its copy, turns the waiting off.
     synchronous)
         server "$@" --rpl-semi-sync-master-enabled=ON \
-            --rpl-semi-sync-master-wait-point=AFTER_SYNC --rpl-semi-sync-master-timeout=86400000 \
+            --rpl-semi-sync-master-wait-point=AFTER_SYNC \
+            --rpl-semi-sync-master-timeout="$semi_sync_timeout" \
             --rpl-semi-sync-master-wait-no-slave=ON
         ;;
     local) server "$@" ;;
@@ -290,6 +338,135 @@ promote() {
     echo "$((previous + 1))" >"$base/server-id"
     rm -f "$base/promote-from"
     echo "catalog: failover: promoted the copy of the replica at $address" >&2
+}
+
+# How long a synchronous commit waits for a replica, in ms: a day.
+semi_sync_timeout=86400000
+
+# The server id of the volume's primary: 1, then one more after each failover and switchover.
+current_server_id() {
+    if [ -s "$base/server-id" ]; then
+        cat "$base/server-id"
+    else
+        echo 1
+    fi
+}
+
+# The successor of a switchover: a copy of the old primary at ADDRESS in the volume's next data
+# directory, which replicates from it (the server is started by `primary`). The lock on the
+# volume is its own once the old server has stopped: `flock` waits for it on the descriptor the
+# server inherits.
+follow() {
+    address=$1
+    current=$(generation)
+    case $current in
+    data) next=data.1 ;;
+    *) next=data.$((${current#data.} + 1)) ;;
+    esac
+    # The directories of earlier primaries, but the one in use.
+    for old in "$base"/data "$base"/data.[0-9]*; do
+        if [ -d "$old" ] && [ "$old" != "$base/$current" ]; then
+            rm -rf "$old"
+        fi
+    done
+    data=$base/$next
+    password=${MARIADB_ROOT_PASSWORD:?the catalogue sets MARIADB_ROOT_PASSWORD}
+    export MYSQL_PWD="$password"
+    echo "catalog: switchover: copying the primary at $address into $next" >&2
+    if ! seed "$address"; then
+        [ -z "${private_pid:-}" ] || stop_private
+        rm -rf "$data"
+        echo "catalog: switchover: cannot copy the primary at $address" >&2
+        exit 1
+    fi
+    unset MYSQL_PWD
+    printf '%s\n' "$next" >"$base/next"
+    flock 9 &
+}
+
+# In the primary a switchover moves: it takes no more writes from clients (read-only, which
+# binds root from elsewhere too, made without READ_ONLY ADMIN; and every client connection
+# ends, its open transaction rolled back), and once each replica has been sent all it logged,
+# it says how far its binary log goes.
+fence() {
+    sql_on_socket "SET GLOBAL read_only = ON"
+    for id in $(sql_on_socket "SELECT id FROM information_schema.processlist
+        WHERE command NOT IN ('Binlog Dump', 'Daemon') AND id <> CONNECTION_ID()
+        AND user <> 'system user'"); do
+        sql_on_socket "KILL CONNECTION $id" 2>/dev/null || true
+    done
+    waited=0
+    while [ -n "$(sql_on_socket "SELECT id FROM information_schema.processlist
+        WHERE command = 'Binlog Dump' AND state NOT LIKE 'Master has sent all binlog%'")" ]; do
+        if [ "$waited" -ge 100 ]; then
+            echo "its replicas were not sent all it logged within 10 s" >&2
+            exit 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    sql_on_socket "SELECT @@gtid_binlog_pos"
+}
+
+# In the successor, while the fenced old primary still runs: once it has received all up to
+# POSITION (the sequence numbers of domain 0, the only one the catalogue's servers write in), it
+# stops receiving.
+receive() {
+    position=${1:-}
+    wanted=${position##*-}
+    waited=0
+    while [ -n "$position" ]; do
+        received=$(slave_field Gtid_IO_Pos --socket="$socket") || exit 1
+        received=${received%%,*}
+        if [ -n "$received" ] && [ "${received##*-}" -ge "$wanted" ]; then
+            break
+        fi
+        if [ "$waited" -ge 300 ]; then
+            echo "did not receive the old primary's transactions up to $position within 30 s" >&2
+            exit 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    sql_on_socket "STOP SLAVE IO_THREAD"
+}
+
+# In the successor, once the old primary stopped: once it applied all up to POSITION, it holds
+# every transaction the old primary committed; it stops replicating, takes writes, and its data
+# and server id are the volume's.
+take_over() {
+    position=${1:-}
+    [ -s "$base/next" ] || {
+        echo "this server does not follow a primary for a switchover" >&2
+        exit 1
+    }
+    next=$(cat "$base/next")
+    if [ -n "$position" ] &&
+        [ "$(sql_on_socket "SELECT MASTER_GTID_WAIT($(sql_string "$position"), 30)")" != 0 ]; then
+        echo "did not apply the old primary's transactions up to $position within 30 s" >&2
+        exit 1
+    fi
+    sql_on_socket "STOP SLAVE; RESET SLAVE ALL;"
+    if [ "$(cat "$base/next-commits" 2>/dev/null)" = synchronous ]; then
+        sql_on_socket "SET GLOBAL rpl_semi_sync_master_wait_point = AFTER_SYNC;
+            SET GLOBAL rpl_semi_sync_master_timeout = $semi_sync_timeout;
+            SET GLOBAL rpl_semi_sync_master_wait_no_slave = ON;
+            SET GLOBAL rpl_semi_sync_master_enabled = ON;"
+    fi
+    sql_on_socket "SET GLOBAL read_only = OFF"
+    echo "$(($(current_server_id) + 1))" >"$base/server-id.new"
+    mv "$base/server-id.new" "$base/server-id"
+    printf '%s\n' "$next" >"$base/current.new"
+    mv "$base/current.new" "$base/current"
+    rm -f "$base/next" "$base/next-commits" "$base/switchover-from"
+    # The old primary's data is behind this one's from now on; the volume keeps one copy.
+    rm -rf "$data"
+    echo "took over at $position"
+}
+
+# The rows of SQL on the instance's server, as root over its socket, tab-separated.
+sql_on_socket() {
+    client --socket="$socket" --batch --skip-column-names --execute="$1"
 }
 
 # FIELD of SHOW SLAVE STATUS, asked with the client's options that follow (nothing when the
@@ -438,8 +615,11 @@ primary) primary "$@" ;;
 replica) replica "$@" ;;
 ready) ready "$@" ;;
 position) position ;;
+fence) fence ;;
+receive) receive "$@" ;;
+take-over) take_over "$@" ;;
 *)
-    echo "usage: $0 primary synchronous|local | replica PRIMARY | ready [MAX_LAG_MS] | position" >&2
+    echo "usage: $0 primary synchronous|local | replica PRIMARY | ready [MAX_LAG_MS] | position | fence | receive [POSITION] | take-over [POSITION]" >&2
     exit 2
     ;;
 esac

@@ -15,6 +15,10 @@
 #                            `load queries=N [lag_ms=M]`
 #   position                 a replica's WAL position (bytes of WAL it has received), which the
 #                            platform compares to choose the replica a failover promotes
+#   fence                    in the primary a switchover moves: nothing (its fast shutdown is
+#                            its fence, and its control file says where it ended)
+#   receive                  in the successor of a switchover, once the old primary is fenced:
+#                            nothing (the old primary's shutdown sends it the rest)
 #   take-over                in the successor of a switchover, once the old primary stopped:
 #                            replays all it wrote, is promoted, and its data becomes the volume's
 # Switchover (`paracloud migrate` of the primary): the platform writes the old primary's address
@@ -325,9 +329,10 @@ primary) primary "$@" ;;
 replica) replica "$@" ;;
 ready) ready "$@" ;;
 position) position ;;
+fence | receive) ;;
 take-over) take_over ;;
 *)
-    echo "usage: $0 primary WAL_MB KEEP_MB synchronous|local | replica PRIMARY WAL_MB KEEP_MB | ready [MAX_LAG_MS] | position | take-over" >&2
+    echo "usage: $0 primary WAL_MB KEEP_MB synchronous|local | replica PRIMARY WAL_MB KEEP_MB | ready [MAX_LAG_MS] | position | fence | receive | take-over" >&2
     exit 2
     ;;
 esac

@@ -10,6 +10,19 @@
 #   position              a replica's position: the offset of the primary's replication stream
 #                         it has received, which the platform compares to choose the replica a
 #                         failover promotes
+#   fence                 in the primary a switchover moves: pauses the clients' writes and
+#                         prints the offset of its replication stream
+#   receive OFFSET        in the successor of a switchover, once the old primary is fenced:
+#                         waits until it has received the stream up to OFFSET
+#   take-over OFFSET      in the successor of a switchover, once the old primary stopped: with
+#                         the stream up to OFFSET, stops replicating, and its files become the
+#                         volume's
+# Switchover (`paracloud migrate` of the primary): the platform writes the old primary's address
+# in the volume's `switchover-from` and starts the successor, which finds the volume locked by
+# the old server: it replicates from it into the volume's next directory (`g1`, `g2`, ...),
+# which the volume's `current` names once it took over (without `current`, the files are at the
+# volume's top). The platform then runs `fence` in the old primary, stops it, and runs
+# `take-over` in the successor.
 # Failover: when the primary's data cannot start, the platform writes the address of its most
 # advanced replica in the volume's `promote-from` and starts the primary again; the primary then
 # sets its own files aside (`data.failed`, those of the last failover) and starts from a
@@ -19,37 +32,147 @@
 set -eu
 
 @COMMON@
-data=/data
+volume=/data
+# The directory of the server's files: the volume's `current` names it after a switchover.
+generation() {
+    if [ -s "$volume/current" ]; then
+        cat "$volume/current"
+    else
+        echo .
+    fi
+}
+data=$volume/$(generation)
 
 own_data() {
     mkdir -p "$data"
-    chown redis:redis "$data"
-    chmod 700 "$data"
+    chown redis:redis "$volume" "$data"
+    chmod 700 "$volume" "$data"
 }
 
+# A new replica is copied at once, not after Redis's default wait of 5 s for others to copy
+# in the same go. A stopped primary does not wait for its replicas to acknowledge the last of
+# its stream (they acknowledge once a second): a switchover's take-over checks that its
+# successor has all of it, and a restarted primary comes back on its own files.
 server() {
     password=${REDIS_PASSWORD:?the catalogue sets REDIS_PASSWORD}
     exec setpriv --reuid=redis --regid=redis --clear-groups -- \
         /usr/bin/redis-server --bind 0.0.0.0 --port 6379 --protected-mode no --dir "$data" \
-        --requirepass "$password" --masterauth "$password" "$@"
+        --requirepass "$password" --masterauth "$password" --repl-diskless-sync-delay 0 \
+        --shutdown-timeout 0 "$@"
 }
 
 primary() {
     persistence=$1
-    own_data
-    hold_lock "$data"
-    if [ -s "$data/promote-from" ]; then
-        promote "$(cat "$data/promote-from")" "$persistence"
+    mkdir -p "$volume"
+    exec 9>>"$volume/lock"
+    following=
+    if flock -n 9; then
+        # A switchover that found its old primary gone, or did not end: this is the primary.
+        rm -f "$volume/switchover-from" "$volume/next"
+    elif [ -s "$volume/switchover-from" ]; then
+        follow "$(cat "$volume/switchover-from")"
+        following="--replicaof $(cat "$volume/switchover-from") 6379 --replica-read-only yes"
+    else
+        echo "catalog: another server holds $volume; waiting for it to stop" >&2
+        flock 9
     fi
+    own_data
+    if [ -s "$volume/promote-from" ]; then
+        promote "$(cat "$volume/promote-from")" "$persistence"
+    fi
+    # shellcheck disable=SC2086 # `following` is words of its own, or none.
     case "$persistence" in
-    rdb) server --save "3600 1 300 100 60 10000" --appendonly no ;;
-    aof) server --save "" --appendonly yes --appendfsync everysec ;;
-    none) server --save "" --appendonly no ;;
+    rdb) server --save "3600 1 300 100 60 10000" --appendonly no $following ;;
+    aof) server --save "" --appendonly yes --appendfsync everysec $following ;;
+    none) server --save "" --appendonly no $following ;;
     *)
         echo "catalog: unknown persistence $persistence" >&2
         exit 2
         ;;
     esac
+}
+
+# The successor of a switchover: a replica of the old primary at ADDRESS (started above, with
+# the primary's persistence) in the volume's next directory. The lock on the volume is its own
+# once the old server has stopped: `flock` waits for it on the descriptor the server inherits.
+follow() {
+    address=$1
+    current=$(generation)
+    case $current in
+    .) next=g1 ;;
+    *) next=g$((${current#g} + 1)) ;;
+    esac
+    # The directories of earlier primaries, but the one in use.
+    for old in "$volume"/g[0-9]*; do
+        if [ -d "$old" ] && [ "$old" != "$volume/$current" ]; then
+            rm -rf "$old"
+        fi
+    done
+    data=$volume/$next
+    rm -rf "$data"
+    echo "catalog: switchover: replicating the primary at $address into $next" >&2
+    printf '%s\n' "$next" >"$volume/next"
+    flock 9 &
+}
+
+# In the primary a switchover moves: the clients' writes wait (for as long as the switchover
+# may take), and what the stream holds so far is all there is to take over.
+fence() {
+    export REDISCLI_AUTH="${REDIS_PASSWORD:?the catalogue sets REDIS_PASSWORD}"
+    /usr/bin/redis-cli -h 127.0.0.1 -p 6379 client pause 120000 write >/dev/null
+    info_field master_repl_offset
+}
+
+# In the successor, once the old primary stopped: with the stream received up to OFFSET, it
+# holds every write the old primary took; it stops replicating, and its files are the volume's.
+take_over() {
+    offset=${1:?take-over needs the offset the old primary reached}
+    [ -s "$volume/next" ] || {
+        echo "this server does not follow a primary for a switchover" >&2
+        exit 1
+    }
+    next=$(cat "$volume/next")
+    receive "$offset"
+    /usr/bin/redis-cli -h 127.0.0.1 -p 6379 replicaof no one >/dev/null
+    printf '%s\n' "$next" >"$volume/current.new"
+    mv "$volume/current.new" "$volume/current"
+    rm -f "$volume/next" "$volume/switchover-from"
+    # The old primary's files are behind this one's from now on; the volume keeps one copy.
+    case $data in
+    "$volume/.") rm -rf "$volume/dump.rdb" "$volume/appendonlydir" ;;
+    *) rm -rf "$data" ;;
+    esac
+    echo "took over at $offset"
+}
+
+# In the successor, while the fenced old primary still runs: waits until it has received the
+# old primary's stream up to OFFSET.
+receive() {
+    offset=${1:?receive needs the offset the old primary reached}
+    export REDISCLI_AUTH="${REDIS_PASSWORD:?the catalogue sets REDIS_PASSWORD}"
+    waited=0
+    until [ "$(info_field slave_repl_offset)" -ge "$offset" ]; do
+        if [ "$waited" -ge 300 ]; then
+            echo "did not receive the old primary's stream up to $offset within 30 s" >&2
+            exit 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+}
+
+# One field of the instance's server's INFO replication (REDISCLI_AUTH set).
+info_field() {
+    info=$(/usr/bin/redis-cli -h 127.0.0.1 -p 6379 info replication) || exit 1
+    found=
+    while IFS=: read -r key value; do
+        if [ "$key" = "$1" ]; then
+            found=${value%"$(printf '\r')"}
+        fi
+    done <<EOF
+$info
+EOF
+    echo "${found:-0}"
 }
 
 # The primary's files replaced by a snapshot of the replica at ADDRESS (an RDB it makes for the
@@ -71,11 +194,11 @@ promote() {
         echo "catalog: failover: cannot copy the replica at $address" >&2
         exit 1
     fi
-    rm -rf "$data/data.failed"
-    mkdir "$data/data.failed"
+    rm -rf "$volume/data.failed"
+    mkdir "$volume/data.failed"
     for old in "$data/dump.rdb" "$data/appendonlydir"; do
         if [ -e "$old" ]; then
-            mv "$old" "$data/data.failed/"
+            mv "$old" "$volume/data.failed/"
         fi
     done
     case "$persistence" in
@@ -92,8 +215,8 @@ promote() {
     *) mv "$made" "$data/dump.rdb" ;;
     esac
     unset REDISCLI_AUTH
-    chown -R redis:redis "$data"
-    rm -f "$data/promote-from"
+    chown -R redis:redis "$volume"
+    rm -f "$volume/promote-from"
     echo "catalog: failover: promoted the copy of the replica at $address" >&2
 }
 
@@ -103,20 +226,24 @@ replica() {
     server --replicaof "$primary" 6379 --save "" --appendonly no --replica-read-only yes
 }
 
-# Asked without the password, which the check needs not know: a server that takes commands
-# answers NOAUTH, one that is still loading its data LOADING.
+# A server that takes commands answers PONG, one that is still loading its data LOADING; a
+# replica is ready once it has its primary's data (its link is up), not while it would answer
+# from an empty or stale copy.
 ready() {
-    answer=$(printf 'PING\nINFO stats\n' |
+    answer=$(printf 'PING\nINFO stats\nINFO replication\n' |
         REDISCLI_AUTH="${REDIS_PASSWORD:?the catalogue sets REDIS_PASSWORD}" \
             /usr/bin/redis-cli -h 127.0.0.1 -p 6379 2>&1) || true
-    first= queries=
+    first= queries= role= link=
+    cr=$(printf '\r')
     while IFS=: read -r key value; do
         if [ -z "$first" ]; then
             first=$key${value:+:$value}
         fi
-        if [ "$key" = total_commands_processed ]; then
-            queries=${value%"$(printf '\r')"}
-        fi
+        case $key in
+        total_commands_processed) queries=${value%"$cr"} ;;
+        role) role=${value%"$cr"} ;;
+        master_link_status) link=${value%"$cr"} ;;
+        esac
     done <<EOF
 $answer
 EOF
@@ -130,20 +257,15 @@ EOF
     if [ -n "$queries" ]; then
         echo "load queries=$queries"
     fi
+    if [ "$role" = slave ] && [ "$link" != up ]; then
+        echo "not copied from the primary yet (its link is $link)" >&2
+        exit 1
+    fi
 }
 
 position() {
-    info=$(REDISCLI_AUTH="${REDIS_PASSWORD:?the catalogue sets REDIS_PASSWORD}" \
-        /usr/bin/redis-cli -h 127.0.0.1 -p 6379 info replication) || exit 1
-    offset=
-    while IFS=: read -r key value; do
-        if [ "$key" = slave_repl_offset ]; then
-            offset=${value%"$(printf '\r')"}
-        fi
-    done <<EOF
-$info
-EOF
-    echo "${offset:-0}"
+    export REDISCLI_AUTH="${REDIS_PASSWORD:?the catalogue sets REDIS_PASSWORD}"
+    info_field slave_repl_offset
 }
 
 command=${1:-}
@@ -153,8 +275,11 @@ primary) primary "$@" ;;
 replica) replica "$@" ;;
 ready) ready ;;
 position) position ;;
+fence) fence ;;
+receive) receive "$@" ;;
+take-over) take_over "$@" ;;
 *)
-    echo "usage: $0 primary rdb|aof|none | replica PRIMARY | ready | position" >&2
+    echo "usage: $0 primary rdb|aof|none | replica PRIMARY | ready | position | fence | receive OFFSET | take-over OFFSET" >&2
     exit 2
     ;;
 esac
