@@ -936,11 +936,17 @@ fn a_redis_primary_migrates_by_switchover_and_loses_no_write() {
     };
     let replica_has =
         |replica: &str, last: u64| redis(replica, &format!("GET key:{last}\n")) == last.to_string();
-    let commits = p.switch_over_twice(("pg", "cache"), ["g1", "g2"], insert, present, replica_has);
+    let commits = p.switch_over_twice(
+        ("pg", "cache"),
+        ["data.1", "data.2"],
+        insert,
+        present,
+        replica_has,
+    );
     assert_eq!(redis(&write, "ROLE\n").lines().next(), Some("master"));
     assert_eq!(
-        p.volume_entries("pg", "cache-data", "g"),
-        ["g2"],
+        p.volume_entries("pg", "cache-data", "data."),
+        ["data.2"],
         "the volume keeps the files in use alone"
     );
     assert!(

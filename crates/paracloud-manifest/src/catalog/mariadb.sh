@@ -175,18 +175,7 @@ bootstrap() {
 primary() {
     commits=$1
     mkdir -p "$base"
-    exec 9>>"$base/lock"
-    following=
-    if flock -n 9; then
-        # A switchover that found its old primary gone, or did not end: this is the primary.
-        rm -f "$base/switchover-from" "$base/next" "$base/next-commits"
-    elif [ -s "$base/switchover-from" ]; then
-        follow "$(cat "$base/switchover-from")"
-        following=yes
-    else
-        echo "catalog: another server holds $base; waiting for it to stop" >&2
-        flock 9
-    fi
+    lock_or_follow "$base"
     own_data
     if [ -s "$base/promote-from" ]; then
         promote "$(cat "$base/promote-from")"
@@ -352,23 +341,14 @@ current_server_id() {
     fi
 }
 
-# The successor of a switchover: a copy of the old primary at ADDRESS in the volume's next data
-# directory, which replicates from it (the server is started by `primary`). The lock on the
-# volume is its own once the old server has stopped: `flock` waits for it on the descriptor the
-# server inherits.
+# The successor of a switchover (see lock_or_follow): a copy of the old primary at ADDRESS in
+# the volume's next data directory, which replicates from it (the server is started by
+# `primary`).
 follow() {
     address=$1
     current=$(generation)
-    case $current in
-    data) next=data.1 ;;
-    *) next=data.$((${current#data.} + 1)) ;;
-    esac
-    # The directories of earlier primaries, but the one in use.
-    for old in "$base"/data "$base"/data.[0-9]*; do
-        if [ -d "$old" ] && [ "$old" != "$base/$current" ]; then
-            rm -rf "$old"
-        fi
-    done
+    next=$(next_generation "$current")
+    remove_other_generations "$base" "$current"
     data=$base/$next
     password=${MARIADB_ROOT_PASSWORD:?the catalogue sets MARIADB_ROOT_PASSWORD}
     export MYSQL_PWD="$password"
@@ -380,8 +360,6 @@ follow() {
         exit 1
     fi
     unset MYSQL_PWD
-    printf '%s\n' "$next" >"$base/next"
-    flock 9 &
 }
 
 # In the primary a switchover moves: it takes no more writes from clients (read-only, which
@@ -395,17 +373,17 @@ fence() {
         AND user <> 'system user'"); do
         sql_on_socket "KILL CONNECTION $id" 2>/dev/null || true
     done
-    waited=0
-    while [ -n "$(sql_on_socket "SELECT id FROM information_schema.processlist
-        WHERE command = 'Binlog Dump' AND state NOT LIKE 'Master has sent all binlog%'")" ]; do
-        if [ "$waited" -ge 100 ]; then
-            echo "its replicas were not sent all it logged within 10 s" >&2
-            exit 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    if ! retry_for 100 all_sent; then
+        echo "its replicas were not sent all it logged within 10 s" >&2
+        exit 1
+    fi
     sql_on_socket "SELECT @@gtid_binlog_pos"
+}
+
+# Whether every binary log dump thread has sent its replica all the server logged.
+all_sent() {
+    [ -z "$(sql_on_socket "SELECT id FROM information_schema.processlist
+        WHERE command = 'Binlog Dump' AND state NOT LIKE 'Master has sent all binlog%'")" ]
 }
 
 # In the successor, while the fenced old primary still runs: once it has received all up to
@@ -413,22 +391,18 @@ fence() {
 # stops receiving.
 receive() {
     position=${1:-}
-    wanted=${position##*-}
-    waited=0
-    while [ -n "$position" ]; do
-        received=$(slave_field Gtid_IO_Pos --socket="$socket") || exit 1
-        received=${received%%,*}
-        if [ -n "$received" ] && [ "${received##*-}" -ge "$wanted" ]; then
-            break
-        fi
-        if [ "$waited" -ge 300 ]; then
-            echo "did not receive the old primary's transactions up to $position within 30 s" >&2
-            exit 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    if [ -n "$position" ] && ! retry_for 300 received_up_to "${position##*-}"; then
+        echo "did not receive the old primary's transactions up to $position within 30 s" >&2
+        exit 1
+    fi
     sql_on_socket "STOP SLAVE IO_THREAD"
+}
+
+# Whether the server has received the primary's transactions up to sequence number SEQUENCE.
+received_up_to() {
+    received=$(slave_field Gtid_IO_Pos --socket="$socket") || return 1
+    received=${received%%,*}
+    [ -n "$received" ] && [ "${received##*-}" -ge "$1" ]
 }
 
 # In the successor, once the old primary stopped: once it applied all up to POSITION, it holds

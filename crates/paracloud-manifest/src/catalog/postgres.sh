@@ -80,16 +80,7 @@ primary() {
     keep_mb=$2
     commits=$3
     mkdir -p "$base"
-    exec 9>>"$base/lock"
-    if flock -n 9; then
-        # A switchover that found its old primary gone, or did not end: this is the primary.
-        rm -f "$base/switchover-from" "$base/next"
-    elif [ -s "$base/switchover-from" ]; then
-        follow "$(cat "$base/switchover-from")"
-    else
-        echo "catalog: another server holds $base; waiting for it to stop" >&2
-        flock 9
-    fi
+    lock_or_follow "$base"
     own_data
     if [ -s "$base/promote-from" ]; then
         promote "$(cat "$base/promote-from")"
@@ -176,23 +167,14 @@ promote() {
     echo "catalog: failover: promoted the copy of the replica at $address" >&2
 }
 
-# The successor of a switchover: a copy of the old primary at ADDRESS in the volume's next data
-# directory, started (below, with the primary's settings) as its standby. The lock on the volume
-# is its own once the old server has stopped: `flock` waits for it on the descriptor the server
-# inherits.
+# The successor of a switchover (see lock_or_follow): a copy of the old primary at ADDRESS in
+# the volume's next data directory, started (by `primary`, with the primary's settings) as its
+# standby.
 follow() {
     address=$1
     current=$(generation)
-    case $current in
-    data) next=data.1 ;;
-    *) next=data.$((${current#data.} + 1)) ;;
-    esac
-    # The directories of earlier primaries, but the one in use.
-    for old in "$base"/data "$base"/data.[0-9]*; do
-        if [ -d "$old" ] && [ "$old" != "$base/$current" ]; then
-            rm -rf "$old"
-        fi
-    done
+    next=$(next_generation "$current")
+    remove_other_generations "$base" "$current"
     data=$base/$next
     own_data
     echo "catalog: switchover: copying the primary at $address into $next" >&2
@@ -203,8 +185,6 @@ follow() {
         rm -rf "$data"
         exit 1
     fi
-    printf '%s\n' "$next" >"$base/next"
-    flock 9 &
 }
 
 # In the successor, once the old primary stopped: its control file says it shut down cleanly and
@@ -229,15 +209,10 @@ EOF
         echo "the old primary's data in $data was not shut down cleanly (${state:-no state})" >&2
         exit 1
     fi
-    waited=0
-    until [ "$(sql "SELECT pg_last_wal_replay_lsn() > '$checkpoint'::pg_lsn")" = t ]; do
-        if [ "$waited" -ge 300 ]; then
-            echo "did not replay the old primary's shutdown checkpoint at $checkpoint within 30 s" >&2
-            exit 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    if ! retry_for 300 replayed_past "$checkpoint"; then
+        echo "did not replay the old primary's shutdown checkpoint at $checkpoint within 30 s" >&2
+        exit 1
+    fi
     if [ "$(sql "SELECT pg_promote(true, 60)")" != t ]; then
         echo "the standby was not promoted within 60 s" >&2
         exit 1
@@ -248,6 +223,11 @@ EOF
     # The old primary's data is behind this one's from now on; the volume keeps one copy.
     rm -rf "$data"
     echo "took over at $checkpoint"
+}
+
+# Whether the server has replayed past the WAL position LSN.
+replayed_past() {
+    [ "$(sql "SELECT pg_last_wal_replay_lsn() > '$1'::pg_lsn")" = t ]
 }
 
 # One value from the instance's server, over its socket.

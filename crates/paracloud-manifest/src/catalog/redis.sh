@@ -19,10 +19,10 @@
 #                         volume's
 # Switchover (`paracloud migrate` of the primary): the platform writes the old primary's address
 # in the volume's `switchover-from` and starts the successor, which finds the volume locked by
-# the old server: it replicates from it into the volume's next directory (`g1`, `g2`, ...),
-# which the volume's `current` names once it took over (without `current`, the files are at the
-# volume's top). The platform then runs `fence` in the old primary, stops it, and runs
-# `take-over` in the successor.
+# the old server: it replicates from it into the volume's next directory (`data.1`, `data.2`,
+# ...), which the volume's `current` names once it took over (without `current`, the files are
+# at the volume's top). The platform then runs `fence` in the old primary, `receive` in the
+# successor, stops the old primary, and runs `take-over` in the successor.
 # Failover: when the primary's data cannot start, the platform writes the address of its most
 # advanced replica in the volume's `promote-from` and starts the primary again; the primary then
 # sets its own files aside (`data.failed`, those of the last failover) and starts from a
@@ -64,17 +64,9 @@ server() {
 primary() {
     persistence=$1
     mkdir -p "$volume"
-    exec 9>>"$volume/lock"
-    following=
-    if flock -n 9; then
-        # A switchover that found its old primary gone, or did not end: this is the primary.
-        rm -f "$volume/switchover-from" "$volume/next"
-    elif [ -s "$volume/switchover-from" ]; then
-        follow "$(cat "$volume/switchover-from")"
+    lock_or_follow "$volume"
+    if [ -n "$following" ]; then
         following="--replicaof $(cat "$volume/switchover-from") 6379 --replica-read-only yes"
-    else
-        echo "catalog: another server holds $volume; waiting for it to stop" >&2
-        flock 9
     fi
     own_data
     if [ -s "$volume/promote-from" ]; then
@@ -92,27 +84,16 @@ primary() {
     esac
 }
 
-# The successor of a switchover: a replica of the old primary at ADDRESS (started above, with
-# the primary's persistence) in the volume's next directory. The lock on the volume is its own
-# once the old server has stopped: `flock` waits for it on the descriptor the server inherits.
+# The successor of a switchover (see lock_or_follow): a replica of the old primary at ADDRESS
+# (started by `primary`, with the primary's persistence) in the volume's next directory.
 follow() {
     address=$1
     current=$(generation)
-    case $current in
-    .) next=g1 ;;
-    *) next=g$((${current#g} + 1)) ;;
-    esac
-    # The directories of earlier primaries, but the one in use.
-    for old in "$volume"/g[0-9]*; do
-        if [ -d "$old" ] && [ "$old" != "$volume/$current" ]; then
-            rm -rf "$old"
-        fi
-    done
+    next=$(next_generation "$current")
+    remove_other_generations "$volume" "$current"
     data=$volume/$next
     rm -rf "$data"
     echo "catalog: switchover: replicating the primary at $address into $next" >&2
-    printf '%s\n' "$next" >"$volume/next"
-    flock 9 &
 }
 
 # In the primary a switchover moves: the clients' writes wait (for as long as the switchover
@@ -150,15 +131,15 @@ take_over() {
 receive() {
     offset=${1:?receive needs the offset the old primary reached}
     export REDISCLI_AUTH="${REDIS_PASSWORD:?the catalogue sets REDIS_PASSWORD}"
-    waited=0
-    until [ "$(info_field slave_repl_offset)" -ge "$offset" ]; do
-        if [ "$waited" -ge 300 ]; then
-            echo "did not receive the old primary's stream up to $offset within 30 s" >&2
-            exit 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    if ! retry_for 300 received_up_to "$offset"; then
+        echo "did not receive the old primary's stream up to $offset within 30 s" >&2
+        exit 1
+    fi
+}
+
+# Whether the server has received the primary's stream up to OFFSET.
+received_up_to() {
+    [ "$(info_field slave_repl_offset)" -ge "$1" ]
 }
 
 # One field of the instance's server's INFO replication (REDISCLI_AUTH set).

@@ -210,7 +210,7 @@ fn every_catalogue_image_is_named_by_what_it_is_made_of() {
                 image.files.iter().any(|(path, script, mode)| path
                     == "/usr/local/lib/paracloud/catalog"
                     && script.starts_with("#!/bin/sh")
-                    && (script.contains("hold_lock() {") == server)
+                    && (script.contains("lock_or_follow() {") == server)
                     && !script.contains("@COMMON@")
                     && !script.contains("@VERSION@")
                     && *mode == 0o755),
