@@ -478,7 +478,16 @@ impl<D: Driver> Engine<D> {
 
     /// Waits until `key` runs and is ready (still held out of the routes).
     pub(crate) async fn wait_ready(&self, key: &InstanceKey) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        self.wait_ready_within(key, READY_TIMEOUT).await
+    }
+
+    /// Waits until `key` runs and is ready, for at most `timeout`.
+    pub(crate) async fn wait_ready_within(
+        &self,
+        key: &InstanceKey,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
         loop {
             let failure = match self.store.instance(key).map_err(|e| e.to_string())? {
                 Some(record) if record.state.is_ready() => return Ok(()),
@@ -497,10 +506,7 @@ impl<D: Driver> Engine<D> {
             };
             if Instant::now() > deadline {
                 let why = failure.map(|f| format!(": {f}")).unwrap_or_default();
-                return Err(format!(
-                    "not ready after {} s{why}",
-                    READY_TIMEOUT.as_secs()
-                ));
+                return Err(format!("not ready after {} s{why}", timeout.as_secs()));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

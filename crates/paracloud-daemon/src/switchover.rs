@@ -7,18 +7,21 @@
 //!    old server, copies it into the volume's next data directory and follows it as a standby,
 //!    while the old one serves;
 //! 2. once the successor is ready, the old primary leaves the routes (new connections wait in
-//!    the data plane), is fenced ([`fence_command`]: Redis pauses its clients' writes and says
-//!    how far its stream goes) and stopped (PostgreSQL's fast shutdown sends its last WAL to
-//!    its standbys);
-//! 3. the successor takes over ([`take_over_command`]): it takes in all the old primary wrote
-//!    (PostgreSQL up to the shutdown checkpoint its control file names, Redis up to the fence's
-//!    offset), so that it holds every acknowledged write, and becomes the primary;
+//!    the data plane) and is fenced ([`fence_command`]: MariaDB turns read-only and ends its
+//!    clients' connections, Redis pauses its clients' writes, and each says how far its log
+//!    goes; PostgreSQL's fence is its shutdown);
+//! 3. the successor receives all of it while the old primary still answers
+//!    ([`receive_command`]), the old primary is stopped (PostgreSQL's fast shutdown sends its
+//!    last WAL to its standbys), and the successor takes over ([`take_over_command`]): it
+//!    applies all the old primary wrote (PostgreSQL up to the shutdown checkpoint its control
+//!    file names, the others up to the fence's position), so that it holds every acknowledged
+//!    write, and becomes the primary;
 //! 4. it joins the routes, and the read service is renewed replica by replica from it, as after
 //!    a failover.
 //!
 //! The writes pause from step 2 to step 4. A successor that does not become ready leaves the old
-//! primary serving; one that cannot take over is removed, and the old primary starts again on
-//! its own data, which it left whole.
+//! primary serving; when a step of the pause fails, the successor is removed and the old primary
+//! starts again on its own data, which it left whole (a restart ends its fence).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,8 +37,7 @@ use crate::driver::Driver;
 use crate::engine::{configured_env, Engine, StartAs};
 use crate::migrate::{MigrateError, Migrating, Options, Outcome};
 
-/// How long the old primary's fence, and the successor's take-over once the old primary
-/// stopped, may take.
+/// How long each entry-script step of the pause (fence, receive, take-over) may take.
 const ENTRY_TIMEOUT: Duration = Duration::from_secs(90);
 
 impl<D: Driver> Engine<D> {
@@ -85,7 +87,12 @@ impl<D: Driver> Engine<D> {
             forget();
             return Err(MigrateError::Failed(e.to_string()));
         }
-        if let Err(e) = self.wait_ready(&new).await {
+        // Its copy of the old primary comes first: it has its health check's start period.
+        let copying = spec
+            .health
+            .as_ref()
+            .map_or(Duration::from_secs(300), |h| h.start_period);
+        if let Err(e) = self.wait_ready_within(&new, copying).await {
             self.abandon(&new).await;
             forget();
             note(format!("switchover to {to} abandoned: {e}"));
@@ -116,8 +123,10 @@ impl<D: Driver> Engine<D> {
                 "switchover to {to} abandoned: {e}; {from} starts again on its own data"
             ));
             if self.process_of(key).is_some() {
+                let _ = self.mark_stopping(key, StopReason::Replace);
                 self.stop(key, StopReason::Replace);
-                self.wait_exit(key, spec.stop_grace_period * 2).await;
+                let grace = spec.stop_grace_period * 2 + Duration::from_secs(5);
+                self.wait_exit(key, grace).await;
             }
             self.store
                 .update_instance(key, |record| record.held = false)?;
