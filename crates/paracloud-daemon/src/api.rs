@@ -560,10 +560,19 @@ async fn image_sources<D: Driver>(
     ))
 }
 
+/// What the daemon measured of its instances, for the views: each one's CPU per request, and
+/// the database servers' own figures.
+fn measured<D: Driver>(engine: &Engine<D>) -> crate::views::Measured {
+    crate::views::Measured {
+        costs: engine.measured_costs(),
+        servers: engine.servers.all(now_ms()),
+    }
+}
+
 async fn list_apps<D: Driver>(State(engine): Shared<D>) -> Result<Json<Vec<AppView>>, ApiError> {
     let snapshot = engine.store.load()?;
     let waiting = engine.waiting();
-    let measured = engine.measured();
+    let measured = measured(&engine);
     let now = now_ms();
     Ok(Json(
         snapshot
@@ -599,7 +608,7 @@ fn app_answer<D: Driver>(engine: &Engine<D>, app: &str) -> Result<Json<AppView>,
             addresses,
             now_ms(),
             &engine.waiting(),
-            &engine.measured(),
+            &measured(engine),
         ),
     )))
 }
@@ -646,7 +655,7 @@ async fn instances<D: Driver>(
         find_app(&snapshot, app)?;
     }
     let now = now_ms();
-    let measured = engine.measured();
+    let measured = measured(&engine);
     let views = snapshot
         .instances
         .iter()
@@ -681,7 +690,7 @@ fn service_or_404<D: Driver>(
         addresses,
         now_ms(),
         &engine.waiting(),
-        &engine.measured(),
+        &measured(engine),
     )
     .map(|mut view| {
         view.host_ids = engine.host_ids_reason(&view.spec);

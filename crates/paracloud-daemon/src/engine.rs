@@ -1223,13 +1223,9 @@ impl<D: Driver> Engine<D> {
         self.push_dataplane();
     }
 
-    /// What the daemon measured of its instances: each one's CPU per request (by
-    /// `routes::measured_key`), and the database servers' own figures.
-    pub fn measured(&self) -> crate::views::Measured {
-        crate::views::Measured {
-            costs: lock(&self.capacities).costs(),
-            servers: self.servers.all(now_ms()),
-        }
+    /// Each instance's measured CPU per request, by `routes::measured_key`.
+    pub fn measured_costs(&self) -> std::collections::BTreeMap<String, f64> {
+        lock(&self.capacities).costs()
     }
 
     /// Tells the data plane the current routes, only when they changed (as when measured
