@@ -331,14 +331,17 @@ pub fn run(opts: &CatalogOptions, scratch: &Path) -> Result<CatalogReport> {
     let mut restarts = Vec::new();
     for round in 0..opts.rounds {
         let round_base = (2 * opts.rounds + 2 * round) as u64;
-        let primary = instance_of(&platform, "db")?.instance;
-        let migrate = ["migrate", "-a", "pgbench", primary.as_str()];
-        let restart = ["restart", "-a", "pgbench", "db"];
-        let mut sides = [("switchover", &migrate[..]), ("restart", &restart[..])];
+        let mut sides = ["switchover", "restart"];
         sides.rotate_left(round % 2);
-        for (offset, (side, args)) in sides.into_iter().enumerate() {
+        for (offset, side) in sides.into_iter().enumerate() {
             wait_for_replica(&platform)?;
-            let moved = disrupt_under_writes(&platform, &write, round_base + offset as u64, args)?;
+            // The primary's instance as it is now: each move gives it a new number.
+            let primary = instance_of(&platform, "db")?.instance;
+            let args = match side {
+                "switchover" => ["migrate", "-a", "pgbench", primary.as_str()],
+                _ => ["restart", "-a", "pgbench", "db"],
+            };
+            let moved = disrupt_under_writes(&platform, &write, round_base + offset as u64, &args)?;
             eprintln!(
                 "catalog: primary moved by {side}: no write acknowledged for {:.0} ms, {} of {} acknowledged writes lost",
                 moved.unavailable_ms, moved.lost, moved.committed
@@ -424,36 +427,14 @@ fn disrupt_under_writes(
                 "paracloud {} did not end with writes taken within 300 s",
                 args.join(" ")
             );
-            let mut child = pg("psql", write)
-                .args(["-X", "-v", "ON_ERROR_STOP=1", "postgres"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()?;
-            let mut stdin = child.stdin.take().context("stdin")?;
-            let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+            let mut session = RowSession::open(write)?;
             loop {
                 let done = *returned.lock().unwrap();
                 next += 1;
-                if writeln!(stdin, "INSERT INTO acked VALUES ({next});\n\\echo done").is_err() {
-                    break;
-                }
-                let mut acknowledged = false;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match stdout.read_line(&mut line) {
-                        Ok(0) | Err(_) => {
-                            let _ = child.kill();
-                            let _ = child.wait();
-                            std::thread::sleep(Duration::from_millis(10));
-                            continue 'sessions;
-                        }
-                        Ok(_) if line.trim() == "INSERT 0 1" => acknowledged = true,
-                        Ok(_) if line.trim() == "done" => break,
-                        Ok(_) => {}
-                    }
-                }
+                let Some(acknowledged) = session.insert(next) else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue 'sessions;
+                };
                 if acknowledged {
                     let now = Instant::now();
                     acked.push(next);
@@ -463,14 +444,10 @@ fn disrupt_under_writes(
                     last_ack = Some(now);
                     // A write sent after the command returned, and acknowledged: the end.
                     if done.is_some() {
-                        let _ = child.kill();
-                        let _ = child.wait();
                         break 'sessions;
                     }
                 }
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         command
             .join()
@@ -527,14 +504,7 @@ fn kill_primary_under_writes(
             started.elapsed() < Duration::from_secs(120),
             "the write address did not take writes again within 120 s"
         );
-        let mut child = pg("psql", write)
-            .args(["-X", "-v", "ON_ERROR_STOP=1", "postgres"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut stdin = child.stdin.take().context("stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut session = RowSession::open(write)?;
         loop {
             if killed_at.is_none() && started.elapsed() > Duration::from_secs(1) {
                 let pid = instance_of(platform, "db")?
@@ -566,39 +536,20 @@ fn kill_primary_under_writes(
             }
             let sent_after_death = killed_at.is_some();
             next += 1;
-            if writeln!(stdin, "INSERT INTO acked VALUES ({next});\n\\echo done").is_err() {
-                break;
-            }
-            let mut acknowledged = false;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match stdout.read_line(&mut line) {
-                    Ok(0) | Err(_) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue 'sessions;
-                    }
-                    Ok(_) if line.trim() == "INSERT 0 1" => acknowledged = true,
-                    Ok(_) if line.trim() == "done" => break,
-                    Ok(_) => {}
-                }
-            }
+            let Some(acknowledged) = session.insert(next) else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue 'sessions;
+            };
             if acknowledged {
                 acked.push(next);
                 if !sent_after_death {
                     last_ack_before_kill = Some(Instant::now());
                 } else {
                     back_at = Some(Instant::now());
-                    let _ = child.kill();
-                    let _ = child.wait();
                     break 'sessions;
                 }
             }
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
     let (Some(before), Some(after)) = (last_ack_before_kill, back_at) else {
         bail!("the failover round did not complete");
@@ -614,6 +565,55 @@ fn kill_primary_under_writes(
         lost: committed.saturating_sub(present),
         unavailable_ms: after.duration_since(before).as_secs_f64() * 1000.0,
     })
+}
+
+/// One psql session through the write address that inserts numbered rows into `acked`, one at
+/// a time; ended on drop.
+struct RowSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl RowSession {
+    fn open(write: &str) -> Result<Self> {
+        let mut child = pg("psql", write)
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "postgres"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Inserts row `n`: whether the server acknowledged it, or `None` once the session is gone.
+    fn insert(&mut self, n: u64) -> Option<bool> {
+        writeln!(self.stdin, "INSERT INTO acked VALUES ({n});\n\\echo done").ok()?;
+        let mut acknowledged = false;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match self.stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) if line.trim() == "INSERT 0 1" => acknowledged = true,
+                Ok(_) if line.trim() == "done" => return Some(acknowledged),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+impl Drop for RowSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// HAProxy in `mode tcp` with one thread, from a listener on the loopback to `backend:5432`;
