@@ -454,17 +454,7 @@ fn disrupt_under_writes(
             .map_err(|_| anyhow::anyhow!("the command's thread panicked"))??;
         Ok((acked, next, longest))
     })?;
-    let present: u64 = sql(
-        write,
-        &format!("SELECT count(*) FROM acked WHERE n > {base} AND n <= {next}"),
-    )?
-    .parse()?;
-    let committed = acked.len() as u64;
-    Ok(Failover {
-        committed,
-        lost: committed.saturating_sub(present),
-        unavailable_ms: longest.as_secs_f64() * 1000.0,
-    })
+    counted(write, &acked, (base, next), longest)
 }
 
 /// Waits until the read service has a ready replica (after a failover, its renewed one).
@@ -554,6 +544,17 @@ fn kill_primary_under_writes(
     let (Some(before), Some(after)) = (last_ack_before_kill, back_at) else {
         bail!("the failover round did not complete");
     };
+    counted(write, &acked, (base, next), after.duration_since(before))
+}
+
+/// A round's figures: the rows `acked` (numbered within `base..=next`) that the write address
+/// still holds, and `unavailable`.
+fn counted(
+    write: &str,
+    acked: &[u64],
+    (base, next): (u64, u64),
+    unavailable: Duration,
+) -> Result<Failover> {
     let present: u64 = sql(
         write,
         &format!("SELECT count(*) FROM acked WHERE n > {base} AND n <= {next}"),
@@ -563,7 +564,7 @@ fn kill_primary_under_writes(
     Ok(Failover {
         committed,
         lost: committed.saturating_sub(present),
-        unavailable_ms: after.duration_since(before).as_secs_f64() * 1000.0,
+        unavailable_ms: unavailable.as_secs_f64() * 1000.0,
     })
 }
 

@@ -21,6 +21,16 @@ lock_or_follow() {
     fi
 }
 
+# The data directory in use under DIR: the one DIR/current names after a switchover, DEFAULT
+# before any.
+generation() {
+    if [ -s "$1/current" ]; then
+        cat "$1/current"
+    else
+        echo "$2"
+    fi
+}
+
 # The data directory after the one named CURRENT: data, then data.1, data.2, ...
 next_generation() {
     case $1 in

@@ -44,15 +44,7 @@ set -eu
 
 @COMMON@
 base=/var/lib/mysql
-# The data directory in use: the volume's `current` names it after a switchover.
-generation() {
-    if [ -s "$base/current" ]; then
-        cat "$base/current"
-    else
-        echo data
-    fi
-}
-data=$base/$(generation)
+data=$base/$(generation "$base" data)
 share=/usr/share/mysql
 # The server's socket, where the health check and the capsules find it; the servers the script
 # runs for itself (to restore a dump, to seed a replica) listen on sockets of their own, so that
@@ -346,7 +338,7 @@ current_server_id() {
 # `primary`).
 follow() {
     address=$1
-    current=$(generation)
+    current=$(generation "$base" data)
     next=$(next_generation "$current")
     remove_other_generations "$base" "$current"
     data=$base/$next

@@ -40,15 +40,7 @@ set -eu
 @COMMON@
 bin=/usr/lib/postgresql/@VERSION@/bin
 base=/var/lib/postgresql
-# The data directory in use: the volume's `current` names it after a switchover.
-generation() {
-    if [ -s "$base/current" ]; then
-        cat "$base/current"
-    else
-        echo data
-    fi
-}
-data=$base/$(generation)
+data=$base/$(generation "$base" data)
 user=${POSTGRES_USER:-postgres}
 database=${POSTGRES_DB:-$user}
 socket=/tmp
@@ -172,7 +164,7 @@ promote() {
 # standby.
 follow() {
     address=$1
-    current=$(generation)
+    current=$(generation "$base" data)
     next=$(next_generation "$current")
     remove_other_generations "$base" "$current"
     data=$base/$next

@@ -33,15 +33,8 @@ set -eu
 
 @COMMON@
 volume=/data
-# The directory of the server's files: the volume's `current` names it after a switchover.
-generation() {
-    if [ -s "$volume/current" ]; then
-        cat "$volume/current"
-    else
-        echo .
-    fi
-}
-data=$volume/$(generation)
+# The directory of the server's files: the volume's top before any switchover.
+data=$volume/$(generation "$volume" .)
 
 own_data() {
     mkdir -p "$data"
@@ -88,7 +81,7 @@ primary() {
 # (started by `primary`, with the primary's persistence) in the volume's next directory.
 follow() {
     address=$1
-    current=$(generation)
+    current=$(generation "$volume" .)
     next=$(next_generation "$current")
     remove_other_generations "$volume" "$current"
     data=$volume/$next
