@@ -961,3 +961,54 @@ fn a_redis_primary_migrates_by_switchover_and_loses_no_write() {
         "acknowledged writes lost by the restart"
     );
 }
+
+/// A switchover whose successor cannot copy the primary (its volume has no room for a second
+/// copy) is abandoned before the pause: the successor is removed, the primary never stopped and
+/// takes writes on, and the volume keeps nothing of the attempt.
+#[test]
+fn a_switchover_without_room_for_the_copy_leaves_the_primary_serving() {
+    let p = Platform::new();
+    up(&p, &manifest(0));
+    let write = service_address(&p, "db");
+    sql_ok(&write, "CREATE TABLE kept (n int)");
+    sql_ok(&write, "INSERT INTO kept VALUES (1)");
+    let before = pids(&p.ps("pg"));
+    // Fill the volume but for 4 MB: a fresh cluster's copy needs more.
+    let volume = p.root().join("volumes/pg/db-data");
+    let fs = nix::sys::statvfs::statvfs(&volume).unwrap();
+    let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+    let filler = volume.join("filler");
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..(free >> 20).saturating_sub(4) {
+            if file.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = file.sync_all();
+    }
+    let refused = p.fails(&["migrate", "-a", "pg", "db.1"]);
+    assert!(
+        refused.contains("db.2 did not become ready") && refused.contains("db.1 keeps serving"),
+        "{refused}\n{}",
+        p.events("pg")
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(pids(&p.ps("pg")), before, "the primary never stopped");
+    // The full volume may have sent its server through crash recovery (its own processes, under
+    // the same postmaster); once there is room again, it takes writes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = sql(&write, "INSERT INTO kept VALUES (2)") {
+        assert!(
+            Instant::now() < deadline,
+            "the primary takes no writes: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(sql_ok(&write, "SELECT count(*) FROM kept"), "2");
+    assert!(!volume.join("switchover-from").exists());
+    assert!(!volume.join("data.1").exists(), "the failed copy is gone");
+    assert!(!volume.join("current").exists());
+}
