@@ -82,8 +82,8 @@ async fn follow_once<D: Driver>(
             WatchEvent::Snapshot(snapshot) => {
                 let idle_for = idle.observe(&snapshot, now_ms());
                 scale_idle_to_zero(engine, &idle_for);
-                record(engine, recorder, &snapshot);
-                autoscale(engine, autoscaler, snapshot);
+                let queries = record(engine, recorder, &snapshot);
+                autoscale(engine, autoscaler, snapshot, queries);
             }
         }
     }
@@ -129,10 +129,15 @@ fn wake<D: Driver>(engine: &Engine<D>, waiting: &Waiting) {
 }
 
 /// One second of every application for the dashboard: the instances' cgroup counters read,
-/// the figures kept and handed to the pages that follow them.
-fn record<D: Driver>(engine: &Engine<D>, recorder: &mut Recorder, snapshot: &Snapshot) {
+/// the figures kept and handed to the pages that follow them. Returns the database servers'
+/// queries per second it counted them with, for the autoscaler's same second.
+fn record<D: Driver>(
+    engine: &Engine<D>,
+    recorder: &mut Recorder,
+    snapshot: &Snapshot,
+) -> HashMap<String, f64> {
     let Ok(state) = engine.store.load() else {
-        return;
+        return HashMap::new();
     };
     let usage: HashMap<String, paracloud_runtime::Usage> = state
         .instances
@@ -149,6 +154,7 @@ fn record<D: Driver>(engine: &Engine<D>, recorder: &mut Recorder, snapshot: &Sna
     measure_capacities(engine, &state, &seconds);
     let apps: Vec<String> = state.apps.iter().map(|a| a.name.clone()).collect();
     engine.seconds.record(&apps, seconds);
+    queries
 }
 
 /// The queries per second each database server of the catalogue ran lately, by instance id;
@@ -204,9 +210,15 @@ fn measure_capacities<D: Driver>(
     }
 }
 
-/// One second of the autoscaler: the instances' CPU counters read, its policies run, their
-/// changes stored.
-fn autoscale<D: Driver>(engine: &Engine<D>, autoscaler: &mut Autoscaler, snapshot: Snapshot) {
+/// One second of the autoscaler: the instances' CPU counters read, its policies run (with the
+/// database servers' `queries` per second the dashboard's second counted), their changes
+/// stored.
+fn autoscale<D: Driver>(
+    engine: &Engine<D>,
+    autoscaler: &mut Autoscaler,
+    snapshot: Snapshot,
+    queries: HashMap<String, f64>,
+) {
     let Ok(state) = engine.store.load() else {
         return;
     };
@@ -234,10 +246,7 @@ fn autoscale<D: Driver>(engine: &Engine<D>, autoscaler: &mut Autoscaler, snapsho
             ))
         })
         .collect();
-    let said = crate::autoscale::Said {
-        reports,
-        queries: server_queries(engine, &state),
-    };
+    let said = crate::autoscale::Said { reports, queries };
     let step = autoscaler.step(now, &state, snapshot, &cpu_ns, &said);
     for (app, service, seconds) in &step.predicted {
         engine.counters.predicted_latency(app, service, *seconds);
