@@ -136,6 +136,53 @@ fn a_php_tier_keeps_sessions_on_its_shared_volume_across_instances() {
 }
 
 #[test]
+fn scaling_in_a_php_tier_lets_the_scripts_it_runs_finish() {
+    let p = Platform::new();
+    let manifest = application(&p, "", "");
+    let slow = "<?php\nusleep(2000000);\necho 'done ', gethostname();\n";
+    std::fs::write(manifest.parent().unwrap().join("app/slow.php"), slow).unwrap();
+    p.ok(&["up", "-f", manifest.to_str().unwrap()]);
+    let port = p.port(0);
+    // Slow scripts under way on both instances when one of them is scaled in.
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let out = std::process::Command::new("curl")
+                    .args(["-sS", "--max-time", "30", "-w", " %{http_code}"])
+                    .arg(format!("http://127.0.0.1:{port}/slow.php"))
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    p.ok(&["scale", "-a", "shop", "web=1"]);
+    let answers: Vec<String> = requests.into_iter().map(|r| r.join().unwrap()).collect();
+    let mut instances = BTreeSet::new();
+    for answer in &answers {
+        let words: Vec<&str> = answer.split(' ').collect();
+        assert!(
+            words.len() == 3 && words[0] == "done" && words[2] == "200",
+            "a script cut off by the scale-in: {answers:?}\n--- logs ---\n{}",
+            p.ok(&["logs", "-a", "shop", "web"])
+        );
+        instances.insert(words[1].to_owned());
+    }
+    assert_eq!(
+        instances.len(),
+        2,
+        "the instance scaled in ran scripts too: {answers:?}"
+    );
+    p.wait_ps(
+        "shop",
+        std::time::Duration::from_secs(30),
+        "one instance left",
+        |ps| ps.len() == 1,
+    );
+}
+
+#[test]
 fn a_php_tier_keeps_sessions_in_the_catalogues_redis() {
     let p = Platform::new();
     let redis =

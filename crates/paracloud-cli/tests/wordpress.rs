@@ -120,7 +120,14 @@ fn wordpress_on_the_php_tier_and_mariadb_installs_logs_in_and_keeps_uploads_on_e
     assert_eq!(web.len(), 2, "{web:?}");
     for _ in 0..6 {
         let (status, page) = curl(&p, &jar, "/wp-admin/", &[]);
-        assert_eq!(status, 200);
+        assert_eq!(
+            status,
+            200,
+            "{page}\n--- events ---\n{}\n--- data plane ---\n{}\n--- web's logs ---\n{}",
+            p.ok(&["events", "-a", "wordpress"]),
+            p.dataplane_log(),
+            p.ok(&["logs", "-a", "wordpress", "web"]),
+        );
         assert!(title(&page).starts_with("Dashboard"), "{}", title(&page));
     }
 

@@ -11,9 +11,12 @@ set -eu
 
 sessions=/var/lib/php/sessions
 
-# Asks nginx and php-fpm (by its pid file: $fpm is the pipe's end) to finish and stop.
+# Asks nginx to finish its requests and stop, then php-fpm (by its pid file: $fpm is the pipe's
+# end): nginx's requests in flight are php-fpm's scripts, which stopping both at once cut off
+# (nginx answered 502 to the request an instance scaled in was running).
 stop() {
     kill -QUIT "$web" 2>/dev/null || true
+    wait "$web" 2>/dev/null || true
     if [ -s /run/php/fpm.pid ]; then
         kill -QUIT "$(cat /run/php/fpm.pid)" 2>/dev/null || true
     fi
