@@ -36,6 +36,11 @@ env = {{ GREETING = "hello" }}
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("index.php"), COUNTER).unwrap();
     std::fs::write(app.join("style.css"), "body { color: teal }\n").unwrap();
+    std::fs::write(
+        app.join("client.php"),
+        "<?php echo $_SERVER['REMOTE_ADDR'];\n",
+    )
+    .unwrap();
     path
 }
 
@@ -93,6 +98,21 @@ fn a_php_tier_keeps_sessions_on_its_shared_volume_across_instances() {
         (200, "body { color: teal }\n".into())
     );
     assert_eq!(http_get(p.port(0), "/missing.php").unwrap().0, 404);
+    // The scripts see the client's address (as the data plane tells it), whatever the client
+    // claims in its own X-Forwarded-For.
+    for claim in [None, Some("X-Forwarded-For: 203.0.113.9")] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(claim.iter().flat_map(|h| ["-H", h]))
+            .arg(format!("http://127.0.0.1:{}/client.php", p.port(0)))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "127.0.0.1",
+            "REMOTE_ADDR with {claim:?}"
+        );
+    }
 
     // The application's directory is read-only inside; the sessions volume is one for both.
     let ps = p.ps("shop");

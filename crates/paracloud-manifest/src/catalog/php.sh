@@ -22,6 +22,22 @@ stop() {
     fi
 }
 
+# The platform's address on the instance's network: host 1 of the network of its interface's
+# route (the bridge, where the data plane's connections come from), from the kernel's routes.
+bridge() {
+    while read -r _ destination gateway _ _ _ _ mask _; do
+        [ "$gateway" = 00000000 ] && [ "$mask" != 00000000 ] && [ "$destination" != Destination ] ||
+            continue
+        # Little-endian hexadecimal: 0000D50A is 10.213.0.0.
+        first=${destination#??????}
+        second=${destination#????}
+        third=${destination#??}
+        printf '%d.%d.%d.%d\n' "0x$first" "0x${second%??}" "0x${third%????}" \
+            "$((0x${destination%??????} + 1))"
+        return
+    done </proc/net/route
+}
+
 serve() {
     for dir in "$@"; do
         chown www-data:www-data "$dir"
@@ -40,6 +56,13 @@ serve() {
             "$sessions"
     fi >/run/php/sessions.conf
     chmod 600 /run/php/sessions.conf
+    # The data plane reaches the instance from the bridge and appends the client's address to
+    # X-Forwarded-For: nginx takes REMOTE_ADDR from there, for requests from that address only
+    # (and the last address only), so that no client chooses its own.
+    via=$(bridge)
+    if [ -n "$via" ]; then
+        printf 'set_real_ip_from %s;\nreal_ip_header X-Forwarded-For;\n' "$via"
+    fi >/run/php/real-ip.conf
     # php-fpm opens its error log by name (/proc/self/fd/2), which the instance's own log file
     # does not allow: it writes to a pipe of the instance's instead, passed on by cat.
     /usr/sbin/php-fpm@VERSION@ -n -c /etc/paracloud/php.ini -y /etc/paracloud/php-fpm.conf -F 2>&1 |
