@@ -29,6 +29,9 @@
 # - chromium, chromium-driver: the dashboard's browser tests (a real Chromium through WebDriver);
 # - npm: the dashboard's build installs its xterm.js package from the lockfile;
 # - cargo-nextest: the test runner.
+#
+# With --bench, the peers the benchmarks (bench/) measure against, which no test needs, too:
+# wrk (the load), HAProxy, and nginx's stream module (nginx as a TCP proxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,6 +77,14 @@ python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # the venv 
 need npm npm
 need chromium chromium
 need chromium-driver chromedriver
+if [ "${1:-}" = --bench ]; then
+  need wrk wrk
+  need haproxy haproxy
+  [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+elif [ $# -gt 0 ]; then
+  echo "deps: unknown argument $1: give none (what the tests need) or --bench (the benchmarks' peers too)" >&2
+  exit 2
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   # Packages are installed for their programs: no service of theirs (Redis, nginx) is started.
