@@ -11,6 +11,7 @@ mod autoscale_live;
 mod builds;
 mod capsule;
 mod catalog;
+mod checks;
 mod compose;
 mod dashboard;
 mod density;
@@ -84,6 +85,10 @@ enum Command {
     /// server, reads with 0, 1 and 2 replicas, a replica's copy against the database's size, and
     /// the primary killed under writes
     Catalog(CatalogArgs),
+    /// The catalogue's database health checks (run every second, with the server's query count)
+    /// against the exec probe peers run (pg_isready, mariadb-admin ping, redis-cli ping): CPU per
+    /// check in the instance (root)
+    Checks(ChecksArgs),
     /// The catalogue's static site against nginx straight on the host: wrk for the same files
     /// (root)
     Static(StaticArgs),
@@ -328,6 +333,19 @@ struct CatalogArgs {
     /// Loopback port of the HAProxy the data plane is compared with
     #[arg(long, default_value_t = 25432)]
     haproxy_port: u16,
+}
+
+#[derive(Debug, Args)]
+struct ChecksArgs {
+    /// Checks run back to back in one measurement
+    #[arg(long, default_value_t = 50)]
+    check_runs: usize,
+    /// Measurements of each command, alternated
+    #[arg(long, default_value_t = 5)]
+    check_rounds: usize,
+    /// Address pool of the bench's daemon
+    #[arg(long, default_value = "10.249.0.0/16")]
+    checks_subnet: Ipv4Net,
 }
 
 #[derive(Debug, Args)]
@@ -1047,6 +1065,24 @@ fn run(cli: Cli) -> Result<()> {
                 scratch.path(),
             )?;
             print!("{}", catalog::markdown(&report));
+            return write_json(&report, cli.json.as_ref());
+        }
+        Command::Checks(args) => {
+            ensure!(
+                nix::unistd::geteuid().is_root(),
+                "paracloud-bench checks needs root (instances, cgroups)"
+            );
+            catch_interrupts()?;
+            let scratch = scratch_dir(cli.keep, Some(Path::new("/var/tmp")))?;
+            let report = checks::run(
+                &checks::ChecksOptions {
+                    runs: args.check_runs.max(1),
+                    rounds: args.check_rounds.max(1),
+                    subnet: args.checks_subnet,
+                },
+                scratch.path(),
+            )?;
+            print!("{}", checks::markdown(&report));
             return write_json(&report, cli.json.as_ref());
         }
         Command::Static(args) => {
