@@ -13,13 +13,15 @@
 //! the instance's CPU usage. The server's own idle CPU over as long (which includes the daemon's
 //! own check, once a second) is measured between rounds and taken off.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use ipnet::Ipv4Net;
 use serde::Serialize;
+
+use paracloud_runtime::cgroups::CgroupManager;
 
 use crate::platform::Platform;
 use crate::stats::Summary;
@@ -118,17 +120,17 @@ fn manifest() -> String {
     text
 }
 
-/// A running instance as the measurement reaches it: its pid, environment and CPU counter.
+/// A running instance as the measurement reaches it: its pid, environment and cgroup.
 struct Instance {
     pid: i32,
     env: Vec<(String, String)>,
-    /// The cgroup directory whose `cgroup.procs` takes the checks, and how its CPU is read.
-    cgroup: PathBuf,
-    v1: bool,
+    /// The instance's id: its cgroup's name under the platform's cgroup parent.
+    id: String,
+    cgroups: Box<dyn CgroupManager>,
 }
 
 impl Instance {
-    fn of(pid: i32, password: &str) -> Result<Self> {
+    fn of(pid: i32, password: &str, cgroup_parent: &str) -> Result<Self> {
         let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
         let mut env: Vec<(String, String)> = environ
             .split(|b| *b == 0)
@@ -140,70 +142,45 @@ impl Instance {
             .collect();
         env.retain(|(key, _)| key != password);
         env.push((password.to_owned(), PASSWORD.to_owned()));
-        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-        // cgroup v1's cpuacct where it is mounted (a hybrid machine), else the unified tree.
-        for line in cgroups.lines() {
-            let mut fields = line.splitn(3, ':');
-            let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
-            let (Some(controllers), Some(path)) = (controllers, path) else {
-                continue;
-            };
-            if controllers.split(',').any(|c| c == "cpuacct") {
-                let dir = Path::new("/sys/fs/cgroup")
-                    .join(controllers)
-                    .join(path.trim_start_matches('/'));
-                if dir.join("cpuacct.usage").exists() {
-                    return Ok(Self {
-                        pid,
-                        env,
-                        cgroup: dir,
-                        v1: true,
-                    });
-                }
-            }
-        }
-        let path = cgroups
+        let prefix = format!("/{cgroup_parent}/");
+        let id = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?
             .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .context("the instance has no cgroup v2 path")?;
-        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-            let dir = Path::new(root).join(path.trim_start_matches('/'));
-            if dir.join("cpu.stat").exists() {
-                return Ok(Self {
-                    pid,
-                    env,
-                    cgroup: dir,
-                    v1: false,
-                });
-            }
-        }
-        anyhow::bail!("no CPU counter for the instance's cgroup {path}")
+            .find_map(|line| Some(line.split_once(&prefix)?.1.to_owned()))
+            .with_context(|| format!("pid {pid} is in no cgroup under {cgroup_parent}"))?;
+        let cgroups =
+            paracloud_runtime::cgroups::detect(Path::new("/sys/fs/cgroup"), cgroup_parent)?;
+        Ok(Self {
+            pid,
+            env,
+            id,
+            cgroups,
+        })
     }
 
     /// The instance's CPU time so far, in microseconds.
     fn cpu_us(&self) -> Result<f64> {
-        if self.v1 {
-            let ns: f64 = std::fs::read_to_string(self.cgroup.join("cpuacct.usage"))?
-                .trim()
-                .parse()?;
-            return Ok(ns / 1000.0);
-        }
-        let stat = std::fs::read_to_string(self.cgroup.join("cpu.stat"))?;
-        stat.lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .context("cpu.stat has usage_usec")?
-            .trim()
-            .parse()
-            .context("usage_usec is a number")
+        Ok(self.cgroups.usage(&self.id)?.cpu_usage_ns as f64 / 1000.0)
     }
 
-    /// Runs `argv` in the instance, in its cgroup, and checks that it succeeded.
+    /// Runs `argv` in the instance, in its cgroup, and checks that it succeeded. The shell
+    /// joins the cgroups as an instance's first process does (its v1 `tasks` files, and the
+    /// cgroup2 directory), then becomes nsenter.
     fn run(&self, argv: &[&str]) -> Result<()> {
-        let procs = self.cgroup.join("cgroup.procs");
+        let mut join = String::new();
+        for file in self.cgroups.join_files(&self.id) {
+            join.push_str(&format!("echo 0 > '{}' && ", file.display()));
+        }
+        if let Some(dir) = self.cgroups.clone_into_dir(&self.id) {
+            join.push_str(&format!(
+                "echo $$ > '{}' && ",
+                dir.join("cgroup.procs").display()
+            ));
+        }
         let status = Command::new("/bin/sh")
             .arg("-c")
-            .arg(r#"echo $$ > "$0" && pid=$1 && shift && exec nsenter -t "$pid" -m -u -i -n -p -r -w -- "$@""#)
-            .arg(&procs)
+            .arg(format!(
+                r#"{join}exec nsenter -t "$0" -m -u -i -n -p -r -w -- "$@""#
+            ))
             .arg(self.pid.to_string())
             .args(argv)
             .env_clear()
@@ -255,7 +232,7 @@ pub fn run(opts: &ChecksOptions, scratch: &Path) -> Result<ChecksReport> {
             .find(|i| i.instance == format!("{service}.1"))
             .and_then(|i| i.pid)
             .with_context(|| format!("no running {service}.1"))?;
-        let instance = Instance::of(pid, password)?;
+        let instance = Instance::of(pid, password, &platform.cgroup_parent)?;
         let ready = [ENTRY, "ready"];
         // Once each first: the programs' pages in memory, as the daemon's checks keep them.
         instance.run(&ready)?;
